@@ -1,0 +1,86 @@
+//! A fixed-size bitmap over loop serials.
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bitmap {
+    words: Vec<u64>,
+    len: u32,
+    ones: u32,
+}
+
+impl Bitmap {
+    pub fn new(len: u32) -> Bitmap {
+        Bitmap {
+            words: vec![0; (len as usize).div_ceil(64)],
+            len,
+            ones: 0,
+        }
+    }
+
+    /// Rebuilds a bitmap from persisted words; `None` if the words do not fit `len`
+    /// (wrong count, or bits set past the end).
+    pub fn from_words(len: u32, words: Vec<u64>) -> Option<Bitmap> {
+        if words.len() != (len as usize).div_ceil(64) {
+            return None;
+        }
+        let tail_bits = len % 64;
+        if tail_bits != 0 {
+            let last = *words.last().expect("len > 0 when tail_bits != 0");
+            if last >> tail_bits != 0 {
+                return None;
+            }
+        }
+        let ones = words.iter().map(|w| w.count_ones()).sum();
+        Some(Bitmap { words, len, ones })
+    }
+
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn count_ones(&self) -> u32 {
+        self.ones
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.ones == self.len
+    }
+
+    pub fn get(&self, index: u32) -> bool {
+        assert!(index < self.len, "bit {index} outside bitmap of {}", self.len);
+        self.words[(index / 64) as usize] & (1 << (index % 64)) != 0
+    }
+
+    /// Sets a bit; returns true if it was clear.
+    pub fn set(&mut self, index: u32) -> bool {
+        assert!(index < self.len, "bit {index} outside bitmap of {}", self.len);
+        let word = &mut self.words[(index / 64) as usize];
+        let mask = 1 << (index % 64);
+        let was_clear = *word & mask == 0;
+        *word |= mask;
+        if was_clear {
+            self.ones += 1;
+        }
+        was_clear
+    }
+
+    /// Clears a bit; returns true if it was set.
+    pub fn clear(&mut self, index: u32) -> bool {
+        assert!(index < self.len, "bit {index} outside bitmap of {}", self.len);
+        let word = &mut self.words[(index / 64) as usize];
+        let mask = 1 << (index % 64);
+        let was_set = *word & mask != 0;
+        *word &= !mask;
+        if was_set {
+            self.ones -= 1;
+        }
+        was_set
+    }
+}

@@ -1,0 +1,413 @@
+//! The carousel (R9): loops a file's datagrams, paced by a token bucket, for as long as
+//! at least one member (a client session) is active.
+//!
+//! Drive it like this, in order, whenever woken:
+//! 1. feed membership events (`join`, `heard`, `leave`);
+//! 2. `handle_timeout(now)` to expire silent members;
+//! 3. call `poll_transmit(now)` until it returns `None`, sending each range it gives;
+//! 4. sleep until `poll_timeout()` or until a packet arrives.
+//!
+//! A member joins at whatever serial is next: the loop does not restart for it. It has seen
+//! every datagram once the loop has advanced `loop_len` datagrams past its join point.
+
+use core::time::Duration;
+
+use crate::time::Instant;
+
+/// Opaque id of a client session on a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CarouselConfig {
+    pub loop_len: u32,
+    pub datagram_size: u16,
+    /// Target rate in bits per second of UDP payload; 0 = unpaced.
+    pub rate_bits_per_s: u64,
+    /// Largest number of datagrams handed out by one `poll_transmit`.
+    pub batch_datagrams_max: u32,
+    /// A member not heard from for this long is dropped.
+    pub member_timeout: Duration,
+    pub members_max: usize,
+}
+
+/// A contiguous run of serials to send now: `first .. first + count`, never wrapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub first: u32,
+    pub count: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    session: SessionId,
+    joined_at_sent_total: u64,
+    last_heard: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinError {
+    Full,
+}
+
+/// Token bucket over bytes. Tokens are kept in byte-nanoseconds-per-second units
+/// (bytes * 1e9) so integer arithmetic loses nothing between polls.
+#[derive(Clone, Copy, Debug)]
+struct TokenBucket {
+    rate_bytes_per_s: u64,
+    tokens_scaled: u128,
+    burst_scaled: u128,
+    last_refill: Instant,
+}
+
+const NANOS_PER_S: u128 = 1_000_000_000;
+
+impl TokenBucket {
+    fn new(rate_bits_per_s: u64, burst_bytes: u64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate_bytes_per_s: rate_bits_per_s / 8,
+            tokens_scaled: 0,
+            burst_scaled: u128::from(burst_bytes) * NANOS_PER_S,
+            last_refill: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = u128::from(now.as_nanos().saturating_sub(self.last_refill.as_nanos()));
+        self.last_refill = self.last_refill.max(now);
+        self.tokens_scaled =
+            (self.tokens_scaled + elapsed * u128::from(self.rate_bytes_per_s)).min(self.burst_scaled);
+    }
+
+    fn available_bytes(&self) -> u64 {
+        u64::try_from(self.tokens_scaled / NANOS_PER_S).unwrap_or(u64::MAX)
+    }
+
+    fn take(&mut self, bytes: u64) {
+        let scaled = u128::from(bytes) * NANOS_PER_S;
+        assert!(scaled <= self.tokens_scaled, "token bucket overdrawn");
+        self.tokens_scaled -= scaled;
+    }
+
+    /// When `bytes` tokens will be available.
+    fn ready_at(&self, bytes: u64) -> Instant {
+        let needed = (u128::from(bytes) * NANOS_PER_S).saturating_sub(self.tokens_scaled);
+        if needed == 0 || self.rate_bytes_per_s == 0 {
+            return self.last_refill;
+        }
+        let wait_nanos = needed.div_ceil(u128::from(self.rate_bytes_per_s));
+        self.last_refill + Duration::from_nanos(u64::try_from(wait_nanos).unwrap_or(u64::MAX))
+    }
+}
+
+pub struct Carousel {
+    config: CarouselConfig,
+    next_serial: u32,
+    sent_total: u64,
+    bucket: Option<TokenBucket>,
+    /// Datagrams per wake-up when paced: about 1 ms of the rate, at least 1.
+    paced_batch_datagrams: u32,
+    members: Vec<Member>,
+    expired: Vec<SessionId>,
+}
+
+impl Carousel {
+    pub fn new(config: CarouselConfig, now: Instant) -> Carousel {
+        assert!(config.loop_len > 0, "a loop has at least one datagram");
+        assert!(config.datagram_size > 0, "datagram size must be positive");
+        assert!(config.batch_datagrams_max > 0, "batches hold at least one datagram");
+        let mut carousel = Carousel {
+            config,
+            next_serial: 0,
+            sent_total: 0,
+            bucket: None,
+            paced_batch_datagrams: 1,
+            members: Vec::new(),
+            expired: Vec::new(),
+        };
+        carousel.set_rate(config.rate_bits_per_s, now);
+        carousel
+    }
+
+    pub fn config(&self) -> &CarouselConfig {
+        &self.config
+    }
+
+    /// Changes the rate while running. The bucket starts empty at the new rate.
+    pub fn set_rate(&mut self, rate_bits_per_s: u64, now: Instant) {
+        self.config.rate_bits_per_s = rate_bits_per_s;
+        if rate_bits_per_s == 0 {
+            self.bucket = None;
+            return;
+        }
+        let size = u64::from(self.config.datagram_size);
+        let per_ms = rate_bits_per_s / 8 / 1000 / size;
+        self.paced_batch_datagrams =
+            u32::try_from(per_ms.clamp(1, u64::from(self.config.batch_datagrams_max)))
+                .expect("clamped to a u32");
+        // Burst: two batches, so one late wake-up does not lose rate.
+        let burst = 2 * u64::from(self.paced_batch_datagrams) * size;
+        self.bucket = Some(TokenBucket::new(rate_bits_per_s, burst, now));
+    }
+
+    /// Adds a member (or refreshes it if already present).
+    pub fn join(&mut self, now: Instant, session: SessionId) -> Result<(), JoinError> {
+        if self.heard(now, session) {
+            return Ok(());
+        }
+        if self.members.len() >= self.config.members_max {
+            return Err(JoinError::Full);
+        }
+        if self.members.is_empty() {
+            if let Some(bucket) = &mut self.bucket {
+                bucket.last_refill = now;
+            }
+        }
+        self.members.push(Member {
+            session,
+            joined_at_sent_total: self.sent_total,
+            last_heard: now,
+        });
+        Ok(())
+    }
+
+    /// Records that a member is alive; false if it is not a member.
+    pub fn heard(&mut self, now: Instant, session: SessionId) -> bool {
+        match self.members.iter_mut().find(|m| m.session == session) {
+            Some(member) => {
+                member.last_heard = member.last_heard.max(now);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes a member that is done or leaving; false if it was not a member.
+    pub fn leave(&mut self, session: SessionId) -> bool {
+        let before = self.members.len();
+        self.members.retain(|m| m.session != session);
+        before != self.members.len()
+    }
+
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_member(&self, session: SessionId) -> bool {
+        self.members.iter().any(|m| m.session == session)
+    }
+
+    /// Datagrams sent since the member joined (>= loop_len means it has seen a full loop).
+    pub fn sent_since_join(&self, session: SessionId) -> Option<u64> {
+        self.members
+            .iter()
+            .find(|m| m.session == session)
+            .map(|m| self.sent_total - m.joined_at_sent_total)
+    }
+
+    /// The channel has no members: the driver closes it (R9).
+    pub fn is_idle(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn next_serial(&self) -> u32 {
+        self.next_serial
+    }
+
+    pub fn sent_total(&self) -> u64 {
+        self.sent_total
+    }
+
+    pub fn loops_completed(&self) -> u64 {
+        self.sent_total / u64::from(self.config.loop_len)
+    }
+
+    /// Expires members not heard from within the timeout. Drain them with `poll_expired`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.config.member_timeout;
+        let expired = &mut self.expired;
+        self.members.retain(|member| {
+            let alive = now.saturating_since(member.last_heard) < timeout;
+            if !alive {
+                expired.push(member.session);
+            }
+            alive
+        });
+    }
+
+    pub fn poll_expired(&mut self) -> Option<SessionId> {
+        self.expired.pop()
+    }
+
+    /// The next range to send now, or `None` (no members, or pacing says wait).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let until_loop_end = self.config.loop_len - self.next_serial;
+        let size = u64::from(self.config.datagram_size);
+        let count = match &mut self.bucket {
+            None => self.config.batch_datagrams_max.min(until_loop_end),
+            Some(bucket) => {
+                bucket.refill(now);
+                let affordable = bucket.available_bytes() / size;
+                if affordable == 0 {
+                    return None;
+                }
+                let count = u32::try_from(affordable)
+                    .unwrap_or(u32::MAX)
+                    .min(self.config.batch_datagrams_max)
+                    .min(until_loop_end);
+                bucket.take(u64::from(count) * size);
+                count
+            }
+        };
+        debug_assert!(count > 0, "a transmit carries at least one datagram");
+        let transmit = Transmit {
+            first: self.next_serial,
+            count,
+        };
+        self.next_serial += count;
+        if self.next_serial == self.config.loop_len {
+            self.next_serial = 0;
+        }
+        self.sent_total += u64::from(count);
+        Some(transmit)
+    }
+
+    /// When the driver should next call `handle_timeout`/`poll_transmit`. `None`: only a
+    /// packet can make progress (no members). A past instant means "now".
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let oldest_heard = self.members.iter().map(|m| m.last_heard).min()?;
+        let expiry = oldest_heard + self.config.member_timeout;
+        let send_at = match &self.bucket {
+            None => Instant::ZERO,
+            Some(bucket) => {
+                bucket.ready_at(u64::from(self.paced_batch_datagrams) * u64::from(self.config.datagram_size))
+            }
+        };
+        Some(send_at.min(expiry))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config(loop_len: u32, rate_bits_per_s: u64) -> CarouselConfig {
+        CarouselConfig {
+            loop_len,
+            datagram_size: 1440,
+            rate_bits_per_s,
+            batch_datagrams_max: 44,
+            member_timeout: Duration::from_secs(5),
+            members_max: 64,
+        }
+    }
+
+    #[test]
+    fn idle_channel_sends_nothing() {
+        let mut carousel = Carousel::new(config(10, 0), Instant::ZERO);
+        assert_eq!(carousel.poll_transmit(Instant::ZERO), None);
+        assert_eq!(carousel.poll_timeout(), None);
+    }
+
+    #[test]
+    fn loops_until_last_member_leaves() {
+        let mut carousel = Carousel::new(config(100, 0), Instant::ZERO);
+        carousel.join(Instant::ZERO, SessionId(1)).unwrap();
+        let mut sent = 0u64;
+        for _ in 0..10 {
+            sent += u64::from(carousel.poll_transmit(Instant::ZERO).unwrap().count);
+        }
+        assert!(sent > 100, "the loop wrapped");
+        assert!(carousel.loops_completed() >= 1);
+        assert!(carousel.leave(SessionId(1)));
+        assert!(carousel.is_idle());
+        assert_eq!(carousel.poll_transmit(Instant::ZERO), None);
+    }
+
+    #[test]
+    fn silent_members_expire() {
+        let mut carousel = Carousel::new(config(100, 0), Instant::ZERO);
+        carousel.join(Instant::ZERO, SessionId(7)).unwrap();
+        carousel.handle_timeout(Instant::ZERO + Duration::from_secs(4));
+        assert!(carousel.is_member(SessionId(7)));
+        carousel.handle_timeout(Instant::ZERO + Duration::from_secs(6));
+        assert!(carousel.is_idle());
+        assert_eq!(carousel.poll_expired(), Some(SessionId(7)));
+    }
+
+    #[test]
+    fn member_bound_holds() {
+        let mut cfg = config(100, 0);
+        cfg.members_max = 2;
+        let mut carousel = Carousel::new(cfg, Instant::ZERO);
+        carousel.join(Instant::ZERO, SessionId(1)).unwrap();
+        carousel.join(Instant::ZERO, SessionId(2)).unwrap();
+        assert_eq!(carousel.join(Instant::ZERO, SessionId(3)), Err(JoinError::Full));
+        assert_eq!(carousel.join(Instant::ZERO, SessionId(2)), Ok(()), "rejoin is a refresh");
+    }
+
+    /// Drives a paced carousel on virtual time for `seconds` and returns bytes sent.
+    fn run_paced(carousel: &mut Carousel, start: Instant, seconds: u64) -> u64 {
+        let end = start + Duration::from_secs(seconds);
+        let mut now = start;
+        let mut bytes = 0u64;
+        while now < end {
+            while let Some(t) = carousel.poll_transmit(now) {
+                bytes += u64::from(t.count) * 1440;
+            }
+            let next = carousel.poll_timeout().expect("has a member");
+            assert!(next > now, "pacing must make progress");
+            now = next;
+            carousel.heard(now, SessionId(1));
+        }
+        bytes
+    }
+
+    proptest! {
+        /// A member joining at any point has been sent every serial within one loop.
+        #[test]
+        fn late_joiner_sees_every_serial_within_one_loop(loop_len in 1u32..5000, skip in 0u32..20_000) {
+            let mut carousel = Carousel::new(config(loop_len, 0), Instant::ZERO);
+            carousel.join(Instant::ZERO, SessionId(1)).unwrap();
+            let mut skipped = 0;
+            while skipped < skip {
+                skipped += carousel.poll_transmit(Instant::ZERO).unwrap().count;
+            }
+            carousel.join(Instant::ZERO, SessionId(2)).unwrap();
+            let mut seen = vec![false; loop_len as usize];
+            let mut sent = 0u32;
+            while sent < loop_len {
+                let t = carousel.poll_transmit(Instant::ZERO).unwrap();
+                prop_assert!(t.first + t.count <= loop_len, "transmits never wrap");
+                let take = t.count.min(loop_len - sent);
+                for serial in t.first..t.first + take {
+                    seen[serial as usize] = true;
+                }
+                sent += t.count;
+            }
+            prop_assert!(seen.iter().all(|&s| s));
+        }
+
+        /// Paced output stays within 2% of the target over 2 virtual seconds, and still after a re-rate.
+        #[test]
+        fn pacing_holds_rate(rate_mbit in 1u64..2000, new_rate_mbit in 1u64..2000) {
+            let rate = rate_mbit * 1_000_000;
+            let mut carousel = Carousel::new(config(1000, rate), Instant::ZERO);
+            carousel.join(Instant::ZERO, SessionId(1)).unwrap();
+            let bytes = run_paced(&mut carousel, Instant::ZERO, 2);
+            let achieved = bytes as f64 * 8.0 / 2.0;
+            prop_assert!((achieved / rate as f64 - 1.0).abs() < 0.02, "rate {} got {}", rate, achieved);
+
+            let start = Instant::ZERO + Duration::from_secs(2);
+            let new_rate = new_rate_mbit * 1_000_000;
+            carousel.set_rate(new_rate, start);
+            let bytes = run_paced(&mut carousel, start, 2);
+            let achieved = bytes as f64 * 8.0 / 2.0;
+            prop_assert!((achieved / new_rate as f64 - 1.0).abs() < 0.02, "re-rate {} got {}", new_rate, achieved);
+        }
+    }
+}

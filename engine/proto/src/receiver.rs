@@ -1,0 +1,343 @@
+//! Receiver state (R9, R14): which datagrams of a file a client holds and has verified.
+//!
+//! The driver hands every received datagram to [`Receiver::handle_datagram`]. The answer
+//! says whether to store it (at `archive_offset(serial)`) or drop it, and why. Verification
+//! needs no key: each datagram's BLAKE3 hash must match the hash in its parent block, and the
+//! top hashes are vouched for by the root (the hash of the file info).
+//!
+//! A datagram whose parent block has not arrived yet (a client that joined mid-loop) is stored
+//! and its hash kept as *pending*; it becomes verified when the parent arrives and matches.
+//! Pending state is bounded; past the bound a datagram is dropped (it comes round again).
+
+use std::collections::HashMap;
+
+use crate::bitmap::Bitmap;
+use crate::info::FileInfo;
+use crate::layout::{Parent, TreeShape, HASH_LEN};
+use crate::wire::datagram::{payload, DatagramHeader, DatagramKind};
+
+/// Pending data hashes held at most (about 64 MiB of state at the bound).
+pub const PENDING_DATA_MAX: usize = 1 << 20;
+/// Bytes of pending hash-block payloads held at most.
+pub const PENDING_BLOCK_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a loopcast datagram, or its header is malformed.
+    Malformed,
+    /// A datagram of another file (or another loop length).
+    Foreign,
+    /// Its length is not the archive's datagram size.
+    WrongSize,
+    /// (level, index) do not exist in this tree, or the serial does not match them.
+    BadPosition,
+    /// Its hash differs from the one its verified parent gives: corrupt or forged.
+    HashMismatch,
+    /// Its parent has not arrived and pending state is full.
+    PendingFull,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Write the datagram at `serial`'s slot. `verified` says whether it is already proven;
+    /// if not, it is pending until its parent arrives.
+    Store { serial: u32, verified: bool },
+    /// Already held and verified.
+    Duplicate,
+    Dropped(DropReason),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReceiverCounters {
+    pub received: u64,
+    pub stored: u64,
+    pub duplicates: u64,
+    pub dropped_malformed: u64,
+    pub dropped_foreign: u64,
+    pub dropped_wrong_size: u64,
+    pub dropped_bad_position: u64,
+    pub dropped_hash_mismatch: u64,
+    pub dropped_pending_full: u64,
+    /// Pending datagrams that failed verification once their parent arrived.
+    pub pending_rejected: u64,
+}
+
+impl ReceiverCounters {
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_malformed
+            + self.dropped_foreign
+            + self.dropped_wrong_size
+            + self.dropped_bad_position
+            + self.dropped_hash_mismatch
+            + self.dropped_pending_full
+            + self.pending_rejected
+    }
+}
+
+struct PendingBlock {
+    hash: [u8; 32],
+    payload: Box<[u8]>,
+}
+
+pub struct Receiver {
+    info: FileInfo,
+    shape: TreeShape,
+    have: Bitmap,
+    /// Verified hash-block payloads: `blocks[level - 1][index]`.
+    blocks: Vec<Vec<Option<Box<[u8]>>>>,
+    pending_data: HashMap<u32, [u8; 32]>,
+    pending_blocks: HashMap<(u8, u32), PendingBlock>,
+    pending_block_bytes: usize,
+    counters: ReceiverCounters,
+}
+
+impl Receiver {
+    /// A receiver for a file whose info the caller has checked against the root.
+    pub fn new(info: FileInfo) -> Receiver {
+        let shape = info.shape().expect("a parsed FileInfo has a valid shape");
+        let blocks = (1..=shape.depth())
+            .map(|level| vec![None; shape.node_count(level) as usize])
+            .collect();
+        Receiver {
+            have: Bitmap::new(shape.loop_len()),
+            info,
+            shape,
+            blocks,
+            pending_data: HashMap::new(),
+            pending_blocks: HashMap::new(),
+            pending_block_bytes: 0,
+            counters: ReceiverCounters::default(),
+        }
+    }
+
+    /// Resumes from a persisted bitmap (R14). Hash blocks marked as held are re-read through
+    /// `read_slot` and re-verified top-down; any that fail (or whose parent is not held) are
+    /// forgotten. Data bits are kept as they are: the final pass (`recheck_data`) proves them.
+    pub fn resume(
+        info: FileInfo,
+        have: Bitmap,
+        mut read_slot: impl FnMut(u32) -> Option<Vec<u8>>,
+    ) -> Receiver {
+        let mut receiver = Receiver::new(info);
+        assert_eq!(
+            have.len(),
+            receiver.shape.loop_len(),
+            "bitmap length must match the loop"
+        );
+        receiver.have = have;
+        for level in (1..=receiver.shape.depth()).rev() {
+            for index in 0..receiver.shape.node_count(level) {
+                let serial = receiver.shape.serial_of(level, index);
+                if !receiver.have.get(serial) {
+                    continue;
+                }
+                let verified = match (receiver.expected_hash(level, index), read_slot(serial)) {
+                    (Some(expected), Some(bytes)) => {
+                        *blake3::hash(&bytes).as_bytes() == expected
+                            && bytes.len() == usize::from(receiver.info.datagram_size)
+                    }
+                    _ => false,
+                };
+                if verified {
+                    let bytes = read_slot(serial).expect("read just above");
+                    let header = DatagramHeader::parse(&bytes).expect("hash-verified bytes parse");
+                    receiver.blocks[usize::from(level) - 1][index as usize] =
+                        Some(payload(&bytes, &header).into());
+                } else {
+                    receiver.have.clear(serial);
+                }
+            }
+        }
+        // Data whose level-1 block is gone cannot be trusted either.
+        if receiver.shape.depth() >= 1 {
+            for index in 0..receiver.shape.data_count() {
+                let serial = receiver.shape.serial_of(0, index);
+                if receiver.have.get(serial) && receiver.expected_hash(0, index).is_none() {
+                    receiver.have.clear(serial);
+                }
+            }
+        }
+        receiver
+    }
+
+    pub fn info(&self) -> &FileInfo {
+        &self.info
+    }
+
+    pub fn shape(&self) -> &TreeShape {
+        &self.shape
+    }
+
+    pub fn have(&self) -> &Bitmap {
+        &self.have
+    }
+
+    pub fn counters(&self) -> ReceiverCounters {
+        self.counters
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending_data.len() + self.pending_blocks.len()
+    }
+
+    /// The hash that node (level, index) must have, if its parent is verified.
+    pub fn expected_hash(&self, level: u8, index: u32) -> Option<[u8; 32]> {
+        let (hashes, slot): (&[u8], usize) = match self.shape.parent(level, index) {
+            Parent::Top { slot } => return self.info.top_hashes.get(slot).copied(),
+            Parent::Block { level, index, slot } => (
+                self.blocks[usize::from(level) - 1][index as usize].as_deref()?,
+                slot,
+            ),
+        };
+        let start = slot * HASH_LEN;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(hashes.get(start..start + HASH_LEN)?);
+        Some(out)
+    }
+
+    pub fn handle_datagram(&mut self, bytes: &[u8]) -> Outcome {
+        self.counters.received += 1;
+        let outcome = self.classify(bytes);
+        match outcome {
+            Outcome::Store { .. } => self.counters.stored += 1,
+            Outcome::Duplicate => self.counters.duplicates += 1,
+            Outcome::Dropped(reason) => {
+                let counter = match reason {
+                    DropReason::Malformed => &mut self.counters.dropped_malformed,
+                    DropReason::Foreign => &mut self.counters.dropped_foreign,
+                    DropReason::WrongSize => &mut self.counters.dropped_wrong_size,
+                    DropReason::BadPosition => &mut self.counters.dropped_bad_position,
+                    DropReason::HashMismatch => &mut self.counters.dropped_hash_mismatch,
+                    DropReason::PendingFull => &mut self.counters.dropped_pending_full,
+                };
+                *counter += 1;
+            }
+        }
+        outcome
+    }
+
+    fn classify(&mut self, bytes: &[u8]) -> Outcome {
+        let Ok(header) = DatagramHeader::parse(bytes) else {
+            return Outcome::Dropped(DropReason::Malformed);
+        };
+        if header.file_id != self.info.file_id || header.loop_len != self.info.loop_len {
+            return Outcome::Dropped(DropReason::Foreign);
+        }
+        if bytes.len() != usize::from(self.info.datagram_size) {
+            return Outcome::Dropped(DropReason::WrongSize);
+        }
+        let (level, index) = (header.level, header.index);
+        if !self.shape.contains(level, index) || self.shape.serial_of(level, index) != header.serial.0
+        {
+            return Outcome::Dropped(DropReason::BadPosition);
+        }
+        let serial = header.serial.0;
+        if self.have.get(serial) {
+            return Outcome::Duplicate;
+        }
+        let hash = *blake3::hash(bytes).as_bytes();
+        match self.expected_hash(level, index) {
+            Some(expected) if expected == hash => {
+                self.accept(level, index, payload(bytes, &header));
+                Outcome::Store {
+                    serial,
+                    verified: true,
+                }
+            }
+            Some(_) => Outcome::Dropped(DropReason::HashMismatch),
+            None => self.hold_pending(&header, hash, bytes),
+        }
+    }
+
+    fn hold_pending(&mut self, header: &DatagramHeader, hash: [u8; 32], bytes: &[u8]) -> Outcome {
+        let serial = header.serial.0;
+        match header.kind {
+            DatagramKind::Data => {
+                if self.pending_data.len() >= PENDING_DATA_MAX
+                    && !self.pending_data.contains_key(&header.index)
+                {
+                    return Outcome::Dropped(DropReason::PendingFull);
+                }
+                self.pending_data.insert(header.index, hash);
+            }
+            DatagramKind::HashBlock => {
+                let block = payload(bytes, header);
+                let key = (header.level, header.index);
+                let replaced = self.pending_blocks.get(&key).map_or(0, |b| b.payload.len());
+                if self.pending_block_bytes - replaced + block.len() > PENDING_BLOCK_BYTES_MAX {
+                    return Outcome::Dropped(DropReason::PendingFull);
+                }
+                self.pending_block_bytes = self.pending_block_bytes - replaced + block.len();
+                self.pending_blocks.insert(
+                    key,
+                    PendingBlock {
+                        hash,
+                        payload: block.into(),
+                    },
+                );
+            }
+        }
+        Outcome::Store {
+            serial,
+            verified: false,
+        }
+    }
+
+    /// Marks a verified node as held; for a hash block, stores it and resolves pending children.
+    fn accept(&mut self, level: u8, index: u32, block_payload: &[u8]) {
+        let mut work: Vec<(u8, u32, Box<[u8]>)> = Vec::new();
+        self.mark_held(level, index);
+        if level == 0 {
+            return;
+        }
+        work.push((level, index, block_payload.into()));
+        while let Some((level, index, hashes)) = work.pop() {
+            self.blocks[usize::from(level) - 1][index as usize] = Some(hashes);
+            for child in self.shape.children(level, index) {
+                let expected = self
+                    .expected_hash(level - 1, child)
+                    .expect("parent block was stored just above");
+                if level - 1 == 0 {
+                    if let Some(hash) = self.pending_data.remove(&child) {
+                        if hash == expected {
+                            self.mark_held(0, child);
+                        } else {
+                            self.counters.pending_rejected += 1;
+                        }
+                    }
+                } else if let Some(pending) = self.pending_blocks.remove(&(level - 1, child)) {
+                    self.pending_block_bytes -= pending.payload.len();
+                    if pending.hash == expected {
+                        self.mark_held(level - 1, child);
+                        work.push((level - 1, child, pending.payload));
+                    } else {
+                        self.counters.pending_rejected += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn mark_held(&mut self, level: u8, index: u32) {
+        let serial = self.shape.serial_of(level, index);
+        self.have.set(serial);
+    }
+
+    /// Final pass before publishing: re-hash a held data datagram as read back from storage.
+    /// A mismatch forgets it (it will be received again) and returns false.
+    pub fn recheck_data(&mut self, index: u32, stored: &[u8]) -> bool {
+        let serial = self.shape.serial_of(0, index);
+        let good = self.expected_hash(0, index) == Some(*blake3::hash(stored).as_bytes());
+        if !good {
+            self.have.clear(serial);
+        }
+        good
+    }
+}
+
+#[cfg(test)]
+mod tests;

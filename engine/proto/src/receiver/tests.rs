@@ -1,0 +1,129 @@
+use super::*;
+use crate::assemble::{assemble_in_memory, InMemoryFile};
+use crate::info::{DATAGRAM_SIZE_MIN, DATAGRAM_SIZE_MTU_1500};
+use crate::wire::datagram::FileId;
+use proptest::prelude::*;
+
+fn sample(stream_len: usize, datagram_size: u16) -> (FileInfo, Vec<Vec<u8>>) {
+    let stream: Vec<u8> = (0..stream_len).map(|i| (i * 31 % 251) as u8).collect();
+    assemble_in_memory(&InMemoryFile {
+        file_id: FileId(42),
+        name: "sample.bin",
+        datagram_size,
+        frame_stream: &stream,
+        watermark: None,
+    })
+}
+
+fn feed_loop_from(receiver: &mut Receiver, datagrams: &[Vec<u8>], start: usize) {
+    for offset in 0..datagrams.len() {
+        let serial = (start + offset) % datagrams.len();
+        let outcome = receiver.handle_datagram(&datagrams[serial]);
+        assert!(
+            matches!(outcome, Outcome::Store { .. }),
+            "serial {serial}: {outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn in_order_loop_completes_with_everything_verified_on_arrival() {
+    let (info, datagrams) = sample(500_000, DATAGRAM_SIZE_MTU_1500);
+    let mut receiver = Receiver::new(info);
+    for bytes in &datagrams {
+        assert!(matches!(
+            receiver.handle_datagram(bytes),
+            Outcome::Store { verified: true, .. }
+        ));
+    }
+    assert!(receiver.is_complete());
+    assert_eq!(receiver.pending_count(), 0);
+}
+
+#[test]
+fn duplicates_are_recognised() {
+    let (info, datagrams) = sample(10_000, DATAGRAM_SIZE_MTU_1500);
+    let mut receiver = Receiver::new(info);
+    receiver.handle_datagram(&datagrams[0]);
+    assert_eq!(receiver.handle_datagram(&datagrams[0]), Outcome::Duplicate);
+}
+
+#[test]
+fn foreign_file_is_dropped() {
+    let (info, _) = sample(10_000, DATAGRAM_SIZE_MTU_1500);
+    let stream = vec![9u8; 10_000];
+    let (_, other) = assemble_in_memory(&InMemoryFile {
+        file_id: FileId(43),
+        name: "other.bin",
+        datagram_size: DATAGRAM_SIZE_MTU_1500,
+        frame_stream: &stream,
+        watermark: None,
+    });
+    let mut receiver = Receiver::new(info);
+    assert_eq!(
+        receiver.handle_datagram(&other[0]),
+        Outcome::Dropped(DropReason::Foreign)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// R9: a client joining at any point has every datagram, verified, after one loop.
+    #[test]
+    fn join_anywhere_completes_in_one_loop(stream_len in 1usize..400_000, start in any::<usize>(), small in any::<bool>()) {
+        let size = if small { DATAGRAM_SIZE_MIN } else { DATAGRAM_SIZE_MTU_1500 };
+        let (info, datagrams) = sample(stream_len, size);
+        let mut receiver = Receiver::new(info);
+        feed_loop_from(&mut receiver, &datagrams, start % datagrams.len());
+        prop_assert!(receiver.is_complete());
+        prop_assert_eq!(receiver.pending_count(), 0);
+        prop_assert_eq!(receiver.counters().dropped_total(), 0);
+    }
+
+    /// Any flipped bit in any datagram is detected: the datagram is dropped at once, or it
+    /// is held pending and rejected when its parent arrives; it is never marked held.
+    #[test]
+    fn flipped_bit_never_accepted(stream_len in 1usize..200_000, victim in any::<usize>(), bit in any::<usize>(), start in any::<usize>()) {
+        let (info, mut datagrams) = sample(stream_len, DATAGRAM_SIZE_MIN);
+        let victim = victim % datagrams.len();
+        let bit = bit % (datagrams[victim].len() * 8);
+        datagrams[victim][bit / 8] ^= 1 << (bit % 8);
+        let mut receiver = Receiver::new(info);
+        let start = start % datagrams.len();
+        for offset in 0..datagrams.len() {
+            let serial = (start + offset) % datagrams.len();
+            receiver.handle_datagram(&datagrams[serial]);
+        }
+        prop_assert!(!receiver.have().get(victim as u32), "corrupt datagram {} marked held", victim);
+        prop_assert!(!receiver.is_complete());
+    }
+
+    #[test]
+    fn garbage_never_panics(stream_len in 1usize..50_000, bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        let (info, _) = sample(stream_len, DATAGRAM_SIZE_MTU_1500);
+        let mut receiver = Receiver::new(info);
+        let _ = receiver.handle_datagram(&bytes);
+    }
+}
+
+#[test]
+fn resume_keeps_verified_blocks_and_forgets_corrupt_ones() {
+    let (info, datagrams) = sample(300_000, DATAGRAM_SIZE_MIN);
+    let mut first = Receiver::new(info.clone());
+    let half = datagrams.len() / 2;
+    for bytes in &datagrams[..half] {
+        first.handle_datagram(bytes);
+    }
+    let held_before = first.have().count_ones();
+    let bitmap = first.have().clone();
+    // Storage as the driver wrote it, with the first hash block corrupted.
+    let mut storage = datagrams.clone();
+    storage[0][40] ^= 0xff;
+    let mut resumed = Receiver::resume(info, bitmap, |serial| Some(storage[serial as usize].clone()));
+    assert!(resumed.have().count_ones() < held_before, "corrupt block and its subtree forgotten");
+    for bytes in &datagrams {
+        resumed.handle_datagram(bytes);
+    }
+    assert!(resumed.is_complete());
+}

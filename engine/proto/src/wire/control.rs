@@ -1,0 +1,363 @@
+//! Control messages between clients and a server's request port, and SYNC on a channel.
+//!
+//! Every message: `"Lc" version:u8 kind:u8` then the body (big-endian). Layouts are in
+//! docs/protocol.md. Addresses are `family:u8 (4 or 6) address:[4|16] port:u16`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::{ParseError, Reader, Writer};
+use crate::carousel::SessionId;
+use crate::info::{FileInfo, INFO_LEN_MAX, NAME_LEN_MAX};
+use crate::wire::datagram::FileId;
+
+pub const CONTROL_MAGIC: [u8; 2] = *b"Lc";
+pub const CONTROL_VERSION: u8 = 1;
+/// Longest control message we emit or accept.
+pub const CONTROL_LEN_MAX: usize = 64 + INFO_LEN_MAX;
+pub const REJECT_MESSAGE_LEN_MAX: usize = 200;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Multicast,
+    Unicast,
+}
+
+impl Transport {
+    fn to_byte(self) -> u8 {
+        match self {
+            Transport::Multicast => 1,
+            Transport::Unicast => 2,
+        }
+    }
+    fn from_byte(byte: u8) -> Result<Transport, ParseError> {
+        match byte {
+            1 => Ok(Transport::Multicast),
+            2 => Ok(Transport::Unicast),
+            _ => Err(ParseError::Malformed),
+        }
+    }
+}
+
+impl core::fmt::Display for Transport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Transport::Multicast => "multicast",
+            Transport::Unicast => "unicast",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectCode {
+    NotFound,
+    Busy,
+    BadRequest,
+}
+
+impl RejectCode {
+    fn to_byte(self) -> u8 {
+        match self {
+            RejectCode::NotFound => 1,
+            RejectCode::Busy => 2,
+            RejectCode::BadRequest => 3,
+        }
+    }
+    fn from_byte(byte: u8) -> Result<RejectCode, ParseError> {
+        match byte {
+            1 => Ok(RejectCode::NotFound),
+            2 => Ok(RejectCode::Busy),
+            3 => Ok(RejectCode::BadRequest),
+            _ => Err(ParseError::Malformed),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControlMessage {
+    /// Client → server: I want this file. `request_id` matches the answer.
+    Request {
+        request_id: u64,
+        multicast_ok: bool,
+        name: String,
+    },
+    /// Server → client: the file exists; here is its info and the channel to listen on.
+    Offer {
+        request_id: u64,
+        session: SessionId,
+        transport: Transport,
+        /// Multicast group and port (multicast) or the server's data source (unicast).
+        channel: SocketAddr,
+        rate_bits_per_s: u64,
+        info: FileInfo,
+    },
+    /// Server → client: no.
+    Reject {
+        request_id: u64,
+        code: RejectCode,
+        message: String,
+    },
+    /// Server → group (R8): the channel is live; a client that sees it confirms with Joined.
+    Sync { file_id: FileId, sequence: u32 },
+    /// Client → server: multicast works (Multicast) or fall back to unicast (Unicast).
+    Joined {
+        session: SessionId,
+        transport: Transport,
+    },
+    /// Client → server, periodically: progress and liveness. `done` ends the session.
+    Status {
+        session: SessionId,
+        held: u32,
+        loop_len: u32,
+        done: bool,
+    },
+    /// Client → server: stop sending to me.
+    Leave { session: SessionId },
+}
+
+mod kind {
+    pub const REQUEST: u8 = 1;
+    pub const OFFER: u8 = 2;
+    pub const REJECT: u8 = 3;
+    pub const SYNC: u8 = 4;
+    pub const JOINED: u8 = 5;
+    pub const STATUS: u8 = 6;
+    pub const LEAVE: u8 = 7;
+}
+
+fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            w.u8(4);
+            w.bytes(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            w.u8(6);
+            w.bytes(&ip.octets());
+        }
+    }
+    w.u16(addr.port());
+}
+
+fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, ParseError> {
+    let ip = match r.u8()? {
+        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+        _ => return Err(ParseError::Malformed),
+    };
+    Ok(SocketAddr::new(ip, r.u16()?))
+}
+
+impl ControlMessage {
+    /// True if `bytes` starts like a control message (as opposed to a loop datagram).
+    pub fn is_control(bytes: &[u8]) -> bool {
+        bytes.len() >= 2 && bytes[..2] == CONTROL_MAGIC
+    }
+
+    pub fn emit(&self, out: &mut Vec<u8>) {
+        let mut w = Writer { out };
+        w.bytes(&CONTROL_MAGIC);
+        w.u8(CONTROL_VERSION);
+        match self {
+            ControlMessage::Request {
+                request_id,
+                multicast_ok,
+                name,
+            } => {
+                assert!(name.len() <= NAME_LEN_MAX, "file name too long");
+                w.u8(kind::REQUEST);
+                w.u64(*request_id);
+                w.u8(u8::from(*multicast_ok));
+                w.short_string(name);
+            }
+            ControlMessage::Offer {
+                request_id,
+                session,
+                transport,
+                channel,
+                rate_bits_per_s,
+                info,
+            } => {
+                w.u8(kind::OFFER);
+                w.u64(*request_id);
+                w.u64(session.0);
+                w.u8(transport.to_byte());
+                write_addr(&mut w, *channel);
+                w.u64(*rate_bits_per_s);
+                let info_bytes = info.to_bytes();
+                w.u16(u16::try_from(info_bytes.len()).expect("info is bounded by INFO_LEN_MAX"));
+                w.bytes(&info_bytes);
+            }
+            ControlMessage::Reject {
+                request_id,
+                code,
+                message,
+            } => {
+                w.u8(kind::REJECT);
+                w.u64(*request_id);
+                w.u8(code.to_byte());
+                let mut end = message.len().min(REJECT_MESSAGE_LEN_MAX);
+                while !message.is_char_boundary(end) {
+                    end -= 1;
+                }
+                w.short_string(&message[..end]);
+            }
+            ControlMessage::Sync { file_id, sequence } => {
+                w.u8(kind::SYNC);
+                w.u64(file_id.0);
+                w.u32(*sequence);
+            }
+            ControlMessage::Joined { session, transport } => {
+                w.u8(kind::JOINED);
+                w.u64(session.0);
+                w.u8(transport.to_byte());
+            }
+            ControlMessage::Status {
+                session,
+                held,
+                loop_len,
+                done,
+            } => {
+                w.u8(kind::STATUS);
+                w.u64(session.0);
+                w.u32(*held);
+                w.u32(*loop_len);
+                w.u8(u8::from(*done));
+            }
+            ControlMessage::Leave { session } => {
+                w.u8(kind::LEAVE);
+                w.u64(session.0);
+            }
+        }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64);
+        self.emit(&mut out);
+        out
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<ControlMessage, ParseError> {
+        if bytes.len() > CONTROL_LEN_MAX {
+            return Err(ParseError::Malformed);
+        }
+        let mut r = Reader::new(bytes);
+        if r.array::<2>()? != CONTROL_MAGIC {
+            return Err(ParseError::BadMagic);
+        }
+        if r.u8()? != CONTROL_VERSION {
+            return Err(ParseError::BadVersion);
+        }
+        let message = match r.u8()? {
+            kind::REQUEST => ControlMessage::Request {
+                request_id: r.u64()?,
+                multicast_ok: read_bool(&mut r)?,
+                name: r.short_string(NAME_LEN_MAX)?,
+            },
+            kind::OFFER => {
+                let request_id = r.u64()?;
+                let session = SessionId(r.u64()?);
+                let transport = Transport::from_byte(r.u8()?)?;
+                let channel = read_addr(&mut r)?;
+                let rate_bits_per_s = r.u64()?;
+                let info_len = usize::from(r.u16()?);
+                if info_len > INFO_LEN_MAX {
+                    return Err(ParseError::Malformed);
+                }
+                let info = FileInfo::parse(r.take(info_len)?)?;
+                ControlMessage::Offer {
+                    request_id,
+                    session,
+                    transport,
+                    channel,
+                    rate_bits_per_s,
+                    info,
+                }
+            }
+            kind::REJECT => ControlMessage::Reject {
+                request_id: r.u64()?,
+                code: RejectCode::from_byte(r.u8()?)?,
+                message: r.short_string(REJECT_MESSAGE_LEN_MAX)?,
+            },
+            kind::SYNC => ControlMessage::Sync {
+                file_id: FileId(r.u64()?),
+                sequence: r.u32()?,
+            },
+            kind::JOINED => ControlMessage::Joined {
+                session: SessionId(r.u64()?),
+                transport: Transport::from_byte(r.u8()?)?,
+            },
+            kind::STATUS => ControlMessage::Status {
+                session: SessionId(r.u64()?),
+                held: r.u32()?,
+                loop_len: r.u32()?,
+                done: read_bool(&mut r)?,
+            },
+            kind::LEAVE => ControlMessage::Leave {
+                session: SessionId(r.u64()?),
+            },
+            _ => return Err(ParseError::UnknownKind),
+        };
+        r.finish()?;
+        Ok(message)
+    }
+}
+
+fn read_bool(r: &mut Reader<'_>) -> Result<bool, ParseError> {
+    match r.u8()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(ParseError::Malformed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::info::tests::sample_info;
+    use crate::info::DATAGRAM_SIZE_MTU_1500;
+    use proptest::prelude::*;
+
+    fn any_addr() -> impl Strategy<Value = SocketAddr> {
+        prop_oneof![
+            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip.into()), port)),
+            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(ip.into()), port)),
+        ]
+    }
+
+    fn any_message() -> impl Strategy<Value = ControlMessage> {
+        prop_oneof![
+            (any::<u64>(), any::<bool>(), "[a-z0-9._-]{0,128}").prop_map(|(request_id, multicast_ok, name)| ControlMessage::Request { request_id, multicast_ok, name }),
+            (any::<u64>(), any::<u64>(), any::<bool>(), any_addr(), any::<u64>(), 1u64..10_000_000, any::<u8>()).prop_map(|(request_id, session, multicast, channel, rate_bits_per_s, len, seed)| ControlMessage::Offer {
+                request_id, session: SessionId(session),
+                transport: if multicast { Transport::Multicast } else { Transport::Unicast },
+                channel, rate_bits_per_s, info: sample_info(len, DATAGRAM_SIZE_MTU_1500, seed),
+            }),
+            (any::<u64>(), "[ -~]{0,200}").prop_map(|(request_id, message)| ControlMessage::Reject { request_id, code: RejectCode::NotFound, message }),
+            (any::<u64>(), any::<u32>()).prop_map(|(f, sequence)| ControlMessage::Sync { file_id: FileId(f), sequence }),
+            (any::<u64>(), any::<bool>()).prop_map(|(s, m)| ControlMessage::Joined { session: SessionId(s), transport: if m { Transport::Multicast } else { Transport::Unicast } }),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(s, held, loop_len, done)| ControlMessage::Status { session: SessionId(s), held, loop_len, done }),
+            any::<u64>().prop_map(|s| ControlMessage::Leave { session: SessionId(s) }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn control_round_trips(message in any_message()) {
+            let bytes = message.to_bytes();
+            prop_assert!(bytes.len() <= CONTROL_LEN_MAX);
+            prop_assert_eq!(ControlMessage::parse(&bytes), Ok(message));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1500)) {
+            let _ = ControlMessage::parse(&bytes);
+        }
+
+        #[test]
+        fn truncated_never_parses(message in any_message(), cut in 0usize..2000) {
+            let bytes = message.to_bytes();
+            let cut = cut % bytes.len();
+            prop_assert!(ControlMessage::parse(&bytes[..cut]).is_err());
+        }
+    }
+}
