@@ -29,43 +29,64 @@ pub fn write_data_datagram(
     out[DATAGRAM_HEADER_LEN + chunk.len()..].fill(0);
 }
 
-/// Builds every hash block bottom-up from the data datagrams' hashes. `write(serial, bytes)`
-/// receives each block datagram. Returns the top hashes for the file info.
+/// Writes hash block (level, index) holding `child_hashes` into `out` (one datagram long).
+pub fn write_hash_block(
+    out: &mut [u8],
+    shape: &TreeShape,
+    file_id: FileId,
+    level: u8,
+    index: u32,
+    child_hashes: &[[u8; 32]],
+) {
+    let payload_len = child_hashes.len() * HASH_LEN;
+    assert!(level >= 1, "hash blocks live at level 1 and above");
+    assert!(
+        payload_len <= out.len() - DATAGRAM_HEADER_LEN,
+        "fanout overflows the block"
+    );
+    DatagramHeader {
+        kind: DatagramKind::HashBlock,
+        file_id,
+        serial: Serial(shape.serial_of(level, index)),
+        level,
+        index,
+        payload_len: u16::try_from(payload_len).expect("payload fits u16"),
+        loop_len: shape.loop_len(),
+    }
+    .emit(out);
+    for (slot, hash) in child_hashes.iter().enumerate() {
+        let at = DATAGRAM_HEADER_LEN + slot * HASH_LEN;
+        out[at..at + HASH_LEN].copy_from_slice(hash);
+    }
+    out[DATAGRAM_HEADER_LEN + payload_len..].fill(0);
+}
+
+/// Builds the hash blocks of levels `from_level + 1 ..= depth` from the hashes of the nodes
+/// at `from_level`. `write(serial, bytes)` receives each block datagram. Returns the top
+/// hashes for the file info.
 pub fn build_hash_levels(
     shape: &TreeShape,
     file_id: FileId,
     datagram_size: u16,
-    data_hashes: Vec<[u8; 32]>,
+    from_level: u8,
+    hashes_at_from_level: Vec<[u8; 32]>,
     mut write: impl FnMut(u32, &[u8]),
 ) -> Vec<[u8; 32]> {
-    assert_eq!(data_hashes.len(), shape.data_count() as usize, "one hash per data datagram");
-    let mut below = data_hashes;
+    assert_eq!(
+        hashes_at_from_level.len(),
+        shape.node_count(from_level) as usize,
+        "one hash per node of the starting level"
+    );
+    let mut below = hashes_at_from_level;
     let mut block = vec![0u8; usize::from(datagram_size)];
-    for level in 1..=shape.depth() {
+    for level in from_level + 1..=shape.depth() {
         let mut hashes = Vec::with_capacity(shape.node_count(level) as usize);
         for index in 0..shape.node_count(level) {
             let children = shape.children(level, index);
             let child_hashes = &below[children.start as usize..children.end as usize];
-            let payload_len = child_hashes.len() * HASH_LEN;
-            assert!(payload_len <= payload_capacity(datagram_size), "fanout overflows block");
-            let serial = shape.serial_of(level, index);
-            DatagramHeader {
-                kind: DatagramKind::HashBlock,
-                file_id,
-                serial: Serial(serial),
-                level,
-                index,
-                payload_len: u16::try_from(payload_len).expect("payload fits u16"),
-                loop_len: shape.loop_len(),
-            }
-            .emit(&mut block);
-            for (slot, hash) in child_hashes.iter().enumerate() {
-                let at = DATAGRAM_HEADER_LEN + slot * HASH_LEN;
-                block[at..at + HASH_LEN].copy_from_slice(hash);
-            }
-            block[DATAGRAM_HEADER_LEN + payload_len..].fill(0);
+            write_hash_block(&mut block, shape, file_id, level, index, child_hashes);
             hashes.push(*blake3::hash(&block).as_bytes());
-            write(serial, &block);
+            write(shape.serial_of(level, index), &block);
         }
         below = hashes;
     }
@@ -109,6 +130,7 @@ pub fn assemble_in_memory(file: &InMemoryFile<'_>) -> (FileInfo, Vec<Vec<u8>>) {
         &shape,
         file.file_id,
         file.datagram_size,
+        0,
         data_hashes,
         |serial, bytes| datagrams[serial as usize].copy_from_slice(bytes),
     );

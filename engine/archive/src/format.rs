@@ -1,0 +1,76 @@
+//! The archive file (R1), byte-exact in docs/archive.md:
+//!
+//! ```text
+//! offset 0      "LOOPCAST" format_version:u16 reserved:u16 info_len:u32 info[info_len] zero padding
+//! offset 4096   datagram 0 | datagram 1 | ... | datagram loop_len-1     (each `datagram_size` bytes)
+//! ```
+//! Datagrams sit in loop order (serial order): sending serials a..b is sending one contiguous,
+//! page-cache-backed range of the file.
+
+use loopcast_proto::info::{FileInfo, INFO_LEN_MAX};
+
+pub const ARCHIVE_MAGIC: [u8; 8] = *b"LOOPCAST";
+pub const ARCHIVE_FORMAT_VERSION: u16 = 1;
+/// Datagrams start here: page-aligned, so ranges map cleanly for the kernel.
+pub const DATAGRAMS_OFFSET: u64 = 4096;
+const SUPERBLOCK_FIXED_LEN: usize = 16;
+
+const _: () = assert!(SUPERBLOCK_FIXED_LEN + INFO_LEN_MAX <= DATAGRAMS_OFFSET as usize);
+
+/// Bytes of the first page for `info`.
+pub fn superblock(info: &FileInfo) -> Vec<u8> {
+    let info_bytes = info.to_bytes();
+    let mut page = vec![0u8; DATAGRAMS_OFFSET as usize];
+    page[0..8].copy_from_slice(&ARCHIVE_MAGIC);
+    page[8..10].copy_from_slice(&ARCHIVE_FORMAT_VERSION.to_be_bytes());
+    page[12..16].copy_from_slice(
+        &u32::try_from(info_bytes.len())
+            .expect("info is bounded")
+            .to_be_bytes(),
+    );
+    page[SUPERBLOCK_FIXED_LEN..SUPERBLOCK_FIXED_LEN + info_bytes.len()].copy_from_slice(&info_bytes);
+    page
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SuperblockError {
+    NotAnArchive,
+    UnsupportedVersion(u16),
+    Corrupt,
+}
+
+/// Parses the first page (or less, if the file is shorter).
+pub fn parse_superblock(page: &[u8]) -> Result<FileInfo, SuperblockError> {
+    if page.len() < SUPERBLOCK_FIXED_LEN || page[0..8] != ARCHIVE_MAGIC {
+        return Err(SuperblockError::NotAnArchive);
+    }
+    let version = u16::from_be_bytes([page[8], page[9]]);
+    if version != ARCHIVE_FORMAT_VERSION {
+        return Err(SuperblockError::UnsupportedVersion(version));
+    }
+    let info_len = u32::from_be_bytes(page[12..16].try_into().expect("4 bytes")) as usize;
+    if page[10..12] != [0, 0] || info_len > INFO_LEN_MAX {
+        return Err(SuperblockError::Corrupt);
+    }
+    let info_bytes = page
+        .get(SUPERBLOCK_FIXED_LEN..SUPERBLOCK_FIXED_LEN + info_len)
+        .ok_or(SuperblockError::Corrupt)?;
+    let padding = page
+        .get(SUPERBLOCK_FIXED_LEN + info_len..DATAGRAMS_OFFSET as usize)
+        .ok_or(SuperblockError::Corrupt)?;
+    if padding.iter().any(|&b| b != 0) {
+        return Err(SuperblockError::Corrupt);
+    }
+    FileInfo::parse(info_bytes).map_err(|_| SuperblockError::Corrupt)
+}
+
+/// Total size of an archive with this info.
+pub fn archive_len(info: &FileInfo) -> u64 {
+    DATAGRAMS_OFFSET + u64::from(info.loop_len) * u64::from(info.datagram_size)
+}
+
+/// File offset of a datagram.
+pub fn datagram_offset(info: &FileInfo, serial: u32) -> u64 {
+    assert!(serial < info.loop_len, "serial {serial} outside the loop");
+    DATAGRAMS_OFFSET + u64::from(serial) * u64::from(info.datagram_size)
+}

@@ -1,0 +1,381 @@
+//! Reading archives: open and validate, verify the hash tree, walk frames, extract (R1, R2, R14).
+//! Uses positioned reads only; the send path maps archives in the data plane.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use loopcast_proto::info::{payload_capacity, FileInfo};
+use loopcast_proto::layout::{TreeShape, HASH_LEN};
+use loopcast_proto::wire::datagram::{DatagramHeader, DATAGRAM_HEADER_LEN};
+use rayon::prelude::*;
+
+use crate::format::{archive_len, datagram_offset, parse_superblock, SuperblockError, DATAGRAMS_OFFSET};
+use crate::frame::{watermark_digest, FrameHeader, FRAME_HEADER_LEN};
+use crate::seal::{open, MasterKey};
+use crate::{io_error, ArchiveError};
+
+pub struct ArchiveFile {
+    path: PathBuf,
+    file: File,
+    info: FileInfo,
+    shape: TreeShape,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExtractSummary {
+    pub bytes: u64,
+    pub frames: u64,
+    pub elapsed: Duration,
+}
+
+impl ArchiveFile {
+    /// Opens an archive and checks its superblock, info and exact length.
+    pub fn open(path: &Path) -> Result<ArchiveFile, ArchiveError> {
+        let file = File::open(path).map_err(|e| io_error("open", path, e))?;
+        let actual = file.metadata().map_err(|e| io_error("stat", path, e))?.len();
+        let mut page = vec![0u8; DATAGRAMS_OFFSET.min(actual) as usize];
+        file.read_exact_at(&mut page, 0)
+            .map_err(|e| io_error("read", path, e))?;
+        let info = parse_superblock(&page).map_err(|e| match e {
+            SuperblockError::NotAnArchive => ArchiveError::NotAnArchive(path.to_owned()),
+            SuperblockError::UnsupportedVersion(v) => ArchiveError::UnsupportedVersion(path.to_owned(), v),
+            SuperblockError::Corrupt => ArchiveError::Corrupt {
+                path: path.to_owned(),
+                what: "file info in the header is damaged".into(),
+            },
+        })?;
+        let expected = archive_len(&info);
+        if actual != expected {
+            return Err(ArchiveError::WrongLength {
+                path: path.to_owned(),
+                expected,
+                actual,
+            });
+        }
+        let shape = info.shape().expect("a parsed FileInfo has a valid shape");
+        Ok(ArchiveFile {
+            path: path.to_owned(),
+            file,
+            info,
+            shape,
+        })
+    }
+
+    pub fn info(&self) -> &FileInfo {
+        &self.info
+    }
+
+    pub fn shape(&self) -> &TreeShape {
+        &self.shape
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn corrupt(&self, what: String) -> ArchiveError {
+        ArchiveError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    /// Reads `count` consecutive datagrams starting at `serial`.
+    pub fn read_datagrams(&self, serial: u32, count: u32) -> Result<Vec<u8>, ArchiveError> {
+        let size = usize::from(self.info.datagram_size);
+        let mut buffer = vec![0u8; size * count as usize];
+        self.file
+            .read_exact_at(&mut buffer, datagram_offset(&self.info, serial))
+            .map_err(|e| io_error("read", &self.path, e))?;
+        Ok(buffer)
+    }
+
+    /// Checks every datagram against the hash tree and the tree against the info's top
+    /// hashes (and so the root). Parallel over level-1 groups.
+    pub fn verify(&self) -> Result<(), ArchiveError> {
+        let size = usize::from(self.info.datagram_size);
+        let shape = &self.shape;
+        let level_hashes: Vec<[u8; 32]> = if shape.depth() == 0 {
+            let all = self.read_datagrams(0, shape.loop_len())?;
+            all.chunks_exact(size).map(|d| *blake3::hash(d).as_bytes()).collect()
+        } else {
+            (0..shape.node_count(1))
+                .into_par_iter()
+                .map(|block| {
+                    let children = shape.children(1, block);
+                    let group = self.read_datagrams(shape.serial_of(1, block), 1 + children.end - children.start)?;
+                    let (block_bytes, data) = group.split_at(size);
+                    let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
+                    for (j, datagram) in data.chunks_exact(size).enumerate() {
+                        let hash = blake3::hash(datagram);
+                        if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != *hash.as_bytes() {
+                            return Err(self.corrupt(format!(
+                                "data datagram {} (serial {}) fails its hash",
+                                children.start + j as u32,
+                                shape.serial_of(0, children.start + j as u32)
+                            )));
+                        }
+                    }
+                    Ok(*blake3::hash(block_bytes).as_bytes())
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let mut below = level_hashes;
+        for level in 2..=shape.depth() {
+            let mut hashes = Vec::with_capacity(shape.node_count(level) as usize);
+            for index in 0..shape.node_count(level) {
+                let block = self.read_datagrams(shape.serial_of(level, index), 1)?;
+                let children = shape.children(level, index);
+                let listed = &block[DATAGRAM_HEADER_LEN..];
+                for (j, child) in children.clone().enumerate() {
+                    if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != below[child as usize] {
+                        return Err(self.corrupt(format!(
+                            "hash block ({}, {child}) fails its hash",
+                            level - 1
+                        )));
+                    }
+                }
+                hashes.push(*blake3::hash(&block).as_bytes());
+            }
+            below = hashes;
+        }
+        if below != self.info.top_hashes {
+            return Err(self.corrupt("top of the hash tree does not match the file info".into()));
+        }
+        Ok(())
+    }
+
+    /// Walks the frame stream; `visit` gets each frame's header and stored bytes in order.
+    pub fn for_each_frame(
+        &self,
+        mut visit: impl FnMut(FrameHeader, Vec<u8>) -> Result<(), ArchiveError>,
+    ) -> Result<(), ArchiveError> {
+        let mut stream = FrameStream::new(self);
+        for expected_index in 0..self.info.frame_count {
+            let mut header_bytes = [0u8; FRAME_HEADER_LEN];
+            stream.read_exact(&mut header_bytes)?;
+            let header = FrameHeader::parse(&header_bytes)
+                .map_err(|e| self.corrupt(format!("frame {expected_index}: bad header ({e:?})")))?;
+            self.check_frame_header(&header, expected_index)?;
+            let mut stored = vec![0u8; header.stored_len as usize];
+            stream.read_exact(&mut stored)?;
+            visit(header, stored)?;
+        }
+        if stream.position != self.info.frame_stream_len {
+            return Err(self.corrupt("frame stream has trailing bytes".into()));
+        }
+        Ok(())
+    }
+
+    fn check_frame_header(&self, header: &FrameHeader, expected_index: u64) -> Result<(), ArchiveError> {
+        let info = &self.info;
+        let frame_size = u64::from(info.frame_raw_size);
+        let expected_raw = if expected_index + 1 == info.frame_count {
+            info.original_size - expected_index * frame_size
+        } else {
+            frame_size
+        };
+        let expected_digest = info
+            .watermark
+            .as_ref()
+            .map(|m| watermark_digest(&m.owner, &m.notice));
+        let problem = if header.index != expected_index {
+            Some(format!("frame {expected_index} claims index {}", header.index))
+        } else if header.file_id != info.file_id {
+            Some(format!("frame {expected_index} belongs to another file"))
+        } else if header.is_encrypted() != info.encrypted {
+            Some(format!("frame {expected_index} encryption flag disagrees with the file info"))
+        } else if header.is_watermarked() != expected_digest.is_some()
+            || header.watermark_digest != expected_digest.unwrap_or([0; 16])
+        {
+            Some(format!("frame {expected_index} watermark does not match the file's"))
+        } else if u64::from(header.raw_len) != expected_raw {
+            Some(format!("frame {expected_index} has raw length {}", header.raw_len))
+        } else {
+            None
+        };
+        match problem {
+            Some(what) => Err(self.corrupt(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// Decrypts and decompresses to `output` (written under a temporary name, fsynced, renamed)
+    /// and checks the original's size and hash. Frames are decoded in parallel waves.
+    pub fn extract(
+        &self,
+        key: Option<&MasterKey>,
+        output: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<ExtractSummary, ArchiveError> {
+        let started = Instant::now();
+        if self.info.encrypted && key.is_none() {
+            return Err(ArchiveError::KeyRequired(self.info.file_id.to_string()));
+        }
+        let tmp = {
+            let mut name = output.as_os_str().to_owned();
+            name.push(".tmp");
+            PathBuf::from(name)
+        };
+        let out = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
+        let result = self.extract_into(key, &out, &tmp, progress);
+        match result {
+            Ok(bytes) => {
+                out.sync_all().map_err(|e| io_error("fsync", &tmp, e))?;
+                std::fs::rename(&tmp, output).map_err(|e| io_error("rename into", output, e))?;
+                Ok(ExtractSummary {
+                    bytes,
+                    frames: self.info.frame_count,
+                    elapsed: started.elapsed(),
+                })
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(error)
+            }
+        }
+    }
+
+    fn extract_into(
+        &self,
+        key: Option<&MasterKey>,
+        out: &File,
+        out_path: &Path,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<u64, ArchiveError> {
+        let wave_len = rayon::current_num_threads() * 4;
+        let mut wave: Vec<(FrameHeader, Vec<u8>)> = Vec::with_capacity(wave_len);
+        let mut hasher = blake3::Hasher::new();
+        let mut written = 0u64;
+        let mut flush = |wave: &mut Vec<(FrameHeader, Vec<u8>)>| -> Result<(), ArchiveError> {
+            let decoded: Vec<Result<Vec<u8>, ArchiveError>> = wave
+                .par_drain(..)
+                .map(|(header, stored)| self.decode_frame(key, header, stored))
+                .collect();
+            for plain in decoded {
+                let plain = plain?;
+                hasher.update(&plain);
+                out.write_all_at(&plain, written)
+                    .map_err(|e| io_error("write", out_path, e))?;
+                written += plain.len() as u64;
+            }
+            progress(written, self.info.original_size);
+            Ok(())
+        };
+        self.for_each_frame(|header, stored| {
+            wave.push((header, stored));
+            if wave.len() == wave_len {
+                flush(&mut wave)?;
+            }
+            Ok(())
+        })?;
+        flush(&mut wave)?;
+        if written != self.info.original_size || *hasher.finalize().as_bytes() != self.info.original_hash {
+            return Err(self.corrupt("extracted bytes do not match the original's size and hash".into()));
+        }
+        Ok(written)
+    }
+
+    fn decode_frame(
+        &self,
+        key: Option<&MasterKey>,
+        header: FrameHeader,
+        mut stored: Vec<u8>,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        if header.is_encrypted() {
+            let key = key.expect("checked before extraction");
+            let len = open(key, &header.key_salt, &header.to_bytes(), &mut stored)
+                .map_err(|()| ArchiveError::DecryptFailed { frame: header.index })?;
+            stored.truncate(len);
+        }
+        let plain = if header.is_compressed() {
+            zstd::bulk::decompress(&stored, header.raw_len as usize)
+                .map_err(|e| self.corrupt(format!("frame {}: zstd: {e}", header.index)))?
+        } else {
+            stored
+        };
+        if plain.len() != header.raw_len as usize {
+            return Err(self.corrupt(format!("frame {} decodes to the wrong length", header.index)));
+        }
+        Ok(plain)
+    }
+}
+
+/// Sequential reader over the frame stream (the data datagrams' payloads in index order).
+/// Reads one level-1 group of data datagrams per `pread`.
+struct FrameStream<'a> {
+    archive: &'a ArchiveFile,
+    next_data: u32,
+    buffered: Vec<u8>,
+    buffered_at: usize,
+    position: u64,
+}
+
+impl<'a> FrameStream<'a> {
+    fn new(archive: &'a ArchiveFile) -> FrameStream<'a> {
+        FrameStream {
+            archive,
+            next_data: 0,
+            buffered: Vec::new(),
+            buffered_at: 0,
+            position: 0,
+        }
+    }
+
+    fn refill(&mut self) -> Result<(), ArchiveError> {
+        let archive = self.archive;
+        let shape = &archive.shape;
+        if self.next_data >= shape.data_count() {
+            return Err(archive.corrupt("frame stream ends early".into()));
+        }
+        let fanout = shape.fanout();
+        let run_end = if shape.depth() == 0 {
+            shape.data_count()
+        } else {
+            ((self.next_data / fanout + 1) * fanout).min(shape.data_count())
+        };
+        let count = run_end - self.next_data;
+        let raw = archive.read_datagrams(shape.serial_of(0, self.next_data), count)?;
+        let size = usize::from(archive.info.datagram_size);
+        self.buffered.clear();
+        for datagram in raw.chunks_exact(size) {
+            let header = DatagramHeader::parse(datagram)
+                .map_err(|e| archive.corrupt(format!("data datagram {}: {e}", self.next_data)))?;
+            if header.level != 0 || header.index != self.next_data {
+                return Err(archive.corrupt(format!("data datagram {} is out of place", self.next_data)));
+            }
+            let expected_len = (archive.info.frame_stream_len
+                - u64::from(self.next_data) * payload_capacity(archive.info.datagram_size) as u64)
+                .min(payload_capacity(archive.info.datagram_size) as u64);
+            if u64::from(header.payload_len) != expected_len {
+                return Err(archive.corrupt(format!("data datagram {} has the wrong length", self.next_data)));
+            }
+            self.buffered
+                .extend_from_slice(&datagram[DATAGRAM_HEADER_LEN..DATAGRAM_HEADER_LEN + usize::from(header.payload_len)]);
+            self.next_data += 1;
+        }
+        self.buffered_at = 0;
+        Ok(())
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> Result<(), ArchiveError> {
+        let mut filled = 0;
+        while filled < out.len() {
+            if self.buffered_at == self.buffered.len() {
+                self.refill()?;
+            }
+            let take = (out.len() - filled).min(self.buffered.len() - self.buffered_at);
+            out[filled..filled + take].copy_from_slice(&self.buffered[self.buffered_at..self.buffered_at + take]);
+            filled += take;
+            self.buffered_at += take;
+            self.position += take as u64;
+        }
+        Ok(())
+    }
+}

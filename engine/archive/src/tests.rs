@@ -1,0 +1,178 @@
+use std::path::{Path, PathBuf};
+
+use loopcast_proto::info::{payload_capacity, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000};
+use proptest::prelude::*;
+
+use crate::frame::FRAME_HEADER_LEN;
+use crate::{pack, ArchiveError, ArchiveFile, MasterKey, PackOptions};
+
+pub(crate) struct TestDir(PathBuf);
+
+impl TestDir {
+    pub(crate) fn new(tag: &str) -> TestDir {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).unwrap();
+        let dir = std::env::temp_dir().join(format!("loopcast-archive-{tag}-{}", u64::from_ne_bytes(bytes)));
+        std::fs::create_dir_all(&dir).unwrap();
+        TestDir(dir)
+    }
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Half compressible text, half pseudo-random bytes, so both frame kinds occur.
+fn sample_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|i| {
+            if (i / 100_000) % 2 == 0 {
+                b"loopcast carousel "[i % 18]
+            } else {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            }
+        })
+        .collect()
+}
+
+fn options(encrypt: bool, datagram_size: u16, frame_raw_size: u32) -> PackOptions {
+    PackOptions {
+        name: "sample.bin".into(),
+        frame_raw_size,
+        datagram_size,
+        compression_level: 3,
+        master_key: encrypt.then(|| MasterKey::from_bytes([0x5a; 32])),
+        watermark: Some(Watermark {
+            owner: "studio-42".into(),
+            notice: "(c) 2026 Studio 42".into(),
+        }),
+    }
+}
+
+fn round_trip(dir: &TestDir, data: &[u8], opts: &PackOptions) -> ArchiveFile {
+    let input = dir.path("input");
+    std::fs::write(&input, data).unwrap();
+    let archive_path = dir.path("archive.lca");
+    let summary = pack(&input, &archive_path, opts, &|_| {}).unwrap();
+    assert_eq!(summary.info.original_size, data.len() as u64);
+    let archive = ArchiveFile::open(&archive_path).unwrap();
+    archive.verify().unwrap();
+    let output = dir.path("output");
+    archive
+        .extract(opts.master_key.as_ref(), &output, &|_, _| {})
+        .unwrap();
+    assert!(std::fs::read(&output).unwrap() == data, "extracted bytes differ");
+    assert!(!Path::new(&format!("{}.tmp", output.display())).exists());
+    archive
+}
+
+#[test]
+fn edge_sizes_round_trip() {
+    let dir = TestDir::new("edges");
+    let frame = 64 * 1024u32;
+    let capacity = payload_capacity(DATAGRAM_SIZE_MTU_1500);
+    for len in [0, 1, frame as usize, 3 * frame as usize, capacity, 7 * capacity, capacity * 44 * 45 + 1] {
+        for encrypt in [true, false] {
+            let data = sample_bytes(len, len as u64);
+            round_trip(&dir, &data, &options(encrypt, DATAGRAM_SIZE_MTU_1500, frame));
+        }
+    }
+}
+
+#[test]
+fn frame_stream_ending_exactly_on_a_datagram_round_trips() {
+    // Choose a raw size so that the (uncompressed, unencrypted) stream fills datagrams exactly.
+    let dir = TestDir::new("exact");
+    let capacity = payload_capacity(DATAGRAM_SIZE_MTU_1500);
+    let len = 10 * capacity - FRAME_HEADER_LEN;
+    let data = sample_bytes(len, 99).into_iter().map(|b| b | 0x80).collect::<Vec<_>>();
+    let mut opts = options(false, DATAGRAM_SIZE_MTU_1500, 1 << 20);
+    opts.compression_level = 0;
+    opts.watermark = None;
+    let archive = round_trip(&dir, &data, &opts);
+    assert_eq!(archive.info().frame_stream_len, 10 * capacity as u64);
+}
+
+#[test]
+fn jumbo_datagrams_round_trip() {
+    let dir = TestDir::new("jumbo");
+    let data = sample_bytes(3_000_000, 5);
+    round_trip(&dir, &data, &options(true, DATAGRAM_SIZE_MTU_9000, 1 << 20));
+}
+
+#[test]
+fn several_hundred_mib_round_trip() {
+    let dir = TestDir::new("large");
+    let data = sample_bytes(300 << 20, 11);
+    let archive = round_trip(&dir, &data, &options(true, DATAGRAM_SIZE_MTU_1500, 1 << 20));
+    assert!(archive.shape().depth() >= 3);
+}
+
+#[test]
+fn wrong_key_is_a_clear_error_and_leaves_no_output() {
+    let dir = TestDir::new("wrongkey");
+    let input = dir.path("input");
+    std::fs::write(&input, sample_bytes(200_000, 1)).unwrap();
+    let archive_path = dir.path("a.lca");
+    pack(&input, &archive_path, &options(true, DATAGRAM_SIZE_MTU_1500, 65536), &|_| {}).unwrap();
+    let archive = ArchiveFile::open(&archive_path).unwrap();
+    let output = dir.path("out");
+    let wrong = MasterKey::from_bytes([1; 32]);
+    let error = archive.extract(Some(&wrong), &output, &|_, _| {}).unwrap_err();
+    assert!(matches!(error, ArchiveError::DecryptFailed { frame: 0 }), "{error}");
+    assert!(!output.exists());
+    let error = archive.extract(None, &output, &|_, _| {}).unwrap_err();
+    assert!(matches!(error, ArchiveError::KeyRequired(_)), "{error}");
+}
+
+#[test]
+fn truncated_and_foreign_files_are_rejected() {
+    let dir = TestDir::new("bad");
+    let input = dir.path("input");
+    std::fs::write(&input, sample_bytes(100_000, 2)).unwrap();
+    let archive_path = dir.path("a.lca");
+    pack(&input, &archive_path, &options(false, DATAGRAM_SIZE_MTU_1500, 65536), &|_| {}).unwrap();
+    let bytes = std::fs::read(&archive_path).unwrap();
+    std::fs::write(&archive_path, &bytes[..bytes.len() - 1]).unwrap();
+    assert!(matches!(ArchiveFile::open(&archive_path), Err(ArchiveError::WrongLength { .. })));
+    std::fs::write(&archive_path, b"hello, I am a text file").unwrap();
+    assert!(matches!(ArchiveFile::open(&archive_path), Err(ArchiveError::NotAnArchive(_))));
+    std::fs::write(&archive_path, b"").unwrap();
+    assert!(matches!(ArchiveFile::open(&archive_path), Err(ArchiveError::NotAnArchive(_))));
+    let missing = ArchiveFile::open(&dir.path("missing")).err().unwrap().to_string();
+    assert!(missing.contains("cannot open") && missing.contains("missing"), "{missing}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any flipped bit anywhere in an archive is detected by open, verify or extract.
+    #[test]
+    fn any_flipped_bit_is_detected(len in 0usize..300_000, bit in any::<u64>(), encrypt in any::<bool>()) {
+        let dir = TestDir::new("flip");
+        let input = dir.path("input");
+        std::fs::write(&input, sample_bytes(len, bit)).unwrap();
+        let archive_path = dir.path("a.lca");
+        let opts = options(encrypt, 512, 65536);
+        pack(&input, &archive_path, &opts, &|_| {}).unwrap();
+        let mut bytes = std::fs::read(&archive_path).unwrap();
+        let bit = (bit % (bytes.len() as u64 * 8)) as usize;
+        bytes[bit / 8] ^= 1 << (bit % 8);
+        std::fs::write(&archive_path, &bytes).unwrap();
+        let detected = match ArchiveFile::open(&archive_path) {
+            Err(_) => true,
+            Ok(archive) => archive.verify().is_err()
+                || archive.extract(opts.master_key.as_ref(), &dir.path("out"), &|_, _| {}).is_err(),
+        };
+        prop_assert!(detected, "flipped bit {} went unnoticed", bit);
+    }
+}
