@@ -1,0 +1,507 @@
+//! The client driver (`loopcast get`): a thin I/O loop around [`loopcast_proto::receiver::Receiver`].
+//!
+//! ```text
+//!  Request ─▶ Offer(info, channel) ─▶ check root ─▶ open/resume <out>.part (+ .part.state)
+//!  multicast: join group, wait for SYNC ─▶ Joined(Multicast) | no SYNC ─▶ Joined(Unicast) (R8)
+//!  recvmmsg batch ─▶ Receiver::handle_datagram ─▶ Store{serial} ─▶ pwrite at the serial's slot
+//!  every 250 ms Status; every 2 s fsync + save state; complete ─▶ re-hash data ─▶ fsync ─▶ rename
+//! ```
+
+mod state;
+
+use std::fs::{File, OpenOptions};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use loopcast_archive::format::{archive_len, datagram_offset, superblock};
+use loopcast_dataplane::recv::BatchReceiver;
+use loopcast_proto::carousel::SessionId;
+use loopcast_proto::info::{FileInfo, RootHash, DATAGRAM_SIZE_MAX};
+use loopcast_proto::receiver::{Outcome, Receiver, ReceiverCounters};
+use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
+
+#[derive(Clone, Debug)]
+pub struct GetConfig {
+    pub server: SocketAddr,
+    pub name: String,
+    /// Where the archive is published when complete.
+    pub output: PathBuf,
+    pub allow_multicast: bool,
+    /// Address of the interface to receive multicast on.
+    pub multicast_interface: Ipv4Addr,
+    /// Root the caller trusts (e.g. from a catalog); the Offer must match it.
+    pub expect_root: Option<RootHash>,
+    pub sync_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Give up (keeping the partial file) after this long without a new datagram.
+    pub stall_timeout: Duration,
+}
+
+impl GetConfig {
+    pub fn new(server: SocketAddr, name: &str, output: PathBuf) -> GetConfig {
+        GetConfig {
+            server,
+            name: name.to_owned(),
+            output,
+            allow_multicast: true,
+            multicast_interface: Ipv4Addr::UNSPECIFIED,
+            expect_root: None,
+            sync_timeout: Duration::from_millis(1500),
+            request_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Progress {
+    pub held: u32,
+    pub total: u32,
+    pub archive_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct GetReport {
+    pub transport: Transport,
+    /// Why this transport (e.g. "no SYNC within 1.5 s: fell back to unicast").
+    pub transport_note: String,
+    pub info: FileInfo,
+    pub root: RootHash,
+    /// First loop serial received: where in the loop this client joined.
+    pub join_serial: Option<u32>,
+    /// Datagrams already held from an earlier run (R14).
+    pub resumed_datagrams: u32,
+    pub elapsed: Duration,
+    pub archive_bytes: u64,
+    pub counters: ReceiverCounters,
+    pub oversize_dropped: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("no answer from {server} within {seconds} s (is loopcastd running there?)")]
+    NoAnswer { server: SocketAddr, seconds: u64 },
+    #[error("server refused: {message} ({code:?})")]
+    Rejected { code: RejectCode, message: String },
+    #[error("server offered root {offered}, expected {expected}: refusing a forged or different file")]
+    RootMismatch { offered: String, expected: String },
+    #[error("no new data for {seconds} s; partial download kept for resume ({held}/{total} datagrams)")]
+    Stalled { seconds: u64, held: u32, total: u32 },
+    #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
+    Interrupted { held: u32, total: u32 },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
+    let context = context.into();
+    move |source| ClientError::Io { context, source }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+const SAVE_INTERVAL: Duration = Duration::from_secs(2);
+const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
+const REQUEST_RETRY: Duration = Duration::from_millis(500);
+
+struct Offer {
+    session: SessionId,
+    transport: Transport,
+    channel: SocketAddr,
+    info: FileInfo,
+}
+
+/// Downloads one file. Blocks until it is published, fails, or `cancel` is set.
+pub fn get(
+    config: &GetConfig,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<GetReport, ClientError> {
+    let started = Instant::now();
+    let bind: SocketAddr = if config.server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let control = loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
+    let offer = request(config, &control, cancel)?;
+    let root = offer.info.root();
+    if let Some(expected) = config.expect_root {
+        if expected != root {
+            return Err(ClientError::RootMismatch {
+                offered: root.to_hex(),
+                expected: expected.to_hex(),
+            });
+        }
+    }
+    tracing::info!(file = %offer.info.name, root = %root.to_hex(), transport = %offer.transport, channel = %offer.channel, "offer accepted");
+    let mut download = Download::open(config, &offer.info, root)?;
+    let resumed_datagrams = download.receiver.have().count_ones();
+
+    // R8: on multicast, confirm we see the channel, else ask for unicast.
+    let mut transport = offer.transport;
+    let mut transport_note = match transport {
+        Transport::Unicast => "server offered unicast".to_owned(),
+        Transport::Multicast => String::new(),
+    };
+    let multicast_socket = if transport == Transport::Multicast {
+        let group = match offer.channel {
+            SocketAddr::V4(v4) => *v4.ip(),
+            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        };
+        match loopcast_dataplane::socket::bind_multicast_receiver(group, offer.channel.port(), config.multicast_interface) {
+            Ok(socket) => Some(socket),
+            Err(error) => {
+                transport_note = format!("cannot join {}: {error}; fell back to unicast", offer.channel);
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let data_socket = multicast_socket.as_ref().unwrap_or(&control);
+    loopcast_dataplane::socket::set_receive_timeout(data_socket, RECEIVE_TIMEOUT)
+        .map_err(io_err("set receive timeout"))?;
+    let mut inbox = BatchReceiver::new(64, usize::from(DATAGRAM_SIZE_MAX) + 1);
+    let send = |message: ControlMessage| {
+        let _ = control.send_to(&message.to_bytes(), config.server);
+    };
+
+    let mut synced = transport == Transport::Unicast;
+    if transport == Transport::Multicast {
+        if multicast_socket.is_some() {
+            let deadline = Instant::now() + config.sync_timeout;
+            while !synced && Instant::now() < deadline && !cancel.load(Ordering::Relaxed) {
+                synced = download.receive_batch(&mut inbox, data_socket)?.synced;
+            }
+        }
+        if synced {
+            transport_note = "SYNC received on the multicast group".into();
+            send(ControlMessage::Joined {
+                session: offer.session,
+                transport: Transport::Multicast,
+            });
+        } else {
+            if transport_note.is_empty() {
+                transport_note = format!(
+                    "no SYNC on {} within {:.1} s; fell back to unicast",
+                    offer.channel,
+                    config.sync_timeout.as_secs_f64()
+                );
+            }
+            tracing::warn!(note = %transport_note, "multicast unavailable");
+            transport = Transport::Unicast;
+            send(ControlMessage::Joined {
+                session: offer.session,
+                transport: Transport::Unicast,
+            });
+        }
+    }
+    let data_socket = if transport == Transport::Multicast {
+        data_socket
+    } else {
+        loopcast_dataplane::socket::set_receive_timeout(&control, RECEIVE_TIMEOUT)
+            .map_err(io_err("set receive timeout"))?;
+        &control
+    };
+
+    let total = download.receiver.shape().loop_len();
+    let mut last_status = Instant::now() - STATUS_INTERVAL;
+    let mut last_save = Instant::now();
+    let mut last_new_data = Instant::now();
+    loop {
+        let held = download.receiver.have().count_ones();
+        if download.receiver.is_complete() && download.recheck()? {
+            break;
+        }
+        if cancel.load(Ordering::Relaxed) {
+            download.save()?;
+            send(ControlMessage::Leave { session: offer.session });
+            return Err(ClientError::Interrupted { held, total });
+        }
+        if last_new_data.elapsed() > config.stall_timeout {
+            download.save()?;
+            send(ControlMessage::Leave { session: offer.session });
+            return Err(ClientError::Stalled {
+                seconds: config.stall_timeout.as_secs(),
+                held,
+                total,
+            });
+        }
+        if last_status.elapsed() >= STATUS_INTERVAL {
+            send(ControlMessage::Status {
+                session: offer.session,
+                held,
+                loop_len: total,
+                done: false,
+            });
+            progress(Progress {
+                held,
+                total,
+                archive_bytes: download.archive_bytes,
+            });
+            last_status = Instant::now();
+        }
+        if last_save.elapsed() >= SAVE_INTERVAL {
+            download.save()?;
+            last_save = Instant::now();
+        }
+        if download.receive_batch(&mut inbox, data_socket)?.stored > 0 {
+            last_new_data = Instant::now();
+        }
+    }
+    // R9: tell the server we are done (a few times: UDP may drop one).
+    for _ in 0..3 {
+        send(ControlMessage::Status {
+            session: offer.session,
+            held: total,
+            loop_len: total,
+            done: true,
+        });
+    }
+    progress(Progress {
+        held: total,
+        total,
+        archive_bytes: download.archive_bytes,
+    });
+    download.publish()?;
+    Ok(GetReport {
+        transport,
+        transport_note,
+        root,
+        join_serial: download.join_serial,
+        resumed_datagrams,
+        elapsed: started.elapsed(),
+        archive_bytes: download.archive_bytes,
+        counters: download.receiver.counters(),
+        oversize_dropped: download.oversize_dropped,
+        info: offer.info,
+    })
+}
+
+fn request(config: &GetConfig, control: &UdpSocket, cancel: &AtomicBool) -> Result<Offer, ClientError> {
+    let mut id_bytes = [0u8; 8];
+    getrandom::fill(&mut id_bytes).map_err(|e| ClientError::Io {
+        context: "OS randomness".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let request_id = u64::from_ne_bytes(id_bytes);
+    let request = ControlMessage::Request {
+        request_id,
+        multicast_ok: config.allow_multicast,
+        name: config.name.clone(),
+    }
+    .to_bytes();
+    control
+        .set_read_timeout(Some(REQUEST_RETRY))
+        .map_err(io_err("set timeout"))?;
+    let started = Instant::now();
+    let mut buffer = vec![0u8; CONTROL_LEN_MAX + 1];
+    while started.elapsed() < config.request_timeout && !cancel.load(Ordering::Relaxed) {
+        control
+            .send_to(&request, config.server)
+            .map_err(io_err(format!("send request to {}", config.server)))?;
+        let sent_at = Instant::now();
+        while sent_at.elapsed() < REQUEST_RETRY {
+            let (len, from) = match control.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                // ICMP port unreachable from an earlier send: the server is not up (yet).
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                Err(e) => return Err(io_err("receive offer")(e)),
+            };
+            if from != config.server {
+                continue;
+            }
+            match ControlMessage::parse(&buffer[..len]) {
+                Ok(ControlMessage::Offer {
+                    request_id: id,
+                    session,
+                    transport,
+                    channel,
+                    info,
+                    ..
+                }) if id == request_id => {
+                    return Ok(Offer {
+                        session,
+                        transport,
+                        channel,
+                        info,
+                    })
+                }
+                Ok(ControlMessage::Reject {
+                    request_id: id,
+                    code,
+                    message,
+                }) if id == request_id => return Err(ClientError::Rejected { code, message }),
+                _ => continue,
+            }
+        }
+        std::thread::sleep(REQUEST_RETRY.saturating_sub(sent_at.elapsed()));
+    }
+    Err(ClientError::NoAnswer {
+        server: config.server,
+        seconds: config.request_timeout.as_secs(),
+    })
+}
+
+struct BatchResult {
+    stored: usize,
+    synced: bool,
+}
+
+struct Download {
+    part_path: PathBuf,
+    state_path: PathBuf,
+    output: PathBuf,
+    part: File,
+    root: RootHash,
+    receiver: Receiver,
+    archive_bytes: u64,
+    join_serial: Option<u32>,
+    oversize_dropped: u64,
+}
+
+impl Download {
+    /// Opens the partial archive, resuming from `.part.state` when it matches this root.
+    fn open(config: &GetConfig, info: &FileInfo, root: RootHash) -> Result<Download, ClientError> {
+        let part_path = with_suffix(&config.output, ".part");
+        let state_path = with_suffix(&config.output, ".part.state");
+        let archive_bytes = archive_len(info);
+        let part = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part_path)
+            .map_err(io_err(format!("open {}", part_path.display())))?;
+        let previous = std::fs::read(&state_path)
+            .ok()
+            .and_then(|bytes| state::decode(&bytes, &root, info.loop_len));
+        let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
+        let receiver = match previous {
+            Some(have) if part_len == archive_bytes => {
+                let size = usize::from(info.datagram_size);
+                let receiver = Receiver::resume(info.clone(), have, |serial| {
+                    let mut bytes = vec![0u8; size];
+                    part.read_exact_at(&mut bytes, datagram_offset(info, serial)).ok()?;
+                    Some(bytes)
+                });
+                tracing::info!(held = receiver.have().count_ones(), total = info.loop_len, "resuming partial download");
+                receiver
+            }
+            _ => {
+                part.set_len(0).map_err(io_err("truncate partial file"))?;
+                part.set_len(archive_bytes).map_err(io_err("size partial file"))?;
+                Receiver::new(info.clone())
+            }
+        };
+        part.write_all_at(&superblock(info), 0)
+            .map_err(io_err("write partial file"))?;
+        Ok(Download {
+            part_path,
+            state_path,
+            output: config.output.clone(),
+            part,
+            root,
+            receiver,
+            archive_bytes,
+            join_serial: None,
+            oversize_dropped: 0,
+        })
+    }
+
+    fn receive_batch(&mut self, inbox: &mut BatchReceiver, socket: &UdpSocket) -> Result<BatchResult, ClientError> {
+        let count = inbox.receive(socket).map_err(io_err("receive"))?;
+        let mut result = BatchResult {
+            stored: 0,
+            synced: false,
+        };
+        for index in 0..count {
+            let datagram = inbox.datagram(index);
+            if datagram.truncated {
+                self.oversize_dropped += 1;
+                continue;
+            }
+            let bytes = datagram.bytes;
+            if ControlMessage::is_control(bytes) {
+                if let Ok(ControlMessage::Sync { file_id, .. }) = ControlMessage::parse(bytes) {
+                    result.synced |= file_id == self.receiver.info().file_id;
+                }
+                continue;
+            }
+            if let Outcome::Store { serial, .. } = self.receiver.handle_datagram(bytes) {
+                self.join_serial.get_or_insert(serial);
+                // Receiving our file's datagrams on the channel proves it works, like SYNC.
+                result.synced = true;
+                result.stored += 1;
+                self.part
+                    .write_all_at(bytes, datagram_offset(self.receiver.info(), serial))
+                    .map_err(io_err(format!("write {}", self.part_path.display())))?;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Persists progress: data first (fsync), then the state that describes it.
+    fn save(&self) -> Result<(), ClientError> {
+        self.part.sync_data().map_err(io_err("fsync partial file"))?;
+        state::save(&self.state_path, &self.root, self.receiver.have())
+            .map_err(io_err(format!("save {}", self.state_path.display())))
+    }
+
+    /// Final pass: re-reads every data datagram from disk and re-checks its hash. Returns
+    /// false (with the bad ones forgotten, to be received again) if any fails.
+    fn recheck(&mut self) -> Result<bool, ClientError> {
+        let info = self.receiver.info().clone();
+        let shape = self.receiver.shape().clone();
+        let size = usize::from(info.datagram_size);
+        let fanout = shape.fanout();
+        let mut all_good = true;
+        let mut index = 0u32;
+        while index < shape.data_count() {
+            let run_end = if shape.depth() == 0 {
+                shape.data_count()
+            } else {
+                ((index / fanout + 1) * fanout).min(shape.data_count())
+            };
+            let mut buffer = vec![0u8; size * (run_end - index) as usize];
+            self.part
+                .read_exact_at(&mut buffer, datagram_offset(&info, shape.serial_of(0, index)))
+                .map_err(io_err("re-read partial file"))?;
+            for (offset, datagram) in buffer.chunks_exact(size).enumerate() {
+                if !self.receiver.recheck_data(index + offset as u32, datagram) {
+                    tracing::warn!(index = index + offset as u32, "stored datagram failed its re-check; receiving it again");
+                    all_good = false;
+                }
+            }
+            index = run_end;
+        }
+        Ok(all_good)
+    }
+
+    /// R14: fsync, then rename into place; the state file goes last.
+    fn publish(&self) -> Result<(), ClientError> {
+        self.part.sync_all().map_err(io_err("fsync partial file"))?;
+        std::fs::rename(&self.part_path, &self.output)
+            .map_err(io_err(format!("rename into {}", self.output.display())))?;
+        if let Some(dir) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Ok(dir) = File::open(dir) {
+                let _ = dir.sync_all();
+            }
+        }
+        let _ = std::fs::remove_file(&self.state_path);
+        Ok(())
+    }
+}

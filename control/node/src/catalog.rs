@@ -1,0 +1,50 @@
+//! The media database directory: every `*.lca` archive in it, by name.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use loopcast_archive::ArchiveFile;
+
+pub struct Catalog {
+    dir: PathBuf,
+    by_name: HashMap<String, PathBuf>,
+}
+
+impl Catalog {
+    pub fn new(dir: &Path) -> Catalog {
+        Catalog {
+            dir: dir.to_owned(),
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// Rescans the directory. Unreadable or damaged archives are logged and skipped.
+    pub fn rescan(&mut self) -> std::io::Result<usize> {
+        let mut by_name = HashMap::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let path = entry?.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("lca") {
+                continue;
+            }
+            match ArchiveFile::open(&path) {
+                Ok(archive) => {
+                    let name = archive.info().name.clone();
+                    if let Some(previous) = by_name.insert(name.clone(), path.clone()) {
+                        tracing::warn!(%name, first = %previous.display(), second = %path.display(), "two archives share a name; serving the second");
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "skipping archive"),
+            }
+        }
+        self.by_name = by_name;
+        Ok(self.by_name.len())
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<&Path> {
+        self.by_name.get(name).map(PathBuf::as_path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+}

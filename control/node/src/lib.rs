@@ -1,0 +1,15 @@
+//! The distribution server (`loopcastd serve`): one mio event loop that owns the request
+//! socket, the admin socket and every channel.
+//!
+//! ```text
+//!  Request ──▶ catalog lookup ──▶ channel (one per file: Carousel + mapped archive)
+//!                                   │ join session (multicast group, or unicast peer)
+//!  Status/Joined/Leave ──▶ session ─┘
+//!  loop: Carousel::poll_transmit ──▶ BatchSender (sendmmsg+GSO) ──▶ group and/or each peer
+//! ```
+//! Channels close when their last session finishes, leaves or goes silent (R9).
+
+mod catalog;
+mod server;
+
+pub use server::{run, MulticastConfig, ServerConfig, ServerError};

@@ -1,0 +1,648 @@
+//! The server event loop. See the crate doc for the shape.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loopcast_archive::ArchiveFile;
+use loopcast_dataplane::mapped::MappedArchive;
+use loopcast_dataplane::send::{probe_send_path, BatchSender, MESSAGES_MAX};
+use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
+use loopcast_proto::info::FileInfo;
+use loopcast_proto::time::{Instant, MonotonicClock};
+use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
+use loopcast_proto::wire::datagram::FileId;
+use mio::net::{UdpSocket as MioUdpSocket, UnixListener as MioUnixListener};
+use mio::{Events, Interest, Poll, Token};
+use socket2::SockAddr;
+
+use crate::catalog::Catalog;
+
+#[derive(Clone, Debug)]
+pub struct MulticastConfig {
+    /// Channel groups are `group_base` + (file slot), within the same /24.
+    pub group_base: Ipv4Addr,
+    pub port: u16,
+    /// Address of the interface to send multicast from.
+    pub interface: Ipv4Addr,
+    pub ttl: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub media_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub multicast: Option<MulticastConfig>,
+    /// Per-channel rate in bits/s; 0 = unpaced.
+    pub rate_bits_per_s: u64,
+    pub admin_socket: Option<PathBuf>,
+    pub session_timeout: Duration,
+    pub sessions_max: usize,
+    pub channels_max: usize,
+    /// Verify every archive's hash tree when its channel opens.
+    pub verify_on_open: bool,
+}
+
+impl ServerConfig {
+    pub fn new(media_dir: PathBuf, listen: SocketAddr) -> ServerConfig {
+        ServerConfig {
+            media_dir,
+            listen,
+            multicast: None,
+            rate_bits_per_s: 1_000_000_000,
+            admin_socket: None,
+            session_timeout: Duration::from_secs(5),
+            sessions_max: 4096,
+            channels_max: 256,
+            verify_on_open: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("media database {path}: {source}")]
+    MediaDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the request socket {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the admin socket {path}: {source}")]
+    Admin {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+const CONTROL: Token = Token(0);
+const ADMIN: Token = Token(1);
+/// How often SYNC goes out on an active multicast channel (R8).
+const SYNC_INTERVAL: Duration = Duration::from_millis(200);
+/// Longest sleep, so shutdown requests are noticed.
+const POLL_CEILING: Duration = Duration::from_millis(100);
+/// Control messages handled per wake-up, so a flood cannot starve sending.
+const CONTROL_BATCH_MAX: usize = 256;
+
+struct Channel {
+    file_id: FileId,
+    info: FileInfo,
+    map: MappedArchive,
+    carousel: Carousel,
+    group: Option<SocketAddrV4>,
+    multicast_sessions: usize,
+    unicast_peers: Vec<(SessionId, SockAddr)>,
+    sync_sequence: u32,
+    next_sync: Instant,
+    bytes_sent: u64,
+}
+
+struct Session {
+    file_id: FileId,
+    client: SocketAddr,
+    request_id: u64,
+    transport: Transport,
+    held: u32,
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: u64,
+    rejected: u64,
+    control_dropped: u64,
+    sessions_completed: u64,
+    sessions_expired: u64,
+    channels_opened: u64,
+    channels_closed: u64,
+}
+
+struct Server {
+    config: ServerConfig,
+    clock: MonotonicClock,
+    catalog: Catalog,
+    last_rescan: Option<Instant>,
+    control: MioUdpSocket,
+    data: UdpSocket,
+    sender: BatchSender,
+    send_path_reason: String,
+    channels: HashMap<FileId, Channel>,
+    sessions: HashMap<SessionId, Session>,
+    counters: Counters,
+    group_slots_used: Vec<bool>,
+}
+
+/// Runs the server until `shutdown` becomes true.
+pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+    let mut catalog = Catalog::new(&config.media_dir);
+    let archives = catalog.rescan().map_err(|source| ServerError::MediaDir {
+        path: config.media_dir.clone(),
+        source,
+    })?;
+    let control_std = loopcast_dataplane::socket::bind_udp(config.listen).map_err(|source| {
+        ServerError::Bind {
+            addr: config.listen,
+            source,
+        }
+    })?;
+    control_std.set_nonblocking(true)?;
+    let local = control_std.local_addr()?;
+    let mut control = MioUdpSocket::from_std(control_std);
+    let data_bind: SocketAddr = match config.listen {
+        SocketAddr::V4(v4) => SocketAddr::from((*v4.ip(), 0)),
+        SocketAddr::V6(v6) => SocketAddr::from((*v6.ip(), 0)),
+    };
+    let data = loopcast_dataplane::socket::bind_udp(data_bind)?;
+    if let Some(multicast) = &config.multicast {
+        loopcast_dataplane::socket::set_multicast_sender(&data, multicast.interface, multicast.ttl)?;
+    }
+    let (path, reason) = probe_send_path();
+    tracing::info!(send_path = path.name(), %reason, "data plane ready");
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut control, CONTROL, Interest::READABLE)?;
+    let mut admin = match &config.admin_socket {
+        Some(path) => {
+            let listener = loopcast_admin::bind(path).map_err(|source| ServerError::Admin {
+                path: path.clone(),
+                source,
+            })?;
+            listener.set_nonblocking(true)?;
+            let mut listener = MioUnixListener::from_std(listener);
+            poll.registry()
+                .register(&mut listener, ADMIN, Interest::READABLE)?;
+            Some(listener)
+        }
+        None => None,
+    };
+    tracing::info!(
+        %local,
+        media = %config.media_dir.display(),
+        archives,
+        multicast = ?config.multicast.as_ref().map(|m| (m.group_base, m.port)),
+        rate_bits_per_s = config.rate_bits_per_s,
+        "loopcastd serving"
+    );
+    let mut server = Server {
+        clock: MonotonicClock::new(),
+        catalog,
+        last_rescan: None,
+        control,
+        data,
+        sender: BatchSender::new(path),
+        send_path_reason: reason,
+        channels: HashMap::new(),
+        sessions: HashMap::new(),
+        counters: Counters::default(),
+        group_slots_used: vec![false; 254],
+        config,
+    };
+    let mut events = Events::with_capacity(64);
+    while !shutdown.load(Ordering::Relaxed) {
+        let now = server.clock.now();
+        let timeout = server.next_wakeup(now).map_or(POLL_CEILING, |at| {
+            server.clock.until(at).min(POLL_CEILING)
+        });
+        match poll.poll(&mut events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        for event in events.iter() {
+            if event.token() == ADMIN {
+                if let Some(listener) = &admin {
+                    server.accept_admin(listener);
+                }
+            }
+        }
+        server.drain_control();
+        server.housekeeping();
+        server.send_due()?;
+    }
+    tracing::info!("shutting down: closing {} channel(s)", server.channels.len());
+    if let (Some(path), Some(listener)) = (&server.config.admin_socket, admin.take()) {
+        drop(listener);
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+impl Server {
+    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        self.channels
+            .values()
+            .filter_map(|c| {
+                let sync = if c.multicast_sessions > 0 { Some(c.next_sync) } else { None };
+                match (c.carousel.poll_timeout(), sync) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            })
+            .min()
+            .map(|at| at.max(now))
+    }
+
+    fn drain_control(&mut self) {
+        let mut buffer = [0u8; CONTROL_LEN_MAX];
+        for _ in 0..CONTROL_BATCH_MAX {
+            let (len, from) = match self.control.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "request socket receive error");
+                    return;
+                }
+            };
+            match ControlMessage::parse(&buffer[..len]) {
+                Ok(message) => self.handle_control(message, from),
+                Err(error) => {
+                    self.counters.control_dropped += 1;
+                    tracing::debug!(%from, %error, "dropped malformed control message");
+                }
+            }
+        }
+    }
+
+    fn reply(&self, to: SocketAddr, message: &ControlMessage) {
+        if let Err(error) = self.control.send_to(&message.to_bytes(), to) {
+            tracing::debug!(%to, %error, "reply not sent");
+        }
+    }
+
+    fn handle_control(&mut self, message: ControlMessage, from: SocketAddr) {
+        let now = self.clock.now();
+        match message {
+            ControlMessage::Request {
+                request_id,
+                multicast_ok,
+                name,
+            } => self.handle_request(now, from, request_id, multicast_ok, &name),
+            ControlMessage::Joined { session, transport } => {
+                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from) else {
+                    self.counters.control_dropped += 1;
+                    return;
+                };
+                if state.transport == Transport::Multicast && transport == Transport::Unicast {
+                    // R8: the client saw no SYNC; fall back to unicast for it.
+                    state.transport = Transport::Unicast;
+                    let file_id = state.file_id;
+                    if let Some(channel) = self.channels.get_mut(&file_id) {
+                        channel.multicast_sessions -= 1;
+                        channel.unicast_peers.push((session, SockAddr::from(from)));
+                    }
+                    tracing::info!(session = session.0, %from, "client fell back to unicast");
+                }
+                if let Some(channel) = self.channels.get_mut(&self.sessions[&session].file_id) {
+                    channel.carousel.heard(now, session);
+                }
+            }
+            ControlMessage::Status {
+                session,
+                held,
+                done,
+                ..
+            } => {
+                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from) else {
+                    self.counters.control_dropped += 1;
+                    return;
+                };
+                state.held = held;
+                if done {
+                    self.counters.sessions_completed += 1;
+                    tracing::info!(session = session.0, %from, "client complete");
+                    self.end_session(session);
+                } else if let Some(channel) = self.channels.get_mut(&state.file_id) {
+                    channel.carousel.heard(now, session);
+                }
+            }
+            ControlMessage::Leave { session } => {
+                if self.sessions.get(&session).is_some_and(|s| s.client == from) {
+                    tracing::info!(session = session.0, %from, "client left");
+                    self.end_session(session);
+                } else {
+                    self.counters.control_dropped += 1;
+                }
+            }
+            ControlMessage::Offer { .. } | ControlMessage::Reject { .. } | ControlMessage::Sync { .. } => {
+                self.counters.control_dropped += 1;
+            }
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, from: SocketAddr, request_id: u64, multicast_ok: bool, name: &str) {
+        self.counters.requests += 1;
+        // A retransmitted request (our Offer was lost) gets the same session again.
+        if let Some((&session, _)) = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.client == from && s.request_id == request_id)
+        {
+            let state = &self.sessions[&session];
+            if let Some(channel) = self.channels.get(&state.file_id) {
+                let offer = self.offer(channel, request_id, session, state.transport);
+                self.reply(from, &offer);
+            }
+            return;
+        }
+        let reject = |server: &mut Server, code, message: String| {
+            server.counters.rejected += 1;
+            server.reply(from, &ControlMessage::Reject { request_id, code, message });
+        };
+        if self.sessions.len() >= self.config.sessions_max {
+            return reject(self, RejectCode::Busy, "server at its session limit".into());
+        }
+        let path = match self.catalog.lookup(name) {
+            Some(path) => path.to_owned(),
+            None => {
+                // The archive may have been packed since the last scan (at most one rescan a second).
+                let stale = self
+                    .last_rescan
+                    .is_none_or(|at| now.saturating_since(at) >= Duration::from_secs(1));
+                if stale {
+                    self.last_rescan = Some(now);
+                    let _ = self.catalog.rescan();
+                }
+                match self.catalog.lookup(name) {
+                    Some(path) => path.to_owned(),
+                    None => return reject(self, RejectCode::NotFound, format!("no file named {name:?} here")),
+                }
+            }
+        };
+        let file_id = match self.open_channel(now, &path) {
+            Ok(file_id) => file_id,
+            Err(message) => return reject(self, RejectCode::Busy, message),
+        };
+        let session = SessionId(random_u64());
+        let channel = self.channels.get_mut(&file_id).expect("opened above");
+        if channel.carousel.join(now, session).is_err() {
+            return reject(self, RejectCode::Busy, "channel at its member limit".into());
+        }
+        let transport = if multicast_ok && channel.group.is_some() {
+            channel.multicast_sessions += 1;
+            Transport::Multicast
+        } else {
+            channel.unicast_peers.push((session, SockAddr::from(from)));
+            Transport::Unicast
+        };
+        self.sessions.insert(
+            session,
+            Session {
+                file_id,
+                client: from,
+                request_id,
+                transport,
+                held: 0,
+            },
+        );
+        let channel = &self.channels[&file_id];
+        tracing::info!(session = session.0, %from, file = %channel.info.name, %transport, joined_at = channel.carousel.next_serial(), "session started");
+        let offer = self.offer(channel, request_id, session, transport);
+        self.reply(from, &offer);
+    }
+
+    fn offer(&self, channel: &Channel, request_id: u64, session: SessionId, transport: Transport) -> ControlMessage {
+        let channel_addr = match (transport, channel.group) {
+            (Transport::Multicast, Some(group)) => SocketAddr::V4(group),
+            _ => self.data.local_addr().unwrap_or(self.config.listen),
+        };
+        ControlMessage::Offer {
+            request_id,
+            session,
+            transport,
+            channel: channel_addr,
+            rate_bits_per_s: channel.carousel.config().rate_bits_per_s,
+            info: channel.info.clone(),
+        }
+    }
+
+    /// Opens (or reuses) the channel for an archive (R8: one loop serves every client of a file).
+    fn open_channel(&mut self, now: Instant, path: &std::path::Path) -> Result<FileId, String> {
+        let archive = ArchiveFile::open(path).map_err(|e| e.to_string())?;
+        let file_id = archive.info().file_id;
+        if self.channels.contains_key(&file_id) {
+            return Ok(file_id);
+        }
+        if self.channels.len() >= self.config.channels_max {
+            return Err("server at its channel limit".into());
+        }
+        if self.config.verify_on_open {
+            archive.verify().map_err(|e| {
+                tracing::error!(error = %e, "refusing to serve a corrupt archive");
+                format!("archive for {:?} failed verification on the server", archive.info().name)
+            })?;
+        }
+        let map = MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?;
+        let info = archive.info().clone();
+        let group = self.config.multicast.as_ref().and_then(|m| {
+            let slot = self.group_slots_used.iter().position(|used| !used)?;
+            self.group_slots_used[slot] = true;
+            let base = u32::from(m.group_base) & !0xff;
+            Some(SocketAddrV4::new(Ipv4Addr::from(base + 1 + slot as u32), m.port))
+        });
+        let segments = self.sender.segments_per_message(usize::from(info.datagram_size));
+        let carousel = Carousel::new(
+            CarouselConfig {
+                loop_len: info.loop_len,
+                datagram_size: info.datagram_size,
+                rate_bits_per_s: self.config.rate_bits_per_s,
+                batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
+                member_timeout: self.config.session_timeout,
+                members_max: self.config.sessions_max,
+            },
+            now,
+        );
+        tracing::info!(file = %info.name, file_id = %file_id, group = ?group, loop_len = info.loop_len, "channel opened");
+        self.counters.channels_opened += 1;
+        self.channels.insert(
+            file_id,
+            Channel {
+                file_id,
+                info,
+                map,
+                carousel,
+                group,
+                multicast_sessions: 0,
+                unicast_peers: Vec::new(),
+                sync_sequence: 0,
+                next_sync: now,
+                bytes_sent: 0,
+            },
+        );
+        Ok(file_id)
+    }
+
+    fn end_session(&mut self, session: SessionId) {
+        let Some(state) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(channel) = self.channels.get_mut(&state.file_id) {
+            channel.carousel.leave(session);
+            match state.transport {
+                Transport::Multicast => channel.multicast_sessions -= 1,
+                Transport::Unicast => channel.unicast_peers.retain(|(s, _)| *s != session),
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = self.clock.now();
+        let mut expired = Vec::new();
+        for channel in self.channels.values_mut() {
+            channel.carousel.handle_timeout(now);
+            while let Some(session) = channel.carousel.poll_expired() {
+                expired.push(session);
+            }
+        }
+        for session in expired {
+            tracing::info!(session = session.0, "session expired (client silent)");
+            self.counters.sessions_expired += 1;
+            self.end_session(session);
+        }
+        // R9: a channel with no active client stops and closes.
+        let idle: Vec<FileId> = self
+            .channels
+            .values()
+            .filter(|c| c.carousel.is_idle())
+            .map(|c| c.file_id)
+            .collect();
+        for file_id in idle {
+            let channel = self.channels.remove(&file_id).expect("listed above");
+            if let (Some(group), Some(m)) = (channel.group, &self.config.multicast) {
+                let slot = (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
+                self.group_slots_used[slot] = false;
+            }
+            self.counters.channels_closed += 1;
+            tracing::info!(file = %channel.info.name, loops = channel.carousel.loops_completed(), bytes = channel.bytes_sent, "channel closed: no active clients");
+        }
+        // R8: SYNC on every multicast channel that has multicast members.
+        for channel in self.channels.values_mut() {
+            if let (Some(group), true) = (channel.group, channel.multicast_sessions > 0) {
+                if now >= channel.next_sync {
+                    channel.sync_sequence = channel.sync_sequence.wrapping_add(1);
+                    let sync = ControlMessage::Sync {
+                        file_id: channel.file_id,
+                        sequence: channel.sync_sequence,
+                    };
+                    let _ = self.data.send_to(&sync.to_bytes(), group);
+                    channel.next_sync = now + SYNC_INTERVAL;
+                }
+            }
+        }
+    }
+
+    fn send_due(&mut self) -> std::io::Result<()> {
+        let now = self.clock.now();
+        for channel in self.channels.values_mut() {
+            // One transmit per channel per wake-up keeps control traffic responsive.
+            let Some(transmit) = channel.carousel.poll_transmit(now) else {
+                continue;
+            };
+            let size = usize::from(channel.info.datagram_size);
+            let start = loopcast_archive::format::datagram_offset(&channel.info, transmit.first) as usize;
+            let region = &channel.map.bytes()[start..start + transmit.count as usize * size];
+            if let (Some(group), true) = (channel.group, channel.multicast_sessions > 0) {
+                self.sender.send(&self.data, &SockAddr::from(group), region, size)?;
+                channel.bytes_sent += region.len() as u64;
+            }
+            for (_, peer) in &channel.unicast_peers {
+                self.sender.send(&self.data, peer, region, size)?;
+                channel.bytes_sent += region.len() as u64;
+            }
+        }
+        Ok(())
+    }
+
+    fn accept_admin(&self, listener: &MioUnixListener) {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
+                    if let Err(e) = stream.set_nonblocking(false) {
+                        tracing::debug!(error = %e, "admin connection");
+                        continue;
+                    }
+                    let result = loopcast_admin::serve_connection(stream, |request| match request.command.as_str() {
+                        "status" => self.status_json(),
+                        other => serde_json::json!({"error": format!("unknown command {other:?}; try \"status\"")}),
+                    });
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "admin connection");
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn status_json(&self) -> serde_json::Value {
+        let channels: Vec<serde_json::Value> = self
+            .channels
+            .values()
+            .map(|c| {
+                serde_json::json!({
+                    "file": c.info.name,
+                    "file_id": c.file_id.to_string(),
+                    "group": c.group.map(|g| g.to_string()),
+                    "rate_bits_per_s": c.carousel.config().rate_bits_per_s,
+                    "loop_len": c.info.loop_len,
+                    "next_serial": c.carousel.next_serial(),
+                    "loops_completed": c.carousel.loops_completed(),
+                    "bytes_sent": c.bytes_sent,
+                    "multicast_sessions": c.multicast_sessions,
+                    "unicast_sessions": c.unicast_peers.len(),
+                })
+            })
+            .collect();
+        let sessions: Vec<serde_json::Value> = self
+            .sessions
+            .iter()
+            .map(|(id, s)| {
+                serde_json::json!({
+                    "session": format!("{:016x}", id.0),
+                    "client": s.client.to_string(),
+                    "transport": s.transport.to_string(),
+                    "held": s.held,
+                })
+            })
+            .collect();
+        let send = self.sender.counters();
+        serde_json::json!({
+            "send_path": self.sender.path().name(),
+            "send_path_reason": self.send_path_reason,
+            "archives": self.catalog.len(),
+            "channels": channels,
+            "sessions": sessions,
+            "counters": {
+                "requests": self.counters.requests,
+                "rejected": self.counters.rejected,
+                "control_dropped": self.counters.control_dropped,
+                "sessions_completed": self.counters.sessions_completed,
+                "sessions_expired": self.counters.sessions_expired,
+                "channels_opened": self.counters.channels_opened,
+                "channels_closed": self.counters.channels_closed,
+                "datagrams_sent": send.datagrams,
+                "bytes_sent": send.bytes,
+                "send_syscalls": send.syscalls,
+                "gso_fallbacks": send.gso_fallbacks,
+                "datagrams_failed": send.datagrams_failed,
+            },
+        })
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    u64::from_ne_bytes(bytes)
+}
