@@ -12,4 +12,4 @@
 mod catalog;
 mod server;
 
-pub use server::{run, MulticastConfig, ServerConfig, ServerError};
+pub use server::{bind, run, run_on, MulticastConfig, ServerConfig, ServerError};

@@ -139,18 +139,27 @@ struct Server {
     group_slots_used: Vec<bool>,
 }
 
+/// Binds the request socket named in the config (so a caller can learn its port before
+/// `run_on`, e.g. when it asked for port 0).
+pub fn bind(config: &ServerConfig) -> Result<UdpSocket, ServerError> {
+    loopcast_dataplane::socket::bind_udp(config.listen).map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })
+}
+
 /// Runs the server until `shutdown` becomes true.
 pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+    let socket = bind(&config)?;
+    run_on(config, socket, shutdown)
+}
+
+/// Runs the server on an already bound request socket until `shutdown` becomes true.
+pub fn run_on(config: ServerConfig, control_std: UdpSocket, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
     let mut catalog = Catalog::new(&config.media_dir);
     let archives = catalog.rescan().map_err(|source| ServerError::MediaDir {
         path: config.media_dir.clone(),
         source,
-    })?;
-    let control_std = loopcast_dataplane::socket::bind_udp(config.listen).map_err(|source| {
-        ServerError::Bind {
-            addr: config.listen,
-            source,
-        }
     })?;
     control_std.set_nonblocking(true)?;
     let local = control_std.local_addr()?;

@@ -1,0 +1,1 @@
+//! End-to-end tests: real loopcast binaries as separate processes. See support.rs.

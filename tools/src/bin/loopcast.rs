@@ -1,0 +1,408 @@
+//! `loopcast`: the client and packer. See `loopcast --help`.
+
+use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions, PackPhase};
+use loopcast_proto::info::{hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000};
+use loopcast_store::KeyStore;
+use loopcast_tools::{byte_bar, init_logging, parse_size, shutdown_flag};
+
+#[derive(Parser)]
+#[command(name = "loopcast", version, about = "loopcast: pack media files into archives and download them from a loopcastd carousel",
+    long_about = "loopcast distributes large files to many clients at once by looping each file over UDP \
+multicast (or unicast where multicast is unavailable). This tool packs files into archives for a \
+server's media database, downloads them (resuming where it stopped), inspects and extracts them, \
+and runs a self-contained demo.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack a file into an archive (zstd, AES-256-GCM, optional watermark) and store its key.
+    Pack(PackArgs),
+    /// Show an archive's header, watermark, sizes, hashes and frames.
+    Inspect(InspectArgs),
+    /// Download a file from a loopcastd server; resumes a partial download.
+    Get(GetArgs),
+    /// Decrypt and decompress an archive to the original file, checking its hash.
+    Extract(ExtractArgs),
+    /// Run a self-contained demo: a server and several clients on a private network.
+    Demo(loopcast_tools::demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct PackArgs {
+    /// The file to pack.
+    input: PathBuf,
+    /// Archive to write. Default: <media>/<name>.lca with --media, else <input>.lca.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Media database directory (archives + keys.db).
+    #[arg(long)]
+    media: Option<PathBuf>,
+    /// Key database (SQLite, created mode 0600). Default: <media>/keys.db.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Name clients request the file by. Default: the input's file name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Store frames unencrypted (for content that must not be encrypted).
+    #[arg(long)]
+    no_encrypt: bool,
+    /// Watermark: source/owner id bound into every frame.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Watermark: copyright notice (needs --owner).
+    #[arg(long, requires = "owner")]
+    notice: Option<String>,
+    /// Lay datagrams out for a 9000-byte MTU (default: 1500).
+    #[arg(long)]
+    jumbo: bool,
+    /// Datagram (UDP payload) size in bytes, overriding --jumbo.
+    #[arg(long)]
+    datagram_size: Option<u16>,
+    /// Raw bytes per frame (compression and encryption unit).
+    #[arg(long, default_value = "1M", value_parser = parse_size)]
+    frame_size: u64,
+    /// zstd level, 0 to store frames uncompressed.
+    #[arg(long, default_value_t = 3)]
+    level: i32,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    archive: PathBuf,
+    /// Also verify every datagram against the hash tree.
+    #[arg(long)]
+    verify: bool,
+    /// List this many frames (0 = none).
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct GetArgs {
+    /// Server request address, e.g. 10.0.0.5:7700.
+    server: String,
+    /// Name of the file to fetch.
+    name: String,
+    /// Where to write the archive. Default: ./<name>.lca.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Do not try multicast; ask for unicast at once.
+    #[arg(long)]
+    unicast: bool,
+    /// Local interface address for multicast reception.
+    #[arg(long, default_value = "0.0.0.0")]
+    multicast_interface: Ipv4Addr,
+    /// Expected root hash (64 hex digits); a different offer is refused.
+    #[arg(long)]
+    root: Option<String>,
+    /// After download, extract the original to this path (needs --keys).
+    #[arg(long, requires = "keys")]
+    extract: Option<PathBuf>,
+    /// Key database for --extract.
+    #[arg(long)]
+    keys: Option<PathBuf>,
+    /// Give up after this many seconds without new data (partial file kept).
+    #[arg(long, default_value_t = 30)]
+    stall_timeout: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ExtractArgs {
+    archive: PathBuf,
+    /// Where to write the original.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Key database holding the archive's key (not needed for unencrypted archives).
+    #[arg(long)]
+    keys: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Demo(args) = &cli.command {
+        // The demo may enter a private network namespace: that must happen while single-threaded.
+        return loopcast_tools::demo::run(args);
+    }
+    init_logging("warn");
+    let result = match cli.command {
+        Command::Pack(args) => run_pack(args),
+        Command::Inspect(args) => run_inspect(args),
+        Command::Get(args) => run_get(args),
+        Command::Extract(args) => run_extract(args),
+        Command::Demo(_) => unreachable!("handled above"),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("loopcast: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_pack(args: PackArgs) -> Result<(), String> {
+    if !args.input.is_file() {
+        return Err(format!("{}: no such file", args.input.display()));
+    }
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => args
+            .input
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or("input has no usable file name; pass --name")?
+            .to_owned(),
+    };
+    let output = match (&args.output, &args.media) {
+        (Some(output), _) => output.clone(),
+        (None, Some(media)) => media.join(format!("{name}.lca")),
+        (None, None) => PathBuf::from(format!("{}.lca", args.input.display())),
+    };
+    let keys_path = args.keys.clone().or_else(|| args.media.as_ref().map(|m| m.join("keys.db")));
+    if let Some(media) = &args.media {
+        std::fs::create_dir_all(media).map_err(|e| format!("cannot create {}: {e}", media.display()))?;
+    }
+    let (store, master_key) = if args.no_encrypt {
+        (None, None)
+    } else {
+        let path = keys_path.ok_or("encrypted archives need a key database: pass --keys or --media (or --no-encrypt)")?;
+        let store = KeyStore::open(&path, true).map_err(|e| e.to_string())?;
+        let key = MasterKey::generate().map_err(|e| format!("no OS randomness: {e}"))?;
+        (Some(store), Some(key))
+    };
+    let datagram_size = args.datagram_size.unwrap_or(if args.jumbo { DATAGRAM_SIZE_MTU_9000 } else { DATAGRAM_SIZE_MTU_1500 });
+    let frame_raw_size = u32::try_from(args.frame_size).map_err(|_| "frame size too large")?;
+    let options = PackOptions {
+        name: name.clone(),
+        frame_raw_size,
+        datagram_size,
+        compression_level: args.level,
+        master_key,
+        watermark: args.owner.clone().map(|owner| Watermark {
+            owner,
+            notice: args.notice.clone().unwrap_or_default(),
+        }),
+    };
+    let input_len = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
+    let bar = if args.json { indicatif::ProgressBar::hidden() } else { byte_bar(input_len, "packing") };
+    let summary = pack(&args.input, &output, &options, &|p| {
+        if let PackPhase::Datagrams = p.phase {
+            bar.set_message("datagrams");
+        }
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    if let (Some(store), Some(key)) = (&store, &options.master_key) {
+        if let Err(error) = store.put(&summary.info.file_id.to_string(), &name, key) {
+            let _ = std::fs::remove_file(&output);
+            return Err(format!("{error}; archive removed, since its key could not be stored"));
+        }
+    }
+    let info = &summary.info;
+    let seconds = summary.elapsed.as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::json!({
+            "archive": output.display().to_string(),
+            "name": info.name,
+            "file_id": info.file_id.to_string(),
+            "root": info.root().to_hex(),
+            "original_bytes": info.original_size,
+            "archive_bytes": summary.archive_bytes,
+            "encrypted": info.encrypted,
+            "frames_compressed": summary.frames_compressed,
+            "frames_raw": summary.frames_raw,
+            "seconds": seconds,
+            "mb_per_s": info.original_size as f64 / 1e6 / seconds.max(1e-9),
+        }));
+    } else {
+        println!("packed {} -> {}", args.input.display(), output.display());
+        println!("  name      {}", info.name);
+        println!("  file id   {}", info.file_id);
+        println!("  root      {}", info.root().to_hex());
+        println!("  size      {} -> {} bytes ({:+.1}%)", info.original_size, summary.archive_bytes,
+            (summary.archive_bytes as f64 / info.original_size.max(1) as f64 - 1.0) * 100.0);
+        println!("  frames    {} compressed, {} raw; {}", summary.frames_compressed, summary.frames_raw,
+            if info.encrypted { "AES-256-GCM" } else { "not encrypted" });
+        println!("  speed     {:.1} MB/s ({seconds:.2} s)", info.original_size as f64 / 1e6 / seconds.max(1e-9));
+    }
+    Ok(())
+}
+
+fn run_inspect(args: InspectArgs) -> Result<(), String> {
+    let archive = ArchiveFile::open(&args.archive).map_err(|e| e.to_string())?;
+    let info = archive.info().clone();
+    let shape = archive.shape().clone();
+    let mut frames = Vec::new();
+    let mut frames_compressed = 0u64;
+    let mut stored_total = 0u64;
+    archive
+        .for_each_frame(|header, stored| {
+            frames_compressed += u64::from(header.is_compressed());
+            stored_total += stored.len() as u64;
+            if frames.len() < args.frames {
+                frames.push(header);
+            }
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    let verified = if args.verify {
+        Some(archive.verify().map_err(|e| e.to_string()).map(|()| true)?)
+    } else {
+        None
+    };
+    let archive_bytes = loopcast_archive::format::archive_len(&info);
+    let hash_blocks = info.loop_len - info.data_datagram_count;
+    if args.json {
+        let frame_list: Vec<_> = frames.iter().map(|f| serde_json::json!({
+            "index": f.index, "raw_len": f.raw_len, "stored_len": f.stored_len,
+            "compressed": f.is_compressed(), "encrypted": f.is_encrypted(), "watermarked": f.is_watermarked(),
+        })).collect();
+        println!("{}", serde_json::json!({
+            "archive": args.archive.display().to_string(),
+            "name": info.name, "file_id": info.file_id.to_string(), "root": info.root().to_hex(),
+            "encrypted": info.encrypted,
+            "watermark": info.watermark.as_ref().map(|w| serde_json::json!({"owner": w.owner, "notice": w.notice})),
+            "original_bytes": info.original_size, "original_blake3": hex(&info.original_hash),
+            "archive_bytes": archive_bytes, "frame_raw_size": info.frame_raw_size, "frames": info.frame_count,
+            "frames_compressed": frames_compressed, "datagram_size": info.datagram_size,
+            "data_datagrams": info.data_datagram_count, "hash_blocks": hash_blocks, "loop_len": info.loop_len,
+            "tree_depth": shape.depth(), "verified": verified, "frame_list": frame_list,
+        }));
+        return Ok(());
+    }
+    println!("archive      {}", args.archive.display());
+    println!("name         {}", info.name);
+    println!("file id      {}", info.file_id);
+    println!("root         {}", info.root().to_hex());
+    println!("encrypted    {}", if info.encrypted { "yes (AES-256-GCM, per-frame keys via HKDF-SHA256)" } else { "no" });
+    match &info.watermark {
+        Some(mark) => println!("watermark    owner {:?}, notice {:?}", mark.owner, mark.notice),
+        None => println!("watermark    none"),
+    }
+    println!("original     {} bytes, BLAKE3 {}", info.original_size, hex(&info.original_hash));
+    println!("frames       {} of {} bytes raw; {} compressed, {} stored raw; {} bytes stored",
+        info.frame_count, info.frame_raw_size, frames_compressed, info.frame_count - frames_compressed, stored_total);
+    println!("datagrams    {} bytes each: {} data + {} hash blocks = {} per loop (tree depth {})",
+        info.datagram_size, info.data_datagram_count, hash_blocks, info.loop_len, shape.depth());
+    println!("size         {} bytes on disk; overhead {:+.2}% vs original",
+        archive_bytes, (archive_bytes as f64 / info.original_size.max(1) as f64 - 1.0) * 100.0);
+    if let Some(verified) = verified {
+        println!("verified     {}", if verified { "every datagram matches the hash tree and root" } else { "FAILED" });
+    }
+    for frame in &frames {
+        println!("  frame {:>6}: raw {:>8} stored {:>8}{}{}{}", frame.index, frame.raw_len, frame.stored_len,
+            if frame.is_compressed() { " zstd" } else { " raw" },
+            if frame.is_encrypted() { " sealed" } else { "" },
+            if frame.is_watermarked() { " watermarked" } else { "" });
+    }
+    if info.frame_count as usize > frames.len() && !frames.is_empty() {
+        println!("  ... {} more frames", info.frame_count as usize - frames.len());
+    }
+    Ok(())
+}
+
+fn resolve(server: &str) -> Result<SocketAddr, String> {
+    server
+        .to_socket_addrs()
+        .map_err(|e| format!("bad server address {server:?}: {e} (use HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("server address {server:?} resolves to nothing"))
+}
+
+fn run_get(args: GetArgs) -> Result<(), String> {
+    let server = resolve(&args.server)?;
+    let output = args.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}.lca", args.name)));
+    let mut config = loopcast_client::GetConfig::new(server, &args.name, output.clone());
+    config.allow_multicast = !args.unicast;
+    config.multicast_interface = args.multicast_interface;
+    config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
+    if let Some(root) = &args.root {
+        config.expect_root = Some(RootHash::from_hex(root).ok_or("--root must be 64 hex digits")?);
+    }
+    let cancel = shutdown_flag();
+    let bar = if args.json { indicatif::ProgressBar::hidden() } else { byte_bar(0, "receiving") };
+    let report = loopcast_client::get(&config, &cancel, &mut |p| {
+        bar.set_length(p.archive_bytes);
+        bar.set_position(p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)));
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let mut extracted = None;
+    if let Some(path) = &args.extract {
+        extract_to(&output, path, args.keys.as_deref())?;
+        extracted = Some(path.clone());
+    }
+    let seconds = report.elapsed.as_secs_f64();
+    if args.json {
+        println!("{}", serde_json::json!({
+            "archive": output.display().to_string(), "name": report.info.name, "root": report.root.to_hex(),
+            "transport": report.transport.to_string(), "transport_note": report.transport_note,
+            "join_serial": report.join_serial, "resumed_datagrams": report.resumed_datagrams,
+            "bytes": report.archive_bytes, "seconds": seconds,
+            "mb_per_s": report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
+            "dropped": report.counters.dropped_total(), "duplicates": report.counters.duplicates,
+            "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
+        }));
+    } else {
+        println!("received {} ({} bytes) in {seconds:.2} s, {:.1} MB/s over {} ({})", output.display(), report.archive_bytes,
+            report.archive_bytes as f64 / 1e6 / seconds.max(1e-9), report.transport, report.transport_note);
+        println!("  verified against root {}", report.root.to_hex());
+        if report.resumed_datagrams > 0 {
+            println!("  resumed with {} datagrams already held", report.resumed_datagrams);
+        }
+        let dropped = report.counters.dropped_total();
+        if dropped > 0 {
+            println!("  dropped {dropped} bad or foreign datagrams (see counters with RUST_LOG=debug)");
+        }
+        if let Some(path) = extracted {
+            println!("  extracted to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn extract_to(archive_path: &Path, output: &Path, keys: Option<&Path>) -> Result<u64, String> {
+    let archive = ArchiveFile::open(archive_path).map_err(|e| e.to_string())?;
+    let key = if archive.info().encrypted {
+        let keys = keys.ok_or_else(|| format!("{} is encrypted: pass --keys with its key database", archive_path.display()))?;
+        let store = KeyStore::open(keys, false).map_err(|e| e.to_string())?;
+        Some(store.get(&archive.info().file_id.to_string()).map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let bar = byte_bar(archive.info().original_size, "extracting");
+    let summary = archive
+        .extract(key.as_ref(), output, &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    Ok(summary.bytes)
+}
+
+fn run_extract(args: ExtractArgs) -> Result<(), String> {
+    let started = std::time::Instant::now();
+    let bytes = extract_to(&args.archive, &args.output, args.keys.as_deref())?;
+    println!("extracted {} -> {} ({bytes} bytes, hash verified) in {:.2} s", args.archive.display(), args.output.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+

@@ -1,0 +1,66 @@
+//! `loopcastctl`: talks to a running loopcastd over its admin socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use loopcast_tools::{default_admin_socket, format_rate};
+
+#[derive(Parser)]
+#[command(name = "loopcastctl", version, about = "Admin tool for a running loopcastd (owner-only Unix socket)")]
+struct Cli {
+    /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcastd.sock or /tmp/loopcastd-<uid>.sock.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Channels, sessions, send path and counters.
+    Status {
+        /// Print the daemon's JSON answer as is.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.socket.unwrap_or_else(default_admin_socket);
+    let Command::Status { json } = cli.command;
+    let answer = match loopcast_admin::request(&socket, "status") {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("loopcastctl: error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(error) = answer.get("error").and_then(|e| e.as_str()) {
+        eprintln!("loopcastctl: daemon said: {error}");
+        return ExitCode::FAILURE;
+    }
+    if json {
+        println!("{answer}");
+        return ExitCode::SUCCESS;
+    }
+    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+    println!("send path   {} ({})", text(&answer["send_path"]), text(&answer["send_path_reason"]));
+    println!("archives    {}", answer["archives"]);
+    let channels = answer["channels"].as_array().cloned().unwrap_or_default();
+    println!("channels    {}", channels.len());
+    for c in &channels {
+        println!("  {:<24} {:<22} {:>14} loop {}/{} ({} loops) mcast {} ucast {} sent {} B",
+            text(&c["file"]), c["group"].as_str().unwrap_or("unicast only"),
+            format_rate(c["rate_bits_per_s"].as_u64().unwrap_or(0)), c["next_serial"], c["loop_len"],
+            c["loops_completed"], c["multicast_sessions"], c["unicast_sessions"], c["bytes_sent"]);
+    }
+    let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
+    println!("sessions    {}", sessions.len());
+    for s in &sessions {
+        println!("  {} {:<22} {:<9} held {}", text(&s["session"]), text(&s["client"]), text(&s["transport"]), s["held"]);
+    }
+    println!("counters    {}", answer["counters"]);
+    ExitCode::SUCCESS
+}

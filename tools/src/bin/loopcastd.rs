@@ -1,0 +1,95 @@
+//! `loopcastd`: the distribution server. See `loopcastd serve --help`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use loopcast_node::{MulticastConfig, ServerConfig};
+use loopcast_tools::{default_admin_socket, format_rate, init_logging, parse_rate, shutdown_flag};
+
+#[derive(Parser)]
+#[command(name = "loopcastd", version, about = "loopcast distribution server: loops archives over multicast or unicast UDP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the archives of a media database directory.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Media database directory: *.lca archives (made by `loopcast pack --media DIR`).
+    #[arg(long)]
+    media: PathBuf,
+    /// UDP address for client requests.
+    #[arg(long, default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// Rate of each channel, in bits/s: e.g. 100M, 1G, or unpaced.
+    #[arg(long, default_value = "1G", value_parser = parse_rate)]
+    rate: u64,
+    /// Never use multicast: every client gets a unicast copy.
+    #[arg(long)]
+    no_multicast: bool,
+    /// First multicast group; channels use base+1, base+2, ... within its /24.
+    #[arg(long, default_value = "239.77.1.0")]
+    multicast_group: Ipv4Addr,
+    /// UDP port multicast channels send to.
+    #[arg(long, default_value_t = 7701)]
+    multicast_port: u16,
+    /// Address of the interface to send multicast from (0.0.0.0: the kernel's choice).
+    #[arg(long, default_value = "0.0.0.0")]
+    multicast_interface: Ipv4Addr,
+    /// Multicast TTL (hops).
+    #[arg(long, default_value_t = 8)]
+    multicast_ttl: u32,
+    /// Admin socket for loopcastctl. Default: $XDG_RUNTIME_DIR/loopcastd.sock or /tmp/loopcastd-<uid>.sock.
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
+    /// Seconds of client silence before its session ends.
+    #[arg(long, default_value_t = 5)]
+    session_timeout: u64,
+    /// Skip verifying each archive's hash tree when its channel opens.
+    #[arg(long)]
+    no_verify: bool,
+}
+
+fn main() -> ExitCode {
+    let Command::Serve(args) = Cli::parse().command;
+    init_logging("info");
+    if !args.media.is_dir() {
+        eprintln!("loopcastd: error: media database {} is not a directory", args.media.display());
+        return ExitCode::FAILURE;
+    }
+    let mut config = ServerConfig::new(args.media.clone(), args.listen);
+    config.rate_bits_per_s = args.rate;
+    config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
+    config.verify_on_open = !args.no_verify;
+    config.admin_socket = Some(args.admin_socket.clone().unwrap_or_else(default_admin_socket));
+    if !args.no_multicast {
+        if !args.multicast_group.is_multicast() {
+            eprintln!("loopcastd: error: {} is not a multicast group (224.0.0.0/4)", args.multicast_group);
+            return ExitCode::FAILURE;
+        }
+        config.multicast = Some(MulticastConfig {
+            group_base: args.multicast_group,
+            port: args.multicast_port,
+            interface: args.multicast_interface,
+            ttl: args.multicast_ttl,
+        });
+    }
+    tracing::info!(rate = %format_rate(args.rate), admin = %config.admin_socket.as_ref().expect("set above").display(), "starting");
+    let shutdown = shutdown_flag();
+    match loopcast_node::run(config, shutdown) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("loopcastd: error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Shared helpers for loopcast's thin binaries: argument parsing of rates and sizes,
+//! logging set-up, progress bars, CPU time, and the demo.
+
+pub mod demo;
+
+use std::io::IsTerminal;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Parses a rate in bits per second: `250M`, `1G`, `800k`, `1500000`, or `unpaced` (0).
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let lower = text.trim().to_ascii_lowercase();
+    if lower == "unpaced" || lower == "0" {
+        return Ok(0);
+    }
+    let lower = lower.trim_end_matches("bit/s").trim_end_matches("bps").trim_end_matches("bit");
+    let (digits, multiplier) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1e3),
+        Some('m') => (&lower[..lower.len() - 1], 1e6),
+        Some('g') => (&lower[..lower.len() - 1], 1e9),
+        _ => (lower, 1.0),
+    };
+    let value: f64 = digits
+        .parse()
+        .map_err(|_| format!("bad rate {text:?}: use e.g. 250M, 1G, 800k or unpaced"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("bad rate {text:?}: must be positive"));
+    }
+    let bits = (value * multiplier) as u64;
+    if bits < 8_000 {
+        return Err(format!("rate {text:?} is below 8 kbit/s"));
+    }
+    Ok(bits)
+}
+
+/// Parses a byte size: `64M`, `1G`, `4096`, `512K` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let upper = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, multiplier) = match upper.chars().last() {
+        Some('K') => (&upper[..upper.len() - 1], 1u64 << 10),
+        Some('M') => (&upper[..upper.len() - 1], 1 << 20),
+        Some('G') => (&upper[..upper.len() - 1], 1 << 30),
+        _ => (upper, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|v| v.checked_mul(multiplier))
+        .ok_or_else(|| format!("bad size {text:?}: use e.g. 64M, 1G, 4096"))
+}
+
+pub fn format_rate(bits_per_s: u64) -> String {
+    match bits_per_s {
+        0 => "unpaced".into(),
+        b if b >= 1_000_000_000 => format!("{:.2} Gbit/s", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} Mbit/s", b as f64 / 1e6),
+        b => format!("{:.1} kbit/s", b as f64 / 1e3),
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// A flag set by SIGINT/SIGTERM (installed once per process).
+pub fn shutdown_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        handler_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    flag
+}
+
+/// A byte progress bar on a terminal; hidden when stderr is not one (piped, CI).
+pub fn byte_bar(total: u64, message: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// CPU time (user + system) this process has used so far.
+pub fn cpu_time() -> Duration {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let to_duration = |tv: nix::sys::time::TimeVal| {
+                Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
+            };
+            to_duration(usage.user_time()) + to_duration(usage.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Default admin socket path: $XDG_RUNTIME_DIR/loopcastd.sock, else /tmp/loopcastd-<uid>.sock.
+pub fn default_admin_socket() -> std::path::PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if std::path::Path::new(&dir).is_dir() => std::path::Path::new(&dir).join("loopcastd.sock"),
+        _ => std::path::PathBuf::from(format!("/tmp/loopcastd-{}.sock", nix::unistd::geteuid())),
+    }
+}
+
+/// A deterministic sample file: runs of text (compressible) and xorshift noise
+/// (incompressible), so packing shows both frame kinds.
+pub fn write_sample_file(path: &std::path::Path, len: u64, seed: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut state = seed | 1;
+    let text = b"loopcast: one copy on the wire serves everyone who wants this file. ";
+    let mut written = 0u64;
+    let mut block = vec![0u8; 1 << 16];
+    while written < len {
+        let take = (len - written).min(block.len() as u64) as usize;
+        let noisy = (written >> 20) % 4 != 0;
+        for (i, byte) in block[..take].iter_mut().enumerate() {
+            *byte = if noisy {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            } else {
+                text[(written as usize + i) % text.len()]
+            };
+        }
+        out.write_all(&block[..take])?;
+        written += take as u64;
+    }
+    out.flush()
+}
+
+pub fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path)?;
+    Ok(*hasher.finalize().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("250M"), Ok(250_000_000));
+        assert_eq!(parse_rate("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_rate("1.5g"), Ok(1_500_000_000));
+        assert_eq!(parse_rate("unpaced"), Ok(0));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("-1M").is_err());
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+}
