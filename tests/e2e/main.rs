@@ -1,1 +1,13 @@
-//! End-to-end tests: real loopcast binaries as separate processes. See support.rs.
+//! End-to-end tests: the real binaries as separate processes, talking over real UDP.
+//!
+//! - unicast.rs: server + clients on the host's loopback (no multicast in the host namespace).
+//! - multicast.rs: server and clients in network namespaces the test creates (root: `ip netns`
+//!   with a bridge; non-root: one unprivileged user+network namespace), removed even on failure.
+//! - resume.rs: a client killed mid-download resumes where it stopped (R14).
+//! - hostile.rs: garbage on the request port and a damaged archive in the media database.
+
+mod hostile;
+mod multicast;
+mod resume;
+mod support;
+mod unicast;

@@ -108,8 +108,8 @@ struct GetArgs {
     /// Expected root hash (64 hex digits); a different offer is refused.
     #[arg(long)]
     root: Option<String>,
-    /// After download, extract the original to this path (needs --keys).
-    #[arg(long, requires = "keys")]
+    /// After download, extract the original to this path (encrypted files need --keys).
+    #[arg(long)]
     extract: Option<PathBuf>,
     /// Key database for --extract.
     #[arg(long)]

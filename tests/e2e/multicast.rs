@@ -1,0 +1,164 @@
+//! Multicast end to end, only inside network namespaces this test creates.
+//!
+//! As root: `ip netns` hosts (server, two clients) on a bridge in a switch namespace, the
+//! topology of ../shared/netns.sh, with names unique to this run; all removed on drop, even
+//! when an assertion fails. As non-root: one unprivileged user+network namespace (unshare),
+//! server and clients as processes on its loopback. Otherwise: skipped, with the reason.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+/// Namespaces created by this test; deleted on drop.
+struct Namespaces(Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in self.0.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) {
+    run_ok(Command::new("ip").args(args));
+}
+
+fn tool_available(name: &str, probe: &[&str]) -> bool {
+    Command::new(name).args(probe).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[test]
+fn multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer() {
+    if is_root() && tool_available("ip", &["-V"]) {
+        multicast_with_ip_netns();
+    } else if tool_available("unshare", &["--user", "--map-root-user", "--net", "true"]) && tool_available("ip", &["-V"]) {
+        multicast_in_user_namespace();
+    } else {
+        skip(
+            "multicast_in_namespaces",
+            "needs root with iproute2, or unprivileged user namespaces (unshare -Urn) with iproute2; neither is available",
+        );
+    }
+}
+
+fn multicast_with_ip_netns() {
+    let tag = format!("lct{}", std::process::id() % 100_000);
+    let switch = format!("{tag}-sw");
+    let hosts = [(format!("{tag}-s"), "10.78.0.1"), (format!("{tag}-a"), "10.78.0.2"), (format!("{tag}-b"), "10.78.0.3")];
+    let mut namespaces = Namespaces(vec![switch.clone()]);
+    ip(&["netns", "add", &switch]);
+    ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &switch, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"]);
+    ip(&["-n", &switch, "link", "set", "br0", "up"]);
+    for (index, (ns, address)) in hosts.iter().enumerate() {
+        ip(&["netns", "add", ns]);
+        namespaces.0.push(ns.clone());
+        let port = format!("p{index}");
+        ip(&["-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "veth0", "netns", ns]);
+        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
+        ip(&["-n", ns, "link", "set", "lo", "up"]);
+        ip(&["-n", ns, "link", "set", "veth0", "multicast", "on", "up"]);
+        ip(&["-n", ns, "addr", "add", &format!("{address}/24"), "dev", "veth0"]);
+        ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"]);
+    }
+    let scratch = Scratch::new("mcast");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 16 << 20, 21);
+    let packed = pack_into(&input, &media, &[]);
+    let admin = scratch.path("admin.sock");
+    let (server_ns, server_ip) = (&hosts[0].0, hosts[0].1);
+    let server = Proc::spawn(
+        "loopcastd",
+        Command::new("ip")
+            .args(["netns", "exec", server_ns])
+            .arg(bin("loopcastd"))
+            .arg("serve")
+            .arg("--media")
+            .arg(&media)
+            .args(["--listen", &format!("{server_ip}:7700"), "--rate", "300M"])
+            .args(["--multicast-interface", server_ip, "--multicast-ttl", "1"])
+            .arg("--admin-socket")
+            .arg(&admin),
+    );
+    wait_for_admin(&admin);
+    let client = |name: &str, ns: &str, local_ip: &str, unicast: bool| {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns])
+            .arg(bin("loopcast"))
+            .args(["get", &format!("{server_ip}:7700"), "film.bin", "--json", "--multicast-interface", local_ip])
+            .arg("--output")
+            .arg(scratch.path(&format!("{name}.lca")))
+            .arg("--extract")
+            .arg(scratch.path(&format!("{name}.out")))
+            .arg("--keys")
+            .arg(media.join("keys.db"))
+            .args(["--root", packed["root"].as_str().unwrap()]);
+        if unicast {
+            command.arg("--unicast");
+        }
+        Proc::spawn(name, &mut command)
+    };
+    let first = client("first", &hosts[1].0, hosts[1].1, false);
+    std::thread::sleep(Duration::from_millis(700));
+    let late = client("late", &hosts[2].0, hosts[2].1, false);
+    let unicast = client("unicast", &hosts[2].0, hosts[2].1, true);
+    for (name, proc, transport) in [("first", first, "multicast"), ("late", late, "multicast"), ("unicast", unicast, "unicast")] {
+        let output = proc.wait(Duration::from_secs(90));
+        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        let report = json_of(&output);
+        assert_eq!(report["transport"], transport, "{name}: {report}");
+        assert_eq!(report["verified"], true);
+        assert!(std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original, "{name}: bytes differ");
+        if name == "late" {
+            assert!(report["join_serial"].as_u64().unwrap() > 0, "late joiner joined mid-loop: {report}");
+        }
+    }
+    let output = server.terminate();
+    assert!(output.status.success(), "server: {}", String::from_utf8_lossy(&output.stderr));
+    drop(namespaces);
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&leftover.stdout).contains(&tag), "namespaces left behind");
+}
+
+fn multicast_in_user_namespace() {
+    let scratch = Scratch::new("mcast-userns");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 8 << 20, 22);
+    let packed = pack_into(&input, &media, &[]);
+    let script = format!(
+        r#"set -e
+ip link set lo up
+ip link set lo multicast on
+"{daemon}" serve --media "{media}" --listen 127.0.0.1:7700 --rate 300M --multicast-interface 127.0.0.1 --multicast-ttl 1 --admin-socket "{dir}/admin.sock" 2>"{dir}/server.log" &
+server=$!
+trap 'kill $server 2>/dev/null' EXIT
+sleep 0.5
+"{client}" get 127.0.0.1:7700 film.bin --json --multicast-interface 127.0.0.1 --output "{dir}/first.lca" --extract "{dir}/first.out" --keys "{media}/keys.db" --root {root} > "{dir}/first.json" &
+first=$!
+sleep 0.4
+"{client}" get 127.0.0.1:7700 film.bin --json --multicast-interface 127.0.0.1 --output "{dir}/late.lca" --extract "{dir}/late.out" --keys "{media}/keys.db" --root {root} > "{dir}/late.json"
+wait $first
+"#,
+        daemon = bin("loopcastd").display(),
+        client = bin("loopcast").display(),
+        media = media.display(),
+        dir = scratch.0.display(),
+        root = packed["root"].as_str().unwrap(),
+    );
+    let output = Command::new("timeout")
+        .args(["120", "unshare", "--user", "--map-root-user", "--net", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "namespace script failed: {}\n{}", String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(scratch.path("server.log")).unwrap_or_default());
+    for name in ["first", "late"] {
+        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(scratch.path(&format!("{name}.json"))).unwrap()).unwrap();
+        assert_eq!(report["transport"], "multicast", "{name}: {report}");
+        assert!(std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original, "{name}: bytes differ");
+    }
+}

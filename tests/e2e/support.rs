@@ -1,0 +1,179 @@
+//! Helpers: binaries, scratch directories, child processes killed by PID on drop.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = match name {
+        "loopcast" => env!("CARGO_BIN_EXE_loopcast"),
+        "loopcastd" => env!("CARGO_BIN_EXE_loopcastd"),
+        "loopcastctl" => env!("CARGO_BIN_EXE_loopcastctl"),
+        other => panic!("unknown binary {other}"),
+    };
+    PathBuf::from(path)
+}
+
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let mut nonce = [0u8; 4];
+        getrandom::fill(&mut nonce).unwrap();
+        let dir = std::env::temp_dir().join(format!("loopcast-e2e-{tag}-{}-{}", std::process::id(), u32::from_ne_bytes(nonce)));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Namespaced helpers may run as another user (tests as root, demo as lcuser); keep it open.
+        Scratch(dir)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process ended by PID when dropped (test failure included).
+pub struct Proc {
+    pub child: Child,
+    pub label: String,
+}
+
+impl Proc {
+    pub fn spawn(label: &str, command: &mut Command) -> Proc {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        Proc { child, label: label.to_owned() }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns its output.
+    pub fn terminate(mut self) -> Output {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        child.wait_with_output().unwrap()
+    }
+
+    /// Waits (bounded) for exit and returns the output; panics on timeout.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+                let output = child.wait_with_output().unwrap();
+                panic!("{} did not finish within {timeout:?}\nstderr: {}", self.label, String::from_utf8_lossy(&output.stderr));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn run_ok(command: &mut Command) -> Output {
+    let output = command.output().expect("command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn json_of(output: &Output) -> serde_json::Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Deterministic test content: half text, half noise.
+pub fn write_content(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let data: Vec<u8> = (0..len)
+        .map(|i| {
+            if (i >> 18) % 3 == 0 {
+                b"carousel"[i % 8]
+            } else {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            }
+        })
+        .collect();
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// Packs `input` into `media` (encrypted, watermarked); returns the pack JSON.
+pub fn pack_into(input: &Path, media: &Path, extra: &[&str]) -> serde_json::Value {
+    let output = run_ok(
+        Command::new(bin("loopcast"))
+            .arg("pack")
+            .arg(input)
+            .arg("--media")
+            .arg(media)
+            .args(["--owner", "e2e-studio", "--notice", "(c) e2e", "--json"])
+            .args(extra),
+    );
+    json_of(&output)
+}
+
+/// Waits until `loopcastctl status` answers on `socket`.
+pub fn wait_for_admin(socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ok = Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["status", "--json"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("daemon admin socket {} never answered", socket.display());
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED {test}: {reason}");
+}
