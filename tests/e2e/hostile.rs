@@ -20,7 +20,12 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     let server = Proc::spawn(
         "loopcastd",
         Command::new(bin("loopcastd"))
-            .args(["serve", "--no-multicast", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--no-multicast",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .arg("--media")
             .arg(&media)
             .arg("--admin-socket")
@@ -60,9 +65,20 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     );
     assert_eq!(json_of(&output)["verified"], true);
     assert!(std::fs::read(scratch.path("ok.out")).unwrap() == original);
-    let status = json_of(&run_ok(Command::new(bin("loopcastctl")).arg("--socket").arg(&admin).args(["status", "--json"])));
-    assert!(status["counters"]["control_dropped"].as_u64().unwrap() > 500, "{status}");
-    assert_eq!(status["archives"], 1, "damaged archive not listed: {status}");
+    let status = json_of(&run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&admin)
+            .args(["status", "--json"]),
+    ));
+    assert!(
+        status["counters"]["control_dropped"].as_u64().unwrap() > 500,
+        "{status}"
+    );
+    assert_eq!(
+        status["archives"], 1,
+        "damaged archive not listed: {status}"
+    );
     let output = server.terminate();
     assert!(output.status.success());
 }

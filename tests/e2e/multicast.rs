@@ -26,14 +26,20 @@ fn ip(args: &[&str]) {
 }
 
 fn tool_available(name: &str, probe: &[&str]) -> bool {
-    Command::new(name).args(probe).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(name)
+        .args(probe)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 #[test]
 fn multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer() {
     if is_root() && tool_available("ip", &["-V"]) {
         multicast_with_ip_netns();
-    } else if tool_available("unshare", &["--user", "--map-root-user", "--net", "true"]) && tool_available("ip", &["-V"]) {
+    } else if tool_available("unshare", &["--user", "--map-root-user", "--net", "true"])
+        && tool_available("ip", &["-V"])
+    {
         multicast_in_user_namespace();
     } else {
         skip(
@@ -46,21 +52,46 @@ fn multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer() {
 fn multicast_with_ip_netns() {
     let tag = format!("lct{}", std::process::id() % 100_000);
     let switch = format!("{tag}-sw");
-    let hosts = [(format!("{tag}-s"), "10.78.0.1"), (format!("{tag}-a"), "10.78.0.2"), (format!("{tag}-b"), "10.78.0.3")];
+    let hosts = [
+        (format!("{tag}-s"), "10.78.0.1"),
+        (format!("{tag}-a"), "10.78.0.2"),
+        (format!("{tag}-b"), "10.78.0.3"),
+    ];
     let mut namespaces = Namespaces(vec![switch.clone()]);
     ip(&["netns", "add", &switch]);
     ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
-    ip(&["-n", &switch, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0"]);
+    ip(&[
+        "-n",
+        &switch,
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ]);
     ip(&["-n", &switch, "link", "set", "br0", "up"]);
     for (index, (ns, address)) in hosts.iter().enumerate() {
         ip(&["netns", "add", ns]);
         namespaces.0.push(ns.clone());
         let port = format!("p{index}");
-        ip(&["-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "veth0", "netns", ns]);
+        ip(&[
+            "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "veth0", "netns",
+            ns,
+        ]);
         ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
         ip(&["-n", ns, "link", "set", "veth0", "multicast", "on", "up"]);
-        ip(&["-n", ns, "addr", "add", &format!("{address}/24"), "dev", "veth0"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "veth0",
+        ]);
         ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"]);
     }
     let scratch = Scratch::new("mcast");
@@ -89,7 +120,14 @@ fn multicast_with_ip_netns() {
         command
             .args(["netns", "exec", ns])
             .arg(bin("loopcast"))
-            .args(["get", &format!("{server_ip}:7700"), "film.bin", "--json", "--multicast-interface", local_ip])
+            .args([
+                "get",
+                &format!("{server_ip}:7700"),
+                "film.bin",
+                "--json",
+                "--multicast-interface",
+                local_ip,
+            ])
             .arg("--output")
             .arg(scratch.path(&format!("{name}.lca")))
             .arg("--extract")
@@ -106,22 +144,43 @@ fn multicast_with_ip_netns() {
     std::thread::sleep(Duration::from_millis(700));
     let late = client("late", &hosts[2].0, hosts[2].1, false);
     let unicast = client("unicast", &hosts[2].0, hosts[2].1, true);
-    for (name, proc, transport) in [("first", first, "multicast"), ("late", late, "multicast"), ("unicast", unicast, "unicast")] {
+    for (name, proc, transport) in [
+        ("first", first, "multicast"),
+        ("late", late, "multicast"),
+        ("unicast", unicast, "unicast"),
+    ] {
         let output = proc.wait(Duration::from_secs(90));
-        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let report = json_of(&output);
         assert_eq!(report["transport"], transport, "{name}: {report}");
         assert_eq!(report["verified"], true);
-        assert!(std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original, "{name}: bytes differ");
+        assert!(
+            std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original,
+            "{name}: bytes differ"
+        );
         if name == "late" {
-            assert!(report["join_serial"].as_u64().unwrap() > 0, "late joiner joined mid-loop: {report}");
+            assert!(
+                report["join_serial"].as_u64().unwrap() > 0,
+                "late joiner joined mid-loop: {report}"
+            );
         }
     }
     let output = server.terminate();
-    assert!(output.status.success(), "server: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "server: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     drop(namespaces);
     let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(!String::from_utf8_lossy(&leftover.stdout).contains(&tag), "namespaces left behind");
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains(&tag),
+        "namespaces left behind"
+    );
 }
 
 fn multicast_in_user_namespace() {
@@ -151,14 +210,33 @@ wait $first
         root = packed["root"].as_str().unwrap(),
     );
     let output = Command::new("timeout")
-        .args(["120", "unshare", "--user", "--map-root-user", "--net", "sh", "-c", &script])
+        .args([
+            "120",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "sh",
+            "-c",
+            &script,
+        ])
         .output()
         .unwrap();
-    assert!(output.status.success(), "namespace script failed: {}\n{}", String::from_utf8_lossy(&output.stderr),
-        std::fs::read_to_string(scratch.path("server.log")).unwrap_or_default());
+    assert!(
+        output.status.success(),
+        "namespace script failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        std::fs::read_to_string(scratch.path("server.log")).unwrap_or_default()
+    );
     for name in ["first", "late"] {
-        let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(scratch.path(&format!("{name}.json"))).unwrap()).unwrap();
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(scratch.path(&format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
         assert_eq!(report["transport"], "multicast", "{name}: {report}");
-        assert!(std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original, "{name}: bytes differ");
+        assert!(
+            std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original,
+            "{name}: bytes differ"
+        );
     }
 }

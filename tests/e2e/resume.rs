@@ -17,7 +17,14 @@ fn killed_client_resumes_and_finishes_identical() {
     let _server = Proc::spawn(
         "loopcastd",
         Command::new(bin("loopcastd"))
-            .args(["serve", "--no-multicast", "--rate", "40M", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--no-multicast",
+                "--rate",
+                "40M",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .arg("--media")
             .arg(&media)
             .arg("--admin-socket")
@@ -41,13 +48,32 @@ fn killed_client_resumes_and_finishes_identical() {
     std::thread::sleep(Duration::from_secs(3));
     first.child.kill().unwrap();
     let _ = first.child.wait();
-    assert!(scratch.path("big.lca.part").exists(), "partial archive kept");
-    assert!(scratch.path("big.lca.part.state").exists(), "receive state kept");
-    assert!(!scratch.path("big.lca").exists(), "nothing published before completion");
+    assert!(
+        scratch.path("big.lca.part").exists(),
+        "partial archive kept"
+    );
+    assert!(
+        scratch.path("big.lca.part.state").exists(),
+        "receive state kept"
+    );
+    assert!(
+        !scratch.path("big.lca").exists(),
+        "nothing published before completion"
+    );
     let second = Proc::spawn("second get", &mut get()).wait(Duration::from_secs(60));
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     let report = json_of(&second);
-    assert!(report["resumed_datagrams"].as_u64().unwrap() > 1000, "resumed from the saved state: {report}");
+    assert!(
+        report["resumed_datagrams"].as_u64().unwrap() > 1000,
+        "resumed from the saved state: {report}"
+    );
     assert!(std::fs::read(scratch.path("big.out")).unwrap() == original);
-    assert!(!scratch.path("big.lca.part.state").exists(), "state removed after publish");
+    assert!(
+        !scratch.path("big.lca.part.state").exists(),
+        "state removed after publish"
+    );
 }

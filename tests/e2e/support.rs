@@ -21,7 +21,11 @@ impl Scratch {
     pub fn new(tag: &str) -> Scratch {
         let mut nonce = [0u8; 4];
         getrandom::fill(&mut nonce).unwrap();
-        let dir = std::env::temp_dir().join(format!("loopcast-e2e-{tag}-{}-{}", std::process::id(), u32::from_ne_bytes(nonce)));
+        let dir = std::env::temp_dir().join(format!(
+            "loopcast-e2e-{tag}-{}-{}",
+            std::process::id(),
+            u32::from_ne_bytes(nonce)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         // Namespaced helpers may run as another user (tests as root, demo as lcuser); keep it open.
         Scratch(dir)
@@ -51,7 +55,10 @@ impl Proc {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
-        Proc { child, label: label.to_owned() }
+        Proc {
+            child,
+            label: label.to_owned(),
+        }
     }
 
     /// Sends SIGTERM and waits (bounded) for a clean exit; returns its output.
@@ -79,9 +86,14 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
+                let child =
+                    std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
                 let output = child.wait_with_output().unwrap();
-                panic!("{} did not finish within {timeout:?}\nstderr: {}", self.label, String::from_utf8_lossy(&output.stderr));
+                panic!(
+                    "{} did not finish within {timeout:?}\nstderr: {}",
+                    self.label,
+                    String::from_utf8_lossy(&output.stderr)
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -98,7 +110,11 @@ impl Drop for Proc {
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn run_ok(command: &mut Command) -> Output {

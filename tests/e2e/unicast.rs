@@ -21,7 +21,13 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
             .arg("serve")
             .arg("--media")
             .arg(&media)
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--rate", "200M", "--no-multicast"])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--rate",
+                "200M",
+                "--no-multicast",
+            ])
             .arg("--admin-socket")
             .arg(&admin),
     );
@@ -43,13 +49,28 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     let early = client("early");
     std::thread::sleep(Duration::from_millis(200));
     // While a client is active, the admin socket shows the channel and the send path.
-    let status = json_of(&run_ok(Command::new(bin("loopcastctl")).arg("--socket").arg(&admin).args(["status", "--json"])));
-    assert!(status["send_path"].as_str().unwrap().starts_with("sendmmsg"), "{status}");
+    let status = json_of(&run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&admin)
+            .args(["status", "--json"]),
+    ));
+    assert!(
+        status["send_path"]
+            .as_str()
+            .unwrap()
+            .starts_with("sendmmsg"),
+        "{status}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let late = client("late");
     for (name, proc) in [("early", early), ("late", late)] {
         let output = proc.wait(Duration::from_secs(60));
-        assert!(output.status.success(), "{name}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let report = json_of(&output);
         assert_eq!(report["transport"], "unicast");
         assert_eq!(report["verified"], true);
@@ -58,15 +79,27 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
         // The downloaded archive is byte-identical to the server's.
         let served = std::fs::read(media.join("film.bin.lca")).unwrap();
         assert!(std::fs::read(scratch.path(&format!("{name}.lca"))).unwrap() == served);
-        assert!(!scratch.path(&format!("{name}.lca.part")).exists(), "temporary file left behind");
+        assert!(
+            !scratch.path(&format!("{name}.lca.part")).exists(),
+            "temporary file left behind"
+        );
     }
     // R9: with every client done, the channel closes.
     std::thread::sleep(Duration::from_millis(300));
-    let status = json_of(&run_ok(Command::new(bin("loopcastctl")).arg("--socket").arg(&admin).args(["status", "--json"])));
+    let status = json_of(&run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&admin)
+            .args(["status", "--json"]),
+    ));
     assert_eq!(status["channels"].as_array().unwrap().len(), 0, "{status}");
     assert_eq!(status["counters"]["sessions_completed"], 2, "{status}");
     let output = server.terminate();
-    assert!(output.status.success(), "clean shutdown on SIGTERM: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "clean shutdown on SIGTERM: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(!admin.exists(), "admin socket removed on shutdown");
 }
 
@@ -82,7 +115,12 @@ fn wrong_root_and_unknown_file_are_clear_errors() {
     let server = Proc::spawn(
         "loopcastd",
         Command::new(bin("loopcastd"))
-            .args(["serve", "--no-multicast", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "serve",
+                "--no-multicast",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
             .arg("--media")
             .arg(&media)
             .arg("--admin-socket")
@@ -101,10 +139,17 @@ fn wrong_root_and_unknown_file_are_clear_errors() {
     let missing = get("nope.bin", &[]);
     assert!(!missing.status.success());
     let text = String::from_utf8_lossy(&missing.stderr);
-    assert!(text.contains("no file named") && text.lines().count() == 1, "{text}");
+    assert!(
+        text.contains("no file named") && text.lines().count() == 1,
+        "{text}"
+    );
     let forged = get("a.bin", &["--root", &"ab".repeat(32)]);
     assert!(!forged.status.success());
-    assert!(String::from_utf8_lossy(&forged.stderr).contains("refusing"), "{}", String::from_utf8_lossy(&forged.stderr));
+    assert!(
+        String::from_utf8_lossy(&forged.stderr).contains("refusing"),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
     assert!(!scratch.path("out.lca").exists());
     drop(server);
     // Nobody listening: a clear error, not a hang.
@@ -113,16 +158,32 @@ fn wrong_root_and_unknown_file_are_clear_errors() {
         .output()
         .unwrap();
     assert!(!nobody.status.success());
-    assert!(String::from_utf8_lossy(&nobody.stderr).contains("no answer"), "{}", String::from_utf8_lossy(&nobody.stderr));
+    assert!(
+        String::from_utf8_lossy(&nobody.stderr).contains("no answer"),
+        "{}",
+        String::from_utf8_lossy(&nobody.stderr)
+    );
 }
 
 #[test]
 fn cli_errors_are_one_line_and_nonzero() {
     let scratch = Scratch::new("cli");
     let cases: Vec<Vec<String>> = vec![
-        vec!["pack".into(), scratch.path("missing.bin").display().to_string(), "--no-encrypt".into()],
-        vec!["inspect".into(), scratch.path("missing.lca").display().to_string()],
-        vec!["extract".into(), scratch.path("missing.lca").display().to_string(), "-o".into(), scratch.path("x").display().to_string()],
+        vec![
+            "pack".into(),
+            scratch.path("missing.bin").display().to_string(),
+            "--no-encrypt".into(),
+        ],
+        vec![
+            "inspect".into(),
+            scratch.path("missing.lca").display().to_string(),
+        ],
+        vec![
+            "extract".into(),
+            scratch.path("missing.lca").display().to_string(),
+            "-o".into(),
+            scratch.path("x").display().to_string(),
+        ],
     ];
     for args in cases {
         let output = Command::new(bin("loopcast")).args(&args).output().unwrap();
@@ -135,20 +196,129 @@ fn cli_errors_are_one_line_and_nonzero() {
     // A foreign file and a truncated archive.
     let foreign = scratch.path("foreign.lca");
     std::fs::write(&foreign, b"just some text").unwrap();
-    let output = Command::new(bin("loopcast")).arg("inspect").arg(&foreign).output().unwrap();
+    let output = Command::new(bin("loopcast"))
+        .arg("inspect")
+        .arg(&foreign)
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a loopcast archive"));
     let input = scratch.path("x.bin");
     write_content(&input, 50_000, 3);
     let archive = scratch.path("x.lca");
-    run_ok(Command::new(bin("loopcast")).arg("pack").arg(&input).arg("-o").arg(&archive).arg("--keys").arg(scratch.path("k.db")));
+    run_ok(
+        Command::new(bin("loopcast"))
+            .arg("pack")
+            .arg(&input)
+            .arg("-o")
+            .arg(&archive)
+            .arg("--keys")
+            .arg(scratch.path("k.db")),
+    );
     let bytes = std::fs::read(&archive).unwrap();
     std::fs::write(&archive, &bytes[..bytes.len() - 100]).unwrap();
-    let output = Command::new(bin("loopcast")).arg("inspect").arg(&archive).output().unwrap();
-    assert!(String::from_utf8_lossy(&output.stderr).contains("truncated"), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = Command::new(bin("loopcast"))
+        .arg("inspect")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // Unreadable key database.
     std::fs::write(&archive, &bytes).unwrap();
-    std::fs::write(scratch.path("bad.db"), b"garbage garbage garbage garbage garbage garbage garbage garbage garbage").unwrap();
-    let output = Command::new(bin("loopcast")).arg("extract").arg(&archive).arg("-o").arg(scratch.path("o")).arg("--keys").arg(scratch.path("bad.db")).output().unwrap();
+    std::fs::write(
+        scratch.path("bad.db"),
+        b"garbage garbage garbage garbage garbage garbage garbage garbage garbage",
+    )
+    .unwrap();
+    let output = Command::new(bin("loopcast"))
+        .arg("extract")
+        .arg(&archive)
+        .arg("-o")
+        .arg(scratch.path("o"))
+        .arg("--keys")
+        .arg(scratch.path("bad.db"))
+        .output()
+        .unwrap();
     assert!(!output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stderr).trim().lines().count(), 1, "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr)
+            .trim()
+            .lines()
+            .count(),
+        1,
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Acceptance: a 1 GiB file packs, serves, downloads and extracts byte-identical.
+#[test]
+fn one_gibibyte_file_round_trips_byte_identical() {
+    let scratch = Scratch::new("gib");
+    let media = scratch.path("media");
+    let input = scratch.path("gib.bin");
+    {
+        // Incompressible content from BLAKE3's XOF, written in 1 MiB blocks.
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        for counter in 0u64..1024 {
+            blake3::Hasher::new()
+                .update(&counter.to_le_bytes())
+                .finalize_xof()
+                .fill(&mut block);
+            out.write_all(&block).unwrap();
+        }
+        out.flush().unwrap();
+    }
+    let packed = pack_into(&input, &media, &[]);
+    assert_eq!(packed["original_bytes"], 1u64 << 30);
+    let port = free_udp_port();
+    let admin = scratch.path("admin.sock");
+    let server = Proc::spawn(
+        "loopcastd",
+        Command::new(bin("loopcastd"))
+            .args([
+                "serve",
+                "--no-multicast",
+                "--rate",
+                "2G",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--media")
+            .arg(&media)
+            .arg("--admin-socket")
+            .arg(&admin),
+    );
+    wait_for_admin(&admin);
+    let output = Proc::spawn(
+        "get 1 GiB",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{port}"), "gib.bin", "--json"])
+            .arg("--output")
+            .arg(scratch.path("gib.lca"))
+            .arg("--extract")
+            .arg(scratch.path("gib.out"))
+            .arg("--keys")
+            .arg(media.join("keys.db"))
+            .args(["--root", packed["root"].as_str().unwrap()]),
+    )
+    .wait(Duration::from_secs(300));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("1 GiB download: {}", json_of(&output));
+    let same = Command::new("cmp")
+        .arg(&input)
+        .arg(scratch.path("gib.out"))
+        .status()
+        .unwrap();
+    assert!(same.success(), "extracted 1 GiB differs from the original");
+    drop(server);
 }

@@ -84,7 +84,9 @@ fn choose_network(no_netns: bool) -> Network {
         Err(why) => Network {
             mode: "host loopback",
             multicast: false,
-            reason: format!("{why}; multicast is never sent in the host's namespace, so clients use unicast"),
+            reason: format!(
+                "{why}; multicast is never sent in the host's namespace, so clients use unicast"
+            ),
         },
     }
 }
@@ -126,16 +128,22 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     let mut nonce = [0u8; 4];
     getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
     let work = WorkDir {
-        path: std::env::temp_dir().join(format!("loopcast-demo-{}-{}", std::process::id(), u32::from_ne_bytes(nonce))),
+        path: std::env::temp_dir().join(format!(
+            "loopcast-demo-{}-{}",
+            std::process::id(),
+            u32::from_ne_bytes(nonce)
+        )),
         keep: args.keep,
     };
     let media = work.path.join("media");
-    std::fs::create_dir_all(&media).map_err(|e| format!("cannot create {}: {e}", media.display()))?;
+    std::fs::create_dir_all(&media)
+        .map_err(|e| format!("cannot create {}: {e}", media.display()))?;
     say(format!("network: {} ({})", network.mode, network.reason));
 
     // 1. A sample file, packed (zstd + AES-256-GCM + watermark) into the media database.
     let sample = work.path.join("sample.bin");
-    write_sample_file(&sample, args.size, 0x10095ca5).map_err(|e| format!("cannot write sample: {e}"))?;
+    write_sample_file(&sample, args.size, 0x10095ca5)
+        .map_err(|e| format!("cannot write sample: {e}"))?;
     let original_hash = hash_file(&sample).map_err(|e| e.to_string())?;
     let keys_path = media.join("keys.db");
     let keys = KeyStore::open(&keys_path, true).map_err(|e| e.to_string())?;
@@ -151,9 +159,11 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
             notice: "(c) 2026 loopcast demo content".into(),
         }),
     };
-    let packed = pack(&sample, &media.join("sample.bin.lca"), &options, &|_| {}).map_err(|e| e.to_string())?;
+    let packed = pack(&sample, &media.join("sample.bin.lca"), &options, &|_| {})
+        .map_err(|e| e.to_string())?;
     let key = options.master_key.as_ref().expect("set above");
-    keys.put(&packed.info.file_id.to_string(), "sample.bin", key).map_err(|e| e.to_string())?;
+    keys.put(&packed.info.file_id.to_string(), "sample.bin", key)
+        .map_err(|e| e.to_string())?;
     say(format!(
         "packed {} MiB in {:.2} s ({} frames zstd, {} raw; {} datagrams per loop)",
         args.size >> 20,
@@ -201,20 +211,35 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|index| {
-            let delay = Duration::from_secs_f64(loop_seconds * [0.0, 0.0, 0.35, 0.7][index.min(3)] + 0.05 * index as f64);
+            let delay = Duration::from_secs_f64(
+                loop_seconds * [0.0, 0.0, 0.35, 0.7][index.min(3)] + 0.05 * index as f64,
+            );
             let unicast_only = index == 3 || !network.multicast;
             let work_path = work.path.clone();
             let keys_path = keys_path.clone();
             let cancel = shutdown.clone();
             let bar = bars.add(indicatif::ProgressBar::new(packed.archive_bytes));
             bar.set_style(
-                indicatif::ProgressStyle::with_template("client {prefix} [{bar:40}] {bytes}/{total_bytes} {msg}")
-                    .expect("static template")
-                    .progress_chars("=> "),
+                indicatif::ProgressStyle::with_template(
+                    "client {prefix} [{bar:40}] {bytes}/{total_bytes} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
             );
             bar.set_prefix((index + 1).to_string());
             std::thread::spawn(move || {
-                run_client(index + 1, delay, unicast_only, server_addr, &work_path, &keys_path, original_hash, &cancel, &bar, started)
+                run_client(
+                    index + 1,
+                    delay,
+                    unicast_only,
+                    server_addr,
+                    &work_path,
+                    &keys_path,
+                    original_hash,
+                    &cancel,
+                    &bar,
+                    started,
+                )
             })
         })
         .collect();
@@ -281,10 +306,16 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     } else {
         println!();
         println!("network: {} — {}", network.mode, network.reason);
-        println!("{:<7} {:<10} {:<22} {:>12} {:>8} {:>8}  verified", "client", "transport", "join point", "bytes", "seconds", "MB/s");
+        println!(
+            "{:<7} {:<10} {:<22} {:>12} {:>8} {:>8}  verified",
+            "client", "transport", "join point", "bytes", "seconds", "MB/s"
+        );
         for r in &results {
             let join = match r.join_serial {
-                Some(serial) => format!("{:.0}% (serial {serial})", 100.0 * f64::from(serial) / f64::from(loop_len)),
+                Some(serial) => format!(
+                    "{:.0}% (serial {serial})",
+                    100.0 * f64::from(serial) / f64::from(loop_len)
+                ),
                 None => "-".into(),
             };
             println!(
@@ -295,13 +326,24 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
                 r.bytes,
                 r.seconds,
                 r.bytes as f64 / 1e6 / r.seconds.max(1e-9),
-                if r.verified { "yes".to_owned() } else { format!("NO: {}", r.error.as_deref().unwrap_or("?")) }
+                if r.verified {
+                    "yes".to_owned()
+                } else {
+                    format!("NO: {}", r.error.as_deref().unwrap_or("?"))
+                }
             );
         }
         for r in results.iter().filter(|r| !r.note.is_empty()) {
             println!("  client {}: {}", r.client, r.note);
         }
-        println!("{}", if all_verified { "all clients verified: archive root and original BLAKE3 match" } else { "SOME CLIENTS FAILED" });
+        println!(
+            "{}",
+            if all_verified {
+                "all clients verified: archive root and original BLAKE3 match"
+            } else {
+                "SOME CLIENTS FAILED"
+            }
+        );
         if args.keep {
             println!("work directory kept: {}", work.path.display());
         }
@@ -340,7 +382,8 @@ fn run_client(
         result.error = Some(e.to_string());
         return result;
     }
-    let mut config = loopcast_client::GetConfig::new(server, "sample.bin", dir.join("sample.bin.lca"));
+    let mut config =
+        loopcast_client::GetConfig::new(server, "sample.bin", dir.join("sample.bin.lca"));
     config.allow_multicast = !unicast_only;
     config.multicast_interface = Ipv4Addr::LOCALHOST;
     config.stall_timeout = Duration::from_secs(20);
@@ -370,9 +413,13 @@ fn run_client(
     let verify = || -> Result<(), String> {
         let archive = ArchiveFile::open(&config.output).map_err(|e| e.to_string())?;
         let store = KeyStore::open(keys_path, false).map_err(|e| e.to_string())?;
-        let key = store.get(&archive.info().file_id.to_string()).map_err(|e| e.to_string())?;
+        let key = store
+            .get(&archive.info().file_id.to_string())
+            .map_err(|e| e.to_string())?;
         let original = dir.join("sample.bin");
-        archive.extract(Some(&key), &original, &|_, _| {}).map_err(|e| e.to_string())?;
+        archive
+            .extract(Some(&key), &original, &|_, _| {})
+            .map_err(|e| e.to_string())?;
         if hash_file(&original).map_err(|e| e.to_string())? != original_hash {
             return Err("extracted file differs from the original".into());
         }
@@ -390,4 +437,3 @@ fn run_client(
     }
     result
 }
-

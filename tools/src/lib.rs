@@ -14,7 +14,10 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     if lower == "unpaced" || lower == "0" {
         return Ok(0);
     }
-    let lower = lower.trim_end_matches("bit/s").trim_end_matches("bps").trim_end_matches("bit");
+    let lower = lower
+        .trim_end_matches("bit/s")
+        .trim_end_matches("bps")
+        .trim_end_matches("bit");
     let (digits, multiplier) = match lower.chars().last() {
         Some('k') => (&lower[..lower.len() - 1], 1e3),
         Some('m') => (&lower[..lower.len() - 1], 1e6),
@@ -115,7 +118,9 @@ pub fn cpu_time() -> Duration {
 /// Default admin socket path: $XDG_RUNTIME_DIR/loopcastd.sock, else /tmp/loopcastd-<uid>.sock.
 pub fn default_admin_socket() -> std::path::PathBuf {
     match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if std::path::Path::new(&dir).is_dir() => std::path::Path::new(&dir).join("loopcastd.sock"),
+        Some(dir) if std::path::Path::new(&dir).is_dir() => {
+            std::path::Path::new(&dir).join("loopcastd.sock")
+        }
         _ => std::path::PathBuf::from(format!("/tmp/loopcastd-{}.sock", nix::unistd::geteuid())),
     }
 }
@@ -131,7 +136,7 @@ pub fn write_sample_file(path: &std::path::Path, len: u64, seed: u64) -> std::io
     let mut block = vec![0u8; 1 << 16];
     while written < len {
         let take = (len - written).min(block.len() as u64) as usize;
-        let noisy = (written >> 20) % 4 != 0;
+        let noisy = !(written >> 20).is_multiple_of(4);
         for (i, byte) in block[..take].iter_mut().enumerate() {
             *byte = if noisy {
                 state ^= state << 13;

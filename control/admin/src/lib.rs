@@ -51,8 +51,9 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 
 /// Peer uid of a connection, from the kernel (SO_PEERCRED).
 pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
-    let credentials = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
-        .map_err(std::io::Error::from)?;
+    let credentials =
+        nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(std::io::Error::from)?;
     Ok(credentials.uid())
 }
 
@@ -132,7 +133,11 @@ mod tests {
         let server = std::thread::spawn(move || {
             for _ in 0..2 {
                 let (stream, _) = listener.accept().unwrap();
-                serve_connection(stream, |request| serde_json::json!({"echo": request.command})).unwrap();
+                serve_connection(
+                    stream,
+                    |request| serde_json::json!({"echo": request.command}),
+                )
+                .unwrap();
             }
         });
         assert_eq!(request(&path, "status").unwrap()["echo"], "status");

@@ -91,9 +91,13 @@ pub enum ClientError {
     NoAnswer { server: SocketAddr, seconds: u64 },
     #[error("server refused: {message} ({code:?})")]
     Rejected { code: RejectCode, message: String },
-    #[error("server offered root {offered}, expected {expected}: refusing a forged or different file")]
+    #[error(
+        "server offered root {offered}, expected {expected}: refusing a forged or different file"
+    )]
     RootMismatch { offered: String, expected: String },
-    #[error("no new data for {seconds} s; partial download kept for resume ({held}/{total} datagrams)")]
+    #[error(
+        "no new data for {seconds} s; partial download kept for resume ({held}/{total} datagrams)"
+    )]
     Stalled { seconds: u64, held: u32, total: u32 },
     #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
     Interrupted { held: u32, total: u32 },
@@ -114,6 +118,8 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 const SAVE_INTERVAL: Duration = Duration::from_secs(2);
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
 const REQUEST_RETRY: Duration = Duration::from_millis(500);
+/// Datagrams taken per recvmmsg.
+const RECEIVE_BATCH: usize = 64;
 
 struct Offer {
     session: SessionId,
@@ -134,7 +140,8 @@ pub fn get(
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let control = loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
+    let control =
+        loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
     let offer = request(config, &control, cancel)?;
     let root = offer.info.root();
     if let Some(expected) = config.expect_root {
@@ -160,10 +167,17 @@ pub fn get(
             SocketAddr::V4(v4) => *v4.ip(),
             SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
         };
-        match loopcast_dataplane::socket::bind_multicast_receiver(group, offer.channel.port(), config.multicast_interface) {
+        match loopcast_dataplane::socket::bind_multicast_receiver(
+            group,
+            offer.channel.port(),
+            config.multicast_interface,
+        ) {
             Ok(socket) => Some(socket),
             Err(error) => {
-                transport_note = format!("cannot join {}: {error}; fell back to unicast", offer.channel);
+                transport_note = format!(
+                    "cannot join {}: {error}; fell back to unicast",
+                    offer.channel
+                );
                 None
             }
         }
@@ -173,7 +187,7 @@ pub fn get(
     let data_socket = multicast_socket.as_ref().unwrap_or(&control);
     loopcast_dataplane::socket::set_receive_timeout(data_socket, RECEIVE_TIMEOUT)
         .map_err(io_err("set receive timeout"))?;
-    let mut inbox = BatchReceiver::new(64, usize::from(DATAGRAM_SIZE_MAX) + 1);
+    let mut inbox = BatchReceiver::new(RECEIVE_BATCH, usize::from(DATAGRAM_SIZE_MAX) + 1);
     let send = |message: ControlMessage| {
         let _ = control.send_to(&message.to_bytes(), config.server);
     };
@@ -227,12 +241,16 @@ pub fn get(
         }
         if cancel.load(Ordering::Relaxed) {
             download.save()?;
-            send(ControlMessage::Leave { session: offer.session });
+            send(ControlMessage::Leave {
+                session: offer.session,
+            });
             return Err(ClientError::Interrupted { held, total });
         }
         if last_new_data.elapsed() > config.stall_timeout {
             download.save()?;
-            send(ControlMessage::Leave { session: offer.session });
+            send(ControlMessage::Leave {
+                session: offer.session,
+            });
             return Err(ClientError::Stalled {
                 seconds: config.stall_timeout.as_secs(),
                 held,
@@ -254,7 +272,7 @@ pub fn get(
             last_status = Instant::now();
         }
         if last_save.elapsed() >= SAVE_INTERVAL {
-            download.save()?;
+            download.save_in_background()?;
             last_save = Instant::now();
         }
         if download.receive_batch(&mut inbox, data_socket)?.stored > 0 {
@@ -290,7 +308,11 @@ pub fn get(
     })
 }
 
-fn request(config: &GetConfig, control: &UdpSocket, cancel: &AtomicBool) -> Result<Offer, ClientError> {
+fn request(
+    config: &GetConfig,
+    control: &UdpSocket,
+    cancel: &AtomicBool,
+) -> Result<Offer, ClientError> {
     let mut id_bytes = [0u8; 8];
     getrandom::fill(&mut id_bytes).map_err(|e| ClientError::Io {
         context: "OS randomness".into(),
@@ -316,7 +338,14 @@ fn request(config: &GetConfig, control: &UdpSocket, cancel: &AtomicBool) -> Resu
         while sent_at.elapsed() < REQUEST_RETRY {
             let (len, from) = match control.recv_from(&mut buffer) {
                 Ok(received) => received,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
                 // ICMP port unreachable from an earlier send: the server is not up (yet).
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
                 Err(e) => return Err(io_err("receive offer")(e)),
@@ -371,6 +400,8 @@ struct Download {
     archive_bytes: u64,
     join_serial: Option<u32>,
     oversize_dropped: u64,
+    /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
+    saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
 impl Download {
@@ -395,15 +426,21 @@ impl Download {
                 let size = usize::from(info.datagram_size);
                 let receiver = Receiver::resume(info.clone(), have, |serial| {
                     let mut bytes = vec![0u8; size];
-                    part.read_exact_at(&mut bytes, datagram_offset(info, serial)).ok()?;
+                    part.read_exact_at(&mut bytes, datagram_offset(info, serial))
+                        .ok()?;
                     Some(bytes)
                 });
-                tracing::info!(held = receiver.have().count_ones(), total = info.loop_len, "resuming partial download");
+                tracing::info!(
+                    held = receiver.have().count_ones(),
+                    total = info.loop_len,
+                    "resuming partial download"
+                );
                 receiver
             }
             _ => {
                 part.set_len(0).map_err(io_err("truncate partial file"))?;
-                part.set_len(archive_bytes).map_err(io_err("size partial file"))?;
+                part.set_len(archive_bytes)
+                    .map_err(io_err("size partial file"))?;
                 Receiver::new(info.clone())
             }
         };
@@ -419,15 +456,23 @@ impl Download {
             archive_bytes,
             join_serial: None,
             oversize_dropped: 0,
+            saver: None,
         })
     }
 
-    fn receive_batch(&mut self, inbox: &mut BatchReceiver, socket: &UdpSocket) -> Result<BatchResult, ClientError> {
+    fn receive_batch(
+        &mut self,
+        inbox: &mut BatchReceiver,
+        socket: &UdpSocket,
+    ) -> Result<BatchResult, ClientError> {
         let count = inbox.receive(socket).map_err(io_err("receive"))?;
         let mut result = BatchResult {
             stored: 0,
             synced: false,
         };
+        // (serial, slot in the batch) of each datagram to store, written in runs below.
+        let mut to_store: [(u32, usize); RECEIVE_BATCH] = [(0, 0); RECEIVE_BATCH];
+        let mut store_count = 0usize;
         for index in 0..count {
             let datagram = inbox.datagram(index);
             if datagram.truncated {
@@ -446,17 +491,97 @@ impl Download {
                 // Receiving our file's datagrams on the channel proves it works, like SYNC.
                 result.synced = true;
                 result.stored += 1;
-                self.part
-                    .write_all_at(bytes, datagram_offset(self.receiver.info(), serial))
-                    .map_err(io_err(format!("write {}", self.part_path.display())))?;
+                to_store[store_count] = (serial, index);
+                store_count += 1;
             }
         }
+        self.write_runs(inbox, &mut to_store[..store_count])?;
         Ok(result)
     }
 
-    /// Persists progress: data first (fsync), then the state that describes it.
-    fn save(&self) -> Result<(), ClientError> {
-        self.part.sync_data().map_err(io_err("fsync partial file"))?;
+    /// Writes stored datagrams with one `pwritev` per run of consecutive serials (the loop
+    /// sends in serial order, so a batch is usually one or two runs).
+    fn write_runs(
+        &self,
+        inbox: &BatchReceiver,
+        stored: &mut [(u32, usize)],
+    ) -> Result<(), ClientError> {
+        stored.sort_unstable_by_key(|&(serial, _)| serial);
+        let mut run_start = 0;
+        while run_start < stored.len() {
+            let mut run_end = run_start + 1;
+            while run_end < stored.len() && stored[run_end].0 == stored[run_end - 1].0 + 1 {
+                run_end += 1;
+            }
+            let mut slices = [std::io::IoSlice::new(&[]); RECEIVE_BATCH];
+            for (slice, &(_, slot)) in slices.iter_mut().zip(&stored[run_start..run_end]) {
+                *slice = std::io::IoSlice::new(inbox.datagram(slot).bytes);
+            }
+            let slices = &slices[..run_end - run_start];
+            let mut offset = datagram_offset(self.receiver.info(), stored[run_start].0);
+            let total: usize = slices.iter().map(|s| s.len()).sum();
+            let mut written = 0usize;
+            while written < total {
+                // Rare: a short write; finish the run datagram by datagram.
+                if written > 0 {
+                    for &(serial, slot) in &stored[run_start..run_end] {
+                        self.part
+                            .write_all_at(
+                                inbox.datagram(slot).bytes,
+                                datagram_offset(self.receiver.info(), serial),
+                            )
+                            .map_err(io_err(format!("write {}", self.part_path.display())))?;
+                    }
+                    break;
+                }
+                let n = nix::sys::uio::pwritev(&self.part, slices, offset as i64)
+                    .map_err(|e| io_err(format!("write {}", self.part_path.display()))(e.into()))?;
+                written += n;
+                offset += n as u64;
+            }
+            run_start = run_end;
+        }
+        Ok(())
+    }
+
+    /// Waits for a background save, if one is running, and reports its error.
+    fn finish_background_save(&mut self) -> Result<(), ClientError> {
+        match self.saver.take() {
+            Some(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("state saver panicked")))
+                .map_err(io_err(format!("save {}", self.state_path.display()))),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a save beside the receive loop unless one is still running. The bitmap is
+    /// snapshotted first; the fsync that follows covers every write made before the snapshot,
+    /// so the state never claims bytes that are not on disk.
+    fn save_in_background(&mut self) -> Result<(), ClientError> {
+        if self.saver.as_ref().is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        self.finish_background_save()?;
+        let have = self.receiver.have().clone();
+        let file = self
+            .part
+            .try_clone()
+            .map_err(io_err("clone partial file handle"))?;
+        let (path, root) = (self.state_path.clone(), self.root);
+        self.saver = Some(std::thread::spawn(move || {
+            file.sync_data()?;
+            state::save(&path, &root, &have)
+        }));
+        Ok(())
+    }
+
+    /// Persists progress now: data first (fsync), then the state that describes it.
+    fn save(&mut self) -> Result<(), ClientError> {
+        self.finish_background_save()?;
+        self.part
+            .sync_data()
+            .map_err(io_err("fsync partial file"))?;
         state::save(&self.state_path, &self.root, self.receiver.have())
             .map_err(io_err(format!("save {}", self.state_path.display())))
     }
@@ -478,11 +603,17 @@ impl Download {
             };
             let mut buffer = vec![0u8; size * (run_end - index) as usize];
             self.part
-                .read_exact_at(&mut buffer, datagram_offset(&info, shape.serial_of(0, index)))
+                .read_exact_at(
+                    &mut buffer,
+                    datagram_offset(&info, shape.serial_of(0, index)),
+                )
                 .map_err(io_err("re-read partial file"))?;
             for (offset, datagram) in buffer.chunks_exact(size).enumerate() {
                 if !self.receiver.recheck_data(index + offset as u32, datagram) {
-                    tracing::warn!(index = index + offset as u32, "stored datagram failed its re-check; receiving it again");
+                    tracing::warn!(
+                        index = index + offset as u32,
+                        "stored datagram failed its re-check; receiving it again"
+                    );
                     all_good = false;
                 }
             }
@@ -492,7 +623,8 @@ impl Download {
     }
 
     /// R14: fsync, then rename into place; the state file goes last.
-    fn publish(&self) -> Result<(), ClientError> {
+    fn publish(&mut self) -> Result<(), ClientError> {
+        self.finish_background_save()?;
         self.part.sync_all().map_err(io_err("fsync partial file"))?;
         std::fs::rename(&self.part_path, &self.output)
             .map_err(io_err(format!("rename into {}", self.output.display())))?;

@@ -37,7 +37,10 @@ pub fn decode(bytes: &[u8], root: &RootHash, loop_len: u32) -> Option<Bitmap> {
     if blake3::hash(body).as_bytes() != checksum {
         return None;
     }
-    if body[0..4] != STATE_MAGIC || body[4..6] != STATE_VERSION.to_be_bytes() || body[6..38] != root.0 {
+    if body[0..4] != STATE_MAGIC
+        || body[4..6] != STATE_VERSION.to_be_bytes()
+        || body[6..38] != root.0
+    {
         return None;
     }
     let len = u32::from_be_bytes(body[38..42].try_into().ok()?);

@@ -155,7 +155,11 @@ pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), Server
 }
 
 /// Runs the server on an already bound request socket until `shutdown` becomes true.
-pub fn run_on(config: ServerConfig, control_std: UdpSocket, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
+pub fn run_on(
+    config: ServerConfig,
+    control_std: UdpSocket,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
     let mut catalog = Catalog::new(&config.media_dir);
     let archives = catalog.rescan().map_err(|source| ServerError::MediaDir {
         path: config.media_dir.clone(),
@@ -170,7 +174,11 @@ pub fn run_on(config: ServerConfig, control_std: UdpSocket, shutdown: Arc<Atomic
     };
     let data = loopcast_dataplane::socket::bind_udp(data_bind)?;
     if let Some(multicast) = &config.multicast {
-        loopcast_dataplane::socket::set_multicast_sender(&data, multicast.interface, multicast.ttl)?;
+        loopcast_dataplane::socket::set_multicast_sender(
+            &data,
+            multicast.interface,
+            multicast.ttl,
+        )?;
     }
     let (path, reason) = probe_send_path();
     tracing::info!(send_path = path.name(), %reason, "data plane ready");
@@ -216,9 +224,9 @@ pub fn run_on(config: ServerConfig, control_std: UdpSocket, shutdown: Arc<Atomic
     let mut events = Events::with_capacity(64);
     while !shutdown.load(Ordering::Relaxed) {
         let now = server.clock.now();
-        let timeout = server.next_wakeup(now).map_or(POLL_CEILING, |at| {
-            server.clock.until(at).min(POLL_CEILING)
-        });
+        let timeout = server
+            .next_wakeup(now)
+            .map_or(POLL_CEILING, |at| server.clock.until(at).min(POLL_CEILING));
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -235,7 +243,10 @@ pub fn run_on(config: ServerConfig, control_std: UdpSocket, shutdown: Arc<Atomic
         server.housekeeping();
         server.send_due()?;
     }
-    tracing::info!("shutting down: closing {} channel(s)", server.channels.len());
+    tracing::info!(
+        "shutting down: closing {} channel(s)",
+        server.channels.len()
+    );
     if let (Some(path), Some(listener)) = (&server.config.admin_socket, admin.take()) {
         drop(listener);
         let _ = std::fs::remove_file(path);
@@ -248,7 +259,11 @@ impl Server {
         self.channels
             .values()
             .filter_map(|c| {
-                let sync = if c.multicast_sessions > 0 { Some(c.next_sync) } else { None };
+                let sync = if c.multicast_sessions > 0 {
+                    Some(c.next_sync)
+                } else {
+                    None
+                };
                 match (c.carousel.poll_timeout(), sync) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
@@ -294,7 +309,8 @@ impl Server {
                 name,
             } => self.handle_request(now, from, request_id, multicast_ok, &name),
             ControlMessage::Joined { session, transport } => {
-                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from) else {
+                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from)
+                else {
                     self.counters.control_dropped += 1;
                     return;
                 };
@@ -318,7 +334,8 @@ impl Server {
                 done,
                 ..
             } => {
-                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from) else {
+                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from)
+                else {
                     self.counters.control_dropped += 1;
                     return;
                 };
@@ -332,20 +349,33 @@ impl Server {
                 }
             }
             ControlMessage::Leave { session } => {
-                if self.sessions.get(&session).is_some_and(|s| s.client == from) {
+                if self
+                    .sessions
+                    .get(&session)
+                    .is_some_and(|s| s.client == from)
+                {
                     tracing::info!(session = session.0, %from, "client left");
                     self.end_session(session);
                 } else {
                     self.counters.control_dropped += 1;
                 }
             }
-            ControlMessage::Offer { .. } | ControlMessage::Reject { .. } | ControlMessage::Sync { .. } => {
+            ControlMessage::Offer { .. }
+            | ControlMessage::Reject { .. }
+            | ControlMessage::Sync { .. } => {
                 self.counters.control_dropped += 1;
             }
         }
     }
 
-    fn handle_request(&mut self, now: Instant, from: SocketAddr, request_id: u64, multicast_ok: bool, name: &str) {
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        request_id: u64,
+        multicast_ok: bool,
+        name: &str,
+    ) {
         self.counters.requests += 1;
         // A retransmitted request (our Offer was lost) gets the same session again.
         if let Some((&session, _)) = self
@@ -362,7 +392,14 @@ impl Server {
         }
         let reject = |server: &mut Server, code, message: String| {
             server.counters.rejected += 1;
-            server.reply(from, &ControlMessage::Reject { request_id, code, message });
+            server.reply(
+                from,
+                &ControlMessage::Reject {
+                    request_id,
+                    code,
+                    message,
+                },
+            );
         };
         if self.sessions.len() >= self.config.sessions_max {
             return reject(self, RejectCode::Busy, "server at its session limit".into());
@@ -380,7 +417,13 @@ impl Server {
                 }
                 match self.catalog.lookup(name) {
                     Some(path) => path.to_owned(),
-                    None => return reject(self, RejectCode::NotFound, format!("no file named {name:?} here")),
+                    None => {
+                        return reject(
+                            self,
+                            RejectCode::NotFound,
+                            format!("no file named {name:?} here"),
+                        )
+                    }
                 }
             }
         };
@@ -416,7 +459,13 @@ impl Server {
         self.reply(from, &offer);
     }
 
-    fn offer(&self, channel: &Channel, request_id: u64, session: SessionId, transport: Transport) -> ControlMessage {
+    fn offer(
+        &self,
+        channel: &Channel,
+        request_id: u64,
+        session: SessionId,
+        transport: Transport,
+    ) -> ControlMessage {
         let channel_addr = match (transport, channel.group) {
             (Transport::Multicast, Some(group)) => SocketAddr::V4(group),
             _ => self.data.local_addr().unwrap_or(self.config.listen),
@@ -444,7 +493,10 @@ impl Server {
         if self.config.verify_on_open {
             archive.verify().map_err(|e| {
                 tracing::error!(error = %e, "refusing to serve a corrupt archive");
-                format!("archive for {:?} failed verification on the server", archive.info().name)
+                format!(
+                    "archive for {:?} failed verification on the server",
+                    archive.info().name
+                )
             })?;
         }
         let map = MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?;
@@ -453,9 +505,14 @@ impl Server {
             let slot = self.group_slots_used.iter().position(|used| !used)?;
             self.group_slots_used[slot] = true;
             let base = u32::from(m.group_base) & !0xff;
-            Some(SocketAddrV4::new(Ipv4Addr::from(base + 1 + slot as u32), m.port))
+            Some(SocketAddrV4::new(
+                Ipv4Addr::from(base + 1 + slot as u32),
+                m.port,
+            ))
         });
-        let segments = self.sender.segments_per_message(usize::from(info.datagram_size));
+        let segments = self
+            .sender
+            .segments_per_message(usize::from(info.datagram_size));
         let carousel = Carousel::new(
             CarouselConfig {
                 loop_len: info.loop_len,
@@ -524,7 +581,8 @@ impl Server {
         for file_id in idle {
             let channel = self.channels.remove(&file_id).expect("listed above");
             if let (Some(group), Some(m)) = (channel.group, &self.config.multicast) {
-                let slot = (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
+                let slot =
+                    (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
                 self.group_slots_used[slot] = false;
             }
             self.counters.channels_closed += 1;
@@ -554,10 +612,12 @@ impl Server {
                 continue;
             };
             let size = usize::from(channel.info.datagram_size);
-            let start = loopcast_archive::format::datagram_offset(&channel.info, transmit.first) as usize;
+            let start =
+                loopcast_archive::format::datagram_offset(&channel.info, transmit.first) as usize;
             let region = &channel.map.bytes()[start..start + transmit.count as usize * size];
             if let (Some(group), true) = (channel.group, channel.multicast_sessions > 0) {
-                self.sender.send(&self.data, &SockAddr::from(group), region, size)?;
+                self.sender
+                    .send(&self.data, &SockAddr::from(group), region, size)?;
                 channel.bytes_sent += region.len() as u64;
             }
             for (_, peer) in &channel.unicast_peers {
@@ -572,14 +632,20 @@ impl Server {
         loop {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    let stream = std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
+                    let stream =
+                        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
                     if let Err(e) = stream.set_nonblocking(false) {
                         tracing::debug!(error = %e, "admin connection");
                         continue;
                     }
-                    let result = loopcast_admin::serve_connection(stream, |request| match request.command.as_str() {
+                    let result = loopcast_admin::serve_connection(stream, |request| match request
+                        .command
+                        .as_str()
+                    {
                         "status" => self.status_json(),
-                        other => serde_json::json!({"error": format!("unknown command {other:?}; try \"status\"")}),
+                        other => {
+                            serde_json::json!({"error": format!("unknown command {other:?}; try \"status\"")})
+                        }
                     });
                     if let Err(e) = result {
                         tracing::debug!(error = %e, "admin connection");

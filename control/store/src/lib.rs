@@ -73,7 +73,9 @@ impl KeyStore {
             path: path.to_owned(),
             source,
         };
-        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql)?;
         connection.execute_batch(SCHEMA).map_err(|e| match e {
             rusqlite::Error::SqliteFailure(_, _) => {
                 open_error(format!("not a loopcast key database ({e})"))
@@ -144,20 +146,39 @@ mod tests {
         let path = dir.join("keys.db");
         let _ = std::fs::remove_file(&path);
         let store = KeyStore::open(&path, true).unwrap();
-        store.put("00000000000000aa", "film.mkv", &MasterKey::from_bytes([9; 32])).unwrap();
+        store
+            .put(
+                "00000000000000aa",
+                "film.mkv",
+                &MasterKey::from_bytes([9; 32]),
+            )
+            .unwrap();
         drop(store);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let store = KeyStore::open(&path, false).unwrap();
         assert_eq!(store.get("00000000000000aa").unwrap().as_bytes(), &[9; 32]);
-        assert!(matches!(store.get("00000000000000bb"), Err(StoreError::NoKey { .. })));
+        assert!(matches!(
+            store.get("00000000000000bb"),
+            Err(StoreError::NoKey { .. })
+        ));
         drop(store);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(KeyStore::open(&path, false), Err(StoreError::Permissions { .. })));
-        std::fs::write(&path, b"not sqlite at all, just text that is long enough to be a header").unwrap();
+        assert!(matches!(
+            KeyStore::open(&path, false),
+            Err(StoreError::Permissions { .. })
+        ));
+        std::fs::write(
+            &path,
+            b"not sqlite at all, just text that is long enough to be a header",
+        )
+        .unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let error = KeyStore::open(&path, false).err().unwrap().to_string();
-        assert!(error.contains("not a loopcast key database") || error.contains("cannot open"), "{error}");
+        assert!(
+            error.contains("not a loopcast key database") || error.contains("cannot open"),
+            "{error}"
+        );
         assert!(KeyStore::open(&dir.join("absent.db"), false).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -28,7 +28,8 @@ pub fn superblock(info: &FileInfo) -> Vec<u8> {
             .expect("info is bounded")
             .to_be_bytes(),
     );
-    page[SUPERBLOCK_FIXED_LEN..SUPERBLOCK_FIXED_LEN + info_bytes.len()].copy_from_slice(&info_bytes);
+    page[SUPERBLOCK_FIXED_LEN..SUPERBLOCK_FIXED_LEN + info_bytes.len()]
+        .copy_from_slice(&info_bytes);
     page
 }
 

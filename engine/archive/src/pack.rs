@@ -9,7 +9,6 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use loopcast_proto::assemble::{build_hash_levels, write_data_datagram, write_hash_block};
@@ -22,11 +21,12 @@ use loopcast_proto::wire::datagram::FileId;
 use rayon::prelude::*;
 
 use crate::format::{datagram_offset, superblock, DATAGRAMS_OFFSET};
+use crate::frame::GCM_TAG_LEN;
 use crate::frame::{
     watermark_digest, FrameHeader, FRAME_FLAG_COMPRESSED, FRAME_FLAG_ENCRYPTED,
     FRAME_FLAG_WATERMARKED, FRAME_HEADER_LEN, FRAME_RAW_SIZE_MAX,
 };
-use crate::seal::{seal, MasterKey};
+use crate::seal::{seal_in_place, MasterKey};
 use crate::{io_error, ArchiveError};
 
 pub const FRAME_RAW_SIZE_DEFAULT: u32 = 1 << 20;
@@ -96,7 +96,9 @@ impl PackOptions {
             ));
         }
         if self.frame_raw_size < 4096 || self.frame_raw_size > FRAME_RAW_SIZE_MAX {
-            return bad(format!("frame size must be 4096..={FRAME_RAW_SIZE_MAX} bytes"));
+            return bad(format!(
+                "frame size must be 4096..={FRAME_RAW_SIZE_MAX} bytes"
+            ));
         }
         if !(0..=22).contains(&self.compression_level) {
             return bad("compression level must be 0..=22".into());
@@ -110,6 +112,81 @@ impl PackOptions {
         }
         Ok(())
     }
+}
+
+/// Bytes of frame stream kept in memory before spilling to a temporary file.
+const SPOOL_MEMORY_BYTES_MAX: usize = 2 << 30;
+
+/// The frame stream between the passes: in memory while it fits the budget (no disk traffic
+/// for the common case), else in a temporary file beside the output.
+struct FrameSpool {
+    path: PathBuf,
+    memory: Vec<u8>,
+    memory_max: usize,
+    file: Option<(File, std::io::BufWriter<File>)>,
+}
+
+impl FrameSpool {
+    fn new(path: PathBuf, memory_max: usize) -> FrameSpool {
+        FrameSpool {
+            path,
+            memory: Vec::new(),
+            memory_max,
+            file: None,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), ArchiveError> {
+        if self.file.is_none() && self.memory.len() + bytes.len() <= self.memory_max {
+            self.memory.extend_from_slice(bytes);
+            return Ok(());
+        }
+        if self.file.is_none() {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&self.path)
+                .map_err(|e| io_error("create", &self.path, e))?;
+            let writer = file
+                .try_clone()
+                .map_err(|e| io_error("open", &self.path, e))?;
+            let mut writer = std::io::BufWriter::with_capacity(4 << 20, writer);
+            std::io::Write::write_all(&mut writer, &self.memory)
+                .map_err(|e| io_error("write", &self.path, e))?;
+            self.memory = Vec::new();
+            self.file = Some((file, writer));
+        }
+        let (_, writer) = self.file.as_mut().expect("created above");
+        std::io::Write::write_all(writer, bytes).map_err(|e| io_error("write", &self.path, e))
+    }
+
+    fn finish(&mut self) -> Result<(), ArchiveError> {
+        if let Some((_, writer)) = &mut self.file {
+            std::io::Write::flush(writer).map_err(|e| io_error("write", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn read(&self, start: u64, end: u64) -> Result<Vec<u8>, ArchiveError> {
+        match &self.file {
+            None => Ok(self.memory[start as usize..end as usize].to_vec()),
+            Some((file, _)) => {
+                let mut chunk = vec![0u8; (end - start) as usize];
+                file.read_exact_at(&mut chunk, start)
+                    .map_err(|e| io_error("read", &self.path, e))?;
+                Ok(chunk)
+            }
+        }
+    }
+}
+
+/// A level-1 hash block and its data datagrams, contiguous in the loop, ready to write.
+struct BuiltGroup {
+    first_serial: u32,
+    buffer: Vec<u8>,
+    block_hash: [u8; 32],
 }
 
 struct PackedFrame {
@@ -140,18 +217,17 @@ pub fn pack(
         .as_ref()
         .map(|mark| watermark_digest(&mark.owner, &mark.notice));
 
-    // Pass 1: frames.
+    // Pass 1: frames, spooled in memory up to a budget, then in a temporary file.
     let stream_path = with_suffix(output, ".frames.tmp");
-    let stream_guard = TempFile(Some(stream_path.clone()));
-    let stream_file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&stream_path)
-        .map_err(|e| io_error("create", &stream_path, e))?;
-    let mut stream_writer = std::io::BufWriter::with_capacity(4 << 20, &stream_file);
+    let _stream_guard = TempFile(Some(stream_path.clone()));
+    let mut spool = FrameSpool::new(stream_path.clone(), SPOOL_MEMORY_BYTES_MAX);
+    // The original's hash, over all cores straight from the page cache.
     let mut original_hasher = blake3::Hasher::new();
+    if original_size > 0 {
+        original_hasher
+            .update_mmap_rayon(input)
+            .map_err(|e| io_error("read input", input, e))?;
+    }
     let wave_frames = (rayon::current_num_threads() as u64 * 4).max(4);
     let mut frames_compressed = 0u64;
     let mut stream_len = 0u64;
@@ -159,25 +235,28 @@ pub fn pack(
     while next_frame < frame_count {
         let wave: Vec<u64> = (next_frame..frame_count.min(next_frame + wave_frames)).collect();
         next_frame += wave.len() as u64;
-        let results: Vec<Result<(Vec<u8>, PackedFrame), ArchiveError>> = wave
+        let results: Vec<Result<PackedFrame, ArchiveError>> = wave
             .par_iter()
-            .map(|&index| {
-                let start = index * frame_raw_size;
-                let len = frame_raw_size.min(original_size - start.min(original_size));
-                let mut raw = vec![0u8; len as usize];
-                source
-                    .read_exact_at(&mut raw, start)
-                    .map_err(|e| io_error("read input", input, e))?;
-                let frame = build_frame(&raw, index, file_id, options, digest)?;
-                Ok((raw, frame))
-            })
+            .map_init(
+                || FrameWorker::new(options.compression_level),
+                |worker, &index| {
+                    let worker = worker
+                        .as_mut()
+                        .map_err(|e| ArchiveError::Compression(e.to_string()))?;
+                    let start = index * frame_raw_size;
+                    let len = frame_raw_size.min(original_size - start.min(original_size)) as usize;
+                    worker.raw.resize(len, 0);
+                    source
+                        .read_exact_at(&mut worker.raw[..len], start)
+                        .map_err(|e| io_error("read input", input, e))?;
+                    build_frame(worker, len, index, file_id, options, digest)
+                },
+            )
             .collect();
         for result in results {
-            let (raw, frame) = result?;
-            original_hasher.update(&raw);
+            let frame = result?;
             frames_compressed += u64::from(frame.compressed);
-            std::io::Write::write_all(&mut stream_writer, &frame.bytes)
-                .map_err(|e| io_error("write", &stream_path, e))?;
+            spool.append(&frame.bytes)?;
             stream_len += frame.bytes.len() as u64;
         }
         progress(PackProgress {
@@ -186,8 +265,8 @@ pub fn pack(
             total: original_size,
         });
     }
-    std::io::Write::flush(&mut stream_writer).map_err(|e| io_error("write", &stream_path, e))?;
-    drop(stream_writer);
+    spool.finish()?;
+    let frames_done = started.elapsed();
 
     // Pass 2: datagrams and the hash tree.
     let capacity = payload_capacity(options.datagram_size) as u64;
@@ -210,7 +289,6 @@ pub fn pack(
         .set_len(archive_bytes)
         .map_err(|e| io_error("size", &archive_tmp, e))?;
 
-    let datagrams_done = AtomicU64::new(0);
     let write_group = |first_serial: u32, buffer: &[u8]| -> Result<(), ArchiveError> {
         let offset = DATAGRAMS_OFFSET + u64::from(first_serial) * size as u64;
         archive
@@ -220,11 +298,7 @@ pub fn pack(
     let read_chunks = |first_data: u32, count: u32| -> Result<Vec<u8>, ArchiveError> {
         let start = u64::from(first_data) * capacity;
         let end = (start + u64::from(count) * capacity).min(stream_len);
-        let mut chunk = vec![0u8; (end - start) as usize];
-        stream_file
-            .read_exact_at(&mut chunk, start)
-            .map_err(|e| io_error("read", &stream_path, e))?;
-        Ok(chunk)
+        spool.read(start, end)
     };
     let chunk_of = |chunks: &[u8], j: usize| -> std::ops::Range<usize> {
         let start = (j * capacity as usize).min(chunks.len());
@@ -237,41 +311,82 @@ pub fn pack(
         let mut hashes = Vec::new();
         let mut buffer = vec![0u8; size];
         for index in 0..data_count {
-            write_data_datagram(&mut buffer, &shape, file_id, index, &chunks[chunk_of(&chunks, index as usize)]);
+            write_data_datagram(
+                &mut buffer,
+                &shape,
+                file_id,
+                index,
+                &chunks[chunk_of(&chunks, index as usize)],
+            );
             hashes.push(*blake3::hash(&buffer).as_bytes());
             write_group(shape.serial_of(0, index), &buffer)?;
         }
         (0u8, hashes)
     } else {
-        let hashes: Result<Vec<[u8; 32]>, ArchiveError> = (0..shape.node_count(1))
-            .into_par_iter()
-            .map(|block| {
-                let children = shape.children(1, block);
-                let count = children.end - children.start;
-                let chunks = read_chunks(children.start, count)?;
-                let mut buffer = vec![0u8; size * (1 + count as usize)];
-                let mut child_hashes = Vec::with_capacity(count as usize);
-                for (j, slot) in buffer[size..].chunks_exact_mut(size).enumerate() {
-                    let index = children.start + j as u32;
-                    write_data_datagram(slot, &shape, file_id, index, &chunks[chunk_of(&chunks, j)]);
-                    child_hashes.push(*blake3::hash(slot).as_bytes());
-                }
-                write_hash_block(&mut buffer[..size], &shape, file_id, 1, block, &child_hashes);
-                let block_hash = *blake3::hash(&buffer[..size]).as_bytes();
-                debug_assert_eq!(shape.serial_of(0, children.start), shape.serial_of(1, block) + 1);
-                write_group(shape.serial_of(1, block), &buffer)?;
-                let done = datagrams_done.fetch_add(u64::from(count), Ordering::Relaxed);
-                if block % 64 == 0 {
-                    progress(PackProgress {
-                        phase: PackPhase::Datagrams,
-                        done: (done + u64::from(count)) * capacity,
-                        total: stream_len,
-                    });
-                }
-                Ok(block_hash)
-            })
-            .collect();
-        (1u8, hashes?)
+        // Groups are built in parallel waves and written in order by this thread: parallel
+        // buffered writes to one file only contend on its inode lock.
+        let group_count = shape.node_count(1);
+        let wave_groups = (rayon::current_num_threads() as u32 * 64).max(64);
+        let mut hashes = Vec::with_capacity(group_count as usize);
+        let mut wave_start = 0u32;
+        while wave_start < group_count {
+            let wave_end = (wave_start + wave_groups).min(group_count);
+            let built: Vec<Result<BuiltGroup, ArchiveError>> = (wave_start..wave_end)
+                .into_par_iter()
+                .map(|block| {
+                    let children = shape.children(1, block);
+                    let count = children.end - children.start;
+                    let chunks = read_chunks(children.start, count)?;
+                    let mut buffer = vec![0u8; size * (1 + count as usize)];
+                    let mut child_hashes = Vec::with_capacity(count as usize);
+                    for (j, slot) in buffer[size..].chunks_exact_mut(size).enumerate() {
+                        let index = children.start + j as u32;
+                        write_data_datagram(
+                            slot,
+                            &shape,
+                            file_id,
+                            index,
+                            &chunks[chunk_of(&chunks, j)],
+                        );
+                        child_hashes.push(*blake3::hash(slot).as_bytes());
+                    }
+                    write_hash_block(
+                        &mut buffer[..size],
+                        &shape,
+                        file_id,
+                        1,
+                        block,
+                        &child_hashes,
+                    );
+                    let block_hash = *blake3::hash(&buffer[..size]).as_bytes();
+                    debug_assert_eq!(
+                        shape.serial_of(0, children.start),
+                        shape.serial_of(1, block) + 1
+                    );
+                    Ok(BuiltGroup {
+                        first_serial: shape.serial_of(1, block),
+                        buffer,
+                        block_hash,
+                    })
+                })
+                .collect();
+            for group in built {
+                let BuiltGroup {
+                    first_serial,
+                    buffer,
+                    block_hash,
+                } = group?;
+                write_group(first_serial, &buffer)?;
+                hashes.push(block_hash);
+            }
+            progress(PackProgress {
+                phase: PackPhase::Datagrams,
+                done: (u64::from(shape.children(1, wave_end - 1).end) * capacity).min(stream_len),
+                total: stream_len,
+            });
+            wave_start = wave_end;
+        }
+        (1u8, hashes)
     };
     let mut write_error = None;
     let top_hashes = build_hash_levels(
@@ -313,12 +428,18 @@ pub fn pack(
     archive
         .write_all_at(&superblock(&info), 0)
         .map_err(|e| io_error("write", &archive_tmp, e))?;
+    let datagrams_done = started.elapsed();
     archive
         .sync_all()
         .map_err(|e| io_error("fsync", &archive_tmp, e))?;
+    tracing::debug!(
+        frames_s = frames_done.as_secs_f64(),
+        datagrams_s = (datagrams_done - frames_done).as_secs_f64(),
+        fsync_s = (started.elapsed() - datagrams_done).as_secs_f64(),
+        "pack phases"
+    );
     std::fs::rename(&archive_tmp, output).map_err(|e| io_error("rename into", output, e))?;
     std::mem::forget(archive_guard);
-    drop(stream_guard);
     debug_assert_eq!(datagram_offset(&info, 0), DATAGRAMS_OFFSET);
     Ok(PackSummary {
         info,
@@ -329,24 +450,60 @@ pub fn pack(
     })
 }
 
+/// Per-thread packing state, reused across frames: no large allocation per frame but the
+/// frame's own bytes.
+struct FrameWorker {
+    compressor: Option<zstd::bulk::Compressor<'static>>,
+    raw: Vec<u8>,
+    compressed: Vec<u8>,
+}
+
+impl FrameWorker {
+    fn new(level: i32) -> Result<FrameWorker, ArchiveError> {
+        let compressor = if level > 0 {
+            Some(
+                zstd::bulk::Compressor::new(level)
+                    .map_err(|e| ArchiveError::Compression(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(FrameWorker {
+            compressor,
+            raw: Vec::new(),
+            compressed: Vec::new(),
+        })
+    }
+}
+
 fn build_frame(
-    raw: &[u8],
+    worker: &mut FrameWorker,
+    raw_len: usize,
     index: u64,
     file_id: FileId,
     options: &PackOptions,
     digest: Option<[u8; 16]>,
 ) -> Result<PackedFrame, ArchiveError> {
+    let raw = &worker.raw[..raw_len];
     let mut flags = 0u8;
-    let mut payload = None;
-    if options.compression_level > 0 && !raw.is_empty() {
-        let compressed = zstd::bulk::compress(raw, options.compression_level)
-            .map_err(|e| ArchiveError::Compression(e.to_string()))?;
-        if compressed.len() < raw.len() {
-            flags |= FRAME_FLAG_COMPRESSED;
-            payload = Some(compressed);
+    let mut use_compressed = false;
+    if let (Some(compressor), false) = (&mut worker.compressor, raw.is_empty()) {
+        // zstd writes only into the buffer's existing capacity (it never grows it), so output
+        // that would not fit in the raw size fails fast, and that frame stays raw.
+        worker.compressed.clear();
+        worker.compressed.reserve(raw.len());
+        if let Ok(written) = compressor.compress_to_buffer(raw, &mut worker.compressed) {
+            if written < raw.len() {
+                flags |= FRAME_FLAG_COMPRESSED;
+                use_compressed = true;
+            }
         }
     }
-    let mut payload = payload.unwrap_or_else(|| raw.to_vec());
+    let payload: &[u8] = if use_compressed {
+        &worker.compressed
+    } else {
+        raw
+    };
     let mut key_salt = [0u8; 16];
     if options.master_key.is_some() {
         flags |= FRAME_FLAG_ENCRYPTED;
@@ -355,7 +512,11 @@ fn build_frame(
     if digest.is_some() {
         flags |= FRAME_FLAG_WATERMARKED;
     }
-    let tag_len = if options.master_key.is_some() { 16 } else { 0 };
+    let tag_len = if options.master_key.is_some() {
+        GCM_TAG_LEN
+    } else {
+        0
+    };
     let header = FrameHeader {
         flags,
         index,
@@ -366,14 +527,46 @@ fn build_frame(
         file_id,
     };
     let header_bytes = header.to_bytes();
-    if let Some(key) = &options.master_key {
-        seal(key, &key_salt, &header_bytes, &mut payload);
-    }
-    let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + payload.len() + tag_len);
     bytes.extend_from_slice(&header_bytes);
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(payload);
+    if let Some(key) = &options.master_key {
+        let tag = seal_in_place(
+            key,
+            &key_salt,
+            &header_bytes,
+            &mut bytes[FRAME_HEADER_LEN..],
+        );
+        bytes.extend_from_slice(&tag);
+    }
     Ok(PackedFrame {
         bytes,
-        compressed: flags & FRAME_FLAG_COMPRESSED != 0,
+        compressed: use_compressed,
     })
+}
+
+#[cfg(test)]
+mod spool_tests {
+    use super::*;
+
+    #[test]
+    fn spool_spills_to_a_file_past_its_budget_and_reads_back_the_same_bytes() {
+        let dir = std::env::temp_dir().join(format!("loopcast-spool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("frames.tmp");
+        let mut spool = FrameSpool::new(path.clone(), 100);
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        for chunk in data.chunks(37) {
+            spool.append(chunk).unwrap();
+        }
+        spool.finish().unwrap();
+        assert!(spool.file.is_some() && path.exists(), "spilled to disk");
+        assert_eq!(spool.read(0, 1000).unwrap(), data);
+        assert_eq!(spool.read(95, 180).unwrap(), &data[95..180]);
+        let mut small = FrameSpool::new(dir.join("unused.tmp"), 1 << 20);
+        small.append(&data).unwrap();
+        assert!(small.file.is_none(), "stays in memory under budget");
+        assert_eq!(small.read(10, 20).unwrap(), &data[10..20]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

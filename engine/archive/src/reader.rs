@@ -11,7 +11,9 @@ use loopcast_proto::layout::{TreeShape, HASH_LEN};
 use loopcast_proto::wire::datagram::{DatagramHeader, DATAGRAM_HEADER_LEN};
 use rayon::prelude::*;
 
-use crate::format::{archive_len, datagram_offset, parse_superblock, SuperblockError, DATAGRAMS_OFFSET};
+use crate::format::{
+    archive_len, datagram_offset, parse_superblock, SuperblockError, DATAGRAMS_OFFSET,
+};
 use crate::frame::{watermark_digest, FrameHeader, FRAME_HEADER_LEN};
 use crate::seal::{open, MasterKey};
 use crate::{io_error, ArchiveError};
@@ -34,13 +36,18 @@ impl ArchiveFile {
     /// Opens an archive and checks its superblock, info and exact length.
     pub fn open(path: &Path) -> Result<ArchiveFile, ArchiveError> {
         let file = File::open(path).map_err(|e| io_error("open", path, e))?;
-        let actual = file.metadata().map_err(|e| io_error("stat", path, e))?.len();
+        let actual = file
+            .metadata()
+            .map_err(|e| io_error("stat", path, e))?
+            .len();
         let mut page = vec![0u8; DATAGRAMS_OFFSET.min(actual) as usize];
         file.read_exact_at(&mut page, 0)
             .map_err(|e| io_error("read", path, e))?;
         let info = parse_superblock(&page).map_err(|e| match e {
             SuperblockError::NotAnArchive => ArchiveError::NotAnArchive(path.to_owned()),
-            SuperblockError::UnsupportedVersion(v) => ArchiveError::UnsupportedVersion(path.to_owned(), v),
+            SuperblockError::UnsupportedVersion(v) => {
+                ArchiveError::UnsupportedVersion(path.to_owned(), v)
+            }
             SuperblockError::Corrupt => ArchiveError::Corrupt {
                 path: path.to_owned(),
                 what: "file info in the header is damaged".into(),
@@ -103,13 +110,18 @@ impl ArchiveFile {
         let shape = &self.shape;
         let level_hashes: Vec<[u8; 32]> = if shape.depth() == 0 {
             let all = self.read_datagrams(0, shape.loop_len())?;
-            all.chunks_exact(size).map(|d| *blake3::hash(d).as_bytes()).collect()
+            all.chunks_exact(size)
+                .map(|d| *blake3::hash(d).as_bytes())
+                .collect()
         } else {
             (0..shape.node_count(1))
                 .into_par_iter()
                 .map(|block| {
                     let children = shape.children(1, block);
-                    let group = self.read_datagrams(shape.serial_of(1, block), 1 + children.end - children.start)?;
+                    let group = self.read_datagrams(
+                        shape.serial_of(1, block),
+                        1 + children.end - children.start,
+                    )?;
                     let (block_bytes, data) = group.split_at(size);
                     let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
                     for (j, datagram) in data.chunks_exact(size).enumerate() {
@@ -173,7 +185,11 @@ impl ArchiveFile {
         Ok(())
     }
 
-    fn check_frame_header(&self, header: &FrameHeader, expected_index: u64) -> Result<(), ArchiveError> {
+    fn check_frame_header(
+        &self,
+        header: &FrameHeader,
+        expected_index: u64,
+    ) -> Result<(), ArchiveError> {
         let info = &self.info;
         let frame_size = u64::from(info.frame_raw_size);
         let expected_raw = if expected_index + 1 == info.frame_count {
@@ -186,17 +202,27 @@ impl ArchiveFile {
             .as_ref()
             .map(|m| watermark_digest(&m.owner, &m.notice));
         let problem = if header.index != expected_index {
-            Some(format!("frame {expected_index} claims index {}", header.index))
+            Some(format!(
+                "frame {expected_index} claims index {}",
+                header.index
+            ))
         } else if header.file_id != info.file_id {
             Some(format!("frame {expected_index} belongs to another file"))
         } else if header.is_encrypted() != info.encrypted {
-            Some(format!("frame {expected_index} encryption flag disagrees with the file info"))
+            Some(format!(
+                "frame {expected_index} encryption flag disagrees with the file info"
+            ))
         } else if header.is_watermarked() != expected_digest.is_some()
             || header.watermark_digest != expected_digest.unwrap_or([0; 16])
         {
-            Some(format!("frame {expected_index} watermark does not match the file's"))
+            Some(format!(
+                "frame {expected_index} watermark does not match the file's"
+            ))
         } else if u64::from(header.raw_len) != expected_raw {
-            Some(format!("frame {expected_index} has raw length {}", header.raw_len))
+            Some(format!(
+                "frame {expected_index} has raw length {}",
+                header.raw_len
+            ))
         } else {
             None
         };
@@ -276,8 +302,12 @@ impl ArchiveFile {
             Ok(())
         })?;
         flush(&mut wave)?;
-        if written != self.info.original_size || *hasher.finalize().as_bytes() != self.info.original_hash {
-            return Err(self.corrupt("extracted bytes do not match the original's size and hash".into()));
+        if written != self.info.original_size
+            || *hasher.finalize().as_bytes() != self.info.original_hash
+        {
+            return Err(
+                self.corrupt("extracted bytes do not match the original's size and hash".into())
+            );
         }
         Ok(written)
     }
@@ -290,8 +320,12 @@ impl ArchiveFile {
     ) -> Result<Vec<u8>, ArchiveError> {
         if header.is_encrypted() {
             let key = key.expect("checked before extraction");
-            let len = open(key, &header.key_salt, &header.to_bytes(), &mut stored)
-                .map_err(|()| ArchiveError::DecryptFailed { frame: header.index })?;
+            let len =
+                open(key, &header.key_salt, &header.to_bytes(), &mut stored).map_err(|_| {
+                    ArchiveError::DecryptFailed {
+                        frame: header.index,
+                    }
+                })?;
             stored.truncate(len);
         }
         let plain = if header.is_compressed() {
@@ -301,7 +335,10 @@ impl ArchiveFile {
             stored
         };
         if plain.len() != header.raw_len as usize {
-            return Err(self.corrupt(format!("frame {} decodes to the wrong length", header.index)));
+            return Err(self.corrupt(format!(
+                "frame {} decodes to the wrong length",
+                header.index
+            )));
         }
         Ok(plain)
     }
@@ -348,16 +385,23 @@ impl<'a> FrameStream<'a> {
             let header = DatagramHeader::parse(datagram)
                 .map_err(|e| archive.corrupt(format!("data datagram {}: {e}", self.next_data)))?;
             if header.level != 0 || header.index != self.next_data {
-                return Err(archive.corrupt(format!("data datagram {} is out of place", self.next_data)));
+                return Err(
+                    archive.corrupt(format!("data datagram {} is out of place", self.next_data))
+                );
             }
             let expected_len = (archive.info.frame_stream_len
                 - u64::from(self.next_data) * payload_capacity(archive.info.datagram_size) as u64)
                 .min(payload_capacity(archive.info.datagram_size) as u64);
             if u64::from(header.payload_len) != expected_len {
-                return Err(archive.corrupt(format!("data datagram {} has the wrong length", self.next_data)));
+                return Err(archive.corrupt(format!(
+                    "data datagram {} has the wrong length",
+                    self.next_data
+                )));
             }
-            self.buffered
-                .extend_from_slice(&datagram[DATAGRAM_HEADER_LEN..DATAGRAM_HEADER_LEN + usize::from(header.payload_len)]);
+            self.buffered.extend_from_slice(
+                &datagram
+                    [DATAGRAM_HEADER_LEN..DATAGRAM_HEADER_LEN + usize::from(header.payload_len)],
+            );
             self.next_data += 1;
         }
         self.buffered_at = 0;
@@ -371,7 +415,8 @@ impl<'a> FrameStream<'a> {
                 self.refill()?;
             }
             let take = (out.len() - filled).min(self.buffered.len() - self.buffered_at);
-            out[filled..filled + take].copy_from_slice(&self.buffered[self.buffered_at..self.buffered_at + take]);
+            out[filled..filled + take]
+                .copy_from_slice(&self.buffered[self.buffered_at..self.buffered_at + take]);
             filled += take;
             self.buffered_at += take;
             self.position += take as u64;

@@ -50,14 +50,31 @@ fn frame_cipher(master: &MasterKey, salt: &[u8; 16]) -> (Aes256Gcm, [u8; 12]) {
     (cipher, nonce)
 }
 
-/// Encrypts `payload` in place and appends the tag.
-pub fn seal(master: &MasterKey, salt: &[u8; 16], header: &[u8], payload: &mut Vec<u8>) {
+/// Encrypts `payload` in place and returns the tag.
+pub fn seal_in_place(
+    master: &MasterKey,
+    salt: &[u8; 16],
+    header: &[u8],
+    payload: &mut [u8],
+) -> [u8; GCM_TAG_LEN] {
     let (cipher, nonce) = frame_cipher(master, salt);
     let tag = cipher
-        .encrypt_inout_detached(&nonce.into(), header, payload.as_mut_slice().into())
+        .encrypt_inout_detached(&nonce.into(), header, payload.into())
         .expect("frame sizes are far below AES-GCM's limits");
+    let mut out = [0u8; GCM_TAG_LEN];
+    out.copy_from_slice(&tag);
+    out
+}
+
+/// Encrypts `payload` in place and appends the tag.
+pub fn seal(master: &MasterKey, salt: &[u8; 16], header: &[u8], payload: &mut Vec<u8>) {
+    let tag = seal_in_place(master, salt, header, payload);
     payload.extend_from_slice(&tag);
 }
+
+/// The frame failed authentication: wrong key, or tampered bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OpenError;
 
 /// Verifies and decrypts `stored` (ciphertext + tag) in place; returns the plaintext length.
 pub fn open(
@@ -65,9 +82,9 @@ pub fn open(
     salt: &[u8; 16],
     header: &[u8],
     stored: &mut [u8],
-) -> Result<usize, ()> {
+) -> Result<usize, OpenError> {
     if stored.len() < GCM_TAG_LEN {
-        return Err(());
+        return Err(OpenError);
     }
     let split = stored.len() - GCM_TAG_LEN;
     let (body, tag) = stored.split_at_mut(split);
@@ -76,7 +93,7 @@ pub fn open(
     let (cipher, nonce) = frame_cipher(master, salt);
     cipher
         .decrypt_inout_detached(&nonce.into(), header, body.into(), &tag_bytes.into())
-        .map_err(|_| ())?;
+        .map_err(|_| OpenError)?;
     Ok(split)
 }
 
@@ -94,7 +111,10 @@ mod tests {
         assert_eq!(open(&key, &salt, b"header", &mut copy), Ok(12));
         assert_eq!(&copy[..12], b"hello frames");
         let mut copy = data.clone();
-        assert!(open(&key, &salt, b"headex", &mut copy).is_err(), "AAD is authenticated");
+        assert!(
+            open(&key, &salt, b"headex", &mut copy).is_err(),
+            "AAD is authenticated"
+        );
         let mut copy = data.clone();
         copy[0] ^= 1;
         assert!(open(&key, &salt, b"header", &mut copy).is_err());

@@ -1,6 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use loopcast_proto::info::{payload_capacity, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000};
+use loopcast_proto::info::{
+    payload_capacity, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
+};
 use proptest::prelude::*;
 
 use crate::frame::FRAME_HEADER_LEN;
@@ -12,7 +14,10 @@ impl TestDir {
     pub(crate) fn new(tag: &str) -> TestDir {
         let mut bytes = [0u8; 8];
         getrandom::fill(&mut bytes).unwrap();
-        let dir = std::env::temp_dir().join(format!("loopcast-archive-{tag}-{}", u64::from_ne_bytes(bytes)));
+        let dir = std::env::temp_dir().join(format!(
+            "loopcast-archive-{tag}-{}",
+            u64::from_ne_bytes(bytes)
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         TestDir(dir)
     }
@@ -70,7 +75,10 @@ fn round_trip(dir: &TestDir, data: &[u8], opts: &PackOptions) -> ArchiveFile {
     archive
         .extract(opts.master_key.as_ref(), &output, &|_, _| {})
         .unwrap();
-    assert!(std::fs::read(&output).unwrap() == data, "extracted bytes differ");
+    assert!(
+        std::fs::read(&output).unwrap() == data,
+        "extracted bytes differ"
+    );
     assert!(!Path::new(&format!("{}.tmp", output.display())).exists());
     archive
 }
@@ -80,10 +88,22 @@ fn edge_sizes_round_trip() {
     let dir = TestDir::new("edges");
     let frame = 64 * 1024u32;
     let capacity = payload_capacity(DATAGRAM_SIZE_MTU_1500);
-    for len in [0, 1, frame as usize, 3 * frame as usize, capacity, 7 * capacity, capacity * 44 * 45 + 1] {
+    for len in [
+        0,
+        1,
+        frame as usize,
+        3 * frame as usize,
+        capacity,
+        7 * capacity,
+        capacity * 44 * 45 + 1,
+    ] {
         for encrypt in [true, false] {
             let data = sample_bytes(len, len as u64);
-            round_trip(&dir, &data, &options(encrypt, DATAGRAM_SIZE_MTU_1500, frame));
+            round_trip(
+                &dir,
+                &data,
+                &options(encrypt, DATAGRAM_SIZE_MTU_1500, frame),
+            );
         }
     }
 }
@@ -94,7 +114,10 @@ fn frame_stream_ending_exactly_on_a_datagram_round_trips() {
     let dir = TestDir::new("exact");
     let capacity = payload_capacity(DATAGRAM_SIZE_MTU_1500);
     let len = 10 * capacity - FRAME_HEADER_LEN;
-    let data = sample_bytes(len, 99).into_iter().map(|b| b | 0x80).collect::<Vec<_>>();
+    let data = sample_bytes(len, 99)
+        .into_iter()
+        .map(|b| b | 0x80)
+        .collect::<Vec<_>>();
     let mut opts = options(false, DATAGRAM_SIZE_MTU_1500, 1 << 20);
     opts.compression_level = 0;
     opts.watermark = None;
@@ -123,12 +146,23 @@ fn wrong_key_is_a_clear_error_and_leaves_no_output() {
     let input = dir.path("input");
     std::fs::write(&input, sample_bytes(200_000, 1)).unwrap();
     let archive_path = dir.path("a.lca");
-    pack(&input, &archive_path, &options(true, DATAGRAM_SIZE_MTU_1500, 65536), &|_| {}).unwrap();
+    pack(
+        &input,
+        &archive_path,
+        &options(true, DATAGRAM_SIZE_MTU_1500, 65536),
+        &|_| {},
+    )
+    .unwrap();
     let archive = ArchiveFile::open(&archive_path).unwrap();
     let output = dir.path("out");
     let wrong = MasterKey::from_bytes([1; 32]);
-    let error = archive.extract(Some(&wrong), &output, &|_, _| {}).unwrap_err();
-    assert!(matches!(error, ArchiveError::DecryptFailed { frame: 0 }), "{error}");
+    let error = archive
+        .extract(Some(&wrong), &output, &|_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(error, ArchiveError::DecryptFailed { frame: 0 }),
+        "{error}"
+    );
     assert!(!output.exists());
     let error = archive.extract(None, &output, &|_, _| {}).unwrap_err();
     assert!(matches!(error, ArchiveError::KeyRequired(_)), "{error}");
@@ -140,16 +174,37 @@ fn truncated_and_foreign_files_are_rejected() {
     let input = dir.path("input");
     std::fs::write(&input, sample_bytes(100_000, 2)).unwrap();
     let archive_path = dir.path("a.lca");
-    pack(&input, &archive_path, &options(false, DATAGRAM_SIZE_MTU_1500, 65536), &|_| {}).unwrap();
+    pack(
+        &input,
+        &archive_path,
+        &options(false, DATAGRAM_SIZE_MTU_1500, 65536),
+        &|_| {},
+    )
+    .unwrap();
     let bytes = std::fs::read(&archive_path).unwrap();
     std::fs::write(&archive_path, &bytes[..bytes.len() - 1]).unwrap();
-    assert!(matches!(ArchiveFile::open(&archive_path), Err(ArchiveError::WrongLength { .. })));
+    assert!(matches!(
+        ArchiveFile::open(&archive_path),
+        Err(ArchiveError::WrongLength { .. })
+    ));
     std::fs::write(&archive_path, b"hello, I am a text file").unwrap();
-    assert!(matches!(ArchiveFile::open(&archive_path), Err(ArchiveError::NotAnArchive(_))));
+    assert!(matches!(
+        ArchiveFile::open(&archive_path),
+        Err(ArchiveError::NotAnArchive(_))
+    ));
     std::fs::write(&archive_path, b"").unwrap();
-    assert!(matches!(ArchiveFile::open(&archive_path), Err(ArchiveError::NotAnArchive(_))));
-    let missing = ArchiveFile::open(&dir.path("missing")).err().unwrap().to_string();
-    assert!(missing.contains("cannot open") && missing.contains("missing"), "{missing}");
+    assert!(matches!(
+        ArchiveFile::open(&archive_path),
+        Err(ArchiveError::NotAnArchive(_))
+    ));
+    let missing = ArchiveFile::open(&dir.path("missing"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        missing.contains("cannot open") && missing.contains("missing"),
+        "{missing}"
+    );
 }
 
 proptest! {

@@ -71,7 +71,12 @@ pub fn blast(
     while started.elapsed() < duration && report.datagrams < datagrams_max {
         // SAFETY: all messages point at `buffer`, `iovec`, `control` and `destination`, alive here.
         let result = unsafe {
-            libc::sendmmsg(socket.as_raw_fd(), messages.as_mut_ptr(), MESSAGES as libc::c_uint, 0)
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                messages.as_mut_ptr(),
+                MESSAGES as libc::c_uint,
+                0,
+            )
         };
         report.syscalls += 1;
         if result < 0 {

@@ -108,7 +108,11 @@ impl BatchSender {
         datagram_size: usize,
     ) -> std::io::Result<usize> {
         assert!(datagram_size > 0, "datagram size must be positive");
-        assert_eq!(region.len() % datagram_size, 0, "region holds whole datagrams");
+        assert_eq!(
+            region.len() % datagram_size,
+            0,
+            "region holds whole datagrams"
+        );
         let total = region.len() / datagram_size;
         let mut sent = 0usize;
         while sent < total {
@@ -143,7 +147,9 @@ impl BatchSender {
                         self.counters.gso_fallbacks += 1;
                         continue;
                     }
-                    Some(libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EPERM) => {
+                    Some(
+                        libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EPERM,
+                    ) => {
                         // A receiver went away or a firewall said no: count the first message as lost, go on.
                         let lost = self.datagrams_in(0, datagram_size);
                         self.counters.datagrams_failed += lost as u64;
@@ -224,7 +230,10 @@ pub fn probe_send_path() -> (SendPath, String) {
         Ok(())
     };
     match attempt() {
-        Ok(()) => (SendPath::SendmmsgGso, "UDP GSO accepted by the kernel".into()),
+        Ok(()) => (
+            SendPath::SendmmsgGso,
+            "UDP GSO accepted by the kernel".into(),
+        ),
         Err(error) => (
             SendPath::Sendmmsg,
             format!("UDP GSO unavailable ({error}); using plain sendmmsg"),
@@ -240,12 +249,21 @@ mod tests {
 
     fn exchange(path: SendPath, datagram_size: usize, count: usize) {
         let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let region: Vec<u8> = (0..datagram_size * count).map(|i| (i / datagram_size) as u8 ^ i as u8).collect();
+        let region: Vec<u8> = (0..datagram_size * count)
+            .map(|i| (i / datagram_size) as u8 ^ i as u8)
+            .collect();
         let mut batch = BatchSender::new(path);
         let sent = batch
-            .send(&sender, &SockAddr::from(receiver.local_addr().unwrap()), &region, datagram_size)
+            .send(
+                &sender,
+                &SockAddr::from(receiver.local_addr().unwrap()),
+                &region,
+                datagram_size,
+            )
             .unwrap();
         assert_eq!(sent, count);
         let mut inbox = BatchReceiver::new(64, 9216);
@@ -258,7 +276,11 @@ mod tests {
             }
         }
         for (i, datagram) in received.iter().enumerate() {
-            assert_eq!(&datagram[..], &region[i * datagram_size..(i + 1) * datagram_size], "datagram {i}");
+            assert_eq!(
+                &datagram[..],
+                &region[i * datagram_size..(i + 1) * datagram_size],
+                "datagram {i}"
+            );
         }
     }
 

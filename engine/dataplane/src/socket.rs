@@ -10,7 +10,11 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 fn new_udp(addr: &SocketAddr) -> std::io::Result<Socket> {
-    let domain = if addr.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
     let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
@@ -41,7 +45,11 @@ pub fn bind_multicast_receiver(
 
 /// Makes `socket` send multicast out of the interface with address `interface`, TTL `ttl`,
 /// looped back to local members (so clients on the same host receive it).
-pub fn set_multicast_sender(socket: &UdpSocket, interface: Ipv4Addr, ttl: u32) -> std::io::Result<()> {
+pub fn set_multicast_sender(
+    socket: &UdpSocket,
+    interface: Ipv4Addr,
+    ttl: u32,
+) -> std::io::Result<()> {
     let socket = socket2::SockRef::from(socket);
     socket.set_multicast_if_v4(&interface)?;
     socket.set_multicast_ttl_v4(ttl)?;

@@ -14,7 +14,10 @@ pub fn write_data_datagram(
     index: u32,
     chunk: &[u8],
 ) {
-    assert!(chunk.len() <= out.len() - DATAGRAM_HEADER_LEN, "chunk exceeds payload capacity");
+    assert!(
+        chunk.len() <= out.len() - DATAGRAM_HEADER_LEN,
+        "chunk exceeds payload capacity"
+    );
     DatagramHeader {
         kind: DatagramKind::Data,
         file_id,

@@ -54,13 +54,21 @@ impl Bitmap {
     }
 
     pub fn get(&self, index: u32) -> bool {
-        assert!(index < self.len, "bit {index} outside bitmap of {}", self.len);
+        assert!(
+            index < self.len,
+            "bit {index} outside bitmap of {}",
+            self.len
+        );
         self.words[(index / 64) as usize] & (1 << (index % 64)) != 0
     }
 
     /// Sets a bit; returns true if it was clear.
     pub fn set(&mut self, index: u32) -> bool {
-        assert!(index < self.len, "bit {index} outside bitmap of {}", self.len);
+        assert!(
+            index < self.len,
+            "bit {index} outside bitmap of {}",
+            self.len
+        );
         let word = &mut self.words[(index / 64) as usize];
         let mask = 1 << (index % 64);
         let was_clear = *word & mask == 0;
@@ -73,7 +81,11 @@ impl Bitmap {
 
     /// Clears a bit; returns true if it was set.
     pub fn clear(&mut self, index: u32) -> bool {
-        assert!(index < self.len, "bit {index} outside bitmap of {}", self.len);
+        assert!(
+            index < self.len,
+            "bit {index} outside bitmap of {}",
+            self.len
+        );
         let word = &mut self.words[(index / 64) as usize];
         let mask = 1 << (index % 64);
         let was_set = *word & mask != 0;

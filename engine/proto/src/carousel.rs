@@ -75,8 +75,8 @@ impl TokenBucket {
     fn refill(&mut self, now: Instant) {
         let elapsed = u128::from(now.as_nanos().saturating_sub(self.last_refill.as_nanos()));
         self.last_refill = self.last_refill.max(now);
-        self.tokens_scaled =
-            (self.tokens_scaled + elapsed * u128::from(self.rate_bytes_per_s)).min(self.burst_scaled);
+        self.tokens_scaled = (self.tokens_scaled + elapsed * u128::from(self.rate_bytes_per_s))
+            .min(self.burst_scaled);
     }
 
     fn available_bytes(&self) -> u64 {
@@ -115,7 +115,10 @@ impl Carousel {
     pub fn new(config: CarouselConfig, now: Instant) -> Carousel {
         assert!(config.loop_len > 0, "a loop has at least one datagram");
         assert!(config.datagram_size > 0, "datagram size must be positive");
-        assert!(config.batch_datagrams_max > 0, "batches hold at least one datagram");
+        assert!(
+            config.batch_datagrams_max > 0,
+            "batches hold at least one datagram"
+        );
         let mut carousel = Carousel {
             config,
             next_serial: 0,
@@ -282,9 +285,9 @@ impl Carousel {
         let expiry = oldest_heard + self.config.member_timeout;
         let send_at = match &self.bucket {
             None => Instant::ZERO,
-            Some(bucket) => {
-                bucket.ready_at(u64::from(self.paced_batch_datagrams) * u64::from(self.config.datagram_size))
-            }
+            Some(bucket) => bucket.ready_at(
+                u64::from(self.paced_batch_datagrams) * u64::from(self.config.datagram_size),
+            ),
         };
         Some(send_at.min(expiry))
     }
@@ -346,8 +349,15 @@ mod tests {
         let mut carousel = Carousel::new(cfg, Instant::ZERO);
         carousel.join(Instant::ZERO, SessionId(1)).unwrap();
         carousel.join(Instant::ZERO, SessionId(2)).unwrap();
-        assert_eq!(carousel.join(Instant::ZERO, SessionId(3)), Err(JoinError::Full));
-        assert_eq!(carousel.join(Instant::ZERO, SessionId(2)), Ok(()), "rejoin is a refresh");
+        assert_eq!(
+            carousel.join(Instant::ZERO, SessionId(3)),
+            Err(JoinError::Full)
+        );
+        assert_eq!(
+            carousel.join(Instant::ZERO, SessionId(2)),
+            Ok(()),
+            "rejoin is a refresh"
+        );
     }
 
     /// Drives a paced carousel on virtual time for `seconds` and returns bytes sent.

@@ -110,7 +110,10 @@ impl FileInfo {
 
     pub fn emit(&self, out: &mut Vec<u8>) {
         assert!(self.name.len() <= NAME_LEN_MAX, "name too long");
-        assert!(self.top_hashes.len() <= TOP_HASHES_MAX, "too many top hashes");
+        assert!(
+            self.top_hashes.len() <= TOP_HASHES_MAX,
+            "too many top hashes"
+        );
         let mut w = Writer { out };
         w.bytes(&INFO_MAGIC);
         w.u16(INFO_VERSION);
@@ -193,7 +196,8 @@ impl FileInfo {
         r.finish()?;
 
         let watermarked = flags & FLAG_WATERMARKED != 0;
-        if !watermarked && !(owner.is_empty() && notice.is_empty()) {
+        let has_watermark_text = !owner.is_empty() || !notice.is_empty();
+        if has_watermark_text && !watermarked {
             return Err(ParseError::Malformed);
         }
         let info = FileInfo {
@@ -226,7 +230,12 @@ impl FileInfo {
         if u64::from(self.data_datagram_count) != self.frame_stream_len.div_ceil(capacity) {
             return Err(ParseError::Malformed);
         }
-        if self.original_size.div_ceil(u64::from(self.frame_raw_size)).max(1) != self.frame_count {
+        if self
+            .original_size
+            .div_ceil(u64::from(self.frame_raw_size))
+            .max(1)
+            != self.frame_count
+        {
             return Err(ParseError::Malformed);
         }
         let shape = self.shape().map_err(|_| ParseError::Malformed)?;
@@ -257,8 +266,8 @@ pub(crate) mod tests {
         let shape = TreeShape::new(data, hash_fanout(datagram_size)).unwrap();
         FileInfo {
             file_id: FileId(0x1122_3344_5566_7700 | u64::from(seed)),
-            encrypted: seed % 2 == 0,
-            watermark: (seed % 3 == 0).then(|| Watermark {
+            encrypted: seed.is_multiple_of(2),
+            watermark: seed.is_multiple_of(3).then(|| Watermark {
                 owner: "owner-7".into(),
                 notice: "(c) 2026 loopcast test".into(),
             }),

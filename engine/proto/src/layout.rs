@@ -112,7 +112,10 @@ impl TreeShape {
     }
 
     pub fn node_count(&self, level: u8) -> u32 {
-        self.node_counts.get(usize::from(level)).copied().unwrap_or(0)
+        self.node_counts
+            .get(usize::from(level))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Number of hashes carried in the file info.
@@ -143,7 +146,9 @@ impl TreeShape {
         assert!(level >= 1, "data datagrams have no children");
         let below = self.node_count(level - 1);
         let start = index.saturating_mul(self.fanout).min(below);
-        let end = (index.saturating_add(1)).saturating_mul(self.fanout).min(below);
+        let end = (index.saturating_add(1))
+            .saturating_mul(self.fanout)
+            .min(below);
         start..end
     }
 

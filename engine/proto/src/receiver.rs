@@ -41,7 +41,10 @@ pub enum DropReason {
 pub enum Outcome {
     /// Write the datagram at `serial`'s slot. `verified` says whether it is already proven;
     /// if not, it is pending until its parent arrives.
-    Store { serial: u32, verified: bool },
+    Store {
+        serial: u32,
+        verified: bool,
+    },
     /// Already held and verified.
     Duplicate,
     Dropped(DropReason),
@@ -231,7 +234,8 @@ impl Receiver {
             return Outcome::Dropped(DropReason::WrongSize);
         }
         let (level, index) = (header.level, header.index);
-        if !self.shape.contains(level, index) || self.shape.serial_of(level, index) != header.serial.0
+        if !self.shape.contains(level, index)
+            || self.shape.serial_of(level, index) != header.serial.0
         {
             return Outcome::Dropped(DropReason::BadPosition);
         }

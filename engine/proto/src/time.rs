@@ -25,7 +25,10 @@ impl Instant {
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     pub fn saturating_since(self, earlier: Instant) -> Duration {
-        Duration::from_nanos(self.nanos_since_epoch.saturating_sub(earlier.nanos_since_epoch))
+        Duration::from_nanos(
+            self.nanos_since_epoch
+                .saturating_sub(earlier.nanos_since_epoch),
+        )
     }
 }
 

@@ -23,7 +23,11 @@ use rayon::prelude::*;
 use socket2::SockAddr;
 
 #[derive(Parser)]
-#[command(name = "loopcast-bench", version, about = "loopcast benchmarks; every figure comes with a ceiling measured in the same run")]
+#[command(
+    name = "loopcast-bench",
+    version,
+    about = "loopcast benchmarks; every figure comes with a ceiling measured in the same run"
+)]
 struct Cli {
     #[command(subcommand)]
     scenario: Scenario,
@@ -63,7 +67,9 @@ enum Scenario {
 fn main() -> ExitCode {
     init_logging("warn");
     let result = match Cli::parse().scenario {
-        Scenario::Ceiling(args) => run_ceiling(&args).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling"))),
+        Scenario::Ceiling(args) => {
+            run_ceiling(&args).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling")))
+        }
         Scenario::Send(args) => run_send(&args),
         Scenario::Pack { size, json } => run_pack(size, json),
     };
@@ -116,13 +122,18 @@ impl SendMeasure {
 }
 
 fn sink() -> Result<(UdpSocket, SockAddr), String> {
-    let sink = loopcast_dataplane::socket::bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).map_err(|e| e.to_string())?;
+    let sink = loopcast_dataplane::socket::bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .map_err(|e| e.to_string())?;
     let addr = SockAddr::from(sink.local_addr().map_err(|e| e.to_string())?);
     Ok((sink, addr))
 }
 
 fn datagram_size(args: &SendArgs) -> u16 {
-    if args.jumbo { DATAGRAM_SIZE_MTU_9000 } else { DATAGRAM_SIZE_MTU_1500 }
+    if args.jumbo {
+        DATAGRAM_SIZE_MTU_9000
+    } else {
+        DATAGRAM_SIZE_MTU_1500
+    }
 }
 
 fn run_ceiling(args: &SendArgs) -> Result<SendMeasure, String> {
@@ -130,8 +141,14 @@ fn run_ceiling(args: &SendArgs) -> Result<SendMeasure, String> {
     let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
     let size = usize::from(datagram_size(args));
     let cpu_before = cpu_time();
-    let report = blast(&sender, &destination, size, Duration::from_secs_f64(args.seconds), u64::MAX)
-        .map_err(|e| format!("blaster: {e}"))?;
+    let report = blast(
+        &sender,
+        &destination,
+        size,
+        Duration::from_secs_f64(args.seconds),
+        u64::MAX,
+    )
+    .map_err(|e| format!("blaster: {e}"))?;
     Ok(SendMeasure {
         bytes: report.bytes,
         datagrams: report.datagrams,
@@ -196,7 +213,9 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         let transmit = carousel.poll_transmit(now()).ok_or("carousel stalled")?;
         let start = loopcast_archive::format::datagram_offset(&info, transmit.first) as usize;
         let region = &map.bytes()[start..start + transmit.count as usize * size];
-        datagrams += sender.send(&socket, &destination, region, size).map_err(|e| e.to_string())? as u64;
+        datagrams += sender
+            .send(&socket, &destination, region, size)
+            .map_err(|e| e.to_string())? as u64;
     }
     let ours = SendMeasure {
         bytes: datagrams * size as u64,
@@ -218,7 +237,10 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
     } else {
         println!("{}", ceiling.describe("ceiling"));
         println!("{}", ours.describe("loopcast"));
-        println!("ratio      {ratio:.3} of ceiling (send path {}: {reason})", path.name());
+        println!(
+            "ratio      {ratio:.3} of ceiling (send path {}: {reason})",
+            path.name()
+        );
     }
     Ok(())
 }
@@ -235,13 +257,18 @@ fn scopeguard(dir: PathBuf) -> RemoveDir {
 
 fn write_random(path: &std::path::Path, len: u64) -> Result<(), String> {
     use std::io::Write;
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).map_err(|e| e.to_string())?);
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        std::fs::File::create(path).map_err(|e| e.to_string())?,
+    );
     let mut block = vec![0u8; 1 << 20];
     let mut written = 0u64;
     let mut counter = 0u64;
     while written < len {
         // BLAKE3 in XOF mode as a fast, incompressible byte source.
-        let mut reader = blake3::Hasher::new().update(&counter.to_le_bytes()).finalize_xof();
+        let mut reader = blake3::Hasher::new()
+            .update(&counter.to_le_bytes())
+            .finalize_xof();
         reader.fill(&mut block);
         let take = (len - written).min(block.len() as u64) as usize;
         out.write_all(&block[..take]).map_err(|e| e.to_string())?;
@@ -261,9 +288,16 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
     let threads = rayon::current_num_threads();
 
     // Ceiling 1: memcpy of the same bytes, all cores, 1 MiB blocks.
-    let mut target = vec![0u8; data.len()];
+    // Touch every page of the target first, so the ceiling measures copying, not page faults.
+    let mut target = vec![1u8; data.len()];
+    target
+        .par_chunks_mut(1 << 20)
+        .for_each(|block| block.fill(2));
     let started = Instant::now();
-    target.par_chunks_mut(1 << 20).zip(data.par_chunks(1 << 20)).for_each(|(t, s)| t.copy_from_slice(s));
+    target
+        .par_chunks_mut(1 << 20)
+        .zip(data.par_chunks(1 << 20))
+        .for_each(|(t, s)| t.copy_from_slice(s));
     let memcpy_mb_s = size as f64 / 1e6 / started.elapsed().as_secs_f64();
     std::hint::black_box(&target);
 
@@ -271,14 +305,35 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
     let cipher = Aes256Gcm::new_from_slice(&[7u8; 32]).expect("32-byte key");
     let started = Instant::now();
     target.par_chunks_mut(1 << 20).for_each(|block| {
-        let _tag = cipher.encrypt_inout_detached(&[0u8; 12].into(), b"", block.into()).expect("in limits");
+        let _tag = cipher
+            .encrypt_inout_detached(&[0u8; 12].into(), b"", block.into())
+            .expect("in limits");
     });
     let aes_mb_s = size as f64 / 1e6 / started.elapsed().as_secs_f64();
     drop(target);
+
+    // Ceiling 3: writing the same number of bytes to the same file system, with fsync (an
+    // archive is written and fsynced, so the disk bounds packing too).
+    let started = Instant::now();
+    {
+        use std::io::Write;
+        let disk_path = dir.join("disk.bin");
+        let mut file = std::fs::File::create(&disk_path).map_err(|e| e.to_string())?;
+        for block in data.chunks(4 << 20) {
+            file.write_all(block).map_err(|e| e.to_string())?;
+        }
+        file.sync_all().map_err(|e| e.to_string())?;
+        let _ = std::fs::remove_file(&disk_path);
+    }
+    let disk_mb_s = size as f64 / 1e6 / started.elapsed().as_secs_f64();
     drop(data);
 
     let mut results = Vec::new();
-    for (label, level, encrypt) in [("pack (zstd 3 + AES-GCM)", 3, true), ("pack (AES-GCM, no zstd)", 0, true), ("pack (no zstd, no AES)", 0, false)] {
+    for (label, level, encrypt) in [
+        ("pack (zstd 3 + AES-GCM)", 3, true),
+        ("pack (AES-GCM, no zstd)", 0, true),
+        ("pack (no zstd, no AES)", 0, false),
+    ] {
         let options = PackOptions {
             name: "pack.bin".into(),
             frame_raw_size: 1 << 20,
@@ -296,19 +351,34 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
         results.push((label, mb_s, cpu / (size as f64 / 1e9)));
     }
     if json {
-        let packs: Vec<_> = results.iter().map(|(label, mb_s, cpu)| serde_json::json!({
-            "scenario": label, "mb_per_s": mb_s, "ratio_to_aes_gcm": mb_s / aes_mb_s,
-            "ratio_to_memcpy": mb_s / memcpy_mb_s, "cpu_s_per_gb": cpu,
-        })).collect();
-        println!("{}", serde_json::json!({
-            "bytes": size, "threads": threads, "memcpy_mb_per_s": memcpy_mb_s, "aes_gcm_mb_per_s": aes_mb_s, "pack": packs,
-        }));
+        let packs: Vec<_> = results
+            .iter()
+            .map(|(label, mb_s, cpu)| {
+                serde_json::json!({
+                    "scenario": label, "mb_per_s": mb_s, "ratio_to_aes_gcm": mb_s / aes_mb_s,
+                    "ratio_to_memcpy": mb_s / memcpy_mb_s, "ratio_to_disk": mb_s / disk_mb_s, "cpu_s_per_gb": cpu,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "bytes": size, "threads": threads, "memcpy_mb_per_s": memcpy_mb_s, "aes_gcm_mb_per_s": aes_mb_s,
+                "disk_write_fsync_mb_per_s": disk_mb_s, "pack": packs,
+            })
+        );
     } else {
         println!("{} MiB incompressible input, {threads} threads", size >> 20);
         println!("ceiling memcpy          {memcpy_mb_s:>9.1} MB/s");
         println!("ceiling AES-256-GCM     {aes_mb_s:>9.1} MB/s");
+        println!("ceiling disk+fsync      {disk_mb_s:>9.1} MB/s");
         for (label, mb_s, cpu) in &results {
-            println!("{label:<24}{mb_s:>9.1} MB/s  {:.3} of AES-GCM, {:.3} of memcpy, {cpu:.2} CPU s/GB", mb_s / aes_mb_s, mb_s / memcpy_mb_s);
+            println!(
+                "{label:<24}{mb_s:>9.1} MB/s  {:.3} of AES-GCM, {:.3} of memcpy, {:.3} of disk, {cpu:.2} CPU s/GB",
+                mb_s / aes_mb_s,
+                mb_s / memcpy_mb_s,
+                mb_s / disk_mb_s
+            );
         }
     }
     Ok(())

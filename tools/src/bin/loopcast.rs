@@ -6,16 +6,22 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions, PackPhase};
-use loopcast_proto::info::{hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000};
+use loopcast_proto::info::{
+    hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
+};
 use loopcast_store::KeyStore;
 use loopcast_tools::{byte_bar, init_logging, parse_size, shutdown_flag};
 
 #[derive(Parser)]
-#[command(name = "loopcast", version, about = "loopcast: pack media files into archives and download them from a loopcastd carousel",
+#[command(
+    name = "loopcast",
+    version,
+    about = "loopcast: pack media files into archives and download them from a loopcastd carousel",
     long_about = "loopcast distributes large files to many clients at once by looping each file over UDP \
 multicast (or unicast where multicast is unavailable). This tool packs files into archives for a \
 server's media database, downloads them (resuming where it stopped), inspects and extracts them, \
-and runs a self-contained demo.")]
+and runs a self-contained demo."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -174,19 +180,29 @@ fn run_pack(args: PackArgs) -> Result<(), String> {
         (None, Some(media)) => media.join(format!("{name}.lca")),
         (None, None) => PathBuf::from(format!("{}.lca", args.input.display())),
     };
-    let keys_path = args.keys.clone().or_else(|| args.media.as_ref().map(|m| m.join("keys.db")));
+    let keys_path = args
+        .keys
+        .clone()
+        .or_else(|| args.media.as_ref().map(|m| m.join("keys.db")));
     if let Some(media) = &args.media {
-        std::fs::create_dir_all(media).map_err(|e| format!("cannot create {}: {e}", media.display()))?;
+        std::fs::create_dir_all(media)
+            .map_err(|e| format!("cannot create {}: {e}", media.display()))?;
     }
     let (store, master_key) = if args.no_encrypt {
         (None, None)
     } else {
-        let path = keys_path.ok_or("encrypted archives need a key database: pass --keys or --media (or --no-encrypt)")?;
+        let path = keys_path.ok_or(
+            "encrypted archives need a key database: pass --keys or --media (or --no-encrypt)",
+        )?;
         let store = KeyStore::open(&path, true).map_err(|e| e.to_string())?;
         let key = MasterKey::generate().map_err(|e| format!("no OS randomness: {e}"))?;
         (Some(store), Some(key))
     };
-    let datagram_size = args.datagram_size.unwrap_or(if args.jumbo { DATAGRAM_SIZE_MTU_9000 } else { DATAGRAM_SIZE_MTU_1500 });
+    let datagram_size = args.datagram_size.unwrap_or(if args.jumbo {
+        DATAGRAM_SIZE_MTU_9000
+    } else {
+        DATAGRAM_SIZE_MTU_1500
+    });
     let frame_raw_size = u32::try_from(args.frame_size).map_err(|_| "frame size too large")?;
     let options = PackOptions {
         name: name.clone(),
@@ -200,7 +216,11 @@ fn run_pack(args: PackArgs) -> Result<(), String> {
         }),
     };
     let input_len = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
-    let bar = if args.json { indicatif::ProgressBar::hidden() } else { byte_bar(input_len, "packing") };
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        byte_bar(input_len, "packing")
+    };
     let summary = pack(&args.input, &output, &options, &|p| {
         if let PackPhase::Datagrams = p.phase {
             bar.set_message("datagrams");
@@ -213,35 +233,55 @@ fn run_pack(args: PackArgs) -> Result<(), String> {
     if let (Some(store), Some(key)) = (&store, &options.master_key) {
         if let Err(error) = store.put(&summary.info.file_id.to_string(), &name, key) {
             let _ = std::fs::remove_file(&output);
-            return Err(format!("{error}; archive removed, since its key could not be stored"));
+            return Err(format!(
+                "{error}; archive removed, since its key could not be stored"
+            ));
         }
     }
     let info = &summary.info;
     let seconds = summary.elapsed.as_secs_f64();
     if args.json {
-        println!("{}", serde_json::json!({
-            "archive": output.display().to_string(),
-            "name": info.name,
-            "file_id": info.file_id.to_string(),
-            "root": info.root().to_hex(),
-            "original_bytes": info.original_size,
-            "archive_bytes": summary.archive_bytes,
-            "encrypted": info.encrypted,
-            "frames_compressed": summary.frames_compressed,
-            "frames_raw": summary.frames_raw,
-            "seconds": seconds,
-            "mb_per_s": info.original_size as f64 / 1e6 / seconds.max(1e-9),
-        }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "archive": output.display().to_string(),
+                "name": info.name,
+                "file_id": info.file_id.to_string(),
+                "root": info.root().to_hex(),
+                "original_bytes": info.original_size,
+                "archive_bytes": summary.archive_bytes,
+                "encrypted": info.encrypted,
+                "frames_compressed": summary.frames_compressed,
+                "frames_raw": summary.frames_raw,
+                "seconds": seconds,
+                "mb_per_s": info.original_size as f64 / 1e6 / seconds.max(1e-9),
+            })
+        );
     } else {
         println!("packed {} -> {}", args.input.display(), output.display());
         println!("  name      {}", info.name);
         println!("  file id   {}", info.file_id);
         println!("  root      {}", info.root().to_hex());
-        println!("  size      {} -> {} bytes ({:+.1}%)", info.original_size, summary.archive_bytes,
-            (summary.archive_bytes as f64 / info.original_size.max(1) as f64 - 1.0) * 100.0);
-        println!("  frames    {} compressed, {} raw; {}", summary.frames_compressed, summary.frames_raw,
-            if info.encrypted { "AES-256-GCM" } else { "not encrypted" });
-        println!("  speed     {:.1} MB/s ({seconds:.2} s)", info.original_size as f64 / 1e6 / seconds.max(1e-9));
+        println!(
+            "  size      {} -> {} bytes ({:+.1}%)",
+            info.original_size,
+            summary.archive_bytes,
+            (summary.archive_bytes as f64 / info.original_size.max(1) as f64 - 1.0) * 100.0
+        );
+        println!(
+            "  frames    {} compressed, {} raw; {}",
+            summary.frames_compressed,
+            summary.frames_raw,
+            if info.encrypted {
+                "AES-256-GCM"
+            } else {
+                "not encrypted"
+            }
+        );
+        println!(
+            "  speed     {:.1} MB/s ({seconds:.2} s)",
+            info.original_size as f64 / 1e6 / seconds.max(1e-9)
+        );
     }
     Ok(())
 }
@@ -275,46 +315,101 @@ fn run_inspect(args: InspectArgs) -> Result<(), String> {
             "index": f.index, "raw_len": f.raw_len, "stored_len": f.stored_len,
             "compressed": f.is_compressed(), "encrypted": f.is_encrypted(), "watermarked": f.is_watermarked(),
         })).collect();
-        println!("{}", serde_json::json!({
-            "archive": args.archive.display().to_string(),
-            "name": info.name, "file_id": info.file_id.to_string(), "root": info.root().to_hex(),
-            "encrypted": info.encrypted,
-            "watermark": info.watermark.as_ref().map(|w| serde_json::json!({"owner": w.owner, "notice": w.notice})),
-            "original_bytes": info.original_size, "original_blake3": hex(&info.original_hash),
-            "archive_bytes": archive_bytes, "frame_raw_size": info.frame_raw_size, "frames": info.frame_count,
-            "frames_compressed": frames_compressed, "datagram_size": info.datagram_size,
-            "data_datagrams": info.data_datagram_count, "hash_blocks": hash_blocks, "loop_len": info.loop_len,
-            "tree_depth": shape.depth(), "verified": verified, "frame_list": frame_list,
-        }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "archive": args.archive.display().to_string(),
+                "name": info.name, "file_id": info.file_id.to_string(), "root": info.root().to_hex(),
+                "encrypted": info.encrypted,
+                "watermark": info.watermark.as_ref().map(|w| serde_json::json!({"owner": w.owner, "notice": w.notice})),
+                "original_bytes": info.original_size, "original_blake3": hex(&info.original_hash),
+                "archive_bytes": archive_bytes, "frame_raw_size": info.frame_raw_size, "frames": info.frame_count,
+                "frames_compressed": frames_compressed, "datagram_size": info.datagram_size,
+                "data_datagrams": info.data_datagram_count, "hash_blocks": hash_blocks, "loop_len": info.loop_len,
+                "tree_depth": shape.depth(), "verified": verified, "frame_list": frame_list,
+            })
+        );
         return Ok(());
     }
     println!("archive      {}", args.archive.display());
     println!("name         {}", info.name);
     println!("file id      {}", info.file_id);
     println!("root         {}", info.root().to_hex());
-    println!("encrypted    {}", if info.encrypted { "yes (AES-256-GCM, per-frame keys via HKDF-SHA256)" } else { "no" });
+    println!(
+        "encrypted    {}",
+        if info.encrypted {
+            "yes (AES-256-GCM, per-frame keys via HKDF-SHA256)"
+        } else {
+            "no"
+        }
+    );
     match &info.watermark {
-        Some(mark) => println!("watermark    owner {:?}, notice {:?}", mark.owner, mark.notice),
+        Some(mark) => println!(
+            "watermark    owner {:?}, notice {:?}",
+            mark.owner, mark.notice
+        ),
         None => println!("watermark    none"),
     }
-    println!("original     {} bytes, BLAKE3 {}", info.original_size, hex(&info.original_hash));
-    println!("frames       {} of {} bytes raw; {} compressed, {} stored raw; {} bytes stored",
-        info.frame_count, info.frame_raw_size, frames_compressed, info.frame_count - frames_compressed, stored_total);
-    println!("datagrams    {} bytes each: {} data + {} hash blocks = {} per loop (tree depth {})",
-        info.datagram_size, info.data_datagram_count, hash_blocks, info.loop_len, shape.depth());
-    println!("size         {} bytes on disk; overhead {:+.2}% vs original",
-        archive_bytes, (archive_bytes as f64 / info.original_size.max(1) as f64 - 1.0) * 100.0);
+    println!(
+        "original     {} bytes, BLAKE3 {}",
+        info.original_size,
+        hex(&info.original_hash)
+    );
+    println!(
+        "frames       {} of {} bytes raw; {} compressed, {} stored raw; {} bytes stored",
+        info.frame_count,
+        info.frame_raw_size,
+        frames_compressed,
+        info.frame_count - frames_compressed,
+        stored_total
+    );
+    println!(
+        "datagrams    {} bytes each: {} data + {} hash blocks = {} per loop (tree depth {})",
+        info.datagram_size,
+        info.data_datagram_count,
+        hash_blocks,
+        info.loop_len,
+        shape.depth()
+    );
+    println!(
+        "size         {} bytes on disk; overhead {:+.2}% vs original",
+        archive_bytes,
+        (archive_bytes as f64 / info.original_size.max(1) as f64 - 1.0) * 100.0
+    );
     if let Some(verified) = verified {
-        println!("verified     {}", if verified { "every datagram matches the hash tree and root" } else { "FAILED" });
+        println!(
+            "verified     {}",
+            if verified {
+                "every datagram matches the hash tree and root"
+            } else {
+                "FAILED"
+            }
+        );
     }
     for frame in &frames {
-        println!("  frame {:>6}: raw {:>8} stored {:>8}{}{}{}", frame.index, frame.raw_len, frame.stored_len,
-            if frame.is_compressed() { " zstd" } else { " raw" },
+        println!(
+            "  frame {:>6}: raw {:>8} stored {:>8}{}{}{}",
+            frame.index,
+            frame.raw_len,
+            frame.stored_len,
+            if frame.is_compressed() {
+                " zstd"
+            } else {
+                " raw"
+            },
             if frame.is_encrypted() { " sealed" } else { "" },
-            if frame.is_watermarked() { " watermarked" } else { "" });
+            if frame.is_watermarked() {
+                " watermarked"
+            } else {
+                ""
+            }
+        );
     }
     if info.frame_count as usize > frames.len() && !frames.is_empty() {
-        println!("  ... {} more frames", info.frame_count as usize - frames.len());
+        println!(
+            "  ... {} more frames",
+            info.frame_count as usize - frames.len()
+        );
     }
     Ok(())
 }
@@ -329,7 +424,10 @@ fn resolve(server: &str) -> Result<SocketAddr, String> {
 
 fn run_get(args: GetArgs) -> Result<(), String> {
     let server = resolve(&args.server)?;
-    let output = args.output.clone().unwrap_or_else(|| PathBuf::from(format!("{}.lca", args.name)));
+    let output = args
+        .output
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.lca", args.name)));
     let mut config = loopcast_client::GetConfig::new(server, &args.name, output.clone());
     config.allow_multicast = !args.unicast;
     config.multicast_interface = args.multicast_interface;
@@ -338,7 +436,11 @@ fn run_get(args: GetArgs) -> Result<(), String> {
         config.expect_root = Some(RootHash::from_hex(root).ok_or("--root must be 64 hex digits")?);
     }
     let cancel = shutdown_flag();
-    let bar = if args.json { indicatif::ProgressBar::hidden() } else { byte_bar(0, "receiving") };
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        byte_bar(0, "receiving")
+    };
     let report = loopcast_client::get(&config, &cancel, &mut |p| {
         bar.set_length(p.archive_bytes);
         bar.set_position(p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)));
@@ -352,25 +454,39 @@ fn run_get(args: GetArgs) -> Result<(), String> {
     }
     let seconds = report.elapsed.as_secs_f64();
     if args.json {
-        println!("{}", serde_json::json!({
-            "archive": output.display().to_string(), "name": report.info.name, "root": report.root.to_hex(),
-            "transport": report.transport.to_string(), "transport_note": report.transport_note,
-            "join_serial": report.join_serial, "resumed_datagrams": report.resumed_datagrams,
-            "bytes": report.archive_bytes, "seconds": seconds,
-            "mb_per_s": report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
-            "dropped": report.counters.dropped_total(), "duplicates": report.counters.duplicates,
-            "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
-        }));
+        println!(
+            "{}",
+            serde_json::json!({
+                "archive": output.display().to_string(), "name": report.info.name, "root": report.root.to_hex(),
+                "transport": report.transport.to_string(), "transport_note": report.transport_note,
+                "join_serial": report.join_serial, "resumed_datagrams": report.resumed_datagrams,
+                "bytes": report.archive_bytes, "seconds": seconds,
+                "mb_per_s": report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
+                "dropped": report.counters.dropped_total(), "duplicates": report.counters.duplicates,
+                "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
+            })
+        );
     } else {
-        println!("received {} ({} bytes) in {seconds:.2} s, {:.1} MB/s over {} ({})", output.display(), report.archive_bytes,
-            report.archive_bytes as f64 / 1e6 / seconds.max(1e-9), report.transport, report.transport_note);
+        println!(
+            "received {} ({} bytes) in {seconds:.2} s, {:.1} MB/s over {} ({})",
+            output.display(),
+            report.archive_bytes,
+            report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
+            report.transport,
+            report.transport_note
+        );
         println!("  verified against root {}", report.root.to_hex());
         if report.resumed_datagrams > 0 {
-            println!("  resumed with {} datagrams already held", report.resumed_datagrams);
+            println!(
+                "  resumed with {} datagrams already held",
+                report.resumed_datagrams
+            );
         }
         let dropped = report.counters.dropped_total();
         if dropped > 0 {
-            println!("  dropped {dropped} bad or foreign datagrams (see counters with RUST_LOG=debug)");
+            println!(
+                "  dropped {dropped} bad or foreign datagrams (see counters with RUST_LOG=debug)"
+            );
         }
         if let Some(path) = extracted {
             println!("  extracted to {}", path.display());
@@ -382,9 +498,18 @@ fn run_get(args: GetArgs) -> Result<(), String> {
 fn extract_to(archive_path: &Path, output: &Path, keys: Option<&Path>) -> Result<u64, String> {
     let archive = ArchiveFile::open(archive_path).map_err(|e| e.to_string())?;
     let key = if archive.info().encrypted {
-        let keys = keys.ok_or_else(|| format!("{} is encrypted: pass --keys with its key database", archive_path.display()))?;
+        let keys = keys.ok_or_else(|| {
+            format!(
+                "{} is encrypted: pass --keys with its key database",
+                archive_path.display()
+            )
+        })?;
         let store = KeyStore::open(keys, false).map_err(|e| e.to_string())?;
-        Some(store.get(&archive.info().file_id.to_string()).map_err(|e| e.to_string())?)
+        Some(
+            store
+                .get(&archive.info().file_id.to_string())
+                .map_err(|e| e.to_string())?,
+        )
     } else {
         None
     };
@@ -402,7 +527,11 @@ fn extract_to(archive_path: &Path, output: &Path, keys: Option<&Path>) -> Result
 fn run_extract(args: ExtractArgs) -> Result<(), String> {
     let started = std::time::Instant::now();
     let bytes = extract_to(&args.archive, &args.output, args.keys.as_deref())?;
-    println!("extracted {} -> {} ({bytes} bytes, hash verified) in {:.2} s", args.archive.display(), args.output.display(), started.elapsed().as_secs_f64());
+    println!(
+        "extracted {} -> {} ({bytes} bytes, hash verified) in {:.2} s",
+        args.archive.display(),
+        args.output.display(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
-

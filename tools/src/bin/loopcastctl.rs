@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use loopcast_tools::{default_admin_socket, format_rate};
 
 #[derive(Parser)]
-#[command(name = "loopcastctl", version, about = "Admin tool for a running loopcastd (owner-only Unix socket)")]
+#[command(
+    name = "loopcastctl",
+    version,
+    about = "Admin tool for a running loopcastd (owner-only Unix socket)"
+)]
 struct Cli {
     /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcastd.sock or /tmp/loopcastd-<uid>.sock.
     #[arg(long, global = true)]
@@ -45,21 +49,43 @@ fn main() -> ExitCode {
         println!("{answer}");
         return ExitCode::SUCCESS;
     }
-    let text = |v: &serde_json::Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-    println!("send path   {} ({})", text(&answer["send_path"]), text(&answer["send_path_reason"]));
+    let text = |v: &serde_json::Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!(
+        "send path   {} ({})",
+        text(&answer["send_path"]),
+        text(&answer["send_path_reason"])
+    );
     println!("archives    {}", answer["archives"]);
     let channels = answer["channels"].as_array().cloned().unwrap_or_default();
     println!("channels    {}", channels.len());
     for c in &channels {
-        println!("  {:<24} {:<22} {:>14} loop {}/{} ({} loops) mcast {} ucast {} sent {} B",
-            text(&c["file"]), c["group"].as_str().unwrap_or("unicast only"),
-            format_rate(c["rate_bits_per_s"].as_u64().unwrap_or(0)), c["next_serial"], c["loop_len"],
-            c["loops_completed"], c["multicast_sessions"], c["unicast_sessions"], c["bytes_sent"]);
+        println!(
+            "  {:<24} {:<22} {:>14} loop {}/{} ({} loops) mcast {} ucast {} sent {} B",
+            text(&c["file"]),
+            c["group"].as_str().unwrap_or("unicast only"),
+            format_rate(c["rate_bits_per_s"].as_u64().unwrap_or(0)),
+            c["next_serial"],
+            c["loop_len"],
+            c["loops_completed"],
+            c["multicast_sessions"],
+            c["unicast_sessions"],
+            c["bytes_sent"]
+        );
     }
     let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
     println!("sessions    {}", sessions.len());
     for s in &sessions {
-        println!("  {} {:<22} {:<9} held {}", text(&s["session"]), text(&s["client"]), text(&s["transport"]), s["held"]);
+        println!(
+            "  {} {:<22} {:<9} held {}",
+            text(&s["session"]),
+            text(&s["client"]),
+            text(&s["transport"]),
+            s["held"]
+        );
     }
     println!("counters    {}", answer["counters"]);
     ExitCode::SUCCESS

@@ -10,7 +10,11 @@ use loopcast_node::{MulticastConfig, ServerConfig};
 use loopcast_tools::{default_admin_socket, format_rate, init_logging, parse_rate, shutdown_flag};
 
 #[derive(Parser)]
-#[command(name = "loopcastd", version, about = "loopcast distribution server: loops archives over multicast or unicast UDP")]
+#[command(
+    name = "loopcastd",
+    version,
+    about = "loopcast distribution server: loops archives over multicast or unicast UDP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,17 +67,27 @@ fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
     init_logging("info");
     if !args.media.is_dir() {
-        eprintln!("loopcastd: error: media database {} is not a directory", args.media.display());
+        eprintln!(
+            "loopcastd: error: media database {} is not a directory",
+            args.media.display()
+        );
         return ExitCode::FAILURE;
     }
     let mut config = ServerConfig::new(args.media.clone(), args.listen);
     config.rate_bits_per_s = args.rate;
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
     config.verify_on_open = !args.no_verify;
-    config.admin_socket = Some(args.admin_socket.clone().unwrap_or_else(default_admin_socket));
+    config.admin_socket = Some(
+        args.admin_socket
+            .clone()
+            .unwrap_or_else(default_admin_socket),
+    );
     if !args.no_multicast {
         if !args.multicast_group.is_multicast() {
-            eprintln!("loopcastd: error: {} is not a multicast group (224.0.0.0/4)", args.multicast_group);
+            eprintln!(
+                "loopcastd: error: {} is not a multicast group (224.0.0.0/4)",
+                args.multicast_group
+            );
             return ExitCode::FAILURE;
         }
         config.multicast = Some(MulticastConfig {

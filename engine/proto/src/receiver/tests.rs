@@ -120,8 +120,13 @@ fn resume_keeps_verified_blocks_and_forgets_corrupt_ones() {
     // Storage as the driver wrote it, with the first hash block corrupted.
     let mut storage = datagrams.clone();
     storage[0][40] ^= 0xff;
-    let mut resumed = Receiver::resume(info, bitmap, |serial| Some(storage[serial as usize].clone()));
-    assert!(resumed.have().count_ones() < held_before, "corrupt block and its subtree forgotten");
+    let mut resumed = Receiver::resume(info, bitmap, |serial| {
+        Some(storage[serial as usize].clone())
+    });
+    assert!(
+        resumed.have().count_ones() < held_before,
+        "corrupt block and its subtree forgotten"
+    );
     for bytes in &datagrams {
         resumed.handle_datagram(bytes);
     }

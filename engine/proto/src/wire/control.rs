@@ -319,24 +319,77 @@ mod tests {
 
     fn any_addr() -> impl Strategy<Value = SocketAddr> {
         prop_oneof![
-            (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip.into()), port)),
-            (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(ip.into()), port)),
+            (any::<[u8; 4]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V4(ip.into()), port)),
+            (any::<[u8; 16]>(), any::<u16>())
+                .prop_map(|(ip, port)| SocketAddr::new(IpAddr::V6(ip.into()), port)),
         ]
     }
 
     fn any_message() -> impl Strategy<Value = ControlMessage> {
         prop_oneof![
-            (any::<u64>(), any::<bool>(), "[a-z0-9._-]{0,128}").prop_map(|(request_id, multicast_ok, name)| ControlMessage::Request { request_id, multicast_ok, name }),
-            (any::<u64>(), any::<u64>(), any::<bool>(), any_addr(), any::<u64>(), 1u64..10_000_000, any::<u8>()).prop_map(|(request_id, session, multicast, channel, rate_bits_per_s, len, seed)| ControlMessage::Offer {
-                request_id, session: SessionId(session),
-                transport: if multicast { Transport::Multicast } else { Transport::Unicast },
-                channel, rate_bits_per_s, info: sample_info(len, DATAGRAM_SIZE_MTU_1500, seed),
+            (any::<u64>(), any::<bool>(), "[a-z0-9._-]{0,128}").prop_map(
+                |(request_id, multicast_ok, name)| ControlMessage::Request {
+                    request_id,
+                    multicast_ok,
+                    name
+                }
+            ),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                any_addr(),
+                any::<u64>(),
+                1u64..10_000_000,
+                any::<u8>()
+            )
+                .prop_map(
+                    |(request_id, session, multicast, channel, rate_bits_per_s, len, seed)| {
+                        ControlMessage::Offer {
+                            request_id,
+                            session: SessionId(session),
+                            transport: if multicast {
+                                Transport::Multicast
+                            } else {
+                                Transport::Unicast
+                            },
+                            channel,
+                            rate_bits_per_s,
+                            info: sample_info(len, DATAGRAM_SIZE_MTU_1500, seed),
+                        }
+                    }
+                ),
+            (any::<u64>(), "[ -~]{0,200}").prop_map(|(request_id, message)| {
+                ControlMessage::Reject {
+                    request_id,
+                    code: RejectCode::NotFound,
+                    message,
+                }
             }),
-            (any::<u64>(), "[ -~]{0,200}").prop_map(|(request_id, message)| ControlMessage::Reject { request_id, code: RejectCode::NotFound, message }),
-            (any::<u64>(), any::<u32>()).prop_map(|(f, sequence)| ControlMessage::Sync { file_id: FileId(f), sequence }),
-            (any::<u64>(), any::<bool>()).prop_map(|(s, m)| ControlMessage::Joined { session: SessionId(s), transport: if m { Transport::Multicast } else { Transport::Unicast } }),
-            (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(|(s, held, loop_len, done)| ControlMessage::Status { session: SessionId(s), held, loop_len, done }),
-            any::<u64>().prop_map(|s| ControlMessage::Leave { session: SessionId(s) }),
+            (any::<u64>(), any::<u32>()).prop_map(|(f, sequence)| ControlMessage::Sync {
+                file_id: FileId(f),
+                sequence
+            }),
+            (any::<u64>(), any::<bool>()).prop_map(|(s, m)| ControlMessage::Joined {
+                session: SessionId(s),
+                transport: if m {
+                    Transport::Multicast
+                } else {
+                    Transport::Unicast
+                }
+            }),
+            (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
+                |(s, held, loop_len, done)| ControlMessage::Status {
+                    session: SessionId(s),
+                    held,
+                    loop_len,
+                    done
+                }
+            ),
+            any::<u64>().prop_map(|s| ControlMessage::Leave {
+                session: SessionId(s)
+            }),
         ]
     }
 
