@@ -15,23 +15,8 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     // A damaged archive beside it: skipped at scan, never served.
     let good = std::fs::read(media.join("ok.bin.lca")).unwrap();
     std::fs::write(media.join("damaged.lca"), &good[..good.len() / 2]).unwrap();
-    let port = free_udp_port();
-    let admin = scratch.path("admin.sock");
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new(bin("loopcastd"))
-            .args([
-                "serve",
-                "--no-multicast",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--media")
-            .arg(&media)
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = UnicastServer::start(&scratch, &media, &[]);
+    let port = server.port;
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut state = 0x9e3779b97f4a7c15u64;
     for round in 0..2000 {
@@ -65,12 +50,7 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     );
     assert_eq!(json_of(&output)["verified"], true);
     assert!(std::fs::read(scratch.path("ok.out")).unwrap() == original);
-    let status = json_of(&run_ok(
-        Command::new(bin("loopcastctl"))
-            .arg("--socket")
-            .arg(&admin)
-            .args(["status", "--json"]),
-    ));
+    let status = server.status();
     assert!(
         status["counters"]["control_dropped"].as_u64().unwrap() > 500,
         "{status}"
@@ -79,6 +59,6 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
         status["archives"], 1,
         "damaged archive not listed: {status}"
     );
-    let output = server.terminate();
+    let output = server.process.terminate();
     assert!(output.status.success());
 }

@@ -12,25 +12,8 @@ fn killed_client_resumes_and_finishes_identical() {
     let input = scratch.path("big.bin");
     let original = write_content(&input, 24 << 20, 5);
     pack_into(&input, &media, &["--level", "0"]);
-    let port = free_udp_port();
-    let admin = scratch.path("admin.sock");
-    let _server = Proc::spawn(
-        "loopcastd",
-        Command::new(bin("loopcastd"))
-            .args([
-                "serve",
-                "--no-multicast",
-                "--rate",
-                "40M",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--media")
-            .arg(&media)
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let _server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
+    let port = _server.port;
     let get = || {
         let mut command = Command::new(bin("loopcast"));
         command

@@ -193,3 +193,49 @@ pub fn is_root() -> bool {
 pub fn skip(test: &str, reason: &str) {
     eprintln!("SKIPPED {test}: {reason}");
 }
+
+/// A loopcastd serving on 127.0.0.1 without multicast (the host namespace never gets multicast).
+pub struct UnicastServer {
+    pub process: Proc,
+    pub port: u16,
+    pub admin: PathBuf,
+}
+
+impl UnicastServer {
+    /// Starts the daemon on `media` with `extra` flags and waits until its admin socket answers.
+    pub fn start(scratch: &Scratch, media: &Path, extra: &[&str]) -> UnicastServer {
+        let port = free_udp_port();
+        let admin = scratch.path("admin.sock");
+        let process = Proc::spawn(
+            "loopcastd",
+            Command::new(bin("loopcastd"))
+                .args([
+                    "serve",
+                    "--no-multicast",
+                    "--listen",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .arg("--media")
+                .arg(media)
+                .arg("--admin-socket")
+                .arg(&admin)
+                .args(extra),
+        );
+        wait_for_admin(&admin);
+        UnicastServer {
+            process,
+            port,
+            admin,
+        }
+    }
+
+    /// `loopcastctl status --json`.
+    pub fn status(&self) -> serde_json::Value {
+        json_of(&run_ok(
+            Command::new(bin("loopcastctl"))
+                .arg("--socket")
+                .arg(&self.admin)
+                .args(["status", "--json"]),
+        ))
+    }
+}

@@ -13,25 +13,8 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     let original = write_content(&input, 12 << 20, 7);
     let packed = pack_into(&input, &media, &[]);
     assert_eq!(packed["encrypted"], true);
-    let port = free_udp_port();
-    let admin = scratch.path("admin.sock");
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new(bin("loopcastd"))
-            .arg("serve")
-            .arg("--media")
-            .arg(&media)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--rate",
-                "200M",
-                "--no-multicast",
-            ])
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "200M"]);
+    let port = server.port;
     let client = |name: &str| {
         Proc::spawn(
             name,
@@ -49,12 +32,7 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     let early = client("early");
     std::thread::sleep(Duration::from_millis(200));
     // While a client is active, the admin socket shows the channel and the send path.
-    let status = json_of(&run_ok(
-        Command::new(bin("loopcastctl"))
-            .arg("--socket")
-            .arg(&admin)
-            .args(["status", "--json"]),
-    ));
+    let status = server.status();
     assert!(
         status["send_path"]
             .as_str()
@@ -86,15 +64,11 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     }
     // R9: with every client done, the channel closes.
     std::thread::sleep(Duration::from_millis(300));
-    let status = json_of(&run_ok(
-        Command::new(bin("loopcastctl"))
-            .arg("--socket")
-            .arg(&admin)
-            .args(["status", "--json"]),
-    ));
+    let status = server.status();
     assert_eq!(status["channels"].as_array().unwrap().len(), 0, "{status}");
     assert_eq!(status["counters"]["sessions_completed"], 2, "{status}");
-    let output = server.terminate();
+    let admin = server.admin.clone();
+    let output = server.process.terminate();
     assert!(
         output.status.success(),
         "clean shutdown on SIGTERM: {}",
@@ -110,23 +84,8 @@ fn wrong_root_and_unknown_file_are_clear_errors() {
     let input = scratch.path("a.bin");
     write_content(&input, 100_000, 1);
     pack_into(&input, &media, &["--no-encrypt"]);
-    let port = free_udp_port();
-    let admin = scratch.path("admin.sock");
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new(bin("loopcastd"))
-            .args([
-                "serve",
-                "--no-multicast",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--media")
-            .arg(&media)
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = UnicastServer::start(&scratch, &media, &[]);
+    let port = server.port;
     let get = |name: &str, extra: &[&str]| {
         Command::new(bin("loopcast"))
             .args(["get", &format!("127.0.0.1:{port}"), name])
@@ -276,25 +235,8 @@ fn one_gibibyte_file_round_trips_byte_identical() {
     }
     let packed = pack_into(&input, &media, &[]);
     assert_eq!(packed["original_bytes"], 1u64 << 30);
-    let port = free_udp_port();
-    let admin = scratch.path("admin.sock");
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new(bin("loopcastd"))
-            .args([
-                "serve",
-                "--no-multicast",
-                "--rate",
-                "2G",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--media")
-            .arg(&media)
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "2G"]);
+    let port = server.port;
     let output = Proc::spawn(
         "get 1 GiB",
         Command::new(bin("loopcast"))

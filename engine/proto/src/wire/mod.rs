@@ -100,18 +100,16 @@ impl<'a> Reader<'a> {
     /// A string of at most `max_len` bytes, prefixed by a u8 length, valid UTF-8.
     pub(crate) fn short_string(&mut self, max_len: usize) -> Result<String, ParseError> {
         let len = usize::from(self.u8()?);
-        if len > max_len {
-            return Err(ParseError::Malformed);
-        }
-        let raw = self.take(len)?;
-        core::str::from_utf8(raw)
-            .map(str::to_owned)
-            .map_err(|_| ParseError::Malformed)
+        self.string_body(len, max_len)
     }
 
     /// A string of at most `max_len` bytes, prefixed by a u16 length, valid UTF-8.
     pub(crate) fn long_string(&mut self, max_len: usize) -> Result<String, ParseError> {
         let len = usize::from(self.u16()?);
+        self.string_body(len, max_len)
+    }
+
+    fn string_body(&mut self, len: usize, max_len: usize) -> Result<String, ParseError> {
         if len > max_len {
             return Err(ParseError::Malformed);
         }
