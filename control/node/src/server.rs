@@ -122,6 +122,7 @@ struct Counters {
     sessions_expired: u64,
     channels_opened: u64,
     channels_closed: u64,
+    send_errors: u64,
 }
 
 struct Server {
@@ -241,7 +242,7 @@ pub fn run_on(
         }
         server.drain_control();
         server.housekeeping();
-        server.send_due()?;
+        server.send_due();
     }
     tracing::info!(
         "shutting down: closing {} channel(s)",
@@ -604,8 +605,12 @@ impl Server {
         }
     }
 
-    fn send_due(&mut self) -> std::io::Result<()> {
+    /// Sends what each channel's carousel says is due. A send error (e.g. ENOBUFS under
+    /// pressure) loses that batch for that destination, is counted and logged, and the loop
+    /// goes on: the carousel brings the datagrams round again.
+    fn send_due(&mut self) {
         let now = self.clock.now();
+        let mut failures: Vec<(String, std::io::Error)> = Vec::new();
         for channel in self.channels.values_mut() {
             // One transmit per channel per wake-up keeps control traffic responsive.
             let Some(transmit) = channel.carousel.poll_transmit(now) else {
@@ -616,16 +621,28 @@ impl Server {
                 loopcast_archive::format::datagram_offset(&channel.info, transmit.first) as usize;
             let region = &channel.map.bytes()[start..start + transmit.count as usize * size];
             if let (Some(group), true) = (channel.group, channel.multicast_sessions > 0) {
-                self.sender
-                    .send(&self.data, &SockAddr::from(group), region, size)?;
-                channel.bytes_sent += region.len() as u64;
+                match self
+                    .sender
+                    .send(&self.data, &SockAddr::from(group), region, size)
+                {
+                    Ok(_) => channel.bytes_sent += region.len() as u64,
+                    Err(error) => failures.push((group.to_string(), error)),
+                }
             }
             for (_, peer) in &channel.unicast_peers {
-                self.sender.send(&self.data, peer, region, size)?;
-                channel.bytes_sent += region.len() as u64;
+                match self.sender.send(&self.data, peer, region, size) {
+                    Ok(_) => channel.bytes_sent += region.len() as u64,
+                    Err(error) => failures.push((format!("{:?}", peer.as_socket()), error)),
+                }
             }
         }
-        Ok(())
+        for (destination, error) in failures {
+            self.counters.send_errors += 1;
+            // Logged at most once per 1000 errors so a persistent fault cannot flood the log.
+            if self.counters.send_errors % 1000 == 1 {
+                tracing::warn!(%destination, %error, total = self.counters.send_errors, "send failed; batch lost, the loop resends it");
+            }
+        }
     }
 
     fn accept_admin(&self, listener: &MioUnixListener) {
@@ -706,6 +723,7 @@ impl Server {
                 "sessions_expired": self.counters.sessions_expired,
                 "channels_opened": self.counters.channels_opened,
                 "channels_closed": self.counters.channels_closed,
+                "send_errors": self.counters.send_errors,
                 "datagrams_sent": send.datagrams,
                 "bytes_sent": send.bytes,
                 "send_syscalls": send.syscalls,
