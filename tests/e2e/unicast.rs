@@ -33,13 +33,19 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     std::thread::sleep(Duration::from_millis(200));
     // While a client is active, the admin socket shows the channel and the send path.
     let status = server.status();
+    let path = status["send_path"].as_str().unwrap();
     assert!(
-        status["send_path"]
-            .as_str()
-            .unwrap()
-            .starts_with("sendmmsg"),
+        [
+            "io_uring-sendmsg-zc+gso",
+            "io_uring-sendmsg+gso",
+            "sendmmsg+gso",
+            "sendmmsg"
+        ]
+        .contains(&path),
         "{status}"
     );
+    assert!(!status["send_path_reason"].as_str().unwrap().is_empty());
+    assert_eq!(status["channels"].as_array().unwrap().len(), 1, "{status}");
     std::thread::sleep(Duration::from_millis(300));
     let late = client("late");
     for (name, proc) in [("early", early), ("late", late)] {

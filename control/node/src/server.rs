@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use loopcast_archive::ArchiveFile;
 use loopcast_dataplane::mapped::MappedArchive;
-use loopcast_dataplane::send::{probe_send_path, BatchSender, MESSAGES_MAX};
+use loopcast_dataplane::send::{probe_send_path, DataSender, SendPath, MESSAGES_MAX};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
 use loopcast_proto::info::FileInfo;
 use loopcast_proto::time::{Instant, MonotonicClock};
@@ -132,7 +132,7 @@ struct Server {
     last_rescan: Option<Instant>,
     control: MioUdpSocket,
     data: UdpSocket,
-    sender: BatchSender,
+    sender: DataSender,
     send_path_reason: String,
     channels: HashMap<FileId, Channel>,
     sessions: HashMap<SessionId, Session>,
@@ -182,6 +182,10 @@ pub fn run_on(
         )?;
     }
     let (path, reason) = probe_send_path();
+    let sender = DataSender::new(path).or_else(|error| {
+        tracing::warn!(%error, path = path.name(), "cannot start the probed send path; using sendmmsg+gso");
+        DataSender::new(SendPath::SendmmsgGso)
+    })?;
     tracing::info!(send_path = path.name(), %reason, "data plane ready");
     let mut poll = Poll::new()?;
     poll.registry()
@@ -214,7 +218,7 @@ pub fn run_on(
         last_rescan: None,
         control,
         data,
-        sender: BatchSender::new(path),
+        sender,
         send_path_reason: reason,
         channels: HashMap::new(),
         sessions: HashMap::new(),
@@ -729,6 +733,9 @@ impl Server {
                 "send_syscalls": send.syscalls,
                 "gso_fallbacks": send.gso_fallbacks,
                 "datagrams_failed": send.datagrams_failed,
+                "zc_notifications": send.zc_notifications,
+                "zc_copied": send.zc_copied,
+                "zc_fallbacks": send.zc_fallbacks,
             },
         })
     }

@@ -16,3 +16,4 @@ pub mod netns;
 pub mod recv;
 pub mod send;
 pub mod socket;
+pub mod uring;

@@ -22,6 +22,10 @@ pub const GSO_BYTES_MAX: usize = 65_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SendPath {
+    /// io_uring IORING_OP_SENDMSG_ZC with UDP_SEGMENT (zero-copy GSO).
+    UringSendmsgZcGso,
+    /// io_uring IORING_OP_SENDMSG with UDP_SEGMENT.
+    UringSendmsgGso,
     /// sendmmsg with UDP_SEGMENT (GSO).
     SendmmsgGso,
     /// sendmmsg, one datagram per message.
@@ -29,11 +33,24 @@ pub enum SendPath {
 }
 
 impl SendPath {
+    pub const ALL: [SendPath; 4] = [
+        SendPath::UringSendmsgZcGso,
+        SendPath::UringSendmsgGso,
+        SendPath::SendmmsgGso,
+        SendPath::Sendmmsg,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
+            SendPath::UringSendmsgZcGso => "io_uring-sendmsg-zc+gso",
+            SendPath::UringSendmsgGso => "io_uring-sendmsg+gso",
             SendPath::SendmmsgGso => "sendmmsg+gso",
             SendPath::Sendmmsg => "sendmmsg",
         }
+    }
+
+    pub fn from_name(name: &str) -> Option<SendPath> {
+        SendPath::ALL.into_iter().find(|p| p.name() == name)
     }
 }
 
@@ -46,6 +63,11 @@ pub struct SendCounters {
     pub gso_fallbacks: u64,
     /// Datagrams given up on because of a send error (counted, not retried).
     pub datagrams_failed: u64,
+    /// io_uring zero-copy notifications received, and how many said "copied".
+    pub zc_notifications: u64,
+    pub zc_copied: u64,
+    /// Times zero-copy was dropped because sends kept coming back copied.
+    pub zc_fallbacks: u64,
 }
 
 /// Space for one `cmsghdr` + u16 payload, 8-byte aligned as the kernel expects.
@@ -67,6 +89,10 @@ unsafe impl Send for BatchSender {}
 
 impl BatchSender {
     pub fn new(path: SendPath) -> BatchSender {
+        assert!(
+            matches!(path, SendPath::SendmmsgGso | SendPath::Sendmmsg),
+            "BatchSender runs the sendmmsg paths only"
+        );
         // SAFETY: mmsghdr and iovec are plain C structs for which all-zero is a valid value.
         let empty_message: libc::mmsghdr = unsafe { core::mem::zeroed() };
         let empty_iovec = libc::iovec {
@@ -94,7 +120,7 @@ impl BatchSender {
     pub fn segments_per_message(&self, datagram_size: usize) -> usize {
         match self.path {
             SendPath::Sendmmsg => 1,
-            SendPath::SendmmsgGso => (GSO_BYTES_MAX / datagram_size).clamp(1, GSO_SEGMENTS_MAX),
+            _ => (GSO_BYTES_MAX / datagram_size).clamp(1, GSO_SEGMENTS_MAX),
         }
     }
 
@@ -214,31 +240,143 @@ impl BatchSender {
     }
 }
 
-/// Finds the best send path this kernel offers by sending two tiny GSO segments from one
-/// loopback socket to another. Returns the path and a sentence saying why.
-pub fn probe_send_path() -> (SendPath, String) {
-    let attempt = || -> std::io::Result<()> {
-        let receiver = UdpSocket::bind("127.0.0.1:0")?;
-        let sender = UdpSocket::bind("127.0.0.1:0")?;
-        let destination = SockAddr::from(receiver.local_addr()?);
-        let mut batch = BatchSender::new(SendPath::SendmmsgGso);
-        let payload = [0u8; 128];
-        batch.send(&sender, &destination, &payload, 64)?;
-        if batch.path() != SendPath::SendmmsgGso {
-            return Err(std::io::Error::other("GSO refused"));
-        }
-        Ok(())
-    };
-    match attempt() {
-        Ok(()) => (
-            SendPath::SendmmsgGso,
-            "UDP GSO accepted by the kernel".into(),
-        ),
-        Err(error) => (
-            SendPath::Sendmmsg,
-            format!("UDP GSO unavailable ({error}); using plain sendmmsg"),
-        ),
+/// The data plane's sender: the best path the kernel offers, stepping down by itself
+/// (zero-copy that keeps being copied → io_uring sendmsg; io_uring refusing GSO → sendmmsg+GSO;
+/// GSO refused → sendmmsg), saying so once each time.
+pub enum DataSender {
+    Uring(Box<crate::uring::UringSender>),
+    Batch(BatchSender),
+}
+
+impl DataSender {
+    pub fn new(path: SendPath) -> std::io::Result<DataSender> {
+        use crate::uring::{UringMode, UringSender};
+        Ok(match path {
+            SendPath::UringSendmsgZcGso => {
+                DataSender::Uring(Box::new(UringSender::new(UringMode::SendMsgZc)?))
+            }
+            SendPath::UringSendmsgGso => {
+                DataSender::Uring(Box::new(UringSender::new(UringMode::SendMsg)?))
+            }
+            SendPath::SendmmsgGso | SendPath::Sendmmsg => DataSender::Batch(BatchSender::new(path)),
+        })
     }
+
+    /// The path in use now (it may have stepped down since start-up).
+    pub fn path(&self) -> SendPath {
+        match self {
+            DataSender::Uring(uring) => match uring.mode() {
+                crate::uring::UringMode::SendMsgZc => SendPath::UringSendmsgZcGso,
+                crate::uring::UringMode::SendMsg => SendPath::UringSendmsgGso,
+            },
+            DataSender::Batch(batch) => batch.path(),
+        }
+    }
+
+    pub fn segments_per_message(&self, datagram_size: usize) -> usize {
+        match self {
+            DataSender::Uring(_) => crate::uring::UringSender::segments_per_message(datagram_size),
+            DataSender::Batch(batch) => batch.segments_per_message(datagram_size),
+        }
+    }
+
+    /// Counters over the life of this sender, across step-downs.
+    pub fn counters(&self) -> SendCounters {
+        match self {
+            DataSender::Uring(uring) => {
+                let c = uring.counters();
+                SendCounters {
+                    datagrams: c.datagrams,
+                    bytes: c.bytes,
+                    syscalls: c.submits,
+                    gso_fallbacks: 0,
+                    datagrams_failed: c.datagrams_failed,
+                    zc_notifications: c.zc_notifications,
+                    zc_copied: c.zc_copied,
+                    zc_fallbacks: c.zc_fallbacks,
+                }
+            }
+            DataSender::Batch(batch) => batch.counters(),
+        }
+    }
+
+    pub fn send(
+        &mut self,
+        socket: &UdpSocket,
+        destination: &SockAddr,
+        region: &[u8],
+        datagram_size: usize,
+    ) -> std::io::Result<usize> {
+        match self {
+            DataSender::Batch(batch) => batch.send(socket, destination, region, datagram_size),
+            DataSender::Uring(uring) => {
+                match uring.send(socket, destination, region, datagram_size) {
+                    Ok(sent) => Ok(sent),
+                    Err(error)
+                        if matches!(
+                            error.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                        ) =>
+                    {
+                        tracing::warn!(%error, "io_uring send refused; stepping down to sendmmsg+gso");
+                        let carried = self.counters();
+                        let mut batch = BatchSender::new(SendPath::SendmmsgGso);
+                        batch.counters = carried;
+                        batch.counters.gso_fallbacks += 1;
+                        *self = DataSender::Batch(batch);
+                        self.send(socket, destination, region, datagram_size)
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        }
+    }
+}
+
+/// Finds the best send path this kernel offers by really sending two tiny GSO segments from one
+/// loopback socket to another on each candidate, best first. Returns the path and why.
+pub fn probe_send_path() -> (SendPath, String) {
+    let mut reasons = Vec::new();
+    if let Err(why) = crate::uring::probe_uring() {
+        reasons.push(why);
+    }
+    for path in SendPath::ALL {
+        match try_path(path) {
+            Ok(()) => {
+                let mut reason = format!("{} works on this kernel", path.name());
+                if !reasons.is_empty() {
+                    reason = format!("{reason}; better paths unavailable: {}", reasons.join("; "));
+                }
+                return (path, reason);
+            }
+            Err(error) => reasons.push(format!("{}: {error}", path.name())),
+        }
+    }
+    (
+        SendPath::Sendmmsg,
+        format!("every probe failed ({})", reasons.join("; ")),
+    )
+}
+
+fn try_path(path: SendPath) -> std::io::Result<()> {
+    let receiver = UdpSocket::bind("127.0.0.1:0")?;
+    receiver.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
+    let sender = UdpSocket::bind("127.0.0.1:0")?;
+    let destination = SockAddr::from(receiver.local_addr()?);
+    let mut data_sender = DataSender::new(path)?;
+    let payload = [0x42u8; 128];
+    data_sender.send(&sender, &destination, &payload, 64)?;
+    if data_sender.path() != path {
+        return Err(std::io::Error::other("stepped down during the probe"));
+    }
+    let mut buffer = [0u8; 256];
+    for _ in 0..2 {
+        let len = receiver.recv(&mut buffer)?;
+        if len != 64 || buffer[..64] != payload[..64] {
+            return Err(std::io::Error::other("probe datagram arrived wrong"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -247,17 +385,20 @@ mod tests {
     use crate::recv::BatchReceiver;
     use std::time::Duration;
 
-    fn exchange(path: SendPath, datagram_size: usize, count: usize) {
+    /// Sends `count` distinct datagrams on `path`, then overwrites the region (as a reused
+    /// buffer would be) and checks the receiver got the original bytes, in order.
+    fn exchange(path: SendPath, datagram_size: usize, count: usize) -> DataSender {
         let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
         receiver
             .set_read_timeout(Some(Duration::from_secs(2)))
             .unwrap();
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let region: Vec<u8> = (0..datagram_size * count)
+        let mut region: Vec<u8> = (0..datagram_size * count)
             .map(|i| (i / datagram_size) as u8 ^ i as u8)
             .collect();
-        let mut batch = BatchSender::new(path);
-        let sent = batch
+        let original = region.clone();
+        let mut data_sender = DataSender::new(path).unwrap();
+        let sent = data_sender
             .send(
                 &sender,
                 &SockAddr::from(receiver.local_addr().unwrap()),
@@ -265,12 +406,19 @@ mod tests {
                 datagram_size,
             )
             .unwrap();
-        assert_eq!(sent, count);
+        assert_eq!(sent, count, "{}", path.name());
+        // `send` has returned: the kernel must be done with the bytes.
+        region.fill(0xEE);
         let mut inbox = BatchReceiver::new(64, 9216);
         let mut received = Vec::new();
         while received.len() < count {
             let n = inbox.receive(&receiver).unwrap();
-            assert!(n > 0, "timed out after {} of {count}", received.len());
+            assert!(
+                n > 0,
+                "{}: timed out after {} of {count}",
+                path.name(),
+                received.len()
+            );
             for i in 0..n {
                 received.push(inbox.datagram(i).bytes.to_vec());
             }
@@ -278,17 +426,65 @@ mod tests {
         for (i, datagram) in received.iter().enumerate() {
             assert_eq!(
                 &datagram[..],
-                &region[i * datagram_size..(i + 1) * datagram_size],
-                "datagram {i}"
+                &original[i * datagram_size..(i + 1) * datagram_size],
+                "{}: datagram {i}",
+                path.name()
             );
+        }
+        data_sender
+    }
+
+    fn available(path: SendPath) -> bool {
+        match try_path(path) {
+            Ok(()) => true,
+            Err(error) => {
+                eprintln!("SKIPPED {}: {error}", path.name());
+                false
+            }
         }
     }
 
     #[test]
-    fn gso_and_plain_paths_deliver_identical_datagrams_in_order() {
-        let (path, _) = probe_send_path();
-        exchange(path, 1440, 300);
-        exchange(SendPath::Sendmmsg, 1440, 300);
-        exchange(path, 8944, 20);
+    fn every_available_path_delivers_identical_datagrams_in_order() {
+        let (best, reason) = probe_send_path();
+        eprintln!("probe: {} ({reason})", best.name());
+        for path in SendPath::ALL {
+            if available(path) {
+                exchange(path, 1440, 300);
+                exchange(path, 8944, 20);
+                exchange(path, 1440, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn zero_copy_notifications_all_arrive_before_send_returns() {
+        if !available(SendPath::UringSendmsgZcGso) {
+            return;
+        }
+        let sender = exchange(SendPath::UringSendmsgZcGso, 1440, 440);
+        let counters = sender.counters();
+        // 440 datagrams = 10 GSO messages of 44: one notification each, all received.
+        assert_eq!(counters.zc_notifications, 10, "{counters:?}");
+        match &sender {
+            DataSender::Uring(uring) => assert_eq!(uring.in_flight(), 0),
+            DataSender::Batch(_) => panic!("a zero-copy sender stepped down on a healthy kernel"),
+        }
+    }
+
+    #[test]
+    fn copied_zero_copy_steps_down_to_plain_io_uring_sendmsg() {
+        if !available(SendPath::UringSendmsgZcGso) {
+            return;
+        }
+        // Loopback always copies: after enough notifications the sender stops asking for ZC.
+        let sender = exchange(SendPath::UringSendmsgZcGso, 1440, 44 * 80);
+        let counters = sender.counters();
+        assert!(
+            counters.zc_copied >= 58,
+            "loopback notifications report copying: {counters:?}"
+        );
+        assert_eq!(sender.path(), SendPath::UringSendmsgGso, "{counters:?}");
+        assert_eq!(counters.zc_fallbacks, 1);
     }
 }

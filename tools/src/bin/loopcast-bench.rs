@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions};
 use loopcast_dataplane::ceiling::blast;
 use loopcast_dataplane::mapped::MappedArchive;
-use loopcast_dataplane::send::{probe_send_path, BatchSender, MESSAGES_MAX};
+use loopcast_dataplane::send::{probe_send_path, DataSender, SendPath, MESSAGES_MAX};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
 use loopcast_proto::info::{DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000};
 use loopcast_tools::{cpu_time, init_logging, parse_size};
@@ -41,6 +41,9 @@ struct SendArgs {
     /// Use 9000-MTU datagrams (8944 bytes) instead of 1440.
     #[arg(long)]
     jumbo: bool,
+    /// Force a send path for `send` (default: the best the kernel offers), e.g. sendmmsg+gso.
+    #[arg(long)]
+    path: Option<String>,
     /// Archive size for `send`.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     size: u64,
@@ -187,10 +190,20 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
     std::hint::black_box(touch);
 
     let ceiling = run_ceiling(args)?;
-    let (path, reason) = probe_send_path();
+    let (path, reason) = match &args.path {
+        Some(name) => (
+            SendPath::from_name(name).ok_or_else(|| {
+                let names: Vec<_> = SendPath::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown send path {name:?}; one of {}", names.join(", "))
+            })?,
+            "chosen with --path".to_owned(),
+        ),
+        None => probe_send_path(),
+    };
     let (_sink, destination) = sink()?;
     let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
-    let mut sender = BatchSender::new(path);
+    let mut sender =
+        DataSender::new(path).map_err(|e| format!("cannot start {}: {e}", path.name()))?;
     let epoch = Instant::now();
     let now = || loopcast_proto::Instant::from_nanos(epoch.elapsed().as_nanos() as u64);
     let mut carousel = Carousel::new(
@@ -226,11 +239,21 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
     };
     let ratio = ours.gbps() / ceiling.gbps();
     drop(cleanup);
+    let counters = sender.counters();
+    let final_path = sender.path();
+    let path_note = if final_path == path {
+        reason.clone()
+    } else {
+        format!("started on {} ({reason}), stepped down", path.name())
+    };
     if args.json {
         let mut json = ours.to_json();
         json["ratio_to_ceiling"] = serde_json::json!(ratio);
-        json["send_path"] = serde_json::json!(path.name());
-        json["send_path_reason"] = serde_json::json!(reason);
+        json["send_path"] = serde_json::json!(final_path.name());
+        json["send_path_reason"] = serde_json::json!(path_note);
+        json["zc_notifications"] = serde_json::json!(counters.zc_notifications);
+        json["zc_copied"] = serde_json::json!(counters.zc_copied);
+        json["syscalls"] = serde_json::json!(counters.syscalls);
         json["ceiling"] = ceiling.to_json();
         json["destination"] = serde_json::json!("unicast loopback sink");
         println!("{json}");
@@ -238,8 +261,8 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         println!("{}", ceiling.describe("ceiling"));
         println!("{}", ours.describe("loopcast"));
         println!(
-            "ratio      {ratio:.3} of ceiling (send path {}: {reason})",
-            path.name()
+            "ratio      {ratio:.3} of ceiling (send path {}: {path_note})",
+            final_path.name()
         );
     }
     Ok(())

@@ -1,0 +1,326 @@
+//! io_uring sends: IORING_OP_SENDMSG_ZC (zero-copy) or IORING_OP_SENDMSG, each message a UDP
+//! GSO super-datagram pointing straight into the caller's region (the mmap'd archive).
+//!
+//! Zero-copy rules kept here:
+//! - every SENDMSG_ZC posts a completion and, later, a notification (`IORING_CQE_F_NOTIF`);
+//!   only after the notification may the bytes change or go away. `send` returns only when
+//!   every completion *and* notification of its messages has arrived, so the borrow of the
+//!   region outlives the kernel's use of it: a notification-pending range is never overwritten
+//!   or unmapped (tested below);
+//! - with `IORING_SEND_ZC_REPORT_USAGE`, a notification whose result has
+//!   `IORING_NOTIF_USAGE_ZC_COPIED` says the kernel copied after all (loopback and veth always
+//!   do). When nearly all come back copied, zero-copy only costs (notifications, page pinning),
+//!   so the sender switches itself to plain IORING_OP_SENDMSG (still GSO) and says so.
+//!
+//! Message slots (msghdr, iovec, control buffer) live in one boxed slice allocated at start-up;
+//! `user_data` is the slot index. Nothing is allocated per send.
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, types, IoUring};
+use socket2::SockAddr;
+
+use crate::send::{GSO_BYTES_MAX, GSO_SEGMENTS_MAX};
+
+/// Kernel ABI (include/uapi/linux/io_uring.h): ask notifications to report copying.
+const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+/// Kernel ABI: set in a notification's result when the kernel copied the data.
+const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+/// Messages in flight at most (and ring depth / 2: each may post two CQEs).
+pub const URING_SLOTS: usize = 64;
+/// Notifications looked at before deciding whether zero-copy is real on this path.
+const ZC_VERDICT_AFTER: u64 = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UringMode {
+    /// IORING_OP_SENDMSG_ZC + GSO.
+    SendMsgZc,
+    /// IORING_OP_SENDMSG + GSO (no zero-copy).
+    SendMsg,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UringCounters {
+    pub datagrams: u64,
+    pub bytes: u64,
+    pub submits: u64,
+    pub zc_notifications: u64,
+    /// Notifications that said the kernel copied anyway.
+    pub zc_copied: u64,
+    /// Times the sender gave up zero-copy because sends kept coming back copied.
+    pub zc_fallbacks: u64,
+    pub datagrams_failed: u64,
+}
+
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct ControlBuffer([u8; 32]);
+
+struct Slot {
+    header: libc::msghdr,
+    iovec: libc::iovec,
+    control: ControlBuffer,
+    datagrams: usize,
+    /// A completion is still due for this slot.
+    awaiting_completion: bool,
+    /// A zero-copy notification is still due for this slot.
+    awaiting_notification: bool,
+}
+
+pub struct UringSender {
+    ring: IoUring,
+    mode: UringMode,
+    slots: Box<[Slot]>,
+    free: Vec<usize>,
+    counters: UringCounters,
+    /// Set when the kernel refused GSO or the opcode: the caller should step down.
+    fatal: Option<std::io::Error>,
+}
+
+// SAFETY: the raw pointers in `slots` point at the slots themselves or at a region borrowed
+// only for the duration of `send`, which drains every completion before returning.
+unsafe impl Send for UringSender {}
+
+impl UringSender {
+    pub fn new(mode: UringMode) -> std::io::Result<UringSender> {
+        let ring = IoUring::new((URING_SLOTS * 2) as u32)?;
+        let slots = (0..URING_SLOTS)
+            .map(|_| Slot {
+                // SAFETY: msghdr is a plain C struct; all-zero is valid.
+                header: unsafe { core::mem::zeroed() },
+                iovec: libc::iovec {
+                    iov_base: core::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                control: ControlBuffer([0; 32]),
+                datagrams: 0,
+                awaiting_completion: false,
+                awaiting_notification: false,
+            })
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        Ok(UringSender {
+            ring,
+            mode,
+            slots,
+            free: (0..URING_SLOTS).rev().collect(),
+            counters: UringCounters::default(),
+            fatal: None,
+        })
+    }
+
+    pub fn mode(&self) -> UringMode {
+        self.mode
+    }
+
+    pub fn counters(&self) -> UringCounters {
+        self.counters
+    }
+
+    pub fn segments_per_message(datagram_size: usize) -> usize {
+        (GSO_BYTES_MAX / datagram_size).clamp(1, GSO_SEGMENTS_MAX)
+    }
+
+    /// Sends every datagram of `region` to `destination`; returns when the kernel is done with
+    /// all of it (completions and zero-copy notifications). Returns datagrams sent.
+    pub fn send(
+        &mut self,
+        socket: &UdpSocket,
+        destination: &SockAddr,
+        region: &[u8],
+        datagram_size: usize,
+    ) -> std::io::Result<usize> {
+        assert!(datagram_size > 0, "datagram size must be positive");
+        assert_eq!(
+            region.len() % datagram_size,
+            0,
+            "region holds whole datagrams"
+        );
+        let total = region.len() / datagram_size;
+        let segments = Self::segments_per_message(datagram_size);
+        let mut cursor = 0usize;
+        let sent_before = self.counters.datagrams;
+        while cursor < total {
+            while cursor < total && !self.free.is_empty() && self.fatal.is_none() {
+                let count = segments.min(total - cursor);
+                let chunk = &region[cursor * datagram_size..(cursor + count) * datagram_size];
+                let slot = self.free.pop().expect("checked non-empty");
+                self.prepare(slot, socket, destination, chunk, datagram_size, count);
+                cursor += count;
+            }
+            if self.fatal.is_some() {
+                break;
+            }
+            self.submit_and_reap(1)?;
+        }
+        // Drain: the region must not be released while the kernel may still read it.
+        while self.in_flight() > 0 {
+            self.submit_and_reap(1)?;
+        }
+        if let Some(error) = self.fatal.take() {
+            return Err(error);
+        }
+        Ok((self.counters.datagrams - sent_before) as usize)
+    }
+
+    /// Messages whose completion or zero-copy notification is still due.
+    pub fn in_flight(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.awaiting_completion || s.awaiting_notification)
+            .count()
+    }
+
+    fn prepare(
+        &mut self,
+        index: usize,
+        socket: &UdpSocket,
+        destination: &SockAddr,
+        chunk: &[u8],
+        datagram_size: usize,
+        count: usize,
+    ) {
+        let slot = &mut self.slots[index];
+        slot.iovec = libc::iovec {
+            iov_base: chunk.as_ptr() as *mut libc::c_void,
+            iov_len: chunk.len(),
+        };
+        slot.header.msg_name = destination.as_ptr() as *mut libc::c_void;
+        slot.header.msg_namelen = destination.len();
+        slot.header.msg_iov = &mut slot.iovec;
+        slot.header.msg_iovlen = 1;
+        slot.header.msg_flags = 0;
+        if count > 1 {
+            slot.header.msg_control = slot.control.0.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: pure size computation.
+            slot.header.msg_controllen = unsafe { libc::CMSG_SPACE(2) } as _;
+            // SAFETY: msg_control points at this slot's 32-byte, 8-aligned buffer, which holds
+            // CMSG_SPACE(2) = 24 bytes; CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+            unsafe {
+                let cmsg = libc::CMSG_FIRSTHDR(&slot.header);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                core::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, datagram_size as u16);
+            }
+        } else {
+            slot.header.msg_control = core::ptr::null_mut();
+            slot.header.msg_controllen = 0;
+        }
+        slot.datagrams = count;
+        slot.awaiting_completion = true;
+        slot.awaiting_notification = false;
+        let fd = types::Fd(socket.as_raw_fd());
+        let entry = match self.mode {
+            UringMode::SendMsgZc => opcode::SendMsgZc::new(fd, &slot.header)
+                .ioprio(IORING_SEND_ZC_REPORT_USAGE)
+                .build(),
+            UringMode::SendMsg => opcode::SendMsg::new(fd, &slot.header).build(),
+        }
+        .user_data(index as u64);
+        // SAFETY: the entry points at this slot's msghdr (stable: boxed slice) and at `chunk`,
+        // which stays borrowed until `send` has drained every completion and notification.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            // The ring holds 2 x URING_SLOTS entries and at most URING_SLOTS are queued.
+            unreachable!("submission queue cannot be full with a free slot");
+        }
+    }
+
+    fn submit_and_reap(&mut self, want: usize) -> std::io::Result<()> {
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => break,
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break, // CQ full: reap first
+                Err(e) => return Err(e),
+            }
+        }
+        self.counters.submits += 1;
+        let mut reaped = [(0u64, 0i32, 0u32); URING_SLOTS * 2];
+        let mut count = 0;
+        for cqe in self.ring.completion() {
+            reaped[count] = (cqe.user_data(), cqe.result(), cqe.flags());
+            count += 1;
+            if count == reaped.len() {
+                break;
+            }
+        }
+        for &(user_data, result, flags) in &reaped[..count] {
+            self.complete(user_data as usize, result, flags);
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, index: usize, result: i32, flags: u32) {
+        assert!(index < URING_SLOTS, "completion for unknown slot {index}");
+        if cqueue::notif(flags) {
+            self.counters.zc_notifications += 1;
+            if result as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
+                self.counters.zc_copied += 1;
+            }
+            let slot = &mut self.slots[index];
+            debug_assert!(slot.awaiting_notification, "unexpected notification");
+            slot.awaiting_notification = false;
+            self.release_if_done(index);
+            self.judge_zero_copy();
+            return;
+        }
+        let slot = &mut self.slots[index];
+        slot.awaiting_completion = false;
+        slot.awaiting_notification = cqueue::more(flags);
+        let datagrams = slot.datagrams;
+        if result >= 0 {
+            self.counters.datagrams += datagrams as u64;
+            self.counters.bytes += result as u64;
+        } else {
+            match -result {
+                libc::EIO | libc::EINVAL | libc::EOPNOTSUPP => {
+                    if self.fatal.is_none() {
+                        self.fatal = Some(std::io::Error::from_raw_os_error(-result));
+                    }
+                    self.counters.datagrams_failed += datagrams as u64;
+                }
+                _ => self.counters.datagrams_failed += datagrams as u64,
+            }
+        }
+        self.release_if_done(index);
+    }
+
+    fn release_if_done(&mut self, index: usize) {
+        let slot = &self.slots[index];
+        if !slot.awaiting_completion && !slot.awaiting_notification {
+            self.free.push(index);
+        }
+    }
+
+    fn judge_zero_copy(&mut self) {
+        if self.mode != UringMode::SendMsgZc || self.counters.zc_notifications != ZC_VERDICT_AFTER {
+            return;
+        }
+        let copied = self.counters.zc_copied;
+        if copied * 10 >= ZC_VERDICT_AFTER * 9 {
+            tracing::warn!(
+                copied,
+                of = ZC_VERDICT_AFTER,
+                "zero-copy sends come back copied on this path; switching to io_uring sendmsg (GSO, no zero-copy)"
+            );
+            self.mode = UringMode::SendMsg;
+            self.counters.zc_fallbacks += 1;
+        }
+    }
+}
+
+/// Which io_uring send opcodes this kernel offers (None if io_uring itself is unavailable).
+pub fn probe_uring() -> Result<(bool, bool), String> {
+    let ring = IoUring::new(8).map_err(|e| format!("io_uring unavailable ({e})"))?;
+    let mut probe = io_uring::Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|e| format!("io_uring probe failed ({e})"))?;
+    Ok((
+        probe.is_supported(opcode::SendMsgZc::CODE),
+        probe.is_supported(opcode::SendMsg::CODE),
+    ))
+}
