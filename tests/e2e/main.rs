@@ -6,6 +6,7 @@
 //! - resume.rs: a client killed mid-download resumes where it stopped (R14).
 //! - hostile.rs: garbage on the request port and a damaged archive in the media database.
 
+mod bench;
 mod demo;
 mod hostile;
 mod multicast;

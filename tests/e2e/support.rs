@@ -10,6 +10,7 @@ pub fn bin(name: &str) -> PathBuf {
         "loopcast" => env!("CARGO_BIN_EXE_loopcast"),
         "loopcastd" => env!("CARGO_BIN_EXE_loopcastd"),
         "loopcastctl" => env!("CARGO_BIN_EXE_loopcastctl"),
+        "loopcast-bench" => env!("CARGO_BIN_EXE_loopcast-bench"),
         other => panic!("unknown binary {other}"),
     };
     PathBuf::from(path)

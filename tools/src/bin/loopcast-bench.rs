@@ -41,6 +41,16 @@ struct SendArgs {
     /// Use 9000-MTU datagrams (8944 bytes) instead of 1440.
     #[arg(long)]
     jumbo: bool,
+    /// Send to this address instead of a loopback sink (e.g. a multicast group).
+    #[arg(long)]
+    dest: Option<SocketAddr>,
+    /// Interface address to send multicast from (with --dest).
+    #[arg(long)]
+    multicast_interface: Option<Ipv4Addr>,
+    /// Measure multicast over a veth bridge between network namespaces this bench creates and
+    /// removes (needs root and iproute2).
+    #[arg(long)]
+    netns: bool,
     /// Force a send path for `send` (default: the best the kernel offers), e.g. sendmmsg+gso.
     #[arg(long)]
     path: Option<String>,
@@ -57,6 +67,15 @@ enum Scenario {
     Ceiling(SendArgs),
     /// One unpaced channel of loopcast's send path vs the ceiling, same run.
     Send(SendArgs),
+    /// Join a multicast group and drain it for a while, counting what arrives (used by --netns).
+    Sink {
+        #[arg(long)]
+        group: SocketAddr,
+        #[arg(long)]
+        interface: Ipv4Addr,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// Packing throughput vs memcpy and AES-256-GCM ceilings.
     Pack {
         /// Bytes to pack (incompressible).
@@ -70,11 +89,18 @@ enum Scenario {
 fn main() -> ExitCode {
     init_logging("warn");
     let result = match Cli::parse().scenario {
+        Scenario::Send(args) if args.netns => run_in_netns("send", &args),
+        Scenario::Ceiling(args) if args.netns => run_in_netns("ceiling", &args),
         Scenario::Ceiling(args) => {
             run_ceiling(&args).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling")))
         }
         Scenario::Send(args) => run_send(&args),
         Scenario::Pack { size, json } => run_pack(size, json),
+        Scenario::Sink {
+            group,
+            interface,
+            seconds,
+        } => run_sink(group, interface, seconds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,6 +150,34 @@ impl SendMeasure {
     }
 }
 
+/// Destination and sending socket: `--dest` (multicast via `--multicast-interface`), or a
+/// loopback sink that is never read.
+fn endpoints(args: &SendArgs) -> Result<(Option<UdpSocket>, SockAddr, UdpSocket), String> {
+    match args.dest {
+        Some(dest) => {
+            let socket =
+                loopcast_dataplane::socket::bind_udp(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+                    .map_err(|e| e.to_string())?;
+            if let (std::net::IpAddr::V4(group), Some(interface)) =
+                (dest.ip(), args.multicast_interface)
+            {
+                if group.is_multicast() {
+                    loopcast_dataplane::socket::set_multicast_sender(&socket, interface, 1)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok((None, SockAddr::from(dest), socket))
+        }
+        None => {
+            let (sink, destination) = sink()?;
+            let socket =
+                loopcast_dataplane::socket::bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+                    .map_err(|e| e.to_string())?;
+            Ok((Some(sink), destination, socket))
+        }
+    }
+}
+
 fn sink() -> Result<(UdpSocket, SockAddr), String> {
     let sink = loopcast_dataplane::socket::bind_udp(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .map_err(|e| e.to_string())?;
@@ -140,8 +194,7 @@ fn datagram_size(args: &SendArgs) -> u16 {
 }
 
 fn run_ceiling(args: &SendArgs) -> Result<SendMeasure, String> {
-    let (_sink, destination) = sink()?;
-    let sender = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    let (_sink, destination, sender) = endpoints(args)?;
     let size = usize::from(datagram_size(args));
     let cpu_before = cpu_time();
     let report = blast(
@@ -200,8 +253,7 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         ),
         None => probe_send_path(),
     };
-    let (_sink, destination) = sink()?;
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
+    let (_sink, destination, socket) = endpoints(args)?;
     let mut sender =
         DataSender::new(path).map_err(|e| format!("cannot start {}: {e}", path.name()))?;
     let epoch = Instant::now();
@@ -255,7 +307,10 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         json["zc_copied"] = serde_json::json!(counters.zc_copied);
         json["syscalls"] = serde_json::json!(counters.syscalls);
         json["ceiling"] = ceiling.to_json();
-        json["destination"] = serde_json::json!("unicast loopback sink");
+        json["destination"] = serde_json::json!(match args.dest {
+            Some(dest) => dest.to_string(),
+            None => "unicast loopback sink".to_owned(),
+        });
         println!("{json}");
     } else {
         println!("{}", ceiling.describe("ceiling"));
@@ -263,6 +318,208 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         println!(
             "ratio      {ratio:.3} of ceiling (send path {}: {path_note})",
             final_path.name()
+        );
+    }
+    Ok(())
+}
+
+/// Receives multicast on `group` for `seconds` and prints `{"datagrams":..,"bytes":..}`.
+fn run_sink(group: SocketAddr, interface: Ipv4Addr, seconds: f64) -> Result<(), String> {
+    let std::net::IpAddr::V4(group_ip) = group.ip() else {
+        return Err("sink needs an IPv4 multicast group".into());
+    };
+    let socket =
+        loopcast_dataplane::socket::bind_multicast_receiver(group_ip, group.port(), interface)
+            .map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    let mut inbox = loopcast_dataplane::recv::BatchReceiver::new(64, 9216);
+    let (mut datagrams, mut bytes) = (0u64, 0u64);
+    let started = Instant::now();
+    while started.elapsed().as_secs_f64() < seconds {
+        let count = inbox.receive(&socket).map_err(|e| e.to_string())?;
+        for index in 0..count {
+            datagrams += 1;
+            bytes += inbox.datagram(index).bytes.len() as u64;
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"datagrams": datagrams, "bytes": bytes})
+    );
+    Ok(())
+}
+
+/// Namespaces made by the bench (sender, receiver, switch with a bridge), removed on drop.
+struct BenchTopology {
+    names: Vec<String>,
+}
+
+impl Drop for BenchTopology {
+    fn drop(&mut self) {
+        for name in self.names.iter().rev() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", name])
+                .status();
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let output = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// Builds sender and receiver namespaces on a bridge (the topology of ../shared/netns.sh),
+/// runs this scenario inside the sender's, multicast to a group the receiver joins at the
+/// bridge, and removes everything afterwards.
+fn run_in_netns(scenario: &str, args: &SendArgs) -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("--netns needs root (ip netns); run as root or drop --netns".into());
+    }
+    let tag = format!("lcb{}", std::process::id() % 100_000);
+    let (switch, sender_ns, receiver_ns) =
+        (format!("{tag}-sw"), format!("{tag}-a"), format!("{tag}-b"));
+    let mtu = if args.jumbo { "9000" } else { "1500" };
+    let mut topology = BenchTopology {
+        names: vec![switch.clone()],
+    };
+    ip(&["netns", "add", &switch])?;
+    ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
+    ip(&[
+        "-n",
+        &switch,
+        "link",
+        "set",
+        "br0",
+        "type",
+        "bridge",
+        "mcast_snooping",
+        "0",
+    ])?;
+    ip(&["-n", &switch, "link", "set", "br0", "mtu", mtu, "up"])?;
+    for (index, (ns, address)) in [(&sender_ns, "10.79.0.1"), (&receiver_ns, "10.79.0.2")]
+        .into_iter()
+        .enumerate()
+    {
+        ip(&["netns", "add", ns])?;
+        topology.names.push(ns.clone());
+        let port = format!("p{index}");
+        ip(&[
+            "-n", &switch, "link", "add", &port, "mtu", mtu, "type", "veth", "peer", "name",
+            "veth0", "netns", ns,
+        ])?;
+        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "set",
+            "veth0",
+            "mtu",
+            mtu,
+            "multicast",
+            "on",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{address}/24"),
+            "dev",
+            "veth0",
+        ])?;
+        ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"])?;
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // A receiver that joins the group, so datagrams are really delivered (segmented, queued).
+    let sink_seconds = args.seconds * 2.0 + 8.0;
+    let sink = std::process::Command::new("ip")
+        .args(["netns", "exec", &receiver_ns])
+        .arg(&exe)
+        .args([
+            "sink",
+            "--group",
+            "239.77.9.1:7009",
+            "--interface",
+            "10.79.0.2",
+            "--seconds",
+            &sink_seconds.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the sink: {e}"))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let mut command = std::process::Command::new("ip");
+    command
+        .args(["netns", "exec", &sender_ns])
+        .arg(exe)
+        .arg(scenario)
+        .args([
+            "--dest",
+            "239.77.9.1:7009",
+            "--multicast-interface",
+            "10.79.0.1",
+        ])
+        .args([
+            "--seconds",
+            &args.seconds.to_string(),
+            "--size",
+            &format!("{}", args.size),
+        ]);
+    if args.jumbo {
+        command.arg("--jumbo");
+    }
+    if let Some(path) = &args.path {
+        command.args(["--path", path]);
+    }
+    if args.json {
+        command.arg("--json");
+    }
+    let output = command.output().map_err(|e| e.to_string())?;
+    let sink_output = sink.wait_with_output().map_err(|e| e.to_string())?;
+    drop(topology);
+    let received: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&sink_output.stdout).trim())
+            .unwrap_or(serde_json::Value::Null);
+    if !output.status.success() {
+        return Err(format!(
+            "bench inside the namespace failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    if args.json {
+        let mut json: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| e.to_string())?;
+        json["destination"] = serde_json::json!(format!(
+            "multicast 239.77.9.1 over a veth bridge between namespaces, MTU {mtu}"
+        ));
+        json["receiver"] = received;
+        println!("{json}");
+    } else {
+        println!(
+            "multicast over a veth bridge between namespaces (MTU {mtu}), one joined receiver"
+        );
+        print!("{text}");
+        println!(
+            "receiver   got {} datagrams ({} bytes) over both runs",
+            received["datagrams"], received["bytes"]
         );
     }
     Ok(())

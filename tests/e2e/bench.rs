@@ -1,0 +1,58 @@
+//! `loopcast-bench` prints one JSON object per run with the fields tools depend on.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    json_of(&run_ok(Command::new(bin("loopcast-bench")).args(args)))
+}
+
+#[test]
+fn ceiling_and_send_print_one_json_object_each() {
+    let ceiling = bench(&["ceiling", "--json", "--seconds", "0.3"]);
+    for key in ["gbps", "pps", "cpu_s_per_gb"] {
+        assert!(ceiling[key].as_f64().unwrap() > 0.0, "{key}: {ceiling}");
+    }
+    let send = bench(&["send", "--json", "--seconds", "0.3", "--size", "16M"]);
+    for key in ["gbps", "pps", "cpu_s_per_gb", "ratio_to_ceiling"] {
+        assert!(send[key].as_f64().unwrap() > 0.0, "{key}: {send}");
+    }
+    assert!(!send["send_path"].as_str().unwrap().is_empty(), "{send}");
+    // A forced path is honoured (or reported as stepped down), never silently replaced.
+    let forced = bench(&[
+        "send",
+        "--json",
+        "--seconds",
+        "0.2",
+        "--size",
+        "8M",
+        "--path",
+        "sendmmsg+gso",
+    ]);
+    assert_eq!(forced["send_path"], "sendmmsg+gso", "{forced}");
+}
+
+#[test]
+fn send_over_a_veth_bridge_in_namespaces() {
+    if !is_root() {
+        return skip("bench --netns", "needs root for ip netns");
+    }
+    let send = bench(&[
+        "send",
+        "--netns",
+        "--json",
+        "--seconds",
+        "0.5",
+        "--size",
+        "16M",
+    ]);
+    assert!(send["gbps"].as_f64().unwrap() > 0.0, "{send}");
+    assert!(
+        send["receiver"]["datagrams"].as_u64().unwrap() > 0,
+        "receiver got data: {send}"
+    );
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&leftover.stdout)
+        .contains(&format!("lcb{}", std::process::id() % 100_000)));
+}
