@@ -13,6 +13,7 @@
 pub mod ceiling;
 pub mod mapped;
 pub mod netns;
+pub mod pool;
 pub mod recv;
 pub mod send;
 pub mod socket;

@@ -13,6 +13,8 @@ use std::os::fd::AsRawFd;
 
 use socket2::SockAddr;
 
+pub use crate::uring::SendItem;
+
 /// Messages per `sendmmsg` call.
 pub const MESSAGES_MAX: usize = 64;
 /// Linux accepts at most 64 segments per GSO send (UDP_MAX_SEGMENTS on older kernels).
@@ -133,27 +135,55 @@ impl BatchSender {
         region: &[u8],
         datagram_size: usize,
     ) -> std::io::Result<usize> {
-        assert!(datagram_size > 0, "datagram size must be positive");
-        assert_eq!(
-            region.len() % datagram_size,
-            0,
-            "region holds whole datagrams"
-        );
-        let total = region.len() / datagram_size;
+        self.send_batch(
+            socket,
+            &[SendItem {
+                destination,
+                region,
+                datagram_size,
+            }],
+        )
+    }
+
+    /// Sends several regions, each to its destination, packing messages of different items
+    /// into the same `sendmmsg` calls. Returns datagrams sent.
+    pub fn send_batch(
+        &mut self,
+        socket: &UdpSocket,
+        items: &[SendItem<'_>],
+    ) -> std::io::Result<usize> {
+        // Committed position: everything before (item, datagram cursor) has been handed over.
+        let (mut item_index, mut cursor) = (0usize, 0usize);
+        // Per filled message: the position just after it.
+        let mut after = [(0usize, 0usize); MESSAGES_MAX];
         let mut sent = 0usize;
-        while sent < total {
-            let segments = self.segments_per_message(datagram_size);
+        while item_index < items.len() {
+            let (mut fill_item, mut fill_cursor) = (item_index, cursor);
             let mut message_count = 0usize;
-            let mut cursor = sent;
-            while message_count < MESSAGES_MAX && cursor < total {
-                let count = segments.min(total - cursor);
-                let chunk = &region[cursor * datagram_size..(cursor + count) * datagram_size];
-                self.fill_message(message_count, destination, chunk, datagram_size, count > 1);
+            while message_count < MESSAGES_MAX && fill_item < items.len() {
+                let item = &items[fill_item];
+                item.check();
+                let total = item.region.len() / item.datagram_size;
+                if fill_cursor >= total {
+                    fill_item += 1;
+                    fill_cursor = 0;
+                    continue;
+                }
+                let count = self
+                    .segments_per_message(item.datagram_size)
+                    .min(total - fill_cursor);
+                let size = item.datagram_size;
+                let chunk = &item.region[fill_cursor * size..(fill_cursor + count) * size];
+                self.fill_message(message_count, item.destination, chunk, size, count > 1);
+                fill_cursor += count;
+                after[message_count] = (fill_item, fill_cursor);
                 message_count += 1;
-                cursor += count;
             }
-            // SAFETY: `messages[..message_count]` were filled above with pointers to `region`,
-            // `destination` and our own iovec/control buffers, all alive for this call.
+            if message_count == 0 {
+                break;
+            }
+            // SAFETY: `messages[..message_count]` were filled above with pointers to the items'
+            // regions and destinations and to our own iovec/control buffers, alive for this call.
             let result = unsafe {
                 libc::sendmmsg(
                     socket.as_raw_fd(),
@@ -176,28 +206,28 @@ impl BatchSender {
                     Some(
                         libc::ECONNREFUSED | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::EPERM,
                     ) => {
-                        // A receiver went away or a firewall said no: count the first message as lost, go on.
-                        let lost = self.datagrams_in(0, datagram_size);
+                        // A receiver went away or a firewall said no: the first message is lost; go on.
+                        let lost = self.iovecs[0].iov_len / items[after[0].0].datagram_size;
                         self.counters.datagrams_failed += lost as u64;
-                        sent += lost;
+                        (item_index, cursor) = after[0];
                         continue;
                     }
                     _ => return Err(error),
                 }
             }
             let messages_sent = result as usize;
-            for index in 0..messages_sent {
-                let count = self.datagrams_in(index, datagram_size);
+            if messages_sent == 0 {
+                continue;
+            }
+            for (&(owner, _), iovec) in after.iter().zip(&self.iovecs).take(messages_sent) {
+                let count = iovec.iov_len / items[owner].datagram_size;
                 sent += count;
                 self.counters.datagrams += count as u64;
-                self.counters.bytes += (count * datagram_size) as u64;
+                self.counters.bytes += iovec.iov_len as u64;
             }
+            (item_index, cursor) = after[messages_sent - 1];
         }
         Ok(sent)
-    }
-
-    fn datagrams_in(&self, message: usize, datagram_size: usize) -> usize {
-        self.iovecs[message].iov_len / datagram_size
     }
 
     fn fill_message(
@@ -307,28 +337,45 @@ impl DataSender {
         region: &[u8],
         datagram_size: usize,
     ) -> std::io::Result<usize> {
+        self.send_batch(
+            socket,
+            &[SendItem {
+                destination,
+                region,
+                datagram_size,
+            }],
+        )
+    }
+}
+
+impl DataSender {
+    /// Sends several regions (e.g. many channels' due transmits) with as few syscalls as the
+    /// path allows. Returns datagrams sent.
+    pub fn send_batch(
+        &mut self,
+        socket: &UdpSocket,
+        items: &[SendItem<'_>],
+    ) -> std::io::Result<usize> {
         match self {
-            DataSender::Batch(batch) => batch.send(socket, destination, region, datagram_size),
-            DataSender::Uring(uring) => {
-                match uring.send(socket, destination, region, datagram_size) {
-                    Ok(sent) => Ok(sent),
-                    Err(error)
-                        if matches!(
-                            error.raw_os_error(),
-                            Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
-                        ) =>
-                    {
-                        tracing::warn!(%error, "io_uring send refused; stepping down to sendmmsg+gso");
-                        let carried = self.counters();
-                        let mut batch = BatchSender::new(SendPath::SendmmsgGso);
-                        batch.counters = carried;
-                        batch.counters.gso_fallbacks += 1;
-                        *self = DataSender::Batch(batch);
-                        self.send(socket, destination, region, datagram_size)
-                    }
-                    Err(error) => Err(error),
+            DataSender::Batch(batch) => batch.send_batch(socket, items),
+            DataSender::Uring(uring) => match uring.send_batch(socket, items) {
+                Ok(sent) => Ok(sent),
+                Err(error)
+                    if matches!(
+                        error.raw_os_error(),
+                        Some(libc::EIO | libc::EINVAL | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    tracing::warn!(%error, "io_uring send refused; stepping down to sendmmsg+gso");
+                    let carried = self.counters();
+                    let mut batch = BatchSender::new(SendPath::SendmmsgGso);
+                    batch.counters = carried;
+                    batch.counters.gso_fallbacks += 1;
+                    *self = DataSender::Batch(batch);
+                    self.send_batch(socket, items)
                 }
-            }
+                Err(error) => Err(error),
+            },
         }
     }
 }
@@ -454,6 +501,84 @@ mod tests {
                 exchange(path, 8944, 20);
                 exchange(path, 1440, 1);
             }
+        }
+    }
+
+    fn receive_all(socket: &UdpSocket, count: usize) -> Vec<Vec<u8>> {
+        let mut inbox = BatchReceiver::new(64, 9216);
+        let mut received = Vec::new();
+        while received.len() < count {
+            let n = inbox.receive(socket).unwrap();
+            assert!(n > 0, "timed out after {} of {count}", received.len());
+            for i in 0..n {
+                received.push(inbox.datagram(i).bytes.to_vec());
+            }
+        }
+        received
+    }
+
+    #[test]
+    fn batches_of_many_regions_reach_each_destination_intact_on_every_path() {
+        for path in SendPath::ALL {
+            if !available(path) {
+                continue;
+            }
+            let receivers: Vec<UdpSocket> = (0..2)
+                .map(|_| {
+                    let socket = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+                    socket
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .unwrap();
+                    socket
+                })
+                .collect();
+            let addresses: Vec<SockAddr> = receivers
+                .iter()
+                .map(|r| SockAddr::from(r.local_addr().unwrap()))
+                .collect();
+            let size = 1440;
+            let region = |seed: u8, count: usize| -> Vec<u8> {
+                (0..size * count)
+                    .map(|i| seed ^ (i / size) as u8 ^ i as u8)
+                    .collect()
+            };
+            let (a, b, c) = (region(1, 100), region(2, 3), region(3, 50));
+            let items = [
+                SendItem {
+                    destination: &addresses[0],
+                    region: &a,
+                    datagram_size: size,
+                },
+                SendItem {
+                    destination: &addresses[1],
+                    region: &b,
+                    datagram_size: size,
+                },
+                SendItem {
+                    destination: &addresses[0],
+                    region: &c,
+                    datagram_size: size,
+                },
+            ];
+            let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut data_sender = DataSender::new(path).unwrap();
+            assert_eq!(
+                data_sender.send_batch(&sender, &items).unwrap(),
+                153,
+                "{}",
+                path.name()
+            );
+            let first: Vec<u8> = receive_all(&receivers[0], 150).concat();
+            assert!(
+                first == [a.clone(), c.clone()].concat(),
+                "{}: destination 0 got A then C",
+                path.name()
+            );
+            assert!(
+                receive_all(&receivers[1], 3).concat() == b,
+                "{}: destination 1 got B",
+                path.name()
+            );
         }
     }
 

@@ -32,6 +32,25 @@ pub const URING_SLOTS: usize = 64;
 /// Notifications looked at before deciding whether zero-copy is real on this path.
 const ZC_VERDICT_AFTER: u64 = 64;
 
+/// One region of back-to-back datagrams for one destination.
+#[derive(Clone, Copy)]
+pub struct SendItem<'a> {
+    pub destination: &'a SockAddr,
+    pub region: &'a [u8],
+    pub datagram_size: usize,
+}
+
+impl SendItem<'_> {
+    pub(crate) fn check(&self) {
+        assert!(self.datagram_size > 0, "datagram size must be positive");
+        assert_eq!(
+            self.region.len() % self.datagram_size,
+            0,
+            "region holds whole datagrams"
+        );
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UringMode {
     /// IORING_OP_SENDMSG_ZC + GSO.
@@ -131,30 +150,57 @@ impl UringSender {
         region: &[u8],
         datagram_size: usize,
     ) -> std::io::Result<usize> {
-        assert!(datagram_size > 0, "datagram size must be positive");
-        assert_eq!(
-            region.len() % datagram_size,
-            0,
-            "region holds whole datagrams"
-        );
-        let total = region.len() / datagram_size;
-        let segments = Self::segments_per_message(datagram_size);
-        let mut cursor = 0usize;
+        self.send_batch(
+            socket,
+            &[SendItem {
+                destination,
+                region,
+                datagram_size,
+            }],
+        )
+    }
+
+    /// Sends several regions (e.g. the due transmits of many channels) in as few submissions
+    /// as the slots allow; returns when the kernel is done with all of them.
+    pub fn send_batch(
+        &mut self,
+        socket: &UdpSocket,
+        items: &[SendItem<'_>],
+    ) -> std::io::Result<usize> {
         let sent_before = self.counters.datagrams;
-        while cursor < total {
-            while cursor < total && !self.free.is_empty() && self.fatal.is_none() {
-                let count = segments.min(total - cursor);
-                let chunk = &region[cursor * datagram_size..(cursor + count) * datagram_size];
+        let mut item_index = 0usize;
+        let mut cursor = 0usize;
+        loop {
+            while item_index < items.len() && !self.free.is_empty() && self.fatal.is_none() {
+                let item = &items[item_index];
+                item.check();
+                let total = item.region.len() / item.datagram_size;
+                if cursor >= total {
+                    item_index += 1;
+                    cursor = 0;
+                    continue;
+                }
+                let count = Self::segments_per_message(item.datagram_size).min(total - cursor);
+                let chunk = &item.region
+                    [cursor * item.datagram_size..(cursor + count) * item.datagram_size];
                 let slot = self.free.pop().expect("checked non-empty");
-                self.prepare(slot, socket, destination, chunk, datagram_size, count);
+                self.prepare(
+                    slot,
+                    socket,
+                    item.destination,
+                    chunk,
+                    item.datagram_size,
+                    count,
+                );
                 cursor += count;
             }
-            if self.fatal.is_some() {
+            if self.fatal.is_some() || (item_index >= items.len() && self.in_flight() == 0) {
                 break;
             }
+            // Submit what is queued and reap; once every item is queued, this drains: the
+            // regions must not be released while the kernel may still read them.
             self.submit_and_reap(1)?;
         }
-        // Drain: the region must not be released while the kernel may still read it.
         while self.in_flight() > 0 {
             self.submit_and_reap(1)?;
         }

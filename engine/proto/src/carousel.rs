@@ -61,6 +61,8 @@ struct TokenBucket {
 }
 
 const NANOS_PER_S: u128 = 1_000_000_000;
+/// Smallest paced quantum worth a wake-up, in datagrams (see `set_rate`).
+const PACED_QUANTUM_MIN_DATAGRAMS: u64 = 8;
 
 impl TokenBucket {
     fn new(rate_bits_per_s: u64, burst_bytes: u64, now: Instant) -> TokenBucket {
@@ -144,9 +146,14 @@ impl Carousel {
             return;
         }
         let size = u64::from(self.config.datagram_size);
+        // Quantum: about 1 ms of the rate, but at least 8 datagrams (one GSO send instead of
+        // eight) as long as that is no more than 10 ms of the rate, so pacing stays smooth at
+        // 100 ms scales while many slow channels cost few syscalls.
         let per_ms = rate_bits_per_s / 8 / 1000 / size;
+        let per_10ms = rate_bits_per_s / 8 / 100 / size;
+        let quantum = per_ms.max(per_10ms.min(PACED_QUANTUM_MIN_DATAGRAMS));
         self.paced_batch_datagrams =
-            u32::try_from(per_ms.clamp(1, u64::from(self.config.batch_datagrams_max)))
+            u32::try_from(quantum.clamp(1, u64::from(self.config.batch_datagrams_max)))
                 .expect("clamped to a u32");
         // Burst: two batches, so one late wake-up does not lose rate.
         let burst = 2 * u64::from(self.paced_batch_datagrams) * size;

@@ -41,6 +41,15 @@ struct SendArgs {
     /// Use 9000-MTU datagrams (8944 bytes) instead of 1440.
     #[arg(long)]
     jumbo: bool,
+    /// Sender threads (each pinned to a core). With --tiers or --files, runs the sender pool.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Comma-separated tier rates per file, e.g. 10M,100M,1G,unpaced (runs the sender pool).
+    #[arg(long)]
+    tiers: Option<String>,
+    /// Number of distinct files (archives), each sent at every tier (runs the sender pool).
+    #[arg(long)]
+    files: Option<usize>,
     /// Send to this address instead of a loopback sink (e.g. a multicast group).
     #[arg(long)]
     dest: Option<SocketAddr>,
@@ -93,6 +102,11 @@ fn main() -> ExitCode {
         Scenario::Ceiling(args) if args.netns => run_in_netns("ceiling", &args),
         Scenario::Ceiling(args) => {
             run_ceiling(&args).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling")))
+        }
+        Scenario::Send(args)
+            if args.cores.is_some() || args.tiers.is_some() || args.files.is_some() =>
+        {
+            run_pool(&args)
         }
         Scenario::Send(args) => run_send(&args),
         Scenario::Pack { size, json } => run_pack(size, json),
@@ -521,6 +535,219 @@ fn run_in_netns(scenario: &str, args: &SendArgs) -> Result<(), String> {
             "receiver   got {} datagrams ({} bytes) over both runs",
             received["datagrams"], received["bytes"]
         );
+    }
+    Ok(())
+}
+
+/// Anonymous resident memory of this process (excludes file-backed page cache), in bytes.
+fn rss_anon_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The sender pool: `files` archives x `tiers` rates on `cores` pinned threads, against the
+/// single-core ceiling measured in the same run; pacing error per tier from 100 ms windows.
+fn run_pool(args: &SendArgs) -> Result<(), String> {
+    use loopcast_dataplane::pool::{ChannelId, ChannelSpec, ChannelStats, PoolConfig, SenderPool};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    let cores = args.cores.unwrap_or(1).max(1);
+    let files = args.files.unwrap_or(1).max(1);
+    let tiers: Vec<u64> = match &args.tiers {
+        Some(list) => list
+            .split(',')
+            .map(loopcast_tools::parse_rate)
+            .collect::<Result<_, _>>()?,
+        None => vec![0],
+    };
+    let dir = std::env::temp_dir().join(format!("loopcast-bench-pool-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let _cleanup = scopeguard(dir.clone());
+    let file_size = (args.size / files as u64).max(1 << 20);
+    let input = dir.join("file.bin");
+    write_random(&input, file_size)?;
+    let options = PackOptions {
+        name: "file.bin".into(),
+        frame_raw_size: 1 << 20,
+        datagram_size: datagram_size(args),
+        compression_level: 0,
+        master_key: None,
+        watermark: None,
+    };
+    let first = dir.join("file-0.lca");
+    pack(&input, &first, &options, &|_| {}).map_err(|e| e.to_string())?;
+    let mut archives = Vec::new();
+    for index in 0..files {
+        let path = dir.join(format!("file-{index}.lca"));
+        if index > 0 {
+            std::fs::copy(&first, &path).map_err(|e| e.to_string())?;
+        }
+        let archive = ArchiveFile::open(&path).map_err(|e| e.to_string())?;
+        let map = MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?;
+        let mut touch = 0u64;
+        for page in map.bytes().chunks(4096) {
+            touch = touch.wrapping_add(u64::from(page[0]));
+        }
+        std::hint::black_box(touch);
+        archives.push((archive.info().clone(), Arc::new(map)));
+    }
+    let ceiling = run_ceiling(args)?;
+    let (path, reason) = match &args.path {
+        Some(name) => (
+            SendPath::from_name(name).ok_or("unknown --path")?,
+            "chosen with --path".to_owned(),
+        ),
+        None => probe_send_path(),
+    };
+    let (_sink, destination, _) = endpoints(args)?;
+    let destination = destination
+        .as_socket()
+        .ok_or("destination is not an IP address")?;
+    let bind: SocketAddr = if args.dest.is_some() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::LOCALHOST, 0).into()
+    };
+
+    let mut pool = SenderPool::start(&PoolConfig {
+        threads: cores,
+        send_path: path,
+        bind,
+        multicast_interface: args.multicast_interface,
+        multicast_ttl: 1,
+        pin_threads: true,
+    })
+    .map_err(|e| e.to_string())?;
+    let mut channels: Vec<(usize, Arc<ChannelStats>)> = Vec::new();
+    let mut rss_after_first = 0u64;
+    for (tier_index, &rate) in tiers.iter().enumerate() {
+        for (file_index, (info, map)) in archives.iter().enumerate() {
+            let stats = Arc::new(ChannelStats::default());
+            pool.add_channel(ChannelSpec {
+                id: ChannelId((tier_index * files + file_index) as u64),
+                archive: map.clone(),
+                datagrams_offset: loopcast_archive::format::DATAGRAMS_OFFSET as usize,
+                loop_len: info.loop_len,
+                datagram_size: info.datagram_size,
+                rate_bits_per_s: rate,
+                destinations: vec![destination],
+                stats: stats.clone(),
+            })
+            .map_err(|e| format!("cannot add channel: {e:?}"))?;
+            channels.push((tier_index, stats));
+        }
+        if tier_index == 0 {
+            std::thread::sleep(Duration::from_millis(50));
+            rss_after_first = rss_anon_bytes();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_after_all = rss_anon_bytes();
+    let rss_per_extra_tier = if tiers.len() > 1 {
+        Some(
+            rss_after_all.saturating_sub(rss_after_first) / (tiers.len() as u64 - 1) / files as u64,
+        )
+    } else {
+        None
+    };
+    // Pacing error per paced tier, in per-mille of the target, over 100 ms windows.
+    let mut histograms: Vec<hdrhistogram::Histogram<u64>> = tiers
+        .iter()
+        .map(|_| hdrhistogram::Histogram::new(3).expect("valid sigfig"))
+        .collect();
+    let thread_bytes = |pool: &SenderPool| -> u64 {
+        pool.thread_stats()
+            .iter()
+            .map(|t| t.bytes.load(Ordering::Relaxed))
+            .sum()
+    };
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    let bytes_before = thread_bytes(&pool);
+    let window = Duration::from_millis(100);
+    let mut previous: Vec<u64> = channels
+        .iter()
+        .map(|(_, s)| s.bytes.load(Ordering::Relaxed))
+        .collect();
+    let mut window_start = Instant::now();
+    while started.elapsed().as_secs_f64() < args.seconds {
+        std::thread::sleep(window);
+        let elapsed = window_start.elapsed().as_secs_f64();
+        window_start = Instant::now();
+        for (index, (tier, stats)) in channels.iter().enumerate() {
+            let now_bytes = stats.bytes.load(Ordering::Relaxed);
+            let rate = tiers[*tier];
+            if rate > 0 {
+                let achieved = (now_bytes - previous[index]) as f64 * 8.0 / elapsed;
+                let error_per_mille = ((achieved / rate as f64 - 1.0).abs() * 1000.0) as u64;
+                let _ = histograms[*tier].record(error_per_mille.min(1_000_000));
+            }
+            previous[index] = now_bytes;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let bytes = thread_bytes(&pool) - bytes_before;
+    let cpu = (cpu_time() - cpu_before).as_secs_f64();
+    let final_path =
+        SendPath::ALL[pool.thread_stats()[0].send_path.load(Ordering::Relaxed) as usize];
+    drop(pool);
+    let size = usize::from(datagram_size(args));
+    let ours = SendMeasure {
+        bytes,
+        datagrams: bytes / size as u64,
+        seconds,
+        cpu_seconds: cpu,
+        datagram_size: size,
+    };
+    let ratio = ours.gbps() / ceiling.gbps();
+    let tier_reports: Vec<serde_json::Value> = tiers
+        .iter()
+        .enumerate()
+        .map(|(i, &rate)| {
+            let h = &histograms[i];
+            serde_json::json!({
+                "rate_bits_per_s": rate,
+                "channels": files,
+                "pacing_error_p50": if rate > 0 { Some(h.value_at_quantile(0.5) as f64 / 1000.0) } else { None },
+                "pacing_error_p99": if rate > 0 { Some(h.value_at_quantile(0.99) as f64 / 1000.0) } else { None },
+            })
+        })
+        .collect();
+    if args.json {
+        let mut json = ours.to_json();
+        json["ratio_to_ceiling"] = serde_json::json!(ratio);
+        json["send_path"] = serde_json::json!(final_path.name());
+        json["send_path_reason"] = serde_json::json!(reason);
+        json["threads"] = serde_json::json!(cores);
+        json["channels"] = serde_json::json!(channels.len());
+        json["tiers"] = serde_json::json!(tier_reports);
+        json["rss_anon_bytes_per_extra_tier"] = serde_json::json!(rss_per_extra_tier);
+        json["ceiling"] = ceiling.to_json();
+        println!("{json}");
+    } else {
+        println!("{}", ceiling.describe("ceiling"));
+        println!("{}", ours.describe("pool"));
+        println!("ratio      {ratio:.3} of the one-core ceiling; {cores} thread(s), {} channel(s), send path {}", channels.len(), final_path.name());
+        for report in &tier_reports {
+            println!(
+                "tier {:>14}: {} channel(s), pacing error p50 {} p99 {}",
+                loopcast_tools::format_rate(report["rate_bits_per_s"].as_u64().unwrap_or(0)),
+                report["channels"],
+                report["pacing_error_p50"],
+                report["pacing_error_p99"]
+            );
+        }
+        if let Some(per_tier) = rss_per_extra_tier {
+            println!("memory     {per_tier} bytes of anonymous RSS per extra tier of a file");
+        }
     }
     Ok(())
 }

@@ -1,0 +1,496 @@
+//! Per-core sender threads (issue 5): each pinned to a core, owning its own socket and
+//! `DataSender` (io_uring where the kernel offers it), running many paced channels.
+//!
+//! Control → data plane: bounded crossbeam queues of plain `Command`s. Data → control: per
+//! channel and per thread atomics, written by one thread, read by anyone, no locks.
+//!
+//! A channel here is pure data plane: an archive range looping at a rate to a set of
+//! destinations (a multicast group and/or unicast peers). Membership, expiry and R9 stay in the
+//! control plane, which adds and removes channels and peers.
+//!
+//! Each thread's loop: apply queued commands; for every channel ask its carousel for what is due
+//! now and send it; then sleep until the earliest channel deadline (waking early for commands).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
+use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
+use loopcast_proto::time::{Instant, MonotonicClock};
+use socket2::SockAddr;
+
+use crate::mapped::MappedArchive;
+use crate::send::{DataSender, SendItem, SendPath, MESSAGES_MAX};
+
+/// Commands queued per thread at most.
+pub const COMMAND_QUEUE_LEN: usize = 1024;
+/// Channels per thread at most.
+pub const CHANNELS_PER_THREAD_MAX: usize = 4096;
+/// Below this, a thread spins (yielding) instead of sleeping, so pacing stays accurate.
+const SPIN_BELOW: Duration = Duration::from_micros(200);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u64);
+
+/// Lock-free counters of one channel, written by its sender thread.
+#[derive(Debug, Default)]
+pub struct ChannelStats {
+    pub datagrams: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Loop position (next serial) as last seen by the sender.
+    pub next_serial: AtomicU64,
+}
+
+/// Lock-free counters of one sender thread.
+#[derive(Debug, Default)]
+pub struct ThreadStats {
+    pub datagrams: AtomicU64,
+    pub bytes: AtomicU64,
+    pub send_errors: AtomicU64,
+    pub zc_notifications: AtomicU64,
+    pub zc_copied: AtomicU64,
+    pub channels: AtomicU64,
+    /// Current send path as an index into `SendPath::ALL`.
+    pub send_path: AtomicU64,
+}
+
+pub struct ChannelSpec {
+    pub id: ChannelId,
+    pub archive: Arc<MappedArchive>,
+    /// Byte offset of serial 0 in the map.
+    pub datagrams_offset: usize,
+    pub loop_len: u32,
+    pub datagram_size: u16,
+    pub rate_bits_per_s: u64,
+    pub destinations: Vec<SocketAddr>,
+    pub stats: Arc<ChannelStats>,
+}
+
+pub enum Command {
+    AddChannel(Box<ChannelSpec>),
+    RemoveChannel(ChannelId),
+    SetRate(ChannelId, u64),
+    AddDestination(ChannelId, SocketAddr),
+    RemoveDestination(ChannelId, SocketAddr),
+}
+
+struct Channel {
+    spec: ChannelSpec,
+    carousel: Carousel,
+    destinations: Vec<SockAddr>,
+}
+
+pub struct SenderPool {
+    commands: Vec<Sender<Command>>,
+    stats: Vec<Arc<ThreadStats>>,
+    /// Which thread owns each channel, and the per-thread channel count (by our own bookkeeping).
+    owners: std::collections::HashMap<ChannelId, usize>,
+    load: Vec<usize>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub threads: usize,
+    pub send_path: SendPath,
+    /// Local address to send from (also picks the multicast interface when it is IPv4).
+    pub bind: SocketAddr,
+    pub multicast_interface: Option<std::net::Ipv4Addr>,
+    pub multicast_ttl: u32,
+    pub pin_threads: bool,
+}
+
+#[derive(Debug)]
+pub enum PoolError {
+    Full,
+    UnknownChannel,
+    Gone,
+}
+
+impl SenderPool {
+    pub fn start(config: &PoolConfig) -> std::io::Result<SenderPool> {
+        assert!(config.threads > 0, "a pool has at least one thread");
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut pool = SenderPool {
+            commands: Vec::new(),
+            stats: Vec::new(),
+            owners: std::collections::HashMap::new(),
+            load: vec![0; config.threads],
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        for index in 0..config.threads {
+            let (sender, receiver) = bounded(COMMAND_QUEUE_LEN);
+            let stats = Arc::new(ThreadStats::default());
+            let socket = crate::socket::bind_udp(config.bind)?;
+            if let Some(interface) = config.multicast_interface {
+                crate::socket::set_multicast_sender(&socket, interface, config.multicast_ttl)?;
+            }
+            let data_sender = DataSender::new(config.send_path)?;
+            let core = if config.pin_threads && !cores.is_empty() {
+                Some(cores[index % cores.len()])
+            } else {
+                None
+            };
+            let thread_stats = stats.clone();
+            let thread_stop = stop.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("loopcast-send-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    run_thread(socket, data_sender, receiver, thread_stats, thread_stop);
+                })?;
+            pool.commands.push(sender);
+            pool.stats.push(stats);
+            pool.threads.push(handle);
+        }
+        Ok(pool)
+    }
+
+    pub fn thread_stats(&self) -> &[Arc<ThreadStats>] {
+        &self.stats
+    }
+
+    /// Adds a channel on the least-loaded thread.
+    pub fn add_channel(&mut self, spec: ChannelSpec) -> Result<(), PoolError> {
+        let (thread, _) = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, load)| **load)
+            .expect("at least one thread");
+        let id = spec.id;
+        self.commands[thread]
+            .try_send(Command::AddChannel(Box::new(spec)))
+            .map_err(|_| PoolError::Full)?;
+        self.owners.insert(id, thread);
+        self.load[thread] += 1;
+        Ok(())
+    }
+
+    pub fn command(&mut self, command: Command) -> Result<(), PoolError> {
+        let id = match &command {
+            Command::AddChannel(spec) => spec.id,
+            Command::RemoveChannel(id)
+            | Command::SetRate(id, _)
+            | Command::AddDestination(id, _)
+            | Command::RemoveDestination(id, _) => *id,
+        };
+        let thread = *self.owners.get(&id).ok_or(PoolError::UnknownChannel)?;
+        if let Command::RemoveChannel(_) = command {
+            self.owners.remove(&id);
+            self.load[thread] -= 1;
+        }
+        self.commands[thread]
+            .try_send(command)
+            .map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => PoolError::Full,
+                crossbeam_channel::TrySendError::Disconnected(_) => PoolError::Gone,
+            })
+    }
+}
+
+impl Drop for SenderPool {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.commands.clear();
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn apply(command: Command, channels: &mut Vec<Channel>, now: Instant, sender: &DataSender) {
+    match command {
+        Command::AddChannel(spec) => {
+            let segments = sender.segments_per_message(usize::from(spec.datagram_size));
+            if channels.len() >= CHANNELS_PER_THREAD_MAX {
+                tracing::warn!(
+                    channel = spec.id.0,
+                    "sender thread at its channel limit; channel not added"
+                );
+                return;
+            }
+            let mut carousel = Carousel::new(
+                CarouselConfig {
+                    loop_len: spec.loop_len,
+                    datagram_size: spec.datagram_size,
+                    rate_bits_per_s: spec.rate_bits_per_s,
+                    batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
+                    // Membership lives in the control plane: one permanent member.
+                    member_timeout: Duration::MAX,
+                    members_max: 1,
+                },
+                now,
+            );
+            carousel
+                .join(now, SessionId(0))
+                .expect("an empty carousel has room");
+            let destinations = spec
+                .destinations
+                .iter()
+                .map(|d| SockAddr::from(*d))
+                .collect();
+            channels.push(Channel {
+                spec: *spec,
+                carousel,
+                destinations,
+            });
+        }
+        Command::RemoveChannel(id) => channels.retain(|c| c.spec.id != id),
+        Command::SetRate(id, rate) => {
+            if let Some(channel) = channels.iter_mut().find(|c| c.spec.id == id) {
+                channel.carousel.set_rate(rate, now);
+            }
+        }
+        Command::AddDestination(id, address) => {
+            if let Some(channel) = channels.iter_mut().find(|c| c.spec.id == id) {
+                let address = SockAddr::from(address);
+                if !channel.destinations.contains(&address) {
+                    channel.destinations.push(address);
+                }
+            }
+        }
+        Command::RemoveDestination(id, address) => {
+            if let Some(channel) = channels.iter_mut().find(|c| c.spec.id == id) {
+                let address = SockAddr::from(address);
+                channel.destinations.retain(|d| *d != address);
+            }
+        }
+    }
+}
+
+/// Empties a vector and hands back its allocation with a new lifetime for its borrowed items
+/// (in-place collection reuses the buffer; no `unsafe`, no allocation).
+fn recycle<'a, 'b>(mut items: Vec<SendItem<'a>>) -> Vec<SendItem<'b>> {
+    items.clear();
+    items
+        .into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
+fn run_thread(
+    socket: UdpSocket,
+    mut sender: DataSender,
+    commands: Receiver<Command>,
+    stats: Arc<ThreadStats>,
+    stop: Arc<AtomicBool>,
+) {
+    let clock = MonotonicClock::new();
+    let mut channels: Vec<Channel> = Vec::with_capacity(CHANNELS_PER_THREAD_MAX);
+    // Reused every pass: no allocation on the send path once warm.
+    let mut due: Vec<(usize, loopcast_proto::carousel::Transmit)> =
+        Vec::with_capacity(CHANNELS_PER_THREAD_MAX);
+    let mut item_storage: Vec<SendItem<'static>> = Vec::with_capacity(CHANNELS_PER_THREAD_MAX);
+    while !stop.load(Ordering::Relaxed) {
+        let now = clock.now();
+        while let Ok(command) = commands.try_recv() {
+            apply(command, &mut channels, now, &sender);
+        }
+        stats
+            .channels
+            .store(channels.len() as u64, Ordering::Relaxed);
+        // Phase 1: ask every channel what is due (one transmit per channel per pass keeps
+        // unpaced channels from starving paced ones).
+        let mut next_deadline: Option<Instant> = None;
+        due.clear();
+        let pass_now = clock.now();
+        for (index, channel) in channels.iter_mut().enumerate() {
+            if let Some(transmit) = channel.carousel.poll_transmit(pass_now) {
+                due.push((index, transmit));
+            }
+            if let Some(deadline) = channel.carousel.poll_timeout() {
+                next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+            }
+        }
+        // Phase 2: send all of it in as few syscalls as the path allows.
+        if !due.is_empty() {
+            let mut items = recycle(std::mem::take(&mut item_storage));
+            for &(index, transmit) in &due {
+                let channel = &channels[index];
+                let size = usize::from(channel.spec.datagram_size);
+                let start = channel.spec.datagrams_offset + transmit.first as usize * size;
+                let region =
+                    &channel.spec.archive.bytes()[start..start + transmit.count as usize * size];
+                for destination in &channel.destinations {
+                    items.push(SendItem {
+                        destination,
+                        region,
+                        datagram_size: size,
+                    });
+                }
+            }
+            if sender.send_batch(&socket, &items).is_err() {
+                stats.send_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            item_storage = recycle(items);
+            for &(index, transmit) in &due {
+                let channel = &channels[index];
+                let datagrams = u64::from(transmit.count) * channel.destinations.len() as u64;
+                let size = u64::from(channel.spec.datagram_size);
+                channel
+                    .spec
+                    .stats
+                    .datagrams
+                    .fetch_add(datagrams, Ordering::Relaxed);
+                channel
+                    .spec
+                    .stats
+                    .bytes
+                    .fetch_add(datagrams * size, Ordering::Relaxed);
+                channel
+                    .spec
+                    .stats
+                    .next_serial
+                    .store(u64::from(channel.carousel.next_serial()), Ordering::Relaxed);
+            }
+        }
+        let counters = sender.counters();
+        stats.datagrams.store(counters.datagrams, Ordering::Relaxed);
+        stats.bytes.store(counters.bytes, Ordering::Relaxed);
+        stats
+            .zc_notifications
+            .store(counters.zc_notifications, Ordering::Relaxed);
+        stats.zc_copied.store(counters.zc_copied, Ordering::Relaxed);
+        let path_index = SendPath::ALL
+            .iter()
+            .position(|p| *p == sender.path())
+            .unwrap_or(0);
+        stats.send_path.store(path_index as u64, Ordering::Relaxed);
+
+        let wait = match next_deadline {
+            None => Duration::from_millis(10),
+            Some(deadline) => clock.until(deadline),
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        if wait < SPIN_BELOW {
+            std::thread::yield_now();
+            continue;
+        }
+        // Sleep until the earliest deadline, waking at once for a command.
+        match commands.recv_timeout(wait - SPIN_BELOW / 2) {
+            Ok(command) => apply(command, &mut channels, clock.now(), &sender),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                if channels.is_empty() {
+                    return;
+                }
+                std::thread::sleep(wait.min(Duration::from_millis(10)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn archive_file(datagrams: usize, size: usize) -> (std::path::PathBuf, Vec<u8>) {
+        let path =
+            std::env::temp_dir().join(format!("loopcast-pool-{}-{datagrams}", std::process::id()));
+        let bytes: Vec<u8> = (0..datagrams * size)
+            .map(|i| ((i / size) as u8).wrapping_mul(31) ^ (i as u8))
+            .collect();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(&bytes)
+            .unwrap();
+        (path, bytes)
+    }
+
+    fn rate_over(stats: &ChannelStats, window: Duration) -> f64 {
+        let before = stats.bytes.load(Ordering::Relaxed);
+        std::thread::sleep(window);
+        (stats.bytes.load(Ordering::Relaxed) - before) as f64 * 8.0 / window.as_secs_f64()
+    }
+
+    #[test]
+    fn paced_channel_sends_identical_datagrams_and_holds_rate_under_re_rating() {
+        let size = 1440;
+        let (path, bytes) = archive_file(500, size);
+        let file = std::fs::File::open(&path).unwrap();
+        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
+        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let (send_path, _) = crate::send::probe_send_path();
+        let mut pool = SenderPool::start(&PoolConfig {
+            threads: 2,
+            send_path,
+            bind: "127.0.0.1:0".parse().unwrap(),
+            multicast_interface: None,
+            multicast_ttl: 1,
+            pin_threads: true,
+        })
+        .unwrap();
+        let stats = Arc::new(ChannelStats::default());
+        pool.add_channel(ChannelSpec {
+            id: ChannelId(1),
+            archive,
+            datagrams_offset: 0,
+            loop_len: 500,
+            datagram_size: size as u16,
+            rate_bits_per_s: 8_000_000,
+            destinations: vec![receiver.local_addr().unwrap()],
+            stats: stats.clone(),
+        })
+        .unwrap();
+        // Every datagram that arrives is byte-identical to its slot in the file.
+        let mut buffer = vec![0u8; 2048];
+        let mut received = 0;
+        while received < 200 {
+            let len = match receiver.recv(&mut buffer) {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("receive failed: {e}"),
+            };
+            received += 1;
+            assert_eq!(len, size);
+            let slot = bytes.chunks_exact(size).position(|d| d == &buffer[..size]);
+            assert!(slot.is_some(), "datagram matches a slot of the archive");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let first = rate_over(&stats, Duration::from_millis(1000));
+        assert!(
+            (first / 8e6 - 1.0).abs() < 0.25,
+            "8 Mbit/s channel ran at {first}"
+        );
+        pool.command(Command::SetRate(ChannelId(1), 24_000_000))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let second = rate_over(&stats, Duration::from_millis(1000));
+        assert!(
+            (second / 24e6 - 1.0).abs() < 0.25,
+            "re-rated to 24 Mbit/s, ran at {second}"
+        );
+        pool.command(Command::RemoveChannel(ChannelId(1))).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let after = stats.bytes.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            stats.bytes.load(Ordering::Relaxed),
+            after,
+            "a removed channel sends nothing"
+        );
+        assert!(
+            pool.thread_stats()
+                .iter()
+                .map(|t| t.datagrams.load(Ordering::Relaxed))
+                .sum::<u64>()
+                > 0
+        );
+        drop(pool);
+        let _ = std::fs::remove_file(&path);
+    }
+}
