@@ -56,3 +56,35 @@ fn send_over_a_veth_bridge_in_namespaces() {
     assert!(!String::from_utf8_lossy(&leftover.stdout)
         .contains(&format!("lcb{}", std::process::id() % 100_000)));
 }
+
+#[test]
+fn e2e_bench_moves_a_verified_file_between_namespaces() {
+    if !is_root() {
+        return skip("bench e2e", "needs root for ip netns");
+    }
+    let report = bench(&[
+        "e2e",
+        "--json",
+        "--receivers",
+        "2",
+        "--size",
+        "32M",
+        "--rate",
+        "1G",
+        "--timeout-s",
+        "60",
+    ]);
+    let loopcast = &report["results"][0];
+    assert_eq!(loopcast["tool"], "loopcast", "{report}");
+    assert_eq!(loopcast["verified"], true, "{report}");
+    assert!(loopcast["gbps"].as_f64().unwrap() > 0.0);
+    assert!(
+        loopcast["sender_cpu_s_per_gb"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains("lce"),
+        "bench namespaces left behind"
+    );
+}

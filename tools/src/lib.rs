@@ -2,6 +2,7 @@
 //! logging set-up, progress bars, CPU time, and the demo.
 
 pub mod demo;
+pub mod e2e_bench;
 
 use std::io::IsTerminal;
 use std::sync::atomic::AtomicBool;

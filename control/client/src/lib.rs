@@ -402,6 +402,8 @@ struct Download {
     oversize_dropped: u64,
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    /// What a resumed state claimed was held: proven by `recheck` before publishing.
+    unproven: Option<loopcast_proto::bitmap::Bitmap>,
 }
 
 impl Download {
@@ -421,6 +423,7 @@ impl Download {
             .ok()
             .and_then(|bytes| state::decode(&bytes, &root, info.loop_len));
         let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
+        let mut unproven = None;
         let receiver = match previous {
             Some(have) if part_len == archive_bytes => {
                 let size = usize::from(info.datagram_size);
@@ -430,6 +433,7 @@ impl Download {
                         .ok()?;
                     Some(bytes)
                 });
+                unproven = Some(receiver.have().clone());
                 tracing::info!(
                     held = receiver.have().count_ones(),
                     total = info.loop_len,
@@ -457,6 +461,7 @@ impl Download {
             join_serial: None,
             oversize_dropped: 0,
             saver: None,
+            unproven,
         })
     }
 
@@ -586,9 +591,14 @@ impl Download {
             .map_err(io_err(format!("save {}", self.state_path.display())))
     }
 
-    /// Final pass: re-reads every data datagram from disk and re-checks its hash. Returns
-    /// false (with the bad ones forgotten, to be received again) if any fails.
+    /// Final pass over data that was *not* verified by this process: datagrams a resumed state
+    /// file says are held are re-read from disk and re-hashed (datagrams received this run were
+    /// hashed on arrival). Returns false (with the bad ones forgotten, to be received again) if
+    /// any fails.
     fn recheck(&mut self) -> Result<bool, ClientError> {
+        let Some(unproven) = self.unproven.take() else {
+            return Ok(true);
+        };
         let info = self.receiver.info().clone();
         let shape = self.receiver.shape().clone();
         let size = usize::from(info.datagram_size);
@@ -601,6 +611,11 @@ impl Download {
             } else {
                 ((index / fanout + 1) * fanout).min(shape.data_count())
             };
+            let run_has_unproven = (index..run_end).any(|d| unproven.get(shape.serial_of(0, d)));
+            if !run_has_unproven {
+                index = run_end;
+                continue;
+            }
             let mut buffer = vec![0u8; size * (run_end - index) as usize];
             self.part
                 .read_exact_at(
@@ -609,7 +624,11 @@ impl Download {
                 )
                 .map_err(io_err("re-read partial file"))?;
             for (offset, datagram) in buffer.chunks_exact(size).enumerate() {
-                if !self.receiver.recheck_data(index + offset as u32, datagram) {
+                let data_index = index + offset as u32;
+                if !unproven.get(shape.serial_of(0, data_index)) {
+                    continue;
+                }
+                if !self.receiver.recheck_data(data_index, datagram) {
                     tracing::warn!(
                         index = index + offset as u32,
                         "stored datagram failed its re-check; receiving it again"

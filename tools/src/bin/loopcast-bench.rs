@@ -76,6 +76,26 @@ enum Scenario {
     Ceiling(SendArgs),
     /// One unpaced channel of loopcast's send path vs the ceiling, same run.
     Send(SendArgs),
+    /// Whole files from a server to R receivers in namespaces (verified); with --peers, UFTP and
+    /// udpcast over the same topology. Needs root.
+    E2e {
+        #[arg(long, default_value_t = 1)]
+        receivers: usize,
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        #[arg(long)]
+        jumbo: bool,
+        /// loopcast channel rate.
+        #[arg(long, default_value = "3G")]
+        rate: String,
+        /// Also run these peers over the same topology, e.g. uftp,udpcast.
+        #[arg(long, value_delimiter = ',')]
+        peers: Vec<String>,
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Join a multicast group and drain it for a while, counting what arrives (used by --netns).
     Sink {
         #[arg(long)]
@@ -110,6 +130,33 @@ fn main() -> ExitCode {
         }
         Scenario::Send(args) => run_send(&args),
         Scenario::Pack { size, json } => run_pack(size, json),
+        Scenario::E2e { receivers, size, jumbo, rate, peers, timeout_s, json } => {
+            loopcast_tools::e2e_bench::run(&loopcast_tools::e2e_bench::E2eArgs {
+                receivers: receivers.max(1),
+                size,
+                jumbo,
+                rate,
+                peers,
+                timeout: Duration::from_secs(timeout_s),
+            })
+            .map(|report| {
+                if json {
+                    println!("{report}");
+                } else {
+                    println!("e2e: {} receiver(s), {} bytes, MTU {}", report["receivers"], report["bytes"], report["mtu"]);
+                    for r in report["results"].as_array().into_iter().flatten() {
+                        match r.get("error") {
+                            Some(error) => println!("  {:<9} {}", r["tool"].as_str().unwrap_or("?"), error),
+                            None => println!(
+                                "  {:<9} {:>7.2} s {:>6.2} Gbit/s  sender {:.2} CPU s/GB  receiver {:.2} CPU s/GB  verified {}  ({})",
+                                r["tool"].as_str().unwrap_or("?"), r["seconds"].as_f64().unwrap_or(0.0), r["gbps"].as_f64().unwrap_or(0.0),
+                                r["sender_cpu_s_per_gb"].as_f64().unwrap_or(0.0), r["receiver_cpu_s_per_gb"].as_f64().unwrap_or(0.0),
+                                r["verified"], r["note"].as_str().unwrap_or("")),
+                        }
+                    }
+                }
+            })
+        }
         Scenario::Sink {
             group,
             interface,
