@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use loopcast_archive::ArchiveFile;
 use loopcast_dataplane::mapped::MappedArchive;
-use loopcast_dataplane::send::{probe_send_path, DataSender, SendPath, MESSAGES_MAX};
+use loopcast_dataplane::pool::{
+    ChannelId, ChannelSpec, ChannelStats, Command, PoolConfig, SenderPool,
+};
+use loopcast_dataplane::send::{probe_send_path, SendPath};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
 use loopcast_proto::info::FileInfo;
 use loopcast_proto::time::{Instant, MonotonicClock};
@@ -17,7 +20,6 @@ use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTR
 use loopcast_proto::wire::datagram::FileId;
 use mio::net::{UdpSocket as MioUdpSocket, UnixListener as MioUnixListener};
 use mio::{Events, Interest, Poll, Token};
-use socket2::SockAddr;
 
 use crate::catalog::Catalog;
 
@@ -44,6 +46,8 @@ pub struct ServerConfig {
     pub channels_max: usize,
     /// Verify every archive's hash tree when its channel opens.
     pub verify_on_open: bool,
+    /// Sender threads (each pinned to a core) that run the channels.
+    pub send_threads: usize,
 }
 
 impl ServerConfig {
@@ -58,6 +62,7 @@ impl ServerConfig {
             sessions_max: 4096,
             channels_max: 256,
             verify_on_open: true,
+            send_threads: 1,
         }
     }
 }
@@ -92,17 +97,19 @@ const POLL_CEILING: Duration = Duration::from_millis(100);
 /// Control messages handled per wake-up, so a flood cannot starve sending.
 const CONTROL_BATCH_MAX: usize = 256;
 
+/// A file's channel: membership here (R9), sending in the data plane's sender pool.
 struct Channel {
     file_id: FileId,
+    id: ChannelId,
     info: FileInfo,
-    map: MappedArchive,
+    /// Members only: the pool's copy of the carousel does the sending.
     carousel: Carousel,
+    stats: Arc<ChannelStats>,
     group: Option<SocketAddrV4>,
     multicast_sessions: usize,
-    unicast_peers: Vec<(SessionId, SockAddr)>,
+    unicast_peers: Vec<(SessionId, SocketAddr)>,
     sync_sequence: u32,
     next_sync: Instant,
-    bytes_sent: u64,
 }
 
 struct Session {
@@ -132,8 +139,9 @@ struct Server {
     last_rescan: Option<Instant>,
     control: MioUdpSocket,
     data: UdpSocket,
-    sender: DataSender,
+    pool: SenderPool,
     send_path_reason: String,
+    next_channel_id: u64,
     channels: HashMap<FileId, Channel>,
     sessions: HashMap<SessionId, Session>,
     counters: Counters,
@@ -182,9 +190,17 @@ pub fn run_on(
         )?;
     }
     let (path, reason) = probe_send_path();
-    let sender = DataSender::new(path).or_else(|error| {
+    let pool_config = |send_path| PoolConfig {
+        threads: config.send_threads.max(1),
+        send_path,
+        bind: data_bind,
+        multicast_interface: config.multicast.as_ref().map(|m| m.interface),
+        multicast_ttl: config.multicast.as_ref().map_or(1, |m| m.ttl),
+        pin_threads: true,
+    };
+    let pool = SenderPool::start(&pool_config(path)).or_else(|error| {
         tracing::warn!(%error, path = path.name(), "cannot start the probed send path; using sendmmsg+gso");
-        DataSender::new(SendPath::SendmmsgGso)
+        SenderPool::start(&pool_config(SendPath::SendmmsgGso))
     })?;
     tracing::info!(send_path = path.name(), %reason, "data plane ready");
     let mut poll = Poll::new()?;
@@ -218,8 +234,9 @@ pub fn run_on(
         last_rescan: None,
         control,
         data,
-        sender,
+        pool,
         send_path_reason: reason,
+        next_channel_id: 0,
         channels: HashMap::new(),
         sessions: HashMap::new(),
         counters: Counters::default(),
@@ -246,7 +263,6 @@ pub fn run_on(
         }
         server.drain_control();
         server.housekeeping();
-        server.send_due();
     }
     tracing::info!(
         "shutting down: closing {} channel(s)",
@@ -269,7 +285,7 @@ impl Server {
                 } else {
                     None
                 };
-                match (c.carousel.poll_timeout(), sync) {
+                match (c.carousel.membership_deadline(), sync) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 }
@@ -325,7 +341,16 @@ impl Server {
                     let file_id = state.file_id;
                     if let Some(channel) = self.channels.get_mut(&file_id) {
                         channel.multicast_sessions -= 1;
-                        channel.unicast_peers.push((session, SockAddr::from(from)));
+                        channel.unicast_peers.push((session, from));
+                        let (id, group, idle_group) =
+                            (channel.id, channel.group, channel.multicast_sessions == 0);
+                        self.pool_command(Command::AddDestination(id, from));
+                        if let (Some(group), true) = (group, idle_group) {
+                            self.pool_command(Command::RemoveDestination(
+                                id,
+                                SocketAddr::V4(group),
+                            ));
+                        }
                     }
                     tracing::info!(session = session.0, %from, "client fell back to unicast");
                 }
@@ -441,13 +466,21 @@ impl Server {
         if channel.carousel.join(now, session).is_err() {
             return reject(self, RejectCode::Busy, "channel at its member limit".into());
         }
-        let transport = if multicast_ok && channel.group.is_some() {
-            channel.multicast_sessions += 1;
-            Transport::Multicast
-        } else {
-            channel.unicast_peers.push((session, SockAddr::from(from)));
-            Transport::Unicast
+        let (transport, new_destination) = match channel.group {
+            Some(group) if multicast_ok => {
+                channel.multicast_sessions += 1;
+                let first = channel.multicast_sessions == 1;
+                (Transport::Multicast, first.then_some(SocketAddr::V4(group)))
+            }
+            _ => {
+                channel.unicast_peers.push((session, from));
+                (Transport::Unicast, Some(from))
+            }
         };
+        let channel_id = channel.id;
+        if let Some(destination) = new_destination {
+            self.pool_command(Command::AddDestination(channel_id, destination));
+        }
         self.sessions.insert(
             session,
             Session {
@@ -459,7 +492,7 @@ impl Server {
             },
         );
         let channel = &self.channels[&file_id];
-        tracing::info!(session = session.0, %from, file = %channel.info.name, %transport, joined_at = channel.carousel.next_serial(), "session started");
+        tracing::info!(session = session.0, %from, file = %channel.info.name, %transport, joined_at = channel.stats.next_serial.load(Ordering::Relaxed), "session started");
         let offer = self.offer(channel, request_id, session, transport);
         self.reply(from, &offer);
     }
@@ -504,7 +537,9 @@ impl Server {
                 )
             })?;
         }
-        let map = MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?;
+        let map = Arc::new(
+            MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?,
+        );
         let info = archive.info().clone();
         let group = self.config.multicast.as_ref().and_then(|m| {
             let slot = self.group_slots_used.iter().position(|used| !used)?;
@@ -515,35 +550,47 @@ impl Server {
                 m.port,
             ))
         });
-        let segments = self
-            .sender
-            .segments_per_message(usize::from(info.datagram_size));
         let carousel = Carousel::new(
             CarouselConfig {
                 loop_len: info.loop_len,
                 datagram_size: info.datagram_size,
                 rate_bits_per_s: self.config.rate_bits_per_s,
-                batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
+                batch_datagrams_max: 1,
                 member_timeout: self.config.session_timeout,
                 members_max: self.config.sessions_max,
             },
             now,
         );
+        let id = ChannelId(self.next_channel_id);
+        self.next_channel_id += 1;
+        let stats = Arc::new(ChannelStats::default());
+        self.pool
+            .add_channel(ChannelSpec {
+                id,
+                archive: map,
+                datagrams_offset: loopcast_archive::format::DATAGRAMS_OFFSET as usize,
+                loop_len: info.loop_len,
+                datagram_size: info.datagram_size,
+                rate_bits_per_s: self.config.rate_bits_per_s,
+                destinations: Vec::new(),
+                stats: stats.clone(),
+            })
+            .map_err(|e| format!("sender threads are busy ({e:?}); try again"))?;
         tracing::info!(file = %info.name, file_id = %file_id, group = ?group, loop_len = info.loop_len, "channel opened");
         self.counters.channels_opened += 1;
         self.channels.insert(
             file_id,
             Channel {
                 file_id,
+                id,
                 info,
-                map,
                 carousel,
+                stats,
                 group,
                 multicast_sessions: 0,
                 unicast_peers: Vec::new(),
                 sync_sequence: 0,
                 next_sync: now,
-                bytes_sent: 0,
             },
         );
         Ok(file_id)
@@ -553,12 +600,35 @@ impl Server {
         let Some(state) = self.sessions.remove(&session) else {
             return;
         };
-        if let Some(channel) = self.channels.get_mut(&state.file_id) {
-            channel.carousel.leave(session);
-            match state.transport {
-                Transport::Multicast => channel.multicast_sessions -= 1,
-                Transport::Unicast => channel.unicast_peers.retain(|(s, _)| *s != session),
+        let Some(channel) = self.channels.get_mut(&state.file_id) else {
+            return;
+        };
+        channel.carousel.leave(session);
+        let id = channel.id;
+        let gone = match state.transport {
+            Transport::Multicast => {
+                channel.multicast_sessions -= 1;
+                channel
+                    .group
+                    .filter(|_| channel.multicast_sessions == 0)
+                    .map(SocketAddr::V4)
             }
+            Transport::Unicast => {
+                channel.unicast_peers.retain(|(s, _)| *s != session);
+                Some(state.client)
+            }
+        };
+        if let Some(destination) = gone {
+            self.pool_command(Command::RemoveDestination(id, destination));
+        }
+    }
+
+    /// Queues a command for the sender pool; a full queue is logged (the state it would have
+    /// changed is corrected by the next command for that channel or its removal).
+    fn pool_command(&mut self, command: Command) {
+        if let Err(error) = self.pool.command(command) {
+            self.counters.send_errors += 1;
+            tracing::warn!(?error, "sender pool did not take a command");
         }
     }
 
@@ -591,7 +661,9 @@ impl Server {
                 self.group_slots_used[slot] = false;
             }
             self.counters.channels_closed += 1;
-            tracing::info!(file = %channel.info.name, loops = channel.carousel.loops_completed(), bytes = channel.bytes_sent, "channel closed: no active clients");
+            self.pool_command(Command::RemoveChannel(channel.id));
+            let datagrams = channel.stats.datagrams.load(Ordering::Relaxed);
+            tracing::info!(file = %channel.info.name, datagrams, bytes = channel.stats.bytes.load(Ordering::Relaxed), "channel closed: no active clients");
         }
         // R8: SYNC on every multicast channel that has multicast members.
         for channel in self.channels.values_mut() {
@@ -605,46 +677,6 @@ impl Server {
                     let _ = self.data.send_to(&sync.to_bytes(), group);
                     channel.next_sync = now + SYNC_INTERVAL;
                 }
-            }
-        }
-    }
-
-    /// Sends what each channel's carousel says is due. A send error (e.g. ENOBUFS under
-    /// pressure) loses that batch for that destination, is counted and logged, and the loop
-    /// goes on: the carousel brings the datagrams round again.
-    fn send_due(&mut self) {
-        let now = self.clock.now();
-        let mut failures: Vec<(String, std::io::Error)> = Vec::new();
-        for channel in self.channels.values_mut() {
-            // One transmit per channel per wake-up keeps control traffic responsive.
-            let Some(transmit) = channel.carousel.poll_transmit(now) else {
-                continue;
-            };
-            let size = usize::from(channel.info.datagram_size);
-            let start =
-                loopcast_archive::format::datagram_offset(&channel.info, transmit.first) as usize;
-            let region = &channel.map.bytes()[start..start + transmit.count as usize * size];
-            if let (Some(group), true) = (channel.group, channel.multicast_sessions > 0) {
-                match self
-                    .sender
-                    .send(&self.data, &SockAddr::from(group), region, size)
-                {
-                    Ok(_) => channel.bytes_sent += region.len() as u64,
-                    Err(error) => failures.push((group.to_string(), error)),
-                }
-            }
-            for (_, peer) in &channel.unicast_peers {
-                match self.sender.send(&self.data, peer, region, size) {
-                    Ok(_) => channel.bytes_sent += region.len() as u64,
-                    Err(error) => failures.push((format!("{:?}", peer.as_socket()), error)),
-                }
-            }
-        }
-        for (destination, error) in failures {
-            self.counters.send_errors += 1;
-            // Logged at most once per 1000 errors so a persistent fault cannot flood the log.
-            if self.counters.send_errors % 1000 == 1 {
-                tracing::warn!(%destination, %error, total = self.counters.send_errors, "send failed; batch lost, the loop resends it");
             }
         }
     }
@@ -692,9 +724,9 @@ impl Server {
                     "group": c.group.map(|g| g.to_string()),
                     "rate_bits_per_s": c.carousel.config().rate_bits_per_s,
                     "loop_len": c.info.loop_len,
-                    "next_serial": c.carousel.next_serial(),
-                    "loops_completed": c.carousel.loops_completed(),
-                    "bytes_sent": c.bytes_sent,
+                    "next_serial": c.stats.next_serial.load(Ordering::Relaxed),
+                    "datagrams_sent": c.stats.datagrams.load(Ordering::Relaxed),
+                    "bytes_sent": c.stats.bytes.load(Ordering::Relaxed),
                     "multicast_sessions": c.multicast_sessions,
                     "unicast_sessions": c.unicast_peers.len(),
                 })
@@ -712,9 +744,34 @@ impl Server {
                 })
             })
             .collect();
-        let send = self.sender.counters();
+        let threads = self.pool.thread_stats();
+        let sum = |field: fn(
+            &loopcast_dataplane::pool::ThreadStats,
+        ) -> &std::sync::atomic::AtomicU64|
+         -> u64 {
+            threads
+                .iter()
+                .map(|t| field(t).load(Ordering::Relaxed))
+                .sum()
+        };
+        let path_of = |t: &loopcast_dataplane::pool::ThreadStats| {
+            SendPath::ALL[t.send_path.load(Ordering::Relaxed) as usize % SendPath::ALL.len()].name()
+        };
+        let thread_json: Vec<serde_json::Value> = threads
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "send_path": path_of(t),
+                    "channels": t.channels.load(Ordering::Relaxed),
+                    "datagrams_sent": t.datagrams.load(Ordering::Relaxed),
+                    "zc_notifications": t.zc_notifications.load(Ordering::Relaxed),
+                    "zc_copied": t.zc_copied.load(Ordering::Relaxed),
+                })
+            })
+            .collect();
         serde_json::json!({
-            "send_path": self.sender.path().name(),
+            "send_path": threads.first().map_or("none", |t| path_of(t)),
+            "sender_threads": thread_json,
             "send_path_reason": self.send_path_reason,
             "archives": self.catalog.len(),
             "channels": channels,
@@ -728,14 +785,11 @@ impl Server {
                 "channels_opened": self.counters.channels_opened,
                 "channels_closed": self.counters.channels_closed,
                 "send_errors": self.counters.send_errors,
-                "datagrams_sent": send.datagrams,
-                "bytes_sent": send.bytes,
-                "send_syscalls": send.syscalls,
-                "gso_fallbacks": send.gso_fallbacks,
-                "datagrams_failed": send.datagrams_failed,
-                "zc_notifications": send.zc_notifications,
-                "zc_copied": send.zc_copied,
-                "zc_fallbacks": send.zc_fallbacks,
+                "datagrams_sent": sum(|t| &t.datagrams),
+                "bytes_sent": sum(|t| &t.bytes),
+                "pool_send_errors": sum(|t| &t.send_errors),
+                "zc_notifications": sum(|t| &t.zc_notifications),
+                "zc_copied": sum(|t| &t.zc_copied),
             },
         })
     }

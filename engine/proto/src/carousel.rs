@@ -285,6 +285,13 @@ impl Carousel {
         Some(transmit)
     }
 
+    /// When the earliest member expires, for drivers that use the carousel for membership only
+    /// (sending elsewhere). `None` without members.
+    pub fn membership_deadline(&self) -> Option<Instant> {
+        let oldest_heard = self.members.iter().map(|m| m.last_heard).min()?;
+        Some(oldest_heard + self.config.member_timeout)
+    }
+
     /// When the driver should next call `handle_timeout`/`poll_transmit`. `None`: only a
     /// packet can make progress (no members). A past instant means "now".
     pub fn poll_timeout(&self) -> Option<Instant> {

@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Seconds of client silence before its session ends.
     #[arg(long, default_value_t = 5)]
     session_timeout: u64,
+    /// Sender threads, each pinned to a core, that run the channels.
+    #[arg(long, default_value_t = 1)]
+    send_threads: usize,
     /// Skip verifying each archive's hash tree when its channel opens.
     #[arg(long)]
     no_verify: bool,
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
     config.rate_bits_per_s = args.rate;
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
     config.verify_on_open = !args.no_verify;
+    config.send_threads = args.send_threads.clamp(1, 64);
     config.admin_socket = Some(
         args.admin_socket
             .clone()
