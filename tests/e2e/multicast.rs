@@ -8,22 +8,9 @@
 use std::process::Command;
 use std::time::Duration;
 
+use loopcast_tools::topology::BridgeTopology;
+
 use crate::support::*;
-
-/// Namespaces created by this test; deleted on drop.
-struct Namespaces(Vec<String>);
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in self.0.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    run_ok(Command::new("ip").args(args));
-}
 
 fn tool_available(name: &str, probe: &[&str]) -> bool {
     Command::new(name)
@@ -51,49 +38,17 @@ fn multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer() {
 
 fn multicast_with_ip_netns() {
     let tag = format!("lct{}", std::process::id() % 100_000);
-    let switch = format!("{tag}-sw");
-    let hosts = [
-        (format!("{tag}-s"), "10.78.0.1"),
-        (format!("{tag}-a"), "10.78.0.2"),
-        (format!("{tag}-b"), "10.78.0.3"),
-    ];
-    let mut namespaces = Namespaces(vec![switch.clone()]);
-    ip(&["netns", "add", &switch]);
-    ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"]);
-    ip(&[
-        "-n",
-        &switch,
-        "link",
-        "set",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ]);
-    ip(&["-n", &switch, "link", "set", "br0", "up"]);
-    for (index, (ns, address)) in hosts.iter().enumerate() {
-        ip(&["netns", "add", ns]);
-        namespaces.0.push(ns.clone());
-        let port = format!("p{index}");
-        ip(&[
-            "-n", &switch, "link", "add", &port, "type", "veth", "peer", "name", "veth0", "netns",
-            ns,
-        ]);
-        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"]);
-        ip(&["-n", ns, "link", "set", "lo", "up"]);
-        ip(&["-n", ns, "link", "set", "veth0", "multicast", "on", "up"]);
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "veth0",
-        ]);
-        ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"]);
-    }
+    let topology = BridgeTopology::build(
+        &tag,
+        &[("s", "10.78.0.1"), ("a", "10.78.0.2"), ("b", "10.78.0.3")],
+        1500,
+    )
+    .expect("namespaces build");
+    let hosts: Vec<(String, &str)> = topology
+        .hosts
+        .iter()
+        .map(|(ns, address)| (ns.clone(), address.as_str()))
+        .collect();
     let scratch = Scratch::new("mcast");
     let media = scratch.path("media");
     let input = scratch.path("film.bin");
@@ -177,7 +132,8 @@ fn multicast_with_ip_netns() {
         "server: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    drop(namespaces);
+    drop(hosts);
+    drop(topology);
     let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&leftover.stdout).contains(&tag),

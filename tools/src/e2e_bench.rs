@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::hash_file;
+use crate::topology::BridgeTopology;
 
 pub struct E2eArgs {
     pub receivers: usize,
@@ -19,96 +20,31 @@ pub struct E2eArgs {
     pub timeout: Duration,
 }
 
-struct Topology {
-    names: Vec<String>,
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for name in self.names.iter().rev() {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
 /// Server at 10.80.0.1 in `<tag>-s`, receivers at 10.80.0.2.. in `<tag>-r<i>`.
-fn build(tag: &str, receivers: usize, mtu: &str) -> Result<Topology, String> {
-    let switch = format!("{tag}-sw");
-    let mut topology = Topology {
-        names: vec![switch.clone()],
-    };
-    ip(&["netns", "add", &switch])?;
-    ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-    ip(&[
-        "-n",
-        &switch,
-        "link",
-        "set",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &switch, "link", "set", "br0", "mtu", mtu, "up"])?;
-    for index in 0..=receivers {
-        let ns = if index == 0 {
-            format!("{tag}-s")
-        } else {
-            format!("{tag}-r{index}")
-        };
-        ip(&["netns", "add", &ns])?;
-        topology.names.push(ns.clone());
-        let port = format!("p{index}");
-        ip(&[
-            "-n", &switch, "link", "add", &port, "mtu", mtu, "type", "veth", "peer", "name",
-            "veth0", "netns", &ns,
-        ])?;
-        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "link",
-            "set",
-            "veth0",
-            "mtu",
-            mtu,
-            "multicast",
-            "on",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.80.0.{}/24", index + 1),
-            "dev",
-            "veth0",
-        ])?;
-        ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "veth0"])?;
+fn build(tag: &str, receivers: usize, mtu: u32) -> Result<BridgeTopology, String> {
+    let names: Vec<(String, String)> = (0..=receivers)
+        .map(|i| {
+            (
+                if i == 0 {
+                    "s".to_owned()
+                } else {
+                    format!("r{i}")
+                },
+                format!("10.80.0.{}", i + 1),
+            )
+        })
+        .collect();
+    let hosts: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    let topology = BridgeTopology::build(tag, &hosts, mtu)?;
+    for (ns, _) in &topology.hosts {
         let _ = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &ns,
+                ns,
                 "sysctl",
                 "-qw",
                 "net.ipv4.udp_rmem_min=4096",
@@ -220,7 +156,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         return Err("e2e needs root (ip netns)".into());
     }
     let tag = format!("lce{}", std::process::id() % 100_000);
-    let mtu = if args.jumbo { "9000" } else { "1500" };
+    let mtu: u32 = if args.jumbo { 9000 } else { 1500 };
     let dir = std::env::temp_dir().join(format!("loopcast-bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let _cleanup = RemoveDir(dir.clone());

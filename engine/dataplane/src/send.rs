@@ -126,27 +126,9 @@ impl BatchSender {
         }
     }
 
-    /// Sends every datagram in `region` (a whole number of `datagram_size` datagrams) to
-    /// `destination`. Blocks while the socket buffer is full. Returns datagrams sent.
-    pub fn send(
-        &mut self,
-        socket: &UdpSocket,
-        destination: &SockAddr,
-        region: &[u8],
-        datagram_size: usize,
-    ) -> std::io::Result<usize> {
-        self.send_batch(
-            socket,
-            &[SendItem {
-                destination,
-                region,
-                datagram_size,
-            }],
-        )
-    }
-
     /// Sends several regions, each to its destination, packing messages of different items
-    /// into the same `sendmmsg` calls. Returns datagrams sent.
+    /// into the same `sendmmsg` calls. Blocks while the socket buffer is full. Returns
+    /// datagrams sent.
     pub fn send_batch(
         &mut self,
         socket: &UdpSocket,
@@ -330,6 +312,8 @@ impl DataSender {
         }
     }
 
+    /// Sends every datagram in `region` (a whole number of `datagram_size` datagrams) to
+    /// `destination`. Returns datagrams sent.
     pub fn send(
         &mut self,
         socket: &UdpSocket,

@@ -141,25 +141,6 @@ impl UringSender {
         (GSO_BYTES_MAX / datagram_size).clamp(1, GSO_SEGMENTS_MAX)
     }
 
-    /// Sends every datagram of `region` to `destination`; returns when the kernel is done with
-    /// all of it (completions and zero-copy notifications). Returns datagrams sent.
-    pub fn send(
-        &mut self,
-        socket: &UdpSocket,
-        destination: &SockAddr,
-        region: &[u8],
-        datagram_size: usize,
-    ) -> std::io::Result<usize> {
-        self.send_batch(
-            socket,
-            &[SendItem {
-                destination,
-                region,
-                datagram_size,
-            }],
-        )
-    }
-
     /// Sends several regions (e.g. the due transmits of many channels) in as few submissions
     /// as the slots allow; returns when the kernel is done with all of them.
     pub fn send_batch(

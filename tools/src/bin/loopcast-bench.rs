@@ -412,37 +412,6 @@ fn run_sink(group: SocketAddr, interface: Ipv4Addr, seconds: f64) -> Result<(), 
     Ok(())
 }
 
-/// Namespaces made by the bench (sender, receiver, switch with a bridge), removed on drop.
-struct BenchTopology {
-    names: Vec<String>,
-}
-
-impl Drop for BenchTopology {
-    fn drop(&mut self) {
-        for name in self.names.iter().rev() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", name])
-                .status();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let output = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
 /// Builds sender and receiver namespaces on a bridge (the topology of ../shared/netns.sh),
 /// runs this scenario inside the sender's, multicast to a group the receiver joins at the
 /// bridge, and removes everything afterwards.
@@ -451,62 +420,13 @@ fn run_in_netns(scenario: &str, args: &SendArgs) -> Result<(), String> {
         return Err("--netns needs root (ip netns); run as root or drop --netns".into());
     }
     let tag = format!("lcb{}", std::process::id() % 100_000);
-    let (switch, sender_ns, receiver_ns) =
-        (format!("{tag}-sw"), format!("{tag}-a"), format!("{tag}-b"));
-    let mtu = if args.jumbo { "9000" } else { "1500" };
-    let mut topology = BenchTopology {
-        names: vec![switch.clone()],
-    };
-    ip(&["netns", "add", &switch])?;
-    ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-    ip(&[
-        "-n",
-        &switch,
-        "link",
-        "set",
-        "br0",
-        "type",
-        "bridge",
-        "mcast_snooping",
-        "0",
-    ])?;
-    ip(&["-n", &switch, "link", "set", "br0", "mtu", mtu, "up"])?;
-    for (index, (ns, address)) in [(&sender_ns, "10.79.0.1"), (&receiver_ns, "10.79.0.2")]
-        .into_iter()
-        .enumerate()
-    {
-        ip(&["netns", "add", ns])?;
-        topology.names.push(ns.clone());
-        let port = format!("p{index}");
-        ip(&[
-            "-n", &switch, "link", "add", &port, "mtu", mtu, "type", "veth", "peer", "name",
-            "veth0", "netns", ns,
-        ])?;
-        ip(&["-n", &switch, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "set",
-            "veth0",
-            "mtu",
-            mtu,
-            "multicast",
-            "on",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{address}/24"),
-            "dev",
-            "veth0",
-        ])?;
-        ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "veth0"])?;
-    }
+    let mtu: u32 = if args.jumbo { 9000 } else { 1500 };
+    let topology = loopcast_tools::topology::BridgeTopology::build(
+        &tag,
+        &[("a", "10.79.0.1"), ("b", "10.79.0.2")],
+        mtu,
+    )?;
+    let (sender_ns, receiver_ns) = (topology.hosts[0].0.clone(), topology.hosts[1].0.clone());
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     // A receiver that joins the group, so datagrams are really delivered (segmented, queued).
     let sink_seconds = args.seconds * 2.0 + 8.0;
