@@ -259,7 +259,6 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             );
         }
     }
-    let _ = original;
     results.push(result(
         "loopcast",
         args.size,
