@@ -118,8 +118,12 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 const SAVE_INTERVAL: Duration = Duration::from_secs(2);
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
 const REQUEST_RETRY: Duration = Duration::from_millis(500);
-/// Datagrams taken per recvmmsg.
+/// Buffers taken per recvmmsg.
 const RECEIVE_BATCH: usize = 64;
+/// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
+const GRO_SLOT_BYTES: usize = 65_536;
+/// Datagrams written per pwritev at most (below IOV_MAX).
+const WRITE_IOVECS_MAX: usize = 256;
 
 struct Offer {
     session: SessionId,
@@ -187,7 +191,14 @@ pub fn get(
     let data_socket = multicast_socket.as_ref().unwrap_or(&control);
     loopcast_dataplane::socket::set_receive_timeout(data_socket, RECEIVE_TIMEOUT)
         .map_err(io_err("set receive timeout"))?;
-    let mut inbox = BatchReceiver::new(RECEIVE_BATCH, usize::from(DATAGRAM_SIZE_MAX) + 1);
+    // With UDP GRO one receive can carry up to 64 KiB of coalesced datagrams.
+    let gro = loopcast_dataplane::recv::enable_gro(data_socket);
+    let slot_size = if gro {
+        GRO_SLOT_BYTES
+    } else {
+        usize::from(DATAGRAM_SIZE_MAX) + 1
+    };
+    let mut inbox = BatchReceiver::new(RECEIVE_BATCH, slot_size);
     let send = |message: ControlMessage| {
         let _ = control.send_to(&message.to_bytes(), config.server);
     };
@@ -404,6 +415,8 @@ struct Download {
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// What a resumed state claimed was held: proven by `recheck` before publishing.
     unproven: Option<loopcast_proto::bitmap::Bitmap>,
+    /// Reused per batch: (serial, slot, offset, length) of datagrams to write.
+    to_store: Vec<(u32, usize, usize, usize)>,
 }
 
 impl Download {
@@ -462,6 +475,7 @@ impl Download {
             oversize_dropped: 0,
             saver: None,
             unproven,
+            to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
         })
     }
 
@@ -475,32 +489,37 @@ impl Download {
             stored: 0,
             synced: false,
         };
-        // (serial, slot in the batch) of each datagram to store, written in runs below.
-        let mut to_store: [(u32, usize); RECEIVE_BATCH] = [(0, 0); RECEIVE_BATCH];
-        let mut store_count = 0usize;
+        // (serial, slot, offset in the slot) of each datagram to store, written in runs below.
+        let mut to_store = std::mem::take(&mut self.to_store);
+        to_store.clear();
         for index in 0..count {
-            let datagram = inbox.datagram(index);
-            if datagram.truncated {
+            let received = inbox.datagram(index);
+            if received.truncated {
                 self.oversize_dropped += 1;
                 continue;
             }
-            let bytes = datagram.bytes;
-            if ControlMessage::is_control(bytes) {
-                if let Ok(ControlMessage::Sync { file_id, .. }) = ControlMessage::parse(bytes) {
-                    result.synced |= file_id == self.receiver.info().file_id;
+            let mut offset = 0usize;
+            for bytes in received.segments() {
+                let at = offset;
+                offset += bytes.len();
+                if ControlMessage::is_control(bytes) {
+                    if let Ok(ControlMessage::Sync { file_id, .. }) = ControlMessage::parse(bytes) {
+                        result.synced |= file_id == self.receiver.info().file_id;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if let Outcome::Store { serial, .. } = self.receiver.handle_datagram(bytes) {
-                self.join_serial.get_or_insert(serial);
-                // Receiving our file's datagrams on the channel proves it works, like SYNC.
-                result.synced = true;
-                result.stored += 1;
-                to_store[store_count] = (serial, index);
-                store_count += 1;
+                if let Outcome::Store { serial, .. } = self.receiver.handle_datagram(bytes) {
+                    self.join_serial.get_or_insert(serial);
+                    // Receiving our file's datagrams on the channel proves it works, like SYNC.
+                    result.synced = true;
+                    result.stored += 1;
+                    to_store.push((serial, index, at, bytes.len()));
+                }
             }
         }
-        self.write_runs(inbox, &mut to_store[..store_count])?;
+        let written = self.write_runs(inbox, &mut to_store);
+        self.to_store = to_store;
+        written?;
         Ok(result)
     }
 
@@ -509,40 +528,41 @@ impl Download {
     fn write_runs(
         &self,
         inbox: &BatchReceiver,
-        stored: &mut [(u32, usize)],
+        stored: &mut [(u32, usize, usize, usize)],
     ) -> Result<(), ClientError> {
-        stored.sort_unstable_by_key(|&(serial, _)| serial);
+        let bytes_of = |&(_, slot, at, len): &(u32, usize, usize, usize)| {
+            &inbox.datagram(slot).bytes[at..at + len]
+        };
+        stored.sort_unstable_by_key(|&(serial, ..)| serial);
         let mut run_start = 0;
         while run_start < stored.len() {
             let mut run_end = run_start + 1;
-            while run_end < stored.len() && stored[run_end].0 == stored[run_end - 1].0 + 1 {
+            while run_end < stored.len()
+                && run_end - run_start < WRITE_IOVECS_MAX
+                && stored[run_end].0 == stored[run_end - 1].0 + 1
+            {
                 run_end += 1;
             }
-            let mut slices = [std::io::IoSlice::new(&[]); RECEIVE_BATCH];
-            for (slice, &(_, slot)) in slices.iter_mut().zip(&stored[run_start..run_end]) {
-                *slice = std::io::IoSlice::new(inbox.datagram(slot).bytes);
+            let run = &stored[run_start..run_end];
+            let mut slices = [std::io::IoSlice::new(&[]); WRITE_IOVECS_MAX];
+            for (slice, entry) in slices.iter_mut().zip(run) {
+                *slice = std::io::IoSlice::new(bytes_of(entry));
             }
-            let slices = &slices[..run_end - run_start];
-            let mut offset = datagram_offset(self.receiver.info(), stored[run_start].0);
+            let slices = &slices[..run.len()];
+            let offset = datagram_offset(self.receiver.info(), run[0].0);
             let total: usize = slices.iter().map(|s| s.len()).sum();
-            let mut written = 0usize;
-            while written < total {
+            let written = nix::sys::uio::pwritev(&self.part, slices, offset as i64)
+                .map_err(|e| io_err(format!("write {}", self.part_path.display()))(e.into()))?;
+            if written < total {
                 // Rare: a short write; finish the run datagram by datagram.
-                if written > 0 {
-                    for &(serial, slot) in &stored[run_start..run_end] {
-                        self.part
-                            .write_all_at(
-                                inbox.datagram(slot).bytes,
-                                datagram_offset(self.receiver.info(), serial),
-                            )
-                            .map_err(io_err(format!("write {}", self.part_path.display())))?;
-                    }
-                    break;
+                for entry in run {
+                    self.part
+                        .write_all_at(
+                            bytes_of(entry),
+                            datagram_offset(self.receiver.info(), entry.0),
+                        )
+                        .map_err(io_err(format!("write {}", self.part_path.display())))?;
                 }
-                let n = nix::sys::uio::pwritev(&self.part, slices, offset as i64)
-                    .map_err(|e| io_err(format!("write {}", self.part_path.display()))(e.into()))?;
-                written += n;
-                offset += n as u64;
             }
             run_start = run_end;
         }

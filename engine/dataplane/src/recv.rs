@@ -3,9 +3,18 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
+/// Kernel ABI (include/uapi/linux/udp.h): the UDP_GRO socket option and control message.
+const UDP_GRO: libc::c_int = 104;
+
+/// Room for one control message carrying an int, 8-byte aligned.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct ControlBuffer([u8; 64]);
+
 pub struct BatchReceiver {
     slot_size: usize,
     buffers: Vec<u8>,
+    controls: Vec<ControlBuffer>,
     messages: Vec<libc::mmsghdr>,
     iovecs: Vec<libc::iovec>,
     addresses: Vec<libc::sockaddr_storage>,
@@ -21,6 +30,33 @@ pub struct Received<'a> {
     pub source: Option<SocketAddr>,
     /// The datagram was larger than the slot and was cut: drop it.
     pub truncated: bool,
+    /// With UDP GRO: the size of each coalesced datagram in `bytes` (the last may be shorter).
+    pub segment_size: Option<usize>,
+}
+
+impl Received<'_> {
+    /// The datagrams in this buffer: one, or several coalesced by GRO.
+    pub fn segments(&self) -> impl Iterator<Item = &[u8]> {
+        let size = self.segment_size.unwrap_or(self.bytes.len()).max(1);
+        self.bytes.chunks(size)
+    }
+}
+
+/// Asks the kernel to coalesce consecutive datagrams of a flow into one receive (UDP GRO).
+/// Returns false where the kernel does not offer it.
+pub fn enable_gro(socket: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: we pass a pointer to a live c_int and its exact size.
+    let result = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_UDP,
+            UDP_GRO,
+            &on as *const libc::c_int as *const libc::c_void,
+            core::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    result == 0
 }
 
 impl BatchReceiver {
@@ -31,6 +67,7 @@ impl BatchReceiver {
         BatchReceiver {
             slot_size,
             buffers: vec![0u8; slots * slot_size],
+            controls: vec![ControlBuffer([0; 64]); slots],
             messages: vec![message; slots],
             iovecs: vec![
                 libc::iovec {
@@ -60,8 +97,8 @@ impl BatchReceiver {
             header.msg_namelen = core::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             header.msg_iov = &mut self.iovecs[index];
             header.msg_iovlen = 1;
-            header.msg_control = core::ptr::null_mut();
-            header.msg_controllen = 0;
+            header.msg_control = self.controls[index].0.as_mut_ptr() as *mut libc::c_void;
+            header.msg_controllen = self.controls[index].0.len() as _;
             header.msg_flags = 0;
             self.messages[index].msg_len = 0;
         }
@@ -101,6 +138,7 @@ impl BatchReceiver {
             bytes: &self.buffers[start..start + len],
             source: socket_addr(&self.addresses[index], message.msg_hdr.msg_namelen),
             truncated: message.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            segment_size: gro_segment_size(&message.msg_hdr),
         }
     }
 }
@@ -122,4 +160,26 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
         }
         _ => None,
     }
+}
+
+/// The UDP_GRO segment size from a received message's control data, if any.
+fn gro_segment_size(header: &libc::msghdr) -> Option<usize> {
+    if header.msg_control.is_null()
+        || (header.msg_controllen as usize) < core::mem::size_of::<libc::cmsghdr>()
+    {
+        return None;
+    }
+    // SAFETY: the kernel filled msg_control (our 64-byte aligned buffer) with msg_controllen
+    // bytes of control messages; CMSG_FIRSTHDR/CMSG_NXTHDR walk only within that length.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(header);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let value = core::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int);
+                return usize::try_from(value).ok().filter(|&v| v > 0);
+            }
+            cmsg = libc::CMSG_NXTHDR(header, cmsg);
+        }
+    }
+    None
 }
