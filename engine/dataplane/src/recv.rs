@@ -164,8 +164,7 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
 
 /// The UDP_GRO segment size from a received message's control data, if any.
 fn gro_segment_size(header: &libc::msghdr) -> Option<usize> {
-    if header.msg_control.is_null()
-        || (header.msg_controllen as usize) < core::mem::size_of::<libc::cmsghdr>()
+    if header.msg_control.is_null() || header.msg_controllen < core::mem::size_of::<libc::cmsghdr>()
     {
         return None;
     }
