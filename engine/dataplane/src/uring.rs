@@ -328,7 +328,8 @@ impl UringSender {
         }
         let copied = self.counters.zc_copied;
         if copied * 10 >= ZC_VERDICT_AFTER * 9 {
-            tracing::warn!(
+            // Expected on loopback and veth: information for the operator, not a fault.
+            tracing::info!(
                 copied,
                 of = ZC_VERDICT_AFTER,
                 "zero-copy sends come back copied on this path; switching to io_uring sendmsg (GSO, no zero-copy)"
