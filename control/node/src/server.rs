@@ -434,32 +434,27 @@ impl Server {
         if self.sessions.len() >= self.config.sessions_max {
             return reject(self, RejectCode::Busy, "server at its session limit".into());
         }
-        let path = match self.catalog.lookup(name) {
-            Some(path) => path.to_owned(),
+        // A file already looping is served from its open channel (R8): no archive I/O here.
+        let open = self
+            .channels
+            .values()
+            .find(|c| c.info.name == name)
+            .map(|c| c.file_id);
+        let file_id = match open {
+            Some(file_id) => file_id,
             None => {
-                // The archive may have been packed since the last scan (at most one rescan a second).
-                let stale = self
-                    .last_rescan
-                    .is_none_or(|at| now.saturating_since(at) >= Duration::from_secs(1));
-                if stale {
-                    self.last_rescan = Some(now);
-                    let _ = self.catalog.rescan();
-                }
-                match self.catalog.lookup(name) {
-                    Some(path) => path.to_owned(),
-                    None => {
-                        return reject(
-                            self,
-                            RejectCode::NotFound,
-                            format!("no file named {name:?} here"),
-                        )
-                    }
+                let Some(path) = self.archive_path(now, name) else {
+                    return reject(
+                        self,
+                        RejectCode::NotFound,
+                        format!("no file named {name:?} here"),
+                    );
+                };
+                match self.open_channel(now, &path) {
+                    Ok(file_id) => file_id,
+                    Err(message) => return reject(self, RejectCode::Busy, message),
                 }
             }
-        };
-        let file_id = match self.open_channel(now, &path) {
-            Ok(file_id) => file_id,
-            Err(message) => return reject(self, RejectCode::Busy, message),
         };
         let session = SessionId(random_u64());
         let channel = self.channels.get_mut(&file_id).expect("opened above");
@@ -495,6 +490,22 @@ impl Server {
         tracing::info!(session = session.0, %from, file = %channel.info.name, %transport, joined_at = channel.stats.next_serial.load(Ordering::Relaxed), "session started");
         let offer = self.offer(channel, request_id, session, transport);
         self.reply(from, &offer);
+    }
+
+    /// The archive named `name`, rescanning the media database (at most once a second) in case
+    /// it was packed since the last scan.
+    fn archive_path(&mut self, now: Instant, name: &str) -> Option<std::path::PathBuf> {
+        if let Some(path) = self.catalog.lookup(name) {
+            return Some(path.to_owned());
+        }
+        let stale = self
+            .last_rescan
+            .is_none_or(|at| now.saturating_since(at) >= Duration::from_secs(1));
+        if stale {
+            self.last_rescan = Some(now);
+            let _ = self.catalog.rescan();
+        }
+        self.catalog.lookup(name).map(std::path::Path::to_owned)
     }
 
     fn offer(
