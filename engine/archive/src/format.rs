@@ -1,7 +1,8 @@
 //! The archive file (R1), byte-exact in docs/archive.md:
 //!
 //! ```text
-//! offset 0      "LOOPCAST" format_version:u16 reserved:u16 info_len:u32 info[info_len] zero padding
+//! offset 0      "LOOPCAST" format_version:u16 reserved:u16 info_len:u32 info[info_len]
+//!               root:[32] (BLAKE3 of info: catches any damage to the header on open) zero padding
 //! offset 4096   datagram 0 | datagram 1 | ... | datagram loop_len-1     (each `datagram_size` bytes)
 //! ```
 //! Datagrams sit in loop order (serial order): sending serials a..b is sending one contiguous,
@@ -15,7 +16,9 @@ pub const ARCHIVE_FORMAT_VERSION: u16 = 1;
 pub const DATAGRAMS_OFFSET: u64 = 4096;
 const SUPERBLOCK_FIXED_LEN: usize = 16;
 
-const _: () = assert!(SUPERBLOCK_FIXED_LEN + INFO_LEN_MAX <= DATAGRAMS_OFFSET as usize);
+const ROOT_LEN: usize = 32;
+
+const _: () = assert!(SUPERBLOCK_FIXED_LEN + INFO_LEN_MAX + ROOT_LEN <= DATAGRAMS_OFFSET as usize);
 
 /// Bytes of the first page for `info`.
 pub fn superblock(info: &FileInfo) -> Vec<u8> {
@@ -28,8 +31,9 @@ pub fn superblock(info: &FileInfo) -> Vec<u8> {
             .expect("info is bounded")
             .to_be_bytes(),
     );
-    page[SUPERBLOCK_FIXED_LEN..SUPERBLOCK_FIXED_LEN + info_bytes.len()]
-        .copy_from_slice(&info_bytes);
+    let info_end = SUPERBLOCK_FIXED_LEN + info_bytes.len();
+    page[SUPERBLOCK_FIXED_LEN..info_end].copy_from_slice(&info_bytes);
+    page[info_end..info_end + ROOT_LEN].copy_from_slice(blake3::hash(&info_bytes).as_bytes());
     page
 }
 
@@ -56,8 +60,15 @@ pub fn parse_superblock(page: &[u8]) -> Result<FileInfo, SuperblockError> {
     let info_bytes = page
         .get(SUPERBLOCK_FIXED_LEN..SUPERBLOCK_FIXED_LEN + info_len)
         .ok_or(SuperblockError::Corrupt)?;
+    let info_end = SUPERBLOCK_FIXED_LEN + info_len;
+    let root = page
+        .get(info_end..info_end + ROOT_LEN)
+        .ok_or(SuperblockError::Corrupt)?;
+    if root != blake3::hash(info_bytes).as_bytes() {
+        return Err(SuperblockError::Corrupt);
+    }
     let padding = page
-        .get(SUPERBLOCK_FIXED_LEN + info_len..DATAGRAMS_OFFSET as usize)
+        .get(SUPERBLOCK_FIXED_LEN + info_len + ROOT_LEN..DATAGRAMS_OFFSET as usize)
         .ok_or(SuperblockError::Corrupt)?;
     if padding.iter().any(|&b| b != 0) {
         return Err(SuperblockError::Corrupt);
