@@ -11,6 +11,8 @@
 //! Each thread's loop: apply queued commands; for every channel ask its carousel for what is due
 //! now and send it; then sleep until the earliest channel deadline (waking early for commands).
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -206,51 +208,162 @@ impl Drop for SenderPool {
     }
 }
 
-fn apply(command: Command, channels: &mut Vec<Channel>, now: Instant, sender: &DataSender) {
+/// A thread's channels: a slab (slots are reused, so heap entries name a slot plus the
+/// generation it was scheduled under) and a min-heap of deadlines. Only channels whose deadline
+/// has come are touched in a pass, so a thread with thousands of slow channels does work in
+/// proportion to what is due, not to how many channels it has.
+struct Schedule {
+    slots: Vec<Option<Channel>>,
+    generations: Vec<u32>,
+    free: Vec<usize>,
+    /// (deadline, slot, generation); an entry whose generation is stale is skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Where the next channel's first quantum falls, as a fraction of its quantum interval
+    /// (golden-ratio steps: any number of channels ends up evenly spread).
+    next_phase: f64,
+}
+
+impl Schedule {
+    fn new() -> Schedule {
+        Schedule {
+            slots: Vec::with_capacity(CHANNELS_PER_THREAD_MAX),
+            generations: Vec::with_capacity(CHANNELS_PER_THREAD_MAX),
+            free: Vec::new(),
+            deadlines: BinaryHeap::with_capacity(2 * CHANNELS_PER_THREAD_MAX),
+            next_phase: 0.0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn find(&self, id: ChannelId) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.as_ref().is_some_and(|c| c.spec.id == id))
+    }
+
+    /// (Re)schedules a slot at its carousel's next deadline under a new generation, so any
+    /// older heap entry for the slot is ignored.
+    fn reschedule(&mut self, slot: usize, now: Instant) {
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.push_deadline(slot, now);
+    }
+
+    fn push_deadline(&mut self, slot: usize, now: Instant) {
+        let channel = self.slots[slot].as_ref().expect("scheduling a live slot");
+        if let Some(deadline) = channel.carousel.poll_timeout() {
+            // An unpaced channel is due "now": schedule it just after, so one pass pops it once.
+            let deadline = deadline.max(now);
+            self.deadlines
+                .push(Reverse((deadline, slot, self.generations[slot])));
+        }
+    }
+
+    fn insert(&mut self, channel: Channel, now: Instant) {
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(channel);
+                slot
+            }
+            None => {
+                self.slots.push(Some(channel));
+                self.generations.push(0);
+                self.slots.len() - 1
+            }
+        };
+        self.reschedule(slot, now);
+    }
+
+    fn remove(&mut self, slot: usize) {
+        self.slots[slot] = None;
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.free.push(slot);
+    }
+
+    /// Pops the next entry due at `now` that is still current.
+    fn pop_due(&mut self, now: Instant) -> Option<usize> {
+        while let Some(&Reverse((deadline, slot, generation))) = self.deadlines.peek() {
+            if deadline > now {
+                return None;
+            }
+            self.deadlines.pop();
+            if self.generations[slot] == generation && self.slots[slot].is_some() {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines
+            .peek()
+            .map(|Reverse((deadline, _, _))| *deadline)
+    }
+}
+
+fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataSender) {
     match command {
         Command::AddChannel(spec) => {
             let segments = sender.segments_per_message(usize::from(spec.datagram_size));
-            if channels.len() >= CHANNELS_PER_THREAD_MAX {
+            if schedule.len() >= CHANNELS_PER_THREAD_MAX {
                 tracing::warn!(
                     channel = spec.id.0,
                     "sender thread at its channel limit; channel not added"
                 );
                 return;
             }
-            let mut carousel = Carousel::new(
-                CarouselConfig {
-                    loop_len: spec.loop_len,
-                    datagram_size: spec.datagram_size,
-                    rate_bits_per_s: spec.rate_bits_per_s,
-                    batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
-                    // Membership lives in the control plane: one permanent member.
-                    member_timeout: Duration::MAX,
-                    members_max: 1,
-                },
-                now,
-            );
+            let config = CarouselConfig {
+                loop_len: spec.loop_len,
+                datagram_size: spec.datagram_size,
+                rate_bits_per_s: spec.rate_bits_per_s,
+                batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
+                // Membership lives in the control plane: one permanent member.
+                member_timeout: Duration::MAX,
+                members_max: 1,
+            };
+            // Start a paced channel at its own phase of the quantum interval: a thread whose
+            // channels all fell due together would send them in one late burst.
+            let phase = schedule.next_phase;
+            schedule.next_phase = (phase + 0.618_033_988_749_895) % 1.0;
+            let offset = Carousel::new(config, now)
+                .quantum_interval()
+                .map_or(Duration::ZERO, |interval| interval.mul_f64(phase));
+            let start = now + offset;
+            let mut carousel = Carousel::new(config, start);
             carousel
-                .join(now, SessionId(0))
+                .join(start, SessionId(0))
                 .expect("an empty carousel has room");
             let destinations = spec
                 .destinations
                 .iter()
                 .map(|d| SockAddr::from(*d))
                 .collect();
-            channels.push(Channel {
-                spec: *spec,
-                carousel,
-                destinations,
-            });
+            schedule.insert(
+                Channel {
+                    spec: *spec,
+                    carousel,
+                    destinations,
+                },
+                now,
+            );
         }
-        Command::RemoveChannel(id) => channels.retain(|c| c.spec.id != id),
+        Command::RemoveChannel(id) => {
+            if let Some(slot) = schedule.find(id) {
+                schedule.remove(slot);
+            }
+        }
         Command::SetRate(id, rate) => {
-            if let Some(channel) = channels.iter_mut().find(|c| c.spec.id == id) {
+            if let Some(slot) = schedule.find(id) {
+                let channel = schedule.slots[slot].as_mut().expect("found");
                 channel.carousel.set_rate(rate, now);
+                schedule.reschedule(slot, now);
             }
         }
         Command::AddDestination(id, address) => {
-            if let Some(channel) = channels.iter_mut().find(|c| c.spec.id == id) {
+            if let Some(slot) = schedule.find(id) {
+                let channel = schedule.slots[slot].as_mut().expect("found");
                 let address = SockAddr::from(address);
                 if !channel.destinations.contains(&address) {
                     channel.destinations.push(address);
@@ -258,7 +371,8 @@ fn apply(command: Command, channels: &mut Vec<Channel>, now: Instant, sender: &D
             }
         }
         Command::RemoveDestination(id, address) => {
-            if let Some(channel) = channels.iter_mut().find(|c| c.spec.id == id) {
+            if let Some(slot) = schedule.find(id) {
+                let channel = schedule.slots[slot].as_mut().expect("found");
                 let address = SockAddr::from(address);
                 channel.destinations.retain(|d| *d != address);
             }
@@ -284,37 +398,33 @@ fn run_thread(
     stop: Arc<AtomicBool>,
 ) {
     let clock = MonotonicClock::new();
-    let mut channels: Vec<Channel> = Vec::with_capacity(CHANNELS_PER_THREAD_MAX);
+    let mut schedule = Schedule::new();
     // Reused every pass: no allocation on the send path once warm.
-    let mut due: Vec<(usize, loopcast_proto::carousel::Transmit)> =
+    let mut due: Vec<(usize, Option<loopcast_proto::carousel::Transmit>)> =
         Vec::with_capacity(CHANNELS_PER_THREAD_MAX);
     let mut item_storage: Vec<SendItem<'static>> = Vec::with_capacity(CHANNELS_PER_THREAD_MAX);
     while !stop.load(Ordering::Relaxed) {
         let now = clock.now();
         while let Ok(command) = commands.try_recv() {
-            apply(command, &mut channels, now, &sender);
+            apply(command, &mut schedule, now, &sender);
         }
         stats
             .channels
-            .store(channels.len() as u64, Ordering::Relaxed);
-        // Phase 1: ask every channel what is due (one transmit per channel per pass keeps
-        // unpaced channels from starving paced ones).
-        let mut next_deadline: Option<Instant> = None;
+            .store(schedule.len() as u64, Ordering::Relaxed);
+        // Phase 1: ask every channel whose deadline has come what it sends (one transmit per
+        // channel per pass keeps unpaced channels from starving paced ones).
         due.clear();
         let pass_now = clock.now();
-        for (index, channel) in channels.iter_mut().enumerate() {
-            if let Some(transmit) = channel.carousel.poll_transmit(pass_now) {
-                due.push((index, transmit));
-            }
-            if let Some(deadline) = channel.carousel.poll_timeout() {
-                next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
-            }
+        while let Some(slot) = schedule.pop_due(pass_now) {
+            let channel = schedule.slots[slot].as_mut().expect("popped a live slot");
+            due.push((slot, channel.carousel.poll_transmit(pass_now)));
         }
         // Phase 2: send all of it in as few syscalls as the path allows.
-        if !due.is_empty() {
+        if due.iter().any(|(_, transmit)| transmit.is_some()) {
             let mut items = recycle(std::mem::take(&mut item_storage));
-            for &(index, transmit) in &due {
-                let channel = &channels[index];
+            for &(slot, transmit) in &due {
+                let Some(transmit) = transmit else { continue };
+                let channel = schedule.slots[slot].as_ref().expect("due slot is live");
                 let size = usize::from(channel.spec.datagram_size);
                 let start = channel.spec.datagrams_offset + transmit.first as usize * size;
                 let region =
@@ -331,26 +441,26 @@ fn run_thread(
                 stats.send_errors.fetch_add(1, Ordering::Relaxed);
             }
             item_storage = recycle(items);
-            for &(index, transmit) in &due {
-                let channel = &channels[index];
+        }
+        // Phase 3: count, and put every popped channel back at its next deadline.
+        let after = clock.now();
+        for &(slot, transmit) in &due {
+            if let Some(transmit) = transmit {
+                let channel = schedule.slots[slot].as_ref().expect("due slot is live");
                 let datagrams = u64::from(transmit.count) * channel.destinations.len() as u64;
                 let size = u64::from(channel.spec.datagram_size);
-                channel
-                    .spec
-                    .stats
+                let channel_stats = &channel.spec.stats;
+                channel_stats
                     .datagrams
                     .fetch_add(datagrams, Ordering::Relaxed);
-                channel
-                    .spec
-                    .stats
+                channel_stats
                     .bytes
                     .fetch_add(datagrams * size, Ordering::Relaxed);
-                channel
-                    .spec
-                    .stats
+                channel_stats
                     .next_serial
                     .store(u64::from(channel.carousel.next_serial()), Ordering::Relaxed);
             }
+            schedule.push_deadline(slot, after);
         }
         let counters = sender.counters();
         stats.datagrams.store(counters.datagrams, Ordering::Relaxed);
@@ -365,7 +475,7 @@ fn run_thread(
             .unwrap_or(0);
         stats.send_path.store(path_index as u64, Ordering::Relaxed);
 
-        let wait = match next_deadline {
+        let wait = match schedule.next_deadline() {
             None => Duration::from_millis(10),
             Some(deadline) => clock.until(deadline),
         };
@@ -378,10 +488,10 @@ fn run_thread(
         }
         // Sleep until the earliest deadline, waking at once for a command.
         match commands.recv_timeout(wait - SPIN_BELOW / 2) {
-            Ok(command) => apply(command, &mut channels, clock.now(), &sender),
+            Ok(command) => apply(command, &mut schedule, clock.now(), &sender),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                if channels.is_empty() {
+                if schedule.len() == 0 {
                     return;
                 }
                 std::thread::sleep(wait.min(Duration::from_millis(10)));
@@ -412,6 +522,122 @@ mod tests {
         let before = stats.bytes.load(Ordering::Relaxed);
         std::thread::sleep(window);
         (stats.bytes.load(Ordering::Relaxed) - before) as f64 * 8.0 / window.as_secs_f64()
+    }
+
+    fn spec(id: u64, archive: &Arc<MappedArchive>, rate: u64) -> Box<ChannelSpec> {
+        Box::new(ChannelSpec {
+            id: ChannelId(id),
+            archive: archive.clone(),
+            datagrams_offset: 0,
+            loop_len: 100,
+            datagram_size: 1440,
+            rate_bits_per_s: rate,
+            destinations: vec!["127.0.0.1:9".parse().unwrap()],
+            stats: Arc::new(ChannelStats::default()),
+        })
+    }
+
+    #[test]
+    fn schedule_spreads_phases_pops_only_due_channels_and_skips_stale_entries() {
+        let (path, _) = archive_file(100, 1440);
+        let file = std::fs::File::open(&path).unwrap();
+        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
+        let sender = DataSender::new(SendPath::Sendmmsg).unwrap();
+        let mut schedule = Schedule::new();
+        let start = Instant::from_nanos(1_000_000_000);
+        let channels = 16u64;
+        for id in 0..channels {
+            apply(
+                Command::AddChannel(spec(id, &archive, 10_000_000)),
+                &mut schedule,
+                start,
+                &sender,
+            );
+        }
+        assert_eq!(schedule.len(), channels as usize);
+        // Nothing is due at the start: every channel first waits for its quantum of tokens.
+        assert_eq!(schedule.pop_due(start), None);
+        // Their first deadlines are spread over one quantum interval, not stacked.
+        let mut first_deadlines: Vec<Instant> = schedule
+            .deadlines
+            .iter()
+            .map(|Reverse((deadline, _, _))| *deadline)
+            .collect();
+        first_deadlines.sort();
+        first_deadlines.dedup();
+        assert_eq!(
+            first_deadlines.len(),
+            channels as usize,
+            "each channel starts at its own phase"
+        );
+        let interval = schedule.slots[0]
+            .as_ref()
+            .unwrap()
+            .carousel
+            .quantum_interval()
+            .unwrap();
+        let spread =
+            first_deadlines[first_deadlines.len() - 1].saturating_since(first_deadlines[0]);
+        assert!(
+            spread > interval / 2 && spread < interval,
+            "phases spread over the quantum interval ({spread:?} of {interval:?})"
+        );
+        // Half-way through the spread, only the channels whose phase has come are due.
+        let middle = first_deadlines[0] + spread / 2;
+        let mut due = 0;
+        while let Some(slot) = schedule.pop_due(middle) {
+            assert!(schedule.slots[slot].is_some());
+            due += 1;
+        }
+        assert!(
+            due > 0 && due < channels as usize,
+            "{due} of {channels} due mid-way"
+        );
+        // Re-rating leaves a stale entry behind; removing a channel leaves one too. Neither
+        // is ever popped: each live channel comes out exactly once.
+        apply(
+            Command::SetRate(ChannelId(15), 20_000_000),
+            &mut schedule,
+            middle,
+            &sender,
+        );
+        apply(
+            Command::RemoveChannel(ChannelId(14)),
+            &mut schedule,
+            middle,
+            &sender,
+        );
+        let late = start + Duration::from_secs(10);
+        let mut popped = Vec::new();
+        while let Some(slot) = schedule.pop_due(late) {
+            popped.push(schedule.slots[slot].as_ref().unwrap().spec.id.0);
+        }
+        popped.sort();
+        let before_dedup = popped.len();
+        popped.dedup();
+        assert_eq!(before_dedup, popped.len(), "no channel popped twice");
+        assert!(!popped.contains(&14), "a removed channel is never due");
+        assert!(
+            popped.contains(&15),
+            "a re-rated channel is still scheduled"
+        );
+        assert_eq!(schedule.len(), channels as usize - 1);
+        // A freed slot is reused by the next channel.
+        apply(
+            Command::AddChannel(spec(99, &archive, 0)),
+            &mut schedule,
+            late,
+            &sender,
+        );
+        assert_eq!(schedule.slots.len(), channels as usize);
+        assert_eq!(
+            schedule
+                .pop_due(late)
+                .map(|s| schedule.slots[s].as_ref().unwrap().spec.id.0),
+            Some(99),
+            "an unpaced channel is due at once"
+        );
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

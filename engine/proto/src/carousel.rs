@@ -61,8 +61,10 @@ struct TokenBucket {
 }
 
 const NANOS_PER_S: u128 = 1_000_000_000;
-/// Smallest paced quantum worth a wake-up, in datagrams (see `set_rate`).
-const PACED_QUANTUM_MIN_DATAGRAMS: u64 = 8;
+/// Largest quantum of a slow paced channel, in datagrams (see `set_rate`).
+const PACED_QUANTUM_MAX_SMALL_DATAGRAMS: u64 = 8;
+/// Most datagrams a paced channel may send at once to catch up after a late wake-up.
+const PACED_CATCH_UP_DATAGRAMS_MAX: u64 = 64;
 
 impl TokenBucket {
     fn new(rate_bits_per_s: u64, burst_bytes: u64, now: Instant) -> TokenBucket {
@@ -146,18 +148,36 @@ impl Carousel {
             return;
         }
         let size = u64::from(self.config.datagram_size);
-        // Quantum: about 1 ms of the rate, but at least 8 datagrams (one GSO send instead of
-        // eight) as long as that is no more than 10 ms of the rate, so pacing stays smooth at
-        // 100 ms scales while many slow channels cost few syscalls.
+        // Quantum: about 1 ms of the rate, but up to 8 datagrams (one GSO send instead of
+        // eight) as long as that is no more than 4 ms of the rate: a rate measured over 100 ms
+        // then sees at most 4 % of quantisation error, while many slow channels cost few
+        // syscalls.
         let per_ms = rate_bits_per_s / 8 / 1000 / size;
-        let per_10ms = rate_bits_per_s / 8 / 100 / size;
-        let quantum = per_ms.max(per_10ms.min(PACED_QUANTUM_MIN_DATAGRAMS));
+        let per_4ms = rate_bits_per_s / 8 / 250 / size;
+        let quantum = per_ms.max(per_4ms.min(PACED_QUANTUM_MAX_SMALL_DATAGRAMS));
         self.paced_batch_datagrams =
             u32::try_from(quantum.clamp(1, u64::from(self.config.batch_datagrams_max)))
                 .expect("clamped to a u32");
-        // Burst: two batches, so one late wake-up does not lose rate.
-        let burst = 2 * u64::from(self.paced_batch_datagrams) * size;
+        // Burst: two quanta, or up to 20 ms of the rate (at most 64 datagrams) if that is more,
+        // so a sender thread that is descheduled for a few milliseconds catches up instead of
+        // losing rate, without line-rate bursts of more than a few dozen datagrams.
+        let per_20ms = rate_bits_per_s / 8 / 50 / size;
+        let burst_datagrams = (2 * u64::from(self.paced_batch_datagrams))
+            .max(per_20ms.min(PACED_CATCH_UP_DATAGRAMS_MAX));
+        let burst = burst_datagrams * size;
         self.bucket = Some(TokenBucket::new(rate_bits_per_s, burst, now));
+    }
+
+    /// How long one paced quantum takes at the current rate; `None` when unpaced. Drivers with
+    /// many channels start each one at a different phase within this interval, so their
+    /// deadlines spread over time instead of all falling due at once.
+    pub fn quantum_interval(&self) -> Option<Duration> {
+        let bucket = self.bucket.as_ref()?;
+        let bytes = u128::from(self.paced_batch_datagrams) * u128::from(self.config.datagram_size);
+        let nanos = bytes * NANOS_PER_S / u128::from(bucket.rate_bytes_per_s.max(1));
+        Some(Duration::from_nanos(
+            u64::try_from(nanos).unwrap_or(u64::MAX),
+        ))
     }
 
     /// Adds a member (or refreshes it if already present).

@@ -63,6 +63,9 @@ struct SendArgs {
     /// Force a send path for `send` (default: the best the kernel offers), e.g. sendmmsg+gso.
     #[arg(long)]
     path: Option<String>,
+    /// Window over which a paced channel's achieved rate is compared with its target.
+    #[arg(long, default_value_t = 100)]
+    pacing_window_ms: u64,
     /// Archive size for `send`.
     #[arg(long, default_value = "256M", value_parser = parse_size)]
     size: u64,
@@ -625,7 +628,7 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
     } else {
         None
     };
-    // Pacing error per paced tier, in per-mille of the target, over 100 ms windows.
+    // Pacing error per paced tier, in per-mille of the target, over --pacing-window-ms windows.
     let mut histograms: Vec<hdrhistogram::Histogram<u64>> = tiers
         .iter()
         .map(|_| hdrhistogram::Histogram::new(3).expect("valid sigfig"))
@@ -639,26 +642,49 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
     let cpu_before = cpu_time();
     let started = Instant::now();
     let bytes_before = thread_bytes(&pool);
-    let window = Duration::from_millis(100);
+    let window = Duration::from_millis(args.pacing_window_ms.max(1));
     let mut previous: Vec<u64> = channels
         .iter()
         .map(|(_, s)| s.bytes.load(Ordering::Relaxed))
         .collect();
-    let mut window_start = Instant::now();
+    // The sampler shares two cores with the sender, so it can itself be descheduled: each
+    // snapshot of the counters is bracketed by two clock reads, stamped at their midpoint, and
+    // a window whose snapshot took longer than 1 ms (the sampler, not the sender, was late)
+    // is not recorded; the count of such windows is reported.
+    let snapshot = |into: &mut Vec<u64>| -> (Instant, bool) {
+        let before = Instant::now();
+        into.clear();
+        into.extend(
+            channels
+                .iter()
+                .map(|(_, s)| s.bytes.load(Ordering::Relaxed)),
+        );
+        let after = Instant::now();
+        let taken = after - before;
+        (before + taken / 2, taken <= Duration::from_millis(1))
+    };
+    let mut current: Vec<u64> = Vec::with_capacity(channels.len());
+    let (mut window_start, _) = snapshot(&mut previous);
+    let mut windows_skipped = 0u64;
     while started.elapsed().as_secs_f64() < args.seconds {
         std::thread::sleep(window);
-        let elapsed = window_start.elapsed().as_secs_f64();
-        window_start = Instant::now();
-        for (index, (tier, stats)) in channels.iter().enumerate() {
-            let now_bytes = stats.bytes.load(Ordering::Relaxed);
+        let (stamp, clean) = snapshot(&mut current);
+        let elapsed = (stamp - window_start).as_secs_f64();
+        window_start = stamp;
+        if !clean {
+            windows_skipped += 1;
+            std::mem::swap(&mut previous, &mut current);
+            continue;
+        }
+        for (index, (tier, _)) in channels.iter().enumerate() {
             let rate = tiers[*tier];
             if rate > 0 {
-                let achieved = (now_bytes - previous[index]) as f64 * 8.0 / elapsed;
+                let achieved = (current[index] - previous[index]) as f64 * 8.0 / elapsed;
                 let error_per_mille = ((achieved / rate as f64 - 1.0).abs() * 1000.0) as u64;
                 let _ = histograms[*tier].record(error_per_mille.min(1_000_000));
             }
-            previous[index] = now_bytes;
         }
+        std::mem::swap(&mut previous, &mut current);
     }
     let seconds = started.elapsed().as_secs_f64();
     let bytes = thread_bytes(&pool) - bytes_before;
@@ -697,6 +723,8 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
         json["channels"] = serde_json::json!(channels.len());
         json["tiers"] = serde_json::json!(tier_reports);
         json["rss_anon_bytes_per_extra_tier"] = serde_json::json!(rss_per_extra_tier);
+        json["pacing_windows_skipped"] = serde_json::json!(windows_skipped);
+        json["pacing_window_ms"] = serde_json::json!(args.pacing_window_ms);
         json["ceiling"] = ceiling.to_json();
         println!("{json}");
     } else {
@@ -705,12 +733,16 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
         println!("ratio      {ratio:.3} of the one-core ceiling; {cores} thread(s), {} channel(s), send path {}", channels.len(), final_path.name());
         for report in &tier_reports {
             println!(
-                "tier {:>14}: {} channel(s), pacing error p50 {} p99 {}",
+                "tier {:>14}: {} channel(s), pacing error p50 {} p99 {} ({} ms windows)",
                 loopcast_tools::format_rate(report["rate_bits_per_s"].as_u64().unwrap_or(0)),
                 report["channels"],
                 report["pacing_error_p50"],
-                report["pacing_error_p99"]
+                report["pacing_error_p99"],
+                args.pacing_window_ms
             );
+        }
+        if windows_skipped > 0 {
+            println!("pacing     {windows_skipped} window(s) not counted: the sampler itself was descheduled mid-snapshot");
         }
         if let Some(per_tier) = rss_per_extra_tier {
             println!("memory     {per_tier} bytes of anonymous RSS per extra tier of a file");
