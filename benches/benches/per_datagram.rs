@@ -1,26 +1,30 @@
-//! Per-datagram costs of the protocol core, each with a ceiling from the same run:
-//! - receiver verify+accept vs plain BLAKE3 of the same datagrams (verification cannot be
-//!   cheaper than hashing);
-//! - datagram header parse;
-//! - carousel pacing decision (paced poll_transmit + poll_timeout).
+//! Per-datagram work that remains in the protocol core, measured with criterion. Each group
+//! holds its ceiling, measured in the same run, next to our code:
+//! - `verify`: receiver verify+accept vs a plain BLAKE3 of the same datagram (verification
+//!   cannot be cheaper than hashing);
+//! - `header`: loop-datagram header parse and emit (the per-datagram header preparation);
+//! - `pacing`: a paced carousel's decision (`poll_transmit` + `poll_timeout`) vs an unpaced one
+//!   (no token arithmetic at all);
+//! - `repair`: queueing NAKed ranges and handing them out ahead of the loop vs handing out the
+//!   same number of loop datagrams.
 //!
-//! `cargo bench -p loopcast-benches` (prints ns per datagram; no pass/fail thresholds here).
+//! `cargo bench -p loopcast-benches` (add a filter such as `-- repair` for one group). Throughput
+//! is reported per datagram. No pass/fail thresholds: figures and ratios go to
+//! docs/performance.md.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
-use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
-use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
+use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId, REPAIR_QUEUE_MAX};
+use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::receiver::Receiver;
 use loopcast_proto::wire::datagram::{DatagramHeader, FileId};
+use loopcast_proto::Instant;
 
-fn per_item(elapsed: Duration, items: usize) -> f64 {
-    elapsed.as_nanos() as f64 / items as f64
-}
-
-fn main() {
-    let stream: Vec<u8> = (0..32usize << 20).map(|i| (i * 131 % 251) as u8).collect();
+fn datagrams() -> (FileInfo, Vec<Vec<u8>>) {
+    let stream: Vec<u8> = (0..8usize << 20).map(|i| (i * 131 % 251) as u8).collect();
     let (info, datagrams) = assemble_in_memory(&InMemoryFile {
         file_id: FileId(1),
         name: "bench.bin",
@@ -28,64 +32,154 @@ fn main() {
         frame_stream: &stream,
         watermark: None,
     });
-    let count = datagrams.len();
+    (info, datagrams)
+}
 
-    let started = Instant::now();
-    for datagram in &datagrams {
-        black_box(blake3::hash(datagram));
-    }
-    let hash_ns = per_item(started.elapsed(), count);
+fn verify(c: &mut Criterion) {
+    let (info, datagrams) = datagrams();
+    let mut group = c.benchmark_group("verify");
+    group.throughput(Throughput::Elements(datagrams.len() as u64));
+    group.bench_function("ceiling_blake3", |b| {
+        b.iter(|| {
+            for datagram in &datagrams {
+                black_box(blake3::hash(datagram));
+            }
+        })
+    });
+    group.bench_function("receiver_handle_datagram", |b| {
+        b.iter_batched(
+            || Receiver::new(info.clone()),
+            |mut receiver| {
+                for datagram in &datagrams {
+                    black_box(receiver.handle_datagram(datagram));
+                }
+                assert!(receiver.is_complete(), "every datagram accepted");
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
 
-    let mut receiver = Receiver::new(info.clone());
-    let started = Instant::now();
-    for datagram in &datagrams {
-        black_box(receiver.handle_datagram(datagram));
-    }
-    let receive_ns = per_item(started.elapsed(), count);
-    assert!(receiver.is_complete(), "every datagram accepted");
+fn header(c: &mut Criterion) {
+    let (_, datagrams) = datagrams();
+    let mut group = c.benchmark_group("header");
+    group.throughput(Throughput::Elements(datagrams.len() as u64));
+    group.bench_function("parse", |b| {
+        b.iter(|| {
+            for datagram in &datagrams {
+                black_box(DatagramHeader::parse(datagram).ok());
+            }
+        })
+    });
+    let headers: Vec<DatagramHeader> = datagrams
+        .iter()
+        .map(|d| DatagramHeader::parse(d).expect("assembled datagrams parse"))
+        .collect();
+    let mut out = [0u8; 64];
+    group.bench_function("emit", |b| {
+        b.iter(|| {
+            for header in &headers {
+                header.emit(&mut out);
+                black_box(&out);
+            }
+        })
+    });
+    group.finish();
+}
 
-    let started = Instant::now();
-    for datagram in &datagrams {
-        black_box(DatagramHeader::parse(datagram).ok());
-    }
-    let parse_ns = per_item(started.elapsed(), count);
-
+fn carousel(rate_bits_per_s: u64) -> Carousel {
     let mut carousel = Carousel::new(
         CarouselConfig {
-            loop_len: info.loop_len,
-            datagram_size: info.datagram_size,
-            rate_bits_per_s: 10_000_000_000,
-            batch_datagrams_max: 2816,
-            member_timeout: Duration::from_secs(3600),
+            loop_len: 1 << 20,
+            datagram_size: DATAGRAM_SIZE_MTU_1500,
+            rate_bits_per_s,
+            batch_datagrams_max: 44 * 64,
+            member_timeout: Duration::MAX,
             members_max: 4,
         },
-        loopcast_proto::Instant::ZERO,
+        Instant::ZERO,
     );
+    carousel.join(Instant::ZERO, SessionId(1)).expect("room");
     carousel
-        .join(loopcast_proto::Instant::ZERO, SessionId(1))
-        .expect("room");
-    let mut now = loopcast_proto::Instant::ZERO;
-    let mut transmitted = 0u64;
-    let polls = 1_000_000usize;
-    let started = Instant::now();
-    for _ in 0..polls {
-        match carousel.poll_transmit(now) {
-            Some(t) => transmitted += u64::from(t.count),
-            None => now = carousel.poll_timeout().expect("member present"),
+}
+
+/// Drives a carousel on virtual time until `datagrams` have gone out; returns polls made.
+fn drain(carousel: &mut Carousel, now: &mut Instant, datagrams: u64) -> u64 {
+    let mut sent = 0u64;
+    let mut polls = 0u64;
+    while sent < datagrams {
+        polls += 1;
+        match carousel.poll_transmit(*now) {
+            Some(t) => sent += u64::from(t.count),
+            None => *now = carousel.poll_timeout().expect("member present"),
         }
     }
-    let pacing_ns = per_item(started.elapsed(), polls);
-    black_box(transmitted);
-
-    println!("datagrams: {count} x {} bytes", info.datagram_size);
-    println!("ceiling  blake3 per datagram          {hash_ns:>8.1} ns");
-    println!(
-        "receiver verify+accept per datagram   {receive_ns:>8.1} ns  ({:.2}x the hash ceiling)",
-        receive_ns / hash_ns
-    );
-    println!("header parse per datagram             {parse_ns:>8.1} ns");
-    println!(
-        "carousel paced poll (per call)        {pacing_ns:>8.1} ns  ({:.2} datagrams per call)",
-        transmitted as f64 / polls as f64
-    );
+    polls
 }
+
+fn pacing(c: &mut Criterion) {
+    const DATAGRAMS: u64 = 100_000;
+    let mut group = c.benchmark_group("pacing");
+    group.throughput(Throughput::Elements(DATAGRAMS));
+    for (name, rate) in [
+        ("ceiling_unpaced", 0),
+        ("paced_10_mbit", 10_000_000),
+        ("paced_10_gbit", 10_000_000_000),
+    ] {
+        let mut channel = carousel(rate);
+        let mut now = Instant::ZERO;
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(drain(&mut channel, &mut now, DATAGRAMS)))
+        });
+    }
+    group.finish();
+}
+
+fn repair(c: &mut Criterion) {
+    // A burst of NAKs: REPAIR_QUEUE_MAX scattered ranges of 4 datagrams, each asked twice
+    // (the second ask of a range merges), then handed out ahead of the loop.
+    let ranges: Vec<(u32, u32)> = (0..REPAIR_QUEUE_MAX as u32)
+        .map(|i| ((i * 7919) % ((1 << 20) - 8), 4))
+        .collect();
+    let datagrams = ranges.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
+    let mut group = c.benchmark_group("repair");
+    group.throughput(Throughput::Elements(datagrams));
+    group.bench_function("ceiling_loop_datagrams", |b| {
+        b.iter_batched(
+            || carousel(10_000_000_000),
+            |mut channel| {
+                let mut now = Instant::ZERO;
+                black_box(drain(&mut channel, &mut now, datagrams))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("queue_and_send_repairs", |b| {
+        b.iter_batched(
+            || carousel(10_000_000_000),
+            |mut channel| {
+                for &(first, count) in ranges.iter().chain(ranges.iter()) {
+                    channel.queue_repair(first, count).expect("in range, room");
+                }
+                let mut now = Instant::ZERO;
+                let mut sent = 0u64;
+                while sent < datagrams {
+                    match channel.poll_transmit(now) {
+                        Some(t) => {
+                            debug_assert!(t.repair);
+                            sent += u64::from(t.count);
+                        }
+                        None => now = channel.poll_timeout().expect("member present"),
+                    }
+                }
+                black_box(sent)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, verify, header, pacing, repair);
+criterion_main!(benches);

@@ -43,6 +43,10 @@ pub struct ChannelStats {
     pub bytes: AtomicU64,
     /// Loop position (next serial) as last seen by the sender.
     pub next_serial: AtomicU64,
+    /// Datagrams sent as repairs ahead of the loop (included in `datagrams`).
+    pub repair_datagrams: AtomicU64,
+    /// Repair requests refused: out of the loop's range, or the channel's queue was full.
+    pub repairs_refused: AtomicU64,
 }
 
 /// Lock-free counters of one sender thread.
@@ -76,6 +80,12 @@ pub enum Command {
     SetRate(ChannelId, u64),
     AddDestination(ChannelId, SocketAddr),
     RemoveDestination(ChannelId, SocketAddr),
+    /// Send serials `first .. first + count` ahead of the loop, within the channel's rate.
+    QueueRepair {
+        channel: ChannelId,
+        first: u32,
+        count: u32,
+    },
 }
 
 struct Channel {
@@ -182,7 +192,8 @@ impl SenderPool {
             Command::RemoveChannel(id)
             | Command::SetRate(id, _)
             | Command::AddDestination(id, _)
-            | Command::RemoveDestination(id, _) => *id,
+            | Command::RemoveDestination(id, _)
+            | Command::QueueRepair { channel: id, .. } => *id,
         };
         let thread = *self.owners.get(&id).ok_or(PoolError::UnknownChannel)?;
         if let Command::RemoveChannel(_) = command {
@@ -361,6 +372,22 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
                 schedule.reschedule(slot, now);
             }
         }
+        Command::QueueRepair {
+            channel: id,
+            first,
+            count,
+        } => {
+            if let Some(slot) = schedule.find(id) {
+                let channel = schedule.slots[slot].as_mut().expect("found");
+                if channel.carousel.queue_repair(first, count).is_err() {
+                    channel
+                        .spec
+                        .stats
+                        .repairs_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
         Command::AddDestination(id, address) => {
             if let Some(slot) = schedule.find(id) {
                 let channel = schedule.slots[slot].as_mut().expect("found");
@@ -456,6 +483,11 @@ fn run_thread(
                 channel_stats
                     .bytes
                     .fetch_add(datagrams * size, Ordering::Relaxed);
+                if transmit.repair {
+                    channel_stats
+                        .repair_datagrams
+                        .fetch_add(datagrams, Ordering::Relaxed);
+                }
                 channel_stats
                     .next_serial
                     .store(u64::from(channel.carousel.next_serial()), Ordering::Relaxed);
@@ -637,6 +669,91 @@ mod tests {
             Some(99),
             "an unpaced channel is due at once"
         );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn queued_repairs_go_out_ahead_of_the_loop_and_are_counted() {
+        let size = 1440;
+        let datagrams = 1000u32;
+        let path =
+            std::env::temp_dir().join(format!("loopcast-pool-repair-{}", std::process::id()));
+        let mut bytes = vec![0u8; datagrams as usize * size];
+        for (serial, datagram) in bytes.chunks_exact_mut(size).enumerate() {
+            datagram[..4].copy_from_slice(&(serial as u32).to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
+        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let (send_path, _) = crate::send::probe_send_path();
+        let mut pool = SenderPool::start(&PoolConfig {
+            threads: 1,
+            send_path,
+            bind: "127.0.0.1:0".parse().unwrap(),
+            multicast_interface: None,
+            multicast_ttl: 1,
+            pin_threads: false,
+        })
+        .unwrap();
+        let stats = Arc::new(ChannelStats::default());
+        // 2 Mbit/s: the loop needs about 5 s to reach serial 900 by itself.
+        pool.add_channel(ChannelSpec {
+            id: ChannelId(7),
+            archive,
+            datagrams_offset: 0,
+            loop_len: datagrams,
+            datagram_size: size as u16,
+            rate_bits_per_s: 2_000_000,
+            destinations: vec![receiver.local_addr().unwrap()],
+            stats: stats.clone(),
+        })
+        .unwrap();
+        let mut buffer = vec![0u8; 2048];
+        let mut next_serial = || -> u32 {
+            loop {
+                match receiver.recv(&mut buffer) {
+                    Ok(len) => {
+                        assert_eq!(len, size);
+                        let serial = u32::from_le_bytes(buffer[..4].try_into().unwrap());
+                        assert_eq!(&buffer[..size], &bytes[serial as usize * size..][..size]);
+                        return serial;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => panic!("receive failed: {e}"),
+                }
+            }
+        };
+        assert!(next_serial() < 100, "the loop starts at the beginning");
+        pool.command(Command::QueueRepair {
+            channel: ChannelId(7),
+            first: 900,
+            count: 10,
+        })
+        .unwrap();
+        pool.command(Command::QueueRepair {
+            channel: ChannelId(7),
+            first: 995,
+            count: 10,
+        })
+        .unwrap();
+        let received: Vec<u32> = (0..40).map(|_| next_serial()).collect();
+        for serial in 900..910 {
+            assert!(
+                received.contains(&serial),
+                "repaired serial {serial} arrived ahead of the loop: {received:?}"
+            );
+        }
+        assert_eq!(stats.repair_datagrams.load(Ordering::Relaxed), 10);
+        assert_eq!(
+            stats.repairs_refused.load(Ordering::Relaxed),
+            1,
+            "a range past the loop's end is refused and counted"
+        );
+        drop(pool);
         let _ = std::fs::remove_file(&path);
     }
 

@@ -11,6 +11,7 @@
 //! every datagram once the loop has advanced `loop_len` datagrams past its join point.
 
 use core::time::Duration;
+use std::collections::VecDeque;
 
 use crate::time::Instant;
 
@@ -36,6 +37,20 @@ pub struct CarouselConfig {
 pub struct Transmit {
     pub first: u32,
     pub count: u32,
+    /// A repair sent ahead of the loop (R10), not the loop's own progress.
+    pub repair: bool,
+}
+
+/// Ranges at most waiting for repair on one carousel; more are refused (and counted by the
+/// caller) rather than grown without bound by a flood of NAKs.
+pub const REPAIR_QUEUE_MAX: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairError {
+    /// The range is empty or runs past the end of the loop.
+    OutOfRange,
+    /// `REPAIR_QUEUE_MAX` distinct ranges are already waiting.
+    Full,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -113,6 +128,8 @@ pub struct Carousel {
     paced_batch_datagrams: u32,
     members: Vec<Member>,
     expired: Vec<SessionId>,
+    /// Repairs waiting, in the order asked, overlapping and adjacent ranges merged.
+    repairs: VecDeque<Transmit>,
 }
 
 impl Carousel {
@@ -131,6 +148,7 @@ impl Carousel {
             paced_batch_datagrams: 1,
             members: Vec::new(),
             expired: Vec::new(),
+            repairs: VecDeque::new(),
         };
         carousel.set_rate(config.rate_bits_per_s, now);
         carousel
@@ -269,15 +287,56 @@ impl Carousel {
         self.expired.pop()
     }
 
+    /// Queues `first .. first + count` to be sent ahead of the loop, at the channel's rate. A
+    /// range overlapping or adjoining one already waiting is merged into it, so repeated NAKs for
+    /// the same loss cost one repair.
+    pub fn queue_repair(&mut self, first: u32, count: u32) -> Result<(), RepairError> {
+        let end = first.checked_add(count).ok_or(RepairError::OutOfRange)?;
+        if count == 0 || end > self.config.loop_len {
+            return Err(RepairError::OutOfRange);
+        }
+        for queued in self.repairs.iter_mut() {
+            let queued_end = queued.first + queued.count;
+            if first <= queued_end && queued.first <= end {
+                let merged_first = queued.first.min(first);
+                queued.count = queued_end.max(end) - merged_first;
+                queued.first = merged_first;
+                return Ok(());
+            }
+        }
+        if self.repairs.len() >= REPAIR_QUEUE_MAX {
+            return Err(RepairError::Full);
+        }
+        if self.repairs.capacity() == 0 {
+            // Allocated once, on the first repair: channels that never repair cost nothing.
+            self.repairs.reserve_exact(REPAIR_QUEUE_MAX);
+        }
+        self.repairs.push_back(Transmit {
+            first,
+            count,
+            repair: true,
+        });
+        Ok(())
+    }
+
+    /// Datagrams waiting for repair.
+    pub fn repairs_pending(&self) -> u64 {
+        self.repairs.iter().map(|r| u64::from(r.count)).sum()
+    }
+
     /// The next range to send now, or `None` (no members, or pacing says wait).
     pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
         if self.members.is_empty() {
             return None;
         }
-        let until_loop_end = self.config.loop_len - self.next_serial;
+        // Repairs go ahead of the loop; both draw on the same tokens, so the rate holds.
+        let wanted = match self.repairs.front() {
+            Some(repair) => repair.count,
+            None => self.config.loop_len - self.next_serial,
+        };
         let size = u64::from(self.config.datagram_size);
         let count = match &mut self.bucket {
-            None => self.config.batch_datagrams_max.min(until_loop_end),
+            None => self.config.batch_datagrams_max.min(wanted),
             Some(bucket) => {
                 bucket.refill(now);
                 let affordable = bucket.available_bytes() / size;
@@ -287,15 +346,29 @@ impl Carousel {
                 let count = u32::try_from(affordable)
                     .unwrap_or(u32::MAX)
                     .min(self.config.batch_datagrams_max)
-                    .min(until_loop_end);
+                    .min(wanted);
                 bucket.take(u64::from(count) * size);
                 count
             }
         };
         debug_assert!(count > 0, "a transmit carries at least one datagram");
+        if let Some(repair) = self.repairs.front_mut() {
+            let transmit = Transmit {
+                first: repair.first,
+                count,
+                repair: true,
+            };
+            repair.first += count;
+            repair.count -= count;
+            if repair.count == 0 {
+                self.repairs.pop_front();
+            }
+            return Some(transmit);
+        }
         let transmit = Transmit {
             first: self.next_serial,
             count,
+            repair: false,
         };
         self.next_serial += count;
         if self.next_serial == self.config.loop_len {
@@ -394,6 +467,88 @@ mod tests {
         );
     }
 
+    #[test]
+    fn repairs_go_ahead_of_the_loop_at_the_channel_rate_without_moving_it() {
+        let rate = 10_000_000;
+        let mut carousel = Carousel::new(config(1000, rate), Instant::ZERO);
+        carousel.join(Instant::ZERO, SessionId(1)).unwrap();
+        let mut now = Instant::ZERO;
+        let mut loop_sent = 0u64;
+        while loop_sent < 100 {
+            if let Some(t) = carousel.poll_transmit(now) {
+                assert!(!t.repair);
+                loop_sent += u64::from(t.count);
+            }
+            now = carousel.poll_timeout().unwrap().max(now);
+        }
+        let serial_before = carousel.next_serial();
+        let seen_before = carousel.sent_since_join(SessionId(1)).unwrap();
+        carousel.queue_repair(500, 10).unwrap();
+        carousel.queue_repair(505, 10).unwrap(); // overlaps: merged into 500..515
+        carousel.queue_repair(515, 5).unwrap(); // adjoins: merged into 500..520
+        carousel.queue_repair(900, 2).unwrap();
+        assert_eq!(carousel.repairs_pending(), 22);
+        let mut repaired = Vec::new();
+        let start = now;
+        while repaired.len() < 22 {
+            if let Some(t) = carousel.poll_transmit(now) {
+                assert!(t.repair, "nothing of the loop goes out while repairs wait");
+                assert!(t.first + t.count <= 1000);
+                repaired.extend(t.first..t.first + t.count);
+            }
+            now = carousel.poll_timeout().unwrap().max(now);
+        }
+        let expected: Vec<u32> = (500..520).chain(900..902).collect();
+        assert_eq!(
+            repaired, expected,
+            "each asked serial once, in the order asked"
+        );
+        assert_eq!(
+            carousel.next_serial(),
+            serial_before,
+            "the loop position is untouched"
+        );
+        assert_eq!(
+            carousel.sent_since_join(SessionId(1)).unwrap(),
+            seen_before,
+            "repairs do not count as loop progress"
+        );
+        // 22 datagrams at 10 Mbit/s take about 25 ms: repairs are paced like the loop.
+        let took = now.saturating_since(start);
+        let at_rate = Duration::from_secs_f64(22.0 * 1440.0 * 8.0 / rate as f64);
+        assert!(
+            took + Duration::from_millis(10) >= at_rate,
+            "repairs took {took:?}, at rate {at_rate:?}"
+        );
+        assert!(
+            !carousel
+                .poll_transmit(now + Duration::from_secs(1))
+                .unwrap()
+                .repair
+        );
+    }
+
+    #[test]
+    fn repair_requests_out_of_range_or_beyond_the_queue_are_refused() {
+        let mut carousel = Carousel::new(config(1000, 0), Instant::ZERO);
+        assert_eq!(carousel.queue_repair(0, 0), Err(RepairError::OutOfRange));
+        assert_eq!(carousel.queue_repair(999, 2), Err(RepairError::OutOfRange));
+        assert_eq!(
+            carousel.queue_repair(u32::MAX, 2),
+            Err(RepairError::OutOfRange)
+        );
+        for index in 0..REPAIR_QUEUE_MAX as u32 {
+            carousel.queue_repair(index * 3, 1).unwrap();
+        }
+        assert_eq!(carousel.queue_repair(999, 1), Err(RepairError::Full));
+        assert_eq!(
+            carousel.queue_repair(3, 1),
+            Ok(()),
+            "a repeat merges even when full"
+        );
+        assert_eq!(carousel.repairs_pending(), REPAIR_QUEUE_MAX as u64);
+    }
+
     /// Drives a paced carousel on virtual time for `seconds` and returns bytes sent.
     fn run_paced(carousel: &mut Carousel, start: Instant, seconds: u64) -> u64 {
         let end = start + Duration::from_secs(seconds);
@@ -434,6 +589,45 @@ mod tests {
                 sent += t.count;
             }
             prop_assert!(seen.iter().all(|&s| s));
+        }
+
+        /// Whatever repairs are asked, the serials sent as repairs are exactly the union of
+        /// the ranges accepted, and no more datagrams than were asked.
+        #[test]
+        fn repairs_send_exactly_what_was_asked(
+            loop_len in 1u32..3000,
+            asks in proptest::collection::vec((0u32..3000, 1u32..200), 0..300),
+        ) {
+            let mut carousel = Carousel::new(config(loop_len, 0), Instant::ZERO);
+            carousel.join(Instant::ZERO, SessionId(1)).unwrap();
+            let mut wanted = vec![false; loop_len as usize];
+            let mut asked = 0u64;
+            for (first, count) in asks {
+                match carousel.queue_repair(first, count) {
+                    Ok(()) => {
+                        for serial in first..first + count {
+                            wanted[serial as usize] = true;
+                        }
+                        asked += u64::from(count);
+                    }
+                    Err(RepairError::OutOfRange) => prop_assert!(first + count > loop_len),
+                    Err(RepairError::Full) => {}
+                }
+            }
+            let mut got = vec![false; loop_len as usize];
+            let mut sent = 0u64;
+            while let Some(t) = carousel.poll_transmit(Instant::ZERO) {
+                if !t.repair {
+                    break;
+                }
+                for serial in t.first..t.first + t.count {
+                    got[serial as usize] = true;
+                }
+                sent += u64::from(t.count);
+            }
+            prop_assert_eq!(got, wanted);
+            prop_assert!(sent <= asked);
+            prop_assert_eq!(carousel.repairs_pending(), 0);
         }
 
         /// Paced output stays within 2% of the target over 2 virtual seconds, and still after a re-rate.
