@@ -62,3 +62,50 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     let output = server.process.terminate();
     assert!(output.status.success());
 }
+
+#[test]
+fn an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused() {
+    let scratch = Scratch::new("hostile-rot");
+    let media = scratch.path("media");
+    let input = scratch.path("rot.bin");
+    write_content(&input, 8 << 20, 21);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    // Bit rot in the middle of the datagrams: the header (and its root) still checks out.
+    let archive = media.join("rot.bin.lca");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&archive, &bytes).unwrap();
+    // Slow enough that the first client is still receiving when the check finishes.
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "20M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let first = Command::new(bin("loopcast"))
+        .args(["get", &server_addr, "rot.bin", "--stall-timeout", "3"])
+        .arg("--output")
+        .arg(scratch.path("first.lca"))
+        .output()
+        .unwrap();
+    assert!(
+        !first.status.success(),
+        "a client of a corrupt archive cannot finish"
+    );
+    assert!(
+        !scratch.path("first.lca").exists(),
+        "nothing unverified is published"
+    );
+    let second = Command::new(bin("loopcast"))
+        .args(["get", &server_addr, "rot.bin"])
+        .arg("--output")
+        .arg(scratch.path("second.lca"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    assert!(
+        stderr.contains("failed verification"),
+        "the server refuses the damaged archive with a clear reason: {stderr}"
+    );
+    let status = server.status();
+    assert_eq!(status["counters"]["archives_corrupt"], 1, "{status}");
+    assert!(server.process.terminate().status.success());
+}

@@ -210,7 +210,11 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         .arg("--admin-socket")
         .arg(dir.join("admin.sock"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("LOOPCAST_BENCH_SERVER_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
@@ -251,7 +255,16 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         verified &= hash_file(&dir.join(format!("r{}.lca", i + 1)))
             .map(|h| h == served)
             .unwrap_or(false);
-        transports.push(report["transport"].as_str().unwrap_or("?").to_owned());
+        transports.push(format!(
+            "{} ({:.2} s: first datagram at {:.2} s, publish {:.2} s; {} NAKs for {} serials, {} duplicates)",
+            report["transport"].as_str().unwrap_or("?"),
+            report["seconds"].as_f64().unwrap_or(0.0),
+            report["first_datagram_seconds"].as_f64().unwrap_or(0.0),
+            report["publish_seconds"].as_f64().unwrap_or(0.0),
+            report["naks_sent"],
+            report["serials_naked"],
+            report["duplicates"]
+        ));
         if !output.status.success() {
             eprintln!(
                 "{label}: {}",

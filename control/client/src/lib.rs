@@ -20,6 +20,7 @@ use loopcast_archive::format::{archive_len, datagram_offset, superblock};
 use loopcast_dataplane::recv::BatchReceiver;
 use loopcast_proto::carousel::SessionId;
 use loopcast_proto::info::{FileInfo, RootHash, DATAGRAM_SIZE_MAX};
+use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver, ReceiverCounters};
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
 
@@ -78,6 +79,13 @@ pub struct GetReport {
     pub archive_bytes: u64,
     pub counters: ReceiverCounters,
     pub oversize_dropped: u64,
+    /// From the start to the first datagram of the file, and the time spent making the
+    /// finished file durable (final fsync and rename).
+    pub first_datagram_after: Option<Duration>,
+    pub publish_time: Duration,
+    /// NAKs sent, and the serials they asked for (R10).
+    pub naks_sent: u64,
+    pub serials_naked: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +123,9 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 }
 
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
-const SAVE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the state is saved and the partial file flushed, beside the receive loop. Short,
+/// so the disk writes while data arrives and the final fsync has little left to do.
+const SAVE_INTERVAL: Duration = Duration::from_millis(500);
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
 const REQUEST_RETRY: Duration = Duration::from_millis(500);
 /// Buffers taken per recvmmsg.
@@ -242,6 +252,7 @@ pub fn get(
     };
 
     let total = download.receiver.shape().loop_len();
+    let nak_clock = loopcast_proto::time::MonotonicClock::new();
     let mut last_status = Instant::now() - STATUS_INTERVAL;
     let mut last_save = Instant::now();
     let mut last_new_data = Instant::now();
@@ -289,6 +300,13 @@ pub fn get(
         if download.receive_batch(&mut inbox, data_socket)?.stored > 0 {
             last_new_data = Instant::now();
         }
+        // R10: ask for what went by without arriving (at most one NAK per interval).
+        if let Some(ranges) = download.nak.poll_nak(nak_clock.now()) {
+            send(ControlMessage::Nak {
+                session: offer.session,
+                ranges,
+            });
+        }
     }
     // R9: tell the server we are done (a few times: UDP may drop one).
     for _ in 0..3 {
@@ -304,8 +322,12 @@ pub fn get(
         total,
         archive_bytes: download.archive_bytes,
     });
+    let publish_started = Instant::now();
     download.publish()?;
+    let publish_time = publish_started.elapsed();
     Ok(GetReport {
+        first_datagram_after: download.first_datagram_at.map(|at| at - started),
+        publish_time,
         transport,
         transport_note,
         root,
@@ -315,6 +337,8 @@ pub fn get(
         archive_bytes: download.archive_bytes,
         counters: download.receiver.counters(),
         oversize_dropped: download.oversize_dropped,
+        naks_sent: download.nak.naks_sent(),
+        serials_naked: download.nak.serials_naked(),
         info: offer.info,
     })
 }
@@ -410,6 +434,7 @@ struct Download {
     receiver: Receiver,
     archive_bytes: u64,
     join_serial: Option<u32>,
+    first_datagram_at: Option<Instant>,
     oversize_dropped: u64,
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -417,6 +442,8 @@ struct Download {
     unproven: Option<loopcast_proto::bitmap::Bitmap>,
     /// Reused per batch: (serial, slot, offset, length) of datagrams to write.
     to_store: Vec<(u32, usize, usize, usize)>,
+    /// What went by without arriving, to ask for ahead of the loop (R10).
+    nak: NakPlanner,
 }
 
 impl Download {
@@ -469,13 +496,15 @@ impl Download {
             output: config.output.clone(),
             part,
             root,
-            receiver,
             archive_bytes,
             join_serial: None,
+            first_datagram_at: None,
             oversize_dropped: 0,
             saver: None,
             unproven,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
+            nak: NakPlanner::new(NakConfig::default(), receiver.have()),
+            receiver,
         })
     }
 
@@ -508,12 +537,20 @@ impl Download {
                     }
                     continue;
                 }
-                if let Outcome::Store { serial, .. } = self.receiver.handle_datagram(bytes) {
-                    self.join_serial.get_or_insert(serial);
-                    // Receiving our file's datagrams on the channel proves it works, like SYNC.
-                    result.synced = true;
-                    result.stored += 1;
-                    to_store.push((serial, index, at, bytes.len()));
+                match self.receiver.handle_datagram(bytes) {
+                    Outcome::Store { serial, .. } => {
+                        if self.join_serial.is_none() {
+                            self.join_serial = Some(serial);
+                            self.first_datagram_at = Some(Instant::now());
+                        }
+                        // Receiving our file's datagrams on the channel proves it works, like SYNC.
+                        result.synced = true;
+                        result.stored += 1;
+                        self.nak.saw(serial);
+                        to_store.push((serial, index, at, bytes.len()));
+                    }
+                    Outcome::Duplicate { serial } => self.nak.saw(serial),
+                    Outcome::Dropped(_) => {}
                 }
             }
         }

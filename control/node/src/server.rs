@@ -110,6 +110,27 @@ struct Channel {
     unicast_peers: Vec<(SessionId, SocketAddr)>,
     sync_sequence: u32,
     next_sync: Instant,
+    /// The archive's hash tree being checked beside the loop (first open of this archive).
+    verifying: Option<(ArchiveKey, std::thread::JoinHandle<Result<(), String>>)>,
+}
+
+/// An archive as it is on disk: a change of size or modification time means a new check.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ArchiveKey {
+    path: std::path::PathBuf,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl ArchiveKey {
+    fn of(path: &std::path::Path) -> Option<ArchiveKey> {
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(ArchiveKey {
+            path: path.to_owned(),
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+        })
+    }
 }
 
 struct Session {
@@ -130,6 +151,11 @@ struct Counters {
     channels_opened: u64,
     channels_closed: u64,
     send_errors: u64,
+    naks: u64,
+    nak_serials: u64,
+    nak_ranges_dropped: u64,
+    archives_verified: u64,
+    archives_corrupt: u64,
 }
 
 struct Server {
@@ -146,6 +172,10 @@ struct Server {
     sessions: HashMap<SessionId, Session>,
     counters: Counters,
     group_slots_used: Vec<bool>,
+    /// Archives whose whole hash tree has been checked, and ones that failed (refused until
+    /// they change on disk).
+    verified_archives: std::collections::HashSet<ArchiveKey>,
+    corrupt_archives: std::collections::HashSet<ArchiveKey>,
 }
 
 /// Binds the request socket named in the config (so a caller can learn its port before
@@ -241,6 +271,8 @@ pub fn run_on(
         sessions: HashMap::new(),
         counters: Counters::default(),
         group_slots_used: vec![false; 254],
+        verified_archives: std::collections::HashSet::new(),
+        corrupt_archives: std::collections::HashSet::new(),
         config,
     };
     let mut events = Events::with_capacity(64);
@@ -388,6 +420,32 @@ impl Server {
                     self.end_session(session);
                 } else {
                     self.counters.control_dropped += 1;
+                }
+            }
+            ControlMessage::Nak { session, ranges } => {
+                let Some(state) = self.sessions.get(&session).filter(|s| s.client == from) else {
+                    self.counters.control_dropped += 1;
+                    return;
+                };
+                let Some(channel) = self.channels.get_mut(&state.file_id) else {
+                    self.counters.control_dropped += 1;
+                    return;
+                };
+                channel.carousel.heard(now, session);
+                let id = channel.id;
+                self.counters.naks += 1;
+                for (first, count) in ranges {
+                    self.counters.nak_serials += u64::from(count);
+                    // The pool's carousel checks the range against the loop and merges repeats;
+                    // a full command queue (a NAK flood) drops the range, counted, not logged.
+                    let queued = self.pool.command(Command::QueueRepair {
+                        channel: id,
+                        first,
+                        count,
+                    });
+                    if queued.is_err() {
+                        self.counters.nak_ranges_dropped += 1;
+                    }
                 }
             }
             ControlMessage::Offer { .. }
@@ -539,15 +597,35 @@ impl Server {
         if self.channels.len() >= self.config.channels_max {
             return Err("server at its channel limit".into());
         }
-        if self.config.verify_on_open {
-            archive.verify().map_err(|e| {
-                tracing::error!(error = %e, "refusing to serve a corrupt archive");
-                format!(
-                    "archive for {:?} failed verification on the server",
-                    archive.info().name
-                )
-            })?;
+        // The whole hash tree is checked once per archive version, beside the loop rather
+        // than before it: clients verify every datagram themselves, so nothing unproven is
+        // accepted meanwhile, and the first client does not wait ~0.5 s per GiB. A failure
+        // closes the channel and refuses the archive until it changes on disk.
+        let key = ArchiveKey::of(path);
+        if key
+            .as_ref()
+            .is_some_and(|k| self.corrupt_archives.contains(k))
+        {
+            return Err(format!(
+                "archive for {:?} failed verification on the server",
+                archive.info().name
+            ));
         }
+        let verifying = match key {
+            Some(key) if self.config.verify_on_open && !self.verified_archives.contains(&key) => {
+                let check_path = path.to_owned();
+                let handle = std::thread::Builder::new()
+                    .name("loopcast-verify".into())
+                    .spawn(move || {
+                        ArchiveFile::open(&check_path)
+                            .and_then(|archive| archive.verify())
+                            .map_err(|e| e.to_string())
+                    })
+                    .map_err(|e| format!("cannot start archive verification: {e}"))?;
+                Some((key, handle))
+            }
+            _ => None,
+        };
         let map = Arc::new(
             MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?,
         );
@@ -602,6 +680,7 @@ impl Server {
                 unicast_peers: Vec::new(),
                 sync_sequence: 0,
                 next_sync: now,
+                verifying,
             },
         );
         Ok(file_id)
@@ -643,7 +722,51 @@ impl Server {
         }
     }
 
+    /// Collects finished archive checks: a verified archive is remembered; a corrupt one has
+    /// its channel's sessions ended (the channel then closes as idle) and is refused.
+    fn collect_verifications(&mut self) {
+        let mut corrupt = Vec::new();
+        for channel in self.channels.values_mut() {
+            if !channel
+                .verifying
+                .as_ref()
+                .is_some_and(|(_, handle)| handle.is_finished())
+            {
+                continue;
+            }
+            let (key, handle) = channel.verifying.take().expect("checked above");
+            let outcome = handle
+                .join()
+                .unwrap_or_else(|_| Err("verification thread panicked".into()));
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(file = %channel.info.name, "archive verified");
+                    self.counters.archives_verified += 1;
+                    self.verified_archives.insert(key);
+                }
+                Err(error) => {
+                    tracing::error!(file = %channel.info.name, path = %key.path.display(), %error, "archive failed verification: closing its channel and refusing it until it changes");
+                    self.counters.archives_corrupt += 1;
+                    self.corrupt_archives.insert(key);
+                    corrupt.push(channel.file_id);
+                }
+            }
+        }
+        for file_id in corrupt {
+            let sessions: Vec<SessionId> = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.file_id == file_id)
+                .map(|(id, _)| *id)
+                .collect();
+            for session in sessions {
+                self.end_session(session);
+            }
+        }
+    }
+
     fn housekeeping(&mut self) {
+        self.collect_verifications();
         let now = self.clock.now();
         let mut expired = Vec::new();
         for channel in self.channels.values_mut() {
@@ -674,7 +797,14 @@ impl Server {
             self.counters.channels_closed += 1;
             self.pool_command(Command::RemoveChannel(channel.id));
             let datagrams = channel.stats.datagrams.load(Ordering::Relaxed);
-            tracing::info!(file = %channel.info.name, datagrams, bytes = channel.stats.bytes.load(Ordering::Relaxed), "channel closed: no active clients");
+            tracing::info!(
+                file = %channel.info.name,
+                datagrams,
+                bytes = channel.stats.bytes.load(Ordering::Relaxed),
+                repair_datagrams = channel.stats.repair_datagrams.load(Ordering::Relaxed),
+                repairs_refused = channel.stats.repairs_refused.load(Ordering::Relaxed),
+                "channel closed: no active clients"
+            );
         }
         // R8: SYNC on every multicast channel that has multicast members.
         for channel in self.channels.values_mut() {
@@ -736,6 +866,8 @@ impl Server {
                     "rate_bits_per_s": c.carousel.config().rate_bits_per_s,
                     "loop_len": c.info.loop_len,
                     "next_serial": c.stats.next_serial.load(Ordering::Relaxed),
+                    "repair_datagrams": c.stats.repair_datagrams.load(Ordering::Relaxed),
+                    "repairs_refused": c.stats.repairs_refused.load(Ordering::Relaxed),
                     "datagrams_sent": c.stats.datagrams.load(Ordering::Relaxed),
                     "bytes_sent": c.stats.bytes.load(Ordering::Relaxed),
                     "multicast_sessions": c.multicast_sessions,
@@ -796,6 +928,11 @@ impl Server {
                 "channels_opened": self.counters.channels_opened,
                 "channels_closed": self.counters.channels_closed,
                 "send_errors": self.counters.send_errors,
+                "naks": self.counters.naks,
+                "nak_serials": self.counters.nak_serials,
+                "nak_ranges_dropped": self.counters.nak_ranges_dropped,
+                "archives_verified": self.counters.archives_verified,
+                "archives_corrupt": self.counters.archives_corrupt,
                 "datagrams_sent": sum(|t| &t.datagrams),
                 "bytes_sent": sum(|t| &t.bytes),
                 "pool_send_errors": sum(|t| &t.send_errors),

@@ -12,12 +12,14 @@
 //! - [`layout`]: the hash tree's shape and each node's position in the loop.
 //! - [`carousel`]: the server-side loop scheduler with pacing and membership (R9).
 //! - [`receiver`]: the client-side verified-have state (R9, R14).
+//! - [`nak`]: which serials went by without arriving, and when to ask for them (R10).
 
 pub mod assemble;
 pub mod bitmap;
 pub mod carousel;
 pub mod info;
 pub mod layout;
+pub mod nak;
 pub mod receiver;
 pub mod time;
 pub mod wire;

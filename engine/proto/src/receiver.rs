@@ -45,8 +45,11 @@ pub enum Outcome {
         serial: u32,
         verified: bool,
     },
-    /// Already held and verified.
-    Duplicate,
+    /// Already held and verified. (`serial` is the header's claim, unchecked: it is only good
+    /// for following the loop's position.)
+    Duplicate {
+        serial: u32,
+    },
     Dropped(DropReason),
 }
 
@@ -207,7 +210,7 @@ impl Receiver {
         let outcome = self.classify(bytes);
         match outcome {
             Outcome::Store { .. } => self.counters.stored += 1,
-            Outcome::Duplicate => self.counters.duplicates += 1,
+            Outcome::Duplicate { .. } => self.counters.duplicates += 1,
             Outcome::Dropped(reason) => {
                 let counter = match reason {
                     DropReason::Malformed => &mut self.counters.dropped_malformed,
@@ -241,7 +244,7 @@ impl Receiver {
         }
         let serial = header.serial.0;
         if self.have.get(serial) {
-            return Outcome::Duplicate;
+            return Outcome::Duplicate { serial };
         }
         let hash = *blake3::hash(bytes).as_bytes();
         match self.expected_hash(level, index) {

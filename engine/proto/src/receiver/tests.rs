@@ -45,7 +45,10 @@ fn duplicates_are_recognised() {
     let (info, datagrams) = sample(10_000, DATAGRAM_SIZE_MTU_1500);
     let mut receiver = Receiver::new(info);
     receiver.handle_datagram(&datagrams[0]);
-    assert_eq!(receiver.handle_datagram(&datagrams[0]), Outcome::Duplicate);
+    assert_eq!(
+        receiver.handle_datagram(&datagrams[0]),
+        Outcome::Duplicate { serial: 0 }
+    );
 }
 
 #[test]

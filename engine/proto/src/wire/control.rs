@@ -112,7 +112,16 @@ pub enum ControlMessage {
     },
     /// Client → server: stop sending to me.
     Leave { session: SessionId },
+    /// Client → server (R10): these serials went by and did not arrive; send them ahead of the
+    /// loop. Ranges are `first .. first + count`, at most `NAK_RANGES_MAX`, each non-empty.
+    Nak {
+        session: SessionId,
+        ranges: Vec<(u32, u32)>,
+    },
 }
+
+/// Ranges one NAK carries at most (8 bytes each: the message stays well under one datagram).
+pub const NAK_RANGES_MAX: usize = 64;
 
 mod kind {
     pub const REQUEST: u8 = 1;
@@ -122,6 +131,7 @@ mod kind {
     pub const JOINED: u8 = 5;
     pub const STATUS: u8 = 6;
     pub const LEAVE: u8 = 7;
+    pub const NAK: u8 = 8;
 }
 
 fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
@@ -227,6 +237,20 @@ impl ControlMessage {
                 w.u8(kind::LEAVE);
                 w.u64(session.0);
             }
+            ControlMessage::Nak { session, ranges } => {
+                assert!(
+                    !ranges.is_empty() && ranges.len() <= NAK_RANGES_MAX,
+                    "a NAK carries 1..={NAK_RANGES_MAX} ranges"
+                );
+                w.u8(kind::NAK);
+                w.u64(session.0);
+                w.u8(u8::try_from(ranges.len()).expect("bounded above"));
+                for &(first, count) in ranges {
+                    assert!(count > 0, "NAK ranges are non-empty");
+                    w.u32(first);
+                    w.u32(count);
+                }
+            }
         }
     }
 
@@ -295,6 +319,23 @@ impl ControlMessage {
             kind::LEAVE => ControlMessage::Leave {
                 session: SessionId(r.u64()?),
             },
+            kind::NAK => {
+                let session = SessionId(r.u64()?);
+                let count = usize::from(r.u8()?);
+                if count == 0 || count > NAK_RANGES_MAX {
+                    return Err(ParseError::Malformed);
+                }
+                let mut ranges = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let first = r.u32()?;
+                    let length = r.u32()?;
+                    if length == 0 || first.checked_add(length).is_none() {
+                        return Err(ParseError::Malformed);
+                    }
+                    ranges.push((first, length));
+                }
+                ControlMessage::Nak { session, ranges }
+            }
             _ => return Err(ParseError::UnknownKind),
         };
         r.finish()?;
@@ -390,6 +431,17 @@ mod tests {
             any::<u64>().prop_map(|s| ControlMessage::Leave {
                 session: SessionId(s)
             }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (0u32..u32::MAX / 2, 1u32..u32::MAX / 2),
+                    1..=NAK_RANGES_MAX
+                )
+            )
+                .prop_map(|(s, ranges)| ControlMessage::Nak {
+                    session: SessionId(s),
+                    ranges
+                }),
         ]
     }
 
