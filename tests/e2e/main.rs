@@ -4,12 +4,15 @@
 //! - multicast.rs: server and clients in network namespaces the test creates (root: `ip netns`
 //!   with a bridge; non-root: one unprivileged user+network namespace), removed even on failure.
 //! - resume.rs: a client killed mid-download resumes where it stopped (R14).
-//! - hostile.rs: garbage on the request port and a damaged archive in the media database.
+//! - hostile.rs: garbage on the request port, a damaged archive in the media database, bit rot
+//!   found by the server's background check.
+//! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10).
 
 mod bench;
 mod demo;
 mod hostile;
 mod multicast;
+mod repair;
 mod resume;
 mod support;
 mod unicast;
