@@ -162,6 +162,10 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     let _cleanup = RemoveDir(dir.clone());
     let _topology = build(&tag, args.receivers, mtu)?;
     let input = dir.join("film.bin");
+    crate::phase(format_args!(
+        "e2e: {} receiver(s) at MTU {mtu}; writing and packing a {} byte file",
+        args.receivers, args.size
+    ));
     crate::write_sample_file(&input, args.size, 77).map_err(|e| e.to_string())?;
     let original = hash_file(&input).map_err(|e| e.to_string())?;
     let exe_dir = std::env::current_exe()
@@ -190,8 +194,17 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         ));
     }
     let mut results = Vec::new();
+    // The disk's own ceiling in this run: writing the file once and fsyncing it. loopcast's
+    // clients make their copies durable (fsync before the rename); UFTP and udpcast do not.
+    crate::phase("e2e: disk ceiling (write + fsync of the same size, per receiver)");
+    let disk_seconds = disk_write_fsync_seconds(&dir.join("disk-ceiling.bin"), args.size)
+        .map_err(|e| format!("disk ceiling: {e}"))?;
 
     // loopcast
+    crate::phase(format_args!(
+        "e2e: loopcast at {} to {} receiver(s)",
+        args.rate, args.receivers
+    ));
     let cpu0 = children_cpu();
     let server = in_ns(&format!("{tag}-s"), &loopcastd)
         .arg("serve")
@@ -284,6 +297,10 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     ));
 
     for peer in &args.peers {
+        crate::phase(format_args!(
+            "e2e: {peer} to {} receiver(s)",
+            args.receivers
+        ));
         let outcome = match peer.as_str() {
             "udpcast" => run_udpcast(args, &tag, &dir, &input, &original),
             "uftp" => run_uftp(args, &tag, &dir, &input, &original),
@@ -292,8 +309,28 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         results.push(outcome.unwrap_or_else(|e| serde_json::json!({"tool": peer, "error": e})));
     }
     Ok(
-        serde_json::json!({"mtu": mtu, "receivers": args.receivers, "bytes": args.size, "results": results}),
+        serde_json::json!({"mtu": mtu, "receivers": args.receivers, "bytes": args.size,
+            "disk_write_fsync_seconds_per_copy": disk_seconds, "results": results}),
     )
+}
+
+/// Seconds to write `len` bytes (1 MiB at a time, from memory) and fsync them.
+fn disk_write_fsync_seconds(path: &Path, len: u64) -> std::io::Result<f64> {
+    use std::io::Write;
+    let chunk = vec![0x5au8; 1 << 20];
+    let started = Instant::now();
+    let mut file = std::fs::File::create(path)?;
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    let seconds = started.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(path)?;
+    Ok(seconds)
 }
 
 fn which(program: &str) -> Option<PathBuf> {

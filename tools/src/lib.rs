@@ -161,6 +161,12 @@ pub fn hash_file(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     Ok(*hasher.finalize().as_bytes())
 }
 
+/// One line of progress on stderr for a long benchmark or tool run (stdout stays for results,
+/// so `--json` output is unaffected).
+pub fn phase(message: impl std::fmt::Display) {
+    eprintln!("loopcast-bench: {message}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

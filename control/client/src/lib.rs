@@ -23,6 +23,7 @@ use loopcast_proto::info::{FileInfo, RootHash, DATAGRAM_SIZE_MAX};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver, ReceiverCounters};
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
+use loopcast_proto::wire::datagram::DatagramHeader;
 
 #[derive(Clone, Debug)]
 pub struct GetConfig {
@@ -125,11 +126,13 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 /// How often the state is saved and the partial file flushed, beside the receive loop. Short,
 /// so the disk writes while data arrives and the final fsync has little left to do.
-const SAVE_INTERVAL: Duration = Duration::from_millis(500);
+const SAVE_INTERVAL: Duration = Duration::from_millis(200);
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
 const REQUEST_RETRY: Duration = Duration::from_millis(500);
 /// Buffers taken per recvmmsg.
 const RECEIVE_BATCH: usize = 64;
+/// Datagrams in a batch from which hashing is spread over threads.
+const PARALLEL_HASH_MIN: usize = 32;
 /// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
 const GRO_SLOT_BYTES: usize = 65_536;
 /// Datagrams written per pwritev at most (below IOV_MAX).
@@ -444,6 +447,31 @@ struct Download {
     to_store: Vec<(u32, usize, usize, usize)>,
     /// What went by without arriving, to ask for ahead of the loop (R10).
     nak: NakPlanner,
+    /// Reused per batch: (slot, offset, length, needs hashing) of the file's datagrams, their
+    /// bytes, and their hashes.
+    segments: Vec<Segment>,
+    slices: Vec<&'static [u8]>,
+    hashes: Vec<[u8; 32]>,
+}
+
+/// One datagram of the file in a received batch: where it sits, and whether it still needs
+/// hashing (it is not held yet).
+#[derive(Clone, Copy)]
+struct Segment {
+    slot: usize,
+    offset: usize,
+    len: usize,
+    needs_hash: bool,
+}
+
+/// Empties a vector of borrowed slices and hands back its allocation with a new lifetime (in-place
+/// collection reuses the buffer; no `unsafe`, no allocation).
+fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
+    slices.clear();
+    slices
+        .into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
 }
 
 impl Download {
@@ -504,6 +532,9 @@ impl Download {
             unproven,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
             nak: NakPlanner::new(NakConfig::default(), receiver.have()),
+            segments: Vec::with_capacity(RECEIVE_BATCH * 64),
+            slices: Vec::with_capacity(RECEIVE_BATCH * 64),
+            hashes: Vec::with_capacity(RECEIVE_BATCH * 64),
             receiver,
         })
     }
@@ -521,6 +552,10 @@ impl Download {
         // (serial, slot, offset in the slot) of each datagram to store, written in runs below.
         let mut to_store = std::mem::take(&mut self.to_store);
         to_store.clear();
+        // Pass 1: find the file's datagrams (SYNC and other control messages handled here),
+        // as (slot, offset, length), and whether each still needs hashing (not yet held).
+        let mut segments = std::mem::take(&mut self.segments);
+        segments.clear();
         for index in 0..count {
             let received = inbox.datagram(index);
             if received.truncated {
@@ -537,23 +572,68 @@ impl Download {
                     }
                     continue;
                 }
-                match self.receiver.handle_datagram(bytes) {
-                    Outcome::Store { serial, .. } => {
-                        if self.join_serial.is_none() {
-                            self.join_serial = Some(serial);
-                            self.first_datagram_at = Some(Instant::now());
-                        }
-                        // Receiving our file's datagrams on the channel proves it works, like SYNC.
-                        result.synced = true;
-                        result.stored += 1;
-                        self.nak.saw(serial);
-                        to_store.push((serial, index, at, bytes.len()));
-                    }
-                    Outcome::Duplicate { serial } => self.nak.saw(serial),
-                    Outcome::Dropped(_) => {}
-                }
+                let held = DatagramHeader::parse(bytes).is_ok_and(|h| {
+                    h.serial.0 < self.receiver.have().len() && self.receiver.have().get(h.serial.0)
+                });
+                segments.push(Segment {
+                    slot: index,
+                    offset: at,
+                    len: bytes.len(),
+                    needs_hash: !held,
+                });
             }
         }
+        // Pass 2: hash what needs it, across cores when the batch is big enough to pay for it
+        // (BLAKE3 of every datagram is most of a receiver's CPU).
+        let mut hashes = std::mem::take(&mut self.hashes);
+        hashes.clear();
+        hashes.resize(segments.len(), [0u8; 32]);
+        let slice_of = |segment: &Segment| -> &[u8] {
+            &inbox.datagram(segment.slot).bytes[segment.offset..segment.offset + segment.len]
+        };
+        let mut slices = recycle_slices(std::mem::take(&mut self.slices));
+        slices.extend(segments.iter().map(slice_of));
+        let hash_one = |(hash, (bytes, segment)): (&mut [u8; 32], (&&[u8], &Segment))| {
+            if segment.needs_hash {
+                *hash = *blake3::hash(bytes).as_bytes();
+            }
+        };
+        if segments.len() >= PARALLEL_HASH_MIN && rayon::current_num_threads() > 1 {
+            use rayon::prelude::*;
+            hashes
+                .par_iter_mut()
+                .zip(slices.par_iter().zip(segments.par_iter()))
+                .for_each(hash_one);
+        } else {
+            hashes
+                .iter_mut()
+                .zip(slices.iter().zip(segments.iter()))
+                .for_each(hash_one);
+        }
+        // Pass 3: accept in order.
+        for ((segment, bytes), hash) in segments.iter().zip(slices.iter()).zip(hashes.iter()) {
+            match self
+                .receiver
+                .handle_datagram_hashed(bytes, segment.needs_hash.then_some(hash))
+            {
+                Outcome::Store { serial, .. } => {
+                    if self.join_serial.is_none() {
+                        self.join_serial = Some(serial);
+                        self.first_datagram_at = Some(Instant::now());
+                    }
+                    // Receiving our file's datagrams on the channel proves it works, like SYNC.
+                    result.synced = true;
+                    result.stored += 1;
+                    self.nak.saw(serial);
+                    to_store.push((serial, segment.slot, segment.offset, segment.len));
+                }
+                Outcome::Duplicate { serial } => self.nak.saw(serial),
+                Outcome::Dropped(_) => {}
+            }
+        }
+        self.slices = recycle_slices(slices);
+        self.segments = segments;
+        self.hashes = hashes;
         let written = self.write_runs(inbox, &mut to_store);
         self.to_store = to_store;
         written?;

@@ -206,8 +206,16 @@ impl Receiver {
     }
 
     pub fn handle_datagram(&mut self, bytes: &[u8]) -> Outcome {
+        self.handle_datagram_hashed(bytes, None)
+    }
+
+    /// As [`Receiver::handle_datagram`], with the datagram's BLAKE3 hash already computed by
+    /// the caller (e.g. for a whole batch across threads). `hash` must be `blake3::hash(bytes)`
+    /// of these very bytes: it is trusted (a pending datagram is kept under it until its parent
+    /// arrives), and debug builds check it.
+    pub fn handle_datagram_hashed(&mut self, bytes: &[u8], hash: Option<&[u8; 32]>) -> Outcome {
         self.counters.received += 1;
-        let outcome = self.classify(bytes);
+        let outcome = self.classify(bytes, hash);
         match outcome {
             Outcome::Store { .. } => self.counters.stored += 1,
             Outcome::Duplicate { .. } => self.counters.duplicates += 1,
@@ -226,7 +234,7 @@ impl Receiver {
         outcome
     }
 
-    fn classify(&mut self, bytes: &[u8]) -> Outcome {
+    fn classify(&mut self, bytes: &[u8], precomputed: Option<&[u8; 32]>) -> Outcome {
         let Ok(header) = DatagramHeader::parse(bytes) else {
             return Outcome::Dropped(DropReason::Malformed);
         };
@@ -246,7 +254,17 @@ impl Receiver {
         if self.have.get(serial) {
             return Outcome::Duplicate { serial };
         }
-        let hash = *blake3::hash(bytes).as_bytes();
+        let hash = match precomputed {
+            Some(hash) => {
+                debug_assert_eq!(
+                    hash,
+                    blake3::hash(bytes).as_bytes(),
+                    "a precomputed hash must be the hash of these bytes"
+                );
+                *hash
+            }
+            None => *blake3::hash(bytes).as_bytes(),
+        };
         match self.expected_hash(level, index) {
             Some(expected) if expected == hash => {
                 self.accept(level, index, payload(bytes, &header));

@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                 if json {
                     println!("{report}");
                 } else {
-                    println!("e2e: {} receiver(s), {} bytes, MTU {}", report["receivers"], report["bytes"], report["mtu"]);
+                    println!("e2e: {} receiver(s), {} bytes, MTU {}; disk ceiling {:.2} s to write and fsync one copy", report["receivers"], report["bytes"], report["mtu"], report["disk_write_fsync_seconds_per_copy"].as_f64().unwrap_or(0.0));
                     for r in report["results"].as_array().into_iter().flatten() {
                         match r.get("error") {
                             Some(error) => println!("  {:<9} {}", r["tool"].as_str().unwrap_or("?"), error),
@@ -259,6 +259,10 @@ fn datagram_size(args: &SendArgs) -> u16 {
 
 fn run_ceiling(args: &SendArgs) -> Result<SendMeasure, String> {
     let (_sink, destination, sender) = endpoints(args)?;
+    loopcast_tools::phase(format_args!(
+        "ceiling: raw sendmmsg+GSO blaster for {} s",
+        args.seconds
+    ));
     let size = usize::from(datagram_size(args));
     let cpu_before = cpu_time();
     let report = blast(
@@ -293,6 +297,7 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         master_key: None,
         watermark: None,
     };
+    loopcast_tools::phase(format_args!("packing a {} byte archive", args.size));
     pack(&input, &archive_path, &options, &|_| {}).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&input);
     let archive = ArchiveFile::open(&archive_path).map_err(|e| e.to_string())?;
@@ -334,6 +339,11 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         now(),
     );
     carousel.join(now(), SessionId(1)).map_err(|_| "join")?;
+    loopcast_tools::phase(format_args!(
+        "send: one channel, {} for {} s",
+        sender.path().name(),
+        args.seconds
+    ));
     let cpu_before = cpu_time();
     let started = Instant::now();
     let budget = Duration::from_secs_f64(args.seconds);
@@ -639,6 +649,11 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
             .map(|t| t.bytes.load(Ordering::Relaxed))
             .sum()
     };
+    loopcast_tools::phase(format_args!(
+        "send: {} channel(s) on {cores} thread(s) for {} s",
+        channels.len(),
+        args.seconds
+    ));
     let cpu_before = cpu_time();
     let started = Instant::now();
     let bytes_before = thread_bytes(&pool);
