@@ -1,4 +1,5 @@
-//! The ceiling: a raw `sendmmsg` + UDP GSO blaster that sends one static buffer over and over.
+//! The ceiling: a raw `sendmmsg` + UDP GSO blaster that sends one static buffer over and over
+//! (`blast`), or walks a given region such as a mapped archive (`blast_over`).
 //! It does the least work a sender can do per byte on this kernel; loopcast's send figures
 //! are reported as a ratio to it, measured in the same run. Deliberately independent of
 //! `send::BatchSender`, so a regression there cannot hide by slowing the reference too.
@@ -18,7 +19,8 @@ pub struct BlastReport {
 }
 
 /// Sends `datagram_size`-byte datagrams to `destination` for `duration` (or until
-/// `datagrams_max`), 64 GSO messages per syscall. Bounded in count and time.
+/// `datagrams_max`), 64 GSO messages per syscall, all from one small cache-hot buffer.
+/// Bounded in count and time.
 pub fn blast(
     socket: &UdpSocket,
     destination: &SockAddr,
@@ -26,23 +28,54 @@ pub fn blast(
     duration: Duration,
     datagrams_max: u64,
 ) -> std::io::Result<BlastReport> {
-    const MESSAGES: usize = 64;
     let segments = (65_000 / datagram_size).clamp(1, 64);
     let buffer = vec![0x5au8; segments * datagram_size];
+    blast_over(
+        socket,
+        destination,
+        &buffer,
+        datagram_size,
+        duration,
+        datagrams_max,
+    )
+}
+
+/// As [`blast`], but the datagrams are the consecutive `datagram_size` slices of `region`
+/// (e.g. a mapped archive), walked in order and wrapping: the same bytes, from the same memory,
+/// that a real sender reads. The gap between the two ceilings is what reading the data costs.
+pub fn blast_over(
+    socket: &UdpSocket,
+    destination: &SockAddr,
+    region: &[u8],
+    datagram_size: usize,
+    duration: Duration,
+    datagrams_max: u64,
+) -> std::io::Result<BlastReport> {
+    const MESSAGES: usize = 64;
+    assert!(
+        region.len() >= datagram_size,
+        "the region holds at least one datagram"
+    );
+    let segments = (65_000 / datagram_size).clamp(1, 64).min(region.len() / datagram_size);
+    let chunk = segments * datagram_size;
+    let chunks = region.len() / chunk;
     #[repr(C, align(8))]
     struct Control([u8; 32]);
     let mut control = Control([0; 32]);
-    let mut iovec = libc::iovec {
-        iov_base: buffer.as_ptr() as *mut libc::c_void,
-        iov_len: buffer.len(),
-    };
+    let mut iovecs = vec![
+        libc::iovec {
+            iov_base: region.as_ptr() as *mut libc::c_void,
+            iov_len: chunk,
+        };
+        MESSAGES
+    ];
     // SAFETY: plain C struct, zero is valid.
     let mut messages: Vec<libc::mmsghdr> = vec![unsafe { core::mem::zeroed() }; MESSAGES];
-    for message in messages.iter_mut() {
+    for (message, iovec) in messages.iter_mut().zip(iovecs.iter_mut()) {
         let header = &mut message.msg_hdr;
         header.msg_name = destination.as_ptr() as *mut libc::c_void;
         header.msg_namelen = destination.len();
-        header.msg_iov = &mut iovec;
+        header.msg_iov = iovec;
         header.msg_iovlen = 1;
         if segments > 1 {
             header.msg_control = control.0.as_mut_ptr() as *mut libc::c_void;
@@ -68,8 +101,14 @@ pub fn blast(
         elapsed: Duration::ZERO,
         syscalls: 0,
     };
+    let mut next_chunk = 0usize;
     while started.elapsed() < duration && report.datagrams < datagrams_max {
-        // SAFETY: all messages point at `buffer`, `iovec`, `control` and `destination`, alive here.
+        for (index, iovec) in iovecs.iter_mut().enumerate() {
+            let at = ((next_chunk + index) % chunks) * chunk;
+            iovec.iov_base = region[at..].as_ptr() as *mut libc::c_void;
+        }
+        // SAFETY: all messages point at `iovecs` (into `region`), `control` and `destination`,
+        // alive here; the kernel only reads them.
         let result = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
@@ -86,6 +125,7 @@ pub fn blast(
             }
             return Err(error);
         }
+        next_chunk = (next_chunk + result as usize) % chunks;
         let sent = result as u64 * segments as u64;
         report.datagrams += sent;
         report.bytes += sent * datagram_size as u64;
