@@ -56,7 +56,9 @@ pub fn blast_over(
         region.len() >= datagram_size,
         "the region holds at least one datagram"
     );
-    let segments = (65_000 / datagram_size).clamp(1, 64).min(region.len() / datagram_size);
+    let segments = (65_000 / datagram_size)
+        .clamp(1, 64)
+        .min(region.len() / datagram_size);
     let chunk = segments * datagram_size;
     let chunks = region.len() / chunk;
     #[repr(C, align(8))]

@@ -30,6 +30,9 @@ use crate::send::{DataSender, SendItem, SendPath, MESSAGES_MAX};
 pub const COMMAND_QUEUE_LEN: usize = 1024;
 /// Channels per thread at most.
 pub const CHANNELS_PER_THREAD_MAX: usize = 4096;
+/// The load an unpaced channel counts as: more than one core can send, so unpaced channels
+/// spread one per thread before paced ones join them.
+pub const UNPACED_LOAD_BITS_PER_S: u64 = 100_000_000_000;
 /// Below this, a thread spins (yielding) instead of sleeping, so pacing stays accurate.
 const SPIN_BELOW: Duration = Duration::from_micros(200);
 
@@ -97,9 +100,10 @@ struct Channel {
 pub struct SenderPool {
     commands: Vec<Sender<Command>>,
     stats: Vec<Arc<ThreadStats>>,
-    /// Which thread owns each channel, and the per-thread channel count (by our own bookkeeping).
-    owners: std::collections::HashMap<ChannelId, usize>,
-    load: Vec<usize>,
+    /// Which thread owns each channel and the load it was counted with, and each thread's load
+    /// (sum of its channels' rates; by our own bookkeeping).
+    owners: std::collections::HashMap<ChannelId, (usize, u64)>,
+    load: Vec<u64>,
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
@@ -169,7 +173,7 @@ impl SenderPool {
         &self.stats
     }
 
-    /// Adds a channel on the least-loaded thread.
+    /// Adds a channel on the least-loaded thread (load: the sum of its channels' rates).
     pub fn add_channel(&mut self, spec: ChannelSpec) -> Result<(), PoolError> {
         let (thread, _) = self
             .load
@@ -178,12 +182,18 @@ impl SenderPool {
             .min_by_key(|(_, load)| **load)
             .expect("at least one thread");
         let id = spec.id;
+        let weight = load_of(spec.rate_bits_per_s);
         self.commands[thread]
             .try_send(Command::AddChannel(Box::new(spec)))
             .map_err(|_| PoolError::Full)?;
-        self.owners.insert(id, thread);
-        self.load[thread] += 1;
+        self.owners.insert(id, (thread, weight));
+        self.load[thread] += weight;
         Ok(())
+    }
+
+    /// The thread a channel runs on (by the pool's bookkeeping).
+    pub fn thread_of(&self, id: ChannelId) -> Option<usize> {
+        self.owners.get(&id).map(|&(thread, _)| thread)
     }
 
     pub fn command(&mut self, command: Command) -> Result<(), PoolError> {
@@ -195,10 +205,18 @@ impl SenderPool {
             | Command::RemoveDestination(id, _)
             | Command::QueueRepair { channel: id, .. } => *id,
         };
-        let thread = *self.owners.get(&id).ok_or(PoolError::UnknownChannel)?;
-        if let Command::RemoveChannel(_) = command {
-            self.owners.remove(&id);
-            self.load[thread] -= 1;
+        let (thread, weight) = *self.owners.get(&id).ok_or(PoolError::UnknownChannel)?;
+        match command {
+            Command::RemoveChannel(_) => {
+                self.owners.remove(&id);
+                self.load[thread] -= weight;
+            }
+            Command::SetRate(_, rate) => {
+                let new_weight = load_of(rate);
+                self.owners.insert(id, (thread, new_weight));
+                self.load[thread] = self.load[thread] - weight + new_weight;
+            }
+            _ => {}
         }
         self.commands[thread]
             .try_send(command)
@@ -206,6 +224,14 @@ impl SenderPool {
                 crossbeam_channel::TrySendError::Full(_) => PoolError::Full,
                 crossbeam_channel::TrySendError::Disconnected(_) => PoolError::Gone,
             })
+    }
+}
+
+fn load_of(rate_bits_per_s: u64) -> u64 {
+    if rate_bits_per_s == 0 {
+        UNPACED_LOAD_BITS_PER_S
+    } else {
+        rate_bits_per_s.min(UNPACED_LOAD_BITS_PER_S)
     }
 }
 
@@ -669,6 +695,47 @@ mod tests {
             Some(99),
             "an unpaced channel is due at once"
         );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn channels_are_placed_by_load_not_by_count() {
+        let (path, _) = archive_file(100, 1440);
+        let file = std::fs::File::open(&path).unwrap();
+        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
+        let mut pool = SenderPool::start(&PoolConfig {
+            threads: 2,
+            send_path: SendPath::Sendmmsg,
+            bind: "127.0.0.1:0".parse().unwrap(),
+            multicast_interface: None,
+            multicast_ttl: 1,
+            pin_threads: false,
+        })
+        .unwrap();
+        // Destinations on the discard port of loopback: nothing listens, nothing is kept.
+        pool.add_channel(*spec(1, &archive, 0)).unwrap();
+        let unpaced_thread = pool.thread_of(ChannelId(1)).unwrap();
+        for id in 2..5 {
+            pool.add_channel(*spec(id, &archive, 1_000_000)).unwrap();
+            assert_ne!(
+                pool.thread_of(ChannelId(id)),
+                Some(unpaced_thread),
+                "slow channels go beside, not onto, the unpaced one"
+            );
+        }
+        pool.add_channel(*spec(5, &archive, 0)).unwrap();
+        assert_ne!(
+            pool.thread_of(ChannelId(5)),
+            Some(unpaced_thread),
+            "a second unpaced channel takes the other thread"
+        );
+        // Re-rating moves the bookkeeping: the first unpaced channel slowed to 1 Mbit/s leaves
+        // its thread the lighter one.
+        pool.command(Command::SetRate(ChannelId(1), 1_000_000))
+            .unwrap();
+        pool.add_channel(*spec(6, &archive, 1_000_000)).unwrap();
+        assert_eq!(pool.thread_of(ChannelId(6)), Some(unpaced_thread));
+        drop(pool);
         let _ = std::fs::remove_file(&path);
     }
 

@@ -375,13 +375,18 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
     let started = Instant::now();
     let budget = Duration::from_secs_f64(args.seconds);
     let mut datagrams = 0u64;
+    // How long each batch (one `send`: up to MESSAGES_MAX GSO messages) takes, in ns.
+    let mut batch_latency =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     while started.elapsed() < budget {
         let transmit = carousel.poll_transmit(now()).ok_or("carousel stalled")?;
         let start = loopcast_archive::format::datagram_offset(&info, transmit.first) as usize;
         let region = &map.bytes()[start..start + transmit.count as usize * size];
+        let batch_started = Instant::now();
         datagrams += sender
             .send(&socket, &destination, region, size)
             .map_err(|e| e.to_string())? as u64;
+        let _ = batch_latency.record(batch_started.elapsed().as_nanos().max(1) as u64);
     }
     let ours = SendMeasure {
         bytes: datagrams * size as u64,
@@ -412,6 +417,12 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         json["syscalls"] = serde_json::json!(counters.syscalls);
         json["ceiling"] = ceiling.to_json();
         json["ceiling_same_bytes"] = same_bytes.to_json();
+        json["batch_latency_us"] = serde_json::json!({
+            "batches": batch_latency.len(),
+            "p50": batch_latency.value_at_quantile(0.5) as f64 / 1000.0,
+            "p99": batch_latency.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": batch_latency.max() as f64 / 1000.0,
+        });
         json["ratio_to_same_bytes_ceiling"] = serde_json::json!(ratio_same_bytes);
         json["destination"] = serde_json::json!(match args.dest {
             Some(dest) => dest.to_string(),
@@ -424,6 +435,14 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         println!(
             "ratio      {ratio:.3} of ceiling (send path {}: {path_note})",
             final_path.name()
+        );
+        println!(
+            "batches    {} of up to {} datagrams: latency p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+            batch_latency.len(),
+            carousel.config().batch_datagrams_max,
+            batch_latency.value_at_quantile(0.5) as f64 / 1000.0,
+            batch_latency.value_at_quantile(0.99) as f64 / 1000.0,
+            batch_latency.max() as f64 / 1000.0
         );
         println!("{}", same_bytes.describe("same bytes"));
         println!(
