@@ -10,7 +10,7 @@ use std::time::Duration;
 use loopcast_archive::ArchiveFile;
 use loopcast_dataplane::mapped::MappedArchive;
 use loopcast_dataplane::pool::{
-    ChannelId, ChannelSpec, ChannelStats, Command, PoolConfig, SenderPool,
+    ChannelId, ChannelSpec, ChannelStats, Command, LoopPiece, PoolConfig, SenderPool,
 };
 use loopcast_dataplane::send::{probe_send_path, SendPath};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
@@ -656,9 +656,11 @@ impl Server {
         self.pool
             .add_channel(ChannelSpec {
                 id,
-                archive: map,
-                datagrams_offset: loopcast_archive::format::DATAGRAMS_OFFSET as usize,
-                loop_len: info.loop_len,
+                pieces: vec![LoopPiece {
+                    archive: map,
+                    offset: loopcast_archive::format::DATAGRAMS_OFFSET as usize,
+                    count: info.loop_len,
+                }],
                 datagram_size: info.datagram_size,
                 rate_bits_per_s: self.config.rate_bits_per_s,
                 destinations: Vec::new(),

@@ -65,12 +65,20 @@ pub struct ThreadStats {
     pub send_path: AtomicU64,
 }
 
+/// One stretch of a channel's loop: `count` datagrams of `archive`, the first at byte `offset`.
+#[derive(Clone)]
+pub struct LoopPiece {
+    pub archive: Arc<MappedArchive>,
+    pub offset: usize,
+    pub count: u32,
+}
+
+/// What a channel loops (a whole archive, or a playlist of archive ranges, in order), where to,
+/// and how fast.
 pub struct ChannelSpec {
     pub id: ChannelId,
-    pub archive: Arc<MappedArchive>,
-    /// Byte offset of serial 0 in the map.
-    pub datagrams_offset: usize,
-    pub loop_len: u32,
+    /// The loop, piece after piece; loop serial 0 is the first datagram of the first piece.
+    pub pieces: Vec<LoopPiece>,
     pub datagram_size: u16,
     pub rate_bits_per_s: u64,
     pub destinations: Vec<SocketAddr>,
@@ -93,8 +101,33 @@ pub enum Command {
 
 struct Channel {
     spec: ChannelSpec,
+    /// Loop serial of each piece's first datagram.
+    piece_starts: Vec<u32>,
     carousel: Carousel,
     destinations: Vec<SockAddr>,
+}
+
+impl Channel {
+    /// The byte ranges of loop serials `first .. first + count` (which may span pieces), each
+    /// handed to `region` in loop order.
+    fn regions<'a>(&'a self, first: u32, count: u32, mut region: impl FnMut(&'a [u8])) {
+        let size = usize::from(self.spec.datagram_size);
+        let mut piece = self.piece_starts.partition_point(|&start| start <= first) - 1;
+        let (mut serial, end) = (first, first + count);
+        while serial < end {
+            let LoopPiece {
+                archive,
+                offset,
+                count: piece_count,
+            } = &self.spec.pieces[piece];
+            let within = serial - self.piece_starts[piece];
+            let take = (piece_count - within).min(end - serial);
+            let start = offset + within as usize * size;
+            region(&archive.bytes()[start..start + take as usize * size]);
+            serial += take;
+            piece += 1;
+        }
+    }
 }
 
 pub struct SenderPool {
@@ -351,8 +384,31 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
                 );
                 return;
             }
+            let size = usize::from(spec.datagram_size);
+            let mut piece_starts = Vec::with_capacity(spec.pieces.len());
+            let mut loop_len = 0u32;
+            for piece in &spec.pieces {
+                let fits = piece.count > 0
+                    && piece
+                        .offset
+                        .checked_add(piece.count as usize * size)
+                        .is_some_and(|end| end <= piece.archive.bytes().len());
+                let Some(next) = loop_len.checked_add(piece.count).filter(|_| fits) else {
+                    tracing::warn!(
+                        channel = spec.id.0,
+                        "a loop piece is empty, outside its archive or too long; channel not added"
+                    );
+                    return;
+                };
+                piece_starts.push(loop_len);
+                loop_len = next;
+            }
+            if loop_len == 0 {
+                tracing::warn!(channel = spec.id.0, "empty loop; channel not added");
+                return;
+            }
             let config = CarouselConfig {
-                loop_len: spec.loop_len,
+                loop_len,
                 datagram_size: spec.datagram_size,
                 rate_bits_per_s: spec.rate_bits_per_s,
                 batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
@@ -380,6 +436,7 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
             schedule.insert(
                 Channel {
                     spec: *spec,
+                    piece_starts,
                     carousel,
                     destinations,
                 },
@@ -479,16 +536,15 @@ fn run_thread(
                 let Some(transmit) = transmit else { continue };
                 let channel = schedule.slots[slot].as_ref().expect("due slot is live");
                 let size = usize::from(channel.spec.datagram_size);
-                let start = channel.spec.datagrams_offset + transmit.first as usize * size;
-                let region =
-                    &channel.spec.archive.bytes()[start..start + transmit.count as usize * size];
-                for destination in &channel.destinations {
-                    items.push(SendItem {
-                        destination,
-                        region,
-                        datagram_size: size,
-                    });
-                }
+                channel.regions(transmit.first, transmit.count, |region| {
+                    for destination in &channel.destinations {
+                        items.push(SendItem {
+                            destination,
+                            region,
+                            datagram_size: size,
+                        });
+                    }
+                });
             }
             if sender.send_batch(&socket, &items).is_err() {
                 stats.send_errors.fetch_add(1, Ordering::Relaxed);
@@ -585,9 +641,11 @@ mod tests {
     fn spec(id: u64, archive: &Arc<MappedArchive>, rate: u64) -> Box<ChannelSpec> {
         Box::new(ChannelSpec {
             id: ChannelId(id),
-            archive: archive.clone(),
-            datagrams_offset: 0,
-            loop_len: 100,
+            pieces: vec![LoopPiece {
+                archive: archive.clone(),
+                offset: 0,
+                count: 100,
+            }],
             datagram_size: 1440,
             rate_bits_per_s: rate,
             destinations: vec!["127.0.0.1:9".parse().unwrap()],
@@ -698,6 +756,92 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// An archive of `datagrams` datagrams, each starting with (tag, serial) as two u32s.
+    fn tagged_archive(
+        tag: u32,
+        datagrams: u32,
+        size: usize,
+    ) -> (std::path::PathBuf, Arc<MappedArchive>) {
+        let path =
+            std::env::temp_dir().join(format!("loopcast-pool-tag{tag}-{}", std::process::id()));
+        let mut bytes = vec![0u8; datagrams as usize * size];
+        for (serial, datagram) in bytes.chunks_exact_mut(size).enumerate() {
+            datagram[..4].copy_from_slice(&tag.to_le_bytes());
+            datagram[4..8].copy_from_slice(&(serial as u32).to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let map = Arc::new(MappedArchive::map(&file, &path).unwrap());
+        (path, map)
+    }
+
+    #[test]
+    fn a_playlist_channel_loops_its_pieces_in_order_across_archives() {
+        let size = 1440;
+        let (path_a, a) = tagged_archive(0xA, 30, size);
+        let (path_b, b) = tagged_archive(0xB, 10, size);
+        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut pool = SenderPool::start(&PoolConfig {
+            threads: 1,
+            send_path: crate::send::probe_send_path().0,
+            bind: "127.0.0.1:0".parse().unwrap(),
+            multicast_interface: None,
+            multicast_ttl: 1,
+            pin_threads: false,
+        })
+        .unwrap();
+        let piece = |archive: &Arc<MappedArchive>, first: u32, count: u32| LoopPiece {
+            archive: archive.clone(),
+            offset: first as usize * size,
+            count,
+        };
+        // A 10..20, then all of B, then A 0..3: 23 datagrams a loop.
+        let pieces = vec![piece(&a, 10, 10), piece(&b, 0, 10), piece(&a, 0, 3)];
+        let expected: Vec<(u32, u32)> = (10..20)
+            .map(|s| (0xA, s))
+            .chain((0..10).map(|s| (0xB, s)))
+            .chain((0..3).map(|s| (0xA, s)))
+            .collect();
+        pool.add_channel(ChannelSpec {
+            id: ChannelId(9),
+            pieces,
+            datagram_size: size as u16,
+            // 50 Mbit/s: transmits of 8 datagrams, so some span two pieces, and still slow
+            // enough that the loopback socket drops nothing.
+            rate_bits_per_s: 50_000_000,
+            destinations: vec![receiver.local_addr().unwrap()],
+            stats: Arc::new(ChannelStats::default()),
+        })
+        .unwrap();
+        let mut buffer = vec![0u8; 2048];
+        let mut received = Vec::new();
+        while received.len() < 2 * expected.len() {
+            let len = match receiver.recv(&mut buffer) {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("receive failed: {e}"),
+            };
+            assert_eq!(len, size);
+            let tag = u32::from_le_bytes(buffer[..4].try_into().unwrap());
+            let serial = u32::from_le_bytes(buffer[4..8].try_into().unwrap());
+            let source = if tag == 0xA { &a } else { &b };
+            assert_eq!(
+                &buffer[..size],
+                &source.bytes()[serial as usize * size..][..size],
+                "byte-identical to its archive"
+            );
+            received.push((tag, serial));
+        }
+        let looped: Vec<(u32, u32)> = expected.iter().chain(expected.iter()).copied().collect();
+        assert_eq!(received, looped, "the pieces, in order, looped twice");
+        drop(pool);
+        let _ = std::fs::remove_file(&path_a);
+        let _ = std::fs::remove_file(&path_b);
+    }
+
     #[test]
     fn channels_are_placed_by_load_not_by_count() {
         let (path, _) = archive_file(100, 1440);
@@ -770,9 +914,11 @@ mod tests {
         // 2 Mbit/s: the loop needs about 5 s to reach serial 900 by itself.
         pool.add_channel(ChannelSpec {
             id: ChannelId(7),
-            archive,
-            datagrams_offset: 0,
-            loop_len: datagrams,
+            pieces: vec![LoopPiece {
+                archive,
+                offset: 0,
+                count: datagrams,
+            }],
             datagram_size: size as u16,
             rate_bits_per_s: 2_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
@@ -847,9 +993,11 @@ mod tests {
         let stats = Arc::new(ChannelStats::default());
         pool.add_channel(ChannelSpec {
             id: ChannelId(1),
-            archive,
-            datagrams_offset: 0,
-            loop_len: 500,
+            pieces: vec![LoopPiece {
+                archive,
+                offset: 0,
+                count: 500,
+            }],
             datagram_size: size as u16,
             rate_bits_per_s: 8_000_000,
             destinations: vec![receiver.local_addr().unwrap()],

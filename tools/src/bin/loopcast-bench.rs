@@ -591,7 +591,9 @@ fn rss_anon_bytes() -> u64 {
 /// The sender pool: `files` archives x `tiers` rates on `cores` pinned threads, against the
 /// single-core ceiling measured in the same run; pacing error per tier from 100 ms windows.
 fn run_pool(args: &SendArgs) -> Result<(), String> {
-    use loopcast_dataplane::pool::{ChannelId, ChannelSpec, ChannelStats, PoolConfig, SenderPool};
+    use loopcast_dataplane::pool::{
+        ChannelId, ChannelSpec, ChannelStats, LoopPiece, PoolConfig, SenderPool,
+    };
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     let cores = args.cores.unwrap_or(1).max(1);
@@ -668,9 +670,11 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
             let stats = Arc::new(ChannelStats::default());
             pool.add_channel(ChannelSpec {
                 id: ChannelId((tier_index * files + file_index) as u64),
-                archive: map.clone(),
-                datagrams_offset: loopcast_archive::format::DATAGRAMS_OFFSET as usize,
-                loop_len: info.loop_len,
+                pieces: vec![LoopPiece {
+                    archive: map.clone(),
+                    offset: loopcast_archive::format::DATAGRAMS_OFFSET as usize,
+                    count: info.loop_len,
+                }],
                 datagram_size: info.datagram_size,
                 rate_bits_per_s: rate,
                 destinations: vec![destination],
