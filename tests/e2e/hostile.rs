@@ -109,3 +109,85 @@ fn an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused() {
     assert_eq!(status["counters"]["archives_corrupt"], 1, "{status}");
     assert!(server.process.terminate().status.success());
 }
+
+#[test]
+fn forged_flooding_and_out_of_range_naks_are_counted_and_bounded() {
+    use loopcast_proto::wire::control::{ControlMessage, CONTROL_LEN_MAX};
+    let scratch = Scratch::new("hostile-nak");
+    let media = scratch.path("media");
+    let input = scratch.path("small.bin");
+    // Incompressible, so the loop has a few hundred datagrams.
+    let mut state = 0x2545f4914f6cdd1du64;
+    let noise: Vec<u8> = (0..512 << 10)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    std::fs::write(&input, noise).unwrap();
+    pack_into(&input, &media, &["--no-encrypt"]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "10M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    // Play the client by hand: ask, and read the Offer among whatever else arrives.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let request = ControlMessage::Request {
+        request_id: 42,
+        multicast_ok: false,
+        name: "small.bin".into(),
+    };
+    client.send_to(&request.to_bytes(), &server_addr).unwrap();
+    let mut buffer = vec![0u8; 65_536];
+    let (session, loop_len) = loop {
+        let len = client.recv(&mut buffer).expect("an offer arrives");
+        if let Ok(ControlMessage::Offer { session, info, .. }) =
+            ControlMessage::parse(&buffer[..len.min(CONTROL_LEN_MAX)])
+        {
+            break (session, info.loop_len);
+        }
+    };
+    let nak = |ranges: Vec<(u32, u32)>| ControlMessage::Nak { session, ranges }.to_bytes();
+    assert!(loop_len > 100, "loop of {loop_len}");
+    // Past the loop's end: accepted from the session, refused by the channel.
+    client
+        .send_to(&nak(vec![(loop_len + 5, 10)]), &server_addr)
+        .unwrap();
+    // The whole loop, six times: four loops' worth is the session's budget.
+    for _ in 0..6 {
+        client
+            .send_to(&nak(vec![(0, loop_len)]), &server_addr)
+            .unwrap();
+    }
+    // The same session's NAK from another address: dropped.
+    let forger = UdpSocket::bind("127.0.0.1:0").unwrap();
+    forger
+        .send_to(&nak(vec![(0, loop_len)]), &server_addr)
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = server.status();
+    let counters = &status["counters"];
+    assert!(counters["naks"].as_u64().unwrap() >= 4, "{status}");
+    assert!(
+        counters["naks_over_budget"].as_u64().unwrap() >= 2,
+        "a session cannot ask for more than four loops: {status}"
+    );
+    assert!(
+        counters["control_dropped"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    let refused: u64 = status["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["repairs_refused"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(refused, 1, "the range past the loop is refused: {status}");
+    client
+        .send_to(&ControlMessage::Leave { session }.to_bytes(), &server_addr)
+        .unwrap();
+    assert!(server.process.terminate().status.success());
+}

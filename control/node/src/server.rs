@@ -139,7 +139,14 @@ struct Session {
     request_id: u64,
     transport: Transport,
     held: u32,
+    /// Serials this session has asked to have repaired, against `NAK_BUDGET_LOOPS`.
+    nak_serials: u64,
 }
+
+/// A session may have at most this many loops' worth of serials repaired; past that its NAKs
+/// are dropped (counted) and the loop alone serves it, so one client cannot keep a channel
+/// busy with repairs at everyone else's expense.
+const NAK_BUDGET_LOOPS: u64 = 4;
 
 #[derive(Default)]
 struct Counters {
@@ -154,6 +161,7 @@ struct Counters {
     naks: u64,
     nak_serials: u64,
     nak_ranges_dropped: u64,
+    naks_over_budget: u64,
     archives_verified: u64,
     archives_corrupt: u64,
 }
@@ -423,7 +431,8 @@ impl Server {
                 }
             }
             ControlMessage::Nak { session, ranges } => {
-                let Some(state) = self.sessions.get(&session).filter(|s| s.client == from) else {
+                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from)
+                else {
                     self.counters.control_dropped += 1;
                     return;
                 };
@@ -431,6 +440,13 @@ impl Server {
                     self.counters.control_dropped += 1;
                     return;
                 };
+                let asked: u64 = ranges.iter().map(|&(_, count)| u64::from(count)).sum();
+                if state.nak_serials + asked > NAK_BUDGET_LOOPS * u64::from(channel.info.loop_len) {
+                    self.counters.naks_over_budget += 1;
+                    channel.carousel.heard(now, session);
+                    return;
+                }
+                state.nak_serials += asked;
                 channel.carousel.heard(now, session);
                 let id = channel.id;
                 self.counters.naks += 1;
@@ -542,6 +558,7 @@ impl Server {
                 request_id,
                 transport,
                 held: 0,
+                nak_serials: 0,
             },
         );
         let channel = &self.channels[&file_id];
@@ -933,6 +950,7 @@ impl Server {
                 "naks": self.counters.naks,
                 "nak_serials": self.counters.nak_serials,
                 "nak_ranges_dropped": self.counters.nak_ranges_dropped,
+                "naks_over_budget": self.counters.naks_over_budget,
                 "archives_verified": self.counters.archives_verified,
                 "archives_corrupt": self.counters.archives_corrupt,
                 "datagrams_sent": sum(|t| &t.datagrams),
