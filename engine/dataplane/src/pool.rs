@@ -33,6 +33,11 @@ pub const CHANNELS_PER_THREAD_MAX: usize = 4096;
 /// The load an unpaced channel counts as: more than one core can send, so unpaced channels
 /// spread one per thread before paced ones join them.
 pub const UNPACED_LOAD_BITS_PER_S: u64 = 100_000_000_000;
+/// Channels served in one pass at most. A backlog (after the thread was descheduled, say) is
+/// worked off in deadline order over several short passes rather than one long one: in one
+/// long pass every channel would fall due again before it ended, and the channels' phases,
+/// spread on purpose, would collapse into lock-step bursts.
+const PASS_CHANNELS_MAX: usize = 64;
 /// Below this, a thread spins (yielding) instead of sleeping, so pacing stays accurate.
 const SPIN_BELOW: Duration = Duration::from_micros(200);
 
@@ -63,6 +68,12 @@ pub struct ThreadStats {
     pub channels: AtomicU64,
     /// Current send path as an index into `SendPath::ALL`.
     pub send_path: AtomicU64,
+    /// Passes that began more than 1 ms after their earliest deadline, and the worst lateness
+    /// seen, in ns: how often and how badly this thread was late for its channels.
+    pub late_passes: AtomicU64,
+    pub max_lateness_ns: AtomicU64,
+    /// The longest pass (gathering, sending and rescheduling what was due), in ns.
+    pub max_pass_ns: AtomicU64,
 }
 
 /// One stretch of a channel's loop: `count` datagrams of `archive`, the first at byte `offset`.
@@ -324,8 +335,14 @@ impl Schedule {
     fn push_deadline(&mut self, slot: usize, now: Instant) {
         let channel = self.slots[slot].as_ref().expect("scheduling a live slot");
         if let Some(deadline) = channel.carousel.poll_timeout() {
-            // An unpaced channel is due "now": schedule it just after, so one pass pops it once.
-            let deadline = deadline.max(now);
+            // A paced channel keeps its real deadline, even a past one, so the most overdue goes
+            // first. An unpaced channel is always due: it queues at `now`, behind overdue paced
+            // channels, and one pass pops it once.
+            let deadline = if channel.carousel.quantum_interval().is_some() {
+                deadline
+            } else {
+                deadline.max(now)
+            };
             self.deadlines
                 .push(Reverse((deadline, slot, self.generations[slot])));
         }
@@ -525,7 +542,19 @@ fn run_thread(
         // channel per pass keeps unpaced channels from starving paced ones).
         due.clear();
         let pass_now = clock.now();
-        while let Some(slot) = schedule.pop_due(pass_now) {
+        if let Some(deadline) = schedule.next_deadline().filter(|d| *d <= pass_now) {
+            let lateness = pass_now.saturating_since(deadline);
+            if lateness > Duration::from_millis(1) {
+                stats.late_passes.fetch_add(1, Ordering::Relaxed);
+            }
+            stats
+                .max_lateness_ns
+                .fetch_max(lateness.as_nanos() as u64, Ordering::Relaxed);
+        }
+        while due.len() < PASS_CHANNELS_MAX {
+            let Some(slot) = schedule.pop_due(pass_now) else {
+                break;
+            };
             let channel = schedule.slots[slot].as_mut().expect("popped a live slot");
             due.push((slot, channel.carousel.poll_transmit(pass_now)));
         }
@@ -553,6 +582,10 @@ fn run_thread(
         }
         // Phase 3: count, and put every popped channel back at its next deadline.
         let after = clock.now();
+        stats.max_pass_ns.fetch_max(
+            after.saturating_since(pass_now).as_nanos() as u64,
+            Ordering::Relaxed,
+        );
         for &(slot, transmit) in &due {
             if let Some(transmit) = transmit {
                 let channel = schedule.slots[slot].as_ref().expect("due slot is live");

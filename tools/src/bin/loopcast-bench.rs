@@ -537,6 +537,16 @@ fn run_in_netns(scenario: &str, args: &SendArgs) -> Result<(), String> {
     if let Some(path) = &args.path {
         command.args(["--path", path]);
     }
+    if let Some(cores) = args.cores {
+        command.args(["--cores", &cores.to_string()]);
+    }
+    if let Some(tiers) = &args.tiers {
+        command.args(["--tiers", tiers]);
+    }
+    if let Some(files) = args.files {
+        command.args(["--files", &files.to_string()]);
+    }
+    command.args(["--pacing-window-ms", &args.pacing_window_ms.to_string()]);
     if args.json {
         command.arg("--json");
     }
@@ -713,6 +723,12 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
         channels.len(),
         args.seconds
     ));
+    // Lateness and pass length over the measurement only, not the start-up.
+    for thread in pool.thread_stats() {
+        thread.late_passes.store(0, Ordering::Relaxed);
+        thread.max_lateness_ns.store(0, Ordering::Relaxed);
+        thread.max_pass_ns.store(0, Ordering::Relaxed);
+    }
     let cpu_before = cpu_time();
     let started = Instant::now();
     let bytes_before = thread_bytes(&pool);
@@ -765,6 +781,17 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
     let cpu = (cpu_time() - cpu_before).as_secs_f64();
     let final_path =
         SendPath::ALL[pool.thread_stats()[0].send_path.load(Ordering::Relaxed) as usize];
+    let pool_stats: Vec<(u64, u64, u64)> = pool
+        .thread_stats()
+        .iter()
+        .map(|t| {
+            (
+                t.late_passes.load(Ordering::Relaxed),
+                t.max_lateness_ns.load(Ordering::Relaxed),
+                t.max_pass_ns.load(Ordering::Relaxed),
+            )
+        })
+        .collect();
     drop(pool);
     let size = usize::from(datagram_size(args));
     let ours = SendMeasure {
@@ -799,6 +826,10 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
         json["rss_anon_bytes_per_extra_tier"] = serde_json::json!(rss_per_extra_tier);
         json["pacing_windows_skipped"] = serde_json::json!(windows_skipped);
         json["pacing_window_ms"] = serde_json::json!(args.pacing_window_ms);
+        json["threads_late"] = serde_json::json!(pool_stats
+            .iter()
+            .map(|(late, worst, pass)| serde_json::json!({"late_passes": late, "max_lateness_ms": *worst as f64 / 1e6, "max_pass_ms": *pass as f64 / 1e6}))
+            .collect::<Vec<_>>());
         json["ceiling"] = ceiling.to_json();
         println!("{json}");
     } else {
@@ -813,6 +844,14 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
                 report["pacing_error_p50"],
                 report["pacing_error_p99"],
                 args.pacing_window_ms
+            );
+        }
+        for (index, thread) in pool_stats.iter().enumerate() {
+            println!(
+                "thread {index}   {} pass(es) more than 1 ms late, worst {:.2} ms; longest pass {:.2} ms",
+                thread.0,
+                thread.1 as f64 / 1e6,
+                thread.2 as f64 / 1e6
             );
         }
         if windows_skipped > 0 {
