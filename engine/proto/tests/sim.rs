@@ -1,10 +1,10 @@
 //! Deterministic simulation: one carousel, several receivers joining at different times, a
 //! seeded lossy network and a virtual clock. Any failure replays from its seed.
 //!
-//! Checks R9 (and R10 in `simulate_with_naks`) end to end in the core: every receiver completes
-//! (verified), a receiver that
-//! loses nothing completes within one loop of joining, and the channel goes idle once every
-//! receiver has said it is done.
+//! Checks R9 end to end in the core: every receiver completes (verified), a receiver that loses
+//! nothing completes within one loop of joining, and the channel goes idle once every receiver
+//! has said it is done. `simulate_with_naks` adds R10: NAKs, repairs ahead of the loop, and
+//! lossy receivers that finish in about one loop.
 
 use core::time::Duration;
 
