@@ -383,16 +383,16 @@ fn run_udpcast(
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    // udpcast's rendezvous can hang forever: bound it well below the overall timeout.
-    let receiver_outputs = wait_all(
-        receivers,
-        started + args.timeout.min(Duration::from_secs(20)),
-    );
+    // udpcast can hang (e.g. a rendezvous that never happens): bounded by the run's timeout.
+    let receiver_outputs = wait_all(receivers, started + args.timeout);
     let seconds = started.elapsed().as_secs_f64();
     let receiver_cpu = children_cpu() - cpu0;
     if receiver_outputs.is_err() {
         terminate(sender);
-        return Err("udp-receiver never completed (the sender/receiver rendezvous did not happen on this topology)".into());
+        return Err(format!(
+            "udp-receiver did not finish within {} s (no rendezvous, or too slow)",
+            args.timeout.as_secs()
+        ));
     }
     let sender_outputs = wait_all(
         vec![("udp-sender".into(), sender)],

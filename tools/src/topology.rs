@@ -81,6 +81,9 @@ impl BridgeTopology {
                 "addr",
                 "add",
                 &format!("{address}/24"),
+                // With a broadcast address, like any real LAN: udpcast's rendezvous broadcasts.
+                "brd",
+                "+",
                 "dev",
                 "veth0",
             ])?;
