@@ -64,16 +64,17 @@ fn main() -> ExitCode {
     println!("channels    {}", channels.len());
     for c in &channels {
         println!(
-            "  {:<24} {:<22} {:>14} loop {}/{} ({} loops) mcast {} ucast {} sent {} B",
+            "  {:<24} {:<22} {:>14} loop {}/{} mcast {} ucast {} sent {} B repaired {} refused {}",
             text(&c["file"]),
             c["group"].as_str().unwrap_or("unicast only"),
             format_rate(c["rate_bits_per_s"].as_u64().unwrap_or(0)),
             c["next_serial"],
             c["loop_len"],
-            c["loops_completed"],
             c["multicast_sessions"],
             c["unicast_sessions"],
-            c["bytes_sent"]
+            c["bytes_sent"],
+            c["repair_datagrams"],
+            c["repairs_refused"]
         );
     }
     let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
