@@ -6,7 +6,8 @@
 //! - resume.rs: a client killed mid-download resumes where it stopped (R14).
 //! - hostile.rs: garbage on the request port, a damaged archive in the media database, bit rot
 //!   found by the server's background check.
-//! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10).
+//! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
+//!   of NAKs for losses every receiver shares.
 
 mod bench;
 mod demo;

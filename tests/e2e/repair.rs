@@ -120,3 +120,128 @@ fn under_random_loss_naks_repair_ahead_of_the_loop() {
         "namespaces left behind"
     );
 }
+
+#[test]
+fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
+    if !is_root() {
+        return skip(
+            "shared_losses_are_asked_for_once_and_the_rest_suppressed",
+            "needs root for ip netns and nftables inside the namespaces",
+        );
+    }
+    if !nft_available() {
+        return skip(
+            "shared_losses_are_asked_for_once_and_the_rest_suppressed",
+            "nft (nftables) is not installed; .ci/run installs it",
+        );
+    }
+    let tag = format!("lcs{}", std::process::id() % 100_000);
+    let topology = BridgeTopology::build(
+        &tag,
+        &[
+            ("s", "10.76.0.1"),
+            ("a", "10.76.0.2"),
+            ("b", "10.76.0.3"),
+            ("c", "10.76.0.4"),
+        ],
+        1500,
+    )
+    .expect("namespaces build");
+    let (server_ns, server_ip) = (&topology.hosts[0].0, topology.hosts[0].1.as_str());
+    // Loss before the fan-out: 3 % of the server's multicast data never reaches anyone, so
+    // every receiver misses the same datagrams.
+    let rules = "table inet shared {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    udp dport 7701 numgen random mod 100 < 3 counter drop\n  }\n}\n";
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", server_ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    let nft = nft.wait_with_output().unwrap();
+    assert!(
+        nft.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+
+    let scratch = Scratch::new("suppress");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 24 << 20, 41);
+    pack_into(&input, &media, &["--no-encrypt", "--level", "0"]);
+    let admin = scratch.path("admin.sock");
+    let server = Proc::spawn(
+        "loopcastd",
+        Command::new("ip")
+            .args(["netns", "exec", server_ns])
+            .arg(bin("loopcastd"))
+            .arg("serve")
+            .arg("--media")
+            .arg(&media)
+            .args(["--listen", &format!("{server_ip}:7700"), "--rate", "100M"])
+            .args(["--multicast-interface", server_ip, "--multicast-ttl", "1"])
+            .arg("--admin-socket")
+            .arg(&admin),
+    );
+    wait_for_admin(&admin);
+    let clients: Vec<(String, Proc)> = topology.hosts[1..]
+        .iter()
+        .map(|(ns, ip)| {
+            let name = ns.clone();
+            let proc = Proc::spawn(
+                &name,
+                Command::new("ip")
+                    .args(["netns", "exec", ns])
+                    .arg(bin("loopcast"))
+                    .args(["get", &format!("{server_ip}:7700"), "film.bin", "--json"])
+                    .args(["--multicast-interface", ip])
+                    .arg("--output")
+                    .arg(scratch.path(&format!("{name}.lca")))
+                    .arg("--extract")
+                    .arg(scratch.path(&format!("{name}.out"))),
+            );
+            (name, proc)
+        })
+        .collect();
+    let mut suppressed = 0;
+    for (name, proc) in clients {
+        let output = proc.wait(Duration::from_secs(90));
+        assert!(
+            output.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report = json_of(&output);
+        assert_eq!(report["transport"], "multicast", "{report}");
+        assert!(
+            std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original,
+            "{name}: bytes differ"
+        );
+        suppressed += report["serials_suppressed"].as_u64().unwrap();
+    }
+    let status = {
+        let output = Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&admin)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    assert!(
+        status["counters"]["naks_relayed"].as_u64().unwrap() > 0,
+        "the server relays NAKs to the group: {status}"
+    );
+    assert!(
+        suppressed > 0,
+        "receivers that missed the same datagrams left the asking to one of them"
+    );
+    assert!(server.terminate().status.success());
+    drop(topology);
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains(&tag),
+        "namespaces left behind"
+    );
+}

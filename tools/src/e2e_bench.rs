@@ -269,13 +269,14 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             .map(|h| h == served)
             .unwrap_or(false);
         transports.push(format!(
-            "{} ({:.2} s: first datagram at {:.2} s, publish {:.2} s; {} NAKs for {} serials, {} duplicates)",
+            "{} ({:.2} s: first datagram at {:.2} s, publish {:.2} s; {} NAKs for {} serials, {} suppressed, {} duplicates)",
             report["transport"].as_str().unwrap_or("?"),
             report["seconds"].as_f64().unwrap_or(0.0),
             report["first_datagram_seconds"].as_f64().unwrap_or(0.0),
             report["publish_seconds"].as_f64().unwrap_or(0.0),
             report["naks_sent"],
             report["serials_naked"],
+            report["serials_suppressed"],
             report["duplicates"]
         ));
         if !output.status.success() {

@@ -87,6 +87,8 @@ pub struct GetReport {
     /// NAKs sent, and the serials they asked for (R10).
     pub naks_sent: u64,
     pub serials_naked: u64,
+    /// Serials not asked for because another receiver had just asked (R10 suppression).
+    pub serials_suppressed: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +133,9 @@ const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
 const REQUEST_RETRY: Duration = Duration::from_millis(500);
 /// Buffers taken per recvmmsg.
 const RECEIVE_BATCH: usize = 64;
+/// Longest random wait before a multicast receiver asks for a gap (R10's Timer A): long enough
+/// for another receiver's NAK, relayed by the server, to arrive first.
+const NAK_SUPPRESSION_DELAY: Duration = Duration::from_millis(20);
 /// Datagrams in a batch from which hashing is spread over threads.
 const PARALLEL_HASH_MIN: usize = 32;
 /// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
@@ -255,7 +260,10 @@ pub fn get(
     };
 
     let total = download.receiver.shape().loop_len();
-    let nak_clock = loopcast_proto::time::MonotonicClock::new();
+    if transport == Transport::Unicast {
+        // On a unicast channel a NAK is sent at once (R10).
+        download.nak.set_suppression(None);
+    }
     let mut last_status = Instant::now() - STATUS_INTERVAL;
     let mut last_save = Instant::now();
     let mut last_new_data = Instant::now();
@@ -304,7 +312,7 @@ pub fn get(
             last_new_data = Instant::now();
         }
         // R10: ask for what went by without arriving (at most one NAK per interval).
-        if let Some(ranges) = download.nak.poll_nak(nak_clock.now()) {
+        if let Some(ranges) = download.nak.poll_nak(download.clock.now()) {
             send(ControlMessage::Nak {
                 session: offer.session,
                 ranges,
@@ -342,6 +350,7 @@ pub fn get(
         oversize_dropped: download.oversize_dropped,
         naks_sent: download.nak.naks_sent(),
         serials_naked: download.nak.serials_naked(),
+        serials_suppressed: download.nak.serials_suppressed(),
         info: offer.info,
     })
 }
@@ -447,11 +456,22 @@ struct Download {
     to_store: Vec<(u32, usize, usize, usize)>,
     /// What went by without arriving, to ask for ahead of the loop (R10).
     nak: NakPlanner,
+    clock: loopcast_proto::time::MonotonicClock,
     /// Reused per batch: (slot, offset, length, needs hashing) of the file's datagrams, their
     /// bytes, and their hashes.
     segments: Vec<Segment>,
     slices: Vec<&'static [u8]>,
     hashes: Vec<[u8; 32]>,
+}
+
+/// A seed for the NAK planner's random delays, from the OS (a fixed one if it is unavailable:
+/// suppression then works less well, nothing else changes).
+fn random_seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes),
+        Err(_) => 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
+    }
 }
 
 /// One datagram of the file in a received batch: where it sits, and whether it still needs
@@ -531,7 +551,16 @@ impl Download {
             saver: None,
             unproven,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
-            nak: NakPlanner::new(NakConfig::default(), receiver.have()),
+            nak: NakPlanner::new(
+                NakConfig {
+                    // Multicast until the transport says otherwise (R10 suppression, Timer A).
+                    suppression_delay: Some(NAK_SUPPRESSION_DELAY),
+                    random_seed: random_seed(),
+                    ..NakConfig::default()
+                },
+                receiver.have(),
+            ),
+            clock: loopcast_proto::time::MonotonicClock::new(),
             segments: Vec::with_capacity(RECEIVE_BATCH * 64),
             slices: Vec::with_capacity(RECEIVE_BATCH * 64),
             hashes: Vec::with_capacity(RECEIVE_BATCH * 64),
@@ -567,8 +596,17 @@ impl Download {
                 let at = offset;
                 offset += bytes.len();
                 if ControlMessage::is_control(bytes) {
-                    if let Ok(ControlMessage::Sync { file_id, .. }) = ControlMessage::parse(bytes) {
-                        result.synced |= file_id == self.receiver.info().file_id;
+                    match ControlMessage::parse(bytes) {
+                        Ok(ControlMessage::Sync { file_id, .. }) => {
+                            result.synced |= file_id == self.receiver.info().file_id;
+                        }
+                        // R10 suppression: another receiver asked for these; we need not.
+                        Ok(ControlMessage::NakHeard { file_id, ranges })
+                            if file_id == self.receiver.info().file_id =>
+                        {
+                            self.nak.heard(self.clock.now(), &ranges);
+                        }
+                        _ => {}
                     }
                     continue;
                 }

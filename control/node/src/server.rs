@@ -162,6 +162,7 @@ struct Counters {
     nak_serials: u64,
     nak_ranges_dropped: u64,
     naks_over_budget: u64,
+    naks_relayed: u64,
     archives_verified: u64,
     archives_corrupt: u64,
 }
@@ -449,8 +450,12 @@ impl Server {
                 state.nak_serials += asked;
                 channel.carousel.heard(now, session);
                 let id = channel.id;
+                let relay_to = channel
+                    .group
+                    .filter(|_| state.transport == Transport::Multicast);
+                let file_id = channel.file_id;
                 self.counters.naks += 1;
-                for (first, count) in ranges {
+                for &(first, count) in &ranges {
                     self.counters.nak_serials += u64::from(count);
                     // The pool's carousel checks the range against the loop and merges repeats;
                     // a full command queue (a NAK flood) drops the range, counted, not logged.
@@ -463,10 +468,19 @@ impl Server {
                         self.counters.nak_ranges_dropped += 1;
                     }
                 }
+                // R10 suppression: tell the group what was asked, so receivers missing the
+                // same serials need not ask as well.
+                if let Some(group) = relay_to {
+                    let heard = ControlMessage::NakHeard { file_id, ranges };
+                    if self.data.send_to(&heard.to_bytes(), group).is_ok() {
+                        self.counters.naks_relayed += 1;
+                    }
+                }
             }
             ControlMessage::Offer { .. }
             | ControlMessage::Reject { .. }
-            | ControlMessage::Sync { .. } => {
+            | ControlMessage::Sync { .. }
+            | ControlMessage::NakHeard { .. } => {
                 self.counters.control_dropped += 1;
             }
         }
@@ -951,6 +965,7 @@ impl Server {
                 "nak_serials": self.counters.nak_serials,
                 "nak_ranges_dropped": self.counters.nak_ranges_dropped,
                 "naks_over_budget": self.counters.naks_over_budget,
+                "naks_relayed": self.counters.naks_relayed,
                 "archives_verified": self.counters.archives_verified,
                 "archives_corrupt": self.counters.archives_corrupt,
                 "datagrams_sent": sum(|t| &t.datagrams),

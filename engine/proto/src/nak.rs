@@ -17,7 +17,7 @@
 //! the server merges duplicate ranges in its repair queue instead.
 
 use core::time::Duration;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::bitmap::Bitmap;
 use crate::time::Instant;
@@ -32,9 +32,16 @@ pub struct NakConfig {
     pub reorder_margin: u32,
     /// A range asked for and still (partly) missing this long after is asked for again.
     pub repair_timeout: Duration,
+    /// Multicast NAK suppression (R10): a gap found by the scan is asked for only after a
+    /// random delay of up to this (Timer A), and not at all if meanwhile another receiver's
+    /// NAK for it is heard (`heard`). `None` (unicast): ask at once.
+    pub suppression_delay: Option<Duration>,
+    /// Seeds the random delays (the planner is sans-IO; the driver supplies randomness).
+    pub random_seed: u64,
 }
 
-/// Asked-for ranges remembered for re-asking at most.
+/// Asked-for ranges remembered for re-asking at most; also the bound on gaps waiting for their
+/// suppression delay and on ranges heard from other receivers.
 pub const OUTSTANDING_MAX: usize = 4096;
 
 impl Default for NakConfig {
@@ -43,6 +50,8 @@ impl Default for NakConfig {
             interval: Duration::from_millis(10),
             reorder_margin: 256,
             repair_timeout: Duration::from_millis(100),
+            suppression_delay: None,
+            random_seed: 0x9e37_79b9_7f4a_7c15,
         }
     }
 }
@@ -57,11 +66,18 @@ pub struct NakPlanner {
     /// behind is told apart from one that has caught up.
     frontier_travel: u64,
     cursor_travel: u64,
+    /// When the last NAK went out (at most one per interval).
     last_nak: Option<Instant>,
-    /// Ranges asked for, oldest first, with when they were asked.
+    /// Ranges asked for (by us, or heard from others), oldest first, with when.
     outstanding: VecDeque<(u32, u32, Instant)>,
+    /// Gaps found but waiting for their suppression delay: (first, count, ask at).
+    waiting: VecDeque<(u32, u32, Instant)>,
+    /// Ranges other receivers asked for: first → (end, heard at).
+    heard: BTreeMap<u32, (u32, Instant)>,
+    random: u64,
     naks_sent: u64,
     serials_naked: u64,
+    serials_suppressed: u64,
 }
 
 impl NakPlanner {
@@ -78,8 +94,12 @@ impl NakPlanner {
             cursor_travel: 0,
             last_nak: None,
             outstanding: VecDeque::new(),
+            waiting: VecDeque::new(),
+            heard: BTreeMap::new(),
+            random: config.random_seed | 1,
             naks_sent: 0,
             serials_naked: 0,
+            serials_suppressed: 0,
         }
     }
 
@@ -118,12 +138,109 @@ impl NakPlanner {
         }
     }
 
-    /// When `poll_nak` may next have something to send; `None` before the first datagram.
+    /// Turns multicast suppression on (`Some(max delay)`) or off (unicast: ask at once), e.g.
+    /// when a client falls back from multicast to unicast.
+    pub fn set_suppression(&mut self, delay: Option<Duration>) {
+        self.config.suppression_delay = delay;
+    }
+
+    /// Another receiver's NAK for these ranges was heard (relayed by the server to the group):
+    /// they are treated as asked for now, by us, so we neither ask for them again nor before
+    /// the repair timeout re-ask what is still missing then (the NAK data timer).
+    pub fn heard(&mut self, now: Instant, ranges: &[(u32, u32)]) {
+        let loop_len = self.loop_len();
+        for &(first, count) in ranges {
+            let Some(end) = first
+                .checked_add(count)
+                .filter(|&end| count > 0 && end <= loop_len)
+            else {
+                continue;
+            };
+            if self.heard.len() < OUTSTANDING_MAX || self.heard.contains_key(&first) {
+                let longest = self.heard.get(&first).map_or(end, |&(e, _)| e.max(end));
+                self.heard.insert(first, (longest, now));
+            }
+            if self.outstanding.len() < OUTSTANDING_MAX {
+                self.outstanding.push_back((first, count, now));
+            }
+        }
+    }
+
+    /// Whether another receiver asked for `serial` within the repair timeout.
+    fn heard_recently(&self, serial: u32, now: Instant) -> bool {
+        self.heard
+            .range(..=serial)
+            .rev()
+            .take(8)
+            .any(|(_, &(end, at))| {
+                end > serial && now.saturating_since(at) < self.config.repair_timeout
+            })
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.random ^= self.random << 13;
+        self.random ^= self.random >> 7;
+        self.random ^= self.random << 17;
+        self.random
+    }
+
+    /// Appends the parts of `first .. first + count` still missing (and, if `skip_heard`, not
+    /// recently asked for by another receiver) to `ranges`, up to `NAK_RANGES_MAX`; returns
+    /// where it stopped (== first + count when done).
+    fn append_missing(
+        &mut self,
+        ranges: &mut Vec<(u32, u32)>,
+        first: u32,
+        count: u32,
+        now: Instant,
+    ) -> u32 {
+        let end = first + count;
+        let mut serial = first;
+        while serial < end && ranges.len() < NAK_RANGES_MAX {
+            if self.seen.get(serial) {
+                serial += 1;
+                continue;
+            }
+            if self.heard_recently(serial, now) {
+                self.serials_suppressed += 1;
+                serial += 1;
+                continue;
+            }
+            let start = serial;
+            while serial < end && !self.seen.get(serial) && !self.heard_recently(serial, now) {
+                serial += 1;
+            }
+            ranges.push((start, serial - start));
+        }
+        serial
+    }
+
+    /// Drops heard ranges older than the repair timeout.
+    fn forget_old_heard(&mut self, now: Instant) {
+        let timeout = self.config.repair_timeout;
+        if self.heard.len() >= OUTSTANDING_MAX / 2 {
+            self.heard
+                .retain(|_, &mut (_, at)| now.saturating_since(at) < timeout);
+        }
+    }
+
+    /// When a waiting gap's delay or an asked range's repair timeout runs out (not before the
+    /// NAK interval allows another NAK); `None` if nothing is waiting. New gaps appear only as
+    /// datagrams arrive, so a driver also polls after receiving.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.frontier?;
+        let waiting = self.waiting.iter().map(|&(_, _, at)| at).min();
+        let outstanding = self
+            .outstanding
+            .front()
+            .map(|&(_, _, asked)| asked + self.config.repair_timeout);
+        let earliest = match (waiting, outstanding) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
         Some(match self.last_nak {
-            None => Instant::ZERO,
-            Some(at) => at + self.config.interval,
+            None => earliest,
+            Some(at) => earliest.max(at + self.config.interval),
         })
     }
 
@@ -146,8 +263,10 @@ impl NakPlanner {
         let gone_by = u32::try_from(self.frontier_travel - self.cursor_travel)
             .expect("at most one loop")
             .saturating_sub(self.config.reorder_margin);
+        self.forget_old_heard(now);
         let mut ranges: Vec<(u32, u32)> = Vec::new();
-        // First what was asked before and is still missing after the repair timeout.
+        // First what was asked before (by us or others) and is still missing after the repair
+        // timeout.
         while let Some(&(first, count, asked)) = self.outstanding.front() {
             if now.saturating_since(asked) < self.config.repair_timeout
                 || ranges.len() == NAK_RANGES_MAX
@@ -155,38 +274,47 @@ impl NakPlanner {
                 break;
             }
             self.outstanding.pop_front();
-            let mut serial = first;
-            while serial < first + count && ranges.len() < NAK_RANGES_MAX {
-                if self.seen.get(serial) {
-                    serial += 1;
-                    continue;
-                }
-                let start = serial;
-                while serial < first + count && !self.seen.get(serial) {
-                    serial += 1;
-                }
-                ranges.push((start, serial - start));
-            }
-            if serial < first + count {
+            let stopped = self.append_missing(&mut ranges, first, count, now);
+            if stopped < first + count {
                 // No room left in this NAK: the rest waits at the front for the next one.
                 self.outstanding
-                    .push_front((serial, first + count - serial, asked));
+                    .push_front((stopped, first + count - stopped, asked));
             }
         }
+        // Then gaps whose suppression delay has passed, unless someone else asked meanwhile
+        // (the delays are random, so any of the waiting gaps may be due).
+        for _ in 0..self.waiting.len() {
+            let (first, count, ask_at) = self.waiting.pop_front().expect("counted");
+            if ask_at > now || ranges.len() == NAK_RANGES_MAX {
+                self.waiting.push_back((first, count, ask_at));
+                continue;
+            }
+            let stopped = self.append_missing(&mut ranges, first, count, now);
+            if stopped < first + count {
+                self.waiting
+                    .push_back((stopped, first + count - stopped, ask_at));
+            }
+        }
+        // Then what the loop has gone past since the last scan.
+        let mut found: Vec<(u32, u32)> = Vec::new();
+        let found_max = match self.config.suppression_delay {
+            None => NAK_RANGES_MAX - ranges.len(),
+            Some(_) => NAK_RANGES_MAX.min(OUTSTANDING_MAX - self.waiting.len()),
+        };
         let mut scanned = 0u32;
         while scanned < gone_by {
             let serial = self.cursor;
             if !self.seen.get(serial) {
                 // Ranges never wrap: one ending at the loop's end cannot be extended by 0.
-                let extends = ranges
+                let extends = found
                     .last()
                     .is_some_and(|&(first, count)| first + count == serial);
                 if extends {
-                    ranges.last_mut().expect("checked").1 += 1;
-                } else if ranges.len() == NAK_RANGES_MAX {
+                    found.last_mut().expect("checked").1 += 1;
+                } else if found.len() >= found_max {
                     break;
                 } else {
-                    ranges.push((serial, 1));
+                    found.push((serial, 1));
                 }
             }
             scanned += 1;
@@ -197,15 +325,29 @@ impl NakPlanner {
                 serial + 1
             };
         }
+        match self.config.suppression_delay {
+            None => {
+                for (first, count) in found {
+                    self.append_missing(&mut ranges, first, count, now);
+                }
+            }
+            Some(delay) => {
+                let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1);
+                for (first, count) in found {
+                    let ask_at = now + Duration::from_nanos(self.next_random() % delay_ns);
+                    self.waiting.push_back((first, count, ask_at));
+                }
+            }
+        }
         if ranges.is_empty() {
             return None;
         }
+        self.last_nak = Some(now);
         for &(first, count) in &ranges {
             if self.outstanding.len() < OUTSTANDING_MAX {
                 self.outstanding.push_back((first, count, now));
             }
         }
-        self.last_nak = Some(now);
         self.naks_sent += 1;
         self.serials_naked += ranges.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
         Some(ranges)
@@ -218,6 +360,11 @@ impl NakPlanner {
     /// Serials asked for, counting a serial again each time it is asked.
     pub fn serials_naked(&self) -> u64 {
         self.serials_naked
+    }
+
+    /// Serials not asked for because another receiver had just asked for them.
+    pub fn serials_suppressed(&self) -> u64 {
+        self.serials_suppressed
     }
 }
 
@@ -233,6 +380,7 @@ mod tests {
                 reorder_margin: margin,
                 // Long: these tests look at first asks; `lost_repairs_are_asked_again` at re-asks.
                 repair_timeout: Duration::from_secs(3600),
+                ..NakConfig::default()
             },
             &Bitmap::new(loop_len),
         )
@@ -259,7 +407,7 @@ mod tests {
         assert_eq!(nak.poll_nak(t0), Some(vec![(120, 5), (150, 1)]));
         // Too soon for another NAK, and nothing new has gone by anyway.
         assert_eq!(nak.poll_nak(t0 + Duration::from_millis(1)), None);
-        assert_eq!(nak.poll_timeout(), Some(t0 + Duration::from_millis(10)));
+        assert!(nak.poll_timeout().unwrap() >= t0 + Duration::from_millis(10));
         // Repairs arrive out of order: they do not move the frontier backwards.
         nak.saw(150);
         nak.saw(120);
@@ -282,6 +430,7 @@ mod tests {
                 interval: Duration::from_millis(10),
                 reorder_margin: 0,
                 repair_timeout: Duration::from_millis(100),
+                ..NakConfig::default()
             },
             &Bitmap::new(1000),
         );
@@ -311,6 +460,61 @@ mod tests {
             nak.poll_nak(t0 + Duration::from_millis(300)),
             None,
             "all repaired"
+        );
+    }
+
+    fn suppressing(delay_ms: u64) -> NakPlanner {
+        NakPlanner::new(
+            NakConfig {
+                reorder_margin: 0,
+                suppression_delay: Some(Duration::from_millis(delay_ms)),
+                ..NakConfig::default()
+            },
+            &Bitmap::new(1000),
+        )
+    }
+
+    #[test]
+    fn a_gap_another_receiver_asked_for_is_not_asked_again_until_the_repair_timeout() {
+        let mut nak = suppressing(20);
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        nak.saw(0);
+        nak.saw(100);
+        // Someone else's NAK for the same loss, relayed by the server.
+        nak.heard(t0, &[(1, 99)]);
+        assert_eq!(nak.poll_nak(t0), None, "gaps wait for their delay");
+        assert_eq!(
+            nak.poll_nak(t0 + Duration::from_millis(30)),
+            None,
+            "suppressed"
+        );
+        assert_eq!(nak.serials_suppressed(), 99);
+        // The repair never came: after the repair timeout it is asked for (NAK data timer).
+        assert_eq!(
+            nak.poll_nak(t0 + Duration::from_millis(100)),
+            Some(vec![(1, 99)])
+        );
+    }
+
+    #[test]
+    fn without_another_receiver_a_gap_is_asked_after_its_random_delay() {
+        let mut nak = suppressing(20);
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        nak.saw(0);
+        nak.saw(50);
+        let first = nak.poll_nak(t0);
+        let second = nak.poll_nak(t0 + Duration::from_millis(25));
+        let asked: Vec<(u32, u32)> = first.into_iter().chain(second).flatten().collect();
+        assert_eq!(asked, vec![(1, 49)], "asked once, within the delay");
+        // A repair that covers part of it arrives; the rest is heard from someone else.
+        for serial in 1..30 {
+            nak.saw(serial);
+        }
+        nak.heard(t0 + Duration::from_millis(90), &[(30, 20)]);
+        assert_eq!(
+            nak.poll_nak(t0 + Duration::from_millis(130)),
+            None,
+            "the rest was asked by another receiver just now"
         );
     }
 

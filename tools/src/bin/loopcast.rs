@@ -464,6 +464,7 @@ fn run_get(args: GetArgs) -> Result<(), String> {
                 "mb_per_s": report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
                 "dropped": report.counters.dropped_total(), "duplicates": report.counters.duplicates,
                 "naks_sent": report.naks_sent, "serials_naked": report.serials_naked,
+                "serials_suppressed": report.serials_suppressed,
                 "first_datagram_seconds": report.first_datagram_after.map(|d| d.as_secs_f64()),
                 "publish_seconds": report.publish_time.as_secs_f64(),
                 "verified": true, "extracted": extracted.map(|p| p.display().to_string()),

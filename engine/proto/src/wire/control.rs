@@ -118,6 +118,12 @@ pub enum ControlMessage {
         session: SessionId,
         ranges: Vec<(u32, u32)>,
     },
+    /// Server → group (R10 suppression): some receiver of this file asked for these ranges and
+    /// they are queued for repair; a receiver missing the same serials need not ask as well.
+    NakHeard {
+        file_id: FileId,
+        ranges: Vec<(u32, u32)>,
+    },
 }
 
 /// Ranges one NAK carries at most (8 bytes each: the message stays well under one datagram).
@@ -132,6 +138,7 @@ mod kind {
     pub const STATUS: u8 = 6;
     pub const LEAVE: u8 = 7;
     pub const NAK: u8 = 8;
+    pub const NAK_HEARD: u8 = 9;
 }
 
 fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
@@ -238,18 +245,14 @@ impl ControlMessage {
                 w.u64(session.0);
             }
             ControlMessage::Nak { session, ranges } => {
-                assert!(
-                    !ranges.is_empty() && ranges.len() <= NAK_RANGES_MAX,
-                    "a NAK carries 1..={NAK_RANGES_MAX} ranges"
-                );
                 w.u8(kind::NAK);
                 w.u64(session.0);
-                w.u8(u8::try_from(ranges.len()).expect("bounded above"));
-                for &(first, count) in ranges {
-                    assert!(count > 0, "NAK ranges are non-empty");
-                    w.u32(first);
-                    w.u32(count);
-                }
+                write_ranges(&mut w, ranges);
+            }
+            ControlMessage::NakHeard { file_id, ranges } => {
+                w.u8(kind::NAK_HEARD);
+                w.u64(file_id.0);
+                write_ranges(&mut w, ranges);
             }
         }
     }
@@ -319,28 +322,50 @@ impl ControlMessage {
             kind::LEAVE => ControlMessage::Leave {
                 session: SessionId(r.u64()?),
             },
-            kind::NAK => {
-                let session = SessionId(r.u64()?);
-                let count = usize::from(r.u8()?);
-                if count == 0 || count > NAK_RANGES_MAX {
-                    return Err(ParseError::Malformed);
-                }
-                let mut ranges = Vec::with_capacity(count);
-                for _ in 0..count {
-                    let first = r.u32()?;
-                    let length = r.u32()?;
-                    if length == 0 || first.checked_add(length).is_none() {
-                        return Err(ParseError::Malformed);
-                    }
-                    ranges.push((first, length));
-                }
-                ControlMessage::Nak { session, ranges }
-            }
+            kind::NAK => ControlMessage::Nak {
+                session: SessionId(r.u64()?),
+                ranges: read_ranges(&mut r)?,
+            },
+            kind::NAK_HEARD => ControlMessage::NakHeard {
+                file_id: FileId(r.u64()?),
+                ranges: read_ranges(&mut r)?,
+            },
             _ => return Err(ParseError::UnknownKind),
         };
         r.finish()?;
         Ok(message)
     }
+}
+
+fn write_ranges(w: &mut Writer<'_>, ranges: &[(u32, u32)]) {
+    assert!(
+        !ranges.is_empty() && ranges.len() <= NAK_RANGES_MAX,
+        "a NAK carries 1..={NAK_RANGES_MAX} ranges"
+    );
+    w.u8(u8::try_from(ranges.len()).expect("bounded above"));
+    for &(first, count) in ranges {
+        assert!(count > 0, "NAK ranges are non-empty");
+        w.u32(first);
+        w.u32(count);
+    }
+}
+
+/// 1..=NAK_RANGES_MAX ranges, each non-empty and not overflowing.
+fn read_ranges(r: &mut Reader<'_>) -> Result<Vec<(u32, u32)>, ParseError> {
+    let count = usize::from(r.u8()?);
+    if count == 0 || count > NAK_RANGES_MAX {
+        return Err(ParseError::Malformed);
+    }
+    let mut ranges = Vec::with_capacity(count);
+    for _ in 0..count {
+        let first = r.u32()?;
+        let length = r.u32()?;
+        if length == 0 || first.checked_add(length).is_none() {
+            return Err(ParseError::Malformed);
+        }
+        ranges.push((first, length));
+    }
+    Ok(ranges)
 }
 
 fn read_bool(r: &mut Reader<'_>) -> Result<bool, ParseError> {
@@ -440,6 +465,17 @@ mod tests {
             )
                 .prop_map(|(s, ranges)| ControlMessage::Nak {
                     session: SessionId(s),
+                    ranges
+                }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(
+                    (0u32..u32::MAX / 2, 1u32..u32::MAX / 2),
+                    1..=NAK_RANGES_MAX
+                )
+            )
+                .prop_map(|(f, ranges)| ControlMessage::NakHeard {
+                    file_id: FileId(f),
                     ranges
                 }),
         ]
