@@ -21,14 +21,7 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     let mut state = 0x9e3779b97f4a7c15u64;
     for round in 0..2000 {
         let len = (round * 7) % 1500;
-        let mut packet: Vec<u8> = (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect();
+        let mut packet = noise(&mut state, len);
         if round % 2 == 0 && packet.len() >= 4 {
             packet[..3].copy_from_slice(b"Lc\x01"); // look like control, then be wrong
         }
@@ -117,16 +110,7 @@ fn forged_flooding_and_out_of_range_naks_are_counted_and_bounded() {
     let media = scratch.path("media");
     let input = scratch.path("small.bin");
     // Incompressible, so the loop has a few hundred datagrams.
-    let mut state = 0x2545f4914f6cdd1du64;
-    let noise: Vec<u8> = (0..512 << 10)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    std::fs::write(&input, noise).unwrap();
+    std::fs::write(&input, noise(&mut 0x2545f4914f6cdd1du64, 512 << 10)).unwrap();
     pack_into(&input, &media, &["--no-encrypt"]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", "10M"]);
     let server_addr = format!("127.0.0.1:{}", server.port);

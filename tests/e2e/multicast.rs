@@ -56,20 +56,7 @@ fn multicast_with_ip_netns() {
     let packed = pack_into(&input, &media, &[]);
     let admin = scratch.path("admin.sock");
     let (server_ns, server_ip) = (&hosts[0].0, hosts[0].1);
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new("ip")
-            .args(["netns", "exec", server_ns])
-            .arg(bin("loopcastd"))
-            .arg("serve")
-            .arg("--media")
-            .arg(&media)
-            .args(["--listen", &format!("{server_ip}:7700"), "--rate", "100M"])
-            .args(["--multicast-interface", server_ip, "--multicast-ttl", "1"])
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = serve_in_namespace(server_ns, server_ip, &media, &admin, "100M");
     let client = |name: &str, ns: &str, local_ip: &str, unicast: bool| {
         let mut command = Command::new("ip");
         command
@@ -134,11 +121,7 @@ fn multicast_with_ip_netns() {
     );
     drop(hosts);
     drop(topology);
-    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&leftover.stdout).contains(&tag),
-        "namespaces left behind"
-    );
+    assert_no_namespaces_left(&tag);
 }
 
 fn multicast_in_user_namespace() {

@@ -9,27 +9,29 @@ use loopcast_tools::topology::BridgeTopology;
 
 use crate::support::*;
 
-fn nft_available() -> bool {
-    Command::new("nft")
+/// Whether this machine can run these tests (root for `ip netns`, and nft); if not, says why.
+fn can_run(test: &str) -> bool {
+    if !is_root() {
+        skip(
+            test,
+            "needs root for ip netns and nftables inside the namespaces",
+        );
+        return false;
+    }
+    let nft = Command::new("nft")
         .arg("--version")
         .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+        .is_ok_and(|o| o.status.success());
+    if !nft {
+        skip(test, "nft (nftables) is not installed; .ci/run installs it");
+    }
+    nft
 }
 
 #[test]
 fn under_random_loss_naks_repair_ahead_of_the_loop() {
-    if !is_root() {
-        return skip(
-            "under_random_loss_naks_repair_ahead_of_the_loop",
-            "needs root for ip netns and nftables inside the namespaces",
-        );
-    }
-    if !nft_available() {
-        return skip(
-            "under_random_loss_naks_repair_ahead_of_the_loop",
-            "nft (nftables) is not installed; .ci/run installs it",
-        );
+    if !can_run("under_random_loss_naks_repair_ahead_of_the_loop") {
+        return;
     }
     let tag = format!("lcr{}", std::process::id() % 100_000);
     let topology = BridgeTopology::build(&tag, &[("s", "10.79.0.1"), ("a", "10.79.0.2")], 1500)
@@ -38,20 +40,7 @@ fn under_random_loss_naks_repair_ahead_of_the_loop() {
     let (client_ns, client_ip) = (&topology.hosts[1].0, topology.hosts[1].1.as_str());
     // 5 % of all UDP into the client is dropped: data, SYNC and answers alike.
     let rules = "table inet lossy {\n  chain in {\n    type filter hook prerouting priority -300; policy accept;\n    meta l4proto udp numgen random mod 100 < 5 counter drop\n  }\n}\n";
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", client_ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-    let nft = nft.wait_with_output().unwrap();
-    assert!(
-        nft.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&nft.stderr)
-    );
+    load_nft_rules(client_ns, rules);
 
     let scratch = Scratch::new("repair");
     let media = scratch.path("media");
@@ -59,20 +48,7 @@ fn under_random_loss_naks_repair_ahead_of_the_loop() {
     let original = write_content(&input, 16 << 20, 31);
     pack_into(&input, &media, &["--no-encrypt"]);
     let admin = scratch.path("admin.sock");
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new("ip")
-            .args(["netns", "exec", server_ns])
-            .arg(bin("loopcastd"))
-            .arg("serve")
-            .arg("--media")
-            .arg(&media)
-            .args(["--listen", &format!("{server_ip}:7700"), "--rate", "100M"])
-            .args(["--multicast-interface", server_ip, "--multicast-ttl", "1"])
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = serve_in_namespace(server_ns, server_ip, &media, &admin, "100M");
     let client = Proc::spawn(
         "client",
         Command::new("ip")
@@ -114,26 +90,13 @@ fn under_random_loss_naks_repair_ahead_of_the_loop() {
     let status = server.terminate();
     assert!(status.status.success());
     drop(topology);
-    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&leftover.stdout).contains(&tag),
-        "namespaces left behind"
-    );
+    assert_no_namespaces_left(&tag);
 }
 
 #[test]
 fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
-    if !is_root() {
-        return skip(
-            "shared_losses_are_asked_for_once_and_the_rest_suppressed",
-            "needs root for ip netns and nftables inside the namespaces",
-        );
-    }
-    if !nft_available() {
-        return skip(
-            "shared_losses_are_asked_for_once_and_the_rest_suppressed",
-            "nft (nftables) is not installed; .ci/run installs it",
-        );
+    if !can_run("shared_losses_are_asked_for_once_and_the_rest_suppressed") {
+        return;
     }
     let tag = format!("lcs{}", std::process::id() % 100_000);
     let topology = BridgeTopology::build(
@@ -151,19 +114,7 @@ fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
     // Loss before the fan-out: 3 % of the server's multicast data never reaches anyone, so
     // every receiver misses the same datagrams.
     let rules = "table inet shared {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    udp dport 7701 numgen random mod 100 < 3 counter drop\n  }\n}\n";
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", server_ns, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
-    let nft = nft.wait_with_output().unwrap();
-    assert!(
-        nft.status.success(),
-        "nft: {}",
-        String::from_utf8_lossy(&nft.stderr)
-    );
+    load_nft_rules(server_ns, rules);
 
     let scratch = Scratch::new("suppress");
     let media = scratch.path("media");
@@ -171,20 +122,7 @@ fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
     let original = write_content(&input, 24 << 20, 41);
     pack_into(&input, &media, &["--no-encrypt", "--level", "0"]);
     let admin = scratch.path("admin.sock");
-    let server = Proc::spawn(
-        "loopcastd",
-        Command::new("ip")
-            .args(["netns", "exec", server_ns])
-            .arg(bin("loopcastd"))
-            .arg("serve")
-            .arg("--media")
-            .arg(&media)
-            .args(["--listen", &format!("{server_ip}:7700"), "--rate", "100M"])
-            .args(["--multicast-interface", server_ip, "--multicast-ttl", "1"])
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
+    let server = serve_in_namespace(server_ns, server_ip, &media, &admin, "100M");
     let clients: Vec<(String, Proc)> = topology.hosts[1..]
         .iter()
         .map(|(ns, ip)| {
@@ -220,15 +158,7 @@ fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
         );
         suppressed += report["serials_suppressed"].as_u64().unwrap();
     }
-    let status = {
-        let output = Command::new(bin("loopcastctl"))
-            .arg("--socket")
-            .arg(&admin)
-            .args(["status", "--json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
-    };
+    let status = status_of(&admin);
     assert!(
         status["counters"]["naks_relayed"].as_u64().unwrap() > 0,
         "the server relays NAKs to the group: {status}"
@@ -239,9 +169,5 @@ fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
     );
     assert!(server.terminate().status.success());
     drop(topology);
-    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8_lossy(&leftover.stdout).contains(&tag),
-        "namespaces left behind"
-    );
+    assert_no_namespaces_left(&tag);
 }

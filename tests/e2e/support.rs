@@ -143,15 +143,25 @@ pub fn write_content(path: &Path, len: usize, seed: u64) -> Vec<u8> {
             if (i >> 18) % 3 == 0 {
                 b"carousel"[i % 8]
             } else {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
+                next_byte(&mut state)
             }
         })
         .collect();
     std::fs::write(path, &data).unwrap();
     data
+}
+
+/// One pseudo-random byte from an xorshift64 state (non-zero): the tests' only noise source.
+pub fn next_byte(state: &mut u64) -> u8 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state as u8
+}
+
+/// `len` pseudo-random bytes from `state`.
+pub fn noise(state: &mut u64, len: usize) -> Vec<u8> {
+    (0..len).map(|_| next_byte(state)).collect()
 }
 
 /// Packs `input` into `media` (encrypted, watermarked); returns the pack JSON.
@@ -166,6 +176,63 @@ pub fn pack_into(input: &Path, media: &Path, extra: &[&str]) -> serde_json::Valu
             .args(extra),
     );
     json_of(&output)
+}
+
+/// `loopcastctl status --json` against the daemon's admin socket.
+pub fn status_of(admin: &Path) -> serde_json::Value {
+    json_of(&run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(admin)
+            .args(["status", "--json"]),
+    ))
+}
+
+/// Starts loopcastd inside network namespace `ns`, listening on `ip:7700`, sending multicast
+/// from `ip` with TTL 1 at `rate`, and waits until its admin socket answers.
+pub fn serve_in_namespace(ns: &str, ip: &str, media: &Path, admin: &Path, rate: &str) -> Proc {
+    let server = Proc::spawn(
+        "loopcastd",
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bin("loopcastd"))
+            .arg("serve")
+            .arg("--media")
+            .arg(media)
+            .args(["--listen", &format!("{ip}:7700"), "--rate", rate])
+            .args(["--multicast-interface", ip, "--multicast-ttl", "1"])
+            .arg("--admin-socket")
+            .arg(admin),
+    );
+    wait_for_admin(admin);
+    server
+}
+
+/// Loads an nftables ruleset (`nft -f -` syntax) into network namespace `ns`.
+pub fn load_nft_rules(ns: &str, rules: &str) {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    let nft = nft.wait_with_output().unwrap();
+    assert!(
+        nft.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
+}
+
+/// Asserts that no network namespace whose name contains `tag` is left.
+pub fn assert_no_namespaces_left(tag: &str) {
+    let leftover = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&leftover.stdout).contains(tag),
+        "namespaces left behind"
+    );
 }
 
 /// Waits until `loopcastctl status` answers on `socket`.
@@ -232,11 +299,6 @@ impl UnicastServer {
 
     /// `loopcastctl status --json`.
     pub fn status(&self) -> serde_json::Value {
-        json_of(&run_ok(
-            Command::new(bin("loopcastctl"))
-                .arg("--socket")
-                .arg(&self.admin)
-                .args(["status", "--json"]),
-        ))
+        status_of(&self.admin)
     }
 }
