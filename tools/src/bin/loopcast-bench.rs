@@ -124,7 +124,7 @@ fn main() -> ExitCode {
         Scenario::Send(args) if args.netns => run_in_netns("send", &args),
         Scenario::Ceiling(args) if args.netns => run_in_netns("ceiling", &args),
         Scenario::Ceiling(args) => {
-            run_ceiling(&args).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling")))
+            run_ceiling(&args, None).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling")))
         }
         Scenario::Send(args)
             if args.cores.is_some() || args.tiers.is_some() || args.files.is_some() =>
@@ -257,48 +257,29 @@ fn datagram_size(args: &SendArgs) -> u16 {
     }
 }
 
-fn run_ceiling(args: &SendArgs) -> Result<SendMeasure, String> {
-    let (_sink, destination, sender) = endpoints(args)?;
-    loopcast_tools::phase(format_args!(
-        "ceiling: raw sendmmsg+GSO blaster for {} s",
-        args.seconds
-    ));
-    let size = usize::from(datagram_size(args));
-    let cpu_before = cpu_time();
-    let report = blast(
-        &sender,
-        &destination,
-        size,
-        Duration::from_secs_f64(args.seconds),
-        u64::MAX,
-    )
-    .map_err(|e| format!("blaster: {e}"))?;
-    Ok(SendMeasure {
-        bytes: report.bytes,
-        datagrams: report.datagrams,
-        seconds: report.elapsed.as_secs_f64(),
-        cpu_seconds: (cpu_time() - cpu_before).as_secs_f64(),
-        datagram_size: size,
-    })
-}
-
-/// The blaster over the same bytes a real sender reads (the mapped archive's datagrams).
-fn run_ceiling_over(args: &SendArgs, region: &[u8]) -> Result<SendMeasure, String> {
+/// The raw sendmmsg+GSO blaster: over one cache-hot buffer (`region` None), or over the same
+/// bytes a real sender reads (`region`: the mapped archive's datagrams).
+fn run_ceiling(args: &SendArgs, region: Option<&[u8]>) -> Result<SendMeasure, String> {
     let (_sink, destination, sender) = endpoints(args)?;
     let size = usize::from(datagram_size(args));
-    loopcast_tools::phase(format_args!(
-        "ceiling over the archive's bytes: raw sendmmsg+GSO for {} s",
-        args.seconds
-    ));
+    let duration = Duration::from_secs_f64(args.seconds);
+    let what = match region {
+        None => "ceiling: raw sendmmsg+GSO blaster",
+        Some(_) => "ceiling over the archive's bytes: raw sendmmsg+GSO",
+    };
+    loopcast_tools::phase(format_args!("{what} for {} s", args.seconds));
     let cpu_before = cpu_time();
-    let report = loopcast_dataplane::ceiling::blast_over(
-        &sender,
-        &destination,
-        region,
-        size,
-        Duration::from_secs_f64(args.seconds),
-        u64::MAX,
-    )
+    let report = match region {
+        None => blast(&sender, &destination, size, duration, u64::MAX),
+        Some(region) => loopcast_dataplane::ceiling::blast_over(
+            &sender,
+            &destination,
+            region,
+            size,
+            duration,
+            u64::MAX,
+        ),
+    }
     .map_err(|e| format!("blaster: {e}"))?;
     Ok(SendMeasure {
         bytes: report.bytes,
@@ -338,7 +319,7 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
     }
     std::hint::black_box(touch);
 
-    let ceiling = run_ceiling(args)?;
+    let ceiling = run_ceiling(args, None)?;
     let (path, reason) = match &args.path {
         Some(name) => (
             SendPath::from_name(name).ok_or_else(|| {
@@ -397,7 +378,7 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
     };
     let ratio = ours.gbps() / ceiling.gbps();
     let datagrams_region = &map.bytes()[loopcast_archive::format::DATAGRAMS_OFFSET as usize..];
-    let same_bytes = run_ceiling_over(args, datagrams_region)?;
+    let same_bytes = run_ceiling(args, Some(datagrams_region))?;
     let ratio_same_bytes = ours.gbps() / same_bytes.gbps();
     drop(cleanup);
     let counters = sender.counters();
@@ -646,7 +627,7 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
         std::hint::black_box(touch);
         archives.push((archive.info().clone(), Arc::new(map)));
     }
-    let ceiling = run_ceiling(args)?;
+    let ceiling = run_ceiling(args, None)?;
     let (path, reason) = match &args.path {
         Some(name) => (
             SendPath::from_name(name).ok_or("unknown --path")?,
