@@ -166,7 +166,9 @@ impl NakPlanner {
         }
     }
 
-    /// Whether another receiver asked for `serial` within the repair timeout.
+    /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
+    /// ranges starting nearest below `serial` are looked at, so the check stays cheap; a
+    /// longer range starting further back is missed, which costs one extra NAK, never a loss.
     fn heard_recently(&self, serial: u32, now: Instant) -> bool {
         self.heard
             .range(..=serial)
@@ -184,9 +186,9 @@ impl NakPlanner {
         self.random
     }
 
-    /// Appends the parts of `first .. first + count` still missing (and, if `skip_heard`, not
-    /// recently asked for by another receiver) to `ranges`, up to `NAK_RANGES_MAX`; returns
-    /// where it stopped (== first + count when done).
+    /// Appends the parts of `first .. first + count` still missing and not recently asked for by
+    /// another receiver to `ranges`, up to `NAK_RANGES_MAX`; returns where it stopped
+    /// (== first + count when done).
     fn append_missing(
         &mut self,
         ranges: &mut Vec<(u32, u32)>,

@@ -10,7 +10,7 @@ use core::time::Duration;
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
-use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
+use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::receiver::{Outcome, Receiver};
 use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
@@ -42,8 +42,16 @@ struct SimClient {
     sent_at_done: Option<u64>,
 }
 
-fn simulate(seed: u64, stream_len: usize, losses: &[u64]) {
-    let mut rng = Rng(seed | 1);
+/// The channel every simulation runs: 100 Mbit/s, batches of 64, a 5 s member timeout.
+const SIM_RATE_BITS_PER_S: u64 = 100_000_000;
+
+/// A random file of `stream_len` bytes from `rng`, assembled into datagrams, and a carousel
+/// for it at `SIM_RATE_BITS_PER_S`.
+fn file_and_carousel(
+    seed: u64,
+    stream_len: usize,
+    rng: &mut Rng,
+) -> (FileInfo, Vec<Vec<u8>>, Carousel) {
     let stream: Vec<u8> = (0..stream_len).map(|_| rng.next() as u8).collect();
     let (info, datagrams) = assemble_in_memory(&InMemoryFile {
         file_id: FileId(seed),
@@ -52,21 +60,26 @@ fn simulate(seed: u64, stream_len: usize, losses: &[u64]) {
         frame_stream: &stream,
         watermark: None,
     });
-    let loop_len = u64::from(info.loop_len);
-    let rate_bits_per_s = 100_000_000;
-    let loop_time_ns =
-        loop_len * u64::from(info.datagram_size) * 8 * 1_000_000_000 / rate_bits_per_s;
-    let mut carousel = Carousel::new(
+    let carousel = Carousel::new(
         CarouselConfig {
             loop_len: info.loop_len,
             datagram_size: info.datagram_size,
-            rate_bits_per_s,
+            rate_bits_per_s: SIM_RATE_BITS_PER_S,
             batch_datagrams_max: 64,
             member_timeout: Duration::from_secs(5),
             members_max: 16,
         },
         Instant::ZERO,
     );
+    (info, datagrams, carousel)
+}
+
+fn simulate(seed: u64, stream_len: usize, losses: &[u64]) {
+    let mut rng = Rng(seed | 1);
+    let (info, datagrams, mut carousel) = file_and_carousel(seed, stream_len, &mut rng);
+    let loop_len = u64::from(info.loop_len);
+    let loop_time_ns =
+        loop_len * u64::from(info.datagram_size) * 8 * 1_000_000_000 / SIM_RATE_BITS_PER_S;
     let mut clients: Vec<SimClient> = losses
         .iter()
         .enumerate()
@@ -195,26 +208,8 @@ fn simulate_naks(
 ) -> u64 {
     use loopcast_proto::nak::{NakConfig, NakPlanner};
     let mut rng = Rng(seed | 1);
-    let stream: Vec<u8> = (0..stream_len).map(|_| rng.next() as u8).collect();
-    let (info, datagrams) = assemble_in_memory(&InMemoryFile {
-        file_id: FileId(seed),
-        name: "sim.bin",
-        datagram_size: DATAGRAM_SIZE_MTU_1500,
-        frame_stream: &stream,
-        watermark: None,
-    });
+    let (info, datagrams, mut carousel) = file_and_carousel(seed, stream_len, &mut rng);
     let loop_len = u64::from(info.loop_len);
-    let mut carousel = Carousel::new(
-        CarouselConfig {
-            loop_len: info.loop_len,
-            datagram_size: info.datagram_size,
-            rate_bits_per_s: 100_000_000,
-            batch_datagrams_max: 64,
-            member_timeout: Duration::from_secs(5),
-            members_max: 16,
-        },
-        Instant::ZERO,
-    );
     struct NakClient {
         session: SessionId,
         loss_per_mille: u64,
@@ -319,7 +314,7 @@ fn simulate_naks(
         // One loop, plus the repairs everyone asked for (lost copies asked again), plus the
         // planner's reorder margin at the end of the pass, plus one repair timeout of the loop
         // (a lost repair is asked again 100 ms later: 868 datagrams at 100 Mbit/s).
-        let repair_timeout_datagrams = 100_000_000 / 8 / 1440 / 10;
+        let repair_timeout_datagrams = SIM_RATE_BITS_PER_S / 8 / 1440 / 10;
         let bound =
             loop_len + loop_len * total_loss * 3 / 1000 + 2 * 256 + 64 + repair_timeout_datagrams;
         assert!(

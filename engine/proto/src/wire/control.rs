@@ -392,6 +392,11 @@ mod tests {
         ]
     }
 
+    /// 1..=NAK_RANGES_MAX valid ranges, as Nak and NakHeard carry them.
+    fn any_ranges() -> impl Strategy<Value = Vec<(u32, u32)>> {
+        proptest::collection::vec((0u32..u32::MAX / 2, 1u32..u32::MAX / 2), 1..=NAK_RANGES_MAX)
+    }
+
     fn any_message() -> impl Strategy<Value = ControlMessage> {
         prop_oneof![
             (any::<u64>(), any::<bool>(), "[a-z0-9._-]{0,128}").prop_map(
@@ -456,28 +461,14 @@ mod tests {
             any::<u64>().prop_map(|s| ControlMessage::Leave {
                 session: SessionId(s)
             }),
-            (
-                any::<u64>(),
-                proptest::collection::vec(
-                    (0u32..u32::MAX / 2, 1u32..u32::MAX / 2),
-                    1..=NAK_RANGES_MAX
-                )
-            )
-                .prop_map(|(s, ranges)| ControlMessage::Nak {
-                    session: SessionId(s),
-                    ranges
-                }),
-            (
-                any::<u64>(),
-                proptest::collection::vec(
-                    (0u32..u32::MAX / 2, 1u32..u32::MAX / 2),
-                    1..=NAK_RANGES_MAX
-                )
-            )
-                .prop_map(|(f, ranges)| ControlMessage::NakHeard {
-                    file_id: FileId(f),
-                    ranges
-                }),
+            (any::<u64>(), any_ranges()).prop_map(|(s, ranges)| ControlMessage::Nak {
+                session: SessionId(s),
+                ranges
+            }),
+            (any::<u64>(), any_ranges()).prop_map(|(f, ranges)| ControlMessage::NakHeard {
+                file_id: FileId(f),
+                ranges
+            }),
         ]
     }
 
