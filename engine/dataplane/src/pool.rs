@@ -665,6 +665,32 @@ mod tests {
         (path, bytes)
     }
 
+    fn map(path: &std::path::Path) -> Arc<MappedArchive> {
+        let file = std::fs::File::open(path).unwrap();
+        Arc::new(MappedArchive::map(&file, path).unwrap())
+    }
+
+    /// A loopback socket for a test to receive a channel's datagrams on.
+    fn loopback_receiver() -> UdpSocket {
+        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        receiver
+    }
+
+    fn loopback_pool(threads: usize, send_path: SendPath, pin_threads: bool) -> SenderPool {
+        SenderPool::start(&PoolConfig {
+            threads,
+            send_path,
+            bind: "127.0.0.1:0".parse().unwrap(),
+            multicast_interface: None,
+            multicast_ttl: 1,
+            pin_threads,
+        })
+        .unwrap()
+    }
+
     fn rate_over(stats: &ChannelStats, window: Duration) -> f64 {
         let before = stats.bytes.load(Ordering::Relaxed);
         std::thread::sleep(window);
@@ -689,8 +715,7 @@ mod tests {
     #[test]
     fn schedule_spreads_phases_pops_only_due_channels_and_skips_stale_entries() {
         let (path, _) = archive_file(100, 1440);
-        let file = std::fs::File::open(&path).unwrap();
-        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
+        let archive = map(&path);
         let sender = DataSender::new(SendPath::Sendmmsg).unwrap();
         let mut schedule = Schedule::new();
         let start = Instant::from_nanos(1_000_000_000);
@@ -803,9 +828,8 @@ mod tests {
             datagram[4..8].copy_from_slice(&(serial as u32).to_le_bytes());
         }
         std::fs::write(&path, &bytes).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let map = Arc::new(MappedArchive::map(&file, &path).unwrap());
-        (path, map)
+        let archive = map(&path);
+        (path, archive)
     }
 
     #[test]
@@ -813,19 +837,8 @@ mod tests {
         let size = 1440;
         let (path_a, a) = tagged_archive(0xA, 30, size);
         let (path_b, b) = tagged_archive(0xB, 10, size);
-        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut pool = SenderPool::start(&PoolConfig {
-            threads: 1,
-            send_path: crate::send::probe_send_path().0,
-            bind: "127.0.0.1:0".parse().unwrap(),
-            multicast_interface: None,
-            multicast_ttl: 1,
-            pin_threads: false,
-        })
-        .unwrap();
+        let receiver = loopback_receiver();
+        let mut pool = loopback_pool(1, crate::send::probe_send_path().0, false);
         let piece = |archive: &Arc<MappedArchive>, first: u32, count: u32| LoopPiece {
             archive: archive.clone(),
             offset: first as usize * size,
@@ -878,17 +891,8 @@ mod tests {
     #[test]
     fn channels_are_placed_by_load_not_by_count() {
         let (path, _) = archive_file(100, 1440);
-        let file = std::fs::File::open(&path).unwrap();
-        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
-        let mut pool = SenderPool::start(&PoolConfig {
-            threads: 2,
-            send_path: SendPath::Sendmmsg,
-            bind: "127.0.0.1:0".parse().unwrap(),
-            multicast_interface: None,
-            multicast_ttl: 1,
-            pin_threads: false,
-        })
-        .unwrap();
+        let archive = map(&path);
+        let mut pool = loopback_pool(2, SendPath::Sendmmsg, false);
         // Destinations on the discard port of loopback: nothing listens, nothing is kept.
         pool.add_channel(*spec(1, &archive, 0)).unwrap();
         let unpaced_thread = pool.thread_of(ChannelId(1)).unwrap();
@@ -920,29 +924,10 @@ mod tests {
     fn queued_repairs_go_out_ahead_of_the_loop_and_are_counted() {
         let size = 1440;
         let datagrams = 1000u32;
-        let path =
-            std::env::temp_dir().join(format!("loopcast-pool-repair-{}", std::process::id()));
-        let mut bytes = vec![0u8; datagrams as usize * size];
-        for (serial, datagram) in bytes.chunks_exact_mut(size).enumerate() {
-            datagram[..4].copy_from_slice(&(serial as u32).to_le_bytes());
-        }
-        std::fs::write(&path, &bytes).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
-        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let (send_path, _) = crate::send::probe_send_path();
-        let mut pool = SenderPool::start(&PoolConfig {
-            threads: 1,
-            send_path,
-            bind: "127.0.0.1:0".parse().unwrap(),
-            multicast_interface: None,
-            multicast_ttl: 1,
-            pin_threads: false,
-        })
-        .unwrap();
+        let (path, archive) = tagged_archive(0x7, datagrams, size);
+        let bytes = archive.bytes().to_vec();
+        let receiver = loopback_receiver();
+        let mut pool = loopback_pool(1, crate::send::probe_send_path().0, false);
         let stats = Arc::new(ChannelStats::default());
         // 2 Mbit/s: the loop needs about 5 s to reach serial 900 by itself.
         pool.add_channel(ChannelSpec {
@@ -964,7 +949,7 @@ mod tests {
                 match receiver.recv(&mut buffer) {
                     Ok(len) => {
                         assert_eq!(len, size);
-                        let serial = u32::from_le_bytes(buffer[..4].try_into().unwrap());
+                        let serial = u32::from_le_bytes(buffer[4..8].try_into().unwrap());
                         assert_eq!(&buffer[..size], &bytes[serial as usize * size..][..size]);
                         return serial;
                     }
@@ -1007,22 +992,9 @@ mod tests {
     fn paced_channel_sends_identical_datagrams_and_holds_rate_under_re_rating() {
         let size = 1440;
         let (path, bytes) = archive_file(500, size);
-        let file = std::fs::File::open(&path).unwrap();
-        let archive = Arc::new(MappedArchive::map(&file, &path).unwrap());
-        let receiver = crate::socket::bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let (send_path, _) = crate::send::probe_send_path();
-        let mut pool = SenderPool::start(&PoolConfig {
-            threads: 2,
-            send_path,
-            bind: "127.0.0.1:0".parse().unwrap(),
-            multicast_interface: None,
-            multicast_ttl: 1,
-            pin_threads: true,
-        })
-        .unwrap();
+        let archive = map(&path);
+        let receiver = loopback_receiver();
+        let mut pool = loopback_pool(2, crate::send::probe_send_path().0, true);
         let stats = Arc::new(ChannelStats::default());
         pool.add_channel(ChannelSpec {
             id: ChannelId(1),
