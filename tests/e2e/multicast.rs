@@ -93,13 +93,7 @@ fn multicast_with_ip_netns() {
         ("late", late, "multicast"),
         ("unicast", unicast, "unicast"),
     ] {
-        let output = proc.wait(Duration::from_secs(90));
-        assert!(
-            output.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report = json_of(&output);
+        let report = proc.report(Duration::from_secs(90));
         assert_eq!(report["transport"], transport, "{name}: {report}");
         assert_eq!(report["verified"], true);
         assert!(

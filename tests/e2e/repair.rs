@@ -61,13 +61,7 @@ fn under_random_loss_naks_repair_ahead_of_the_loop() {
             .arg("--extract")
             .arg(scratch.path("film.out")),
     );
-    let output = client.wait(Duration::from_secs(90));
-    assert!(
-        output.status.success(),
-        "client: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = json_of(&output);
+    let report = client.report(Duration::from_secs(90));
     assert_eq!(report["transport"], "multicast", "{report}");
     assert_eq!(report["verified"], true);
     assert!(
@@ -144,13 +138,7 @@ fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
         .collect();
     let mut suppressed = 0;
     for (name, proc) in clients {
-        let output = proc.wait(Duration::from_secs(90));
-        assert!(
-            output.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report = json_of(&output);
+        let report = proc.report(Duration::from_secs(90));
         assert_eq!(report["transport"], "multicast", "{report}");
         assert!(
             std::fs::read(scratch.path(&format!("{name}.out"))).unwrap() == original,

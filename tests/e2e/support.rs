@@ -101,6 +101,19 @@ impl Proc {
         let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
         child.wait_with_output().unwrap()
     }
+
+    /// Waits (bounded) for a `--json` command to succeed and returns its JSON report; panics
+    /// with its label and stderr if it fails.
+    pub fn report(self, timeout: Duration) -> serde_json::Value {
+        let label = self.label.clone();
+        let output = self.wait(timeout);
+        assert!(
+            output.status.success(),
+            "{label}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        json_of(&output)
+    }
 }
 
 impl Drop for Proc {

@@ -49,13 +49,7 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     std::thread::sleep(Duration::from_millis(300));
     let late = client("late");
     for (name, proc) in [("early", early), ("late", late)] {
-        let output = proc.wait(Duration::from_secs(60));
-        assert!(
-            output.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report = json_of(&output);
+        let report = proc.report(Duration::from_secs(60));
         assert_eq!(report["transport"], "unicast");
         assert_eq!(report["verified"], true);
         let extracted = std::fs::read(scratch.path(&format!("{name}.out"))).unwrap();

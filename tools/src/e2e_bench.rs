@@ -61,18 +61,6 @@ fn build(tag: &str, receivers: usize, mtu: u32) -> Result<BridgeTopology, String
     Ok(topology)
 }
 
-fn children_cpu() -> Duration {
-    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN) {
-        Ok(usage) => {
-            let tv = |t: nix::sys::time::TimeVal| {
-                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-            };
-            tv(usage.user_time()) + tv(usage.system_time())
-        }
-        Err(_) => Duration::ZERO,
-    }
-}
-
 fn in_ns(ns: &str, program: &Path) -> Command {
     let mut command = Command::new("ip");
     command.args(["netns", "exec", ns]).arg(program);
@@ -205,7 +193,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         "e2e: loopcast at {} to {} receiver(s)",
         args.rate, args.receivers
     ));
-    let cpu0 = children_cpu();
+    let cpu0 = crate::children_cpu_time();
     let server = in_ns(&format!("{tag}-s"), &loopcastd)
         .arg("serve")
         .arg("--media")
@@ -254,9 +242,9 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         .collect::<Result<_, String>>()?;
     let outputs = wait_all(clients, started + args.timeout);
     let seconds = started.elapsed().as_secs_f64();
-    let receiver_cpu = children_cpu() - cpu0;
+    let receiver_cpu = crate::children_cpu_time() - cpu0;
     terminate(server);
-    let sender_cpu = children_cpu() - cpu0 - receiver_cpu;
+    let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;
     let outputs = outputs?;
     let served = hash_file(&media.join("film.bin.lca")).map_err(|e| e.to_string())?;
     let mut verified = true;
@@ -352,7 +340,7 @@ fn run_udpcast(
     let sender_bin =
         which("udp-sender").ok_or("udpcast not installed (apt-get install udpcast)")?;
     let receiver_bin = which("udp-receiver").ok_or("udpcast not installed")?;
-    let cpu0 = children_cpu();
+    let cpu0 = crate::children_cpu_time();
     let receivers: Vec<(String, Child)> = (1..=args.receivers)
         .map(|i| {
             let child = in_ns(&format!("{tag}-r{i}"), &receiver_bin)
@@ -387,7 +375,7 @@ fn run_udpcast(
     // udpcast can hang (e.g. a rendezvous that never happens): bounded by the run's timeout.
     let receiver_outputs = wait_all(receivers, started + args.timeout);
     let seconds = started.elapsed().as_secs_f64();
-    let receiver_cpu = children_cpu() - cpu0;
+    let receiver_cpu = crate::children_cpu_time() - cpu0;
     if receiver_outputs.is_err() {
         terminate(sender);
         return Err(format!(
@@ -399,7 +387,7 @@ fn run_udpcast(
         vec![("udp-sender".into(), sender)],
         Instant::now() + Duration::from_secs(10),
     );
-    let sender_cpu = children_cpu() - cpu0 - receiver_cpu;
+    let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;
     receiver_outputs?;
     sender_outputs?;
     let verified = (1..=args.receivers).all(|i| {
@@ -428,7 +416,7 @@ fn run_uftp(
 ) -> Result<serde_json::Value, String> {
     let server_bin = which("uftp").ok_or("uftp not installed (apt-get install uftp)")?;
     let client_bin = which("uftpd").ok_or("uftp not installed")?;
-    let cpu0 = children_cpu();
+    let cpu0 = crate::children_cpu_time();
     let daemons: Vec<Child> = (1..=args.receivers)
         .map(|i| {
             let out = dir.join(format!("uftp-{i}"));
@@ -464,11 +452,11 @@ fn run_uftp(
         .map_err(|e| e.to_string())?;
     let outputs = wait_all(vec![("uftp".into(), server)], started + args.timeout);
     let seconds = started.elapsed().as_secs_f64();
-    let sender_cpu = children_cpu() - cpu0;
+    let sender_cpu = crate::children_cpu_time() - cpu0;
     for daemon in daemons {
         terminate(daemon);
     }
-    let receiver_cpu = children_cpu() - cpu0 - sender_cpu;
+    let receiver_cpu = crate::children_cpu_time() - cpu0 - sender_cpu;
     outputs?;
     let name = input.file_name().ok_or("input name")?;
     let verified = (1..=args.receivers).all(|i| {

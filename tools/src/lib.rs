@@ -106,7 +106,16 @@ pub fn byte_bar(total: u64, message: &str) -> indicatif::ProgressBar {
 
 /// CPU time (user + system) this process has used so far.
 pub fn cpu_time() -> Duration {
-    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+    rusage_cpu(nix::sys::resource::UsageWho::RUSAGE_SELF)
+}
+
+/// CPU time (user + system) of this process's waited-for children so far.
+pub fn children_cpu_time() -> Duration {
+    rusage_cpu(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+}
+
+fn rusage_cpu(who: nix::sys::resource::UsageWho) -> Duration {
+    match nix::sys::resource::getrusage(who) {
         Ok(usage) => {
             let to_duration = |tv: nix::sys::time::TimeVal| {
                 Duration::from_secs(tv.tv_sec() as u64) + Duration::from_micros(tv.tv_usec() as u64)
