@@ -325,6 +325,10 @@ impl Schedule {
             .position(|slot| slot.as_ref().is_some_and(|c| c.spec.id == id))
     }
 
+    fn channel_mut(&mut self, id: ChannelId) -> Option<&mut Channel> {
+        self.slots.iter_mut().flatten().find(|c| c.spec.id == id)
+    }
+
     /// (Re)schedules a slot at its carousel's next deadline under a new generation, so any
     /// older heap entry for the slot is ignored.
     fn reschedule(&mut self, slot: usize, now: Instant) {
@@ -477,8 +481,7 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
             first,
             count,
         } => {
-            if let Some(slot) = schedule.find(id) {
-                let channel = schedule.slots[slot].as_mut().expect("found");
+            if let Some(channel) = schedule.channel_mut(id) {
                 if channel.carousel.queue_repair(first, count).is_err() {
                     channel
                         .spec
@@ -489,8 +492,7 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
             }
         }
         Command::AddDestination(id, address) => {
-            if let Some(slot) = schedule.find(id) {
-                let channel = schedule.slots[slot].as_mut().expect("found");
+            if let Some(channel) = schedule.channel_mut(id) {
                 let address = SockAddr::from(address);
                 if !channel.destinations.contains(&address) {
                     channel.destinations.push(address);
@@ -498,8 +500,7 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
             }
         }
         Command::RemoveDestination(id, address) => {
-            if let Some(slot) = schedule.find(id) {
-                let channel = schedule.slots[slot].as_mut().expect("found");
+            if let Some(channel) = schedule.channel_mut(id) {
                 let address = SockAddr::from(address);
                 channel.destinations.retain(|d| *d != address);
             }
