@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use loopcast_archive::format::{archive_len, datagram_offset, superblock};
 use loopcast_dataplane::recv::BatchReceiver;
-use loopcast_proto::carousel::SessionId;
+use loopcast_proto::client::{ClientConfig, ClientEvent, ClientSession};
 use loopcast_proto::info::{FileInfo, RootHash, DATAGRAM_SIZE_MAX};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver, ReceiverCounters};
-use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
+use loopcast_proto::rng::SeededRng;
+use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport};
 use loopcast_proto::wire::datagram::DatagramHeader;
 
 #[derive(Clone, Debug)]
@@ -80,6 +81,10 @@ pub struct GetReport {
     pub archive_bytes: u64,
     pub counters: ReceiverCounters,
     pub oversize_dropped: u64,
+    /// Datagrams from another host than the server (unicast), dropped unread.
+    pub foreign_source_dropped: u64,
+    /// Times the session was lost (server restart, expiry, shutdown) and asked for again.
+    pub session_rerequests: u64,
     /// From the start to the first datagram of the file, and the time spent making the
     /// finished file durable (final fsync and rename).
     pub first_datagram_after: Option<Duration>,
@@ -112,6 +117,8 @@ pub enum ClientError {
     Stalled { seconds: u64, held: u32, total: u32 },
     #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
     Interrupted { held: u32, total: u32 },
+    #[error("{path} failed verification against the root and could not be repaired: {detail}; not published")]
+    VerificationFailed { path: PathBuf, detail: String },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
@@ -130,7 +137,6 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 /// so the disk writes while data arrives and the final fsync has little left to do.
 const SAVE_INTERVAL: Duration = Duration::from_millis(200);
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
-const REQUEST_RETRY: Duration = Duration::from_millis(500);
 /// Buffers taken per recvmmsg.
 const RECEIVE_BATCH: usize = 64;
 /// Longest random wait before a multicast receiver asks for a gap (R10's Timer A): long enough
@@ -140,23 +146,39 @@ const NAK_SUPPRESSION_DELAY: Duration = Duration::from_millis(20);
 const PARALLEL_HASH_MIN: usize = 32;
 /// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
 const GRO_SLOT_BYTES: usize = 65_536;
+/// Whole-file checks that may fail (each re-receiving what failed) before giving up.
+const FINAL_CHECK_ATTEMPTS_MAX: u32 = 3;
 /// Datagrams written per pwritev at most (below IOV_MAX).
 const WRITE_IOVECS_MAX: usize = 256;
 
-struct Offer {
-    session: SessionId,
-    transport: Transport,
-    channel: SocketAddr,
-    info: FileInfo,
+/// A control datagram that arrived with the data (SYNC or the server's replies), for the
+/// session machine.
+struct ControlIn {
+    from: SocketAddr,
+    bytes: Vec<u8>,
+}
+
+fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    if getrandom::fill(&mut seed).is_err() {
+        // No OS randomness: ids become guessable, nothing else changes.
+        seed[..8].copy_from_slice(&random_seed().to_le_bytes());
+    }
+    seed
 }
 
 /// Downloads one file. Blocks until it is published, fails, or `cancel` is set.
+///
+/// The session rules (request, SYNC or fallback, status, re-request after a lost session,
+/// leave) are `loopcast_proto::client::ClientSession`'s; this drives it with sockets, files and
+/// the clock.
 pub fn get(
     config: &GetConfig,
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<GetReport, ClientError> {
     let started = Instant::now();
+    let clock = loopcast_proto::time::MonotonicClock::new();
     let bind: SocketAddr = if config.server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -164,139 +186,185 @@ pub fn get(
     };
     let control =
         loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
-    let offer = request(config, &control, cancel)?;
-    let root = offer.info.root();
-    if let Some(expected) = config.expect_root {
-        if expected != root {
-            return Err(ClientError::RootMismatch {
-                offered: root.to_hex(),
-                expected: expected.to_hex(),
-            });
-        }
-    }
-    tracing::info!(file = %offer.info.name, root = %root.to_hex(), transport = %offer.transport, channel = %offer.channel, "offer accepted");
-    let mut download = Download::open(config, &offer.info, root)?;
-    let resumed_datagrams = download.receiver.have().count_ones();
-
-    // R8: on multicast, confirm we see the channel, else ask for unicast.
-    let mut transport = offer.transport;
-    let mut transport_note = match transport {
-        Transport::Unicast => "server offered unicast".to_owned(),
-        Transport::Multicast => String::new(),
-    };
-    let multicast_socket = if transport == Transport::Multicast {
-        let group = match offer.channel {
-            SocketAddr::V4(v4) => *v4.ip(),
-            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-        };
-        match loopcast_dataplane::socket::bind_multicast_receiver(
-            group,
-            offer.channel.port(),
-            config.multicast_interface,
-        ) {
-            Ok(socket) => Some(socket),
-            Err(error) => {
-                transport_note = format!(
-                    "cannot join {}: {error}; fell back to unicast",
-                    offer.channel
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let data_socket = multicast_socket.as_ref().unwrap_or(&control);
-    loopcast_dataplane::socket::set_receive_timeout(data_socket, RECEIVE_TIMEOUT)
+    loopcast_dataplane::socket::set_receive_timeout(&control, RECEIVE_TIMEOUT)
         .map_err(io_err("set receive timeout"))?;
+    let mut session_config = ClientConfig::new(config.server, &config.name);
+    session_config.multicast_ok = config.allow_multicast;
+    session_config.sync_timeout = config.sync_timeout;
+    session_config.request_timeout = config.request_timeout;
+    let mut session =
+        ClientSession::new(session_config, SeededRng::from_seed(os_seed()), clock.now());
     // With UDP GRO one receive can carry up to 64 KiB of coalesced datagrams.
-    let gro = loopcast_dataplane::recv::enable_gro(data_socket);
-    let slot_size = if gro {
-        GRO_SLOT_BYTES
-    } else {
-        usize::from(DATAGRAM_SIZE_MAX) + 1
-    };
-    let mut inbox = BatchReceiver::new(RECEIVE_BATCH, slot_size);
-    let send = |message: ControlMessage| {
-        let _ = control.send_to(&message.to_bytes(), config.server);
-    };
-
-    let mut synced = transport == Transport::Unicast;
-    if transport == Transport::Multicast {
-        if multicast_socket.is_some() {
-            let deadline = Instant::now() + config.sync_timeout;
-            while !synced && Instant::now() < deadline && !cancel.load(Ordering::Relaxed) {
-                synced = download.receive_batch(&mut inbox, data_socket)?.synced;
-            }
-        }
-        if synced {
-            transport_note = "SYNC received on the multicast group".into();
-            send(ControlMessage::Joined {
-                session: offer.session,
-                transport: Transport::Multicast,
-            });
+    let gro = loopcast_dataplane::recv::enable_gro(&control);
+    let slot_size = |gro: bool| {
+        if gro {
+            GRO_SLOT_BYTES
         } else {
-            if transport_note.is_empty() {
-                transport_note = format!(
-                    "no SYNC on {} within {:.1} s; fell back to unicast",
-                    offer.channel,
-                    config.sync_timeout.as_secs_f64()
-                );
-            }
-            tracing::warn!(note = %transport_note, "multicast unavailable");
-            transport = Transport::Unicast;
-            send(ControlMessage::Joined {
-                session: offer.session,
-                transport: Transport::Unicast,
-            });
+            usize::from(DATAGRAM_SIZE_MAX) + 1
         }
-    }
-    let data_socket = if transport == Transport::Multicast {
-        data_socket
-    } else {
-        loopcast_dataplane::socket::set_receive_timeout(&control, RECEIVE_TIMEOUT)
-            .map_err(io_err("set receive timeout"))?;
-        &control
     };
-
-    let total = download.receiver.shape().loop_len();
-    if transport == Transport::Unicast {
-        // On a unicast channel a NAK is sent at once (R10).
-        download.nak.set_suppression(None);
-    }
-    let mut last_status = Instant::now() - STATUS_INTERVAL;
+    let mut control_inbox = BatchReceiver::new(RECEIVE_BATCH, slot_size(gro));
+    let mut multicast: Option<(UdpSocket, BatchReceiver)> = None;
+    let mut download: Option<Download> = None;
+    let mut transport = Transport::Unicast;
+    let mut transport_note = String::new();
+    let mut last_status = Instant::now();
     let mut last_save = Instant::now();
     let mut last_new_data = Instant::now();
+    let mut root_seen: Option<RootHash> = None;
+    let mut resumed_datagrams = 0;
+    let send_all = |session: &mut ClientSession| {
+        while let Some(bytes) = session.poll_transmit() {
+            let _ = control.send_to(&bytes, config.server);
+        }
+    };
     loop {
+        let now = clock.now();
+        session.handle_timeout(now);
+        send_all(&mut session);
+        while let Some(event) = session.poll_event() {
+            match event {
+                ClientEvent::Offered {
+                    transport: offered,
+                    channel,
+                    info,
+                    ..
+                } => {
+                    let root = info.root();
+                    if let Some(expected) = config.expect_root {
+                        if expected != root {
+                            session.leave(clock.now());
+                            send_all(&mut session);
+                            return Err(ClientError::RootMismatch {
+                                offered: root.to_hex(),
+                                expected: expected.to_hex(),
+                            });
+                        }
+                    }
+                    if let Some(first) = root_seen.filter(|&r| r != root) {
+                        session.leave(clock.now());
+                        send_all(&mut session);
+                        if let Some(download) = download.as_mut() {
+                            download.save()?;
+                        }
+                        return Err(ClientError::RootMismatch {
+                            offered: root.to_hex(),
+                            expected: first.to_hex(),
+                        });
+                    }
+                    root_seen = Some(root);
+                    tracing::info!(file = %info.name, root = %root.to_hex(), transport = %offered, %channel, "offer accepted");
+                    if download.is_none() {
+                        let opened = Download::open(config, &info, root)?;
+                        resumed_datagrams = opened.receiver.have().count_ones();
+                        download = Some(opened);
+                    }
+                    multicast = None;
+                    if offered == Transport::Multicast {
+                        let group = match channel {
+                            SocketAddr::V4(v4) => *v4.ip(),
+                            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+                        };
+                        match loopcast_dataplane::socket::bind_multicast_receiver(
+                            group,
+                            channel.port(),
+                            config.multicast_interface,
+                        )
+                        .and_then(|socket| {
+                            loopcast_dataplane::socket::set_receive_timeout(
+                                &socket,
+                                RECEIVE_TIMEOUT,
+                            )?;
+                            Ok(socket)
+                        }) {
+                            Ok(socket) => {
+                                let gro = loopcast_dataplane::recv::enable_gro(&socket);
+                                multicast = Some((
+                                    socket,
+                                    BatchReceiver::new(RECEIVE_BATCH, slot_size(gro)),
+                                ));
+                            }
+                            Err(error) => session.multicast_unavailable(
+                                clock.now(),
+                                format!("cannot join {channel}: {error}; fell back to unicast"),
+                            ),
+                        }
+                    }
+                    last_new_data = Instant::now();
+                }
+                ClientEvent::Joined {
+                    transport: joined,
+                    note,
+                } => {
+                    if joined == Transport::Unicast && multicast.is_some() {
+                        tracing::warn!(%note, "multicast unavailable");
+                        multicast = None;
+                    }
+                    transport = joined;
+                    transport_note = note;
+                    if let Some(download) = download.as_mut() {
+                        // On a unicast channel a NAK is sent at once (R10).
+                        download.nak.set_suppression(match joined {
+                            Transport::Unicast => None,
+                            Transport::Multicast => Some(NAK_SUPPRESSION_DELAY),
+                        });
+                    }
+                }
+                ClientEvent::Rejected { code, message } => {
+                    if let Some(download) = download.as_mut() {
+                        download.save()?;
+                    }
+                    return Err(ClientError::Rejected { code, message });
+                }
+                ClientEvent::NoAnswer => {
+                    if let Some(download) = download.as_mut() {
+                        download.save()?;
+                    }
+                    return Err(ClientError::NoAnswer {
+                        server: config.server,
+                        seconds: config.request_timeout.as_secs(),
+                    });
+                }
+                ClientEvent::SessionLost { reason } => {
+                    tracing::warn!(%reason, "session lost; asking again and continuing from what is held");
+                }
+            }
+        }
+        send_all(&mut session);
+        let Some(download) = download.as_mut() else {
+            // Waiting for an Offer: only the server's replies matter.
+            let batch = receive_control_only(&mut control_inbox, &control)?;
+            for message in batch {
+                session.handle_control(clock.now(), message.from, &message.bytes);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                return Err(ClientError::Interrupted { held: 0, total: 0 });
+            }
+            continue;
+        };
+        let total = download.receiver.shape().loop_len();
         let held = download.receiver.have().count_ones();
-        if download.receiver.is_complete() && download.recheck()? {
+        if download.receiver.is_complete() && download.final_check()? {
             break;
         }
         if cancel.load(Ordering::Relaxed) {
             download.save()?;
-            send(ControlMessage::Leave {
-                session: offer.session,
-            });
+            session.leave(clock.now());
+            send_all(&mut session);
             return Err(ClientError::Interrupted { held, total });
         }
         if last_new_data.elapsed() > config.stall_timeout {
             download.save()?;
-            send(ControlMessage::Leave {
-                session: offer.session,
-            });
+            session.leave(clock.now());
+            send_all(&mut session);
             return Err(ClientError::Stalled {
                 seconds: config.stall_timeout.as_secs(),
                 held,
                 total,
             });
         }
+        session.set_progress(held, total);
         if last_status.elapsed() >= STATUS_INTERVAL {
-            send(ControlMessage::Status {
-                session: offer.session,
-                held,
-                loop_len: total,
-                done: false,
-            });
             progress(Progress {
                 held,
                 total,
@@ -308,26 +376,42 @@ pub fn get(
             download.save_in_background()?;
             last_save = Instant::now();
         }
-        if download.receive_batch(&mut inbox, data_socket)?.stored > 0 {
+        // Data comes from the group (multicast) or with the server's replies (unicast); on
+        // multicast the control socket is still read for the server's replies (Ended).
+        let outcome = match multicast.as_mut() {
+            Some((socket, inbox)) => {
+                let from_group = download.receive_batch(inbox, socket, None)?;
+                let replies = receive_control_only_nonblocking(&mut control_inbox, &control)?;
+                BatchResult {
+                    controls: from_group.controls.into_iter().chain(replies).collect(),
+                    ..from_group
+                }
+            }
+            None => download.receive_batch(&mut control_inbox, &control, Some(config.server))?,
+        };
+        let now = clock.now();
+        if outcome.stored > 0 {
             last_new_data = Instant::now();
         }
+        if outcome.seen > 0 {
+            session.handle_data(now);
+        }
+        for message in outcome.controls {
+            match ControlMessage::parse(&message.bytes) {
+                Ok(ControlMessage::Sync { file_id, .. }) => session.handle_sync(now, file_id),
+                _ => session.handle_control(now, message.from, &message.bytes),
+            }
+        }
         // R10: ask for what went by without arriving (at most one NAK per interval).
-        if let Some(ranges) = download.nak.poll_nak(download.clock.now()) {
-            send(ControlMessage::Nak {
-                session: offer.session,
-                ranges,
-            });
+        if let Some(ranges) = download.nak.poll_nak(now) {
+            session.send_nak(ranges);
         }
     }
-    // R9: tell the server we are done (a few times: UDP may drop one).
-    for _ in 0..3 {
-        send(ControlMessage::Status {
-            session: offer.session,
-            held: total,
-            loop_len: total,
-            done: true,
-        });
-    }
+    let mut download = download.expect("the loop ends only with a download");
+    let total = download.receiver.shape().loop_len();
+    session.set_progress(total, total);
+    session.complete(clock.now());
+    send_all(&mut session);
     progress(Progress {
         held: total,
         total,
@@ -341,100 +425,71 @@ pub fn get(
         publish_time,
         transport,
         transport_note,
-        root,
+        root: download.root,
         join_serial: download.join_serial,
         resumed_datagrams,
         elapsed: started.elapsed(),
         archive_bytes: download.archive_bytes,
         counters: download.receiver.counters(),
         oversize_dropped: download.oversize_dropped,
+        foreign_source_dropped: download.foreign_source_dropped,
+        session_rerequests: session.rerequests(),
         naks_sent: download.nak.naks_sent(),
         serials_naked: download.nak.serials_naked(),
         serials_suppressed: download.nak.serials_suppressed(),
-        info: offer.info,
+        info: download.receiver.info().clone(),
     })
 }
 
-fn request(
-    config: &GetConfig,
-    control: &UdpSocket,
-    cancel: &AtomicBool,
-) -> Result<Offer, ClientError> {
-    let mut id_bytes = [0u8; 8];
-    getrandom::fill(&mut id_bytes).map_err(|e| ClientError::Io {
-        context: "OS randomness".into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    let request_id = u64::from_ne_bytes(id_bytes);
-    let request = ControlMessage::Request {
-        request_id,
-        multicast_ok: config.allow_multicast,
-        name: config.name.clone(),
-    }
-    .to_bytes();
-    control
-        .set_read_timeout(Some(REQUEST_RETRY))
-        .map_err(io_err("set timeout"))?;
-    let started = Instant::now();
-    let mut buffer = vec![0u8; CONTROL_LEN_MAX + 1];
-    while started.elapsed() < config.request_timeout && !cancel.load(Ordering::Relaxed) {
-        control
-            .send_to(&request, config.server)
-            .map_err(io_err(format!("send request to {}", config.server)))?;
-        let sent_at = Instant::now();
-        while sent_at.elapsed() < REQUEST_RETRY {
-            let (len, from) = match control.recv_from(&mut buffer) {
-                Ok(received) => received,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break
-                }
-                // ICMP port unreachable from an earlier send: the server is not up (yet).
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
-                Err(e) => return Err(io_err("receive offer")(e)),
-            };
-            if from != config.server {
-                continue;
-            }
-            match ControlMessage::parse(&buffer[..len]) {
-                Ok(ControlMessage::Offer {
-                    request_id: id,
-                    session,
-                    transport,
-                    channel,
-                    info,
-                    ..
-                }) if id == request_id => {
-                    return Ok(Offer {
-                        session,
-                        transport,
-                        channel,
-                        info,
-                    })
-                }
-                Ok(ControlMessage::Reject {
-                    request_id: id,
-                    code,
-                    message,
-                }) if id == request_id => return Err(ClientError::Rejected { code, message }),
-                _ => continue,
+/// Control datagrams only (before an Offer: no file yet), waiting up to the receive timeout.
+fn receive_control_only(
+    inbox: &mut BatchReceiver,
+    socket: &UdpSocket,
+) -> Result<Vec<ControlIn>, ClientError> {
+    let count = match inbox.receive(socket) {
+        Ok(count) => count,
+        // ICMP port unreachable from an earlier send: the server is not up (yet).
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => 0,
+        Err(e) => return Err(io_err("receive")(e)),
+    };
+    let mut out = Vec::new();
+    for index in 0..count {
+        let received = inbox.datagram(index);
+        let Some(from) = received.source else {
+            continue;
+        };
+        for bytes in received.segments() {
+            if ControlMessage::is_control(bytes) {
+                out.push(ControlIn {
+                    from,
+                    bytes: bytes.to_vec(),
+                });
             }
         }
-        std::thread::sleep(REQUEST_RETRY.saturating_sub(sent_at.elapsed()));
     }
-    Err(ClientError::NoAnswer {
-        server: config.server,
-        seconds: config.request_timeout.as_secs(),
-    })
+    Ok(out)
+}
+
+/// As `receive_control_only`, without waiting.
+fn receive_control_only_nonblocking(
+    inbox: &mut BatchReceiver,
+    socket: &UdpSocket,
+) -> Result<Vec<ControlIn>, ClientError> {
+    socket
+        .set_nonblocking(true)
+        .map_err(io_err("set non-blocking"))?;
+    let result = receive_control_only(inbox, socket);
+    socket
+        .set_nonblocking(false)
+        .map_err(io_err("set blocking"))?;
+    result
 }
 
 struct BatchResult {
+    /// New datagrams stored, and datagrams of the file seen at all (stored or duplicate).
     stored: usize,
-    synced: bool,
+    seen: usize,
+    controls: Vec<ControlIn>,
 }
 
 struct Download {
@@ -448,10 +503,12 @@ struct Download {
     join_serial: Option<u32>,
     first_datagram_at: Option<Instant>,
     oversize_dropped: u64,
+    foreign_source_dropped: u64,
+    /// Whole-file checks failed so far (each is followed by re-receiving what failed).
+    final_check_failures: u32,
+    nak_config: NakConfig,
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    /// What a resumed state claimed was held: proven by `recheck` before publishing.
-    unproven: Option<loopcast_proto::bitmap::Bitmap>,
     /// Reused per batch: (serial, slot, offset, length) of datagrams to write.
     to_store: Vec<(u32, usize, usize, usize)>,
     /// What went by without arriving, to ask for ahead of the loop (R10).
@@ -511,7 +568,6 @@ impl Download {
             .ok()
             .and_then(|bytes| state::decode(&bytes, &root, info.loop_len));
         let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
-        let mut unproven = None;
         let receiver = match previous {
             Some(have) if part_len == archive_bytes => {
                 let size = usize::from(info.datagram_size);
@@ -521,7 +577,6 @@ impl Download {
                         .ok()?;
                     Some(bytes)
                 });
-                unproven = Some(receiver.have().clone());
                 tracing::info!(
                     held = receiver.have().count_ones(),
                     total = info.loop_len,
@@ -538,6 +593,12 @@ impl Download {
         };
         part.write_all_at(&superblock(info), 0)
             .map_err(io_err("write partial file"))?;
+        let nak_config = NakConfig {
+            // Multicast until the transport says otherwise (R10 suppression, Timer A).
+            suppression_delay: Some(NAK_SUPPRESSION_DELAY),
+            random_seed: random_seed(),
+            ..NakConfig::default()
+        };
         Ok(Download {
             part_path,
             state_path,
@@ -548,18 +609,12 @@ impl Download {
             join_serial: None,
             first_datagram_at: None,
             oversize_dropped: 0,
+            foreign_source_dropped: 0,
+            final_check_failures: 0,
+            nak_config,
             saver: None,
-            unproven,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
-            nak: NakPlanner::new(
-                NakConfig {
-                    // Multicast until the transport says otherwise (R10 suppression, Timer A).
-                    suppression_delay: Some(NAK_SUPPRESSION_DELAY),
-                    random_seed: random_seed(),
-                    ..NakConfig::default()
-                },
-                receiver.have(),
-            ),
+            nak: NakPlanner::new(nak_config, receiver.have()),
             clock: loopcast_proto::time::MonotonicClock::new(),
             segments: Vec::with_capacity(RECEIVE_BATCH * 64),
             slices: Vec::with_capacity(RECEIVE_BATCH * 64),
@@ -572,11 +627,17 @@ impl Download {
         &mut self,
         inbox: &mut BatchReceiver,
         socket: &UdpSocket,
+        source: Option<SocketAddr>,
     ) -> Result<BatchResult, ClientError> {
-        let count = inbox.receive(socket).map_err(io_err("receive"))?;
+        let count = match inbox.receive(socket) {
+            Ok(count) => count,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => 0,
+            Err(e) => return Err(io_err("receive")(e)),
+        };
         let mut result = BatchResult {
             stored: 0,
-            synced: false,
+            seen: 0,
+            controls: Vec::new(),
         };
         // (serial, slot, offset in the slot) of each datagram to store, written in runs below.
         let mut to_store = std::mem::take(&mut self.to_store);
@@ -591,23 +652,35 @@ impl Download {
                 self.oversize_dropped += 1;
                 continue;
             }
+            let Some(from) = received.source else {
+                continue;
+            };
+            // Unicast: the file's datagrams come from the server's host only (its sender
+            // threads use their own ports); anything else is counted and dropped unread.
+            let foreign = source
+                .is_some_and(|server| from.ip() != server.ip() && !server.ip().is_unspecified());
             let mut offset = 0usize;
             for bytes in received.segments() {
                 let at = offset;
                 offset += bytes.len();
                 if ControlMessage::is_control(bytes) {
                     match ControlMessage::parse(bytes) {
-                        Ok(ControlMessage::Sync { file_id, .. }) => {
-                            result.synced |= file_id == self.receiver.info().file_id;
-                        }
                         // R10 suppression: another receiver asked for these; we need not.
                         Ok(ControlMessage::NakHeard { file_id, ranges })
                             if file_id == self.receiver.info().file_id =>
                         {
                             self.nak.heard(self.clock.now(), &ranges);
                         }
-                        _ => {}
+                        Ok(_) => result.controls.push(ControlIn {
+                            from,
+                            bytes: bytes.to_vec(),
+                        }),
+                        Err(_) => {}
                     }
+                    continue;
+                }
+                if foreign {
+                    self.foreign_source_dropped += 1;
                     continue;
                 }
                 let held = DatagramHeader::parse(bytes).is_ok_and(|h| {
@@ -660,12 +733,15 @@ impl Download {
                         self.first_datagram_at = Some(Instant::now());
                     }
                     // Receiving our file's datagrams on the channel proves it works, like SYNC.
-                    result.synced = true;
                     result.stored += 1;
+                    result.seen += 1;
                     self.nak.saw(serial);
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }
-                Outcome::Duplicate { serial } => self.nak.saw(serial),
+                Outcome::Duplicate { serial } => {
+                    result.seen += 1;
+                    self.nak.saw(serial);
+                }
                 Outcome::Dropped(_) => {}
             }
         }
@@ -688,7 +764,19 @@ impl Download {
         let bytes_of = |&(_, slot, at, len): &(u32, usize, usize, usize)| {
             &inbox.datagram(slot).bytes[at..at + len]
         };
-        stored.sort_unstable_by_key(|&(serial, ..)| serial);
+        // Stable, and a serial stored twice in one batch (a pending copy rejected, then the
+        // genuine one accepted) is written once, with the bytes accepted last: what is on disk
+        // for a serial is always the datagram whose hash the receiver accepted.
+        stored.sort_by_key(|&(serial, ..)| serial);
+        let mut kept = 0;
+        for index in 0..stored.len() {
+            if index + 1 < stored.len() && stored[index + 1].0 == stored[index].0 {
+                continue;
+            }
+            stored[kept] = stored[index];
+            kept += 1;
+        }
+        let stored = &stored[..kept];
         let mut run_start = 0;
         while run_start < stored.len() {
             let mut run_end = run_start + 1;
@@ -766,54 +854,66 @@ impl Download {
             .map_err(io_err(format!("save {}", self.state_path.display())))
     }
 
-    /// Final pass over data that was *not* verified by this process: datagrams a resumed state
-    /// file says are held are re-read from disk and re-hashed (datagrams received this run were
-    /// hashed on arrival). Returns false (with the bad ones forgotten, to be received again) if
-    /// any fails.
-    fn recheck(&mut self) -> Result<bool, ClientError> {
-        let Some(unproven) = self.unproven.take() else {
-            return Ok(true);
+    /// Before publishing (R14): the whole `.part` is hashed against the root, across cores,
+    /// whatever this or an earlier run verified on arrival (a resumed state, a disk that lost a
+    /// write, a datagram written by anyone else). Returns true if it is exactly the archive
+    /// the root names. Otherwise every datagram is re-checked one by one, the failing ones are
+    /// forgotten (received again) and false is returned; nothing is published.
+    fn final_check(&mut self) -> Result<bool, ClientError> {
+        self.finish_background_save()?;
+        let whole = loopcast_archive::ArchiveFile::open(&self.part_path).and_then(|archive| {
+            if archive.info().root() != self.root {
+                return Err(loopcast_archive::ArchiveError::Corrupt {
+                    path: self.part_path.clone(),
+                    what: "header names another root".into(),
+                });
+            }
+            archive.verify()
+        });
+        let error = match whole {
+            Ok(()) => return Ok(true),
+            Err(error) => error,
         };
-        let info = self.receiver.info().clone();
-        let shape = self.receiver.shape().clone();
-        let size = usize::from(info.datagram_size);
-        let fanout = shape.fanout();
-        let mut all_good = true;
-        let mut index = 0u32;
-        while index < shape.data_count() {
-            let run_end = if shape.depth() == 0 {
-                shape.data_count()
-            } else {
-                ((index / fanout + 1) * fanout).min(shape.data_count())
-            };
-            let run_has_unproven = (index..run_end).any(|d| unproven.get(shape.serial_of(0, d)));
-            if !run_has_unproven {
-                index = run_end;
-                continue;
-            }
-            let mut buffer = vec![0u8; size * (run_end - index) as usize];
-            self.part
-                .read_exact_at(
-                    &mut buffer,
-                    datagram_offset(&info, shape.serial_of(0, index)),
-                )
-                .map_err(io_err("re-read partial file"))?;
-            for (offset, datagram) in buffer.chunks_exact(size).enumerate() {
-                let data_index = index + offset as u32;
-                if !unproven.get(shape.serial_of(0, data_index)) {
-                    continue;
-                }
-                if !self.receiver.recheck_data(data_index, datagram) {
-                    tracing::warn!(
-                        index = index + offset as u32,
-                        "stored datagram failed its re-check; receiving it again"
-                    );
-                    all_good = false;
-                }
-            }
-            index = run_end;
+        self.final_check_failures += 1;
+        tracing::warn!(%error, "the partial archive failed its whole-file check; re-checking each datagram");
+        if self.final_check_failures > FINAL_CHECK_ATTEMPTS_MAX {
+            return Err(ClientError::VerificationFailed {
+                path: self.part_path.clone(),
+                detail: error.to_string(),
+            });
         }
-        Ok(all_good)
+        // The header page is ours: write it again in case that was the damage.
+        self.part
+            .write_all_at(&superblock(self.receiver.info()), 0)
+            .map_err(io_err("write partial file"))?;
+        let info = self.receiver.info().clone();
+        let size = usize::from(info.datagram_size);
+        let loop_len = info.loop_len;
+        let chunk = 4096u32;
+        let mut first = 0u32;
+        let mut forgotten = 0u32;
+        let mut buffer = vec![0u8; size * chunk as usize];
+        while first < loop_len {
+            let count = chunk.min(loop_len - first);
+            let bytes = &mut buffer[..size * count as usize];
+            self.part
+                .read_exact_at(bytes, datagram_offset(&info, first))
+                .map_err(io_err("re-read partial file"))?;
+            for (offset, datagram) in bytes.chunks_exact(size).enumerate() {
+                let serial = first + offset as u32;
+                if !self.receiver.recheck_serial(serial, datagram) {
+                    forgotten += 1;
+                }
+            }
+            first += count;
+        }
+        tracing::warn!(
+            forgotten,
+            "datagrams failed their re-check; receiving them again"
+        );
+        // The planner must ask for them again: rebuild it from what is still held.
+        self.nak = NakPlanner::new(self.nak_config, self.receiver.have());
+        Ok(false)
     }
 
     /// R14: fsync, then rename into place; the state file goes last.

@@ -1,7 +1,7 @@
 //! The server event loop. See the crate doc for the shape.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,10 +13,13 @@ use loopcast_dataplane::pool::{
     ChannelId, ChannelSpec, ChannelStats, Command, LoopPiece, PoolConfig, SenderPool,
 };
 use loopcast_dataplane::send::{probe_send_path, SendPath};
-use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
+use loopcast_proto::endpoint::{
+    self, DataCommand, Endpoint, EndpointConfig, Event, FileLookup, MulticastGroups, Via,
+};
 use loopcast_proto::info::FileInfo;
+use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::{Instant, MonotonicClock};
-use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
+use loopcast_proto::wire::control::{RejectCode, Transport, CONTROL_LEN_MAX};
 use loopcast_proto::wire::datagram::FileId;
 use mio::net::{UdpSocket as MioUdpSocket, UnixListener as MioUnixListener};
 use mio::{Events, Interest, Poll, Token};
@@ -43,6 +46,8 @@ pub struct ServerConfig {
     pub admin_socket: Option<PathBuf>,
     pub session_timeout: Duration,
     pub sessions_max: usize,
+    /// Sessions one IP address may hold at once.
+    pub sessions_per_address_max: usize,
     pub channels_max: usize,
     /// Verify every archive's hash tree when its channel opens.
     pub verify_on_open: bool,
@@ -60,6 +65,7 @@ impl ServerConfig {
             admin_socket: None,
             session_timeout: Duration::from_secs(5),
             sessions_max: 4096,
+            sessions_per_address_max: 16,
             channels_max: 256,
             verify_on_open: true,
             send_threads: 1,
@@ -90,97 +96,121 @@ pub enum ServerError {
 
 const CONTROL: Token = Token(0);
 const ADMIN: Token = Token(1);
-/// How often SYNC goes out on an active multicast channel (R8).
-const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest sleep, so shutdown requests are noticed.
 const POLL_CEILING: Duration = Duration::from_millis(100);
 /// Control messages handled per wake-up, so a flood cannot starve sending.
 const CONTROL_BATCH_MAX: usize = 256;
+/// How often each served archive is checked on disk (size, inode, modification time).
+const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a served archive's whole hash tree is re-verified beside the loop.
+const ARCHIVE_REVERIFY_INTERVAL: Duration = Duration::from_secs(600);
 
-/// A file's channel: membership here (R9), sending in the data plane's sender pool.
-struct Channel {
-    file_id: FileId,
-    id: ChannelId,
-    info: FileInfo,
-    /// Members only: the pool's copy of the carousel does the sending.
-    carousel: Carousel,
-    stats: Arc<ChannelStats>,
-    group: Option<SocketAddrV4>,
-    multicast_sessions: usize,
-    unicast_peers: Vec<(SessionId, SocketAddr)>,
-    sync_sequence: u32,
-    next_sync: Instant,
-    /// The archive's hash tree being checked beside the loop (first open of this archive).
-    verifying: Option<(ArchiveKey, std::thread::JoinHandle<Result<(), String>>)>,
-}
-
-/// An archive as it is on disk: a change of size or modification time means a new check.
+/// An archive as it is on disk: any change of size, inode or modification time means the
+/// channel serving it stops (R23: what is looped must stay what was verified).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ArchiveKey {
     path: std::path::PathBuf,
     len: u64,
+    device: u64,
+    inode: u64,
     modified: Option<std::time::SystemTime>,
 }
 
 impl ArchiveKey {
     fn of(path: &std::path::Path) -> Option<ArchiveKey> {
+        use std::os::unix::fs::MetadataExt;
         let metadata = std::fs::metadata(path).ok()?;
         Some(ArchiveKey {
             path: path.to_owned(),
             len: metadata.len(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
             modified: metadata.modified().ok(),
         })
     }
 }
 
-struct Session {
-    file_id: FileId,
-    client: SocketAddr,
-    request_id: u64,
-    transport: Transport,
-    held: u32,
-    /// Serials this session has asked to have repaired, against `NAK_BUDGET_LOOPS`.
-    nak_serials: u64,
+/// A channel the data plane runs: the endpoint decides, this holds the I/O side.
+struct Channel {
+    id: ChannelId,
+    info: FileInfo,
+    stats: Arc<ChannelStats>,
+    key: ArchiveKey,
+    next_disk_check: Instant,
+    /// The archive's hash tree being checked beside the loop.
+    verifying: Option<std::thread::JoinHandle<Result<(), String>>>,
+    next_verify: Instant,
 }
-
-/// A session may have at most this many loops' worth of serials repaired; past that its NAKs
-/// are dropped (counted) and the loop alone serves it, so one client cannot keep a channel
-/// busy with repairs at everyone else's expense.
-const NAK_BUDGET_LOOPS: u64 = 4;
 
 #[derive(Default)]
 struct Counters {
-    requests: u64,
-    rejected: u64,
-    control_dropped: u64,
-    sessions_completed: u64,
-    sessions_expired: u64,
-    channels_opened: u64,
-    channels_closed: u64,
     send_errors: u64,
-    naks: u64,
-    nak_serials: u64,
     nak_ranges_dropped: u64,
-    naks_over_budget: u64,
-    naks_relayed: u64,
     archives_verified: u64,
     archives_corrupt: u64,
+    archives_changed: u64,
+}
+
+/// The catalog as the endpoint's `FileLookup`: opens the archive header (no tree check here;
+/// that runs beside the loop) and refuses archives known to be corrupt.
+struct Lookup<'a> {
+    catalog: &'a mut Catalog,
+    last_rescan: &'a mut Option<Instant>,
+    corrupt: &'a std::collections::HashSet<ArchiveKey>,
+    now: Instant,
+}
+
+impl Lookup<'_> {
+    /// The archive named `name`, rescanning the media database (at most once a second) in case
+    /// it was packed since the last scan.
+    fn archive_path(&mut self, name: &str) -> Option<PathBuf> {
+        if let Some(path) = self.catalog.lookup(name) {
+            return Some(path.to_owned());
+        }
+        let stale = self
+            .last_rescan
+            .is_none_or(|at| self.now.saturating_since(at) >= Duration::from_secs(1));
+        if stale {
+            *self.last_rescan = Some(self.now);
+            let _ = self.catalog.rescan();
+        }
+        self.catalog.lookup(name).map(std::path::Path::to_owned)
+    }
+}
+
+impl FileLookup for Lookup<'_> {
+    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
+        let path = self
+            .archive_path(name)
+            .ok_or_else(|| (RejectCode::NotFound, format!("no file named {name:?} here")))?;
+        if ArchiveKey::of(&path).is_some_and(|k| self.corrupt.contains(&k)) {
+            return Err((
+                RejectCode::Corrupt,
+                format!("the archive of {name:?} failed verification on the server"),
+            ));
+        }
+        let archive = ArchiveFile::open(&path).map_err(|e| {
+            (
+                RejectCode::Corrupt,
+                format!("the archive of {name:?} cannot be opened: {e}"),
+            )
+        })?;
+        Ok(archive.info().clone())
+    }
 }
 
 struct Server {
     config: ServerConfig,
     clock: MonotonicClock,
+    endpoint: Endpoint,
     catalog: Catalog,
     last_rescan: Option<Instant>,
     control: MioUdpSocket,
     data: UdpSocket,
     pool: SenderPool,
     send_path_reason: String,
-    next_channel_id: u64,
-    channels: HashMap<FileId, Channel>,
-    sessions: HashMap<SessionId, Session>,
+    channels: HashMap<endpoint::ChannelId, Channel>,
     counters: Counters,
-    group_slots_used: Vec<bool>,
     /// Archives whose whole hash tree has been checked, and ones that failed (refused until
     /// they change on disk).
     verified_archives: std::collections::HashSet<ArchiveKey>,
@@ -200,6 +230,12 @@ pub fn bind(config: &ServerConfig) -> Result<UdpSocket, ServerError> {
 pub fn run(config: ServerConfig, shutdown: Arc<AtomicBool>) -> Result<(), ServerError> {
     let socket = bind(&config)?;
     run_on(config, socket, shutdown)
+}
+
+fn os_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the OS random source works");
+    seed
 }
 
 /// Runs the server on an already bound request socket until `shutdown` becomes true.
@@ -267,19 +303,32 @@ pub fn run_on(
         rate_bits_per_s = config.rate_bits_per_s,
         "loopcastd serving"
     );
+    let clock = MonotonicClock::new();
+    let mut endpoint_config = EndpointConfig::new(local);
+    endpoint_config.multicast = config.multicast.as_ref().map(|m| MulticastGroups {
+        group_base: m.group_base,
+        port: m.port,
+    });
+    endpoint_config.rate_bits_per_s = config.rate_bits_per_s;
+    endpoint_config.session_timeout = config.session_timeout;
+    endpoint_config.sessions_max = config.sessions_max;
+    endpoint_config.sessions_per_address_max = config.sessions_per_address_max;
+    endpoint_config.channels_max = config.channels_max;
     let mut server = Server {
-        clock: MonotonicClock::new(),
+        endpoint: Endpoint::new(
+            endpoint_config,
+            SeededRng::from_seed(os_seed()),
+            clock.now(),
+        ),
+        clock,
         catalog,
         last_rescan: None,
         control,
         data,
         pool,
         send_path_reason: reason,
-        next_channel_id: 0,
         channels: HashMap::new(),
-        sessions: HashMap::new(),
         counters: Counters::default(),
-        group_slots_used: vec![false; 254],
         verified_archives: std::collections::HashSet::new(),
         corrupt_archives: std::collections::HashSet::new(),
         config,
@@ -288,13 +337,15 @@ pub fn run_on(
     while !shutdown.load(Ordering::Relaxed) {
         let now = server.clock.now();
         let timeout = server
-            .next_wakeup(now)
+            .endpoint
+            .poll_timeout()
             .map_or(POLL_CEILING, |at| server.clock.until(at).min(POLL_CEILING));
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
+        let _ = now;
         for event in events.iter() {
             if event.token() == ADMIN {
                 if let Some(listener) = &admin {
@@ -305,10 +356,11 @@ pub fn run_on(
         server.drain_control();
         server.housekeeping();
     }
-    tracing::info!(
-        "shutting down: closing {} channel(s)",
-        server.channels.len()
-    );
+    // Tell every client, so they ask again (here after a restart, or elsewhere).
+    let channels = server.channels.len();
+    server.endpoint.shutdown(server.clock.now());
+    server.flush_endpoint();
+    tracing::info!("shutting down: closed {channels} channel(s)");
     if let (Some(path), Some(listener)) = (&server.config.admin_socket, admin.take()) {
         drop(listener);
         let _ = std::fs::remove_file(path);
@@ -317,148 +369,127 @@ pub fn run_on(
 }
 
 impl Server {
-    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
-        self.channels
-            .values()
-            .filter_map(|c| {
-                let sync = if c.multicast_sessions > 0 {
-                    Some(c.next_sync)
-                } else {
-                    None
-                };
-                match (c.carousel.membership_deadline(), sync) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            })
-            .min()
-            .map(|at| at.max(now))
-    }
-
     fn drain_control(&mut self) {
         let mut buffer = [0u8; CONTROL_LEN_MAX];
         for _ in 0..CONTROL_BATCH_MAX {
             let (len, from) = match self.control.recv_from(&mut buffer) {
                 Ok(received) => received,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "request socket receive error");
-                    return;
+                    break;
                 }
             };
-            match ControlMessage::parse(&buffer[..len]) {
-                Ok(message) => self.handle_control(message, from),
-                Err(error) => {
-                    self.counters.control_dropped += 1;
-                    tracing::debug!(%from, %error, "dropped malformed control message");
+            let now = self.clock.now();
+            let mut lookup = Lookup {
+                catalog: &mut self.catalog,
+                last_rescan: &mut self.last_rescan,
+                corrupt: &self.corrupt_archives,
+                now,
+            };
+            self.endpoint
+                .handle_control(now, from, &buffer[..len], &mut lookup);
+            self.flush_endpoint();
+        }
+    }
+
+    /// Carries out what the endpoint decided: data-plane commands first (a destination is
+    /// added before anything is sent about it), then control datagrams, then log lines.
+    fn flush_endpoint(&mut self) {
+        while let Some(command) = self.endpoint.poll_command() {
+            self.data_command(command);
+        }
+        while let Some(transmit) = self.endpoint.poll_transmit() {
+            let socket_result = match transmit.via {
+                Via::Control => self.control.send_to(&transmit.bytes, transmit.destination),
+                Via::Group => self.data.send_to(&transmit.bytes, transmit.destination),
+            };
+            if let Err(error) = socket_result {
+                tracing::debug!(to = %transmit.destination, %error, "control datagram not sent");
+            }
+        }
+        while let Some(event) = self.endpoint.poll_event() {
+            match event {
+                Event::SessionOpened {
+                    session,
+                    client,
+                    file,
+                    offered,
+                } => {
+                    tracing::info!(session = format_args!("{:016x}", session.0), %client, %file, %offered, "session offered")
+                }
+                Event::SessionValidated {
+                    session,
+                    client,
+                    transport,
+                } => {
+                    tracing::info!(session = format_args!("{:016x}", session.0), %client, %transport, "session joined (address validated)")
+                }
+                Event::SessionEnded {
+                    session,
+                    client,
+                    end,
+                } => {
+                    tracing::info!(session = format_args!("{:016x}", session.0), %client, "{end}")
+                }
+                Event::ChannelClosed { channel, file } => {
+                    tracing::info!(channel = channel.0, %file, "channel closed: no active clients")
                 }
             }
         }
     }
 
-    fn reply(&self, to: SocketAddr, message: &ControlMessage) {
-        if let Err(error) = self.control.send_to(&message.to_bytes(), to) {
-            tracing::debug!(%to, %error, "reply not sent");
-        }
-    }
-
-    fn handle_control(&mut self, message: ControlMessage, from: SocketAddr) {
-        let now = self.clock.now();
-        match message {
-            ControlMessage::Request {
-                request_id,
-                multicast_ok,
+    fn data_command(&mut self, command: DataCommand) {
+        match command {
+            DataCommand::OpenChannel {
+                channel,
+                file_id,
                 name,
-            } => self.handle_request(now, from, request_id, multicast_ok, &name),
-            ControlMessage::Joined { session, transport } => {
-                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from)
-                else {
-                    self.counters.control_dropped += 1;
-                    return;
-                };
-                if state.transport == Transport::Multicast && transport == Transport::Unicast {
-                    // R8: the client saw no SYNC; fall back to unicast for it.
-                    state.transport = Transport::Unicast;
-                    let file_id = state.file_id;
-                    if let Some(channel) = self.channels.get_mut(&file_id) {
-                        channel.multicast_sessions -= 1;
-                        channel.unicast_peers.push((session, from));
-                        let (id, group, idle_group) =
-                            (channel.id, channel.group, channel.multicast_sessions == 0);
-                        self.pool_command(Command::AddDestination(id, from));
-                        if let (Some(group), true) = (group, idle_group) {
-                            self.pool_command(Command::RemoveDestination(
-                                id,
-                                SocketAddr::V4(group),
-                            ));
-                        }
-                    }
-                    tracing::info!(session = session.0, %from, "client fell back to unicast");
-                }
-                if let Some(channel) = self.channels.get_mut(&self.sessions[&session].file_id) {
-                    channel.carousel.heard(now, session);
-                }
-            }
-            ControlMessage::Status {
-                session,
-                held,
-                done,
-                ..
+                rate_bits_per_s,
             } => {
-                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from)
-                else {
-                    self.counters.control_dropped += 1;
-                    return;
-                };
-                state.held = held;
-                if done {
-                    self.counters.sessions_completed += 1;
-                    tracing::info!(session = session.0, %from, "client complete");
-                    self.end_session(session);
-                } else if let Some(channel) = self.channels.get_mut(&state.file_id) {
-                    channel.carousel.heard(now, session);
+                if let Err(message) = self.open_channel(channel, file_id, &name, rate_bits_per_s) {
+                    tracing::error!(file = %name, %message, "cannot open channel");
+                    let now = self.clock.now();
+                    self.endpoint.handle_channel_failed(now, channel);
                 }
             }
-            ControlMessage::Leave { session } => {
-                if self
-                    .sessions
-                    .get(&session)
-                    .is_some_and(|s| s.client == from)
-                {
-                    tracing::info!(session = session.0, %from, "client left");
-                    self.end_session(session);
-                } else {
-                    self.counters.control_dropped += 1;
+            DataCommand::CloseChannel { channel } => {
+                if let Some(closed) = self.channels.remove(&channel) {
+                    self.pool_command(Command::RemoveChannel(closed.id));
+                    tracing::info!(
+                        file = %closed.info.name,
+                        datagrams = closed.stats.datagrams.load(Ordering::Relaxed),
+                        bytes = closed.stats.bytes.load(Ordering::Relaxed),
+                        repair_datagrams = closed.stats.repair_datagrams.load(Ordering::Relaxed),
+                        repairs_refused = closed.stats.repairs_refused.load(Ordering::Relaxed),
+                        "channel stopped"
+                    );
                 }
             }
-            ControlMessage::Nak { session, ranges } => {
-                let Some(state) = self.sessions.get_mut(&session).filter(|s| s.client == from)
-                else {
-                    self.counters.control_dropped += 1;
-                    return;
-                };
-                let Some(channel) = self.channels.get_mut(&state.file_id) else {
-                    self.counters.control_dropped += 1;
-                    return;
-                };
-                let asked: u64 = ranges.iter().map(|&(_, count)| u64::from(count)).sum();
-                if state.nak_serials + asked > NAK_BUDGET_LOOPS * u64::from(channel.info.loop_len) {
-                    self.counters.naks_over_budget += 1;
-                    channel.carousel.heard(now, session);
-                    return;
+            DataCommand::AddDestination {
+                channel,
+                destination,
+            } => {
+                if let Some(id) = self.channels.get(&channel).map(|c| c.id) {
+                    self.pool_command(Command::AddDestination(id, destination));
                 }
-                state.nak_serials += asked;
-                channel.carousel.heard(now, session);
-                let id = channel.id;
-                let relay_to = channel
-                    .group
-                    .filter(|_| state.transport == Transport::Multicast);
-                let file_id = channel.file_id;
-                self.counters.naks += 1;
-                for &(first, count) in &ranges {
-                    self.counters.nak_serials += u64::from(count);
-                    // The pool's carousel checks the range against the loop and merges repeats;
-                    // a full command queue (a NAK flood) drops the range, counted, not logged.
+            }
+            DataCommand::RemoveDestination {
+                channel,
+                destination,
+            } => {
+                if let Some(id) = self.channels.get(&channel).map(|c| c.id) {
+                    self.pool_command(Command::RemoveDestination(id, destination));
+                }
+            }
+            DataCommand::QueueRepair {
+                channel,
+                first,
+                count,
+            } => {
+                if let Some(id) = self.channels.get(&channel).map(|c| c.id) {
+                    // The pool's carousel checks the range and merges repeats; a full command
+                    // queue (a NAK flood) drops the range, counted, not logged.
                     let queued = self.pool.command(Command::QueueRepair {
                         channel: id,
                         first,
@@ -468,221 +499,35 @@ impl Server {
                         self.counters.nak_ranges_dropped += 1;
                     }
                 }
-                // R10 suppression: tell the group what was asked, so receivers missing the
-                // same serials need not ask as well.
-                if let Some(group) = relay_to {
-                    let heard = ControlMessage::NakHeard { file_id, ranges };
-                    if self.data.send_to(&heard.to_bytes(), group).is_ok() {
-                        self.counters.naks_relayed += 1;
-                    }
-                }
-            }
-            ControlMessage::Offer { .. }
-            | ControlMessage::Reject { .. }
-            | ControlMessage::Sync { .. }
-            | ControlMessage::NakHeard { .. } => {
-                self.counters.control_dropped += 1;
             }
         }
     }
 
-    fn handle_request(
+    /// Maps the archive and hands the loop to the sender pool; its tree is checked beside the
+    /// loop (clients verify every datagram themselves, so nothing unproven is accepted
+    /// meanwhile, and the first client does not wait ~0.5 s per GiB).
+    fn open_channel(
         &mut self,
-        now: Instant,
-        from: SocketAddr,
-        request_id: u64,
-        multicast_ok: bool,
+        channel: endpoint::ChannelId,
+        file_id: FileId,
         name: &str,
-    ) {
-        self.counters.requests += 1;
-        // A retransmitted request (our Offer was lost) gets the same session again.
-        if let Some((&session, _)) = self
-            .sessions
-            .iter()
-            .find(|(_, s)| s.client == from && s.request_id == request_id)
-        {
-            let state = &self.sessions[&session];
-            if let Some(channel) = self.channels.get(&state.file_id) {
-                let offer = self.offer(channel, request_id, session, state.transport);
-                self.reply(from, &offer);
-            }
-            return;
+        rate_bits_per_s: u64,
+    ) -> Result<(), String> {
+        let path = self
+            .catalog
+            .lookup(name)
+            .ok_or_else(|| format!("{name:?} left the media database"))?
+            .to_owned();
+        let key = ArchiveKey::of(&path).ok_or_else(|| format!("cannot stat {}", path.display()))?;
+        let archive = ArchiveFile::open(&path).map_err(|e| e.to_string())?;
+        if archive.info().file_id != file_id {
+            return Err(format!("{} changed since it was offered", path.display()));
         }
-        let reject = |server: &mut Server, code, message: String| {
-            server.counters.rejected += 1;
-            server.reply(
-                from,
-                &ControlMessage::Reject {
-                    request_id,
-                    code,
-                    message,
-                },
-            );
-        };
-        if self.sessions.len() >= self.config.sessions_max {
-            return reject(self, RejectCode::Busy, "server at its session limit".into());
-        }
-        // A file already looping is served from its open channel (R8): no archive I/O here.
-        let open = self
-            .channels
-            .values()
-            .find(|c| c.info.name == name)
-            .map(|c| c.file_id);
-        let file_id = match open {
-            Some(file_id) => file_id,
-            None => {
-                let Some(path) = self.archive_path(now, name) else {
-                    return reject(
-                        self,
-                        RejectCode::NotFound,
-                        format!("no file named {name:?} here"),
-                    );
-                };
-                match self.open_channel(now, &path) {
-                    Ok(file_id) => file_id,
-                    Err(message) => return reject(self, RejectCode::Busy, message),
-                }
-            }
-        };
-        let session = SessionId(random_u64());
-        let channel = self.channels.get_mut(&file_id).expect("opened above");
-        if channel.carousel.join(now, session).is_err() {
-            return reject(self, RejectCode::Busy, "channel at its member limit".into());
-        }
-        let (transport, new_destination) = match channel.group {
-            Some(group) if multicast_ok => {
-                channel.multicast_sessions += 1;
-                let first = channel.multicast_sessions == 1;
-                (Transport::Multicast, first.then_some(SocketAddr::V4(group)))
-            }
-            _ => {
-                channel.unicast_peers.push((session, from));
-                (Transport::Unicast, Some(from))
-            }
-        };
-        let channel_id = channel.id;
-        if let Some(destination) = new_destination {
-            self.pool_command(Command::AddDestination(channel_id, destination));
-        }
-        self.sessions.insert(
-            session,
-            Session {
-                file_id,
-                client: from,
-                request_id,
-                transport,
-                held: 0,
-                nak_serials: 0,
-            },
-        );
-        let channel = &self.channels[&file_id];
-        tracing::info!(session = session.0, %from, file = %channel.info.name, %transport, joined_at = channel.stats.next_serial.load(Ordering::Relaxed), "session started");
-        let offer = self.offer(channel, request_id, session, transport);
-        self.reply(from, &offer);
-    }
-
-    /// The archive named `name`, rescanning the media database (at most once a second) in case
-    /// it was packed since the last scan.
-    fn archive_path(&mut self, now: Instant, name: &str) -> Option<std::path::PathBuf> {
-        if let Some(path) = self.catalog.lookup(name) {
-            return Some(path.to_owned());
-        }
-        let stale = self
-            .last_rescan
-            .is_none_or(|at| now.saturating_since(at) >= Duration::from_secs(1));
-        if stale {
-            self.last_rescan = Some(now);
-            let _ = self.catalog.rescan();
-        }
-        self.catalog.lookup(name).map(std::path::Path::to_owned)
-    }
-
-    fn offer(
-        &self,
-        channel: &Channel,
-        request_id: u64,
-        session: SessionId,
-        transport: Transport,
-    ) -> ControlMessage {
-        let channel_addr = match (transport, channel.group) {
-            (Transport::Multicast, Some(group)) => SocketAddr::V4(group),
-            _ => self.data.local_addr().unwrap_or(self.config.listen),
-        };
-        ControlMessage::Offer {
-            request_id,
-            session,
-            transport,
-            channel: channel_addr,
-            rate_bits_per_s: channel.carousel.config().rate_bits_per_s,
-            info: channel.info.clone(),
-        }
-    }
-
-    /// Opens (or reuses) the channel for an archive (R8: one loop serves every client of a file).
-    fn open_channel(&mut self, now: Instant, path: &std::path::Path) -> Result<FileId, String> {
-        let archive = ArchiveFile::open(path).map_err(|e| e.to_string())?;
-        let file_id = archive.info().file_id;
-        if self.channels.contains_key(&file_id) {
-            return Ok(file_id);
-        }
-        if self.channels.len() >= self.config.channels_max {
-            return Err("server at its channel limit".into());
-        }
-        // The whole hash tree is checked once per archive version, beside the loop rather
-        // than before it: clients verify every datagram themselves, so nothing unproven is
-        // accepted meanwhile, and the first client does not wait ~0.5 s per GiB. A failure
-        // closes the channel and refuses the archive until it changes on disk.
-        let key = ArchiveKey::of(path);
-        if key
-            .as_ref()
-            .is_some_and(|k| self.corrupt_archives.contains(k))
-        {
-            return Err(format!(
-                "archive for {:?} failed verification on the server",
-                archive.info().name
-            ));
-        }
-        let verifying = match key {
-            Some(key) if self.config.verify_on_open && !self.verified_archives.contains(&key) => {
-                let check_path = path.to_owned();
-                let handle = std::thread::Builder::new()
-                    .name("loopcast-verify".into())
-                    .spawn(move || {
-                        ArchiveFile::open(&check_path)
-                            .and_then(|archive| archive.verify())
-                            .map_err(|e| e.to_string())
-                    })
-                    .map_err(|e| format!("cannot start archive verification: {e}"))?;
-                Some((key, handle))
-            }
-            _ => None,
-        };
         let map = Arc::new(
             MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?,
         );
         let info = archive.info().clone();
-        let group = self.config.multicast.as_ref().and_then(|m| {
-            let slot = self.group_slots_used.iter().position(|used| !used)?;
-            self.group_slots_used[slot] = true;
-            let base = u32::from(m.group_base) & !0xff;
-            Some(SocketAddrV4::new(
-                Ipv4Addr::from(base + 1 + slot as u32),
-                m.port,
-            ))
-        });
-        let carousel = Carousel::new(
-            CarouselConfig {
-                loop_len: info.loop_len,
-                datagram_size: info.datagram_size,
-                rate_bits_per_s: self.config.rate_bits_per_s,
-                batch_datagrams_max: 1,
-                member_timeout: self.config.session_timeout,
-                members_max: self.config.sessions_max,
-            },
-            now,
-        );
-        let id = ChannelId(self.next_channel_id);
-        self.next_channel_id += 1;
+        let id = ChannelId(channel.0);
         let stats = Arc::new(ChannelStats::default());
         self.pool
             .add_channel(ChannelSpec {
@@ -693,57 +538,46 @@ impl Server {
                     count: info.loop_len,
                 }],
                 datagram_size: info.datagram_size,
-                rate_bits_per_s: self.config.rate_bits_per_s,
+                rate_bits_per_s,
                 destinations: Vec::new(),
+                repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
                 stats: stats.clone(),
             })
             .map_err(|e| format!("sender threads are busy ({e:?}); try again"))?;
-        tracing::info!(file = %info.name, file_id = %file_id, group = ?group, loop_len = info.loop_len, "channel opened");
-        self.counters.channels_opened += 1;
+        let now = self.clock.now();
+        let verifying = if self.config.verify_on_open && !self.verified_archives.contains(&key) {
+            Some(Self::start_verification(&path)?)
+        } else {
+            None
+        };
+        tracing::info!(file = %info.name, file_id = %file_id, loop_len = info.loop_len, "channel opened");
         self.channels.insert(
-            file_id,
+            channel,
             Channel {
-                file_id,
                 id,
                 info,
-                carousel,
                 stats,
-                group,
-                multicast_sessions: 0,
-                unicast_peers: Vec::new(),
-                sync_sequence: 0,
-                next_sync: now,
+                key,
+                next_disk_check: now + ARCHIVE_CHECK_INTERVAL,
                 verifying,
+                next_verify: now + ARCHIVE_REVERIFY_INTERVAL,
             },
         );
-        Ok(file_id)
+        Ok(())
     }
 
-    fn end_session(&mut self, session: SessionId) {
-        let Some(state) = self.sessions.remove(&session) else {
-            return;
-        };
-        let Some(channel) = self.channels.get_mut(&state.file_id) else {
-            return;
-        };
-        channel.carousel.leave(session);
-        let id = channel.id;
-        let gone = match state.transport {
-            Transport::Multicast => {
-                channel.multicast_sessions -= 1;
-                channel
-                    .group
-                    .filter(|_| channel.multicast_sessions == 0)
-                    .map(SocketAddr::V4)
-            }
-            Transport::Unicast => {
-                channel.unicast_peers.retain(|(s, _)| *s != session);
-                Some(state.client)
-            }
-        };
-        if let Some(destination) = gone {
-            self.pool_command(Command::RemoveDestination(id, destination));
-        }
+    fn start_verification(
+        path: &std::path::Path,
+    ) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
+        let check_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("loopcast-verify".into())
+            .spawn(move || {
+                ArchiveFile::open(&check_path)
+                    .and_then(|archive| archive.verify())
+                    .map_err(|e| e.to_string())
+            })
+            .map_err(|e| format!("cannot start archive verification: {e}"))
     }
 
     /// Queues a command for the sender pool; a full queue is logged (the state it would have
@@ -755,19 +589,36 @@ impl Server {
         }
     }
 
-    /// Collects finished archive checks: a verified archive is remembered; a corrupt one has
-    /// its channel's sessions ended (the channel then closes as idle) and is refused.
-    fn collect_verifications(&mut self) {
-        let mut corrupt = Vec::new();
-        for channel in self.channels.values_mut() {
+    /// Archives on disk (deliverable of R23): a served archive whose size, inode or
+    /// modification time changed, or whose tree fails a check beside the loop, stops its
+    /// channel; its clients are told why.
+    fn check_archives(&mut self, now: Instant) {
+        let mut failed = Vec::new();
+        for (&channel_id, channel) in self.channels.iter_mut() {
+            if now >= channel.next_disk_check {
+                channel.next_disk_check = now + ARCHIVE_CHECK_INTERVAL;
+                if ArchiveKey::of(&channel.key.path).as_ref() != Some(&channel.key) {
+                    tracing::error!(file = %channel.info.name, path = %channel.key.path.display(), "archive changed on disk while served: stopping its channel");
+                    self.counters.archives_changed += 1;
+                    failed.push(channel_id);
+                    continue;
+                }
+            }
+            if channel.verifying.is_none() && now >= channel.next_verify {
+                channel.next_verify = now + ARCHIVE_REVERIFY_INTERVAL;
+                match Self::start_verification(&channel.key.path) {
+                    Ok(handle) => channel.verifying = Some(handle),
+                    Err(error) => tracing::warn!(%error, "archive re-verification not started"),
+                }
+            }
             if !channel
                 .verifying
                 .as_ref()
-                .is_some_and(|(_, handle)| handle.is_finished())
+                .is_some_and(|handle| handle.is_finished())
             {
                 continue;
             }
-            let (key, handle) = channel.verifying.take().expect("checked above");
+            let handle = channel.verifying.take().expect("checked above");
             let outcome = handle
                 .join()
                 .unwrap_or_else(|_| Err("verification thread panicked".into()));
@@ -775,84 +626,27 @@ impl Server {
                 Ok(()) => {
                     tracing::info!(file = %channel.info.name, "archive verified");
                     self.counters.archives_verified += 1;
-                    self.verified_archives.insert(key);
+                    self.verified_archives.insert(channel.key.clone());
                 }
                 Err(error) => {
-                    tracing::error!(file = %channel.info.name, path = %key.path.display(), %error, "archive failed verification: closing its channel and refusing it until it changes");
+                    tracing::error!(file = %channel.info.name, path = %channel.key.path.display(), %error, "archive failed verification: stopping its channel and refusing it until it changes");
                     self.counters.archives_corrupt += 1;
-                    self.corrupt_archives.insert(key);
-                    corrupt.push(channel.file_id);
+                    self.verified_archives.remove(&channel.key);
+                    self.corrupt_archives.insert(channel.key.clone());
+                    failed.push(channel_id);
                 }
             }
         }
-        for file_id in corrupt {
-            let sessions: Vec<SessionId> = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.file_id == file_id)
-                .map(|(id, _)| *id)
-                .collect();
-            for session in sessions {
-                self.end_session(session);
-            }
+        for channel in failed {
+            self.endpoint.handle_channel_failed(now, channel);
         }
     }
 
     fn housekeeping(&mut self) {
-        self.collect_verifications();
         let now = self.clock.now();
-        let mut expired = Vec::new();
-        for channel in self.channels.values_mut() {
-            channel.carousel.handle_timeout(now);
-            while let Some(session) = channel.carousel.poll_expired() {
-                expired.push(session);
-            }
-        }
-        for session in expired {
-            tracing::info!(session = session.0, "session expired (client silent)");
-            self.counters.sessions_expired += 1;
-            self.end_session(session);
-        }
-        // R9: a channel with no active client stops and closes.
-        let idle: Vec<FileId> = self
-            .channels
-            .values()
-            .filter(|c| c.carousel.is_idle())
-            .map(|c| c.file_id)
-            .collect();
-        for file_id in idle {
-            let channel = self.channels.remove(&file_id).expect("listed above");
-            if let (Some(group), Some(m)) = (channel.group, &self.config.multicast) {
-                let slot =
-                    (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
-                self.group_slots_used[slot] = false;
-            }
-            self.counters.channels_closed += 1;
-            self.pool_command(Command::RemoveChannel(channel.id));
-            let datagrams = channel.stats.datagrams.load(Ordering::Relaxed);
-            tracing::info!(
-                file = %channel.info.name,
-                datagrams,
-                bytes = channel.stats.bytes.load(Ordering::Relaxed),
-                repair_datagrams = channel.stats.repair_datagrams.load(Ordering::Relaxed),
-                repairs_refused = channel.stats.repairs_refused.load(Ordering::Relaxed),
-                "channel closed: no active clients"
-            );
-        }
-        // R8: SYNC on every multicast channel that has multicast members.
-        for channel in self.channels.values_mut() {
-            if let (Some(group), true) = (channel.group, channel.multicast_sessions > 0) {
-                if now >= channel.next_sync {
-                    channel.sync_sequence = channel.sync_sequence.wrapping_add(1);
-                    let sync = ControlMessage::Sync {
-                        file_id: channel.file_id,
-                        sequence: channel.sync_sequence,
-                    };
-                    let _ = self.data.send_to(&sync.to_bytes(), group);
-                    channel.next_sync = now + SYNC_INTERVAL;
-                }
-            }
-        }
+        self.check_archives(now);
+        self.endpoint.handle_timeout(now);
+        self.flush_endpoint();
     }
 
     fn accept_admin(&self, listener: &MioUnixListener) {
@@ -889,37 +683,54 @@ impl Server {
 
     fn status_json(&self) -> serde_json::Value {
         let channels: Vec<serde_json::Value> = self
-            .channels
-            .values()
-            .map(|c| {
+            .endpoint
+            .channels()
+            .map(|view| {
+                let data = self.channels.get(&view.channel);
+                let load = |field: fn(&ChannelStats) -> &std::sync::atomic::AtomicU64| {
+                    data.map_or(0, |c| field(&c.stats).load(Ordering::Relaxed))
+                };
+                let unicast = self
+                    .endpoint
+                    .sessions()
+                    .filter(|s| {
+                        s.channel == view.channel
+                            && s.validated
+                            && s.transport == Transport::Unicast
+                    })
+                    .count();
                 serde_json::json!({
-                    "file": c.info.name,
-                    "file_id": c.file_id.to_string(),
-                    "group": c.group.map(|g| g.to_string()),
-                    "rate_bits_per_s": c.carousel.config().rate_bits_per_s,
-                    "loop_len": c.info.loop_len,
-                    "next_serial": c.stats.next_serial.load(Ordering::Relaxed),
-                    "repair_datagrams": c.stats.repair_datagrams.load(Ordering::Relaxed),
-                    "repairs_refused": c.stats.repairs_refused.load(Ordering::Relaxed),
-                    "datagrams_sent": c.stats.datagrams.load(Ordering::Relaxed),
-                    "bytes_sent": c.stats.bytes.load(Ordering::Relaxed),
-                    "multicast_sessions": c.multicast_sessions,
-                    "unicast_sessions": c.unicast_peers.len(),
+                    "file": view.name,
+                    "file_id": view.file_id.to_string(),
+                    "group": view.group.map(|g| g.to_string()),
+                    "running": data.is_some(),
+                    "rate_bits_per_s": self.config.rate_bits_per_s,
+                    "loop_len": view.loop_len,
+                    "next_serial": load(|s| &s.next_serial),
+                    "repair_datagrams": load(|s| &s.repair_datagrams),
+                    "repairs_refused": load(|s| &s.repairs_refused),
+                    "datagrams_sent": load(|s| &s.datagrams),
+                    "bytes_sent": load(|s| &s.bytes),
+                    "multicast_sessions": view.multicast_members,
+                    "unicast_sessions": unicast,
+                    "sessions": view.sessions,
                 })
             })
             .collect();
         let sessions: Vec<serde_json::Value> = self
-            .sessions
-            .iter()
-            .map(|(id, s)| {
+            .endpoint
+            .sessions()
+            .map(|s| {
                 serde_json::json!({
-                    "session": format!("{:016x}", id.0),
+                    "session": format!("{:016x}", s.session.0),
                     "client": s.client.to_string(),
                     "transport": s.transport.to_string(),
+                    "validated": s.validated,
                     "held": s.held,
                 })
             })
             .collect();
+        let e = self.endpoint.counters();
         let threads = self.pool.thread_stats();
         let sum = |field: fn(
             &loopcast_dataplane::pool::ThreadStats,
@@ -953,21 +764,30 @@ impl Server {
             "channels": channels,
             "sessions": sessions,
             "counters": {
-                "requests": self.counters.requests,
-                "rejected": self.counters.rejected,
-                "control_dropped": self.counters.control_dropped,
-                "sessions_completed": self.counters.sessions_completed,
-                "sessions_expired": self.counters.sessions_expired,
-                "channels_opened": self.counters.channels_opened,
-                "channels_closed": self.counters.channels_closed,
+                "requests": e.requests,
+                "rejected": e.rejected,
+                "requests_rate_limited": e.requests_rate_limited,
+                "control_dropped": e.control_dropped,
+                "replies_withheld": e.replies_withheld,
+                "tokens_rejected": e.tokens_rejected,
+                "sessions_opened": e.sessions_opened,
+                "sessions_validated": e.sessions_validated,
+                "sessions_completed": e.sessions_completed,
+                "sessions_expired": e.sessions_expired,
+                "sessions_unvalidated_expired": e.sessions_unvalidated_expired,
+                "unknown_session_replies": e.unknown_session_replies,
+                "channels_opened": e.channels_opened,
+                "channels_closed": e.channels_closed,
                 "send_errors": self.counters.send_errors,
-                "naks": self.counters.naks,
-                "nak_serials": self.counters.nak_serials,
+                "naks": e.naks,
+                "nak_serials": e.nak_serials,
                 "nak_ranges_dropped": self.counters.nak_ranges_dropped,
-                "naks_over_budget": self.counters.naks_over_budget,
-                "naks_relayed": self.counters.naks_relayed,
+                "naks_over_budget": e.naks_over_budget,
+                "nak_serials_refused": e.nak_serials_refused,
+                "naks_relayed": e.naks_relayed,
                 "archives_verified": self.counters.archives_verified,
                 "archives_corrupt": self.counters.archives_corrupt,
+                "archives_changed": self.counters.archives_changed,
                 "datagrams_sent": sum(|t| &t.datagrams),
                 "bytes_sent": sum(|t| &t.bytes),
                 "pool_send_errors": sum(|t| &t.send_errors),
@@ -976,10 +796,4 @@ impl Server {
             },
         })
     }
-}
-
-fn random_u64() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    u64::from_ne_bytes(bytes)
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
-use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
+use loopcast_proto::carousel::{Carousel, CarouselConfig};
 use loopcast_proto::time::{Instant, MonotonicClock};
 use socket2::SockAddr;
 
@@ -93,6 +93,8 @@ pub struct ChannelSpec {
     pub datagram_size: u16,
     pub rate_bits_per_s: u64,
     pub destinations: Vec<SocketAddr>,
+    /// Largest share of the rate repairs may take (R10 fairness), percent.
+    pub repair_share_percent: u8,
     pub stats: Arc<ChannelStats>,
 }
 
@@ -338,7 +340,8 @@ impl Schedule {
 
     fn push_deadline(&mut self, slot: usize, now: Instant) {
         let channel = self.slots[slot].as_ref().expect("scheduling a live slot");
-        if let Some(deadline) = channel.carousel.poll_timeout() {
+        {
+            let deadline = channel.carousel.poll_timeout();
             // A paced channel keeps its real deadline, even a past one, so the most overdue goes
             // first. An unpaced channel is always due: it queues at `now`, behind overdue paced
             // channels, and one pass pops it once.
@@ -433,9 +436,7 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
                 datagram_size: spec.datagram_size,
                 rate_bits_per_s: spec.rate_bits_per_s,
                 batch_datagrams_max: u32::try_from(segments * MESSAGES_MAX).expect("small"),
-                // Membership lives in the control plane: one permanent member.
-                member_timeout: Duration::MAX,
-                members_max: 1,
+                repair_share_percent: spec.repair_share_percent,
             };
             // Start a paced channel at its own phase of the quantum interval: a thread whose
             // channels all fell due together would send them in one late burst.
@@ -445,10 +446,7 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
                 .quantum_interval()
                 .map_or(Duration::ZERO, |interval| interval.mul_f64(phase));
             let start = now + offset;
-            let mut carousel = Carousel::new(config, start);
-            carousel
-                .join(start, SessionId(0))
-                .expect("an empty carousel has room");
+            let carousel = Carousel::new(config, start);
             let destinations = spec
                 .destinations
                 .iter()
@@ -709,6 +707,7 @@ mod tests {
             datagram_size: 1440,
             rate_bits_per_s: rate,
             destinations: vec!["127.0.0.1:9".parse().unwrap()],
+            repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
             stats: Arc::new(ChannelStats::default()),
         })
     }
@@ -860,6 +859,7 @@ mod tests {
             // enough that the loopback socket drops nothing.
             rate_bits_per_s: 50_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
+            repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
             stats: Arc::new(ChannelStats::default()),
         })
         .unwrap();
@@ -941,6 +941,7 @@ mod tests {
             datagram_size: size as u16,
             rate_bits_per_s: 2_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
+            repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
             stats: stats.clone(),
         })
         .unwrap();
@@ -1007,6 +1008,7 @@ mod tests {
             datagram_size: size as u16,
             rate_bits_per_s: 8_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
+            repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
             stats: stats.clone(),
         })
         .unwrap();

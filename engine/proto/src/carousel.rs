@@ -1,13 +1,13 @@
-//! The carousel (R9): loops a file's datagrams, paced by a token bucket, for as long as
-//! at least one member (a client session) is active.
+//! The carousel (R9, R10): loops a file's datagrams, paced by a token bucket, with repairs
+//! served ahead of the loop within a bounded share of the rate.
 //!
-//! Drive it like this, in order, whenever woken:
-//! 1. feed membership events (`join`, `heard`, `leave`);
-//! 2. `handle_timeout(now)` to expire silent members;
-//! 3. call `poll_transmit(now)` until it returns `None`, sending each range it gives;
-//! 4. sleep until `poll_timeout()` or until a packet arrives.
+//! Pacing only: who is listening (membership, expiry) is the server endpoint's business
+//! (`crate::endpoint`); a carousel sends whenever its driver asks. Drive it like this:
+//! 1. `queue_repair` for NAKed ranges;
+//! 2. call `poll_transmit(now)` until it returns `None`, sending each range it gives;
+//! 3. sleep until `poll_timeout()`.
 //!
-//! A member joins at whatever serial is next: the loop does not restart for it. It has seen
+//! A client joins at whatever serial is next: the loop does not restart for it. It has seen
 //! every datagram once the loop has advanced `loop_len` datagrams past its join point.
 
 use core::time::Duration;
@@ -27,10 +27,18 @@ pub struct CarouselConfig {
     pub rate_bits_per_s: u64,
     /// Largest number of datagrams handed out by one `poll_transmit`.
     pub batch_datagrams_max: u32,
-    /// A member not heard from for this long is dropped.
-    pub member_timeout: Duration,
-    pub members_max: usize,
+    /// Largest share of the rate repairs may take while the loop also has work, in percent
+    /// (1..=100). At 50 the loop sends at least one datagram for every repair, so a flood of
+    /// NAKs can slow the loop to half its rate but never stop it (R10 fairness).
+    pub repair_share_percent: u8,
 }
+
+/// The default repair share: half the channel's rate.
+pub const REPAIR_SHARE_PERCENT_DEFAULT: u8 = 50;
+/// Repair credit saved up at most, in datagrams (a burst of repairs after a quiet spell).
+const REPAIR_CREDIT_DATAGRAMS_MAX: u64 = 64;
+/// Loop datagrams handed out at most per poll while repairs wait, so the two interleave.
+const LOOP_RUN_WHILE_REPAIRING_MAX: u32 = 64;
 
 /// A contiguous run of serials to send now: `first .. first + count`, never wrapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,18 +58,6 @@ pub enum RepairError {
     /// The range is empty or runs past the end of the loop.
     OutOfRange,
     /// `REPAIR_QUEUE_MAX` distinct ranges are already waiting.
-    Full,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Member {
-    session: SessionId,
-    joined_at_sent_total: u64,
-    last_heard: Instant,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JoinError {
     Full,
 }
 
@@ -126,8 +122,9 @@ pub struct Carousel {
     bucket: Option<TokenBucket>,
     /// Datagrams per wake-up when paced: about 1 ms of the rate, at least 1.
     paced_batch_datagrams: u32,
-    members: Vec<Member>,
-    expired: Vec<SessionId>,
+    /// Repair allowance in percent-datagrams: a loop datagram earns `share`, a repair costs
+    /// `100 - share` (see `CarouselConfig::repair_share_percent`).
+    repair_credit: u64,
     /// Repairs waiting, in the order asked, overlapping and adjacent ranges merged.
     repairs: VecDeque<Transmit>,
 }
@@ -140,14 +137,18 @@ impl Carousel {
             config.batch_datagrams_max > 0,
             "batches hold at least one datagram"
         );
+        assert!(
+            (1..=100).contains(&config.repair_share_percent),
+            "repair share is 1..=100 percent, got {}",
+            config.repair_share_percent
+        );
         let mut carousel = Carousel {
             config,
             next_serial: 0,
             sent_total: 0,
             bucket: None,
             paced_batch_datagrams: 1,
-            members: Vec::new(),
-            expired: Vec::new(),
+            repair_credit: Self::repair_credit_max(config.repair_share_percent),
             repairs: VecDeque::new(),
         };
         carousel.set_rate(config.rate_bits_per_s, now);
@@ -199,66 +200,6 @@ impl Carousel {
         ))
     }
 
-    /// Adds a member (or refreshes it if already present).
-    pub fn join(&mut self, now: Instant, session: SessionId) -> Result<(), JoinError> {
-        if self.heard(now, session) {
-            return Ok(());
-        }
-        if self.members.len() >= self.config.members_max {
-            return Err(JoinError::Full);
-        }
-        if self.members.is_empty() {
-            if let Some(bucket) = &mut self.bucket {
-                bucket.last_refill = now;
-            }
-        }
-        self.members.push(Member {
-            session,
-            joined_at_sent_total: self.sent_total,
-            last_heard: now,
-        });
-        Ok(())
-    }
-
-    /// Records that a member is alive; false if it is not a member.
-    pub fn heard(&mut self, now: Instant, session: SessionId) -> bool {
-        match self.members.iter_mut().find(|m| m.session == session) {
-            Some(member) => {
-                member.last_heard = member.last_heard.max(now);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Removes a member that is done or leaving; false if it was not a member.
-    pub fn leave(&mut self, session: SessionId) -> bool {
-        let before = self.members.len();
-        self.members.retain(|m| m.session != session);
-        before != self.members.len()
-    }
-
-    pub fn member_count(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_member(&self, session: SessionId) -> bool {
-        self.members.iter().any(|m| m.session == session)
-    }
-
-    /// Datagrams sent since the member joined (>= loop_len means it has seen a full loop).
-    pub fn sent_since_join(&self, session: SessionId) -> Option<u64> {
-        self.members
-            .iter()
-            .find(|m| m.session == session)
-            .map(|m| self.sent_total - m.joined_at_sent_total)
-    }
-
-    /// The channel has no members: the driver closes it (R9).
-    pub fn is_idle(&self) -> bool {
-        self.members.is_empty()
-    }
-
     pub fn next_serial(&self) -> u32 {
         self.next_serial
     }
@@ -269,23 +210,6 @@ impl Carousel {
 
     pub fn loops_completed(&self) -> u64 {
         self.sent_total / u64::from(self.config.loop_len)
-    }
-
-    /// Expires members not heard from within the timeout. Drain them with `poll_expired`.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let timeout = self.config.member_timeout;
-        let expired = &mut self.expired;
-        self.members.retain(|member| {
-            let alive = now.saturating_since(member.last_heard) < timeout;
-            if !alive {
-                expired.push(member.session);
-            }
-            alive
-        });
-    }
-
-    pub fn poll_expired(&mut self) -> Option<SessionId> {
-        self.expired.pop()
     }
 
     /// Queues `first .. first + count` to be sent ahead of the loop, at the channel's rate. A
@@ -325,14 +249,28 @@ impl Carousel {
         self.repairs.iter().map(|r| u64::from(r.count)).sum()
     }
 
-    /// The next range to send now, or `None` (no members, or pacing says wait).
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
-        if self.members.is_empty() {
-            return None;
+    fn repair_credit_max(share_percent: u8) -> u64 {
+        REPAIR_CREDIT_DATAGRAMS_MAX * u64::from(100 - share_percent).max(1)
+    }
+
+    /// Repair datagrams the share allows now (all of them at a share of 100).
+    fn repairs_allowed(&self) -> u32 {
+        let share = self.config.repair_share_percent;
+        if share >= 100 {
+            return u32::MAX;
         }
-        // Repairs go ahead of the loop; both draw on the same tokens, so the rate holds.
+        u32::try_from(self.repair_credit / u64::from(100 - share)).unwrap_or(u32::MAX)
+    }
+
+    /// The next range to send now, or `None` (pacing says wait).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Transmit> {
+        // Repairs go ahead of the loop within their share; both draw on the same tokens, so
+        // the rate holds.
+        let repairs_allowed = self.repairs_allowed();
+        let repairing = self.repairs.front().is_some() && repairs_allowed > 0;
         let wanted = match self.repairs.front() {
-            Some(repair) => repair.count,
+            Some(repair) if repairing => repair.count.min(repairs_allowed),
+            Some(_) => (self.config.loop_len - self.next_serial).min(LOOP_RUN_WHILE_REPAIRING_MAX),
             None => self.config.loop_len - self.next_serial,
         };
         let size = u64::from(self.config.datagram_size);
@@ -353,7 +291,9 @@ impl Carousel {
             }
         };
         debug_assert!(count > 0, "a transmit carries at least one datagram");
-        if let Some(repair) = self.repairs.front_mut() {
+        let share = u64::from(self.config.repair_share_percent);
+        if repairing {
+            let repair = self.repairs.front_mut().expect("checked above");
             let transmit = Transmit {
                 first: repair.first,
                 count,
@@ -363,6 +303,14 @@ impl Carousel {
             repair.count -= count;
             if repair.count == 0 {
                 self.repairs.pop_front();
+            }
+            if share < 100 {
+                let cost = u64::from(count) * (100 - share);
+                debug_assert!(
+                    cost <= self.repair_credit,
+                    "repairs stay within their share"
+                );
+                self.repair_credit -= cost;
             }
             return Some(transmit);
         }
@@ -376,28 +324,19 @@ impl Carousel {
             self.next_serial = 0;
         }
         self.sent_total += u64::from(count);
+        self.repair_credit = (self.repair_credit + u64::from(count) * share)
+            .min(Self::repair_credit_max(self.config.repair_share_percent));
         Some(transmit)
     }
 
-    /// When the earliest member expires, for drivers that use the carousel for membership only
-    /// (sending elsewhere). `None` without members.
-    pub fn membership_deadline(&self) -> Option<Instant> {
-        let oldest_heard = self.members.iter().map(|m| m.last_heard).min()?;
-        Some(oldest_heard + self.config.member_timeout)
-    }
-
-    /// When the driver should next call `handle_timeout`/`poll_transmit`. `None`: only a
-    /// packet can make progress (no members). A past instant means "now".
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        let oldest_heard = self.members.iter().map(|m| m.last_heard).min()?;
-        let expiry = oldest_heard + self.config.member_timeout;
-        let send_at = match &self.bucket {
+    /// When the driver should next call `poll_transmit`. A past instant means "now".
+    pub fn poll_timeout(&self) -> Instant {
+        match &self.bucket {
             None => Instant::ZERO,
             Some(bucket) => bucket.ready_at(
                 u64::from(self.paced_batch_datagrams) * u64::from(self.config.datagram_size),
             ),
-        };
-        Some(send_at.min(expiry))
+        }
     }
 }
 
@@ -412,59 +351,45 @@ mod tests {
             datagram_size: 1440,
             rate_bits_per_s,
             batch_datagrams_max: 44,
-            member_timeout: Duration::from_secs(5),
-            members_max: 64,
+            repair_share_percent: 100,
         }
     }
 
     #[test]
-    fn idle_channel_sends_nothing() {
-        let mut carousel = Carousel::new(config(10, 0), Instant::ZERO);
-        assert_eq!(carousel.poll_transmit(Instant::ZERO), None);
-        assert_eq!(carousel.poll_timeout(), None);
-    }
-
-    #[test]
-    fn loops_until_last_member_leaves() {
+    fn loops_round_and_counts_loops() {
         let mut carousel = Carousel::new(config(100, 0), Instant::ZERO);
-        carousel.join(Instant::ZERO, SessionId(1)).unwrap();
         let mut sent = 0u64;
         for _ in 0..10 {
             sent += u64::from(carousel.poll_transmit(Instant::ZERO).unwrap().count);
         }
         assert!(sent > 100, "the loop wrapped");
         assert!(carousel.loops_completed() >= 1);
-        assert!(carousel.leave(SessionId(1)));
-        assert!(carousel.is_idle());
-        assert_eq!(carousel.poll_transmit(Instant::ZERO), None);
     }
 
     #[test]
-    fn silent_members_expire() {
-        let mut carousel = Carousel::new(config(100, 0), Instant::ZERO);
-        carousel.join(Instant::ZERO, SessionId(7)).unwrap();
-        carousel.handle_timeout(Instant::ZERO + Duration::from_secs(4));
-        assert!(carousel.is_member(SessionId(7)));
-        carousel.handle_timeout(Instant::ZERO + Duration::from_secs(6));
-        assert!(carousel.is_idle());
-        assert_eq!(carousel.poll_expired(), Some(SessionId(7)));
-    }
-
-    #[test]
-    fn member_bound_holds() {
-        let mut cfg = config(100, 0);
-        cfg.members_max = 2;
+    fn a_repair_flood_takes_at_most_its_share_and_the_loop_keeps_advancing() {
+        let mut cfg = config(10_000, 0);
+        cfg.repair_share_percent = REPAIR_SHARE_PERCENT_DEFAULT;
         let mut carousel = Carousel::new(cfg, Instant::ZERO);
-        carousel.join(Instant::ZERO, SessionId(1)).unwrap();
-        carousel.join(Instant::ZERO, SessionId(2)).unwrap();
-        assert_eq!(
-            carousel.join(Instant::ZERO, SessionId(3)),
-            Err(JoinError::Full)
+        let (mut loop_sent, mut repair_sent) = (0u64, 0u64);
+        for round in 0..2_000u32 {
+            // A receiver (or an attacker) keeps the repair queue full.
+            let _ = carousel.queue_repair((round * 37) % 9_000, 200);
+            let t = carousel.poll_transmit(Instant::ZERO).unwrap();
+            if t.repair {
+                repair_sent += u64::from(t.count);
+            } else {
+                loop_sent += u64::from(t.count);
+            }
+        }
+        assert!(loop_sent > 0, "the loop advanced");
+        assert!(
+            repair_sent <= loop_sent + REPAIR_CREDIT_DATAGRAMS_MAX,
+            "repairs {repair_sent} exceed half the traffic (loop {loop_sent})"
         );
-        assert_eq!(
-            carousel.join(Instant::ZERO, SessionId(2)),
-            Ok(()),
-            "rejoin is a refresh"
+        assert!(
+            repair_sent * 2 >= loop_sent,
+            "repairs still got their share: {repair_sent} vs {loop_sent}"
         );
     }
 
@@ -472,7 +397,6 @@ mod tests {
     fn repairs_go_ahead_of_the_loop_at_the_channel_rate_without_moving_it() {
         let rate = 10_000_000;
         let mut carousel = Carousel::new(config(1000, rate), Instant::ZERO);
-        carousel.join(Instant::ZERO, SessionId(1)).unwrap();
         let mut now = Instant::ZERO;
         let mut loop_sent = 0u64;
         while loop_sent < 100 {
@@ -480,10 +404,10 @@ mod tests {
                 assert!(!t.repair);
                 loop_sent += u64::from(t.count);
             }
-            now = carousel.poll_timeout().unwrap().max(now);
+            now = carousel.poll_timeout().max(now);
         }
         let serial_before = carousel.next_serial();
-        let seen_before = carousel.sent_since_join(SessionId(1)).unwrap();
+        let seen_before = carousel.sent_total();
         carousel.queue_repair(500, 10).unwrap();
         carousel.queue_repair(505, 10).unwrap(); // overlaps: merged into 500..515
         carousel.queue_repair(515, 5).unwrap(); // adjoins: merged into 500..520
@@ -497,7 +421,7 @@ mod tests {
                 assert!(t.first + t.count <= 1000);
                 repaired.extend(t.first..t.first + t.count);
             }
-            now = carousel.poll_timeout().unwrap().max(now);
+            now = carousel.poll_timeout().max(now);
         }
         let expected: Vec<u32> = (500..520).chain(900..902).collect();
         assert_eq!(
@@ -510,7 +434,7 @@ mod tests {
             "the loop position is untouched"
         );
         assert_eq!(
-            carousel.sent_since_join(SessionId(1)).unwrap(),
+            carousel.sent_total(),
             seen_before,
             "repairs do not count as loop progress"
         );
@@ -559,10 +483,9 @@ mod tests {
             while let Some(t) = carousel.poll_transmit(now) {
                 bytes += u64::from(t.count) * 1440;
             }
-            let next = carousel.poll_timeout().expect("has a member");
+            let next = carousel.poll_timeout();
             assert!(next > now, "pacing must make progress");
             now = next;
-            carousel.heard(now, SessionId(1));
         }
         bytes
     }
@@ -572,12 +495,10 @@ mod tests {
         #[test]
         fn late_joiner_sees_every_serial_within_one_loop(loop_len in 1u32..5000, skip in 0u32..20_000) {
             let mut carousel = Carousel::new(config(loop_len, 0), Instant::ZERO);
-            carousel.join(Instant::ZERO, SessionId(1)).unwrap();
             let mut skipped = 0;
             while skipped < skip {
                 skipped += carousel.poll_transmit(Instant::ZERO).unwrap().count;
             }
-            carousel.join(Instant::ZERO, SessionId(2)).unwrap();
             let mut seen = vec![false; loop_len as usize];
             let mut sent = 0u32;
             while sent < loop_len {
@@ -600,7 +521,6 @@ mod tests {
             asks in proptest::collection::vec((0u32..3000, 1u32..200), 0..300),
         ) {
             let mut carousel = Carousel::new(config(loop_len, 0), Instant::ZERO);
-            carousel.join(Instant::ZERO, SessionId(1)).unwrap();
             let mut wanted = vec![false; loop_len as usize];
             let mut asked = 0u64;
             for (first, count) in asks {
@@ -636,7 +556,6 @@ mod tests {
         fn pacing_holds_rate(rate_mbit in 1u64..2000, new_rate_mbit in 1u64..2000) {
             let rate = rate_mbit * 1_000_000;
             let mut carousel = Carousel::new(config(1000, rate), Instant::ZERO);
-            carousel.join(Instant::ZERO, SessionId(1)).unwrap();
             let bytes = run_paced(&mut carousel, Instant::ZERO, 2);
             let achieved = bytes as f64 * 8.0 / 2.0;
             prop_assert!((achieved / rate as f64 - 1.0).abs() < 0.02, "rate {} got {}", rate, achieved);

@@ -10,17 +10,24 @@
 //! - [`wire`]: byte layouts of loop datagrams and control messages.
 //! - [`info`]: the file info record and its root hash.
 //! - [`layout`]: the hash tree's shape and each node's position in the loop.
-//! - [`carousel`]: the server-side loop scheduler with pacing and membership (R9).
+//! - [`carousel`]: the server-side loop scheduler: pacing, repairs within a share (R9, R10).
+//! - [`endpoint`]: the server's session rules: requests, address validation, limits, NAK
+//!   budgets, expiry (R7–R10, R23).
+//! - [`client`]: the client's session rules: request, SYNC or fallback, status, recovery.
+//! - [`rng`]: the seeded random source the machines take instead of the OS's.
 //! - [`receiver`]: the client-side verified-have state (R9, R14).
 //! - [`nak`]: which serials went by without arriving, and when to ask for them (R10).
 
 pub mod assemble;
 pub mod bitmap;
 pub mod carousel;
+pub mod client;
+pub mod endpoint;
 pub mod info;
 pub mod layout;
 pub mod nak;
 pub mod receiver;
+pub mod rng;
 pub mod time;
 pub mod wire;
 

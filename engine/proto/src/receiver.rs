@@ -35,6 +35,9 @@ pub enum DropReason {
     HashMismatch,
     /// Its parent has not arrived and pending state is full.
     PendingFull,
+    /// A different copy of the same serial is already pending: the first one kept decides
+    /// (forged or genuine, never both).
+    PendingConflict,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,7 @@ pub struct ReceiverCounters {
     pub dropped_bad_position: u64,
     pub dropped_hash_mismatch: u64,
     pub dropped_pending_full: u64,
+    pub dropped_pending_conflict: u64,
     /// Pending datagrams that failed verification once their parent arrived.
     pub pending_rejected: u64,
 }
@@ -76,6 +80,7 @@ impl ReceiverCounters {
             + self.dropped_bad_position
             + self.dropped_hash_mismatch
             + self.dropped_pending_full
+            + self.dropped_pending_conflict
             + self.pending_rejected
     }
 }
@@ -227,6 +232,7 @@ impl Receiver {
                     DropReason::BadPosition => &mut self.counters.dropped_bad_position,
                     DropReason::HashMismatch => &mut self.counters.dropped_hash_mismatch,
                     DropReason::PendingFull => &mut self.counters.dropped_pending_full,
+                    DropReason::PendingConflict => &mut self.counters.dropped_pending_conflict,
                 };
                 *counter += 1;
             }
@@ -282,9 +288,15 @@ impl Receiver {
         let serial = header.serial.0;
         match header.kind {
             DatagramKind::Data => {
-                if self.pending_data.len() >= PENDING_DATA_MAX
-                    && !self.pending_data.contains_key(&header.index)
-                {
+                // One copy per serial until its parent decides: the first one kept stays, a
+                // different one is dropped (the bytes a caller stored are then always the bytes
+                // whose hash is pending; if the first was forged, the serial is received again).
+                match self.pending_data.get(&header.index) {
+                    Some(kept) if *kept == hash => return Outcome::Duplicate { serial },
+                    Some(_) => return Outcome::Dropped(DropReason::PendingConflict),
+                    None => {}
+                }
+                if self.pending_data.len() >= PENDING_DATA_MAX {
                     return Outcome::Dropped(DropReason::PendingFull);
                 }
                 self.pending_data.insert(header.index, hash);
@@ -292,7 +304,12 @@ impl Receiver {
             DatagramKind::HashBlock => {
                 let block = payload(bytes, header);
                 let key = (header.level, header.index);
-                let replaced = self.pending_blocks.get(&key).map_or(0, |b| b.payload.len());
+                match self.pending_blocks.get(&key) {
+                    Some(kept) if kept.hash == hash => return Outcome::Duplicate { serial },
+                    Some(_) => return Outcome::Dropped(DropReason::PendingConflict),
+                    None => {}
+                }
+                let replaced = 0;
                 if self.pending_block_bytes - replaced + block.len() > PENDING_BLOCK_BYTES_MAX {
                     return Outcome::Dropped(DropReason::PendingFull);
                 }
@@ -350,6 +367,23 @@ impl Receiver {
     fn mark_held(&mut self, level: u8, index: u32) {
         let serial = self.shape.serial_of(level, index);
         self.have.set(serial);
+    }
+
+    /// Final pass before publishing, for any node: re-hash the datagram held at `serial` as
+    /// read back from storage. A mismatch (or bytes that are not that node's datagram at all)
+    /// forgets it (it will be received again) and returns false.
+    pub fn recheck_serial(&mut self, serial: u32, stored: &[u8]) -> bool {
+        let node = DatagramHeader::parse(stored).ok().filter(|h| {
+            self.shape.contains(h.level, h.index)
+                && self.shape.serial_of(h.level, h.index) == serial
+        });
+        let good = node.is_some_and(|h| {
+            self.expected_hash(h.level, h.index) == Some(*blake3::hash(stored).as_bytes())
+        });
+        if !good && serial < self.have.len() {
+            self.have.clear(serial);
+        }
+        good
     }
 
     /// Final pass before publishing: re-hash a held data datagram as read back from storage.

@@ -16,7 +16,7 @@ use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions};
 use loopcast_dataplane::ceiling::blast;
 use loopcast_dataplane::mapped::MappedArchive;
 use loopcast_dataplane::send::{probe_send_path, DataSender, SendPath, MESSAGES_MAX};
-use loopcast_proto::carousel::{Carousel, CarouselConfig, SessionId};
+use loopcast_proto::carousel::{Carousel, CarouselConfig};
 use loopcast_proto::info::{DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000};
 use loopcast_tools::{cpu_time, init_logging, parse_size};
 use rayon::prelude::*;
@@ -341,12 +341,10 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
             datagram_size: info.datagram_size,
             rate_bits_per_s: 0,
             batch_datagrams_max: (sender.segments_per_message(size) * MESSAGES_MAX) as u32,
-            member_timeout: Duration::from_secs(3600),
-            members_max: 1,
+            repair_share_percent: 100,
         },
         now(),
     );
-    carousel.join(now(), SessionId(1)).map_err(|_| "join")?;
     loopcast_tools::phase(format_args!(
         "send: one channel, {} for {} s",
         sender.path().name(),
@@ -669,6 +667,7 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
                 datagram_size: info.datagram_size,
                 rate_bits_per_s: rate,
                 destinations: vec![destination],
+                repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
                 stats: stats.clone(),
             })
             .map_err(|e| format!("cannot add channel: {e:?}"))?;

@@ -15,6 +15,57 @@ pub const CONTROL_VERSION: u8 = 1;
 /// Longest control message we emit or accept.
 pub const CONTROL_LEN_MAX: usize = 64 + INFO_LEN_MAX;
 pub const REJECT_MESSAGE_LEN_MAX: usize = 200;
+/// A Request is padded with zeros to at least this many bytes, so that the server's answer to
+/// an address it has not validated (an Offer, at most `CONTROL_LEN_MAX`) is never more than
+/// three times what that address sent (address validation, as QUIC's Initial padding).
+pub const REQUEST_LEN_MIN: usize = CONTROL_LEN_MAX.div_ceil(AMPLIFICATION_FACTOR);
+/// Bytes a server sends at most to an unvalidated address for each byte received from it.
+pub const AMPLIFICATION_FACTOR: usize = 3;
+const _: () = assert!(REQUEST_LEN_MIN * AMPLIFICATION_FACTOR >= CONTROL_LEN_MAX);
+
+/// A secret the server puts in its Offer; a client proves it receives at its address by echoing
+/// it in Joined (address validation). Unguessable: drawn from the server's seeded CSPRNG.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Token(pub u64);
+
+/// Why the server ended a session (in `Ended`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// The server has no such session (it restarted, or the session expired): ask again.
+    UnknownSession,
+    /// The server is shutting down: ask again later, or another server.
+    ShuttingDown,
+    /// The file changed or failed verification on the server; its channel stopped.
+    FileUnavailable,
+}
+
+impl EndReason {
+    fn to_byte(self) -> u8 {
+        match self {
+            EndReason::UnknownSession => 1,
+            EndReason::ShuttingDown => 2,
+            EndReason::FileUnavailable => 3,
+        }
+    }
+    fn from_byte(byte: u8) -> Result<EndReason, ParseError> {
+        match byte {
+            1 => Ok(EndReason::UnknownSession),
+            2 => Ok(EndReason::ShuttingDown),
+            3 => Ok(EndReason::FileUnavailable),
+            _ => Err(ParseError::Malformed),
+        }
+    }
+}
+
+impl core::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            EndReason::UnknownSession => "the server does not know this session",
+            EndReason::ShuttingDown => "the server is shutting down",
+            EndReason::FileUnavailable => "the file changed or is damaged on the server",
+        })
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
@@ -52,6 +103,10 @@ pub enum RejectCode {
     NotFound,
     Busy,
     BadRequest,
+    /// The archive failed verification on the server.
+    Corrupt,
+    /// Too many sessions or requests from this address.
+    Limited,
 }
 
 impl RejectCode {
@@ -60,6 +115,8 @@ impl RejectCode {
             RejectCode::NotFound => 1,
             RejectCode::Busy => 2,
             RejectCode::BadRequest => 3,
+            RejectCode::Corrupt => 4,
+            RejectCode::Limited => 5,
         }
     }
     fn from_byte(byte: u8) -> Result<RejectCode, ParseError> {
@@ -67,11 +124,16 @@ impl RejectCode {
             1 => Ok(RejectCode::NotFound),
             2 => Ok(RejectCode::Busy),
             3 => Ok(RejectCode::BadRequest),
+            4 => Ok(RejectCode::Corrupt),
+            5 => Ok(RejectCode::Limited),
             _ => Err(ParseError::Malformed),
         }
     }
 }
 
+// An Offer carries the file info inline: messages are parsed one at a time, never stored in
+// bulk, so boxing it would only add an allocation per Offer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControlMessage {
     /// Client → server: I want this file. `request_id` matches the answer.
@@ -84,6 +146,8 @@ pub enum ControlMessage {
     Offer {
         request_id: u64,
         session: SessionId,
+        /// Echoed in Joined: proves the client receives at its address.
+        token: Token,
         transport: Transport,
         /// Multicast group and port (multicast) or the server's data source (unicast).
         channel: SocketAddr,
@@ -98,9 +162,12 @@ pub enum ControlMessage {
     },
     /// Server → group (R8): the channel is live; a client that sees it confirms with Joined.
     Sync { file_id: FileId, sequence: u32 },
-    /// Client → server: multicast works (Multicast) or fall back to unicast (Unicast).
+    /// Client → server: multicast works (Multicast) or fall back to unicast (Unicast). The
+    /// token from the Offer validates the client's address: nothing but small replies goes to
+    /// it before.
     Joined {
         session: SessionId,
+        token: Token,
         transport: Transport,
     },
     /// Client → server, periodically: progress and liveness. `done` ends the session.
@@ -124,6 +191,12 @@ pub enum ControlMessage {
         file_id: FileId,
         ranges: Vec<(u32, u32)>,
     },
+    /// Server → client: this session is over (see the reason); a client that still needs the
+    /// file asks again and continues from what it holds.
+    Ended {
+        session: SessionId,
+        reason: EndReason,
+    },
 }
 
 /// Ranges one NAK carries at most (8 bytes each: the message stays well under one datagram).
@@ -139,6 +212,7 @@ mod kind {
     pub const LEAVE: u8 = 7;
     pub const NAK: u8 = 8;
     pub const NAK_HEARD: u8 = 9;
+    pub const ENDED: u8 = 10;
 }
 
 fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
@@ -185,10 +259,14 @@ impl ControlMessage {
                 w.u64(*request_id);
                 w.u8(u8::from(*multicast_ok));
                 w.short_string(name);
+                // Zero padding up to REQUEST_LEN_MIN (see there).
+                let written = w.out.len();
+                w.out.resize(written.max(REQUEST_LEN_MIN), 0);
             }
             ControlMessage::Offer {
                 request_id,
                 session,
+                token,
                 transport,
                 channel,
                 rate_bits_per_s,
@@ -197,6 +275,7 @@ impl ControlMessage {
                 w.u8(kind::OFFER);
                 w.u64(*request_id);
                 w.u64(session.0);
+                w.u64(token.0);
                 w.u8(transport.to_byte());
                 write_addr(&mut w, *channel);
                 w.u64(*rate_bits_per_s);
@@ -223,9 +302,14 @@ impl ControlMessage {
                 w.u64(file_id.0);
                 w.u32(*sequence);
             }
-            ControlMessage::Joined { session, transport } => {
+            ControlMessage::Joined {
+                session,
+                token,
+                transport,
+            } => {
                 w.u8(kind::JOINED);
                 w.u64(session.0);
+                w.u64(token.0);
                 w.u8(transport.to_byte());
             }
             ControlMessage::Status {
@@ -254,6 +338,11 @@ impl ControlMessage {
                 w.u64(file_id.0);
                 write_ranges(&mut w, ranges);
             }
+            ControlMessage::Ended { session, reason } => {
+                w.u8(kind::ENDED);
+                w.u64(session.0);
+                w.u8(reason.to_byte());
+            }
         }
     }
 
@@ -275,14 +364,23 @@ impl ControlMessage {
             return Err(ParseError::BadVersion);
         }
         let message = match r.u8()? {
-            kind::REQUEST => ControlMessage::Request {
-                request_id: r.u64()?,
-                multicast_ok: read_bool(&mut r)?,
-                name: r.short_string(NAME_LEN_MAX)?,
-            },
+            kind::REQUEST => {
+                let message = ControlMessage::Request {
+                    request_id: r.u64()?,
+                    multicast_ok: read_bool(&mut r)?,
+                    name: r.short_string(NAME_LEN_MAX)?,
+                };
+                // Padding: zeros only.
+                let padding = r.take(r.remaining())?;
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(ParseError::Malformed);
+                }
+                message
+            }
             kind::OFFER => {
                 let request_id = r.u64()?;
                 let session = SessionId(r.u64()?);
+                let token = Token(r.u64()?);
                 let transport = Transport::from_byte(r.u8()?)?;
                 let channel = read_addr(&mut r)?;
                 let rate_bits_per_s = r.u64()?;
@@ -294,6 +392,7 @@ impl ControlMessage {
                 ControlMessage::Offer {
                     request_id,
                     session,
+                    token,
                     transport,
                     channel,
                     rate_bits_per_s,
@@ -311,6 +410,7 @@ impl ControlMessage {
             },
             kind::JOINED => ControlMessage::Joined {
                 session: SessionId(r.u64()?),
+                token: Token(r.u64()?),
                 transport: Transport::from_byte(r.u8()?)?,
             },
             kind::STATUS => ControlMessage::Status {
@@ -329,6 +429,10 @@ impl ControlMessage {
             kind::NAK_HEARD => ControlMessage::NakHeard {
                 file_id: FileId(r.u64()?),
                 ranges: read_ranges(&mut r)?,
+            },
+            kind::ENDED => ControlMessage::Ended {
+                session: SessionId(r.u64()?),
+                reason: EndReason::from_byte(r.u8()?)?,
             },
             _ => return Err(ParseError::UnknownKind),
         };
@@ -420,6 +524,7 @@ mod tests {
                         ControlMessage::Offer {
                             request_id,
                             session: SessionId(session),
+                            token: Token(session.rotate_left(17)),
                             transport: if multicast {
                                 Transport::Multicast
                             } else {
@@ -444,6 +549,7 @@ mod tests {
             }),
             (any::<u64>(), any::<bool>()).prop_map(|(s, m)| ControlMessage::Joined {
                 session: SessionId(s),
+                token: Token(s ^ 0x5555),
                 transport: if m {
                     Transport::Multicast
                 } else {
@@ -469,6 +575,10 @@ mod tests {
                 file_id: FileId(f),
                 ranges
             }),
+            (any::<u64>(), 1u8..=3).prop_map(|(s, reason)| ControlMessage::Ended {
+                session: SessionId(s),
+                reason: EndReason::from_byte(reason).expect("1..=3"),
+            }),
         ]
     }
 
@@ -488,8 +598,21 @@ mod tests {
         #[test]
         fn truncated_never_parses(message in any_message(), cut in 0usize..2000) {
             let bytes = message.to_bytes();
-            let cut = cut % bytes.len();
+            // A Request's zero padding may be cut without changing what it says.
+            let body_len = match &message {
+                ControlMessage::Request { name, .. } => 4 + 8 + 1 + 1 + name.len(),
+                _ => bytes.len(),
+            };
+            let cut = cut % body_len;
             prop_assert!(ControlMessage::parse(&bytes[..cut]).is_err());
+        }
+
+        #[test]
+        fn requests_are_padded_so_any_answer_fits_three_times_over(message in any_message()) {
+            if let ControlMessage::Request { .. } = message {
+                prop_assert!(message.to_bytes().len() >= REQUEST_LEN_MIN);
+            }
+            prop_assert!(message.to_bytes().len() <= AMPLIFICATION_FACTOR * REQUEST_LEN_MIN);
         }
     }
 }

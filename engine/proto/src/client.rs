@@ -1,0 +1,517 @@
+//! The client session (R7, R8, R10, R14): every session rule of `loopcast get`, sans-IO.
+//!
+//! ```text
+//!  Requesting ──Offer──▶ (multicast: Syncing ──SYNC or data──▶ Joined(multicast)
+//!                                             └─ sync timeout ──▶ Joined(unicast))
+//!             └─Offer(unicast)──▶ Joined(unicast)
+//!  Joined: Status every interval; Joined re-sent until data arrives (its token validates us)
+//!  Ended{..} from the server, or no data for `silence_rerequest` ──▶ Requesting again (new id);
+//!  the driver keeps its bitmap, so the download continues where it was.
+//! ```
+//! The driver owns sockets, files and the receiver; it tells the session what arrived
+//! (`handle_control` for the server's replies, `handle_sync`, `handle_data`), what it holds
+//! (`set_progress`), and drains `poll_transmit` (datagrams to the server) and `poll_event`.
+
+use core::time::Duration;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use crate::carousel::SessionId;
+use crate::info::FileInfo;
+use crate::rng::SeededRng;
+use crate::time::Instant;
+use crate::wire::control::{ControlMessage, EndReason, RejectCode, Token, Transport};
+use crate::wire::datagram::FileId;
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub server: SocketAddr,
+    pub name: String,
+    pub multicast_ok: bool,
+    pub request_retry: Duration,
+    /// Give up asking after this long without an answer.
+    pub request_timeout: Duration,
+    /// How long to wait for SYNC (or data) on a multicast offer before falling back (R8).
+    pub sync_timeout: Duration,
+    pub status_interval: Duration,
+    /// Joined is re-sent this often until data arrives.
+    pub joined_retry: Duration,
+    /// Joined and receiving, but no data for this long: ask again (the server may have lost the
+    /// session without our hearing of it).
+    pub silence_rerequest: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(server: SocketAddr, name: &str) -> ClientConfig {
+        ClientConfig {
+            server,
+            name: name.to_owned(),
+            multicast_ok: true,
+            request_retry: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(10),
+            sync_timeout: Duration::from_millis(1500),
+            status_interval: Duration::from_millis(250),
+            joined_retry: Duration::from_millis(250),
+            silence_rerequest: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What the driver must act on.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientEvent {
+    /// An Offer: the driver checks the info (root), sets up the channel (joins the group on
+    /// multicast; calls `multicast_unavailable` if it cannot) and starts receiving.
+    Offered {
+        transport: Transport,
+        channel: SocketAddr,
+        info: Box<FileInfo>,
+        rate_bits_per_s: u64,
+    },
+    /// The session now runs on this transport (after SYNC, or the fallback, R8).
+    Joined {
+        transport: Transport,
+        note: String,
+    },
+    Rejected {
+        code: RejectCode,
+        message: String,
+    },
+    /// No Offer within the request timeout.
+    NoAnswer,
+    /// The server ended the session (or went silent); a new Request is on its way.
+    SessionLost {
+        reason: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+enum State {
+    Requesting {
+        request_id: u64,
+        next_send: Instant,
+        give_up_at: Instant,
+    },
+    Syncing {
+        session: SessionId,
+        token: Token,
+        file_id: FileId,
+        deadline: Instant,
+    },
+    Joined {
+        session: SessionId,
+        token: Token,
+        transport: Transport,
+        next_status: Instant,
+        /// Re-send Joined at this instant until data arrives.
+        next_joined: Option<Instant>,
+        last_data: Instant,
+    },
+    Finished,
+}
+
+pub struct ClientSession {
+    config: ClientConfig,
+    rng: SeededRng,
+    state: State,
+    held: u32,
+    loop_len: u32,
+    transmits: VecDeque<Vec<u8>>,
+    events: VecDeque<ClientEvent>,
+    /// Control datagrams not from the server, or not about this session: counted drops.
+    dropped: u64,
+    rerequests: u64,
+}
+
+impl ClientSession {
+    /// Starts asking at once.
+    pub fn new(config: ClientConfig, mut rng: SeededRng, now: Instant) -> ClientSession {
+        let request_id = rng.next_u64();
+        let give_up_at = now + config.request_timeout;
+        ClientSession {
+            config,
+            rng,
+            state: State::Requesting {
+                request_id,
+                next_send: now,
+                give_up_at,
+            },
+            held: 0,
+            loop_len: 0,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            dropped: 0,
+            rerequests: 0,
+        }
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Times the session was lost and asked for again.
+    pub fn rerequests(&self) -> u64 {
+        self.rerequests
+    }
+
+    /// The session id while there is one.
+    pub fn session(&self) -> Option<SessionId> {
+        match self.state {
+            State::Syncing { session, .. } | State::Joined { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    pub fn transport(&self) -> Option<Transport> {
+        match self.state {
+            State::Joined { transport, .. } => Some(transport),
+            _ => None,
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// Datagrams held out of the loop (for Status).
+    pub fn set_progress(&mut self, held: u32, loop_len: u32) {
+        self.held = held;
+        self.loop_len = loop_len;
+    }
+
+    fn send(&mut self, message: &ControlMessage) {
+        self.transmits.push_back(message.to_bytes());
+    }
+
+    fn request_again(&mut self, now: Instant, reason: String) {
+        self.rerequests += 1;
+        let request_id = self.rng.next_u64();
+        self.state = State::Requesting {
+            request_id,
+            next_send: now,
+            give_up_at: now + self.config.request_timeout,
+        };
+        self.events.push_back(ClientEvent::SessionLost { reason });
+        self.handle_timeout(now);
+    }
+
+    /// A control datagram from `from` on the client's control socket.
+    pub fn handle_control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
+        if from != self.config.server {
+            self.dropped += 1;
+            return;
+        }
+        let Ok(message) = ControlMessage::parse(bytes) else {
+            self.dropped += 1;
+            return;
+        };
+        match (&self.state, message) {
+            (
+                State::Requesting { request_id, .. },
+                ControlMessage::Offer {
+                    request_id: id,
+                    session,
+                    token,
+                    transport,
+                    channel,
+                    rate_bits_per_s,
+                    info,
+                },
+            ) if id == *request_id => {
+                let file_id = info.file_id;
+                self.events.push_back(ClientEvent::Offered {
+                    transport,
+                    channel,
+                    info: Box::new(info),
+                    rate_bits_per_s,
+                });
+                match transport {
+                    Transport::Multicast => {
+                        self.state = State::Syncing {
+                            session,
+                            token,
+                            file_id,
+                            deadline: now + self.config.sync_timeout,
+                        };
+                    }
+                    Transport::Unicast => {
+                        self.join(now, session, token, file_id, Transport::Unicast);
+                        self.events.push_back(ClientEvent::Joined {
+                            transport: Transport::Unicast,
+                            note: "server offered unicast".into(),
+                        });
+                    }
+                }
+            }
+            (
+                State::Requesting { request_id, .. },
+                ControlMessage::Reject {
+                    request_id: id,
+                    code,
+                    message,
+                },
+            ) if id == *request_id => {
+                self.state = State::Finished;
+                self.events
+                    .push_back(ClientEvent::Rejected { code, message });
+            }
+            (
+                State::Syncing { session, .. } | State::Joined { session, .. },
+                ControlMessage::Ended {
+                    session: ended,
+                    reason,
+                },
+            ) if ended == *session => {
+                let reason = match reason {
+                    EndReason::UnknownSession => {
+                        "the server does not know our session (restarted or expired)".to_owned()
+                    }
+                    other => other.to_string(),
+                };
+                self.request_again(now, reason);
+            }
+            _ => self.dropped += 1,
+        }
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        session: SessionId,
+        token: Token,
+        file_id: FileId,
+        transport: Transport,
+    ) {
+        self.send(&ControlMessage::Joined {
+            session,
+            token,
+            transport,
+        });
+        let _ = file_id;
+        self.state = State::Joined {
+            session,
+            token,
+            transport,
+            next_status: now + self.config.status_interval,
+            next_joined: Some(now + self.config.joined_retry),
+            last_data: now,
+        };
+    }
+
+    /// SYNC seen on the multicast group (R8).
+    pub fn handle_sync(&mut self, now: Instant, file_id: FileId) {
+        if let State::Syncing {
+            session,
+            token,
+            file_id: ours,
+            ..
+        } = self.state
+        {
+            if ours == file_id {
+                self.join(now, session, token, file_id, Transport::Multicast);
+                self.events.push_back(ClientEvent::Joined {
+                    transport: Transport::Multicast,
+                    note: "SYNC received on the multicast group".into(),
+                });
+            }
+        }
+    }
+
+    /// A verified datagram of our file arrived (stored or duplicate): the channel works.
+    pub fn handle_data(&mut self, now: Instant) {
+        match &mut self.state {
+            State::Syncing {
+                session,
+                token,
+                file_id,
+                ..
+            } => {
+                let (session, token, file_id) = (*session, *token, *file_id);
+                self.join(now, session, token, file_id, Transport::Multicast);
+                self.events.push_back(ClientEvent::Joined {
+                    transport: Transport::Multicast,
+                    note: "file datagrams received on the multicast group".into(),
+                });
+                self.handle_data(now);
+            }
+            State::Joined {
+                last_data,
+                next_joined,
+                ..
+            } => {
+                *last_data = (*last_data).max(now);
+                *next_joined = None;
+            }
+            _ => {}
+        }
+    }
+
+    /// The driver cannot receive the multicast group (cannot join): fall back at once.
+    pub fn multicast_unavailable(&mut self, now: Instant, note: String) {
+        if let State::Syncing {
+            session,
+            token,
+            file_id,
+            ..
+        } = self.state
+        {
+            self.join(now, session, token, file_id, Transport::Unicast);
+            self.events.push_back(ClientEvent::Joined {
+                transport: Transport::Unicast,
+                note,
+            });
+        }
+    }
+
+    /// The whole file is held and published: tell the server (a few times: UDP may drop one).
+    pub fn complete(&mut self, now: Instant) {
+        let _ = now;
+        if let Some(session) = self.session() {
+            for _ in 0..3 {
+                self.send(&ControlMessage::Status {
+                    session,
+                    held: self.loop_len,
+                    loop_len: self.loop_len,
+                    done: true,
+                });
+            }
+        }
+        self.state = State::Finished;
+    }
+
+    /// Stop (interrupted, stalled): the server may stop sending to us.
+    pub fn leave(&mut self, now: Instant) {
+        let _ = now;
+        if let Some(session) = self.session() {
+            self.send(&ControlMessage::Leave { session });
+        }
+        self.state = State::Finished;
+    }
+
+    /// A NAK (R10) for the current session; nothing while there is none.
+    pub fn send_nak(&mut self, ranges: Vec<(u32, u32)>) {
+        if let State::Joined { session, .. } = self.state {
+            self.send(&ControlMessage::Nak { session, ranges });
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state.clone() {
+            State::Requesting {
+                request_id,
+                next_send,
+                give_up_at,
+            } => {
+                if now >= give_up_at {
+                    self.state = State::Finished;
+                    self.events.push_back(ClientEvent::NoAnswer);
+                    return;
+                }
+                if now >= next_send {
+                    self.send(&ControlMessage::Request {
+                        request_id,
+                        multicast_ok: self.config.multicast_ok,
+                        name: self.config.name.clone(),
+                    });
+                    self.state = State::Requesting {
+                        request_id,
+                        next_send: now + self.config.request_retry,
+                        give_up_at,
+                    };
+                }
+            }
+            State::Syncing {
+                session,
+                token,
+                file_id,
+                deadline,
+            } => {
+                if now >= deadline {
+                    let note = format!(
+                        "no SYNC within {:.1} s; fell back to unicast",
+                        self.config.sync_timeout.as_secs_f64()
+                    );
+                    self.join(now, session, token, file_id, Transport::Unicast);
+                    self.events.push_back(ClientEvent::Joined {
+                        transport: Transport::Unicast,
+                        note,
+                    });
+                }
+            }
+            State::Joined {
+                session,
+                token,
+                transport,
+                next_status,
+                next_joined,
+                last_data,
+                ..
+            } => {
+                if now.saturating_since(last_data) >= self.config.silence_rerequest {
+                    let silent = self.config.silence_rerequest.as_secs_f64();
+                    self.request_again(now, format!("no data for {silent:.1} s; asking again"));
+                    return;
+                }
+                if let Some(at) = next_joined.filter(|&at| now >= at) {
+                    let _ = at;
+                    self.send(&ControlMessage::Joined {
+                        session,
+                        token,
+                        transport,
+                    });
+                    if let State::Joined { next_joined, .. } = &mut self.state {
+                        *next_joined = Some(now + self.config.joined_retry);
+                    }
+                }
+                if now >= next_status {
+                    self.send(&ControlMessage::Status {
+                        session,
+                        held: self.held,
+                        loop_len: self.loop_len,
+                        done: false,
+                    });
+                    if let State::Joined { next_status, .. } = &mut self.state {
+                        *next_status = now + self.config.status_interval;
+                    }
+                }
+            }
+            State::Finished => {}
+        }
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            State::Requesting {
+                next_send,
+                give_up_at,
+                ..
+            } => Some((*next_send).min(*give_up_at)),
+            State::Syncing { deadline, .. } => Some(*deadline),
+            State::Joined {
+                next_status,
+                next_joined,
+                last_data,
+                ..
+            } => {
+                let silence = *last_data + self.config.silence_rerequest;
+                Some(
+                    next_joined
+                        .map_or(*next_status, |j| j.min(*next_status))
+                        .min(silence),
+                )
+            }
+            State::Finished => None,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1168 @@
+//! The server endpoint (R7–R10, R23): every session rule of `loopcastd`, sans-IO.
+//!
+//! One `Endpoint` holds all sessions and channels of a server, like quinn-proto's `Endpoint`.
+//! The driver feeds it control datagrams (`handle_control`) and time (`handle_timeout`), and
+//! drains, in this order after every input: `poll_command` (to the data plane), `poll_transmit`
+//! (control datagrams to send), `poll_event` (for logs); then sleeps until `poll_timeout`.
+//!
+//! ```text
+//!  Request ──(rate limit, per-address and global session caps, lookup)──▶ Offer{session, token}
+//!  Joined{token} from the same address ──▶ validated: OpenChannel, AddDestination (data flows)
+//!  Status ──▶ alive, held (repair credit) │ done/Leave ──▶ end │ silent ──▶ expire
+//!  Nak ──(validated, per-address budget, per-session credit ≤ what it misses)──▶ QueueRepair,
+//!        multicast: NakHeard to the group (R10 suppression)
+//!  anything about an unknown session ──▶ Ended{UnknownSession} (the client asks again)
+//! ```
+//!
+//! Address validation (as QUIC's): until an address echoes the token of its Offer, it gets only
+//! replies to what it sent, each at most `AMPLIFICATION_FACTOR` times the size of the message
+//! that caused it (Requests are padded so an Offer fits). The loop never goes to an address that
+//! has not proven it receives there, so a forged Request costs the server one small reply.
+
+use core::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use crate::carousel::SessionId;
+use crate::info::FileInfo;
+use crate::rng::SeededRng;
+use crate::time::Instant;
+use crate::wire::control::{
+    ControlMessage, EndReason, RejectCode, Token, Transport, AMPLIFICATION_FACTOR,
+};
+use crate::wire::datagram::FileId;
+
+/// The endpoint's name for a channel (one per open file); the driver maps it to its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u64);
+
+#[derive(Clone, Debug)]
+pub struct MulticastGroups {
+    /// Channel groups are `group_base`'s /24 + 1 + slot.
+    pub group_base: Ipv4Addr,
+    pub port: u16,
+}
+
+/// Groups in one /24 (.1 to .254).
+const GROUP_SLOTS: usize = 254;
+
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// What the Offer names as the channel of a unicast session (the server's address).
+    pub unicast_channel: SocketAddr,
+    pub multicast: Option<MulticastGroups>,
+    /// Per-channel rate, bits/s; 0 = unpaced.
+    pub rate_bits_per_s: u64,
+    /// A validated session not heard from for this long ends.
+    pub session_timeout: Duration,
+    /// A session that has not validated its address within this long ends.
+    pub unvalidated_timeout: Duration,
+    pub sessions_max: usize,
+    /// Sessions (validated or not) one IP address may hold at once.
+    pub sessions_per_address_max: usize,
+    /// Requests one IP address may make per second on average, and in a burst.
+    pub requests_per_address_per_s: u32,
+    pub requests_per_address_burst: u32,
+    /// IP addresses remembered at most (rate limits and NAK budgets).
+    pub addresses_max: usize,
+    /// How long an address without sessions is remembered (so its NAK budget is not renewed by
+    /// closing and reopening sessions).
+    pub address_memory: Duration,
+    pub channels_max: usize,
+    /// Repairs one IP address may ask for over all its sessions, in loops of the file.
+    pub nak_budget_loops_per_address: u64,
+    /// SYNC on a multicast channel with multicast sessions (R8).
+    pub sync_interval: Duration,
+}
+
+impl EndpointConfig {
+    pub fn new(unicast_channel: SocketAddr) -> EndpointConfig {
+        EndpointConfig {
+            unicast_channel,
+            multicast: None,
+            rate_bits_per_s: 1_000_000_000,
+            session_timeout: Duration::from_secs(5),
+            unvalidated_timeout: Duration::from_secs(3),
+            sessions_max: 4096,
+            sessions_per_address_max: 16,
+            requests_per_address_per_s: 10,
+            requests_per_address_burst: 40,
+            addresses_max: 65_536,
+            address_memory: Duration::from_secs(60),
+            channels_max: 256,
+            nak_budget_loops_per_address: 4,
+            sync_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The server's catalog, as the endpoint sees it: a name to the info of a servable file, or the
+/// reason it cannot be served. The driver opens and checks archives; the endpoint decides.
+pub trait FileLookup {
+    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)>;
+}
+
+/// Which socket a control datagram leaves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The request socket (replies to a client).
+    Control,
+    /// The multicast sending socket (SYNC, NakHeard to a group).
+    Group,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub destination: SocketAddr,
+    pub via: Via,
+    pub bytes: Vec<u8>,
+}
+
+/// What the data plane must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DataCommand {
+    /// Start looping this file (the first session validated). The driver maps the archive.
+    OpenChannel {
+        channel: ChannelId,
+        file_id: FileId,
+        name: String,
+        rate_bits_per_s: u64,
+    },
+    CloseChannel {
+        channel: ChannelId,
+    },
+    AddDestination {
+        channel: ChannelId,
+        destination: SocketAddr,
+    },
+    RemoveDestination {
+        channel: ChannelId,
+        destination: SocketAddr,
+    },
+    QueueRepair {
+        channel: ChannelId,
+        first: u32,
+        count: u32,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionEnd {
+    Completed,
+    Left,
+    Expired,
+    /// Never echoed its Offer's token.
+    NotValidated,
+    ChannelFailed,
+    ShuttingDown,
+}
+
+impl core::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SessionEnd::Completed => "client complete",
+            SessionEnd::Left => "client left",
+            SessionEnd::Expired => "session expired (client silent)",
+            SessionEnd::NotValidated => "session expired before its address was validated",
+            SessionEnd::ChannelFailed => "channel failed",
+            SessionEnd::ShuttingDown => "server shutting down",
+        })
+    }
+}
+
+/// Things worth a log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    SessionOpened {
+        session: SessionId,
+        client: SocketAddr,
+        file: String,
+        offered: Transport,
+    },
+    SessionValidated {
+        session: SessionId,
+        client: SocketAddr,
+        transport: Transport,
+    },
+    SessionEnded {
+        session: SessionId,
+        client: SocketAddr,
+        end: SessionEnd,
+    },
+    ChannelClosed {
+        channel: ChannelId,
+        file: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointCounters {
+    pub requests: u64,
+    pub rejected: u64,
+    /// Requests dropped by the per-address rate limit, or from addresses beyond the table.
+    pub requests_rate_limited: u64,
+    pub control_dropped: u64,
+    /// Replies not sent because they would exceed `AMPLIFICATION_FACTOR` × what was received.
+    pub replies_withheld: u64,
+    pub tokens_rejected: u64,
+    pub sessions_opened: u64,
+    pub sessions_validated: u64,
+    pub sessions_completed: u64,
+    pub sessions_expired: u64,
+    pub sessions_unvalidated_expired: u64,
+    pub unknown_session_replies: u64,
+    pub channels_opened: u64,
+    pub channels_closed: u64,
+    pub naks: u64,
+    pub nak_serials: u64,
+    /// NAKs (or parts) refused: per-address budget or per-session credit exhausted.
+    pub naks_over_budget: u64,
+    pub nak_serials_refused: u64,
+    pub naks_relayed: u64,
+}
+
+struct Session {
+    client: SocketAddr,
+    request_id: u64,
+    token: Token,
+    channel: ChannelId,
+    /// Offered transport until validated, then the one in use.
+    transport: Transport,
+    validated: bool,
+    last_heard: Instant,
+    held: u32,
+    /// Serials this session may still have repaired in the current window: what it misses.
+    repair_credit: u64,
+    credit_refreshed: Instant,
+}
+
+struct Channel {
+    file_id: FileId,
+    info: FileInfo,
+    group: Option<SocketAddrV4>,
+    /// Sessions of this channel, validated or not (0 closes the channel, R9).
+    sessions: usize,
+    /// Multicast sessions not yet validated (SYNC goes out for them) and validated ones (the
+    /// group is a destination while there are any).
+    multicast_pending: usize,
+    multicast_members: usize,
+    /// The data plane runs this channel (opened at the first validation).
+    data_open: bool,
+    sync_sequence: u32,
+    next_sync: Instant,
+    /// A session's repair credit is renewed at most once per this (about one loop).
+    repair_window: Duration,
+}
+
+struct AddressState {
+    sessions: usize,
+    /// Request tokens scaled by 1e9 (token bucket in integer nanos).
+    request_tokens_scaled: u128,
+    refilled: Instant,
+    nak_serials: u64,
+    last_active: Instant,
+}
+
+const NANOS_PER_S: u128 = 1_000_000_000;
+/// Shortest repair window (unpaced channels, tiny files).
+const REPAIR_WINDOW_MIN: Duration = Duration::from_secs(1);
+/// Control datagrams queued for sending at most; past it, replies are dropped (counted).
+const TRANSMIT_QUEUE_MAX: usize = 8192;
+
+pub struct Endpoint {
+    config: EndpointConfig,
+    rng: SeededRng,
+    sessions: HashMap<SessionId, Session>,
+    channels: HashMap<ChannelId, Channel>,
+    channel_by_name: HashMap<String, ChannelId>,
+    addresses: HashMap<IpAddr, AddressState>,
+    group_slots_used: Vec<bool>,
+    next_channel: u64,
+    next_address_sweep: Instant,
+    shutting_down: bool,
+    transmits: VecDeque<Transmit>,
+    commands: VecDeque<DataCommand>,
+    events: VecDeque<Event>,
+    counters: EndpointCounters,
+}
+
+/// A read-only view of a session, for status output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    pub session: SessionId,
+    pub client: SocketAddr,
+    pub transport: Transport,
+    pub validated: bool,
+    pub held: u32,
+    pub channel: ChannelId,
+}
+
+/// A read-only view of a channel, for status output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelView {
+    pub channel: ChannelId,
+    pub file_id: FileId,
+    pub name: String,
+    pub loop_len: u32,
+    pub group: Option<SocketAddrV4>,
+    pub multicast_members: usize,
+    pub sessions: usize,
+    pub data_open: bool,
+}
+
+impl Endpoint {
+    pub fn new(config: EndpointConfig, rng: SeededRng, now: Instant) -> Endpoint {
+        assert!(
+            config.sessions_max > 0,
+            "a server serves at least one session"
+        );
+        assert!(
+            config.sessions_per_address_max > 0,
+            "an address may hold at least one session"
+        );
+        assert!(config.addresses_max > 0, "the address table has room");
+        Endpoint {
+            config,
+            rng,
+            sessions: HashMap::new(),
+            channels: HashMap::new(),
+            channel_by_name: HashMap::new(),
+            addresses: HashMap::new(),
+            group_slots_used: vec![false; GROUP_SLOTS],
+            next_channel: 0,
+            next_address_sweep: now,
+            shutting_down: false,
+            transmits: VecDeque::new(),
+            commands: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: EndpointCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> EndpointCounters {
+        self.counters
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    pub fn address_count(&self) -> usize {
+        self.addresses.len()
+    }
+
+    pub fn sessions(&self) -> impl Iterator<Item = SessionView> + '_ {
+        self.sessions.iter().map(|(&session, s)| SessionView {
+            session,
+            client: s.client,
+            transport: s.transport,
+            validated: s.validated,
+            held: s.held,
+            channel: s.channel,
+        })
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = ChannelView> + '_ {
+        self.channels.iter().map(|(&channel, c)| ChannelView {
+            channel,
+            file_id: c.file_id,
+            name: c.info.name.clone(),
+            loop_len: c.info.loop_len,
+            group: c.group,
+            multicast_members: c.multicast_members,
+            sessions: c.sessions,
+            data_open: c.data_open,
+        })
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_command(&mut self) -> Option<DataCommand> {
+        self.commands.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` must run next: the earliest session expiry or SYNC.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let expiry = self
+            .sessions
+            .values()
+            .map(|s| s.last_heard + self.timeout_of(s))
+            .min();
+        let sync = self
+            .channels
+            .values()
+            .filter(|c| c.group.is_some() && c.multicast_pending + c.multicast_members > 0)
+            .map(|c| c.next_sync)
+            .min();
+        match (expiry, sync) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn timeout_of(&self, session: &Session) -> Duration {
+        if session.validated {
+            self.config.session_timeout
+        } else {
+            self.config.unvalidated_timeout
+        }
+    }
+
+    /// Queues a reply to `to` caused by a message of `received_len` bytes from it, unless it
+    /// would break the amplification bound (then counted, not sent).
+    fn reply(&mut self, to: SocketAddr, received_len: usize, message: &ControlMessage) {
+        let bytes = message.to_bytes();
+        if bytes.len() > AMPLIFICATION_FACTOR * received_len {
+            self.counters.replies_withheld += 1;
+            return;
+        }
+        self.queue_transmit(Transmit {
+            destination: to,
+            via: Via::Control,
+            bytes,
+        });
+    }
+
+    fn queue_transmit(&mut self, transmit: Transmit) {
+        if self.transmits.len() >= TRANSMIT_QUEUE_MAX {
+            self.counters.replies_withheld += 1;
+            return;
+        }
+        self.transmits.push_back(transmit);
+    }
+
+    /// One control datagram from `from`. Malformed or unexpected ones are counted drops.
+    pub fn handle_control(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        bytes: &[u8],
+        files: &mut dyn FileLookup,
+    ) {
+        let message = match ControlMessage::parse(bytes) {
+            Ok(message) => message,
+            Err(_) => {
+                self.counters.control_dropped += 1;
+                return;
+            }
+        };
+        let len = bytes.len();
+        match message {
+            ControlMessage::Request {
+                request_id,
+                multicast_ok,
+                name,
+            } => self.handle_request(now, from, len, request_id, multicast_ok, &name, files),
+            ControlMessage::Joined {
+                session,
+                token,
+                transport,
+            } => self.handle_joined(now, from, len, session, token, transport),
+            ControlMessage::Status {
+                session,
+                held,
+                done,
+                ..
+            } => {
+                if !self.session_from(from, len, session) {
+                    return;
+                }
+                let state = self.sessions.get_mut(&session).expect("checked above");
+                if !state.validated {
+                    // Not yet validated: its Joined is on the way or was lost; it expires
+                    // unless the token comes.
+                    return;
+                }
+                state.last_heard = state.last_heard.max(now);
+                let loop_len = self.channels[&state.channel].info.loop_len;
+                state.held = held.min(loop_len);
+                if done {
+                    self.counters.sessions_completed += 1;
+                    self.end_session(session, SessionEnd::Completed);
+                }
+            }
+            ControlMessage::Leave { session } => {
+                if self.session_from(from, len, session) {
+                    self.end_session(session, SessionEnd::Left);
+                }
+            }
+            ControlMessage::Nak { session, ranges } => {
+                self.handle_nak(now, from, len, session, ranges)
+            }
+            ControlMessage::Offer { .. }
+            | ControlMessage::Reject { .. }
+            | ControlMessage::Sync { .. }
+            | ControlMessage::NakHeard { .. }
+            | ControlMessage::Ended { .. } => {
+                self.counters.control_dropped += 1;
+            }
+        }
+    }
+
+    /// The session `session` if it exists and belongs to `from`. An unknown session gets
+    /// `Ended{UnknownSession}` (small, within the amplification bound), so a client whose
+    /// session was lost asks again; a known session from another address is a counted drop.
+    fn session_from(&mut self, from: SocketAddr, received_len: usize, session: SessionId) -> bool {
+        match self.sessions.get(&session) {
+            Some(state) if state.client == from => true,
+            Some(_) => {
+                self.counters.control_dropped += 1;
+                false
+            }
+            None => {
+                self.counters.unknown_session_replies += 1;
+                let reason = if self.shutting_down {
+                    EndReason::ShuttingDown
+                } else {
+                    EndReason::UnknownSession
+                };
+                self.reply(
+                    from,
+                    received_len,
+                    &ControlMessage::Ended { session, reason },
+                );
+                false
+            }
+        }
+    }
+
+    /// The address's entry, created if there is room (sweeping forgotten ones first when full).
+    fn address_entry(&mut self, now: Instant, ip: IpAddr) -> Option<&mut AddressState> {
+        if !self.addresses.contains_key(&ip) {
+            if self.addresses.len() >= self.config.addresses_max {
+                self.sweep_addresses(now, true);
+            }
+            if self.addresses.len() >= self.config.addresses_max {
+                return None;
+            }
+            let burst = u128::from(self.config.requests_per_address_burst) * NANOS_PER_S;
+            self.addresses.insert(
+                ip,
+                AddressState {
+                    sessions: 0,
+                    request_tokens_scaled: burst,
+                    refilled: now,
+                    nak_serials: 0,
+                    last_active: now,
+                },
+            );
+        }
+        let entry = self
+            .addresses
+            .get_mut(&ip)
+            .expect("present or inserted above");
+        entry.last_active = entry.last_active.max(now);
+        Some(entry)
+    }
+
+    /// Forgets addresses without sessions not seen for `address_memory` (all idle ones when
+    /// `urgent`, i.e. the table is full).
+    fn sweep_addresses(&mut self, now: Instant, urgent: bool) {
+        let memory = if urgent {
+            Duration::ZERO
+        } else {
+            self.config.address_memory
+        };
+        self.addresses
+            .retain(|_, a| a.sessions > 0 || now.saturating_since(a.last_active) < memory);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received_len: usize,
+        request_id: u64,
+        multicast_ok: bool,
+        name: &str,
+        files: &mut dyn FileLookup,
+    ) {
+        self.counters.requests += 1;
+        let rate = u128::from(self.config.requests_per_address_per_s);
+        let burst = u128::from(self.config.requests_per_address_burst) * NANOS_PER_S;
+        let Some(address) = self.address_entry(now, from.ip()) else {
+            self.counters.requests_rate_limited += 1;
+            return;
+        };
+        let elapsed = u128::from(now.as_nanos().saturating_sub(address.refilled.as_nanos()));
+        address.refilled = address.refilled.max(now);
+        address.request_tokens_scaled = (address.request_tokens_scaled + elapsed * rate).min(burst);
+        if address.request_tokens_scaled < NANOS_PER_S {
+            // Over its request rate: dropped silently (an answer would be a reflection).
+            self.counters.requests_rate_limited += 1;
+            return;
+        }
+        address.request_tokens_scaled -= NANOS_PER_S;
+        let address_sessions = address.sessions;
+        // A retransmitted Request (our Offer was lost) gets the same session again.
+        let existing = self
+            .sessions
+            .iter()
+            .find(|(_, s)| s.client == from && s.request_id == request_id)
+            .map(|(&id, _)| id);
+        if let Some(session) = existing {
+            let offer = self.offer_for(session);
+            self.reply(from, received_len, &offer);
+            return;
+        }
+        let reject = |endpoint: &mut Endpoint, code, message: String| {
+            endpoint.counters.rejected += 1;
+            endpoint.reply(
+                from,
+                received_len,
+                &ControlMessage::Reject {
+                    request_id,
+                    code,
+                    message,
+                },
+            );
+        };
+        if self.shutting_down {
+            return reject(self, RejectCode::Busy, "server shutting down".into());
+        }
+        if self.sessions.len() >= self.config.sessions_max {
+            return reject(self, RejectCode::Busy, "server at its session limit".into());
+        }
+        if address_sessions >= self.config.sessions_per_address_max {
+            return reject(
+                self,
+                RejectCode::Limited,
+                format!(
+                    "{} sessions from this address already (limit {})",
+                    address_sessions, self.config.sessions_per_address_max
+                ),
+            );
+        }
+        let channel = match self.channel_by_name.get(name) {
+            Some(&channel) => channel,
+            None => {
+                if self.channels.len() >= self.config.channels_max {
+                    return reject(self, RejectCode::Busy, "server at its channel limit".into());
+                }
+                let info = match files.lookup(name) {
+                    Ok(info) => info,
+                    Err((code, message)) => return reject(self, code, message),
+                };
+                if self.channels.values().any(|c| c.file_id == info.file_id) {
+                    return reject(
+                        self,
+                        RejectCode::BadRequest,
+                        format!("{name:?} is another name of a file already served"),
+                    );
+                }
+                self.open_channel(now, info)
+            }
+        };
+        let session = SessionId(self.rng.next_u64());
+        let token = Token(self.rng.next_u64());
+        let channel_state = self.channels.get_mut(&channel).expect("opened above");
+        let transport = match channel_state.group {
+            Some(_) if multicast_ok => {
+                channel_state.multicast_pending += 1;
+                if channel_state.multicast_pending + channel_state.multicast_members == 1 {
+                    channel_state.next_sync = now;
+                }
+                Transport::Multicast
+            }
+            _ => Transport::Unicast,
+        };
+        channel_state.sessions += 1;
+        let loop_len = u64::from(channel_state.info.loop_len);
+        let file = channel_state.info.name.clone();
+        self.addresses
+            .get_mut(&from.ip())
+            .expect("entry made above")
+            .sessions += 1;
+        self.sessions.insert(
+            session,
+            Session {
+                client: from,
+                request_id,
+                token,
+                channel,
+                transport,
+                validated: false,
+                last_heard: now,
+                held: 0,
+                repair_credit: loop_len,
+                credit_refreshed: now,
+            },
+        );
+        self.counters.sessions_opened += 1;
+        self.events.push_back(Event::SessionOpened {
+            session,
+            client: from,
+            file,
+            offered: transport,
+        });
+        let offer = self.offer_for(session);
+        self.reply(from, received_len, &offer);
+    }
+
+    fn offer_for(&self, session: SessionId) -> ControlMessage {
+        let state = &self.sessions[&session];
+        let channel = &self.channels[&state.channel];
+        let (transport, address) = match (state.transport, channel.group) {
+            (Transport::Multicast, Some(group)) => (Transport::Multicast, SocketAddr::V4(group)),
+            _ => (Transport::Unicast, self.config.unicast_channel),
+        };
+        ControlMessage::Offer {
+            request_id: state.request_id,
+            session,
+            token: state.token,
+            transport,
+            channel: address,
+            rate_bits_per_s: self.config.rate_bits_per_s,
+            info: channel.info.clone(),
+        }
+    }
+
+    fn open_channel(&mut self, now: Instant, info: FileInfo) -> ChannelId {
+        let channel = ChannelId(self.next_channel);
+        self.next_channel += 1;
+        let group = self.config.multicast.as_ref().and_then(|m| {
+            let slot = self.group_slots_used.iter().position(|used| !used)?;
+            self.group_slots_used[slot] = true;
+            let base = u32::from(m.group_base) & !0xff;
+            Some(SocketAddrV4::new(
+                Ipv4Addr::from(base + 1 + slot as u32),
+                m.port,
+            ))
+        });
+        let loop_bits = u128::from(info.loop_len) * u128::from(info.datagram_size) * 8;
+        let repair_window = match self.config.rate_bits_per_s {
+            0 => REPAIR_WINDOW_MIN,
+            rate => Duration::from_nanos(
+                u64::try_from(loop_bits * NANOS_PER_S / u128::from(rate)).unwrap_or(u64::MAX),
+            )
+            .max(REPAIR_WINDOW_MIN),
+        };
+        self.channel_by_name.insert(info.name.clone(), channel);
+        self.channels.insert(
+            channel,
+            Channel {
+                file_id: info.file_id,
+                info,
+                group,
+                sessions: 0,
+                multicast_pending: 0,
+                multicast_members: 0,
+                data_open: false,
+                sync_sequence: 0,
+                next_sync: now,
+                repair_window,
+            },
+        );
+        channel
+    }
+
+    fn handle_joined(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received_len: usize,
+        session: SessionId,
+        token: Token,
+        transport: Transport,
+    ) {
+        if !self.session_from(from, received_len, session) {
+            return;
+        }
+        let state = self.sessions.get_mut(&session).expect("checked above");
+        if state.token != token {
+            self.counters.tokens_rejected += 1;
+            return;
+        }
+        state.last_heard = state.last_heard.max(now);
+        let was_validated = state.validated;
+        let previous = state.transport;
+        let channel_id = state.channel;
+        let client = state.client;
+        let channel = self
+            .channels
+            .get_mut(&channel_id)
+            .expect("sessions have channels");
+        // Multicast only where it was offered; a client may always fall back to unicast (R8).
+        let transport = if channel.group.is_some() && previous == Transport::Multicast {
+            transport
+        } else {
+            Transport::Unicast
+        };
+        if was_validated && transport == previous {
+            return; // a repeated Joined
+        }
+        if !was_validated && !channel.data_open {
+            channel.data_open = true;
+            self.counters.channels_opened += 1;
+            self.commands.push_back(DataCommand::OpenChannel {
+                channel: channel_id,
+                file_id: channel.file_id,
+                name: channel.info.name.clone(),
+                rate_bits_per_s: self.config.rate_bits_per_s,
+            });
+        }
+        // Leave the old transport.
+        match (was_validated, previous) {
+            (false, Transport::Multicast) => channel.multicast_pending -= 1,
+            (true, Transport::Multicast) => {
+                channel.multicast_members -= 1;
+                if channel.multicast_members == 0 {
+                    let group = channel.group.expect("multicast sessions have a group");
+                    self.commands.push_back(DataCommand::RemoveDestination {
+                        channel: channel_id,
+                        destination: SocketAddr::V4(group),
+                    });
+                }
+            }
+            (true, Transport::Unicast) => {
+                self.commands.push_back(DataCommand::RemoveDestination {
+                    channel: channel_id,
+                    destination: client,
+                });
+            }
+            (false, Transport::Unicast) => {}
+        }
+        // Join the new one.
+        match transport {
+            Transport::Multicast => {
+                channel.multicast_members += 1;
+                if channel.multicast_members == 1 {
+                    let group = channel.group.expect("multicast sessions have a group");
+                    self.commands.push_back(DataCommand::AddDestination {
+                        channel: channel_id,
+                        destination: SocketAddr::V4(group),
+                    });
+                }
+            }
+            Transport::Unicast => {
+                self.commands.push_back(DataCommand::AddDestination {
+                    channel: channel_id,
+                    destination: client,
+                });
+            }
+        }
+        let state = self.sessions.get_mut(&session).expect("found above");
+        state.validated = true;
+        state.transport = transport;
+        if !was_validated {
+            self.counters.sessions_validated += 1;
+        }
+        self.events.push_back(Event::SessionValidated {
+            session,
+            client,
+            transport,
+        });
+    }
+
+    fn handle_nak(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received_len: usize,
+        session: SessionId,
+        ranges: Vec<(u32, u32)>,
+    ) {
+        if !self.session_from(from, received_len, session) {
+            return;
+        }
+        let state = self.sessions.get_mut(&session).expect("checked above");
+        if !state.validated {
+            self.counters.control_dropped += 1;
+            return;
+        }
+        state.last_heard = state.last_heard.max(now);
+        let channel = &self.channels[&state.channel];
+        let loop_len = channel.info.loop_len;
+        // The session's credit: what it misses, renewed about once a loop (R10: repair bytes
+        // never exceed what the asking receiver misses).
+        if now.saturating_since(state.credit_refreshed) >= channel.repair_window {
+            state.repair_credit = u64::from(loop_len - state.held.min(loop_len));
+            state.credit_refreshed = now;
+        }
+        let channel_id = state.channel;
+        let relay_to = channel
+            .group
+            .filter(|_| state.transport == Transport::Multicast);
+        let file_id = channel.file_id;
+        let address = self
+            .addresses
+            .get_mut(&from.ip())
+            .expect("a session's address has an entry");
+        let address_budget = self
+            .config
+            .nak_budget_loops_per_address
+            .saturating_mul(u64::from(loop_len));
+        let mut allowed = state
+            .repair_credit
+            .min(address_budget.saturating_sub(address.nak_serials));
+        self.counters.naks += 1;
+        let mut accepted: Vec<(u32, u32)> = Vec::with_capacity(ranges.len());
+        let mut refused = 0u64;
+        for (first, count) in ranges {
+            let Some(end) = first.checked_add(count).filter(|&end| end <= loop_len) else {
+                refused += u64::from(count);
+                continue;
+            };
+            let take = u64::from(end - first).min(allowed);
+            if take == 0 {
+                refused += u64::from(count);
+                continue;
+            }
+            allowed -= take;
+            let take = u32::try_from(take).expect("at most count");
+            refused += u64::from(count - take);
+            accepted.push((first, take));
+        }
+        let granted: u64 = accepted.iter().map(|&(_, n)| u64::from(n)).sum();
+        state.repair_credit -= granted;
+        address.nak_serials += granted;
+        self.counters.nak_serials += granted;
+        if refused > 0 {
+            self.counters.naks_over_budget += 1;
+            self.counters.nak_serials_refused += refused;
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        for &(first, count) in &accepted {
+            self.commands.push_back(DataCommand::QueueRepair {
+                channel: channel_id,
+                first,
+                count,
+            });
+        }
+        // R10 suppression: tell the group what was asked, so receivers missing the same
+        // serials need not ask as well.
+        if let Some(group) = relay_to {
+            self.counters.naks_relayed += 1;
+            self.queue_transmit(Transmit {
+                destination: SocketAddr::V4(group),
+                via: Via::Group,
+                bytes: ControlMessage::NakHeard {
+                    file_id,
+                    ranges: accepted,
+                }
+                .to_bytes(),
+            });
+        }
+    }
+
+    fn end_session(&mut self, session: SessionId, end: SessionEnd) {
+        let Some(state) = self.sessions.remove(&session) else {
+            return;
+        };
+        if let Some(address) = self.addresses.get_mut(&state.client.ip()) {
+            address.sessions -= 1;
+        }
+        let channel_id = state.channel;
+        let channel = self
+            .channels
+            .get_mut(&channel_id)
+            .expect("sessions have channels");
+        channel.sessions -= 1;
+        match (state.validated, state.transport) {
+            (false, Transport::Multicast) => channel.multicast_pending -= 1,
+            (false, Transport::Unicast) => {}
+            (true, Transport::Multicast) => {
+                channel.multicast_members -= 1;
+                if channel.multicast_members == 0 {
+                    let group = channel.group.expect("multicast sessions have a group");
+                    self.commands.push_back(DataCommand::RemoveDestination {
+                        channel: channel_id,
+                        destination: SocketAddr::V4(group),
+                    });
+                }
+            }
+            (true, Transport::Unicast) => {
+                self.commands.push_back(DataCommand::RemoveDestination {
+                    channel: channel_id,
+                    destination: state.client,
+                });
+            }
+        }
+        self.events.push_back(Event::SessionEnded {
+            session,
+            client: state.client,
+            end,
+        });
+        // R9: a channel with no session stops and closes.
+        if channel.sessions == 0 {
+            self.close_channel(channel_id);
+        }
+    }
+
+    fn close_channel(&mut self, channel_id: ChannelId) {
+        let Some(channel) = self.channels.remove(&channel_id) else {
+            return;
+        };
+        assert_eq!(channel.sessions, 0, "a channel closes without sessions");
+        self.channel_by_name.remove(&channel.info.name);
+        if let (Some(group), Some(m)) = (channel.group, &self.config.multicast) {
+            let slot = (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
+            self.group_slots_used[slot] = false;
+        }
+        if channel.data_open {
+            self.counters.channels_closed += 1;
+            self.commands.push_back(DataCommand::CloseChannel {
+                channel: channel_id,
+            });
+        }
+        self.events.push_back(Event::ChannelClosed {
+            channel: channel_id,
+            file: channel.info.name,
+        });
+    }
+
+    /// Expires silent and unvalidated sessions, sends SYNC where due, forgets idle addresses.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let expired: Vec<(SessionId, bool)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| now.saturating_since(s.last_heard) >= self.timeout_of(s))
+            .map(|(&id, s)| (id, s.validated))
+            .collect();
+        for (session, validated) in expired {
+            if validated {
+                self.counters.sessions_expired += 1;
+                self.end_session(session, SessionEnd::Expired);
+            } else {
+                self.counters.sessions_unvalidated_expired += 1;
+                self.end_session(session, SessionEnd::NotValidated);
+            }
+        }
+        // R8: SYNC on every multicast channel that has multicast sessions.
+        let mut syncs = Vec::new();
+        for channel in self.channels.values_mut() {
+            let Some(group) = channel.group else {
+                continue;
+            };
+            if channel.multicast_pending + channel.multicast_members == 0 || now < channel.next_sync
+            {
+                continue;
+            }
+            channel.sync_sequence = channel.sync_sequence.wrapping_add(1);
+            channel.next_sync = now + self.config.sync_interval;
+            syncs.push(Transmit {
+                destination: SocketAddr::V4(group),
+                via: Via::Group,
+                bytes: ControlMessage::Sync {
+                    file_id: channel.file_id,
+                    sequence: channel.sync_sequence,
+                }
+                .to_bytes(),
+            });
+        }
+        for sync in syncs {
+            self.queue_transmit(sync);
+        }
+        if now >= self.next_address_sweep {
+            self.sweep_addresses(now, false);
+            self.next_address_sweep = now + self.config.address_memory / 4;
+        }
+    }
+
+    /// The data plane could not run a channel (archive changed, damaged or unmappable): its
+    /// sessions end, each client is told why, and the channel closes.
+    pub fn handle_channel_failed(&mut self, now: Instant, channel: ChannelId) {
+        let _ = now;
+        let sessions: Vec<(SessionId, SocketAddr)> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.channel == channel)
+            .map(|(&id, s)| (id, s.client))
+            .collect();
+        for (session, client) in sessions {
+            self.queue_transmit(Transmit {
+                destination: client,
+                via: Via::Control,
+                bytes: ControlMessage::Ended {
+                    session,
+                    reason: EndReason::FileUnavailable,
+                }
+                .to_bytes(),
+            });
+            self.end_session(session, SessionEnd::ChannelFailed);
+        }
+    }
+
+    /// The server is stopping: every client is told (so it asks again elsewhere or later), every
+    /// session ends, every channel closes. Later requests are refused.
+    pub fn shutdown(&mut self, now: Instant) {
+        let _ = now;
+        self.shutting_down = true;
+        let sessions: Vec<(SessionId, SocketAddr)> = self
+            .sessions
+            .iter()
+            .map(|(&id, s)| (id, s.client))
+            .collect();
+        for (session, client) in sessions {
+            self.queue_transmit(Transmit {
+                destination: client,
+                via: Via::Control,
+                bytes: ControlMessage::Ended {
+                    session,
+                    reason: EndReason::ShuttingDown,
+                }
+                .to_bytes(),
+            });
+            self.end_session(session, SessionEnd::ShuttingDown);
+        }
+    }
+
+    /// Checks the endpoint's bookkeeping against its tables (tests and simulations call it after
+    /// every step).
+    pub fn assert_invariants(&self) {
+        assert!(
+            self.sessions.len() <= self.config.sessions_max,
+            "sessions within their bound"
+        );
+        assert!(
+            self.addresses.len() <= self.config.addresses_max,
+            "addresses within their bound"
+        );
+        for (id, channel) in &self.channels {
+            let sessions: Vec<&Session> = self
+                .sessions
+                .values()
+                .filter(|s| s.channel == *id)
+                .collect();
+            assert_eq!(channel.sessions, sessions.len(), "channel session count");
+            assert!(channel.sessions > 0, "an open channel has sessions");
+            let members = sessions
+                .iter()
+                .filter(|s| s.validated && s.transport == Transport::Multicast)
+                .count();
+            assert_eq!(channel.multicast_members, members, "multicast member count");
+        }
+        for (ip, address) in &self.addresses {
+            let sessions = self
+                .sessions
+                .values()
+                .filter(|s| s.client.ip() == *ip)
+                .count();
+            assert_eq!(address.sessions, sessions, "per-address session count");
+            assert!(
+                sessions <= self.config.sessions_per_address_max,
+                "per-address session bound"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

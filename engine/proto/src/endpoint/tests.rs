@@ -1,0 +1,474 @@
+//! Every endpoint rule, one test each, on virtual time.
+
+use super::*;
+use crate::info::tests::sample_info;
+use crate::info::DATAGRAM_SIZE_MTU_1500;
+use crate::wire::control::REQUEST_LEN_MIN;
+
+struct Files(FileInfo);
+
+impl FileLookup for Files {
+    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
+        if name == self.0.name {
+            Ok(self.0.clone())
+        } else {
+            Err((RejectCode::NotFound, format!("no file named {name:?}")))
+        }
+    }
+}
+
+fn info() -> FileInfo {
+    sample_info(1_000_000, DATAGRAM_SIZE_MTU_1500, 1)
+}
+
+fn endpoint(multicast: bool) -> (Endpoint, Files) {
+    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    if multicast {
+        config.multicast = Some(MulticastGroups {
+            group_base: Ipv4Addr::new(239, 77, 1, 0),
+            port: 7701,
+        });
+    }
+    (
+        Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO),
+        Files(info()),
+    )
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn at(ms: u64) -> Instant {
+    Instant::ZERO + Duration::from_millis(ms)
+}
+
+fn request_bytes(id: u64, multicast_ok: bool, name: &str) -> Vec<u8> {
+    ControlMessage::Request {
+        request_id: id,
+        multicast_ok,
+        name: name.into(),
+    }
+    .to_bytes()
+}
+
+fn drain(endpoint: &mut Endpoint) -> (Vec<Transmit>, Vec<DataCommand>) {
+    let mut transmits = Vec::new();
+    let mut commands = Vec::new();
+    while let Some(t) = endpoint.poll_transmit() {
+        transmits.push(t);
+    }
+    while let Some(c) = endpoint.poll_command() {
+        commands.push(c);
+    }
+    while endpoint.poll_event().is_some() {}
+    endpoint.assert_invariants();
+    (transmits, commands)
+}
+
+/// Requests from `client` and returns (session, token) from the Offer.
+fn open(
+    endpoint: &mut Endpoint,
+    files: &mut Files,
+    now: Instant,
+    client: SocketAddr,
+    id: u64,
+) -> (SessionId, Token) {
+    let name = files.0.name.clone();
+    endpoint.handle_control(now, client, &request_bytes(id, true, &name), files);
+    let (transmits, _) = drain(endpoint);
+    let offer = transmits
+        .iter()
+        .find_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Offer { session, token, .. }) => Some((session, token)),
+            _ => None,
+        });
+    offer.expect("an Offer")
+}
+
+fn joined(session: SessionId, token: Token, transport: Transport) -> Vec<u8> {
+    ControlMessage::Joined {
+        session,
+        token,
+        transport,
+    }
+    .to_bytes()
+}
+
+#[test]
+fn a_forged_request_costs_one_small_reply_and_never_starts_the_loop() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let victim = addr("192.0.2.9:5000");
+    let request = request_bytes(1, false, &files.0.name);
+    endpoint.handle_control(at(0), victim, &request, &mut files);
+    let (transmits, commands) = drain(&mut endpoint);
+    assert_eq!(transmits.len(), 1, "one Offer");
+    assert!(transmits[0].bytes.len() <= AMPLIFICATION_FACTOR * request.len());
+    assert!(
+        commands.is_empty(),
+        "nothing for the data plane before validation: {commands:?}"
+    );
+    // The victim never answers: the session ends, having cost one reply.
+    endpoint.handle_timeout(at(3_000));
+    let (transmits, commands) = drain(&mut endpoint);
+    assert!(transmits.is_empty());
+    assert!(commands.is_empty(), "no channel was opened, none to close");
+    assert_eq!(endpoint.session_count(), 0);
+    assert_eq!(endpoint.counters().sessions_unvalidated_expired, 1);
+}
+
+#[test]
+fn an_unpadded_request_gets_no_answer_larger_than_three_times_itself() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let mut request = request_bytes(1, false, &files.0.name);
+    request.truncate(REQUEST_LEN_MIN / 4);
+    // Still a valid Request: the name fits in what is left.
+    let name_len = usize::from(request[13]);
+    request.truncate(14 + name_len);
+    endpoint.handle_control(at(0), addr("192.0.2.9:5000"), &request, &mut files);
+    let (transmits, _) = drain(&mut endpoint);
+    assert!(transmits.iter().all(|t| t.bytes.len() <= 3 * request.len()));
+    assert_eq!(endpoint.counters().replies_withheld, 1);
+}
+
+#[test]
+fn the_token_validates_the_address_and_only_then_does_data_flow() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let client = addr("192.0.2.10:6000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
+    // Wrong token: refused.
+    endpoint.handle_control(
+        at(1),
+        client,
+        &joined(session, Token(token.0 ^ 1), Transport::Unicast),
+        &mut files,
+    );
+    let (_, commands) = drain(&mut endpoint);
+    assert!(commands.is_empty());
+    assert_eq!(endpoint.counters().tokens_rejected, 1);
+    // Right token from another address: dropped.
+    endpoint.handle_control(
+        at(2),
+        addr("192.0.2.11:6000"),
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    let (_, commands) = drain(&mut endpoint);
+    assert!(commands.is_empty());
+    // Right token, right address: the channel opens and the client is a destination.
+    endpoint.handle_control(
+        at(3),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    let (_, commands) = drain(&mut endpoint);
+    assert!(matches!(commands[0], DataCommand::OpenChannel { .. }));
+    assert_eq!(
+        commands[1],
+        DataCommand::AddDestination {
+            channel: ChannelId(0),
+            destination: client
+        }
+    );
+    // A repeated Joined changes nothing.
+    endpoint.handle_control(
+        at(4),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    assert!(drain(&mut endpoint).1.is_empty());
+}
+
+#[test]
+fn one_address_cannot_fill_the_session_table_or_flood_requests() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let name = files.0.name.clone();
+    let hog = "192.0.2.66".parse::<IpAddr>().unwrap();
+    let mut offers = 0;
+    let mut limited = 0;
+    for port in 0..1000u16 {
+        let now = at(u64::from(port) * 10); // 100 requests per second
+        endpoint.handle_control(
+            now,
+            SocketAddr::new(hog, 10_000 + port),
+            &request_bytes(u64::from(port), false, &name),
+            &mut files,
+        );
+        for t in drain(&mut endpoint).0 {
+            match ControlMessage::parse(&t.bytes) {
+                Ok(ControlMessage::Offer { .. }) => offers += 1,
+                Ok(ControlMessage::Reject {
+                    code: RejectCode::Limited,
+                    ..
+                }) => limited += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(endpoint.session_count() <= endpoint.config().sessions_per_address_max);
+    assert!(
+        offers <= 16 + 16,
+        "offers {offers}: sessions expire after 3 s and are renewed"
+    );
+    assert!(limited > 0);
+    assert!(
+        endpoint.counters().requests_rate_limited > 800,
+        "{:?}",
+        endpoint.counters()
+    );
+    // Someone else is still served.
+    let (session, _) = open(
+        &mut endpoint,
+        &mut files,
+        at(10_000),
+        addr("198.51.100.1:7000"),
+        1,
+    );
+    assert_ne!(session.0, 0);
+}
+
+#[test]
+fn repairs_never_exceed_what_a_session_misses_or_its_address_budget() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let loop_len = files.0.loop_len;
+    let client = addr("192.0.2.10:6000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
+    endpoint.handle_control(
+        at(1),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    // It holds all but 100.
+    let status = ControlMessage::Status {
+        session,
+        held: loop_len - 100,
+        loop_len,
+        done: false,
+    }
+    .to_bytes();
+    endpoint.handle_control(at(2_000), client, &status, &mut files);
+    let mut repaired = 0u64;
+    for round in 0..50u64 {
+        let nak = ControlMessage::Nak {
+            session,
+            ranges: vec![(0, 64), (100, 64)],
+        }
+        .to_bytes();
+        endpoint.handle_control(at(2_001 + round), client, &nak, &mut files);
+        for command in drain(&mut endpoint).1 {
+            if let DataCommand::QueueRepair { count, .. } = command {
+                repaired += u64::from(count);
+            }
+        }
+    }
+    assert_eq!(
+        repaired, 100,
+        "a session missing 100 serials gets at most 100 repaired per window"
+    );
+    assert!(endpoint.counters().nak_serials_refused > 0);
+}
+
+#[test]
+fn closing_and_reopening_sessions_does_not_renew_an_address_nak_budget() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let loop_len = u64::from(files.0.loop_len);
+    let ip: IpAddr = "192.0.2.10".parse().unwrap();
+    let mut repaired = 0u64;
+    for cycle in 0..40u64 {
+        let client = SocketAddr::new(ip, 6000 + cycle as u16);
+        let now = at(cycle * 1_000);
+        let (session, token) = open(&mut endpoint, &mut files, now, client, cycle);
+        endpoint.handle_control(
+            now,
+            client,
+            &joined(session, token, Transport::Unicast),
+            &mut files,
+        );
+        for k in 0..200u32 {
+            let first = (k * 64) % (loop_len as u32 - 64);
+            let nak = ControlMessage::Nak {
+                session,
+                ranges: vec![(first, 64)],
+            }
+            .to_bytes();
+            endpoint.handle_control(now, client, &nak, &mut files);
+        }
+        endpoint.handle_control(
+            now,
+            client,
+            &ControlMessage::Leave { session }.to_bytes(),
+            &mut files,
+        );
+        for command in drain(&mut endpoint).1 {
+            if let DataCommand::QueueRepair { count, .. } = command {
+                repaired += u64::from(count);
+            }
+        }
+    }
+    assert!(
+        repaired <= endpoint.config().nak_budget_loops_per_address * loop_len,
+        "{repaired} serials repaired for one address, budget {} loops of {loop_len}",
+        endpoint.config().nak_budget_loops_per_address
+    );
+}
+
+#[test]
+fn a_lost_session_is_answered_with_ended_so_the_client_asks_again() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let status = ControlMessage::Status {
+        session: SessionId(42),
+        held: 1,
+        loop_len: 2,
+        done: false,
+    }
+    .to_bytes();
+    let client = addr("192.0.2.10:6000");
+    endpoint.handle_control(at(0), client, &status, &mut files);
+    let (transmits, _) = drain(&mut endpoint);
+    assert_eq!(transmits.len(), 1);
+    assert!(transmits[0].bytes.len() <= 3 * status.len());
+    assert_eq!(
+        ControlMessage::parse(&transmits[0].bytes),
+        Ok(ControlMessage::Ended {
+            session: SessionId(42),
+            reason: EndReason::UnknownSession
+        })
+    );
+}
+
+#[test]
+fn silent_sessions_expire_and_the_last_one_closes_the_channel() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let client = addr("192.0.2.10:6000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
+    endpoint.handle_control(
+        at(1),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    endpoint.handle_timeout(at(4_000));
+    assert_eq!(endpoint.session_count(), 1);
+    assert_eq!(endpoint.poll_timeout(), Some(at(5_001)));
+    endpoint.handle_timeout(at(5_001));
+    let (_, commands) = drain(&mut endpoint);
+    assert_eq!(
+        commands,
+        vec![
+            DataCommand::RemoveDestination {
+                channel: ChannelId(0),
+                destination: client
+            },
+            DataCommand::CloseChannel {
+                channel: ChannelId(0)
+            }
+        ]
+    );
+    assert_eq!(endpoint.channel_count(), 0);
+}
+
+#[test]
+fn shutdown_tells_every_client_and_closes_every_channel() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let a = addr("192.0.2.10:6000");
+    let b = addr("192.0.2.11:6000");
+    let (sa, ta) = open(&mut endpoint, &mut files, at(0), a, 1);
+    let _ = open(&mut endpoint, &mut files, at(0), b, 1);
+    endpoint.handle_control(at(1), a, &joined(sa, ta, Transport::Unicast), &mut files);
+    drain(&mut endpoint);
+    endpoint.shutdown(at(2));
+    let (transmits, commands) = drain(&mut endpoint);
+    let told: Vec<SocketAddr> = transmits
+        .iter()
+        .filter(|t| {
+            matches!(
+                ControlMessage::parse(&t.bytes),
+                Ok(ControlMessage::Ended {
+                    reason: EndReason::ShuttingDown,
+                    ..
+                })
+            )
+        })
+        .map(|t| t.destination)
+        .collect();
+    assert_eq!(told.len(), 2);
+    assert!(told.contains(&a) && told.contains(&b));
+    assert!(commands.contains(&DataCommand::CloseChannel {
+        channel: ChannelId(0)
+    }));
+    endpoint.handle_control(
+        at(3),
+        a,
+        &request_bytes(9, false, &files.0.name.clone()),
+        &mut files,
+    );
+    let (transmits, _) = drain(&mut endpoint);
+    assert!(matches!(
+        ControlMessage::parse(&transmits[0].bytes),
+        Ok(ControlMessage::Reject { .. })
+    ));
+}
+
+#[test]
+fn a_failed_channel_ends_its_sessions_with_the_reason() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let a = addr("192.0.2.10:6000");
+    let (sa, ta) = open(&mut endpoint, &mut files, at(0), a, 1);
+    endpoint.handle_control(at(1), a, &joined(sa, ta, Transport::Unicast), &mut files);
+    drain(&mut endpoint);
+    endpoint.handle_channel_failed(at(2), ChannelId(0));
+    let (transmits, commands) = drain(&mut endpoint);
+    assert_eq!(
+        ControlMessage::parse(&transmits[0].bytes),
+        Ok(ControlMessage::Ended {
+            session: sa,
+            reason: EndReason::FileUnavailable
+        })
+    );
+    assert!(commands.contains(&DataCommand::CloseChannel {
+        channel: ChannelId(0)
+    }));
+    assert_eq!(endpoint.session_count(), 0);
+}
+
+#[test]
+fn multicast_sync_goes_out_for_pending_sessions_and_the_group_is_added_once_validated() {
+    let (mut endpoint, mut files) = endpoint(true);
+    let a = addr("192.0.2.10:6000");
+    let b = addr("192.0.2.11:6000");
+    let (sa, ta) = open(&mut endpoint, &mut files, at(0), a, 1);
+    let (sb, tb) = open(&mut endpoint, &mut files, at(0), b, 1);
+    endpoint.handle_timeout(at(0));
+    let (transmits, _) = drain(&mut endpoint);
+    assert!(transmits.iter().any(|t| t.via == Via::Group
+        && matches!(
+            ControlMessage::parse(&t.bytes),
+            Ok(ControlMessage::Sync { .. })
+        )));
+    endpoint.handle_control(at(10), a, &joined(sa, ta, Transport::Multicast), &mut files);
+    endpoint.handle_control(at(10), b, &joined(sb, tb, Transport::Multicast), &mut files);
+    let (_, commands) = drain(&mut endpoint);
+    let adds = commands
+        .iter()
+        .filter(|c| matches!(c, DataCommand::AddDestination { .. }))
+        .count();
+    assert_eq!(
+        adds, 1,
+        "one group destination for two members: {commands:?}"
+    );
+    // b falls back to unicast: it becomes a destination of its own; the group stays for a.
+    endpoint.handle_control(at(20), b, &joined(sb, tb, Transport::Unicast), &mut files);
+    let (_, commands) = drain(&mut endpoint);
+    assert_eq!(
+        commands,
+        vec![DataCommand::AddDestination {
+            channel: ChannelId(0),
+            destination: b
+        }]
+    );
+}
