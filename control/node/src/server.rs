@@ -18,7 +18,7 @@ use loopcast_proto::info::FileInfo;
 use loopcast_proto::time::{Instant, MonotonicClock};
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport, CONTROL_LEN_MAX};
 use loopcast_proto::wire::datagram::FileId;
-use mio::net::{UdpSocket as MioUdpSocket, UnixListener as MioUnixListener};
+use mio::net::UdpSocket as MioUdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::catalog::Catalog;
@@ -79,17 +79,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot bind the admin socket {path}: {source}")]
-    Admin {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Admin(#[from] loopcast_admin::StartError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 const CONTROL: Token = Token(0);
-const ADMIN: Token = Token(1);
 /// How often SYNC goes out on an active multicast channel (R8).
 const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// Longest sleep, so shutdown requests are noticed.
@@ -245,18 +241,12 @@ pub fn run_on(
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut control, CONTROL, Interest::READABLE)?;
+    // The admin socket is served on its own thread, from the status published below.
     let mut admin = match &config.admin_socket {
-        Some(path) => {
-            let listener = loopcast_admin::bind(path).map_err(|source| ServerError::Admin {
-                path: path.clone(),
-                source,
-            })?;
-            listener.set_nonblocking(true)?;
-            let mut listener = MioUnixListener::from_std(listener);
-            poll.registry()
-                .register(&mut listener, ADMIN, Interest::READABLE)?;
-            Some(listener)
-        }
+        Some(path) => Some(loopcast_admin::AdminServer::start(
+            path,
+            loopcast_admin::AdminConfig::default(),
+        )?),
         None => None,
     };
     tracing::info!(
@@ -295,24 +285,18 @@ pub fn run_on(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         }
-        for event in events.iter() {
-            if event.token() == ADMIN {
-                if let Some(listener) = &admin {
-                    server.accept_admin(listener);
-                }
-            }
-        }
         server.drain_control();
         server.housekeeping();
+        if let Some(admin) = &mut admin {
+            admin.publish_status(|| server.status_json());
+        }
     }
     tracing::info!(
         "shutting down: closing {} channel(s)",
         server.channels.len()
     );
-    if let (Some(path), Some(listener)) = (&server.config.admin_socket, admin.take()) {
-        drop(listener);
-        let _ = std::fs::remove_file(path);
-    }
+    // Stops the admin thread and removes the socket file.
+    drop(admin);
     Ok(())
 }
 
@@ -850,38 +834,6 @@ impl Server {
                     };
                     let _ = self.data.send_to(&sync.to_bytes(), group);
                     channel.next_sync = now + SYNC_INTERVAL;
-                }
-            }
-        }
-    }
-
-    fn accept_admin(&self, listener: &MioUnixListener) {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let stream =
-                        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
-                    if let Err(e) = stream.set_nonblocking(false) {
-                        tracing::debug!(error = %e, "admin connection");
-                        continue;
-                    }
-                    let result = loopcast_admin::serve_connection(stream, |request| match request
-                        .command
-                        .as_str()
-                    {
-                        "status" => self.status_json(),
-                        other => {
-                            serde_json::json!({"error": format!("unknown command {other:?}; try \"status\"")})
-                        }
-                    });
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "admin connection");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept");
-                    return;
                 }
             }
         }

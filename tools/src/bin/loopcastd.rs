@@ -52,7 +52,9 @@ struct ServeArgs {
     /// Multicast TTL (hops).
     #[arg(long, default_value_t = 8)]
     multicast_ttl: u32,
-    /// Admin socket for loopcastctl. Default: $XDG_RUNTIME_DIR/loopcastd.sock or /tmp/loopcastd-<uid>.sock.
+    /// Admin socket for loopcastctl. Default: $XDG_RUNTIME_DIR/loopcast/loopcastd.sock, else
+    /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock. Its directory is
+    /// created mode 0700 if missing; one that is another user's or writable by others is refused.
     #[arg(long)]
     admin_socket: Option<PathBuf>,
     /// Seconds of client silence before its session ends.
