@@ -70,7 +70,10 @@ fn idle_admin_connections_stall_neither_clients_nor_status() {
     let admin = &status["admin"];
     assert_eq!(admin["connections_max"], 16, "{status}");
     assert!(admin["refused_busy"].as_u64().unwrap() >= 4, "{status}");
-    assert!(admin["connections_open"].as_u64().unwrap() <= 16, "{status}");
+    assert!(
+        admin["connections_open"].as_u64().unwrap() <= 16,
+        "{status}"
+    );
     // Each idle connection was either turned away ("busy") or timed out, and told so.
     let mut told = (0, 0);
     for stream in idle {
@@ -243,7 +246,10 @@ fn admin_socket_squatting_is_refused() {
     chmod(&socket, 0o777);
     let refused = Proc::spawn("loopcastd (squatted dir)", &mut serve(free_udp_port()))
         .wait(Duration::from_secs(20));
-    assert!(!refused.status.success(), "daemon started in a squatted dir");
+    assert!(
+        !refused.status.success(),
+        "daemon started in a squatted dir"
+    );
     let text = stderr_of(&refused);
     assert!(
         text.contains(&dir.display().to_string())
@@ -316,7 +322,8 @@ fn admin_socket_squatting_is_refused() {
     std::fs::remove_file(&dir).unwrap();
 
     // 3. Nobody squatting: the daemon makes its own private directory and answers there.
-    let first = Proc::spawn("loopcastd (victim)", &mut serve(free_udp_port()));
+    let port = free_udp_port();
+    let first = Proc::spawn("loopcastd (victim)", &mut serve(port));
     let deadline = Instant::now() + Duration::from_secs(10);
     let status = loop {
         let output = ctl_as_victim();
@@ -336,9 +343,8 @@ fn admin_socket_squatting_is_refused() {
     assert_eq!((meta.uid(), meta.mode() & 0o777), (victim, 0o700));
     let meta = std::fs::symlink_metadata(&socket).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (victim, 0o600));
-    // A second daemon of the same user is told the socket is taken.
-    let second = Proc::spawn("loopcastd (second)", &mut serve(free_udp_port()))
-        .wait(Duration::from_secs(20));
+    // A second daemon of the same user (same port too) is told the first is running.
+    let second = Proc::spawn("loopcastd (second)", &mut serve(port)).wait(Duration::from_secs(20));
     assert!(!second.status.success());
     let text = stderr_of(&second);
     assert!(

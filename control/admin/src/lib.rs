@@ -41,7 +41,8 @@ pub struct AdminRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("refusing the admin socket: {0}")]
+    /// The socket file or its directory is not to be trusted (or missing); the message says why.
+    #[error("{0}")]
     Untrusted(#[from] PlaceError),
     #[error("cannot reach the daemon's admin socket {path}: {source} (is loopcastd running, and is this its socket?)")]
     Connect {
@@ -193,7 +194,10 @@ mod tests {
         assert_eq!(answer["archives"], 3, "{answer}");
         assert_eq!(answer["admin"]["connections_max"], 16, "{answer}");
         let answer = request(&path, "reboot").unwrap();
-        assert!(answer["error"].as_str().unwrap().contains("unknown command"));
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command"));
         // Garbage and oversized lines get an error answer, not a crash.
         assert!(raw_exchange(&path, b"{not json\n").contains("bad request"));
         let long = vec![b'x'; REQUEST_LEN_MAX + 10];
@@ -213,7 +217,9 @@ mod tests {
         let path = temp.0.join("admin.sock");
         let mut server = AdminServer::start(&path, small(4, 400)).unwrap();
         server.publish_status(|| serde_json::json!({"ok": true}));
-        let idle: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(&path).unwrap()).collect();
+        let idle: Vec<UnixStream> = (0..4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
         std::thread::sleep(Duration::from_millis(100));
         // A fifth is turned away at once, with a retryable answer.
         let started = Instant::now();
@@ -221,12 +227,22 @@ mod tests {
             serde_json::from_str(&raw_exchange(&path, b"{\"command\":\"status\"}\n")).unwrap();
         assert!(started.elapsed() < Duration::from_millis(300));
         assert_eq!(answer["retry"], true, "{answer}");
-        assert!(answer["error"].as_str().unwrap().starts_with("busy"), "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().starts_with("busy"),
+            "{answer}"
+        );
         // A client retries and gets through once the idle ones have timed out.
         let answer = request(&path, "status").unwrap();
         assert_eq!(answer["ok"], true, "{answer}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
-        assert!(answer["admin"]["refused_busy"].as_u64().unwrap() >= 1, "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            answer["admin"]["refused_busy"].as_u64().unwrap() >= 1,
+            "{answer}"
+        );
         // The idle ones were told why they were closed.
         for stream in idle {
             let mut text = String::new();

@@ -172,10 +172,29 @@ pub fn prepare_directory(dir: &Path, uid: u32) -> Result<(), PlaceError> {
     check_private_directory(dir, uid)
 }
 
-/// Daemon side: binds the admin socket at `path` after [`prepare_directory`] on its directory.
-/// A stale socket file (nobody answers a connect) is replaced; a live one is
-/// [`PlaceError::Live`]; anything else at `path` is refused. The socket file is made mode 0600.
+/// Daemon side: binds the admin socket at `path` after [`preflight`] (private directory, stale
+/// socket file replaced, live one [`PlaceError::Live`], anything else at `path` refused). The
+/// socket file is made mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, PlaceError> {
+    preflight(path)?;
+    let listener = UnixListener::bind(path).map_err(|source| PlaceError::Bind {
+        path: path.to_owned(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
+        |source| PlaceError::Bind {
+            path: path.to_owned(),
+            source,
+        },
+    )?;
+    Ok(listener)
+}
+
+/// Daemon side, before anything else is set up: [`prepare_directory`] on the socket's
+/// directory, then a stale socket file (nobody answers a connect) is removed and a live one is
+/// [`PlaceError::Live`]. `loopcastd` calls it first, so a second daemon says "another loopcastd
+/// is running" rather than failing on a port both want.
+pub fn preflight(path: &Path) -> Result<(), PlaceError> {
     prepare_directory(&socket_directory(path), effective_uid())?;
     if let Some(meta) = lstat(path)? {
         if !meta.file_type().is_socket() {
@@ -203,17 +222,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, PlaceError> {
             }
         }
     }
-    let listener = UnixListener::bind(path).map_err(|source| PlaceError::Bind {
-        path: path.to_owned(),
-        source,
-    })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(
-        |source| PlaceError::Bind {
-            path: path.to_owned(),
-            source,
-        },
-    )?;
-    Ok(listener)
+    Ok(())
 }
 
 fn check_owner_is_self_or_root(path: &Path, meta: &Metadata, uid: u32) -> Result<(), PlaceError> {
@@ -399,7 +408,9 @@ mod tests {
         let error = check_private_directory(&temp.0, other).unwrap_err();
         assert!(matches!(error, PlaceError::Owner { .. }), "{error}");
         assert!(
-            error.to_string().contains(&format!("uid {}", effective_uid())),
+            error
+                .to_string()
+                .contains(&format!("uid {}", effective_uid())),
             "{error}"
         );
     }

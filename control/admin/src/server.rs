@@ -225,10 +225,7 @@ fn accept_loop(mut poll: Poll, listener: MioUnixListener, shared: &Arc<Shared>) 
         for _ in 0..1024 {
             match listener.accept() {
                 Ok((stream, _)) => {
-                    admit(
-                        UnixStream::from(std::os::fd::OwnedFd::from(stream)),
-                        shared,
-                    );
+                    admit(UnixStream::from(std::os::fd::OwnedFd::from(stream)), shared);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -371,8 +368,7 @@ fn read_request_line(stream: &mut UnixStream, len_max: usize, timeout: Duration)
 fn serve(mut stream: UnixStream, shared: &Shared) {
     let counters = &shared.counters;
     let config = &shared.config;
-    let answer = match read_request_line(&mut stream, config.request_len_max, config.idle_timeout)
-    {
+    let answer = match read_request_line(&mut stream, config.request_len_max, config.idle_timeout) {
         RequestLine::Line(line) => match serde_json::from_slice::<AdminRequest>(trim(&line)) {
             Ok(request) => {
                 counters.requests_answered.fetch_add(1, Ordering::Relaxed);

@@ -103,7 +103,13 @@ fn main() -> ExitCode {
             ttl: args.multicast_ttl,
         });
     }
-    tracing::info!(rate = %format_rate(args.rate), admin = %config.admin_socket.as_ref().expect("set above").display(), "starting");
+    let admin_socket = config.admin_socket.as_ref().expect("set above");
+    // Before the request port: a second daemon is told about the first, not about the port.
+    if let Err(error) = loopcast_admin::location::preflight(admin_socket) {
+        eprintln!("loopcastd: error: {error}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(rate = %format_rate(args.rate), admin = %admin_socket.display(), "starting");
     let shutdown = shutdown_flag();
     match loopcast_node::run(config, shutdown) {
         Ok(()) => ExitCode::SUCCESS,
