@@ -6,9 +6,12 @@
 //! - resume.rs: a client killed mid-download resumes where it stopped (R14).
 //! - hostile.rs: garbage on the request port, a damaged archive in the media database, bit rot
 //!   found by the server's background check.
+//! - admin.rs: idle admin connections do not stall the server; a squatted admin socket place
+//!   is refused by the daemon and by loopcastctl (root: acts as two other users).
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
 
+mod admin;
 mod bench;
 mod demo;
 mod hostile;

@@ -126,14 +126,10 @@ fn rusage_cpu(who: nix::sys::resource::UsageWho) -> Duration {
     }
 }
 
-/// Default admin socket path: $XDG_RUNTIME_DIR/loopcastd.sock, else /tmp/loopcastd-<uid>.sock.
+/// Default admin socket path (see `loopcast_admin::location`): $XDG_RUNTIME_DIR/loopcast/loopcastd.sock,
+/// else /run/loopcast/loopcastd.sock for root, else /tmp/loopcast-<uid>/loopcastd.sock.
 pub fn default_admin_socket() -> std::path::PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if std::path::Path::new(&dir).is_dir() => {
-            std::path::Path::new(&dir).join("loopcastd.sock")
-        }
-        _ => std::path::PathBuf::from(format!("/tmp/loopcastd-{}.sock", nix::unistd::geteuid())),
-    }
+    loopcast_admin::default_socket_path_here()
 }
 
 /// A deterministic sample file: runs of text (compressible) and xorshift noise

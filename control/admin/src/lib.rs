@@ -1,19 +1,38 @@
 //! The admin socket (R23). One request per connection: the client writes one JSON object on
 //! one line (`{"command":"status"}`), the daemon answers with one JSON object on one line.
-//! The socket file is created mode 0600, and every connection's peer credentials are checked:
-//! only the daemon's own user (or root) is let in.
+//!
+//! - [`location`]: where the socket lives (a private directory, never a predictable name in a
+//!   world-writable one) and the checks both sides make before trusting a path.
+//! - [`server`]: the daemon side, on a thread of its own: bounded connections, a per-connection
+//!   timeout, answers `status` from the snapshot the control loop publishes.
+//! - [`request`]: the client side (`loopcastctl`): checks the socket file and its directory, then
+//!   the peer's credentials, then asks.
+//!
+//! The socket file is mode 0600, and every connection's peer credentials (SO_PEERCRED) are
+//! checked on both ends: the daemon lets in only its own user or root, and the client talks only
+//! to a daemon of its own user or root.
+
+pub mod location;
+pub mod server;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub use location::{default_socket_path, default_socket_path_here, PlaceError};
+pub use server::{AdminConfig, AdminServer, StartError};
+
 /// Longest request line accepted.
 pub const REQUEST_LEN_MAX: usize = 4096;
+/// Time a connection has to send its request, and again to take its answer.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest answer a client reads.
+pub const ANSWER_LEN_MAX: u64 = 64 << 20;
+/// How long a client keeps retrying while the daemon says "busy" or "starting".
+pub const RETRY_FOR: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdminRequest {
@@ -22,11 +41,19 @@ pub struct AdminRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The socket file or its directory is not to be trusted (or missing); the message says why.
+    #[error("{0}")]
+    Untrusted(#[from] PlaceError),
     #[error("cannot reach the daemon's admin socket {path}: {source} (is loopcastd running, and is this its socket?)")]
     Connect {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "refusing the admin socket {path}: the process listening there runs as uid {uid}, \
+         neither yours ({own}) nor root's"
+    )]
+    Peer { path: PathBuf, uid: u32, own: u32 },
     #[error("admin socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -34,19 +61,6 @@ pub enum AdminError {
     },
     #[error("admin socket {path}: bad answer: {reason}")]
     BadAnswer { path: PathBuf, reason: String },
-}
-
-/// Binds the admin socket, replacing a stale socket file, mode 0600.
-pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if meta.file_type().is_socket() && UnixStream::connect(path).is_err() {
-            std::fs::remove_file(path)?;
-        }
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
 }
 
 /// Peer uid of a connection, from the kernel (SO_PEERCRED).
@@ -57,61 +71,65 @@ pub fn peer_uid(stream: &UnixStream) -> std::io::Result<u32> {
     Ok(credentials.uid())
 }
 
-/// Whether a peer may use the socket: the daemon's own user, or root.
+/// Whether a peer may use the socket (or be trusted by a client): our own user, or root.
 pub fn peer_allowed(peer: u32) -> bool {
-    peer == 0 || peer == nix::unistd::geteuid().as_raw()
+    peer == 0 || peer == location::effective_uid()
 }
 
-/// Serves one connection: checks the peer, reads one request, writes `answer(request)`.
-/// Bounded in size and time; never panics on bad input.
-pub fn serve_connection(
-    stream: UnixStream,
-    answer: impl FnOnce(&AdminRequest) -> serde_json::Value,
-) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    let reply = match peer_uid(&stream) {
-        Ok(uid) if peer_allowed(uid) => {
-            let mut line = String::new();
-            let mut reader = BufReader::new(stream.take(REQUEST_LEN_MAX as u64));
-            match reader.read_line(&mut line) {
-                Ok(_) => match serde_json::from_str::<AdminRequest>(line.trim()) {
-                    Ok(request) => answer(&request),
-                    Err(e) => serde_json::json!({"error": format!("bad request: {e}")}),
-                },
-                Err(e) => serde_json::json!({"error": format!("cannot read request: {e}")}),
-            }
-        }
-        Ok(uid) => serde_json::json!({"error": format!("permission denied for uid {uid}")}),
-        Err(e) => serde_json::json!({"error": format!("cannot check peer credentials: {e}")}),
-    };
-    let mut text = reply.to_string();
-    text.push('\n');
-    writer.write_all(text.as_bytes())
-}
-
-/// Client side: sends one command, returns the daemon's JSON answer.
+/// Client side: sends one command, returns the daemon's JSON answer. Before connecting, checks
+/// the socket file and its directory ([`location::check_trusted_socket`]); after, the peer's
+/// credentials. While the daemon answers `"retry": true` (all admin slots busy, or starting),
+/// tries again for up to [`RETRY_FOR`].
 pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, AdminError> {
+    let give_up_at = Instant::now() + RETRY_FOR;
+    loop {
+        let answer = request_once(path, command)?;
+        let retry = answer.get("retry").and_then(|r| r.as_bool()) == Some(true);
+        if !retry || Instant::now() >= give_up_at {
+            return Ok(answer);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn request_once(path: &Path, command: &str) -> Result<serde_json::Value, AdminError> {
     let io = |source| AdminError::Io {
         path: path.to_owned(),
         source,
     };
+    let own = location::effective_uid();
+    location::check_trusted_socket(path, own)?;
     let mut stream = UnixStream::connect(path).map_err(|source| AdminError::Connect {
         path: path.to_owned(),
         source,
     })?;
+    // The checks above are on a name, which can change under us; the peer cannot.
+    let uid = peer_uid(&stream).map_err(io)?;
+    if !peer_allowed(uid) {
+        return Err(AdminError::Peer {
+            path: path.to_owned(),
+            uid,
+            own,
+        });
+    }
     stream.set_read_timeout(Some(IO_TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(&AdminRequest {
         command: command.to_owned(),
     })
-    .expect("a plain struct serialises");
+    .expect("a struct of one String serialises");
     line.push('\n');
-    stream.write_all(line.as_bytes()).map_err(io)?;
+    // A daemon that turns us away ("busy") answers and closes before reading: the write may
+    // fail while its answer is waiting to be read, so read before reporting a failed write.
+    let written = stream.write_all(line.as_bytes());
     let mut answer = String::new();
-    BufReader::new(stream.take(1 << 20))
-        .read_line(&mut answer)
-        .map_err(io)?;
+    let read = BufReader::new(stream.take(ANSWER_LEN_MAX)).read_line(&mut answer);
+    match (written, read) {
+        (_, Ok(n)) if n > 0 => {}
+        (Err(e), _) => return Err(io(e)),
+        (Ok(()), Err(e)) => return Err(io(e)),
+        (Ok(()), Ok(_)) => {}
+    }
     serde_json::from_str(answer.trim()).map_err(|e| AdminError::BadAnswer {
         path: path.to_owned(),
         reason: e.to_string(),
@@ -121,33 +139,153 @@ pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, AdminErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::DirBuilderExt;
 
-    #[test]
-    fn status_round_trip_over_a_real_socket() {
-        let dir = std::env::temp_dir().join(format!("loopcast-admin-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("admin.sock");
-        let listener = bind(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        let server = std::thread::spawn(move || {
-            for _ in 0..2 {
-                let (stream, _) = listener.accept().unwrap();
-                serve_connection(
-                    stream,
-                    |request| serde_json::json!({"echo": request.command}),
-                )
-                .unwrap();
-            }
-        });
-        assert_eq!(request(&path, "status").unwrap()["echo"], "status");
-        // Garbage gets an error answer, not a crash.
-        let mut raw = UnixStream::connect(&path).unwrap();
-        raw.write_all(b"{not json\n").unwrap();
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let mut nonce = [0u8; 8];
+            getrandom::fill(&mut nonce).unwrap();
+            let dir = std::env::temp_dir().join(format!(
+                "loopcast-admin-{tag}-{}-{:x}",
+                std::process::id(),
+                u64::from_ne_bytes(nonce)
+            ));
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn raw_exchange(path: &Path, request: &[u8]) -> String {
+        let mut raw = UnixStream::connect(path).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A connection turned away may already be closed: its answer is still there to read.
+        let _ = raw.write_all(request);
         let mut answer = String::new();
         BufReader::new(raw).read_line(&mut answer).unwrap();
-        assert!(answer.contains("bad request"), "{answer}");
-        server.join().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        answer
+    }
+
+    fn small(connections_max: usize, idle_ms: u64) -> AdminConfig {
+        AdminConfig {
+            connections_max,
+            idle_timeout: Duration::from_millis(idle_ms),
+            request_len_max: REQUEST_LEN_MAX,
+        }
+    }
+
+    #[test]
+    fn status_round_trip_over_a_real_socket_and_bad_input_is_an_error_answer() {
+        let temp = TempDir::new("roundtrip");
+        let path = temp.0.join("admin.sock");
+        let mut server = AdminServer::start(&path, AdminConfig::default()).unwrap();
+        // Before the first snapshot: "starting", marked retryable.
+        let answer = request_once(&path, "status").unwrap();
+        assert_eq!(answer["retry"], true, "{answer}");
+        server.publish_status(|| serde_json::json!({"channels": [], "archives": 3}));
+        let answer = request(&path, "status").unwrap();
+        assert_eq!(answer["archives"], 3, "{answer}");
+        assert_eq!(answer["admin"]["connections_max"], 16, "{answer}");
+        let answer = request(&path, "reboot").unwrap();
+        assert!(answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown command"));
+        // Garbage and oversized lines get an error answer, not a crash.
+        assert!(raw_exchange(&path, b"{not json\n").contains("bad request"));
+        let long = vec![b'x'; REQUEST_LEN_MAX + 10];
+        let answer = raw_exchange(&path, &long);
+        assert!(answer.contains("longer than 4096 bytes"), "{answer}");
+        let answer = request(&path, "status").unwrap();
+        assert_eq!(answer["admin"]["requests_bad"], 1, "{answer}");
+        assert_eq!(answer["admin"]["requests_too_long"], 1, "{answer}");
+        // Shutdown removes the socket file.
+        drop(server);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn idle_connections_cost_a_bounded_slot_for_a_bounded_time() {
+        let temp = TempDir::new("idle");
+        let path = temp.0.join("admin.sock");
+        let mut server = AdminServer::start(&path, small(4, 400)).unwrap();
+        server.publish_status(|| serde_json::json!({"ok": true}));
+        let idle: Vec<UnixStream> = (0..4)
+            .map(|_| UnixStream::connect(&path).unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // A fifth is turned away at once, with a retryable answer.
+        let started = Instant::now();
+        let answer: serde_json::Value =
+            serde_json::from_str(&raw_exchange(&path, b"{\"command\":\"status\"}\n")).unwrap();
+        assert!(started.elapsed() < Duration::from_millis(300));
+        assert_eq!(answer["retry"], true, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().starts_with("busy"),
+            "{answer}"
+        );
+        // A client retries and gets through once the idle ones have timed out.
+        let answer = request(&path, "status").unwrap();
+        assert_eq!(answer["ok"], true, "{answer}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            answer["admin"]["refused_busy"].as_u64().unwrap() >= 1,
+            "{answer}"
+        );
+        // The idle ones were told why they were closed.
+        for stream in idle {
+            let mut text = String::new();
+            BufReader::new(stream).read_line(&mut text).unwrap();
+            assert!(text.contains("no request within 400 ms"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_trickling_client_is_cut_off_at_the_deadline_not_per_read() {
+        let temp = TempDir::new("trickle");
+        let path = temp.0.join("admin.sock");
+        let mut server = AdminServer::start(&path, small(2, 300)).unwrap();
+        server.publish_status(|| serde_json::json!({"ok": true}));
+        let mut slow = UnixStream::connect(&path).unwrap();
+        let started = Instant::now();
+        let mut cut_off = false;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(50));
+            if slow.write_all(b" ").is_err() {
+                cut_off = true;
+                break;
+            }
+        }
+        let mut text = String::new();
+        slow.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let _ = BufReader::new(&slow).read_line(&mut text);
+        assert!(
+            cut_off || text.contains("no request within"),
+            "still open after {:?}: {text}",
+            started.elapsed()
+        );
+        assert!(started.elapsed() < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn socket_replaced_by_someone_else_is_not_removed_on_shutdown() {
+        let temp = TempDir::new("replaced");
+        let path = temp.0.join("admin.sock");
+        let server = AdminServer::start(&path, AdminConfig::default()).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, b"someone else's").unwrap();
+        drop(server);
+        assert_eq!(std::fs::read(&path).unwrap(), b"someone else's");
     }
 }

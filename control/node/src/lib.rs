@@ -1,5 +1,6 @@
 //! The distribution server (`loopcastd serve`): one mio event loop that owns the request
-//! socket, the admin socket and every channel.
+//! socket and every channel, and publishes a status snapshot for the admin socket, which
+//! `loopcast_admin::AdminServer` serves on a thread of its own.
 //!
 //! ```text
 //!  Request ──▶ catalog lookup ──▶ channel (one per file: Carousel + mapped archive)

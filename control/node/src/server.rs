@@ -21,7 +21,7 @@ use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::{Instant, MonotonicClock};
 use loopcast_proto::wire::control::{RejectCode, Transport, CONTROL_LEN_MAX};
 use loopcast_proto::wire::datagram::FileId;
-use mio::net::{UdpSocket as MioUdpSocket, UnixListener as MioUnixListener};
+use mio::net::UdpSocket as MioUdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::catalog::Catalog;
@@ -85,17 +85,13 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot bind the admin socket {path}: {source}")]
-    Admin {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Admin(#[from] loopcast_admin::StartError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
 
 const CONTROL: Token = Token(0);
-const ADMIN: Token = Token(1);
 /// Longest sleep, so shutdown requests are noticed.
 const POLL_CEILING: Duration = Duration::from_millis(100);
 /// Control messages handled per wake-up, so a flood cannot starve sending.
@@ -281,18 +277,12 @@ pub fn run_on(
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut control, CONTROL, Interest::READABLE)?;
+    // The admin socket is served on its own thread, from the status published below.
     let mut admin = match &config.admin_socket {
-        Some(path) => {
-            let listener = loopcast_admin::bind(path).map_err(|source| ServerError::Admin {
-                path: path.clone(),
-                source,
-            })?;
-            listener.set_nonblocking(true)?;
-            let mut listener = MioUnixListener::from_std(listener);
-            poll.registry()
-                .register(&mut listener, ADMIN, Interest::READABLE)?;
-            Some(listener)
-        }
+        Some(path) => Some(loopcast_admin::AdminServer::start(
+            path,
+            loopcast_admin::AdminConfig::default(),
+        )?),
         None => None,
     };
     tracing::info!(
@@ -346,25 +336,19 @@ pub fn run_on(
             Err(e) => return Err(e.into()),
         }
         let _ = now;
-        for event in events.iter() {
-            if event.token() == ADMIN {
-                if let Some(listener) = &admin {
-                    server.accept_admin(listener);
-                }
-            }
-        }
         server.drain_control();
         server.housekeeping();
+        if let Some(admin) = &mut admin {
+            admin.publish_status(|| server.status_json());
+        }
     }
     // Tell every client, so they ask again (here after a restart, or elsewhere).
     let channels = server.channels.len();
     server.endpoint.shutdown(server.clock.now());
     server.flush_endpoint();
     tracing::info!("shutting down: closed {channels} channel(s)");
-    if let (Some(path), Some(listener)) = (&server.config.admin_socket, admin.take()) {
-        drop(listener);
-        let _ = std::fs::remove_file(path);
-    }
+    // Stops the admin thread and removes the socket file.
+    drop(admin);
     Ok(())
 }
 
@@ -647,38 +631,6 @@ impl Server {
         self.check_archives(now);
         self.endpoint.handle_timeout(now);
         self.flush_endpoint();
-    }
-
-    fn accept_admin(&self, listener: &MioUnixListener) {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let stream =
-                        std::os::unix::net::UnixStream::from(std::os::fd::OwnedFd::from(stream));
-                    if let Err(e) = stream.set_nonblocking(false) {
-                        tracing::debug!(error = %e, "admin connection");
-                        continue;
-                    }
-                    let result = loopcast_admin::serve_connection(stream, |request| match request
-                        .command
-                        .as_str()
-                    {
-                        "status" => self.status_json(),
-                        other => {
-                            serde_json::json!({"error": format!("unknown command {other:?}; try \"status\"")})
-                        }
-                    });
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "admin connection");
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "admin accept");
-                    return;
-                }
-            }
-        }
     }
 
     fn status_json(&self) -> serde_json::Value {

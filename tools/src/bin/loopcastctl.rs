@@ -13,7 +13,9 @@ use loopcast_tools::{default_admin_socket, format_rate};
     about = "Admin tool for a running loopcastd (owner-only Unix socket)"
 )]
 struct Cli {
-    /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcastd.sock or /tmp/loopcastd-<uid>.sock.
+    /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcast/loopcastd.sock, else
+    /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock. A socket or
+    /// directory owned by another user (not root) is refused.
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
     #[command(subcommand)]

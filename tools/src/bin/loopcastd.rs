@@ -52,7 +52,9 @@ struct ServeArgs {
     /// Multicast TTL (hops).
     #[arg(long, default_value_t = 8)]
     multicast_ttl: u32,
-    /// Admin socket for loopcastctl. Default: $XDG_RUNTIME_DIR/loopcastd.sock or /tmp/loopcastd-<uid>.sock.
+    /// Admin socket for loopcastctl. Default: $XDG_RUNTIME_DIR/loopcast/loopcastd.sock, else
+    /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock. Its directory is
+    /// created mode 0700 if missing; one that is another user's or writable by others is refused.
     #[arg(long)]
     admin_socket: Option<PathBuf>,
     /// Seconds of client silence before its session ends.
@@ -101,7 +103,13 @@ fn main() -> ExitCode {
             ttl: args.multicast_ttl,
         });
     }
-    tracing::info!(rate = %format_rate(args.rate), admin = %config.admin_socket.as_ref().expect("set above").display(), "starting");
+    let admin_socket = config.admin_socket.as_ref().expect("set above");
+    // Before the request port: a second daemon is told about the first, not about the port.
+    if let Err(error) = loopcast_admin::location::preflight(admin_socket) {
+        eprintln!("loopcastd: error: {error}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(rate = %format_rate(args.rate), admin = %admin_socket.display(), "starting");
     let shutdown = shutdown_flag();
     match loopcast_node::run(config, shutdown) {
         Ok(()) => ExitCode::SUCCESS,
