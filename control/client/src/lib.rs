@@ -7,9 +7,9 @@
 //!  every 250 ms Status; every 2 s fsync + save state; complete ─▶ re-hash data ─▶ fsync ─▶ rename
 //! ```
 
+mod files;
 mod state;
 
-use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,8 @@ pub struct GetConfig {
     pub request_timeout: Duration,
     /// Give up (keeping the partial file) after this long without a new datagram.
     pub stall_timeout: Duration,
+    /// Replace an existing output (else refused before anything is requested).
+    pub force: bool,
 }
 
 impl GetConfig {
@@ -54,6 +56,7 @@ impl GetConfig {
             sync_timeout: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+            force: false,
         }
     }
 }
@@ -112,6 +115,17 @@ pub enum ClientError {
     Stalled { seconds: u64, held: u32, total: u32 },
     #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
     Interrupted { held: u32, total: u32 },
+    /// The output path is unusable (exists without --force, is a directory, a symlink ...).
+    #[error(transparent)]
+    Output(#[from] loopcast_archive::files::OutputError),
+    #[error("{output}: another download to this output is running (it holds the lock on {part})", output = .output.display(), part = .part.display())]
+    Locked { output: PathBuf, part: PathBuf },
+    #[error("disk full: {path} needs {needed} more bytes, {available} bytes free", path = .path.display())]
+    DiskFull {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
@@ -157,6 +171,8 @@ pub fn get(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<GetReport, ClientError> {
     let started = Instant::now();
+    // Before any traffic: the output is usable and no other download holds it.
+    let part = files::PartFile::prepare(config)?;
     let bind: SocketAddr = if config.server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -175,7 +191,7 @@ pub fn get(
         }
     }
     tracing::info!(file = %offer.info.name, root = %root.to_hex(), transport = %offer.transport, channel = %offer.channel, "offer accepted");
-    let mut download = Download::open(config, &offer.info, root)?;
+    let mut download = Download::open(config, &offer.info, root, part)?;
     let resumed_datagrams = download.receiver.have().count_ones();
 
     // R8: on multicast, confirm we see the channel, else ask for unicast.
@@ -440,8 +456,8 @@ struct BatchResult {
 struct Download {
     part_path: PathBuf,
     state_path: PathBuf,
-    output: PathBuf,
-    part: File,
+    /// `<out>.part`, locked for the whole download.
+    part: files::PartFile,
     root: RootHash,
     receiver: Receiver,
     archive_bytes: u64,
@@ -496,24 +512,23 @@ fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
 
 impl Download {
     /// Opens the partial archive, resuming from `.part.state` when it matches this root.
-    fn open(config: &GetConfig, info: &FileInfo, root: RootHash) -> Result<Download, ClientError> {
-        let part_path = with_suffix(&config.output, ".part");
+    /// The partial file's blocks are all allocated here, after the Offer and before receiving.
+    fn open(
+        config: &GetConfig,
+        info: &FileInfo,
+        root: RootHash,
+        mut part: files::PartFile,
+    ) -> Result<Download, ClientError> {
+        let part_path = part.path().to_owned();
         let state_path = with_suffix(&config.output, ".part.state");
         let archive_bytes = archive_len(info);
-        let part = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part_path)
-            .map_err(io_err(format!("open {}", part_path.display())))?;
-        let previous = std::fs::read(&state_path)
-            .ok()
+        let previous = files::read_state(&state_path, state::encoded_len_max(info.loop_len))
             .and_then(|bytes| state::decode(&bytes, &root, info.loop_len));
         let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
         let mut unproven = None;
         let receiver = match previous {
             Some(have) if part_len == archive_bytes => {
+                part.reserve(archive_bytes, false)?;
                 let size = usize::from(info.datagram_size);
                 let receiver = Receiver::resume(info.clone(), have, |serial| {
                     let mut bytes = vec![0u8; size];
@@ -530,9 +545,7 @@ impl Download {
                 receiver
             }
             _ => {
-                part.set_len(0).map_err(io_err("truncate partial file"))?;
-                part.set_len(archive_bytes)
-                    .map_err(io_err("size partial file"))?;
+                part.reserve(archive_bytes, true)?;
                 Receiver::new(info.clone())
             }
         };
@@ -541,7 +554,6 @@ impl Download {
         Ok(Download {
             part_path,
             state_path,
-            output: config.output.clone(),
             part,
             root,
             archive_bytes,
@@ -819,14 +831,7 @@ impl Download {
     /// R14: fsync, then rename into place; the state file goes last.
     fn publish(&mut self) -> Result<(), ClientError> {
         self.finish_background_save()?;
-        self.part.sync_all().map_err(io_err("fsync partial file"))?;
-        std::fs::rename(&self.part_path, &self.output)
-            .map_err(io_err(format!("rename into {}", self.output.display())))?;
-        if let Some(dir) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
+        self.part.publish()?;
         let _ = std::fs::remove_file(&self.state_path);
         Ok(())
     }
