@@ -4,6 +4,8 @@
 //! - multicast.rs: server and clients in network namespaces the test creates (root: `ip netns`
 //!   with a bridge; non-root: one unprivileged user+network namespace), removed even on failure.
 //! - resume.rs: a client killed mid-download resumes where it stopped (R14).
+//! - files.rs: safe files: two gets on one output, planted symlinks, existing outputs and
+//!   --force, extract failures leaving no plaintext, a full disk, and the exit codes.
 //! - hostile.rs: garbage on the request port, a damaged archive in the media database, bit rot
 //!   found by the server's background check.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
@@ -11,6 +13,7 @@
 
 mod bench;
 mod demo;
+mod files;
 mod hostile;
 mod multicast;
 mod repair;
