@@ -74,7 +74,10 @@ fn second_get_to_one_output_fails_at_once_and_the_first_completes() {
     let first = Proc::spawn("first get", &mut get_command(server.port, &output));
     let deadline = Instant::now() + Duration::from_secs(10);
     while !scratch.path("film.lca.part").exists() {
-        assert!(Instant::now() < deadline, "first get never created its .part");
+        assert!(
+            Instant::now() < deadline,
+            "first get never created its .part"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -122,8 +125,8 @@ fn symlinks_beside_the_output_are_never_followed() {
     for name in ["film.lca.part.state", "film.lca.part.state.tmp"] {
         std::os::unix::fs::symlink(&victim, scratch.path(name)).unwrap();
     }
-    let report = Proc::spawn("get", &mut get_command(server.port, &output))
-        .report(Duration::from_secs(60));
+    let report =
+        Proc::spawn("get", &mut get_command(server.port, &output)).report(Duration::from_secs(60));
     assert_eq!(report["verified"], true);
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious bytes");
     assert_verifies(&output, &media.join("film.bin.lca"));
@@ -283,7 +286,11 @@ fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
         std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
         std::fs::set_permissions(&out_dir, perms).unwrap();
         assert!(!failed.status.success());
-        assert!(stderr_of(&failed).contains("not writable"), "{}", stderr_of(&failed));
+        assert!(
+            stderr_of(&failed).contains("not writable"),
+            "{}",
+            stderr_of(&failed)
+        );
         assert!(names_in(&out_dir).is_empty());
         return skip(
             "extract failing at the rename",

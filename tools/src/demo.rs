@@ -166,7 +166,7 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
         Overwrite::Replace,
         &|_| {},
     )
-        .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     let key = options.master_key.as_ref().expect("set above");
     keys.put(&packed.info.file_id.to_string(), "sample.bin", key)
         .map_err(|e| e.to_string())?;

@@ -127,12 +127,10 @@ impl PartFile {
     pub(crate) fn reserve(&mut self, archive_bytes: u64, fresh: bool) -> Result<(), ClientError> {
         let context = |what: &str| format!("{what} {}", self.path.display());
         if fresh {
-            self.file
-                .set_len(0)
-                .map_err(|source| ClientError::Io {
-                    context: context("truncate"),
-                    source,
-                })?;
+            self.file.set_len(0).map_err(|source| ClientError::Io {
+                context: context("truncate"),
+                source,
+            })?;
         }
         let allocated = files::allocated_bytes(&self.file).unwrap_or(0);
         let needed = archive_bytes.saturating_sub(allocated);
@@ -272,7 +270,10 @@ mod tests {
         );
         first.reserve(4096, true).unwrap();
         drop(first);
-        assert!(dir.0.join("out.part").exists(), "a started download is kept");
+        assert!(
+            dir.0.join("out.part").exists(),
+            "a started download is kept"
+        );
         drop(PartFile::prepare(&config).unwrap());
     }
 

@@ -105,7 +105,10 @@ mod tests {
         save(&path, &root, &have).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
-        assert_eq!(decode(&std::fs::read(&path).unwrap(), &root, 10), Some(have));
+        assert_eq!(
+            decode(&std::fs::read(&path).unwrap(), &root, 10),
+            Some(have)
+        );
         let mut names: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

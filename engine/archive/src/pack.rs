@@ -542,7 +542,13 @@ mod spool_tests {
             spool.append(chunk).unwrap();
         }
         spool.finish().unwrap();
-        let path = spool.file.as_ref().expect("spilled to disk").0.path().to_owned();
+        let path = spool
+            .file
+            .as_ref()
+            .expect("spilled to disk")
+            .0
+            .path()
+            .to_owned();
         assert!(path.exists(), "spilled to disk");
         assert_eq!(spool.read(0, 1000).unwrap(), data);
         assert_eq!(spool.read(95, 180).unwrap(), &data[95..180]);

@@ -83,7 +83,12 @@ fn round_trip(dir: &TestDir, data: &[u8], opts: &PackOptions) -> ArchiveFile {
     archive.verify().unwrap();
     let output = dir.path("output");
     archive
-        .extract(opts.master_key.as_ref(), &output, Overwrite::Replace, &|_, _| {})
+        .extract(
+            opts.master_key.as_ref(),
+            &output,
+            Overwrite::Replace,
+            &|_, _| {},
+        )
         .unwrap();
     assert!(
         std::fs::read(&output).unwrap() == data,
@@ -175,7 +180,9 @@ fn wrong_key_is_a_clear_error_and_leaves_no_output() {
         "{error}"
     );
     assert!(!output.exists());
-    let error = archive.extract(None, &output, Overwrite::Refuse, &|_, _| {}).unwrap_err();
+    let error = archive
+        .extract(None, &output, Overwrite::Refuse, &|_, _| {})
+        .unwrap_err();
     assert!(matches!(error, ArchiveError::KeyRequired(_)), "{error}");
     assert_eq!(dir.names(), ["a.lca", "input"], "no plaintext left behind");
 }

@@ -306,7 +306,8 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         watermark: None,
     };
     loopcast_tools::phase(format_args!("packing a {} byte archive", args.size));
-    pack(&input, &archive_path, &options, Overwrite::Replace, &|_| {}).map_err(|e| e.to_string())?;
+    pack(&input, &archive_path, &options, Overwrite::Replace, &|_| {})
+        .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&input);
     let archive = ArchiveFile::open(&archive_path).map_err(|e| e.to_string())?;
     let map = MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?;
@@ -944,7 +945,8 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
         };
         let output = dir.join("pack.lca");
         let cpu_before = cpu_time();
-        let summary = pack(&input, &output, &options, Overwrite::Replace, &|_| {}).map_err(|e| e.to_string())?;
+        let summary = pack(&input, &output, &options, Overwrite::Replace, &|_| {})
+            .map_err(|e| e.to_string())?;
         let cpu = (cpu_time() - cpu_before).as_secs_f64();
         let mb_s = size as f64 / 1e6 / summary.elapsed.as_secs_f64();
         let _ = std::fs::remove_file(&output);

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use loopcast_archive::files::{self, OutputError};
-use loopcast_archive::{pack, ArchiveError, ArchiveFile, MasterKey, Overwrite, PackOptions, PackPhase};
+use loopcast_archive::{
+    pack, ArchiveError, ArchiveFile, MasterKey, Overwrite, PackOptions, PackPhase,
+};
 use loopcast_client::ClientError;
 use loopcast_proto::info::{
     hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
@@ -157,12 +159,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pack a file into an archive (zstd, AES-256-GCM, optional watermark) and store its key.
+    #[command(after_help = EXIT_CODES_HELP)]
     Pack(PackArgs),
     /// Show an archive's header, watermark, sizes, hashes and frames.
     Inspect(InspectArgs),
     /// Download a file from a loopcastd server; resumes a partial download.
+    #[command(after_help = EXIT_CODES_HELP)]
     Get(GetArgs),
     /// Decrypt and decompress an archive to the original file, checking its hash.
+    #[command(after_help = EXIT_CODES_HELP)]
     Extract(ExtractArgs),
     /// Run a self-contained demo: a server and several clients on a private network.
     Demo(loopcast_tools::demo::DemoArgs),
@@ -375,10 +380,9 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
     if let (Some(store), Some(key)) = (&store, &options.master_key) {
         if let Err(error) = store.put(&summary.info.file_id.to_string(), &name, key) {
             let _ = std::fs::remove_file(&output);
-            return Err(format!(
-                "{error}; archive removed, since its key could not be stored"
-            )
-            .into());
+            return Err(
+                format!("{error}; archive removed, since its key could not be stored").into(),
+            );
         }
     }
     let info = &summary.info;
@@ -436,16 +440,14 @@ fn run_inspect(args: InspectArgs) -> Result<(), Failure> {
     let mut frames = Vec::new();
     let mut frames_compressed = 0u64;
     let mut stored_total = 0u64;
-    archive
-        .for_each_frame(|header, stored| {
-            frames_compressed += u64::from(header.is_compressed());
-            stored_total += stored.len() as u64;
-            if frames.len() < args.frames {
-                frames.push(header);
-            }
-            Ok(())
-        })
-?;
+    archive.for_each_frame(|header, stored| {
+        frames_compressed += u64::from(header.is_compressed());
+        stored_total += stored.len() as u64;
+        if frames.len() < args.frames {
+            frames.push(header);
+        }
+        Ok(())
+    })?;
     let verified = if args.verify {
         Some(archive.verify().map(|()| true)?)
     } else {
@@ -591,6 +593,14 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     let report = loopcast_client::get(&config, &cancel, &mut |p| {
         bar.set_length(p.archive_bytes);
         bar.set_position(p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)));
+    })
+    .map_err(|error| {
+        let mut failure = Failure::from(error);
+        if cancel.load(Ordering::Relaxed) {
+            // Interrupted while asking, too (that ends as "no answer").
+            failure.code = exit_code::INTERRUPTED;
+        }
+        failure
     })?;
     bar.finish_and_clear();
     let mut extracted = None;
@@ -687,7 +697,12 @@ fn extract_to(
 
 fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    let bytes = extract_to(&args.archive, &args.output, args.keys.as_deref(), args.force)?;
+    let bytes = extract_to(
+        &args.archive,
+        &args.output,
+        args.keys.as_deref(),
+        args.force,
+    )?;
     println!(
         "extracted {} -> {} ({bytes} bytes, hash verified) in {:.2} s",
         args.archive.display(),
