@@ -205,7 +205,9 @@ pub fn is_disk_full(error: &io::Error) -> bool {
 /// Bytes an unprivileged writer may still allocate on the file system holding `file`.
 pub fn available_bytes(file: &File) -> io::Result<u64> {
     let stats = nix::sys::statvfs::fstatvfs(file)?;
-    Ok(stats.blocks_available().saturating_mul(stats.fragment_size()))
+    Ok(stats
+        .blocks_available()
+        .saturating_mul(stats.fragment_size()))
 }
 
 /// Bytes already allocated to `file` on disk (a sparse file has fewer than its length).
