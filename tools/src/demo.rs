@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::time::{Duration, Instant};
 
-use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions};
+use loopcast_archive::{pack, ArchiveFile, MasterKey, Overwrite, PackOptions};
 use loopcast_node::{MulticastConfig, ServerConfig};
 use loopcast_proto::info::{hex, Watermark, DATAGRAM_SIZE_MTU_1500};
 use loopcast_store::KeyStore;
@@ -159,8 +159,14 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
             notice: "(c) 2026 loopcast demo content".into(),
         }),
     };
-    let packed = pack(&sample, &media.join("sample.bin.lca"), &options, &|_| {})
-        .map_err(|e| e.to_string())?;
+    let packed = pack(
+        &sample,
+        &media.join("sample.bin.lca"),
+        &options,
+        Overwrite::Replace,
+        &|_| {},
+    )
+    .map_err(|e| e.to_string())?;
     let key = options.master_key.as_ref().expect("set above");
     keys.put(&packed.info.file_id.to_string(), "sample.bin", key)
         .map_err(|e| e.to_string())?;
@@ -418,7 +424,7 @@ fn run_client(
             .map_err(|e| e.to_string())?;
         let original = dir.join("sample.bin");
         archive
-            .extract(Some(&key), &original, &|_, _| {})
+            .extract(Some(&key), &original, Overwrite::Replace, &|_, _| {})
             .map_err(|e| e.to_string())?;
         if hash_file(&original).map_err(|e| e.to_string())? != original_hash {
             return Err("extracted file differs from the original".into());

@@ -7,9 +7,9 @@
 //!  every 250 ms Status; every 2 s fsync + save state; complete ─▶ re-hash data ─▶ fsync ─▶ rename
 //! ```
 
+mod files;
 mod state;
 
-use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,8 @@ pub struct GetConfig {
     pub request_timeout: Duration,
     /// Give up (keeping the partial file) after this long without a new datagram.
     pub stall_timeout: Duration,
+    /// Replace an existing output (else refused before anything is requested).
+    pub force: bool,
 }
 
 impl GetConfig {
@@ -55,6 +57,7 @@ impl GetConfig {
             sync_timeout: Duration::from_millis(1500),
             request_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
+            force: false,
         }
     }
 }
@@ -117,8 +120,19 @@ pub enum ClientError {
     Stalled { seconds: u64, held: u32, total: u32 },
     #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
     Interrupted { held: u32, total: u32 },
-    #[error("{path} failed verification against the root and could not be repaired: {detail}; not published")]
+    #[error("{path} failed verification against the root and could not be repaired: {detail}; not published", path = .path.display())]
     VerificationFailed { path: PathBuf, detail: String },
+    /// The output path is unusable (exists without --force, is a directory, a symlink ...).
+    #[error(transparent)]
+    Output(#[from] loopcast_archive::files::OutputError),
+    #[error("{output}: another download to this output is running (it holds the lock on {part})", output = .output.display(), part = .part.display())]
+    Locked { output: PathBuf, part: PathBuf },
+    #[error("disk full: {path} needs {needed} more bytes, {available} bytes free", path = .path.display())]
+    DiskFull {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
@@ -179,6 +193,8 @@ pub fn get(
 ) -> Result<GetReport, ClientError> {
     let started = Instant::now();
     let clock = loopcast_proto::time::MonotonicClock::new();
+    // Before any traffic: the output is usable and no other download holds it.
+    let mut part = Some(files::PartFile::prepare(config)?);
     let bind: SocketAddr = if config.server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -255,7 +271,8 @@ pub fn get(
                     root_seen = Some(root);
                     tracing::info!(file = %info.name, root = %root.to_hex(), transport = %offered, %channel, "offer accepted");
                     if download.is_none() {
-                        let opened = Download::open(config, &info, root)?;
+                        let part = part.take().expect("opened once");
+                        let opened = Download::open(config, &info, root, part)?;
                         resumed_datagrams = opened.receiver.have().count_ones();
                         download = Some(opened);
                     }
@@ -495,8 +512,8 @@ struct BatchResult {
 struct Download {
     part_path: PathBuf,
     state_path: PathBuf,
-    output: PathBuf,
-    part: File,
+    /// `<out>.part`, locked for the whole download.
+    part: files::PartFile,
     root: RootHash,
     receiver: Receiver,
     archive_bytes: u64,
@@ -553,23 +570,22 @@ fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
 
 impl Download {
     /// Opens the partial archive, resuming from `.part.state` when it matches this root.
-    fn open(config: &GetConfig, info: &FileInfo, root: RootHash) -> Result<Download, ClientError> {
-        let part_path = with_suffix(&config.output, ".part");
+    /// The partial file's blocks are all allocated here, after the Offer and before receiving.
+    fn open(
+        config: &GetConfig,
+        info: &FileInfo,
+        root: RootHash,
+        mut part: files::PartFile,
+    ) -> Result<Download, ClientError> {
+        let part_path = part.path().to_owned();
         let state_path = with_suffix(&config.output, ".part.state");
         let archive_bytes = archive_len(info);
-        let part = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part_path)
-            .map_err(io_err(format!("open {}", part_path.display())))?;
-        let previous = std::fs::read(&state_path)
-            .ok()
+        let previous = files::read_state(&state_path, state::encoded_len_max(info.loop_len))
             .and_then(|bytes| state::decode(&bytes, &root, info.loop_len));
         let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
         let receiver = match previous {
             Some(have) if part_len == archive_bytes => {
+                part.reserve(archive_bytes, false)?;
                 let size = usize::from(info.datagram_size);
                 let receiver = Receiver::resume(info.clone(), have, |serial| {
                     let mut bytes = vec![0u8; size];
@@ -585,9 +601,7 @@ impl Download {
                 receiver
             }
             _ => {
-                part.set_len(0).map_err(io_err("truncate partial file"))?;
-                part.set_len(archive_bytes)
-                    .map_err(io_err("size partial file"))?;
+                part.reserve(archive_bytes, true)?;
                 Receiver::new(info.clone())
             }
         };
@@ -602,7 +616,6 @@ impl Download {
         Ok(Download {
             part_path,
             state_path,
-            output: config.output.clone(),
             part,
             root,
             archive_bytes,
@@ -919,14 +932,7 @@ impl Download {
     /// R14: fsync, then rename into place; the state file goes last.
     fn publish(&mut self) -> Result<(), ClientError> {
         self.finish_background_save()?;
-        self.part.sync_all().map_err(io_err("fsync partial file"))?;
-        std::fs::rename(&self.part_path, &self.output)
-            .map_err(io_err(format!("rename into {}", self.output.display())))?;
-        if let Some(dir) = self.output.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if let Ok(dir) = File::open(dir) {
-                let _ = dir.sync_all();
-            }
-        }
+        self.part.publish()?;
         let _ = std::fs::remove_file(&self.state_path);
         Ok(())
     }

@@ -2,11 +2,13 @@
 //!
 //! `<output>.part.state`: `"LCST" version:u16 root:[32] loop_len:u32 word_count:u32
 //! words:[u64 BE; word_count] checksum:[32]` where checksum = BLAKE3 of everything before it.
-//! Written to a temporary name and renamed, after the partial archive is fsynced, so the state
-//! never claims bytes that are not on disk.
+//! Written to an exclusive temporary (unique name, `O_EXCL | O_NOFOLLOW`), fsynced and renamed,
+//! after the partial archive is fsynced, so the state never claims bytes that are not on disk
+//! and no symlink planted beside it is ever followed.
 
 use std::path::Path;
 
+use loopcast_archive::files::{Overwrite, TempFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::info::RootHash;
 
@@ -55,11 +57,16 @@ pub fn decode(bytes: &[u8], root: &RootHash, loop_len: u32) -> Option<Bitmap> {
     Bitmap::from_words(len, words)
 }
 
+/// The longest state file a loop of `loop_len` datagrams can have (a longer one is refused
+/// unread).
+pub fn encoded_len_max(loop_len: u32) -> u64 {
+    46 + u64::from(loop_len).div_ceil(64) * 8 + 32
+}
+
 pub fn save(path: &Path, root: &RootHash, have: &Bitmap) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, encode(root, have))?;
-    std::fs::rename(&tmp, path)
+    let tmp = TempFile::create_beside(path)?;
+    std::io::Write::write_all(&mut tmp.file(), &encode(root, have))?;
+    tmp.commit(path, Overwrite::Replace)
 }
 
 #[cfg(test)]
@@ -73,6 +80,7 @@ mod tests {
         have.set(0);
         have.set(129);
         let bytes = encode(&root, &have);
+        assert_eq!(bytes.len() as u64, encoded_len_max(130));
         assert_eq!(decode(&bytes, &root, 130), Some(have));
         for i in 0..bytes.len() {
             let mut damaged = bytes.clone();
@@ -81,5 +89,32 @@ mod tests {
         }
         assert_eq!(decode(&bytes, &RootHash([5; 32]), 130), None);
         assert_eq!(decode(&bytes[..10], &root, 130), None);
+    }
+
+    #[test]
+    fn save_replaces_a_symlink_and_never_writes_through_one() {
+        let dir = std::env::temp_dir().join(format!("loopcast-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.join("out.part.state");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("out.part.state.tmp")).unwrap();
+        let root = RootHash([4; 32]);
+        let have = Bitmap::new(10);
+        save(&path, &root, &have).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(std::fs::symlink_metadata(&path).unwrap().is_file());
+        assert_eq!(
+            decode(&std::fs::read(&path).unwrap(), &root, 10),
+            Some(have)
+        );
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["out.part.state", "out.part.state.tmp", "victim"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

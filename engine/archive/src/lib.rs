@@ -9,7 +9,10 @@
 //! - [`pack`]: original → archive, parallel, with progress.
 //! - [`reader::ArchiveFile`]: open, verify, walk frames, extract.
 //! - [`seal`]: per-frame key derivation and AES-GCM.
+//! - [`files`]: safe outputs: no symlinks followed, exclusive temporaries removed on failure,
+//!   no existing output replaced unless asked.
 
+pub mod files;
 pub mod format;
 pub mod frame;
 pub mod pack;
@@ -18,6 +21,7 @@ pub mod seal;
 
 use std::path::{Path, PathBuf};
 
+pub use files::Overwrite;
 pub use pack::{pack, PackOptions, PackPhase, PackProgress, PackSummary};
 pub use reader::{ArchiveFile, ExtractSummary};
 pub use seal::MasterKey;
@@ -50,6 +54,8 @@ pub enum ArchiveError {
     InvalidOption(String),
     #[error("compression failed: {0}")]
     Compression(String),
+    #[error(transparent)]
+    Output(#[from] files::OutputError),
     #[error("no OS randomness: {0}")]
     Random(String),
 }

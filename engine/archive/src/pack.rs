@@ -4,9 +4,10 @@
 //! seal it, append the frame to a temporary frame stream. Pass 2 (parallel over level-1
 //! groups): cut the stream into data datagrams, hash them, build their level-1 hash block and
 //! write the group (block + data, contiguous in the loop) with one `pwrite`. Higher levels are
-//! small and built last. The archive is written under a temporary name, fsynced, then renamed.
+//! small and built last. The archive is written under an exclusive temporary name, fsynced, then
+//! renamed (crate::files).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use loopcast_proto::layout::TreeShape;
 use loopcast_proto::wire::datagram::FileId;
 use rayon::prelude::*;
 
+use crate::files::{self, with_suffix, OutputError, Overwrite, TempFile};
 use crate::format::{datagram_offset, superblock, DATAGRAMS_OFFSET};
 use crate::frame::GCM_TAG_LEN;
 use crate::frame::{
@@ -67,23 +69,6 @@ pub struct PackSummary {
     pub elapsed: Duration,
 }
 
-/// Deletes a temporary file unless disarmed.
-struct TempFile(Option<PathBuf>);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
 impl PackOptions {
     fn check(&self) -> Result<(), ArchiveError> {
         let bad = |what: String| Err(ArchiveError::InvalidOption(what));
@@ -120,16 +105,17 @@ const SPOOL_MEMORY_BYTES_MAX: usize = 2 << 30;
 /// The frame stream between the passes: in memory while it fits the budget (no disk traffic
 /// for the common case), else in a temporary file beside the output.
 struct FrameSpool {
-    path: PathBuf,
+    /// The spill file is an exclusive temporary named after this path (removed with the spool).
+    beside: PathBuf,
     memory: Vec<u8>,
     memory_max: usize,
-    file: Option<(File, std::io::BufWriter<File>)>,
+    file: Option<(TempFile, std::io::BufWriter<File>)>,
 }
 
 impl FrameSpool {
-    fn new(path: PathBuf, memory_max: usize) -> FrameSpool {
+    fn new(beside: PathBuf, memory_max: usize) -> FrameSpool {
         FrameSpool {
-            path,
+            beside,
             memory: Vec::new(),
             memory_max,
             file: None,
@@ -142,29 +128,25 @@ impl FrameSpool {
             return Ok(());
         }
         if self.file.is_none() {
-            let file = OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&self.path)
-                .map_err(|e| io_error("create", &self.path, e))?;
+            let file = TempFile::create_beside(&self.beside)
+                .map_err(|e| io_error("create a temporary beside", &self.beside, e))?;
             let writer = file
+                .file()
                 .try_clone()
-                .map_err(|e| io_error("open", &self.path, e))?;
+                .map_err(|e| io_error("open", file.path(), e))?;
             let mut writer = std::io::BufWriter::with_capacity(4 << 20, writer);
             std::io::Write::write_all(&mut writer, &self.memory)
-                .map_err(|e| io_error("write", &self.path, e))?;
+                .map_err(|e| io_error("write", file.path(), e))?;
             self.memory = Vec::new();
             self.file = Some((file, writer));
         }
-        let (_, writer) = self.file.as_mut().expect("created above");
-        std::io::Write::write_all(writer, bytes).map_err(|e| io_error("write", &self.path, e))
+        let (file, writer) = self.file.as_mut().expect("created above");
+        std::io::Write::write_all(writer, bytes).map_err(|e| io_error("write", file.path(), e))
     }
 
     fn finish(&mut self) -> Result<(), ArchiveError> {
-        if let Some((_, writer)) = &mut self.file {
-            std::io::Write::flush(writer).map_err(|e| io_error("write", &self.path, e))?;
+        if let Some((file, writer)) = &mut self.file {
+            std::io::Write::flush(writer).map_err(|e| io_error("write", file.path(), e))?;
         }
         Ok(())
     }
@@ -174,8 +156,9 @@ impl FrameSpool {
             None => Ok(self.memory[start as usize..end as usize].to_vec()),
             Some((file, _)) => {
                 let mut chunk = vec![0u8; (end - start) as usize];
-                file.read_exact_at(&mut chunk, start)
-                    .map_err(|e| io_error("read", &self.path, e))?;
+                file.file()
+                    .read_exact_at(&mut chunk, start)
+                    .map_err(|e| io_error("read", file.path(), e))?;
                 Ok(chunk)
             }
         }
@@ -194,14 +177,19 @@ struct PackedFrame {
     compressed: bool,
 }
 
+/// Packs `input` into the archive `output`, written under an exclusive temporary name beside it
+/// and renamed into place at the end (removed on any failure). An existing `output` is refused,
+/// before any work and again at the rename, unless `overwrite` allows it.
 pub fn pack(
     input: &Path,
     output: &Path,
     options: &PackOptions,
+    overwrite: Overwrite,
     progress: &(dyn Fn(PackProgress) + Sync),
 ) -> Result<PackSummary, ArchiveError> {
     let started = Instant::now();
     options.check()?;
+    files::check_output(output, overwrite)?;
     let source = File::open(input).map_err(|e| io_error("open input", input, e))?;
     let original_size = source
         .metadata()
@@ -218,9 +206,7 @@ pub fn pack(
         .map(|mark| watermark_digest(&mark.owner, &mark.notice));
 
     // Pass 1: frames, spooled in memory up to a budget, then in a temporary file.
-    let stream_path = with_suffix(output, ".frames.tmp");
-    let _stream_guard = TempFile(Some(stream_path.clone()));
-    let mut spool = FrameSpool::new(stream_path.clone(), SPOOL_MEMORY_BYTES_MAX);
+    let mut spool = FrameSpool::new(with_suffix(output, ".frames"), SPOOL_MEMORY_BYTES_MAX);
     // The original's hash, over all cores straight from the page cache.
     let mut original_hasher = blake3::Hasher::new();
     if original_size > 0 {
@@ -274,15 +260,10 @@ pub fn pack(
         .map_err(|_| ArchiveError::InvalidOption("file too large for this datagram size".into()))?;
     let shape = TreeShape::new(data_count, hash_fanout(options.datagram_size))
         .map_err(|e| ArchiveError::InvalidOption(format!("cannot lay out archive: {e:?}")))?;
-    let archive_tmp = with_suffix(output, ".tmp");
-    let archive_guard = TempFile(Some(archive_tmp.clone()));
-    let archive = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&archive_tmp)
-        .map_err(|e| io_error("create", &archive_tmp, e))?;
+    let archive_guard = TempFile::create_beside(output)
+        .map_err(|e| io_error("create a temporary beside", output, e))?;
+    let archive_tmp = archive_guard.path().to_owned();
+    let archive = archive_guard.file();
     let size = usize::from(options.datagram_size);
     let archive_bytes = DATAGRAMS_OFFSET + u64::from(shape.loop_len()) * size as u64;
     archive
@@ -429,17 +410,19 @@ pub fn pack(
         .write_all_at(&superblock(&info), 0)
         .map_err(|e| io_error("write", &archive_tmp, e))?;
     let datagrams_done = started.elapsed();
-    archive
-        .sync_all()
-        .map_err(|e| io_error("fsync", &archive_tmp, e))?;
     tracing::debug!(
         frames_s = frames_done.as_secs_f64(),
         datagrams_s = (datagrams_done - frames_done).as_secs_f64(),
-        fsync_s = (started.elapsed() - datagrams_done).as_secs_f64(),
         "pack phases"
     );
-    std::fs::rename(&archive_tmp, output).map_err(|e| io_error("rename into", output, e))?;
-    std::mem::forget(archive_guard);
+    // Drop the spill file before the rename, so nothing but the archive is left.
+    drop(spool);
+    archive_guard
+        .commit(output, overwrite)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => OutputError::Exists(output.to_owned()).into(),
+            _ => io_error("fsync and rename into", output, e),
+        })?;
     debug_assert_eq!(datagram_offset(&info, 0), DATAGRAMS_OFFSET);
     Ok(PackSummary {
         info,
@@ -553,20 +536,28 @@ mod spool_tests {
     fn spool_spills_to_a_file_past_its_budget_and_reads_back_the_same_bytes() {
         let dir = std::env::temp_dir().join(format!("loopcast-spool-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("frames.tmp");
-        let mut spool = FrameSpool::new(path.clone(), 100);
+        let mut spool = FrameSpool::new(dir.join("frames"), 100);
         let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
         for chunk in data.chunks(37) {
             spool.append(chunk).unwrap();
         }
         spool.finish().unwrap();
-        assert!(spool.file.is_some() && path.exists(), "spilled to disk");
+        let path = spool
+            .file
+            .as_ref()
+            .expect("spilled to disk")
+            .0
+            .path()
+            .to_owned();
+        assert!(path.exists(), "spilled to disk");
         assert_eq!(spool.read(0, 1000).unwrap(), data);
         assert_eq!(spool.read(95, 180).unwrap(), &data[95..180]);
         let mut small = FrameSpool::new(dir.join("unused.tmp"), 1 << 20);
         small.append(&data).unwrap();
         assert!(small.file.is_none(), "stays in memory under budget");
         assert_eq!(small.read(10, 20).unwrap(), &data[10..20]);
+        drop(spool);
+        assert!(!path.exists(), "the spill file goes with the spool");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,7 @@ use loopcast_proto::layout::{TreeShape, HASH_LEN};
 use loopcast_proto::wire::datagram::{DatagramHeader, DATAGRAM_HEADER_LEN};
 use rayon::prelude::*;
 
+use crate::files::{self, OutputError, Overwrite, TempFile};
 use crate::format::{
     archive_len, datagram_offset, parse_superblock, SuperblockError, DATAGRAMS_OFFSET,
 };
@@ -232,40 +233,38 @@ impl ArchiveFile {
         }
     }
 
-    /// Decrypts and decompresses to `output` (written under a temporary name, fsynced, renamed)
-    /// and checks the original's size and hash. Frames are decoded in parallel waves.
+    /// Decrypts and decompresses to `output` and checks the original's size and hash. Frames
+    /// are decoded in parallel waves into an exclusive temporary beside `output`, which is
+    /// fsynced and renamed into place only once the hash matches; on any failure (a wrong key,
+    /// a bad hash, a full disk, the rename) it is removed, so no plaintext is left behind. An
+    /// existing `output` is refused unless `overwrite` allows it.
     pub fn extract(
         &self,
         key: Option<&MasterKey>,
         output: &Path,
+        overwrite: Overwrite,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<ExtractSummary, ArchiveError> {
         let started = Instant::now();
         if self.info.encrypted && key.is_none() {
             return Err(ArchiveError::KeyRequired(self.info.file_id.to_string()));
         }
-        let tmp = {
-            let mut name = output.as_os_str().to_owned();
-            name.push(".tmp");
-            PathBuf::from(name)
-        };
-        let out = File::create(&tmp).map_err(|e| io_error("create", &tmp, e))?;
-        let result = self.extract_into(key, &out, &tmp, progress);
-        match result {
-            Ok(bytes) => {
-                out.sync_all().map_err(|e| io_error("fsync", &tmp, e))?;
-                std::fs::rename(&tmp, output).map_err(|e| io_error("rename into", output, e))?;
-                Ok(ExtractSummary {
-                    bytes,
-                    frames: self.info.frame_count,
-                    elapsed: started.elapsed(),
-                })
+        files::check_output(output, overwrite)?;
+        let tmp = TempFile::create_beside(output)
+            .map_err(|e| io_error("create a temporary beside", output, e))?;
+        let bytes = self.extract_into(key, tmp.file(), tmp.path(), progress)?;
+        tmp.commit(output, overwrite).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                ArchiveError::Output(OutputError::Exists(output.to_owned()))
+            } else {
+                io_error("rename into", output, e)
             }
-            Err(error) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(error)
-            }
-        }
+        })?;
+        Ok(ExtractSummary {
+            bytes,
+            frames: self.info.frame_count,
+            elapsed: started.elapsed(),
+        })
     }
 
     fn extract_into(

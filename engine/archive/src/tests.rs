@@ -5,8 +5,9 @@ use loopcast_proto::info::{
 };
 use proptest::prelude::*;
 
+use crate::files::OutputError;
 use crate::frame::FRAME_HEADER_LEN;
-use crate::{pack, ArchiveError, ArchiveFile, MasterKey, PackOptions};
+use crate::{pack, ArchiveError, ArchiveFile, MasterKey, Overwrite, PackOptions};
 
 pub(crate) struct TestDir(PathBuf);
 
@@ -23,6 +24,15 @@ impl TestDir {
     }
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+    /// The names in the directory, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 }
 
@@ -67,13 +77,18 @@ fn round_trip(dir: &TestDir, data: &[u8], opts: &PackOptions) -> ArchiveFile {
     let input = dir.path("input");
     std::fs::write(&input, data).unwrap();
     let archive_path = dir.path("archive.lca");
-    let summary = pack(&input, &archive_path, opts, &|_| {}).unwrap();
+    let summary = pack(&input, &archive_path, opts, Overwrite::Replace, &|_| {}).unwrap();
     assert_eq!(summary.info.original_size, data.len() as u64);
     let archive = ArchiveFile::open(&archive_path).unwrap();
     archive.verify().unwrap();
     let output = dir.path("output");
     archive
-        .extract(opts.master_key.as_ref(), &output, &|_, _| {})
+        .extract(
+            opts.master_key.as_ref(),
+            &output,
+            Overwrite::Replace,
+            &|_, _| {},
+        )
         .unwrap();
     assert!(
         std::fs::read(&output).unwrap() == data,
@@ -150,6 +165,7 @@ fn wrong_key_is_a_clear_error_and_leaves_no_output() {
         &input,
         &archive_path,
         &options(true, DATAGRAM_SIZE_MTU_1500, 65536),
+        Overwrite::Refuse,
         &|_| {},
     )
     .unwrap();
@@ -157,15 +173,89 @@ fn wrong_key_is_a_clear_error_and_leaves_no_output() {
     let output = dir.path("out");
     let wrong = MasterKey::from_bytes([1; 32]);
     let error = archive
-        .extract(Some(&wrong), &output, &|_, _| {})
+        .extract(Some(&wrong), &output, Overwrite::Refuse, &|_, _| {})
         .unwrap_err();
     assert!(
         matches!(error, ArchiveError::DecryptFailed { frame: 0 }),
         "{error}"
     );
     assert!(!output.exists());
-    let error = archive.extract(None, &output, &|_, _| {}).unwrap_err();
+    let error = archive
+        .extract(None, &output, Overwrite::Refuse, &|_, _| {})
+        .unwrap_err();
     assert!(matches!(error, ArchiveError::KeyRequired(_)), "{error}");
+    assert_eq!(dir.names(), ["a.lca", "input"], "no plaintext left behind");
+}
+
+#[test]
+fn pack_and_extract_refuse_existing_outputs_unless_replacing() {
+    let dir = TestDir::new("existing");
+    let input = dir.path("input");
+    let data = sample_bytes(150_000, 3);
+    std::fs::write(&input, &data).unwrap();
+    let archive_path = dir.path("a.lca");
+    std::fs::write(&archive_path, b"keep me").unwrap();
+    let opts = options(true, DATAGRAM_SIZE_MTU_1500, 65536);
+    let error = pack(&input, &archive_path, &opts, Overwrite::Refuse, &|_| {}).unwrap_err();
+    assert!(
+        matches!(&error, ArchiveError::Output(OutputError::Exists(_))),
+        "{error}"
+    );
+    assert!(error.to_string().contains("already exists"), "{error}");
+    assert_eq!(std::fs::read(&archive_path).unwrap(), b"keep me");
+    pack(&input, &archive_path, &opts, Overwrite::Replace, &|_| {}).unwrap();
+    let archive = ArchiveFile::open(&archive_path).unwrap();
+    let output = dir.path("out");
+    std::fs::write(&output, b"mine").unwrap();
+    let key = opts.master_key.as_ref();
+    let error = archive
+        .extract(key, &output, Overwrite::Refuse, &|_, _| {})
+        .unwrap_err();
+    assert!(
+        matches!(&error, ArchiveError::Output(OutputError::Exists(_))),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"mine");
+    archive
+        .extract(key, &output, Overwrite::Replace, &|_, _| {})
+        .unwrap();
+    assert!(std::fs::read(&output).unwrap() == data);
+    assert_eq!(dir.names(), ["a.lca", "input", "out"]);
+}
+
+/// An extract that fails at its very end (the rename) leaves no plaintext: here the output
+/// appears (or becomes a directory) while the extract runs.
+#[test]
+fn extract_failing_at_the_rename_leaves_no_plaintext() {
+    let dir = TestDir::new("rename");
+    let input = dir.path("input");
+    std::fs::write(&input, sample_bytes(150_000, 4)).unwrap();
+    let archive_path = dir.path("a.lca");
+    let opts = options(true, DATAGRAM_SIZE_MTU_1500, 65536);
+    pack(&input, &archive_path, &opts, Overwrite::Refuse, &|_| {}).unwrap();
+    let archive = ArchiveFile::open(&archive_path).unwrap();
+    let output = dir.path("out");
+    let key = opts.master_key.as_ref();
+    let error = archive
+        .extract(key, &output, Overwrite::Refuse, &|_, _| {
+            let _ = std::fs::write(&output, b"raced");
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&error, ArchiveError::Output(OutputError::Exists(_))),
+        "{error}"
+    );
+    assert_eq!(std::fs::read(&output).unwrap(), b"raced");
+    assert_eq!(dir.names(), ["a.lca", "input", "out"]);
+    std::fs::remove_file(&output).unwrap();
+    let error = archive
+        .extract(key, &output, Overwrite::Replace, &|_, _| {
+            let _ = std::fs::create_dir_all(output.join("inside"));
+        })
+        .unwrap_err();
+    assert!(error.to_string().contains("rename into"), "{error}");
+    assert_eq!(dir.names(), ["a.lca", "input", "out"]);
+    assert!(output.is_dir());
 }
 
 #[test]
@@ -178,6 +268,7 @@ fn truncated_and_foreign_files_are_rejected() {
         &input,
         &archive_path,
         &options(false, DATAGRAM_SIZE_MTU_1500, 65536),
+        Overwrite::Refuse,
         &|_| {},
     )
     .unwrap();
@@ -218,7 +309,7 @@ proptest! {
         std::fs::write(&input, sample_bytes(len, bit)).unwrap();
         let archive_path = dir.path("a.lca");
         let opts = options(encrypt, 512, 65536);
-        pack(&input, &archive_path, &opts, &|_| {}).unwrap();
+        pack(&input, &archive_path, &opts, Overwrite::Refuse, &|_| {}).unwrap();
         let mut bytes = std::fs::read(&archive_path).unwrap();
         let bit = (bit % (bytes.len() as u64 * 8)) as usize;
         bytes[bit / 8] ^= 1 << (bit % 8);
@@ -226,7 +317,7 @@ proptest! {
         let detected = match ArchiveFile::open(&archive_path) {
             Err(_) => true,
             Ok(archive) => archive.verify().is_err()
-                || archive.extract(opts.master_key.as_ref(), &dir.path("out"), &|_, _| {}).is_err(),
+                || archive.extract(opts.master_key.as_ref(), &dir.path("out"), Overwrite::Refuse, &|_, _| {}).is_err(),
         };
         prop_assert!(detected, "flipped bit {} went unnoticed", bit);
     }

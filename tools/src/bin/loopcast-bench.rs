@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes256Gcm, KeyInit};
 use clap::{Parser, Subcommand};
-use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions};
+use loopcast_archive::{pack, ArchiveFile, MasterKey, Overwrite, PackOptions};
 use loopcast_dataplane::ceiling::blast;
 use loopcast_dataplane::mapped::MappedArchive;
 use loopcast_dataplane::send::{probe_send_path, DataSender, SendPath, MESSAGES_MAX};
@@ -306,7 +306,8 @@ fn run_send(args: &SendArgs) -> Result<(), String> {
         watermark: None,
     };
     loopcast_tools::phase(format_args!("packing a {} byte archive", args.size));
-    pack(&input, &archive_path, &options, &|_| {}).map_err(|e| e.to_string())?;
+    pack(&input, &archive_path, &options, Overwrite::Replace, &|_| {})
+        .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(&input);
     let archive = ArchiveFile::open(&archive_path).map_err(|e| e.to_string())?;
     let map = MappedArchive::map(archive.file(), archive.path()).map_err(|e| e.to_string())?;
@@ -609,7 +610,7 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
         watermark: None,
     };
     let first = dir.join("file-0.lca");
-    pack(&input, &first, &options, &|_| {}).map_err(|e| e.to_string())?;
+    pack(&input, &first, &options, Overwrite::Replace, &|_| {}).map_err(|e| e.to_string())?;
     let mut archives = Vec::new();
     for index in 0..files {
         let path = dir.join(format!("file-{index}.lca"));
@@ -943,7 +944,8 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
         };
         let output = dir.join("pack.lca");
         let cpu_before = cpu_time();
-        let summary = pack(&input, &output, &options, &|_| {}).map_err(|e| e.to_string())?;
+        let summary = pack(&input, &output, &options, Overwrite::Replace, &|_| {})
+            .map_err(|e| e.to_string())?;
         let cpu = (cpu_time() - cpu_before).as_secs_f64();
         let mb_s = size as f64 / 1e6 / summary.elapsed.as_secs_f64();
         let _ = std::fs::remove_file(&output);

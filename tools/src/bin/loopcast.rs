@@ -3,14 +3,144 @@
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use loopcast_archive::{pack, ArchiveFile, MasterKey, PackOptions, PackPhase};
+use loopcast_archive::files::{self, OutputError};
+use loopcast_archive::{
+    pack, ArchiveError, ArchiveFile, MasterKey, Overwrite, PackOptions, PackPhase,
+};
+use loopcast_client::ClientError;
 use loopcast_proto::info::{
     hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
 };
 use loopcast_store::KeyStore;
-use loopcast_tools::{byte_bar, init_logging, parse_size, shutdown_flag};
+use loopcast_tools::{byte_bar, init_logging, parse_size};
+
+/// Exit codes of `loopcast` (also in docs/architecture.md, "Exit codes").
+mod exit_code {
+    pub const GENERIC: u8 = 1;
+    /// Refused: by the server, or an existing output without --force, or an output another
+    /// download holds.
+    pub const REFUSED: u8 = 3;
+    /// No answer from the server, or no new data for --stall-timeout.
+    pub const TIMEOUT: u8 = 4;
+    pub const DISK_FULL: u8 = 5;
+    /// A hash, root or decryption check failed.
+    pub const VERIFICATION: u8 = 6;
+    /// Ctrl-C or SIGTERM (partial downloads are kept for resume; partial extracts and packs are
+    /// removed).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    other error
+  2    usage error (bad arguments)
+  3    refused: by the server, an existing output (pass --force), or an output another download holds
+  4    timeout: no answer from the server, or no new data for --stall-timeout
+  5    disk full
+  6    verification failed: hash, root or decryption check
+  130  interrupted (partial downloads are kept for resume)";
+
+/// An error and the exit code it gives.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure {
+            code: exit_code::GENERIC,
+            message,
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        message.to_owned().into()
+    }
+}
+
+fn io_failure(message: String, source: &std::io::Error) -> Failure {
+    if files::is_disk_full(source) {
+        Failure {
+            code: exit_code::DISK_FULL,
+            message: format!("disk full: {message}"),
+        }
+    } else {
+        message.into()
+    }
+}
+
+impl From<OutputError> for Failure {
+    fn from(error: OutputError) -> Failure {
+        let code = match error {
+            OutputError::Exists(_) => exit_code::REFUSED,
+            _ => exit_code::GENERIC,
+        };
+        Failure {
+            code,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<ArchiveError> for Failure {
+    fn from(error: ArchiveError) -> Failure {
+        let message = error.to_string();
+        let code = match error {
+            ArchiveError::Output(output) => return output.into(),
+            ArchiveError::Io { source, .. } => return io_failure(message, &source),
+            ArchiveError::DecryptFailed { .. }
+            | ArchiveError::Corrupt { .. }
+            | ArchiveError::WrongLength { .. } => exit_code::VERIFICATION,
+            _ => exit_code::GENERIC,
+        };
+        Failure { code, message }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        let message = error.to_string();
+        let code = match error {
+            ClientError::Output(output) => return output.into(),
+            ClientError::Io { source, .. } => return io_failure(message, &source),
+            ClientError::Rejected { .. } | ClientError::Locked { .. } => exit_code::REFUSED,
+            ClientError::NoAnswer { .. } | ClientError::Stalled { .. } => exit_code::TIMEOUT,
+            ClientError::DiskFull { .. } => exit_code::DISK_FULL,
+            ClientError::RootMismatch { .. } | ClientError::VerificationFailed { .. } => {
+                exit_code::VERIFICATION
+            }
+            ClientError::Interrupted { .. } => exit_code::INTERRUPTED,
+        };
+        Failure { code, message }
+    }
+}
+
+/// Set while a pack or extract writes its temporary: an interrupt then removes it and exits
+/// (130) at once. Otherwise an interrupt only raises the returned flag (a download saves its
+/// state and stops).
+static REMOVE_TEMPORARIES_ON_INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let handler_flag = flag.clone();
+    let _ = ctrlc::set_handler(move || {
+        if REMOVE_TEMPORARIES_ON_INTERRUPT.load(Ordering::SeqCst) {
+            files::remove_live_temporaries();
+            eprintln!("loopcast: interrupted; partial output removed");
+            std::process::exit(i32::from(exit_code::INTERRUPTED));
+        }
+        handler_flag.store(true, Ordering::Relaxed);
+    });
+    flag
+}
 
 #[derive(Parser)]
 #[command(
@@ -20,7 +150,8 @@ use loopcast_tools::{byte_bar, init_logging, parse_size, shutdown_flag};
     long_about = "loopcast distributes large files to many clients at once by looping each file over UDP \
 multicast (or unicast where multicast is unavailable). This tool packs files into archives for a \
 server's media database, downloads them (resuming where it stopped), inspects and extracts them, \
-and runs a self-contained demo."
+and runs a self-contained demo.",
+    after_help = EXIT_CODES_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -30,12 +161,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pack a file into an archive (zstd, AES-256-GCM, optional watermark) and store its key.
+    #[command(after_help = EXIT_CODES_HELP)]
     Pack(PackArgs),
     /// Show an archive's header, watermark, sizes, hashes and frames.
     Inspect(InspectArgs),
     /// Download a file from a loopcastd server; resumes a partial download.
+    #[command(after_help = EXIT_CODES_HELP)]
     Get(GetArgs),
     /// Decrypt and decompress an archive to the original file, checking its hash.
+    #[command(after_help = EXIT_CODES_HELP)]
     Extract(ExtractArgs),
     /// Run a self-contained demo: a server and several clients on a private network.
     Demo(loopcast_tools::demo::DemoArgs),
@@ -78,6 +212,9 @@ struct PackArgs {
     /// zstd level, 0 to store frames uncompressed.
     #[arg(long, default_value_t = 3)]
     level: i32,
+    /// Replace an existing archive at the output path.
+    #[arg(long)]
+    force: bool,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -123,6 +260,9 @@ struct GetArgs {
     /// Give up after this many seconds without new data (partial file kept).
     #[arg(long, default_value_t = 30)]
     stall_timeout: u64,
+    /// Replace an existing output (and --extract target) instead of refusing.
+    #[arg(long)]
+    force: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -137,6 +277,9 @@ struct ExtractArgs {
     /// Key database holding the archive's key (not needed for unencrypted archives).
     #[arg(long)]
     keys: Option<PathBuf>,
+    /// Replace an existing output instead of refusing.
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() -> ExitCode {
@@ -146,25 +289,26 @@ fn main() -> ExitCode {
         return loopcast_tools::demo::run(args);
     }
     init_logging("warn");
+    let interrupted = interrupt_flag();
     let result = match cli.command {
         Command::Pack(args) => run_pack(args),
         Command::Inspect(args) => run_inspect(args),
-        Command::Get(args) => run_get(args),
+        Command::Get(args) => run_get(args, interrupted),
         Command::Extract(args) => run_extract(args),
         Command::Demo(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("loopcast: error: {message}");
-            ExitCode::FAILURE
+        Err(failure) => {
+            eprintln!("loopcast: error: {}", failure.message);
+            ExitCode::from(failure.code)
         }
     }
 }
 
-fn run_pack(args: PackArgs) -> Result<(), String> {
+fn run_pack(args: PackArgs) -> Result<(), Failure> {
     if !args.input.is_file() {
-        return Err(format!("{}: no such file", args.input.display()));
+        return Err(format!("{}: no such file", args.input.display()).into());
     }
     let name = match &args.name {
         Some(name) => name.clone(),
@@ -180,14 +324,17 @@ fn run_pack(args: PackArgs) -> Result<(), String> {
         (None, Some(media)) => media.join(format!("{name}.lca")),
         (None, None) => PathBuf::from(format!("{}.lca", args.input.display())),
     };
-    let keys_path = args
-        .keys
-        .clone()
-        .or_else(|| args.media.as_ref().map(|m| m.join("keys.db")));
+    let overwrite = Overwrite::from_force(args.force);
     if let Some(media) = &args.media {
         std::fs::create_dir_all(media)
             .map_err(|e| format!("cannot create {}: {e}", media.display()))?;
     }
+    // Before a key is made or stored: the output is usable (and absent unless --force).
+    files::check_output(&output, overwrite)?;
+    let keys_path = args
+        .keys
+        .clone()
+        .or_else(|| args.media.as_ref().map(|m| m.join("keys.db")));
     let (store, master_key) = if args.no_encrypt {
         (None, None)
     } else {
@@ -221,21 +368,23 @@ fn run_pack(args: PackArgs) -> Result<(), String> {
     } else {
         byte_bar(input_len, "packing")
     };
-    let summary = pack(&args.input, &output, &options, &|p| {
+    REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
+    let summary = pack(&args.input, &output, &options, overwrite, &|p| {
         if let PackPhase::Datagrams = p.phase {
             bar.set_message("datagrams");
         }
         bar.set_length(p.total);
         bar.set_position(p.done);
-    })
-    .map_err(|e| e.to_string())?;
+    });
+    REMOVE_TEMPORARIES_ON_INTERRUPT.store(false, Ordering::SeqCst);
+    let summary = summary?;
     bar.finish_and_clear();
     if let (Some(store), Some(key)) = (&store, &options.master_key) {
         if let Err(error) = store.put(&summary.info.file_id.to_string(), &name, key) {
             let _ = std::fs::remove_file(&output);
-            return Err(format!(
-                "{error}; archive removed, since its key could not be stored"
-            ));
+            return Err(
+                format!("{error}; archive removed, since its key could not be stored").into(),
+            );
         }
     }
     let info = &summary.info;
@@ -286,25 +435,23 @@ fn run_pack(args: PackArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn run_inspect(args: InspectArgs) -> Result<(), String> {
-    let archive = ArchiveFile::open(&args.archive).map_err(|e| e.to_string())?;
+fn run_inspect(args: InspectArgs) -> Result<(), Failure> {
+    let archive = ArchiveFile::open(&args.archive)?;
     let info = archive.info().clone();
     let shape = archive.shape().clone();
     let mut frames = Vec::new();
     let mut frames_compressed = 0u64;
     let mut stored_total = 0u64;
-    archive
-        .for_each_frame(|header, stored| {
-            frames_compressed += u64::from(header.is_compressed());
-            stored_total += stored.len() as u64;
-            if frames.len() < args.frames {
-                frames.push(header);
-            }
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
+    archive.for_each_frame(|header, stored| {
+        frames_compressed += u64::from(header.is_compressed());
+        stored_total += stored.len() as u64;
+        if frames.len() < args.frames {
+            frames.push(header);
+        }
+        Ok(())
+    })?;
     let verified = if args.verify {
-        Some(archive.verify().map_err(|e| e.to_string()).map(|()| true)?)
+        Some(archive.verify().map(|()| true)?)
     } else {
         None
     };
@@ -422,7 +569,7 @@ fn resolve(server: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("server address {server:?} resolves to nothing"))
 }
 
-fn run_get(args: GetArgs) -> Result<(), String> {
+fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     let server = resolve(&args.server)?;
     let output = args
         .output
@@ -432,10 +579,14 @@ fn run_get(args: GetArgs) -> Result<(), String> {
     config.allow_multicast = !args.unicast;
     config.multicast_interface = args.multicast_interface;
     config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
+    config.force = args.force;
+    if let Some(path) = &args.extract {
+        // Before downloading: the extract target is usable too.
+        files::check_output(path, Overwrite::from_force(args.force))?;
+    }
     if let Some(root) = &args.root {
         config.expect_root = Some(RootHash::from_hex(root).ok_or("--root must be 64 hex digits")?);
     }
-    let cancel = shutdown_flag();
     let bar = if args.json {
         indicatif::ProgressBar::hidden()
     } else {
@@ -445,11 +596,18 @@ fn run_get(args: GetArgs) -> Result<(), String> {
         bar.set_length(p.archive_bytes);
         bar.set_position(p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)));
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|error| {
+        let mut failure = Failure::from(error);
+        if cancel.load(Ordering::Relaxed) {
+            // Interrupted while asking, too (that ends as "no answer").
+            failure.code = exit_code::INTERRUPTED;
+        }
+        failure
+    })?;
     bar.finish_and_clear();
     let mut extracted = None;
     if let Some(path) = &args.extract {
-        extract_to(&output, path, args.keys.as_deref())?;
+        extract_to(&output, path, args.keys.as_deref(), args.force)?;
         extracted = Some(path.clone());
     }
     let seconds = report.elapsed.as_secs_f64();
@@ -499,8 +657,13 @@ fn run_get(args: GetArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn extract_to(archive_path: &Path, output: &Path, keys: Option<&Path>) -> Result<u64, String> {
-    let archive = ArchiveFile::open(archive_path).map_err(|e| e.to_string())?;
+fn extract_to(
+    archive_path: &Path,
+    output: &Path,
+    keys: Option<&Path>,
+    force: bool,
+) -> Result<u64, Failure> {
+    let archive = ArchiveFile::open(archive_path)?;
     let key = if archive.info().encrypted {
         let keys = keys.ok_or_else(|| {
             format!(
@@ -518,19 +681,30 @@ fn extract_to(archive_path: &Path, output: &Path, keys: Option<&Path>) -> Result
         None
     };
     let bar = byte_bar(archive.info().original_size, "extracting");
-    let summary = archive
-        .extract(key.as_ref(), output, &|done, total| {
+    REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
+    let summary = archive.extract(
+        key.as_ref(),
+        output,
+        Overwrite::from_force(force),
+        &|done, total| {
             bar.set_length(total);
             bar.set_position(done);
-        })
-        .map_err(|e| e.to_string())?;
+        },
+    );
+    REMOVE_TEMPORARIES_ON_INTERRUPT.store(false, Ordering::SeqCst);
+    let summary = summary?;
     bar.finish_and_clear();
     Ok(summary.bytes)
 }
 
-fn run_extract(args: ExtractArgs) -> Result<(), String> {
+fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    let bytes = extract_to(&args.archive, &args.output, args.keys.as_deref())?;
+    let bytes = extract_to(
+        &args.archive,
+        &args.output,
+        args.keys.as_deref(),
+        args.force,
+    )?;
     println!(
         "extracted {} -> {} ({bytes} bytes, hash verified) in {:.2} s",
         args.archive.display(),
