@@ -156,6 +156,9 @@ const RECEIVE_BATCH: usize = 64;
 /// Longest random wait before a multicast receiver asks for a gap (R10's Timer A): long enough
 /// for another receiver's NAK, relayed by the server, to arrive first.
 const NAK_SUPPRESSION_DELAY: Duration = Duration::from_millis(20);
+/// Serials behind the join point asked ahead of the loop and not yet arrived, at most (about
+/// 3 MB at 1440 bytes: a few tens of milliseconds of repairs at the default rate).
+const NAK_BACKLOG_WINDOW: u32 = 2048;
 /// Datagrams in a batch from which hashing is spread over threads.
 const PARALLEL_HASH_MIN: usize = 32;
 /// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
@@ -324,6 +327,15 @@ pub fn get(
                         download.nak.set_suppression(match joined {
                             Transport::Unicast => None,
                             Transport::Multicast => Some(NAK_SUPPRESSION_DELAY),
+                        });
+                        // Ask for the gaps behind the join point ahead of the loop (resume time
+                        // follows what is missing). On multicast repairs reach every receiver,
+                        // so only a resumed client does it there.
+                        let backlog = joined == Transport::Unicast || resumed_datagrams > 0;
+                        download.nak.set_backlog_window(if backlog {
+                            NAK_BACKLOG_WINDOW
+                        } else {
+                            0
                         });
                     }
                 }

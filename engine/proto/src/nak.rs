@@ -13,8 +13,13 @@
 //! Datagrams that arrive out of loop order (repairs, reordering) never move the frontier
 //! backwards: a serial counts as "ahead" only if it is less than half a loop past the frontier.
 //!
-//! NAK suppression between multicast receivers (Timer A, the NAK data timer) is not here yet:
-//! the server merges duplicate ranges in its repair queue instead.
+//! Gaps *behind* the join point (a resumed client's holes, a late joiner's start of the file)
+//! would otherwise wait for the loop to come round. With the backlog on, the planner also walks
+//! backwards from the join point, the part of the loop that comes last, and asks for what is
+//! missing there ahead of the loop, at most `backlog_window` serials in flight at a time (so
+//! the asks follow the rate at which repairs arrive), until it meets the frontier. Backlog asks
+//! are not re-asked: what they miss, the loop brings. So resume time follows what is missing,
+//! not the loop's length.
 
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
@@ -38,6 +43,11 @@ pub struct NakConfig {
     pub suppression_delay: Option<Duration>,
     /// Seeds the random delays (the planner is sans-IO; the driver supplies randomness).
     pub random_seed: u64,
+    /// Serials behind the join point asked ahead of the loop and not yet arrived, at most;
+    /// 0 turns the backlog off.
+    pub backlog_window: u32,
+    /// A backlog ask not answered within this long stops counting against the window.
+    pub backlog_expiry: Duration,
 }
 
 /// Asked-for ranges remembered for re-asking at most; also the bound on gaps waiting for their
@@ -52,6 +62,8 @@ impl Default for NakConfig {
             repair_timeout: Duration::from_millis(100),
             suppression_delay: None,
             random_seed: 0x9e37_79b9_7f4a_7c15,
+            backlog_window: 0,
+            backlog_expiry: Duration::from_secs(1),
         }
     }
 }
@@ -74,6 +86,11 @@ pub struct NakPlanner {
     waiting: VecDeque<(u32, u32, Instant)>,
     /// Ranges other receivers asked for: first → (end, heard at).
     heard: BTreeMap<u32, (u32, Instant)>,
+    /// The backward walk from the join point: the next serial to look at, and whether it is on.
+    backlog_next: Option<u32>,
+    /// Backlog ranges asked and when; their unseen serials count against the window.
+    backlog_asked: VecDeque<(u32, u32, Instant)>,
+    backlog_serials: u64,
     random: u64,
     naks_sent: u64,
     serials_naked: u64,
@@ -96,6 +113,9 @@ impl NakPlanner {
             outstanding: VecDeque::new(),
             waiting: VecDeque::new(),
             heard: BTreeMap::new(),
+            backlog_next: None,
+            backlog_asked: VecDeque::new(),
+            backlog_serials: 0,
             random: config.random_seed | 1,
             naks_sent: 0,
             serials_naked: 0,
@@ -116,6 +136,96 @@ impl NakPlanner {
         }
     }
 
+    fn before(&self, serial: u32) -> u32 {
+        if serial == 0 {
+            self.loop_len() - 1
+        } else {
+            serial - 1
+        }
+    }
+
+    /// Turns the backlog on or off (see the module doc), e.g. off on a multicast channel where
+    /// repairs reach every receiver.
+    pub fn set_backlog_window(&mut self, window: u32) {
+        self.config.backlog_window = window;
+        if window == 0 {
+            self.backlog_next = None;
+        }
+    }
+
+    /// Serials asked from the backlog so far.
+    pub fn backlog_serials(&self) -> u64 {
+        self.backlog_serials
+    }
+
+    /// Appends backlog ranges (walking backwards from the join point) while the window has
+    /// room and the NAK has space.
+    fn append_backlog(&mut self, ranges: &mut Vec<(u32, u32)>, now: Instant) {
+        let Some(mut next) = self.backlog_next else {
+            return;
+        };
+        let frontier = self.frontier.expect("the backlog starts with the frontier");
+        let expiry = self.config.backlog_expiry;
+        while self
+            .backlog_asked
+            .front()
+            .is_some_and(|&(_, _, at)| now.saturating_since(at) >= expiry)
+        {
+            self.backlog_asked.pop_front();
+        }
+        let in_flight: u32 = self
+            .backlog_asked
+            .iter()
+            .map(|&(first, count, _)| {
+                (first..first + count)
+                    .filter(|&s| !self.seen.get(s))
+                    .count() as u32
+            })
+            .sum();
+        let window = self.config.backlog_window;
+        if in_flight > window / 2 {
+            return;
+        }
+        let mut room = window - in_flight;
+        // Stop where the loop is about to deliver anyway: within two reorder margins ahead of
+        // the frontier.
+        let stop_within = 2 * self.config.reorder_margin + 1;
+        let mut run: Option<(u32, u32)> = None; // (lowest, highest) of the current missing run
+        let mut scanned = 0u32;
+        loop {
+            let done = self.ahead(frontier, next) < stop_within
+                || room == 0
+                || scanned >= self.loop_len()
+                || ranges.len() + usize::from(run.is_some()) >= NAK_RANGES_MAX;
+            let missing = !done && !self.seen.get(next);
+            // A run ends at a held serial, at the wrap (ranges never wrap), or when done.
+            let wraps = next == self.loop_len() - 1 && run.is_some();
+            if let Some((low, high)) = run.filter(|_| done || !missing || wraps) {
+                ranges.push((low, high - low + 1));
+                self.backlog_asked.push_back((low, high - low + 1, now));
+                self.backlog_serials += u64::from(high - low + 1);
+                run = None;
+            }
+            if done {
+                break;
+            }
+            if missing {
+                run = Some(match run {
+                    Some((_, high)) => (next, high),
+                    None => (next, next),
+                });
+                room -= 1;
+            }
+            scanned += 1;
+            next = self.before(next);
+        }
+        self.backlog_next = if self.ahead(frontier, next) < stop_within {
+            None
+        } else {
+            Some(next)
+        };
+    }
+
     /// Records that `serial` arrived (stored, or a duplicate of something held).
     pub fn saw(&mut self, serial: u32) {
         if serial >= self.loop_len() {
@@ -124,9 +234,13 @@ impl NakPlanner {
         self.seen.set(serial);
         match self.frontier {
             None => {
-                // The first serial of this session: the loop joined here, so scanning starts here.
+                // The first serial of this session: the loop joined here, so scanning starts here,
+                // and the backlog walks backwards from here.
                 self.frontier = Some(serial);
                 self.cursor = serial;
+                if self.config.backlog_window > 0 {
+                    self.backlog_next = Some(self.before(serial));
+                }
             }
             Some(frontier) => {
                 let ahead = self.ahead(frontier, serial);
@@ -341,15 +455,17 @@ impl NakPlanner {
                 }
             }
         }
-        if ranges.is_empty() {
-            return None;
-        }
-        self.last_nak = Some(now);
         for &(first, count) in &ranges {
             if self.outstanding.len() < OUTSTANDING_MAX {
                 self.outstanding.push_back((first, count, now));
             }
         }
+        // Last, what lies behind the join point (not re-asked: the loop brings what is lost).
+        self.append_backlog(&mut ranges, now);
+        if ranges.is_empty() {
+            return None;
+        }
+        self.last_nak = Some(now);
         self.naks_sent += 1;
         self.serials_naked += ranges.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
         Some(ranges)
@@ -542,6 +658,71 @@ mod tests {
         nak.saw(30);
         // 30 is 31 ahead of 99: the frontier moved on; 91..99 and 0..30 are lost.
         assert_eq!(nak.poll_nak(Instant::ZERO), Some(vec![(91, 8), (0, 30)]));
+    }
+
+    #[test]
+    fn the_backlog_asks_for_holes_behind_the_join_point_windowed_and_stops_at_the_frontier() {
+        let loop_len = 10_000;
+        let mut held = Bitmap::new(loop_len);
+        for serial in 0..loop_len {
+            if serial % 10 != 3 {
+                held.set(serial);
+            }
+        }
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                backlog_window: 100,
+                ..NakConfig::default()
+            },
+            &held,
+        );
+        let t0 = Instant::ZERO;
+        nak.saw(5_000);
+        let first = nak.poll_nak(t0).expect("holes behind the join point");
+        assert!(
+            first
+                .iter()
+                .all(|&(s, n)| n == 1 && s % 10 == 3 && s < 5_000),
+            "{first:?}"
+        );
+        assert_eq!(
+            first[0].0, 4_993,
+            "the part of the loop that comes last goes first"
+        );
+        let asked: u32 = first.iter().map(|&(_, n)| n).sum();
+        assert!(asked <= 64, "one NAK's worth");
+        // Nothing arrives: the window (100) is more than half full after two NAKs, so asking
+        // pauses instead of piling up.
+        let mut total = asked;
+        let mut now = t0;
+        for _ in 0..10 {
+            now = now + Duration::from_millis(10);
+            if let Some(ranges) = nak.poll_nak(now) {
+                total += ranges.iter().map(|&(_, n)| n).sum::<u32>();
+            }
+        }
+        assert!(total <= 100, "at most the window in flight: {total}");
+        // Repairs arrive: asking resumes, and over time every hole is asked exactly once,
+        // until the walk meets the frontier.
+        let mut asked_serials = std::collections::BTreeSet::new();
+        for _ in 0..2_000 {
+            now = now + Duration::from_millis(10);
+            if let Some(ranges) = nak.poll_nak(now) {
+                for (first, count) in ranges {
+                    for serial in first..first + count {
+                        assert!(asked_serials.insert(serial) || serial % 10 == 3);
+                        nak.saw(serial);
+                    }
+                }
+            }
+        }
+        let holes = (0..loop_len).filter(|s| s % 10 == 3).count();
+        assert!(
+            asked_serials.len() + 2 * 256 / 10 + 2 >= holes,
+            "asked {} of {holes} holes",
+            asked_serials.len()
+        );
+        assert_eq!(nak.backlog_next, None, "the walk ended at the frontier");
     }
 
     #[test]
