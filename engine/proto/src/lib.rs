@@ -21,6 +21,8 @@ pub mod info;
 pub mod layout;
 pub mod nak;
 pub mod receiver;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod wire;
 
