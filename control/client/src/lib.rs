@@ -7,7 +7,7 @@
 //!  every 250 ms Status; every 2 s fsync + save state; complete ─▶ re-hash data ─▶ fsync ─▶ rename
 //! ```
 
-mod state;
+pub mod state;
 
 use std::fs::{File, OpenOptions};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
