@@ -1,12 +1,13 @@
-//! Tools for testing parsers against hostile bytes (compiled for this crate's tests, and for other
-//! crates' tests through the `testkit` feature; never part of a release binary).
+//! Tools for testing parsers against hostile bytes: compiled for this crate's tests, and for other
+//! crates' tests through the `testkit` feature (only dev-dependencies enable it, so a plain
+//! `cargo build` leaves it out).
 //!
-//! Every parser in loopcast gets two kinds of property test (docs/protocol.md, "Parsers under
-//! fire"): arbitrary bytes ([`hostile_bytes`]) and a valid encoding damaged the way an attacker or
-//! a bad disk would damage it ([`mutated`]): bits flipped, cut short, extended, bytes spliced in,
-//! and integer fields (lengths, counts, serials) set to boundary values. The properties are the
-//! same everywhere: no panic; what parses re-emits to bytes that parse to the same value; and what
-//! parses describes a valid value.
+//! Every parser in loopcast gets two kinds of property test, besides the committed attack corpus
+//! (tests/corpus/README.md): arbitrary bytes ([`hostile_bytes`]) and a valid encoding damaged
+//! the way an attacker or a bad disk would damage it ([`mutated`]): bits flipped, cut short,
+//! extended, bytes spliced in, and integer fields (lengths, counts, serials) set to boundary
+//! values. The properties are the same everywhere: no panic; what parses re-emits to bytes that
+//! parse to the same value; and what parses describes a valid value.
 
 use proptest::prelude::*;
 use proptest::sample::Index;
