@@ -33,8 +33,7 @@ fn get_small_file(scratch: &Scratch, server: &UnicastServer, root: &str, name: &
     started.elapsed()
 }
 
-#[test]
-fn idle_admin_connections_stall_neither_clients_nor_status() {
+pub fn idle_admin_connections_stall_neither_clients_nor_status() {
     let scratch = Scratch::new("admin-idle");
     let media = scratch.path("media");
     let input = scratch.path("small.bin");
@@ -183,22 +182,11 @@ fn stderr_of(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-#[test]
-fn admin_socket_squatting_is_refused() {
-    if !is_root() {
-        skip(
-            "admin_socket_squatting_is_refused",
-            "needs root to act as two other users (setpriv, chown)",
-        );
-        return;
-    }
-    if Command::new("setpriv").arg("--version").output().is_err() {
-        skip(
-            "admin_socket_squatting_is_refused",
-            "setpriv (util-linux) is not installed",
-        );
-        return;
-    }
+pub fn admin_socket_squatting_is_refused() {
+    assert!(
+        Command::new("setpriv").arg("--version").output().is_ok(),
+        "setpriv (util-linux) is needed as root; .ci/run installs util-linux"
+    );
     let scratch = Scratch::new("admin-squat");
     chmod(&scratch.0, 0o755);
     // The binaries where the other users can run them (the target dir may be under /root).

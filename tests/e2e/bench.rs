@@ -8,8 +8,7 @@ fn bench(args: &[&str]) -> serde_json::Value {
     json_of(&run_ok(Command::new(bin("loopcast-bench")).args(args)))
 }
 
-#[test]
-fn ceiling_and_send_print_one_json_object_each() {
+pub fn ceiling_and_send_print_one_json_object_each() {
     let ceiling = bench(&["ceiling", "--json", "--seconds", "0.3"]);
     for key in ["gbps", "pps", "cpu_s_per_gb"] {
         assert!(ceiling[key].as_f64().unwrap() > 0.0, "{key}: {ceiling}");
@@ -33,11 +32,7 @@ fn ceiling_and_send_print_one_json_object_each() {
     assert_eq!(forced["send_path"], "sendmmsg+gso", "{forced}");
 }
 
-#[test]
-fn send_over_a_veth_bridge_in_namespaces() {
-    if !is_root() {
-        return skip("bench --netns", "needs root for ip netns");
-    }
+pub fn send_over_a_veth_bridge_in_namespaces() {
     let send = bench(&[
         "send",
         "--netns",
@@ -57,11 +52,7 @@ fn send_over_a_veth_bridge_in_namespaces() {
         .contains(&format!("lcb{}", std::process::id() % 100_000)));
 }
 
-#[test]
-fn e2e_bench_moves_a_verified_file_between_namespaces() {
-    if !is_root() {
-        return skip("bench e2e", "needs root for ip netns");
-    }
+pub fn e2e_bench_moves_a_verified_file_between_namespaces() {
     let report = bench(&[
         "e2e",
         "--json",

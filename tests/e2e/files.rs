@@ -66,8 +66,7 @@ fn requests_seen(server: &UnicastServer) -> u64 {
 
 /// Defect 2: a second `get` to the same output fails at once with a clear message; the first
 /// is undisturbed and publishes a verified archive.
-#[test]
-fn second_get_to_one_output_fails_at_once_and_the_first_completes() {
+pub fn second_get_to_one_output_fails_at_once_and_the_first_completes() {
     // ~12 MiB at 40 Mbit/s: the first download takes ~2.5 s.
     let (scratch, media, server) = served("files-lock", 12 << 20, "40M");
     let output = scratch.path("film.lca");
@@ -103,8 +102,7 @@ fn second_get_to_one_output_fails_at_once_and_the_first_completes() {
 
 /// Defect 6: symlinks planted at `<out>.part`, `<out>.part.state` and `<out>.part.state.tmp`
 /// are never followed; their targets stay as they were.
-#[test]
-fn symlinks_beside_the_output_are_never_followed() {
+pub fn symlinks_beside_the_output_are_never_followed() {
     // ~2 MiB at 20 Mbit/s: ~0.9 s, long enough for several state saves (every 200 ms).
     let (scratch, media, server) = served("files-symlink", 2 << 20, "20M");
     let output = scratch.path("film.lca");
@@ -134,8 +132,7 @@ fn symlinks_beside_the_output_are_never_followed() {
 
 /// Defect 12: an existing output is refused before any request unless --force; `-o DIR` fails
 /// before downloading anything.
-#[test]
-fn existing_output_needs_force_and_a_directory_is_refused_up_front() {
+pub fn existing_output_needs_force_and_a_directory_is_refused_up_front() {
     // ~8 MiB at 20 Mbit/s: a download would take > 3 s.
     let (scratch, media, server) = served("files-force", 8 << 20, "20M");
     let output = scratch.path("film.lca");
@@ -175,8 +172,7 @@ fn existing_output_needs_force_and_a_directory_is_refused_up_front() {
 
 /// Defect 12: `extract` never leaves plaintext behind (wrong key, read-only directory, a failed
 /// rename) and, like `pack`, refuses an existing output unless --force.
-#[test]
-fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
+pub fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
     let scratch = Scratch::new("files-extract");
     let media = scratch.path("media");
     let input = scratch.path("film.bin");
@@ -292,10 +288,8 @@ fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
             stderr_of(&failed)
         );
         assert!(names_in(&out_dir).is_empty());
-        return skip(
-            "extract failing at the rename",
-            "needs root for a private mount namespace (a mount point at the output)",
-        );
+        // The rest needs root (a private mount namespace with a mount point at the output).
+        return;
     }
     // Root: a read-only file system, and a rename that fails at the very end (the output is a
     // mount point: EBUSY), each in a private mount namespace.
@@ -339,14 +333,7 @@ fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
 /// Defect 12: a disk too small for the archive is reported as "disk full" (exit 5) before
 /// receiving, and leaves no growing `.part` behind. Needs root (a 1 MiB tmpfs in a private
 /// mount namespace).
-#[test]
-fn full_disk_is_reported_before_receiving_and_leaves_nothing() {
-    if !is_root() {
-        return skip(
-            "full_disk_is_reported_before_receiving_and_leaves_nothing",
-            "needs root to mount a small tmpfs in a private mount namespace",
-        );
-    }
+pub fn full_disk_is_reported_before_receiving_and_leaves_nothing() {
     let (scratch, _media, server) = served("files-full", 4 << 20, "200M");
     let dir = scratch.path("small");
     std::fs::create_dir(&dir).unwrap();

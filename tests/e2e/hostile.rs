@@ -5,8 +5,7 @@ use std::process::Command;
 
 use crate::support::*;
 
-#[test]
-fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
+pub fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     let scratch = Scratch::new("hostile");
     let media = scratch.path("media");
     let input = scratch.path("ok.bin");
@@ -56,8 +55,7 @@ fn garbage_requests_and_damaged_archives_do_not_hurt_the_server() {
     assert!(output.status.success());
 }
 
-#[test]
-fn an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused() {
+pub fn an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused() {
     let scratch = Scratch::new("hostile-rot");
     let media = scratch.path("media");
     let input = scratch.path("rot.bin");
@@ -103,8 +101,7 @@ fn an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused() {
     assert!(server.process.terminate().status.success());
 }
 
-#[test]
-fn forged_flooding_and_out_of_range_naks_are_counted_and_bounded() {
+pub fn forged_flooding_and_out_of_range_naks_are_counted_and_bounded() {
     use loopcast_proto::wire::control::{ControlMessage, CONTROL_LEN_MAX};
     let scratch = Scratch::new("hostile-nak");
     let media = scratch.path("media");

@@ -12,6 +12,13 @@
 //!   is refused by the daemon and by loopcastctl (root: acts as two other users).
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
+//!
+//! The harness is libtest-mimic (`harness = false`), so that a test the machine cannot run is
+//! reported *ignored* with its reason, never "ok": each test below names what it needs
+//! (`support::Need`), checked before it runs. As root (CI) nothing is ignored: a need that is
+//! missing there fails the test. Filters work as with libtest (`cargo test --test e2e unicast`).
+//! A new test is a `pub fn` in its module and one line in `trials()`; a test attribute does nothing here
+//! (`every_e2e_test_is_registered` fails if one is left).
 
 mod admin;
 mod bench;
@@ -23,3 +30,103 @@ mod repair;
 mod resume;
 mod support;
 mod unicast;
+
+use support::{trial, Need};
+
+/// `module::test` as the test's name, and its need.
+macro_rules! e2e {
+    ($module:ident :: $test:ident) => {
+        trial(
+            concat!(stringify!($module), "::", stringify!($test)),
+            None,
+            $module::$test,
+        )
+    };
+    ($module:ident :: $test:ident, $need:expr) => {
+        trial(
+            concat!(stringify!($module), "::", stringify!($test)),
+            Some($need),
+            $module::$test,
+        )
+    };
+}
+
+fn trials() -> Vec<libtest_mimic::Trial> {
+    vec![
+        e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
+        e2e!(
+            admin::admin_socket_squatting_is_refused,
+            Need::Root("to act as two other users (setpriv, chown)")
+        ),
+        e2e!(files::second_get_to_one_output_fails_at_once_and_the_first_completes),
+        e2e!(files::symlinks_beside_the_output_are_never_followed),
+        e2e!(files::existing_output_needs_force_and_a_directory_is_refused_up_front),
+        e2e!(files::extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext),
+        e2e!(
+            files::full_disk_is_reported_before_receiving_and_leaves_nothing,
+            Need::Root("to mount a small tmpfs in a private mount namespace")
+        ),
+        e2e!(bench::ceiling_and_send_print_one_json_object_each),
+        e2e!(
+            bench::send_over_a_veth_bridge_in_namespaces,
+            Need::RootNetns
+        ),
+        e2e!(
+            bench::e2e_bench_moves_a_verified_file_between_namespaces,
+            Need::RootNetns
+        ),
+        e2e!(demo::demo_json_reports_every_client_verified),
+        e2e!(
+            demo::demo_clients_ride_multicast_in_a_private_namespace,
+            Need::UserNamespace
+        ),
+        e2e!(hostile::garbage_requests_and_damaged_archives_do_not_hurt_the_server),
+        e2e!(hostile::an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused),
+        e2e!(hostile::forged_flooding_and_out_of_range_naks_are_counted_and_bounded),
+        e2e!(
+            multicast::multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer,
+            Need::Namespaces
+        ),
+        e2e!(
+            repair::under_random_loss_naks_repair_ahead_of_the_loop,
+            Need::RootNetnsNft
+        ),
+        e2e!(
+            repair::shared_losses_are_asked_for_once_and_the_rest_suppressed,
+            Need::RootNetnsNft
+        ),
+        e2e!(resume::killed_client_resumes_and_finishes_identical),
+        e2e!(unicast::unicast_clients_one_late_get_identical_files_and_ctl_reports_status),
+        e2e!(unicast::wrong_root_and_unknown_file_are_clear_errors),
+        e2e!(unicast::cli_errors_are_one_line_and_nonzero),
+        e2e!(unicast::one_gibibyte_file_round_trips_byte_identical),
+        trial(
+            "every_e2e_test_is_registered",
+            None,
+            every_e2e_test_is_registered,
+        ),
+    ]
+}
+
+/// With `harness = false` a `#[test]` function is silently never run: refuse them.
+fn every_e2e_test_is_registered() {
+    let attribute = ["#[", "test"].concat();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/e2e");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text
+                .lines()
+                .any(|line| line.trim_start().starts_with(&attribute)),
+            "{} has a {attribute}] function, which this harness never runs: make it a pub fn and \
+             add it to trials() in tests/e2e/main.rs",
+            path.display()
+        );
+    }
+}
+
+fn main() {
+    let arguments = libtest_mimic::Arguments::from_args();
+    libtest_mimic::run(&arguments, trials()).exit();
+}

@@ -1,9 +1,10 @@
 //! Multicast end to end, only inside network namespaces this test creates.
 //!
 //! As root: `ip netns` hosts (server, two clients) on a bridge in a switch namespace, the
-//! topology of ../shared/netns.sh, with names unique to this run; all removed on drop, even
+//! topology of tools/src/topology.rs, with names unique to this run; all removed on drop, even
 //! when an assertion fails. As non-root: one unprivileged user+network namespace (unshare),
-//! server and clients as processes on its loopback. Otherwise: skipped, with the reason.
+//! server and clients as processes on its loopback. Otherwise the harness reports it ignored,
+//! with the reason (`Need::Namespaces`).
 
 use std::process::Command;
 use std::time::Duration;
@@ -12,27 +13,12 @@ use loopcast_tools::topology::BridgeTopology;
 
 use crate::support::*;
 
-fn tool_available(name: &str, probe: &[&str]) -> bool {
-    Command::new(name)
-        .args(probe)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-#[test]
-fn multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer() {
-    if is_root() && tool_available("ip", &["-V"]) {
+pub fn multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer() {
+    // `Need::Namespaces` has checked that the way chosen here works.
+    if is_root() {
         multicast_with_ip_netns();
-    } else if tool_available("unshare", &["--user", "--map-root-user", "--net", "true"])
-        && tool_available("ip", &["-V"])
-    {
-        multicast_in_user_namespace();
     } else {
-        skip(
-            "multicast_in_namespaces",
-            "needs root with iproute2, or unprivileged user namespaces (unshare -Urn) with iproute2; neither is available",
-        );
+        multicast_in_user_namespace();
     }
 }
 

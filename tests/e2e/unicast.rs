@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use crate::support::*;
 
-#[test]
-fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
+pub fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     let scratch = Scratch::new("unicast");
     let media = scratch.path("media");
     let input = scratch.path("film.bin");
@@ -77,8 +76,7 @@ fn unicast_clients_one_late_get_identical_files_and_ctl_reports_status() {
     assert!(!admin.exists(), "admin socket removed on shutdown");
 }
 
-#[test]
-fn wrong_root_and_unknown_file_are_clear_errors() {
+pub fn wrong_root_and_unknown_file_are_clear_errors() {
     let scratch = Scratch::new("errors");
     let media = scratch.path("media");
     let input = scratch.path("a.bin");
@@ -124,8 +122,7 @@ fn wrong_root_and_unknown_file_are_clear_errors() {
     );
 }
 
-#[test]
-fn cli_errors_are_one_line_and_nonzero() {
+pub fn cli_errors_are_one_line_and_nonzero() {
     let scratch = Scratch::new("cli");
     let cases: Vec<Vec<String>> = vec![
         vec![
@@ -214,8 +211,7 @@ fn cli_errors_are_one_line_and_nonzero() {
 }
 
 /// Acceptance: a 1 GiB file packs, serves, downloads and extracts byte-identical.
-#[test]
-fn one_gibibyte_file_round_trips_byte_identical() {
+pub fn one_gibibyte_file_round_trips_byte_identical() {
     let scratch = Scratch::new("gib");
     let media = scratch.path("media");
     let input = scratch.path("gib.bin");

@@ -1,5 +1,5 @@
-//! Test and bench networks: hosts in their own network namespaces on one bridge, the topology of
-//! ../shared/netns.sh, with names unique to the caller. Everything lives in namespaces created
+//! Test and bench networks: hosts in their own network namespaces on one bridge in a switch
+//! namespace (multicast snooping off), with names unique to the caller. Everything lives in namespaces created
 //! here (the root namespace is never touched) and is removed on drop, even after a failure.
 
 use std::process::Command;

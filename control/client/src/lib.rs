@@ -8,7 +8,7 @@
 //! ```
 
 mod files;
-mod state;
+pub mod state;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::fs::FileExt;

@@ -72,6 +72,82 @@ pub fn save(path: &Path, root: &RootHash, have: &Bitmap) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loopcast_proto::testkit::{hostile_bytes, mutated, parser_config};
+    use proptest::prelude::*;
+
+    const ROOT: RootHash = RootHash([4; 32]);
+
+    /// A bitmap of `len` bits with a pseudo-random pattern from `seed`.
+    fn bitmap(len: u32, seed: u64) -> Bitmap {
+        let mut have = Bitmap::new(len);
+        let mut state = seed | 1;
+        for bit in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if state.is_multiple_of(3) {
+                have.set(bit);
+            }
+        }
+        have
+    }
+
+    /// A loop length and state bytes for it: a valid file mutated, or a valid body mutated and
+    /// its checksum recomputed (a writer who knows the format), so the damage reaches the fields
+    /// behind the checksum.
+    fn hostile_state() -> impl Strategy<Value = (u32, Vec<u8>)> {
+        (0u32..3000).prop_flat_map(|len| {
+            let valid = any::<u64>().prop_map(move |seed| encode(&ROOT, &bitmap(len, seed)));
+            let resealed = mutated(valid.clone().prop_map(|mut bytes| {
+                bytes.truncate(bytes.len() - 32);
+                bytes
+            }))
+            .prop_map(|mut body| {
+                let checksum = blake3::hash(&body);
+                body.extend_from_slice(checksum.as_bytes());
+                body
+            });
+            (Just(len), prop_oneof![mutated(valid), resealed])
+        })
+    }
+
+    /// What every state that decoded must be: a bitmap for this loop whose encoding is exactly
+    /// the bytes read.
+    fn check_decoded(have: &Bitmap, bytes: &[u8], loop_len: u32) -> Result<(), TestCaseError> {
+        prop_assert_eq!(have.len(), loop_len);
+        prop_assert!(have.count_ones() <= loop_len);
+        prop_assert_eq!(&encode(&ROOT, have)[..], bytes, "re-encodes byte for byte");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(parser_config())]
+
+        #[test]
+        fn state_round_trips(len in 0u32..3000, seed in any::<u64>()) {
+            let have = bitmap(len, seed);
+            prop_assert_eq!(decode(&encode(&ROOT, &have), &ROOT, len), Some(have));
+        }
+
+        #[test]
+        fn garbage_state_never_panics(body in hostile_bytes(b"LCST\x00\x01", 600), len in 0u32..3000) {
+            // As read, and with a valid checksum appended (so the fields behind it are reached).
+            let mut resealed = body.clone();
+            resealed.extend_from_slice(blake3::hash(&body).as_bytes());
+            for bytes in [body, resealed] {
+                if let Some(have) = decode(&bytes, &ROOT, len) {
+                    check_decoded(&have, &bytes, len)?;
+                }
+            }
+        }
+
+        #[test]
+        fn mutated_state_is_refused_or_valid((len, bytes) in hostile_state()) {
+            if let Some(have) = decode(&bytes, &ROOT, len) {
+                check_decoded(&have, &bytes, len)?;
+            }
+        }
+    }
 
     #[test]
     fn state_round_trips_and_rejects_damage() {

@@ -116,6 +116,7 @@ pub fn watermark_digest(owner: &str, notice: &str) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use loopcast_proto::testkit::{hostile_bytes, mutated, parser_config};
     use proptest::prelude::*;
 
     proptest! {
@@ -125,12 +126,69 @@ mod tests {
             prop_assert_eq!(FrameHeader::parse(&header.to_bytes()), Ok(header));
         }
 
+    }
+
+    fn any_header() -> impl Strategy<Value = FrameHeader> {
+        (
+            0u8..8,
+            any::<u64>(),
+            0u32..=FRAME_RAW_SIZE_MAX,
+            any::<u32>(),
+            any::<[u8; 16]>(),
+            any::<[u8; 16]>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(flags, index, raw_len, stored, key_salt, watermark_digest, file)| FrameHeader {
+                    flags,
+                    index,
+                    raw_len,
+                    stored_len: stored % (raw_len + raw_len / 64 + 1024),
+                    key_salt,
+                    watermark_digest,
+                    file_id: FileId(file),
+                },
+            )
+    }
+
+    /// The header occupies exactly 64 bytes of the stream: longer input is cut, shorter is
+    /// followed by zeros (what comes next in the stream is the reader's business).
+    fn header_window(bytes: &[u8]) -> [u8; FRAME_HEADER_LEN] {
+        let mut window = [0u8; FRAME_HEADER_LEN];
+        let len = bytes.len().min(FRAME_HEADER_LEN);
+        window[..len].copy_from_slice(&bytes[..len]);
+        window
+    }
+
+    /// What every header that parsed must be: its own encoding, within the length bounds.
+    fn check_parsed(
+        header: &FrameHeader,
+        bytes: &[u8; FRAME_HEADER_LEN],
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(&header.to_bytes(), bytes, "re-emits byte for byte");
+        prop_assert!(header.raw_len <= FRAME_RAW_SIZE_MAX);
+        prop_assert!(u64::from(header.stored_len) <= u64::from(header.raw_len) * 65 / 64 + 1024);
+        prop_assert_eq!(FrameHeader::parse(bytes), Ok(*header));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(parser_config())]
+
         #[test]
-        fn garbage_never_panics(bytes in any::<[u8; 32]>(), more in any::<[u8; 32]>()) {
-            let mut all = [0u8; 64];
-            all[..32].copy_from_slice(&bytes);
-            all[32..].copy_from_slice(&more);
-            let _ = FrameHeader::parse(&all);
+        fn garbage_never_panics(bytes in hostile_bytes(b"LF\x01", 64)) {
+            let window = header_window(&bytes);
+            if let Ok(header) = FrameHeader::parse(&window) {
+                check_parsed(&header, &window)?;
+            }
+        }
+
+        #[test]
+        fn mutated_header_is_refused_or_valid(bytes in mutated(any_header().prop_map(|h| h.to_bytes().to_vec()))) {
+            let window = header_window(&bytes);
+            if let Ok(header) = FrameHeader::parse(&window) {
+                check_parsed(&header, &window)?;
+            }
         }
     }
 }

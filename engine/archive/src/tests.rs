@@ -322,3 +322,54 @@ proptest! {
         prop_assert!(detected, "flipped bit {} went unnoticed", bit);
     }
 }
+
+/// Archive files whose first page is hostile (see `format::tests::hostile_superblock_of`), with
+/// the datagram area of the undamaged archive (zeros), one byte short or one byte long.
+fn hostile_archive() -> impl Strategy<Value = Vec<u8>> {
+    use crate::format::tests::{hostile_superblock_of, small_info};
+    use crate::format::{archive_len, DATAGRAMS_OFFSET};
+    small_info().prop_flat_map(|original| {
+        let area = archive_len(&original) - DATAGRAMS_OFFSET;
+        (hostile_superblock_of(original), -1i64..=1).prop_map(move |(page, delta)| {
+            let mut file = page;
+            let len = file.len() as u64 + area;
+            file.resize((len as i64 + delta) as usize, 0);
+            file
+        })
+    })
+}
+
+/// `ArchiveFile::open` on a damaged header: an error, or an archive that is exactly what its
+/// header says (length, shape, the header re-emitted byte for byte); never a panic. Whatever
+/// opens is also walked by `verify`, which must answer, not panic. One file, rewritten in place
+/// for each case: a new file or a truncation to zero per case makes ext4 flush each time, which
+/// costs more than the test itself.
+#[test]
+fn open_refuses_or_returns_a_consistent_archive() {
+    let dir = TestDir::new("open");
+    let path = dir.path("hostile.lca");
+    let mut runner =
+        proptest::test_runner::TestRunner::new(loopcast_proto::testkit::parser_config());
+    let file = std::fs::File::create(&path).unwrap();
+    let opened = std::sync::atomic::AtomicU32::new(0);
+    let result = runner.run(&hostile_archive(), |bytes| {
+        std::os::unix::fs::FileExt::write_all_at(&file, &bytes, 0).unwrap();
+        file.set_len(bytes.len() as u64).unwrap();
+        if let Ok(archive) = ArchiveFile::open(&path) {
+            let info = archive.info();
+            crate::format::tests::check_parsed(info, &bytes)?;
+            prop_assert_eq!(bytes.len() as u64, crate::format::archive_len(info));
+            prop_assert_eq!(archive.shape().loop_len(), info.loop_len);
+            prop_assert_eq!(archive.shape().top_count(), info.top_hashes.len());
+            let _ = archive.verify();
+            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+    // The damage must sometimes leave a valid header (or this tests only the refusals).
+    let opened = opened.into_inner();
+    assert!(opened > 50, "only {opened} hostile archives opened");
+}

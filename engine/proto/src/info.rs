@@ -238,8 +238,10 @@ impl FileInfo {
         {
             return Err(ParseError::Malformed);
         }
-        let shape = self.shape().map_err(|_| ParseError::Malformed)?;
-        if shape.loop_len() != self.loop_len || shape.top_count() != self.top_hashes.len() {
+        // Arithmetic only: building the tree for hostile counts would cost gigabytes.
+        let tree = TreeShape::dimensions(self.data_datagram_count, self.fanout())
+            .map_err(|_| ParseError::Malformed)?;
+        if tree.loop_len != self.loop_len || tree.top_count != self.top_hashes.len() {
             return Err(ParseError::Malformed);
         }
         Ok(())
@@ -259,29 +261,44 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// A consistent info for a frame stream of `stream_len` bytes (top hashes arbitrary).
-    pub(crate) fn sample_info(stream_len: u64, datagram_size: u16, seed: u8) -> FileInfo {
-        let capacity = payload_capacity(datagram_size) as u64;
-        let data = u32::try_from(stream_len.div_ceil(capacity)).unwrap();
-        let shape = TreeShape::new(data, hash_fanout(datagram_size)).unwrap();
-        FileInfo {
-            file_id: FileId(0x1122_3344_5566_7700 | u64::from(seed)),
-            encrypted: seed.is_multiple_of(2),
-            watermark: seed.is_multiple_of(3).then(|| Watermark {
-                owner: "owner-7".into(),
-                notice: "(c) 2026 loopcast test".into(),
-            }),
-            original_size: stream_len,
-            original_hash: [seed; 32],
-            frame_raw_size: 1 << 20,
-            frame_count: stream_len.div_ceil(1 << 20).max(1),
-            frame_stream_len: stream_len,
-            datagram_size,
-            data_datagram_count: data,
-            loop_len: shape.loop_len(),
-            name: format!("file-{seed}.bin"),
-            top_hashes: vec![[seed.wrapping_add(1); 32]; shape.top_count()],
-        }
+    pub(crate) use crate::testkit::sample_info;
+    use crate::testkit::{hostile_bytes, mutated, parser_config};
+
+    fn valid_info_bytes() -> impl Strategy<Value = Vec<u8>> {
+        (1u64..50_000_000, any::<u8>(), any::<bool>()).prop_map(|(stream_len, seed, jumbo)| {
+            let size = if jumbo {
+                DATAGRAM_SIZE_MTU_9000
+            } else {
+                DATAGRAM_SIZE_MTU_1500
+            };
+            sample_info(stream_len, size, seed).to_bytes()
+        })
+    }
+
+    /// What every info that parsed must be: its own canonical encoding, and counts that describe
+    /// one real tree.
+    pub(crate) fn check_parsed_info(info: &FileInfo, bytes: &[u8]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(&info.to_bytes()[..], bytes, "re-emits byte for byte");
+        prop_assert!(bytes.len() <= INFO_LEN_MAX);
+        prop_assert!((DATAGRAM_SIZE_MIN..=DATAGRAM_SIZE_MAX).contains(&info.datagram_size));
+        let capacity = info.payload_capacity() as u64;
+        prop_assert_eq!(
+            u64::from(info.data_datagram_count),
+            info.frame_stream_len.div_ceil(capacity)
+        );
+        prop_assert_eq!(
+            info.original_size
+                .div_ceil(u64::from(info.frame_raw_size))
+                .max(1),
+            info.frame_count
+        );
+        let shape = info.shape();
+        prop_assert!(shape.is_ok(), "{:?}", shape);
+        let shape = shape.unwrap();
+        prop_assert_eq!(shape.loop_len(), info.loop_len);
+        prop_assert_eq!(shape.top_count(), info.top_hashes.len());
+        prop_assert_eq!(FileInfo::parse(bytes), Ok(info.clone()));
+        Ok(())
     }
 
     proptest! {
@@ -293,10 +310,23 @@ pub(crate) mod tests {
             prop_assert!(bytes.len() <= INFO_LEN_MAX);
             prop_assert_eq!(FileInfo::parse(&bytes), Ok(info));
         }
+    }
+
+    proptest! {
+        #![proptest_config(parser_config())]
 
         #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1200)) {
-            let _ = FileInfo::parse(&bytes);
+        fn garbage_never_panics(bytes in hostile_bytes(b"LCFI\x00\x01", 1200)) {
+            if let Ok(info) = FileInfo::parse(&bytes) {
+                check_parsed_info(&info, &bytes)?;
+            }
+        }
+
+        #[test]
+        fn mutated_info_is_rejected_or_consistent(bytes in mutated(valid_info_bytes())) {
+            if let Ok(info) = FileInfo::parse(&bytes) {
+                check_parsed_info(&info, &bytes)?;
+            }
         }
 
         #[test]
@@ -309,6 +339,29 @@ pub(crate) mod tests {
                 prop_assert_ne!(parsed.root(), info.root());
             }
         }
+    }
+
+    /// Regression (found by the parser tests of issue 9): an info claiming a loop of billions of
+    /// datagrams, with counts consistent with each other, made `parse` build the whole tree
+    /// (gigabytes, seconds of CPU) before it could say no. One forged Offer to any port that
+    /// parses control messages cost that much. Parsing is now arithmetic on the counts.
+    #[test]
+    fn huge_consistent_counts_are_rejected_cheaply() {
+        let mut info = sample_info(1000, DATAGRAM_SIZE_MIN, 1);
+        let data = 3_600_000_000u32;
+        info.data_datagram_count = data;
+        info.frame_stream_len = u64::from(data) * payload_capacity(DATAGRAM_SIZE_MIN) as u64;
+        info.original_size = info.frame_stream_len;
+        info.frame_count = info.original_size.div_ceil(u64::from(info.frame_raw_size));
+        info.loop_len = u32::MAX;
+        let bytes = info.to_bytes();
+        let started = std::time::Instant::now();
+        assert_eq!(FileInfo::parse(&bytes), Err(ParseError::Malformed));
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < std::time::Duration::from_millis(50),
+            "parse took {elapsed:?}"
+        );
     }
 
     #[test]

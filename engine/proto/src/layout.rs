@@ -25,6 +25,33 @@ pub struct TreeShape {
     loop_len: u32,
 }
 
+/// What a file info states about its tree: see [`TreeShape::dimensions`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeDimensions {
+    pub loop_len: u32,
+    pub top_count: usize,
+}
+
+/// Node count of each level (data first) and the loop length: arithmetic on the counts only.
+fn level_counts(data_datagram_count: u32, fanout: u32) -> Result<(Vec<u32>, u32), ShapeError> {
+    if data_datagram_count == 0 {
+        return Err(ShapeError::Empty);
+    }
+    if fanout < 2 {
+        return Err(ShapeError::FanoutTooSmall);
+    }
+    let mut node_counts = vec![data_datagram_count];
+    let mut total = u64::from(data_datagram_count);
+    while *node_counts.last().expect("node_counts starts non-empty") as usize > TOP_HASHES_MAX {
+        let below = *node_counts.last().expect("node_counts starts non-empty");
+        let blocks = below.div_ceil(fanout);
+        node_counts.push(blocks);
+        total += u64::from(blocks);
+    }
+    let loop_len = u32::try_from(total).map_err(|_| ShapeError::TooLarge)?;
+    Ok((node_counts, loop_len))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShapeError {
     /// No data datagrams: every archive has at least one frame and so one datagram.
@@ -43,22 +70,10 @@ pub enum Parent {
 }
 
 impl TreeShape {
+    /// Builds the tree's serial tables: O(number of hash blocks) time and memory. Check counts
+    /// from untrusted input with [`TreeShape::dimensions`] first.
     pub fn new(data_datagram_count: u32, fanout: u32) -> Result<TreeShape, ShapeError> {
-        if data_datagram_count == 0 {
-            return Err(ShapeError::Empty);
-        }
-        if fanout < 2 {
-            return Err(ShapeError::FanoutTooSmall);
-        }
-        let mut node_counts = vec![data_datagram_count];
-        let mut total = u64::from(data_datagram_count);
-        while *node_counts.last().expect("node_counts starts non-empty") as usize > TOP_HASHES_MAX {
-            let below = *node_counts.last().expect("node_counts starts non-empty");
-            let blocks = below.div_ceil(fanout);
-            node_counts.push(blocks);
-            total += u64::from(blocks);
-        }
-        let loop_len = u32::try_from(total).map_err(|_| ShapeError::TooLarge)?;
+        let (node_counts, loop_len) = level_counts(data_datagram_count, fanout)?;
         let mut shape = TreeShape {
             fanout,
             block_serials: node_counts[1..]
@@ -75,6 +90,17 @@ impl TreeShape {
         }
         assert_eq!(next_serial, loop_len, "pre-order walk must cover the loop");
         Ok(shape)
+    }
+
+    /// Loop length and number of top hashes of the tree over `data_datagram_count` datagrams,
+    /// without building it: O(depth), so a file info from the network is checked before
+    /// anything is sized by its counts.
+    pub fn dimensions(data_datagram_count: u32, fanout: u32) -> Result<TreeDimensions, ShapeError> {
+        let (node_counts, loop_len) = level_counts(data_datagram_count, fanout)?;
+        Ok(TreeDimensions {
+            loop_len,
+            top_count: *node_counts.last().expect("node_counts is never empty") as usize,
+        })
     }
 
     fn assign_serials(&mut self, level: u8, index: u32, next_serial: &mut u32) {
@@ -206,6 +232,19 @@ mod tests {
             }
             prop_assert!(seen.iter().all(|&s| s));
             prop_assert!(shape.top_count() <= TOP_HASHES_MAX);
+        }
+
+        /// The file info's cheap check agrees with the tree it stands for.
+        #[test]
+        fn dimensions_agree_with_the_built_tree(data in 0u32..2_000_000, fanout in 0u32..300) {
+            match (TreeShape::new(data, fanout), TreeShape::dimensions(data, fanout)) {
+                (Ok(shape), Ok(tree)) => {
+                    prop_assert_eq!(tree.loop_len, shape.loop_len());
+                    prop_assert_eq!(tree.top_count, shape.top_count());
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+            }
         }
     }
 }

@@ -28,6 +28,8 @@ pub mod layout;
 pub mod nak;
 pub mod receiver;
 pub mod rng;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod time;
 pub mod wire;
 

@@ -460,7 +460,7 @@ fn run_sink(group: SocketAddr, interface: Ipv4Addr, seconds: f64) -> Result<(), 
     Ok(())
 }
 
-/// Builds sender and receiver namespaces on a bridge (the topology of ../shared/netns.sh),
+/// Builds sender and receiver namespaces on a bridge (the topology of `loopcast_tools::topology`),
 /// runs this scenario inside the sender's, multicast to a group the receiver joins at the
 /// bridge, and removes everything afterwards.
 fn run_in_netns(scenario: &str, args: &SendArgs) -> Result<(), String> {

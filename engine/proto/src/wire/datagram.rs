@@ -158,6 +158,7 @@ pub fn payload<'a>(bytes: &'a [u8], header: &DatagramHeader) -> &'a [u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testkit::{hostile_bytes, mutated, parser_config};
     use proptest::prelude::*;
 
     fn any_header() -> impl Strategy<Value = DatagramHeader> {
@@ -195,15 +196,54 @@ mod tests {
         }
 
         #[test]
-        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = DatagramHeader::parse(&bytes);
-        }
-
-        #[test]
         fn truncation_is_detected(header in any_header(), cut in 0usize..DATAGRAM_HEADER_LEN) {
             let mut buf = vec![0u8; DATAGRAM_HEADER_LEN + usize::from(header.payload_len)];
             header.emit(&mut buf);
             prop_assert!(DatagramHeader::parse(&buf[..cut]).is_err());
+        }
+    }
+
+    /// A whole datagram: header, payload and padding (filled with one byte).
+    fn valid_datagram() -> impl Strategy<Value = Vec<u8>> {
+        (any_header(), any::<u8>(), 0usize..64).prop_map(|(header, fill, padding)| {
+            let mut buf =
+                vec![fill; DATAGRAM_HEADER_LEN + usize::from(header.payload_len) + padding];
+            header.emit(&mut buf);
+            buf
+        })
+    }
+
+    /// What every header that parsed must be: valid fields, inside its buffer, and the header
+    /// bytes are exactly its own encoding.
+    fn check_parsed(header: &DatagramHeader, bytes: &[u8]) -> Result<(), TestCaseError> {
+        prop_assert!(header.serial.0 < header.loop_len);
+        prop_assert_eq!(header.kind == DatagramKind::Data, header.level == 0);
+        prop_assert_eq!(
+            payload(bytes, header).len(),
+            usize::from(header.payload_len)
+        );
+        let mut again = bytes.to_vec();
+        header.emit(&mut again);
+        prop_assert_eq!(&again[..], bytes, "re-emits byte for byte");
+        prop_assert_eq!(DatagramHeader::parse(&again), Ok(*header));
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(parser_config())]
+
+        #[test]
+        fn garbage_never_panics(bytes in hostile_bytes(b"LC\x01", 1600)) {
+            if let Ok(header) = DatagramHeader::parse(&bytes) {
+                check_parsed(&header, &bytes)?;
+            }
+        }
+
+        #[test]
+        fn mutated_datagram_is_dropped_or_valid(bytes in mutated(valid_datagram())) {
+            if let Ok(header) = DatagramHeader::parse(&bytes) {
+                check_parsed(&header, &bytes)?;
+            }
         }
     }
 }
