@@ -43,6 +43,9 @@ pub struct GetConfig {
     pub stall_timeout: Duration,
     /// Replace an existing output (else refused before anything is requested).
     pub force: bool,
+    /// Local address of the client's socket (default: any address, an ephemeral port), e.g. a
+    /// fixed port a firewall lets through.
+    pub bind: Option<SocketAddr>,
 }
 
 impl GetConfig {
@@ -58,6 +61,7 @@ impl GetConfig {
             request_timeout: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(30),
             force: false,
+            bind: None,
         }
     }
 }
@@ -198,10 +202,10 @@ pub fn get(
     let clock = loopcast_proto::time::MonotonicClock::new();
     // Before any traffic: the output is usable and no other download holds it.
     let mut part = Some(files::PartFile::prepare(config)?);
-    let bind: SocketAddr = if config.server.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    let bind: SocketAddr = match config.bind {
+        Some(bind) => bind,
+        None if config.server.is_ipv4() => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
     };
     let control =
         loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;

@@ -108,6 +108,44 @@ enum Scenario {
         #[arg(long, default_value_t = 10.0)]
         seconds: f64,
     },
+    /// The client's final whole-file check vs plain multi-threaded BLAKE3 over the same file.
+    Verify {
+        #[arg(long, default_value = "1G", value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Drop the page cache before each side (root): both read from the disk.
+        #[arg(long)]
+        cold: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A download resumed at 90 % held vs a fresh one (loopback, unicast).
+    Resume {
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        /// loopcast channel rate.
+        #[arg(long, default_value = "400M")]
+        rate: String,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A download under a flood of hostile packets at the server and the client vs the same
+    /// download undisturbed (loopback, unicast).
+    Flood {
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        size: u64,
+        #[arg(long, default_value = "400M")]
+        rate: String,
+        #[arg(long, default_value_t = 200_000)]
+        packets: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Packing throughput vs memcpy and AES-256-GCM ceilings.
     Pack {
         /// Bytes to pack (incompressible).
@@ -133,6 +171,18 @@ fn main() -> ExitCode {
         }
         Scenario::Send(args) => run_send(&args),
         Scenario::Pack { size, json } => run_pack(size, json),
+        Scenario::Verify { size, runs, cold, json } => {
+            print_session(loopcast_tools::session_bench::run_verify(size, runs, cold), json)
+        }
+        Scenario::Resume { size, rate, runs, json } => loopcast_tools::parse_rate(&rate).and_then(|rate| {
+            print_session(loopcast_tools::session_bench::run_resume(size, rate, runs), json)
+        }),
+        Scenario::Flood { size, rate, packets, runs, json } => loopcast_tools::parse_rate(&rate).and_then(|rate| {
+            print_session(
+                loopcast_tools::session_bench::run_flood(size, rate, packets, runs),
+                json,
+            )
+        }),
         Scenario::E2e { receivers, size, jumbo, rate, peers, timeout_s, json } => {
             loopcast_tools::e2e_bench::run(&loopcast_tools::e2e_bench::E2eArgs {
                 receivers: receivers.max(1),
@@ -876,6 +926,21 @@ fn write_random(path: &std::path::Path, len: u64) -> Result<(), String> {
         counter += 1;
     }
     out.flush().map_err(|e| e.to_string())
+}
+
+/// Prints a session benchmark's result: the JSON object, or its scenario and ratios.
+fn print_session(result: Result<serde_json::Value, String>, json: bool) -> Result<(), String> {
+    let report = result?;
+    if json {
+        println!("{report}");
+    } else {
+        println!(
+            "{}: ratio median {:.3}; {report}",
+            report["scenario"],
+            report["ratio_median"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(())
 }
 
 fn run_pack(size: u64, json: bool) -> Result<(), String> {
