@@ -156,7 +156,9 @@ fn repair(c: &mut Criterion) {
             || carousel(10_000_000_000),
             |mut channel| {
                 for &(first, count) in ranges.iter().chain(ranges.iter()) {
-                    channel.queue_repair(first, count).expect("in range, room");
+                    channel
+                        .queue_repair(first, count, None)
+                        .expect("in range, room");
                 }
                 let mut now = Instant::ZERO;
                 let mut sent = 0u64;

@@ -470,6 +470,7 @@ impl Server {
                 channel,
                 first,
                 count,
+                to,
             } => {
                 if let Some(id) = self.channels.get(&channel).map(|c| c.id) {
                     // The pool's carousel checks the range and merges repeats; a full command
@@ -478,6 +479,7 @@ impl Server {
                         channel: id,
                         first,
                         count,
+                        to,
                     });
                     if queued.is_err() {
                         self.counters.nak_ranges_dropped += 1;

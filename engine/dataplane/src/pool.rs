@@ -104,11 +104,13 @@ pub enum Command {
     SetRate(ChannelId, u64),
     AddDestination(ChannelId, SocketAddr),
     RemoveDestination(ChannelId, SocketAddr),
-    /// Send serials `first .. first + count` ahead of the loop, within the channel's rate.
+    /// Send serials `first .. first + count` ahead of the loop, within the channel's rate, to
+    /// `to` only (a unicast receiver that asked) or, with `None`, to every destination.
     QueueRepair {
         channel: ChannelId,
         first: u32,
         count: u32,
+        to: Option<SocketAddr>,
     },
 }
 
@@ -478,9 +480,10 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
             channel: id,
             first,
             count,
+            to,
         } => {
             if let Some(channel) = schedule.channel_mut(id) {
-                if channel.carousel.queue_repair(first, count).is_err() {
+                if channel.carousel.queue_repair(first, count, to).is_err() {
                     channel
                         .spec
                         .stats
@@ -564,8 +567,14 @@ fn run_thread(
                 let Some(transmit) = transmit else { continue };
                 let channel = schedule.slots[slot].as_ref().expect("due slot is live");
                 let size = usize::from(channel.spec.datagram_size);
+                // A repair for one receiver goes to it alone (if it is still a destination).
+                let target = transmit.to.map(SockAddr::from);
                 channel.regions(transmit.first, transmit.count, |region| {
-                    for destination in &channel.destinations {
+                    for destination in channel
+                        .destinations
+                        .iter()
+                        .filter(|d| target.as_ref().is_none_or(|t| *d == t))
+                    {
                         items.push(SendItem {
                             destination,
                             region,
@@ -588,7 +597,11 @@ fn run_thread(
         for &(slot, transmit) in &due {
             if let Some(transmit) = transmit {
                 let channel = schedule.slots[slot].as_ref().expect("due slot is live");
-                let datagrams = u64::from(transmit.count) * channel.destinations.len() as u64;
+                let receivers = match transmit.to {
+                    Some(to) => usize::from(channel.destinations.contains(&SockAddr::from(to))),
+                    None => channel.destinations.len(),
+                };
+                let datagrams = u64::from(transmit.count) * receivers as u64;
                 let size = u64::from(channel.spec.datagram_size);
                 let channel_stats = &channel.spec.stats;
                 channel_stats
@@ -965,12 +978,14 @@ mod tests {
             channel: ChannelId(7),
             first: 900,
             count: 10,
+            to: None,
         })
         .unwrap();
         pool.command(Command::QueueRepair {
             channel: ChannelId(7),
             first: 995,
             count: 10,
+            to: None,
         })
         .unwrap();
         let received: Vec<u32> = (0..40).map(|_| next_serial()).collect();

@@ -13,6 +13,8 @@
 use core::time::Duration;
 use std::collections::VecDeque;
 
+use std::net::SocketAddr;
+
 use crate::time::Instant;
 
 /// Opaque id of a client session on a channel.
@@ -47,6 +49,9 @@ pub struct Transmit {
     pub count: u32,
     /// A repair sent ahead of the loop (R10), not the loop's own progress.
     pub repair: bool,
+    /// A repair for one receiver (a unicast session): only it needs it. `None`: every
+    /// destination of the channel (the loop itself, or a repair for a multicast group).
+    pub to: Option<SocketAddr>,
 }
 
 /// Ranges at most waiting for repair on one carousel; more are refused (and counted by the
@@ -215,12 +220,17 @@ impl Carousel {
     /// Queues `first .. first + count` to be sent ahead of the loop, at the channel's rate. A
     /// range overlapping or adjoining one already waiting is merged into it, so repeated NAKs for
     /// the same loss cost one repair.
-    pub fn queue_repair(&mut self, first: u32, count: u32) -> Result<(), RepairError> {
+    pub fn queue_repair(
+        &mut self,
+        first: u32,
+        count: u32,
+        to: Option<SocketAddr>,
+    ) -> Result<(), RepairError> {
         let end = first.checked_add(count).ok_or(RepairError::OutOfRange)?;
         if count == 0 || end > self.config.loop_len {
             return Err(RepairError::OutOfRange);
         }
-        for queued in self.repairs.iter_mut() {
+        for queued in self.repairs.iter_mut().filter(|q| q.to == to) {
             let queued_end = queued.first + queued.count;
             if first <= queued_end && queued.first <= end {
                 let merged_first = queued.first.min(first);
@@ -240,6 +250,7 @@ impl Carousel {
             first,
             count,
             repair: true,
+            to,
         });
         Ok(())
     }
@@ -298,6 +309,7 @@ impl Carousel {
                 first: repair.first,
                 count,
                 repair: true,
+                to: repair.to,
             };
             repair.first += count;
             repair.count -= count;
@@ -318,6 +330,7 @@ impl Carousel {
             first: self.next_serial,
             count,
             repair: false,
+            to: None,
         };
         self.next_serial += count;
         if self.next_serial == self.config.loop_len {
@@ -374,7 +387,7 @@ mod tests {
         let (mut loop_sent, mut repair_sent) = (0u64, 0u64);
         for round in 0..2_000u32 {
             // A receiver (or an attacker) keeps the repair queue full.
-            let _ = carousel.queue_repair((round * 37) % 9_000, 200);
+            let _ = carousel.queue_repair((round * 37) % 9_000, 200, None);
             let t = carousel.poll_transmit(Instant::ZERO).unwrap();
             if t.repair {
                 repair_sent += u64::from(t.count);
@@ -408,10 +421,10 @@ mod tests {
         }
         let serial_before = carousel.next_serial();
         let seen_before = carousel.sent_total();
-        carousel.queue_repair(500, 10).unwrap();
-        carousel.queue_repair(505, 10).unwrap(); // overlaps: merged into 500..515
-        carousel.queue_repair(515, 5).unwrap(); // adjoins: merged into 500..520
-        carousel.queue_repair(900, 2).unwrap();
+        carousel.queue_repair(500, 10, None).unwrap();
+        carousel.queue_repair(505, 10, None).unwrap(); // overlaps: merged into 500..515
+        carousel.queue_repair(515, 5, None).unwrap(); // adjoins: merged into 500..520
+        carousel.queue_repair(900, 2, None).unwrap();
         assert_eq!(carousel.repairs_pending(), 22);
         let mut repaired = Vec::new();
         let start = now;
@@ -456,18 +469,24 @@ mod tests {
     #[test]
     fn repair_requests_out_of_range_or_beyond_the_queue_are_refused() {
         let mut carousel = Carousel::new(config(1000, 0), Instant::ZERO);
-        assert_eq!(carousel.queue_repair(0, 0), Err(RepairError::OutOfRange));
-        assert_eq!(carousel.queue_repair(999, 2), Err(RepairError::OutOfRange));
         assert_eq!(
-            carousel.queue_repair(u32::MAX, 2),
+            carousel.queue_repair(0, 0, None),
+            Err(RepairError::OutOfRange)
+        );
+        assert_eq!(
+            carousel.queue_repair(999, 2, None),
+            Err(RepairError::OutOfRange)
+        );
+        assert_eq!(
+            carousel.queue_repair(u32::MAX, 2, None),
             Err(RepairError::OutOfRange)
         );
         for index in 0..REPAIR_QUEUE_MAX as u32 {
-            carousel.queue_repair(index * 3, 1).unwrap();
+            carousel.queue_repair(index * 3, 1, None).unwrap();
         }
-        assert_eq!(carousel.queue_repair(999, 1), Err(RepairError::Full));
+        assert_eq!(carousel.queue_repair(999, 1, None), Err(RepairError::Full));
         assert_eq!(
-            carousel.queue_repair(3, 1),
+            carousel.queue_repair(3, 1, None),
             Ok(()),
             "a repeat merges even when full"
         );
@@ -524,7 +543,7 @@ mod tests {
             let mut wanted = vec![false; loop_len as usize];
             let mut asked = 0u64;
             for (first, count) in asks {
-                match carousel.queue_repair(first, count) {
+                match carousel.queue_repair(first, count, None) {
                     Ok(()) => {
                         for serial in first..first + count {
                             wanted[serial as usize] = true;

@@ -139,10 +139,13 @@ pub enum DataCommand {
         channel: ChannelId,
         destination: SocketAddr,
     },
+    /// Repair these serials ahead of the loop, for `to` alone (a unicast session) or, with
+    /// `None`, for the channel's group (multicast: every receiver hears it).
     QueueRepair {
         channel: ChannelId,
         first: u32,
         count: u32,
+        to: Option<SocketAddr>,
     },
 }
 
@@ -899,6 +902,10 @@ impl Endpoint {
             .group
             .filter(|_| state.transport == Transport::Multicast);
         let file_id = channel.file_id;
+        let repair_to = match state.transport {
+            Transport::Unicast => Some(from),
+            Transport::Multicast => None,
+        };
         let address = self
             .addresses
             .get_mut(&from.ip())
@@ -944,6 +951,7 @@ impl Endpoint {
                 channel: channel_id,
                 first,
                 count,
+                to: repair_to,
             });
         }
         // R10 suppression: tell the group what was asked, so receivers missing the same

@@ -88,8 +88,8 @@ pub struct NakPlanner {
     heard: BTreeMap<u32, (u32, Instant)>,
     /// The backward walk from the join point: the next serial to look at, and whether it is on.
     backlog_next: Option<u32>,
-    /// Where this session joined the loop (the backlog's end).
-    join_serial: u32,
+    /// Serials the backlog asked for and that have not arrived (allocated with the backlog).
+    backlog_bits: Option<Bitmap>,
     /// Backlog ranges asked and when; their unseen serials count against the window.
     backlog_asked: VecDeque<(u32, u32, Instant)>,
     backlog_serials: u64,
@@ -116,7 +116,7 @@ impl NakPlanner {
             waiting: VecDeque::new(),
             heard: BTreeMap::new(),
             backlog_next: None,
-            join_serial: 0,
+            backlog_bits: None,
             backlog_asked: VecDeque::new(),
             backlog_serials: 0,
             random: config.random_seed | 1,
@@ -204,6 +204,13 @@ impl NakPlanner {
             // A run ends at a held serial, at the wrap (ranges never wrap), or when done.
             let wraps = next == self.loop_len() - 1 && run.is_some();
             if let Some((low, high)) = run.filter(|_| done || !missing || wraps) {
+                let bits = self
+                    .backlog_bits
+                    .as_mut()
+                    .expect("allocated with the backlog");
+                for serial in low..=high {
+                    bits.set(serial);
+                }
                 ranges.push((low, high - low + 1));
                 self.backlog_asked.push_back((low, high - low + 1, now));
                 self.backlog_serials += u64::from(high - low + 1);
@@ -241,20 +248,20 @@ impl NakPlanner {
                 // and the backlog walks backwards from here.
                 self.frontier = Some(serial);
                 self.cursor = serial;
-                self.join_serial = serial;
                 if self.config.backlog_window > 0 {
+                    self.backlog_bits = Some(Bitmap::new(self.loop_len()));
                     self.backlog_next = Some(self.before(serial));
                 }
             }
             Some(frontier) => {
-                // A repair from the backlog (between the backward walk and the join point) is
-                // not the loop's progress: it must not move the frontier, or everything it
-                // jumped over would count as lost.
-                if let Some(walk) = self.backlog_next {
-                    let into_backlog = self.ahead(walk, serial);
-                    if into_backlog > 0 && into_backlog < self.ahead(walk, self.join_serial) {
-                        return;
-                    }
+                // A serial the backlog asked for is a repair, not the loop's progress: it must
+                // not move the frontier, or everything it jumped over would count as lost.
+                if self
+                    .backlog_bits
+                    .as_mut()
+                    .is_some_and(|bits| bits.clear(serial))
+                {
+                    return;
                 }
                 let ahead = self.ahead(frontier, serial);
                 if ahead > 0 && ahead < self.loop_len().div_ceil(2) {
@@ -743,6 +750,44 @@ mod tests {
             asked_serials.len()
         );
         assert_eq!(nak.backlog_next, None, "the walk ended at the frontier");
+    }
+
+    #[test]
+    fn backlog_repairs_do_not_move_the_frontier_over_what_the_loop_has_not_brought() {
+        let loop_len = 10_000;
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                backlog_window: 2048,
+                ..NakConfig::default()
+            },
+            &Bitmap::new(loop_len),
+        );
+        let mut now = Instant::ZERO;
+        for serial in 0..100 {
+            nak.saw(serial);
+        }
+        let mut asked = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            now = now + Duration::from_millis(10);
+            if let Some(ranges) = nak.poll_nak(now) {
+                for (first, count) in ranges {
+                    for serial in first..first + count {
+                        // Only the backlog asks here (nothing was lost), and it asks once: a
+                        // repair that moved the frontier would make everything it jumped over
+                        // count as lost and be asked again.
+                        assert!(asked.insert(serial), "serial {serial} asked twice");
+                        // The repairs arrive at once.
+                        nak.saw(serial);
+                    }
+                }
+            }
+        }
+        assert!(nak.backlog_serials() > 2048, "the backlog kept asking");
+        assert_eq!(
+            nak.serials_naked(),
+            nak.backlog_serials(),
+            "nothing but the backlog was asked"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Deterministic simulation of the real machines: the server `Endpoint` with a pacing
 //! `Carousel` per channel, and several clients (`ClientSession` + `Receiver` + `NakPlanner`)
-//! wired through a seeded virtual network (loss, duplication, reordering, delay) on a virtual
+//! wired through a seeded virtual network (random and burst loss, duplication, reordering,
+//! delay, a rate-limited bottleneck with tail drop) on a virtual
 //! clock, with an adversary that injects forged datagrams (spoofing the server's address),
 //! spoofed Requests for a victim that never answers, replayed and random control messages, and
 //! a server restart. Any failure prints its seed and a one-line replay command.
@@ -60,6 +61,14 @@ struct Network {
     sequence: u64,
     /// Loss per destination address, per mille.
     loss_per_mille: HashMap<SocketAddr, u64>,
+    /// Burst loss (Gilbert model): in a burst every datagram to that address is lost; a burst
+    /// starts with `burst_start_per_mille` and ends with 1 in 8 per datagram.
+    in_burst: HashMap<SocketAddr, bool>,
+    burst_start_per_mille: u64,
+    /// A bottleneck in front of each client: at most this many bytes per millisecond are
+    /// delivered; what queues beyond 64 KiB is dropped (a router's tail drop).
+    bottleneck_bytes_per_ms: u64,
+    queued_until: HashMap<SocketAddr, Instant>,
 }
 
 impl Network {
@@ -68,10 +77,35 @@ impl Network {
         if self.rng.below(1000) < loss {
             return;
         }
+        let burst = self.in_burst.entry(to).or_insert(false);
+        *burst = if *burst {
+            self.rng.below(8) != 0
+        } else {
+            self.rng.below(1000) < self.burst_start_per_mille
+        };
+        if *burst {
+            return;
+        }
+        // The bottleneck: serialisation delay, and tail drop past 64 KiB queued.
+        let mut extra = Duration::ZERO;
+        if self.loss_per_mille.contains_key(&to) {
+            let queued_until = self.queued_until.entry(to).or_insert(now);
+            let start = (*queued_until).max(now);
+            let backlog_bytes = start.saturating_since(now).as_micros() as u64
+                * self.bottleneck_bytes_per_ms
+                / 1000;
+            if backlog_bytes > 64 << 10 {
+                return;
+            }
+            let serialise =
+                Duration::from_micros(bytes.len() as u64 * 1000 / self.bottleneck_bytes_per_ms);
+            *queued_until = start + serialise;
+            extra = queued_until.saturating_since(now);
+        }
         let copies = if self.rng.below(100) == 0 { 2 } else { 1 };
         for _ in 0..copies {
             // 1–6 ms: enough jitter to reorder.
-            let delay = Duration::from_micros(1000 + self.rng.below(5000));
+            let delay = extra + Duration::from_micros(1000 + self.rng.below(5000));
             self.sequence += 1;
             self.in_flight.insert(
                 (now + delay, self.sequence),
@@ -122,6 +156,9 @@ struct Client {
     started: bool,
     receiver: Option<Receiver>,
     nak: Option<NakPlanner>,
+    nak_config: NakConfig,
+    /// Serials asked for over the whole run (planners are rebuilt after a failed check).
+    serials_naked: u64,
     /// The client's "disk": what was written at each serial.
     stored: Vec<Option<Vec<u8>>>,
     published: bool,
@@ -155,6 +192,11 @@ fn simulate(seed: u64) {
         in_flight: BTreeMap::new(),
         sequence: 0,
         loss_per_mille: HashMap::new(),
+        in_burst: HashMap::new(),
+        burst_start_per_mille: rng.below(10),
+        // 16–48 Mbit/s: some clients' paths are slower than the 20 Mbit/s channel.
+        bottleneck_bytes_per_ms: 2_000 + rng.below(4_000),
+        queued_until: HashMap::new(),
     };
     let mut now = Instant::ZERO;
     let mut server = Server::new(seed, server_address(), now);
@@ -173,6 +215,12 @@ fn simulate(seed: u64) {
                 started: false,
                 receiver: None,
                 nak: None,
+                // Half the clients ask for what lies behind their join point (the backlog).
+                nak_config: NakConfig {
+                    backlog_window: if rng.below(2) == 0 { 0 } else { 64 },
+                    ..NakConfig::default()
+                },
+                serials_naked: 0,
                 stored: vec![None; loop_len as usize],
                 published: false,
             }
@@ -185,6 +233,7 @@ fn simulate(seed: u64) {
     let mut victim_received = 0u64;
     let mut captured: Vec<Vec<u8>> = Vec::new();
     let mut last_loop_progress = (now, 0u64);
+    let mut repair_datagrams_sent = 0u64;
 
     while now.saturating_since(Instant::ZERO) < SIM_LIMIT {
         // Server restart: everything in the endpoint and the data plane is lost.
@@ -378,9 +427,10 @@ fn simulate(seed: u64) {
                     channel,
                     first,
                     count,
+                    to,
                 } => {
                     if let Some((carousel, _)) = server.carousels.get_mut(&channel) {
-                        let _ = carousel.queue_repair(first, count);
+                        let _ = carousel.queue_repair(first, count, to);
                     }
                 }
             }
@@ -396,8 +446,16 @@ fn simulate(seed: u64) {
         let mut sent_total = 0;
         for (carousel, destinations) in server.carousels.values_mut() {
             while let Some(transmit) = carousel.poll_transmit(now) {
+                let targets: Vec<SocketAddr> = destinations
+                    .iter()
+                    .copied()
+                    .filter(|d| transmit.to.is_none_or(|to| to == *d))
+                    .collect();
+                if transmit.repair {
+                    repair_datagrams_sent += u64::from(transmit.count) * targets.len() as u64;
+                }
                 for serial in transmit.first..transmit.first + transmit.count {
-                    for &destination in destinations.iter() {
+                    for &destination in targets.iter() {
                         network.send(
                             now,
                             server_address(),
@@ -449,7 +507,8 @@ fn simulate(seed: u64) {
                     network.send(now, client.address, server_address(), bytes);
                 }
             } else {
-                client.nak = Some(NakPlanner::new(NakConfig::default(), receiver.have()));
+                client.serials_naked += client.nak.as_ref().map_or(0, |n| n.serials_naked());
+                client.nak = Some(NakPlanner::new(client.nak_config, receiver.have()));
             }
         }
         if clients.iter().all(|c| c.published) {
@@ -465,6 +524,13 @@ fn simulate(seed: u64) {
             client.receiver.as_ref().map(|r| r.have().count_ones())
         );
     }
+    // Repairs follow what the receivers miss: at most a loop per session (a restart or a lost
+    // session starts a new one), never a multiple of it.
+    let sessions: u64 = clients.iter().map(|c| 1 + c.session.rerequests()).sum();
+    assert!(
+        repair_datagrams_sent <= sessions * u64::from(loop_len),
+        "{replay}: {repair_datagrams_sent} repair datagrams for {sessions} sessions of a {loop_len}-serial loop"
+    );
     assert!(
         victim_received <= 3 * victim_sent_in_name,
         "{replay}: {victim_received} bytes to the victim for {victim_sent_in_name} sent in its name"

@@ -617,7 +617,14 @@ mod tests {
     /// variant needs a line here only if it has a field with a domain of its own.
     fn check_parsed(message: &ControlMessage, bytes: &[u8]) -> Result<(), TestCaseError> {
         let again = message.to_bytes();
-        prop_assert_eq!(&again[..], bytes, "re-emits byte for byte");
+        match message {
+            // A Request's zero padding may be any length: the body re-emits byte for byte.
+            ControlMessage::Request { name, .. } => {
+                let body = 14 + name.len();
+                prop_assert_eq!(&again[..body], &bytes[..body], "re-emits byte for byte");
+            }
+            _ => prop_assert_eq!(&again[..], bytes, "re-emits byte for byte"),
+        }
         prop_assert!(again.len() <= CONTROL_LEN_MAX);
         prop_assert_eq!(ControlMessage::parse(&again), Ok(message.clone()));
         match message {
