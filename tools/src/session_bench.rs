@@ -159,8 +159,9 @@ pub fn run_verify(size: u64, runs: usize, cold: bool) -> Result<serde_json::Valu
             drop_page_cache(&archive)?;
         }
         let started = Instant::now();
+        // The client's final check: the tree walk with the multi-lane hasher.
         ArchiveFile::open(&archive)
-            .and_then(|a| a.verify())
+            .and_then(|a| a.verify_with(&loopcast_dataplane::hash_lanes::hash_many))
             .map_err(|e| e.to_string())?;
         check.push(started.elapsed().as_secs_f64());
     }

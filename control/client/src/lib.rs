@@ -897,7 +897,7 @@ impl Download {
                     what: "header names another root".into(),
                 });
             }
-            archive.verify()
+            archive.verify_with(&loopcast_dataplane::hash_lanes::hash_many)
         });
         let error = match whole {
             Ok(()) => return Ok(true),

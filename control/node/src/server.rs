@@ -560,7 +560,9 @@ impl Server {
             .name("loopcast-verify".into())
             .spawn(move || {
                 ArchiveFile::open(&check_path)
-                    .and_then(|archive| archive.verify())
+                    .and_then(|archive| {
+                        archive.verify_with(&loopcast_dataplane::hash_lanes::hash_many)
+                    })
                     .map_err(|e| e.to_string())
             })
             .map_err(|e| format!("cannot start archive verification: {e}"))

@@ -11,6 +11,7 @@
 //! The io_uring SEND_ZC path (issue 5) will sit beside `send` behind the same probe.
 
 pub mod ceiling;
+pub mod hash_lanes;
 pub mod mapped;
 pub mod netns;
 pub mod pool;

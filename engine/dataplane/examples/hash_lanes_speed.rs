@@ -1,0 +1,22 @@
+//! Quick throughput check of `hash_lanes::hash_many` vs `blake3::hash` per datagram (one core).
+fn main() {
+    let size = 1440;
+    let count = 200_000;
+    let data: Vec<u8> = (0..size * count).map(|i| (i * 13) as u8).collect();
+    let inputs: Vec<&[u8]> = data.chunks_exact(size).collect();
+    let mut out = vec![[0u8; 32]; count];
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        for (i, o) in inputs.iter().zip(out.iter_mut()) {
+            *o = *blake3::hash(i).as_bytes();
+        }
+        let single = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        for (ins, outs) in inputs.chunks(16).zip(out.chunks_mut(16)) {
+            loopcast_dataplane::hash_lanes::hash_many(ins, outs);
+        }
+        let lanes = t.elapsed().as_secs_f64();
+        let gb = (size * count) as f64 / 1e9;
+        println!("single {:.2} GB/s, lanes {:.2} GB/s", gb / single, gb / lanes);
+    }
+}
