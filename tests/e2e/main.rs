@@ -10,6 +10,9 @@
 //!   found by the server's background check.
 //! - admin.rs: idle admin connections do not stall the server; a squatted admin socket place
 //!   is refused by the daemon and by loopcastctl (root: acts as two other users).
+//! - attacks.rs: every attack of issue 9 end to end: forged datagrams racing genuine ones
+//!   (unicast, multicast), spoofed Requests, NAK starvation, a session-table hog, the server
+//!   killed, shut down or changed on disk mid-transfer, a client stopped past its timeout.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
 //!
@@ -21,6 +24,7 @@
 //! (`every_e2e_test_is_registered` fails if one is left).
 
 mod admin;
+mod attacks;
 mod bench;
 mod demo;
 mod files;
@@ -58,6 +62,26 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             admin::admin_socket_squatting_is_refused,
             Need::Root("to act as two other users (setpriv, chown)")
         ),
+        e2e!(attacks::forged_race_unicast_from_another_address),
+        e2e!(
+            attacks::forged_race_unicast_spoofed_as_the_server,
+            Need::Root("for a raw socket that spoofs the server's address")
+        ),
+        e2e!(
+            attacks::forged_race_multicast_from_a_host_on_the_group,
+            Need::RootNetns
+        ),
+        e2e!(
+            attacks::spoofed_requests_amplify_nothing,
+            Need::Root("for a raw socket that spoofs the victim's address")
+        ),
+        e2e!(attacks::nak_starvation_by_session_cycling_leaves_the_loop_running),
+        e2e!(attacks::session_table_hog_is_limited_per_address),
+        e2e!(attacks::server_killed_and_restarted_mid_transfer),
+        e2e!(attacks::server_shut_down_and_restarted_mid_transfer),
+        e2e!(attacks::client_stopped_past_the_session_timeout_finishes),
+        e2e!(attacks::archive_bit_flip_while_served_stops_the_channel),
+        e2e!(attacks::archive_truncated_while_served_stops_the_channel),
         e2e!(files::second_get_to_one_output_fails_at_once_and_the_first_completes),
         e2e!(files::symlinks_beside_the_output_are_never_followed),
         e2e!(files::existing_output_needs_force_and_a_directory_is_refused_up_front),

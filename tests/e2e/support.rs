@@ -5,7 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary `name` of this build; with `LOOPCAST_E2E_BINARIES=DIR`, `DIR/name` instead (to
+/// run the suite against another build, e.g. an older commit's, and see which tests it fails).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("LOOPCAST_E2E_BINARIES") {
+        return PathBuf::from(dir).join(name);
+    }
     let path = match name {
         "loopcast" => env!("CARGO_BIN_EXE_loopcast"),
         "loopcastd" => env!("CARGO_BIN_EXE_loopcastd"),

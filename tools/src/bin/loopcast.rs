@@ -626,6 +626,9 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
                 "first_datagram_seconds": report.first_datagram_after.map(|d| d.as_secs_f64()),
                 "publish_seconds": report.publish_time.as_secs_f64(),
                 "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
+                "session_rerequests": report.session_rerequests,
+                "foreign_source_dropped": report.foreign_source_dropped,
+                "receiver": receiver_counters_json(&report.counters),
             })
         );
     } else {
@@ -655,6 +658,17 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The receiver's counters in `get --json`: what arrived, and why anything was dropped.
+fn receiver_counters_json(c: &loopcast_proto::receiver::ReceiverCounters) -> serde_json::Value {
+    serde_json::json!({
+        "received": c.received, "stored": c.stored, "duplicates": c.duplicates,
+        "dropped_malformed": c.dropped_malformed, "dropped_foreign": c.dropped_foreign,
+        "dropped_wrong_size": c.dropped_wrong_size, "dropped_bad_position": c.dropped_bad_position,
+        "dropped_hash_mismatch": c.dropped_hash_mismatch, "dropped_pending_full": c.dropped_pending_full,
+        "dropped_pending_conflict": c.dropped_pending_conflict, "pending_rejected": c.pending_rejected,
+    })
 }
 
 fn extract_to(
