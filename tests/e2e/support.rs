@@ -407,8 +407,10 @@ impl UnicastServer {
         }
     }
 
-    /// `loopcastctl status --json`.
+    /// `loopcastctl status --json`, once the daemon's status snapshot is newer than anything
+    /// the test did before the call (the control loop publishes it at least every ~150 ms).
     pub fn status(&self) -> serde_json::Value {
+        std::thread::sleep(std::time::Duration::from_millis(250));
         status_of(&self.admin)
     }
 }

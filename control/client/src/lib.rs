@@ -163,6 +163,8 @@ const NAK_SUPPRESSION_DELAY: Duration = Duration::from_millis(20);
 /// Serials behind the join point asked ahead of the loop and not yet arrived, at most (about
 /// 3 MB at 1440 bytes: a few tens of milliseconds of repairs at the default rate).
 const NAK_BACKLOG_WINDOW: u32 = 2048;
+/// Datagrams hashed together (the multi-lane hasher's width).
+const HASH_GROUP: usize = 16;
 /// Datagrams in a batch from which hashing is spread over threads.
 const PARALLEL_HASH_MIN: usize = 32;
 /// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
@@ -564,6 +566,14 @@ fn random_seed() -> u64 {
     }
 }
 
+/// Hashes a group of up to `HASH_GROUP` datagrams with the multi-lane hasher, unless none of
+/// them needs it (all held already).
+fn hash_group(hashes: &mut [[u8; 32]], bytes: &[&[u8]], segments: &[Segment]) {
+    if segments.iter().any(|s| s.needs_hash) {
+        loopcast_dataplane::hash_lanes::hash_many(bytes, hashes);
+    }
+}
+
 /// One datagram of the file in a received batch: where it sits, and whether it still needs
 /// hashing (it is not held yet).
 #[derive(Clone, Copy)]
@@ -733,22 +743,21 @@ impl Download {
         };
         let mut slices = recycle_slices(std::mem::take(&mut self.slices));
         slices.extend(segments.iter().map(slice_of));
-        let hash_one = |(hash, (bytes, segment)): (&mut [u8; 32], (&&[u8], &Segment))| {
-            if segment.needs_hash {
-                *hash = *blake3::hash(bytes).as_bytes();
-            }
-        };
+        // Sixteen datagrams per multi-lane BLAKE3 pass (`hash_lanes`); a group with nothing new
+        // is skipped, one with some held datagrams is hashed whole (cheaper than splitting it).
         if segments.len() >= PARALLEL_HASH_MIN && rayon::current_num_threads() > 1 {
             use rayon::prelude::*;
             hashes
-                .par_iter_mut()
-                .zip(slices.par_iter().zip(segments.par_iter()))
-                .for_each(hash_one);
+                .par_chunks_mut(HASH_GROUP)
+                .zip(slices.par_chunks(HASH_GROUP))
+                .zip(segments.par_chunks(HASH_GROUP))
+                .for_each(|((hashes, bytes), segments)| hash_group(hashes, bytes, segments));
         } else {
             hashes
-                .iter_mut()
-                .zip(slices.iter().zip(segments.iter()))
-                .for_each(hash_one);
+                .chunks_mut(HASH_GROUP)
+                .zip(slices.chunks(HASH_GROUP))
+                .zip(segments.chunks(HASH_GROUP))
+                .for_each(|((hashes, bytes), segments)| hash_group(hashes, bytes, segments));
         }
         // Pass 3: accept in order.
         for ((segment, bytes), hash) in segments.iter().zip(slices.iter()).zip(hashes.iter()) {

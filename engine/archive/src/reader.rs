@@ -33,6 +33,9 @@ pub struct ExtractSummary {
     pub elapsed: Duration,
 }
 
+/// Hashes many datagrams at once: `out[i] = BLAKE3(inputs[i])`.
+pub type HashMany = dyn Fn(&[&[u8]], &mut [[u8; 32]]) + Sync;
+
 impl ArchiveFile {
     /// Opens an archive and checks its superblock, info and exact length.
     pub fn open(path: &Path) -> Result<ArchiveFile, ArchiveError> {
@@ -116,10 +119,7 @@ impl ArchiveFile {
 
     /// As `verify`, hashing each level-1 group's data datagrams with `hash_many`
     /// (`out[i] = BLAKE3(inputs[i])`), e.g. a multi-lane hasher.
-    pub fn verify_with(
-        &self,
-        hash_many: &(dyn Fn(&[&[u8]], &mut [[u8; 32]]) + Sync),
-    ) -> Result<(), ArchiveError> {
+    pub fn verify_with(&self, hash_many: &HashMany) -> Result<(), ArchiveError> {
         let size = usize::from(self.info.datagram_size);
         let shape = &self.shape;
         let level_hashes: Vec<[u8; 32]> = if shape.depth() == 0 {

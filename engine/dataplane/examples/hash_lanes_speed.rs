@@ -17,6 +17,10 @@ fn main() {
         }
         let lanes = t.elapsed().as_secs_f64();
         let gb = (size * count) as f64 / 1e9;
-        println!("single {:.2} GB/s, lanes {:.2} GB/s", gb / single, gb / lanes);
+        println!(
+            "single {:.2} GB/s, lanes {:.2} GB/s",
+            gb / single,
+            gb / lanes
+        );
     }
 }
