@@ -15,6 +15,35 @@
 pub mod location;
 pub mod server;
 
+/// A fresh private directory for tests, removed on drop.
+#[cfg(test)]
+pub(crate) mod test_dir {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::path::PathBuf;
+
+    pub struct TempDir(pub PathBuf);
+
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            let mut nonce = [0u8; 8];
+            getrandom::fill(&mut nonce).unwrap();
+            let dir = std::env::temp_dir().join(format!(
+                "loopcast-admin-{tag}-{}-{:x}",
+                std::process::id(),
+                u64::from_ne_bytes(nonce)
+            ));
+            std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -139,29 +168,8 @@ fn request_once(path: &Path, command: &str) -> Result<serde_json::Value, AdminEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::DirBuilderExt;
 
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let mut nonce = [0u8; 8];
-            getrandom::fill(&mut nonce).unwrap();
-            let dir = std::env::temp_dir().join(format!(
-                "loopcast-admin-{tag}-{}-{:x}",
-                std::process::id(),
-                u64::from_ne_bytes(nonce)
-            ));
-            std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn raw_exchange(path: &Path, request: &[u8]) -> String {
         let mut raw = UnixStream::connect(path).unwrap();

@@ -276,28 +276,7 @@ pub fn check_trusted_socket(socket: &Path, uid: u32) -> Result<(), PlaceError> {
 mod tests {
     use super::*;
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let mut nonce = [0u8; 8];
-            getrandom::fill(&mut nonce).unwrap();
-            let dir = std::env::temp_dir().join(format!(
-                "loopcast-admin-{tag}-{}-{:x}",
-                std::process::id(),
-                u64::from_ne_bytes(nonce)
-            ));
-            std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_dir::TempDir;
 
     fn chmod(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();

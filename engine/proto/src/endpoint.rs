@@ -820,26 +820,14 @@ impl Endpoint {
             });
         }
         // Leave the old transport.
-        match (was_validated, previous) {
-            (false, Transport::Multicast) => channel.multicast_pending -= 1,
-            (true, Transport::Multicast) => {
-                channel.multicast_members -= 1;
-                if channel.multicast_members == 0 {
-                    let group = channel.group.expect("multicast sessions have a group");
-                    self.commands.push_back(DataCommand::RemoveDestination {
-                        channel: channel_id,
-                        destination: SocketAddr::V4(group),
-                    });
-                }
-            }
-            (true, Transport::Unicast) => {
-                self.commands.push_back(DataCommand::RemoveDestination {
-                    channel: channel_id,
-                    destination: client,
-                });
-            }
-            (false, Transport::Unicast) => {}
-        }
+        leave_transport(
+            channel,
+            channel_id,
+            client,
+            was_validated,
+            previous,
+            &mut self.commands,
+        );
         // Join the new one.
         match transport {
             Transport::Multicast => {
@@ -983,26 +971,14 @@ impl Endpoint {
             .get_mut(&channel_id)
             .expect("sessions have channels");
         channel.sessions -= 1;
-        match (state.validated, state.transport) {
-            (false, Transport::Multicast) => channel.multicast_pending -= 1,
-            (false, Transport::Unicast) => {}
-            (true, Transport::Multicast) => {
-                channel.multicast_members -= 1;
-                if channel.multicast_members == 0 {
-                    let group = channel.group.expect("multicast sessions have a group");
-                    self.commands.push_back(DataCommand::RemoveDestination {
-                        channel: channel_id,
-                        destination: SocketAddr::V4(group),
-                    });
-                }
-            }
-            (true, Transport::Unicast) => {
-                self.commands.push_back(DataCommand::RemoveDestination {
-                    channel: channel_id,
-                    destination: state.client,
-                });
-            }
-        }
+        leave_transport(
+            channel,
+            channel_id,
+            state.client,
+            state.validated,
+            state.transport,
+            &mut self.commands,
+        );
         self.events.push_back(Event::SessionEnded {
             session,
             client: state.client,
@@ -1168,6 +1144,39 @@ impl Endpoint {
                 sessions <= self.config.sessions_per_address_max,
                 "per-address session bound"
             );
+        }
+    }
+}
+
+/// A session leaves its channel's transport: a pending multicast session stops counting for
+/// SYNC; the last validated multicast member takes the group off the destinations; a validated
+/// unicast session takes its own address off.
+fn leave_transport(
+    channel: &mut Channel,
+    channel_id: ChannelId,
+    client: SocketAddr,
+    validated: bool,
+    transport: Transport,
+    commands: &mut VecDeque<DataCommand>,
+) {
+    match (validated, transport) {
+        (false, Transport::Multicast) => channel.multicast_pending -= 1,
+        (false, Transport::Unicast) => {}
+        (true, Transport::Multicast) => {
+            channel.multicast_members -= 1;
+            if channel.multicast_members == 0 {
+                let group = channel.group.expect("multicast sessions have a group");
+                commands.push_back(DataCommand::RemoveDestination {
+                    channel: channel_id,
+                    destination: SocketAddr::V4(group),
+                });
+            }
+        }
+        (true, Transport::Unicast) => {
+            commands.push_back(DataCommand::RemoveDestination {
+                channel: channel_id,
+                destination: client,
+            });
         }
     }
 }
