@@ -217,6 +217,7 @@ pub fn get(
     session_config.multicast_ok = config.allow_multicast;
     session_config.sync_timeout = config.sync_timeout;
     session_config.request_timeout = config.request_timeout;
+    session_config.rerequest_timeout = config.stall_timeout.max(config.request_timeout);
     let mut session =
         ClientSession::new(session_config, SeededRng::from_seed(os_seed()), clock.now());
     // With UDP GRO one receive can carry up to 64 KiB of coalesced datagrams.
@@ -352,12 +353,16 @@ pub fn get(
                     return Err(ClientError::Rejected { code, message });
                 }
                 ClientEvent::NoAnswer => {
-                    if let Some(download) = download.as_mut() {
-                        download.save()?;
-                    }
+                    let waited = match download.as_mut() {
+                        Some(download) => {
+                            download.save()?;
+                            config.stall_timeout.max(config.request_timeout)
+                        }
+                        None => config.request_timeout,
+                    };
                     return Err(ClientError::NoAnswer {
                         server: config.server,
-                        seconds: config.request_timeout.as_secs(),
+                        seconds: waited.as_secs(),
                     });
                 }
                 ClientEvent::SessionLost { reason } => {

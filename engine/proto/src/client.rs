@@ -39,6 +39,9 @@ pub struct ClientConfig {
     /// Joined and receiving, but no data for this long: ask again (the server may have lost the
     /// session without our hearing of it).
     pub silence_rerequest: Duration,
+    /// Asking again after a lost session gives up after this long without an answer (a server
+    /// restart can take longer than a first request should wait).
+    pub rerequest_timeout: Duration,
 }
 
 impl ClientConfig {
@@ -53,6 +56,7 @@ impl ClientConfig {
             status_interval: Duration::from_millis(250),
             joined_retry: Duration::from_millis(250),
             silence_rerequest: Duration::from_secs(3),
+            rerequest_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -193,7 +197,7 @@ impl ClientSession {
         self.state = State::Requesting {
             request_id,
             next_send: now,
-            give_up_at: now + self.config.request_timeout,
+            give_up_at: now + self.config.rerequest_timeout,
         };
         self.events.push_back(ClientEvent::SessionLost { reason });
         self.handle_timeout(now);
