@@ -24,7 +24,6 @@ use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver, ReceiverCounters};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport};
-use loopcast_proto::wire::datagram::DatagramHeader;
 
 #[derive(Clone, Debug)]
 pub struct GetConfig {
@@ -571,22 +570,12 @@ fn random_seed() -> u64 {
     }
 }
 
-/// Hashes a group of up to `HASH_GROUP` datagrams with the multi-lane hasher, unless none of
-/// them needs it (all held already).
-fn hash_group(hashes: &mut [[u8; 32]], bytes: &[&[u8]], segments: &[Segment]) {
-    if segments.iter().any(|s| s.needs_hash) {
-        loopcast_dataplane::hash_lanes::hash_many(bytes, hashes);
-    }
-}
-
-/// One datagram of the file in a received batch: where it sits, and whether it still needs
-/// hashing (it is not held yet).
+/// One datagram of the file in a received batch: where it sits.
 #[derive(Clone, Copy)]
 struct Segment {
     slot: usize,
     offset: usize,
     len: usize,
-    needs_hash: bool,
 }
 
 /// Empties a vector of borrowed slices and hands back its allocation with a new lifetime (in-place
@@ -727,14 +716,12 @@ impl Download {
                     self.foreign_source_dropped += 1;
                     continue;
                 }
-                let held = DatagramHeader::parse(bytes).is_ok_and(|h| {
-                    h.serial.0 < self.receiver.have().len() && self.receiver.have().get(h.serial.0)
-                });
+                // Every datagram is hashed, held ones too: a duplicate counts for the loop's
+                // position only once proven genuine.
                 segments.push(Segment {
                     slot: index,
                     offset: at,
                     len: bytes.len(),
-                    needs_hash: !held,
                 });
             }
         }
@@ -755,21 +742,20 @@ impl Download {
             hashes
                 .par_chunks_mut(HASH_GROUP)
                 .zip(slices.par_chunks(HASH_GROUP))
-                .zip(segments.par_chunks(HASH_GROUP))
-                .for_each(|((hashes, bytes), segments)| hash_group(hashes, bytes, segments));
+                .for_each(|(hashes, bytes)| {
+                    loopcast_dataplane::hash_lanes::hash_many(bytes, hashes)
+                });
         } else {
             hashes
                 .chunks_mut(HASH_GROUP)
                 .zip(slices.chunks(HASH_GROUP))
-                .zip(segments.chunks(HASH_GROUP))
-                .for_each(|((hashes, bytes), segments)| hash_group(hashes, bytes, segments));
+                .for_each(|(hashes, bytes)| {
+                    loopcast_dataplane::hash_lanes::hash_many(bytes, hashes)
+                });
         }
         // Pass 3: accept in order.
         for ((segment, bytes), hash) in segments.iter().zip(slices.iter()).zip(hashes.iter()) {
-            match self
-                .receiver
-                .handle_datagram_hashed(bytes, segment.needs_hash.then_some(hash))
-            {
+            match self.receiver.handle_datagram_hashed(bytes, Some(hash)) {
                 Outcome::Store { serial, .. } => {
                     if self.join_serial.is_none() {
                         self.join_serial = Some(serial);

@@ -100,6 +100,8 @@ const CONTROL_BATCH_MAX: usize = 256;
 const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a served archive's whole hash tree is re-verified beside the loop.
 const ARCHIVE_REVERIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// Hash-tree checks running at once, at most (each takes a core while it runs).
+const VERIFICATIONS_MAX: usize = 2;
 
 /// An archive as it is on disk: any change of size, inode or modification time means the
 /// channel serving it stops (R23: what is looped must stay what was verified).
@@ -133,8 +135,6 @@ struct Channel {
     stats: Arc<ChannelStats>,
     key: ArchiveKey,
     next_disk_check: Instant,
-    /// The archive's hash tree being checked beside the loop.
-    verifying: Option<std::thread::JoinHandle<Result<(), String>>>,
     next_verify: Instant,
 }
 
@@ -211,6 +211,10 @@ struct Server {
     /// they change on disk).
     verified_archives: std::collections::HashSet<ArchiveKey>,
     corrupt_archives: std::collections::HashSet<ArchiveKey>,
+    /// Hash-tree checks running beside the loop: one per archive version at most, and at most
+    /// `VERIFICATIONS_MAX` at once, whether or not its channel is still open (closing and
+    /// reopening a channel never starts another).
+    verifying: HashMap<ArchiveKey, std::thread::JoinHandle<Result<(), String>>>,
 }
 
 /// Binds the request socket named in the config (so a caller can learn its port before
@@ -321,6 +325,7 @@ pub fn run_on(
         counters: Counters::default(),
         verified_archives: std::collections::HashSet::new(),
         corrupt_archives: std::collections::HashSet::new(),
+        verifying: HashMap::new(),
         config,
     };
     let mut events = Events::with_capacity(64);
@@ -531,11 +536,9 @@ impl Server {
             })
             .map_err(|e| format!("sender threads are busy ({e:?}); try again"))?;
         let now = self.clock.now();
-        let verifying = if self.config.verify_on_open && !self.verified_archives.contains(&key) {
-            Some(Self::start_verification(&path)?)
-        } else {
-            None
-        };
+        if self.config.verify_on_open && !self.verified_archives.contains(&key) {
+            self.start_verification(&key);
+        }
         tracing::info!(file = %info.name, file_id = %file_id, loop_len = info.loop_len, "channel opened");
         self.channels.insert(
             channel,
@@ -545,18 +548,20 @@ impl Server {
                 stats,
                 key,
                 next_disk_check: now + ARCHIVE_CHECK_INTERVAL,
-                verifying,
                 next_verify: now + ARCHIVE_REVERIFY_INTERVAL,
             },
         );
         Ok(())
     }
 
-    fn start_verification(
-        path: &std::path::Path,
-    ) -> Result<std::thread::JoinHandle<Result<(), String>>, String> {
-        let check_path = path.to_owned();
-        std::thread::Builder::new()
+    /// Starts checking an archive's whole tree beside the loop, unless a check of this version
+    /// is already running or `VERIFICATIONS_MAX` are (the next archive check tries again).
+    fn start_verification(&mut self, key: &ArchiveKey) {
+        if self.verifying.contains_key(key) || self.verifying.len() >= VERIFICATIONS_MAX {
+            return;
+        }
+        let check_path = key.path.clone();
+        let spawned = std::thread::Builder::new()
             .name("loopcast-verify".into())
             .spawn(move || {
                 ArchiveFile::open(&check_path)
@@ -564,8 +569,13 @@ impl Server {
                         archive.verify_with(&loopcast_dataplane::hash_lanes::hash_many)
                     })
                     .map_err(|e| e.to_string())
-            })
-            .map_err(|e| format!("cannot start archive verification: {e}"))
+            });
+        match spawned {
+            Ok(handle) => {
+                self.verifying.insert(key.clone(), handle);
+            }
+            Err(error) => tracing::warn!(%error, "archive verification not started"),
+        }
     }
 
     /// Queues a command for the sender pool; a full queue is logged (the state it would have
@@ -592,36 +602,56 @@ impl Server {
                     continue;
                 }
             }
-            if channel.verifying.is_none() && now >= channel.next_verify {
-                channel.next_verify = now + ARCHIVE_REVERIFY_INTERVAL;
-                match Self::start_verification(&channel.key.path) {
-                    Ok(handle) => channel.verifying = Some(handle),
-                    Err(error) => tracing::warn!(%error, "archive re-verification not started"),
+        }
+        // Periodic re-checks of served archives, and first checks that waited for a slot.
+        let due: Vec<ArchiveKey> = self
+            .channels
+            .values_mut()
+            .filter(|c| {
+                now >= c.next_verify
+                    || (self.config.verify_on_open && !self.verified_archives.contains(&c.key))
+            })
+            .map(|c| {
+                if now >= c.next_verify {
+                    c.next_verify = now + ARCHIVE_REVERIFY_INTERVAL;
                 }
+                c.key.clone()
+            })
+            .collect();
+        for key in due {
+            if !self.corrupt_archives.contains(&key) {
+                self.start_verification(&key);
             }
-            if !channel
-                .verifying
-                .as_ref()
-                .is_some_and(|handle| handle.is_finished())
-            {
-                continue;
-            }
-            let handle = channel.verifying.take().expect("checked above");
+        }
+        // Finished checks, whether or not their channel is still open.
+        let finished: Vec<ArchiveKey> = self
+            .verifying
+            .iter()
+            .filter(|(_, handle)| handle.is_finished())
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in finished {
+            let handle = self.verifying.remove(&key).expect("listed above");
             let outcome = handle
                 .join()
                 .unwrap_or_else(|_| Err("verification thread panicked".into()));
             match outcome {
                 Ok(()) => {
-                    tracing::info!(file = %channel.info.name, "archive verified");
+                    tracing::info!(path = %key.path.display(), "archive verified");
                     self.counters.archives_verified += 1;
-                    self.verified_archives.insert(channel.key.clone());
+                    self.verified_archives.insert(key);
                 }
                 Err(error) => {
-                    tracing::error!(file = %channel.info.name, path = %channel.key.path.display(), %error, "archive failed verification: stopping its channel and refusing it until it changes");
+                    tracing::error!(path = %key.path.display(), %error, "archive failed verification: stopping its channel and refusing it until it changes");
                     self.counters.archives_corrupt += 1;
-                    self.verified_archives.remove(&channel.key);
-                    self.corrupt_archives.insert(channel.key.clone());
-                    failed.push(channel_id);
+                    self.verified_archives.remove(&key);
+                    failed.extend(
+                        self.channels
+                            .iter()
+                            .filter(|(_, c)| c.key == key)
+                            .map(|(&id, _)| id),
+                    );
+                    self.corrupt_archives.insert(key);
                 }
             }
         }

@@ -58,6 +58,9 @@ pub struct EndpointConfig {
     /// A session that has not validated its address within this long ends.
     pub unvalidated_timeout: Duration,
     pub sessions_max: usize,
+    /// Sessions not yet validated, at most; past it the oldest is dropped for a new one (so
+    /// spoofed Requests can never crowd out a client that validates within a round trip).
+    pub unvalidated_max: usize,
     /// Sessions (validated or not) one IP address may hold at once.
     pub sessions_per_address_max: usize,
     /// Requests one IP address may make per second on average, and in a burst.
@@ -84,6 +87,7 @@ impl EndpointConfig {
             session_timeout: Duration::from_secs(5),
             unvalidated_timeout: Duration::from_secs(3),
             sessions_max: 4096,
+            unvalidated_max: 1024,
             sessions_per_address_max: 16,
             requests_per_address_per_s: 10,
             requests_per_address_burst: 40,
@@ -213,6 +217,8 @@ pub struct EndpointCounters {
     pub sessions_completed: u64,
     pub sessions_expired: u64,
     pub sessions_unvalidated_expired: u64,
+    /// Unvalidated sessions dropped to make room for newer ones.
+    pub sessions_unvalidated_evicted: u64,
     pub unknown_session_replies: u64,
     pub channels_opened: u64,
     pub channels_closed: u64,
@@ -280,6 +286,10 @@ pub struct Endpoint {
     channel_by_name: HashMap<String, ChannelId>,
     addresses: HashMap<IpAddr, AddressState>,
     group_slots_used: Vec<bool>,
+    /// Unvalidated sessions, oldest first (entries of sessions since validated or ended are
+    /// skipped when met), and how many there are.
+    unvalidated: VecDeque<SessionId>,
+    unvalidated_count: usize,
     next_channel: u64,
     next_address_sweep: Instant,
     shutting_down: bool,
@@ -332,6 +342,8 @@ impl Endpoint {
             channel_by_name: HashMap::new(),
             addresses: HashMap::new(),
             group_slots_used: vec![false; GROUP_SLOTS],
+            unvalidated: VecDeque::new(),
+            unvalidated_count: 0,
             next_channel: 0,
             next_address_sweep: now,
             shutting_down: false,
@@ -481,6 +493,10 @@ impl Endpoint {
                 done,
                 ..
             } => {
+                if done && !self.sessions.contains_key(&session) {
+                    // A client repeats its final Status: the session already ended.
+                    return;
+                }
                 if !self.session_from(from, len, session) {
                     return;
                 }
@@ -638,6 +654,13 @@ impl Endpoint {
         if self.shutting_down {
             return reject(self, RejectCode::Busy, "server shutting down".into());
         }
+        // Room for one more: unvalidated sessions give way (oldest first) before anyone is
+        // refused; validated ones are never dropped for a newcomer.
+        while self.unvalidated_count >= self.config.unvalidated_max
+            || (self.sessions.len() >= self.config.sessions_max && self.unvalidated_count > 0)
+        {
+            self.evict_oldest_unvalidated();
+        }
         if self.sessions.len() >= self.config.sessions_max {
             return reject(self, RejectCode::Busy, "server at its session limit".into());
         }
@@ -671,6 +694,26 @@ impl Endpoint {
                 self.open_channel(now, info)
             }
         };
+        // The Offer must fit three times in this Request (address validation): otherwise no
+        // session is made at all, so unanswerable Requests hold nothing.
+        let offer_len = ControlMessage::Offer {
+            request_id,
+            session: SessionId(0),
+            token: Token(0),
+            transport: Transport::Unicast,
+            channel: self.config.unicast_channel,
+            rate_bits_per_s: 0,
+            info: self.channels[&channel].info.clone(),
+        }
+        .to_bytes()
+        .len();
+        if offer_len > AMPLIFICATION_FACTOR * received_len {
+            self.counters.replies_withheld += 1;
+            if self.channels[&channel].sessions == 0 {
+                self.close_channel(channel);
+            }
+            return;
+        }
         let session = SessionId(self.rng.next_u64());
         let token = Token(self.rng.next_u64());
         let channel_state = self.channels.get_mut(&channel).expect("opened above");
@@ -706,6 +749,14 @@ impl Endpoint {
                 credit_refreshed: now,
             },
         );
+        self.unvalidated.push_back(session);
+        self.unvalidated_count += 1;
+        if self.unvalidated.len() > 2 * self.config.unvalidated_max + 64 {
+            // Drop the entries of sessions that have since validated or ended.
+            let sessions = &self.sessions;
+            self.unvalidated
+                .retain(|id| sessions.get(id).is_some_and(|s| !s.validated));
+        }
         self.counters.sessions_opened += 1;
         self.events.push_back(Event::SessionOpened {
             session,
@@ -852,6 +903,7 @@ impl Endpoint {
         state.transport = transport;
         if !was_validated {
             self.counters.sessions_validated += 1;
+            self.unvalidated_count -= 1;
         }
         self.events.push_back(Event::SessionValidated {
             session,
@@ -962,6 +1014,9 @@ impl Endpoint {
         let Some(state) = self.sessions.remove(&session) else {
             return;
         };
+        if !state.validated {
+            self.unvalidated_count -= 1;
+        }
         if let Some(address) = self.addresses.get_mut(&state.client.ip()) {
             address.sessions -= 1;
         }
@@ -988,6 +1043,18 @@ impl Endpoint {
         if channel.sessions == 0 {
             self.close_channel(channel_id);
         }
+    }
+
+    /// Ends the oldest session that has not validated its address.
+    fn evict_oldest_unvalidated(&mut self) {
+        while let Some(session) = self.unvalidated.pop_front() {
+            if self.sessions.get(&session).is_some_and(|s| !s.validated) {
+                self.counters.sessions_unvalidated_evicted += 1;
+                self.end_session(session, SessionEnd::NotValidated);
+                return;
+            }
+        }
+        unreachable!("unvalidated_count > 0 means an unvalidated session is queued");
     }
 
     fn close_channel(&mut self, channel_id: ChannelId) {
@@ -1118,6 +1185,19 @@ impl Endpoint {
         assert!(
             self.addresses.len() <= self.config.addresses_max,
             "addresses within their bound"
+        );
+        assert_eq!(
+            self.unvalidated_count,
+            self.sessions.values().filter(|s| !s.validated).count(),
+            "unvalidated session count"
+        );
+        assert!(
+            self.unvalidated_count <= self.config.unvalidated_max,
+            "unvalidated sessions within their bound"
+        );
+        assert!(
+            self.unvalidated.len() <= self.counters.sessions_opened as usize,
+            "the eviction queue holds sessions that were opened"
         );
         for (id, channel) in &self.channels {
             let sessions: Vec<&Session> = self

@@ -48,8 +48,7 @@ pub enum Outcome {
         serial: u32,
         verified: bool,
     },
-    /// Already held and verified. (`serial` is the header's claim, unchecked: it is only good
-    /// for following the loop's position.)
+    /// Already held, and this copy is the genuine datagram (its hash matched).
     Duplicate {
         serial: u32,
     },
@@ -257,9 +256,6 @@ impl Receiver {
             return Outcome::Dropped(DropReason::BadPosition);
         }
         let serial = header.serial.0;
-        if self.have.get(serial) {
-            return Outcome::Duplicate { serial };
-        }
         let hash = match precomputed {
             Some(hash) => {
                 debug_assert_eq!(
@@ -271,6 +267,14 @@ impl Receiver {
             }
             None => *blake3::hash(bytes).as_bytes(),
         };
+        if self.have.get(serial) {
+            // Held already: a duplicate only if it is the genuine datagram (a replayed or forged
+            // copy must not pass for the loop's position, which NAK planning follows).
+            return match self.expected_hash(level, index) {
+                Some(expected) if expected == hash => Outcome::Duplicate { serial },
+                _ => Outcome::Dropped(DropReason::HashMismatch),
+            };
+        }
         match self.expected_hash(level, index) {
             Some(expected) if expected == hash => {
                 self.accept(level, index, payload(bytes, &header));

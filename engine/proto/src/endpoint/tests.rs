@@ -472,3 +472,66 @@ fn multicast_sync_goes_out_for_pending_sessions_and_the_group_is_added_once_vali
         }]
     );
 }
+
+#[test]
+fn spoofed_requests_from_many_addresses_cannot_lock_out_a_client_that_validates() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let name = files.0.name.clone();
+    // A flood from 300 spoofed addresses, 16 padded Requests each, never validated: more than
+    // the whole session table.
+    for host in 0..300u32 {
+        for port in 0..16u16 {
+            let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a01_0000 + host)), 1000 + port);
+            endpoint.handle_control(
+                at(u64::from(host)),
+                from,
+                &request_bytes(u64::from(port), false, &name),
+                &mut files,
+            );
+        }
+        drain(&mut endpoint);
+    }
+    assert!(endpoint.session_count() <= endpoint.config().unvalidated_max);
+    assert!(endpoint.counters().sessions_unvalidated_evicted > 0);
+    // An honest client in the middle of it gets its Offer, validates, and is never evicted.
+    let client = addr("198.51.100.7:7000");
+    let (session, token) = open(&mut endpoint, &mut files, at(400), client, 1);
+    endpoint.handle_control(
+        at(401),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    for host in 0..300u32 {
+        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a02_0000 + host)), 2000);
+        endpoint.handle_control(at(402), from, &request_bytes(9, false, &name), &mut files);
+    }
+    drain(&mut endpoint);
+    assert!(endpoint
+        .sessions()
+        .any(|s| s.session == session && s.validated));
+}
+
+#[test]
+fn an_unpadded_request_makes_no_session() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let name = files.0.name.clone();
+    let request = request_bytes(1, false, &name);
+    let unpadded = &request[..14 + name.len()];
+    for port in 0..100u16 {
+        endpoint.handle_control(
+            at(0),
+            addr(&format!("192.0.2.9:{}", 5000 + port)),
+            unpadded,
+            &mut files,
+        );
+    }
+    drain(&mut endpoint);
+    assert_eq!(endpoint.session_count(), 0);
+    assert_eq!(
+        endpoint.channel_count(),
+        0,
+        "the channel opened for it is closed again"
+    );
+}

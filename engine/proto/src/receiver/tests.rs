@@ -135,3 +135,62 @@ fn resume_keeps_verified_blocks_and_forgets_corrupt_ones() {
     }
     assert!(resumed.is_complete());
 }
+
+#[test]
+fn a_forged_copy_of_a_held_serial_is_dropped_not_counted_as_a_duplicate() {
+    let (info, datagrams) = sample(200_000, DATAGRAM_SIZE_MTU_1500);
+    let mut receiver = Receiver::new(info);
+    for bytes in &datagrams {
+        receiver.handle_datagram(bytes);
+    }
+    let serial = datagrams.len() / 2;
+    assert_eq!(
+        receiver.handle_datagram(&datagrams[serial]),
+        Outcome::Duplicate {
+            serial: serial as u32
+        }
+    );
+    let mut forged = datagrams[serial].clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        receiver.handle_datagram(&forged),
+        Outcome::Dropped(DropReason::HashMismatch),
+        "a forged copy must not pass for the loop's position"
+    );
+}
+
+#[test]
+fn of_two_different_pending_copies_the_first_is_kept_and_a_forged_first_is_received_again() {
+    let (info, datagrams) = sample(200_000, DATAGRAM_SIZE_MTU_1500);
+    let shape = TreeShape::new(
+        info.data_datagram_count,
+        crate::info::hash_fanout(info.datagram_size),
+    )
+    .unwrap();
+    let mut receiver = Receiver::new(info);
+    // Join after the first hash block: data datagram 1 arrives before its parent.
+    let serial = shape.serial_of(0, 1) as usize;
+    let mut forged = datagrams[serial].clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        receiver.handle_datagram(&forged),
+        Outcome::Store {
+            verified: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        receiver.handle_datagram(&datagrams[serial]),
+        Outcome::Dropped(DropReason::PendingConflict),
+        "one copy per pending serial: what was stored is what will be checked"
+    );
+    // The parent arrives: the forged copy fails, the serial is not held, and the genuine one
+    // is accepted when it comes round.
+    let parent = shape.serial_of(1, 0) as usize;
+    receiver.handle_datagram(&datagrams[parent]);
+    assert!(!receiver.have().get(serial as u32));
+    assert!(matches!(
+        receiver.handle_datagram(&datagrams[serial]),
+        Outcome::Store { verified: true, .. }
+    ));
+}
