@@ -1067,7 +1067,9 @@ fn archive_changed_while_served(how: &str) {
         "a get of a changed archive cannot succeed"
     );
     assert!(
-        stderr.contains("failed verification on the server") || stderr.contains("cannot be opened"),
+        stderr.contains("failed verification on the server")
+            || stderr.contains("damaged on the server")
+            || stderr.contains("changed on the server"),
         "the client says the file is damaged on the server: {stderr}"
     );
     assert!(
@@ -1111,4 +1113,66 @@ pub fn archive_bit_flip_while_served_stops_the_channel() {
 
 pub fn archive_truncated_while_served_stops_the_channel() {
     archive_changed_while_served("truncate");
+}
+
+/// Threads of process `pid` named `name` (from /proc/<pid>/task/*/comm).
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(Result::ok)
+                .filter(|task| {
+                    std::fs::read_to_string(task.path().join("comm"))
+                        .is_ok_and(|comm| comm.trim() == name)
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Found by the attacker review: every first validated session opened the channel and started a
+/// whole-archive hash check; Leave closed the channel and the check ran on, unrecorded, so the
+/// next cycle started another. Now one check per archive version runs, at most two at once.
+pub fn reopening_a_channel_never_piles_up_archive_checks() {
+    let scratch = Scratch::new("attack-verify");
+    let _ = packed_noise(&scratch, "verify.bin", 256 << 20, 0x7e5);
+    let server = quiet_server(&scratch, &["--rate", "20M"]);
+    let server_socket: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let pid = server.process.child.id();
+    let stop = AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        // Sessions that validate and leave at once: the channel opens and closes all the time.
+        let attacker = scope.spawn(|| {
+            attack_sessions(
+                server_socket,
+                Ipv4Addr::new(127, 0, 0, 11),
+                "verify.bin",
+                AttackPlan {
+                    ports: 4,
+                    joined_lifetime: Duration::from_millis(20),
+                    unanswered_lifetime: Duration::from_millis(200),
+                    nak: false,
+                },
+                &stop,
+                Duration::from_secs(10),
+            )
+        });
+        let mut most = 0;
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            most = most.max(threads_named(pid, "loopcast-verify"));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.store(true, Ordering::Relaxed);
+        let (offers, _) = attacker.join().unwrap();
+        assert!(offers > 20, "the attacker cycled sessions: {offers} offers");
+        most
+    });
+    assert!(most <= 2, "{most} archive checks ran at once");
+    let status = server.status();
+    assert!(
+        status["counters"]["archives_verified"].as_u64().unwrap() <= 1,
+        "one check for one archive version: {status}"
+    );
+    assert!(server.process.terminate().status.success());
 }

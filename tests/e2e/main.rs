@@ -62,6 +62,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             admin::admin_socket_squatting_is_refused,
             Need::Root("to act as two other users (setpriv, chown)")
         ),
+        e2e!(attacks::reopening_a_channel_never_piles_up_archive_checks),
         e2e!(attacks::forged_race_unicast_from_another_address),
         e2e!(
             attacks::forged_race_unicast_spoofed_as_the_server,

@@ -45,6 +45,8 @@ pub struct GetConfig {
     /// Local address of the client's socket (default: any address, an ephemeral port), e.g. a
     /// fixed port a firewall lets through.
     pub bind: Option<SocketAddr>,
+    /// Refuse an encrypted file right after the Offer (e.g. `--extract` without a key database).
+    pub needs_unencrypted: bool,
 }
 
 impl GetConfig {
@@ -61,6 +63,7 @@ impl GetConfig {
             stall_timeout: Duration::from_secs(30),
             force: false,
             bind: None,
+            needs_unencrypted: false,
         }
     }
 }
@@ -111,8 +114,23 @@ pub enum ClientError {
     },
     #[error("no answer from {server} within {seconds} s (is loopcastd running there?)")]
     NoAnswer { server: SocketAddr, seconds: u64 },
-    #[error("server refused: {message} ({code:?})")]
+    #[error("{server} stopped answering for {seconds} s; partial download kept for resume ({held}/{total} datagrams): run the same command again")]
+    ServerLost {
+        server: SocketAddr,
+        seconds: u64,
+        held: u32,
+        total: u32,
+    },
+    #[error("server refused: {message}")]
     Rejected { code: RejectCode, message: String },
+    #[error("the file changed on the server since this download began (root {offered}, the partial download has {held_root}); remove or keep {part} and run the command again with --force to start over")]
+    FileChanged {
+        offered: String,
+        held_root: String,
+        part: PathBuf,
+    },
+    #[error("{name} is encrypted and --extract has no key database: pass --keys (nothing was downloaded)")]
+    NeedsKeys { name: String },
     #[error(
         "server offered root {offered}, expected {expected}: refusing a forged or different file"
     )]
@@ -272,9 +290,17 @@ pub fn get(
                         if let Some(download) = download.as_mut() {
                             download.save()?;
                         }
-                        return Err(ClientError::RootMismatch {
+                        return Err(ClientError::FileChanged {
                             offered: root.to_hex(),
-                            expected: first.to_hex(),
+                            held_root: first.to_hex(),
+                            part: with_suffix(&config.output, ".part"),
+                        });
+                    }
+                    if config.needs_unencrypted && info.encrypted {
+                        session.leave(clock.now());
+                        send_all(&mut session);
+                        return Err(ClientError::NeedsKeys {
+                            name: info.name.to_string(),
                         });
                     }
                     root_seen = Some(root);
@@ -352,16 +378,18 @@ pub fn get(
                     return Err(ClientError::Rejected { code, message });
                 }
                 ClientEvent::NoAnswer => {
-                    let waited = match download.as_mut() {
-                        Some(download) => {
-                            download.save()?;
-                            config.stall_timeout.max(config.request_timeout)
-                        }
-                        None => config.request_timeout,
-                    };
+                    if let Some(download) = download.as_mut() {
+                        download.save()?;
+                        return Err(ClientError::ServerLost {
+                            server: config.server,
+                            seconds: config.stall_timeout.max(config.request_timeout).as_secs(),
+                            held: download.receiver.have().count_ones(),
+                            total: download.receiver.shape().loop_len(),
+                        });
+                    }
                     return Err(ClientError::NoAnswer {
                         server: config.server,
-                        seconds: waited.as_secs(),
+                        seconds: config.request_timeout.as_secs(),
                     });
                 }
                 ClientEvent::SessionLost { reason } => {
@@ -600,8 +628,16 @@ impl Download {
         let part_path = part.path().to_owned();
         let state_path = with_suffix(&config.output, ".part.state");
         let archive_bytes = archive_len(info);
-        let previous = files::read_state(&state_path, state::encoded_len_max(info.loop_len))
-            .and_then(|bytes| state::decode(&bytes, &root, info.loop_len));
+        let saved = files::read_state(&state_path, state::encoded_len_max(info.loop_len));
+        let previous = saved
+            .as_ref()
+            .and_then(|bytes| state::decode(bytes, &root, info.loop_len));
+        if saved.is_some() && previous.is_none() {
+            tracing::warn!(
+                state = %state_path.display(),
+                "the partial download belongs to another version of the file (or its state is damaged); starting over"
+            );
+        }
         let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
         let receiver = match previous {
             Some(have) if part_len == archive_bytes => {

@@ -185,10 +185,18 @@ impl FileLookup for Lookup<'_> {
                 format!("the archive of {name:?} failed verification on the server"),
             ));
         }
-        let archive = ArchiveFile::open(&path).map_err(|e| {
+        if !path.exists() {
+            // Removed since the last scan: look again, and say what a client can act on.
+            *self.last_rescan = Some(self.now);
+            let _ = self.catalog.rescan();
+            return Err((RejectCode::NotFound, format!("no file named {name:?} here")));
+        }
+        let archive = ArchiveFile::open(&path).map_err(|error| {
+            // The details (and the server's paths) go to the log, not to the client.
+            tracing::error!(path = %path.display(), %error, "archive cannot be opened");
             (
                 RejectCode::Corrupt,
-                format!("the archive of {name:?} cannot be opened: {e}"),
+                format!("the archive of {name:?} is damaged on the server"),
             )
         })?;
         Ok(archive.info().clone())

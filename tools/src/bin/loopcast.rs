@@ -112,7 +112,11 @@ impl From<ClientError> for Failure {
             ClientError::Output(output) => return output.into(),
             ClientError::Io { source, .. } => return io_failure(message, &source),
             ClientError::Rejected { .. } | ClientError::Locked { .. } => exit_code::REFUSED,
-            ClientError::NoAnswer { .. } | ClientError::Stalled { .. } => exit_code::TIMEOUT,
+            ClientError::NoAnswer { .. }
+            | ClientError::ServerLost { .. }
+            | ClientError::Stalled { .. } => exit_code::TIMEOUT,
+            ClientError::NeedsKeys { .. } => exit_code::GENERIC,
+            ClientError::FileChanged { .. } => exit_code::VERIFICATION,
             ClientError::DiskFull { .. } => exit_code::DISK_FULL,
             ClientError::RootMismatch { .. } | ClientError::VerificationFailed { .. } => {
                 exit_code::VERIFICATION
@@ -583,6 +587,9 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     if let Some(path) = &args.extract {
         // Before downloading: the extract target is usable too.
         files::check_output(path, Overwrite::from_force(args.force))?;
+        // Without a key database only an unencrypted file can be extracted: find out from
+        // the Offer, before receiving anything.
+        config.needs_unencrypted = args.keys.is_none();
     }
     if let Some(root) = &args.root {
         config.expect_root = Some(RootHash::from_hex(root).ok_or("--root must be 64 hex digits")?);

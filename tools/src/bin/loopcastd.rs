@@ -71,6 +71,10 @@ struct ServeArgs {
 fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
     init_logging("info");
+    // Name the hashing threads (archive checks beside the loop), so `top -H` tells them apart.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .thread_name(|index| format!("loopcast-hash{index}"))
+        .build_global();
     if !args.media.is_dir() {
         eprintln!(
             "loopcastd: error: media database {} is not a directory",
