@@ -769,6 +769,7 @@ impl Server {
                 "sessions_completed": e.sessions_completed,
                 "sessions_expired": e.sessions_expired,
                 "sessions_unvalidated_expired": e.sessions_unvalidated_expired,
+                "sessions_unvalidated_evicted": e.sessions_unvalidated_evicted,
                 "unknown_session_replies": e.unknown_session_replies,
                 "channels_opened": e.channels_opened,
                 "channels_closed": e.channels_closed,

@@ -21,6 +21,8 @@ use loopcast_tools::{byte_bar, init_logging, parse_size};
 /// Exit codes of `loopcast` (also in docs/architecture.md, "Exit codes").
 mod exit_code {
     pub const GENERIC: u8 = 1;
+    /// Bad arguments (clap uses 2 for its own).
+    pub const USAGE: u8 = 2;
     /// Refused: by the server, or an existing output without --force, or an output another
     /// download holds.
     pub const REFUSED: u8 = 3;
@@ -63,6 +65,14 @@ impl From<String> for Failure {
 impl From<&str> for Failure {
     fn from(message: &str) -> Failure {
         message.to_owned().into()
+    }
+}
+
+/// A bad argument: exit code 2, like clap's own usage errors.
+fn usage(message: impl Into<String>) -> Failure {
+    Failure {
+        code: exit_code::USAGE,
+        message: message.into(),
     }
 }
 
@@ -574,7 +584,7 @@ fn resolve(server: &str) -> Result<SocketAddr, String> {
 }
 
 fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
-    let server = resolve(&args.server)?;
+    let server = resolve(&args.server).map_err(usage)?;
     let output = args
         .output
         .clone()
@@ -592,7 +602,8 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
         config.needs_unencrypted = args.keys.is_none();
     }
     if let Some(root) = &args.root {
-        config.expect_root = Some(RootHash::from_hex(root).ok_or("--root must be 64 hex digits")?);
+        config.expect_root =
+            Some(RootHash::from_hex(root).ok_or_else(|| usage("--root must be 64 hex digits"))?);
     }
     let bar = if args.json {
         indicatif::ProgressBar::hidden()

@@ -56,11 +56,15 @@ fn main() -> ExitCode {
             .map(str::to_owned)
             .unwrap_or_else(|| v.to_string())
     };
-    println!(
-        "send path   {} ({})",
-        text(&answer["send_path"]),
-        text(&answer["send_path_reason"])
-    );
+    // The probe's reason speaks of the path it found; a thread that stepped down since (e.g.
+    // zero-copy notifications kept reporting copies) says so by its path.
+    let probed = text(&answer["send_path_reason"]);
+    let path = text(&answer["send_path"]);
+    if probed.starts_with(&format!("{path} ")) {
+        println!("send path   {path} ({probed})");
+    } else {
+        println!("send path   {path} (stepped down at run time; the probe said: {probed})");
+    }
     println!("archives    {}", answer["archives"]);
     let channels = answer["channels"].as_array().cloned().unwrap_or_default();
     println!("channels    {}", channels.len());
@@ -83,13 +87,29 @@ fn main() -> ExitCode {
     println!("sessions    {}", sessions.len());
     for s in &sessions {
         println!(
-            "  {} {:<22} {:<9} held {}",
+            "  {} {:<22} {:<9} {:<11} held {}",
             text(&s["session"]),
             text(&s["client"]),
             text(&s["transport"]),
+            if s["validated"].as_bool().unwrap_or(false) {
+                "validated"
+            } else {
+                "unvalidated"
+            },
             s["held"]
         );
     }
-    println!("counters    {}", answer["counters"]);
+    println!("counters");
+    if let Some(counters) = answer["counters"].as_object() {
+        // Four to a line, name then value, in the daemon's order.
+        let cells: Vec<String> = counters
+            .iter()
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect();
+        for row in cells.chunks(4) {
+            let row: Vec<String> = row.iter().map(|cell| format!("{cell:<34}")).collect();
+            println!("  {}", row.join("").trim_end());
+        }
+    }
     ExitCode::SUCCESS
 }
