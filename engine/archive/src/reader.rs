@@ -130,28 +130,36 @@ impl ArchiveFile {
         } else {
             (0..shape.node_count(1))
                 .into_par_iter()
-                .map(|block| {
-                    let children = shape.children(1, block);
-                    let group = self.read_datagrams(
-                        shape.serial_of(1, block),
-                        1 + children.end - children.start,
-                    )?;
-                    let (block_bytes, data) = group.split_at(size);
-                    let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
-                    let datagrams: Vec<&[u8]> = data.chunks_exact(size).collect();
-                    let mut hashes = vec![[0u8; 32]; datagrams.len()];
-                    hash_many(&datagrams, &mut hashes);
-                    for (j, hash) in hashes.iter().enumerate() {
-                        if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != hash[..] {
-                            return Err(self.corrupt(format!(
-                                "data datagram {} (serial {}) fails its hash",
-                                children.start + j as u32,
-                                shape.serial_of(0, children.start + j as u32)
-                            )));
+                .map_init(
+                    // Buffers reused by each worker, group after group.
+                    || (Vec::new(), Vec::new()),
+                    |(group, hashes): &mut (Vec<u8>, Vec<[u8; 32]>), block| {
+                        let children = shape.children(1, block);
+                        let count = 1 + children.end - children.start;
+                        let len = size * count as usize;
+                        let offset = datagram_offset(&self.info, shape.serial_of(1, block));
+                        group.resize(len, 0);
+                        self.file
+                            .read_exact_at(group, offset)
+                            .map_err(|e| io_error("read", &self.path, e))?;
+                        let (block_bytes, data) = group.split_at(size);
+                        let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
+                        let datagrams: Vec<&[u8]> = data.chunks_exact(size).collect();
+                        hashes.clear();
+                        hashes.resize(datagrams.len(), [0u8; 32]);
+                        hash_many(&datagrams, hashes);
+                        for (j, hash) in hashes.iter().enumerate() {
+                            if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != hash[..] {
+                                return Err(self.corrupt(format!(
+                                    "data datagram {} (serial {}) fails its hash",
+                                    children.start + j as u32,
+                                    shape.serial_of(0, children.start + j as u32)
+                                )));
+                            }
                         }
-                    }
-                    Ok(*blake3::hash(block_bytes).as_bytes())
-                })
+                        Ok(*blake3::hash(block_bytes).as_bytes())
+                    },
+                )
                 .collect::<Result<Vec<_>, _>>()?
         };
         let mut below = level_hashes;

@@ -109,25 +109,16 @@ fn compress(cv: &mut [Lanes; 8], block: &[Lanes; 16], counter: u64, block_len: u
 
 /// Message words of block `offset .. offset + len` of every lane's input (zero padded).
 #[inline(always)]
-fn load_block(inputs: &[&[u8]; LANES], offset: usize, len: usize) -> [Lanes; 16] {
-    let mut block = [[0u32; LANES]; 16];
+fn load_block(
+    inputs: &[&[u8]; LANES],
+    offset: usize,
+    len: usize,
+    load_full: &impl Fn(&[&[u8]; LANES], usize) -> [Lanes; 16],
+) -> [Lanes; 16] {
     if len == BLOCK_LEN {
-        // Full block: read the words straight from the inputs.
-        for (lane, input) in inputs.iter().enumerate() {
-            let bytes: &[u8; BLOCK_LEN] = input[offset..offset + BLOCK_LEN]
-                .try_into()
-                .expect("a full block");
-            for word in 0..16 {
-                block[word][lane] = u32::from_le_bytes([
-                    bytes[4 * word],
-                    bytes[4 * word + 1],
-                    bytes[4 * word + 2],
-                    bytes[4 * word + 3],
-                ]);
-            }
-        }
-        return block;
+        return load_full(inputs, offset);
     }
+    let mut block = [[0u32; LANES]; 16];
     for (lane, input) in inputs.iter().enumerate() {
         let mut bytes = [0u8; BLOCK_LEN];
         bytes[..len].copy_from_slice(&input[offset..offset + len]);
@@ -138,9 +129,105 @@ fn load_block(inputs: &[&[u8]; LANES], offset: usize, len: usize) -> [Lanes; 16]
     block
 }
 
+/// A full block of every lane's input, transposed into lane order by plain loads and stores.
+#[inline(always)]
+fn load_full_block_scalar(inputs: &[&[u8]; LANES], offset: usize) -> [Lanes; 16] {
+    let mut block = [[0u32; LANES]; 16];
+    for (lane, input) in inputs.iter().enumerate() {
+        let bytes: &[u8; BLOCK_LEN] = input[offset..offset + BLOCK_LEN]
+            .try_into()
+            .expect("a full block");
+        for word in 0..16 {
+            block[word][lane] = u32::from_le_bytes([
+                bytes[4 * word],
+                bytes[4 * word + 1],
+                bytes[4 * word + 2],
+                bytes[4 * word + 3],
+            ]);
+        }
+    }
+    block
+}
+
+/// A full block of every lane's input, transposed into lane order with AVX-512 shuffles: 16 loads,
+/// a 16×16 transpose of 32-bit words (unpack 32, unpack 64, two 128-bit shuffles), 16 stores.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn load_full_block_avx512(inputs: &[&[u8]; LANES], offset: usize) -> [Lanes; 16] {
+    use std::arch::x86_64::*;
+    let mut rows = [_mm512_setzero_si512(); 16];
+    for (row, input) in rows.iter_mut().zip(inputs) {
+        let block: &[u8; BLOCK_LEN] = input[offset..offset + BLOCK_LEN]
+            .try_into()
+            .expect("a full block");
+        // SAFETY: `block` is 64 readable bytes; the load reads exactly 64, unaligned.
+        *row = unsafe { _mm512_loadu_si512(block.as_ptr().cast()) };
+    }
+    let unpack = |i: usize| {
+        (
+            _mm512_unpacklo_epi32(rows[2 * i], rows[2 * i + 1]),
+            _mm512_unpackhi_epi32(rows[2 * i], rows[2 * i + 1]),
+        )
+    };
+    let (ab0, ab2) = unpack(0);
+    let (cd0, cd2) = unpack(1);
+    let (ef0, ef2) = unpack(2);
+    let (gh0, gh2) = unpack(3);
+    let (ij0, ij2) = unpack(4);
+    let (kl0, kl2) = unpack(5);
+    let (mn0, mn2) = unpack(6);
+    let (op0, op2) = unpack(7);
+    let quad = |x0, y0, x2, y2| {
+        [
+            _mm512_unpacklo_epi64(x0, y0),
+            _mm512_unpackhi_epi64(x0, y0),
+            _mm512_unpacklo_epi64(x2, y2),
+            _mm512_unpackhi_epi64(x2, y2),
+        ]
+    };
+    let abcd = quad(ab0, cd0, ab2, cd2);
+    let efgh = quad(ef0, gh0, ef2, gh2);
+    let ijkl = quad(ij0, kl0, ij2, kl2);
+    let mnop = quad(mn0, op0, mn2, op2);
+    let lo = |a, b| _mm512_shuffle_i32x4::<0x88>(a, b);
+    let hi = |a, b| _mm512_shuffle_i32x4::<0xdd>(a, b);
+    let abcdefgh: [__m512i; 8] = core::array::from_fn(|i| {
+        if i < 4 {
+            lo(abcd[i], efgh[i])
+        } else {
+            hi(abcd[i - 4], efgh[i - 4])
+        }
+    });
+    let ijklmnop: [__m512i; 8] = core::array::from_fn(|i| {
+        if i < 4 {
+            lo(ijkl[i], mnop[i])
+        } else {
+            hi(ijkl[i - 4], mnop[i - 4])
+        }
+    });
+    let mut block = [[0u32; LANES]; 16];
+    for (word, out) in block.iter_mut().enumerate() {
+        let column = if word < 8 {
+            lo(abcdefgh[word], ijklmnop[word])
+        } else {
+            hi(abcdefgh[word - 8], ijklmnop[word - 8])
+        };
+        // SAFETY: `out` is 16 u32, 64 writable bytes; the store writes exactly 64, unaligned.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().cast(), column) };
+    }
+    block
+}
+
 /// The chaining value of chunk `index` (bytes `start .. start + len` of every input).
 #[inline(always)]
-fn chunk(inputs: &[&[u8]; LANES], index: u64, start: usize, len: usize, root: bool) -> [Lanes; 8] {
+fn chunk(
+    inputs: &[&[u8]; LANES],
+    index: u64,
+    start: usize,
+    len: usize,
+    root: bool,
+    load_full: &impl Fn(&[&[u8]; LANES], usize) -> [Lanes; 16],
+) -> [Lanes; 8] {
     let mut cv: [Lanes; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
     let blocks = len.div_ceil(BLOCK_LEN).max(1);
     for block_index in 0..blocks {
@@ -156,22 +243,26 @@ fn chunk(inputs: &[&[u8]; LANES], index: u64, start: usize, len: usize, root: bo
                 flags |= ROOT;
             }
         }
-        let block = load_block(inputs, start + offset, block_len);
+        let block = load_block(inputs, start + offset, block_len, load_full);
         compress(&mut cv, &block, index, block_len as u32, flags);
     }
     cv
 }
 
 #[inline(always)]
-fn hash_lanes_generic(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]]) {
+fn hash_lanes_generic(
+    inputs: &[&[u8]; LANES],
+    out: &mut [[u8; 32]],
+    load_full: &impl Fn(&[&[u8]; LANES], usize) -> [Lanes; 16],
+) {
     let len = inputs[0].len();
     debug_assert!(inputs.iter().all(|i| i.len() == len), "equal lengths");
     debug_assert!(len <= LANE_INPUT_LEN_MAX, "at most two chunks");
     let root = if len <= CHUNK_LEN {
-        chunk(inputs, 0, 0, len, true)
+        chunk(inputs, 0, 0, len, true, load_full)
     } else {
-        let left = chunk(inputs, 0, 0, CHUNK_LEN, false);
-        let right = chunk(inputs, 1, CHUNK_LEN, len - CHUNK_LEN, false);
+        let left = chunk(inputs, 0, 0, CHUNK_LEN, false, load_full);
+        let right = chunk(inputs, 1, CHUNK_LEN, len - CHUNK_LEN, false, load_full);
         let block: [Lanes; 16] =
             core::array::from_fn(|i| if i < 8 { left[i] } else { right[i - 8] });
         let mut cv: [Lanes; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
@@ -188,13 +279,15 @@ fn hash_lanes_generic(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
 fn hash_lanes_avx512(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]]) {
-    hash_lanes_generic(inputs, out);
+    hash_lanes_generic(inputs, out, &|inputs, offset| {
+        load_full_block_avx512(inputs, offset)
+    });
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn hash_lanes_avx2(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]]) {
-    hash_lanes_generic(inputs, out);
+    hash_lanes_generic(inputs, out, &load_full_block_scalar);
 }
 
 fn hash_lanes(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]]) {
@@ -212,7 +305,7 @@ fn hash_lanes(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]]) {
             return unsafe { hash_lanes_avx2(inputs, out) };
         }
     }
-    hash_lanes_generic(inputs, out);
+    hash_lanes_generic(inputs, out, &load_full_block_scalar);
 }
 
 /// `out[i] = blake3::hash(inputs[i])` for every input. Equal-length inputs of at most
