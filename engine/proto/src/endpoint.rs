@@ -1131,24 +1131,11 @@ impl Endpoint {
     /// sessions end, each client is told why, and the channel closes.
     pub fn handle_channel_failed(&mut self, now: Instant, channel: ChannelId) {
         let _ = now;
-        let sessions: Vec<(SessionId, SocketAddr)> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.channel == channel)
-            .map(|(&id, s)| (id, s.client))
-            .collect();
-        for (session, client) in sessions {
-            self.queue_transmit(Transmit {
-                destination: client,
-                via: Via::Control,
-                bytes: ControlMessage::Ended {
-                    session,
-                    reason: EndReason::FileUnavailable,
-                }
-                .to_bytes(),
-            });
-            self.end_session(session, SessionEnd::ChannelFailed);
-        }
+        self.end_sessions_telling(
+            |s| s.channel == channel,
+            EndReason::FileUnavailable,
+            SessionEnd::ChannelFailed,
+        );
     }
 
     /// The server is stopping: every client is told (so it asks again elsewhere or later), every
@@ -1156,22 +1143,29 @@ impl Endpoint {
     pub fn shutdown(&mut self, now: Instant) {
         let _ = now;
         self.shutting_down = true;
+        self.end_sessions_telling(|_| true, EndReason::ShuttingDown, SessionEnd::ShuttingDown);
+    }
+
+    /// Ends every session `which` selects, telling its client why with `Ended{reason}`.
+    fn end_sessions_telling(
+        &mut self,
+        which: impl Fn(&Session) -> bool,
+        reason: EndReason,
+        end: SessionEnd,
+    ) {
         let sessions: Vec<(SessionId, SocketAddr)> = self
             .sessions
             .iter()
+            .filter(|(_, s)| which(s))
             .map(|(&id, s)| (id, s.client))
             .collect();
         for (session, client) in sessions {
             self.queue_transmit(Transmit {
                 destination: client,
                 via: Via::Control,
-                bytes: ControlMessage::Ended {
-                    session,
-                    reason: EndReason::ShuttingDown,
-                }
-                .to_bytes(),
+                bytes: ControlMessage::Ended { session, reason }.to_bytes(),
             });
-            self.end_session(session, SessionEnd::ShuttingDown);
+            self.end_session(session, end);
         }
     }
 
