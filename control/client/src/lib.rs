@@ -255,6 +255,7 @@ pub fn get(
     let mut last_save = Instant::now();
     let mut last_new_data = Instant::now();
     let mut root_seen: Option<RootHash> = None;
+    let mut control_nonblocking = false;
     let mut resumed_datagrams = 0;
     let send_all = |session: &mut ClientSession| {
         while let Some(bytes) = session.poll_transmit() {
@@ -398,6 +399,14 @@ pub fn get(
             }
         }
         send_all(&mut session);
+        // On multicast the data comes from the group and the control socket is only polled for
+        // the server's replies: non-blocking then, switched once, not per batch.
+        if multicast.is_some() != control_nonblocking {
+            control_nonblocking = multicast.is_some();
+            control
+                .set_nonblocking(control_nonblocking)
+                .map_err(io_err("set control socket blocking mode"))?;
+        }
         let Some(download) = download.as_mut() else {
             // Waiting for an Offer: only the server's replies matter.
             let batch = receive_control_only(&mut control_inbox, &control)?;
@@ -448,7 +457,7 @@ pub fn get(
         let outcome = match multicast.as_mut() {
             Some((socket, inbox)) => {
                 let from_group = download.receive_batch(inbox, socket, None)?;
-                let replies = receive_control_only_nonblocking(&mut control_inbox, &control)?;
+                let replies = receive_control_only(&mut control_inbox, &control)?;
                 BatchResult {
                     controls: from_group.controls.into_iter().chain(replies).collect(),
                     ..from_group
@@ -508,7 +517,8 @@ pub fn get(
     })
 }
 
-/// Control datagrams only (before an Offer: no file yet), waiting up to the receive timeout.
+/// Control datagrams only (before an Offer, or beside a multicast group), waiting up to the
+/// receive timeout if the socket blocks.
 fn receive_control_only(
     inbox: &mut BatchReceiver,
     socket: &UdpSocket,
@@ -535,21 +545,6 @@ fn receive_control_only(
         }
     }
     Ok(out)
-}
-
-/// As `receive_control_only`, without waiting.
-fn receive_control_only_nonblocking(
-    inbox: &mut BatchReceiver,
-    socket: &UdpSocket,
-) -> Result<Vec<ControlIn>, ClientError> {
-    socket
-        .set_nonblocking(true)
-        .map_err(io_err("set non-blocking"))?;
-    let result = receive_control_only(inbox, socket);
-    socket
-        .set_nonblocking(false)
-        .map_err(io_err("set blocking"))?;
-    result
 }
 
 struct BatchResult {

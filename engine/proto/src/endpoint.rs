@@ -261,6 +261,9 @@ struct Channel {
     next_sync: Instant,
     /// A session's repair credit is renewed at most once per this (about one loop).
     repair_window: Duration,
+    /// Bytes of an Offer for this file (ids and addresses have fixed widths; the unicast
+    /// address is never shorter than the IPv4 group), so a Request can be sized against it.
+    offer_len: usize,
 }
 
 struct AddressState {
@@ -696,18 +699,7 @@ impl Endpoint {
         };
         // The Offer must fit three times in this Request (address validation): otherwise no
         // session is made at all, so unanswerable Requests hold nothing.
-        let offer_len = ControlMessage::Offer {
-            request_id,
-            session: SessionId(0),
-            token: Token(0),
-            transport: Transport::Unicast,
-            channel: self.config.unicast_channel,
-            rate_bits_per_s: 0,
-            info: self.channels[&channel].info.clone(),
-        }
-        .to_bytes()
-        .len();
-        if offer_len > AMPLIFICATION_FACTOR * received_len {
+        if self.channels[&channel].offer_len > AMPLIFICATION_FACTOR * received_len {
             self.counters.replies_withheld += 1;
             if self.channels[&channel].sessions == 0 {
                 self.close_channel(channel);
@@ -806,6 +798,17 @@ impl Endpoint {
             )
             .max(REPAIR_WINDOW_MIN),
         };
+        let offer_len = ControlMessage::Offer {
+            request_id: 0,
+            session: SessionId(0),
+            token: Token(0),
+            transport: Transport::Unicast,
+            channel: self.config.unicast_channel,
+            rate_bits_per_s: 0,
+            info: info.clone(),
+        }
+        .to_bytes()
+        .len();
         self.channel_by_name.insert(info.name.clone(), channel);
         self.channels.insert(
             channel,
@@ -820,6 +823,7 @@ impl Endpoint {
                 sync_sequence: 0,
                 next_sync: now,
                 repair_window,
+                offer_len,
             },
         );
         channel

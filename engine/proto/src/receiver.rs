@@ -122,7 +122,8 @@ impl Receiver {
 
     /// Resumes from a persisted bitmap (R14). Hash blocks marked as held are re-read through
     /// `read_slot` and re-verified top-down; any that fail (or whose parent is not held) are
-    /// forgotten. Data bits are kept as they are: the final pass (`recheck_data`) proves them.
+    /// forgotten. Data bits are kept as they are: the client's whole-file check before
+    /// publishing proves them (a failure is forgotten through `recheck_serial`).
     pub fn resume(
         info: FileInfo,
         have: Bitmap,
@@ -385,17 +386,6 @@ impl Receiver {
             self.expected_hash(h.level, h.index) == Some(*blake3::hash(stored).as_bytes())
         });
         if !good && serial < self.have.len() {
-            self.have.clear(serial);
-        }
-        good
-    }
-
-    /// Final pass before publishing: re-hash a held data datagram as read back from storage.
-    /// A mismatch forgets it (it will be received again) and returns false.
-    pub fn recheck_data(&mut self, index: u32, stored: &[u8]) -> bool {
-        let serial = self.shape.serial_of(0, index);
-        let good = self.expected_hash(0, index) == Some(*blake3::hash(stored).as_bytes());
-        if !good {
             self.have.clear(serial);
         }
         good
