@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use loopcast_archive::format::parse_superblock;
 use loopcast_archive::frame::{FrameHeader, FRAME_HEADER_LEN};
 use loopcast_proto::carousel::SessionId;
-use loopcast_proto::info::{
-    payload_capacity, FileInfo, RootHash, DATAGRAM_SIZE_MIN, DATAGRAM_SIZE_MTU_1500, NAME_LEN_MAX,
-};
+use loopcast_proto::info::{FileInfo, RootHash, DATAGRAM_SIZE_MTU_1500, NAME_LEN_MAX};
 use loopcast_proto::testkit::sample_info;
 use loopcast_proto::wire::control::{ControlMessage, Transport, NAK_RANGES_MAX};
 use loopcast_proto::wire::datagram::{
@@ -199,14 +197,7 @@ fn offer(info_bytes: &[u8]) -> Vec<u8> {
 /// An info whose counts agree with each other but describe billions of datagrams: cheap to
 /// send, and (before the fix of issue 9) expensive to parse.
 fn huge_info() -> Vec<u8> {
-    let mut info = sample_info(1000, DATAGRAM_SIZE_MIN, 1);
-    let data = 3_600_000_000u32;
-    info.data_datagram_count = data;
-    info.frame_stream_len = u64::from(data) * payload_capacity(DATAGRAM_SIZE_MIN) as u64;
-    info.original_size = info.frame_stream_len;
-    info.frame_count = info.original_size.div_ceil(u64::from(info.frame_raw_size));
-    info.loop_len = u32::MAX;
-    info.to_bytes()
+    loopcast_proto::testkit::huge_consistent_info().to_bytes()
 }
 
 fn datagram(header: DatagramHeader, len: usize) -> Vec<u8> {

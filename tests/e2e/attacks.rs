@@ -879,19 +879,7 @@ pub fn session_table_hog_is_limited_per_address() {
 fn serve_on(port: u16, media: &Path, admin: &Path, extra: &[&str]) -> Proc {
     let server = Proc::spawn(
         "loopcastd",
-        Command::new(bin("loopcastd"))
-            .env("RUST_LOG", "warn")
-            .args([
-                "serve",
-                "--no-multicast",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .arg("--media")
-            .arg(media)
-            .arg("--admin-socket")
-            .arg(admin)
-            .args(extra),
+        loopcastd_on_loopback(port, media, admin, extra).env("RUST_LOG", "warn"),
     );
     wait_for_admin(admin);
     server

@@ -309,13 +309,7 @@ pub fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
         archive = archive.display(),
         keys = keys.display(),
     );
-    let result = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    let stderr = stderr_of(&result);
-    assert!(result.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = in_private_mount_namespace(&script);
     let (readonly, renamed) = stdout.split_once("--\n").expect("two parts");
     assert!(readonly.contains("readonly-exit=1"), "{stdout}\n{stderr}");
     assert_eq!(
@@ -345,13 +339,7 @@ pub fn full_disk_is_reported_before_receiving_and_leaves_nothing() {
         loopcast = bin("loopcast").display(),
         port = server.port,
     );
-    let result = Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
-    let stderr = stderr_of(&result);
-    assert!(result.status.success(), "{stdout}\n{stderr}");
+    let (stdout, stderr) = in_private_mount_namespace(&script);
     assert!(
         stdout.contains(&format!("exit={EXIT_DISK_FULL}")),
         "{stdout}\n{stderr}"
@@ -362,4 +350,17 @@ pub fn full_disk_is_reported_before_receiving_and_leaves_nothing() {
         0,
         "nothing left on the full disk: {stdout}"
     );
+}
+
+/// Runs `script` with `sh` in a private mount namespace (root), asserts it exited 0, and returns
+/// its stdout and stderr.
+fn in_private_mount_namespace(script: &str) -> (String, String) {
+    let result = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stderr = stderr_of(&result);
+    assert!(result.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
 }

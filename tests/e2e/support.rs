@@ -372,6 +372,25 @@ pub fn trial(name: &str, need: Option<Need>, body: fn()) -> libtest_mimic::Trial
     })
 }
 
+/// `loopcastd serve` on 127.0.0.1:`port` without multicast (the host namespace never gets
+/// multicast), its admin socket at `admin`, plus `extra` flags.
+pub fn loopcastd_on_loopback(port: u16, media: &Path, admin: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(bin("loopcastd"));
+    command
+        .args([
+            "serve",
+            "--no-multicast",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--media")
+        .arg(media)
+        .arg("--admin-socket")
+        .arg(admin)
+        .args(extra);
+    command
+}
+
 /// A loopcastd serving on 127.0.0.1 without multicast (the host namespace never gets multicast).
 pub struct UnicastServer {
     pub process: Proc,
@@ -386,18 +405,7 @@ impl UnicastServer {
         let admin = scratch.path("admin.sock");
         let process = Proc::spawn(
             "loopcastd",
-            Command::new(bin("loopcastd"))
-                .args([
-                    "serve",
-                    "--no-multicast",
-                    "--listen",
-                    &format!("127.0.0.1:{port}"),
-                ])
-                .arg("--media")
-                .arg(media)
-                .arg("--admin-socket")
-                .arg(&admin)
-                .args(extra),
+            &mut loopcastd_on_loopback(port, media, &admin, extra),
         );
         wait_for_admin(&admin);
         UnicastServer {

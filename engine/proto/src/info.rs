@@ -347,14 +347,7 @@ pub(crate) mod tests {
     /// parses control messages cost that much. Parsing is now arithmetic on the counts.
     #[test]
     fn huge_consistent_counts_are_rejected_cheaply() {
-        let mut info = sample_info(1000, DATAGRAM_SIZE_MIN, 1);
-        let data = 3_600_000_000u32;
-        info.data_datagram_count = data;
-        info.frame_stream_len = u64::from(data) * payload_capacity(DATAGRAM_SIZE_MIN) as u64;
-        info.original_size = info.frame_stream_len;
-        info.frame_count = info.original_size.div_ceil(u64::from(info.frame_raw_size));
-        info.loop_len = u32::MAX;
-        let bytes = info.to_bytes();
+        let bytes = crate::testkit::huge_consistent_info().to_bytes();
         let started = std::time::Instant::now();
         assert_eq!(FileInfo::parse(&bytes), Err(ParseError::Malformed));
         let elapsed = started.elapsed();

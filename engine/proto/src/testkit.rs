@@ -192,6 +192,20 @@ pub fn sample_info(stream_len: u64, datagram_size: u16, seed: u8) -> FileInfo {
     }
 }
 
+/// An info whose counts agree with each other but describe about 3.6 billion datagrams: cheap
+/// to send, and (before issue 9's fix) seconds of CPU and gigabytes to parse.
+pub fn huge_consistent_info() -> FileInfo {
+    let mut info = sample_info(1000, crate::info::DATAGRAM_SIZE_MIN, 1);
+    let data = 3_600_000_000u32;
+    info.data_datagram_count = data;
+    info.frame_stream_len =
+        u64::from(data) * payload_capacity(crate::info::DATAGRAM_SIZE_MIN) as u64;
+    info.original_size = info.frame_stream_len;
+    info.frame_count = info.original_size.div_ceil(u64::from(info.frame_raw_size));
+    info.loop_len = u32::MAX;
+    info
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
