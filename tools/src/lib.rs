@@ -57,14 +57,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("bad size {text:?}: use e.g. 64M, 1G, 4096"))
 }
 
-pub fn format_rate(bits_per_s: u64) -> String {
-    match bits_per_s {
-        0 => "unpaced".into(),
-        b if b >= 1_000_000_000 => format!("{:.2} Gbit/s", b as f64 / 1e9),
-        b if b >= 1_000_000 => format!("{:.1} Mbit/s", b as f64 / 1e6),
-        b => format!("{:.1} kbit/s", b as f64 / 1e3),
-    }
-}
+pub use loopcast_proto::rate::format_rate;
 
 /// Logs to stderr; `RUST_LOG` overrides the default level.
 pub fn init_logging(default_level: &str) {

@@ -103,6 +103,11 @@ pub struct GetReport {
     pub serials_naked: u64,
     /// Serials not asked for because another receiver had just asked (R10 suppression).
     pub serials_suppressed: u64,
+    /// The speed tier the server last put this client on (R11), and how often it moved.
+    pub tier: Option<loopcast_proto::client::TierInfo>,
+    pub tier_moves: u64,
+    /// The round trip to the server, as measured with the reports (R12).
+    pub rtt: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,29 +319,8 @@ pub fn get(
                     }
                     multicast = None;
                     if offered == Transport::Multicast {
-                        let group = match channel {
-                            SocketAddr::V4(v4) => *v4.ip(),
-                            SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
-                        };
-                        match loopcast_dataplane::socket::bind_multicast_receiver(
-                            group,
-                            channel.port(),
-                            config.multicast_interface,
-                        )
-                        .and_then(|socket| {
-                            loopcast_dataplane::socket::set_receive_timeout(
-                                &socket,
-                                RECEIVE_TIMEOUT,
-                            )?;
-                            Ok(socket)
-                        }) {
-                            Ok(socket) => {
-                                let gro = loopcast_dataplane::recv::enable_gro(&socket);
-                                multicast = Some((
-                                    socket,
-                                    BatchReceiver::new(RECEIVE_BATCH, slot_size(gro)),
-                                ));
-                            }
+                        match join_group(channel, config.multicast_interface) {
+                            Ok(joined) => multicast = Some(joined),
                             Err(error) => session.multicast_unavailable(
                                 clock.now(),
                                 format!("cannot join {channel}: {error}; fell back to unicast"),
@@ -395,6 +379,37 @@ pub fn get(
                 }
                 ClientEvent::SessionLost { reason } => {
                     tracing::warn!(%reason, "session lost; asking again and continuing from what is held");
+                }
+                ClientEvent::Moved {
+                    transport: moved,
+                    channel,
+                    tier,
+                    tiers,
+                    rate_bits_per_s,
+                } => {
+                    tracing::info!(
+                        tier = format_args!("{}/{}", tier + 1, tiers),
+                        rate = %loopcast_proto::rate::format_rate(rate_bits_per_s),
+                        %channel,
+                        "moved to another speed tier (what is held is kept)"
+                    );
+                    // Multicast: the new tier is another group. Leave the old one first (its
+                    // datagrams would only interleave with the new tier's loop).
+                    if moved == Transport::Multicast && multicast.is_some() {
+                        drop(multicast.take());
+                        match join_group(channel, config.multicast_interface) {
+                            Ok(joined) => multicast = Some(joined),
+                            Err(error) => {
+                                tracing::warn!(%channel, %error, "cannot join the new tier's group; asking again");
+                                session.leave(clock.now());
+                                send_all(&mut session);
+                                if let Some(download) = download.as_mut() {
+                                    download.save()?;
+                                }
+                                return Err(io_err(format!("join {channel}"))(error));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -456,14 +471,19 @@ pub fn get(
         // multicast the control socket is still read for the server's replies (Ended).
         let outcome = match multicast.as_mut() {
             Some((socket, inbox)) => {
-                let from_group = download.receive_batch(inbox, socket, None)?;
+                let from_group = download.receive_batch(inbox, socket, None, &mut session)?;
                 let replies = receive_control_only(&mut control_inbox, &control)?;
                 BatchResult {
                     controls: from_group.controls.into_iter().chain(replies).collect(),
                     ..from_group
                 }
             }
-            None => download.receive_batch(&mut control_inbox, &control, Some(config.server))?,
+            None => download.receive_batch(
+                &mut control_inbox,
+                &control,
+                Some(config.server),
+                &mut session,
+            )?,
         };
         let now = clock.now();
         if outcome.stored > 0 {
@@ -513,8 +533,33 @@ pub fn get(
         naks_sent: download.nak.naks_sent(),
         serials_naked: download.nak.serials_naked(),
         serials_suppressed: download.nak.serials_suppressed(),
+        tier: session.tier(),
+        tier_moves: session.moves(),
+        rtt: session.rtt(),
         info: download.receiver.info().clone(),
     })
+}
+
+/// A socket on the multicast group `channel` (receive timeout set, GRO where the kernel has it)
+/// and its batch buffers.
+fn join_group(
+    channel: SocketAddr,
+    interface: Ipv4Addr,
+) -> std::io::Result<(UdpSocket, BatchReceiver)> {
+    let group = match channel {
+        SocketAddr::V4(v4) => *v4.ip(),
+        SocketAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+    };
+    let socket =
+        loopcast_dataplane::socket::bind_multicast_receiver(group, channel.port(), interface)?;
+    loopcast_dataplane::socket::set_receive_timeout(&socket, RECEIVE_TIMEOUT)?;
+    let gro = loopcast_dataplane::recv::enable_gro(&socket);
+    let slot = if gro {
+        GRO_SLOT_BYTES
+    } else {
+        usize::from(DATAGRAM_SIZE_MAX) + 1
+    };
+    Ok((socket, BatchReceiver::new(RECEIVE_BATCH, slot)))
 }
 
 /// Control datagrams only (before an Offer, or beside a multicast group), waiting up to the
@@ -692,6 +737,7 @@ impl Download {
         inbox: &mut BatchReceiver,
         socket: &UdpSocket,
         source: Option<SocketAddr>,
+        session: &mut ClientSession,
     ) -> Result<BatchResult, ClientError> {
         let count = match inbox.receive(socket) {
             Ok(count) => count,
@@ -796,11 +842,13 @@ impl Download {
                     result.stored += 1;
                     result.seen += 1;
                     self.nak.saw(serial);
+                    session.observe_serial(serial);
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }
                 Outcome::Duplicate { serial } => {
                     result.seen += 1;
                     self.nak.saw(serial);
+                    session.observe_serial(serial);
                 }
                 Outcome::Dropped(_) => {}
             }

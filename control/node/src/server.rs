@@ -17,6 +17,7 @@ use loopcast_proto::endpoint::{
     self, DataCommand, Endpoint, EndpointConfig, Event, FileLookup, MulticastGroups, Via,
 };
 use loopcast_proto::info::FileInfo;
+use loopcast_proto::rate::format_rate;
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::{Instant, MonotonicClock};
 use loopcast_proto::wire::control::{RejectCode, Transport, CONTROL_LEN_MAX};
@@ -41,8 +42,11 @@ pub struct ServerConfig {
     pub media_dir: PathBuf,
     pub listen: SocketAddr,
     pub multicast: Option<MulticastConfig>,
-    /// Per-channel rate in bits/s; 0 = unpaced.
+    /// Per-channel rate cap in bits/s (0 = none); with `adaptive` off, the one fixed rate
+    /// (0 = unpaced).
     pub rate_bits_per_s: u64,
+    /// Tiers and rates that follow the clients' reports (R11, R12); `None`: fixed rate.
+    pub adaptive: Option<loopcast_proto::rate::RateConfig>,
     pub admin_socket: Option<PathBuf>,
     pub session_timeout: Duration,
     pub sessions_max: usize,
@@ -61,7 +65,8 @@ impl ServerConfig {
             media_dir,
             listen,
             multicast: None,
-            rate_bits_per_s: 1_000_000_000,
+            rate_bits_per_s: 0,
+            adaptive: Some(loopcast_proto::rate::RateConfig::default()),
             admin_socket: None,
             session_timeout: Duration::from_secs(5),
             sessions_max: 4096,
@@ -312,6 +317,7 @@ pub fn run_on(
         port: m.port,
     });
     endpoint_config.rate_bits_per_s = config.rate_bits_per_s;
+    endpoint_config.adaptive = config.adaptive.clone();
     endpoint_config.session_timeout = config.session_timeout;
     endpoint_config.sessions_max = config.sessions_max;
     endpoint_config.sessions_per_address_max = config.sessions_per_address_max;
@@ -432,6 +438,47 @@ impl Server {
                 Event::ChannelClosed { channel, file } => {
                     tracing::info!(channel = channel.0, %file, "channel closed: no active clients")
                 }
+                Event::TierOpened {
+                    channel,
+                    file,
+                    rate_bits_per_s,
+                } => {
+                    tracing::info!(channel = channel.0, %file, rate = %format_rate(rate_bits_per_s), "tier opened")
+                }
+                Event::RateChanged {
+                    channel,
+                    file,
+                    from_bits_per_s,
+                    to_bits_per_s,
+                } => {
+                    // Increases come every few hundred milliseconds while probing: debug; a
+                    // decrease (clients lost) is worth a line.
+                    if to_bits_per_s < from_bits_per_s {
+                        tracing::info!(channel = channel.0, %file, from = %format_rate(from_bits_per_s), to = %format_rate(to_bits_per_s), "tier rate lowered: its clients lost")
+                    } else {
+                        tracing::debug!(channel = channel.0, %file, from = %format_rate(from_bits_per_s), to = %format_rate(to_bits_per_s), "tier rate raised")
+                    }
+                }
+                Event::TierMoved {
+                    session,
+                    client,
+                    file,
+                    from_bits_per_s,
+                    to_bits_per_s,
+                    goodput_bits_per_s,
+                    loss,
+                } => {
+                    tracing::info!(
+                        session = format_args!("{:016x}", session.0),
+                        %client,
+                        %file,
+                        from = %format_rate(from_bits_per_s),
+                        to = %format_rate(to_bits_per_s),
+                        goodput = %format_rate(goodput_bits_per_s),
+                        loss = format_args!("{:.1}%", loss * 100.0),
+                        "client moved to another tier"
+                    )
+                }
             }
         }
     }
@@ -461,6 +508,14 @@ impl Server {
                         repairs_refused = closed.stats.repairs_refused.load(Ordering::Relaxed),
                         "channel stopped"
                     );
+                }
+            }
+            DataCommand::SetRate {
+                channel,
+                rate_bits_per_s,
+            } => {
+                if let Some(id) = self.channels.get(&channel).map(|c| c.id) {
+                    self.pool_command(Command::SetRate(id, rate_bits_per_s));
                 }
             }
             DataCommand::AddDestination {
@@ -698,7 +753,11 @@ impl Server {
                     "file_id": view.file_id.to_string(),
                     "group": view.group.map(|g| g.to_string()),
                     "running": data.is_some(),
-                    "rate_bits_per_s": self.config.rate_bits_per_s,
+                    "channel": view.channel.0,
+                    "tier": view.tier,
+                    "tiers": view.tiers,
+                    "rate_bits_per_s": view.rate_bits_per_s,
+                    "policy": self.config.adaptive.as_ref().map_or("fixed", |a| a.policy.name()),
                     "loop_len": view.loop_len,
                     "next_serial": load(|s| &s.next_serial),
                     "repair_datagrams": load(|s| &s.repair_datagrams),
@@ -721,6 +780,16 @@ impl Server {
                     "transport": s.transport.to_string(),
                     "validated": s.validated,
                     "held": s.held,
+                    "file": self.endpoint.channels().find(|c| c.channel == s.channel).map(|c| c.name),
+                    "channel": s.channel.0,
+                    "tier": s.tier,
+                    "tiers": s.tiers,
+                    "tier_rate_bits_per_s": s.rate_bits_per_s,
+                    "goodput_bits_per_s": s.goodput_bits_per_s.round() as u64,
+                    "goodput_stddev_bits_per_s": s.goodput_stddev.round() as u64,
+                    "loss": s.loss,
+                    "rtt_us": s.rtt.map(|r| r.as_micros() as u64),
+                    "reports": s.reports,
                 })
             })
             .collect();
@@ -780,6 +849,9 @@ impl Server {
                 "naks_over_budget": e.naks_over_budget,
                 "nak_serials_refused": e.nak_serials_refused,
                 "naks_relayed": e.naks_relayed,
+                "reports": e.reports,
+                "tier_moves": e.tier_moves,
+                "rate_changes": e.rate_changes,
                 "archives_verified": self.counters.archives_verified,
                 "archives_corrupt": self.counters.archives_corrupt,
                 "archives_changed": self.counters.archives_changed,

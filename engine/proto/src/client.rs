@@ -4,7 +4,9 @@
 //!  Requesting ──Offer──▶ (multicast: Syncing ──SYNC or data──▶ Joined(multicast)
 //!                                             └─ sync timeout ──▶ Joined(unicast))
 //!             └─Offer(unicast)──▶ Joined(unicast)
-//!  Joined: Status every interval; Joined re-sent until data arrives (its token validates us)
+//!  Joined: Status every interval; Joined re-sent until data arrives (its token validates us);
+//!          Report (received, lost, interval, RTT) every report interval ──▶ Feedback: the tier
+//!          this session is on; another channel ──▶ Moved (the driver switches group) (R11, R12)
 //!  Ended{..} from the server, or no data for `silence_rerequest` ──▶ Requesting again (new id);
 //!  the driver keeps its bitmap, so the download continues where it was.
 //! ```
@@ -18,6 +20,7 @@ use std::net::SocketAddr;
 
 use crate::carousel::SessionId;
 use crate::info::FileInfo;
+use crate::rate::LossMeter;
 use crate::rng::SeededRng;
 use crate::time::Instant;
 use crate::wire::control::{ControlMessage, EndReason, RejectCode, Token, Transport};
@@ -42,6 +45,8 @@ pub struct ClientConfig {
     /// Asking again after a lost session gives up after this long without an answer (a server
     /// restart can take longer than a first request should wait).
     pub rerequest_timeout: Duration,
+    /// How often the client reports what its path delivers (R12).
+    pub report_interval: Duration,
 }
 
 impl ClientConfig {
@@ -57,6 +62,7 @@ impl ClientConfig {
             joined_retry: Duration::from_millis(250),
             silence_rerequest: Duration::from_secs(3),
             rerequest_timeout: Duration::from_secs(30),
+            report_interval: Duration::from_millis(200),
         }
     }
 }
@@ -87,7 +93,30 @@ pub enum ClientEvent {
     SessionLost {
         reason: String,
     },
+    /// The server put this session on another tier (R11): on multicast, `channel` is the group
+    /// to receive from now (the driver leaves the old one); the bitmap stays.
+    Moved {
+        transport: Transport,
+        channel: SocketAddr,
+        tier: u8,
+        tiers: u8,
+        rate_bits_per_s: u64,
+    },
 }
+
+/// Where the session receives, as the server last said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierInfo {
+    /// The server's id of the tier (unknown until the first Feedback).
+    pub tier_id: Option<u32>,
+    pub channel: SocketAddr,
+    pub tier: u8,
+    pub tiers: u8,
+    pub rate_bits_per_s: u64,
+}
+
+/// Reports whose echo is still awaited, at most (older ones give no round-trip sample).
+const OUTSTANDING_REPORTS: usize = 8;
 
 #[derive(Clone, Debug)]
 enum State {
@@ -110,6 +139,7 @@ enum State {
         /// Re-send Joined at this instant until data arrives.
         next_joined: Option<Instant>,
         last_data: Instant,
+        next_report: Instant,
     },
     Finished,
 }
@@ -125,6 +155,15 @@ pub struct ClientSession {
     /// Control datagrams not from the server, or not about this session: counted drops.
     dropped: u64,
     rerequests: u64,
+    /// What arrived and what went by since the last Report (R12).
+    meter: LossMeter,
+    last_report: Instant,
+    /// (sent_at_us, when) of Reports not yet echoed.
+    outstanding: VecDeque<(u32, Instant)>,
+    /// Smoothed round trip (as TCP's SRTT: 7/8 old + 1/8 sample).
+    rtt: Option<Duration>,
+    tier: Option<TierInfo>,
+    moves: u64,
 }
 
 impl ClientSession {
@@ -146,7 +185,34 @@ impl ClientSession {
             events: VecDeque::new(),
             dropped: 0,
             rerequests: 0,
+            meter: LossMeter::default(),
+            last_report: now,
+            outstanding: VecDeque::new(),
+            rtt: None,
+            tier: None,
+            moves: 0,
         }
+    }
+
+    /// The round trip to the server, smoothed, once measured.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// The tier the server last put this session on.
+    pub fn tier(&self) -> Option<TierInfo> {
+        self.tier
+    }
+
+    /// Times the server moved this session to another tier.
+    pub fn moves(&self) -> u64 {
+        self.moves
+    }
+
+    /// A datagram of the file arrived (stored or a genuine duplicate): for the loss and
+    /// goodput this client reports (R12).
+    pub fn observe_serial(&mut self, serial: u32) {
+        self.meter.observe(serial);
     }
 
     pub fn dropped(&self) -> u64 {
@@ -227,6 +293,14 @@ impl ClientSession {
                 },
             ) if id == *request_id => {
                 let file_id = info.file_id;
+                self.meter = LossMeter::new(info.loop_len);
+                self.tier = Some(TierInfo {
+                    tier_id: None,
+                    channel,
+                    tier: 0,
+                    tiers: 1,
+                    rate_bits_per_s,
+                });
                 self.events.push_back(ClientEvent::Offered {
                     transport,
                     channel,
@@ -278,7 +352,76 @@ impl ClientSession {
                 };
                 self.request_again(now, reason);
             }
+            (
+                State::Joined { session, .. },
+                ControlMessage::Feedback {
+                    session: about,
+                    echo_us,
+                    tier_id,
+                    tier,
+                    tiers,
+                    transport,
+                    channel,
+                    rate_bits_per_s,
+                },
+            ) if about == *session => {
+                let joined = self.transport();
+                let new = TierInfo {
+                    tier_id: Some(tier_id),
+                    channel,
+                    tier,
+                    tiers,
+                    rate_bits_per_s,
+                };
+                self.handle_feedback(now, echo_us, transport, joined, new);
+            }
             _ => self.dropped += 1,
+        }
+    }
+
+    fn handle_feedback(
+        &mut self,
+        now: Instant,
+        echo_us: u32,
+        transport: Transport,
+        joined: Option<Transport>,
+        new: TierInfo,
+    ) {
+        if let Some(index) = self
+            .outstanding
+            .iter()
+            .position(|&(sent, _)| sent == echo_us)
+        {
+            let (_, sent_at) = self.outstanding[index];
+            // This and every older Report are answered (or lost): no later sample from them.
+            self.outstanding.drain(..=index);
+            let sample = now.saturating_since(sent_at);
+            self.rtt = Some(match self.rtt {
+                None => sample,
+                Some(rtt) => (rtt * 7 + sample) / 8,
+            });
+        }
+        if joined != Some(transport) {
+            // A Feedback for a transport we are not on (a late one from before a fallback).
+            self.dropped += 1;
+            return;
+        }
+        // A move: another group, or another tier id than the one we knew (the first Feedback
+        // only names the tier the Offer put us on).
+        let moved = self.tier.is_some_and(|old| {
+            old.channel != new.channel || old.tier_id.is_some_and(|id| Some(id) != new.tier_id)
+        });
+        self.tier = Some(new);
+        if moved {
+            self.moves += 1;
+            self.meter.restart();
+            self.events.push_back(ClientEvent::Moved {
+                transport,
+                channel: new.channel,
+                tier: new.tier,
+                tiers: new.tiers,
+                rate_bits_per_s: new.rate_bits_per_s,
+            });
         }
     }
 
@@ -303,7 +446,10 @@ impl ClientSession {
             next_status: now + self.config.status_interval,
             next_joined: Some(now + self.config.joined_retry),
             last_data: now,
+            next_report: now + self.config.report_interval,
         };
+        self.meter.take();
+        self.last_report = now;
     }
 
     /// SYNC seen on the multicast group (R8).
@@ -453,7 +599,7 @@ impl ClientSession {
                 next_status,
                 next_joined,
                 last_data,
-                ..
+                next_report,
             } => {
                 if now.saturating_since(last_data) >= self.config.silence_rerequest {
                     let silent = self.config.silence_rerequest.as_secs_f64();
@@ -469,6 +615,12 @@ impl ClientSession {
                     });
                     if let State::Joined { next_joined, .. } = &mut self.state {
                         *next_joined = Some(now + self.config.joined_retry);
+                    }
+                }
+                if now >= next_report {
+                    self.send_report(now, session);
+                    if let State::Joined { next_report, .. } = &mut self.state {
+                        *next_report = now + self.config.report_interval;
                     }
                 }
                 if now >= next_status {
@@ -499,17 +651,43 @@ impl ClientSession {
                 next_status,
                 next_joined,
                 last_data,
+                next_report,
                 ..
             } => {
                 let silence = *last_data + self.config.silence_rerequest;
                 Some(
                     next_joined
                         .map_or(*next_status, |j| j.min(*next_status))
-                        .min(silence),
+                        .min(silence)
+                        .min(*next_report),
                 )
             }
             State::Finished => None,
         }
+    }
+
+    /// R12: what arrived and what went by since the last Report, with the round trip.
+    fn send_report(&mut self, now: Instant, session: SessionId) {
+        let (received, lost) = self.meter.take();
+        let interval = now.saturating_since(self.last_report);
+        self.last_report = now;
+        let sent_at_us = (now.as_nanos() / 1_000) as u32;
+        if self.outstanding.len() >= OUTSTANDING_REPORTS {
+            self.outstanding.pop_front();
+        }
+        self.outstanding.push_back((sent_at_us, now));
+        let clamp_us = |d: Duration| u32::try_from(d.as_micros()).unwrap_or(u32::MAX);
+        self.send(&ControlMessage::Report {
+            session,
+            sent_at_us,
+            interval_us: clamp_us(interval),
+            received,
+            lost,
+            rtt_us: self
+                .rtt
+                .map_or(0, clamp_us)
+                .max(u32::from(self.rtt.is_some())),
+        });
     }
 
     pub fn is_finished(&self) -> bool {

@@ -25,6 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::carousel::SessionId;
 use crate::info::FileInfo;
+use crate::rate::{self, MemberPlan, PathEstimate, RateConfig, Target, TierControl, TierPlan};
 use crate::rng::SeededRng;
 use crate::time::Instant;
 use crate::wire::control::{
@@ -51,8 +52,12 @@ pub struct EndpointConfig {
     /// What the Offer names as the channel of a unicast session (the server's address).
     pub unicast_channel: SocketAddr,
     pub multicast: Option<MulticastGroups>,
-    /// Per-channel rate, bits/s; 0 = unpaced.
+    /// Per-channel rate, bits/s: the cap of every tier with `adaptive`, else the one fixed
+    /// rate; 0 = no cap (without `adaptive`: unpaced).
     pub rate_bits_per_s: u64,
+    /// Tiers and rates that follow the clients' reports (R11, R12); `None`: one channel per
+    /// file at `rate_bits_per_s`.
+    pub adaptive: Option<RateConfig>,
     /// A validated session not heard from for this long ends.
     pub session_timeout: Duration,
     /// A session that has not validated its address within this long ends.
@@ -84,6 +89,7 @@ impl EndpointConfig {
             unicast_channel,
             multicast: None,
             rate_bits_per_s: 1_000_000_000,
+            adaptive: Some(RateConfig::default()),
             session_timeout: Duration::from_secs(5),
             unvalidated_timeout: Duration::from_secs(3),
             sessions_max: 4096,
@@ -151,6 +157,11 @@ pub enum DataCommand {
         count: u32,
         to: Option<SocketAddr>,
     },
+    /// The channel's rate changed (R12).
+    SetRate {
+        channel: ChannelId,
+        rate_bits_per_s: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,7 +189,7 @@ impl core::fmt::Display for SessionEnd {
 }
 
 /// Things worth a log line.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     SessionOpened {
         session: SessionId,
@@ -199,6 +210,30 @@ pub enum Event {
     ChannelClosed {
         channel: ChannelId,
         file: String,
+    },
+    /// A file got another tier (R11).
+    TierOpened {
+        channel: ChannelId,
+        file: String,
+        rate_bits_per_s: u64,
+    },
+    /// A tier's rate changed (R12): up while its clients keep up, down when they lose.
+    RateChanged {
+        channel: ChannelId,
+        file: String,
+        from_bits_per_s: u64,
+        to_bits_per_s: u64,
+    },
+    /// A client moved to another tier of its file (R11): down because it lost, up to merge.
+    TierMoved {
+        session: SessionId,
+        client: SocketAddr,
+        file: String,
+        from_bits_per_s: u64,
+        to_bits_per_s: u64,
+        /// Its goodput (bits/s) and loss when it moved.
+        goodput_bits_per_s: u64,
+        loss: f64,
     },
 }
 
@@ -228,6 +263,9 @@ pub struct EndpointCounters {
     pub naks_over_budget: u64,
     pub nak_serials_refused: u64,
     pub naks_relayed: u64,
+    pub reports: u64,
+    pub tier_moves: u64,
+    pub rate_changes: u64,
 }
 
 struct Session {
@@ -243,6 +281,12 @@ struct Session {
     /// Serials this session may still have repaired in the current window: what it misses.
     repair_credit: u64,
     credit_refreshed: Instant,
+    /// What its reports say about its path (R12).
+    estimate: PathEstimate,
+    /// When it last moved between tiers.
+    moved_at: Option<Instant>,
+    /// The `sent_at_us` of its last Report (echoed in an unsolicited Feedback after a move).
+    last_report_us: u32,
 }
 
 struct Channel {
@@ -259,8 +303,8 @@ struct Channel {
     data_open: bool,
     sync_sequence: u32,
     next_sync: Instant,
-    /// A session's repair credit is renewed at most once per this (about one loop).
-    repair_window: Duration,
+    /// This tier's rate and how it changes (R11, R12).
+    tier: TierControl,
     /// Bytes of an Offer for this file (ids and addresses have fixed widths; the unicast
     /// address is never shorter than the IPv4 group), so a Request can be sized against it.
     offer_len: usize,
@@ -286,7 +330,8 @@ pub struct Endpoint {
     rng: SeededRng,
     sessions: HashMap<SessionId, Session>,
     channels: HashMap<ChannelId, Channel>,
-    channel_by_name: HashMap<String, ChannelId>,
+    /// Each served file's tiers (channels), in no particular order.
+    tiers_by_name: HashMap<String, Vec<ChannelId>>,
     addresses: HashMap<IpAddr, AddressState>,
     group_slots_used: Vec<bool>,
     /// Unvalidated sessions, oldest first (entries of sessions since validated or ended are
@@ -295,6 +340,8 @@ pub struct Endpoint {
     unvalidated_count: usize,
     next_channel: u64,
     next_address_sweep: Instant,
+    /// When tier rates and assignments are reconsidered next (R11, R12).
+    next_control: Instant,
     shutting_down: bool,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<DataCommand>,
@@ -303,7 +350,7 @@ pub struct Endpoint {
 }
 
 /// A read-only view of a session, for status output.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SessionView {
     pub session: SessionId,
     pub client: SocketAddr,
@@ -311,6 +358,17 @@ pub struct SessionView {
     pub validated: bool,
     pub held: u32,
     pub channel: ChannelId,
+    /// Its tier (0 = slowest) of how many, and that tier's rate.
+    pub tier: u8,
+    pub tiers: u8,
+    pub rate_bits_per_s: u64,
+    /// From its reports (R12): goodput (mean and standard deviation, bits/s), loss
+    /// (fraction), the round trip it measured, and how many reports.
+    pub goodput_bits_per_s: f64,
+    pub goodput_stddev: f64,
+    pub loss: f64,
+    pub rtt: Option<Duration>,
+    pub reports: u64,
 }
 
 /// A read-only view of a channel, for status output.
@@ -324,6 +382,9 @@ pub struct ChannelView {
     pub multicast_members: usize,
     pub sessions: usize,
     pub data_open: bool,
+    pub tier: u8,
+    pub tiers: u8,
+    pub rate_bits_per_s: u64,
 }
 
 impl Endpoint {
@@ -342,13 +403,14 @@ impl Endpoint {
             rng,
             sessions: HashMap::new(),
             channels: HashMap::new(),
-            channel_by_name: HashMap::new(),
+            tiers_by_name: HashMap::new(),
             addresses: HashMap::new(),
             group_slots_used: vec![false; GROUP_SLOTS],
             unvalidated: VecDeque::new(),
             unvalidated_count: 0,
             next_channel: 0,
             next_address_sweep: now,
+            next_control: now,
             shutting_down: false,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -378,26 +440,70 @@ impl Endpoint {
     }
 
     pub fn sessions(&self) -> impl Iterator<Item = SessionView> + '_ {
-        self.sessions.iter().map(|(&session, s)| SessionView {
-            session,
-            client: s.client,
-            transport: s.transport,
-            validated: s.validated,
-            held: s.held,
-            channel: s.channel,
+        self.sessions.iter().map(|(&session, s)| {
+            let (tier, tiers) = self.tier_index(s.channel);
+            SessionView {
+                session,
+                client: s.client,
+                transport: s.transport,
+                validated: s.validated,
+                held: s.held,
+                channel: s.channel,
+                tier,
+                tiers,
+                rate_bits_per_s: self.channels[&s.channel].tier.rate(),
+                goodput_bits_per_s: s.estimate.goodput().mean(),
+                goodput_stddev: s.estimate.goodput().stddev(),
+                loss: s.estimate.loss().mean(),
+                rtt: s.estimate.rtt(),
+                reports: s.estimate.reports(),
+            }
         })
     }
 
+    /// The tier's place among its file's tiers by rate (0 = slowest), and how many there are.
+    fn tier_index(&self, channel: ChannelId) -> (u8, u8) {
+        let state = &self.channels[&channel];
+        let tiers = &self.tiers_by_name[&state.info.name];
+        let rate = state.tier.rate();
+        let below = tiers
+            .iter()
+            .filter(|&&c| {
+                let other = self.channels[&c].tier.rate();
+                other < rate || (other == rate && c < channel)
+            })
+            .count();
+        let count = u8::try_from(tiers.len()).unwrap_or(u8::MAX);
+        (u8::try_from(below).unwrap_or(u8::MAX).min(count - 1), count)
+    }
+
+    /// The effective rate settings: the operator's cap applied.
+    fn rate_config(&self) -> Option<RateConfig> {
+        let mut config = self.config.adaptive.clone()?;
+        if self.config.rate_bits_per_s > 0 {
+            config.rate_max = config.rate_max.min(self.config.rate_bits_per_s);
+            config.initial_rate = config.initial_rate.min(self.config.rate_bits_per_s);
+        }
+        config.rate_min = config.rate_min.min(config.rate_max);
+        Some(config)
+    }
+
     pub fn channels(&self) -> impl Iterator<Item = ChannelView> + '_ {
-        self.channels.iter().map(|(&channel, c)| ChannelView {
-            channel,
-            file_id: c.file_id,
-            name: c.info.name.clone(),
-            loop_len: c.info.loop_len,
-            group: c.group,
-            multicast_members: c.multicast_members,
-            sessions: c.sessions,
-            data_open: c.data_open,
+        self.channels.iter().map(|(&channel, c)| {
+            let (tier, tiers) = self.tier_index(channel);
+            ChannelView {
+                channel,
+                file_id: c.file_id,
+                name: c.info.name.clone(),
+                loop_len: c.info.loop_len,
+                group: c.group,
+                multicast_members: c.multicast_members,
+                sessions: c.sessions,
+                data_open: c.data_open,
+                tier,
+                tiers,
+                rate_bits_per_s: c.tier.rate(),
+            }
         })
     }
 
@@ -426,10 +532,14 @@ impl Endpoint {
             .filter(|c| c.group.is_some() && c.multicast_pending + c.multicast_members > 0)
             .map(|c| c.next_sync)
             .min();
-        match (expiry, sync) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Tiers are reconsidered while some client reports.
+        let control = (self.config.adaptive.is_some()
+            && self
+                .sessions
+                .values()
+                .any(|s| s.validated && s.estimate.reports() > 0))
+        .then_some(self.next_control);
+        [expiry, sync, control].into_iter().flatten().min()
     }
 
     fn timeout_of(&self, session: &Session) -> Duration {
@@ -525,10 +635,54 @@ impl Endpoint {
             ControlMessage::Nak { session, ranges } => {
                 self.handle_nak(now, from, len, session, ranges)
             }
+            ControlMessage::Report {
+                session,
+                sent_at_us,
+                interval_us,
+                received,
+                lost,
+                rtt_us,
+            } => {
+                if !self.session_from(from, len, session) {
+                    return;
+                }
+                let rate_config = self.rate_config().unwrap_or_default();
+                let state = self.sessions.get_mut(&session).expect("checked above");
+                if !state.validated {
+                    self.counters.control_dropped += 1;
+                    return;
+                }
+                self.counters.reports += 1;
+                state.last_heard = state.last_heard.max(now);
+                state.last_report_us = sent_at_us;
+                let channel = &self.channels[&state.channel];
+                let interval = Duration::from_micros(u64::from(interval_us));
+                // Counts for the tier as it is only if the whole interval came after its
+                // last change settled.
+                let started = Instant::from_nanos(
+                    now.as_nanos()
+                        .saturating_sub(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
+                );
+                let counts = started >= channel.tier.settled_at()
+                    && state.moved_at.is_none_or(|at| started >= at);
+                state.estimate.observe(
+                    &rate_config,
+                    received,
+                    lost,
+                    interval,
+                    u64::from(channel.info.datagram_size) * 8,
+                    channel.tier.rate(),
+                    (rtt_us > 0).then(|| Duration::from_micros(u64::from(rtt_us))),
+                    counts,
+                );
+                let feedback = self.feedback_for(session, sent_at_us);
+                self.reply(from, len, &feedback);
+            }
             ControlMessage::Offer { .. }
             | ControlMessage::Reject { .. }
             | ControlMessage::Sync { .. }
             | ControlMessage::NakHeard { .. }
+            | ControlMessage::Feedback { .. }
             | ControlMessage::Ended { .. } => {
                 self.counters.control_dropped += 1;
             }
@@ -677,8 +831,8 @@ impl Endpoint {
                 ),
             );
         }
-        let channel = match self.channel_by_name.get(name) {
-            Some(&channel) => channel,
+        let channel = match self.tier_for_new_session(name) {
+            Some(channel) => channel,
             None => {
                 if self.channels.len() >= self.config.channels_max {
                     return reject(self, RejectCode::Busy, "server at its channel limit".into());
@@ -694,7 +848,10 @@ impl Endpoint {
                         format!("{name:?} is another name of a file already served"),
                     );
                 }
-                self.open_channel(now, info)
+                let rate = self
+                    .rate_config()
+                    .map_or(self.config.rate_bits_per_s, |c| c.initial_rate);
+                self.open_channel(now, info, rate, false)
             }
         };
         // The Offer must fit three times in this Request (address validation): otherwise no
@@ -739,6 +896,9 @@ impl Endpoint {
                 held: 0,
                 repair_credit: loop_len,
                 credit_refreshed: now,
+                estimate: PathEstimate::default(),
+                moved_at: None,
+                last_report_us: 0,
             },
         );
         self.unvalidated.push_back(session);
@@ -773,12 +933,50 @@ impl Endpoint {
             token: state.token,
             transport,
             channel: address,
-            rate_bits_per_s: self.config.rate_bits_per_s,
+            rate_bits_per_s: channel.tier.rate(),
             info: channel.info.clone(),
         }
     }
 
-    fn open_channel(&mut self, now: Instant, info: FileInfo) -> ChannelId {
+    /// The answer to a Report: the session's tier and where it runs. `echo_us` is the Report's
+    /// timestamp (for a Feedback after a move, the last Report's, which the client has already
+    /// seen echoed and so takes no round-trip sample from).
+    fn feedback_for(&self, session: SessionId, echo_us: u32) -> ControlMessage {
+        let state = &self.sessions[&session];
+        let channel = &self.channels[&state.channel];
+        let (tier, tiers) = self.tier_index(state.channel);
+        let (transport, address) = match (state.transport, channel.group) {
+            (Transport::Multicast, Some(group)) => (Transport::Multicast, SocketAddr::V4(group)),
+            _ => (Transport::Unicast, self.config.unicast_channel),
+        };
+        ControlMessage::Feedback {
+            session,
+            echo_us,
+            // Channel ids are unique per server run; 2^32 tiers later one may repeat, which
+            // only hides one move from a client's count.
+            tier_id: state.channel.0 as u32,
+            tier,
+            tiers,
+            transport,
+            channel: address,
+            rate_bits_per_s: channel.tier.rate(),
+        }
+    }
+
+    /// The tier a new session of `name` starts on: the fastest (clients that cannot take it
+    /// move down within a second or so); `None` if the file has no tier yet.
+    fn tier_for_new_session(&self, name: &str) -> Option<ChannelId> {
+        self.tiers_by_name
+            .get(name)?
+            .iter()
+            .copied()
+            .max_by_key(|c| (self.channels[c].tier.rate(), *c))
+    }
+
+    /// A new tier of `info` at `rate` (`known`: opened for clients whose capacity was measured,
+    /// so it starts there instead of probing). Unless `known`, it starts only when a session
+    /// validates.
+    fn open_channel(&mut self, now: Instant, info: FileInfo, rate: u64, known: bool) -> ChannelId {
         let channel = ChannelId(self.next_channel);
         self.next_channel += 1;
         let group = self.config.multicast.as_ref().and_then(|m| {
@@ -790,13 +988,10 @@ impl Endpoint {
                 m.port,
             ))
         });
-        let loop_bits = u128::from(info.loop_len) * u128::from(info.datagram_size) * 8;
-        let repair_window = match self.config.rate_bits_per_s {
-            0 => REPAIR_WINDOW_MIN,
-            rate => Duration::from_nanos(
-                u64::try_from(loop_bits * NANOS_PER_S / u128::from(rate)).unwrap_or(u64::MAX),
-            )
-            .max(REPAIR_WINDOW_MIN),
+        let tier = match self.rate_config() {
+            Some(config) if known => TierControl::new_known(&config, now, rate),
+            Some(config) => TierControl::new(&config, now, rate),
+            None => TierControl::fixed(rate),
         };
         let offer_len = ControlMessage::Offer {
             request_id: 0,
@@ -809,7 +1004,10 @@ impl Endpoint {
         }
         .to_bytes()
         .len();
-        self.channel_by_name.insert(info.name.clone(), channel);
+        self.tiers_by_name
+            .entry(info.name.clone())
+            .or_default()
+            .push(channel);
         self.channels.insert(
             channel,
             Channel {
@@ -822,7 +1020,7 @@ impl Endpoint {
                 data_open: false,
                 sync_sequence: 0,
                 next_sync: now,
-                repair_window,
+                tier,
                 offer_len,
             },
         );
@@ -871,7 +1069,7 @@ impl Endpoint {
                 channel: channel_id,
                 file_id: channel.file_id,
                 name: channel.info.name.clone(),
-                rate_bits_per_s: self.config.rate_bits_per_s,
+                rate_bits_per_s: channel.tier.rate(),
             });
         }
         // Leave the old transport.
@@ -937,7 +1135,7 @@ impl Endpoint {
         let loop_len = channel.info.loop_len;
         // The session's credit: what it misses, renewed about once a loop (R10: repair bytes
         // never exceed what the asking receiver misses).
-        if now.saturating_since(state.credit_refreshed) >= channel.repair_window {
+        if now.saturating_since(state.credit_refreshed) >= repair_window(channel) {
             state.repair_credit = u64::from(loop_len - state.held.min(loop_len));
             state.credit_refreshed = now;
         }
@@ -1066,7 +1264,12 @@ impl Endpoint {
             return;
         };
         assert_eq!(channel.sessions, 0, "a channel closes without sessions");
-        self.channel_by_name.remove(&channel.info.name);
+        if let Some(tiers) = self.tiers_by_name.get_mut(&channel.info.name) {
+            tiers.retain(|&c| c != channel_id);
+            if tiers.is_empty() {
+                self.tiers_by_name.remove(&channel.info.name);
+            }
+        }
         if let (Some(group), Some(m)) = (channel.group, &self.config.multicast) {
             let slot = (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
             self.group_slots_used[slot] = false;
@@ -1129,6 +1332,235 @@ impl Endpoint {
             self.sweep_addresses(now, false);
             self.next_address_sweep = now + self.config.address_memory / 4;
         }
+        if let Some(rate_config) = self.rate_config() {
+            if now >= self.next_control {
+                self.next_control = now + rate_config.control_interval;
+                self.control_tiers(now, &rate_config);
+            }
+        }
+    }
+
+    /// R11, R12: every file's tier rates and assignments reconsidered from the reports, and
+    /// the decisions carried out (rates to the data plane, moves told to the clients).
+    fn control_tiers(&mut self, now: Instant, config: &RateConfig) {
+        let mut files: Vec<String> = self.tiers_by_name.keys().cloned().collect();
+        files.sort();
+        for file in files {
+            let channels = self.tiers_by_name[&file].clone();
+            let mut members: Vec<Vec<SessionId>> = vec![Vec::new(); channels.len()];
+            for (&id, session) in &self.sessions {
+                if !session.validated {
+                    continue;
+                }
+                if let Some(index) = channels.iter().position(|&c| c == session.channel) {
+                    members[index].push(id);
+                }
+            }
+            for list in &mut members {
+                list.sort();
+            }
+            let rates_before: Vec<u64> = channels
+                .iter()
+                .map(|c| self.channels[c].tier.rate())
+                .collect();
+            let moves = {
+                let mut controls: Vec<TierControl> = channels
+                    .iter()
+                    .map(|c| self.channels[c].tier.clone())
+                    .collect();
+                let moves = {
+                    let mut plans: Vec<TierPlan<'_>> = controls
+                        .iter_mut()
+                        .zip(&members)
+                        .map(|(control, ids)| TierPlan {
+                            control,
+                            members: ids
+                                .iter()
+                                .map(|id| {
+                                    let s = &self.sessions[id];
+                                    MemberPlan {
+                                        id: id.0,
+                                        estimate: &s.estimate,
+                                        moved_at: s.moved_at,
+                                    }
+                                })
+                                .collect(),
+                        })
+                        .collect();
+                    rate::plan(config, now, &mut plans)
+                };
+                for (channel, control) in channels.iter().zip(controls) {
+                    self.channels
+                        .get_mut(channel)
+                        .expect("a file's tiers are open channels")
+                        .tier = control;
+                }
+                moves
+            };
+            for (index, &channel) in channels.iter().enumerate() {
+                let rate = self.channels[&channel].tier.rate();
+                if rate == rates_before[index] {
+                    continue;
+                }
+                let relief = (rate < rates_before[index]).then_some(rate);
+                for id in &members[index] {
+                    if let Some(session) = self.sessions.get_mut(id) {
+                        session.estimate.new_epoch(relief);
+                    }
+                }
+                self.counters.rate_changes += 1;
+                let state = &self.channels[&channel];
+                if state.data_open {
+                    self.commands.push_back(DataCommand::SetRate {
+                        channel,
+                        rate_bits_per_s: rate,
+                    });
+                }
+                self.events.push_back(Event::RateChanged {
+                    channel,
+                    file: file.clone(),
+                    from_bits_per_s: rates_before[index],
+                    to_bits_per_s: rate,
+                });
+            }
+            let mut opened: Vec<Option<ChannelId>> = Vec::new();
+            for change in moves {
+                let session = SessionId(change.member);
+                let to = match change.to {
+                    Target::Tier(index) => channels[index],
+                    Target::New { index, rate } => {
+                        if opened.len() <= index {
+                            opened.resize(index + 1, None);
+                        }
+                        match opened[index] {
+                            Some(channel) => channel,
+                            None => {
+                                let Some(channel) = self.open_tier(now, &file, rate) else {
+                                    continue;
+                                };
+                                opened[index] = Some(channel);
+                                channel
+                            }
+                        }
+                    }
+                };
+                self.move_session(now, session, to, change.relief);
+            }
+            // A tier opened for a move that could not happen (no group for a multicast
+            // member) has nobody: it closes.
+            for channel in opened.into_iter().flatten() {
+                if self.channels.get(&channel).is_some_and(|c| c.sessions == 0) {
+                    self.close_channel(channel);
+                }
+            }
+        }
+    }
+
+    /// Another tier of `file` at `rate`, running at once (clients are about to move to it).
+    fn open_tier(&mut self, now: Instant, file: &str, rate: u64) -> Option<ChannelId> {
+        if self.channels.len() >= self.config.channels_max {
+            return None;
+        }
+        let first = *self.tiers_by_name.get(file)?.first()?;
+        let info = self.channels[&first].info.clone();
+        let channel = self.open_channel(now, info, rate, true);
+        let state = self.channels.get_mut(&channel).expect("just opened");
+        state.data_open = true;
+        self.counters.channels_opened += 1;
+        self.commands.push_back(DataCommand::OpenChannel {
+            channel,
+            file_id: state.file_id,
+            name: state.info.name.clone(),
+            rate_bits_per_s: state.tier.rate(),
+        });
+        self.events.push_back(Event::TierOpened {
+            channel,
+            file: file.to_owned(),
+            rate_bits_per_s: rate,
+        });
+        Some(channel)
+    }
+
+    /// Moves a validated session to another tier of its file: the data plane sends to it there
+    /// (its group, or its address), no longer on the old tier, which closes if it was the last;
+    /// the client is told at once (and in every later Feedback). Its bitmap is the client's:
+    /// nothing is lost, it keeps receiving what it misses from the new tier's loop.
+    fn move_session(&mut self, now: Instant, session: SessionId, to: ChannelId, relief: bool) {
+        let Some(state) = self.sessions.get(&session) else {
+            return;
+        };
+        let (from, client, transport) = (state.channel, state.client, state.transport);
+        if from == to || !state.validated {
+            return;
+        }
+        let to_state = &self.channels[&to];
+        if transport == Transport::Multicast && to_state.group.is_none() {
+            return; // no group for that tier: stays
+        }
+        let from_rate = self.channels[&from].tier.rate();
+        let to_rate = to_state.tier.rate();
+        let old = self
+            .channels
+            .get_mut(&from)
+            .expect("sessions have channels");
+        old.sessions -= 1;
+        leave_transport(old, from, client, true, transport, &mut self.commands);
+        let old_empty = old.sessions == 0;
+        let new = self.channels.get_mut(&to).expect("checked above");
+        new.sessions += 1;
+        if !new.data_open {
+            new.data_open = true;
+            self.counters.channels_opened += 1;
+            self.commands.push_back(DataCommand::OpenChannel {
+                channel: to,
+                file_id: new.file_id,
+                name: new.info.name.clone(),
+                rate_bits_per_s: new.tier.rate(),
+            });
+        }
+        match transport {
+            Transport::Multicast => {
+                new.multicast_members += 1;
+                if new.multicast_members == 1 {
+                    let group = new.group.expect("checked above");
+                    self.commands.push_back(DataCommand::AddDestination {
+                        channel: to,
+                        destination: SocketAddr::V4(group),
+                    });
+                }
+            }
+            Transport::Unicast => self.commands.push_back(DataCommand::AddDestination {
+                channel: to,
+                destination: client,
+            }),
+        }
+        let state = self.sessions.get_mut(&session).expect("checked above");
+        state.channel = to;
+        state.moved_at = Some(now);
+        state.estimate.new_epoch(relief.then_some(to_rate));
+        let goodput = state.estimate.goodput().mean();
+        let loss = state.estimate.loss().mean();
+        let echo = state.last_report_us;
+        let file = self.channels[&to].info.name.clone();
+        self.counters.tier_moves += 1;
+        self.events.push_back(Event::TierMoved {
+            session,
+            client,
+            file,
+            from_bits_per_s: from_rate,
+            to_bits_per_s: to_rate,
+            goodput_bits_per_s: goodput as u64,
+            loss,
+        });
+        if old_empty {
+            self.close_channel(from);
+        }
+        let feedback = self.feedback_for(session, echo);
+        self.queue_transmit(Transmit {
+            destination: client,
+            via: Via::Control,
+            bytes: feedback.to_bytes(),
+        });
     }
 
     /// The data plane could not run a channel (archive changed, damaged or unmappable): its
@@ -1211,6 +1643,26 @@ impl Endpoint {
                 .count();
             assert_eq!(channel.multicast_members, members, "multicast member count");
         }
+        let tiers_allowed = self.rate_config().map_or(1, |c| c.tiers_allowed());
+        for (name, tiers) in &self.tiers_by_name {
+            assert!(!tiers.is_empty(), "a served file has a tier");
+            assert!(
+                tiers.len() <= tiers_allowed,
+                "{name}: {} tiers, at most {tiers_allowed}",
+                tiers.len()
+            );
+            for channel in tiers {
+                assert_eq!(
+                    &self.channels[channel].info.name, name,
+                    "a file's tiers are its channels"
+                );
+            }
+        }
+        assert_eq!(
+            self.tiers_by_name.values().map(Vec::len).sum::<usize>(),
+            self.channels.len(),
+            "every channel is a tier of one file"
+        );
         for (ip, address) in &self.addresses {
             let sessions = self
                 .sessions
@@ -1223,6 +1675,19 @@ impl Endpoint {
                 "per-address session bound"
             );
         }
+    }
+}
+
+/// A session's repair credit is renewed at most once per this: about one loop at the tier's
+/// rate, at least `REPAIR_WINDOW_MIN`.
+fn repair_window(channel: &Channel) -> Duration {
+    let loop_bits = u128::from(channel.info.loop_len) * u128::from(channel.info.datagram_size) * 8;
+    match channel.tier.rate() {
+        0 => REPAIR_WINDOW_MIN,
+        rate => Duration::from_nanos(
+            u64::try_from(loop_bits * NANOS_PER_S / u128::from(rate)).unwrap_or(u64::MAX),
+        )
+        .max(REPAIR_WINDOW_MIN),
     }
 }
 

@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, REPAIR_SHARE_PERCENT_DEFAULT};
-use loopcast_proto::client::{ClientConfig, ClientEvent, ClientSession};
+use loopcast_proto::client::{ClientConfig, ClientEvent, ClientSession, TierInfo};
 use loopcast_proto::endpoint::{
     ChannelId, DataCommand, Endpoint, EndpointConfig, FileLookup, Transmit,
 };
@@ -33,6 +33,68 @@ use loopcast_proto::Instant;
 const RATE_BITS_PER_S: u64 = 20_000_000;
 const TICK: Duration = Duration::from_millis(1);
 const SIM_LIMIT: Duration = Duration::from_secs(60);
+
+/// One client of a scenario: its link, its loss, when it starts, and a change of its link.
+#[derive(Clone, Debug)]
+struct ClientSpec {
+    /// The bottleneck in front of it, bytes per millisecond (8 kbit/s each).
+    link_bytes_per_ms: u64,
+    loss_per_mille: u64,
+    start: Duration,
+    /// At this time its link becomes this many bytes per millisecond.
+    link_change: Option<(Duration, u64)>,
+    /// Asks for the gaps behind its join point (the backlog).
+    backlog: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    datagrams: usize,
+    /// The operator's cap (`--rate`).
+    rate_cap: u64,
+    clients: Vec<ClientSpec>,
+    /// Bursts start with this chance per datagram, per mille.
+    burst_start_per_mille: u64,
+    /// Forged datagrams, spoofed requests, random and replayed control messages.
+    adversary: bool,
+    restart_at: Option<Duration>,
+    limit: Duration,
+}
+
+impl Scenario {
+    /// The random scenario of `seed`: 2–4 clients with 0–10 % loss behind 16–48 Mbit/s links,
+    /// starting within half a second, under attack, and a server restart on one seed in three.
+    fn random(seed: u64) -> Scenario {
+        let mut rng = SeededRng::from_u64(seed ^ 0x5eed);
+        let datagrams = 100 + rng.below(300) as usize;
+        let link = 2_000 + rng.below(4_000);
+        let clients = (0..2 + rng.below(3))
+            .map(|_| ClientSpec {
+                link_bytes_per_ms: link,
+                loss_per_mille: rng.below(100),
+                start: Duration::from_millis(rng.below(500)),
+                link_change: None,
+                backlog: rng.below(2) == 0,
+            })
+            .collect();
+        Scenario {
+            datagrams,
+            rate_cap: RATE_BITS_PER_S,
+            clients,
+            burst_start_per_mille: rng.below(10),
+            adversary: true,
+            restart_at: (rng.below(3) == 0).then(|| Duration::from_millis(200 + rng.below(800))),
+            limit: SIM_LIMIT,
+        }
+    }
+}
+
+/// What a run gives back, per client: when it published, its last tier, its moves.
+struct Finished {
+    at: Vec<Duration>,
+    tiers: Vec<Option<TierInfo>>,
+    moves: Vec<u64>,
+}
 
 struct Files(FileInfo);
 
@@ -67,7 +129,7 @@ struct Network {
     burst_start_per_mille: u64,
     /// A bottleneck in front of each client: at most this many bytes per millisecond are
     /// delivered; what queues beyond 64 KiB is dropped (a router's tail drop).
-    bottleneck_bytes_per_ms: u64,
+    bottleneck_bytes_per_ms: HashMap<SocketAddr, u64>,
     queued_until: HashMap<SocketAddr, Instant>,
 }
 
@@ -88,17 +150,14 @@ impl Network {
         }
         // The bottleneck: serialisation delay, and tail drop past 64 KiB queued.
         let mut extra = Duration::ZERO;
-        if self.loss_per_mille.contains_key(&to) {
+        if let Some(&link) = self.bottleneck_bytes_per_ms.get(&to) {
             let queued_until = self.queued_until.entry(to).or_insert(now);
             let start = (*queued_until).max(now);
-            let backlog_bytes = start.saturating_since(now).as_micros() as u64
-                * self.bottleneck_bytes_per_ms
-                / 1000;
+            let backlog_bytes = start.saturating_since(now).as_micros() as u64 * link / 1000;
             if backlog_bytes > 64 << 10 {
                 return;
             }
-            let serialise =
-                Duration::from_micros(bytes.len() as u64 * 1000 / self.bottleneck_bytes_per_ms);
+            let serialise = Duration::from_micros(bytes.len() as u64 * 1000 / link);
             *queued_until = start + serialise;
             extra = queued_until.saturating_since(now);
         }
@@ -137,9 +196,9 @@ struct Server {
 }
 
 impl Server {
-    fn new(seed: u64, address: SocketAddr, now: Instant) -> Server {
+    fn new(seed: u64, address: SocketAddr, now: Instant, rate_cap: u64) -> Server {
         let mut config = EndpointConfig::new(address);
-        config.rate_bits_per_s = RATE_BITS_PER_S;
+        config.rate_bits_per_s = rate_cap;
         config.sessions_per_address_max = 4;
         config.addresses_max = 64;
         Server {
@@ -168,13 +227,18 @@ fn server_address() -> SocketAddr {
     "10.0.0.1:7700".parse().unwrap()
 }
 
-/// Runs one seed; panics (with the seed) if a property fails.
+/// Runs one seed's random scenario; panics (with the seed) if a property fails.
 fn simulate(seed: u64) {
     let replay = format!(
         "seed {seed}; replay: LOOPCAST_SIM_SEED={seed} cargo test --release -p loopcast-proto --test sim"
     );
+    run(seed, &Scenario::random(seed), &replay);
+}
+
+/// Runs `scenario` with `seed`'s randomness; panics (naming `replay`) if a property fails.
+fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
     let mut rng = SeededRng::from_u64(seed);
-    let datagram_count = 100 + rng.below(300) as usize;
+    let datagram_count = scenario.datagrams;
     let stream: Vec<u8> = (0..datagram_count * 1408)
         .map(|_| rng.next_u64() as u8)
         .collect();
@@ -193,21 +257,26 @@ fn simulate(seed: u64) {
         sequence: 0,
         loss_per_mille: HashMap::new(),
         in_burst: HashMap::new(),
-        burst_start_per_mille: rng.below(10),
-        // 16–48 Mbit/s: some clients' paths are slower than the 20 Mbit/s channel.
-        bottleneck_bytes_per_ms: 2_000 + rng.below(4_000),
+        burst_start_per_mille: scenario.burst_start_per_mille,
+        bottleneck_bytes_per_ms: HashMap::new(),
         queued_until: HashMap::new(),
     };
     let mut now = Instant::ZERO;
-    let mut server = Server::new(seed, server_address(), now);
-    let client_count = 2 + rng.below(3) as usize;
-    let mut clients: Vec<Client> = (0..client_count)
-        .map(|i| {
+    let mut server = Server::new(seed, server_address(), now, scenario.rate_cap);
+    let client_count = scenario.clients.len();
+    let mut clients: Vec<Client> = scenario
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
             let address: SocketAddr = format!("10.0.1.{}:5000", i + 1).parse().unwrap();
-            network.loss_per_mille.insert(address, rng.below(100));
+            network.loss_per_mille.insert(address, spec.loss_per_mille);
+            network
+                .bottleneck_bytes_per_ms
+                .insert(address, spec.link_bytes_per_ms);
             let mut config = ClientConfig::new(server_address(), "sim.bin");
             config.multicast_ok = false;
-            let start_at = now + Duration::from_millis(rng.below(500));
+            let start_at = now + spec.start;
             Client {
                 address,
                 session: ClientSession::new(config, SeededRng::from_u64(seed + i as u64), start_at),
@@ -217,7 +286,7 @@ fn simulate(seed: u64) {
                 nak: None,
                 // Half the clients ask for what lies behind their join point (the backlog).
                 nak_config: NakConfig {
-                    backlog_window: if rng.below(2) == 0 { 0 } else { 64 },
+                    backlog_window: if spec.backlog { 64 } else { 0 },
                     ..NakConfig::default()
                 },
                 serials_naked: 0,
@@ -226,7 +295,9 @@ fn simulate(seed: u64) {
             }
         })
         .collect();
-    let restart_at = (rng.below(3) == 0).then(|| now + Duration::from_millis(200 + rng.below(800)));
+    let restart_at = scenario.restart_at.map(|at| now + at);
+    let mut finished_at = vec![Duration::ZERO; client_count];
+    let trace = std::env::var_os("LOOPCAST_SIM_TRACE").is_some();
     let adversary: SocketAddr = "10.0.6.6:6666".parse().unwrap();
     let victim_ip: IpAddr = "10.0.9.9".parse().unwrap();
     let mut victim_sent_in_name = 0u64;
@@ -234,14 +305,55 @@ fn simulate(seed: u64) {
     let mut captured: Vec<Vec<u8>> = Vec::new();
     let mut last_loop_progress = (now, 0u64);
     let mut repair_datagrams_sent = 0u64;
+    // Datagrams sent by tiers that have since closed (the loop's progress counts them).
+    let mut sent_by_closed_channels = 0u64;
 
-    while now.saturating_since(Instant::ZERO) < SIM_LIMIT {
+    while now.saturating_since(Instant::ZERO) < scenario.limit {
         // Server restart: everything in the endpoint and the data plane is lost.
         if restart_at.is_some_and(|at| now >= at && now < at + TICK) {
-            server = Server::new(seed.wrapping_add(1), server_address(), now);
+            server = Server::new(
+                seed.wrapping_add(1),
+                server_address(),
+                now,
+                scenario.rate_cap,
+            );
+        }
+        if trace && now.as_nanos().is_multiple_of(200_000_000) {
+            let tiers: Vec<String> = server
+                .endpoint
+                .sessions()
+                .map(|v| {
+                    format!(
+                        "{} t{}/{} {:.1}M gp {:.1}M loss {:.3}",
+                        v.client,
+                        v.tier,
+                        v.tiers,
+                        v.rate_bits_per_s as f64 / 1e6,
+                        v.goodput_bits_per_s / 1e6,
+                        v.loss
+                    )
+                })
+                .collect();
+            eprintln!(
+                "{:?} {}",
+                now.saturating_since(Instant::ZERO),
+                tiers.join(" | ")
+            );
+        }
+        // Links that change.
+        for (spec, client) in scenario.clients.iter().zip(&clients) {
+            if let Some((at, link)) = spec.link_change {
+                if now.saturating_since(Instant::ZERO) == at {
+                    network.bottleneck_bytes_per_ms.insert(client.address, link);
+                }
+            }
         }
         // The adversary.
-        match rng.below(20) {
+        match if scenario.adversary {
+            rng.below(20)
+        } else {
+            20
+        } {
             0 => {
                 // Spoofed Request in the victim's name.
                 let bytes = ControlMessage::Request {
@@ -335,7 +447,9 @@ fn simulate(seed: u64) {
                     ClientEvent::NoAnswer => {
                         panic!("{replay}: client {} got no answer", client.address)
                     }
-                    ClientEvent::Joined { .. } | ClientEvent::SessionLost { .. } => {}
+                    ClientEvent::Joined { .. }
+                    | ClientEvent::SessionLost { .. }
+                    | ClientEvent::Moved { .. } => {}
                 }
             }
         }
@@ -372,10 +486,12 @@ fn simulate(seed: u64) {
                 Outcome::Store { serial, .. } => {
                     client.stored[serial as usize] = Some(packet.bytes.clone());
                     nak.saw(serial);
+                    client.session.observe_serial(serial);
                     client.session.handle_data(now);
                 }
                 Outcome::Duplicate { serial } => {
                     nak.saw(serial);
+                    client.session.observe_serial(serial);
                     client.session.handle_data(now);
                 }
                 Outcome::Dropped(_) => {}
@@ -402,7 +518,9 @@ fn simulate(seed: u64) {
                     server.carousels.insert(channel, (carousel, Vec::new()));
                 }
                 DataCommand::CloseChannel { channel } => {
-                    server.carousels.remove(&channel);
+                    if let Some((carousel, _)) = server.carousels.remove(&channel) {
+                        sent_by_closed_channels += carousel.sent_total();
+                    }
                 }
                 DataCommand::AddDestination {
                     channel,
@@ -433,6 +551,14 @@ fn simulate(seed: u64) {
                         let _ = carousel.queue_repair(first, count, to);
                     }
                 }
+                DataCommand::SetRate {
+                    channel,
+                    rate_bits_per_s,
+                } => {
+                    if let Some((carousel, _)) = server.carousels.get_mut(&channel) {
+                        carousel.set_rate(rate_bits_per_s, now);
+                    }
+                }
             }
         }
         while let Some(Transmit {
@@ -443,7 +569,7 @@ fn simulate(seed: u64) {
         }
         while server.endpoint.poll_event().is_some() {}
         server.endpoint.assert_invariants();
-        let mut sent_total = 0;
+        let mut sent_total = sent_by_closed_channels;
         for (carousel, destinations) in server.carousels.values_mut() {
             while let Some(transmit) = carousel.poll_transmit(now) {
                 let targets: Vec<SocketAddr> = destinations
@@ -472,9 +598,27 @@ fn simulate(seed: u64) {
             if sent_total > last_loop_progress.1 {
                 last_loop_progress = (now, sent_total);
             }
+            // 100 ms, or at a slow tier's rate the time of a full repair burst and a loop run
+            // (repairs may go first for up to their credit).
+            let slowest = server
+                .carousels
+                .values()
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(c, _)| c.config().rate_bits_per_s)
+                .min()
+                .unwrap_or(0);
+            let burst_bits: u64 = 2 * 64 * 1440 * 8;
+            let patience = Duration::from_millis(100).max(Duration::from_micros(
+                (burst_bits * 1_000_000).checked_div(slowest).unwrap_or(0),
+            ));
             assert!(
-                now.saturating_since(last_loop_progress.0) < Duration::from_millis(100),
-                "{replay}: the loop stopped advancing"
+                now.saturating_since(last_loop_progress.0) < patience,
+                "{replay}: the loop stopped advancing at {now:?}: {:?}",
+                server
+                    .carousels
+                    .iter()
+                    .map(|(id, (c, d))| (id, c.config().rate_bits_per_s, c.sent_total(), d.len()))
+                    .collect::<Vec<_>>()
             );
         } else {
             last_loop_progress = (now, sent_total);
@@ -502,6 +646,7 @@ fn simulate(seed: u64) {
                     );
                 }
                 client.published = true;
+                finished_at[clients_index(&client.address)] = now.saturating_since(Instant::ZERO);
                 client.session.complete(now);
                 while let Some(bytes) = client.session.poll_transmit() {
                     network.send(now, client.address, server_address(), bytes);
@@ -519,8 +664,9 @@ fn simulate(seed: u64) {
     for client in &clients {
         assert!(
             client.published,
-            "{replay}: client {} did not finish within {SIM_LIMIT:?} (held {:?}/{loop_len})",
+            "{replay}: client {} did not finish within {:?} (held {:?}/{loop_len})",
             client.address,
+            scenario.limit,
             client.receiver.as_ref().map(|r| r.have().count_ones())
         );
     }
@@ -535,6 +681,19 @@ fn simulate(seed: u64) {
         victim_received <= 3 * victim_sent_in_name,
         "{replay}: {victim_received} bytes to the victim for {victim_sent_in_name} sent in its name"
     );
+    Finished {
+        at: finished_at,
+        tiers: clients.iter().map(|c| c.session.tier()).collect(),
+        moves: clients.iter().map(|c| c.session.moves()).collect(),
+    }
+}
+
+/// Clients are 10.0.1.(index + 1).
+fn clients_index(address: &SocketAddr) -> usize {
+    match address.ip() {
+        IpAddr::V4(ip) => usize::from(ip.octets()[3]) - 1,
+        IpAddr::V6(_) => unreachable!("simulated clients are IPv4"),
+    }
 }
 
 #[test]
@@ -553,4 +712,110 @@ fn every_seed_completes_verified_bounded_and_without_amplification() {
     for seed in 0..seeds {
         simulate(seed);
     }
+}
+
+/// A client behind a `mbit` Mbit/s link that loses `loss_per_mille` of what crosses it.
+fn client_on(mbit: u64, loss_per_mille: u64) -> ClientSpec {
+    ClientSpec {
+        link_bytes_per_ms: mbit * 1_000_000 / 8 / 1000,
+        loss_per_mille,
+        start: Duration::ZERO,
+        link_change: None,
+        backlog: true,
+    }
+}
+
+fn quiet(datagrams: usize, rate_cap: u64, clients: Vec<ClientSpec>) -> Scenario {
+    Scenario {
+        datagrams,
+        rate_cap,
+        clients,
+        burst_start_per_mille: 0,
+        adversary: false,
+        restart_at: None,
+        limit: Duration::from_secs(120),
+    }
+}
+
+/// Seconds to move `datagrams` of the archive over `mbit` Mbit/s.
+fn ideal_seconds(datagrams: usize, mbit: u64) -> f64 {
+    datagrams as f64 * 1440.0 * 8.0 / (mbit as f64 * 1e6)
+}
+
+#[test]
+fn tiers_follow_a_path_that_slows_mid_transfer() {
+    // Two clients on 40 Mbit/s paths; after a second one of them drops to 4 Mbit/s.
+    let datagrams = 6_000;
+    let mut slowed = client_on(40, 0);
+    slowed.link_change = Some((Duration::from_secs(1), client_on(4, 0).link_bytes_per_ms));
+    let scenario = quiet(datagrams, 100_000_000, vec![client_on(40, 0), slowed]);
+    let finished = run(7, &scenario, "tiers_follow_a_path_that_slows_mid_transfer");
+    let fast = finished.at[0].as_secs_f64();
+    let slow = finished.at[1].as_secs_f64();
+    eprintln!(
+        "steady {fast:.2} s (ideal {:.2}), slowed {slow:.2} s (ideal at 4 Mbit/s {:.2}), tiers {:?}",
+        ideal_seconds(datagrams, 40),
+        ideal_seconds(datagrams, 4),
+        finished.tiers
+    );
+    // The steady client is not held back: within 1.3x its link's time, plus a second for the
+    // request and the first rate steps.
+    assert!(
+        fast <= 1.3 * ideal_seconds(datagrams, 40) + 1.0,
+        "the steady client took {fast:.2} s"
+    );
+    // The slowed one moved to a slower tier near its new path and still finished in about
+    // what its path allows (it had a second at 40 Mbit/s first).
+    assert!(finished.moves[1] >= 1, "the slowed client moved tiers");
+    assert!(
+        slow <= 1.3 * ideal_seconds(datagrams, 4) + 1.0,
+        "the slowed client took {slow:.2} s"
+    );
+    let tier = finished.tiers[1].expect("a tier");
+    assert!(
+        tier.rate_bits_per_s <= 6_000_000,
+        "its tier ran near 4 Mbit/s: {}",
+        tier.rate_bits_per_s
+    );
+}
+
+#[test]
+fn one_lossy_receiver_of_ten_slows_the_others_by_at_most_a_tenth() {
+    let datagrams = 4_000;
+    let clean: Vec<ClientSpec> = (0..9).map(|_| client_on(40, 0)).collect();
+    let mut with_lossy = clean.clone();
+    with_lossy.push(client_on(40, 200));
+    let mean_of_nine = |finished: &Finished| {
+        finished.at[..9]
+            .iter()
+            .map(Duration::as_secs_f64)
+            .sum::<f64>()
+            / 9.0
+    };
+    let alone = mean_of_nine(&run(
+        11,
+        &quiet(datagrams, 100_000_000, clean),
+        "nine clean receivers",
+    ));
+    let finished = run(
+        11,
+        &quiet(datagrams, 100_000_000, with_lossy),
+        "nine clean receivers and one at 20% loss",
+    );
+    let together = mean_of_nine(&finished);
+    eprintln!(
+        "nine alone {alone:.2} s, beside the lossy one {together:.2} s (x{:.3}); lossy {:.2} s; tiers {:?}",
+        together / alone,
+        finished.at[9].as_secs_f64(),
+        finished.tiers.iter().map(|t| t.map(|t| t.rate_bits_per_s)).collect::<Vec<_>>()
+    );
+    assert!(
+        together <= 1.1 * alone,
+        "the nine took {together:.2} s on average beside the lossy one, {alone:.2} s without it"
+    );
+    assert!(
+        finished.at[9].as_secs_f64() <= 4.0 * ideal_seconds(datagrams, 40) + 2.0,
+        "the lossy receiver finished too, in {:.2} s",
+        finished.at[9].as_secs_f64()
+    );
 }

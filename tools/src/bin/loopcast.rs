@@ -647,6 +647,10 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
                 "session_rerequests": report.session_rerequests,
                 "foreign_source_dropped": report.foreign_source_dropped,
                 "receiver": receiver_counters_json(&report.counters),
+                "tier": report.tier.map(|t| t.tier), "tiers": report.tier.map(|t| t.tiers),
+                "tier_rate_bits_per_s": report.tier.map(|t| t.rate_bits_per_s),
+                "tier_moves": report.tier_moves,
+                "rtt_us": report.rtt.map(|r| r.as_micros() as u64),
             })
         );
     } else {
@@ -659,6 +663,20 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
             report.transport_note
         );
         println!("  verified against root {}", report.root.to_hex());
+        if let Some(tier) = report.tier {
+            println!(
+                "  speed tier {} of {} at {} ({} move{}){}",
+                tier.tier + 1,
+                tier.tiers,
+                loopcast_tools::format_rate(tier.rate_bits_per_s),
+                report.tier_moves,
+                if report.tier_moves == 1 { "" } else { "s" },
+                report
+                    .rtt
+                    .map(|r| format!(", round trip {:.2} ms", r.as_secs_f64() * 1e3))
+                    .unwrap_or_default()
+            );
+        }
         if report.resumed_datagrams > 0 {
             println!(
                 "  resumed with {} datagrams already held",

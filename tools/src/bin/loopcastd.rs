@@ -34,9 +34,25 @@ struct ServeArgs {
     /// UDP address for client requests.
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
-    /// Rate of each channel, in bits/s: e.g. 100M, 1G, or unpaced.
+    /// Most any channel sends, in bits/s (e.g. 100M, 1G). Without it, every channel finds the
+    /// fastest rate its clients take without sustained loss, and backs off when they lose; with
+    /// it, the same up to this cap. With --fixed-rate, exactly this rate ("unpaced": no pacing).
+    #[arg(long, value_parser = parse_rate)]
+    rate: Option<u64>,
+    /// Send every file on one channel at exactly --rate: no tiers, no automatic rates.
+    #[arg(long, requires = "rate")]
+    fixed_rate: bool,
+    /// How a file's speed tiers follow its clients: "distribution" (several tiers, each client
+    /// on the one its measured throughput matches), "average" (one tier at the clients'
+    /// average) or "slowest" (one tier at the slowest client's throughput).
+    #[arg(long, default_value = "distribution", value_parser = parse_policy)]
+    tier_policy: loopcast_proto::rate::TierPolicy,
+    /// Most tiers (channels at different rates) one file runs on at once ("distribution").
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    tiers: u8,
+    /// Rate a file's first tier starts at before clients report (it rises while they keep up).
     #[arg(long, default_value = "1G", value_parser = parse_rate)]
-    rate: u64,
+    initial_rate: u64,
     /// Never use multicast: every client gets a unicast copy.
     #[arg(long)]
     no_multicast: bool,
@@ -68,6 +84,11 @@ struct ServeArgs {
     no_verify: bool,
 }
 
+fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> {
+    loopcast_proto::rate::TierPolicy::from_name(text)
+        .ok_or_else(|| format!("unknown tier policy {text:?}: distribution, average or slowest"))
+}
+
 fn main() -> ExitCode {
     let Command::Serve(args) = Cli::parse().command;
     init_logging("info");
@@ -83,7 +104,13 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let mut config = ServerConfig::new(args.media.clone(), args.listen);
-    config.rate_bits_per_s = args.rate;
+    config.rate_bits_per_s = args.rate.unwrap_or(0);
+    config.adaptive = (!args.fixed_rate).then(|| loopcast_proto::rate::RateConfig {
+        policy: args.tier_policy,
+        tiers_max: usize::from(args.tiers),
+        initial_rate: args.initial_rate.max(1_000_000),
+        ..loopcast_proto::rate::RateConfig::default()
+    });
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
     config.verify_on_open = !args.no_verify;
     config.send_threads = args.send_threads.clamp(1, 64);
@@ -113,7 +140,12 @@ fn main() -> ExitCode {
         eprintln!("loopcastd: error: {error}");
         return ExitCode::FAILURE;
     }
-    tracing::info!(rate = %format_rate(args.rate), admin = %admin_socket.display(), "starting");
+    let rate = match (args.rate, args.fixed_rate) {
+        (Some(rate), true) => format!("fixed {}", format_rate(rate)),
+        (Some(rate), false) => format!("automatic, at most {}", format_rate(rate)),
+        (None, _) => "automatic".to_owned(),
+    };
+    tracing::info!(%rate, policy = %args.tier_policy, tiers = args.tiers, admin = %admin_socket.display(), "starting");
     let shutdown = shutdown_flag();
     match loopcast_node::run(config, shutdown) {
         Ok(()) => ExitCode::SUCCESS,

@@ -189,3 +189,100 @@ fn a_forged_ended_for_another_session_is_ignored() {
     assert!(events(&mut client).is_empty());
     assert_eq!(client.session(), Some(SessionId(77)));
 }
+
+#[test]
+fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
+    let mut client = session();
+    client.handle_timeout(at(0));
+    let id = request_id(&sent(&mut client));
+    let info = sample_info(10_000_000, DATAGRAM_SIZE_MTU_1500, 2);
+    let mut big_offer = ControlMessage::parse(&offer(id, Transport::Multicast)).unwrap();
+    if let ControlMessage::Offer { info: i, .. } = &mut big_offer {
+        *i = info.clone();
+    }
+    client.handle_control(at(10), server(), &big_offer.to_bytes());
+    client.handle_sync(at(20), info.file_id);
+    events(&mut client);
+    sent(&mut client);
+    // 0..10 arrive, 10..20 go by, 20..100 arrive, and a repair far behind.
+    for serial in (0..10).chain(20..100).chain([2]) {
+        client.observe_serial(serial);
+    }
+    client.handle_timeout(at(220));
+    let reports: Vec<ControlMessage> = sent(&mut client)
+        .into_iter()
+        .filter(|m| matches!(m, ControlMessage::Report { .. }))
+        .collect();
+    let [ControlMessage::Report {
+        sent_at_us,
+        interval_us,
+        received,
+        lost,
+        rtt_us,
+        ..
+    }] = reports[..]
+    else {
+        panic!("one Report: {reports:?}")
+    };
+    assert_eq!((received, lost, rtt_us), (91, 10, 0));
+    assert_eq!(interval_us, 200_000);
+    // The server answers 3 ms later and puts us on another group: RTT measured, Moved.
+    let group: SocketAddr = "239.77.1.2:7701".parse().unwrap();
+    let feedback = |echo_us| {
+        ControlMessage::Feedback {
+            session: SessionId(77),
+            echo_us,
+            tier_id: 5,
+            tier: 0,
+            tiers: 2,
+            transport: Transport::Multicast,
+            channel: group,
+            rate_bits_per_s: 50_000_000,
+        }
+        .to_bytes()
+    };
+    client.handle_control(at(223), server(), &feedback(sent_at_us));
+    assert_eq!(client.rtt(), Some(Duration::from_millis(3)));
+    assert_eq!(
+        events(&mut client),
+        vec![ClientEvent::Moved {
+            transport: Transport::Multicast,
+            channel: group,
+            tier: 0,
+            tiers: 2,
+            rate_bits_per_s: 50_000_000,
+        }]
+    );
+    // The same Feedback again (duplicated, or the next one): no second move, no RTT sample.
+    client.handle_control(at(900), server(), &feedback(sent_at_us));
+    assert!(events(&mut client).is_empty());
+    assert_eq!(client.rtt(), Some(Duration::from_millis(3)));
+    assert_eq!(client.moves(), 1);
+    // A forged Feedback from elsewhere changes nothing.
+    let mut forged = ControlMessage::parse(&feedback(sent_at_us)).unwrap();
+    if let ControlMessage::Feedback { channel, .. } = &mut forged {
+        *channel = "239.9.9.9:7701".parse().unwrap();
+    }
+    client.handle_control(
+        at(901),
+        "192.0.2.66:7700".parse().unwrap(),
+        &forged.to_bytes(),
+    );
+    assert!(events(&mut client).is_empty());
+    assert_eq!(client.tier().unwrap().channel, group);
+    // After the move the meter starts over: the jump to the new tier's loop is not loss.
+    client.observe_serial(5_000);
+    client.observe_serial(5_001);
+    client.handle_timeout(at(1_000));
+    let lost: Vec<u32> = sent(&mut client)
+        .into_iter()
+        .filter_map(|m| match m {
+            ControlMessage::Report { lost, rtt_us, .. } => {
+                assert_eq!(rtt_us, 3_000, "the measured round trip is reported");
+                Some(lost)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lost.iter().sum::<u32>(), 0, "{lost:?}");
+}

@@ -535,3 +535,205 @@ fn an_unpadded_request_makes_no_session() {
         "the channel opened for it is closed again"
     );
 }
+
+fn report(session: SessionId, sent_at_us: u32, received: u32, lost: u32) -> Vec<u8> {
+    ControlMessage::Report {
+        session,
+        sent_at_us,
+        interval_us: 200_000,
+        received,
+        lost,
+        rtt_us: 1_000,
+    }
+    .to_bytes()
+}
+
+/// A validated multicast session of `client`.
+fn member(endpoint: &mut Endpoint, files: &mut Files, now: Instant, client: &str) -> SessionId {
+    let client = addr(client);
+    let (session, token) = open(endpoint, files, now, client, 1);
+    endpoint.handle_control(
+        now,
+        client,
+        &joined(session, token, Transport::Multicast),
+        files,
+    );
+    drain(endpoint);
+    session
+}
+
+fn feedback_of(transmits: &[Transmit], session: SessionId) -> Option<(u8, u8, SocketAddr, u64)> {
+    transmits
+        .iter()
+        .rev()
+        .find_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Feedback {
+                session: s,
+                tier,
+                tiers,
+                channel,
+                rate_bits_per_s,
+                ..
+            }) if s == session => Some((tier, tiers, channel, rate_bits_per_s)),
+            _ => None,
+        })
+}
+
+#[test]
+fn a_report_is_answered_with_the_tier_and_its_timestamp_echoed() {
+    let (mut endpoint, mut files) = endpoint(true);
+    let client = "192.0.2.10:6000";
+    let session = member(&mut endpoint, &mut files, at(0), client);
+    endpoint.handle_control(
+        at(300),
+        addr(client),
+        &report(session, 77, 100, 0),
+        &mut files,
+    );
+    let (transmits, _) = drain(&mut endpoint);
+    assert_eq!(transmits.len(), 1);
+    match ControlMessage::parse(&transmits[0].bytes).unwrap() {
+        ControlMessage::Feedback {
+            echo_us,
+            tier,
+            tiers,
+            transport,
+            ..
+        } => {
+            assert_eq!((echo_us, tier, tiers), (77, 0, 1));
+            assert_eq!(transport, Transport::Multicast);
+        }
+        other => panic!("expected Feedback, got {other:?}"),
+    }
+    assert!(transmits[0].bytes.len() <= AMPLIFICATION_FACTOR * report(session, 0, 0, 0).len());
+    let view = endpoint.sessions().next().unwrap();
+    assert_eq!(view.reports, 1);
+    assert_eq!(view.rtt, Some(Duration::from_millis(1)));
+    // From another address, or before validation: no answer, nothing learned.
+    endpoint.handle_control(
+        at(400),
+        addr("192.0.2.99:6000"),
+        &report(session, 78, 1, 0),
+        &mut files,
+    );
+    let (transmits, _) = drain(&mut endpoint);
+    assert!(transmits.is_empty());
+    assert_eq!(endpoint.sessions().next().unwrap().reports, 1);
+}
+
+#[test]
+fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
+    let (mut endpoint, mut files) = endpoint(true);
+    let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
+    let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    let rate_before = endpoint.channels().next().unwrap().rate_bits_per_s;
+    // At 1 Gbit/s a 200 ms report covers ~17,000 datagrams of 1440 bytes: the slow client gets
+    // a tenth of them.
+    let mut moved = None;
+    let mut commands_seen = Vec::new();
+    for step in 1..=10u64 {
+        let now = at(step * 200);
+        endpoint.handle_control(
+            now,
+            addr("192.0.2.10:6000"),
+            &report(fast, 1, 17_000, 0),
+            &mut files,
+        );
+        endpoint.handle_control(
+            now,
+            addr("192.0.2.11:6000"),
+            &report(slow, 1, 1_700, 15_300),
+            &mut files,
+        );
+        endpoint.handle_timeout(now);
+        let (transmits, commands) = drain(&mut endpoint);
+        commands_seen.extend(commands);
+        if let Some((tier, tiers, group, rate)) = feedback_of(&transmits, slow) {
+            if tiers == 2 {
+                moved = Some((tier, group, rate));
+                break;
+            }
+        }
+    }
+    let (tier, group, rate) = moved.expect("the slow client was moved within 2 s");
+    assert_eq!(tier, 0, "to the slower of two tiers");
+    assert!(
+        rate < rate_before / 5,
+        "its tier runs near what reached it: {rate}"
+    );
+    assert_ne!(
+        group.ip(),
+        IpAddr::V4(Ipv4Addr::new(239, 77, 1, 1)),
+        "another group"
+    );
+    assert!(
+        commands_seen.iter().any(|c| matches!(c, DataCommand::OpenChannel { rate_bits_per_s, .. } if *rate_bits_per_s == rate)),
+        "the new tier runs at once: {commands_seen:?}"
+    );
+    assert!(commands_seen.iter().any(
+        |c| matches!(c, DataCommand::AddDestination { destination, .. } if *destination == group)
+    ));
+    let views: Vec<SessionView> = endpoint.sessions().collect();
+    let fast_view = views.iter().find(|v| v.session == fast).unwrap();
+    assert_eq!((fast_view.tier, fast_view.tiers), (1, 2));
+    assert!(
+        fast_view.rate_bits_per_s >= rate_before,
+        "the fast client's tier was not slowed"
+    );
+    assert_eq!(endpoint.counters().tier_moves, 1);
+    // The slow client leaves: its tier closes, the fast one runs on.
+    endpoint.handle_control(
+        at(3_000),
+        addr("192.0.2.11:6000"),
+        &ControlMessage::Leave { session: slow }.to_bytes(),
+        &mut files,
+    );
+    let (_, commands) = drain(&mut endpoint);
+    assert!(commands
+        .iter()
+        .any(|c| matches!(c, DataCommand::CloseChannel { .. })));
+    assert_eq!(endpoint.channel_count(), 1);
+}
+
+#[test]
+fn a_tier_whose_clients_keep_up_speeds_up_and_the_data_plane_is_told() {
+    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    config.rate_bits_per_s = 4_000_000_000;
+    let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
+    let mut files = Files(info());
+    let client = addr("192.0.2.10:6000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
+    endpoint.handle_control(
+        at(0),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    let mut rates = Vec::new();
+    for step in 1..=10u64 {
+        let now = at(step * 200);
+        let rate = endpoint.channels().next().unwrap().rate_bits_per_s;
+        let per_report = (rate as f64 * 0.2 / (1440.0 * 8.0)) as u32;
+        endpoint.handle_control(now, client, &report(session, 1, per_report, 0), &mut files);
+        endpoint.handle_timeout(now);
+        let (_, commands) = drain(&mut endpoint);
+        rates.extend(commands.into_iter().filter_map(|c| match c {
+            DataCommand::SetRate {
+                rate_bits_per_s, ..
+            } => Some(rate_bits_per_s),
+            _ => None,
+        }));
+    }
+    assert!(rates.len() >= 2, "rate raised step by step: {rates:?}");
+    assert!(rates.windows(2).all(|w| w[1] > w[0]), "{rates:?}");
+    assert_eq!(
+        rates.first(),
+        Some(&2_000_000_000),
+        "from 1 Gbit/s, doubling"
+    );
+    assert!(
+        rates.iter().all(|&r| r <= 4_000_000_000),
+        "never past the cap (--rate): {rates:?}"
+    );
+}

@@ -197,6 +197,39 @@ pub enum ControlMessage {
         session: SessionId,
         reason: EndReason,
     },
+    /// Client → server, a few times a second while joined (R12): what the client's path
+    /// delivered since its last report. The server answers each with `Feedback`.
+    Report {
+        session: SessionId,
+        /// The client's clock when sent, microseconds (wrapping); echoed in Feedback, so the
+        /// client measures the round trip.
+        sent_at_us: u32,
+        /// The time the counts cover, microseconds.
+        interval_us: u32,
+        /// Datagrams of the file that arrived in the interval (new or not, verified).
+        received: u32,
+        /// Loop serials that went by in the interval without arriving (gaps in the sequence).
+        lost: u32,
+        /// The client's smoothed round-trip time, microseconds; 0 until it has one.
+        rtt_us: u32,
+    },
+    /// Server → client, the answer to a Report: the tier this session is on (0 = slowest) and
+    /// where it listens. A client on another channel than `channel` moves there (R11); a lost
+    /// Feedback is repaired by the next one.
+    Feedback {
+        session: SessionId,
+        /// The Report's `sent_at_us`.
+        echo_us: u32,
+        /// The tier's identity on this server (a change means a move, also on unicast where the
+        /// channel address stays the same).
+        tier_id: u32,
+        tier: u8,
+        tiers: u8,
+        transport: Transport,
+        /// The tier's multicast group and port (multicast) or the server's data source.
+        channel: SocketAddr,
+        rate_bits_per_s: u64,
+    },
 }
 
 /// Ranges one NAK carries at most (8 bytes each: the message stays well under one datagram).
@@ -213,6 +246,8 @@ mod kind {
     pub const NAK: u8 = 8;
     pub const NAK_HEARD: u8 = 9;
     pub const ENDED: u8 = 10;
+    pub const REPORT: u8 = 11;
+    pub const FEEDBACK: u8 = 12;
 }
 
 fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
@@ -343,6 +378,43 @@ impl ControlMessage {
                 w.u64(session.0);
                 w.u8(reason.to_byte());
             }
+            ControlMessage::Report {
+                session,
+                sent_at_us,
+                interval_us,
+                received,
+                lost,
+                rtt_us,
+            } => {
+                w.u8(kind::REPORT);
+                w.u64(session.0);
+                w.u32(*sent_at_us);
+                w.u32(*interval_us);
+                w.u32(*received);
+                w.u32(*lost);
+                w.u32(*rtt_us);
+            }
+            ControlMessage::Feedback {
+                session,
+                echo_us,
+                tier_id,
+                tier,
+                tiers,
+                transport,
+                channel,
+                rate_bits_per_s,
+            } => {
+                assert!(tier < tiers, "a session's tier is one of the file's tiers");
+                w.u8(kind::FEEDBACK);
+                w.u64(session.0);
+                w.u32(*echo_us);
+                w.u32(*tier_id);
+                w.u8(*tier);
+                w.u8(*tiers);
+                w.u8(transport.to_byte());
+                write_addr(&mut w, *channel);
+                w.u64(*rate_bits_per_s);
+            }
         }
     }
 
@@ -434,6 +506,34 @@ impl ControlMessage {
                 session: SessionId(r.u64()?),
                 reason: EndReason::from_byte(r.u8()?)?,
             },
+            kind::REPORT => ControlMessage::Report {
+                session: SessionId(r.u64()?),
+                sent_at_us: r.u32()?,
+                interval_us: r.u32()?,
+                received: r.u32()?,
+                lost: r.u32()?,
+                rtt_us: r.u32()?,
+            },
+            kind::FEEDBACK => {
+                let session = SessionId(r.u64()?);
+                let echo_us = r.u32()?;
+                let tier_id = r.u32()?;
+                let tier = r.u8()?;
+                let tiers = r.u8()?;
+                if tier >= tiers {
+                    return Err(ParseError::Malformed);
+                }
+                ControlMessage::Feedback {
+                    session,
+                    echo_us,
+                    tier_id,
+                    tier,
+                    tiers,
+                    transport: Transport::from_byte(r.u8()?)?,
+                    channel: read_addr(&mut r)?,
+                    rate_bits_per_s: r.u64()?,
+                }
+            }
             _ => return Err(ParseError::UnknownKind),
         };
         r.finish()?;
@@ -580,6 +680,40 @@ mod tests {
                 session: SessionId(s),
                 reason: EndReason::from_byte(reason).expect("1..=3"),
             }),
+            (any::<u64>(), any::<[u32; 5]>()).prop_map(|(s, [a, b, c, d, e])| {
+                ControlMessage::Report {
+                    session: SessionId(s),
+                    sent_at_us: a,
+                    interval_us: b,
+                    received: c,
+                    lost: d,
+                    rtt_us: e,
+                }
+            }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                (1u8..=255).prop_flat_map(|tiers| (0..tiers, Just(tiers))),
+                any::<bool>(),
+                any_addr(),
+                any::<u64>()
+            )
+                .prop_map(|(s, echo_us, (tier, tiers), multicast, channel, rate)| {
+                    ControlMessage::Feedback {
+                        session: SessionId(s),
+                        echo_us,
+                        tier_id: echo_us.rotate_left(7),
+                        tier,
+                        tiers,
+                        transport: if multicast {
+                            Transport::Multicast
+                        } else {
+                            Transport::Unicast
+                        },
+                        channel,
+                        rate_bits_per_s: rate,
+                    }
+                }),
         ]
     }
 
@@ -641,6 +775,7 @@ mod tests {
                     prop_assert!(count > 0 && first.checked_add(count).is_some());
                 }
             }
+            ControlMessage::Feedback { tier, tiers, .. } => prop_assert!(tier < tiers),
             _ => {}
         }
         Ok(())

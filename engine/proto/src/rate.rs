@@ -1,0 +1,711 @@
+//! Throughput, loss and round-trip estimates per client, and the rules that set each tier's
+//! rate and put each client on a tier (R11, R12), sans-IO.
+//!
+//! ```text
+//!  client: LossMeter (serial gaps) ─▶ Report{received, lost, interval, rtt} every 200 ms
+//!  server: PathEstimate per session (EWMA with variance of goodput and loss; RTT; streak of
+//!          congested reports; loss that stays when the rate drops = noise, not congestion)
+//!  every control interval, per file:  plan(tiers) ─▶ tier rates (TierControl) + Moves
+//! ```
+//!
+//! A tier is one channel of a file at one rate. The rules, per tier, on fresh reports (made
+//! after the tier's last change had time to settle):
+//! - nobody congested and the members keep up: the rate rises (doubling while nothing is known,
+//!   then by 10 % a step, by 1 % near the rate where members last lost: probing, as TFMCC's
+//!   increase after its slow start, RFC 4654 §4);
+//! - some congested, others not (policy `Distribution`): the congested ones move to a slower
+//!   tier near what actually reached them (an existing one, or a new one while the file has
+//!   fewer than `tiers_max`); the others keep their rate: one slow receiver never slows the rest;
+//! - everyone congested (or the policies with one tier): the rate drops to 90 % of what reached
+//!   them (`Distribution`: the best of them, the others move next; `Slowest`: the worst;
+//!   `Average`: the mean), like NORM-CC's rate set from the slowest receiver's report.
+//! - "Congested" means a loss above `loss_congested` beyond the member's own noise, in
+//!   `sustained_reports` reports in a row. A member whose loss stays when its rate drops has a
+//!   noisy path, not a full one: that loss becomes its noise floor, so a lossy link cannot
+//!   drag a rate to zero; its repairs stay on its own tier, away from the others.
+//! - a tier whose rate rises near the next faster tier's merges into it (members keep their
+//!   bitmaps; an empty tier closes).
+
+use core::time::Duration;
+
+use crate::time::Instant;
+
+/// How a file's tier rates follow its clients (R11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierPolicy {
+    /// Several tiers, each client on the one its measured throughput matches (default).
+    Distribution,
+    /// One tier at the clients' average throughput.
+    Average,
+    /// One tier at the slowest client's throughput (least common denominator).
+    Slowest,
+}
+
+impl TierPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            TierPolicy::Distribution => "distribution",
+            TierPolicy::Average => "average",
+            TierPolicy::Slowest => "slowest",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<TierPolicy> {
+        match name {
+            "distribution" => Some(TierPolicy::Distribution),
+            "average" => Some(TierPolicy::Average),
+            "slowest" => Some(TierPolicy::Slowest),
+            _ => None,
+        }
+    }
+}
+
+impl core::fmt::Display for TierPolicy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RateConfig {
+    pub policy: TierPolicy,
+    /// Tiers one file runs on at most (`Distribution`; the other policies use one).
+    pub tiers_max: usize,
+    /// The rate of a file's first tier, bits/s (it rises from there while nobody loses).
+    pub initial_rate: u64,
+    /// No tier goes faster (the operator's `--rate`), or slower.
+    pub rate_max: u64,
+    pub rate_min: u64,
+    /// How often tier rates and assignments are reconsidered.
+    pub control_interval: Duration,
+    /// After a tier's rate changes or a member moves, reports are read after this long.
+    pub settle: Duration,
+    /// Loss (above the member's noise floor) that counts as congestion, as a fraction.
+    pub loss_congested: f64,
+    /// Congested reports in a row before anything is done about it (hysteresis).
+    pub sustained_reports: u32,
+    /// A member stays at least this long on a tier before it is moved again (hysteresis).
+    pub dwell: Duration,
+    /// How long the rate at which a tier's members last lost is remembered (increase slows
+    /// near it).
+    pub loss_memory: Duration,
+}
+
+impl Default for RateConfig {
+    fn default() -> RateConfig {
+        RateConfig {
+            policy: TierPolicy::Distribution,
+            tiers_max: 4,
+            initial_rate: 1_000_000_000,
+            rate_max: 40_000_000_000,
+            rate_min: 1_000_000,
+            control_interval: Duration::from_millis(200),
+            settle: Duration::from_millis(150),
+            loss_congested: 0.02,
+            sustained_reports: 2,
+            dwell: Duration::from_secs(1),
+            loss_memory: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RateConfig {
+    /// Tiers a file may have under this policy.
+    pub fn tiers_allowed(&self) -> usize {
+        match self.policy {
+            TierPolicy::Distribution => self.tiers_max.max(1),
+            TierPolicy::Average | TierPolicy::Slowest => 1,
+        }
+    }
+
+    fn clamp(&self, rate: f64) -> u64 {
+        (rate as u64).clamp(self.rate_min, self.rate_max.max(self.rate_min))
+    }
+}
+
+/// An exponentially weighted moving average with its variance.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Ewma {
+    mean: f64,
+    variance: f64,
+    samples: u64,
+}
+
+impl Ewma {
+    pub fn update(&mut self, sample: f64, weight: f64) {
+        debug_assert!((0.0..=1.0).contains(&weight), "EWMA weight within 0..=1");
+        if self.samples == 0 {
+            self.mean = sample;
+            self.variance = 0.0;
+        } else {
+            let delta = sample - self.mean;
+            self.mean += weight * delta;
+            self.variance = (1.0 - weight) * (self.variance + weight * delta * delta);
+        }
+        self.samples += 1;
+    }
+
+    pub fn mean(&self) -> f64 {
+        self.mean
+    }
+
+    pub fn stddev(&self) -> f64 {
+        self.variance.max(0.0).sqrt()
+    }
+
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+}
+
+/// Weight of a new report in the averages (about the last 4 reports, under a second).
+const EWMA_WEIGHT: f64 = 0.25;
+/// Shortest and longest interval a report may claim (anything else is clamped).
+const REPORT_INTERVAL_MIN: Duration = Duration::from_millis(10);
+const REPORT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// A member whose noise floor is above this keeps its own tier (its repairs would burden
+/// others).
+const NOISY: f64 = 0.05;
+
+/// What the server knows of one client's path (R12), from its reports.
+#[derive(Clone, Debug, Default)]
+pub struct PathEstimate {
+    goodput: Ewma,
+    loss: Ewma,
+    rtt: Option<Duration>,
+    /// The last report's goodput (bits/s) and loss fraction.
+    last_goodput: f64,
+    last_loss: f64,
+    /// Congested reports in a row.
+    congested_streak: u32,
+    /// Reports since the member's tier last changed (rate or membership) and settled.
+    fresh_reports: u32,
+    /// Loss that stayed when the rate dropped: the path's own, not congestion.
+    noise_loss: f64,
+    /// The loss that made the last decrease or move (to tell congestion from noise after it).
+    loss_before_relief: Option<f64>,
+    /// Goodput of its last congested report: what its path carries.
+    known_capacity: Option<f64>,
+    reports: u64,
+}
+
+impl PathEstimate {
+    /// One report: `received` and `lost` datagrams of `datagram_bits` over `interval`, at a tier
+    /// running at `rate`; `rtt` as the client measured it. Counts are hostile: goodput is
+    /// clamped to twice the rate the client was sent (it cannot receive more).
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        config: &RateConfig,
+        received: u32,
+        lost: u32,
+        interval: Duration,
+        datagram_bits: u64,
+        rate: u64,
+        rtt: Option<Duration>,
+        counts: bool,
+    ) {
+        let interval = interval.clamp(REPORT_INTERVAL_MIN, REPORT_INTERVAL_MAX);
+        let goodput = (f64::from(received) * datagram_bits as f64 / interval.as_secs_f64())
+            .min(2.0 * rate as f64);
+        self.goodput.update(goodput, EWMA_WEIGHT);
+        self.last_goodput = goodput;
+        self.reports += 1;
+        if let Some(rtt) = rtt.filter(|rtt| *rtt < Duration::from_secs(10)) {
+            self.rtt = Some(rtt);
+        }
+        let total = u64::from(received) + u64::from(lost);
+        if total == 0 {
+            // Nothing arrived and nothing went by: no loss sample (e.g. the channel is idle).
+            return;
+        }
+        let loss = lost as f64 / total as f64;
+        self.loss.update(loss, EWMA_WEIGHT);
+        self.last_loss = loss;
+        if !counts {
+            return; // made before the tier's last change settled
+        }
+        self.fresh_reports += 1;
+        if let Some(before) = self.loss_before_relief.take() {
+            // The rate dropped to what the path carried (or the member moved) because of
+            // this loss: if it stayed, it is the path's own.
+            if loss >= 0.5 * before && loss > config.loss_congested {
+                self.noise_loss = self.noise_loss.max(0.9 * loss.min(before));
+            }
+        } else if loss < self.noise_loss {
+            // The noise floor follows the path down when it gets cleaner.
+            self.noise_loss = 0.75 * self.noise_loss + 0.25 * loss;
+        }
+        if loss - self.noise_loss > config.loss_congested {
+            self.congested_streak += 1;
+            self.known_capacity = Some(goodput.min(rate as f64));
+        } else {
+            self.congested_streak = 0;
+        }
+    }
+
+    /// The member's tier changed (its rate, or the member moved): reports from now on start a
+    /// new count. With `relief` (a slower rate because it lost), the loss that caused it is
+    /// kept, to tell afterwards whether it was congestion or the path's own.
+    ///
+    /// `relief` is the member's new rate if it is lower because someone lost. If it is within
+    /// what the member's path carried, a loss that stays afterwards is the path's own (noise).
+    pub fn new_epoch(&mut self, relief: Option<u64>) {
+        if let Some(rate) = relief {
+            let within = self
+                .known_capacity
+                .is_some_and(|capacity| rate as f64 <= 1.05 * capacity);
+            if self.congested_streak > 0 && within {
+                self.loss_before_relief = Some(self.last_loss);
+            }
+            self.congested_streak = 0;
+        }
+        self.fresh_reports = 0;
+    }
+
+    pub fn goodput(&self) -> &Ewma {
+        &self.goodput
+    }
+
+    pub fn loss(&self) -> &Ewma {
+        &self.loss
+    }
+
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    pub fn reports(&self) -> u64 {
+        self.reports
+    }
+
+    pub fn noise_loss(&self) -> f64 {
+        self.noise_loss
+    }
+
+    fn is_fresh(&self) -> bool {
+        self.fresh_reports > 0
+    }
+
+    fn is_congested(&self, config: &RateConfig) -> bool {
+        self.congested_streak >= config.sustained_reports
+    }
+
+    /// What reached the member in its last report: its path's capacity when congested
+    /// (never above `rate`).
+    fn capacity(&self, rate: u64) -> f64 {
+        self.last_goodput.min(rate as f64)
+    }
+
+    /// The capacity measured the last time this member was congested, if ever.
+    pub fn known_capacity(&self) -> Option<f64> {
+        self.known_capacity
+    }
+}
+
+/// One tier's rate and how it changes.
+#[derive(Clone, Debug)]
+pub struct TierControl {
+    rate: u64,
+    /// Nothing known yet: the rate doubles while nobody loses.
+    slow_start: bool,
+    /// The rate at which members last lost, and when.
+    loss_rate: Option<(u64, Instant)>,
+    /// Reports made before this say nothing about the current rate and membership.
+    settled_at: Instant,
+}
+
+impl TierControl {
+    pub fn new(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
+        TierControl {
+            rate: config.clamp(rate as f64),
+            slow_start: true,
+            loss_rate: None,
+            settled_at: now + config.settle,
+        }
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate
+    }
+
+    /// Reports made from now are about the tier as it is now.
+    pub fn settled_at(&self) -> Instant {
+        self.settled_at
+    }
+
+    /// A rate nothing changes (no adaptive control); 0 = unpaced.
+    pub fn fixed(rate: u64) -> TierControl {
+        TierControl {
+            rate,
+            slow_start: false,
+            loss_rate: None,
+            settled_at: Instant::ZERO,
+        }
+    }
+
+    /// A tier opened for members that lost on a faster one: their capacity is known, so it
+    /// starts near it without slow start.
+    pub fn new_known(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
+        TierControl {
+            slow_start: false,
+            loss_rate: Some((rate, now)),
+            ..TierControl::new(config, now, rate)
+        }
+    }
+
+    fn set_rate(&mut self, config: &RateConfig, now: Instant, rate: u64) {
+        self.rate = config.clamp(rate as f64);
+        self.settled_at = now + config.settle;
+    }
+
+    fn increase(&mut self, config: &RateConfig, now: Instant) {
+        let rate = self.rate as f64;
+        let next = if self.slow_start {
+            rate * 2.0
+        } else {
+            match self.loss_rate {
+                Some((lost_at, when)) if now.saturating_since(when) < config.loss_memory => {
+                    let lost_at = lost_at as f64;
+                    if rate < 0.9 * lost_at {
+                        (rate * 1.1).min(0.95 * lost_at)
+                    } else {
+                        rate * 1.01
+                    }
+                }
+                _ => rate * 1.1,
+            }
+        };
+        self.set_rate(config, now, next.max(rate + 1.0) as u64);
+    }
+
+    fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64) {
+        self.slow_start = false;
+        self.loss_rate = Some((capacity as u64, now));
+        self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
+    }
+}
+
+/// One member as the planner sees it.
+pub struct MemberPlan<'a> {
+    pub id: u64,
+    pub estimate: &'a PathEstimate,
+    /// When it was last moved between tiers (`None`: never; it may move at once).
+    pub moved_at: Option<Instant>,
+}
+
+/// One tier as the planner sees it.
+pub struct TierPlan<'a> {
+    pub control: &'a mut TierControl,
+    pub members: Vec<MemberPlan<'a>>,
+}
+
+/// Where the planner sends a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The tier at this index of the `tiers` given to `plan`.
+    Tier(usize),
+    /// A tier to open at this rate (the `n`th new one of this plan: several members may go to
+    /// the same new tier).
+    New { index: usize, rate: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub member: u64,
+    pub from: usize,
+    pub to: Target,
+    /// A slower tier because it lost (else: a merge into a faster one).
+    pub relief: bool,
+}
+
+/// Two rates this close (ratio) are one tier: members go to the existing one.
+const SAME_TIER_RATIO: f64 = 1.5;
+/// A tier whose rate reaches this share of the next faster tier's merges into it.
+const MERGE_SHARE: f64 = 0.85;
+/// Members must receive at least this share of the rate before it rises (else the rate is not
+/// what limits them: they are starting, or stalled).
+const KEEP_UP_SHARE: f64 = 0.5;
+
+/// Reconsiders one file's tiers: sets each tier's rate (in its `TierControl`) and returns the
+/// members to move. Tiers may be given in any order; targets index the slice as given.
+pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Vec<Move> {
+    let mut moves = Vec::new();
+    let mut new_tiers: Vec<u64> = Vec::new();
+    let tiers_allowed = config.tiers_allowed();
+    let rates: Vec<u64> = tiers.iter().map(|t| t.control.rate).collect();
+    for (index, tier) in tiers.iter_mut().enumerate() {
+        if now < tier.control.settled_at {
+            continue;
+        }
+        let rate = tier.control.rate;
+        let fresh: Vec<&MemberPlan<'_>> = tier
+            .members
+            .iter()
+            .filter(|m| m.estimate.is_fresh())
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        let (congested, clear): (Vec<&MemberPlan<'_>>, Vec<&MemberPlan<'_>>) =
+            fresh.iter().partition(|m| m.estimate.is_congested(config));
+        if congested.is_empty() {
+            if clear.iter().any(|m| m.estimate.congested_streak > 0) {
+                // Someone just lost: wait for the next report before going faster.
+                continue;
+            }
+            let keeping_up = clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>()
+                / clear.len() as f64
+                >= KEEP_UP_SHARE * rate as f64;
+            if keeping_up && rate < config.rate_max {
+                tier.control.increase(config, now);
+            }
+            continue;
+        }
+        if config.policy == TierPolicy::Average {
+            // The mean of what each member's path carries. While some member has never lost,
+            // its capacity is unknown: keep probing upward (the others are expected to lose).
+            let known: Vec<f64> = fresh
+                .iter()
+                .filter_map(|m| m.estimate.known_capacity())
+                .collect();
+            if known.len() < fresh.len() {
+                if clear.iter().all(|m| m.estimate.congested_streak == 0) && rate < config.rate_max
+                {
+                    tier.control.increase(config, now);
+                }
+            } else {
+                let mean = known.iter().sum::<f64>() / known.len() as f64;
+                if mean < rate as f64 {
+                    tier.control.decrease_to(config, now, mean);
+                }
+            }
+            continue;
+        }
+        let split = config.policy == TierPolicy::Distribution && !clear.is_empty();
+        if split {
+            // The congested members go slower; the others keep their rate.
+            let mut movable: Vec<&MemberPlan<'_>> = congested
+                .iter()
+                .copied()
+                .filter(|m| dwelt(config, now, m))
+                .collect();
+            movable.sort_by(|a, b| {
+                b.estimate
+                    .capacity(rate)
+                    .total_cmp(&a.estimate.capacity(rate))
+            });
+            for member in movable {
+                let target_rate = 0.9 * member.estimate.capacity(rate);
+                let target = choose_slower(
+                    config,
+                    &rates,
+                    &mut new_tiers,
+                    index,
+                    target_rate,
+                    tiers_allowed,
+                );
+                if let Some(to) = target {
+                    moves.push(Move {
+                        member: member.id,
+                        from: index,
+                        to,
+                        relief: true,
+                    });
+                }
+            }
+            continue;
+        }
+        let capacities = congested.iter().map(|m| m.estimate.capacity(rate));
+        let capacity = match config.policy {
+            // Everyone lost: the best of them sets the rate; the others move next time.
+            TierPolicy::Distribution => capacities.fold(0.0, f64::max),
+            TierPolicy::Slowest => capacities.fold(f64::INFINITY, f64::min),
+            TierPolicy::Average => unreachable!("handled above"),
+        };
+        if capacity < rate as f64 {
+            tier.control.decrease_to(config, now, capacity);
+        }
+    }
+    // Merges: a tier that rose near the next faster one joins it (noisy members stay).
+    let mut order: Vec<usize> = (0..tiers.len()).collect();
+    order.sort_by_key(|&i| tiers[i].control.rate);
+    for pair in order.windows(2) {
+        let (slow, fast) = (pair[0], pair[1]);
+        let slow_rate = tiers[slow].control.rate as f64;
+        let fast_rate = tiers[fast].control.rate as f64;
+        if slow_rate < MERGE_SHARE * fast_rate || now < tiers[slow].control.settled_at {
+            continue;
+        }
+        if moves.iter().any(|m| m.from == slow || m.from == fast) {
+            continue;
+        }
+        for member in &tiers[slow].members {
+            if member.estimate.noise_loss() > NOISY && !tiers[fast].members.is_empty() {
+                continue;
+            }
+            if !dwelt(config, now, member) {
+                continue;
+            }
+            moves.push(Move {
+                member: member.id,
+                from: slow,
+                to: Target::Tier(fast),
+                relief: false,
+            });
+        }
+    }
+    moves
+}
+
+/// Whether a member has stayed on its tier long enough to move again (hysteresis).
+fn dwelt(config: &RateConfig, now: Instant, member: &MemberPlan<'_>) -> bool {
+    member
+        .moved_at
+        .is_none_or(|at| now.saturating_since(at) >= config.dwell)
+}
+
+/// The tier a congested member of tier `from` goes to: the existing slower tier (or one opened
+/// in this plan) nearest `target_rate`, if within `SAME_TIER_RATIO`; else a new tier while
+/// there is room; else the slowest existing tier slower than `from`. `None`: nowhere slower
+/// (the member stays; its tier does not slow down for it).
+fn choose_slower(
+    config: &RateConfig,
+    rates: &[u64],
+    new_tiers: &mut Vec<u64>,
+    from: usize,
+    target_rate: f64,
+    tiers_allowed: usize,
+) -> Option<Target> {
+    let from_rate = rates[from] as f64;
+    let target_rate = target_rate.max(config.rate_min as f64);
+    let distance = |rate: f64| (rate / target_rate).ln().abs();
+    let existing = rates
+        .iter()
+        .enumerate()
+        .filter(|&(i, &r)| i != from && (r as f64) < from_rate)
+        .map(|(i, &r)| (Target::Tier(i), r as f64));
+    let planned = new_tiers
+        .iter()
+        .enumerate()
+        .map(|(index, &rate)| (Target::New { index, rate }, rate as f64));
+    let nearest = existing
+        .chain(planned)
+        .min_by(|a, b| distance(a.1).total_cmp(&distance(b.1)));
+    if let Some((target, rate)) = nearest {
+        if distance(rate) <= SAME_TIER_RATIO.ln() {
+            return Some(target);
+        }
+    }
+    if rates.len() + new_tiers.len() < tiers_allowed && target_rate < from_rate {
+        let rate = config.clamp(target_rate);
+        new_tiers.push(rate);
+        return Some(Target::New {
+            index: new_tiers.len() - 1,
+            rate,
+        });
+    }
+    // No room: the slowest tier slower than this one.
+    rates
+        .iter()
+        .enumerate()
+        .filter(|&(i, &r)| i != from && (r as f64) < from_rate)
+        .min_by_key(|&(_, &r)| r)
+        .map(|(i, _)| Target::Tier(i))
+}
+
+/// A rate as people read it ("2.50 Gbit/s"; 0 is "unpaced").
+pub fn format_rate(bits_per_s: u64) -> String {
+    match bits_per_s {
+        0 => "unpaced".into(),
+        b if b >= 1_000_000_000 => format!("{:.2} Gbit/s", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1} Mbit/s", b as f64 / 1e6),
+        b => format!("{:.1} kbit/s", b as f64 / 1e3),
+    }
+}
+
+/// The client's side of loss measurement: the loop on a channel sends serials in order, so a
+/// serial further on than the next expected one means the ones between went by without
+/// arriving. Reordering is forgiven: the last `REORDER_WINDOW` serials behind the frontier are
+/// kept in a bitmap, and a serial counts as lost only once it falls out of it still missing.
+/// Repairs (further behind) count as received, not as the frontier.
+#[derive(Clone, Debug, Default)]
+pub struct LossMeter {
+    loop_len: u32,
+    next: Option<u32>,
+    /// Bit i: serial `next - 1 - i` arrived.
+    window: u64,
+    received: u32,
+    lost: u32,
+}
+
+/// Serials behind the frontier that may still arrive late (reordered) without counting as lost.
+const REORDER_WINDOW: u32 = 64;
+
+impl LossMeter {
+    pub fn new(loop_len: u32) -> LossMeter {
+        LossMeter {
+            loop_len,
+            ..LossMeter::default()
+        }
+    }
+
+    /// A datagram of the file arrived (verified or pending, new or duplicate).
+    pub fn observe(&mut self, serial: u32) {
+        if self.loop_len == 0 || serial >= self.loop_len {
+            return;
+        }
+        self.received = self.received.saturating_add(1);
+        let Some(next) = self.next else {
+            self.next = Some((serial + 1) % self.loop_len);
+            // Before the first datagram nothing was expected.
+            self.window = u64::MAX;
+            return;
+        };
+        let ahead = (serial + self.loop_len - next) % self.loop_len;
+        // Further than half the loop ahead is really behind: a repair, or a late datagram.
+        if ahead < self.loop_len / 2 || self.loop_len < 4 {
+            // The frontier moves `ahead + 1` places: what leaves the window still missing was
+            // lost, and so were skipped serials that do not even fit in it.
+            let shift = ahead + 1;
+            let leaving = if shift >= REORDER_WINDOW {
+                self.window
+            } else {
+                self.window >> (REORDER_WINDOW - shift)
+            };
+            let left = shift.min(REORDER_WINDOW);
+            let missing = left - leaving.count_ones();
+            let skipped_beyond = ahead.saturating_sub(REORDER_WINDOW - 1);
+            self.lost = self.lost.saturating_add(missing + skipped_beyond);
+            self.window = if shift >= REORDER_WINDOW {
+                1
+            } else {
+                (self.window << shift) | 1
+            };
+            self.next = Some((serial + 1) % self.loop_len);
+        } else {
+            let behind = self.loop_len - ahead; // 1 = the serial just before `next`
+            if behind <= REORDER_WINDOW {
+                self.window |= 1 << (behind - 1);
+            }
+        }
+    }
+
+    /// The channel changed (a tier move): the next datagram starts a new sequence.
+    pub fn restart(&mut self) {
+        self.next = None;
+        self.window = 0;
+    }
+
+    /// The counts since the last take, reset. Serials still within the reordering window are
+    /// counted when they leave it.
+    pub fn take(&mut self) -> (u32, u32) {
+        let counts = (self.received, self.lost);
+        self.received = 0;
+        self.lost = 0;
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,499 @@
+use super::*;
+
+const MBIT: f64 = 1e6;
+const DATAGRAM_BITS: u64 = 1440 * 8;
+const STEP: Duration = Duration::from_millis(200);
+
+fn at(ms: u64) -> Instant {
+    Instant::from_nanos(ms * 1_000_000)
+}
+
+#[test]
+fn ewma_tracks_mean_and_spread() {
+    let mut steady = Ewma::default();
+    for _ in 0..50 {
+        steady.update(100.0, 0.25);
+    }
+    assert!((steady.mean() - 100.0).abs() < 1e-9);
+    assert!(steady.stddev() < 1e-9, "no spread in a constant series");
+    let mut noisy = Ewma::default();
+    for i in 0..200 {
+        noisy.update(if i % 2 == 0 { 90.0 } else { 110.0 }, 0.25);
+    }
+    assert!((noisy.mean() - 100.0).abs() < 5.0, "{}", noisy.mean());
+    assert!(
+        noisy.stddev() > 5.0 && noisy.stddev() < 15.0,
+        "{}",
+        noisy.stddev()
+    );
+}
+
+#[test]
+fn loss_meter_counts_gaps_and_forgives_repairs_and_reordering() {
+    let mut meter = LossMeter::new(10_000);
+    for serial in [10, 11, 12, 15, 16] {
+        meter.observe(serial);
+    }
+    assert_eq!(
+        meter.take(),
+        (5, 0),
+        "13 and 14 may still come (reordering)"
+    );
+    for serial in 17..100 {
+        meter.observe(serial);
+    }
+    assert_eq!(meter.take(), (83, 2), "13 and 14 went by");
+    // Reordered: 105 arrives after 110; a repair far behind (3): received, neither lost nor
+    // moving the frontier.
+    for serial in (100..105).chain(106..=110).chain([105, 3]).chain(111..200) {
+        meter.observe(serial);
+    }
+    assert_eq!(meter.take(), (101, 0));
+    // Wrapping past the end of the loop is not loss.
+    for serial in (200..10_000).chain(0..100) {
+        meter.observe(serial);
+    }
+    assert_eq!(meter.take(), (9_900, 0));
+    // A jump: everything skipped is lost, also beyond the window (but the 63 just behind the
+    // new frontier only once they leave the window).
+    meter.observe(1_000);
+    meter.observe(2_000);
+    assert_eq!(meter.take(), (2, 900 + 999 - 63));
+    // A move to another tier's channel: the new sequence starts fresh.
+    meter.restart();
+    for serial in 7_000..7_100 {
+        meter.observe(serial);
+    }
+    assert_eq!(meter.take(), (100, 0));
+    // Hostile serials beyond the loop are ignored.
+    meter.observe(u32::MAX);
+    meter.observe(10_000);
+    assert_eq!(meter.take(), (0, 0));
+}
+
+/// A path in the fluid model: what it can carry and the share it loses whatever the rate.
+#[derive(Clone, Copy, Debug)]
+struct Path {
+    capacity: f64,
+    noise: f64,
+}
+
+struct Member {
+    id: u64,
+    tier: usize,
+    estimate: PathEstimate,
+    moved_at: Option<Instant>,
+    path: Path,
+}
+
+/// One file's tiers and members, driven the way the endpoint drives `plan`: a report from
+/// every member each step (sent at the tier's rate, received what its path carries), then a
+/// plan, then moves applied, empty tiers closed.
+struct Fluid {
+    config: RateConfig,
+    tiers: Vec<TierControl>,
+    members: Vec<Member>,
+    now: Instant,
+    moves: u64,
+}
+
+impl Fluid {
+    fn new(config: RateConfig, paths: &[Path]) -> Fluid {
+        let now = at(0);
+        let tiers = vec![TierControl::new(&config, now, config.initial_rate)];
+        let members = paths
+            .iter()
+            .enumerate()
+            .map(|(id, &path)| Member {
+                id: id as u64,
+                tier: 0,
+                estimate: PathEstimate::default(),
+                moved_at: None,
+                path,
+            })
+            .collect();
+        Fluid {
+            config,
+            tiers,
+            members,
+            now,
+            moves: 0,
+        }
+    }
+
+    fn step(&mut self) {
+        let interval_start = self.now;
+        self.now = self.now + STEP;
+        for member in &mut self.members {
+            let tier = &self.tiers[member.tier];
+            let rate = tier.rate() as f64;
+            let sent = rate * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
+            let arrived =
+                rate.min(member.path.capacity) * (1.0 - member.path.noise) * STEP.as_secs_f64()
+                    / DATAGRAM_BITS as f64;
+            let counts = interval_start >= tier.settled_at();
+            member.estimate.observe(
+                &self.config,
+                arrived as u32,
+                (sent - arrived).max(0.0) as u32,
+                STEP,
+                DATAGRAM_BITS,
+                tier.rate(),
+                Some(Duration::from_millis(1)),
+                counts,
+            );
+        }
+        let rates_before: Vec<u64> = self.tiers.iter().map(|t| t.rate()).collect();
+        let moves = {
+            let mut plans: Vec<TierPlan<'_>> = self
+                .tiers
+                .iter_mut()
+                .map(|control| TierPlan {
+                    control,
+                    members: Vec::new(),
+                })
+                .collect();
+            for member in &self.members {
+                plans[member.tier].members.push(MemberPlan {
+                    id: member.id,
+                    estimate: &member.estimate,
+                    moved_at: member.moved_at,
+                });
+            }
+            plan(&self.config, self.now, &mut plans)
+        };
+        for (index, tier) in self.tiers.iter().enumerate() {
+            if tier.rate() != rates_before[index] {
+                let relief = (tier.rate() < rates_before[index]).then_some(tier.rate());
+                for member in self.members.iter_mut().filter(|m| m.tier == index) {
+                    member.estimate.new_epoch(relief);
+                }
+            }
+        }
+        let first_new = self.tiers.len();
+        for change in moves {
+            let to = match change.to {
+                Target::Tier(index) => index,
+                Target::New { index, rate } => {
+                    while self.tiers.len() <= first_new + index {
+                        self.tiers
+                            .push(TierControl::new_known(&self.config, self.now, rate));
+                    }
+                    first_new + index
+                }
+            };
+            let member = self
+                .members
+                .iter_mut()
+                .find(|m| m.id == change.member)
+                .expect("moves name members");
+            assert_eq!(
+                member.tier, change.from,
+                "a move starts where the member is"
+            );
+            member.tier = to;
+            member.moved_at = Some(self.now);
+            let rate = self.tiers[to].rate();
+            member.estimate.new_epoch(change.relief.then_some(rate));
+            self.moves += 1;
+        }
+        // Empty tiers close; indices shift.
+        let mut keep = vec![false; self.tiers.len()];
+        for member in &self.members {
+            keep[member.tier] = true;
+        }
+        let mut remap = vec![usize::MAX; self.tiers.len()];
+        let mut kept = Vec::new();
+        for (index, tier) in std::mem::take(&mut self.tiers).into_iter().enumerate() {
+            if keep[index] {
+                remap[index] = kept.len();
+                kept.push(tier);
+            }
+        }
+        self.tiers = kept;
+        for member in &mut self.members {
+            member.tier = remap[member.tier];
+        }
+        assert!(
+            self.tiers.len() <= self.config.tiers_allowed(),
+            "a file never has more tiers than its policy allows"
+        );
+    }
+
+    fn run(&mut self, steps: usize) {
+        for _ in 0..steps {
+            self.step();
+        }
+    }
+
+    fn rate_of(&self, id: u64) -> f64 {
+        let member = self.members.iter().find(|m| m.id == id).expect("member");
+        self.tiers[member.tier].rate() as f64
+    }
+
+    fn tier_of(&self, id: u64) -> usize {
+        self.members
+            .iter()
+            .find(|m| m.id == id)
+            .expect("member")
+            .tier
+    }
+}
+
+fn clean(capacity_mbit: f64) -> Path {
+    Path {
+        capacity: capacity_mbit * MBIT,
+        noise: 0.0,
+    }
+}
+
+#[test]
+fn a_lone_receiver_is_found_quickly_and_held_near_its_capacity() {
+    let config = RateConfig {
+        initial_rate: 100_000_000,
+        ..RateConfig::default()
+    };
+    let mut fluid = Fluid::new(config, &[clean(5_000.0)]);
+    // Slow start: 100M doubles to past 5G within a few seconds.
+    fluid.run(20);
+    let rate = fluid.rate_of(0);
+    assert!(
+        rate > 0.8 * 5e9 && rate <= 1.05 * 5e9,
+        "rate {rate} near the 5 Gbit/s path after 4 s"
+    );
+    // And it stays there: never far above, rarely far below.
+    let mut low = 0;
+    for _ in 0..100 {
+        fluid.step();
+        let rate = fluid.rate_of(0);
+        assert!(rate <= 1.2 * 5e9, "rate {rate} never runs away");
+        if rate < 0.8 * 5e9 {
+            low += 1;
+        }
+    }
+    assert!(low <= 10, "{low} of 100 steps below 80 % of the path");
+}
+
+#[test]
+fn a_slow_receiver_moves_to_its_own_tier_and_the_fast_one_keeps_its_rate() {
+    let mut fluid = Fluid::new(RateConfig::default(), &[clean(5_000.0), clean(50.0)]);
+    fluid.run(50); // 10 s
+    assert_eq!(fluid.tiers.len(), 2, "two tiers");
+    let slow = fluid.rate_of(1);
+    let fast = fluid.rate_of(0);
+    assert!(
+        slow > 0.7 * 50e6 && slow <= 1.05 * 50e6,
+        "slow tier {slow} near 50 Mbit/s"
+    );
+    assert!(fast > 0.7 * 5e9, "fast tier {fast} not dragged down");
+    assert!(fluid.tier_of(0) != fluid.tier_of(1));
+}
+
+#[test]
+fn mixed_links_each_end_on_a_matching_tier_within_ten_seconds() {
+    let links = [5.0, 50.0, 500.0, 5_000.0];
+    let mut fluid = Fluid::new(
+        RateConfig::default(),
+        &links.iter().map(|&l| clean(l)).collect::<Vec<_>>(),
+    );
+    fluid.run(50);
+    for (id, &link) in links.iter().enumerate() {
+        let rate = fluid.rate_of(id as u64);
+        assert!(
+            rate > 0.6 * link * MBIT && rate <= 1.1 * link * MBIT,
+            "receiver on {link} Mbit/s is on a {rate} bit/s tier"
+        );
+    }
+    assert_eq!(fluid.tiers.len(), 4);
+}
+
+#[test]
+fn a_path_that_slows_mid_transfer_is_followed_and_one_that_speeds_up_too() {
+    let mut fluid = Fluid::new(RateConfig::default(), &[clean(500.0), clean(500.0)]);
+    fluid.run(30);
+    assert!(fluid.rate_of(1) > 0.7 * 500e6);
+    // Member 1's path drops to 50 Mbit/s: it moves to a slower tier within 3 s, and member 0
+    // keeps its rate.
+    fluid.members[1].path = clean(50.0);
+    fluid.run(15);
+    let slow = fluid.rate_of(1);
+    assert!(
+        slow <= 1.1 * 50e6 && slow > 0.5 * 50e6,
+        "followed down: {slow}"
+    );
+    assert!(fluid.rate_of(0) > 0.7 * 500e6, "the other is unaffected");
+    // Its path recovers: its tier rises and merges back into the fast one.
+    fluid.members[1].path = clean(500.0);
+    fluid.run(150);
+    assert!(
+        fluid.rate_of(1) > 0.7 * 500e6,
+        "followed up: {}",
+        fluid.rate_of(1)
+    );
+    assert_eq!(fluid.tiers.len(), 1, "merged back into one tier");
+}
+
+#[test]
+fn one_noisy_receiver_of_ten_neither_slows_the_others_nor_collapses() {
+    let mut paths = vec![clean(1_000.0); 10];
+    paths[9] = Path {
+        capacity: 1_000e6,
+        noise: 0.2,
+    };
+    let mut fluid = Fluid::new(RateConfig::default(), &paths);
+    fluid.run(25);
+    let mut total = 0.0;
+    let steps = 100;
+    for _ in 0..steps {
+        fluid.step();
+        total += fluid.rate_of(0);
+    }
+    let mean = total / f64::from(steps);
+    assert!(
+        mean > 0.8 * 1e9,
+        "the nine clean receivers average {mean} bit/s of a 1 Gbit/s path"
+    );
+    let noisy = fluid.rate_of(9);
+    assert!(
+        noisy > 0.5 * 1e9,
+        "the noisy receiver's rate did not collapse: {noisy}"
+    );
+    assert!(
+        fluid.members[9].estimate.noise_loss() > 0.1,
+        "its loss was recognised as noise: {}",
+        fluid.members[9].estimate.noise_loss()
+    );
+}
+
+#[test]
+fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwell() {
+    let config = RateConfig::default();
+    let mut estimate = PathEstimate::default();
+    estimate.observe(
+        &config,
+        50,
+        50,
+        STEP,
+        DATAGRAM_BITS,
+        1_000_000_000,
+        None,
+        true,
+    );
+    assert!(
+        !estimate.is_congested(&config),
+        "one report is not sustained"
+    );
+    estimate.observe(
+        &config,
+        50,
+        50,
+        STEP,
+        DATAGRAM_BITS,
+        1_000_000_000,
+        None,
+        true,
+    );
+    assert!(estimate.is_congested(&config));
+    let clear = PathEstimate::default();
+    let mut clear_fresh = clear.clone();
+    clear_fresh.observe(
+        &config,
+        100,
+        0,
+        STEP,
+        DATAGRAM_BITS,
+        1_000_000_000,
+        None,
+        true,
+    );
+    let now = at(10_000);
+    let mut control = TierControl::new(&config, at(0), 1_000_000_000);
+    let mut plans = [TierPlan {
+        control: &mut control,
+        members: vec![
+            MemberPlan {
+                id: 1,
+                estimate: &estimate,
+                moved_at: Some(now),
+            },
+            MemberPlan {
+                id: 2,
+                estimate: &clear_fresh,
+                moved_at: None,
+            },
+        ],
+    }];
+    let moves = plan(&config, now, &mut plans);
+    assert!(moves.is_empty(), "moved just now: stays for the dwell");
+    assert_eq!(
+        control.rate(),
+        1_000_000_000,
+        "and the others keep their rate"
+    );
+}
+
+#[test]
+fn the_slowest_and_average_policies_run_one_tier() {
+    for (policy, expect) in [
+        (TierPolicy::Slowest, 0.9 * 50e6),
+        (TierPolicy::Average, 0.9 * 275e6),
+    ] {
+        let config = RateConfig {
+            policy,
+            initial_rate: 500_000_000,
+            ..RateConfig::default()
+        };
+        let mut fluid = Fluid::new(config, &[clean(500.0), clean(50.0)]);
+        // Past slow start: both lose at 1 Gbit/s.
+        fluid.run(60);
+        assert_eq!(fluid.tiers.len(), 1, "{policy}: one tier");
+        let rate = fluid.rate_of(0);
+        assert!(
+            rate > 0.6 * expect && rate < 1.6 * expect,
+            "{policy}: rate {rate}, expected about {expect}"
+        );
+    }
+}
+
+#[test]
+fn hostile_reports_cannot_claim_more_than_was_sent() {
+    let config = RateConfig::default();
+    let mut estimate = PathEstimate::default();
+    estimate.observe(
+        &config,
+        u32::MAX,
+        0,
+        Duration::ZERO,
+        DATAGRAM_BITS,
+        10_000_000,
+        Some(Duration::from_secs(3600)),
+        true,
+    );
+    assert!(estimate.goodput().mean() <= 2.0 * 10e6);
+    assert_eq!(estimate.rtt(), None, "an absurd round trip is ignored");
+    estimate.observe(
+        &config,
+        0,
+        u32::MAX,
+        Duration::MAX,
+        DATAGRAM_BITS,
+        10_000_000,
+        None,
+        true,
+    );
+    assert!(estimate.loss().mean() <= 1.0 && estimate.loss().mean() >= 0.0);
+}
+
+#[test]
+fn rates_stay_within_the_configured_bounds() {
+    let config = RateConfig {
+        rate_max: 2_000_000_000,
+        ..RateConfig::default()
+    };
+    let mut fluid = Fluid::new(config, &[clean(100_000.0)]);
+    fluid.run(50);
+    assert_eq!(fluid.rate_of(0), 2e9, "capped by --rate");
+    let mut fluid = Fluid::new(RateConfig::default(), &[clean(0.1)]);
+    fluid.run(200);
+    assert!(fluid.rate_of(0) >= 1e6, "never below the floor");
+}
