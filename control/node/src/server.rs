@@ -490,8 +490,15 @@ impl Server {
                 file_id,
                 name,
                 rate_bits_per_s,
+                start_like,
             } => {
-                if let Err(message) = self.open_channel(channel, file_id, &name, rate_bits_per_s) {
+                // A new tier continues where its clients' old tier is in the loop.
+                let start_serial = start_like
+                    .and_then(|c| self.channels.get(&c))
+                    .map_or(0, |c| c.stats.next_serial.load(Ordering::Relaxed) as u32);
+                if let Err(message) =
+                    self.open_channel(channel, file_id, &name, rate_bits_per_s, start_serial)
+                {
                     tracing::error!(file = %name, %message, "cannot open channel");
                     let now = self.clock.now();
                     self.endpoint.handle_channel_failed(now, channel);
@@ -566,6 +573,7 @@ impl Server {
         file_id: FileId,
         name: &str,
         rate_bits_per_s: u64,
+        start_serial: u32,
     ) -> Result<(), String> {
         let path = self
             .catalog
@@ -595,6 +603,7 @@ impl Server {
                 rate_bits_per_s,
                 destinations: Vec::new(),
                 repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
+                start_serial,
                 stats: stats.clone(),
             })
             .map_err(|e| format!("sender threads are busy ({e:?}); try again"))?;

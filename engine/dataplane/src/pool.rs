@@ -95,6 +95,8 @@ pub struct ChannelSpec {
     pub destinations: Vec<SocketAddr>,
     /// Largest share of the rate repairs may take (R10 fairness), percent.
     pub repair_share_percent: u8,
+    /// The loop starts at this serial (0: the beginning).
+    pub start_serial: u32,
     pub stats: Arc<ChannelStats>,
 }
 
@@ -448,7 +450,8 @@ fn apply(command: Command, schedule: &mut Schedule, now: Instant, sender: &DataS
                 .quantum_interval()
                 .map_or(Duration::ZERO, |interval| interval.mul_f64(phase));
             let start = now + offset;
-            let carousel = Carousel::new(config, start);
+            let mut carousel = Carousel::new(config, start);
+            carousel.skip_to(spec.start_serial);
             let destinations = spec
                 .destinations
                 .iter()
@@ -721,6 +724,7 @@ mod tests {
             rate_bits_per_s: rate,
             destinations: vec!["127.0.0.1:9".parse().unwrap()],
             repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
+            start_serial: 0,
             stats: Arc::new(ChannelStats::default()),
         })
     }
@@ -873,6 +877,7 @@ mod tests {
             rate_bits_per_s: 50_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
             repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
+            start_serial: 0,
             stats: Arc::new(ChannelStats::default()),
         })
         .unwrap();
@@ -955,6 +960,7 @@ mod tests {
             rate_bits_per_s: 2_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
             repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
+            start_serial: 0,
             stats: stats.clone(),
         })
         .unwrap();
@@ -1024,6 +1030,7 @@ mod tests {
             rate_bits_per_s: 8_000_000,
             destinations: vec![receiver.local_addr().unwrap()],
             repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
+            start_serial: 0,
             stats: stats.clone(),
         })
         .unwrap();

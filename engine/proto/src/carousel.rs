@@ -209,6 +209,14 @@ impl Carousel {
         self.next_serial
     }
 
+    /// Continues the loop from `serial` (a new tier starts where the tier its clients come
+    /// from is, so they continue where they were instead of going over what they hold).
+    pub fn skip_to(&mut self, serial: u32) {
+        if serial < self.config.loop_len {
+            self.next_serial = serial;
+        }
+    }
+
     pub fn sent_total(&self) -> u64 {
         self.sent_total
     }

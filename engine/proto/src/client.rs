@@ -160,8 +160,10 @@ pub struct ClientSession {
     last_report: Instant,
     /// (sent_at_us, when) of Reports not yet echoed.
     outstanding: VecDeque<(u32, Instant)>,
-    /// Smoothed round trip (as TCP's SRTT: 7/8 old + 1/8 sample).
+    /// Smoothed round trip (as TCP's SRTT: 7/8 old + 1/8 sample), and the latest sample (what
+    /// a Report carries: a queue building shows at once).
     rtt: Option<Duration>,
+    rtt_sample: Option<Duration>,
     tier: Option<TierInfo>,
     moves: u64,
 }
@@ -189,6 +191,7 @@ impl ClientSession {
             last_report: now,
             outstanding: VecDeque::new(),
             rtt: None,
+            rtt_sample: None,
             tier: None,
             moves: 0,
         }
@@ -396,6 +399,7 @@ impl ClientSession {
             // This and every older Report are answered (or lost): no later sample from them.
             self.outstanding.drain(..=index);
             let sample = now.saturating_since(sent_at);
+            self.rtt_sample = Some(sample);
             self.rtt = Some(match self.rtt {
                 None => sample,
                 Some(rtt) => (rtt * 7 + sample) / 8,
@@ -684,9 +688,9 @@ impl ClientSession {
             received,
             lost,
             rtt_us: self
-                .rtt
+                .rtt_sample
                 .map_or(0, clamp_us)
-                .max(u32::from(self.rtt.is_some())),
+                .max(u32::from(self.rtt_sample.is_some())),
         });
     }
 

@@ -137,6 +137,9 @@ pub enum DataCommand {
         file_id: FileId,
         name: String,
         rate_bits_per_s: u64,
+        /// Start the loop where this channel (another tier of the file) is now: its clients,
+        /// moving here, continue where they were.
+        start_like: Option<ChannelId>,
     },
     CloseChannel {
         channel: ChannelId,
@@ -290,6 +293,8 @@ struct Session {
 }
 
 struct Channel {
+    /// One unicast client's own channel (never a multicast tier, never a move target).
+    solo: bool,
     file_id: FileId,
     info: FileInfo,
     group: Option<SocketAddrV4>,
@@ -320,8 +325,12 @@ struct AddressState {
 }
 
 const NANOS_PER_S: u128 = 1_000_000_000;
-/// Shortest repair window (unpaced channels, tiny files).
+/// Shortest and longest repair window (unpaced channels and tiny files; slow tiers).
 const REPAIR_WINDOW_MIN: Duration = Duration::from_secs(1);
+const REPAIR_WINDOW_MAX: Duration = Duration::from_secs(5);
+/// Serials of credit beyond what a session misses, at most as many as it misses (the last few
+/// datagrams may need several asks).
+const REPAIR_CREDIT_SLACK: u64 = 16;
 /// Control datagrams queued for sending at most; past it, replies are dropped (counted).
 const TRANSMIT_QUEUE_MAX: usize = 8192;
 
@@ -832,8 +841,16 @@ impl Endpoint {
             );
         }
         let channel = match self.tier_for_new_session(name) {
-            Some(channel) => channel,
-            None => {
+            NewSessionTier::Existing(channel) => channel,
+            NewSessionTier::Probe(channel) => {
+                // Every tier of this file runs below the first tier's starting rate (its clients
+                // are slow): the newcomer gets a tier of its own that probes from there, and
+                // moves down if it cannot take it.
+                let info = self.channels[&channel].info.clone();
+                let rate = self.rate_config().map_or(0, |c| c.initial_rate);
+                self.open_channel(now, info, rate, ChannelKind::Tier)
+            }
+            NewSessionTier::NewFile => {
                 if self.channels.len() >= self.config.channels_max {
                     return reject(self, RejectCode::Busy, "server at its channel limit".into());
                 }
@@ -851,7 +868,7 @@ impl Endpoint {
                 let rate = self
                     .rate_config()
                     .map_or(self.config.rate_bits_per_s, |c| c.initial_rate);
-                self.open_channel(now, info, rate, false)
+                self.open_channel(now, info, rate, ChannelKind::Tier)
             }
         };
         // The Offer must fit three times in this Request (address validation): otherwise no
@@ -964,32 +981,68 @@ impl Endpoint {
     }
 
     /// The tier a new session of `name` starts on: the fastest (clients that cannot take it
-    /// move down within a second or so); `None` if the file has no tier yet.
-    fn tier_for_new_session(&self, name: &str) -> Option<ChannelId> {
-        self.tiers_by_name
-            .get(name)?
+    /// move down within a second or so), unless every tier runs below the starting rate and
+    /// the file has room for another (then a new one, probing from the starting rate).
+    fn tier_for_new_session(&self, name: &str) -> NewSessionTier {
+        let Some(channels) = self.tiers_by_name.get(name) else {
+            return NewSessionTier::NewFile;
+        };
+        let shared: Vec<ChannelId> = channels
+            .iter()
+            .copied()
+            .filter(|c| !self.channels[c].solo)
+            .collect();
+        let Some(fastest) = shared
             .iter()
             .copied()
             .max_by_key(|c| (self.channels[c].tier.rate(), *c))
+        else {
+            // Only unicast clients' own channels: a shared tier again, from the start.
+            return NewSessionTier::Probe(channels[0]);
+        };
+        match self.rate_config() {
+            Some(config)
+                if self.channels[&fastest].tier.rate() < config.initial_rate
+                    && shared.len() < config.tiers_allowed()
+                    && self.channels.len() < self.config.channels_max =>
+            {
+                NewSessionTier::Probe(fastest)
+            }
+            _ => NewSessionTier::Existing(fastest),
+        }
     }
 
-    /// A new tier of `info` at `rate` (`known`: opened for clients whose capacity was measured,
-    /// so it starts there instead of probing). Unless `known`, it starts only when a session
-    /// validates.
-    fn open_channel(&mut self, now: Instant, info: FileInfo, rate: u64, known: bool) -> ChannelId {
+    /// A new channel of `info` at `rate`: a shared tier (probing from `rate`, or, `KnownTier`,
+    /// opened for clients whose capacity was measured, so starting there), or one unicast
+    /// client's own channel (`Solo`, no group).
+    fn open_channel(
+        &mut self,
+        now: Instant,
+        info: FileInfo,
+        rate: u64,
+        kind: ChannelKind,
+    ) -> ChannelId {
         let channel = ChannelId(self.next_channel);
         self.next_channel += 1;
-        let group = self.config.multicast.as_ref().and_then(|m| {
-            let slot = self.group_slots_used.iter().position(|used| !used)?;
-            self.group_slots_used[slot] = true;
-            let base = u32::from(m.group_base) & !0xff;
-            Some(SocketAddrV4::new(
-                Ipv4Addr::from(base + 1 + slot as u32),
-                m.port,
-            ))
-        });
+        let solo = kind == ChannelKind::Solo;
+        let group = self
+            .config
+            .multicast
+            .as_ref()
+            .filter(|_| !solo)
+            .and_then(|m| {
+                let slot = self.group_slots_used.iter().position(|used| !used)?;
+                self.group_slots_used[slot] = true;
+                let base = u32::from(m.group_base) & !0xff;
+                Some(SocketAddrV4::new(
+                    Ipv4Addr::from(base + 1 + slot as u32),
+                    m.port,
+                ))
+            });
         let tier = match self.rate_config() {
-            Some(config) if known => TierControl::new_known(&config, now, rate),
+            Some(config) if kind == ChannelKind::KnownTier => {
+                TierControl::new_known(&config, now, rate)
+            }
             Some(config) => TierControl::new(&config, now, rate),
             None => TierControl::fixed(rate),
         };
@@ -1014,6 +1067,7 @@ impl Endpoint {
                 file_id: info.file_id,
                 info,
                 group,
+                solo,
                 sessions: 0,
                 multicast_pending: 0,
                 multicast_members: 0,
@@ -1047,32 +1101,23 @@ impl Endpoint {
         state.last_heard = state.last_heard.max(now);
         let was_validated = state.validated;
         let previous = state.transport;
-        let channel_id = state.channel;
+        let mut channel_id = state.channel;
         let client = state.client;
+        // Multicast only where it was offered; a client may always fall back to unicast (R8).
+        let transport =
+            if self.channels[&channel_id].group.is_some() && previous == Transport::Multicast {
+                transport
+            } else {
+                Transport::Unicast
+            };
+        if was_validated && transport == previous {
+            return; // a repeated Joined
+        }
+        // Leave the old transport.
         let channel = self
             .channels
             .get_mut(&channel_id)
             .expect("sessions have channels");
-        // Multicast only where it was offered; a client may always fall back to unicast (R8).
-        let transport = if channel.group.is_some() && previous == Transport::Multicast {
-            transport
-        } else {
-            Transport::Unicast
-        };
-        if was_validated && transport == previous {
-            return; // a repeated Joined
-        }
-        if !was_validated && !channel.data_open {
-            channel.data_open = true;
-            self.counters.channels_opened += 1;
-            self.commands.push_back(DataCommand::OpenChannel {
-                channel: channel_id,
-                file_id: channel.file_id,
-                name: channel.info.name.clone(),
-                rate_bits_per_s: channel.tier.rate(),
-            });
-        }
-        // Leave the old transport.
         leave_transport(
             channel,
             channel_id,
@@ -1081,6 +1126,42 @@ impl Endpoint {
             previous,
             &mut self.commands,
         );
+        // R12 on unicast: each unicast client gets a channel of its own, whose rate follows
+        // it alone (its repairs then slow nobody else's loop). Its loop starts where the tier
+        // it came from is.
+        let mut start_like = None;
+        if transport == Transport::Unicast && !self.channels[&channel_id].solo {
+            if let Some(solo) = self.open_solo(now, channel_id) {
+                let old = self.channels.get_mut(&channel_id).expect("checked above");
+                old.sessions -= 1;
+                let old_empty = old.sessions == 0;
+                self.channels.get_mut(&solo).expect("just opened").sessions += 1;
+                self.sessions
+                    .get_mut(&session)
+                    .expect("found above")
+                    .channel = solo;
+                start_like = Some(channel_id).filter(|_| !old_empty);
+                if old_empty {
+                    self.close_channel(channel_id);
+                }
+                channel_id = solo;
+            }
+        }
+        let channel = self
+            .channels
+            .get_mut(&channel_id)
+            .expect("sessions have channels");
+        if !channel.data_open {
+            channel.data_open = true;
+            self.counters.channels_opened += 1;
+            self.commands.push_back(DataCommand::OpenChannel {
+                channel: channel_id,
+                file_id: channel.file_id,
+                name: channel.info.name.clone(),
+                rate_bits_per_s: channel.tier.rate(),
+                start_like,
+            });
+        }
         // Join the new one.
         match transport {
             Transport::Multicast => {
@@ -1114,6 +1195,24 @@ impl Endpoint {
         });
     }
 
+    /// A channel of its own for a unicast client of `like`'s file, at `like`'s rate (probing
+    /// from there when it has nothing measured), if rates are adaptive and there is room.
+    fn open_solo(&mut self, now: Instant, like: ChannelId) -> Option<ChannelId> {
+        self.config.adaptive.as_ref()?;
+        if self.channels.len() >= self.config.channels_max {
+            return None;
+        }
+        let source = &self.channels[&like];
+        let (info, rate) = (source.info.clone(), source.tier.rate());
+        let channel = self.open_channel(now, info, rate, ChannelKind::Solo);
+        self.events.push_back(Event::TierOpened {
+            channel,
+            file: self.channels[&channel].info.name.clone(),
+            rate_bits_per_s: rate,
+        });
+        Some(channel)
+    }
+
     fn handle_nak(
         &mut self,
         now: Instant,
@@ -1133,10 +1232,13 @@ impl Endpoint {
         state.last_heard = state.last_heard.max(now);
         let channel = &self.channels[&state.channel];
         let loop_len = channel.info.loop_len;
-        // The session's credit: what it misses, renewed about once a loop (R10: repair bytes
-        // never exceed what the asking receiver misses).
+        // The session's credit: what it misses (and a few serials more: the last datagrams'
+        // repairs may be lost and asked again), renewed about once a loop and at least every
+        // REPAIR_WINDOW_MAX (R10: repair bytes follow what the asking receiver misses; a slow
+        // tier's long loop must not leave its last few datagrams waiting for the next pass).
         if now.saturating_since(state.credit_refreshed) >= repair_window(channel) {
-            state.repair_credit = u64::from(loop_len - state.held.min(loop_len));
+            let missing = u64::from(loop_len - state.held.min(loop_len));
+            state.repair_credit = missing + REPAIR_CREDIT_SLACK.min(missing);
             state.credit_refreshed = now;
         }
         let channel_id = state.channel;
@@ -1372,7 +1474,9 @@ impl Endpoint {
                     let mut plans: Vec<TierPlan<'_>> = controls
                         .iter_mut()
                         .zip(&members)
-                        .map(|(control, ids)| TierPlan {
+                        .zip(&channels)
+                        .map(|((control, ids), channel)| TierPlan {
+                            solo: self.channels[channel].solo,
                             control,
                             members: ids
                                 .iter()
@@ -1435,7 +1539,8 @@ impl Endpoint {
                         match opened[index] {
                             Some(channel) => channel,
                             None => {
-                                let Some(channel) = self.open_tier(now, &file, rate) else {
+                                let from = channels[change.from];
+                                let Some(channel) = self.open_tier(now, &file, rate, from) else {
                                     continue;
                                 };
                                 opened[index] = Some(channel);
@@ -1456,14 +1561,21 @@ impl Endpoint {
         }
     }
 
-    /// Another tier of `file` at `rate`, running at once (clients are about to move to it).
-    fn open_tier(&mut self, now: Instant, file: &str, rate: u64) -> Option<ChannelId> {
+    /// Another tier of `file` at `rate`, running at once (clients of tier `from` are about to
+    /// move to it; its loop starts where theirs is).
+    fn open_tier(
+        &mut self,
+        now: Instant,
+        file: &str,
+        rate: u64,
+        from: ChannelId,
+    ) -> Option<ChannelId> {
         if self.channels.len() >= self.config.channels_max {
             return None;
         }
         let first = *self.tiers_by_name.get(file)?.first()?;
         let info = self.channels[&first].info.clone();
-        let channel = self.open_channel(now, info, rate, true);
+        let channel = self.open_channel(now, info, rate, ChannelKind::KnownTier);
         let state = self.channels.get_mut(&channel).expect("just opened");
         state.data_open = true;
         self.counters.channels_opened += 1;
@@ -1472,6 +1584,7 @@ impl Endpoint {
             file_id: state.file_id,
             name: state.info.name.clone(),
             rate_bits_per_s: state.tier.rate(),
+            start_like: Some(from),
         });
         self.events.push_back(Event::TierOpened {
             channel,
@@ -1516,6 +1629,7 @@ impl Endpoint {
                 file_id: new.file_id,
                 name: new.info.name.clone(),
                 rate_bits_per_s: new.tier.rate(),
+                start_like: None,
             });
         }
         match transport {
@@ -1642,14 +1756,20 @@ impl Endpoint {
                 .filter(|s| s.validated && s.transport == Transport::Multicast)
                 .count();
             assert_eq!(channel.multicast_members, members, "multicast member count");
+            if channel.solo {
+                assert!(
+                    channel.group.is_none() && sessions.len() == 1,
+                    "a unicast client's own channel has that client alone"
+                );
+            }
         }
         let tiers_allowed = self.rate_config().map_or(1, |c| c.tiers_allowed());
         for (name, tiers) in &self.tiers_by_name {
-            assert!(!tiers.is_empty(), "a served file has a tier");
+            assert!(!tiers.is_empty(), "a served file has a channel");
+            let shared = tiers.iter().filter(|c| !self.channels[c].solo).count();
             assert!(
-                tiers.len() <= tiers_allowed,
-                "{name}: {} tiers, at most {tiers_allowed}",
-                tiers.len()
+                shared <= tiers_allowed,
+                "{name}: {shared} shared tiers, at most {tiers_allowed}"
             );
             for channel in tiers {
                 assert_eq!(
@@ -1678,8 +1798,26 @@ impl Endpoint {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ChannelKind {
+    /// A tier shared by the clients whose throughput it matches, probing from its rate.
+    Tier,
+    /// A tier opened for clients that lost on a faster one: starts at what reached them.
+    KnownTier,
+    /// One unicast client's own channel (R12 per client on unicast).
+    Solo,
+}
+
+/// Where a new session goes.
+enum NewSessionTier {
+    Existing(ChannelId),
+    /// A new tier of the same file as this one.
+    Probe(ChannelId),
+    NewFile,
+}
+
 /// A session's repair credit is renewed at most once per this: about one loop at the tier's
-/// rate, at least `REPAIR_WINDOW_MIN`.
+/// rate, within `REPAIR_WINDOW_MIN ..= REPAIR_WINDOW_MAX`.
 fn repair_window(channel: &Channel) -> Duration {
     let loop_bits = u128::from(channel.info.loop_len) * u128::from(channel.info.datagram_size) * 8;
     match channel.tier.rate() {
@@ -1687,7 +1825,7 @@ fn repair_window(channel: &Channel) -> Duration {
         rate => Duration::from_nanos(
             u64::try_from(loop_bits * NANOS_PER_S / u128::from(rate)).unwrap_or(u64::MAX),
         )
-        .max(REPAIR_WINDOW_MIN),
+        .clamp(REPAIR_WINDOW_MIN, REPAIR_WINDOW_MAX),
     }
 }
 

@@ -163,6 +163,11 @@ const EWMA_WEIGHT: f64 = 0.25;
 /// Shortest and longest interval a report may claim (anything else is clamped).
 const REPORT_INTERVAL_MIN: Duration = Duration::from_millis(10);
 const REPORT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// A round trip this much above 1.5x the path's own means a queue is building (more than
+/// scheduling jitter: a few milliseconds).
+const QUEUEING_SLACK: Duration = Duration::from_millis(8);
+/// A queue building while less than this share of the rate gets through: saturated.
+const SATURATED_SHARE: f64 = 0.9;
 /// A member whose noise floor is above this keeps its own tier (its repairs would burden
 /// others).
 const NOISY: f64 = 0.05;
@@ -186,6 +191,8 @@ pub struct PathEstimate {
     loss_before_relief: Option<f64>,
     /// Goodput of its last congested report: what its path carries.
     known_capacity: Option<f64>,
+    /// The least round trip seen (drifting up slowly): the path without a queue.
+    min_rtt: Option<Duration>,
     reports: u64,
 }
 
@@ -211,8 +218,18 @@ impl PathEstimate {
         self.goodput.update(goodput, EWMA_WEIGHT);
         self.last_goodput = goodput;
         self.reports += 1;
+        let mut queueing = false;
         if let Some(rtt) = rtt.filter(|rtt| *rtt < Duration::from_secs(10)) {
             self.rtt = Some(rtt);
+            // The path's own round trip: the least seen, drifting up slowly so a path that
+            // changes is followed.
+            let base = match self.min_rtt {
+                None => rtt,
+                Some(base) if rtt < base => rtt,
+                Some(base) => base + (rtt - base) / 64,
+            };
+            self.min_rtt = Some(base);
+            queueing = rtt > base * 3 / 2 + QUEUEING_SLACK;
         }
         let total = u64::from(received) + u64::from(lost);
         if total == 0 {
@@ -230,17 +247,25 @@ impl PathEstimate {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.
             if loss >= 0.5 * before && loss > config.loss_congested {
-                self.noise_loss = self.noise_loss.max(0.9 * loss.min(before));
+                self.noise_loss = self.noise_loss.max(loss.min(before));
             }
-        } else if loss < self.noise_loss {
-            // The noise floor follows the path down when it gets cleaner.
-            self.noise_loss = 0.75 * self.noise_loss + 0.25 * loss;
         }
-        if loss - self.noise_loss > config.loss_congested {
+        // Congested: it loses beyond its noise (by more than the noise's own spread, about a
+        // quarter of it), or a queue builds in front of it (the round trip grows) while less
+        // than the rate gets through: the rate is past what its path carries even before the
+        // queue overflows (as delay-based control reads it).
+        let saturated = queueing && goodput < SATURATED_SHARE * rate as f64;
+        let margin = config.loss_congested.max(0.25 * self.noise_loss);
+        if loss - self.noise_loss > margin || saturated {
             self.congested_streak += 1;
             self.known_capacity = Some(goodput.min(rate as f64));
         } else {
             self.congested_streak = 0;
+            // The noise floor follows the path's loss while it is not congested (down when it
+            // gets cleaner).
+            if self.noise_loss > 0.0 {
+                self.noise_loss = 0.9 * self.noise_loss + 0.1 * loss;
+            }
         }
     }
 
@@ -313,6 +338,11 @@ pub struct TierControl {
     loss_rate: Option<(u64, Instant)>,
     /// Reports made before this say nothing about the current rate and membership.
     settled_at: Instant,
+    /// Increases in a row past any remembered loss: after a few, the path seems to have grown
+    /// and slow start resumes (capacity found again in seconds, not minutes).
+    clean_increases: u32,
+    /// Increases in a row near the rate where it last lost.
+    near_increases: u32,
 }
 
 impl TierControl {
@@ -322,6 +352,8 @@ impl TierControl {
             slow_start: true,
             loss_rate: None,
             settled_at: now + config.settle,
+            clean_increases: 0,
+            near_increases: 0,
         }
     }
 
@@ -341,6 +373,8 @@ impl TierControl {
             slow_start: false,
             loss_rate: None,
             settled_at: Instant::ZERO,
+            clean_increases: 0,
+            near_increases: 0,
         }
     }
 
@@ -361,19 +395,31 @@ impl TierControl {
 
     fn increase(&mut self, config: &RateConfig, now: Instant) {
         let rate = self.rate as f64;
+        let remembered = self
+            .loss_rate
+            .filter(|&(_, when)| now.saturating_since(when) < config.loss_memory)
+            .map(|(lost_at, _)| lost_at as f64)
+            // Past where it last lost, without loss: the path has grown.
+            .filter(|&lost_at| rate < 1.05 * lost_at);
         let next = if self.slow_start {
             rate * 2.0
         } else {
-            match self.loss_rate {
-                Some((lost_at, when)) if now.saturating_since(when) < config.loss_memory => {
-                    let lost_at = lost_at as f64;
-                    if rate < 0.9 * lost_at {
-                        (rate * 1.1).min(0.95 * lost_at)
-                    } else {
-                        rate * 1.01
-                    }
+            match remembered {
+                // Back up to just below where it lost, quickly.
+                Some(lost_at) if rate < 0.9 * lost_at => (rate * 1.1).min(0.95 * lost_at),
+                // Near it: probe gently (0.5 %, 1 %, then 2 % a step), as CUBIC's plateau.
+                Some(_) => {
+                    self.near_increases += 1;
+                    rate * (1.0 + 0.0025 * f64::from(1u32 << self.near_increases.min(3)))
                 }
-                _ => rate * 1.1,
+                None => {
+                    self.loss_rate = None;
+                    self.clean_increases += 1;
+                    if self.clean_increases >= RESUME_SLOW_START_AFTER {
+                        self.slow_start = true;
+                    }
+                    rate * 1.1
+                }
             }
         };
         self.set_rate(config, now, next.max(rate + 1.0) as u64);
@@ -381,10 +427,15 @@ impl TierControl {
 
     fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64) {
         self.slow_start = false;
+        self.clean_increases = 0;
+        self.near_increases = 0;
         self.loss_rate = Some((capacity as u64, now));
         self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
     }
 }
+
+/// Increases of 10 % in a row, with no loss remembered, before the rate doubles again.
+const RESUME_SLOW_START_AFTER: u32 = 3;
 
 /// One member as the planner sees it.
 pub struct MemberPlan<'a> {
@@ -398,6 +449,9 @@ pub struct MemberPlan<'a> {
 pub struct TierPlan<'a> {
     pub control: &'a mut TierControl,
     pub members: Vec<MemberPlan<'a>>,
+    /// One unicast client's own channel: its rate follows that client alone; it is never
+    /// merged, and nobody moves into it.
+    pub solo: bool,
 }
 
 /// Where the planner sends a member.
@@ -423,6 +477,9 @@ pub struct Move {
 const SAME_TIER_RATIO: f64 = 1.5;
 /// A tier whose rate reaches this share of the next faster tier's merges into it.
 const MERGE_SHARE: f64 = 0.85;
+/// A congested member moves to a slower tier only if its path carries less than this share of
+/// its tier's rate.
+const MOVE_BELOW_SHARE: f64 = 0.85;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
@@ -433,7 +490,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
     let mut moves = Vec::new();
     let mut new_tiers: Vec<u64> = Vec::new();
     let tiers_allowed = config.tiers_allowed();
-    let rates: Vec<u64> = tiers.iter().map(|t| t.control.rate).collect();
+    // Shared tiers only are places to move to.
+    let rates: Vec<Option<u64>> = tiers
+        .iter()
+        .map(|t| (!t.solo).then_some(t.control.rate))
+        .collect();
     for (index, tier) in tiers.iter_mut().enumerate() {
         if now < tier.control.settled_at {
             continue;
@@ -482,13 +543,30 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             }
             continue;
         }
-        let split = config.policy == TierPolicy::Distribution && !clear.is_empty();
+        // Members that lost in their last report but not yet in a row may be about to be
+        // congested too: no split on their account (they would only be moved a step later
+        // to a tier of their own).
+        let settled_clear = clear
+            .iter()
+            .filter(|m| m.estimate.congested_streak == 0)
+            .count();
+        if config.policy == TierPolicy::Distribution
+            && settled_clear == 0
+            && clear.len() > settled_clear
+        {
+            continue;
+        }
+        let split = config.policy == TierPolicy::Distribution && settled_clear > 0;
         if split {
-            // The congested members go slower; the others keep their rate.
+            // The congested members whose path carries clearly less than the rate go slower;
+            // the others keep their rate. One that lost but still got most of the rate stays
+            // (a passing loss; or the tier is only a little too fast for it, which costs it a
+            // few repairs and nobody else anything): the rate just stops rising.
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
+                .filter(|m| m.estimate.capacity(rate) < MOVE_BELOW_SHARE * rate as f64)
                 .collect();
             movable.sort_by(|a, b| {
                 b.estimate
@@ -528,7 +606,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         }
     }
     // Merges: a tier that rose near the next faster one joins it (noisy members stay).
-    let mut order: Vec<usize> = (0..tiers.len()).collect();
+    let mut order: Vec<usize> = (0..tiers.len()).filter(|&i| !tiers[i].solo).collect();
     order.sort_by_key(|&i| tiers[i].control.rate);
     for pair in order.windows(2) {
         let (slow, fast) = (pair[0], pair[1]);
@@ -571,20 +649,23 @@ fn dwelt(config: &RateConfig, now: Instant, member: &MemberPlan<'_>) -> bool {
 /// (the member stays; its tier does not slow down for it).
 fn choose_slower(
     config: &RateConfig,
-    rates: &[u64],
+    rates: &[Option<u64>],
     new_tiers: &mut Vec<u64>,
     from: usize,
     target_rate: f64,
     tiers_allowed: usize,
 ) -> Option<Target> {
-    let from_rate = rates[from] as f64;
+    let from_rate = rates[from]? as f64;
     let target_rate = target_rate.max(config.rate_min as f64);
     let distance = |rate: f64| (rate / target_rate).ln().abs();
-    let existing = rates
-        .iter()
-        .enumerate()
-        .filter(|&(i, &r)| i != from && (r as f64) < from_rate)
-        .map(|(i, &r)| (Target::Tier(i), r as f64));
+    let slower = || {
+        rates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| Some((i, (*r)? as f64)))
+            .filter(move |&(i, r)| i != from && r < from_rate)
+    };
+    let existing = slower().map(|(i, r)| (Target::Tier(i), r));
     let planned = new_tiers
         .iter()
         .enumerate()
@@ -597,7 +678,8 @@ fn choose_slower(
             return Some(target);
         }
     }
-    if rates.len() + new_tiers.len() < tiers_allowed && target_rate < from_rate {
+    let shared = rates.iter().flatten().count();
+    if shared + new_tiers.len() < tiers_allowed && target_rate < from_rate {
         let rate = config.clamp(target_rate);
         new_tiers.push(rate);
         return Some(Target::New {
@@ -606,11 +688,8 @@ fn choose_slower(
         });
     }
     // No room: the slowest tier slower than this one.
-    rates
-        .iter()
-        .enumerate()
-        .filter(|&(i, &r)| i != from && (r as f64) < from_rate)
-        .min_by_key(|&(_, &r)| r)
+    slower()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(i, _)| Target::Tier(i))
 }
 

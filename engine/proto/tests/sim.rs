@@ -59,6 +59,10 @@ struct Scenario {
     adversary: bool,
     restart_at: Option<Duration>,
     limit: Duration,
+    /// Repair datagrams allowed per session over the run, in loops: one in the random
+    /// scenarios; more where a scenario starts far above its links (every client starts at the
+    /// cap and loses most of its first second, repairs included, before its rate comes down).
+    repair_loops_max: u64,
 }
 
 impl Scenario {
@@ -85,6 +89,7 @@ impl Scenario {
             adversary: true,
             restart_at: (rng.below(3) == 0).then(|| Duration::from_millis(200 + rng.below(800))),
             limit: SIM_LIMIT,
+            repair_loops_max: 1,
         }
     }
 }
@@ -324,8 +329,9 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 .sessions()
                 .map(|v| {
                     format!(
-                        "{} t{}/{} {:.1}M gp {:.1}M loss {:.3}",
+                        "{} held {} t{}/{} {:.1}M gp {:.1}M loss {:.3}",
                         v.client,
+                        v.held,
                         v.tier,
                         v.tiers,
                         v.rate_bits_per_s as f64 / 1e6,
@@ -503,9 +509,13 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 DataCommand::OpenChannel {
                     channel,
                     rate_bits_per_s,
+                    start_like,
                     ..
                 } => {
-                    let carousel = Carousel::new(
+                    let start = start_like
+                        .and_then(|c| server.carousels.get(&c))
+                        .map_or(0, |(c, _)| c.next_serial());
+                    let mut carousel = Carousel::new(
                         CarouselConfig {
                             loop_len,
                             datagram_size: DATAGRAM_SIZE_MTU_1500,
@@ -515,6 +525,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                         },
                         now,
                     );
+                    carousel.skip_to(start);
                     server.carousels.insert(channel, (carousel, Vec::new()));
                 }
                 DataCommand::CloseChannel { channel } => {
@@ -674,7 +685,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
     // session starts a new one), never a multiple of it.
     let sessions: u64 = clients.iter().map(|c| 1 + c.session.rerequests()).sum();
     assert!(
-        repair_datagrams_sent <= sessions * u64::from(loop_len),
+        repair_datagrams_sent <= scenario.repair_loops_max * sessions * u64::from(loop_len),
         "{replay}: {repair_datagrams_sent} repair datagrams for {sessions} sessions of a {loop_len}-serial loop"
     );
     assert!(
@@ -734,6 +745,9 @@ fn quiet(datagrams: usize, rate_cap: u64, clients: Vec<ClientSpec>) -> Scenario 
         adversary: false,
         restart_at: None,
         limit: Duration::from_secs(120),
+        // Starting at 100 Mbit/s on 40 Mbit/s links: 60 % of the first second is lost, and
+        // so are 60 % of its first repairs.
+        repair_loops_max: 2,
     }
 }
 
@@ -764,9 +778,8 @@ fn tiers_follow_a_path_that_slows_mid_transfer() {
         fast <= 1.3 * ideal_seconds(datagrams, 40) + 1.0,
         "the steady client took {fast:.2} s"
     );
-    // The slowed one moved to a slower tier near its new path and still finished in about
-    // what its path allows (it had a second at 40 Mbit/s first).
-    assert!(finished.moves[1] >= 1, "the slowed client moved tiers");
+    // The slowed one (a unicast client: its own channel) followed its new path down and still
+    // finished in about what its path allows (it had a second at 40 Mbit/s first).
     assert!(
         slow <= 1.3 * ideal_seconds(datagrams, 4) + 1.0,
         "the slowed client took {slow:.2} s"

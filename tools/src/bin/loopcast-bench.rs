@@ -719,6 +719,7 @@ fn run_pool(args: &SendArgs) -> Result<(), String> {
                 rate_bits_per_s: rate,
                 destinations: vec![destination],
                 repair_share_percent: loopcast_proto::carousel::REPAIR_SHARE_PERCENT_DEFAULT,
+                start_serial: 0,
                 stats: stats.clone(),
             })
             .map_err(|e| format!("cannot add channel: {e:?}"))?;

@@ -21,8 +21,19 @@ fn info() -> FileInfo {
     sample_info(1_000_000, DATAGRAM_SIZE_MTU_1500, 1)
 }
 
+/// An endpoint at a fixed rate: one channel per file (the session rules without tiers).
 fn endpoint(multicast: bool) -> (Endpoint, Files) {
+    endpoint_with(multicast, None)
+}
+
+/// An endpoint with tiers and automatic rates (R11, R12).
+fn adaptive_endpoint(multicast: bool) -> (Endpoint, Files) {
+    endpoint_with(multicast, Some(RateConfig::default()))
+}
+
+fn endpoint_with(multicast: bool, adaptive: Option<RateConfig>) -> (Endpoint, Files) {
     let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    config.adaptive = adaptive;
     if multicast {
         config.multicast = Some(MulticastGroups {
             group_base: Ipv4Addr::new(239, 77, 1, 0),
@@ -266,8 +277,9 @@ fn repairs_never_exceed_what_a_session_misses_or_its_address_budget() {
         }
     }
     assert_eq!(
-        repaired, 100,
-        "a session missing 100 serials gets at most 100 repaired per window"
+        repaired,
+        100 + 16,
+        "a session missing 100 serials gets at most that (and 16 re-asks) repaired per window"
     );
     assert!(endpoint.counters().nak_serials_refused > 0);
 }
@@ -581,7 +593,7 @@ fn feedback_of(transmits: &[Transmit], session: SessionId) -> Option<(u8, u8, So
 
 #[test]
 fn a_report_is_answered_with_the_tier_and_its_timestamp_echoed() {
-    let (mut endpoint, mut files) = endpoint(true);
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
     let client = "192.0.2.10:6000";
     let session = member(&mut endpoint, &mut files, at(0), client);
     endpoint.handle_control(
@@ -623,7 +635,7 @@ fn a_report_is_answered_with_the_tier_and_its_timestamp_echoed() {
 
 #[test]
 fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
-    let (mut endpoint, mut files) = endpoint(true);
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
     let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
     let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
     let rate_before = endpoint.channels().next().unwrap().rate_bits_per_s;
@@ -735,5 +747,124 @@ fn a_tier_whose_clients_keep_up_speeds_up_and_the_data_plane_is_told() {
     assert!(
         rates.iter().all(|&r| r <= 4_000_000_000),
         "never past the cap (--rate): {rates:?}"
+    );
+}
+
+#[test]
+fn a_newcomer_to_a_file_whose_tiers_are_all_slow_gets_a_tier_that_probes() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
+    let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    for step in 1..=10u64 {
+        let now = at(step * 200);
+        endpoint.handle_control(
+            now,
+            addr("192.0.2.10:6000"),
+            &report(fast, 1, 17_000, 0),
+            &mut files,
+        );
+        endpoint.handle_control(
+            now,
+            addr("192.0.2.11:6000"),
+            &report(slow, 1, 1_700, 15_300),
+            &mut files,
+        );
+        endpoint.handle_timeout(now);
+        drain(&mut endpoint);
+    }
+    // The fast client finishes: only the slow tier is left.
+    endpoint.handle_control(
+        at(2_100),
+        addr("192.0.2.10:6000"),
+        &ControlMessage::Leave { session: fast }.to_bytes(),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    assert_eq!(endpoint.channel_count(), 1);
+    let slow_rate = endpoint.channels().next().unwrap().rate_bits_per_s;
+    // A newcomer is not put on it: it gets a tier of its own at the starting rate.
+    let client = addr("192.0.2.12:6000");
+    endpoint.handle_control(
+        at(2_200),
+        client,
+        &request_bytes(9, true, &files.0.name),
+        &mut files,
+    );
+    let (transmits, _) = drain(&mut endpoint);
+    let offered_rate = transmits
+        .iter()
+        .find_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Offer {
+                rate_bits_per_s, ..
+            }) => Some(rate_bits_per_s),
+            _ => None,
+        })
+        .expect("an Offer");
+    assert!(
+        offered_rate > 5 * slow_rate,
+        "{offered_rate} vs {slow_rate}"
+    );
+    assert_eq!(endpoint.channel_count(), 2);
+}
+
+#[test]
+fn each_unicast_client_gets_a_channel_whose_rate_follows_it_alone() {
+    let (mut endpoint, mut files) = adaptive_endpoint(false);
+    let mut sessions = Vec::new();
+    let mut opened = Vec::new();
+    for (i, address) in ["192.0.2.10:6000", "192.0.2.11:6000"].iter().enumerate() {
+        let client = addr(address);
+        let (session, token) = open(&mut endpoint, &mut files, at(0), client, i as u64);
+        endpoint.handle_control(
+            at(0),
+            client,
+            &joined(session, token, Transport::Unicast),
+            &mut files,
+        );
+        let (_, commands) = drain(&mut endpoint);
+        let channel = commands
+            .iter()
+            .find_map(|c| match c {
+                DataCommand::AddDestination {
+                    channel,
+                    destination,
+                } if *destination == client => Some(*channel),
+                _ => None,
+            })
+            .expect("its address is a destination");
+        opened.push(channel);
+        sessions.push((session, client));
+    }
+    assert_ne!(opened[0], opened[1], "one channel each");
+    assert_eq!(
+        endpoint.channel_count(),
+        2,
+        "the shared one closed: nobody on it"
+    );
+    // One of them loses half of what it is sent: only its channel slows down.
+    let mut lowered = Vec::new();
+    for step in 1..=10u64 {
+        let now = at(step * 200);
+        let (slow, slow_addr) = sessions[1];
+        let (fast, fast_addr) = sessions[0];
+        endpoint.handle_control(now, fast_addr, &report(fast, 1, 17_000, 0), &mut files);
+        endpoint.handle_control(now, slow_addr, &report(slow, 1, 8_500, 8_500), &mut files);
+        endpoint.handle_timeout(now);
+        for command in drain(&mut endpoint).1 {
+            if let DataCommand::SetRate {
+                channel,
+                rate_bits_per_s,
+            } = command
+            {
+                if rate_bits_per_s < 1_000_000_000 {
+                    lowered.push(channel);
+                }
+            }
+        }
+    }
+    assert!(!lowered.is_empty(), "the lossy client's rate came down");
+    assert!(
+        lowered.iter().all(|&c| c == opened[1]),
+        "and only its own: {lowered:?}"
     );
 }

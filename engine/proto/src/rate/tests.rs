@@ -151,6 +151,7 @@ impl Fluid {
                 .map(|control| TierPlan {
                     control,
                     members: Vec::new(),
+                    solo: false,
                 })
                 .collect();
             for member in &self.members {
@@ -422,6 +423,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
                 moved_at: None,
             },
         ],
+        solo: false,
     }];
     let moves = plan(&config, now, &mut plans);
     assert!(moves.is_empty(), "moved just now: stays for the dwell");
@@ -496,4 +498,15 @@ fn rates_stay_within_the_configured_bounds() {
     let mut fluid = Fluid::new(RateConfig::default(), &[clean(0.1)]);
     fluid.run(200);
     assert!(fluid.rate_of(0) >= 1e6, "never below the floor");
+}
+
+#[test]
+fn a_path_that_grows_is_found_again_in_seconds() {
+    let mut fluid = Fluid::new(RateConfig::default(), &[clean(50.0)]);
+    fluid.run(100); // 20 s at 50 Mbit/s: the loss there is long forgotten
+    assert!(fluid.rate_of(0) <= 1.1 * 50e6);
+    fluid.members[0].path = clean(2_000.0);
+    fluid.run(50); // 10 s
+    let rate = fluid.rate_of(0);
+    assert!(rate > 0.7 * 2e9, "found again within 10 s: {rate}");
 }

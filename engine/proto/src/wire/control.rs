@@ -210,7 +210,7 @@ pub enum ControlMessage {
         received: u32,
         /// Loop serials that went by in the interval without arriving (gaps in the sequence).
         lost: u32,
-        /// The client's smoothed round-trip time, microseconds; 0 until it has one.
+        /// The client's latest round-trip sample, microseconds; 0 until it has one.
         rtt_us: u32,
     },
     /// Server → client, the answer to a Report: the tier this session is on (0 = slowest) and
