@@ -94,11 +94,10 @@ impl Scenario {
     }
 }
 
-/// What a run gives back, per client: when it published, its last tier, its moves.
+/// What a run gives back, per client: when it published, and its last tier.
 struct Finished {
     at: Vec<Duration>,
     tiers: Vec<Option<TierInfo>>,
-    moves: Vec<u64>,
 }
 
 struct Files(FileInfo);
@@ -695,7 +694,6 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
     Finished {
         at: finished_at,
         tiers: clients.iter().map(|c| c.session.tier()).collect(),
-        moves: clients.iter().map(|c| c.session.moves()).collect(),
     }
 }
 
