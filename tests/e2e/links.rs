@@ -16,12 +16,13 @@ const FILE_BYTES: usize = 4 << 20;
 /// Issue 10's target: within 1.3 x (file size / link rate).
 const LINK_FACTOR: f64 = 1.3;
 /// Fixed allowance on top, for what does not scale with the link: starting the client under
-/// `ip netns exec`, Request/Offer and the multicast join, the server's first rate probe, and the
-/// final whole-file check, fsync and rename. Measured today on this 2-core machine, the client
-/// with an unlimited link needs ~0.3-0.6 s end to end for 4 MiB at a fixed rate; 2 s leaves room
-/// for a loaded CI machine and a rate controller that starts below the link, and is still well
-/// under a third of the 5 Mbit/s receiver's 6.7 s, so a receiver held to the slowest pace fails.
-const START_UP_ALLOWANCE: Duration = Duration::from_secs(2);
+/// `ip netns exec`, Request/Offer and the multicast join (today the first datagram arrives
+/// ~0.2 s after the start), the server's first rate probe, a repair round for what a busy
+/// receiver drops, and the final whole-file check, fsync and rename. On today's server (one
+/// fixed 1 Gbit/s channel) the unlimited receiver needs 1.6-1.8 s for this file on this 2-core
+/// machine, most of it one repair round; 2.5 s covers that with some margin and is still well
+/// under half the 5 Mbit/s receiver's 6.7 s, so a receiver held to the slowest pace fails.
+const START_UP_ALLOWANCE: Duration = Duration::from_millis(2500);
 /// Every client must be done by then (the 5 Mbit/s one's limit is ~10.7 s): processes are
 /// killed by PID and the namespaces removed after it, pass or fail.
 const HARD_TIMEOUT: Duration = Duration::from_secs(45);
@@ -48,7 +49,9 @@ pub fn receivers_behind_5m_50m_and_unlimited_links_each_finish_at_their_own_pace
     let media = scratch.path("media");
     let input = scratch.path("film.bin");
     write_content(&input, FILE_BYTES, 41);
-    pack_into(&input, &media, &["--no-encrypt"]);
+    // Stored, not compressed: the bytes on the link are the file's (plus its hashes), so the
+    // link times below are the file's.
+    pack_into(&input, &media, &["--no-encrypt", "--level", "0"]);
     let served = loopcast_tools::hash_file(&media.join("film.bin.lca")).unwrap();
     let admin = scratch.path("admin.sock");
     let (server_ns, server_ip) = (&topology.hosts[0].0, topology.hosts[0].1.as_str());
