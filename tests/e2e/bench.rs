@@ -79,3 +79,55 @@ pub fn e2e_bench_moves_a_verified_file_between_namespaces() {
         "bench namespaces left behind"
     );
 }
+
+/// `--link-rates`: one receiver per rate behind its own tbf link, each reported with its link,
+/// time, tier and verification, the unlimited one also with its time alone, and the bytes the
+/// server sent. At a fixed `--rate` under the 50 Mbit/s link this works on today's server.
+pub fn e2e_bench_with_link_rates_reports_each_receiver() {
+    let report = bench(&[
+        "e2e",
+        "--json",
+        "--link-rates",
+        "50M,0",
+        "--receivers",
+        "5",
+        "--size",
+        "4M",
+        "--rate",
+        "40M",
+        "--timeout-s",
+        "60",
+    ]);
+    let bytes = report["bytes"].as_u64().unwrap();
+    assert_eq!(bytes, 4 << 20, "{report}");
+    let receivers = report["receivers"].as_array().unwrap();
+    assert_eq!(
+        receivers.len(),
+        2,
+        "--link-rates overrides --receivers: {report}"
+    );
+    for (receiver, link) in receivers.iter().zip([50_000_000u64, 0]) {
+        assert_eq!(receiver["link_rate_bits_per_s"], link, "{receiver}");
+        assert_eq!(receiver["verified"], true, "{receiver}");
+        assert!(receiver.get("tier").is_some(), "{receiver}");
+        assert!(receiver["duplicates"].is_u64(), "{receiver}");
+        assert!(receiver["naks_sent"].is_u64(), "{receiver}");
+    }
+    // The 50 Mbit/s link is in place: the file cannot arrive faster than it allows.
+    let limited = receivers[0]["seconds"].as_f64().unwrap();
+    assert!(
+        limited >= 0.9 * bytes as f64 * 8.0 / 50e6,
+        "{limited} s through a 50 Mbit/s link: {report}"
+    );
+    assert!(receivers[0]["goodput_over_link_rate"].as_f64().unwrap() <= 1.0);
+    assert!(
+        receivers[1]["seconds_alone"].as_f64().unwrap() > 0.0,
+        "the unlimited receiver was also timed alone: {report}"
+    );
+    let loopcast = &report["results"][0];
+    assert!(
+        loopcast["server_sent_bytes"].as_u64().unwrap() >= bytes,
+        "{report}"
+    );
+    assert_no_namespaces_left("lce");
+}

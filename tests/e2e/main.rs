@@ -13,6 +13,8 @@
 //! - attacks.rs: every attack of issue 9 end to end: forged datagrams racing genuine ones
 //!   (unicast, multicast), spoofed Requests, NAK starvation, a session-table hog, the server
 //!   killed, shut down or changed on disk mid-transfer, a client stopped past its timeout.
+//! - links.rs: receivers behind 5 Mbit/s, 50 Mbit/s and unlimited `tc tbf` links, a server
+//!   with no `--rate`: each finishes at its own link's pace (issue 10, R11/R12).
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
 //!
@@ -29,6 +31,7 @@ mod bench;
 mod demo;
 mod files;
 mod hostile;
+mod links;
 mod multicast;
 mod repair;
 mod resume;
@@ -100,6 +103,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             bench::e2e_bench_moves_a_verified_file_between_namespaces,
             Need::RootNetns
         ),
+        e2e!(
+            bench::e2e_bench_with_link_rates_reports_each_receiver,
+            Need::RootNetns
+        ),
         e2e!(demo::demo_json_reports_every_client_verified),
         e2e!(
             demo::demo_clients_ride_multicast_in_a_private_namespace,
@@ -108,6 +115,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(hostile::garbage_requests_and_damaged_archives_do_not_hurt_the_server),
         e2e!(hostile::an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused),
         e2e!(hostile::forged_flooding_and_out_of_range_naks_are_counted_and_bounded),
+        e2e!(
+            links::receivers_behind_5m_50m_and_unlimited_links_each_finish_at_their_own_pace,
+            Need::Root("for ip netns and tc tbf links")
+        ),
         e2e!(
             multicast::multicast_in_namespaces_with_a_late_joiner_and_a_unicast_peer,
             Need::Namespaces

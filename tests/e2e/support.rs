@@ -209,6 +209,18 @@ pub fn status_of(admin: &Path) -> serde_json::Value {
 /// Starts loopcastd inside network namespace `ns`, listening on `ip:7700`, sending multicast
 /// from `ip` with TTL 1 at `rate`, and waits until its admin socket answers.
 pub fn serve_in_namespace(ns: &str, ip: &str, media: &Path, admin: &Path, rate: &str) -> Proc {
+    serve_in_namespace_with(ns, ip, media, admin, &["--rate", rate])
+}
+
+/// As [`serve_in_namespace`], with `extra` flags instead of a `--rate` (none: the server's
+/// automatic rates).
+pub fn serve_in_namespace_with(
+    ns: &str,
+    ip: &str,
+    media: &Path,
+    admin: &Path,
+    extra: &[&str],
+) -> Proc {
     let server = Proc::spawn(
         "loopcastd",
         Command::new("ip")
@@ -217,10 +229,11 @@ pub fn serve_in_namespace(ns: &str, ip: &str, media: &Path, admin: &Path, rate: 
             .arg("serve")
             .arg("--media")
             .arg(media)
-            .args(["--listen", &format!("{ip}:7700"), "--rate", rate])
+            .args(["--listen", &format!("{ip}:7700")])
             .args(["--multicast-interface", ip, "--multicast-ttl", "1"])
             .arg("--admin-socket")
-            .arg(admin),
+            .arg(admin)
+            .args(extra),
     );
     wait_for_admin(admin);
     server

@@ -1,7 +1,14 @@
 //! `loopcast-bench e2e`: whole files from a server to R receivers, each in its own network
 //! namespace on a bridge (created here, removed on drop), verified; and the same file moved by
 //! UFTP and udpcast over the same topology when they are installed (`peers`). Reports wall time,
-//! Gbit/s, and CPU seconds per GB on the sending and the receiving side.
+//! Gbit/s, CPU seconds per GB on the sending and the receiving side, the bytes the server's
+//! interface sent, and per receiver its time, goodput and counters.
+//!
+//! With `--link-rates 5M,50M,500M,0` each receiver is behind a `tc tbf` link of that rate
+//! (0: unlimited; [`BridgeTopology::set_link_rate`]), and each receiver's time is set against
+//! issue 10's targets: within 1.3 x (file size / its link rate), and for an unlimited receiver
+//! among limited ones, within 1.3 x its time alone (run first, on the same bed). Without
+//! `--rate`, loopcastd is started without one: its automatic rates are what is measured.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,13 +18,57 @@ use crate::hash_file;
 use crate::topology::BridgeTopology;
 
 pub struct E2eArgs {
+    /// Receivers behind unlimited links (ignored when `link_rates` is given).
     pub receivers: usize,
     pub size: u64,
     pub jumbo: bool,
-    pub rate: String,
+    /// loopcast's `--rate`; None: loopcastd is started without it (its automatic rates).
+    pub rate: Option<String>,
+    /// One receiver per entry, behind a `tc tbf` link of that rate in bits/s (0: unlimited).
+    pub link_rates: Vec<u64>,
     /// Peer tools to run after loopcast: any of "uftp", "udpcast".
     pub peers: Vec<String>,
     pub timeout: Duration,
+}
+
+impl E2eArgs {
+    /// The link rate of each receiver, in order (receiver `i` is host `i + 1`).
+    fn links(&self) -> Vec<u64> {
+        if self.link_rates.is_empty() {
+            vec![0; self.receivers.max(1)]
+        } else {
+            self.link_rates.clone()
+        }
+    }
+}
+
+/// What every run of one tool shares: the topology's names, files and binaries.
+struct Bed<'a> {
+    args: &'a E2eArgs,
+    tag: String,
+    dir: PathBuf,
+    input: PathBuf,
+    original: [u8; 32],
+    media: PathBuf,
+    loopcast: PathBuf,
+    loopcastd: PathBuf,
+    /// Link rate of receiver host `i + 1`.
+    links: Vec<u64>,
+}
+
+impl Bed<'_> {
+    /// Bytes the server's interface has sent so far (whatever the tool: read in its namespace).
+    fn server_tx_bytes(&self) -> Result<u64, String> {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &format!("{}-s", self.tag)])
+            .args(["cat", "/sys/class/net/veth0/statistics/tx_bytes"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| "cannot read the server's tx_bytes".to_owned())
+    }
 }
 
 /// Server at 10.80.0.1 in `<tag>-s`, receivers at 10.80.0.2.. in `<tag>-r<i>`.
@@ -68,38 +119,63 @@ fn in_ns(ns: &str, program: &Path) -> Command {
 }
 
 /// Waits for every child until `deadline`; on timeout, ends all of them (by PID) and fails.
+/// Returns each child's output and when it was seen to exit (within 10 ms), in the given order.
 fn wait_all(
     children: Vec<(String, Child)>,
     deadline: Instant,
-) -> Result<Vec<(String, std::process::Output)>, String> {
-    let mut pending = children;
-    let mut done: Vec<(String, Child)> = Vec::new();
-    while !pending.is_empty() {
-        let mut still = Vec::new();
-        for (label, mut child) in pending {
-            match child.try_wait() {
-                Ok(Some(_)) => done.push((label, child)),
-                Ok(None) => still.push((label, child)),
-                Err(e) => return Err(e.to_string()),
+) -> Result<Vec<(String, std::process::Output, Instant)>, String> {
+    let outcomes = wait_each(children, deadline);
+    let late: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, outcome)| outcome.is_err())
+        .map(|(label, _)| label.as_str())
+        .collect();
+    if !late.is_empty() {
+        return Err(format!("{} did not finish in time", late.join(", ")));
+    }
+    outcomes
+        .into_iter()
+        .map(|(label, outcome)| outcome.map(|(output, finished)| (label, output, finished)))
+        .collect()
+}
+
+/// Each child's output and when it was seen to exit (within 10 ms), in the given order; a
+/// child still running at `deadline` is ended (by PID) and reported as an error.
+#[allow(clippy::type_complexity)]
+fn wait_each(
+    children: Vec<(String, Child)>,
+    deadline: Instant,
+) -> Vec<(String, Result<(std::process::Output, Instant), String>)> {
+    let mut slots: Vec<(String, Child, Option<Instant>)> = children
+        .into_iter()
+        .map(|(label, child)| (label, child, None))
+        .collect();
+    loop {
+        for (_, child, finished) in slots.iter_mut() {
+            if finished.is_none() && !matches!(child.try_wait(), Ok(None)) {
+                *finished = Some(Instant::now());
             }
         }
-        pending = still;
-        if !pending.is_empty() && Instant::now() > deadline {
-            let late: Vec<String> = pending.iter().map(|(label, _)| label.clone()).collect();
-            for (_, mut child) in pending {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            return Err(format!("{} did not finish in time", late.join(", ")));
+        if slots.iter().all(|(.., finished)| finished.is_some()) || Instant::now() > deadline {
+            break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    done.into_iter()
-        .map(|(label, child)| {
-            child
-                .wait_with_output()
-                .map(|o| (label, o))
-                .map_err(|e| e.to_string())
+    slots
+        .into_iter()
+        .map(|(label, mut child, finished)| {
+            let outcome = match finished {
+                Some(finished) => child
+                    .wait_with_output()
+                    .map(|output| (output, finished))
+                    .map_err(|e| e.to_string()),
+                None => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    Err("did not finish in time".to_owned())
+                }
+            };
+            (label, outcome)
         })
         .collect()
 }
@@ -118,6 +194,8 @@ fn terminate(mut child: Child) {
     let _ = child.wait();
 }
 
+/// One tool's run: wall time to the last receiver, CPU per GB on each side, what the server
+/// sent, and one entry per receiver (see [`receiver_entry`]).
 #[allow(clippy::too_many_arguments)]
 fn result(
     tool: &str,
@@ -125,34 +203,123 @@ fn result(
     seconds: f64,
     sender_cpu: Duration,
     receiver_cpu: Duration,
-    receivers: usize,
-    verified: bool,
+    receivers: Vec<serde_json::Value>,
+    server_sent_bytes: u64,
     note: String,
 ) -> serde_json::Value {
     let gb = bytes as f64 / 1e9;
+    let count = receivers.len().max(1);
+    let verified = receivers.iter().all(|r| r["verified"] == true);
+    // Distinct tiers the receivers reported (loopcast's `get --json` "tier"), for the target
+    // "bytes sent <= 1.2 x tiers x file size"; null when no receiver reported one.
+    let mut tiers: Vec<String> = receivers
+        .iter()
+        .filter(|r| !r["tier"].is_null())
+        .map(|r| r["tier"].to_string())
+        .collect();
+    tiers.sort();
+    tiers.dedup();
+    let tiers_seen = (!tiers.is_empty()).then_some(tiers.len());
     serde_json::json!({
-        "tool": tool, "receivers": receivers, "bytes": bytes, "seconds": seconds,
+        "tool": tool, "receiver_count": count, "bytes": bytes, "seconds": seconds,
         "gbps": bytes as f64 * 8.0 / 1e9 / seconds.max(1e-9),
         "sender_cpu_s_per_gb": sender_cpu.as_secs_f64() / gb,
-        "receiver_cpu_s_per_gb": receiver_cpu.as_secs_f64() / gb / receivers as f64,
+        "receiver_cpu_s_per_gb": receiver_cpu.as_secs_f64() / gb / count as f64,
         "verified": verified, "note": note,
+        "server_sent_bytes": server_sent_bytes,
+        "server_sent_over_file_bytes": server_sent_bytes as f64 / bytes.max(1) as f64,
+        "tiers_seen": tiers_seen,
+        // Issue 10's target: bytes sent <= 1.2 x tiers x file size (known once tiers are).
+        "sent_within_target": tiers_seen
+            .map(|tiers| server_sent_bytes as f64 <= 1.2 * tiers as f64 * bytes as f64),
+        "receivers": receivers,
     })
+}
+
+/// One receiver's line in a report: its link, its time from the common start to its verified
+/// copy, goodput against its link, and against the target "within 1.3 x (file size / link
+/// rate)". `extra` (an object) adds the tool's own counters.
+fn receiver_entry(
+    host: usize,
+    link_rate_bits_per_s: u64,
+    file_bytes: u64,
+    seconds: Option<f64>,
+    verified: bool,
+    extra: serde_json::Value,
+) -> serde_json::Value {
+    let goodput = seconds.map(|s| file_bytes as f64 * 8.0 / s.max(1e-9));
+    let limited = link_rate_bits_per_s > 0;
+    let target_seconds =
+        limited.then(|| LINK_TARGET_FACTOR * file_bytes as f64 * 8.0 / link_rate_bits_per_s as f64);
+    let mut entry = serde_json::json!({
+        "host": host,
+        "link_rate_bits_per_s": link_rate_bits_per_s,
+        "seconds": seconds,
+        "verified": verified,
+        "tier": serde_json::Value::Null,
+        "goodput_bits_per_s": goodput,
+        "goodput_over_link_rate": goodput.filter(|_| limited).map(|g| g / link_rate_bits_per_s as f64),
+        "target_seconds": target_seconds,
+        "within_target": target_seconds.zip(seconds).map(|(t, s)| s <= t),
+    });
+    if let (Some(entry), serde_json::Value::Object(extra)) = (entry.as_object_mut(), extra) {
+        entry.extend(extra);
+    }
+    entry
+}
+
+/// Issue 10's target: every receiver within 1.3 x (file size / its link rate); the unlimited
+/// one within 1.3 x its time alone.
+const LINK_TARGET_FACTOR: f64 = 1.3;
+
+/// For each unlimited receiver of `mixed`, its time when it was alone (`alone`) and the ratio.
+fn add_alone_times(mixed: &mut serde_json::Value, alone: &serde_json::Value) {
+    let Some(alone_seconds) = alone["receivers"][0]["seconds"].as_f64() else {
+        return;
+    };
+    mixed["unlimited_alone_seconds"] = serde_json::json!(alone_seconds);
+    mixed["alone"] = alone.clone();
+    for entry in mixed["receivers"].as_array_mut().into_iter().flatten() {
+        if entry["link_rate_bits_per_s"] == 0 {
+            let seconds = entry["seconds"].as_f64();
+            entry["seconds_alone"] = serde_json::json!(alone_seconds);
+            entry["over_alone"] = serde_json::json!(seconds.map(|s| s / alone_seconds));
+            entry["target_seconds"] = serde_json::json!(LINK_TARGET_FACTOR * alone_seconds);
+            entry["within_target"] =
+                serde_json::json!(seconds.map(|s| s <= LINK_TARGET_FACTOR * alone_seconds));
+        }
+    }
 }
 
 pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("e2e needs root (ip netns)".into());
     }
+    let links = args.links();
+    let receivers = links.len();
+    if receivers > 200 {
+        return Err(format!(
+            "{receivers} receivers: at most 200 (one /24 for all hosts)"
+        ));
+    }
     let tag = format!("lce{}", std::process::id() % 100_000);
     let mtu: u32 = if args.jumbo { 9000 } else { 1500 };
     let dir = std::env::temp_dir().join(format!("loopcast-bench-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let _cleanup = RemoveDir(dir.clone());
-    let _topology = build(&tag, args.receivers, mtu)?;
+    let topology = build(&tag, receivers, mtu)?;
+    for (i, &rate) in links.iter().enumerate() {
+        topology.set_link_rate(i + 1, rate)?;
+    }
     let input = dir.join("film.bin");
     crate::phase(format_args!(
-        "e2e: {} receiver(s) at MTU {mtu}; writing and packing a {} byte file",
-        args.receivers, args.size
+        "e2e: {receivers} receiver(s) at MTU {mtu}, links {}; writing and packing a {} byte file",
+        links
+            .iter()
+            .map(|&r| crate::format_rate(r).replace("unpaced", "unlimited"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.size
     ));
     crate::write_sample_file(&input, args.size, 77).map_err(|e| e.to_string())?;
     let original = hash_file(&input).map_err(|e| e.to_string())?;
@@ -161,14 +328,23 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         .parent()
         .map(Path::to_owned)
         .ok_or("no exe dir")?;
-    let loopcast = exe_dir.join("loopcast");
-    let loopcastd = exe_dir.join("loopcastd");
     let media = dir.join("media");
-    let mut pack = Command::new(&loopcast);
+    let bed = Bed {
+        args,
+        tag,
+        dir: dir.clone(),
+        input,
+        original,
+        media,
+        loopcast: exe_dir.join("loopcast"),
+        loopcastd: exe_dir.join("loopcastd"),
+        links: links.clone(),
+    };
+    let mut pack = Command::new(&bed.loopcast);
     pack.arg("pack")
-        .arg(&input)
+        .arg(&bed.input)
         .arg("--media")
-        .arg(&media)
+        .arg(&bed.media)
         .arg("--no-encrypt")
         .args(["--level", "0", "--json"]);
     if args.jumbo {
@@ -181,23 +357,68 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             String::from_utf8_lossy(&packed.stderr)
         ));
     }
-    let mut results = Vec::new();
     // The disk's own ceiling in this run: writing the file once and fsyncing it. loopcast's
     // clients make their copies durable (fsync before the rename); UFTP and udpcast do not.
     crate::phase("e2e: disk ceiling (write + fsync of the same size, per receiver)");
     let disk_seconds = disk_write_fsync_seconds(&dir.join("disk-ceiling.bin"), args.size)
         .map_err(|e| format!("disk ceiling: {e}"))?;
 
-    // loopcast
+    // With an unlimited receiver among limited ones, that receiver alone first: the target is
+    // "within 1.3 x its time alone".
+    let all: Vec<usize> = (1..=receivers).collect();
+    let alone: Option<usize> = (receivers > 1 && links.iter().any(|&r| r > 0))
+        .then(|| links.iter().position(|&r| r == 0).map(|i| i + 1))
+        .flatten();
+    let mut results = Vec::new();
+    let loopcast = match alone {
+        Some(host) => {
+            let alone_result = run_loopcast(&bed, &[host])?;
+            let mut mixed = run_loopcast(&bed, &all)?;
+            add_alone_times(&mut mixed, &alone_result);
+            mixed
+        }
+        None => run_loopcast(&bed, &all)?,
+    };
+    let loopcast_receivers = loopcast["receivers"].clone();
+    results.push(loopcast);
+
+    for peer in &args.peers {
+        crate::phase(format_args!("e2e: {peer} to {receivers} receiver(s)"));
+        let outcome = match peer.as_str() {
+            "udpcast" => run_udpcast(&bed).map(|r| vec![r]),
+            "uftp" => run_uftp_modes(&bed, &all, alone),
+            other => Err(format!("unknown peer tool {other:?} (uftp, udpcast)")),
+        };
+        match outcome {
+            Ok(peer_results) => results.extend(peer_results),
+            Err(e) => results.push(serde_json::json!({"tool": peer, "error": e})),
+        }
+    }
+    drop(topology);
+    Ok(serde_json::json!({
+        "mtu": mtu, "bytes": args.size, "receiver_count": receivers,
+        "link_rates_bits_per_s": links,
+        "rate": args.rate.as_deref().unwrap_or("automatic"),
+        "disk_write_fsync_seconds_per_copy": disk_seconds,
+        "receivers": loopcast_receivers,
+        "results": results,
+    }))
+}
+
+/// loopcastd in the server namespace (with `--rate` only if given) and `loopcast get` on the
+/// receiver hosts `hosts` at once; a fresh server per call.
+fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String> {
+    let args = bed.args;
+    let rate = args.rate.as_deref().unwrap_or("automatic");
     crate::phase(format_args!(
-        "e2e: loopcast at {} to {} receiver(s)",
-        args.rate, args.receivers
+        "e2e: loopcast at {rate} to receiver(s) {hosts:?}"
     ));
     let cpu0 = crate::children_cpu_time();
-    let server = in_ns(&format!("{tag}-s"), &loopcastd)
+    let mut serve = in_ns(&format!("{}-s", bed.tag), &bed.loopcastd);
+    serve
         .arg("serve")
         .arg("--media")
-        .arg(&media)
+        .arg(&bed.media)
         .args([
             "--listen",
             "10.80.0.1:7700",
@@ -205,11 +426,13 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             "10.80.0.1",
             "--multicast-ttl",
             "1",
-            "--rate",
-            &args.rate,
         ])
         .arg("--admin-socket")
-        .arg(dir.join("admin.sock"))
+        .arg(bed.dir.join("admin.sock"));
+    if let Some(rate) = &args.rate {
+        serve.args(["--rate", rate]);
+    }
+    let server = serve
         .stdout(Stdio::null())
         .stderr(if std::env::var_os("LOOPCAST_BENCH_SERVER_LOG").is_some() {
             Stdio::inherit()
@@ -219,10 +442,13 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         .spawn()
         .map_err(|e| e.to_string())?;
     std::thread::sleep(Duration::from_millis(500));
+    let sent_before = bed.server_tx_bytes()?;
     let started = Instant::now();
-    let clients: Vec<(String, Child)> = (1..=args.receivers)
-        .map(|i| {
-            let child = in_ns(&format!("{tag}-r{i}"), &loopcast)
+    let clients: Vec<(String, Child)> = hosts
+        .iter()
+        .map(|&i| {
+            let _ = std::fs::remove_file(bed.dir.join(format!("r{i}.lca")));
+            let child = in_ns(&format!("{}-r{i}", bed.tag), &bed.loopcast)
                 .args([
                     "get",
                     "10.80.0.1:7700",
@@ -232,7 +458,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
                     &format!("10.80.0.{}", i + 1),
                 ])
                 .arg("--output")
-                .arg(dir.join(format!("r{i}.lca")))
+                .arg(bed.dir.join(format!("r{i}.lca")))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -240,22 +466,40 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             Ok((format!("loopcast client {i}"), child))
         })
         .collect::<Result<_, String>>()?;
-    let outputs = wait_all(clients, started + args.timeout);
+    // A receiver that does not finish in time is reported as such, the others as measured.
+    let outcomes = wait_each(clients, started + args.timeout);
     let seconds = started.elapsed().as_secs_f64();
+    let sent = bed.server_tx_bytes()?.saturating_sub(sent_before);
     let receiver_cpu = crate::children_cpu_time() - cpu0;
     terminate(server);
     let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;
-    let outputs = outputs?;
-    let served = hash_file(&media.join("film.bin.lca")).map_err(|e| e.to_string())?;
-    let mut verified = true;
+    let served = hash_file(&bed.media.join("film.bin.lca")).map_err(|e| e.to_string())?;
     let mut transports = Vec::new();
-    for (i, (label, output)) in outputs.iter().enumerate() {
+    let mut entries = Vec::new();
+    for (&host, (label, outcome)) in hosts.iter().zip(&outcomes) {
+        let (output, finished) = match outcome {
+            Ok(done) => done,
+            Err(error) => {
+                eprintln!("{label}: {error} ({} s)", args.timeout.as_secs());
+                transports.push(format!("{label}: not finished"));
+                entries.push(receiver_entry(
+                    host,
+                    bed.links[host - 1],
+                    args.size,
+                    None,
+                    false,
+                    serde_json::json!({"error": format!("not finished within {} s", args.timeout.as_secs())}),
+                ));
+                continue;
+            }
+        };
         let report: serde_json::Value =
             serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
-        verified &= output.status.success() && report["verified"] == true;
-        verified &= hash_file(&dir.join(format!("r{}.lca", i + 1)))
-            .map(|h| h == served)
-            .unwrap_or(false);
+        let verified = output.status.success()
+            && report["verified"] == true
+            && hash_file(&bed.dir.join(format!("r{host}.lca")))
+                .map(|h| h == served)
+                .unwrap_or(false);
         transports.push(format!(
             "{} ({:.2} s: first datagram at {:.2} s, publish {:.2} s; {} NAKs for {} serials, {} suppressed, {} duplicates)",
             report["transport"].as_str().unwrap_or("?"),
@@ -273,34 +517,35 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
                 String::from_utf8_lossy(&output.stderr).trim()
             );
         }
+        entries.push(receiver_entry(
+            host,
+            bed.links[host - 1],
+            args.size,
+            Some(finished.duration_since(started).as_secs_f64()),
+            verified,
+            serde_json::json!({
+                // The server's tier for this client, once `get --json` reports it (issue 10).
+                "tier": report.get("tier").cloned().unwrap_or(serde_json::Value::Null),
+                "transport": report["transport"],
+                "client_seconds": report["seconds"],
+                "duplicates": report["duplicates"],
+                "naks_sent": report["naks_sent"],
+                "serials_naked": report["serials_naked"],
+                "serials_suppressed": report["serials_suppressed"],
+                "receiver_counters": report["receiver"],
+            }),
+        ));
     }
-    results.push(result(
+    Ok(result(
         "loopcast",
         args.size,
         seconds,
         sender_cpu,
         receiver_cpu,
-        args.receivers,
-        verified,
-        format!("rate {}, transports {}", args.rate, transports.join(",")),
-    ));
-
-    for peer in &args.peers {
-        crate::phase(format_args!(
-            "e2e: {peer} to {} receiver(s)",
-            args.receivers
-        ));
-        let outcome = match peer.as_str() {
-            "udpcast" => run_udpcast(args, &tag, &dir, &input, &original),
-            "uftp" => run_uftp(args, &tag, &dir, &input, &original),
-            other => Err(format!("unknown peer tool {other:?} (uftp, udpcast)")),
-        };
-        results.push(outcome.unwrap_or_else(|e| serde_json::json!({"tool": peer, "error": e})));
-    }
-    Ok(
-        serde_json::json!({"mtu": mtu, "receivers": args.receivers, "bytes": args.size,
-            "disk_write_fsync_seconds_per_copy": disk_seconds, "results": results}),
-    )
+        entries,
+        sent,
+        format!("rate {rate}, transports {}", transports.join(",")),
+    ))
 }
 
 /// Seconds to write `len` bytes (1 MiB at a time, from memory) and fsync them.
@@ -330,22 +575,17 @@ fn which(program: &str) -> Option<PathBuf> {
     })
 }
 
-fn run_udpcast(
-    args: &E2eArgs,
-    tag: &str,
-    dir: &Path,
-    input: &Path,
-    original: &[u8; 32],
-) -> Result<serde_json::Value, String> {
+fn run_udpcast(bed: &Bed) -> Result<serde_json::Value, String> {
     let sender_bin =
         which("udp-sender").ok_or("udpcast not installed (apt-get install udpcast)")?;
     let receiver_bin = which("udp-receiver").ok_or("udpcast not installed")?;
+    let receivers = bed.links.len();
     let cpu0 = crate::children_cpu_time();
-    let receivers: Vec<(String, Child)> = (1..=args.receivers)
+    let daemons: Vec<(String, Child)> = (1..=receivers)
         .map(|i| {
-            let child = in_ns(&format!("{tag}-r{i}"), &receiver_bin)
+            let child = in_ns(&format!("{}-r{i}", bed.tag), &receiver_bin)
                 .arg("--file")
-                .arg(dir.join(format!("udpcast-{i}.bin")))
+                .arg(bed.dir.join(format!("udpcast-{i}.bin")))
                 .args(["--interface", "veth0", "--nokbd", "--start-timeout", "15"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -355,16 +595,17 @@ fn run_udpcast(
         })
         .collect::<Result<_, String>>()?;
     std::thread::sleep(Duration::from_millis(300));
+    let sent_before = bed.server_tx_bytes()?;
     let started = Instant::now();
-    let sender = in_ns(&format!("{tag}-s"), &sender_bin)
+    let sender = in_ns(&format!("{}-s", bed.tag), &sender_bin)
         .arg("--file")
-        .arg(input)
+        .arg(&bed.input)
         .args([
             "--interface",
             "veth0",
             "--nokbd",
             "--min-receivers",
-            &args.receivers.to_string(),
+            &receivers.to_string(),
             "--max-wait",
             "10",
         ])
@@ -373,113 +614,305 @@ fn run_udpcast(
         .spawn()
         .map_err(|e| e.to_string())?;
     // udpcast can hang (e.g. a rendezvous that never happens): bounded by the run's timeout.
-    let receiver_outputs = wait_all(receivers, started + args.timeout);
+    let receiver_outputs = wait_all(daemons, started + bed.args.timeout);
     let seconds = started.elapsed().as_secs_f64();
     let receiver_cpu = crate::children_cpu_time() - cpu0;
-    if receiver_outputs.is_err() {
+    let Ok(receiver_outputs) = receiver_outputs else {
         terminate(sender);
         return Err(format!(
             "udp-receiver did not finish within {} s (no rendezvous, or too slow)",
-            args.timeout.as_secs()
+            bed.args.timeout.as_secs()
         ));
-    }
+    };
     let sender_outputs = wait_all(
         vec![("udp-sender".into(), sender)],
         Instant::now() + Duration::from_secs(10),
     );
+    let sent = bed.server_tx_bytes()?.saturating_sub(sent_before);
     let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;
-    receiver_outputs?;
     sender_outputs?;
-    let verified = (1..=args.receivers).all(|i| {
-        hash_file(&dir.join(format!("udpcast-{i}.bin")))
-            .map(|h| &h == original)
-            .unwrap_or(false)
-    });
+    let entries = receiver_outputs
+        .iter()
+        .enumerate()
+        .map(|(index, (_, _, finished))| {
+            let host = index + 1;
+            let verified = hash_file(&bed.dir.join(format!("udpcast-{host}.bin")))
+                .map(|h| h == bed.original)
+                .unwrap_or(false);
+            receiver_entry(
+                host,
+                bed.links[index],
+                bed.args.size,
+                Some(finished.duration_since(started).as_secs_f64()),
+                verified,
+                serde_json::json!({}),
+            )
+        })
+        .collect();
     Ok(result(
         "udpcast",
-        args.size,
+        bed.args.size,
         seconds,
         sender_cpu,
         receiver_cpu,
-        args.receivers,
-        verified,
+        entries,
+        sent,
         "defaults".into(),
     ))
 }
 
-fn run_uftp(
-    args: &E2eArgs,
-    tag: &str,
-    dir: &Path,
-    input: &Path,
-    original: &[u8; 32],
-) -> Result<serde_json::Value, String> {
-    let server_bin = which("uftp").ok_or("uftp not installed (apt-get install uftp)")?;
-    let client_bin = which("uftpd").ok_or("uftp not installed")?;
-    let cpu0 = crate::children_cpu_time();
-    let daemons: Vec<Child> = (1..=args.receivers)
-        .map(|i| {
-            let out = dir.join(format!("uftp-{i}"));
-            std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
-            in_ns(&format!("{tag}-r{i}"), &client_bin)
-                .args(["-d", "-I", "veth0", "-D"])
-                .arg(&out)
-                .arg("-L")
-                .arg(dir.join(format!("uftpd-{i}.log")))
-                .arg("-P")
-                .arg(dir.join(format!("uftpd-{i}.pid")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| e.to_string())
+/// UFTP's rate and congestion-control settings to run, by what the links are: its best
+/// per-receiver times, and its congestion control where that could help it.
+///
+/// Tried on this bed (2 cores, MTU 1500, 4 MiB, links 5M/50M/500M/unlimited; seconds per
+/// receiver in that order, bytes the server sent over the file size):
+/// - `-C tfmcc` (RFC 4654): 7.6 / 6.6 / 6.6 / 6.6 s, 1.2x: everyone at the slowest's pace.
+/// - `-C tfmcc:init=50000`: 7.6 / 7.2 / 5.1 / 5.1 s, 1.4x: starts faster, still converges down.
+/// - `-R 50000` (fixed 50 Mbit/s): 7.4 / 0.74 / 0.72 / 0.72 s, 8.9x.
+/// - `-R 400000`: 7.4 / 5.6 / 0.12 / 0.12 s, 33x.
+/// - `-R -1` (as fast as the interface): 7.4 / 5.9 / 0.13 / 0.13 s, 35x: the fastest for the
+///   unlimited receivers and no slower for the 5M one (its link stays full of blocks it still
+///   misses, pass after pass), at 35x the bytes: the NAK storm the issue describes.
+///
+/// No single UFTP setting gives every receiver its own pace (one session has one rate), so on
+/// mixed links both are run and reported: `-R -1` (its best times) and `-C tfmcc` (its
+/// congestion control, bytes-efficient). On unlimited links only `-R -1` (the fastest there;
+/// TFMCC must ramp up to the link). `-B 64 MiB` socket buffers on both sides and `-b` at the
+/// largest block for the MTU help UFTP at every rate. LOOPCAST_BENCH_UFTP_OPTIONS="..."
+/// replaces the rate and congestion options, to try others on the same bed.
+fn uftp_modes(bed: &Bed, hosts: &[usize]) -> Vec<(&'static str, Vec<String>)> {
+    let block = if bed.args.jumbo { "8800" } else { "1400" };
+    let with = |extra: &[&str]| -> Vec<String> {
+        ["-Y", "none", "-b", block, "-B", "67108864"]
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect()
+    };
+    if let Some(chosen) = std::env::var_os("LOOPCAST_BENCH_UFTP_OPTIONS") {
+        let chosen = chosen.to_string_lossy().into_owned();
+        return vec![(
+            "custom",
+            with(&chosen.split_whitespace().collect::<Vec<_>>()),
+        )];
+    }
+    let limited = hosts.iter().any(|&h| bed.links[h - 1] > 0);
+    let mut modes = vec![("unpaced", with(&["-R", "-1"]))];
+    if limited {
+        modes.push(("tfmcc", with(&["-C", "tfmcc"])));
+    }
+    modes
+}
+
+/// UFTP in each of its modes ([`uftp_modes`]); with `alone` (an unlimited receiver among
+/// limited ones), that receiver alone first, unpaced.
+fn run_uftp_modes(
+    bed: &Bed,
+    all: &[usize],
+    alone: Option<usize>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let alone_result = match alone {
+        Some(host) => {
+            let (_, options) = uftp_modes(bed, &[host]).swap_remove(0);
+            Some(run_uftp(bed, &[host], "unpaced", &options)?)
+        }
+        None => None,
+    };
+    uftp_modes(bed, all)
+        .into_iter()
+        .map(|(mode, options)| {
+            let mut result = run_uftp(bed, all, mode, &options)?;
+            if let Some(alone_result) = &alone_result {
+                add_alone_times(&mut result, alone_result);
+            }
+            Ok(result)
         })
-        .collect::<Result<_, String>>()?;
+        .collect()
+}
+
+/// uftp in the server namespace to uftpd on hosts `hosts`; each receiver's time is when its
+/// uftpd logged the file complete (timestamps in UTC, compared with the start).
+fn run_uftp(
+    bed: &Bed,
+    hosts: &[usize],
+    mode: &str,
+    options: &[String],
+) -> Result<serde_json::Value, String> {
+    let server_bin = which("uftp").ok_or(
+        "UFTP is not installed: no uftp on PATH (apt-get install uftp), so no UFTP figures",
+    )?;
+    let client_bin = which("uftpd").ok_or(
+        "UFTP is not installed: no uftpd on PATH (apt-get install uftp), so no UFTP figures",
+    )?;
+    crate::phase(format_args!(
+        "e2e: uftp {} to receiver(s) {hosts:?}",
+        options.join(" ")
+    ));
+    let cpu0 = crate::children_cpu_time();
+    let name = bed.input.file_name().ok_or("input name")?;
+    let mut daemons = Vec::new();
+    for &i in hosts {
+        let out = bed.dir.join(format!("uftp-{i}"));
+        let _ = std::fs::remove_dir_all(&out);
+        std::fs::create_dir_all(&out).map_err(|e| e.to_string())?;
+        let log = bed.dir.join(format!("uftpd-{i}.log"));
+        let _ = std::fs::remove_file(&log);
+        let daemon = in_ns(&format!("{}-r{i}", bed.tag), &client_bin)
+            // Log timestamps in UTC, so they can be compared with this process's clock.
+            .env("TZ", "UTC")
+            .args(["-d", "-I", "veth0", "-B", "67108864", "-D"])
+            .arg(&out)
+            .arg("-P")
+            .arg(bed.dir.join(format!("uftpd-{i}.pid")))
+            .stdout(Stdio::null())
+            // In the foreground (-d) uftpd logs to stderr, whatever -L says.
+            .stderr(std::fs::File::create(&log).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        daemons.push(daemon);
+    }
     std::thread::sleep(Duration::from_millis(500));
-    let block = if args.jumbo { "8800" } else { "1400" };
+    let sent_before = bed.server_tx_bytes()?;
     let started = Instant::now();
-    let server = in_ns(&format!("{tag}-s"), &server_bin)
-        .args(["-Y", "none", "-R", "-1", "-b", block, "-I", "veth0", "-H"])
+    let started_wall = std::time::SystemTime::now();
+    let server = in_ns(&format!("{}-s", bed.tag), &server_bin)
+        .args(options)
+        .args(["-I", "veth0", "-H"])
         .arg(
-            (2..=args.receivers + 1)
-                .map(|i| format!("10.80.0.{i}"))
+            hosts
+                .iter()
+                .map(|i| format!("10.80.0.{}", i + 1))
                 .collect::<Vec<_>>()
                 .join(","),
         )
-        .arg(input)
+        .arg(&bed.input)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let outputs = wait_all(vec![("uftp".into(), server)], started + args.timeout);
+    // On timeout uftp is ended and the receivers that did finish are still reported.
+    let timed_out = wait_all(vec![("uftp".into(), server)], started + bed.args.timeout).is_err();
     let seconds = started.elapsed().as_secs_f64();
+    let sent = bed.server_tx_bytes()?.saturating_sub(sent_before);
     let sender_cpu = crate::children_cpu_time() - cpu0;
     for daemon in daemons {
         terminate(daemon);
     }
     let receiver_cpu = crate::children_cpu_time() - cpu0 - sender_cpu;
-    outputs?;
-    let name = input.file_name().ok_or("input name")?;
-    let verified = (1..=args.receivers).all(|i| {
-        hash_file(&dir.join(format!("uftp-{i}")).join(name))
-            .map(|h| &h == original)
-            .unwrap_or(false)
-    });
-    Ok(result(
+    let start_unix = started_wall
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?
+        .as_secs_f64();
+    let entries = hosts
+        .iter()
+        .map(|&host| {
+            let verified = hash_file(&bed.dir.join(format!("uftp-{host}")).join(name))
+                .map(|h| h == bed.original)
+                .unwrap_or(false);
+            // uftpd logs some garbage bytes (an unresolved host name): not UTF-8 throughout.
+            let log = String::from_utf8_lossy(
+                &std::fs::read(bed.dir.join(format!("uftpd-{host}.log"))).unwrap_or_default(),
+            )
+            .into_owned();
+            let complete = uftpd_complete_unix_seconds(&log).map(|t| t - start_unix);
+            let naks: u64 = log.lines().filter_map(uftpd_naks_sent).sum();
+            receiver_entry(
+                host,
+                bed.links[host - 1],
+                bed.args.size,
+                complete,
+                verified,
+                serde_json::json!({"naks_sent": naks}),
+            )
+        })
+        .collect();
+    let mut result = result(
         "uftp",
-        args.size,
+        bed.args.size,
         seconds,
         sender_cpu,
         receiver_cpu,
-        args.receivers,
-        verified,
-        format!("-Y none -R -1 -b {block}"),
-    ))
+        entries,
+        sent,
+        if timed_out {
+            format!(
+                "{} (uftp ended after the {} s timeout)",
+                options.join(" "),
+                bed.args.timeout.as_secs()
+            )
+        } else {
+            options.join(" ")
+        },
+    );
+    result["mode"] = serde_json::json!(mode);
+    Ok(result)
+}
+
+/// When uftpd logged "File transfer complete", in seconds since the Unix epoch: its lines start
+/// `YYYY/MM/DD HH:MM:SS.ffffff: ` (local time; the bench runs it with TZ=UTC).
+fn uftpd_complete_unix_seconds(log: &str) -> Option<f64> {
+    let line = log
+        .lines()
+        .find(|line| line.contains("File transfer complete"))?;
+    let stamp = line.get(..26)?;
+    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute) = (number(11..13)?, number(14..16)?);
+    let second: f64 = stamp.get(17..26)?.parse().ok()?;
+    let days = days_from_civil(year, month, day);
+    Some((days * 86_400 + hour * 3600 + minute * 60) as f64 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// The count in a uftpd line "Sent N NAKs for section S".
+fn uftpd_naks_sent(line: &str) -> Option<u64> {
+    let rest = &line[line.find("Sent ")? + 5..];
+    let (count, tail) = rest.split_once(' ')?;
+    tail.starts_with("NAKs")
+        .then(|| count.parse().ok())
+        .flatten()
 }
 
 struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
+        // LOOPCAST_BENCH_KEEP=1 keeps the run's files (peer logs, copies) for a look afterwards.
+        if std::env::var_os("LOOPCAST_BENCH_KEEP").is_some() {
+            crate::phase(format_args!("e2e: files kept in {}", self.0.display()));
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uftpd_log_lines_give_completion_time_and_naks() {
+        let log = "2026/11/26 13:16:12.360593: [DB55AEEE/00:0001]: Sent 104 NAKs for section 1\n\
+                   2026/11/26 13:16:12.441407: [DB55AEEE/00:0001]: File transfer complete\n";
+        // 2026-11-26 is day 20_783 since the epoch.
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2026, 11, 26), 20_783);
+        let seconds = uftpd_complete_unix_seconds(log).unwrap();
+        assert!(
+            (seconds - (20_783.0 * 86_400.0 + 13.0 * 3600.0 + 16.0 * 60.0 + 12.441407)).abs()
+                < 1e-6
+        );
+        assert_eq!(log.lines().filter_map(uftpd_naks_sent).sum::<u64>(), 104);
+        assert_eq!(uftpd_complete_unix_seconds("garbage\n"), None);
+        assert_eq!(uftpd_naks_sent("Sent many NAKs"), None);
     }
 }

@@ -88,9 +88,13 @@ enum Scenario {
         size: u64,
         #[arg(long)]
         jumbo: bool,
-        /// loopcast channel rate.
-        #[arg(long, default_value = "3G")]
-        rate: String,
+        /// loopcast channel rate (loopcastd's --rate); without it loopcastd chooses its rates.
+        #[arg(long)]
+        rate: Option<String>,
+        /// One receiver per rate, each behind a tc tbf link of that rate (0 = unlimited), e.g.
+        /// 5M,50M,500M,0; overrides --receivers.
+        #[arg(long, value_delimiter = ',', value_parser = loopcast_tools::parse_rate)]
+        link_rates: Vec<u64>,
         /// Also run these peers over the same topology, e.g. uftp,udpcast.
         #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
@@ -161,9 +165,8 @@ fn main() -> ExitCode {
     let result = match Cli::parse().scenario {
         Scenario::Send(args) if args.netns => run_in_netns("send", &args),
         Scenario::Ceiling(args) if args.netns => run_in_netns("ceiling", &args),
-        Scenario::Ceiling(args) => {
-            run_ceiling(&args, None).map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling")))
-        }
+        Scenario::Ceiling(args) => run_ceiling(&args, None)
+            .map(|m| print_one(&m.to_json(), args.json, &m.describe("ceiling"))),
         Scenario::Send(args)
             if args.cores.is_some() || args.tiers.is_some() || args.files.is_some() =>
         {
@@ -171,45 +174,63 @@ fn main() -> ExitCode {
         }
         Scenario::Send(args) => run_send(&args),
         Scenario::Pack { size, json } => run_pack(size, json),
-        Scenario::Verify { size, runs, cold, json } => {
-            print_session(loopcast_tools::session_bench::run_verify(size, runs, cold), json)
-        }
-        Scenario::Resume { size, rate, runs, json } => loopcast_tools::parse_rate(&rate).and_then(|rate| {
-            print_session(loopcast_tools::session_bench::run_resume(size, rate, runs), json)
+        Scenario::Verify {
+            size,
+            runs,
+            cold,
+            json,
+        } => print_session(
+            loopcast_tools::session_bench::run_verify(size, runs, cold),
+            json,
+        ),
+        Scenario::Resume {
+            size,
+            rate,
+            runs,
+            json,
+        } => loopcast_tools::parse_rate(&rate).and_then(|rate| {
+            print_session(
+                loopcast_tools::session_bench::run_resume(size, rate, runs),
+                json,
+            )
         }),
-        Scenario::Flood { size, rate, packets, runs, json } => loopcast_tools::parse_rate(&rate).and_then(|rate| {
+        Scenario::Flood {
+            size,
+            rate,
+            packets,
+            runs,
+            json,
+        } => loopcast_tools::parse_rate(&rate).and_then(|rate| {
             print_session(
                 loopcast_tools::session_bench::run_flood(size, rate, packets, runs),
                 json,
             )
         }),
-        Scenario::E2e { receivers, size, jumbo, rate, peers, timeout_s, json } => {
-            loopcast_tools::e2e_bench::run(&loopcast_tools::e2e_bench::E2eArgs {
-                receivers: receivers.max(1),
-                size,
-                jumbo,
-                rate,
-                peers,
-                timeout: Duration::from_secs(timeout_s),
-            })
-            .map(|report| {
-                if json {
-                    println!("{report}");
-                } else {
-                    println!("e2e: {} receiver(s), {} bytes, MTU {}; disk ceiling {:.2} s to write and fsync one copy", report["receivers"], report["bytes"], report["mtu"], report["disk_write_fsync_seconds_per_copy"].as_f64().unwrap_or(0.0));
-                    for r in report["results"].as_array().into_iter().flatten() {
-                        match r.get("error") {
-                            Some(error) => println!("  {:<9} {}", r["tool"].as_str().unwrap_or("?"), error),
-                            None => println!(
-                                "  {:<9} {:>7.2} s {:>6.2} Gbit/s  sender {:.2} CPU s/GB  receiver {:.2} CPU s/GB  verified {}  ({})",
-                                r["tool"].as_str().unwrap_or("?"), r["seconds"].as_f64().unwrap_or(0.0), r["gbps"].as_f64().unwrap_or(0.0),
-                                r["sender_cpu_s_per_gb"].as_f64().unwrap_or(0.0), r["receiver_cpu_s_per_gb"].as_f64().unwrap_or(0.0),
-                                r["verified"], r["note"].as_str().unwrap_or("")),
-                        }
-                    }
-                }
-            })
-        }
+        Scenario::E2e {
+            receivers,
+            size,
+            jumbo,
+            rate,
+            link_rates,
+            peers,
+            timeout_s,
+            json,
+        } => loopcast_tools::e2e_bench::run(&loopcast_tools::e2e_bench::E2eArgs {
+            receivers: receivers.max(1),
+            size,
+            jumbo,
+            rate,
+            link_rates,
+            peers,
+            timeout: Duration::from_secs(timeout_s),
+        })
+        .map(|report| {
+            if json {
+                println!("{report}");
+            } else {
+                print_e2e(&report);
+            }
+        }),
         Scenario::Sink {
             group,
             interface,
@@ -221,6 +242,49 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("loopcast-bench: error: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The e2e report for a person: one line per tool, then one per receiver.
+fn print_e2e(report: &serde_json::Value) {
+    println!(
+        "e2e: {} receiver(s), {} bytes, MTU {}, loopcast rate {}; disk ceiling {:.2} s to write and fsync one copy",
+        report["receiver_count"], report["bytes"], report["mtu"], report["rate"].as_str().unwrap_or("?"),
+        report["disk_write_fsync_seconds_per_copy"].as_f64().unwrap_or(0.0)
+    );
+    let seconds =
+        |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
+    for r in report["results"].as_array().into_iter().flatten() {
+        let tool = match r["mode"].as_str() {
+            Some(mode) => format!("{} {mode}", r["tool"].as_str().unwrap_or("?")),
+            None => r["tool"].as_str().unwrap_or("?").to_owned(),
+        };
+        if let Some(error) = r.get("error") {
+            println!("  {tool:<14} {}", error.as_str().unwrap_or("?"));
+            continue;
+        }
+        println!(
+            "  {tool:<14} {:>7.2} s {:>6.2} Gbit/s  sender {:.2} CPU s/GB  receiver {:.2} CPU s/GB  server sent {:.2} x the file  verified {}  ({})",
+            r["seconds"].as_f64().unwrap_or(0.0), r["gbps"].as_f64().unwrap_or(0.0),
+            r["sender_cpu_s_per_gb"].as_f64().unwrap_or(0.0), r["receiver_cpu_s_per_gb"].as_f64().unwrap_or(0.0),
+            r["server_sent_over_file_bytes"].as_f64().unwrap_or(0.0), r["verified"], r["note"].as_str().unwrap_or(""));
+        for receiver in r["receivers"].as_array().into_iter().flatten() {
+            let link = receiver["link_rate_bits_per_s"].as_u64().unwrap_or(0);
+            println!(
+                "    r{} link {:>13}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
+                receiver["host"],
+                if link == 0 { "unlimited".to_owned() } else { loopcast_tools::format_rate(link) },
+                receiver["tier"].to_string(),
+                seconds(&receiver["seconds"]),
+                receiver["goodput_bits_per_s"].as_f64().unwrap_or(0.0) / 1e6,
+                receiver["goodput_over_link_rate"].as_f64().map_or(String::new(), |g| format!(" ({g:.2} of link)")),
+                seconds(&receiver["target_seconds"]),
+                match receiver["within_target"].as_bool() { Some(true) => "met", Some(false) => "missed", None => "-" },
+                receiver["duplicates"],
+                receiver["naks_sent"],
+                receiver["verified"],
+            );
         }
     }
 }
