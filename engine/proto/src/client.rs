@@ -418,7 +418,10 @@ impl ClientSession {
         self.tier = Some(new);
         if moved {
             self.moves += 1;
+            // The next Report covers the new tier only.
             self.meter.restart();
+            self.meter.take();
+            self.last_report = now;
             self.events.push_back(ClientEvent::Moved {
                 transport,
                 channel: new.channel,

@@ -673,7 +673,11 @@ impl Endpoint {
                         .saturating_sub(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
                 );
                 let counts = started >= channel.tier.settled_at()
-                    && state.moved_at.is_none_or(|at| started >= at);
+                    // A moved client switches group a round trip after the move: its
+                    // reports count from a settle time after that.
+                    && state
+                        .moved_at
+                        .is_none_or(|at| started >= at + rate_config.settle);
                 state.estimate.observe(
                     &rate_config,
                     received,

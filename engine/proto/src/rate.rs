@@ -543,37 +543,36 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             }
             continue;
         }
-        // Members that lost in their last report but not yet in a row may be about to be
-        // congested too: no split on their account (they would only be moved a step later
-        // to a tier of their own).
-        let settled_clear = clear
-            .iter()
-            .filter(|m| m.estimate.congested_streak == 0)
-            .count();
-        if config.policy == TierPolicy::Distribution
-            && settled_clear == 0
-            && clear.len() > settled_clear
-        {
-            continue;
-        }
-        let split = config.policy == TierPolicy::Distribution && settled_clear > 0;
-        if split {
-            // The congested members whose path carries clearly less than the rate go slower;
-            // the others keep their rate. One that lost but still got most of the rate stays
-            // (a passing loss; or the tier is only a little too fast for it, which costs it a
-            // few repairs and nobody else anything): the rate just stops rising.
+        if config.policy == TierPolicy::Distribution {
+            // What the tier's best members take: the rate if some keep up, else the most that
+            // reached any member that lost.
+            let settled_clear = clear.iter().any(|m| m.estimate.congested_streak == 0);
+            let reference = if settled_clear {
+                rate as f64
+            } else {
+                congested
+                    .iter()
+                    .chain(clear.iter())
+                    .map(|m| m.estimate.capacity(rate))
+                    .fold(0.0, f64::max)
+            };
+            // The congested members whose path carries clearly less than that go slower; the
+            // others keep their rate. One that lost but still got most of it stays (a passing
+            // loss; or the tier is only a little too fast for it, which costs it a few repairs
+            // and nobody else anything).
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
-                .filter(|m| m.estimate.capacity(rate) < MOVE_BELOW_SHARE * rate as f64)
+                .filter(|m| m.estimate.capacity(rate) < MOVE_BELOW_SHARE * reference)
                 .collect();
             movable.sort_by(|a, b| {
                 b.estimate
                     .capacity(rate)
                     .total_cmp(&a.estimate.capacity(rate))
             });
-            for member in movable {
+            let mut moved = 0;
+            for member in &movable {
                 let target_rate = 0.9 * member.estimate.capacity(rate);
                 let target = choose_slower(
                     config,
@@ -584,6 +583,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     tiers_allowed,
                 );
                 if let Some(to) = target {
+                    moved += 1;
                     moves.push(Move {
                         member: member.id,
                         from: index,
@@ -592,11 +592,15 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     });
                 }
             }
-            continue;
+            // Some keep up, or some only just lost (they may be congested next report): the
+            // rate holds. Else everyone left lost: the best of them sets the rate.
+            if settled_clear || !clear.is_empty() || moved == congested.len() {
+                continue;
+            }
         }
         let capacities = congested.iter().map(|m| m.estimate.capacity(rate));
         let capacity = match config.policy {
-            // Everyone lost: the best of them sets the rate; the others move next time.
+            // Everyone lost: the best of them sets the rate (the others moved, or move next).
             TierPolicy::Distribution => capacities.fold(0.0, f64::max),
             TierPolicy::Slowest => capacities.fold(f64::INFINITY, f64::min),
             TierPolicy::Average => unreachable!("handled above"),
