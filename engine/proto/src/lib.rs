@@ -17,6 +17,7 @@
 //! - [`rng`]: the seeded random source the machines take instead of the OS's.
 //! - [`receiver`]: the client-side verified-have state (R9, R14).
 //! - [`nak`]: which serials went by without arriving, and when to ask for them (R10).
+//! - [`play`]: the verified prefix a follower can play while the file arrives (R13).
 
 pub mod assemble;
 pub mod bitmap;
@@ -26,6 +27,7 @@ pub mod endpoint;
 pub mod info;
 pub mod layout;
 pub mod nak;
+pub mod play;
 pub mod receiver;
 pub mod rng;
 #[cfg(any(test, feature = "testkit"))]
