@@ -264,3 +264,40 @@ pub fn follow_without_keys_refuses_an_encrypted_file_at_once() {
     assert!(output.stdout.is_empty(), "nothing on stdout");
     assert!(!scratch.path("film.lca.part").exists());
 }
+
+/// --follow with a key database that lacks the file's key: a clear error before anything is
+/// downloaded or played, nothing left behind.
+pub fn follow_with_the_wrong_key_database_is_a_clear_error() {
+    let scratch = Scratch::new("follow-wrongkeys");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    write_content(&input, 1 << 20, 15);
+    pack_into(&input, &media, &[]);
+    // Another media directory, whose keys.db holds another file's key only.
+    let other = scratch.path("other");
+    let other_input = scratch.path("other.bin");
+    write_content(&other_input, 10_000, 16);
+    pack_into(&other_input, &other, &[]);
+    let server = UnicastServer::start(&scratch, &media, &[]);
+    let output = Command::new(bin("loopcast"))
+        .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
+        .arg("--follow")
+        .arg("--keys")
+        .arg(other.join("keys.db"))
+        .arg("--output")
+        .arg(scratch.path("film.lca"))
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot decrypt the file: key database")
+            && stderr.contains("has no key for file"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(output.stdout.is_empty(), "nothing on stdout");
+    assert!(!scratch.path("film.lca.part").exists());
+    assert!(!scratch.path("film.lca").exists());
+}

@@ -74,7 +74,7 @@ pub enum FollowError {
     /// nothing of that frame was written.
     #[error("{0}")]
     Archive(#[from] ArchiveError),
-    #[error("no key for the file: {0}")]
+    #[error("cannot decrypt the file: {0}")]
     Key(String),
     #[error("interrupted while writing to the player after {written} bytes; the download is complete and published")]
     Interrupted { written: u64 },

@@ -338,16 +338,21 @@ pub fn get_following(
                     root_seen = Some(root);
                     tracing::info!(file = %info.name, root = %root.to_hex(), transport = %offered, %channel, "offer accepted");
                     if download.is_none() {
+                        // R13: the key is looked up before anything is received.
+                        if let Some(options) = follow_options.take() {
+                            let part_path = with_suffix(&config.output, ".part");
+                            match follow::FollowWriter::start(options, &info, &part_path) {
+                                Ok(writer) => follow = Some(writer),
+                                Err(error) => {
+                                    session.leave(clock.now());
+                                    send_all(&mut session);
+                                    return Err(error.into());
+                                }
+                            }
+                        }
                         let part = part.take().expect("opened once");
                         let opened = Download::open(config, &info, root, part)?;
                         resumed_datagrams = opened.receiver.have().count_ones();
-                        if let Some(options) = follow_options.take() {
-                            follow = Some(follow::FollowWriter::start(
-                                options,
-                                &info,
-                                &opened.part_path,
-                            )?);
-                        }
                         download = Some(opened);
                     }
                     multicast = None;

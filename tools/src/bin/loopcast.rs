@@ -289,7 +289,7 @@ struct GetArgs {
     /// After download, extract the original to this path (encrypted files need --keys).
     #[arg(long)]
     extract: Option<PathBuf>,
-    /// Play while it downloads (R13): write the original file's bytes, decrypted and in order,
+    /// Play while it downloads: write the original file's bytes, decrypted and in order,
     /// to stdout as soon as each part is verified, asking for the parts nearest the play
     /// position first; e.g. `loopcast get HOST:7700 film.mkv --follow --keys keys.db | mpv -`.
     /// The archive is still published at --output when complete. Encrypted files need --keys.
@@ -306,7 +306,7 @@ struct GetArgs {
     /// Replace an existing output (and --extract target) instead of refusing.
     #[arg(long)]
     force: bool,
-    /// Print the report as JSON.
+    /// Print the report as JSON (on stderr with --follow).
     #[arg(long)]
     json: bool,
 }
