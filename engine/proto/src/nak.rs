@@ -1053,6 +1053,53 @@ mod tests {
     }
 
     proptest! {
+        /// With a play position anywhere: no held serial is asked, ranges are non-empty and in
+        /// the loop, and the play walk never has more than its window in flight.
+        #[test]
+        fn play_asks_are_bounded_and_never_for_held_serials(
+            loop_len in 1u32..6000,
+            join in 0u32..6000,
+            play in 0u32..6000,
+            held in proptest::collection::vec(any::<bool>(), 6000),
+            window in 1u32..3000,
+        ) {
+            let mut have = Bitmap::new(loop_len);
+            for serial in 0..loop_len {
+                if held[serial as usize] {
+                    have.set(serial);
+                }
+            }
+            let mut nak = NakPlanner::new(
+                NakConfig { play_window: window, backlog_window: 512, ..NakConfig::default() },
+                &have,
+            );
+            nak.saw(join % loop_len);
+            let mut now = Instant::ZERO;
+            let mut play = play % loop_len;
+            for round in 0..20u32 {
+                nak.set_play_position(Some(play));
+                now = now + Duration::from_millis(10 + u64::from(round % 3) * 300);
+                if let Some(ranges) = nak.poll_nak(now) {
+                    prop_assert!(ranges.len() <= NAK_RANGES_MAX);
+                    for &(first, count) in &ranges {
+                        prop_assert!(count > 0 && first + count <= loop_len);
+                        for serial in first..first + count {
+                            prop_assert!(!nak.seen.get(serial), "held serial {} asked", serial);
+                        }
+                    }
+                    // Half of what was asked arrives.
+                    for (first, count) in ranges {
+                        for serial in (first..first + count).step_by(2) {
+                            nak.saw(serial);
+                        }
+                    }
+                }
+                let in_flight = nak.play_bits.as_ref().map_or(0, |bits| bits.count_ones());
+                prop_assert!(in_flight <= window, "{} in flight, window {}", in_flight, window);
+                play = (play + round) % loop_len;
+            }
+        }
+
         /// Whatever arrives, over passes of the loop every serial that never arrived is asked
         /// for, no held serial is ever asked for, and ranges are non-empty, in the loop, bounded.
         #[test]
