@@ -140,11 +140,15 @@ pub fn a_follower_joining_mid_loop_plays_before_the_loop_wraps() {
     let scratch = Scratch::new("follow-late");
     let media = scratch.path("media");
     let input = scratch.path("film.bin");
-    // About 4 s per loop at 50 Mbit/s.
-    let original = write_content(&input, 24 << 20, 12);
+    // About 4.7 s per loop at 50 Mbit/s: the wrap is seconds away from the join point, so
+    // the test tells "asked first" from "came with the wrap" even on a busy machine.
+    let original = write_content(&input, 40 << 20, 12);
     pack_into(&input, &media, &[]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
-    // A plain download starts the loop; the follower joins about 1.5 s (some 35 %) into it.
+    // A plain download starts the loop; the follower joins about half-way round it. By then
+    // the other client's own backlog (walking back from the loop's end) has met its frontier,
+    // and from the join point the wrap and the backlog's walk back to serial 0 are each seconds
+    // away: only asking from the play position first plays within a fraction of that.
     let runner = Proc::spawn(
         "runner",
         Command::new(bin("loopcast"))
@@ -153,7 +157,7 @@ pub fn a_follower_joining_mid_loop_plays_before_the_loop_wraps() {
             .arg("--output")
             .arg(scratch.path("runner.lca")),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let follower = Follower::start("late", server.port, &scratch, &media.join("keys.db"));
     let (report, played, _) = follower.finish(Duration::from_secs(90));
     runner.report(Duration::from_secs(60));
@@ -176,16 +180,15 @@ pub fn a_follower_joining_mid_loop_plays_before_the_loop_wraps() {
          first datagram; the loop would wrap after {wrap:.3} s"
     );
     assert!(
-        join > loop_len * 0.15,
+        join > loop_len * 0.2,
         "the follower joined mid-loop (serial {join} of {loop_len})"
     );
     // Without the play position the start of the file comes with the wrap (or the backlog,
     // walking back from the join point, later still): after `wrap` plus a frame.
     assert!(
-        delay < wrap,
+        delay < 0.6 * wrap,
         "played {delay:.3} s after the first datagram; the loop wraps after {wrap:.3} s"
     );
-    assert!(delay < 2.0, "played {delay:.3} s after the first datagram");
 }
 
 /// The player quits: the download stops with a clear message and exit code 141, and is kept

@@ -27,7 +27,10 @@
 //! `play_window` serials ahead and at most that many in flight, stopping short of the frontier
 //! (from there on the loop itself is delivering). Play asks not answered within
 //! `play_expiry` are asked again: a lost repair there stalls playback. Like backlog repairs,
-//! play repairs never move the frontier.
+//! play repairs never move the frontier. The play walk replaces the backlog (it covers the same
+//! gaps, from the other end): backlog asks would sit in the server's repair queue ahead of the
+//! next play asks. The window is small (512, about 0.7 MB) so that what is in flight drains
+//! well within the expiry at modest rates and the nearest serials are never queued behind it.
 
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
@@ -77,7 +80,7 @@ impl Default for NakConfig {
             random_seed: 0x9e37_79b9_7f4a_7c15,
             backlog_window: 0,
             backlog_expiry: Duration::from_secs(1),
-            play_window: 2048,
+            play_window: 512,
             play_expiry: Duration::from_millis(500),
         }
     }
@@ -603,7 +606,11 @@ impl NakPlanner {
             }
         }
         // Last, what lies behind the join point (not re-asked: the loop brings what is lost).
-        self.append_backlog(&mut ranges, now);
+        // A follower's play walk covers those gaps itself, forward from the play position:
+        // backlog asks queued at the server ahead of its next play asks would only delay them.
+        if self.play.is_none() {
+            self.append_backlog(&mut ranges, now);
+        }
         if ranges.is_empty() {
             return None;
         }
@@ -1019,6 +1026,32 @@ mod tests {
         assert_eq!(
             nak.poll_nak(Instant::ZERO + Duration::from_millis(10)),
             None
+        );
+    }
+
+    #[test]
+    fn with_a_play_position_the_backlog_asks_nothing() {
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                backlog_window: 2048,
+                play_window: 100,
+                ..NakConfig::default()
+            },
+            &Bitmap::new(10_000),
+        );
+        nak.saw(5_000);
+        nak.set_play_position(Some(0));
+        assert_eq!(nak.poll_nak(Instant::ZERO), Some(vec![(0, 100)]));
+        assert_eq!(nak.backlog_serials(), 0);
+        // Playback done (no position): the backlog takes over for what is left.
+        nak.set_play_position(None);
+        let ranges = nak
+            .poll_nak(Instant::ZERO + Duration::from_millis(10))
+            .unwrap();
+        assert!(nak.backlog_serials() > 0, "{ranges:?}");
+        assert!(
+            ranges.iter().all(|&(first, _)| first >= 100),
+            "not what the play walk has in flight: {ranges:?}"
         );
     }
 
