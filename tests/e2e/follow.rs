@@ -145,10 +145,10 @@ pub fn a_follower_joining_mid_loop_plays_before_the_loop_wraps() {
     let original = write_content(&input, 40 << 20, 12);
     pack_into(&input, &media, &[]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
-    // A plain download starts the loop; the follower joins about half-way round it. By then
-    // the other client's own backlog (walking back from the loop's end) has met its frontier,
-    // and from the join point the wrap and the backlog's walk back to serial 0 are each seconds
-    // away: only asking from the play position first plays within a fraction of that.
+    // A plain download starts the loop; the follower joins about a quarter of the way round
+    // it (the loop runs at half the rate while that client's backlog repairs take the other
+    // half). From the join point the wrap and a backlog's walk back to serial 0 are each
+    // seconds away: only asking from the play position first plays within a fraction of that.
     let runner = Proc::spawn(
         "runner",
         Command::new(bin("loopcast"))
