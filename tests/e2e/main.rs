@@ -15,6 +15,8 @@
 //!   killed, shut down or changed on disk mid-transfer, a client stopped past its timeout.
 //! - links.rs: receivers behind 5 Mbit/s, 50 Mbit/s and unlimited `tc tbf` links, a server
 //!   with no `--rate`: each finishes at its own link's pace (issue 10, R11/R12).
+//! - follow.rs: `get --follow` plays the original on stdout while it downloads (R13): bytes,
+//!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
 //!
@@ -30,6 +32,7 @@ mod attacks;
 mod bench;
 mod demo;
 mod files;
+mod follow;
 mod hostile;
 mod links;
 mod multicast;
@@ -132,6 +135,11 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             Need::RootNetnsNft
         ),
         e2e!(resume::killed_client_resumes_and_finishes_identical),
+        e2e!(follow::follow_plays_the_original_on_stdout_within_two_seconds_and_publishes_the_archive),
+        e2e!(follow::a_follower_joining_mid_loop_plays_before_the_loop_wraps),
+        e2e!(follow::a_player_that_quits_stops_the_download_and_keeps_it_for_resume),
+        e2e!(follow::follow_without_keys_refuses_an_encrypted_file_at_once),
+        e2e!(follow::follow_with_the_wrong_key_database_is_a_clear_error),
         e2e!(unicast::unicast_clients_one_late_get_identical_files_and_ctl_reports_status),
         e2e!(unicast::wrong_root_and_unknown_file_are_clear_errors),
         e2e!(unicast::cli_errors_are_one_line_and_nonzero),

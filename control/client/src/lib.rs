@@ -8,6 +8,7 @@
 //! ```
 
 mod files;
+pub mod follow;
 pub mod state;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -24,6 +25,8 @@ use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver, ReceiverCounters};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport};
+
+pub use follow::{FollowError, FollowOptions};
 
 #[derive(Clone, Debug)]
 pub struct GetConfig {
@@ -108,6 +111,10 @@ pub struct GetReport {
     pub tier_moves: u64,
     /// The round trip to the server, as measured with the reports (R12).
     pub rtt: Option<Duration>,
+    /// `get --follow` (R13): bytes of the original written, and when the first one was
+    /// (from the start).
+    pub played_bytes: u64,
+    pub first_play_after: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,8 +141,18 @@ pub enum ClientError {
         held_root: String,
         part: PathBuf,
     },
-    #[error("{name} is encrypted and --extract has no key database: pass --keys (nothing was downloaded)")]
+    #[error("{name} is encrypted and no key database was given to decrypt it: pass --keys (nothing was downloaded)")]
     NeedsKeys { name: String },
+    /// `--follow` stopped the download: the player quit, or a frame failed.
+    #[error("{source}; download stopped, partial download kept for resume ({held}/{total} datagrams): run the same command again")]
+    FollowStopped {
+        source: FollowError,
+        held: u32,
+        total: u32,
+    },
+    /// `--follow` failed to start, or after the download was complete and published.
+    #[error(transparent)]
+    Follow(#[from] FollowError),
     #[error(
         "server offered root {offered}, expected {expected}: refusing a forged or different file"
     )]
@@ -222,7 +239,21 @@ pub fn get(
     cancel: &AtomicBool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<GetReport, ClientError> {
+    get_following(config, None, cancel, progress)
+}
+
+/// As [`get`]; with `follow` (R13, `get --follow`), the original's bytes are also written, in
+/// order, to `follow.sink` as soon as they are verified (see [`follow`]), and the missing
+/// datagrams nearest the play position are asked for first.
+pub fn get_following(
+    config: &GetConfig,
+    follow: Option<FollowOptions>,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<GetReport, ClientError> {
     let started = Instant::now();
+    let mut follow_options = follow;
+    let mut follow: Option<follow::FollowWriter> = None;
     let clock = loopcast_proto::time::MonotonicClock::new();
     // Before any traffic: the output is usable and no other download holds it.
     let mut part = Some(files::PartFile::prepare(config)?);
@@ -312,6 +343,18 @@ pub fn get(
                     root_seen = Some(root);
                     tracing::info!(file = %info.name, root = %root.to_hex(), transport = %offered, %channel, "offer accepted");
                     if download.is_none() {
+                        // R13: the key is looked up before anything is received.
+                        if let Some(options) = follow_options.take() {
+                            let part_path = with_suffix(&config.output, ".part");
+                            match follow::FollowWriter::start(options, &info, &part_path) {
+                                Ok(writer) => follow = Some(writer),
+                                Err(error) => {
+                                    session.leave(clock.now());
+                                    send_all(&mut session);
+                                    return Err(error.into());
+                                }
+                            }
+                        }
                         let part = part.take().expect("opened once");
                         let opened = Download::open(config, &info, root, part)?;
                         resumed_datagrams = opened.receiver.have().count_ones();
@@ -498,6 +541,21 @@ pub fn get(
                 _ => session.handle_control(now, message.from, &message.bytes),
             }
         }
+        // R13: play what is verified; ask first for what playback waits for.
+        if let Some(follow) = follow.as_mut() {
+            if let Err(source) = follow.advance(&mut download.receiver, &download.part) {
+                download.save()?;
+                session.leave(now);
+                send_all(&mut session);
+                return Err(ClientError::FollowStopped {
+                    source,
+                    held: download.receiver.have().count_ones(),
+                    total,
+                });
+            }
+            let wanted = follow.wanted_serial(&download.receiver);
+            download.nak.set_play_position(wanted);
+        }
         // R10: ask for what went by without arriving (at most one NAK per interval).
         if let Some(ranges) = download.nak.poll_nak(now) {
             session.send_nak(ranges);
@@ -516,6 +574,10 @@ pub fn get(
     let publish_started = Instant::now();
     download.publish()?;
     let publish_time = publish_started.elapsed();
+    let (played_bytes, first_play_at) = match follow {
+        Some(follow) => follow.finish(&mut download.receiver, &download.part, cancel)?,
+        None => (0, None),
+    };
     Ok(GetReport {
         first_datagram_after: download.first_datagram_at.map(|at| at - started),
         publish_time,
@@ -536,6 +598,8 @@ pub fn get(
         tier: session.tier(),
         tier_moves: session.moves(),
         rtt: session.rtt(),
+        played_bytes,
+        first_play_after: first_play_at.map(|at| at - started),
         info: download.receiver.info().clone(),
     })
 }

@@ -214,46 +214,7 @@ impl ArchiveFile {
         header: &FrameHeader,
         expected_index: u64,
     ) -> Result<(), ArchiveError> {
-        let info = &self.info;
-        let frame_size = u64::from(info.frame_raw_size);
-        let expected_raw = if expected_index + 1 == info.frame_count {
-            info.original_size - expected_index * frame_size
-        } else {
-            frame_size
-        };
-        let expected_digest = info
-            .watermark
-            .as_ref()
-            .map(|m| watermark_digest(&m.owner, &m.notice));
-        let problem = if header.index != expected_index {
-            Some(format!(
-                "frame {expected_index} claims index {}",
-                header.index
-            ))
-        } else if header.file_id != info.file_id {
-            Some(format!("frame {expected_index} belongs to another file"))
-        } else if header.is_encrypted() != info.encrypted {
-            Some(format!(
-                "frame {expected_index} encryption flag disagrees with the file info"
-            ))
-        } else if header.is_watermarked() != expected_digest.is_some()
-            || header.watermark_digest != expected_digest.unwrap_or([0; 16])
-        {
-            Some(format!(
-                "frame {expected_index} watermark does not match the file's"
-            ))
-        } else if u64::from(header.raw_len) != expected_raw {
-            Some(format!(
-                "frame {expected_index} has raw length {}",
-                header.raw_len
-            ))
-        } else {
-            None
-        };
-        match problem {
-            Some(what) => Err(self.corrupt(what)),
-            None => Ok(()),
-        }
+        check_frame_header(&self.info, &self.path, header, expected_index)
     }
 
     /// Decrypts and decompresses to `output` and checks the original's size and hash. Frames
@@ -338,32 +299,123 @@ impl ArchiveFile {
         &self,
         key: Option<&MasterKey>,
         header: FrameHeader,
-        mut stored: Vec<u8>,
+        stored: Vec<u8>,
     ) -> Result<Vec<u8>, ArchiveError> {
-        if header.is_encrypted() {
-            let key = key.expect("checked before extraction");
-            let len =
-                open(key, &header.key_salt, &header.to_bytes(), &mut stored).map_err(|_| {
-                    ArchiveError::DecryptFailed {
-                        frame: header.index,
-                    }
-                })?;
-            stored.truncate(len);
-        }
-        let plain = if header.is_compressed() {
-            zstd::bulk::decompress(&stored, header.raw_len as usize)
-                .map_err(|e| self.corrupt(format!("frame {}: zstd: {e}", header.index)))?
-        } else {
-            stored
-        };
-        if plain.len() != header.raw_len as usize {
-            return Err(self.corrupt(format!(
-                "frame {} decodes to the wrong length",
-                header.index
-            )));
-        }
-        Ok(plain)
+        decode_frame(&self.path, key, header, stored)
     }
+}
+
+/// Checks a frame header against the file info (docs/archive.md, "Checks on extraction"):
+/// its index, file id, encryption and watermark flags and digest, and raw length. `path`
+/// names the file in the error.
+pub fn check_frame_header(
+    info: &FileInfo,
+    path: &Path,
+    header: &FrameHeader,
+    expected_index: u64,
+) -> Result<(), ArchiveError> {
+    let frame_size = u64::from(info.frame_raw_size);
+    let expected_raw = if expected_index + 1 == info.frame_count {
+        info.original_size - expected_index * frame_size
+    } else {
+        frame_size
+    };
+    let expected_digest = info
+        .watermark
+        .as_ref()
+        .map(|m| watermark_digest(&m.owner, &m.notice));
+    let problem = if header.index != expected_index {
+        Some(format!(
+            "frame {expected_index} claims index {}",
+            header.index
+        ))
+    } else if header.file_id != info.file_id {
+        Some(format!("frame {expected_index} belongs to another file"))
+    } else if header.is_encrypted() != info.encrypted {
+        Some(format!(
+            "frame {expected_index} encryption flag disagrees with the file info"
+        ))
+    } else if header.is_watermarked() != expected_digest.is_some()
+        || header.watermark_digest != expected_digest.unwrap_or([0; 16])
+    {
+        Some(format!(
+            "frame {expected_index} watermark does not match the file's"
+        ))
+    } else if u64::from(header.raw_len) != expected_raw {
+        Some(format!(
+            "frame {expected_index} has raw length {}",
+            header.raw_len
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(what) => Err(ArchiveError::Corrupt {
+            path: path.to_owned(),
+            what,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Decrypts (if sealed) and decompresses (if compressed) one frame whose header passed
+/// [`check_frame_header`], checking the decoded length. A sealed frame without a key is
+/// `KeyRequired`; `path` names the file in the error.
+pub fn decode_frame(
+    path: &Path,
+    key: Option<&MasterKey>,
+    header: FrameHeader,
+    mut stored: Vec<u8>,
+) -> Result<Vec<u8>, ArchiveError> {
+    let corrupt = |what: String| ArchiveError::Corrupt {
+        path: path.to_owned(),
+        what,
+    };
+    if header.is_encrypted() {
+        let key = key.ok_or_else(|| ArchiveError::KeyRequired(header.file_id.to_string()))?;
+        let len = open(key, &header.key_salt, &header.to_bytes(), &mut stored).map_err(|_| {
+            ArchiveError::DecryptFailed {
+                frame: header.index,
+            }
+        })?;
+        stored.truncate(len);
+    }
+    let plain = if header.is_compressed() {
+        zstd::bulk::decompress(&stored, header.raw_len as usize)
+            .map_err(|e| corrupt(format!("frame {}: zstd: {e}", header.index)))?
+    } else {
+        stored
+    };
+    if plain.len() != header.raw_len as usize {
+        return Err(corrupt(format!(
+            "frame {} decodes to the wrong length",
+            header.index
+        )));
+    }
+    Ok(plain)
+}
+
+/// The frame-stream bytes carried by data datagram `index` (a whole datagram as stored),
+/// after checking its header says it is that datagram and carries the length the info implies.
+pub fn data_payload<'a>(
+    info: &FileInfo,
+    index: u32,
+    datagram: &'a [u8],
+) -> Result<&'a [u8], String> {
+    let header =
+        DatagramHeader::parse(datagram).map_err(|e| format!("data datagram {index}: {e}"))?;
+    if header.level != 0 || header.index != index {
+        return Err(format!("data datagram {index} is out of place"));
+    }
+    let capacity = payload_capacity(info.datagram_size) as u64;
+    let expected_len = info
+        .frame_stream_len
+        .saturating_sub(u64::from(index) * capacity)
+        .min(capacity);
+    if u64::from(header.payload_len) != expected_len {
+        return Err(format!("data datagram {index} has the wrong length"));
+    }
+    Ok(&datagram[DATAGRAM_HEADER_LEN..DATAGRAM_HEADER_LEN + usize::from(header.payload_len)])
 }
 
 /// Sequential reader over the frame stream (the data datagrams' payloads in index order).
@@ -404,26 +456,9 @@ impl<'a> FrameStream<'a> {
         let size = usize::from(archive.info.datagram_size);
         self.buffered.clear();
         for datagram in raw.chunks_exact(size) {
-            let header = DatagramHeader::parse(datagram)
-                .map_err(|e| archive.corrupt(format!("data datagram {}: {e}", self.next_data)))?;
-            if header.level != 0 || header.index != self.next_data {
-                return Err(
-                    archive.corrupt(format!("data datagram {} is out of place", self.next_data))
-                );
-            }
-            let expected_len = (archive.info.frame_stream_len
-                - u64::from(self.next_data) * payload_capacity(archive.info.datagram_size) as u64)
-                .min(payload_capacity(archive.info.datagram_size) as u64);
-            if u64::from(header.payload_len) != expected_len {
-                return Err(archive.corrupt(format!(
-                    "data datagram {} has the wrong length",
-                    self.next_data
-                )));
-            }
-            self.buffered.extend_from_slice(
-                &datagram
-                    [DATAGRAM_HEADER_LEN..DATAGRAM_HEADER_LEN + usize::from(header.payload_len)],
-            );
+            let payload = data_payload(&archive.info, self.next_data, datagram)
+                .map_err(|e| archive.corrupt(e))?;
+            self.buffered.extend_from_slice(payload);
             self.next_data += 1;
         }
         self.buffered_at = 0;

@@ -18,6 +18,7 @@
 //! - [`receiver`]: the client-side verified-have state (R9, R14).
 //! - [`nak`]: which serials went by without arriving, and when to ask for them (R10).
 //! - [`rate`]: per-client throughput estimates, tier rates and tier moves (R11, R12).
+//! - [`play`]: the verified prefix a follower can play while the file arrives (R13).
 
 pub mod assemble;
 pub mod bitmap;
@@ -27,6 +28,7 @@ pub mod endpoint;
 pub mod info;
 pub mod layout;
 pub mod nak;
+pub mod play;
 pub mod rate;
 pub mod receiver;
 pub mod rng;

@@ -20,6 +20,17 @@
 //! the asks follow the rate at which repairs arrive), until it meets the frontier. Backlog asks
 //! are not re-asked: what they miss, the loop brings. So resume time follows what is missing,
 //! not the loop's length.
+//!
+//! A follower (R13, `get --follow`) plays the file while it arrives and needs it in data order
+//! from its *play position* ([`crate::play::PlayCursor::wanted_serial`]). With a play position
+//! set, every NAK first asks for what is missing walking *forward* from it, at most
+//! `play_window` serials ahead and at most that many in flight, stopping short of the frontier
+//! (from there on the loop itself is delivering). Play asks not answered within
+//! `play_expiry` are asked again: a lost repair there stalls playback. Like backlog repairs,
+//! play repairs never move the frontier. The play walk replaces the backlog (it covers the same
+//! gaps, from the other end): backlog asks would sit in the server's repair queue ahead of the
+//! next play asks. The window is small (512, about 0.7 MB) so that what is in flight drains
+//! well within the expiry at modest rates and the nearest serials are never queued behind it.
 
 use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
@@ -48,6 +59,11 @@ pub struct NakConfig {
     pub backlog_window: u32,
     /// A backlog ask not answered within this long stops counting against the window.
     pub backlog_expiry: Duration,
+    /// With a play position set: serials ahead of it looked at, and asked and not yet arrived,
+    /// at most.
+    pub play_window: u32,
+    /// A play ask not answered within this long is asked again.
+    pub play_expiry: Duration,
 }
 
 /// Asked-for ranges remembered for re-asking at most; also the bound on gaps waiting for their
@@ -64,6 +80,8 @@ impl Default for NakConfig {
             random_seed: 0x9e37_79b9_7f4a_7c15,
             backlog_window: 0,
             backlog_expiry: Duration::from_secs(1),
+            play_window: 512,
+            play_expiry: Duration::from_millis(500),
         }
     }
 }
@@ -93,6 +111,14 @@ pub struct NakPlanner {
     /// Backlog ranges asked and when; their unseen serials count against the window.
     backlog_asked: VecDeque<(u32, u32, Instant)>,
     backlog_serials: u64,
+    /// The follower's play position (a loop serial), if any.
+    play: Option<u32>,
+    /// Serials the play walk asked for that have not arrived (allocated with the position);
+    /// its count of ones is what is in flight.
+    play_bits: Option<Bitmap>,
+    /// Play ranges asked and when, oldest first (each expires after `play_expiry`).
+    play_asked: VecDeque<(u32, u32, Instant)>,
+    play_serials: u64,
     random: u64,
     naks_sent: u64,
     serials_naked: u64,
@@ -119,6 +145,10 @@ impl NakPlanner {
             backlog_bits: None,
             backlog_asked: VecDeque::new(),
             backlog_serials: 0,
+            play: None,
+            play_bits: None,
+            play_asked: VecDeque::new(),
+            play_serials: 0,
             random: config.random_seed | 1,
             naks_sent: 0,
             serials_naked: 0,
@@ -161,6 +191,91 @@ impl NakPlanner {
         self.backlog_serials
     }
 
+    /// Sets (or clears) the follower's play position: the loop serial playback waits for. From
+    /// the next NAK on, what is missing walking forward from it is asked first.
+    pub fn set_play_position(&mut self, serial: Option<u32>) {
+        self.play = serial.filter(|&s| s < self.loop_len());
+        if self.play.is_some() && self.play_bits.is_none() {
+            self.play_bits = Some(Bitmap::new(self.loop_len()));
+        }
+    }
+
+    /// Serials asked by the play walk so far.
+    pub fn play_serials(&self) -> u64 {
+        self.play_serials
+    }
+
+    /// Appends play ranges (walking forward from the play position) while the window has room,
+    /// using at most half of a NAK's ranges so the gap scan keeps going.
+    fn append_play(&mut self, ranges: &mut Vec<(u32, u32)>, now: Instant) {
+        let (Some(play), Some(frontier)) = (self.play, self.frontier) else {
+            return;
+        };
+        // Taken for the walk (which reads `self` too) and put back below.
+        let mut bits = self
+            .play_bits
+            .take()
+            .expect("allocated with the play position");
+        // Expired asks: their unseen serials may be asked again.
+        while let Some(&(first, count, at)) = self.play_asked.front() {
+            if now.saturating_since(at) < self.config.play_expiry {
+                break;
+            }
+            self.play_asked.pop_front();
+            for serial in first..first + count {
+                bits.clear(serial);
+            }
+        }
+        let window = self.config.play_window;
+        let mut room = window.saturating_sub(bits.count_ones());
+        let margin = self.config.reorder_margin;
+        let ahead_of_frontier = self.ahead(frontier, play);
+        if (1..=2 * margin).contains(&ahead_of_frontier) {
+            // The loop is about to deliver the play position anyway.
+            room = 0;
+        }
+        let ranges_max = ranges.len() + NAK_RANGES_MAX / 2;
+        let mut run: Option<(u32, u32)> = None; // (first, count)
+        let mut serial = play;
+        let mut scanned = 0u32;
+        loop {
+            // Stop at the frontier less the reorder margin (from there the loop delivers, and
+            // what is within the margin behind it may still be in flight), at the window's end,
+            // at a wrap of the whole loop, or when the NAK's share of ranges is used.
+            let done = scanned >= window
+                || scanned >= self.loop_len()
+                || room == 0
+                || self.ahead(serial, frontier) <= margin
+                || ranges.len() + usize::from(run.is_some()) >= ranges_max;
+            let wanted = !done && !self.seen.get(serial) && !bits.get(serial);
+            let wraps = serial == 0;
+            if let Some((first, count)) = run.filter(|_| done || !wanted || wraps) {
+                ranges.push((first, count));
+                self.play_asked.push_back((first, count, now));
+                self.play_serials += u64::from(count);
+                run = None;
+            }
+            if done {
+                break;
+            }
+            if wanted {
+                bits.set(serial);
+                room -= 1;
+                run = Some(match run {
+                    Some((first, count)) => (first, count + 1),
+                    None => (serial, 1),
+                });
+            }
+            scanned += 1;
+            serial = if serial + 1 == self.loop_len() {
+                0
+            } else {
+                serial + 1
+            };
+        }
+        self.play_bits = Some(bits);
+    }
+
     /// Appends backlog ranges (walking backwards from the join point) while the window has
     /// room and the NAK has space.
     fn append_backlog(&mut self, ranges: &mut Vec<(u32, u32)>, now: Instant) {
@@ -200,7 +315,9 @@ impl NakPlanner {
                 || room == 0
                 || scanned >= self.loop_len()
                 || ranges.len() + usize::from(run.is_some()) >= NAK_RANGES_MAX;
-            let missing = !done && !self.seen.get(next);
+            let missing = !done
+                && !self.seen.get(next)
+                && !self.play_bits.as_ref().is_some_and(|bits| bits.get(next));
             // A run ends at a held serial, at the wrap (ranges never wrap), or when done.
             let wraps = next == self.loop_len() - 1 && run.is_some();
             if let Some((low, high)) = run.filter(|_| done || !missing || wraps) {
@@ -256,11 +373,15 @@ impl NakPlanner {
             Some(frontier) => {
                 // A serial the backlog asked for is a repair, not the loop's progress: it must
                 // not move the frontier, or everything it jumped over would count as lost.
-                if self
+                let backlog_repair = self
                     .backlog_bits
                     .as_mut()
-                    .is_some_and(|bits| bits.clear(serial))
-                {
+                    .is_some_and(|bits| bits.clear(serial));
+                let play_repair = self
+                    .play_bits
+                    .as_mut()
+                    .is_some_and(|bits| bits.clear(serial));
+                if backlog_repair || play_repair {
                     return;
                 }
                 let ahead = self.ahead(frontier, serial);
@@ -370,10 +491,11 @@ impl NakPlanner {
             .outstanding
             .front()
             .map(|&(_, _, asked)| asked + self.config.repair_timeout);
-        let earliest = match (waiting, outstanding) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b)?,
-        };
+        let play = self
+            .play
+            .and(self.play_asked.front())
+            .map(|&(_, _, asked)| asked + self.config.play_expiry);
+        let earliest = [waiting, outstanding, play].into_iter().flatten().min()?;
         Some(match self.last_nak {
             None => earliest,
             Some(at) => earliest.max(at + self.config.interval),
@@ -401,6 +523,9 @@ impl NakPlanner {
             .saturating_sub(self.config.reorder_margin);
         self.forget_old_heard(now);
         let mut ranges: Vec<(u32, u32)> = Vec::new();
+        // First what playback waits for (R13), nearest the play position first.
+        self.append_play(&mut ranges, now);
+        let play_ranges = ranges.len();
         // First what was asked before (by us or others) and is still missing after the repair
         // timeout.
         while let Some(&(first, count, asked)) = self.outstanding.front() {
@@ -475,13 +600,17 @@ impl NakPlanner {
                 }
             }
         }
-        for &(first, count) in &ranges {
+        for &(first, count) in &ranges[play_ranges..] {
             if self.outstanding.len() < OUTSTANDING_MAX {
                 self.outstanding.push_back((first, count, now));
             }
         }
         // Last, what lies behind the join point (not re-asked: the loop brings what is lost).
-        self.append_backlog(&mut ranges, now);
+        // A follower's play walk covers those gaps itself, forward from the play position:
+        // backlog asks queued at the server ahead of its next play asks would only delay them.
+        if self.play.is_none() {
+            self.append_backlog(&mut ranges, now);
+        }
         if ranges.is_empty() {
             return None;
         }
@@ -790,6 +919,151 @@ mod tests {
         );
     }
 
+    fn following(loop_len: u32, margin: u32) -> NakPlanner {
+        NakPlanner::new(
+            NakConfig {
+                reorder_margin: margin,
+                repair_timeout: Duration::from_secs(3600),
+                play_window: 2048,
+                play_expiry: Duration::from_millis(500),
+                ..NakConfig::default()
+            },
+            &Bitmap::new(loop_len),
+        )
+    }
+
+    #[test]
+    fn a_follower_asks_first_for_what_follows_its_play_position_windowed() {
+        let mut nak = following(10_000, 16);
+        let mut now = Instant::ZERO;
+        // Joined mid-loop at 5000; playback waits for serial 0 (the start of the file).
+        nak.saw(5_000);
+        nak.set_play_position(Some(0));
+        assert_eq!(
+            nak.poll_nak(now),
+            Some(vec![(0, 2048)]),
+            "the play window, nearest first"
+        );
+        now = now + Duration::from_millis(10);
+        assert_eq!(nak.poll_nak(now), None, "the window is in flight");
+        // Repairs for 0..1000 arrive; playback moves on; the loop moves on too.
+        for serial in 0..1_000 {
+            nak.saw(serial);
+        }
+        for serial in 5_001..5_100 {
+            nak.saw(serial);
+        }
+        nak.set_play_position(Some(1_000));
+        now = now + Duration::from_millis(10);
+        assert_eq!(
+            nak.poll_nak(now),
+            Some(vec![(2_048, 1_000)]),
+            "only the room freed, after what is in flight; the repairs did not move the frontier"
+        );
+        assert_eq!(nak.play_serials(), 3_048);
+        assert_eq!(nak.serials_naked(), 3_048, "nothing else was asked");
+    }
+
+    #[test]
+    fn a_lost_play_repair_is_asked_again_after_the_play_expiry() {
+        let mut nak = following(10_000, 16);
+        nak.saw(5_000);
+        nak.set_play_position(Some(100));
+        let t0 = Instant::ZERO;
+        assert_eq!(nak.poll_nak(t0), Some(vec![(100, 2048)]));
+        // Everything but 150..160 arrives.
+        for serial in (100..2_148).filter(|s| !(150..160).contains(s)) {
+            nak.saw(serial);
+        }
+        nak.set_play_position(Some(150));
+        // Within the expiry, 150..160 are in flight: only the window's end moves on (the
+        // window is 2048 serials from the play position).
+        let second = nak.poll_nak(t0 + Duration::from_millis(100)).unwrap();
+        assert_eq!(second, vec![(2_148, 50)]);
+        for serial in 2_148..2_198 {
+            nak.saw(serial);
+        }
+        assert_eq!(
+            nak.poll_timeout(),
+            Some(t0 + Duration::from_millis(500)),
+            "woken for the expiry"
+        );
+        assert_eq!(
+            nak.poll_nak(t0 + Duration::from_millis(499)),
+            None,
+            "not yet expired"
+        );
+        assert_eq!(
+            nak.poll_nak(t0 + Duration::from_millis(500)),
+            Some(vec![(150, 10)]),
+            "the lost ones again"
+        );
+    }
+
+    #[test]
+    fn the_play_walk_stops_short_of_the_frontier_and_never_asks_what_is_held() {
+        let mut nak = following(10_000, 4);
+        nak.saw(5_000);
+        for serial in (4_950..5_000).filter(|s| s % 3 == 0) {
+            nak.saw(serial);
+        }
+        nak.set_play_position(Some(4_950));
+        let ranges = nak.poll_nak(Instant::ZERO).unwrap();
+        let asked: Vec<u32> = ranges.iter().flat_map(|&(f, n)| f..f + n).collect();
+        let expected: Vec<u32> = (4_950..4_996).filter(|s| s % 3 != 0).collect();
+        assert_eq!(
+            asked, expected,
+            "up to the reorder margin behind the frontier"
+        );
+        assert!(ranges.len() <= NAK_RANGES_MAX / 2 + 1);
+        // A play position the loop is about to deliver is not asked for at all.
+        let mut nak = following(10_000, 4);
+        nak.saw(5_000);
+        nak.set_play_position(Some(5_003));
+        assert_eq!(nak.poll_nak(Instant::ZERO), None);
+        // Nor one already delivered.
+        nak.set_play_position(Some(5_000));
+        assert_eq!(
+            nak.poll_nak(Instant::ZERO + Duration::from_millis(10)),
+            None
+        );
+    }
+
+    #[test]
+    fn with_a_play_position_the_backlog_asks_nothing() {
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                backlog_window: 2048,
+                play_window: 100,
+                ..NakConfig::default()
+            },
+            &Bitmap::new(10_000),
+        );
+        nak.saw(5_000);
+        nak.set_play_position(Some(0));
+        assert_eq!(nak.poll_nak(Instant::ZERO), Some(vec![(0, 100)]));
+        assert_eq!(nak.backlog_serials(), 0);
+        // Playback done (no position): the backlog takes over for what is left.
+        nak.set_play_position(None);
+        let ranges = nak
+            .poll_nak(Instant::ZERO + Duration::from_millis(10))
+            .unwrap();
+        assert!(nak.backlog_serials() > 0, "{ranges:?}");
+        assert!(
+            ranges.iter().all(|&(first, _)| first >= 100),
+            "not what the play walk has in flight: {ranges:?}"
+        );
+    }
+
+    #[test]
+    fn play_ranges_never_wrap_and_stay_within_the_loop() {
+        let mut nak = following(3_000, 0);
+        nak.saw(1_500);
+        nak.set_play_position(Some(2_500));
+        let ranges = nak.poll_nak(Instant::ZERO).unwrap();
+        assert_eq!(ranges, vec![(2_500, 500), (0, 1_500)]);
+    }
+
     #[test]
     fn a_resumed_planner_does_not_ask_for_what_it_holds() {
         let mut held = Bitmap::new(100);
@@ -812,6 +1086,53 @@ mod tests {
     }
 
     proptest! {
+        /// With a play position anywhere: no held serial is asked, ranges are non-empty and in
+        /// the loop, and the play walk never has more than its window in flight.
+        #[test]
+        fn play_asks_are_bounded_and_never_for_held_serials(
+            loop_len in 1u32..6000,
+            join in 0u32..6000,
+            play in 0u32..6000,
+            held in proptest::collection::vec(any::<bool>(), 6000),
+            window in 1u32..3000,
+        ) {
+            let mut have = Bitmap::new(loop_len);
+            for serial in 0..loop_len {
+                if held[serial as usize] {
+                    have.set(serial);
+                }
+            }
+            let mut nak = NakPlanner::new(
+                NakConfig { play_window: window, backlog_window: 512, ..NakConfig::default() },
+                &have,
+            );
+            nak.saw(join % loop_len);
+            let mut now = Instant::ZERO;
+            let mut play = play % loop_len;
+            for round in 0..20u32 {
+                nak.set_play_position(Some(play));
+                now = now + Duration::from_millis(10 + u64::from(round % 3) * 300);
+                if let Some(ranges) = nak.poll_nak(now) {
+                    prop_assert!(ranges.len() <= NAK_RANGES_MAX);
+                    for &(first, count) in &ranges {
+                        prop_assert!(count > 0 && first + count <= loop_len);
+                        for serial in first..first + count {
+                            prop_assert!(!nak.seen.get(serial), "held serial {} asked", serial);
+                        }
+                    }
+                    // Half of what was asked arrives.
+                    for (first, count) in ranges {
+                        for serial in (first..first + count).step_by(2) {
+                            nak.saw(serial);
+                        }
+                    }
+                }
+                let in_flight = nak.play_bits.as_ref().map_or(0, |bits| bits.count_ones());
+                prop_assert!(in_flight <= window, "{} in flight, window {}", in_flight, window);
+                play = (play + round) % loop_len;
+            }
+        }
+
         /// Whatever arrives, over passes of the loop every serial that never arrived is asked
         /// for, no held serial is ever asked for, and ranges are non-empty, in the loop, bounded.
         #[test]

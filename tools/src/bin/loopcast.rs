@@ -1,6 +1,7 @@
 //! `loopcast`: the client and packer. See `loopcast --help`.
 
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +12,7 @@ use loopcast_archive::files::{self, OutputError};
 use loopcast_archive::{
     pack, ArchiveError, ArchiveFile, MasterKey, Overwrite, PackOptions, PackPhase,
 };
-use loopcast_client::ClientError;
+use loopcast_client::{ClientError, FollowError, FollowOptions};
 use loopcast_proto::info::{
     hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
 };
@@ -34,6 +35,9 @@ mod exit_code {
     /// Ctrl-C or SIGTERM (partial downloads are kept for resume; partial extracts and packs are
     /// removed).
     pub const INTERRUPTED: u8 = 130;
+    /// `get --follow`: the player stopped reading (what a shell reports for a SIGPIPE death);
+    /// the partial download is kept for resume.
+    pub const BROKEN_PIPE: u8 = 141;
 }
 
 const EXIT_CODES_HELP: &str = "\
@@ -45,7 +49,8 @@ Exit codes:
   4    timeout: no answer from the server, or no new data for --stall-timeout
   5    disk full
   6    verification failed: hash, root or decryption check
-  130  interrupted (partial downloads are kept for resume)";
+  130  interrupted (partial downloads are kept for resume)
+  141  get --follow: the player stopped reading (partial download kept for resume)";
 
 /// An error and the exit code it gives.
 struct Failure {
@@ -132,8 +137,24 @@ impl From<ClientError> for Failure {
                 exit_code::VERIFICATION
             }
             ClientError::Interrupted { .. } => exit_code::INTERRUPTED,
+            ClientError::FollowStopped { ref source, .. } | ClientError::Follow(ref source) => {
+                follow_exit_code(source)
+            }
         };
         Failure { code, message }
+    }
+}
+
+fn follow_exit_code(error: &FollowError) -> u8 {
+    match error {
+        FollowError::PlayerGone { .. } => exit_code::BROKEN_PIPE,
+        FollowError::Interrupted { .. } => exit_code::INTERRUPTED,
+        FollowError::Archive(
+            ArchiveError::DecryptFailed { .. }
+            | ArchiveError::Corrupt { .. }
+            | ArchiveError::WrongLength { .. },
+        ) => exit_code::VERIFICATION,
+        _ => exit_code::GENERIC,
     }
 }
 
@@ -268,7 +289,15 @@ struct GetArgs {
     /// After download, extract the original to this path (encrypted files need --keys).
     #[arg(long)]
     extract: Option<PathBuf>,
-    /// Key database for --extract.
+    /// Play while it downloads: write the original file's bytes, decrypted and in order,
+    /// to stdout as soon as each part is verified, asking for the parts nearest the play
+    /// position first; e.g. `loopcast get HOST:7700 film.mkv --follow --keys keys.db | mpv -`.
+    /// The archive is still published at --output when complete. Encrypted files need --keys.
+    /// Progress, logs and the report go to stderr. If the player stops reading, the download
+    /// stops and is kept for resume (exit 141).
+    #[arg(long, conflicts_with = "extract")]
+    follow: bool,
+    /// Key database for --extract and --follow.
     #[arg(long)]
     keys: Option<PathBuf>,
     /// Give up after this many seconds without new data (partial file kept).
@@ -277,7 +306,7 @@ struct GetArgs {
     /// Replace an existing output (and --extract target) instead of refusing.
     #[arg(long)]
     force: bool,
-    /// Print the report as JSON.
+    /// Print the report as JSON (on stderr with --follow).
     #[arg(long)]
     json: bool,
 }
@@ -601,6 +630,38 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
         // the Offer, before receiving anything.
         config.needs_unencrypted = args.keys.is_none();
     }
+    let follow = if args.follow {
+        use std::io::IsTerminal;
+        if std::io::stdout().is_terminal() {
+            return Err(usage(
+                "--follow writes the file's bytes to stdout, which is a terminal: pipe it into a player or a file",
+            ));
+        }
+        // Without a key database only an unencrypted file can be played: refused at the Offer.
+        config.needs_unencrypted = args.keys.is_none();
+        let stdout = std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| format!("cannot use stdout: {e}"))?;
+        let keys = args.keys.clone();
+        Some(FollowOptions {
+            // Unbuffered: each frame goes to the player as one write.
+            sink: Box::new(std::fs::File::from(stdout)),
+            key_for: Box::new(move |info| {
+                if !info.encrypted {
+                    return Ok(None);
+                }
+                let keys = keys.ok_or("no key database (--keys)")?;
+                let store = KeyStore::open(&keys, false).map_err(|e| e.to_string())?;
+                store
+                    .get(&info.file_id.to_string())
+                    .map(Some)
+                    .map_err(|e| e.to_string())
+            }),
+        })
+    } else {
+        None
+    };
     if let Some(root) = &args.root {
         config.expect_root =
             Some(RootHash::from_hex(root).ok_or_else(|| usage("--root must be 64 hex digits"))?);
@@ -610,7 +671,7 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     } else {
         byte_bar(0, "receiving")
     };
-    let report = loopcast_client::get(&config, &cancel, &mut |p| {
+    let report = loopcast_client::get_following(&config, follow, &cancel, &mut |p| {
         bar.set_length(p.archive_bytes);
         bar.set_position(p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)));
     })
@@ -629,8 +690,12 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
         extracted = Some(path.clone());
     }
     let seconds = report.elapsed.as_secs_f64();
+    // With --follow, stdout carries the file: the report goes to stderr.
+    let mut text = String::new();
     if args.json {
-        println!(
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
             "{}",
             serde_json::json!({
                 "archive": output.display().to_string(), "name": report.info.name, "root": report.root.to_hex(),
@@ -651,10 +716,14 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
                 "tier_rate_bits_per_s": report.tier.map(|t| t.rate_bits_per_s),
                 "tier_moves": report.tier_moves,
                 "rtt_us": report.rtt.map(|r| r.as_micros() as u64),
+                "played_bytes": args.follow.then_some(report.played_bytes),
+                "first_play_seconds": report.first_play_after.map(|d| d.as_secs_f64()),
             })
         );
     } else {
-        println!(
+        use std::fmt::Write;
+        let _ = writeln!(
+            text,
             "received {} ({} bytes) in {seconds:.2} s, {:.1} MB/s over {} ({})",
             output.display(),
             report.archive_bytes,
@@ -662,9 +731,10 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
             report.transport,
             report.transport_note
         );
-        println!("  verified against root {}", report.root.to_hex());
+        let _ = writeln!(text, "  verified against root {}", report.root.to_hex());
         if let Some(tier) = report.tier {
-            println!(
+            let _ = writeln!(
+                text,
                 "  speed tier {} of {} at {} ({} move{}){}",
                 tier.tier + 1,
                 tier.tiers,
@@ -678,20 +748,40 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
             );
         }
         if report.resumed_datagrams > 0 {
-            println!(
+            let _ = writeln!(
+                text,
                 "  resumed with {} datagrams already held",
                 report.resumed_datagrams
             );
         }
         let dropped = report.counters.dropped_total();
         if dropped > 0 {
-            println!(
+            let _ = writeln!(
+                text,
                 "  dropped {dropped} bad or foreign datagrams (see counters with RUST_LOG=debug)"
             );
         }
         if let Some(path) = extracted {
-            println!("  extracted to {}", path.display());
+            let _ = writeln!(text, "  extracted to {}", path.display());
         }
+        if args.follow {
+            let _ = write!(text, "  played {} bytes to stdout", report.played_bytes);
+            if let (Some(play), Some(first)) =
+                (report.first_play_after, report.first_datagram_after)
+            {
+                let _ = write!(
+                    text,
+                    "; the first {:.2} s after the first datagram",
+                    play.saturating_sub(first).as_secs_f64()
+                );
+            }
+            let _ = writeln!(text);
+        }
+    }
+    if args.follow {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
     }
     Ok(())
 }
