@@ -98,7 +98,8 @@ impl BridgeTopology {
     }
 
     /// Limits what host `index` receives to `rate_bits_per_s` (0: unlimited, the qdisc removed),
-    /// with a token bucket filter on the switch's port toward it ([`LinkShape`]).
+    /// with a token bucket filter on the switch's port toward it ([`LinkShape`]), and turns on
+    /// IGMP snooping (with a querier) on the bridge.
     pub fn set_link_rate(&self, index: usize, rate_bits_per_s: u64) -> Result<(), String> {
         assert!(index < self.hosts.len(), "host {index} out of range");
         let switch = &self.names[0];
@@ -108,6 +109,37 @@ impl BridgeTopology {
             let _ = tc(&["-n", switch, "qdisc", "del", "dev", &port, "root"]);
             return Ok(());
         }
+        // Behind a limited link a host must get only the groups it joined, as behind any
+        // switch with IGMP snooping: else every multicast tier of a file (and every other
+        // file) is flooded into its link and crowds out its own.
+        ip(&[
+            "-n",
+            switch,
+            "link",
+            "set",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "1",
+            "mcast_querier",
+            "1",
+        ])?;
+        // And it stops getting a group as soon as it leaves it (IGMP fast leave on its port, as
+        // switches for IPTV do), so a client moved to a slower tier is not flooded with the
+        // faster one for the seconds a plain leave takes.
+        ip(&[
+            "-n",
+            switch,
+            "link",
+            "set",
+            "dev",
+            &port,
+            "type",
+            "bridge_slave",
+            "fastleave",
+            "on",
+        ])?;
         let shape = LinkShape::for_rate(rate_bits_per_s);
         tc(&[
             "-n",

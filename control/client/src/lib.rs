@@ -820,6 +820,7 @@ impl Download {
         // as (slot, offset, length), and whether each still needs hashing (not yet held).
         let mut segments = std::mem::take(&mut self.segments);
         segments.clear();
+        let file_id = self.receiver.info().file_id;
         for index in 0..count {
             let received = inbox.datagram(index);
             if received.truncated {
@@ -856,6 +857,17 @@ impl Download {
                 if foreign {
                     self.foreign_source_dropped += 1;
                     continue;
+                }
+                // R12: what the path delivered counts every datagram of the file with a sound
+                // header, also those that cannot be verified yet (their hash block has not come;
+                // a client far below its tier's rate receives mostly such orphans, and counting
+                // only verified ones would read as loss the path never had). A forger on the
+                // path can only make this client look faster, so its own rate goes up, no one
+                // else's.
+                if let Ok(header) = loopcast_proto::wire::datagram::DatagramHeader::parse(bytes) {
+                    if header.file_id == file_id {
+                        session.observe_serial(header.serial.0);
+                    }
                 }
                 // Every datagram is hashed, held ones too: a duplicate counts for the loop's
                 // position only once proven genuine.
@@ -906,13 +918,11 @@ impl Download {
                     result.stored += 1;
                     result.seen += 1;
                     self.nak.saw(serial);
-                    session.observe_serial(serial);
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }
                 Outcome::Duplicate { serial } => {
                     result.seen += 1;
                     self.nak.saw(serial);
-                    session.observe_serial(serial);
                 }
                 Outcome::Dropped(_) => {}
             }

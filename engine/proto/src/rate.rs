@@ -78,8 +78,11 @@ pub struct RateConfig {
     pub rate_min: u64,
     /// How often tier rates and assignments are reconsidered.
     pub control_interval: Duration,
-    /// After a tier's rate changes or a member moves, reports are read after this long.
+    /// After a tier's rate changes, reports are read after this long.
     pub settle: Duration,
+    /// After a member moves, its reports are read after this long (it changes groups: a switch
+    /// without fast leave keeps sending it the old one for a while).
+    pub move_settle: Duration,
     /// Loss (above the member's noise floor) that counts as congestion, as a fraction.
     pub loss_congested: f64,
     /// Congested reports in a row before anything is done about it (hysteresis).
@@ -101,6 +104,7 @@ impl Default for RateConfig {
             rate_min: 1_000_000,
             control_interval: Duration::from_millis(200),
             settle: Duration::from_millis(150),
+            move_settle: Duration::from_millis(500),
             loss_congested: 0.02,
             sustained_reports: 2,
             dwell: Duration::from_secs(1),
@@ -166,8 +170,9 @@ const REPORT_INTERVAL_MAX: Duration = Duration::from_secs(10);
 /// A round trip this much above 1.5x the path's own means a queue is building (more than
 /// scheduling jitter: a few milliseconds).
 const QUEUEING_SLACK: Duration = Duration::from_millis(8);
-/// A queue building while less than this share of the rate gets through: saturated.
-const SATURATED_SHARE: f64 = 0.9;
+/// Loss above this in a report: the rate was far above the path, and what got through only a
+/// floor of what the path carries.
+const HEAVY_LOSS: f64 = 0.5;
 /// A member whose noise floor is above this keeps its own tier (its repairs would burden
 /// others).
 const NOISY: f64 = 0.05;
@@ -193,6 +198,8 @@ pub struct PathEstimate {
     known_capacity: Option<f64>,
     /// The least round trip seen (drifting up slowly): the path without a queue.
     min_rtt: Option<Duration>,
+    /// The last round trip was well above the least (a queue, or a slow client loop).
+    queueing: bool,
     reports: u64,
 }
 
@@ -251,12 +258,13 @@ impl PathEstimate {
             }
         }
         // Congested: it loses beyond its noise (by more than the noise's own spread, about a
-        // quarter of it), or a queue builds in front of it (the round trip grows) while less
-        // than the rate gets through: the rate is past what its path carries even before the
-        // queue overflows (as delay-based control reads it).
-        let saturated = queueing && goodput < SATURATED_SHARE * rate as f64;
+        // quarter of it). The round trip is kept and shown, and `queueing` says when it grows,
+        // but it does not decide: a client's samples include its own wait between receive
+        // batches (up to tens of milliseconds at low rates), which reads as a queue that is not
+        // there and drove rates down in the namespace tests.
+        self.queueing = queueing;
         let margin = config.loss_congested.max(0.25 * self.noise_loss);
-        if loss - self.noise_loss > margin || saturated {
+        if loss - self.noise_loss > margin {
             self.congested_streak += 1;
             self.known_capacity = Some(goodput.min(rate as f64));
         } else {
@@ -300,12 +308,28 @@ impl PathEstimate {
         self.rtt
     }
 
+    /// The least round trip seen: the path's own, without a queue.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    /// Whether the last round trip was well above the path's own.
+    pub fn queueing(&self) -> bool {
+        self.queueing
+    }
+
     pub fn reports(&self) -> u64 {
         self.reports
     }
 
     pub fn noise_loss(&self) -> f64 {
         self.noise_loss
+    }
+
+    /// Its last report lost most of what was sent: what reached it then is only a floor of what
+    /// its path carries.
+    pub fn heavy_loss(&self) -> bool {
+        self.last_loss > HEAVY_LOSS
     }
 
     fn is_fresh(&self) -> bool {
@@ -425,11 +449,15 @@ impl TierControl {
         self.set_rate(config, now, next.max(rate + 1.0) as u64);
     }
 
-    fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64) {
-        self.slow_start = false;
+    /// Down to 90 % of `capacity`, what reached the members. Measured under a heavy overload
+    /// (`heavy`: most of the rate lost) that is only a floor (a shallow queue overflowing in
+    /// bursts passes less than its link's rate), so the rate probes up again from there at
+    /// once (slow start) instead of creeping.
+    fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64, heavy: bool) {
+        self.slow_start = heavy;
         self.clean_increases = 0;
         self.near_increases = 0;
-        self.loss_rate = Some((capacity as u64, now));
+        self.loss_rate = (!heavy).then_some((capacity as u64, now));
         self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
     }
 }
@@ -461,7 +489,11 @@ pub enum Target {
     Tier(usize),
     /// A tier to open at this rate (the `n`th new one of this plan: several members may go to
     /// the same new tier).
-    New { index: usize, rate: u64 },
+    New {
+        index: usize,
+        rate: u64,
+        probe: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -488,7 +520,8 @@ const KEEP_UP_SHARE: f64 = 0.5;
 /// members to move. Tiers may be given in any order; targets index the slice as given.
 pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Vec<Move> {
     let mut moves = Vec::new();
-    let mut new_tiers: Vec<u64> = Vec::new();
+    // (rate, probe) of the tiers this plan opens.
+    let mut new_tiers: Vec<(u64, bool)> = Vec::new();
     let tiers_allowed = config.tiers_allowed();
     // Shared tiers only are places to move to.
     let rates: Vec<Option<u64>> = tiers
@@ -538,7 +571,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             } else {
                 let mean = known.iter().sum::<f64>() / known.len() as f64;
                 if mean < rate as f64 {
-                    tier.control.decrease_to(config, now, mean);
+                    tier.control.decrease_to(config, now, mean, false);
                 }
             }
             continue;
@@ -581,6 +614,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     index,
                     target_rate,
                     tiers_allowed,
+                    member.estimate.heavy_loss(),
                 );
                 if let Some(to) = target {
                     moved += 1;
@@ -598,15 +632,23 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 continue;
             }
         }
-        let capacities = congested.iter().map(|m| m.estimate.capacity(rate));
-        let capacity = match config.policy {
+        let by_capacity = |a: &&&MemberPlan<'_>, b: &&&MemberPlan<'_>| {
+            a.estimate
+                .capacity(rate)
+                .total_cmp(&b.estimate.capacity(rate))
+        };
+        let setter = match config.policy {
             // Everyone lost: the best of them sets the rate (the others moved, or move next).
-            TierPolicy::Distribution => capacities.fold(0.0, f64::max),
-            TierPolicy::Slowest => capacities.fold(f64::INFINITY, f64::min),
+            TierPolicy::Distribution => congested.iter().max_by(by_capacity),
+            TierPolicy::Slowest => congested.iter().min_by(by_capacity),
             TierPolicy::Average => unreachable!("handled above"),
         };
-        if capacity < rate as f64 {
-            tier.control.decrease_to(config, now, capacity);
+        if let Some(setter) = setter {
+            let capacity = setter.estimate.capacity(rate);
+            if capacity < rate as f64 {
+                tier.control
+                    .decrease_to(config, now, capacity, setter.estimate.heavy_loss());
+            }
         }
     }
     // Merges: a tier that rose near the next faster one joins it (noisy members stay).
@@ -654,10 +696,11 @@ fn dwelt(config: &RateConfig, now: Instant, member: &MemberPlan<'_>) -> bool {
 fn choose_slower(
     config: &RateConfig,
     rates: &[Option<u64>],
-    new_tiers: &mut Vec<u64>,
+    new_tiers: &mut Vec<(u64, bool)>,
     from: usize,
     target_rate: f64,
     tiers_allowed: usize,
+    probe: bool,
 ) -> Option<Target> {
     let from_rate = rates[from]? as f64;
     let target_rate = target_rate.max(config.rate_min as f64);
@@ -673,7 +716,7 @@ fn choose_slower(
     let planned = new_tiers
         .iter()
         .enumerate()
-        .map(|(index, &rate)| (Target::New { index, rate }, rate as f64));
+        .map(|(index, &(rate, probe))| (Target::New { index, rate, probe }, rate as f64));
     let nearest = existing
         .chain(planned)
         .min_by(|a, b| distance(a.1).total_cmp(&distance(b.1)));
@@ -685,10 +728,11 @@ fn choose_slower(
     let shared = rates.iter().flatten().count();
     if shared + new_tiers.len() < tiers_allowed && target_rate < from_rate {
         let rate = config.clamp(target_rate);
-        new_tiers.push(rate);
+        new_tiers.push((rate, probe));
         return Some(Target::New {
             index: new_tiers.len() - 1,
             rate,
+            probe,
         });
     }
     // No room: the slowest tier slower than this one.

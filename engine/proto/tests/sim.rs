@@ -27,7 +27,7 @@ use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Token, Transport};
-use loopcast_proto::wire::datagram::FileId;
+use loopcast_proto::wire::datagram::{DatagramHeader, FileId};
 use loopcast_proto::Instant;
 
 const RATE_BITS_PER_S: u64 = 20_000_000;
@@ -487,16 +487,21 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
             else {
                 continue;
             };
+            // As the client driver: every datagram of the file with a sound header counts for
+            // the loss and goodput it reports.
+            if let Ok(header) = DatagramHeader::parse(&packet.bytes) {
+                if header.file_id == info.file_id {
+                    client.session.observe_serial(header.serial.0);
+                }
+            }
             match receiver.handle_datagram(&packet.bytes) {
                 Outcome::Store { serial, .. } => {
                     client.stored[serial as usize] = Some(packet.bytes.clone());
                     nak.saw(serial);
-                    client.session.observe_serial(serial);
                     client.session.handle_data(now);
                 }
                 Outcome::Duplicate { serial } => {
                     nak.saw(serial);
-                    client.session.observe_serial(serial);
                     client.session.handle_data(now);
                 }
                 Outcome::Dropped(_) => {}

@@ -175,10 +175,13 @@ impl Fluid {
         for change in moves {
             let to = match change.to {
                 Target::Tier(index) => index,
-                Target::New { index, rate } => {
+                Target::New { index, rate, probe } => {
                     while self.tiers.len() <= first_new + index {
-                        self.tiers
-                            .push(TierControl::new_known(&self.config, self.now, rate));
+                        self.tiers.push(if probe {
+                            TierControl::new(&self.config, self.now, rate)
+                        } else {
+                            TierControl::new_known(&self.config, self.now, rate)
+                        });
                     }
                     first_new + index
                 }
