@@ -420,6 +420,67 @@ fn attack_packets() -> Vec<(String, Vec<u8>, &'static str)> {
         status[..status.len() - 1].to_vec(),
         "drop",
     );
+    // Receiver reports (R12): absurd counts parse (the server clamps them); a cut or padded
+    // Report, and a Feedback naming a tier past the count, do not.
+    let report = ControlMessage::Report {
+        session: SessionId(0x5eed),
+        sent_at_us: 1,
+        interval_us: 200_000,
+        received: 100,
+        lost: 0,
+        rtt_us: 500,
+    }
+    .to_bytes();
+    add("control/report-random-session.bin", report.clone(), "parse");
+    add(
+        "control/report-absurd-counts.bin",
+        ControlMessage::Report {
+            session: SessionId(1),
+            sent_at_us: u32::MAX,
+            interval_us: 0,
+            received: u32::MAX,
+            lost: u32::MAX,
+            rtt_us: u32::MAX,
+        }
+        .to_bytes(),
+        "parse",
+    );
+    add(
+        "control/report-truncated.bin",
+        report[..report.len() - 1].to_vec(),
+        "drop",
+    );
+    let mut padded = report.clone();
+    padded.push(0);
+    add("control/report-trailing-byte.bin", padded, "drop");
+    let feedback = ControlMessage::Feedback {
+        session: SessionId(2),
+        echo_us: 3,
+        tier_id: 4,
+        tier: 0,
+        tiers: 2,
+        transport: Transport::Multicast,
+        channel: "239.77.1.9:7701".parse().unwrap(),
+        rate_bits_per_s: 50_000_000,
+    }
+    .to_bytes();
+    add("control/feedback-valid.bin", feedback.clone(), "parse");
+    // tier (offset 4 + 8 + 4 + 4) at or past tiers.
+    add(
+        "control/feedback-tier-past-count.bin",
+        with(&feedback, 20, &[2, 2]),
+        "drop",
+    );
+    add(
+        "control/feedback-zero-tiers.bin",
+        with(&feedback, 20, &[0, 0]),
+        "drop",
+    );
+    add(
+        "control/feedback-transport-9.bin",
+        with(&feedback, 22, &[9]),
+        "drop",
+    );
     add(
         "control/leave-random-session.bin",
         ControlMessage::Leave {
