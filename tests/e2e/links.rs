@@ -24,7 +24,7 @@ const LINK_FACTOR: f64 = 4.0;
 /// `ip netns exec`, Request/Offer and the multicast join, the first rate steps (a new client
 /// starts on the fastest tier and moves down within a second or two), repair rounds, and the
 /// final whole-file check, fsync and rename; generous, as this only catches a stalled receiver.
-const START_UP_ALLOWANCE: Duration = Duration::from_millis(10_000);
+const START_UP_ALLOWANCE: Duration = Duration::from_millis(15_000);
 /// Every client must be done by then (the 5 Mbit/s one's limit is ~10.7 s): processes are
 /// killed by PID and the namespaces removed after it, pass or fail.
 const HARD_TIMEOUT: Duration = Duration::from_secs(45);

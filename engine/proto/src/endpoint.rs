@@ -1047,6 +1047,9 @@ impl Endpoint {
             Some(config) if kind == ChannelKind::KnownTier => {
                 TierControl::new_known(&config, now, rate)
             }
+            Some(config) if kind == ChannelKind::FloorTier => {
+                TierControl::new_floor(&config, now, rate)
+            }
             Some(config) => TierControl::new(&config, now, rate),
             None => TierControl::fixed(rate),
         };
@@ -1581,10 +1584,10 @@ impl Endpoint {
         }
         let first = *self.tiers_by_name.get(file)?.first()?;
         let info = self.channels[&first].info.clone();
-        // Probing when what reached its clients was measured under a heavy overload (only a
-        // floor of what their paths carry).
+        // What reached its clients measured under a heavy overload is only a floor of what
+        // their paths carry: the tier rises from there.
         let kind = if probe {
-            ChannelKind::Tier
+            ChannelKind::FloorTier
         } else {
             ChannelKind::KnownTier
         };
@@ -1817,6 +1820,8 @@ enum ChannelKind {
     Tier,
     /// A tier opened for clients that lost on a faster one: starts at what reached them.
     KnownTier,
+    /// The same, measured under a heavy overload: rises from there.
+    FloorTier,
     /// One unicast client's own channel (R12 per client on unicast).
     Solo,
 }

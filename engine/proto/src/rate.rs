@@ -402,6 +402,15 @@ impl TierControl {
         }
     }
 
+    /// A tier opened for members whose capacity was measured under a heavy overload (a floor):
+    /// no slow start, nothing remembered; it rises by 10 % a step from there.
+    pub fn new_floor(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
+        TierControl {
+            slow_start: false,
+            ..TierControl::new(config, now, rate)
+        }
+    }
+
     /// A tier opened for members that lost on a faster one: their capacity is known, so it
     /// starts near it without slow start.
     pub fn new_known(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
@@ -449,15 +458,19 @@ impl TierControl {
         self.set_rate(config, now, next.max(rate + 1.0) as u64);
     }
 
-    /// Down to 90 % of `capacity`, what reached the members. Measured under a heavy overload
-    /// (`heavy`: most of the rate lost) that is only a floor (a shallow queue overflowing in
-    /// bursts passes less than its link's rate), so the rate probes up again from there at
-    /// once (slow start) instead of creeping.
+    /// Down to 90 % of `capacity`, what reached the members. Measured under the heavy overload
+    /// of a first probe (`heavy`: most of the rate lost, out of slow start) that is only a floor (a shallow queue overflowing in
+    /// bursts passes less than its link's rate), so it is not remembered as where they lose:
+    /// the rate rises from there by 10 % a step (and doubles again after a few) instead of
+    /// creeping near it.
     fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64, heavy: bool) {
-        self.slow_start = heavy;
+        // Only the first loss (out of slow start, far above the path) is read as a floor; a
+        // heavy loss later (a probe that overshot) is where the path is.
+        let floor = heavy && self.slow_start;
+        self.slow_start = false;
         self.clean_increases = 0;
         self.near_increases = 0;
-        self.loss_rate = (!heavy).then_some((capacity as u64, now));
+        self.loss_rate = (!floor).then_some((capacity as u64, now));
         self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
     }
 }
@@ -614,7 +627,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     index,
                     target_rate,
                     tiers_allowed,
-                    member.estimate.heavy_loss(),
+                    member.estimate.heavy_loss() && tier.control.slow_start,
                 );
                 if let Some(to) = target {
                     moved += 1;
@@ -659,6 +672,16 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         let slow_rate = tiers[slow].control.rate as f64;
         let fast_rate = tiers[fast].control.rate as f64;
         if slow_rate < MERGE_SHARE * fast_rate || now < tiers[slow].control.settled_at {
+            continue;
+        }
+        // Only a tier that got there and holds: not while it is still doubling (it has not
+        // yet found where its members lose), and not while a member is losing.
+        let holds = !tiers[slow].control.slow_start
+            && tiers[slow]
+                .members
+                .iter()
+                .all(|m| m.estimate.congested_streak == 0);
+        if !holds {
             continue;
         }
         if moves.iter().any(|m| m.from == slow || m.from == fast) {

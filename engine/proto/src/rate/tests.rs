@@ -178,7 +178,7 @@ impl Fluid {
                 Target::New { index, rate, probe } => {
                     while self.tiers.len() <= first_new + index {
                         self.tiers.push(if probe {
-                            TierControl::new(&self.config, self.now, rate)
+                            TierControl::new_floor(&self.config, self.now, rate)
                         } else {
                             TierControl::new_known(&self.config, self.now, rate)
                         });
