@@ -269,8 +269,11 @@ fn forged_race_unicast(via: ForgeVia) {
     let scratch = Scratch::new("attack-forge");
     let (original, archive) = packed_noise(&scratch, "race.bin", 6 << 20, 0xf0f0);
     let forgery = Forgery::of(&archive);
-    // ~2.6 s per loop: the victim joins mid-loop and the forger stays ahead of it.
-    let server = quiet_server(&scratch, &["--rate", "20M"]);
+    // ~2.6 s per loop: the victim joins mid-loop and the forger stays ahead of it. One channel
+    // shared by the unicast clients (`--fixed-rate`; with automatic rates each unicast client
+    // gets a channel of its own, starting at the loop's beginning, so nobody joins mid-loop):
+    // the defence must hold in that configuration too.
+    let server = quiet_server(&scratch, &["--rate", "20M", "--fixed-rate"]);
     let server_addr = format!("127.0.0.1:{}", server.port);
     let early = Proc::spawn(
         "early get",

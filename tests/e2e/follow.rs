@@ -144,7 +144,10 @@ pub fn a_follower_joining_mid_loop_plays_before_the_loop_wraps() {
     // the test tells "asked first" from "came with the wrap" even on a busy machine.
     let original = write_content(&input, 40 << 20, 12);
     pack_into(&input, &media, &[]);
-    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    // One channel shared by both unicast clients (`--fixed-rate`): with automatic rates each
+    // unicast client gets a channel of its own that starts at the loop's beginning, and nobody
+    // joins mid-loop.
+    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE, "--fixed-rate"]);
     // A plain download starts the loop; the follower joins about a quarter of the way round
     // it (the loop runs at half the rate while that client's backlog repairs take the other
     // half). From the join point the wrap and a backlog's walk back to serial 0 are each
