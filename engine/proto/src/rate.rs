@@ -714,7 +714,7 @@ fn dwelt(config: &RateConfig, now: Instant, member: &MemberPlan<'_>) -> bool {
 
 /// The tier a congested member of tier `from` goes to: the existing slower tier (or one opened
 /// in this plan) nearest `target_rate`, if within `SAME_TIER_RATIO`; else a new tier while
-/// there is room; else the slowest existing tier slower than `from`. `None`: nowhere slower
+/// there is room; else the existing slower tier nearest `target_rate`. `None`: nowhere slower
 /// (the member stays; its tier does not slow down for it).
 fn choose_slower(
     config: &RateConfig,
@@ -758,9 +758,10 @@ fn choose_slower(
             probe,
         });
     }
-    // No room: the slowest tier slower than this one.
+    // No room: the slower tier nearest what reached it (not the slowest: a receiver that lost
+    // a little on the fastest tier belongs on the next one down, not with the slowest clients).
     slower()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .min_by(|a, b| distance(a.1).total_cmp(&distance(b.1)))
         .map(|(i, _)| Target::Tier(i))
 }
 

@@ -513,3 +513,70 @@ fn a_path_that_grows_is_found_again_in_seconds() {
     let rate = fluid.rate_of(0);
     assert!(rate > 0.7 * 2e9, "found again within 10 s: {rate}");
 }
+
+#[test]
+fn with_no_room_for_another_tier_a_member_goes_to_the_nearest_slower_one() {
+    let config = RateConfig::default();
+    let now = at(60_000);
+    let mut controls: Vec<TierControl> = [5_000_000u64, 50_000_000, 500_000_000, 4_000_000_000]
+        .iter()
+        .map(|&rate| TierControl::new_known(&config, at(0), rate))
+        .collect();
+    // On the fastest tier: one member keeps up, one gets 3 of the 4 Gbit/s.
+    let mut clear = PathEstimate::default();
+    let mut lossy = PathEstimate::default();
+    let per_report = 4e9 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
+    for _ in 0..3 {
+        clear.observe(
+            &config,
+            per_report as u32,
+            0,
+            STEP,
+            DATAGRAM_BITS,
+            4_000_000_000,
+            None,
+            true,
+        );
+        lossy.observe(
+            &config,
+            (0.75 * per_report) as u32,
+            (0.25 * per_report) as u32,
+            STEP,
+            DATAGRAM_BITS,
+            4_000_000_000,
+            None,
+            true,
+        );
+    }
+    let mut plans: Vec<TierPlan<'_>> = controls
+        .iter_mut()
+        .map(|control| TierPlan {
+            control,
+            members: Vec::new(),
+            solo: false,
+        })
+        .collect();
+    plans[3].members = vec![
+        MemberPlan {
+            id: 1,
+            estimate: &clear,
+            moved_at: None,
+        },
+        MemberPlan {
+            id: 2,
+            estimate: &lossy,
+            moved_at: None,
+        },
+    ];
+    let moves = plan(&config, now, &mut plans);
+    assert_eq!(
+        moves,
+        vec![Move {
+            member: 2,
+            from: 3,
+            to: Target::Tier(2),
+            relief: true,
+        }],
+        "to the 500 Mbit/s tier, not the 5 Mbit/s one"
+    );
+}
