@@ -16,15 +16,24 @@ pub struct BridgeTopology {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("ip")
+    iproute2("ip", args)
+}
+
+fn tc(args: &[&str]) -> Result<(), String> {
+    iproute2("tc", args)
+}
+
+/// Runs an iproute2 `program` (ip, tc); its stderr is the error.
+fn iproute2(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run ip (install iproute2): {e}"))?;
+        .map_err(|e| format!("cannot run {program} (install iproute2): {e}"))?;
     if output.status.success() {
         Ok(())
     } else {
         Err(format!(
-            "ip {}: {}",
+            "{program} {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&output.stderr).trim()
         ))
@@ -197,22 +206,6 @@ impl LinkShape {
             burst_bytes: (rate_bits_per_s / 8 / 1000).max(Self::BURST_BYTES_MIN),
             queue_latency_ms: Self::QUEUE_LATENCY_MS,
         }
-    }
-}
-
-fn tc(args: &[&str]) -> Result<(), String> {
-    let output = Command::new("tc")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run tc (install iproute2): {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "tc {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
     }
 }
 

@@ -591,6 +591,22 @@ fn feedback_of(transmits: &[Transmit], session: SessionId) -> Option<(u8, u8, So
         })
 }
 
+/// One report step of two members on a 1 Gbit/s tier: the fast one (192.0.2.10) gets the
+/// ~17,000 datagrams of 200 ms; the slow one (192.0.2.11) `(received, lost)`; then the timer.
+fn report_both(
+    endpoint: &mut Endpoint,
+    files: &mut Files,
+    now: Instant,
+    (fast, slow): (SessionId, SessionId),
+    (received, lost): (u32, u32),
+) {
+    let fast_report = report(fast, 1, 17_000, 0);
+    endpoint.handle_control(now, addr("192.0.2.10:6000"), &fast_report, files);
+    let slow_report = report(slow, 1, received, lost);
+    endpoint.handle_control(now, addr("192.0.2.11:6000"), &slow_report, files);
+    endpoint.handle_timeout(now);
+}
+
 #[test]
 fn a_report_is_answered_with_the_tier_and_its_timestamp_echoed() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
@@ -645,19 +661,13 @@ fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
     let mut commands_seen = Vec::new();
     for step in 1..=10u64 {
         let now = at(step * 200);
-        endpoint.handle_control(
-            now,
-            addr("192.0.2.10:6000"),
-            &report(fast, 1, 17_000, 0),
+        report_both(
+            &mut endpoint,
             &mut files,
-        );
-        endpoint.handle_control(
             now,
-            addr("192.0.2.11:6000"),
-            &report(slow, 1, 1_700, 15_300),
-            &mut files,
+            (fast, slow),
+            (1_700, 15_300),
         );
-        endpoint.handle_timeout(now);
         let (transmits, commands) = drain(&mut endpoint);
         commands_seen.extend(commands);
         if let Some((tier, tiers, group, rate)) = feedback_of(&transmits, slow) {
@@ -757,19 +767,13 @@ fn a_newcomer_to_a_file_whose_tiers_are_all_slow_gets_a_tier_that_probes() {
     let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
     for step in 1..=10u64 {
         let now = at(step * 200);
-        endpoint.handle_control(
-            now,
-            addr("192.0.2.10:6000"),
-            &report(fast, 1, 17_000, 0),
+        report_both(
+            &mut endpoint,
             &mut files,
-        );
-        endpoint.handle_control(
             now,
-            addr("192.0.2.11:6000"),
-            &report(slow, 1, 10_200, 6_800),
-            &mut files,
+            (fast, slow),
+            (10_200, 6_800),
         );
-        endpoint.handle_timeout(now);
         drain(&mut endpoint);
     }
     // The fast client finishes: only the slow tier is left.
