@@ -429,8 +429,10 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
         ])
         .arg("--admin-socket")
         .arg(bed.dir.join("admin.sock"));
+    // A hand-set rate is exactly that rate (the comparison the automatic rates are held to),
+    // not a cap.
     if let Some(rate) = &args.rate {
-        serve.args(["--rate", rate]);
+        serve.args(["--rate", rate, "--fixed-rate"]);
     }
     let server = serve
         .stdout(Stdio::null())

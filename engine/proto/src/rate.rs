@@ -435,7 +435,13 @@ impl TierControl {
             // Past where it last lost, without loss: the path has grown.
             .filter(|&lost_at| rate < 1.05 * lost_at);
         let next = if self.slow_start {
-            rate * 2.0
+            // Doubling, gentler past a few Gbit/s where receivers are CPU-bound and an
+            // overshoot costs a second of duplicates.
+            if rate < SLOW_START_GENTLE_ABOVE {
+                rate * 2.0
+            } else {
+                rate * 1.5
+            }
         } else {
             match remembered {
                 // Back up to just below where it lost, quickly.
@@ -475,6 +481,8 @@ impl TierControl {
     }
 }
 
+/// Slow start grows by half instead of doubling from this rate, bits/s.
+const SLOW_START_GENTLE_ABOVE: f64 = 2e9;
 /// Increases of 10 % in a row, with no loss remembered, before the rate doubles again.
 const RESUME_SLOW_START_AFTER: u32 = 3;
 

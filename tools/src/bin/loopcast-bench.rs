@@ -88,7 +88,7 @@ enum Scenario {
         size: u64,
         #[arg(long)]
         jumbo: bool,
-        /// loopcast channel rate (loopcastd's --rate); without it loopcastd chooses its rates.
+        /// loopcast channel rate, fixed (loopcastd --rate R --fixed-rate); without it loopcastd chooses its rates.
         #[arg(long)]
         rate: Option<String>,
         /// One receiver per rate, each behind a tc tbf link of that rate (0 = unlimited), e.g.
