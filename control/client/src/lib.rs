@@ -273,16 +273,7 @@ pub fn get_following(
     session_config.rerequest_timeout = config.stall_timeout.max(config.request_timeout);
     let mut session =
         ClientSession::new(session_config, SeededRng::from_seed(os_seed()), clock.now());
-    // With UDP GRO one receive can carry up to 64 KiB of coalesced datagrams.
-    let gro = loopcast_dataplane::recv::enable_gro(&control);
-    let slot_size = |gro: bool| {
-        if gro {
-            GRO_SLOT_BYTES
-        } else {
-            usize::from(DATAGRAM_SIZE_MAX) + 1
-        }
-    };
-    let mut control_inbox = BatchReceiver::new(RECEIVE_BATCH, slot_size(gro));
+    let mut control_inbox = inbox_for(&control);
     let mut multicast: Option<(UdpSocket, BatchReceiver)> = None;
     let mut download: Option<Download> = None;
     let mut transport = Transport::Unicast;
@@ -617,13 +608,19 @@ fn join_group(
     let socket =
         loopcast_dataplane::socket::bind_multicast_receiver(group, channel.port(), interface)?;
     loopcast_dataplane::socket::set_receive_timeout(&socket, RECEIVE_TIMEOUT)?;
-    let gro = loopcast_dataplane::recv::enable_gro(&socket);
-    let slot = if gro {
+    let inbox = inbox_for(&socket);
+    Ok((socket, inbox))
+}
+
+/// Batch buffers for `socket`, with UDP GRO turned on where the kernel has it (then one receive
+/// can carry up to 64 KiB of coalesced datagrams).
+fn inbox_for(socket: &UdpSocket) -> BatchReceiver {
+    let slot = if loopcast_dataplane::recv::enable_gro(socket) {
         GRO_SLOT_BYTES
     } else {
         usize::from(DATAGRAM_SIZE_MAX) + 1
     };
-    Ok((socket, BatchReceiver::new(RECEIVE_BATCH, slot)))
+    BatchReceiver::new(RECEIVE_BATCH, slot)
 }
 
 /// Control datagrams only (before an Offer, or beside a multicast group), waiting up to the

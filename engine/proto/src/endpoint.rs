@@ -941,13 +941,18 @@ impl Endpoint {
         self.reply(from, received_len, &offer);
     }
 
+    /// Where a session listens: its channel's group on multicast, else the server's address.
+    fn listen_address(&self, state: &Session, channel: &Channel) -> (Transport, SocketAddr) {
+        match (state.transport, channel.group) {
+            (Transport::Multicast, Some(group)) => (Transport::Multicast, SocketAddr::V4(group)),
+            _ => (Transport::Unicast, self.config.unicast_channel),
+        }
+    }
+
     fn offer_for(&self, session: SessionId) -> ControlMessage {
         let state = &self.sessions[&session];
         let channel = &self.channels[&state.channel];
-        let (transport, address) = match (state.transport, channel.group) {
-            (Transport::Multicast, Some(group)) => (Transport::Multicast, SocketAddr::V4(group)),
-            _ => (Transport::Unicast, self.config.unicast_channel),
-        };
+        let (transport, address) = self.listen_address(state, channel);
         ControlMessage::Offer {
             request_id: state.request_id,
             session,
@@ -966,10 +971,7 @@ impl Endpoint {
         let state = &self.sessions[&session];
         let channel = &self.channels[&state.channel];
         let (tier, tiers) = self.tier_index(state.channel);
-        let (transport, address) = match (state.transport, channel.group) {
-            (Transport::Multicast, Some(group)) => (Transport::Multicast, SocketAddr::V4(group)),
-            _ => (Transport::Unicast, self.config.unicast_channel),
-        };
+        let (transport, address) = self.listen_address(state, channel);
         ControlMessage::Feedback {
             session,
             echo_us,
@@ -1158,36 +1160,11 @@ impl Endpoint {
             .channels
             .get_mut(&channel_id)
             .expect("sessions have channels");
-        if !channel.data_open {
-            channel.data_open = true;
+        if start_data(channel, channel_id, start_like, &mut self.commands) {
             self.counters.channels_opened += 1;
-            self.commands.push_back(DataCommand::OpenChannel {
-                channel: channel_id,
-                file_id: channel.file_id,
-                name: channel.info.name.clone(),
-                rate_bits_per_s: channel.tier.rate(),
-                start_like,
-            });
         }
         // Join the new one.
-        match transport {
-            Transport::Multicast => {
-                channel.multicast_members += 1;
-                if channel.multicast_members == 1 {
-                    let group = channel.group.expect("multicast sessions have a group");
-                    self.commands.push_back(DataCommand::AddDestination {
-                        channel: channel_id,
-                        destination: SocketAddr::V4(group),
-                    });
-                }
-            }
-            Transport::Unicast => {
-                self.commands.push_back(DataCommand::AddDestination {
-                    channel: channel_id,
-                    destination: client,
-                });
-            }
-        }
+        join_transport(channel, channel_id, client, transport, &mut self.commands);
         let state = self.sessions.get_mut(&session).expect("found above");
         state.validated = true;
         state.transport = transport;
@@ -1454,20 +1431,23 @@ impl Endpoint {
     fn control_tiers(&mut self, now: Instant, config: &RateConfig) {
         let mut files: Vec<String> = self.tiers_by_name.keys().cloned().collect();
         files.sort();
+        // Validated sessions by channel, gathered once for every file (in id order, so plans
+        // do not depend on the hash map's).
+        let mut by_channel: HashMap<ChannelId, Vec<SessionId>> = HashMap::new();
+        for (&id, session) in &self.sessions {
+            if session.validated {
+                by_channel.entry(session.channel).or_default().push(id);
+            }
+        }
+        for list in by_channel.values_mut() {
+            list.sort();
+        }
         for file in files {
             let channels = self.tiers_by_name[&file].clone();
-            let mut members: Vec<Vec<SessionId>> = vec![Vec::new(); channels.len()];
-            for (&id, session) in &self.sessions {
-                if !session.validated {
-                    continue;
-                }
-                if let Some(index) = channels.iter().position(|&c| c == session.channel) {
-                    members[index].push(id);
-                }
-            }
-            for list in &mut members {
-                list.sort();
-            }
+            let members: Vec<Vec<SessionId>> = channels
+                .iter()
+                .map(|c| by_channel.remove(c).unwrap_or_default())
+                .collect();
             let rates_before: Vec<u64> = channels
                 .iter()
                 .map(|c| self.channels[c].tier.rate())
@@ -1593,15 +1573,9 @@ impl Endpoint {
         };
         let channel = self.open_channel(now, info, rate, kind);
         let state = self.channels.get_mut(&channel).expect("just opened");
-        state.data_open = true;
-        self.counters.channels_opened += 1;
-        self.commands.push_back(DataCommand::OpenChannel {
-            channel,
-            file_id: state.file_id,
-            name: state.info.name.clone(),
-            rate_bits_per_s: state.tier.rate(),
-            start_like: Some(from),
-        });
+        if start_data(state, channel, Some(from), &mut self.commands) {
+            self.counters.channels_opened += 1;
+        }
         self.events.push_back(Event::TierOpened {
             channel,
             file: file.to_owned(),
@@ -1637,33 +1611,10 @@ impl Endpoint {
         let old_empty = old.sessions == 0;
         let new = self.channels.get_mut(&to).expect("checked above");
         new.sessions += 1;
-        if !new.data_open {
-            new.data_open = true;
+        if start_data(new, to, None, &mut self.commands) {
             self.counters.channels_opened += 1;
-            self.commands.push_back(DataCommand::OpenChannel {
-                channel: to,
-                file_id: new.file_id,
-                name: new.info.name.clone(),
-                rate_bits_per_s: new.tier.rate(),
-                start_like: None,
-            });
         }
-        match transport {
-            Transport::Multicast => {
-                new.multicast_members += 1;
-                if new.multicast_members == 1 {
-                    let group = new.group.expect("checked above");
-                    self.commands.push_back(DataCommand::AddDestination {
-                        channel: to,
-                        destination: SocketAddr::V4(group),
-                    });
-                }
-            }
-            Transport::Unicast => self.commands.push_back(DataCommand::AddDestination {
-                channel: to,
-                destination: client,
-            }),
-        }
+        join_transport(new, to, client, transport, &mut self.commands);
         let state = self.sessions.get_mut(&session).expect("checked above");
         state.channel = to;
         state.moved_at = Some(now);
@@ -1844,6 +1795,55 @@ fn repair_window(channel: &Channel) -> Duration {
             u64::try_from(loop_bits * NANOS_PER_S / u128::from(rate)).unwrap_or(u64::MAX),
         )
         .clamp(REPAIR_WINDOW_MIN, REPAIR_WINDOW_MAX),
+    }
+}
+
+/// Starts `channel` in the data plane unless it runs already (its loop where `start_like`'s is);
+/// true if it did.
+fn start_data(
+    channel: &mut Channel,
+    channel_id: ChannelId,
+    start_like: Option<ChannelId>,
+    commands: &mut VecDeque<DataCommand>,
+) -> bool {
+    if channel.data_open {
+        return false;
+    }
+    channel.data_open = true;
+    commands.push_back(DataCommand::OpenChannel {
+        channel: channel_id,
+        file_id: channel.file_id,
+        name: channel.info.name.clone(),
+        rate_bits_per_s: channel.tier.rate(),
+        start_like,
+    });
+    true
+}
+
+/// A validated session joins its channel's transport (the twin of `leave_transport`): the first
+/// multicast member adds the group to the destinations; a unicast session adds its address.
+fn join_transport(
+    channel: &mut Channel,
+    channel_id: ChannelId,
+    client: SocketAddr,
+    transport: Transport,
+    commands: &mut VecDeque<DataCommand>,
+) {
+    match transport {
+        Transport::Multicast => {
+            channel.multicast_members += 1;
+            if channel.multicast_members == 1 {
+                let group = channel.group.expect("multicast sessions have a group");
+                commands.push_back(DataCommand::AddDestination {
+                    channel: channel_id,
+                    destination: SocketAddr::V4(group),
+                });
+            }
+        }
+        Transport::Unicast => commands.push_back(DataCommand::AddDestination {
+            channel: channel_id,
+            destination: client,
+        }),
     }
 }
 

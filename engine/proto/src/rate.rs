@@ -167,9 +167,6 @@ const EWMA_WEIGHT: f64 = 0.25;
 /// Shortest and longest interval a report may claim (anything else is clamped).
 const REPORT_INTERVAL_MIN: Duration = Duration::from_millis(10);
 const REPORT_INTERVAL_MAX: Duration = Duration::from_secs(10);
-/// A round trip this much above 1.5x the path's own means a queue is building (more than
-/// scheduling jitter: a few milliseconds).
-const QUEUEING_SLACK: Duration = Duration::from_millis(8);
 /// Loss above this in a report: the rate was far above the path, and what got through only a
 /// floor of what the path carries.
 const HEAVY_LOSS: f64 = 0.5;
@@ -196,10 +193,6 @@ pub struct PathEstimate {
     loss_before_relief: Option<f64>,
     /// Goodput of its last congested report: what its path carries.
     known_capacity: Option<f64>,
-    /// The least round trip seen (drifting up slowly): the path without a queue.
-    min_rtt: Option<Duration>,
-    /// The last round trip was well above the least (a queue, or a slow client loop).
-    queueing: bool,
     reports: u64,
 }
 
@@ -225,18 +218,8 @@ impl PathEstimate {
         self.goodput.update(goodput, EWMA_WEIGHT);
         self.last_goodput = goodput;
         self.reports += 1;
-        let mut queueing = false;
         if let Some(rtt) = rtt.filter(|rtt| *rtt < Duration::from_secs(10)) {
             self.rtt = Some(rtt);
-            // The path's own round trip: the least seen, drifting up slowly so a path that
-            // changes is followed.
-            let base = match self.min_rtt {
-                None => rtt,
-                Some(base) if rtt < base => rtt,
-                Some(base) => base + (rtt - base) / 64,
-            };
-            self.min_rtt = Some(base);
-            queueing = rtt > base * 3 / 2 + QUEUEING_SLACK;
         }
         let total = u64::from(received) + u64::from(lost);
         if total == 0 {
@@ -258,11 +241,10 @@ impl PathEstimate {
             }
         }
         // Congested: it loses beyond its noise (by more than the noise's own spread, about a
-        // quarter of it). The round trip is kept and shown, and `queueing` says when it grows,
-        // but it does not decide: a client's samples include its own wait between receive
-        // batches (up to tens of milliseconds at low rates), which reads as a queue that is not
-        // there and drove rates down in the namespace tests.
-        self.queueing = queueing;
+        // quarter of it). The round trip is kept and shown but does not decide: a client's
+        // samples include its own wait between receive batches (up to tens of milliseconds at
+        // low rates), which read as a queue that is not there and drove rates down in the
+        // namespace tests.
         let margin = config.loss_congested.max(0.25 * self.noise_loss);
         if loss - self.noise_loss > margin {
             self.congested_streak += 1;
@@ -306,16 +288,6 @@ impl PathEstimate {
 
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
-    }
-
-    /// The least round trip seen: the path's own, without a queue.
-    pub fn min_rtt(&self) -> Option<Duration> {
-        self.min_rtt
-    }
-
-    /// Whether the last round trip was well above the path's own.
-    pub fn queueing(&self) -> bool {
-        self.queueing
     }
 
     pub fn reports(&self) -> u64 {
