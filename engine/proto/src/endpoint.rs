@@ -1374,12 +1374,15 @@ impl Endpoint {
 
     /// Expires silent and unvalidated sessions, sends SYNC where due, forgets idle addresses.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<(SessionId, bool)> = self
+        // In id order, as everything the endpoint does in one step: its outputs depend on its
+        // inputs and seed alone, not on a hash map's order (a simulation replays exactly).
+        let mut expired: Vec<(SessionId, bool)> = self
             .sessions
             .iter()
             .filter(|(_, s)| now.saturating_since(s.last_heard) >= self.timeout_of(s))
             .map(|(&id, s)| (id, s.validated))
             .collect();
+        expired.sort();
         for (session, validated) in expired {
             if validated {
                 self.counters.sessions_expired += 1;
@@ -1391,7 +1394,9 @@ impl Endpoint {
         }
         // R8: SYNC on every multicast channel that has multicast sessions.
         let mut syncs = Vec::new();
-        for channel in self.channels.values_mut() {
+        let mut channels: Vec<(&ChannelId, &mut Channel)> = self.channels.iter_mut().collect();
+        channels.sort_by_key(|(id, _)| **id);
+        for (_, channel) in channels {
             let Some(group) = channel.group else {
                 continue;
             };
@@ -1670,12 +1675,13 @@ impl Endpoint {
         reason: EndReason,
         end: SessionEnd,
     ) {
-        let sessions: Vec<(SessionId, SocketAddr)> = self
+        let mut sessions: Vec<(SessionId, SocketAddr)> = self
             .sessions
             .iter()
             .filter(|(_, s)| which(s))
             .map(|(&id, s)| (id, s.client))
             .collect();
+        sessions.sort();
         for (session, client) in sessions {
             self.queue_transmit(Transmit {
                 destination: client,

@@ -196,7 +196,9 @@ impl Network {
 
 struct Server {
     endpoint: Endpoint,
-    carousels: HashMap<ChannelId, (Carousel, Vec<SocketAddr>)>,
+    /// In channel order: which carousel sends first in a tick decides the order at the
+    /// bottleneck, and a seed must replay exactly.
+    carousels: BTreeMap<ChannelId, (Carousel, Vec<SocketAddr>)>,
 }
 
 impl Server {
@@ -207,7 +209,7 @@ impl Server {
         config.addresses_max = 64;
         Server {
             endpoint: Endpoint::new(config, SeededRng::from_u64(seed), now),
-            carousels: HashMap::new(),
+            carousels: BTreeMap::new(),
         }
     }
 }
