@@ -427,6 +427,11 @@ pub fn get_following(
                         %channel,
                         "moved to another speed tier (what is held is kept)"
                     );
+                    // The new tier's loop is elsewhere: what was asked of the old one is
+                    // not asked again of it (what is held stays).
+                    if let Some(download) = download.as_mut() {
+                        download.nak.rejoin();
+                    }
                     // Multicast: the new tier is another group. Leave the old one first (its
                     // datagrams would only interleave with the new tier's loop).
                     if moved == Transport::Multicast && multicast.is_some() {
@@ -547,7 +552,15 @@ pub fn get_following(
             let wanted = follow.wanted_serial(&download.receiver);
             download.nak.set_play_position(wanted);
         }
-        // R10: ask for what went by without arriving (at most one NAK per interval).
+        // R10: ask for what went by without arriving (at most one NAK per interval), and
+        // again only once what was asked before it could have been sent. The tier's rate
+        // says how fast its repairs come, and how far its loop can go between datagrams.
+        let datagram_bits = f64::from(download.receiver.info().datagram_size) * 8.0;
+        download.nak.set_loop_rate(
+            session
+                .tier()
+                .map(|tier| tier.rate_bits_per_s as f64 / datagram_bits),
+        );
         if let Some(ranges) = download.nak.poll_nak(now) {
             session.send_nak(ranges);
         }
@@ -805,6 +818,7 @@ impl Download {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => 0,
             Err(e) => return Err(io_err("receive")(e)),
         };
+        let now = self.clock.now();
         let mut result = BatchResult {
             stored: 0,
             seen: 0,
@@ -863,7 +877,9 @@ impl Download {
                 // else's.
                 if let Ok(header) = loopcast_proto::wire::datagram::DatagramHeader::parse(bytes) {
                     if header.file_id == file_id {
-                        session.observe_serial(header.serial.0);
+                        let serial = header.serial.0;
+                        let progress = self.nak.is_progress(serial, now);
+                        session.observe_serial(serial, !progress);
                     }
                 }
                 // Every datagram is hashed, held ones too: a duplicate counts for the loop's
@@ -914,12 +930,12 @@ impl Download {
                     // Receiving our file's datagrams on the channel proves it works, like SYNC.
                     result.stored += 1;
                     result.seen += 1;
-                    self.nak.saw(serial);
+                    self.nak.saw(serial, now);
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }
                 Outcome::Duplicate { serial } => {
                     result.seen += 1;
-                    self.nak.saw(serial);
+                    self.nak.saw(serial, now);
                 }
                 Outcome::Dropped(_) => {}
             }

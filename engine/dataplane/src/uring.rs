@@ -29,8 +29,18 @@ const IORING_SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 const IORING_NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// Messages in flight at most (and ring depth / 2: each may post two CQEs).
 pub const URING_SLOTS: usize = 64;
-/// Notifications looked at before deciding whether zero-copy is real on this path.
-const ZC_VERDICT_AFTER: u64 = 64;
+/// Notifications looked at per verdict on whether zero-copy pays on this path (judged again
+/// for every this many while it is on). Few: each `send` waits for its notifications, and
+/// where our pages sit in a slow queue on this host (a shaper on the egress, a shaped port
+/// of a software bridge) each wait is that queue's delay, so every channel of the thread
+/// crawls until the verdict: 64 took ~1 s.
+const ZC_VERDICT_AFTER: u64 = 16;
+/// A notification later than this after its completion is slow. On a NIC that really sends
+/// from our pages it comes when the NIC is done (tens of microseconds). Measured on a
+/// multicast group with one member behind a 5 Mbit/s tbf port (50 ms queue) of a bridge: every
+/// send waited for that queue, and the thread, all its channels with it, sent at 5 Mbit/s
+/// whatever their rates, so the rate control saw no loss to act on.
+const ZC_NOTIFICATION_SLOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// One region of back-to-back datagrams for one destination.
 #[derive(Clone, Copy)]
@@ -67,7 +77,10 @@ pub struct UringCounters {
     pub zc_notifications: u64,
     /// Notifications that said the kernel copied anyway.
     pub zc_copied: u64,
-    /// Times the sender gave up zero-copy because sends kept coming back copied.
+    /// Notifications that came more than `ZC_NOTIFICATION_SLOW` after their completion.
+    pub zc_slow: u64,
+    /// Times the sender gave up zero-copy because sends kept coming back copied, or their
+    /// notifications late.
     pub zc_fallbacks: u64,
     pub datagrams_failed: u64,
 }
@@ -85,6 +98,8 @@ struct Slot {
     awaiting_completion: bool,
     /// A zero-copy notification is still due for this slot.
     awaiting_notification: bool,
+    /// When its completion came (a notification's delay is measured from it).
+    completed_at: Option<std::time::Instant>,
 }
 
 pub struct UringSender {
@@ -95,6 +110,8 @@ pub struct UringSender {
     counters: UringCounters,
     /// Set when the kernel refused GSO or the opcode: the caller should step down.
     fatal: Option<std::io::Error>,
+    /// (copied, slow) notifications counted before the current verdict window.
+    verdict_base: (u64, u64),
 }
 
 // SAFETY: the raw pointers in `slots` point at the slots themselves or at a region borrowed
@@ -116,6 +133,7 @@ impl UringSender {
                 datagrams: 0,
                 awaiting_completion: false,
                 awaiting_notification: false,
+                completed_at: None,
             })
             .collect::<Vec<_>>()
             .into_boxed_slice();
@@ -126,6 +144,7 @@ impl UringSender {
             free: (0..URING_SLOTS).rev().collect(),
             counters: UringCounters::default(),
             fatal: None,
+            verdict_base: (0, 0),
         })
     }
 
@@ -287,6 +306,13 @@ impl UringSender {
             if result as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
                 self.counters.zc_copied += 1;
             }
+            if self.slots[index]
+                .completed_at
+                .take()
+                .is_some_and(|at| at.elapsed() > ZC_NOTIFICATION_SLOW)
+            {
+                self.counters.zc_slow += 1;
+            }
             let slot = &mut self.slots[index];
             debug_assert!(slot.awaiting_notification, "unexpected notification");
             slot.awaiting_notification = false;
@@ -297,6 +323,8 @@ impl UringSender {
         let slot = &mut self.slots[index];
         slot.awaiting_completion = false;
         slot.awaiting_notification = cqueue::more(flags);
+        // One clock read per message (not per datagram), and only in zero-copy mode.
+        slot.completed_at = slot.awaiting_notification.then(std::time::Instant::now);
         let datagrams = slot.datagrams;
         if result >= 0 {
             self.counters.datagrams += datagrams as u64;
@@ -323,10 +351,16 @@ impl UringSender {
     }
 
     fn judge_zero_copy(&mut self) {
-        if self.mode != UringMode::SendMsgZc || self.counters.zc_notifications != ZC_VERDICT_AFTER {
+        let seen = self.counters.zc_notifications;
+        if self.mode != UringMode::SendMsgZc || seen == 0 || !seen.is_multiple_of(ZC_VERDICT_AFTER)
+        {
             return;
         }
-        let copied = self.counters.zc_copied;
+        let (copied, slow) = (
+            self.counters.zc_copied - self.verdict_base.0,
+            self.counters.zc_slow - self.verdict_base.1,
+        );
+        self.verdict_base = (self.counters.zc_copied, self.counters.zc_slow);
         if copied * 10 >= ZC_VERDICT_AFTER * 9 {
             // Expected on loopback and veth: information for the operator, not a fault.
             tracing::info!(
@@ -334,9 +368,18 @@ impl UringSender {
                 of = ZC_VERDICT_AFTER,
                 "zero-copy sends come back copied on this path; switching to io_uring sendmsg (GSO, no zero-copy)"
             );
-            self.mode = UringMode::SendMsg;
-            self.counters.zc_fallbacks += 1;
+        } else if slow * 2 >= ZC_VERDICT_AFTER {
+            tracing::info!(
+                slow,
+                of = ZC_VERDICT_AFTER,
+                after_ms = ZC_NOTIFICATION_SLOW.as_millis() as u64,
+                "zero-copy notifications come late (a queue on this host holds the pages, e.g. a shaper), which would pace every channel of this thread to that queue; switching to io_uring sendmsg (GSO, no zero-copy)"
+            );
+        } else {
+            return;
         }
+        self.mode = UringMode::SendMsg;
+        self.counters.zc_fallbacks += 1;
     }
 }
 

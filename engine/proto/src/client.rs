@@ -213,9 +213,10 @@ impl ClientSession {
     }
 
     /// A datagram of the file arrived (stored or a genuine duplicate): for the loss and
-    /// goodput this client reports (R12).
-    pub fn observe_serial(&mut self, serial: u32) {
-        self.meter.observe(serial);
+    /// goodput this client reports (R12). `repair`: it was asked for (see
+    /// [`crate::nak::NakPlanner::was_asked`]), so it does not move the loop's position.
+    pub fn observe_serial(&mut self, serial: u32, repair: bool) {
+        self.meter.observe(serial, repair);
     }
 
     pub fn dropped(&self) -> u64 {

@@ -36,6 +36,7 @@ use core::time::Duration;
 use std::collections::{BTreeMap, VecDeque};
 
 use crate::bitmap::Bitmap;
+use crate::carousel::REPAIR_SHARE_PERCENT_DEFAULT;
 use crate::time::Instant;
 use crate::wire::control::NAK_RANGES_MAX;
 
@@ -69,6 +70,11 @@ pub struct NakConfig {
 /// Asked-for ranges remembered for re-asking at most; also the bound on gaps waiting for their
 /// suppression delay and on ranges heard from other receivers.
 pub const OUTSTANDING_MAX: usize = 4096;
+/// An ask is re-asked at most this long after the repair timeout, however much is queued
+/// before it (a repair lost at the end of a long queue is still asked again).
+const REPAIR_QUEUE_WAIT_MAX: Duration = Duration::from_secs(5);
+/// The progress window is at least twice this (see [`NakPlanner::is_repair`]).
+const PROGRESS_WINDOW_MIN: u32 = 64;
 
 impl Default for NakConfig {
     fn default() -> NakConfig {
@@ -98,8 +104,23 @@ pub struct NakPlanner {
     cursor_travel: u64,
     /// When the last NAK went out (at most one per interval).
     last_nak: Option<Instant>,
-    /// Ranges asked for (by us, or heard from others), oldest first, with when.
+    /// Ranges asked for (by us, or heard from others), oldest first, with when each is due
+    /// to be asked again if still missing.
     outstanding: VecDeque<(u32, u32, Instant)>,
+    /// Serials asked for (by us, or heard from others) that have not arrived: when one does, it
+    /// is a repair, and never moves the frontier. (Without this a repair of a serial more than
+    /// half a loop behind read as the loop jumping ahead, and everything "skipped" was asked
+    /// for: on a 61 s loop a 5 Mbit/s receiver saw 6,000 serials "lost" at once and received
+    /// the file nearly three times.)
+    asked: Bitmap,
+    /// Serials in `outstanding` (arrived or not): what may still be queued at the server.
+    outstanding_serials: u64,
+    /// Datagrams a second the channel sends (its tier's rate), if known: how far the loop can
+    /// have gone, and (its repair share) how fast repairs arrive, so an ask waits for
+    /// everything asked before it to be sent before it is asked again.
+    loop_rate: Option<f64>,
+    /// When the frontier last moved.
+    frontier_at: Option<Instant>,
     /// Gaps found but waiting for their suppression delay: (first, count, ask at).
     waiting: VecDeque<(u32, u32, Instant)>,
     /// Ranges other receivers asked for: first → (end, heard at).
@@ -139,6 +160,10 @@ impl NakPlanner {
             cursor_travel: 0,
             last_nak: None,
             outstanding: VecDeque::new(),
+            outstanding_serials: 0,
+            asked: Bitmap::new(held.len()),
+            loop_rate: None,
+            frontier_at: None,
             waiting: VecDeque::new(),
             heard: BTreeMap::new(),
             backlog_next: None,
@@ -353,17 +378,90 @@ impl NakPlanner {
         };
     }
 
+    /// The session moved to another channel (a speed tier, R11): that loop is somewhere else,
+    /// and what was asked of the old one will not arrive here. Everything about the old loop
+    /// goes (frontier, scan cursor, asks outstanding or waiting, ranges heard from its
+    /// receivers, play and backlog asks); what is held stays, and the next datagram is the new
+    /// join point. Kept, the old asks were asked again of the new tier every repair timeout,
+    /// and their repairs arrived just before the new loop brought the same serials: a
+    /// 5 Mbit/s receiver moved off a 1 Gbit/s tier received 42 % duplicates.
+    pub fn rejoin(&mut self) {
+        self.frontier = None;
+        self.frontier_at = None;
+        self.cursor = 0;
+        self.frontier_travel = 0;
+        self.cursor_travel = 0;
+        self.outstanding.clear();
+        self.outstanding_serials = 0;
+        self.asked = Bitmap::new(self.seen.len());
+        self.waiting.clear();
+        self.heard.clear();
+        self.backlog_next = None;
+        self.backlog_bits = None;
+        self.backlog_asked.clear();
+        if let Some(bits) = self.play_bits.as_mut() {
+            *bits = Bitmap::new(self.seen.len());
+        }
+        self.play_asked.clear();
+    }
+
+    /// Whether `serial`, arriving at `now`, is the loop's progress: it moves the frontier, and
+    /// whatever it jumps over has gone by. Not progress: a serial behind the frontier (or more
+    /// than half a loop ahead, which is behind), one the backlog or play walk asked for, one
+    /// asked for and not yet arrived that is not just ahead of the frontier (there the loop
+    /// may be bringing it first), and one further ahead than the loop can have gone at its
+    /// rate since the frontier last moved (a repair sent twice, or a stale datagram). The loss
+    /// this client reports counts the same way (see [`crate::client::ClientSession::observe_serial`]).
+    pub fn is_progress(&self, serial: u32, now: Instant) -> bool {
+        if serial >= self.loop_len() {
+            return false;
+        }
+        let Some(frontier) = self.frontier else {
+            return true;
+        };
+        let explicit = self
+            .backlog_bits
+            .as_ref()
+            .is_some_and(|bits| bits.get(serial))
+            || self.play_bits.as_ref().is_some_and(|bits| bits.get(serial));
+        let ahead = self.ahead(frontier, serial);
+        if explicit || ahead == 0 || ahead >= self.loop_len().div_ceil(2) {
+            return false;
+        }
+        let window = self.progress_window();
+        if ahead <= window {
+            return true;
+        }
+        if self.asked.get(serial) {
+            return false;
+        }
+        match (self.loop_rate, self.frontier_at) {
+            (Some(rate), Some(at)) => {
+                let reachable = rate * now.saturating_since(at).as_secs_f64() * 2.0;
+                f64::from(ahead) <= reachable + f64::from(window)
+            }
+            _ => true,
+        }
+    }
+
+    /// Serials just ahead of the frontier that are the loop's progress even if asked for.
+    fn progress_window(&self) -> u32 {
+        2 * self.config.reorder_margin.max(PROGRESS_WINDOW_MIN)
+    }
+
     /// Records that `serial` arrived (stored, or a duplicate of something held).
-    pub fn saw(&mut self, serial: u32) {
+    pub fn saw(&mut self, serial: u32, now: Instant) {
         if serial >= self.loop_len() {
             return;
         }
+        let progress = self.is_progress(serial, now);
         self.seen.set(serial);
         match self.frontier {
             None => {
                 // The first serial of this session: the loop joined here, so scanning starts here,
                 // and the backlog walks backwards from here.
                 self.frontier = Some(serial);
+                self.frontier_at = Some(now);
                 self.cursor = serial;
                 if self.config.backlog_window > 0 {
                     self.backlog_bits = Some(Bitmap::new(self.loop_len()));
@@ -371,23 +469,20 @@ impl NakPlanner {
                 }
             }
             Some(frontier) => {
-                // A serial the backlog asked for is a repair, not the loop's progress: it must
-                // not move the frontier, or everything it jumped over would count as lost.
-                let backlog_repair = self
-                    .backlog_bits
-                    .as_mut()
-                    .is_some_and(|bits| bits.clear(serial));
-                let play_repair = self
-                    .play_bits
-                    .as_mut()
-                    .is_some_and(|bits| bits.clear(serial));
-                if backlog_repair || play_repair {
-                    return;
+                // What was asked for has arrived (as a repair, or the loop brought it).
+                if let Some(bits) = self.backlog_bits.as_mut() {
+                    bits.clear(serial);
                 }
-                let ahead = self.ahead(frontier, serial);
-                if ahead > 0 && ahead < self.loop_len().div_ceil(2) {
+                if let Some(bits) = self.play_bits.as_mut() {
+                    bits.clear(serial);
+                }
+                self.asked.clear(serial);
+                // Only the loop's progress moves the frontier: a repair that did would make
+                // everything it jumped over count as lost.
+                if progress {
                     self.frontier = Some(serial);
-                    self.frontier_travel += u64::from(ahead);
+                    self.frontier_at = Some(now);
+                    self.frontier_travel += u64::from(self.ahead(frontier, serial));
                 }
             }
         }
@@ -415,10 +510,44 @@ impl NakPlanner {
                 let longest = self.heard.get(&first).map_or(end, |&(e, _)| e.max(end));
                 self.heard.insert(first, (longest, now));
             }
-            if self.outstanding.len() < OUTSTANDING_MAX {
-                self.outstanding.push_back((first, count, now));
+            self.remember_asked(first, count, now);
+        }
+    }
+
+    /// Sets the channel's rate, datagrams a second (`None`: unknown or unpaced). The server
+    /// sends repairs in order, in their share of that rate: on a 5 Mbit/s tier a few thousand
+    /// serials asked take seconds, and asking them again every repair timeout (100 ms) queued
+    /// each again behind itself, so most of what arrived were duplicates (a 5 Mbit/s receiver
+    /// of a 32 MiB file: 38,873 duplicates and 18.7 million serials asked).
+    pub fn set_loop_rate(&mut self, datagrams_per_s: Option<f64>) {
+        self.loop_rate = datagrams_per_s.filter(|rate| rate.is_finite() && *rate > 0.0);
+    }
+
+    /// Remembers `first .. first + count` as asked now (by us or another receiver): due to be
+    /// asked again, if still missing, after the repair timeout plus the time the server needs
+    /// to send everything asked before it and it.
+    fn remember_asked(&mut self, first: u32, count: u32, now: Instant) {
+        for serial in first..first + count {
+            if !self.seen.get(serial) {
+                self.asked.set(serial);
             }
         }
+        if self.outstanding.len() >= OUTSTANDING_MAX {
+            return;
+        }
+        self.outstanding_serials += u64::from(count);
+        let queued = match self.loop_rate {
+            Some(rate) => {
+                let repair_rate = rate * f64::from(REPAIR_SHARE_PERCENT_DEFAULT) / 100.0;
+                Duration::from_secs_f64(
+                    (self.outstanding_serials as f64 / repair_rate)
+                        .min(REPAIR_QUEUE_WAIT_MAX.as_secs_f64()),
+                )
+            }
+            None => Duration::ZERO,
+        };
+        self.outstanding
+            .push_back((first, count, now + self.config.repair_timeout + queued));
     }
 
     /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
@@ -487,10 +616,7 @@ impl NakPlanner {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.frontier?;
         let waiting = self.waiting.iter().map(|&(_, _, at)| at).min();
-        let outstanding = self
-            .outstanding
-            .front()
-            .map(|&(_, _, asked)| asked + self.config.repair_timeout);
+        let outstanding = self.outstanding.front().map(|&(_, _, due)| due);
         let play = self
             .play
             .and(self.play_asked.front())
@@ -528,18 +654,18 @@ impl NakPlanner {
         let play_ranges = ranges.len();
         // First what was asked before (by us or others) and is still missing after the repair
         // timeout.
-        while let Some(&(first, count, asked)) = self.outstanding.front() {
-            if now.saturating_since(asked) < self.config.repair_timeout
-                || ranges.len() == NAK_RANGES_MAX
-            {
+        while let Some(&(first, count, due)) = self.outstanding.front() {
+            if now < due || ranges.len() == NAK_RANGES_MAX {
                 break;
             }
             self.outstanding.pop_front();
+            self.outstanding_serials -= u64::from(count);
             let stopped = self.append_missing(&mut ranges, first, count, now);
             if stopped < first + count {
                 // No room left in this NAK: the rest waits at the front for the next one.
                 self.outstanding
-                    .push_front((stopped, first + count - stopped, asked));
+                    .push_front((stopped, first + count - stopped, due));
+                self.outstanding_serials += u64::from(first + count - stopped);
             }
         }
         // Then gaps whose suppression delay has passed, unless someone else asked meanwhile
@@ -601,9 +727,7 @@ impl NakPlanner {
             }
         }
         for &(first, count) in &ranges[play_ranges..] {
-            if self.outstanding.len() < OUTSTANDING_MAX {
-                self.outstanding.push_back((first, count, now));
-            }
+            self.remember_asked(first, count, now);
         }
         // Last, what lies behind the join point (not re-asked: the loop brings what is lost).
         // A follower's play walk covers those gaps itself, forward from the play position:
@@ -659,7 +783,7 @@ mod tests {
         assert_eq!(nak.poll_timeout(), None);
         assert_eq!(nak.poll_nak(Instant::ZERO), None);
         for serial in 10..50 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         assert_eq!(nak.poll_nak(Instant::ZERO), None);
     }
@@ -668,7 +792,7 @@ mod tests {
     fn gaps_behind_the_frontier_are_asked_once_and_rate_limited() {
         let mut nak = planner(1000, 4);
         for serial in (100..200).filter(|s| !(120..125).contains(s) && *s != 150) {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         let t0 = Instant::ZERO + Duration::from_secs(1);
         assert_eq!(nak.poll_nak(t0), Some(vec![(120, 5), (150, 1)]));
@@ -676,10 +800,10 @@ mod tests {
         assert_eq!(nak.poll_nak(t0 + Duration::from_millis(1)), None);
         assert!(nak.poll_timeout().unwrap() >= t0 + Duration::from_millis(10));
         // Repairs arrive out of order: they do not move the frontier backwards.
-        nak.saw(150);
-        nak.saw(120);
+        nak.saw(150, Instant::ZERO);
+        nak.saw(120, Instant::ZERO);
         for serial in 200..300 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         assert_eq!(
             nak.poll_nak(t0 + Duration::from_millis(20)),
@@ -701,15 +825,15 @@ mod tests {
             },
             &Bitmap::new(1000),
         );
-        nak.saw(0);
-        nak.saw(100);
+        nak.saw(0, Instant::ZERO);
+        nak.saw(100, Instant::ZERO);
         let t0 = Instant::ZERO;
         assert_eq!(nak.poll_nak(t0), Some(vec![(1, 99)]));
         // Part of the repair arrives; the rest is lost again.
         for serial in 1..50 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
-        nak.saw(70);
+        nak.saw(70, Instant::ZERO);
         assert_eq!(
             nak.poll_nak(t0 + Duration::from_millis(50)),
             None,
@@ -721,12 +845,102 @@ mod tests {
             "only what is still missing"
         );
         for serial in 50..100 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         assert_eq!(
             nak.poll_nak(t0 + Duration::from_millis(300)),
             None,
             "all repaired"
+        );
+    }
+
+    #[test]
+    fn a_tier_move_forgets_the_old_loops_asks_and_follows_the_new_one() {
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                interval: Duration::from_millis(10),
+                reorder_margin: 0,
+                repair_timeout: Duration::from_millis(100),
+                ..NakConfig::default()
+            },
+            &Bitmap::new(1000),
+        );
+        // On the old (fast) tier: 0 and 400 arrived, everything between was asked for.
+        nak.saw(0, Instant::ZERO);
+        nak.saw(400, Instant::ZERO);
+        let t0 = Instant::ZERO;
+        assert_eq!(nak.poll_nak(t0), Some(vec![(1, 399)]));
+        // Moved: the new tier's loop starts at 600; nothing of the old asks arrives.
+        nak.rejoin();
+        assert_eq!(nak.poll_nak(t0 + Duration::from_millis(200)), None);
+        for serial in 600..700 {
+            nak.saw(serial, Instant::ZERO);
+        }
+        // The old asks are not asked again of the new tier (the loop brings 1..400 after it
+        // wraps), and what the new loop went past is complete.
+        assert_eq!(nak.poll_nak(t0 + Duration::from_millis(300)), None);
+        assert_eq!(nak.poll_timeout(), None, "nothing outstanding");
+        // A gap the new loop goes past is asked for as usual.
+        for serial in (700..800).filter(|&s| s != 750) {
+            nak.saw(serial, Instant::ZERO);
+        }
+        assert_eq!(
+            nak.poll_nak(t0 + Duration::from_millis(400)),
+            Some(vec![(750, 1)])
+        );
+        // What was held before the move stays held.
+        assert_eq!(nak.serials_naked(), 400);
+    }
+
+    #[test]
+    fn asks_are_not_repeated_before_the_repairs_before_them_could_arrive() {
+        let config = NakConfig {
+            interval: Duration::from_millis(10),
+            reorder_margin: 0,
+            repair_timeout: Duration::from_millis(100),
+            ..NakConfig::default()
+        };
+        // A slow tier: its loop sends 200 datagrams a second, repairs get 100 of them.
+        let mut slow = NakPlanner::new(config, &Bitmap::new(1000));
+        slow.set_loop_rate(Some(200.0));
+        slow.saw(0, Instant::ZERO);
+        // 400 serials on a second later (the loop can have gone that far; what is between
+        // was lost).
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        slow.saw(400, t0);
+        assert_eq!(slow.poll_nak(t0), Some(vec![(1, 399)]));
+        // 399 serials take ~4 s to arrive: not asked again at the repair timeout, nor while
+        // they are arriving.
+        for serial in 1..200 {
+            slow.saw(serial, t0 + Duration::from_millis(100));
+        }
+        for ms in [200, 1000, 3000, 4000] {
+            assert_eq!(
+                slow.poll_nak(t0 + Duration::from_millis(ms)),
+                None,
+                "{ms} ms"
+            );
+        }
+        // Then what is still missing (lost) is asked again.
+        assert_eq!(
+            slow.poll_nak(t0 + Duration::from_millis(4100)),
+            Some(vec![(200, 200)])
+        );
+        // Half a second after the frontier moved, the loop can be at most ~200 on (twice its
+        // rate's worth, and the reordering window): 450 on is a repair sent twice or a stale
+        // datagram, not the loop's progress; 300 on is.
+        let soon = t0 + Duration::from_millis(500);
+        assert!(!slow.is_progress(850, soon));
+        assert!(slow.is_progress(700, soon));
+        let t0 = Instant::ZERO;
+        // Without a rate (or on a fast tier) the repair timeout alone decides, as before.
+        let mut fast = NakPlanner::new(config, &Bitmap::new(1000));
+        fast.saw(0, Instant::ZERO);
+        fast.saw(400, Instant::ZERO);
+        assert_eq!(fast.poll_nak(t0), Some(vec![(1, 399)]));
+        assert_eq!(
+            fast.poll_nak(t0 + Duration::from_millis(100)),
+            Some(vec![(1, 399)])
         );
     }
 
@@ -745,8 +959,8 @@ mod tests {
     fn a_gap_another_receiver_asked_for_is_not_asked_again_until_the_repair_timeout() {
         let mut nak = suppressing(20);
         let t0 = Instant::ZERO + Duration::from_secs(1);
-        nak.saw(0);
-        nak.saw(100);
+        nak.saw(0, Instant::ZERO);
+        nak.saw(100, Instant::ZERO);
         // Someone else's NAK for the same loss, relayed by the server.
         nak.heard(t0, &[(1, 99)]);
         assert_eq!(nak.poll_nak(t0), None, "gaps wait for their delay");
@@ -767,15 +981,15 @@ mod tests {
     fn without_another_receiver_a_gap_is_asked_after_its_random_delay() {
         let mut nak = suppressing(20);
         let t0 = Instant::ZERO + Duration::from_secs(1);
-        nak.saw(0);
-        nak.saw(50);
+        nak.saw(0, Instant::ZERO);
+        nak.saw(50, Instant::ZERO);
         let first = nak.poll_nak(t0);
         let second = nak.poll_nak(t0 + Duration::from_millis(25));
         let asked: Vec<(u32, u32)> = first.into_iter().chain(second).flatten().collect();
         assert_eq!(asked, vec![(1, 49)], "asked once, within the delay");
         // A repair that covers part of it arrives; the rest is heard from someone else.
         for serial in 1..30 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         nak.heard(t0 + Duration::from_millis(90), &[(30, 20)]);
         assert_eq!(
@@ -788,11 +1002,11 @@ mod tests {
     #[test]
     fn the_reorder_margin_holds_back_the_newest_gaps() {
         let mut nak = planner(1000, 10);
-        nak.saw(0);
-        nak.saw(15);
+        nak.saw(0, Instant::ZERO);
+        nak.saw(15, Instant::ZERO);
         // 1..15 is missing, but 5..15 is within 10 of the frontier: only 1..5 is lost yet.
         assert_eq!(nak.poll_nak(Instant::ZERO), Some(vec![(1, 4)]));
-        nak.saw(40);
+        nak.saw(40, Instant::ZERO);
         assert_eq!(
             nak.poll_nak(Instant::ZERO + Duration::from_millis(10)),
             Some(vec![(5, 10), (16, 14)])
@@ -802,9 +1016,9 @@ mod tests {
     #[test]
     fn the_pass_wraps_at_the_end_of_the_loop_without_a_wrapping_range() {
         let mut nak = planner(100, 0);
-        nak.saw(90);
-        nak.saw(99);
-        nak.saw(30);
+        nak.saw(90, Instant::ZERO);
+        nak.saw(99, Instant::ZERO);
+        nak.saw(30, Instant::ZERO);
         // 30 is 31 ahead of 99: the frontier moved on; 91..99 and 0..30 are lost.
         assert_eq!(nak.poll_nak(Instant::ZERO), Some(vec![(91, 8), (0, 30)]));
     }
@@ -826,7 +1040,7 @@ mod tests {
             &held,
         );
         let t0 = Instant::ZERO;
-        nak.saw(5_000);
+        nak.saw(5_000, Instant::ZERO);
         let first = nak.poll_nak(t0).expect("holes behind the join point");
         assert!(
             first
@@ -867,7 +1081,7 @@ mod tests {
                             "only holes are asked for, never held serials"
                         );
                         asked_serials.insert(serial);
-                        nak.saw(serial);
+                        nak.saw(serial, Instant::ZERO);
                     }
                 }
             }
@@ -893,7 +1107,7 @@ mod tests {
         );
         let mut now = Instant::ZERO;
         for serial in 0..100 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         let mut asked = std::collections::BTreeSet::new();
         for _ in 0..50 {
@@ -906,7 +1120,7 @@ mod tests {
                         // count as lost and be asked again.
                         assert!(asked.insert(serial), "serial {serial} asked twice");
                         // The repairs arrive at once.
-                        nak.saw(serial);
+                        nak.saw(serial, Instant::ZERO);
                     }
                 }
             }
@@ -937,7 +1151,7 @@ mod tests {
         let mut nak = following(10_000, 16);
         let mut now = Instant::ZERO;
         // Joined mid-loop at 5000; playback waits for serial 0 (the start of the file).
-        nak.saw(5_000);
+        nak.saw(5_000, Instant::ZERO);
         nak.set_play_position(Some(0));
         assert_eq!(
             nak.poll_nak(now),
@@ -948,10 +1162,10 @@ mod tests {
         assert_eq!(nak.poll_nak(now), None, "the window is in flight");
         // Repairs for 0..1000 arrive; playback moves on; the loop moves on too.
         for serial in 0..1_000 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         for serial in 5_001..5_100 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         nak.set_play_position(Some(1_000));
         now = now + Duration::from_millis(10);
@@ -967,13 +1181,13 @@ mod tests {
     #[test]
     fn a_lost_play_repair_is_asked_again_after_the_play_expiry() {
         let mut nak = following(10_000, 16);
-        nak.saw(5_000);
+        nak.saw(5_000, Instant::ZERO);
         nak.set_play_position(Some(100));
         let t0 = Instant::ZERO;
         assert_eq!(nak.poll_nak(t0), Some(vec![(100, 2048)]));
         // Everything but 150..160 arrives.
         for serial in (100..2_148).filter(|s| !(150..160).contains(s)) {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         nak.set_play_position(Some(150));
         // Within the expiry, 150..160 are in flight: only the window's end moves on (the
@@ -981,7 +1195,7 @@ mod tests {
         let second = nak.poll_nak(t0 + Duration::from_millis(100)).unwrap();
         assert_eq!(second, vec![(2_148, 50)]);
         for serial in 2_148..2_198 {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         assert_eq!(
             nak.poll_timeout(),
@@ -1003,9 +1217,9 @@ mod tests {
     #[test]
     fn the_play_walk_stops_short_of_the_frontier_and_never_asks_what_is_held() {
         let mut nak = following(10_000, 4);
-        nak.saw(5_000);
+        nak.saw(5_000, Instant::ZERO);
         for serial in (4_950..5_000).filter(|s| s % 3 == 0) {
-            nak.saw(serial);
+            nak.saw(serial, Instant::ZERO);
         }
         nak.set_play_position(Some(4_950));
         let ranges = nak.poll_nak(Instant::ZERO).unwrap();
@@ -1018,7 +1232,7 @@ mod tests {
         assert!(ranges.len() <= NAK_RANGES_MAX / 2 + 1);
         // A play position the loop is about to deliver is not asked for at all.
         let mut nak = following(10_000, 4);
-        nak.saw(5_000);
+        nak.saw(5_000, Instant::ZERO);
         nak.set_play_position(Some(5_003));
         assert_eq!(nak.poll_nak(Instant::ZERO), None);
         // Nor one already delivered.
@@ -1039,7 +1253,7 @@ mod tests {
             },
             &Bitmap::new(10_000),
         );
-        nak.saw(5_000);
+        nak.saw(5_000, Instant::ZERO);
         nak.set_play_position(Some(0));
         assert_eq!(nak.poll_nak(Instant::ZERO), Some(vec![(0, 100)]));
         assert_eq!(nak.backlog_serials(), 0);
@@ -1058,7 +1272,7 @@ mod tests {
     #[test]
     fn play_ranges_never_wrap_and_stay_within_the_loop() {
         let mut nak = following(3_000, 0);
-        nak.saw(1_500);
+        nak.saw(1_500, Instant::ZERO);
         nak.set_play_position(Some(2_500));
         let ranges = nak.poll_nak(Instant::ZERO).unwrap();
         assert_eq!(ranges, vec![(2_500, 500), (0, 1_500)]);
@@ -1079,8 +1293,8 @@ mod tests {
             &held,
         );
         for planner in [&mut nak, &mut nak_margin0] {
-            planner.saw(10);
-            planner.saw(49);
+            planner.saw(10, Instant::ZERO);
+            planner.saw(49, Instant::ZERO);
         }
         assert_eq!(nak_margin0.poll_nak(Instant::ZERO), None);
     }
@@ -1106,7 +1320,7 @@ mod tests {
                 NakConfig { play_window: window, backlog_window: 512, ..NakConfig::default() },
                 &have,
             );
-            nak.saw(join % loop_len);
+            nak.saw(join % loop_len, Instant::ZERO);
             let mut now = Instant::ZERO;
             let mut play = play % loop_len;
             for round in 0..20u32 {
@@ -1123,7 +1337,7 @@ mod tests {
                     // Half of what was asked arrives.
                     for (first, count) in ranges {
                         for serial in (first..first + count).step_by(2) {
-                            nak.saw(serial);
+                            nak.saw(serial, Instant::ZERO);
                         }
                     }
                 }
@@ -1154,7 +1368,7 @@ mod tests {
             for step in 0..loop_len {
                 let serial = (start + step) % loop_len;
                 if !lost[serial as usize] || arrives(step) {
-                    nak.saw(serial);
+                    nak.saw(serial, Instant::ZERO);
                 }
                 if step % 97 == 0 {
                     now = now + Duration::from_millis(10);
@@ -1167,7 +1381,7 @@ mod tests {
                     }
                 }
             }
-            nak.saw(start);
+            nak.saw(start, Instant::ZERO);
             loop {
                 now = now + Duration::from_millis(10);
                 match nak.poll_nak(now) {

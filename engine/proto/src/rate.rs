@@ -781,12 +781,18 @@ impl LossMeter {
         }
     }
 
-    /// A datagram of the file arrived (verified or pending, new or duplicate).
-    pub fn observe(&mut self, serial: u32) {
+    /// A datagram of the file arrived (verified or pending, new or duplicate). A `repair` (a
+    /// serial this client or another asked for) counts as received but says nothing of the
+    /// loop's progress: one asked more than half a loop back would otherwise read as the loop
+    /// jumping ahead, and everything between as lost.
+    pub fn observe(&mut self, serial: u32, repair: bool) {
         if self.loop_len == 0 || serial >= self.loop_len {
             return;
         }
         self.received = self.received.saturating_add(1);
+        if repair {
+            return;
+        }
         let Some(next) = self.next else {
             self.next = Some((serial + 1) % self.loop_len);
             // Before the first datagram nothing was expected.

@@ -206,7 +206,7 @@ fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
     sent(&mut client);
     // 0..10 arrive, 10..20 go by, 20..100 arrive, and a repair far behind.
     for serial in (0..10).chain(20..100).chain([2]) {
-        client.observe_serial(serial);
+        client.observe_serial(serial, false);
     }
     client.handle_timeout(at(220));
     let reports: Vec<ControlMessage> = sent(&mut client)
@@ -271,8 +271,8 @@ fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
     assert!(events(&mut client).is_empty());
     assert_eq!(client.tier().unwrap().channel, group);
     // After the move the meter starts over: the jump to the new tier's loop is not loss.
-    client.observe_serial(5_000);
-    client.observe_serial(5_001);
+    client.observe_serial(5_000, false);
+    client.observe_serial(5_001, false);
     client.handle_timeout(at(1_000));
     let lost: Vec<u32> = sent(&mut client)
         .into_iter()

@@ -32,7 +32,7 @@ fn ewma_tracks_mean_and_spread() {
 fn loss_meter_counts_gaps_and_forgives_repairs_and_reordering() {
     let mut meter = LossMeter::new(10_000);
     for serial in [10, 11, 12, 15, 16] {
-        meter.observe(serial);
+        meter.observe(serial, false);
     }
     assert_eq!(
         meter.take(),
@@ -40,34 +40,43 @@ fn loss_meter_counts_gaps_and_forgives_repairs_and_reordering() {
         "13 and 14 may still come (reordering)"
     );
     for serial in 17..100 {
-        meter.observe(serial);
+        meter.observe(serial, false);
     }
     assert_eq!(meter.take(), (83, 2), "13 and 14 went by");
     // Reordered: 105 arrives after 110; a repair far behind (3): received, neither lost nor
     // moving the frontier.
     for serial in (100..105).chain(106..=110).chain([105, 3]).chain(111..200) {
-        meter.observe(serial);
+        meter.observe(serial, false);
     }
     assert_eq!(meter.take(), (101, 0));
     // Wrapping past the end of the loop is not loss.
     for serial in (200..10_000).chain(0..100) {
-        meter.observe(serial);
+        meter.observe(serial, false);
     }
     assert_eq!(meter.take(), (9_900, 0));
     // A jump: everything skipped is lost, also beyond the window (but the 63 just behind the
     // new frontier only once they leave the window).
-    meter.observe(1_000);
-    meter.observe(2_000);
+    meter.observe(1_000, false);
+    meter.observe(2_000, false);
     assert_eq!(meter.take(), (2, 900 + 999 - 63));
     // A move to another tier's channel: the new sequence starts fresh.
     meter.restart();
     for serial in 7_000..7_100 {
-        meter.observe(serial);
+        meter.observe(serial, false);
     }
     assert_eq!(meter.take(), (100, 0));
+    // A repair of a serial asked long ago, less than half a loop "ahead" of the frontier
+    // (7,099 -> 1,000 is 3,901 on): received, and neither a jump nor loss.
+    meter.observe(1_000, true);
+    meter.observe(7_100, false);
+    assert_eq!(
+        meter.take(),
+        (2, 0),
+        "a repair is not the loop jumping ahead"
+    );
     // Hostile serials beyond the loop are ignored.
-    meter.observe(u32::MAX);
-    meter.observe(10_000);
+    meter.observe(u32::MAX, false);
+    meter.observe(10_000, false);
     assert_eq!(meter.take(), (0, 0));
 }
 
