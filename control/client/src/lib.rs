@@ -204,8 +204,12 @@ const NAK_SUPPRESSION_DELAY: Duration = Duration::from_millis(20);
 const NAK_BACKLOG_WINDOW: u32 = 2048;
 /// Datagrams hashed together (the multi-lane hasher's width).
 const HASH_GROUP: usize = 16;
-/// Datagrams in a batch from which hashing is spread over threads.
-const PARALLEL_HASH_MIN: usize = 32;
+/// Datagrams in a batch from which hashing is spread over threads: only a receiver that has
+/// fallen behind (a GRO batch this big is ~1.4 MB queued). One core hashes well over 10 Gbit/s
+/// with the multi-lane hasher, and rayon's idle workers spin (sched_yield) after every parallel
+/// batch: from 32 datagrams on, a 1 GiB download cost 2.70-2.73 CPU seconds, 0.7 of them in
+/// sched_yield; hashing on the receiving thread, 1.83-1.99 (docs/performance.md).
+const PARALLEL_HASH_MIN: usize = 1024;
 /// Receive buffer per slot when UDP GRO is on (a GRO super-datagram is at most 64 KiB).
 const GRO_SLOT_BYTES: usize = 65_536;
 /// Whole-file checks that may fail (each re-receiving what failed) before giving up.

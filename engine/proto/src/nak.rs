@@ -131,6 +131,8 @@ pub struct NakPlanner {
     backlog_bits: Option<Bitmap>,
     /// Backlog ranges asked and when; their unseen serials count against the window.
     backlog_asked: VecDeque<(u32, u32, Instant)>,
+    /// Serials of `backlog_bits` whose ask expired (no longer in flight; still repairs).
+    backlog_expired: Option<Bitmap>,
     backlog_serials: u64,
     /// The follower's play position (a loop serial), if any.
     play: Option<u32>,
@@ -169,6 +171,7 @@ impl NakPlanner {
             backlog_next: None,
             backlog_bits: None,
             backlog_asked: VecDeque::new(),
+            backlog_expired: None,
             backlog_serials: 0,
             play: None,
             play_bits: None,
@@ -309,22 +312,29 @@ impl NakPlanner {
         };
         let frontier = self.frontier.expect("the backlog starts with the frontier");
         let expiry = self.config.backlog_expiry;
-        while self
-            .backlog_asked
-            .front()
-            .is_some_and(|&(_, _, at)| now.saturating_since(at) >= expiry)
-        {
+        // Expired asks stop counting against the window (their serials stay marked: if they
+        // arrive late they are still repairs).
+        while let Some(&(first, count, at)) = self.backlog_asked.front() {
+            if now.saturating_since(at) < expiry {
+                break;
+            }
             self.backlog_asked.pop_front();
+            let (bits, expired) = (
+                self.backlog_bits
+                    .as_ref()
+                    .expect("allocated with the backlog"),
+                self.backlog_expired
+                    .as_mut()
+                    .expect("allocated with the backlog"),
+            );
+            for serial in (first..first + count).filter(|&s| bits.get(s)) {
+                expired.set(serial);
+            }
         }
-        let in_flight: u32 = self
-            .backlog_asked
-            .iter()
-            .map(|&(first, count, _)| {
-                (first..first + count)
-                    .filter(|&s| !self.seen.get(s))
-                    .count() as u32
-            })
-            .sum();
+        // Asked, not arrived, not expired: kept as two counts instead of walking every serial
+        // of every live ask on each NAK (at 2 Gbit/s that walk was 5 % of the client's CPU).
+        let in_flight = self.backlog_bits.as_ref().map_or(0, Bitmap::count_ones)
+            - self.backlog_expired.as_ref().map_or(0, Bitmap::count_ones);
         let window = self.config.backlog_window;
         if in_flight > window / 2 {
             return;
@@ -398,6 +408,7 @@ impl NakPlanner {
         self.heard.clear();
         self.backlog_next = None;
         self.backlog_bits = None;
+        self.backlog_expired = None;
         self.backlog_asked.clear();
         if let Some(bits) = self.play_bits.as_mut() {
             *bits = Bitmap::new(self.seen.len());
@@ -465,6 +476,7 @@ impl NakPlanner {
                 self.cursor = serial;
                 if self.config.backlog_window > 0 {
                     self.backlog_bits = Some(Bitmap::new(self.loop_len()));
+                    self.backlog_expired = Some(Bitmap::new(self.loop_len()));
                     self.backlog_next = Some(self.before(serial));
                 }
             }
@@ -472,6 +484,9 @@ impl NakPlanner {
                 // What was asked for has arrived (as a repair, or the loop brought it).
                 if let Some(bits) = self.backlog_bits.as_mut() {
                     bits.clear(serial);
+                }
+                if let Some(expired) = self.backlog_expired.as_mut() {
+                    expired.clear(serial);
                 }
                 if let Some(bits) = self.play_bits.as_mut() {
                     bits.clear(serial);
