@@ -829,9 +829,10 @@ mod tests {
         assert_eq!(nak.serials_naked(), 6);
     }
 
-    #[test]
-    fn lost_repairs_are_asked_again_after_the_repair_timeout() {
-        let mut nak = NakPlanner::new(
+    /// A planner that asks again 100 ms after an ask (no reordering margin), on a 1000-serial
+    /// loop.
+    fn re_asking() -> NakPlanner {
+        NakPlanner::new(
             NakConfig {
                 interval: Duration::from_millis(10),
                 reorder_margin: 0,
@@ -839,7 +840,12 @@ mod tests {
                 ..NakConfig::default()
             },
             &Bitmap::new(1000),
-        );
+        )
+    }
+
+    #[test]
+    fn lost_repairs_are_asked_again_after_the_repair_timeout() {
+        let mut nak = re_asking();
         nak.saw(0, Instant::ZERO);
         nak.saw(100, Instant::ZERO);
         let t0 = Instant::ZERO;
@@ -871,15 +877,7 @@ mod tests {
 
     #[test]
     fn a_tier_move_forgets_the_old_loops_asks_and_follows_the_new_one() {
-        let mut nak = NakPlanner::new(
-            NakConfig {
-                interval: Duration::from_millis(10),
-                reorder_margin: 0,
-                repair_timeout: Duration::from_millis(100),
-                ..NakConfig::default()
-            },
-            &Bitmap::new(1000),
-        );
+        let mut nak = re_asking();
         // On the old (fast) tier: 0 and 400 arrived, everything between was asked for.
         nak.saw(0, Instant::ZERO);
         nak.saw(400, Instant::ZERO);
@@ -909,14 +907,8 @@ mod tests {
 
     #[test]
     fn asks_are_not_repeated_before_the_repairs_before_them_could_arrive() {
-        let config = NakConfig {
-            interval: Duration::from_millis(10),
-            reorder_margin: 0,
-            repair_timeout: Duration::from_millis(100),
-            ..NakConfig::default()
-        };
         // A slow tier: its loop sends 200 datagrams a second, repairs get 100 of them.
-        let mut slow = NakPlanner::new(config, &Bitmap::new(1000));
+        let mut slow = re_asking();
         slow.set_loop_rate(Some(200.0));
         slow.saw(0, Instant::ZERO);
         // 400 serials on a second later (the loop can have gone that far; what is between
@@ -949,7 +941,7 @@ mod tests {
         assert!(slow.is_progress(700, soon));
         let t0 = Instant::ZERO;
         // Without a rate (or on a fast tier) the repair timeout alone decides, as before.
-        let mut fast = NakPlanner::new(config, &Bitmap::new(1000));
+        let mut fast = re_asking();
         fast.saw(0, Instant::ZERO);
         fast.saw(400, Instant::ZERO);
         assert_eq!(fast.poll_nak(t0), Some(vec![(1, 399)]));
