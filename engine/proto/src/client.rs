@@ -115,6 +115,8 @@ pub struct TierInfo {
     pub rate_bits_per_s: u64,
 }
 
+/// A rate rise at least this (ratio) is a slow-start step ([`crate::rate::TierControl`]).
+const SLOW_START_STEP_MIN: f64 = 1.4;
 /// Reports whose echo is still awaited, at most (older ones give no round-trip sample).
 const OUTSTANDING_REPORTS: usize = 8;
 
@@ -165,6 +167,9 @@ pub struct ClientSession {
     rtt: Option<Duration>,
     rtt_sample: Option<Duration>,
     tier: Option<TierInfo>,
+    /// The tier's rate rose at the last Feedback (or nothing is known yet): reports go at
+    /// half the interval.
+    probing: bool,
     moves: u64,
 }
 
@@ -193,6 +198,7 @@ impl ClientSession {
             rtt: None,
             rtt_sample: None,
             tier: None,
+            probing: true,
             moves: 0,
         }
     }
@@ -416,6 +422,14 @@ impl ClientSession {
         let moved = self.tier.is_some_and(|old| {
             old.channel != new.channel || old.tier_id.is_some_and(|id| Some(id) != new.tier_id)
         });
+        // The tier's rate went up by a slow-start step (half or more): the server is
+        // probing, and each step waits for a report made wholly at the new rate, so reports
+        // come twice as often until it stops. (Steady probing near the path's rate is a few
+        // percent a step and keeps the usual interval.)
+        self.probing = moved
+            || self.tier.is_none_or(|old| {
+                new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old.rate_bits_per_s as f64
+            });
         self.tier = Some(new);
         if moved {
             self.moves += 1;
@@ -627,8 +641,13 @@ impl ClientSession {
                 }
                 if now >= next_report {
                     self.send_report(now, session);
+                    let interval = if self.probing {
+                        self.config.report_interval / 2
+                    } else {
+                        self.config.report_interval
+                    };
                     if let State::Joined { next_report, .. } = &mut self.state {
-                        *next_report = now + self.config.report_interval;
+                        *next_report = now + interval;
                     }
                 }
                 if now >= next_status {

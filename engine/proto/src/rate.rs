@@ -80,6 +80,9 @@ pub struct RateConfig {
     pub control_interval: Duration,
     /// After a tier's rate changes, reports are read after this long.
     pub settle: Duration,
+    /// After a slow-start increase, reports are read after this long (the new rate shows
+    /// within a round trip; a decrease's old queues take longer to drain).
+    pub probe_settle: Duration,
     /// After a member moves, its reports are read after this long (it changes groups: a switch
     /// without fast leave keeps sending it the old one for a while).
     pub move_settle: Duration,
@@ -102,8 +105,9 @@ impl Default for RateConfig {
             initial_rate: 1_000_000_000,
             rate_max: 40_000_000_000,
             rate_min: 1_000_000,
-            control_interval: Duration::from_millis(200),
+            control_interval: Duration::from_millis(100),
             settle: Duration::from_millis(150),
+            probe_settle: Duration::from_millis(50),
             move_settle: Duration::from_millis(500),
             loss_congested: 0.02,
             sustained_reports: 2,
@@ -398,6 +402,12 @@ impl TierControl {
         self.settled_at = now + config.settle;
     }
 
+    /// A slow-start step: read again as soon as the new rate shows.
+    fn set_probe_rate(&mut self, config: &RateConfig, now: Instant, rate: u64) {
+        self.set_rate(config, now, rate);
+        self.settled_at = now + config.probe_settle;
+    }
+
     fn increase(&mut self, config: &RateConfig, now: Instant) {
         let rate = self.rate as f64;
         let remembered = self
@@ -433,7 +443,12 @@ impl TierControl {
                 }
             }
         };
-        self.set_rate(config, now, next.max(rate + 1.0) as u64);
+        let next = next.max(rate + 1.0) as u64;
+        if self.slow_start {
+            self.set_probe_rate(config, now, next);
+        } else {
+            self.set_rate(config, now, next);
+        }
     }
 
     /// Down to 90 % of `capacity`, what reached the members. Measured under the heavy overload

@@ -190,8 +190,9 @@ fn a_forged_ended_for_another_session_is_ignored() {
     assert_eq!(client.session(), Some(SessionId(77)));
 }
 
-#[test]
-fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
+/// A session joined on multicast at 20 ms (Offer at 10 ms, SYNC at 20 ms) for a 10 MB file,
+/// with what it sent and told so far taken.
+fn joined_on_multicast() -> ClientSession {
     let mut client = session();
     client.handle_timeout(at(0));
     let id = request_id(&sent(&mut client));
@@ -204,15 +205,64 @@ fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
     client.handle_sync(at(20), info.file_id);
     events(&mut client);
     sent(&mut client);
+    client
+}
+
+fn reports_sent(client: &mut ClientSession) -> Vec<ControlMessage> {
+    sent(client)
+        .into_iter()
+        .filter(|m| matches!(m, ControlMessage::Report { .. }))
+        .collect()
+}
+
+#[test]
+fn reports_come_twice_as_often_while_the_tier_ramps_up() {
+    let mut client = joined_on_multicast();
+    let group: SocketAddr = "239.77.1.1:7701".parse().unwrap();
+    let feedback = |rate_bits_per_s| {
+        ControlMessage::Feedback {
+            session: SessionId(77),
+            echo_us: 0,
+            tier_id: 1,
+            tier: 0,
+            tiers: 1,
+            transport: Transport::Multicast,
+            channel: group,
+            rate_bits_per_s,
+        }
+        .to_bytes()
+    };
+    // Reports at 100 ms steps: (time, expected reports) per step.
+    let count_reports = |client: &mut ClientSession, from: u64, to: u64| {
+        (from..to)
+            .step_by(10)
+            .map(|ms| {
+                client.handle_timeout(at(ms));
+                reports_sent(client).len()
+            })
+            .sum::<usize>()
+    };
+    // The first Report at 220 ms, then (nothing known yet: the tier may be ramping) 100 ms.
+    assert_eq!(count_reports(&mut client, 200, 230), 1);
+    assert_eq!(count_reports(&mut client, 230, 630), 4, "every 100 ms");
+    // Slow start doubles the rate: still every 100 ms.
+    client.handle_control(at(630), server(), &feedback(1_000_000_000));
+    client.handle_control(at(640), server(), &feedback(2_000_000_000));
+    assert_eq!(count_reports(&mut client, 640, 1_040), 4);
+    // A few percent a step near the path's rate: the usual 200 ms.
+    client.handle_control(at(1_040), server(), &feedback(2_040_000_000));
+    assert_eq!(count_reports(&mut client, 1_040, 1_840), 4, "every 200 ms");
+}
+
+#[test]
+fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
+    let mut client = joined_on_multicast();
     // 0..10 arrive, 10..20 go by, 20..100 arrive, and a repair far behind.
     for serial in (0..10).chain(20..100).chain([2]) {
         client.observe_serial(serial, false);
     }
     client.handle_timeout(at(220));
-    let reports: Vec<ControlMessage> = sent(&mut client)
-        .into_iter()
-        .filter(|m| matches!(m, ControlMessage::Report { .. }))
-        .collect();
+    let reports = reports_sent(&mut client);
     let [ControlMessage::Report {
         sent_at_us,
         interval_us,
