@@ -79,6 +79,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             Need::RootNetns
         ),
         e2e!(
+            attacks::forged_serials_ahead_do_not_poison_the_reported_loss,
+            Need::RootNetns
+        ),
+        e2e!(
             attacks::spoofed_requests_amplify_nothing,
             Need::Root("for a raw socket that spoofs the victim's address")
         ),

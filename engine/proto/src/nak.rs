@@ -488,6 +488,24 @@ impl NakPlanner {
         }
     }
 
+    /// Records that `serial` arrived unverified (pending its hash block): held, so not asked,
+    /// but never the loop's progress. Anyone can send a datagram with a sound header (a host
+    /// on a multicast group): one far ahead that moved the frontier would make the genuine
+    /// serials it jumped over read as gone by (asked for, and counted as lost).
+    pub fn saw_unverified(&mut self, serial: u32) {
+        if serial >= self.loop_len() {
+            return;
+        }
+        self.seen.set(serial);
+        if let Some(bits) = self.backlog_bits.as_mut() {
+            bits.clear(serial);
+        }
+        if let Some(bits) = self.play_bits.as_mut() {
+            bits.clear(serial);
+        }
+        self.asked.clear(serial);
+    }
+
     /// Turns multicast suppression on (`Some(max delay)`) or off (unicast: ask at once), e.g.
     /// when a client falls back from multicast to unicast.
     pub fn set_suppression(&mut self, delay: Option<Duration>) {
