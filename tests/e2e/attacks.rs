@@ -1168,3 +1168,124 @@ pub fn reopening_a_channel_never_piles_up_archive_checks() {
     );
     assert!(server.process.terminate().status.success());
 }
+
+/// Issue 10 (R12): a host on the group sends a few forged datagrams (sound header, wrong
+/// payload) a few hundred serials ahead of the loop, 50 a second: far less than 1% of the
+/// traffic. The receiver's path loses nothing, so the loss it reports, and the tier's rate,
+/// must not follow the forger: a forged serial must not make the client count as lost the
+/// genuine datagrams it then receives.
+pub fn forged_serials_ahead_do_not_poison_the_reported_loss() {
+    use loopcast_tools::topology::BridgeTopology;
+    let tag = format!("hx-lp{}", std::process::id() % 10_000);
+    let topology = BridgeTopology::build(
+        &tag,
+        &[("s", "10.81.0.1"), ("a", "10.81.0.2"), ("f", "10.81.0.9")],
+        1500,
+    )
+    .expect("namespaces build");
+    let hosts = topology.hosts.clone();
+    let scratch = Scratch::new("attack-lossmeter");
+    let (original, archive) = packed_noise(&scratch, "film.bin", 48 << 20, 0x1055);
+    let forgery = Forgery::of(&archive);
+    let admin = scratch.path("admin.sock");
+    // Automatic rates from a low start: the tier must climb to the cap on a clean path.
+    let server = serve_in_namespace_with(
+        &hosts[0].0,
+        &hosts[0].1,
+        &scratch.path("media"),
+        &admin,
+        &["--rate", "150M", "--initial-rate", "10M"],
+    );
+    let client = Proc::spawn(
+        "client",
+        Command::new("ip")
+            .args(["netns", "exec", &hosts[1].0])
+            .arg(bin("loopcast"))
+            .args(["get", &format!("{}:7700", hosts[0].1), "film.bin", "--json"])
+            .args(["--multicast-interface", &hosts[1].1])
+            .arg("--output")
+            .arg(scratch.path("a.lca"))
+            .arg("--extract")
+            .arg(scratch.path("a.out")),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let group: SocketAddrV4 = loop {
+        let status = status_of(&admin);
+        if let Some(group) = status["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|c| c["group"].as_str().map(str::to_owned))
+        {
+            break group.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no multicast channel: {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stop = AtomicBool::new(false);
+    let forger_ip: Ipv4Addr = hosts[2].1.parse().unwrap();
+    let (report, forged_sent, worst_loss) = std::thread::scope(|scope| {
+        let forger = scope.spawn(|| {
+            in_namespace(&hosts[2].0, || {
+                let socket = socket2::Socket::new(
+                    socket2::Domain::IPV4,
+                    socket2::Type::DGRAM,
+                    Some(socket2::Protocol::UDP),
+                )
+                .unwrap();
+                socket.set_multicast_if_v4(&forger_ip).unwrap();
+                socket.set_multicast_ttl_v4(1).unwrap();
+                socket
+                    .bind(&SocketAddrV4::new(forger_ip, 0).into())
+                    .unwrap();
+                let socket: UdpSocket = socket.into();
+                let started = Instant::now();
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(8) {
+                    let Some(next) = next_serial(&admin) else {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    };
+                    // One forged datagram 300 serials ahead of the loop (its hash block has not
+                    // come yet, so the client can only hold it pending).
+                    let serial = (next + 300) % forgery.loop_len;
+                    if let Some([forged, _]) = forgery.forged_then_genuine(serial) {
+                        let _ = socket.send_to(&forged, group);
+                        sent += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                sent
+            })
+        });
+        // Sample the session's loss estimate while the client downloads.
+        let sampler = scope.spawn(|| {
+            let mut worst = 0.0f64;
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(40) {
+                let status = status_of(&admin);
+                for session in status["sessions"].as_array().into_iter().flatten() {
+                    if session["reports"].as_u64().unwrap_or(0) > 3 {
+                        worst = worst.max(session["loss"].as_f64().unwrap_or(0.0));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            worst
+        });
+        let report = client.report(Duration::from_secs(45));
+        stop.store(true, Ordering::Relaxed);
+        (report, forger.join().unwrap(), sampler.join().unwrap())
+    });
+    eprintln!("forger sent {forged_sent}; worst loss estimate {worst_loss}; client {report}");
+    assert!(forged_sent > 20, "the forger sent {forged_sent}");
+    assert_identical_and_verified(&scratch, "a", &original);
+    assert!(
+        worst_loss < 0.05,
+        "a few forged serials ahead of the loop made a loss-free receiver report {:.0}% loss",
+        worst_loss * 100.0
+    );
+    assert!(server.terminate().status.success());
+    drop(topology);
+    assert_no_namespaces_left(&tag);
+}

@@ -307,3 +307,50 @@ pub fn follow_with_the_wrong_key_database_is_a_clear_error() {
     assert!(!scratch.path("film.lca.part").exists());
     assert!(!scratch.path("film.lca").exists());
 }
+
+/// A player that reads slowly (64 KiB every 30 ms, about 2 MB/s) while the download is much
+/// faster: the `.part` is the buffer, the download completes first, and the player still gets
+/// every byte, with exit 0. (Before: the end of the stream was queued twice when the queue
+/// was full, and the second send found the writer gone: every byte played, then
+/// "the writer thread stopped" and exit 1.)
+pub fn a_slow_player_gets_every_byte_and_a_clean_exit() {
+    let scratch = Scratch::new("follow-slow");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 12 << 20, 15);
+    pack_into(&input, &media, &[]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    let mut process = Proc::spawn(
+        "slow-player",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
+            .arg("--follow")
+            .arg("--keys")
+            .arg(media.join("keys.db"))
+            .arg("--output")
+            .arg(scratch.path("film.lca")),
+    );
+    let mut stdout = process.child.stdout.take().unwrap();
+    let mut played = Vec::with_capacity(original.len());
+    let mut chunk = vec![0u8; 64 << 10];
+    let started = Instant::now();
+    loop {
+        let n = stdout.read(&mut chunk).unwrap();
+        if n == 0 {
+            break;
+        }
+        played.extend_from_slice(&chunk[..n]);
+        assert!(started.elapsed() < Duration::from_secs(60), "bounded");
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    let output = process.wait(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        played == original,
+        "every byte, in order ({} of {})",
+        played.len(),
+        original.len()
+    );
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(scratch.path("film.lca").exists(), "published");
+}

@@ -79,6 +79,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             Need::RootNetns
         ),
         e2e!(
+            attacks::forged_serials_ahead_do_not_poison_the_reported_loss,
+            Need::RootNetns
+        ),
+        e2e!(
             attacks::spoofed_requests_amplify_nothing,
             Need::Root("for a raw socket that spoofs the victim's address")
         ),
@@ -138,6 +142,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(follow::follow_plays_the_original_on_stdout_within_two_seconds_and_publishes_the_archive),
         e2e!(follow::a_follower_joining_mid_loop_plays_before_the_loop_wraps),
         e2e!(follow::a_player_that_quits_stops_the_download_and_keeps_it_for_resume),
+        e2e!(follow::a_slow_player_gets_every_byte_and_a_clean_exit),
         e2e!(follow::follow_without_keys_refuses_an_encrypted_file_at_once),
         e2e!(follow::follow_with_the_wrong_key_database_is_a_clear_error),
         e2e!(unicast::unicast_clients_one_late_get_identical_files_and_ctl_reports_status),

@@ -248,9 +248,13 @@ impl FollowWriter {
         read_max: u32,
     ) -> Result<bool, FollowError> {
         if let Some(work) = self.held.take() {
+            let end = matches!(work, Work::End);
             if !self.offer(work)? {
                 return Ok(false);
             }
+            // The end, held while the player was behind, is sent: never again (the writer
+            // stops at the first, and a second would find it gone).
+            self.end_sent |= end;
         }
         if self.end_sent {
             return Ok(true);

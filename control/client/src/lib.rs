@@ -722,6 +722,9 @@ struct Segment {
     slot: usize,
     offset: usize,
     len: usize,
+    /// The serial of a datagram of our file with a sound header, and whether it is the loop's
+    /// progress (for the loss meter).
+    metered: Option<(u32, bool)>,
 }
 
 /// Empties a vector of borrowed slices and hands back its allocation with a new lifetime (in-place
@@ -876,22 +879,20 @@ impl Download {
                 // R12: what the path delivered counts every datagram of the file with a sound
                 // header, also those that cannot be verified yet (their hash block has not come;
                 // a client far below its tier's rate receives mostly such orphans, and counting
-                // only verified ones would read as loss the path never had). A forger on the
-                // path can only make this client look faster, so its own rate goes up, no one
-                // else's.
-                if let Ok(header) = loopcast_proto::wire::datagram::DatagramHeader::parse(bytes) {
-                    if header.file_id == file_id {
-                        let serial = header.serial.0;
-                        let progress = self.nak.is_progress(serial, now);
-                        session.observe_serial(serial, !progress);
-                    }
-                }
+                // only verified ones would read as loss the path never had). Only a verified
+                // one moves the loss meter's sequence (pass 3): a forger on the path can make
+                // this client look faster, never lossy.
+                let metered = loopcast_proto::wire::datagram::DatagramHeader::parse(bytes)
+                    .ok()
+                    .filter(|header| header.file_id == file_id)
+                    .map(|header| (header.serial.0, self.nak.is_progress(header.serial.0, now)));
                 // Every datagram is hashed, held ones too: a duplicate counts for the loop's
                 // position only once proven genuine.
                 segments.push(Segment {
                     slot: index,
                     offset: at,
                     len: bytes.len(),
+                    metered,
                 });
             }
         }
@@ -925,8 +926,17 @@ impl Download {
         }
         // Pass 3: accept in order.
         for ((segment, bytes), hash) in segments.iter().zip(slices.iter()).zip(hashes.iter()) {
-            match self.receiver.handle_datagram_hashed(bytes, Some(hash)) {
-                Outcome::Store { serial, .. } => {
+            let outcome = self.receiver.handle_datagram_hashed(bytes, Some(hash));
+            if let Some((serial, progress)) = segment.metered {
+                match outcome {
+                    Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
+                        session.observe_serial(serial, !progress)
+                    }
+                    _ => session.observe_pending_serial(serial),
+                }
+            }
+            match outcome {
+                Outcome::Store { serial, verified } => {
                     if self.join_serial.is_none() {
                         self.join_serial = Some(serial);
                         self.first_datagram_at = Some(Instant::now());
@@ -934,7 +944,13 @@ impl Download {
                     // Receiving our file's datagrams on the channel proves it works, like SYNC.
                     result.stored += 1;
                     result.seen += 1;
-                    self.nak.saw(serial, now);
+                    // Only a verified datagram is the loop's progress (a pending one may be
+                    // forged: see `saw_unverified`).
+                    if verified {
+                        self.nak.saw(serial, now);
+                    } else {
+                        self.nak.saw_unverified(serial, now);
+                    }
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }
                 Outcome::Duplicate { serial } => {

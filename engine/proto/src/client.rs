@@ -218,11 +218,18 @@ impl ClientSession {
         self.moves
     }
 
-    /// A datagram of the file arrived (stored or a genuine duplicate): for the loss and
+    /// A verified datagram of the file arrived (stored or a genuine duplicate): for the loss and
     /// goodput this client reports (R12). `repair`: it was asked for (see
     /// [`crate::nak::NakPlanner::was_asked`]), so it does not move the loop's position.
     pub fn observe_serial(&mut self, serial: u32, repair: bool) {
         self.meter.observe(serial, repair);
+    }
+
+    /// A datagram of the file with a sound header that is not verified (pending, or failed):
+    /// received, but never the loop's progress (anyone can send one; see
+    /// [`LossMeter::observe_pending`]).
+    pub fn observe_pending_serial(&mut self, serial: u32) {
+        self.meter.observe_pending(serial);
     }
 
     pub fn dropped(&self) -> u64 {

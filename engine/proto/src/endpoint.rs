@@ -847,6 +847,9 @@ impl Endpoint {
         let channel = match self.tier_for_new_session(name) {
             NewSessionTier::Existing(channel) => channel,
             NewSessionTier::Probe(channel) => {
+                if self.channels.len() >= self.config.channels_max {
+                    return reject(self, RejectCode::Busy, "server at its channel limit".into());
+                }
                 // Every tier of this file runs below the first tier's starting rate (its clients
                 // are slow): the newcomer gets a tier of its own that probes from there, and
                 // moves down if it cannot take it.
@@ -1183,7 +1186,11 @@ impl Endpoint {
     /// from there when it has nothing measured), if rates are adaptive and there is room.
     fn open_solo(&mut self, now: Instant, like: ChannelId) -> Option<ChannelId> {
         self.config.adaptive.as_ref()?;
-        if self.channels.len() >= self.config.channels_max {
+        // Half the channels at most are unicast clients' own: the rest stay for other files'
+        // tiers (else 16 addresses' worth of sessions lock every other file out). Past it, a
+        // unicast client shares its tier.
+        let solo = self.channels.values().filter(|c| c.solo).count();
+        if self.channels.len() >= self.config.channels_max || solo >= self.config.channels_max / 2 {
             return None;
         }
         let source = &self.channels[&like];
@@ -1886,5 +1893,7 @@ fn leave_transport(
     }
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;

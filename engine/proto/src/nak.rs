@@ -73,7 +73,10 @@ pub const OUTSTANDING_MAX: usize = 4096;
 /// An ask is re-asked at most this long after the repair timeout, however much is queued
 /// before it (a repair lost at the end of a long queue is still asked again).
 const REPAIR_QUEUE_WAIT_MAX: Duration = Duration::from_secs(5);
-/// The progress window is at least twice this (see [`NakPlanner::is_repair`]).
+/// An unverified datagram moves the frontier at most this much beyond what the loop's rate
+/// allows (see [`NakPlanner::saw_unverified`]).
+const PENDING_SLACK: u32 = 16;
+/// The progress window is at least twice this (see [`NakPlanner::is_progress`]).
 const PROGRESS_WINDOW_MIN: u32 = 64;
 
 impl Default for NakConfig {
@@ -481,17 +484,7 @@ impl NakPlanner {
                 }
             }
             Some(frontier) => {
-                // What was asked for has arrived (as a repair, or the loop brought it).
-                if let Some(bits) = self.backlog_bits.as_mut() {
-                    bits.clear(serial);
-                }
-                if let Some(expired) = self.backlog_expired.as_mut() {
-                    expired.clear(serial);
-                }
-                if let Some(bits) = self.play_bits.as_mut() {
-                    bits.clear(serial);
-                }
-                self.asked.clear(serial);
+                self.no_longer_asked(serial);
                 // Only the loop's progress moves the frontier: a repair that did would make
                 // everything it jumped over count as lost.
                 if progress {
@@ -501,6 +494,56 @@ impl NakPlanner {
                 }
             }
         }
+    }
+
+    /// Records that `serial` arrived unverified (pending its hash block): held, so not asked,
+    /// but never the loop's progress. Anyone can send a datagram with a sound header (a host
+    /// on a multicast group): one far ahead that moved the frontier would make the genuine
+    /// serials it jumped over read as gone by (asked for, and counted as lost).
+    ///
+    /// With the tier's rate known, one no further ahead than the loop can have gone since the
+    /// frontier last moved (twice its rate's worth, and `PENDING_SLACK`, with no reordering
+    /// window) does move it: when hash blocks are lost in an overload most of what arrives is
+    /// pending, and a frontier that waited for verification asked for nothing until then (the
+    /// simulation's overloaded start: 1.25 s became 1.71 s). A forger can then move it only as
+    /// fast as the loop itself, by sending faster than the loop; what it jumps over within the
+    /// reordering margin is not asked for anyway.
+    pub fn saw_unverified(&mut self, serial: u32, now: Instant) {
+        if serial >= self.loop_len() {
+            return;
+        }
+        let progress = match (self.frontier, self.frontier_at, self.loop_rate) {
+            (Some(frontier), Some(at), Some(rate)) => {
+                let ahead = self.ahead(frontier, serial);
+                let reachable = rate * now.saturating_since(at).as_secs_f64() * 2.0;
+                ahead > 0
+                    && ahead < self.loop_len().div_ceil(2)
+                    && f64::from(ahead) <= reachable + f64::from(PENDING_SLACK)
+                    && !self.asked.get(serial)
+            }
+            _ => false,
+        };
+        self.seen.set(serial);
+        self.no_longer_asked(serial);
+        if let (true, Some(frontier)) = (progress, self.frontier) {
+            self.frontier = Some(serial);
+            self.frontier_at = Some(now);
+            self.frontier_travel += u64::from(self.ahead(frontier, serial));
+        }
+    }
+
+    /// What was asked for has arrived (as a repair, or the loop brought it): out of every ask.
+    fn no_longer_asked(&mut self, serial: u32) {
+        if let Some(bits) = self.backlog_bits.as_mut() {
+            bits.clear(serial);
+        }
+        if let Some(expired) = self.backlog_expired.as_mut() {
+            expired.clear(serial);
+        }
+        if let Some(bits) = self.play_bits.as_mut() {
+            bits.clear(serial);
+        }
+        self.asked.clear(serial);
     }
 
     /// Turns multicast suppression on (`Some(max delay)`) or off (unicast: ask at once), e.g.
@@ -949,6 +992,30 @@ mod tests {
             fast.poll_nak(t0 + Duration::from_millis(100)),
             Some(vec![(1, 399)])
         );
+    }
+
+    #[test]
+    fn an_unverified_datagram_moves_the_frontier_only_as_far_as_the_loop_can_have_gone() {
+        let mut nak = re_asking();
+        // Unknown rate: an unverified datagram never moves it.
+        nak.saw(0, Instant::ZERO);
+        nak.saw_unverified(5, Instant::ZERO + Duration::from_millis(1));
+        nak.saw(3, Instant::ZERO + Duration::from_millis(1));
+        // The loop sends 1,000 datagrams a second; 10 ms after the frontier moved to 3 it can
+        // be ~20 on: a forged datagram 300 on does not move it (the genuine serials between
+        // are not asked for), the next genuine one just ahead does.
+        nak.set_loop_rate(Some(1_000.0));
+        let t = Instant::ZERO + Duration::from_millis(11);
+        nak.saw_unverified(303, t);
+        assert_eq!(nak.poll_nak(t), Some(vec![(1, 2)]));
+        nak.saw_unverified(20, t);
+        for serial in 21..40 {
+            nak.saw(serial, t + Duration::from_millis(u64::from(serial - 20)));
+        }
+        // 4 and 6..20 went by (the margin is 0): asked; 303 was never the frontier.
+        let asked = nak.poll_nak(t + Duration::from_millis(30)).expect("gaps");
+        assert_eq!(asked, vec![(4, 1), (6, 14)]);
+        assert!(nak.frontier.is_some_and(|f| f < 303));
     }
 
     fn suppressing(delay_ms: u64) -> NakPlanner {

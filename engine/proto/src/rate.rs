@@ -781,6 +781,9 @@ pub struct LossMeter {
     next: Option<u32>,
     /// Bit i: serial `next - 1 - i` arrived.
     window: u64,
+    /// Bit i: serial `next + i` arrived unverified (`observe_pending`): it counts as arrived
+    /// when a verified serial moves the sequence past it, but never moves the sequence itself.
+    pending_ahead: u64,
     received: u32,
     lost: u32,
 }
@@ -796,10 +799,10 @@ impl LossMeter {
         }
     }
 
-    /// A datagram of the file arrived (verified or pending, new or duplicate). A `repair` (a
-    /// serial this client or another asked for) counts as received but says nothing of the
-    /// loop's progress: one asked more than half a loop back would otherwise read as the loop
-    /// jumping ahead, and everything between as lost.
+    /// A verified datagram of the file arrived (new or duplicate). A `repair` (a serial this
+    /// client or another asked for) counts as received but says nothing of the loop's
+    /// progress: one asked more than half a loop back would otherwise read as the loop jumping
+    /// ahead, and everything between as lost.
     pub fn observe(&mut self, serial: u32, repair: bool) {
         if self.loop_len == 0 || serial >= self.loop_len {
             return;
@@ -812,29 +815,34 @@ impl LossMeter {
             self.next = Some((serial + 1) % self.loop_len);
             // Before the first datagram nothing was expected.
             self.window = u64::MAX;
+            self.pending_ahead = 0;
             return;
         };
         let ahead = (serial + self.loop_len - next) % self.loop_len;
         // Further than half the loop ahead is really behind: a repair, or a late datagram.
         if ahead < self.loop_len / 2 || self.loop_len < 4 {
-            // The frontier moves `ahead + 1` places: what leaves the window still missing was
-            // lost, and so were skipped serials that do not even fit in it.
+            // Unverified serials that arrived between `next` and this one did arrive: the
+            // sequence passes them in order first.
+            let mut passed = if ahead >= REORDER_WINDOW {
+                self.pending_ahead
+            } else {
+                self.pending_ahead & ((1u64 << ahead) - 1)
+            };
+            while passed != 0 {
+                let offset = passed.trailing_zeros();
+                passed &= passed - 1;
+                let from = self.next.expect("set above");
+                let pending = (next + offset) % self.loop_len;
+                self.advance(pending, (pending + self.loop_len - from) % self.loop_len);
+            }
+            let from = self.next.expect("set above");
+            self.advance(serial, (serial + self.loop_len - from) % self.loop_len);
             let shift = ahead + 1;
-            let leaving = if shift >= REORDER_WINDOW {
-                self.window
+            self.pending_ahead = if shift >= REORDER_WINDOW {
+                0
             } else {
-                self.window >> (REORDER_WINDOW - shift)
+                self.pending_ahead >> shift
             };
-            let left = shift.min(REORDER_WINDOW);
-            let missing = left - leaving.count_ones();
-            let skipped_beyond = ahead.saturating_sub(REORDER_WINDOW - 1);
-            self.lost = self.lost.saturating_add(missing + skipped_beyond);
-            self.window = if shift >= REORDER_WINDOW {
-                1
-            } else {
-                (self.window << shift) | 1
-            };
-            self.next = Some((serial + 1) % self.loop_len);
         } else {
             let behind = self.loop_len - ahead; // 1 = the serial just before `next`
             if behind <= REORDER_WINDOW {
@@ -843,10 +851,56 @@ impl LossMeter {
         }
     }
 
+    /// A datagram of the file with a sound header arrived that is not verified (its hash block
+    /// has not come, or it failed): received, and arrived if the sequence passes it, but it
+    /// never moves the sequence. Anyone can send such a datagram (a forger on a multicast
+    /// group); one far ahead must not make the genuine serials it jumped over read as lost.
+    pub fn observe_pending(&mut self, serial: u32) {
+        if self.loop_len == 0 || serial >= self.loop_len {
+            return;
+        }
+        self.received = self.received.saturating_add(1);
+        let Some(next) = self.next else {
+            return;
+        };
+        let ahead = (serial + self.loop_len - next) % self.loop_len;
+        if ahead < REORDER_WINDOW && (ahead < self.loop_len / 2 || self.loop_len < 4) {
+            self.pending_ahead |= 1 << ahead;
+        } else if ahead >= self.loop_len / 2 {
+            let behind = self.loop_len - ahead;
+            if behind <= REORDER_WINDOW {
+                self.window |= 1 << (behind - 1);
+            }
+        }
+    }
+
+    /// The sequence moves to `serial`, `ahead` places past `next`.
+    fn advance(&mut self, serial: u32, ahead: u32) {
+        // The frontier moves `ahead + 1` places: what leaves the window still missing was
+        // lost, and so were skipped serials that do not even fit in it.
+        let shift = ahead + 1;
+        let leaving = if shift >= REORDER_WINDOW {
+            self.window
+        } else {
+            self.window >> (REORDER_WINDOW - shift)
+        };
+        let left = shift.min(REORDER_WINDOW);
+        let missing = left - leaving.count_ones();
+        let skipped_beyond = ahead.saturating_sub(REORDER_WINDOW - 1);
+        self.lost = self.lost.saturating_add(missing + skipped_beyond);
+        self.window = if shift >= REORDER_WINDOW {
+            1
+        } else {
+            (self.window << shift) | 1
+        };
+        self.next = Some((serial + 1) % self.loop_len);
+    }
+
     /// The channel changed (a tier move): the next datagram starts a new sequence.
     pub fn restart(&mut self) {
         self.next = None;
         self.window = 0;
+        self.pending_ahead = 0;
     }
 
     /// The counts since the last take, reset. Serials still within the reordering window are

@@ -38,6 +38,10 @@ pub enum DropReason {
     /// A different copy of the same serial is already pending: the first one kept decides
     /// (forged or genuine, never both).
     PendingConflict,
+    /// The same copy of the serial is already pending. Not a duplicate: nothing proves it
+    /// genuine yet, and a forger can send its copy twice (a duplicate passes for the loop's
+    /// position, which NAK planning and the loss meter follow).
+    PendingDuplicate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +71,7 @@ pub struct ReceiverCounters {
     pub dropped_hash_mismatch: u64,
     pub dropped_pending_full: u64,
     pub dropped_pending_conflict: u64,
+    pub dropped_pending_duplicate: u64,
     /// Pending datagrams that failed verification once their parent arrived.
     pub pending_rejected: u64,
 }
@@ -80,6 +85,7 @@ impl ReceiverCounters {
             + self.dropped_hash_mismatch
             + self.dropped_pending_full
             + self.dropped_pending_conflict
+            + self.dropped_pending_duplicate
             + self.pending_rejected
     }
 }
@@ -233,6 +239,7 @@ impl Receiver {
                     DropReason::HashMismatch => &mut self.counters.dropped_hash_mismatch,
                     DropReason::PendingFull => &mut self.counters.dropped_pending_full,
                     DropReason::PendingConflict => &mut self.counters.dropped_pending_conflict,
+                    DropReason::PendingDuplicate => &mut self.counters.dropped_pending_duplicate,
                 };
                 *counter += 1;
             }
@@ -297,7 +304,9 @@ impl Receiver {
                 // different one is dropped (the bytes a caller stored are then always the bytes
                 // whose hash is pending; if the first was forged, the serial is received again).
                 match self.pending_data.get(&header.index) {
-                    Some(kept) if *kept == hash => return Outcome::Duplicate { serial },
+                    Some(kept) if *kept == hash => {
+                        return Outcome::Dropped(DropReason::PendingDuplicate)
+                    }
                     Some(_) => return Outcome::Dropped(DropReason::PendingConflict),
                     None => {}
                 }
@@ -310,7 +319,9 @@ impl Receiver {
                 let block = payload(bytes, header);
                 let key = (header.level, header.index);
                 match self.pending_blocks.get(&key) {
-                    Some(kept) if kept.hash == hash => return Outcome::Duplicate { serial },
+                    Some(kept) if kept.hash == hash => {
+                        return Outcome::Dropped(DropReason::PendingDuplicate)
+                    }
                     Some(_) => return Outcome::Dropped(DropReason::PendingConflict),
                     None => {}
                 }

@@ -512,19 +512,29 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 continue;
             };
             // As the client driver: every datagram of the file with a sound header counts for
-            // the loss and goodput it reports.
-            if let Ok(header) = DatagramHeader::parse(&packet.bytes) {
-                if header.file_id == info.file_id {
-                    let serial = header.serial.0;
-                    client
-                        .session
-                        .observe_serial(serial, !nak.is_progress(serial, now));
+            // the goodput it reports; only a verified one (not a repair) moves the loss meter's
+            // sequence and the NAK frontier.
+            let metered = DatagramHeader::parse(&packet.bytes)
+                .ok()
+                .filter(|header| header.file_id == info.file_id)
+                .map(|header| (header.serial.0, nak.is_progress(header.serial.0, now)));
+            let outcome = receiver.handle_datagram(&packet.bytes);
+            if let Some((serial, progress)) = metered {
+                match outcome {
+                    Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
+                        client.session.observe_serial(serial, !progress)
+                    }
+                    _ => client.session.observe_pending_serial(serial),
                 }
             }
-            match receiver.handle_datagram(&packet.bytes) {
-                Outcome::Store { serial, .. } => {
+            match outcome {
+                Outcome::Store { serial, verified } => {
                     client.stored[serial as usize] = Some(packet.bytes.clone());
-                    nak.saw(serial, now);
+                    if verified {
+                        nak.saw(serial, now);
+                    } else {
+                        nak.saw_unverified(serial, now);
+                    }
                     client.session.handle_data(now);
                 }
                 Outcome::Duplicate { serial } => {

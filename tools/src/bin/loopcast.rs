@@ -793,7 +793,8 @@ fn receiver_counters_json(c: &loopcast_proto::receiver::ReceiverCounters) -> ser
         "dropped_malformed": c.dropped_malformed, "dropped_foreign": c.dropped_foreign,
         "dropped_wrong_size": c.dropped_wrong_size, "dropped_bad_position": c.dropped_bad_position,
         "dropped_hash_mismatch": c.dropped_hash_mismatch, "dropped_pending_full": c.dropped_pending_full,
-        "dropped_pending_conflict": c.dropped_pending_conflict, "pending_rejected": c.pending_rejected,
+        "dropped_pending_conflict": c.dropped_pending_conflict,
+        "dropped_pending_duplicate": c.dropped_pending_duplicate, "pending_rejected": c.pending_rejected,
     })
 }
 

@@ -589,3 +589,51 @@ fn with_no_room_for_another_tier_a_member_goes_to_the_nearest_slower_one() {
         "to the 500 Mbit/s tier, not the 5 Mbit/s one"
     );
 }
+
+/// A forger on the path (any host on a multicast group) sends datagrams with sound headers
+/// and wrong payloads a few hundred serials ahead of the loop. They cannot be verified, so
+/// they must not move the loss meter's sequence: before, each one made the genuine serials
+/// between read as lost (a loss-free receiver reported 20-48% loss at 50 forged datagrams a
+/// second, and its tier never rose from its starting rate; e2e
+/// `attacks::forged_serials_ahead_do_not_poison_the_reported_loss`).
+#[test]
+fn unverified_serials_ahead_never_count_the_genuine_ones_as_lost() {
+    let mut meter = LossMeter::new(100_000);
+    let mut next = 0;
+    for _ in 0..100 {
+        for serial in next..next + 50 {
+            meter.observe(serial, false);
+        }
+        // A forged serial 300 ahead, and a chain of them each within the reorder window.
+        meter.observe_pending(next + 300);
+        for step in 1..10 {
+            meter.observe_pending(next + 50 + 60 * step);
+        }
+        next += 50;
+    }
+    let (received, lost) = meter.take();
+    assert_eq!(
+        received,
+        100 * 60,
+        "every datagram with a sound header is received"
+    );
+    assert_eq!(lost, 0, "nothing genuine was lost");
+    // A genuine orphan (its hash block was lost, so it is pending) just ahead of the sequence
+    // is not lost when the next verified datagram moves the sequence past it.
+    for serial in next..next + 10 {
+        meter.observe(serial, false);
+    }
+    for serial in next + 10..next + 40 {
+        meter.observe_pending(serial);
+    }
+    // The hash block at next + 40 was lost: next + 41 verifies again.
+    meter.observe(next + 41, false);
+    for serial in next + 42..next + 200 {
+        meter.observe(serial, false);
+    }
+    assert_eq!(
+        meter.take(),
+        (10 + 30 + 159, 1),
+        "only the hash block was lost"
+    );
+}

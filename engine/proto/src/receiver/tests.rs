@@ -194,3 +194,35 @@ fn of_two_different_pending_copies_the_first_is_kept_and_a_forged_first_is_recei
         Outcome::Store { verified: true, .. }
     ));
 }
+
+/// A forger sends its copy of a serial whose parent has not arrived twice: the second copy
+/// matches the pending hash, but nothing proves it genuine, so it must not come back as a
+/// `Duplicate` (which the client takes for the loop's position: its NAK frontier and loss
+/// meter jumped to the forged serial, and a loss-free receiver reported ~50% loss; e2e
+/// `attacks::forged_serials_ahead_do_not_poison_the_reported_loss`).
+#[test]
+fn a_second_copy_of_a_pending_forgery_is_not_a_duplicate() {
+    let (info, datagrams) = sample(200_000, DATAGRAM_SIZE_MTU_1500);
+    let shape = TreeShape::new(
+        info.data_datagram_count,
+        crate::info::hash_fanout(info.datagram_size),
+    )
+    .unwrap();
+    let mut receiver = Receiver::new(info);
+    let serial = shape.serial_of(0, 1) as usize;
+    let mut forged = datagrams[serial].clone();
+    *forged.last_mut().unwrap() ^= 1;
+    assert!(matches!(
+        receiver.handle_datagram(&forged),
+        Outcome::Store {
+            verified: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        receiver.handle_datagram(&forged),
+        Outcome::Dropped(DropReason::PendingDuplicate),
+        "an unverified copy seen twice is still unverified"
+    );
+    assert_eq!(receiver.counters().duplicates, 0);
+}
