@@ -601,7 +601,10 @@ fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
     let mut now = at(0);
     let mut tier = TierControl::new(&config, now, 1_000_000_000);
     tier.decrease_to(&config, now, capacity, true);
-    assert!(tier.loss_rate.is_none(), "the first probe's loss is a floor");
+    assert!(
+        tier.loss_rate.is_none(),
+        "the first probe's loss is a floor"
+    );
     let mut climbed = 0;
     while tier.rate() < 2 * capacity as u64 {
         now = now + STEP;
