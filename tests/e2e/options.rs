@@ -127,5 +127,8 @@ pub fn the_start_line_states_the_cap_in_force() {
             start.contains(expected),
             "{extra:?}: want {expected:?} in {start:?}"
         );
+        // A fixed rate has no tiers: naming a policy and a tier count would mislead.
+        let fixed = extra.contains(&"--fixed-rate");
+        assert_eq!(start.contains("policy="), !fixed, "{extra:?}: {start:?}");
     }
 }

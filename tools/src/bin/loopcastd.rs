@@ -173,7 +173,12 @@ fn main() -> ExitCode {
         (Some(rate), false) => format!("automatic, at most {}", format_rate(rate.min(rate_max))),
         (None, _) => format!("automatic, at most {}", format_rate(rate_max)),
     };
-    tracing::info!(%rate, policy = %args.tier_policy, tiers = args.tiers, admin = %admin_socket.display(), "starting");
+    if args.fixed_rate {
+        // One channel per file: no policy, no tiers to speak of.
+        tracing::info!(%rate, admin = %admin_socket.display(), "starting");
+    } else {
+        tracing::info!(%rate, policy = %args.tier_policy, tiers = args.tiers, admin = %admin_socket.display(), "starting");
+    }
     let shutdown = shutdown_flag();
     match loopcast_node::run(config, shutdown) {
         Ok(()) => ExitCode::SUCCESS,
