@@ -17,6 +17,7 @@
 //!   with no `--rate`: each finishes at its own link's pace (issue 10, R11/R12).
 //! - follow.rs: `get --follow` plays the original on stdout while it downloads (R13): bytes,
 //!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
+//! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
 //!
@@ -36,6 +37,7 @@ mod follow;
 mod hostile;
 mod links;
 mod multicast;
+mod options;
 mod repair;
 mod resume;
 mod support;
@@ -148,6 +150,8 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(unicast::unicast_clients_one_late_get_identical_files_and_ctl_reports_status),
         e2e!(unicast::wrong_root_and_unknown_file_are_clear_errors),
         e2e!(unicast::cli_errors_are_one_line_and_nonzero),
+        e2e!(options::meaningless_rate_options_are_refused_at_once),
+        e2e!(options::the_start_line_states_the_cap_in_force),
         e2e!(unicast::one_gibibyte_file_round_trips_byte_identical),
         trial(
             "every_e2e_test_is_registered",

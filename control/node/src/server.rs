@@ -611,7 +611,7 @@ impl Server {
         if self.config.verify_on_open && !self.verified_archives.contains(&key) {
             self.start_verification(&key);
         }
-        tracing::info!(file = %info.name, file_id = %file_id, loop_len = info.loop_len, "channel opened");
+        tracing::info!(channel = channel.0, file = %info.name, file_id = %file_id, loop_len = info.loop_len, rate = %format_rate(rate_bits_per_s), "channel opened");
         self.channels.insert(
             channel,
             Channel {

@@ -458,8 +458,9 @@ impl TierControl {
     /// creeping near it.
     fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64, heavy: bool) {
         // Only the first loss (out of slow start, far above the path) is read as a floor; a
-        // heavy loss later (a probe that overshot) is where the path is.
-        let floor = heavy && self.slow_start;
+        // heavy loss later (a probe that overshot, slow start resumed included) is where the
+        // path is.
+        let floor = heavy && self.slow_start && self.clean_increases < RESUME_SLOW_START_AFTER;
         self.slow_start = false;
         self.clean_increases = 0;
         self.near_increases = 0;

@@ -30,8 +30,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Clients: file, speed tier, throughput, loss and round trip as their reports say (R11,
-    /// R12), progress.
+    /// Clients: file, speed tier, throughput, loss and round trip as their reports say, progress.
     Clients {
         /// A JSON array, one object per client.
         #[arg(long)]

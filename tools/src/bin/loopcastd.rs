@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use loopcast_node::{MulticastConfig, ServerConfig};
 use loopcast_tools::{default_admin_socket, format_rate, init_logging, parse_rate, shutdown_flag};
 
@@ -36,7 +36,8 @@ struct ServeArgs {
     listen: SocketAddr,
     /// Most any channel sends, in bits/s (e.g. 100M, 1G). Without it, every channel finds the
     /// fastest rate its clients take without sustained loss, and backs off when they lose; with
-    /// it, the same up to this cap. With --fixed-rate, exactly this rate ("unpaced": no pacing).
+    /// it, the same up to this cap. With --fixed-rate, exactly this rate, or no pacing at all
+    /// with "unpaced".
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
     /// Send every file on one channel at exactly --rate: no tiers, no automatic rates.
@@ -45,13 +46,14 @@ struct ServeArgs {
     /// How a file's speed tiers follow its clients: "distribution" (several tiers, each client
     /// on the one its measured throughput matches), "average" (one tier at the clients'
     /// average) or "slowest" (one tier at the slowest client's throughput).
-    #[arg(long, default_value = "distribution", value_parser = parse_policy)]
+    #[arg(long, default_value = "distribution", value_parser = parse_policy, conflicts_with = "fixed_rate")]
     tier_policy: loopcast_proto::rate::TierPolicy,
     /// Most tiers (channels at different rates) one file runs on at once ("distribution").
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16), conflicts_with = "fixed_rate")]
     tiers: u8,
-    /// Rate a file's first tier starts at before clients report (it rises while they keep up).
-    #[arg(long, default_value = "1G", value_parser = parse_rate)]
+    /// Rate a file's first tier starts at before clients report (it rises while they keep up,
+    /// and drops to what reaches them when they lose); at least 1M, at most --rate.
+    #[arg(long, default_value = "1G", value_parser = parse_initial_rate, conflicts_with = "fixed_rate")]
     initial_rate: u64,
     /// Never use multicast: every client gets a unicast copy.
     #[arg(long)]
@@ -89,8 +91,32 @@ fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> 
         .ok_or_else(|| format!("unknown tier policy {text:?}: distribution, average or slowest"))
 }
 
+/// `--initial-rate`: a real rate within the automatic range (`RateConfig::rate_min` and up);
+/// "unpaced" or 0 mean nothing for a rate that is about to be measured.
+fn parse_initial_rate(text: &str) -> Result<u64, String> {
+    let rate_min = loopcast_proto::rate::RateConfig::default().rate_min;
+    match parse_rate(text)? {
+        rate if rate < rate_min => Err(format!(
+            "{text:?} is below the slowest automatic rate, {}",
+            format_rate(rate_min)
+        )),
+        rate => Ok(rate),
+    }
+}
+
 fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command;
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    // "--rate unpaced" (or 0) is a fixed rate with no pacing; as a cap on automatic rates it
+    // would mean no cap, which is what leaving --rate out already says.
+    if args.rate == Some(0) && !args.fixed_rate {
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--rate unpaced (or 0) needs --fixed-rate; without --rate the rates are automatic",
+            )
+            .exit();
+    }
     init_logging("info");
     // Name the hashing threads (archive checks beside the loop), so `top -H` tells them apart.
     let _ = rayon::ThreadPoolBuilder::new()
@@ -108,7 +134,7 @@ fn main() -> ExitCode {
     config.adaptive = (!args.fixed_rate).then(|| loopcast_proto::rate::RateConfig {
         policy: args.tier_policy,
         tiers_max: usize::from(args.tiers),
-        initial_rate: args.initial_rate.max(1_000_000),
+        initial_rate: args.initial_rate,
         ..loopcast_proto::rate::RateConfig::default()
     });
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
@@ -140,12 +166,19 @@ fn main() -> ExitCode {
         eprintln!("loopcastd: error: {error}");
         return ExitCode::FAILURE;
     }
+    // Automatic rates never pass RateConfig::rate_max, whatever --rate says: say the real cap.
+    let rate_max = loopcast_proto::rate::RateConfig::default().rate_max;
     let rate = match (args.rate, args.fixed_rate) {
         (Some(rate), true) => format!("fixed {}", format_rate(rate)),
-        (Some(rate), false) => format!("automatic, at most {}", format_rate(rate)),
-        (None, _) => "automatic".to_owned(),
+        (Some(rate), false) => format!("automatic, at most {}", format_rate(rate.min(rate_max))),
+        (None, _) => format!("automatic, at most {}", format_rate(rate_max)),
     };
-    tracing::info!(%rate, policy = %args.tier_policy, tiers = args.tiers, admin = %admin_socket.display(), "starting");
+    if args.fixed_rate {
+        // One channel per file: no policy, no tiers to speak of.
+        tracing::info!(%rate, admin = %admin_socket.display(), "starting");
+    } else {
+        tracing::info!(%rate, policy = %args.tier_policy, tiers = args.tiers, admin = %admin_socket.display(), "starting");
+    }
     let shutdown = shutdown_flag();
     match loopcast_node::run(config, shutdown) {
         Ok(()) => ExitCode::SUCCESS,

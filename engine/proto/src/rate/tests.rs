@@ -637,3 +637,43 @@ fn unverified_serials_ahead_never_count_the_genuine_ones_as_lost() {
         "only the hash block was lost"
     );
 }
+
+/// Seen on a 5 Mbit/s tbf link (new-user review): the first loss out of slow start is a floor,
+/// the tier climbs 10 % a step three times, slow start resumes and doubles it past the link,
+/// and that heavy loss was read as a floor again, so nothing was remembered and the tier
+/// saw-toothed 4.3 -> 11.6 Mbit/s every 3-6 s. Only the first probe's loss is a floor.
+#[test]
+fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
+    let config = RateConfig::default();
+    let capacity = 4_800_000.0;
+    let mut now = at(0);
+    let mut tier = TierControl::new(&config, now, 1_000_000_000);
+    tier.decrease_to(&config, now, capacity, true);
+    assert!(
+        tier.loss_rate.is_none(),
+        "the first probe's loss is a floor"
+    );
+    let mut climbed = 0;
+    while tier.rate() < 2 * capacity as u64 {
+        now = now + STEP;
+        tier.increase(&config, now);
+        climbed += 1;
+        assert!(climbed <= 5, "slow start resumes after three clean steps");
+    }
+    // Most of the doubled rate is lost: heavy, but the path is known now.
+    tier.decrease_to(&config, now, capacity, true);
+    assert_eq!(
+        tier.loss_rate.map(|(rate, _)| rate),
+        Some(capacity as u64),
+        "a probe that overshot is where the path is"
+    );
+    for _ in 0..4 {
+        now = now + STEP;
+        tier.increase(&config, now);
+        assert!(
+            (tier.rate() as f64) < capacity,
+            "rate {} climbs gently below the remembered {capacity}",
+            tier.rate()
+        );
+    }
+}

@@ -1,0 +1,134 @@
+//! loopcastd's rate options as an operator types them: values that mean nothing for automatic
+//! rates are refused before the daemon starts, with a message naming the option, and the start
+//! line states the cap that is really in force.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{bin, Scratch};
+
+/// Runs `loopcastd serve` with `extra`, expecting it to refuse at once: (exit code, stderr).
+fn refused(scratch: &Scratch, extra: &[&str]) -> (Option<i32>, String) {
+    let media = scratch.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let mut child = Command::new(bin("loopcastd"))
+        .arg("serve")
+        .arg("--media")
+        .arg(&media)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-multicast",
+            "--admin-socket",
+        ])
+        .arg(scratch.path("admin.sock"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut text).unwrap();
+            return (status.code(), text);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loopcastd {extra:?} started serving instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn meaningless_rate_options_are_refused_at_once() {
+    let scratch = Scratch::new("options-refused");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--rate", "0"], "--rate unpaced (or 0) needs --fixed-rate"),
+        (
+            &["--rate", "unpaced"],
+            "--rate unpaced (or 0) needs --fixed-rate",
+        ),
+        (
+            &["--initial-rate", "0"],
+            "below the slowest automatic rate, 1.0 Mbit/s",
+        ),
+        (
+            &["--initial-rate", "500k"],
+            "below the slowest automatic rate, 1.0 Mbit/s",
+        ),
+        (&["--rate", "1G", "--fixed-rate", "--tiers", "2"], "--tiers"),
+        (
+            &["--rate", "1G", "--fixed-rate", "--tier-policy", "slowest"],
+            "--tier-policy",
+        ),
+        (
+            &["--rate", "1G", "--fixed-rate", "--initial-rate", "10M"],
+            "--initial-rate",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let (code, text) = refused(&scratch, extra);
+        assert_eq!(code, Some(2), "{extra:?}: a usage error exits 2: {text}");
+        let first = text.lines().next().unwrap_or_default();
+        assert!(first.starts_with("error:"), "{extra:?}: {text}");
+        assert!(
+            first.contains(expected),
+            "{extra:?}: want {expected:?} in {first:?}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
+pub fn the_start_line_states_the_cap_in_force() {
+    let scratch = Scratch::new("options-cap");
+    let media = scratch.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    // (extra arguments, what the start line must say): automatic rates never pass 40 Gbit/s.
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "rate=automatic, at most 40.00 Gbit/s"),
+        (
+            &["--rate", "99999G"],
+            "rate=automatic, at most 40.00 Gbit/s",
+        ),
+        (&["--rate", "100M"], "rate=automatic, at most 100.0 Mbit/s"),
+        (&["--rate", "unpaced", "--fixed-rate"], "rate=fixed unpaced"),
+    ];
+    for (extra, expected) in cases {
+        let mut child = Command::new(bin("loopcastd"))
+            .arg("serve")
+            .arg("--media")
+            .arg(&media)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--no-multicast",
+                "--admin-socket",
+            ])
+            .arg(scratch.path("admin.sock"))
+            .args(*extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        // The start line is the daemon's first; a daemon that exits ends the lines.
+        let start = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("starting"));
+        let _ = child.kill();
+        let _ = child.wait();
+        let start = start.unwrap_or_else(|| panic!("{extra:?}: no start line"));
+        assert!(
+            start.contains(expected),
+            "{extra:?}: want {expected:?} in {start:?}"
+        );
+        // A fixed rate has no tiers: naming a policy and a tier count would mislead.
+        let fixed = extra.contains(&"--fixed-rate");
+        assert_eq!(start.contains("policy="), !fixed, "{extra:?}: {start:?}");
+    }
+}
