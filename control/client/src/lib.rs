@@ -927,10 +927,23 @@ impl Download {
         // Pass 3: accept in order.
         for ((segment, bytes), hash) in segments.iter().zip(slices.iter()).zip(hashes.iter()) {
             let outcome = self.receiver.handle_datagram_hashed(bytes, Some(hash));
+            // An unverified datagram (its hash block has not come, or it is forged) is the
+            // loop's progress only where the tier's rate says the loop can be; the loss this
+            // client reports counts it the same way as the NAK planner.
+            let unverified_progress = match outcome {
+                Outcome::Store {
+                    serial,
+                    verified: false,
+                } => self.nak.saw_unverified(serial, now),
+                _ => false,
+            };
             if let Some((serial, progress)) = segment.metered {
                 match outcome {
                     Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
                         session.observe_serial(serial, !progress)
+                    }
+                    Outcome::Store { .. } if unverified_progress => {
+                        session.observe_serial(serial, false)
                     }
                     _ => session.observe_pending_serial(serial),
                 }
@@ -944,12 +957,10 @@ impl Download {
                     // Receiving our file's datagrams on the channel proves it works, like SYNC.
                     result.stored += 1;
                     result.seen += 1;
-                    // Only a verified datagram is the loop's progress (a pending one may be
-                    // forged: see `saw_unverified`).
+                    // An unverified one was seen above (it may be forged: see
+                    // `saw_unverified`).
                     if verified {
                         self.nak.saw(serial, now);
-                    } else {
-                        self.nak.saw_unverified(serial, now);
                     }
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }

@@ -508,9 +508,14 @@ impl NakPlanner {
     /// simulation's overloaded start: 1.25 s became 1.71 s). A forger can then move it only as
     /// fast as the loop itself, by sending faster than the loop; what it jumps over within the
     /// reordering margin is not asked for anyway.
-    pub fn saw_unverified(&mut self, serial: u32, now: Instant) {
+    ///
+    /// Returns whether it moved the frontier (the loss this client reports counts it the same
+    /// way: a receiver far below its tier's rate gets almost nothing verified, and counting
+    /// only verified datagrams it reported no loss at all and was never moved off a 1 Gbit/s
+    /// tier).
+    pub fn saw_unverified(&mut self, serial: u32, now: Instant) -> bool {
         if serial >= self.loop_len() {
-            return;
+            return false;
         }
         let progress = match (self.frontier, self.frontier_at, self.loop_rate) {
             (Some(frontier), Some(at), Some(rate)) => {
@@ -530,6 +535,7 @@ impl NakPlanner {
             self.frontier_at = Some(now);
             self.frontier_travel += u64::from(self.ahead(frontier, serial));
         }
+        progress
     }
 
     /// What was asked for has arrived (as a repair, or the loop brought it): out of every ask.

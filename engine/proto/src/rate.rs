@@ -78,7 +78,10 @@ pub struct RateConfig {
     pub rate_min: u64,
     /// How often tier rates and assignments are reconsidered.
     pub control_interval: Duration,
-    /// After a tier's rate changes, reports are read after this long.
+    /// After a tier's rate changes, reports are read after this long. With the control step
+    /// at 100 ms this is what paces increases near the path's rate and decreases: 150 ms made
+    /// a 5 Mbit/s tier probe twice as often and its receiver take 132-161 s for 32 MiB instead
+    /// of 63-80 s.
     pub settle: Duration,
     /// After a slow-start increase, reports are read after this long (the new rate shows
     /// within a round trip; a decrease's old queues take longer to drain).
@@ -106,7 +109,7 @@ impl Default for RateConfig {
             rate_max: 40_000_000_000,
             rate_min: 1_000_000,
             control_interval: Duration::from_millis(100),
-            settle: Duration::from_millis(150),
+            settle: Duration::from_millis(250),
             probe_settle: Duration::from_millis(50),
             move_settle: Duration::from_millis(500),
             loss_congested: 0.02,

@@ -519,10 +519,20 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 .filter(|header| header.file_id == info.file_id)
                 .map(|header| (header.serial.0, nak.is_progress(header.serial.0, now)));
             let outcome = receiver.handle_datagram(&packet.bytes);
+            let unverified_progress = match outcome {
+                Outcome::Store {
+                    serial,
+                    verified: false,
+                } => nak.saw_unverified(serial, now),
+                _ => false,
+            };
             if let Some((serial, progress)) = metered {
                 match outcome {
                     Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
                         client.session.observe_serial(serial, !progress)
+                    }
+                    Outcome::Store { .. } if unverified_progress => {
+                        client.session.observe_serial(serial, false)
                     }
                     _ => client.session.observe_pending_serial(serial),
                 }
@@ -532,8 +542,6 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                     client.stored[serial as usize] = Some(packet.bytes.clone());
                     if verified {
                         nak.saw(serial, now);
-                    } else {
-                        nak.saw_unverified(serial, now);
                     }
                     client.session.handle_data(now);
                 }
