@@ -438,18 +438,7 @@ pub fn forged_race_multicast_from_a_host_on_the_group() {
     let (reports, forged_sent) = std::thread::scope(|scope| {
         let forger = scope.spawn(|| {
             in_namespace(&hosts[3].0, || {
-                let socket = socket2::Socket::new(
-                    socket2::Domain::IPV4,
-                    socket2::Type::DGRAM,
-                    Some(socket2::Protocol::UDP),
-                )
-                .unwrap();
-                socket.set_multicast_if_v4(&forger_ip).unwrap();
-                socket.set_multicast_ttl_v4(1).unwrap();
-                socket
-                    .bind(&SocketAddrV4::new(forger_ip, 0).into())
-                    .unwrap();
-                let socket: UdpSocket = socket.into();
+                let socket = multicast_forger_socket(forger_ip);
                 let started = Instant::now();
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(30) {
@@ -1227,18 +1216,7 @@ pub fn forged_serials_ahead_do_not_poison_the_reported_loss() {
     let (report, forged_sent, worst_loss) = std::thread::scope(|scope| {
         let forger = scope.spawn(|| {
             in_namespace(&hosts[2].0, || {
-                let socket = socket2::Socket::new(
-                    socket2::Domain::IPV4,
-                    socket2::Type::DGRAM,
-                    Some(socket2::Protocol::UDP),
-                )
-                .unwrap();
-                socket.set_multicast_if_v4(&forger_ip).unwrap();
-                socket.set_multicast_ttl_v4(1).unwrap();
-                socket
-                    .bind(&SocketAddrV4::new(forger_ip, 0).into())
-                    .unwrap();
-                let socket: UdpSocket = socket.into();
+                let socket = multicast_forger_socket(forger_ip);
                 let started = Instant::now();
                 let mut sent = 0u64;
                 while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(8) {
@@ -1288,4 +1266,21 @@ pub fn forged_serials_ahead_do_not_poison_the_reported_loss() {
     assert!(server.terminate().status.success());
     drop(topology);
     assert_no_namespaces_left(&tag);
+}
+
+/// A UDP socket that sends to multicast groups from `forger_ip` (a host on the test's bridge,
+/// TTL 1), as a forger on the group would.
+fn multicast_forger_socket(forger_ip: Ipv4Addr) -> UdpSocket {
+    let socket = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .unwrap();
+    socket.set_multicast_if_v4(&forger_ip).unwrap();
+    socket.set_multicast_ttl_v4(1).unwrap();
+    socket
+        .bind(&SocketAddrV4::new(forger_ip, 0).into())
+        .unwrap();
+    socket.into()
 }

@@ -197,22 +197,8 @@ pub fn a_follower_joining_mid_loop_plays_before_the_loop_wraps() {
 /// The player quits: the download stops with a clear message and exit code 141, and is kept
 /// for resume; a second run finishes it.
 pub fn a_player_that_quits_stops_the_download_and_keeps_it_for_resume() {
-    let scratch = Scratch::new("follow-quit");
-    let media = scratch.path("media");
-    let input = scratch.path("film.bin");
-    let original = write_content(&input, 24 << 20, 13);
-    pack_into(&input, &media, &[]);
-    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
-    let mut process = Proc::spawn(
-        "quitter",
-        Command::new(bin("loopcast"))
-            .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
-            .arg("--follow")
-            .arg("--keys")
-            .arg(media.join("keys.db"))
-            .arg("--output")
-            .arg(scratch.path("film.lca")),
-    );
+    let (scratch, media, original, server, mut process) =
+        follower_of_a_fresh_file("follow-quit", 24 << 20, 13, "quitter");
     // The player reads 100 KB and quits.
     let mut stdout = process.child.stdout.take().unwrap();
     let mut head = vec![0u8; 100_000];
@@ -314,22 +300,8 @@ pub fn follow_with_the_wrong_key_database_is_a_clear_error() {
 /// was full, and the second send found the writer gone: every byte played, then
 /// "the writer thread stopped" and exit 1.)
 pub fn a_slow_player_gets_every_byte_and_a_clean_exit() {
-    let scratch = Scratch::new("follow-slow");
-    let media = scratch.path("media");
-    let input = scratch.path("film.bin");
-    let original = write_content(&input, 12 << 20, 15);
-    pack_into(&input, &media, &[]);
-    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
-    let mut process = Proc::spawn(
-        "slow-player",
-        Command::new(bin("loopcast"))
-            .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
-            .arg("--follow")
-            .arg("--keys")
-            .arg(media.join("keys.db"))
-            .arg("--output")
-            .arg(scratch.path("film.lca")),
-    );
+    let (scratch, _media, original, _server, mut process) =
+        follower_of_a_fresh_file("follow-slow", 12 << 20, 15, "slow-player");
     let mut stdout = process.child.stdout.take().unwrap();
     let mut played = Vec::with_capacity(original.len());
     let mut chunk = vec![0u8; 64 << 10];
@@ -353,4 +325,31 @@ pub fn a_slow_player_gets_every_byte_and_a_clean_exit() {
     );
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(scratch.path("film.lca").exists(), "published");
+}
+
+/// A fresh encrypted file of `size` bytes (content from `seed`) served on loopback at `RATE`,
+/// and a `loopcast get --follow` of it (`label`) writing `film.lca`, its stdout piped.
+fn follower_of_a_fresh_file(
+    tag: &str,
+    size: usize,
+    seed: u64,
+    label: &str,
+) -> (Scratch, std::path::PathBuf, Vec<u8>, UnicastServer, Proc) {
+    let scratch = Scratch::new(tag);
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, size, seed);
+    pack_into(&input, &media, &[]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    let process = Proc::spawn(
+        label,
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
+            .arg("--follow")
+            .arg("--keys")
+            .arg(media.join("keys.db"))
+            .arg("--output")
+            .arg(scratch.path("film.lca")),
+    );
+    (scratch, media, original, server, process)
 }

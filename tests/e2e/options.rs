@@ -12,22 +12,7 @@ use crate::support::{bin, Scratch};
 fn refused(scratch: &Scratch, extra: &[&str]) -> (Option<i32>, String) {
     let media = scratch.path("media");
     std::fs::create_dir_all(&media).unwrap();
-    let mut child = Command::new(bin("loopcastd"))
-        .arg("serve")
-        .arg("--media")
-        .arg(&media)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--no-multicast",
-            "--admin-socket",
-        ])
-        .arg(scratch.path("admin.sock"))
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = loopcastd_on_loopback_with(scratch, &media, extra);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -98,22 +83,7 @@ pub fn the_start_line_states_the_cap_in_force() {
         (&["--rate", "unpaced", "--fixed-rate"], "rate=fixed unpaced"),
     ];
     for (extra, expected) in cases {
-        let mut child = Command::new(bin("loopcastd"))
-            .arg("serve")
-            .arg("--media")
-            .arg(&media)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--no-multicast",
-                "--admin-socket",
-            ])
-            .arg(scratch.path("admin.sock"))
-            .args(*extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = loopcastd_on_loopback_with(&scratch, &media, extra);
         let stderr = BufReader::new(child.stderr.take().unwrap());
         // The start line is the daemon's first; a daemon that exits ends the lines.
         let start = stderr
@@ -131,4 +101,29 @@ pub fn the_start_line_states_the_cap_in_force() {
         let fixed = extra.contains(&"--fixed-rate");
         assert_eq!(start.contains("policy="), !fixed, "{extra:?}: {start:?}");
     }
+}
+
+/// `loopcastd serve` of `media` on loopback (no multicast), admin socket in `scratch`, with
+/// `extra`; stderr piped.
+fn loopcastd_on_loopback_with(
+    scratch: &Scratch,
+    media: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    Command::new(bin("loopcastd"))
+        .arg("serve")
+        .arg("--media")
+        .arg(media)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--no-multicast",
+            "--admin-socket",
+        ])
+        .arg(scratch.path("admin.sock"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }

@@ -161,24 +161,7 @@ fn a_forged_copy_of_a_held_serial_is_dropped_not_counted_as_a_duplicate() {
 
 #[test]
 fn of_two_different_pending_copies_the_first_is_kept_and_a_forged_first_is_received_again() {
-    let (info, datagrams) = sample(200_000, DATAGRAM_SIZE_MTU_1500);
-    let shape = TreeShape::new(
-        info.data_datagram_count,
-        crate::info::hash_fanout(info.datagram_size),
-    )
-    .unwrap();
-    let mut receiver = Receiver::new(info);
-    // Join after the first hash block: data datagram 1 arrives before its parent.
-    let serial = shape.serial_of(0, 1) as usize;
-    let mut forged = datagrams[serial].clone();
-    *forged.last_mut().unwrap() ^= 1;
-    assert!(matches!(
-        receiver.handle_datagram(&forged),
-        Outcome::Store {
-            verified: false,
-            ..
-        }
-    ));
+    let (mut receiver, datagrams, shape, serial, _forged) = a_forgery_held_pending();
     assert_eq!(
         receiver.handle_datagram(&datagrams[serial]),
         Outcome::Dropped(DropReason::PendingConflict),
@@ -202,6 +185,19 @@ fn of_two_different_pending_copies_the_first_is_kept_and_a_forged_first_is_recei
 /// `attacks::forged_serials_ahead_do_not_poison_the_reported_loss`).
 #[test]
 fn a_second_copy_of_a_pending_forgery_is_not_a_duplicate() {
+    let (mut receiver, _, _, _, forged) = a_forgery_held_pending();
+    assert_eq!(
+        receiver.handle_datagram(&forged),
+        Outcome::Dropped(DropReason::PendingDuplicate),
+        "an unverified copy seen twice is still unverified"
+    );
+    assert_eq!(receiver.counters().duplicates, 0);
+}
+
+/// A receiver that joined after the first hash block and holds, pending its parent, a forged
+/// copy of data datagram 1: (receiver, the genuine datagrams, the tree's shape, that serial,
+/// the forged copy).
+fn a_forgery_held_pending() -> (Receiver, Vec<Vec<u8>>, TreeShape, usize, Vec<u8>) {
     let (info, datagrams) = sample(200_000, DATAGRAM_SIZE_MTU_1500);
     let shape = TreeShape::new(
         info.data_datagram_count,
@@ -219,10 +215,5 @@ fn a_second_copy_of_a_pending_forgery_is_not_a_duplicate() {
             ..
         }
     ));
-    assert_eq!(
-        receiver.handle_datagram(&forged),
-        Outcome::Dropped(DropReason::PendingDuplicate),
-        "an unverified copy seen twice is still unverified"
-    );
-    assert_eq!(receiver.counters().duplicates, 0);
+    (receiver, datagrams, shape, serial, forged)
 }
