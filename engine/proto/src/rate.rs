@@ -524,6 +524,9 @@ const MERGE_SHARE: f64 = 0.85;
 /// A congested member moves to a slower tier only if its path carries less than this share of
 /// its tier's rate.
 const MOVE_BELOW_SHARE: f64 = 0.85;
+/// Congested reports in a row after which a member that gets most of the rate leaves a tier
+/// whose other members keep up.
+const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
@@ -605,11 +608,17 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // others keep their rate. One that lost but still got most of it stays (a passing
             // loss; or the tier is only a little too fast for it, which costs it a few repairs
             // and nobody else anything).
+            // One that keeps losing while others keep up at this rate goes too, however much
+            // of the rate it gets: held, it stops the tier rising for everyone (its loss may be
+            // its path's own, learnt only after a move or a decrease; on its own tier it is).
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
-                .filter(|m| m.estimate.capacity(rate) < MOVE_BELOW_SHARE * reference)
+                .filter(|m| {
+                    m.estimate.capacity(rate) < MOVE_BELOW_SHARE * reference
+                        || (settled_clear && m.estimate.congested_streak >= HELD_LOSS_REPORTS)
+                })
                 .collect();
             movable.sort_by(|a, b| {
                 b.estimate

@@ -153,7 +153,6 @@ fn member(
 /// one on a path with 5 % random loss) is congested yet "close to the rate", so it stays, and
 /// the tier's rate stops rising: for everyone on it, for as long as it likes.
 #[test]
-#[ignore = "defect, not fixed: one member with steady loss close to the rate freezes a shared tier's rate (see the report of branch attack)"]
 fn one_member_with_steady_loss_near_the_rate_does_not_freeze_the_shared_tier() {
     let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
     config.adaptive = Some(RateConfig::default());
