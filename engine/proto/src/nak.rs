@@ -449,13 +449,22 @@ impl NakPlanner {
         if self.asked.get(serial) {
             return false;
         }
-        match (self.loop_rate, self.frontier_at) {
-            (Some(rate), Some(at)) => {
-                let reachable = rate * now.saturating_since(at).as_secs_f64() * 2.0;
-                f64::from(ahead) <= reachable + f64::from(window)
-            }
-            _ => true,
-        }
+        self.within_reach(ahead, now, window).unwrap_or(true)
+    }
+
+    /// Whether the loop can have gone `ahead` serials on since the frontier last moved: twice
+    /// what the tier's rate sends in that time, plus `slack`. `None`: the rate is unknown.
+    fn within_reach(&self, ahead: u32, now: Instant, slack: u32) -> Option<bool> {
+        let (rate, at) = (self.loop_rate?, self.frontier_at?);
+        let reachable = rate * now.saturating_since(at).as_secs_f64() * 2.0;
+        Some(f64::from(ahead) <= reachable + f64::from(slack))
+    }
+
+    /// The loop's progress reached `serial` (from `frontier`) at `now`.
+    fn move_frontier(&mut self, frontier: u32, serial: u32, now: Instant) {
+        self.frontier = Some(serial);
+        self.frontier_at = Some(now);
+        self.frontier_travel += u64::from(self.ahead(frontier, serial));
     }
 
     /// Serials just ahead of the frontier that are the loop's progress even if asked for.
@@ -488,9 +497,7 @@ impl NakPlanner {
                 // Only the loop's progress moves the frontier: a repair that did would make
                 // everything it jumped over count as lost.
                 if progress {
-                    self.frontier = Some(serial);
-                    self.frontier_at = Some(now);
-                    self.frontier_travel += u64::from(self.ahead(frontier, serial));
+                    self.move_frontier(frontier, serial, now);
                 }
             }
         }
@@ -517,23 +524,17 @@ impl NakPlanner {
         if serial >= self.loop_len() {
             return false;
         }
-        let progress = match (self.frontier, self.frontier_at, self.loop_rate) {
-            (Some(frontier), Some(at), Some(rate)) => {
-                let ahead = self.ahead(frontier, serial);
-                let reachable = rate * now.saturating_since(at).as_secs_f64() * 2.0;
-                ahead > 0
-                    && ahead < self.loop_len().div_ceil(2)
-                    && f64::from(ahead) <= reachable + f64::from(PENDING_SLACK)
-                    && !self.asked.get(serial)
-            }
-            _ => false,
-        };
+        let progress = self.frontier.is_some_and(|frontier| {
+            let ahead = self.ahead(frontier, serial);
+            ahead > 0
+                && ahead < self.loop_len().div_ceil(2)
+                && !self.asked.get(serial)
+                && self.within_reach(ahead, now, PENDING_SLACK) == Some(true)
+        });
         self.seen.set(serial);
         self.no_longer_asked(serial);
         if let (true, Some(frontier)) = (progress, self.frontier) {
-            self.frontier = Some(serial);
-            self.frontier_at = Some(now);
-            self.frontier_travel += u64::from(self.ahead(frontier, serial));
+            self.move_frontier(frontier, serial, now);
         }
         progress
     }
