@@ -154,15 +154,7 @@ impl Fluid {
         }
         let rates_before: Vec<u64> = self.tiers.iter().map(|t| t.rate()).collect();
         let moves = {
-            let mut plans: Vec<TierPlan<'_>> = self
-                .tiers
-                .iter_mut()
-                .map(|control| TierPlan {
-                    control,
-                    members: Vec::new(),
-                    solo: false,
-                })
-                .collect();
+            let mut plans = memberless_plans(&mut self.tiers);
             for member in &self.members {
                 plans[member.tier].members.push(MemberPlan {
                     id: member.id,
@@ -557,14 +549,7 @@ fn with_no_room_for_another_tier_a_member_goes_to_the_nearest_slower_one() {
             true,
         );
     }
-    let mut plans: Vec<TierPlan<'_>> = controls
-        .iter_mut()
-        .map(|control| TierPlan {
-            control,
-            members: Vec::new(),
-            solo: false,
-        })
-        .collect();
+    let mut plans = memberless_plans(&mut controls);
     plans[3].members = vec![
         MemberPlan {
             id: 1,
@@ -676,4 +661,16 @@ fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
             tier.rate()
         );
     }
+}
+
+/// One shared tier to plan per control, with no members yet.
+fn memberless_plans(controls: &mut [TierControl]) -> Vec<TierPlan<'_>> {
+    controls
+        .iter_mut()
+        .map(|control| TierPlan {
+            control,
+            members: Vec::new(),
+            solo: false,
+        })
+        .collect()
 }
