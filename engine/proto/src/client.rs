@@ -117,6 +117,13 @@ pub struct TierInfo {
 
 /// A rate rise at least this (ratio) is a slow-start step ([`crate::rate::TierControl`]).
 const SLOW_START_STEP_MIN: f64 = 1.4;
+/// Feedbacks with the rate unchanged after which a probing client reports at the usual
+/// interval again (a slow-start step takes two or three).
+const PROBING_UNCHANGED_MAX: u32 = 8;
+/// A probing Report covers at least this many datagrams at the tier's rate.
+const PROBE_REPORT_DATAGRAMS: u64 = 256;
+/// Until an Offer says otherwise.
+const DEFAULT_DATAGRAM_BITS: u64 = 1440 * 8;
 /// Reports whose echo is still awaited, at most (older ones give no round-trip sample).
 const OUTSTANDING_REPORTS: usize = 8;
 
@@ -167,10 +174,14 @@ pub struct ClientSession {
     rtt: Option<Duration>,
     rtt_sample: Option<Duration>,
     tier: Option<TierInfo>,
-    /// The tier's rate rose at the last Feedback (or nothing is known yet): reports go at
-    /// half the interval.
+    /// The tier's rate rose at the last Feedback (or nothing is known yet): reports go more
+    /// often ([`ClientSession::report_interval`]).
     probing: bool,
+    /// Feedbacks in a row with the tier's rate unchanged while probing.
+    probing_unchanged: u32,
     moves: u64,
+    /// Bits in one of the file's datagrams (from the Offer).
+    datagram_bits: u64,
 }
 
 impl ClientSession {
@@ -199,8 +210,29 @@ impl ClientSession {
             rtt_sample: None,
             tier: None,
             probing: true,
+            probing_unchanged: 0,
             moves: 0,
+            datagram_bits: DEFAULT_DATAGRAM_BITS,
         }
+    }
+
+    /// How long until the next Report. While the tier ramps up each slow-start step waits for
+    /// a report made wholly at the new rate, so reports come up to four times as often, but
+    /// each still covers at least [`PROBE_REPORT_DATAGRAMS`] at the tier's rate (a loss
+    /// fraction from a few datagrams is noise).
+    fn report_interval(&self) -> Duration {
+        let normal = self.config.report_interval;
+        if !self.probing {
+            return normal;
+        }
+        let rate = self.tier.map_or(0, |t| t.rate_bits_per_s);
+        if rate == 0 {
+            return normal / 4; // unpaced
+        }
+        let enough = Duration::from_secs_f64(
+            (PROBE_REPORT_DATAGRAMS * self.datagram_bits) as f64 / rate as f64,
+        );
+        enough.clamp(normal / 4, normal)
     }
 
     /// The round trip to the server, smoothed, once measured.
@@ -311,6 +343,7 @@ impl ClientSession {
             ) if id == *request_id => {
                 let file_id = info.file_id;
                 self.meter = LossMeter::new(info.loop_len);
+                self.datagram_bits = u64::from(info.datagram_size.max(1)) * 8;
                 self.tier = Some(TierInfo {
                     tier_id: None,
                     channel,
@@ -431,13 +464,42 @@ impl ClientSession {
         });
         // The tier's rate went up by a slow-start step (half or more): the server is
         // probing, and each step waits for a report made wholly at the new rate, so reports
-        // come twice as often until it stops. (Steady probing near the path's rate is a few
-        // percent a step and keeps the usual interval.)
-        self.probing = moved
-            || self.tier.is_none_or(|old| {
-                new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old.rate_bits_per_s as f64
-            });
+        // come more often until it stops: a small rise or a fall (steady probing near the
+        // path's rate is a few percent a step and keeps the usual interval), or a few reports
+        // with the rate unchanged (the tier holds: its members may not keep up).
+        let old_rate = self.tier.map(|old| old.rate_bits_per_s);
+        self.probing = match old_rate {
+            _ if moved => true,
+            None => true,
+            Some(old) if new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old as f64 => true,
+            Some(old) if new.rate_bits_per_s == old => {
+                self.probing_unchanged += 1;
+                self.probing && self.probing_unchanged < PROBING_UNCHANGED_MAX
+            }
+            Some(_) => false,
+        };
+        let risen = !moved
+            && old_rate
+                .is_some_and(|old| new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old as f64);
+        if old_rate != Some(new.rate_bits_per_s) || moved {
+            self.probing_unchanged = 0;
+        }
         self.tier = Some(new);
+        if risen {
+            // A slow-start step: the next Report covers the new rate only (from now, a round
+            // trip after the server raised it), so the server can judge the step from it.
+            self.meter.take();
+            self.last_report = now;
+        }
+        // A ramp that starts now does not wait out an interval chosen before it.
+        let sooner = self.last_report + self.report_interval();
+        if let State::Joined { next_report, .. } = &mut self.state {
+            *next_report = if risen {
+                sooner
+            } else {
+                (*next_report).min(sooner)
+            };
+        }
         if moved {
             self.moves += 1;
             // The next Report covers the new tier only.
@@ -475,7 +537,7 @@ impl ClientSession {
             next_status: now + self.config.status_interval,
             next_joined: Some(now + self.config.joined_retry),
             last_data: now,
-            next_report: now + self.config.report_interval,
+            next_report: now + self.report_interval(),
         };
         self.meter.take();
         self.last_report = now;
@@ -648,11 +710,7 @@ impl ClientSession {
                 }
                 if now >= next_report {
                     self.send_report(now, session);
-                    let interval = if self.probing {
-                        self.config.report_interval / 2
-                    } else {
-                        self.config.report_interval
-                    };
+                    let interval = self.report_interval();
                     if let State::Joined { next_report, .. } = &mut self.state {
                         *next_report = now + interval;
                     }

@@ -333,6 +333,8 @@ const REPAIR_WINDOW_MAX: Duration = Duration::from_secs(5);
 const REPAIR_CREDIT_SLACK: u64 = 16;
 /// Control datagrams queued for sending at most; past it, replies are dropped (counted).
 const TRANSMIT_QUEUE_MAX: usize = 8192;
+/// Tier control runs at most this often when reports ask for it at once (slow start).
+const CONTROL_GAP_MIN: Duration = Duration::from_millis(10);
 
 pub struct Endpoint {
     config: EndpointConfig,
@@ -351,6 +353,8 @@ pub struct Endpoint {
     next_address_sweep: Instant,
     /// When tier rates and assignments are reconsidered next (R11, R12).
     next_control: Instant,
+    /// When tier control last ran.
+    last_control: Instant,
     shutting_down: bool,
     transmits: VecDeque<Transmit>,
     commands: VecDeque<DataCommand>,
@@ -420,6 +424,7 @@ impl Endpoint {
             next_channel: 0,
             next_address_sweep: now,
             next_control: now,
+            last_control: now,
             shutting_down: false,
             transmits: VecDeque::new(),
             commands: VecDeque::new(),
@@ -688,6 +693,19 @@ impl Endpoint {
                     (rtt_us > 0).then(|| Duration::from_micros(u64::from(rtt_us))),
                     counts,
                 );
+                if counts && channel.tier.in_slow_start() {
+                    // A slow-start step is judged from this report at once, before the
+                    // Feedback that answers it, so the client hears of the rise a round trip
+                    // later instead of a report interval and a control step later. At most
+                    // every CONTROL_GAP_MIN: with many members reporting, control would
+                    // otherwise run once per report.
+                    let earliest = self.last_control + CONTROL_GAP_MIN;
+                    if now >= earliest {
+                        self.run_control(now, &rate_config);
+                    } else {
+                        self.next_control = self.next_control.min(earliest);
+                    }
+                }
                 let feedback = self.feedback_for(session, sent_at_us);
                 self.reply(from, len, &feedback);
             }
@@ -1432,10 +1450,15 @@ impl Endpoint {
         }
         if let Some(rate_config) = self.rate_config() {
             if now >= self.next_control {
-                self.next_control = now + rate_config.control_interval;
-                self.control_tiers(now, &rate_config);
+                self.run_control(now, &rate_config);
             }
         }
+    }
+
+    fn run_control(&mut self, now: Instant, config: &RateConfig) {
+        self.next_control = now + config.control_interval;
+        self.last_control = now;
+        self.control_tiers(now, config);
     }
 
     /// R11, R12: every file's tier rates and assignments reconsidered from the reports, and

@@ -83,8 +83,10 @@ pub struct RateConfig {
     /// a 5 Mbit/s tier probe twice as often and its receiver take 132-161 s for 32 MiB instead
     /// of 63-80 s.
     pub settle: Duration,
-    /// After a slow-start increase, reports are read after this long (the new rate shows
-    /// within a round trip; a decrease's old queues take longer to drain).
+    /// After a slow-start increase, reports are read after this long. Zero: a client that
+    /// hears of a slow-start rise starts a new report interval then, a round trip after the
+    /// rise, so its next report is wholly at the new rate (a decrease's old queues take longer
+    /// to drain: `settle`).
     pub probe_settle: Duration,
     /// After a member moves, its reports are read after this long (it changes groups: a switch
     /// without fast leave keeps sending it the old one for a while).
@@ -108,9 +110,9 @@ impl Default for RateConfig {
             initial_rate: 1_000_000_000,
             rate_max: 40_000_000_000,
             rate_min: 1_000_000,
-            control_interval: Duration::from_millis(100),
+            control_interval: Duration::from_millis(50),
             settle: Duration::from_millis(250),
-            probe_settle: Duration::from_millis(50),
+            probe_settle: Duration::ZERO,
             move_settle: Duration::from_millis(500),
             loss_congested: 0.02,
             sustained_reports: 2,
@@ -349,12 +351,14 @@ pub struct TierControl {
 }
 
 impl TierControl {
+    /// A tier in slow start: its first report is read as soon as the rate shows, as after
+    /// every slow-start step.
     pub fn new(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
         TierControl {
             rate: config.clamp(rate as f64),
             slow_start: true,
             loss_rate: None,
-            settled_at: now + config.settle,
+            settled_at: now + config.probe_settle,
             clean_increases: 0,
             near_increases: 0,
         }
@@ -362,6 +366,11 @@ impl TierControl {
 
     pub fn rate(&self) -> u64 {
         self.rate
+    }
+
+    /// Still doubling: each report that counts may raise it at once.
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
     }
 
     /// Reports made from now are about the tier as it is now.
@@ -386,6 +395,7 @@ impl TierControl {
     pub fn new_floor(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
         TierControl {
             slow_start: false,
+            settled_at: now + config.settle,
             ..TierControl::new(config, now, rate)
         }
     }
@@ -396,6 +406,7 @@ impl TierControl {
         TierControl {
             slow_start: false,
             loss_rate: Some((rate, now)),
+            settled_at: now + config.settle,
             ..TierControl::new(config, now, rate)
         }
     }

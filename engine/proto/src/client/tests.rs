@@ -216,7 +216,7 @@ fn reports_sent(client: &mut ClientSession) -> Vec<ControlMessage> {
 }
 
 #[test]
-fn reports_come_twice_as_often_while_the_tier_ramps_up() {
+fn reports_come_more_often_while_the_tier_ramps_up_but_each_covers_enough_datagrams() {
     let mut client = joined_on_multicast();
     let group: SocketAddr = "239.77.1.1:7701".parse().unwrap();
     let feedback = |rate_bits_per_s| {
@@ -232,7 +232,7 @@ fn reports_come_twice_as_often_while_the_tier_ramps_up() {
         }
         .to_bytes()
     };
-    // Reports at 100 ms steps: (time, expected reports) per step.
+    // Reports in 10 ms steps: how many were sent over [from, to).
     let count_reports = |client: &mut ClientSession, from: u64, to: u64| {
         (from..to)
             .step_by(10)
@@ -242,16 +242,41 @@ fn reports_come_twice_as_often_while_the_tier_ramps_up() {
             })
             .sum::<usize>()
     };
-    // The first Report at 220 ms, then (nothing known yet: the tier may be ramping) 100 ms.
+    // Offered 1 Mbit/s: 256 datagrams take seconds, so even while nothing is known (the tier
+    // may be ramping) reports keep the usual 200 ms: the first at 220 ms.
     assert_eq!(count_reports(&mut client, 200, 230), 1);
-    assert_eq!(count_reports(&mut client, 230, 630), 4, "every 100 ms");
-    // Slow start doubles the rate: still every 100 ms.
+    assert_eq!(count_reports(&mut client, 230, 630), 2, "every 200 ms");
+    // Slow start doubles a fast rate: every 50 ms (256 datagrams take 3 ms at 1 Gbit/s).
     client.handle_control(at(630), server(), &feedback(1_000_000_000));
     client.handle_control(at(640), server(), &feedback(2_000_000_000));
-    assert_eq!(count_reports(&mut client, 640, 1_040), 4);
+    client.handle_timeout(at(640));
+    reports_sent(&mut client);
+    assert_eq!(count_reports(&mut client, 650, 850), 4, "every 50 ms");
+    // Feedback at the same rate (the step is being judged): still every 50 ms.
+    client.handle_control(at(850), server(), &feedback(2_000_000_000));
+    assert_eq!(count_reports(&mut client, 850, 1_050), 4, "every 50 ms");
     // A few percent a step near the path's rate: the usual 200 ms.
-    client.handle_control(at(1_040), server(), &feedback(2_040_000_000));
-    assert_eq!(count_reports(&mut client, 1_040, 1_840), 4, "every 200 ms");
+    client.handle_control(at(1_050), server(), &feedback(2_040_000_000));
+    client.handle_timeout(at(1_050));
+    reports_sent(&mut client);
+    assert_eq!(count_reports(&mut client, 1_060, 1_860), 4, "every 200 ms");
+    // A rate that holds through many Feedbacks (its members do not keep up): the usual
+    // interval again after a few.
+    client.handle_control(at(1_860), server(), &feedback(4_000_000_000));
+    for ms in (1_870..1_950).step_by(10) {
+        client.handle_control(at(ms), server(), &feedback(4_000_000_000));
+    }
+    client.handle_timeout(at(1_950));
+    reports_sent(&mut client);
+    assert_eq!(count_reports(&mut client, 1_960, 2_360), 2, "every 200 ms");
+    // A slow tier doubling (20 to 40 Mbit/s): each report waits for 256 datagrams, ~75 ms.
+    client.handle_control(at(2_360), server(), &feedback(20_000_000));
+    client.handle_control(at(2_370), server(), &feedback(40_000_000));
+    client.handle_timeout(at(2_370));
+    reports_sent(&mut client);
+    // (Before 3 s: the session hears no data and would ask again.)
+    let reports = count_reports(&mut client, 2_380, 2_780);
+    assert_eq!(reports, 5, "every 74 ms, on a 10 ms grid: 80 ms");
 }
 
 #[test]

@@ -650,6 +650,46 @@ fn a_report_is_answered_with_the_tier_and_its_timestamp_echoed() {
 }
 
 #[test]
+fn a_slow_start_step_is_judged_on_the_report_and_its_answer_carries_the_new_rate() {
+    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    config.adaptive = Some(RateConfig::default());
+    config.rate_bits_per_s = 0; // no cap: the tier starts at 1 Gbit/s and may double
+    config.multicast = Some(MulticastGroups {
+        group_base: Ipv4Addr::new(239, 77, 1, 0),
+        port: 7701,
+    });
+    let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
+    let mut files = Files(info());
+    let client = "192.0.2.10:6000";
+    let session = member(&mut endpoint, &mut files, at(0), client);
+    let rate_before = endpoint.channels().next().unwrap().rate_bits_per_s;
+    // 200 ms wholly at the tier's rate, nothing lost (17,000 datagrams of 1440 bytes is
+    // about 1 Gbit/s). No timer runs in between: the report alone raises the rate.
+    endpoint.handle_control(
+        at(300),
+        addr(client),
+        &report(session, 1, 17_000, 0),
+        &mut files,
+    );
+    let (transmits, commands) = drain(&mut endpoint);
+    let (_, _, _, told) = feedback_of(&transmits, session).expect("the report is answered");
+    assert_eq!(told, 2 * rate_before, "the answer carries the doubled rate");
+    assert!(
+        commands.iter().any(|c| matches!(c, DataCommand::SetRate { rate_bits_per_s, .. } if *rate_bits_per_s == told)),
+        "the data plane runs at it: {commands:?}"
+    );
+    // A report made partly before the rise does not count: the rate holds.
+    endpoint.handle_control(
+        at(350),
+        addr(client),
+        &report(session, 2, 17_000, 0),
+        &mut files,
+    );
+    let (transmits, _) = drain(&mut endpoint);
+    assert_eq!(feedback_of(&transmits, session).unwrap().3, told);
+}
+
+#[test]
 fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
     let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
