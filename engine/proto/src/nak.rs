@@ -124,6 +124,12 @@ pub struct NakPlanner {
     loop_rate: Option<f64>,
     /// When the frontier last moved.
     frontier_at: Option<Instant>,
+    /// (`frontier_travel`, `frontier_at`) before the first move at `frontier_at`: datagrams
+    /// read in one batch share one `now`, so their reach is measured from here together (from
+    /// the last move each, a batch at 97 % loss, its datagrams ~30 serials apart, could move
+    /// the frontier no further than `PENDING_SLACK` past its first, and the loss meter read
+    /// 15 % loss).
+    reach_anchor: Option<(u64, Instant)>,
     /// Gaps found but waiting for their suppression delay: (first, count, ask at).
     waiting: VecDeque<(u32, u32, Instant)>,
     /// Ranges other receivers asked for: first → (end, heard at).
@@ -169,6 +175,7 @@ impl NakPlanner {
             asked: Bitmap::new(held.len()),
             loop_rate: None,
             frontier_at: None,
+            reach_anchor: None,
             waiting: VecDeque::new(),
             heard: BTreeMap::new(),
             backlog_next: None,
@@ -401,6 +408,7 @@ impl NakPlanner {
     pub fn rejoin(&mut self) {
         self.frontier = None;
         self.frontier_at = None;
+        self.reach_anchor = None;
         self.cursor = 0;
         self.frontier_travel = 0;
         self.cursor_travel = 0;
@@ -452,16 +460,25 @@ impl NakPlanner {
         self.within_reach(ahead, now, window).unwrap_or(true)
     }
 
-    /// Whether the loop can have gone `ahead` serials on since the frontier last moved: twice
-    /// what the tier's rate sends in that time, plus `slack`. `None`: the rate is unknown.
+    /// Whether the loop can have gone `ahead` serials on from the frontier: twice what the
+    /// tier's rate sends in the time since the frontier last moved before `now`, plus `slack`,
+    /// less what moves at `now` already used of it. `None`: the rate is unknown.
     fn within_reach(&self, ahead: u32, now: Instant, slack: u32) -> Option<bool> {
-        let (rate, at) = (self.loop_rate?, self.frontier_at?);
-        let reachable = rate * now.saturating_since(at).as_secs_f64() * 2.0;
-        Some(f64::from(ahead) <= reachable + f64::from(slack))
+        let rate = self.loop_rate?;
+        let (from_travel, from_at) = match (self.frontier_at?, self.reach_anchor) {
+            (at, Some(anchor)) if at == now => anchor,
+            (at, _) => (self.frontier_travel, at),
+        };
+        let reachable = rate * now.saturating_since(from_at).as_secs_f64() * 2.0;
+        let travel = self.frontier_travel - from_travel + u64::from(ahead);
+        Some(travel as f64 <= reachable + f64::from(slack))
     }
 
     /// The loop's progress reached `serial` (from `frontier`) at `now`.
     fn move_frontier(&mut self, frontier: u32, serial: u32, now: Instant) {
+        if let Some(at) = self.frontier_at.filter(|&at| at != now) {
+            self.reach_anchor = Some((self.frontier_travel, at));
+        }
         self.frontier = Some(serial);
         self.frontier_at = Some(now);
         self.frontier_travel += u64::from(self.ahead(frontier, serial));
@@ -1023,6 +1040,34 @@ mod tests {
         let asked = nak.poll_nak(t + Duration::from_millis(30)).expect("gaps");
         assert_eq!(asked, vec![(4, 1), (6, 14)]);
         assert!(nak.frontier.is_some_and(|f| f < 303));
+    }
+
+    #[test]
+    fn a_batch_under_heavy_loss_moves_the_frontier_as_far_as_the_loop_went_since_the_last() {
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                reorder_margin: 0,
+                ..NakConfig::default()
+            },
+            &Bitmap::new(100_000),
+        );
+        nak.set_loop_rate(Some(100_000.0));
+        nak.saw(0, Instant::ZERO);
+        // 10 ms later one batch (one `now`): every 30th serial of the ~1,000 the loop sent,
+        // none verified yet (their hash blocks were lost too). Each is the loop's progress,
+        // though each is further from the one before than the slack for a single instant.
+        let t = Instant::ZERO + Duration::from_millis(10);
+        for serial in (30..=990).step_by(30) {
+            assert!(nak.saw_unverified(serial, t), "serial {serial} is progress");
+        }
+        assert_eq!(nak.frontier, Some(990));
+        // The batch's budget is shared: twice the loop's 1,000 serials, and no more.
+        assert!(
+            !nak.saw_unverified(990 + 1_100, t),
+            "beyond the loop's reach"
+        );
+        assert!(nak.saw_unverified(990 + 1_000, t));
+        assert_eq!(nak.frontier, Some(1_990));
     }
 
     fn suppressing(delay_ms: u64) -> NakPlanner {
