@@ -116,7 +116,7 @@ pub struct TierInfo {
 }
 
 /// A rate rise at least this (ratio) is a slow-start step ([`crate::rate::TierControl`]).
-const SLOW_START_STEP_MIN: f64 = 1.4;
+const SLOW_START_STEP_MIN: f64 = 1.2;
 /// Feedbacks with the rate unchanged after which a probing client reports at the usual
 /// interval again (a slow-start step takes two or three).
 const PROBING_UNCHANGED_MAX: u32 = 8;

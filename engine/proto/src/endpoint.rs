@@ -25,7 +25,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::carousel::SessionId;
 use crate::info::FileInfo;
-use crate::rate::{self, MemberPlan, PathEstimate, RateConfig, Target, TierControl, TierPlan};
+use crate::rate::{
+    self, Counts, MemberPlan, PathEstimate, RateConfig, Target, TierControl, TierPlan,
+};
 use crate::rng::SeededRng;
 use crate::time::Instant;
 use crate::wire::control::{
@@ -677,12 +679,20 @@ impl Endpoint {
                     now.as_nanos()
                         .saturating_sub(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
                 );
-                let counts = started >= channel.tier.settled_at()
-                    // A moved client switches group a round trip after the move: its
-                    // reports count from a settle time after that.
-                    && state
-                        .moved_at
-                        .is_none_or(|at| started >= at + rate_config.move_settle);
+                // A moved client switches group a round trip after the move: its reports
+                // count from a settle time after that.
+                let on_its_tier = state
+                    .moved_at
+                    .is_none_or(|at| started >= at + rate_config.move_settle);
+                let counts = if !on_its_tier {
+                    Counts::Unsettled
+                } else if started >= channel.tier.settled_at() {
+                    Counts::Settled
+                } else if channel.tier.is_rising() {
+                    Counts::LossOnly
+                } else {
+                    Counts::Unsettled
+                };
                 state.estimate.observe(
                     &rate_config,
                     received,
@@ -693,7 +703,7 @@ impl Endpoint {
                     (rtt_us > 0).then(|| Duration::from_micros(u64::from(rtt_us))),
                     counts,
                 );
-                if counts && channel.tier.in_slow_start() {
+                if counts == Counts::Settled && channel.tier.in_slow_start() {
                     // A slow-start step is judged from this report at once, before the
                     // Feedback that answers it, so the client hears of the rise a round trip
                     // later instead of a report interval and a control step later. At most

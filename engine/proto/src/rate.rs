@@ -184,6 +184,30 @@ const HEAVY_LOSS: f64 = 0.5;
 const NOISY: f64 = 0.05;
 
 /// What the server knows of one client's path (R12), from its reports.
+/// What a report can say about its member's tier as it is now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counts {
+    /// Made wholly after the tier's last change settled: everything in it counts.
+    Settled,
+    /// Made partly before, but the tier has only risen since: a loss in it counts (the member
+    /// would lose at least as much now), its goodput does not. Without this, a member that
+    /// cannot keep up on a tier that other members keep raising never makes a report that
+    /// counts, and never moves.
+    LossOnly,
+    /// Made partly before a change that may have cured a loss: it says nothing.
+    Unsettled,
+}
+
+impl Counts {
+    pub fn settled_if(settled: bool) -> Counts {
+        if settled {
+            Counts::Settled
+        } else {
+            Counts::Unsettled
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct PathEstimate {
     goodput: Ewma,
@@ -219,7 +243,7 @@ impl PathEstimate {
         datagram_bits: u64,
         rate: u64,
         rtt: Option<Duration>,
-        counts: bool,
+        counts: Counts,
     ) {
         let interval = interval.clamp(REPORT_INTERVAL_MIN, REPORT_INTERVAL_MAX);
         let goodput = (f64::from(received) * datagram_bits as f64 / interval.as_secs_f64())
@@ -238,8 +262,14 @@ impl PathEstimate {
         let loss = lost as f64 / total as f64;
         self.loss.update(loss, EWMA_WEIGHT);
         self.last_loss = loss;
-        if !counts {
-            return; // made before the tier's last change settled
+        let margin = config.loss_congested.max(0.25 * self.noise_loss);
+        let congested = loss - self.noise_loss > margin;
+        match counts {
+            Counts::Settled => {}
+            // Lost at a rate the tier has only raised since: congested at today's too.
+            Counts::LossOnly if congested => {}
+            // Made before the tier's last change settled: says nothing about it.
+            Counts::LossOnly | Counts::Unsettled => return,
         }
         self.fresh_reports += 1;
         if let Some(before) = self.loss_before_relief.take() {
@@ -254,8 +284,7 @@ impl PathEstimate {
         // samples include its own wait between receive batches (up to tens of milliseconds at
         // low rates), which read as a queue that is not there and drove rates down in the
         // namespace tests.
-        let margin = config.loss_congested.max(0.25 * self.noise_loss);
-        if loss - self.noise_loss > margin {
+        if congested {
             self.congested_streak += 1;
             self.known_capacity = Some(goodput.min(rate as f64));
         } else {
@@ -313,6 +342,17 @@ impl PathEstimate {
         self.last_loss > HEAVY_LOSS
     }
 
+    /// As [`PathEstimate::heavy_loss`], or what reached it was far below its tier's `rate`:
+    /// far below it most of what arrives cannot be verified yet (the hash blocks were lost
+    /// too), and a client that has verified nothing yet cannot place gaps (a 50 Mbit/s
+    /// receiver on a 1 Gbit/s tier reported 10-38 % loss while receiving 3 % of it, and was
+    /// moved to a tier that crept up in 1 % steps instead of ramping). Only for where a
+    /// member moves: a tier's own nominal rate can be above what its sender manages, so this
+    /// does not decide how a tier slows.
+    pub fn overloaded(&self, rate: u64) -> bool {
+        self.heavy_loss() || self.last_goodput < (1.0 - HEAVY_LOSS) * rate as f64
+    }
+
     fn is_fresh(&self) -> bool {
         self.fresh_reports > 0
     }
@@ -348,6 +388,11 @@ pub struct TierControl {
     clean_increases: u32,
     /// Increases in a row near the rate where it last lost.
     near_increases: u32,
+    /// Slow start from a floor (what reached members under a heavy overload): gentler steps,
+    /// and a loss in it is where the path is.
+    from_floor: bool,
+    /// Its rate has only risen since it opened or last fell.
+    rising: bool,
 }
 
 impl TierControl {
@@ -361,6 +406,8 @@ impl TierControl {
             settled_at: now + config.probe_settle,
             clean_increases: 0,
             near_increases: 0,
+            from_floor: false,
+            rising: true,
         }
     }
 
@@ -371,6 +418,12 @@ impl TierControl {
     /// Still doubling: each report that counts may raise it at once.
     pub fn in_slow_start(&self) -> bool {
         self.slow_start
+    }
+
+    /// Its rate has only risen since it opened or last fell: a loss reported from before the
+    /// latest rise still counts ([`Counts::LossOnly`]).
+    pub fn is_rising(&self) -> bool {
+        self.rising
     }
 
     /// Reports made from now are about the tier as it is now.
@@ -387,15 +440,18 @@ impl TierControl {
             settled_at: Instant::ZERO,
             clean_increases: 0,
             near_increases: 0,
+            from_floor: false,
+            rising: false,
         }
     }
 
-    /// A tier opened for members whose capacity was measured under a heavy overload (a floor):
-    /// no slow start, nothing remembered; it rises by 10 % a step from there.
+    /// A tier opened for members whose capacity was measured under a heavy overload (a floor:
+    /// a shallow queue overflowing in bursts passes less than its link's rate): nothing
+    /// remembered; a gentle slow start (a quarter a step) from there, so the link's rate is
+    /// found in a few report intervals, not in 10 % steps of a settle each.
     pub fn new_floor(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
         TierControl {
-            slow_start: false,
-            settled_at: now + config.settle,
+            from_floor: true,
             ..TierControl::new(config, now, rate)
         }
     }
@@ -430,10 +486,14 @@ impl TierControl {
             .map(|(lost_at, _)| lost_at as f64)
             // Past where it last lost, without loss: the path has grown.
             .filter(|&lost_at| rate < 1.05 * lost_at);
+        self.rising = true;
         let next = if self.slow_start {
             // Doubling, gentler past a few Gbit/s where receivers are CPU-bound and an
-            // overshoot costs a second of duplicates.
-            if rate < SLOW_START_GENTLE_ABOVE {
+            // overshoot costs a second of duplicates, and from a floor (the path's rate is
+            // near).
+            if self.from_floor {
+                rate * FLOOR_STEP
+            } else if rate < SLOW_START_GENTLE_ABOVE {
                 rate * 2.0
             } else {
                 rate * 1.5
@@ -474,8 +534,13 @@ impl TierControl {
         // Only the first loss (out of slow start, far above the path) is read as a floor; a
         // heavy loss later (a probe that overshot, slow start resumed included) is where the
         // path is.
-        let floor = heavy && self.slow_start && self.clean_increases < RESUME_SLOW_START_AFTER;
+        let floor = heavy
+            && self.slow_start
+            && !self.from_floor
+            && self.clean_increases < RESUME_SLOW_START_AFTER;
         self.slow_start = false;
+        self.from_floor = false;
+        self.rising = false;
         self.clean_increases = 0;
         self.near_increases = 0;
         self.loss_rate = (!floor).then_some((capacity as u64, now));
@@ -483,6 +548,8 @@ impl TierControl {
     }
 }
 
+/// Slow start from a floor grows by this much a step.
+const FLOOR_STEP: f64 = 1.25;
 /// Slow start grows by half instead of doubling from this rate, bits/s.
 const SLOW_START_GENTLE_ABOVE: f64 = 2e9;
 /// Increases of 10 % in a row, with no loss remembered, before the rate doubles again.
@@ -541,6 +608,11 @@ const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
+/// In slow start, members must receive this share of the rate before it doubles: a rate the
+/// sender itself does not reach (a 2-core host sends 7-10 Gbit/s) shows no loss, and doubling
+/// on past it overshot to 15-23 Gbit/s, whose loss, when the sender caught up, cost a fifth
+/// of a 1 GiB file in repairs.
+const SLOW_START_KEEP_UP_SHARE: f64 = 0.8;
 
 /// Reconsiders one file's tiers: sets each tier's rate (in its `TierControl`) and returns the
 /// members to move. Tiers may be given in any order; targets index the slice as given.
@@ -576,7 +648,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             }
             let keeping_up = clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>()
                 / clear.len() as f64
-                >= KEEP_UP_SHARE * rate as f64;
+                >= if tier.control.slow_start {
+                    SLOW_START_KEEP_UP_SHARE
+                } else {
+                    KEEP_UP_SHARE
+                } * rate as f64;
             if keeping_up && rate < config.rate_max {
                 tier.control.increase(config, now);
             }
@@ -646,7 +722,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     index,
                     target_rate,
                     tiers_allowed,
-                    member.estimate.heavy_loss() && tier.control.slow_start,
+                    member.estimate.overloaded(rate) && tier.control.slow_start,
                 );
                 if let Some(to) = target {
                     moved += 1;

@@ -149,7 +149,7 @@ impl Fluid {
                 DATAGRAM_BITS,
                 tier.rate(),
                 Some(Duration::from_millis(1)),
-                counts,
+                Counts::settled_if(counts),
             );
         }
         let rates_before: Vec<u64> = self.tiers.iter().map(|t| t.rate()).collect();
@@ -382,7 +382,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
         DATAGRAM_BITS,
         1_000_000_000,
         None,
-        true,
+        Counts::Settled,
     );
     assert!(
         !estimate.is_congested(&config),
@@ -396,7 +396,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
         DATAGRAM_BITS,
         1_000_000_000,
         None,
-        true,
+        Counts::Settled,
     );
     assert!(estimate.is_congested(&config));
     let clear = PathEstimate::default();
@@ -409,7 +409,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
         DATAGRAM_BITS,
         1_000_000_000,
         None,
-        true,
+        Counts::Settled,
     );
     let now = at(10_000);
     let mut control = TierControl::new(&config, at(0), 1_000_000_000);
@@ -473,7 +473,7 @@ fn hostile_reports_cannot_claim_more_than_was_sent() {
         DATAGRAM_BITS,
         10_000_000,
         Some(Duration::from_secs(3600)),
-        true,
+        Counts::Settled,
     );
     assert!(estimate.goodput().mean() <= 2.0 * 10e6);
     assert_eq!(estimate.rtt(), None, "an absurd round trip is ignored");
@@ -485,7 +485,7 @@ fn hostile_reports_cannot_claim_more_than_was_sent() {
         DATAGRAM_BITS,
         10_000_000,
         None,
-        true,
+        Counts::Settled,
     );
     assert!(estimate.loss().mean() <= 1.0 && estimate.loss().mean() >= 0.0);
 }
@@ -536,7 +536,7 @@ fn with_no_room_for_another_tier_a_member_goes_to_the_nearest_slower_one() {
             DATAGRAM_BITS,
             4_000_000_000,
             None,
-            true,
+            Counts::Settled,
         );
         lossy.observe(
             &config,
@@ -546,7 +546,7 @@ fn with_no_room_for_another_tier_a_member_goes_to_the_nearest_slower_one() {
             DATAGRAM_BITS,
             4_000_000_000,
             None,
-            true,
+            Counts::Settled,
         );
     }
     let mut plans = memberless_plans(&mut controls);
@@ -661,6 +661,157 @@ fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
             tier.rate()
         );
     }
+}
+
+/// A 1 Gbit/s tier in slow start with a member that takes everything and one behind a
+/// 500 Mbit/s path, both reporting every 50 ms; the slow one's reports all began before the
+/// tier's latest rise (the fast one's reports raise it each time). Returns the step at which
+/// the slow one moved, if it did within 8, and the move.
+fn slow_member_beside_a_ramping_one(counts_before_the_rise: Counts) -> Option<(u32, Move)> {
+    let config = RateConfig::default();
+    let interval = Duration::from_millis(50);
+    let datagrams =
+        |bits_per_s: f64| (bits_per_s * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
+    let mut tier = TierControl::new(&config, at(0), 1_000_000_000);
+    let (mut fast, mut slow) = (PathEstimate::default(), PathEstimate::default());
+    for step in 1..=8u32 {
+        let now = at(u64::from(step) * 50);
+        let rate = tier.rate();
+        let sent = datagrams(rate as f64);
+        let reached = datagrams(500.0 * MBIT).min(sent);
+        fast.observe(
+            &config,
+            sent,
+            0,
+            interval,
+            DATAGRAM_BITS,
+            rate,
+            None,
+            Counts::Settled,
+        );
+        let slow_counts = if tier.is_rising() {
+            counts_before_the_rise
+        } else {
+            Counts::Unsettled
+        };
+        slow.observe(
+            &config,
+            reached,
+            sent - reached,
+            interval,
+            DATAGRAM_BITS,
+            rate,
+            None,
+            slow_counts,
+        );
+        let moves = {
+            let mut plans = memberless_plans(std::slice::from_mut(&mut tier));
+            for (id, estimate) in [(0, &fast), (1, &slow)] {
+                plans[0].members.push(MemberPlan {
+                    id,
+                    estimate,
+                    moved_at: None,
+                });
+            }
+            plan(&config, now, &mut plans)
+        };
+        if let Some(moved) = moves.into_iter().find(|m| m.member == 1) {
+            return Some((step, moved));
+        }
+        if tier.rate() != rate {
+            fast.new_epoch(None);
+            slow.new_epoch(None);
+        }
+    }
+    None
+}
+
+#[test]
+fn a_member_that_cannot_keep_up_moves_though_others_keep_raising_its_tier() {
+    let (step, moved) = slow_member_beside_a_ramping_one(Counts::LossOnly)
+        .expect("the slow member moves while the tier ramps");
+    assert!(
+        step <= 3,
+        "two congested reports in a row: moved at step {step}"
+    );
+    assert!(
+        matches!(moved.to, Target::New { rate, .. } if (400e6..=500e6).contains(&(rate as f64))),
+        "to a tier near its path's 500 Mbit/s: {moved:?}"
+    );
+    // What happened when such reports did not count: the tier never settled between rises,
+    // the slow member never had a report that counted, and it stayed, losing half or more.
+    assert_eq!(slow_member_beside_a_ramping_one(Counts::Unsettled), None);
+}
+
+#[test]
+fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached_it() {
+    let config = RateConfig::default();
+    let interval = Duration::from_millis(50);
+    let rate = 1_000_000_000;
+    let mut tier = TierControl::new(&config, at(0), rate);
+    let (mut member, mut fast) = (PathEstimate::default(), PathEstimate::default());
+    // 3 % of the rate reaches it; it can place only a few of its gaps (most of what arrives
+    // cannot be verified yet): 15 % loss reported, not 97 %. Another member takes it all.
+    for step in 1..=2 {
+        let sent = (rate as f64 * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
+        fast.observe(
+            &config,
+            sent,
+            0,
+            interval,
+            DATAGRAM_BITS,
+            rate,
+            None,
+            Counts::Settled,
+        );
+        member.observe(
+            &config,
+            130,
+            23,
+            interval,
+            DATAGRAM_BITS,
+            rate,
+            None,
+            Counts::Settled,
+        );
+        assert!(
+            !member.heavy_loss(),
+            "step {step}: the loss alone is not heavy"
+        );
+    }
+    assert!(member.overloaded(rate));
+    let moves = {
+        let mut plans = memberless_plans(std::slice::from_mut(&mut tier));
+        for (id, estimate) in [(6, &fast), (7, &member)] {
+            plans[0].members.push(MemberPlan {
+                id,
+                estimate,
+                moved_at: None,
+            });
+        }
+        plan(&config, at(100), &mut plans)
+    };
+    let Some(Move {
+        member: 7,
+        to:
+            Target::New {
+                rate: new_rate,
+                probe: true,
+                ..
+            },
+        ..
+    }) = moves.first().copied()
+    else {
+        panic!("moved to a new tier that probes from a floor: {moves:?}");
+    };
+    // From that floor it ramps a quarter a step (not 10 % a settle, as from a known loss).
+    let mut floor = TierControl::new_floor(&config, at(100), new_rate);
+    floor.increase(&config, at(150));
+    assert_eq!(floor.rate(), (new_rate as f64 * 1.25) as u64);
+    assert!(floor.in_slow_start());
+    // A loss in that ramp is where the path is: remembered, not another floor.
+    floor.decrease_to(&config, at(200), 40e6, true);
+    assert!(floor.loss_rate.is_some());
 }
 
 /// One shared tier to plan per control, with no members yet.
