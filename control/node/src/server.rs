@@ -642,7 +642,9 @@ impl Server {
                 // first 0.3 s of a 1 GiB channel, which then sent at a quarter of its rate.
                 lower_this_threads_priority();
                 let pool = rayon::ThreadPoolBuilder::new()
-                    .thread_name(|i| format!("loopcast-verify-{i}"))
+                    // Not "loopcast-verify-N": names are cut to 15 bytes, and the check's own
+                    // thread is "loopcast-verify" (one per check running).
+                    .thread_name(|i| format!("lc-verify-{i}"))
                     .start_handler(|_| lower_this_threads_priority())
                     .build()
                     .map_err(|e| format!("no threads for the archive check: {e}"))?;
