@@ -724,7 +724,7 @@ struct Segment {
     len: usize,
     /// The serial of a datagram of our file with a sound header, and whether it is the loop's
     /// progress (for the loss meter).
-    metered: Option<(u32, bool)>,
+    metered: Option<loopcast_proto::client::Metered>,
 }
 
 /// Empties a vector of borrowed slices and hands back its allocation with a new lifetime (in-place
@@ -876,16 +876,9 @@ impl Download {
                     self.foreign_source_dropped += 1;
                     continue;
                 }
-                // R12: what the path delivered counts every datagram of the file with a sound
-                // header, also those that cannot be verified yet (their hash block has not come;
-                // a client far below its tier's rate receives mostly such orphans, and counting
-                // only verified ones would read as loss the path never had). Only a verified
-                // one moves the loss meter's sequence (pass 3): a forger on the path can make
-                // this client look faster, never lossy.
-                let metered = loopcast_proto::wire::datagram::DatagramHeader::parse(bytes)
-                    .ok()
-                    .filter(|header| header.file_id == file_id)
-                    .map(|header| (header.serial.0, self.nak.is_progress(header.serial.0, now)));
+                // R12: its place in the loop, read before the batch moves anything (see
+                // `ClientSession::account_datagram`, pass 3).
+                let metered = loopcast_proto::client::metered(bytes, file_id, &self.nak, now);
                 // Every datagram is hashed, held ones too: a duplicate counts for the loop's
                 // position only once proven genuine.
                 segments.push(Segment {
@@ -927,29 +920,9 @@ impl Download {
         // Pass 3: accept in order.
         for ((segment, bytes), hash) in segments.iter().zip(slices.iter()).zip(hashes.iter()) {
             let outcome = self.receiver.handle_datagram_hashed(bytes, Some(hash));
-            // An unverified datagram (its hash block has not come, or it is forged) is the
-            // loop's progress only where the tier's rate says the loop can be; the loss this
-            // client reports counts it the same way as the NAK planner.
-            let unverified_progress = match outcome {
-                Outcome::Store {
-                    serial,
-                    verified: false,
-                } => self.nak.saw_unverified(serial, now),
-                _ => false,
-            };
-            if let Some((serial, progress)) = segment.metered {
-                match outcome {
-                    Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
-                        session.observe_serial(serial, !progress)
-                    }
-                    Outcome::Store { .. } if unverified_progress => {
-                        session.observe_serial(serial, false)
-                    }
-                    _ => session.observe_pending_serial(serial),
-                }
-            }
+            session.account_datagram(&mut self.nak, segment.metered, &outcome, now);
             match outcome {
-                Outcome::Store { serial, verified } => {
+                Outcome::Store { serial, .. } => {
                     if self.join_serial.is_none() {
                         self.join_serial = Some(serial);
                         self.first_datagram_at = Some(Instant::now());
@@ -957,17 +930,9 @@ impl Download {
                     // Receiving our file's datagrams on the channel proves it works, like SYNC.
                     result.stored += 1;
                     result.seen += 1;
-                    // An unverified one was seen above (it may be forged: see
-                    // `saw_unverified`).
-                    if verified {
-                        self.nak.saw(serial, now);
-                    }
                     to_store.push((serial, segment.slot, segment.offset, segment.len));
                 }
-                Outcome::Duplicate { serial } => {
-                    result.seen += 1;
-                    self.nak.saw(serial, now);
-                }
+                Outcome::Duplicate { .. } => result.seen += 1,
                 Outcome::Dropped(_) => {}
             }
         }

@@ -20,11 +20,13 @@ use std::net::SocketAddr;
 
 use crate::carousel::SessionId;
 use crate::info::FileInfo;
-use crate::rate::LossMeter;
+use crate::nak::NakPlanner;
+use crate::rate::{LossMeter, SLOW_START_STEP_MIN};
+use crate::receiver::Outcome;
 use crate::rng::SeededRng;
 use crate::time::Instant;
 use crate::wire::control::{ControlMessage, EndReason, RejectCode, Token, Transport};
-use crate::wire::datagram::FileId;
+use crate::wire::datagram::{DatagramHeader, FileId};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -115,8 +117,6 @@ pub struct TierInfo {
     pub rate_bits_per_s: u64,
 }
 
-/// A rate rise at least this (ratio) is a slow-start step ([`crate::rate::TierControl`]).
-const SLOW_START_STEP_MIN: f64 = 1.2;
 /// Feedbacks with the rate unchanged after which a probing client reports at the usual
 /// interval again (a slow-start step takes two or three).
 const PROBING_UNCHANGED_MAX: u32 = 8;
@@ -262,6 +262,48 @@ impl ClientSession {
     /// [`LossMeter::observe_pending`]).
     pub fn observe_pending_serial(&mut self, serial: u32) {
         self.meter.observe_pending(serial);
+    }
+
+    /// What one received datagram tells the loss meter and the NAK planner, once the receiver
+    /// has judged it (`outcome`); `metered` is what [`metered`] said of its header before.
+    /// Every datagram of the file with a sound header counts for the goodput this client
+    /// reports, also one that cannot be verified yet (a client far below its tier's rate
+    /// receives mostly such orphans; counting only verified ones reads as loss the path never
+    /// had). A verified one that is the loop's progress moves the meter's sequence and the NAK
+    /// frontier; an unverified one only where the tier's rate says the loop can be
+    /// ([`NakPlanner::saw_unverified`]): a forger on the path can make this client look faster,
+    /// never lossy. The one place the client driver and the simulation do this.
+    pub fn account_datagram(
+        &mut self,
+        nak: &mut NakPlanner,
+        metered: Option<Metered>,
+        outcome: &Outcome,
+        now: Instant,
+    ) {
+        let unverified_progress = match *outcome {
+            Outcome::Store {
+                serial,
+                verified: false,
+            } => nak.saw_unverified(serial, now),
+            _ => false,
+        };
+        if let Some(Metered { serial, progress }) = metered {
+            match outcome {
+                Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
+                    self.observe_serial(serial, !progress)
+                }
+                Outcome::Store { .. } if unverified_progress => self.observe_serial(serial, false),
+                _ => self.observe_pending_serial(serial),
+            }
+        }
+        match *outcome {
+            Outcome::Store {
+                serial,
+                verified: true,
+            }
+            | Outcome::Duplicate { serial } => nak.saw(serial, now),
+            _ => {}
+        }
     }
 
     pub fn dropped(&self) -> u64 {
@@ -785,6 +827,26 @@ impl ClientSession {
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished)
     }
+}
+
+/// A datagram's place in the loop, read from its header before it is verified: its serial,
+/// and whether it would be the loop's progress ([`NakPlanner::is_progress`], judged before the
+/// batch it came in moves the frontier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metered {
+    pub serial: u32,
+    pub progress: bool,
+}
+
+/// [`Metered`] for a datagram of `file_id` with a sound header; `None` for anything else.
+pub fn metered(bytes: &[u8], file_id: FileId, nak: &NakPlanner, now: Instant) -> Option<Metered> {
+    DatagramHeader::parse(bytes)
+        .ok()
+        .filter(|header| header.file_id == file_id)
+        .map(|header| Metered {
+            serial: header.serial.0,
+            progress: nak.is_progress(header.serial.0, now),
+        })
 }
 
 #[cfg(test)]

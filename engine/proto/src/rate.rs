@@ -549,7 +549,11 @@ impl TierControl {
 }
 
 /// Slow start from a floor grows by this much a step.
-const FLOOR_STEP: f64 = 1.25;
+const FLOOR_STEP: f64 = 1.12;
+/// A rise of at least this is a slow-start step to a client (it reports more often, and starts
+/// a new interval at once): below every slow-start step, above the +10 % of a probe.
+pub const SLOW_START_STEP_MIN: f64 = 1.11;
+const _: () = assert!(FLOOR_STEP >= SLOW_START_STEP_MIN && SLOW_START_STEP_MIN > 1.1);
 /// Slow start grows by half instead of doubling from this rate, bits/s.
 const SLOW_START_GENTLE_ABOVE: f64 = 2e9;
 /// Increases of 10 % in a row, with no loss remembered, before the rate doubles again.
@@ -909,6 +913,10 @@ impl LossMeter {
         }
         self.received = self.received.saturating_add(1);
         if repair {
+            // It arrived: never counted lost when the sequence passes it (a serial asked for
+            // and then brought by the loop in order was, and every asked stretch the loop went
+            // through read as a jump: 10-15 % false loss on a 5 Mbit/s tier).
+            self.mark_arrived(serial);
             return;
         }
         let Some(next) = self.next else {
@@ -960,6 +968,12 @@ impl LossMeter {
             return;
         }
         self.received = self.received.saturating_add(1);
+        self.mark_arrived(serial);
+    }
+
+    /// `serial` arrived without moving the sequence: it counts as arrived if the sequence
+    /// passes it within the window ahead, or takes back its loss within the window behind.
+    fn mark_arrived(&mut self, serial: u32) {
         let Some(next) = self.next else {
             return;
         };

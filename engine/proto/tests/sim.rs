@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, REPAIR_SHARE_PERCENT_DEFAULT};
-use loopcast_proto::client::{ClientConfig, ClientEvent, ClientSession, TierInfo};
+use loopcast_proto::client::{metered, ClientConfig, ClientEvent, ClientSession, TierInfo};
 use loopcast_proto::endpoint::{
     ChannelId, DataCommand, Endpoint, EndpointConfig, FileLookup, Transmit,
 };
@@ -511,44 +511,16 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
             else {
                 continue;
             };
-            // As the client driver: every datagram of the file with a sound header counts for
-            // the goodput it reports; only a verified one (not a repair) moves the loss meter's
-            // sequence and the NAK frontier.
-            let metered = DatagramHeader::parse(&packet.bytes)
-                .ok()
-                .filter(|header| header.file_id == info.file_id)
-                .map(|header| (header.serial.0, nak.is_progress(header.serial.0, now)));
+            // As the client driver (the same accounting).
+            let metered = metered(&packet.bytes, info.file_id, nak, now);
             let outcome = receiver.handle_datagram(&packet.bytes);
-            let unverified_progress = match outcome {
-                Outcome::Store {
-                    serial,
-                    verified: false,
-                } => nak.saw_unverified(serial, now),
-                _ => false,
-            };
-            if let Some((serial, progress)) = metered {
-                match outcome {
-                    Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
-                        client.session.observe_serial(serial, !progress)
-                    }
-                    Outcome::Store { .. } if unverified_progress => {
-                        client.session.observe_serial(serial, false)
-                    }
-                    _ => client.session.observe_pending_serial(serial),
-                }
-            }
+            client.session.account_datagram(nak, metered, &outcome, now);
             match outcome {
-                Outcome::Store { serial, verified } => {
+                Outcome::Store { serial, .. } => {
                     client.stored[serial as usize] = Some(packet.bytes.clone());
-                    if verified {
-                        nak.saw(serial, now);
-                    }
                     client.session.handle_data(now);
                 }
-                Outcome::Duplicate { serial } => {
-                    nak.saw(serial, now);
-                    client.session.handle_data(now);
-                }
+                Outcome::Duplicate { .. } => client.session.handle_data(now),
                 Outcome::Dropped(_) => {}
             }
         }

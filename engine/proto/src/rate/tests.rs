@@ -80,6 +80,23 @@ fn loss_meter_counts_gaps_and_forgives_repairs_and_reordering() {
     assert_eq!(meter.take(), (0, 0));
 }
 
+#[test]
+fn a_repair_that_arrives_ahead_of_the_sequence_is_not_counted_lost_when_it_passes() {
+    let mut meter = LossMeter::new(1_000);
+    meter.observe(0, false);
+    // 1..=10 arrive as repairs (asked for: they say nothing of the loop's progress) before
+    // the loop's 11: none of them was lost.
+    for serial in 1..=10 {
+        meter.observe(serial, true);
+    }
+    meter.observe(11, false);
+    // (A serial counts as lost when it leaves the reordering window still missing.)
+    for serial in 12..100 {
+        meter.observe(serial, false);
+    }
+    assert_eq!(meter.take(), (100, 0));
+}
+
 /// A path in the fluid model: what it can carry and the share it loses whatever the rate.
 #[derive(Clone, Copy, Debug)]
 struct Path {
@@ -804,10 +821,10 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
     else {
         panic!("moved to a new tier that probes from a floor: {moves:?}");
     };
-    // From that floor it ramps a quarter a step (not 10 % a settle, as from a known loss).
+    // From that floor it ramps in slow start (not 10 % a settle, as from a known loss).
     let mut floor = TierControl::new_floor(&config, at(100), new_rate);
     floor.increase(&config, at(150));
-    assert_eq!(floor.rate(), (new_rate as f64 * 1.25) as u64);
+    assert_eq!(floor.rate(), (new_rate as f64 * FLOOR_STEP) as u64);
     assert!(floor.in_slow_start());
     // A loss in that ramp is where the path is: remembered, not another floor.
     floor.decrease_to(&config, at(200), 40e6, true);
