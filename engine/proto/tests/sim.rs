@@ -27,7 +27,7 @@ use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Token, Transport};
-use loopcast_proto::wire::datagram::{DatagramHeader, FileId};
+use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
 const RATE_BITS_PER_S: u64 = 20_000_000;
