@@ -612,12 +612,14 @@ const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
-/// In slow start past `SLOW_START_GENTLE_ABOVE`, members must receive this share of the rate
+/// Slow start asks `SLOW_START_KEEP_UP_SHARE` of the rate received above this rate, bits/s.
+const SLOW_START_STRICT_ABOVE: f64 = 4e9;
+/// In slow start past `SLOW_START_STRICT_ABOVE`, members must receive this share of the rate
 /// before it rises: a rate the sender itself does not reach (a 2-core host sends 7-10 Gbit/s)
 /// shows no loss, and rising on past it overshot to 15-23 Gbit/s, whose loss, when the sender
 /// caught up, cost a fifth of a 1 GiB file in repairs. (Below it, a client still starting up
 /// receives less than it will: with this share from the start, the first step took 360 ms
-/// instead of 50.)
+/// instead of 50, and from 2 Gbit/s the second 260 ms.)
 const SLOW_START_KEEP_UP_SHARE: f64 = 0.8;
 
 /// Reconsiders one file's tiers: sets each tier's rate (in its `TierControl`) and returns the
@@ -654,7 +656,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             }
             let keeping_up = clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>()
                 / clear.len() as f64
-                >= if tier.control.slow_start && rate as f64 >= SLOW_START_GENTLE_ABOVE {
+                >= if tier.control.slow_start && rate as f64 > SLOW_START_STRICT_ABOVE {
                     SLOW_START_KEEP_UP_SHARE
                 } else {
                     KEEP_UP_SHARE
