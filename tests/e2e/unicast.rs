@@ -103,6 +103,21 @@ pub fn wrong_root_and_unknown_file_are_clear_errors() {
         text.contains("no file named") && text.lines().count() == 1,
         "{text}"
     );
+    // With --json, a script gets one JSON object on stdout saying what went wrong (it got
+    // nothing at all before) and the same exit code; the message stays on stderr.
+    let missing_json = get("nope.bin", &["--json"]);
+    assert_eq!(missing_json.status.code(), missing.status.code());
+    let report: serde_json::Value = serde_json::from_slice(&missing_json.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&missing_json.stdout)));
+    assert_eq!(report["verified"], false);
+    assert!(
+        report["error"].as_str().unwrap().contains("no file named"),
+        "{report}"
+    );
+    assert_eq!(
+        report["exit_code"].as_i64(),
+        missing.status.code().map(i64::from)
+    );
     let forged = get("a.bin", &["--root", &"ab".repeat(32)]);
     assert!(!forged.status.success());
     assert!(

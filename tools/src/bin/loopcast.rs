@@ -306,7 +306,8 @@ struct GetArgs {
     /// Replace an existing output (and --extract target) instead of refusing.
     #[arg(long)]
     force: bool,
-    /// Print the report as JSON (on stderr with --follow).
+    /// Print the report as JSON (on stderr with --follow); on failure, {"verified": false,
+    /// "error": ..., "exit_code": ...} (the message is also on stderr).
     #[arg(long)]
     json: bool,
 }
@@ -613,6 +614,26 @@ fn resolve(server: &str) -> Result<SocketAddr, String> {
 }
 
 fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
+    let (json, follow) = (args.json, args.follow);
+    let result = run_get_inner(args, cancel);
+    if let (true, Err(failure)) = (json, &result) {
+        // Scripts get one JSON object whatever happened (interrupted, refused, timed out),
+        // on stdout, or on stderr where stdout carries the file (--follow).
+        let line = serde_json::json!({
+            "verified": false,
+            "error": failure.message,
+            "exit_code": failure.code,
+        });
+        if follow {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    result
+}
+
+fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     let server = resolve(&args.server).map_err(usage)?;
     let output = args
         .output
