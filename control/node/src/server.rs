@@ -870,6 +870,7 @@ impl Server {
                 "nak_serials": e.nak_serials,
                 "nak_ranges_dropped": self.counters.nak_ranges_dropped,
                 "naks_over_budget": e.naks_over_budget,
+                "naks_before_move": e.naks_before_move,
                 "nak_serials_refused": e.nak_serials_refused,
                 "naks_relayed": e.naks_relayed,
                 "reports": e.reports,

@@ -268,6 +268,10 @@ pub struct EndpointCounters {
     pub naks_over_budget: u64,
     pub nak_serials_refused: u64,
     pub naks_relayed: u64,
+    /// NAKs a client sent before it heard of its move to another tier: about the old tier's
+    /// loop, dropped (queued on the new tier they were repairs of serials the client was not
+    /// missing there, and the first one it received read as where the new loop was).
+    pub naks_before_move: u64,
     pub reports: u64,
     pub tier_moves: u64,
     pub rate_changes: u64,
@@ -1249,6 +1253,24 @@ impl Endpoint {
             return;
         }
         state.last_heard = state.last_heard.max(now);
+        // Sent before the client heard of its move (a round trip, twice over, at least 20 ms,
+        // at most the move's settle time): about the old tier's loop.
+        if let Some(moved_at) = state.moved_at {
+            let settle = self
+                .config
+                .adaptive
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.move_settle);
+            let stale_for = state
+                .estimate
+                .rtt()
+                .map_or(settle, |rtt| 2 * rtt)
+                .clamp(Duration::from_millis(20).min(settle), settle);
+            if now < moved_at + stale_for {
+                self.counters.naks_before_move += 1;
+                return;
+            }
+        }
         let channel = &self.channels[&state.channel];
         let loop_len = channel.info.loop_len;
         // The session's credit: what it misses (and a few serials more: the last datagrams'

@@ -690,6 +690,61 @@ fn a_slow_start_step_is_judged_on_the_report_and_its_answer_carries_the_new_rate
 }
 
 #[test]
+fn a_nak_sent_before_the_client_heard_of_its_move_is_not_repaired_on_the_new_tier() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
+    let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    let mut moved_at = None;
+    for step in 1..=10u64 {
+        let now = at(step * 200);
+        report_both(
+            &mut endpoint,
+            &mut files,
+            now,
+            (fast, slow),
+            (1_700, 15_300),
+        );
+        let (transmits, _) = drain(&mut endpoint);
+        if feedback_of(&transmits, slow).is_some_and(|(_, tiers, _, _)| tiers == 2) {
+            moved_at = Some(now);
+            break;
+        }
+    }
+    let moved_at = moved_at.expect("the slow client was moved");
+    let nak = ControlMessage::Nak {
+        session: slow,
+        ranges: vec![(100, 50)],
+    }
+    .to_bytes();
+    let repairs = |endpoint: &mut Endpoint| {
+        drain(endpoint)
+            .1
+            .into_iter()
+            .filter(|c| matches!(c, DataCommand::QueueRepair { .. }))
+            .count()
+    };
+    // In flight when it was moved (it asked about the old tier's loop, whose gaps are not
+    // the new one's): dropped and counted.
+    endpoint.handle_control(
+        moved_at + Duration::from_millis(1),
+        addr("192.0.2.11:6000"),
+        &nak,
+        &mut files,
+    );
+    assert_eq!(repairs(&mut endpoint), 0);
+    assert_eq!(endpoint.counters().naks_before_move, 1);
+    // Once it has heard (a round trip later, at most the move's settle): repaired.
+    endpoint.handle_control(
+        moved_at + Duration::from_millis(600),
+        addr("192.0.2.11:6000"),
+        &nak,
+        &mut files,
+    );
+    assert_eq!(repairs(&mut endpoint), 1);
+    assert_eq!(endpoint.counters().naks_before_move, 1);
+}
+
+#[test]
 fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
     let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
