@@ -689,28 +689,51 @@ fn a_slow_start_step_is_judged_on_the_report_and_its_answer_carries_the_new_rate
     assert_eq!(feedback_of(&transmits, session).unwrap().3, told);
 }
 
+/// Two members of a 1 Gbit/s tier, the one at 192.0.2.11 getting a tenth of it, reporting
+/// every 200 ms until the slow one is moved (within 2 s): (fast, slow, when it moved, its
+/// Feedback's tier, group and rate, every data command until then).
+struct SlowMoved {
+    fast: SessionId,
+    slow: SessionId,
+    at: Instant,
+    tier: u8,
+    group: SocketAddr,
+    rate: u64,
+    commands: Vec<DataCommand>,
+}
+
+fn move_the_slow_member(endpoint: &mut Endpoint, files: &mut Files) -> SlowMoved {
+    let fast = member(endpoint, files, at(0), "192.0.2.10:6000");
+    let slow = member(endpoint, files, at(0), "192.0.2.11:6000");
+    // At 1 Gbit/s a 200 ms report covers ~17,000 datagrams of 1440 bytes: the slow client gets
+    // a tenth of them.
+    let mut commands = Vec::new();
+    for step in 1..=10u64 {
+        let now = at(step * 200);
+        report_both(endpoint, files, now, (fast, slow), (1_700, 15_300));
+        let (transmits, more) = drain(endpoint);
+        commands.extend(more);
+        if let Some((tier, 2, group, rate)) = feedback_of(&transmits, slow) {
+            return SlowMoved {
+                fast,
+                slow,
+                at: now,
+                tier,
+                group,
+                rate,
+                commands,
+            };
+        }
+    }
+    panic!("the slow client was not moved within 2 s");
+}
+
 #[test]
 fn a_nak_sent_before_the_client_heard_of_its_move_is_not_repaired_on_the_new_tier() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
-    let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
-    let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
-    let mut moved_at = None;
-    for step in 1..=10u64 {
-        let now = at(step * 200);
-        report_both(
-            &mut endpoint,
-            &mut files,
-            now,
-            (fast, slow),
-            (1_700, 15_300),
-        );
-        let (transmits, _) = drain(&mut endpoint);
-        if feedback_of(&transmits, slow).is_some_and(|(_, tiers, _, _)| tiers == 2) {
-            moved_at = Some(now);
-            break;
-        }
-    }
-    let moved_at = moved_at.expect("the slow client was moved");
+    let SlowMoved {
+        slow, at: moved_at, ..
+    } = move_the_slow_member(&mut endpoint, &mut files);
     let nak = ControlMessage::Nak {
         session: slow,
         ranges: vec![(100, 50)],
@@ -747,32 +770,17 @@ fn a_nak_sent_before_the_client_heard_of_its_move_is_not_repaired_on_the_new_tie
 #[test]
 fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
-    let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
-    let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
-    let rate_before = endpoint.channels().next().unwrap().rate_bits_per_s;
-    // At 1 Gbit/s a 200 ms report covers ~17,000 datagrams of 1440 bytes: the slow client gets
-    // a tenth of them.
-    let mut moved = None;
-    let mut commands_seen = Vec::new();
-    for step in 1..=10u64 {
-        let now = at(step * 200);
-        report_both(
-            &mut endpoint,
-            &mut files,
-            now,
-            (fast, slow),
-            (1_700, 15_300),
-        );
-        let (transmits, commands) = drain(&mut endpoint);
-        commands_seen.extend(commands);
-        if let Some((tier, tiers, group, rate)) = feedback_of(&transmits, slow) {
-            if tiers == 2 {
-                moved = Some((tier, group, rate));
-                break;
-            }
-        }
-    }
-    let (tier, group, rate) = moved.expect("the slow client was moved within 2 s");
+    // The first tier starts at the default initial rate.
+    let rate_before = RateConfig::default().initial_rate;
+    let SlowMoved {
+        fast,
+        slow,
+        tier,
+        group,
+        rate,
+        commands: commands_seen,
+        ..
+    } = move_the_slow_member(&mut endpoint, &mut files);
     assert_eq!(tier, 0, "to the slower of two tiers");
     assert!(
         rate < rate_before / 5,

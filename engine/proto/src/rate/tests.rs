@@ -680,6 +680,28 @@ fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
     }
 }
 
+/// One 50 ms report at `rate` (no RTT sample).
+fn report_50ms(
+    estimate: &mut PathEstimate,
+    config: &RateConfig,
+    received: u32,
+    lost: u32,
+    rate: u64,
+    counts: Counts,
+) {
+    let interval = Duration::from_millis(50);
+    estimate.observe(
+        config,
+        received,
+        lost,
+        interval,
+        DATAGRAM_BITS,
+        rate,
+        None,
+        counts,
+    );
+}
+
 /// A 1 Gbit/s tier in slow start with a member that takes everything and one behind a
 /// 500 Mbit/s path, both reporting every 50 ms; the slow one's reports all began before the
 /// tier's latest rise (the fast one's reports raise it each time). Returns the step at which
@@ -696,29 +718,18 @@ fn slow_member_beside_a_ramping_one(counts_before_the_rise: Counts) -> Option<(u
         let rate = tier.rate();
         let sent = datagrams(rate as f64);
         let reached = datagrams(500.0 * MBIT).min(sent);
-        fast.observe(
-            &config,
-            sent,
-            0,
-            interval,
-            DATAGRAM_BITS,
-            rate,
-            None,
-            Counts::Settled,
-        );
+        report_50ms(&mut fast, &config, sent, 0, rate, Counts::Settled);
         let slow_counts = if tier.is_rising() {
             counts_before_the_rise
         } else {
             Counts::Unsettled
         };
-        slow.observe(
+        report_50ms(
+            &mut slow,
             &config,
             reached,
             sent - reached,
-            interval,
-            DATAGRAM_BITS,
             rate,
-            None,
             slow_counts,
         );
         let moves = {
@@ -771,26 +782,8 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
     // cannot be verified yet): 15 % loss reported, not 97 %. Another member takes it all.
     for step in 1..=2 {
         let sent = (rate as f64 * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
-        fast.observe(
-            &config,
-            sent,
-            0,
-            interval,
-            DATAGRAM_BITS,
-            rate,
-            None,
-            Counts::Settled,
-        );
-        member.observe(
-            &config,
-            130,
-            23,
-            interval,
-            DATAGRAM_BITS,
-            rate,
-            None,
-            Counts::Settled,
-        );
+        report_50ms(&mut fast, &config, sent, 0, rate, Counts::Settled);
+        report_50ms(&mut member, &config, 130, 23, rate, Counts::Settled);
         assert!(
             !member.heavy_loss(),
             "step {step}: the loss alone is not heavy"
