@@ -962,3 +962,49 @@ fn a_report_flood_with_extreme_fields_and_replays_from_elsewhere_break_nothing()
         .expect("the honest member stays");
     assert_eq!(view.reports, honest_sent, "replays from elsewhere count for nobody");
 }
+
+/// Issue 10, hostile reports (hx-attack s4): one member of an uncapped tier sends a Report
+/// every millisecond, each claiming it got all it was sent over a 0 µs interval. A claimed
+/// interval that short made every report read as made wholly after the last slow-start rise,
+/// and control ran at once on each (every CONTROL_GAP_MIN): the tier went from 1 to
+/// 40 Gbit/s in 80 ms, nine steps. An honest client reports no more often than every 50 ms
+/// while the tier ramps, so the tier may rise at most about once per 40 ms.
+#[test]
+fn a_report_flood_cannot_step_slow_start_faster_than_a_client_reports() {
+    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    config.adaptive = Some(RateConfig::default());
+    config.rate_bits_per_s = 0; // no cap
+    config.multicast = Some(MulticastGroups {
+        group_base: Ipv4Addr::new(239, 77, 1, 0),
+        port: 7701,
+    });
+    let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
+    let mut files = Files(info());
+    let hostile = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    let mut rises = 0;
+    let mut rate = endpoint.channels().next().unwrap().rate_bits_per_s;
+    for ms in 0..200u64 {
+        let now = at(ms);
+        let flood = ControlMessage::Report {
+            session: hostile,
+            sent_at_us: ms as u32,
+            interval_us: 0,
+            received: u32::MAX,
+            lost: 0,
+            rtt_us: 1_000,
+        }
+        .to_bytes();
+        endpoint.handle_control(now, addr("192.0.2.11:6000"), &flood, &mut files);
+        endpoint.handle_timeout(now);
+        drain(&mut endpoint);
+        let now_rate = endpoint.channels().next().unwrap().rate_bits_per_s;
+        if now_rate > rate {
+            rises += 1;
+        }
+        rate = now_rate;
+    }
+    assert!(
+        rises <= 6,
+        "{rises} slow-start rises in 200 ms from one client's flood (now {rate} bit/s)"
+    );
+}
