@@ -677,9 +677,10 @@ impl Endpoint {
                 let channel = &self.channels[&state.channel];
                 let interval = Duration::from_micros(u64::from(interval_us));
                 // Counts for the tier as it is only if the whole interval came after its
-                // last change settled. A client reports every 50 ms at the most while the
-                // tier ramps: a shorter claimed interval counts as REPORT_COUNTS_MIN (else a
-                // flood claiming none stepped slow start every CONTROL_GAP_MIN).
+                // last change settled. A client reports no more often than every 50 ms
+                // while the tier ramps: a shorter claimed interval counts as
+                // REPORT_COUNTS_MIN (else a flood claiming none stepped slow start every
+                // CONTROL_GAP_MIN).
                 let covered = interval.max(REPORT_COUNTS_MIN);
                 let started = Instant::from_nanos(
                     now.as_nanos()
