@@ -926,7 +926,8 @@ fn a_report_flood_with_extreme_fields_and_replays_from_elsewhere_break_nothing()
     let honest = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
     let hostile = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
     let mut rng = SeededRng::from_u64(0x5e9);
-    let pick = |rng: &mut SeededRng, values: &[u32]| values[rng.below(values.len() as u64) as usize];
+    let pick =
+        |rng: &mut SeededRng, values: &[u32]| values[rng.below(values.len() as u64) as usize];
     let mut honest_sent = 0u64;
     for step in 0..6_000u64 {
         let now = Instant::ZERO + Duration::from_micros(step * 700);
@@ -951,7 +952,10 @@ fn a_report_flood_with_extreme_fields_and_replays_from_elsewhere_break_nothing()
         drain(&mut endpoint);
         endpoint.assert_invariants();
         let config = RateConfig::default();
-        assert!(endpoint.channel_count() <= config.tiers_allowed(), "step {step}");
+        assert!(
+            endpoint.channel_count() <= config.tiers_allowed(),
+            "step {step}"
+        );
         for channel in endpoint.channels() {
             assert!(channel.rate_bits_per_s > 0 && channel.rate_bits_per_s <= config.rate_max);
         }
@@ -960,7 +964,10 @@ fn a_report_flood_with_extreme_fields_and_replays_from_elsewhere_break_nothing()
         .sessions()
         .find(|s| s.session == honest)
         .expect("the honest member stays");
-    assert_eq!(view.reports, honest_sent, "replays from elsewhere count for nobody");
+    assert_eq!(
+        view.reports, honest_sent,
+        "replays from elsewhere count for nobody"
+    );
 }
 
 /// Issue 10, hostile reports (hx-attack s4): one member of an uncapped tier sends a Report
