@@ -341,6 +341,9 @@ const REPAIR_CREDIT_SLACK: u64 = 16;
 const TRANSMIT_QUEUE_MAX: usize = 8192;
 /// Tier control runs at most this often when reports ask for it at once (slow start).
 const CONTROL_GAP_MIN: Duration = Duration::from_millis(10);
+/// A Report covers at least this long when judging whether it came after a tier's change (a
+/// probing client reports every 50 ms or more).
+const REPORT_COUNTS_MIN: Duration = Duration::from_millis(40);
 
 pub struct Endpoint {
     config: EndpointConfig,
@@ -678,10 +681,14 @@ impl Endpoint {
                 let channel = &self.channels[&state.channel];
                 let interval = Duration::from_micros(u64::from(interval_us));
                 // Counts for the tier as it is only if the whole interval came after its
-                // last change settled.
+                // last change settled. A client reports no more often than every 50 ms
+                // while the tier ramps: a shorter claimed interval counts as
+                // REPORT_COUNTS_MIN (else a flood claiming none stepped slow start every
+                // CONTROL_GAP_MIN).
+                let covered = interval.max(REPORT_COUNTS_MIN);
                 let started = Instant::from_nanos(
                     now.as_nanos()
-                        .saturating_sub(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
+                        .saturating_sub(u64::try_from(covered.as_nanos()).unwrap_or(u64::MAX)),
                 );
                 // A moved client switches group a round trip after the move: its reports
                 // count from a settle time after that.

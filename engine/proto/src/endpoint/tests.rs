@@ -976,3 +976,105 @@ fn each_unicast_client_gets_a_channel_whose_rate_follows_it_alone() {
         "and only its own: {lowered:?}"
     );
 }
+
+/// Issue 10, hostile reports (hx-attack s4): a validated member floods Reports with extreme
+/// fields (no interval, the longest, everything or nothing received, all lost, any round trip),
+/// so that control runs at once in slow start again and again, moves it to floors and back;
+/// a host elsewhere replays an honest member's Reports from its own address. Nothing panics,
+/// the tables stay within their bounds and the tier count within the policy's, the replayed
+/// Reports count for nobody, and the honest member's tier rate is never 0 or above the cap.
+#[test]
+fn a_report_flood_with_extreme_fields_and_replays_from_elsewhere_break_nothing() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let honest = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
+    let hostile = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    let mut rng = SeededRng::from_u64(0x5e9);
+    let pick =
+        |rng: &mut SeededRng, values: &[u32]| values[rng.below(values.len() as u64) as usize];
+    let mut honest_sent = 0u64;
+    for step in 0..6_000u64 {
+        let now = Instant::ZERO + Duration::from_micros(step * 700);
+        let flood = ControlMessage::Report {
+            session: hostile,
+            sent_at_us: step as u32,
+            interval_us: pick(&mut rng, &[0, 1, 10_000, 50_000, u32::MAX]),
+            received: pick(&mut rng, &[0, 1, 17_000, u32::MAX]),
+            lost: pick(&mut rng, &[0, 1, 17_000, u32::MAX]),
+            rtt_us: pick(&mut rng, &[0, 1, 1_000, u32::MAX]),
+        }
+        .to_bytes();
+        endpoint.handle_control(now, addr("192.0.2.11:6000"), &flood, &mut files);
+        if step % 70 == 0 {
+            let honest_report = report(honest, step as u32, 17_000 / 4, 0);
+            endpoint.handle_control(now, addr("192.0.2.10:6000"), &honest_report, &mut files);
+            honest_sent += 1;
+            // The same bytes again from elsewhere: not the session's address.
+            endpoint.handle_control(now, addr("192.0.2.99:6000"), &honest_report, &mut files);
+        }
+        endpoint.handle_timeout(now);
+        drain(&mut endpoint);
+        endpoint.assert_invariants();
+        let config = RateConfig::default();
+        assert!(
+            endpoint.channel_count() <= config.tiers_allowed(),
+            "step {step}"
+        );
+        for channel in endpoint.channels() {
+            assert!(channel.rate_bits_per_s > 0 && channel.rate_bits_per_s <= config.rate_max);
+        }
+    }
+    let view = endpoint
+        .sessions()
+        .find(|s| s.session == honest)
+        .expect("the honest member stays");
+    assert_eq!(
+        view.reports, honest_sent,
+        "replays from elsewhere count for nobody"
+    );
+}
+
+/// Issue 10, hostile reports (hx-attack s4): one member of an uncapped tier sends a Report
+/// every millisecond, each claiming it got all it was sent over a 0 µs interval. A claimed
+/// interval that short made every report read as made wholly after the last slow-start rise,
+/// and control ran at once on each (every CONTROL_GAP_MIN): the tier went from 1 to
+/// 40 Gbit/s in 80 ms, nine steps. An honest client reports no more often than every 50 ms
+/// while the tier ramps, so the tier may rise at most about once per 40 ms.
+#[test]
+fn a_report_flood_cannot_step_slow_start_faster_than_a_client_reports() {
+    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    config.adaptive = Some(RateConfig::default());
+    config.rate_bits_per_s = 0; // no cap
+    config.multicast = Some(MulticastGroups {
+        group_base: Ipv4Addr::new(239, 77, 1, 0),
+        port: 7701,
+    });
+    let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
+    let mut files = Files(info());
+    let hostile = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    let mut rises = 0;
+    let mut rate = endpoint.channels().next().unwrap().rate_bits_per_s;
+    for ms in 0..200u64 {
+        let now = at(ms);
+        let flood = ControlMessage::Report {
+            session: hostile,
+            sent_at_us: ms as u32,
+            interval_us: 0,
+            received: u32::MAX,
+            lost: 0,
+            rtt_us: 1_000,
+        }
+        .to_bytes();
+        endpoint.handle_control(now, addr("192.0.2.11:6000"), &flood, &mut files);
+        endpoint.handle_timeout(now);
+        drain(&mut endpoint);
+        let now_rate = endpoint.channels().next().unwrap().rate_bits_per_s;
+        if now_rate > rate {
+            rises += 1;
+        }
+        rate = now_rate;
+    }
+    assert!(
+        rises <= 6,
+        "{rises} slow-start rises in 200 ms from one client's flood (now {rate} bit/s)"
+    );
+}
