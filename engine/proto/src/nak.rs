@@ -76,6 +76,8 @@ const REPAIR_QUEUE_WAIT_MAX: Duration = Duration::from_secs(5);
 /// An unverified datagram moves the frontier at most this much beyond what the loop's rate
 /// allows (see [`NakPlanner::saw_unverified`]).
 const PENDING_SLACK: u32 = 16;
+/// Unverified datagrams move the frontier only after this long without a verified one.
+const UNVERIFIED_AFTER_QUIET: Duration = Duration::from_millis(50);
 /// The progress window is at least twice this (see [`NakPlanner::is_progress`]).
 const PROGRESS_WINDOW_MIN: u32 = 64;
 
@@ -130,6 +132,9 @@ pub struct NakPlanner {
     /// the frontier no further than `PENDING_SLACK` past its first, and the loss meter read
     /// 15 % loss).
     reach_anchor: Option<(u64, Instant)>,
+    /// When a verified datagram last arrived: while they do, an unverified one never moves the
+    /// frontier (see [`NakPlanner::saw_unverified`]).
+    verified_progress_at: Option<Instant>,
     /// Gaps found but waiting for their suppression delay: (first, count, ask at).
     waiting: VecDeque<(u32, u32, Instant)>,
     /// Ranges other receivers asked for: first → (end, heard at).
@@ -176,6 +181,7 @@ impl NakPlanner {
             loop_rate: None,
             frontier_at: None,
             reach_anchor: None,
+            verified_progress_at: None,
             waiting: VecDeque::new(),
             heard: BTreeMap::new(),
             backlog_next: None,
@@ -409,6 +415,7 @@ impl NakPlanner {
         self.frontier = None;
         self.frontier_at = None;
         self.reach_anchor = None;
+        self.verified_progress_at = None;
         self.cursor = 0;
         self.frontier_travel = 0;
         self.cursor_travel = 0;
@@ -501,6 +508,9 @@ impl NakPlanner {
         }
         let progress = self.is_progress(serial, now);
         self.seen.set(serial);
+        // Verified datagrams arrive: they alone may move the frontier for a while (whether
+        // this one does or not: a forger ahead of it must not keep the rule off).
+        self.verified_progress_at = Some(now);
         match self.frontier {
             None => {
                 // The first serial of this session: the loop joined here, so scanning starts here,
@@ -546,12 +556,21 @@ impl NakPlanner {
         if serial >= self.loop_len() {
             return false;
         }
-        let progress = self.frontier.is_some_and(|frontier| {
-            let ahead = self.ahead(frontier, serial);
-            ahead > 0
-                && ahead < self.loop_len().div_ceil(2)
-                && self.within_reach(ahead, now, PENDING_SLACK) == Some(true)
-        });
+        // While verified datagrams arrive, they alone move the frontier: a forger on the group
+        // sending pending datagrams just within reach, each at its own instant, renewed the
+        // slack every time and ran the frontier 18 times as fast as the loop (89 % false
+        // loss for a client that lost nothing). Unverified ones stand in only when nothing
+        // has verified for a while (an overload that loses the hash blocks too).
+        let verified_recently = self
+            .verified_progress_at
+            .is_some_and(|at| now.saturating_since(at) < UNVERIFIED_AFTER_QUIET);
+        let progress = !verified_recently
+            && self.frontier.is_some_and(|frontier| {
+                let ahead = self.ahead(frontier, serial);
+                ahead > 0
+                    && ahead < self.loop_len().div_ceil(2)
+                    && self.within_reach(ahead, now, PENDING_SLACK) == Some(true)
+            });
         self.seen.set(serial);
         self.no_longer_asked(serial);
         if let (true, Some(frontier)) = (progress, self.frontier) {
@@ -1060,8 +1079,8 @@ mod tests {
         nak.saw(0, t0);
         nak.saw(100, t0 + Duration::from_millis(100));
         // 1..100 went by and are asked for; so, from a pass before, are 101..300, which the
-        // loop now brings in order, one a millisecond, but only every 40th verified (their
-        // hash blocks were lost on a slow link): each is the loop's progress.
+        // loop now brings in order, one a millisecond, none verified (their hash blocks were
+        // lost on a slow link; nothing has verified for 60 ms): each is the loop's progress.
         assert_eq!(
             nak.poll_nak(t0 + Duration::from_millis(100)),
             Some(vec![(1, 99)])
@@ -1069,15 +1088,10 @@ mod tests {
         for serial in 101..300 {
             nak.asked.set(serial);
         }
-        let mut t = t0 + Duration::from_millis(100);
+        let mut t = t0 + Duration::from_millis(160);
         for serial in 101..300 {
             t = t + Duration::from_millis(1);
-            if serial % 40 == 0 {
-                assert!(nak.is_progress(serial, t), "verified serial {serial}");
-                nak.saw(serial, t);
-            } else {
-                assert!(nak.saw_unverified(serial, t), "unverified serial {serial}");
-            }
+            assert!(nak.saw_unverified(serial, t), "unverified serial {serial}");
         }
         assert_eq!(nak.frontier, Some(299));
         // Verified ones only, 40 apart (the rest lost): progress too, within the loop's reach.
@@ -1101,12 +1115,12 @@ mod tests {
             },
             &Bitmap::new(100_000),
         );
-        nak.set_loop_rate(Some(100_000.0));
+        nak.set_loop_rate(Some(100_000.0 / 6.0));
         nak.saw(0, Instant::ZERO);
-        // 10 ms later one batch (one `now`): every 30th serial of the ~1,000 the loop sent,
-        // none verified yet (their hash blocks were lost too). Each is the loop's progress,
+        // 60 ms later (nothing verified since) one batch (one `now`): every 30th serial of the
+        // ~1,000 the loop sent, none verified yet (their hash blocks were lost too). Each is the loop's progress,
         // though each is further from the one before than the slack for a single instant.
-        let t = Instant::ZERO + Duration::from_millis(10);
+        let t = Instant::ZERO + Duration::from_millis(60);
         for serial in (30..=990).step_by(30) {
             assert!(nak.saw_unverified(serial, t), "serial {serial} is progress");
         }

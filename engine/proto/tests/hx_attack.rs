@@ -85,9 +85,6 @@ fn account(
 /// says a forger "can then move it only as fast as the loop itself"; the loss this client
 /// reports must stay near zero (its path loses nothing).
 #[test]
-#[ignore = "open finding (hx-attack s4): fails at e725ae7 and at today's main alike (89% false loss); \
-            PENDING_SLACK renews at every distinct instant, so unverified progress runs at 18x \
-            the loop; un-ignore with the fix"]
 fn a_forger_on_the_group_cannot_run_the_frontier_ahead_of_the_loop_and_fake_loss() {
     let loop_len = 1_000_000;
     let mut nak = NakPlanner::new(NakConfig::default(), &Bitmap::new(loop_len));
