@@ -127,3 +127,27 @@ fn loopcastd_on_loopback_with(
         .spawn()
         .unwrap()
 }
+
+/// `loopcastd serve --help` tells an operator what happens with no rate options: the automatic
+/// rates' real cap (RateConfig::rate_max, 40 Gbit/s), the default policy, tiers and start rate.
+pub fn serve_help_states_the_rate_defaults() {
+    let output = Command::new(bin("loopcastd"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "serve --help exits 0");
+    let text = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "up to 40G",
+        "[default: distribution]",
+        "[default: 4]",
+        "[default: 1G]",
+    ] {
+        assert!(text.contains(expected), "serve --help says {expected:?}:\n{text}");
+    }
+    assert_eq!(
+        loopcast_proto::rate::RateConfig::default().rate_max,
+        40_000_000_000,
+        "the help's 40G is the automatic rates' cap"
+    );
+}

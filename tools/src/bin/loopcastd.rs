@@ -35,8 +35,8 @@ struct ServeArgs {
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
     /// Most any channel sends, in bits/s (e.g. 100M, 1G). Without it, every channel finds the
-    /// fastest rate its clients take without sustained loss, and backs off when they lose; with
-    /// it, the same up to this cap. With --fixed-rate, exactly this rate, or no pacing at all
+    /// fastest rate its clients take without sustained loss (up to 40G), and backs off when
+    /// they lose; with it, the same up to this cap. With --fixed-rate, exactly this rate, or no pacing at all
     /// with "unpaced".
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
