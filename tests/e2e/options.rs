@@ -143,7 +143,10 @@ pub fn serve_help_states_the_rate_defaults() {
         "[default: 4]",
         "[default: 1G]",
     ] {
-        assert!(text.contains(expected), "serve --help says {expected:?}:\n{text}");
+        assert!(
+            text.contains(expected),
+            "serve --help says {expected:?}:\n{text}"
+        );
     }
     assert_eq!(
         loopcast_proto::rate::RateConfig::default().rate_max,

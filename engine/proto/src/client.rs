@@ -504,7 +504,7 @@ impl ClientSession {
         let moved = self.tier.is_some_and(|old| {
             old.channel != new.channel || old.tier_id.is_some_and(|id| Some(id) != new.tier_id)
         });
-        // The tier's rate went up by a slow-start step (half or more): the server is
+        // The tier's rate went up by a slow-start step (SLOW_START_STEP_MIN, 1.11x, or more): the server is
         // probing, and each step waits for a report made wholly at the new rate, so reports
         // come more often until it stops: a small rise or a fall (steady probing near the
         // path's rate is a few percent a step and keeps the usual interval), or a few reports

@@ -78,10 +78,10 @@ pub struct RateConfig {
     pub rate_min: u64,
     /// How often tier rates and assignments are reconsidered.
     pub control_interval: Duration,
-    /// After a tier's rate changes, reports are read after this long. With the control step
-    /// at 100 ms this is what paces increases near the path's rate and decreases: 150 ms made
+    /// After a tier's rate changes, reports are read after this long. Out of slow start this
+    /// is what paces increases near the path's rate and decreases (with a 100 ms step, 150 ms made
     /// a 5 Mbit/s tier probe twice as often and its receiver take 132-161 s for 32 MiB instead
-    /// of 63-80 s.
+    /// of 63-80 s).
     pub settle: Duration,
     /// After a slow-start increase, reports are read after this long. Zero: a client that
     /// hears of a slow-start rise starts a new report interval then, a round trip after the
