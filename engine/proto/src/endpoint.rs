@@ -1260,20 +1260,17 @@ impl Endpoint {
             return;
         }
         state.last_heard = state.last_heard.max(now);
-        // Sent before the client heard of its move (a round trip, twice over, at least 20 ms,
-        // at most the move's settle time): about the old tier's loop.
+        // Within the move's settle time, maybe sent before the client heard of its move: about
+        // the old tier's loop. (Two round trips were not enough: a busy client can take longer
+        // to read the Feedback, and one such NAK sets its frontier wrong; what the new tier
+        // really misses is asked again after the settle.)
         if let Some(moved_at) = state.moved_at {
             let settle = self
                 .config
                 .adaptive
                 .as_ref()
                 .map_or(Duration::ZERO, |c| c.move_settle);
-            let stale_for = state
-                .estimate
-                .rtt()
-                .map_or(settle, |rtt| 2 * rtt)
-                .clamp(Duration::from_millis(20).min(settle), settle);
-            if now < moved_at + stale_for {
+            if now < moved_at + settle {
                 self.counters.naks_before_move += 1;
                 return;
             }
