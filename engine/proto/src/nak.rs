@@ -134,7 +134,7 @@ pub struct NakPlanner {
     reach_anchor: Option<(u64, Instant)>,
     /// When a verified datagram last arrived: while they do, an unverified one never moves the
     /// frontier (see [`NakPlanner::saw_unverified`]).
-    verified_progress_at: Option<Instant>,
+    verified_at: Option<Instant>,
     /// Gaps found but waiting for their suppression delay: (first, count, ask at).
     waiting: VecDeque<(u32, u32, Instant)>,
     /// Ranges other receivers asked for: first → (end, heard at).
@@ -181,7 +181,7 @@ impl NakPlanner {
             loop_rate: None,
             frontier_at: None,
             reach_anchor: None,
-            verified_progress_at: None,
+            verified_at: None,
             waiting: VecDeque::new(),
             heard: BTreeMap::new(),
             backlog_next: None,
@@ -415,7 +415,7 @@ impl NakPlanner {
         self.frontier = None;
         self.frontier_at = None;
         self.reach_anchor = None;
-        self.verified_progress_at = None;
+        self.verified_at = None;
         self.cursor = 0;
         self.frontier_travel = 0;
         self.cursor_travel = 0;
@@ -441,7 +441,7 @@ impl NakPlanner {
     /// (a repair sent twice, or a stale datagram); one asked for by a NAK only if the rate is
     /// known and it is within that reach (the loop bringing it in order, or a repair just ahead
     /// of it), or just ahead of the frontier. The loss
-    /// this client reports counts the same way (see [`crate::client::ClientSession::observe_serial`]).
+    /// this client reports counts the same way (see [`crate::client::account_datagram`]).
     pub fn is_progress(&self, serial: u32, now: Instant) -> bool {
         if serial >= self.loop_len() {
             return false;
@@ -510,7 +510,7 @@ impl NakPlanner {
         self.seen.set(serial);
         // Verified datagrams arrive: they alone may move the frontier for a while (whether
         // this one does or not: a forger ahead of it must not keep the rule off).
-        self.verified_progress_at = Some(now);
+        self.verified_at = Some(now);
         match self.frontier {
             None => {
                 // The first serial of this session: the loop joined here, so scanning starts here,
@@ -540,13 +540,13 @@ impl NakPlanner {
     /// on a multicast group): one far ahead that moved the frontier would make the genuine
     /// serials it jumped over read as gone by (asked for, and counted as lost).
     ///
-    /// With the tier's rate known, one no further ahead than the loop can have gone since the
-    /// frontier last moved (twice its rate's worth, and `PENDING_SLACK`, with no reordering
-    /// window) does move it: when hash blocks are lost in an overload most of what arrives is
-    /// pending, and a frontier that waited for verification asked for nothing until then (the
-    /// simulation's overloaded start: 1.25 s became 1.71 s). A forger can then move it only as
-    /// fast as the loop itself, by sending faster than the loop; what it jumps over within the
-    /// reordering margin is not asked for anyway.
+    /// With the tier's rate known and nothing verified for `UNVERIFIED_AFTER_QUIET`, one no
+    /// further ahead than the loop can have gone since the frontier last moved (twice its
+    /// rate's worth, and `PENDING_SLACK`, with no reordering window) does move it: when hash
+    /// blocks are lost in an overload most of what arrives is pending, and a frontier that
+    /// waited for verification asked for nothing until then (the simulation's overloaded
+    /// start: 1.25 s became 1.71 s). While verified datagrams arrive a forger cannot move it
+    /// at all; otherwise at most twice as fast as the loop.
     ///
     /// Returns whether it moved the frontier (the loss this client reports counts it the same
     /// way: a receiver far below its tier's rate gets almost nothing verified, and counting
@@ -562,7 +562,7 @@ impl NakPlanner {
         // loss for a client that lost nothing). Unverified ones stand in only when nothing
         // has verified for a while (an overload that loses the hash blocks too).
         let verified_recently = self
-            .verified_progress_at
+            .verified_at
             .is_some_and(|at| now.saturating_since(at) < UNVERIFIED_AFTER_QUIET);
         let progress = !verified_recently
             && self.frontier.is_some_and(|frontier| {
@@ -1050,7 +1050,8 @@ mod tests {
         nak.saw(3, Instant::ZERO + Duration::from_millis(1));
         // The loop sends 1,000 datagrams a second; 10 ms after the frontier moved to 3 it can
         // be ~20 on: a forged datagram 300 on does not move it (the genuine serials between
-        // are not asked for), the next genuine one just ahead does.
+        // are not asked for), nor (a verified one came 10 ms ago) does the unverified 20; the
+        // verified ones after it do.
         nak.set_loop_rate(Some(1_000.0));
         let t = Instant::ZERO + Duration::from_millis(11);
         nak.saw_unverified(303, t);

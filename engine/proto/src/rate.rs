@@ -183,7 +183,6 @@ const HEAVY_LOSS: f64 = 0.5;
 /// others).
 const NOISY: f64 = 0.05;
 
-/// What the server knows of one client's path (R12), from its reports.
 /// What a report can say about its member's tier as it is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counts {
@@ -208,6 +207,7 @@ impl Counts {
     }
 }
 
+/// What the server knows of one client's path (R12), from its reports.
 #[derive(Clone, Debug, Default)]
 pub struct PathEstimate {
     goodput: Ewma,
@@ -447,7 +447,7 @@ impl TierControl {
 
     /// A tier opened for members whose capacity was measured under a heavy overload (a floor:
     /// a shallow queue overflowing in bursts passes less than its link's rate): nothing
-    /// remembered; a gentle slow start (a quarter a step) from there, so the link's rate is
+    /// remembered; a gentle slow start (`FLOOR_STEP` a step) from there, so the link's rate is
     /// found in a few report intervals, not in 10 % steps of a settle each.
     pub fn new_floor(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
         TierControl {

@@ -36,8 +36,8 @@ struct ServeArgs {
     listen: SocketAddr,
     /// Most any channel sends, in bits/s (e.g. 100M, 1G). Without it, every channel finds the
     /// fastest rate its clients take without sustained loss (up to 40G), and backs off when
-    /// they lose; with it, the same up to this cap. With --fixed-rate, exactly this rate, or no pacing at all
-    /// with "unpaced".
+    /// they lose; with it, the same up to this cap. With --fixed-rate, exactly this rate, or no
+    /// pacing at all with "unpaced".
     #[arg(long, value_parser = parse_rate)]
     rate: Option<u64>,
     /// Send every file on one channel at exactly --rate: no tiers, no automatic rates.
