@@ -257,22 +257,8 @@ impl ClientSession {
         self.meter.observe(serial, repair);
     }
 
-    /// A datagram of the file with a sound header that is not verified (pending, or failed):
-    /// received, but never the loop's progress (anyone can send one; see
-    /// [`LossMeter::observe_pending`]).
-    pub fn observe_pending_serial(&mut self, serial: u32) {
-        self.meter.observe_pending(serial);
-    }
-
-    /// What one received datagram tells the loss meter and the NAK planner, once the receiver
-    /// has judged it (`outcome`); `metered` is what [`metered`] said of its header before.
-    /// Every datagram of the file with a sound header counts for the goodput this client
-    /// reports, also one that cannot be verified yet (a client far below its tier's rate
-    /// receives mostly such orphans; counting only verified ones reads as loss the path never
-    /// had). A verified one that is the loop's progress moves the meter's sequence and the NAK
-    /// frontier; an unverified one only where the tier's rate says the loop can be
-    /// ([`NakPlanner::saw_unverified`]): a forger on the path can make this client look faster,
-    /// never lossy. The one place the client driver and the simulation do this.
+    /// [`account_datagram`] with this session's loss meter: what one received datagram tells
+    /// it and the NAK planner. The one place the client driver and the simulation do this.
     pub fn account_datagram(
         &mut self,
         nak: &mut NakPlanner,
@@ -280,30 +266,7 @@ impl ClientSession {
         outcome: &Outcome,
         now: Instant,
     ) {
-        let unverified_progress = match *outcome {
-            Outcome::Store {
-                serial,
-                verified: false,
-            } => nak.saw_unverified(serial, now),
-            _ => false,
-        };
-        if let Some(Metered { serial, progress }) = metered {
-            match outcome {
-                Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
-                    self.observe_serial(serial, !progress)
-                }
-                Outcome::Store { .. } if unverified_progress => self.observe_serial(serial, false),
-                _ => self.observe_pending_serial(serial),
-            }
-        }
-        match *outcome {
-            Outcome::Store {
-                serial,
-                verified: true,
-            }
-            | Outcome::Duplicate { serial } => nak.saw(serial, now),
-            _ => {}
-        }
+        account_datagram(&mut self.meter, nak, metered, outcome, now);
     }
 
     pub fn dropped(&self) -> u64 {
@@ -504,25 +467,23 @@ impl ClientSession {
         let moved = self.tier.is_some_and(|old| {
             old.channel != new.channel || old.tier_id.is_some_and(|id| Some(id) != new.tier_id)
         });
-        // The tier's rate went up by a slow-start step (SLOW_START_STEP_MIN, 1.11x, or more): the server is
-        // probing, and each step waits for a report made wholly at the new rate, so reports
-        // come more often until it stops: a small rise or a fall (steady probing near the
-        // path's rate is a few percent a step and keeps the usual interval), or a few reports
-        // with the rate unchanged (the tier holds: its members may not keep up).
+        // The tier's rate went up by a slow-start step (`SLOW_START_STEP_MIN` or more): the
+        // server is probing, and each step waits for a report made wholly at the new rate, so
+        // reports come more often until it stops: a small rise or a fall (steady probing near
+        // the path's rate is a few percent a step and keeps the usual interval), or a few
+        // reports with the rate unchanged (the tier holds: its members may not keep up).
         let old_rate = self.tier.map(|old| old.rate_bits_per_s);
-        self.probing = match old_rate {
-            _ if moved => true,
-            None => true,
-            Some(old) if new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old as f64 => true,
-            Some(old) if new.rate_bits_per_s == old => {
-                self.probing_unchanged += 1;
-                self.probing && self.probing_unchanged < PROBING_UNCHANGED_MAX
-            }
-            Some(_) => false,
+        let stepped_up = old_rate
+            .is_some_and(|old| new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old as f64);
+        self.probing = if moved || old_rate.is_none() || stepped_up {
+            true
+        } else if old_rate == Some(new.rate_bits_per_s) {
+            self.probing_unchanged += 1;
+            self.probing && self.probing_unchanged < PROBING_UNCHANGED_MAX
+        } else {
+            false
         };
-        let risen = !moved
-            && old_rate
-                .is_some_and(|old| new.rate_bits_per_s as f64 >= SLOW_START_STEP_MIN * old as f64);
+        let risen = stepped_up && !moved;
         if old_rate != Some(new.rate_bits_per_s) || moved {
             self.probing_unchanged = 0;
         }
@@ -826,6 +787,47 @@ impl ClientSession {
 
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Finished)
+    }
+}
+
+/// What one received datagram tells the loss meter and the NAK planner, once the receiver has
+/// judged it (`outcome`); `metered` is what [`metered`] said of its header before. Every
+/// datagram of the file with a sound header counts for the goodput the client reports, also
+/// one that cannot be verified yet (a client far below its tier's rate receives mostly such
+/// orphans; counting only verified ones reads as loss the path never had). A verified one that
+/// is the loop's progress moves the meter's sequence and the NAK frontier; an unverified one
+/// only where [`NakPlanner::saw_unverified`] says the loop can be: a forger on the path can
+/// make the client look faster, never lossy.
+pub fn account_datagram(
+    meter: &mut LossMeter,
+    nak: &mut NakPlanner,
+    metered: Option<Metered>,
+    outcome: &Outcome,
+    now: Instant,
+) {
+    let unverified_progress = match *outcome {
+        Outcome::Store {
+            serial,
+            verified: false,
+        } => nak.saw_unverified(serial, now),
+        _ => false,
+    };
+    if let Some(Metered { serial, progress }) = metered {
+        match outcome {
+            Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
+                meter.observe(serial, !progress)
+            }
+            Outcome::Store { .. } if unverified_progress => meter.observe(serial, false),
+            _ => meter.observe_pending(serial),
+        }
+    }
+    match *outcome {
+        Outcome::Store {
+            serial,
+            verified: true,
+        }
+        | Outcome::Duplicate { serial } => nak.saw(serial, now),
+        _ => {}
     }
 }
 

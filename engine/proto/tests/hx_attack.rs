@@ -6,7 +6,9 @@
 use core::time::Duration;
 
 use loopcast_proto::bitmap::Bitmap;
+use loopcast_proto::client::{account_datagram, Metered};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
+use loopcast_proto::receiver::Outcome;
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::Instant;
 
@@ -57,9 +59,8 @@ fn random_deliveries_asks_rejoins_and_rates_never_panic_the_planner() {
     }
 }
 
-/// What one received datagram tells the loss meter and the planner, as
-/// `ClientSession::account_datagram` does (with `metered` judged before): `verified` or a
-/// forged one held pending (its hash block has not come).
+/// One received datagram through the client's own accounting (`client::account_datagram`):
+/// `verified`, or a forged one held pending (its hash block has not come).
 fn account(
     meter: &mut loopcast_proto::rate::LossMeter,
     nak: &mut NakPlanner,
@@ -67,15 +68,12 @@ fn account(
     verified: bool,
     now: Instant,
 ) {
-    let progress = nak.is_progress(serial, now);
-    if verified {
-        meter.observe(serial, !progress);
-        nak.saw(serial, now);
-    } else if nak.saw_unverified(serial, now) {
-        meter.observe(serial, false);
-    } else {
-        meter.observe_pending(serial);
-    }
+    let metered = Metered {
+        serial,
+        progress: nak.is_progress(serial, now),
+    };
+    let outcome = Outcome::Store { serial, verified };
+    account_datagram(meter, nak, Some(metered), &outcome, now);
 }
 
 /// Issue 10 (R12), a host on the group: the loop sends 1,000 datagrams a second and every one
