@@ -298,6 +298,14 @@ struct Session {
     last_report_us: u32,
 }
 
+impl Session {
+    /// Whether `at` falls within `move_settle` of its last move: the client may not yet have
+    /// switched to the new tier (what it says is still about the old one).
+    fn settling_after_move(&self, at: Instant, move_settle: Duration) -> bool {
+        self.moved_at.is_some_and(|moved| at < moved + move_settle)
+    }
+}
+
 struct Channel {
     /// One unicast client's own channel (never a multicast tier, never a move target).
     solo: bool,
@@ -692,10 +700,7 @@ impl Endpoint {
                 );
                 // A moved client switches group a round trip after the move: its reports
                 // count from a settle time after that.
-                let on_its_tier = state
-                    .moved_at
-                    .is_none_or(|at| started >= at + rate_config.move_settle);
-                let counts = if !on_its_tier {
+                let counts = if state.settling_after_move(started, rate_config.move_settle) {
                     Counts::Unsettled
                 } else if started >= channel.tier.settled_at() {
                     Counts::Settled
@@ -1264,16 +1269,14 @@ impl Endpoint {
         // the old tier's loop. (Two round trips were not enough: a busy client can take longer
         // to read the Feedback, and one such NAK sets its frontier wrong; what the new tier
         // really misses is asked again after the settle.)
-        if let Some(moved_at) = state.moved_at {
-            let settle = self
-                .config
-                .adaptive
-                .as_ref()
-                .map_or(Duration::ZERO, |c| c.move_settle);
-            if now < moved_at + settle {
-                self.counters.naks_before_move += 1;
-                return;
-            }
+        let move_settle = self
+            .config
+            .adaptive
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.move_settle);
+        if state.settling_after_move(now, move_settle) {
+            self.counters.naks_before_move += 1;
+            return;
         }
         let channel = &self.channels[&state.channel];
         let loop_len = channel.info.loop_len;
