@@ -159,6 +159,7 @@ fn request(name: &str) -> Vec<u8> {
         request_id: 0x0102_0304_0506_0708,
         multicast_ok: true,
         name: name.into(),
+        hints: Default::default(),
     }
     .to_bytes()
 }

@@ -515,6 +515,7 @@ pub fn spoofed_requests_amplify_nothing() {
             request_id: id,
             multicast_ok: false,
             name: "big.bin".into(),
+            hints: Default::default(),
         }
         .to_bytes()
     };
@@ -670,6 +671,7 @@ fn attack_sessions(
                     request_id: next_id,
                     multicast_ok: false,
                     name: name.into(),
+                    hints: Default::default(),
                 };
                 let _ = socket.send_to(&request.to_bytes(), server);
                 *slot = Some(AttackSession {

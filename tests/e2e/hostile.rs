@@ -120,6 +120,7 @@ pub fn forged_flooding_and_out_of_range_naks_are_counted_and_bounded() {
         request_id: 42,
         multicast_ok: false,
         name: "small.bin".into(),
+        hints: Default::default(),
     };
     client.send_to(&request.to_bytes(), &server_addr).unwrap();
     let mut buffer = vec![0u8; 65_536];

@@ -284,6 +284,7 @@ fn flood(
                     request_id: next(),
                     multicast_ok: false,
                     name: "bench.bin".into(),
+                    hints: Default::default(),
                 }
                 .to_bytes(),
                 1 => ControlMessage::Status {

@@ -660,6 +660,7 @@ impl ClientSession {
                         request_id,
                         multicast_ok: self.config.multicast_ok,
                         name: self.config.name.clone(),
+                        hints: Default::default(),
                     });
                     self.state = State::Requesting {
                         request_id,

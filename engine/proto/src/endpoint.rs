@@ -625,6 +625,7 @@ impl Endpoint {
                 request_id,
                 multicast_ok,
                 name,
+                ..
             } => self.handle_request(now, from, len, request_id, multicast_ok, &name, files),
             ControlMessage::Joined {
                 session,
@@ -740,6 +741,7 @@ impl Endpoint {
             | ControlMessage::Sync { .. }
             | ControlMessage::NakHeard { .. }
             | ControlMessage::Feedback { .. }
+            | ControlMessage::Redirect { .. }
             | ControlMessage::Ended { .. } => {
                 self.counters.control_dropped += 1;
             }

@@ -14,6 +14,8 @@
 //! - [`endpoint`]: the server's session rules: requests, address validation, limits, NAK
 //!   budgets, expiry (R7–R10, R23).
 //! - [`client`]: the client's session rules: request, SYNC or fallback, status, recovery.
+//! - [`director`]: the traffic director's rules: server registry from heartbeats, expiry,
+//!   routing (R15-R17).
 //! - [`rng`]: the seeded random source the machines take instead of the OS's.
 //! - [`receiver`]: the client-side verified-have state (R9, R14).
 //! - [`nak`]: which serials went by without arriving, and when to ask for them (R10).
@@ -24,6 +26,7 @@ pub mod assemble;
 pub mod bitmap;
 pub mod carousel;
 pub mod client;
+pub mod director;
 pub mod endpoint;
 pub mod info;
 pub mod layout;

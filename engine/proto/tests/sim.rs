@@ -381,6 +381,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                     request_id: rng.next_u64(),
                     multicast_ok: false,
                     name: "sim.bin".into(),
+                    hints: Default::default(),
                 }
                 .to_bytes();
                 victim_sent_in_name += bytes.len() as u64;

@@ -21,6 +21,7 @@ fn request(id: u64, name: &str) -> Vec<u8> {
         request_id: id,
         multicast_ok: false,
         name: name.into(),
+        hints: Default::default(),
     }
     .to_bytes()
 }

@@ -59,6 +59,7 @@ fn request_bytes(id: u64, multicast_ok: bool, name: &str) -> Vec<u8> {
         request_id: id,
         multicast_ok,
         name: name.into(),
+        hints: Default::default(),
     }
     .to_bytes()
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{ParseError, Reader, Writer};
 use crate::carousel::SessionId;
-use crate::info::{FileInfo, INFO_LEN_MAX, NAME_LEN_MAX};
+use crate::info::{FileInfo, RootHash, INFO_LEN_MAX, NAME_LEN_MAX};
 use crate::wire::datagram::FileId;
 
 pub const CONTROL_MAGIC: [u8; 2] = *b"Lc";
@@ -131,6 +131,123 @@ impl RejectCode {
     }
 }
 
+/// Longest location label (a site or region name an operator chooses, R6/R16).
+pub const LOCATION_LEN_MAX: usize = 32;
+
+/// What a client tells a director (or a server) beyond the file's name, so the request is
+/// routed well (R16) and a resumed download goes on with the same bytes (R17). All optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestHints {
+    /// The root of what the client already holds: only a server with this root can continue it.
+    pub root: Option<RootHash>,
+    /// What the client's path delivered last (its measured throughput), 0 = unknown.
+    pub throughput_bits_per_s: u64,
+    /// The location the client prefers ("" = any).
+    pub location: String,
+    /// A server that just failed this client: route elsewhere if any other can serve.
+    pub avoid: Option<SocketAddr>,
+}
+
+impl RequestHints {
+    const ROOT: u8 = 1;
+    const THROUGHPUT: u8 = 2;
+    const LOCATION: u8 = 4;
+    const AVOID: u8 = 8;
+
+    fn emit(&self, w: &mut Writer<'_>) {
+        assert!(
+            self.location.len() <= LOCATION_LEN_MAX,
+            "location label too long"
+        );
+        let mut flags = 0;
+        if self.root.is_some() {
+            flags |= Self::ROOT;
+        }
+        if self.throughput_bits_per_s != 0 {
+            flags |= Self::THROUGHPUT;
+        }
+        if !self.location.is_empty() {
+            flags |= Self::LOCATION;
+        }
+        if self.avoid.is_some() {
+            flags |= Self::AVOID;
+        }
+        w.u8(flags);
+        if let Some(root) = self.root {
+            w.bytes(&root.0);
+        }
+        if self.throughput_bits_per_s != 0 {
+            w.u64(self.throughput_bits_per_s);
+        }
+        if !self.location.is_empty() {
+            w.short_string(&self.location);
+        }
+        if let Some(avoid) = self.avoid {
+            write_addr(w, avoid);
+        }
+    }
+
+    fn parse(r: &mut Reader<'_>) -> Result<RequestHints, ParseError> {
+        // A Request that ends after the name has no hints (its flags byte would be 0, like
+        // the padding).
+        if r.remaining() == 0 {
+            return Ok(RequestHints::default());
+        }
+        let flags = r.u8()?;
+        if flags & !(Self::ROOT | Self::THROUGHPUT | Self::LOCATION | Self::AVOID) != 0 {
+            return Err(ParseError::Malformed);
+        }
+        let mut hints = RequestHints::default();
+        if flags & Self::ROOT != 0 {
+            hints.root = Some(RootHash(r.array::<32>()?));
+        }
+        if flags & Self::THROUGHPUT != 0 {
+            hints.throughput_bits_per_s = r.u64()?;
+            if hints.throughput_bits_per_s == 0 {
+                return Err(ParseError::Malformed);
+            }
+        }
+        if flags & Self::LOCATION != 0 {
+            hints.location = r.short_string(LOCATION_LEN_MAX)?;
+            if hints.location.is_empty() {
+                return Err(ParseError::Malformed);
+            }
+        }
+        if flags & Self::AVOID != 0 {
+            hints.avoid = Some(read_addr(r)?);
+        }
+        Ok(hints)
+    }
+
+    /// Bytes of the hints a Request cannot do without (none when there are none: a flags
+    /// byte of 0 reads like the padding).
+    pub fn significant_len(&self) -> usize {
+        if *self == RequestHints::default() {
+            0
+        } else {
+            self.encoded_len()
+        }
+    }
+
+    /// Bytes `emit` writes.
+    pub fn encoded_len(&self) -> usize {
+        let mut len = 1;
+        if self.root.is_some() {
+            len += 32;
+        }
+        if self.throughput_bits_per_s != 0 {
+            len += 8;
+        }
+        if !self.location.is_empty() {
+            len += 1 + self.location.len();
+        }
+        if let Some(avoid) = self.avoid {
+            len += if avoid.is_ipv4() { 7 } else { 19 };
+        }
+        len
+    }
+}
+
 // An Offer carries the file info inline: messages are parsed one at a time, never stored in
 // bulk, so boxing it would only add an allocation per Offer.
 #[allow(clippy::large_enum_variant)]
@@ -141,7 +258,11 @@ pub enum ControlMessage {
         request_id: u64,
         multicast_ok: bool,
         name: String,
+        hints: RequestHints,
     },
+    /// Director (or a server without the file) → client (R7, R16): ask this server instead.
+    /// Never larger than the Request it answers.
+    Redirect { request_id: u64, server: SocketAddr },
     /// Server → client: the file exists; here is its info and the channel to listen on.
     Offer {
         request_id: u64,
@@ -248,9 +369,10 @@ mod kind {
     pub const ENDED: u8 = 10;
     pub const REPORT: u8 = 11;
     pub const FEEDBACK: u8 = 12;
+    pub const REDIRECT: u8 = 13;
 }
 
-fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
+pub(crate) fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
     match addr.ip() {
         IpAddr::V4(ip) => {
             w.u8(4);
@@ -264,7 +386,7 @@ fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
     w.u16(addr.port());
 }
 
-fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, ParseError> {
+pub(crate) fn read_addr(r: &mut Reader<'_>) -> Result<SocketAddr, ParseError> {
     let ip = match r.u8()? {
         4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
         6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
@@ -288,15 +410,22 @@ impl ControlMessage {
                 request_id,
                 multicast_ok,
                 name,
+                hints,
             } => {
                 assert!(name.len() <= NAME_LEN_MAX, "file name too long");
                 w.u8(kind::REQUEST);
                 w.u64(*request_id);
                 w.u8(u8::from(*multicast_ok));
                 w.short_string(name);
+                hints.emit(&mut w);
                 // Zero padding up to REQUEST_LEN_MIN (see there).
                 let written = w.out.len();
                 w.out.resize(written.max(REQUEST_LEN_MIN), 0);
+            }
+            ControlMessage::Redirect { request_id, server } => {
+                w.u8(kind::REDIRECT);
+                w.u64(*request_id);
+                write_addr(&mut w, *server);
             }
             ControlMessage::Offer {
                 request_id,
@@ -441,6 +570,7 @@ impl ControlMessage {
                     request_id: r.u64()?,
                     multicast_ok: read_bool(&mut r)?,
                     name: r.short_string(NAME_LEN_MAX)?,
+                    hints: RequestHints::parse(&mut r)?,
                 };
                 // Padding: zeros only.
                 let padding = r.take(r.remaining())?;
@@ -534,6 +664,10 @@ impl ControlMessage {
                     rate_bits_per_s: r.u64()?,
                 }
             }
+            kind::REDIRECT => ControlMessage::Redirect {
+                request_id: r.u64()?,
+                server: read_addr(&mut r)?,
+            },
             _ => return Err(ParseError::UnknownKind),
         };
         r.finish()?;
@@ -602,15 +736,41 @@ mod tests {
         proptest::collection::vec((0u32..u32::MAX / 2, 1u32..u32::MAX / 2), 1..=NAK_RANGES_MAX)
     }
 
+    fn any_hints() -> impl Strategy<Value = RequestHints> {
+        (
+            proptest::option::of(any::<[u8; 32]>()),
+            prop_oneof![Just(0u64), any::<u64>()],
+            "[a-z0-9-]{0,32}",
+            proptest::option::of(any_addr()),
+        )
+            .prop_map(
+                |(root, throughput_bits_per_s, location, avoid)| RequestHints {
+                    root: root.map(RootHash),
+                    throughput_bits_per_s,
+                    location,
+                    avoid,
+                },
+            )
+    }
+
     fn any_message() -> impl Strategy<Value = ControlMessage> {
         prop_oneof![
-            (any::<u64>(), any::<bool>(), "[a-z0-9._-]{0,128}").prop_map(
-                |(request_id, multicast_ok, name)| ControlMessage::Request {
-                    request_id,
-                    multicast_ok,
-                    name
-                }
-            ),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                "[a-z0-9._-]{0,128}",
+                any_hints()
+            )
+                .prop_map(|(request_id, multicast_ok, name, hints)| {
+                    ControlMessage::Request {
+                        request_id,
+                        multicast_ok,
+                        name,
+                        hints,
+                    }
+                }),
+            (any::<u64>(), any_addr())
+                .prop_map(|(request_id, server)| ControlMessage::Redirect { request_id, server }),
             (
                 any::<u64>(),
                 any::<u64>(),
@@ -730,7 +890,9 @@ mod tests {
             let bytes = message.to_bytes();
             // A Request's zero padding may be cut without changing what it says.
             let body_len = match &message {
-                ControlMessage::Request { name, .. } => 4 + 8 + 1 + 1 + name.len(),
+                ControlMessage::Request { name, hints, .. } => {
+                    4 + 8 + 1 + 1 + name.len() + hints.significant_len()
+                }
                 _ => bytes.len(),
             };
             let cut = cut % body_len;
@@ -753,8 +915,8 @@ mod tests {
         let again = message.to_bytes();
         match message {
             // A Request's zero padding may be any length: the body re-emits byte for byte.
-            ControlMessage::Request { name, .. } => {
-                let body = 14 + name.len();
+            ControlMessage::Request { name, hints, .. } => {
+                let body = 14 + name.len() + hints.significant_len();
                 prop_assert_eq!(&again[..body], &bytes[..body], "re-emits byte for byte");
             }
             _ => prop_assert_eq!(&again[..], bytes, "re-emits byte for byte"),
@@ -762,7 +924,10 @@ mod tests {
         prop_assert!(again.len() <= CONTROL_LEN_MAX);
         prop_assert_eq!(ControlMessage::parse(&again), Ok(message.clone()));
         match message {
-            ControlMessage::Request { name, .. } => prop_assert!(name.len() <= NAME_LEN_MAX),
+            ControlMessage::Request { name, hints, .. } => {
+                prop_assert!(name.len() <= NAME_LEN_MAX);
+                prop_assert!(hints.location.len() <= LOCATION_LEN_MAX);
+            }
             ControlMessage::Reject { message, .. } => {
                 prop_assert!(message.len() <= REJECT_MESSAGE_LEN_MAX)
             }

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod datagram;
+pub mod fleet;
 
 /// Why a buffer was not accepted as a packet. Every variant is a counted drop in drivers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

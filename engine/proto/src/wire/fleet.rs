@@ -1,0 +1,467 @@
+//! Fleet messages (R15): a distribution server's heartbeat to every director.
+//!
+//! ```text
+//!  "Lf" version:u8 kind:u8(1 = heartbeat)
+//!  server_id:u64 incarnation:u64 sequence:u64 sent_at_unix_ms:u64 interval_ms:u32 state:u8
+//!  request_addr:addr location:short_string
+//!  sessions:u32 sessions_max:u32 channels:u32 rate_bits_per_s:u64 rate_bits_per_s_max:u64
+//!  catalog_digest:[32] page:u16 pages:u16 count:u16 { name:short_string root:[32] bytes:u64 }*
+//!  mac:[32]
+//! ```
+//! The MAC is keyed BLAKE3 over every byte before it, under a key derived from the fleet
+//! secret for heartbeats only: a host without the secret cannot register a server, and a
+//! changed byte is a counted drop. Freshness (a replayed heartbeat) is the director's rule
+//! (`director::Director`): `(incarnation, sequence)` must grow and `sent_at_unix_ms` be near its
+//! clock. A server's catalog may not fit one datagram: each heartbeat carries one page of it, in
+//! turn, and the digest of the whole, so a director knows when it holds all of one version.
+
+use std::net::SocketAddr;
+
+use super::control::{read_addr, write_addr, LOCATION_LEN_MAX};
+use super::{ParseError, Reader, Writer};
+use crate::info::{RootHash, NAME_LEN_MAX};
+
+pub const FLEET_MAGIC: [u8; 2] = *b"Lf";
+pub const FLEET_VERSION: u8 = 1;
+/// A heartbeat fits one datagram on a path with a 1500-byte MTU.
+pub const HEARTBEAT_LEN_MAX: usize = 1400;
+/// Pages of one catalog, at most (a director keeps this many per server while assembling).
+pub const CATALOG_PAGES_MAX: usize = 1024;
+const MAC_LEN: usize = 32;
+const KIND_HEARTBEAT: u8 = 1;
+/// Every field before the catalog entries, with the longest address and location, and the MAC.
+const HEARTBEAT_FIXED_LEN_MAX: usize =
+    4 + 8 * 4 + 4 + 1 + 19 + 1 + LOCATION_LEN_MAX + 4 * 3 + 8 * 2 + 32 + 2 * 3 + MAC_LEN;
+const ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX + 32 + 8;
+const _: () = assert!(HEARTBEAT_FIXED_LEN_MAX + ENTRY_LEN_MAX <= HEARTBEAT_LEN_MAX);
+
+/// The key heartbeats are authenticated with, derived from the fleet's shared secret (a file
+/// only the fleet's daemons can read). Never sent.
+#[derive(Clone)]
+pub struct FleetKey([u8; 32]);
+
+impl FleetKey {
+    /// At least 16 bytes of secret (e.g. 32 random bytes, hex, in a 0600 file).
+    pub fn from_secret(secret: &[u8]) -> Option<FleetKey> {
+        if secret.len() < 16 {
+            return None;
+        }
+        let mut hasher = blake3::Hasher::new_derive_key("loopcast 2026-11 fleet heartbeat v1");
+        hasher.update(secret);
+        Some(FleetKey(*hasher.finalize().as_bytes()))
+    }
+
+    fn mac(&self, bytes: &[u8]) -> blake3::Hash {
+        blake3::keyed_hash(&self.0, bytes)
+    }
+}
+
+impl core::fmt::Debug for FleetKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("FleetKey(..)")
+    }
+}
+
+/// What a server says of itself: directors route only to `Online` servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerState {
+    Online,
+    /// Finishing its clients; new ones go elsewhere (`loopcastctl drain`).
+    Draining,
+    /// Shutting down: its clients are asked to go elsewhere.
+    Stopping,
+}
+
+impl ServerState {
+    fn to_byte(self) -> u8 {
+        match self {
+            ServerState::Online => 1,
+            ServerState::Draining => 2,
+            ServerState::Stopping => 3,
+        }
+    }
+    fn from_byte(byte: u8) -> Result<ServerState, ParseError> {
+        match byte {
+            1 => Ok(ServerState::Online),
+            2 => Ok(ServerState::Draining),
+            3 => Ok(ServerState::Stopping),
+            _ => Err(ParseError::Malformed),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerState::Online => "online",
+            ServerState::Draining => "draining",
+            ServerState::Stopping => "stopping",
+        }
+    }
+}
+
+/// One file a server holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub root: RootHash,
+    /// The original file's size.
+    pub bytes: u64,
+}
+
+impl CatalogEntry {
+    fn encoded_len(&self) -> usize {
+        1 + self.name.len() + 32 + 8
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Random per server process.
+    pub server_id: u64,
+    /// The process's start (Unix ms): a restarted server's heartbeats outrank the old ones.
+    pub incarnation: u64,
+    /// Grows by one per heartbeat of this incarnation.
+    pub sequence: u64,
+    pub sent_at_unix_ms: u64,
+    /// How often this server sends (a director expires it after a few missed).
+    pub interval_ms: u32,
+    pub state: ServerState,
+    /// Where clients send their Requests.
+    pub request_addr: SocketAddr,
+    pub location: String,
+    pub sessions: u32,
+    pub sessions_max: u32,
+    pub channels: u32,
+    /// Sum of the channels' rates now, and what the server may send in all (0 = not set).
+    pub rate_bits_per_s: u64,
+    pub rate_bits_per_s_max: u64,
+    /// BLAKE3 of the whole catalog (see [`catalog_pages`]).
+    pub catalog_digest: [u8; 32],
+    pub page: u16,
+    pub pages: u16,
+    pub entries: Vec<CatalogEntry>,
+}
+
+impl Heartbeat {
+    /// Appends the heartbeat and its MAC to `out`.
+    pub fn emit(&self, key: &FleetKey, out: &mut Vec<u8>) {
+        assert!(self.location.len() <= LOCATION_LEN_MAX, "location too long");
+        assert!(
+            self.page < self.pages,
+            "page {} of {}",
+            self.page,
+            self.pages
+        );
+        let start = out.len();
+        let mut w = Writer { out };
+        w.bytes(&FLEET_MAGIC);
+        w.u8(FLEET_VERSION);
+        w.u8(KIND_HEARTBEAT);
+        w.u64(self.server_id);
+        w.u64(self.incarnation);
+        w.u64(self.sequence);
+        w.u64(self.sent_at_unix_ms);
+        w.u32(self.interval_ms);
+        w.u8(self.state.to_byte());
+        write_addr(&mut w, self.request_addr);
+        w.short_string(&self.location);
+        w.u32(self.sessions);
+        w.u32(self.sessions_max);
+        w.u32(self.channels);
+        w.u64(self.rate_bits_per_s);
+        w.u64(self.rate_bits_per_s_max);
+        w.bytes(&self.catalog_digest);
+        w.u16(self.page);
+        w.u16(self.pages);
+        w.u16(u16::try_from(self.entries.len()).expect("a page is bounded by the datagram"));
+        for entry in &self.entries {
+            assert!(entry.name.len() <= NAME_LEN_MAX, "file name too long");
+            w.short_string(&entry.name);
+            w.bytes(&entry.root.0);
+            w.u64(entry.bytes);
+        }
+        let mac = key.mac(&w.out[start..]);
+        w.bytes(mac.as_bytes());
+        assert!(
+            w.out.len() - start <= HEARTBEAT_LEN_MAX,
+            "heartbeat of {} bytes (pages are cut to fit)",
+            w.out.len() - start
+        );
+    }
+
+    pub fn to_bytes(&self, key: &FleetKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEARTBEAT_LEN_MAX);
+        self.emit(key, &mut out);
+        out
+    }
+
+    /// True if `bytes` starts like a fleet message (not a client's control message).
+    pub fn is_fleet(bytes: &[u8]) -> bool {
+        bytes.len() >= 2 && bytes[..2] == FLEET_MAGIC
+    }
+
+    /// Parses untrusted bytes: the MAC is checked before any field is read.
+    pub fn parse(bytes: &[u8], key: &FleetKey) -> Result<Heartbeat, FleetParseError> {
+        if bytes.len() > HEARTBEAT_LEN_MAX || bytes.len() < 4 + MAC_LEN {
+            return Err(FleetParseError::Wire(ParseError::Truncated));
+        }
+        if bytes[..2] != FLEET_MAGIC {
+            return Err(FleetParseError::Wire(ParseError::BadMagic));
+        }
+        if bytes[2] != FLEET_VERSION {
+            return Err(FleetParseError::Wire(ParseError::BadVersion));
+        }
+        let (body, mac) = bytes.split_at(bytes.len() - MAC_LEN);
+        let mac: [u8; MAC_LEN] = mac.try_into().expect("split at MAC_LEN");
+        // blake3::Hash compares in constant time.
+        if key.mac(body) != blake3::Hash::from(mac) {
+            return Err(FleetParseError::BadMac);
+        }
+        Self::parse_body(body).map_err(FleetParseError::Wire)
+    }
+
+    fn parse_body(body: &[u8]) -> Result<Heartbeat, ParseError> {
+        let mut r = Reader::new(body);
+        r.take(3)?; // magic and version, checked by the caller
+        if r.u8()? != KIND_HEARTBEAT {
+            return Err(ParseError::UnknownKind);
+        }
+        let server_id = r.u64()?;
+        let incarnation = r.u64()?;
+        let sequence = r.u64()?;
+        let sent_at_unix_ms = r.u64()?;
+        let interval_ms = r.u32()?;
+        let state = ServerState::from_byte(r.u8()?)?;
+        let request_addr = read_addr(&mut r)?;
+        let location = r.short_string(LOCATION_LEN_MAX)?;
+        let sessions = r.u32()?;
+        let sessions_max = r.u32()?;
+        let channels = r.u32()?;
+        let rate_bits_per_s = r.u64()?;
+        let rate_bits_per_s_max = r.u64()?;
+        let catalog_digest = r.array::<32>()?;
+        let page = r.u16()?;
+        let pages = r.u16()?;
+        if page >= pages || usize::from(pages) > CATALOG_PAGES_MAX {
+            return Err(ParseError::Malformed);
+        }
+        let count = usize::from(r.u16()?);
+        // Each entry takes at least 41 bytes: a count the body cannot hold is malformed
+        // before anything is allocated for it.
+        if count > r.remaining() / 41 {
+            return Err(ParseError::Malformed);
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(CatalogEntry {
+                name: r.short_string(NAME_LEN_MAX)?,
+                root: RootHash(r.array::<32>()?),
+                bytes: r.u64()?,
+            });
+        }
+        r.finish()?;
+        Ok(Heartbeat {
+            server_id,
+            incarnation,
+            sequence,
+            sent_at_unix_ms,
+            interval_ms,
+            state,
+            request_addr,
+            location,
+            sessions,
+            sessions_max,
+            channels,
+            rate_bits_per_s,
+            rate_bits_per_s_max,
+            catalog_digest,
+            page,
+            pages,
+            entries,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FleetParseError {
+    /// Not made with the fleet's key (or changed on the way): a stranger or a forger.
+    BadMac,
+    Wire(ParseError),
+}
+
+impl core::fmt::Display for FleetParseError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            FleetParseError::BadMac => f.write_str("not authenticated by the fleet key"),
+            FleetParseError::Wire(error) => error.fmt(f),
+        }
+    }
+}
+
+/// The digest of a whole catalog: BLAKE3 over its entries in order.
+pub fn catalog_digest(entries: &[CatalogEntry]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new();
+    for entry in entries {
+        hasher.update(&[entry.name.len() as u8]);
+        hasher.update(entry.name.as_bytes());
+        hasher.update(&entry.root.0);
+        hasher.update(&entry.bytes.to_be_bytes());
+    }
+    *hasher.finalize().as_bytes()
+}
+
+/// Cuts a catalog into pages that each fit one heartbeat (at least one page, possibly empty),
+/// at most [`CATALOG_PAGES_MAX`]: entries past that are left out (and logged by the caller).
+pub fn catalog_pages(entries: &[CatalogEntry]) -> Vec<Vec<CatalogEntry>> {
+    let budget = HEARTBEAT_LEN_MAX - HEARTBEAT_FIXED_LEN_MAX;
+    let mut pages = vec![Vec::new()];
+    let mut used = 0;
+    for entry in entries {
+        let len = entry.encoded_len();
+        if used + len > budget {
+            if pages.len() == CATALOG_PAGES_MAX {
+                break;
+            }
+            pages.push(Vec::new());
+            used = 0;
+        }
+        pages
+            .last_mut()
+            .expect("at least one page")
+            .push(entry.clone());
+        used += len;
+    }
+    pages
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{hostile_bytes, parser_config};
+    use proptest::prelude::*;
+
+    fn key() -> FleetKey {
+        FleetKey::from_secret(b"sixteen bytes or more of fleet secret").unwrap()
+    }
+
+    fn any_entry() -> impl Strategy<Value = CatalogEntry> {
+        ("[a-z0-9._-]{1,128}", any::<[u8; 32]>(), any::<u64>()).prop_map(|(name, root, bytes)| {
+            CatalogEntry {
+                name,
+                root: RootHash(root),
+                bytes,
+            }
+        })
+    }
+
+    fn any_heartbeat() -> impl Strategy<Value = Heartbeat> {
+        (
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+            (any::<u32>(), 1u8..=3, any::<[u8; 4]>(), any::<u16>()),
+            "[a-z0-9-]{0,32}",
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+            ),
+            proptest::collection::vec(any_entry(), 0..40),
+        )
+            .prop_map(
+                |(ids, (interval_ms, state, ip, port), location, load, entries)| {
+                    let digest = catalog_digest(&entries);
+                    let pages = catalog_pages(&entries);
+                    Heartbeat {
+                        server_id: ids.0,
+                        incarnation: ids.1,
+                        sequence: ids.2,
+                        sent_at_unix_ms: ids.3,
+                        interval_ms,
+                        state: ServerState::from_byte(state).unwrap(),
+                        request_addr: SocketAddr::from((ip, port)),
+                        location,
+                        sessions: load.0,
+                        sessions_max: load.1,
+                        channels: load.2,
+                        rate_bits_per_s: load.3,
+                        rate_bits_per_s_max: load.4,
+                        catalog_digest: digest,
+                        page: (pages.len() - 1) as u16,
+                        pages: pages.len() as u16,
+                        entries: pages.last().unwrap().clone(),
+                    }
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn heartbeats_round_trip_and_fit_a_datagram(heartbeat in any_heartbeat()) {
+            let bytes = heartbeat.to_bytes(&key());
+            prop_assert!(bytes.len() <= HEARTBEAT_LEN_MAX);
+            prop_assert_eq!(Heartbeat::parse(&bytes, &key()), Ok(heartbeat));
+        }
+
+        #[test]
+        fn any_changed_byte_or_another_key_is_refused(
+            heartbeat in any_heartbeat(),
+            at in any::<usize>(),
+            flip in 1u8..=255,
+        ) {
+            let mut bytes = heartbeat.to_bytes(&key());
+            let other = FleetKey::from_secret(b"another fleet's secret, 16+ bytes").unwrap();
+            prop_assert_eq!(Heartbeat::parse(&bytes, &other), Err(FleetParseError::BadMac));
+            let at = at % bytes.len();
+            bytes[at] ^= flip;
+            prop_assert!(Heartbeat::parse(&bytes, &key()).is_err());
+        }
+
+        #[test]
+        fn truncated_heartbeats_never_parse(heartbeat in any_heartbeat(), cut in any::<usize>()) {
+            let bytes = heartbeat.to_bytes(&key());
+            prop_assert!(Heartbeat::parse(&bytes[..cut % bytes.len()], &key()).is_err());
+        }
+
+        #[test]
+        fn a_catalog_is_cut_into_pages_that_fit_and_keep_every_entry(
+            entries in proptest::collection::vec(any_entry(), 0..200)
+        ) {
+            let pages = catalog_pages(&entries);
+            prop_assert!(!pages.is_empty());
+            let joined: Vec<CatalogEntry> = pages.iter().flatten().cloned().collect();
+            prop_assert_eq!(&joined, &entries);
+            for (index, page) in pages.iter().enumerate() {
+                let heartbeat = Heartbeat {
+                    server_id: 1, incarnation: 1, sequence: 1, sent_at_unix_ms: 1,
+                    interval_ms: 250, state: ServerState::Online,
+                    request_addr: "[::1]:1".parse().unwrap(), location: "x".repeat(32),
+                    sessions: 0, sessions_max: 0, channels: 0, rate_bits_per_s: 0,
+                    rate_bits_per_s_max: 0, catalog_digest: catalog_digest(&entries),
+                    page: index as u16, pages: pages.len() as u16, entries: page.clone(),
+                };
+                prop_assert!(heartbeat.to_bytes(&key()).len() <= HEARTBEAT_LEN_MAX);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(parser_config())]
+
+        /// Garbage, even behind a valid MAC (a fleet member with a bug), is a clean error.
+        #[test]
+        fn garbage_never_panics(bytes in hostile_bytes(b"Lf\x01\x01", HEARTBEAT_LEN_MAX + 8)) {
+            let _ = Heartbeat::parse(&bytes, &key());
+            if bytes.len() >= 4 && bytes.len() + MAC_LEN <= HEARTBEAT_LEN_MAX {
+                let mut signed = bytes.clone();
+                signed.extend_from_slice(key().mac(&bytes).as_bytes());
+                if let Ok(heartbeat) = Heartbeat::parse(&signed, &key()) {
+                    prop_assert_eq!(heartbeat.to_bytes(&key()), signed);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        assert!(FleetKey::from_secret(b"too short").is_none());
+    }
+}
