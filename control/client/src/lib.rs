@@ -289,8 +289,8 @@ pub fn get_following(
     let mut control_nonblocking = false;
     let mut resumed_datagrams = 0;
     let send_all = |session: &mut ClientSession| {
-        while let Some(bytes) = session.poll_transmit() {
-            let _ = control.send_to(&bytes, config.server);
+        while let Some((to, bytes)) = session.poll_transmit() {
+            let _ = control.send_to(&bytes, to);
         }
     };
     loop {
@@ -404,7 +404,7 @@ pub fn get_following(
                     if let Some(download) = download.as_mut() {
                         download.save()?;
                         return Err(ClientError::ServerLost {
-                            server: config.server,
+                            server: session.peer(),
                             seconds: config.stall_timeout.max(config.request_timeout).as_secs(),
                             held: download.receiver.have().count_ones(),
                             total: download.receiver.shape().loop_len(),
@@ -524,7 +524,7 @@ pub fn get_following(
             None => download.receive_batch(
                 &mut control_inbox,
                 &control,
-                Some(config.server),
+                Some(session.peer()),
                 &mut session,
             )?,
         };

@@ -9,6 +9,12 @@
 //!          this session is on; another channel ──▶ Moved (the driver switches group) (R11, R12)
 //!  Ended{..} from the server, or no data for `silence_rerequest` ──▶ Requesting again (new id);
 //!  the driver keeps its bitmap, so the download continues where it was.
+//!  Fleet (R16, R17): a Request goes to the entry points in turn (directors or servers, one
+//!  per retry); a Redirect from one of them names the server to ask (at most
+//!  `REDIRECTS_MAX` in a row). Reached through a fleet, a server silent for
+//!  `failover_silence` (no datagram, no reply) is given up: the next Request goes to the entry
+//!  points again, naming that server as failed and the root held, so a director sends the
+//!  client to another server with the same bytes, and the download continues from its bitmap.
 //! ```
 //! The driver owns sockets, files and the receiver; it tells the session what arrived
 //! (`handle_control` for the server's replies, `handle_sync`, `handle_data`), what it holds
@@ -25,12 +31,21 @@ use crate::rate::{LossMeter, SLOW_START_STEP_MIN};
 use crate::receiver::Outcome;
 use crate::rng::SeededRng;
 use crate::time::Instant;
-use crate::wire::control::{ControlMessage, EndReason, RejectCode, Token, Transport};
+use crate::wire::control::{ControlMessage, EndReason, RejectCode, RequestHints, Token, Transport};
 use crate::wire::datagram::{DatagramHeader, FileId};
 
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
+    /// The first address to ask: a server or a director.
     pub server: SocketAddr,
+    /// More addresses to ask, in turn, when one does not answer (directors or servers that
+    /// hold the same file, R18).
+    pub alternates: Vec<SocketAddr>,
+    /// The location the client prefers (R16), "" = any.
+    pub location: String,
+    /// Reached through a fleet (a redirect, or alternates given): a server silent this long
+    /// (no datagram and no reply) has failed; ask the entry points for another (R17).
+    pub failover_silence: Duration,
     pub name: String,
     pub multicast_ok: bool,
     pub request_retry: Duration,
@@ -55,6 +70,9 @@ impl ClientConfig {
     pub fn new(server: SocketAddr, name: &str) -> ClientConfig {
         ClientConfig {
             server,
+            alternates: Vec::new(),
+            location: String::new(),
+            failover_silence: Duration::from_millis(800),
             name: name.to_owned(),
             multicast_ok: true,
             request_retry: Duration::from_millis(500),
@@ -126,6 +144,11 @@ const PROBE_REPORT_DATAGRAMS: u64 = 256;
 const DEFAULT_DATAGRAM_BITS: u64 = 1440 * 8;
 /// Reports whose echo is still awaited, at most (older ones give no round-trip sample).
 const OUTSTANDING_REPORTS: usize = 8;
+/// Redirects followed for one request, at most (a loop of redirects ends here).
+pub const REDIRECTS_MAX: u8 = 4;
+/// Requests sent to a redirect's server without an answer before the entry points are asked
+/// again (naming it as failed).
+const REDIRECTED_SENDS_MAX: u8 = 2;
 
 #[derive(Clone, Debug)]
 enum State {
@@ -133,6 +156,10 @@ enum State {
         request_id: u64,
         next_send: Instant,
         give_up_at: Instant,
+        /// Requests sent to the entry points so far (the next goes to entry `attempt % n`).
+        attempt: u32,
+        /// A redirect's server, the redirects followed, and Requests sent to it.
+        redirected: Option<(SocketAddr, u8, u8)>,
     },
     Syncing {
         session: SessionId,
@@ -148,6 +175,8 @@ enum State {
         /// Re-send Joined at this instant until data arrives.
         next_joined: Option<Instant>,
         last_data: Instant,
+        /// The last control datagram from the server (Feedback, Ended, ...).
+        last_reply: Instant,
         next_report: Instant,
     },
     Finished,
@@ -159,7 +188,15 @@ pub struct ClientSession {
     state: State,
     held: u32,
     loop_len: u32,
-    transmits: VecDeque<Vec<u8>>,
+    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// The server of the current session (or the address of the last Request).
+    peer: SocketAddr,
+    /// The session was reached through a fleet: failover on silence (R17).
+    fleet: bool,
+    /// What the next Request says beyond the name (root held, throughput, location, avoid).
+    hints: RequestHints,
+    /// Servers given up after silence.
+    failovers: u64,
     events: VecDeque<ClientEvent>,
     /// Control datagrams not from the server, or not about this session: counted drops.
     dropped: u64,
@@ -189,13 +226,23 @@ impl ClientSession {
     pub fn new(config: ClientConfig, mut rng: SeededRng, now: Instant) -> ClientSession {
         let request_id = rng.next_u64();
         let give_up_at = now + config.request_timeout;
+        let hints = RequestHints {
+            location: config.location.clone(),
+            ..RequestHints::default()
+        };
         ClientSession {
+            peer: config.server,
+            fleet: !config.alternates.is_empty(),
+            hints,
+            failovers: 0,
             config,
             rng,
             state: State::Requesting {
                 request_id,
                 next_send: now,
                 give_up_at,
+                attempt: 0,
+                redirected: None,
             },
             held: 0,
             loop_len: 0,
@@ -293,8 +340,30 @@ impl ClientSession {
         }
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    /// The next control datagram and where it goes.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
         self.transmits.pop_front()
+    }
+
+    /// The server of the current session: unicast data is accepted from its host only.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Servers this session gave up after silence and replaced through the fleet (R17).
+    pub fn failovers(&self) -> u64 {
+        self.failovers
+    }
+
+    /// Every address a Request may go to first: the configured server and alternates.
+    fn entry_points(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        std::iter::once(self.config.server).chain(self.config.alternates.iter().copied())
+    }
+
+    fn entry_point(&self, attempt: u32) -> SocketAddr {
+        let count = 1 + self.config.alternates.len();
+        let index = attempt as usize % count;
+        self.entry_points().nth(index).expect("index below count")
     }
 
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
@@ -307,8 +376,9 @@ impl ClientSession {
         self.loop_len = loop_len;
     }
 
+    /// To the server of the session.
     fn send(&mut self, message: &ControlMessage) {
-        self.transmits.push_back(message.to_bytes());
+        self.transmits.push_back((self.peer, message.to_bytes()));
     }
 
     fn request_again(&mut self, now: Instant, reason: String) {
@@ -318,14 +388,29 @@ impl ClientSession {
             request_id,
             next_send: now,
             give_up_at: now + self.config.rerequest_timeout,
+            attempt: 0,
+            redirected: None,
         };
         self.events.push_back(ClientEvent::SessionLost { reason });
         self.handle_timeout(now);
     }
 
+    /// Who may answer now: while requesting, any entry point or the redirect's server; once
+    /// offered, the session's server alone.
+    fn may_answer(&self, from: SocketAddr) -> bool {
+        match &self.state {
+            State::Requesting { redirected, .. } => {
+                redirected.is_some_and(|(server, _, _)| server == from)
+                    || self.entry_points().any(|entry| entry == from)
+            }
+            State::Syncing { .. } | State::Joined { .. } => from == self.peer,
+            State::Finished => false,
+        }
+    }
+
     /// A control datagram from `from` on the client's control socket.
     pub fn handle_control(&mut self, now: Instant, from: SocketAddr, bytes: &[u8]) {
-        if from != self.config.server {
+        if !self.may_answer(from) {
             self.dropped += 1;
             return;
         }
@@ -333,7 +418,39 @@ impl ClientSession {
             self.dropped += 1;
             return;
         };
+        if let State::Joined { last_reply, .. } = &mut self.state {
+            *last_reply = (*last_reply).max(now);
+        }
         match (&self.state, message) {
+            (
+                State::Requesting {
+                    request_id,
+                    give_up_at,
+                    attempt,
+                    redirected,
+                    ..
+                },
+                ControlMessage::Redirect {
+                    request_id: id,
+                    server,
+                },
+            ) if id == *request_id => {
+                let followed = redirected.map_or(0, |(_, followed, _)| followed);
+                if followed >= REDIRECTS_MAX {
+                    self.dropped += 1;
+                    return;
+                }
+                // R16: ask the server the director chose, now.
+                self.fleet = true;
+                self.state = State::Requesting {
+                    request_id: *request_id,
+                    next_send: now,
+                    give_up_at: *give_up_at,
+                    attempt: *attempt,
+                    redirected: Some((server, followed + 1, 0)),
+                };
+                self.handle_timeout(now);
+            }
             (
                 State::Requesting { request_id, .. },
                 ControlMessage::Offer {
@@ -347,6 +464,9 @@ impl ClientSession {
                 },
             ) if id == *request_id => {
                 let file_id = info.file_id;
+                self.peer = from;
+                self.hints.root = Some(info.root());
+                self.hints.avoid = None;
                 self.meter = LossMeter::new(info.loop_len);
                 self.datagram_bits = u64::from(info.datagram_size.max(1)) * 8;
                 self.tier = Some(TierInfo {
@@ -403,7 +523,14 @@ impl ClientSession {
                     EndReason::UnknownSession => {
                         "the server does not know our session (restarted or expired)".to_owned()
                     }
-                    other => other.to_string(),
+                    other => {
+                        // Shutting down, or its copy of the file is bad: in a fleet, another
+                        // server continues (R17).
+                        if self.fleet {
+                            self.hints.avoid = Some(self.peer);
+                        }
+                        other.to_string()
+                    }
                 };
                 self.request_again(now, reason);
             }
@@ -540,6 +667,7 @@ impl ClientSession {
             next_status: now + self.config.status_interval,
             next_joined: Some(now + self.config.joined_retry),
             last_data: now,
+            last_reply: now,
             next_report: now + self.report_interval(),
         };
         self.meter.take();
@@ -649,6 +777,8 @@ impl ClientSession {
                 request_id,
                 next_send,
                 give_up_at,
+                mut attempt,
+                mut redirected,
             } => {
                 if now >= give_up_at {
                     self.state = State::Finished;
@@ -656,16 +786,37 @@ impl ClientSession {
                     return;
                 }
                 if now >= next_send {
+                    let to = match redirected {
+                        Some((server, followed, sent)) if sent < REDIRECTED_SENDS_MAX => {
+                            redirected = Some((server, followed, sent + 1));
+                            server
+                        }
+                        Some((server, ..)) => {
+                            // The server a director chose does not answer: ask again,
+                            // naming it, so the next choice is another.
+                            self.hints.avoid = Some(server);
+                            redirected = None;
+                            attempt += 1;
+                            self.entry_point(attempt - 1)
+                        }
+                        None => {
+                            attempt += 1;
+                            self.entry_point(attempt - 1)
+                        }
+                    };
+                    self.peer = to;
                     self.send(&ControlMessage::Request {
                         request_id,
                         multicast_ok: self.config.multicast_ok,
                         name: self.config.name.clone(),
-                        hints: Default::default(),
+                        hints: self.hints.clone(),
                     });
                     self.state = State::Requesting {
                         request_id,
                         next_send: now + self.config.request_retry,
                         give_up_at,
+                        attempt,
+                        redirected,
                     };
                 }
             }
@@ -694,8 +845,22 @@ impl ClientSession {
                 next_status,
                 next_joined,
                 last_data,
+                last_reply,
                 next_report,
             } => {
+                let heard = last_data.max(last_reply);
+                if self.fleet && now.saturating_since(heard) >= self.config.failover_silence {
+                    // R17: the server stopped; another with the same root continues.
+                    let silent = self.config.failover_silence.as_secs_f64();
+                    let server = self.peer;
+                    self.failovers += 1;
+                    self.hints.avoid = Some(server);
+                    self.request_again(
+                        now,
+                        format!("{server} silent for {silent:.1} s; asking the fleet for another server"),
+                    );
+                    return;
+                }
                 if now.saturating_since(last_data) >= self.config.silence_rerequest {
                     let silent = self.config.silence_rerequest.as_secs_f64();
                     self.request_again(now, format!("no data for {silent:.1} s; asking again"));
@@ -747,10 +912,15 @@ impl ClientSession {
                 next_status,
                 next_joined,
                 last_data,
+                last_reply,
                 next_report,
                 ..
             } => {
-                let silence = *last_data + self.config.silence_rerequest;
+                let mut silence = *last_data + self.config.silence_rerequest;
+                if self.fleet {
+                    silence =
+                        silence.min((*last_data).max(*last_reply) + self.config.failover_silence);
+                }
                 Some(
                     next_joined
                         .map_or(*next_status, |j| j.min(*next_status))
@@ -766,6 +936,12 @@ impl ClientSession {
     fn send_report(&mut self, now: Instant, session: SessionId) {
         let (received, lost) = self.meter.take();
         let interval = now.saturating_since(self.last_report);
+        // What the path delivered: it travels with the client to its next routing (R12, R16).
+        if received > 0 && !interval.is_zero() {
+            let bits = u64::from(received) * self.datagram_bits;
+            self.hints.throughput_bits_per_s =
+                (bits as f64 / interval.as_secs_f64()).min(u64::MAX as f64) as u64;
+        }
         self.last_report = now;
         let sent_at_us = (now.as_nanos() / 1_000) as u32;
         if self.outstanding.len() >= OUTSTANDING_REPORTS {

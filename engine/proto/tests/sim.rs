@@ -451,11 +451,16 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 }
             }
             client.session.handle_timeout(now);
-            while let Some(bytes) = client.session.poll_transmit() {
+            while let Some((to, bytes)) = client.session.poll_transmit() {
+                assert_eq!(
+                    to,
+                    server_address(),
+                    "one server: every datagram goes to it"
+                );
                 if captured.len() < 64 {
                     captured.push(bytes.clone());
                 }
-                network.send(now, client.address, server_address(), bytes);
+                network.send(now, client.address, to, bytes);
             }
             while let Some(event) = client.session.poll_event() {
                 match event {
@@ -681,8 +686,8 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 client.published = true;
                 finished_at[clients_index(&client.address)] = now.saturating_since(Instant::ZERO);
                 client.session.complete(now);
-                while let Some(bytes) = client.session.poll_transmit() {
-                    network.send(now, client.address, server_address(), bytes);
+                while let Some((to, bytes)) = client.session.poll_transmit() {
+                    network.send(now, client.address, to, bytes);
                 }
             } else {
                 client.serials_naked += client.nak.as_ref().map_or(0, |n| n.serials_naked());

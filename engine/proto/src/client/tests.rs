@@ -22,7 +22,8 @@ fn session() -> ClientSession {
 
 fn sent(client: &mut ClientSession) -> Vec<ControlMessage> {
     let mut out = Vec::new();
-    while let Some(bytes) = client.poll_transmit() {
+    while let Some((to, bytes)) = client.poll_transmit() {
+        assert_eq!(to, server(), "one server configured: everything goes to it");
         out.push(ControlMessage::parse(&bytes).unwrap());
     }
     out
@@ -46,6 +47,10 @@ fn request_id(messages: &[ControlMessage]) -> u64 {
         .expect("a Request")
 }
 
+fn offer_info() -> crate::info::FileInfo {
+    sample_info(10_000, DATAGRAM_SIZE_MTU_1500, 2)
+}
+
 fn offer(request_id: u64, transport: Transport) -> Vec<u8> {
     ControlMessage::Offer {
         request_id,
@@ -54,7 +59,7 @@ fn offer(request_id: u64, transport: Transport) -> Vec<u8> {
         transport,
         channel: "239.77.1.1:7701".parse().unwrap(),
         rate_bits_per_s: 1_000_000,
-        info: sample_info(10_000, DATAGRAM_SIZE_MTU_1500, 2),
+        info: offer_info(),
     }
     .to_bytes()
 }
@@ -360,4 +365,212 @@ fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
         })
         .collect();
     assert_eq!(lost.iter().sum::<u32>(), 0, "{lost:?}");
+}
+
+// Fleet (R16, R17): entry points, redirects, failover.
+
+fn director(last: u8) -> SocketAddr {
+    SocketAddr::from(([198, 51, 100, last], 7700))
+}
+
+fn fleet_server(last: u8) -> SocketAddr {
+    SocketAddr::from(([203, 0, 113, last], 7700))
+}
+
+/// A client that knows two directors.
+fn fleet_session() -> ClientSession {
+    let mut config = ClientConfig::new(director(1), "film");
+    config.alternates = vec![director(2)];
+    config.location = "paris".into();
+    ClientSession::new(config, SeededRng::from_u64(5), at(0))
+}
+
+/// (destination, message) of every datagram the client would send now.
+fn sent_to(client: &mut ClientSession) -> Vec<(SocketAddr, ControlMessage)> {
+    let mut out = Vec::new();
+    while let Some((to, bytes)) = client.poll_transmit() {
+        out.push((to, ControlMessage::parse(&bytes).unwrap()));
+    }
+    out
+}
+
+fn redirect(request_id: u64, server: SocketAddr) -> Vec<u8> {
+    ControlMessage::Redirect { request_id, server }.to_bytes()
+}
+
+fn request_hints(message: &ControlMessage) -> (u64, RequestHints) {
+    match message {
+        ControlMessage::Request {
+            request_id, hints, ..
+        } => (*request_id, hints.clone()),
+        other => panic!("not a Request: {other:?}"),
+    }
+}
+
+#[test]
+fn requests_go_to_each_director_in_turn_until_one_answers() {
+    let mut client = fleet_session();
+    let mut destinations = Vec::new();
+    for ms in (0..2000).step_by(100) {
+        client.handle_timeout(at(ms));
+        for (to, message) in sent_to(&mut client) {
+            let (_, hints) = request_hints(&message);
+            assert_eq!(hints.location, "paris");
+            destinations.push(to);
+        }
+    }
+    assert_eq!(
+        destinations,
+        [director(1), director(2), director(1), director(2)],
+        "one entry point per retry (500 ms)"
+    );
+}
+
+#[test]
+fn a_redirect_sends_the_request_to_the_server_it_names_and_only_that_server_may_offer() {
+    let mut client = fleet_session();
+    client.handle_timeout(at(0));
+    let (to, first) = sent_to(&mut client).remove(0);
+    assert_eq!(to, director(1));
+    let (id, _) = request_hints(&first);
+    // A redirect for another request, or from a stranger, changes nothing.
+    client.handle_control(at(5), director(1), &redirect(id ^ 1, fleet_server(66)));
+    client.handle_control(at(5), fleet_server(66), &redirect(id, fleet_server(66)));
+    assert!(sent_to(&mut client).is_empty());
+    assert_eq!(client.dropped(), 2);
+    // The director's answer: the same request goes to the server at once.
+    client.handle_control(at(10), director(1), &redirect(id, fleet_server(1)));
+    let again = sent_to(&mut client);
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].0, fleet_server(1));
+    assert_eq!(request_hints(&again[0].1).0, id);
+    // Only the entry points and the named server may answer now: a stranger's Offer is dropped.
+    client.handle_control(at(12), fleet_server(66), &offer(id, Transport::Unicast));
+    assert!(events(&mut client).is_empty());
+    client.handle_control(at(15), fleet_server(1), &offer(id, Transport::Unicast));
+    assert!(matches!(
+        events(&mut client)[0],
+        ClientEvent::Offered { .. }
+    ));
+    assert_eq!(client.peer(), fleet_server(1));
+    // The Joined goes to the server, not the director.
+    assert!(sent_to(&mut client)
+        .iter()
+        .all(|(to, _)| *to == fleet_server(1)));
+}
+
+#[test]
+fn redirects_in_a_row_are_followed_at_most_a_few_times() {
+    let mut client = fleet_session();
+    client.handle_timeout(at(0));
+    let (id, _) = request_hints(&sent_to(&mut client)[0].1);
+    let mut from = director(1);
+    for hop in 0..10u8 {
+        client.handle_control(at(1), from, &redirect(id, fleet_server(hop + 1)));
+        let sent = sent_to(&mut client);
+        if hop < REDIRECTS_MAX {
+            assert_eq!(sent[0].0, fleet_server(hop + 1));
+        } else {
+            assert!(sent.is_empty(), "redirect {hop} not followed");
+        }
+        from = fleet_server(hop + 1).min(from.max(fleet_server(REDIRECTS_MAX)));
+    }
+}
+
+#[test]
+fn a_redirected_server_that_never_answers_is_named_to_the_directors() {
+    let mut client = fleet_session();
+    client.handle_timeout(at(0));
+    let (id, _) = request_hints(&sent_to(&mut client)[0].1);
+    client.handle_control(at(1), director(1), &redirect(id, fleet_server(1)));
+    let mut log = sent_to(&mut client);
+    for ms in (100..=1600).step_by(100) {
+        client.handle_timeout(at(ms));
+        log.extend(sent_to(&mut client));
+    }
+    let to: Vec<SocketAddr> = log.iter().map(|(to, _)| *to).collect();
+    assert_eq!(to[..3], [fleet_server(1), fleet_server(1), director(2)]);
+    let (_, hints) = request_hints(&log[2].1);
+    assert_eq!(hints.avoid, Some(fleet_server(1)));
+}
+
+#[test]
+fn a_silent_server_reached_through_the_fleet_is_replaced_with_the_root_and_throughput_told() {
+    let mut client = fleet_session();
+    client.handle_timeout(at(0));
+    let (id, _) = request_hints(&sent_to(&mut client)[0].1);
+    client.handle_control(at(1), director(1), &redirect(id, fleet_server(1)));
+    client.handle_control(at(2), fleet_server(1), &offer(id, Transport::Unicast));
+    sent_to(&mut client); // the Request to the server, then Joined
+    let root = match &events(&mut client)[0] {
+        ClientEvent::Offered { info, .. } => info.root(),
+        other => panic!("{other:?}"),
+    };
+    // Data flows for a second (the file's loop, over and over).
+    let loop_len = offer_info().loop_len;
+    let mut serial = 0;
+    for ms in (10..=1000).step_by(10) {
+        client.handle_data(at(ms));
+        for _ in 0..10 {
+            client.observe_serial(serial, false);
+            serial = (serial + 1) % loop_len;
+        }
+        client.handle_timeout(at(ms));
+        for (_, message) in sent_to(&mut client) {
+            assert!(
+                !matches!(message, ControlMessage::Request { .. }),
+                "asked again at {ms} ms: {message:?} {:?}",
+                events(&mut client)
+            );
+        }
+    }
+    // The server dies at 1000 ms: nothing more arrives.
+    let mut failed_over = None;
+    for ms in (1010..=2000).step_by(10) {
+        client.handle_timeout(at(ms));
+        for (to, message) in sent_to(&mut client) {
+            if let ControlMessage::Request { hints, .. } = message {
+                failed_over.get_or_insert((ms, to, hints));
+            }
+        }
+    }
+    let (ms, to, hints) = failed_over.expect("asked the fleet again");
+    assert!((1790..=1810).contains(&ms), "after 800 ms of silence: {ms}");
+    assert_eq!(to, director(1));
+    assert_eq!(hints.avoid, Some(fleet_server(1)));
+    assert_eq!(hints.root, Some(root));
+    // 10 datagrams of 1440 bytes per 10 ms: about 11.5 Mbit/s.
+    let throughput = hints.throughput_bits_per_s;
+    assert!(
+        (10_000_000..13_000_000).contains(&throughput),
+        "{throughput}"
+    );
+    assert_eq!(client.failovers(), 1);
+    assert!(events(&mut client)
+        .iter()
+        .any(|e| matches!(e, ClientEvent::SessionLost { .. })));
+}
+
+#[test]
+fn without_a_fleet_a_silent_server_is_asked_again_itself_after_the_longer_silence() {
+    let mut client = session();
+    client.handle_timeout(at(0));
+    let id = request_id(&sent(&mut client));
+    client.handle_control(at(1), server(), &offer(id, Transport::Unicast));
+    sent(&mut client);
+    client.handle_data(at(10));
+    for ms in (20..=2900).step_by(10) {
+        client.handle_timeout(at(ms));
+        assert!(
+            !sent(&mut client)
+                .iter()
+                .any(|m| matches!(m, ControlMessage::Request { .. })),
+            "no failover at {ms} ms: no fleet"
+        );
+    }
+    client.handle_timeout(at(3010));
+    assert!(sent(&mut client)
+        .iter()
+        .any(|m| matches!(m, ControlMessage::Request { .. })));
+    assert_eq!(client.failovers(), 0);
 }

@@ -134,9 +134,9 @@ fn an_unpadded_request_gets_no_answer_larger_than_three_times_itself() {
     let (mut endpoint, mut files) = endpoint(false);
     let mut request = request_bytes(1, false, &files.0.name);
     request.truncate(REQUEST_LEN_MIN / 4);
-    // Still a valid Request: the name fits in what is left.
+    // Still a valid Request: the name and the (empty) hints' flags fit in what is left.
     let name_len = usize::from(request[13]);
-    request.truncate(14 + name_len);
+    request.truncate(14 + name_len + 1);
     endpoint.handle_control(at(0), addr("192.0.2.9:5000"), &request, &mut files);
     let (transmits, _) = drain(&mut endpoint);
     assert!(transmits.iter().all(|t| t.bytes.len() <= 3 * request.len()));

@@ -188,11 +188,6 @@ impl RequestHints {
     }
 
     fn parse(r: &mut Reader<'_>) -> Result<RequestHints, ParseError> {
-        // A Request that ends after the name has no hints (its flags byte would be 0, like
-        // the padding).
-        if r.remaining() == 0 {
-            return Ok(RequestHints::default());
-        }
         let flags = r.u8()?;
         if flags & !(Self::ROOT | Self::THROUGHPUT | Self::LOCATION | Self::AVOID) != 0 {
             return Err(ParseError::Malformed);
@@ -217,16 +212,6 @@ impl RequestHints {
             hints.avoid = Some(read_addr(r)?);
         }
         Ok(hints)
-    }
-
-    /// Bytes of the hints a Request cannot do without (none when there are none: a flags
-    /// byte of 0 reads like the padding).
-    pub fn significant_len(&self) -> usize {
-        if *self == RequestHints::default() {
-            0
-        } else {
-            self.encoded_len()
-        }
     }
 
     /// Bytes `emit` writes.
@@ -891,7 +876,7 @@ mod tests {
             // A Request's zero padding may be cut without changing what it says.
             let body_len = match &message {
                 ControlMessage::Request { name, hints, .. } => {
-                    4 + 8 + 1 + 1 + name.len() + hints.significant_len()
+                    4 + 8 + 1 + 1 + name.len() + hints.encoded_len()
                 }
                 _ => bytes.len(),
             };
@@ -916,7 +901,7 @@ mod tests {
         match message {
             // A Request's zero padding may be any length: the body re-emits byte for byte.
             ControlMessage::Request { name, hints, .. } => {
-                let body = 14 + name.len() + hints.significant_len();
+                let body = 14 + name.len() + hints.encoded_len();
                 prop_assert_eq!(&again[..body], &bytes[..body], "re-emits byte for byte");
             }
             _ => prop_assert_eq!(&again[..], bytes, "re-emits byte for byte"),
