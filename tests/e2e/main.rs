@@ -17,6 +17,8 @@
 //!   with no `--rate`: each finishes at its own link's pace (issue 10, R11/R12).
 //! - follow.rs: `get --follow` plays the original on stdout while it downloads (R13): bytes,
 //!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
+//! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
+//!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -33,6 +35,7 @@ mod attacks;
 mod bench;
 mod demo;
 mod files;
+mod fleet;
 mod follow;
 mod hostile;
 mod links;
@@ -65,6 +68,9 @@ macro_rules! e2e {
 
 fn trials() -> Vec<libtest_mimic::Trial> {
     vec![
+        e2e!(fleet::a_director_sends_each_request_to_a_server_that_holds_the_file),
+        e2e!(fleet::a_server_killed_mid_transfer_is_replaced_and_the_download_continues),
+        e2e!(fleet::a_heartbeat_without_the_fleet_key_registers_nothing),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,

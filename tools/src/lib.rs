@@ -188,3 +188,156 @@ mod tests {
         assert!(parse_size("lots").is_err());
     }
 }
+
+/// The UDP port of `loopcastd serve` and `loopcastd direct` when an address names none.
+pub const DEFAULT_PORT: u16 = 7700;
+
+/// `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address, resolved (first address); the port
+/// is [`DEFAULT_PORT`] when not given.
+pub fn resolve_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+    let text = text.trim();
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    let with_port = if text.contains(':') {
+        text.to_owned()
+    } else {
+        format!("{text}:{DEFAULT_PORT}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("bad address {text:?}: {e} (use HOST or HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("address {text:?} resolves to nothing"))
+}
+
+/// A comma-separated list of addresses (servers or directors), each as [`resolve_address`].
+pub fn resolve_addresses(text: &str) -> Result<Vec<std::net::SocketAddr>, String> {
+    let addresses: Vec<std::net::SocketAddr> = text
+        .split(',')
+        .filter(|part| !part.trim().is_empty())
+        .map(resolve_address)
+        .collect::<Result<_, _>>()?;
+    if addresses.is_empty() {
+        return Err("no address given".into());
+    }
+    Ok(addresses)
+}
+
+/// Reads the fleet's shared secret (R15): 64 hex digits (as `loopcastd fleet-key` writes) or
+/// at least 16 raw bytes. A file others can read is refused: with it anyone could register a
+/// server and take clients.
+pub fn load_fleet_key(
+    path: &std::path::Path,
+) -> Result<loopcast_proto::wire::fleet::FleetKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata =
+        std::fs::metadata(path).map_err(|e| format!("fleet key {}: {e}", path.display()))?;
+    if metadata.permissions().mode() & 0o004 != 0 {
+        return Err(format!(
+            "fleet key {} is readable by others; chmod 600 it (anyone with it can register a server)",
+            path.display()
+        ));
+    }
+    let raw = std::fs::read(path).map_err(|e| format!("fleet key {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let trimmed = text.trim();
+    let secret = if trimmed.len() == 64 && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&trimmed[2 * i..2 * i + 2], 16).expect("hex checked"))
+            .collect()
+    } else {
+        raw
+    };
+    loopcast_proto::wire::fleet::FleetKey::from_secret(&secret).ok_or_else(|| {
+        format!(
+            "fleet key {} is too short: at least 16 bytes (make one with `loopcastd fleet-key {}`)",
+            path.display(),
+            path.display()
+        )
+    })
+}
+
+/// Writes a new fleet key (32 random bytes, hex) to `path`, mode 0600; never replaces a file.
+pub fn write_fleet_key(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| format!("random source: {e}"))?;
+    let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    writeln!(file, "{hex}")
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_port_gets_the_default_one() {
+        assert_eq!(
+            resolve_address("127.0.0.1").unwrap(),
+            "127.0.0.1:7700".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_address("::1").unwrap(),
+            "[::1]:7700".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_address("[::1]").unwrap(),
+            "[::1]:7700".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_address("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
+        assert_eq!(resolve_address("localhost").unwrap().port(), 7700);
+        assert_eq!(
+            resolve_addresses("127.0.0.1:1, 127.0.0.2").unwrap(),
+            vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.2:7700".parse().unwrap()
+            ]
+        );
+        assert!(resolve_addresses(",").is_err());
+        assert!(resolve_address("no such host.invalid").is_err());
+    }
+
+    #[test]
+    fn a_fleet_key_is_made_private_read_back_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("lc-fleet-key-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("fleet.key");
+        write_fleet_key(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(load_fleet_key(&path).is_ok());
+        let error = write_fleet_key(&path).unwrap_err();
+        assert!(error.contains("exists"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = load_fleet_key(&path).unwrap_err();
+        assert!(error.contains("readable by others"), "{error}");
+        let short = dir.join("short.key");
+        std::fs::write(&short, "abc").unwrap();
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_fleet_key(&short).unwrap_err().contains("too short"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -30,7 +30,12 @@ pub use follow::{FollowError, FollowOptions};
 
 #[derive(Clone, Debug)]
 pub struct GetConfig {
+    /// The first address to ask: a server or a director.
     pub server: SocketAddr,
+    /// More addresses to ask in turn (a fleet's directors, R18).
+    pub alternates: Vec<SocketAddr>,
+    /// The location to prefer when a director routes (R16), "" = any.
+    pub location: String,
     pub name: String,
     /// Where the archive is published when complete.
     pub output: PathBuf,
@@ -56,6 +61,8 @@ impl GetConfig {
     pub fn new(server: SocketAddr, name: &str, output: PathBuf) -> GetConfig {
         GetConfig {
             server,
+            alternates: Vec::new(),
+            location: String::new(),
             name: name.to_owned(),
             output,
             allow_multicast: true,
@@ -97,6 +104,10 @@ pub struct GetReport {
     pub foreign_source_dropped: u64,
     /// Times the session was lost (server restart, expiry, shutdown) and asked for again.
     pub session_rerequests: u64,
+    /// The server the file came from last, and how many servers were given up after silence
+    /// and replaced through the fleet (R17).
+    pub server: SocketAddr,
+    pub failovers: u64,
     /// From the start to the first datagram of the file, and the time spent making the
     /// finished file durable (final fsync and rename).
     pub first_datagram_after: Option<Duration>,
@@ -272,6 +283,8 @@ pub fn get_following(
         .map_err(io_err("set receive timeout"))?;
     let mut session_config = ClientConfig::new(config.server, &config.name);
     session_config.multicast_ok = config.allow_multicast;
+    session_config.alternates = config.alternates.clone();
+    session_config.location = config.location.clone();
     session_config.sync_timeout = config.sync_timeout;
     session_config.request_timeout = config.request_timeout;
     session_config.rerequest_timeout = config.stall_timeout.max(config.request_timeout);
@@ -354,6 +367,11 @@ pub fn get_following(
                         let opened = Download::open(config, &info, root, part)?;
                         resumed_datagrams = opened.receiver.have().count_ones();
                         download = Some(opened);
+                    } else if let Some(download) = download.as_mut() {
+                        // Asked again (a lost session, another server): a new loop, whose
+                        // position has nothing to do with the old one's asks (what is held
+                        // stays).
+                        download.nak.rejoin();
                     }
                     multicast = None;
                     if offered == Transport::Multicast {
@@ -600,6 +618,8 @@ pub fn get_following(
         oversize_dropped: download.oversize_dropped,
         foreign_source_dropped: download.foreign_source_dropped,
         session_rerequests: session.rerequests(),
+        server: session.peer(),
+        failovers: session.failovers(),
         naks_sent: download.nak.naks_sent(),
         serials_naked: download.nak.serials_naked(),
         serials_suppressed: download.nak.serials_suppressed(),

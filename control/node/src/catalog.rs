@@ -4,10 +4,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use loopcast_archive::ArchiveFile;
+use loopcast_proto::wire::fleet::CatalogEntry;
 
 pub struct Catalog {
     dir: PathBuf,
     by_name: HashMap<String, PathBuf>,
+    /// What a heartbeat announces of each archive (R15).
+    entries: Vec<CatalogEntry>,
 }
 
 impl Catalog {
@@ -15,12 +18,14 @@ impl Catalog {
         Catalog {
             dir: dir.to_owned(),
             by_name: HashMap::new(),
+            entries: Vec::new(),
         }
     }
 
     /// Rescans the directory. Unreadable or damaged archives are logged and skipped.
     pub fn rescan(&mut self) -> std::io::Result<usize> {
         let mut by_name = HashMap::new();
+        let mut entries: HashMap<String, CatalogEntry> = HashMap::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("lca") {
@@ -29,6 +34,14 @@ impl Catalog {
             match ArchiveFile::open(&path) {
                 Ok(archive) => {
                     let name = archive.info().name.clone();
+                    entries.insert(
+                        name.clone(),
+                        CatalogEntry {
+                            name: name.clone(),
+                            root: archive.info().root(),
+                            bytes: archive.info().original_size,
+                        },
+                    );
                     if let Some(previous) = by_name.insert(name.clone(), path.clone()) {
                         tracing::warn!(%name, first = %previous.display(), second = %path.display(), "two archives share a name; serving the second");
                     }
@@ -37,11 +50,17 @@ impl Catalog {
             }
         }
         self.by_name = by_name;
+        self.entries = entries.into_values().collect();
         Ok(self.by_name.len())
     }
 
     pub fn lookup(&self, name: &str) -> Option<&Path> {
         self.by_name.get(name).map(PathBuf::as_path)
+    }
+
+    /// Every archive's name, root and original size, as of the last scan.
+    pub fn entries(&self) -> &[CatalogEntry] {
+        &self.entries
     }
 
     pub fn len(&self) -> usize {

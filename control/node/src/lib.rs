@@ -11,6 +11,8 @@
 //! Channels close when their last session finishes, leaves or goes silent (R9).
 
 mod catalog;
+mod fleet;
 mod server;
 
+pub use fleet::FleetConfig;
 pub use server::{bind, run, run_on, MulticastConfig, ServerConfig, ServerError};

@@ -57,6 +57,8 @@ pub struct ServerConfig {
     pub verify_on_open: bool,
     /// Sender threads (each pinned to a core) that run the channels.
     pub send_threads: usize,
+    /// Heartbeats to the fleet's directors (R15); `None`: a server on its own.
+    pub fleet: Option<crate::fleet::FleetConfig>,
 }
 
 impl ServerConfig {
@@ -74,6 +76,7 @@ impl ServerConfig {
             channels_max: 256,
             verify_on_open: true,
             send_threads: 1,
+            fleet: None,
         }
     }
 }
@@ -105,6 +108,8 @@ const CONTROL_BATCH_MAX: usize = 256;
 const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a served archive's whole hash tree is re-verified beside the loop.
 const ARCHIVE_REVERIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// How often a fleet member rescans its media database for the catalog its heartbeats carry.
+const CATALOG_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Hash-tree checks running at once, at most (each takes a core while it runs).
 const VERIFICATIONS_MAX: usize = 2;
 
@@ -228,6 +233,9 @@ struct Server {
     /// `VERIFICATIONS_MAX` at once, whether or not its channel is still open (closing and
     /// reopening a channel never starts another).
     verifying: HashMap<ArchiveKey, std::thread::JoinHandle<Result<(), String>>>,
+    /// Heartbeats to the directors (R15), and when the catalog they announce is next rescanned.
+    heartbeat: Option<crate::fleet::HeartbeatSender>,
+    next_catalog_scan: Instant,
 }
 
 /// Binds the request socket named in the config (so a caller can learn its port before
@@ -340,15 +348,31 @@ pub fn run_on(
         verified_archives: std::collections::HashSet::new(),
         corrupt_archives: std::collections::HashSet::new(),
         verifying: HashMap::new(),
+        heartbeat: None,
+        next_catalog_scan: Instant::ZERO,
         config,
     };
+    if let Some(fleet) = server.config.fleet.clone() {
+        let mut id = [0u8; 8];
+        getrandom::fill(&mut id).map_err(|e| std::io::Error::other(e.to_string()))?;
+        tracing::info!(directors = ?fleet.directors, advertise = %fleet.advertise, location = %fleet.location, "heartbeats to the fleet's directors");
+        server.heartbeat = Some(crate::fleet::HeartbeatSender::new(
+            fleet,
+            u64::from_be_bytes(id),
+            loopcast_proto::time::unix_time_ms(),
+        ));
+    }
     let mut events = Events::with_capacity(64);
     while !shutdown.load(Ordering::Relaxed) {
         let now = server.clock.now();
-        let timeout = server
-            .endpoint
-            .poll_timeout()
-            .map_or(POLL_CEILING, |at| server.clock.until(at).min(POLL_CEILING));
+        let wake_at = [
+            server.endpoint.poll_timeout(),
+            server.heartbeat.as_ref().map(|h| h.next_at()),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let timeout = wake_at.map_or(POLL_CEILING, |at| server.clock.until(at).min(POLL_CEILING));
         match poll.poll(&mut events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -361,7 +385,12 @@ pub fn run_on(
             admin.publish_status(|| server.status_json());
         }
     }
-    // Tell every client, so they ask again (here after a restart, or elsewhere).
+    // Tell the directors first (no new clients come), then every client, so they ask again
+    // (here after a restart, or elsewhere).
+    if let Some(heartbeat) = server.heartbeat.as_mut() {
+        heartbeat.state = loopcast_proto::wire::fleet::ServerState::Stopping;
+    }
+    server.send_heartbeat(true);
     let channels = server.channels.len();
     server.endpoint.shutdown(server.clock.now());
     server.flush_endpoint();
@@ -491,11 +520,15 @@ impl Server {
                 name,
                 rate_bits_per_s,
                 start_like,
+                start_at,
             } => {
-                // A new tier continues where its clients' old tier is in the loop.
+                // A new tier continues where its clients' old tier is in the loop; a channel
+                // for a client that lost another server, where that server's loop was.
                 let start_serial = start_like
                     .and_then(|c| self.channels.get(&c))
-                    .map_or(0, |c| c.stats.next_serial.load(Ordering::Relaxed) as u32);
+                    .map(|c| c.stats.next_serial.load(Ordering::Relaxed) as u32)
+                    .or(start_at)
+                    .unwrap_or(0);
                 if let Err(message) =
                     self.open_channel(channel, file_id, &name, rate_bits_per_s, start_serial)
                 {
@@ -751,6 +784,41 @@ impl Server {
         self.check_archives(now);
         self.endpoint.handle_timeout(now);
         self.flush_endpoint();
+        self.send_heartbeat(false);
+    }
+
+    /// R15: the next heartbeat to every director, when due (or now, with `force`).
+    fn send_heartbeat(&mut self, force: bool) {
+        let now = self.clock.now();
+        let Some(heartbeat) = self.heartbeat.as_mut() else {
+            return;
+        };
+        if !force && !heartbeat.due(now) {
+            return;
+        }
+        if now >= self.next_catalog_scan {
+            self.next_catalog_scan = now + CATALOG_SCAN_INTERVAL;
+            if let Err(error) = self.catalog.rescan() {
+                tracing::warn!(%error, "cannot rescan the media database");
+            }
+            heartbeat.set_catalog(self.catalog.entries().to_vec());
+        }
+        let load = crate::fleet::Load {
+            sessions: u32::try_from(self.endpoint.session_count()).unwrap_or(u32::MAX),
+            sessions_max: u32::try_from(self.config.sessions_max).unwrap_or(u32::MAX),
+            channels: u32::try_from(self.channels.len()).unwrap_or(u32::MAX),
+            rate_bits_per_s: self
+                .endpoint
+                .channels()
+                .map(|c| c.rate_bits_per_s)
+                .fold(0u64, u64::saturating_add),
+        };
+        let bytes = heartbeat.next(now, loopcast_proto::time::unix_time_ms(), &load);
+        for director in heartbeat.directors() {
+            if let Err(error) = self.control.send_to(&bytes, *director) {
+                tracing::debug!(%director, %error, "heartbeat not sent");
+            }
+        }
     }
 
     fn status_json(&self) -> serde_json::Value {

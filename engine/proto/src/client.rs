@@ -383,6 +383,8 @@ impl ClientSession {
 
     fn request_again(&mut self, now: Instant, reason: String) {
         self.rerequests += 1;
+        // A channel opened for this request starts where the old loop was (R17).
+        self.hints.resume_at = self.meter.position();
         let request_id = self.rng.next_u64();
         self.state = State::Requesting {
             request_id,

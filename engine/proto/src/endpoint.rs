@@ -142,6 +142,9 @@ pub enum DataCommand {
         /// Start the loop where this channel (another tier of the file) is now: its clients,
         /// moving here, continue where they were.
         start_like: Option<ChannelId>,
+        /// Else start it at this serial: where the loop was for the client it opens for (one
+        /// that lost another server, R17), so the loop does not first send what it holds.
+        start_at: Option<u32>,
     },
     CloseChannel {
         channel: ChannelId,
@@ -296,6 +299,8 @@ struct Session {
     moved_at: Option<Instant>,
     /// The `sent_at_us` of its last Report (echoed in an unsolicited Feedback after a move).
     last_report_us: u32,
+    /// Where the client's loop was before it came here (its Request's hint, within the loop).
+    resume_at: Option<u32>,
 }
 
 impl Session {
@@ -625,8 +630,17 @@ impl Endpoint {
                 request_id,
                 multicast_ok,
                 name,
-                ..
-            } => self.handle_request(now, from, len, request_id, multicast_ok, &name, files),
+                hints,
+            } => self.handle_request(
+                now,
+                from,
+                len,
+                request_id,
+                multicast_ok,
+                &name,
+                hints.resume_at,
+                files,
+            ),
             ControlMessage::Joined {
                 session,
                 token,
@@ -825,6 +839,7 @@ impl Endpoint {
         request_id: u64,
         multicast_ok: bool,
         name: &str,
+        resume_at: Option<u32>,
         files: &mut dyn FileLookup,
     ) {
         self.counters.requests += 1;
@@ -948,6 +963,7 @@ impl Endpoint {
         };
         channel_state.sessions += 1;
         let loop_len = u64::from(channel_state.info.loop_len);
+        let resume_at = resume_at.filter(|&serial| u64::from(serial) < loop_len);
         let file = channel_state.info.name.clone();
         self.addresses
             .get_mut(&from.ip())
@@ -969,6 +985,7 @@ impl Endpoint {
                 estimate: PathEstimate::default(),
                 moved_at: None,
                 last_report_us: 0,
+                resume_at,
             },
         );
         self.unvalidated.push_back(session);
@@ -1205,11 +1222,18 @@ impl Endpoint {
                 channel_id = solo;
             }
         }
+        let resume_at = self.sessions[&session].resume_at;
         let channel = self
             .channels
             .get_mut(&channel_id)
             .expect("sessions have channels");
-        if start_data(channel, channel_id, start_like, &mut self.commands) {
+        if start_data(
+            channel,
+            channel_id,
+            start_like,
+            resume_at,
+            &mut self.commands,
+        ) {
             self.counters.channels_opened += 1;
         }
         // Join the new one.
@@ -1649,7 +1673,7 @@ impl Endpoint {
         };
         let channel = self.open_channel(now, info, rate, kind);
         let state = self.channels.get_mut(&channel).expect("just opened");
-        if start_data(state, channel, Some(from), &mut self.commands) {
+        if start_data(state, channel, Some(from), None, &mut self.commands) {
             self.counters.channels_opened += 1;
         }
         self.events.push_back(Event::TierOpened {
@@ -1687,7 +1711,7 @@ impl Endpoint {
         let old_empty = old.sessions == 0;
         let new = self.channels.get_mut(&to).expect("checked above");
         new.sessions += 1;
-        if start_data(new, to, None, &mut self.commands) {
+        if start_data(new, to, None, None, &mut self.commands) {
             self.counters.channels_opened += 1;
         }
         join_transport(new, to, client, transport, &mut self.commands);
@@ -1875,12 +1899,13 @@ fn repair_window(channel: &Channel) -> Duration {
     }
 }
 
-/// Starts `channel` in the data plane unless it runs already (its loop where `start_like`'s is);
-/// true if it did.
+/// Starts `channel` in the data plane unless it runs already (its loop where `start_like`'s is,
+/// else at `start_at`); true if it did.
 fn start_data(
     channel: &mut Channel,
     channel_id: ChannelId,
     start_like: Option<ChannelId>,
+    start_at: Option<u32>,
     commands: &mut VecDeque<DataCommand>,
 ) -> bool {
     if channel.data_open {
@@ -1893,6 +1918,7 @@ fn start_data(
         name: channel.info.name.clone(),
         rate_bits_per_s: channel.tier.rate(),
         start_like,
+        start_at: start_at.filter(|_| start_like.is_none()),
     });
     true
 }

@@ -907,6 +907,11 @@ impl LossMeter {
         }
     }
 
+    /// The serial the loop brings next, as far as verified datagrams have shown it.
+    pub fn position(&self) -> Option<u32> {
+        self.next
+    }
+
     /// A verified datagram of the file arrived (new or duplicate). A `repair` (a serial this
     /// client or another asked for) counts as received but says nothing of the loop's
     /// progress: one asked more than half a loop back would otherwise read as the loop jumping

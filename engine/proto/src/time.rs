@@ -71,3 +71,11 @@ impl Default for MonotonicClock {
         Self::new()
     }
 }
+
+/// The wall clock in Unix milliseconds, for drivers only (fleet heartbeats carry it, and a
+/// director compares it with its own to refuse replays); the machines take it as an argument.
+pub fn unix_time_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,6 +1,6 @@
 //! `loopcast`: the client and packer. See `loopcast --help`.
 
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -270,8 +270,14 @@ struct InspectArgs {
 
 #[derive(clap::Args)]
 struct GetArgs {
-    /// Server request address, e.g. 10.0.0.5:7700.
+    /// Where to ask: a server or a director, HOST[:PORT] (port 7700 if not given), e.g.
+    /// 10.0.0.5 or dir1.example:7700. Several, comma-separated, are asked in turn (a fleet's
+    /// directors): reached through a fleet, a server that stops is replaced by another with the
+    /// same file, and the download continues where it was.
     server: String,
+    /// The location to prefer when a director chooses the server (a label its servers carry).
+    #[arg(long)]
+    location: Option<String>,
     /// Name of the file to fetch.
     name: String,
     /// Where to write the archive. Default: ./<name>.lca.
@@ -605,14 +611,6 @@ fn run_inspect(args: InspectArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-fn resolve(server: &str) -> Result<SocketAddr, String> {
-    server
-        .to_socket_addrs()
-        .map_err(|e| format!("bad server address {server:?}: {e} (use HOST:PORT)"))?
-        .next()
-        .ok_or_else(|| format!("server address {server:?} resolves to nothing"))
-}
-
 fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     let (json, follow) = (args.json, args.follow);
     let result = run_get_inner(args, cancel);
@@ -634,12 +632,23 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
 }
 
 fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
-    let server = resolve(&args.server).map_err(usage)?;
+    let mut servers = loopcast_tools::resolve_addresses(&args.server).map_err(usage)?;
+    let server = servers.remove(0);
     let output = args
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.lca", args.name)));
     let mut config = loopcast_client::GetConfig::new(server, &args.name, output.clone());
+    config.alternates = servers;
+    if let Some(location) = &args.location {
+        if location.len() > loopcast_proto::wire::control::LOCATION_LEN_MAX {
+            return Err(usage(format!(
+                "--location is longer than {} bytes",
+                loopcast_proto::wire::control::LOCATION_LEN_MAX
+            )));
+        }
+        config.location = location.clone();
+    }
     config.allow_multicast = !args.unicast;
     config.multicast_interface = args.multicast_interface;
     config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
@@ -731,6 +740,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
                 "publish_seconds": report.publish_time.as_secs_f64(),
                 "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
                 "session_rerequests": report.session_rerequests,
+                "server": report.server.to_string(), "failovers": report.failovers,
                 "foreign_source_dropped": report.foreign_source_dropped,
                 "receiver": receiver_counters_json(&report.counters),
                 "tier": report.tier.map(|t| t.tier), "tiers": report.tier.map(|t| t.tiers),

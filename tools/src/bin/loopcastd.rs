@@ -24,6 +24,31 @@ struct Cli {
 enum Command {
     /// Serve the archives of a media database directory.
     Serve(ServeArgs),
+    /// Run a traffic director: servers send it heartbeats, clients ask it for a file and are
+    /// sent to a server that has it (run two or more; clients and servers know them all).
+    Direct(DirectArgs),
+    /// Write a new fleet key (32 random bytes, hex, mode 0600) to FILE; never replaces one.
+    /// Copy it to every server and director of the fleet.
+    FleetKey {
+        /// Where to write it.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct DirectArgs {
+    /// UDP address for servers' heartbeats and clients' requests.
+    #[arg(long, default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// The fleet's shared key (see `loopcastd fleet-key`): heartbeats without it are dropped.
+    #[arg(long)]
+    fleet_key: PathBuf,
+    /// A server is declared dead after this many heartbeat intervals without one.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    heartbeat_misses: u32,
+    /// Admin socket for loopcastctl (default as for serve, named loopcastd-direct.sock).
+    #[arg(long)]
+    admin_socket: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +109,90 @@ struct ServeArgs {
     /// Skip verifying each archive's hash tree when its channel opens.
     #[arg(long)]
     no_verify: bool,
+    /// A director of the fleet (HOST[:PORT], default port 7700); repeat or comma-separate for
+    /// each. The server sends every director a heartbeat (state, load, files) so they route
+    /// clients to it. Needs --fleet-key.
+    #[arg(long = "director", value_delimiter = ',', requires = "fleet_key")]
+    directors: Vec<String>,
+    /// The fleet's shared key (see `loopcastd fleet-key`).
+    #[arg(long, requires = "directors")]
+    fleet_key: Option<PathBuf>,
+    /// Where clients reach this server, as directors tell them (default: --listen, which must
+    /// then name an address, not 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This server's location label (directors prefer it for clients that ask for it).
+    #[arg(long, default_value = "")]
+    location: String,
+    /// Milliseconds between heartbeats (directors declare the server dead after 3 missed).
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    heartbeat_ms: u64,
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("loopcastd: error: {message}");
+    ExitCode::FAILURE
+}
+
+fn direct(args: DirectArgs) -> ExitCode {
+    init_logging("info");
+    let fleet_key = match loopcast_tools::load_fleet_key(&args.fleet_key) {
+        Ok(key) => key,
+        Err(error) => return fail(error),
+    };
+    let admin_socket = args
+        .admin_socket
+        .unwrap_or_else(|| default_admin_socket().with_file_name("loopcastd-direct.sock"));
+    if let Err(error) = loopcast_admin::location::preflight(&admin_socket) {
+        return fail(error);
+    }
+    let config = loopcast_director::DirectConfig {
+        listen: args.listen,
+        fleet_key,
+        heartbeat_misses: args.heartbeat_misses,
+        admin_socket: Some(admin_socket),
+    };
+    match loopcast_director::run(config, shutdown_flag()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(error),
+    }
+}
+
+/// `--director`, `--fleet-key`, `--advertise`: the server's part in a fleet (R15).
+fn fleet_config(args: &ServeArgs) -> Result<Option<loopcast_node::FleetConfig>, String> {
+    if args.directors.is_empty() {
+        return Ok(None);
+    }
+    let directors = args
+        .directors
+        .iter()
+        .map(|d| loopcast_tools::resolve_address(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = loopcast_tools::load_fleet_key(args.fleet_key.as_ref().expect("clap requires it"))?;
+    let advertise = match &args.advertise {
+        Some(text) => loopcast_tools::resolve_address(text)?,
+        None if args.listen.ip().is_unspecified() => {
+            return Err(format!(
+                "--listen {} names no address directors could send clients to: add --advertise HOST[:PORT]",
+                args.listen
+            ))
+        }
+        None => args.listen,
+    };
+    if args.location.len() > loopcast_proto::wire::control::LOCATION_LEN_MAX {
+        return Err(format!(
+            "--location is longer than {} bytes",
+            loopcast_proto::wire::control::LOCATION_LEN_MAX
+        ));
+    }
+    Ok(Some(loopcast_node::FleetConfig {
+        directors,
+        key,
+        advertise,
+        location: args.location.clone(),
+        interval: Duration::from_millis(args.heartbeat_ms),
+        rate_bits_per_s_max: args.rate.unwrap_or(0),
+    }))
 }
 
 fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> {
@@ -106,7 +215,19 @@ fn parse_initial_rate(text: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Serve(args) = cli.command;
+    let args = match cli.command {
+        Command::Serve(args) => args,
+        Command::Direct(args) => return direct(args),
+        Command::FleetKey { file } => {
+            return match loopcast_tools::write_fleet_key(&file) {
+                Ok(()) => {
+                    println!("wrote a new fleet key to {} (mode 0600): copy it to every server and director", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(error) => fail(error),
+            }
+        }
+    };
     // "--rate unpaced" (or 0) is a fixed rate with no pacing; as a cap on automatic rates it
     // would mean no cap, which is what leaving --rate out already says.
     if args.rate == Some(0) && !args.fixed_rate {
@@ -140,6 +261,10 @@ fn main() -> ExitCode {
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
     config.verify_on_open = !args.no_verify;
     config.send_threads = args.send_threads.clamp(1, 64);
+    config.fleet = match fleet_config(&args) {
+        Ok(fleet) => fleet,
+        Err(error) => return fail(error),
+    };
     config.admin_socket = Some(
         args.admin_socket
             .clone()

@@ -539,6 +539,11 @@ fn a_silent_server_reached_through_the_fleet_is_replaced_with_the_root_and_throu
     assert_eq!(to, director(1));
     assert_eq!(hints.avoid, Some(fleet_server(1)));
     assert_eq!(hints.root, Some(root));
+    assert_eq!(
+        hints.resume_at,
+        Some(serial),
+        "the new loop starts where this one was"
+    );
     // 10 datagrams of 1440 bytes per 10 ms: about 11.5 Mbit/s.
     let throughput = hints.throughput_bits_per_s;
     assert!(

@@ -3,7 +3,7 @@
 use super::*;
 use crate::info::tests::sample_info;
 use crate::info::DATAGRAM_SIZE_MTU_1500;
-use crate::wire::control::REQUEST_LEN_MIN;
+use crate::wire::control::{RequestHints, REQUEST_LEN_MIN};
 
 struct Files(FileInfo);
 
@@ -1078,4 +1078,59 @@ fn a_report_flood_cannot_step_slow_start_faster_than_a_client_reports() {
         rises <= 6,
         "{rises} slow-start rises in 200 ms from one client's flood (now {rate} bit/s)"
     );
+}
+
+/// R17: a client that lost another server says where that loop was; the channel opened for it
+/// starts there, so it is not first sent what it just received. A position outside the loop
+/// is ignored.
+#[test]
+fn a_channel_opened_for_a_client_from_another_server_starts_where_its_loop_was() {
+    let cases = [
+        (Some(321u32), Some(321u32)),
+        (Some(u32::MAX), None),
+        (None, None),
+    ];
+    for ((hint, expected), adaptive) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
+        let (mut endpoint, mut files) = if adaptive {
+            adaptive_endpoint(false)
+        } else {
+            endpoint(false)
+        };
+        assert!(files.0.loop_len > 321);
+        let client = addr("192.0.2.44:5000");
+        let request = ControlMessage::Request {
+            request_id: 9,
+            multicast_ok: false,
+            name: files.0.name.clone(),
+            hints: RequestHints {
+                resume_at: hint,
+                ..RequestHints::default()
+            },
+        }
+        .to_bytes();
+        endpoint.handle_control(at(0), client, &request, &mut files);
+        let (transmits, _) = drain(&mut endpoint);
+        let (session, token) = transmits
+            .iter()
+            .find_map(|t| match ControlMessage::parse(&t.bytes) {
+                Ok(ControlMessage::Offer { session, token, .. }) => Some((session, token)),
+                _ => None,
+            })
+            .expect("an Offer");
+        endpoint.handle_control(
+            at(1),
+            client,
+            &joined(session, token, Transport::Unicast),
+            &mut files,
+        );
+        let (_, commands) = drain(&mut endpoint);
+        let start_at = commands
+            .iter()
+            .find_map(|c| match c {
+                DataCommand::OpenChannel { start_at, .. } => Some(*start_at),
+                _ => None,
+            })
+            .expect("the loop starts");
+        assert_eq!(start_at, expected, "hint {hint:?}, adaptive {adaptive}");
+    }
 }

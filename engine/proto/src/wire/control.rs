@@ -146,6 +146,9 @@ pub struct RequestHints {
     pub location: String,
     /// A server that just failed this client: route elsewhere if any other can serve.
     pub avoid: Option<SocketAddr>,
+    /// Where the client was in the loop (the next serial it expected): a channel opened for
+    /// it starts there, so it is not sent again what it just received (R17).
+    pub resume_at: Option<u32>,
 }
 
 impl RequestHints {
@@ -153,6 +156,7 @@ impl RequestHints {
     const THROUGHPUT: u8 = 2;
     const LOCATION: u8 = 4;
     const AVOID: u8 = 8;
+    const RESUME_AT: u8 = 16;
 
     fn emit(&self, w: &mut Writer<'_>) {
         assert!(
@@ -172,6 +176,9 @@ impl RequestHints {
         if self.avoid.is_some() {
             flags |= Self::AVOID;
         }
+        if self.resume_at.is_some() {
+            flags |= Self::RESUME_AT;
+        }
         w.u8(flags);
         if let Some(root) = self.root {
             w.bytes(&root.0);
@@ -185,11 +192,15 @@ impl RequestHints {
         if let Some(avoid) = self.avoid {
             write_addr(w, avoid);
         }
+        if let Some(serial) = self.resume_at {
+            w.u32(serial);
+        }
     }
 
     fn parse(r: &mut Reader<'_>) -> Result<RequestHints, ParseError> {
         let flags = r.u8()?;
-        if flags & !(Self::ROOT | Self::THROUGHPUT | Self::LOCATION | Self::AVOID) != 0 {
+        let known = Self::ROOT | Self::THROUGHPUT | Self::LOCATION | Self::AVOID | Self::RESUME_AT;
+        if flags & !known != 0 {
             return Err(ParseError::Malformed);
         }
         let mut hints = RequestHints::default();
@@ -211,6 +222,9 @@ impl RequestHints {
         if flags & Self::AVOID != 0 {
             hints.avoid = Some(read_addr(r)?);
         }
+        if flags & Self::RESUME_AT != 0 {
+            hints.resume_at = Some(r.u32()?);
+        }
         Ok(hints)
     }
 
@@ -228,6 +242,9 @@ impl RequestHints {
         }
         if let Some(avoid) = self.avoid {
             len += if avoid.is_ipv4() { 7 } else { 19 };
+        }
+        if self.resume_at.is_some() {
+            len += 4;
         }
         len
     }
@@ -727,13 +744,15 @@ mod tests {
             prop_oneof![Just(0u64), any::<u64>()],
             "[a-z0-9-]{0,32}",
             proptest::option::of(any_addr()),
+            proptest::option::of(any::<u32>()),
         )
             .prop_map(
-                |(root, throughput_bits_per_s, location, avoid)| RequestHints {
+                |(root, throughput_bits_per_s, location, avoid, resume_at)| RequestHints {
                     root: root.map(RootHash),
                     throughput_bits_per_s,
                     location,
                     avoid,
+                    resume_at,
                 },
             )
     }

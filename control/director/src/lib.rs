@@ -1,0 +1,206 @@
+//! The traffic director (`loopcastd direct`, R15-R18): one mio loop that feeds its UDP port and
+//! the clock to `proto::director::Director` and sends what it answers. Servers' heartbeats and
+//! clients' Requests arrive on the same port; the admin socket shows the registry.
+//!
+//! ```text
+//!  heartbeat (server) ──▶ Director: registry ── expiry (no heartbeat for 3 intervals)
+//!  Request (client)   ──▶ Director: route ──▶ Redirect{server} | Reject ──▶ the client
+//! ```
+//! Several directors run side by side, each fed by every server; none is a single point of
+//! failure (clients ask the next one when one is silent).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use loopcast_proto::director::{Director, DirectorConfig, DirectorEvent};
+use loopcast_proto::time::MonotonicClock;
+use loopcast_proto::wire::fleet::{FleetKey, HEARTBEAT_LEN_MAX};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+
+#[derive(Clone, Debug)]
+pub struct DirectConfig {
+    pub listen: SocketAddr,
+    pub fleet_key: FleetKey,
+    /// A server is dead after this many missed heartbeats (R17).
+    pub heartbeat_misses: u32,
+    pub admin_socket: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirectError {
+    #[error("cannot bind the director's port {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Admin(#[from] loopcast_admin::StartError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+const SOCKET: Token = Token(0);
+/// Longest sleep, so shutdown requests are noticed.
+const POLL_CEILING: Duration = Duration::from_millis(100);
+/// Datagrams handled per wake-up (then the clock and the admin snapshot get their turn).
+const BATCH_MAX: usize = 1024;
+
+/// Binds the director's port (so a caller can learn it before `run_on`, e.g. port 0).
+pub fn bind(listen: SocketAddr) -> Result<std::net::UdpSocket, DirectError> {
+    std::net::UdpSocket::bind(listen).map_err(|source| DirectError::Bind {
+        addr: listen,
+        source,
+    })
+}
+
+pub fn run(config: DirectConfig, shutdown: Arc<AtomicBool>) -> Result<(), DirectError> {
+    let socket = bind(config.listen)?;
+    run_on(config, socket, shutdown)
+}
+
+pub fn run_on(
+    config: DirectConfig,
+    socket: std::net::UdpSocket,
+    shutdown: Arc<AtomicBool>,
+) -> Result<(), DirectError> {
+    socket.set_nonblocking(true)?;
+    let local = socket.local_addr()?;
+    let mut socket = UdpSocket::from_std(socket);
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut socket, SOCKET, Interest::READABLE)?;
+    let mut admin = match &config.admin_socket {
+        Some(path) => Some(loopcast_admin::AdminServer::start(
+            path,
+            loopcast_admin::AdminConfig::default(),
+        )?),
+        None => None,
+    };
+    let mut director_config = DirectorConfig::new(config.fleet_key.clone());
+    director_config.heartbeat_misses = config.heartbeat_misses.max(1);
+    let mut director = Director::new(director_config);
+    let clock = MonotonicClock::new();
+    tracing::info!(%local, heartbeat_misses = config.heartbeat_misses, "loopcastd directing");
+    let mut events = Events::with_capacity(16);
+    let mut buffer = vec![0u8; HEARTBEAT_LEN_MAX.max(2048) + 1];
+    while !shutdown.load(Ordering::Relaxed) {
+        let timeout = director
+            .poll_timeout()
+            .map_or(POLL_CEILING, |at| clock.until(at).min(POLL_CEILING));
+        match poll.poll(&mut events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        for _ in 0..BATCH_MAX {
+            let (len, from) = match socket.recv_from(&mut buffer) {
+                Ok(received) => received,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "receive error");
+                    break;
+                }
+            };
+            let now = clock.now();
+            if let Some(answer) = director.handle_datagram(
+                now,
+                loopcast_proto::time::unix_time_ms(),
+                from,
+                &buffer[..len],
+            ) {
+                let _ = socket.send_to(&answer, from);
+            }
+        }
+        director.handle_timeout(clock.now());
+        while let Some(event) = director.poll_event() {
+            log(&event);
+        }
+        if let Some(admin) = &mut admin {
+            admin.publish_status(|| status_json(&director, clock.now()));
+        }
+    }
+    tracing::info!("director stopping");
+    drop(admin);
+    Ok(())
+}
+
+fn log(event: &DirectorEvent) {
+    match event {
+        DirectorEvent::ServerUp {
+            server_id,
+            request_addr,
+        } => {
+            tracing::info!(server = %request_addr, id = format_args!("{server_id:016x}"), "server up")
+        }
+        DirectorEvent::ServerStateChanged {
+            server_id,
+            request_addr,
+            state,
+        } => {
+            tracing::info!(server = %request_addr, id = format_args!("{server_id:016x}"), state = state.name(), "server state")
+        }
+        DirectorEvent::ServerDown {
+            server_id,
+            request_addr,
+            silent_for,
+        } => {
+            tracing::warn!(server = %request_addr, id = format_args!("{server_id:016x}"), silent_ms = silent_for.as_millis() as u64, "server down: no heartbeat; routing its files elsewhere")
+        }
+        DirectorEvent::ServerReplaced {
+            old_server_id,
+            server_id,
+            request_addr,
+        } => {
+            tracing::info!(server = %request_addr, old = format_args!("{old_server_id:016x}"), id = format_args!("{server_id:016x}"), "server restarted")
+        }
+    }
+}
+
+fn status_json(director: &Director, now: loopcast_proto::time::Instant) -> serde_json::Value {
+    let counters = director.counters();
+    let servers: Vec<serde_json::Value> = director
+        .servers(now)
+        .into_iter()
+        .map(|s| {
+            serde_json::json!({
+                "server_id": format!("{:016x}", s.server_id),
+                "address": s.request_addr.to_string(),
+                "heard_from": s.heard_from.to_string(),
+                "state": if s.alive { s.state.name() } else { "dead" },
+                "location": s.location,
+                "sessions": s.sessions,
+                "sessions_max": s.sessions_max,
+                "channels": s.channels,
+                "rate_bits_per_s": s.rate_bits_per_s,
+                "rate_bits_per_s_max": s.rate_bits_per_s_max,
+                "routed_since_heartbeat": s.routed_since_heartbeat,
+                "last_heard_ms": s.last_heard_ago.as_millis() as u64,
+                "files": s.files.iter().map(|f| serde_json::json!({
+                    "name": f.name,
+                    "root": f.root.to_hex(),
+                    "bytes": f.bytes,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "role": "director",
+        "servers": servers,
+        "counters": {
+            "heartbeats": counters.heartbeats,
+            "heartbeats_unauthenticated": counters.heartbeats_unauthenticated,
+            "heartbeats_malformed": counters.heartbeats_malformed,
+            "heartbeats_replayed": counters.heartbeats_replayed,
+            "heartbeats_refused_full": counters.heartbeats_refused_full,
+            "requests": counters.requests,
+            "redirects": counters.redirects,
+            "rejects_not_found": counters.rejects_not_found,
+            "rejects_busy": counters.rejects_busy,
+            "dropped": counters.dropped,
+        },
+    })
+}

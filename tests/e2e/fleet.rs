@@ -1,0 +1,403 @@
+//! The fleet (issue 11, R7, R15-R18): directors and servers as real processes on the host's
+//! loopback (unicast only: the host namespace never carries multicast). Every download is
+//! checked byte for byte against the server's archive.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    bin, free_udp_port, json_of, loopcastd_on_loopback, run_ok, status_of, wait_for_admin,
+    write_content, Proc, Scratch,
+};
+
+struct Director {
+    process: Proc,
+    port: u16,
+    admin: PathBuf,
+}
+
+impl Director {
+    fn start(scratch: &Scratch, label: &str, key: &Path) -> Director {
+        let port = free_udp_port();
+        let admin = scratch.path(&format!("{label}.sock"));
+        let process = Proc::spawn(
+            label,
+            Command::new(bin("loopcastd"))
+                .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
+                .arg("--fleet-key")
+                .arg(key)
+                .arg("--admin-socket")
+                .arg(&admin),
+        );
+        wait_for_admin(&admin);
+        Director {
+            process,
+            port,
+            admin,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+struct FleetServer {
+    process: Proc,
+    port: u16,
+    admin: PathBuf,
+}
+
+impl FleetServer {
+    fn start(
+        scratch: &Scratch,
+        label: &str,
+        media: &Path,
+        key: &Path,
+        directors: &[&Director],
+        extra: &[&str],
+    ) -> FleetServer {
+        let port = free_udp_port();
+        let admin = scratch.path(&format!("{label}.sock"));
+        let list: Vec<String> = directors.iter().map(|d| d.address()).collect();
+        let process = Proc::spawn(
+            label,
+            loopcastd_on_loopback(port, media, &admin, extra)
+                .arg("--director")
+                .arg(list.join(","))
+                .arg("--fleet-key")
+                .arg(key),
+        );
+        wait_for_admin(&admin);
+        FleetServer {
+            process,
+            port,
+            admin,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A fleet key, two media databases, and `names` packed once (each server gets a copy of the
+/// same archive: the same root, so a client can move between them).
+fn fleet_files(scratch: &Scratch, files: &[(&str, usize)]) -> PathBuf {
+    let key = scratch.path("fleet.key");
+    run_ok(Command::new(bin("loopcastd")).arg("fleet-key").arg(&key));
+    let packed = scratch.path("packed");
+    std::fs::create_dir_all(&packed).unwrap();
+    for (index, (name, len)) in files.iter().enumerate() {
+        let input = scratch.path(name);
+        write_content(&input, *len, index as u64 + 11);
+        run_ok(
+            Command::new(bin("loopcast"))
+                .arg("pack")
+                .arg(&input)
+                .arg("--media")
+                .arg(&packed)
+                .arg("--no-encrypt"),
+        );
+    }
+    key
+}
+
+fn media_with(scratch: &Scratch, label: &str, names: &[&str]) -> PathBuf {
+    let media = scratch.path(label);
+    std::fs::create_dir_all(&media).unwrap();
+    for name in names {
+        let archive = format!("{name}.lca");
+        std::fs::copy(scratch.path("packed").join(&archive), media.join(&archive)).unwrap();
+    }
+    media
+}
+
+/// Waits until every director lists `servers` servers online, each with its whole catalog.
+fn wait_for_fleet(directors: &[&Director], servers: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = directors.iter().all(|d| {
+            let status = status_of(&d.admin);
+            let listed = status["servers"].as_array().cloned().unwrap_or_default();
+            listed.len() == servers
+                && listed
+                    .iter()
+                    .all(|s| s["state"] == "online" && !s["files"].as_array().unwrap().is_empty())
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directors never listed {servers} servers: {}",
+            status_of(&directors[0].admin)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn get(addresses: &str, name: &str, output: &Path, extra: &[&str]) -> Proc {
+    Proc::spawn(
+        "loopcast get",
+        Command::new(bin("loopcast"))
+            .args(["get", addresses, name, "--unicast", "--json", "--force"])
+            .arg("--output")
+            .arg(output)
+            .args(extra),
+    )
+}
+
+fn assert_same_bytes(got: &Path, archive: &Path) {
+    let got_bytes = std::fs::read(got).unwrap();
+    let archive_bytes = std::fs::read(archive).unwrap();
+    assert!(
+        got_bytes == archive_bytes,
+        "{} differs from the server's archive",
+        got.display()
+    );
+}
+
+/// R7, R16, R18: a client that names two directors gets each file from a server that holds
+/// it, by redirect; with one director dead it asks the other; a file no server has is a clear
+/// refusal. The directors list the servers and their files.
+pub fn a_director_sends_each_request_to_a_server_that_holds_the_file() {
+    let scratch = Scratch::new("fleet-route");
+    let key = fleet_files(&scratch, &[("common.bin", 3 << 20), ("rare.bin", 2 << 20)]);
+    let media_one = media_with(&scratch, "media-one", &["common.bin"]);
+    let media_two = media_with(&scratch, "media-two", &["common.bin", "rare.bin"]);
+    let first = Director::start(&scratch, "director-1", &key);
+    let second = Director::start(&scratch, "director-2", &key);
+    let server_one = FleetServer::start(
+        &scratch,
+        "server-1",
+        &media_one,
+        &key,
+        &[&first, &second],
+        &["--location", "paris"],
+    );
+    let server_two = FleetServer::start(
+        &scratch,
+        "server-2",
+        &media_two,
+        &key,
+        &[&first, &second],
+        &["--location", "tokyo"],
+    );
+    wait_for_fleet(&[&first, &second], 2);
+    let both = format!("{},{}", first.address(), second.address());
+
+    // Only server 2 has rare.bin: the director sends the client there.
+    let output = scratch.path("rare.lca");
+    let report = get(&both, "rare.bin", &output, &[]).report(Duration::from_secs(30));
+    assert_eq!(report["server"], server_two.address(), "{report}");
+    assert_eq!(report["verified"], true);
+    assert_same_bytes(&output, &media_two.join("rare.bin.lca"));
+
+    // Both have common.bin: the location decides.
+    for (location, server) in [("paris", &server_one), ("tokyo", &server_two)] {
+        let output = scratch.path(&format!("common-{location}.lca"));
+        let report = get(&both, "common.bin", &output, &["--location", location])
+            .report(Duration::from_secs(30));
+        assert_eq!(report["server"], server.address(), "{location}: {report}");
+        assert_same_bytes(&output, &media_one.join("common.bin.lca"));
+    }
+
+    // A file no server has: refused, with a message that says so (exit 3).
+    let missing =
+        get(&both, "nowhere.bin", &scratch.path("nowhere.lca"), &[]).wait(Duration::from_secs(30));
+    assert_eq!(missing.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&missing.stdout);
+    assert!(stdout.contains("no server of this fleet has"), "{stdout}");
+
+    // The directors list both servers with their files.
+    let status = status_of(&first.admin);
+    let servers = status["servers"].as_array().unwrap();
+    let listed: Vec<(&str, usize)> = servers
+        .iter()
+        .map(|s| {
+            (
+                s["address"].as_str().unwrap(),
+                s["files"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    let mut expected = vec![(server_one.address(), 1), (server_two.address(), 2)];
+    expected.sort();
+    let mut listed: Vec<(String, usize)> =
+        listed.into_iter().map(|(a, n)| (a.to_owned(), n)).collect();
+    listed.sort();
+    assert_eq!(listed, expected);
+    assert!(status["counters"]["redirects"].as_u64().unwrap() >= 1);
+
+    // R18: the first director dies; a client that knows both still gets its file.
+    drop(first.process);
+    let output = scratch.path("common-after.lca");
+    let started = Instant::now();
+    let report = get(&both, "common.bin", &output, &[]).report(Duration::from_secs(30));
+    assert_eq!(report["verified"], true);
+    assert_same_bytes(&output, &media_one.join("common.bin.lca"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the second director answered the retry: {:?}",
+        started.elapsed()
+    );
+    drop(server_one);
+    drop(server_two);
+}
+
+/// R17: the server a client is receiving from is killed (SIGKILL) mid-transfer; the client
+/// goes back to the directors, is sent to the other server with the same archive, and finishes
+/// from what it holds: the file is byte-identical and nothing started over.
+pub fn a_server_killed_mid_transfer_is_replaced_and_the_download_continues() {
+    let scratch = Scratch::new("fleet-failover");
+    let key = fleet_files(&scratch, &[("film.bin", 40 << 20)]);
+    let media_one = media_with(&scratch, "media-one", &["film.bin"]);
+    let media_two = media_with(&scratch, "media-two", &["film.bin"]);
+    let first = Director::start(&scratch, "director-1", &key);
+    let second = Director::start(&scratch, "director-2", &key);
+    // 40 MiB at 100 Mbit/s: about 3.5 s a loop, time to kill mid-transfer.
+    let rate = ["--rate", "100M", "--fixed-rate"];
+    let mut servers = vec![
+        FleetServer::start(
+            &scratch,
+            "server-1",
+            &media_one,
+            &key,
+            &[&first, &second],
+            &rate,
+        ),
+        FleetServer::start(
+            &scratch,
+            "server-2",
+            &media_two,
+            &key,
+            &[&first, &second],
+            &rate,
+        ),
+    ];
+    wait_for_fleet(&[&first, &second], 2);
+    let output = scratch.path("film.lca");
+    let client = get(
+        &format!("{},{}", first.address(), second.address()),
+        "film.bin",
+        &output,
+        &[],
+    );
+    // Find the server it is on, wait until it holds some of the file, and kill that server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let serving = loop {
+        let found = servers.iter().position(|s| {
+            status_of(&s.admin)["sessions"]
+                .as_array()
+                .is_some_and(|list| !list.is_empty())
+        });
+        if let Some(index) = found {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no server got the client");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    let victim = servers.remove(serving);
+    let survivor = &servers[0];
+    let pid = nix::unistd::Pid::from_raw(victim.process.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let killed_at = Instant::now();
+    // The survivor gets the client within the failover target (1.5 s with the defaults).
+    let mut taken_over = None;
+    while killed_at.elapsed() < Duration::from_secs(10) {
+        let sessions = status_of(&survivor.admin)["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if !sessions.is_empty() {
+            taken_over = Some(killed_at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let taken_over = taken_over.expect("the other server never got the client");
+    let report = client.report(Duration::from_secs(60));
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["failovers"], 1, "{report}");
+    assert_eq!(report["server"], survivor.address(), "{report}");
+    assert_same_bytes(&output, &media_one.join("film.bin.lca"));
+    eprintln!(
+        "failover: the other server had the client {:.2} s after the kill (status polled every 20 ms); whole download {:.2} s, {} duplicates of {} datagrams",
+        taken_over.as_secs_f64(),
+        report["seconds"].as_f64().unwrap(),
+        report["duplicates"],
+        report["receiver"]["stored"]
+    );
+    if std::env::var_os("LC_FLEET_DEBUG").is_some() {
+        eprintln!("{report}");
+    }
+    assert!(
+        taken_over < Duration::from_secs(3),
+        "failover took {taken_over:?}"
+    );
+    drop(victim);
+}
+
+/// R15, R23: a heartbeat made without the fleet key, or garbage, registers nothing: the
+/// director counts it, lists no server, and a client asking for the forger's file is refused.
+pub fn a_heartbeat_without_the_fleet_key_registers_nothing() {
+    use loopcast_proto::info::RootHash;
+    use loopcast_proto::wire::fleet::{
+        catalog_digest, CatalogEntry, FleetKey, Heartbeat, ServerState,
+    };
+    let scratch = Scratch::new("fleet-forged");
+    let key = fleet_files(&scratch, &[]);
+    let director = Director::start(&scratch, "director", &key);
+    let entries = vec![CatalogEntry {
+        name: "bait.bin".into(),
+        root: RootHash([7; 32]),
+        bytes: 1,
+    }];
+    let attacker = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let wrong = FleetKey::from_secret(b"not the fleet's key, but long enough").unwrap();
+    let now_ms = loopcast_proto::time::unix_time_ms();
+    let forged = Heartbeat {
+        server_id: 666,
+        incarnation: now_ms,
+        sequence: 1,
+        sent_at_unix_ms: now_ms,
+        interval_ms: 250,
+        state: ServerState::Online,
+        request_addr: attacker.local_addr().unwrap(),
+        location: String::new(),
+        sessions: 0,
+        sessions_max: 10,
+        channels: 0,
+        rate_bits_per_s: 0,
+        rate_bits_per_s_max: 0,
+        catalog_digest: catalog_digest(&entries),
+        page: 0,
+        pages: 1,
+        entries,
+    };
+    let target = director.address();
+    for _ in 0..20 {
+        attacker.send_to(&forged.to_bytes(&wrong), &target).unwrap();
+        attacker.send_to(b"Lf\x01\x01garbage", &target).unwrap();
+        attacker.send_to(&[0u8; 3], &target).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let status = status_of(&director.admin);
+    assert_eq!(status["servers"].as_array().unwrap().len(), 0, "{status}");
+    assert!(
+        status["counters"]["heartbeats_unauthenticated"]
+            .as_u64()
+            .unwrap()
+            >= 20,
+        "{status}"
+    );
+    let refused =
+        get(&target, "bait.bin", &scratch.path("bait.lca"), &[]).wait(Duration::from_secs(30));
+    assert_eq!(refused.status.code(), Some(3), "refused: not found");
+    let report = json_of(&refused);
+    assert_eq!(report["verified"], false);
+}
