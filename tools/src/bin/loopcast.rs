@@ -763,6 +763,18 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
             report.transport_note
         );
         let _ = writeln!(text, "  verified against root {}", report.root.to_hex());
+        if report.server.to_string() != args.server || report.failovers > 0 {
+            let _ = writeln!(
+                text,
+                "  from {}{}",
+                report.server,
+                match report.failovers {
+                    0 => String::new(),
+                    1 => " (after 1 server failed and another continued)".to_owned(),
+                    n => format!(" (after {n} servers failed and others continued)"),
+                }
+            );
+        }
         if let Some(tier) = report.tier {
             let _ = writeln!(
                 text,

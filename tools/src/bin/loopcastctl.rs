@@ -10,7 +10,7 @@ use loopcast_tools::{default_admin_socket, format_rate};
 #[command(
     name = "loopcastctl",
     version,
-    about = "Admin tool for a running loopcastd (owner-only Unix socket)"
+    about = "Admin tool for a running loopcastd server or director (owner-only Unix socket)"
 )]
 struct Cli {
     /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcast/loopcastd.sock, else
@@ -42,6 +42,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// (director) The fleet's servers: state, location, load, files, when last heard.
+    Servers {
+        /// A JSON array, one object per server.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (director) The fleet's files: name, root, size and the live servers that hold each.
+    Files {
+        /// A JSON array, one object per file version (name and root).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,9 +70,34 @@ fn main() -> ExitCode {
         eprintln!("loopcastctl: daemon said: {error}");
         return ExitCode::FAILURE;
     }
+    let director = answer["role"] == "director";
+    match (&cli.command, director) {
+        (Command::Servers { .. } | Command::Files { .. }, false) => {
+            eprintln!(
+                "loopcastctl: {} is a server's socket; servers and files are a director's view (loopcastd direct, default socket loopcastd-direct.sock)",
+                socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        (Command::Clients { .. } | Command::Channels { .. }, true) => {
+            eprintln!(
+                "loopcastctl: {} is a director's socket; clients and channels are a server's view",
+                socket.display()
+            );
+            return ExitCode::FAILURE;
+        }
+        _ => {}
+    }
     match cli.command {
         Command::Status { json: true } => println!("{answer}"),
+        Command::Status { json: false } if director => print_director(&answer),
         Command::Status { json: false } => print_status(&answer),
+        Command::Servers { json: true } => println!("{}", answer["servers"]),
+        Command::Servers { json: false } => print_servers(&answer),
+        Command::Files { json: true } => {
+            println!("{}", serde_json::Value::from(fleet_files(&answer)))
+        }
+        Command::Files { json: false } => print_files(&answer),
         Command::Clients { json: true } => println!("{}", answer["sessions"]),
         Command::Clients { json: false } => print_clients(&answer),
         Command::Channels { json: true } => println!("{}", answer["channels"]),
@@ -166,6 +203,127 @@ fn print_channels(answer: &serde_json::Value) {
     }
 }
 
+/// One row per server a director knows.
+fn print_servers(answer: &serde_json::Value) {
+    let servers = answer["servers"].as_array().cloned().unwrap_or_default();
+    println!(
+        "{:<24} {:<9} {:<12} {:>11} {:>8} {:>24} {:>6} {:>11}",
+        "SERVER", "STATE", "LOCATION", "SESSIONS", "CHANNELS", "RATE (OF MAX)", "FILES", "HEARD"
+    );
+    for s in &servers {
+        let max = s["sessions_max"].as_u64().unwrap_or(0);
+        let rate_max = s["rate_bits_per_s_max"].as_u64().unwrap_or(0);
+        println!(
+            "{:<24} {:<9} {:<12} {:>11} {:>8} {:>24} {:>6} {:>11}",
+            text(&s["address"]),
+            text(&s["state"]),
+            s["location"]
+                .as_str()
+                .filter(|l| !l.is_empty())
+                .unwrap_or("-"),
+            format!("{}/{}", s["sessions"], max),
+            text(&s["channels"]),
+            {
+                // No channel: nothing sent (a rate of 0 would read as "unpaced").
+                let now = if s["channels"].as_u64().unwrap_or(0) == 0 {
+                    "idle".to_owned()
+                } else {
+                    rate_of(&s["rate_bits_per_s"])
+                };
+                if rate_max > 0 {
+                    format!("{now} (of {})", format_rate(rate_max))
+                } else {
+                    now
+                }
+            },
+            s["files"].as_array().map_or(0, Vec::len),
+            format!("{} ms ago", s["last_heard_ms"])
+        );
+    }
+    if servers.is_empty() {
+        println!("(no servers: are they started with --director and the same --fleet-key?)");
+    }
+}
+
+/// Every file version (name and root) the fleet holds, with the live servers that hold it.
+fn fleet_files(answer: &serde_json::Value) -> Vec<serde_json::Value> {
+    type Holders = (u64, Vec<String>);
+    let mut files: std::collections::BTreeMap<(String, String), Holders> =
+        std::collections::BTreeMap::new();
+    for server in answer["servers"].as_array().cloned().unwrap_or_default() {
+        let live = server["state"] == "online";
+        for file in server["files"].as_array().cloned().unwrap_or_default() {
+            let entry = files
+                .entry((text(&file["name"]), text(&file["root"])))
+                .or_insert((file["bytes"].as_u64().unwrap_or(0), Vec::new()));
+            if live {
+                entry.1.push(text(&server["address"]));
+            }
+        }
+    }
+    files
+        .into_iter()
+        .map(|((name, root), (bytes, servers))| {
+            serde_json::json!({"name": name, "root": root, "bytes": bytes, "servers": servers})
+        })
+        .collect()
+}
+
+fn print_files(answer: &serde_json::Value) {
+    let files = fleet_files(answer);
+    println!(
+        "{:<32} {:<18} {:>14}  SERVERS (online)",
+        "FILE", "ROOT", "BYTES"
+    );
+    for f in &files {
+        let servers: Vec<String> = f["servers"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        let root = text(&f["root"]);
+        println!(
+            "{:<32} {:<18} {:>14}  {}",
+            text(&f["name"]),
+            format!("{}…", &root[..16.min(root.len())]),
+            text(&f["bytes"]),
+            if servers.is_empty() {
+                "none online".to_owned()
+            } else {
+                servers.join(", ")
+            }
+        );
+    }
+    if files.is_empty() {
+        println!("(no files)");
+    }
+}
+
+fn print_director(answer: &serde_json::Value) {
+    let servers = answer["servers"].as_array().cloned().unwrap_or_default();
+    let online = servers.iter().filter(|s| s["state"] == "online").count();
+    println!(
+        "director    {} server(s), {online} online, {} file(s); see `loopcastctl servers` and `loopcastctl files`",
+        servers.len(),
+        fleet_files(answer).len()
+    );
+    print_counters(answer);
+}
+
+fn print_counters(answer: &serde_json::Value) {
+    println!("counters");
+    if let Some(counters) = answer["counters"].as_object() {
+        // Four to a line, name then value, in the daemon's order.
+        let cells: Vec<String> = counters
+            .iter()
+            .map(|(name, value)| format!("{name} {value}"))
+            .collect();
+        for row in cells.chunks(4) {
+            let row: Vec<String> = row.iter().map(|cell| format!("{cell:<34}")).collect();
+            println!("  {}", row.join("").trim_end());
+        }
+    }
+}
+
 fn print_status(answer: &serde_json::Value) {
     // The probe's reason speaks of the path it found; a thread that stepped down since (e.g.
     // zero-copy notifications kept reporting copies) says so by its path.
@@ -211,16 +369,5 @@ fn print_status(answer: &serde_json::Value) {
             s["held"]
         );
     }
-    println!("counters");
-    if let Some(counters) = answer["counters"].as_object() {
-        // Four to a line, name then value, in the daemon's order.
-        let cells: Vec<String> = counters
-            .iter()
-            .map(|(name, value)| format!("{name} {value}"))
-            .collect();
-        for row in cells.chunks(4) {
-            let row: Vec<String> = row.iter().map(|cell| format!("{cell:<34}")).collect();
-            println!("  {}", row.join("").trim_end());
-        }
-    }
+    print_counters(answer);
 }
