@@ -339,6 +339,13 @@ pub fn a_server_killed_mid_transfer_is_replaced_and_the_download_continues() {
         taken_over < Duration::from_secs(3),
         "failover took {taken_over:?}"
     );
+    // R17: nothing received twice beyond what was in flight (the target: 1 % of the file).
+    let duplicates = report["duplicates"].as_u64().unwrap();
+    let datagrams = report["receiver"]["stored"].as_u64().unwrap();
+    assert!(
+        duplicates * 100 <= datagrams,
+        "{duplicates} duplicates of {datagrams} datagrams"
+    );
     drop(victim);
 }
 

@@ -357,11 +357,16 @@ impl NakPlanner {
         }
         let mut room = window - in_flight;
         // Stop where the loop is about to deliver anyway: within two reorder margins ahead of
-        // the frontier.
-        let stop_within = 2 * self.config.reorder_margin + 1;
+        // the frontier, and within twice what is in flight. Asks are served from the same
+        // token bucket as the loop, at most half of it, in the order asked (the nearest to the
+        // frontier last): an ask nearer than what is queued before it reaches the client after
+        // the loop has brought the same serial, a duplicate. Stopping early costs nothing: the
+        // loop then has the whole rate.
+        let reorder_stop = 2 * self.config.reorder_margin + 1;
         let mut run: Option<(u32, u32)> = None; // (lowest, highest) of the current missing run
         let mut scanned = 0u32;
         loop {
+            let stop_within = reorder_stop.max(2 * (window - room));
             let done = self.ahead(frontier, next) < stop_within
                 || room == 0
                 || scanned >= self.loop_len()
@@ -397,7 +402,7 @@ impl NakPlanner {
             scanned += 1;
             next = self.before(next);
         }
-        self.backlog_next = if self.ahead(frontier, next) < stop_within {
+        self.backlog_next = if self.ahead(frontier, next) < reorder_stop.max(2 * (window - room)) {
             None
         } else {
             Some(next)
@@ -1284,6 +1289,72 @@ mod tests {
             asked_serials.len()
         );
         assert_eq!(nak.backlog_next, None, "the walk ended at the frontier");
+    }
+
+    /// A client holding nothing joins a loop with the backlog on: the loop brings serials
+    /// upward from the join point while the backlog's repairs come down from the end, each at
+    /// the same rate (repairs share the loop's token bucket). Where they meet, asks still queued
+    /// when the loop passes them arrive twice. The walk stops short by twice what is in
+    /// flight: the 2,048-serial window once cost ~2,000 duplicates here (8.6 % of a 20 MB
+    /// file over unicast); now almost none.
+    #[test]
+    fn the_backlog_stops_before_the_loop_overtakes_its_queued_asks() {
+        let loop_len = 20_000u32;
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                backlog_window: 2048,
+                ..NakConfig::default()
+            },
+            &Bitmap::new(loop_len),
+        );
+        let mut held = vec![false; loop_len as usize];
+        let mut duplicates = 0u32;
+        let mut queue: VecDeque<u32> = VecDeque::new();
+        let mut loop_next = 0u32;
+        let per_tick = 20; // serials each of loop and repairs deliver per millisecond
+        let mut now = Instant::ZERO;
+        let mut deliver =
+            |serial: u32, nak: &mut NakPlanner, now: Instant, held: &mut Vec<bool>| {
+                if held[serial as usize] {
+                    duplicates += 1;
+                }
+                held[serial as usize] = true;
+                nak.saw(serial, now);
+            };
+        for _ in 0..2_000 {
+            now = now + Duration::from_millis(1);
+            if let Some(ranges) = nak.poll_nak(now) {
+                queue.extend(
+                    ranges
+                        .iter()
+                        .flat_map(|&(first, count)| first..first + count),
+                );
+            }
+            let repairs = queue.len().min(per_tick);
+            for _ in 0..repairs {
+                let serial = queue.pop_front().expect("counted");
+                deliver(serial, &mut nak, now, &mut held);
+            }
+            // The loop takes what the repairs left of the rate.
+            for _ in 0..(2 * per_tick - repairs) {
+                if loop_next < loop_len {
+                    deliver(loop_next, &mut nak, now, &mut held);
+                    loop_next += 1;
+                }
+            }
+            if held.iter().all(|&h| h) {
+                break;
+            }
+        }
+        assert!(held.iter().all(|&h| h), "complete");
+        assert!(
+            duplicates <= loop_len / 100,
+            "{duplicates} duplicates of {loop_len}"
+        );
+        assert!(
+            nak.backlog_serials() > u64::from(loop_len) / 4,
+            "the backlog did work"
+        );
     }
 
     #[test]
