@@ -3,6 +3,7 @@
 
 pub mod demo;
 pub mod e2e_bench;
+pub mod fleet_bench;
 pub mod session_bench;
 pub mod topology;
 

@@ -108,6 +108,9 @@ pub struct GetReport {
     /// and replaced through the fleet (R17).
     pub server: SocketAddr,
     pub failovers: u64,
+    /// Wall clock (Unix ms) of the first new datagram after the last failover: with the time
+    /// a server died, how long its clients went without data (`loopcast-bench failover`).
+    pub data_again_after_failover_unix_ms: Option<u64>,
     /// From the start to the first datagram of the file, and the time spent making the
     /// finished file durable (final fsync and rename).
     pub first_datagram_after: Option<Duration>,
@@ -301,6 +304,8 @@ pub fn get_following(
     let mut root_seen: Option<RootHash> = None;
     let mut control_nonblocking = false;
     let mut resumed_datagrams = 0;
+    let mut failovers_seen = 0;
+    let mut data_again_after_failover_unix_ms = None;
     let send_all = |session: &mut ClientSession| {
         while let Some((to, bytes)) = session.poll_transmit() {
             let _ = control.send_to(&bytes, to);
@@ -549,6 +554,10 @@ pub fn get_following(
         let now = clock.now();
         if outcome.stored > 0 {
             last_new_data = Instant::now();
+            if session.failovers() > failovers_seen {
+                failovers_seen = session.failovers();
+                data_again_after_failover_unix_ms = Some(loopcast_proto::time::unix_time_ms());
+            }
         }
         if outcome.seen > 0 {
             session.handle_data(now);
@@ -620,6 +629,7 @@ pub fn get_following(
         session_rerequests: session.rerequests(),
         server: session.peer(),
         failovers: session.failovers(),
+        data_again_after_failover_unix_ms,
         naks_sent: download.nak.naks_sent(),
         serials_naked: download.nak.serials_naked(),
         serials_suppressed: download.nak.serials_suppressed(),

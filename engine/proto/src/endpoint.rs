@@ -1215,7 +1215,10 @@ impl Endpoint {
                     .get_mut(&session)
                     .expect("found above")
                     .channel = solo;
-                start_like = Some(channel_id).filter(|_| !old_empty);
+                // A client that comes from a failed server starts its own loop where its old
+                // one was (R17), not where this tier's is.
+                start_like = Some(channel_id)
+                    .filter(|_| !old_empty && self.sessions[&session].resume_at.is_none());
                 if old_empty {
                     self.close_channel(channel_id);
                 }

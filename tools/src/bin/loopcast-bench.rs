@@ -150,6 +150,25 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// Failover (R17): two directors, two servers with the same archive and N clients on
+    /// loopback; the server with the most clients is killed mid-transfer. Reports the time to
+    /// the last of its clients receiving again, duplicates, and that every copy verified.
+    Failover {
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        #[arg(long, default_value = "64M", value_parser = parse_size)]
+        size: u64,
+        /// Each channel's rate cap (automatic rates below it; with --fixed-rate, exactly it).
+        #[arg(long, default_value = "200M", value_parser = loopcast_tools::parse_rate)]
+        rate: u64,
+        /// Servers run one shared channel per file at exactly --rate (loopcastd --fixed-rate).
+        #[arg(long)]
+        fixed_rate: bool,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Packing throughput vs memcpy and AES-256-GCM ceilings.
     Pack {
         /// Bytes to pack (incompressible).
@@ -236,6 +255,41 @@ fn main() -> ExitCode {
             interface,
             seconds,
         } => run_sink(group, interface, seconds),
+        Scenario::Failover {
+            clients,
+            size,
+            rate,
+            fixed_rate,
+            runs,
+            json,
+        } => loopcast_tools::fleet_bench::run_failover(&loopcast_tools::fleet_bench::FailoverArgs {
+            clients: clients.clamp(1, 64),
+            size,
+            rate_bits_per_s: rate.max(1_000_000),
+            fixed_rate,
+            runs,
+        })
+        .map(|report| {
+            if json {
+                println!("{report}");
+            } else {
+                let range = |name: &str, scale: f64| {
+                    format!(
+                        "{:.3}-{:.3}",
+                        report[name][0].as_f64().unwrap_or(f64::NAN) * scale,
+                        report[name][1].as_f64().unwrap_or(f64::NAN) * scale
+                    )
+                };
+                println!(
+                    "failover: {} clients, {} runs: server death to its last client receiving again {} s (target 1.5 s); duplicates {} % of the file (target 1 %); all verified: {}",
+                    report["clients"],
+                    report["runs"].as_array().map_or(0, Vec::len),
+                    range("failover_seconds_range", 1.0),
+                    range("duplicate_fraction_range", 100.0),
+                    report["all_verified"]
+                );
+            }
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

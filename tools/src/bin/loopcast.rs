@@ -741,6 +741,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
                 "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
                 "session_rerequests": report.session_rerequests,
                 "server": report.server.to_string(), "failovers": report.failovers,
+                "data_again_after_failover_unix_ms": report.data_again_after_failover_unix_ms,
                 "foreign_source_dropped": report.foreign_source_dropped,
                 "receiver": receiver_counters_json(&report.counters),
                 "tier": report.tier.map(|t| t.tier), "tiers": report.tier.map(|t| t.tiers),

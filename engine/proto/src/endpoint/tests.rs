@@ -1134,3 +1134,60 @@ fn a_channel_opened_for_a_client_from_another_server_starts_where_its_loop_was()
         assert_eq!(start_at, expected, "hint {hint:?}, adaptive {adaptive}");
     }
 }
+
+/// With automatic rates a unicast client gets a loop of its own, which normally starts where
+/// the tier it asked on is; one that comes from a failed server starts where its old loop
+/// was instead (it holds what comes before).
+#[test]
+fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
+    let (mut endpoint, mut files) = adaptive_endpoint(false);
+    let name = files.0.name.clone();
+    let first = addr("192.0.2.50:5000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), first, 1);
+    endpoint.handle_control(
+        at(1),
+        first,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    let second = addr("192.0.2.51:5000");
+    let request = ControlMessage::Request {
+        request_id: 2,
+        multicast_ok: false,
+        name,
+        hints: RequestHints {
+            resume_at: Some(200),
+            ..RequestHints::default()
+        },
+    }
+    .to_bytes();
+    endpoint.handle_control(at(2), second, &request, &mut files);
+    let (transmits, _) = drain(&mut endpoint);
+    let (session, token) = transmits
+        .iter()
+        .find_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Offer { session, token, .. }) => Some((session, token)),
+            _ => None,
+        })
+        .expect("an Offer");
+    endpoint.handle_control(
+        at(3),
+        second,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    let (_, commands) = drain(&mut endpoint);
+    let opened: Vec<(Option<ChannelId>, Option<u32>)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            DataCommand::OpenChannel {
+                start_like,
+                start_at,
+                ..
+            } => Some((*start_like, *start_at)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, [(None, Some(200))], "{commands:?}");
+}
