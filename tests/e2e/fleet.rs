@@ -408,3 +408,91 @@ pub fn a_heartbeat_without_the_fleet_key_registers_nothing() {
     let report = json_of(&refused);
     assert_eq!(report["verified"], false);
 }
+
+/// R17: `loopcastctl drain` on the server a client is receiving from: the directors stop
+/// routing to it at once, the client is sent away and continues on the other server from what
+/// it holds (byte-identical, little received twice); a new client goes to the other server;
+/// `undrain` brings it back.
+pub fn a_drained_server_sends_its_clients_to_another_without_losing_their_progress() {
+    let scratch = Scratch::new("fleet-drain");
+    let key = fleet_files(&scratch, &[("film.bin", 24 << 20)]);
+    let media_one = media_with(&scratch, "media-one", &["film.bin"]);
+    let media_two = media_with(&scratch, "media-two", &["film.bin"]);
+    let director = Director::start(&scratch, "director", &key);
+    let rate = ["--rate", "60M"];
+    let servers = [
+        FleetServer::start(&scratch, "server-1", &media_one, &key, &[&director], &rate),
+        FleetServer::start(&scratch, "server-2", &media_two, &key, &[&director], &rate),
+    ];
+    wait_for_fleet(&[&director], 2);
+    let output = scratch.path("film.lca");
+    let client = get(&director.address(), "film.bin", &output, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let on = loop {
+        let found = servers.iter().position(|s| {
+            status_of(&s.admin)["sessions"]
+                .as_array()
+                .is_some_and(|list| !list.is_empty())
+        });
+        if let Some(index) = found {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no server got the client");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let (drained, other) = (&servers[on], &servers[1 - on]);
+    let answer = run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&drained.admin)
+            .arg("drain"),
+    );
+    assert!(String::from_utf8_lossy(&answer.stdout).contains("accepted"));
+    let report = client.report(Duration::from_secs(60));
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["server"], other.address(), "{report}");
+    assert_same_bytes(&output, &media_one.join("film.bin.lca"));
+    let duplicates = report["duplicates"].as_u64().unwrap();
+    let datagrams = report["receiver"]["stored"].as_u64().unwrap();
+    assert!(
+        duplicates * 100 <= datagrams,
+        "{duplicates} duplicates of {datagrams} datagrams"
+    );
+    // The director lists it as draining; a new client goes to the other server.
+    let listed = status_of(&director.admin)["servers"].clone();
+    let state_of = |address: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["address"] == address)
+            .map(|s| s["state"].clone())
+    };
+    assert_eq!(state_of(&drained.address()), Some("draining".into()));
+    assert_eq!(status_of(&drained.admin)["fleet"]["state"], "draining");
+    let second = scratch.path("film-2.lca");
+    let report = get(&director.address(), "film.bin", &second, &[]).report(Duration::from_secs(60));
+    assert_eq!(report["server"], other.address(), "{report}");
+    // Undrained, it is routable again.
+    run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&drained.admin)
+            .arg("undrain"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listed = status_of(&director.admin)["servers"].clone();
+        let online = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["address"] == drained.address() && s["state"] == "online");
+        if online {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never online again: {listed}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -44,6 +44,10 @@ pub struct AdminConfig {
     /// Time a connection has to send its request line, and again to take the answer.
     pub idle_timeout: Duration,
     pub request_len_max: usize,
+    /// Commands besides `status` that the daemon acts on (e.g. "drain"): the admin thread
+    /// queues them (at most `ACTIONS_QUEUED_MAX`) for the control loop, which takes them with
+    /// [`AdminServer::take_actions`], and answers `{"accepted": command}`.
+    pub actions: Vec<&'static str>,
 }
 
 impl Default for AdminConfig {
@@ -52,9 +56,13 @@ impl Default for AdminConfig {
             connections_max: CONNECTIONS_MAX,
             idle_timeout: IO_TIMEOUT,
             request_len_max: REQUEST_LEN_MAX,
+            actions: Vec::new(),
         }
     }
 }
+
+/// Actions waiting for the control loop, at most (more are refused as busy).
+const ACTIONS_QUEUED_MAX: usize = 16;
 
 /// What the admin thread did, for `status` (`"admin"` in the answer).
 #[derive(Debug, Default)]
@@ -77,6 +85,8 @@ struct Shared {
     connections_open: AtomicUsize,
     counters: AdminCounters,
     stop: AtomicBool,
+    /// Accepted actions the control loop has not taken yet.
+    actions: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// The running admin socket. Dropping it stops the accept thread and removes the socket file
@@ -132,6 +142,7 @@ impl AdminServer {
             connections_open: AtomicUsize::new(0),
             counters: AdminCounters::default(),
             stop: AtomicBool::new(false),
+            actions: Mutex::new(std::collections::VecDeque::new()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -153,6 +164,16 @@ impl AdminServer {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The actions (see [`AdminConfig::actions`]) accepted since the last call, in order.
+    pub fn take_actions(&mut self) -> Vec<String> {
+        let mut queue = self
+            .shared
+            .actions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.drain(..).collect()
     }
 
     /// Called by the control loop on every pass: rebuilds the status with `status` when the
@@ -421,7 +442,22 @@ fn trim(bytes: &[u8]) -> &[u8] {
 fn answer(request: &AdminRequest, shared: &Shared) -> serde_json::Value {
     match request.command.as_str() {
         "status" => status_answer(shared),
-        other => serde_json::json!({"error": format!("unknown command {other:?}; try \"status\"")}),
+        action if shared.config.actions.contains(&action) => {
+            let mut queue = shared
+                .actions
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if queue.len() >= ACTIONS_QUEUED_MAX {
+                return serde_json::json!({"error": "busy: too many commands waiting; try again", "retry": true});
+            }
+            queue.push_back(action.to_owned());
+            serde_json::json!({"accepted": action})
+        }
+        other => {
+            let mut known = vec!["status"];
+            known.extend(shared.config.actions.iter().copied());
+            serde_json::json!({"error": format!("unknown command {other:?}; try one of {known:?}")})
+        }
     }
 }
 

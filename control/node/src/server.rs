@@ -306,7 +306,10 @@ pub fn run_on(
     let mut admin = match &config.admin_socket {
         Some(path) => Some(loopcast_admin::AdminServer::start(
             path,
-            loopcast_admin::AdminConfig::default(),
+            loopcast_admin::AdminConfig {
+                actions: vec!["drain", "undrain"],
+                ..loopcast_admin::AdminConfig::default()
+            },
         )?),
         None => None,
     };
@@ -382,6 +385,9 @@ pub fn run_on(
         server.drain_control();
         server.housekeeping();
         if let Some(admin) = &mut admin {
+            for action in admin.take_actions() {
+                server.admin_action(&action);
+            }
             admin.publish_status(|| server.status_json());
         }
     }
@@ -787,6 +793,40 @@ impl Server {
         self.send_heartbeat(false);
     }
 
+    /// `loopcastctl drain` / `undrain` (R17): the directors hear at once that this server takes
+    /// no new clients (or again does); on drain every client is then sent away with
+    /// `Ended{draining}` and continues on another server of the fleet.
+    fn admin_action(&mut self, action: &str) {
+        use loopcast_proto::wire::fleet::ServerState;
+        let state = match action {
+            "drain" => ServerState::Draining,
+            "undrain" => ServerState::Online,
+            other => {
+                tracing::warn!(action = other, "unknown admin action");
+                return;
+            }
+        };
+        match self.heartbeat.as_mut() {
+            Some(heartbeat) => heartbeat.state = state,
+            None => tracing::warn!(
+                action,
+                "this server is in no fleet (no --director): its clients will ask it again"
+            ),
+        }
+        self.send_heartbeat(true);
+        if state == ServerState::Draining {
+            let now = self.clock.now();
+            let sessions = self.endpoint.drain(now);
+            self.flush_endpoint();
+            tracing::info!(
+                sessions,
+                "draining: clients sent to the fleet's other servers; new ones go elsewhere"
+            );
+        } else {
+            tracing::info!("undrained: taking new clients again");
+        }
+    }
+
     /// R15: the next heartbeat to every director, when due (or now, with `force`).
     fn send_heartbeat(&mut self, force: bool) {
         let now = self.clock.now();
@@ -910,7 +950,13 @@ impl Server {
                 })
             })
             .collect();
-        serde_json::json!({
+        let fleet = self.heartbeat.as_ref().map(|h| {
+            serde_json::json!({
+                "state": h.state.name(),
+                "directors": h.directors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        });
+        let mut status = serde_json::json!({
             "send_path": threads.first().map_or("none", |t| path_of(t)),
             "sender_threads": thread_json,
             "send_path_reason": self.send_path_reason,
@@ -953,7 +999,9 @@ impl Server {
                 "zc_notifications": sum(|t| &t.zc_notifications),
                 "zc_copied": sum(|t| &t.zc_copied),
             },
-        })
+        });
+        status["fleet"] = fleet.unwrap_or(serde_json::Value::Null);
+        status
     }
 }
 

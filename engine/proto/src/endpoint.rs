@@ -181,6 +181,8 @@ pub enum SessionEnd {
     NotValidated,
     ChannelFailed,
     ShuttingDown,
+    /// `loopcastctl drain`: sent to another server of the fleet.
+    Drained,
 }
 
 impl core::fmt::Display for SessionEnd {
@@ -192,6 +194,7 @@ impl core::fmt::Display for SessionEnd {
             SessionEnd::NotValidated => "session expired before its address was validated",
             SessionEnd::ChannelFailed => "channel failed",
             SessionEnd::ShuttingDown => "server shutting down",
+            SessionEnd::Drained => "server drained: client sent to another server",
         })
     }
 }
@@ -1764,6 +1767,17 @@ impl Endpoint {
         let _ = now;
         self.shutting_down = true;
         self.end_sessions_telling(|_| true, EndReason::ShuttingDown, SessionEnd::ShuttingDown);
+    }
+
+    /// `loopcastctl drain` (R17): every session ends with `Ended{draining}`, so its client asks
+    /// the fleet's directors (which no longer route here) for another server and continues
+    /// there from its bitmap. The server keeps answering requests (a client outside any fleet
+    /// has nowhere else to go).
+    pub fn drain(&mut self, now: Instant) -> usize {
+        let _ = now;
+        let sessions = self.sessions.len();
+        self.end_sessions_telling(|_| true, EndReason::Draining, SessionEnd::Drained);
+        sessions
     }
 
     /// Ends every session `which` selects, telling its client why with `Ended{reason}`.

@@ -42,6 +42,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// (server) Send every client to the fleet's other servers and take no new ones from the
+    /// directors (maintenance); clients continue where they were. Undo with `undrain`.
+    Drain,
+    /// (server) Take new clients from the directors again after `drain`.
+    Undrain,
     /// (director) The fleet's servers: state, location, load, files, when last heard.
     Servers {
         /// A JSON array, one object per server.
@@ -59,6 +64,33 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.unwrap_or_else(default_admin_socket);
+    if let Command::Drain | Command::Undrain = cli.command {
+        let action = if matches!(cli.command, Command::Drain) {
+            "drain"
+        } else {
+            "undrain"
+        };
+        return match loopcast_admin::request(&socket, action) {
+            Ok(answer) if answer["accepted"] == action => {
+                println!(
+                    "{action}: accepted by {} (its log says what it did)",
+                    socket.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(answer) => {
+                eprintln!(
+                    "loopcastctl: daemon said: {}",
+                    answer["error"].as_str().unwrap_or("no answer to that")
+                );
+                ExitCode::FAILURE
+            }
+            Err(error) => {
+                eprintln!("loopcastctl: error: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let answer = match loopcast_admin::request(&socket, "status") {
         Ok(answer) => answer,
         Err(error) => {
@@ -98,6 +130,7 @@ fn main() -> ExitCode {
             println!("{}", serde_json::Value::from(fleet_files(&answer)))
         }
         Command::Files { json: false } => print_files(&answer),
+        Command::Drain | Command::Undrain => unreachable!("answered above"),
         Command::Clients { json: true } => println!("{}", answer["sessions"]),
         Command::Clients { json: false } => print_clients(&answer),
         Command::Channels { json: true } => println!("{}", answer["channels"]),
@@ -335,6 +368,17 @@ fn print_status(answer: &serde_json::Value) {
         println!("send path   {path} (stepped down at run time; the probe said: {probed})");
     }
     println!("archives    {}", answer["archives"]);
+    if let Some(fleet) = answer["fleet"].as_object() {
+        let directors: Vec<String> = fleet["directors"]
+            .as_array()
+            .map(|a| a.iter().map(text).collect())
+            .unwrap_or_default();
+        println!(
+            "fleet       {} (heartbeats to {})",
+            text(&fleet["state"]),
+            directors.join(", ")
+        );
+    }
     let channels = answer["channels"].as_array().cloned().unwrap_or_default();
     println!("channels    {}", channels.len());
     for c in &channels {

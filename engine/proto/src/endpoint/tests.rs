@@ -1191,3 +1191,50 @@ fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
         .collect();
     assert_eq!(opened, [(None, Some(200))], "{commands:?}");
 }
+
+/// `loopcastctl drain`: every client is told `Ended{draining}` (it asks the fleet for another
+/// server) and its session ends; the server still answers a new request.
+#[test]
+fn draining_sends_every_client_away_and_still_answers_requests() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let clients = [addr("192.0.2.60:5000"), addr("192.0.2.61:5000")];
+    let mut sessions = Vec::new();
+    for (i, &client) in clients.iter().enumerate() {
+        let (session, token) = open(&mut endpoint, &mut files, at(0), client, i as u64 + 1);
+        endpoint.handle_control(
+            at(1),
+            client,
+            &joined(session, token, Transport::Unicast),
+            &mut files,
+        );
+        sessions.push(session);
+    }
+    drain(&mut endpoint);
+    assert_eq!(endpoint.drain(at(2)), 2);
+    let (transmits, commands) = drain(&mut endpoint);
+    let mut ended: Vec<(SocketAddr, SessionId)> = transmits
+        .iter()
+        .filter_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Ended {
+                session,
+                reason: EndReason::Draining,
+            }) => Some((t.destination, session)),
+            _ => None,
+        })
+        .collect();
+    ended.sort();
+    let mut expected: Vec<(SocketAddr, SessionId)> = clients
+        .iter()
+        .copied()
+        .zip(sessions.iter().copied())
+        .collect();
+    expected.sort();
+    assert_eq!(ended, expected);
+    assert_eq!(endpoint.session_count(), 0);
+    assert!(commands
+        .iter()
+        .any(|c| matches!(c, DataCommand::CloseChannel { .. })));
+    endpoint.assert_invariants();
+    let (session, _) = open(&mut endpoint, &mut files, at(3), clients[0], 9);
+    assert!(endpoint.sessions().any(|s| s.session == session));
+}

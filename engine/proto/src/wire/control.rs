@@ -37,6 +37,9 @@ pub enum EndReason {
     ShuttingDown,
     /// The file changed or failed verification on the server; its channel stopped.
     FileUnavailable,
+    /// The server is being drained for maintenance (`loopcastctl drain`): a client in a fleet
+    /// asks the directors for another server at once and continues there.
+    Draining,
 }
 
 impl EndReason {
@@ -45,6 +48,7 @@ impl EndReason {
             EndReason::UnknownSession => 1,
             EndReason::ShuttingDown => 2,
             EndReason::FileUnavailable => 3,
+            EndReason::Draining => 4,
         }
     }
     fn from_byte(byte: u8) -> Result<EndReason, ParseError> {
@@ -52,6 +56,7 @@ impl EndReason {
             1 => Ok(EndReason::UnknownSession),
             2 => Ok(EndReason::ShuttingDown),
             3 => Ok(EndReason::FileUnavailable),
+            4 => Ok(EndReason::Draining),
             _ => Err(ParseError::Malformed),
         }
     }
@@ -63,6 +68,7 @@ impl core::fmt::Display for EndReason {
             EndReason::UnknownSession => "the server does not know this session",
             EndReason::ShuttingDown => "the server is shutting down",
             EndReason::FileUnavailable => "the file changed or is damaged on the server",
+            EndReason::Draining => "the server is draining for maintenance",
         })
     }
 }
@@ -840,9 +846,9 @@ mod tests {
                 file_id: FileId(f),
                 ranges
             }),
-            (any::<u64>(), 1u8..=3).prop_map(|(s, reason)| ControlMessage::Ended {
+            (any::<u64>(), 1u8..=4).prop_map(|(s, reason)| ControlMessage::Ended {
                 session: SessionId(s),
-                reason: EndReason::from_byte(reason).expect("1..=3"),
+                reason: EndReason::from_byte(reason).expect("1..=4"),
             }),
             (any::<u64>(), any::<[u32; 5]>()).prop_map(|(s, [a, b, c, d, e])| {
                 ControlMessage::Report {
