@@ -186,7 +186,34 @@ mod tests {
             connections_max,
             idle_timeout: Duration::from_millis(idle_ms),
             request_len_max: REQUEST_LEN_MAX,
+            actions: Vec::new(),
         }
+    }
+
+    #[test]
+    fn actions_are_queued_for_the_control_loop_bounded_and_others_refused() {
+        let temp = TempDir::new("actions");
+        let path = temp.0.join("admin.sock");
+        let config = AdminConfig {
+            actions: vec!["drain", "undrain"],
+            ..AdminConfig::default()
+        };
+        let mut server = AdminServer::start(&path, config).unwrap();
+        server.publish_status(|| serde_json::json!({}));
+        assert_eq!(request(&path, "drain").unwrap()["accepted"], "drain");
+        assert_eq!(request(&path, "undrain").unwrap()["accepted"], "undrain");
+        assert_eq!(server.take_actions(), ["drain", "undrain"]);
+        assert!(server.take_actions().is_empty(), "taken once");
+        // The loop is slow to take them: at most 16 wait, the rest are told to retry.
+        for _ in 0..16 {
+            assert_eq!(request_once(&path, "drain").unwrap()["accepted"], "drain");
+        }
+        let busy = request_once(&path, "drain").unwrap();
+        assert_eq!(busy["retry"], true, "{busy}");
+        assert_eq!(server.take_actions().len(), 16);
+        let unknown = request(&path, "reboot").unwrap();
+        let message = unknown["error"].as_str().unwrap();
+        assert!(message.contains("drain"), "names what it knows: {message}");
     }
 
     #[test]
