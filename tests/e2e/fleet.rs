@@ -496,3 +496,128 @@ pub fn a_drained_server_sends_its_clients_to_another_without_losing_their_progre
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// R17 on multicast, the default transport, in network namespaces this test creates: a
+/// director and two servers (each with its own multicast groups) on one bridge, a client that
+/// asks the director. The server it receives from is killed (SIGKILL) mid-transfer; the client
+/// asks again, joins the other server's group and finishes from what it holds: verified,
+/// byte-identical, little received twice.
+pub fn multicast_clients_fail_over_to_another_server_in_namespaces() {
+    let tag = format!("lcf{}", std::process::id() % 100_000);
+    let topology = loopcast_tools::topology::BridgeTopology::build(
+        &tag,
+        &[
+            ("s1", "10.79.0.1"),
+            ("s2", "10.79.0.2"),
+            ("d", "10.79.0.3"),
+            ("c", "10.79.0.4"),
+        ],
+        1500,
+    )
+    .expect("namespaces build");
+    let scratch = Scratch::new("fleet-mcast");
+    let key = fleet_files(&scratch, &[("film.bin", 24 << 20)]);
+    let director_admin = scratch.path("director.sock");
+    let _director = Proc::spawn(
+        "director",
+        topology
+            .exec(2, &bin("loopcastd"))
+            .args(["direct", "--listen", "10.79.0.3:7700"])
+            .arg("--fleet-key")
+            .arg(&key)
+            .arg("--admin-socket")
+            .arg(&director_admin),
+    );
+    wait_for_admin(&director_admin);
+    let mut servers = Vec::new();
+    for (index, group) in [(0usize, "239.79.1.0"), (1, "239.79.2.0")] {
+        let media = media_with(&scratch, &format!("media-{index}"), &["film.bin"]);
+        let admin = scratch.path(&format!("server-{index}.sock"));
+        let ip = &topology.hosts[index].1;
+        let process = Proc::spawn(
+            "loopcastd",
+            topology
+                .exec(index, &bin("loopcastd"))
+                .arg("serve")
+                .arg("--media")
+                .arg(&media)
+                .args(["--listen", &format!("{ip}:7700")])
+                .args(["--multicast-interface", ip, "--multicast-ttl", "1"])
+                .args(["--multicast-group", group, "--rate", "80M"])
+                .args(["--director", "10.79.0.3"])
+                .arg("--fleet-key")
+                .arg(&key)
+                .arg("--admin-socket")
+                .arg(&admin),
+        );
+        wait_for_admin(&admin);
+        servers.push((process, admin, format!("{ip}:7700"), media));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(&director_admin)["servers"]
+        .as_array()
+        .map_or(0, |list| {
+            list.iter()
+                .filter(|s| s["state"] == "online" && !s["files"].as_array().unwrap().is_empty())
+                .count()
+        })
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the director never listed both servers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = scratch.path("film.lca");
+    let client = Proc::spawn(
+        "loopcast get",
+        topology
+            .exec(3, &bin("loopcast"))
+            .args([
+                "get",
+                "10.79.0.3",
+                "film.bin",
+                "--json",
+                "--multicast-interface",
+                "10.79.0.4",
+            ])
+            .arg("--output")
+            .arg(&output),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let serving = loop {
+        let found = servers.iter().position(|(_, admin, _, _)| {
+            status_of(admin)["sessions"]
+                .as_array()
+                .is_some_and(|list| !list.is_empty())
+        });
+        if let Some(index) = found {
+            break index;
+        }
+        assert!(Instant::now() < deadline, "no server got the client");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(1000));
+    let (victim, _, _, media) = servers.remove(serving);
+    let pid = nix::unistd::Pid::from_raw(victim.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let report = client.report(Duration::from_secs(60));
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["transport"], "multicast", "{report}");
+    assert_eq!(report["failovers"], 1, "{report}");
+    assert_eq!(report["server"], servers[0].2, "{report}");
+    assert_same_bytes(&output, &media.join("film.bin.lca"));
+    let duplicates = report["duplicates"].as_u64().unwrap();
+    let datagrams = report["receiver"]["stored"].as_u64().unwrap();
+    eprintln!(
+        "multicast failover: {duplicates} duplicates of {datagrams} datagrams, {:.2} s in all",
+        report["seconds"].as_f64().unwrap()
+    );
+    assert!(
+        duplicates * 100 <= datagrams,
+        "{duplicates} duplicates of {datagrams} datagrams"
+    );
+    drop(victim);
+    drop(topology);
+}

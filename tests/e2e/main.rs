@@ -72,6 +72,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet::a_server_killed_mid_transfer_is_replaced_and_the_download_continues),
         e2e!(fleet::a_heartbeat_without_the_fleet_key_registers_nothing),
         e2e!(fleet::a_drained_server_sends_its_clients_to_another_without_losing_their_progress),
+        e2e!(
+            fleet::multicast_clients_fail_over_to_another_server_in_namespaces,
+            Need::RootNetns
+        ),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,
