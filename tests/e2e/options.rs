@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{bin, Scratch};
+use crate::support::{bin, free_udp_port, wait_for_admin, Proc, Scratch};
 
 /// Runs `loopcastd serve` with `extra`, expecting it to refuse at once: (exit code, stderr).
 fn refused(scratch: &Scratch, extra: &[&str]) -> (Option<i32>, String) {
@@ -153,4 +153,84 @@ pub fn serve_help_states_the_rate_defaults() {
         40_000_000_000,
         "the help's 40G is the automatic rates' cap"
     );
+}
+
+/// `loopcastd serve|direct --config FILE`: the commented examples in packaging/ hold only
+/// settings the commands know (every commented line too, uncommented), an unknown key is a
+/// usage error naming it, and a flag on the command line wins over the file (the server's
+/// start line shows the command line's rate).
+pub fn config_files_set_flags_and_the_command_line_wins() {
+    let scratch = Scratch::new("config");
+    let packaging = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging");
+    for (subcommand, example) in [
+        ("serve", "loopcastd-serve.toml"),
+        ("direct", "loopcastd-direct.toml"),
+    ] {
+        let text = std::fs::read_to_string(packaging.join(example)).unwrap();
+        // Every setting, the commented ones as well.
+        let all: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest_is_setting(rest) => rest.to_owned(),
+                _ => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let path = scratch.path(example);
+        std::fs::write(&path, &all).unwrap();
+        let output = Command::new(bin("loopcastd"))
+            .args([subcommand, "--config"])
+            .arg(&path)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{example}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let bad = scratch.path("bad.toml");
+    std::fs::write(&bad, "media = \"/srv\"\nmedya = 1\n").unwrap();
+    let output = Command::new(bin("loopcastd"))
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown setting \"medya\""), "{stderr}");
+    // The file says 100M fixed; the command line says 300M.
+    let media = scratch.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let config = scratch.path("serve.toml");
+    let admin = scratch.path("admin.sock");
+    std::fs::write(
+        &config,
+        format!(
+            "media = {:?}\nlisten = \"127.0.0.1:{}\"\nno_multicast = true\nrate = \"100M\"\nfixed_rate = true\nadmin_socket = {:?}\n",
+            media.display().to_string(),
+            free_udp_port(),
+            admin.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = Proc::spawn(
+        "loopcastd",
+        Command::new(bin("loopcastd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .args(["--rate", "300M"]),
+    );
+    wait_for_admin(&admin);
+    let output = server.terminate();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("fixed 300.0 Mbit/s"), "{log}");
+}
+
+/// `key = value` with a plain key: a setting line of the examples.
+fn rest_is_setting(line: &str) -> bool {
+    line.split_once(" = ").is_some_and(|(key, _)| {
+        !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+    })
 }

@@ -342,3 +342,140 @@ mod address_tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// The flags a daemon's config file stands for (`loopcastd serve|direct --config FILE`): a
+/// TOML table whose keys are the subcommand's long flags (`-` or `_` alike) and whose values
+/// are what the flag takes: a string or number, `true` for a switch (false leaves it off), an
+/// array for a flag given several times. Unknown keys, and keys the config cannot set (`config`
+/// itself, `help`), are errors that name the file and the key.
+pub fn config_args(path: &std::path::Path, command: &clap::Command) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("config {}: {e}", path.display()))?;
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .filter(|long| long != "config" && long != "help" && long != "version")
+        .collect();
+    let mut args = Vec::new();
+    for (key, value) in &table {
+        let flag = key.replace('_', "-");
+        if !known.contains(&flag) {
+            return Err(format!(
+                "config {}: unknown setting {key:?} for `{}` (settings are its long flags: {})",
+                path.display(),
+                command.get_name(),
+                known.join(", ")
+            ));
+        }
+        let scalar = |value: &toml::Value| -> Result<String, String> {
+            match value {
+                toml::Value::String(text) => Ok(text.clone()),
+                toml::Value::Integer(number) => Ok(number.to_string()),
+                toml::Value::Float(number) => Ok(number.to_string()),
+                other => Err(format!(
+                    "config {}: {key} = {other}: expected a string or a number",
+                    path.display()
+                )),
+            }
+        };
+        match value {
+            toml::Value::Boolean(true) => args.push(format!("--{flag}")),
+            toml::Value::Boolean(false) => {}
+            toml::Value::Array(items) => {
+                for item in items {
+                    args.push(format!("--{flag}"));
+                    args.push(scalar(item)?);
+                }
+            }
+            other => {
+                args.push(format!("--{flag}"));
+                args.push(scalar(other)?);
+            }
+        }
+    }
+    Ok(args)
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+    use clap::{Arg, ArgAction, Command};
+
+    fn command() -> Command {
+        Command::new("serve")
+            .arg(Arg::new("media").long("media"))
+            .arg(
+                Arg::new("no_multicast")
+                    .long("no-multicast")
+                    .action(ArgAction::SetTrue),
+            )
+            .arg(
+                Arg::new("director")
+                    .long("director")
+                    .action(ArgAction::Append),
+            )
+            .arg(Arg::new("heartbeat_ms").long("heartbeat-ms"))
+            .arg(Arg::new("config").long("config"))
+    }
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("lc-config-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_config_file_becomes_the_flags_it_names() {
+        let path = write(
+            "ok",
+            "media = \"/srv/media\"\nno_multicast = true\ndirector = [\"10.0.0.2\", \"10.0.0.3\"]\nheartbeat-ms = 250\n",
+        );
+        let args = config_args(&path, &command()).unwrap();
+        assert_eq!(
+            args,
+            [
+                "--director",
+                "10.0.0.2",
+                "--director",
+                "10.0.0.3",
+                "--heartbeat-ms",
+                "250",
+                "--media",
+                "/srv/media",
+                "--no-multicast"
+            ]
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn unknown_settings_and_bad_values_name_the_file_and_the_key() {
+        for (name, text, expected) in [
+            ("unknown", "medya = \"x\"\n", "unknown setting \"medya\""),
+            ("self", "config = \"x\"\n", "unknown setting \"config\""),
+            (
+                "table",
+                "media = { a = 1 }\n",
+                "expected a string or a number",
+            ),
+            ("syntax", "media = \n", "config "),
+        ] {
+            let path = write(name, text);
+            let error = config_args(&path, &command()).unwrap_err();
+            assert!(error.contains(expected), "{name}: {error}");
+            assert!(
+                error.contains(&path.display().to_string()),
+                "{name}: {error}"
+            );
+            std::fs::remove_file(path).unwrap();
+        }
+        let missing = std::path::Path::new("/nonexistent/loopcastd.toml");
+        assert!(config_args(missing, &command())
+            .unwrap_err()
+            .contains("/nonexistent"));
+    }
+}

@@ -23,9 +23,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the archives of a media database directory.
+    #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Run a traffic director: servers send it heartbeats, clients ask it for a file and are
     /// sent to a server that has it (run two or more; clients and servers know them all).
+    #[command(args_override_self = true)]
     Direct(DirectArgs),
     /// Write a new fleet key (32 random bytes, hex, mode 0600) to FILE; never replaces one.
     /// Copy it to every server and director of the fleet.
@@ -37,6 +39,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct DirectArgs {
+    /// A TOML file of settings: keys are this command's long flags (e.g. listen =
+    /// "0.0.0.0:7700", heartbeat_misses = 3); flags on the command line override it. Example:
+    /// packaging/loopcastd-direct.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// UDP address for servers' heartbeats and clients' requests.
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
@@ -53,6 +60,12 @@ struct DirectArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// A TOML file of settings: keys are this command's long flags (e.g. media = "/srv/media",
+    /// director = ["10.0.0.2", "10.0.0.3"], no_multicast = true); flags on the command line
+    /// override it (list flags such as --director add to it). Example:
+    /// packaging/loopcastd-serve.toml.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Media database directory: *.lca archives (made by `loopcast pack --media DIR`).
     #[arg(long)]
     media: PathBuf,
@@ -127,6 +140,34 @@ struct ServeArgs {
     /// Milliseconds between heartbeats (directors declare the server dead after 3 missed).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(20..=10_000))]
     heartbeat_ms: u64,
+}
+
+/// `loopcastd serve|direct --config FILE ...`: the file's settings go in as flags right after
+/// the subcommand, so the command line's own flags (later) override them.
+fn with_config_file(argv: Vec<String>) -> Result<Vec<String>, String> {
+    let Some(subcommand) = argv.get(1).cloned() else {
+        return Ok(argv);
+    };
+    let mut config = None;
+    for (index, arg) in argv.iter().enumerate().skip(2) {
+        if let Some(path) = arg.strip_prefix("--config=") {
+            config = Some(PathBuf::from(path));
+        } else if arg == "--config" {
+            config = argv.get(index + 1).map(PathBuf::from);
+        }
+    }
+    let Some(path) = config else {
+        return Ok(argv);
+    };
+    let command = Cli::command();
+    let Some(sub) = command.find_subcommand(&subcommand) else {
+        return Ok(argv); // clap says what is wrong
+    };
+    let settings = loopcast_tools::config_args(&path, sub)?;
+    let mut out = argv[..2].to_vec();
+    out.extend(settings);
+    out.extend(argv[2..].iter().cloned());
+    Ok(out)
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -214,7 +255,13 @@ fn parse_initial_rate(text: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match with_config_file(std::env::args().collect()) {
+        Ok(argv) => Cli::parse_from(argv),
+        Err(error) => {
+            eprintln!("loopcastd: error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Direct(args) => return direct(args),
