@@ -189,6 +189,19 @@ pub fn a_director_sends_each_request_to_a_server_that_holds_the_file() {
     wait_for_fleet(&[&first, &second], 2);
     let both = format!("{},{}", first.address(), second.address());
 
+    // `loopcast ls`: a director offers the fleet's files, a server its own.
+    let names = |address: &str| -> Vec<String> {
+        let output = run_ok(Command::new(bin("loopcast")).args(["ls", address, "--json"]));
+        json_of(&output)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(&both), ["common.bin", "rare.bin"]);
+    assert_eq!(names(&server_one.address()), ["common.bin"]);
+
     // Only server 2 has rare.bin: the director sends the client there.
     let output = scratch.path("rare.lca");
     let report = get(&both, "rare.bin", &output, &[]).report(Duration::from_secs(30));

@@ -1145,3 +1145,80 @@ impl Download {
         Ok(())
     }
 }
+
+/// Entries one `list` gathers at most (a hostile answerer cannot make it grow without end).
+const LIST_ENTRIES_MAX: usize = 1_000_000;
+
+/// `loopcast ls` (issue 11): every file a server or a fleet's director offers, sorted by name,
+/// page by page. `addresses` are asked in turn until one answers; its later pages come from it.
+pub fn list(
+    addresses: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<loopcast_proto::wire::fleet::CatalogEntry>, ClientError> {
+    let first = *addresses.first().expect("at least one address");
+    let bind: SocketAddr = if first.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket =
+        loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
+    socket
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .map_err(io_err("set receive timeout"))?;
+    let request_id = random_seed();
+    let started = Instant::now();
+    let mut answering: Option<SocketAddr> = None;
+    let mut entries = Vec::new();
+    let mut attempt = 0usize;
+    let mut buffer = vec![0u8; 65_536];
+    loop {
+        let offset = u32::try_from(entries.len()).unwrap_or(u32::MAX);
+        let to = answering.unwrap_or(addresses[attempt % addresses.len()]);
+        attempt += 1;
+        let list = ControlMessage::List { request_id, offset }.to_bytes();
+        socket
+            .send_to(&list, to)
+            .map_err(io_err(format!("send to {to}")))?;
+        let page_deadline = Instant::now() + Duration::from_millis(300);
+        let mut page = None;
+        while Instant::now() < page_deadline {
+            let Ok((len, from)) = socket.recv_from(&mut buffer) else {
+                break;
+            };
+            if !addresses.contains(&from) || answering.is_some_and(|a| a != from) {
+                continue;
+            }
+            if let Ok(ControlMessage::Listing {
+                request_id: id,
+                total,
+                offset: at,
+                entries: got,
+            }) = ControlMessage::parse(&buffer[..len])
+            {
+                if id == request_id && at == offset {
+                    answering = Some(from);
+                    page = Some((total, got));
+                    break;
+                }
+            }
+        }
+        match page {
+            Some((total, got)) => {
+                let done = got.is_empty() || entries.len() + got.len() >= total as usize;
+                entries.extend(got);
+                if done || entries.len() >= LIST_ENTRIES_MAX {
+                    entries.truncate(total as usize);
+                    return Ok(entries);
+                }
+            }
+            None if started.elapsed() >= timeout => {
+                return Err(ClientError::NoAnswer {
+                    server: answering.unwrap_or(first),
+                    seconds: timeout.as_secs(),
+                })
+            }
+            None => {}
+        }
+    }
+}

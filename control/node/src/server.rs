@@ -185,6 +185,19 @@ impl Lookup<'_> {
 }
 
 impl FileLookup for Lookup<'_> {
+    fn catalog(&mut self) -> Vec<loopcast_proto::wire::fleet::CatalogEntry> {
+        let stale = self
+            .last_rescan
+            .is_none_or(|at| self.now.saturating_since(at) >= Duration::from_secs(1));
+        if stale {
+            *self.last_rescan = Some(self.now);
+            let _ = self.catalog.rescan();
+        }
+        let mut entries = self.catalog.entries().to_vec();
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries
+    }
+
     fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
         let path = self
             .archive_path(name)

@@ -16,8 +16,9 @@
 //! Several directors run the same rules on the same heartbeats, so any of them answers alike
 //! (R18): a client asks the next one when one is silent.
 //!
-//! Every answer is smaller than the padded Request it answers (no amplification), and goes
-//! only to the address the Request came from.
+//! Every answer goes only to the address the datagram came from: a Redirect or Reject is
+//! smaller than the padded Request it answers; a Listing (`loopcast ls`) at most three times
+//! the padded List, as a server's answers to an unvalidated address.
 
 use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
@@ -25,7 +26,7 @@ use std::net::SocketAddr;
 
 use crate::info::RootHash;
 use crate::time::Instant;
-use crate::wire::control::{ControlMessage, RejectCode, RequestHints};
+use crate::wire::control::{listing_page, ControlMessage, RejectCode, RequestHints};
 use crate::wire::fleet::{
     catalog_digest, CatalogEntry, FleetKey, FleetParseError, Heartbeat, ServerState,
 };
@@ -264,11 +265,31 @@ impl Director {
                 debug_assert!(bytes_out.len() <= bytes.len(), "no amplification");
                 Some(bytes_out)
             }
+            Ok(ControlMessage::List { request_id, offset }) => {
+                self.counters.requests += 1;
+                let catalog = self.catalog();
+                let page = listing_page(request_id, &catalog, offset, bytes.len());
+                Some(page.to_bytes())
+            }
             _ => {
                 self.counters.dropped += 1;
                 None
             }
         }
+    }
+
+    /// Every file version (name and root) a live server holds, sorted by name (`loopcast ls`).
+    pub fn catalog(&self) -> Vec<CatalogEntry> {
+        let mut files: std::collections::BTreeMap<(String, [u8; 32]), CatalogEntry> =
+            std::collections::BTreeMap::new();
+        for entry in self.servers.values().filter(|e| e.alive) {
+            for file in entry.catalog.values() {
+                files
+                    .entry((file.name.clone(), file.root.0))
+                    .or_insert_with(|| file.clone());
+            }
+        }
+        files.into_values().collect()
     }
 
     fn handle_heartbeat(&mut self, now: Instant, unix_ms: u64, from: SocketAddr, bytes: &[u8]) {

@@ -112,6 +112,18 @@ impl EndpointConfig {
 /// reason it cannot be served. The driver opens and checks archives; the endpoint decides.
 pub trait FileLookup {
     fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)>;
+    /// Every file offered, sorted by name (`loopcast ls`).
+    fn catalog(&mut self) -> Vec<crate::wire::fleet::CatalogEntry> {
+        Vec::new()
+    }
+}
+
+/// What a Request asks for (its fields the endpoint acts on).
+struct AskedFor<'a> {
+    request_id: u64,
+    multicast_ok: bool,
+    name: &'a str,
+    resume_at: Option<u32>,
 }
 
 /// Which socket a control datagram leaves from.
@@ -638,12 +650,17 @@ impl Endpoint {
                 now,
                 from,
                 len,
-                request_id,
-                multicast_ok,
-                &name,
-                hints.resume_at,
+                AskedFor {
+                    request_id,
+                    multicast_ok,
+                    name: &name,
+                    resume_at: hints.resume_at,
+                },
                 files,
             ),
+            ControlMessage::List { request_id, offset } => {
+                self.handle_list(now, from, len, request_id, offset, files)
+            }
             ControlMessage::Joined {
                 session,
                 token,
@@ -759,6 +776,7 @@ impl Endpoint {
             | ControlMessage::NakHeard { .. }
             | ControlMessage::Feedback { .. }
             | ControlMessage::Redirect { .. }
+            | ControlMessage::Listing { .. }
             | ControlMessage::Ended { .. } => {
                 self.counters.control_dropped += 1;
             }
@@ -834,34 +852,69 @@ impl Endpoint {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn handle_request(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        received_len: usize,
-        request_id: u64,
-        multicast_ok: bool,
-        name: &str,
-        resume_at: Option<u32>,
-        files: &mut dyn FileLookup,
-    ) {
-        self.counters.requests += 1;
+    /// Takes one request token of `from`'s address (10 a second, bursts of 40 by default);
+    /// false, counted, when it has none: dropped silently (an answer would be a reflection).
+    fn admit_request(&mut self, now: Instant, from: SocketAddr) -> bool {
         let rate = u128::from(self.config.requests_per_address_per_s);
         let burst = u128::from(self.config.requests_per_address_burst) * NANOS_PER_S;
         let Some(address) = self.address_entry(now, from.ip()) else {
             self.counters.requests_rate_limited += 1;
-            return;
+            return false;
         };
         let elapsed = u128::from(now.as_nanos().saturating_sub(address.refilled.as_nanos()));
         address.refilled = address.refilled.max(now);
         address.request_tokens_scaled = (address.request_tokens_scaled + elapsed * rate).min(burst);
         if address.request_tokens_scaled < NANOS_PER_S {
-            // Over its request rate: dropped silently (an answer would be a reflection).
             self.counters.requests_rate_limited += 1;
-            return;
+            return false;
         }
         address.request_tokens_scaled -= NANOS_PER_S;
-        let address_sessions = address.sessions;
+        true
+    }
+
+    /// `loopcast ls`: one page of the catalog, within the request rate and the amplification
+    /// bound like any answer to an unvalidated address.
+    fn handle_list(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received_len: usize,
+        request_id: u64,
+        offset: u32,
+        files: &mut dyn FileLookup,
+    ) {
+        self.counters.requests += 1;
+        if !self.admit_request(now, from) {
+            return;
+        }
+        let catalog = files.catalog();
+        let page = crate::wire::control::listing_page(request_id, &catalog, offset, received_len);
+        self.reply(from, received_len, &page);
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received_len: usize,
+        asked: AskedFor<'_>,
+        files: &mut dyn FileLookup,
+    ) {
+        let AskedFor {
+            request_id,
+            multicast_ok,
+            name,
+            resume_at,
+        } = asked;
+        self.counters.requests += 1;
+        if !self.admit_request(now, from) {
+            return;
+        }
+        let address_sessions = self
+            .addresses
+            .get(&from.ip())
+            .expect("admitted above")
+            .sessions;
         // A retransmitted Request (our Offer was lost) gets the same session again.
         let existing = self
             .sessions

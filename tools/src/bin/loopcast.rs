@@ -206,6 +206,8 @@ enum Command {
     /// Decrypt and decompress an archive to the original file, checking its hash.
     #[command(after_help = EXIT_CODES_HELP)]
     Extract(ExtractArgs),
+    /// List the files a server (or a fleet's directors) offers: name, size, root.
+    Ls(LsArgs),
     /// Run a self-contained demo: a server and several clients on a private network.
     Demo(loopcast_tools::demo::DemoArgs),
 }
@@ -332,6 +334,45 @@ struct ExtractArgs {
     force: bool,
 }
 
+#[derive(clap::Args)]
+struct LsArgs {
+    /// A server or director, HOST[:PORT] (port 7700 if not given); several, comma-separated,
+    /// are asked in turn.
+    server: String,
+    /// One JSON array of {name, bytes, root}.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many seconds without an answer.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+fn run_ls(args: LsArgs) -> Result<(), Failure> {
+    let addresses = loopcast_tools::resolve_addresses(&args.server).map_err(usage)?;
+    let files = loopcast_client::list(&addresses, std::time::Duration::from_secs(args.timeout))?;
+    if args.json {
+        let list: Vec<serde_json::Value> = files
+            .iter()
+            .map(|f| serde_json::json!({"name": f.name, "bytes": f.bytes, "root": f.root.to_hex()}))
+            .collect();
+        println!("{}", serde_json::Value::from(list));
+        return Ok(());
+    }
+    println!("{:<40} {:>16}  ROOT", "NAME", "BYTES");
+    for file in &files {
+        println!(
+            "{:<40} {:>16}  {}",
+            file.name,
+            file.bytes,
+            file.root.to_hex()
+        );
+    }
+    if files.is_empty() {
+        println!("(no files)");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Demo(args) = &cli.command {
@@ -345,6 +386,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => run_inspect(args),
         Command::Get(args) => run_get(args, interrupted),
         Command::Extract(args) => run_extract(args),
+        Command::Ls(args) => run_ls(args),
         Command::Demo(_) => unreachable!("handled above"),
     };
     match result {

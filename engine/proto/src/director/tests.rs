@@ -540,12 +540,82 @@ proptest! {
         for (i, bytes) in datagrams.iter().enumerate() {
             let now = i as u64;
             if let Some(answer) = director.handle_datagram(at(now), T0_UNIX_MS + now, addr(50), bytes) {
-                prop_assert!(answer.len() <= bytes.len());
-                let was_request = matches!(ControlMessage::parse(bytes), Ok(ControlMessage::Request { .. }));
-                prop_assert!(was_request, "answered a non-Request");
+                match ControlMessage::parse(bytes) {
+                    Ok(ControlMessage::Request { .. }) => prop_assert!(answer.len() <= bytes.len()),
+                    Ok(ControlMessage::List { .. }) => prop_assert!(answer.len() <= 3 * bytes.len()),
+                    other => prop_assert!(false, "answered {:?}", other),
+                }
             }
             director.handle_timeout(at(now));
         }
         prop_assert_eq!(director.counters().heartbeats, 1);
     }
+}
+
+#[test]
+fn ls_lists_every_file_of_the_live_servers_page_by_page_within_three_times_the_list() {
+    let mut director = director();
+    let files: Vec<CatalogEntry> = (0..60)
+        .map(|i| {
+            entry(
+                &format!("film-{i:02}-with-a-name-of-some-length.mkv"),
+                i as u8,
+            )
+        })
+        .collect();
+    let mut a = FakeServer::new(1, &files[..40]);
+    let mut b = FakeServer::new(2, &files[20..]);
+    for ms in (0..2000).step_by(250) {
+        beat(&mut director, &mut a, ms);
+        beat(&mut director, &mut b, ms);
+    }
+    let client = SocketAddr::from(([192, 0, 2, 1], 5555));
+    let mut listed = Vec::new();
+    let mut offset = 0;
+    for _ in 0..100 {
+        let list = ControlMessage::List {
+            request_id: 5,
+            offset,
+        }
+        .to_bytes();
+        let answer = director
+            .handle_datagram(at(2000), T0_UNIX_MS + 2000, client, &list)
+            .expect("answered");
+        assert!(answer.len() <= 3 * list.len());
+        let ControlMessage::Listing {
+            request_id,
+            total,
+            offset: at_offset,
+            entries,
+        } = ControlMessage::parse(&answer).unwrap()
+        else {
+            panic!("not a Listing");
+        };
+        assert_eq!((request_id, at_offset, total), (5, offset, 60));
+        assert!(!entries.is_empty() || offset >= total);
+        offset += entries.len() as u32;
+        listed.extend(entries);
+        if offset >= total {
+            break;
+        }
+    }
+    assert_eq!(listed, files, "every file once, sorted by name");
+    // An unpadded List gets a page that fits three times its size.
+    let mut short = ControlMessage::List {
+        request_id: 6,
+        offset: 0,
+    }
+    .to_bytes();
+    short.truncate(16);
+    let answer = director
+        .handle_datagram(at(2000), T0_UNIX_MS + 2000, client, &short)
+        .unwrap();
+    assert!(
+        answer.len() <= 48,
+        "{} bytes for a 16-byte List",
+        answer.len()
+    );
+    // A dead server's files are not offered.
+    director.handle_timeout(at(3000));
+    assert!(director.catalog().is_empty());
 }

@@ -9,6 +9,7 @@ use super::{ParseError, Reader, Writer};
 use crate::carousel::SessionId;
 use crate::info::{FileInfo, RootHash, INFO_LEN_MAX, NAME_LEN_MAX};
 use crate::wire::datagram::FileId;
+pub use crate::wire::fleet::CatalogEntry;
 
 pub const CONTROL_MAGIC: [u8; 2] = *b"Lc";
 pub const CONTROL_VERSION: u8 = 1;
@@ -134,6 +135,38 @@ impl RejectCode {
             5 => Ok(RejectCode::Limited),
             _ => Err(ParseError::Malformed),
         }
+    }
+}
+
+/// Longest Listing: what a padded List may be answered with (address validation).
+pub const LISTING_LEN_MAX: usize = AMPLIFICATION_FACTOR * REQUEST_LEN_MIN;
+
+/// Entries `offset..` of `catalog` (sorted by name by the caller) that fit one Listing in
+/// answer to a List of `received_len` bytes: at most `AMPLIFICATION_FACTOR` times it, and at
+/// most `LISTING_LEN_MAX`.
+pub fn listing_page(
+    request_id: u64,
+    catalog: &[CatalogEntry],
+    offset: u32,
+    received_len: usize,
+) -> ControlMessage {
+    let budget = LISTING_LEN_MAX.min(AMPLIFICATION_FACTOR * received_len);
+    let total = u32::try_from(catalog.len()).unwrap_or(u32::MAX);
+    let mut len = 4 + 8 + 4 + 4 + 2;
+    let entries: Vec<CatalogEntry> = catalog
+        .iter()
+        .skip(offset as usize)
+        .take_while(|entry| {
+            len += 1 + entry.name.len() + 32 + 8;
+            len <= budget
+        })
+        .cloned()
+        .collect();
+    ControlMessage::Listing {
+        request_id,
+        total,
+        offset,
+        entries,
     }
 }
 
@@ -271,6 +304,17 @@ pub enum ControlMessage {
     /// Director (or a server without the file) → client (R7, R16): ask this server instead.
     /// Never larger than the Request it answers.
     Redirect { request_id: u64, server: SocketAddr },
+    /// Client → server or director (`loopcast ls`): which files do you offer, from entry
+    /// `offset` on? Padded like a Request.
+    List { request_id: u64, offset: u32 },
+    /// The answer: entries `offset..` of `total` (sorted by name), as many as fit in
+    /// `LISTING_LEN_MAX`.
+    Listing {
+        request_id: u64,
+        total: u32,
+        offset: u32,
+        entries: Vec<CatalogEntry>,
+    },
     /// Server → client: the file exists; here is its info and the channel to listen on.
     Offer {
         request_id: u64,
@@ -378,6 +422,8 @@ mod kind {
     pub const REPORT: u8 = 11;
     pub const FEEDBACK: u8 = 12;
     pub const REDIRECT: u8 = 13;
+    pub const LIST: u8 = 14;
+    pub const LISTING: u8 = 15;
 }
 
 pub(crate) fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
@@ -434,6 +480,31 @@ impl ControlMessage {
                 w.u8(kind::REDIRECT);
                 w.u64(*request_id);
                 write_addr(&mut w, *server);
+            }
+            ControlMessage::List { request_id, offset } => {
+                w.u8(kind::LIST);
+                w.u64(*request_id);
+                w.u32(*offset);
+                let written = w.out.len();
+                w.out.resize(written.max(REQUEST_LEN_MIN), 0);
+            }
+            ControlMessage::Listing {
+                request_id,
+                total,
+                offset,
+                entries,
+            } => {
+                w.u8(kind::LISTING);
+                w.u64(*request_id);
+                w.u32(*total);
+                w.u32(*offset);
+                w.u16(u16::try_from(entries.len()).expect("a listing fits LISTING_LEN_MAX"));
+                for entry in entries {
+                    assert!(entry.name.len() <= NAME_LEN_MAX, "file name too long");
+                    w.short_string(&entry.name);
+                    w.bytes(&entry.root.0);
+                    w.u64(entry.bytes);
+                }
             }
             ControlMessage::Offer {
                 request_id,
@@ -676,6 +747,41 @@ impl ControlMessage {
                 request_id: r.u64()?,
                 server: read_addr(&mut r)?,
             },
+            kind::LIST => {
+                let message = ControlMessage::List {
+                    request_id: r.u64()?,
+                    offset: r.u32()?,
+                };
+                let padding = r.take(r.remaining())?;
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(ParseError::Malformed);
+                }
+                message
+            }
+            kind::LISTING => {
+                let request_id = r.u64()?;
+                let total = r.u32()?;
+                let offset = r.u32()?;
+                let count = usize::from(r.u16()?);
+                // Each entry takes at least 41 bytes.
+                if count > r.remaining() / 41 {
+                    return Err(ParseError::Malformed);
+                }
+                let mut entries = Vec::with_capacity(count);
+                for _ in 0..count {
+                    entries.push(CatalogEntry {
+                        name: r.short_string(NAME_LEN_MAX)?,
+                        root: RootHash(r.array::<32>()?),
+                        bytes: r.u64()?,
+                    });
+                }
+                ControlMessage::Listing {
+                    request_id,
+                    total,
+                    offset,
+                    entries,
+                }
+            }
             _ => return Err(ParseError::UnknownKind),
         };
         r.finish()?;
@@ -781,6 +887,32 @@ mod tests {
                 }),
             (any::<u64>(), any_addr())
                 .prop_map(|(request_id, server)| ControlMessage::Redirect { request_id, server }),
+            (any::<u64>(), any::<u32>())
+                .prop_map(|(request_id, offset)| ControlMessage::List { request_id, offset }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                proptest::collection::vec(
+                    ("[a-z0-9._-]{1,40}", any::<[u8; 32]>(), any::<u64>()),
+                    0..12
+                )
+            )
+                .prop_map(|(request_id, total, offset, entries)| {
+                    ControlMessage::Listing {
+                        request_id,
+                        total,
+                        offset,
+                        entries: entries
+                            .into_iter()
+                            .map(|(name, root, bytes)| CatalogEntry {
+                                name,
+                                root: RootHash(root),
+                                bytes,
+                            })
+                            .collect(),
+                    }
+                }),
             (
                 any::<u64>(),
                 any::<u64>(),
@@ -903,6 +1035,7 @@ mod tests {
                 ControlMessage::Request { name, hints, .. } => {
                     4 + 8 + 1 + 1 + name.len() + hints.encoded_len()
                 }
+                ControlMessage::List { .. } => 16,
                 _ => bytes.len(),
             };
             let cut = cut % body_len;
@@ -911,7 +1044,7 @@ mod tests {
 
         #[test]
         fn requests_are_padded_so_any_answer_fits_three_times_over(message in any_message()) {
-            if let ControlMessage::Request { .. } = message {
+            if let ControlMessage::Request { .. } | ControlMessage::List { .. } = message {
                 prop_assert!(message.to_bytes().len() >= REQUEST_LEN_MIN);
             }
             prop_assert!(message.to_bytes().len() <= AMPLIFICATION_FACTOR * REQUEST_LEN_MIN);
@@ -928,6 +1061,9 @@ mod tests {
             ControlMessage::Request { name, hints, .. } => {
                 let body = 14 + name.len() + hints.encoded_len();
                 prop_assert_eq!(&again[..body], &bytes[..body], "re-emits byte for byte");
+            }
+            ControlMessage::List { .. } => {
+                prop_assert_eq!(&again[..16], &bytes[..16], "re-emits byte for byte");
             }
             _ => prop_assert_eq!(&again[..], bytes, "re-emits byte for byte"),
         }
