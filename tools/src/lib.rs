@@ -1,6 +1,7 @@
 //! Shared helpers for loopcast's thin binaries: argument parsing of rates and sizes,
 //! logging set-up, progress bars, CPU time, and the demo.
 
+pub mod control_bench;
 pub mod demo;
 pub mod e2e_bench;
 pub mod fleet_bench;

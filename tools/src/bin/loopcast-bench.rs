@@ -169,6 +169,21 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// The control plane on one core (in process): client reports a server endpoint handles
+    /// per second, routing decisions a director makes per second, and the admin socket's
+    /// answer times meanwhile.
+    Control {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 100)]
+        servers: usize,
+        #[arg(long, default_value_t = 100)]
+        files_per_server: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Packing throughput vs memcpy and AES-256-GCM ceilings.
     Pack {
         /// Bytes to pack (incompressible).
@@ -255,6 +270,34 @@ fn main() -> ExitCode {
             interface,
             seconds,
         } => run_sink(group, interface, seconds),
+        Scenario::Control {
+            clients,
+            seconds,
+            servers,
+            files_per_server,
+            json,
+        } => loopcast_tools::control_bench::run_control(&loopcast_tools::control_bench::ControlArgs {
+            clients: clients.clamp(1, 1_000_000),
+            seconds: seconds.clamp(0.5, 600.0),
+            servers: servers.clamp(1, 4096),
+            files_per_server: files_per_server.clamp(1, 10_000),
+        })
+        .map(|report| {
+            if json {
+                println!("{report}");
+            } else {
+                println!(
+                    "control: {} clients: {:.0} reports/s on one core (parsing them alone: {:.0}/s; target 100000); admin status p50 {:.2} ms p99 {:.2} ms meanwhile (target p99 10 ms); director: {:.0} routing decisions/s over {} servers",
+                    report["clients"],
+                    report["reports_per_s"].as_f64().unwrap_or(0.0),
+                    report["report_parse_ceiling_per_s"].as_f64().unwrap_or(0.0),
+                    report["admin_latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+                    report["admin_latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+                    report["routing_decisions_per_s"].as_f64().unwrap_or(0.0),
+                    report["routing_servers"],
+                );
+            }
+        }),
         Scenario::Failover {
             clients,
             size,
