@@ -165,6 +165,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::the_start_line_states_the_cap_in_force),
         e2e!(options::serve_help_states_the_rate_defaults),
         e2e!(options::config_files_set_flags_and_the_command_line_wins),
+        e2e!(options::metrics_endpoint_serves_the_status_counters),
         e2e!(unicast::one_gibibyte_file_round_trips_byte_identical),
         trial(
             "every_e2e_test_is_registered",

@@ -234,3 +234,52 @@ fn rest_is_setting(line: &str) -> bool {
         !key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
     })
 }
+
+/// The metrics endpoint: Prometheus text of the status counters on the address asked for,
+/// and a daemon whose metrics port is taken still serves (it says so in its log).
+pub fn metrics_endpoint_serves_the_status_counters() {
+    use std::io::{Read, Write};
+    let scratch = Scratch::new("metrics");
+    let media = scratch.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let start = |label: &str, metrics: String| {
+        let admin = scratch.path(&format!("{label}.sock"));
+        let server = Proc::spawn(
+            label,
+            Command::new(bin("loopcastd"))
+                .args(["serve", "--no-multicast", "--listen"])
+                .arg(format!("127.0.0.1:{}", free_udp_port()))
+                .arg("--media")
+                .arg(&media)
+                .arg("--admin-socket")
+                .arg(&admin)
+                .args(["--metrics", &metrics]),
+        );
+        wait_for_admin(&admin);
+        server
+    };
+    let server = start("loopcastd", format!("127.0.0.1:{metrics_port}"));
+    let mut answer = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !answer.contains("loopcastd_requests") {
+        assert!(Instant::now() < deadline, "no metrics: {answer}");
+        answer.clear();
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
+            write!(stream, "GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+            let _ = stream.read_to_string(&mut answer);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    assert!(answer.contains("\nloopcastd_sessions 0\n"), "{answer}");
+    // A port already taken: the daemon still serves, and says why there are no metrics.
+    let second = start("loopcastd-2", taken.local_addr().unwrap().to_string());
+    let log = String::from_utf8_lossy(&second.terminate().stderr).into_owned();
+    assert!(log.contains("no metrics endpoint"), "{log}");
+    drop(server);
+}

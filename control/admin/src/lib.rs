@@ -13,6 +13,7 @@
 //! to a daemon of its own user or root.
 
 pub mod location;
+pub mod metrics;
 pub mod server;
 
 /// A fresh private directory for tests, removed on drop.

@@ -166,6 +166,19 @@ impl AdminServer {
         &self.path
     }
 
+    /// A reader of the latest published status, for another thread (the metrics endpoint).
+    pub fn status_reader(&self) -> impl Fn() -> Option<Arc<serde_json::Value>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || {
+            shared
+                .status
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .map(|(_, value)| Arc::clone(value))
+        }
+    }
+
     /// The actions (see [`AdminConfig::actions`]) accepted since the last call, in order.
     pub fn take_actions(&mut self) -> Vec<String> {
         let mut queue = self

@@ -28,6 +28,8 @@ pub struct DirectConfig {
     /// A server is dead after this many missed heartbeats (R17).
     pub heartbeat_misses: u32,
     pub admin_socket: Option<PathBuf>,
+    /// Prometheus text endpoint (`GET /metrics`), from the admin status; `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,25 @@ pub fn run_on(
             loopcast_admin::AdminConfig::default(),
         )?),
         None => None,
+    };
+    let _metrics = match (config.metrics, admin.as_ref()) {
+        (Some(address), Some(admin)) => {
+            match loopcast_admin::metrics::MetricsServer::start(
+                address,
+                "loopcast_director",
+                admin.status_reader(),
+            ) {
+                Ok(server) => {
+                    tracing::info!(address = %server.address(), "metrics at http://{}/metrics", server.address());
+                    Some(server)
+                }
+                Err(error) => {
+                    tracing::warn!(%address, %error, "no metrics endpoint: cannot bind it");
+                    None
+                }
+            }
+        }
+        _ => None,
     };
     let mut director_config = DirectorConfig::new(config.fleet_key.clone());
     director_config.heartbeat_misses = config.heartbeat_misses.max(1);

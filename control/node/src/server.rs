@@ -59,6 +59,8 @@ pub struct ServerConfig {
     pub send_threads: usize,
     /// Heartbeats to the fleet's directors (R15); `None`: a server on its own.
     pub fleet: Option<crate::fleet::FleetConfig>,
+    /// Prometheus text endpoint (`GET /metrics`), from the admin status; `None`: off.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl ServerConfig {
@@ -77,6 +79,7 @@ impl ServerConfig {
             verify_on_open: true,
             send_threads: 1,
             fleet: None,
+            metrics: None,
         }
     }
 }
@@ -326,6 +329,7 @@ pub fn run_on(
         )?),
         None => None,
     };
+    let _metrics = start_metrics(config.metrics, admin.as_ref(), "loopcastd");
     tracing::info!(
         %local,
         media = %config.media_dir.display(),
@@ -1015,6 +1019,26 @@ impl Server {
         });
         status["fleet"] = fleet.unwrap_or(serde_json::Value::Null);
         status
+    }
+}
+
+/// The metrics endpoint beside the admin socket, if asked for; a port that cannot be bound is
+/// logged and the daemon runs on (metrics are not worth refusing service over).
+pub(crate) fn start_metrics(
+    address: Option<SocketAddr>,
+    admin: Option<&loopcast_admin::AdminServer>,
+    prefix: &'static str,
+) -> Option<loopcast_admin::metrics::MetricsServer> {
+    let (address, admin) = (address?, admin?);
+    match loopcast_admin::metrics::MetricsServer::start(address, prefix, admin.status_reader()) {
+        Ok(server) => {
+            tracing::info!(address = %server.address(), "metrics at http://{}/metrics", server.address());
+            Some(server)
+        }
+        Err(error) => {
+            tracing::warn!(%address, %error, "no metrics endpoint: cannot bind it");
+            None
+        }
     }
 }
 

@@ -50,6 +50,9 @@ struct DirectArgs {
     /// The fleet's shared key (see `loopcastd fleet-key`): heartbeats without it are dropped.
     #[arg(long)]
     fleet_key: PathBuf,
+    /// Prometheus text metrics (GET /metrics) on this TCP address, or "off".
+    #[arg(long, default_value = "127.0.0.1:9771", value_parser = parse_metrics)]
+    metrics: MetricsAddress,
     /// A server is declared dead after this many heartbeat intervals without one.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     heartbeat_misses: u32,
@@ -137,6 +140,10 @@ struct ServeArgs {
     /// This server's location label (directors prefer it for clients that ask for it).
     #[arg(long, default_value = "")]
     location: String,
+    /// Prometheus text metrics (GET /metrics) on this TCP address, or "off". Keep it on
+    /// localhost or a management network: the counters tell who the clients are.
+    #[arg(long, default_value = "127.0.0.1:9770", value_parser = parse_metrics)]
+    metrics: MetricsAddress,
     /// Milliseconds between heartbeats (directors declare the server dead after 3 missed).
     #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u64).range(20..=10_000))]
     heartbeat_ms: u64,
@@ -192,6 +199,7 @@ fn direct(args: DirectArgs) -> ExitCode {
         fleet_key,
         heartbeat_misses: args.heartbeat_misses,
         admin_socket: Some(admin_socket),
+        metrics: args.metrics.0,
     };
     match loopcast_director::run(config, shutdown_flag()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -234,6 +242,17 @@ fn fleet_config(args: &ServeArgs) -> Result<Option<loopcast_node::FleetConfig>, 
         interval: Duration::from_millis(args.heartbeat_ms),
         rate_bits_per_s_max: args.rate.unwrap_or(0),
     }))
+}
+
+/// `--metrics ADDR` or `--metrics off`.
+#[derive(Clone, Copy, Debug)]
+struct MetricsAddress(Option<SocketAddr>);
+
+fn parse_metrics(text: &str) -> Result<MetricsAddress, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddress(None));
+    }
+    loopcast_tools::resolve_address(text).map(|a| MetricsAddress(Some(a)))
 }
 
 fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> {
@@ -308,6 +327,7 @@ fn main() -> ExitCode {
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
     config.verify_on_open = !args.no_verify;
     config.send_threads = args.send_threads.clamp(1, 64);
+    config.metrics = args.metrics.0;
     config.fleet = match fleet_config(&args) {
         Ok(fleet) => fleet,
         Err(error) => return fail(error),

@@ -1,0 +1,227 @@
+//! A Prometheus text endpoint (`GET /metrics`) beside the admin socket, from the same status
+//! snapshot the control loop publishes (never from the loop itself).
+//!
+//! Hand-written on purpose: one route, one thread, bounded (one connection at a time, 2 s and
+//! 4 KiB for its request, the answer from a snapshot at most 50 ms old); an HTTP crate would
+//! bring an async runtime into a daemon that has none. Bound to localhost by default: the
+//! counters say who the clients are. What it exports, from the status JSON:
+//! - every number in `counters` as `<prefix>_<name>` (a counter or a gauge, as named);
+//! - the count of `sessions`, `channels` and `servers` as `<prefix>_sessions` etc.;
+//! - per channel (server): its rate, bytes sent and sessions, labelled by file and tier;
+//! - per server (director): sessions and whether it is online, labelled by address.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const REQUEST_LEN_MAX: usize = 4096;
+/// The accept loop looks for a stop this often.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// Renders the status JSON as Prometheus text.
+pub fn render(prefix: &str, status: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let name = |metric: &str| format!("{prefix}_{metric}");
+    if let Some(counters) = status["counters"].as_object() {
+        for (key, value) in counters {
+            if let Some(number) = value.as_f64() {
+                let _ = writeln!(out, "{} {}", name(&sanitize(key)), number);
+            }
+        }
+    }
+    for list in ["sessions", "channels", "servers"] {
+        if let Some(items) = status[list].as_array() {
+            let _ = writeln!(out, "{} {}", name(list), items.len());
+        }
+    }
+    for channel in status["channels"].as_array().into_iter().flatten() {
+        let labels = format!(
+            "file=\"{}\",tier=\"{}\"",
+            escape(channel["file"].as_str().unwrap_or("")),
+            channel["tier"].as_u64().unwrap_or(0)
+        );
+        for field in [
+            "rate_bits_per_s",
+            "bytes_sent",
+            "sessions",
+            "repair_datagrams",
+        ] {
+            if let Some(number) = channel[field].as_f64() {
+                let _ = writeln!(
+                    out,
+                    "{}{{{labels}}} {number}",
+                    name(&format!("channel_{field}"))
+                );
+            }
+        }
+    }
+    for server in status["servers"].as_array().into_iter().flatten() {
+        let labels = format!(
+            "server=\"{}\",location=\"{}\"",
+            escape(server["address"].as_str().unwrap_or("")),
+            escape(server["location"].as_str().unwrap_or(""))
+        );
+        let online = f64::from(u8::from(server["state"] == "online"));
+        let _ = writeln!(out, "{}{{{labels}}} {online}", name("server_online"));
+        if let Some(sessions) = server["sessions"].as_f64() {
+            let _ = writeln!(out, "{}{{{labels}}} {sessions}", name("server_sessions"));
+        }
+    }
+    out
+}
+
+fn sanitize(key: &str) -> String {
+    key.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The running endpoint; dropping it stops the thread.
+pub struct MetricsServer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    address: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Serves `GET /metrics` on `address` from what `snapshot` returns (the latest status).
+    pub fn start(
+        address: SocketAddr,
+        prefix: &'static str,
+        snapshot: impl Fn() -> Option<Arc<serde_json::Value>> + Send + 'static,
+    ) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(address)?;
+        let address = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("loopcast-metrics".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => answer(stream, prefix, &snapshot),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(ACCEPT_POLL)
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "metrics accept error");
+                            std::thread::sleep(ACCEPT_POLL);
+                        }
+                    }
+                }
+            })?;
+        Ok(MetricsServer {
+            stop,
+            thread: Some(thread),
+            address,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn answer(
+    mut stream: TcpStream,
+    prefix: &str,
+    snapshot: &impl Fn() -> Option<Arc<serde_json::Value>>,
+) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(REQUEST_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(REQUEST_TIMEOUT));
+    let mut request = Vec::with_capacity(512);
+    let mut buffer = [0u8; 512];
+    // Up to the end of the request head, within the bounds.
+    while request.len() < REQUEST_LEN_MAX && !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => request.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let line = request.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let (status, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+        match snapshot() {
+            Some(value) => ("200 OK", render(prefix, &value)),
+            None => ("503 Service Unavailable", "starting\n".to_owned()),
+        }
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_owned())
+    };
+    let head = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes());
+    let _ = stream.write_all(body.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_lists_and_labelled_channels_render_as_prometheus_text() {
+        let status = serde_json::json!({
+            "counters": {"requests": 12, "sessions_expired": 1, "note": "x"},
+            "sessions": [{}, {}],
+            "channels": [{"file": "a \"b\".mkv", "tier": 1, "rate_bits_per_s": 1000, "bytes_sent": 5, "sessions": 2, "repair_datagrams": 0}],
+        });
+        let text = render("loopcastd", &status);
+        assert!(text.contains("loopcastd_requests 12\n"), "{text}");
+        assert!(text.contains("loopcastd_sessions 2\n"), "{text}");
+        assert!(text.contains("loopcastd_channels 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "loopcastd_channel_rate_bits_per_s{file=\"a \\\"b\\\".mkv\",tier=\"1\"} 1000\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("note"), "only numbers: {text}");
+    }
+
+    #[test]
+    fn the_endpoint_answers_metrics_and_nothing_else() {
+        let status = Arc::new(serde_json::json!({"counters": {"requests": 3}}));
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), "loopcastd", move || {
+            Some(status.clone())
+        })
+        .unwrap();
+        let get = |path: &str| {
+            let mut stream = TcpStream::connect(server.address()).unwrap();
+            write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        };
+        let answer = get("/metrics");
+        assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+        assert!(answer.ends_with("loopcastd_requests 3\n"), "{answer}");
+        assert!(get("/").starts_with("HTTP/1.0 404"));
+        // A client that sends nothing costs at most the timeout, then the next is served.
+        let _silent = TcpStream::connect(server.address()).unwrap();
+        assert!(get("/metrics").starts_with("HTTP/1.0 200 OK"));
+    }
+}
