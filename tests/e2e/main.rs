@@ -19,6 +19,7 @@
 //!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
 //! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
+//! - packaging.rs: the systemd units verify and their command lines start the daemons.
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -41,6 +42,7 @@ mod hostile;
 mod links;
 mod multicast;
 mod options;
+mod packaging;
 mod repair;
 mod resume;
 mod support;
@@ -166,6 +168,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::serve_help_states_the_rate_defaults),
         e2e!(options::config_files_set_flags_and_the_command_line_wins),
         e2e!(options::metrics_endpoint_serves_the_status_counters),
+        e2e!(
+            packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
+            Need::Program("systemd-analyze", "systemd")
+        ),
         e2e!(unicast::one_gibibyte_file_round_trips_byte_identical),
         trial(
             "every_e2e_test_is_registered",

@@ -305,6 +305,8 @@ pub enum Need {
     Namespaces,
     /// An unprivileged user+network namespace, as `loopcast demo` makes for itself.
     UserNamespace,
+    /// A program (and the Debian package .ci/run installs it from).
+    Program(&'static str, &'static str),
 }
 
 /// Whether `program args` runs and exits 0.
@@ -356,13 +358,24 @@ impl Need {
             Need::UserNamespace if !user_namespaces() => {
                 Some("an unprivileged user+network namespace (unshare -Urn)")
             }
+            Need::Program(program, package) if !runs(program, &["--version"]) => {
+                let what = format!("{program} (Debian package {package})");
+                return if root {
+                    Err(format!(
+                        "running as root, so this test must run, but {what} is not available \
+                         (.ci/run installs it)"
+                    ))
+                } else {
+                    Ok(Some(format!("needs {what}, which is not available")))
+                };
+            }
             _ => None,
         };
         match missing {
             None => Ok(None),
             Some(what) if root => Err(format!(
                 "running as root, so this test must run, but {what} is not available \
-                 (.ci/run installs iproute2, nftables and util-linux)"
+                 (.ci/run installs iproute2, nftables, util-linux and systemd)"
             )),
             Some(what) => Ok(Some(format!("needs {what}, which is not available"))),
         }

@@ -1,0 +1,89 @@
+//! What an operator installs: the systemd units in packaging/systemd, checked by systemd's own
+//! verifier against this build's binary (the units' ExecStart and settings must be valid), and
+//! their daemons' command lines run as the units would run them.
+
+use std::process::Command;
+
+use crate::support::{bin, free_udp_port, wait_for_admin, Proc, Scratch};
+
+fn packaging() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging")
+}
+
+/// `systemd-analyze verify` finds nothing wrong with either unit (with /usr/bin/loopcastd
+/// pointing at this build), and each unit's ExecStart, with the packaged example config
+/// pointing at test paths, starts a daemon that answers on its admin socket.
+pub fn systemd_units_verify_and_their_command_lines_start_the_daemons() {
+    let scratch = Scratch::new("units");
+    let loopcastd = bin("loopcastd");
+    for unit in ["loopcastd.service", "loopcastd-direct.service"] {
+        let text = std::fs::read_to_string(packaging().join("systemd").join(unit)).unwrap();
+        let local = text.replace("/usr/bin/loopcastd", &loopcastd.display().to_string());
+        let path = scratch.path(unit);
+        std::fs::write(&path, &local).unwrap();
+        let output = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "{unit}: {said}"
+        );
+        // The unit's command line, as systemd would run it (config and socket moved here).
+        let exec = text
+            .lines()
+            .find_map(|line| line.strip_prefix("ExecStart="))
+            .expect("an ExecStart");
+        let mut words: Vec<String> = exec.split_whitespace().map(str::to_owned).collect();
+        assert_eq!(words[0], "/usr/bin/loopcastd");
+        words.remove(0);
+        let config = scratch.path(&format!("{unit}.toml"));
+        let admin = scratch.path(&format!("{unit}.sock"));
+        let media = scratch.path("media");
+        std::fs::create_dir_all(&media).unwrap();
+        let key = scratch.path("fleet.key");
+        if !key.exists() {
+            let made = Command::new(&loopcastd)
+                .arg("fleet-key")
+                .arg(&key)
+                .output()
+                .unwrap();
+            assert!(made.status.success());
+        }
+        let settings = if unit == "loopcastd.service" {
+            format!(
+                "media = {:?}\nlisten = \"127.0.0.1:{}\"\nno_multicast = true\nmetrics = \"off\"\n",
+                media.display().to_string(),
+                free_udp_port()
+            )
+        } else {
+            format!(
+                "listen = \"127.0.0.1:{}\"\nfleet_key = {:?}\nmetrics = \"off\"\n",
+                free_udp_port(),
+                key.display().to_string()
+            )
+        };
+        std::fs::write(&config, settings).unwrap();
+        for word in words.iter_mut() {
+            if word.starts_with("/etc/loopcast/") {
+                *word = config.display().to_string();
+            } else if word.starts_with("/run/") {
+                *word = admin.display().to_string();
+            }
+        }
+        let daemon = Proc::spawn(unit, Command::new(&loopcastd).args(&words));
+        wait_for_admin(&admin);
+        let output = daemon.terminate();
+        assert!(
+            output.status.success(),
+            "{unit} exits cleanly on SIGTERM: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
