@@ -209,6 +209,15 @@ pub fn a_director_sends_each_request_to_a_server_that_holds_the_file() {
     assert_eq!(report["verified"], true);
     assert_same_bytes(&output, &media_two.join("rare.bin.lca"));
 
+    // R7: asked directly for a file it lacks, server 1 sends the client to a director, which
+    // sends it to server 2.
+    let output = scratch.path("rare-via-server.lca");
+    let report =
+        get(&server_one.address(), "rare.bin", &output, &[]).report(Duration::from_secs(30));
+    assert_eq!(report["server"], server_two.address(), "{report}");
+    assert_same_bytes(&output, &media_two.join("rare.bin.lca"));
+    assert_eq!(status_of(&server_one.admin)["counters"]["redirected"], 1);
+
     // Both have common.bin: the location decides.
     for (location, server) in [("paris", &server_one), ("tokyo", &server_two)] {
         let output = scratch.path(&format!("common-{location}.lca"));

@@ -350,6 +350,10 @@ pub fn run_on(
     endpoint_config.sessions_max = config.sessions_max;
     endpoint_config.sessions_per_address_max = config.sessions_per_address_max;
     endpoint_config.channels_max = config.channels_max;
+    endpoint_config.redirect_unknown_to = config
+        .fleet
+        .as_ref()
+        .map_or_else(Vec::new, |f| f.directors.clone());
     let mut server = Server {
         endpoint: Endpoint::new(
             endpoint_config,
@@ -1018,6 +1022,7 @@ impl Server {
             },
         });
         status["fleet"] = fleet.unwrap_or(serde_json::Value::Null);
+        status["counters"]["redirected"] = e.redirected.into();
         status
     }
 }

@@ -83,6 +83,10 @@ pub struct EndpointConfig {
     pub nak_budget_loops_per_address: u64,
     /// SYNC on a multicast channel with multicast sessions (R8).
     pub sync_interval: Duration,
+    /// The fleet's directors (R7): a Request for a file this server lacks is answered with a
+    /// Redirect to one of them (in turn), which sends the client to a server that has it.
+    /// Empty: a Reject (not found).
+    pub redirect_unknown_to: Vec<SocketAddr>,
 }
 
 impl EndpointConfig {
@@ -104,6 +108,7 @@ impl EndpointConfig {
             channels_max: 256,
             nak_budget_loops_per_address: 4,
             sync_interval: Duration::from_millis(200),
+            redirect_unknown_to: Vec::new(),
         }
     }
 }
@@ -264,6 +269,8 @@ pub enum Event {
 pub struct EndpointCounters {
     pub requests: u64,
     pub rejected: u64,
+    /// Requests for a file this server lacks sent to a director (R7).
+    pub redirected: u64,
     /// Requests dropped by the per-address rate limit, or from addresses beyond the table.
     pub requests_rate_limited: u64,
     pub control_dropped: u64,
@@ -980,6 +987,21 @@ impl Endpoint {
                 }
                 let info = match files.lookup(name) {
                     Ok(info) => info,
+                    Err((RejectCode::NotFound, _))
+                        if !self.config.redirect_unknown_to.is_empty() =>
+                    {
+                        // R7: a director knows who has it. Smaller than the Request.
+                        let directors = &self.config.redirect_unknown_to;
+                        let server =
+                            directors[(self.counters.redirected % directors.len() as u64) as usize];
+                        self.counters.redirected += 1;
+                        self.reply(
+                            from,
+                            received_len,
+                            &ControlMessage::Redirect { request_id, server },
+                        );
+                        return;
+                    }
                     Err((code, message)) => return reject(self, code, message),
                 };
                 if self.channels.values().any(|c| c.file_id == info.file_id) {

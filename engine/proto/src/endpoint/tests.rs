@@ -1238,3 +1238,49 @@ fn draining_sends_every_client_away_and_still_answers_requests() {
     let (session, _) = open(&mut endpoint, &mut files, at(3), clients[0], 9);
     assert!(endpoint.sessions().any(|s| s.session == session));
 }
+
+/// R7: a server in a fleet answers a Request for a file it lacks with a Redirect to one of
+/// the fleet's directors (in turn), no larger than the Request; on its own, with a Reject.
+#[test]
+fn a_request_for_a_file_this_server_lacks_goes_to_a_director_in_a_fleet() {
+    let directors: Vec<SocketAddr> = vec![addr("10.0.0.2:7700"), addr("10.0.0.3:7700")];
+    for fleet in [false, true] {
+        let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+        if fleet {
+            config.redirect_unknown_to = directors.clone();
+        }
+        let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
+        let mut files = Files(info());
+        let mut answers = Vec::new();
+        for id in 0..3 {
+            let request = request_bytes(id, true, "not-here.bin");
+            endpoint.handle_control(at(id), addr("192.0.2.70:5000"), &request, &mut files);
+            let (transmits, commands) = drain(&mut endpoint);
+            assert!(commands.is_empty());
+            for t in transmits {
+                assert!(t.bytes.len() <= request.len());
+                answers.push(ControlMessage::parse(&t.bytes).unwrap());
+            }
+        }
+        if fleet {
+            let to: Vec<SocketAddr> = answers
+                .iter()
+                .map(|m| match m {
+                    ControlMessage::Redirect { server, .. } => *server,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(to, [directors[0], directors[1], directors[0]]);
+            assert_eq!(endpoint.counters().redirected, 3);
+        } else {
+            assert!(answers.iter().all(|m| matches!(
+                m,
+                ControlMessage::Reject {
+                    code: RejectCode::NotFound,
+                    ..
+                }
+            )));
+        }
+        assert_eq!(endpoint.session_count(), 0);
+    }
+}
