@@ -19,7 +19,8 @@
 //!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
 //! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
-//! - packaging.rs: the systemd units verify and their command lines start the daemons.
+//! - packaging.rs: the systemd units verify and their command lines start the daemons; the .deb
+//!   (cargo-deb) holds the binaries, units and configs, and its daemon starts.
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -170,7 +171,11 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::metrics_endpoint_serves_the_status_counters),
         e2e!(
             packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
-            Need::Program("systemd-analyze", "systemd")
+            Need::Program("systemd-analyze", "the Debian package systemd")
+        ),
+        e2e!(
+            packaging::the_deb_holds_what_an_operator_needs_and_its_daemon_starts,
+            Need::Program("cargo-deb", "cargo install cargo-deb")
         ),
         e2e!(unicast::one_gibibyte_file_round_trips_byte_identical),
         trial(

@@ -87,3 +87,115 @@ pub fn systemd_units_verify_and_their_command_lines_start_the_daemons() {
         );
     }
 }
+
+/// The .deb (`cargo deb -p loopcast-tools --no-build --strip`, from this build): it holds the
+/// four binaries, both units, both configs (as conffiles) and maintainer scripts that parse;
+/// its binaries run; its serve unit's command line, with its packaged config and this test's
+/// overrides on the command line (loopback, no multicast), starts a daemon that answers.
+pub fn the_deb_holds_what_an_operator_needs_and_its_daemon_starts() {
+    let scratch = Scratch::new("deb");
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let deb = scratch.path("loopcast.deb");
+    let built = Command::new("cargo")
+        .current_dir(&workspace)
+        .args([
+            "deb",
+            "-p",
+            "loopcast-tools",
+            "--no-build",
+            "--strip",
+            "--output",
+        ])
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let root = scratch.path("root");
+    let extracted = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .unwrap();
+    assert!(extracted.status.success());
+    for path in [
+        "usr/bin/loopcast",
+        "usr/bin/loopcastd",
+        "usr/bin/loopcastctl",
+        "usr/bin/loopcast-bench",
+        "lib/systemd/system/loopcastd.service",
+        "lib/systemd/system/loopcastd-direct.service",
+        "etc/loopcast/serve.toml",
+        "etc/loopcast/direct.toml",
+    ] {
+        assert!(root.join(path).is_file(), "{path} in the package");
+    }
+    let control = scratch.path("control");
+    let unpacked = Command::new("dpkg-deb")
+        .arg("-e")
+        .arg(&deb)
+        .arg(&control)
+        .output()
+        .unwrap();
+    assert!(unpacked.status.success());
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
+    assert!(
+        conffiles.contains("/etc/loopcast/serve.toml"),
+        "{conffiles}"
+    );
+    for script in ["postinst", "postrm"] {
+        let parsed = Command::new("sh")
+            .arg("-n")
+            .arg(control.join(script))
+            .output()
+            .unwrap();
+        assert!(parsed.status.success(), "{script} parses");
+    }
+    let loopcastd = root.join("usr/bin/loopcastd");
+    let version = Command::new(&loopcastd).arg("--version").output().unwrap();
+    assert!(version.status.success(), "the packaged loopcastd runs");
+    // The unit's command line as systemd would run it, from the package's own files.
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/loopcastd.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ExecStart="))
+        .unwrap();
+    let media = scratch.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let admin = scratch.path("admin.sock");
+    let args: Vec<String> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|word| {
+            if word.starts_with("/etc/") {
+                root.join(word.trim_start_matches('/'))
+                    .display()
+                    .to_string()
+            } else if word.starts_with("/run/") {
+                admin.display().to_string()
+            } else {
+                word.to_owned()
+            }
+        })
+        .collect();
+    let daemon = Proc::spawn(
+        "packaged loopcastd",
+        Command::new(&loopcastd)
+            .args(&args)
+            .args(["--no-multicast", "--metrics", "off", "--listen"])
+            .arg(format!("127.0.0.1:{}", free_udp_port()))
+            .arg("--media")
+            .arg(&media),
+    );
+    wait_for_admin(&admin);
+    let output = daemon.terminate();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -305,7 +305,7 @@ pub enum Need {
     Namespaces,
     /// An unprivileged user+network namespace, as `loopcast demo` makes for itself.
     UserNamespace,
-    /// A program (and the Debian package .ci/run installs it from).
+    /// A program, and where .ci/run gets it.
     Program(&'static str, &'static str),
 }
 
@@ -359,7 +359,7 @@ impl Need {
                 Some("an unprivileged user+network namespace (unshare -Urn)")
             }
             Need::Program(program, package) if !runs(program, &["--version"]) => {
-                let what = format!("{program} (Debian package {package})");
+                let what = format!("{program} ({package})");
                 return if root {
                     Err(format!(
                         "running as root, so this test must run, but {what} is not available \
