@@ -42,6 +42,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A table refreshed every --interval seconds until interrupted: clients and channels (a
+    /// server), or servers (a director).
+    Watch {
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many refreshes (0: until interrupted).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
     /// (server) Send every client to the fleet's other servers and take no new ones from the
     /// directors (maintenance); clients continue where they were. Undo with `undrain`.
     Drain,
@@ -91,6 +101,39 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Watch { interval, count } = cli.command {
+        let interval = std::time::Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
+        let mut shown = 0u64;
+        loop {
+            let answer = match loopcast_admin::request(&socket, "status") {
+                Ok(answer) => answer,
+                Err(error) => {
+                    eprintln!("loopcastctl: error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // Clear the screen and home the cursor (a terminal); plain separators otherwise.
+            use std::io::IsTerminal;
+            if std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H");
+            } else if shown > 0 {
+                println!();
+            }
+            println!("{}  (every {:.1} s)", socket.display(), interval.as_secs_f64());
+            if answer["role"] == "director" {
+                print_servers(&answer);
+            } else {
+                print_clients(&answer);
+                println!();
+                print_channels(&answer);
+            }
+            shown += 1;
+            if count != 0 && shown >= count {
+                return ExitCode::SUCCESS;
+            }
+            std::thread::sleep(interval);
+        }
+    }
     let answer = match loopcast_admin::request(&socket, "status") {
         Ok(answer) => answer,
         Err(error) => {
@@ -130,7 +173,9 @@ fn main() -> ExitCode {
             println!("{}", serde_json::Value::from(fleet_files(&answer)))
         }
         Command::Files { json: false } => print_files(&answer),
-        Command::Drain | Command::Undrain => unreachable!("answered above"),
+        Command::Drain | Command::Undrain | Command::Watch { .. } => {
+            unreachable!("answered above")
+        }
         Command::Clients { json: true } => println!("{}", answer["sessions"]),
         Command::Clients { json: false } => print_clients(&answer),
         Command::Channels { json: true } => println!("{}", answer["channels"]),
