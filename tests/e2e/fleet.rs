@@ -643,3 +643,167 @@ pub fn multicast_clients_fail_over_to_another_server_in_namespaces() {
     drop(victim);
     drop(topology);
 }
+
+/// The cluster, scaled to two cores: two directors, three servers (each with its own
+/// multicast groups) and six clients behind `tc tbf` links of 50 and 500 Mbit/s and unlimited,
+/// in network namespaces this test creates. Mid-transfer the server with the most clients is
+/// killed (SIGKILL), then the first director; later a second server is drained. Every client
+/// finishes, every copy is byte-identical to the archive, and the clients that lost their
+/// server say so.
+pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_killed_director_and_a_drain(
+) {
+    let tag = format!("lcc{}", std::process::id() % 100_000);
+    let mut hosts: Vec<(String, String)> = vec![
+        ("d1".into(), "10.80.0.1".into()),
+        ("d2".into(), "10.80.0.2".into()),
+        ("s1".into(), "10.80.0.11".into()),
+        ("s2".into(), "10.80.0.12".into()),
+        ("s3".into(), "10.80.0.13".into()),
+    ];
+    let links: [u64; 6] = [50_000_000, 50_000_000, 500_000_000, 500_000_000, 0, 0];
+    for index in 0..links.len() {
+        hosts.push((format!("c{index}"), format!("10.80.0.{}", 21 + index)));
+    }
+    let spec: Vec<(&str, &str)> = hosts
+        .iter()
+        .map(|(n, a)| (n.as_str(), a.as_str()))
+        .collect();
+    let topology =
+        loopcast_tools::topology::BridgeTopology::build(&tag, &spec, 1500).expect("namespaces");
+    for (offset, &rate) in links.iter().enumerate() {
+        topology.set_link_rate(5 + offset, rate).expect("tc tbf");
+    }
+    let scratch = Scratch::new("fleet-cluster");
+    let key = fleet_files(&scratch, &[("film.bin", 48 << 20)]);
+    let mut directors = Vec::new();
+    for index in 0..2 {
+        let admin = scratch.path(&format!("director-{index}.sock"));
+        let process = Proc::spawn(
+            "director",
+            topology
+                .exec(index, &bin("loopcastd"))
+                .args(["direct", "--listen", &format!("{}:7700", hosts[index].1)])
+                .args(["--metrics", "off"])
+                .arg("--fleet-key")
+                .arg(&key)
+                .arg("--admin-socket")
+                .arg(&admin),
+        );
+        wait_for_admin(&admin);
+        directors.push((process, admin));
+    }
+    let director_list = "10.80.0.1,10.80.0.2";
+    let mut servers = Vec::new();
+    for index in 0..3 {
+        let media = media_with(&scratch, &format!("media-{index}"), &["film.bin"]);
+        let admin = scratch.path(&format!("server-{index}.sock"));
+        let ip = hosts[2 + index].1.clone();
+        let process = Proc::spawn(
+            "loopcastd",
+            topology
+                .exec(2 + index, &bin("loopcastd"))
+                .arg("serve")
+                .arg("--media")
+                .arg(&media)
+                .args(["--listen", &format!("{ip}:7700")])
+                .args(["--multicast-interface", &ip, "--multicast-ttl", "1"])
+                .args(["--multicast-group", &format!("239.80.{}.0", index + 1)])
+                .args(["--rate", "200M", "--metrics", "off"])
+                .args(["--director", director_list])
+                .arg("--fleet-key")
+                .arg(&key)
+                .arg("--admin-socket")
+                .arg(&admin),
+        );
+        wait_for_admin(&admin);
+        servers.push(Some((process, admin, format!("{ip}:7700"))));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while status_of(&directors[0].1)["servers"]
+        .as_array()
+        .map_or(0, |l| l.iter().filter(|s| s["state"] == "online").count())
+        < 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the directors never listed the servers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let archive = scratch.path("packed").join("film.bin.lca");
+    let clients: Vec<(Proc, PathBuf)> = (0..links.len())
+        .map(|index| {
+            let output = scratch.path(&format!("client-{index}.lca"));
+            let ip = &hosts[5 + index].1;
+            let process = Proc::spawn(
+                &format!("client {index}"),
+                topology
+                    .exec(5 + index, &bin("loopcast"))
+                    .args(["get", director_list, "film.bin", "--json"])
+                    .args(["--multicast-interface", ip])
+                    .arg("--output")
+                    .arg(&output),
+            );
+            (process, output)
+        })
+        .collect();
+    // Every client on a server, then half a second of transfer (the fastest clients need
+    // about 1.4 s at the servers' 200 Mbit/s cap): kill the busiest server and the first
+    // director.
+    let sessions = |admin: &Path| status_of(admin)["sessions"].as_array().map_or(0, Vec::len);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while servers
+        .iter()
+        .flatten()
+        .map(|(_, admin, _)| sessions(admin))
+        .sum::<usize>()
+        < links.len()
+    {
+        assert!(Instant::now() < deadline, "not every client got a server");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let busiest = (0..3)
+        .max_by_key(|&i| servers[i].as_ref().map_or(0, |(_, a, _)| sessions(a)))
+        .unwrap();
+    let (victim, _, victim_address) = servers[busiest].take().unwrap();
+    let pid = nix::unistd::Pid::from_raw(victim.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let (first_director, _) = directors.remove(0);
+    drop(first_director);
+    // Half a second later, drain one of the two left (its clients move to the third).
+    std::thread::sleep(Duration::from_millis(500));
+    let drained = (0..3).find(|&i| servers[i].is_some()).unwrap();
+    run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&servers[drained].as_ref().unwrap().1)
+            .arg("drain"),
+    );
+    let mut moved = 0;
+    for (index, (process, output)) in clients.into_iter().enumerate() {
+        let report = process.report(Duration::from_secs(120));
+        assert_eq!(report["verified"], true, "client {index}: {report}");
+        assert_same_bytes(&output, &archive);
+        moved += report["failovers"].as_u64().unwrap_or(0);
+        if report["failovers"].as_u64().unwrap_or(0) > 0 {
+            assert_ne!(
+                report["server"].as_str().unwrap(),
+                victim_address,
+                "client {index} failed over to the killed server"
+            );
+        }
+        eprintln!(
+            "cluster: client {index} (link {}): {:.2} s from {}, {} failover(s), {} duplicates of {}",
+            links[index],
+            report["seconds"].as_f64().unwrap(),
+            report["server"],
+            report["failovers"],
+            report["duplicates"],
+            report["receiver"]["stored"]
+        );
+    }
+    assert!(moved >= 1, "the killed server had clients, and they moved");
+    drop(victim);
+    drop(topology);
+}

@@ -79,6 +79,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             fleet::multicast_clients_fail_over_to_another_server_in_namespaces,
             Need::RootNetns
         ),
+        e2e!(
+            fleet::a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_killed_director_and_a_drain,
+            Need::Root("for ip netns and tc tbf links")
+        ),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,

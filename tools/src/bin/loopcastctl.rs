@@ -119,7 +119,11 @@ fn main() -> ExitCode {
             } else if shown > 0 {
                 println!();
             }
-            println!("{}  (every {:.1} s)", socket.display(), interval.as_secs_f64());
+            println!(
+                "{}  (every {:.1} s)",
+                socket.display(),
+                interval.as_secs_f64()
+            );
             if answer["role"] == "director" {
                 print_servers(&answer);
             } else {
