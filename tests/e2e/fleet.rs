@@ -676,13 +676,13 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
     let scratch = Scratch::new("fleet-cluster");
     let key = fleet_files(&scratch, &[("film.bin", 48 << 20)]);
     let mut directors = Vec::new();
-    for index in 0..2 {
+    for (index, (_, ip)) in hosts.iter().enumerate().take(2) {
         let admin = scratch.path(&format!("director-{index}.sock"));
         let process = Proc::spawn(
             "director",
             topology
                 .exec(index, &bin("loopcastd"))
-                .args(["direct", "--listen", &format!("{}:7700", hosts[index].1)])
+                .args(["direct", "--listen", &format!("{ip}:7700")])
                 .args(["--metrics", "off"])
                 .arg("--fleet-key")
                 .arg(&key)
