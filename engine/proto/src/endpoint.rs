@@ -129,6 +129,7 @@ struct AskedFor<'a> {
     multicast_ok: bool,
     name: &'a str,
     resume_at: Option<u32>,
+    throughput_bits_per_s: u64,
 }
 
 /// Which socket a control datagram leaves from.
@@ -666,6 +667,7 @@ impl Endpoint {
                     multicast_ok,
                     name: &name,
                     resume_at: hints.resume_at,
+                    throughput_bits_per_s: hints.throughput_bits_per_s,
                 },
                 files,
             ),
@@ -916,6 +918,7 @@ impl Endpoint {
             multicast_ok,
             name,
             resume_at,
+            throughput_bits_per_s,
         } = asked;
         self.counters.requests += 1;
         if !self.admit_request(now, from) {
@@ -968,8 +971,20 @@ impl Endpoint {
                 ),
             );
         }
-        let channel = match self.tier_for_new_session(name) {
+        // A client from another server (its loop position given) with what its path delivered.
+        let resumed = resume_at.map(|_| throughput_bits_per_s);
+        let channel = match self.tier_for_new_session(name, resumed) {
             NewSessionTier::Existing(channel) => channel,
+            NewSessionTier::Resume(like, rate) => {
+                let info = self.channels[&like].info.clone();
+                let channel = self.open_channel(now, info, rate, ChannelKind::Tier);
+                self.events.push_back(Event::TierOpened {
+                    channel,
+                    file: self.channels[&channel].info.name.clone(),
+                    rate_bits_per_s: rate,
+                });
+                channel
+            }
             NewSessionTier::Probe(channel) => {
                 if self.channels.len() >= self.config.channels_max {
                     return reject(self, RejectCode::Busy, "server at its channel limit".into());
@@ -1134,7 +1149,11 @@ impl Endpoint {
     /// The tier a new session of `name` starts on: the fastest (clients that cannot take it
     /// move down within a second or so), unless every tier runs below the starting rate and
     /// the file has room for another (then a new one, probing from the starting rate).
-    fn tier_for_new_session(&self, name: &str) -> NewSessionTier {
+    fn tier_for_new_session(
+        &self,
+        name: &str,
+        resumed_at_bits_per_s: Option<u64>,
+    ) -> NewSessionTier {
         let Some(channels) = self.tiers_by_name.get(name) else {
             return NewSessionTier::NewFile;
         };
@@ -1151,6 +1170,18 @@ impl Endpoint {
             // Only unicast clients' own channels: a shared tier again, from the start.
             return NewSessionTier::Probe(channels[0]);
         };
+        if let (Some(config), Some(throughput)) = (self.rate_config(), resumed_at_bits_per_s) {
+            if shared.len() < config.tiers_allowed()
+                && self.channels.len() < self.config.channels_max
+            {
+                // Where its path was delivering (unknown: the file's starting rate).
+                let rate = match throughput {
+                    0 => config.initial_rate,
+                    known => known.clamp(config.rate_min, config.rate_max),
+                };
+                return NewSessionTier::Resume(fastest, rate);
+            }
+        }
         match self.rate_config() {
             Some(config)
                 if self.channels[&fastest].tier.rate() < config.initial_rate
@@ -1990,6 +2021,10 @@ enum NewSessionTier {
     Existing(ChannelId),
     /// A new tier of the same file as this one.
     Probe(ChannelId),
+    /// A new tier of the same file as this one, at this rate, for a client that comes from
+    /// another server (R17): its loop starts where the client's old one was, so it is not sent
+    /// again what it holds (joining a running tier would).
+    Resume(ChannelId, u64),
     NewFile,
 }
 

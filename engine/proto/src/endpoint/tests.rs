@@ -1284,3 +1284,75 @@ fn a_request_for_a_file_this_server_lacks_goes_to_a_director_in_a_fleet() {
         assert_eq!(endpoint.session_count(), 0);
     }
 }
+
+/// R17 on multicast: a client from a failed server (its loop position and throughput given)
+/// gets a tier of its own at its throughput, whose loop starts at its position, instead of
+/// joining the running tier where that one's loop is (it would be sent again what it holds).
+#[test]
+fn a_multicast_client_from_a_failed_server_gets_a_tier_of_its_own_at_its_position() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let name = files.0.name.clone();
+    let first = addr("192.0.2.80:5000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), first, 1);
+    endpoint.handle_control(
+        at(1),
+        first,
+        &joined(session, token, Transport::Multicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    let second = addr("192.0.2.81:5000");
+    let request = ControlMessage::Request {
+        request_id: 2,
+        multicast_ok: true,
+        name,
+        hints: RequestHints {
+            resume_at: Some(300),
+            throughput_bits_per_s: 40_000_000,
+            ..RequestHints::default()
+        },
+    }
+    .to_bytes();
+    endpoint.handle_control(at(2), second, &request, &mut files);
+    let (transmits, _) = drain(&mut endpoint);
+    let (session, token, channel) = transmits
+        .iter()
+        .find_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Offer {
+                session,
+                token,
+                channel,
+                rate_bits_per_s,
+                ..
+            }) => {
+                assert_eq!(rate_bits_per_s, 40_000_000, "its own path's rate");
+                Some((session, token, channel))
+            }
+            _ => None,
+        })
+        .expect("an Offer");
+    let first_group = endpoint
+        .channels()
+        .find(|c| c.sessions == 1 && c.group.map(SocketAddr::V4) != Some(channel))
+        .and_then(|c| c.group);
+    assert!(
+        first_group.is_some(),
+        "the first client's tier is another group"
+    );
+    endpoint.handle_control(
+        at(3),
+        second,
+        &joined(session, token, Transport::Multicast),
+        &mut files,
+    );
+    let (_, commands) = drain(&mut endpoint);
+    let starts: Vec<Option<u32>> = commands
+        .iter()
+        .filter_map(|c| match c {
+            DataCommand::OpenChannel { start_at, .. } => Some(*start_at),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, [Some(300)]);
+    endpoint.assert_invariants();
+}
