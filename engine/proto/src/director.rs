@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 
 use crate::info::RootHash;
 use crate::time::Instant;
-use crate::wire::control::{ControlMessage, RejectCode, RequestHints};
+use crate::wire::control::{ControlMessage, RejectCode, RequestHints, REQUEST_LEN_MIN};
 use crate::wire::fleet::{
     catalog_digest, CatalogEntry, FleetKey, FleetParseError, Heartbeat, ServerState,
 };
@@ -228,6 +228,11 @@ impl Director {
     ) -> Option<Vec<u8>> {
         if Heartbeat::is_fleet(bytes) {
             self.handle_heartbeat(now, unix_ms, from, bytes);
+            return None;
+        }
+        // An unpadded Request could be answered with more bytes than a spoofed source sent.
+        if bytes.len() < REQUEST_LEN_MIN {
+            self.counters.dropped += 1;
             return None;
         }
         match ControlMessage::parse(bytes) {
@@ -483,5 +488,7 @@ impl Director {
     }
 }
 
+#[cfg(test)]
+mod attack_tests;
 #[cfg(test)]
 mod tests;
