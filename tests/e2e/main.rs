@@ -19,6 +19,8 @@
 //!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
 //! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
+//! - fleet_attacks.rs: a Request flood against a director (no amplification) and a slow but
+//!   healthy server (no failover).
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -36,6 +38,7 @@ mod bench;
 mod demo;
 mod files;
 mod fleet;
+mod fleet_attacks;
 mod follow;
 mod hostile;
 mod links;
@@ -71,6 +74,8 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet::a_director_sends_each_request_to_a_server_that_holds_the_file),
         e2e!(fleet::a_server_killed_mid_transfer_is_replaced_and_the_download_continues),
         e2e!(fleet::a_heartbeat_without_the_fleet_key_registers_nothing),
+        e2e!(fleet_attacks::a_request_flood_is_never_answered_with_more_bytes_than_it_carried),
+        e2e!(fleet_attacks::a_slow_but_healthy_server_is_never_failed_over),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,
