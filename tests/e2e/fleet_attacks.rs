@@ -201,3 +201,36 @@ pub fn a_slow_but_healthy_server_is_never_failed_over() {
     assert_eq!(report["session_rerequests"], 0, "{report}");
     assert!(std::fs::read(&output).unwrap() == std::fs::read(&archive).unwrap());
 }
+
+/// R17: the only server holding the file stalls for 1.2 s (SIGSTOP, then SIGCONT) mid-transfer:
+/// the client gives it up after 800 ms and asks the director, which has declared the server
+/// dead and answers Busy. The download goes on when the server is back; before, `loopcast
+/// get` ended with exit 3 ("every server with ... is full or draining").
+pub fn a_stalled_only_server_does_not_end_a_download_through_a_director() {
+    use nix::sys::signal::{kill, Signal};
+    let scratch = Scratch::new("fleet-attack-stall");
+    let (director, server, archive) =
+        one_server_fleet(&scratch, 4 << 20, &["--rate", "10M", "--fixed-rate"]);
+    let target = format!("127.0.0.1:{}", director.port);
+    let output = scratch.path("stalled.lca");
+    let client = Proc::spawn(
+        "loopcast get",
+        Command::new(bin("loopcast"))
+            .args(["get", &target, "film.bin", "--unicast", "--json", "--force"])
+            .arg("--output")
+            .arg(&output),
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    kill(pid, Signal::SIGCONT).unwrap();
+    let report = client.report(Duration::from_secs(60));
+    eprintln!(
+        "stall: {} s, failovers {}, re-requests {}",
+        report["seconds"], report["failovers"], report["session_rerequests"]
+    );
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(report["failovers"].as_u64().unwrap() >= 1, "{report}");
+    assert!(std::fs::read(&output).unwrap() == std::fs::read(&archive).unwrap());
+}

@@ -20,7 +20,7 @@
 //! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
 //! - fleet_attacks.rs: a Request flood against a director (no amplification) and a slow but
-//!   healthy server (no failover).
+//!   healthy server (no failover); the only server stalled 1.2 s (the download goes on).
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -76,6 +76,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet::a_heartbeat_without_the_fleet_key_registers_nothing),
         e2e!(fleet_attacks::a_request_flood_is_never_answered_with_more_bytes_than_it_carried),
         e2e!(fleet_attacks::a_slow_but_healthy_server_is_never_failed_over),
+        e2e!(fleet_attacks::a_stalled_only_server_does_not_end_a_download_through_a_director),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,
