@@ -1036,6 +1036,6 @@ pub fn metered(bytes: &[u8], file_id: FileId, nak: &NakPlanner, now: Instant) ->
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod fleet_attack_tests;
+#[cfg(test)]
+mod tests;
