@@ -21,6 +21,8 @@
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
 //! - packaging.rs: the systemd units verify and their command lines start the daemons; the .deb
 //!   (cargo-deb) holds the binaries, units and configs, and its daemon starts.
+//! - fleet_attacks.rs: a Request flood against a director (no amplification) and a slow but
+//!   healthy server (no failover); the only server stalled 1.2 s (the download goes on).
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -38,6 +40,7 @@ mod bench;
 mod demo;
 mod files;
 mod fleet;
+mod fleet_attacks;
 mod follow;
 mod hostile;
 mod links;
@@ -83,6 +86,9 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             fleet::a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_killed_director_and_a_drain,
             Need::Root("for ip netns and tc tbf links")
         ),
+        e2e!(fleet_attacks::a_request_flood_is_never_answered_with_more_bytes_than_it_carried),
+        e2e!(fleet_attacks::a_slow_but_healthy_server_is_never_failed_over),
+        e2e!(fleet_attacks::a_stalled_only_server_does_not_end_a_download_through_a_director),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,

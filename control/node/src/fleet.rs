@@ -39,6 +39,8 @@ pub(crate) struct HeartbeatSender {
     next_at: Instant,
     pages: Vec<Vec<CatalogEntry>>,
     digest: [u8; 32],
+    /// The digest of the whole catalog last given (tells a change).
+    scanned: [u8; 32],
     pub(crate) state: ServerState,
 }
 
@@ -53,6 +55,7 @@ impl HeartbeatSender {
             next_at: Instant::ZERO,
             pages: catalog_pages(&[]),
             digest: catalog_digest(&[]),
+            scanned: catalog_digest(&[]),
             state: ServerState::Online,
         }
     }
@@ -66,17 +69,19 @@ impl HeartbeatSender {
     pub(crate) fn set_catalog(&mut self, mut entries: Vec<CatalogEntry>) {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let digest = catalog_digest(&entries);
-        if digest != self.digest {
+        if digest != self.scanned {
+            self.scanned = digest;
             self.pages = catalog_pages(&entries);
-            let kept: usize = self.pages.iter().map(Vec::len).sum();
-            if kept < entries.len() {
+            let announced = self.pages.concat();
+            if announced.len() < entries.len() {
                 tracing::warn!(
                     files = entries.len(),
-                    announced = kept,
+                    announced = announced.len(),
                     "catalog too large for the heartbeat pages; some files are not announced"
                 );
             }
-            self.digest = digest;
+            // The digest of what the pages hold, so a director can take it whole.
+            self.digest = catalog_digest(&announced);
         }
     }
 
@@ -115,3 +120,7 @@ impl HeartbeatSender {
         .to_bytes(&self.config.key)
     }
 }
+
+#[cfg(test)]
+#[path = "fleet_attack_tests.rs"]
+mod attack_tests;

@@ -510,6 +510,11 @@ impl ClientSession {
                     message,
                 },
             ) if id == *request_id => {
+                // R17: a fleet client holding part of the file is told Busy while its only
+                // server is briefly down (or full): it asks again until its deadline.
+                if self.fleet && code == RejectCode::Busy && self.hints.root.is_some() {
+                    return;
+                }
                 self.state = State::Finished;
                 self.events
                     .push_back(ClientEvent::Rejected { code, message });
@@ -1030,5 +1035,7 @@ pub fn metered(bytes: &[u8], file_id: FileId, nak: &NakPlanner, now: Instant) ->
         })
 }
 
+#[cfg(test)]
+mod fleet_attack_tests;
 #[cfg(test)]
 mod tests;

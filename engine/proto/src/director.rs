@@ -26,7 +26,9 @@ use std::net::SocketAddr;
 
 use crate::info::RootHash;
 use crate::time::Instant;
-use crate::wire::control::{listing_page, ControlMessage, RejectCode, RequestHints};
+use crate::wire::control::{
+    listing_page, ControlMessage, RejectCode, RequestHints, REQUEST_LEN_MIN,
+};
 use crate::wire::fleet::{
     catalog_digest, CatalogEntry, FleetKey, FleetParseError, Heartbeat, ServerState,
 };
@@ -229,6 +231,11 @@ impl Director {
     ) -> Option<Vec<u8>> {
         if Heartbeat::is_fleet(bytes) {
             self.handle_heartbeat(now, unix_ms, from, bytes);
+            return None;
+        }
+        // An unpadded Request could be answered with more bytes than a spoofed source sent.
+        if bytes.len() < REQUEST_LEN_MIN {
+            self.counters.dropped += 1;
             return None;
         }
         match ControlMessage::parse(bytes) {
@@ -504,5 +511,7 @@ impl Director {
     }
 }
 
+#[cfg(test)]
+mod attack_tests;
 #[cfg(test)]
 mod tests;
