@@ -19,6 +19,8 @@
 //!   time to the first byte at 50 Mbit/s, a mid-loop joiner's NAK priority, a player that quits.
 //! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
+//! - fleet_user.rs: the fleet as an operator meets it: errors naming every director asked,
+//!   loopcastctl finding a director at its default admin socket.
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -36,6 +38,7 @@ mod bench;
 mod demo;
 mod files;
 mod fleet;
+mod fleet_user;
 mod follow;
 mod hostile;
 mod links;
@@ -71,6 +74,8 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet::a_director_sends_each_request_to_a_server_that_holds_the_file),
         e2e!(fleet::a_server_killed_mid_transfer_is_replaced_and_the_download_continues),
         e2e!(fleet::a_heartbeat_without_the_fleet_key_registers_nothing),
+        e2e!(fleet_user::no_answer_from_any_director_names_every_address_asked),
+        e2e!(fleet_user::loopcastctl_servers_and_files_find_a_director_at_its_default_socket),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,

@@ -135,8 +135,9 @@ pub enum ClientError {
         context: String,
         source: std::io::Error,
     },
+    /// `server`: every address asked, comma-separated (a fleet's directors).
     #[error("no answer from {server} within {seconds} s (is loopcastd running there?)")]
-    NoAnswer { server: SocketAddr, seconds: u64 },
+    NoAnswer { server: String, seconds: u64 },
     #[error("{server} stopped answering for {seconds} s; partial download kept for resume ({held}/{total} datagrams): run the same command again")]
     ServerLost {
         server: SocketAddr,
@@ -429,7 +430,11 @@ pub fn get_following(
                         });
                     }
                     return Err(ClientError::NoAnswer {
-                        server: config.server,
+                        server: std::iter::once(&config.server)
+                            .chain(&config.alternates)
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         seconds: config.request_timeout.as_secs(),
                     });
                 }
