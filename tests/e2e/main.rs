@@ -23,6 +23,8 @@
 //!   (cargo-deb) holds the binaries, units and configs, and its daemon starts.
 //! - fleet_attacks.rs: a Request flood against a director (no amplification) and a slow but
 //!   healthy server (no failover); the only server stalled 1.2 s (the download goes on).
+//! - fleet_user.rs: the fleet as an operator meets it: errors naming every director asked,
+//!   loopcastctl finding a director at its default admin socket.
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -41,6 +43,7 @@ mod demo;
 mod files;
 mod fleet;
 mod fleet_attacks;
+mod fleet_user;
 mod follow;
 mod hostile;
 mod links;
@@ -89,6 +92,8 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet_attacks::a_request_flood_is_never_answered_with_more_bytes_than_it_carried),
         e2e!(fleet_attacks::a_slow_but_healthy_server_is_never_failed_over),
         e2e!(fleet_attacks::a_stalled_only_server_does_not_end_a_download_through_a_director),
+        e2e!(fleet_user::no_answer_from_any_director_names_every_address_asked),
+        e2e!(fleet_user::loopcastctl_servers_and_files_find_a_director_at_its_default_socket),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(
             admin::admin_socket_squatting_is_refused,

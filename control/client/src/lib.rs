@@ -138,8 +138,9 @@ pub enum ClientError {
         context: String,
         source: std::io::Error,
     },
+    /// `server`: every address asked, comma-separated (a fleet's directors).
     #[error("no answer from {server} within {seconds} s (is loopcastd running there?)")]
-    NoAnswer { server: SocketAddr, seconds: u64 },
+    NoAnswer { server: String, seconds: u64 },
     #[error("{server} stopped answering for {seconds} s; partial download kept for resume ({held}/{total} datagrams): run the same command again")]
     ServerLost {
         server: SocketAddr,
@@ -434,7 +435,11 @@ pub fn get_following(
                         });
                     }
                     return Err(ClientError::NoAnswer {
-                        server: config.server,
+                        server: std::iter::once(&config.server)
+                            .chain(&config.alternates)
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         seconds: config.request_timeout.as_secs(),
                     });
                 }
@@ -1214,7 +1219,14 @@ pub fn list(
             }
             None if started.elapsed() >= timeout => {
                 return Err(ClientError::NoAnswer {
-                    server: answering.unwrap_or(first),
+                    server: match answering {
+                        Some(server) => server.to_string(),
+                        None => addresses
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    },
                     seconds: timeout.as_secs(),
                 })
             }

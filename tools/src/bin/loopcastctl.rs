@@ -14,7 +14,8 @@ use loopcast_tools::{default_admin_socket, format_rate};
 )]
 struct Cli {
     /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcast/loopcastd.sock, else
-    /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock. A socket or
+    /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock; for `servers`
+    /// and `files`, the director's loopcastd-direct.sock in the same directory. A socket or
     /// directory owned by another user (not root) is refused.
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
@@ -73,7 +74,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let socket = cli.socket.unwrap_or_else(default_admin_socket);
+    // `servers` and `files` are a director's view: by default ask where `loopcastd direct`
+    // puts its socket by default.
+    let socket = cli.socket.clone().unwrap_or_else(|| match cli.command {
+        Command::Servers { .. } | Command::Files { .. } => {
+            default_admin_socket().with_file_name("loopcastd-direct.sock")
+        }
+        _ => default_admin_socket(),
+    });
     if let Command::Drain | Command::Undrain = cli.command {
         let action = if matches!(cli.command, Command::Drain) {
             "drain"
