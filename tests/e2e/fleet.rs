@@ -434,6 +434,12 @@ pub fn a_heartbeat_without_the_fleet_key_registers_nothing() {
     assert_eq!(refused.status.code(), Some(3), "refused: not found");
     let report = json_of(&refused);
     assert_eq!(report["verified"], false);
+    // The operator of a server with another key learns it from the director's log.
+    let log = String::from_utf8_lossy(&director.process.terminate().stderr).into_owned();
+    assert!(
+        log.contains("heartbeat not made with this fleet's key"),
+        "{log}"
+    );
 }
 
 /// R17: `loopcastctl drain` on the server a client is receiving from: the directors stop

@@ -289,6 +289,7 @@ pub fn get_following(
     session_config.multicast_ok = config.allow_multicast;
     session_config.alternates = config.alternates.clone();
     session_config.location = config.location.clone();
+    session_config.root = config.expect_root;
     session_config.sync_timeout = config.sync_timeout;
     session_config.request_timeout = config.request_timeout;
     session_config.rerequest_timeout = config.stall_timeout.max(config.request_timeout);

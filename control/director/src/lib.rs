@@ -48,6 +48,8 @@ pub enum DirectError {
 const SOCKET: Token = Token(0);
 /// Longest sleep, so shutdown requests are noticed.
 const POLL_CEILING: Duration = Duration::from_millis(100);
+/// The warning about heartbeats under another key comes at most this often.
+const KEY_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 /// Datagrams handled per wake-up (then the clock and the admin snapshot get their turn).
 const BATCH_MAX: usize = 1024;
 
@@ -108,6 +110,7 @@ pub fn run_on(
     tracing::info!(%local, heartbeat_misses = config.heartbeat_misses, "loopcastd directing");
     let mut events = Events::with_capacity(16);
     let mut buffer = vec![0u8; HEARTBEAT_LEN_MAX.max(2048) + 1];
+    let mut last_key_warning: Option<std::time::Instant> = None;
     while !shutdown.load(Ordering::Relaxed) {
         let timeout = director
             .poll_timeout()
@@ -127,6 +130,7 @@ pub fn run_on(
                 }
             };
             let now = clock.now();
+            let refused_before = director.counters().heartbeats_unauthenticated;
             if let Some(answer) = director.handle_datagram(
                 now,
                 loopcast_proto::time::unix_time_ms(),
@@ -134,6 +138,19 @@ pub fn run_on(
                 &buffer[..len],
             ) {
                 let _ = socket.send_to(&answer, from);
+            }
+            // A server with another fleet key is silent on its side: say it here, at most
+            // every 10 s (a forger could otherwise fill the log).
+            if director.counters().heartbeats_unauthenticated > refused_before
+                && last_key_warning
+                    .is_none_or(|at: std::time::Instant| at.elapsed() >= KEY_WARNING_INTERVAL)
+            {
+                last_key_warning = Some(std::time::Instant::now());
+                tracing::warn!(
+                    %from,
+                    refused = director.counters().heartbeats_unauthenticated,
+                    "heartbeat not made with this fleet's key (another --fleet-key, or a forger): refused"
+                );
             }
         }
         director.handle_timeout(clock.now());

@@ -43,6 +43,8 @@ pub struct ClientConfig {
     pub alternates: Vec<SocketAddr>,
     /// The location the client prefers (R16), "" = any.
     pub location: String,
+    /// The root the client wants (`get --root`): a director routes only to a server with it.
+    pub root: Option<crate::info::RootHash>,
     /// Reached through a fleet (a redirect, or alternates given): a server silent this long
     /// (no datagram and no reply) has failed; ask the entry points for another (R17).
     pub failover_silence: Duration,
@@ -72,6 +74,7 @@ impl ClientConfig {
             server,
             alternates: Vec::new(),
             location: String::new(),
+            root: None,
             failover_silence: Duration::from_millis(800),
             name: name.to_owned(),
             multicast_ok: true,
@@ -228,6 +231,7 @@ impl ClientSession {
         let give_up_at = now + config.request_timeout;
         let hints = RequestHints {
             location: config.location.clone(),
+            root: config.root,
             ..RequestHints::default()
         };
         ClientSession {

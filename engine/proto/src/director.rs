@@ -194,7 +194,10 @@ pub struct Director {
 pub enum Route {
     To(SocketAddr),
     NotFound,
+    /// Every live holder is full (by its own heartbeat).
     Busy,
+    /// Every holder is dead, draining or stopping right now.
+    Unavailable,
 }
 
 impl Director {
@@ -264,7 +267,17 @@ impl Director {
                         ControlMessage::Reject {
                             request_id,
                             code: RejectCode::Busy,
-                            message: format!("every server with {name:?} is full or draining"),
+                            message: format!("every server with {name:?} is full"),
+                        }
+                    }
+                    Route::Unavailable => {
+                        self.counters.rejects_busy += 1;
+                        ControlMessage::Reject {
+                            request_id,
+                            code: RejectCode::Busy,
+                            message: format!(
+                                "no server with {name:?} is up right now (silent, draining or stopping); try again"
+                            ),
                         }
                     }
                 };
@@ -443,10 +456,13 @@ impl Director {
             if !entry.alive || beat.state != ServerState::Online {
                 continue;
             }
-            let sessions = u64::from(beat.sessions) + u64::from(entry.routed_since_heartbeat);
-            if beat.sessions_max != 0 && sessions >= u64::from(beat.sessions_max) {
+            // Full only by the server's own word: the clients this director sent since the
+            // last heartbeat rank it (spreading a burst), but Requests are unauthenticated, and
+            // a flood of them must not make idle servers look full (attack review).
+            if beat.sessions_max != 0 && beat.sessions >= beat.sessions_max {
                 continue;
             }
+            let sessions = u64::from(beat.sessions) + u64::from(entry.routed_since_heartbeat);
             let load = if beat.sessions_max != 0 {
                 sessions * 1_000_000 / u64::from(beat.sessions_max)
             } else {
@@ -475,7 +491,17 @@ impl Director {
                 entry.routed_since_heartbeat = entry.routed_since_heartbeat.saturating_add(1);
                 Route::To(entry.heartbeat.request_addr)
             }
-            None if has_file => Route::Busy,
+            None if has_file => {
+                if self.servers.values().any(|e| {
+                    e.alive
+                        && e.heartbeat.state == ServerState::Online
+                        && e.catalog.contains_key(name)
+                }) {
+                    Route::Busy
+                } else {
+                    Route::Unavailable
+                }
+            }
             None => Route::NotFound,
         }
     }

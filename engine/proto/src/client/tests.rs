@@ -579,3 +579,15 @@ fn without_a_fleet_a_silent_server_is_asked_again_itself_after_the_longer_silenc
         .any(|m| matches!(m, ControlMessage::Request { .. })));
     assert_eq!(client.failovers(), 0);
 }
+
+/// `get --root`: the director hears the root the client wants from the first Request on, so
+/// it routes only to a server with those bytes.
+#[test]
+fn the_root_the_client_wants_goes_with_its_first_request() {
+    let mut config = ClientConfig::new(director(1), "film");
+    config.root = Some(crate::info::RootHash([9; 32]));
+    let mut client = ClientSession::new(config, SeededRng::from_u64(5), at(0));
+    client.handle_timeout(at(0));
+    let (_, hints) = request_hints(&sent_to(&mut client)[0].1);
+    assert_eq!(hints.root, Some(crate::info::RootHash([9; 32])));
+}

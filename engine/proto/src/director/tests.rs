@@ -351,15 +351,25 @@ fn a_burst_of_requests_spreads_over_equal_servers_and_a_full_one_takes_no_more()
     }
     assert_eq!(to[&addr(1)], 10);
     assert_eq!(to[&addr(2)], 10);
-    // Both full until their next heartbeats say otherwise.
+    // Past what they said they take, the director's own count still only ranks them (Requests
+    // are unauthenticated: a flood must not make idle servers look full).
     let answer = ask(&mut director, 1, "film.mkv", RequestHints::default());
-    assert!(matches!(
-        answer,
+    assert!(routed_to(&answer).is_some());
+    // Full by their own heartbeats: Busy, saying so.
+    a.beat.sessions = 10;
+    b.beat.sessions = 10;
+    beat(&mut director, &mut a, 100);
+    beat(&mut director, &mut b, 100);
+    match ask(&mut director, 101, "film.mkv", RequestHints::default()) {
         ControlMessage::Reject {
             code: RejectCode::Busy,
+            message,
             ..
-        }
-    ));
+        } => assert!(message.contains("full"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    a.beat.sessions = 0;
+    b.beat.sessions = 0;
     // A draining server takes nobody new.
     a.beat.state = ServerState::Draining;
     beat(&mut director, &mut a, 250);
