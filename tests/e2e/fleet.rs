@@ -139,6 +139,23 @@ fn wait_for_fleet(directors: &[&Director], servers: usize) {
     }
 }
 
+/// The index of the first server (by admin socket) with a session, waiting up to 10 s.
+fn server_with_a_client<'a>(admins: impl Iterator<Item = &'a Path> + Clone) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = admins.clone().position(|admin| {
+            status_of(admin)["sessions"]
+                .as_array()
+                .is_some_and(|list| !list.is_empty())
+        });
+        if let Some(index) = found {
+            return index;
+        }
+        assert!(Instant::now() < deadline, "no server got the client");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn get(addresses: &str, name: &str, output: &Path, extra: &[&str]) -> Proc {
     Proc::spawn(
         "loopcast get",
@@ -314,19 +331,7 @@ pub fn a_server_killed_mid_transfer_is_replaced_and_the_download_continues() {
         &[],
     );
     // Find the server it is on, wait until it holds some of the file, and kill that server.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let serving = loop {
-        let found = servers.iter().position(|s| {
-            status_of(&s.admin)["sessions"]
-                .as_array()
-                .is_some_and(|list| !list.is_empty())
-        });
-        if let Some(index) = found {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "no server got the client");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let serving = server_with_a_client(servers.iter().map(|s| s.admin.as_path()));
     std::thread::sleep(Duration::from_millis(1200));
     let victim = servers.remove(serving);
     let survivor = &servers[0];
@@ -460,19 +465,7 @@ pub fn a_drained_server_sends_its_clients_to_another_without_losing_their_progre
     wait_for_fleet(&[&director], 2);
     let output = scratch.path("film.lca");
     let client = get(&director.address(), "film.bin", &output, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let on = loop {
-        let found = servers.iter().position(|s| {
-            status_of(&s.admin)["sessions"]
-                .as_array()
-                .is_some_and(|list| !list.is_empty())
-        });
-        if let Some(index) = found {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "no server got the client");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let on = server_with_a_client(servers.iter().map(|s| s.admin.as_path()));
     std::thread::sleep(Duration::from_millis(800));
     let (drained, other) = (&servers[on], &servers[1 - on]);
     let answer = run_ok(
@@ -618,19 +611,7 @@ pub fn multicast_clients_fail_over_to_another_server_in_namespaces() {
             .arg("--output")
             .arg(&output),
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let serving = loop {
-        let found = servers.iter().position(|(_, admin, _, _)| {
-            status_of(admin)["sessions"]
-                .as_array()
-                .is_some_and(|list| !list.is_empty())
-        });
-        if let Some(index) = found {
-            break index;
-        }
-        assert!(Instant::now() < deadline, "no server got the client");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let serving = server_with_a_client(servers.iter().map(|(_, admin, _, _)| admin.as_path()));
     std::thread::sleep(Duration::from_millis(1000));
     let (victim, _, _, media) = servers.remove(serving);
     let pid = nix::unistd::Pid::from_raw(victim.child.id() as i32);

@@ -98,6 +98,34 @@ fn open(
     offer.expect("an Offer")
 }
 
+/// As [`open`], with hints in the Request (a client from another server, R17).
+fn open_hinted(
+    endpoint: &mut Endpoint,
+    files: &mut Files,
+    now: Instant,
+    client: SocketAddr,
+    id: u64,
+    multicast_ok: bool,
+    hints: RequestHints,
+) -> (SessionId, Token) {
+    let request = ControlMessage::Request {
+        request_id: id,
+        multicast_ok,
+        name: files.0.name.clone(),
+        hints,
+    }
+    .to_bytes();
+    endpoint.handle_control(now, client, &request, files);
+    let (transmits, _) = drain(endpoint);
+    transmits
+        .iter()
+        .find_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Offer { session, token, .. }) => Some((session, token)),
+            _ => None,
+        })
+        .expect("an Offer")
+}
+
 fn joined(session: SessionId, token: Token, transport: Transport) -> Vec<u8> {
     ControlMessage::Joined {
         session,
@@ -1098,25 +1126,12 @@ fn a_channel_opened_for_a_client_from_another_server_starts_where_its_loop_was()
         };
         assert!(files.0.loop_len > 321);
         let client = addr("192.0.2.44:5000");
-        let request = ControlMessage::Request {
-            request_id: 9,
-            multicast_ok: false,
-            name: files.0.name.clone(),
-            hints: RequestHints {
-                resume_at: hint,
-                ..RequestHints::default()
-            },
-        }
-        .to_bytes();
-        endpoint.handle_control(at(0), client, &request, &mut files);
-        let (transmits, _) = drain(&mut endpoint);
-        let (session, token) = transmits
-            .iter()
-            .find_map(|t| match ControlMessage::parse(&t.bytes) {
-                Ok(ControlMessage::Offer { session, token, .. }) => Some((session, token)),
-                _ => None,
-            })
-            .expect("an Offer");
+        let hints = RequestHints {
+            resume_at: hint,
+            ..RequestHints::default()
+        };
+        let (session, token) =
+            open_hinted(&mut endpoint, &mut files, at(0), client, 9, false, hints);
         endpoint.handle_control(
             at(1),
             client,
@@ -1141,7 +1156,6 @@ fn a_channel_opened_for_a_client_from_another_server_starts_where_its_loop_was()
 #[test]
 fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
     let (mut endpoint, mut files) = adaptive_endpoint(false);
-    let name = files.0.name.clone();
     let first = addr("192.0.2.50:5000");
     let (session, token) = open(&mut endpoint, &mut files, at(0), first, 1);
     endpoint.handle_control(
@@ -1152,25 +1166,11 @@ fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
     );
     drain(&mut endpoint);
     let second = addr("192.0.2.51:5000");
-    let request = ControlMessage::Request {
-        request_id: 2,
-        multicast_ok: false,
-        name,
-        hints: RequestHints {
-            resume_at: Some(200),
-            ..RequestHints::default()
-        },
-    }
-    .to_bytes();
-    endpoint.handle_control(at(2), second, &request, &mut files);
-    let (transmits, _) = drain(&mut endpoint);
-    let (session, token) = transmits
-        .iter()
-        .find_map(|t| match ControlMessage::parse(&t.bytes) {
-            Ok(ControlMessage::Offer { session, token, .. }) => Some((session, token)),
-            _ => None,
-        })
-        .expect("an Offer");
+    let hints = RequestHints {
+        resume_at: Some(200),
+        ..RequestHints::default()
+    };
+    let (session, token) = open_hinted(&mut endpoint, &mut files, at(2), second, 2, false, hints);
     endpoint.handle_control(
         at(3),
         second,
