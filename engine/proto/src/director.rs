@@ -152,12 +152,12 @@ impl ServerEntry {
         self.last_heard + self.interval * misses
     }
 
-    /// Adds a page; when every page of its digest is here, it becomes the catalog.
-    fn take_page(&mut self, heartbeat: &Heartbeat) {
+    /// Adds a page; when every page of its digest is here, it becomes the catalog (true).
+    fn take_page(&mut self, heartbeat: &Heartbeat) -> bool {
         let digest = heartbeat.catalog_digest;
         if self.catalog_digest == Some(digest) {
             self.assembling = None;
-            return;
+            return false;
         }
         let pages = usize::from(heartbeat.pages);
         let restart = match &self.assembling {
@@ -174,17 +174,22 @@ impl ServerEntry {
             self.assembling = None;
             if catalog_digest(&entries) != digest {
                 // Pages of different versions with a colliding count: start over.
-                return;
+                return false;
             }
             self.catalog = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
             self.catalog_digest = Some(digest);
+            return true;
         }
+        false
     }
 }
 
 pub struct Director {
     config: DirectorConfig,
     servers: HashMap<u64, ServerEntry>,
+    /// What `loopcast ls` lists, rebuilt only when a live server's catalog or the set of live
+    /// servers changed (a flood of Lists must not rebuild it each time).
+    listing: Option<Vec<CatalogEntry>>,
     events: VecDeque<DirectorEvent>,
     counters: DirectorCounters,
 }
@@ -210,6 +215,7 @@ impl Director {
         Director {
             config,
             servers: HashMap::new(),
+            listing: None,
             events: VecDeque::new(),
             counters: DirectorCounters::default(),
         }
@@ -287,8 +293,11 @@ impl Director {
             }
             Ok(ControlMessage::List { request_id, offset }) => {
                 self.counters.requests += 1;
-                let catalog = self.catalog();
-                let page = listing_page(request_id, &catalog, offset, bytes.len());
+                if self.listing.is_none() {
+                    self.listing = Some(self.catalog());
+                }
+                let catalog = self.listing.as_deref().expect("built above");
+                let page = listing_page(request_id, catalog, offset, bytes.len());
                 Some(page.to_bytes())
             }
             _ => {
@@ -340,6 +349,7 @@ impl Director {
             self.counters.heartbeats += 1;
             if !entry.alive {
                 entry.alive = true;
+                self.listing = None;
                 self.events.push_back(DirectorEvent::ServerUp {
                     server_id: heartbeat.server_id,
                     request_addr: heartbeat.request_addr,
@@ -351,7 +361,9 @@ impl Director {
                     state: heartbeat.state,
                 });
             }
-            entry.take_page(&heartbeat);
+            if entry.take_page(&heartbeat) {
+                self.listing = None;
+            }
             entry.heartbeat = heartbeat;
             entry.heard_from = from;
             entry.last_heard = now;
@@ -372,6 +384,7 @@ impl Director {
                 return;
             }
             self.servers.remove(&old_id);
+            self.listing = None;
             self.events.push_back(DirectorEvent::ServerReplaced {
                 old_server_id: old_id,
                 server_id: heartbeat.server_id,
@@ -402,6 +415,7 @@ impl Director {
         };
         entry.take_page(&heartbeat);
         self.servers.insert(heartbeat.server_id, entry);
+        self.listing = None;
     }
 
     /// Declares silent servers dead (R17) and forgets long-dead ones.
@@ -410,6 +424,7 @@ impl Director {
         for (&server_id, entry) in &mut self.servers {
             if entry.alive && now >= entry.expires_at(misses) {
                 entry.alive = false;
+                self.listing = None;
                 self.events.push_back(DirectorEvent::ServerDown {
                     server_id,
                     request_addr: entry.heartbeat.request_addr,

@@ -621,7 +621,25 @@ fn ls_lists_every_file_of_the_live_servers_page_by_page_within_three_times_the_l
         director.handle_datagram(at(2000), T0_UNIX_MS + 2000, client, &short),
         None
     );
-    // A dead server's files are not offered.
+    // The listing follows the fleet: a dead server's files are not offered, a new server's are.
+    let total_listed = |director: &mut Director, ms: u64| {
+        let list = ControlMessage::List {
+            request_id: 7,
+            offset: 0,
+        }
+        .to_bytes();
+        match ControlMessage::parse(
+            &director
+                .handle_datagram(at(ms), T0_UNIX_MS + ms, client, &list)
+                .unwrap(),
+        ) {
+            Ok(ControlMessage::Listing { total, .. }) => total,
+            other => panic!("{other:?}"),
+        }
+    };
     director.handle_timeout(at(3000));
-    assert!(director.catalog().is_empty());
+    assert_eq!(total_listed(&mut director, 3000), 0);
+    let mut c = FakeServer::new(3, &files[..5]);
+    beat(&mut director, &mut c, 3100);
+    assert_eq!(total_listed(&mut director, 3100), 5);
 }
