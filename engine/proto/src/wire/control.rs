@@ -498,13 +498,7 @@ impl ControlMessage {
                 w.u64(*request_id);
                 w.u32(*total);
                 w.u32(*offset);
-                w.u16(u16::try_from(entries.len()).expect("a listing fits LISTING_LEN_MAX"));
-                for entry in entries {
-                    assert!(entry.name.len() <= NAME_LEN_MAX, "file name too long");
-                    w.short_string(&entry.name);
-                    w.bytes(&entry.root.0);
-                    w.u64(entry.bytes);
-                }
+                CatalogEntry::write_list(&mut w, entries);
             }
             ControlMessage::Offer {
                 request_id,
@@ -762,19 +756,7 @@ impl ControlMessage {
                 let request_id = r.u64()?;
                 let total = r.u32()?;
                 let offset = r.u32()?;
-                let count = usize::from(r.u16()?);
-                // Each entry takes at least 41 bytes.
-                if count > r.remaining() / 41 {
-                    return Err(ParseError::Malformed);
-                }
-                let mut entries = Vec::with_capacity(count);
-                for _ in 0..count {
-                    entries.push(CatalogEntry {
-                        name: r.short_string(NAME_LEN_MAX)?,
-                        root: RootHash(r.array::<32>()?),
-                        bytes: r.u64()?,
-                    });
-                }
+                let entries = CatalogEntry::read_list(&mut r)?;
                 ControlMessage::Listing {
                     request_id,
                     total,

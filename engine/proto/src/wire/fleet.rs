@@ -110,6 +110,36 @@ impl CatalogEntry {
     fn encoded_len(&self) -> usize {
         1 + self.name.len() + 32 + 8
     }
+
+    /// `count:u16 { name:short_string root:[32] bytes:u64 }*` (heartbeat pages, Listings).
+    pub(crate) fn write_list(w: &mut Writer<'_>, entries: &[CatalogEntry]) {
+        w.u16(u16::try_from(entries.len()).expect("a list is bounded by its datagram"));
+        for entry in entries {
+            assert!(entry.name.len() <= NAME_LEN_MAX, "file name too long");
+            w.short_string(&entry.name);
+            w.bytes(&entry.root.0);
+            w.u64(entry.bytes);
+        }
+    }
+
+    /// The twin of [`CatalogEntry::write_list`], from untrusted bytes.
+    pub(crate) fn read_list(r: &mut Reader<'_>) -> Result<Vec<CatalogEntry>, ParseError> {
+        let count = usize::from(r.u16()?);
+        // Each entry takes at least 41 bytes: a count the body cannot hold is malformed
+        // before anything is allocated for it.
+        if count > r.remaining() / 41 {
+            return Err(ParseError::Malformed);
+        }
+        let mut entries = Vec::with_capacity(count);
+        for _ in 0..count {
+            entries.push(CatalogEntry {
+                name: r.short_string(NAME_LEN_MAX)?,
+                root: RootHash(r.array::<32>()?),
+                bytes: r.u64()?,
+            });
+        }
+        Ok(entries)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,13 +201,7 @@ impl Heartbeat {
         w.bytes(&self.catalog_digest);
         w.u16(self.page);
         w.u16(self.pages);
-        w.u16(u16::try_from(self.entries.len()).expect("a page is bounded by the datagram"));
-        for entry in &self.entries {
-            assert!(entry.name.len() <= NAME_LEN_MAX, "file name too long");
-            w.short_string(&entry.name);
-            w.bytes(&entry.root.0);
-            w.u64(entry.bytes);
-        }
+        CatalogEntry::write_list(&mut w, &self.entries);
         let mac = key.mac(&w.out[start..]);
         w.bytes(mac.as_bytes());
         assert!(
@@ -243,20 +267,7 @@ impl Heartbeat {
         if page >= pages || usize::from(pages) > CATALOG_PAGES_MAX {
             return Err(ParseError::Malformed);
         }
-        let count = usize::from(r.u16()?);
-        // Each entry takes at least 41 bytes: a count the body cannot hold is malformed
-        // before anything is allocated for it.
-        if count > r.remaining() / 41 {
-            return Err(ParseError::Malformed);
-        }
-        let mut entries = Vec::with_capacity(count);
-        for _ in 0..count {
-            entries.push(CatalogEntry {
-                name: r.short_string(NAME_LEN_MAX)?,
-                root: RootHash(r.array::<32>()?),
-                bytes: r.u64()?,
-            });
-        }
+        let entries = CatalogEntry::read_list(&mut r)?;
         r.finish()?;
         Ok(Heartbeat {
             server_id,
