@@ -12,14 +12,15 @@ use crate::support::{
     write_content, Proc, Scratch,
 };
 
-struct Director {
-    process: Proc,
-    port: u16,
-    admin: PathBuf,
+/// A `loopcastd direct` on loopback (also used by fleet_attacks.rs).
+pub(crate) struct Director {
+    pub(crate) process: Proc,
+    pub(crate) port: u16,
+    pub(crate) admin: PathBuf,
 }
 
 impl Director {
-    fn start(scratch: &Scratch, label: &str, key: &Path) -> Director {
+    pub(crate) fn start(scratch: &Scratch, label: &str, key: &Path) -> Director {
         let port = free_udp_port();
         let admin = scratch.path(&format!("{label}.sock"));
         let process = Proc::spawn(

@@ -2,40 +2,15 @@
 //! client against a director, and the client's failover against a healthy but slow server.
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::fleet::Director;
 use crate::support::{
     bin, free_udp_port, loopcastd_on_loopback, run_ok, status_of, wait_for_admin, write_content,
     Proc, Scratch,
 };
-
-struct Director {
-    _process: Proc,
-    port: u16,
-    admin: PathBuf,
-}
-
-fn start_director(scratch: &Scratch, key: &Path) -> Director {
-    let port = free_udp_port();
-    let admin = scratch.path("director.sock");
-    let process = Proc::spawn(
-        "director",
-        Command::new(bin("loopcastd"))
-            .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--fleet-key")
-            .arg(key)
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
-    Director {
-        _process: process,
-        port,
-        admin,
-    }
-}
 
 /// A fleet key, one packed file in its own media directory, a director and one server of it.
 fn one_server_fleet(scratch: &Scratch, len: usize, extra: &[&str]) -> (Director, Proc, PathBuf) {
@@ -53,7 +28,7 @@ fn one_server_fleet(scratch: &Scratch, len: usize, extra: &[&str]) -> (Director,
             .arg(&media)
             .arg("--no-encrypt"),
     );
-    let director = start_director(scratch, &key);
+    let director = Director::start(scratch, "director", &key);
     let port = free_udp_port();
     let admin = scratch.path("server.sock");
     let server = Proc::spawn(
