@@ -280,7 +280,13 @@ pub fn write_fleet_key(path: &std::path::Path) -> Result<(), String> {
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => format!(
+                "{} exists: a fleet key is never replaced (every server and director holds a copy); remove it first if you mean to make a new one",
+                path.display()
+            ),
+            _ => format!("{}: {e}", path.display()),
+        })?;
     writeln!(file, "{hex}")
         .and_then(|()| file.sync_all())
         .map_err(|e| format!("{}: {e}", path.display()))
