@@ -800,3 +800,56 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
     drop(victim);
     drop(topology);
 }
+
+/// `loopcastd direct --heartbeat-listen`: servers' heartbeats on a port of their own (read
+/// before the clients', so a Request flood cannot crowd them out); clients ask the main port
+/// and are routed alike.
+pub fn heartbeats_on_a_port_of_their_own_route_clients_alike() {
+    let scratch = Scratch::new("fleet-hbport");
+    let key = fleet_files(&scratch, &[("film.bin", 1 << 20)]);
+    let media = media_with(&scratch, "media", &["film.bin"]);
+    let (port, heartbeat_port) = (free_udp_port(), free_udp_port());
+    let admin = scratch.path("director.sock");
+    let _director = Proc::spawn(
+        "director",
+        Command::new(bin("loopcastd"))
+            .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--heartbeat-listen", &format!("127.0.0.1:{heartbeat_port}")])
+            .args(["--metrics", "off"])
+            .arg("--fleet-key")
+            .arg(&key)
+            .arg("--admin-socket")
+            .arg(&admin),
+    );
+    wait_for_admin(&admin);
+    let server_admin = scratch.path("server.sock");
+    let server_port = free_udp_port();
+    let _server = Proc::spawn(
+        "server",
+        loopcastd_on_loopback(server_port, &media, &server_admin, &["--metrics", "off"])
+            .args(["--director", &format!("127.0.0.1:{heartbeat_port}")])
+            .arg("--fleet-key")
+            .arg(&key),
+    );
+    wait_for_admin(&server_admin);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(&admin)["servers"]
+        .as_array()
+        .is_none_or(|list| list.is_empty())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat on the heartbeat port"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = scratch.path("film.lca");
+    let report =
+        get(&format!("127.0.0.1:{port}"), "film.bin", &output, &[]).report(Duration::from_secs(30));
+    assert_eq!(
+        report["server"],
+        format!("127.0.0.1:{server_port}"),
+        "{report}"
+    );
+    assert_same_bytes(&output, &media.join("film.bin.lca"));
+}

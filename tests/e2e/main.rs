@@ -80,6 +80,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet::a_director_sends_each_request_to_a_server_that_holds_the_file),
         e2e!(fleet::a_server_killed_mid_transfer_is_replaced_and_the_download_continues),
         e2e!(fleet::a_heartbeat_without_the_fleet_key_registers_nothing),
+        e2e!(fleet::heartbeats_on_a_port_of_their_own_route_clients_alike),
         e2e!(fleet::a_drained_server_sends_its_clients_to_another_without_losing_their_progress),
         e2e!(
             fleet::multicast_clients_fail_over_to_another_server_in_namespaces,

@@ -17,13 +17,16 @@ use std::time::Duration;
 
 use loopcast_proto::director::{Director, DirectorConfig, DirectorEvent};
 use loopcast_proto::time::MonotonicClock;
-use loopcast_proto::wire::fleet::{FleetKey, HEARTBEAT_LEN_MAX};
+use loopcast_proto::wire::fleet::{FleetKey, Heartbeat, HEARTBEAT_LEN_MAX};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 #[derive(Clone, Debug)]
 pub struct DirectConfig {
     pub listen: SocketAddr,
+    /// A port for servers' heartbeats alone, read before the clients' (a flood of Requests on
+    /// the shared port can make the kernel drop heartbeats, and a live server look dead).
+    pub heartbeat_listen: Option<SocketAddr>,
     pub fleet_key: FleetKey,
     /// A server is dead after this many missed heartbeats (R17).
     pub heartbeat_misses: u32,
@@ -46,6 +49,7 @@ pub enum DirectError {
 }
 
 const SOCKET: Token = Token(0);
+const HEARTBEATS: Token = Token(1);
 /// Longest sleep, so shutdown requests are noticed.
 const POLL_CEILING: Duration = Duration::from_millis(100);
 /// The warning about heartbeats under another key comes at most this often.
@@ -77,6 +81,18 @@ pub fn run_on(
     let mut poll = Poll::new()?;
     poll.registry()
         .register(&mut socket, SOCKET, Interest::READABLE)?;
+    let mut heartbeat_socket = match config.heartbeat_listen {
+        Some(address) => {
+            let std_socket = bind(address)?;
+            std_socket.set_nonblocking(true)?;
+            let mut socket = UdpSocket::from_std(std_socket);
+            poll.registry()
+                .register(&mut socket, HEARTBEATS, Interest::READABLE)?;
+            tracing::info!(%address, "heartbeats on a port of their own");
+            Some(socket)
+        }
+        None => None,
+    };
     let mut admin = match &config.admin_socket {
         Some(path) => Some(loopcast_admin::AdminServer::start(
             path,
@@ -119,6 +135,20 @@ pub fn run_on(
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
+        }
+        // Heartbeats first, all of them (they come from the fleet's servers, a few a second
+        // each); only heartbeats are taken on that port.
+        if let Some(heartbeats) = heartbeat_socket.as_mut() {
+            while let Ok((len, from)) = heartbeats.recv_from(&mut buffer) {
+                if Heartbeat::is_fleet(&buffer[..len]) {
+                    let _ = director.handle_datagram(
+                        clock.now(),
+                        loopcast_proto::time::unix_time_ms(),
+                        from,
+                        &buffer[..len],
+                    );
+                }
+            }
         }
         for _ in 0..BATCH_MAX {
             let (len, from) = match socket.recv_from(&mut buffer) {

@@ -47,6 +47,11 @@ struct DirectArgs {
     /// UDP address for servers' heartbeats and clients' requests.
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
+    /// Also take servers' heartbeats on this UDP address, on a port of their own that is read
+    /// first (point servers' --director at it): a flood of client requests on --listen then
+    /// cannot crowd heartbeats out. Heartbeats on --listen are still taken.
+    #[arg(long)]
+    heartbeat_listen: Option<SocketAddr>,
     /// The fleet's shared key (see `loopcastd fleet-key`): heartbeats without it are dropped.
     #[arg(long)]
     fleet_key: PathBuf,
@@ -196,6 +201,7 @@ fn direct(args: DirectArgs) -> ExitCode {
     }
     let config = loopcast_director::DirectConfig {
         listen: args.listen,
+        heartbeat_listen: args.heartbeat_listen,
         fleet_key,
         heartbeat_misses: args.heartbeat_misses,
         admin_socket: Some(admin_socket),
