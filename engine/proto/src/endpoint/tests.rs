@@ -1356,3 +1356,33 @@ fn a_multicast_client_from_a_failed_server_gets_a_tier_of_its_own_at_its_positio
     assert_eq!(starts, [Some(300)]);
     endpoint.assert_invariants();
 }
+
+/// Expiry is scanned only when the earliest deadline is due (not on every call, which walked
+/// every session): a session opened after a scan, with an earlier deadline than any the scan
+/// saw, still expires on time, and `poll_timeout` says when.
+#[test]
+fn a_session_opened_after_an_expiry_scan_still_expires_on_time() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let first = addr("192.0.2.90:5000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), first, 1);
+    endpoint.handle_control(
+        at(1),
+        first,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    endpoint.handle_timeout(at(1_000)); // a scan: the first session's deadline is at 5.001 s
+    let second = addr("192.0.2.91:5000");
+    open(&mut endpoint, &mut files, at(1_500), second, 2); // never validated: 4.5 s
+    let due = endpoint.poll_timeout().expect("something is due");
+    assert!(due <= at(4_500), "{due:?}");
+    endpoint.handle_timeout(at(4_500));
+    assert_eq!(endpoint.counters().sessions_unvalidated_expired, 1);
+    assert_eq!(
+        endpoint.session_count(),
+        1,
+        "the validated one is still heard of"
+    );
+    endpoint.assert_invariants();
+}
