@@ -133,6 +133,26 @@ impl MetricsServer {
     pub fn address(&self) -> SocketAddr {
         self.address
     }
+
+    /// The endpoint beside `admin`'s status, if an address is asked for; a port that cannot be
+    /// bound is logged and the daemon runs on (metrics are not worth refusing service over).
+    pub fn start_beside(
+        address: Option<SocketAddr>,
+        admin: Option<&crate::AdminServer>,
+        prefix: &'static str,
+    ) -> Option<MetricsServer> {
+        let (address, admin) = (address?, admin?);
+        match MetricsServer::start(address, prefix, admin.status_reader()) {
+            Ok(server) => {
+                tracing::info!(address = %server.address(), "metrics at http://{}/metrics", server.address());
+                Some(server)
+            }
+            Err(error) => {
+                tracing::warn!(%address, %error, "no metrics endpoint: cannot bind it");
+                None
+            }
+        }
+    }
 }
 
 impl Drop for MetricsServer {

@@ -100,25 +100,11 @@ pub fn run_on(
         )?),
         None => None,
     };
-    let _metrics = match (config.metrics, admin.as_ref()) {
-        (Some(address), Some(admin)) => {
-            match loopcast_admin::metrics::MetricsServer::start(
-                address,
-                "loopcast_director",
-                admin.status_reader(),
-            ) {
-                Ok(server) => {
-                    tracing::info!(address = %server.address(), "metrics at http://{}/metrics", server.address());
-                    Some(server)
-                }
-                Err(error) => {
-                    tracing::warn!(%address, %error, "no metrics endpoint: cannot bind it");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let _metrics = loopcast_admin::metrics::MetricsServer::start_beside(
+        config.metrics,
+        admin.as_ref(),
+        "loopcast_director",
+    );
     let mut director_config = DirectorConfig::new(config.fleet_key.clone());
     director_config.heartbeat_misses = config.heartbeat_misses.max(1);
     let mut director = Director::new(director_config);

@@ -329,7 +329,11 @@ pub fn run_on(
         )?),
         None => None,
     };
-    let _metrics = start_metrics(config.metrics, admin.as_ref(), "loopcastd");
+    let _metrics = loopcast_admin::metrics::MetricsServer::start_beside(
+        config.metrics,
+        admin.as_ref(),
+        "loopcastd",
+    );
     tracing::info!(
         %local,
         media = %config.media_dir.display(),
@@ -1024,26 +1028,6 @@ impl Server {
         status["fleet"] = fleet.unwrap_or(serde_json::Value::Null);
         status["counters"]["redirected"] = e.redirected.into();
         status
-    }
-}
-
-/// The metrics endpoint beside the admin socket, if asked for; a port that cannot be bound is
-/// logged and the daemon runs on (metrics are not worth refusing service over).
-pub(crate) fn start_metrics(
-    address: Option<SocketAddr>,
-    admin: Option<&loopcast_admin::AdminServer>,
-    prefix: &'static str,
-) -> Option<loopcast_admin::metrics::MetricsServer> {
-    let (address, admin) = (address?, admin?);
-    match loopcast_admin::metrics::MetricsServer::start(address, prefix, admin.status_reader()) {
-        Ok(server) => {
-            tracing::info!(address = %server.address(), "metrics at http://{}/metrics", server.address());
-            Some(server)
-        }
-        Err(error) => {
-            tracing::warn!(%address, %error, "no metrics endpoint: cannot bind it");
-            None
-        }
     }
 }
 
