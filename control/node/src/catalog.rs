@@ -51,6 +51,8 @@ impl Catalog {
         }
         self.by_name = by_name;
         self.entries = entries.into_values().collect();
+        // Sorted once here: listings and heartbeats need name order.
+        self.entries.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(self.by_name.len())
     }
 
@@ -58,7 +60,7 @@ impl Catalog {
         self.by_name.get(name).map(PathBuf::as_path)
     }
 
-    /// Every archive's name, root and original size, as of the last scan.
+    /// Every archive's name, root and original size, sorted by name, as of the last scan.
     pub fn entries(&self) -> &[CatalogEntry] {
         &self.entries
     }

@@ -176,6 +176,12 @@ impl Lookup<'_> {
         if let Some(path) = self.catalog.lookup(name) {
             return Some(path.to_owned());
         }
+        self.rescan_if_stale();
+        self.catalog.lookup(name).map(std::path::Path::to_owned)
+    }
+
+    /// Rescans the media database unless it was rescanned within the last second.
+    fn rescan_if_stale(&mut self) {
         let stale = self
             .last_rescan
             .is_none_or(|at| self.now.saturating_since(at) >= Duration::from_secs(1));
@@ -183,22 +189,13 @@ impl Lookup<'_> {
             *self.last_rescan = Some(self.now);
             let _ = self.catalog.rescan();
         }
-        self.catalog.lookup(name).map(std::path::Path::to_owned)
     }
 }
 
 impl FileLookup for Lookup<'_> {
     fn catalog(&mut self) -> Vec<loopcast_proto::wire::fleet::CatalogEntry> {
-        let stale = self
-            .last_rescan
-            .is_none_or(|at| self.now.saturating_since(at) >= Duration::from_secs(1));
-        if stale {
-            *self.last_rescan = Some(self.now);
-            let _ = self.catalog.rescan();
-        }
-        let mut entries = self.catalog.entries().to_vec();
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        entries
+        self.rescan_if_stale();
+        self.catalog.entries().to_vec()
     }
 
     fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
