@@ -21,6 +21,16 @@ pub(crate) struct Director {
 
 impl Director {
     pub(crate) fn start(scratch: &Scratch, label: &str, key: &Path) -> Director {
+        Director::start_with(scratch, label, key, &[])
+    }
+
+    /// As [`Director::start`], with `extra` flags (e.g. `--heartbeat-listen`).
+    pub(crate) fn start_with(
+        scratch: &Scratch,
+        label: &str,
+        key: &Path,
+        extra: &[&str],
+    ) -> Director {
         let port = free_udp_port();
         let admin = scratch.path(&format!("{label}.sock"));
         let process = Proc::spawn(
@@ -30,7 +40,8 @@ impl Director {
                 .arg("--fleet-key")
                 .arg(key)
                 .arg("--admin-socket")
-                .arg(&admin),
+                .arg(&admin)
+                .args(extra),
         );
         wait_for_admin(&admin);
         Director {
@@ -157,7 +168,8 @@ fn server_with_a_client<'a>(admins: impl Iterator<Item = &'a Path> + Clone) -> u
     }
 }
 
-fn get(addresses: &str, name: &str, output: &Path, extra: &[&str]) -> Proc {
+/// `loopcast get --unicast --json --force` through `addresses` (also used by fleet_attacks.rs).
+pub(crate) fn get(addresses: &str, name: &str, output: &Path, extra: &[&str]) -> Proc {
     Proc::spawn(
         "loopcast get",
         Command::new(bin("loopcast"))
@@ -808,20 +820,15 @@ pub fn heartbeats_on_a_port_of_their_own_route_clients_alike() {
     let scratch = Scratch::new("fleet-hbport");
     let key = fleet_files(&scratch, &[("film.bin", 1 << 20)]);
     let media = media_with(&scratch, "media", &["film.bin"]);
-    let (port, heartbeat_port) = (free_udp_port(), free_udp_port());
-    let admin = scratch.path("director.sock");
-    let _director = Proc::spawn(
+    let heartbeat_port = free_udp_port();
+    let heartbeat_listen = format!("127.0.0.1:{heartbeat_port}");
+    let director = Director::start_with(
+        &scratch,
         "director",
-        Command::new(bin("loopcastd"))
-            .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--heartbeat-listen", &format!("127.0.0.1:{heartbeat_port}")])
-            .args(["--metrics", "off"])
-            .arg("--fleet-key")
-            .arg(&key)
-            .arg("--admin-socket")
-            .arg(&admin),
+        &key,
+        &["--heartbeat-listen", &heartbeat_listen, "--metrics", "off"],
     );
-    wait_for_admin(&admin);
+    let (port, admin) = (director.port, director.admin.clone());
     let server_admin = scratch.path("server.sock");
     let server_port = free_udp_port();
     let _server = Proc::spawn(

@@ -2,11 +2,11 @@
 //! client against a director, and the client's failover against a healthy but slow server.
 
 use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::fleet::Director;
+use crate::fleet::{get, Director};
 use crate::support::{
     bin, free_udp_port, loopcastd_on_loopback, run_ok, status_of, wait_for_admin, write_content,
     Proc, Scratch,
@@ -14,6 +14,17 @@ use crate::support::{
 
 /// A fleet key, one packed file in its own media directory, a director and one server of it.
 fn one_server_fleet(scratch: &Scratch, len: usize, extra: &[&str]) -> (Director, Proc, PathBuf) {
+    fleet_of_one(scratch, len, extra, None)
+}
+
+/// As [`one_server_fleet`]; with `heartbeat_port`, the director also takes heartbeats there
+/// (`--heartbeat-listen`) and the server sends them there.
+fn fleet_of_one(
+    scratch: &Scratch,
+    len: usize,
+    extra: &[&str],
+    heartbeat_port: Option<u16>,
+) -> (Director, Proc, PathBuf) {
     let key = scratch.path("fleet.key");
     run_ok(Command::new(bin("loopcastd")).arg("fleet-key").arg(&key));
     let media = scratch.path("media");
@@ -28,14 +39,22 @@ fn one_server_fleet(scratch: &Scratch, len: usize, extra: &[&str]) -> (Director,
             .arg(&media)
             .arg("--no-encrypt"),
     );
-    let director = Director::start(scratch, "director", &key);
+    let heartbeat_listen = heartbeat_port.map(|port| format!("127.0.0.1:{port}"));
+    let director_extra: Vec<&str> = heartbeat_listen
+        .iter()
+        .flat_map(|listen| ["--heartbeat-listen", listen.as_str()])
+        .collect();
+    let director = Director::start_with(scratch, "director", &key, &director_extra);
     let port = free_udp_port();
     let admin = scratch.path("server.sock");
     let server = Proc::spawn(
         "server",
         loopcastd_on_loopback(port, &media, &admin, extra)
             .arg("--director")
-            .arg(format!("127.0.0.1:{}", director.port))
+            .arg(format!(
+                "127.0.0.1:{}",
+                heartbeat_port.unwrap_or(director.port)
+            ))
             .arg("--fleet-key")
             .arg(&key),
     );
@@ -138,14 +157,7 @@ pub fn a_request_flood_is_never_answered_with_more_bytes_than_it_carried() {
     );
     // A real client is still served, from the one server.
     let output = scratch.path("after-flood.lca");
-    let report = Proc::spawn(
-        "loopcast get",
-        Command::new(bin("loopcast"))
-            .args(["get", &target, "film.bin", "--unicast", "--json", "--force"])
-            .arg("--output")
-            .arg(&output),
-    )
-    .report(Duration::from_secs(30));
+    let report = get(&target, "film.bin", &output, &[]).report(Duration::from_secs(30));
     assert_eq!(report["verified"], true, "{report}");
     assert!(std::fs::read(&output).unwrap() == std::fs::read(&archive).unwrap());
 }
@@ -159,14 +171,7 @@ pub fn a_slow_but_healthy_server_is_never_failed_over() {
         one_server_fleet(&scratch, 1 << 20, &["--rate", "2M", "--fixed-rate"]);
     let target = format!("127.0.0.1:{}", director.port);
     let output = scratch.path("slow.lca");
-    let report = Proc::spawn(
-        "loopcast get",
-        Command::new(bin("loopcast"))
-            .args(["get", &target, "film.bin", "--unicast", "--json", "--force"])
-            .arg("--output")
-            .arg(&output),
-    )
-    .report(Duration::from_secs(60));
+    let report = get(&target, "film.bin", &output, &[]).report(Duration::from_secs(60));
     eprintln!(
         "slow: {} s, failovers {}, re-requests {}",
         report["seconds"], report["failovers"], report["session_rerequests"]
@@ -188,13 +193,7 @@ pub fn a_stalled_only_server_does_not_end_a_download_through_a_director() {
         one_server_fleet(&scratch, 4 << 20, &["--rate", "10M", "--fixed-rate"]);
     let target = format!("127.0.0.1:{}", director.port);
     let output = scratch.path("stalled.lca");
-    let client = Proc::spawn(
-        "loopcast get",
-        Command::new(bin("loopcast"))
-            .args(["get", &target, "film.bin", "--unicast", "--json", "--force"])
-            .arg("--output")
-            .arg(&output),
-    );
+    let client = get(&target, "film.bin", &output, &[]);
     std::thread::sleep(Duration::from_millis(1000));
     let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
     kill(pid, Signal::SIGSTOP).unwrap();
@@ -221,36 +220,7 @@ pub fn a_stalled_only_server_does_not_end_a_download_through_a_director() {
 pub fn a_request_flood_does_not_make_a_director_lose_a_live_server() {
     let scratch = Scratch::new("fleet-attack-heartbeat-starve");
     let (director, _server, _archive) = one_server_fleet(&scratch, 64 << 10, &[]);
-    let target = format!("127.0.0.1:{}", director.port);
-    let senders: Vec<_> = (0..2)
-        .map(|_| {
-            let target = target.clone();
-            std::thread::spawn(move || {
-                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-                let request = request_bytes(5, "zzz");
-                let started = Instant::now();
-                let mut sent = 0u64;
-                while started.elapsed() < Duration::from_secs(5) && sent < 5_000_000 {
-                    for _ in 0..1000 {
-                        let _ = socket.send_to(&request, &target);
-                        sent += 1;
-                    }
-                }
-            })
-        })
-        .collect();
-    // While the flood lasts, the director must list its server online in every look.
-    let mut seen_dead = None;
-    while senders.iter().any(|s| !s.is_finished()) {
-        let status = status_of(&director.admin);
-        if status["servers"][0]["state"] != "online" {
-            seen_dead.get_or_insert(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for sender in senders {
-        sender.join().unwrap();
-    }
+    let (_, seen_dead) = flood_and_watch(director.port, &director.admin);
     assert!(
         seen_dead.is_none(),
         "the director lost its server: {seen_dead:?}"
@@ -265,53 +235,20 @@ pub fn a_request_flood_does_not_make_a_director_lose_a_live_server() {
 #[allow(dead_code)]
 pub fn a_request_flood_does_not_crowd_out_heartbeats_on_their_own_port() {
     let scratch = Scratch::new("fleet-attack-heartbeat-port");
-    let key = scratch.path("fleet.key");
-    run_ok(Command::new(bin("loopcastd")).arg("fleet-key").arg(&key));
-    let media = scratch.path("media");
-    std::fs::create_dir_all(&media).unwrap();
-    let input = scratch.path("film.bin");
-    write_content(&input, 64 << 10, 29);
-    run_ok(
-        Command::new(bin("loopcast"))
-            .arg("pack")
-            .arg(&input)
-            .arg("--media")
-            .arg(&media)
-            .arg("--no-encrypt"),
+    let (director, _server, _archive) =
+        fleet_of_one(&scratch, 64 << 10, &[], Some(free_udp_port()));
+    let (sent, seen_dead) = flood_and_watch(director.port, &director.admin);
+    eprintln!("flood: {sent} Requests in 5 s");
+    assert!(
+        seen_dead.is_none(),
+        "the director lost its server: {seen_dead:?}"
     );
-    let (port, heartbeat_port) = (free_udp_port(), free_udp_port());
-    let admin = scratch.path("director.sock");
-    let _director = Proc::spawn(
-        "director",
-        Command::new(bin("loopcastd"))
-            .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--heartbeat-listen", &format!("127.0.0.1:{heartbeat_port}")])
-            .args(["--metrics", "off"])
-            .arg("--fleet-key")
-            .arg(&key)
-            .arg("--admin-socket")
-            .arg(&admin),
-    );
-    wait_for_admin(&admin);
-    let server_admin = scratch.path("server.sock");
-    let _server = Proc::spawn(
-        "server",
-        loopcastd_on_loopback(
-            free_udp_port(),
-            &media,
-            &server_admin,
-            &["--metrics", "off"],
-        )
-        .args(["--director", &format!("127.0.0.1:{heartbeat_port}")])
-        .arg("--fleet-key")
-        .arg(&key),
-    );
-    wait_for_admin(&server_admin);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status_of(&admin)["servers"][0]["state"] != "online" {
-        assert!(Instant::now() < deadline, "no server listed");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+}
+
+/// Two senders flood the director's clients' port with padded Requests for 5 s (at most
+/// 5,000,000 each) while its status is read every 50 ms: the Requests sent, and the first
+/// status that did not list the server online, if any.
+fn flood_and_watch(port: u16, admin: &Path) -> (u64, Option<serde_json::Value>) {
     let target = format!("127.0.0.1:{port}");
     let senders: Vec<_> = (0..2)
         .map(|_| {
@@ -333,16 +270,12 @@ pub fn a_request_flood_does_not_crowd_out_heartbeats_on_their_own_port() {
         .collect();
     let mut seen_dead = None;
     while senders.iter().any(|s| !s.is_finished()) {
-        let status = status_of(&admin);
+        let status = status_of(admin);
         if status["servers"][0]["state"] != "online" {
             seen_dead.get_or_insert(status);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let sent: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
-    eprintln!("flood: {sent} Requests in 5 s");
-    assert!(
-        seen_dead.is_none(),
-        "the director lost its server: {seen_dead:?}"
-    );
+    let sent = senders.into_iter().map(|s| s.join().unwrap()).sum();
+    (sent, seen_dead)
 }
