@@ -193,6 +193,15 @@ pub enum ClientError {
     },
 }
 
+/// Any address and an ephemeral port of `peer`'s family: where a client's socket binds.
+fn any_port_like(peer: SocketAddr) -> SocketAddr {
+    if peer.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ClientError {
     let context = context.into();
     move |source| ClientError::Io { context, source }
@@ -276,11 +285,7 @@ pub fn get_following(
     let clock = loopcast_proto::time::MonotonicClock::new();
     // Before any traffic: the output is usable and no other download holds it.
     let mut part = Some(files::PartFile::prepare(config)?);
-    let bind: SocketAddr = match config.bind {
-        Some(bind) => bind,
-        None if config.server.is_ipv4() => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
+    let bind = config.bind.unwrap_or_else(|| any_port_like(config.server));
     let control =
         loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
     loopcast_dataplane::socket::set_receive_timeout(&control, RECEIVE_TIMEOUT)
@@ -1162,11 +1167,7 @@ pub fn list(
     timeout: Duration,
 ) -> Result<Vec<loopcast_proto::wire::fleet::CatalogEntry>, ClientError> {
     let first = *addresses.first().expect("at least one address");
-    let bind: SocketAddr = if first.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
+    let bind = any_port_like(first);
     let socket =
         loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
     socket
