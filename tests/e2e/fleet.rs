@@ -37,6 +37,8 @@ impl Director {
             label,
             Command::new(bin("loopcastd"))
                 .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
+                // Tests run side by side: not the default heartbeat port 7702.
+                .args(["--heartbeat-listen", "127.0.0.1:0"])
                 .arg("--fleet-key")
                 .arg(key)
                 .arg("--admin-socket")
@@ -419,6 +421,8 @@ pub fn a_heartbeat_without_the_fleet_key_registers_nothing() {
         sent_at_unix_ms: now_ms,
         interval_ms: 250,
         state: ServerState::Online,
+        link: 0,
+        echo: [0; 16],
         request_addr: attacker.local_addr().unwrap(),
         location: String::new(),
         sessions: 0,
@@ -814,8 +818,10 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
 }
 
 /// `loopcastd direct --heartbeat-listen`: servers' heartbeats on a port of their own (read
-/// before the clients', so a Request flood cannot crowd them out); clients ask the main port
-/// and are routed alike.
+/// before the clients', so a Request flood cannot crowd them out). The server is given only the
+/// director's request port; the director's challenge comes from the heartbeat port and the
+/// server sends there from then on (every fourth round to the request port). Clients ask the
+/// request port and are routed alike.
 pub fn heartbeats_on_a_port_of_their_own_route_clients_alike() {
     let scratch = Scratch::new("fleet-hbport");
     let key = fleet_files(&scratch, &[("film.bin", 1 << 20)]);
@@ -834,22 +840,33 @@ pub fn heartbeats_on_a_port_of_their_own_route_clients_alike() {
     let _server = Proc::spawn(
         "server",
         loopcastd_on_loopback(server_port, &media, &server_admin, &["--metrics", "off"])
-            .args(["--director", &format!("127.0.0.1:{heartbeat_port}")])
+            .args(["--director", &format!("127.0.0.1:{port}")])
             .arg("--fleet-key")
             .arg(&key),
     );
     wait_for_admin(&server_admin);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status_of(&admin)["servers"]
-        .as_array()
-        .is_none_or(|list| list.is_empty())
+    while status_of(&admin)["counters"]["heartbeats_on_heartbeat_port"]
+        .as_u64()
+        .unwrap_or(0)
+        < 4
     {
         assert!(
             Instant::now() < deadline,
-            "no heartbeat on the heartbeat port"
+            "no heartbeats on the heartbeat port: {}",
+            status_of(&admin)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let director_status = status_of(&admin);
+    assert_eq!(director_status["servers"].as_array().unwrap().len(), 1);
+    assert_eq!(director_status["counters"]["heartbeats_challenged"], 1);
+    assert_eq!(director_status["heartbeat_listen"], heartbeat_listen);
+    let server_status = status_of(&server_admin);
+    assert_eq!(
+        server_status["fleet"]["heartbeats_to"][0], heartbeat_listen,
+        "{server_status}"
+    );
     let output = scratch.path("film.lca");
     let report =
         get(&format!("127.0.0.1:{port}"), "film.bin", &output, &[]).report(Duration::from_secs(30));

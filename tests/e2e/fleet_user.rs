@@ -22,6 +22,7 @@ pub fn loopcastctl_servers_and_files_find_a_director_at_its_default_socket() {
         Command::new(bin("loopcastd"))
             .env("XDG_RUNTIME_DIR", &runtime)
             .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--heartbeat-listen", "127.0.0.1:0"])
             .arg("--fleet-key")
             .arg(&key),
     );

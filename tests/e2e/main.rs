@@ -93,6 +93,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet_attacks::a_request_flood_is_never_answered_with_more_bytes_than_it_carried),
         e2e!(fleet_attacks::a_slow_but_healthy_server_is_never_failed_over),
         e2e!(fleet_attacks::a_stalled_only_server_does_not_end_a_download_through_a_director),
+        e2e!(fleet_attacks::a_request_flood_does_not_crowd_out_heartbeats_on_their_own_port),
         e2e!(fleet_user::no_answer_from_any_director_names_every_address_asked),
         e2e!(fleet_user::loopcastctl_servers_and_files_find_a_director_at_its_default_socket),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),

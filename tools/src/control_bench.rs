@@ -20,11 +20,12 @@ use std::time::{Duration, Instant as WallInstant};
 use loopcast_proto::carousel::SessionId;
 use loopcast_proto::director::{Director, DirectorConfig};
 use loopcast_proto::endpoint::{Endpoint, EndpointConfig, FileLookup, MulticastGroups};
+use loopcast_proto::heartbeat::{FleetConfig, HeartbeatSender, Load};
 use loopcast_proto::info::{FileInfo, RootHash};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::Instant;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, RequestHints, Token, Transport};
-use loopcast_proto::wire::fleet::{catalog_digest, CatalogEntry, FleetKey, Heartbeat, ServerState};
+use loopcast_proto::wire::fleet::{CatalogEntry, FleetKey};
 
 pub struct ControlArgs {
     pub clients: usize,
@@ -270,7 +271,8 @@ fn run_in(dir: &std::path::Path, args: &ControlArgs) -> Result<serde_json::Value
         args.servers, args.files_per_server
     ));
     let key = FleetKey::from_secret(b"control bench fleet key, long enough").expect("long");
-    let mut director = Director::new(DirectorConfig::new(key.clone()));
+    let mut director = Director::new(DirectorConfig::new(key.clone(), [0x5a; 32]));
+    let director_addr = SocketAddr::from(([10, 200, 0, 1], 7700));
     let t0_unix_ms = 1_800_000_000_000u64;
     for server in 0..args.servers {
         let entries: Vec<CatalogEntry> = (0..args.files_per_server)
@@ -286,36 +288,38 @@ fn run_in(dir: &std::path::Path, args: &ControlArgs) -> Result<serde_json::Value
         let mut sorted = entries.clone();
         sorted.sort_by(|a, b| a.name.cmp(&b.name));
         sorted.dedup_by(|a, b| a.name == b.name);
-        let pages = loopcast_proto::wire::fleet::catalog_pages(&sorted);
-        for (page_index, page) in pages.iter().enumerate() {
-            let heartbeat = Heartbeat {
-                server_id: server as u64 + 1,
-                incarnation: t0_unix_ms,
-                sequence: page_index as u64 + 1,
-                sent_at_unix_ms: t0_unix_ms,
-                interval_ms: 60_000,
-                state: ServerState::Online,
-                request_addr: SocketAddr::from((
-                    [10, 200, (server >> 8) as u8, server as u8],
-                    7700,
-                )),
+        let pages = loopcast_proto::wire::fleet::catalog_pages(&sorted).len();
+        let request_addr = SocketAddr::from(([10, 200, (server >> 8) as u8, server as u8], 7700));
+        let mut sender = HeartbeatSender::new(
+            FleetConfig {
+                directors: vec![director_addr],
+                key: key.clone(),
+                advertise: request_addr,
                 location: String::new(),
-                sessions: 0,
-                sessions_max: u32::MAX,
-                channels: 0,
-                rate_bits_per_s: 0,
+                interval: Duration::from_secs(10),
                 rate_bits_per_s_max: 0,
-                catalog_digest: catalog_digest(&sorted),
-                page: page_index as u16,
-                pages: pages.len() as u16,
-                entries: page.clone(),
-            };
-            director.handle_datagram(
-                Instant::ZERO,
-                t0_unix_ms,
-                SocketAddr::from(([10, 200, 0, 1], 7700)),
-                &heartbeat.to_bytes(&key),
-            );
+            },
+            server as u64 + 1,
+            t0_unix_ms,
+        );
+        sender.set_catalog(sorted);
+        let load = Load {
+            sessions_max: u32::MAX,
+            ..Load::default()
+        };
+        // The first heartbeat is challenged and answered; then one a page.
+        for _ in 0..pages + 1 {
+            let mut out = sender.poll_transmit(Instant::ZERO, t0_unix_ms, &load, true);
+            while let Some((_, bytes)) = out.pop() {
+                if let Some(challenge) =
+                    director.handle_datagram(Instant::ZERO, t0_unix_ms, request_addr, &bytes)
+                {
+                    sender
+                        .handle_datagram(Instant::ZERO, director_addr, &challenge)
+                        .map_err(|e| format!("challenge refused: {e:?}"))?;
+                    out = sender.poll_transmit(Instant::ZERO, t0_unix_ms, &load, false);
+                }
+            }
         }
     }
     let requests: Vec<Vec<u8>> = (0..4096)

@@ -183,6 +183,8 @@ fn one_run(
         let daemon = spawn(
             Command::new(loopcastd)
                 .args(["direct", "--listen", &format!("127.0.0.1:{port}")])
+                // Two directors on one address: each its own heartbeat port.
+                .args(["--heartbeat-listen", "127.0.0.1:0"])
                 .arg("--fleet-key")
                 .arg(key)
                 .arg("--admin-socket")

@@ -1,9 +1,12 @@
-//! The traffic director (`loopcastd direct`, R15-R18): one mio loop that feeds its UDP port and
-//! the clock to `proto::director::Director` and sends what it answers. Servers' heartbeats and
-//! clients' Requests arrive on the same port; the admin socket shows the registry.
+//! The traffic director (`loopcastd direct`, R15-R18): one mio loop that feeds its UDP ports and
+//! the clock to `proto::director::Director` and sends what it answers. Clients' Requests arrive
+//! on the request port; servers' heartbeats on a port of their own (read first, so a flood of
+//! Requests cannot crowd them out), or on the request port; the admin socket shows the registry.
 //!
 //! ```text
 //!  heartbeat (server) ──▶ Director: registry ── expiry (no heartbeat for 3 intervals)
+//!          └─ not known yet ──▶ Challenge, sent from the heartbeat port (the server sends
+//!                               its heartbeats where the challenge came from)
 //!  Request (client)   ──▶ Director: route ──▶ Redirect{server} | Reject ──▶ the client
 //! ```
 //! Several directors run side by side, each fed by every server; none is a single point of
@@ -105,7 +108,9 @@ pub fn run_on(
         admin.as_ref(),
         "loopcast_director",
     );
-    let mut director_config = DirectorConfig::new(config.fleet_key.clone());
+    let mut challenge_secret = [0u8; 32];
+    getrandom::fill(&mut challenge_secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut director_config = DirectorConfig::new(config.fleet_key.clone(), challenge_secret);
     director_config.heartbeat_misses = config.heartbeat_misses.max(1);
     let mut director = Director::new(director_config);
     let clock = MonotonicClock::new();
@@ -113,6 +118,8 @@ pub fn run_on(
     let mut events = Events::with_capacity(16);
     let mut buffer = vec![0u8; HEARTBEAT_LEN_MAX.max(2048) + 1];
     let mut last_key_warning: Option<std::time::Instant> = None;
+    let mut heartbeats_on_own_port = 0u64;
+    let heartbeat_address = heartbeat_socket.as_ref().and_then(|s| s.local_addr().ok());
     while !shutdown.load(Ordering::Relaxed) {
         let timeout = director
             .poll_timeout()
@@ -125,14 +132,21 @@ pub fn run_on(
         // Heartbeats first, all of them (they come from the fleet's servers, a few a second
         // each); only heartbeats are taken on that port.
         if let Some(heartbeats) = heartbeat_socket.as_mut() {
-            while let Ok((len, from)) = heartbeats.recv_from(&mut buffer) {
-                if Heartbeat::is_fleet(&buffer[..len]) {
-                    let _ = director.handle_datagram(
-                        clock.now(),
-                        loopcast_proto::time::unix_time_ms(),
-                        from,
-                        &buffer[..len],
-                    );
+            for _ in 0..BATCH_MAX {
+                let Ok((len, from)) = heartbeats.recv_from(&mut buffer) else {
+                    break;
+                };
+                if !Heartbeat::is_fleet(&buffer[..len]) {
+                    continue;
+                }
+                heartbeats_on_own_port += 1;
+                if let Some(challenge) = director.handle_datagram(
+                    clock.now(),
+                    loopcast_proto::time::unix_time_ms(),
+                    from,
+                    &buffer[..len],
+                ) {
+                    let _ = heartbeats.send_to(&challenge, from);
                 }
             }
         }
@@ -147,13 +161,19 @@ pub fn run_on(
             };
             let now = clock.now();
             let refused_before = director.counters().heartbeats_unauthenticated;
+            let fleet = Heartbeat::is_fleet(&buffer[..len]);
             if let Some(answer) = director.handle_datagram(
                 now,
                 loopcast_proto::time::unix_time_ms(),
                 from,
                 &buffer[..len],
             ) {
-                let _ = socket.send_to(&answer, from);
+                // A challenge goes from the heartbeat port: the server sends there from then on.
+                match heartbeat_socket.as_ref() {
+                    Some(heartbeats) if fleet => heartbeats.send_to(&answer, from),
+                    _ => socket.send_to(&answer, from),
+                }
+                .ok();
             }
             // A server with another fleet key is silent on its side: say it here, at most
             // every 10 s (a forger could otherwise fill the log).
@@ -174,7 +194,14 @@ pub fn run_on(
             log(&event);
         }
         if let Some(admin) = &mut admin {
-            admin.publish_status(|| status_json(&director, clock.now()));
+            admin.publish_status(|| {
+                let mut status = status_json(&director, clock.now());
+                status["listen"] = local.to_string().into();
+                status["heartbeat_listen"] =
+                    heartbeat_address.map_or(serde_json::Value::Null, |a| a.to_string().into());
+                status["counters"]["heartbeats_on_heartbeat_port"] = heartbeats_on_own_port.into();
+                status
+            });
         }
     }
     tracing::info!("director stopping");
@@ -250,6 +277,7 @@ fn status_json(director: &Director, now: loopcast_proto::time::Instant) -> serde
             "heartbeats_malformed": counters.heartbeats_malformed,
             "heartbeats_replayed": counters.heartbeats_replayed,
             "heartbeats_refused_full": counters.heartbeats_refused_full,
+            "heartbeats_challenged": counters.heartbeats_challenged,
             "requests": counters.requests,
             "redirects": counters.redirects,
             "rejects_not_found": counters.rejects_not_found,

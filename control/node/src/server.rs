@@ -22,6 +22,7 @@ use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::{Instant, MonotonicClock};
 use loopcast_proto::wire::control::{RejectCode, Transport, CONTROL_LEN_MAX};
 use loopcast_proto::wire::datagram::FileId;
+use loopcast_proto::wire::fleet::Heartbeat;
 use mio::net::UdpSocket as MioUdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
@@ -392,7 +393,7 @@ pub fn run_on(
         let now = server.clock.now();
         let wake_at = [
             server.endpoint.poll_timeout(),
-            server.heartbeat.as_ref().map(|h| h.next_at()),
+            server.heartbeat.as_ref().map(|h| h.poll_timeout()),
         ]
         .into_iter()
         .flatten()
@@ -441,6 +442,16 @@ impl Server {
                 }
             };
             let now = self.clock.now();
+            if Heartbeat::is_fleet(&buffer[..len]) {
+                // A director's challenge (R15): answered with a heartbeat at once.
+                if let Some(heartbeat) = self.heartbeat.as_mut() {
+                    if let Err(refused) = heartbeat.handle_datagram(now, from, &buffer[..len]) {
+                        tracing::debug!(%from, ?refused, "fleet datagram refused");
+                    }
+                }
+                self.send_heartbeat(false);
+                continue;
+            }
             let mut lookup = Lookup {
                 catalog: &mut self.catalog,
                 last_rescan: &mut self.last_rescan,
@@ -855,7 +866,7 @@ impl Server {
         let Some(heartbeat) = self.heartbeat.as_mut() else {
             return;
         };
-        if !force && !heartbeat.due(now) {
+        if !force && now < heartbeat.poll_timeout() {
             return;
         }
         if now >= self.next_catalog_scan {
@@ -863,7 +874,13 @@ impl Server {
             if let Err(error) = self.catalog.rescan() {
                 tracing::warn!(%error, "cannot rescan the media database");
             }
-            heartbeat.set_catalog(self.catalog.entries().to_vec());
+            if let Some(cut) = heartbeat.set_catalog(self.catalog.entries().to_vec()) {
+                tracing::warn!(
+                    files = cut.files,
+                    announced = cut.announced,
+                    "catalog too large for the heartbeat pages; some files are not announced"
+                );
+            }
         }
         let load = crate::fleet::Load {
             sessions: u32::try_from(self.endpoint.session_count()).unwrap_or(u32::MAX),
@@ -875,9 +892,10 @@ impl Server {
                 .map(|c| c.rate_bits_per_s)
                 .fold(0u64, u64::saturating_add),
         };
-        let bytes = heartbeat.next(now, loopcast_proto::time::unix_time_ms(), &load);
-        for director in heartbeat.directors() {
-            if let Err(error) = self.control.send_to(&bytes, *director) {
+        for (director, bytes) in
+            heartbeat.poll_transmit(now, loopcast_proto::time::unix_time_ms(), &load, force)
+        {
+            if let Err(error) = self.control.send_to(&bytes, director) {
                 tracing::debug!(%director, %error, "heartbeat not sent");
             }
         }
@@ -976,6 +994,10 @@ impl Server {
             serde_json::json!({
                 "state": h.state.name(),
                 "directors": h.directors().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "heartbeats_to": h.heartbeat_destinations().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "heartbeats_sent": h.counters().heartbeats_sent,
+                "challenges": h.counters().challenges,
+                "challenges_refused": h.counters().challenges_refused,
             })
         });
         let mut status = serde_json::json!({

@@ -1,9 +1,13 @@
 //! The traffic director's rules (R15, R16, R17), sans-IO.
 //!
 //! ```text
-//!  Heartbeat (fleet key) ──▶ registry: server id → state, load, capacity, location, catalog
-//!                            (a heartbeat's (incarnation, sequence) must grow; its clock must
-//!                             be within `clock_skew_max` of ours: a replay is a counted drop)
+//!  Heartbeat (fleet key) ──▶ a server not known yet ──▶ Challenge{nonce} to where it came from
+//!                            (taken only from a heartbeat that echoes the nonce: a recording
+//!                             cannot, since the nonce is keyed by this process's secret)
+//!                        ──▶ registry: server id → state, load, capacity, location, catalog
+//!                            (a heartbeat's (incarnation, sequence) must grow, its echo stay
+//!                             the one it registered with, its clock be within
+//!                             `clock_skew_max` of ours: a replay is a counted drop)
 //!  no heartbeat for `heartbeat_misses` × its interval ──▶ ServerDown: routed to no more
 //!  Request (a client's, the same message a server takes) ──▶ route ──▶ Redirect{server}
 //!                                                                   └─ Reject{NotFound|Busy}
@@ -18,7 +22,8 @@
 //!
 //! Every answer goes only to the address the datagram came from: a Redirect or Reject is
 //! smaller than the padded Request it answers; a Listing (`loopcast ls`) at most three times
-//! the padded List, as a server's answers to an unvalidated address.
+//! the padded List, as a server's answers to an unvalidated address; a Challenge is smaller
+//! than the heartbeat it answers, and answers only one made with the fleet key.
 
 use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
@@ -30,12 +35,16 @@ use crate::wire::control::{
     listing_page, ControlMessage, RejectCode, RequestHints, REQUEST_LEN_MIN,
 };
 use crate::wire::fleet::{
-    catalog_digest, CatalogEntry, FleetKey, FleetParseError, Heartbeat, ServerState,
+    catalog_digest, CatalogEntry, Challenge, FleetKey, FleetParseError, Heartbeat, ServerState,
+    NONCE_LEN,
 };
 
 #[derive(Clone, Debug)]
 pub struct DirectorConfig {
     pub fleet_key: FleetKey,
+    /// Random per director process (the driver draws it): keys the challenges' nonces, so a
+    /// heartbeat echoing another process's nonce (a recording) does not register a server.
+    pub challenge_secret: [u8; 32],
     /// A server is dead after this many of its heartbeat intervals without one (R17).
     pub heartbeat_misses: u32,
     /// A heartbeat whose clock differs from ours by more is a replay (or a broken clock).
@@ -47,9 +56,10 @@ pub struct DirectorConfig {
 }
 
 impl DirectorConfig {
-    pub fn new(fleet_key: FleetKey) -> DirectorConfig {
+    pub fn new(fleet_key: FleetKey, challenge_secret: [u8; 32]) -> DirectorConfig {
         DirectorConfig {
             fleet_key,
+            challenge_secret,
             heartbeat_misses: 3,
             clock_skew_max: Duration::from_secs(30),
             servers_max: 4096,
@@ -62,6 +72,9 @@ impl DirectorConfig {
 /// a fleet member with a bad config cannot keep a dead server alive for hours).
 const INTERVAL_MIN: Duration = Duration::from_millis(20);
 const INTERVAL_MAX: Duration = Duration::from_secs(10);
+/// A challenge's nonce is good for this long (and the one before it): a server that stops
+/// and comes back later (forgotten meanwhile) is challenged anew.
+const NONCE_EPOCH: Duration = Duration::from_secs(60);
 
 /// Something the driver logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +110,8 @@ pub struct DirectorCounters {
     pub heartbeats_replayed: u64,
     /// From a new server while the registry is full.
     pub heartbeats_refused_full: u64,
+    /// From a server not known yet, answered with a challenge (not taken).
+    pub heartbeats_challenged: u64,
     pub requests: u64,
     pub redirects: u64,
     pub rejects_not_found: u64,
@@ -135,6 +150,9 @@ type RouteRank = (bool, bool, bool, u64, u64);
 
 struct ServerEntry {
     heartbeat: Heartbeat,
+    /// The link and nonce it registered with: its later heartbeats to us carry them (a copy
+    /// meant for another director does not).
+    link: (u8, [u8; NONCE_LEN]),
     heard_from: SocketAddr,
     last_heard: Instant,
     interval: Duration,
@@ -212,6 +230,10 @@ impl Director {
             "at least one missed heartbeat"
         );
         assert!(config.servers_max >= 1, "room for one server");
+        assert!(
+            config.forget_after > config.clock_skew_max,
+            "a forgotten server's recorded heartbeats must be too old to pass the clock check"
+        );
         Director {
             config,
             servers: HashMap::new(),
@@ -239,8 +261,7 @@ impl Director {
         bytes: &[u8],
     ) -> Option<Vec<u8>> {
         if Heartbeat::is_fleet(bytes) {
-            self.handle_heartbeat(now, unix_ms, from, bytes);
-            return None;
+            return self.handle_heartbeat(now, unix_ms, from, bytes);
         }
         // An unpadded Request could be answered with more bytes than a spoofed source sent.
         if bytes.len() < REQUEST_LEN_MIN {
@@ -321,30 +342,63 @@ impl Director {
         files.into_values().collect()
     }
 
-    fn handle_heartbeat(&mut self, now: Instant, unix_ms: u64, from: SocketAddr, bytes: &[u8]) {
+    /// The nonce a server's heartbeats from `from` must echo on `link` (for the epoch of `now`,
+    /// or `epochs_back` before it).
+    fn nonce(
+        &self,
+        now: Instant,
+        epochs_back: u64,
+        heartbeat: &Heartbeat,
+        from: SocketAddr,
+    ) -> [u8; NONCE_LEN] {
+        let epoch = (now.as_nanos() / NONCE_EPOCH.as_nanos() as u64).saturating_sub(epochs_back);
+        let mut hasher = blake3::Hasher::new_keyed(&self.config.challenge_secret);
+        hasher.update(&epoch.to_be_bytes());
+        hasher.update(&heartbeat.server_id.to_be_bytes());
+        hasher.update(&heartbeat.incarnation.to_be_bytes());
+        hasher.update(&[heartbeat.link]);
+        match from {
+            SocketAddr::V4(v4) => hasher.update(&v4.ip().octets()),
+            SocketAddr::V6(v6) => hasher.update(&v6.ip().octets()),
+        };
+        hasher.update(&from.port().to_be_bytes());
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&hasher.finalize().as_bytes()[..NONCE_LEN]);
+        nonce
+    }
+
+    fn handle_heartbeat(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
         let heartbeat = match Heartbeat::parse(bytes, &self.config.fleet_key) {
             Ok(heartbeat) => heartbeat,
             Err(FleetParseError::BadMac) => {
                 self.counters.heartbeats_unauthenticated += 1;
-                return;
+                return None;
             }
             Err(FleetParseError::Wire(_)) => {
                 self.counters.heartbeats_malformed += 1;
-                return;
+                return None;
             }
         };
         let skew = heartbeat.sent_at_unix_ms.abs_diff(unix_ms);
         if u128::from(skew) > self.config.clock_skew_max.as_millis() {
             self.counters.heartbeats_replayed += 1;
-            return;
+            return None;
         }
         let interval = Duration::from_millis(u64::from(heartbeat.interval_ms))
             .clamp(INTERVAL_MIN, INTERVAL_MAX);
         if let Some(entry) = self.servers.get_mut(&heartbeat.server_id) {
             let old = &entry.heartbeat;
-            if (heartbeat.incarnation, heartbeat.sequence) <= (old.incarnation, old.sequence) {
+            if (heartbeat.incarnation, heartbeat.sequence) <= (old.incarnation, old.sequence)
+                || (heartbeat.link, heartbeat.echo) != entry.link
+            {
                 self.counters.heartbeats_replayed += 1;
-                return;
+                return None;
             }
             self.counters.heartbeats += 1;
             if !entry.alive {
@@ -369,7 +423,22 @@ impl Director {
             entry.last_heard = now;
             entry.interval = interval;
             entry.routed_since_heartbeat = 0;
-            return;
+            return None;
+        }
+        // A server not known: only once it echoes a nonce of ours (a recording cannot).
+        if heartbeat.echo != self.nonce(now, 0, &heartbeat, from)
+            && heartbeat.echo != self.nonce(now, 1, &heartbeat, from)
+        {
+            self.counters.heartbeats_challenged += 1;
+            let challenge = Challenge {
+                server_id: heartbeat.server_id,
+                incarnation: heartbeat.incarnation,
+                link: heartbeat.link,
+                nonce: self.nonce(now, 0, &heartbeat, from),
+            }
+            .to_bytes(&self.config.fleet_key);
+            debug_assert!(challenge.len() < bytes.len(), "no amplification");
+            return Some(challenge);
         }
         // A new server process. One that took over an address from an older process replaces
         // it only if it is a later incarnation (a replay of an old process cannot evict the new).
@@ -381,7 +450,7 @@ impl Director {
         if let Some((old_id, old_incarnation)) = replaced {
             if heartbeat.incarnation <= old_incarnation {
                 self.counters.heartbeats_replayed += 1;
-                return;
+                return None;
             }
             self.servers.remove(&old_id);
             self.listing = None;
@@ -394,7 +463,7 @@ impl Director {
             self.forget_dead(now, Duration::ZERO);
             if self.servers.len() >= self.config.servers_max {
                 self.counters.heartbeats_refused_full += 1;
-                return;
+                return None;
             }
         }
         self.counters.heartbeats += 1;
@@ -403,6 +472,7 @@ impl Director {
             request_addr: heartbeat.request_addr,
         });
         let mut entry = ServerEntry {
+            link: (heartbeat.link, heartbeat.echo),
             heartbeat: heartbeat.clone(),
             heard_from: from,
             last_heard: now,
@@ -416,6 +486,7 @@ impl Director {
         entry.take_page(&heartbeat);
         self.servers.insert(heartbeat.server_id, entry);
         self.listing = None;
+        None
     }
 
     /// Declares silent servers dead (R17) and forgets long-dead ones.

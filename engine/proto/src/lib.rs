@@ -16,6 +16,8 @@
 //! - [`client`]: the client's session rules: request, SYNC or fallback, status, recovery.
 //! - [`director`]: the traffic director's rules: server registry from heartbeats, expiry,
 //!   routing (R15-R17).
+//! - [`heartbeat`]: a server's heartbeats to the directors and its answers to their challenges
+//!   (R15).
 //! - [`rng`]: the seeded random source the machines take instead of the OS's.
 //! - [`receiver`]: the client-side verified-have state (R9, R14).
 //! - [`nak`]: which serials went by without arriving, and when to ask for them (R10).
@@ -28,6 +30,7 @@ pub mod carousel;
 pub mod client;
 pub mod director;
 pub mod endpoint;
+pub mod heartbeat;
 pub mod info;
 pub mod layout;
 pub mod nak;

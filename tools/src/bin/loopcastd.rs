@@ -44,14 +44,16 @@ struct DirectArgs {
     /// packaging/loopcastd-direct.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// UDP address for servers' heartbeats and clients' requests.
+    /// UDP address for clients' requests (and servers' first heartbeats).
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
-    /// Also take servers' heartbeats on this UDP address, on a port of their own that is read
-    /// first (point servers' --director at it): a flood of client requests on --listen then
-    /// cannot crowd heartbeats out. Heartbeats on --listen are still taken.
-    #[arg(long)]
-    heartbeat_listen: Option<SocketAddr>,
+    /// Where servers' heartbeats go, on a port of their own that is read first, so a flood of
+    /// client requests on --listen cannot crowd them out and make a live server look dead: a
+    /// PORT (on --listen's address), an ADDRESS:PORT, or "off" (heartbeats on --listen only).
+    /// Servers need no setting for it: they name the director by --listen, and the director
+    /// answers their first heartbeat from this port, where they send from then on.
+    #[arg(long, default_value = "7702", value_parser = parse_heartbeat_listen)]
+    heartbeat_listen: HeartbeatListen,
     /// The fleet's shared key (see `loopcastd fleet-key`): heartbeats without it are dropped.
     #[arg(long)]
     fleet_key: PathBuf,
@@ -130,9 +132,11 @@ struct ServeArgs {
     /// Skip verifying each archive's hash tree when its channel opens.
     #[arg(long)]
     no_verify: bool,
-    /// A director of the fleet (HOST[:PORT], default port 7700); repeat or comma-separate for
-    /// each. The server sends every director a heartbeat (state, load, files) so they route
-    /// clients to it. Needs --fleet-key.
+    /// A director of the fleet as clients know it (HOST[:PORT], default port 7700); repeat or
+    /// comma-separate for each. The server sends every director a heartbeat (state, load,
+    /// files) so they route clients to it: the first to this address, the rest to the port the
+    /// director answers from (its --heartbeat-listen). A client asking for a file this server
+    /// lacks is sent here (R7). Needs --fleet-key.
     #[arg(long = "director", value_delimiter = ',', requires = "fleet_key")]
     directors: Vec<String>,
     /// The fleet's shared key (see `loopcastd fleet-key`).
@@ -199,9 +203,20 @@ fn direct(args: DirectArgs) -> ExitCode {
     if let Err(error) = loopcast_admin::location::preflight(&admin_socket) {
         return fail(error);
     }
+    let heartbeat_listen = match args.heartbeat_listen {
+        HeartbeatListen::Off => None,
+        HeartbeatListen::Port(port) => Some(SocketAddr::new(args.listen.ip(), port)),
+        HeartbeatListen::Address(address) => Some(address),
+    };
+    if heartbeat_listen == Some(args.listen) && args.listen.port() != 0 {
+        return fail(format!(
+            "--heartbeat-listen {} is --listen's own address: give another port, or \"off\"",
+            args.listen
+        ));
+    }
     let config = loopcast_director::DirectConfig {
         listen: args.listen,
-        heartbeat_listen: args.heartbeat_listen,
+        heartbeat_listen,
         fleet_key,
         heartbeat_misses: args.heartbeat_misses,
         admin_socket: Some(admin_socket),
@@ -248,6 +263,26 @@ fn fleet_config(args: &ServeArgs) -> Result<Option<loopcast_node::FleetConfig>, 
         interval: Duration::from_millis(args.heartbeat_ms),
         rate_bits_per_s_max: args.rate.unwrap_or(0),
     }))
+}
+
+/// `--heartbeat-listen PORT|ADDRESS:PORT|off`.
+#[derive(Clone, Copy, Debug)]
+enum HeartbeatListen {
+    Off,
+    Port(u16),
+    Address(SocketAddr),
+}
+
+fn parse_heartbeat_listen(text: &str) -> Result<HeartbeatListen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(HeartbeatListen::Off);
+    }
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(HeartbeatListen::Port(port));
+    }
+    text.parse::<SocketAddr>()
+        .map(HeartbeatListen::Address)
+        .map_err(|_| format!("{text:?} is not a port, an ADDRESS:PORT or \"off\""))
 }
 
 /// `--metrics ADDR` or `--metrics off`.

@@ -1,5 +1,5 @@
 use super::*;
-use crate::wire::fleet::catalog_pages;
+use crate::wire::fleet::{catalog_pages, Challenge};
 use proptest::prelude::*;
 
 const T0_UNIX_MS: u64 = 1_800_000_000_000;
@@ -8,8 +8,11 @@ fn key() -> FleetKey {
     FleetKey::from_secret(b"the fleet's secret, long enough").unwrap()
 }
 
+/// This director process's challenge secret.
+const SECRET: [u8; 32] = [7; 32];
+
 fn director() -> Director {
-    Director::new(DirectorConfig::new(key()))
+    Director::new(DirectorConfig::new(key(), SECRET))
 }
 
 fn entry(name: &str, root_byte: u8) -> CatalogEntry {
@@ -41,6 +44,8 @@ impl FakeServer {
                 sent_at_unix_ms: T0_UNIX_MS,
                 interval_ms: 250,
                 state: ServerState::Online,
+                link: 0,
+                echo: [0; NONCE_LEN],
                 request_addr: addr(id as u8),
                 location: String::new(),
                 sessions: 0,
@@ -72,10 +77,35 @@ fn at(ms: u64) -> Instant {
     Instant::from_nanos(ms * 1_000_000)
 }
 
-fn beat(director: &mut Director, server: &mut FakeServer, ms: u64) {
+/// The next heartbeat from `server` (at `addr(200)`), and the answer to a challenge if the
+/// director asks one (a server it does not know yet). Returns the heartbeat it took.
+fn beat(director: &mut Director, server: &mut FakeServer, ms: u64) -> Vec<u8> {
+    let bytes = server.next(Duration::from_millis(ms));
+    let Some(answer) = director.handle_datagram(at(ms), T0_UNIX_MS + ms, addr(200), &bytes) else {
+        return bytes;
+    };
+    assert!(
+        answer.len() < bytes.len(),
+        "a challenge is smaller than the heartbeat"
+    );
+    let challenge =
+        Challenge::parse(&answer, &key()).expect("only a challenge answers a heartbeat");
+    assert_eq!(
+        (challenge.server_id, challenge.incarnation, challenge.link),
+        (
+            server.beat.server_id,
+            server.beat.incarnation,
+            server.beat.link
+        )
+    );
+    server.beat.echo = challenge.nonce;
     let bytes = server.next(Duration::from_millis(ms));
     let answer = director.handle_datagram(at(ms), T0_UNIX_MS + ms, addr(200), &bytes);
-    assert_eq!(answer, None, "a heartbeat is never answered");
+    assert_eq!(
+        answer, None,
+        "a heartbeat that echoes the challenge registers"
+    );
+    bytes
 }
 
 fn request(name: &str, hints: RequestHints) -> Vec<u8> {
@@ -158,12 +188,10 @@ fn a_heartbeat_without_the_fleet_key_registers_nothing() {
 fn a_replayed_heartbeat_cannot_keep_a_dead_server_alive() {
     let mut director = director();
     let mut a = FakeServer::new(1, &[entry("film.mkv", 1)]);
-    let mut captured = Vec::new();
-    for ms in [0, 250, 500] {
-        let bytes = a.next(Duration::from_millis(ms));
-        director.handle_datagram(at(ms), T0_UNIX_MS + ms, addr(1), &bytes);
-        captured.push(bytes);
-    }
+    let captured: Vec<Vec<u8>> = [0, 250, 500]
+        .into_iter()
+        .map(|ms| beat(&mut director, &mut a, ms))
+        .collect();
     // The server dies at 500 ms; an attacker replays what it captured, over and over.
     for ms in (600..2000).step_by(100) {
         for bytes in &captured {
@@ -487,8 +515,7 @@ fn a_catalog_of_many_pages_is_routable_once_whole_and_the_old_one_serves_until_t
 fn a_restarted_server_replaces_its_old_entry_and_an_old_process_replayed_cannot_come_back() {
     let mut director = director();
     let mut old = FakeServer::new(1, &[entry("film.mkv", 1)]);
-    let old_bytes = old.next(Duration::ZERO);
-    director.handle_datagram(at(0), T0_UNIX_MS, addr(1), &old_bytes);
+    beat(&mut director, &mut old, 0);
     let mut new = FakeServer::new(2, &[entry("film.mkv", 1)]);
     new.beat.request_addr = addr(1);
     new.beat.incarnation = T0_UNIX_MS + 5_000;
@@ -496,18 +523,19 @@ fn a_restarted_server_replaces_its_old_entry_and_an_old_process_replayed_cannot_
     let views = director.servers(at(5_000));
     assert_eq!(views.len(), 1);
     assert_eq!(views[0].server_id, 2);
-    // The old process's heartbeat, replayed (fresh enough by the clock), does not evict it.
+    // The old process's heartbeat, replayed (fresh enough by the clock, with the echo it
+    // registered with, from its address), does not evict it.
     old.beat.sent_at_unix_ms = T0_UNIX_MS + 5_000;
     old.beat.sequence += 1;
     let replay = old.beat.to_bytes(&key());
-    director.handle_datagram(at(5_001), T0_UNIX_MS + 5_001, addr(1), &replay);
+    director.handle_datagram(at(5_001), T0_UNIX_MS + 5_001, addr(200), &replay);
     assert_eq!(director.servers(at(5_001))[0].server_id, 2);
     assert_eq!(director.counters().heartbeats_replayed, 1);
 }
 
 #[test]
 fn the_registry_is_bounded_and_makes_room_by_forgetting_the_dead() {
-    let mut config = DirectorConfig::new(key());
+    let mut config = DirectorConfig::new(key(), SECRET);
     config.servers_max = 4;
     let mut director = Director::new(config);
     let mut servers: Vec<FakeServer> = (1..=5).map(|i| FakeServer::new(i, &[])).collect();
@@ -539,7 +567,7 @@ proptest! {
         datagrams in proptest::collection::vec(
             prop_oneof![
                 crate::testkit::hostile_bytes(b"Lc\x01\x01", 600),
-                crate::testkit::hostile_bytes(b"Lf\x01\x01", 1500),
+                crate::testkit::hostile_bytes(b"Lf\x02\x01", 1500),
             ],
             1..50,
         )

@@ -1,18 +1,26 @@
-//! Fleet messages (R15): a distribution server's heartbeat to every director.
+//! Fleet messages (R15): a distribution server's heartbeat to every director, and a director's
+//! challenge to a server it does not know yet.
 //!
 //! ```text
-//!  "Lf" version:u8 kind:u8(1 = heartbeat)
+//!  heartbeat (server -> director):
+//!  "Lf" version:u8 kind:u8(1)
 //!  server_id:u64 incarnation:u64 sequence:u64 sent_at_unix_ms:u64 interval_ms:u32 state:u8
-//!  request_addr:addr location:short_string
+//!  link:u8 echo:[16] request_addr:addr location:short_string
 //!  sessions:u32 sessions_max:u32 channels:u32 rate_bits_per_s:u64 rate_bits_per_s_max:u64
 //!  catalog_digest:[32] page:u16 pages:u16 count:u16 { name:short_string root:[32] bytes:u64 }*
 //!  mac:[32]
+//!
+//!  challenge (director -> server):
+//!  "Lf" version:u8 kind:u8(2) server_id:u64 incarnation:u64 link:u8 nonce:[16] mac:[32]
 //! ```
-//! The MAC is keyed BLAKE3 over every byte before it, under a key derived from the fleet
-//! secret for heartbeats only: a host without the secret cannot register a server, and a
-//! changed byte is a counted drop. Freshness (a replayed heartbeat) is the director's rule
-//! (`director::Director`): `(incarnation, sequence)` must grow and `sent_at_unix_ms` be near its
-//! clock. A server's catalog may not fit one datagram: each heartbeat carries one page of it, in
+//! The MAC is keyed BLAKE3 over every byte before it (the kind included), under a key derived
+//! from the fleet secret for fleet messages only: a host without the secret cannot register a
+//! server or answer for one, and a changed byte is a counted drop. Freshness (a replayed
+//! heartbeat) is the director's rule (`director::Director`): a server it does not know is
+//! challenged first and taken only once a heartbeat echoes the challenge's nonce (a recording
+//! cannot: the nonce is new to this director process); after that, `(incarnation, sequence)`
+//! must grow and `sent_at_unix_ms` be near its clock. `link` is the index of the director in the
+//! server's list, so a server with several directors at one address knows which one challenged. A server's catalog may not fit one datagram: each heartbeat carries one page of it, in
 //! turn, and the digest of the whole, so a director knows when it holds all of one version.
 
 use std::net::SocketAddr;
@@ -22,16 +30,33 @@ use super::{ParseError, Reader, Writer};
 use crate::info::{RootHash, NAME_LEN_MAX};
 
 pub const FLEET_MAGIC: [u8; 2] = *b"Lf";
-pub const FLEET_VERSION: u8 = 1;
+pub const FLEET_VERSION: u8 = 2;
 /// A heartbeat fits one datagram on a path with a 1500-byte MTU.
 pub const HEARTBEAT_LEN_MAX: usize = 1400;
 /// Pages of one catalog, at most (a director keeps this many per server while assembling).
 pub const CATALOG_PAGES_MAX: usize = 1024;
 const MAC_LEN: usize = 32;
 const KIND_HEARTBEAT: u8 = 1;
+const KIND_CHALLENGE: u8 = 2;
+/// A challenge's nonce, echoed by the server's heartbeats.
+pub const NONCE_LEN: usize = 16;
 /// Every field before the catalog entries, with the longest address and location, and the MAC.
-const HEARTBEAT_FIXED_LEN_MAX: usize =
-    4 + 8 * 4 + 4 + 1 + 19 + 1 + LOCATION_LEN_MAX + 4 * 3 + 8 * 2 + 32 + 2 * 3 + MAC_LEN;
+const HEARTBEAT_FIXED_LEN_MAX: usize = 4
+    + 8 * 4
+    + 4
+    + 1
+    + 1
+    + NONCE_LEN
+    + 19
+    + 1
+    + LOCATION_LEN_MAX
+    + 4 * 3
+    + 8 * 2
+    + 32
+    + 2 * 3
+    + MAC_LEN;
+/// A challenge's length (it is shorter than the smallest heartbeat it answers).
+pub const CHALLENGE_LEN: usize = 4 + 8 + 8 + 1 + NONCE_LEN + MAC_LEN;
 const ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX + 32 + 8;
 const _: () = assert!(HEARTBEAT_FIXED_LEN_MAX + ENTRY_LEN_MAX <= HEARTBEAT_LEN_MAX);
 
@@ -46,7 +71,7 @@ impl FleetKey {
         if secret.len() < 16 {
             return None;
         }
-        let mut hasher = blake3::Hasher::new_derive_key("loopcast 2026-11 fleet heartbeat v1");
+        let mut hasher = blake3::Hasher::new_derive_key("loopcast 2026-11 fleet messages v2");
         hasher.update(secret);
         Some(FleetKey(*hasher.finalize().as_bytes()))
     }
@@ -154,6 +179,10 @@ pub struct Heartbeat {
     /// How often this server sends (a director expires it after a few missed).
     pub interval_ms: u32,
     pub state: ServerState,
+    /// Which of the server's directors this copy is for (echoed by a challenge).
+    pub link: u8,
+    /// The nonce of that director's last challenge (zeros before one).
+    pub echo: [u8; NONCE_LEN],
     /// Where clients send their Requests.
     pub request_addr: SocketAddr,
     pub location: String,
@@ -191,6 +220,8 @@ impl Heartbeat {
         w.u64(self.sent_at_unix_ms);
         w.u32(self.interval_ms);
         w.u8(self.state.to_byte());
+        w.u8(self.link);
+        w.bytes(&self.echo);
         write_addr(&mut w, self.request_addr);
         w.short_string(&self.location);
         w.u32(self.sessions);
@@ -254,6 +285,8 @@ impl Heartbeat {
         let sent_at_unix_ms = r.u64()?;
         let interval_ms = r.u32()?;
         let state = ServerState::from_byte(r.u8()?)?;
+        let link = r.u8()?;
+        let echo = r.array::<NONCE_LEN>()?;
         let request_addr = read_addr(&mut r)?;
         let location = r.short_string(LOCATION_LEN_MAX)?;
         let sessions = r.u32()?;
@@ -276,6 +309,8 @@ impl Heartbeat {
             sent_at_unix_ms,
             interval_ms,
             state,
+            link,
+            echo,
             request_addr,
             location,
             sessions,
@@ -304,6 +339,71 @@ impl core::fmt::Display for FleetParseError {
             FleetParseError::BadMac => f.write_str("not authenticated by the fleet key"),
             FleetParseError::Wire(error) => error.fmt(f),
         }
+    }
+}
+
+/// A director's answer to a heartbeat from a server it does not know: "echo this nonce". The
+/// server's next heartbeats to that director carry it; a recorded heartbeat cannot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    pub server_id: u64,
+    pub incarnation: u64,
+    pub link: u8,
+    pub nonce: [u8; NONCE_LEN],
+}
+
+impl Challenge {
+    pub fn to_bytes(&self, key: &FleetKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CHALLENGE_LEN);
+        let mut w = Writer { out: &mut out };
+        w.bytes(&FLEET_MAGIC);
+        w.u8(FLEET_VERSION);
+        w.u8(KIND_CHALLENGE);
+        w.u64(self.server_id);
+        w.u64(self.incarnation);
+        w.u8(self.link);
+        w.bytes(&self.nonce);
+        let mac = key.mac(&out);
+        out.extend_from_slice(mac.as_bytes());
+        debug_assert_eq!(out.len(), CHALLENGE_LEN);
+        out
+    }
+
+    /// Parses untrusted bytes: the MAC is checked before any field is read.
+    pub fn parse(bytes: &[u8], key: &FleetKey) -> Result<Challenge, FleetParseError> {
+        if bytes.len() != CHALLENGE_LEN {
+            return Err(FleetParseError::Wire(ParseError::Truncated));
+        }
+        if bytes[..2] != FLEET_MAGIC {
+            return Err(FleetParseError::Wire(ParseError::BadMagic));
+        }
+        if bytes[2] != FLEET_VERSION {
+            return Err(FleetParseError::Wire(ParseError::BadVersion));
+        }
+        let (body, mac) = bytes.split_at(bytes.len() - MAC_LEN);
+        let mac: [u8; MAC_LEN] = mac.try_into().expect("split at MAC_LEN");
+        if key.mac(body) != blake3::Hash::from(mac) {
+            return Err(FleetParseError::BadMac);
+        }
+        let mut r = Reader::new(body);
+        r.take(3)?;
+        if r.u8()? != KIND_CHALLENGE {
+            return Err(FleetParseError::Wire(ParseError::UnknownKind));
+        }
+        let challenge = Challenge {
+            server_id: r.u64()?,
+            incarnation: r.u64()?,
+            link: r.u8()?,
+            nonce: r.array::<NONCE_LEN>()?,
+        };
+        r.finish()?;
+        Ok(challenge)
+    }
+}
+
+impl From<ParseError> for FleetParseError {
+    fn from(error: ParseError) -> Self {
+        FleetParseError::Wire(error)
     }
 }
 
@@ -367,7 +467,7 @@ mod tests {
         (
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             (any::<u32>(), 1u8..=3, any::<[u8; 4]>(), any::<u16>()),
-            "[a-z0-9-]{0,32}",
+            (any::<u8>(), any::<[u8; NONCE_LEN]>(), "[a-z0-9-]{0,32}"),
             (
                 any::<u32>(),
                 any::<u32>(),
@@ -378,7 +478,7 @@ mod tests {
             proptest::collection::vec(any_entry(), 0..40),
         )
             .prop_map(
-                |(ids, (interval_ms, state, ip, port), location, load, entries)| {
+                |(ids, (interval_ms, state, ip, port), (link, echo, location), load, entries)| {
                     let digest = catalog_digest(&entries);
                     let pages = catalog_pages(&entries);
                     Heartbeat {
@@ -388,6 +488,8 @@ mod tests {
                         sent_at_unix_ms: ids.3,
                         interval_ms,
                         state: ServerState::from_byte(state).unwrap(),
+                        link,
+                        echo,
                         request_addr: SocketAddr::from((ip, port)),
                         location,
                         sessions: load.0,
@@ -443,7 +545,7 @@ mod tests {
             for (index, page) in pages.iter().enumerate() {
                 let heartbeat = Heartbeat {
                     server_id: 1, incarnation: 1, sequence: 1, sent_at_unix_ms: 1,
-                    interval_ms: 250, state: ServerState::Online,
+                    interval_ms: 250, state: ServerState::Online, link: 255, echo: [255; NONCE_LEN],
                     request_addr: "[::1]:1".parse().unwrap(), location: "x".repeat(32),
                     sessions: 0, sessions_max: 0, channels: 0, rate_bits_per_s: 0,
                     rate_bits_per_s_max: 0, catalog_digest: catalog_digest(&entries),
@@ -454,13 +556,68 @@ mod tests {
         }
     }
 
+    fn any_challenge() -> impl Strategy<Value = Challenge> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+            any::<[u8; NONCE_LEN]>(),
+        )
+            .prop_map(|(server_id, incarnation, link, nonce)| Challenge {
+                server_id,
+                incarnation,
+                link,
+                nonce,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn challenges_round_trip_and_are_shorter_than_any_heartbeat(
+            challenge in any_challenge(),
+            heartbeat in any_heartbeat(),
+        ) {
+            let bytes = challenge.to_bytes(&key());
+            prop_assert_eq!(bytes.len(), CHALLENGE_LEN);
+            prop_assert!(bytes.len() < heartbeat.to_bytes(&key()).len());
+            prop_assert_eq!(Challenge::parse(&bytes, &key()), Ok(challenge));
+        }
+
+        #[test]
+        fn a_changed_truncated_or_foreign_challenge_is_refused(
+            challenge in any_challenge(),
+            at in any::<usize>(),
+            flip in 1u8..=255,
+            cut in any::<usize>(),
+        ) {
+            let bytes = challenge.to_bytes(&key());
+            let other = FleetKey::from_secret(b"another fleet's secret, 16+ bytes").unwrap();
+            prop_assert_eq!(Challenge::parse(&bytes, &other), Err(FleetParseError::BadMac));
+            prop_assert!(Challenge::parse(&bytes[..cut % bytes.len()], &key()).is_err());
+            let mut changed = bytes.clone();
+            changed[at % bytes.len()] ^= flip;
+            prop_assert!(Challenge::parse(&changed, &key()).is_err());
+        }
+
+        /// A heartbeat is not a challenge, nor a challenge a heartbeat, even under the key.
+        #[test]
+        fn one_kind_never_parses_as_the_other(
+            challenge in any_challenge(),
+            heartbeat in any_heartbeat(),
+        ) {
+            prop_assert!(Heartbeat::parse(&challenge.to_bytes(&key()), &key()).is_err());
+            prop_assert!(Challenge::parse(&heartbeat.to_bytes(&key()), &key()).is_err());
+        }
+    }
+
     proptest! {
         #![proptest_config(parser_config())]
 
         /// Garbage, even behind a valid MAC (a fleet member with a bug), is a clean error.
         #[test]
-        fn garbage_never_panics(bytes in hostile_bytes(b"Lf\x01\x01", HEARTBEAT_LEN_MAX + 8)) {
+        fn garbage_never_panics(bytes in hostile_bytes(b"Lf\x02\x01", HEARTBEAT_LEN_MAX + 8)) {
             let _ = Heartbeat::parse(&bytes, &key());
+            let _ = Challenge::parse(&bytes, &key());
             if bytes.len() >= 4 && bytes.len() + MAC_LEN <= HEARTBEAT_LEN_MAX {
                 let mut signed = bytes.clone();
                 signed.extend_from_slice(key().mac(&bytes).as_bytes());
