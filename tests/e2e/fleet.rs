@@ -31,7 +31,11 @@ impl Director {
         key: &Path,
         extra: &[&str],
     ) -> Director {
-        let port = free_udp_port();
+        Director::start_on(scratch, label, key, free_udp_port(), extra)
+    }
+
+    /// As [`Director::start_with`], on request port `port`.
+    fn start_on(scratch: &Scratch, label: &str, key: &Path, port: u16, extra: &[&str]) -> Director {
         let admin = scratch.path(&format!("{label}.sock"));
         let process = Proc::spawn(
             label,
@@ -821,7 +825,8 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
 /// before the clients', so a Request flood cannot crowd them out). The server is given only the
 /// director's request port; the director's challenge comes from the heartbeat port and the
 /// server sends there from then on (every fourth round to the request port). Clients ask the
-/// request port and are routed alike.
+/// request port and are routed alike. A director restarted on the same ports has the server
+/// back through a new challenge.
 pub fn heartbeats_on_a_port_of_their_own_route_clients_alike() {
     let scratch = Scratch::new("fleet-hbport");
     let key = fleet_files(&scratch, &[("film.bin", 1 << 20)]);
@@ -876,4 +881,42 @@ pub fn heartbeats_on_a_port_of_their_own_route_clients_alike() {
         "{report}"
     );
     assert_same_bytes(&output, &media.join("film.bin.lca"));
+
+    // The director is killed and a new process starts on the same ports (a new challenge
+    // secret, nothing known): the server's next heartbeat is challenged, answered at once, and
+    // the server is routable again.
+    drop(director);
+    let restarted_at = Instant::now();
+    let director = Director::start_on(
+        &scratch,
+        "director-again",
+        &key,
+        port,
+        &["--heartbeat-listen", &heartbeat_listen, "--metrics", "off"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = status_of(&director.admin);
+        let online = status["servers"].as_array().is_some_and(|list| {
+            list.len() == 1
+                && list[0]["state"] == "online"
+                && !list[0]["files"].as_array().unwrap().is_empty()
+        });
+        if online {
+            assert_eq!(status["counters"]["heartbeats_challenged"], 1, "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never came back to the restarted director: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "server routable again {:.2} s after the director restarted (start-up included)",
+        restarted_at.elapsed().as_secs_f64()
+    );
+    let again = scratch.path("film-again.lca");
+    get(&format!("127.0.0.1:{port}"), "film.bin", &again, &[]).report(Duration::from_secs(30));
+    assert_same_bytes(&again, &media.join("film.bin.lca"));
 }
