@@ -657,10 +657,12 @@ pub fn multicast_clients_fail_over_to_another_server_in_namespaces() {
     drop(topology);
 }
 
-/// The cluster, scaled to two cores: two directors, three servers (each with its own
-/// multicast groups) and six clients behind `tc tbf` links of 50 and 500 Mbit/s and unlimited,
-/// in network namespaces this test creates. Mid-transfer the server with the most clients is
-/// killed (SIGKILL), then the first director; later a second server is drained. Every client
+/// The cluster: two directors, three servers (each with its own multicast groups) and
+/// ten clients behind `tc tbf` links of 5, 50 and 500 Mbit/s (three each) and one unlimited,
+/// in network namespaces this test creates. First a client asks a server for a file only
+/// another server has (R7: redirected through a director). Then every client asks the
+/// directors for the 8 MiB film; mid-transfer the server with the most clients is killed
+/// (SIGKILL), then the first director; later a second server is drained. Every client
 /// finishes, every copy is byte-identical to the archive, and the clients that lost their
 /// server say so.
 pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_killed_director_and_a_drain(
@@ -673,7 +675,18 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
         ("s2".into(), "10.80.0.12".into()),
         ("s3".into(), "10.80.0.13".into()),
     ];
-    let links: [u64; 6] = [50_000_000, 50_000_000, 500_000_000, 500_000_000, 0, 0];
+    let links: [u64; 10] = [
+        5_000_000,
+        5_000_000,
+        5_000_000,
+        50_000_000,
+        50_000_000,
+        50_000_000,
+        500_000_000,
+        500_000_000,
+        500_000_000,
+        0,
+    ];
     for index in 0..links.len() {
         hosts.push((format!("c{index}"), format!("10.80.0.{}", 21 + index)));
     }
@@ -687,7 +700,7 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
         topology.set_link_rate(5 + offset, rate).expect("tc tbf");
     }
     let scratch = Scratch::new("fleet-cluster");
-    let key = fleet_files(&scratch, &[("film.bin", 48 << 20)]);
+    let key = fleet_files(&scratch, &[("film.bin", 8 << 20), ("only.bin", 1 << 20)]);
     let mut directors = Vec::new();
     for (index, (_, ip)) in hosts.iter().enumerate().take(2) {
         let admin = scratch.path(&format!("director-{index}.sock"));
@@ -708,7 +721,13 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
     let director_list = "10.80.0.1,10.80.0.2";
     let mut servers = Vec::new();
     for index in 0..3 {
-        let media = media_with(&scratch, &format!("media-{index}"), &["film.bin"]);
+        // Only the third server has only.bin.
+        let names: &[&str] = if index == 2 {
+            &["film.bin", "only.bin"]
+        } else {
+            &["film.bin"]
+        };
+        let media = media_with(&scratch, &format!("media-{index}"), names);
         let admin = scratch.path(&format!("server-{index}.sock"));
         let ip = hosts[2 + index].1.clone();
         let process = Proc::spawn(
@@ -732,17 +751,35 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
         servers.push(Some((process, admin, format!("{ip}:7700"))));
     }
     let deadline = Instant::now() + Duration::from_secs(15);
-    while status_of(&directors[0].1)["servers"]
-        .as_array()
-        .map_or(0, |l| l.iter().filter(|s| s["state"] == "online").count())
-        < 3
-    {
+    while directors.iter().any(|(_, admin)| {
+        status_of(admin)["servers"].as_array().map_or(0, |l| {
+            l.iter()
+                .filter(|s| s["state"] == "online" && !s["files"].as_array().unwrap().is_empty())
+                .count()
+        }) < 3
+    }) {
         assert!(
             Instant::now() < deadline,
             "the directors never listed the servers"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // R7: the first server lacks only.bin; it sends the client to a director, which sends it
+    // to the third server.
+    let only = scratch.path("only.lca");
+    let report = Proc::spawn(
+        "client (only.bin)",
+        topology
+            .exec(5, &bin("loopcast"))
+            .args(["get", &servers[0].as_ref().unwrap().2, "only.bin", "--json"])
+            .args(["--multicast-interface", &hosts[5].1])
+            .arg("--output")
+            .arg(&only),
+    )
+    .report(Duration::from_secs(30));
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["server"], "10.80.0.13:7700", "{report}");
+    assert_same_bytes(&only, &scratch.path("packed").join("only.bin.lca"));
     let archive = scratch.path("packed").join("film.bin.lca");
     let clients: Vec<(Proc, PathBuf)> = (0..links.len())
         .map(|index| {
@@ -760,9 +797,8 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
             (process, output)
         })
         .collect();
-    // Every client on a server, then half a second of transfer (the fastest clients need
-    // about 1.4 s at the servers' 200 Mbit/s cap): kill the busiest server and the first
-    // director.
+    // Every client on a server, then half a second of transfer (the 50 Mbit/s clients need
+    // 1.4 s, the 5 Mbit/s ones 14 s): kill the busiest server and the first director.
     let sessions = |admin: &Path| status_of(admin)["sessions"].as_array().map_or(0, Vec::len);
     let deadline = Instant::now() + Duration::from_secs(15);
     while servers
@@ -795,7 +831,7 @@ pub fn a_cluster_of_directors_servers_and_clients_survives_a_killed_server_a_kil
     );
     let mut moved = 0;
     for (index, (process, output)) in clients.into_iter().enumerate() {
-        let report = process.report(Duration::from_secs(120));
+        let report = process.report(Duration::from_secs(150));
         assert_eq!(report["verified"], true, "client {index}: {report}");
         assert_same_bytes(&output, &archive);
         moved += report["failovers"].as_u64().unwrap_or(0);
