@@ -355,3 +355,74 @@ pub fn admin_socket_squatting_is_refused() {
     assert!(output.status.success(), "{}", stderr_of(&output));
     assert!(!socket.exists(), "socket removed on shutdown");
 }
+
+/// A daemon that systemd runs as a user of its own (`DynamicUser=`, `RuntimeDirectory=`): its
+/// socket directory is that user's, made by root in a directory only root can write to (like
+/// /run). Root's `loopcastctl` talks to it (before the fix it refused: "owned by uid N, neither
+/// by uid 0 (you) nor by root"), found by the .deb test in a booted systemd. The same directory
+/// in a world-writable sticky directory (like /tmp, where anyone can make one) is refused.
+pub fn root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user() {
+    let scratch = Scratch::new("admin-delegated");
+    chmod(&scratch.0, 0o755);
+    let bin_dir = scratch.path("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    chmod(&bin_dir, 0o755);
+    std::fs::copy(bin("loopcastd"), bin_dir.join("loopcastd")).unwrap();
+    chmod(&bin_dir.join("loopcastd"), 0o755);
+    let media = scratch.path("media");
+    std::fs::create_dir(&media).unwrap();
+    chmod(&media, 0o755);
+    let daemon_user = unused_uid();
+    for (parent_mode, trusted) in [(0o755, true), (0o1777, false)] {
+        let parent = scratch.path(&format!("run-{parent_mode:o}"));
+        std::fs::create_dir(&parent).unwrap();
+        chmod(&parent, parent_mode);
+        let runtime = parent.join("loopcast");
+        std::fs::create_dir(&runtime).unwrap();
+        chown(&runtime, daemon_user);
+        chmod(&runtime, 0o750);
+        let socket = runtime.join("loopcastd.sock");
+        let _daemon = Proc::spawn(
+            "loopcastd (its own user)",
+            as_user(daemon_user, &bin_dir.join("loopcastd"))
+                .args(["serve", "--no-multicast", "--metrics", "off", "--listen"])
+                .arg(format!("127.0.0.1:{}", free_udp_port()))
+                .arg("--media")
+                .arg(&media)
+                .arg("--admin-socket")
+                .arg(&socket),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon never made its socket"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+        if trusted {
+            assert!(
+                output.status.success(),
+                "root refused a directory root gave away: {}",
+                stderr_of(&output)
+            );
+            assert!(json_of(&output)["send_path"].is_string());
+        } else {
+            assert!(
+                !output.status.success(),
+                "trusted another user's dir in a sticky dir"
+            );
+            let text = stderr_of(&output);
+            assert!(
+                text.contains(&format!("owned by uid {daemon_user}")) && text.contains("refusing"),
+                "{text}"
+            );
+        }
+    }
+}

@@ -20,7 +20,8 @@
 //! - fleet.rs: two directors and fleet servers on loopback (issue 11): routing by redirect and
 //!   location, a dead director, a server killed mid-transfer (failover), forged heartbeats.
 //! - packaging.rs: the systemd units verify and their command lines start the daemons; the .deb
-//!   (cargo-deb) holds the binaries, units and configs, and its daemon starts.
+//!   (cargo-deb) holds the binaries, units and configs, and its daemon starts; the .deb installed
+//!   in a booted systemd (nspawn, private network), its units started, used and stopped.
 //! - fleet_attacks.rs: a Request flood against a director (no amplification) and a slow but
 //!   healthy server (no failover); the only server stalled 1.2 s (the download goes on).
 //! - fleet_user.rs: the fleet as an operator meets it: errors naming every director asked,
@@ -100,6 +101,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(
             admin::admin_socket_squatting_is_refused,
             Need::Root("to act as two other users (setpriv, chown)")
+        ),
+        e2e!(
+            admin::root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user,
+            Need::Root("to run a daemon as another user (setpriv, chown)")
         ),
         e2e!(attacks::reopening_a_channel_never_piles_up_archive_checks),
         e2e!(attacks::forged_race_unicast_from_another_address),
@@ -193,6 +198,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(
             packaging::the_deb_holds_what_an_operator_needs_and_its_daemon_starts,
             Need::Program("cargo-deb", "cargo install cargo-deb")
+        ),
+        e2e!(
+            packaging::the_deb_installs_in_a_booted_systemd_and_its_units_serve_a_client,
+            Need::Root("to boot systemd in a container (systemd-nspawn) and install the .deb there")
         ),
         e2e!(unicast::one_gibibyte_file_round_trips_byte_identical),
         trial(

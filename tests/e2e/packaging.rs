@@ -1,6 +1,8 @@
 //! What an operator installs: the systemd units in packaging/systemd, checked by systemd's own
 //! verifier against this build's binary (the units' ExecStart and settings must be valid), and
-//! their daemons' command lines run as the units would run them.
+//! their daemons' command lines run as the units would run them; and the .deb installed in a
+//! real systemd (a container booted from this machine's root under a throwaway overlay), its
+//! units started there, used and stopped.
 
 use std::process::Command;
 
@@ -198,4 +200,67 @@ pub fn the_deb_holds_what_an_operator_needs_and_its_daemon_starts() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// The acceptance: "the .deb installs and its units start the daemons". The package is
+/// built (cargo-deb), then a container boots this machine's own root read-only under a tmpfs
+/// overlay, with systemd as its PID 1 and a private network (its own loopback only), into a
+/// target whose one job is packaging/test/inside.sh: `dpkg -i`, the operator's config edits,
+/// `systemctl enable --now` of both units, `loopcastctl servers` and `status` on the units'
+/// sockets, a `loopcast get` through the director byte-identical, each daemon running as a
+/// user of its own (DynamicUser), a clean `systemctl stop`, and `dpkg -r`.
+pub fn the_deb_installs_in_a_booted_systemd_and_its_units_serve_a_client() {
+    for (program, package) in [
+        ("systemd-nspawn", "systemd-container"),
+        ("cargo-deb", "cargo install cargo-deb"),
+    ] {
+        assert!(
+            Command::new(program).arg("--version").output().is_ok(),
+            "{program} is needed ({package}; .ci/run installs it)"
+        );
+    }
+    let scratch = Scratch::new("deb-systemd");
+    let results = scratch.path("results");
+    std::fs::create_dir_all(&results).unwrap();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new("cargo")
+        .current_dir(&workspace)
+        .args([
+            "deb",
+            "-p",
+            "loopcast-tools",
+            "--no-build",
+            "--strip",
+            "--output",
+        ])
+        .arg(results.join("loopcast.deb"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::copy(
+        packaging().join("test/inside.sh"),
+        results.join("inside.sh"),
+    )
+    .unwrap();
+    let boot = Proc::spawn(
+        "systemd-nspawn",
+        Command::new("unshare")
+            .args(["-m", "--propagation", "private"])
+            .arg(packaging().join("test/boot-and-install.sh"))
+            .arg(&results),
+    )
+    .wait(std::time::Duration::from_secs(200));
+    let log = std::fs::read_to_string(results.join("inside.log")).unwrap_or_default();
+    let result = std::fs::read_to_string(results.join("result")).unwrap_or_default();
+    assert_eq!(
+        result.trim(),
+        "PASS",
+        "inside the container:\n{log}\nnspawn: {}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    assert!(log.contains("user loopcastd"), "{log}");
 }

@@ -20,6 +20,13 @@
 //! root-owned (and `/tmp` sticky), `$XDG_RUNTIME_DIR` is the user's own. Checking ancestors would
 //! also refuse every path inside an unprivileged user namespace, where root-owned directories
 //! show up as owned by the overflow uid.
+//!
+//! One exception, for a daemon that systemd runs as a user of its own (`DynamicUser=`,
+//! `RuntimeDirectory=`): its directory is another user's, but it sits in a directory that only
+//! root can write to (`/run`, root-owned, not writable by group or others, not sticky), so only
+//! root (systemd) can have made it and given it to that user. A client trusts such a directory,
+//! a socket in it owned by that user, and a peer with that uid ([`check_trusted_socket`]
+//! returns it). A directory of another user's in `/tmp` is still refused: anyone can make one.
 
 use std::ffi::OsStr;
 use std::fs::Metadata;
@@ -240,7 +247,11 @@ fn check_owner_is_self_or_root(path: &Path, meta: &Metadata, uid: u32) -> Result
 /// socket owned by `uid` or root, in a directory owned by `uid` or root that others cannot
 /// write to (a world-writable directory is accepted only with the sticky bit, like `/tmp`,
 /// where others cannot replace our entries). The peer's credentials are checked after connect.
-pub fn check_trusted_socket(socket: &Path, uid: u32) -> Result<(), PlaceError> {
+///
+/// A directory of another user's is trusted only when root gave it to that user (see the
+/// module's notes): then the socket may be that user's too, and the answer is `Some(its uid)`,
+/// a peer the caller may also trust.
+pub fn check_trusted_socket(socket: &Path, uid: u32) -> Result<Option<u32>, PlaceError> {
     let dir = socket_directory(socket);
     let dir_meta = lstat(&dir)?.ok_or_else(|| PlaceError::Missing {
         path: socket.to_owned(),
@@ -251,7 +262,15 @@ pub fn check_trusted_socket(socket: &Path, uid: u32) -> Result<(), PlaceError> {
     if !dir_meta.is_dir() {
         return Err(PlaceError::NotDirectory { path: dir });
     }
-    check_owner_is_self_or_root(&dir, &dir_meta, uid)?;
+    let delegated = if dir_meta.uid() == uid || dir_meta.uid() == 0 {
+        None
+    } else if made_by_root(&dir)? {
+        Some(dir_meta.uid())
+    } else {
+        // Another user's, in a directory others could write to: refused.
+        check_owner_is_self_or_root(&dir, &dir_meta, uid)?;
+        None
+    };
     let mode = dir_meta.mode() & 0o7777;
     if mode & MODE_GROUP_OTHER_WRITE != 0 && mode & MODE_STICKY == 0 {
         return Err(PlaceError::Writable { path: dir, mode });
@@ -269,7 +288,24 @@ pub fn check_trusted_socket(socket: &Path, uid: u32) -> Result<(), PlaceError> {
             path: socket.to_owned(),
         });
     }
-    check_owner_is_self_or_root(socket, &meta, uid)
+    if delegated.is_some_and(|owner| meta.uid() == owner) {
+        return Ok(delegated);
+    }
+    check_owner_is_self_or_root(socket, &meta, uid)?;
+    Ok(delegated)
+}
+
+/// Whether only root can have made `dir`: its parent is a root-owned directory (not a symlink)
+/// that group and others cannot write to, sticky or not.
+fn made_by_root(dir: &Path) -> Result<bool, PlaceError> {
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+        _ => dir.join(".."),
+    };
+    let Some(meta) = lstat(&parent)? else {
+        return Ok(false);
+    };
+    Ok(meta.is_dir() && meta.uid() == 0 && meta.mode() & MODE_GROUP_OTHER_WRITE == 0)
 }
 
 #[cfg(test)]

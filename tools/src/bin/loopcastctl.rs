@@ -15,7 +15,8 @@ use loopcast_tools::{default_admin_socket, format_rate};
 struct Cli {
     /// The daemon's admin socket. Default: $XDG_RUNTIME_DIR/loopcast/loopcastd.sock, else
     /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock; for `servers`
-    /// and `files`, the director's loopcastd-direct.sock in the same directory. A socket or
+    /// and `files`, the director's loopcastd-direct.sock in the same directory (as root, if that
+    /// is missing, the packaged unit's /run/loopcast-direct/loopcastd-direct.sock). A socket or
     /// directory owned by another user (not root) is refused.
     #[arg(long, global = true)]
     socket: Option<PathBuf>,
@@ -72,13 +73,27 @@ enum Command {
     },
 }
 
+/// Where the packaged director unit (packaging/systemd/loopcastd-direct.service) puts its socket.
+const PACKAGED_DIRECTOR_SOCKET: &str = "/run/loopcast-direct/loopcastd-direct.sock";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // `servers` and `files` are a director's view: by default ask where `loopcastd direct`
     // puts its socket by default.
+    // The packaged unit (systemd, a user of its own) has a runtime directory of its own:
+    // /run/loopcast-direct. Whichever exists is asked.
     let socket = cli.socket.clone().unwrap_or_else(|| match cli.command {
         Command::Servers { .. } | Command::Files { .. } => {
-            default_admin_socket().with_file_name("loopcastd-direct.sock")
+            let default = default_admin_socket().with_file_name("loopcastd-direct.sock");
+            let packaged = std::path::PathBuf::from(PACKAGED_DIRECTOR_SOCKET);
+            if !default.exists()
+                && loopcast_admin::location::effective_uid() == 0
+                && packaged.exists()
+            {
+                packaged
+            } else {
+                default
+            }
         }
         _ => default_admin_socket(),
     });
