@@ -434,6 +434,8 @@ pub fn a_heartbeat_without_the_fleet_key_registers_nothing() {
         channels: 0,
         rate_bits_per_s: 0,
         rate_bits_per_s_max: 0,
+        client_throughput_bits_per_s: 0,
+        tiers: Vec::new(),
         catalog_digest: catalog_digest(&entries),
         page: 0,
         pages: 1,

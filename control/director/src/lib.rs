@@ -258,6 +258,12 @@ fn status_json(director: &Director, now: loopcast_proto::time::Instant) -> serde
                 "channels": s.channels,
                 "rate_bits_per_s": s.rate_bits_per_s,
                 "rate_bits_per_s_max": s.rate_bits_per_s_max,
+                "client_throughput_bits_per_s": s.client_throughput_bits_per_s,
+                "tiers": s.tiers.iter().map(|t| serde_json::json!({
+                    "root_prefix": t.root_prefix.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "rate_bits_per_s": t.rate_bits_per_s,
+                    "clients": t.clients,
+                })).collect::<Vec<_>>(),
                 "routed_since_heartbeat": s.routed_since_heartbeat,
                 "last_heard_ms": s.last_heard_ago.as_millis() as u64,
                 "files": s.files.iter().map(|f| serde_json::json!({

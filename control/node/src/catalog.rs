@@ -65,6 +65,14 @@ impl Catalog {
         &self.entries
     }
 
+    /// The root of the archive named `name`, as of the last scan.
+    pub fn root_of(&self, name: &str) -> Option<loopcast_proto::info::RootHash> {
+        self.entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|index| self.entries[index].root)
+    }
+
     pub fn len(&self) -> usize {
         self.by_name.len()
     }

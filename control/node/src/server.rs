@@ -882,16 +882,10 @@ impl Server {
                 );
             }
         }
-        let load = crate::fleet::Load {
-            sessions: u32::try_from(self.endpoint.session_count()).unwrap_or(u32::MAX),
-            sessions_max: u32::try_from(self.config.sessions_max).unwrap_or(u32::MAX),
-            channels: u32::try_from(self.channels.len()).unwrap_or(u32::MAX),
-            rate_bits_per_s: self
-                .endpoint
-                .channels()
-                .map(|c| c.rate_bits_per_s)
-                .fold(0u64, u64::saturating_add),
-        };
+        let catalog = &self.catalog;
+        let load = crate::fleet::Load::of(&self.endpoint, self.config.sessions_max, |name| {
+            catalog.root_of(name)
+        });
         for (director, bytes) in
             heartbeat.poll_transmit(now, loopcast_proto::time::unix_time_ms(), &load, force)
         {

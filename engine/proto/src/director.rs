@@ -14,7 +14,8 @@
 //! ```
 //! Routing (R16): among live `Online` servers whose catalog has the name (with the client's
 //! root, if it holds part of the file) and that have room, prefer the client's location, then
-//! a server whose spare rate fits the client's measured throughput, then the least loaded (its
+//! a server whose spare rate fits the client's measured throughput, then one already sending
+//! the file on a tier within a factor of two of that throughput, then the least loaded (its
 //! load counts the clients this director sent it since its last heartbeat, so a burst of
 //! requests spreads). A server the client names as just failed (`avoid`) is the last choice.
 //! Several directors run the same rules on the same heartbeats, so any of them answers alike
@@ -134,6 +135,10 @@ pub struct ServerView {
     pub channels: u32,
     pub rate_bits_per_s: u64,
     pub rate_bits_per_s_max: u64,
+    /// The median of its clients' measured throughput (0: none measured).
+    pub client_throughput_bits_per_s: u64,
+    /// Its most populated tiers, as its last heartbeat told.
+    pub tiers: Vec<crate::wire::fleet::TierSummary>,
     /// Clients sent there since its last heartbeat.
     pub routed_since_heartbeat: u32,
     pub last_heard_ago: Duration,
@@ -145,8 +150,9 @@ pub struct ServerView {
 type CatalogPages = ([u8; 32], Vec<Option<Vec<CatalogEntry>>>);
 
 /// How a server ranks for one request, lowest first: avoided by the client, not at its
-/// location, its spare rate does not fit the client, its load (millionths), its id.
-type RouteRank = (bool, bool, bool, u64, u64);
+/// location, its spare rate does not fit the client, no tier of the file near the client's
+/// throughput, its load (millionths), its id.
+type RouteRank = (bool, bool, bool, bool, u64, u64);
 
 struct ServerEntry {
     heartbeat: Heartbeat,
@@ -560,10 +566,20 @@ impl Director {
             let fits = beat.rate_bits_per_s_max == 0
                 || hints.throughput_bits_per_s == 0
                 || spare >= hints.throughput_bits_per_s;
+            // A server already sending this file at about the client's throughput (a tier
+            // within a factor of two) adds the client at no new cost (R16: server and tier).
+            let throughput = hints.throughput_bits_per_s;
+            let has_tier = throughput != 0
+                && beat.tiers.iter().any(|t| {
+                    t.root_prefix[..] == file.root.0[..8]
+                        && t.rate_bits_per_s >= throughput / 2
+                        && t.rate_bits_per_s / 2 <= throughput
+                });
             let key = (
                 hints.avoid == Some(beat.request_addr),
                 !hints.location.is_empty() && hints.location != beat.location,
                 !fits,
+                !has_tier,
                 load,
                 server_id,
             );
@@ -612,6 +628,8 @@ impl Director {
                     channels: e.heartbeat.channels,
                     rate_bits_per_s: e.heartbeat.rate_bits_per_s,
                     rate_bits_per_s_max: e.heartbeat.rate_bits_per_s_max,
+                    client_throughput_bits_per_s: e.heartbeat.client_throughput_bits_per_s,
+                    tiers: e.heartbeat.tiers.clone(),
                     routed_since_heartbeat: e.routed_since_heartbeat,
                     last_heard_ago: now.saturating_since(e.last_heard),
                     files,

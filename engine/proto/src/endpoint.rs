@@ -539,6 +539,17 @@ impl Endpoint {
         })
     }
 
+    /// The measured throughput of up to `limit` validated clients that reported (a sample in the
+    /// table's order, which is not the order they came in): what a heartbeat summarises.
+    pub fn goodput_sample(&self, limit: usize) -> Vec<u64> {
+        self.sessions
+            .values()
+            .filter(|s| s.validated && s.estimate.reports() > 0)
+            .take(limit)
+            .map(|s| s.estimate.goodput().mean() as u64)
+            .collect()
+    }
+
     /// The tier's place among its file's tiers by rate (0 = slowest), and how many there are.
     fn tier_index(&self, channel: ChannelId) -> (u8, u8) {
         let state = &self.channels[&channel];

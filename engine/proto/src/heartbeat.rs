@@ -16,10 +16,12 @@
 use core::time::Duration;
 use std::net::SocketAddr;
 
+use crate::endpoint::Endpoint;
+use crate::info::RootHash;
 use crate::time::Instant;
 use crate::wire::fleet::{
     catalog_digest, catalog_pages, CatalogEntry, Challenge, FleetKey, FleetParseError, Heartbeat,
-    ServerState, NONCE_LEN,
+    ServerState, TierSummary, HEARTBEAT_TIERS_MAX, NONCE_LEN,
 };
 
 /// Every this many rounds a director's heartbeat goes to its configured address instead of
@@ -42,12 +44,58 @@ pub struct FleetConfig {
 }
 
 /// The server's load, as a heartbeat tells it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Load {
     pub sessions: u32,
     pub sessions_max: u32,
     pub channels: u32,
     pub rate_bits_per_s: u64,
+    /// The median of its clients' measured throughput (0: none measured).
+    pub client_throughput_bits_per_s: u64,
+    /// Every tier it runs (the heartbeat tells of the most populated).
+    pub tiers: Vec<TierSummary>,
+}
+
+/// Clients whose throughput a heartbeat's median is taken over, at most.
+const THROUGHPUT_SAMPLE: usize = 1024;
+
+impl Load {
+    /// What `endpoint` carries now; `root_of` gives a file's root by name (the catalog).
+    pub fn of(
+        endpoint: &Endpoint,
+        sessions_max: usize,
+        root_of: impl Fn(&str) -> Option<RootHash>,
+    ) -> Load {
+        let mut goodputs = endpoint.goodput_sample(THROUGHPUT_SAMPLE);
+        let client_throughput_bits_per_s = if goodputs.is_empty() {
+            0
+        } else {
+            let middle = goodputs.len() / 2;
+            *goodputs.select_nth_unstable(middle).1
+        };
+        let mut rate_bits_per_s = 0u64;
+        let mut tiers = Vec::new();
+        for channel in endpoint.channels() {
+            rate_bits_per_s = rate_bits_per_s.saturating_add(channel.rate_bits_per_s);
+            if let Some(root) = root_of(&channel.name) {
+                let mut root_prefix = [0u8; 8];
+                root_prefix.copy_from_slice(&root.0[..8]);
+                tiers.push(TierSummary {
+                    root_prefix,
+                    rate_bits_per_s: channel.rate_bits_per_s,
+                    clients: u32::try_from(channel.sessions).unwrap_or(u32::MAX),
+                });
+            }
+        }
+        Load {
+            sessions: u32::try_from(endpoint.session_count()).unwrap_or(u32::MAX),
+            sessions_max: u32::try_from(sessions_max).unwrap_or(u32::MAX),
+            channels: u32::try_from(endpoint.channel_count()).unwrap_or(u32::MAX),
+            rate_bits_per_s,
+            client_throughput_bits_per_s,
+            tiers,
+        }
+    }
 }
 
 /// Why a datagram from a director was not taken.
@@ -227,6 +275,11 @@ impl HeartbeatSender {
         }
         self.sequence += 1;
         let page = (self.sequence % self.pages.len() as u64) as usize;
+        let mut tiers = load.tiers.clone();
+        if tiers.len() > HEARTBEAT_TIERS_MAX {
+            tiers.sort_by_key(|t| std::cmp::Reverse(t.clients));
+            tiers.truncate(HEARTBEAT_TIERS_MAX);
+        }
         let mut heartbeat = Heartbeat {
             server_id: self.server_id,
             incarnation: self.incarnation,
@@ -243,6 +296,8 @@ impl HeartbeatSender {
             channels: load.channels,
             rate_bits_per_s: load.rate_bits_per_s,
             rate_bits_per_s_max: self.config.rate_bits_per_s_max,
+            client_throughput_bits_per_s: load.client_throughput_bits_per_s,
+            tiers,
             catalog_digest: self.digest,
             page: page as u16,
             pages: self.pages.len() as u16,

@@ -49,6 +49,8 @@ fn server_beat_echo(
         channels: 0,
         rate_bits_per_s: 0,
         rate_bits_per_s_max: 0,
+        client_throughput_bits_per_s: 0,
+        tiers: Vec::new(),
         catalog_digest: catalog_digest(files),
         page: 0,
         pages: 1,

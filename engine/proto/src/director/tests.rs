@@ -53,6 +53,8 @@ impl FakeServer {
                 channels: 0,
                 rate_bits_per_s: 0,
                 rate_bits_per_s_max: 0,
+                client_throughput_bits_per_s: 0,
+                tiers: Vec::new(),
                 catalog_digest: catalog_digest(files),
                 page: 0,
                 pages: pages.len() as u16,
@@ -670,4 +672,65 @@ fn ls_lists_every_file_of_the_live_servers_page_by_page_within_three_times_the_l
     let mut c = FakeServer::new(3, &files[..5]);
     beat(&mut director, &mut c, 3100);
     assert_eq!(total_listed(&mut director, 3100), 5);
+}
+
+/// R16, "server and tier": of two equally loaded servers with the file, a client goes to the
+/// one already sending it on a tier within a factor of two of its throughput (no new tier
+/// there); a tier of another file, or no throughput hint, changes nothing.
+#[test]
+fn a_server_already_sending_the_file_near_the_clients_throughput_is_preferred() {
+    use crate::wire::fleet::TierSummary;
+    let mut director = director();
+    let film = entry("film.mkv", 1);
+    let other = entry("other.mkv", 2);
+    let mut slow = FakeServer::new(1, &[film.clone(), other.clone()]);
+    let mut fast = FakeServer::new(2, &[film.clone(), other.clone()]);
+    let tier = |root_byte: u8, rate_bits_per_s: u64| TierSummary {
+        root_prefix: [root_byte; 8],
+        rate_bits_per_s,
+        clients: 10,
+    };
+    slow.beat.tiers = vec![tier(1, 5_000_000), tier(2, 400_000_000)];
+    fast.beat.tiers = vec![tier(1, 500_000_000)];
+    beat(&mut director, &mut slow, 0);
+    beat(&mut director, &mut fast, 0);
+    let with_throughput = |throughput_bits_per_s| RequestHints {
+        throughput_bits_per_s,
+        ..RequestHints::default()
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            routed_to(&ask(
+                &mut director,
+                1,
+                "film.mkv",
+                with_throughput(6_000_000)
+            )),
+            Some(addr(1))
+        );
+        assert_eq!(
+            routed_to(&ask(
+                &mut director,
+                1,
+                "film.mkv",
+                with_throughput(400_000_000)
+            )),
+            Some(addr(2))
+        );
+    }
+    // other.mkv's 400 Mbit/s tier is on the slow server only: a 300 Mbit/s client goes there
+    // though it has had more clients routed to it.
+    assert_eq!(
+        routed_to(&ask(
+            &mut director,
+            1,
+            "other.mkv",
+            with_throughput(300_000_000)
+        )),
+        Some(addr(1))
+    );
+    // Without a throughput, tiers do not count: the less loaded one (fewer routed) wins.
+    let first = routed_to(&ask(&mut director, 1, "film.mkv", RequestHints::default()));
+    let second = routed_to(&ask(&mut director, 1, "film.mkv", RequestHints::default()));
+    assert_ne!(first, second, "spread by load alone");
 }

@@ -7,6 +7,7 @@
 //!  server_id:u64 incarnation:u64 sequence:u64 sent_at_unix_ms:u64 interval_ms:u32 state:u8
 //!  link:u8 echo:[16] request_addr:addr location:short_string
 //!  sessions:u32 sessions_max:u32 channels:u32 rate_bits_per_s:u64 rate_bits_per_s_max:u64
+//!  client_throughput_bits_per_s:u64 tier_count:u8 { root_prefix:[8] rate_bits_per_s:u64 clients:u32 }*
 //!  catalog_digest:[32] page:u16 pages:u16 count:u16 { name:short_string root:[32] bytes:u64 }*
 //!  mac:[32]
 //!
@@ -52,9 +53,15 @@ const HEARTBEAT_FIXED_LEN_MAX: usize = 4
     + LOCATION_LEN_MAX
     + 4 * 3
     + 8 * 2
+    + 8
+    + 1
+    + HEARTBEAT_TIERS_MAX * TIER_LEN
     + 32
     + 2 * 3
     + MAC_LEN;
+/// Tiers a heartbeat tells of, at most (the most populated).
+pub const HEARTBEAT_TIERS_MAX: usize = 16;
+const TIER_LEN: usize = 8 + 8 + 4;
 /// A challenge's length (it is shorter than the smallest heartbeat it answers).
 pub const CHALLENGE_LEN: usize = 4 + 8 + 8 + 1 + NONCE_LEN + MAC_LEN;
 const ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX + 32 + 8;
@@ -167,6 +174,16 @@ impl CatalogEntry {
     }
 }
 
+/// One tier a server runs now (a file's channel at one rate): directors prefer a server already
+/// sending the file at about a client's throughput (R16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierSummary {
+    /// The first 8 bytes of the file's root.
+    pub root_prefix: [u8; 8],
+    pub rate_bits_per_s: u64,
+    pub clients: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
     /// Random per server process.
@@ -192,6 +209,10 @@ pub struct Heartbeat {
     /// Sum of the channels' rates now, and what the server may send in all (0 = not set).
     pub rate_bits_per_s: u64,
     pub rate_bits_per_s_max: u64,
+    /// The median of its clients' measured throughput (0: no client measured yet).
+    pub client_throughput_bits_per_s: u64,
+    /// Its most populated tiers, at most [`HEARTBEAT_TIERS_MAX`].
+    pub tiers: Vec<TierSummary>,
     /// BLAKE3 of the whole catalog (see [`catalog_pages`]).
     pub catalog_digest: [u8; 32],
     pub page: u16,
@@ -229,6 +250,14 @@ impl Heartbeat {
         w.u32(self.channels);
         w.u64(self.rate_bits_per_s);
         w.u64(self.rate_bits_per_s_max);
+        w.u64(self.client_throughput_bits_per_s);
+        assert!(self.tiers.len() <= HEARTBEAT_TIERS_MAX, "too many tiers");
+        w.u8(self.tiers.len() as u8);
+        for tier in &self.tiers {
+            w.bytes(&tier.root_prefix);
+            w.u64(tier.rate_bits_per_s);
+            w.u32(tier.clients);
+        }
         w.bytes(&self.catalog_digest);
         w.u16(self.page);
         w.u16(self.pages);
@@ -294,6 +323,19 @@ impl Heartbeat {
         let channels = r.u32()?;
         let rate_bits_per_s = r.u64()?;
         let rate_bits_per_s_max = r.u64()?;
+        let client_throughput_bits_per_s = r.u64()?;
+        let tier_count = usize::from(r.u8()?);
+        if tier_count > HEARTBEAT_TIERS_MAX {
+            return Err(ParseError::Malformed);
+        }
+        let mut tiers = Vec::with_capacity(tier_count);
+        for _ in 0..tier_count {
+            tiers.push(TierSummary {
+                root_prefix: r.array::<8>()?,
+                rate_bits_per_s: r.u64()?,
+                clients: r.u32()?,
+            });
+        }
         let catalog_digest = r.array::<32>()?;
         let page = r.u16()?;
         let pages = r.u16()?;
@@ -318,6 +360,8 @@ impl Heartbeat {
             channels,
             rate_bits_per_s,
             rate_bits_per_s_max,
+            client_throughput_bits_per_s,
+            tiers,
             catalog_digest,
             page,
             pages,
@@ -475,10 +519,29 @@ mod tests {
                 any::<u64>(),
                 any::<u64>(),
             ),
-            proptest::collection::vec(any_entry(), 0..40),
+            (
+                proptest::collection::vec(any_entry(), 0..40),
+                any::<u64>(),
+                proptest::collection::vec(
+                    (any::<[u8; 8]>(), any::<u64>(), any::<u32>()).prop_map(
+                        |(root_prefix, rate_bits_per_s, clients)| TierSummary {
+                            root_prefix,
+                            rate_bits_per_s,
+                            clients,
+                        },
+                    ),
+                    0..=HEARTBEAT_TIERS_MAX,
+                ),
+            ),
         )
             .prop_map(
-                |(ids, (interval_ms, state, ip, port), (link, echo, location), load, entries)| {
+                |(
+                    ids,
+                    (interval_ms, state, ip, port),
+                    (link, echo, location),
+                    load,
+                    (entries, client_throughput_bits_per_s, tiers),
+                )| {
                     let digest = catalog_digest(&entries);
                     let pages = catalog_pages(&entries);
                     Heartbeat {
@@ -497,6 +560,8 @@ mod tests {
                         channels: load.2,
                         rate_bits_per_s: load.3,
                         rate_bits_per_s_max: load.4,
+                        client_throughput_bits_per_s,
+                        tiers,
                         catalog_digest: digest,
                         page: (pages.len() - 1) as u16,
                         pages: pages.len() as u16,
@@ -548,7 +613,9 @@ mod tests {
                     interval_ms: 250, state: ServerState::Online, link: 255, echo: [255; NONCE_LEN],
                     request_addr: "[::1]:1".parse().unwrap(), location: "x".repeat(32),
                     sessions: 0, sessions_max: 0, channels: 0, rate_bits_per_s: 0,
-                    rate_bits_per_s_max: 0, catalog_digest: catalog_digest(&entries),
+                    rate_bits_per_s_max: 0, client_throughput_bits_per_s: u64::MAX,
+                    tiers: vec![TierSummary { root_prefix: [9; 8], rate_bits_per_s: 1, clients: 1 }; HEARTBEAT_TIERS_MAX],
+                    catalog_digest: catalog_digest(&entries),
                     page: index as u16, pages: pages.len() as u16, entries: page.clone(),
                 };
                 prop_assert!(heartbeat.to_bytes(&key()).len() <= HEARTBEAT_LEN_MAX);
