@@ -8,6 +8,29 @@ use std::process::Command;
 
 use crate::support::{bin, free_udp_port, wait_for_admin, Proc, Scratch};
 
+/// The .deb of this build's release binaries (cargo-deb, `--no-build`), at `deb`.
+fn build_deb(deb: &std::path::Path) {
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let built = Command::new("cargo")
+        .current_dir(&workspace)
+        .args([
+            "deb",
+            "-p",
+            "loopcast-tools",
+            "--no-build",
+            "--strip",
+            "--output",
+        ])
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 fn packaging() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging")
 }
@@ -96,26 +119,8 @@ pub fn systemd_units_verify_and_their_command_lines_start_the_daemons() {
 /// overrides on the command line (loopback, no multicast), starts a daemon that answers.
 pub fn the_deb_holds_what_an_operator_needs_and_its_daemon_starts() {
     let scratch = Scratch::new("deb");
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let deb = scratch.path("loopcast.deb");
-    let built = Command::new("cargo")
-        .current_dir(&workspace)
-        .args([
-            "deb",
-            "-p",
-            "loopcast-tools",
-            "--no-build",
-            "--strip",
-            "--output",
-        ])
-        .arg(&deb)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "cargo deb: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_deb(&deb);
     let root = scratch.path("root");
     let extracted = Command::new("dpkg-deb")
         .arg("-x")
@@ -222,25 +227,7 @@ pub fn the_deb_installs_in_a_booted_systemd_and_its_units_serve_a_client() {
     let scratch = Scratch::new("deb-systemd");
     let results = scratch.path("results");
     std::fs::create_dir_all(&results).unwrap();
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let built = Command::new("cargo")
-        .current_dir(&workspace)
-        .args([
-            "deb",
-            "-p",
-            "loopcast-tools",
-            "--no-build",
-            "--strip",
-            "--output",
-        ])
-        .arg(results.join("loopcast.deb"))
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "cargo deb: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_deb(&results.join("loopcast.deb"));
     std::fs::copy(
         packaging().join("test/inside.sh"),
         results.join("inside.sh"),

@@ -287,19 +287,7 @@ impl Heartbeat {
         if bytes.len() > HEARTBEAT_LEN_MAX || bytes.len() < 4 + MAC_LEN {
             return Err(FleetParseError::Wire(ParseError::Truncated));
         }
-        if bytes[..2] != FLEET_MAGIC {
-            return Err(FleetParseError::Wire(ParseError::BadMagic));
-        }
-        if bytes[2] != FLEET_VERSION {
-            return Err(FleetParseError::Wire(ParseError::BadVersion));
-        }
-        let (body, mac) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mac: [u8; MAC_LEN] = mac.try_into().expect("split at MAC_LEN");
-        // blake3::Hash compares in constant time.
-        if key.mac(body) != blake3::Hash::from(mac) {
-            return Err(FleetParseError::BadMac);
-        }
-        Self::parse_body(body).map_err(FleetParseError::Wire)
+        Self::parse_body(authenticated_body(bytes, key)?).map_err(FleetParseError::Wire)
     }
 
     fn parse_body(body: &[u8]) -> Result<Heartbeat, ParseError> {
@@ -386,6 +374,25 @@ impl core::fmt::Display for FleetParseError {
     }
 }
 
+/// The bytes before the MAC of a fleet message of this version, once the MAC is checked (before
+/// any field is read). `bytes` holds at least the magic, version and MAC.
+fn authenticated_body<'a>(bytes: &'a [u8], key: &FleetKey) -> Result<&'a [u8], FleetParseError> {
+    debug_assert!(bytes.len() >= 4 + MAC_LEN, "the caller checks the length");
+    if bytes[..2] != FLEET_MAGIC {
+        return Err(FleetParseError::Wire(ParseError::BadMagic));
+    }
+    if bytes[2] != FLEET_VERSION {
+        return Err(FleetParseError::Wire(ParseError::BadVersion));
+    }
+    let (body, mac) = bytes.split_at(bytes.len() - MAC_LEN);
+    let mac: [u8; MAC_LEN] = mac.try_into().expect("split at MAC_LEN");
+    // blake3::Hash compares in constant time.
+    if key.mac(body) != blake3::Hash::from(mac) {
+        return Err(FleetParseError::BadMac);
+    }
+    Ok(body)
+}
+
 /// A director's answer to a heartbeat from a server it does not know: "echo this nonce". The
 /// server's next heartbeats to that director carry it; a recorded heartbeat cannot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -418,18 +425,7 @@ impl Challenge {
         if bytes.len() != CHALLENGE_LEN {
             return Err(FleetParseError::Wire(ParseError::Truncated));
         }
-        if bytes[..2] != FLEET_MAGIC {
-            return Err(FleetParseError::Wire(ParseError::BadMagic));
-        }
-        if bytes[2] != FLEET_VERSION {
-            return Err(FleetParseError::Wire(ParseError::BadVersion));
-        }
-        let (body, mac) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mac: [u8; MAC_LEN] = mac.try_into().expect("split at MAC_LEN");
-        if key.mac(body) != blake3::Hash::from(mac) {
-            return Err(FleetParseError::BadMac);
-        }
-        let mut r = Reader::new(body);
+        let mut r = Reader::new(authenticated_body(bytes, key)?);
         r.take(3)?;
         if r.u8()? != KIND_CHALLENGE {
             return Err(FleetParseError::Wire(ParseError::UnknownKind));
