@@ -14,6 +14,7 @@
 
 pub mod location;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 
 /// A fresh private directory for tests, removed on drop.

@@ -27,6 +27,12 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::catalog::Catalog;
 
+#[path = "reload.rs"]
+mod reload;
+
+/// SIGHUP's request and the way to read the settings again (see `reload.rs`).
+pub type Reload = loopcast_admin::reload::Reload<ServerConfig>;
+
 #[derive(Clone, Debug)]
 pub struct MulticastConfig {
     /// Channel groups are `group_base` + (file slot), within the same /24.
@@ -272,11 +278,31 @@ fn os_seed() -> [u8; 32] {
     seed
 }
 
+/// Runs the server until `shutdown` becomes true; on each `reload` request (SIGHUP) the media
+/// database is rescanned and the settings read again (what can change live is applied).
+pub fn run_reloadable(
+    config: ServerConfig,
+    shutdown: Arc<AtomicBool>,
+    reload: Reload,
+) -> Result<(), ServerError> {
+    let socket = bind(&config)?;
+    serve(config, socket, shutdown, Some(reload))
+}
+
 /// Runs the server on an already bound request socket until `shutdown` becomes true.
 pub fn run_on(
     config: ServerConfig,
     control_std: UdpSocket,
     shutdown: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
+    serve(config, control_std, shutdown, None)
+}
+
+fn serve(
+    config: ServerConfig,
+    control_std: UdpSocket,
+    shutdown: Arc<AtomicBool>,
+    mut reload: Option<Reload>,
 ) -> Result<(), ServerError> {
     let mut catalog = Catalog::new(&config.media_dir);
     let archives = catalog.rescan().map_err(|source| ServerError::MediaDir {
@@ -321,6 +347,7 @@ pub fn run_on(
             path,
             loopcast_admin::AdminConfig {
                 actions: vec!["drain", "undrain"],
+                answered: vec!["stop-channel"],
                 ..loopcast_admin::AdminConfig::default()
             },
         )?),
@@ -406,9 +433,16 @@ pub fn run_on(
         let _ = now;
         server.drain_control();
         server.housekeeping();
+        if let Some(reload) = reload.as_mut().filter(|r| r.take_request()) {
+            server.reload(reload);
+        }
         if let Some(admin) = &mut admin {
             for action in admin.take_actions() {
                 server.admin_action(&action);
+            }
+            for pending in admin.take_answered() {
+                let answer = server.answered_action(&pending.command, pending.argument.as_deref());
+                pending.answer(answer);
             }
             admin.publish_status(|| server.status_json());
         }
@@ -846,6 +880,45 @@ impl Server {
             );
         } else {
             tracing::info!("undrained: taking new clients again");
+        }
+    }
+
+    /// `loopcastctl stop-channel CHANNEL` (the id `loopcastctl channels` shows): the channel's
+    /// clients are told to ask again (`Ended{draining}`) and it closes; the answer says how
+    /// many were told.
+    fn answered_action(&mut self, command: &str, argument: Option<&str>) -> serde_json::Value {
+        if command != "stop-channel" {
+            return serde_json::json!({"error": format!("unknown command {command:?}")});
+        }
+        let Some(channel) = argument.and_then(|a| a.trim().parse::<u64>().ok()) else {
+            return serde_json::json!({"error": format!(
+                "stop-channel needs a channel id (the CHANNEL column of `loopcastctl channels`), not {:?}",
+                argument.unwrap_or("")
+            )});
+        };
+        let channel = endpoint::ChannelId(channel);
+        let file = self
+            .endpoint
+            .channels()
+            .find(|c| c.channel == channel)
+            .map(|c| (c.name, c.tier, c.tiers));
+        let now = self.clock.now();
+        match (self.endpoint.stop_channel(now, channel), file) {
+            (Some(clients_told), Some((file, tier, tiers))) => {
+                self.flush_endpoint();
+                tracing::info!(channel = channel.0, %file, tier = tier + 1, tiers, clients_told, "channel stopped by the operator: its clients were told to ask again");
+                serde_json::json!({
+                    "stopped": channel.0,
+                    "file": file,
+                    "tier": tier,
+                    "tiers": tiers,
+                    "clients_told": clients_told,
+                })
+            }
+            _ => serde_json::json!({"error": format!(
+                "no channel {} is open (see `loopcastctl channels`)",
+                channel.0
+            )}),
         }
     }
 
