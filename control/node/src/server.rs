@@ -1096,6 +1096,18 @@ impl Server {
             },
         });
         status["fleet"] = fleet.unwrap_or(serde_json::Value::Null);
+        // The settings in force (SIGHUP changes some of them: see reload.rs).
+        status["settings"] = serde_json::json!({
+            "rate_bits_per_s": self.config.rate_bits_per_s,
+            "fixed_rate": self.config.adaptive.is_none(),
+            "policy": self.config.adaptive.as_ref().map(|a| a.policy.name()),
+            "tiers": self.config.adaptive.as_ref().map(|a| a.tiers_max),
+            "initial_rate_bits_per_s": self.config.adaptive.as_ref().map(|a| a.initial_rate),
+            "session_timeout_s": self.config.session_timeout.as_secs(),
+            "verify_on_open": self.config.verify_on_open,
+            "location": self.config.fleet.as_ref().map(|f| f.location.clone()),
+            "heartbeat_ms": self.config.fleet.as_ref().map(|f| f.interval.as_millis() as u64),
+        });
         status["counters"]["redirected"] = e.redirected.into();
         status
     }
