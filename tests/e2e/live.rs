@@ -143,7 +143,7 @@ pub fn sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing() {
 
 /// A client downloading a file whose channel is stopped with `loopcastctl stop-channel`: the
 /// answer counts it, the client is told to ask again, does, and finishes byte-identical
-/// without starting over.
+/// without starting over. (And SIGHUP without --config: a rescan, no reload.)
 pub fn a_stopped_channel_s_client_asks_again_and_finishes_identical() {
     let scratch = Scratch::new("stop-channel");
     let media = scratch.path("media");
@@ -234,9 +234,19 @@ pub fn a_stopped_channel_s_client_asks_again_and_finishes_identical() {
         duplicates * 10 < stored,
         "stored {stored}, {duplicates} duplicates: {report}"
     );
+    // Started without --config: SIGHUP rescans the media and says there is no file to read.
+    hang_up(&server.process);
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for_admin(&server.admin);
     let output = server.process.terminate();
+    assert!(output.status.success());
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(log.contains("channel stopped by the operator"), "{log}");
+    assert!(
+        log.contains("SIGHUP: media database rescanned archives=1")
+            && log.contains("SIGHUP: no --config file to reload"),
+        "{log}"
+    );
 }
 
 /// In a fleet: SIGHUP on a server with a new `location` and `heartbeat_ms` in its file, and on
