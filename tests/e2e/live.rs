@@ -337,3 +337,86 @@ pub fn sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new
         "{log}"
     );
 }
+
+/// SIGHUP with a lower `rate` in the file while a client downloads: its channel's rate comes
+/// down at once (the data plane sends no faster: bytes sent over a second), and the client
+/// still finishes byte-identical.
+pub fn sighup_with_a_lower_rate_slows_a_running_channel_at_once() {
+    let scratch = Scratch::new("sighup-rate");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 8 << 20, 5);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    let admin = scratch.path("admin.sock");
+    let config = scratch.path("serve.toml");
+    let port = free_udp_port();
+    let settings = |rate: &str| {
+        format!(
+            "media = {:?}\nlisten = \"127.0.0.1:{port}\"\nno_multicast = true\nadmin_socket = {:?}\nmetrics = \"off\"\nrate = {rate:?}\n",
+            media.display().to_string(),
+            admin.display().to_string()
+        )
+    };
+    std::fs::write(&config, settings("40M")).unwrap();
+    let server = Proc::spawn(
+        "loopcastd",
+        Command::new(bin("loopcastd"))
+            .args(["serve", "--config"])
+            .arg(&config),
+    );
+    wait_for_admin(&admin);
+    let client = Proc::spawn(
+        "loopcast get",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{port}"), "film.bin", "--json"])
+            .arg("--output")
+            .arg(scratch.path("film.lca"))
+            .arg("--extract")
+            .arg(scratch.path("film.out")),
+    );
+    let channel =
+        |status: &serde_json::Value| status["channels"].as_array().unwrap().first().cloned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while channel(&status_of(&admin))
+        .is_none_or(|c| c["bytes_sent"].as_u64().unwrap_or(0) < 1 << 20)
+    {
+        assert!(Instant::now() < deadline, "the client never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&config, settings("8M")).unwrap();
+    hang_up(&server);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = channel(&status_of(&admin)).expect("still downloading");
+        if now["rate_bits_per_s"] == 8_000_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the channel kept its rate: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // What the data plane sends over the next second: at most 8 Mbit/s (and a margin), from a
+    // snapshot taken after the change (status snapshots are up to 50 ms old).
+    std::thread::sleep(Duration::from_millis(200));
+    let slowed = channel(&status_of(&admin)).expect("still downloading");
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let later = channel(&status_of(&admin)).expect("still downloading at 8 Mbit/s");
+    let sent = later["bytes_sent"].as_u64().unwrap() - slowed["bytes_sent"].as_u64().unwrap();
+    let bits_per_s = sent as f64 * 8.0 / started.elapsed().as_secs_f64();
+    assert!(
+        bits_per_s < 8e6 * 1.3,
+        "{bits_per_s:.0} bit/s after the cap came down to 8M"
+    );
+    let report = client.report(Duration::from_secs(60));
+    assert_eq!(report["verified"], true, "{report}");
+    assert!(std::fs::read(scratch.path("film.out")).unwrap() == original);
+    let output = server.terminate();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains("config reloaded: --rate 40.0 Mbit/s -> 8.0 Mbit/s"),
+        "{log}"
+    );
+}

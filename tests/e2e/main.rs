@@ -190,6 +190,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::metrics_endpoint_serves_the_status_counters),
         e2e!(live::sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing),
         e2e!(live::a_stopped_channel_s_client_asks_again_and_finishes_identical),
+        e2e!(live::sighup_with_a_lower_rate_slows_a_running_channel_at_once),
         e2e!(live::sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new_miss_count),
         e2e!(
             packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
