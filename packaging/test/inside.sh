@@ -41,6 +41,14 @@ for unit in loopcastd.service loopcastd-direct.service; do
     [ "$user" != root ]
 done
 journalctl -u loopcastd-direct.service --no-pager | grep -q "server up"
+# `systemctl reload` (SIGHUP): the config read again, the media rescanned, both still running.
+systemctl reload loopcastd.service loopcastd-direct.service
+for i in $(seq 1 50); do
+    journalctl -u loopcastd.service --no-pager | grep -q "SIGHUP: media database rescanned" && break
+    sleep 0.1
+done
+journalctl -u loopcastd.service --no-pager | grep -q "SIGHUP: media database rescanned"
+systemctl is-active loopcastd-direct.service loopcastd.service
 # A clean stop (SIGTERM: clients told, a last heartbeat), not a failure.
 systemctl stop loopcastd.service loopcastd-direct.service
 for unit in loopcastd.service loopcastd-direct.service; do

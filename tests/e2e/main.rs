@@ -26,6 +26,8 @@
 //!   healthy server (no failover); the only server stalled 1.2 s (the download goes on).
 //! - fleet_user.rs: the fleet as an operator meets it: errors naming every director asked,
 //!   loopcastctl finding a director at its default admin socket.
+//! - live.rs: what an operator changes while a server runs: SIGHUP reloads the config file
+//!   (live settings applied, a broken file changes nothing), `loopcastctl stop-channel`.
 //! - options.rs: loopcastd's rate options: meaningless values refused at once, the real cap logged.
 //! - repair.rs: NAK repair under nftables packet loss inside namespaces (R10), and suppression
 //!   of NAKs for losses every receiver shares.
@@ -48,6 +50,7 @@ mod fleet_user;
 mod follow;
 mod hostile;
 mod links;
+mod live;
 mod multicast;
 mod options;
 mod packaging;
@@ -191,6 +194,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::serve_help_states_the_rate_defaults),
         e2e!(options::config_files_set_flags_and_the_command_line_wins),
         e2e!(options::metrics_endpoint_serves_the_status_counters),
+        e2e!(live::sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing),
+        e2e!(live::a_stopped_channel_s_client_asks_again_and_finishes_identical),
+        e2e!(live::sighup_with_a_lower_rate_slows_a_running_channel_at_once),
+        e2e!(live::sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new_miss_count),
         e2e!(
             packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
             Need::Program("systemd-analyze", "the Debian package systemd")

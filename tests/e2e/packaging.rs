@@ -37,7 +37,8 @@ fn packaging() -> std::path::PathBuf {
 
 /// `systemd-analyze verify` finds nothing wrong with either unit (with /usr/bin/loopcastd
 /// pointing at this build), and each unit's ExecStart, with the packaged example config
-/// pointing at test paths, starts a daemon that answers on its admin socket.
+/// pointing at test paths, starts a daemon that answers on its admin socket, and that takes
+/// the units' reload (SIGHUP) without stopping.
 pub fn systemd_units_verify_and_their_command_lines_start_the_daemons() {
     let scratch = Scratch::new("units");
     let loopcastd = bin("loopcastd");
@@ -102,13 +103,31 @@ pub fn systemd_units_verify_and_their_command_lines_start_the_daemons() {
                 *word = admin.display().to_string();
             }
         }
-        let daemon = Proc::spawn(unit, Command::new(&loopcastd).args(&words));
+        let mut daemon = Proc::spawn(unit, Command::new(&loopcastd).args(&words));
+        wait_for_admin(&admin);
+        // `systemctl reload` sends SIGHUP: the daemon reads its config again and stays up.
+        assert!(
+            text.lines()
+                .any(|line| line == "ExecReload=/bin/kill -HUP $MAINPID"),
+            "{unit}: no ExecReload"
+        );
+        let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(
+            daemon.child.try_wait().unwrap().is_none(),
+            "{unit}: SIGHUP stopped the daemon"
+        );
         wait_for_admin(&admin);
         let output = daemon.terminate();
+        let log = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success(),
-            "{unit} exits cleanly on SIGTERM: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "{unit} exits cleanly on SIGTERM: {log}"
+        );
+        assert!(
+            log.contains("config reloaded: nothing changed"),
+            "{unit}: {log}"
         );
     }
 }

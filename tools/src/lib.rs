@@ -82,6 +82,19 @@ pub fn shutdown_flag() -> Arc<AtomicBool> {
     flag
 }
 
+/// The daemons' signals (`loopcastd serve|direct`): SIGINT and SIGTERM set the first flag (stop),
+/// SIGHUP the second (read the config file again, rescan). Unlike [`shutdown_flag`], a SIGHUP
+/// never stops the daemon. The loops look at both on every wake-up (at least every 100 ms).
+pub fn daemon_signals() -> std::io::Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(SIGINT, Arc::clone(&shutdown))?;
+    signal_hook::flag::register(SIGTERM, Arc::clone(&shutdown))?;
+    signal_hook::flag::register(SIGHUP, Arc::clone(&reload))?;
+    Ok((shutdown, reload))
+}
+
 /// A byte progress bar on a terminal; hidden when stderr is not one (piped, CI).
 pub fn byte_bar(total: u64, message: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {

@@ -14,6 +14,7 @@
 
 pub mod location;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 
 /// A fresh private directory for tests, removed on drop.
@@ -53,7 +54,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use location::{default_socket_path, default_socket_path_here, PlaceError};
-pub use server::{AdminConfig, AdminServer, StartError};
+pub use server::{AdminConfig, AdminServer, PendingAnswer, StartError};
 
 /// Longest request line accepted.
 pub const REQUEST_LEN_MAX: usize = 4096;
@@ -67,6 +68,9 @@ pub const RETRY_FOR: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AdminRequest {
     pub command: String,
+    /// What the command acts on, for commands that take one (`stop-channel`: the channel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argument: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,9 +115,18 @@ pub fn peer_allowed(peer: u32) -> bool {
 /// credentials. While the daemon answers `"retry": true` (all admin slots busy, or starting),
 /// tries again for up to [`RETRY_FOR`].
 pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, AdminError> {
+    request_with(path, command, None)
+}
+
+/// As [`request`], with the command's argument (e.g. `stop-channel` and the channel).
+pub fn request_with(
+    path: &Path,
+    command: &str,
+    argument: Option<&str>,
+) -> Result<serde_json::Value, AdminError> {
     let give_up_at = Instant::now() + RETRY_FOR;
     loop {
-        let answer = request_once(path, command)?;
+        let answer = request_once_with(path, command, argument)?;
         let retry = answer.get("retry").and_then(|r| r.as_bool()) == Some(true);
         if !retry || Instant::now() >= give_up_at {
             return Ok(answer);
@@ -122,7 +135,16 @@ pub fn request(path: &Path, command: &str) -> Result<serde_json::Value, AdminErr
     }
 }
 
+#[cfg(test)]
 fn request_once(path: &Path, command: &str) -> Result<serde_json::Value, AdminError> {
+    request_once_with(path, command, None)
+}
+
+fn request_once_with(
+    path: &Path,
+    command: &str,
+    argument: Option<&str>,
+) -> Result<serde_json::Value, AdminError> {
     let io = |source| AdminError::Io {
         path: path.to_owned(),
         source,
@@ -147,8 +169,9 @@ fn request_once(path: &Path, command: &str) -> Result<serde_json::Value, AdminEr
     stream.set_write_timeout(Some(IO_TIMEOUT)).map_err(io)?;
     let mut line = serde_json::to_string(&AdminRequest {
         command: command.to_owned(),
+        argument: argument.map(str::to_owned),
     })
-    .expect("a struct of one String serialises");
+    .expect("a struct of strings serialises");
     line.push('\n');
     // A daemon that turns us away ("busy") answers and closes before reading: the write may
     // fail while its answer is waiting to be read, so read before reporting a failed write.
@@ -189,7 +212,45 @@ mod tests {
             idle_timeout: Duration::from_millis(idle_ms),
             request_len_max: REQUEST_LEN_MAX,
             actions: Vec::new(),
+            answered: Vec::new(),
         }
+    }
+
+    #[test]
+    fn answered_commands_carry_their_argument_and_the_loops_answer() {
+        let temp = TempDir::new("answered");
+        let path = temp.0.join("admin.sock");
+        let config = AdminConfig {
+            answered: vec!["stop-channel"],
+            idle_timeout: Duration::from_millis(500),
+            ..AdminConfig::default()
+        };
+        let mut server = AdminServer::start(&path, config).unwrap();
+        server.publish_status(|| serde_json::json!({}));
+        let asking = {
+            let path = path.clone();
+            std::thread::spawn(move || request_with(&path, "stop-channel", Some("7")).unwrap())
+        };
+        // The control loop takes it on a later pass and answers.
+        let pending = loop {
+            let mut taken = server.take_answered();
+            if let Some(pending) = taken.pop() {
+                break pending;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(pending.command, "stop-channel");
+        assert_eq!(pending.argument.as_deref(), Some("7"));
+        pending.answer(serde_json::json!({"stopped": 7, "clients_told": 2}));
+        let answer = asking.join().unwrap();
+        assert_eq!(answer["clients_told"], 2, "{answer}");
+        // A loop that never answers: the client is told so in time, not left hanging.
+        let started = Instant::now();
+        let answer = request_with(&path, "stop-channel", Some("8")).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let message = answer["error"].as_str().unwrap();
+        assert!(message.contains("did not answer"), "{message}");
+        assert_eq!(server.take_answered().len(), 1, "still queued for the loop");
     }
 
     #[test]

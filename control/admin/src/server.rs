@@ -48,6 +48,27 @@ pub struct AdminConfig {
     /// queues them (at most `ACTIONS_QUEUED_MAX`) for the control loop, which takes them with
     /// [`AdminServer::take_actions`], and answers `{"accepted": command}`.
     pub actions: Vec<&'static str>,
+    /// Commands (with an argument) whose answer the control loop gives (e.g. `stop-channel`,
+    /// "how many clients were told"): the admin thread queues them (at most
+    /// `ACTIONS_QUEUED_MAX`), the loop takes them with [`AdminServer::take_answered`] and
+    /// answers each with [`PendingAnswer::answer`]; the connection waits for it at most
+    /// `idle_timeout`.
+    pub answered: Vec<&'static str>,
+}
+
+/// A command the control loop is to carry out and answer.
+#[derive(Debug)]
+pub struct PendingAnswer {
+    pub command: String,
+    pub argument: Option<String>,
+    reply: std::sync::mpsc::SyncSender<serde_json::Value>,
+}
+
+impl PendingAnswer {
+    /// The answer the waiting client gets (if it still waits).
+    pub fn answer(self, value: serde_json::Value) {
+        let _ = self.reply.try_send(value);
+    }
 }
 
 impl Default for AdminConfig {
@@ -57,6 +78,7 @@ impl Default for AdminConfig {
             idle_timeout: IO_TIMEOUT,
             request_len_max: REQUEST_LEN_MAX,
             actions: Vec::new(),
+            answered: Vec::new(),
         }
     }
 }
@@ -87,6 +109,8 @@ struct Shared {
     stop: AtomicBool,
     /// Accepted actions the control loop has not taken yet.
     actions: Mutex<std::collections::VecDeque<String>>,
+    /// Answered commands the control loop has not taken yet.
+    answered: Mutex<std::collections::VecDeque<PendingAnswer>>,
 }
 
 /// The running admin socket. Dropping it stops the accept thread and removes the socket file
@@ -143,6 +167,7 @@ impl AdminServer {
             counters: AdminCounters::default(),
             stop: AtomicBool::new(false),
             actions: Mutex::new(std::collections::VecDeque::new()),
+            answered: Mutex::new(std::collections::VecDeque::new()),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -184,6 +209,17 @@ impl AdminServer {
         let mut queue = self
             .shared
             .actions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        queue.drain(..).collect()
+    }
+
+    /// The answered commands (see [`AdminConfig::answered`]) queued since the last call, in
+    /// order; answer each.
+    pub fn take_answered(&mut self) -> Vec<PendingAnswer> {
+        let mut queue = self
+            .shared
+            .answered
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         queue.drain(..).collect()
@@ -466,9 +502,34 @@ fn answer(request: &AdminRequest, shared: &Shared) -> serde_json::Value {
             queue.push_back(action.to_owned());
             serde_json::json!({"accepted": action})
         }
+        command if shared.config.answered.contains(&command) => {
+            let (reply, answer) = std::sync::mpsc::sync_channel(1);
+            {
+                let mut queue = shared
+                    .answered
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if queue.len() >= ACTIONS_QUEUED_MAX {
+                    return serde_json::json!({"error": "busy: too many commands waiting; try again", "retry": true});
+                }
+                queue.push_back(PendingAnswer {
+                    command: command.to_owned(),
+                    argument: request.argument.clone(),
+                    reply,
+                });
+            }
+            let wait = shared.config.idle_timeout;
+            answer.recv_timeout(wait).unwrap_or_else(|_| {
+                serde_json::json!({"error": format!(
+                    "the daemon did not answer {command} within {} ms; its log says whether it acted",
+                    wait.as_millis()
+                )})
+            })
+        }
         other => {
             let mut known = vec!["status"];
             known.extend(shared.config.actions.iter().copied());
+            known.extend(shared.config.answered.iter().copied());
             serde_json::json!({"error": format!("unknown command {other:?}; try one of {known:?}")})
         }
     }

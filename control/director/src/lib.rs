@@ -24,6 +24,11 @@ use loopcast_proto::wire::fleet::{FleetKey, Heartbeat, HEARTBEAT_LEN_MAX};
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
+mod reload;
+
+/// SIGHUP's request and the way to read the settings again.
+pub type Reload = loopcast_admin::reload::Reload<DirectConfig>;
+
 #[derive(Clone, Debug)]
 pub struct DirectConfig {
     pub listen: SocketAddr,
@@ -73,10 +78,30 @@ pub fn run(config: DirectConfig, shutdown: Arc<AtomicBool>) -> Result<(), Direct
     run_on(config, socket, shutdown)
 }
 
+/// As [`run`]; on each `reload` request (SIGHUP) the settings are read again and
+/// `--heartbeat-misses` applied (see `reload.rs`).
+pub fn run_reloadable(
+    config: DirectConfig,
+    shutdown: Arc<AtomicBool>,
+    reload: Reload,
+) -> Result<(), DirectError> {
+    let socket = bind(config.listen)?;
+    direct(config, socket, shutdown, Some(reload))
+}
+
 pub fn run_on(
     config: DirectConfig,
     socket: std::net::UdpSocket,
     shutdown: Arc<AtomicBool>,
+) -> Result<(), DirectError> {
+    direct(config, socket, shutdown, None)
+}
+
+fn direct(
+    mut config: DirectConfig,
+    socket: std::net::UdpSocket,
+    shutdown: Arc<AtomicBool>,
+    mut reload: Option<Reload>,
 ) -> Result<(), DirectError> {
     socket.set_nonblocking(true)?;
     let local = socket.local_addr()?;
@@ -188,6 +213,9 @@ pub fn run_on(
                     "heartbeat not made with this fleet's key (another --fleet-key, or a forger): refused"
                 );
             }
+        }
+        if let Some(reload) = reload.as_mut().filter(|r| r.take_request()) {
+            reload::apply(&mut config, &mut director, reload);
         }
         director.handle_timeout(clock.now());
         while let Some(event) = director.poll_event() {

@@ -15,4 +15,6 @@ mod fleet;
 mod server;
 
 pub use fleet::FleetConfig;
-pub use server::{bind, run, run_on, MulticastConfig, ServerConfig, ServerError};
+pub use server::{
+    bind, run, run_on, run_reloadable, MulticastConfig, Reload, ServerConfig, ServerError,
+};

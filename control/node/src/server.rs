@@ -28,6 +28,12 @@ use mio::{Events, Interest, Poll, Token};
 
 use crate::catalog::Catalog;
 
+#[path = "reload.rs"]
+mod reload;
+
+/// SIGHUP's request and the way to read the settings again (see `reload.rs`).
+pub type Reload = loopcast_admin::reload::Reload<ServerConfig>;
+
 #[derive(Clone, Debug)]
 pub struct MulticastConfig {
     /// Channel groups are `group_base` + (file slot), within the same /24.
@@ -273,11 +279,31 @@ fn os_seed() -> [u8; 32] {
     seed
 }
 
+/// Runs the server until `shutdown` becomes true; on each `reload` request (SIGHUP) the media
+/// database is rescanned and the settings read again (what can change live is applied).
+pub fn run_reloadable(
+    config: ServerConfig,
+    shutdown: Arc<AtomicBool>,
+    reload: Reload,
+) -> Result<(), ServerError> {
+    let socket = bind(&config)?;
+    serve(config, socket, shutdown, Some(reload))
+}
+
 /// Runs the server on an already bound request socket until `shutdown` becomes true.
 pub fn run_on(
     config: ServerConfig,
     control_std: UdpSocket,
     shutdown: Arc<AtomicBool>,
+) -> Result<(), ServerError> {
+    serve(config, control_std, shutdown, None)
+}
+
+fn serve(
+    config: ServerConfig,
+    control_std: UdpSocket,
+    shutdown: Arc<AtomicBool>,
+    mut reload: Option<Reload>,
 ) -> Result<(), ServerError> {
     let mut catalog = Catalog::new(&config.media_dir);
     let archives = catalog.rescan().map_err(|source| ServerError::MediaDir {
@@ -322,6 +348,7 @@ pub fn run_on(
             path,
             loopcast_admin::AdminConfig {
                 actions: vec!["drain", "undrain"],
+                answered: vec!["stop-channel"],
                 ..loopcast_admin::AdminConfig::default()
             },
         )?),
@@ -407,9 +434,16 @@ pub fn run_on(
         let _ = now;
         server.drain_control();
         server.housekeeping();
+        if let Some(reload) = reload.as_mut().filter(|r| r.take_request()) {
+            server.reload(reload);
+        }
         if let Some(admin) = &mut admin {
             for action in admin.take_actions() {
                 server.admin_action(&action);
+            }
+            for pending in admin.take_answered() {
+                let answer = server.answered_action(&pending.command, pending.argument.as_deref());
+                pending.answer(answer);
             }
             admin.publish_status(|| server.status_json());
         }
@@ -860,6 +894,45 @@ impl Server {
         }
     }
 
+    /// `loopcastctl stop-channel CHANNEL` (the id `loopcastctl channels` shows): the channel's
+    /// clients are told to ask again (`Ended{draining}`) and it closes; the answer says how
+    /// many were told.
+    fn answered_action(&mut self, command: &str, argument: Option<&str>) -> serde_json::Value {
+        if command != "stop-channel" {
+            return serde_json::json!({"error": format!("unknown command {command:?}")});
+        }
+        let Some(channel) = argument.and_then(|a| a.trim().parse::<u64>().ok()) else {
+            return serde_json::json!({"error": format!(
+                "stop-channel needs a channel id (the CHANNEL column of `loopcastctl channels`), not {:?}",
+                argument.unwrap_or("")
+            )});
+        };
+        let channel = endpoint::ChannelId(channel);
+        let file = self
+            .endpoint
+            .channels()
+            .find(|c| c.channel == channel)
+            .map(|c| (c.name, c.tier, c.tiers));
+        let now = self.clock.now();
+        match (self.endpoint.stop_channel(now, channel), file) {
+            (Some(clients_told), Some((file, tier, tiers))) => {
+                self.flush_endpoint();
+                tracing::info!(channel = channel.0, %file, tier = tier + 1, tiers, clients_told, "channel stopped by the operator: its clients were told to ask again");
+                serde_json::json!({
+                    "stopped": channel.0,
+                    "file": file,
+                    "tier": tier,
+                    "tiers": tiers,
+                    "clients_told": clients_told,
+                })
+            }
+            _ => serde_json::json!({"error": format!(
+                "no channel {} is open (see `loopcastctl channels`)",
+                channel.0
+            )}),
+        }
+    }
+
     /// R15: the next heartbeat to every director, when due (or now, with `force`).
     fn send_heartbeat(&mut self, force: bool) {
         let now = self.clock.now();
@@ -1039,6 +1112,18 @@ impl Server {
             },
         });
         status["fleet"] = fleet.unwrap_or(serde_json::Value::Null);
+        // The settings in force (SIGHUP changes some of them: see reload.rs).
+        status["settings"] = serde_json::json!({
+            "rate_bits_per_s": self.config.rate_bits_per_s,
+            "fixed_rate": self.config.adaptive.is_none(),
+            "policy": self.config.adaptive.as_ref().map(|a| a.policy.name()),
+            "tiers": self.config.adaptive.as_ref().map(|a| a.tiers_max),
+            "initial_rate_bits_per_s": self.config.adaptive.as_ref().map(|a| a.initial_rate),
+            "session_timeout_s": self.config.session_timeout.as_secs(),
+            "verify_on_open": self.config.verify_on_open,
+            "location": self.config.fleet.as_ref().map(|f| f.location.clone()),
+            "heartbeat_ms": self.config.fleet.as_ref().map(|f| f.interval.as_millis() as u64),
+        });
         status["counters"]["redirected"] = e.redirected.into();
         status
     }

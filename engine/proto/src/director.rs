@@ -253,6 +253,12 @@ impl Director {
         self.counters
     }
 
+    /// The operator's new miss count (SIGHUP): the next `handle_timeout` judges by it.
+    pub fn set_heartbeat_misses(&mut self, misses: u32) {
+        assert!(misses >= 1, "at least one missed heartbeat");
+        self.config.heartbeat_misses = misses;
+    }
+
     pub fn poll_event(&mut self) -> Option<DirectorEvent> {
         self.events.pop_front()
     }

@@ -201,6 +201,9 @@ pub enum SessionEnd {
     ShuttingDown,
     /// `loopcastctl drain`: sent to another server of the fleet.
     Drained,
+    /// `loopcastctl stop-channel`, or a tier merged away when the operator allowed fewer: the
+    /// client was told to ask again.
+    ChannelStopped,
 }
 
 impl core::fmt::Display for SessionEnd {
@@ -213,6 +216,7 @@ impl core::fmt::Display for SessionEnd {
             SessionEnd::ChannelFailed => "channel failed",
             SessionEnd::ShuttingDown => "server shutting down",
             SessionEnd::Drained => "server drained: client sent to another server",
+            SessionEnd::ChannelStopped => "channel stopped: client told to ask again",
         })
     }
 }
@@ -1925,6 +1929,146 @@ impl Endpoint {
         let sessions = self.sessions.len();
         self.end_sessions_telling(|_| true, EndReason::Draining, SessionEnd::Drained);
         sessions
+    }
+
+    /// `loopcastctl stop-channel`: the channel's sessions end with `Ended{draining}`, as on a
+    /// drain, so each client asks again (this server, or in a fleet another one that holds the
+    /// file) and continues from its bitmap instead of starving; the channel closes. Returns how
+    /// many clients were told, or `None` for a channel that is not open.
+    pub fn stop_channel(&mut self, now: Instant, channel: ChannelId) -> Option<usize> {
+        let _ = now;
+        let sessions = self.channels.get(&channel)?.sessions;
+        self.end_sessions_telling(
+            |s| s.channel == channel,
+            EndReason::Draining,
+            SessionEnd::ChannelStopped,
+        );
+        assert!(
+            !self.channels.contains_key(&channel),
+            "R9: a channel whose last session ended is closed"
+        );
+        Some(sessions)
+    }
+
+    /// The settings an operator may change while the server runs (`loopcastd` on SIGHUP): the
+    /// rate cap (or the fixed rate), the tier policy and tiers, the first tier's rate, the
+    /// session timeout. A lower cap applies to every channel at once; fewer tiers allowed merge
+    /// each file's fastest tiers into the fastest one kept (its members move down: nothing is
+    /// lost, and the tier rises while they keep up); a new timeout counts from each session's
+    /// last message. Fixed or automatic rates are chosen at start (`adaptive` stays `Some` or
+    /// `None`).
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        rate_bits_per_s: u64,
+        adaptive: Option<RateConfig>,
+        session_timeout: Duration,
+    ) {
+        assert_eq!(
+            self.config.adaptive.is_some(),
+            adaptive.is_some(),
+            "fixed or automatic rates are chosen at start"
+        );
+        assert!(
+            session_timeout > Duration::ZERO,
+            "a session timeout is positive"
+        );
+        self.config.rate_bits_per_s = rate_bits_per_s;
+        self.config.adaptive = adaptive;
+        self.config.session_timeout = session_timeout;
+        // Deadlines move with the timeout: the next scan finds them again.
+        self.next_expiry_scan = now;
+        let mut channels: Vec<ChannelId> = self.channels.keys().copied().collect();
+        channels.sort();
+        let rate_config = self.rate_config();
+        for channel in channels {
+            let state = &self.channels[&channel];
+            let mut tier = state.tier.clone();
+            let changed = match &rate_config {
+                Some(config) => tier.clamp_to(config, now),
+                None if tier.rate() != rate_bits_per_s => {
+                    tier = TierControl::fixed(rate_bits_per_s);
+                    true
+                }
+                None => false,
+            };
+            if changed {
+                self.set_tier(channel, tier);
+            }
+        }
+        if let Some(config) = rate_config {
+            self.merge_excess_tiers(now, &config);
+        }
+    }
+
+    /// A channel's tier control replaced by the operator's settings: its members' reports
+    /// start a new epoch, the data plane and the log are told.
+    fn set_tier(&mut self, channel: ChannelId, tier: TierControl) {
+        let state = self.channels.get_mut(&channel).expect("an open channel");
+        let before = state.tier.rate();
+        let rate = tier.rate();
+        state.tier = tier;
+        let relief = (rate < before).then_some(rate);
+        let members: Vec<SessionId> = state.validated.iter().copied().collect();
+        let (data_open, file) = (state.data_open, state.info.name.clone());
+        for id in members {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                session.estimate.new_epoch(relief);
+            }
+        }
+        self.counters.rate_changes += 1;
+        if data_open {
+            self.commands.push_back(DataCommand::SetRate {
+                channel,
+                rate_bits_per_s: rate,
+            });
+        }
+        self.events.push_back(Event::RateChanged {
+            channel,
+            file,
+            from_bits_per_s: before,
+            to_bits_per_s: rate,
+        });
+    }
+
+    /// Every file within the tiers `config` allows: the members of its fastest shared tiers
+    /// beyond them move to the fastest tier kept; one that cannot move (not validated yet, or
+    /// a multicast member and that tier has no group) is told to ask again.
+    fn merge_excess_tiers(&mut self, now: Instant, config: &RateConfig) {
+        let allowed = config.tiers_allowed();
+        let mut files: Vec<String> = self.tiers_by_name.keys().cloned().collect();
+        files.sort();
+        for file in files {
+            let mut shared: Vec<ChannelId> = self.tiers_by_name[&file]
+                .iter()
+                .copied()
+                .filter(|c| !self.channels[c].solo)
+                .collect();
+            if shared.len() <= allowed {
+                continue;
+            }
+            shared.sort_by_key(|c| (self.channels[c].tier.rate(), *c));
+            let keep = shared[allowed - 1];
+            for &extra in &shared[allowed..] {
+                let mut members: Vec<SessionId> = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, s)| s.channel == extra)
+                    .map(|(&id, _)| id)
+                    .collect();
+                members.sort();
+                for session in members {
+                    self.move_session(now, session, keep, true);
+                }
+                if self.channels.contains_key(&extra) {
+                    self.end_sessions_telling(
+                        |s| s.channel == extra,
+                        EndReason::Draining,
+                        SessionEnd::ChannelStopped,
+                    );
+                }
+            }
+        }
     }
 
     /// Ends every session `which` selects, telling its client why with `Ended{reason}`.

@@ -184,6 +184,13 @@ impl HeartbeatSender {
         }
     }
 
+    /// SIGHUP: the settings a heartbeat carries that may change while the server runs.
+    pub fn set_live(&mut self, config: &FleetConfig) {
+        self.config.location = config.location.clone();
+        self.config.interval = config.interval;
+        self.config.rate_bits_per_s_max = config.rate_bits_per_s_max;
+    }
+
     /// The directors as configured.
     pub fn directors(&self) -> &[SocketAddr] {
         &self.config.directors

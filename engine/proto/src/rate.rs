@@ -467,6 +467,17 @@ impl TierControl {
         }
     }
 
+    /// Back within `config`'s bounds (the operator changed the cap while it ran): whether its
+    /// rate changed.
+    pub fn clamp_to(&mut self, config: &RateConfig, now: Instant) -> bool {
+        let clamped = config.clamp(self.rate as f64);
+        if clamped == self.rate {
+            return false;
+        }
+        self.set_rate(config, now, clamped);
+        true
+    }
+
     fn set_rate(&mut self, config: &RateConfig, now: Instant, rate: u64) {
         self.rate = config.clamp(rate as f64);
         self.settled_at = now + config.settle;

@@ -59,6 +59,16 @@ enum Command {
     Drain,
     /// (server) Take new clients from the directors again after `drain`.
     Undrain,
+    /// (server) Stop one channel (a file's tier, by the CHANNEL id `loopcastctl channels`
+    /// shows): its clients are told to ask again (as on a drain) and continue from what they
+    /// hold, here on a new channel or, in a fleet, on another server that has the file.
+    StopChannel {
+        /// The channel's id (CHANNEL in `loopcastctl channels`).
+        channel: u64,
+        /// Print the daemon's JSON answer as is.
+        #[arg(long)]
+        json: bool,
+    },
     /// (director) The fleet's servers: state, location, load, files, when last heard.
     Servers {
         /// A JSON array, one object per server.
@@ -123,6 +133,9 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Command::StopChannel { channel, json } = cli.command {
+        return stop_channel(&socket, channel, json);
     }
     if let Command::Watch { interval, count } = cli.command {
         let interval = std::time::Duration::from_secs_f64(interval.clamp(0.1, 3600.0));
@@ -200,13 +213,43 @@ fn main() -> ExitCode {
             println!("{}", serde_json::Value::from(fleet_files(&answer)))
         }
         Command::Files { json: false } => print_files(&answer),
-        Command::Drain | Command::Undrain | Command::Watch { .. } => {
+        Command::Drain | Command::Undrain | Command::Watch { .. } | Command::StopChannel { .. } => {
             unreachable!("answered above")
         }
         Command::Clients { json: true } => println!("{}", answer["sessions"]),
         Command::Clients { json: false } => print_clients(&answer),
         Command::Channels { json: true } => println!("{}", answer["channels"]),
         Command::Channels { json: false } => print_channels(&answer),
+    }
+    ExitCode::SUCCESS
+}
+
+/// `stop-channel CHANNEL`: the server stops it and says how many clients it told.
+fn stop_channel(socket: &std::path::Path, channel: u64, json: bool) -> ExitCode {
+    let answer =
+        match loopcast_admin::request_with(socket, "stop-channel", Some(&channel.to_string())) {
+            Ok(answer) => answer,
+            Err(error) => {
+                eprintln!("loopcastctl: error: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    if json {
+        println!("{answer}");
+    }
+    if let Some(error) = answer.get("error").and_then(|e| e.as_str()) {
+        if !json {
+            eprintln!("loopcastctl: daemon said: {error}");
+        }
+        return ExitCode::FAILURE;
+    }
+    if !json {
+        println!(
+            "stopped channel {channel} ({} tier {}): {} client(s) told to ask again",
+            text(&answer["file"]),
+            tier_of(&answer),
+            answer["clients_told"]
+        );
     }
     ExitCode::SUCCESS
 }
@@ -287,12 +330,13 @@ fn print_channels(answer: &serde_json::Value) {
     let mut channels = answer["channels"].as_array().cloned().unwrap_or_default();
     channels.sort_by_key(|c| (text(&c["file"]), c["tier"].as_u64()));
     println!(
-        "{:<20} {:>5} {:>14} {:<12} {:<20} {:>7} {:>14} {:>10}",
-        "FILE", "TIER", "RATE", "POLICY", "GROUP", "CLIENTS", "SENT", "REPAIRED"
+        "{:>7} {:<20} {:>5} {:>14} {:<12} {:<20} {:>7} {:>14} {:>10}",
+        "CHANNEL", "FILE", "TIER", "RATE", "POLICY", "GROUP", "CLIENTS", "SENT", "REPAIRED"
     );
     for c in &channels {
         println!(
-            "{:<20} {:>5} {:>14} {:<12} {:<20} {:>7} {:>14} {:>10}",
+            "{:>7} {:<20} {:>5} {:>14} {:<12} {:<20} {:>7} {:>14} {:>10}",
+            text(&c["channel"]),
             text(&c["file"]),
             tier_of(c),
             rate_of(&c["rate_bits_per_s"]),
@@ -440,6 +484,24 @@ fn print_status(answer: &serde_json::Value) {
         println!("send path   {path} (stepped down at run time; the probe said: {probed})");
     }
     println!("archives    {}", answer["archives"]);
+    if let Some(settings) = answer["settings"].as_object() {
+        let rate = settings["rate_bits_per_s"].as_u64().unwrap_or(0);
+        if settings["fixed_rate"] == true {
+            println!("settings    fixed rate {}", format_rate(rate));
+        } else {
+            println!(
+                "settings    rate cap {}, policy {}, tiers {}, session timeout {} s",
+                if rate == 0 {
+                    "none".to_owned()
+                } else {
+                    format_rate(rate)
+                },
+                text(&settings["policy"]),
+                settings["tiers"],
+                settings["session_timeout_s"]
+            );
+        }
+    }
     if let Some(fleet) = answer["fleet"].as_object() {
         let directors: Vec<String> = fleet["directors"]
             .as_array()

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use loopcast_node::{MulticastConfig, ServerConfig};
-use loopcast_tools::{default_admin_socket, format_rate, init_logging, parse_rate, shutdown_flag};
+use loopcast_tools::{default_admin_socket, format_rate, init_logging, parse_rate};
 
 #[derive(Parser)]
 #[command(
@@ -164,15 +164,7 @@ fn with_config_file(argv: Vec<String>) -> Result<Vec<String>, String> {
     let Some(subcommand) = argv.get(1).cloned() else {
         return Ok(argv);
     };
-    let mut config = None;
-    for (index, arg) in argv.iter().enumerate().skip(2) {
-        if let Some(path) = arg.strip_prefix("--config=") {
-            config = Some(PathBuf::from(path));
-        } else if arg == "--config" {
-            config = argv.get(index + 1).map(PathBuf::from);
-        }
-    }
-    let Some(path) = config else {
+    let Some(path) = config_file(&argv) else {
         return Ok(argv);
     };
     let command = Cli::command();
@@ -191,38 +183,61 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn direct(args: DirectArgs) -> ExitCode {
-    init_logging("info");
-    let fleet_key = match loopcast_tools::load_fleet_key(&args.fleet_key) {
-        Ok(key) => key,
-        Err(error) => return fail(error),
-    };
+/// The director's settings from its arguments (at start and on SIGHUP alike).
+fn direct_config(args: &DirectArgs) -> Result<loopcast_director::DirectConfig, String> {
+    let fleet_key = loopcast_tools::load_fleet_key(&args.fleet_key)?;
     let admin_socket = args
         .admin_socket
+        .clone()
         .unwrap_or_else(|| default_admin_socket().with_file_name("loopcastd-direct.sock"));
-    if let Err(error) = loopcast_admin::location::preflight(&admin_socket) {
-        return fail(error);
-    }
     let heartbeat_listen = match args.heartbeat_listen {
         HeartbeatListen::Off => None,
         HeartbeatListen::Port(port) => Some(SocketAddr::new(args.listen.ip(), port)),
         HeartbeatListen::Address(address) => Some(address),
     };
     if heartbeat_listen == Some(args.listen) && args.listen.port() != 0 {
-        return fail(format!(
+        return Err(format!(
             "--heartbeat-listen {} is --listen's own address: give another port, or \"off\"",
             args.listen
         ));
     }
-    let config = loopcast_director::DirectConfig {
+    Ok(loopcast_director::DirectConfig {
         listen: args.listen,
         heartbeat_listen,
         fleet_key,
         heartbeat_misses: args.heartbeat_misses,
         admin_socket: Some(admin_socket),
         metrics: args.metrics.0,
+    })
+}
+
+fn direct(args: DirectArgs, argv: Vec<String>) -> ExitCode {
+    init_logging("info");
+    let config = match direct_config(&args) {
+        Ok(config) => config,
+        Err(error) => return fail(error),
     };
-    match loopcast_director::run(config, shutdown_flag()) {
+    let admin_socket = config.admin_socket.as_ref().expect("set above");
+    if let Err(error) = loopcast_admin::location::preflight(admin_socket) {
+        return fail(error);
+    }
+    let (shutdown, reload_requested) = match loopcast_tools::daemon_signals() {
+        Ok(flags) => flags,
+        Err(error) => return fail(format!("cannot install signal handlers: {error}")),
+    };
+    let reload =
+        loopcast_director::Reload::new(
+            reload_requested,
+            config_file(&argv),
+            move || match reparse(&argv)? {
+                Command::Direct(args) => direct_config(&args).map_err(|error| {
+                    let file = config_file(&argv).unwrap_or_default();
+                    format!("config {}: {error}", file.display())
+                }),
+                _ => Err("the command line is no longer `direct`".into()),
+            },
+        );
+    match loopcast_director::run_reloadable(config, shutdown, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(error),
     }
@@ -314,9 +329,89 @@ fn parse_initial_rate(text: &str) -> Result<u64, String> {
     }
 }
 
+/// The config file named on the command line (`--config FILE` or `--config=FILE`), if any.
+fn config_file(argv: &[String]) -> Option<PathBuf> {
+    let mut config = None;
+    for (index, arg) in argv.iter().enumerate().skip(2) {
+        if let Some(path) = arg.strip_prefix("--config=") {
+            config = Some(PathBuf::from(path));
+        } else if arg == "--config" {
+            config = argv.get(index + 1).map(PathBuf::from);
+        }
+    }
+    config
+}
+
+/// SIGHUP: the config file and the command line read again, as at start, into the subcommand's
+/// arguments; every error names the file.
+fn reparse(argv: &[String]) -> Result<Command, String> {
+    let file = config_file(argv).unwrap_or_default();
+    let argv = with_config_file(argv.to_vec())?;
+    let cli = Cli::try_parse_from(argv).map_err(|error| {
+        let text = error.render().to_string();
+        let first = text.lines().next().unwrap_or_default();
+        format!(
+            "config {}: {}",
+            file.display(),
+            first.trim_start_matches("error: ")
+        )
+    })?;
+    Ok(cli.command)
+}
+
+/// The server's settings from its arguments, checked (at start and on SIGHUP alike).
+fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
+    if args.rate == Some(0) && !args.fixed_rate {
+        return Err(
+            "--rate unpaced (or 0) needs --fixed-rate; without --rate the rates are automatic"
+                .into(),
+        );
+    }
+    if !args.media.is_dir() {
+        return Err(format!(
+            "media database {} is not a directory",
+            args.media.display()
+        ));
+    }
+    let mut config = ServerConfig::new(args.media.clone(), args.listen);
+    config.rate_bits_per_s = args.rate.unwrap_or(0);
+    config.adaptive = (!args.fixed_rate).then(|| loopcast_proto::rate::RateConfig {
+        policy: args.tier_policy,
+        tiers_max: usize::from(args.tiers),
+        initial_rate: args.initial_rate,
+        ..loopcast_proto::rate::RateConfig::default()
+    });
+    config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
+    config.verify_on_open = !args.no_verify;
+    config.send_threads = args.send_threads.clamp(1, 64);
+    config.metrics = args.metrics.0;
+    config.fleet = fleet_config(args)?;
+    config.admin_socket = Some(
+        args.admin_socket
+            .clone()
+            .unwrap_or_else(default_admin_socket),
+    );
+    if !args.no_multicast {
+        if !args.multicast_group.is_multicast() {
+            return Err(format!(
+                "{} is not a multicast group (224.0.0.0/4)",
+                args.multicast_group
+            ));
+        }
+        config.multicast = Some(MulticastConfig {
+            group_base: args.multicast_group,
+            port: args.multicast_port,
+            interface: args.multicast_interface,
+            ttl: args.multicast_ttl,
+        });
+    }
+    Ok(config)
+}
+
 fn main() -> ExitCode {
-    let cli = match with_config_file(std::env::args().collect()) {
-        Ok(argv) => Cli::parse_from(argv),
+    let argv: Vec<String> = std::env::args().collect();
+    let cli = match with_config_file(argv.clone()) {
+        Ok(expanded) => Cli::parse_from(expanded),
         Err(error) => {
             eprintln!("loopcastd: error: {error}");
             return ExitCode::from(2);
@@ -324,7 +419,7 @@ fn main() -> ExitCode {
     };
     let args = match cli.command {
         Command::Serve(args) => args,
-        Command::Direct(args) => return direct(args),
+        Command::Direct(args) => return direct(args, argv),
         Command::FleetKey { file } => {
             return match loopcast_tools::write_fleet_key(&file) {
                 Ok(()) => {
@@ -350,49 +445,10 @@ fn main() -> ExitCode {
     let _ = rayon::ThreadPoolBuilder::new()
         .thread_name(|index| format!("loopcast-hash{index}"))
         .build_global();
-    if !args.media.is_dir() {
-        eprintln!(
-            "loopcastd: error: media database {} is not a directory",
-            args.media.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    let mut config = ServerConfig::new(args.media.clone(), args.listen);
-    config.rate_bits_per_s = args.rate.unwrap_or(0);
-    config.adaptive = (!args.fixed_rate).then(|| loopcast_proto::rate::RateConfig {
-        policy: args.tier_policy,
-        tiers_max: usize::from(args.tiers),
-        initial_rate: args.initial_rate,
-        ..loopcast_proto::rate::RateConfig::default()
-    });
-    config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
-    config.verify_on_open = !args.no_verify;
-    config.send_threads = args.send_threads.clamp(1, 64);
-    config.metrics = args.metrics.0;
-    config.fleet = match fleet_config(&args) {
-        Ok(fleet) => fleet,
+    let config = match server_config(&args) {
+        Ok(config) => config,
         Err(error) => return fail(error),
     };
-    config.admin_socket = Some(
-        args.admin_socket
-            .clone()
-            .unwrap_or_else(default_admin_socket),
-    );
-    if !args.no_multicast {
-        if !args.multicast_group.is_multicast() {
-            eprintln!(
-                "loopcastd: error: {} is not a multicast group (224.0.0.0/4)",
-                args.multicast_group
-            );
-            return ExitCode::FAILURE;
-        }
-        config.multicast = Some(MulticastConfig {
-            group_base: args.multicast_group,
-            port: args.multicast_port,
-            interface: args.multicast_interface,
-            ttl: args.multicast_ttl,
-        });
-    }
     let admin_socket = config.admin_socket.as_ref().expect("set above");
     // Before the request port: a second daemon is told about the first, not about the port.
     if let Err(error) = loopcast_admin::location::preflight(admin_socket) {
@@ -412,8 +468,21 @@ fn main() -> ExitCode {
     } else {
         tracing::info!(%rate, policy = %args.tier_policy, tiers = args.tiers, admin = %admin_socket.display(), "starting");
     }
-    let shutdown = shutdown_flag();
-    match loopcast_node::run(config, shutdown) {
+    let (shutdown, reload_requested) = match loopcast_tools::daemon_signals() {
+        Ok(flags) => flags,
+        Err(error) => return fail(format!("cannot install signal handlers: {error}")),
+    };
+    let reload =
+        loopcast_node::Reload::new(reload_requested, config_file(&argv), move || match reparse(
+            &argv,
+        )? {
+            Command::Serve(args) => server_config(&args).map_err(|error| {
+                let file = config_file(&argv).unwrap_or_default();
+                format!("config {}: {error}", file.display())
+            }),
+            _ => Err("the command line is no longer `serve`".into()),
+        });
+    match loopcast_node::run_reloadable(config, shutdown, reload) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("loopcastd: error: {error}");

@@ -1386,3 +1386,148 @@ fn a_session_opened_after_an_expiry_scan_still_expires_on_time() {
     );
     endpoint.assert_invariants();
 }
+
+/// `loopcastctl stop-channel`: the channel's clients (only they) are told `Ended{draining}`,
+/// its sessions end and it closes; a client that asks again gets a new channel of the file.
+#[test]
+fn stopping_a_channel_tells_its_clients_to_ask_again_and_leaves_the_others() {
+    let (mut endpoint, mut files) = adaptive_endpoint(false);
+    let clients = [addr("192.0.2.70:5000"), addr("192.0.2.71:5000")];
+    let mut sessions = Vec::new();
+    for (i, &client) in clients.iter().enumerate() {
+        let (session, token) = open(&mut endpoint, &mut files, at(0), client, i as u64 + 1);
+        endpoint.handle_control(
+            at(1),
+            client,
+            &joined(session, token, Transport::Unicast),
+            &mut files,
+        );
+        sessions.push(session);
+    }
+    drain(&mut endpoint);
+    let channel_of = |endpoint: &Endpoint, session: SessionId| {
+        endpoint
+            .sessions()
+            .find(|s| s.session == session)
+            .map(|s| s.channel)
+    };
+    let stopped = channel_of(&endpoint, sessions[0]).unwrap();
+    let kept = channel_of(&endpoint, sessions[1]).unwrap();
+    assert_ne!(stopped, kept, "a unicast client's own channel each");
+    assert_eq!(endpoint.stop_channel(at(2), ChannelId(999)), None);
+    assert_eq!(endpoint.stop_channel(at(2), stopped), Some(1));
+    let (transmits, commands) = drain(&mut endpoint);
+    let ended: Vec<(SocketAddr, SessionId, EndReason)> = transmits
+        .iter()
+        .filter_map(|t| match ControlMessage::parse(&t.bytes) {
+            Ok(ControlMessage::Ended { session, reason }) => Some((t.destination, session, reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [(clients[0], sessions[0], EndReason::Draining)]);
+    assert_eq!(
+        commands,
+        [
+            DataCommand::RemoveDestination {
+                channel: stopped,
+                destination: clients[0]
+            },
+            DataCommand::CloseChannel { channel: stopped }
+        ]
+    );
+    assert_eq!(channel_of(&endpoint, sessions[0]), None);
+    assert_eq!(channel_of(&endpoint, sessions[1]), Some(kept));
+    assert_eq!(endpoint.channel_count(), 1);
+    // It asks again (the client does on Ended) and is served on a new channel.
+    let (session, token) = open(&mut endpoint, &mut files, at(3), clients[0], 9);
+    endpoint.handle_control(
+        at(4),
+        clients[0],
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    let again = channel_of(&endpoint, session).expect("served again");
+    assert!(again != stopped && again != kept, "{again:?}");
+}
+
+/// SIGHUP (`EndpointConfig` live): a lower cap brings every faster tier down at once (the data
+/// plane is told); a policy of one tier merges a file's tiers into its slowest, whose members
+/// are told in their next Feedback; a shorter session timeout expires the silent at once.
+#[test]
+fn reconfiguring_lowers_rates_merges_tiers_and_shortens_the_timeout_live() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let SlowMoved { fast, slow, at, .. } = move_the_slow_member(&mut endpoint, &mut files);
+    let rates = |endpoint: &Endpoint| {
+        let mut rates: Vec<u64> = endpoint.channels().map(|c| c.rate_bits_per_s).collect();
+        rates.sort();
+        rates
+    };
+    let before = rates(&endpoint);
+    assert_eq!(before.len(), 2, "{before:?}");
+    let cap = before[0] + (before[1] - before[0]) / 2;
+    assert!(cap >= RateConfig::default().rate_min);
+    endpoint.reconfigure(at, cap, Some(RateConfig::default()), Duration::from_secs(5));
+    let (_, commands) = drain(&mut endpoint);
+    assert_eq!(
+        rates(&endpoint),
+        [before[0], cap],
+        "only the faster tier came down"
+    );
+    assert!(
+        commands.iter().any(|c| matches!(
+            c,
+            DataCommand::SetRate { rate_bits_per_s, .. } if *rate_bits_per_s == cap
+        )),
+        "{commands:?}"
+    );
+    // One tier: the fast member joins the slow one's tier.
+    let slowest = RateConfig {
+        policy: rate::TierPolicy::Slowest,
+        ..RateConfig::default()
+    };
+    endpoint.reconfigure(at, cap, Some(slowest.clone()), Duration::from_secs(5));
+    let (_, commands) = drain(&mut endpoint);
+    assert_eq!(rates(&endpoint), [before[0]], "{commands:?}");
+    let channel = |session| {
+        endpoint
+            .sessions()
+            .find(|s| s.session == session)
+            .map(|s| s.channel)
+            .unwrap()
+    };
+    assert_eq!(channel(fast), channel(slow));
+    assert!(endpoint.counters().rate_changes > 0);
+    // Two seconds of silence, then a 1 s timeout: both expire at the next timer.
+    let later = at + Duration::from_secs(2);
+    endpoint.reconfigure(later, cap, Some(slowest), Duration::from_secs(1));
+    endpoint.handle_timeout(later);
+    drain(&mut endpoint);
+    assert_eq!(endpoint.session_count(), 0);
+    assert_eq!(endpoint.channel_count(), 0);
+}
+
+/// With fixed rates, the operator's new rate is every channel's at once.
+#[test]
+fn reconfiguring_a_fixed_rate_sets_every_channel() {
+    let (mut endpoint, mut files) = endpoint(false);
+    let client = addr("192.0.2.80:5000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
+    endpoint.handle_control(
+        at(1),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    endpoint.reconfigure(at(2), 50_000_000, None, Duration::from_secs(5));
+    let (_, commands) = drain(&mut endpoint);
+    assert!(commands.iter().any(|c| matches!(
+        c,
+        DataCommand::SetRate {
+            rate_bits_per_s: 50_000_000,
+            ..
+        }
+    )));
+    assert!(endpoint.channels().all(|c| c.rate_bits_per_s == 50_000_000));
+}

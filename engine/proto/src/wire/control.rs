@@ -38,8 +38,9 @@ pub enum EndReason {
     ShuttingDown,
     /// The file changed or failed verification on the server; its channel stopped.
     FileUnavailable,
-    /// The server is being drained for maintenance (`loopcastctl drain`): a client in a fleet
-    /// asks the directors for another server at once and continues there.
+    /// The server is being drained for maintenance (`loopcastctl drain`), or the client's
+    /// channel was stopped (`loopcastctl stop-channel`): a client in a fleet asks the directors
+    /// for another server at once and continues there; one on its own asks this server again.
     Draining,
 }
 
@@ -69,7 +70,9 @@ impl core::fmt::Display for EndReason {
             EndReason::UnknownSession => "the server does not know this session",
             EndReason::ShuttingDown => "the server is shutting down",
             EndReason::FileUnavailable => "the file changed or is damaged on the server",
-            EndReason::Draining => "the server is draining for maintenance",
+            EndReason::Draining => {
+                "the server sent its clients away (drained, or this file's channel stopped)"
+            }
         })
     }
 }
