@@ -357,10 +357,11 @@ pub fn admin_socket_squatting_is_refused() {
 }
 
 /// A daemon that systemd runs as a user of its own (`DynamicUser=`, `RuntimeDirectory=`): its
-/// socket directory is that user's, made by root in a directory only root can write to (like
-/// /run). Root's `loopcastctl` talks to it (before the fix it refused: "owned by uid N, neither
-/// by uid 0 (you) nor by root"), found by the .deb test in a booted systemd. The same directory
-/// in a world-writable sticky directory (like /tmp, where anyone can make one) is refused.
+/// socket directory is that user's, made by root directly in /run, which only root can write
+/// to. Root's `loopcastctl` talks to it (before the fix it refused: "owned by uid N, neither by
+/// uid 0 (you) nor by root"), found by the .deb test in a booted systemd. The same directory
+/// anywhere else (here: in a root-owned 0755 directory that is not /run, and in a world-writable
+/// sticky one like /tmp, where anyone can make one) is refused.
 pub fn root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user() {
     let scratch = Scratch::new("admin-delegated");
     chmod(&scratch.0, 0o755);
@@ -373,11 +374,19 @@ pub fn root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user() {
     std::fs::create_dir(&media).unwrap();
     chmod(&media, 0o755);
     let daemon_user = unused_uid();
-    for (parent_mode, trusted) in [(0o755, true), (0o1777, false)] {
-        let parent = scratch.path(&format!("run-{parent_mode:o}"));
-        std::fs::create_dir(&parent).unwrap();
-        chmod(&parent, parent_mode);
-        let runtime = parent.join("loopcast");
+    let in_run = PathBuf::from(format!("/run/loopcast-e2e-{}", std::process::id()));
+    let _cleanup = RemoveOnDrop(in_run.clone());
+    let not_run = scratch.path("not-run");
+    std::fs::create_dir(&not_run).unwrap();
+    chmod(&not_run, 0o755);
+    let sticky = scratch.path("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    chmod(&sticky, 0o1777);
+    for (runtime, trusted) in [
+        (in_run.clone(), true),
+        (not_run.join("loopcast"), false),
+        (sticky.join("loopcast"), false),
+    ] {
         std::fs::create_dir(&runtime).unwrap();
         chown(&runtime, daemon_user);
         chmod(&runtime, 0o750);
@@ -409,14 +418,15 @@ pub fn root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user() {
         if trusted {
             assert!(
                 output.status.success(),
-                "root refused a directory root gave away: {}",
+                "root refused a directory root gave away in /run: {}",
                 stderr_of(&output)
             );
             assert!(json_of(&output)["send_path"].is_string());
         } else {
             assert!(
                 !output.status.success(),
-                "trusted another user's dir in a sticky dir"
+                "trusted another user's directory outside /run: {}",
+                runtime.display()
             );
             let text = stderr_of(&output);
             assert!(

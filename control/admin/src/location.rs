@@ -22,8 +22,8 @@
 //! show up as owned by the overflow uid.
 //!
 //! One exception, for a daemon that systemd runs as a user of its own (`DynamicUser=`,
-//! `RuntimeDirectory=`): its directory is another user's, but it sits in a directory that only
-//! root can write to (`/run`, root-owned, not writable by group or others, not sticky), so only
+//! `RuntimeDirectory=`): its directory is another user's, but it sits directly in `/run`, which
+//! only root can write to (root-owned, not writable by group or others, not sticky), so only
 //! root (systemd) can have made it and given it to that user. A client trusts such a directory,
 //! a socket in it owned by that user, and a peer with that uid ([`check_trusted_socket`]
 //! returns it). A directory of another user's in `/tmp` is still refused: anyone can make one.
@@ -295,18 +295,22 @@ pub fn check_trusted_socket(socket: &Path, uid: u32) -> Result<Option<u32>, Plac
     Ok(delegated)
 }
 
-/// Whether only root can have made `dir`: its parent is a root-owned directory (not a symlink)
-/// that group and others cannot write to, sticky or not.
+/// Whether `dir` is a system service's runtime directory that root (systemd) made and gave to
+/// the service's user: directly in /run, which is root-owned (not a symlink) and not writable
+/// by group or others. Narrowly so: /run/user/UID is also made by root, but is a login user's,
+/// and a socket in it is theirs, not a service's.
 fn made_by_root(dir: &Path) -> Result<bool, PlaceError> {
-    let parent = match dir.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
-        _ => dir.join(".."),
-    };
-    let Some(meta) = lstat(&parent)? else {
+    if dir.parent() != Some(Path::new(RUN_DIRECTORY)) {
+        return Ok(false);
+    }
+    let Some(meta) = lstat(Path::new(RUN_DIRECTORY))? else {
         return Ok(false);
     };
     Ok(meta.is_dir() && meta.uid() == 0 && meta.mode() & MODE_GROUP_OTHER_WRITE == 0)
 }
+
+/// Where systemd makes services' runtime directories (`RuntimeDirectory=`).
+const RUN_DIRECTORY: &str = "/run";
 
 #[cfg(test)]
 mod tests {
