@@ -24,7 +24,9 @@ use loopcast_proto::info::{FileInfo, RootHash};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::Instant;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, RequestHints, Token, Transport};
-use loopcast_proto::wire::fleet::{catalog_digest, CatalogEntry, FleetKey, Heartbeat, ServerState};
+use loopcast_proto::wire::fleet::{CatalogEntry, FleetKey};
+
+use crate::fleet_sim::{client_address, HeartbeatSource, Load};
 
 pub struct ControlArgs {
     pub clients: usize,
@@ -71,14 +73,6 @@ fn sample_info(dir: &std::path::Path) -> Result<FileInfo, String> {
         .info()
         .clone();
     Ok(info)
-}
-
-fn client_address(index: usize) -> SocketAddr {
-    let index = index as u32;
-    SocketAddr::from((
-        Ipv4Addr::new(10, (index >> 16) as u8, (index >> 8) as u8, index as u8),
-        40_000,
-    ))
 }
 
 fn drain(endpoint: &mut Endpoint) -> Vec<Vec<u8>> {
@@ -283,38 +277,26 @@ fn run_in(dir: &std::path::Path, args: &ControlArgs) -> Result<serde_json::Value
                 bytes: 1 << 30,
             })
             .collect();
-        let mut sorted = entries.clone();
-        sorted.sort_by(|a, b| a.name.cmp(&b.name));
-        sorted.dedup_by(|a, b| a.name == b.name);
-        let pages = loopcast_proto::wire::fleet::catalog_pages(&sorted);
-        for (page_index, page) in pages.iter().enumerate() {
-            let heartbeat = Heartbeat {
-                server_id: server as u64 + 1,
-                incarnation: t0_unix_ms,
-                sequence: page_index as u64 + 1,
-                sent_at_unix_ms: t0_unix_ms,
-                interval_ms: 60_000,
-                state: ServerState::Online,
-                request_addr: SocketAddr::from((
-                    [10, 200, (server >> 8) as u8, server as u8],
-                    7700,
-                )),
-                location: String::new(),
-                sessions: 0,
-                sessions_max: u32::MAX,
-                channels: 0,
-                rate_bits_per_s: 0,
-                rate_bits_per_s_max: 0,
-                catalog_digest: catalog_digest(&sorted),
-                page: page_index as u16,
-                pages: pages.len() as u16,
-                entries: page.clone(),
-            };
+        let mut heartbeats = HeartbeatSource::new(
+            server as u64 + 1,
+            SocketAddr::from(([10, 200, (server >> 8) as u8, server as u8], 7700)),
+            "",
+            entries,
+        );
+        heartbeats.incarnation = t0_unix_ms;
+        heartbeats.interval_ms = 60_000;
+        let idle = Load {
+            sessions: 0,
+            sessions_max: u32::MAX,
+            channels: 0,
+            rate_bits_per_s: 0,
+        };
+        for _ in 0..heartbeats.pages.len() {
             director.handle_datagram(
                 Instant::ZERO,
                 t0_unix_ms,
                 SocketAddr::from(([10, 200, 0, 1], 7700)),
-                &heartbeat.to_bytes(&key),
+                &heartbeats.next(t0_unix_ms, &idle).to_bytes(&key),
             );
         }
     }

@@ -835,3 +835,21 @@ fn memberless_plans(controls: &mut [TierControl]) -> Vec<TierPlan<'_>> {
         })
         .collect()
 }
+
+#[test]
+fn loss_meter_takes_a_stretch_whole_and_then_datagrams_after_it() {
+    let mut meter = LossMeter::new(1_000);
+    meter.observe_stretch(90, 10);
+    assert_eq!(meter.take(), (90, 10));
+    assert_eq!(meter.position(), Some(100), "the loop moved 100 places");
+    // Wrapping is not loss; the next datagram in order is neither a gap nor a repair.
+    meter.observe_stretch(950, 0);
+    assert_eq!(meter.position(), Some(50));
+    meter.observe(50, false);
+    meter.observe(51, false);
+    assert_eq!(meter.take(), (952, 0));
+    // An empty meter (no loop yet) ignores stretches.
+    let mut empty = LossMeter::default();
+    empty.observe_stretch(5, 5);
+    assert_eq!(empty.take(), (0, 0));
+}
