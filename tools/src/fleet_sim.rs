@@ -5,9 +5,10 @@
 //!  ClientSession (real) ──Request──▶ Director (real) ──Redirect──▶ ClientSession
 //!        │                 ▲ heartbeats every 250 ms (wire type, as HeartbeatSender builds them)
 //!        └──Request, Joined, Status, Report──▶ Endpoint (real) ──Offer, Feedback, SYNC──┘
-//!  data plane (abstracted): every 50 ms each client receives min(tier rate, link rate) of the
-//!  channel the endpoint's DataCommands send to its group or address; what exceeds its link is
-//!  lost (a policer without queue); its loss meter takes the stretch whole.
+//!  data plane (abstracted): before each of its events (and every 50 ms) a client is credited
+//!  with min(tier rate, link rate) since the last, of the channel the endpoint's DataCommands
+//!  send to its group or address; what exceeds its link is lost (a policer without queue); its
+//!  loss meter takes the stretch whole (`ClientSession::observe_stretch`).
 //! ```
 //! Control datagrams take 5 ms (client and server in one location), 40 ms (other locations),
 //! 10 ms (to and from a director) one way, and are never lost. Clients arrive over the first
@@ -152,6 +153,7 @@ const FILES: usize = 4;
 const CHANNEL_CAP_BITS_PER_S: u64 = 2_000_000_000;
 /// What a server may send in all (its heartbeat's `rate_bits_per_s_max`).
 const SERVER_RATE_MAX_BITS_PER_S: u64 = 20_000_000_000;
+/// Every client is credited with data and judged at least this often.
 const DATA_TICK: Duration = Duration::from_millis(50);
 const RAMP: Duration = Duration::from_secs(5);
 /// The issue's routing target: matching within this long of asking.
@@ -288,6 +290,8 @@ struct SimClient {
     /// The server of its current (or last) Offer.
     server: Option<u16>,
     offered_group: Option<SocketAddr>,
+    /// Data is credited up to here.
+    credited_at: Instant,
     received_carry: f32,
     lost_carry: f32,
     matched_now: bool,
@@ -476,10 +480,13 @@ impl Sim {
         self.packets += 1;
         match to {
             Node::Client(i) => {
-                let Some(client) = self.clients.get_mut(i as usize) else {
+                if i as usize >= self.clients.len() {
                     return;
-                };
-                client.session.handle_control(self.now, from, bytes);
+                }
+                self.credit(i as usize);
+                self.clients[i as usize]
+                    .session
+                    .handle_control(self.now, from, bytes);
                 self.client_after(i);
             }
             Node::Server(s) => {
@@ -537,7 +544,8 @@ impl Sim {
                     return;
                 }
                 client.wake_at = None;
-                client.session.handle_timeout(self.now);
+                self.credit(i as usize);
+                self.clients[i as usize].session.handle_timeout(self.now);
                 self.client_after(i);
             }
             Node::Server(s) => {
@@ -605,82 +613,91 @@ impl Sim {
         })
     }
 
-    /// Every client receives what its link takes of its channel's last 50 ms.
+    /// What client `i`'s link brought since it was last credited, at its channel's rate now
+    /// (the rate is constant between two events of the client, but for a change within the
+    /// last 50 ms: every client is credited at least that often). A client syncing on its
+    /// group joins when a SYNC or data is there. Returns the rate it receives at, if any.
+    fn credit(&mut self, i: usize) -> Option<u64> {
+        let now = self.now;
+        let client = &mut self.clients[i];
+        let since = client.credited_at;
+        client.credited_at = now;
+        let s = client.server?;
+        client.session.session()?;
+        let server = &self.servers[usize::from(s)];
+        if !server.alive {
+            return None;
+        }
+        let transport = client.session.transport();
+        let listen = match transport {
+            Some(Transport::Multicast) => client.session.tier().map(|t| t.channel),
+            Some(Transport::Unicast) => Some(client_address(i)),
+            None => client.offered_group,
+        }?;
+        let rate = server.data.rate_to(listen);
+        match (transport, rate) {
+            (None, Some(_)) => client.session.handle_data(now),
+            (None, None) => {
+                if let Some(&(file_id, at)) = server.data.synced.get(&listen) {
+                    if now.saturating_since(at) < SYNC_HEARD_FOR {
+                        client.session.handle_sync(now, file_id);
+                    }
+                }
+            }
+            (Some(_), Some(rate)) => {
+                let seconds = now.saturating_since(since).as_secs_f64();
+                let link = LINK_CLASSES[usize::from(client.class)].1;
+                let through = if link == 0 { rate } else { rate.min(link) };
+                let bits = self.datagram_bits;
+                let received = f64::from(client.received_carry) + through as f64 * seconds / bits;
+                let lost = f64::from(client.lost_carry)
+                    + rate.saturating_sub(through) as f64 * seconds / bits;
+                client.received_carry = received.fract() as f32;
+                client.lost_carry = lost.fract() as f32;
+                client
+                    .session
+                    .observe_stretch(received as u32, lost as u32);
+                if received >= 1.0 {
+                    client.session.handle_data(now);
+                    if client.failed_over
+                        && client.replaced_at.is_none()
+                        && self.dead.is_some_and(|(dead, _)| dead != s)
+                    {
+                        client.replaced_at = Some(now);
+                    }
+                }
+                return Some(rate);
+            }
+            (Some(_), None) => {}
+        }
+        None
+    }
+
+    /// Every client is credited (at least every 50 ms) and judged: is it matched now?
     fn data_tick(&mut self, serves: &[[bool; FILES]; 3]) {
         let now = self.now;
-        let bits = self.datagram_bits;
-        let dt = DATA_TICK.as_secs_f64();
-        let dead = self.dead.map(|(s, _)| s);
         for i in 0..self.clients.len() {
-            let client = &mut self.clients[i];
-            client.matched_now = false;
-            if client.asked_at > now {
+            self.clients[i].matched_now = false;
+            if self.clients[i].asked_at > now {
                 break; // clients are in order of arrival
             }
-            let Some(s) = client.server else {
-                continue;
-            };
-            if client.session.session().is_none() {
-                continue;
-            }
-            let server = &self.servers[usize::from(s)];
-            if !server.alive {
-                continue;
-            }
-            let transport = client.session.transport();
-            let listen = match transport {
-                Some(Transport::Multicast) => client.session.tier().map(|t| t.channel),
-                Some(Transport::Unicast) => Some(client_address(i)),
-                None => client.offered_group,
-            };
-            let Some(listen) = listen else {
-                continue;
-            };
-            let rate = server.data.rate_to(listen);
-            match (transport, rate) {
-                (None, Some(_)) => client.session.handle_data(now),
-                (None, None) => {
-                    if let Some(&(file_id, at)) = server.data.synced.get(&listen) {
-                        if now.saturating_since(at) < SYNC_HEARD_FOR {
-                            client.session.handle_sync(now, file_id);
-                        }
-                    }
+            let rate = self.credit(i);
+            let client = &mut self.clients[i];
+            if let (Some(rate), Some(s)) = (rate, client.server) {
+                let link = LINK_CLASSES[usize::from(client.class)].1;
+                let capacity = if link == 0 {
+                    CHANNEL_CAP_BITS_PER_S
+                } else {
+                    link.min(CHANNEL_CAP_BITS_PER_S)
+                };
+                let tier_fits = rate * 2 >= capacity && rate * 100 <= capacity * 105;
+                let place_fits = self.servers[usize::from(s)].location == client.location
+                    || !serves[usize::from(client.location)][usize::from(client.file)];
+                client.matched_now = tier_fits && place_fits;
+                client.rate_at_check = rate;
+                if client.matched_now && client.first_matched_at.is_none() {
+                    client.first_matched_at = Some(now);
                 }
-                (Some(_), Some(rate)) => {
-                    let link = LINK_CLASSES[usize::from(client.class)].1;
-                    let through = if link == 0 { rate } else { rate.min(link) };
-                    let received = f64::from(client.received_carry) + through as f64 * dt / bits;
-                    let lost = f64::from(client.lost_carry)
-                        + rate.saturating_sub(through) as f64 * dt / bits;
-                    client.received_carry = received.fract() as f32;
-                    client.lost_carry = lost.fract() as f32;
-                    client
-                        .session
-                        .observe_stretch(received as u32, lost as u32);
-                    if received >= 1.0 {
-                        client.session.handle_data(now);
-                        if client.failed_over
-                            && client.replaced_at.is_none()
-                            && Some(s) != dead
-                        {
-                            client.replaced_at = Some(now);
-                        }
-                    }
-                    let capacity = if link == 0 {
-                        CHANNEL_CAP_BITS_PER_S
-                    } else {
-                        link.min(CHANNEL_CAP_BITS_PER_S)
-                    };
-                    let tier_fits = rate * 2 >= capacity && rate * 100 <= capacity * 105;
-                    let place_fits = server.location == client.location
-                        || !serves[usize::from(client.location)][usize::from(client.file)];
-                    client.matched_now = tier_fits && place_fits;
-                    client.rate_at_check = rate;
-                    if client.matched_now && client.first_matched_at.is_none() {
-                        client.first_matched_at = Some(now);
-                    }
-                }
-                (Some(_), None) => {}
             }
             self.client_after(i as u32);
         }
@@ -830,6 +847,7 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
                 wake_at: None,
                 server: None,
                 offered_group: None,
+                credited_at: asked_at,
                 received_carry: 0.0,
                 lost_carry: 0.0,
                 matched_now: false,

@@ -723,6 +723,8 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             let mut moved = 0;
             for member in &movable {
                 let target_rate = 0.9 * member.estimate.capacity(rate);
+                // Held (most of the rate reaches it): only to a tier near what it takes.
+                let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference;
                 let target = choose_slower(
                     config,
                     &rates,
@@ -731,6 +733,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     target_rate,
                     tiers_allowed,
                     member.estimate.overloaded(rate) && tier.control.slow_start,
+                    held,
                 );
                 if let Some(to) = target {
                     moved += 1;
@@ -817,8 +820,9 @@ fn dwelt(config: &RateConfig, now: Instant, member: &MemberPlan<'_>) -> bool {
 
 /// The tier a congested member of tier `from` goes to: the existing slower tier (or one opened
 /// in this plan) nearest `target_rate`, if within `SAME_TIER_RATIO`; else a new tier while
-/// there is room; else the existing slower tier nearest `target_rate`. `None`: nowhere slower
-/// (the member stays; its tier does not slow down for it).
+/// there is room; else (unless `near_only`) the existing slower tier nearest `target_rate`.
+/// `None`: nowhere slower (the member stays; its tier does not slow down for it).
+#[allow(clippy::too_many_arguments)]
 fn choose_slower(
     config: &RateConfig,
     rates: &[Option<u64>],
@@ -827,6 +831,7 @@ fn choose_slower(
     target_rate: f64,
     tiers_allowed: usize,
     probe: bool,
+    near_only: bool,
 ) -> Option<Target> {
     let from_rate = rates[from]? as f64;
     let target_rate = target_rate.max(config.rate_min as f64);
@@ -863,6 +868,12 @@ fn choose_slower(
     }
     // No room: the slower tier nearest what reached it (not the slowest: a receiver that lost
     // a little on the fastest tier belongs on the next one down, not with the slowest clients).
+    // Not for a member that gets most of its tier's rate: a tier far slower would cost it far
+    // more than the few repairs it needs where it is (fleet-sim: 500 Mbit/s clients losing
+    // 3 % on a 514 Mbit/s tier went to the 50 Mbit/s one).
+    if near_only {
+        return None;
+    }
     slower()
         .min_by(|a, b| distance(a.1).total_cmp(&distance(b.1)))
         .map(|(i, _)| Target::Tier(i))
