@@ -908,7 +908,9 @@ fn a_member_that_gets_most_of_the_rate_is_not_sent_to_a_far_slower_tier() {
     ];
     let moves = plan(&config, now, &mut plans);
     assert!(
-        moves.iter().all(|m| m.to != Target::Tier(1) && m.to != Target::Tier(0)),
+        moves
+            .iter()
+            .all(|m| m.to != Target::Tier(1) && m.to != Target::Tier(0)),
         "not to a tier a tenth as fast: {moves:?}"
     );
 }
