@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant as WallInstant};
 
+use loopcast_node::{FleetConfig, HeartbeatSender, Load};
 use loopcast_proto::carousel::SessionId;
 use loopcast_proto::director::{Director, DirectorConfig};
 use loopcast_proto::endpoint::{Endpoint, EndpointConfig, FileLookup, MulticastGroups};
@@ -24,9 +25,9 @@ use loopcast_proto::info::{FileInfo, RootHash};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::Instant;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, RequestHints, Token, Transport};
-use loopcast_proto::wire::fleet::{CatalogEntry, FleetKey};
+use loopcast_proto::wire::fleet::{catalog_pages, CatalogEntry, FleetKey};
 
-use crate::fleet_sim::{client_address, HeartbeatSource, Load};
+use crate::fleet_sim::client_address;
 
 pub struct ControlArgs {
     pub clients: usize,
@@ -277,26 +278,32 @@ fn run_in(dir: &std::path::Path, args: &ControlArgs) -> Result<serde_json::Value
                 bytes: 1 << 30,
             })
             .collect();
-        let mut heartbeats = HeartbeatSource::new(
+        let pages = catalog_pages(&entries).len();
+        let mut heartbeats = HeartbeatSender::new(
+            FleetConfig {
+                directors: vec![SocketAddr::from(([10, 201, 0, 1], 7800))],
+                key: key.clone(),
+                advertise: SocketAddr::from(([10, 200, (server >> 8) as u8, server as u8], 7700)),
+                location: String::new(),
+                interval: Duration::from_secs(60),
+                rate_bits_per_s_max: 0,
+            },
             server as u64 + 1,
-            SocketAddr::from(([10, 200, (server >> 8) as u8, server as u8], 7700)),
-            "",
-            entries,
+            t0_unix_ms,
         );
-        heartbeats.incarnation = t0_unix_ms;
-        heartbeats.interval_ms = 60_000;
+        heartbeats.set_catalog(entries);
         let idle = Load {
             sessions: 0,
             sessions_max: u32::MAX,
             channels: 0,
             rate_bits_per_s: 0,
         };
-        for _ in 0..heartbeats.pages.len() {
+        for _ in 0..pages {
             director.handle_datagram(
                 Instant::ZERO,
                 t0_unix_ms,
                 SocketAddr::from(([10, 200, 0, 1], 7700)),
-                &heartbeats.next(t0_unix_ms, &idle).to_bytes(&key),
+                &heartbeats.next(Instant::ZERO, t0_unix_ms, &idle),
             );
         }
     }

@@ -27,6 +27,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant as WallInstant};
 
+use loopcast_node::{FleetConfig, HeartbeatSender, Load};
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::client::{ClientConfig, ClientEvent, ClientSession};
 use loopcast_proto::director::{Director, DirectorConfig, DirectorEvent};
@@ -38,9 +39,7 @@ use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::Instant;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, Transport};
 use loopcast_proto::wire::datagram::FileId;
-use loopcast_proto::wire::fleet::{
-    catalog_digest, catalog_pages, CatalogEntry, FleetKey, Heartbeat, ServerState,
-};
+use loopcast_proto::wire::fleet::{CatalogEntry, FleetKey};
 
 pub struct FleetSimArgs {
     pub clients: usize,
@@ -66,78 +65,6 @@ fn server_address(index: usize) -> SocketAddr {
 
 fn director_address(index: usize) -> SocketAddr {
     SocketAddr::from(([10, 201, 0, index as u8], 7800))
-}
-
-/// A server's heartbeats as `HeartbeatSender` (control/node) builds them: one page of the
-/// catalog in turn, a sequence that grows, the load of the moment.
-pub(crate) struct HeartbeatSource {
-    pub server_id: u64,
-    pub incarnation: u64,
-    pub sequence: u64,
-    pub interval_ms: u32,
-    pub request_addr: SocketAddr,
-    pub location: String,
-    pub rate_bits_per_s_max: u64,
-    pub pages: Vec<Vec<CatalogEntry>>,
-    pub digest: [u8; 32],
-}
-
-/// The load a heartbeat tells: sessions, their bound, channels and the channels' rates.
-pub(crate) struct Load {
-    pub sessions: u32,
-    pub sessions_max: u32,
-    pub channels: u32,
-    pub rate_bits_per_s: u64,
-}
-
-impl HeartbeatSource {
-    /// `catalog` sorted by name, as a server announces it.
-    pub(crate) fn new(
-        server_id: u64,
-        request_addr: SocketAddr,
-        location: &str,
-        mut catalog: Vec<CatalogEntry>,
-    ) -> HeartbeatSource {
-        catalog.sort_by(|a, b| a.name.cmp(&b.name));
-        catalog.dedup_by(|a, b| a.name == b.name);
-        let pages = catalog_pages(&catalog);
-        let digest = catalog_digest(&pages.concat());
-        HeartbeatSource {
-            server_id,
-            incarnation: 1_800_000_000_000,
-            sequence: 0,
-            interval_ms: 250,
-            request_addr,
-            location: location.to_owned(),
-            rate_bits_per_s_max: 0,
-            pages,
-            digest,
-        }
-    }
-
-    pub(crate) fn next(&mut self, unix_ms: u64, load: &Load) -> Heartbeat {
-        self.sequence += 1;
-        let page = (self.sequence % self.pages.len() as u64) as usize;
-        Heartbeat {
-            server_id: self.server_id,
-            incarnation: self.incarnation,
-            sequence: self.sequence,
-            sent_at_unix_ms: unix_ms,
-            interval_ms: self.interval_ms,
-            state: ServerState::Online,
-            request_addr: self.request_addr,
-            location: self.location.clone(),
-            sessions: load.sessions,
-            sessions_max: load.sessions_max,
-            channels: load.channels,
-            rate_bits_per_s: load.rate_bits_per_s,
-            rate_bits_per_s_max: self.rate_bits_per_s_max,
-            catalog_digest: self.digest,
-            page: page as u16,
-            pages: self.pages.len() as u16,
-            entries: self.pages[page].clone(),
-        }
-    }
 }
 
 const LOCATIONS: [&str; 3] = ["eu", "us", "ap"];
@@ -310,7 +237,7 @@ struct SimServer {
     location: u8,
     alive: bool,
     wake_at: Option<Instant>,
-    heartbeats: HeartbeatSource,
+    heartbeats: HeartbeatSender,
     data: DataPlane,
     busy: Duration,
 }
@@ -332,7 +259,6 @@ struct Sim {
     clients: Vec<SimClient>,
     servers: Vec<SimServer>,
     directors: Vec<SimDirector>,
-    key: FleetKey,
     dead: Option<(u16, Instant)>,
     datagram_bits: f64,
     packets: u64,
@@ -597,12 +523,13 @@ impl Sim {
                 .map(|c| c.rate_bits_per_s)
                 .fold(0u64, u64::saturating_add),
         };
-        let bytes = server.heartbeats.next(unix_ms, &load).to_bytes(&self.key);
-        for d in 0..self.directors.len() {
+        let bytes = server.heartbeats.next(self.now, unix_ms, &load);
+        let directors = server.heartbeats.directors().to_vec();
+        for director in directors {
             self.send(
                 Node::Server(index),
                 server_address(s),
-                director_address(d),
+                director,
                 bytes.clone(),
             );
         }
@@ -791,14 +718,19 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
                     bytes: info.original_size,
                 })
                 .collect();
-            let mut heartbeats = HeartbeatSource::new(
+            let mut heartbeats = HeartbeatSender::new(
+                FleetConfig {
+                    directors: director_addresses.clone(),
+                    key: key.clone(),
+                    advertise: server_address(s),
+                    location: LOCATIONS[usize::from(location)].to_owned(),
+                    interval: HEARTBEAT_INTERVAL,
+                    rate_bits_per_s_max: SERVER_RATE_MAX_BITS_PER_S,
+                },
                 rng.next_u64(),
-                server_address(s),
-                LOCATIONS[usize::from(location)],
-                catalog,
+                UNIX_MS_AT_ZERO,
             );
-            heartbeats.interval_ms = HEARTBEAT_INTERVAL.as_millis() as u32;
-            heartbeats.rate_bits_per_s_max = SERVER_RATE_MAX_BITS_PER_S;
+            heartbeats.set_catalog(catalog);
             SimServer {
                 endpoint: Endpoint::new(config, SeededRng::from_u64(rng.next_u64()), Instant::ZERO),
                 files: ServerFiles(held),
@@ -867,7 +799,6 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
         clients,
         servers,
         directors,
-        key,
         dead: None,
         datagram_bits,
         packets: 0,

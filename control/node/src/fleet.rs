@@ -24,14 +24,14 @@ pub struct FleetConfig {
 }
 
 /// The server's load, as a heartbeat tells it.
-pub(crate) struct Load {
+pub struct Load {
     pub sessions: u32,
     pub sessions_max: u32,
     pub channels: u32,
     pub rate_bits_per_s: u64,
 }
 
-pub(crate) struct HeartbeatSender {
+pub struct HeartbeatSender {
     config: FleetConfig,
     server_id: u64,
     incarnation: u64,
@@ -45,7 +45,7 @@ pub(crate) struct HeartbeatSender {
 }
 
 impl HeartbeatSender {
-    pub(crate) fn new(config: FleetConfig, server_id: u64, start_unix_ms: u64) -> Self {
+    pub fn new(config: FleetConfig, server_id: u64, start_unix_ms: u64) -> Self {
         assert!(!config.directors.is_empty(), "a fleet has a director");
         HeartbeatSender {
             config,
@@ -60,13 +60,13 @@ impl HeartbeatSender {
         }
     }
 
-    pub(crate) fn directors(&self) -> &[SocketAddr] {
+    pub fn directors(&self) -> &[SocketAddr] {
         &self.config.directors
     }
 
     /// The files this server holds now (sorted by name, so the digest is the same for the
     /// same catalog).
-    pub(crate) fn set_catalog(&mut self, mut entries: Vec<CatalogEntry>) {
+    pub fn set_catalog(&mut self, mut entries: Vec<CatalogEntry>) {
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let digest = catalog_digest(&entries);
         if digest != self.scanned {
@@ -94,7 +94,7 @@ impl HeartbeatSender {
     }
 
     /// The next heartbeat (the next page of the catalog), and when the one after is due.
-    pub(crate) fn next(&mut self, now: Instant, unix_ms: u64, load: &Load) -> Vec<u8> {
+    pub fn next(&mut self, now: Instant, unix_ms: u64, load: &Load) -> Vec<u8> {
         self.sequence += 1;
         self.next_at = now + self.config.interval;
         let page = (self.sequence % self.pages.len() as u64) as usize;

@@ -14,5 +14,5 @@ mod catalog;
 mod fleet;
 mod server;
 
-pub use fleet::FleetConfig;
+pub use fleet::{FleetConfig, HeartbeatSender, Load};
 pub use server::{bind, run, run_on, MulticastConfig, ServerConfig, ServerError};
