@@ -541,31 +541,8 @@ fn with_no_room_for_another_tier_a_member_goes_to_the_nearest_slower_one() {
         .map(|&rate| TierControl::new_known(&config, at(0), rate))
         .collect();
     // On the fastest tier: one member keeps up, one gets 3 of the 4 Gbit/s.
-    let mut clear = PathEstimate::default();
-    let mut lossy = PathEstimate::default();
-    let per_report = 4e9 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
-    for _ in 0..3 {
-        clear.observe(
-            &config,
-            per_report as u32,
-            0,
-            STEP,
-            DATAGRAM_BITS,
-            4_000_000_000,
-            None,
-            Counts::Settled,
-        );
-        lossy.observe(
-            &config,
-            (0.75 * per_report) as u32,
-            (0.25 * per_report) as u32,
-            STEP,
-            DATAGRAM_BITS,
-            4_000_000_000,
-            None,
-            Counts::Settled,
-        );
-    }
+    let clear = settled_reports(&config, 4_000_000_000, 0.0, 3);
+    let lossy = settled_reports(&config, 4_000_000_000, 0.25, 3);
     let mut plans = memberless_plans(&mut controls);
     plans[3].members = vec![
         MemberPlan {
@@ -867,31 +844,8 @@ fn a_member_that_gets_most_of_the_rate_is_not_sent_to_a_far_slower_tier() {
         .iter()
         .map(|&rate| TierControl::new_known(&config, at(0), rate))
         .collect();
-    let mut clear = PathEstimate::default();
-    let mut held = PathEstimate::default();
-    let per_report = rate as f64 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
-    for _ in 0..8 {
-        clear.observe(
-            &config,
-            per_report as u32,
-            0,
-            STEP,
-            DATAGRAM_BITS,
-            rate,
-            None,
-            Counts::Settled,
-        );
-        held.observe(
-            &config,
-            (0.972 * per_report) as u32,
-            (0.028 * per_report) as u32,
-            STEP,
-            DATAGRAM_BITS,
-            rate,
-            None,
-            Counts::Settled,
-        );
-    }
+    let clear = settled_reports(&config, rate, 0.0, 8);
+    let held = settled_reports(&config, rate, 0.028, 8);
     assert!(held.is_congested(&config), "2.8 % is congestion");
     let mut plans = memberless_plans(&mut controls);
     plans[2].members = vec![
@@ -913,4 +867,23 @@ fn a_member_that_gets_most_of_the_rate_is_not_sent_to_a_far_slower_tier() {
             .all(|m| m.to != Target::Tier(1) && m.to != Target::Tier(0)),
         "not to a tier a tenth as fast: {moves:?}"
     );
+}
+
+/// A member's estimate after `reports` settled reports at `rate`, each losing `lost_share`.
+fn settled_reports(config: &RateConfig, rate: u64, lost_share: f64, reports: u32) -> PathEstimate {
+    let mut estimate = PathEstimate::default();
+    let per_report = rate as f64 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
+    for _ in 0..reports {
+        estimate.observe(
+            config,
+            ((1.0 - lost_share) * per_report) as u32,
+            (lost_share * per_report) as u32,
+            STEP,
+            DATAGRAM_BITS,
+            rate,
+            None,
+            Counts::Settled,
+        );
+    }
+    estimate
 }
