@@ -27,6 +27,8 @@ use loopcast_proto::time::Instant;
 use loopcast_proto::wire::control::{ControlMessage, RejectCode, RequestHints, Token, Transport};
 use loopcast_proto::wire::fleet::{CatalogEntry, FleetKey};
 
+use crate::fleet_sim::client_address;
+
 pub struct ControlArgs {
     pub clients: usize,
     pub seconds: f64,
@@ -72,14 +74,6 @@ fn sample_info(dir: &std::path::Path) -> Result<FileInfo, String> {
         .info()
         .clone();
     Ok(info)
-}
-
-fn client_address(index: usize) -> SocketAddr {
-    let index = index as u32;
-    SocketAddr::from((
-        Ipv4Addr::new(10, (index >> 16) as u8, (index >> 8) as u8, index as u8),
-        40_000,
-    ))
 }
 
 fn drain(endpoint: &mut Endpoint) -> Vec<Vec<u8>> {

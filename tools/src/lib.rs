@@ -5,6 +5,7 @@ pub mod control_bench;
 pub mod demo;
 pub mod e2e_bench;
 pub mod fleet_bench;
+pub mod fleet_sim;
 pub mod session_bench;
 pub mod topology;
 

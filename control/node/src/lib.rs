@@ -14,7 +14,7 @@ mod catalog;
 mod fleet;
 mod server;
 
-pub use fleet::FleetConfig;
+pub use fleet::{FleetConfig, HeartbeatSender, Load};
 pub use server::{
     bind, run, run_on, run_reloadable, MulticastConfig, Reload, ServerConfig, ServerError,
 };

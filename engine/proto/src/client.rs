@@ -308,6 +308,12 @@ impl ClientSession {
         self.meter.observe(serial, repair);
     }
 
+    /// [`LossMeter::observe_stretch`] for this session's meter: what a stretch of the loop
+    /// brought, from a simulation's abstracted data plane (`loopcast-bench fleet-sim`).
+    pub fn observe_stretch(&mut self, received: u32, lost: u32) {
+        self.meter.observe_stretch(received, lost);
+    }
+
     /// [`account_datagram`] with this session's loss meter: what one received datagram tells
     /// it and the NAK planner. The one place the client driver and the simulation do this.
     pub fn account_datagram(

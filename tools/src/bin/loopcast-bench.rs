@@ -184,6 +184,21 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// A simulated fleet (real director, server and client machines) on virtual time.
+    FleetSim {
+        #[arg(long, default_value_t = 100_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        servers: usize,
+        #[arg(long, default_value_t = 2)]
+        directors: usize,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Packing throughput vs memcpy and AES-256-GCM ceilings.
     Pack {
         /// Bytes to pack (incompressible).
@@ -270,6 +285,24 @@ fn main() -> ExitCode {
             interface,
             seconds,
         } => run_sink(group, interface, seconds),
+        Scenario::FleetSim {
+            clients,
+            servers,
+            directors,
+            seconds,
+            seed,
+            json,
+        } => loopcast_tools::fleet_sim::run_fleet_sim(&loopcast_tools::fleet_sim::FleetSimArgs {
+            clients,
+            servers,
+            directors,
+            seconds: seconds.clamp(1.0, 3_600.0),
+            seed,
+        })
+        .map(|report| {
+            let line = loopcast_tools::fleet_sim::describe(&report);
+            print_one(&report, json, &line)
+        }),
         Scenario::Control {
             clients,
             seconds,
