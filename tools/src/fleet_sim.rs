@@ -1067,6 +1067,10 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
         "placed_fraction_at_10s": fraction(placed_at_check, checked),
         "server_fit_fraction_at_10s": fraction(server_fit_at_check, checked),
         "matched_fraction_at_10s": fraction(matched_at_check, checked),
+        "matched_fraction_at_end": fraction(
+            sim.clients.iter().filter(|c| c.matched_now).count(),
+            args.clients,
+        ),
         "matched_within_10s_fraction": fraction(matched_within, args.clients),
         "first_match_seconds_p50": quantile(&first_match_s, 0.5),
         "first_match_seconds_p95": quantile(&first_match_s, 0.95),
