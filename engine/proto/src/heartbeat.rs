@@ -251,6 +251,9 @@ impl HeartbeatSender {
         if challenge.server_id != self.server_id
             || challenge.incarnation != self.incarnation
             || link >= self.links.len()
+            // Only from the director's own host: a challenge has no freshness, so one replayed
+            // from elsewhere would otherwise send this link's heartbeats there.
+            || from.ip() != self.config.directors[link].ip()
         {
             self.counters.challenges_refused += 1;
             return Err(ChallengeRefused::NotOurs);
