@@ -364,14 +364,36 @@ mod address_tests {
     }
 }
 
+/// A config file is at most this long: a swapped-in huge file (or /dev/zero) is refused
+/// instead of filling the daemon's memory on SIGHUP.
+pub const CONFIG_BYTES_MAX: u64 = 1 << 20;
+
+/// The config file's text: a regular file (a FIFO or device would block or never end) of at
+/// most [`CONFIG_BYTES_MAX`] bytes.
+fn read_config(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(CONFIG_BYTES_MAX + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > CONFIG_BYTES_MAX {
+        return Err(std::io::Error::other(format!(
+            "longer than {CONFIG_BYTES_MAX} bytes"
+        )));
+    }
+    Ok(text)
+}
+
 /// The flags a daemon's config file stands for (`loopcastd serve|direct --config FILE`): a
 /// TOML table whose keys are the subcommand's long flags (`-` or `_` alike) and whose values
 /// are what the flag takes: a string or number, `true` for a switch (false leaves it off), an
 /// array for a flag given several times. Unknown keys, and keys the config cannot set (`config`
 /// itself, `help`), are errors that name the file and the key.
 pub fn config_args(path: &std::path::Path, command: &clap::Command) -> Result<Vec<String>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+    let text = read_config(path).map_err(|e| format!("config {}: {e}", path.display()))?;
     let table: toml::Table = text
         .parse()
         .map_err(|e| format!("config {}: {e}", path.display()))?;
@@ -498,5 +520,34 @@ mod config_tests {
         assert!(config_args(missing, &command())
             .unwrap_err()
             .contains("/nonexistent"));
+    }
+}
+
+#[cfg(test)]
+mod config_size_tests {
+    use super::*;
+
+    /// Attack (s6 review): a config swapped for a huge file, or a symlink to /dev/zero, was
+    /// read whole on SIGHUP (or at start); it is refused, naming the file.
+    #[test]
+    fn a_huge_config_or_a_device_is_refused() {
+        let command = clap::Command::new("t").arg(clap::Arg::new("listen").long("listen"));
+        let path = std::env::temp_dir().join(format!("hx-config-{}.toml", std::process::id()));
+        let mut text = "listen = \"127.0.0.1:7700\"\n".to_string();
+        while (text.len() as u64) <= CONFIG_BYTES_MAX {
+            text.push_str("# padding padding padding padding padding padding padding\n");
+        }
+        std::fs::write(&path, &text).unwrap();
+        let huge = config_args(&path, &command);
+        std::fs::write(&path, "listen = \"127.0.0.1:7700\"\n").unwrap();
+        let small = config_args(&path, &command);
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            huge.is_err_and(|e| e.contains("longer than")),
+            "huge file refused"
+        );
+        assert!(small.is_ok(), "{small:?}");
+        let device = config_args(std::path::Path::new("/dev/zero"), &command);
+        assert!(device.is_err_and(|e| e.contains("not a regular file")));
     }
 }

@@ -251,6 +251,9 @@ impl HeartbeatSender {
         if challenge.server_id != self.server_id
             || challenge.incarnation != self.incarnation
             || link >= self.links.len()
+            // Only from the director's own host: a challenge has no freshness, so one replayed
+            // from elsewhere would otherwise send this link's heartbeats there.
+            || from.ip().to_canonical() != self.config.directors[link].ip().to_canonical()
         {
             self.counters.challenges_refused += 1;
             return Err(ChallengeRefused::NotOurs);

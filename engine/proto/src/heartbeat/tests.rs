@@ -330,3 +330,35 @@ fn a_catalog_larger_than_the_pages_still_announces_what_fits() {
         "a file the server announces is routable"
     );
 }
+
+/// Attack (s6 review): a challenge has no freshness and no tie to where it came from, so one
+/// recorded on the path (or obtained from any fleet director by replaying a heartbeat to it)
+/// can be replayed to the server from any address, as often as the attacker likes: the
+/// server's heartbeats then go to the attacker, and its director loses it.
+#[test]
+fn a_replayed_challenge_from_elsewhere_does_not_steal_the_heartbeats() {
+    let mut sender = sender(&["10.0.0.9:7700"]);
+    let mut directors = [FakeDirector::new("10.0.0.9:7700", "10.0.0.9:7702", 1)];
+    // Record the director's challenge to the server's first heartbeat.
+    let out = sender.poll_transmit(at(0), UNIX_MS, &Load::default(), false);
+    let recorded = directors[0]
+        .director
+        .handle_datagram(at(0), UNIX_MS, server(), &out[0].1)
+        .expect("a challenge");
+    sender
+        .handle_datagram(at(0), directors[0].heartbeats, &recorded)
+        .unwrap();
+    exchange(&mut sender, &mut directors, 0);
+    assert_eq!(directors[0].live(), 1);
+    let attacker = addr("203.0.113.5:9");
+    for ms in (250..=5000).step_by(250) {
+        let _ = sender.handle_datagram(at(ms), attacker, &recorded);
+        exchange(&mut sender, &mut directors, ms);
+        directors[0].director.handle_timeout(at(ms));
+        assert_eq!(directors[0].live(), 1, "the server is lost at {ms} ms");
+    }
+    assert!(
+        !sender.heartbeat_destinations().any(|to| to == attacker),
+        "heartbeats redirected to the attacker"
+    );
+}
