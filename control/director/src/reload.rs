@@ -1,8 +1,8 @@
 //! SIGHUP on `loopcastd direct` (issue 11): the config file is read again (the command line
 //! still over it). Live: `--heartbeat-misses` (the next expiry check judges by it). Restart
 //! only: the sockets made at start (`--listen`, `--heartbeat-listen`, `--admin-socket`,
-//! `--metrics`); and `--fleet-key` (a new key is named by a fingerprint in the warning). A file that does not parse or check
-//! changes nothing.
+//! `--metrics`) and `--fleet-key` (the warning names each key by a fingerprint). A file that
+//! does not parse or check changes nothing.
 
 use loopcast_admin::reload::Changes;
 use loopcast_proto::director::Director;
