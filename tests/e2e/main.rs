@@ -52,6 +52,7 @@ mod hostile;
 mod links;
 mod live;
 mod multicast;
+mod operator;
 mod options;
 mod packaging;
 mod repair;
@@ -198,6 +199,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(live::a_stopped_channel_s_client_asks_again_and_finishes_identical),
         e2e!(live::sighup_with_a_lower_rate_slows_a_running_channel_at_once),
         e2e!(live::sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new_miss_count),
+        e2e!(operator::sighup_with_a_new_fleet_key_warns_it_waits_for_a_restart),
         e2e!(
             packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
             Need::Program("systemd-analyze", "the Debian package systemd")

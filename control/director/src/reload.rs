@@ -1,8 +1,8 @@
 //! SIGHUP on `loopcastd direct` (issue 11): the config file is read again (the command line
 //! still over it). Live: `--heartbeat-misses` (the next expiry check judges by it). Restart
 //! only: the sockets made at start (`--listen`, `--heartbeat-listen`, `--admin-socket`,
-//! `--metrics`); the fleet key file is read at start only. A file that does not parse or check
-//! changes nothing.
+//! `--metrics`) and `--fleet-key` (the warning names each key by a fingerprint). A file that
+//! does not parse or check changes nothing.
 
 use loopcast_admin::reload::Changes;
 use loopcast_proto::director::Director;
@@ -38,6 +38,11 @@ fn changes(old: &DirectConfig, new: &DirectConfig) -> Changes {
         new.heartbeat_misses,
     );
     changes.restart("--listen", old.listen, new.listen);
+    changes.restart(
+        "--fleet-key",
+        old.fleet_key.fingerprint(),
+        new.fleet_key.fingerprint(),
+    );
     let address = |a: Option<std::net::SocketAddr>| a.map_or("none".to_owned(), |a| a.to_string());
     changes.restart(
         "--heartbeat-listen",

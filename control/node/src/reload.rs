@@ -67,6 +67,7 @@ pub(super) fn changes(old: &ServerConfig, new: &ServerConfig) -> Changes {
             );
             changes.restart("--director", list(&was.directors), list(&now.directors));
             changes.restart("--advertise", was.advertise, now.advertise);
+            changes.restart("--fleet-key", was.key.fingerprint(), now.key.fingerprint());
         }
         (was, now) => changes.restart(
             "--director",

@@ -26,19 +26,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Channels, sessions, send path and counters.
+    /// Channels, sessions, send path, settings and counters (a server); servers, files and
+    /// counters (a director).
     Status {
         /// Print the daemon's JSON answer as is.
         #[arg(long)]
         json: bool,
     },
-    /// Clients: file, speed tier, throughput, loss and round trip as their reports say, progress.
+    /// (server) Clients: file, speed tier, throughput, loss and round trip as their reports say,
+    /// progress.
     Clients {
         /// A JSON array, one object per client.
         #[arg(long)]
         json: bool,
     },
-    /// Channels: each file's speed tiers with their rates, the tier policy, clients and traffic.
+    /// (server) Channels: each file's speed tiers with their rates, the tier policy, clients and
+    /// traffic.
     Channels {
         /// A JSON array, one object per channel (tier).
         #[arg(long)]

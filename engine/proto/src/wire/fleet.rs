@@ -83,6 +83,12 @@ impl FleetKey {
         Some(FleetKey(*hasher.finalize().as_bytes()))
     }
 
+    /// Eight hex digits that tell two keys apart (in a reload's log) and reveal neither.
+    pub fn fingerprint(&self) -> String {
+        let hash = self.mac(b"loopcast fleet key fingerprint");
+        hash.to_hex()[..8].to_owned()
+    }
+
     fn mac(&self, bytes: &[u8]) -> blake3::Hash {
         blake3::keyed_hash(&self.0, bytes)
     }
