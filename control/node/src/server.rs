@@ -16,6 +16,7 @@ use loopcast_dataplane::send::{probe_send_path, SendPath};
 use loopcast_proto::endpoint::{
     self, DataCommand, Endpoint, EndpointConfig, Event, FileLookup, MulticastGroups, Via,
 };
+use loopcast_proto::heartbeat::ChallengeRefused;
 use loopcast_proto::info::FileInfo;
 use loopcast_proto::rate::format_rate;
 use loopcast_proto::rng::SeededRng;
@@ -118,6 +119,9 @@ const CONTROL_BATCH_MAX: usize = 256;
 const ARCHIVE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a served archive's whole hash tree is re-verified beside the loop.
 const ARCHIVE_REVERIFY_INTERVAL: Duration = Duration::from_secs(600);
+/// A warning that a flood could repeat comes at most this often.
+const WARNING_INTERVAL: core::time::Duration = core::time::Duration::from_secs(10);
+
 /// How often a fleet member rescans its media database for the catalog its heartbeats carry.
 const CATALOG_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Hash-tree checks running at once, at most (each takes a core while it runs).
@@ -255,6 +259,8 @@ struct Server {
     verifying: HashMap<ArchiveKey, std::thread::JoinHandle<Result<(), String>>>,
     /// Heartbeats to the directors (R15), and when the catalog they announce is next rescanned.
     heartbeat: Option<crate::fleet::HeartbeatSender>,
+    /// When a refused challenge from the wrong host was last logged.
+    last_wrong_host_warning: Option<Instant>,
     next_catalog_scan: Instant,
 }
 
@@ -402,6 +408,7 @@ fn serve(
         corrupt_archives: std::collections::HashSet::new(),
         verifying: HashMap::new(),
         heartbeat: None,
+        last_wrong_host_warning: None,
         next_catalog_scan: Instant::ZERO,
         config,
     };
@@ -479,8 +486,19 @@ impl Server {
             if Heartbeat::is_fleet(&buffer[..len]) {
                 // A director's challenge (R15): answered with a heartbeat at once.
                 if let Some(heartbeat) = self.heartbeat.as_mut() {
-                    if let Err(refused) = heartbeat.handle_datagram(now, from, &buffer[..len]) {
-                        tracing::debug!(%from, ?refused, "fleet datagram refused");
+                    match heartbeat.handle_datagram(now, from, &buffer[..len]) {
+                        Ok(()) => {}
+                        // Said at most every 10 s: a director whose answers leave from another
+                        // address than the one it is configured by never registers us.
+                        Err(ChallengeRefused::WrongHost { director })
+                            if self
+                                .last_wrong_host_warning
+                                .is_none_or(|at| now.saturating_since(at) >= WARNING_INTERVAL) =>
+                        {
+                            self.last_wrong_host_warning = Some(now);
+                            tracing::warn!(%from, %director, "a director's challenge came from another host than --director names: refused (a replay, or a director answering from another address; give it --listen with the address servers use)");
+                        }
+                        Err(refused) => tracing::debug!(%from, ?refused, "fleet datagram refused"),
                     }
                 }
                 self.send_heartbeat(false);

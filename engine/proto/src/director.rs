@@ -446,6 +446,7 @@ impl Director {
                 server_id: heartbeat.server_id,
                 incarnation: heartbeat.incarnation,
                 link: heartbeat.link,
+                sequence: heartbeat.sequence,
                 nonce: self.nonce(now, 0, &heartbeat, from),
             }
             .to_bytes(&self.config.fleet_key);

@@ -10,7 +10,9 @@
 //! ```
 //! A director takes a server it does not know only from a heartbeat that echoes the nonce it
 //! just sent (`director::Director`): a recorded heartbeat of a dead server cannot register it
-//! with a director that restarted. The answer to a challenge is one heartbeat, at most every
+//! with a director that restarted. A server takes a challenge only from the configured
+//! director's host, answering one of its last 16 heartbeats, newer than the last it took on
+//! that link: a recorded challenge, replayed, cannot send its heartbeats elsewhere. The answer to a challenge is one heartbeat, at most every
 //! quarter interval per director, so a challenge cannot make a server send more than it gets.
 
 use core::time::Duration;
@@ -105,7 +107,18 @@ pub enum ChallengeRefused {
     Unauthenticated(FleetParseError),
     /// Made with the key, but for another server process or a director we do not have.
     NotOurs,
+    /// Made with the key for `director`'s link, but not from that director's host (a replay
+    /// from elsewhere; or a director that answers from another address than the one servers
+    /// name it by).
+    WrongHost { director: SocketAddr },
+    /// An answer to a heartbeat older than our last few, or not newer than the last challenge
+    /// taken on that link: a replay.
+    Stale,
 }
+
+/// A challenge answers one of this many last heartbeats (about 4 s of rounds and answers at
+/// the default 250 ms).
+const CHALLENGE_FRESH_SEQUENCES: u64 = 16;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeartbeatCounters {
@@ -119,6 +132,8 @@ struct DirectorLink {
     /// Where its heartbeats go: the address its last challenge came from.
     heartbeat_to: SocketAddr,
     echo: [u8; NONCE_LEN],
+    /// The sequence the last challenge taken on this link answered.
+    challenged_sequence: Option<u64>,
     /// A challenge is answered at once, unless one was answered less than a quarter interval
     /// ago (then the next round carries the echo).
     answered_at: Option<Instant>,
@@ -164,6 +179,7 @@ impl HeartbeatSender {
                 configured: director,
                 heartbeat_to: director,
                 echo: [0; NONCE_LEN],
+                challenged_sequence: None,
                 answered_at: None,
                 answer_due: false,
             })
@@ -251,16 +267,32 @@ impl HeartbeatSender {
         if challenge.server_id != self.server_id
             || challenge.incarnation != self.incarnation
             || link >= self.links.len()
-            // Only from the director's own host: a challenge has no freshness, so one replayed
-            // from elsewhere would otherwise send this link's heartbeats there.
-            || from.ip().to_canonical() != self.config.directors[link].ip().to_canonical()
         {
             self.counters.challenges_refused += 1;
             return Err(ChallengeRefused::NotOurs);
         }
+        // Only from the director's own host: one replayed from elsewhere would otherwise send
+        // this link's heartbeats there (attack review).
+        let director = self.config.directors[link];
+        if from.ip().to_canonical() != director.ip().to_canonical() {
+            self.counters.challenges_refused += 1;
+            return Err(ChallengeRefused::WrongHost { director });
+        }
+        // Fresh: it answers one of our last heartbeats, newer than the last challenge taken on
+        // this link (a recorded challenge, replayed even from the director's address, is not).
+        let fresh = challenge.sequence <= self.sequence
+            && self.sequence - challenge.sequence <= CHALLENGE_FRESH_SEQUENCES
+            && self.links[link]
+                .challenged_sequence
+                .is_none_or(|taken| challenge.sequence > taken);
+        if !fresh {
+            self.counters.challenges_refused += 1;
+            return Err(ChallengeRefused::Stale);
+        }
         self.counters.challenges += 1;
         let quarter = self.config.interval / 4;
         let link = &mut self.links[link];
+        link.challenged_sequence = Some(challenge.sequence);
         link.echo = challenge.nonce;
         link.heartbeat_to = from;
         link.answer_due = link

@@ -228,6 +228,7 @@ fn forged_and_foreign_challenges_change_nothing() {
         server_id: 42,
         incarnation: UNIX_MS,
         link: 0,
+        sequence: 0,
         nonce: [1; NONCE_LEN],
     };
     assert!(matches!(
@@ -270,31 +271,70 @@ fn forged_and_foreign_challenges_change_nothing() {
     assert_eq!(heartbeat.echo, [0; NONCE_LEN]);
 }
 
-/// A fleet member that floods challenges (or replays one) gets at most one heartbeat at once
-/// per director per quarter interval; the rest wait for the round.
+/// A fleet member that floods fresh challenges gets at most one heartbeat at once per director
+/// per quarter interval; the rest wait for the round. The same challenge again is stale.
 #[test]
 fn a_flood_of_challenges_gets_at_most_one_answer_a_quarter_interval() {
     let mut sender = sender(&["10.0.0.9:7700"]);
-    sender.poll_transmit(at(0), UNIX_MS, &Load::default(), false);
-    let challenge = Challenge {
-        server_id: 42,
-        incarnation: UNIX_MS,
-        link: 0,
-        nonce: [1; NONCE_LEN],
-    }
-    .to_bytes(&key());
-    let mut answers = 0;
+    let mut sent = sender
+        .poll_transmit(at(0), UNIX_MS, &Load::default(), false)
+        .len() as u64;
+    let challenge = |sequence| {
+        Challenge {
+            server_id: 42,
+            incarnation: UNIX_MS,
+            link: 0,
+            sequence,
+            nonce: [1; NONCE_LEN],
+        }
+        .to_bytes(&key())
+    };
+    let mut stale = 0;
     for tenth_ms in 1..2_400u64 {
         let now = Instant::from_nanos(tenth_ms * 100_000);
-        sender
-            .handle_datagram(now, addr("10.0.0.9:7702"), &challenge)
-            .unwrap();
-        answers += sender
+        // The newest heartbeat's sequence: fresh until it is taken.
+        if sender.handle_datagram(now, addr("10.0.0.9:7702"), &challenge(sent))
+            == Err(ChallengeRefused::Stale)
+        {
+            stale += 1;
+        }
+        sent += sender
             .poll_transmit(now, UNIX_MS, &Load::default(), false)
-            .len();
+            .len() as u64;
     }
     // 240 ms of challenges: the answers at 0.1 ms, 62.6, 125.1, 187.6 ms.
+    let answers = sent - 1;
     assert!(answers <= 4, "{answers} heartbeats for 2,399 challenges");
+    assert!(stale > 2_000, "the same challenge again is stale ({stale})");
+}
+
+/// An off-path attacker who recorded a director's challenge replays it later, spoofing the
+/// director's own address (the host check passes) and another port: it answers an old
+/// heartbeat, so it is stale and the heartbeats keep their destination.
+#[test]
+fn a_recorded_challenge_replayed_from_the_directors_address_is_stale() {
+    let mut sender = sender(&["10.0.0.9:7700"]);
+    let mut directors = [FakeDirector::new("10.0.0.9:7700", "10.0.0.9:7702", 1)];
+    let first = sender.poll_transmit(at(0), UNIX_MS, &Load::default(), false);
+    let recorded = directors[0]
+        .director
+        .handle_datagram(at(0), UNIX_MS, server(), &first[0].1)
+        .expect("challenged");
+    sender
+        .handle_datagram(at(0), addr("10.0.0.9:7702"), &recorded)
+        .unwrap();
+    for ms in (0..=5_000).step_by(250) {
+        exchange(&mut sender, &mut directors, ms);
+    }
+    assert_eq!(directors[0].live(), 1);
+    assert_eq!(
+        sender.handle_datagram(at(5_000), addr("10.0.0.9:9999"), &recorded),
+        Err(ChallengeRefused::Stale)
+    );
+    assert_eq!(
+        sender.heartbeat_destinations().collect::<Vec<_>>(),
+        vec![addr("10.0.0.9:7702")]
+    );
 }
 
 /// More files than `CATALOG_PAGES_MAX` pages hold (long names: 7 a page): the server announces

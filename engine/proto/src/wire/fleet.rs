@@ -12,7 +12,8 @@
 //!  mac:[32]
 //!
 //!  challenge (director -> server):
-//!  "Lf" version:u8 kind:u8(2) server_id:u64 incarnation:u64 link:u8 nonce:[16] mac:[32]
+//!  "Lf" version:u8 kind:u8(2) server_id:u64 incarnation:u64 link:u8 sequence:u64 nonce:[16]
+//!  mac:[32]
 //! ```
 //! The MAC is keyed BLAKE3 over every byte before it (the kind included), under a key derived
 //! from the fleet secret for fleet messages only: a host without the secret cannot register a
@@ -63,7 +64,7 @@ const HEARTBEAT_FIXED_LEN_MAX: usize = 4
 pub const HEARTBEAT_TIERS_MAX: usize = 16;
 const TIER_LEN: usize = 8 + 8 + 4;
 /// A challenge's length (it is shorter than the smallest heartbeat it answers).
-pub const CHALLENGE_LEN: usize = 4 + 8 + 8 + 1 + NONCE_LEN + MAC_LEN;
+pub const CHALLENGE_LEN: usize = 4 + 8 + 8 + 1 + 8 + NONCE_LEN + MAC_LEN;
 const ENTRY_LEN_MAX: usize = 1 + NAME_LEN_MAX + 32 + 8;
 const _: () = assert!(HEARTBEAT_FIXED_LEN_MAX + ENTRY_LEN_MAX <= HEARTBEAT_LEN_MAX);
 
@@ -406,6 +407,9 @@ pub struct Challenge {
     pub server_id: u64,
     pub incarnation: u64,
     pub link: u8,
+    /// The sequence of the heartbeat it answers: a server takes only a challenge to one of
+    /// its last heartbeats, newer than the last it took (a recorded challenge is stale).
+    pub sequence: u64,
     pub nonce: [u8; NONCE_LEN],
 }
 
@@ -419,6 +423,7 @@ impl Challenge {
         w.u64(self.server_id);
         w.u64(self.incarnation);
         w.u8(self.link);
+        w.u64(self.sequence);
         w.bytes(&self.nonce);
         let mac = key.mac(&out);
         out.extend_from_slice(mac.as_bytes());
@@ -440,6 +445,7 @@ impl Challenge {
             server_id: r.u64()?,
             incarnation: r.u64()?,
             link: r.u8()?,
+            sequence: r.u64()?,
             nonce: r.array::<NONCE_LEN>()?,
         };
         r.finish()?;
@@ -630,14 +636,18 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             any::<u8>(),
+            any::<u64>(),
             any::<[u8; NONCE_LEN]>(),
         )
-            .prop_map(|(server_id, incarnation, link, nonce)| Challenge {
-                server_id,
-                incarnation,
-                link,
-                nonce,
-            })
+            .prop_map(
+                |(server_id, incarnation, link, sequence, nonce)| Challenge {
+                    server_id,
+                    incarnation,
+                    link,
+                    sequence,
+                    nonce,
+                },
+            )
     }
 
     proptest! {
