@@ -191,6 +191,12 @@ pub fn a_stopped_channel_s_client_asks_again_and_finishes_identical() {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    // Drain means "go to the fleet's other servers": on a server in no fleet it is refused,
+    // saying why, and changes nothing (before, it answered "accepted" and logged nothing).
+    let drain = ctl(&["drain"]);
+    assert!(!drain.status.success());
+    let said = String::from_utf8_lossy(&drain.stderr);
+    assert!(said.contains("in no fleet"), "{said}");
     // The table shows the id stop-channel takes.
     let table = String::from_utf8_lossy(&ctl(&["channels"]).stdout).to_string();
     assert!(table.starts_with("CHANNEL"), "{table}");

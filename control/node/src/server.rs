@@ -353,8 +353,8 @@ fn serve(
         Some(path) => Some(loopcast_admin::AdminServer::start(
             path,
             loopcast_admin::AdminConfig {
-                actions: vec!["drain", "undrain"],
-                answered: vec!["stop-channel"],
+                actions: vec![],
+                answered: vec!["stop-channel", "drain", "undrain"],
                 ..loopcast_admin::AdminConfig::default()
             },
         )?),
@@ -445,9 +445,6 @@ fn serve(
             server.reload(reload);
         }
         if let Some(admin) = &mut admin {
-            for action in admin.take_actions() {
-                server.admin_action(&action);
-            }
             for pending in admin.take_answered() {
                 let answer = server.answered_action(&pending.command, pending.argument.as_deref());
                 pending.answer(answer);
@@ -880,24 +877,21 @@ impl Server {
 
     /// `loopcastctl drain` / `undrain` (R17): the directors hear at once that this server takes
     /// no new clients (or again does); on drain every client is then sent away with
-    /// `Ended{draining}` and continues on another server of the fleet.
-    fn admin_action(&mut self, action: &str) {
+    /// `Ended{draining}` and continues on another server of the fleet. Refused outside a fleet
+    /// (its clients would only ask this server again). The answer says how many were told.
+    fn drain_action(&mut self, command: &str) -> serde_json::Value {
         use loopcast_proto::wire::fleet::ServerState;
-        let state = match action {
-            "drain" => ServerState::Draining,
-            "undrain" => ServerState::Online,
-            other => {
-                tracing::warn!(action = other, "unknown admin action");
-                return;
-            }
+        let state = if command == "drain" {
+            ServerState::Draining
+        } else {
+            ServerState::Online
         };
-        match self.heartbeat.as_mut() {
-            Some(heartbeat) => heartbeat.state = state,
-            None => tracing::warn!(
-                action,
-                "this server is in no fleet (no --director): its clients will ask it again"
-            ),
-        }
+        let Some(heartbeat) = self.heartbeat.as_mut() else {
+            return serde_json::json!({"error": format!(
+                "this server is in no fleet (no --director): {command} would change nothing (its clients could only ask it again); to move clients off one channel, see stop-channel"
+            )});
+        };
+        heartbeat.state = state;
         self.send_heartbeat(true);
         if state == ServerState::Draining {
             let now = self.clock.now();
@@ -907,8 +901,10 @@ impl Server {
                 sessions,
                 "draining: clients sent to the fleet's other servers; new ones go elsewhere"
             );
+            serde_json::json!({"accepted": command, "clients_told": sessions})
         } else {
             tracing::info!("undrained: taking new clients again");
+            serde_json::json!({"accepted": command, "clients_told": 0})
         }
     }
 
@@ -916,6 +912,9 @@ impl Server {
     /// clients are told to ask again (`Ended{draining}`) and it closes; the answer says how
     /// many were told.
     fn answered_action(&mut self, command: &str, argument: Option<&str>) -> serde_json::Value {
+        if command == "drain" || command == "undrain" {
+            return self.drain_action(command);
+        }
         if command != "stop-channel" {
             return serde_json::json!({"error": format!("unknown command {command:?}")});
         }

@@ -116,12 +116,20 @@ fn main() -> ExitCode {
         } else {
             "undrain"
         };
-        return match loopcast_admin::request(&socket, action) {
+        return match loopcast_admin::request_with(&socket, action, None) {
             Ok(answer) if answer["accepted"] == action => {
-                println!(
-                    "{action}: accepted by {} (its log says what it did)",
-                    socket.display()
-                );
+                if action == "drain" {
+                    println!(
+                        "drain: {} client(s) told to continue on the fleet's other servers; the directors send no new ones here ({})",
+                        answer["clients_told"],
+                        socket.display()
+                    );
+                } else {
+                    println!(
+                        "undrain: the directors send new clients here again ({})",
+                        socket.display()
+                    );
+                }
                 ExitCode::SUCCESS
             }
             Ok(answer) => {
