@@ -373,6 +373,24 @@ fn print_servers(answer: &serde_json::Value) {
     for s in &servers {
         let max = s["sessions_max"].as_u64().unwrap_or(0);
         let rate_max = s["rate_bits_per_s_max"].as_u64().unwrap_or(0);
+        if s["state"] == "dead" {
+            // Its last load is history, not now: only when it was last heard.
+            println!(
+                "{:<24} {:<9} {:<12} {:>11} {:>8} {:>24} {:>6} {:>11}",
+                text(&s["address"]),
+                "dead",
+                s["location"]
+                    .as_str()
+                    .filter(|l| !l.is_empty())
+                    .unwrap_or("-"),
+                "-",
+                "-",
+                "-",
+                s["files"].as_array().map_or(0, Vec::len),
+                format!("{} ms ago", s["last_heard_ms"])
+            );
+            continue;
+        }
         println!(
             "{:<24} {:<9} {:<12} {:>11} {:>8} {:>24} {:>6} {:>11}",
             text(&s["address"]),
