@@ -55,6 +55,24 @@ impl<Settings> Reload<Settings> {
                 .join(" ")
         }))
     }
+
+    /// [`Reload::load`], saying in the log what came of it: no file to reload, or a file that
+    /// did not parse or check (every setting stays as it was). The settings and the file, when
+    /// there is something to apply.
+    pub fn load_logged(&mut self) -> Option<(Settings, std::path::PathBuf)> {
+        let Some(loaded) = self.load() else {
+            tracing::info!("SIGHUP: no --config file to reload (settings are the command line's)");
+            return None;
+        };
+        let file = self.file.clone().unwrap_or_default();
+        match loaded {
+            Ok(settings) => Some((settings, file)),
+            Err(error) => {
+                tracing::error!(file = %file.display(), %error, "config not reloaded: every setting stays as it was");
+                None
+            }
+        }
+    }
 }
 
 /// One setting that differs between the running daemon and its file.

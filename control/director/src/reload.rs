@@ -10,17 +10,8 @@ use loopcast_proto::director::Director;
 use crate::{DirectConfig, Reload};
 
 pub(crate) fn apply(running: &mut DirectConfig, director: &mut Director, reload: &mut Reload) {
-    let Some(loaded) = reload.load() else {
-        tracing::info!("SIGHUP: no --config file to reload (settings are the command line's)");
+    let Some((new, file)) = reload.load_logged() else {
         return;
-    };
-    let file = reload.file.clone().unwrap_or_default();
-    let new = match loaded {
-        Ok(new) => new,
-        Err(error) => {
-            tracing::error!(file = %file.display(), %error, "config not reloaded: every setting stays as it was");
-            return;
-        }
     };
     let changes = changes(running, &new);
     if running.heartbeat_misses != new.heartbeat_misses {

@@ -121,17 +121,8 @@ impl Server {
         }
         // The directors hear of new or removed files with the next heartbeat.
         self.next_catalog_scan = now;
-        let Some(loaded) = reload.load() else {
-            tracing::info!("SIGHUP: no --config file to reload (settings are the command line's)");
+        let Some((new, file)) = reload.load_logged() else {
             return;
-        };
-        let file = reload.file.clone().unwrap_or_default();
-        let new = match loaded {
-            Ok(new) => new,
-            Err(error) => {
-                tracing::error!(file = %file.display(), %error, "config not reloaded: every setting stays as it was");
-                return;
-            }
         };
         let changes = changes(&self.config, &new);
         if !changes.live.is_empty() {

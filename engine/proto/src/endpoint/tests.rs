@@ -1192,23 +1192,33 @@ fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
     assert_eq!(opened, [(None, Some(200))], "{commands:?}");
 }
 
+/// One validated unicast session for each of `clients` (opened at 0 ms, joined at 1 ms).
+fn validated_unicast(
+    endpoint: &mut Endpoint,
+    files: &mut Files,
+    clients: &[SocketAddr],
+) -> Vec<SessionId> {
+    let mut sessions = Vec::new();
+    for (i, &client) in clients.iter().enumerate() {
+        let (session, token) = open(endpoint, files, at(0), client, i as u64 + 1);
+        endpoint.handle_control(
+            at(1),
+            client,
+            &joined(session, token, Transport::Unicast),
+            files,
+        );
+        sessions.push(session);
+    }
+    sessions
+}
+
 /// `loopcastctl drain`: every client is told `Ended{draining}` (it asks the fleet for another
 /// server) and its session ends; the server still answers a new request.
 #[test]
 fn draining_sends_every_client_away_and_still_answers_requests() {
     let (mut endpoint, mut files) = endpoint(false);
     let clients = [addr("192.0.2.60:5000"), addr("192.0.2.61:5000")];
-    let mut sessions = Vec::new();
-    for (i, &client) in clients.iter().enumerate() {
-        let (session, token) = open(&mut endpoint, &mut files, at(0), client, i as u64 + 1);
-        endpoint.handle_control(
-            at(1),
-            client,
-            &joined(session, token, Transport::Unicast),
-            &mut files,
-        );
-        sessions.push(session);
-    }
+    let sessions = validated_unicast(&mut endpoint, &mut files, &clients);
     drain(&mut endpoint);
     assert_eq!(endpoint.drain(at(2)), 2);
     let (transmits, commands) = drain(&mut endpoint);
@@ -1393,17 +1403,7 @@ fn a_session_opened_after_an_expiry_scan_still_expires_on_time() {
 fn stopping_a_channel_tells_its_clients_to_ask_again_and_leaves_the_others() {
     let (mut endpoint, mut files) = adaptive_endpoint(false);
     let clients = [addr("192.0.2.70:5000"), addr("192.0.2.71:5000")];
-    let mut sessions = Vec::new();
-    for (i, &client) in clients.iter().enumerate() {
-        let (session, token) = open(&mut endpoint, &mut files, at(0), client, i as u64 + 1);
-        endpoint.handle_control(
-            at(1),
-            client,
-            &joined(session, token, Transport::Unicast),
-            &mut files,
-        );
-        sessions.push(session);
-    }
+    let sessions = validated_unicast(&mut endpoint, &mut files, &clients);
     drain(&mut endpoint);
     let channel_of = |endpoint: &Endpoint, session: SessionId| {
         endpoint
