@@ -270,7 +270,7 @@ pub fn sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new
     let director_config = scratch.path("direct.toml");
     let director_settings = |misses: u32| {
         format!(
-            "listen = \"127.0.0.1:{director_port}\"\nfleet_key = {:?}\nadmin_socket = {:?}\nmetrics = \"off\"\nheartbeat_misses = {misses}\n",
+            "listen = \"127.0.0.1:{director_port}\"\nheartbeat_listen = \"127.0.0.1:0\"\nfleet_key = {:?}\nadmin_socket = {:?}\nmetrics = \"off\"\nheartbeat_misses = {misses}\n",
             key.display().to_string(),
             director_admin.display().to_string()
         )
