@@ -180,6 +180,10 @@ pub fn a_stopped_channel_s_client_asks_again_and_finishes_identical() {
     let channel = loop {
         assert!(Instant::now() < deadline, "the client never got going");
         let sessions = json_of(&ctl(&["clients", "--json"]));
+        // Each row names the server, so a fleet's views join.
+        for session in sessions.as_array().unwrap() {
+            assert_eq!(session["server"], format!("127.0.0.1:{}", server.port));
+        }
         let going = sessions
             .as_array()
             .unwrap()

@@ -986,6 +986,16 @@ impl Server {
     }
 
     fn status_json(&self) -> serde_json::Value {
+        // Where clients reach this server (as directors send them): each client row names it,
+        // so the views of a fleet's servers can be joined.
+        let server_address = self.config.fleet.as_ref().map_or_else(
+            || {
+                self.control
+                    .local_addr()
+                    .map_or_else(|_| "-".to_owned(), |a| a.to_string())
+            },
+            |fleet| fleet.advertise.to_string(),
+        );
         let channels: Vec<serde_json::Value> = self
             .endpoint
             .channels()
@@ -1032,6 +1042,7 @@ impl Server {
                 serde_json::json!({
                     "session": format!("{:016x}", s.session.0),
                     "client": s.client.to_string(),
+                    "server": server_address,
                     "transport": s.transport.to_string(),
                     "validated": s.validated,
                     "held": s.held,

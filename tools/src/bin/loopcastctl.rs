@@ -36,7 +36,8 @@ enum Command {
     /// (server) Clients: file, speed tier, throughput, loss and round trip as their reports say,
     /// progress.
     Clients {
-        /// A JSON array, one object per client.
+        /// A JSON array, one object per client, each naming this server (its advertised
+        /// address in a fleet): the views of a fleet's servers join into one.
         #[arg(long)]
         json: bool,
     },
