@@ -5,7 +5,8 @@
 //! 4 KiB for its request, the answer from a snapshot at most 50 ms old); an HTTP crate would
 //! bring an async runtime into a daemon that has none. Bound to localhost by default: the
 //! counters say who the clients are. What it exports, from the status JSON:
-//! - every number in `counters` as `<prefix>_<name>` (a counter or a gauge, as named);
+//! - every number in `counters` as `<prefix>_<name>`, typed counter (names keep the status
+//!   JSON's, without the `_total` suffix OpenMetrics would ask);
 //! - the count of `sessions`, `channels` and `servers` as `<prefix>_sessions` etc.;
 //! - per channel (server): its rate, bytes sent and sessions, labelled by file and tier;
 //! - per server (director): sessions and whether it is online, labelled by address.
@@ -23,53 +24,77 @@ const REQUEST_LEN_MAX: usize = 4096;
 /// The accept loop looks for a stop this often.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
-/// Renders the status JSON as Prometheus text.
+/// Renders the status JSON as Prometheus text: each metric family in one group under its
+/// `# TYPE` line (`counters` are counters; list sizes, rates, sessions and online are gauges;
+/// per channel, bytes and repairs sent are counters).
 pub fn render(prefix: &str, status: &serde_json::Value) -> String {
     let mut out = String::new();
     let name = |metric: &str| format!("{prefix}_{metric}");
     if let Some(counters) = status["counters"].as_object() {
         for (key, value) in counters {
             if let Some(number) = value.as_f64() {
-                let _ = writeln!(out, "{} {}", name(&sanitize(key)), number);
+                let metric = name(&sanitize(key));
+                let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {number}");
             }
         }
     }
     for list in ["sessions", "channels", "servers"] {
         if let Some(items) = status[list].as_array() {
-            let _ = writeln!(out, "{} {}", name(list), items.len());
+            let metric = name(list);
+            let _ = writeln!(out, "# TYPE {metric} gauge\n{metric} {}", items.len());
         }
     }
-    for channel in status["channels"].as_array().into_iter().flatten() {
-        let labels = format!(
-            "file=\"{}\",tier=\"{}\"",
-            escape(channel["file"].as_str().unwrap_or("")),
-            channel["tier"].as_u64().unwrap_or(0)
-        );
-        for field in [
-            "rate_bits_per_s",
-            "bytes_sent",
-            "sessions",
-            "repair_datagrams",
-        ] {
-            if let Some(number) = channel[field].as_f64() {
-                let _ = writeln!(
-                    out,
-                    "{}{{{labels}}} {number}",
-                    name(&format!("channel_{field}"))
-                );
+    let channels: Vec<&serde_json::Value> = status["channels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    for (field, kind) in [
+        ("rate_bits_per_s", "gauge"),
+        ("bytes_sent", "counter"),
+        ("sessions", "gauge"),
+        ("repair_datagrams", "counter"),
+    ] {
+        let metric = name(&format!("channel_{field}"));
+        let mut typed = false;
+        for channel in &channels {
+            let Some(number) = channel[field].as_f64() else {
+                continue;
+            };
+            if !typed {
+                let _ = writeln!(out, "# TYPE {metric} {kind}");
+                typed = true;
             }
+            let _ = writeln!(
+                out,
+                "{metric}{{file=\"{}\",tier=\"{}\"}} {number}",
+                escape(channel["file"].as_str().unwrap_or("")),
+                channel["tier"].as_u64().unwrap_or(0)
+            );
         }
     }
-    for server in status["servers"].as_array().into_iter().flatten() {
-        let labels = format!(
+    let servers: Vec<&serde_json::Value> =
+        status["servers"].as_array().into_iter().flatten().collect();
+    let server_labels = |server: &serde_json::Value| {
+        format!(
             "server=\"{}\",location=\"{}\"",
             escape(server["address"].as_str().unwrap_or("")),
             escape(server["location"].as_str().unwrap_or(""))
-        );
-        let online = f64::from(u8::from(server["state"] == "online"));
-        let _ = writeln!(out, "{}{{{labels}}} {online}", name("server_online"));
-        if let Some(sessions) = server["sessions"].as_f64() {
-            let _ = writeln!(out, "{}{{{labels}}} {sessions}", name("server_sessions"));
+        )
+    };
+    if !servers.is_empty() {
+        let metric = name("server_online");
+        let _ = writeln!(out, "# TYPE {metric} gauge");
+        for server in &servers {
+            let online = u8::from(server["state"] == "online");
+            let _ = writeln!(out, "{metric}{{{}}} {online}", server_labels(server));
+        }
+        let metric = name("server_sessions");
+        let _ = writeln!(out, "# TYPE {metric} gauge");
+        for server in &servers {
+            if let Some(sessions) = server["sessions"].as_f64() {
+                let _ = writeln!(out, "{metric}{{{}}} {sessions}", server_labels(server));
+            }
         }
     }
     out
@@ -220,6 +245,53 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("note"), "only numbers: {text}");
+    }
+
+    /// Every family in one group under one `# TYPE` line (the text format asks it; before,
+    /// two channels' samples interleaved their families and nothing was typed).
+    #[test]
+    fn every_family_is_one_group_under_its_type_line() {
+        let channel = |file: &str| {
+            serde_json::json!({"file": file, "tier": 0, "rate_bits_per_s": 1, "bytes_sent": 2,
+                "sessions": 3, "repair_datagrams": 4})
+        };
+        let server = |address: &str, state: &str| serde_json::json!({"address": address, "location": "", "state": state, "sessions": 1});
+        let status = serde_json::json!({
+            "counters": {"requests": 12, "redirects": 3},
+            "channels": [channel("a"), channel("b"), channel("c")],
+            "servers": [server("10.0.0.1:7700", "online"), server("10.0.0.2:7700", "dead")],
+        });
+        let text = render("loopcastd", &status);
+        let mut typed: Vec<String> = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut words = rest.split(' ');
+                let family = words.next().unwrap().to_owned();
+                assert!(matches!(words.next(), Some("counter" | "gauge")), "{line}");
+                assert!(!typed.contains(&family), "{family} typed twice:\n{text}");
+                typed.push(family);
+                continue;
+            }
+            let family = line.split(['{', ' ']).next().unwrap();
+            assert_eq!(
+                Some(family),
+                typed.last().map(String::as_str),
+                "a sample outside its family's group:\n{text}"
+            );
+        }
+        assert!(
+            text.contains("# TYPE loopcastd_requests counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE loopcastd_channel_bytes_sent counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE loopcastd_server_online gauge\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("loopcastd_channel_sessions{").count(), 3);
     }
 
     #[test]
