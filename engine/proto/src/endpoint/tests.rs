@@ -274,13 +274,7 @@ fn repairs_never_exceed_what_a_session_misses_or_its_address_budget() {
     let (mut endpoint, mut files) = endpoint(false);
     let loop_len = files.0.loop_len;
     let client = addr("192.0.2.10:6000");
-    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
-    endpoint.handle_control(
-        at(1),
-        client,
-        &joined(session, token, Transport::Unicast),
-        &mut files,
-    );
+    let session = validated(&mut endpoint, &mut files, 0, client, 1, Transport::Unicast);
     drain(&mut endpoint);
     // It holds all but 100.
     let status = ControlMessage::Status {
@@ -385,13 +379,7 @@ fn a_lost_session_is_answered_with_ended_so_the_client_asks_again() {
 fn silent_sessions_expire_and_the_last_one_closes_the_channel() {
     let (mut endpoint, mut files) = endpoint(false);
     let client = addr("192.0.2.10:6000");
-    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
-    endpoint.handle_control(
-        at(1),
-        client,
-        &joined(session, token, Transport::Unicast),
-        &mut files,
-    );
+    validated(&mut endpoint, &mut files, 0, client, 1, Transport::Unicast);
     drain(&mut endpoint);
     endpoint.handle_timeout(at(4_000));
     assert_eq!(endpoint.session_count(), 1);
@@ -536,12 +524,13 @@ fn spoofed_requests_from_many_addresses_cannot_lock_out_a_client_that_validates(
     assert!(endpoint.counters().sessions_unvalidated_evicted > 0);
     // An honest client in the middle of it gets its Offer, validates, and is never evicted.
     let client = addr("198.51.100.7:7000");
-    let (session, token) = open(&mut endpoint, &mut files, at(400), client, 1);
-    endpoint.handle_control(
-        at(401),
-        client,
-        &joined(session, token, Transport::Unicast),
+    let session = validated(
+        &mut endpoint,
         &mut files,
+        400,
+        client,
+        1,
+        Transport::Unicast,
     );
     drain(&mut endpoint);
     for host in 0..300u32 {
@@ -1192,24 +1181,37 @@ fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
     assert_eq!(opened, [(None, Some(200))], "{commands:?}");
 }
 
+/// A session of `client` opened (Request `request_id`) at `ms` and validated (Joined with its
+/// token over `transport`) a millisecond later.
+fn validated(
+    endpoint: &mut Endpoint,
+    files: &mut Files,
+    ms: u64,
+    client: SocketAddr,
+    request_id: u64,
+    transport: Transport,
+) -> SessionId {
+    let (session, token) = open(endpoint, files, at(ms), client, request_id);
+    endpoint.handle_control(
+        at(ms + 1),
+        client,
+        &joined(session, token, transport),
+        files,
+    );
+    session
+}
+
 /// One validated unicast session for each of `clients` (opened at 0 ms, joined at 1 ms).
 fn validated_unicast(
     endpoint: &mut Endpoint,
     files: &mut Files,
     clients: &[SocketAddr],
 ) -> Vec<SessionId> {
-    let mut sessions = Vec::new();
-    for (i, &client) in clients.iter().enumerate() {
-        let (session, token) = open(endpoint, files, at(0), client, i as u64 + 1);
-        endpoint.handle_control(
-            at(1),
-            client,
-            &joined(session, token, Transport::Unicast),
-            files,
-        );
-        sessions.push(session);
-    }
-    sessions
+    clients
+        .iter()
+        .enumerate()
+        .map(|(i, &client)| validated(endpoint, files, 0, client, i as u64 + 1, Transport::Unicast))
+        .collect()
 }
 
 /// `loopcastctl drain`: every client is told `Ended{draining}` (it asks the fleet for another
@@ -1374,13 +1376,7 @@ fn a_multicast_client_from_a_failed_server_gets_a_tier_of_its_own_at_its_positio
 fn a_session_opened_after_an_expiry_scan_still_expires_on_time() {
     let (mut endpoint, mut files) = endpoint(false);
     let first = addr("192.0.2.90:5000");
-    let (session, token) = open(&mut endpoint, &mut files, at(0), first, 1);
-    endpoint.handle_control(
-        at(1),
-        first,
-        &joined(session, token, Transport::Unicast),
-        &mut files,
-    );
+    validated(&mut endpoint, &mut files, 0, first, 1, Transport::Unicast);
     drain(&mut endpoint);
     endpoint.handle_timeout(at(1_000)); // a scan: the first session's deadline is at 5.001 s
     let second = addr("192.0.2.91:5000");
@@ -1512,13 +1508,7 @@ fn reconfiguring_lowers_rates_merges_tiers_and_shortens_the_timeout_live() {
 fn reconfiguring_a_fixed_rate_sets_every_channel() {
     let (mut endpoint, mut files) = endpoint(false);
     let client = addr("192.0.2.80:5000");
-    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
-    endpoint.handle_control(
-        at(1),
-        client,
-        &joined(session, token, Transport::Unicast),
-        &mut files,
-    );
+    validated(&mut endpoint, &mut files, 0, client, 1, Transport::Unicast);
     drain(&mut endpoint);
     endpoint.reconfigure(at(2), 50_000_000, None, Duration::from_secs(5));
     let (_, commands) = drain(&mut endpoint);
