@@ -34,27 +34,11 @@ fn server_beat_echo(
     echo: [u8; NONCE_LEN],
 ) -> Vec<u8> {
     Heartbeat {
-        server_id: id,
-        incarnation: T0_UNIX_MS,
         sequence,
         sent_at_unix_ms: T0_UNIX_MS + ms,
-        interval_ms: 250,
-        state: ServerState::Online,
-        link: 0,
         echo,
-        request_addr: SocketAddr::from(([10, 0, 0, id as u8], 7000)),
-        location: String::new(),
-        sessions: 0,
         sessions_max,
-        channels: 0,
-        rate_bits_per_s: 0,
-        rate_bits_per_s_max: 0,
-        client_throughput_bits_per_s: 0,
-        tiers: Vec::new(),
-        catalog_digest: catalog_digest(files),
-        page: 0,
-        pages: 1,
-        entries: files.to_vec(),
+        ..super::tests::heartbeat_of(id, SocketAddr::from(([10, 0, 0, id as u8], 7000)), files)
     }
     .to_bytes(&key())
 }

@@ -27,6 +27,35 @@ fn addr(last: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, last], 7000))
 }
 
+/// Server `id`'s heartbeat of an online, idle server at `request_addr` (sequence 0, sent at
+/// T0, no challenge echoed yet), announcing `files` whole on one page (also for
+/// attack_tests.rs).
+pub(super) fn heartbeat_of(id: u64, request_addr: SocketAddr, files: &[CatalogEntry]) -> Heartbeat {
+    Heartbeat {
+        server_id: id,
+        incarnation: T0_UNIX_MS,
+        sequence: 0,
+        sent_at_unix_ms: T0_UNIX_MS,
+        interval_ms: 250,
+        state: ServerState::Online,
+        link: 0,
+        echo: [0; NONCE_LEN],
+        request_addr,
+        location: String::new(),
+        sessions: 0,
+        sessions_max: 0,
+        channels: 0,
+        rate_bits_per_s: 0,
+        rate_bits_per_s_max: 0,
+        client_throughput_bits_per_s: 0,
+        tiers: Vec::new(),
+        catalog_digest: catalog_digest(files),
+        page: 0,
+        pages: 1,
+        entries: files.to_vec(),
+    }
+}
+
 /// A fleet member in a test: numbers its heartbeats as a server does.
 struct FakeServer {
     beat: Heartbeat,
@@ -38,27 +67,9 @@ impl FakeServer {
         let pages = catalog_pages(files);
         FakeServer {
             beat: Heartbeat {
-                server_id: id,
-                incarnation: T0_UNIX_MS,
-                sequence: 0,
-                sent_at_unix_ms: T0_UNIX_MS,
-                interval_ms: 250,
-                state: ServerState::Online,
-                link: 0,
-                echo: [0; NONCE_LEN],
-                request_addr: addr(id as u8),
-                location: String::new(),
-                sessions: 0,
                 sessions_max: 100,
-                channels: 0,
-                rate_bits_per_s: 0,
-                rate_bits_per_s_max: 0,
-                client_throughput_bits_per_s: 0,
-                tiers: Vec::new(),
-                catalog_digest: catalog_digest(files),
-                page: 0,
                 pages: pages.len() as u16,
-                entries: Vec::new(),
+                ..heartbeat_of(id, addr(id as u8), files)
             },
             pages,
         }
