@@ -8,11 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn hang_up(server: &Proc) {
-    let pid = nix::unistd::Pid::from_raw(server.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
-}
-
 /// The `settings` of `loopcastctl status --json`, once `done` holds of them (at most 5 s).
 fn settings_when(admin: &Path, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -269,47 +264,22 @@ pub fn sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new
     run_ok(Command::new(bin("loopcastd")).arg("fleet-key").arg(&key));
     let media = scratch.path("media");
     std::fs::create_dir_all(&media).unwrap();
-    let director_port = free_udp_port();
-    let director_admin = scratch.path("director.sock");
-    let director_config = scratch.path("direct.toml");
-    let director_settings = |misses: u32| {
-        format!(
-            "listen = \"127.0.0.1:{director_port}\"\nheartbeat_listen = \"127.0.0.1:0\"\nfleet_key = {:?}\nadmin_socket = {:?}\nmetrics = \"off\"\nheartbeat_misses = {misses}\n",
-            key.display().to_string(),
-            director_admin.display().to_string()
-        )
-    };
-    std::fs::write(&director_config, director_settings(3)).unwrap();
-    let director = Proc::spawn(
-        "loopcastd direct",
-        Command::new(bin("loopcastd"))
-            .args(["direct", "--config"])
-            .arg(&director_config),
-    );
-    wait_for_admin(&director_admin);
-    let server_admin = scratch.path("server.sock");
-    let server_config = scratch.path("serve.toml");
-    let server_port = free_udp_port();
+    let key_line = format!("fleet_key = {:?}\n", key.display().to_string());
+    let director_settings = |misses: u32| format!("{key_line}heartbeat_misses = {misses}\n");
     let server_settings = |location: &str, heartbeat_ms: u32| {
-        format!(
-            "media = {:?}\nlisten = \"127.0.0.1:{server_port}\"\nno_multicast = true\nadmin_socket = {:?}\nmetrics = \"off\"\ndirector = [\"127.0.0.1:{director_port}\"]\nfleet_key = {:?}\nlocation = {location:?}\nheartbeat_ms = {heartbeat_ms}\n",
-            media.display().to_string(),
-            server_admin.display().to_string(),
-            key.display().to_string()
-        )
+        format!("{key_line}location = {location:?}\nheartbeat_ms = {heartbeat_ms}\n")
     };
-    std::fs::write(&server_config, server_settings("paris", 250)).unwrap();
-    let server = Proc::spawn(
-        "loopcastd serve",
-        Command::new(bin("loopcastd"))
-            .args(["serve", "--config"])
-            .arg(&server_config),
+    let fleet = ConfiguredFleet::start(
+        &scratch,
+        &media,
+        &director_settings(3),
+        &server_settings("paris", 250),
     );
-    wait_for_admin(&server_admin);
+    let (director_admin, server_admin) = (&fleet.director_admin, &fleet.server_admin);
     let listed_at = |location: &str| {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let servers = status_of(&director_admin)["servers"].clone();
+            let servers = status_of(director_admin)["servers"].clone();
             let found = servers
                 .as_array()
                 .is_some_and(|list| list.len() == 1 && list[0]["location"] == location);
@@ -324,22 +294,19 @@ pub fn sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new
         }
     };
     listed_at("paris");
-    std::fs::write(&server_config, server_settings("tokyo", 100)).unwrap();
-    std::fs::write(&director_config, director_settings(5)).unwrap();
-    hang_up(&server);
-    hang_up(&director);
+    fleet.reload_with(&director_settings(5), &server_settings("tokyo", 100));
     listed_at("tokyo");
-    let settings = settings_when(&server_admin, |s| s["location"] == "tokyo");
+    let settings = settings_when(server_admin, |s| s["location"] == "tokyo");
     assert_eq!(settings["location"], "tokyo", "{settings}");
     assert_eq!(settings["heartbeat_ms"], 100, "{settings}");
-    let server_log = server.terminate();
+    let server_log = fleet.server.terminate();
     let log = String::from_utf8_lossy(&server_log.stderr);
     assert!(
         log.contains("config reloaded: --location paris -> tokyo")
             && log.contains("config reloaded: --heartbeat-ms 250 -> 100"),
         "{log}"
     );
-    let director_log = director.terminate();
+    let director_log = fleet.director.terminate();
     assert!(director_log.status.success());
     let log = String::from_utf8_lossy(&director_log.stderr);
     assert!(

@@ -128,6 +128,93 @@ impl Drop for Proc {
     }
 }
 
+/// SIGHUP to `daemon` (it reloads its config file).
+pub fn hang_up(daemon: &Proc) {
+    let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+}
+
+/// A director and one server on loopback, each run from a config file (`--config`) that a
+/// test rewrites and then sends SIGHUP. Both files hold the addresses, sockets and metrics
+/// off; the rest (`fleet_key` and what the test changes) comes as extra TOML lines.
+pub struct ConfiguredFleet {
+    pub director: Proc,
+    pub server: Proc,
+    pub director_admin: PathBuf,
+    pub server_admin: PathBuf,
+    director_config: PathBuf,
+    server_config: PathBuf,
+    director_base: String,
+    server_base: String,
+}
+
+impl ConfiguredFleet {
+    pub fn start(
+        scratch: &Scratch,
+        media: &Path,
+        director_extra: &str,
+        server_extra: &str,
+    ) -> ConfiguredFleet {
+        let director_port = free_udp_port();
+        let director_admin = scratch.path("director.sock");
+        let server_admin = scratch.path("server.sock");
+        let director_base = format!(
+            "listen = \"127.0.0.1:{director_port}\"\nheartbeat_listen = \"127.0.0.1:0\"\nadmin_socket = {:?}\nmetrics = \"off\"\n",
+            director_admin.display().to_string()
+        );
+        let server_base = format!(
+            "media = {:?}\nlisten = \"127.0.0.1:{}\"\nno_multicast = true\nadmin_socket = {:?}\nmetrics = \"off\"\ndirector = [\"127.0.0.1:{director_port}\"]\n",
+            media.display().to_string(),
+            free_udp_port(),
+            server_admin.display().to_string()
+        );
+        let director_config = scratch.path("direct.toml");
+        let server_config = scratch.path("serve.toml");
+        std::fs::write(&director_config, format!("{director_base}{director_extra}")).unwrap();
+        std::fs::write(&server_config, format!("{server_base}{server_extra}")).unwrap();
+        let director = Proc::spawn(
+            "loopcastd direct",
+            Command::new(bin("loopcastd"))
+                .args(["direct", "--config"])
+                .arg(&director_config),
+        );
+        wait_for_admin(&director_admin);
+        let server = Proc::spawn(
+            "loopcastd serve",
+            Command::new(bin("loopcastd"))
+                .args(["serve", "--config"])
+                .arg(&server_config),
+        );
+        wait_for_admin(&server_admin);
+        ConfiguredFleet {
+            director,
+            server,
+            director_admin,
+            server_admin,
+            director_config,
+            server_config,
+            director_base,
+            server_base,
+        }
+    }
+
+    /// Rewrites both files with these extra lines, and sends each daemon SIGHUP.
+    pub fn reload_with(&self, director_extra: &str, server_extra: &str) {
+        std::fs::write(
+            &self.director_config,
+            format!("{}{director_extra}", self.director_base),
+        )
+        .unwrap();
+        std::fs::write(
+            &self.server_config,
+            format!("{}{server_extra}", self.server_base),
+        )
+        .unwrap();
+        hang_up(&self.server);
+        hang_up(&self.director);
+    }
+}
+
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
