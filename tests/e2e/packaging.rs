@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use crate::support::{bin, free_udp_port, wait_for_admin, Proc, Scratch};
+use crate::support::{bin, free_udp_port, hang_up, wait_for_admin, Proc, Scratch};
 
 /// The .deb of this build's release binaries (cargo-deb, `--no-build`), at `deb`.
 fn build_deb(deb: &std::path::Path) {
@@ -111,8 +111,7 @@ pub fn systemd_units_verify_and_their_command_lines_start_the_daemons() {
                 .any(|line| line == "ExecReload=/bin/kill -HUP $MAINPID"),
             "{unit}: no ExecReload"
         );
-        let pid = nix::unistd::Pid::from_raw(daemon.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+        hang_up(&daemon);
         std::thread::sleep(std::time::Duration::from_millis(300));
         assert!(
             daemon.child.try_wait().unwrap().is_none(),
