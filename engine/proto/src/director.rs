@@ -438,16 +438,15 @@ impl Director {
             return None;
         }
         // A server not known: only once it echoes a nonce of ours (a recording cannot).
-        if heartbeat.echo != self.nonce(now, 0, &heartbeat, from)
-            && heartbeat.echo != self.nonce(now, 1, &heartbeat, from)
-        {
+        let nonce = self.nonce(now, 0, &heartbeat, from);
+        if heartbeat.echo != nonce && heartbeat.echo != self.nonce(now, 1, &heartbeat, from) {
             self.counters.heartbeats_challenged += 1;
             let challenge = Challenge {
                 server_id: heartbeat.server_id,
                 incarnation: heartbeat.incarnation,
                 link: heartbeat.link,
                 sequence: heartbeat.sequence,
-                nonce: self.nonce(now, 0, &heartbeat, from),
+                nonce,
             }
             .to_bytes(&self.config.fleet_key);
             debug_assert!(challenge.len() < bytes.len(), "no amplification");
