@@ -11,10 +11,10 @@
 //! Channels close when their last session finishes, leaves or goes silent (R9).
 
 mod catalog;
-mod fleet;
 mod server;
 
-pub use fleet::{FleetConfig, HeartbeatSender, Load};
+/// A server's part in a fleet (`serve --director`): its rules are `proto::heartbeat`.
+pub use loopcast_proto::heartbeat::FleetConfig;
 pub use server::{
     bind, run, run_on, run_reloadable, MulticastConfig, Reload, ServerConfig, ServerError,
 };

@@ -66,7 +66,7 @@ pub struct ServerConfig {
     /// Sender threads (each pinned to a core) that run the channels.
     pub send_threads: usize,
     /// Heartbeats to the fleet's directors (R15); `None`: a server on its own.
-    pub fleet: Option<crate::fleet::FleetConfig>,
+    pub fleet: Option<loopcast_proto::heartbeat::FleetConfig>,
     /// Prometheus text endpoint (`GET /metrics`), from the admin status; `None`: off.
     pub metrics: Option<SocketAddr>,
 }
@@ -258,7 +258,7 @@ struct Server {
     /// reopening a channel never starts another).
     verifying: HashMap<ArchiveKey, std::thread::JoinHandle<Result<(), String>>>,
     /// Heartbeats to the directors (R15), and when the catalog they announce is next rescanned.
-    heartbeat: Option<crate::fleet::HeartbeatSender>,
+    heartbeat: Option<loopcast_proto::heartbeat::HeartbeatSender>,
     /// When a refused challenge from the wrong host was last logged.
     last_wrong_host_warning: Option<Instant>,
     next_catalog_scan: Instant,
@@ -416,7 +416,7 @@ fn serve(
         let mut id = [0u8; 8];
         getrandom::fill(&mut id).map_err(|e| std::io::Error::other(e.to_string()))?;
         tracing::info!(directors = ?fleet.directors, advertise = %fleet.advertise, location = %fleet.location, "heartbeats to the fleet's directors");
-        server.heartbeat = Some(crate::fleet::HeartbeatSender::new(
+        server.heartbeat = Some(loopcast_proto::heartbeat::HeartbeatSender::new(
             fleet,
             u64::from_be_bytes(id),
             loopcast_proto::time::unix_time_ms(),
@@ -973,9 +973,10 @@ impl Server {
             }
         }
         let catalog = &self.catalog;
-        let load = crate::fleet::Load::of(&self.endpoint, self.config.sessions_max, |name| {
-            catalog.root_of(name)
-        });
+        let load =
+            loopcast_proto::heartbeat::Load::of(&self.endpoint, self.config.sessions_max, |name| {
+                catalog.root_of(name)
+            });
         for (director, bytes) in
             heartbeat.poll_transmit(now, loopcast_proto::time::unix_time_ms(), &load, force)
         {
