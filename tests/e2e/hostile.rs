@@ -101,6 +101,98 @@ pub fn an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused() {
     assert!(server.process.terminate().status.success());
 }
 
+/// `loopcastd check` records an archive it hashed whole; a server then serves it without
+/// hashing it again. An archive changed after its check (here: damaged, with its modification
+/// time put back) is not taken on the old record: the server hashes it, catches the damage and
+/// refuses it, and `check` names it and exits 1.
+pub fn a_checked_archive_is_served_without_a_second_hash_but_a_changed_one_is_hashed_and_refused() {
+    let scratch = Scratch::new("hostile-record");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    write_content(&input, 4 << 20, 23);
+    let original = std::fs::read(&input).unwrap();
+    pack_into(&input, &media, &["--no-encrypt"]);
+    let check = || {
+        Command::new(bin("loopcastd"))
+            .args(["check", "--media"])
+            .arg(&media)
+            .output()
+            .unwrap()
+    };
+    let checked = check();
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(String::from_utf8_lossy(&checked.stdout).contains("film.bin.lca: verified"));
+    assert!(media.join(".loopcast-verified").is_file());
+
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "200M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let output = run_ok(
+        Command::new(bin("loopcast"))
+            .args(["get", &server_addr, "film.bin", "--json"])
+            .arg("--output")
+            .arg(scratch.path("film.lca"))
+            .arg("--extract")
+            .arg(scratch.path("film.out")),
+    );
+    assert_eq!(json_of(&output)["verified"], true);
+    assert!(std::fs::read(scratch.path("film.out")).unwrap() == original);
+    let status = server.status();
+    assert_eq!(
+        status["counters"]["archives_vouched_by_record"], 1,
+        "{status}"
+    );
+    assert_eq!(status["counters"]["archives_verified"], 0, "{status}");
+    assert!(server.process.terminate().status.success());
+
+    // Damage a datagram and put the modification time back: only the change time tells.
+    let archive = media.join("film.bin.lca");
+    let modified = std::fs::metadata(&archive).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x08;
+    std::fs::write(&archive, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().modified().unwrap(),
+        modified
+    );
+
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "20M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let first = Command::new(bin("loopcast"))
+        .args(["get", &server_addr, "film.bin", "--stall-timeout", "3"])
+        .arg("--output")
+        .arg(scratch.path("again.lca"))
+        .output()
+        .unwrap();
+    assert!(
+        !first.status.success(),
+        "a client of the damaged archive cannot finish"
+    );
+    assert!(
+        !scratch.path("again.lca").exists(),
+        "nothing unverified is published"
+    );
+    let status = server.status();
+    assert_eq!(
+        status["counters"]["archives_vouched_by_record"], 0,
+        "{status}"
+    );
+    assert_eq!(status["counters"]["archives_corrupt"], 1, "{status}");
+    assert!(server.process.terminate().status.success());
+    let checked = check();
+    assert_eq!(checked.status.code(), Some(1), "{checked:?}");
+    assert!(
+        String::from_utf8_lossy(&checked.stdout).contains("film.bin.lca: CORRUPT"),
+        "{checked:?}"
+    );
+}
+
 pub fn forged_flooding_and_out_of_range_naks_are_counted_and_bounded() {
     use loopcast_proto::wire::control::{ControlMessage, CONTROL_LEN_MAX};
     let scratch = Scratch::new("hostile-nak");

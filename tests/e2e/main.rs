@@ -163,6 +163,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         ),
         e2e!(hostile::garbage_requests_and_damaged_archives_do_not_hurt_the_server),
         e2e!(hostile::an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused),
+        e2e!(hostile::a_checked_archive_is_served_without_a_second_hash_but_a_changed_one_is_hashed_and_refused),
         e2e!(hostile::forged_flooding_and_out_of_range_naks_are_counted_and_bounded),
         e2e!(
             links::receivers_behind_5m_50m_and_unlimited_links_each_finish_at_their_own_pace,

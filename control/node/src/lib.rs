@@ -10,8 +10,11 @@
 //! ```
 //! Channels close when their last session finishes, leaves or goes silent (R9).
 
+#![recursion_limit = "256"]
+
 mod catalog;
 mod server;
+pub mod verified;
 
 /// A server's part in a fleet (`serve --director`): its rules are `proto::heartbeat`.
 pub use loopcast_proto::heartbeat::FleetConfig;

@@ -28,6 +28,7 @@ use mio::net::UdpSocket as MioUdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::catalog::Catalog;
+use crate::verified::{Stamp, VerifiedRecords};
 
 #[path = "reload.rs"]
 mod reload;
@@ -167,6 +168,8 @@ struct Counters {
     send_errors: u64,
     nak_ranges_dropped: u64,
     archives_verified: u64,
+    /// Archives served without a check on open: a record of an earlier check vouched for them.
+    archives_vouched: u64,
     archives_corrupt: u64,
     archives_changed: u64,
 }
@@ -256,7 +259,10 @@ struct Server {
     /// Hash-tree checks running beside the loop: one per archive version at most, and at most
     /// `VERIFICATIONS_MAX` at once, whether or not its channel is still open (closing and
     /// reopening a channel never starts another).
-    verifying: HashMap<ArchiveKey, std::thread::JoinHandle<Result<(), String>>>,
+    verifying: HashMap<ArchiveKey, std::thread::JoinHandle<Result<Option<Stamp>, String>>>,
+    /// Checks recorded beside the archives (`loopcastd check`, or this server's own): an
+    /// unchanged archive with a record is not hashed again on channel open.
+    records: VerifiedRecords,
     /// Heartbeats to the directors (R15), and when the catalog they announce is next rescanned.
     heartbeat: Option<loopcast_proto::heartbeat::HeartbeatSender>,
     /// When a refused challenge from the wrong host was last logged.
@@ -407,6 +413,7 @@ fn serve(
         verified_archives: std::collections::HashSet::new(),
         corrupt_archives: std::collections::HashSet::new(),
         verifying: HashMap::new(),
+        records: VerifiedRecords::load(&config.media_dir),
         heartbeat: None,
         last_wrong_host_warning: None,
         next_catalog_scan: Instant::ZERO,
@@ -730,7 +737,14 @@ impl Server {
             .map_err(|e| format!("sender threads are busy ({e:?}); try again"))?;
         let now = self.clock.now();
         if self.config.verify_on_open && !self.verified_archives.contains(&key) {
-            self.start_verification(&key);
+            self.records.refresh();
+            if self.records.vouches_for(&key.path, info.root()) {
+                tracing::info!(path = %key.path.display(), "archive checked earlier and unchanged since (a record in {}): not hashed again before serving", crate::verified::RECORDS_FILE);
+                self.counters.archives_vouched += 1;
+                self.verified_archives.insert(key.clone());
+            } else {
+                self.start_verification(&key);
+            }
         }
         tracing::info!(channel = channel.0, file = %info.name, file_id = %file_id, loop_len = info.loop_len, rate = %format_rate(rate_bits_per_s), "channel opened");
         self.channels.insert(
@@ -770,11 +784,15 @@ impl Server {
                     .build()
                     .map_err(|e| format!("no threads for the archive check: {e}"))?;
                 pool.install(|| {
-                    ArchiveFile::open(&check_path)
-                        .and_then(|archive| {
-                            archive.verify_with(&loopcast_dataplane::hash_lanes::hash_many)
-                        })
-                        .map_err(|e| e.to_string())
+                    let archive = ArchiveFile::open(&check_path).map_err(|e| e.to_string())?;
+                    let root = archive.info().root();
+                    // Recorded only if nothing changed the file while it was hashed.
+                    let before = Stamp::of(&check_path, root).ok();
+                    archive
+                        .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
+                        .map_err(|e| e.to_string())?;
+                    let after = Stamp::of(&check_path, root).ok();
+                    Ok(if before == after { before } else { None })
                 })
             });
         match spawned {
@@ -843,15 +861,21 @@ impl Server {
                 .join()
                 .unwrap_or_else(|_| Err("verification thread panicked".into()));
             match outcome {
-                Ok(()) => {
+                Ok(stamp) => {
                     tracing::info!(path = %key.path.display(), "archive verified");
                     self.counters.archives_verified += 1;
+                    if let Some(stamp) = stamp {
+                        self.records.insert(&key.path, stamp);
+                        self.save_records();
+                    }
                     self.verified_archives.insert(key);
                 }
                 Err(error) => {
                     tracing::error!(path = %key.path.display(), %error, "archive failed verification: stopping its channel and refusing it until it changes");
                     self.counters.archives_corrupt += 1;
                     self.verified_archives.remove(&key);
+                    self.records.remove(&key.path);
+                    self.save_records();
                     failed.extend(
                         self.channels
                             .iter()
@@ -864,6 +888,14 @@ impl Server {
         }
         for channel in failed {
             self.endpoint.handle_channel_failed(now, channel);
+        }
+    }
+
+    /// Best effort: a media directory the server may not write (the packaged unit's is
+    /// read-only to it) keeps the records `loopcastd check` wrote.
+    fn save_records(&mut self) {
+        if let Err(error) = self.records.save() {
+            tracing::debug!(%error, dir = %self.config.media_dir.display(), "records of checked archives not written");
         }
     }
 
@@ -1131,6 +1163,7 @@ impl Server {
                 "tier_moves": e.tier_moves,
                 "rate_changes": e.rate_changes,
                 "archives_verified": self.counters.archives_verified,
+                "archives_vouched_by_record": self.counters.archives_vouched,
                 "archives_corrupt": self.counters.archives_corrupt,
                 "archives_changed": self.counters.archives_changed,
                 "datagrams_sent": sum(|t| &t.datagrams),

@@ -83,6 +83,10 @@ pub struct EndpointConfig {
     pub nak_budget_loops_per_address: u64,
     /// SYNC on a multicast channel with multicast sessions (R8).
     pub sync_interval: Duration,
+    /// SYNC while some session of the channel waits for one: a client joins the group only
+    /// after it has the Offer, so the SYNC sent with the Offer is mostly lost, and with the
+    /// 200 ms interval every multicast client waited 200 ms for its first datagram.
+    pub sync_interval_pending: Duration,
     /// The fleet's directors (R7): a Request for a file this server lacks is answered with a
     /// Redirect to one of them (in turn), which sends the client to a server that has it.
     /// Empty: a Reject (not found).
@@ -108,6 +112,7 @@ impl EndpointConfig {
             channels_max: 256,
             nak_budget_loops_per_address: 4,
             sync_interval: Duration::from_millis(200),
+            sync_interval_pending: Duration::from_millis(20),
             redirect_unknown_to: Vec::new(),
         }
     }
@@ -358,6 +363,7 @@ struct Channel {
     data_open: bool,
     sync_sequence: u32,
     next_sync: Instant,
+    last_sync: Option<Instant>,
     /// This tier's rate and how it changes (R11, R12).
     tier: TierControl,
     /// Bytes of an Offer for this file (ids and addresses have fixed widths; the unicast
@@ -1074,9 +1080,12 @@ impl Endpoint {
         let transport = match channel_state.group {
             Some(_) if multicast_ok => {
                 channel_state.multicast_pending += 1;
-                if channel_state.multicast_pending + channel_state.multicast_members == 1 {
-                    channel_state.next_sync = now;
-                }
+                // A new client waits at most the pending interval for its first SYNC, and
+                // however many Requests come, SYNCs go no more often than that.
+                let soonest = channel_state.last_sync.map_or(now, |last| {
+                    (last + self.config.sync_interval_pending).max(now)
+                });
+                channel_state.next_sync = channel_state.next_sync.min(soonest);
                 Transport::Multicast
             }
             _ => Transport::Unicast,
@@ -1291,6 +1300,7 @@ impl Endpoint {
                 data_open: false,
                 sync_sequence: 0,
                 next_sync: now,
+                last_sync: None,
                 tier,
                 offer_len,
             },
@@ -1659,7 +1669,13 @@ impl Endpoint {
                 continue;
             }
             channel.sync_sequence = channel.sync_sequence.wrapping_add(1);
-            channel.next_sync = now + self.config.sync_interval;
+            channel.last_sync = Some(now);
+            channel.next_sync = now
+                + if channel.multicast_pending > 0 {
+                    self.config.sync_interval_pending
+                } else {
+                    self.config.sync_interval
+                };
             syncs.push(Transmit {
                 destination: SocketAddr::V4(group),
                 via: Via::Group,

@@ -502,6 +502,91 @@ fn multicast_sync_goes_out_for_pending_sessions_and_the_group_is_added_once_vali
     );
 }
 
+fn syncs_sent(endpoint: &mut Endpoint) -> usize {
+    drain(endpoint)
+        .0
+        .iter()
+        .filter(|t| {
+            t.via == Via::Group
+                && matches!(
+                    ControlMessage::parse(&t.bytes),
+                    Ok(ControlMessage::Sync { .. })
+                )
+        })
+        .count()
+}
+
+/// A client joins the group only once it has its Offer, so the SYNC sent with the Offer is
+/// mostly lost: the next one must come soon (it came after 200 ms, and every multicast client
+/// waited that long for its first datagram), while SYNCs still go no faster than the pending
+/// interval however many Requests arrive, and back to the slow interval once nobody waits.
+#[test]
+fn sync_repeats_at_the_pending_interval_while_a_session_waits_and_slowly_after() {
+    let (mut endpoint, mut files) = endpoint(true);
+    let pending = endpoint.config().sync_interval_pending;
+    let slow = endpoint.config().sync_interval;
+    assert!(pending * 5 <= slow, "{pending:?} against {slow:?}");
+    let ms = |d: Duration| d.as_millis() as u64;
+    let a = addr("192.0.2.10:6000");
+    open(&mut endpoint, &mut files, at(0), a, 1);
+    endpoint.handle_timeout(at(0));
+    assert_eq!(
+        syncs_sent(&mut endpoint),
+        1,
+        "SYNC at once for the first session"
+    );
+    assert_eq!(endpoint.poll_timeout(), Some(at(ms(pending))));
+    endpoint.handle_timeout(at(ms(pending)));
+    assert_eq!(
+        syncs_sent(&mut endpoint),
+        1,
+        "again after the pending interval"
+    );
+    // Requests from many addresses in between do not bring SYNCs sooner.
+    for host in 0..20u8 {
+        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + host)), 6000);
+        open(&mut endpoint, &mut files, at(ms(pending) + 1), from, 1);
+        endpoint.handle_timeout(at(ms(pending) + 1));
+        assert_eq!(syncs_sent(&mut endpoint), 0);
+    }
+    // Once nobody waits, the slow interval.
+    let (mut endpoint, mut files) = self::endpoint(true);
+    let (sa2, ta2) = open(&mut endpoint, &mut files, at(0), a, 1);
+    endpoint.handle_timeout(at(0));
+    drain(&mut endpoint);
+    endpoint.handle_control(
+        at(5),
+        a,
+        &joined(sa2, ta2, Transport::Multicast),
+        &mut files,
+    );
+    endpoint.handle_timeout(at(ms(pending)));
+    assert_eq!(syncs_sent(&mut endpoint), 1);
+    endpoint.handle_timeout(at(2 * ms(pending)));
+    assert_eq!(
+        syncs_sent(&mut endpoint),
+        0,
+        "no fast SYNC for members alone"
+    );
+    endpoint.handle_timeout(at(ms(pending) + ms(slow)));
+    assert_eq!(syncs_sent(&mut endpoint), 1);
+    // A second client on the running channel waits the pending interval, not the slow one.
+    let b = addr("192.0.2.11:6000");
+    open(
+        &mut endpoint,
+        &mut files,
+        at(ms(pending) + ms(slow) + 1),
+        b,
+        1,
+    );
+    endpoint.handle_timeout(at(2 * ms(pending) + ms(slow)));
+    assert_eq!(
+        syncs_sent(&mut endpoint),
+        1,
+        "a new client's SYNC within the pending interval"
+    );
+}
+
 #[test]
 fn spoofed_requests_from_many_addresses_cannot_lock_out_a_client_that_validates() {
     let (mut endpoint, mut files) = endpoint(false);

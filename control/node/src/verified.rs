@@ -1,0 +1,468 @@
+//! Records of archives whose whole tree was checked (`loopcastd check`, or a server's own check
+//! on channel open), so that a restart or a second server does not hash the same unchanged
+//! archive again before it serves it.
+//!
+//! The records live beside the archives, in `<media>/.loopcast-verified`, one line per archive:
+//!
+//! ```text
+//! loopcast-verified 1
+//! <root, 64 hex> <bytes> <device> <inode> <mtime s.ns> <ctime s.ns> <file name>
+//! ```
+//!
+//! A record vouches for an archive only while every one of those still matches what `stat`
+//! says and the root its header names. The change time (ctime) cannot be set by a process: any
+//! write, truncation or rename of the file moves it, so an archive changed after its check is
+//! never taken on an old record. What a record cannot see is the disk itself losing the bytes
+//! (bit rot under an unchanged inode): the periodic re-check of served archives
+//! (`ARCHIVE_REVERIFY_INTERVAL` in the server) still runs for that.
+//!
+//! The file is input like any other: at most `RECORDS_BYTES_MAX`, a regular file, and a line
+//! that does not parse is counted and ignored (its archive is simply checked again).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use loopcast_proto::info::RootHash;
+
+pub const RECORDS_FILE: &str = ".loopcast-verified";
+const HEADER: &str = "loopcast-verified 1";
+/// 4 MiB: some 20,000 archives' records; a larger file is not read (every archive is
+/// checked again, as without records).
+pub const RECORDS_BYTES_MAX: u64 = 4 << 20;
+
+/// What a check saw of an archive: its root and the identity of the bytes on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub root: RootHash,
+    pub len: u64,
+    pub device: u64,
+    pub inode: u64,
+    pub modified: (i64, i64),
+    pub changed: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of `path` as it is now, for an archive whose header names `root`.
+    pub fn of(path: &Path, root: RootHash) -> std::io::Result<Stamp> {
+        let metadata = std::fs::metadata(path)?;
+        Ok(Stamp {
+            root,
+            len: metadata.len(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
+
+    fn to_line(&self, file: &str) -> String {
+        format!(
+            "{} {} {} {} {}.{:09} {}.{:09} {}",
+            self.root.to_hex(),
+            self.len,
+            self.device,
+            self.inode,
+            self.modified.0,
+            self.modified.1,
+            self.changed.0,
+            self.changed.1,
+            file
+        )
+    }
+
+    fn parse_line(line: &str) -> Option<(String, Stamp)> {
+        let mut fields = line.splitn(7, ' ');
+        let root = RootHash::from_hex(fields.next()?)?;
+        let len = fields.next()?.parse().ok()?;
+        let device = fields.next()?.parse().ok()?;
+        let inode = fields.next()?.parse().ok()?;
+        let time = |text: &str| -> Option<(i64, i64)> {
+            let (seconds, nanos) = text.split_once('.')?;
+            let nanos: i64 = nanos.parse().ok()?;
+            (0..1_000_000_000).contains(&nanos).then_some(())?;
+            Some((seconds.parse().ok()?, nanos))
+        };
+        let modified = time(fields.next()?)?;
+        let changed = time(fields.next()?)?;
+        let file = fields.next()?;
+        if !is_plain_file_name(file) {
+            return None;
+        }
+        Some((
+            file.to_owned(),
+            Stamp {
+                root,
+                len,
+                device,
+                inode,
+                modified,
+                changed,
+            },
+        ))
+    }
+}
+
+/// A name directly in the media directory: no separator, not `.`/`..`, no line break.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\n', '\r', '\0'])
+}
+
+/// The records of one media directory, as last read or written.
+pub struct VerifiedRecords {
+    dir: PathBuf,
+    by_file: HashMap<String, Stamp>,
+    /// (length, inode, mtime) of the records file when read: `refresh` reads it again only
+    /// when that changes (`loopcastd check` ran while the server serves).
+    seen: Option<(u64, u64, i64, i64)>,
+    /// Lines that did not parse at the last read.
+    pub malformed: usize,
+}
+
+impl VerifiedRecords {
+    /// The records of `dir` (none if the file is missing, too large or unreadable; that is
+    /// logged, and every archive is then checked as if never recorded).
+    pub fn load(dir: &Path) -> VerifiedRecords {
+        let mut records = VerifiedRecords {
+            dir: dir.to_owned(),
+            by_file: HashMap::new(),
+            seen: None,
+            malformed: 0,
+        };
+        records.refresh();
+        records
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(RECORDS_FILE)
+    }
+
+    /// Reads the file again if it changed since the last read.
+    pub fn refresh(&mut self) {
+        let path = self.path();
+        let metadata = match std::fs::symlink_metadata(&path) {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), %error, "records of checked archives not read");
+                }
+                self.by_file.clear();
+                self.seen = None;
+                return;
+            }
+        };
+        let seen = (
+            metadata.len(),
+            metadata.ino(),
+            metadata.mtime(),
+            metadata.mtime_nsec(),
+        );
+        if self.seen == Some(seen) {
+            return;
+        }
+        self.seen = Some(seen);
+        self.by_file.clear();
+        self.malformed = 0;
+        if !metadata.file_type().is_file() || metadata.len() > RECORDS_BYTES_MAX {
+            tracing::warn!(path = %path.display(), bytes = metadata.len(), "records of checked archives ignored: not a regular file of at most 4 MiB");
+            return;
+        }
+        let text = match std::fs::read(&path) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "records of checked archives not read");
+                return;
+            }
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(HEADER) {
+            tracing::warn!(path = %path.display(), "records of checked archives ignored: not a `{HEADER}` file");
+            return;
+        }
+        for line in lines {
+            match Stamp::parse_line(line) {
+                Some((file, stamp)) => {
+                    self.by_file.insert(file, stamp);
+                }
+                None => self.malformed += 1,
+            }
+        }
+        if self.malformed > 0 {
+            tracing::warn!(path = %path.display(), lines = self.malformed, "records of checked archives: lines ignored (their archives are checked again)");
+        }
+    }
+
+    /// True if a record says `path` (an archive of this directory whose header names `root`)
+    /// was checked whole and has not changed since.
+    pub fn vouches_for(&self, path: &Path, root: RootHash) -> bool {
+        let Some(recorded) = file_name(path).and_then(|name| self.by_file.get(name)) else {
+            return false;
+        };
+        Stamp::of(path, root).is_ok_and(|now| &now == recorded)
+    }
+
+    /// Records `path` as checked whole, as it is now.
+    pub fn insert(&mut self, path: &Path, stamp: Stamp) {
+        if let Some(name) = file_name(path).filter(|n| is_plain_file_name(n)) {
+            self.by_file.insert(name.to_owned(), stamp);
+        }
+    }
+
+    /// Forgets `path` (it failed its check, or is gone).
+    pub fn remove(&mut self, path: &Path) {
+        if let Some(name) = file_name(path) {
+            self.by_file.remove(name);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_file.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_file.is_empty()
+    }
+
+    /// Writes the records: a new file beside the old one, synced, then renamed over it, so a
+    /// reader sees the old records or the new ones, never a mix. Records of archives no longer
+    /// in the directory are dropped.
+    pub fn save(&mut self) -> std::io::Result<()> {
+        self.by_file
+            .retain(|name, _| self.dir.join(name).symlink_metadata().is_ok());
+        let mut names: Vec<&String> = self.by_file.keys().collect();
+        names.sort();
+        let mut text = format!("{HEADER}\n");
+        for name in names {
+            text.push_str(&self.by_file[name].to_line(name));
+            text.push('\n');
+        }
+        let path = self.path();
+        let temporary = self
+            .dir
+            .join(format!("{RECORDS_FILE}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)?;
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temporary);
+        }
+        written?;
+        if let Ok(metadata) = std::fs::symlink_metadata(&path) {
+            self.seen = Some((
+                metadata.len(),
+                metadata.ino(),
+                metadata.mtime(),
+                metadata.mtime_nsec(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One archive's outcome in `check_directory`.
+pub struct Checked {
+    pub file: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// `Err` says why the archive is not good to serve.
+    pub outcome: Result<(), String>,
+}
+
+/// `loopcastd check`: every `*.lca` archive of `dir` hashed whole against the root its header
+/// names, in name order, across all cores; each good one recorded (the records are written
+/// after every archive, so an interrupted check keeps what it did), each bad one forgotten.
+/// `each` hears of every archive as it is done. The error is the directory's, or the records
+/// file's if it could not be written (the outcomes are then still in the error's message).
+pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec<Checked>, String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read media directory {}: {e}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().and_then(|e| e.to_str()) == Some("lca"))
+        .collect();
+    files.sort();
+    let mut records = VerifiedRecords::load(dir);
+    let mut outcomes = Vec::new();
+    let mut save_error = None;
+    for path in files {
+        let started = std::time::Instant::now();
+        let mut bytes = 0;
+        let outcome = (|| {
+            let archive = loopcast_archive::ArchiveFile::open(&path).map_err(|e| e.to_string())?;
+            let root = archive.info().root();
+            let before = Stamp::of(&path, root).map_err(|e| e.to_string())?;
+            bytes = before.len;
+            archive
+                .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
+                .map_err(|e| e.to_string())?;
+            if Stamp::of(&path, root).ok().as_ref() != Some(&before) {
+                return Err("changed while it was checked: check it again".to_owned());
+            }
+            Ok(before)
+        })();
+        match &outcome {
+            Ok(stamp) => records.insert(&path, stamp.clone()),
+            Err(_) => records.remove(&path),
+        }
+        if let Err(error) = records.save() {
+            save_error.get_or_insert(format!(
+                "cannot record the checks in {}: {error} (servers will hash these archives again when they open them)",
+                dir.join(RECORDS_FILE).display()
+            ));
+        }
+        let checked = Checked {
+            file: file_name(&path).unwrap_or("?").to_owned(),
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            outcome: outcome.map(|_| ()),
+        };
+        each(&checked);
+        outcomes.push(checked);
+    }
+    match save_error {
+        Some(error) => Err(error),
+        None => Ok(outcomes),
+    }
+}
+
+fn file_name(path: &Path) -> Option<&str> {
+    path.file_name().and_then(|n| n.to_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn archive(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_record_vouches_for_the_unchanged_archive_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([7; 32]);
+        let path = archive(dir.path(), "film.bin.lca", b"archive bytes");
+        let mut records = VerifiedRecords::load(dir.path());
+        assert!(records.is_empty());
+        records.insert(&path, Stamp::of(&path, root).unwrap());
+        records.save().unwrap();
+
+        // A server started later reads the record.
+        let records = VerifiedRecords::load(dir.path());
+        assert!(records.vouches_for(&path, root));
+        assert!(
+            !records.vouches_for(&path, RootHash([8; 32])),
+            "a header that names another root"
+        );
+
+        // Rewritten with the same bytes and its mtime put back: the ctime still moved.
+        let before = std::fs::metadata(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"archive bytes").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(before.modified().unwrap())
+            .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mtime(), before.mtime());
+        assert!(!records.vouches_for(&path, root), "changed after the check");
+
+        // Replaced by another file of the same name.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!records.vouches_for(&path, root));
+    }
+
+    #[test]
+    fn a_hostile_or_damaged_records_file_vouches_for_nothing_and_does_not_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([1; 32]);
+        let path = archive(dir.path(), "a.lca", b"x");
+        let good = Stamp::of(&path, root).unwrap().to_line("a.lca");
+        let cases: Vec<Vec<u8>> = vec![
+            good.clone().into_bytes(),                       // no header
+            format!("loopcast-verified 2\n{good}\n").into(), // another version
+            format!("{HEADER}\n{}\n", good.replace(' ', "  ")).into(),
+            format!("{HEADER}\n{}\n", &good[..good.len() - 3]).into(), // truncated name
+            format!("{HEADER}\n{}/../a.lca\n", &good[..good.len() - 5]).into(),
+            vec![0xff; 300],
+        ];
+        for case in cases {
+            std::fs::write(dir.path().join(RECORDS_FILE), &case).unwrap();
+            let records = VerifiedRecords::load(dir.path());
+            assert!(
+                !records.vouches_for(&path, root),
+                "{:?}",
+                String::from_utf8_lossy(&case)
+            );
+        }
+        // Too large: not read at all.
+        let mut large = format!("{HEADER}\n{good}\n").into_bytes();
+        large.resize(RECORDS_BYTES_MAX as usize + 1, b'\n');
+        std::fs::write(dir.path().join(RECORDS_FILE), &large).unwrap();
+        assert!(!VerifiedRecords::load(dir.path()).vouches_for(&path, root));
+        // A symlink to a good file: not followed.
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("r"), format!("{HEADER}\n{good}\n")).unwrap();
+        std::fs::remove_file(dir.path().join(RECORDS_FILE)).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path().join("r"), dir.path().join(RECORDS_FILE))
+            .unwrap();
+        assert!(!VerifiedRecords::load(dir.path()).vouches_for(&path, root));
+        // The good file itself does.
+        std::fs::remove_file(dir.path().join(RECORDS_FILE)).unwrap();
+        std::fs::write(dir.path().join(RECORDS_FILE), format!("{HEADER}\n{good}\n")).unwrap();
+        assert!(VerifiedRecords::load(dir.path()).vouches_for(&path, root));
+    }
+
+    #[test]
+    fn refresh_reads_records_written_by_another_process_and_save_drops_missing_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([2; 32]);
+        let a = archive(dir.path(), "a.lca", b"a");
+        let b = archive(dir.path(), "b b.lca", b"b");
+        let mut server = VerifiedRecords::load(dir.path());
+        let mut checker = VerifiedRecords::load(dir.path());
+        checker.insert(&a, Stamp::of(&a, root).unwrap());
+        checker.insert(&b, Stamp::of(&b, root).unwrap());
+        checker.save().unwrap();
+        assert!(!server.vouches_for(&b, root));
+        server.refresh();
+        assert!(server.vouches_for(&a, root) && server.vouches_for(&b, root));
+        std::fs::remove_file(&a).unwrap();
+        server.save().unwrap();
+        assert_eq!(VerifiedRecords::load(dir.path()).len(), 1);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn any_line_parses_or_is_refused_without_panic(line in ".{0,200}") {
+            let _ = Stamp::parse_line(&line);
+        }
+
+        #[test]
+        fn a_written_line_reads_back(
+            root in any::<[u8; 32]>(), len in any::<u64>(), device in any::<u64>(),
+            inode in any::<u64>(), ms in any::<i64>(), mn in 0i64..1_000_000_000,
+            cs in any::<i64>(), cn in 0i64..1_000_000_000, name in "[^/\n\r\0]{1,40}",
+        ) {
+            prop_assume!(is_plain_file_name(&name));
+            let stamp = Stamp { root: RootHash(root), len, device, inode, modified: (ms, mn), changed: (cs, cn) };
+            prop_assert_eq!(Stamp::parse_line(&stamp.to_line(&name)), Some((name.clone(), stamp)));
+        }
+    }
+}
