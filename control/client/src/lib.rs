@@ -7,6 +7,7 @@
 //!  every 250 ms Status; every 2 s fsync + save state; complete ─▶ re-hash data ─▶ fsync ─▶ rename
 //! ```
 
+mod check;
 mod files;
 pub mod follow;
 pub mod state;
@@ -115,6 +116,11 @@ pub struct GetReport {
     /// finished file durable (final fsync and rename).
     pub first_datagram_after: Option<Duration>,
     pub publish_time: Duration,
+    /// The whole-file check's time after the last datagram, and how many of the archive's
+    /// groups it had already checked while the download ran (of `groups`).
+    pub final_check_time: Duration,
+    pub groups_checked_while_receiving: u32,
+    pub groups: u32,
     /// NAKs sent, and the serials they asked for (R10).
     pub naks_sent: u64,
     pub serials_naked: u64,
@@ -606,6 +612,9 @@ pub fn get_following(
         if let Some(ranges) = download.nak.poll_nak(now) {
             session.send_nak(ranges);
         }
+        if let Some(checker) = download.checker.as_mut() {
+            checker.poll(now, download.receiver.have());
+        }
     }
     let mut download = download.expect("the loop ends only with a download");
     let total = download.receiver.shape().loop_len();
@@ -627,6 +636,9 @@ pub fn get_following(
     Ok(GetReport {
         first_datagram_after: download.first_datagram_at.map(|at| at - started),
         publish_time,
+        final_check_time: download.final_check_time,
+        groups_checked_while_receiving: download.groups_checked_early,
+        groups: download.groups,
         transport,
         transport_note,
         root: download.root,
@@ -732,6 +744,12 @@ struct Download {
     foreign_source_dropped: u64,
     /// Whole-file checks failed so far (each is followed by re-receiving what failed).
     final_check_failures: u32,
+    /// The whole-file check, done group by group as groups become whole (until a check at
+    /// the end fails: then the whole file is checked at once, as before).
+    checker: Option<check::GroupChecker>,
+    final_check_time: Duration,
+    groups_checked_early: u32,
+    groups: u32,
     nak_config: NakConfig,
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -825,6 +843,8 @@ impl Download {
         };
         part.write_all_at(&superblock(info), 0)
             .map_err(io_err("write partial file"))?;
+        let checker =
+            check::GroupChecker::start(&part_path, &loopcast_dataplane::hash_lanes::hash_many);
         let nak_config = NakConfig {
             // Multicast until the transport says otherwise (R10 suppression, Timer A).
             suppression_delay: Some(NAK_SUPPRESSION_DELAY),
@@ -842,6 +862,10 @@ impl Download {
             oversize_dropped: 0,
             foreign_source_dropped: 0,
             final_check_failures: 0,
+            groups: checker.as_ref().map_or(0, |c| c.groups()),
+            checker,
+            final_check_time: Duration::ZERO,
+            groups_checked_early: 0,
             nak_config,
             saver: None,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
@@ -981,6 +1005,11 @@ impl Download {
         self.segments = segments;
         self.hashes = hashes;
         let written = self.write_runs(inbox, &mut to_store);
+        if let Some(checker) = self.checker.as_mut() {
+            for &(serial, ..) in &to_store {
+                checker.wrote(serial);
+            }
+        }
         self.to_store = to_store;
         written?;
         Ok(result)
@@ -1088,11 +1117,25 @@ impl Download {
 
     /// Before publishing (R14): the whole `.part` is hashed against the root, across cores,
     /// whatever this or an earlier run verified on arrival (a resumed state, a disk that lost a
-    /// write, a datagram written by anyone else). Returns true if it is exactly the archive
+    /// write, a datagram written by anyone else). Most of it is done by now: `check` reads back
+    /// and checks each group once all of it is written (again if written again), and only
+    /// what is left is checked here. Returns true if it is exactly the archive
     /// the root names. Otherwise every datagram is re-checked one by one, the failing ones are
     /// forgotten (received again) and false is returned; nothing is published.
     fn final_check(&mut self) -> Result<bool, ClientError> {
         self.finish_background_save()?;
+        let started = Instant::now();
+        // Before this check opens the file itself.
+        let checker = self.checker.take().filter(|checker| {
+            let opened = checker.opened_by_others();
+            if opened {
+                tracing::warn!(path = %self.part_path.display(), "another process opened the partial file during the download; checking it whole");
+            }
+            !opened
+        });
+        if let Some(checker) = &checker {
+            self.groups_checked_early = checker.checked_early;
+        }
         let whole = loopcast_archive::ArchiveFile::open(&self.part_path).and_then(|archive| {
             if archive.info().root() != self.root {
                 return Err(loopcast_archive::ArchiveError::Corrupt {
@@ -1100,8 +1143,12 @@ impl Download {
                     what: "header names another root".into(),
                 });
             }
-            archive.verify_with(&loopcast_dataplane::hash_lanes::hash_many)
+            let hash_many = &loopcast_dataplane::hash_lanes::hash_many;
+            checker
+                .and_then(|checker| checker.finish(&self.part_path, hash_many))
+                .unwrap_or_else(|| archive.verify_with(hash_many))
         });
+        self.final_check_time += started.elapsed();
         let error = match whole {
             Ok(()) => return Ok(true),
             Err(error) => error,

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 pub use files::Overwrite;
 pub use pack::{pack, PackOptions, PackPhase, PackProgress, PackSummary};
-pub use reader::{ArchiveFile, ExtractSummary};
+pub use reader::{ArchiveFile, ExtractSummary, GroupBuffers, HashMany};
 pub use seal::MasterKey;
 
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,13 @@ pub struct ExtractSummary {
 /// Hashes many datagrams at once: `out[i] = BLAKE3(inputs[i])`.
 pub type HashMany = dyn Fn(&[&[u8]], &mut [[u8; 32]]) + Sync;
 
+/// Buffers `ArchiveFile::verify_group` reuses from group to group.
+#[derive(Default)]
+pub struct GroupBuffers {
+    bytes: Vec<u8>,
+    hashes: Vec<[u8; 32]>,
+}
+
 impl ArchiveFile {
     /// Opens an archive and checks its superblock, info and exact length.
     pub fn open(path: &Path) -> Result<ArchiveFile, ArchiveError> {
@@ -128,40 +135,86 @@ impl ArchiveFile {
                 .map(|d| *blake3::hash(d).as_bytes())
                 .collect()
         } else {
-            (0..shape.node_count(1))
+            (0..self.group_count())
                 .into_par_iter()
-                .map_init(
-                    // Buffers reused by each worker, group after group.
-                    || (Vec::new(), Vec::new()),
-                    |(group, hashes): &mut (Vec<u8>, Vec<[u8; 32]>), block| {
-                        let children = shape.children(1, block);
-                        let count = 1 + children.end - children.start;
-                        let len = size * count as usize;
-                        let offset = datagram_offset(&self.info, shape.serial_of(1, block));
-                        group.resize(len, 0);
-                        self.file
-                            .read_exact_at(group, offset)
-                            .map_err(|e| io_error("read", &self.path, e))?;
-                        let (block_bytes, data) = group.split_at(size);
-                        let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
-                        let datagrams: Vec<&[u8]> = data.chunks_exact(size).collect();
-                        hashes.clear();
-                        hashes.resize(datagrams.len(), [0u8; 32]);
-                        hash_many(&datagrams, hashes);
-                        for (j, hash) in hashes.iter().enumerate() {
-                            if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != hash[..] {
-                                return Err(self.corrupt(format!(
-                                    "data datagram {} (serial {}) fails its hash",
-                                    children.start + j as u32,
-                                    shape.serial_of(0, children.start + j as u32)
-                                )));
-                            }
-                        }
-                        Ok(*blake3::hash(block_bytes).as_bytes())
-                    },
-                )
+                .map_init(GroupBuffers::default, |buffers, group| {
+                    self.verify_group(group, hash_many, buffers)
+                })
                 .collect::<Result<Vec<_>, _>>()?
         };
+        self.verify_above_groups(level_hashes)
+    }
+
+    /// True if `path` names the very file this archive was opened from (same device and
+    /// inode), not one put in its place since.
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self.file.metadata(), std::fs::metadata(path)) {
+            (Ok(open), Ok(now)) => open.dev() == now.dev() && open.ino() == now.ino(),
+            _ => false,
+        }
+    }
+
+    /// Level-1 groups of the tree: each is one hash block followed by the data datagrams it
+    /// lists, consecutive serials (and bytes) in the archive. None in a tree of depth 0.
+    pub fn group_count(&self) -> u32 {
+        if self.shape.depth() == 0 {
+            0
+        } else {
+            self.shape.node_count(1)
+        }
+    }
+
+    /// The serials of level-1 group `group`: its hash block, then its data datagrams.
+    pub fn group_serials(&self, group: u32) -> core::ops::Range<u32> {
+        let first = self.shape.serial_of(1, group);
+        let children = self.shape.children(1, group);
+        first..first + 1 + (children.end - children.start)
+    }
+
+    /// Reads group `group` and checks each of its data datagrams against the hash its block
+    /// lists; returns the block's own hash, which `verify_above_groups` checks against the
+    /// rest of the tree. `buffers` are reused from call to call.
+    pub fn verify_group(
+        &self,
+        group: u32,
+        hash_many: &HashMany,
+        buffers: &mut GroupBuffers,
+    ) -> Result<[u8; 32], ArchiveError> {
+        let size = usize::from(self.info.datagram_size);
+        let shape = &self.shape;
+        let children = shape.children(1, group);
+        let count = 1 + children.end - children.start;
+        let len = size * count as usize;
+        let offset = datagram_offset(&self.info, shape.serial_of(1, group));
+        let GroupBuffers { bytes, hashes } = buffers;
+        bytes.resize(len, 0);
+        self.file
+            .read_exact_at(bytes, offset)
+            .map_err(|e| io_error("read", &self.path, e))?;
+        let (block_bytes, data) = bytes.split_at(size);
+        let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
+        let datagrams: Vec<&[u8]> = data.chunks_exact(size).collect();
+        hashes.clear();
+        hashes.resize(datagrams.len(), [0u8; 32]);
+        hash_many(&datagrams, hashes);
+        for (j, hash) in hashes.iter().enumerate() {
+            if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != hash[..] {
+                return Err(self.corrupt(format!(
+                    "data datagram {} (serial {}) fails its hash",
+                    children.start + j as u32,
+                    shape.serial_of(0, children.start + j as u32)
+                )));
+            }
+        }
+        Ok(*blake3::hash(block_bytes).as_bytes())
+    }
+
+    /// The rest of the check once every level-1 group's block hash is known (in group order;
+    /// for a tree of depth 0, every data datagram's hash): the blocks above them, read from
+    /// the archive, and the top against the info's top hashes (and so the root).
+    pub fn verify_above_groups(&self, level_hashes: Vec<[u8; 32]>) -> Result<(), ArchiveError> {
+        let shape = &self.shape;
         let mut below = level_hashes;
         for level in 2..=shape.depth() {
             let mut hashes = Vec::with_capacity(shape.node_count(level) as usize);
@@ -170,7 +223,9 @@ impl ArchiveFile {
                 let children = shape.children(level, index);
                 let listed = &block[DATAGRAM_HEADER_LEN..];
                 for (j, child) in children.clone().enumerate() {
-                    if listed[j * HASH_LEN..(j + 1) * HASH_LEN] != below[child as usize] {
+                    if below.get(child as usize).map(|h| &h[..])
+                        != Some(&listed[j * HASH_LEN..(j + 1) * HASH_LEN])
+                    {
                         return Err(self.corrupt(format!(
                             "hash block ({}, {child}) fails its hash",
                             level - 1

@@ -62,6 +62,31 @@ impl Bitmap {
         self.words[(index / 64) as usize] & (1 << (index % 64)) != 0
     }
 
+    /// True if every bit of `range` is set (an empty range: true). Word at a time.
+    pub fn all_set(&self, range: core::ops::Range<u32>) -> bool {
+        assert!(
+            range.end <= self.len,
+            "bits {range:?} outside bitmap of {}",
+            self.len
+        );
+        let mut at = range.start;
+        while at < range.end {
+            let word = self.words[(at / 64) as usize];
+            let from = at % 64;
+            let to = (range.end - (at - from)).min(64);
+            let mask = if to - from == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << (to - from)) - 1) << from
+            };
+            if word & mask != mask {
+                return false;
+            }
+            at += to - from;
+        }
+        true
+    }
+
     /// Sets a bit; returns true if it was clear.
     pub fn set(&mut self, index: u32) -> bool {
         assert!(
@@ -94,5 +119,33 @@ impl Bitmap {
             self.ones -= 1;
         }
         was_set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `all_set` agrees with asking every bit of the range.
+        #[test]
+        fn all_set_is_every_bit_of_the_range(
+            len in 1u32..300,
+            clear in proptest::collection::vec(any::<u32>(), 0..4),
+            a in any::<u32>(),
+            b in any::<u32>(),
+        ) {
+            let mut bitmap = Bitmap::new(len);
+            for index in 0..len {
+                bitmap.set(index);
+            }
+            for c in clear {
+                bitmap.clear(c % len);
+            }
+            let (a, b) = (a % (len + 1), b % (len + 1));
+            let range = a.min(b)..a.max(b);
+            prop_assert_eq!(bitmap.all_set(range.clone()), range.clone().all(|i| bitmap.get(i)));
+        }
     }
 }
