@@ -51,8 +51,10 @@ pub struct GroupChecker {
     by_serial: Vec<(u32, u32, u32)>,
     writes: Vec<u32>,
     state: Vec<GroupState>,
-    /// Groups not checked yet and not queued, looked over at each scan.
-    waiting: Vec<u32>,
+    /// Groups written (or back from a stale check) since the last scan: only they can have
+    /// become whole and need a check, so a scan costs what was written, not the file's size.
+    touched: Vec<u32>,
+    is_touched: Vec<bool>,
     next_scan: Instant,
     to_thread: Option<mpsc::Sender<(u32, u32)>>,
     from_thread: mpsc::Receiver<CheckResult>,
@@ -125,7 +127,9 @@ impl GroupChecker {
             by_serial,
             writes: vec![0; groups as usize],
             state: vec![GroupState::Unchecked; groups as usize],
-            waiting: (0..groups).collect(),
+            // All at first: a resumed download holds whole groups already.
+            touched: (0..groups).collect(),
+            is_touched: vec![true; groups as usize],
             next_scan: Instant::ZERO,
             to_thread: Some(to_thread),
             from_thread,
@@ -163,8 +167,8 @@ impl GroupChecker {
                 *writes = writes.wrapping_add(1);
                 if let GroupState::Checked(..) | GroupState::Failed = self.state[group as usize] {
                     self.state[group as usize] = GroupState::Unchecked;
-                    self.waiting.push(group);
                 }
+                self.touch(group);
             }
         }
     }
@@ -176,7 +180,7 @@ impl GroupChecker {
             self.state[group as usize] = match outcome {
                 // Written since: again.
                 _ if writes != self.writes[group as usize] => {
-                    self.waiting.push(group);
+                    self.touch(group);
                     GroupState::Unchecked
                 }
                 Ok(hash) => {
@@ -194,22 +198,24 @@ impl GroupChecker {
         let Some(to_thread) = &self.to_thread else {
             return;
         };
-        let archive = &self.archive;
-        let (state, writes) = (&mut self.state, &self.writes);
-        self.waiting.retain(|&group| {
-            if !matches!(state[group as usize], GroupState::Unchecked) {
-                return false;
+        for group in std::mem::take(&mut self.touched) {
+            self.is_touched[group as usize] = false;
+            // Not whole yet: touched again when the rest is written.
+            if !matches!(self.state[group as usize], GroupState::Unchecked)
+                || !have.all_set(self.archive.group_serials(group))
+            {
+                continue;
             }
-            if !have.all_set(archive.group_serials(group)) {
-                return true;
+            if to_thread.send((group, self.writes[group as usize])).is_ok() {
+                self.state[group as usize] = GroupState::Queued;
             }
-            let at = writes[group as usize];
-            if to_thread.send((group, at)).is_err() {
-                return true;
-            }
-            state[group as usize] = GroupState::Queued;
-            false
-        });
+        }
+    }
+
+    fn touch(&mut self, group: u32) {
+        if !std::mem::replace(&mut self.is_touched[group as usize], true) {
+            self.touched.push(group);
+        }
     }
 
     /// The download is whole: stops the thread, checks across cores every group whose check
@@ -338,6 +344,13 @@ mod tests {
         }
         settle(&mut checker, &have);
         assert_eq!(checker.checked_early, 2);
+        // Nothing written since: a scan looks at nothing, whatever the bitmap says.
+        settle(&mut checker, &full(&file));
+        assert_eq!(checker.checked_early, 2);
+        // The rest written: checked.
+        for serial in file.group_serials(2).start..file.info().loop_len {
+            checker.wrote(serial);
+        }
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, groups);
         assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
