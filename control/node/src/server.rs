@@ -376,7 +376,11 @@ fn serve(
         media = %config.media_dir.display(),
         archives,
         multicast = ?config.multicast.as_ref().map(|m| (m.group_base, m.port)),
-        rate_bits_per_s = config.rate_bits_per_s,
+        rate = %match (&config.adaptive, config.rate_bits_per_s) {
+            (None, rate) => format!("fixed {}", format_rate(rate)),
+            (Some(_), 0) => "automatic".to_owned(),
+            (Some(_), cap) => format!("automatic, at most {}", format_rate(cap)),
+        },
         "loopcastd serving"
     );
     let clock = MonotonicClock::new();
