@@ -110,3 +110,45 @@ pub fn check_that_cannot_record_still_counts_the_corrupt_archive() {
         "{stderr}"
     );
 }
+
+/// An operator runs `loopcastd check`, then hands the media to the server's user (chown,
+/// chmod). That moves each archive's change time, so the records no longer vouch for them and
+/// the server hashes them again, as it must; its log says why (it said nothing, so the
+/// operator could not tell why the check had not helped).
+pub fn a_record_made_stale_by_a_chmod_is_named_in_the_servers_log() {
+    let scratch = Scratch::new("check-chmod");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    write_content(&input, 1 << 20, 9);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    run_ok(
+        Command::new(bin("loopcastd"))
+            .args(["check", "--media"])
+            .arg(&media),
+    );
+    let archive = media.join("film.bin.lca");
+    let mode = std::fs::metadata(&archive).unwrap().permissions();
+    std::thread::sleep(Duration::from_millis(20));
+    // chmod to the same mode: only the change time moves.
+    std::fs::set_permissions(&archive, mode).unwrap();
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "200M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let output = run_ok(
+        Command::new(bin("loopcast"))
+            .args(["get", &server_addr, "film.bin", "--json"])
+            .arg("--output")
+            .arg(scratch.path("film.lca")),
+    );
+    assert_eq!(json_of(&output)["verified"], true);
+    let status = server.status();
+    assert_eq!(
+        status["counters"]["archives_vouched_by_record"], 0,
+        "{status}"
+    );
+    let log = server.process.terminate();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains("recorded as checked in .loopcast-verified but changed since"),
+        "{log}"
+    );
+}

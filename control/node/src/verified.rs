@@ -205,6 +205,11 @@ impl VerifiedRecords {
         Stamp::of(path, root).is_ok_and(|now| &now == recorded)
     }
 
+    /// True if there is a record for `path`'s name, whether or not it still vouches for it.
+    pub fn is_recorded(&self, path: &Path) -> bool {
+        file_name(path).is_some_and(|name| self.by_file.contains_key(name))
+    }
+
     /// Records `path` as checked whole, as it is now.
     pub fn insert(&mut self, path: &Path, stamp: Stamp) {
         if let Some(name) = file_name(path).filter(|n| is_plain_file_name(n)) {

@@ -42,7 +42,8 @@ enum Command {
     /// names, on all cores, and the good ones are recorded in DIR/.loopcast-verified (a hidden
     /// file beside the archives), so a server does not hash an unchanged archive again before
     /// it serves it. Every run checks every archive again. Run it after adding media, as the
-    /// media's owner. Exits 1 if any archive is corrupt or unreadable, or if the records
+    /// media's owner, and after any chown or chmod of the archives (a record holds only while
+    /// the file's change time has not moved). Exits 1 if any archive is corrupt or unreadable, or if the records
     /// cannot be written (DIR not writable: servers then hash the archives on open, as before).
     Check {
         /// Media database directory (as `serve --media`).
