@@ -201,6 +201,9 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(live::sighup_with_a_lower_rate_slows_a_running_channel_at_once),
         e2e!(live::sighup_moves_a_fleet_server_to_its_new_location_and_a_director_to_its_new_miss_count),
         e2e!(operator::sighup_with_a_new_fleet_key_warns_it_waits_for_a_restart),
+        e2e!(operator::check_of_an_empty_media_directory_says_it_found_no_archives),
+        e2e!(operator::check_that_cannot_record_still_counts_the_corrupt_archive),
+        e2e!(operator::a_record_made_stale_by_a_chmod_is_named_in_the_servers_log),
         e2e!(
             packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
             Need::Program("systemd-analyze", "the Debian package systemd")

@@ -1,5 +1,6 @@
 //! What an operator meeting the fleet for the first time runs into (issue 11 review): a
-//! reload must not hide a change it does not apply.
+//! reload must not hide a change it does not apply; `loopcastd check` on an empty media
+//! directory or one it cannot record in says what it did (s7 review).
 
 use std::process::Command;
 use std::time::Duration;
@@ -36,4 +37,118 @@ pub fn sighup_with_a_new_fleet_key_warns_it_waits_for_a_restart() {
             "the {name}'s log after SIGHUP with a new fleet key:\n{log}"
         );
     }
+}
+
+/// `loopcastd check` on an empty media directory (a new one, or the wrong path) says that it
+/// found no archives, exits 0 and writes nothing; it must not claim a record it never wrote
+/// (it said "0 archive(s) verified, recorded in DIR/.loopcast-verified" with no such file).
+/// A missing directory is an error naming it.
+pub fn check_of_an_empty_media_directory_says_it_found_no_archives() {
+    let scratch = Scratch::new("check-empty");
+    let media = scratch.path("media");
+    std::fs::create_dir_all(&media).unwrap();
+    let check = |dir: &std::path::Path, json: bool| {
+        let mut command = Command::new(bin("loopcastd"));
+        command.args(["check", "--media"]).arg(dir);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    for json in [false, true] {
+        let output = check(&media, json);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{output:?}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+        assert!(
+            stderr.contains("no archives (*.lca) in") && !stderr.contains("recorded in"),
+            "json {json}: {stderr}"
+        );
+        assert!(!media.join(".loopcast-verified").exists());
+    }
+    let output = check(&scratch.path("no-such-dir"), false);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("cannot read media directory"),
+        "{output:?}"
+    );
+}
+
+/// `loopcastd check` where the records cannot be written (here `.loopcast-verified` is a
+/// directory, so this holds as root too; for an operator it is a media directory they may not
+/// write): the summary still counts the corrupt archive besides saying the records were not
+/// written (it said only the latter), and the exit code is 1.
+pub fn check_that_cannot_record_still_counts_the_corrupt_archive() {
+    let scratch = Scratch::new("check-norecord");
+    let media = scratch.path("media");
+    for (name, seed) in [("good.bin", 5), ("bad.bin", 6)] {
+        let input = scratch.path(name);
+        write_content(&input, 1 << 20, seed);
+        pack_into(&input, &media, &["--no-encrypt"]);
+    }
+    let damaged = media.join("bad.bin.lca");
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&damaged, &bytes).unwrap();
+    std::fs::create_dir(media.join(".loopcast-verified")).unwrap();
+    let output = Command::new(bin("loopcastd"))
+        .args(["check", "--media"])
+        .arg(&media)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        stdout.contains("bad.bin.lca: CORRUPT") && stdout.contains("good.bin.lca: verified"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("cannot record the checks"), "{stderr}");
+    assert!(
+        stderr.contains("1 archive(s) failed their check") && stderr.contains("1 verified"),
+        "{stderr}"
+    );
+}
+
+/// An operator runs `loopcastd check`, then hands the media to the server's user (chown,
+/// chmod). That moves each archive's change time, so the records no longer vouch for them and
+/// the server hashes them again, as it must; its log says why (it said nothing, so the
+/// operator could not tell why the check had not helped).
+pub fn a_record_made_stale_by_a_chmod_is_named_in_the_servers_log() {
+    let scratch = Scratch::new("check-chmod");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    write_content(&input, 1 << 20, 9);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    run_ok(
+        Command::new(bin("loopcastd"))
+            .args(["check", "--media"])
+            .arg(&media),
+    );
+    let archive = media.join("film.bin.lca");
+    let mode = std::fs::metadata(&archive).unwrap().permissions();
+    std::thread::sleep(Duration::from_millis(20));
+    // chmod to the same mode: only the change time moves.
+    std::fs::set_permissions(&archive, mode).unwrap();
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "200M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let output = run_ok(
+        Command::new(bin("loopcast"))
+            .args(["get", &server_addr, "film.bin", "--json"])
+            .arg("--output")
+            .arg(scratch.path("film.lca")),
+    );
+    assert_eq!(json_of(&output)["verified"], true);
+    let status = server.status();
+    assert_eq!(
+        status["counters"]["archives_vouched_by_record"], 0,
+        "{status}"
+    );
+    let log = server.process.terminate();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains("recorded as checked in .loopcast-verified but changed since"),
+        "{log}"
+    );
 }

@@ -747,6 +747,9 @@ impl Server {
                 self.counters.archives_vouched += 1;
                 self.verified_archives.insert(key.clone());
             } else {
+                if self.records.is_recorded(&key.path) {
+                    tracing::info!(path = %key.path.display(), "archive recorded as checked in {} but changed since (its bytes, or its owner, mode or links: the change time moved): hashing it again; run `loopcastd check` after such changes", crate::verified::RECORDS_FILE);
+                }
                 self.start_verification(&key);
             }
         }

@@ -118,6 +118,8 @@ pub struct VerifiedRecords {
     seen: Option<(u64, u64, i64, i64)>,
     /// Lines that did not parse at the last read.
     pub malformed: usize,
+    /// Removed since the last save: not taken back from the file when `save` merges.
+    forgotten: std::collections::HashSet<String>,
 }
 
 impl VerifiedRecords {
@@ -129,6 +131,7 @@ impl VerifiedRecords {
             by_file: HashMap::new(),
             seen: None,
             malformed: 0,
+            forgotten: std::collections::HashSet::new(),
         };
         records.refresh();
         records
@@ -202,9 +205,15 @@ impl VerifiedRecords {
         Stamp::of(path, root).is_ok_and(|now| &now == recorded)
     }
 
+    /// True if there is a record for `path`'s name, whether or not it still vouches for it.
+    pub fn is_recorded(&self, path: &Path) -> bool {
+        file_name(path).is_some_and(|name| self.by_file.contains_key(name))
+    }
+
     /// Records `path` as checked whole, as it is now.
     pub fn insert(&mut self, path: &Path, stamp: Stamp) {
         if let Some(name) = file_name(path).filter(|n| is_plain_file_name(n)) {
+            self.forgotten.remove(name);
             self.by_file.insert(name.to_owned(), stamp);
         }
     }
@@ -213,6 +222,7 @@ impl VerifiedRecords {
     pub fn remove(&mut self, path: &Path) {
         if let Some(name) = file_name(path) {
             self.by_file.remove(name);
+            self.forgotten.insert(name.to_owned());
         }
     }
 
@@ -226,8 +236,18 @@ impl VerifiedRecords {
 
     /// Writes the records: a new file beside the old one, synced, then renamed over it, so a
     /// reader sees the old records or the new ones, never a mix. Records of archives no longer
-    /// in the directory are dropped.
+    /// in the directory are dropped. Records another process wrote since the last read
+    /// (`loopcastd check` while a server checks, or the reverse) are kept, except those this
+    /// one removed since: a save does not undo another's work.
     pub fn save(&mut self) -> std::io::Result<()> {
+        let mut on_disk = VerifiedRecords::load(&self.dir);
+        if on_disk.seen != self.seen {
+            for (name, stamp) in on_disk.by_file.drain() {
+                if !self.forgotten.contains(&name) {
+                    self.by_file.entry(name).or_insert(stamp);
+                }
+            }
+        }
         self.by_file
             .retain(|name, _| self.dir.join(name).symlink_metadata().is_ok());
         let mut names: Vec<&String> = self.by_file.keys().collect();
@@ -262,6 +282,7 @@ impl VerifiedRecords {
                 metadata.mtime_nsec(),
             ));
         }
+        self.forgotten.clear();
         Ok(())
     }
 }
@@ -446,6 +467,36 @@ mod tests {
             .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    /// A server that read the records before `loopcastd check` wrote them, then records its
+    /// own check: the checker's records stay (the save used to write only what the server
+    /// had read, dropping them), and what the server removed stays removed.
+    #[test]
+    fn a_save_keeps_records_another_process_wrote_since_and_not_those_it_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([3; 32]);
+        let a = archive(dir.path(), "a.lca", b"a");
+        let b = archive(dir.path(), "b.lca", b"b");
+        let c = archive(dir.path(), "c.lca", b"c");
+        let mut server = VerifiedRecords::load(dir.path());
+        server.insert(&c, Stamp::of(&c, root).unwrap());
+        server.save().unwrap();
+        let mut checker = VerifiedRecords::load(dir.path());
+        checker.insert(&a, Stamp::of(&a, root).unwrap());
+        checker.save().unwrap();
+        // The server finds c corrupt and b good, without reading the file again in between.
+        server.remove(&c);
+        server.insert(&b, Stamp::of(&b, root).unwrap());
+        server.save().unwrap();
+        let records = VerifiedRecords::load(dir.path());
+        assert!(
+            records.vouches_for(&a, root),
+            "the checker's record was dropped"
+        );
+        assert!(records.vouches_for(&b, root));
+        assert!(!records.vouches_for(&c, root), "a removed record came back");
+        assert_eq!(records.len(), 2);
     }
 
     proptest! {

@@ -315,7 +315,8 @@ struct GetArgs {
     #[arg(long)]
     force: bool,
     /// Print the report as JSON (on stderr with --follow); on failure, {"verified": false,
-    /// "error": ..., "exit_code": ...} (the message is also on stderr).
+    /// "error": ..., "exit_code": ...} (the message is also on stderr). Every field is
+    /// described in docs/architecture.md ("What `loopcast get --json` reports").
     #[arg(long)]
     json: bool,
 }

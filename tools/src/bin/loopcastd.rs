@@ -35,13 +35,19 @@ enum Command {
         /// Where to write it.
         file: PathBuf,
     },
-    /// Check every archive of a media directory whole (each datagram against the root its
-    /// header names, on all cores) and record the good ones in DIR/.loopcast-verified, so a
-    /// server does not hash an unchanged archive again before it serves it. Run it after
-    /// adding media, as the media's owner. Exits 1 if any archive is corrupt or unreadable.
+    /// Check every archive of a media directory whole and record the good ones, so servers
+    /// do not hash them again
+    ///
+    /// Each datagram of every *.lca archive in DIR is checked against the root its header
+    /// names, on all cores, and the good ones are recorded in DIR/.loopcast-verified (a hidden
+    /// file beside the archives), so a server does not hash an unchanged archive again before
+    /// it serves it. Every run checks every archive again. Run it after adding media, as the
+    /// media's owner, and after any chown or chmod of the archives (a record holds only while
+    /// the file's change time has not moved). Exits 1 if any archive is corrupt or unreadable, or if the records
+    /// cannot be written (DIR not writable: servers then hash the archives on open, as before).
     Check {
         /// Media database directory (as `serve --media`).
-        #[arg(long)]
+        #[arg(long, value_name = "DIR")]
         media: PathBuf,
         /// One JSON object per archive on stdout instead of a line of text.
         #[arg(long)]
@@ -88,8 +94,10 @@ struct ServeArgs {
     /// packaging/loopcastd-serve.toml.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Media database directory: *.lca archives (made by `loopcast pack --media DIR`).
-    #[arg(long)]
+    /// Media database directory: *.lca archives (made by `loopcast pack --media DIR`). Where
+    /// the server may write, it records the archives it checked in DIR/.loopcast-verified (as
+    /// `loopcastd check` does), and does not hash them again while they are unchanged.
+    #[arg(long, value_name = "DIR")]
     media: PathBuf,
     /// UDP address for client requests.
     #[arg(long, default_value = "0.0.0.0:7700")]
@@ -141,7 +149,9 @@ struct ServeArgs {
     /// Sender threads, each pinned to a core, that run the channels.
     #[arg(long, default_value_t = 1)]
     send_threads: usize,
-    /// Skip verifying each archive's hash tree when its channel opens.
+    /// Skip verifying each archive's hash tree when its channel opens. Without it, an archive
+    /// is hashed when its channel first opens, unless DIR/.loopcast-verified records it as
+    /// checked and unchanged since (see `loopcastd check`).
     #[arg(long)]
     no_verify: bool,
     /// A director of the fleet as clients know it (HOST[:PORT], default port 7700); repeat or
@@ -457,7 +467,17 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
     match outcome {
         Err(error) => {
             eprintln!("loopcastd: error: {error}");
+            if bad > 0 {
+                eprintln!("loopcastd: {bad} archive(s) failed their check (servers refuse them); {good} verified");
+            }
             ExitCode::FAILURE
+        }
+        Ok(checked) if checked.is_empty() => {
+            eprintln!(
+                "no archives (*.lca) in {}: nothing checked, nothing recorded",
+                media.display()
+            );
+            ExitCode::SUCCESS
         }
         Ok(_) if bad > 0 => {
             eprintln!("loopcastd: {bad} archive(s) failed their check (servers refuse them); {good} verified (recorded in {})", records.display());
