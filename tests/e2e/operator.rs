@@ -106,7 +106,7 @@ pub fn check_that_cannot_record_still_counts_the_corrupt_archive() {
     );
     assert!(stderr.contains("cannot record the checks"), "{stderr}");
     assert!(
-        stderr.contains("1 archive(s) failed their check") && stderr.contains("1 verified"),
+        stderr.contains("1 archive(s) corrupt") && stderr.contains("1 verified"),
         "{stderr}"
     );
 }

@@ -292,8 +292,40 @@ pub struct Checked {
     pub file: String,
     pub bytes: u64,
     pub seconds: f64,
-    /// `Err` says why the archive is not good to serve.
-    pub outcome: Result<(), String>,
+    /// `Err` says why the archive is not good to serve, or could not be checked.
+    pub outcome: Result<(), CheckFailure>,
+}
+
+/// Why `check_directory` did not record an archive.
+#[derive(Debug)]
+pub enum CheckFailure {
+    /// Its bytes do not hash to its root (or its header is damaged): servers refuse it.
+    Corrupt(String),
+    /// It could not be read (permissions, I/O errors): nothing is known of its bytes.
+    Unreadable(String),
+    /// It changed while it was hashed.
+    Changed,
+}
+
+impl CheckFailure {
+    fn of(error: loopcast_archive::ArchiveError) -> CheckFailure {
+        match error {
+            loopcast_archive::ArchiveError::Io { .. } => {
+                CheckFailure::Unreadable(error.to_string())
+            }
+            other => CheckFailure::Corrupt(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckFailure::Corrupt(why) => write!(f, "CORRUPT: {why}"),
+            CheckFailure::Unreadable(why) => write!(f, "UNREADABLE: {why}"),
+            CheckFailure::Changed => write!(f, "CHANGED while it was checked: check it again"),
+        }
+    }
 }
 
 /// `loopcastd check`: every `*.lca` archive of `dir` hashed whole against the root its header
@@ -315,15 +347,16 @@ pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec
         let started = std::time::Instant::now();
         let mut bytes = 0;
         let outcome = (|| {
-            let archive = loopcast_archive::ArchiveFile::open(&path).map_err(|e| e.to_string())?;
+            let archive = loopcast_archive::ArchiveFile::open(&path).map_err(CheckFailure::of)?;
             let root = archive.info().root();
-            let before = Stamp::of(&path, root).map_err(|e| e.to_string())?;
+            let before = Stamp::of(&path, root)
+                .map_err(|e| CheckFailure::Unreadable(format!("{}: {e}", path.display())))?;
             bytes = before.len;
             archive
                 .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
-                .map_err(|e| e.to_string())?;
+                .map_err(CheckFailure::of)?;
             if Stamp::of(&path, root).ok().as_ref() != Some(&before) {
-                return Err("changed while it was checked: check it again".to_owned());
+                return Err(CheckFailure::Changed);
             }
             Ok(before)
         })();
@@ -497,6 +530,28 @@ mod tests {
         assert!(records.vouches_for(&b, root));
         assert!(!records.vouches_for(&c, root), "a removed record came back");
         assert_eq!(records.len(), 2);
+    }
+
+    #[test]
+    fn check_tells_an_unreadable_archive_from_a_corrupt_one() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a directory.lca")).unwrap();
+        std::fs::write(dir.path().join("garbage.lca"), vec![0x42u8; 8192]).unwrap();
+        let mut seen = Vec::new();
+        check_directory(dir.path(), |checked| {
+            seen.push((checked.file.clone(), format!("{:?}", checked.outcome)))
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[0].0 == "a directory.lca" && seen[0].1.contains("Unreadable"),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].0 == "garbage.lca" && seen[1].1.contains("Corrupt"),
+            "{seen:?}"
+        );
+        assert!(VerifiedRecords::load(dir.path()).is_empty());
     }
 
     proptest! {

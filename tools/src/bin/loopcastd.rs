@@ -432,12 +432,15 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
 
 /// `loopcastd check`: see its help.
 fn check(media: &std::path::Path, json: bool) -> ExitCode {
-    let mut bad = 0usize;
+    use loopcast_node::verified::CheckFailure;
+    let mut corrupt = 0usize;
+    let mut unchecked = 0usize;
     let mut good = 0usize;
     let outcome = loopcast_node::verified::check_directory(media, |checked| {
         match &checked.outcome {
             Ok(()) => good += 1,
-            Err(_) => bad += 1,
+            Err(CheckFailure::Corrupt(_)) => corrupt += 1,
+            Err(_) => unchecked += 1,
         }
         if json {
             println!(
@@ -447,7 +450,8 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
                     "bytes": checked.bytes,
                     "seconds": checked.seconds,
                     "verified": checked.outcome.is_ok(),
-                    "error": checked.outcome.as_ref().err(),
+                    "corrupt": matches!(checked.outcome, Err(CheckFailure::Corrupt(_))),
+                    "error": checked.outcome.as_ref().err().map(ToString::to_string),
                 })
             );
         } else {
@@ -459,16 +463,32 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
                     checked.seconds,
                     checked.bytes as f64 / checked.seconds.max(1e-9) / 1e9
                 ),
-                Err(error) => println!("{}: CORRUPT or unreadable: {error}", checked.file),
+                Err(failure) => println!("{}: {failure}", checked.file),
             }
         }
     });
     let records = media.join(loopcast_node::verified::RECORDS_FILE);
+    let failed = || {
+        let mut parts = Vec::new();
+        if corrupt > 0 {
+            parts.push(format!(
+                "{corrupt} archive(s) corrupt (servers refuse them)"
+            ));
+        }
+        if unchecked > 0 {
+            parts.push(format!(
+                "{unchecked} not checked (unreadable, or changed meanwhile)"
+            ));
+        }
+        parts.push(format!("{good} verified"));
+        parts.join("; ")
+    };
+    let bad = corrupt + unchecked;
     match outcome {
         Err(error) => {
             eprintln!("loopcastd: error: {error}");
             if bad > 0 {
-                eprintln!("loopcastd: {bad} archive(s) failed their check (servers refuse them); {good} verified");
+                eprintln!("loopcastd: {}", failed());
             }
             ExitCode::FAILURE
         }
@@ -480,7 +500,11 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(_) if bad > 0 => {
-            eprintln!("loopcastd: {bad} archive(s) failed their check (servers refuse them); {good} verified (recorded in {})", records.display());
+            eprintln!(
+                "loopcastd: {} (recorded in {})",
+                failed(),
+                records.display()
+            );
             ExitCode::FAILURE
         }
         Ok(_) => {
