@@ -35,11 +35,10 @@ pub fn a_writer_holding_the_part_open_from_before_the_get_cannot_slip_past_the_f
     let mut first = Proc::spawn("first get", &mut get());
     std::thread::sleep(Duration::from_secs(3));
     // Interrupted, so it saves what it holds: the resume then holds every whole group on disk.
-    // SAFETY: a signal to our own child, which is not yet reaped.
-    assert_eq!(
-        unsafe { libc::kill(first.child.id() as i32, libc::SIGINT) },
-        0
-    );
+    let pid = first.child.id() as i32;
+    // SAFETY: a signal to our own child, which is not yet reaped; no memory is passed.
+    let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(sent, 0);
     let _ = first.child.wait();
     assert!(part.exists(), "partial archive kept");
 
