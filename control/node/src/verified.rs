@@ -113,11 +113,16 @@ fn is_plain_file_name(name: &str) -> bool {
 pub struct VerifiedRecords {
     dir: PathBuf,
     by_file: HashMap<String, Stamp>,
-    /// (length, inode, mtime) of the records file when read: `refresh` reads it again only
-    /// when that changes (`loopcastd check` ran while the server serves).
-    seen: Option<(u64, u64, i64, i64)>,
+    /// (length, inode, mtime, ctime) of the records file when read: `refresh` reads it again
+    /// only when that changes (`loopcastd check` ran while the server serves). The ctime too,
+    /// because a rewrite of the same length can reuse the old file's inode number.
+    seen: Option<(u64, u64, i64, i64, i64, i64)>,
     /// Lines that did not parse at the last read.
     pub malformed: usize,
+    /// This process's records and removals not yet saved: `save` applies them to the file
+    /// as it is then, so a record another writer (a server, `loopcastd check`) added since
+    /// this one read the file is kept, and one it removed (a failed check) stays removed.
+    changes: Vec<(String, Option<Stamp>)>,
 }
 
 impl VerifiedRecords {
@@ -129,6 +134,7 @@ impl VerifiedRecords {
             by_file: HashMap::new(),
             seen: None,
             malformed: 0,
+            changes: Vec::new(),
         };
         records.refresh();
         records
@@ -157,6 +163,8 @@ impl VerifiedRecords {
             metadata.ino(),
             metadata.mtime(),
             metadata.mtime_nsec(),
+            metadata.ctime(),
+            metadata.ctime_nsec(),
         );
         if self.seen == Some(seen) {
             return;
@@ -205,7 +213,8 @@ impl VerifiedRecords {
     /// Records `path` as checked whole, as it is now.
     pub fn insert(&mut self, path: &Path, stamp: Stamp) {
         if let Some(name) = file_name(path).filter(|n| is_plain_file_name(n)) {
-            self.by_file.insert(name.to_owned(), stamp);
+            self.by_file.insert(name.to_owned(), stamp.clone());
+            self.changes.push((name.to_owned(), Some(stamp)));
         }
     }
 
@@ -213,6 +222,7 @@ impl VerifiedRecords {
     pub fn remove(&mut self, path: &Path) {
         if let Some(name) = file_name(path) {
             self.by_file.remove(name);
+            self.changes.push((name.to_owned(), None));
         }
     }
 
@@ -228,6 +238,14 @@ impl VerifiedRecords {
     /// reader sees the old records or the new ones, never a mix. Records of archives no longer
     /// in the directory are dropped.
     pub fn save(&mut self) -> std::io::Result<()> {
+        // Another writer's records since our last read, with ours applied on top.
+        self.refresh();
+        for (name, change) in &self.changes {
+            match change {
+                Some(stamp) => self.by_file.insert(name.clone(), stamp.clone()),
+                None => self.by_file.remove(name),
+            };
+        }
         self.by_file
             .retain(|name, _| self.dir.join(name).symlink_metadata().is_ok());
         let mut names: Vec<&String> = self.by_file.keys().collect();
@@ -238,9 +256,15 @@ impl VerifiedRecords {
             text.push('\n');
         }
         let path = self.path();
-        let temporary = self
-            .dir
-            .join(format!("{RECORDS_FILE}.{}.tmp", std::process::id()));
+        // Named afresh each time: one left by a killed process (in a container, often with
+        // the same process id) must not stop every later save.
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
+        let temporary = self.dir.join(format!(
+            "{RECORDS_FILE}.{}.{:016x}.tmp",
+            std::process::id(),
+            u64::from_ne_bytes(nonce)
+        ));
         let written = (|| {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -254,12 +278,15 @@ impl VerifiedRecords {
             let _ = std::fs::remove_file(&temporary);
         }
         written?;
+        self.changes.clear();
         if let Ok(metadata) = std::fs::symlink_metadata(&path) {
             self.seen = Some((
                 metadata.len(),
                 metadata.ino(),
                 metadata.mtime(),
                 metadata.mtime_nsec(),
+                metadata.ctime(),
+                metadata.ctime_nsec(),
             ));
         }
         Ok(())
@@ -446,6 +473,52 @@ mod tests {
             .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_leftover_temporary_with_our_process_id_does_not_stop_records_being_written() {
+        // A process killed between creating its temporary and renaming it leaves it behind;
+        // in a container the next run often has the same process id.
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([3; 32]);
+        let a = archive(dir.path(), "a.lca", b"a");
+        let leftover = dir
+            .path()
+            .join(format!("{RECORDS_FILE}.{}.tmp", std::process::id()));
+        std::fs::write(&leftover, b"half written").unwrap();
+        let mut records = VerifiedRecords::load(dir.path());
+        records.insert(&a, Stamp::of(&a, root).unwrap());
+        records.save().unwrap();
+        assert!(VerifiedRecords::load(dir.path()).vouches_for(&a, root));
+    }
+
+    #[test]
+    fn two_writers_keep_each_other_s_records_and_a_removed_one_stays_removed() {
+        // A server and `loopcastd check` on one media directory, each with the records it read.
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([4; 32]);
+        let a = archive(dir.path(), "a.lca", b"a");
+        let b = archive(dir.path(), "b.lca", b"b");
+        let c = archive(dir.path(), "c.lca", b"c");
+        let mut first = VerifiedRecords::load(dir.path());
+        first.insert(&a, Stamp::of(&a, root).unwrap());
+        first.save().unwrap();
+        let mut server = VerifiedRecords::load(dir.path());
+        let mut check = VerifiedRecords::load(dir.path());
+        // The check finds `a` damaged (bit rot: its stamp unchanged) and records `b`.
+        check.remove(&a);
+        check.insert(&b, Stamp::of(&b, root).unwrap());
+        check.save().unwrap();
+        // The server then records its own check of `c`, from the records it read before.
+        server.insert(&c, Stamp::of(&c, root).unwrap());
+        server.save().unwrap();
+        let now = VerifiedRecords::load(dir.path());
+        assert!(
+            !now.vouches_for(&a, root),
+            "the damaged archive is vouched for again"
+        );
+        assert!(now.vouches_for(&b, root), "the check's record was lost");
+        assert!(now.vouches_for(&c, root), "the server's record was lost");
     }
 
     proptest! {
