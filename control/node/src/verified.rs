@@ -176,9 +176,29 @@ impl VerifiedRecords {
             tracing::warn!(path = %path.display(), bytes = metadata.len(), "records of checked archives ignored: not a regular file of at most 4 MiB");
             return;
         }
-        let text = match std::fs::read(&path) {
+        // Read through a descriptor that is what was just looked at: no symlink followed, no
+        // wait on a FIFO (the name can be given another file in between), no more than the
+        // limit whatever it has grown to.
+        let read = (|| {
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)?;
+            let opened = file.metadata()?;
+            if !opened.file_type().is_file() || opened.ino() != metadata.ino() {
+                return Err(std::io::Error::other("replaced while it was read"));
+            }
+            let mut bytes = Vec::new();
+            file.take(RECORDS_BYTES_MAX).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })();
+        let text = match read {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(error) => {
+                // Read again at the next refresh.
+                self.seen = None;
                 tracing::warn!(path = %path.display(), %error, "records of checked archives not read");
                 return;
             }
@@ -366,6 +386,7 @@ fn file_name(path: &Path) -> Option<&str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn archive(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);
@@ -519,6 +540,60 @@ mod tests {
         );
         assert!(now.vouches_for(&b, root), "the check's record was lost");
         assert!(now.vouches_for(&c, root), "the server's record was lost");
+    }
+
+    #[test]
+    fn a_records_file_swapped_for_a_fifo_while_it_is_read_does_not_hang_the_reader() {
+        // The type is looked at, then the file read by name: a FIFO renamed into place in
+        // between blocked the server's loop in open() until someone wrote to it.
+        let dir = tempfile::tempdir().unwrap();
+        let records_path = dir.path().join(RECORDS_FILE);
+        let regular = dir.path().join("regular");
+        // FIFOs made up front (one mkfifo), each renamed into place in turn.
+        let fifos: Vec<PathBuf> = (0..3000)
+            .map(|i| dir.path().join(format!("fifo-{i}")))
+            .collect();
+        let made = std::process::Command::new("mkfifo")
+            .args(&fifos)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (records_path, regular, stop) =
+                (records_path.clone(), regular.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for (turn, fifo) in fifos.iter().enumerate() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::fs::write(&regular, format!("{HEADER}\n{turn}\n")).unwrap();
+                    std::fs::rename(&regular, &records_path).unwrap();
+                    std::fs::rename(fifo, &records_path).unwrap();
+                }
+            })
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader_dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut records = VerifiedRecords::load(&reader_dir);
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_millis(1500) {
+                records.refresh();
+            }
+            let _ = done.send(());
+        });
+        let outcome = finished.recv_timeout(std::time::Duration::from_secs(5));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        if outcome.is_err() {
+            // Free the reader: a writer on the FIFO it waits on.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&records_path);
+            panic!("refresh blocked on a FIFO put in place of the records file");
+        }
     }
 
     proptest! {
