@@ -106,3 +106,63 @@ pub fn a_writer_holding_the_part_open_from_before_the_get_cannot_slip_past_the_f
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+/// An archive changed in place while served, with its modification time put back (any owner
+/// of the file can set it; `touch -r`, `cp -p`, `rsync --inplace -t` do): the server's
+/// once-a-second look at the disk saw size, inode and mtime unchanged and went on looping the
+/// changed bytes (its clients dropping them, never finishing) until the re-check ten minutes
+/// later. The change time moves whatever the writer does: the channel must stop at once.
+pub fn an_archive_changed_in_place_with_its_mtime_put_back_stops_its_channel() {
+    let scratch = Scratch::new("check-mtime");
+    let media = scratch.path("media");
+    let input = scratch.path("disk.bin");
+    write_content(&input, 4 << 20, 23);
+    pack_into(&input, &media, &["--level", "0"]);
+    let archive = media.join("disk.bin.lca");
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "8M"]);
+    let output = scratch.path("disk.lca");
+    let client = Proc::spawn(
+        "get",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{}", server.port), "disk.bin"])
+            .args(["--stall-timeout", "10", "--output"])
+            .arg(&output),
+    );
+    // The server's own check of the archive (4 MiB) is long done by then.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = std::fs::metadata(&archive).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&archive)
+        .unwrap();
+    let at = before.len() * 3 / 4;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    byte[0] ^= 0x01;
+    file.write_all_at(&byte, at).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().modified().unwrap(),
+        before.modified().unwrap()
+    );
+    let changed_at = std::time::Instant::now();
+    loop {
+        let status = server.status();
+        if status["counters"]["archives_changed"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            changed_at.elapsed() < Duration::from_millis(2500),
+            "the change was not noticed within 2.5 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = client.wait(Duration::from_secs(30));
+    assert!(
+        !got.status.success(),
+        "a get of a changed archive cannot succeed"
+    );
+    assert!(!output.exists(), "nothing unverified is published");
+}
