@@ -13,6 +13,9 @@
 //! - attacks.rs: every attack of issue 9 end to end: forged datagrams racing genuine ones
 //!   (unicast, multicast), spoofed Requests, NAK starvation, a session-table hog, the server
 //!   killed, shut down or changed on disk mid-transfer, a client stopped past its timeout.
+//! - check_attacks.rs: the whole-file check done while receiving (R14) against a writer that
+//!   held the `.part` open from before the get; an archive changed in place with its mtime put
+//!   back while served.
 //! - links.rs: receivers behind 5 Mbit/s, 50 Mbit/s and unlimited `tc tbf` links, a server
 //!   with no `--rate`: each finishes at its own link's pace (issue 10, R11/R12).
 //! - follow.rs: `get --follow` plays the original on stdout while it downloads (R13): bytes,
@@ -42,6 +45,7 @@
 mod admin;
 mod attacks;
 mod bench;
+mod check_attacks;
 mod demo;
 mod files;
 mod fleet;
@@ -165,6 +169,8 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(hostile::an_archive_damaged_on_disk_is_caught_beside_the_loop_and_then_refused),
         e2e!(hostile::a_checked_archive_is_served_without_a_second_hash_but_a_changed_one_is_hashed_and_refused),
         e2e!(hostile::forged_flooding_and_out_of_range_naks_are_counted_and_bounded),
+        e2e!(check_attacks::a_writer_holding_the_part_open_from_before_the_get_cannot_slip_past_the_final_check),
+        e2e!(check_attacks::an_archive_changed_in_place_with_its_mtime_put_back_stops_its_channel),
         e2e!(
             links::receivers_behind_5m_50m_and_unlimited_links_each_finish_at_their_own_pace,
             Need::Root("for ip netns and tc tbf links")

@@ -16,6 +16,11 @@
 //! counts only if no write came after the one it started from. A group that fails while the
 //! download runs is simply checked again at the end (it may have held a copy that was then
 //! replaced); a failure at the end is the whole-file check's failure.
+//!
+//! Nothing checked early counts if anyone else could have written to the `.part` after its
+//! check: an open after the checker started is seen by an inotify watch, and a descriptor (or
+//! shared writable map) held from before, as over a resume, by a write-lease probe at start
+//! (`loopcast_dataplane::lease`); either way the whole file is read back at the end.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -70,9 +75,45 @@ pub struct GroupChecker {
 impl GroupChecker {
     /// A checker for the partial archive at `part` (its header already written). `None` for
     /// a tree with no level-1 groups (tiny files: the whole-file check at the end is instant).
-    pub fn start(part: &std::path::Path, hash_many: &'static HashMany) -> Option<GroupChecker> {
-        let archive = match ArchiveFile::open(part) {
-            Ok(archive) => Arc::new(archive),
+    pub fn start(
+        part: &std::path::Path,
+        file: &std::fs::File,
+        hash_many: &'static HashMany,
+    ) -> Option<GroupChecker> {
+        use std::os::fd::AsFd;
+        // Opens from now on are seen by the watch; a descriptor (or shared map) opened
+        // before it, by the lease probe below. Either means someone may write to groups
+        // after their check: then nothing is checked early and the whole file is read at
+        // the end. The checks read through a duplicate of our own descriptor, so they are
+        // no open of their own.
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let opens = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|opens| opens.add_watch(part, AddWatchFlags::IN_OPEN).map(|_| opens));
+        let opens = match opens {
+            Ok(opens) => opens,
+            Err(error) => {
+                tracing::debug!(%error, "no inotify watch on the partial file: no check while receiving");
+                return None;
+            }
+        };
+        match loopcast_dataplane::lease::no_other_writer(file.as_fd()) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(path = %part.display(), "another process holds the partial file open for writing: it is checked whole at the end");
+                return None;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot tell whether another process writes to the partial file: no check while receiving");
+                return None;
+            }
+        }
+        let archive = match file
+            .try_clone()
+            .map_err(|e| e.to_string())
+            .and_then(|file| ArchiveFile::from_file(file, part).map_err(|e| e.to_string()))
+        {
+            Ok(archive) if archive.is_at(part) => Arc::new(archive),
+            Ok(_) => return None,
             Err(error) => {
                 tracing::debug!(%error, "no check while receiving; the whole file is checked at the end");
                 return None;
@@ -82,17 +123,6 @@ impl GroupChecker {
         if groups == 0 {
             return None;
         }
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let opens = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .and_then(|opens| opens.add_watch(part, AddWatchFlags::IN_OPEN).map(|_| opens));
-        let opens = match opens {
-            Ok(opens) if archive.is_at(part) => opens,
-            Ok(_) => return None,
-            Err(error) => {
-                tracing::debug!(%error, "no inotify watch on the partial file: no check while receiving");
-                return None;
-            }
-        };
         let mut by_serial: Vec<(u32, u32, u32)> = (0..groups)
             .map(|group| {
                 let serials = archive.group_serials(group);
@@ -320,6 +350,34 @@ mod tests {
         panic!("the checking thread did not answer");
     }
 
+    /// The download's own descriptor of the `.part` (read and write, as `PartFile`'s).
+    fn ours(path: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap()
+    }
+
+    /// The archive through a duplicate of `ours` (another open of it would count as a reader).
+    fn view(ours: &std::fs::File, path: &std::path::Path) -> ArchiveFile {
+        ArchiveFile::from_file(ours.try_clone().unwrap(), path).unwrap()
+    }
+
+    #[test]
+    fn a_writer_that_opened_the_partial_file_before_the_checker_means_no_early_checks() {
+        let (_dir, path) = archive();
+        let theirs = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let ours = ours(&path);
+        // Its later writes would raise no inotify open event: nothing may be checked early.
+        assert!(GroupChecker::start(&path, &ours, HASH_MANY).is_none());
+        drop(theirs);
+        assert!(GroupChecker::start(&path, &ours, HASH_MANY).is_some());
+        // A reader is harmless.
+        let _reader = std::fs::File::open(&path).unwrap();
+        let _checker = GroupChecker::start(&path, &ours, HASH_MANY);
+    }
+
     fn full(archive: &ArchiveFile) -> Bitmap {
         let mut have = Bitmap::new(archive.info().loop_len);
         for serial in 0..archive.info().loop_len {
@@ -331,10 +389,11 @@ mod tests {
     #[test]
     fn groups_are_checked_as_they_become_whole_and_only_the_rest_at_the_end() {
         let (_dir, path) = archive();
-        let file = ArchiveFile::open(&path).unwrap();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
         let groups = file.group_count();
         assert!(groups > 4, "{groups} groups");
-        let mut checker = GroupChecker::start(&path, HASH_MANY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
         // The first two groups held: only they are checked.
         let mut have = Bitmap::new(file.info().loop_len);
         for group in 0..2 {
@@ -359,16 +418,16 @@ mod tests {
     #[test]
     fn a_group_written_after_its_check_is_checked_again_and_its_damage_found() {
         let (_dir, path) = archive();
-        let file = ArchiveFile::open(&path).unwrap();
-        let mut checker = GroupChecker::start(&path, HASH_MANY).unwrap();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count());
         // A datagram of group 1 written again with other bytes (as a pending copy that failed
         // and was replaced would be, but here wrong): its earlier check no longer counts.
         let serial = file.group_serials(1).start + 3;
         let offset = loopcast_archive::format::datagram_offset(file.info(), serial);
-        let part = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        part.write_all_at(&[0xee; 16], offset + 100).unwrap();
+        ours.write_all_at(&[0xee; 16], offset + 100).unwrap();
         checker.wrote(serial);
         let error = checker.finish(&path, HASH_MANY).unwrap().unwrap_err();
         assert!(error.to_string().contains("fails its hash"), "{error}");
@@ -377,18 +436,18 @@ mod tests {
     #[test]
     fn a_group_that_fails_while_receiving_is_checked_again_at_the_end() {
         let (_dir, path) = archive();
-        let file = ArchiveFile::open(&path).unwrap();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
         let serial = file.group_serials(2).start + 1;
         let offset = loopcast_archive::format::datagram_offset(file.info(), serial);
         let genuine = file.read_datagrams(serial, 1).unwrap();
-        let part = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         // A forged copy on disk when the group is first checked...
-        part.write_all_at(&[0x11; 64], offset + 200).unwrap();
-        let mut checker = GroupChecker::start(&path, HASH_MANY).unwrap();
+        ours.write_all_at(&[0x11; 64], offset + 200).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count() - 1);
         // ...then the genuine one written over it: the end's check passes.
-        part.write_all_at(&genuine, offset).unwrap();
+        ours.write_all_at(&genuine, offset).unwrap();
         checker.wrote(serial);
         assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
     }
@@ -396,7 +455,8 @@ mod tests {
     #[test]
     fn an_open_of_the_partial_file_by_anyone_else_is_seen() {
         let (_dir, path) = archive();
-        let checker = GroupChecker::start(&path, HASH_MANY).unwrap();
+        let ours = ours(&path);
+        let checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
         assert!(!checker.opened_by_others());
         let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         drop(other);
@@ -406,8 +466,9 @@ mod tests {
     #[test]
     fn a_partial_file_put_in_place_of_the_checked_one_is_not_taken_on_the_old_checks() {
         let (dir, path) = archive();
-        let file = ArchiveFile::open(&path).unwrap();
-        let mut checker = GroupChecker::start(&path, HASH_MANY).unwrap();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
         settle(&mut checker, &full(&file));
         let other = dir.path().join("other");
         std::fs::copy(&path, &other).unwrap();

@@ -843,8 +843,11 @@ impl Download {
         };
         part.write_all_at(&superblock(info), 0)
             .map_err(io_err("write partial file"))?;
-        let checker =
-            check::GroupChecker::start(&part_path, &loopcast_dataplane::hash_lanes::hash_many);
+        let checker = check::GroupChecker::start(
+            &part_path,
+            &part,
+            &loopcast_dataplane::hash_lanes::hash_many,
+        );
         let nak_config = NakConfig {
             // Multicast until the transport says otherwise (R10 suppression, Timer A).
             suppression_delay: Some(NAK_SUPPRESSION_DELAY),

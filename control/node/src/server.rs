@@ -128,7 +128,7 @@ const CATALOG_SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Hash-tree checks running at once, at most (each takes a core while it runs).
 const VERIFICATIONS_MAX: usize = 2;
 
-/// An archive as it is on disk: any change of size, inode or modification time means the
+/// An archive as it is on disk: any change of size, inode, modification or change time means the
 /// channel serving it stops (R23: what is looped must stay what was verified).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ArchiveKey {
@@ -137,6 +137,8 @@ struct ArchiveKey {
     device: u64,
     inode: u64,
     modified: Option<std::time::SystemTime>,
+    /// The change time too: a writer can put the mtime back, never the ctime.
+    changed: (i64, i64),
 }
 
 impl ArchiveKey {
@@ -149,6 +151,7 @@ impl ArchiveKey {
             device: metadata.dev(),
             inode: metadata.ino(),
             modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
         })
     }
 }

@@ -113,13 +113,16 @@ fn is_plain_file_name(name: &str) -> bool {
 pub struct VerifiedRecords {
     dir: PathBuf,
     by_file: HashMap<String, Stamp>,
-    /// (length, inode, mtime) of the records file when read: `refresh` reads it again only
-    /// when that changes (`loopcastd check` ran while the server serves).
-    seen: Option<(u64, u64, i64, i64)>,
+    /// (length, inode, mtime, ctime) of the records file when read: `refresh` reads it again
+    /// only when that changes (`loopcastd check` ran while the server serves). The ctime too,
+    /// because a rewrite of the same length can reuse the old file's inode number.
+    seen: Option<(u64, u64, i64, i64, i64, i64)>,
     /// Lines that did not parse at the last read.
     pub malformed: usize,
-    /// Removed since the last save: not taken back from the file when `save` merges.
-    forgotten: std::collections::HashSet<String>,
+    /// This process's records and removals not yet saved: `save` applies them to the file
+    /// as it is then, so a record another writer (a server, `loopcastd check`) added since
+    /// this one read the file is kept, and one it removed (a failed check) stays removed.
+    changes: Vec<(String, Option<Stamp>)>,
 }
 
 impl VerifiedRecords {
@@ -131,7 +134,7 @@ impl VerifiedRecords {
             by_file: HashMap::new(),
             seen: None,
             malformed: 0,
-            forgotten: std::collections::HashSet::new(),
+            changes: Vec::new(),
         };
         records.refresh();
         records
@@ -160,6 +163,8 @@ impl VerifiedRecords {
             metadata.ino(),
             metadata.mtime(),
             metadata.mtime_nsec(),
+            metadata.ctime(),
+            metadata.ctime_nsec(),
         );
         if self.seen == Some(seen) {
             return;
@@ -171,9 +176,29 @@ impl VerifiedRecords {
             tracing::warn!(path = %path.display(), bytes = metadata.len(), "records of checked archives ignored: not a regular file of at most 4 MiB");
             return;
         }
-        let text = match std::fs::read(&path) {
+        // Read through a descriptor that is what was just looked at: no symlink followed, no
+        // wait on a FIFO (the name can be given another file in between), no more than the
+        // limit whatever it has grown to.
+        let read = (|| {
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)?;
+            let opened = file.metadata()?;
+            if !opened.file_type().is_file() || opened.ino() != metadata.ino() {
+                return Err(std::io::Error::other("replaced while it was read"));
+            }
+            let mut bytes = Vec::new();
+            file.take(RECORDS_BYTES_MAX).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        })();
+        let text = match read {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(error) => {
+                // Read again at the next refresh.
+                self.seen = None;
                 tracing::warn!(path = %path.display(), %error, "records of checked archives not read");
                 return;
             }
@@ -213,8 +238,8 @@ impl VerifiedRecords {
     /// Records `path` as checked whole, as it is now.
     pub fn insert(&mut self, path: &Path, stamp: Stamp) {
         if let Some(name) = file_name(path).filter(|n| is_plain_file_name(n)) {
-            self.forgotten.remove(name);
-            self.by_file.insert(name.to_owned(), stamp);
+            self.by_file.insert(name.to_owned(), stamp.clone());
+            self.changes.push((name.to_owned(), Some(stamp)));
         }
     }
 
@@ -222,7 +247,7 @@ impl VerifiedRecords {
     pub fn remove(&mut self, path: &Path) {
         if let Some(name) = file_name(path) {
             self.by_file.remove(name);
-            self.forgotten.insert(name.to_owned());
+            self.changes.push((name.to_owned(), None));
         }
     }
 
@@ -240,13 +265,13 @@ impl VerifiedRecords {
     /// (`loopcastd check` while a server checks, or the reverse) are kept, except those this
     /// one removed since: a save does not undo another's work.
     pub fn save(&mut self) -> std::io::Result<()> {
-        let mut on_disk = VerifiedRecords::load(&self.dir);
-        if on_disk.seen != self.seen {
-            for (name, stamp) in on_disk.by_file.drain() {
-                if !self.forgotten.contains(&name) {
-                    self.by_file.entry(name).or_insert(stamp);
-                }
-            }
+        // Another writer's records since our last read, with ours applied on top.
+        self.refresh();
+        for (name, change) in &self.changes {
+            match change {
+                Some(stamp) => self.by_file.insert(name.clone(), stamp.clone()),
+                None => self.by_file.remove(name),
+            };
         }
         self.by_file
             .retain(|name, _| self.dir.join(name).symlink_metadata().is_ok());
@@ -258,9 +283,15 @@ impl VerifiedRecords {
             text.push('\n');
         }
         let path = self.path();
-        let temporary = self
-            .dir
-            .join(format!("{RECORDS_FILE}.{}.tmp", std::process::id()));
+        // Named afresh each time: one left by a killed process (in a container, often with
+        // the same process id) must not stop every later save.
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::fill(&mut nonce);
+        let temporary = self.dir.join(format!(
+            "{RECORDS_FILE}.{}.{:016x}.tmp",
+            std::process::id(),
+            u64::from_ne_bytes(nonce)
+        ));
         let written = (|| {
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
@@ -274,15 +305,17 @@ impl VerifiedRecords {
             let _ = std::fs::remove_file(&temporary);
         }
         written?;
+        self.changes.clear();
         if let Ok(metadata) = std::fs::symlink_metadata(&path) {
             self.seen = Some((
                 metadata.len(),
                 metadata.ino(),
                 metadata.mtime(),
                 metadata.mtime_nsec(),
+                metadata.ctime(),
+                metadata.ctime_nsec(),
             ));
         }
-        self.forgotten.clear();
         Ok(())
     }
 }
@@ -393,6 +426,7 @@ fn file_name(path: &Path) -> Option<&str> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::fs::OpenOptionsExt;
 
     fn archive(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
         let path = dir.join(name);
@@ -552,6 +586,106 @@ mod tests {
             "{seen:?}"
         );
         assert!(VerifiedRecords::load(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_leftover_temporary_with_our_process_id_does_not_stop_records_being_written() {
+        // A process killed between creating its temporary and renaming it leaves it behind;
+        // in a container the next run often has the same process id.
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([3; 32]);
+        let a = archive(dir.path(), "a.lca", b"a");
+        let leftover = dir
+            .path()
+            .join(format!("{RECORDS_FILE}.{}.tmp", std::process::id()));
+        std::fs::write(&leftover, b"half written").unwrap();
+        let mut records = VerifiedRecords::load(dir.path());
+        records.insert(&a, Stamp::of(&a, root).unwrap());
+        records.save().unwrap();
+        assert!(VerifiedRecords::load(dir.path()).vouches_for(&a, root));
+    }
+
+    #[test]
+    fn two_writers_keep_each_other_s_records_and_a_removed_one_stays_removed() {
+        // A server and `loopcastd check` on one media directory, each with the records it read.
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([4; 32]);
+        let a = archive(dir.path(), "a.lca", b"a");
+        let b = archive(dir.path(), "b.lca", b"b");
+        let c = archive(dir.path(), "c.lca", b"c");
+        let mut first = VerifiedRecords::load(dir.path());
+        first.insert(&a, Stamp::of(&a, root).unwrap());
+        first.save().unwrap();
+        let mut server = VerifiedRecords::load(dir.path());
+        let mut check = VerifiedRecords::load(dir.path());
+        // The check finds `a` damaged (bit rot: its stamp unchanged) and records `b`.
+        check.remove(&a);
+        check.insert(&b, Stamp::of(&b, root).unwrap());
+        check.save().unwrap();
+        // The server then records its own check of `c`, from the records it read before.
+        server.insert(&c, Stamp::of(&c, root).unwrap());
+        server.save().unwrap();
+        let now = VerifiedRecords::load(dir.path());
+        assert!(
+            !now.vouches_for(&a, root),
+            "the damaged archive is vouched for again"
+        );
+        assert!(now.vouches_for(&b, root), "the check's record was lost");
+        assert!(now.vouches_for(&c, root), "the server's record was lost");
+    }
+
+    #[test]
+    fn a_records_file_swapped_for_a_fifo_while_it_is_read_does_not_hang_the_reader() {
+        // The type is looked at, then the file read by name: a FIFO renamed into place in
+        // between blocked the server's loop in open() until someone wrote to it.
+        let dir = tempfile::tempdir().unwrap();
+        let records_path = dir.path().join(RECORDS_FILE);
+        let regular = dir.path().join("regular");
+        // FIFOs made up front (one mkfifo), each renamed into place in turn.
+        let fifos: Vec<PathBuf> = (0..3000)
+            .map(|i| dir.path().join(format!("fifo-{i}")))
+            .collect();
+        let made = std::process::Command::new("mkfifo")
+            .args(&fifos)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (records_path, regular, stop) =
+                (records_path.clone(), regular.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for (turn, fifo) in fifos.iter().enumerate() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    std::fs::write(&regular, format!("{HEADER}\n{turn}\n")).unwrap();
+                    std::fs::rename(&regular, &records_path).unwrap();
+                    std::fs::rename(fifo, &records_path).unwrap();
+                }
+            })
+        };
+        let (done, finished) = std::sync::mpsc::channel();
+        let reader_dir = dir.path().to_owned();
+        std::thread::spawn(move || {
+            let mut records = VerifiedRecords::load(&reader_dir);
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_millis(1500) {
+                records.refresh();
+            }
+            let _ = done.send(());
+        });
+        let outcome = finished.recv_timeout(std::time::Duration::from_secs(5));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        if outcome.is_err() {
+            // Free the reader: a writer on the FIFO it waits on.
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&records_path);
+            panic!("refresh blocked on a FIFO put in place of the records file");
+        }
     }
 
     proptest! {

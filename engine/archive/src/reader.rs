@@ -47,6 +47,11 @@ impl ArchiveFile {
     /// Opens an archive and checks its superblock, info and exact length.
     pub fn open(path: &Path) -> Result<ArchiveFile, ArchiveError> {
         let file = File::open(path).map_err(|e| io_error("open", path, e))?;
+        ArchiveFile::from_file(file, path)
+    }
+
+    /// As `open`, for a file already open (`path` names it in errors).
+    pub fn from_file(file: File, path: &Path) -> Result<ArchiveFile, ArchiveError> {
         let actual = file
             .metadata()
             .map_err(|e| io_error("stat", path, e))?

@@ -6,12 +6,14 @@
 //! - [`recv`]: batched receives with `recvmmsg` into buffers sized at start.
 //! - [`socket`]: UDP socket set-up (buffers, multicast membership and interface).
 //! - [`netns`]: a private user + network namespace where multicast on loopback is safe.
+//! - [`lease`]: whether anyone else holds a file open for writing (a write lease, released at once).
 //! - [`ceiling`]: the raw `sendmmsg` + GSO blaster every send figure is divided by.
 //!
 //! The io_uring SEND_ZC path (issue 5) will sit beside `send` behind the same probe.
 
 pub mod ceiling;
 pub mod hash_lanes;
+pub mod lease;
 pub mod mapped;
 pub mod netns;
 pub mod pool;

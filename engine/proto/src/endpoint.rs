@@ -364,6 +364,10 @@ struct Channel {
     sync_sequence: u32,
     next_sync: Instant,
     last_sync: Option<Instant>,
+    /// SYNCs go at the pending interval until then (`SYNC_FAST_WINDOW` after the last
+    /// multicast Request), then at the slow one even if sessions still wait: an unvalidated
+    /// session (a spoofed Request) lives seconds, a real client joins in a few round trips.
+    fast_sync_until: Instant,
     /// This tier's rate and how it changes (R11, R12).
     tier: TierControl,
     /// Bytes of an Offer for this file (ids and addresses have fixed widths; the unicast
@@ -393,6 +397,10 @@ const TRANSMIT_QUEUE_MAX: usize = 8192;
 const CONTROL_GAP_MIN: Duration = Duration::from_millis(10);
 /// Expiry scans come at most this often (a session then ends up to this late).
 const EXPIRY_SCAN_GAP_MIN: Duration = Duration::from_millis(50);
+/// After a multicast Request, SYNCs go at the pending interval this long (a client joins the
+/// group within a few round trips of its Offer), then at the slow interval: a spoofed Request's
+/// session waits unvalidated for seconds, and must not buy fast SYNCs all that time.
+pub(crate) const SYNC_FAST_WINDOW: Duration = Duration::from_millis(250);
 /// A Report covers at least this long when judging whether it came after a tier's change (a
 /// probing client reports every 50 ms or more).
 const REPORT_COUNTS_MIN: Duration = Duration::from_millis(40);
@@ -1086,6 +1094,7 @@ impl Endpoint {
                     (last + self.config.sync_interval_pending).max(now)
                 });
                 channel_state.next_sync = channel_state.next_sync.min(soonest);
+                channel_state.fast_sync_until = now + SYNC_FAST_WINDOW;
                 Transport::Multicast
             }
             _ => Transport::Unicast,
@@ -1301,6 +1310,7 @@ impl Endpoint {
                 sync_sequence: 0,
                 next_sync: now,
                 last_sync: None,
+                fast_sync_until: now,
                 tier,
                 offer_len,
             },
@@ -1671,7 +1681,7 @@ impl Endpoint {
             channel.sync_sequence = channel.sync_sequence.wrapping_add(1);
             channel.last_sync = Some(now);
             channel.next_sync = now
-                + if channel.multicast_pending > 0 {
+                + if channel.multicast_pending > 0 && now < channel.fast_sync_until {
                     self.config.sync_interval_pending
                 } else {
                     self.config.sync_interval

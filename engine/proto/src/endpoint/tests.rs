@@ -1606,3 +1606,26 @@ fn reconfiguring_a_fixed_rate_sets_every_channel() {
     )));
     assert!(endpoint.channels().all(|c| c.rate_bits_per_s == 50_000_000));
 }
+
+#[test]
+fn an_unanswered_request_buys_a_few_fast_syncs_not_fast_syncs_for_its_whole_life() {
+    // A spoofed Request (never validated) keeps its session pending until the unvalidated
+    // timeout: SYNCs at the pending interval all that time were ten times the group traffic
+    // per Request that the slow interval gives. A real client joins within a few round trips.
+    let (mut endpoint, mut files) = endpoint(true);
+    let pending = endpoint.config().sync_interval_pending;
+    let slow = endpoint.config().sync_interval;
+    let life = endpoint.config().unvalidated_timeout;
+    open(&mut endpoint, &mut files, at(0), addr("192.0.2.10:6000"), 1);
+    let mut syncs = 0;
+    for ms in 0..life.as_millis() as u64 {
+        endpoint.handle_timeout(at(ms));
+        syncs += syncs_sent(&mut endpoint);
+    }
+    let fast = (SYNC_FAST_WINDOW.as_millis() / pending.as_millis()) as usize;
+    let bound = fast + (life.as_millis() / slow.as_millis()) as usize + 2;
+    assert!(
+        syncs <= bound,
+        "{syncs} SYNCs for one unanswered Request in {life:?} (at most {bound})"
+    );
+}

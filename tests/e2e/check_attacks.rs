@@ -1,0 +1,168 @@
+//! Attacks on the whole-file check done group by group while receiving (R14) and on the
+//! records of checked archives (`.loopcast-verified`).
+
+use std::os::unix::fs::FileExt;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+use loopcast_archive::format::datagram_offset;
+
+/// A process that opened `<out>.part` for writing before `get` started (here: between a killed
+/// get and its resume) is not seen by the checker's inotify watch (it only sees later opens).
+/// It writes over groups the checker already read back; the final check must still find them,
+/// and what is published must be exactly the server's archive.
+pub fn a_writer_holding_the_part_open_from_before_the_get_cannot_slip_past_the_final_check() {
+    let scratch = Scratch::new("check-attack");
+    let media = scratch.path("media");
+    let input = scratch.path("big.bin");
+    write_content(&input, 24 << 20, 11);
+    pack_into(&input, &media, &["--level", "0"]);
+    let archive = std::fs::read(media.join("big.bin.lca")).unwrap();
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
+    let port = server.port;
+    let output = scratch.path("big.lca");
+    let part = scratch.path("big.lca.part");
+    let get = || {
+        let mut command = Command::new(bin("loopcast"));
+        command
+            .args(["get", &format!("127.0.0.1:{port}"), "big.bin", "--json"])
+            .arg("--output")
+            .arg(&output);
+        command
+    };
+    // ~24 MiB at 40 Mbit/s is ~5 s a loop: after 3 s about half is held.
+    let mut first = Proc::spawn("first get", &mut get());
+    std::thread::sleep(Duration::from_secs(3));
+    // Interrupted, so it saves what it holds: the resume then holds every whole group on disk.
+    let pid = first.child.id() as i32;
+    // SAFETY: a signal to our own child, which is not yet reaped; no memory is passed.
+    let sent = unsafe { libc::kill(pid, libc::SIGINT) };
+    assert_eq!(sent, 0);
+    let _ = first.child.wait();
+    assert!(part.exists(), "partial archive kept");
+
+    // The attacker's descriptor, opened before the resumed get starts.
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&part)
+        .unwrap();
+    let second = Proc::spawn("second get", &mut get());
+    // Long enough for the checker to read back the groups the resume holds, well before the
+    // rest arrives.
+    std::thread::sleep(Duration::from_millis(1000));
+    // One byte changed in every group the resume holds whole (by the saved state): the
+    // checker has read them back by now, and the resumed get never writes them again.
+    let server_copy = loopcast_archive::ArchiveFile::open(&media.join("big.bin.lca")).unwrap();
+    let info = server_copy.info();
+    let saved = std::fs::read(scratch.path("big.lca.part.state")).unwrap();
+    let have = loopcast_client::state::decode(&saved, &info.root(), info.loop_len).unwrap();
+    let size = usize::from(info.datagram_size);
+    let mut written = 0;
+    for group in 0..server_copy.group_count() {
+        let serials = server_copy.group_serials(group);
+        if !have.all_set(serials.clone()) {
+            continue;
+        }
+        let at = datagram_offset(info, serials.end - 1) as usize + size - 100;
+        held.write_all_at(&[0x5a ^ archive[at]], at as u64).unwrap();
+        written += 1;
+    }
+    drop(held);
+    assert!(written > 10, "{written} groups held whole after the resume");
+    let second = second.wait(Duration::from_secs(60));
+    drop(server);
+    if !second.status.success() {
+        // Refusing to publish is acceptable; publishing damage is not.
+        assert!(
+            !output.exists(),
+            "a failed get published {}",
+            output.display()
+        );
+        return;
+    }
+    let report = json_of(&second);
+    let published = std::fs::read(&output).unwrap();
+    let differing = published
+        .iter()
+        .zip(&archive)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        published.len() == archive.len() && differing == 0,
+        "get published an archive that is not the server's: {differing} bytes differ (of {written} \
+         written by the attacker; {} groups checked while receiving): {report}",
+        report["groups_checked_while_receiving"]
+    );
+    let verified = Command::new(bin("loopcast"))
+        .args(["inspect", "--verify"])
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        verified.status.success(),
+        "inspect --verify: {}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+}
+
+/// An archive changed in place while served, with its modification time put back (any owner
+/// of the file can set it; `touch -r`, `cp -p`, `rsync --inplace -t` do): the server's
+/// once-a-second look at the disk saw size, inode and mtime unchanged and went on looping the
+/// changed bytes (its clients dropping them, never finishing) until the re-check ten minutes
+/// later. The change time moves whatever the writer does: the channel must stop at once.
+pub fn an_archive_changed_in_place_with_its_mtime_put_back_stops_its_channel() {
+    let scratch = Scratch::new("check-mtime");
+    let media = scratch.path("media");
+    let input = scratch.path("disk.bin");
+    write_content(&input, 4 << 20, 23);
+    pack_into(&input, &media, &["--level", "0"]);
+    let archive = media.join("disk.bin.lca");
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "8M"]);
+    let output = scratch.path("disk.lca");
+    let client = Proc::spawn(
+        "get",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{}", server.port), "disk.bin"])
+            .args(["--stall-timeout", "10", "--output"])
+            .arg(&output),
+    );
+    // The server's own check of the archive (4 MiB) is long done by then.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = std::fs::metadata(&archive).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&archive)
+        .unwrap();
+    let at = before.len() * 3 / 4;
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, at).unwrap();
+    byte[0] ^= 0x01;
+    file.write_all_at(&byte, at).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    assert_eq!(
+        std::fs::metadata(&archive).unwrap().modified().unwrap(),
+        before.modified().unwrap()
+    );
+    let changed_at = std::time::Instant::now();
+    loop {
+        let status = server.status();
+        if status["counters"]["archives_changed"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            changed_at.elapsed() < Duration::from_millis(2500),
+            "the change was not noticed within 2.5 s: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = client.wait(Duration::from_secs(30));
+    assert!(
+        !got.status.success(),
+        "a get of a changed archive cannot succeed"
+    );
+    assert!(!output.exists(), "nothing unverified is published");
+}
