@@ -1030,18 +1030,12 @@ fn archive_changed_while_served(how: &str) {
         _ => unreachable!(),
     }
     drop(file);
-    let changed_at = Instant::now();
-    loop {
-        let status = server.status();
-        if status["counters"]["archives_changed"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            changed_at.elapsed() < Duration::from_millis(2500),
-            "the change was not noticed within 2.5 s: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_for_counter(
+        "archives_changed",
+        1,
+        Duration::from_millis(2500),
+        "the change was not noticed within 2.5 s",
+    );
     let output = client.wait(Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -147,18 +147,12 @@ pub fn an_archive_changed_in_place_with_its_mtime_put_back_stops_its_channel() {
         std::fs::metadata(&archive).unwrap().modified().unwrap(),
         before.modified().unwrap()
     );
-    let changed_at = std::time::Instant::now();
-    loop {
-        let status = server.status();
-        if status["counters"]["archives_changed"].as_u64().unwrap_or(0) >= 1 {
-            break;
-        }
-        assert!(
-            changed_at.elapsed() < Duration::from_millis(2500),
-            "the change was not noticed within 2.5 s: {status}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    server.wait_for_counter(
+        "archives_changed",
+        1,
+        Duration::from_millis(2500),
+        "the change was not noticed within 2.5 s",
+    );
     let got = client.wait(Duration::from_secs(30));
     assert!(
         !got.status.success(),

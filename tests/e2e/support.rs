@@ -534,4 +534,24 @@ impl UnicastServer {
         std::thread::sleep(std::time::Duration::from_millis(250));
         status_of(&self.admin)
     }
+
+    /// Waits until the status counter `name` reaches `at_least`; fails the test with `what` and
+    /// the last status if it does not within `within`.
+    pub fn wait_for_counter(
+        &self,
+        name: &str,
+        at_least: u64,
+        within: std::time::Duration,
+        what: &str,
+    ) -> serde_json::Value {
+        let started = std::time::Instant::now();
+        loop {
+            let status = self.status();
+            if status["counters"][name].as_u64().unwrap_or(0) >= at_least {
+                return status;
+            }
+            assert!(started.elapsed() < within, "{what}: {status}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }

@@ -434,6 +434,14 @@ mod tests {
         path
     }
 
+    /// A media directory with archives a.lca, b.lca and c.lca, and a root for their records.
+    fn three_archives() -> (tempfile::TempDir, RootHash, [PathBuf; 3]) {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = ["a", "b", "c"]
+            .map(|name| archive(dir.path(), &format!("{name}.lca"), name.as_bytes()));
+        (dir, RootHash([3; 32]), paths)
+    }
+
     #[test]
     fn a_record_vouches_for_the_unchanged_archive_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -541,11 +549,7 @@ mod tests {
     /// had read, dropping them), and what the server removed stays removed.
     #[test]
     fn a_save_keeps_records_another_process_wrote_since_and_not_those_it_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = RootHash([3; 32]);
-        let a = archive(dir.path(), "a.lca", b"a");
-        let b = archive(dir.path(), "b.lca", b"b");
-        let c = archive(dir.path(), "c.lca", b"c");
+        let (dir, root, [a, b, c]) = three_archives();
         let mut server = VerifiedRecords::load(dir.path());
         server.insert(&c, Stamp::of(&c, root).unwrap());
         server.save().unwrap();
@@ -608,11 +612,7 @@ mod tests {
     #[test]
     fn two_writers_keep_each_other_s_records_and_a_removed_one_stays_removed() {
         // A server and `loopcastd check` on one media directory, each with the records it read.
-        let dir = tempfile::tempdir().unwrap();
-        let root = RootHash([4; 32]);
-        let a = archive(dir.path(), "a.lca", b"a");
-        let b = archive(dir.path(), "b.lca", b"b");
-        let c = archive(dir.path(), "c.lca", b"c");
+        let (dir, root, [a, b, c]) = three_archives();
         let mut first = VerifiedRecords::load(dir.path());
         first.insert(&a, Stamp::of(&a, root).unwrap());
         first.save().unwrap();
