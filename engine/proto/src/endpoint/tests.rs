@@ -525,7 +525,7 @@ fn sync_repeats_at_the_pending_interval_while_a_session_waits_and_slowly_after()
     let (mut endpoint, mut files) = endpoint(true);
     let pending = endpoint.config().sync_interval_pending;
     let slow = endpoint.config().sync_interval;
-    assert!(pending * 5 <= slow, "{pending:?} against {slow:?}");
+    assert!(pending * 2 <= slow, "{pending:?} against {slow:?}");
     let ms = |d: Duration| d.as_millis() as u64;
     let a = addr("192.0.2.10:6000");
     open(&mut endpoint, &mut files, at(0), a, 1);
