@@ -745,7 +745,10 @@ impl Server {
         let now = self.clock.now();
         if self.config.verify_on_open && !self.verified_archives.contains(&key) {
             self.records.refresh();
-            if self.records.vouches_for(&key.path, info.root()) {
+            if self
+                .records
+                .vouches_for_open(&key.path, archive.file(), info.root())
+            {
                 tracing::info!(path = %key.path.display(), "archive checked earlier and unchanged since (a record in {}): not hashed again before serving", crate::verified::RECORDS_FILE);
                 self.counters.archives_vouched += 1;
                 self.verified_archives.insert(key.clone());
@@ -797,11 +800,11 @@ impl Server {
                     let archive = ArchiveFile::open(&check_path).map_err(|e| e.to_string())?;
                     let root = archive.info().root();
                     // Recorded only if nothing changed the file while it was hashed.
-                    let before = Stamp::of(&check_path, root).ok();
+                    let before = Stamp::of_open(&check_path, archive.file(), root);
                     archive
                         .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
                         .map_err(|e| e.to_string())?;
-                    let after = Stamp::of(&check_path, root).ok();
+                    let after = Stamp::of_open(&check_path, archive.file(), root);
                     Ok(if before == after { before } else { None })
                 })
             });

@@ -46,15 +46,29 @@ pub struct Stamp {
 impl Stamp {
     /// The stamp of `path` as it is now, for an archive whose header names `root`.
     pub fn of(path: &Path, root: RootHash) -> std::io::Result<Stamp> {
-        let metadata = std::fs::metadata(path)?;
-        Ok(Stamp {
+        Ok(Stamp::of_metadata(&std::fs::metadata(path)?, root))
+    }
+
+    /// The stamp of the open `file`, if `path` still names that very file (same device and
+    /// inode): what a check of the bytes read through `file` may be recorded under, and what
+    /// a record must match before the bytes served through `file` are taken on it. Checking
+    /// by path and reading by descriptor could otherwise describe two different files (one
+    /// renamed over the name in between).
+    pub fn of_open(path: &Path, file: &std::fs::File, root: RootHash) -> Option<Stamp> {
+        let open = Stamp::of_metadata(&file.metadata().ok()?, root);
+        let named = std::fs::metadata(path).ok()?;
+        (named.dev() == open.device && named.ino() == open.inode).then_some(open)
+    }
+
+    fn of_metadata(metadata: &std::fs::Metadata, root: RootHash) -> Stamp {
+        Stamp {
             root,
             len: metadata.len(),
             device: metadata.dev(),
             inode: metadata.ino(),
             modified: (metadata.mtime(), metadata.mtime_nsec()),
             changed: (metadata.ctime(), metadata.ctime_nsec()),
-        })
+        }
     }
 
     fn to_line(&self, file: &str) -> String {
@@ -230,6 +244,14 @@ impl VerifiedRecords {
         Stamp::of(path, root).is_ok_and(|now| &now == recorded)
     }
 
+    /// As `vouches_for`, for the bytes of the open `file` that `path` names (`Stamp::of_open`).
+    pub fn vouches_for_open(&self, path: &Path, file: &std::fs::File, root: RootHash) -> bool {
+        let Some(recorded) = file_name(path).and_then(|name| self.by_file.get(name)) else {
+            return false;
+        };
+        Stamp::of_open(path, file, root).is_some_and(|now| &now == recorded)
+    }
+
     /// True if there is a record for `path`'s name, whether or not it still vouches for it.
     pub fn is_recorded(&self, path: &Path) -> bool {
         file_name(path).is_some_and(|name| self.by_file.contains_key(name))
@@ -382,13 +404,13 @@ pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec
         let outcome = (|| {
             let archive = loopcast_archive::ArchiveFile::open(&path).map_err(CheckFailure::of)?;
             let root = archive.info().root();
-            let before = Stamp::of(&path, root)
-                .map_err(|e| CheckFailure::Unreadable(format!("{}: {e}", path.display())))?;
+            let before =
+                Stamp::of_open(&path, archive.file(), root).ok_or(CheckFailure::Changed)?;
             bytes = before.len;
             archive
                 .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
                 .map_err(CheckFailure::of)?;
-            if Stamp::of(&path, root).ok().as_ref() != Some(&before) {
+            if Stamp::of_open(&path, archive.file(), root).as_ref() != Some(&before) {
                 return Err(CheckFailure::Changed);
             }
             Ok(before)
@@ -476,6 +498,28 @@ mod tests {
         // Replaced by another file of the same name.
         std::fs::remove_file(&path).unwrap();
         assert!(!records.vouches_for(&path, root));
+    }
+
+    /// Checked or served through a descriptor, named by a path: a record is taken (or made)
+    /// only for the file the path still names.
+    #[test]
+    fn a_record_vouches_for_an_open_file_only_while_its_name_still_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootHash([9; 32]);
+        let path = archive(dir.path(), "film.lca", b"good bytes");
+        let open = std::fs::File::open(&path).unwrap();
+        let stamp = Stamp::of_open(&path, &open, root).unwrap();
+        let mut records = VerifiedRecords::load(dir.path());
+        records.insert(&path, stamp);
+        assert!(records.vouches_for_open(&path, &open, root));
+        // Another file renamed over the name: neither the open one nor the new one is vouched
+        // for, and no stamp is given for the open one under that name.
+        let other = archive(dir.path(), "other", b"bad bytes!");
+        std::fs::rename(&other, &path).unwrap();
+        assert!(!records.vouches_for_open(&path, &open, root));
+        assert!(Stamp::of_open(&path, &open, root).is_none());
+        let new = std::fs::File::open(&path).unwrap();
+        assert!(!records.vouches_for_open(&path, &new, root));
     }
 
     #[test]
