@@ -28,7 +28,7 @@ use mio::net::UdpSocket as MioUdpSocket;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::catalog::Catalog;
-use crate::verified::{Stamp, VerifiedRecords};
+use crate::verified::{OnDisk, Stamp, VerifiedRecords};
 
 #[path = "reload.rs"]
 mod reload;
@@ -133,25 +133,15 @@ const VERIFICATIONS_MAX: usize = 2;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ArchiveKey {
     path: std::path::PathBuf,
-    len: u64,
-    device: u64,
-    inode: u64,
-    modified: Option<std::time::SystemTime>,
-    /// The change time too: a writer can put the mtime back, never the ctime.
-    changed: (i64, i64),
+    on_disk: OnDisk,
 }
 
 impl ArchiveKey {
     fn of(path: &std::path::Path) -> Option<ArchiveKey> {
-        use std::os::unix::fs::MetadataExt;
         let metadata = std::fs::metadata(path).ok()?;
         Some(ArchiveKey {
             path: path.to_owned(),
-            len: metadata.len(),
-            device: metadata.dev(),
-            inode: metadata.ino(),
-            modified: metadata.modified().ok(),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            on_disk: OnDisk::of(&metadata),
         })
     }
 }

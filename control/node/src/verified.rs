@@ -32,15 +32,35 @@ const HEADER: &str = "loopcast-verified 1";
 /// checked again, as without records).
 pub const RECORDS_BYTES_MAX: u64 = 4 << 20;
 
-/// What a check saw of an archive: its root and the identity of the bytes on disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stamp {
-    pub root: RootHash,
+/// A file as it is on disk: any write, truncation or replacement changes one of these (the
+/// change time cannot be put back by a process). The server's key of a served archive, and
+/// the part of a record that says the bytes are the ones checked.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OnDisk {
     pub len: u64,
     pub device: u64,
     pub inode: u64,
     pub modified: (i64, i64),
     pub changed: (i64, i64),
+}
+
+impl OnDisk {
+    pub fn of(metadata: &std::fs::Metadata) -> OnDisk {
+        OnDisk {
+            len: metadata.len(),
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
+/// What a check saw of an archive: its root and the identity of the bytes on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub root: RootHash,
+    pub on_disk: OnDisk,
 }
 
 impl Stamp {
@@ -57,17 +77,13 @@ impl Stamp {
     pub fn of_open(path: &Path, file: &std::fs::File, root: RootHash) -> Option<Stamp> {
         let open = Stamp::of_metadata(&file.metadata().ok()?, root);
         let named = std::fs::metadata(path).ok()?;
-        (named.dev() == open.device && named.ino() == open.inode).then_some(open)
+        (named.dev() == open.on_disk.device && named.ino() == open.on_disk.inode).then_some(open)
     }
 
     fn of_metadata(metadata: &std::fs::Metadata, root: RootHash) -> Stamp {
         Stamp {
             root,
-            len: metadata.len(),
-            device: metadata.dev(),
-            inode: metadata.ino(),
-            modified: (metadata.mtime(), metadata.mtime_nsec()),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            on_disk: OnDisk::of(metadata),
         }
     }
 
@@ -75,13 +91,13 @@ impl Stamp {
         format!(
             "{} {} {} {} {}.{:09} {}.{:09} {}",
             self.root.to_hex(),
-            self.len,
-            self.device,
-            self.inode,
-            self.modified.0,
-            self.modified.1,
-            self.changed.0,
-            self.changed.1,
+            self.on_disk.len,
+            self.on_disk.device,
+            self.on_disk.inode,
+            self.on_disk.modified.0,
+            self.on_disk.modified.1,
+            self.on_disk.changed.0,
+            self.on_disk.changed.1,
             file
         )
     }
@@ -108,11 +124,13 @@ impl Stamp {
             file.to_owned(),
             Stamp {
                 root,
-                len,
-                device,
-                inode,
-                modified,
-                changed,
+                on_disk: OnDisk {
+                    len,
+                    device,
+                    inode,
+                    modified,
+                    changed,
+                },
             },
         ))
     }
@@ -406,7 +424,7 @@ pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec
             let root = archive.info().root();
             let before =
                 Stamp::of_open(&path, archive.file(), root).ok_or(CheckFailure::Changed)?;
-            bytes = before.len;
+            bytes = before.on_disk.len;
             archive
                 .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
                 .map_err(CheckFailure::of)?;
@@ -745,7 +763,8 @@ mod tests {
             cs in any::<i64>(), cn in 0i64..1_000_000_000, name in "[^/\n\r\0]{1,40}",
         ) {
             prop_assume!(is_plain_file_name(&name));
-            let stamp = Stamp { root: RootHash(root), len, device, inode, modified: (ms, mn), changed: (cs, cn) };
+            let on_disk = OnDisk { len, device, inode, modified: (ms, mn), changed: (cs, cn) };
+            let stamp = Stamp { root: RootHash(root), on_disk };
             prop_assert_eq!(Stamp::parse_line(&stamp.to_line(&name)), Some((name.clone(), stamp)));
         }
     }
