@@ -206,21 +206,7 @@ impl GroupChecker {
     /// Takes the thread's results, and every `SCAN_INTERVAL` queues the groups whose serials
     /// are all held.
     pub fn poll(&mut self, now: Instant, have: &Bitmap) {
-        while let Ok((group, writes, outcome)) = self.from_thread.try_recv() {
-            self.state[group as usize] = match outcome {
-                // Written since: again.
-                _ if writes != self.writes[group as usize] => {
-                    self.touch(group);
-                    GroupState::Unchecked
-                }
-                Ok(hash) => {
-                    self.checked_early += 1;
-                    GroupState::Checked(writes, hash)
-                }
-                // Perhaps a copy that will be replaced: again when written again, or at the end.
-                Err(_) => GroupState::Failed,
-            };
-        }
+        self.take_results();
         if now < self.next_scan {
             return;
         }
@@ -239,6 +225,26 @@ impl GroupChecker {
             if to_thread.send((group, self.writes[group as usize])).is_ok() {
                 self.state[group as usize] = GroupState::Queued;
             }
+        }
+    }
+
+    /// The checking thread's results so far: a check counts only if its group was not
+    /// written since it was queued.
+    fn take_results(&mut self) {
+        while let Ok((group, writes, outcome)) = self.from_thread.try_recv() {
+            self.state[group as usize] = match outcome {
+                // Written since: again.
+                _ if writes != self.writes[group as usize] => {
+                    self.touch(group);
+                    GroupState::Unchecked
+                }
+                Ok(hash) => {
+                    self.checked_early += 1;
+                    GroupState::Checked(writes, hash)
+                }
+                // Perhaps a copy that will be replaced: again when written again, or at the end.
+                Err(_) => GroupState::Failed,
+            };
         }
     }
 
@@ -261,12 +267,7 @@ impl GroupChecker {
             tracing::warn!(path = %part.display(), "the partial file was replaced during the download; checking the new one whole");
             return None;
         }
-        while let Ok((group, writes, Ok(hash))) = self.from_thread.try_recv() {
-            if writes == self.writes[group as usize] {
-                self.checked_early += 1;
-                self.state[group as usize] = GroupState::Checked(writes, hash);
-            }
-        }
+        self.take_results();
         let (archive, state, writes) = (&self.archive, &self.state, &self.writes);
         let hashes: Result<Vec<[u8; 32]>, ArchiveError> = (0..archive.group_count())
             .into_par_iter()
