@@ -26,7 +26,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use crate::carousel::SessionId;
 use crate::info::FileInfo;
 use crate::rate::{
-    self, Counts, MemberPlan, PathEstimate, RateConfig, Target, TierControl, TierPlan,
+    self, Counts, MemberPlan, PathEstimate, RateConfig, Target, TierControl, TierPlan, TierStart,
 };
 use crate::rng::SeededRng;
 use crate::time::Instant;
@@ -1274,15 +1274,10 @@ impl Endpoint {
                     m.port,
                 ))
             });
-        let tier = match self.rate_config() {
-            Some(config) if kind == ChannelKind::KnownTier => {
-                TierControl::new_known(&config, now, rate)
-            }
-            Some(config) if kind == ChannelKind::FloorTier => {
-                TierControl::new_floor(&config, now, rate)
-            }
-            Some(config) => TierControl::new(&config, now, rate),
-            None => TierControl::fixed(rate),
+        let tier = match (self.rate_config(), kind) {
+            (Some(config), ChannelKind::Moved(start)) => start.control(&config, now, rate),
+            (Some(config), _) => TierControl::new(&config, now, rate),
+            (None, _) => TierControl::fixed(rate),
         };
         let offer_len = ControlMessage::Offer {
             request_id: 0,
@@ -1804,7 +1799,7 @@ impl Endpoint {
                 let session = SessionId(change.member);
                 let to = match change.to {
                     Target::Tier(index) => channels[index],
-                    Target::New { index, rate, probe } => {
+                    Target::New { index, rate, start } => {
                         if opened.len() <= index {
                             opened.resize(index + 1, None);
                         }
@@ -1812,7 +1807,7 @@ impl Endpoint {
                             Some(channel) => channel,
                             None => {
                                 let from = channels[change.from];
-                                let Some(channel) = self.open_tier(now, &file, rate, from, probe)
+                                let Some(channel) = self.open_tier(now, &file, rate, from, start)
                                 else {
                                     continue;
                                 };
@@ -1842,21 +1837,14 @@ impl Endpoint {
         file: &str,
         rate: u64,
         from: ChannelId,
-        probe: bool,
+        start: TierStart,
     ) -> Option<ChannelId> {
         if self.channels.len() >= self.config.channels_max {
             return None;
         }
         let first = *self.tiers_by_name.get(file)?.first()?;
         let info = self.channels[&first].info.clone();
-        // What reached its clients measured under a heavy overload is only a floor of what
-        // their paths carry: the tier rises from there.
-        let kind = if probe {
-            ChannelKind::FloorTier
-        } else {
-            ChannelKind::KnownTier
-        };
-        let channel = self.open_channel(now, info, rate, kind);
+        let channel = self.open_channel(now, info, rate, ChannelKind::Moved(start));
         let state = self.channels.get_mut(&channel).expect("just opened");
         if start_data(state, channel, Some(from), None, &mut self.commands) {
             self.counters.channels_opened += 1;
@@ -1905,7 +1893,7 @@ impl Endpoint {
         let state = self.sessions.get_mut(&session).expect("checked above");
         state.channel = to;
         state.moved_at = Some(now);
-        state.estimate.new_epoch(relief.then_some(to_rate));
+        state.estimate.moved(now, from_rate, to_rate, relief);
         let goodput = state.estimate.goodput().mean();
         let loss = state.estimate.loss().mean();
         let echo = state.last_report_us;
@@ -2235,10 +2223,8 @@ impl Endpoint {
 enum ChannelKind {
     /// A tier shared by the clients whose throughput it matches, probing from its rate.
     Tier,
-    /// A tier opened for clients that lost on a faster one: starts at what reached them.
-    KnownTier,
-    /// The same, measured under a heavy overload: rises from there.
-    FloorTier,
+    /// A tier opened for clients moved off another (`TierStart` says how it finds its rate).
+    Moved(TierStart),
     /// One unicast client's own channel (R12 per client on unicast).
     Solo,
 }

@@ -110,6 +110,8 @@ struct Member {
     estimate: PathEstimate,
     moved_at: Option<Instant>,
     path: Path,
+    /// Moves to a faster tier that were not merges of its whole tier.
+    climbs: u32,
 }
 
 /// One file's tiers and members, driven the way the endpoint drives `plan`: a report from
@@ -136,6 +138,7 @@ impl Fluid {
                 estimate: PathEstimate::default(),
                 moved_at: None,
                 path,
+                climbs: 0,
             })
             .collect();
         Fluid {
@@ -190,16 +193,21 @@ impl Fluid {
             }
         }
         let first_new = self.tiers.len();
+        // Tiers all of whose members move (merges).
+        let moving_all: Vec<usize> = (0..self.tiers.len())
+            .filter(|&tier| {
+                self.members
+                    .iter()
+                    .filter(|m| m.tier == tier)
+                    .all(|m| moves.iter().any(|c| c.member == m.id))
+            })
+            .collect();
         for change in moves {
             let to = match change.to {
                 Target::Tier(index) => index,
-                Target::New { index, rate, probe } => {
+                Target::New { index, rate, start } => {
                     while self.tiers.len() <= first_new + index {
-                        self.tiers.push(if probe {
-                            TierControl::new_floor(&self.config, self.now, rate)
-                        } else {
-                            TierControl::new_known(&self.config, self.now, rate)
-                        });
+                        self.tiers.push(start.control(&self.config, self.now, rate));
                     }
                     first_new + index
                 }
@@ -213,10 +221,17 @@ impl Fluid {
                 member.tier, change.from,
                 "a move starts where the member is"
             );
+            let from_rate = self.tiers[member.tier].rate();
+            let whole_tier = moving_all.contains(&change.from);
+            if !change.relief && !whole_tier && self.tiers[to].rate() > from_rate {
+                member.climbs += 1;
+            }
             member.tier = to;
             member.moved_at = Some(self.now);
             let rate = self.tiers[to].rate();
-            member.estimate.new_epoch(change.relief.then_some(rate));
+            member
+                .estimate
+                .moved(self.now, from_rate, rate, change.relief);
             self.moves += 1;
         }
         // Empty tiers close; indices shift.
@@ -240,6 +255,21 @@ impl Fluid {
             self.tiers.len() <= self.config.tiers_allowed(),
             "a file never has more tiers than its policy allows"
         );
+    }
+
+    /// A member that joins tier `tier` now (as one put on a tier by its arrival, not by its
+    /// reports). Returns its id.
+    fn join(&mut self, path: Path, tier: usize) -> u64 {
+        let id = self.members.len() as u64;
+        self.members.push(Member {
+            id,
+            tier,
+            estimate: PathEstimate::default(),
+            moved_at: None,
+            path,
+            climbs: 0,
+        });
+        id
     }
 
     fn run(&mut self, steps: usize) {
@@ -783,7 +813,7 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
         to:
             Target::New {
                 rate: new_rate,
-                probe: true,
+                start: TierStart::Floor,
                 ..
             },
         ..
@@ -886,4 +916,161 @@ fn settled_reports(config: &RateConfig, rate: u64, lost_share: f64, reports: u32
         );
     }
     estimate
+}
+
+#[test]
+fn a_member_put_on_a_tier_too_slow_for_it_moves_up_and_one_that_cannot_go_faster_tries_rarely() {
+    let mut fluid = Fluid::new(
+        RateConfig::default(),
+        &[clean(50.0), clean(50.0), clean(50.0), clean(500.0)],
+    );
+    fluid.run(50); // 10 s: a tier near 50 Mbit/s, another near 500
+    assert_eq!(fluid.tiers.len(), 2);
+    let slow_tier = fluid.tier_of(0);
+    assert!(fluid.rate_of(0) <= 50e6 * 1.05);
+    // Two arrive on the slow tier (as one put there on arrival, or moved there when the tier
+    // near its path was not open): one whose path takes 500 Mbit/s, one that takes 70.
+    let fast = fluid.join(clean(500.0), slow_tier);
+    let bound = fluid.join(clean(70.0), slow_tier);
+    let mut fast_arrived = None;
+    let mut bound_on_fast_tier = 0;
+    for step in 1..=300 {
+        fluid.step(); // 60 s
+        if fast_arrived.is_none() && fluid.rate_of(fast) > 0.6 * 500e6 {
+            fast_arrived = Some(step);
+        }
+        if fluid.rate_of(bound) > 200e6 {
+            bound_on_fast_tier += 1;
+        }
+    }
+    let fast_arrived = fast_arrived.expect("the 500 Mbit/s member left the 50 Mbit/s tier");
+    assert!(
+        fast_arrived <= 25,
+        "on a tier near its path within 5 s (step {fast_arrived})"
+    );
+    assert!(fluid.rate_of(fast) > 0.6 * 500e6 && fluid.rate_of(fast) <= 1.05 * 500e6);
+    // The 70 Mbit/s member tries the faster tier, loses there and comes back, less often each
+    // time (5, 10, 20, 40 s apart): a handful of tries in a minute, not one a second.
+    let member = fluid
+        .members
+        .iter()
+        .find(|m| m.id == bound)
+        .expect("member");
+    assert!(
+        (1..=5).contains(&member.climbs),
+        "tries at the faster tier in 60 s: {}",
+        member.climbs
+    );
+    assert!(
+        bound_on_fast_tier <= 50,
+        "{bound_on_fast_tier} of 300 steps on a tier it cannot take"
+    );
+    assert!(fluid.rate_of(bound) <= 70e6, "back on a tier it takes");
+    // The 50 Mbit/s members never left theirs.
+    for id in 0..3 {
+        assert!(fluid.rate_of(id) <= 1.05 * 50e6, "member {id}");
+    }
+}
+
+#[test]
+fn a_move_down_bars_that_rate_for_a_while_and_longer_after_each_failed_try() {
+    let mut estimate = PathEstimate::default();
+    let (slow, fast) = (50_000_000, 500_000_000);
+    assert!(
+        estimate.may_climb_to(at(0), fast),
+        "nothing known: it may try"
+    );
+    // Moved down from the fast tier (it lost there): barred from it, not from tiers below it.
+    estimate.moved(at(1_000), fast, slow, true);
+    assert!(!estimate.may_climb_to(at(5_999), fast));
+    assert!(!estimate.may_climb_to(at(5_999), 2 * fast), "nor faster");
+    assert!(
+        estimate.may_climb_to(at(5_999), 400_000_000),
+        "a tier below it is open"
+    );
+    assert!(
+        estimate.may_climb_to(at(6_000), fast),
+        "after 5 s it may try again"
+    );
+    // A try that fails (moved down within 10 s of moving up): 10 s, then 20 s.
+    estimate.moved(at(6_000), slow, fast, false);
+    estimate.moved(at(7_000), fast, slow, true);
+    assert!(!estimate.may_climb_to(at(16_999), fast));
+    assert!(estimate.may_climb_to(at(17_000), fast));
+    estimate.moved(at(17_000), slow, fast, false);
+    estimate.moved(at(18_000), fast, slow, true);
+    assert!(!estimate.may_climb_to(at(37_999), fast));
+    assert!(estimate.may_climb_to(at(38_000), fast));
+    // A try that held (10 s or more on the faster tier): a later move down is a fresh start.
+    estimate.moved(at(38_000), slow, fast, false);
+    estimate.moved(at(48_000), fast, slow, true);
+    assert!(!estimate.may_climb_to(at(52_999), fast));
+    assert!(estimate.may_climb_to(at(53_000), fast));
+    // The bar never grows past 80 s.
+    let mut now = 53_000;
+    for _ in 0..10 {
+        estimate.moved(at(now), slow, fast, false);
+        estimate.moved(at(now + 1_000), fast, slow, true);
+        now += 1_000 + 80_000;
+        assert!(estimate.may_climb_to(at(now), fast));
+    }
+}
+
+#[test]
+fn two_tiers_this_close_in_a_file_with_no_room_become_one() {
+    let config = RateConfig::default();
+    let rates = [5_100_000, 5_150_000, 50_000_000, 500_000_000];
+    let mut controls: Vec<TierControl> = rates
+        .iter()
+        .map(|&rate| TierControl::new_known(&config, at(0), rate))
+        .collect();
+    let estimates: Vec<PathEstimate> = rates
+        .iter()
+        .map(|&rate| settled_reports(&config, rate, 0.0, 3))
+        .collect();
+    let moves = {
+        let mut plans = memberless_plans(&mut controls);
+        for (tier, estimate) in estimates.iter().enumerate() {
+            plans[tier].members.push(MemberPlan {
+                id: tier as u64,
+                estimate,
+                moved_at: None,
+            });
+        }
+        plan(&config, at(1_000), &mut plans)
+    };
+    assert_eq!(
+        moves,
+        vec![Move {
+            member: 1,
+            from: 1,
+            to: Target::Tier(0),
+            relief: false
+        }],
+        "the faster of the two near 5 Mbit/s joins the slower; the others stay"
+    );
+    // With room for another tier, both stay (each may still find its own rate).
+    let roomy = RateConfig {
+        tiers_max: 5,
+        ..config.clone()
+    };
+    let mut controls: Vec<TierControl> = rates
+        .iter()
+        .map(|&rate| TierControl::new_known(&roomy, at(0), rate))
+        .collect();
+    let moves = {
+        let mut plans = memberless_plans(&mut controls);
+        for (tier, estimate) in estimates.iter().enumerate() {
+            plans[tier].members.push(MemberPlan {
+                id: tier as u64,
+                estimate,
+                moved_at: None,
+            });
+        }
+        plan(&roomy, at(1_000), &mut plans)
+    };
+    assert!(
+        moves.iter().all(|m| m.from != 1 && m.from != 0),
+        "{moves:?}"
+    );
 }
