@@ -266,7 +266,7 @@ pub fn metrics_endpoint_serves_the_status_counters() {
     let server = start("loopcastd", format!("127.0.0.1:{metrics_port}"));
     let mut answer = String::new();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !answer.contains("loopcastd_requests") {
+    while !answer.contains("loopcastd_requests_total") {
         assert!(Instant::now() < deadline, "no metrics: {answer}");
         answer.clear();
         if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {

@@ -5,10 +5,11 @@
 //! 4 KiB for its request, the answer from a snapshot at most 50 ms old); an HTTP crate would
 //! bring an async runtime into a daemon that has none. Bound to localhost by default: the
 //! counters say who the clients are. What it exports, from the status JSON:
-//! - every number in `counters` as `<prefix>_<name>`, typed counter (names keep the status
-//!   JSON's, without the `_total` suffix OpenMetrics would ask);
+//! - every number in `counters` as `<prefix>_<name>_total`, typed counter (the status JSON's
+//!   name with the suffix Prometheus asks of a counter);
 //! - the count of `sessions`, `channels` and `servers` as `<prefix>_sessions` etc.;
-//! - per channel (server): its rate, bytes sent and sessions, labelled by file and tier;
+//! - per channel (server): its rate, sessions, and bytes and repairs sent (counters, `_total`),
+//!   labelled by file and tier;
 //! - per server (director): sessions and whether it is online, labelled by address.
 
 use std::fmt::Write as _;
@@ -33,7 +34,7 @@ pub fn render(prefix: &str, status: &serde_json::Value) -> String {
     if let Some(counters) = status["counters"].as_object() {
         for (key, value) in counters {
             if let Some(number) = value.as_f64() {
-                let metric = name(&sanitize(key));
+                let metric = counter_name(name(&sanitize(key)));
                 let _ = writeln!(out, "# TYPE {metric} counter\n{metric} {number}");
             }
         }
@@ -55,7 +56,10 @@ pub fn render(prefix: &str, status: &serde_json::Value) -> String {
         ("sessions", "gauge"),
         ("repair_datagrams", "counter"),
     ] {
-        let metric = name(&format!("channel_{field}"));
+        let mut metric = name(&format!("channel_{field}"));
+        if kind == "counter" {
+            metric = counter_name(metric);
+        }
         let mut typed = false;
         for channel in &channels {
             let Some(number) = channel[field].as_f64() else {
@@ -98,6 +102,15 @@ pub fn render(prefix: &str, status: &serde_json::Value) -> String {
         }
     }
     out
+}
+
+/// A counter's name ends in `_total` (Prometheus' naming rule; OpenMetrics requires it).
+fn counter_name(metric: String) -> String {
+    if metric.ends_with("_total") {
+        metric
+    } else {
+        metric + "_total"
+    }
 }
 
 fn sanitize(key: &str) -> String {
@@ -235,7 +248,17 @@ mod tests {
             "channels": [{"file": "a \"b\".mkv", "tier": 1, "rate_bits_per_s": 1000, "bytes_sent": 5, "sessions": 2, "repair_datagrams": 0}],
         });
         let text = render("loopcastd", &status);
-        assert!(text.contains("loopcastd_requests 12\n"), "{text}");
+        assert!(text.contains("loopcastd_requests_total 12\n"), "{text}");
+        assert!(
+            text.contains("loopcastd_sessions_expired_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "loopcastd_channel_bytes_sent_total{file=\"a \\\"b\\\".mkv\",tier=\"1\"} 5\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("loopcastd_sessions 2\n"), "{text}");
         assert!(text.contains("loopcastd_channels 1\n"), "{text}");
         assert!(
@@ -280,11 +303,11 @@ mod tests {
             );
         }
         assert!(
-            text.contains("# TYPE loopcastd_requests counter\n"),
+            text.contains("# TYPE loopcastd_requests_total counter\n"),
             "{text}"
         );
         assert!(
-            text.contains("# TYPE loopcastd_channel_bytes_sent counter\n"),
+            text.contains("# TYPE loopcastd_channel_bytes_sent_total counter\n"),
             "{text}"
         );
         assert!(
@@ -310,7 +333,7 @@ mod tests {
         };
         let answer = get("/metrics");
         assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
-        assert!(answer.ends_with("loopcastd_requests 3\n"), "{answer}");
+        assert!(answer.ends_with("loopcastd_requests_total 3\n"), "{answer}");
         assert!(get("/").starts_with("HTTP/1.0 404"));
         // A client that sends nothing costs at most the timeout, then the next is served.
         let _silent = TcpStream::connect(server.address()).unwrap();
