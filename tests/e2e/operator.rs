@@ -152,3 +152,80 @@ pub fn a_record_made_stale_by_a_chmod_is_named_in_the_servers_log() {
         "{log}"
     );
 }
+
+/// `loopcastd check --skip-recorded` after adding media hashes only what is new or changed
+/// since its record (a chmod moves the change time: hashed again; a damaged archive: caught),
+/// lists the rest as skipped, and ends its `--json` with a summary of the counts.
+pub fn check_skip_recorded_hashes_only_new_or_changed_archives() {
+    let scratch = Scratch::new("check-skip");
+    let media = scratch.path("media");
+    let add = |name: &str, seed: u64| {
+        let input = scratch.path(name);
+        write_content(&input, 1 << 20, seed);
+        pack_into(&input, &media, &["--no-encrypt"]);
+    };
+    let check = |extra: &[&str]| {
+        Command::new(bin("loopcastd"))
+            .args(["check", "--media"])
+            .arg(&media)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let lines = |output: &std::process::Output| -> Vec<serde_json::Value> {
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("one JSON object a line"))
+            .collect()
+    };
+    let entry = |lines: &[serde_json::Value], file: &str| {
+        lines
+            .iter()
+            .find(|l| l["file"] == file)
+            .unwrap_or_else(|| panic!("{file} in {lines:?}"))
+            .clone()
+    };
+    add("old.bin", 11);
+    let output = check(&[]);
+    assert!(output.status.success(), "{output:?}");
+    add("new.bin", 12);
+    let output = check(&["--skip-recorded", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let listed = lines(&output);
+    let old = entry(&listed, "old.bin.lca");
+    let new = entry(&listed, "new.bin.lca");
+    assert!(old["skipped"] == true && old["verified"] == false, "{old}");
+    assert!(new["skipped"] == false && new["verified"] == true, "{new}");
+    let summary = &listed.last().expect("a summary")["summary"];
+    assert_eq!(summary["verified"], 1, "{summary}");
+    assert_eq!(summary["skipped"], 1, "{summary}");
+    assert_eq!(summary["corrupt"], 0, "{summary}");
+    // Both are recorded now: nothing is hashed, and the text says so.
+    let output = check(&["--skip-recorded"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout.matches(": skipped").count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("0 archive(s) verified, 2 skipped"),
+        "{stderr}"
+    );
+    // A chmod (change time moved) is hashed again; bytes damaged in place are caught.
+    let old_path = media.join("old.bin.lca");
+    std::thread::sleep(Duration::from_millis(20));
+    let mode = std::fs::metadata(&old_path).unwrap().permissions();
+    std::fs::set_permissions(&old_path, mode).unwrap();
+    let new_path = media.join("new.bin.lca");
+    let mut bytes = std::fs::read(&new_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&new_path, &bytes).unwrap();
+    let output = check(&["--skip-recorded", "--json"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let listed = lines(&output);
+    assert_eq!(entry(&listed, "old.bin.lca")["verified"], true);
+    assert_eq!(entry(&listed, "new.bin.lca")["corrupt"], true);
+    let summary = &listed.last().expect("a summary")["summary"];
+    assert_eq!(summary["skipped"], 0, "{summary}");
+    assert_eq!(summary["corrupt"], 1, "{summary}");
+}

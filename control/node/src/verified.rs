@@ -365,6 +365,8 @@ pub struct Checked {
     pub file: String,
     pub bytes: u64,
     pub seconds: f64,
+    /// Not hashed: asked to skip recorded archives, and its record still vouches for it.
+    pub skipped: bool,
     /// `Err` says why the archive is not good to serve, or could not be checked.
     pub outcome: Result<(), CheckFailure>,
 }
@@ -404,9 +406,15 @@ impl std::fmt::Display for CheckFailure {
 /// `loopcastd check`: every `*.lca` archive of `dir` hashed whole against the root its header
 /// names, in name order, across all cores; each good one recorded (the records are written
 /// after every archive, so an interrupted check keeps what it did), each bad one forgotten.
-/// `each` hears of every archive as it is done. The error is the directory's, or the records
-/// file's if it could not be written (the outcomes are then still in the error's message).
-pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec<Checked>, String> {
+/// `each` hears of every archive as it is done. With `skip_recorded`, an archive whose record
+/// still vouches for it (same size, device, inode, mtime and ctime as when it was checked) is
+/// not hashed again (`Checked::skipped`). The error is the directory's, or the records file's
+/// if it could not be written (the outcomes are then still in the error's message).
+pub fn check_directory(
+    dir: &Path,
+    skip_recorded: bool,
+    mut each: impl FnMut(&Checked),
+) -> Result<Vec<Checked>, String> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read media directory {}: {e}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -419,12 +427,17 @@ pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec
     for path in files {
         let started = std::time::Instant::now();
         let mut bytes = 0;
+        let mut skipped = false;
         let outcome = (|| {
             let archive = loopcast_archive::ArchiveFile::open(&path).map_err(CheckFailure::of)?;
             let root = archive.info().root();
             let before =
                 Stamp::of_open(&path, archive.file(), root).ok_or(CheckFailure::Changed)?;
             bytes = before.on_disk.len;
+            if skip_recorded && records.vouches_for_open(&path, archive.file(), root) {
+                skipped = true;
+                return Ok(before);
+            }
             archive
                 .verify_with(&loopcast_dataplane::hash_lanes::hash_many)
                 .map_err(CheckFailure::of)?;
@@ -434,6 +447,7 @@ pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec
             Ok(before)
         })();
         match &outcome {
+            Ok(_) if skipped => {}
             Ok(stamp) => records.insert(&path, stamp.clone()),
             Err(_) => records.remove(&path),
         }
@@ -447,6 +461,7 @@ pub fn check_directory(dir: &Path, mut each: impl FnMut(&Checked)) -> Result<Vec
             file: file_name(&path).unwrap_or("?").to_owned(),
             bytes,
             seconds: started.elapsed().as_secs_f64(),
+            skipped,
             outcome: outcome.map(|_| ()),
         };
         each(&checked);
@@ -638,7 +653,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("a directory.lca")).unwrap();
         std::fs::write(dir.path().join("garbage.lca"), vec![0x42u8; 8192]).unwrap();
         let mut seen = Vec::new();
-        check_directory(dir.path(), |checked| {
+        check_directory(dir.path(), false, |checked| {
             seen.push((checked.file.clone(), format!("{:?}", checked.outcome)))
         })
         .unwrap();

@@ -41,17 +41,26 @@ enum Command {
     /// Each datagram of every *.lca archive in DIR is checked against the root its header
     /// names, on all cores, and the good ones are recorded in DIR/.loopcast-verified (a hidden
     /// file beside the archives), so a server does not hash an unchanged archive again before
-    /// it serves it. Every run checks every archive again. Run it after adding media, as the
-    /// media's owner, and after any chown or chmod of the archives (a record holds only while
-    /// the file's change time has not moved). Exits 1 if any archive is corrupt or unreadable, or if the records
-    /// cannot be written (DIR not writable: servers then hash the archives on open, as before).
+    /// it serves it. Every run checks every archive again (bit rot inside an unchanged file is
+    /// found only so), unless --skip-recorded. Run it after adding media, as the media's owner,
+    /// and after any chown or chmod of the archives (a record holds only while the file's
+    /// change time has not moved). Exits 1 if any archive is corrupt or unreadable, or if the
+    /// records cannot be written (DIR not writable: servers then hash the archives on open, as
+    /// before).
     Check {
         /// Media database directory (as `serve --media`).
         #[arg(long, value_name = "DIR")]
         media: PathBuf,
-        /// One JSON object per archive on stdout instead of a line of text.
+        /// One JSON object per archive on stdout instead of a line of text, then one
+        /// {"summary": {...}} object with the counts.
         #[arg(long)]
         json: bool,
+        /// Hash only archives without a record, or whose record no longer matches them (new
+        /// or changed since their last check: size, inode, mtime or ctime); the others are
+        /// listed as skipped. Quick after adding media to a large directory; run a full check
+        /// now and then all the same.
+        #[arg(long)]
+        skip_recorded: bool,
     },
 }
 
@@ -431,13 +440,15 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
 }
 
 /// `loopcastd check`: see its help.
-fn check(media: &std::path::Path, json: bool) -> ExitCode {
+fn check(media: &std::path::Path, json: bool, skip_recorded: bool) -> ExitCode {
     use loopcast_node::verified::CheckFailure;
     let mut corrupt = 0usize;
     let mut unchecked = 0usize;
     let mut good = 0usize;
-    let outcome = loopcast_node::verified::check_directory(media, |checked| {
+    let mut skipped = 0usize;
+    let outcome = loopcast_node::verified::check_directory(media, skip_recorded, |checked| {
         match &checked.outcome {
+            Ok(()) if checked.skipped => skipped += 1,
             Ok(()) => good += 1,
             Err(CheckFailure::Corrupt(_)) => corrupt += 1,
             Err(_) => unchecked += 1,
@@ -449,13 +460,18 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
                     "file": checked.file,
                     "bytes": checked.bytes,
                     "seconds": checked.seconds,
-                    "verified": checked.outcome.is_ok(),
+                    "verified": checked.outcome.is_ok() && !checked.skipped,
+                    "skipped": checked.skipped,
                     "corrupt": matches!(checked.outcome, Err(CheckFailure::Corrupt(_))),
                     "error": checked.outcome.as_ref().err().map(ToString::to_string),
                 })
             );
         } else {
             match &checked.outcome {
+                Ok(()) if checked.skipped => println!(
+                    "{}: skipped, recorded and unchanged since its last check",
+                    checked.file
+                ),
                 Ok(()) => println!(
                     "{}: verified, {} bytes in {:.2} s ({:.2} GB/s)",
                     checked.file,
@@ -481,9 +497,24 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
             ));
         }
         parts.push(format!("{good} verified"));
+        if skipped > 0 {
+            parts.push(format!("{skipped} skipped (recorded, unchanged)"));
+        }
         parts.join("; ")
     };
     let bad = corrupt + unchecked;
+    if json && outcome.as_ref().is_ok_and(|checked| !checked.is_empty()) {
+        println!(
+            "{}",
+            serde_json::json!({"summary": {
+                "verified": good,
+                "skipped": skipped,
+                "corrupt": corrupt,
+                "unchecked": unchecked,
+                "recorded_in": records.display().to_string(),
+            }})
+        );
+    }
     match outcome {
         Err(error) => {
             eprintln!("loopcastd: error: {error}");
@@ -509,8 +540,13 @@ fn check(media: &std::path::Path, json: bool) -> ExitCode {
         }
         Ok(_) => {
             if !json {
+                let skipped = if skipped > 0 {
+                    format!(", {skipped} skipped (recorded, unchanged)")
+                } else {
+                    String::new()
+                };
                 eprintln!(
-                    "{good} archive(s) verified, recorded in {}",
+                    "{good} archive(s) verified{skipped}, recorded in {}",
                     records.display()
                 );
             }
@@ -531,7 +567,11 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Command::Serve(args) => args,
         Command::Direct(args) => return direct(args, argv),
-        Command::Check { media, json } => return check(&media, json),
+        Command::Check {
+            media,
+            json,
+            skip_recorded,
+        } => return check(&media, json, skip_recorded),
         Command::FleetKey { file } => {
             return match loopcast_tools::write_fleet_key(&file) {
                 Ok(()) => {
