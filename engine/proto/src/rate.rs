@@ -1016,6 +1016,11 @@ fn climbs(
             .filter_map(|(i, r)| Some((i, (*r)?)))
             .filter(|&(_, r)| r as f64 >= CLIMB_STEP_MIN * rate as f64)
             .min_by_key(|&(i, r)| (r, i));
+        // Nor to a tier that members leave in this plan (a merge may empty it, and the
+        // endpoint closes a tier when its last member leaves): next time.
+        if next_faster.is_some_and(|(faster, _)| moves.iter().any(|m| m.from == faster)) {
+            continue;
+        }
         let to_rate = match next_faster {
             Some((_, faster_rate)) => faster_rate,
             None if shared + new_tiers.len() < config.tiers_allowed() => {
