@@ -351,9 +351,13 @@ impl PathEstimate {
         self.new_epoch(relief.then_some(to_rate));
         let climb = &mut self.climb;
         if relief {
-            let failed_try = climb.trying.is_some_and(|(tried, at)| {
-                from_rate as f64 >= 0.95 * tried as f64 && now.saturating_since(at) < CLIMB_PROVEN
-            });
+            // Moved down within `CLIMB_PROVEN` of its last move up: that try failed, whatever
+            // `from_rate` says (when everyone on a tier loses, its rate falls in the same plan
+            // that moves them, and the endpoint reads it after: a try at 500 Mbit/s ended
+            // "from" 400 and reset the bar to 5 s each time).
+            let failed_try = climb
+                .trying
+                .is_some_and(|(_, at)| now.saturating_since(at) < CLIMB_PROVEN);
             climb.backoff = if failed_try {
                 (climb.backoff * 2).clamp(CLIMB_BACKOFF_MIN, CLIMB_BACKOFF_MAX)
             } else {
