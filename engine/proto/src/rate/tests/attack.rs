@@ -195,6 +195,22 @@ impl Arena {
                 }
             }
         }
+        let mut members_of = vec![0; self.tiers.len()];
+        for actor in &self.actors {
+            members_of[actor.tier] += 1;
+        }
+        destinations_stay_open(&members_of, &moves);
+        for (i, m) in moves.iter().enumerate() {
+            assert!(
+                moves[..i].iter().all(|n| n.member != m.member),
+                "one move per member a plan: {moves:?}"
+            );
+            assert_ne!(
+                m.to,
+                Target::Tier(m.from),
+                "a move goes somewhere: {moves:?}"
+            );
+        }
         let first_new = self.tiers.len();
         for change in moves {
             let to = match change.to {
@@ -371,4 +387,56 @@ fn a_try_that_fails_on_a_tier_lowered_meanwhile_still_doubles_the_bar() {
     );
     assert!(!estimate.may_climb_to(at(16_999), lowered));
     assert!(estimate.may_climb_to(at(17_000), fast));
+}
+
+/// Hostile members saying anything (full goodput, every other report lossy, congested at any
+/// rate between nothing and far above the cap), beside honest ones, under bounds from one
+/// tier to five and caps from 1 Mbit/s up: every plan is one the endpoint can carry out (no
+/// member moved twice, nobody sent to a tier emptied in the same plan, never more tiers than
+/// allowed), and nothing panics.
+#[test]
+fn random_lies_under_any_bounds_always_make_plans_the_endpoint_can_carry_out() {
+    use crate::rng::SeededRng;
+    for seed in 0..400u64 {
+        let mut rng = SeededRng::from_u64(0x5eed_0008 + seed);
+        let rate_max = match rng.below(4) {
+            0 => 1_000_000,
+            1 => 2_000_000,
+            2 => 1_000_000_000,
+            _ => 40_000_000_000,
+        };
+        let config = RateConfig {
+            tiers_max: rng.below(6) as usize,
+            rate_max,
+            initial_rate: rate_max.min(1_000_000_000),
+            ..RateConfig::default()
+        };
+        let members = 2 + rng.below(8) as usize;
+        let who: Vec<Who> = (0..members)
+            .map(|_| match rng.below(3) {
+                0 => Who::Honest(clean(1.0 + rng.below(2_000) as f64)),
+                _ => Who::Liar(Lie::Keeps),
+            })
+            .collect();
+        let mut arena = Arena::new(config, who);
+        for _ in 0..1_000 {
+            for id in 0..members {
+                if matches!(arena.actors[id].who, Who::Liar(_)) {
+                    let lie = match rng.below(4) {
+                        0 => Lie::Keeps,
+                        1 => Lie::Freezes,
+                        2 => Lie::Lowers(rng.below(100_000_000_000) as f64),
+                        _ => Lie::Lowers(arena.rate_of(id) * (0.5 + rng.below(60) as f64 / 100.0)),
+                    };
+                    if rng.below(5) == 0 {
+                        arena.lie(id, lie);
+                    }
+                }
+            }
+            arena.step();
+            for tier in &arena.tiers {
+                assert!(tier.rate() <= arena.config.rate_max.max(arena.config.rate_min));
+            }
+        }
+    }
 }
