@@ -358,12 +358,23 @@ impl PathEstimate {
             let failed_try = climb
                 .trying
                 .is_some_and(|(_, at)| now.saturating_since(at) < CLIMB_PROVEN);
-            climb.backoff = if failed_try {
-                (climb.backoff * 2).clamp(CLIMB_BACKOFF_MIN, CLIMB_BACKOFF_MAX)
-            } else {
-                CLIMB_BACKOFF_MIN
+            let in_force = climb.barred.filter(|&(_, until)| now < until);
+            climb.barred = match in_force {
+                // A further step down while barred (moved off the tier it tried to one still
+                // too fast, then on down): the bar stands, and covers this rate too. (It was
+                // replaced by a fresh 5 s one: a member 2 tiers down tried every 5-7 s.)
+                Some((rate, until)) if !failed_try => {
+                    Some((rate.min(from_rate), until.max(now + CLIMB_BACKOFF_MIN)))
+                }
+                _ => {
+                    climb.backoff = if failed_try {
+                        (climb.backoff * 2).clamp(CLIMB_BACKOFF_MIN, CLIMB_BACKOFF_MAX)
+                    } else {
+                        CLIMB_BACKOFF_MIN
+                    };
+                    Some((from_rate, now + climb.backoff))
+                }
             };
-            climb.barred = Some((from_rate, now + climb.backoff));
             climb.trying = None;
         } else if to_rate > from_rate {
             climb.trying = Some((to_rate, now));
@@ -925,7 +936,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             if member.estimate.noise_loss() > NOISY && !tiers[fast].members.is_empty() {
                 continue;
             }
-            if !dwelt(config, now, member) {
+            // Nor one moved down from there lately (it lost there: merged up, it would lose
+            // again and move down again, every few seconds).
+            if !dwelt(config, now, member)
+                || !member.estimate.may_climb_to(now, tiers[fast].control.rate)
+            {
                 continue;
             }
             moves.push(Move {

@@ -121,7 +121,7 @@ fn a_move_up_to_a_tier_a_merge_closes_in_the_same_step_does_not_crash_the_server
         .expect("room");
     endpoint.move_session(at(0), keeps_up, slow, false);
     endpoint.move_session(at(0), holds_back, slow, true);
-    endpoint.move_session(at(560), merging, middle, true);
+    endpoint.move_session(at(560), merging, middle, false);
     drain(&mut endpoint);
     assert_eq!(rate_of(&endpoint, merging), 90_000_000);
     assert_eq!(rate_of(&endpoint, fast), 100_000_000);
