@@ -1869,7 +1869,10 @@ impl Endpoint {
         if from == to || !state.validated {
             return;
         }
-        let to_state = &self.channels[&to];
+        // A tier closed earlier in the same step (its last member left) takes nobody.
+        let Some(to_state) = self.channels.get(&to) else {
+            return;
+        };
         if transport == Transport::Multicast && to_state.group.is_none() {
             return; // no group for that tier: stays
         }
@@ -2338,6 +2341,8 @@ fn leave_transport(
     }
 }
 
+#[cfg(test)]
+mod attack_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

@@ -351,15 +351,30 @@ impl PathEstimate {
         self.new_epoch(relief.then_some(to_rate));
         let climb = &mut self.climb;
         if relief {
-            let failed_try = climb.trying.is_some_and(|(tried, at)| {
-                from_rate as f64 >= 0.95 * tried as f64 && now.saturating_since(at) < CLIMB_PROVEN
-            });
-            climb.backoff = if failed_try {
-                (climb.backoff * 2).clamp(CLIMB_BACKOFF_MIN, CLIMB_BACKOFF_MAX)
-            } else {
-                CLIMB_BACKOFF_MIN
+            // Moved down within `CLIMB_PROVEN` of its last move up: that try failed, whatever
+            // `from_rate` says (when everyone on a tier loses, its rate falls in the same plan
+            // that moves them, and the endpoint reads it after: a try at 500 Mbit/s ended
+            // "from" 400 and reset the bar to 5 s each time).
+            let failed_try = climb
+                .trying
+                .is_some_and(|(_, at)| now.saturating_since(at) < CLIMB_PROVEN);
+            let in_force = climb.barred.filter(|&(_, until)| now < until);
+            climb.barred = match in_force {
+                // A further step down while barred (moved off the tier it tried to one still
+                // too fast, then on down): the bar stands, and covers this rate too. (It was
+                // replaced by a fresh 5 s one: a member 2 tiers down tried every 5-7 s.)
+                Some((rate, until)) if !failed_try => {
+                    Some((rate.min(from_rate), until.max(now + CLIMB_BACKOFF_MIN)))
+                }
+                _ => {
+                    climb.backoff = if failed_try {
+                        (climb.backoff * 2).clamp(CLIMB_BACKOFF_MIN, CLIMB_BACKOFF_MAX)
+                    } else {
+                        CLIMB_BACKOFF_MIN
+                    };
+                    Some((from_rate, now + climb.backoff))
+                }
             };
-            climb.barred = Some((from_rate, now + climb.backoff));
             climb.trying = None;
         } else if to_rate > from_rate {
             climb.trying = Some((to_rate, now));
@@ -921,7 +936,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             if member.estimate.noise_loss() > NOISY && !tiers[fast].members.is_empty() {
                 continue;
             }
-            if !dwelt(config, now, member) {
+            // Nor one moved down from there lately (it lost there: merged up, it would lose
+            // again and move down again, every few seconds).
+            if !dwelt(config, now, member)
+                || !member.estimate.may_climb_to(now, tiers[fast].control.rate)
+            {
                 continue;
             }
             moves.push(Move {
@@ -1016,6 +1035,11 @@ fn climbs(
             .filter_map(|(i, r)| Some((i, (*r)?)))
             .filter(|&(_, r)| r as f64 >= CLIMB_STEP_MIN * rate as f64)
             .min_by_key(|&(i, r)| (r, i));
+        // Nor to a tier that members leave in this plan (a merge may empty it, and the
+        // endpoint closes a tier when its last member leaves): next time.
+        if next_faster.is_some_and(|(faster, _)| moves.iter().any(|m| m.from == faster)) {
+            continue;
+        }
         let to_rate = match next_faster {
             Some((_, faster_rate)) => faster_rate,
             None if shared + new_tiers.len() < config.tiers_allowed() => {

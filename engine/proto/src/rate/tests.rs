@@ -1074,3 +1074,5 @@ fn two_tiers_this_close_in_a_file_with_no_room_become_one() {
         "{moves:?}"
     );
 }
+
+mod attack;
