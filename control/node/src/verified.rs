@@ -405,7 +405,7 @@ impl std::fmt::Display for CheckFailure {
 
 /// `loopcastd check`: every `*.lca` archive of `dir` hashed whole against the root its header
 /// names, in name order, across all cores; each good one recorded (the records are written
-/// after every archive, so an interrupted check keeps what it did), each bad one forgotten.
+/// after every archive hashed, so an interrupted check keeps what it did), each bad one forgotten.
 /// `each` hears of every archive as it is done. With `skip_recorded`, an archive whose record
 /// still vouches for it (same size, device, inode, mtime and ctime as when it was checked) is
 /// not hashed again (`Checked::skipped`). The error is the directory's, or the records file's
@@ -424,6 +424,12 @@ pub fn check_directory(
     let mut records = VerifiedRecords::load(dir);
     let mut outcomes = Vec::new();
     let mut save_error = None;
+    let save_failed = |error: std::io::Error| {
+        format!(
+            "cannot record the checks in {}: {error} (servers will hash the archives this run checked again when they open them)",
+            dir.join(RECORDS_FILE).display()
+        )
+    };
     for path in files {
         let started = std::time::Instant::now();
         let mut bytes = 0;
@@ -451,11 +457,13 @@ pub fn check_directory(
             Ok(stamp) => records.insert(&path, stamp.clone()),
             Err(_) => records.remove(&path),
         }
-        if let Err(error) = records.save() {
-            save_error.get_or_insert(format!(
-                "cannot record the checks in {}: {error} (servers will hash these archives again when they open them)",
-                dir.join(RECORDS_FILE).display()
-            ));
+        // A skipped archive changed no record: no write (a save stats every record and syncs,
+        // so saving after each skip made --skip-recorded quadratic in the archives, and it
+        // failed in a media directory it had no need to write).
+        if !skipped {
+            if let Err(error) = records.save() {
+                save_error.get_or_insert(save_failed(error));
+            }
         }
         let checked = Checked {
             file: file_name(&path).unwrap_or("?").to_owned(),

@@ -45,14 +45,15 @@ enum Command {
     /// found only so), unless --skip-recorded. Run it after adding media, as the media's owner,
     /// and after any chown or chmod of the archives (a record holds only while the file's
     /// change time has not moved). Exits 1 if any archive is corrupt or unreadable, or if the
-    /// records cannot be written (DIR not writable: servers then hash the archives on open, as
-    /// before).
+    /// records of the archives it hashed cannot be written (DIR not writable: servers then
+    /// hash those archives on open, as before).
     Check {
         /// Media database directory (as `serve --media`).
         #[arg(long, value_name = "DIR")]
         media: PathBuf,
         /// One JSON object per archive on stdout instead of a line of text, then one
-        /// {"summary": {...}} object with the counts.
+        /// {"summary": {...}} object with the counts (its recorded_in is null and its error
+        /// says why if the records could not be written).
         #[arg(long)]
         json: bool,
         /// Hash only archives without a record, or whose record no longer matches them (new
@@ -503,7 +504,11 @@ fn check(media: &std::path::Path, json: bool, skip_recorded: bool) -> ExitCode {
         parts.join("; ")
     };
     let bad = corrupt + unchecked;
-    if json && outcome.as_ref().is_ok_and(|checked| !checked.is_empty()) {
+    // The summary ends every listing, also one whose records could not be written (the error
+    // then; a script must not be left without its counts). No archives, or no directory: no
+    // listing, no summary.
+    if json && good + skipped + bad > 0 {
+        let error = outcome.as_ref().err();
         println!(
             "{}",
             serde_json::json!({"summary": {
@@ -511,7 +516,8 @@ fn check(media: &std::path::Path, json: bool, skip_recorded: bool) -> ExitCode {
                 "skipped": skipped,
                 "corrupt": corrupt,
                 "unchecked": unchecked,
-                "recorded_in": records.display().to_string(),
+                "recorded_in": error.is_none().then(|| records.display().to_string()),
+                "error": error,
             }})
         );
     }
