@@ -9,7 +9,8 @@
 //!   name with the suffix Prometheus asks of a counter);
 //! - the count of `sessions`, `channels` and `servers` as `<prefix>_sessions` etc.;
 //! - per channel (server): its rate, sessions, and bytes and repairs sent (counters, `_total`),
-//!   labelled by file and tier;
+//!   labelled by file, channel id (stable while it runs) and tier (position among the file's
+//!   tiers, which shifts when another closes);
 //! - per server (director): sessions and whether it is online, labelled by address.
 
 use std::fmt::Write as _;
@@ -69,10 +70,14 @@ pub fn render(prefix: &str, status: &serde_json::Value) -> String {
                 let _ = writeln!(out, "# TYPE {metric} {kind}");
                 typed = true;
             }
+            // `channel` keeps a series its own while the channel runs: `tier` (a position
+            // among the file's tiers) shifts when another tier closes, and a counter under it
+            // would read as reset.
             let _ = writeln!(
                 out,
-                "{metric}{{file=\"{}\",tier=\"{}\"}} {number}",
+                "{metric}{{file=\"{}\",channel=\"{}\",tier=\"{}\"}} {number}",
                 escape(channel["file"].as_str().unwrap_or("")),
+                channel["channel"].as_u64().unwrap_or(0),
                 channel["tier"].as_u64().unwrap_or(0)
             );
         }
@@ -245,7 +250,7 @@ mod tests {
         let status = serde_json::json!({
             "counters": {"requests": 12, "sessions_expired": 1, "note": "x"},
             "sessions": [{}, {}],
-            "channels": [{"file": "a \"b\".mkv", "tier": 1, "rate_bits_per_s": 1000, "bytes_sent": 5, "sessions": 2, "repair_datagrams": 0}],
+            "channels": [{"file": "a \"b\".mkv", "channel": 7, "tier": 1, "rate_bits_per_s": 1000, "bytes_sent": 5, "sessions": 2, "repair_datagrams": 0}],
         });
         let text = render("loopcastd", &status);
         assert!(text.contains("loopcastd_requests_total 12\n"), "{text}");
@@ -255,7 +260,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "loopcastd_channel_bytes_sent_total{file=\"a \\\"b\\\".mkv\",tier=\"1\"} 5\n"
+                "loopcastd_channel_bytes_sent_total{file=\"a \\\"b\\\".mkv\",channel=\"7\",tier=\"1\"} 5\n"
             ),
             "{text}"
         );
@@ -263,7 +268,7 @@ mod tests {
         assert!(text.contains("loopcastd_channels 1\n"), "{text}");
         assert!(
             text.contains(
-                "loopcastd_channel_rate_bits_per_s{file=\"a \\\"b\\\".mkv\",tier=\"1\"} 1000\n"
+                "loopcastd_channel_rate_bits_per_s{file=\"a \\\"b\\\".mkv\",channel=\"7\",tier=\"1\"} 1000\n"
             ),
             "{text}"
         );

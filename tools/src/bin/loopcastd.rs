@@ -126,7 +126,9 @@ struct ServeArgs {
     /// average) or "slowest" (one tier at the slowest client's throughput).
     #[arg(long, default_value = "distribution", value_parser = parse_policy, conflicts_with = "fixed_rate")]
     tier_policy: loopcast_proto::rate::TierPolicy,
-    /// Most tiers (channels at different rates) one file runs on at once ("distribution").
+    /// Most shared tiers (channels at different rates, each with its own multicast group) one
+    /// file runs on at once ("distribution"). A unicast client's own channel, whose rate
+    /// follows it alone, is not counted: `loopcastctl channels` lists those too.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16), conflicts_with = "fixed_rate")]
     tiers: u8,
     /// Rate a file's first tier starts at before clients report (it rises while they keep up,
