@@ -2342,8 +2342,6 @@ fn leave_transport(
 }
 
 #[cfg(test)]
-mod attack_tests;
-#[cfg(test)]
 mod limit_tests;
 #[cfg(test)]
 mod tests;

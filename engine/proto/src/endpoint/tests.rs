@@ -1629,3 +1629,5 @@ fn an_unanswered_request_buys_a_few_fast_syncs_not_fast_syncs_for_its_whole_life
         "{syncs} SYNCs for one unanswered Request in {life:?} (at most {bound})"
     );
 }
+
+mod attack;

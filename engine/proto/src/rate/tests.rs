@@ -104,41 +104,74 @@ struct Path {
     noise: f64,
 }
 
+/// What a hostile member says in its reports (it says whatever it likes; the server clamps
+/// goodput to twice its tier's rate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Lie {
+    /// All of the rate, nothing lost: the tier rises.
+    Keeps,
+    /// Every other report loses a little: the tier waits (someone just lost) and is held.
+    Freezes,
+    /// Congested, receiving `bits/s`: its tier drops to 90 % of that (alone on it), or it
+    /// moves to a slower tier near that.
+    Lowers(f64),
+}
+
+/// Who reports: a member on a path (what it receives, it says), or one that lies.
+enum Who {
+    Honest(Path),
+    Liar(Lie),
+}
+
 struct Member {
     id: u64,
     tier: usize,
     estimate: PathEstimate,
     moved_at: Option<Instant>,
-    path: Path,
+    who: Who,
     /// Moves to a faster tier that were not merges of its whole tier.
     climbs: u32,
+    /// Moves so far, and of them those to a faster tier.
+    moves: u32,
+    ups: u32,
 }
 
 /// One file's tiers and members, driven the way the endpoint drives `plan`: a report from
-/// every member each step (sent at the tier's rate, received what its path carries), then a
-/// plan, then moves applied, empty tiers closed.
+/// every member each step (sent at the tier's rate, received what its path carries, or what
+/// a lying member says), then a plan, then moves applied (each checked as the endpoint needs
+/// it: one per member, to a tier that stays open), empty tiers closed.
 struct Fluid {
     config: RateConfig,
     tiers: Vec<TierControl>,
     members: Vec<Member>,
     now: Instant,
     moves: u64,
+    steps: u64,
 }
 
 impl Fluid {
     fn new(config: RateConfig, paths: &[Path]) -> Fluid {
+        Fluid::with(
+            config,
+            paths.iter().map(|&path| Who::Honest(path)).collect(),
+        )
+    }
+
+    fn with(config: RateConfig, who: Vec<Who>) -> Fluid {
         let now = at(0);
         let tiers = vec![TierControl::new(&config, now, config.initial_rate)];
-        let members = paths
-            .iter()
+        let members = who
+            .into_iter()
             .enumerate()
-            .map(|(id, &path)| Member {
+            .map(|(id, who)| Member {
                 id: id as u64,
                 tier: 0,
                 estimate: PathEstimate::default(),
                 moved_at: None,
-                path,
+                who,
                 climbs: 0,
+                moves: 0,
+                ups: 0,
             })
             .collect();
         Fluid {
@@ -147,24 +180,51 @@ impl Fluid {
             members,
             now,
             moves: 0,
+            steps: 0,
         }
+    }
+
+    /// Each tier's rate (in 100 kbit/s) and members, for tracing a run.
+    fn layout(&self) -> Vec<(u64, Vec<u64>)> {
+        self.tiers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let members = self.members.iter().filter(|m| m.tier == i);
+                (t.rate() / 100_000, members.map(|m| m.id).collect())
+            })
+            .collect()
+    }
+
+    /// Member `id` says `lie` from now on.
+    fn lie(&mut self, id: usize, lie: Lie) {
+        self.members[id].who = Who::Liar(lie);
     }
 
     fn step(&mut self) {
         let interval_start = self.now;
         self.now = self.now + STEP;
+        self.steps += 1;
         for member in &mut self.members {
             let tier = &self.tiers[member.tier];
             let rate = tier.rate() as f64;
-            let sent = rate * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
-            let arrived =
-                rate.min(member.path.capacity) * (1.0 - member.path.noise) * STEP.as_secs_f64()
-                    / DATAGRAM_BITS as f64;
+            let per_bits = STEP.as_secs_f64() / DATAGRAM_BITS as f64;
+            let sent = rate * per_bits;
+            let (arrived, lost) = match member.who {
+                Who::Honest(path) => {
+                    let arrived = rate.min(path.capacity) * (1.0 - path.noise) * per_bits;
+                    (arrived, (sent - arrived).max(0.0))
+                }
+                Who::Liar(Lie::Keeps) => (sent, 0.0),
+                Who::Liar(Lie::Freezes) if self.steps.is_multiple_of(2) => (0.9 * sent, 0.1 * sent),
+                Who::Liar(Lie::Freezes) => (sent, 0.0),
+                Who::Liar(Lie::Lowers(bits)) => (bits * per_bits, sent),
+            };
             let counts = interval_start >= tier.settled_at();
             member.estimate.observe(
                 &self.config,
                 arrived as u32,
-                (sent - arrived).max(0.0) as u32,
+                lost as u32,
                 STEP,
                 DATAGRAM_BITS,
                 tier.rate(),
@@ -191,6 +251,22 @@ impl Fluid {
                     member.estimate.new_epoch(relief);
                 }
             }
+        }
+        let mut members_of = vec![0; self.tiers.len()];
+        for member in &self.members {
+            members_of[member.tier] += 1;
+        }
+        destinations_stay_open(&members_of, &moves);
+        for (i, m) in moves.iter().enumerate() {
+            assert!(
+                moves[..i].iter().all(|n| n.member != m.member),
+                "one move per member a plan: {moves:?}"
+            );
+            assert_ne!(
+                m.to,
+                Target::Tier(m.from),
+                "a move goes somewhere: {moves:?}"
+            );
         }
         let first_new = self.tiers.len();
         // Tiers all of whose members move (merges).
@@ -232,7 +308,22 @@ impl Fluid {
             member
                 .estimate
                 .moved(self.now, from_rate, rate, change.relief);
+            if std::env::var("FLUID_MOVES").is_ok() {
+                eprintln!(
+                    "{} member {} {} -> {} relief {} ({:?})",
+                    self.steps,
+                    member.id,
+                    from_rate / 100_000,
+                    rate / 100_000,
+                    change.relief,
+                    change.to
+                );
+            }
             self.moves += 1;
+            member.moves += 1;
+            if rate > from_rate {
+                member.ups += 1;
+            }
         }
         // Empty tiers close; indices shift.
         let mut keep = vec![false; self.tiers.len()];
@@ -266,8 +357,10 @@ impl Fluid {
             tier,
             estimate: PathEstimate::default(),
             moved_at: None,
-            path,
+            who: Who::Honest(path),
             climbs: 0,
+            moves: 0,
+            ups: 0,
         });
         id
     }
@@ -366,7 +459,7 @@ fn a_path_that_slows_mid_transfer_is_followed_and_one_that_speeds_up_too() {
     assert!(fluid.rate_of(1) > 0.7 * 500e6);
     // Member 1's path drops to 50 Mbit/s: it moves to a slower tier within 3 s, and member 0
     // keeps its rate.
-    fluid.members[1].path = clean(50.0);
+    fluid.members[1].who = Who::Honest(clean(50.0));
     fluid.run(15);
     let slow = fluid.rate_of(1);
     assert!(
@@ -375,7 +468,7 @@ fn a_path_that_slows_mid_transfer_is_followed_and_one_that_speeds_up_too() {
     );
     assert!(fluid.rate_of(0) > 0.7 * 500e6, "the other is unaffected");
     // Its path recovers: its tier rises and merges back into the fast one.
-    fluid.members[1].path = clean(500.0);
+    fluid.members[1].who = Who::Honest(clean(500.0));
     fluid.run(150);
     assert!(
         fluid.rate_of(1) > 0.7 * 500e6,
@@ -556,7 +649,7 @@ fn a_path_that_grows_is_found_again_in_seconds() {
     let mut fluid = Fluid::new(RateConfig::default(), &[clean(50.0)]);
     fluid.run(100); // 20 s at 50 Mbit/s: the loss there is long forgotten
     assert!(fluid.rate_of(0) <= 1.1 * 50e6);
-    fluid.members[0].path = clean(2_000.0);
+    fluid.members[0].who = Who::Honest(clean(2_000.0));
     fluid.run(50); // 10 s
     let rate = fluid.rate_of(0);
     assert!(rate > 0.7 * 2e9, "found again within 10 s: {rate}");
@@ -831,6 +924,21 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
     assert!(floor.loss_rate.is_some());
 }
 
+/// Every tier a move in `moves` sends a member to keeps at least one member once all of them
+/// are carried out (the endpoint closes a tier when its last member leaves, and a move to a
+/// closed tier has nowhere to go).
+fn destinations_stay_open(members_of: &[usize], moves: &[Move]) {
+    for m in moves {
+        if let Target::Tier(to) = m.to {
+            let leaving = moves.iter().filter(|n| n.from == to).count();
+            assert!(
+                members_of[to] > leaving,
+                "a move to tier {to}, which every member leaves in the same plan: {moves:?}"
+            );
+        }
+    }
+}
+
 /// One shared tier to plan per control, with no members yet.
 fn memberless_plans(controls: &mut [TierControl]) -> Vec<TierPlan<'_>> {
     controls
@@ -1018,17 +1126,17 @@ fn a_move_down_bars_that_rate_for_a_while_and_longer_after_each_failed_try() {
 
 #[test]
 fn two_tiers_this_close_in_a_file_with_no_room_become_one() {
-    let config = RateConfig::default();
     let rates = [5_100_000, 5_150_000, 50_000_000, 500_000_000];
-    let mut controls: Vec<TierControl> = rates
-        .iter()
-        .map(|&rate| TierControl::new_known(&config, at(0), rate))
-        .collect();
-    let estimates: Vec<PathEstimate> = rates
-        .iter()
-        .map(|&rate| settled_reports(&config, rate, 0.0, 3))
-        .collect();
-    let moves = {
+    // One member a tier, keeping up; the plan one second on.
+    let plan_with = |config: &RateConfig| {
+        let mut controls: Vec<TierControl> = rates
+            .iter()
+            .map(|&rate| TierControl::new_known(config, at(0), rate))
+            .collect();
+        let estimates: Vec<PathEstimate> = rates
+            .iter()
+            .map(|&rate| settled_reports(config, rate, 0.0, 3))
+            .collect();
         let mut plans = memberless_plans(&mut controls);
         for (tier, estimate) in estimates.iter().enumerate() {
             plans[tier].members.push(MemberPlan {
@@ -1037,10 +1145,11 @@ fn two_tiers_this_close_in_a_file_with_no_room_become_one() {
                 moved_at: None,
             });
         }
-        plan(&config, at(1_000), &mut plans)
+        plan(config, at(1_000), &mut plans)
     };
+    let config = RateConfig::default();
     assert_eq!(
-        moves,
+        plan_with(&config),
         vec![Move {
             member: 1,
             from: 1,
@@ -1050,25 +1159,10 @@ fn two_tiers_this_close_in_a_file_with_no_room_become_one() {
         "the faster of the two near 5 Mbit/s joins the slower; the others stay"
     );
     // With room for another tier, both stay (each may still find its own rate).
-    let roomy = RateConfig {
+    let moves = plan_with(&RateConfig {
         tiers_max: 5,
-        ..config.clone()
-    };
-    let mut controls: Vec<TierControl> = rates
-        .iter()
-        .map(|&rate| TierControl::new_known(&roomy, at(0), rate))
-        .collect();
-    let moves = {
-        let mut plans = memberless_plans(&mut controls);
-        for (tier, estimate) in estimates.iter().enumerate() {
-            plans[tier].members.push(MemberPlan {
-                id: tier as u64,
-                estimate,
-                moved_at: None,
-            });
-        }
-        plan(&roomy, at(1_000), &mut plans)
-    };
+        ..config
+    });
     assert!(
         moves.iter().all(|m| m.from != 1 && m.from != 0),
         "{moves:?}"

@@ -21,21 +21,6 @@ fn just_lost(config: &RateConfig, rate: u64) -> PathEstimate {
     estimate
 }
 
-/// Every tier a move in `moves` sends a member to keeps at least one member once all of them
-/// are carried out (the endpoint closes a tier when its last member leaves, and a move to a
-/// closed tier has nowhere to go).
-fn destinations_stay_open(members_of: &[usize], moves: &[Move]) {
-    for m in moves {
-        if let Target::Tier(to) = m.to {
-            let leaving = moves.iter().filter(|n| n.from == to).count();
-            assert!(
-                members_of[to] > leaving,
-                "a move to tier {to}, which every member leaves in the same plan: {moves:?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn a_move_up_never_goes_to_a_tier_that_a_merge_empties_in_the_same_plan() {
     let config = RateConfig::default();
@@ -86,203 +71,6 @@ fn a_move_up_never_goes_to_a_tier_that_a_merge_empties_in_the_same_plan() {
     destinations_stay_open(&[2, 1, 1], &moves);
 }
 
-/// What a hostile member says in its reports (it says whatever it likes; the server clamps
-/// goodput to twice its tier's rate).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Lie {
-    /// All of the rate, nothing lost: the tier rises.
-    Keeps,
-    /// Every other report loses a little: the tier waits (someone just lost) and is held.
-    Freezes,
-    /// Congested, receiving `bits/s`: its tier drops to 90 % of that (alone on it), or it
-    /// moves to a slower tier near that.
-    Lowers(f64),
-}
-
-enum Who {
-    Honest(Path),
-    Liar(Lie),
-}
-
-struct Actor {
-    id: u64,
-    tier: usize,
-    estimate: PathEstimate,
-    moved_at: Option<Instant>,
-    who: Who,
-    /// Moves so far (up: to a faster tier).
-    moves: u32,
-    ups: u32,
-}
-
-/// The `Fluid` driver of `rate::tests`, with hostile members whose reports the test scripts
-/// step by step.
-struct Arena {
-    config: RateConfig,
-    tiers: Vec<TierControl>,
-    actors: Vec<Actor>,
-    now: Instant,
-    step: u64,
-}
-
-impl Arena {
-    fn new(config: RateConfig, who: Vec<Who>) -> Arena {
-        let now = at(0);
-        Arena {
-            tiers: vec![TierControl::new(&config, now, config.initial_rate)],
-            actors: who
-                .into_iter()
-                .enumerate()
-                .map(|(id, who)| Actor {
-                    id: id as u64,
-                    tier: 0,
-                    estimate: PathEstimate::default(),
-                    moved_at: None,
-                    who,
-                    moves: 0,
-                    ups: 0,
-                })
-                .collect(),
-            config,
-            now,
-            step: 0,
-        }
-    }
-
-    fn step(&mut self) {
-        let interval_start = self.now;
-        self.now = self.now + STEP;
-        self.step += 1;
-        for actor in &mut self.actors {
-            let tier = &self.tiers[actor.tier];
-            let rate = tier.rate() as f64;
-            let sent = rate * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
-            let per_bits = STEP.as_secs_f64() / DATAGRAM_BITS as f64;
-            let (arrived, lost) = match actor.who {
-                Who::Honest(path) => {
-                    let arrived = rate.min(path.capacity) * (1.0 - path.noise) * per_bits;
-                    (arrived, (sent - arrived).max(0.0))
-                }
-                Who::Liar(Lie::Keeps) => (sent, 0.0),
-                Who::Liar(Lie::Freezes) if self.step.is_multiple_of(2) => (0.9 * sent, 0.1 * sent),
-                Who::Liar(Lie::Freezes) => (sent, 0.0),
-                Who::Liar(Lie::Lowers(bits)) => (bits * per_bits, sent),
-            };
-            let counts = interval_start >= tier.settled_at();
-            actor.estimate.observe(
-                &self.config,
-                arrived as u32,
-                lost as u32,
-                STEP,
-                DATAGRAM_BITS,
-                tier.rate(),
-                Some(Duration::from_millis(1)),
-                Counts::settled_if(counts),
-            );
-        }
-        let rates_before: Vec<u64> = self.tiers.iter().map(|t| t.rate()).collect();
-        let moves = {
-            let mut plans = memberless_plans(&mut self.tiers);
-            for actor in &self.actors {
-                plans[actor.tier].members.push(MemberPlan {
-                    id: actor.id,
-                    estimate: &actor.estimate,
-                    moved_at: actor.moved_at,
-                });
-            }
-            plan(&self.config, self.now, &mut plans)
-        };
-        for (index, tier) in self.tiers.iter().enumerate() {
-            if tier.rate() != rates_before[index] {
-                let relief = (tier.rate() < rates_before[index]).then_some(tier.rate());
-                for actor in self.actors.iter_mut().filter(|m| m.tier == index) {
-                    actor.estimate.new_epoch(relief);
-                }
-            }
-        }
-        let mut members_of = vec![0; self.tiers.len()];
-        for actor in &self.actors {
-            members_of[actor.tier] += 1;
-        }
-        destinations_stay_open(&members_of, &moves);
-        for (i, m) in moves.iter().enumerate() {
-            assert!(
-                moves[..i].iter().all(|n| n.member != m.member),
-                "one move per member a plan: {moves:?}"
-            );
-            assert_ne!(
-                m.to,
-                Target::Tier(m.from),
-                "a move goes somewhere: {moves:?}"
-            );
-        }
-        let first_new = self.tiers.len();
-        for change in moves {
-            let to = match change.to {
-                Target::Tier(index) => index,
-                Target::New { index, rate, start } => {
-                    while self.tiers.len() <= first_new + index {
-                        self.tiers.push(start.control(&self.config, self.now, rate));
-                    }
-                    first_new + index
-                }
-            };
-            let actor = self
-                .actors
-                .iter_mut()
-                .find(|m| m.id == change.member)
-                .expect("moves name members");
-            let from_rate = self.tiers[actor.tier].rate();
-            actor.tier = to;
-            actor.moved_at = Some(self.now);
-            let rate = self.tiers[to].rate();
-            actor
-                .estimate
-                .moved(self.now, from_rate, rate, change.relief);
-            if std::env::var("ARENA_MOVES").is_ok() {
-                eprintln!(
-                    "{} member {} {} -> {} relief {} ({:?})",
-                    self.step,
-                    actor.id,
-                    from_rate / 100_000,
-                    rate / 100_000,
-                    change.relief,
-                    change.to
-                );
-            }
-            actor.moves += 1;
-            if rate > from_rate {
-                actor.ups += 1;
-            }
-        }
-        let mut keep = vec![false; self.tiers.len()];
-        for actor in &self.actors {
-            keep[actor.tier] = true;
-        }
-        let mut remap = vec![usize::MAX; self.tiers.len()];
-        let mut kept = Vec::new();
-        for (index, tier) in std::mem::take(&mut self.tiers).into_iter().enumerate() {
-            if keep[index] {
-                remap[index] = kept.len();
-                kept.push(tier);
-            }
-        }
-        self.tiers = kept;
-        for actor in &mut self.actors {
-            actor.tier = remap[actor.tier];
-        }
-        assert!(self.tiers.len() <= self.config.tiers_allowed());
-    }
-
-    fn rate_of(&self, id: usize) -> f64 {
-        self.tiers[self.actors[id].tier].rate() as f64
-    }
-
-    fn lie(&mut self, id: usize, lie: Lie) {
-        self.actors[id].who = Who::Liar(lie);
-    }
-}
-
 /// Five honest members whose paths take 500 Mbit/s, and four hostile ones. With every tier
 /// of the file taken (three by the hostile members alone), one hostile member's tier is
 /// brought to just under the honest members' rate: the near-duplicate merge moves them all
@@ -296,7 +84,7 @@ fn hostile_members_cannot_ratchet_honest_ones_down_with_near_duplicate_merges() 
     let liars = 4;
     let mut who: Vec<Who> = (0..honest).map(|_| Who::Honest(clean(500.0))).collect();
     who.extend((0..liars).map(|_| Who::Liar(Lie::Keeps)));
-    let mut arena = Arena::new(config, who);
+    let mut arena = Fluid::with(config, who);
     // 10 s: the honest members find their tier; the hostile ones keep theirs rising.
     for _ in 0..50 {
         arena.step();
@@ -307,16 +95,16 @@ fn hostile_members_cannot_ratchet_honest_ones_down_with_near_duplicate_merges() 
     for _ in 0..300 {
         // The attacker's moves, knowing every tier (an upper bound on what it learns).
         let h = arena.rate_of(0);
-        let honest_tier = arena.actors[0].tier;
+        let honest_tier = arena.members[0].tier;
         let liar_ids: Vec<usize> = (honest..honest + liars).collect();
         // On each tier one hostile member stays (with the honest members: holding their
         // tier); the others leave for tiers of their own, far below (2, 8, 32, 128 Mbit/s).
         for &l in &liar_ids {
-            let t = arena.actors[l].tier;
+            let t = arena.members[l].tier;
             let first = liar_ids
                 .iter()
                 .copied()
-                .find(|&m| arena.actors[m].tier == t)
+                .find(|&m| arena.members[m].tier == t)
                 .expect("itself");
             if first != l {
                 arena.lie(l, Lie::Lowers(2e6 * 4f64.powi(l as i32 - honest as i32)));
@@ -328,14 +116,14 @@ fn hostile_members_cannot_ratchet_honest_ones_down_with_near_duplicate_merges() 
             .iter()
             .copied()
             .filter(|&l| {
-                let t = arena.actors[l].tier;
-                t != honest_tier && arena.actors.iter().filter(|a| a.tier == t).count() == 1
+                let t = arena.members[l].tier;
+                t != honest_tier && arena.members.iter().filter(|a| a.tier == t).count() == 1
             })
             .collect();
         // With no room left, one free member brings its tier just under the honest one.
         let room = arena.tiers.len() < arena.config.tiers_allowed();
         for (k, &l) in free.iter().enumerate() {
-            let rate = arena.rate_of(l);
+            let rate = arena.rate_of(l as u64);
             let lie = if k == 0 && !room {
                 let want = h / 1.08;
                 if rate > 1.01 * want {
@@ -351,30 +139,15 @@ fn hostile_members_cannot_ratchet_honest_ones_down_with_near_duplicate_merges() 
             arena.lie(l, lie);
         }
         arena.step();
-        if arena.step.is_multiple_of(5) && std::env::var("ARENA_TRACE").is_ok() {
-            let tiers: Vec<(u64, Vec<u64>)> = arena
-                .tiers
-                .iter()
-                .enumerate()
-                .map(|(i, t)| {
-                    (
-                        t.rate() / 100_000,
-                        arena
-                            .actors
-                            .iter()
-                            .filter(|a| a.tier == i)
-                            .map(|a| a.id)
-                            .collect(),
-                    )
-                })
-                .collect();
+        if arena.steps.is_multiple_of(5) && std::env::var("ARENA_TRACE").is_ok() {
+            let tiers = arena.layout();
             let lies: Vec<Lie> = (honest..honest + liars)
-                .map(|l| match arena.actors[l].who {
+                .map(|l| match arena.members[l].who {
                     Who::Liar(lie) => lie,
                     Who::Honest(_) => unreachable!(),
                 })
                 .collect();
-            eprintln!("{} {tiers:?} {lies:?}", arena.step);
+            eprintln!("{} {tiers:?} {lies:?}", arena.steps);
         }
         lowest = lowest.min(arena.rate_of(0));
     }
@@ -438,15 +211,17 @@ fn random_lies_under_any_bounds_always_make_plans_the_endpoint_can_carry_out() {
                 _ => Who::Liar(Lie::Keeps),
             })
             .collect();
-        let mut arena = Arena::new(config, who);
+        let mut arena = Fluid::with(config, who);
         for _ in 0..1_000 {
             for id in 0..members {
-                if matches!(arena.actors[id].who, Who::Liar(_)) {
+                if matches!(arena.members[id].who, Who::Liar(_)) {
                     let lie = match rng.below(4) {
                         0 => Lie::Keeps,
                         1 => Lie::Freezes,
                         2 => Lie::Lowers(rng.below(100_000_000_000) as f64),
-                        _ => Lie::Lowers(arena.rate_of(id) * (0.5 + rng.below(60) as f64 / 100.0)),
+                        _ => Lie::Lowers(
+                            arena.rate_of(id as u64) * (0.5 + rng.below(60) as f64 / 100.0),
+                        ),
                     };
                     if rng.below(5) == 0 {
                         arena.lie(id, lie);
@@ -464,7 +239,7 @@ fn random_lies_under_any_bounds_always_make_plans_the_endpoint_can_carry_out() {
 /// Honest members only, in clusters of near capacities (5, 50-60, 100, 450-500 Mbit/s, some
 /// with 3 % noise), 2-4 tiers, a path changing every 5 s: how often does anyone move? At
 /// 1064f1f (with merges up barred like moves up): at most 16 moves in 60 s (2 of them up),
-/// 1.27 a member a minute; without the near-duplicate merge 14 and 0.96. (`ARENA_MOVES=<seed>`
+/// 1.27 a member a minute; without the near-duplicate merge 14 and 0.96. (`FLUID_MOVES=<seed>`
 /// prints that seed's moves.)
 #[test]
 fn honest_members_whose_paths_change_do_not_move_every_second() {
@@ -473,7 +248,7 @@ fn honest_members_whose_paths_change_do_not_move_every_second() {
     let mut total = (0u64, 0u64);
     for seed in 0..200u64 {
         let mut rng = SeededRng::from_u64(0xc0de + seed);
-        if std::env::var("ARENA_MOVES").is_ok_and(|s| s != seed.to_string()) {
+        if std::env::var("FLUID_MOVES").is_ok_and(|s| s != seed.to_string()) {
             continue;
         }
         let config = RateConfig {
@@ -490,43 +265,28 @@ fn honest_members_whose_paths_change_do_not_move_every_second() {
                 })
             })
             .collect();
-        let mut arena = Arena::new(config, who);
+        let mut arena = Fluid::with(config, who);
         for _ in 0..50 {
             arena.step();
         }
-        for a in &mut arena.actors {
+        for a in &mut arena.members {
             a.moves = 0;
             a.ups = 0;
         }
         for step in 0..300 {
             if step % 25 == 0 {
                 let id = rng.below(n as u64) as usize;
-                if let Who::Honest(ref mut p) = arena.actors[id].who {
+                if let Who::Honest(ref mut p) = arena.members[id].who {
                     p.capacity *= [0.7, 1.4, 0.9, 1.1][rng.below(4) as usize];
                 }
             }
             arena.step();
-            if std::env::var("ARENA_MOVES").is_ok() && step % 5 == 0 {
-                let tiers: Vec<(u64, Vec<u64>)> = arena
-                    .tiers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        (
-                            t.rate() / 100_000,
-                            arena
-                                .actors
-                                .iter()
-                                .filter(|a| a.tier == i)
-                                .map(|a| a.id)
-                                .collect(),
-                        )
-                    })
-                    .collect();
+            if std::env::var("FLUID_MOVES").is_ok() && step % 5 == 0 {
+                let tiers = arena.layout();
                 eprintln!("  {tiers:?}");
             }
         }
-        for a in &arena.actors {
+        for a in &arena.members {
             total.0 += u64::from(a.moves);
             total.1 += 1;
             if a.moves > worst.0 {

@@ -2,77 +2,6 @@
 //! moves up, near-duplicate merges), with hostile validated clients' Reports.
 
 use super::*;
-use crate::info::tests::sample_info;
-use crate::info::DATAGRAM_SIZE_MTU_1500;
-
-struct Files(FileInfo);
-
-impl FileLookup for Files {
-    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
-        if name == self.0.name {
-            Ok(self.0.clone())
-        } else {
-            Err((RejectCode::NotFound, format!("no file named {name:?}")))
-        }
-    }
-}
-
-fn at(ms: u64) -> Instant {
-    Instant::ZERO + Duration::from_millis(ms)
-}
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn adaptive_multicast() -> (Endpoint, Files) {
-    let mut config = EndpointConfig::new(addr("10.0.0.1:7700"));
-    config.adaptive = Some(RateConfig::default());
-    config.multicast = Some(MulticastGroups {
-        group_base: Ipv4Addr::new(239, 77, 1, 0),
-        port: 7701,
-    });
-    (
-        Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO),
-        Files(sample_info(1_000_000, DATAGRAM_SIZE_MTU_1500, 1)),
-    )
-}
-
-fn drain(endpoint: &mut Endpoint) {
-    while endpoint.poll_transmit().is_some() {}
-    while endpoint.poll_command().is_some() {}
-    while endpoint.poll_event().is_some() {}
-    endpoint.assert_invariants();
-}
-
-/// A validated multicast session of `client`, on the file's tier for newcomers.
-fn member(endpoint: &mut Endpoint, files: &mut Files, now: Instant, client: &str) -> SessionId {
-    let client = addr(client);
-    let request = ControlMessage::Request {
-        request_id: 1,
-        multicast_ok: true,
-        name: files.0.name.clone(),
-        hints: Default::default(),
-    }
-    .to_bytes();
-    endpoint.handle_control(now, client, &request, files);
-    let mut offer = None;
-    while let Some(t) = endpoint.poll_transmit() {
-        if let Ok(ControlMessage::Offer { session, token, .. }) = ControlMessage::parse(&t.bytes) {
-            offer = Some((session, token));
-        }
-    }
-    let (session, token) = offer.expect("an Offer");
-    let joined = ControlMessage::Joined {
-        session,
-        token,
-        transport: Transport::Multicast,
-    }
-    .to_bytes();
-    endpoint.handle_control(now, client, &joined, files);
-    drain(endpoint);
-    session
-}
 
 /// A report of 200 ms at `rate`: `lost_share` of what was sent lost.
 fn report_at(session: SessionId, rate: u64, lost_share: f64) -> Vec<u8> {
@@ -98,7 +27,7 @@ fn rate_of(endpoint: &Endpoint, session: SessionId) -> u64 {
 
 #[test]
 fn a_move_up_to_a_tier_a_merge_closes_in_the_same_step_does_not_crash_the_server() {
-    let (mut endpoint, mut files) = adaptive_multicast();
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
     let config = endpoint.rate_config().expect("adaptive");
     let name = files.0.name.clone();
     // Three tiers: 40 Mbit/s (a member that may go faster, and one that holds the tier back),
