@@ -1842,6 +1842,11 @@ impl Endpoint {
         if self.channels.len() >= self.config.channels_max {
             return None;
         }
+        // Its members are multicast ones: without a free group it could take nobody (it was
+        // opened and closed again at every control step, 20 times a second, each logged).
+        if self.config.multicast.is_some() && !self.group_slots_used.contains(&false) {
+            return None;
+        }
         let first = *self.tiers_by_name.get(file)?.first()?;
         let info = self.channels[&first].info.clone();
         let channel = self.open_channel(now, info, rate, ChannelKind::Moved(start));

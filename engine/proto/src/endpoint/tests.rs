@@ -831,6 +831,36 @@ fn move_the_slow_member(endpoint: &mut Endpoint, files: &mut Files) -> SlowMoved
     panic!("the slow client was not moved within 2 s");
 }
 
+/// Every multicast group in use (a server with 254 channels): a member that would move to a
+/// new tier stays where it is, and no tier is opened for nobody (one was opened and closed at
+/// every control step, 20 a second, each a log line and two data-plane commands).
+#[test]
+fn with_every_group_in_use_no_tier_is_opened_for_nobody() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let fast = member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
+    let slow = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
+    endpoint.group_slots_used.fill(true);
+    let opened_before = endpoint.counters().channels_opened;
+    for step in 1..=20u64 {
+        report_both(
+            &mut endpoint,
+            &mut files,
+            at(step * 200),
+            (fast, slow),
+            (1_700, 15_300),
+        );
+        let (_, commands) = drain(&mut endpoint);
+        assert!(
+            !commands
+                .iter()
+                .any(|c| matches!(c, DataCommand::OpenChannel { .. })),
+            "step {step}: a channel started: {commands:?}"
+        );
+    }
+    assert_eq!(endpoint.counters().channels_opened, opened_before);
+    assert_eq!(endpoint.channels.len(), 1, "the one tier, nothing else");
+}
+
 #[test]
 fn a_nak_sent_before_the_client_heard_of_its_move_is_not_repaired_on_the_new_tier() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
