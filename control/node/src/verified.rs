@@ -430,7 +430,10 @@ pub fn check_directory(
             dir.join(RECORDS_FILE).display()
         )
     };
-    for path in files {
+    let count = files.len();
+    let mut unsaved = false;
+    let mut saved_at = std::time::Instant::now();
+    for (index, path) in files.into_iter().enumerate() {
         let started = std::time::Instant::now();
         let mut bytes = 0;
         let mut skipped = false;
@@ -459,11 +462,17 @@ pub fn check_directory(
         }
         // A skipped archive changed no record: no write (a save stats every record and syncs,
         // so saving after each skip made --skip-recorded quadratic in the archives, and it
-        // failed in a media directory it had no need to write).
-        if !skipped {
+        // failed in a media directory it had no need to write). The others are saved at most
+        // every `SAVE_EVERY` and after the last (after each, a full check of many small
+        // archives was quadratic too); an interrupted check loses at most that much.
+        unsaved |= !skipped;
+        let last = index + 1 == count;
+        if unsaved && (last || saved_at.elapsed() >= SAVE_EVERY) {
             if let Err(error) = records.save() {
                 save_error.get_or_insert(save_failed(error));
             }
+            unsaved = false;
+            saved_at = std::time::Instant::now();
         }
         let checked = Checked {
             file: file_name(&path).unwrap_or("?").to_owned(),
@@ -480,6 +489,9 @@ pub fn check_directory(
         None => Ok(outcomes),
     }
 }
+
+/// `check_directory` saves its records at most this often (and after the last archive).
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn file_name(path: &Path) -> Option<&str> {
     path.file_name().and_then(|n| n.to_str())
