@@ -405,7 +405,8 @@ impl std::fmt::Display for CheckFailure {
 
 /// `loopcastd check`: every `*.lca` archive of `dir` hashed whole against the root its header
 /// names, in name order, across all cores; each good one recorded (the records are written
-/// after every archive hashed, so an interrupted check keeps what it did), each bad one forgotten.
+/// at most every `SAVE_EVERY` and after the last archive, so an interrupted check keeps all but
+/// its last second's work), each bad one forgotten.
 /// `each` hears of every archive as it is done. With `skip_recorded`, an archive whose record
 /// still vouches for it (same size, device, inode, mtime and ctime as when it was checked) is
 /// not hashed again (`Checked::skipped`). The error is the directory's, or the records file's
