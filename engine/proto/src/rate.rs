@@ -609,6 +609,17 @@ impl TierControl {
         }
     }
 
+    /// Slow start ends at this rate, remembered as where members lose (the rate stays).
+    fn found_loss(&mut self, config: &RateConfig, now: Instant) {
+        self.slow_start = false;
+        self.from_floor = false;
+        self.rising = false;
+        self.clean_increases = 0;
+        self.near_increases = 0;
+        self.loss_rate = Some((self.rate, now));
+        self.settled_at = now + config.settle;
+    }
+
     /// Down to 90 % of `capacity`, what reached the members. Measured under the heavy overload
     /// of a first probe (`heavy`: most of the rate lost, out of slow start) that is only a floor (a shallow queue overflowing in
     /// bursts passes less than its link's rate), so it is not remembered as where they lose:
@@ -862,6 +873,13 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                         relief: true,
                     });
                 }
+            }
+            // A tier still doubling whose members lose here and have nowhere to go has found
+            // where they lose: it stops doubling there (held in slow start, the members that
+            // keep up never moved up, `climbs`, and those that lose stayed losing: fleet
+            // simulation seed 40, 37 50 Mbit/s clients on a 55 Mbit/s tier for good).
+            if tier.control.slow_start && settled_clear && moved < movable.len() {
+                tier.control.found_loss(config, now);
             }
             // Some keep up, or some only just lost (they may be congested next report): the
             // rate holds. Else everyone left lost: the best of them sets the rate.
