@@ -112,13 +112,7 @@ pub fn a_checked_archive_is_served_without_a_second_hash_but_a_changed_one_is_ha
     write_content(&input, 4 << 20, 23);
     let original = std::fs::read(&input).unwrap();
     pack_into(&input, &media, &["--no-encrypt"]);
-    let check = || {
-        Command::new(bin("loopcastd"))
-            .args(["check", "--media"])
-            .arg(&media)
-            .output()
-            .unwrap()
-    };
+    let check = || loopcastd_check(&media, &[]).output().unwrap();
     let checked = check();
     assert!(checked.status.success(), "{checked:?}");
     assert!(String::from_utf8_lossy(&checked.stdout).contains("film.bin.lca: verified"));

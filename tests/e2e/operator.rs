@@ -48,12 +48,8 @@ pub fn check_of_an_empty_media_directory_says_it_found_no_archives() {
     let media = scratch.path("media");
     std::fs::create_dir_all(&media).unwrap();
     let check = |dir: &std::path::Path, json: bool| {
-        let mut command = Command::new(bin("loopcastd"));
-        command.args(["check", "--media"]).arg(dir);
-        if json {
-            command.arg("--json");
-        }
-        command.output().unwrap()
+        let extra: &[&str] = if json { &["--json"] } else { &[] };
+        loopcastd_check(dir, extra).output().unwrap()
     };
     for json in [false, true] {
         let output = check(&media, json);
@@ -92,11 +88,7 @@ pub fn check_that_cannot_record_still_counts_the_corrupt_archive() {
     bytes[middle] ^= 0x10;
     std::fs::write(&damaged, &bytes).unwrap();
     std::fs::create_dir(media.join(".loopcast-verified")).unwrap();
-    let output = Command::new(bin("loopcastd"))
-        .args(["check", "--media"])
-        .arg(&media)
-        .output()
-        .unwrap();
+    let output = loopcastd_check(&media, &[]).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
@@ -121,11 +113,7 @@ pub fn a_record_made_stale_by_a_chmod_is_named_in_the_servers_log() {
     let input = scratch.path("film.bin");
     write_content(&input, 1 << 20, 9);
     pack_into(&input, &media, &["--no-encrypt"]);
-    run_ok(
-        Command::new(bin("loopcastd"))
-            .args(["check", "--media"])
-            .arg(&media),
-    );
+    run_ok(&mut loopcastd_check(&media, &[]));
     let archive = media.join("film.bin.lca");
     let mode = std::fs::metadata(&archive).unwrap().permissions();
     std::thread::sleep(Duration::from_millis(20));
@@ -164,14 +152,7 @@ pub fn check_skip_recorded_hashes_only_new_or_changed_archives() {
         write_content(&input, 1 << 20, seed);
         pack_into(&input, &media, &["--no-encrypt"]);
     };
-    let check = |extra: &[&str]| {
-        Command::new(bin("loopcastd"))
-            .args(["check", "--media"])
-            .arg(&media)
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let check = |extra: &[&str]| loopcastd_check(&media, extra).output().unwrap();
     let lines = |output: &std::process::Output| -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&output.stdout)
             .lines()
@@ -242,11 +223,7 @@ pub fn check_skip_recorded_of_unchanged_media_writes_no_records() {
         write_content(&input, 1 << 20, seed);
         pack_into(&input, &media, &["--no-encrypt"]);
     }
-    run_ok(
-        Command::new(bin("loopcastd"))
-            .args(["check", "--media"])
-            .arg(&media),
-    );
+    run_ok(&mut loopcastd_check(&media, &[]));
     let records = media.join(".loopcast-verified");
     // A rewrite is a new file renamed over the old one: a new change time (the inode number
     // alone may be the freed one reused).
@@ -257,11 +234,7 @@ pub fn check_skip_recorded_of_unchanged_media_writes_no_records() {
     };
     let before = stamp(&records);
     std::thread::sleep(Duration::from_millis(20));
-    let output = run_ok(
-        Command::new(bin("loopcastd"))
-            .args(["check", "--skip-recorded", "--media"])
-            .arg(&media),
-    );
+    let output = run_ok(&mut loopcastd_check(&media, &["--skip-recorded"]));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(stdout.matches(": skipped").count(), 2, "{stdout}");
     assert_eq!(
@@ -282,11 +255,7 @@ pub fn check_json_that_cannot_record_still_ends_with_a_summary() {
     write_content(&input, 1 << 20, 23);
     pack_into(&input, &media, &["--no-encrypt"]);
     std::fs::create_dir(media.join(".loopcast-verified")).unwrap();
-    let output = Command::new(bin("loopcastd"))
-        .args(["check", "--json", "--media"])
-        .arg(&media)
-        .output()
-        .unwrap();
+    let output = loopcastd_check(&media, &["--json"]).output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last: serde_json::Value =

@@ -235,6 +235,13 @@ pub fn run_ok(command: &mut Command) -> Output {
     output
 }
 
+/// `loopcastd check --media MEDIA EXTRA...`, to run as the test needs (`.output()`, `run_ok`).
+pub fn loopcastd_check(media: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(bin("loopcastd"));
+    command.args(["check", "--media"]).arg(media).args(extra);
+    command
+}
+
 pub fn json_of(output: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
