@@ -145,10 +145,10 @@ fn is_plain_file_name(name: &str) -> bool {
 pub struct VerifiedRecords {
     dir: PathBuf,
     by_file: HashMap<String, Stamp>,
-    /// (length, inode, mtime, ctime) of the records file when read: `refresh` reads it again
-    /// only when that changes (`loopcastd check` ran while the server serves). The ctime too,
-    /// because a rewrite of the same length can reuse the old file's inode number.
-    seen: Option<(u64, u64, i64, i64, i64, i64)>,
+    /// The records file as it was when read: `refresh` reads it again only when that changes
+    /// (`loopcastd check` ran while the server serves). The ctime too, because a rewrite of
+    /// the same length can reuse the old file's inode number.
+    seen: Option<OnDisk>,
     /// Lines that did not parse at the last read.
     pub malformed: usize,
     /// This process's records and removals not yet saved: `save` applies them to the file
@@ -190,15 +190,8 @@ impl VerifiedRecords {
                 return;
             }
         };
-        let seen = (
-            metadata.len(),
-            metadata.ino(),
-            metadata.mtime(),
-            metadata.mtime_nsec(),
-            metadata.ctime(),
-            metadata.ctime_nsec(),
-        );
-        if self.seen == Some(seen) {
+        let seen = OnDisk::of(&metadata);
+        if self.seen.as_ref() == Some(&seen) {
             return;
         }
         self.seen = Some(seen);
@@ -347,14 +340,7 @@ impl VerifiedRecords {
         written?;
         self.changes.clear();
         if let Ok(metadata) = std::fs::symlink_metadata(&path) {
-            self.seen = Some((
-                metadata.len(),
-                metadata.ino(),
-                metadata.mtime(),
-                metadata.mtime_nsec(),
-                metadata.ctime(),
-                metadata.ctime_nsec(),
-            ));
+            self.seen = Some(OnDisk::of(&metadata));
         }
         Ok(())
     }
