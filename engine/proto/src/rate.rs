@@ -907,19 +907,14 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         }
     }
     // Merges: a tier that rose near the next faster one joins it (noisy members stay).
-    let no_room = rates.iter().flatten().count() + new_tiers.len() >= tiers_allowed;
+    let no_room = !has_room(&rates, &new_tiers, tiers_allowed);
     let mut order: Vec<usize> = (0..tiers.len()).filter(|&i| !tiers[i].solo).collect();
     order.sort_by_key(|&i| tiers[i].control.rate);
     for pair in order.windows(2) {
         let (slow, fast) = (pair[0], pair[1]);
         let slow_rate = tiers[slow].control.rate as f64;
         let fast_rate = tiers[fast].control.rate as f64;
-        if moves.iter().any(|m| {
-            m.from == slow
-                || m.from == fast
-                || m.to == Target::Tier(slow)
-                || m.to == Target::Tier(fast)
-        }) {
+        if touches(&moves, slow) || touches(&moves, fast) {
             continue;
         }
         // Two tiers this close with no room for another: one too many (members that could go
@@ -992,7 +987,6 @@ fn climbs(
     new_tiers: &mut Vec<(u64, TierStart)>,
     moves: &mut Vec<Move>,
 ) {
-    let shared = rates.iter().flatten().count();
     for (index, tier) in tiers.iter().enumerate() {
         let control = &tier.control;
         let rate = control.rate;
@@ -1007,10 +1001,7 @@ fn climbs(
             continue;
         }
         // A tier whose membership this plan already changes is judged again next time.
-        if moves
-            .iter()
-            .any(|m| m.from == index || m.to == Target::Tier(index))
-        {
+        if touches(moves, index) {
             continue;
         }
         let near_its_path = |estimate: &PathEstimate| {
@@ -1060,7 +1051,7 @@ fn climbs(
         }
         let to_rate = match next_faster {
             Some((_, faster_rate)) => faster_rate,
-            None if shared + new_tiers.len() < config.tiers_allowed() => {
+            None if has_room(rates, new_tiers, config.tiers_allowed()) => {
                 config.clamp(2.0 * rate as f64)
             }
             None => continue,
@@ -1091,6 +1082,19 @@ fn climbs(
             relief: false,
         }));
     }
+}
+
+/// Whether the file may open another tier: its shared tiers (`rates`) and those this plan
+/// opens (`new_tiers`) are fewer than `tiers_allowed`.
+fn has_room(rates: &[Option<u64>], new_tiers: &[(u64, TierStart)], tiers_allowed: usize) -> bool {
+    rates.iter().flatten().count() + new_tiers.len() < tiers_allowed
+}
+
+/// Whether a move in `moves` leaves tier `tier` or goes to it.
+fn touches(moves: &[Move], tier: usize) -> bool {
+    moves
+        .iter()
+        .any(|m| m.from == tier || m.to == Target::Tier(tier))
 }
 
 /// Whether a member has stayed on its tier long enough to move again (hysteresis).
@@ -1138,8 +1142,7 @@ fn choose_slower(
             return Some(target);
         }
     }
-    let shared = rates.iter().flatten().count();
-    if shared + new_tiers.len() < tiers_allowed && target_rate < from_rate {
+    if has_room(rates, new_tiers, tiers_allowed) && target_rate < from_rate {
         let rate = config.clamp(target_rate);
         let start = if probe {
             TierStart::Floor
