@@ -1010,20 +1010,25 @@ fn a_member_that_gets_most_of_the_rate_is_not_sent_to_a_far_slower_tier() {
 /// A member's estimate after `reports` settled reports at `rate`, each losing `lost_share`.
 fn settled_reports(config: &RateConfig, rate: u64, lost_share: f64, reports: u32) -> PathEstimate {
     let mut estimate = PathEstimate::default();
-    let per_report = rate as f64 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
     for _ in 0..reports {
-        estimate.observe(
-            config,
-            ((1.0 - lost_share) * per_report) as u32,
-            (lost_share * per_report) as u32,
-            STEP,
-            DATAGRAM_BITS,
-            rate,
-            None,
-            Counts::Settled,
-        );
+        settled_report(&mut estimate, config, rate, lost_share);
     }
     estimate
+}
+
+/// One settled report of `STEP` at `rate`, losing `lost_share` of it.
+fn settled_report(estimate: &mut PathEstimate, config: &RateConfig, rate: u64, lost_share: f64) {
+    let per_report = rate as f64 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
+    estimate.observe(
+        config,
+        ((1.0 - lost_share) * per_report) as u32,
+        (lost_share * per_report) as u32,
+        STEP,
+        DATAGRAM_BITS,
+        rate,
+        None,
+        Counts::Settled,
+    );
 }
 
 #[test]

@@ -6,17 +6,7 @@ use super::*;
 /// A member with one lossy report after clean ones: it just lost (not yet congested).
 fn just_lost(config: &RateConfig, rate: u64) -> PathEstimate {
     let mut estimate = settled_reports(config, rate, 0.0, 3);
-    let per_report = rate as f64 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
-    estimate.observe(
-        config,
-        (0.7 * per_report) as u32,
-        (0.3 * per_report) as u32,
-        STEP,
-        DATAGRAM_BITS,
-        rate,
-        None,
-        Counts::Settled,
-    );
+    settled_report(&mut estimate, config, rate, 0.3);
     assert_eq!(estimate.congested_streak, 1);
     estimate
 }
