@@ -560,6 +560,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
                 "naks_sent": report["naks_sent"],
                 "serials_naked": report["serials_naked"],
                 "serials_suppressed": report["serials_suppressed"],
+                "serials_left_to_loop": report["serials_left_to_loop"],
                 "receiver_counters": report["receiver"],
             }),
         ));

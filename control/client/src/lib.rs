@@ -126,6 +126,9 @@ pub struct GetReport {
     pub serials_naked: u64,
     /// Serials not asked for because another receiver had just asked (R10 suppression).
     pub serials_suppressed: u64,
+    /// Serials not asked for because this client was losing most of what its tier sent: left
+    /// for the loop to bring ([`loopcast_proto::nak::NakPlanner::is_overloaded`]).
+    pub serials_left_to_loop: u64,
     /// The speed tier the server last put this client on (R11), and how often it moved.
     pub tier: Option<loopcast_proto::client::TierInfo>,
     pub tier_moves: u64,
@@ -656,6 +659,7 @@ pub fn get_following(
         naks_sent: download.nak.naks_sent(),
         serials_naked: download.nak.serials_naked(),
         serials_suppressed: download.nak.serials_suppressed(),
+        serials_left_to_loop: download.nak.serials_left_to_loop(),
         tier: session.tier(),
         tier_moves: session.moves(),
         rtt: session.rtt(),

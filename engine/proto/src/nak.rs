@@ -10,6 +10,13 @@
 //! later is asked for again (a repair can be lost too, typically in the same overload that lost
 //! the original). Past that bound, the loop itself brings a serial round again.
 //!
+//! A receiver that loses much of what goes by (more than `OVERLOAD_LOSS_PERCENT` of the recent
+//! scan) asks for nothing the scan finds and re-asks nothing: its tier is faster than its path,
+//! the server moves it (R11), and every repair would take the tier's repair share to send it
+//! what its path then cannot carry, and arrive again with the loop (a 50 Mbit/s receiver that
+//! started on a 4 Gbit/s tier asked 69,098 serials of a 24,388-serial loop and received 6,904
+//! duplicates). Those gaps are left to the loop; play asks (R13) still go out.
+//!
 //! Datagrams that arrive out of loop order (repairs, reordering) never move the frontier
 //! backwards: a serial counts as "ahead" only if it is less than half a loop past the frontier.
 //!
@@ -80,6 +87,19 @@ const PENDING_SLACK: u32 = 16;
 const UNVERIFIED_AFTER_QUIET: Duration = Duration::from_millis(50);
 /// The progress window is at least twice this (see [`NakPlanner::is_progress`]).
 const PROGRESS_WINDOW_MIN: u32 = 64;
+/// A receiver missing more than this share of the recent scan is overloaded: it asks nothing
+/// the scan finds (see the module doc). Above a tier's rate by a few percent, a path loses a
+/// few percent; a receiver ever further above its path loses ever more.
+const OVERLOAD_LOSS_PERCENT: u64 = 25;
+/// The recent scan: serials looked at, halved (with those missing) past twice this and every
+/// `OVERLOAD_HALF_LIFE`; the verdict waits for at least this many (so on a tier slower than
+/// about 1,000 datagrams a second, 12 Mbit/s, there is none: its receivers ask as before).
+const OVERLOAD_SCAN: u64 = 512;
+/// What the scan found this long ago counts half: a receiver whose tier slowed down to its
+/// path asks again within a second, however much it lost before (counted by serials alone,
+/// a 5 Mbit/s receiver that had been on a 1 Gbit/s tier asked nothing for 2.7 s, and waited a
+/// loop for what it lost meanwhile: 1,082 duplicates of a 3,050-serial file).
+const OVERLOAD_HALF_LIFE: Duration = Duration::from_millis(250);
 
 impl Default for NakConfig {
     fn default() -> NakConfig {
@@ -157,9 +177,15 @@ pub struct NakPlanner {
     play_asked: VecDeque<(u32, u32, Instant)>,
     play_serials: u64,
     random: u64,
+    /// The recent scan (see `OVERLOAD_SCAN`): serials looked at, and how many were missing.
+    scan_recent: u64,
+    scan_recent_missing: u64,
+    /// When the recent scan was last halved for its age.
+    scan_halved_at: Option<Instant>,
     naks_sent: u64,
     serials_naked: u64,
     serials_suppressed: u64,
+    serials_left_to_loop: u64,
 }
 
 impl NakPlanner {
@@ -194,9 +220,13 @@ impl NakPlanner {
             play_asked: VecDeque::new(),
             play_serials: 0,
             random: config.random_seed | 1,
+            scan_recent: 0,
+            scan_recent_missing: 0,
+            scan_halved_at: None,
             naks_sent: 0,
             serials_naked: 0,
             serials_suppressed: 0,
+            serials_left_to_loop: 0,
         }
     }
 
@@ -437,6 +467,38 @@ impl NakPlanner {
             *bits = Bitmap::new(self.seen.len());
         }
         self.play_asked.clear();
+        self.forget_scan();
+    }
+
+    fn forget_scan(&mut self) {
+        self.scan_recent = 0;
+        self.scan_recent_missing = 0;
+        self.scan_halved_at = None;
+    }
+
+    /// Whether the recent scan found more than `OVERLOAD_LOSS_PERCENT` missing (over at least
+    /// `OVERLOAD_SCAN` serials): see the module doc.
+    pub fn is_overloaded(&self) -> bool {
+        self.scan_recent >= OVERLOAD_SCAN
+            && self.scan_recent_missing * 100 > self.scan_recent * OVERLOAD_LOSS_PERCENT
+    }
+
+    /// The scan looked at `scanned` more serials at `now`, `missing` of them not held.
+    fn scanned(&mut self, scanned: u32, missing: u32, now: Instant) {
+        debug_assert!(missing <= scanned, "{missing} missing of {scanned} scanned");
+        let halved_at = *self.scan_halved_at.get_or_insert(now);
+        let mut halvings =
+            now.saturating_since(halved_at).as_nanos() / OVERLOAD_HALF_LIFE.as_nanos();
+        if halvings > 0 {
+            self.scan_halved_at = Some(now);
+        }
+        self.scan_recent += u64::from(scanned);
+        self.scan_recent_missing += u64::from(missing);
+        while (halvings > 0 || self.scan_recent > 2 * OVERLOAD_SCAN) && self.scan_recent > 0 {
+            halvings = halvings.saturating_sub(1);
+            self.scan_recent /= 2;
+            self.scan_recent_missing /= 2;
+        }
     }
 
     /// Whether `serial`, arriving at `now`, is the loop's progress: it moves the frontier, and
@@ -629,8 +691,17 @@ impl NakPlanner {
     /// serials asked take seconds, and asking them again every repair timeout (100 ms) queued
     /// each again behind itself, so most of what arrived were duplicates (a 5 Mbit/s receiver
     /// of a 32 MiB file: 38,873 duplicates and 18.7 million serials asked).
+    ///
+    /// A rate well below the last one starts the overload verdict afresh: what was lost at the
+    /// old rate says nothing of the new one.
     pub fn set_loop_rate(&mut self, datagrams_per_s: Option<f64>) {
-        self.loop_rate = datagrams_per_s.filter(|rate| rate.is_finite() && *rate > 0.0);
+        let rate = datagrams_per_s.filter(|rate| rate.is_finite() && *rate > 0.0);
+        if let (Some(old), Some(new)) = (self.loop_rate, rate) {
+            if new < 0.8 * old {
+                self.forget_scan();
+            }
+        }
+        self.loop_rate = rate;
     }
 
     /// Remembers `first .. first + count` as asked now (by us or another receiver): due to be
@@ -763,13 +834,18 @@ impl NakPlanner {
         self.append_play(&mut ranges, now);
         let play_ranges = ranges.len();
         // First what was asked before (by us or others) and is still missing after the repair
-        // timeout.
+        // timeout; nothing, if this receiver loses most of what goes by (the loop brings it).
+        let overloaded = self.is_overloaded();
         while let Some(&(first, count, due)) = self.outstanding.front() {
             if now < due || ranges.len() == NAK_RANGES_MAX {
                 break;
             }
             self.outstanding.pop_front();
             self.outstanding_serials -= u64::from(count);
+            if overloaded {
+                self.serials_left_to_loop += u64::from(count);
+                continue;
+            }
             let stopped = self.append_missing(&mut ranges, first, count, now);
             if stopped < first + count {
                 // No room left in this NAK: the rest waits at the front for the next one.
@@ -786,6 +862,10 @@ impl NakPlanner {
                 self.waiting.push_back((first, count, ask_at));
                 continue;
             }
+            if overloaded {
+                self.serials_left_to_loop += u64::from(count);
+                continue;
+            }
             let stopped = self.append_missing(&mut ranges, first, count, now);
             if stopped < first + count {
                 self.waiting
@@ -799,9 +879,11 @@ impl NakPlanner {
             Some(_) => NAK_RANGES_MAX.min(OUTSTANDING_MAX - self.waiting.len()),
         };
         let mut scanned = 0u32;
+        let mut missing = 0u32;
         while scanned < gone_by {
             let serial = self.cursor;
             if !self.seen.get(serial) {
+                missing += 1;
                 // Ranges never wrap: one ending at the loop's end cannot be extended by 0.
                 let extends = found
                     .last()
@@ -809,6 +891,7 @@ impl NakPlanner {
                 if extends {
                     found.last_mut().expect("checked").1 += 1;
                 } else if found.len() >= found_max {
+                    missing -= 1;
                     break;
                 } else {
                     found.push((serial, 1));
@@ -821,6 +904,11 @@ impl NakPlanner {
             } else {
                 serial + 1
             };
+        }
+        self.scanned(scanned, missing, now);
+        if self.is_overloaded() {
+            self.serials_left_to_loop += found.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
+            found.clear();
         }
         match self.config.suppression_delay {
             None => {
@@ -866,6 +954,12 @@ impl NakPlanner {
     /// Serials not asked for because another receiver had just asked for them.
     pub fn serials_suppressed(&self) -> u64 {
         self.serials_suppressed
+    }
+
+    /// Serials not asked for (or not asked again) because this receiver was losing most of
+    /// what went by ([`NakPlanner::is_overloaded`]): left for the loop to bring.
+    pub fn serials_left_to_loop(&self) -> u64 {
+        self.serials_left_to_loop
     }
 }
 
@@ -968,6 +1062,118 @@ mod tests {
             None,
             "all repaired"
         );
+    }
+
+    #[test]
+    fn a_receiver_losing_most_of_the_loop_leaves_it_to_the_loop_and_asks_again_once_it_keeps_up() {
+        let mut nak = planner(20_000, 0);
+        let mut now = Instant::ZERO;
+        let mut asked = 0u64;
+        let poll = |nak: &mut NakPlanner, now: &mut Instant| {
+            *now = *now + Duration::from_millis(10);
+            let ranges = nak.poll_nak(*now).unwrap_or_default();
+            ranges.iter().map(|&(_, n)| u64::from(n)).sum::<u64>()
+        };
+        // A tier far too fast: one serial in ten arrives.
+        for serial in 0..4000u32 {
+            if serial % 10 == 0 {
+                nak.saw(serial, Instant::ZERO);
+            }
+            if serial % 100 == 99 {
+                asked += poll(&mut nak, &mut now);
+            }
+        }
+        assert!(nak.is_overloaded());
+        assert!(
+            asked <= 2 * OVERLOAD_SCAN,
+            "only what went by before the verdict is asked: {asked} of 3,600 missing"
+        );
+        // All but the nine after the last arrival (not yet gone by).
+        assert_eq!(nak.serials_left_to_loop(), 3591 - asked);
+        // Moved to a tier its path takes: everything arrives but serial 9,000.
+        let mut asked_again = Vec::new();
+        for serial in 4000..10_000u32 {
+            if serial != 9000 {
+                nak.saw(serial, Instant::ZERO);
+            }
+            if serial % 100 == 99 {
+                now = now + Duration::from_millis(10);
+                asked_again.extend(nak.poll_nak(now).unwrap_or_default());
+            }
+        }
+        assert!(!nak.is_overloaded());
+        assert_eq!(asked_again, vec![(9000, 1)], "the lone loss is asked for");
+    }
+
+    /// Overloaded: one serial in ten of 0..4,000 arrived, polled every 100 serials.
+    fn overloaded(nak: &mut NakPlanner, now: &mut Instant) {
+        for serial in 0..4000u32 {
+            if serial % 10 == 0 {
+                nak.saw(serial, Instant::ZERO);
+            }
+            if serial % 100 == 99 {
+                *now = *now + Duration::from_millis(1);
+                nak.poll_nak(*now);
+            }
+        }
+        assert!(nak.is_overloaded());
+    }
+
+    /// After an overload, serials `from..to` arrive but `lost`, polled every 10 serials `step`
+    /// apart; returns what was asked.
+    fn keeping_up(
+        nak: &mut NakPlanner,
+        now: &mut Instant,
+        (from, to, lost): (u32, u32, u32),
+        step: Duration,
+    ) -> Vec<(u32, u32)> {
+        let mut asked = Vec::new();
+        for serial in from..to {
+            if serial != lost {
+                nak.saw(serial, Instant::ZERO);
+            }
+            if serial % 10 == 9 {
+                *now = *now + step;
+                asked.extend(nak.poll_nak(*now).unwrap_or_default());
+            }
+        }
+        asked
+    }
+
+    #[test]
+    fn a_tier_that_slows_down_to_the_path_lets_its_receiver_ask_again_at_once() {
+        let mut nak = planner(20_000, 0);
+        let mut now = Instant::ZERO;
+        nak.set_loop_rate(Some(100_000.0));
+        overloaded(&mut nak, &mut now);
+        // The tier's rate falls to what the path takes: a loss just after is asked for, not
+        // left to the next pass of a slow loop.
+        nak.set_loop_rate(Some(400.0));
+        let step = Duration::from_millis(10);
+        let asked = keeping_up(&mut nak, &mut now, (4000, 4100, 4050), step);
+        // (3,991..4,000: the overload's last, not yet scanned when the rate fell.)
+        assert_eq!(asked, vec![(3991, 9), (4050, 1)]);
+    }
+
+    #[test]
+    fn an_overload_long_past_no_longer_stops_asks() {
+        let mut nak = planner(20_000, 0);
+        let mut now = Instant::ZERO;
+        overloaded(&mut nak, &mut now);
+        // 400 serials in a second, all but one: by then the overload counts for little.
+        // (3,991..4,000, the overload's last, were scanned and left to the loop before.)
+        let step = Duration::from_millis(25);
+        let asked = keeping_up(&mut nak, &mut now, (4000, 4400, 4350), step);
+        assert!(!nak.is_overloaded());
+        assert_eq!(asked, vec![(4350, 1)]);
+        // The same 400 serials within 400 ms are not enough.
+        let mut nak = planner(20_000, 0);
+        let mut now = Instant::ZERO;
+        overloaded(&mut nak, &mut now);
+        let step = Duration::from_millis(10);
+        let asked = keeping_up(&mut nak, &mut now, (4000, 4400, 4350), step);
+        assert!(nak.is_overloaded());
+        assert_eq!(asked, vec![]);
     }
 
     #[test]
@@ -1609,14 +1815,17 @@ mod tests {
             }
         }
 
-        /// Whatever arrives, over passes of the loop every serial that never arrived is asked
-        /// for, no held serial is ever asked for, and ranges are non-empty, in the loop, bounded.
+        /// Whatever arrives short of an overload, over passes of the loop every serial that
+        /// never arrived is asked for, no held serial is ever asked for, and ranges are
+        /// non-empty, in the loop, bounded.
         #[test]
         fn every_lost_serial_is_asked_and_nothing_held(
             loop_len in 1u32..2000,
             start in 0u32..2000,
-            lost in proptest::collection::vec(any::<bool>(), 2000),
+            lost in proptest::collection::vec(0u8..100, 2000),
+            loss_percent in 0u8..12,
         ) {
+            let lost: Vec<bool> = lost.iter().map(|&draw| draw < loss_percent).collect();
             let start = start % loop_len;
             // Loss bursts shorter than half the loop (a longer burst holds the frontier back
             // until the next pass), and the pass's last serial arrives.

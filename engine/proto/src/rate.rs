@@ -182,6 +182,9 @@ const REPORT_INTERVAL_MAX: Duration = Duration::from_secs(10);
 /// Loss above this in a report: the rate was far above the path, and what got through only a
 /// floor of what the path carries.
 const HEAVY_LOSS: f64 = 0.5;
+/// A report over an interval wholly at its tier's rate that received less than this share of
+/// what the tier sent lost the rest, whatever it counted (see [`PathEstimate::observe`]).
+const SENT_SHORTFALL: f64 = 0.25;
 /// A member whose noise floor is above this keeps its own tier (its repairs would burden
 /// others).
 const NOISY: f64 = 0.05;
@@ -281,6 +284,21 @@ impl PathEstimate {
         if let Some(rtt) = rtt.filter(|rtt| *rtt < Duration::from_secs(10)) {
             self.rtt = Some(rtt);
         }
+        // Far below its tier's rate, a client can place few gaps: most of what arrives waits
+        // for hash blocks that were lost too, and the loop may go round between two arrivals
+        // (a 5 Mbit/s receiver on a 1 Gbit/s tier reported 21 datagrams and no loss every
+        // 50 ms for 1.6 s). What the tier sent over the whole interval is known here: received
+        // under `SENT_SHORTFALL` of it, the rest was lost (a sender short of its nominal rate
+        // falls short by far less; with nothing received, the join may not have taken yet).
+        let sent = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
+        let lost = if counts == Counts::Settled
+            && received > 0
+            && f64::from(received) < SENT_SHORTFALL * sent
+        {
+            lost.max((sent - f64::from(received)).min(f64::from(u32::MAX)) as u32)
+        } else {
+            lost
+        };
         let total = u64::from(received) + u64::from(lost);
         if total == 0 {
             // Nothing arrived and nothing went by: no loss sample (e.g. the channel is idle).
@@ -621,10 +639,12 @@ impl TierControl {
     }
 
     /// Down to 90 % of `capacity`, what reached the members. Measured under the heavy overload
-    /// of a first probe (`heavy`: most of the rate lost, out of slow start) that is only a floor (a shallow queue overflowing in
-    /// bursts passes less than its link's rate), so it is not remembered as where they lose:
-    /// the rate rises from there by 10 % a step (and doubles again after a few) instead of
-    /// creeping near it.
+    /// of a first probe (`heavy`: most of the rate lost, out of slow start) that is only a
+    /// floor (a shallow queue overflowing in bursts passes less than its link's rate), so it is
+    /// not remembered as where they lose: the rate rises from there in a gentle slow start
+    /// (`FLOOR_STEP` a step, as [`TierControl::new_floor`]) until they lose, and that is where
+    /// the path is. (It rose by 10 % a step and then doubled: a 5 Mbit/s receiver's tier went
+    /// from 5.8 to 11.6 Mbit/s and it lost half of what was sent for 0.45 s.)
     fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64, heavy: bool) {
         // Only the first loss (out of slow start, far above the path) is read as a floor; a
         // heavy loss later (a probe that overshot, slow start resumed included) is where the
@@ -633,8 +653,8 @@ impl TierControl {
             && self.slow_start
             && !self.from_floor
             && self.clean_increases < RESUME_SLOW_START_AFTER;
-        self.slow_start = false;
-        self.from_floor = false;
+        self.slow_start = floor;
+        self.from_floor = floor;
         self.rising = false;
         self.clean_increases = 0;
         self.near_increases = 0;

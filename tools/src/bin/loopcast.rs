@@ -779,6 +779,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
                 "dropped": report.counters.dropped_total(), "duplicates": report.counters.duplicates,
                 "naks_sent": report.naks_sent, "serials_naked": report.serials_naked,
                 "serials_suppressed": report.serials_suppressed,
+                "serials_left_to_loop": report.serials_left_to_loop,
                 "first_datagram_seconds": report.first_datagram_after.map(|d| d.as_secs_f64()),
                 "publish_seconds": report.publish_time.as_secs_f64(),
                 "final_check_seconds": report.final_check_time.as_secs_f64(),
