@@ -12,10 +12,14 @@
 //!
 //! A receiver that loses much of what goes by (more than `OVERLOAD_LOSS_PERCENT` of the recent
 //! scan) asks for nothing the scan finds and re-asks nothing: its tier is faster than its path,
-//! the server moves it (R11), and every repair would take the tier's repair share to send it
-//! what its path then cannot carry, and arrive again with the loop (a 50 Mbit/s receiver that
-//! started on a 4 Gbit/s tier asked 69,098 serials of a 24,388-serial loop and received 6,904
-//! duplicates). Those gaps are left to the loop; play asks (R13) still go out.
+//! and every repair would take the tier's repair share to send it what its path then cannot
+//! carry (a 50 Mbit/s receiver that started on a 4 Gbit/s tier asked 69,098 serials of a
+//! 24,388-serial loop and received 6,904 duplicates). The gaps it finds wait. If it keeps up
+//! again on the same loop (a probe that overshot its path for a moment) and they are few (at
+//! most an eighth of the loop), it asks for them then: left to the loop, a 500 Mbit/s receiver
+//! waited almost a whole second pass for 2,000 serials. Else (its tier slowed to its path after
+//! it lost most of the loop, or it moved to another tier) the loop brings them, in order and
+//! without repairs that the loop would bring again. Play asks (R13) go out throughout.
 //!
 //! Datagrams that arrive out of loop order (repairs, reordering) never move the frontier
 //! backwards: a serial counts as "ahead" only if it is less than half a loop past the frontier.
@@ -95,6 +99,9 @@ const OVERLOAD_LOSS_PERCENT: u64 = 25;
 /// `OVERLOAD_HALF_LIFE`; the verdict waits for at least this many (so on a tier slower than
 /// about 1,000 datagrams a second, 12 Mbit/s, there is none: its receivers ask as before).
 const OVERLOAD_SCAN: u64 = 512;
+/// Gaps found while overloaded are asked for once it keeps up again only if they are at most
+/// this share of the loop (see the module doc).
+const DEFERRED_ASK_SHARE: u32 = 8;
 /// What the scan found this long ago counts half: a receiver whose tier slowed down to its
 /// path asks again within a second, however much it lost before (counted by serials alone,
 /// a 5 Mbit/s receiver that had been on a 1 Gbit/s tier asked nothing for 2.7 s, and waited a
@@ -186,6 +193,10 @@ pub struct NakPlanner {
     serials_naked: u64,
     serials_suppressed: u64,
     serials_left_to_loop: u64,
+    /// Gaps the scan found while overloaded, waiting for it to keep up again (see the module
+    /// doc), at most `OUTSTANDING_MAX`; and their serials.
+    deferred: VecDeque<(u32, u32)>,
+    deferred_serials: u64,
 }
 
 impl NakPlanner {
@@ -227,6 +238,8 @@ impl NakPlanner {
             serials_naked: 0,
             serials_suppressed: 0,
             serials_left_to_loop: 0,
+            deferred: VecDeque::new(),
+            deferred_serials: 0,
         }
     }
 
@@ -468,6 +481,13 @@ impl NakPlanner {
         }
         self.play_asked.clear();
         self.forget_scan();
+        self.leave_deferred_to_loop();
+    }
+
+    fn leave_deferred_to_loop(&mut self) {
+        self.serials_left_to_loop += self.deferred_serials;
+        self.deferred.clear();
+        self.deferred_serials = 0;
     }
 
     fn forget_scan(&mut self) {
@@ -907,8 +927,26 @@ impl NakPlanner {
         }
         self.scanned(scanned, missing, now);
         if self.is_overloaded() {
-            self.serials_left_to_loop += found.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
-            found.clear();
+            for (first, count) in found.drain(..) {
+                if self.deferred.len() < OUTSTANDING_MAX {
+                    self.deferred.push_back((first, count));
+                    self.deferred_serials += u64::from(count);
+                } else {
+                    self.serials_left_to_loop += u64::from(count);
+                }
+            }
+        } else if !self.deferred.is_empty() {
+            // Keeping up again: a few gaps from the overload are asked for (first, before what
+            // the scan just found), many are left to the loop.
+            if self.deferred_serials > u64::from(loop_len / DEFERRED_ASK_SHARE) {
+                self.leave_deferred_to_loop();
+            } else {
+                let room = found_max.saturating_sub(found.len());
+                let take = room.min(self.deferred.len());
+                let taken: Vec<(u32, u32)> = self.deferred.drain(..take).collect();
+                self.deferred_serials -= taken.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
+                found.splice(0..0, taken);
+            }
         }
         match self.config.suppression_delay {
             None => {
@@ -1066,7 +1104,7 @@ mod tests {
 
     #[test]
     fn a_receiver_losing_most_of_the_loop_leaves_it_to_the_loop_and_asks_again_once_it_keeps_up() {
-        let mut nak = planner(20_000, 0);
+        let mut nak = planner(16_000, 0);
         let mut now = Instant::ZERO;
         let mut asked = 0u64;
         let poll = |nak: &mut NakPlanner, now: &mut Instant| {
@@ -1088,9 +1126,9 @@ mod tests {
             asked <= 2 * OVERLOAD_SCAN,
             "only what went by before the verdict is asked: {asked} of 3,600 missing"
         );
-        // All but the nine after the last arrival (not yet gone by).
-        assert_eq!(nak.serials_left_to_loop(), 3591 - asked);
-        // Moved to a tier its path takes: everything arrives but serial 9,000.
+        // All but the nine after the last arrival (not yet gone by) wait.
+        assert_eq!(nak.deferred_serials, 3591 - asked);
+        // The tier slows to what its path takes: everything arrives but serial 9,000.
         let mut asked_again = Vec::new();
         for serial in 4000..10_000u32 {
             if serial != 9000 {
@@ -1103,6 +1141,41 @@ mod tests {
         }
         assert!(!nak.is_overloaded());
         assert_eq!(asked_again, vec![(9000, 1)], "the lone loss is asked for");
+        // What waited (with the nine, found later) is more than an eighth of the loop: the
+        // loop brings it.
+        assert_eq!(nak.serials_left_to_loop(), 3600 - asked);
+    }
+
+    #[test]
+    fn gaps_of_a_brief_overshoot_are_asked_for_once_the_receiver_keeps_up() {
+        let mut nak = planner(100_000, 0);
+        let mut now = Instant::ZERO;
+        let mut asked = Vec::new();
+        // Keeping up; then a probe overshoots its path and half of 2,000 serials are lost
+        // (every other one); then it keeps up again.
+        for serial in 0..12_000u32 {
+            let overshoot = (4000..6000).contains(&serial);
+            if !overshoot || serial % 2 == 0 {
+                nak.saw(serial, Instant::ZERO);
+            }
+            if serial % 100 == 99 {
+                now = now + Duration::from_millis(10);
+                asked.extend(nak.poll_nak(now).unwrap_or_default());
+            }
+            if serial == 5999 {
+                assert!(nak.is_overloaded(), "half lost");
+                assert!(nak.deferred_serials > 0, "what it finds now waits");
+            }
+        }
+        assert!(!nak.is_overloaded());
+        let lost: Vec<(u32, u32)> = (4000..6000)
+            .filter(|s| s % 2 == 1)
+            .map(|s| (s, 1))
+            .collect();
+        let mut asked_sorted = asked.clone();
+        asked_sorted.sort_unstable();
+        assert_eq!(asked_sorted, lost, "every loss of the overshoot, once");
+        assert_eq!(nak.serials_left_to_loop(), 0);
     }
 
     /// Overloaded: one serial in ten of 0..4,000 arrived, polled every 100 serials.
