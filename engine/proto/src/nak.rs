@@ -14,7 +14,8 @@
 //! scan) asks for nothing the scan finds and re-asks nothing: its tier is faster than its path,
 //! and every repair would take the tier's repair share to send it what its path then cannot
 //! carry (a 50 Mbit/s receiver that started on a 4 Gbit/s tier asked 69,098 serials of a
-//! 24,388-serial loop and received 6,904 duplicates). The gaps it finds wait. If it keeps up
+//! 24,388-serial loop and received 6,904 duplicates). The gaps it finds, and the asks that
+//! come due again, wait. If it keeps up
 //! again on the same loop (a probe that overshot its path for a moment) and they are few (at
 //! most an eighth of the loop), it asks for them then: left to the loop, a 500 Mbit/s receiver
 //! waited almost a whole second pass for 2,000 serials. Else (its tier slowed to its path after
@@ -193,9 +194,10 @@ pub struct NakPlanner {
     serials_naked: u64,
     serials_suppressed: u64,
     serials_left_to_loop: u64,
-    /// Gaps the scan found while overloaded, waiting for it to keep up again (see the module
-    /// doc), at most `OUTSTANDING_MAX`; and their serials.
-    deferred: VecDeque<(u32, u32)>,
+    /// Gaps found (or due to be asked again) while overloaded, waiting for it to keep up again
+    /// (see the module doc), at most `OUTSTANDING_MAX`: (first, count, missing when deferred);
+    /// and the sum of their missing.
+    deferred: VecDeque<(u32, u32, u32)>,
     deferred_serials: u64,
 }
 
@@ -482,6 +484,22 @@ impl NakPlanner {
         self.play_asked.clear();
         self.forget_scan();
         self.leave_deferred_to_loop();
+    }
+
+    /// `first .. first + count` waits for the overload to pass (what of it is still missing).
+    fn defer(&mut self, first: u32, count: u32) {
+        let missing = (first..first + count)
+            .filter(|&serial| !self.seen.get(serial))
+            .count() as u32;
+        if missing == 0 {
+            return;
+        }
+        if self.deferred.len() < OUTSTANDING_MAX {
+            self.deferred.push_back((first, count, missing));
+            self.deferred_serials += u64::from(missing);
+        } else {
+            self.serials_left_to_loop += u64::from(missing);
+        }
     }
 
     fn leave_deferred_to_loop(&mut self) {
@@ -863,7 +881,7 @@ impl NakPlanner {
             self.outstanding.pop_front();
             self.outstanding_serials -= u64::from(count);
             if overloaded {
-                self.serials_left_to_loop += u64::from(count);
+                self.defer(first, count);
                 continue;
             }
             let stopped = self.append_missing(&mut ranges, first, count, now);
@@ -883,7 +901,7 @@ impl NakPlanner {
                 continue;
             }
             if overloaded {
-                self.serials_left_to_loop += u64::from(count);
+                self.defer(first, count);
                 continue;
             }
             let stopped = self.append_missing(&mut ranges, first, count, now);
@@ -927,13 +945,8 @@ impl NakPlanner {
         }
         self.scanned(scanned, missing, now);
         if self.is_overloaded() {
-            for (first, count) in found.drain(..) {
-                if self.deferred.len() < OUTSTANDING_MAX {
-                    self.deferred.push_back((first, count));
-                    self.deferred_serials += u64::from(count);
-                } else {
-                    self.serials_left_to_loop += u64::from(count);
-                }
+            for (first, count) in std::mem::take(&mut found) {
+                self.defer(first, count);
             }
         } else if !self.deferred.is_empty() {
             // Keeping up again: a few gaps from the overload are asked for (first, before what
@@ -943,9 +956,12 @@ impl NakPlanner {
             } else {
                 let room = found_max.saturating_sub(found.len());
                 let take = room.min(self.deferred.len());
-                let taken: Vec<(u32, u32)> = self.deferred.drain(..take).collect();
-                self.deferred_serials -= taken.iter().map(|&(_, n)| u64::from(n)).sum::<u64>();
-                found.splice(0..0, taken);
+                let taken: Vec<(u32, u32, u32)> = self.deferred.drain(..take).collect();
+                self.deferred_serials -= taken.iter().map(|&(.., n)| u64::from(n)).sum::<u64>();
+                found.splice(
+                    0..0,
+                    taken.into_iter().map(|(first, count, _)| (first, count)),
+                );
             }
         }
         match self.config.suppression_delay {
@@ -1175,6 +1191,40 @@ mod tests {
         let mut asked_sorted = asked.clone();
         asked_sorted.sort_unstable();
         assert_eq!(asked_sorted, lost, "every loss of the overshoot, once");
+        assert_eq!(nak.serials_left_to_loop(), 0);
+    }
+
+    #[test]
+    fn a_repair_lost_in_an_overshoot_is_asked_again_once_the_receiver_keeps_up() {
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                reorder_margin: 0,
+                repair_timeout: Duration::from_millis(20),
+                ..NakConfig::default()
+            },
+            &Bitmap::new(100_000),
+        );
+        let mut now = Instant::ZERO;
+        let mut asked: Vec<u32> = Vec::new();
+        // Serial 3,000 is lost and asked for; then a probe overshoots (every other serial of
+        // 4,000..6,000 lost) and the repair of 3,000 is lost in it; then it keeps up again.
+        for serial in 0..12_000u32 {
+            let overshoot = (4000..6000).contains(&serial);
+            if serial != 3000 && (!overshoot || serial % 2 == 0) {
+                nak.saw(serial, Instant::ZERO);
+            }
+            if serial % 100 == 99 {
+                now = now + Duration::from_millis(10);
+                for (first, count) in nak.poll_nak(now).unwrap_or_default() {
+                    asked.extend(first..first + count);
+                }
+            }
+        }
+        let times = asked.iter().filter(|&&s| s == 3000).count();
+        assert!(
+            times >= 2,
+            "asked {times} times: once, then again after the overshoot"
+        );
         assert_eq!(nak.serials_left_to_loop(), 0);
     }
 
