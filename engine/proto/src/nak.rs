@@ -996,7 +996,12 @@ impl NakPlanner {
         match self.config.suppression_delay {
             None => {
                 for (first, count) in found {
-                    self.append_missing(&mut ranges, first, count, now);
+                    let stopped = self.append_missing(&mut ranges, first, count, now);
+                    if stopped < first + count {
+                        // No room left in this NAK (a waiting gap split as parts of it
+                        // arrived): the rest waits for the next, not dropped unasked.
+                        self.defer(stopped, first + count - stopped);
+                    }
                 }
             }
             Some(delay) => {

@@ -135,3 +135,190 @@ fn a_burst_of_replays_in_one_instant_does_not_make_a_loss_free_client_overloaded
         run.asked_after_ms
     );
 }
+
+/// Unicast (no suppression): a probe overshoots the path and nine serials in ten of
+/// 4,000..6,000 are lost (runs of nine, waiting while overloaded); then a forger on the group
+/// sends one datagram with a sound header into the middle of each run (held pending: the
+/// planner counts it as held), and the client keeps up again. Each waiting run is now two
+/// ranges: whatever does not fit in one NAK must still be asked for (or counted as left to
+/// the loop), never dropped unasked and uncounted.
+#[test]
+fn waiting_gaps_split_by_forged_datagrams_are_all_asked_once_the_client_keeps_up() {
+    let config = NakConfig {
+        reorder_margin: 0,
+        ..NakConfig::default()
+    };
+    let mut nak = NakPlanner::new(config, &Bitmap::new(100_000));
+    let mut now = Instant::ZERO;
+    let mut asked = std::collections::BTreeSet::new();
+    let mut poll = |nak: &mut NakPlanner, now: &mut Instant| {
+        *now = *now + Duration::from_millis(10);
+        for (first, count) in nak.poll_nak(*now).unwrap_or_default() {
+            asked.extend(first..first + count);
+        }
+    };
+    for serial in 0..6_000u32 {
+        let overshoot = (4_000..6_000).contains(&serial);
+        if !overshoot || serial % 10 == 0 {
+            nak.saw(serial, now);
+        }
+        if serial % 100 == 99 {
+            poll(&mut nak, &mut now);
+        }
+    }
+    assert!(nak.is_overloaded(), "nine in ten lost");
+    for run in (4_000..6_000u32).step_by(10) {
+        assert!(nak.saw_unverified(run + 5, now) == false);
+    }
+    for serial in 6_000..12_000u32 {
+        nak.saw(serial, now);
+        if serial % 100 == 99 {
+            poll(&mut nak, &mut now);
+        }
+    }
+    assert!(!nak.is_overloaded());
+    let lost: Vec<u32> = (4_000..6_000u32)
+        .filter(|serial| serial % 10 != 0 && serial % 10 != 5)
+        .collect();
+    let never_asked: Vec<u32> = lost
+        .iter()
+        .copied()
+        .filter(|serial| !asked.contains(serial))
+        .collect();
+    eprintln!(
+        "{} of {} lost serials never asked; {} counted as left to the loop",
+        never_asked.len(),
+        lost.len(),
+        nak.serials_left_to_loop()
+    );
+    assert!(
+        u64::try_from(never_asked.len()).unwrap() <= nak.serials_left_to_loop(),
+        "{} lost serials neither asked nor left to the loop (first: {:?})",
+        never_asked.len(),
+        never_asked.first()
+    );
+}
+
+use loopcast_proto::rate::{Counts, PathEstimate, RateConfig};
+
+/// A hostile client's Report fields reach `PathEstimate::observe` as sent (the interval
+/// clamped there): whatever they are, with any tier rate, no panic and a loss in [0, 1].
+#[test]
+fn any_report_fields_give_a_loss_between_none_and_all() {
+    let config = RateConfig::default();
+    let counts_of = [0u32, 1, 7, 1_000, u32::MAX / 2, u32::MAX];
+    let intervals = [0u64, 1, 10_000, 50_000, 10_000_000, u64::from(u32::MAX)];
+    let rates = [0u64, 1, 5_000_000, 1_000_000_000, u64::MAX / 2, u64::MAX];
+    for &received in &counts_of {
+        for &lost in &counts_of {
+            for &interval_us in &intervals {
+                for &rate in &rates {
+                    for &bits in &[0u64, 8, 11_520, 72_000] {
+                        for counts in [Counts::Settled, Counts::LossOnly, Counts::Unsettled] {
+                            let mut estimate = PathEstimate::default();
+                            estimate.observe(
+                                &config,
+                                received,
+                                lost,
+                                Duration::from_micros(interval_us),
+                                bits,
+                                rate,
+                                Some(Duration::from_micros(interval_us)),
+                                counts,
+                            );
+                            let loss = estimate.loss().mean();
+                            assert!(
+                                (0.0..=1.0).contains(&loss),
+                                "{loss} from {received} received, {lost} lost, {interval_us} us, rate {rate}, {bits} bits, {counts:?}"
+                            );
+                            assert!(estimate.goodput().mean().is_finite());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The server reads a settled report that received under a quarter of what the tier sent as
+/// losing the rest. A hostile member could already claim that loss itself: the inference
+/// gives it nothing more (never more loss, the same goodput and capacity) whatever interval
+/// it claims, so what it can do to shared tiers and to honest members is unchanged.
+#[test]
+fn the_servers_shortfall_reading_gives_a_lying_member_nothing_it_could_not_claim() {
+    let config = RateConfig::default();
+    let bits = 11_520u64;
+    for rate in [5_000_000u64, 1_000_000_000, 40_000_000_000] {
+        for interval_us in [0u64, 1, 49_999, 50_000, 200_000, 10_000_000, u64::from(u32::MAX)] {
+            for received in [1u32, 2, 21, 1_000] {
+                let report = |estimate: &mut PathEstimate, lost: u32| {
+                    estimate.observe(
+                        &config,
+                        received,
+                        lost,
+                        Duration::from_micros(interval_us),
+                        bits,
+                        rate,
+                        None,
+                        Counts::Settled,
+                    )
+                };
+                let (mut inferred, mut claimed) = (PathEstimate::default(), PathEstimate::default());
+                for _ in 0..5 {
+                    report(&mut inferred, 0);
+                    report(&mut claimed, u32::MAX);
+                }
+                assert!(inferred.loss().mean() <= claimed.loss().mean());
+                assert_eq!(inferred.goodput().mean(), claimed.goodput().mean());
+                assert!(!inferred.heavy_loss() || claimed.heavy_loss());
+                assert!(inferred.known_capacity().is_none() || inferred.known_capacity() == claimed.known_capacity());
+            }
+        }
+    }
+}
+
+/// CPU a host on the group can make a client spend: NakHeard is taken from the group from
+/// anyone (R10 suppression), and each of its ranges may span the whole loop. A 1 GiB file at
+/// MTU 1500 (745,654 serials); 200 forged NakHeard of 64 whole-loop ranges, against an
+/// overloaded client (its due asks go to the `deferred` queue, each counted over its span).
+/// Measured, and bounded so a change that makes it worse shows: at most 20 ms of CPU per
+/// forged datagram on this machine (a 2-core VM).
+#[test]
+fn forged_nak_heard_costs_a_client_bounded_cpu_per_datagram() {
+    let loop_len = 745_654u32;
+    let mut nak = NakPlanner::new(NakConfig::default(), &Bitmap::new(loop_len));
+    let mut now = Instant::ZERO;
+    // Overloaded: one serial in ten arrives.
+    for serial in 0..20_000u32 {
+        if serial % 10 == 0 {
+            nak.saw(serial, now);
+        }
+        if serial % 100 == 99 {
+            now = now + Duration::from_millis(1);
+            nak.poll_nak(now);
+        }
+    }
+    assert!(nak.is_overloaded());
+    let ranges: Vec<(u32, u32)> = (0..64u32).map(|i| (i, loop_len - i)).collect();
+    let forged = 20u32;
+    let (mut in_heard, mut in_poll) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..forged {
+        let started = std::time::Instant::now();
+        nak.heard(now, &ranges);
+        in_heard += started.elapsed();
+        now = now + Duration::from_millis(10);
+        let started = std::time::Instant::now();
+        nak.poll_nak(now);
+        in_poll += started.elapsed();
+    }
+    eprintln!("in heard: {:?}, in poll_nak: {:?} per datagram", in_heard / forged, in_poll / forged);
+    let per_datagram = (in_heard + in_poll) / forged;
+    eprintln!(
+        "{per_datagram:?} of CPU per forged NakHeard of 64 whole-loop ranges ({loop_len} serials), overloaded: {}",
+        nak.is_overloaded()
+    );
+    assert!(
+        per_datagram < Duration::from_millis(20),
+        "{per_datagram:?} per forged datagram"
+    );
+}
