@@ -555,7 +555,9 @@ impl NakPlanner {
         self.scan_recent += u64::from(scanned);
         self.scan_recent_missing += u64::from(missing);
         if let Some(rate) = self.loop_rate {
-            let since = self.sent_counted_at.map_or(Duration::ZERO, |at| now.saturating_since(at));
+            let since = self
+                .sent_counted_at
+                .map_or(Duration::ZERO, |at| now.saturating_since(at));
             self.sent_recent += rate * since.as_secs_f64();
         }
         self.sent_counted_at = Some(now);

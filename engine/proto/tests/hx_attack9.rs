@@ -35,6 +35,8 @@ struct Run {
     overloaded_ms: u64,
     serials_asked: u64,
     left_to_loop: u64,
+    /// The loss the victim reported (its path lost one serial).
+    reported_loss: f64,
 }
 
 /// The loop sends `RATE` datagrams a second, ten a millisecond, and all but serial 5,000 reach
@@ -52,7 +54,9 @@ fn run(replay_every_ms: u64, burst: u32, jump: u32) -> Run {
         overloaded_ms: 0,
         serials_asked: 0,
         left_to_loop: 0,
+        reported_loss: 0.0,
     };
+    let (mut received_total, mut lost_total) = (0u64, 0u64);
     for ms in 0..3_000u64 {
         let now = Instant::ZERO + Duration::from_millis(ms);
         for i in 0..10 {
@@ -81,11 +85,17 @@ fn run(replay_every_ms: u64, burst: u32, jump: u32) -> Run {
         if nak.is_overloaded() {
             run.overloaded_ms += 1;
         }
+        if ms % 50 == 49 {
+            let (received, lost) = meter.take();
+            received_total += u64::from(received);
+            lost_total += u64::from(lost);
+        }
     }
+    run.reported_loss = lost_total as f64 / (received_total + lost_total).max(1) as f64;
     run.left_to_loop = nak.serials_left_to_loop();
     eprintln!(
-        "replay every {replay_every_ms} ms, {burst} x {jump}: lost serial asked after {:?} ms, overloaded {} ms of 3,000, {} serials asked, {} left to the loop",
-        run.asked_after_ms, run.overloaded_ms, run.serials_asked, run.left_to_loop
+        "replay every {replay_every_ms} ms, {burst} x {jump}: lost serial asked after {:?} ms, overloaded {} ms of 3,000, {} serials asked, {} left to the loop, {:.1} % loss reported",
+        run.asked_after_ms, run.overloaded_ms, run.serials_asked, run.left_to_loop, run.reported_loss * 100.0
     );
     run
 }
@@ -168,7 +178,7 @@ fn waiting_gaps_split_by_forged_datagrams_are_all_asked_once_the_client_keeps_up
     }
     assert!(nak.is_overloaded(), "nine in ten lost");
     for run in (4_000..6_000u32).step_by(10) {
-        assert!(nak.saw_unverified(run + 5, now) == false);
+        assert!(!nak.saw_unverified(run + 5, now), "held pending, not progress");
     }
     for serial in 6_000..12_000u32 {
         nak.saw(serial, now);
@@ -249,7 +259,15 @@ fn the_servers_shortfall_reading_gives_a_lying_member_nothing_it_could_not_claim
     let config = RateConfig::default();
     let bits = 11_520u64;
     for rate in [5_000_000u64, 1_000_000_000, 40_000_000_000] {
-        for interval_us in [0u64, 1, 49_999, 50_000, 200_000, 10_000_000, u64::from(u32::MAX)] {
+        for interval_us in [
+            0u64,
+            1,
+            49_999,
+            50_000,
+            200_000,
+            10_000_000,
+            u64::from(u32::MAX),
+        ] {
             for received in [1u32, 2, 21, 1_000] {
                 let report = |estimate: &mut PathEstimate, lost: u32| {
                     estimate.observe(
@@ -263,7 +281,8 @@ fn the_servers_shortfall_reading_gives_a_lying_member_nothing_it_could_not_claim
                         Counts::Settled,
                     )
                 };
-                let (mut inferred, mut claimed) = (PathEstimate::default(), PathEstimate::default());
+                let (mut inferred, mut claimed) =
+                    (PathEstimate::default(), PathEstimate::default());
                 for _ in 0..5 {
                     report(&mut inferred, 0);
                     report(&mut claimed, u32::MAX);
@@ -271,7 +290,10 @@ fn the_servers_shortfall_reading_gives_a_lying_member_nothing_it_could_not_claim
                 assert!(inferred.loss().mean() <= claimed.loss().mean());
                 assert_eq!(inferred.goodput().mean(), claimed.goodput().mean());
                 assert!(!inferred.heavy_loss() || claimed.heavy_loss());
-                assert!(inferred.known_capacity().is_none() || inferred.known_capacity() == claimed.known_capacity());
+                assert!(
+                    inferred.known_capacity().is_none()
+                        || inferred.known_capacity() == claimed.known_capacity()
+                );
             }
         }
     }
@@ -318,7 +340,11 @@ fn forged_nak_heard_costs_a_client_bounded_cpu_per_datagram() {
         in_poll += started.elapsed();
         overloaded += u32::from(nak.is_overloaded());
     }
-    eprintln!("in heard: {:?}, in poll_nak: {:?} per datagram", in_heard / forged, in_poll / forged);
+    eprintln!(
+        "in heard: {:?}, in poll_nak: {:?} per datagram",
+        in_heard / forged,
+        in_poll / forged
+    );
     let per_datagram = (in_heard + in_poll) / forged;
     eprintln!(
         "{per_datagram:?} of CPU per forged NakHeard of 64 whole-loop ranges ({loop_len} serials), overloaded after {overloaded} of {forged}"
@@ -327,4 +353,29 @@ fn forged_nak_heard_costs_a_client_bounded_cpu_per_datagram() {
         per_datagram < Duration::from_millis(20),
         "{per_datagram:?} per forged datagram"
     );
+}
+
+/// Not fixed (older than the overload verdict; reported to the lead): a replayed genuine
+/// datagram verifies, and one within the planner's progress window (512 serials by default)
+/// of the frontier is the loop's progress whenever it comes, a fresh window at every instant.
+/// 20 replays a second make a loss-free client report 46 % loss (the server reads that as a
+/// path far below its tier: it moves the client down, or slows a tier shared with others) and
+/// ask for 14,000 serials in 3 s that it receives anyway; a burst of 20 every 500 ms, 62 %
+/// loss and 50,000 serials asked. `hx_attack.rs` bounds forged (unverified) datagrams only.
+#[test]
+#[ignore = "finding: replayed genuine datagrams run the frontier ahead; see the doc comment"]
+fn replayed_genuine_datagrams_do_not_make_a_loss_free_client_report_loss_or_ask() {
+    for (every_ms, burst) in [(50, 1), (500, 20)] {
+        let run = run(every_ms, burst, 500);
+        assert!(
+            run.reported_loss < 0.05,
+            "{:.1} % loss reported",
+            run.reported_loss * 100.0
+        );
+        assert!(
+            run.serials_asked < 1_000,
+            "{} serials asked",
+            run.serials_asked
+        );
+    }
 }
