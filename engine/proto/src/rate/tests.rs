@@ -1248,3 +1248,4 @@ fn a_doubling_tier_whose_members_lose_with_nowhere_to_go_stops_doubling_there() 
 }
 
 mod attack;
+mod attack9;
