@@ -744,9 +744,9 @@ fn unverified_serials_ahead_never_count_the_genuine_ones_as_lost() {
 /// the tier climbed 10 % a step three times, slow start resumed and doubled it past the link,
 /// and that heavy loss was read as a floor again, so nothing was remembered and the tier
 /// saw-toothed 4.3 -> 11.6 Mbit/s every 3-6 s. Only the first probe's loss is a floor. And from
-/// the floor the tier climbs in gentle slow-start steps, never doubling: the doubling from 5.8
-/// to 11.6 Mbit/s lost half of what was sent for 0.45 s, which the receiver then waited a loop
-/// for.
+/// the floor the tier climbs 10 % a step, then in gentle slow-start steps, never doubling: the
+/// doubling from 5.8 to 11.6 Mbit/s lost half of what was sent for 0.45 s, which the receiver
+/// then waited a loop for.
 #[test]
 fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
     let config = RateConfig::default();

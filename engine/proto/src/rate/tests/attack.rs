@@ -291,10 +291,7 @@ fn honest_members_whose_paths_change_do_not_move_every_second() {
     eprintln!("total moves, members {total:?}");
     eprintln!("worst moves in 60 s (moves, ups, seed, tiers_max, capacity): {worst:?}");
     assert!(worst.0 <= 20, "{worst:?}");
-    // About one and a half moves a member a minute while a path in the arena changes every
-    // 5 s (2,250 when set; 2,289 since a tier climbs from a floor in gentle slow-start steps
-    // instead of doubling, which in the namespaces cut a 5 Mbit/s receiver's loss).
-    assert!(total.0 <= 8 * total.1 / 5, "{total:?} moves, members");
+    assert!(total.0 <= 3 * total.1 / 2, "{total:?} moves, members");
 }
 
 #[test]
