@@ -178,7 +178,10 @@ fn waiting_gaps_split_by_forged_datagrams_are_all_asked_once_the_client_keeps_up
     }
     assert!(nak.is_overloaded(), "nine in ten lost");
     for run in (4_000..6_000u32).step_by(10) {
-        assert!(!nak.saw_unverified(run + 5, now), "held pending, not progress");
+        assert!(
+            !nak.saw_unverified(run + 5, now),
+            "held pending, not progress"
+        );
     }
     for serial in 6_000..12_000u32 {
         nak.saw(serial, now);
