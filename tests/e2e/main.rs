@@ -160,6 +160,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             bench::e2e_bench_with_link_rates_reports_each_receiver,
             Need::RootNetns
         ),
+        e2e!(
+            bench::e2e_bench_interrupted_leaves_no_namespaces_files_or_processes,
+            Need::RootNetns
+        ),
         e2e!(demo::demo_json_reports_every_client_verified),
         e2e!(
             demo::demo_clients_ride_multicast_in_a_private_namespace,

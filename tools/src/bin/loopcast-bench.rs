@@ -371,7 +371,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("loopcast-bench: error: {message}");
-            ExitCode::FAILURE
+            if message == loopcast_tools::e2e_bench::INTERRUPTED_MESSAGE {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
