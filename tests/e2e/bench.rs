@@ -129,6 +129,11 @@ pub fn e2e_bench_with_link_rates_reports_each_receiver() {
         loopcast["server_sent_bytes"].as_u64().unwrap() >= bytes,
         "{report}"
     );
+    // The bound on bytes sent counts the tiers the server opened (a fixed rate: one), not the
+    // tier positions the receivers last heard.
+    assert_eq!(loopcast["tiers_opened"], 1, "{report}");
+    assert!(loopcast["sent_within_target"].is_boolean(), "{report}");
+    assert_eq!(loopcast["alone"]["tiers_opened"], 1, "{report}");
     assert_no_namespaces_left("lce");
 }
 

@@ -54,6 +54,7 @@ struct Bed<'a> {
     media: PathBuf,
     loopcast: PathBuf,
     loopcastd: PathBuf,
+    loopcastctl: PathBuf,
     /// Link rate of receiver host `i + 1`.
     links: Vec<u64>,
 }
@@ -240,16 +241,6 @@ fn result(
     let gb = bytes as f64 / 1e9;
     let count = receivers.len().max(1);
     let verified = receivers.iter().all(|r| r["verified"] == true);
-    // Distinct tiers the receivers reported (loopcast's `get --json` "tier"), for the target
-    // "bytes sent <= 1.2 x tiers x file size"; null when no receiver reported one.
-    let mut tiers: Vec<String> = receivers
-        .iter()
-        .filter(|r| !r["tier"].is_null())
-        .map(|r| r["tier"].to_string())
-        .collect();
-    tiers.sort();
-    tiers.dedup();
-    let tiers_seen = (!tiers.is_empty()).then_some(tiers.len());
     serde_json::json!({
         "tool": tool, "receiver_count": count, "bytes": bytes, "seconds": seconds,
         "gbps": bytes as f64 * 8.0 / 1e9 / seconds.max(1e-9),
@@ -258,12 +249,42 @@ fn result(
         "verified": verified, "note": note,
         "server_sent_bytes": server_sent_bytes,
         "server_sent_over_file_bytes": server_sent_bytes as f64 / bytes.max(1) as f64,
-        "tiers_seen": tiers_seen,
-        // Issue 10's target: bytes sent <= 1.2 x tiers x file size (known once tiers are).
-        "sent_within_target": tiers_seen
-            .map(|tiers| server_sent_bytes as f64 <= 1.2 * tiers as f64 * bytes as f64),
+        // Known for loopcast only ([`with_tiers_opened`]).
+        "tiers_opened": serde_json::Value::Null,
+        "sent_within_target": serde_json::Value::Null,
         "receivers": receivers,
     })
+}
+
+/// Adds the tiers the server opened in a run (its `channels_opened` counter) to `result`, and
+/// issue 10's target: bytes sent <= 1.2 x tiers x file size. The tiers' positions the
+/// receivers reported (`get --json` "tier", counted among the tiers open when each last heard)
+/// do not count them: in one run the 5 Mbit/s and the unlimited receiver both reported tier 0
+/// of three tiers opened.
+fn with_tiers_opened(
+    mut result: serde_json::Value,
+    tiers_opened: Option<u64>,
+) -> serde_json::Value {
+    let bytes = result["bytes"].as_f64().unwrap_or(0.0);
+    let sent = result["server_sent_bytes"]
+        .as_f64()
+        .unwrap_or(f64::INFINITY);
+    result["tiers_opened"] = serde_json::json!(tiers_opened);
+    result["sent_within_target"] =
+        serde_json::json!(tiers_opened.map(|tiers| sent <= 1.2 * tiers as f64 * bytes));
+    result
+}
+
+/// Counters of the loopcastd whose admin socket is `socket` (`loopcastctl status --json`).
+fn server_counters(loopcastctl: &Path, socket: &Path) -> Option<serde_json::Value> {
+    let output = Command::new(loopcastctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(["status", "--json"])
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some(status["counters"].clone())
 }
 
 /// One receiver's line in a report: its link, its time from the common start to its verified
@@ -384,6 +405,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         media,
         loopcast: exe_dir.join("loopcast"),
         loopcastd: exe_dir.join("loopcastd"),
+        loopcastctl: exe_dir.join("loopcastctl"),
         links: links.clone(),
     };
     let mut pack = Command::new(&bed.loopcast);
@@ -546,6 +568,8 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
     let seconds = started.elapsed().as_secs_f64();
     let sent = bed.server_tx_bytes()?.saturating_sub(sent_before);
     let receiver_cpu = crate::children_cpu_time() - cpu0;
+    let tiers_opened = server_counters(&bed.loopcastctl, &bed.dir.join("admin.sock"))
+        .and_then(|counters| counters["channels_opened"].as_u64());
     terminate(server);
     stop_if_interrupted()?;
     let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;
@@ -616,15 +640,18 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
             }),
         ));
     }
-    Ok(result(
-        "loopcast",
-        args.size,
-        seconds,
-        sender_cpu,
-        receiver_cpu,
-        entries,
-        sent,
-        format!("rate {rate}, transports {}", transports.join(",")),
+    Ok(with_tiers_opened(
+        result(
+            "loopcast",
+            args.size,
+            seconds,
+            sender_cpu,
+            receiver_cpu,
+            entries,
+            sent,
+            format!("rate {rate}, transports {}", transports.join(",")),
+        ),
+        tiers_opened,
     ))
 }
 
