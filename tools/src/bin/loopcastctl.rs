@@ -37,14 +37,22 @@ enum Command {
     /// progress.
     Clients {
         /// A JSON array, one object per client, each naming this server (its advertised
-        /// address in a fleet): the views of a fleet's servers join into one.
+        /// address in a fleet): the views of a fleet's servers join into one. Units differ from
+        /// the table's: `tier` counts from 0 among the file's `tiers` (the table's 1/2 is 0),
+        /// `goodput_bits_per_s` is THROUGHPUT (with its `goodput_stddev_bits_per_s`), `loss` a
+        /// fraction (0.05 is 5.0%), `held` datagrams (HELD is that share of its `channel`'s
+        /// `loop_len`), `rtt_us` microseconds; throughput and loss mean nothing until `reports`
+        /// is above 0 (the table shows "-").
         #[arg(long)]
         json: bool,
     },
     /// (server) Channels: each file's speed tiers with their rates, the tier policy, clients and
     /// traffic.
     Channels {
-        /// A JSON array, one object per channel (tier).
+        /// A JSON array, one object per channel (tier): `tier` counts from 0 among the file's
+        /// `tiers` (the table's 1/2 is 0), `rate_bits_per_s`, `bytes_sent` (SENT),
+        /// `repair_datagrams` (REPAIRED), `sessions` (CLIENTS) with its multicast and unicast
+        /// parts, `next_serial` where the loop is of `loop_len`.
         #[arg(long)]
         json: bool,
     },
