@@ -436,3 +436,34 @@ pub fn root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user() {
         }
     }
 }
+
+/// `loopcastctl status | head -2`: the reader closes the pipe before all is written. Every
+/// command ends quietly with 141 (what a shell reports for a SIGPIPE death). Before, it
+/// panicked ("failed printing to stdout: Broken pipe") with a backtrace, exit 101.
+pub fn loopcastctl_into_a_closed_pipe_exits_quietly() {
+    let scratch = Scratch::new("admin-pipe");
+    let media = scratch.path("media");
+    let input = scratch.path("small.bin");
+    write_content(&input, 1 << 20, 7);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    let server = UnicastServer::start(&scratch, &media, &[]);
+    for command in [
+        &["status"][..],
+        &["status", "--json"],
+        &["clients"],
+        &["channels", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&server.admin)
+            .args(command)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(141), "{command:?}: {stderr}");
+        assert!(stderr.is_empty(), "{command:?}: {stderr}");
+    }
+}

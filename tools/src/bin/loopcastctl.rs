@@ -6,6 +6,34 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use loopcast_tools::{default_admin_socket, format_rate};
 
+/// `println!`/`print!` that end quietly when stdout is closed (`loopcastctl status | head`):
+/// exit 141, as a shell reports a SIGPIPE death, instead of the standard macros' panic with a
+/// backtrace.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(error);
+        }
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = write!(std::io::stdout(), $($arg)*) {
+            stdout_failed(error);
+        }
+    }};
+}
+
+fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("loopcastctl: cannot write to stdout: {error}");
+    std::process::exit(1);
+}
+
 #[derive(Parser)]
 #[command(
     name = "loopcastctl",
