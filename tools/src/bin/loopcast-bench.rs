@@ -87,8 +87,8 @@ enum Scenario {
     /// link rate), and for an unlimited receiver among limited ones 1.3 x its time alone
     /// (`seconds_alone`, measured first on the same bed); `within_target` (false without a
     /// verified copy); `goodput_bits_per_s` (file bits / seconds) and `goodput_over_link_rate`;
-    /// `tier`, the speed tier it last heard, counted from 0 among the file's tiers open then (a
-    /// position, not an id: receivers on different tiers can both report 0); `duplicates`,
+    /// `tier`, the speed tier it last heard, its place by rate among the file's tiers open then
+    /// (0 the slowest; a position, not an id: receivers on different tiers can both report 0); `duplicates`,
     /// datagrams it received again; `naks_sent` and `serials_naked`, its NAKs and the serials
     /// they asked for; `serials_left_to_loop`, serials it did not ask for because it was
     /// overloaded (over a quarter of what went by missing: its tier faster than its link), left
