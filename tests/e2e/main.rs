@@ -107,6 +107,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet_user::loopcastctl_servers_and_files_find_a_director_at_its_default_socket),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
         e2e!(admin::loopcastctl_into_a_closed_pipe_exits_quietly),
+        e2e!(admin::status_names_the_rate_bounds_in_force),
         e2e!(
             admin::admin_socket_squatting_is_refused,
             Need::Root("to act as two other users (setpriv, chown)")

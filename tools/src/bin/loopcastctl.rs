@@ -555,13 +555,20 @@ fn print_status(answer: &serde_json::Value) {
         if settings["fixed_rate"] == true {
             println!("settings    fixed rate {}", format_rate(rate));
         } else {
+            // As loopcastd's start-up line says it: automatic rates never pass
+            // RateConfig::rate_max, whatever --rate says ("rate cap none" read as unbounded).
+            let rate_max = loopcast_proto::rate::RateConfig::default().rate_max;
+            let cap = if rate == 0 {
+                rate_max
+            } else {
+                rate.min(rate_max)
+            };
             println!(
-                "settings    rate cap {}, policy {}, tiers {}, session timeout {} s",
-                if rate == 0 {
-                    "none".to_owned()
-                } else {
-                    format_rate(rate)
-                },
+                "settings    rate automatic, at most {}, starting at {}, policy {}, tiers {}, session timeout {} s",
+                format_rate(cap),
+                settings["initial_rate_bits_per_s"]
+                    .as_u64()
+                    .map_or("-".to_owned(), format_rate),
                 text(&settings["policy"]),
                 settings["tiers"],
                 settings["session_timeout_s"]
