@@ -436,3 +436,66 @@ pub fn root_trusts_a_socket_directory_that_root_gave_to_the_daemons_user() {
         }
     }
 }
+
+/// `loopcastctl status | head -2`: the reader closes the pipe before all is written. Every
+/// command ends quietly with 141 (what a shell reports for a SIGPIPE death). Before, it
+/// panicked ("failed printing to stdout: Broken pipe") with a backtrace, exit 101.
+pub fn loopcastctl_into_a_closed_pipe_exits_quietly() {
+    let scratch = Scratch::new("admin-pipe");
+    let media = scratch.path("media");
+    let input = scratch.path("small.bin");
+    write_content(&input, 1 << 20, 7);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    let server = UnicastServer::start(&scratch, &media, &[]);
+    for command in [
+        &["status"][..],
+        &["status", "--json"],
+        &["clients"],
+        &["channels", "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&server.admin)
+            .args(command)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(141), "{command:?}: {stderr}");
+        assert!(stderr.is_empty(), "{command:?}: {stderr}");
+    }
+}
+
+/// `loopcastctl status` names the automatic rates' real bounds, as loopcastd's start-up line
+/// does: without --rate "at most 40.00 Gbit/s" (it said "rate cap none"), and where a file's
+/// first tier starts (--initial-rate, which a reload changes; it was not shown).
+pub fn status_names_the_rate_bounds_in_force() {
+    let scratch = Scratch::new("admin-bounds");
+    let media = scratch.path("media");
+    let input = scratch.path("small.bin");
+    write_content(&input, 1 << 16, 9);
+    pack_into(&input, &media, &["--no-encrypt"]);
+    for (extra, expected) in [
+        (
+            &[][..],
+            "rate automatic, at most 40.00 Gbit/s, starting at 1.00 Gbit/s,",
+        ),
+        (
+            &["--rate", "100M", "--initial-rate", "20M"],
+            "rate automatic, at most 100.0 Mbit/s, starting at 20.0 Mbit/s,",
+        ),
+    ] {
+        let server = UnicastServer::start(&scratch, &media, extra);
+        let output = run_ok(
+            Command::new(bin("loopcastctl"))
+                .arg("--socket")
+                .arg(&server.admin)
+                .arg("status"),
+        );
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains(expected), "{extra:?}: {text}");
+        drop(server);
+    }
+}

@@ -129,5 +129,84 @@ pub fn e2e_bench_with_link_rates_reports_each_receiver() {
         loopcast["server_sent_bytes"].as_u64().unwrap() >= bytes,
         "{report}"
     );
+    // The bound on bytes sent counts the tiers the server opened (a fixed rate: one), not the
+    // tier positions the receivers last heard.
+    assert_eq!(loopcast["tiers_opened"], 1, "{report}");
+    assert!(loopcast["sent_within_target"].is_boolean(), "{report}");
+    assert_eq!(loopcast["alone"]["tiers_opened"], 1, "{report}");
     assert_no_namespaces_left("lce");
+}
+
+/// A Ctrl-C of `loopcast-bench e2e` (SIGINT to its whole process group, as a terminal sends
+/// it) removes the run's namespaces and its directory, ends every process of the run and exits
+/// 130. Before, the process died at once: five `lce<pid>-*` namespaces and
+/// /tmp/loopcast-bench-e2e-<pid> (the packed file, partial copies; gigabytes at the default
+/// size) stayed behind.
+pub fn e2e_bench_interrupted_leaves_no_namespaces_files_or_processes() {
+    use std::os::unix::process::CommandExt;
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(bin("loopcast-bench"))
+        .args(["e2e", "--json", "--link-rates", "5M,0", "--size", "8M"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    // Whatever fails below, the bench's group is interrupted (and cleans up, with the fix).
+    struct EndGroup(nix::unistd::Pid);
+    impl Drop for EndGroup {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::killpg(self.0, nix::sys::signal::Signal::SIGINT);
+        }
+    }
+    let _end_group = EndGroup(group);
+    let tag = format!("lce{}-", pid % 100_000);
+    let dir = std::env::temp_dir().join(format!("loopcast-bench-e2e-{pid}"));
+    let namespaces = || {
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|line| line.starts_with(&tag))
+            .count()
+    };
+    // Interrupt once the bed is up and the server and clients run (the 5 Mbit/s receiver
+    // needs 13 s for its copy; the bench's phases before it take about 2 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The switch, the server and two receivers.
+    while namespaces() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(namespaces(), 4, "the bench's namespaces came up");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        dir.exists(),
+        "{} exists while the bench runs",
+        dir.display()
+    );
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+            panic!("loopcast-bench still running 20 s after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(status.code(), Some(130), "exit status {status}: {stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no report for an interrupted run");
+    assert_eq!(namespaces(), 0, "namespaces left behind: {stderr}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    // No process of the run is left: the group is empty.
+    let left = nix::sys::signal::killpg(group, None);
+    assert!(left.is_err(), "processes of the run left in group {pid}");
 }

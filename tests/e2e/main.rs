@@ -106,6 +106,8 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(fleet_user::no_answer_from_any_director_names_every_address_asked),
         e2e!(fleet_user::loopcastctl_servers_and_files_find_a_director_at_its_default_socket),
         e2e!(admin::idle_admin_connections_stall_neither_clients_nor_status),
+        e2e!(admin::loopcastctl_into_a_closed_pipe_exits_quietly),
+        e2e!(admin::status_names_the_rate_bounds_in_force),
         e2e!(
             admin::admin_socket_squatting_is_refused,
             Need::Root("to act as two other users (setpriv, chown)")
@@ -158,6 +160,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         ),
         e2e!(
             bench::e2e_bench_with_link_rates_reports_each_receiver,
+            Need::RootNetns
+        ),
+        e2e!(
+            bench::e2e_bench_interrupted_leaves_no_namespaces_files_or_processes,
             Need::RootNetns
         ),
         e2e!(demo::demo_json_reports_every_client_verified),

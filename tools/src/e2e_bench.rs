@@ -12,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::hash_file;
@@ -52,6 +54,7 @@ struct Bed<'a> {
     media: PathBuf,
     loopcast: PathBuf,
     loopcastd: PathBuf,
+    loopcastctl: PathBuf,
     /// Link rate of receiver host `i + 1`.
     links: Vec<u64>,
 }
@@ -118,6 +121,29 @@ fn in_ns(ns: &str, program: &Path) -> Command {
     command
 }
 
+/// Set by SIGINT or SIGTERM once [`run`] has started: the run stops at its next wait or phase
+/// and fails, so its namespaces and files are removed on the way out (a Ctrl-C that ended the
+/// process left five namespaces and the run's directory, the packed file and partial copies,
+/// behind).
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+/// The error an interrupted run returns.
+pub const INTERRUPTED_MESSAGE: &str = "interrupted; namespaces and files of the run removed";
+
+fn interrupted() -> bool {
+    INTERRUPTED
+        .get()
+        .is_some_and(|flag| flag.load(Ordering::Relaxed))
+}
+
+fn stop_if_interrupted() -> Result<(), String> {
+    if interrupted() {
+        Err(INTERRUPTED_MESSAGE.to_owned())
+    } else {
+        Ok(())
+    }
+}
+
 /// Waits for every child until `deadline`; on timeout, ends all of them (by PID) and fails.
 /// Returns each child's output and when it was seen to exit (within 10 ms), in the given order.
 fn wait_all(
@@ -125,6 +151,7 @@ fn wait_all(
     deadline: Instant,
 ) -> Result<Vec<(String, std::process::Output, Instant)>, String> {
     let outcomes = wait_each(children, deadline);
+    stop_if_interrupted()?;
     let late: Vec<&str> = outcomes
         .iter()
         .filter(|(_, outcome)| outcome.is_err())
@@ -140,7 +167,8 @@ fn wait_all(
 }
 
 /// Each child's output and when it was seen to exit (within 10 ms), in the given order; a
-/// child still running at `deadline` is ended (by PID) and reported as an error.
+/// child still running at `deadline`, or when the run is interrupted, is ended (by PID) and
+/// reported as an error.
 #[allow(clippy::type_complexity)]
 fn wait_each(
     children: Vec<(String, Child)>,
@@ -156,7 +184,10 @@ fn wait_each(
                 *finished = Some(Instant::now());
             }
         }
-        if slots.iter().all(|(.., finished)| finished.is_some()) || Instant::now() > deadline {
+        if slots.iter().all(|(.., finished)| finished.is_some())
+            || Instant::now() > deadline
+            || interrupted()
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -210,16 +241,6 @@ fn result(
     let gb = bytes as f64 / 1e9;
     let count = receivers.len().max(1);
     let verified = receivers.iter().all(|r| r["verified"] == true);
-    // Distinct tiers the receivers reported (loopcast's `get --json` "tier"), for the target
-    // "bytes sent <= 1.2 x tiers x file size"; null when no receiver reported one.
-    let mut tiers: Vec<String> = receivers
-        .iter()
-        .filter(|r| !r["tier"].is_null())
-        .map(|r| r["tier"].to_string())
-        .collect();
-    tiers.sort();
-    tiers.dedup();
-    let tiers_seen = (!tiers.is_empty()).then_some(tiers.len());
     serde_json::json!({
         "tool": tool, "receiver_count": count, "bytes": bytes, "seconds": seconds,
         "gbps": bytes as f64 * 8.0 / 1e9 / seconds.max(1e-9),
@@ -228,12 +249,42 @@ fn result(
         "verified": verified, "note": note,
         "server_sent_bytes": server_sent_bytes,
         "server_sent_over_file_bytes": server_sent_bytes as f64 / bytes.max(1) as f64,
-        "tiers_seen": tiers_seen,
-        // Issue 10's target: bytes sent <= 1.2 x tiers x file size (known once tiers are).
-        "sent_within_target": tiers_seen
-            .map(|tiers| server_sent_bytes as f64 <= 1.2 * tiers as f64 * bytes as f64),
+        // Known for loopcast only ([`with_tiers_opened`]).
+        "tiers_opened": serde_json::Value::Null,
+        "sent_within_target": serde_json::Value::Null,
         "receivers": receivers,
     })
+}
+
+/// Adds the tiers the server opened in a run (its `channels_opened` counter) to `result`, and
+/// issue 10's target: bytes sent <= 1.2 x tiers x file size. The tiers' positions the
+/// receivers reported (`get --json` "tier", counted among the tiers open when each last heard)
+/// do not count them: in one run the 5 Mbit/s and the unlimited receiver both reported tier 0
+/// of three tiers opened.
+fn with_tiers_opened(
+    mut result: serde_json::Value,
+    tiers_opened: Option<u64>,
+) -> serde_json::Value {
+    let bytes = result["bytes"].as_f64().unwrap_or(0.0);
+    let sent = result["server_sent_bytes"]
+        .as_f64()
+        .unwrap_or(f64::INFINITY);
+    result["tiers_opened"] = serde_json::json!(tiers_opened);
+    result["sent_within_target"] =
+        serde_json::json!(tiers_opened.map(|tiers| sent <= 1.2 * tiers as f64 * bytes));
+    result
+}
+
+/// Counters of the loopcastd whose admin socket is `socket` (`loopcastctl status --json`).
+fn server_counters(loopcastctl: &Path, socket: &Path) -> Option<serde_json::Value> {
+    let output = Command::new(loopcastctl)
+        .arg("--socket")
+        .arg(socket)
+        .args(["status", "--json"])
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some(status["counters"].clone())
 }
 
 /// One receiver's line in a report: its link, its time from the common start to its verified
@@ -247,7 +298,11 @@ fn receiver_entry(
     verified: bool,
     extra: serde_json::Value,
 ) -> serde_json::Value {
-    let goodput = seconds.map(|s| file_bytes as f64 * 8.0 / s.max(1e-9));
+    // A receiver without a verified copy delivered nothing: no goodput, and a missed target
+    // (an interrupted 5 Mbit/s receiver was reported at 3.9 x its link and within target).
+    let goodput = seconds
+        .filter(|_| verified)
+        .map(|s| file_bytes as f64 * 8.0 / s.max(1e-9));
     let limited = link_rate_bits_per_s > 0;
     let target_seconds =
         limited.then(|| LINK_TARGET_FACTOR * file_bytes as f64 * 8.0 / link_rate_bits_per_s as f64);
@@ -260,12 +315,17 @@ fn receiver_entry(
         "goodput_bits_per_s": goodput,
         "goodput_over_link_rate": goodput.filter(|_| limited).map(|g| g / link_rate_bits_per_s as f64),
         "target_seconds": target_seconds,
-        "within_target": target_seconds.zip(seconds).map(|(t, s)| s <= t),
+        "within_target": target_seconds.map(|t| within(verified, seconds, t)),
     });
     if let (Some(entry), serde_json::Value::Object(extra)) = (entry.as_object_mut(), extra) {
         entry.extend(extra);
     }
     entry
+}
+
+/// Whether a receiver met a target of `target_seconds`: a verified copy in that time.
+fn within(verified: bool, seconds: Option<f64>, target_seconds: f64) -> bool {
+    verified && seconds.is_some_and(|s| s <= target_seconds)
 }
 
 /// Issue 10's target: every receiver within 1.3 x (file size / its link rate); the unlimited
@@ -285,8 +345,11 @@ fn add_alone_times(mixed: &mut serde_json::Value, alone: &serde_json::Value) {
             entry["seconds_alone"] = serde_json::json!(alone_seconds);
             entry["over_alone"] = serde_json::json!(seconds.map(|s| s / alone_seconds));
             entry["target_seconds"] = serde_json::json!(LINK_TARGET_FACTOR * alone_seconds);
-            entry["within_target"] =
-                serde_json::json!(seconds.map(|s| s <= LINK_TARGET_FACTOR * alone_seconds));
+            entry["within_target"] = serde_json::json!(within(
+                entry["verified"] == true,
+                seconds,
+                LINK_TARGET_FACTOR * alone_seconds
+            ));
         }
     }
 }
@@ -295,6 +358,9 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("e2e needs root (ip netns)".into());
     }
+    // From here on a Ctrl-C stops the run at its next wait or phase instead of ending the
+    // process, so that the namespaces and the run's directory are removed (on drop).
+    INTERRUPTED.get_or_init(crate::shutdown_flag);
     let links = args.links();
     let receivers = links.len();
     if receivers > 200 {
@@ -311,6 +377,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     for (i, &rate) in links.iter().enumerate() {
         topology.set_link_rate(i + 1, rate)?;
     }
+    stop_if_interrupted()?;
     let input = dir.join("film.bin");
     crate::phase(format_args!(
         "e2e: {receivers} receiver(s) at MTU {mtu}, links {}; writing and packing a {} byte file",
@@ -338,6 +405,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         media,
         loopcast: exe_dir.join("loopcast"),
         loopcastd: exe_dir.join("loopcastd"),
+        loopcastctl: exe_dir.join("loopcastctl"),
         links: links.clone(),
     };
     let mut pack = Command::new(&bed.loopcast);
@@ -377,12 +445,14 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         ));
     }
     let check_seconds = check_started.elapsed().as_secs_f64();
+    stop_if_interrupted()?;
     let check_cpu = crate::children_cpu_time() - check_cpu0;
     // The disk's own ceiling in this run: writing the file once and fsyncing it. loopcast's
     // clients make their copies durable (fsync before the rename); UFTP and udpcast do not.
     crate::phase("e2e: disk ceiling (write + fsync of the same size, per receiver)");
     let disk_seconds = disk_write_fsync_seconds(&dir.join("disk-ceiling.bin"), args.size)
         .map_err(|e| format!("disk ceiling: {e}"))?;
+    stop_if_interrupted()?;
 
     // With an unlimited receiver among limited ones, that receiver alone first: the target is
     // "within 1.3 x its time alone".
@@ -394,6 +464,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     let loopcast = match alone {
         Some(host) => {
             let alone_result = run_loopcast(&bed, &[host])?;
+            stop_if_interrupted()?;
             let mut mixed = run_loopcast(&bed, &all)?;
             add_alone_times(&mut mixed, &alone_result);
             mixed
@@ -404,6 +475,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     results.push(loopcast);
 
     for peer in &args.peers {
+        stop_if_interrupted()?;
         crate::phase(format_args!("e2e: {peer} to {receivers} receiver(s)"));
         let outcome = match peer.as_str() {
             "udpcast" => run_udpcast(&bed).map(|r| vec![r]),
@@ -496,7 +568,10 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
     let seconds = started.elapsed().as_secs_f64();
     let sent = bed.server_tx_bytes()?.saturating_sub(sent_before);
     let receiver_cpu = crate::children_cpu_time() - cpu0;
+    let tiers_opened = server_counters(&bed.loopcastctl, &bed.dir.join("admin.sock"))
+        .and_then(|counters| counters["channels_opened"].as_u64());
     terminate(server);
+    stop_if_interrupted()?;
     let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;
     let served = hash_file(&bed.media.join("film.bin.lca")).map_err(|e| e.to_string())?;
     let mut transports = Vec::new();
@@ -565,15 +640,18 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
             }),
         ));
     }
-    Ok(result(
-        "loopcast",
-        args.size,
-        seconds,
-        sender_cpu,
-        receiver_cpu,
-        entries,
-        sent,
-        format!("rate {rate}, transports {}", transports.join(",")),
+    Ok(with_tiers_opened(
+        result(
+            "loopcast",
+            args.size,
+            seconds,
+            sender_cpu,
+            receiver_cpu,
+            entries,
+            sent,
+            format!("rate {rate}, transports {}", transports.join(",")),
+        ),
+        tiers_opened,
     ))
 }
 
@@ -927,6 +1005,51 @@ impl Drop for RemoveDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receiver_without_a_verified_copy_has_no_goodput_and_misses_its_target() {
+        // An 8 MiB file behind a 5 Mbit/s link (target 17.4 s), the receiver interrupted at
+        // 3.4 s: before, 19.7 Mbit/s of goodput, 3.9 x its link, and "within_target": true.
+        let failed = receiver_entry(
+            1,
+            5_000_000,
+            8 << 20,
+            Some(3.4),
+            false,
+            serde_json::json!({}),
+        );
+        assert_eq!(failed["verified"], false, "{failed}");
+        assert!(failed["goodput_bits_per_s"].is_null(), "{failed}");
+        assert!(failed["goodput_over_link_rate"].is_null(), "{failed}");
+        assert_eq!(failed["within_target"], false, "{failed}");
+        // Not finished at all (timed out): missed too, not unknown.
+        let late = receiver_entry(1, 5_000_000, 8 << 20, None, false, serde_json::json!({}));
+        assert_eq!(late["within_target"], false, "{late}");
+        // The same time with a verified copy is measured as before.
+        let done = receiver_entry(
+            1,
+            5_000_000,
+            8 << 20,
+            Some(3.4),
+            true,
+            serde_json::json!({}),
+        );
+        assert_eq!(done["within_target"], true, "{done}");
+        let goodput = done["goodput_bits_per_s"].as_f64().unwrap();
+        assert!(
+            (goodput - (8 << 20) as f64 * 8.0 / 3.4).abs() < 1.0,
+            "{done}"
+        );
+        // An unlimited receiver is held to its time alone, and only with a verified copy.
+        let mut mixed = serde_json::json!({"receivers": [
+            receiver_entry(2, 0, 8 << 20, Some(0.2), false, serde_json::json!({})),
+            receiver_entry(3, 0, 8 << 20, Some(0.2), true, serde_json::json!({})),
+        ]});
+        let alone = serde_json::json!({"receivers": [{"seconds": 0.19}]});
+        add_alone_times(&mut mixed, &alone);
+        assert_eq!(mixed["receivers"][0]["within_target"], false, "{mixed}");
+        assert_eq!(mixed["receivers"][1]["within_target"], true, "{mixed}");
+    }
 
     #[test]
     fn uftpd_log_lines_give_completion_time_and_naks() {

@@ -81,11 +81,37 @@ enum Scenario {
     Send(SendArgs),
     /// Whole files from a server to R receivers in namespaces (verified); with --peers, UFTP and
     /// udpcast over the same topology. Needs root.
+    ///
+    /// Per receiver (`receivers` in --json; a line each without it): `seconds` from the common
+    /// start to its verified copy; `target_seconds`, issue 10's target: 1.3 x (file size / its
+    /// link rate), and for an unlimited receiver among limited ones 1.3 x its time alone
+    /// (`seconds_alone`, measured first on the same bed); `within_target` (false without a
+    /// verified copy); `goodput_bits_per_s` (file bits / seconds) and `goodput_over_link_rate`;
+    /// `tier`, the speed tier it last heard, its place by rate among the file's tiers open then
+    /// (0 the slowest; a position, not an id: receivers on different tiers can both report 0); `duplicates`,
+    /// datagrams it received again; `naks_sent` and `serials_naked`, its NAKs and the serials
+    /// they asked for; `serials_left_to_loop`, serials it did not ask for because it was
+    /// overloaded (over a quarter of what went by missing: its tier faster than its link), left
+    /// for the loop to bring (a running total: one left again after a move counts again); the
+    /// other fields as in `loopcast get --json` (docs/architecture.md).
+    ///
+    /// Per tool (`results`): `seconds` to the last receiver, CPU seconds per GB on each side,
+    /// `server_sent_bytes` (the server interface's transmitted bytes) and its ratio to the file,
+    /// and for loopcast `tiers_opened` (channels the server opened) and `sent_within_target`
+    /// (sent <= 1.2 x tiers_opened x file size); with an unlimited receiver among limited ones,
+    /// `alone` is its run alone.
+    ///
+    /// LOOPCAST_BENCH_SERVER_LOG=1 shows loopcastd's log (with RUST_LOG, e.g.
+    /// loopcast_node=debug); LOOPCAST_BENCH_KEEP=1 keeps the run's files. Ctrl-C stops the run
+    /// and removes its namespaces and files (exit 130).
     E2e {
+        /// Receivers, each behind an unlimited link (see --link-rates).
         #[arg(long, default_value_t = 1)]
         receivers: usize,
+        /// The file's size, e.g. 8M, 1G.
         #[arg(long, default_value = "1G", value_parser = parse_size)]
         size: u64,
+        /// MTU 9000 on the bed, and the file packed for it (`pack --jumbo`).
         #[arg(long)]
         jumbo: bool,
         /// loopcast channel rate, fixed (loopcastd --rate R --fixed-rate); without it loopcastd chooses its rates.
@@ -98,8 +124,11 @@ enum Scenario {
         /// Also run these peers over the same topology, e.g. uftp,udpcast.
         #[arg(long, value_delimiter = ',')]
         peers: Vec<String>,
+        /// A receiver not finished after this many seconds is ended and reported as not
+        /// finished.
         #[arg(long, default_value_t = 300)]
         timeout_s: u64,
+        /// One JSON object (fields above) instead of a line per tool and per receiver.
         #[arg(long)]
         json: bool,
     },
@@ -371,7 +400,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("loopcast-bench: error: {message}");
-            ExitCode::FAILURE
+            if message == loopcast_tools::e2e_bench::INTERRUPTED_MESSAGE {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -6,6 +6,34 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use loopcast_tools::{default_admin_socket, format_rate};
 
+/// `println!`/`print!` that end quietly when stdout is closed (`loopcastctl status | head`):
+/// exit 141, as a shell reports a SIGPIPE death, instead of the standard macros' panic with a
+/// backtrace.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(error);
+        }
+    }};
+}
+macro_rules! print {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = write!(std::io::stdout(), $($arg)*) {
+            stdout_failed(error);
+        }
+    }};
+}
+
+fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141);
+    }
+    eprintln!("loopcastctl: cannot write to stdout: {error}");
+    std::process::exit(1);
+}
+
 #[derive(Parser)]
 #[command(
     name = "loopcastctl",
@@ -37,14 +65,22 @@ enum Command {
     /// progress.
     Clients {
         /// A JSON array, one object per client, each naming this server (its advertised
-        /// address in a fleet): the views of a fleet's servers join into one.
+        /// address in a fleet): the views of a fleet's servers join into one. Units differ from
+        /// the table's: `tier` counts from 0 among the file's `tiers` (the table's 1/2 is 0),
+        /// `goodput_bits_per_s` is THROUGHPUT (with its `goodput_stddev_bits_per_s`), `loss` a
+        /// fraction (0.05 is 5.0%), `held` datagrams (HELD is that share of its `channel`'s
+        /// `loop_len`), `rtt_us` microseconds; throughput and loss mean nothing until `reports`
+        /// is above 0 (the table shows "-").
         #[arg(long)]
         json: bool,
     },
     /// (server) Channels: each file's speed tiers with their rates, the tier policy, clients and
     /// traffic.
     Channels {
-        /// A JSON array, one object per channel (tier).
+        /// A JSON array, one object per channel (tier): `tier` counts from 0 among the file's
+        /// `tiers` (the table's 1/2 is 0), `rate_bits_per_s`, `bytes_sent` (SENT),
+        /// `repair_datagrams` (REPAIRED), `sessions` (CLIENTS) with its multicast and unicast
+        /// parts, `next_serial` where the loop is of `loop_len`.
         #[arg(long)]
         json: bool,
     },
@@ -519,13 +555,20 @@ fn print_status(answer: &serde_json::Value) {
         if settings["fixed_rate"] == true {
             println!("settings    fixed rate {}", format_rate(rate));
         } else {
+            // As loopcastd's start-up line says it: automatic rates never pass
+            // RateConfig::rate_max, whatever --rate says ("rate cap none" read as unbounded).
+            let rate_max = loopcast_proto::rate::RateConfig::default().rate_max;
+            let cap = if rate == 0 {
+                rate_max
+            } else {
+                rate.min(rate_max)
+            };
             println!(
-                "settings    rate cap {}, policy {}, tiers {}, session timeout {} s",
-                if rate == 0 {
-                    "none".to_owned()
-                } else {
-                    format_rate(rate)
-                },
+                "settings    rate automatic, at most {}, starting at {}, policy {}, tiers {}, session timeout {} s",
+                format_rate(cap),
+                settings["initial_rate_bits_per_s"]
+                    .as_u64()
+                    .map_or("-".to_owned(), format_rate),
                 text(&settings["policy"]),
                 settings["tiers"],
                 settings["session_timeout_s"]

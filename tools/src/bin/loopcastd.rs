@@ -132,7 +132,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=16), conflicts_with = "fixed_rate")]
     tiers: u8,
     /// Rate a file's first tier starts at before clients report (it rises while they keep up,
-    /// and drops to what reaches them when they lose); at least 1M, at most --rate.
+    /// and drops to what reaches them when they lose), and so does the tier of its own that a
+    /// client joining while every tier of the file runs slower gets; at least 1M, at most
+    /// --rate.
     #[arg(long, default_value = "1G", value_parser = parse_initial_rate, conflicts_with = "fixed_rate")]
     initial_rate: u64,
     /// Never use multicast: every client gets a unicast copy.
