@@ -961,7 +961,6 @@ impl NakPlanner {
         while scanned < gone_by {
             let serial = self.cursor;
             if !self.seen.get(serial) {
-                missing += 1;
                 // Ranges never wrap: one ending at the loop's end cannot be extended by 0.
                 let extends = found
                     .last()
@@ -969,11 +968,11 @@ impl NakPlanner {
                 if extends {
                     found.last_mut().expect("checked").1 += 1;
                 } else if found.len() >= found_max {
-                    missing -= 1;
                     break;
                 } else {
                     found.push((serial, 1));
                 }
+                missing += 1;
             }
             scanned += 1;
             self.cursor_travel += 1;

@@ -635,14 +635,20 @@ impl TierControl {
 
     /// Slow start ends at this rate, remembered as where members lose (the rate stays).
     fn found_loss(&mut self, config: &RateConfig, now: Instant) {
+        self.stop_rising(false);
+        self.loss_rate = Some((self.rate, now));
+        self.settled_at = now + config.settle;
+    }
+
+    /// Members lost: slow start and every run of increases end (`floored`: at a floor, see
+    /// [`TierControl::decrease_to`]).
+    fn stop_rising(&mut self, floored: bool) {
         self.slow_start = false;
         self.from_floor = false;
-        self.floored = false;
+        self.floored = floored;
         self.rising = false;
         self.clean_increases = 0;
         self.near_increases = 0;
-        self.loss_rate = Some((self.rate, now));
-        self.settled_at = now + config.settle;
     }
 
     /// Down to 90 % of `capacity`, what reached the members. Measured under the heavy overload
@@ -662,12 +668,7 @@ impl TierControl {
             && self.slow_start
             && !self.from_floor
             && self.clean_increases < RESUME_SLOW_START_AFTER;
-        self.slow_start = false;
-        self.from_floor = false;
-        self.floored = floor;
-        self.rising = false;
-        self.clean_increases = 0;
-        self.near_increases = 0;
+        self.stop_rising(floor);
         self.loss_rate = (!floor).then_some((capacity as u64, now));
         self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
     }
