@@ -948,9 +948,9 @@ impl Download {
                     self.foreign_source_dropped += 1;
                     continue;
                 }
-                // R12: its place in the loop, read before the batch moves anything (see
-                // `ClientSession::account_datagram`, pass 3).
-                let metered = loopcast_proto::client::metered(bytes, file_id, &self.nak, now);
+                // R12: its place in the loop, from its header (judged against the NAK
+                // frontier in pass 3, in order: `ClientSession::account_datagram`).
+                let metered = loopcast_proto::client::metered(bytes, file_id);
                 // Every datagram is hashed, held ones too: a duplicate counts for the loop's
                 // position only once proven genuine.
                 segments.push(Segment {

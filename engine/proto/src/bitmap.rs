@@ -64,11 +64,18 @@ impl Bitmap {
 
     /// True if every bit of `range` is set (an empty range: true). Word at a time.
     pub fn all_set(&self, range: core::ops::Range<u32>) -> bool {
+        let len = range.len() as u32;
+        self.count_ones_in(range) == len
+    }
+
+    /// The bits of `range` that are set. Word at a time.
+    pub fn count_ones_in(&self, range: core::ops::Range<u32>) -> u32 {
         assert!(
             range.end <= self.len,
             "bits {range:?} outside bitmap of {}",
             self.len
         );
+        let mut ones = 0;
         let mut at = range.start;
         while at < range.end {
             let word = self.words[(at / 64) as usize];
@@ -79,12 +86,10 @@ impl Bitmap {
             } else {
                 ((1u64 << (to - from)) - 1) << from
             };
-            if word & mask != mask {
-                return false;
-            }
+            ones += (word & mask).count_ones();
             at += to - from;
         }
-        true
+        ones
     }
 
     /// Sets a bit; returns true if it was clear.

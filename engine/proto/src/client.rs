@@ -999,49 +999,58 @@ pub fn account_datagram(
     outcome: &Outcome,
     now: Instant,
 ) {
-    let unverified_progress = match *outcome {
+    let promoted = |meter: &mut LossMeter, nak: &mut NakPlanner| {
+        if let Some(serial) = nak.take_retracted() {
+            meter.retract_to(serial);
+        }
+        if let Some((first, last, missing)) = nak.take_promoted() {
+            meter.jump_over(first, last, missing);
+        }
+    };
+    // Where the loop's progress went back to, or on to a lead (at a NAK poll, or with this
+    // datagram), first.
+    promoted(meter, nak);
+    // Judged now, after the datagrams before it in its batch: judged before the batch, a
+    // receiver reading a backlog of 2,000 datagrams at once saw all but the first steps as
+    // leads, and counted them lost when the next batch moved it on (a loss-free 1 Gbit/s
+    // receiver reported 50 % loss and its tier was halved).
+    let moved = match *outcome {
         Outcome::Store {
             serial,
             verified: false,
         } => nak.saw_unverified(serial, now),
-        _ => false,
-    };
-    if let Some(Metered { serial, progress }) = metered {
-        match outcome {
-            Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
-                meter.observe(serial, !progress)
-            }
-            Outcome::Store { .. } if unverified_progress => meter.observe(serial, false),
-            _ => meter.observe_pending(serial),
-        }
-    }
-    match *outcome {
         Outcome::Store {
             serial,
             verified: true,
         }
         | Outcome::Duplicate { serial } => nak.saw(serial, now),
-        _ => {}
+        Outcome::Dropped(_) => false,
+    };
+    promoted(meter, nak);
+    if let Some(Metered { serial }) = metered {
+        match outcome {
+            Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {
+                meter.observe(serial, !moved)
+            }
+            Outcome::Store { .. } if moved => meter.observe(serial, false),
+            _ => meter.observe_pending(serial),
+        }
     }
 }
 
-/// A datagram's place in the loop, read from its header before it is verified: its serial,
-/// and whether it would be the loop's progress ([`NakPlanner::is_progress`], judged before the
-/// batch it came in moves the frontier).
+/// A datagram of the file read from its header before it is verified: its serial.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Metered {
     pub serial: u32,
-    pub progress: bool,
 }
 
 /// [`Metered`] for a datagram of `file_id` with a sound header; `None` for anything else.
-pub fn metered(bytes: &[u8], file_id: FileId, nak: &NakPlanner, now: Instant) -> Option<Metered> {
+pub fn metered(bytes: &[u8], file_id: FileId) -> Option<Metered> {
     DatagramHeader::parse(bytes)
         .ok()
         .filter(|header| header.file_id == file_id)
         .map(|header| Metered {
             serial: header.serial.0,
-            progress: nak.is_progress(header.serial.0, now),
         })
 }
 

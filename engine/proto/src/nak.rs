@@ -94,6 +94,28 @@ const PENDING_SLACK: u32 = 16;
 const UNVERIFIED_AFTER_QUIET: Duration = Duration::from_millis(50);
 /// The progress window is at least twice this (see [`NakPlanner::is_progress`]).
 const PROGRESS_WINDOW_MIN: u32 = 64;
+/// A verified datagram further than this past the frontier is a *lead*, not yet the loop's
+/// progress (see [`NakPlanner::saw`]): a host on the group replaying genuine datagrams a few
+/// hundred serials ahead made a loss-free client report 46 % loss and ask for 14,000 serials
+/// in 3 s. The same as the loss meter's reordering window, so a step the frontier takes at
+/// once is one the meter can still take back.
+const LONG_JUMP: u32 = 64;
+/// A lead becomes the loop's progress once the frontier has not moved for this long, at
+/// least (the loop went quiet at the frontier: what lies between was lost) ...
+const LEAD_QUIET_MIN: Duration = Duration::from_millis(2);
+/// ... and at most; with the tier's rate known, the time its loop takes to send
+/// `2 * LONG_JUMP`; else `LEAD_QUIET_UNKNOWN_RATE`.
+const LEAD_QUIET_MAX: Duration = Duration::from_millis(50);
+const LEAD_QUIET_UNKNOWN_RATE: Duration = Duration::from_millis(20);
+/// Stray arrivals in a row (and `lead_quiet`) that move the frontier to where they are (see
+/// [`NakPlanner::saw`]).
+const STRAYS_MAX: u32 = 16;
+/// A stray is further from the frontier than the loop goes in this long ...
+const STRAY_DISTANCE_TIME: Duration = Duration::from_millis(250);
+/// ... and than this many progress windows.
+const STRAY_DISTANCE_WINDOWS: u32 = 8;
+/// Frontier changes remembered for the scan limit, at most (one an instant).
+const FRONTIER_HISTORY_MAX: usize = 256;
 /// A receiver missing more than this share of the recent scan is overloaded: it asks nothing
 /// the scan finds (see the module doc). Above a tier's rate by a few percent, a path loses a
 /// few percent; a receiver ever further above its path loses ever more.
@@ -125,6 +147,30 @@ impl Default for NakConfig {
             play_expiry: Duration::from_millis(500),
         }
     }
+}
+
+/// Verified datagrams far ahead of the frontier (see [`NakPlanner::saw`]): the nearest, and
+/// the chain of arrivals that followed it within the loop's reach.
+#[derive(Clone, Copy, Debug)]
+struct Lead {
+    first: u32,
+    last: u32,
+    /// When the first lead arrived, and when `last` did.
+    since: Instant,
+    last_at: Instant,
+    /// Arrivals of the chain (`first` and those after it).
+    arrived: u32,
+}
+
+/// What a verified arrival is to the planner (see [`NakPlanner::is_progress`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The loop's progress: it moves the frontier.
+    Progress,
+    /// Far ahead of the frontier: a lead (see [`NakPlanner::saw`]).
+    Lead,
+    /// Behind the frontier, a repair, or further ahead than the loop can have gone.
+    Other,
 }
 
 pub struct NakPlanner {
@@ -206,6 +252,24 @@ pub struct NakPlanner {
     /// and the sum of their missing.
     deferred: VecDeque<(u32, u32, u32)>,
     deferred_serials: u64,
+    /// Far arrivals not yet the loop's progress, and the last promoted to it that the loss
+    /// meter has not been told of ([`NakPlanner::take_promoted`]).
+    lead: Option<Lead>,
+    promoted: Option<(u32, u32, u32)>,
+    /// The last verified arrival behind the frontier that was neither held nor asked for,
+    /// and when: the loop itself arriving behind a frontier that ran ahead of it.
+    straggler: Option<(u32, Instant)>,
+    leads_promoted: u64,
+    retractions: u64,
+    /// The serial a retraction took the frontier back to, not yet told to the loss meter
+    /// ([`NakPlanner::take_retracted`]).
+    retracted: Option<u32>,
+    /// Verified arrivals in a row that were the loop's own but behind the frontier where the
+    /// scan has been, and since when (see `note_stray`).
+    strays: Option<(u32, Instant)>,
+    /// The frontier's travel at each instant it changed over the last `lead_quiet` (and the
+    /// last before): the scan goes no further than the least of them (see `scan_limit`).
+    frontier_history: VecDeque<(Instant, u64)>,
 }
 
 impl NakPlanner {
@@ -252,6 +316,14 @@ impl NakPlanner {
             serials_left_to_loop: 0,
             deferred: VecDeque::new(),
             deferred_serials: 0,
+            lead: None,
+            promoted: None,
+            straggler: None,
+            leads_promoted: 0,
+            retractions: 0,
+            retracted: None,
+            strays: None,
+            frontier_history: VecDeque::new(),
         }
     }
 
@@ -494,6 +566,12 @@ impl NakPlanner {
         self.play_asked.clear();
         self.forget_scan();
         self.leave_deferred_to_loop();
+        self.lead = None;
+        self.promoted = None;
+        self.straggler = None;
+        self.retracted = None;
+        self.strays = None;
+        self.frontier_history.clear();
     }
 
     /// `first .. first + count` waits for the overload to pass (what of it is still missing).
@@ -571,41 +649,305 @@ impl NakPlanner {
     }
 
     /// Whether `serial`, arriving at `now`, is the loop's progress: it moves the frontier, and
-    /// whatever it jumps over has gone by. Not progress: a serial behind the frontier (or more
-    /// than half a loop ahead, which is behind), one the backlog or play walk asked for, and
-    /// one further ahead than the loop can have gone at its rate since the frontier last moved
-    /// (a repair sent twice, or a stale datagram); one asked for by a NAK only if the rate is
-    /// known and it is within that reach (the loop bringing it in order, or a repair just ahead
-    /// of it), or just ahead of the frontier. The loss
-    /// this client reports counts the same way (see [`crate::client::account_datagram`]).
+    /// whatever it jumps over has gone by. Only a step of at most `LONG_JUMP` serials past the
+    /// frontier, and (with the tier's rate known) within the loop's reach since the frontier
+    /// last moved (twice its rate's worth, and `LONG_JUMP`). Not progress: a serial behind the
+    /// frontier (or more than half a loop ahead, which is behind), one the backlog or play
+    /// walk asked for, one further ahead than the loop can have gone (a repair sent twice, or
+    /// a stale datagram), and a *lead*: a verified one further ahead than a step, which moves
+    /// the frontier only once the loop falls quiet behind it (see [`NakPlanner::saw`]). The
+    /// loss this client reports counts the same way (see [`crate::client::account_datagram`]).
     pub fn is_progress(&self, serial: u32, now: Instant) -> bool {
+        self.classify(serial, now) == Arrival::Progress
+    }
+
+    fn classify(&self, serial: u32, now: Instant) -> Arrival {
         if serial >= self.loop_len() {
-            return false;
+            return Arrival::Other;
         }
         let Some(frontier) = self.frontier else {
-            return true;
+            return Arrival::Progress;
         };
-        let explicit = self
-            .backlog_bits
-            .as_ref()
-            .is_some_and(|bits| bits.get(serial))
-            || self.play_bits.as_ref().is_some_and(|bits| bits.get(serial));
         let ahead = self.ahead(frontier, serial);
-        if explicit || ahead == 0 || ahead >= self.loop_len().div_ceil(2) {
-            return false;
+        if self.is_explicit(serial) || ahead == 0 || ahead >= self.loop_len().div_ceil(2) {
+            return Arrival::Other;
+        }
+        // A step, whenever it comes: a receiver reading a backlog gets thousands of the
+        // loop's datagrams at one instant, microseconds after the last batch. (A host on the
+        // group walking the frontier ahead a step at a time is undone by `note_straggler`,
+        // and the scan waits for that: `scan_limit`.)
+        if ahead <= LONG_JUMP {
+            return Arrival::Progress;
         }
         let window = self.progress_window();
-        if ahead <= window {
-            return true;
-        }
-        if self.asked.get(serial) {
+        if self.asked.get(serial) && ahead > window {
             // Asked for: the loop bringing it in order, or a repair sent ahead of it. Only as
             // far as the loop can have gone (a stretch asked for and then brought by the loop
             // otherwise never moved the frontier, and read as a jump past it: 10-15 % false
             // loss on a 5 Mbit/s tier).
-            return self.within_reach(ahead, now, window) == Some(true);
+            return match self.within_reach(ahead, now, window) {
+                Some(true) => Arrival::Lead,
+                _ => Arrival::Other,
+            };
         }
-        self.within_reach(ahead, now, window).unwrap_or(true)
+        if ahead <= window || self.within_reach(ahead, now, window).unwrap_or(true) {
+            Arrival::Lead
+        } else {
+            Arrival::Other
+        }
+    }
+
+    /// How long the frontier stays still before a lead becomes the loop's progress.
+    fn lead_quiet(&self) -> Duration {
+        match self.loop_rate {
+            Some(rate) => Duration::from_secs_f64(f64::from(2 * LONG_JUMP) / rate)
+                .clamp(LEAD_QUIET_MIN, LEAD_QUIET_MAX),
+            None => LEAD_QUIET_UNKNOWN_RATE,
+        }
+    }
+
+    /// A verified `serial` far ahead of the frontier arrived at `now`: the nearest lead is
+    /// kept (a nearer one replaces it, keeping its age), and the chain of arrivals after it
+    /// within the loop's reach from its last.
+    fn note_lead(&mut self, serial: u32, now: Instant) {
+        let frontier = self.frontier.expect("a lead is ahead of a frontier");
+        let Some(mut lead) = self.lead else {
+            self.lead = Some(Lead {
+                first: serial,
+                last: serial,
+                since: now,
+                last_at: now,
+                arrived: 1,
+            });
+            return;
+        };
+        let reach = match self.loop_rate {
+            Some(rate) => {
+                let reach = 2.0 * rate * now.saturating_since(lead.last_at).as_secs_f64();
+                LONG_JUMP.saturating_add(reach.min(f64::from(u32::MAX)) as u32)
+            }
+            None => self.progress_window(),
+        };
+        if self.ahead(frontier, serial) < self.ahead(frontier, lead.first) {
+            let extends = self.ahead(serial, lead.last) <= reach;
+            lead.first = serial;
+            lead.arrived += 1;
+            if !extends {
+                lead.last = serial;
+                lead.last_at = now;
+                lead.arrived = 1;
+            }
+        } else {
+            let on = self.ahead(lead.last, serial);
+            if on == 0 || on > reach {
+                return;
+            }
+            lead.last = serial;
+            lead.last_at = now;
+            lead.arrived += 1;
+        }
+        self.lead = Some(lead);
+    }
+
+    /// The lead becomes the loop's progress if the frontier has not moved for `lead_quiet`
+    /// since it arrived: what the loop sent between them was lost (a burst of loss longer
+    /// than a step). While the loop goes on arriving short of it (a host on the group
+    /// replayed it, or it was a repair of another receiver's), it never does, and it is
+    /// dropped once the frontier passes it.
+    fn promote_lead(&mut self, now: Instant) {
+        let (Some(lead), Some(frontier), Some(frontier_at)) =
+            (self.lead, self.frontier, self.frontier_at)
+        else {
+            return;
+        };
+        if now < frontier_at.max(lead.since) + self.lead_quiet() {
+            return;
+        }
+        self.lead = None;
+        let ahead = self.ahead(frontier, lead.last);
+        if ahead == 0 || ahead >= self.loop_len().div_ceil(2) {
+            return;
+        }
+        self.move_frontier(frontier, lead.last, now);
+        // Quiet for `lead_quiet`: the scan need not wait for the loop to undo it.
+        self.frontier_history.clear();
+        self.note_frontier(now);
+        self.straggler = None;
+        self.leads_promoted += 1;
+        let missing = (self.ahead(lead.first, lead.last) + 1).saturating_sub(lead.arrived);
+        self.promoted = Some(match self.promoted {
+            Some((first, _, earlier)) => (first, lead.last, earlier + missing),
+            None => (lead.first, lead.last, missing),
+        });
+    }
+
+    /// The lead the frontier last moved to (`first`, `last` of its chain, and how many of
+    /// the chain did not arrive), once: the loss meter counts what lies between its position
+    /// and `first` as lost, and those ([`crate::rate::LossMeter::jump_over`]).
+    pub fn take_promoted(&mut self) -> Option<(u32, u32, u32)> {
+        self.promoted.take()
+    }
+
+    /// Leads that became the loop's progress, and times a frontier that ran ahead of the loop
+    /// was taken back to it.
+    pub fn leads_promoted(&self) -> u64 {
+        self.leads_promoted
+    }
+
+    pub fn retractions(&self) -> u64 {
+        self.retractions
+    }
+
+    /// Whether `serial` (not yet recorded) is the loop arriving behind the frontier: neither
+    /// held nor asked for, and where the scan has not yet been.
+    fn is_straggler(&self, serial: u32) -> bool {
+        let Some(frontier) = self.frontier else {
+            return false;
+        };
+        let behind = u64::from(self.ahead(serial, frontier));
+        let unscanned = self.frontier_travel.saturating_sub(self.cursor_travel);
+        (1..=unscanned).contains(&behind)
+            && behind < u64::from(self.loop_len().div_ceil(2))
+            && !self.seen.get(serial)
+            && !self.asked.get(serial)
+            && !self.is_explicit(serial)
+    }
+
+    /// Serials strictly between `from` and `to` (going forward around the loop) held.
+    fn seen_between(&self, from: u32, to: u32) -> u32 {
+        let start = from + 1;
+        if start >= self.loop_len() {
+            self.seen.count_ones_in(0..to)
+        } else if start <= to {
+            self.seen.count_ones_in(start..to)
+        } else {
+            self.seen.count_ones_in(start..self.loop_len()) + self.seen.count_ones_in(0..to)
+        }
+    }
+
+    /// Whether `serial` is far from the frontier either way: further than the loop goes in
+    /// `STRAY_DISTANCE_TIME` at its rate, and than `STRAY_DISTANCE_WINDOWS` progress windows
+    /// (a datagram of one sender thread a few milliseconds late at 1 Gbit/s is a few
+    /// thousand serials behind, and left the frontier where it was).
+    fn is_far(&self, frontier: u32, serial: u32) -> bool {
+        let ahead = self.ahead(frontier, serial);
+        let distance = ahead.min(self.loop_len() - ahead);
+        let by_rate = self
+            .loop_rate
+            .map_or(0.0, |rate| rate * STRAY_DISTANCE_TIME.as_secs_f64());
+        f64::from(distance)
+            > by_rate.max(f64::from(STRAY_DISTANCE_WINDOWS * self.progress_window()))
+    }
+
+    /// A verified datagram nobody asked for arrived far from the frontier (`is_far`), neither
+    /// progress nor a lead nor a straggler. The loop's own, every one of them for
+    /// `lead_quiet` and at least `STRAYS_MAX`, means the frontier is not where the
+    /// loop is (the first datagram after a tier move was a stale one of the old tier, or a
+    /// host on the group replayed one just then): it was stuck there for up to a whole pass,
+    /// reporting no loss and asking for nothing. The frontier starts again here, as at a
+    /// join (what lies between is left to the loop).
+    fn note_stray(&mut self, serial: u32, now: Instant) {
+        let (count, since) = self.strays.get_or_insert((0, now));
+        *count += 1;
+        if *count < STRAYS_MAX || now.saturating_since(*since) < self.lead_quiet() {
+            return;
+        }
+        self.strays = None;
+        self.frontier = Some(serial);
+        self.frontier_at = Some(now);
+        self.reach_anchor = None;
+        self.cursor = serial;
+        self.cursor_travel = self.frontier_travel;
+        self.lead = None;
+        self.straggler = None;
+        self.frontier_history.clear();
+        self.note_frontier(now);
+        self.retracted = Some(serial);
+        self.retractions += 1;
+    }
+
+    /// Whether the backlog or play walk asked for `serial` (a repair, never the loop).
+    fn is_explicit(&self, serial: u32) -> bool {
+        self.backlog_bits
+            .as_ref()
+            .is_some_and(|bits| bits.get(serial))
+            || self.play_bits.as_ref().is_some_and(|bits| bits.get(serial))
+    }
+
+    /// A straggler arrived. Two in loop order, a step apart and within `lead_quiet`, are the
+    /// loop itself behind the frontier: a host on the group walked it ahead with replayed
+    /// datagrams, a step at a time. The frontier goes back to the loop (no further back than
+    /// the scan has gone), so what lies between is not read as gone by.
+    fn note_straggler(&mut self, serial: u32, now: Instant) {
+        let in_order = self.straggler.is_some_and(|(last, at)| {
+            now.saturating_since(at) <= self.lead_quiet()
+                && (1..=LONG_JUMP).contains(&self.ahead(last, serial))
+        });
+        self.straggler = Some((serial, now));
+        let Some(frontier) = self.frontier.filter(|_| in_order) else {
+            return;
+        };
+        // Only if most of what lies between has not arrived: a receiver that keeps up also
+        // gets, behind its frontier, the repairs other receivers asked for (in order), and
+        // going back over what it holds would read its own arrivals as lost.
+        let between = self.ahead(serial, frontier) - 1;
+        if 2 * self.seen_between(serial, frontier) >= between {
+            return;
+        }
+        let back = u64::from(self.ahead(serial, frontier));
+        let Some(travel) = self
+            .frontier_travel
+            .checked_sub(back)
+            .filter(|&travel| travel >= self.cursor_travel)
+        else {
+            return;
+        };
+        self.frontier = Some(serial);
+        self.frontier_travel = travel;
+        self.frontier_at = Some(now);
+        self.reach_anchor = None;
+        self.straggler = None;
+        self.retractions += 1;
+        self.retracted = Some(serial);
+        self.note_frontier(now);
+    }
+
+    /// The serial the frontier was last taken back to, once: the loss meter takes back what
+    /// it counted lost past it ([`crate::rate::LossMeter::retract_to`]).
+    pub fn take_retracted(&mut self) -> Option<u32> {
+        self.retracted.take()
+    }
+
+    /// Records the frontier's travel after it changed at `now`.
+    fn note_frontier(&mut self, now: Instant) {
+        match self.frontier_history.back_mut() {
+            Some((at, travel)) if *at == now => *travel = self.frontier_travel,
+            _ => {
+                if self.frontier_history.len() >= FRONTIER_HISTORY_MAX {
+                    self.frontier_history.pop_front();
+                }
+                self.frontier_history.push_back((now, self.frontier_travel));
+            }
+        }
+    }
+
+    /// How far the scan may go: the least travel the frontier had over the last `lead_quiet`.
+    /// A host on the group that walks the frontier ahead, a datagram at a time, between two
+    /// of the loop's, is undone by the loop's next two (`note_straggler`) before anything it
+    /// jumped over is read as gone by.
+    fn scan_limit(&mut self, now: Instant) -> u64 {
+        let quiet = u64::try_from(self.lead_quiet().as_nanos()).unwrap_or(u64::MAX);
+        let window_start = Instant::from_nanos(now.as_nanos().saturating_sub(quiet));
+        while self.frontier_history.len() > 1 && self.frontier_history[1].0 <= window_start {
+            self.frontier_history.pop_front();
+        }
+        self.frontier_history
+            .iter()
+            .map(|&(_, travel)| travel)
+            .min()
+            .map_or(self.frontier_travel, |least| {
+                least.min(self.frontier_travel)
+            })
     }
 
     /// Whether the loop can have gone `ahead` serials on from the frontier: twice what the
@@ -630,6 +972,14 @@ impl NakPlanner {
         self.frontier = Some(serial);
         self.frontier_at = Some(now);
         self.frontier_travel += u64::from(self.ahead(frontier, serial));
+        self.note_frontier(now);
+        if let Some(lead) = self.lead {
+            let to_lead = self.ahead(serial, lead.first);
+            if to_lead == 0 || to_lead >= self.loop_len().div_ceil(2) {
+                // The loop reached the lead: it was not the loop.
+                self.lead = None;
+            }
+        }
     }
 
     /// Serials just ahead of the frontier that are the loop's progress even if asked for.
@@ -637,12 +987,26 @@ impl NakPlanner {
         2 * self.config.reorder_margin.max(PROGRESS_WINDOW_MIN)
     }
 
-    /// Records that `serial` arrived (stored, or a duplicate of something held).
-    pub fn saw(&mut self, serial: u32, now: Instant) {
+    /// Records that `serial` arrived verified (stored, or a duplicate of something held).
+    ///
+    /// One further than a step ahead of the frontier is a lead: seen, but the frontier moves
+    /// to it only once the loop has fallen quiet behind it for `lead_quiet` (a burst of loss:
+    /// the meter and the scan then count what lies between as lost). A host on the group
+    /// replaying genuine datagrams far ahead never makes a loss-free client read the loop's
+    /// own serials as gone by: the loop goes on arriving behind the lead. One walking the
+    /// frontier ahead a step at a time is undone by the loop's next two datagrams
+    /// (`note_straggler`).
+    ///
+    /// Returns whether it moved the frontier (the loss this client reports counts it the
+    /// same way: [`crate::client::account_datagram`]).
+    pub fn saw(&mut self, serial: u32, now: Instant) -> bool {
         if serial >= self.loop_len() {
-            return;
+            return false;
         }
-        let progress = self.is_progress(serial, now);
+        self.promote_lead(now);
+        let arrival = self.classify(serial, now);
+        let straggler = self.is_straggler(serial);
+        let loop_datagram = !self.asked.get(serial) && !self.is_explicit(serial);
         self.seen.set(serial);
         self.arrived_recent += 1;
         // Verified datagrams arrive: they alone may move the frontier for a while (whether
@@ -654,20 +1018,32 @@ impl NakPlanner {
                 // and the backlog walks backwards from here.
                 self.frontier = Some(serial);
                 self.frontier_at = Some(now);
+                self.note_frontier(now);
                 self.cursor = serial;
                 if self.config.backlog_window > 0 {
                     self.backlog_bits = Some(Bitmap::new(self.loop_len()));
                     self.backlog_expired = Some(Bitmap::new(self.loop_len()));
                     self.backlog_next = Some(self.before(serial));
                 }
+                true
             }
             Some(frontier) => {
                 self.no_longer_asked(serial);
                 // Only the loop's progress moves the frontier: a repair that did would make
                 // everything it jumped over count as lost.
-                if progress {
-                    self.move_frontier(frontier, serial, now);
+                match arrival {
+                    Arrival::Progress => self.move_frontier(frontier, serial, now),
+                    Arrival::Lead => self.note_lead(serial, now),
+                    Arrival::Other if straggler => self.note_straggler(serial, now),
+                    Arrival::Other if loop_datagram && self.is_far(frontier, serial) => {
+                        self.note_stray(serial, now)
+                    }
+                    Arrival::Other => {}
                 }
+                if arrival != Arrival::Other {
+                    self.strays = None;
+                }
+                arrival == Arrival::Progress
             }
         }
     }
@@ -693,6 +1069,7 @@ impl NakPlanner {
         if serial >= self.loop_len() {
             return false;
         }
+        self.promote_lead(now);
         // While verified datagrams arrive, they alone move the frontier: a forger on the group
         // sending pending datagrams just within reach, each at its own instant, renewed the
         // slack every time and ran the frontier 18 times as fast as the loop (89 % false
@@ -880,7 +1257,14 @@ impl NakPlanner {
             .play
             .and(self.play_asked.front())
             .map(|&(_, _, asked)| asked + self.config.play_expiry);
-        let earliest = [waiting, outstanding, play].into_iter().flatten().min()?;
+        let lead = self
+            .lead
+            .zip(self.frontier_at)
+            .map(|(lead, frontier_at)| frontier_at.max(lead.since) + self.lead_quiet());
+        let earliest = [waiting, outstanding, play, lead]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some(match self.last_nak {
             None => earliest,
             Some(at) => earliest.max(at + self.config.interval),
@@ -890,6 +1274,7 @@ impl NakPlanner {
     /// The ranges to NAK now (`first`, `count`), or `None` if it is too early or nothing that
     /// has gone by is missing.
     pub fn poll_nak(&mut self, now: Instant) -> Option<Vec<(u32, u32)>> {
+        self.promote_lead(now);
         let frontier = self.frontier?;
         if self
             .last_nak
@@ -903,7 +1288,7 @@ impl NakPlanner {
             self.cursor = frontier;
             self.cursor_travel = self.frontier_travel - u64::from(loop_len);
         }
-        let gone_by = u32::try_from(self.frontier_travel - self.cursor_travel)
+        let gone_by = u32::try_from(self.scan_limit(now).saturating_sub(self.cursor_travel))
             .expect("at most one loop")
             .saturating_sub(self.config.reorder_margin);
         self.forget_old_heard(now);
@@ -1134,8 +1519,9 @@ mod tests {
     fn lost_repairs_are_asked_again_after_the_repair_timeout() {
         let mut nak = re_asking();
         nak.saw(0, Instant::ZERO);
+        // 1..100 lost: 100 is a lead, and the loop's progress once nothing follows from 0.
         nak.saw(100, Instant::ZERO);
-        let t0 = Instant::ZERO;
+        let t0 = Instant::ZERO + LEAD_QUIET_UNKNOWN_RATE;
         assert_eq!(nak.poll_nak(t0), Some(vec![(1, 99)]));
         // Part of the repair arrives; the rest is lost again.
         for serial in 1..50 {
@@ -1349,7 +1735,7 @@ mod tests {
         // On the old (fast) tier: 0 and 400 arrived, everything between was asked for.
         nak.saw(0, Instant::ZERO);
         nak.saw(400, Instant::ZERO);
-        let t0 = Instant::ZERO;
+        let t0 = Instant::ZERO + LEAD_QUIET_UNKNOWN_RATE;
         assert_eq!(nak.poll_nak(t0), Some(vec![(1, 399)]));
         // Moved: the new tier's loop starts at 600; nothing of the old asks arrives.
         nak.rejoin();
@@ -1383,6 +1769,8 @@ mod tests {
         // was lost).
         let t0 = Instant::ZERO + Duration::from_secs(1);
         slow.saw(400, t0);
+        assert_eq!(slow.poll_nak(t0), None, "a lead until the loop stays quiet");
+        let t0 = t0 + LEAD_QUIET_MAX;
         assert_eq!(slow.poll_nak(t0), Some(vec![(1, 399)]));
         // 399 serials take ~4 s to arrive: not asked again at the repair timeout, nor while
         // they are arriving.
@@ -1403,11 +1791,12 @@ mod tests {
         );
         // Half a second after the frontier moved, the loop can be at most ~200 on (twice its
         // rate's worth, and the reordering window): 450 on is a repair sent twice or a stale
-        // datagram, not the loop's progress; 300 on is.
+        // datagram, not the loop's progress; 300 on may be (a lead: more than a step on).
         let soon = t0 + Duration::from_millis(500);
-        assert!(!slow.is_progress(850, soon));
-        assert!(slow.is_progress(700, soon));
-        let t0 = Instant::ZERO;
+        assert_eq!(slow.classify(850, soon), Arrival::Other);
+        assert_eq!(slow.classify(700, soon), Arrival::Lead);
+        assert_eq!(slow.classify(464, soon), Arrival::Progress);
+        let t0 = Instant::ZERO + LEAD_QUIET_UNKNOWN_RATE;
         // Without a rate (or on a fast tier) the repair timeout alone decides, as before.
         let mut fast = re_asking();
         fast.saw(0, Instant::ZERO);
@@ -1433,13 +1822,15 @@ mod tests {
         nak.set_loop_rate(Some(1_000.0));
         let t = Instant::ZERO + Duration::from_millis(11);
         nak.saw_unverified(303, t);
-        assert_eq!(nak.poll_nak(t), Some(vec![(1, 2)]));
+        // (The scan goes as far as the frontier has been for `lead_quiet`, 50 ms here.)
+        assert_eq!(nak.poll_nak(t + LEAD_QUIET_MAX), Some(vec![(1, 2)]));
         nak.saw_unverified(20, t);
         for serial in 21..40 {
             nak.saw(serial, t + Duration::from_millis(u64::from(serial - 20)));
         }
         // 4 and 6..20 went by (the margin is 0): asked; 303 was never the frontier.
-        let asked = nak.poll_nak(t + Duration::from_millis(30)).expect("gaps");
+        let done = t + Duration::from_millis(19) + LEAD_QUIET_MAX;
+        let asked = nak.poll_nak(done).expect("gaps");
         assert_eq!(asked, vec![(4, 1), (6, 14)]);
         assert!(nak.frontier.is_some_and(|f| f < 303));
     }
@@ -1457,11 +1848,12 @@ mod tests {
         let t0 = Instant::ZERO;
         nak.saw(0, t0);
         nak.saw(100, t0 + Duration::from_millis(100));
-        // 1..100 went by and are asked for; so, from a pass before, are 101..300, which the
+        // 1..100 went by (100 a lead, the loop's progress once nothing else came for
+        // `LEAD_QUIET_MAX`) and are asked for; so, from a pass before, are 101..300, which the
         // loop now brings in order, one a millisecond, none verified (their hash blocks were
         // lost on a slow link; nothing has verified for 60 ms): each is the loop's progress.
         assert_eq!(
-            nak.poll_nak(t0 + Duration::from_millis(100)),
+            nak.poll_nak(t0 + Duration::from_millis(150)),
             Some(vec![(1, 99)])
         );
         for serial in 101..300 {

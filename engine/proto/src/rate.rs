@@ -1260,6 +1260,12 @@ impl LossMeter {
             self.mark_arrived(serial);
             return;
         }
+        self.move_to(serial);
+    }
+
+    /// The sequence reaches `serial`: what it passes without arrival is lost (once out of the
+    /// window); one behind it takes back its loss within the window.
+    fn move_to(&mut self, serial: u32) {
         let Some(next) = self.next else {
             self.next = Some((serial + 1) % self.loop_len);
             // Before the first datagram nothing was expected.
@@ -1297,6 +1303,46 @@ impl LossMeter {
             if behind <= REORDER_WINDOW {
                 self.window |= 1 << (behind - 1);
             }
+        }
+    }
+
+    /// The loop's progress was taken back to `serial` ([`crate::nak::NakPlanner::take_retracted`]):
+    /// a host on the group had walked it ahead, or it was never where the loop is. What the
+    /// sequence passed beyond `serial` (less than half a loop) the loop has not yet brought:
+    /// whatever of it left the window was counted lost, and is taken back (some of it may
+    /// have arrived: a loss hidden, never one made up).
+    pub fn retract_to(&mut self, serial: u32) {
+        let Some(next) = self.next.filter(|_| serial < self.loop_len) else {
+            return;
+        };
+        let passed = (next + 2 * self.loop_len - serial - 1) % self.loop_len;
+        if passed < self.loop_len / 2 {
+            self.lost = self
+                .lost
+                .saturating_sub(passed.saturating_sub(REORDER_WINDOW));
+        }
+        self.next = Some((serial + 1) % self.loop_len);
+        // Behind `serial` the loop went by in order (it arrived there just now).
+        self.window = u64::MAX;
+        self.pending_ahead = 0;
+    }
+
+    /// The loop's progress jumped to a lead that had already arrived
+    /// ([`crate::nak::NakPlanner::take_promoted`]): the sequence moves to `first` (what it
+    /// passes without arrival is lost) and on to `last`, the chain of arrivals after it
+    /// (counted as received when they came), of which `missing` did not arrive.
+    pub fn jump_over(&mut self, first: u32, last: u32, missing: u32) {
+        if self.loop_len == 0 || first >= self.loop_len || last >= self.loop_len {
+            return;
+        }
+        self.lost = self.lost.saturating_add(missing);
+        self.move_to(first);
+        let next = self.next.expect("moved");
+        let ahead = (last + 1 + self.loop_len - next) % self.loop_len;
+        if ahead > 0 && (ahead < self.loop_len / 2 || self.loop_len < 4) {
+            self.next = Some((last + 1) % self.loop_len);
+            self.window = u64::MAX;
+            self.pending_ahead = 0;
         }
     }
 

@@ -37,7 +37,9 @@ fn random_deliveries_asks_rejoins_and_rates_never_panic_the_planner() {
                 _ => (rng.next_u64() % u64::from(loop_len)) as u32,
             };
             match rng.below(1_000) {
-                0..=399 => nak.saw(serial, now),
+                0..=399 => {
+                    nak.saw(serial, now);
+                }
                 400..=799 => {
                     nak.saw_unverified(serial, now);
                 }
@@ -68,10 +70,7 @@ fn account(
     verified: bool,
     now: Instant,
 ) {
-    let metered = Metered {
-        serial,
-        progress: nak.is_progress(serial, now),
-    };
+    let metered = Metered { serial };
     let outcome = Outcome::Store { serial, verified };
     account_datagram(meter, nak, Some(metered), &outcome, now);
 }

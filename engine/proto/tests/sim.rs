@@ -518,7 +518,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
                 continue;
             };
             // As the client driver (the same accounting).
-            let metered = metered(&packet.bytes, info.file_id, nak, now);
+            let metered = metered(&packet.bytes, info.file_id);
             let outcome = receiver.handle_datagram(&packet.bytes);
             client.session.account_datagram(nak, metered, &outcome, now);
             match outcome {
