@@ -430,6 +430,7 @@ fn attack_packets() -> Vec<(String, Vec<u8>, &'static str)> {
         received: 100,
         lost: 0,
         rtt_us: 500,
+        loss_judged: true,
     }
     .to_bytes();
     add("control/report-random-session.bin", report.clone(), "parse");
@@ -442,6 +443,7 @@ fn attack_packets() -> Vec<(String, Vec<u8>, &'static str)> {
             received: u32::MAX,
             lost: u32::MAX,
             rtt_us: u32::MAX,
+            loss_judged: true,
         }
         .to_bytes(),
         "parse",
@@ -454,6 +456,12 @@ fn attack_packets() -> Vec<(String, Vec<u8>, &'static str)> {
     let mut padded = report.clone();
     padded.push(0);
     add("control/report-trailing-byte.bin", padded, "drop");
+    // The loss-judged byte is 0 or 1.
+    add(
+        "control/report-judged-2.bin",
+        with(&report, report.len() - 1, &[2]),
+        "drop",
+    );
     let feedback = ControlMessage::Feedback {
         session: SessionId(2),
         echo_us: 3,

@@ -174,6 +174,7 @@ fn run_in(dir: &std::path::Path, args: &ControlArgs) -> Result<serde_json::Value
                 received: 1_000 + (index % 7) as u32,
                 lost: (index % 5) as u32,
                 rtt_us: 500,
+                loss_judged: true,
             }
             .to_bytes();
             (client_address(index), bytes)

@@ -976,6 +976,7 @@ impl ClientSession {
                 .rtt_sample
                 .map_or(0, clamp_us)
                 .max(u32::from(self.rtt_sample.is_some())),
+            loss_judged: self.meter.position().is_some(),
         });
     }
 
@@ -1000,6 +1001,9 @@ pub fn account_datagram(
     now: Instant,
 ) {
     let promoted = |meter: &mut LossMeter, nak: &mut NakPlanner| {
+        if nak.take_restarted() {
+            meter.restart();
+        }
         if let Some(serial) = nak.take_retracted() {
             meter.retract_to(serial);
         }

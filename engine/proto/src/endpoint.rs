@@ -765,6 +765,7 @@ impl Endpoint {
                 received,
                 lost,
                 rtt_us,
+                loss_judged,
             } => {
                 if !self.session_from(from, len, session) {
                     return;
@@ -796,7 +797,11 @@ impl Endpoint {
                 let counts = if state.settling_after_move(started, rate_config.move_settle) {
                     Counts::Unsettled
                 } else if started >= channel.tier.settled_at() {
-                    Counts::Settled
+                    if loss_judged {
+                        Counts::Settled
+                    } else {
+                        Counts::Unjudged
+                    }
                 } else if channel.tier.is_rising() {
                     Counts::LossOnly
                 } else {

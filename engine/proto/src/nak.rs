@@ -110,6 +110,8 @@ const LEAD_QUIET_UNKNOWN_RATE: Duration = Duration::from_millis(20);
 /// Stray arrivals in a row (and `lead_quiet`) that move the frontier to where they are (see
 /// [`NakPlanner::saw`]).
 const STRAYS_MAX: u32 = 16;
+/// ... that outnumber the arrivals near the frontier meanwhile at least this many times.
+const STRAYS_PER_NEAR: u32 = 8;
 /// A stray is further from the frontier than the loop goes in this long ...
 const STRAY_DISTANCE_TIME: Duration = Duration::from_millis(250);
 /// ... and than this many progress windows.
@@ -264,9 +266,11 @@ pub struct NakPlanner {
     /// The serial a retraction took the frontier back to, not yet told to the loss meter
     /// ([`NakPlanner::take_retracted`]).
     retracted: Option<u32>,
-    /// Verified arrivals in a row that were the loop's own but behind the frontier where the
-    /// scan has been, and since when (see `note_stray`).
-    strays: Option<(u32, Instant)>,
+    /// Verified arrivals of the loop far from the frontier, those that were progress or leads
+    /// meanwhile, and since when (see `note_stray`).
+    strays: Option<(u32, u32, Instant)>,
+    /// The frontier started again elsewhere (`note_stray`), not yet told to the loss meter.
+    restarted: bool,
     /// The frontier's travel at each instant it changed over the last `lead_quiet` (and the
     /// last before): the scan goes no further than the least of them (see `scan_limit`).
     frontier_history: VecDeque<(Instant, u64)>,
@@ -323,6 +327,7 @@ impl NakPlanner {
             retractions: 0,
             retracted: None,
             strays: None,
+            restarted: false,
             frontier_history: VecDeque::new(),
         }
     }
@@ -571,6 +576,7 @@ impl NakPlanner {
         self.straggler = None;
         self.retracted = None;
         self.strays = None;
+        self.restarted = false;
         self.frontier_history.clear();
     }
 
@@ -847,9 +853,12 @@ impl NakPlanner {
     /// reporting no loss and asking for nothing. The frontier starts again here, as at a
     /// join (what lies between is left to the loop).
     fn note_stray(&mut self, serial: u32, now: Instant) {
-        let (count, since) = self.strays.get_or_insert((0, now));
+        let (count, near, since) = self.strays.get_or_insert((0, 0, now));
         *count += 1;
-        if *count < STRAYS_MAX || now.saturating_since(*since) < self.lead_quiet() {
+        if *count < STRAYS_MAX
+            || *count < STRAYS_PER_NEAR * *near
+            || now.saturating_since(*since) < self.lead_quiet()
+        {
             return;
         }
         self.strays = None;
@@ -862,8 +871,16 @@ impl NakPlanner {
         self.straggler = None;
         self.frontier_history.clear();
         self.note_frontier(now);
-        self.retracted = Some(serial);
+        self.retracted = None;
+        self.restarted = true;
         self.retractions += 1;
+    }
+
+    /// Whether the frontier started again elsewhere since last asked, once: the loss meter
+    /// starts its sequence again too ([`crate::rate::LossMeter::restart`]; what it counted
+    /// while the frontier was elsewhere were arrivals, never losses).
+    pub fn take_restarted(&mut self) -> bool {
+        std::mem::take(&mut self.restarted)
     }
 
     /// Whether the backlog or play walk asked for `serial` (a repair, never the loop).
@@ -1041,7 +1058,15 @@ impl NakPlanner {
                     Arrival::Other => {}
                 }
                 if arrival != Arrival::Other {
-                    self.strays = None;
+                    // Near the frontier: the run of strays goes on only while they far
+                    // outnumber these (a host on the group replaying one datagram next to a
+                    // frontier it had parked far away, every 10 ms, kept it there).
+                    if let Some((strays, near, _)) = self.strays.as_mut() {
+                        *near += 1;
+                        if *near * STRAYS_PER_NEAR > *strays + STRAYS_MAX {
+                            self.strays = None;
+                        }
+                    }
                 }
                 arrival == Arrival::Progress
             }

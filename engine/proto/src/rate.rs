@@ -30,6 +30,7 @@
 //!   that rate again for 5 s, then 10, 20, up to 80 s.
 
 use core::time::Duration;
+use std::collections::VecDeque;
 
 use crate::time::Instant;
 
@@ -201,6 +202,12 @@ pub enum Counts {
     LossOnly,
     /// Made partly before a change that may have cured a loss: it says nothing.
     Unsettled,
+    /// Made after the tier's last change settled, by a client that could place no gaps
+    /// (nothing it received since it joined or moved had verified: `Report::loss_judged`):
+    /// only a shortfall against what the tier sent counts. Counted as no loss, such reports
+    /// let a 5 Mbit/s receiver's new tier climb to 10 Mbit/s in the 4 s before its first hash
+    /// block above the data came round.
+    Unjudged,
 }
 
 impl Counts {
@@ -291,11 +298,13 @@ impl PathEstimate {
         // under `SENT_SHORTFALL` of it, the rest was lost (a sender short of its nominal rate
         // falls short by far less; with nothing received, the join may not have taken yet).
         let sent = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
-        let lost = if counts == Counts::Settled
+        let short = matches!(counts, Counts::Settled | Counts::Unjudged)
             && received > 0
-            && f64::from(received) < SENT_SHORTFALL * sent
-        {
+            && f64::from(received) < SENT_SHORTFALL * sent;
+        let lost = if short {
             lost.max((sent - f64::from(received)).min(f64::from(u32::MAX)) as u32)
+        } else if counts == Counts::Unjudged {
+            return;
         } else {
             lost
         };
@@ -310,7 +319,7 @@ impl PathEstimate {
         let margin = config.loss_congested.max(0.25 * self.noise_loss);
         let congested = loss - self.noise_loss > margin;
         match counts {
-            Counts::Settled => {}
+            Counts::Settled | Counts::Unjudged => {}
             // Lost at a rate the tier has only raised since: congested at today's too.
             Counts::LossOnly if congested => {}
             // Made before the tier's last change settled: says nothing about it.
@@ -1226,7 +1235,14 @@ pub struct LossMeter {
     pending_ahead: u64,
     received: u32,
     lost: u32,
+    /// The last moves that counted loss: (the last serial they counted, how many serials up
+    /// to it they passed, how many of those they counted lost), so a retraction takes back
+    /// only what they counted past where the loop really is (`retract_to`).
+    counted: VecDeque<(u32, u32, u32)>,
 }
+
+/// Moves remembered in `LossMeter::counted`.
+const COUNTED_MOVES_MAX: usize = 16;
 
 /// Serials behind the frontier that may still arrive late (reordered) without counting as lost.
 const REORDER_WINDOW: u32 = 64;
@@ -1316,15 +1332,44 @@ impl LossMeter {
             return;
         };
         let passed = (next + 2 * self.loop_len - serial - 1) % self.loop_len;
-        if passed < self.loop_len / 2 {
-            self.lost = self
-                .lost
-                .saturating_sub(passed.saturating_sub(REORDER_WINDOW));
+        if passed == 0 || passed >= self.loop_len / 2 {
+            return;
         }
+        // Take back what the moves past `serial` counted lost there (only there: what they
+        // counted behind it the loop had passed).
+        let loop_len = self.loop_len;
+        let mut back = 0u32;
+        self.counted.retain_mut(|(last, span, lost)| {
+            let beyond = (*last + loop_len - serial) % loop_len;
+            if beyond == 0 || beyond >= loop_len / 2 {
+                return true;
+            }
+            let taken = (*lost).min(beyond.min(*span));
+            back += taken;
+            *lost -= taken;
+            *span -= beyond.min(*span);
+            *last = serial;
+            *lost > 0
+        });
+        self.lost = self.lost.saturating_sub(back);
         self.next = Some((serial + 1) % self.loop_len);
-        // Behind `serial` the loop went by in order (it arrived there just now).
-        self.window = u64::MAX;
-        self.pending_ahead = 0;
+        if passed < REORDER_WINDOW {
+            // The window slides back: what arrived of the serials passed is pending ahead
+            // again, and what it held behind `serial` stays (a late run of a few dozen
+            // serials retracted the frontier, and counted what had arrived as lost).
+            let mut pending = self.pending_ahead << passed;
+            for j in 0..passed {
+                if self.window & (1 << (passed - 1 - j)) != 0 {
+                    pending |= 1 << j;
+                }
+            }
+            self.pending_ahead = pending;
+            self.window = (self.window >> passed) | !(u64::MAX >> passed);
+        } else {
+            // Behind `serial` the loop went by in order (it arrived there just now).
+            self.window = u64::MAX;
+            self.pending_ahead = 0;
+        }
     }
 
     /// The loop's progress jumped to a lead that had already arrived
@@ -1340,6 +1385,12 @@ impl LossMeter {
         let next = self.next.expect("moved");
         let ahead = (last + 1 + self.loop_len - next) % self.loop_len;
         if ahead > 0 && (ahead < self.loop_len / 2 || self.loop_len < 4) {
+            // What the window still holds as not arrived behind `first` was lost (the loop
+            // went on past the chain): reset unread, every burst just over a step was
+            // reported 63 short.
+            self.lost = self
+                .lost
+                .saturating_add(REORDER_WINDOW - self.window.count_ones());
             self.next = Some((last + 1) % self.loop_len);
             self.window = u64::MAX;
             self.pending_ahead = 0;
@@ -1389,6 +1440,14 @@ impl LossMeter {
         let missing = left - leaving.count_ones();
         let skipped_beyond = ahead.saturating_sub(REORDER_WINDOW - 1);
         self.lost = self.lost.saturating_add(missing + skipped_beyond);
+        if missing + skipped_beyond > 0 {
+            if self.counted.len() >= COUNTED_MOVES_MAX {
+                self.counted.pop_front();
+            }
+            let last = (serial + self.loop_len - REORDER_WINDOW % self.loop_len) % self.loop_len;
+            self.counted
+                .push_back((last, shift, missing + skipped_beyond));
+        }
         self.window = if shift >= REORDER_WINDOW {
             1
         } else {
@@ -1419,6 +1478,7 @@ impl LossMeter {
         self.next = None;
         self.window = 0;
         self.pending_ahead = 0;
+        self.counted.clear();
     }
 
     /// The counts since the last take, reset. Serials still within the reordering window are

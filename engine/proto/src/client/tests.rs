@@ -306,6 +306,13 @@ fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
     };
     assert_eq!((received, lost, rtt_us), (91, 10, 0));
     assert_eq!(interval_us, 200_000);
+    assert!(matches!(
+        reports[0],
+        ControlMessage::Report {
+            loss_judged: true,
+            ..
+        }
+    ));
     // The server answers 3 ms later and puts us on another group: RTT measured, Moved.
     let group: SocketAddr = "239.77.1.2:7701".parse().unwrap();
     let feedback = |echo_us| {
@@ -590,4 +597,39 @@ fn the_root_the_client_wants_goes_with_its_first_request() {
     client.handle_timeout(at(0));
     let (_, hints) = request_hints(&sent_to(&mut client)[0].1);
     assert_eq!(hints.root, Some(crate::info::RootHash([9; 32])));
+}
+
+/// Datagrams that arrived but none verified (a mid-loop joiner waits for the hash block
+/// above its data): the Report says its loss is not judged, so the server reads only a
+/// shortfall from it (`rate::Counts::Unjudged`).
+#[test]
+fn a_report_before_anything_verified_says_its_loss_is_not_judged() {
+    let mut client = joined_on_multicast();
+    let mut nak = NakPlanner::new(
+        crate::nak::NakConfig::default(),
+        &crate::bitmap::Bitmap::new(100),
+    );
+    for serial in 0..50 {
+        client.account_datagram(
+            &mut nak,
+            Some(Metered { serial }),
+            &Outcome::Store {
+                serial,
+                verified: false,
+            },
+            at(100),
+        );
+    }
+    client.handle_timeout(at(220));
+    let reports = reports_sent(&mut client);
+    let [ControlMessage::Report {
+        received,
+        lost,
+        loss_judged,
+        ..
+    }] = reports[..]
+    else {
+        panic!("one Report: {reports:?}")
+    };
+    assert_eq!((received, lost, loss_judged), (50, 0, false));
 }

@@ -109,6 +109,7 @@ fn report(session: SessionId, received: u32, lost: u32) -> Vec<u8> {
         received,
         lost,
         rtt_us: 1_000,
+        loss_judged: true,
     }
     .to_bytes()
 }

@@ -659,6 +659,7 @@ fn report(session: SessionId, sent_at_us: u32, received: u32, lost: u32) -> Vec<
         received,
         lost,
         rtt_us: 1_000,
+        loss_judged: true,
     }
     .to_bytes()
 }
@@ -1134,6 +1135,7 @@ fn a_report_flood_with_extreme_fields_and_replays_from_elsewhere_break_nothing()
             received: pick(&mut rng, &[0, 1, 17_000, u32::MAX]),
             lost: pick(&mut rng, &[0, 1, 17_000, u32::MAX]),
             rtt_us: pick(&mut rng, &[0, 1, 1_000, u32::MAX]),
+            loss_judged: true,
         }
         .to_bytes();
         endpoint.handle_control(now, addr("192.0.2.11:6000"), &flood, &mut files);
@@ -1195,6 +1197,7 @@ fn a_report_flood_cannot_step_slow_start_faster_than_a_client_reports() {
             received: u32::MAX,
             lost: 0,
             rtt_us: 1_000,
+            loss_judged: true,
         }
         .to_bytes();
         endpoint.handle_control(now, addr("192.0.2.11:6000"), &flood, &mut files);

@@ -1249,3 +1249,33 @@ fn a_doubling_tier_whose_members_lose_with_nowhere_to_go_stops_doubling_there() 
 
 mod attack;
 mod attack9;
+
+/// A client that could place no gaps yet (nothing it received since it moved has verified:
+/// the hash block above its data comes round once every ~2,000 datagrams) reports no loss that
+/// means anything. Read as no loss, a 5 Mbit/s receiver's new tier climbed to 10 Mbit/s in the
+/// 4 s before it came. Unjudged, such a report is not a fresh one (a tier in slow start does
+/// not rise on it) unless it received under a quarter of what the tier sent, which still
+/// reads as the rest lost.
+#[test]
+fn a_report_that_could_place_no_gaps_counts_only_a_shortfall() {
+    let config = RateConfig::default();
+    let rate = 10_000_000;
+    let sent = (rate as f64 * 0.05 / DATAGRAM_BITS as f64) as u32;
+    // Half of what the tier sent arrived, nothing placed: no fresh report, no loss read.
+    let mut blind = PathEstimate::default();
+    for _ in 0..5 {
+        report_50ms(&mut blind, &config, sent / 2, 0, rate, Counts::Unjudged);
+    }
+    assert!(!blind.is_fresh(), "an unjudged report is not fresh");
+    assert_eq!(blind.last_loss, 0.0);
+    assert!(blind.goodput().mean() > 0.0, "its goodput still counts");
+    // The same reports judged: fresh, no loss.
+    let mut judged = PathEstimate::default();
+    report_50ms(&mut judged, &config, sent / 2, 0, rate, Counts::Settled);
+    assert!(judged.is_fresh());
+    // A tenth of it arrived: read as the rest lost, and fresh.
+    let mut short = PathEstimate::default();
+    report_50ms(&mut short, &config, sent / 10, 0, rate, Counts::Unjudged);
+    assert!(short.is_fresh());
+    assert!(short.last_loss > 0.85, "{}", short.last_loss);
+}

@@ -388,6 +388,11 @@ pub enum ControlMessage {
         lost: u32,
         /// The client's latest round-trip sample, microseconds; 0 until it has one.
         rtt_us: u32,
+        /// Whether the client could place gaps at all: false while nothing it received since
+        /// it joined or moved has been verified (a mid-loop joiner waits for the next hash
+        /// block above its data, up to 2,000 datagrams), so `lost` says nothing. One byte, 0
+        /// or 1.
+        loss_judged: bool,
     },
     /// Server → client, the answer to a Report: the tier this session is on (0 = slowest) and
     /// where it listens. A client on another channel than `channel` moves there (R11); a lost
@@ -590,6 +595,7 @@ impl ControlMessage {
                 received,
                 lost,
                 rtt_us,
+                loss_judged,
             } => {
                 w.u8(kind::REPORT);
                 w.u64(session.0);
@@ -598,6 +604,7 @@ impl ControlMessage {
                 w.u32(*received);
                 w.u32(*lost);
                 w.u32(*rtt_us);
+                w.u8(u8::from(*loss_judged));
             }
             ControlMessage::Feedback {
                 session,
@@ -719,6 +726,11 @@ impl ControlMessage {
                 received: r.u32()?,
                 lost: r.u32()?,
                 rtt_us: r.u32()?,
+                loss_judged: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ParseError::Malformed),
+                },
             },
             kind::FEEDBACK => {
                 let session = SessionId(r.u64()?);
@@ -967,16 +979,17 @@ mod tests {
                 session: SessionId(s),
                 reason: EndReason::from_byte(reason).expect("1..=4"),
             }),
-            (any::<u64>(), any::<[u32; 5]>()).prop_map(|(s, [a, b, c, d, e])| {
-                ControlMessage::Report {
+            (any::<u64>(), any::<[u32; 5]>(), any::<bool>()).prop_map(
+                |(s, [a, b, c, d, e], judged)| ControlMessage::Report {
                     session: SessionId(s),
                     sent_at_us: a,
                     interval_us: b,
                     received: c,
                     lost: d,
                     rtt_us: e,
+                    loss_judged: judged,
                 }
-            }),
+            ),
             (
                 any::<u64>(),
                 any::<u32>(),

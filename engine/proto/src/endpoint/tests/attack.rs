@@ -13,6 +13,7 @@ fn report_at(session: SessionId, rate: u64, lost_share: f64) -> Vec<u8> {
         received: ((1.0 - lost_share) * sent) as u32,
         lost: (lost_share * sent) as u32,
         rtt_us: 1_000,
+        loss_judged: true,
     }
     .to_bytes()
 }
