@@ -164,6 +164,18 @@ struct Lead {
     arrived: u32,
 }
 
+/// A run of verified loop datagrams far from the frontier (see `NakPlanner::note_stray`).
+#[derive(Clone, Copy, Debug)]
+struct Strays {
+    count: u32,
+    /// Arrivals near the frontier meanwhile.
+    near: u32,
+    since: Instant,
+    /// The last stray, and how many in a row came in loop order (each a step past the last).
+    last: u32,
+    in_order: u32,
+}
+
 /// What a verified arrival is to the planner (see [`NakPlanner::is_progress`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Arrival {
@@ -268,7 +280,7 @@ pub struct NakPlanner {
     retracted: Option<u32>,
     /// Verified arrivals of the loop far from the frontier, those that were progress or leads
     /// meanwhile, and since when (see `note_stray`).
-    strays: Option<(u32, u32, Instant)>,
+    strays: Option<Strays>,
     /// The frontier started again elsewhere (`note_stray`), not yet told to the loss meter.
     restarted: bool,
     /// The frontier's travel at each instant it changed over the last `lead_quiet` (and the
@@ -853,11 +865,30 @@ impl NakPlanner {
     /// reporting no loss and asking for nothing. The frontier starts again here, as at a
     /// join (what lies between is left to the loop).
     fn note_stray(&mut self, serial: u32, now: Instant) {
-        let (count, near, since) = self.strays.get_or_insert((0, 0, now));
-        *count += 1;
-        if *count < STRAYS_MAX
-            || *count < STRAYS_PER_NEAR * *near
-            || now.saturating_since(*since) < self.lead_quiet()
+        let loop_len = self.loop_len();
+        let run = self.strays.get_or_insert(Strays {
+            count: 0,
+            near: 0,
+            since: now,
+            last: serial,
+            in_order: 0,
+        });
+        run.count += 1;
+        let step =
+            (u64::from(serial) + u64::from(loop_len) - u64::from(run.last)) % u64::from(loop_len);
+        run.in_order = if (1..=u64::from(LONG_JUMP)).contains(&step) {
+            run.in_order + 1
+        } else {
+            0
+        };
+        run.last = serial;
+        // The loop itself, arriving in order, whatever else arrives near the frontier (a host
+        // replaying datagrams next to a frontier it parked, at an eighth of what a victim
+        // losing 30 % receives, kept it parked and hid all its loss).
+        let outnumbered = run.count >= STRAYS_PER_NEAR * run.near || run.in_order >= STRAYS_MAX;
+        if run.count < STRAYS_MAX
+            || !outnumbered
+            || now.saturating_since(run.since) < self.lead_quiet()
         {
             return;
         }
@@ -1061,9 +1092,11 @@ impl NakPlanner {
                     // Near the frontier: the run of strays goes on only while they far
                     // outnumber these (a host on the group replaying one datagram next to a
                     // frontier it had parked far away, every 10 ms, kept it there).
-                    if let Some((strays, near, _)) = self.strays.as_mut() {
-                        *near += 1;
-                        if *near * STRAYS_PER_NEAR > *strays + STRAYS_MAX {
+                    if let Some(run) = self.strays.as_mut() {
+                        run.near += 1;
+                        if run.near * STRAYS_PER_NEAR > run.count + STRAYS_MAX
+                            && run.in_order < STRAYS_MAX
+                        {
                             self.strays = None;
                         }
                     }

@@ -1235,14 +1235,19 @@ pub struct LossMeter {
     pending_ahead: u64,
     received: u32,
     lost: u32,
-    /// The last moves that counted loss: (the last serial they counted, how many serials up
-    /// to it they passed, how many of those they counted lost), so a retraction takes back
-    /// only what they counted past where the loop really is (`retract_to`).
-    counted: VecDeque<(u32, u32, u32)>,
+    /// How far the sequence has moved in all (serials; back on a retraction): where each
+    /// counted loss lies, whatever the loop's length.
+    travel: u64,
+    /// The last moves that counted loss: (the travel of the last serial they counted, how
+    /// many serials up to it they passed, how many of those they counted lost), so a
+    /// retraction takes back only what they counted past where the loop really is
+    /// (`retract_to`); and the furthest serial (travel) that older, forgotten moves counted.
+    counted: VecDeque<(u64, u32, u32)>,
+    forgotten_to: Option<u64>,
 }
 
 /// Moves remembered in `LossMeter::counted`.
-const COUNTED_MOVES_MAX: usize = 16;
+const COUNTED_MOVES_MAX: usize = 64;
 
 /// Serials behind the frontier that may still arrive late (reordered) without counting as lost.
 const REORDER_WINDOW: u32 = 64;
@@ -1331,27 +1336,39 @@ impl LossMeter {
         let Some(next) = self.next.filter(|_| serial < self.loop_len) else {
             return;
         };
-        let passed = (next + 2 * self.loop_len - serial - 1) % self.loop_len;
+        let passed = self.forward(serial, next).saturating_sub(1);
         if passed == 0 || passed >= self.loop_len / 2 {
             return;
         }
         // Take back what the moves past `serial` counted lost there (only there: what they
-        // counted behind it the loop had passed).
-        let loop_len = self.loop_len;
-        let mut back = 0u32;
+        // counted up to it the loop had passed). Moves forgotten since: all they passed
+        // beyond it counts as taken back (a loss hidden, never one made up).
+        let at = self
+            .travel
+            .saturating_sub(u64::from(passed))
+            .saturating_sub(1);
+        let mut back = 0u64;
         self.counted.retain_mut(|(last, span, lost)| {
-            let beyond = (*last + loop_len - serial) % loop_len;
-            if beyond == 0 || beyond >= loop_len / 2 {
+            let beyond = last.saturating_sub(at);
+            if beyond == 0 {
                 return true;
             }
-            let taken = (*lost).min(beyond.min(*span));
-            back += taken;
+            let beyond = u32::try_from(beyond).unwrap_or(u32::MAX).min(*span);
+            let taken = (*lost).min(beyond);
+            back += u64::from(taken);
             *lost -= taken;
-            *span -= beyond.min(*span);
-            *last = serial;
+            *span -= beyond;
+            *last = at;
             *lost > 0
         });
-        self.lost = self.lost.saturating_sub(back);
+        if let Some(forgotten) = self.forgotten_to.filter(|&to| to > at) {
+            back += forgotten - at;
+            self.forgotten_to = Some(at);
+        }
+        self.lost = self
+            .lost
+            .saturating_sub(u32::try_from(back).unwrap_or(u32::MAX));
+        self.travel = self.travel.saturating_sub(u64::from(passed));
         self.next = Some((serial + 1) % self.loop_len);
         if passed < REORDER_WINDOW {
             // The window slides back: what arrived of the serials passed is pending ahead
@@ -1383,8 +1400,9 @@ impl LossMeter {
         self.lost = self.lost.saturating_add(missing);
         self.move_to(first);
         let next = self.next.expect("moved");
-        let ahead = (last + 1 + self.loop_len - next) % self.loop_len;
+        let ahead = self.forward(next, (last + 1) % self.loop_len);
         if ahead > 0 && (ahead < self.loop_len / 2 || self.loop_len < 4) {
+            self.travel += u64::from(ahead);
             // What the window still holds as not arrived behind `first` was lost (the loop
             // went on past the chain): reset unread, every burst just over a step was
             // reported 63 short.
@@ -1440,11 +1458,14 @@ impl LossMeter {
         let missing = left - leaving.count_ones();
         let skipped_beyond = ahead.saturating_sub(REORDER_WINDOW - 1);
         self.lost = self.lost.saturating_add(missing + skipped_beyond);
+        self.travel += u64::from(shift);
         if missing + skipped_beyond > 0 {
             if self.counted.len() >= COUNTED_MOVES_MAX {
-                self.counted.pop_front();
+                if let Some((last, ..)) = self.counted.pop_front() {
+                    self.forgotten_to = Some(self.forgotten_to.map_or(last, |to| to.max(last)));
+                }
             }
-            let last = (serial + self.loop_len - REORDER_WINDOW % self.loop_len) % self.loop_len;
+            let last = self.travel.saturating_sub(u64::from(REORDER_WINDOW));
             self.counted
                 .push_back((last, shift, missing + skipped_beyond));
         }
@@ -1464,6 +1485,7 @@ impl LossMeter {
             return;
         }
         let went_by = (u64::from(received) + u64::from(lost)) % u64::from(self.loop_len);
+        self.travel += went_by;
         let next = u64::from(self.next.unwrap_or(0));
         self.next = Some(((next + went_by) % u64::from(self.loop_len)) as u32);
         // Everything behind the new frontier is accounted for.
@@ -1479,6 +1501,14 @@ impl LossMeter {
         self.window = 0;
         self.pending_ahead = 0;
         self.counted.clear();
+        self.forgotten_to = None;
+    }
+
+    /// Distance going forward from `from` to `to` around the loop (in u64: a loop may have
+    /// up to `u32::MAX` serials).
+    fn forward(&self, from: u32, to: u32) -> u32 {
+        let len = u64::from(self.loop_len);
+        ((u64::from(to) + len - u64::from(from)) % len) as u32
     }
 
     /// The counts since the last take, reset. Serials still within the reordering window are

@@ -1,0 +1,203 @@
+//! The replay simulation shared by `hx_attack10.rs` and `hx_attack11.rs`: a loop of
+//! `RATE` datagrams a second through the real client accounting (`account_datagram`, the NAK
+//! planner and the loss meter), honest losses, and a host on the group that replays genuine
+//! datagrams or forges unverified ones. `simulate` prints and returns the loss the client
+//! reported against the path's true loss, what it asked for, and when.
+#![allow(dead_code)] // each test crate uses part of it
+
+use core::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+
+use loopcast_proto::bitmap::Bitmap;
+use loopcast_proto::client::{account_datagram, Metered};
+use loopcast_proto::nak::{NakConfig, NakPlanner};
+use loopcast_proto::rate::LossMeter;
+use loopcast_proto::receiver::Outcome;
+use loopcast_proto::Instant;
+
+#[derive(Clone, Debug)]
+pub enum Ev {
+    /// The loop's own datagram (honest network).
+    Loop(u32),
+    /// An attacker's replay of a genuine datagram (verifies).
+    Replay(u32),
+    Forged(u32),
+    Heard(Vec<(u32, u32)>),
+    Rate(f64),
+    Rejoin,
+}
+
+/// Events with when they happen (us), and the loop's serials with when they were sent (us).
+pub type Events = Vec<(u64, Ev)>;
+pub type Sent = Vec<(u64, u32)>;
+
+pub struct Report {
+    pub reported_loss: f64,
+    pub true_loss: f64,
+    pub asked_unique: usize,
+    pub asked_received_anyway: usize,
+    pub lost_never_asked: usize,
+    pub lost_ask_delay_max_ms: u64,
+    pub lost_ask_delay_mean_ms: f64,
+    pub retractions: u64,
+    pub promoted: u64,
+    pub max_interval_lost: u32,
+}
+
+pub fn us(t: u64) -> Instant {
+    Instant::ZERO + Duration::from_micros(t)
+}
+
+/// Feeds `events` (time in us, event) in time order; polls NAK every ms (at +900 us), takes
+/// the meter every 50 ms. `sent` is the loop's serials with when they were sent (us), and
+/// `delivered` which of them reached the victim (honest network).
+pub fn simulate(
+    loop_len: u32,
+    rate: f64,
+    mut events: Vec<(u64, Ev)>,
+    sent: &[(u64, u32)],
+    end_ms: u64,
+    label: &str,
+) -> Report {
+    events.sort_by_key(|e| e.0);
+    let mut nak = NakPlanner::new(NakConfig::default(), &Bitmap::new(loop_len));
+    nak.set_loop_rate(Some(rate));
+    let mut meter = LossMeter::new(loop_len);
+    let mut delivered: BTreeSet<u32> = BTreeSet::new();
+    for (_, e) in &events {
+        if let Ev::Loop(s) = e {
+            delivered.insert(*s);
+        }
+    }
+    let mut first_asked: BTreeMap<u32, u64> = BTreeMap::new();
+    let (mut rec, mut lost) = (0u64, 0u64);
+    let mut max_interval_lost = 0;
+    let mut it = events.into_iter().peekable();
+    for ms in 0..end_ms {
+        let poll = ms * 1000 + 900;
+        while let Some((t, _)) = it.peek() {
+            if *t > poll {
+                break;
+            }
+            let (t, e) = it.next().unwrap();
+            let now = us(t);
+            match e {
+                Ev::Loop(s) | Ev::Replay(s) => account_datagram(
+                    &mut meter,
+                    &mut nak,
+                    Some(Metered { serial: s }),
+                    &Outcome::Store {
+                        serial: s,
+                        verified: true,
+                    },
+                    now,
+                ),
+                Ev::Forged(s) => account_datagram(
+                    &mut meter,
+                    &mut nak,
+                    Some(Metered { serial: s }),
+                    &Outcome::Store {
+                        serial: s,
+                        verified: false,
+                    },
+                    now,
+                ),
+                Ev::Heard(r) => nak.heard(now, &r),
+                Ev::Rate(r) => nak.set_loop_rate(Some(r)),
+                Ev::Rejoin => {
+                    nak.rejoin();
+                    meter.restart();
+                }
+            }
+        }
+        if let Some(ranges) = nak.poll_nak(us(poll)) {
+            for (f, c) in ranges {
+                for s in f..f + c {
+                    first_asked.entry(s).or_insert(poll);
+                }
+            }
+        }
+        if ms % 50 == 49 {
+            let (r, l) = meter.take();
+            rec += u64::from(r);
+            lost += u64::from(l);
+            max_interval_lost = max_interval_lost.max(l);
+            if std::env::var("H10_TRACE").is_ok() {
+                eprintln!("  {label} t={ms} ms: received {r} lost {l}");
+            }
+        }
+    }
+    let sent_at: BTreeMap<u32, u64> = sent.iter().map(|&(t, s)| (s, t)).collect();
+    let really_lost: Vec<(u32, u64)> = sent_at
+        .iter()
+        .filter(|(s, t)| !delivered.contains(s) && **t + 300_000 < end_ms * 1000)
+        .map(|(s, t)| (*s, *t))
+        .collect();
+    let mut delays = Vec::new();
+    let mut never = 0;
+    for (s, t) in &really_lost {
+        match first_asked.get(s) {
+            Some(a) => delays.push(a.saturating_sub(*t) / 1000),
+            None => never += 1,
+        }
+    }
+    let r = Report {
+        reported_loss: lost as f64 / (rec + lost).max(1) as f64,
+        true_loss: (sent.len() - sent.iter().filter(|(_, s)| delivered.contains(s)).count()) as f64
+            / sent.len().max(1) as f64,
+        asked_unique: first_asked.len(),
+        asked_received_anyway: first_asked.keys().filter(|s| delivered.contains(s)).count(),
+        lost_never_asked: never,
+        lost_ask_delay_max_ms: delays.iter().copied().max().unwrap_or(0),
+        lost_ask_delay_mean_ms: delays.iter().sum::<u64>() as f64 / delays.len().max(1) as f64,
+        retractions: nak.retractions(),
+        promoted: nak.leads_promoted(),
+        max_interval_lost,
+    };
+    eprintln!(
+        "{label}: reported {:.2} % loss (true {:.2} %), max lost/50ms {}, asked {} unique ({} received anyway), lost never asked {} of {}, ask delay mean {:.1} max {} ms, retractions {}, promoted {}",
+        r.reported_loss * 100.0, r.true_loss * 100.0, r.max_interval_lost, r.asked_unique, r.asked_received_anyway,
+        r.lost_never_asked, really_lost.len(), r.lost_ask_delay_mean_ms, r.lost_ask_delay_max_ms, r.retractions, r.promoted
+    );
+    r
+}
+
+/// The loop at `rate` per second for `ms` ms from serial `start`; `lost(serial, t_us)` drops.
+pub fn honest_loop(
+    loop_len: u32,
+    rate: f64,
+    ms: u64,
+    start: u32,
+    lost: impl Fn(u32, u64) -> bool,
+) -> (Events, Sent) {
+    let n = (rate * ms as f64 / 1000.0) as u64;
+    let mut ev = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let t = (i as f64 * 1e6 / rate) as u64;
+        let s = ((u64::from(start) + i) % u64::from(loop_len)) as u32;
+        sent.push((t, s));
+        if !lost(s, t) {
+            ev.push((t, Ev::Loop(s)));
+        }
+    }
+    (ev, sent)
+}
+
+pub const L: u32 = 200_000;
+pub const RATE: f64 = 10_000.0;
+
+/// Reported loss within `points` percentage points of the path's true loss.
+pub fn assert_true_loss(r: &Report, points: f64, what: &str) {
+    let off = (r.reported_loss - r.true_loss) * 100.0;
+    assert!(
+        off.abs() < points,
+        "{what}: reported {:.2} % against a true {:.2} %",
+        r.reported_loss * 100.0,
+        r.true_loss * 100.0
+    );
+}
+
+pub fn random_loss(percent: u32) -> impl Fn(u32, u64) -> bool {
+    move |s: u32, _t: u64| (s.wrapping_mul(2_654_435_761) >> 7) % 100 < percent
+}
