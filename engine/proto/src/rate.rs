@@ -233,6 +233,8 @@ pub struct PathEstimate {
     congested_streak: u32,
     /// Reports since the member's tier last changed (rate or membership) and settled.
     fresh_reports: u32,
+    /// Reports since the last one that counted (see `just_lost`).
+    uncounted_since: u32,
     /// Loss that stayed when the rate dropped: the path's own, not congestion.
     noise_loss: f64,
     /// The loss that made the last decrease or move (to tell congestion from noise after it).
@@ -304,6 +306,7 @@ impl PathEstimate {
         let lost = if short {
             lost.max((sent - f64::from(received)).min(f64::from(u32::MAX)) as u32)
         } else if counts == Counts::Unjudged {
+            self.uncounted_since += 1;
             return;
         } else {
             lost
@@ -311,6 +314,7 @@ impl PathEstimate {
         let total = u64::from(received) + u64::from(lost);
         if total == 0 {
             // Nothing arrived and nothing went by: no loss sample (e.g. the channel is idle).
+            self.uncounted_since += 1;
             return;
         }
         let loss = lost as f64 / total as f64;
@@ -323,9 +327,13 @@ impl PathEstimate {
             // Lost at a rate the tier has only raised since: congested at today's too.
             Counts::LossOnly if congested => {}
             // Made before the tier's last change settled: says nothing about it.
-            Counts::LossOnly | Counts::Unsettled => return,
+            Counts::LossOnly | Counts::Unsettled => {
+                self.uncounted_since += 1;
+                return;
+            }
         }
         self.fresh_reports += 1;
+        self.uncounted_since = 0;
         if let Some(before) = self.loss_before_relief.take() {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.
@@ -451,6 +459,14 @@ impl PathEstimate {
     /// does not decide how a tier slows.
     pub fn overloaded(&self, rate: u64) -> bool {
         self.heavy_loss() || self.last_goodput < (1.0 - HEAVY_LOSS) * rate as f64
+    }
+
+    /// Its latest report counted and found loss: the tier waits for its next before going
+    /// faster. Only the latest: a member that lost once and then sent only reports that do not
+    /// count (a lying one claiming long intervals, or that it could place no gaps) held a
+    /// shared tier's rate for good.
+    fn just_lost(&self) -> bool {
+        self.congested_streak > 0 && self.uncounted_since == 0
     }
 
     fn is_fresh(&self) -> bool {
@@ -819,7 +835,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         let (congested, clear): (Vec<&MemberPlan<'_>>, Vec<&MemberPlan<'_>>) =
             fresh.iter().partition(|m| m.estimate.is_congested(config));
         if congested.is_empty() {
-            if clear.iter().any(|m| m.estimate.congested_streak > 0) {
+            if clear.iter().any(|m| m.estimate.just_lost()) {
                 // Someone just lost: wait for the next report before going faster.
                 continue;
             }

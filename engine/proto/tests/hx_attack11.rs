@@ -111,7 +111,7 @@ use loopcast_proto::rate::{
 /// tier settled (the endpoint reads them as LossOnly/Unsettled) with no loss. Prints the
 /// tier's rate after 10 s for each.
 #[test]
-fn b1_a_lying_member_holds_a_tier_no_better_with_loss_judged() {
+fn a_lying_member_cannot_hold_a_shared_tier_with_reports_that_do_not_count() {
     let config = RateConfig::default();
     let bits = 11_520u64;
     let step = Duration::from_millis(100);
@@ -126,6 +126,7 @@ fn b1_a_lying_member_holds_a_tier_no_better_with_loss_judged() {
         let mut control = TierControl::new(&config, t0, 100_000_000);
         let (mut honest, mut liar) = (PathEstimate::default(), PathEstimate::default());
         let mut liar_sent_lossy = false;
+        let mut liar_moved = false;
         let mut n = 0u32;
         for k in 1..=100u64 {
             let now = t0 + step * k as u32;
@@ -186,6 +187,7 @@ fn b1_a_lying_member_holds_a_tier_no_better_with_loss_judged() {
             };
             if !moves.is_empty() {
                 eprintln!("b1 {strategy}: moves at {k}: {moves:?}");
+                liar_moved = moves.iter().any(|m| m.member == 2);
                 break;
             }
             if control.rate() != before {
@@ -199,13 +201,23 @@ fn b1_a_lying_member_holds_a_tier_no_better_with_loss_judged() {
             "b1 {strategy}: tier rate after 10 s {} bit/s",
             control.rate()
         );
-        results.push((strategy, control.rate()));
+        results.push((strategy, control.rate(), liar_moved));
     }
     let of = |s: &str| results.iter().find(|r| r.0 == s).unwrap().1;
+    let moved = |s: &str| results.iter().find(|r| r.0 == s).unwrap().2;
     assert!(
         of("judged-false") >= of("long-interval"),
         "loss_judged holds the tier lower than lying in the other fields: {results:?}"
     );
+    // One lossy report followed by reports that do not count held the tier at its 100 Mbit/s
+    // for the whole 10 s (`PathEstimate::just_lost` waited for a report that never counted).
+    // Now the tier goes on, or the liar (its goodput far below the rate) is moved off it.
+    for strategy in ["judged-false", "long-interval"] {
+        assert!(
+            moved(strategy) || of(strategy) >= of("honest") / 4,
+            "{strategy} held the shared tier: {results:?}"
+        );
+    }
 }
 
 struct Rng(u64);
