@@ -1000,7 +1000,7 @@ pub fn account_datagram(
     outcome: &Outcome,
     now: Instant,
 ) {
-    let promoted = |meter: &mut LossMeter, nak: &mut NakPlanner| {
+    let follow_frontier = |meter: &mut LossMeter, nak: &mut NakPlanner| {
         if nak.take_restarted() {
             meter.restart();
         }
@@ -1013,7 +1013,7 @@ pub fn account_datagram(
     };
     // Where the loop's progress went back to, or on to a lead (at a NAK poll, or with this
     // datagram), first.
-    promoted(meter, nak);
+    follow_frontier(meter, nak);
     // Judged now, after the datagrams before it in its batch: judged before the batch, a
     // receiver reading a backlog of 2,000 datagrams at once saw all but the first steps as
     // leads, and counted them lost when the next batch moved it on (a loss-free 1 Gbit/s
@@ -1030,7 +1030,7 @@ pub fn account_datagram(
         | Outcome::Duplicate { serial } => nak.saw(serial, now),
         Outcome::Dropped(_) => false,
     };
-    promoted(meter, nak);
+    follow_frontier(meter, nak);
     if let Some(Metered { serial }) = metered {
         match outcome {
             Outcome::Store { verified: true, .. } | Outcome::Duplicate { .. } => {

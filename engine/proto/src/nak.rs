@@ -865,7 +865,7 @@ impl NakPlanner {
     /// reporting no loss and asking for nothing. The frontier starts again here, as at a
     /// join (what lies between is left to the loop).
     fn note_stray(&mut self, serial: u32, now: Instant) {
-        let loop_len = self.loop_len();
+        let step = self.strays.map(|run| self.ahead(run.last, serial));
         let run = self.strays.get_or_insert(Strays {
             count: 0,
             near: 0,
@@ -874,9 +874,7 @@ impl NakPlanner {
             in_order: 0,
         });
         run.count += 1;
-        let step =
-            (u64::from(serial) + u64::from(loop_len) - u64::from(run.last)) % u64::from(loop_len);
-        run.in_order = if (1..=u64::from(LONG_JUMP)).contains(&step) {
+        run.in_order = if step.is_some_and(|step| (1..=LONG_JUMP).contains(&step)) {
             run.in_order + 1
         } else {
             0

@@ -1310,7 +1310,7 @@ impl LossMeter {
             self.pending_ahead = 0;
             return;
         };
-        let ahead = (serial + self.loop_len - next) % self.loop_len;
+        let ahead = self.forward(next, serial);
         // Further than half the loop ahead is really behind: a repair, or a late datagram.
         if ahead < self.loop_len / 2 || self.loop_len < 4 {
             // Unverified serials that arrived between `next` and this one did arrive: the
@@ -1325,10 +1325,10 @@ impl LossMeter {
                 passed &= passed - 1;
                 let from = self.next.expect("set above");
                 let pending = (next + offset) % self.loop_len;
-                self.advance(pending, (pending + self.loop_len - from) % self.loop_len);
+                self.advance(pending, self.forward(from, pending));
             }
             let from = self.next.expect("set above");
-            self.advance(serial, (serial + self.loop_len - from) % self.loop_len);
+            self.advance(serial, self.forward(from, serial));
             let shift = ahead + 1;
             self.pending_ahead = if shift >= REORDER_WINDOW {
                 0
@@ -1449,7 +1449,7 @@ impl LossMeter {
         let Some(next) = self.next else {
             return;
         };
-        let ahead = (serial + self.loop_len - next) % self.loop_len;
+        let ahead = self.forward(next, serial);
         if ahead < REORDER_WINDOW && (ahead < self.loop_len / 2 || self.loop_len < 4) {
             self.pending_ahead |= 1 << ahead;
         } else if ahead >= self.loop_len / 2 {
