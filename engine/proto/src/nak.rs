@@ -900,7 +900,10 @@ impl NakPlanner {
         self.straggler = None;
         self.frontier_history.clear();
         self.note_frontier(now);
+        // What the meter was yet to hear of the old frontier (a retraction, or a lead taken
+        // at the start of this very datagram) is void: the meter starts again here.
         self.retracted = None;
+        self.promoted = None;
         self.restarted = true;
         self.retractions += 1;
     }
@@ -1889,6 +1892,32 @@ mod tests {
         let asked = nak.poll_nak(done).expect("gaps");
         assert_eq!(asked, vec![(4, 1), (6, 14)]);
         assert!(nak.frontier.is_some_and(|f| f < 303));
+    }
+
+    /// A lead taken (the loop quiet behind it for `lead_quiet`) at the start of the very
+    /// datagram whose stray run then starts the frontier again elsewhere: the restart voids the
+    /// jump, or the loss meter, started again, would then jump to the old lead and count the
+    /// distance from there to the loop as lost.
+    #[test]
+    fn a_restart_voids_a_lead_taken_with_the_same_datagram() {
+        let mut nak = planner(100_000, 256);
+        let t0 = Instant::ZERO;
+        nak.saw(50_000, t0);
+        // A lead 300 on; then the loop's own datagrams far behind the frontier (45,000).
+        nak.saw(50_300, t0);
+        for serial in 5_000..5_015 {
+            nak.saw(serial, t0);
+        }
+        assert!(!nak.take_restarted());
+        nak.saw(5_015, t0 + LEAD_QUIET_UNKNOWN_RATE);
+        assert_eq!(nak.leads_promoted(), 1, "the lead was taken first");
+        assert!(nak.take_restarted(), "then the frontier started again");
+        assert_eq!(nak.frontier, Some(5_015));
+        assert_eq!(
+            nak.take_promoted(),
+            None,
+            "the jump to the old lead is void"
+        );
     }
 
     #[test]
