@@ -226,7 +226,12 @@ fn any_report_fields_give_a_loss_between_none_and_all() {
             for &interval_us in &intervals {
                 for &rate in &rates {
                     for &bits in &[0u64, 8, 11_520, 72_000] {
-                        for counts in [Counts::Settled, Counts::LossOnly, Counts::Unsettled] {
+                        for counts in [
+                            Counts::Settled,
+                            Counts::LossOnly,
+                            Counts::Unsettled,
+                            Counts::Unjudged,
+                        ] {
                             let mut estimate = PathEstimate::default();
                             estimate.observe(
                                 &config,
