@@ -515,6 +515,24 @@ fn attack_packets() -> Vec<(String, Vec<u8>, &'static str)> {
     }
     .to_bytes();
     add("control/sync-truncated.bin", sync[..10].to_vec(), "drop");
+    let sync_wanted = ControlMessage::SyncWanted {
+        session: SessionId(42),
+        token: loopcast_proto::wire::control::Token(43),
+    }
+    .to_bytes();
+    add("control/sync-wanted.bin", sync_wanted.clone(), "parse");
+    add(
+        "control/sync-wanted-truncated.bin",
+        sync_wanted[..sync_wanted.len() - 1].to_vec(),
+        "drop",
+    );
+    let mut sync_wanted_long = sync_wanted;
+    sync_wanted_long.push(0);
+    add(
+        "control/sync-wanted-trailing-byte.bin",
+        sync_wanted_long,
+        "drop",
+    );
     let mut reject = vec![b'L', b'c', 1, 3];
     reject.extend_from_slice(&1u64.to_be_bytes());
     reject.push(1);

@@ -340,12 +340,19 @@ impl Sim {
                         _ => None,
                     };
                     client.offered_group = (transport == Transport::Multicast).then_some(channel);
+                    if transport == Transport::Multicast {
+                        // Joining takes no time here: ask for a Sync at once, as the driver does.
+                        client.session.multicast_joined(self.now);
+                    }
                 }
                 ClientEvent::Rejected { .. } | ClientEvent::NoAnswer => client.gave_up = true,
                 ClientEvent::Joined { .. }
                 | ClientEvent::SessionLost { .. }
                 | ClientEvent::Moved { .. } => {}
             }
+        }
+        while let Some((to, bytes)) = self.clients[i].session.poll_transmit() {
+            self.send(Node::Client(index), from, to, bytes);
         }
         let timeout = self.clients[i].session.poll_timeout();
         self.reschedule(Node::Client(index), timeout);

@@ -397,7 +397,11 @@ pub fn get_following(
                     multicast = None;
                     if offered == Transport::Multicast {
                         match join_group(channel, config.multicast_interface) {
-                            Ok(joined) => multicast = Some(joined),
+                            Ok(joined) => {
+                                multicast = Some(joined);
+                                session.multicast_joined(clock.now());
+                                send_all(&mut session);
+                            }
                             Err(error) => session.multicast_unavailable(
                                 clock.now(),
                                 format!("cannot join {channel}: {error}; fell back to unicast"),

@@ -739,6 +739,16 @@ impl ClientSession {
         }
     }
 
+    /// The driver joined the multicast group it was offered: ask the server for a Sync now
+    /// (the one sent with the Offer came before the join; the next scheduled one may be
+    /// 100 ms away). If this is lost, the scheduled Syncs still come.
+    pub fn multicast_joined(&mut self, now: Instant) {
+        let _ = now;
+        if let State::Syncing { session, token, .. } = self.state {
+            self.send(&ControlMessage::SyncWanted { session, token });
+        }
+    }
+
     /// The driver cannot receive the multicast group (cannot join): fall back at once.
     pub fn multicast_unavailable(&mut self, now: Instant, note: String) {
         if let State::Syncing {

@@ -337,6 +337,8 @@ struct Session {
     last_report_us: u32,
     /// Where the client's loop was before it came here (its Request's hint, within the loop).
     resume_at: Option<u32>,
+    /// SyncWanted messages honoured for it (at most `SYNC_WANTED_PER_SESSION`).
+    syncs_wanted: u8,
 }
 
 impl Session {
@@ -405,6 +407,10 @@ const EXPIRY_SCAN_GAP_MIN: Duration = Duration::from_millis(50);
 /// group within a few round trips of its Offer), then at the slow interval: a spoofed Request's
 /// session waits unvalidated for seconds, and must not buy fast SYNCs all that time.
 pub(crate) const SYNC_FAST_WINDOW: Duration = Duration::from_millis(250);
+/// SyncWanted messages a session may have honoured (one, and retries of a lost one).
+const SYNC_WANTED_PER_SESSION: u8 = 3;
+/// Syncs asked for with SyncWanted go to a group at most this often, however many clients ask.
+const SYNC_WANTED_GAP: Duration = Duration::from_millis(5);
 /// A Report covers at least this long when judging whether it came after a tier's change (a
 /// probing client reports every 50 ms or more).
 const REPORT_COUNTS_MIN: Duration = Duration::from_millis(40);
@@ -723,6 +729,9 @@ impl Endpoint {
                 token,
                 transport,
             } => self.handle_joined(now, from, len, session, token, transport),
+            ControlMessage::SyncWanted { session, token } => {
+                self.handle_sync_wanted(now, from, len, session, token)
+            }
             ControlMessage::Status {
                 session,
                 held,
@@ -1138,6 +1147,7 @@ impl Endpoint {
                 moved_at: None,
                 last_report_us: 0,
                 resume_at,
+                syncs_wanted: 0,
             },
         );
         self.unvalidated.push_back(session);
@@ -1320,6 +1330,46 @@ impl Endpoint {
             },
         );
         channel
+    }
+
+    /// A client that joined its group asks for a Sync now instead of waiting for the next one
+    /// (its first datagram then comes a round trip after its Offer, not up to
+    /// `sync_interval_pending` later). Only for a session still waiting for one, with its token
+    /// (so only from whoever receives the session's Offer), a few times a session, and the
+    /// group's Syncs at most one per `SYNC_WANTED_GAP` whoever asks.
+    fn handle_sync_wanted(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        received_len: usize,
+        session: SessionId,
+        token: Token,
+    ) {
+        if !self.session_from(from, received_len, session) {
+            return;
+        }
+        let state = self.sessions.get_mut(&session).expect("checked above");
+        if state.token != token {
+            self.counters.tokens_rejected += 1;
+            return;
+        }
+        if state.validated
+            || state.transport != Transport::Multicast
+            || state.syncs_wanted >= SYNC_WANTED_PER_SESSION
+        {
+            self.counters.control_dropped += 1;
+            return;
+        }
+        state.syncs_wanted += 1;
+        state.last_heard = state.last_heard.max(now);
+        let channel = self
+            .channels
+            .get_mut(&state.channel)
+            .expect("sessions have channels");
+        let soonest = channel
+            .last_sync
+            .map_or(now, |last| (last + SYNC_WANTED_GAP).max(now));
+        channel.next_sync = channel.next_sync.min(soonest);
     }
 
     fn handle_joined(

@@ -119,6 +119,39 @@ fn unicast_joins_with_the_token_and_repeats_it_until_data_arrives() {
     );
 }
 
+/// Once the driver has joined the group, the client asks for a Sync with its token (the one
+/// sent with the Offer came before the join); once joined, it asks no more.
+#[test]
+fn a_client_that_joined_its_group_asks_for_a_sync_with_its_token() {
+    let mut client = session();
+    client.handle_timeout(at(0));
+    let id = request_id(&sent(&mut client));
+    client.handle_control(at(1), server(), &offer(id, Transport::Multicast));
+    let (session_id, token) = match ControlMessage::parse(&offer(id, Transport::Multicast)) {
+        Ok(ControlMessage::Offer { session, token, .. }) => (session, token),
+        other => panic!("not an offer: {other:?}"),
+    };
+    sent(&mut client);
+    client.multicast_joined(at(2));
+    assert_eq!(
+        sent(&mut client),
+        vec![ControlMessage::SyncWanted {
+            session: session_id,
+            token
+        }]
+    );
+    let file_id = sample_info(10_000, DATAGRAM_SIZE_MTU_1500, 2).file_id;
+    client.handle_sync(at(3), file_id);
+    sent(&mut client);
+    client.multicast_joined(at(4));
+    assert!(
+        !sent(&mut client)
+            .iter()
+            .any(|m| matches!(m, ControlMessage::SyncWanted { .. })),
+        "no SyncWanted once joined"
+    );
+}
+
 #[test]
 fn multicast_confirms_on_sync_or_falls_back_after_the_timeout() {
     let mut client = session();

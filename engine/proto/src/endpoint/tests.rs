@@ -587,6 +587,116 @@ fn sync_repeats_at_the_pending_interval_while_a_session_waits_and_slowly_after()
     );
 }
 
+fn sync_wanted(session: SessionId, token: Token) -> Vec<u8> {
+    ControlMessage::SyncWanted { session, token }.to_bytes()
+}
+
+/// A client that joined its group asks for a Sync (SyncWanted): it comes at once instead of up
+/// to the pending interval later (every multicast client's first datagram came 0.10 s after its
+/// Offer), but only for the session's own token, from its address, while it waits, a few times
+/// a session, and never more often than `SYNC_WANTED_GAP` for the group.
+#[test]
+fn sync_wanted_brings_the_next_sync_at_once_only_for_a_waiting_session_with_its_token() {
+    let (mut endpoint, mut files) = endpoint(true);
+    let pending = endpoint.config().sync_interval_pending;
+    let a = addr("192.0.2.10:6000");
+    let (sa, ta) = open(&mut endpoint, &mut files, at(0), a, 1);
+    endpoint.handle_timeout(at(0));
+    assert_eq!(syncs_sent(&mut endpoint), 1, "the Sync sent with the Offer");
+    // Without SyncWanted the next comes after the pending interval.
+    endpoint.handle_timeout(at(1));
+    assert_eq!(syncs_sent(&mut endpoint), 0);
+    assert_eq!(
+        endpoint.poll_timeout(),
+        Some(at(pending.as_millis() as u64))
+    );
+
+    // A wrong token, or the right one from another address: nothing sooner, both counted.
+    let rejected = endpoint.counters().tokens_rejected;
+    endpoint.handle_control(at(2), a, &sync_wanted(sa, Token(ta.0 ^ 1)), &mut files);
+    assert_eq!(endpoint.counters().tokens_rejected, rejected + 1);
+    let dropped = endpoint.counters().control_dropped;
+    endpoint.handle_control(
+        at(2),
+        addr("192.0.2.99:6000"),
+        &sync_wanted(sa, ta),
+        &mut files,
+    );
+    assert_eq!(endpoint.counters().control_dropped, dropped + 1);
+    endpoint.handle_timeout(at(3));
+    assert_eq!(
+        syncs_sent(&mut endpoint),
+        0,
+        "no Sync for a forged SyncWanted"
+    );
+
+    // The session's own: a Sync once the gap since the last one has passed (5 ms), not later.
+    endpoint.handle_control(at(3), a, &sync_wanted(sa, ta), &mut files);
+    let gap = SYNC_WANTED_GAP.as_millis() as u64;
+    assert_eq!(endpoint.poll_timeout(), Some(at(gap)));
+    endpoint.handle_timeout(at(gap));
+    assert_eq!(syncs_sent(&mut endpoint), 1, "the asked-for Sync");
+    // Repeats buy at most SYNC_WANTED_PER_SESSION in all, each at least the gap apart.
+    let mut bought = 1;
+    for step in 1..20u64 {
+        let t = gap + step * gap;
+        endpoint.handle_control(at(t), a, &sync_wanted(sa, ta), &mut files);
+        endpoint.handle_timeout(at(t));
+        bought += syncs_sent(&mut endpoint);
+    }
+    assert_eq!(bought, usize::from(SYNC_WANTED_PER_SESSION));
+
+    // Once validated, a SyncWanted buys nothing (it is a counted drop).
+    let (mut endpoint, mut files) = self::endpoint(true);
+    let (sa, ta) = open(&mut endpoint, &mut files, at(0), a, 1);
+    endpoint.handle_timeout(at(0));
+    drain(&mut endpoint);
+    endpoint.handle_control(at(1), a, &joined(sa, ta, Transport::Multicast), &mut files);
+    drain(&mut endpoint);
+    let dropped = endpoint.counters().control_dropped;
+    endpoint.handle_control(at(10), a, &sync_wanted(sa, ta), &mut files);
+    assert_eq!(endpoint.counters().control_dropped, dropped + 1);
+    endpoint.handle_timeout(at(20));
+    assert_eq!(syncs_sent(&mut endpoint), 0);
+
+    // Nor for a unicast session.
+    let (mut endpoint, mut files) = self::endpoint(false);
+    let (sa, ta) = open(&mut endpoint, &mut files, at(0), a, 1);
+    drain(&mut endpoint);
+    endpoint.handle_control(at(10), a, &sync_wanted(sa, ta), &mut files);
+    endpoint.handle_timeout(at(20));
+    assert_eq!(syncs_sent(&mut endpoint), 0);
+}
+
+/// However many sessions ask, the group's Syncs come at most one per `SYNC_WANTED_GAP`.
+#[test]
+fn many_sessions_asking_for_syncs_get_at_most_one_per_gap() {
+    let (mut endpoint, mut files) = endpoint(true);
+    let mut sessions = Vec::new();
+    for host in 0..16u8 {
+        let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 100 + host)), 6000);
+        let (s, t) = open(&mut endpoint, &mut files, at(0), from, 1);
+        sessions.push((from, s, t));
+    }
+    endpoint.handle_timeout(at(0));
+    drain(&mut endpoint);
+    let mut syncs = 0;
+    let horizon = 50u64;
+    for t in 1..=horizon {
+        for &(from, s, token) in &sessions {
+            endpoint.handle_control(at(t), from, &sync_wanted(s, token), &mut files);
+        }
+        endpoint.handle_timeout(at(t));
+        syncs += syncs_sent(&mut endpoint);
+    }
+    let bound = (horizon / SYNC_WANTED_GAP.as_millis() as u64) as usize + 1;
+    assert!(
+        syncs <= bound,
+        "{syncs} Syncs in {horizon} ms (at most {bound})"
+    );
+    assert!(syncs >= 1, "the asked-for Sync still goes out: {syncs}");
+}
+
 #[test]
 fn spoofed_requests_from_many_addresses_cannot_lock_out_a_client_that_validates() {
     let (mut endpoint, mut files) = endpoint(false);

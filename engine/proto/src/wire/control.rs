@@ -346,6 +346,13 @@ pub enum ControlMessage {
         token: Token,
         transport: Transport,
     },
+    /// Client → server: I have joined the multicast group; send a Sync to it now. The token
+    /// from the Offer shows the sender receives at the session's address; the Sync goes to
+    /// the group, never to the sender, and a session buys at most a few
+    /// (`SYNC_WANTED_PER_SESSION`). Without it a new client waits for the next scheduled
+    /// Sync (up to the pending interval, 100 ms): the Sync sent with the Offer comes before
+    /// it joined.
+    SyncWanted { session: SessionId, token: Token },
     /// Client → server, periodically: progress and liveness. `done` ends the session.
     Status {
         session: SessionId,
@@ -432,6 +439,7 @@ mod kind {
     pub const REDIRECT: u8 = 13;
     pub const LIST: u8 = 14;
     pub const LISTING: u8 = 15;
+    pub const SYNC_WANTED: u8 = 16;
 }
 
 pub(crate) fn write_addr(w: &mut Writer<'_>, addr: SocketAddr) {
@@ -556,6 +564,11 @@ impl ControlMessage {
                 w.u64(session.0);
                 w.u64(token.0);
                 w.u8(transport.to_byte());
+            }
+            ControlMessage::SyncWanted { session, token } => {
+                w.u8(kind::SYNC_WANTED);
+                w.u64(session.0);
+                w.u64(token.0);
             }
             ControlMessage::Status {
                 session,
@@ -697,6 +710,10 @@ impl ControlMessage {
                 session: SessionId(r.u64()?),
                 token: Token(r.u64()?),
                 transport: Transport::from_byte(r.u8()?)?,
+            },
+            kind::SYNC_WANTED => ControlMessage::SyncWanted {
+                session: SessionId(r.u64()?),
+                token: Token(r.u64()?),
             },
             kind::STATUS => ControlMessage::Status {
                 session: SessionId(r.u64()?),
@@ -955,6 +972,10 @@ mod tests {
                 } else {
                     Transport::Unicast
                 }
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(s, t)| ControlMessage::SyncWanted {
+                session: SessionId(s),
+                token: Token(t),
             }),
             (any::<u64>(), any::<u32>(), any::<u32>(), any::<bool>()).prop_map(
                 |(s, held, loop_len, done)| ControlMessage::Status {
