@@ -227,6 +227,9 @@ const STATUS_INTERVAL: Duration = Duration::from_millis(250);
 /// so the disk writes while data arrives and the final fsync has little left to do.
 const SAVE_INTERVAL: Duration = Duration::from_millis(200);
 const RECEIVE_TIMEOUT: Duration = Duration::from_millis(50);
+/// The group socket's receive timeout while the session waits for its first Sync: its
+/// SyncWanted retries are due 10 and 30 ms apart, and nothing else arrives then.
+const SYNCING_RECEIVE_TIMEOUT: Duration = Duration::from_millis(5);
 /// Buffers taken per recvmmsg.
 const RECEIVE_BATCH: usize = 64;
 /// Longest random wait before a multicast receiver asks for a gap (R10's Timer A): long enough
@@ -319,6 +322,8 @@ pub fn get_following(
     let mut last_new_data = Instant::now();
     let mut root_seen: Option<RootHash> = None;
     let mut control_nonblocking = false;
+    // Whether the group socket has SYNCING_RECEIVE_TIMEOUT (else RECEIVE_TIMEOUT, as made).
+    let mut group_timeout_short = false;
     let mut resumed_datagrams = 0;
     let mut failovers_seen = 0;
     let mut data_again_after_failover_unix_ms = None;
@@ -399,6 +404,7 @@ pub fn get_following(
                         match join_group(channel, config.multicast_interface) {
                             Ok(joined) => {
                                 multicast = Some(joined);
+                                group_timeout_short = false;
                                 session.multicast_joined(clock.now());
                                 send_all(&mut session);
                             }
@@ -488,7 +494,10 @@ pub fn get_following(
                     if moved == Transport::Multicast && multicast.is_some() {
                         drop(multicast.take());
                         match join_group(channel, config.multicast_interface) {
-                            Ok(joined) => multicast = Some(joined),
+                            Ok(joined) => {
+                                multicast = Some(joined);
+                                group_timeout_short = false;
+                            }
                             Err(error) => {
                                 tracing::warn!(%channel, %error, "cannot join the new tier's group; asking again");
                                 session.leave(clock.now());
@@ -506,6 +515,19 @@ pub fn get_following(
         send_all(&mut session);
         // On multicast the data comes from the group and the control socket is only polled for
         // the server's replies: non-blocking then, switched once, not per batch.
+        if let Some((socket, _)) = multicast.as_ref() {
+            let syncing = session.transport().is_none();
+            if syncing != group_timeout_short {
+                let timeout = if syncing {
+                    SYNCING_RECEIVE_TIMEOUT
+                } else {
+                    RECEIVE_TIMEOUT
+                };
+                loopcast_dataplane::socket::set_receive_timeout(socket, timeout)
+                    .map_err(io_err("set group socket receive timeout"))?;
+                group_timeout_short = syncing;
+            }
+        }
         if multicast.is_some() != control_nonblocking {
             control_nonblocking = multicast.is_some();
             control

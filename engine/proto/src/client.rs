@@ -141,6 +141,9 @@ pub struct TierInfo {
 /// Feedbacks with the rate unchanged after which a probing client reports at the usual
 /// interval again (a slow-start step takes two or three).
 const PROBING_UNCHANGED_MAX: u32 = 8;
+/// After the first SyncWanted, the retries go this long after the one before (3 in all: the
+/// server honours no more), while no Sync or datagram has come.
+const SYNC_WANTED_RETRIES: [Duration; 2] = [Duration::from_millis(10), Duration::from_millis(30)];
 /// A probing Report covers at least this many datagrams at the tier's rate.
 const PROBE_REPORT_DATAGRAMS: u64 = 256;
 /// Until an Offer says otherwise.
@@ -169,6 +172,9 @@ enum State {
         token: Token,
         file_id: FileId,
         deadline: Instant,
+        /// SyncWanted sent so far since the driver joined the group, and when the next goes.
+        syncs_wanted: u8,
+        next_sync_wanted: Option<Instant>,
     },
     Joined {
         session: SessionId,
@@ -501,6 +507,8 @@ impl ClientSession {
                             token,
                             file_id,
                             deadline: now + self.config.sync_timeout,
+                            syncs_wanted: 0,
+                            next_sync_wanted: None,
                         };
                     }
                     Transport::Unicast => {
@@ -741,11 +749,39 @@ impl ClientSession {
 
     /// The driver joined the multicast group it was offered: ask the server for a Sync now
     /// (the one sent with the Offer came before the join; the next scheduled one may be
-    /// 100 ms away). If this is lost, the scheduled Syncs still come.
+    /// 100 ms away), and again after [`SYNC_WANTED_RETRIES`] if none came: the first may
+    /// arrive before the network forwards the group to us (Linux sends the join's IGMP
+    /// report a few milliseconds after the join; a snooping switch takes longer). If all are
+    /// lost, the scheduled Syncs still come.
     pub fn multicast_joined(&mut self, now: Instant) {
-        let _ = now;
-        if let State::Syncing { session, token, .. } = self.state {
-            self.send(&ControlMessage::SyncWanted { session, token });
+        if let State::Syncing {
+            syncs_wanted: 0,
+            next_sync_wanted: None,
+            ..
+        } = self.state
+        {
+            self.want_sync(now);
+        }
+    }
+
+    fn want_sync(&mut self, now: Instant) {
+        if let State::Syncing {
+            session,
+            token,
+            syncs_wanted,
+            next_sync_wanted,
+            ..
+        } = &mut self.state
+        {
+            let message = ControlMessage::SyncWanted {
+                session: *session,
+                token: *token,
+            };
+            *next_sync_wanted = SYNC_WANTED_RETRIES
+                .get(usize::from(*syncs_wanted))
+                .map(|&after| now + after);
+            *syncs_wanted += 1;
+            self.send(&message);
         }
     }
 
@@ -852,7 +888,12 @@ impl ClientSession {
                 token,
                 file_id,
                 deadline,
+                next_sync_wanted,
+                ..
             } => {
+                if next_sync_wanted.is_some_and(|at| now >= at) && now < deadline {
+                    self.want_sync(now);
+                }
                 if now >= deadline {
                     let note = format!(
                         "no SYNC within {:.1} s; fell back to unicast",
@@ -934,7 +975,11 @@ impl ClientSession {
                 give_up_at,
                 ..
             } => Some((*next_send).min(*give_up_at)),
-            State::Syncing { deadline, .. } => Some(*deadline),
+            State::Syncing {
+                deadline,
+                next_sync_wanted,
+                ..
+            } => Some(next_sync_wanted.map_or(*deadline, |at| at.min(*deadline))),
             State::Joined {
                 next_status,
                 next_joined,

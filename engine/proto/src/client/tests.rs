@@ -133,23 +133,43 @@ fn a_client_that_joined_its_group_asks_for_a_sync_with_its_token() {
     };
     sent(&mut client);
     client.multicast_joined(at(2));
-    assert_eq!(
-        sent(&mut client),
-        vec![ControlMessage::SyncWanted {
-            session: session_id,
-            token
-        }]
-    );
+    let wanted = ControlMessage::SyncWanted {
+        session: session_id,
+        token,
+    };
+    assert_eq!(sent(&mut client), vec![wanted.clone()]);
+    // No Sync came (it may have reached the group before the network forwarded it to us):
+    // asked again 10 ms and then 30 ms later, and no more (the server honours 3).
+    let mut times = Vec::new();
+    for ms in 3..1_400 {
+        client.handle_timeout(at(ms));
+        for message in sent(&mut client) {
+            if message == wanted {
+                times.push(ms);
+            }
+        }
+    }
+    assert_eq!(times, vec![12, 42], "the retries");
+    assert_eq!(client.transport(), None, "still waiting for a Sync");
+
+    let mut client = session();
+    client.handle_timeout(at(0));
+    let id = request_id(&sent(&mut client));
+    client.handle_control(at(1), server(), &offer(id, Transport::Multicast));
+    client.multicast_joined(at(2));
     let file_id = sample_info(10_000, DATAGRAM_SIZE_MTU_1500, 2).file_id;
     client.handle_sync(at(3), file_id);
     sent(&mut client);
     client.multicast_joined(at(4));
-    assert!(
-        !sent(&mut client)
-            .iter()
-            .any(|m| matches!(m, ControlMessage::SyncWanted { .. })),
-        "no SyncWanted once joined"
-    );
+    for ms in 4..100 {
+        client.handle_timeout(at(ms));
+        assert!(
+            !sent(&mut client)
+                .iter()
+                .any(|m| matches!(m, ControlMessage::SyncWanted { .. })),
+            "no SyncWanted once joined"
+        );
+    }
 }
 
 #[test]
