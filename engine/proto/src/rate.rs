@@ -512,6 +512,10 @@ pub struct TierControl {
     /// Its rate last fell to a floor, and nothing is remembered since: slow start resumes
     /// gently (see [`TierControl::decrease_to`]).
     floored: bool,
+    /// In slow start, the last rate its members kept up with (the one it rose from last):
+    /// a loss on the next step falls no lower than 90 % of it (not from a floor, whose
+    /// steps are small and whose members' path is near).
+    kept_up_at: Option<u64>,
 }
 
 impl TierControl {
@@ -528,6 +532,7 @@ impl TierControl {
             from_floor: false,
             rising: true,
             floored: false,
+            kept_up_at: None,
         }
     }
 
@@ -563,6 +568,7 @@ impl TierControl {
             from_floor: false,
             rising: false,
             floored: false,
+            kept_up_at: None,
         }
     }
 
@@ -652,6 +658,7 @@ impl TierControl {
         };
         let next = next.max(rate + 1.0) as u64;
         if self.slow_start {
+            self.kept_up_at = Some(self.rate);
             self.set_probe_rate(config, now, next);
         } else {
             self.set_rate(config, now, next);
@@ -693,12 +700,33 @@ impl TierControl {
             && self.slow_start
             && !self.from_floor
             && self.clean_increases < RESUME_SLOW_START_AFTER;
+        // A slow-start step that overshot falls no lower than 90 % of the step before, which
+        // its members kept up with: what reaches a receiver flooded far past its rate is less
+        // than it takes (on a 2-core host the flood's own cost starves it: 1 GiB at MTU 1500
+        // fell from 12 Gbit/s to 4.1 after a clean 8 Gbit/s, and crept up 1 % a step, 2.4 s
+        // instead of 1.3).
+        let kept_up = if self.slow_start && !self.from_floor {
+            self.kept_up_at.map_or(0.0, |rate| rate as f64)
+        } else {
+            0.0
+        };
         self.stop_rising(floor);
+        self.kept_up_at = None;
+        // Only a collapse: a path that carries a little less than the step before (a member
+        // that lost there too, while others raised the tier) is where it loses.
+        let capacity = if capacity < COLLAPSE_SHARE * kept_up {
+            kept_up
+        } else {
+            capacity
+        };
         self.loss_rate = (!floor).then_some((capacity as u64, now));
         self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
     }
 }
 
+/// What reached the members after a slow-start step, below this share of the step before
+/// (which they kept up with), is a collapse under the overload, not their path's rate.
+const COLLAPSE_SHARE: f64 = 0.75;
 /// Slow start from a floor grows by this much a step.
 const FLOOR_STEP: f64 = 1.12;
 /// A rise of at least this is a slow-start step to a client (it reports more often, and starts
@@ -874,7 +902,13 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         if config.policy == TierPolicy::Distribution {
             // What the tier's best members take: the rate if some keep up, else the most that
             // reached any member that lost.
-            let settled_clear = clear.iter().any(|m| m.estimate.congested_streak == 0);
+            // Members not yet heard on a tier still in slow start (they joined a few
+            // milliseconds after the first, whose report came alone) count as keeping up:
+            // the ones that lost move, the rate stays for the others. (Read as everyone,
+            // the first report of a 5 Mbit/s receiver set a new tier's rate to 4.4 Mbit/s for
+            // an unlimited receiver that joined 5 ms later: 7.5 s for 4 MiB instead of 0.1.)
+            let unheard = tier.control.slow_start && tier.members.len() > fresh.len();
+            let settled_clear = unheard || clear.iter().any(|m| m.estimate.congested_streak == 0);
             let reference = if settled_clear {
                 rate as f64
             } else {
