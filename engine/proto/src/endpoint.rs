@@ -1360,8 +1360,8 @@ impl Endpoint {
             self.counters.control_dropped += 1;
             return;
         }
+        // Not `last_heard`: a session that never validates must still expire on time.
         state.syncs_wanted += 1;
-        state.last_heard = state.last_heard.max(now);
         let channel = self
             .channels
             .get_mut(&state.channel)

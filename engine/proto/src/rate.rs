@@ -241,6 +241,9 @@ pub struct PathEstimate {
     loss_before_relief: Option<f64>,
     /// Goodput of its last congested report: what its path carries.
     known_capacity: Option<f64>,
+    /// The most it has received in one report, never above the rate it was sent: what its
+    /// path has been seen to take (see `COLLAPSE_SHARE`).
+    best_goodput: f64,
     reports: u64,
     /// Its moves up to faster tiers, and where it may not try again yet.
     climb: Climb,
@@ -289,6 +292,7 @@ impl PathEstimate {
             .min(2.0 * rate as f64);
         self.goodput.update(goodput, EWMA_WEIGHT);
         self.last_goodput = goodput;
+        self.best_goodput = self.best_goodput.max(goodput.min(rate as f64));
         self.reports += 1;
         if let Some(rtt) = rtt.filter(|rtt| *rtt < Duration::from_secs(10)) {
             self.rtt = Some(rtt);
@@ -601,6 +605,7 @@ impl TierControl {
         if clamped == self.rate {
             return false;
         }
+        self.kept_up_at = None;
         self.set_rate(config, now, clamped);
         true
     }
@@ -692,7 +697,14 @@ impl TierControl {
     /// and it lost half of what was sent for 0.45 s. Slow-starting gently at once kept the tier
     /// in slow start, where members neither climb nor merge, for longer: in the fleet
     /// simulation seed 24 fell from 98.75 % to 94.85 % matched.)
-    fn decrease_to(&mut self, config: &RateConfig, now: Instant, capacity: f64, heavy: bool) {
+    fn decrease_to(
+        &mut self,
+        config: &RateConfig,
+        now: Instant,
+        capacity: f64,
+        heavy: bool,
+        proven: f64,
+    ) {
         // Only the first loss (out of slow start, far above the path) is read as a floor; a
         // heavy loss later (a probe that overshot, slow start resumed included) is where the
         // path is.
@@ -705,20 +717,18 @@ impl TierControl {
         // than it takes (on a 2-core host the flood's own cost starves it: 1 GiB at MTU 1500
         // fell from 12 Gbit/s to 4.1 after a clean 8 Gbit/s, and crept up 1 % a step, 2.4 s
         // instead of 1.3).
-        let kept_up = if self.slow_start && !self.from_floor {
-            self.kept_up_at.map_or(0.0, |rate| rate as f64)
-        } else {
-            0.0
+        let kept_up = match self.kept_up_at {
+            Some(rate) if self.slow_start && !self.from_floor && rate < self.rate => rate as f64,
+            _ => 0.0,
         };
         self.stop_rising(floor);
         self.kept_up_at = None;
-        // Only a collapse: a path that carries a little less than the step before (a member
-        // that lost there too, while others raised the tier) is where it loses.
-        let capacity = if capacity < COLLAPSE_SHARE * kept_up {
-            kept_up
-        } else {
-            capacity
-        };
+        // Only a collapse, and only of a member seen to take the step before (`proven`, its
+        // best report): a path that carries a little less than that step (a member that lost
+        // there too, while others raised the tier), or one that never took it (it joined
+        // during the step), is where it loses.
+        let collapse = capacity < COLLAPSE_SHARE * kept_up && proven >= COLLAPSE_SHARE * kept_up;
+        let capacity = if collapse { kept_up } else { capacity };
         self.loss_rate = (!floor).then_some((capacity as u64, now));
         self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
     }
@@ -894,7 +904,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             } else {
                 let mean = known.iter().sum::<f64>() / known.len() as f64;
                 if mean < rate as f64 {
-                    tier.control.decrease_to(config, now, mean, false);
+                    tier.control.decrease_to(config, now, mean, false, 0.0);
                 }
             }
             continue;
@@ -907,7 +917,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // the ones that lost move, the rate stays for the others. (Read as everyone,
             // the first report of a 5 Mbit/s receiver set a new tier's rate to 4.4 Mbit/s for
             // an unlimited receiver that joined 5 ms later: 7.5 s for 4 MiB instead of 0.1.)
-            let unheard = tier.control.slow_start && tier.members.len() > fresh.len();
+            // Only where every member that lost may move now: else a member that never
+            // reports would hold the rate for one that cannot leave yet (hx_attack12).
+            let unheard = tier.control.slow_start
+                && tier.members.len() > fresh.len()
+                && congested.iter().all(|m| dwelt(config, now, m));
             let settled_clear = unheard || clear.iter().any(|m| m.estimate.congested_streak == 0);
             let reference = if settled_clear {
                 rate as f64
@@ -991,8 +1005,13 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         if let Some(setter) = setter {
             let capacity = setter.estimate.capacity(rate);
             if capacity < rate as f64 {
-                tier.control
-                    .decrease_to(config, now, capacity, setter.estimate.heavy_loss());
+                tier.control.decrease_to(
+                    config,
+                    now,
+                    capacity,
+                    setter.estimate.heavy_loss(),
+                    setter.estimate.best_goodput,
+                );
             }
         }
     }

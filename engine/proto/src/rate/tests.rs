@@ -756,7 +756,12 @@ fn a_slow_start_overshoot_that_collapses_falls_to_the_step_before_not_to_the_col
     now = now + STEP;
     tier.increase(&config, now);
     assert_eq!(tier.rate(), 12_000_000_000, "the step past 8 Gbit/s");
-    tier.decrease_to(&config, now, 4.6e9, false);
+    // Not for a member never seen to take 8 Gbit/s (it joined during the step).
+    let mut unproven = tier.clone();
+    unproven.decrease_to(&config, now, 4.6e9, false, 1e9);
+    assert_eq!(unproven.rate(), 4_140_000_000);
+    // It received 6.5 Gbit/s at 8: a collapse.
+    tier.decrease_to(&config, now, 4.6e9, false, 6.5e9);
     assert_eq!(
         tier.rate(),
         7_200_000_000,
@@ -770,10 +775,10 @@ fn a_slow_start_overshoot_that_collapses_falls_to_the_step_before_not_to_the_col
         now = now + STEP;
         tier.increase(&config, now);
     }
-    tier.decrease_to(&config, now, 7e9, false);
+    tier.decrease_to(&config, now, 7e9, false, 8e9);
     assert_eq!(tier.rate(), 6_300_000_000);
     // Out of slow start, what reached the members is what counts, however low.
-    tier.decrease_to(&config, now, 1e9, false);
+    tier.decrease_to(&config, now, 1e9, false, 8e9);
     assert_eq!(tier.rate(), 900_000_000);
 }
 
@@ -790,7 +795,7 @@ fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
     let capacity = 4_800_000.0;
     let mut now = at(0);
     let mut tier = TierControl::new(&config, now, 1_000_000_000);
-    tier.decrease_to(&config, now, capacity, true);
+    tier.decrease_to(&config, now, capacity, true, capacity);
     assert!(
         tier.loss_rate.is_none(),
         "the first probe's loss is a floor"
@@ -809,7 +814,7 @@ fn a_heavy_loss_after_slow_start_resumed_is_remembered_not_a_floor() {
         assert!(climbed <= 6, "it climbs past the path in a few steps");
     }
     // Much of the rate is lost: heavy, but the path is known now.
-    tier.decrease_to(&config, now, capacity, true);
+    tier.decrease_to(&config, now, capacity, true, capacity);
     assert_eq!(
         tier.loss_rate.map(|(rate, _)| rate),
         Some(capacity as u64),
@@ -975,7 +980,7 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
     assert_eq!(floor.rate(), (new_rate as f64 * FLOOR_STEP) as u64);
     assert!(floor.in_slow_start());
     // A loss in that ramp is where the path is: remembered, not another floor.
-    floor.decrease_to(&config, at(200), 40e6, true);
+    floor.decrease_to(&config, at(200), 40e6, true, 40e6);
     assert!(floor.loss_rate.is_some());
 }
 
