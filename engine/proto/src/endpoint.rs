@@ -1332,6 +1332,24 @@ impl Endpoint {
         channel
     }
 
+    /// [`Endpoint::session_from`], and the session's token (else counted in `tokens_rejected`).
+    fn session_with_token(
+        &mut self,
+        from: SocketAddr,
+        received_len: usize,
+        session: SessionId,
+        token: Token,
+    ) -> bool {
+        if !self.session_from(from, received_len, session) {
+            return false;
+        }
+        if self.sessions[&session].token != token {
+            self.counters.tokens_rejected += 1;
+            return false;
+        }
+        true
+    }
+
     /// A client that joined its group asks for a Sync now instead of waiting for the next one
     /// (its first datagram then comes a round trip after its Offer, not up to
     /// `sync_interval_pending` later). Only for a session still waiting for one, with its token
@@ -1345,14 +1363,10 @@ impl Endpoint {
         session: SessionId,
         token: Token,
     ) {
-        if !self.session_from(from, received_len, session) {
+        if !self.session_with_token(from, received_len, session, token) {
             return;
         }
         let state = self.sessions.get_mut(&session).expect("checked above");
-        if state.token != token {
-            self.counters.tokens_rejected += 1;
-            return;
-        }
         if state.validated
             || state.transport != Transport::Multicast
             || state.syncs_wanted >= SYNC_WANTED_PER_SESSION
@@ -1381,14 +1395,10 @@ impl Endpoint {
         token: Token,
         transport: Transport,
     ) {
-        if !self.session_from(from, received_len, session) {
+        if !self.session_with_token(from, received_len, session, token) {
             return;
         }
         let state = self.sessions.get_mut(&session).expect("checked above");
-        if state.token != token {
-            self.counters.tokens_rejected += 1;
-            return;
-        }
         state.last_heard = state.last_heard.max(now);
         let was_validated = state.validated;
         let previous = state.transport;
