@@ -368,7 +368,10 @@ fn serve(
         %local,
         media = %config.media_dir.display(),
         archives,
-        multicast = ?config.multicast.as_ref().map(|m| (m.group_base, m.port)),
+        multicast = %config.multicast.as_ref().map_or_else(
+            || "off (unicast only)".to_owned(),
+            |m| format!("groups from {}, port {}", m.group_base, m.port)
+        ),
         rate = %match (&config.adaptive, config.rate_bits_per_s) {
             (None, rate) => format!("fixed {}", format_rate(rate)),
             (Some(_), 0) => "automatic".to_owned(),
@@ -1145,6 +1148,8 @@ impl Server {
                 "control_dropped": e.control_dropped,
                 "replies_withheld": e.replies_withheld,
                 "tokens_rejected": e.tokens_rejected,
+                "syncs_sent": e.syncs_sent,
+                "syncs_wanted": e.syncs_wanted,
                 "sessions_opened": e.sessions_opened,
                 "sessions_validated": e.sessions_validated,
                 "sessions_completed": e.sessions_completed,

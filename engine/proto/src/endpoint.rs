@@ -291,6 +291,9 @@ pub struct EndpointCounters {
     /// Replies not sent because they would exceed `AMPLIFICATION_FACTOR` × what was received.
     pub replies_withheld: u64,
     pub tokens_rejected: u64,
+    /// Syncs sent to groups, and SyncWanted messages honoured (a slow join shows here).
+    pub syncs_sent: u64,
+    pub syncs_wanted: u64,
     pub sessions_opened: u64,
     pub sessions_validated: u64,
     pub sessions_completed: u64,
@@ -1376,6 +1379,7 @@ impl Endpoint {
         }
         // Not `last_heard`: a session that never validates must still expire on time.
         state.syncs_wanted += 1;
+        self.counters.syncs_wanted += 1;
         let channel = self
             .channels
             .get_mut(&state.channel)
@@ -1743,6 +1747,7 @@ impl Endpoint {
                 continue;
             }
             channel.sync_sequence = channel.sync_sequence.wrapping_add(1);
+            self.counters.syncs_sent += 1;
             channel.last_sync = Some(now);
             channel.next_sync = now
                 + if channel.multicast_pending > 0 && now < channel.fast_sync_until {

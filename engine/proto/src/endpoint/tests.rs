@@ -636,6 +636,16 @@ fn sync_wanted_brings_the_next_sync_at_once_only_for_a_waiting_session_with_its_
     assert_eq!(endpoint.poll_timeout(), Some(at(gap)));
     endpoint.handle_timeout(at(gap));
     assert_eq!(syncs_sent(&mut endpoint), 1, "the asked-for Sync");
+    assert_eq!(
+        endpoint.counters().syncs_wanted,
+        1,
+        "one honoured, two forged"
+    );
+    assert_eq!(
+        endpoint.counters().syncs_sent,
+        2,
+        "with the Offer's, and asked for"
+    );
     // Repeats buy at most SYNC_WANTED_PER_SESSION in all, each at least the gap apart.
     let mut bought = 1;
     for step in 1..20u64 {
