@@ -228,6 +228,8 @@ pub struct ClientSession {
     moves: u64,
     /// Bits in one of the file's datagrams (from the Offer).
     datagram_bits: u64,
+    /// Joined, and no datagram yet: the first Report's interval starts with the first one.
+    report_waits_for_data: bool,
 }
 
 impl ClientSession {
@@ -270,6 +272,7 @@ impl ClientSession {
             probing_unchanged: 0,
             moves: 0,
             datagram_bits: DEFAULT_DATAGRAM_BITS,
+            report_waits_for_data: false,
         }
     }
 
@@ -697,6 +700,7 @@ impl ClientSession {
         };
         self.meter.take();
         self.last_report = now;
+        self.report_waits_for_data = true;
     }
 
     /// SYNC seen on the multicast group (R8).
@@ -720,6 +724,7 @@ impl ClientSession {
 
     /// A verified datagram of our file arrived (stored or duplicate): the channel works.
     pub fn handle_data(&mut self, now: Instant) {
+        let interval = self.report_interval();
         match &mut self.state {
             State::Syncing {
                 session,
@@ -738,10 +743,22 @@ impl ClientSession {
             State::Joined {
                 last_data,
                 next_joined,
+                next_report,
                 ..
             } => {
                 *last_data = (*last_data).max(now);
                 *next_joined = None;
+                if self.report_waits_for_data {
+                    // The first Report covers the time data flows, not the join before it:
+                    // a joiner whose data began halfway through its first interval read as
+                    // receiving half its tier's rate, and the tier was halved for everyone
+                    // on it (new-user review: 32.4 to 16.9 Mbit/s when a second client
+                    // joined a 40 Mbit/s receiver's tier).
+                    self.report_waits_for_data = false;
+                    *next_report = now + interval;
+                    self.meter.take();
+                    self.last_report = now;
+                }
             }
             _ => {}
         }

@@ -337,6 +337,41 @@ fn reports_come_more_often_while_the_tier_ramps_up_but_each_covers_enough_datagr
     assert_eq!(reports, 5, "every 74 ms, on a 10 ms grid: 80 ms");
 }
 
+/// New-user review: a second client joined a 40 Mbit/s receiver's tier and its first Report
+/// covered the join as well as the data after it (half its interval with nothing arriving
+/// yet): it read as receiving half the rate, and the tier was halved for both. The first
+/// Report's interval starts with the first datagram.
+#[test]
+fn the_first_report_covers_the_time_data_flows_not_the_wait_for_it() {
+    let mut client = joined_on_multicast(); // joined at 20 ms, no data yet
+    client.handle_timeout(at(100));
+    reports_sent(&mut client);
+    client.handle_data(at(150));
+    for serial in 0..50 {
+        client.observe_serial(serial, false);
+    }
+    let mut interval = None;
+    for ms in (150..=400).step_by(10) {
+        client.handle_timeout(at(ms));
+        if let Some(ControlMessage::Report {
+            interval_us,
+            received,
+            ..
+        }) = reports_sent(&mut client).first()
+        {
+            interval = Some((ms, *interval_us, *received));
+            break;
+        }
+    }
+    let (at_ms, interval_us, received) = interval.expect("a report within the interval");
+    assert_eq!(
+        u64::from(interval_us),
+        (at_ms - 150) * 1_000,
+        "from the first datagram at 150 ms to the report at {at_ms} ms"
+    );
+    assert_eq!(received, 50);
+}
+
 #[test]
 fn reports_carry_loss_from_serial_gaps_and_feedback_moves_the_session() {
     let mut client = joined_on_multicast();
