@@ -19,12 +19,12 @@ use std::time::{Duration, Instant as WallInstant};
 
 use loopcast_proto::carousel::SessionId;
 use loopcast_proto::director::{Director, DirectorConfig};
-use loopcast_proto::endpoint::{Endpoint, EndpointConfig, FileLookup, MulticastGroups};
+use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups};
 use loopcast_proto::heartbeat::{FleetConfig, HeartbeatSender, Load};
 use loopcast_proto::info::{FileInfo, RootHash};
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::time::Instant;
-use loopcast_proto::wire::control::{ControlMessage, RejectCode, RequestHints, Token, Transport};
+use loopcast_proto::wire::control::{ControlMessage, RequestHints, Token, Transport};
 use loopcast_proto::wire::fleet::{CatalogEntry, FleetKey};
 
 use crate::fleet_sim::client_address;
@@ -34,18 +34,6 @@ pub struct ControlArgs {
     pub seconds: f64,
     pub servers: usize,
     pub files_per_server: usize,
-}
-
-struct OneFile(FileInfo);
-
-impl FileLookup for OneFile {
-    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
-        if name == self.0.name {
-            Ok(self.0.clone())
-        } else {
-            Err((RejectCode::NotFound, "no such file".into()))
-        }
-    }
 }
 
 /// A small real archive's info (the endpoint needs a file to offer).
@@ -90,7 +78,7 @@ fn drain(endpoint: &mut Endpoint) -> Vec<Vec<u8>> {
 fn endpoint_with_clients(
     info: &FileInfo,
     clients: usize,
-) -> (Endpoint, OneFile, Vec<SessionId>, Instant) {
+) -> (Endpoint, FileInfo, Vec<SessionId>, Instant) {
     let mut config = EndpointConfig::new(SocketAddr::from(([10, 255, 0, 1], 7700)));
     config.multicast = Some(MulticastGroups {
         group_base: Ipv4Addr::new(239, 77, 1, 0),
@@ -102,7 +90,7 @@ fn endpoint_with_clients(
     config.requests_per_address_burst = 1_000;
     let mut now = Instant::ZERO;
     let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), now);
-    let mut files = OneFile(info.clone());
+    let mut files = info.clone();
     let mut sessions = Vec::with_capacity(clients);
     for index in 0..clients {
         let from = client_address(index);

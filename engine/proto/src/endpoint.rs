@@ -132,6 +132,17 @@ pub trait FileLookup {
     }
 }
 
+/// A server with this one file (tests, simulations and benches).
+impl FileLookup for FileInfo {
+    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
+        if name == self.name {
+            Ok(self.clone())
+        } else {
+            Err((RejectCode::NotFound, format!("no file named {name:?}")))
+        }
+    }
+}
+
 /// What a Request asks for (its fields the endpoint acts on).
 struct AskedFor<'a> {
     request_id: u64,
@@ -382,6 +393,14 @@ struct Channel {
     /// Bytes of an Offer for this file (ids and addresses have fixed widths; the unicast
     /// address is never shorter than the IPv4 group), so a Request can be sized against it.
     offer_len: usize,
+}
+
+impl Channel {
+    /// The next SYNC as soon as possible, but at least `gap` after the last one.
+    fn sync_soon(&mut self, now: Instant, gap: Duration) {
+        let soonest = self.last_sync.map_or(now, |last| (last + gap).max(now));
+        self.next_sync = self.next_sync.min(soonest);
+    }
 }
 
 struct AddressState {
@@ -1111,10 +1130,7 @@ impl Endpoint {
                 channel_state.multicast_pending += 1;
                 // A new client waits at most the pending interval for its first SYNC, and
                 // however many Requests come, SYNCs go no more often than that.
-                let soonest = channel_state.last_sync.map_or(now, |last| {
-                    (last + self.config.sync_interval_pending).max(now)
-                });
-                channel_state.next_sync = channel_state.next_sync.min(soonest);
+                channel_state.sync_soon(now, self.config.sync_interval_pending);
                 channel_state.fast_sync_until = now + SYNC_FAST_WINDOW;
                 Transport::Multicast
             }
@@ -1380,14 +1396,10 @@ impl Endpoint {
         // Not `last_heard`: a session that never validates must still expire on time.
         state.syncs_wanted += 1;
         self.counters.syncs_wanted += 1;
-        let channel = self
-            .channels
+        self.channels
             .get_mut(&state.channel)
-            .expect("sessions have channels");
-        let soonest = channel
-            .last_sync
-            .map_or(now, |last| (last + SYNC_WANTED_GAP).max(now));
-        channel.next_sync = channel.next_sync.min(soonest);
+            .expect("sessions have channels")
+            .sync_soon(now, SYNC_WANTED_GAP);
     }
 
     fn handle_joined(

@@ -10,13 +10,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::carousel::SessionId;
-use loopcast_proto::endpoint::{Endpoint, EndpointConfig, FileLookup, MulticastGroups, Via};
+use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups, Via};
 use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::rate::{
     plan, Counts, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan,
 };
 use loopcast_proto::rng::SeededRng;
-use loopcast_proto::wire::control::{ControlMessage, RejectCode, Token};
+use loopcast_proto::wire::control::{ControlMessage, Token};
 use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
@@ -223,19 +223,7 @@ fn finding_after_a_cap_clamp_in_slow_start_a_collapse_does_not_hold_the_rate() {
 // SyncWanted
 // ---------------------------------------------------------------------------------------------
 
-struct Files(FileInfo);
-
-impl FileLookup for Files {
-    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
-        if name == self.0.name {
-            Ok(self.0.clone())
-        } else {
-            Err((RejectCode::NotFound, "no such file".into()))
-        }
-    }
-}
-
-fn sync_endpoint() -> (Endpoint, Files) {
+fn sync_endpoint() -> (Endpoint, FileInfo) {
     let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
     config.multicast = Some(MulticastGroups {
         group_base: Ipv4Addr::new(239, 77, 1, 0),
@@ -243,16 +231,14 @@ fn sync_endpoint() -> (Endpoint, Files) {
     });
     (
         Endpoint::new(config, SeededRng::from_u64(7), Instant::ZERO),
-        Files(
-            assemble_in_memory(&InMemoryFile {
-                file_id: FileId(12),
-                name: "hx12.bin",
-                datagram_size: DATAGRAM_SIZE_MTU_1500,
-                frame_stream: &[7u8; 100_000],
-                watermark: None,
-            })
-            .0,
-        ),
+        assemble_in_memory(&InMemoryFile {
+            file_id: FileId(12),
+            name: "hx12.bin",
+            datagram_size: DATAGRAM_SIZE_MTU_1500,
+            frame_stream: &[7u8; 100_000],
+            watermark: None,
+        })
+        .0,
     )
 }
 
@@ -274,7 +260,7 @@ fn drain(endpoint: &mut Endpoint) -> (usize, Vec<(SessionId, Token)>) {
 
 fn request(
     endpoint: &mut Endpoint,
-    files: &mut Files,
+    files: &mut FileInfo,
     now: Instant,
     from: SocketAddr,
     id: u64,
@@ -282,7 +268,7 @@ fn request(
     let bytes = ControlMessage::Request {
         request_id: id,
         multicast_ok: true,
-        name: files.0.name.clone(),
+        name: files.name.clone(),
         hints: Default::default(),
     }
     .to_bytes();

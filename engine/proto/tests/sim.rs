@@ -19,14 +19,12 @@ use std::net::{IpAddr, SocketAddr};
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, REPAIR_SHARE_PERCENT_DEFAULT};
 use loopcast_proto::client::{metered, ClientConfig, ClientEvent, ClientSession, TierInfo};
-use loopcast_proto::endpoint::{
-    ChannelId, DataCommand, Endpoint, EndpointConfig, FileLookup, Transmit,
-};
-use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
+use loopcast_proto::endpoint::{ChannelId, DataCommand, Endpoint, EndpointConfig, Transmit};
+use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::receiver::{Outcome, Receiver};
 use loopcast_proto::rng::SeededRng;
-use loopcast_proto::wire::control::{ControlMessage, RejectCode, Token, Transport};
+use loopcast_proto::wire::control::{ControlMessage, Token, Transport};
 use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
@@ -98,18 +96,6 @@ impl Scenario {
 struct Finished {
     at: Vec<Duration>,
     tiers: Vec<Option<TierInfo>>,
-}
-
-struct Files(FileInfo);
-
-impl FileLookup for Files {
-    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
-        if name == self.0.name {
-            Ok(self.0.clone())
-        } else {
-            Err((RejectCode::NotFound, "no such file".into()))
-        }
-    }
 }
 
 #[derive(Clone)]
@@ -269,7 +255,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
         watermark: None,
     });
     let loop_len = info.loop_len;
-    let mut files = Files(info.clone());
+    let mut files = info.clone();
     let mut network = Network {
         seed: seed ^ 0xdead,
         rngs: HashMap::new(),

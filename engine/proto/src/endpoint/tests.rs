@@ -5,33 +5,21 @@ use crate::info::tests::sample_info;
 use crate::info::DATAGRAM_SIZE_MTU_1500;
 use crate::wire::control::{RequestHints, REQUEST_LEN_MIN};
 
-struct Files(FileInfo);
-
-impl FileLookup for Files {
-    fn lookup(&mut self, name: &str) -> Result<FileInfo, (RejectCode, String)> {
-        if name == self.0.name {
-            Ok(self.0.clone())
-        } else {
-            Err((RejectCode::NotFound, format!("no file named {name:?}")))
-        }
-    }
-}
-
 fn info() -> FileInfo {
     sample_info(1_000_000, DATAGRAM_SIZE_MTU_1500, 1)
 }
 
 /// An endpoint at a fixed rate: one channel per file (the session rules without tiers).
-fn endpoint(multicast: bool) -> (Endpoint, Files) {
+fn endpoint(multicast: bool) -> (Endpoint, FileInfo) {
     endpoint_with(multicast, None)
 }
 
 /// An endpoint with tiers and automatic rates (R11, R12).
-fn adaptive_endpoint(multicast: bool) -> (Endpoint, Files) {
+fn adaptive_endpoint(multicast: bool) -> (Endpoint, FileInfo) {
     endpoint_with(multicast, Some(RateConfig::default()))
 }
 
-fn endpoint_with(multicast: bool, adaptive: Option<RateConfig>) -> (Endpoint, Files) {
+fn endpoint_with(multicast: bool, adaptive: Option<RateConfig>) -> (Endpoint, FileInfo) {
     let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
     config.adaptive = adaptive;
     if multicast {
@@ -42,7 +30,7 @@ fn endpoint_with(multicast: bool, adaptive: Option<RateConfig>) -> (Endpoint, Fi
     }
     (
         Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO),
-        Files(info()),
+        info(),
     )
 }
 
@@ -81,12 +69,12 @@ fn drain(endpoint: &mut Endpoint) -> (Vec<Transmit>, Vec<DataCommand>) {
 /// Requests from `client` and returns (session, token) from the Offer.
 fn open(
     endpoint: &mut Endpoint,
-    files: &mut Files,
+    files: &mut FileInfo,
     now: Instant,
     client: SocketAddr,
     id: u64,
 ) -> (SessionId, Token) {
-    let name = files.0.name.clone();
+    let name = files.name.clone();
     endpoint.handle_control(now, client, &request_bytes(id, true, &name), files);
     let (transmits, _) = drain(endpoint);
     let offer = transmits
@@ -101,7 +89,7 @@ fn open(
 /// As [`open`], with hints in the Request (a client from another server, R17).
 fn open_hinted(
     endpoint: &mut Endpoint,
-    files: &mut Files,
+    files: &mut FileInfo,
     now: Instant,
     client: SocketAddr,
     id: u64,
@@ -111,7 +99,7 @@ fn open_hinted(
     let request = ControlMessage::Request {
         request_id: id,
         multicast_ok,
-        name: files.0.name.clone(),
+        name: files.name.clone(),
         hints,
     }
     .to_bytes();
@@ -139,7 +127,7 @@ fn joined(session: SessionId, token: Token, transport: Transport) -> Vec<u8> {
 fn a_forged_request_costs_one_small_reply_and_never_starts_the_loop() {
     let (mut endpoint, mut files) = endpoint(false);
     let victim = addr("192.0.2.9:5000");
-    let request = request_bytes(1, false, &files.0.name);
+    let request = request_bytes(1, false, &files.name);
     endpoint.handle_control(at(0), victim, &request, &mut files);
     let (transmits, commands) = drain(&mut endpoint);
     assert_eq!(transmits.len(), 1, "one Offer");
@@ -160,7 +148,7 @@ fn a_forged_request_costs_one_small_reply_and_never_starts_the_loop() {
 #[test]
 fn an_unpadded_request_gets_no_answer_larger_than_three_times_itself() {
     let (mut endpoint, mut files) = endpoint(false);
-    let mut request = request_bytes(1, false, &files.0.name);
+    let mut request = request_bytes(1, false, &files.name);
     request.truncate(REQUEST_LEN_MIN / 4);
     // Still a valid Request: the name and the (empty) hints' flags fit in what is left.
     let name_len = usize::from(request[13]);
@@ -224,7 +212,7 @@ fn the_token_validates_the_address_and_only_then_does_data_flow() {
 #[test]
 fn one_address_cannot_fill_the_session_table_or_flood_requests() {
     let (mut endpoint, mut files) = endpoint(false);
-    let name = files.0.name.clone();
+    let name = files.name.clone();
     let hog = "192.0.2.66".parse::<IpAddr>().unwrap();
     let mut offers = 0;
     let mut limited = 0;
@@ -272,7 +260,7 @@ fn one_address_cannot_fill_the_session_table_or_flood_requests() {
 #[test]
 fn repairs_never_exceed_what_a_session_misses_or_its_address_budget() {
     let (mut endpoint, mut files) = endpoint(false);
-    let loop_len = files.0.loop_len;
+    let loop_len = files.loop_len;
     let client = addr("192.0.2.10:6000");
     let session = validated(&mut endpoint, &mut files, 0, client, 1, Transport::Unicast);
     drain(&mut endpoint);
@@ -310,7 +298,7 @@ fn repairs_never_exceed_what_a_session_misses_or_its_address_budget() {
 #[test]
 fn closing_and_reopening_sessions_does_not_renew_an_address_nak_budget() {
     let (mut endpoint, mut files) = endpoint(false);
-    let loop_len = u64::from(files.0.loop_len);
+    let loop_len = u64::from(files.loop_len);
     let ip: IpAddr = "192.0.2.10".parse().unwrap();
     let mut repaired = 0u64;
     for cycle in 0..40u64 {
@@ -433,7 +421,7 @@ fn shutdown_tells_every_client_and_closes_every_channel() {
     endpoint.handle_control(
         at(3),
         a,
-        &request_bytes(9, false, &files.0.name.clone()),
+        &request_bytes(9, false, &files.name.clone()),
         &mut files,
     );
     let (transmits, _) = drain(&mut endpoint);
@@ -710,7 +698,7 @@ fn many_sessions_asking_for_syncs_get_at_most_one_per_gap() {
 #[test]
 fn spoofed_requests_from_many_addresses_cannot_lock_out_a_client_that_validates() {
     let (mut endpoint, mut files) = endpoint(false);
-    let name = files.0.name.clone();
+    let name = files.name.clone();
     // A flood from 300 spoofed addresses, 16 padded Requests each, never validated: more than
     // the whole session table.
     for host in 0..300u32 {
@@ -751,7 +739,7 @@ fn spoofed_requests_from_many_addresses_cannot_lock_out_a_client_that_validates(
 #[test]
 fn an_unpadded_request_makes_no_session() {
     let (mut endpoint, mut files) = endpoint(false);
-    let name = files.0.name.clone();
+    let name = files.name.clone();
     let request = request_bytes(1, false, &name);
     let unpadded = &request[..14 + name.len()];
     for port in 0..100u16 {
@@ -785,7 +773,7 @@ fn report(session: SessionId, sent_at_us: u32, received: u32, lost: u32) -> Vec<
 }
 
 /// A validated multicast session of `client`.
-fn member(endpoint: &mut Endpoint, files: &mut Files, now: Instant, client: &str) -> SessionId {
+fn member(endpoint: &mut Endpoint, files: &mut FileInfo, now: Instant, client: &str) -> SessionId {
     let client = addr(client);
     let (session, token) = open(endpoint, files, now, client, 1);
     endpoint.handle_control(
@@ -819,7 +807,7 @@ fn feedback_of(transmits: &[Transmit], session: SessionId) -> Option<(u8, u8, So
 /// ~17,000 datagrams of 200 ms; the slow one (192.0.2.11) `(received, lost)`; then the timer.
 fn report_both(
     endpoint: &mut Endpoint,
-    files: &mut Files,
+    files: &mut FileInfo,
     now: Instant,
     (fast, slow): (SessionId, SessionId),
     (received, lost): (u32, u32),
@@ -883,7 +871,7 @@ fn a_slow_start_step_is_judged_on_the_report_and_its_answer_carries_the_new_rate
         port: 7701,
     });
     let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
-    let mut files = Files(info());
+    let mut files = info();
     let client = "192.0.2.10:6000";
     let session = member(&mut endpoint, &mut files, at(0), client);
     let rate_before = endpoint.channels().next().unwrap().rate_bits_per_s;
@@ -926,7 +914,7 @@ struct SlowMoved {
     commands: Vec<DataCommand>,
 }
 
-fn move_the_slow_member(endpoint: &mut Endpoint, files: &mut Files) -> SlowMoved {
+fn move_the_slow_member(endpoint: &mut Endpoint, files: &mut FileInfo) -> SlowMoved {
     let fast = member(endpoint, files, at(0), "192.0.2.10:6000");
     let slow = member(endpoint, files, at(0), "192.0.2.11:6000");
     // At 1 Gbit/s a 200 ms report covers ~17,000 datagrams of 1440 bytes: the slow client gets
@@ -1079,7 +1067,7 @@ fn a_tier_whose_clients_keep_up_speeds_up_and_the_data_plane_is_told() {
     let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
     config.rate_bits_per_s = 4_000_000_000;
     let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
-    let mut files = Files(info());
+    let mut files = info();
     let client = addr("192.0.2.10:6000");
     let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
     endpoint.handle_control(
@@ -1148,7 +1136,7 @@ fn a_newcomer_to_a_file_whose_tiers_are_all_slow_gets_a_tier_that_probes() {
     endpoint.handle_control(
         at(2_200),
         client,
-        &request_bytes(9, true, &files.0.name),
+        &request_bytes(9, true, &files.name),
         &mut files,
     );
     let (transmits, _) = drain(&mut endpoint);
@@ -1304,7 +1292,7 @@ fn a_report_flood_cannot_step_slow_start_faster_than_a_client_reports() {
         port: 7701,
     });
     let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
-    let mut files = Files(info());
+    let mut files = info();
     let hostile = member(&mut endpoint, &mut files, at(0), "192.0.2.11:6000");
     let mut rises = 0;
     let mut rate = endpoint.channels().next().unwrap().rate_bits_per_s;
@@ -1351,7 +1339,7 @@ fn a_channel_opened_for_a_client_from_another_server_starts_where_its_loop_was()
         } else {
             endpoint(false)
         };
-        assert!(files.0.loop_len > 321);
+        assert!(files.loop_len > 321);
         let client = addr("192.0.2.44:5000");
         let hints = RequestHints {
             resume_at: hint,
@@ -1423,7 +1411,7 @@ fn a_client_from_a_failed_server_gets_its_own_loop_where_its_old_one_was() {
 /// token over `transport`) a millisecond later.
 fn validated(
     endpoint: &mut Endpoint,
-    files: &mut Files,
+    files: &mut FileInfo,
     ms: u64,
     client: SocketAddr,
     request_id: u64,
@@ -1442,7 +1430,7 @@ fn validated(
 /// One validated unicast session for each of `clients` (opened at 0 ms, joined at 1 ms).
 fn validated_unicast(
     endpoint: &mut Endpoint,
-    files: &mut Files,
+    files: &mut FileInfo,
     clients: &[SocketAddr],
 ) -> Vec<SessionId> {
     clients
@@ -1500,7 +1488,7 @@ fn a_request_for_a_file_this_server_lacks_goes_to_a_director_in_a_fleet() {
             config.redirect_unknown_to = directors.clone();
         }
         let mut endpoint = Endpoint::new(config, SeededRng::from_u64(1), Instant::ZERO);
-        let mut files = Files(info());
+        let mut files = info();
         let mut answers = Vec::new();
         for id in 0..3 {
             let request = request_bytes(id, true, "not-here.bin");
@@ -1541,7 +1529,7 @@ fn a_request_for_a_file_this_server_lacks_goes_to_a_director_in_a_fleet() {
 #[test]
 fn a_multicast_client_from_a_failed_server_gets_a_tier_of_its_own_at_its_position() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
-    let name = files.0.name.clone();
+    let name = files.name.clone();
     let first = addr("192.0.2.80:5000");
     let (session, token) = open(&mut endpoint, &mut files, at(0), first, 1);
     endpoint.handle_control(

@@ -30,7 +30,7 @@ fn rate_of(endpoint: &Endpoint, session: SessionId) -> u64 {
 fn a_move_up_to_a_tier_a_merge_closes_in_the_same_step_does_not_crash_the_server() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);
     let config = endpoint.rate_config().expect("adaptive");
-    let name = files.0.name.clone();
+    let name = files.name.clone();
     // Three tiers: 40 Mbit/s (a member that may go faster, and one that holds the tier back),
     // 90 Mbit/s (one member, about to merge into the next: 90 >= 85 % of 100) and 100 Mbit/s.
     let clients = [
