@@ -724,7 +724,8 @@ impl ClientSession {
 
     /// A verified datagram of our file arrived (stored or duplicate): the channel works.
     pub fn handle_data(&mut self, now: Instant) {
-        let interval = self.report_interval();
+        // Only for the first datagram after a join (this runs once a receive batch).
+        let first_interval = self.report_waits_for_data.then(|| self.report_interval());
         match &mut self.state {
             State::Syncing {
                 session,
@@ -748,7 +749,7 @@ impl ClientSession {
             } => {
                 *last_data = (*last_data).max(now);
                 *next_joined = None;
-                if self.report_waits_for_data {
+                if let Some(interval) = first_interval {
                     // The first Report covers the time data flows, not the join before it:
                     // a joiner whose data began halfway through its first interval read as
                     // receiving half its tier's rate, and the tier was halved for everyone
