@@ -311,7 +311,11 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
         );
     } else {
         println!();
-        println!("network: {} — {}", network.mode, network.reason);
+        // Said at the start on stderr; again here only where the two go to different places
+        // (on one terminal it showed twice).
+        if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+            println!("network: {} — {}", network.mode, network.reason);
+        }
         println!(
             "{:<7} {:<10} {:<22} {:>12} {:>8} {:>8}  verified",
             "client", "transport", "join point", "bytes", "seconds", "MB/s"

@@ -96,7 +96,8 @@ pub fn daemon_signals() -> std::io::Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
     Ok((shutdown, reload))
 }
 
-/// A byte progress bar on a terminal; hidden when stderr is not one (piped, CI).
+/// A byte progress bar on a terminal; hidden when stderr is not one (piped, CI). See
+/// [`ByteProgress`] for progress that shows on both.
 pub fn byte_bar(total: u64, message: &str) -> indicatif::ProgressBar {
     if !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
@@ -112,6 +113,106 @@ pub fn byte_bar(total: u64, message: &str) -> indicatif::ProgressBar {
     bar.set_message(message.to_owned());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+/// How often long work prints a progress line where stderr is not a terminal.
+pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// Progress of long work (packing, receiving, extracting) on stderr: a bar on a terminal;
+/// elsewhere (a pipe, a log file, the journal) a plain line every [`PLAIN_PROGRESS_EVERY`],
+/// so whoever reads the log sees the work moving. Work done sooner prints no line.
+pub struct ByteProgress {
+    bar: indicatif::ProgressBar,
+    plain: Option<std::sync::Mutex<PlainProgress>>,
+}
+
+impl ByteProgress {
+    /// `quiet`: nothing at all (e.g. `--json`, whose readers want only the report).
+    pub fn new(total: u64, message: &str, quiet: bool) -> ByteProgress {
+        let terminal = std::io::stderr().is_terminal();
+        ByteProgress {
+            bar: if quiet || !terminal {
+                indicatif::ProgressBar::hidden()
+            } else {
+                byte_bar(total, message)
+            },
+            plain: (!quiet && !terminal).then(|| {
+                std::sync::Mutex::new(PlainProgress::new(
+                    message,
+                    PLAIN_PROGRESS_EVERY,
+                    std::time::Instant::now(),
+                ))
+            }),
+        }
+    }
+
+    pub fn set_message(&self, message: &str) {
+        self.bar.set_message(message.to_owned());
+        if let Some(plain) = &self.plain {
+            plain.lock().expect("progress lock").label = message.to_owned();
+        }
+    }
+
+    /// `done` of `total` bytes (`total` 0: not known yet).
+    pub fn update(&self, done: u64, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(done);
+        if let Some(plain) = &self.plain {
+            let line =
+                plain
+                    .lock()
+                    .expect("progress lock")
+                    .line(std::time::Instant::now(), done, total);
+            if let Some(line) = line {
+                eprintln!("{line}");
+            }
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// The plain progress lines of [`ByteProgress`], as a clock-driven rule (testable).
+#[derive(Clone, Debug)]
+pub struct PlainProgress {
+    label: String,
+    every: Duration,
+    started: std::time::Instant,
+    next: std::time::Instant,
+}
+
+impl PlainProgress {
+    pub fn new(label: &str, every: Duration, started: std::time::Instant) -> PlainProgress {
+        PlainProgress {
+            label: label.to_owned(),
+            every,
+            started,
+            next: started + every,
+        }
+    }
+
+    /// The line to print at `now`, if one is due: "receiving: 41 % (420.0 MiB of 1.00 GiB),
+    /// 44.0 MB/s" (without a total: the bytes and the speed only).
+    pub fn line(&mut self, now: std::time::Instant, done: u64, total: u64) -> Option<String> {
+        if now < self.next {
+            return None;
+        }
+        // The next line is `every` after this one, not a burst to catch up after a pause.
+        self.next = now + self.every;
+        let seconds = now.saturating_duration_since(self.started).as_secs_f64();
+        let speed = done as f64 / 1e6 / seconds.max(1e-9);
+        let done_text = indicatif::BinaryBytes(done);
+        Some(match (done.min(total) * 100).checked_div(total) {
+            Some(percent) => format!(
+                "{}: {percent} % ({done_text} of {}), {speed:.1} MB/s",
+                self.label,
+                indicatif::BinaryBytes(total)
+            ),
+            None => format!("{}: {done_text}, {speed:.1} MB/s", self.label),
+        })
+    }
 }
 
 /// CPU time (user + system) this process has used so far.
@@ -185,6 +286,43 @@ pub fn phase(message: impl std::fmt::Display) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_progress_prints_a_line_every_interval_and_none_before() {
+        let start = std::time::Instant::now();
+        let every = Duration::from_secs(10);
+        let mut plain = PlainProgress::new("receiving", every, start);
+        assert_eq!(plain.line(start, 0, 0), None, "nothing at the start");
+        assert_eq!(
+            plain.line(start + Duration::from_secs(9), 5 << 20, 10 << 20),
+            None,
+            "work done within the first interval prints nothing"
+        );
+        let line = plain
+            .line(start + Duration::from_secs(10), 440 << 20, 1 << 30)
+            .expect("a line at 10 s");
+        assert_eq!(line, "receiving: 42 % (440.00 MiB of 1.00 GiB), 46.1 MB/s");
+        assert_eq!(
+            plain.line(start + Duration::from_secs(15), 600 << 20, 1 << 30),
+            None,
+            "the next one 10 s after"
+        );
+        // After a long pause one line, not one per missed interval.
+        assert!(plain
+            .line(start + Duration::from_secs(60), 700 << 20, 0)
+            .is_some());
+        assert_eq!(
+            plain.line(start + Duration::from_secs(61), 700 << 20, 0),
+            None
+        );
+        let unknown = plain
+            .line(start + Duration::from_secs(71), 700 << 20, 0)
+            .expect("a line at 71 s");
+        assert!(
+            unknown.starts_with("receiving: 700.00 MiB, ") && !unknown.contains('%'),
+            "without a total, no percentage: {unknown}"
+        );
+    }
 
     #[test]
     fn rates_parse() {

@@ -17,7 +17,7 @@ use loopcast_proto::info::{
     hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
 };
 use loopcast_store::KeyStore;
-use loopcast_tools::{byte_bar, init_logging, parse_size};
+use loopcast_tools::{init_logging, parse_size, ByteProgress};
 
 /// Exit codes of `loopcast` (also in docs/architecture.md, "Exit codes").
 mod exit_code {
@@ -201,6 +201,9 @@ enum Command {
     /// Show an archive's header, watermark, sizes, hashes and frames.
     Inspect(InspectArgs),
     /// Download a file from a loopcastd server; resumes a partial download.
+    ///
+    /// Progress goes to stderr: a bar on a terminal; elsewhere (a pipe, a log, the journal) a
+    /// line every 10 s ("receiving: 42 % (440.00 MiB of 1.00 GiB), 46.1 MB/s"); none with --json.
     #[command(after_help = EXIT_CODES_HELP)]
     Get(GetArgs),
     /// Decrypt and decompress an archive to the original file, checking its hash.
@@ -456,22 +459,17 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
         }),
     };
     let input_len = std::fs::metadata(&args.input).map(|m| m.len()).unwrap_or(0);
-    let bar = if args.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        byte_bar(input_len, "packing")
-    };
+    let progress = ByteProgress::new(input_len, "packing", args.json);
     REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
     let summary = pack(&args.input, &output, &options, overwrite, &|p| {
         if let PackPhase::Datagrams = p.phase {
-            bar.set_message("datagrams");
+            progress.set_message("datagrams");
         }
-        bar.set_length(p.total);
-        bar.set_position(p.done);
+        progress.update(p.done, p.total);
     });
     REMOVE_TEMPORARIES_ON_INTERRUPT.store(false, Ordering::SeqCst);
     let summary = summary?;
-    bar.finish_and_clear();
+    progress.finish();
     if let (Some(store), Some(key)) = (&store, &options.master_key) {
         if let Err(error) = store.put(&summary.info.file_id.to_string(), &name, key) {
             let _ = std::fs::remove_file(&output);
@@ -739,14 +737,12 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         config.expect_root =
             Some(RootHash::from_hex(root).ok_or_else(|| usage("--root must be 64 hex digits"))?);
     }
-    let bar = if args.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        byte_bar(0, "receiving")
-    };
+    let progress = ByteProgress::new(0, "receiving", args.json);
     let report = loopcast_client::get_following(&config, follow, &cancel, &mut |p| {
-        bar.set_length(p.archive_bytes);
-        bar.set_position(p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)));
+        progress.update(
+            p.archive_bytes * u64::from(p.held) / u64::from(p.total.max(1)),
+            p.archive_bytes,
+        );
     })
     .map_err(|error| {
         let mut failure = Failure::from(error);
@@ -756,7 +752,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         }
         failure
     })?;
-    bar.finish_and_clear();
+    progress.finish();
     let mut extracted = None;
     if let Some(path) = &args.extract {
         extract_to(&output, path, args.keys.as_deref(), args.force)?;
@@ -912,20 +908,17 @@ fn extract_to(
     } else {
         None
     };
-    let bar = byte_bar(archive.info().original_size, "extracting");
+    let progress = ByteProgress::new(archive.info().original_size, "extracting", false);
     REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
     let summary = archive.extract(
         key.as_ref(),
         output,
         Overwrite::from_force(force),
-        &|done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        },
+        &|done, total| progress.update(done, total),
     );
     REMOVE_TEMPORARIES_ON_INTERRUPT.store(false, Ordering::SeqCst);
     let summary = summary?;
-    bar.finish_and_clear();
+    progress.finish();
     Ok(summary.bytes)
 }
 
