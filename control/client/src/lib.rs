@@ -307,6 +307,7 @@ pub fn get_following(
     session_config.alternates = config.alternates.clone();
     session_config.location = config.location.clone();
     session_config.root = config.expect_root;
+    session_config.resume_at = saved_resume_point(&config.output);
     session_config.sync_timeout = config.sync_timeout;
     session_config.request_timeout = config.request_timeout;
     session_config.rerequest_timeout = config.stall_timeout.max(config.request_timeout);
@@ -825,6 +826,25 @@ fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
         .map(|_| unreachable!("the vector is empty"))
         .collect()
 }
+
+/// R14: where the loop for a partial download from an earlier run should start: at the
+/// beginning of the longest stretch it lacks (for a download that was stopped, where it
+/// stopped). Without it a channel opened for the client started at serial 0, and a client
+/// that held the first half received that half again before the rest. `None` without a
+/// usable saved state (and nothing is sent then). The state is checked against the Offer's
+/// root later, as before; a stale one costs nothing but where the loop starts.
+fn saved_resume_point(output: &Path) -> Option<u32> {
+    let bytes = files::read_state(
+        &with_suffix(output, ".part.state"),
+        state::encoded_len_max(RESUME_PEEK_LOOP_MAX),
+    )?;
+    let (_, have) = state::peek(&bytes)?;
+    have.longest_clear_run_start()
+}
+
+/// The longest loop whose saved state is read before the Offer (2^30 datagrams: over a
+/// terabyte), so an odd file beside the output is never read whole.
+const RESUME_PEEK_LOOP_MAX: u32 = 1 << 30;
 
 impl Download {
     /// Opens the partial archive, resuming from `.part.state` when it matches this root.

@@ -32,6 +32,14 @@ pub fn encode(root: &RootHash, have: &Bitmap) -> Vec<u8> {
 
 /// Decodes a state file; `None` if it is damaged or belongs to another file.
 pub fn decode(bytes: &[u8], root: &RootHash, loop_len: u32) -> Option<Bitmap> {
+    peek(bytes).and_then(|(held_root, have)| {
+        (held_root == *root && have.len() == loop_len).then_some(have)
+    })
+}
+
+/// Decodes a state file for whatever file it belongs to: its root and what is held; `None` if
+/// it is damaged. (Before the Offer: where the partial download's loop should start.)
+pub fn peek(bytes: &[u8]) -> Option<(RootHash, Bitmap)> {
     if bytes.len() < 46 + 32 {
         return None;
     }
@@ -39,22 +47,20 @@ pub fn decode(bytes: &[u8], root: &RootHash, loop_len: u32) -> Option<Bitmap> {
     if blake3::hash(body).as_bytes() != checksum {
         return None;
     }
-    if body[0..4] != STATE_MAGIC
-        || body[4..6] != STATE_VERSION.to_be_bytes()
-        || body[6..38] != root.0
-    {
+    if body[0..4] != STATE_MAGIC || body[4..6] != STATE_VERSION.to_be_bytes() {
         return None;
     }
+    let root = RootHash(body[6..38].try_into().ok()?);
     let len = u32::from_be_bytes(body[38..42].try_into().ok()?);
     let word_count = u32::from_be_bytes(body[42..46].try_into().ok()?) as usize;
-    if len != loop_len || body.len() != 46 + word_count * 8 {
+    if body.len() != 46 + word_count.checked_mul(8)? {
         return None;
     }
     let words = body[46..]
         .chunks_exact(8)
         .map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes")))
         .collect();
-    Bitmap::from_words(len, words)
+    Some((root, Bitmap::from_words(len, words)?))
 }
 
 /// The longest state file a loop of `loop_len` datagrams can have (a longer one is refused
@@ -137,6 +143,9 @@ mod tests {
             for bytes in [body, resealed] {
                 if let Some(have) = decode(&bytes, &ROOT, len) {
                     check_decoded(&have, &bytes, len)?;
+                }
+                if let Some((root, have)) = peek(&bytes) {
+                    prop_assert_eq!(&encode(&root, &have)[..], &bytes[..], "re-encodes byte for byte");
                 }
             }
         }

@@ -125,6 +125,57 @@ impl Bitmap {
         }
         was_set
     }
+
+    /// Where the longest run of clear bits begins, going round (a run that reaches the end
+    /// goes on at 0): what a partial download lacks most, in one piece, so a loop started
+    /// there sends it that first (R14). `None` if every bit is set, or none.
+    pub fn longest_clear_run_start(&self) -> Option<u32> {
+        if self.ones == 0 || self.ones == self.len {
+            return None;
+        }
+        // (length, start) of the longest run closed so far, and the one at 0.
+        let mut best = (0u32, 0u32);
+        let mut from_zero = 0u32;
+        let mut open: Option<u32> = None;
+        let mut close = |start: u32, end: u32| {
+            if start == 0 {
+                from_zero = end;
+            }
+            if end - start > best.0 {
+                best = (end - start, start);
+            }
+        };
+        let mut index = 0;
+        while index < self.len {
+            let word = self.words[(index / 64) as usize];
+            // Whole words at once where they are all one way (a held or missing stretch).
+            if index % 64 == 0 && self.len - index >= 64 && (word == 0 || word == u64::MAX) {
+                if word == 0 {
+                    open.get_or_insert(index);
+                } else if let Some(start) = open.take() {
+                    close(start, index);
+                }
+                index += 64;
+                continue;
+            }
+            if self.get(index) {
+                if let Some(start) = open.take() {
+                    close(start, index);
+                }
+            } else {
+                open.get_or_insert(index);
+            }
+            index += 1;
+        }
+        if let Some(start) = open {
+            // Reaches the end: it goes on with the run at 0, if there is one.
+            let length = self.len - start + if start == 0 { 0 } else { from_zero };
+            if length > best.0 {
+                best = (length, start);
+            }
+        }
+        Some(best.1)
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +183,73 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The same, bit by bit: the start of the longest clear run, going round (the first such
+    /// start from 0 on ties).
+    fn longest_clear_run_start_bit_by_bit(bitmap: &Bitmap) -> Option<u32> {
+        let len = bitmap.len();
+        if bitmap.count_ones() == 0 || bitmap.is_full() {
+            return None;
+        }
+        let run_at = |start: u32| {
+            (0..len)
+                .take_while(|k| !bitmap.get((start + k) % len))
+                .count()
+        };
+        // A run starts where a clear bit follows a set one (going round).
+        (0..len)
+            .filter(|&i| !bitmap.get(i) && bitmap.get((i + len - 1) % len))
+            .max_by_key(|&i| (run_at(i), std::cmp::Reverse(i)))
+    }
+
+    #[test]
+    fn a_killed_download_resumes_where_its_held_stretch_ended() {
+        let mut held = Bitmap::new(1000);
+        for serial in 300..700 {
+            held.set(serial);
+        }
+        assert_eq!(
+            held.longest_clear_run_start(),
+            Some(700),
+            "700..1000 and on to 0..300"
+        );
+        held.clear(500);
+        assert_eq!(
+            held.longest_clear_run_start(),
+            Some(700),
+            "a hole inside is shorter"
+        );
+        let mut wrapped = Bitmap::new(200);
+        for serial in (150..200).chain(0..10) {
+            wrapped.set(serial);
+        }
+        assert_eq!(wrapped.longest_clear_run_start(), Some(10));
+        assert_eq!(
+            Bitmap::new(64).longest_clear_run_start(),
+            None,
+            "nothing held"
+        );
+    }
+
     proptest! {
+        /// Whole-word steps and the run going round agree with looking at every bit.
+        #[test]
+        fn longest_clear_run_start_is_the_bitwise_one(
+            len in 1u32..400,
+            runs in proptest::collection::vec((any::<u32>(), 0u32..200, any::<bool>()), 0..6),
+        ) {
+            let mut bitmap = Bitmap::new(len);
+            for (start, length, set) in runs {
+                for k in 0..length {
+                    let index = (start % len + k) % len;
+                    if set { bitmap.set(index); } else { bitmap.clear(index); }
+                }
+            }
+            prop_assert_eq!(
+                bitmap.longest_clear_run_start(),
+                longest_clear_run_start_bit_by_bit(&bitmap)
+            );
+        }
+
         /// `all_set` agrees with asking every bit of the range.
         #[test]
         fn all_set_is_every_bit_of_the_range(

@@ -45,6 +45,9 @@ pub struct ClientConfig {
     pub location: String,
     /// The root the client wants (`get --root`): a director routes only to a server with it.
     pub root: Option<crate::info::RootHash>,
+    /// Where what a partial download from an earlier run lacks begins (R14): a channel opened
+    /// for this request starts its loop there, so it sends that first.
+    pub resume_at: Option<u32>,
     /// Reached through a fleet (a redirect, or alternates given): a server silent this long
     /// (no datagram and no reply) has failed; ask the entry points for another (R17).
     pub failover_silence: Duration,
@@ -75,6 +78,7 @@ impl ClientConfig {
             alternates: Vec::new(),
             location: String::new(),
             root: None,
+            resume_at: None,
             failover_silence: Duration::from_millis(800),
             name: name.to_owned(),
             multicast_ok: true,
@@ -240,6 +244,7 @@ impl ClientSession {
         let hints = RequestHints {
             location: config.location.clone(),
             root: config.root,
+            resume_at: config.resume_at,
             ..RequestHints::default()
         };
         ClientSession {

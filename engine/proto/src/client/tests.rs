@@ -721,3 +721,23 @@ fn a_report_before_anything_verified_says_its_loss_is_not_judged() {
     };
     assert_eq!((received, lost, loss_judged), (50, 0, false));
 }
+
+#[test]
+fn a_partial_download_from_an_earlier_run_asks_for_its_loop_where_it_lacks() {
+    let mut config = ClientConfig::new(server(), "film");
+    config.resume_at = Some(4_848);
+    let mut client = ClientSession::new(config, SeededRng::from_u64(3), at(0));
+    client.handle_timeout(at(0));
+    let requests: Vec<RequestHints> = sent(&mut client)
+        .iter()
+        .filter(|m| matches!(m, ControlMessage::Request { .. }))
+        .map(|m| request_hints(m).1)
+        .collect();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].resume_at, Some(4_848));
+    // A first download asks for no place.
+    let mut fresh = session();
+    fresh.handle_timeout(at(0));
+    let first = sent(&mut fresh);
+    assert_eq!(request_hints(&first[0]).1.resume_at, None);
+}
