@@ -475,7 +475,21 @@ fn serve(
 }
 
 impl Server {
+    /// What each channel's sender has sent so far, to the endpoint: reports are judged
+    /// against what their interval really carried (the sender may fall short of the tier's
+    /// rate). Atomic loads, one per channel, before the reports of this wake-up are read.
+    fn sample_sent(&mut self, now: Instant) {
+        for (&channel, state) in &self.channels {
+            self.endpoint.handle_channel_sent(
+                now,
+                channel,
+                state.stats.datagrams.load(Ordering::Relaxed),
+            );
+        }
+    }
+
     fn drain_control(&mut self) {
+        self.sample_sent(self.clock.now());
         let mut buffer = [0u8; CONTROL_LEN_MAX];
         for _ in 0..CONTROL_BATCH_MAX {
             let (len, from) = match self.control.recv_from(&mut buffer) {
@@ -908,6 +922,7 @@ impl Server {
     fn housekeeping(&mut self) {
         let now = self.clock.now();
         self.check_archives(now);
+        self.sample_sent(now);
         self.endpoint.handle_timeout(now);
         self.flush_endpoint();
         self.send_heartbeat(false);

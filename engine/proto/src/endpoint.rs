@@ -393,9 +393,36 @@ struct Channel {
     /// Bytes of an Offer for this file (ids and addresses have fixed widths; the unicast
     /// address is never shorter than the IPv4 group), so a Request can be sized against it.
     offer_len: usize,
+    /// What the data plane has sent on it (datagrams, loop and repairs, cumulative) and when,
+    /// as the driver samples it ([`Endpoint::handle_channel_sent`]): what a report's interval
+    /// really carried, where the sender falls short of the tier's rate.
+    sent_samples: VecDeque<(Instant, u64)>,
 }
 
+/// Samples of a channel's sent count kept, at least `SENT_SAMPLE_GAP` apart (the driver samples
+/// at every wake-up, 10-50 ms apart: 0.6-3 s back, several report intervals).
+const SENT_SAMPLES_MAX: usize = 64;
+const SENT_SAMPLE_GAP: Duration = Duration::from_millis(5);
+
 impl Channel {
+    /// Datagrams the data plane sent on this channel between `from` and `to`, interpolated
+    /// between the driver's samples; `None` if they do not reach back to `from`.
+    fn sent_between(&self, from: Instant, to: Instant) -> Option<u64> {
+        let at = |time: Instant| -> Option<f64> {
+            let after = self.sent_samples.partition_point(|&(t, _)| t <= time);
+            let &(t0, c0) = self.sent_samples.get(after.checked_sub(1)?)?;
+            Some(match self.sent_samples.get(after) {
+                Some(&(t1, c1)) => {
+                    let span = t1.saturating_since(t0).as_secs_f64();
+                    let part = time.saturating_since(t0).as_secs_f64();
+                    c0 as f64 + (c1.saturating_sub(c0)) as f64 * (part / span.max(1e-9))
+                }
+                None => c0 as f64,
+            })
+        };
+        Some((at(to)? - at(from)?).max(0.0) as u64)
+    }
+
     /// The next SYNC as soon as possible, but at least `gap` after the last one.
     fn sync_soon(&mut self, now: Instant, gap: Duration) {
         let soonest = self.last_sync.map_or(now, |last| (last + gap).max(now));
@@ -838,6 +865,13 @@ impl Endpoint {
                 } else {
                     Counts::Unsettled
                 };
+                let sent = channel.sent_between(
+                    Instant::from_nanos(
+                        now.as_nanos()
+                            .saturating_sub(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
+                    ),
+                    now,
+                );
                 state.estimate.observe(
                     &rate_config,
                     received,
@@ -845,6 +879,7 @@ impl Endpoint {
                     interval,
                     u64::from(channel.info.datagram_size) * 8,
                     channel.tier.rate(),
+                    sent,
                     (rtt_us > 0).then(|| Duration::from_micros(u64::from(rtt_us))),
                     counts,
                 );
@@ -1346,6 +1381,7 @@ impl Endpoint {
                 fast_sync_until: now,
                 tier,
                 offer_len,
+                sent_samples: VecDeque::new(),
             },
         );
         channel
@@ -2007,6 +2043,28 @@ impl Endpoint {
             via: Via::Control,
             bytes: feedback.to_bytes(),
         });
+    }
+
+    /// The driver's sample of what the data plane has sent on `channel` so far (datagrams,
+    /// loop and repairs, cumulative): a report is judged against what its interval really
+    /// carried where the sender falls short of the tier's rate (a 2-core host sending three
+    /// receivers' 8 Gbit/s tier managed 2-4: their full reports read as three quarters lost,
+    /// and they were moved to tiers of their own). Samples closer than `SENT_SAMPLE_GAP` to
+    /// the last are skipped; a count that goes back (another channel reusing the id) starts over.
+    pub fn handle_channel_sent(&mut self, now: Instant, channel: ChannelId, datagrams: u64) {
+        let Some(state) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        let samples = &mut state.sent_samples;
+        match samples.back() {
+            Some(&(_, last)) if datagrams < last => samples.clear(),
+            Some(&(at, _)) if now.saturating_since(at) < SENT_SAMPLE_GAP || now < at => return,
+            _ => {}
+        }
+        if samples.len() == SENT_SAMPLES_MAX {
+            samples.pop_front();
+        }
+        samples.push_back((now, datagrams));
     }
 
     /// The data plane could not run a channel (archive changed, damaged or unmappable): its

@@ -273,8 +273,9 @@ const CLIMB_PROVEN: Duration = Duration::from_secs(10);
 
 impl PathEstimate {
     /// One report: `received` and `lost` datagrams of `datagram_bits` over `interval`, at a tier
-    /// running at `rate`; `rtt` as the client measured it. Counts are hostile: goodput is
-    /// clamped to twice the rate the client was sent (it cannot receive more).
+    /// running at `rate`, whose sender sent `sent` datagrams over the interval where known (it
+    /// can fall short of the rate); `rtt` as the client measured it. Counts are hostile:
+    /// goodput is clamped to twice the rate the client was sent (it cannot receive more).
     #[allow(clippy::too_many_arguments)]
     pub fn observe(
         &mut self,
@@ -284,6 +285,7 @@ impl PathEstimate {
         interval: Duration,
         datagram_bits: u64,
         rate: u64,
+        sent: Option<u64>,
         rtt: Option<Duration>,
         counts: Counts,
     ) {
@@ -301,9 +303,12 @@ impl PathEstimate {
         // for hash blocks that were lost too, and the loop may go round between two arrivals
         // (a 5 Mbit/s receiver on a 1 Gbit/s tier reported 21 datagrams and no loss every
         // 50 ms for 1.6 s). What the tier sent over the whole interval is known here: received
-        // under `SENT_SHORTFALL` of it, the rest was lost (a sender short of its nominal rate
-        // falls short by far less; with nothing received, the join may not have taken yet).
-        let sent = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
+        // under `SENT_SHORTFALL` of it, the rest was lost (with nothing received, the join may
+        // not have taken yet). What was sent is the data plane's count where the driver gives
+        // it: a sender can fall far short of its nominal rate (a 2-core host's 8 Gbit/s tier for
+        // three receivers sent 2-4), and against the rate, full reports read as mostly lost.
+        let nominal = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
+        let sent = sent.map_or(nominal, |sent| nominal.min(sent as f64));
         let short = matches!(counts, Counts::Settled | Counts::Unjudged)
             && received > 0
             && f64::from(received) < SENT_SHORTFALL * sent;

@@ -141,28 +141,58 @@ fn a_lying_member_cannot_hold_a_shared_tier_with_reports_that_do_not_count() {
             } else {
                 Counts::Unsettled
             };
-            honest.observe(&config, sent, 0, step, bits, rate, None, counts);
+            honest.observe(&config, sent, 0, step, bits, rate, None, None, counts);
             match strategy {
-                "honest" => liar.observe(&config, sent, 0, step, bits, rate, None, counts),
+                "honest" => liar.observe(&config, sent, 0, step, bits, rate, None, None, counts),
                 "judged-false" | "long-interval" => {
                     if counts == Counts::Settled && !liar_sent_lossy {
-                        liar.observe(&config, sent / 2, sent / 2, step, bits, rate, None, counts);
+                        liar.observe(
+                            &config,
+                            sent / 2,
+                            sent / 2,
+                            step,
+                            bits,
+                            rate,
+                            None,
+                            None,
+                            counts,
+                        );
                         liar_sent_lossy = true;
                     } else if strategy == "judged-false" && counts == Counts::Settled {
-                        liar.observe(&config, sent, 0, step, bits, rate, None, Counts::Unjudged);
+                        liar.observe(
+                            &config,
+                            sent,
+                            0,
+                            step,
+                            bits,
+                            rate,
+                            None,
+                            None,
+                            Counts::Unjudged,
+                        );
                     } else {
                         let c = if control.is_rising() {
                             Counts::LossOnly
                         } else {
                             Counts::Unsettled
                         };
-                        liar.observe(&config, sent, 0, step, bits, rate, None, c);
+                        liar.observe(&config, sent, 0, step, bits, rate, None, None, c);
                     }
                 }
                 _ => {
                     n += 1;
                     let lost = if n % 2 == 1 { sent / 2 } else { 0 };
-                    liar.observe(&config, sent - lost, lost, step, bits, rate, None, counts);
+                    liar.observe(
+                        &config,
+                        sent - lost,
+                        lost,
+                        step,
+                        bits,
+                        rate,
+                        None,
+                        None,
+                        counts,
+                    );
                 }
             }
             let before = control.rate();

@@ -44,6 +44,7 @@ fn report(config: &RateConfig, e: &mut PathEstimate, rate: u64, share: f64, lost
         DATAGRAM_BITS,
         rate,
         None,
+        None,
         Counts::Settled,
     );
 }

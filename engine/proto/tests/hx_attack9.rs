@@ -240,6 +240,7 @@ fn any_report_fields_give_a_loss_between_none_and_all() {
                                 Duration::from_micros(interval_us),
                                 bits,
                                 rate,
+                                None,
                                 Some(Duration::from_micros(interval_us)),
                                 counts,
                             );
@@ -284,6 +285,7 @@ fn the_servers_shortfall_reading_gives_a_lying_member_nothing_it_could_not_claim
                         Duration::from_micros(interval_us),
                         bits,
                         rate,
+                        None,
                         None,
                         Counts::Settled,
                     )

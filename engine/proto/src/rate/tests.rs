@@ -228,6 +228,7 @@ impl Fluid {
                 STEP,
                 DATAGRAM_BITS,
                 tier.rate(),
+                None,
                 Some(Duration::from_millis(1)),
                 Counts::settled_if(counts),
             );
@@ -522,6 +523,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
         DATAGRAM_BITS,
         1_000_000_000,
         None,
+        None,
         Counts::Settled,
     );
     assert!(
@@ -536,6 +538,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
         DATAGRAM_BITS,
         1_000_000_000,
         None,
+        None,
         Counts::Settled,
     );
     assert!(estimate.is_congested(&config));
@@ -548,6 +551,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
         STEP,
         DATAGRAM_BITS,
         1_000_000_000,
+        None,
         None,
         Counts::Settled,
     );
@@ -612,6 +616,7 @@ fn hostile_reports_cannot_claim_more_than_was_sent() {
         Duration::ZERO,
         DATAGRAM_BITS,
         10_000_000,
+        None,
         Some(Duration::from_secs(3600)),
         Counts::Settled,
     );
@@ -624,6 +629,7 @@ fn hostile_reports_cannot_claim_more_than_was_sent() {
         Duration::MAX,
         DATAGRAM_BITS,
         10_000_000,
+        None,
         None,
         Counts::Settled,
     );
@@ -848,6 +854,7 @@ fn report_50ms(
         interval,
         DATAGRAM_BITS,
         rate,
+        None,
         None,
         counts,
     );
@@ -1086,6 +1093,7 @@ fn settled_report(estimate: &mut PathEstimate, config: &RateConfig, rate: u64, l
         STEP,
         DATAGRAM_BITS,
         rate,
+        None,
         None,
         Counts::Settled,
     );
