@@ -403,11 +403,17 @@ struct Channel {
 /// at every wake-up, 10-50 ms apart: 0.6-3 s back, several report intervals).
 const SENT_SAMPLES_MAX: usize = 64;
 const SENT_SAMPLE_GAP: Duration = Duration::from_millis(5);
+const SENT_SAMPLE_STALE: Duration = Duration::from_millis(100);
 
 impl Channel {
     /// Datagrams the data plane sent on this channel between `from` and `to`, interpolated
-    /// between the driver's samples; `None` if they do not reach back to `from`.
+    /// between the driver's samples; `None` if they do not reach back to `from`, or the last
+    /// is over `SENT_SAMPLE_STALE` before `to` (not sampled lately: not known).
     fn sent_between(&self, from: Instant, to: Instant) -> Option<u64> {
+        let &(last, _) = self.sent_samples.back()?;
+        if to.saturating_since(last) > SENT_SAMPLE_STALE {
+            return None;
+        }
         let at = |time: Instant| -> Option<f64> {
             let after = self.sent_samples.partition_point(|&(t, _)| t <= time);
             let &(t0, c0) = self.sent_samples.get(after.checked_sub(1)?)?;
@@ -865,13 +871,11 @@ impl Endpoint {
                 } else {
                     Counts::Unsettled
                 };
-                let sent = channel.sent_between(
-                    Instant::from_nanos(
-                        now.as_nanos()
-                            .saturating_sub(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX)),
-                    ),
-                    now,
-                );
+                // Over the interval as `observe` reads it (clamped: a claimed 0 read as
+                // nothing sent, and escaped the shortfall inference).
+                let sent = now
+                    .checked_sub(crate::rate::report_interval_read(interval))
+                    .and_then(|start| channel.sent_between(start, now));
                 state.estimate.observe(
                     &rate_config,
                     received,
@@ -1087,8 +1091,15 @@ impl Endpoint {
                 ),
             );
         }
-        // A client from another server (its loop position given) with what its path delivered.
-        let resumed = resume_at.map(|_| throughput_bits_per_s);
+        // A client from another server, or with a partial download (its loop position given,
+        // inside the loop), with what its path delivered.
+        let within_loop = |serial: &u32| {
+            self.tiers_by_name
+                .get(name)
+                .and_then(|channels| channels.first())
+                .is_none_or(|channel| *serial < self.channels[channel].info.loop_len)
+        };
+        let resumed = resume_at.filter(within_loop).map(|_| throughput_bits_per_s);
         let channel = match self.tier_for_new_session(name, resumed) {
             NewSessionTier::Existing(channel) => channel,
             NewSessionTier::Resume(like, rate) => {
@@ -1296,10 +1307,15 @@ impl Endpoint {
             if shared.len() < config.tiers_allowed()
                 && self.channels.len() < self.config.channels_max
             {
-                // Where its path was delivering (unknown: the file's starting rate).
+                // Where its path was delivering (unknown: the file's starting rate), but no
+                // faster than the file runs here or starts at: the hint is the client's word,
+                // and comes before its address is proven. (Believed, one spoofed Request with
+                // a huge throughput opened a tier at 40 Gbit/s, and the next honest newcomer
+                // was put on it as the file's fastest: hx_attack13.)
+                let ceiling = self.channels[&fastest].tier.rate().max(config.initial_rate);
                 let rate = match throughput {
                     0 => config.initial_rate,
-                    known => known.clamp(config.rate_min, config.rate_max),
+                    known => known.clamp(config.rate_min, config.rate_max).min(ceiling),
                 };
                 return NewSessionTier::Resume(fastest, rate);
             }

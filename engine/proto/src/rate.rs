@@ -180,6 +180,12 @@ const EWMA_WEIGHT: f64 = 0.25;
 /// Shortest and longest interval a report may claim (anything else is clamped).
 const REPORT_INTERVAL_MIN: Duration = Duration::from_millis(10);
 const REPORT_INTERVAL_MAX: Duration = Duration::from_secs(10);
+
+/// The interval a report's counts are read over: what it claims, clamped.
+pub fn report_interval_read(claimed: Duration) -> Duration {
+    claimed.clamp(REPORT_INTERVAL_MIN, REPORT_INTERVAL_MAX)
+}
+
 /// Loss above this in a report: the rate was far above the path, and what got through only a
 /// floor of what the path carries.
 const HEAVY_LOSS: f64 = 0.5;
@@ -289,7 +295,7 @@ impl PathEstimate {
         rtt: Option<Duration>,
         counts: Counts,
     ) {
-        let interval = interval.clamp(REPORT_INTERVAL_MIN, REPORT_INTERVAL_MAX);
+        let interval = report_interval_read(interval);
         let goodput = (f64::from(received) * datagram_bits as f64 / interval.as_secs_f64())
             .min(2.0 * rate as f64);
         self.goodput.update(goodput, EWMA_WEIGHT);

@@ -24,6 +24,14 @@ impl Instant {
     }
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
+    /// `duration` earlier, if that is not before the epoch.
+    pub fn checked_sub(self, duration: Duration) -> Option<Instant> {
+        let nanos = u64::try_from(duration.as_nanos()).ok()?;
+        self.nanos_since_epoch
+            .checked_sub(nanos)
+            .map(Instant::from_nanos)
+    }
+
     pub fn saturating_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(
             self.nanos_since_epoch
