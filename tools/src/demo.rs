@@ -312,8 +312,8 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     } else {
         println!();
         // Said at the start on stderr; again here only where the two go to different places
-        // (on one terminal it showed twice).
-        if !(std::io::stdout().is_terminal() && std::io::stderr().is_terminal()) {
+        // (on one terminal, or `2>&1 | tee log`, it showed twice).
+        if !stdout_and_stderr_are_one() {
             println!("network: {} — {}", network.mode, network.reason);
         }
         println!(
@@ -446,4 +446,15 @@ fn run_client(
         }
     }
     result
+}
+
+/// Whether stdout and stderr reach the same place (one terminal, one pipe, one file).
+fn stdout_and_stderr_are_one() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let identity = |fd: u8| {
+        std::fs::metadata(format!("/proc/self/fd/{fd}"))
+            .ok()
+            .map(|m| (m.dev(), m.ino(), m.rdev()))
+    };
+    matches!((identity(1), identity(2)), (Some(out), Some(err)) if out == err)
 }

@@ -179,8 +179,11 @@ impl ByteProgress {
 pub struct PlainProgress {
     label: String,
     every: Duration,
-    started: std::time::Instant,
     next: std::time::Instant,
+    /// Where the speed is measured from: the last line (or the start, and the first amount
+    /// seen: a resumed download's earlier part is not this run's speed).
+    since: Option<(std::time::Instant, u64)>,
+    started: std::time::Instant,
 }
 
 impl PlainProgress {
@@ -188,21 +191,26 @@ impl PlainProgress {
         PlainProgress {
             label: label.to_owned(),
             every,
-            started,
             next: started + every,
+            since: None,
+            started,
         }
     }
 
     /// The line to print at `now`, if one is due: "receiving: 41 % (420.0 MiB of 1.00 GiB),
-    /// 44.0 MB/s" (without a total: the bytes and the speed only).
+    /// 44.0 MB/s" (without a total: the bytes and the speed only). The speed is over the time
+    /// since the last line, so a stall shows as one ("0.0 MB/s"), not as a slowly falling
+    /// average.
     pub fn line(&mut self, now: std::time::Instant, done: u64, total: u64) -> Option<String> {
+        let (since, done_then) = *self.since.get_or_insert((self.started, done));
         if now < self.next {
             return None;
         }
         // The next line is `every` after this one, not a burst to catch up after a pause.
         self.next = now + self.every;
-        let seconds = now.saturating_duration_since(self.started).as_secs_f64();
-        let speed = done as f64 / 1e6 / seconds.max(1e-9);
+        self.since = Some((now, done));
+        let seconds = now.saturating_duration_since(since).as_secs_f64();
+        let speed = done.saturating_sub(done_then) as f64 / 1e6 / seconds.max(1e-9);
         let done_text = indicatif::BinaryBytes(done);
         Some(match (done.min(total) * 100).checked_div(total) {
             Some(percent) => format!(
@@ -293,6 +301,13 @@ mod tests {
         let every = Duration::from_secs(10);
         let mut plain = PlainProgress::new("receiving", every, start);
         assert_eq!(plain.line(start, 0, 0), None, "nothing at the start");
+        // A resumed download starts with what it held: its speed is of what arrives now.
+        let mut resumed = PlainProgress::new("receiving", every, start);
+        assert_eq!(resumed.line(start, 800 << 20, 1 << 30), None);
+        let line = resumed
+            .line(start + Duration::from_secs(10), 900 << 20, 1 << 30)
+            .expect("a line at 10 s");
+        assert!(line.ends_with(", 10.5 MB/s"), "{line}");
         assert_eq!(
             plain.line(start + Duration::from_secs(9), 5 << 20, 10 << 20),
             None,
@@ -307,10 +322,11 @@ mod tests {
             None,
             "the next one 10 s after"
         );
-        // After a long pause one line, not one per missed interval.
+        // After a long pause one line, not one per missed interval; its speed is since the
+        // last line (50 s for 260 MiB), and a stall shows as one.
         assert!(plain
             .line(start + Duration::from_secs(60), 700 << 20, 0)
-            .is_some());
+            .is_some_and(|line| line.ends_with(", 5.5 MB/s")));
         assert_eq!(
             plain.line(start + Duration::from_secs(61), 700 << 20, 0),
             None
@@ -318,9 +334,9 @@ mod tests {
         let unknown = plain
             .line(start + Duration::from_secs(71), 700 << 20, 0)
             .expect("a line at 71 s");
-        assert!(
-            unknown.starts_with("receiving: 700.00 MiB, ") && !unknown.contains('%'),
-            "without a total, no percentage: {unknown}"
+        assert_eq!(
+            unknown, "receiving: 700.00 MiB, 0.0 MB/s",
+            "without a total, no percentage; nothing for 11 s: a speed of nothing"
         );
     }
 

@@ -221,6 +221,10 @@ pub fn run_resume(
     let output = dir.0.join("out.lca");
     let mut fresh = Vec::new();
     let mut resumed = Vec::new();
+    // What the resumed run really started with (the stop is asked at 90 %, and datagrams in
+    // flight still land), and the least time the rest takes at the rate.
+    let mut held_fraction = Vec::new();
+    let mut floor = Vec::new();
     for run in 0..runs.max(1) {
         crate::phase(format_args!("resume: run {}: fresh download", run + 1));
         let _ = std::fs::remove_file(&output);
@@ -243,6 +247,9 @@ pub fn run_resume(
             return Err("the second download did not resume".into());
         }
         resumed.push(elapsed.as_secs_f64());
+        let held = f64::from(report.resumed_datagrams) / f64::from(report.info.loop_len.max(1));
+        held_fraction.push(held);
+        floor.push((1.0 - held) * bytes as f64 * 8.0 / rate_bits_per_s.max(1) as f64);
         let _ = std::fs::remove_file(&output);
     }
     let ratios: Vec<f64> = resumed.iter().zip(&fresh).map(|(r, f)| r / f).collect();
@@ -252,6 +259,8 @@ pub fn run_resume(
         "rate_bits_per_s": rate_bits_per_s,
         "fresh_s": fresh,
         "resumed_at_90_percent_s": resumed,
+        "held_fraction_at_resume": held_fraction,
+        "rest_at_rate_s": floor,
         "ratio_to_fresh": ratios,
         "ratio_median": median(&mut ratios.clone()),
     }))

@@ -834,10 +834,13 @@ fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
 /// usable saved state (and nothing is sent then). The state is checked against the Offer's
 /// root later, as before; a stale one costs nothing but where the loop starts.
 fn saved_resume_point(output: &Path) -> Option<u32> {
-    let bytes = files::read_state(
+    // Quietly: an unusable state is said once, when the Offer shows what it should be.
+    let bytes = loopcast_archive::files::read_small_file(
         &with_suffix(output, ".part.state"),
         state::encoded_len_max(RESUME_PEEK_LOOP_MAX),
-    )?;
+    )
+    .ok()
+    .flatten()?;
     let (_, have) = state::peek(&bytes)?;
     have.longest_clear_run_start()
 }
@@ -869,8 +872,23 @@ impl Download {
             );
         }
         let part_len = part.metadata().map_err(io_err("stat partial file"))?.len();
+        if saved.is_none() && part_len > 0 {
+            tracing::warn!(
+                part = %part_path.display(),
+                "a partial download without its state (.part.state): what it holds is not known; starting over"
+            );
+        }
+        if previous.is_some() && part_len != archive_bytes {
+            tracing::warn!(
+                part = %part_path.display(),
+                bytes = part_len,
+                expected = archive_bytes,
+                "the partial download's data is missing or cut short (its state says what was held, the file does not have it); starting over"
+            );
+        }
         let receiver = match previous {
             Some(have) if part_len == archive_bytes => {
+                let claimed = have.count_ones();
                 part.reserve(archive_bytes, false)?;
                 let size = usize::from(info.datagram_size);
                 let receiver = Receiver::resume(info.clone(), have, |serial| {
@@ -879,11 +897,15 @@ impl Download {
                         .ok()?;
                     Some(bytes)
                 });
-                tracing::info!(
-                    held = receiver.have().count_ones(),
-                    total = info.loop_len,
-                    "resuming partial download"
-                );
+                let held = receiver.have().count_ones();
+                tracing::info!(held, total = info.loop_len, "resuming partial download");
+                if held < claimed {
+                    tracing::warn!(
+                        claimed,
+                        held,
+                        "some of what the partial download's state says it held did not verify (the data was changed or lost): it is received again"
+                    );
+                }
                 receiver
             }
             _ => {

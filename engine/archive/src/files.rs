@@ -180,12 +180,19 @@ pub fn read_small_file(path: &Path, len_max: u64) -> io::Result<Option<Vec<u8>>>
         Err(error) => return Err(error),
     };
     let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > len_max {
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    if meta.len() > len_max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "{} is not a regular file of at most {len_max} bytes",
-                path.display()
+                "{} is {} bytes, more than this file can be ({len_max})",
+                path.display(),
+                meta.len()
             ),
         ));
     }

@@ -759,6 +759,12 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         extracted = Some(path.clone());
     }
     let seconds = report.elapsed.as_secs_f64();
+    // The speed is of what this run received: a resumed download's earlier part is not.
+    let loop_len = u64::from(report.info.loop_len.max(1));
+    let received_now = report.archive_bytes
+        * (loop_len - u64::from(report.resumed_datagrams).min(loop_len))
+        / loop_len;
+    let mb_per_s = received_now as f64 / 1e6 / seconds.max(1e-9);
     // With --follow, stdout carries the file: the report goes to stderr.
     let mut text = String::new();
     if args.json {
@@ -771,7 +777,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
                 "transport": report.transport.to_string(), "transport_note": report.transport_note,
                 "join_serial": report.join_serial, "resumed_datagrams": report.resumed_datagrams,
                 "bytes": report.archive_bytes, "seconds": seconds,
-                "mb_per_s": report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
+                "mb_per_s": mb_per_s,
                 "dropped": report.counters.dropped_total(), "duplicates": report.counters.duplicates,
                 "naks_sent": report.naks_sent, "serials_naked": report.serials_naked,
                 "serials_suppressed": report.serials_suppressed,
@@ -799,10 +805,9 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         use std::fmt::Write;
         let _ = writeln!(
             text,
-            "received {} ({} bytes) in {seconds:.2} s, {:.1} MB/s over {} ({})",
+            "received {} ({} bytes) in {seconds:.2} s, {mb_per_s:.1} MB/s over {} ({})",
             output.display(),
             report.archive_bytes,
-            report.archive_bytes as f64 / 1e6 / seconds.max(1e-9),
             report.transport,
             report.transport_note
         );
