@@ -781,7 +781,6 @@ struct Download {
     final_check_time: Duration,
     groups_checked_early: u32,
     groups: u32,
-    nak_config: NakConfig,
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// Reused per batch: (serial, slot, offset, length) of datagrams to write.
@@ -941,7 +940,6 @@ impl Download {
             checker,
             final_check_time: Duration::ZERO,
             groups_checked_early: 0,
-            nak_config,
             saver: None,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
             nak: NakPlanner::new(nak_config, receiver.have()),
@@ -1265,8 +1263,11 @@ impl Download {
             forgotten,
             "datagrams failed their re-check; receiving them again"
         );
-        // The planner must ask for them again: rebuild it from what is still held.
-        self.nak = NakPlanner::new(self.nak_config, self.receiver.have());
+        // The planner must ask for them again: rebuild it from what is still held, with the
+        // settings the transport gave it (rebuilt from the first ones, a unicast or resumed
+        // client lost its backlog and waited a whole loop for one datagram that failed: a
+        // resume slower than a fresh download, new-user review).
+        self.nak = NakPlanner::new(self.nak.config(), self.receiver.have());
         Ok(false)
     }
 

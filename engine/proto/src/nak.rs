@@ -1167,6 +1167,11 @@ impl NakPlanner {
         self.asked.clear(serial);
     }
 
+    /// Its settings as they are now (suppression and backlog as the transport set them).
+    pub fn config(&self) -> NakConfig {
+        self.config
+    }
+
     /// Turns multicast suppression on (`Some(max delay)`) or off (unicast: ask at once), e.g.
     /// when a client falls back from multicast to unicast.
     pub fn set_suppression(&mut self, delay: Option<Duration>) {
