@@ -11,18 +11,10 @@ pub fn killed_client_resumes_and_finishes_identical() {
     let input = scratch.path("big.bin");
     let original = write_content(&input, 24 << 20, 5);
     pack_into(&input, &media, &["--level", "0"]);
-    let _server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
-    let port = _server.port;
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
     let get = || {
-        let mut command = Command::new(bin("loopcast"));
-        command
-            .args(["get", &format!("127.0.0.1:{port}"), "big.bin", "--json"])
-            .arg("--output")
-            .arg(scratch.path("big.lca"))
-            .arg("--extract")
-            .arg(scratch.path("big.out"))
-            .arg("--keys")
-            .arg(media.join("keys.db"));
+        let mut command = get_big(server.port, &scratch);
+        command.arg("--keys").arg(media.join("keys.db"));
         command
     };
     // At 40 Mbit/s one loop of ~24 MiB takes ~5 s; kill after 3 s (state is saved every 2 s).
@@ -88,21 +80,7 @@ pub fn a_resumed_download_asks_at_once_for_a_held_datagram_that_was_damaged() {
     let original = write_content(&input, 24 << 20, 6);
     pack_into(&input, &media, &["--no-encrypt", "--level", "0"]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
-    let get = || {
-        let mut command = Command::new(bin("loopcast"));
-        command
-            .args([
-                "get",
-                &format!("127.0.0.1:{}", server.port),
-                "big.bin",
-                "--json",
-            ])
-            .arg("--output")
-            .arg(scratch.path("big.lca"))
-            .arg("--extract")
-            .arg(scratch.path("big.out"));
-        command
-    };
+    let get = || get_big(server.port, &scratch);
     let mut first = Proc::spawn("first get", &mut get());
     std::thread::sleep(Duration::from_secs(3));
     first.child.kill().unwrap();
@@ -132,4 +110,17 @@ pub fn a_resumed_download_asks_at_once_for_a_held_datagram_that_was_damaged() {
         duplicates * 20 < loop_datagrams,
         "{duplicates} duplicates of {loop_datagrams} after {seconds:.2} s: the damaged datagram waited for the loop: {report}"
     );
+}
+
+/// `loopcast get` of big.bin from the server on 127.0.0.1:`port` into the scratch directory's
+/// big.lca, extracted to big.out, with a JSON report.
+fn get_big(port: u16, scratch: &Scratch) -> Command {
+    let mut command = Command::new(bin("loopcast"));
+    command
+        .args(["get", &format!("127.0.0.1:{port}"), "big.bin", "--json"])
+        .arg("--output")
+        .arg(scratch.path("big.lca"))
+        .arg("--extract")
+        .arg(scratch.path("big.out"));
+    command
 }

@@ -149,6 +149,18 @@ fn join(
     (session, drain(endpoint))
 }
 
+/// A multicast member A (192.0.2.10) on the file's first tier, at 0 ms.
+fn with_a_joined(endpoint: &mut Endpoint, files: &mut FileInfo) {
+    join(
+        endpoint,
+        files,
+        at(0),
+        addr("192.0.2.10:6000"),
+        RequestHints::default(),
+        Transport::Multicast,
+    );
+}
+
 fn report_bytes(
     session: SessionId,
     sent_at_us: u32,
@@ -178,14 +190,7 @@ fn a_spoofed_resume_request_does_not_set_the_rate_an_honest_newcomer_is_sent_at(
     let mut b_rates = Vec::new();
     for (spoof, cap) in [(false, 0), (true, 0), (true, 10_000_000_000)] {
         let (mut endpoint, mut files) = adaptive_capped(true, cap);
-        join(
-            &mut endpoint,
-            &mut files,
-            at(0),
-            addr("192.0.2.10:6000"),
-            RequestHints::default(),
-            Transport::Multicast,
-        );
+        with_a_joined(&mut endpoint, &mut files);
         if spoof {
             let name = files.name.clone();
             endpoint.handle_control(
@@ -276,14 +281,7 @@ fn a_spoofed_resume_request_does_not_set_an_honest_unicast_clients_own_channel_r
 #[test]
 fn held_resume_requests_from_spoofed_addresses_stay_within_tiers_and_amplification() {
     let (mut endpoint, mut files) = adaptive(true);
-    join(
-        &mut endpoint,
-        &mut files,
-        at(0),
-        addr("192.0.2.10:6000"),
-        RequestHints::default(),
-        Transport::Multicast,
-    );
+    with_a_joined(&mut endpoint, &mut files);
     let name = files.name.clone();
     let loop_len = files.loop_len;
     let mut most_tiers = 0;
@@ -320,14 +318,7 @@ fn held_resume_requests_from_spoofed_addresses_stay_within_tiers_and_amplificati
 fn held_resume_at_past_the_loop_never_reaches_the_data_plane() {
     for transport in [Transport::Unicast, Transport::Multicast] {
         let (mut endpoint, mut files) = adaptive(true);
-        join(
-            &mut endpoint,
-            &mut files,
-            at(0),
-            addr("192.0.2.10:6000"),
-            RequestHints::default(),
-            Transport::Multicast,
-        );
+        with_a_joined(&mut endpoint, &mut files);
         let loop_len = files.loop_len;
         for (k, (resume, want)) in [
             (loop_len, None),
