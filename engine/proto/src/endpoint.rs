@@ -852,10 +852,7 @@ impl Endpoint {
                 // REPORT_COUNTS_MIN (else a flood claiming none stepped slow start every
                 // CONTROL_GAP_MIN).
                 let covered = interval.max(REPORT_COUNTS_MIN);
-                let started = Instant::from_nanos(
-                    now.as_nanos()
-                        .saturating_sub(u64::try_from(covered.as_nanos()).unwrap_or(u64::MAX)),
-                );
+                let started = now.saturating_sub(covered);
                 // A moved client switches group a round trip after the move: its reports
                 // count from a settle time after that.
                 let counts = if state.settling_after_move(started, rate_config.move_settle) {

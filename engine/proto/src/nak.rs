@@ -985,8 +985,7 @@ impl NakPlanner {
     /// of the loop's, is undone by the loop's next two (`note_straggler`) before anything it
     /// jumped over is read as gone by.
     fn scan_limit(&mut self, now: Instant) -> u64 {
-        let quiet = u64::try_from(self.lead_quiet().as_nanos()).unwrap_or(u64::MAX);
-        let window_start = Instant::from_nanos(now.as_nanos().saturating_sub(quiet));
+        let window_start = now.saturating_sub(self.lead_quiet());
         while self.frontier_history.len() > 1 && self.frontier_history[1].0 <= window_start {
             self.frontier_history.pop_front();
         }

@@ -23,7 +23,6 @@ impl Instant {
         self.nanos_since_epoch
     }
 
-    /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     /// `duration` earlier, if that is not before the epoch.
     pub fn checked_sub(self, duration: Duration) -> Option<Instant> {
         let nanos = u64::try_from(duration.as_nanos()).ok()?;
@@ -32,6 +31,12 @@ impl Instant {
             .map(Instant::from_nanos)
     }
 
+    /// `duration` earlier, or the epoch if that is before it.
+    pub fn saturating_sub(self, duration: Duration) -> Instant {
+        self.checked_sub(duration).unwrap_or(Instant::ZERO)
+    }
+
+    /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     pub fn saturating_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(
             self.nanos_since_epoch
