@@ -183,24 +183,6 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// The same, bit by bit: the start of the longest clear run, going round (the first such
-    /// start from 0 on ties).
-    fn longest_clear_run_start_bit_by_bit(bitmap: &Bitmap) -> Option<u32> {
-        let len = bitmap.len();
-        if bitmap.count_ones() == 0 || bitmap.is_full() {
-            return None;
-        }
-        let run_at = |start: u32| {
-            (0..len)
-                .take_while(|k| !bitmap.get((start + k) % len))
-                .count()
-        };
-        // A run starts where a clear bit follows a set one (going round).
-        (0..len)
-            .filter(|&i| !bitmap.get(i) && bitmap.get((i + len - 1) % len))
-            .max_by_key(|&i| (run_at(i), std::cmp::Reverse(i)))
-    }
-
     #[test]
     fn a_killed_download_resumes_where_its_held_stretch_ended() {
         let mut held = Bitmap::new(1000);
@@ -246,7 +228,7 @@ mod tests {
             }
             prop_assert_eq!(
                 bitmap.longest_clear_run_start(),
-                longest_clear_run_start_bit_by_bit(&bitmap)
+                crate::testkit::longest_clear_run_start_bit_by_bit(&bitmap)
             );
         }
 
