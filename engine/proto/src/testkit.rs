@@ -207,6 +207,24 @@ pub fn huge_consistent_info() -> FileInfo {
     info
 }
 
+/// [`Bitmap::longest_clear_run_start`] bit by bit, for property tests of its word steps: the
+/// start of the longest clear run going round, the lowest such start on ties.
+pub fn longest_clear_run_start_bit_by_bit(bitmap: &Bitmap) -> Option<u32> {
+    let len = bitmap.len();
+    if bitmap.count_ones() == 0 || bitmap.is_full() {
+        return None;
+    }
+    let run_at = |start: u32| {
+        (0..len)
+            .take_while(|k| !bitmap.get((start + k) % len))
+            .count()
+    };
+    // A run starts where a clear bit follows a set one (going round).
+    (0..len)
+        .filter(|&i| !bitmap.get(i) && bitmap.get((i + len - 1) % len))
+        .max_by_key(|&i| (run_at(i), std::cmp::Reverse(i)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,22 +257,4 @@ mod tests {
         while tree.simplify() {}
         tree.current()
     }
-}
-
-/// [`Bitmap::longest_clear_run_start`] bit by bit, for property tests of its word steps: the
-/// start of the longest clear run going round, the lowest such start on ties.
-pub fn longest_clear_run_start_bit_by_bit(bitmap: &Bitmap) -> Option<u32> {
-    let len = bitmap.len();
-    if bitmap.count_ones() == 0 || bitmap.is_full() {
-        return None;
-    }
-    let run_at = |start: u32| {
-        (0..len)
-            .take_while(|k| !bitmap.get((start + k) % len))
-            .count()
-    };
-    // A run starts where a clear bit follows a set one (going round).
-    (0..len)
-        .filter(|&i| !bitmap.get(i) && bitmap.get((i + len - 1) % len))
-        .max_by_key(|&i| (run_at(i), std::cmp::Reverse(i)))
 }
