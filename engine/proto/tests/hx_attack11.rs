@@ -141,58 +141,34 @@ fn a_lying_member_cannot_hold_a_shared_tier_with_reports_that_do_not_count() {
             } else {
                 Counts::Unsettled
             };
-            honest.observe(&config, sent, 0, step, bits, rate, None, None, counts);
+            // One report of `received` and `lost` over this step, at this rate.
+            let report = |estimate: &mut PathEstimate, received: u32, lost: u32, counts| {
+                estimate.observe(
+                    &config, received, lost, step, bits, rate, None, None, counts,
+                )
+            };
+            report(&mut honest, sent, 0, counts);
             match strategy {
-                "honest" => liar.observe(&config, sent, 0, step, bits, rate, None, None, counts),
+                "honest" => report(&mut liar, sent, 0, counts),
                 "judged-false" | "long-interval" => {
                     if counts == Counts::Settled && !liar_sent_lossy {
-                        liar.observe(
-                            &config,
-                            sent / 2,
-                            sent / 2,
-                            step,
-                            bits,
-                            rate,
-                            None,
-                            None,
-                            counts,
-                        );
+                        report(&mut liar, sent / 2, sent / 2, counts);
                         liar_sent_lossy = true;
                     } else if strategy == "judged-false" && counts == Counts::Settled {
-                        liar.observe(
-                            &config,
-                            sent,
-                            0,
-                            step,
-                            bits,
-                            rate,
-                            None,
-                            None,
-                            Counts::Unjudged,
-                        );
+                        report(&mut liar, sent, 0, Counts::Unjudged);
                     } else {
                         let c = if control.is_rising() {
                             Counts::LossOnly
                         } else {
                             Counts::Unsettled
                         };
-                        liar.observe(&config, sent, 0, step, bits, rate, None, None, c);
+                        report(&mut liar, sent, 0, c);
                     }
                 }
                 _ => {
                     n += 1;
                     let lost = if n % 2 == 1 { sent / 2 } else { 0 };
-                    liar.observe(
-                        &config,
-                        sent - lost,
-                        lost,
-                        step,
-                        bits,
-                        rate,
-                        None,
-                        None,
-                        counts,
-                    );
+                    report(&mut liar, sent - lost, lost, counts);
                 }
             }
             let before = control.rate();
