@@ -477,7 +477,8 @@ fn serve(
 impl Server {
     /// What each channel's sender has sent so far, to the endpoint: reports are judged
     /// against what their interval really carried (the sender may fall short of the tier's
-    /// rate). Atomic loads, one per channel, before the reports of this wake-up are read.
+    /// rate). Atomic loads, one per channel, before the reports of this wake-up are read
+    /// (every wake-up, timers' included, passes here first).
     fn sample_sent(&mut self, now: Instant) {
         for (&channel, state) in &self.channels {
             self.endpoint.handle_channel_sent(
@@ -922,7 +923,6 @@ impl Server {
     fn housekeeping(&mut self) {
         let now = self.clock.now();
         self.check_archives(now);
-        self.sample_sent(now);
         self.endpoint.handle_timeout(now);
         self.flush_endpoint();
         self.send_heartbeat(false);
