@@ -235,6 +235,9 @@ pub struct PathEstimate {
     /// The last report's goodput (bits/s) and loss fraction.
     last_goodput: f64,
     last_loss: f64,
+    /// What its tier's sender really sent over the last report's interval, bits/s (0: not
+    /// known; see [`PathEstimate::sent_rate`]).
+    last_sent: f64,
     /// Congested reports in a row.
     congested_streak: u32,
     /// Reports since the member's tier last changed (rate or membership) and settled.
@@ -315,6 +318,7 @@ impl PathEstimate {
         // three receivers sent 2-4), and against the rate, full reports read as mostly lost.
         let nominal = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
         let sent = sent.map_or(nominal, |sent| nominal.min(sent as f64));
+        self.last_sent = sent * datagram_bits as f64 / interval.as_secs_f64();
         let short = matches!(counts, Counts::Settled | Counts::Unjudged)
             && received > 0
             && f64::from(received) < SENT_SHORTFALL * sent;
@@ -496,6 +500,18 @@ impl PathEstimate {
     /// (never above `rate`).
     fn capacity(&self, rate: u64) -> f64 {
         self.last_goodput.min(rate as f64)
+    }
+
+    /// What its tier's sender really sent over its last report's interval (never above
+    /// `rate`; `rate` where not known). A member that receives most of that has a path that
+    /// takes what the tier sends, whatever the tier's nominal rate: its loss is the sending
+    /// host's or its own host's hiccup, and a tier of its own would cost the same cores again.
+    fn sent_rate(&self, rate: u64) -> f64 {
+        if self.last_sent > 0.0 {
+            self.last_sent.min(rate as f64)
+        } else {
+            rate as f64
+        }
     }
 
     /// The capacity measured the last time this member was congested, if ever.
@@ -840,6 +856,14 @@ const MERGE_SHARE: f64 = 0.85;
 /// A congested member moves to a slower tier only if its path carries less than this share of
 /// its tier's rate.
 const MOVE_BELOW_SHARE: f64 = 0.85;
+/// ... and only if it carries less than this share of what the tier really sent, while the
+/// sender falls short of the rate (by more than `MOVE_BELOW_SHARE`). A short sender is short of
+/// cores (or of its link): another tier costs it more, and a member's loss may have the same
+/// cause (three receivers on a 2-core host lost 30-43 % in bursts when the cores ran out, each
+/// in turn). A member that gets half of what is sent needs about two loops at the tier's
+/// rate, no longer than a loop on a tier of its own at 90 % of what reaches it, and costs no
+/// second stream.
+const SHORT_SENDER_MOVE_BELOW_SHARE: f64 = 0.5;
 /// Congested reports in a row after which a member that gets most of the rate leaves a tier
 /// whose other members keep up.
 const HELD_LOSS_REPORTS: u32 = 5;
@@ -934,14 +958,22 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 && tier.members.len() > fresh.len()
                 && congested.iter().all(|m| dwelt(config, now, m));
             let settled_clear = unheard || clear.iter().any(|m| m.estimate.congested_streak == 0);
-            let reference = if settled_clear {
-                rate as f64
-            } else {
-                congested
-                    .iter()
-                    .chain(clear.iter())
-                    .map(|m| m.estimate.capacity(rate))
-                    .fold(0.0, f64::max)
+            // With members keeping up: what the tier really sent over the member's report
+            // (three receivers on a 2-core host: the sender of an 8 Gbit/s tier sent 1-4.4,
+            // and a member that got 93 % of it and lost 7 % read as a path of half the rate
+            // and moved; on a tier of its own it cost the sender the same cores again, and
+            // the others lost next: 3-4 tiers, 4.4-9.1 s for 1 GiB against 2.6 with one).
+            let best = congested
+                .iter()
+                .chain(clear.iter())
+                .map(|m| m.estimate.capacity(rate))
+                .fold(0.0, f64::max);
+            let reference = |m: &MemberPlan<'_>| {
+                if settled_clear {
+                    m.estimate.sent_rate(rate)
+                } else {
+                    best
+                }
             };
             // The congested members whose path carries clearly less than that go slower; the
             // others keep their rate. One that lost but still got most of it stays (a passing
@@ -950,13 +982,23 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // One that keeps losing while others keep up at this rate goes too, however much
             // of the rate it gets: held, it stops the tier rising for everyone (its loss may be
             // its path's own, learnt only after a move or a decrease; on its own tier it is).
+            // Not while the sender falls short of the rate: the tier cannot rise anyway.
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
                 .filter(|m| {
-                    m.estimate.capacity(rate) < MOVE_BELOW_SHARE * reference
-                        || (settled_clear && m.estimate.congested_streak >= HELD_LOSS_REPORTS)
+                    let sender_keeps_up =
+                        m.estimate.sent_rate(rate) >= MOVE_BELOW_SHARE * rate as f64;
+                    let share = if sender_keeps_up {
+                        MOVE_BELOW_SHARE
+                    } else {
+                        SHORT_SENDER_MOVE_BELOW_SHARE
+                    };
+                    m.estimate.capacity(rate) < share * reference(m)
+                        || (settled_clear
+                            && sender_keeps_up
+                            && m.estimate.congested_streak >= HELD_LOSS_REPORTS)
                 })
                 .collect();
             movable.sort_by(|a, b| {
@@ -968,7 +1010,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             for member in &movable {
                 let target_rate = 0.9 * member.estimate.capacity(rate);
                 // Held (most of the rate reaches it): only to a tier near what it takes.
-                let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference;
+                let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference(member);
                 let target = choose_slower(
                     config,
                     &rates,

@@ -1099,6 +1099,80 @@ fn settled_report(estimate: &mut PathEstimate, config: &RateConfig, rate: u64, l
     );
 }
 
+/// `reports` settled reports at `rate` whose sender really sent `sent_share` of the rate
+/// (`None`: all of it), each receiving `received_share` of what was sent and losing the rest.
+fn reports_of_a_sender(
+    config: &RateConfig,
+    rate: u64,
+    sent_share: Option<f64>,
+    received_share: f64,
+    reports: u32,
+) -> PathEstimate {
+    let nominal = rate as f64 * STEP.as_secs_f64() / DATAGRAM_BITS as f64;
+    let sent = nominal * sent_share.unwrap_or(1.0);
+    let mut estimate = PathEstimate::default();
+    for _ in 0..reports {
+        estimate.observe(
+            config,
+            (received_share * sent) as u32,
+            ((1.0 - received_share) * sent) as u32,
+            STEP,
+            DATAGRAM_BITS,
+            rate,
+            sent_share.map(|_| sent as u64),
+            None,
+            Counts::Settled,
+        );
+    }
+    estimate
+}
+
+/// Three receivers on a 2-core host: the sender of an 8 Gbit/s tier sent about a third of
+/// that, and a member that got 93 % of what was sent (the cores ran out for it a moment) read
+/// as a path of a quarter of the rate and moved to a tier of its own, which cost the sender the
+/// same cores again: the others lost next, and 1 GiB ended on 2-4 tiers (4.9-7.4 s against
+/// 3.6-4.3 on one). Against what the sender really sent it keeps up; one that gets a fifth of
+/// it still moves. With the sender at its rate, a member that keeps losing still leaves (held,
+/// it would stop the tier rising for everyone).
+#[test]
+fn a_member_that_gets_most_of_what_a_short_sender_sent_stays_and_one_far_below_it_moves() {
+    let config = RateConfig::default();
+    let rate = 8_000_000_000u64;
+    let run = |sent_share: Option<f64>| {
+        let keeps_up = reports_of_a_sender(&config, rate, sent_share, 1.0, 6);
+        let hiccups = reports_of_a_sender(&config, rate, sent_share, 0.93, 6);
+        let slow = reports_of_a_sender(&config, rate, sent_share, 0.2, 6);
+        assert!(hiccups.is_congested(&config) && slow.is_congested(&config));
+        let mut controls = vec![TierControl::new_known(&config, at(0), rate)];
+        let mut plans = memberless_plans(&mut controls);
+        plans[0].members = [&keeps_up, &hiccups, &slow]
+            .into_iter()
+            .enumerate()
+            .map(|(id, estimate)| MemberPlan {
+                id: id as u64 + 1,
+                estimate,
+                moved_at: None,
+            })
+            .collect();
+        let mut moved: Vec<u64> = plan(&config, at(60_000), &mut plans)
+            .iter()
+            .map(|m| m.member)
+            .collect();
+        moved.sort_unstable();
+        moved
+    };
+    assert_eq!(
+        run(Some(0.3)),
+        vec![3],
+        "a sender at 30 % of its rate: only the member that gets a fifth of it moves"
+    );
+    assert_eq!(
+        run(None),
+        vec![2, 3],
+        "a sender at its rate: the member that keeps losing 7 % leaves too"
+    );
+}
+
 /// Links e2e test, clients joining a few milliseconds apart (each asks for its own Sync): the
 /// first report of a 5 Mbit/s receiver came before the others' and, read as everyone's, set
 /// the new tier to 4.4 Mbit/s for the unlimited receiver too (7.5 s for 4 MiB instead of 0.1).
