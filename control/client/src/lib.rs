@@ -1202,7 +1202,9 @@ impl Download {
         let checker = self.checker.take().filter(|checker| {
             let opened = checker.opened_by_others();
             if opened {
-                tracing::warn!(path = %self.part_path.display(), "another process opened the partial file during the download; checking it whole");
+                // Opening is all that can be seen: a second `get` to the same output opens the
+                // file before its lock is refused, and writes nothing.
+                tracing::info!(path = %self.part_path.display(), "another process opened the partial file during the download (a second get to this output, refused, does); checking it whole, as it may have written");
             }
             !opened
         });
