@@ -404,11 +404,22 @@ struct Channel {
 const SENT_SAMPLES_MAX: usize = 64;
 const SENT_SAMPLE_GAP: Duration = Duration::from_millis(5);
 const SENT_SAMPLE_STALE: Duration = Duration::from_millis(100);
+/// A tier's real rate is what its sender sent over this long (about a report interval).
+const TIER_SENT_WINDOW: Duration = Duration::from_millis(200);
 
 impl Channel {
     /// Datagrams the data plane sent on this channel between `from` and `to`, interpolated
     /// between the driver's samples; `None` if they do not reach back to `from`, or the last
     /// is over `SENT_SAMPLE_STALE` before `to` (not sampled lately: not known).
+    /// What the channel's sender really sent over the last `TIER_SENT_WINDOW`, bits/s, if the
+    /// driver's samples cover it.
+    fn sent_rate(&self, now: Instant) -> Option<f64> {
+        let sent = self.sent_between(now.checked_sub(TIER_SENT_WINDOW)?, now)?;
+        Some(
+            sent as f64 * f64::from(self.info.datagram_size) * 8.0 / TIER_SENT_WINDOW.as_secs_f64(),
+        )
+    }
+
     fn sent_between(&self, from: Instant, to: Instant) -> Option<u64> {
         let &(last, _) = self.sent_samples.back()?;
         if to.saturating_since(last) > SENT_SAMPLE_STALE {
@@ -1875,6 +1886,7 @@ impl Endpoint {
                         .zip(&channels)
                         .map(|((control, ids), channel)| TierPlan {
                             solo: self.channels[channel].solo,
+                            sent_rate: self.channels[channel].sent_rate(now),
                             control,
                             members: ids
                                 .iter()

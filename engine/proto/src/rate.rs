@@ -235,9 +235,6 @@ pub struct PathEstimate {
     /// The last report's goodput (bits/s) and loss fraction.
     last_goodput: f64,
     last_loss: f64,
-    /// What its tier's sender really sent over the last report's interval, bits/s (0: not
-    /// known; see [`PathEstimate::sent_rate`]).
-    last_sent: f64,
     /// Congested reports in a row.
     congested_streak: u32,
     /// Reports since the member's tier last changed (rate or membership) and settled.
@@ -318,7 +315,6 @@ impl PathEstimate {
         // three receivers sent 2-4), and against the rate, full reports read as mostly lost.
         let nominal = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
         let sent = sent.map_or(nominal, |sent| nominal.min(sent as f64));
-        self.last_sent = sent * datagram_bits as f64 / interval.as_secs_f64();
         let short = matches!(counts, Counts::Settled | Counts::Unjudged)
             && received > 0
             && f64::from(received) < SENT_SHORTFALL * sent;
@@ -502,18 +498,6 @@ impl PathEstimate {
         self.last_goodput.min(rate as f64)
     }
 
-    /// What its tier's sender really sent over its last report's interval (never above
-    /// `rate`; `rate` where not known). A member that receives most of that has a path that
-    /// takes what the tier sends, whatever the tier's nominal rate: its loss is the sending
-    /// host's or its own host's hiccup, and a tier of its own would cost the same cores again.
-    fn sent_rate(&self, rate: u64) -> f64 {
-        if self.last_sent > 0.0 {
-            self.last_sent.min(rate as f64)
-        } else {
-            rate as f64
-        }
-    }
-
     /// The capacity measured the last time this member was congested, if ever.
     pub fn known_capacity(&self) -> Option<f64> {
         self.known_capacity
@@ -543,9 +527,9 @@ pub struct TierControl {
     /// Its rate last fell to a floor, and nothing is remembered since: slow start resumes
     /// gently (see [`TierControl::decrease_to`]).
     floored: bool,
-    /// In slow start, the last rate its members kept up with (the one it rose from last):
-    /// a loss on the next step falls no lower than 90 % of it (not from a floor, whose
-    /// steps are small and whose members' path is near).
+    /// The last rate its members kept up with (the one it rose from last): a collapse on the
+    /// next step falls no lower than 90 % of it (not from a floor, whose steps are small and
+    /// whose members' path is near; see [`TierControl::decrease_to`]).
     kept_up_at: Option<u64>,
 }
 
@@ -649,13 +633,28 @@ impl TierControl {
     }
 
     fn increase(&mut self, config: &RateConfig, now: Instant) {
+        self.increase_from(config, now, self.rate as f64);
+    }
+
+    /// Members kept up, `reached` being what the sender really sent them (bits/s; the rate,
+    /// unless the sender falls short of it). Where they last lost is what reached them then,
+    /// so the rate is judged near it by what reaches them now: a sender short of its rate (the
+    /// receiver beside it on a 2-core host, pacing at 7.2 Gbit/s, sent 4.7) otherwise crept up
+    /// 0.5-2 % a settle from a nominal rate near the loss, never reaching the 10 Gbit/s
+    /// nominal that gets 6.5 through (1 GiB at MTU 1500: 1.7-2.1 s against 1.3).
+    fn increase_from(&mut self, config: &RateConfig, now: Instant, reached: f64) {
         let rate = self.rate as f64;
+        let real = if reached < SENDER_SHORT_BELOW * rate {
+            reached.max(1.0)
+        } else {
+            rate
+        };
         let remembered = self
             .loss_rate
             .filter(|&(_, when)| now.saturating_since(when) < config.loss_memory)
             .map(|(lost_at, _)| lost_at as f64)
             // Past where it last lost, without loss: the path has grown.
-            .filter(|&lost_at| rate < 1.05 * lost_at);
+            .filter(|&lost_at| real < 1.05 * lost_at);
         self.rising = true;
         let next = if self.slow_start {
             // Doubling, gentler past 8 Gbit/s where receivers are CPU-bound and an
@@ -671,7 +670,7 @@ impl TierControl {
         } else {
             match remembered {
                 // Back up to just below where it lost, quickly.
-                Some(lost_at) if rate < 0.9 * lost_at => (rate * 1.1).min(0.95 * lost_at),
+                Some(lost_at) if real < 0.9 * lost_at => rate * (0.95 * lost_at / real).min(1.1),
                 // Near it: probe gently (0.5 %, 1 %, then 2 % a step), as CUBIC's plateau.
                 Some(_) => {
                     self.near_increases += 1;
@@ -689,8 +688,8 @@ impl TierControl {
             }
         };
         let next = next.max(rate + 1.0) as u64;
+        self.kept_up_at = Some(self.rate);
         if self.slow_start {
-            self.kept_up_at = Some(self.rate);
             self.set_probe_rate(config, now, next);
         } else {
             self.set_rate(config, now, next);
@@ -739,13 +738,17 @@ impl TierControl {
             && self.slow_start
             && !self.from_floor
             && self.clean_increases < RESUME_SLOW_START_AFTER;
-        // A slow-start step that overshot falls no lower than 90 % of the step before, which
-        // its members kept up with: what reaches a receiver flooded far past its rate is less
-        // than it takes (on a 2-core host the flood's own cost starves it: 1 GiB at MTU 1500
-        // fell from 12 Gbit/s to 4.1 after a clean 8 Gbit/s, and crept up 1 % a step, 2.4 s
-        // instead of 1.3).
+        // A step that overshot falls no lower than 90 % of the rate before it, which its
+        // members kept up with: what reaches a receiver flooded far past its rate is less than
+        // it takes (on a 2-core host the flood's own cost starves it: 1 GiB at MTU 1500 fell
+        // from 12 Gbit/s to 4.1 after a clean 8 Gbit/s, and crept up 1 % a step, 2.4 s instead
+        // of 1.3). Out of slow start too: a receiver whose host stalls for a few hundred
+        // milliseconds (its cores or its disk busy) gets a fraction of a rate it took a moment
+        // before, and 1 GiB at MTU 1500 fell from 4.76 Gbit/s to 1.98 after one such report,
+        // and crept up from there: 3.1 s instead of 1.5. A path that really slowed is found
+        // at the next decrease, a settle later.
         let kept_up = match self.kept_up_at {
-            Some(rate) if self.slow_start && !self.from_floor && rate < self.rate => rate as f64,
+            Some(rate) if !self.from_floor && rate < self.rate => rate as f64,
             _ => 0.0,
         };
         self.stop_rising(floor);
@@ -793,6 +796,10 @@ pub struct TierPlan<'a> {
     /// One unicast client's own channel: its rate follows that client alone; it is never
     /// merged, and nobody moves into it.
     pub solo: bool,
+    /// What the tier's sender really sent lately, bits/s, where the data plane says (it can
+    /// fall short of the rate: a 2-core host's 8 Gbit/s tier for three receivers sent 1-4.4).
+    /// The server's own count, never a client's claim.
+    pub sent_rate: Option<f64>,
 }
 
 /// Where the planner sends a member.
@@ -856,8 +863,11 @@ const MERGE_SHARE: f64 = 0.85;
 /// A congested member moves to a slower tier only if its path carries less than this share of
 /// its tier's rate.
 const MOVE_BELOW_SHARE: f64 = 0.85;
+/// A tier's sender that sent under this share of its rate over a report (or members that
+/// received under it without loss) falls short of the rate.
+const SENDER_SHORT_BELOW: f64 = 0.85;
 /// ... and only if it carries less than this share of what the tier really sent, while the
-/// sender falls short of the rate (by more than `MOVE_BELOW_SHARE`). A short sender is short of
+/// sender falls short of the rate (`SENDER_SHORT_BELOW`). A short sender is short of
 /// cores (or of its link): another tier costs it more, and a member's loss may have the same
 /// cause (three receivers on a 2-core host lost 30-43 % in bursts when the cores ran out, each
 /// in turn). A member that gets half of what is sent needs about two loops at the tier's
@@ -897,6 +907,12 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             continue;
         }
         let rate = tier.control.rate;
+        // What the sender really sends: a member that receives most of that has a path that
+        // takes what the tier sends, whatever its nominal rate.
+        let sent = tier
+            .sent_rate
+            .map_or(rate as f64, |sent| sent.clamp(0.0, rate as f64));
+        let sender_keeps_up = sent >= SENDER_SHORT_BELOW * rate as f64;
         let fresh: Vec<&MemberPlan<'_>> = tier
             .members
             .iter()
@@ -920,7 +936,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     KEEP_UP_SHARE
                 } * rate as f64;
             if keeping_up && rate < config.rate_max {
-                tier.control.increase(config, now);
+                tier.control.increase_from(config, now, sent);
             }
             continue;
         }
@@ -958,8 +974,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 && tier.members.len() > fresh.len()
                 && congested.iter().all(|m| dwelt(config, now, m));
             let settled_clear = unheard || clear.iter().any(|m| m.estimate.congested_streak == 0);
-            // With members keeping up: what the tier really sent over the member's report
-            // (three receivers on a 2-core host: the sender of an 8 Gbit/s tier sent 1-4.4,
+            // With members keeping up: what the tier really sent (three receivers on a 2-core host: the sender of an 8 Gbit/s tier sent 1-4.4,
             // and a member that got 93 % of it and lost 7 % read as a path of half the rate
             // and moved; on a tier of its own it cost the sender the same cores again, and
             // the others lost next: 3-4 tiers, 4.4-9.1 s for 1 GiB against 2.6 with one).
@@ -968,13 +983,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 .chain(clear.iter())
                 .map(|m| m.estimate.capacity(rate))
                 .fold(0.0, f64::max);
-            let reference = |m: &MemberPlan<'_>| {
-                if settled_clear {
-                    m.estimate.sent_rate(rate)
-                } else {
-                    best
-                }
-            };
+            let reference = if settled_clear { sent } else { best };
             // The congested members whose path carries clearly less than that go slower; the
             // others keep their rate. One that lost but still got most of it stays (a passing
             // loss; or the tier is only a little too fast for it, which costs it a few repairs
@@ -988,14 +997,12 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 .copied()
                 .filter(|m| dwelt(config, now, m))
                 .filter(|m| {
-                    let sender_keeps_up =
-                        m.estimate.sent_rate(rate) >= MOVE_BELOW_SHARE * rate as f64;
                     let share = if sender_keeps_up {
                         MOVE_BELOW_SHARE
                     } else {
                         SHORT_SENDER_MOVE_BELOW_SHARE
                     };
-                    m.estimate.capacity(rate) < share * reference(m)
+                    m.estimate.capacity(rate) < share * reference
                         || (settled_clear
                             && sender_keeps_up
                             && m.estimate.congested_streak >= HELD_LOSS_REPORTS)
@@ -1010,7 +1017,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             for member in &movable {
                 let target_rate = 0.9 * member.estimate.capacity(rate);
                 // Held (most of the rate reaches it): only to a tier near what it takes.
-                let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference(member);
+                let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference;
                 let target = choose_slower(
                     config,
                     &rates,

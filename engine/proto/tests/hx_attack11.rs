@@ -188,6 +188,7 @@ fn a_lying_member_cannot_hold_a_shared_tier_with_reports_that_do_not_count() {
                         },
                     ],
                     solo: false,
+                    sent_rate: None,
                 }];
                 plan(&config, now, &mut plans)
             };

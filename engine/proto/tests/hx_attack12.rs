@@ -62,6 +62,7 @@ fn one_tier<'a>(control: &'a mut TierControl, members: Vec<MemberPlan<'a>>) -> V
         control,
         members,
         solo: false,
+        sent_rate: None,
     }]
 }
 

@@ -1836,6 +1836,27 @@ fn reports_are_judged_against_what_the_sender_really_sent() {
     );
 }
 
+/// The planner's view of a tier's real rate (`TierPlan::sent_rate`) is the data plane's count
+/// over the last `TIER_SENT_WINDOW`, and nothing where the samples do not cover it.
+#[test]
+fn a_tiers_real_rate_is_the_servers_own_count_over_the_last_window() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    member(&mut endpoint, &mut files, at(0), "192.0.2.10:6000");
+    let channel = ChannelId(0);
+    for k in 0..=8u64 {
+        endpoint.handle_channel_sent(at(1_000 + 50 * k), channel, 1_000 * k);
+    }
+    let state = &endpoint.channels[&channel];
+    let bits = f64::from(state.info.datagram_size) * 8.0;
+    assert_eq!(state.sent_rate(at(1_400)), Some(4_000.0 * bits / 0.2));
+    assert_eq!(
+        state.sent_rate(at(1_150)),
+        None,
+        "not sampled back that far"
+    );
+    assert_eq!(state.sent_rate(at(1_600)), None, "not sampled lately");
+}
+
 #[test]
 fn the_sent_count_is_interpolated_between_samples_bounded_and_starts_over_if_it_goes_back() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);

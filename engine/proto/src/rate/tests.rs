@@ -572,6 +572,7 @@ fn a_single_lossy_report_moves_nobody_and_moves_are_not_repeated_within_the_dwel
             },
         ],
         solo: false,
+        sent_rate: None,
     }];
     let moves = plan(&config, now, &mut plans);
     assert!(moves.is_empty(), "moved just now: stays for the dwell");
@@ -786,6 +787,62 @@ fn a_slow_start_overshoot_that_collapses_falls_to_the_step_before_not_to_the_col
     // Out of slow start, what reached the members is what counts, however low.
     tier.decrease_to(&config, now, 1e9, false, 8e9);
     assert_eq!(tier.rate(), 900_000_000);
+}
+
+/// 1 GiB at MTU 1500, one receiver beside the sender on a 2-core host: 1.2 s in, the tier
+/// held 4.76 Gbit/s without loss, then one report got 2.2 (the receiver's host stalled) and
+/// the tier fell to 1.98 and crept up 0.5-2 % a settle: 3.1 s instead of 1.5. Out of slow
+/// start too, a collapse below 75 % of the rate the members kept up with just before falls to
+/// 90 % of that; a loss that stays falls to what reached them at the next decrease.
+#[test]
+fn a_collapse_out_of_slow_start_falls_to_the_rate_kept_up_with_and_a_loss_that_stays_goes_on_down()
+{
+    let config = RateConfig::default();
+    let kept_up = 4_480_000_000u64;
+    let now = at(10_000);
+    let mut tier = TierControl::new_known(&config, at(0), kept_up);
+    tier.increase(&config, now);
+    assert!(!tier.in_slow_start() && tier.rate() > kept_up);
+    // A member never seen to take the rate kept up with: what reached it is its path.
+    let mut unproven = tier.clone();
+    unproven.decrease_to(&config, now, 2.2e9, false, 2.5e9);
+    assert_eq!(unproven.rate(), 1_980_000_000);
+    // One seen taking 5.38 Gbit/s: a collapse.
+    tier.decrease_to(&config, now, 2.2e9, false, 5.38e9);
+    assert_eq!(tier.rate(), 4_032_000_000, "90 % of the rate kept up with");
+    // It stays: the next decrease follows what reaches the members.
+    tier.decrease_to(&config, now + STEP, 2.2e9, false, 5.38e9);
+    assert_eq!(tier.rate(), 1_980_000_000);
+}
+
+/// The same receiver after a slow-start step overshot: the tier fell to 7.2 Gbit/s (90 % of
+/// the 8 kept up with, remembered as where it lost), and the sender, sharing the cores with
+/// the receiver, sent 4.7 of it. Judged by its nominal rate the tier was near where it lost and
+/// crept up 0.5-2 % a settle; by what reached the members it is far below, and rises 10 % a
+/// step until what reaches them nears the loss. With members getting the whole rate it creeps.
+#[test]
+fn a_tier_whose_sender_falls_short_rises_by_what_reaches_its_members_not_its_nominal_rate() {
+    let config = RateConfig::default();
+    let now = at(1_000);
+    let mut tier = TierControl::new_known(&config, at(0), 8_000_000_000);
+    tier.decrease_to(&config, at(0), 8e9, false, 8e9);
+    assert_eq!(tier.rate(), 7_200_000_000);
+    let mut full = tier.clone();
+    full.increase_from(&config, now, 7.1e9);
+    assert!(
+        full.rate() < 7_250_000_000,
+        "near where it lost: +0.5 %, not {}",
+        full.rate()
+    );
+    tier.increase_from(&config, now, 4.7e9);
+    assert_eq!(
+        tier.rate(),
+        7_920_000_000,
+        "far below it by what reaches them: +10 %"
+    );
+    // Close to where it lost, by what reaches them: gently again.
+    tier.increase_from(&config, now + STEP, 7.0e9);
+    assert!(tier.rate() < 7_960_000_000, "{}", tier.rate());
 }
 
 /// Seen on a 5 Mbit/s tbf link (new-user review): the first loss out of slow start is a floor,
@@ -1014,6 +1071,7 @@ fn memberless_plans(controls: &mut [TierControl]) -> Vec<TierPlan<'_>> {
             control,
             members: Vec::new(),
             solo: false,
+            sent_rate: None,
         })
         .collect()
 }
@@ -1145,6 +1203,7 @@ fn a_member_that_gets_most_of_what_a_short_sender_sent_stays_and_one_far_below_i
         assert!(hiccups.is_congested(&config) && slow.is_congested(&config));
         let mut controls = vec![TierControl::new_known(&config, at(0), rate)];
         let mut plans = memberless_plans(&mut controls);
+        plans[0].sent_rate = sent_share.map(|share| share * rate as f64);
         plans[0].members = [&keeps_up, &hiccups, &slow]
             .into_iter()
             .enumerate()
