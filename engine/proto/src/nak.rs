@@ -1083,7 +1083,17 @@ impl NakPlanner {
                     Arrival::Progress => self.move_frontier(frontier, serial, now),
                     Arrival::Lead => self.note_lead(serial, now),
                     Arrival::Other if straggler => self.note_straggler(serial, now),
-                    Arrival::Other if loop_datagram && self.is_far(frontier, serial) => {
+                    // Not a repair another receiver asked for: on a multicast tier those come in
+                    // order, a batch at a time between the loop's (the data plane sends up to a
+                    // GSO batch of each), and were taken for the loop itself: three receivers
+                    // of 1 GiB had their frontiers dragged to the repairs and back every few
+                    // milliseconds, each time starting their loss count again and leaving what
+                    // lay between to the next pass (one of them received 697,000 duplicates).
+                    Arrival::Other
+                        if loop_datagram
+                            && self.is_far(frontier, serial)
+                            && !self.heard_as_repair(serial, now) =>
+                    {
                         self.note_stray(serial, now)
                     }
                     Arrival::Other => {}
@@ -1252,6 +1262,18 @@ impl NakPlanner {
     /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
     /// ranges starting nearest below `serial` are looked at, so the check stays cheap; a
     /// longer range starting further back is missed, which costs one extra NAK, never a loss.
+    /// Whether `serial` lies in a range another receiver was heard asking for, lately enough
+    /// that its repair may still be on the way (the server sends repairs within
+    /// `REPAIR_QUEUE_WAIT_MAX` of their NAK). The same 8 nearest ranges as `heard_recently`.
+    fn heard_as_repair(&self, serial: u32, now: Instant) -> bool {
+        let window = self.config.repair_timeout + REPAIR_QUEUE_WAIT_MAX;
+        self.heard
+            .range(..=serial)
+            .rev()
+            .take(8)
+            .any(|(_, &(end, at))| end > serial && now.saturating_since(at) < window)
+    }
+
     fn heard_recently(&self, serial: u32, now: Instant) -> bool {
         self.heard
             .range(..=serial)
@@ -2024,6 +2046,51 @@ mod tests {
         assert_eq!(
             nak.poll_nak(t0 + Duration::from_millis(100)),
             Some(vec![(1, 99)])
+        );
+    }
+
+    /// Three receivers of 1 GiB on one multicast tier: the repairs one of them asked for
+    /// reached the others in order, a batch at a time between batches of the loop, and were
+    /// taken for the loop itself far from their frontier: each frontier was dragged to the
+    /// repairs and back every few milliseconds (its loss count starting again, what lay between
+    /// left to the next pass: 697,000 duplicates for one). Repairs of ranges heard asked for
+    /// are repairs; the same batches with nothing heard still move the frontier (the planner
+    /// cannot tell them from the loop then).
+    #[test]
+    fn repairs_another_receiver_asked_for_never_drag_the_frontier_from_the_loop() {
+        let run = |heard: bool| -> u32 {
+            let mut nak = NakPlanner::new(
+                NakConfig {
+                    suppression_delay: Some(Duration::from_millis(10)),
+                    ..NakConfig::default()
+                },
+                &Bitmap::new(1_000_000),
+            );
+            nak.set_loop_rate(Some(100_000.0));
+            let mut t = Instant::ZERO;
+            for serial in 0..300_000u32 {
+                t = t + Duration::from_micros(10);
+                nak.saw(serial, t);
+            }
+            let mut restarts = 0;
+            for batch in 0..64u32 {
+                if heard && batch % 16 == 0 {
+                    nak.heard(t, &[(50_000 + batch * 64, HEARD_RANGE_MAX)]);
+                }
+                for (first, n) in [(300_000, 64), (50_000, 64)] {
+                    for k in batch * n..(batch + 1) * n {
+                        t = t + Duration::from_micros(10);
+                        nak.saw(first + k, t);
+                        restarts += u32::from(nak.take_restarted());
+                    }
+                }
+            }
+            restarts
+        };
+        assert_eq!(run(true), 0, "the frontier stays with the loop");
+        assert!(
+            run(false) > 0,
+            "unheard, the batches read as the loop elsewhere"
         );
     }
 
