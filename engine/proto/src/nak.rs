@@ -1089,10 +1089,14 @@ impl NakPlanner {
                     // of 1 GiB had their frontiers dragged to the repairs and back every few
                     // milliseconds, each time starting their loss count again and leaving what
                     // lay between to the next pass (one of them received 697,000 duplicates).
+                    // Only while the loop keeps moving the frontier: a host on the group that
+                    // parks the frontier and forges NakHeard over the loop's next serials
+                    // (hx_attack14) must not keep it parked.
                     Arrival::Other
                         if loop_datagram
                             && self.is_far(frontier, serial)
-                            && !self.heard_as_repair(serial, now) =>
+                            && !(self.heard_as_repair(serial, now)
+                                && self.frontier_moving(now)) =>
                     {
                         self.note_stray(serial, now)
                     }
@@ -1259,9 +1263,12 @@ impl NakPlanner {
             .push_back((first, count, now + self.config.repair_timeout + queued));
     }
 
-    /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
-    /// ranges starting nearest below `serial` are looked at, so the check stays cheap; a
-    /// longer range starting further back is missed, which costs one extra NAK, never a loss.
+    /// Whether the frontier moved within `lead_quiet`: the loop is arriving where it is.
+    fn frontier_moving(&self, now: Instant) -> bool {
+        self.frontier_at
+            .is_some_and(|at| now.saturating_since(at) < self.lead_quiet())
+    }
+
     /// Whether `serial` lies in a range another receiver was heard asking for, lately enough
     /// that its repair may still be on the way (the server sends repairs within
     /// `REPAIR_QUEUE_WAIT_MAX` of their NAK). The same 8 nearest ranges as `heard_recently`.
@@ -1274,6 +1281,9 @@ impl NakPlanner {
             .any(|(_, &(end, at))| end > serial && now.saturating_since(at) < window)
     }
 
+    /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
+    /// ranges starting nearest below `serial` are looked at, so the check stays cheap; a
+    /// longer range starting further back is missed, which costs one extra NAK, never a loss.
     fn heard_recently(&self, serial: u32, now: Instant) -> bool {
         self.heard
             .range(..=serial)

@@ -527,9 +527,9 @@ pub struct TierControl {
     /// Its rate last fell to a floor, and nothing is remembered since: slow start resumes
     /// gently (see [`TierControl::decrease_to`]).
     floored: bool,
-    /// The last rate its members kept up with (the one it rose from last): a collapse on the
-    /// next step falls no lower than 90 % of it (not from a floor, whose steps are small and
-    /// whose members' path is near; see [`TierControl::decrease_to`]).
+    /// In slow start, the last rate its members kept up with (the one it rose from last): a
+    /// collapse on the next step falls no lower than 90 % of it (not from a floor, whose steps
+    /// are small and whose members' path is near; see [`TierControl::decrease_to`]).
     kept_up_at: Option<u64>,
 }
 
@@ -688,8 +688,8 @@ impl TierControl {
             }
         };
         let next = next.max(rate + 1.0) as u64;
-        self.kept_up_at = Some(self.rate);
         if self.slow_start {
+            self.kept_up_at = Some(self.rate);
             self.set_probe_rate(config, now, next);
         } else {
             self.set_rate(config, now, next);
@@ -738,17 +738,15 @@ impl TierControl {
             && self.slow_start
             && !self.from_floor
             && self.clean_increases < RESUME_SLOW_START_AFTER;
-        // A step that overshot falls no lower than 90 % of the rate before it, which its
-        // members kept up with: what reaches a receiver flooded far past its rate is less than
-        // it takes (on a 2-core host the flood's own cost starves it: 1 GiB at MTU 1500 fell
-        // from 12 Gbit/s to 4.1 after a clean 8 Gbit/s, and crept up 1 % a step, 2.4 s instead
-        // of 1.3). Out of slow start too: a receiver whose host stalls for a few hundred
-        // milliseconds (its cores or its disk busy) gets a fraction of a rate it took a moment
-        // before, and 1 GiB at MTU 1500 fell from 4.76 Gbit/s to 1.98 after one such report,
-        // and crept up from there: 3.1 s instead of 1.5. A path that really slowed is found
-        // at the next decrease, a settle later.
+        // A slow-start step that overshot falls no lower than 90 % of the step before, which
+        // its members kept up with: what reaches a receiver flooded far past its rate is less
+        // than it takes (on a 2-core host the flood's own cost starves it: 1 GiB at MTU 1500
+        // fell from 12 Gbit/s to 4.1 after a clean 8 Gbit/s, and crept up 1 % a step, 2.4 s
+        // instead of 1.3). (Out of slow start too was tried: a member whose path really
+        // slowed then fell in many steps, each re-armed by another member's report raising
+        // the rate between two decreases: hx_attack14.)
         let kept_up = match self.kept_up_at {
-            Some(rate) if !self.from_floor && rate < self.rate => rate as f64,
+            Some(rate) if self.slow_start && !self.from_floor && rate < self.rate => rate as f64,
             _ => 0.0,
         };
         self.stop_rising(floor);
@@ -861,13 +859,13 @@ const SAME_TIER_RATIO: f64 = 1.5;
 /// A tier whose rate reaches this share of the next faster tier's merges into it.
 const MERGE_SHARE: f64 = 0.85;
 /// A congested member moves to a slower tier only if its path carries less than this share of
-/// its tier's rate.
+/// what its tier really sends (at most the rate; [`TierPlan::sent_rate`]).
 const MOVE_BELOW_SHARE: f64 = 0.85;
-/// A tier's sender that sent under this share of its rate over a report (or members that
-/// received under it without loss) falls short of the rate.
+/// A tier's sender that sent under this share of its rate over the last `TierPlan::sent_rate`
+/// window falls short of the rate.
 const SENDER_SHORT_BELOW: f64 = 0.85;
-/// ... and only if it carries less than this share of what the tier really sent, while the
-/// sender falls short of the rate (`SENDER_SHORT_BELOW`). A short sender is short of
+/// ... and, while the sender falls short of the rate (`SENDER_SHORT_BELOW`), only if it
+/// carries less than this share of what the tier really sends. A short sender is short of
 /// cores (or of its link): another tier costs it more, and a member's loss may have the same
 /// cause (three receivers on a 2-core host lost 30-43 % in bursts when the cores ran out, each
 /// in turn). A member that gets half of what is sent needs about two loops at the tier's
@@ -1002,10 +1000,15 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     } else {
                         SHORT_SENDER_MOVE_BELOW_SHARE
                     };
+                    // Held while the sender falls short too, for twice as long: a member that
+                    // keeps losing would otherwise stop the tier rising for good (hx_attack14).
+                    let held_for = if sender_keeps_up {
+                        HELD_LOSS_REPORTS
+                    } else {
+                        2 * HELD_LOSS_REPORTS
+                    };
                     m.estimate.capacity(rate) < share * reference
-                        || (settled_clear
-                            && sender_keeps_up
-                            && m.estimate.congested_streak >= HELD_LOSS_REPORTS)
+                        || (settled_clear && m.estimate.congested_streak >= held_for)
                 })
                 .collect();
             movable.sort_by(|a, b| {
