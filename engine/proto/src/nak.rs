@@ -1273,25 +1273,28 @@ impl NakPlanner {
     /// that its repair may still be on the way (the server sends repairs within
     /// `REPAIR_QUEUE_WAIT_MAX` of their NAK). The same 8 nearest ranges as `heard_recently`.
     fn heard_as_repair(&self, serial: u32, now: Instant) -> bool {
-        let window = self.config.repair_timeout + REPAIR_QUEUE_WAIT_MAX;
-        self.heard
-            .range(..=serial)
-            .rev()
-            .take(8)
-            .any(|(_, &(end, at))| end > serial && now.saturating_since(at) < window)
+        self.heard_within(
+            serial,
+            now,
+            self.config.repair_timeout + REPAIR_QUEUE_WAIT_MAX,
+        )
     }
 
     /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
     /// ranges starting nearest below `serial` are looked at, so the check stays cheap; a
     /// longer range starting further back is missed, which costs one extra NAK, never a loss.
     fn heard_recently(&self, serial: u32, now: Instant) -> bool {
+        self.heard_within(serial, now, self.config.repair_timeout)
+    }
+
+    /// Whether one of the 8 heard ranges starting nearest below `serial` covers it and was
+    /// heard less than `window` ago.
+    fn heard_within(&self, serial: u32, now: Instant, window: Duration) -> bool {
         self.heard
             .range(..=serial)
             .rev()
             .take(8)
-            .any(|(_, &(end, at))| {
-                end > serial && now.saturating_since(at) < self.config.repair_timeout
-            })
+            .any(|(_, &(end, at))| end > serial && now.saturating_since(at) < window)
     }
 
     fn next_random(&mut self) -> u64 {

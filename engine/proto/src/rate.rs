@@ -636,16 +636,16 @@ impl TierControl {
         self.increase_from(config, now, self.rate as f64);
     }
 
-    /// Members kept up, `reached` being what the sender really sent them (bits/s; the rate,
+    /// Members kept up, `sent` being what the sender really sent them (bits/s; the rate,
     /// unless the sender falls short of it). Where they last lost is what reached them then,
     /// so the rate is judged near it by what reaches them now: a sender short of its rate (the
     /// receiver beside it on a 2-core host, pacing at 7.2 Gbit/s, sent 4.7) otherwise crept up
     /// 0.5-2 % a settle from a nominal rate near the loss, never reaching the 10 Gbit/s
     /// nominal that gets 6.5 through (1 GiB at MTU 1500: 1.7-2.1 s against 1.3).
-    fn increase_from(&mut self, config: &RateConfig, now: Instant, reached: f64) {
+    fn increase_from(&mut self, config: &RateConfig, now: Instant, sent: f64) {
         let rate = self.rate as f64;
-        let real = if reached < SENDER_SHORT_BELOW * rate {
-            reached.max(1.0)
+        let real = if sent < SENDER_SHORT_BELOW * rate {
+            sent.max(1.0)
         } else {
             rate
         };
@@ -972,16 +972,20 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 && tier.members.len() > fresh.len()
                 && congested.iter().all(|m| dwelt(config, now, m));
             let settled_clear = unheard || clear.iter().any(|m| m.estimate.congested_streak == 0);
-            // With members keeping up: what the tier really sent (three receivers on a 2-core host: the sender of an 8 Gbit/s tier sent 1-4.4,
-            // and a member that got 93 % of it and lost 7 % read as a path of half the rate
-            // and moved; on a tier of its own it cost the sender the same cores again, and
-            // the others lost next: 3-4 tiers, 4.4-9.1 s for 1 GiB against 2.6 with one).
-            let best = congested
-                .iter()
-                .chain(clear.iter())
-                .map(|m| m.estimate.capacity(rate))
-                .fold(0.0, f64::max);
-            let reference = if settled_clear { sent } else { best };
+            // With members keeping up: what the tier really sent (three receivers on a 2-core
+            // host: the sender of an 8 Gbit/s tier sent 1-4.4, and a member that got 93 % of
+            // it and lost 7 % read as a path of half the rate and moved; on a tier of its own
+            // it cost the sender the same cores again, and the others lost next: 3-4 tiers,
+            // 4.4-9.1 s for 1 GiB against 2.6 with one).
+            let reference = if settled_clear {
+                sent
+            } else {
+                congested
+                    .iter()
+                    .chain(clear.iter())
+                    .map(|m| m.estimate.capacity(rate))
+                    .fold(0.0, f64::max)
+            };
             // The congested members whose path carries clearly less than that go slower; the
             // others keep their rate. One that lost but still got most of it stays (a passing
             // loss; or the tier is only a little too fast for it, which costs it a few repairs
@@ -989,24 +993,18 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // One that keeps losing while others keep up at this rate goes too, however much
             // of the rate it gets: held, it stops the tier rising for everyone (its loss may be
             // its path's own, learnt only after a move or a decrease; on its own tier it is).
-            // Not while the sender falls short of the rate: the tier cannot rise anyway.
+            // While the sender falls short of the rate, held twice as long (the tier cannot
+            // rise much anyway; held for good, it would never rise: hx_attack14).
+            let (share, held_for) = if sender_keeps_up {
+                (MOVE_BELOW_SHARE, HELD_LOSS_REPORTS)
+            } else {
+                (SHORT_SENDER_MOVE_BELOW_SHARE, 2 * HELD_LOSS_REPORTS)
+            };
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
                 .filter(|m| {
-                    let share = if sender_keeps_up {
-                        MOVE_BELOW_SHARE
-                    } else {
-                        SHORT_SENDER_MOVE_BELOW_SHARE
-                    };
-                    // Held while the sender falls short too, for twice as long: a member that
-                    // keeps losing would otherwise stop the tier rising for good (hx_attack14).
-                    let held_for = if sender_keeps_up {
-                        HELD_LOSS_REPORTS
-                    } else {
-                        2 * HELD_LOSS_REPORTS
-                    };
                     m.estimate.capacity(rate) < share * reference
                         || (settled_clear && m.estimate.congested_streak >= held_for)
                 })
