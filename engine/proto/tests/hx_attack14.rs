@@ -8,25 +8,34 @@ mod replay_sim;
 use replay_sim::*;
 
 use core::time::Duration;
-use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::carousel::SessionId;
-use loopcast_proto::client::{account_datagram, Metered};
 use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups};
 use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::{
-    plan, Counts, LossMeter, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan,
-    TierPolicy,
+    plan, Counts, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan, TierPolicy,
 };
-use loopcast_proto::receiver::Outcome;
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RequestHints, Transport};
 use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
+
+/// Members 1, 2, ... with these estimates, none moved yet.
+fn never_moved<'a>(estimates: &[&'a PathEstimate]) -> Vec<MemberPlan<'a>> {
+    estimates
+        .iter()
+        .zip(1..)
+        .map(|(&estimate, id)| MemberPlan {
+            id,
+            estimate,
+            moved_at: None,
+        })
+        .collect()
+}
 
 fn at(ms: u64) -> Instant {
     Instant::ZERO + Duration::from_millis(ms)
@@ -35,91 +44,6 @@ fn at(ms: u64) -> Instant {
 // ---------------------------------------------------------------------------------------------
 // NAK planner: heard ranges exempt far arrivals from the stray rule (c9e9f27)
 // ---------------------------------------------------------------------------------------------
-
-struct NakRun {
-    reported_loss: f64,
-    true_loss: f64,
-    /// Serials the victim lacked (not held), the loop sent and its path dropped, and that it
-    /// never asked for.
-    needed_lost_never_asked: usize,
-    needed_lost: usize,
-    retractions: u64,
-}
-
-/// `replay_sim::simulate` for a victim that already holds `held` (a resumed download, or one on
-/// its second pass / after a tier move: the loop's datagrams are duplicates to it).
-fn simulate_held(held: &Bitmap, rate: f64, mut events: Events, sent: &Sent, end_ms: u64) -> NakRun {
-    events.sort_by_key(|e| e.0);
-    let mut nak = NakPlanner::new(NakConfig::default(), held);
-    nak.set_loop_rate(Some(rate));
-    let mut meter = LossMeter::new(held.len());
-    let mut have = held.clone();
-    let delivered: BTreeSet<u32> = events
-        .iter()
-        .filter_map(|(_, e)| match e {
-            Ev::Loop(s) => Some(*s),
-            _ => None,
-        })
-        .collect();
-    let mut asked: BTreeSet<u32> = BTreeSet::new();
-    let (mut rec, mut lost) = (0u64, 0u64);
-    let mut it = events.into_iter().peekable();
-    for ms in 0..end_ms {
-        let poll = ms * 1000 + 900;
-        while let Some((t, _)) = it.peek() {
-            if *t > poll {
-                break;
-            }
-            let (t, e) = it.next().unwrap();
-            let now = us(t);
-            match e {
-                Ev::Loop(s) | Ev::Replay(s) => {
-                    let outcome = if have.get(s) {
-                        Outcome::Duplicate { serial: s }
-                    } else {
-                        have.set(s);
-                        Outcome::Store {
-                            serial: s,
-                            verified: true,
-                        }
-                    };
-                    account_datagram(
-                        &mut meter,
-                        &mut nak,
-                        Some(Metered { serial: s }),
-                        &outcome,
-                        now,
-                    )
-                }
-                Ev::Heard(r) => nak.heard(now, &r),
-                _ => unreachable!(),
-            }
-        }
-        if let Some(ranges) = nak.poll_nak(us(poll)) {
-            for (f, c) in ranges {
-                asked.extend(f..f + c);
-            }
-        }
-        if ms % 50 == 49 {
-            let (r, l) = meter.take();
-            rec += u64::from(r);
-            lost += u64::from(l);
-        }
-    }
-    let needed: Vec<u32> = sent
-        .iter()
-        .filter(|&&(t, s)| !delivered.contains(&s) && !held.get(s) && t + 300_000 < end_ms * 1000)
-        .map(|&(_, s)| s)
-        .collect();
-    NakRun {
-        reported_loss: lost as f64 / (rec + lost).max(1) as f64,
-        true_loss: (sent.len() - sent.iter().filter(|(_, s)| delivered.contains(s)).count()) as f64
-            / sent.len().max(1) as f64,
-        needed_lost_never_asked: needed.iter().filter(|s| !asked.contains(s)).count(),
-        needed_lost: needed.len(),
-        retractions: nak.retractions(),
-    }
-}
 
 /// N1: H4a's park at the join (the attacker's replay of serial 150,000 is the victim's first
 /// datagram while the loop is at 50,000: the loop then arrives half a loop "behind" its
@@ -162,16 +86,8 @@ fn finding_forged_heard_ranges_over_the_loop_keep_a_parked_frontier_parked() {
                     },
                 )
             });
-            let r = simulate_held(&held, RATE, ev, &sent, 3_000);
             let label = format!("held {held_share} %, attack {attack}");
-            eprintln!(
-                "N1 {label}: reported {:.2} % loss (true {:.2} %), needed+lost {} of which never asked {}, retractions {}",
-                r.reported_loss * 100.0,
-                r.true_loss * 100.0,
-                r.needed_lost,
-                r.needed_lost_never_asked,
-                r.retractions
-            );
+            let r = simulate_holding(&held, RATE, ev, &sent, 3_000, &format!("N1 {label}"));
             if (r.true_loss - r.reported_loss) > 0.05 {
                 failed.push(label);
             }
@@ -605,25 +521,10 @@ fn finding_a_member_losing_on_a_short_senders_tier_is_never_moved_and_holds_its_
             sent = (0.65 * r as f64).min(6.5e9);
             observe(&config, &mut a, r, sent, 0.0);
             observe(&config, &mut b, r, sent, 0.0);
-            let mut members = vec![
-                MemberPlan {
-                    id: 1,
-                    estimate: &a,
-                    moved_at: None,
-                },
-                MemberPlan {
-                    id: 2,
-                    estimate: &b,
-                    moved_at: None,
-                },
-            ];
+            let mut members = never_moved(&[&a, &b]);
             if liar && moved_at.is_none() {
                 observe(&config, &mut m, r, 0.6 * sent, 0.3);
-                members.push(MemberPlan {
-                    id: 3,
-                    estimate: &m,
-                    moved_at: None,
-                });
+                members = never_moved(&[&a, &b, &m]);
             }
             let mut plans = vec![TierPlan {
                 control: &mut control,
@@ -682,26 +583,11 @@ fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_
             let r = control.rate();
             observe(&config, &mut a, r, r as f64, 0.0);
             observe(&config, &mut b, r, r as f64, 0.0);
-            let mut members = vec![
-                MemberPlan {
-                    id: 1,
-                    estimate: &a,
-                    moved_at: None,
-                },
-                MemberPlan {
-                    id: 2,
-                    estimate: &b,
-                    moved_at: None,
-                },
-            ];
+            let mut members = never_moved(&[&a, &b]);
             if liar {
                 observe(&config, &mut m, r, r as f64, 0.0);
                 observe(&config, &mut m, r, 0.9 * r as f64, 0.1);
-                members.push(MemberPlan {
-                    id: 3,
-                    estimate: &m,
-                    moved_at: None,
-                });
+                members = never_moved(&[&a, &b, &m]);
             }
             let mut plans = vec![TierPlan {
                 control: &mut control,

@@ -36,6 +36,8 @@ pub struct Report {
     pub true_loss: f64,
     pub asked_unique: usize,
     pub asked_received_anyway: usize,
+    /// Lost serials the victim lacked (the path dropped them and it did not hold them).
+    pub really_lost: usize,
     pub lost_never_asked: usize,
     pub lost_ask_delay_max_ms: u64,
     pub lost_ask_delay_mean_ms: f64,
@@ -54,15 +56,30 @@ pub fn us(t: u64) -> Instant {
 pub fn simulate(
     loop_len: u32,
     rate: f64,
+    events: Vec<(u64, Ev)>,
+    sent: &[(u64, u32)],
+    end_ms: u64,
+    label: &str,
+) -> Report {
+    simulate_holding(&Bitmap::new(loop_len), rate, events, sent, end_ms, label)
+}
+
+/// [`simulate`] for a victim that already holds `held` (a resumed download, or one on its
+/// second pass or after a tier move: the loop's datagrams it holds are duplicates to it);
+/// what it held is never counted lost.
+pub fn simulate_holding(
+    held: &Bitmap,
+    rate: f64,
     mut events: Vec<(u64, Ev)>,
     sent: &[(u64, u32)],
     end_ms: u64,
     label: &str,
 ) -> Report {
     events.sort_by_key(|e| e.0);
-    let mut nak = NakPlanner::new(NakConfig::default(), &Bitmap::new(loop_len));
+    let mut nak = NakPlanner::new(NakConfig::default(), held);
     nak.set_loop_rate(Some(rate));
-    let mut meter = LossMeter::new(loop_len);
+    let mut meter = LossMeter::new(held.len());
+    let mut have = held.clone();
     let mut delivered: BTreeSet<u32> = BTreeSet::new();
     for (_, e) in &events {
         if let Ev::Loop(s) = e {
@@ -82,16 +99,24 @@ pub fn simulate(
             let (t, e) = it.next().unwrap();
             let now = us(t);
             match e {
-                Ev::Loop(s) | Ev::Replay(s) => account_datagram(
-                    &mut meter,
-                    &mut nak,
-                    Some(Metered { serial: s }),
-                    &Outcome::Store {
-                        serial: s,
-                        verified: true,
-                    },
-                    now,
-                ),
+                Ev::Loop(s) | Ev::Replay(s) => {
+                    let outcome = if have.get(s) {
+                        Outcome::Duplicate { serial: s }
+                    } else {
+                        have.set(s);
+                        Outcome::Store {
+                            serial: s,
+                            verified: true,
+                        }
+                    };
+                    account_datagram(
+                        &mut meter,
+                        &mut nak,
+                        Some(Metered { serial: s }),
+                        &outcome,
+                        now,
+                    )
+                }
                 Ev::Forged(s) => account_datagram(
                     &mut meter,
                     &mut nak,
@@ -130,7 +155,7 @@ pub fn simulate(
     let sent_at: BTreeMap<u32, u64> = sent.iter().map(|&(t, s)| (s, t)).collect();
     let really_lost: Vec<(u32, u64)> = sent_at
         .iter()
-        .filter(|(s, t)| !delivered.contains(s) && **t + 300_000 < end_ms * 1000)
+        .filter(|(s, t)| !delivered.contains(s) && !held.get(**s) && **t + 300_000 < end_ms * 1000)
         .map(|(s, t)| (*s, *t))
         .collect();
     let mut delays = Vec::new();
@@ -147,6 +172,7 @@ pub fn simulate(
             / sent.len().max(1) as f64,
         asked_unique: first_asked.len(),
         asked_received_anyway: first_asked.keys().filter(|s| delivered.contains(s)).count(),
+        really_lost: really_lost.len(),
         lost_never_asked: never,
         lost_ask_delay_max_ms: delays.iter().copied().max().unwrap_or(0),
         lost_ask_delay_mean_ms: delays.iter().sum::<u64>() as f64 / delays.len().max(1) as f64,
