@@ -45,7 +45,7 @@
 //! well within the expiry at modest rates and the nearest serials are never queued behind it.
 
 use core::time::Duration;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use crate::bitmap::Bitmap;
 use crate::carousel::REPAIR_SHARE_PERCENT_DEFAULT;
@@ -80,10 +80,13 @@ pub struct NakConfig {
 }
 
 /// Asked-for ranges remembered for re-asking at most; also the bound on gaps waiting for their
-/// suppression delay and on ranges heard from other receivers.
+/// suppression delay.
 pub const OUTSTANDING_MAX: usize = 4096;
 /// Serials of one range heard from the group that count as asked (see [`NakPlanner::heard`]).
 const HEARD_RANGE_MAX: u32 = 1024;
+/// Whether a far arrival is another receiver's repair is judged by stretches of 64 serials
+/// (a bitmap of a 64th of the loop; a host on the group can forge heard ranges anyway).
+const HEARD_LATELY_SHIFT: u32 = 6;
 /// An ask is re-asked at most this long after the repair timeout, however much is queued
 /// before it (a repair lost at the end of a long queue is still asked again).
 const REPAIR_QUEUE_WAIT_MAX: Duration = Duration::from_secs(5);
@@ -187,6 +190,80 @@ enum Arrival {
     Other,
 }
 
+/// Serials heard asked for by other receivers, by age: the current generation and the one
+/// before, each a bitmap of stretches of `1 << shift` serials, swapped every `generation`.
+/// A serial heard counts for more than one generation and at most two. Exact whatever the
+/// number of ranges heard: a map of ranges looked up among the 8 starting nearest below a
+/// serial was masked by 8 one-serial ranges above each genuine start, and one full at
+/// `OUTSTANDING_MAX` ranges was purged after 100 ms while repairs were still queued
+/// (hx_attack14 N2a, N2b).
+struct HeardWindow {
+    generation: Duration,
+    shift: u32,
+    current: Bitmap,
+    previous: Bitmap,
+    /// When `current` began (`None`: nothing heard yet).
+    started: Option<Instant>,
+}
+
+impl HeardWindow {
+    fn new(loop_len: u32, generation: Duration, shift: u32) -> HeardWindow {
+        assert!(
+            generation > Duration::ZERO,
+            "a heard generation lasts some time"
+        );
+        let stretches = loop_len.div_ceil(1 << shift);
+        HeardWindow {
+            generation,
+            shift,
+            current: Bitmap::new(stretches),
+            previous: Bitmap::new(stretches),
+            started: None,
+        }
+    }
+
+    /// How many generations have begun since `current` did (0, 1, or 2 for two or more).
+    fn generations_since(&self, now: Instant) -> u32 {
+        self.started.map_or(2, |at| {
+            let age = now.saturating_since(at);
+            if age < self.generation {
+                0
+            } else if age < 2 * self.generation {
+                1
+            } else {
+                2
+            }
+        })
+    }
+
+    fn note(&mut self, serials: core::ops::Range<u32>, now: Instant) {
+        match self.generations_since(now) {
+            0 => {}
+            1 => {
+                core::mem::swap(&mut self.current, &mut self.previous);
+                self.current.clear_all();
+                self.started = self.started.map(|at| at + self.generation);
+            }
+            _ => {
+                self.current.clear_all();
+                self.previous.clear_all();
+                self.started = Some(now);
+            }
+        }
+        let stretches = serials.start >> self.shift..((serials.end - 1) >> self.shift) + 1;
+        self.current.set_range(stretches);
+    }
+
+    fn contains(&self, serial: u32, now: Instant) -> bool {
+        let stretch = serial >> self.shift;
+        match self.generations_since(now) {
+            0 => self.current.get(stretch) || self.previous.get(stretch),
+            1 => self.current.get(stretch),
+            _ => false,
+        }
+    }
+}
+
 pub struct NakPlanner {
     config: NakConfig,
     seen: Bitmap,
@@ -227,8 +304,11 @@ pub struct NakPlanner {
     verified_at: Option<Instant>,
     /// Gaps found but waiting for their suppression delay: (first, count, ask at).
     waiting: VecDeque<(u32, u32, Instant)>,
-    /// Ranges other receivers asked for: first → (end, heard at).
-    heard: BTreeMap<u32, (u32, Instant)>,
+    /// Serials other receivers asked for within about the repair timeout (they are not
+    /// asked again meanwhile), and within about `heard_as_repair`'s window (arriving, they
+    /// are their repairs, not the loop). Allocated when something is first heard.
+    heard_recently: Option<HeardWindow>,
+    heard_lately: Option<HeardWindow>,
     /// The backward walk from the join point: the next serial to look at, and whether it is on.
     backlog_next: Option<u32>,
     /// Serials the backlog asked for and that have not arrived (allocated with the backlog).
@@ -309,7 +389,8 @@ impl NakPlanner {
             reach_anchor: None,
             verified_at: None,
             waiting: VecDeque::new(),
-            heard: BTreeMap::new(),
+            heard_recently: None,
+            heard_lately: None,
             backlog_next: None,
             backlog_bits: None,
             backlog_asked: VecDeque::new(),
@@ -572,7 +653,8 @@ impl NakPlanner {
         self.outstanding_serials = 0;
         self.asked = Bitmap::new(self.seen.len());
         self.waiting.clear();
-        self.heard.clear();
+        self.heard_recently = None;
+        self.heard_lately = None;
         self.backlog_next = None;
         self.backlog_bits = None;
         self.backlog_expired = None;
@@ -1054,7 +1136,8 @@ impl NakPlanner {
         self.promote_lead(now);
         let arrival = self.classify(serial, now);
         let straggler = self.is_straggler(serial);
-        let loop_datagram = !self.asked.get(serial) && !self.is_explicit(serial);
+        let explicit = self.is_explicit(serial);
+        let asked = self.asked.get(serial);
         self.seen.set(serial);
         self.arrived_recent += 1;
         // Verified datagrams arrive: they alone may move the frontier for a while (whether
@@ -1091,11 +1174,13 @@ impl NakPlanner {
                     // lay between to the next pass (one of them received 697,000 duplicates).
                     // Only while the loop keeps moving the frontier: a host on the group that
                     // parks the frontier and forges NakHeard over the loop's next serials
-                    // (hx_attack14) must not keep it parked.
+                    // (hx_attack14) must not keep it parked. The same for serials asked for
+                    // (heard ranges set `asked` too): with the frontier still, the loop
+                    // arriving far from it in a forged range is the loop.
                     Arrival::Other
-                        if loop_datagram
+                        if !explicit
                             && self.is_far(frontier, serial)
-                            && !(self.heard_as_repair(serial, now)
+                            && !((asked || self.heard_as_repair(serial, now))
                                 && self.frontier_moving(now)) =>
                     {
                         self.note_stray(serial, now)
@@ -1210,10 +1295,19 @@ impl NakPlanner {
             };
             let count = count.min(HEARD_RANGE_MAX);
             let end = end.min(first + count);
-            if self.heard.len() < OUTSTANDING_MAX || self.heard.contains_key(&first) {
-                let longest = self.heard.get(&first).map_or(end, |&(e, _)| e.max(end));
-                self.heard.insert(first, (longest, now));
-            }
+            let timeout = self.config.repair_timeout;
+            self.heard_recently
+                .get_or_insert_with(|| HeardWindow::new(loop_len, timeout / 2, 0))
+                .note(first..end, now);
+            self.heard_lately
+                .get_or_insert_with(|| {
+                    HeardWindow::new(
+                        loop_len,
+                        timeout + REPAIR_QUEUE_WAIT_MAX,
+                        HEARD_LATELY_SHIFT,
+                    )
+                })
+                .note(first..end, now);
             self.remember_asked(first, count, now);
         }
     }
@@ -1269,32 +1363,23 @@ impl NakPlanner {
             .is_some_and(|at| now.saturating_since(at) < self.lead_quiet())
     }
 
-    /// Whether `serial` lies in a range another receiver was heard asking for, lately enough
-    /// that its repair may still be on the way (the server sends repairs within
-    /// `REPAIR_QUEUE_WAIT_MAX` of their NAK). The same 8 nearest ranges as `heard_recently`.
+    /// Whether `serial` lies near a range another receiver was heard asking for, lately
+    /// enough that its repair may still be on the way (the server sends repairs within
+    /// `REPAIR_QUEUE_WAIT_MAX` of their NAK): heard within the repair timeout and that, or
+    /// up to twice that (see [`HeardWindow`]), in a stretch of `1 << HEARD_LATELY_SHIFT`.
     fn heard_as_repair(&self, serial: u32, now: Instant) -> bool {
-        self.heard_within(
-            serial,
-            now,
-            self.config.repair_timeout + REPAIR_QUEUE_WAIT_MAX,
-        )
+        self.heard_lately
+            .as_ref()
+            .is_some_and(|heard| heard.contains(serial, now))
     }
 
-    /// Whether another receiver asked for `serial` within the repair timeout. Only the 8 heard
-    /// ranges starting nearest below `serial` are looked at, so the check stays cheap; a
-    /// longer range starting further back is missed, which costs one extra NAK, never a loss.
+    /// Whether another receiver asked for `serial` within half the repair timeout to the
+    /// whole of it (see [`HeardWindow`]): due to be asked again by then, it is not asked
+    /// meanwhile.
     fn heard_recently(&self, serial: u32, now: Instant) -> bool {
-        self.heard_within(serial, now, self.config.repair_timeout)
-    }
-
-    /// Whether one of the 8 heard ranges starting nearest below `serial` covers it and was
-    /// heard less than `window` ago.
-    fn heard_within(&self, serial: u32, now: Instant, window: Duration) -> bool {
-        self.heard
-            .range(..=serial)
-            .rev()
-            .take(8)
-            .any(|(_, &(end, at))| end > serial && now.saturating_since(at) < window)
+        self.heard_recently
+            .as_ref()
+            .is_some_and(|heard| heard.contains(serial, now))
     }
 
     fn next_random(&mut self) -> u64 {
@@ -1333,15 +1418,6 @@ impl NakPlanner {
             ranges.push((start, serial - start));
         }
         serial
-    }
-
-    /// Drops heard ranges older than the repair timeout.
-    fn forget_old_heard(&mut self, now: Instant) {
-        let timeout = self.config.repair_timeout;
-        if self.heard.len() >= OUTSTANDING_MAX / 2 {
-            self.heard
-                .retain(|_, &mut (_, at)| now.saturating_since(at) < timeout);
-        }
     }
 
     /// When a waiting gap's delay or an asked range's repair timeout runs out (not before the
@@ -1389,7 +1465,6 @@ impl NakPlanner {
         let gone_by = u32::try_from(self.scan_limit(now).saturating_sub(self.cursor_travel))
             .expect("at most one loop")
             .saturating_sub(self.config.reorder_margin);
-        self.forget_old_heard(now);
         let mut ranges: Vec<(u32, u32)> = Vec::new();
         // First what playback waits for (R13), nearest the play position first.
         self.append_play(&mut ranges, now);

@@ -237,6 +237,9 @@ pub struct PathEstimate {
     last_loss: f64,
     /// Congested reports in a row.
     congested_streak: u32,
+    /// Which of the last 32 counted reports were congested (bit 0 the latest; see
+    /// `just_lost`).
+    lossy_recent: u32,
     /// Reports since the member's tier last changed (rate or membership) and settled.
     fresh_reports: u32,
     /// Reports since the last one that counted (see `just_lost`).
@@ -361,6 +364,7 @@ impl PathEstimate {
         // samples include its own wait between receive batches (up to tens of milliseconds at
         // low rates), which read as a queue that is not there and drove rates down in the
         // namespace tests.
+        self.lossy_recent = (self.lossy_recent << 1) | u32::from(congested);
         if congested {
             self.congested_streak += 1;
             self.known_capacity = Some(goodput.min(rate as f64));
@@ -389,6 +393,7 @@ impl PathEstimate {
                 self.loss_before_relief = Some(self.last_loss);
             }
             self.congested_streak = 0;
+            self.lossy_recent = 0;
         }
         self.fresh_reports = 0;
     }
@@ -480,8 +485,16 @@ impl PathEstimate {
     /// faster. Only the latest: a member that lost once and then sent only reports that do not
     /// count (a lying one claiming long intervals, or that it could place no gaps) held a
     /// shared tier's rate for good.
+    ///
+    /// Not one that alternates clean and lossy reports, half of `2 × HELD_LOSS_REPORTS` or
+    /// more of them lossy: never congested in a row (so never moved), it stopped the tier
+    /// rising after every lossy one, and a file's first tier stayed at its first rate for
+    /// everyone (hx_attack14 R4). The tier rises past it: an honest one loses more there, is
+    /// congested, and moves or slows the tier as any other.
     fn just_lost(&self) -> bool {
-        self.congested_streak > 0 && self.uncounted_since == 0
+        self.congested_streak > 0
+            && self.uncounted_since == 0
+            && self.lossy_among(2 * HELD_LOSS_REPORTS) < HELD_LOSS_REPORTS
     }
 
     fn is_fresh(&self) -> bool {
@@ -490,6 +503,12 @@ impl PathEstimate {
 
     fn is_congested(&self, config: &RateConfig) -> bool {
         self.congested_streak >= config.sustained_reports
+    }
+
+    /// How many of its last `reports` counted reports (at most 32) were congested.
+    fn lossy_among(&self, reports: u32) -> u32 {
+        let mask = u32::MAX.checked_shr(32 - reports.min(32)).unwrap_or(0);
+        (self.lossy_recent & mask).count_ones()
     }
 
     /// What reached the member in its last report: its path's capacity when congested

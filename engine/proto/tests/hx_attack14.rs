@@ -2,8 +2,11 @@
 //! strays) and f284f95 (TierPlan::sent_rate; increase_from; the collapse rule out of slow
 //! start). `finding_*` tests assert what SHOULD hold. Two were fixed in the same session (the
 //! collapse rule went back to slow start only; a member losing on a short sender's tier is
-//! moved after twice `HELD_LOSS_REPORTS`) and run; the open ones are `#[ignore]`d with the
-//! reason (run with `--ignored`; they fail while the attack works). `held_*` held.
+//! moved after twice `HELD_LOSS_REPORTS`); the rest in s14 (heard ranges kept in two swapping
+//! bitmaps, `HeardWindow`: N2a, N2b; a far arrival asked for or heard is a repair only while
+//! the frontier moves: N1 at 0 % held; a member alternating clean and lossy reports no longer
+//! stops its tier rising: R4). All run in CI (they failed while the attack worked). `held_*`
+//! held.
 mod replay_sim;
 use replay_sim::*;
 
@@ -56,7 +59,6 @@ fn at(ms: u64) -> Instant {
 /// c9e9f27 (`loop_datagram` is false for them); c9e9f27 extends it to serials the victim
 /// already holds (a resumed download, a second pass, after a tier move).
 #[test]
-#[ignore = "open finding: the held-90 % victim is fixed (the heard exemption needs a moving frontier); a victim holding nothing stays parked by heard ranges setting its asked bits, as before c9e9f27"]
 fn finding_forged_heard_ranges_over_the_loop_keep_a_parked_frontier_parked() {
     let mut failed = Vec::new();
     for held_share in [0u32, 90] {
@@ -177,7 +179,6 @@ fn repair_batches(mask: bool, filler_at_ms: Option<u64>, repairs_after_ms: u64, 
 /// (697,000 duplicates for one receiver of 1 GiB). A hostile client can get the server to relay
 /// the same by NAKing those single serials.
 #[test]
-#[ignore = "open finding: the 8-nearest heard lookup can be masked"]
 fn finding_eight_one_serial_heard_ranges_hide_a_genuine_one_from_the_repair_rule() {
     let honest = repair_batches(false, None, 0, false);
     let masked = repair_batches(true, None, 0, false);
@@ -195,7 +196,6 @@ fn finding_eight_one_serial_heard_ranges_hide_a_genuine_one_from_the_repair_rule
 /// long lossy transfer: entries are never dropped below 2,048; or forced by a host on the group
 /// with 32 NakHeards of 64 one-serial ranges).
 #[test]
-#[ignore = "open finding: a full heard map is purged at the repair timeout"]
 fn finding_a_full_heard_map_forgets_ranges_whose_repairs_are_still_queued() {
     let queued = repair_batches(false, None, 300, true);
     let filled = repair_batches(false, Some(150), 300, true);
@@ -566,7 +566,6 @@ fn finding_a_member_losing_on_a_short_senders_tier_is_never_moved_and_holds_its_
 /// for everyone, and in slow start its members do not climb (`climbs`). SHOULD: a member
 /// whose every other report loses cannot hold a tier for long.
 #[test]
-#[ignore = "open finding (older than s13): alternating clean and lossy reports hold a tier"]
 fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_first_rate() {
     let config = RateConfig::default();
     let mut out = Vec::new();
@@ -624,7 +623,6 @@ fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_
 /// (a report that counts in slow start runs control at once, at most every CONTROL_GAP_MIN:
 /// the lossy one ran it, the pair's clean one comes within the gap).
 #[test]
-#[ignore = "open finding (older than s13): alternating clean and lossy reports hold a tier"]
 fn finding_alternating_reports_hold_a_first_tier_through_the_endpoint() {
     let bits = f64::from(DATAGRAM_SIZE_MTU_1500) * 8.0;
     let mut out = Vec::new();
