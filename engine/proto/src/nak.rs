@@ -1174,14 +1174,18 @@ impl NakPlanner {
                     // lay between to the next pass (one of them received 697,000 duplicates).
                     // Only while the loop keeps moving the frontier: a host on the group that
                     // parks the frontier and forges NakHeard over the loop's next serials
-                    // (hx_attack14) must not keep it parked. The same for serials asked for
-                    // (heard ranges set `asked` too): with the frontier still, the loop
-                    // arriving far from it in a forged range is the loop.
+                    // (hx_attack14) must not keep it parked. Heard ranges set `asked` too: a
+                    // serial asked for and heard lately is judged as heard (with the frontier
+                    // still, the loop arriving far from it in a forged range is the loop); one
+                    // only this receiver asked for is its own repair, always.
                     Arrival::Other
                         if !explicit
                             && self.is_far(frontier, serial)
-                            && !((asked || self.heard_as_repair(serial, now))
-                                && self.frontier_moving(now)) =>
+                            && !if self.heard_as_repair(serial, now) {
+                                self.frontier_moving(now)
+                            } else {
+                                asked
+                            } =>
                     {
                         self.note_stray(serial, now)
                     }
