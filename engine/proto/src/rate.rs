@@ -237,6 +237,9 @@ pub struct PathEstimate {
     last_loss: f64,
     /// Congested reports in a row.
     congested_streak: u32,
+    /// Its last counted report got `SENT_KEEP_UP_SHARE` of what the sender really sent over
+    /// its interval, where that fell short of the rate (`SENDER_SHORT_BELOW`).
+    kept_up_with_short_sender: bool,
     /// Which of the last 32 counted reports were congested (bit 0 the latest; see
     /// `just_lost`).
     lossy_recent: u32,
@@ -318,6 +321,9 @@ impl PathEstimate {
         // three receivers sent 2-4), and against the rate, full reports read as mostly lost.
         let nominal = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
         let sent = sent.map_or(nominal, |sent| nominal.min(sent as f64));
+        let kept_up_with_short_sender = sent < SENDER_SHORT_BELOW * nominal
+            && sent > 0.0
+            && f64::from(received) >= SENT_KEEP_UP_SHARE * sent;
         let short = matches!(counts, Counts::Settled | Counts::Unjudged)
             && received > 0
             && f64::from(received) < SENT_SHORTFALL * sent;
@@ -352,6 +358,7 @@ impl PathEstimate {
         }
         self.fresh_reports += 1;
         self.uncounted_since = 0;
+        self.kept_up_with_short_sender = kept_up_with_short_sender;
         if let Some(before) = self.loss_before_relief.take() {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.
@@ -897,6 +904,10 @@ const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
+/// Members keep up with a sender short of its rate (see `SENDER_SHORT_BELOW`) that get this
+/// share of what it really sent, below `SLOW_START_STRICT_ABOVE` (above it in slow start, a
+/// share of the rate itself: `SLOW_START_KEEP_UP_SHARE`).
+const SENT_KEEP_UP_SHARE: f64 = 0.85;
 /// Slow start asks `SLOW_START_KEEP_UP_SHARE` of the rate received above this rate, bits/s.
 const SLOW_START_STRICT_ABOVE: f64 = 4e9;
 /// In slow start past `SLOW_START_STRICT_ABOVE`, members must receive this share of the rate
@@ -945,13 +956,19 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 // Someone just lost: wait for the next report before going faster.
                 continue;
             }
-            let keeping_up = clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>()
-                / clear.len() as f64
-                >= if tier.control.slow_start && rate as f64 > SLOW_START_STRICT_ABOVE {
-                    SLOW_START_KEEP_UP_SHARE
-                } else {
-                    KEEP_UP_SHARE
-                } * rate as f64;
+            let mean =
+                clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>() / clear.len() as f64;
+            let keeping_up = if tier.control.slow_start && rate as f64 > SLOW_START_STRICT_ABOVE {
+                mean >= SLOW_START_KEEP_UP_SHARE * rate as f64
+            } else {
+                // Half the rate, or most of what a short sender sent (four receivers joining
+                // a 1 Gbit/s tier on a 2-core host: it sent 390-700 Mbit/s, the unlimited
+                // one got all of it and read as not keeping up, and the tier waited three
+                // reports before doubling).
+                mean >= KEEP_UP_SHARE * rate as f64
+                    || (tier.control.slow_start
+                        && clear.iter().all(|m| m.estimate.kept_up_with_short_sender))
+            };
             if keeping_up && rate < config.rate_max {
                 tier.control.increase_from(config, now, sent);
             }

@@ -1501,3 +1501,32 @@ fn a_report_that_could_place_no_gaps_counts_only_a_shortfall() {
     assert!(short.is_fresh());
     assert!(short.last_loss > 0.85, "{}", short.last_loss);
 }
+
+/// Mixed links, four receivers joining one 1 Gbit/s tier on a 2-core host: its sender sent
+/// 390-700 Mbit/s for the first 150 ms, and the unlimited receiver, which got every datagram
+/// of it, read as getting under half the rate, not keeping up: the tier waited three reports
+/// before doubling (the unlimited receiver's 32 MiB took 0.46-0.56 s against 0.19-0.21 alone).
+/// Members that get what a short sender sends keep up; below 4 Gbit/s in slow start the tier
+/// doubles. Members that get under half of it still do not.
+#[test]
+fn members_that_get_everything_a_short_sender_sends_keep_up_and_the_tier_rises() {
+    let config = RateConfig::default();
+    let rate = 1_000_000_000u64;
+    let rises = |sent_share: f64, received_share: f64| {
+        let member = reports_of_a_sender(&config, rate, Some(sent_share), received_share, 1);
+        let mut controls = vec![TierControl::new(&config, at(0), rate)];
+        let mut plans = memberless_plans(&mut controls);
+        plans[0].sent_rate = Some(sent_share * rate as f64);
+        plans[0].members = vec![MemberPlan {
+            id: 1,
+            estimate: &member,
+            moved_at: None,
+        }];
+        plan(&config, at(50), &mut plans);
+        controls[0].rate() > rate
+    };
+    assert!(rises(0.39, 0.99), "all of a sender at 39 % of its rate");
+    assert!(rises(1.0, 1.0), "all of a sender at its rate");
+    assert!(!rises(0.39, 0.4), "under half of what a short sender sent");
+    assert!(!rises(1.0, 0.4), "under half of the rate");
+}
