@@ -240,9 +240,6 @@ pub struct PathEstimate {
     /// Its last counted report got `SENT_KEEP_UP_SHARE` of what the sender really sent over
     /// its interval, where that fell short of the rate (`SENDER_SHORT_BELOW`).
     kept_up_with_short_sender: bool,
-    /// Which of the last 32 counted reports were congested (bit 0 the latest; see
-    /// `just_lost`).
-    lossy_recent: u32,
     /// Reports since the member's tier last changed (rate or membership) and settled.
     fresh_reports: u32,
     /// Reports since the last one that counted (see `just_lost`).
@@ -371,7 +368,6 @@ impl PathEstimate {
         // samples include its own wait between receive batches (up to tens of milliseconds at
         // low rates), which read as a queue that is not there and drove rates down in the
         // namespace tests.
-        self.lossy_recent = (self.lossy_recent << 1) | u32::from(congested);
         if congested {
             self.congested_streak += 1;
             self.known_capacity = Some(goodput.min(rate as f64));
@@ -400,7 +396,6 @@ impl PathEstimate {
                 self.loss_before_relief = Some(self.last_loss);
             }
             self.congested_streak = 0;
-            self.lossy_recent = 0;
         }
         self.fresh_reports = 0;
     }
@@ -492,16 +487,8 @@ impl PathEstimate {
     /// faster. Only the latest: a member that lost once and then sent only reports that do not
     /// count (a lying one claiming long intervals, or that it could place no gaps) held a
     /// shared tier's rate for good.
-    ///
-    /// Not one that alternates clean and lossy reports, half of `2 × HELD_LOSS_REPORTS` or
-    /// more of them lossy: never congested in a row (so never moved), it stopped the tier
-    /// rising after every lossy one, and a file's first tier stayed at its first rate for
-    /// everyone (hx_attack14 R4). The tier rises past it: an honest one loses more there, is
-    /// congested, and moves or slows the tier as any other.
     fn just_lost(&self) -> bool {
-        self.congested_streak > 0
-            && self.uncounted_since == 0
-            && self.lossy_among(2 * HELD_LOSS_REPORTS) < HELD_LOSS_REPORTS
+        self.congested_streak > 0 && self.uncounted_since == 0
     }
 
     fn is_fresh(&self) -> bool {
@@ -510,12 +497,6 @@ impl PathEstimate {
 
     fn is_congested(&self, config: &RateConfig) -> bool {
         self.congested_streak >= config.sustained_reports
-    }
-
-    /// How many of its last `reports` counted reports (at most 32) were congested.
-    fn lossy_among(&self, reports: u32) -> u32 {
-        let mask = u32::MAX.checked_shr(32 - reports.min(32)).unwrap_or(0);
-        (self.lossy_recent & mask).count_ones()
     }
 
     /// What reached the member in its last report: its path's capacity when congested
@@ -557,6 +538,8 @@ pub struct TierControl {
     /// collapse on the next step falls no lower than 90 % of it (not from a floor, whose steps
     /// are small and whose members' path is near; see [`TierControl::decrease_to`]).
     kept_up_at: Option<u64>,
+    /// Since when a member that just lost has kept it from rising (see `JUST_LOST_HOLD_MAX`).
+    held_since: Option<Instant>,
 }
 
 impl TierControl {
@@ -574,6 +557,7 @@ impl TierControl {
             rising: true,
             floored: false,
             kept_up_at: None,
+            held_since: None,
         }
     }
 
@@ -610,6 +594,7 @@ impl TierControl {
             rising: false,
             floored: false,
             kept_up_at: None,
+            held_since: None,
         }
     }
 
@@ -648,6 +633,7 @@ impl TierControl {
     }
 
     fn set_rate(&mut self, config: &RateConfig, now: Instant, rate: u64) {
+        self.held_since = None;
         self.rate = config.clamp(rate as f64);
         self.settled_at = now + config.settle;
     }
@@ -904,6 +890,9 @@ const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
+/// A tier waits for members that just lost (see `plan`) this long at most, however they time
+/// their reports, before it rises past them.
+const JUST_LOST_HOLD_MAX: Duration = Duration::from_millis(250);
 /// Members keep up with a sender short of its rate (see `SENDER_SHORT_BELOW`) that get this
 /// share of what it really sent, below `SLOW_START_STRICT_ABOVE` (above it in slow start, a
 /// share of the rate itself: `SLOW_START_KEEP_UP_SHARE`).
@@ -953,8 +942,17 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             fresh.iter().partition(|m| m.estimate.is_congested(config));
         if congested.is_empty() {
             if clear.iter().any(|m| m.estimate.just_lost()) {
-                // Someone just lost: wait for the next report before going faster.
-                continue;
+                // Someone just lost: wait for the next report before going faster, for at
+                // most `JUST_LOST_HOLD_MAX` in all (a member alternating clean and lossy
+                // reports, never congested in a row so never moved, held a file's first tier
+                // at its first rate for everyone: hx_attack14 R4). Past it the tier rises: an
+                // honest one loses more there, is congested, and moves or slows the tier.
+                let since = *tier.control.held_since.get_or_insert(now);
+                if now.saturating_since(since) < JUST_LOST_HOLD_MAX {
+                    continue;
+                }
+            } else {
+                tier.control.held_since = None;
             }
             let mean =
                 clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>() / clear.len() as f64;

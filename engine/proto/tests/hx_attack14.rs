@@ -564,9 +564,17 @@ fn finding_a_member_losing_on_a_short_senders_tier_is_never_moved_and_holds_its_
 /// then a lossy one (10 % lost) before every control step is never congested, never moved,
 /// and the tier never rises: a file's first tier stays in slow start at its initial 1 Gbit/s
 /// for everyone, and in slow start its members do not climb (`climbs`). SHOULD: a member
-/// whose every other report loses cannot hold a tier for long.
+/// whose every other report loses cannot hold a tier for long. s14: nor one that sends extra
+/// clean reports between its lossy ones (`cleans` of them before each lossy one), which a
+/// limit on lossy reports among the last few counted would not see.
 #[test]
 fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_first_rate() {
+    for cleans in [1, 2, 4] {
+        alternating_reports_against_a_tier(cleans);
+    }
+}
+
+fn alternating_reports_against_a_tier(cleans: u32) {
     let config = RateConfig::default();
     let mut out = Vec::new();
     for liar in [false, true] {
@@ -584,7 +592,9 @@ fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_
             observe(&config, &mut b, r, r as f64, 0.0);
             let mut members = never_moved(&[&a, &b]);
             if liar {
-                observe(&config, &mut m, r, r as f64, 0.0);
+                for _ in 0..cleans {
+                    observe(&config, &mut m, r, r as f64, 0.0);
+                }
                 observe(&config, &mut m, r, 0.9 * r as f64, 0.1);
                 members = never_moved(&[&a, &b, &m]);
             }
@@ -604,7 +614,7 @@ fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_
             }
         }
         eprintln!(
-            "R4 liar {liar}: after 10 s rate {} Mbit/s (slow start {}), liar moved {liar_moved}",
+            "R4 liar {liar} ({cleans} clean a lossy): after 10 s rate {} Mbit/s (slow start {}), liar moved {liar_moved}",
             control.rate() / 1_000_000,
             control.in_slow_start()
         );
