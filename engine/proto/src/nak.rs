@@ -84,6 +84,10 @@ pub struct NakConfig {
 pub const OUTSTANDING_MAX: usize = 4096;
 /// Serials of one range heard from the group that count as asked (see [`NakPlanner::heard`]).
 const HEARD_RANGE_MAX: u32 = 1024;
+/// The frontier moves at least this share of the loop's pace while the loop arrives where it
+/// is (see [`NakPlanner::frontier_moving`]): well below what a sender short of its rate sends
+/// (three receivers' 8 Gbit/s tier on a 2-core host sent a fifth of it).
+const FRONTIER_PACE_SHARE: f64 = 0.125;
 /// Whether a far arrival is another receiver's repair is judged by stretches of 64 serials
 /// (a bitmap of a 64th of the loop; a host on the group can forge heard ranges anyway).
 const HEARD_LATELY_SHIFT: u32 = 6;
@@ -285,6 +289,11 @@ pub struct NakPlanner {
     /// for: on a 61 s loop a 5 Mbit/s receiver saw 6,000 serials "lost" at once and received
     /// the file nearly three times.)
     asked: Bitmap,
+    /// The serials of `asked` this receiver asked for itself (not only heard): arriving far
+    /// from the frontier, they are its own repairs whatever the frontier does. Heard ones
+    /// outlived what was heard and then read as our own (hx_attack15 N2: a victim parked for
+    /// as long as forged ranges lasted, with no further traffic).
+    asked_by_us: Bitmap,
     /// Serials in `outstanding` (arrived or not): what may still be queued at the server.
     outstanding_serials: u64,
     /// Datagrams a second the channel sends (its tier's rate), if known: how far the loop can
@@ -384,6 +393,7 @@ impl NakPlanner {
             outstanding: VecDeque::new(),
             outstanding_serials: 0,
             asked: Bitmap::new(held.len()),
+            asked_by_us: Bitmap::new(held.len()),
             loop_rate: None,
             frontier_at: None,
             reach_anchor: None,
@@ -652,6 +662,7 @@ impl NakPlanner {
         self.outstanding.clear();
         self.outstanding_serials = 0;
         self.asked = Bitmap::new(self.seen.len());
+        self.asked_by_us = Bitmap::new(self.seen.len());
         self.waiting.clear();
         self.heard_recently = None;
         self.heard_lately = None;
@@ -1137,7 +1148,7 @@ impl NakPlanner {
         let arrival = self.classify(serial, now);
         let straggler = self.is_straggler(serial);
         let explicit = self.is_explicit(serial);
-        let asked = self.asked.get(serial);
+        let asked_by_us = self.asked_by_us.get(serial);
         self.seen.set(serial);
         self.arrived_recent += 1;
         // Verified datagrams arrive: they alone may move the frontier for a while (whether
@@ -1184,7 +1195,7 @@ impl NakPlanner {
                             && !if self.heard_as_repair(serial, now) {
                                 self.frontier_moving(now)
                             } else {
-                                asked
+                                asked_by_us
                             } =>
                     {
                         self.note_stray(serial, now)
@@ -1267,6 +1278,7 @@ impl NakPlanner {
             bits.clear(serial);
         }
         self.asked.clear(serial);
+        self.asked_by_us.clear(serial);
     }
 
     /// Its settings as they are now (suppression and backlog as the transport set them).
@@ -1312,7 +1324,7 @@ impl NakPlanner {
                     )
                 })
                 .note(first..end, now);
-            self.remember_asked(first, count, now);
+            self.remember_asked(first, count, now, false);
         }
     }
 
@@ -1334,16 +1346,26 @@ impl NakPlanner {
         self.loop_rate = rate;
     }
 
-    /// Remembers `first .. first + count` as asked now (by us or another receiver): due to be
-    /// asked again, if still missing, after the repair timeout plus the time the server needs
-    /// to send everything asked before it and it.
-    fn remember_asked(&mut self, first: u32, count: u32, now: Instant) {
+    /// Remembers `first .. first + count` as asked now (by us, `ours`, or another receiver):
+    /// due to be asked again, if still missing, after the repair timeout plus the time the
+    /// server needs to send everything asked before it and it. A heard range with no room left
+    /// to be asked again is not taken as asked at all: we ask for it ourselves (an extra ask,
+    /// never a serial nobody asks for: 4,096 forged one-serial ranges filled the room, and the
+    /// heard ranges after them were never asked by anyone, hx_attack15 N2).
+    fn remember_asked(&mut self, first: u32, count: u32, now: Instant, ours: bool) {
+        let room = self.outstanding.len() < OUTSTANDING_MAX;
+        if !ours && !room {
+            return;
+        }
         for serial in first..first + count {
             if !self.seen.get(serial) {
                 self.asked.set(serial);
+                if ours {
+                    self.asked_by_us.set(serial);
+                }
             }
         }
-        if self.outstanding.len() >= OUTSTANDING_MAX {
+        if !room {
             return;
         }
         self.outstanding_serials += u64::from(count);
@@ -1361,10 +1383,35 @@ impl NakPlanner {
             .push_back((first, count, now + self.config.repair_timeout + queued));
     }
 
-    /// Whether the frontier moved within `lead_quiet`: the loop is arriving where it is.
+    /// Whether the loop is arriving where the frontier is: it moved within `lead_quiet`, and
+    /// (with the tier's rate known) at `FRONTIER_PACE_SHARE` of the loop's pace or more since
+    /// `lead_quiet` ago. A host on the group replaying one genuine datagram a step past a
+    /// parked frontier every 5 ms kept it "moving" at 2 % of the loop's pace, and its forged
+    /// NakHeard then kept the loop's own arrivals from ever reading as strays (hx_attack15 N1:
+    /// 0 % loss reported of 20 %).
     fn frontier_moving(&self, now: Instant) -> bool {
-        self.frontier_at
-            .is_some_and(|at| now.saturating_since(at) < self.lead_quiet())
+        let quiet = self.lead_quiet();
+        if self
+            .frontier_at
+            .is_none_or(|at| now.saturating_since(at) >= quiet)
+        {
+            return false;
+        }
+        let Some(rate) = self.loop_rate else {
+            return true;
+        };
+        let window_start = now.saturating_sub(quiet);
+        let baseline = self
+            .frontier_history
+            .iter()
+            .rev()
+            .find(|&&(at, _)| at <= window_start)
+            .or(self.frontier_history.front());
+        let Some(&(since, travel)) = baseline else {
+            return true;
+        };
+        let span = now.saturating_since(since).as_secs_f64();
+        self.frontier_travel.saturating_sub(travel) as f64 >= FRONTIER_PACE_SHARE * rate * span
     }
 
     /// Whether `serial` lies near a range another receiver was heard asking for, lately
@@ -1585,7 +1632,7 @@ impl NakPlanner {
             }
         }
         for &(first, count) in &ranges[play_ranges..] {
-            self.remember_asked(first, count, now);
+            self.remember_asked(first, count, now, true);
         }
         // Last, what lies behind the join point (not re-asked: the loop brings what is lost).
         // A follower's play walk covers those gaps itself, forward from the play position:
