@@ -84,10 +84,6 @@ pub struct NakConfig {
 pub const OUTSTANDING_MAX: usize = 4096;
 /// Serials of one range heard from the group that count as asked (see [`NakPlanner::heard`]).
 const HEARD_RANGE_MAX: u32 = 1024;
-/// The frontier moves at least this share of the loop's pace while the loop arrives where it
-/// is (see [`NakPlanner::frontier_moving`]): well below what a sender short of its rate sends
-/// (three receivers' 8 Gbit/s tier on a 2-core host sent a fifth of it).
-const FRONTIER_PACE_SHARE: f64 = 0.125;
 /// Whether a far arrival is another receiver's repair is judged by stretches of 64 serials
 /// (a bitmap of a 64th of the loop; a host on the group can forge heard ranges anyway).
 const HEARD_LATELY_SHIFT: u32 = 6;
@@ -1348,15 +1344,8 @@ impl NakPlanner {
 
     /// Remembers `first .. first + count` as asked now (by us, `ours`, or another receiver):
     /// due to be asked again, if still missing, after the repair timeout plus the time the
-    /// server needs to send everything asked before it and it. A heard range with no room left
-    /// to be asked again is not taken as asked at all: we ask for it ourselves (an extra ask,
-    /// never a serial nobody asks for: 4,096 forged one-serial ranges filled the room, and the
-    /// heard ranges after them were never asked by anyone, hx_attack15 N2).
+    /// server needs to send everything asked before it and it.
     fn remember_asked(&mut self, first: u32, count: u32, now: Instant, ours: bool) {
-        let room = self.outstanding.len() < OUTSTANDING_MAX;
-        if !ours && !room {
-            return;
-        }
         for serial in first..first + count {
             if !self.seen.get(serial) {
                 self.asked.set(serial);
@@ -1365,7 +1354,7 @@ impl NakPlanner {
                 }
             }
         }
-        if !room {
+        if self.outstanding.len() >= OUTSTANDING_MAX {
             return;
         }
         self.outstanding_serials += u64::from(count);
@@ -1383,35 +1372,12 @@ impl NakPlanner {
             .push_back((first, count, now + self.config.repair_timeout + queued));
     }
 
-    /// Whether the loop is arriving where the frontier is: it moved within `lead_quiet`, and
-    /// (with the tier's rate known) at `FRONTIER_PACE_SHARE` of the loop's pace or more since
-    /// `lead_quiet` ago. A host on the group replaying one genuine datagram a step past a
-    /// parked frontier every 5 ms kept it "moving" at 2 % of the loop's pace, and its forged
-    /// NakHeard then kept the loop's own arrivals from ever reading as strays (hx_attack15 N1:
-    /// 0 % loss reported of 20 %).
+    /// Whether the frontier moved within `lead_quiet`: the loop is arriving where it is. (A
+    /// host on the group walking a parked frontier a step at a time with replayed datagrams
+    /// keeps it "moving": hx_attack15 N1, open.)
     fn frontier_moving(&self, now: Instant) -> bool {
-        let quiet = self.lead_quiet();
-        if self
-            .frontier_at
-            .is_none_or(|at| now.saturating_since(at) >= quiet)
-        {
-            return false;
-        }
-        let Some(rate) = self.loop_rate else {
-            return true;
-        };
-        let window_start = now.saturating_sub(quiet);
-        let baseline = self
-            .frontier_history
-            .iter()
-            .rev()
-            .find(|&&(at, _)| at <= window_start)
-            .or(self.frontier_history.front());
-        let Some(&(since, travel)) = baseline else {
-            return true;
-        };
-        let span = now.saturating_since(since).as_secs_f64();
-        self.frontier_travel.saturating_sub(travel) as f64 >= FRONTIER_PACE_SHARE * rate * span
+        self.frontier_at
+            .is_some_and(|at| now.saturating_since(at) < self.lead_quiet())
     }
 
     /// Whether `serial` lies near a range another receiver was heard asking for, lately

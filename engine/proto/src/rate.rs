@@ -540,12 +540,6 @@ pub struct TierControl {
     kept_up_at: Option<u64>,
     /// Since when a member that just lost has kept it from rising (see `JUST_LOST_HOLD_MAX`).
     held_since: Option<Instant>,
-    /// Members congested at every plan since (id, since), sorted by id: one congested at
-    /// every plan for `HELD_LOSS_REPORTS` report intervals is held as after that many
-    /// congested reports in a row, however it times them (one clean report before two lossy
-    /// ones before each plan reset the streak and held a tier at its first rate for good:
-    /// hx_attack15 R1).
-    congested_since: Vec<(u64, Instant)>,
 }
 
 impl TierControl {
@@ -564,7 +558,6 @@ impl TierControl {
             floored: false,
             kept_up_at: None,
             held_since: None,
-            congested_since: Vec::new(),
         }
     }
 
@@ -602,7 +595,6 @@ impl TierControl {
             floored: false,
             kept_up_at: None,
             held_since: None,
-            congested_since: Vec::new(),
         }
     }
 
@@ -642,7 +634,6 @@ impl TierControl {
 
     fn set_rate(&mut self, config: &RateConfig, now: Instant, rate: u64) {
         self.held_since = None;
-        self.congested_since.clear();
         self.rate = config.clamp(rate as f64);
         self.settled_at = now + config.settle;
     }
@@ -899,9 +890,6 @@ const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
-/// A member congested at every plan for `HELD_LOSS_REPORTS` of these is held as after that
-/// many congested reports in a row (a client reports every 50 ms while its tier changes).
-const HELD_REPORT_INTERVAL: Duration = Duration::from_millis(50);
 /// A tier waits for members that just lost (see `plan`) this long at most, however they time
 /// their reports, before it rises past them.
 const JUST_LOST_HOLD_MAX: Duration = Duration::from_millis(250);
@@ -953,7 +941,6 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         let (congested, clear): (Vec<&MemberPlan<'_>>, Vec<&MemberPlan<'_>>) =
             fresh.iter().partition(|m| m.estimate.is_congested(config));
         if congested.is_empty() {
-            tier.control.congested_since.clear();
             if clear.iter().any(|m| m.estimate.just_lost()) {
                 // Someone just lost: wait for the next report before going faster, for at
                 // most `JUST_LOST_HOLD_MAX` in all (a member alternating clean and lossy
@@ -1047,33 +1034,15 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             } else {
                 (SHORT_SENDER_MOVE_BELOW_SHARE, 2 * HELD_LOSS_REPORTS)
             };
-            let before = core::mem::take(&mut tier.control.congested_since);
-            let mut congested_since: Vec<(u64, Instant)> = congested
-                .iter()
-                .map(|m| {
-                    let since = before
-                        .binary_search_by_key(&m.id, |&(id, _)| id)
-                        .map_or(now, |at| before[at].1);
-                    (m.id, since)
-                })
-                .collect();
-            congested_since.sort_unstable_by_key(|&(id, _)| id);
-            let held_time = HELD_REPORT_INTERVAL * held_for;
-            let held = |m: &MemberPlan<'_>| {
-                m.estimate.congested_streak >= held_for
-                    || congested_since
-                        .binary_search_by_key(&m.id, |&(id, _)| id)
-                        .is_ok_and(|at| now.saturating_since(congested_since[at].1) >= held_time)
-            };
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
                 .filter(|m| {
-                    m.estimate.capacity(rate) < share * reference || (settled_clear && held(m))
+                    m.estimate.capacity(rate) < share * reference
+                        || (settled_clear && m.estimate.congested_streak >= held_for)
                 })
                 .collect();
-            tier.control.congested_since = congested_since;
             movable.sort_by(|a, b| {
                 b.estimate
                     .capacity(rate)

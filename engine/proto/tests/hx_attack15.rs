@@ -1,9 +1,11 @@
 //! Attack review of b6d9bf3, c75cac6 (HeardWindow; the stray rule's heard/asked exemptions),
 //! 708e804 (`kept_up_with_short_sender`) and 8134649 (`JUST_LOST_HOLD_MAX`). `finding_*` tests
 //! assert what SHOULD hold and failed while the attack worked; `held_*` tests show defences
-//! that held. All three findings were fixed in the same session: N1 by the frontier's pace
-//! (`FRONTIER_PACE_SHARE`), N2 by `asked_by_us` (and a heard range with no room to be asked
-//! again is not taken as asked), R1 by `TierControl::congested_since`.
+//! that held. N2 was fixed in the same session (`NakPlanner::asked_by_us`). N1 and R1 are
+//! open (`#[ignore]` with the reason): the fixes tried for them (a pace rule for the
+//! frontier against the tier's nominal rate; a member congested at every plan for 250 ms
+//! held as after 5 congested reports) passed these tests but cost three receivers on one
+//! tier on this 2-core host 2x the time and 10x the duplicates.
 mod replay_sim;
 use replay_sim::*;
 
@@ -84,6 +86,7 @@ fn walk_park(walk_ms: Option<u64>, heard: bool, ms: u64) -> Report {
 }
 
 #[test]
+#[ignore = "open finding: a frontier walked by replays still reads as moving (a pace rule against the nominal rate brought back frontiers dragged by repairs with three receivers: 428,000-774,000 duplicates)"]
 fn finding_walking_a_parked_frontier_keeps_forged_heard_arrivals_from_being_strays() {
     // Controls: park alone, and park + heard without the walk, are undone (the s14 fix).
     let park = walk_park(None, false, 8_000);
@@ -195,6 +198,7 @@ fn observe_sent(
 /// the tier never rises ("some keep up: the rate holds"), and `found_loss` is not called
 /// (nothing movable). SHOULD: such a member cannot hold a tier for long.
 #[test]
+#[ignore = "open finding: congested-but-never-movable reports hold a tier (counting congestion at every plan by time moved honest members of three-receiver tiers and split them)"]
 fn finding_congested_but_never_movable_reports_hold_a_tier_past_the_just_lost_cap() {
     let config = RateConfig::default();
     let mut out = Vec::new();
