@@ -538,6 +538,11 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
         })
         .spawn()
         .map_err(|e| e.to_string())?;
+    // While it runs, `loopcastctl --socket <this> clients` shows the tiers it decides.
+    eprintln!(
+        "loopcastd admin socket: {}",
+        bed.dir.join("admin.sock").display()
+    );
     std::thread::sleep(Duration::from_millis(500));
     let sent_before = bed.server_tx_bytes()?;
     let started = Instant::now();
@@ -649,7 +654,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
             receiver_cpu,
             entries,
             sent,
-            format!("rate {rate}, transports {}", transports.join(",")),
+            format!("rate {rate}, transports {}", transports.join("; ")),
         ),
         tiers_opened,
     ))
