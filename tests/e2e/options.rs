@@ -45,6 +45,14 @@ pub fn meaningless_rate_options_are_refused_at_once() {
             &["--initial-rate", "500k"],
             "below the slowest automatic rate, 1.0 Mbit/s",
         ),
+        (
+            &["--rate", "100k"],
+            "--rate 100.0 kbit/s is below the slowest automatic rate, 1.0 Mbit/s",
+        ),
+        (
+            &["--rate", "100M", "--initial-rate", "2G"],
+            "--initial-rate 2.00 Gbit/s is above --rate 100.0 Mbit/s",
+        ),
         (&["--rate", "1G", "--fixed-rate", "--tiers", "2"], "--tiers"),
         (
             &["--rate", "1G", "--fixed-rate", "--tier-policy", "slowest"],
@@ -79,7 +87,14 @@ pub fn the_start_line_states_the_cap_in_force() {
             &["--rate", "99999G"],
             "rate=automatic, at most 40.00 Gbit/s",
         ),
-        (&["--rate", "100M"], "rate=automatic, at most 100.0 Mbit/s"),
+        (
+            &["--rate", "100M"],
+            "rate=automatic, at most 100.0 Mbit/s, starting at 100.0 Mbit/s",
+        ),
+        (
+            &["--initial-rate", "50M"],
+            "rate=automatic, at most 40.00 Gbit/s, starting at 50.0 Mbit/s",
+        ),
         (&["--rate", "unpaced", "--fixed-rate"], "rate=fixed unpaced"),
     ];
     for (extra, expected) in cases {
@@ -141,7 +156,7 @@ pub fn serve_help_states_the_rate_defaults() {
         "up to 40G",
         "[default: distribution]",
         "[default: 4]",
-        "[default: 1G]",
+        "Default: 1G, or --rate if that is lower",
     ] {
         assert!(
             text.contains(expected),

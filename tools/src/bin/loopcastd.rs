@@ -134,9 +134,9 @@ struct ServeArgs {
     /// Rate a file's first tier starts at before clients report (it rises while they keep up,
     /// and drops to what reaches them when they lose), and so does the tier of its own that a
     /// client joining while every tier of the file runs slower gets; at least 1M, at most
-    /// --rate.
-    #[arg(long, default_value = "1G", value_parser = parse_initial_rate, conflicts_with = "fixed_rate")]
-    initial_rate: u64,
+    /// --rate. Default: 1G, or --rate if that is lower.
+    #[arg(long, value_parser = parse_initial_rate, conflicts_with = "fixed_rate")]
+    initial_rate: Option<u64>,
     /// Never use multicast: every client gets a unicast copy.
     #[arg(long)]
     no_multicast: bool,
@@ -352,6 +352,9 @@ fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> 
         .ok_or_else(|| format!("unknown tier policy {text:?}: distribution, average or slowest"))
 }
 
+/// Where a file's first tier starts without `--initial-rate` (or `--rate`, if lower).
+const INITIAL_RATE_DEFAULT: u64 = 1_000_000_000;
+
 /// `--initial-rate`: a real rate within the automatic range (`RateConfig::rate_min` and up);
 /// "unpaced" or 0 mean nothing for a rate that is about to be measured.
 fn parse_initial_rate(text: &str) -> Result<u64, String> {
@@ -395,6 +398,29 @@ fn reparse(argv: &[String]) -> Result<Command, String> {
     Ok(cli.command)
 }
 
+/// Where a file's first tier starts: `--initial-rate`, else the default or the automatic
+/// rates' cap (`--rate`) if lower. A cap below the slowest automatic rate, or an initial rate
+/// above the cap, is refused: the operator asked for two things that cannot both hold.
+fn initial_rate(args: &ServeArgs) -> Result<u64, String> {
+    let rate_min = loopcast_proto::rate::RateConfig::default().rate_min;
+    match (
+        args.rate.filter(|&rate| rate > 0 && !args.fixed_rate),
+        args.initial_rate,
+    ) {
+        (Some(cap), _) if cap < rate_min => Err(format!(
+            "--rate {} is below the slowest automatic rate, {} (with --fixed-rate any rate goes)",
+            format_rate(cap),
+            format_rate(rate_min)
+        )),
+        (Some(cap), Some(initial)) if initial > cap => Err(format!(
+            "--initial-rate {} is above --rate {}: a tier starts at most at the cap",
+            format_rate(initial),
+            format_rate(cap)
+        )),
+        (cap, initial) => Ok(initial.unwrap_or(INITIAL_RATE_DEFAULT.min(cap.unwrap_or(u64::MAX)))),
+    }
+}
+
 /// The server's settings from its arguments, checked (at start and on SIGHUP alike).
 fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
     if args.rate == Some(0) && !args.fixed_rate {
@@ -403,6 +429,7 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
                 .into(),
         );
     }
+    let initial_rate = initial_rate(args)?;
     if !args.media.is_dir() {
         return Err(format!(
             "media database {} is not a directory",
@@ -414,7 +441,7 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
     config.adaptive = (!args.fixed_rate).then(|| loopcast_proto::rate::RateConfig {
         policy: args.tier_policy,
         tiers_max: usize::from(args.tiers),
-        initial_rate: args.initial_rate,
+        initial_rate,
         ..loopcast_proto::rate::RateConfig::default()
     });
     config.session_timeout = Duration::from_secs(args.session_timeout.max(1));
@@ -602,6 +629,11 @@ fn main() -> ExitCode {
             )
             .exit();
     }
+    if let Err(error) = initial_rate(&args) {
+        Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, error)
+            .exit();
+    }
     init_logging("info");
     // Name the hashing threads (archive checks beside the loop), so `top -H` tells them apart.
     let _ = rayon::ThreadPoolBuilder::new()
@@ -623,6 +655,10 @@ fn main() -> ExitCode {
         (Some(rate), true) => format!("fixed {}", format_rate(rate)),
         (Some(rate), false) => format!("automatic, at most {}", format_rate(rate.min(rate_max))),
         (None, _) => format!("automatic, at most {}", format_rate(rate_max)),
+    };
+    let rate = match &config.adaptive {
+        Some(adaptive) => format!("{rate}, starting at {}", format_rate(adaptive.initial_rate)),
+        None => rate,
     };
     if args.fixed_rate {
         // One channel per file: no policy, no tiers to speak of.
