@@ -20,25 +20,12 @@ use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups};
 use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::{
-    plan, Counts, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan, TierPolicy,
+    plan, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan, TierPolicy,
 };
 use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RequestHints, Transport};
 use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
-
-/// Members 1, 2, ... with these estimates, none moved yet.
-fn never_moved<'a>(estimates: &[&'a PathEstimate]) -> Vec<MemberPlan<'a>> {
-    estimates
-        .iter()
-        .zip(1..)
-        .map(|(&estimate, id)| MemberPlan {
-            id,
-            estimate,
-            moved_at: None,
-        })
-        .collect()
-}
 
 fn at(ms: u64) -> Instant {
     Instant::ZERO + Duration::from_millis(ms)
@@ -417,22 +404,8 @@ fn finding_increases_between_decreases_stretch_a_slowest_tiers_fall_to_a_member_
 // Rate planner: hostile `sent_rate` values and a member that holds a short sender's tier
 // ---------------------------------------------------------------------------------------------
 
-const BITS: u64 = 11_520;
-
 fn observe(config: &RateConfig, e: &mut PathEstimate, rate: u64, got_bps: f64, lost_share: f64) {
-    let received = got_bps * 0.05 / BITS as f64;
-    let lost = received * lost_share / (1.0 - lost_share);
-    e.observe(
-        config,
-        received as u32,
-        lost as u32,
-        Duration::from_millis(50),
-        BITS,
-        rate,
-        None,
-        None,
-        Counts::Settled,
-    );
+    report_50ms(config, e, rate, got_bps, lost_share, None);
 }
 
 /// R2 (held): `TierPlan::sent_rate` is public; NaN, infinities, negatives, zero and huge values,
@@ -575,57 +548,13 @@ fn finding_alternating_clean_and_lossy_reports_hold_a_tier_in_slow_start_at_its_
 }
 
 fn alternating_reports_against_a_tier(cleans: u32) {
-    let config = RateConfig::default();
-    let mut out = Vec::new();
-    for liar in [false, true] {
-        let mut control = TierControl::new(&config, at(0), config.initial_rate);
-        let (mut a, mut b, mut m) = (
-            PathEstimate::default(),
-            PathEstimate::default(),
-            PathEstimate::default(),
-        );
-        let mut liar_moved = false;
-        for step in 0..200u64 {
-            let now = at(50 + step * 50);
-            let r = control.rate();
-            observe(&config, &mut a, r, r as f64, 0.0);
-            observe(&config, &mut b, r, r as f64, 0.0);
-            let mut members = never_moved(&[&a, &b]);
-            if liar {
-                for _ in 0..cleans {
-                    observe(&config, &mut m, r, r as f64, 0.0);
-                }
-                observe(&config, &mut m, r, 0.9 * r as f64, 0.1);
-                members = never_moved(&[&a, &b, &m]);
-            }
-            let mut plans = vec![TierPlan {
-                control: &mut control,
-                members,
-                solo: false,
-                sent_rate: None,
-            }];
-            let moves = plan(&config, now, &mut plans);
-            liar_moved |= moves.iter().any(|mv| mv.member == 3);
-            if control.rate() != r {
-                let relief = (control.rate() < r).then_some(control.rate());
-                for e in [&mut a, &mut b, &mut m] {
-                    e.new_epoch(relief);
-                }
-            }
+    let liar = move |config: &RateConfig, m: &mut PathEstimate, r: u64| {
+        for _ in 0..cleans {
+            observe(config, m, r, r as f64, 0.0);
         }
-        eprintln!(
-            "R4 liar {liar} ({cleans} clean a lossy): after 10 s rate {} Mbit/s (slow start {}), liar moved {liar_moved}",
-            control.rate() / 1_000_000,
-            control.in_slow_start()
-        );
-        out.push((control.rate(), liar_moved));
-    }
-    assert!(
-        out[1].0 > 4 * config.initial_rate || out[1].1,
-        "held at {} (without the liar {}) and never moved",
-        out[1].0,
-        out[0].0
-    );
+        observe(config, m, r, 0.9 * r as f64, 0.1);
+    };
+    assert_liar_cannot_hold_a_first_tier(&format!("R4 ({cleans} clean a lossy)"), &liar);
 }
 
 /// R4 through the real endpoint (default `distribution` policy, multicast): two honest members

@@ -13,22 +13,8 @@ use core::time::Duration;
 
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::nak::{NakConfig, NakPlanner};
-use loopcast_proto::rate::{
-    plan, Counts, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan,
-};
+use loopcast_proto::rate::{plan, PathEstimate, RateConfig, TierControl, TierPlan};
 use loopcast_proto::Instant;
-
-fn never_moved<'a>(estimates: &[&'a PathEstimate]) -> Vec<MemberPlan<'a>> {
-    estimates
-        .iter()
-        .zip(1..)
-        .map(|(&estimate, id)| MemberPlan {
-            id,
-            estimate,
-            moved_at: None,
-        })
-        .collect()
-}
 
 fn at(ms: u64) -> Instant {
     Instant::ZERO + Duration::from_millis(ms)
@@ -164,31 +150,6 @@ fn finding_heard_asked_bits_outlive_heard_lately_and_then_read_as_our_own_asks()
 // Rate planner
 // ---------------------------------------------------------------------------------------------
 
-const BITS: u64 = 11_520;
-
-fn observe_sent(
-    config: &RateConfig,
-    e: &mut PathEstimate,
-    rate: u64,
-    got_bps: f64,
-    lost_share: f64,
-    sent_bps: Option<f64>,
-) {
-    let received = got_bps * 0.05 / BITS as f64;
-    let lost = received * lost_share / (1.0 - lost_share);
-    e.observe(
-        config,
-        received as u32,
-        lost as u32,
-        Duration::from_millis(50),
-        BITS,
-        rate,
-        sent_bps.map(|s| (s * 0.05 / BITS as f64) as u64),
-        None,
-        Counts::Settled,
-    );
-}
-
 /// R1: `JUST_LOST_HOLD_MAX` caps the hold by a member that *just* lost; a member that is
 /// congested (2 lossy reports in a row) but not movable holds the tier through the other
 /// branch, with no cap. Before each control step (every 50 ms) the liar sends one clean
@@ -200,56 +161,12 @@ fn observe_sent(
 #[test]
 #[ignore = "open finding: congested-but-never-movable reports hold a tier (counting congestion at every plan by time moved honest members of three-receiver tiers and split them)"]
 fn finding_congested_but_never_movable_reports_hold_a_tier_past_the_just_lost_cap() {
-    let config = RateConfig::default();
-    let mut out = Vec::new();
-    for liar in [false, true] {
-        let mut control = TierControl::new(&config, at(0), config.initial_rate);
-        let (mut a, mut b, mut m) = (
-            PathEstimate::default(),
-            PathEstimate::default(),
-            PathEstimate::default(),
-        );
-        let mut liar_moved = false;
-        for step in 0..200u64 {
-            let now = at(50 + step * 50);
-            let r = control.rate();
-            observe_sent(&config, &mut a, r, r as f64, 0.0, None);
-            observe_sent(&config, &mut b, r, r as f64, 0.0, None);
-            let mut members = never_moved(&[&a, &b]);
-            if liar {
-                observe_sent(&config, &mut m, r, r as f64, 0.0, None);
-                observe_sent(&config, &mut m, r, 0.9 * r as f64, 0.1, None);
-                observe_sent(&config, &mut m, r, 0.9 * r as f64, 0.1, None);
-                members = never_moved(&[&a, &b, &m]);
-            }
-            let mut plans = vec![TierPlan {
-                control: &mut control,
-                members,
-                solo: false,
-                sent_rate: None,
-            }];
-            let moves = plan(&config, now, &mut plans);
-            liar_moved |= moves.iter().any(|mv| mv.member == 3);
-            if control.rate() != r {
-                let relief = (control.rate() < r).then_some(control.rate());
-                for e in [&mut a, &mut b, &mut m] {
-                    e.new_epoch(relief);
-                }
-            }
-        }
-        eprintln!(
-            "R1 liar {liar}: after 10 s rate {} Mbit/s (slow start {}), liar moved {liar_moved}",
-            control.rate() / 1_000_000,
-            control.in_slow_start()
-        );
-        out.push((control.rate(), liar_moved));
-    }
-    assert!(
-        out[1].0 > 4 * config.initial_rate || out[1].1,
-        "held at {} Mbit/s (without the liar {}) and never moved",
-        out[1].0 / 1_000_000,
-        out[0].0 / 1_000_000
-    );
+    let liar = |config: &RateConfig, m: &mut PathEstimate, r: u64| {
+        report_50ms(config, m, r, r as f64, 0.0, None);
+        report_50ms(config, m, r, 0.9 * r as f64, 0.1, None);
+        report_50ms(config, m, r, 0.9 * r as f64, 0.1, None);
+    };
+    assert_liar_cannot_hold_a_first_tier("R1", &liar);
 }
 
 /// R2 (held): `kept_up_with_short_sender` needs *every* clear member to have got 85 % of what
@@ -266,10 +183,10 @@ fn held_a_liar_cannot_make_a_short_senders_tier_rise_through_the_keep_up_rule() 
         let r = control.rate();
         let sent = 0.5 * r as f64;
         let (mut a, mut m) = (PathEstimate::default(), PathEstimate::default());
-        observe_sent(&config, &mut a, r, 0.6 * sent, 0.0, Some(sent));
+        report_50ms(&config, &mut a, r, 0.6 * sent, 0.0, Some(sent));
         let mut members = never_moved(&[&a]);
         if let Some(got) = liar {
-            observe_sent(&config, &mut m, r, got, 0.0, Some(sent));
+            report_50ms(&config, &mut m, r, got, 0.0, Some(sent));
             members = never_moved(&[&a, &m]);
         }
         let mut plans = vec![TierPlan {

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::client::{account_datagram, Metered};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
-use loopcast_proto::rate::LossMeter;
+use loopcast_proto::rate::{
+    plan, Counts, LossMeter, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan,
+};
 use loopcast_proto::receiver::Outcome;
 use loopcast_proto::Instant;
 
@@ -226,4 +228,121 @@ pub fn assert_true_loss(r: &Report, points: f64, what: &str) {
 
 pub fn random_loss(percent: u32) -> impl Fn(u32, u64) -> bool {
     move |s: u32, _t: u64| (s.wrapping_mul(2_654_435_761) >> 7) % 100 < percent
+}
+
+/// A hostile member's reports before each plan: `liar(config, its estimate, the tier's rate)`.
+pub type Liar<'a> = &'a dyn Fn(&RateConfig, &mut PathEstimate, u64);
+
+/// The tier with the liar rises past 4x its first rate in 10 s, or the liar is moved: it
+/// cannot hold the tier for everyone (`label` names the case in the output).
+pub fn assert_liar_cannot_hold_a_first_tier(label: &str, liar: Liar<'_>) {
+    let alone = first_tier_against(None);
+    let (rate, slow_start, moved) = first_tier_against(Some(liar));
+    eprintln!(
+        "{label}: after 10 s rate {} Mbit/s (slow start {slow_start}), liar moved {moved}; without it {} Mbit/s",
+        rate / 1_000_000,
+        alone.0 / 1_000_000
+    );
+    assert!(
+        rate > 4 * RateConfig::default().initial_rate || moved,
+        "{label}: held at {rate} (without the liar {}) and never moved",
+        alone.0
+    );
+}
+
+/// A file's first tier (`distribution`) for 10 s of plans 50 ms apart: two honest members that
+/// get the whole rate, and with `liar` a third whose reports before each plan it makes
+/// (`liar(config, estimate, rate)`). Returns (rate after 10 s, still in slow start, whether
+/// the liar was moved). Shared by hx_attack14 R4 and hx_attack15 R1.
+pub fn first_tier_against(liar: Option<Liar<'_>>) -> (u64, bool, bool) {
+    let config = RateConfig::default();
+    let at = |ms: u64| Instant::ZERO + Duration::from_millis(ms);
+    let mut control = TierControl::new(&config, at(0), config.initial_rate);
+    let mut estimates = [
+        PathEstimate::default(),
+        PathEstimate::default(),
+        PathEstimate::default(),
+    ];
+    let mut liar_moved = false;
+    for step in 0..200u64 {
+        let now = at(50 + step * 50);
+        let rate = control.rate();
+        for estimate in &mut estimates[..2] {
+            full_report(&config, estimate, rate);
+        }
+        if let Some(liar) = liar {
+            liar(&config, &mut estimates[2], rate);
+        }
+        let members = estimates[..if liar.is_some() { 3 } else { 2 }]
+            .iter()
+            .zip(1..)
+            .map(|(estimate, id)| MemberPlan {
+                id,
+                estimate,
+                moved_at: None,
+            })
+            .collect();
+        let mut plans = vec![TierPlan {
+            control: &mut control,
+            members,
+            solo: false,
+            sent_rate: None,
+        }];
+        liar_moved |= plan(&config, now, &mut plans)
+            .iter()
+            .any(|mv| mv.member == 3);
+        if control.rate() != rate {
+            let relief = (control.rate() < rate).then_some(control.rate());
+            for estimate in &mut estimates {
+                estimate.new_epoch(relief);
+            }
+        }
+    }
+    (control.rate(), control.in_slow_start(), liar_moved)
+}
+
+/// Datagram bits of the rate planner's reports here (1440-byte datagrams).
+pub const REPORT_BITS: u64 = 11_520;
+
+/// One settled 50 ms report: `got_bps` reached the member with `lost_share` of what went by
+/// lost, on a tier at `rate` whose sender sent `sent_bps` (if known).
+pub fn report_50ms(
+    config: &RateConfig,
+    estimate: &mut PathEstimate,
+    rate: u64,
+    got_bps: f64,
+    lost_share: f64,
+    sent_bps: Option<f64>,
+) {
+    let received = got_bps * 0.05 / REPORT_BITS as f64;
+    let lost = received * lost_share / (1.0 - lost_share);
+    estimate.observe(
+        config,
+        received as u32,
+        lost as u32,
+        Duration::from_millis(50),
+        REPORT_BITS,
+        rate,
+        sent_bps.map(|s| (s * 0.05 / REPORT_BITS as f64) as u64),
+        None,
+        Counts::Settled,
+    );
+}
+
+/// One settled 50 ms report of a member that got `rate` with no loss.
+fn full_report(config: &RateConfig, estimate: &mut PathEstimate, rate: u64) {
+    report_50ms(config, estimate, rate, rate as f64, 0.0, None);
+}
+
+/// Members 1, 2, ... with these estimates, none moved yet.
+pub fn never_moved<'a>(estimates: &[&'a PathEstimate]) -> Vec<MemberPlan<'a>> {
+    estimates
+        .iter()
+        .zip(1..)
+        .map(|(&estimate, id)| MemberPlan {
+            id,
+            estimate,
+            moved_at: None,
+        })
+        .collect()
 }
