@@ -139,8 +139,11 @@ pub fn a_request_flood_is_never_answered_with_more_bytes_than_it_carried() {
         "answered {received} bytes for {sent} bytes sent"
     );
     let status = status_of(&director.admin);
+    // 2,000 unpadded Requests and 1,000 junk datagrams, each a counted drop; as for the
+    // Requests below, up to a tenth may be lost in the kernel before the director reads them
+    // (its socket buffer on a loaded 2-core CI host: 2,856 of 3,000 arrived once).
     assert!(
-        status["counters"]["dropped"].as_u64().unwrap() >= 3000,
+        status["counters"]["dropped"].as_u64().unwrap() >= 2700,
         "{status}"
     );
     assert!(
