@@ -75,21 +75,9 @@ impl Bitmap {
             "bits {range:?} outside bitmap of {}",
             self.len
         );
-        let mut ones = 0;
-        let mut at = range.start;
-        while at < range.end {
-            let word = self.words[(at / 64) as usize];
-            let from = at % 64;
-            let to = (range.end - (at - from)).min(64);
-            let mask = if to - from == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (to - from)) - 1) << from
-            };
-            ones += (word & mask).count_ones();
-            at += to - from;
-        }
-        ones
+        word_masks(range)
+            .map(|(word, mask)| (self.words[word] & mask).count_ones())
+            .sum()
     }
 
     /// Sets a bit; returns true if it was clear.
@@ -117,17 +105,8 @@ impl Bitmap {
             self.len
         );
         self.ones += range.len() as u32 - self.count_ones_in(range.clone());
-        let mut at = range.start;
-        while at < range.end {
-            let from = at % 64;
-            let to = (range.end - (at - from)).min(64);
-            let mask = if to - from == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << (to - from)) - 1) << from
-            };
-            self.words[(at / 64) as usize] |= mask;
-            at += to - from;
+        for (word, mask) in word_masks(range) {
+            self.words[word] |= mask;
         }
     }
 
@@ -204,6 +183,26 @@ impl Bitmap {
         }
         Some(best.1)
     }
+}
+
+/// The words `range` touches, each with the mask of its bits in `range`.
+fn word_masks(range: core::ops::Range<u32>) -> impl Iterator<Item = (usize, u64)> {
+    let mut at = range.start;
+    core::iter::from_fn(move || {
+        if at >= range.end {
+            return None;
+        }
+        let from = at % 64;
+        let to = (range.end - (at - from)).min(64);
+        let mask = if to - from == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (to - from)) - 1) << from
+        };
+        let word = (at / 64) as usize;
+        at += to - from;
+        Some((word, mask))
+    })
 }
 
 #[cfg(test)]

@@ -352,9 +352,6 @@ fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> 
         .ok_or_else(|| format!("unknown tier policy {text:?}: distribution, average or slowest"))
 }
 
-/// Where a file's first tier starts without `--initial-rate` (or `--rate`, if lower).
-const INITIAL_RATE_DEFAULT: u64 = 1_000_000_000;
-
 /// `--initial-rate`: a real rate within the automatic range (`RateConfig::rate_min` and up);
 /// "unpaced" or 0 mean nothing for a rate that is about to be measured.
 fn parse_initial_rate(text: &str) -> Result<u64, String> {
@@ -398,38 +395,40 @@ fn reparse(argv: &[String]) -> Result<Command, String> {
     Ok(cli.command)
 }
 
-/// Where a file's first tier starts: `--initial-rate`, else the default or the automatic
-/// rates' cap (`--rate`) if lower. A cap below the slowest automatic rate, or an initial rate
-/// above the cap, is refused: the operator asked for two things that cannot both hold.
-fn initial_rate(args: &ServeArgs) -> Result<u64, String> {
-    let rate_min = loopcast_proto::rate::RateConfig::default().rate_min;
-    match (
-        args.rate.filter(|&rate| rate > 0 && !args.fixed_rate),
-        args.initial_rate,
-    ) {
-        (Some(cap), _) if cap < rate_min => Err(format!(
-            "--rate {} is below the slowest automatic rate, {} (with --fixed-rate any rate goes)",
-            format_rate(cap),
-            format_rate(rate_min)
-        )),
-        (Some(cap), Some(initial)) if initial > cap => Err(format!(
-            "--initial-rate {} is above --rate {}: a tier starts at most at the cap",
-            format_rate(initial),
-            format_rate(cap)
-        )),
-        (cap, initial) => Ok(initial.unwrap_or(INITIAL_RATE_DEFAULT.min(cap.unwrap_or(u64::MAX)))),
-    }
-}
-
-/// The server's settings from its arguments, checked (at start and on SIGHUP alike).
-fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
+/// The rate options checked together, and where a file's first tier starts: `--initial-rate`,
+/// else the default or the automatic rates' cap (`--rate`) if lower. Refused: "--rate
+/// unpaced" without `--fixed-rate` (as a cap it would mean none, which leaving it out already
+/// says), a cap below the slowest automatic rate, and an initial rate above the cap (two
+/// things that cannot both hold).
+fn checked_initial_rate(args: &ServeArgs) -> Result<u64, String> {
     if args.rate == Some(0) && !args.fixed_rate {
         return Err(
             "--rate unpaced (or 0) needs --fixed-rate; without --rate the rates are automatic"
                 .into(),
         );
     }
-    let initial_rate = initial_rate(args)?;
+    let defaults = loopcast_proto::rate::RateConfig::default();
+    match (
+        args.rate.filter(|&rate| rate > 0 && !args.fixed_rate),
+        args.initial_rate,
+    ) {
+        (Some(cap), _) if cap < defaults.rate_min => Err(format!(
+            "--rate {} is below the slowest automatic rate, {} (with --fixed-rate any rate goes)",
+            format_rate(cap),
+            format_rate(defaults.rate_min)
+        )),
+        (Some(cap), Some(initial)) if initial > cap => Err(format!(
+            "--initial-rate {} is above --rate {}: a tier starts at most at the cap",
+            format_rate(initial),
+            format_rate(cap)
+        )),
+        (cap, initial) => Ok(initial.unwrap_or(defaults.initial_rate.min(cap.unwrap_or(u64::MAX)))),
+    }
+}
+
+/// The server's settings from its arguments, checked (at start and on SIGHUP alike).
+fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
+    let initial_rate = checked_initial_rate(args)?;
     if !args.media.is_dir() {
         return Err(format!(
             "media database {} is not a directory",
@@ -619,17 +618,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    // "--rate unpaced" (or 0) is a fixed rate with no pacing; as a cap on automatic rates it
-    // would mean no cap, which is what leaving --rate out already says.
-    if args.rate == Some(0) && !args.fixed_rate {
-        Cli::command()
-            .error(
-                clap::error::ErrorKind::ArgumentConflict,
-                "--rate unpaced (or 0) needs --fixed-rate; without --rate the rates are automatic",
-            )
-            .exit();
-    }
-    if let Err(error) = initial_rate(&args) {
+    // Rate options that contradict each other are usage errors, before anything starts.
+    if let Err(error) = checked_initial_rate(&args) {
         Cli::command()
             .error(clap::error::ErrorKind::ArgumentConflict, error)
             .exit();
