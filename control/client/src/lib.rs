@@ -1074,6 +1074,9 @@ impl Download {
                 Outcome::Dropped(_) => {}
             }
         }
+        // Ask at once for the hash blocks that what was held unverified waits for (a mid-loop
+        // join's ancestors lie behind it in the loop).
+        self.nak.want_blocks(self.receiver.take_wanted_blocks());
         self.slices = recycle_slices(slices);
         self.segments = segments;
         self.hashes = hashes;

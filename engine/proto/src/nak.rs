@@ -43,6 +43,13 @@
 //! gaps, from the other end): backlog asks would sit in the server's repair queue ahead of the
 //! next play asks. The window is small (512, about 0.7 MB) so that what is in flight drains
 //! well within the expiry at modest rates and the nearest serials are never queued behind it.
+//!
+//! Before all of these, every NAK asks for the hash blocks that datagrams held unverified wait
+//! for ([`NakPlanner::want_block`]), also before the first verified datagram sets the
+//! frontier: a client that joins mid-loop verifies nothing it receives until the join point's
+//! ancestors arrive, and they lie behind it in the loop. Block asks not answered within
+//! `BLOCK_ASK_EXPIRY` are asked again; like play and backlog repairs, they never move the
+//! frontier.
 
 use core::time::Duration;
 use std::collections::VecDeque;
@@ -132,6 +139,10 @@ const OVERLOAD_SCAN: u64 = 512;
 /// Gaps found while overloaded are asked for once it keeps up again only if they are at most
 /// this share of the loop (see the module doc).
 const DEFERRED_ASK_SHARE: u32 = 8;
+/// Hash blocks wanted or asked and not yet arrived, at most (a join wants one per tree level).
+const BLOCK_ASKS_MAX: usize = 256;
+/// A block ask not answered within this long is asked again.
+const BLOCK_ASK_EXPIRY: Duration = Duration::from_millis(500);
 /// What the scan found this long ago counts half: a receiver whose tier slowed down to its
 /// path asks again within a second, however much it lost before (counted by serials alone,
 /// a 5 Mbit/s receiver that had been on a 1 Gbit/s tier asked nothing for 2.7 s, and waited a
@@ -314,6 +325,15 @@ pub struct NakPlanner {
     /// are their repairs, not the loop). Allocated when something is first heard.
     heard_recently: Option<HeardWindow>,
     heard_lately: Option<HeardWindow>,
+    /// Where this session's loop joined: the first verified datagram's serial.
+    join: Option<u32>,
+    /// Hash blocks wanted (see [`NakPlanner::want_block`]) and not arrived, asked or not
+    /// (allocated with the first).
+    block_bits: Option<Bitmap>,
+    /// Wanted blocks not yet asked (or due again), and those asked with when.
+    blocks_wanted: VecDeque<u32>,
+    blocks_asked: VecDeque<(u32, Instant)>,
+    block_serials: u64,
     /// The backward walk from the join point: the next serial to look at, and whether it is on.
     backlog_next: Option<u32>,
     /// Serials the backlog asked for and that have not arrived (allocated with the backlog).
@@ -397,6 +417,11 @@ impl NakPlanner {
             waiting: VecDeque::new(),
             heard_recently: None,
             heard_lately: None,
+            join: None,
+            block_bits: None,
+            blocks_wanted: VecDeque::new(),
+            blocks_asked: VecDeque::new(),
+            block_serials: 0,
             backlog_next: None,
             backlog_bits: None,
             backlog_asked: VecDeque::new(),
@@ -466,6 +491,88 @@ impl NakPlanner {
         self.backlog_serials
     }
 
+    /// A hash block that datagrams held unverified wait for
+    /// ([`crate::receiver::Receiver::take_wanted_blocks`]): asked first in the next NAK (even
+    /// before the frontier is set), and again every `BLOCK_ASK_EXPIRY` until it arrives. Not
+    /// if it is held or already wanted, nor where this pass of the loop has gone since the
+    /// join (the scan finds a block lost there and asks for it itself). A block lies before
+    /// what it covers in the loop, so otherwise only the loop's next pass, or the end of the
+    /// backlog's walk, brings it. At most `BLOCK_ASKS_MAX` at a time: more come with the loop.
+    pub fn want_block(&mut self, serial: u32) {
+        let loop_len = self.loop_len();
+        if serial >= loop_len || self.seen.get(serial) || self.asked_by_us.get(serial) {
+            return;
+        }
+        if let (Some(join), Some(_)) = (self.join, self.frontier) {
+            let scanned = self.frontier_travel >= u64::from(loop_len)
+                || u64::from(self.ahead(join, serial)) <= self.frontier_travel;
+            if scanned {
+                return;
+            }
+        }
+        let bits = self.block_bits.get_or_insert_with(|| Bitmap::new(loop_len));
+        if bits.get(serial) || self.blocks_wanted.len() + self.blocks_asked.len() >= BLOCK_ASKS_MAX
+        {
+            return;
+        }
+        bits.set(serial);
+        self.blocks_wanted.push_back(serial);
+    }
+
+    /// [`NakPlanner::want_block`] for each of `serials`, e.g.
+    /// `nak.want_blocks(receiver.take_wanted_blocks())` after receiving.
+    pub fn want_blocks(&mut self, serials: impl IntoIterator<Item = u32>) {
+        for serial in serials {
+            self.want_block(serial);
+        }
+    }
+
+    /// Whether `serial` is a wanted block (asked or about to be).
+    fn is_block_ask(&self, serial: u32) -> bool {
+        self.block_bits
+            .as_ref()
+            .is_some_and(|bits| bits.get(serial))
+    }
+
+    /// Hash-block serials asked by [`NakPlanner::want_block`] so far.
+    pub fn block_serials(&self) -> u64 {
+        self.block_serials
+    }
+
+    /// Appends the wanted blocks (and those whose ask expired unanswered) as ranges, in serial
+    /// order, at most a quarter of a NAK's ranges.
+    fn append_blocks(&mut self, ranges: &mut Vec<(u32, u32)>, now: Instant) {
+        while let Some(&(serial, at)) = self.blocks_asked.front() {
+            if now.saturating_since(at) < BLOCK_ASK_EXPIRY {
+                break;
+            }
+            self.blocks_asked.pop_front();
+            if !self.seen.get(serial) {
+                self.blocks_wanted.push_back(serial);
+            }
+        }
+        let mut serials: Vec<u32> = Vec::new();
+        while serials.len() < NAK_RANGES_MAX / 4 {
+            let Some(serial) = self.blocks_wanted.pop_front() else {
+                break;
+            };
+            // Arrived meanwhile: out of `block_bits` already (`no_longer_asked`).
+            if !self.seen.get(serial) {
+                serials.push(serial);
+            }
+        }
+        serials.sort_unstable();
+        serials.dedup();
+        for &serial in &serials {
+            self.blocks_asked.push_back((serial, now));
+            match ranges.last_mut() {
+                Some((first, count)) if *first + *count == serial => *count += 1,
+                _ => ranges.push((serial, 1)),
+            }
+        }
+        self.block_serials += serials.len() as u64;
+    }
+
     /// Sets (or clears) the follower's play position: the loop serial playback waits for. From
     /// the next NAK on, what is missing walking forward from it is asked first.
     pub fn set_play_position(&mut self, serial: Option<u32>) {
@@ -522,7 +629,8 @@ impl NakPlanner {
                 || room == 0
                 || self.ahead(serial, frontier) <= margin
                 || ranges.len() + usize::from(run.is_some()) >= ranges_max;
-            let wanted = !done && !self.seen.get(serial) && !bits.get(serial);
+            let wanted =
+                !done && !self.seen.get(serial) && !bits.get(serial) && !self.is_block_ask(serial);
             let wraps = serial == 0;
             if let Some((first, count)) = run.filter(|_| done || !wanted || wraps) {
                 ranges.push((first, count));
@@ -604,7 +712,8 @@ impl NakPlanner {
                 || ranges.len() + usize::from(run.is_some()) >= NAK_RANGES_MAX;
             let missing = !done
                 && !self.seen.get(next)
-                && !self.play_bits.as_ref().is_some_and(|bits| bits.get(next));
+                && !self.play_bits.as_ref().is_some_and(|bits| bits.get(next))
+                && !self.is_block_ask(next);
             // A run ends at a held serial, at the wrap (ranges never wrap), or when done.
             let wraps = next == self.loop_len() - 1 && run.is_some();
             if let Some((low, high)) = run.filter(|_| done || !missing || wraps) {
@@ -662,6 +771,10 @@ impl NakPlanner {
         self.waiting.clear();
         self.heard_recently = None;
         self.heard_lately = None;
+        self.join = None;
+        self.block_bits = None;
+        self.blocks_wanted.clear();
+        self.blocks_asked.clear();
         self.backlog_next = None;
         self.backlog_bits = None;
         self.backlog_expired = None;
@@ -1004,12 +1117,13 @@ impl NakPlanner {
         std::mem::take(&mut self.restarted)
     }
 
-    /// Whether the backlog or play walk asked for `serial` (a repair, never the loop).
+    /// Whether the backlog or play walk, or a block ask, asked for `serial` (a repair, never
+    /// the loop).
     fn is_explicit(&self, serial: u32) -> bool {
-        self.backlog_bits
-            .as_ref()
-            .is_some_and(|bits| bits.get(serial))
-            || self.play_bits.as_ref().is_some_and(|bits| bits.get(serial))
+        self.is_block_ask(serial)
+            || [&self.backlog_bits, &self.play_bits]
+                .into_iter()
+                .any(|bits| bits.as_ref().is_some_and(|bits| bits.get(serial)))
     }
 
     /// A straggler arrived. Two in loop order, a step apart and within `lead_quiet`, are the
@@ -1151,9 +1265,15 @@ impl NakPlanner {
         // this one does or not: a forger ahead of it must not keep the rule off).
         self.verified_at = Some(now);
         match self.frontier {
+            None if explicit => {
+                // A block asked for before anything verified: a repair, not the loop.
+                self.no_longer_asked(serial);
+                false
+            }
             None => {
                 // The first serial of this session: the loop joined here, so scanning starts here,
                 // and the backlog walks backwards from here.
+                self.join = Some(serial);
                 self.frontier = Some(serial);
                 self.frontier_at = Some(now);
                 self.note_frontier(now);
@@ -1271,6 +1391,9 @@ impl NakPlanner {
             expired.clear(serial);
         }
         if let Some(bits) = self.play_bits.as_mut() {
+            bits.clear(serial);
+        }
+        if let Some(bits) = self.block_bits.as_mut() {
             bits.clear(serial);
         }
         self.asked.clear(serial);
@@ -1441,7 +1564,32 @@ impl NakPlanner {
     /// NAK interval allows another NAK); `None` if nothing is waiting. New gaps appear only as
     /// datagrams arrive, so a driver also polls after receiving.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.frontier?;
+        // Wanted blocks are due at once, asked ones at their expiry, with or without a
+        // frontier.
+        let blocks = [
+            (!self.blocks_wanted.is_empty()).then_some(Instant::ZERO),
+            self.blocks_asked
+                .front()
+                .map(|&(_, at)| at + BLOCK_ASK_EXPIRY),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let earliest = match self.frontier {
+            Some(_) => [blocks, self.frontier_timeout()]
+                .into_iter()
+                .flatten()
+                .min()?,
+            None => blocks?,
+        };
+        Some(match self.last_nak {
+            None => earliest,
+            Some(at) => earliest.max(at + self.config.interval),
+        })
+    }
+
+    /// The earliest of `poll_timeout`'s deadlines that follow the frontier.
+    fn frontier_timeout(&self) -> Option<Instant> {
         let waiting = self.waiting.iter().map(|&(_, _, at)| at).min();
         let outstanding = self.outstanding.front().map(|&(_, _, due)| due);
         let play = self
@@ -1452,27 +1600,28 @@ impl NakPlanner {
             .lead
             .zip(self.frontier_at)
             .map(|(lead, frontier_at)| frontier_at.max(lead.since) + self.lead_quiet());
-        let earliest = [waiting, outstanding, play, lead]
+        [waiting, outstanding, play, lead]
             .into_iter()
             .flatten()
-            .min()?;
-        Some(match self.last_nak {
-            None => earliest,
-            Some(at) => earliest.max(at + self.config.interval),
-        })
+            .min()
     }
 
     /// The ranges to NAK now (`first`, `count`), or `None` if it is too early or nothing that
     /// has gone by is missing.
     pub fn poll_nak(&mut self, now: Instant) -> Option<Vec<(u32, u32)>> {
         self.promote_lead(now);
-        let frontier = self.frontier?;
         if self
             .last_nak
             .is_some_and(|at| now.saturating_since(at) < self.config.interval)
         {
             return None;
         }
+        let mut ranges: Vec<(u32, u32)> = Vec::new();
+        // First the hash blocks that what is held unverified waits for.
+        self.append_blocks(&mut ranges, now);
+        let Some(frontier) = self.frontier else {
+            return self.nak_of(ranges, now);
+        };
         let loop_len = self.loop_len();
         if self.frontier_travel - self.cursor_travel > u64::from(loop_len) {
             // More than a loop behind: the oldest part has come round again; rescan one loop.
@@ -1482,8 +1631,7 @@ impl NakPlanner {
         let gone_by = u32::try_from(self.scan_limit(now).saturating_sub(self.cursor_travel))
             .expect("at most one loop")
             .saturating_sub(self.config.reorder_margin);
-        let mut ranges: Vec<(u32, u32)> = Vec::new();
-        // First what playback waits for (R13), nearest the play position first.
+        // Then what playback waits for (R13), nearest the play position first.
         self.append_play(&mut ranges, now);
         let play_ranges = ranges.len();
         // First what was asked before (by us or others) and is still missing after the repair
@@ -1606,6 +1754,11 @@ impl NakPlanner {
         if self.play.is_none() {
             self.append_backlog(&mut ranges, now);
         }
+        self.nak_of(ranges, now)
+    }
+
+    /// `ranges` as the NAK sent now, or `None` if empty.
+    fn nak_of(&mut self, ranges: Vec<(u32, u32)>, now: Instant) -> Option<Vec<(u32, u32)>> {
         if ranges.is_empty() {
             return None;
         }
@@ -2419,6 +2572,94 @@ mod tests {
             nak.backlog_serials(),
             "nothing but the backlog was asked"
         );
+    }
+
+    #[test]
+    fn wanted_blocks_are_asked_before_the_frontier_is_set_and_their_arrival_does_not_set_it() {
+        let mut nak = planner(1000, 4);
+        let t0 = Instant::ZERO;
+        // Joined mid-loop: what arrives is pending (seen unverified), nothing verified yet.
+        for serial in 500..520 {
+            nak.saw_unverified(serial, t0);
+        }
+        assert_eq!(nak.poll_nak(t0), None, "nothing wanted yet");
+        nak.want_blocks([300, 0, 301, 0, 999, 1_000, 510]);
+        assert_eq!(nak.poll_timeout(), Some(t0), "due at once");
+        let t1 = t0 + Duration::from_millis(10);
+        // In serial order, neighbours merged; a wanted one twice is asked once; one held
+        // (510) and one outside the loop (1,000) not at all.
+        assert_eq!(nak.poll_nak(t1), Some(vec![(0, 1), (300, 2), (999, 1)]));
+        assert_eq!(nak.block_serials(), 4);
+        // Wanted again while in flight: not asked again.
+        nak.want_blocks([0, 300]);
+        assert_eq!(nak.poll_nak(t1 + Duration::from_millis(20)), None);
+        // The blocks arrive (verified): repairs, not the loop's join point.
+        nak.saw(0, t1);
+        nak.saw(300, t1);
+        nak.saw(301, t1);
+        // The loop's next datagram is the join point: the backlog and the scan start there.
+        assert!(nak.saw(520, t1), "the first of the loop sets the frontier");
+        for serial in 521..530 {
+            assert!(nak.saw(serial, t1));
+        }
+        // 999 was never answered: asked again after its expiry, the others not.
+        let late = t1 + BLOCK_ASK_EXPIRY;
+        assert_eq!(nak.poll_nak(late), Some(vec![(999, 1)]));
+        assert_eq!(nak.block_serials(), 5);
+        // Its repair arrives (a repair: the frontier stays); the others, held, wanted again
+        // are not asked.
+        assert!(!nak.saw(999, late));
+        nak.want_blocks([0, 300, 999]);
+        assert_eq!(nak.poll_nak(late + BLOCK_ASK_EXPIRY), None);
+    }
+
+    #[test]
+    fn a_block_the_scan_covers_is_left_to_it_and_one_the_backlog_would_ask_is_asked_once() {
+        let loop_len = 1000;
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                reorder_margin: 4,
+                repair_timeout: Duration::from_secs(3600),
+                backlog_window: 100,
+                ..NakConfig::default()
+            },
+            &Bitmap::new(loop_len),
+        );
+        let t0 = Instant::ZERO;
+        for serial in (400..600).filter(|&s| s != 450) {
+            nak.saw(serial, t0);
+        }
+        // 450 lies where the loop went since the join (400): the scan asks for it. 380 lies
+        // behind the join point: asked as a block first, and the backlog walk skips it.
+        nak.want_blocks([450, 380]);
+        let asks = nak.poll_nak(t0).expect("a NAK");
+        assert_eq!(asks[0], (380, 1), "the block first: {asks:?}");
+        let count = |serial: u32| {
+            asks.iter()
+                .filter(|&&(first, n)| (first..first + n).contains(&serial))
+                .count()
+        };
+        assert_eq!(count(450), 1, "the scan's own ask: {asks:?}");
+        assert_eq!(count(380), 1, "asked once: {asks:?}");
+        assert_eq!(nak.block_serials(), 1);
+    }
+
+    #[test]
+    fn block_asks_are_bounded_and_a_rejoin_forgets_them() {
+        let mut nak = planner(100_000, 4);
+        let t0 = Instant::ZERO;
+        nak.want_blocks(0..10_000);
+        let mut asked = 0;
+        let mut now = t0;
+        while let Some(ranges) = nak.poll_nak(now) {
+            assert!(ranges.len() <= NAK_RANGES_MAX);
+            asked += ranges.iter().map(|&(_, n)| n).sum::<u32>();
+            now = now + Duration::from_millis(10);
+        }
+        assert_eq!(asked as usize, BLOCK_ASKS_MAX);
+        nak.rejoin();
+        assert_eq!(nak.poll_timeout(), None);
+        assert_eq!(nak.poll_nak(now + BLOCK_ASK_EXPIRY), None);
     }
 
     fn following(loop_len: u32, margin: u32) -> NakPlanner {

@@ -507,6 +507,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
             let metered = metered(&packet.bytes, info.file_id);
             let outcome = receiver.handle_datagram(&packet.bytes);
             client.session.account_datagram(nak, metered, &outcome, now);
+            nak.want_blocks(receiver.take_wanted_blocks());
             match outcome {
                 Outcome::Store { serial, .. } => {
                     client.stored[serial as usize] = Some(packet.bytes.clone());

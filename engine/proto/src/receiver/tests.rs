@@ -217,3 +217,54 @@ fn a_forgery_held_pending() -> (Receiver, Vec<Vec<u8>>, TreeShape, usize, Vec<u8
     ));
     (receiver, datagrams, shape, serial, forged)
 }
+
+#[test]
+fn a_pending_datagram_names_the_missing_blocks_it_waits_for_highest_first() {
+    // 3,000 data datagrams at MTU 1500: 69 level-1 blocks under two top-level blocks.
+    let (info, datagrams) = sample(3_000 * 1_400, DATAGRAM_SIZE_MTU_1500);
+    let shape = info.shape().unwrap();
+    assert_eq!((shape.depth(), shape.top_count()), (2, 2));
+    let mut receiver = Receiver::new(info);
+    let data = |index: u32| shape.serial_of(0, index) as usize;
+    // Joined at data 500 (level-1 block 11, under top-level block 0): both are named.
+    assert!(matches!(
+        receiver.handle_datagram(&datagrams[data(500)]),
+        Outcome::Store {
+            verified: false,
+            ..
+        }
+    ));
+    let wanted: Vec<u32> = receiver.take_wanted_blocks().collect();
+    assert_eq!(wanted, [shape.serial_of(2, 0), shape.serial_of(1, 11)]);
+    assert_eq!(receiver.take_wanted_blocks().count(), 0, "taken once");
+    // The level-1 block arrives (pending itself): the next datagram names only the top one.
+    receiver.handle_datagram(&datagrams[shape.serial_of(1, 11) as usize]);
+    receiver.handle_datagram(&datagrams[data(501)]);
+    let wanted: Vec<u32> = receiver.take_wanted_blocks().collect();
+    assert_eq!(wanted, [shape.serial_of(2, 0)]);
+    // With the top-level block, everything pending verifies and nothing more is wanted.
+    receiver.handle_datagram(&datagrams[shape.serial_of(2, 0) as usize]);
+    assert_eq!(receiver.pending_count(), 0);
+    assert!(receiver.have().get(data(500) as u32) && receiver.have().get(data(501) as u32));
+    assert!(matches!(
+        receiver.handle_datagram(&datagrams[data(502)]),
+        Outcome::Store { verified: true, .. }
+    ));
+    assert_eq!(receiver.take_wanted_blocks().count(), 0);
+    // A datagram under a block not yet held (block 40's data) names only that block.
+    receiver.handle_datagram(&datagrams[data(40 * 44 + 3)]);
+    let wanted: Vec<u32> = receiver.take_wanted_blocks().collect();
+    assert_eq!(wanted, [shape.serial_of(1, 40)]);
+}
+
+#[test]
+fn wanted_blocks_stay_bounded_when_nobody_takes_them() {
+    let (info, datagrams) = sample(3_000 * 1_400, DATAGRAM_SIZE_MTU_1500);
+    let shape = info.shape().unwrap();
+    let mut receiver = Receiver::new(info);
+    for index in 0..shape.data_count() {
+        receiver.handle_datagram(&datagrams[shape.serial_of(0, index) as usize]);
+    }
+    let wanted: Vec<u32> = receiver.take_wanted_blocks().collect();
+    assert_eq!(wanted.len(), WANTED_BLOCKS_MAX);
+}
