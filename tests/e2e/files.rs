@@ -324,6 +324,71 @@ pub fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
     assert_eq!(left, ["film.out", "victim"], "no plaintext left: {stdout}");
 }
 
+/// `extract -o -` (or /dev/stdout) streams the original to stdout, and an existing FIFO or
+/// device is written in place: a new user's `-o /dev/stdout` was refused as "already exists",
+/// and `-o -` made a file named "-". A stream is checked at the end: a tampered archive exits
+/// with the verification code.
+pub fn extract_streams_to_stdout_and_devices() {
+    let scratch = Scratch::new("files-extract-stream");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 3 << 20, 13);
+    pack_into(&input, &media, &[]);
+    let archive = media.join("film.bin.lca");
+    let keys = media.join("keys.db");
+    let extract = |archive: &Path, output: &str| {
+        Command::new(bin("loopcast"))
+            .current_dir(scratch.path("."))
+            .arg("extract")
+            .arg(archive)
+            .arg("--output")
+            .arg(output)
+            .arg("--keys")
+            .arg(&keys)
+            .output()
+            .unwrap()
+    };
+    for output in ["-", "/dev/stdout"] {
+        let streamed = extract(&archive, output);
+        assert!(
+            streamed.status.success(),
+            "{output}: {}",
+            stderr_of(&streamed)
+        );
+        assert!(
+            streamed.stdout == original,
+            "{output}: the original on stdout"
+        );
+        assert!(
+            stderr_of(&streamed).contains("hash verified"),
+            "{output}: the summary on stderr: {}",
+            stderr_of(&streamed)
+        );
+    }
+    assert!(!scratch.path("-").exists(), "no file named \"-\"");
+    let null = extract(&archive, "/dev/null");
+    assert!(null.status.success(), "{}", stderr_of(&null));
+    // A tampered archive: exit 6 (what was written before the failure is not the original).
+    let tampered = scratch.path("tampered.lca");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let len = bytes.len();
+    for at in (len / 2..len).step_by(1000) {
+        bytes[at] ^= 1;
+    }
+    std::fs::write(&tampered, &bytes).unwrap();
+    let bad = extract(&tampered, "-");
+    assert_eq!(
+        bad.status.code(),
+        Some(EXIT_VERIFICATION),
+        "{}",
+        stderr_of(&bad)
+    );
+    assert!(
+        bad.stdout.len() < original.len(),
+        "stopped at the bad frame"
+    );
+}
+
 /// Defect 12: a disk too small for the archive is reported as "disk full" (exit 5) before
 /// receiving, and leaves no growing `.part` behind. Needs root (a 1 MiB tmpfs in a private
 /// mount namespace).

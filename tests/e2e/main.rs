@@ -145,6 +145,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(files::symlinks_beside_the_output_are_never_followed),
         e2e!(files::existing_output_needs_force_and_a_directory_is_refused_up_front),
         e2e!(files::extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext),
+        e2e!(files::extract_streams_to_stdout_and_devices),
         e2e!(
             files::full_disk_is_reported_before_receiving_and_leaves_nothing,
             Need::Root("to mount a small tmpfs in a private mount namespace")

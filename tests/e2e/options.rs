@@ -62,6 +62,12 @@ pub fn meaningless_rate_options_are_refused_at_once() {
             &["--rate", "1G", "--fixed-rate", "--initial-rate", "10M"],
             "--initial-rate",
         ),
+        // A negative rate is a bad value, not an unknown option.
+        (&["--rate", "-5"], "bad rate \"-5\": must be positive"),
+        (
+            &["--initial-rate", "-1G"],
+            "bad rate \"-1G\": must be positive",
+        ),
     ];
     for (extra, expected) in cases {
         let (code, text) = refused(&scratch, extra);
@@ -73,6 +79,11 @@ pub fn meaningless_rate_options_are_refused_at_once() {
             "{extra:?}: want {expected:?} in {first:?}"
         );
         assert!(!text.contains("panicked"), "{text}");
+        // The usage line is serve's, not the top-level one.
+        assert!(
+            !text.contains("Usage: loopcastd <COMMAND>"),
+            "{extra:?}: {text}"
+        );
     }
 }
 
@@ -116,6 +127,22 @@ pub fn the_start_line_states_the_cap_in_force() {
         let fixed = extra.contains(&"--fixed-rate");
         assert_eq!(start.contains("policy="), !fixed, "{extra:?}: {start:?}");
     }
+    // The media database is empty: the daemon says so, and how to fill it.
+    // (Read after it is stopped: a daemon that never warned would never end the lines.)
+    let mut child = loopcastd_on_loopback_with(&scratch, &media, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let _ = child.kill();
+    let _ = child.wait();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let warning = stderr
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.contains("WARN"))
+        .expect("a warning for an empty media database");
+    assert!(
+        warning.contains("no archives") && warning.contains("loopcast pack"),
+        "{warning}"
+    );
 }
 
 /// `loopcastd serve` of `media` on loopback (no multicast), admin socket in `scratch`, with

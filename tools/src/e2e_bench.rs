@@ -6,7 +6,7 @@
 //!
 //! With `--link-rates 5M,50M,500M,0` each receiver is behind a `tc tbf` link of that rate
 //! (0: unlimited; [`BridgeTopology::set_link_rate`]), and each receiver's time is set against
-//! issue 10's targets: within 1.3 x (file size / its link rate), and for an unlimited receiver
+//! the targets (issue 10): within 1.3 x (file size / its link rate), and for an unlimited receiver
 //! among limited ones, within 1.3 x its time alone (run first, on the same bed). Without
 //! `--rate`, loopcastd is started without one: its automatic rates are what is measured.
 
@@ -257,7 +257,7 @@ fn result(
 }
 
 /// Adds the tiers the server opened in a run (its `channels_opened` counter) to `result`, and
-/// issue 10's target: bytes sent <= 1.2 x tiers x file size. The tiers' positions the
+/// the target (issue 10): bytes sent <= 1.2 x tiers x file size. The tiers' positions the
 /// receivers reported (`get --json` "tier", counted among the tiers open when each last heard)
 /// do not count them: in one run the 5 Mbit/s and the unlimited receiver both reported tier 0
 /// of three tiers opened.
@@ -312,6 +312,7 @@ fn receiver_entry(
         "seconds": seconds,
         "verified": verified,
         "tier": serde_json::Value::Null,
+        "tiers": serde_json::Value::Null,
         "goodput_bits_per_s": goodput,
         "goodput_over_link_rate": goodput.filter(|_| limited).map(|g| g / link_rate_bits_per_s as f64),
         "target_seconds": target_seconds,
@@ -631,6 +632,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String>
             serde_json::json!({
                 // The server's tier for this client, once `get --json` reports it (issue 10).
                 "tier": report.get("tier").cloned().unwrap_or(serde_json::Value::Null),
+                "tiers": report.get("tiers").cloned().unwrap_or(serde_json::Value::Null),
                 "transport": report["transport"],
                 "client_seconds": report["seconds"],
                 "final_check_seconds": report["final_check_seconds"],

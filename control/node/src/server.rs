@@ -379,6 +379,14 @@ fn serve(
         },
         "loopcastd serving"
     );
+    if archives == 0 {
+        tracing::warn!(
+            media = %config.media_dir.display(),
+            "no archives (*.lca) in the media database yet: every request is refused until one \
+             is packed there (`loopcast pack FILE --media DIR`; new archives are found without \
+             a restart)"
+        );
+    }
     let clock = MonotonicClock::new();
     let mut endpoint_config = EndpointConfig::new(local);
     endpoint_config.multicast = config.multicast.as_ref().map(|m| MulticastGroups {

@@ -296,7 +296,15 @@ impl ArchiveFile {
         files::check_output(output, overwrite)?;
         let tmp = TempFile::create_beside(output)
             .map_err(|e| io_error("create a temporary beside", output, e))?;
-        let bytes = self.extract_into(key, tmp.file(), tmp.path(), progress)?;
+        let (file, path) = (tmp.file(), tmp.path());
+        let bytes = self.extract_into(
+            key,
+            &mut |plain, at| {
+                file.write_all_at(plain, at)
+                    .map_err(|e| io_error("write", path, e))
+            },
+            progress,
+        )?;
         tmp.commit(output, overwrite).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 ArchiveError::Output(OutputError::Exists(output.to_owned()))
@@ -311,11 +319,43 @@ impl ArchiveFile {
         })
     }
 
+    /// As [`ArchiveFile::extract`], into a stream written in order (stdout, a pipe, a device):
+    /// each frame's bytes go out as soon as it is decoded (and, encrypted, authenticated), so
+    /// the whole original's size and hash can be checked only at the end. An error then means
+    /// what was written is not the original; to never see unverified bytes, extract to a file.
+    pub fn extract_to_stream(
+        &self,
+        key: Option<&MasterKey>,
+        out: &mut dyn std::io::Write,
+        progress: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<ExtractSummary, ArchiveError> {
+        let started = Instant::now();
+        if self.info.encrypted && key.is_none() {
+            return Err(ArchiveError::KeyRequired(self.info.file_id.to_string()));
+        }
+        let stream = Path::new("the output stream");
+        let bytes = self.extract_into(
+            key,
+            &mut |plain, _| {
+                out.write_all(plain)
+                    .map_err(|e| io_error("write", stream, e))
+            },
+            progress,
+        )?;
+        out.flush().map_err(|e| io_error("flush", stream, e))?;
+        Ok(ExtractSummary {
+            bytes,
+            frames: self.info.frame_count,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// Decodes every frame in order, hands each one's bytes to `emit` with their offset in the
+    /// original, and checks the original's size and hash at the end.
     fn extract_into(
         &self,
         key: Option<&MasterKey>,
-        out: &File,
-        out_path: &Path,
+        emit: &mut EmitPlain<'_>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<u64, ArchiveError> {
         let wave_len = rayon::current_num_threads() * 4;
@@ -330,8 +370,7 @@ impl ArchiveFile {
             for plain in decoded {
                 let plain = plain?;
                 hasher.update(&plain);
-                out.write_all_at(&plain, written)
-                    .map_err(|e| io_error("write", out_path, e))?;
+                emit(&plain, written)?;
                 written += plain.len() as u64;
             }
             progress(written, self.info.original_size);
@@ -364,6 +403,9 @@ impl ArchiveFile {
         decode_frame(&self.path, key, header, stored)
     }
 }
+
+/// Where extraction puts each decoded frame: its bytes and their offset in the original.
+type EmitPlain<'a> = dyn FnMut(&[u8], u64) -> Result<(), ArchiveError> + 'a;
 
 /// Checks a frame header against the file info (docs/archive.md, "Checks on extraction"):
 /// its index, file id, encryption and watermark flags and digest, and raw length. `path`

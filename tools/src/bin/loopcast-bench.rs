@@ -83,12 +83,13 @@ enum Scenario {
     /// udpcast over the same topology. Needs root.
     ///
     /// Per receiver (`receivers` in --json; a line each without it): `seconds` from the common
-    /// start to its verified copy; `target_seconds`, issue 10's target: 1.3 x (file size / its
+    /// start to its verified copy; `target_seconds`, the target: 1.3 x (file size / its
     /// link rate), and for an unlimited receiver among limited ones 1.3 x its time alone
     /// (`seconds_alone`, measured first on the same bed); `within_target` (false without a
     /// verified copy); `goodput_bits_per_s` (file bits / seconds) and `goodput_over_link_rate`;
-    /// `tier`, the speed tier it last heard, its place by rate among the file's tiers open then
-    /// (0 the slowest; a position, not an id: receivers on different tiers can both report 0); `duplicates`,
+    /// `tier`, the speed tier it last heard, its place by rate among the `tiers` open then
+    /// (0 the slowest; a position, not an id: receivers on different tiers can both report 0;
+    /// the text output counts from 1, as `loopcast get` and `loopcastctl` do); `duplicates`,
     /// datagrams it received again; `naks_sent` and `serials_naked`, its NAKs and the serials
     /// they asked for; `serials_left_to_loop`, serials it did not ask for because it was
     /// overloaded (over a quarter of what went by missing: its tier faster than its link), left
@@ -427,9 +428,25 @@ fn print_e2e(report: &serde_json::Value) {
             println!("  {tool:<14} {}", error.as_str().unwrap_or("?"));
             continue;
         }
+        // The target for bytes sent, where the server's tier count is known (loopcast).
+        let sent_target = match (
+            r["tiers_opened"].as_u64(),
+            r["sent_within_target"].as_bool(),
+        ) {
+            (Some(tiers), Some(met)) => format!(
+                " (target <= 1.2 x {tiers} tier{}: {})",
+                if tiers == 1 { "" } else { "s" },
+                if met { "met" } else { "missed" }
+            ),
+            _ => String::new(),
+        };
         println!(
-            "  {tool:<14} {:>7.2} s {:>6.2} Gbit/s  sender {:.2} CPU s/GB  receiver {:.2} CPU s/GB  server sent {:.2} x the file  verified {}  ({})",
-            r["seconds"].as_f64().unwrap_or(0.0), r["gbps"].as_f64().unwrap_or(0.0),
+            "  {tool:<14} {:>7.2} s {:>13}  sender {:.2} CPU s/GB  receiver {:.2} CPU s/GB  server sent {:.2} x the file{sent_target}  verified {}  ({})",
+            r["seconds"].as_f64().unwrap_or(0.0),
+            match r["gbps"].as_f64() {
+                Some(gbps) if gbps > 0.0 => loopcast_tools::format_rate((gbps * 1e9) as u64),
+                _ => "-".to_owned(),
+            },
             r["sender_cpu_s_per_gb"].as_f64().unwrap_or(0.0), r["receiver_cpu_s_per_gb"].as_f64().unwrap_or(0.0),
             r["server_sent_over_file_bytes"].as_f64().unwrap_or(0.0), r["verified"], r["note"].as_str().unwrap_or(""));
         for receiver in r["receivers"].as_array().into_iter().flatten() {
@@ -438,7 +455,12 @@ fn print_e2e(report: &serde_json::Value) {
                 "    r{} link {:>13}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
                 receiver["host"],
                 if link == 0 { "unlimited".to_owned() } else { loopcast_tools::format_rate(link) },
-                receiver["tier"].to_string(),
+                // Counted from 1 here, as `loopcast get` and `loopcastctl` count.
+                match (receiver["tier"].as_u64(), receiver["tiers"].as_u64()) {
+                    (Some(tier), Some(tiers)) => format!("{}/{tiers}", tier + 1),
+                    (Some(tier), None) => (tier + 1).to_string(),
+                    _ => "-".to_owned(),
+                },
                 seconds(&receiver["seconds"]),
                 receiver["goodput_bits_per_s"].as_f64().unwrap_or(0.0) / 1e6,
                 receiver["goodput_over_link_rate"].as_f64().map_or(String::new(), |g| format!(" ({g:.2} of link)")),

@@ -327,7 +327,10 @@ struct GetArgs {
 #[derive(clap::Args)]
 struct ExtractArgs {
     archive: PathBuf,
-    /// Where to write the original.
+    /// Where to write the original: a file (written beside it, verified, then renamed into
+    /// place), or "-" (or /dev/stdout, a pipe, a device) to stream it. A stream gets each
+    /// frame's bytes as soon as they are decoded (encrypted frames authenticated first); the
+    /// whole file's size and hash are checked at the end, and a mismatch exits 1.
     #[arg(short, long)]
     output: PathBuf,
     /// Key database holding the archive's key (not needed for unencrypted archives).
@@ -336,6 +339,27 @@ struct ExtractArgs {
     /// Replace an existing output instead of refusing.
     #[arg(long)]
     force: bool,
+}
+
+/// Where `extract` writes: a file, or a stream.
+enum ExtractOutput {
+    File,
+    Stdout,
+    /// An existing FIFO or character device (not reached through a symlink), written in order.
+    Device,
+}
+
+impl ExtractOutput {
+    fn of(path: &Path) -> ExtractOutput {
+        use std::os::unix::fs::FileTypeExt;
+        if path == Path::new("-") || path == Path::new("/dev/stdout") {
+            return ExtractOutput::Stdout;
+        }
+        match std::fs::symlink_metadata(path).map(|m| m.file_type()) {
+            Ok(kind) if kind.is_fifo() || kind.is_char_device() => ExtractOutput::Device,
+            _ => ExtractOutput::File,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -914,14 +938,35 @@ fn extract_to(
         None
     };
     let progress = ByteProgress::new(archive.info().original_size, "extracting", false);
-    REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
-    let summary = archive.extract(
-        key.as_ref(),
-        output,
-        Overwrite::from_force(force),
-        &|done, total| progress.update(done, total),
-    );
-    REMOVE_TEMPORARIES_ON_INTERRUPT.store(false, Ordering::SeqCst);
+    let report = |done, total| progress.update(done, total);
+    let summary = match ExtractOutput::of(output) {
+        ExtractOutput::File => {
+            REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
+            let summary =
+                archive.extract(key.as_ref(), output, Overwrite::from_force(force), &report);
+            REMOVE_TEMPORARIES_ON_INTERRUPT.store(false, Ordering::SeqCst);
+            summary
+        }
+        ExtractOutput::Stdout => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                return Err(
+                    "stdout is a terminal: pipe the original into a file or a player, \
+                     or name a file with -o"
+                        .to_owned()
+                        .into(),
+                );
+            }
+            let mut stdout = std::io::stdout().lock();
+            archive.extract_to_stream(key.as_ref(), &mut stdout, &report)
+        }
+        ExtractOutput::Device => {
+            let mut device = std::fs::OpenOptions::new()
+                .write(true)
+                .open(output)
+                .map_err(|e| format!("cannot open {}: {e}", output.display()))?;
+            archive.extract_to_stream(key.as_ref(), &mut device, &report)
+        }
+    };
     let summary = summary?;
     progress.finish();
     Ok(summary.bytes)
@@ -935,11 +980,16 @@ fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
         args.keys.as_deref(),
         args.force,
     )?;
-    println!(
+    // On stderr when stdout carries the original.
+    let line = format!(
         "extracted {} -> {} ({bytes} bytes, hash verified) in {:.2} s",
         args.archive.display(),
         args.output.display(),
         started.elapsed().as_secs_f64()
     );
+    match ExtractOutput::of(&args.output) {
+        ExtractOutput::Stdout => eprintln!("{line}"),
+        ExtractOutput::File | ExtractOutput::Device => println!("{line}"),
+    }
     Ok(())
 }

@@ -116,7 +116,7 @@ struct ServeArgs {
     /// fastest rate its clients take without sustained loss (up to 40G), and backs off when
     /// they lose; with it, the same up to this cap. With --fixed-rate, exactly this rate, or no
     /// pacing at all with "unpaced".
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
     rate: Option<u64>,
     /// Send every file on one channel at exactly --rate: no tiers, no automatic rates.
     #[arg(long, requires = "rate")]
@@ -135,7 +135,12 @@ struct ServeArgs {
     /// and drops to what reaches them when they lose), and so does the tier of its own that a
     /// client joining while every tier of the file runs slower gets; at least 1M, at most
     /// --rate. Default: 1G, or --rate if that is lower.
-    #[arg(long, value_parser = parse_initial_rate, conflicts_with = "fixed_rate")]
+    #[arg(
+        long,
+        value_parser = parse_initial_rate,
+        conflicts_with = "fixed_rate",
+        allow_hyphen_values = true
+    )]
     initial_rate: Option<u64>,
     /// Never use multicast: every client gets a unicast copy.
     #[arg(long)]
@@ -620,7 +625,12 @@ fn main() -> ExitCode {
     };
     // Rate options that contradict each other are usage errors, before anything starts.
     if let Err(error) = checked_initial_rate(&args) {
-        Cli::command()
+        // With `serve`'s usage line, not the top-level one.
+        let mut command = Cli::command();
+        command.build();
+        command
+            .find_subcommand_mut("serve")
+            .expect("serve is a subcommand")
             .error(clap::error::ErrorKind::ArgumentConflict, error)
             .exit();
     }
