@@ -171,8 +171,9 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     keys.put(&packed.info.file_id.to_string(), "sample.bin", key)
         .map_err(|e| e.to_string())?;
     say(format!(
-        "packed {} MiB in {:.2} s ({} frames zstd, {} raw; {} datagrams per loop)",
+        "packed {} MiB into a {:.1} MiB archive in {:.2} s ({} frames zstd, {} raw; {} datagrams per loop)",
         args.size >> 20,
+        packed.archive_bytes as f64 / f64::from(1u32 << 20),
         packed.elapsed.as_secs_f64(),
         packed.frames_compressed,
         packed.frames_raw,
@@ -317,8 +318,8 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
             println!("network: {} — {}", network.mode, network.reason);
         }
         println!(
-            "{:<7} {:<10} {:<22} {:>12} {:>8} {:>8}  verified",
-            "client", "transport", "join point", "bytes", "seconds", "MB/s"
+            "{:<7} {:<10} {:<22} {:>13} {:>8} {:>8}  verified",
+            "client", "transport", "join point", "archive bytes", "seconds", "MB/s"
         );
         for r in &results {
             let join = match r.join_serial {
@@ -329,7 +330,7 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
                 None => "-".into(),
             };
             println!(
-                "{:<7} {:<10} {:<22} {:>12} {:>8.2} {:>8.1}  {}",
+                "{:<7} {:<10} {:<22} {:>13} {:>8.2} {:>8.1}  {}",
                 r.client,
                 r.transport,
                 join,

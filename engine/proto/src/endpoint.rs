@@ -526,9 +526,11 @@ pub struct SessionView {
     pub validated: bool,
     pub held: u32,
     pub channel: ChannelId,
-    /// Its tier (0 = slowest) of how many, and that tier's rate.
+    /// Its tier (0 = slowest) of how many, and that tier's rate; `own_channel`: a unicast
+    /// client's channel of its own (whose rate follows it alone).
     pub tier: u8,
     pub tiers: u8,
+    pub own_channel: bool,
     pub rate_bits_per_s: u64,
     /// From its reports (R12): goodput (mean and standard deviation, bits/s), loss
     /// (fraction), the round trip it measured, and how many reports.
@@ -552,6 +554,8 @@ pub struct ChannelView {
     pub data_open: bool,
     pub tier: u8,
     pub tiers: u8,
+    /// A unicast client's channel of its own, not one of the file's shared tiers.
+    pub own_channel: bool,
     pub rate_bits_per_s: u64,
 }
 
@@ -623,6 +627,7 @@ impl Endpoint {
                 channel: s.channel,
                 tier,
                 tiers,
+                own_channel: self.channels[&s.channel].solo,
                 rate_bits_per_s: self.channels[&s.channel].tier.rate(),
                 goodput_bits_per_s: s.estimate.goodput().mean(),
                 goodput_stddev: s.estimate.goodput().stddev(),
@@ -644,19 +649,27 @@ impl Endpoint {
             .collect()
     }
 
-    /// The tier's place among its file's tiers by rate (0 = slowest), and how many there are.
+    /// The tier's place among its file's shared tiers by rate (0 = slowest), and how many there
+    /// are; a unicast client's own channel is a tier of its own, the only one (0 of 1): counted
+    /// among the shared ones, two unicast clients read as "tier 1/2" and "2/2".
     fn tier_index(&self, channel: ChannelId) -> (u8, u8) {
         let state = &self.channels[&channel];
-        let tiers = &self.tiers_by_name[&state.info.name];
+        if state.solo {
+            return (0, 1);
+        }
+        let shared = || {
+            self.tiers_by_name[&state.info.name]
+                .iter()
+                .filter(|c| !self.channels[c].solo)
+        };
         let rate = state.tier.rate();
-        let below = tiers
-            .iter()
+        let below = shared()
             .filter(|&&c| {
                 let other = self.channels[&c].tier.rate();
                 other < rate || (other == rate && c < channel)
             })
             .count();
-        let count = u8::try_from(tiers.len()).unwrap_or(u8::MAX);
+        let count = u8::try_from(shared().count()).unwrap_or(u8::MAX).max(1);
         (u8::try_from(below).unwrap_or(u8::MAX).min(count - 1), count)
     }
 
@@ -685,6 +698,7 @@ impl Endpoint {
                 data_open: c.data_open,
                 tier,
                 tiers,
+                own_channel: c.solo,
                 rate_bits_per_s: c.tier.rate(),
             }
         })

@@ -313,6 +313,10 @@ fn rate_of(v: &serde_json::Value) -> String {
 }
 
 fn tier_of(v: &serde_json::Value) -> String {
+    if v["own_channel"].as_bool() == Some(true) {
+        // A unicast client's channel of its own (its rate follows it alone).
+        return "own".to_owned();
+    }
     match (v["tier"].as_u64(), v["tiers"].as_u64()) {
         (Some(tier), Some(tiers)) => format!("{}/{}", tier + 1, tiers),
         _ => "-".to_owned(),

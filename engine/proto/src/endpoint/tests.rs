@@ -1191,6 +1191,12 @@ fn each_unicast_client_gets_a_channel_whose_rate_follows_it_alone() {
         2,
         "the shared one closed: nobody on it"
     );
+    // Each is the only tier of its own channel (counted among each other, a new user saw
+    // "TIER 1/2" and "2/2" for two unicast clients).
+    for view in endpoint.sessions() {
+        assert_eq!((view.tier, view.tiers, view.own_channel), (0, 1, true));
+    }
+    assert!(endpoint.channels().all(|c| c.own_channel && c.tiers == 1));
     // One of them loses half of what it is sent: only its channel slows down.
     let mut lowered = Vec::new();
     for step in 1..=10u64 {
