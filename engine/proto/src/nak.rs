@@ -126,6 +126,15 @@ const STRAYS_PER_NEAR: u32 = 8;
 const STRAY_DISTANCE_TIME: Duration = Duration::from_millis(250);
 /// ... and than this many progress windows.
 const STRAY_DISTANCE_WINDOWS: u32 = 8;
+/// Far arrivals heard as other receivers' repairs, counted before their pace is judged against
+/// the frontier's (see [`NakPlanner::frontier_keeps_pace`]), ...
+const HEARD_PACE_MIN: u32 = 256;
+/// ... which must have travelled at least this share of their count meanwhile (repairs are at
+/// most the tier's repair share, half: the loop sends one for each, and moves the frontier) ...
+const HEARD_PACE_SHARE: u32 = 4;
+/// ... counted afresh after this many, or after `HEARD_PACE_QUIET` without one.
+const HEARD_PACE_WINDOW: u32 = 4096;
+const HEARD_PACE_QUIET: Duration = Duration::from_secs(1);
 /// Frontier changes remembered for the scan limit, at most (one an instant).
 const FRONTIER_HISTORY_MAX: usize = 256;
 /// A receiver missing more than this share of the recent scan is overloaded: it asks nothing
@@ -176,6 +185,15 @@ struct Lead {
     last_at: Instant,
     /// Arrivals of the chain (`first` and those after it).
     arrived: u32,
+}
+
+/// Far arrivals heard as other receivers' repairs counted (the last at `last`), and the
+/// frontier's travel when counting began (see [`NakPlanner::frontier_keeps_pace`]).
+#[derive(Clone, Copy, Debug)]
+struct HeardPace {
+    last: Instant,
+    travel_at: u64,
+    count: u32,
 }
 
 /// A run of verified loop datagrams far from the frontier (see `NakPlanner::note_stray`).
@@ -388,6 +406,7 @@ pub struct NakPlanner {
     strays: Option<Strays>,
     /// The frontier started again elsewhere (`note_stray`), not yet told to the loss meter.
     restarted: bool,
+    heard_pace: Option<HeardPace>,
     /// The frontier's travel at each instant it changed over the last `lead_quiet` (and the
     /// last before): the scan goes no further than the least of them (see `scan_limit`).
     frontier_history: VecDeque<(Instant, u64)>,
@@ -452,6 +471,7 @@ impl NakPlanner {
             retracted: None,
             strays: None,
             restarted: false,
+            heard_pace: None,
             frontier_history: VecDeque::new(),
         }
     }
@@ -791,6 +811,7 @@ impl NakPlanner {
         self.retracted = None;
         self.strays = None;
         self.restarted = false;
+        self.heard_pace = None;
         self.frontier_history.clear();
     }
 
@@ -1287,6 +1308,17 @@ impl NakPlanner {
             }
             Some(frontier) => {
                 self.no_longer_asked(serial);
+                // Far from the frontier, and no repair of ours, nor one another receiver asked
+                // for while the loop keeps moving the frontier (see below).
+                let stray = arrival == Arrival::Other
+                    && !straggler
+                    && !explicit
+                    && self.is_far(frontier, serial)
+                    && !if self.heard_as_repair(serial, now) {
+                        self.frontier_keeps_pace(now)
+                    } else {
+                        asked_by_us
+                    };
                 // Only the loop's progress moves the frontier: a repair that did would make
                 // everything it jumped over count as lost.
                 match arrival {
@@ -1305,17 +1337,7 @@ impl NakPlanner {
                     // serial asked for and heard lately is judged as heard (with the frontier
                     // still, the loop arriving far from it in a forged range is the loop); one
                     // only this receiver asked for is its own repair, always.
-                    Arrival::Other
-                        if !explicit
-                            && self.is_far(frontier, serial)
-                            && !if self.heard_as_repair(serial, now) {
-                                self.frontier_moving(now)
-                            } else {
-                                asked_by_us
-                            } =>
-                    {
-                        self.note_stray(serial, now)
-                    }
+                    Arrival::Other if stray => self.note_stray(serial, now),
                     Arrival::Other => {}
                 }
                 if arrival != Arrival::Other {
@@ -1495,12 +1517,44 @@ impl NakPlanner {
             .push_back((first, count, now + self.config.repair_timeout + queued));
     }
 
-    /// Whether the frontier moved within `lead_quiet`: the loop is arriving where it is. (A
-    /// host on the group walking a parked frontier a step at a time with replayed datagrams
-    /// keeps it "moving": hx_attack15 N1, open.)
-    fn frontier_moving(&self, now: Instant) -> bool {
-        self.frontier_at
-            .is_some_and(|at| now.saturating_since(at) < self.lead_quiet())
+    /// A far arrival heard as another receiver's repair came at `now`: whether the loop is
+    /// arriving where the frontier is, so that it is that repair. The frontier must have moved
+    /// within `lead_quiet`, and, once `HEARD_PACE_MIN` such arrivals were counted, travelled
+    /// at least a `HEARD_PACE_SHARE`th of their number meanwhile: repairs are at most the
+    /// tier's repair share, and the loop sends (and moves the frontier) at least as much. A
+    /// host on the group that walked a parked frontier one replayed step every 5 ms, while
+    /// forged NakHeard covered the loop arriving elsewhere at 10,000 a second, kept it
+    /// "moving" and hid a 20 % loss (hx_attack15 N1); now it would have to replay a quarter
+    /// of the loop. Judged by what arrives, never by the tier's nominal rate: a sender short of
+    /// its rate on a busy host sent under an eighth of it at times, and a rule by the nominal
+    /// rate dragged three receivers' frontiers to each other's repairs.
+    fn frontier_keeps_pace(&mut self, now: Instant) -> bool {
+        let travel = self.frontier_travel;
+        let pace = match self.heard_pace {
+            Some(pace)
+                if pace.count < HEARD_PACE_WINDOW
+                    && now.saturating_since(pace.last) < HEARD_PACE_QUIET =>
+            {
+                pace
+            }
+            _ => HeardPace {
+                last: now,
+                travel_at: travel,
+                count: 0,
+            },
+        };
+        let pace = self.heard_pace.insert(HeardPace {
+            last: now,
+            count: pace.count + 1,
+            ..pace
+        });
+        let outpaced = pace.count >= HEARD_PACE_MIN
+            && u64::from(pace.count)
+                > u64::from(HEARD_PACE_SHARE) * travel.saturating_sub(pace.travel_at);
+        let moving = self
+            .frontier_at
+            .is_some_and(|at| now.saturating_since(at) < self.lead_quiet());
+        moving && !outpaced
     }
 
     /// Whether `serial` lies near a range another receiver was heard asking for, lately
