@@ -1076,7 +1076,7 @@ impl Download {
         }
         // Ask at once for the hash blocks that what was held unverified waits for (a mid-loop
         // join's ancestors lie behind it in the loop).
-        self.nak.want_blocks(self.receiver.take_wanted_blocks());
+        loopcast_proto::client::want_what_verification_needs(&mut self.receiver, &mut self.nak);
         self.slices = recycle_slices(slices);
         self.segments = segments;
         self.hashes = hashes;

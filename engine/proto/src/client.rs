@@ -28,7 +28,7 @@ use crate::carousel::SessionId;
 use crate::info::FileInfo;
 use crate::nak::NakPlanner;
 use crate::rate::{LossMeter, SLOW_START_STEP_MIN};
-use crate::receiver::Outcome;
+use crate::receiver::{Outcome, Receiver};
 use crate::rng::SeededRng;
 use crate::time::Instant;
 use crate::wire::control::{ControlMessage, EndReason, RejectCode, RequestHints, Token, Transport};
@@ -1118,6 +1118,17 @@ pub fn account_datagram(
             _ => meter.observe_pending(serial),
         }
     }
+}
+
+/// Tells the NAK planner what the receiver's verification needs since the last call: the hash
+/// blocks pending datagrams wait for ([`Receiver::take_wanted_blocks`]), and the serials whose
+/// pending copy failed verification ([`Receiver::take_rejected`]: counted as arrived, they are
+/// not). The client driver calls it after each batch; simulations after each datagram.
+pub fn want_what_verification_needs(receiver: &mut Receiver, nak: &mut NakPlanner) {
+    for serial in receiver.take_rejected() {
+        nak.forget(serial);
+    }
+    nak.want_blocks(receiver.take_wanted_blocks());
 }
 
 /// A datagram of the file read from its header before it is verified: its serial.

@@ -148,7 +148,7 @@ const OVERLOAD_SCAN: u64 = 512;
 /// Gaps found while overloaded are asked for once it keeps up again only if they are at most
 /// this share of the loop (see the module doc).
 const DEFERRED_ASK_SHARE: u32 = 8;
-/// Hash blocks wanted or asked and not yet arrived, at most (a join wants one per tree level).
+/// Block asks in flight (asked, not arrived, not expired) at most; the rest wait their turn.
 const BLOCK_ASKS_MAX: usize = 256;
 /// A block ask not answered within this long is asked again.
 const BLOCK_ASK_EXPIRY: Duration = Duration::from_millis(500);
@@ -348,8 +348,10 @@ pub struct NakPlanner {
     /// Hash blocks wanted (see [`NakPlanner::want_block`]) and not arrived, asked or not
     /// (allocated with the first).
     block_bits: Option<Bitmap>,
-    /// Wanted blocks not yet asked (or due again), and those asked with when.
-    blocks_wanted: VecDeque<u32>,
+    /// Blocks wanted since the last NAK (their suppression delay starts at the next poll),
+    /// wanted and waiting with when to ask (or due again), and asked with when.
+    blocks_new: Vec<u32>,
+    blocks_wanted: VecDeque<(u32, Instant)>,
     blocks_asked: VecDeque<(u32, Instant)>,
     block_serials: u64,
     /// The backward walk from the join point: the next serial to look at, and whether it is on.
@@ -438,6 +440,7 @@ impl NakPlanner {
             heard_lately: None,
             join: None,
             block_bits: None,
+            blocks_new: Vec::new(),
             blocks_wanted: VecDeque::new(),
             blocks_asked: VecDeque::new(),
             block_serials: 0,
@@ -512,31 +515,52 @@ impl NakPlanner {
     }
 
     /// A hash block that datagrams held unverified wait for
-    /// ([`crate::receiver::Receiver::take_wanted_blocks`]): asked first in the next NAK (even
-    /// before the frontier is set), and again every `BLOCK_ASK_EXPIRY` until it arrives. Not
-    /// if it is held or already wanted, nor where this pass of the loop has gone since the
-    /// join (the scan finds a block lost there and asks for it itself). A block lies before
-    /// what it covers in the loop, so otherwise only the loop's next pass, or the end of the
-    /// backlog's walk, brings it. At most `BLOCK_ASKS_MAX` at a time: more come with the loop.
+    /// ([`crate::receiver::Receiver::take_wanted_blocks`]): asked first in a NAK (even before
+    /// the frontier is set), on multicast after the suppression delay and not if another
+    /// receiver was heard asking for it, and again every `BLOCK_ASK_EXPIRY` until it arrives.
+    /// A block lies before what it covers in the loop, so otherwise only the loop's next pass,
+    /// or the end of the backlog's walk, brings it. Not if it is held or already wanted; nor
+    /// where this pass of the loop has gone since the join (the scan finds a block lost there
+    /// and asks for it itself); nor, without a backlog, ahead of the frontier, where the loop
+    /// brings it before what it covers (what waits for it there came from a host on the
+    /// group: on multicast, forged datagrams under blocks ahead of the loop made every
+    /// receiver ask for them). At most `BLOCK_ASKS_MAX` are in flight; the others wait their
+    /// turn (each serial once: the queue is bounded by the loop).
     pub fn want_block(&mut self, serial: u32) {
+        self.want(serial, false);
+    }
+
+    /// `serial`, counted as held, turned out not to be: its copy was held pending and failed
+    /// verification when its parent arrived (a forgery). Without this it stayed "seen", and
+    /// neither the scan, the backlog nor a block ask asked for it again (a host on path that
+    /// planted forged level-1 blocks behind a unicast joiner delayed it by 0.4 of a loop).
+    /// It is asked again ahead of the loop, as a wanted block is.
+    pub fn forget(&mut self, serial: u32) {
+        if serial >= self.loop_len() {
+            return;
+        }
+        self.seen.clear(serial);
+        self.want(serial, true);
+    }
+
+    fn want(&mut self, serial: u32, scanned_too: bool) {
         let loop_len = self.loop_len();
         if serial >= loop_len || self.seen.get(serial) || self.asked_by_us.get(serial) {
             return;
         }
-        if let (Some(join), Some(_)) = (self.join, self.frontier) {
+        if let Some(join) = self.join {
             let scanned = self.frontier_travel >= u64::from(loop_len)
                 || u64::from(self.ahead(join, serial)) <= self.frontier_travel;
-            if scanned {
+            if (scanned && !scanned_too) || self.loop_brings_first(serial) {
                 return;
             }
         }
         let bits = self.block_bits.get_or_insert_with(|| Bitmap::new(loop_len));
-        if bits.get(serial) || self.blocks_wanted.len() + self.blocks_asked.len() >= BLOCK_ASKS_MAX
-        {
+        if bits.get(serial) {
             return;
         }
         bits.set(serial);
-        self.blocks_wanted.push_back(serial);
+        self.blocks_new.push(serial);
     }
 
     /// [`NakPlanner::want_block`] for each of `serials`, e.g.
@@ -545,6 +569,16 @@ impl NakPlanner {
         for serial in serials {
             self.want_block(serial);
         }
+    }
+
+    /// Whether `serial` lies ahead of the frontier, where the loop brings a block before what
+    /// it covers, and no backlog asks for what lies there: what waits for it came from a host
+    /// on the group (a forged datagram), not from the loop or a repair.
+    fn loop_brings_first(&self, serial: u32) -> bool {
+        self.frontier.is_some_and(|frontier| {
+            let ahead = self.ahead(frontier, serial);
+            self.config.backlog_window == 0 && ahead > 0 && ahead < self.loop_len().div_ceil(2)
+        })
     }
 
     /// Whether `serial` is a wanted block (asked or about to be).
@@ -559,32 +593,66 @@ impl NakPlanner {
         self.block_serials
     }
 
-    /// Appends the wanted blocks (and those whose ask expired unanswered) as ranges, in serial
-    /// order, at most a quarter of a NAK's ranges.
+    /// Appends the wanted blocks that are due (and those whose ask expired unanswered) as
+    /// ranges, in serial order, at most a quarter of a NAK's ranges and `BLOCK_ASKS_MAX` in
+    /// flight.
     fn append_blocks(&mut self, ranges: &mut Vec<(u32, u32)>, now: Instant) {
-        while let Some(&(serial, at)) = self.blocks_asked.front() {
-            if now.saturating_since(at) < BLOCK_ASK_EXPIRY {
-                break;
+        // Answered asks free their place; unanswered ones past the expiry are due again.
+        let (seen, mut again) = (&self.seen, Vec::new());
+        self.blocks_asked.retain(|&(serial, at)| {
+            let expired = now.saturating_since(at) >= BLOCK_ASK_EXPIRY;
+            if expired && !seen.get(serial) {
+                again.push(serial);
             }
-            self.blocks_asked.pop_front();
-            if !self.seen.get(serial) {
-                self.blocks_wanted.push_back(serial);
-            }
+            !expired && !seen.get(serial)
+        });
+        for serial in again.into_iter().rev() {
+            self.blocks_wanted.push_front((serial, now));
+        }
+        // New wants wait for their suppression delay (multicast), as a gap the scan finds.
+        for serial in std::mem::take(&mut self.blocks_new) {
+            let ask_at = match self.config.suppression_delay {
+                Some(delay) => {
+                    let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1);
+                    now + Duration::from_nanos(self.next_random() % delay_ns)
+                }
+                None => now,
+            };
+            self.blocks_wanted.push_back((serial, ask_at));
         }
         let mut serials: Vec<u32> = Vec::new();
-        while serials.len() < NAK_RANGES_MAX / 4 {
-            let Some(serial) = self.blocks_wanted.pop_front() else {
+        while serials.len() < NAK_RANGES_MAX / 4 && self.blocks_asked.len() < BLOCK_ASKS_MAX {
+            let Some(&(serial, ask_at)) = self.blocks_wanted.front() else {
                 break;
             };
+            if ask_at > now {
+                break;
+            }
+            self.blocks_wanted.pop_front();
             // Arrived meanwhile: out of `block_bits` already (`no_longer_asked`).
-            if !self.seen.get(serial) {
+            if self.seen.get(serial) {
+                continue;
+            }
+            // Wanted before the frontier was set, and ahead of it now (a burst of forged
+            // datagrams before the join crowded out the join point's own blocks).
+            if self.loop_brings_first(serial) {
+                if let Some(bits) = self.block_bits.as_mut() {
+                    bits.clear(serial);
+                }
+                continue;
+            }
+            if self.heard_recently(serial, now) {
+                // Another receiver asked for it: its repair reaches us too. Asked again after
+                // the expiry if it does not.
+                self.serials_suppressed += 1;
+            } else {
                 serials.push(serial);
             }
+            self.blocks_asked.push_back((serial, now));
         }
         serials.sort_unstable();
         serials.dedup();
         for &serial in &serials {
-            self.blocks_asked.push_back((serial, now));
             match ranges.last_mut() {
                 Some((first, count)) if *first + *count == serial => *count += 1,
                 _ => ranges.push((serial, 1)),
@@ -793,6 +861,7 @@ impl NakPlanner {
         self.heard_lately = None;
         self.join = None;
         self.block_bits = None;
+        self.blocks_new.clear();
         self.blocks_wanted.clear();
         self.blocks_asked.clear();
         self.backlog_next = None;
@@ -1621,7 +1690,8 @@ impl NakPlanner {
         // Wanted blocks are due at once, asked ones at their expiry, with or without a
         // frontier.
         let blocks = [
-            (!self.blocks_wanted.is_empty()).then_some(Instant::ZERO),
+            (!self.blocks_new.is_empty()).then_some(Instant::ZERO),
+            self.blocks_wanted.front().map(|&(_, at)| at),
             self.blocks_asked
                 .front()
                 .map(|&(_, at)| at + BLOCK_ASK_EXPIRY),
@@ -2406,6 +2476,48 @@ mod tests {
         );
     }
 
+    /// Heard far arrivals are repairs while the frontier travels at least a quarter of their
+    /// number: at the repair share's most (one repair per loop datagram) they never drag it;
+    /// eight for each step of the frontier (a host walking a parked frontier while forged
+    /// NakHeard covers the loop arriving elsewhere) are the loop, and it restarts there.
+    #[test]
+    fn heard_arrivals_outpacing_the_frontier_fourfold_are_the_loop() {
+        let run = |heard_per_step: u32| -> u32 {
+            let mut nak = NakPlanner::new(
+                NakConfig {
+                    suppression_delay: Some(Duration::from_millis(10)),
+                    ..NakConfig::default()
+                },
+                &Bitmap::new(1_000_000),
+            );
+            nak.set_loop_rate(Some(100_000.0));
+            let mut t = Instant::ZERO;
+            for serial in 0..300_000u32 {
+                t = t + Duration::from_micros(10);
+                nak.saw(serial, t);
+            }
+            let mut restarts = 0;
+            let mut heard = 50_000u32;
+            for step in 0..2_048u32 {
+                if step % 64 == 0 {
+                    nak.heard(t, &[(heard, HEARD_RANGE_MAX)]);
+                }
+                t = t + Duration::from_micros(10);
+                nak.saw(300_000 + step, t);
+                for _ in 0..heard_per_step {
+                    t = t + Duration::from_micros(10);
+                    nak.saw(heard, t);
+                    heard += 1;
+                    restarts += u32::from(nak.take_restarted());
+                }
+            }
+            restarts
+        };
+        assert_eq!(run(1), 0, "repairs at the repair share stay repairs");
+        assert_eq!(run(2), 0, "twice the repair share too");
+        assert!(run(8) > 0, "eight a step are the loop elsewhere");
+    }
+
     #[test]
     fn without_another_receiver_a_gap_is_asked_after_its_random_delay() {
         let mut nak = suppressing(20);
@@ -2637,12 +2749,12 @@ mod tests {
             nak.saw_unverified(serial, t0);
         }
         assert_eq!(nak.poll_nak(t0), None, "nothing wanted yet");
-        nak.want_blocks([300, 0, 301, 0, 999, 1_000, 510]);
+        nak.want_blocks([300, 0, 301, 0, 100, 1_000, 510]);
         assert_eq!(nak.poll_timeout(), Some(t0), "due at once");
         let t1 = t0 + Duration::from_millis(10);
         // In serial order, neighbours merged; a wanted one twice is asked once; one held
         // (510) and one outside the loop (1,000) not at all.
-        assert_eq!(nak.poll_nak(t1), Some(vec![(0, 1), (300, 2), (999, 1)]));
+        assert_eq!(nak.poll_nak(t1), Some(vec![(0, 1), (100, 1), (300, 2)]));
         assert_eq!(nak.block_serials(), 4);
         // Wanted again while in flight: not asked again.
         nak.want_blocks([0, 300]);
@@ -2656,14 +2768,14 @@ mod tests {
         for serial in 521..530 {
             assert!(nak.saw(serial, t1));
         }
-        // 999 was never answered: asked again after its expiry, the others not.
+        // 100 was never answered: asked again after its expiry, the others not.
         let late = t1 + BLOCK_ASK_EXPIRY;
-        assert_eq!(nak.poll_nak(late), Some(vec![(999, 1)]));
+        assert_eq!(nak.poll_nak(late), Some(vec![(100, 1)]));
         assert_eq!(nak.block_serials(), 5);
         // Its repair arrives (a repair: the frontier stays); the others, held, wanted again
-        // are not asked.
-        assert!(!nak.saw(999, late));
-        nak.want_blocks([0, 300, 999]);
+        // are not asked; nor one ahead of the frontier, which the loop brings first.
+        assert!(!nak.saw(100, late));
+        nak.want_blocks([0, 300, 100, 700]);
         assert_eq!(nak.poll_nak(late + BLOCK_ASK_EXPIRY), None);
     }
 

@@ -29,6 +29,8 @@ pub const PENDING_DATA_MAX: usize = 1 << 20;
 pub const PENDING_BLOCK_BYTES_MAX: usize = 64 << 20;
 /// Wanted hash blocks not yet taken by the caller, at most (a join names one per level).
 pub const WANTED_BLOCKS_MAX: usize = 64;
+/// Rejected pending serials not yet taken by the caller, at most (one per forged datagram held).
+pub const REJECTED_MAX: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
@@ -115,6 +117,8 @@ pub struct Receiver {
     pending_block_bytes: usize,
     /// Serials of hash blocks that pending datagrams wait for, not yet taken by the caller.
     wanted_blocks: Vec<u32>,
+    /// Serials whose pending copy failed verification, not yet taken by the caller.
+    rejected: Vec<u32>,
     counters: ReceiverCounters,
 }
 
@@ -134,6 +138,7 @@ impl Receiver {
             pending_blocks: HashMap::new(),
             pending_block_bytes: 0,
             wanted_blocks: Vec::new(),
+            rejected: Vec::new(),
             counters: ReceiverCounters::default(),
         }
     }
@@ -221,6 +226,21 @@ impl Receiver {
     /// verification needs anyway.
     pub fn take_wanted_blocks(&mut self) -> std::vec::Drain<'_, u32> {
         self.wanted_blocks.drain(..)
+    }
+
+    /// The serials whose pending copy failed verification when its parent arrived since the
+    /// last call (forged, or damaged): not held after all, to be received again. Their copy
+    /// was counted as arrived ([`crate::nak::NakPlanner::saw_unverified`]); the caller tells
+    /// the NAK planner ([`crate::nak::NakPlanner::forget`]). At most `REJECTED_MAX`.
+    pub fn take_rejected(&mut self) -> std::vec::Drain<'_, u32> {
+        self.rejected.drain(..)
+    }
+
+    fn note_rejected(&mut self, level: u8, index: u32) {
+        self.counters.pending_rejected += 1;
+        if self.rejected.len() < REJECTED_MAX {
+            self.rejected.push(self.shape.serial_of(level, index));
+        }
     }
 
     /// Notes the ancestors of (level, index) that are neither verified nor pending.
@@ -413,7 +433,7 @@ impl Receiver {
                         if hash == expected {
                             self.mark_held(0, child);
                         } else {
-                            self.counters.pending_rejected += 1;
+                            self.note_rejected(0, child);
                         }
                     }
                 } else if let Some(pending) = self.pending_blocks.remove(&(level - 1, child)) {
@@ -422,7 +442,7 @@ impl Receiver {
                         self.mark_held(level - 1, child);
                         work.push((level - 1, child, pending.payload));
                     } else {
-                        self.counters.pending_rejected += 1;
+                        self.note_rejected(level - 1, child);
                     }
                 }
             }

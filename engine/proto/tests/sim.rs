@@ -18,7 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::carousel::{Carousel, CarouselConfig, REPAIR_SHARE_PERCENT_DEFAULT};
-use loopcast_proto::client::{metered, ClientConfig, ClientEvent, ClientSession, TierInfo};
+use loopcast_proto::client::{
+    metered, want_what_verification_needs, ClientConfig, ClientEvent, ClientSession, TierInfo,
+};
 use loopcast_proto::endpoint::{ChannelId, DataCommand, Endpoint, EndpointConfig, Transmit};
 use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
 use loopcast_proto::nak::{NakConfig, NakPlanner};
@@ -507,7 +509,7 @@ fn run(seed: u64, scenario: &Scenario, replay: &str) -> Finished {
             let metered = metered(&packet.bytes, info.file_id);
             let outcome = receiver.handle_datagram(&packet.bytes);
             client.session.account_datagram(nak, metered, &outcome, now);
-            nak.want_blocks(receiver.take_wanted_blocks());
+            want_what_verification_needs(receiver, nak);
             match outcome {
                 Outcome::Store { serial, .. } => {
                     client.stored[serial as usize] = Some(packet.bytes.clone());

@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 
 use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
-use loopcast_proto::client::{account_datagram, metered};
+use loopcast_proto::client::{account_datagram, metered, want_what_verification_needs};
 use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::LossMeter;
@@ -119,7 +119,7 @@ fn run(join_share: f64, unicast: bool, loss_per_mille: u64) -> Run {
                 &outcome,
                 now,
             );
-            nak.want_blocks(receiver.take_wanted_blocks());
+            want_what_verification_needs(&mut receiver, &mut nak);
         }
         if let Some(ranges) = nak.poll_nak(now) {
             for (first, count) in ranges {
