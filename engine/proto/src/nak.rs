@@ -52,7 +52,7 @@
 //! frontier.
 
 use core::time::Duration;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use crate::bitmap::Bitmap;
 use crate::carousel::REPAIR_SHARE_PERCENT_DEFAULT;
@@ -150,6 +150,8 @@ const OVERLOAD_SCAN: u64 = 512;
 const DEFERRED_ASK_SHARE: u32 = 8;
 /// Block asks in flight (asked, not arrived, not expired) at most; the rest wait their turn.
 const BLOCK_ASKS_MAX: usize = 256;
+/// Waiting blocks named again between two NAKs that go to the front of the queue, at most.
+const BLOCKS_NAMED_AGAIN_MAX: usize = 64;
 /// A block ask not answered within this long is asked again.
 const BLOCK_ASK_EXPIRY: Duration = Duration::from_millis(500);
 /// What the scan found this long ago counts half: a receiver whose tier slowed down to its
@@ -353,6 +355,12 @@ pub struct NakPlanner {
     blocks_new: Vec<u32>,
     blocks_wanted: VecDeque<(u32, Instant)>,
     blocks_asked: VecDeque<(u32, Instant)>,
+    /// The serials of `blocks_asked` (at most `BLOCK_ASKS_MAX`).
+    blocks_in_flight: HashSet<u32>,
+    /// Waiting blocks named again since the last NAK (see [`NakPlanner::want_block`]), at most
+    /// `BLOCKS_NAMED_AGAIN_MAX`, and those waiting for their delay, asked before the others.
+    blocks_named_again: Vec<u32>,
+    blocks_urgent: VecDeque<(u32, Instant)>,
     block_serials: u64,
     /// The backward walk from the join point: the next serial to look at, and whether it is on.
     backlog_next: Option<u32>,
@@ -443,6 +451,9 @@ impl NakPlanner {
             blocks_new: Vec::new(),
             blocks_wanted: VecDeque::new(),
             blocks_asked: VecDeque::new(),
+            blocks_in_flight: HashSet::new(),
+            blocks_named_again: Vec::new(),
+            blocks_urgent: VecDeque::new(),
             block_serials: 0,
             backlog_next: None,
             backlog_bits: None,
@@ -557,6 +568,16 @@ impl NakPlanner {
         }
         let bits = self.block_bits.get_or_insert_with(|| Bitmap::new(loop_len));
         if bits.get(serial) {
+            // Named again while it waits: the loop's own pending datagrams name what they
+            // wait for with every arrival, a forged one names its blocks once. It goes to the
+            // front (a burst of forged datagrams just before a join had queued 600 blocks
+            // ahead of the join point's own: hx_attack16 F3).
+            if !self.blocks_in_flight.contains(&serial)
+                && self.blocks_named_again.len() < BLOCKS_NAMED_AGAIN_MAX
+                && !self.blocks_named_again.contains(&serial)
+            {
+                self.blocks_named_again.push(serial);
+            }
             return;
         }
         bits.set(serial);
@@ -598,39 +619,60 @@ impl NakPlanner {
     /// flight.
     fn append_blocks(&mut self, ranges: &mut Vec<(u32, u32)>, now: Instant) {
         // Answered asks free their place; unanswered ones past the expiry are due again.
-        let (seen, mut again) = (&self.seen, Vec::new());
+        let (seen, in_flight, mut again) = (&self.seen, &mut self.blocks_in_flight, Vec::new());
         self.blocks_asked.retain(|&(serial, at)| {
             let expired = now.saturating_since(at) >= BLOCK_ASK_EXPIRY;
             if expired && !seen.get(serial) {
                 again.push(serial);
             }
-            !expired && !seen.get(serial)
+            let keep = !expired && !seen.get(serial);
+            if !keep {
+                in_flight.remove(&serial);
+            }
+            keep
         });
+        // New wants (and those named again, to the front) wait for their suppression delay
+        // (multicast), as a gap the scan finds.
+        let delay_ns = self
+            .config
+            .suppression_delay
+            .map(|delay| u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1));
+        for serial in std::mem::take(&mut self.blocks_named_again) {
+            let ask_at =
+                now + Duration::from_nanos(delay_ns.map_or(0, |ns| self.next_random() % ns));
+            self.blocks_urgent.push_back((serial, ask_at));
+        }
         for serial in again.into_iter().rev() {
             self.blocks_wanted.push_front((serial, now));
         }
-        // New wants wait for their suppression delay (multicast), as a gap the scan finds.
         for serial in std::mem::take(&mut self.blocks_new) {
-            let ask_at = match self.config.suppression_delay {
-                Some(delay) => {
-                    let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1);
-                    now + Duration::from_nanos(self.next_random() % delay_ns)
-                }
-                None => now,
-            };
+            let ask_at =
+                now + Duration::from_nanos(delay_ns.map_or(0, |ns| self.next_random() % ns));
             self.blocks_wanted.push_back((serial, ask_at));
         }
         let mut serials: Vec<u32> = Vec::new();
+        // Those named again first (each queue in the order of its delays), then the rest.
+        let mut urgent = true;
         while serials.len() < NAK_RANGES_MAX / 4 && self.blocks_asked.len() < BLOCK_ASKS_MAX {
-            let Some(&(serial, ask_at)) = self.blocks_wanted.front() else {
+            let queue = if urgent {
+                &mut self.blocks_urgent
+            } else {
+                &mut self.blocks_wanted
+            };
+            let Some(&(serial, _)) = queue.front().filter(|&&(_, at)| at <= now) else {
+                if urgent {
+                    urgent = false;
+                    continue;
+                }
                 break;
             };
-            if ask_at > now {
-                break;
-            }
-            self.blocks_wanted.pop_front();
-            // Arrived meanwhile: out of `block_bits` already (`no_longer_asked`).
-            if self.seen.get(serial) {
+            queue.pop_front();
+            // Arrived meanwhile (out of `block_bits` already: `no_longer_asked`), or asked
+            // already (a block named again is in the queue twice).
+            if self.seen.get(serial)
+                || !self.is_block_ask(serial)
+                || self.blocks_in_flight.contains(&serial)
+            {
                 continue;
             }
             // Wanted before the frontier was set, and ahead of it now (a burst of forged
@@ -649,6 +691,7 @@ impl NakPlanner {
                 serials.push(serial);
             }
             self.blocks_asked.push_back((serial, now));
+            self.blocks_in_flight.insert(serial);
         }
         serials.sort_unstable();
         serials.dedup();
@@ -864,6 +907,9 @@ impl NakPlanner {
         self.blocks_new.clear();
         self.blocks_wanted.clear();
         self.blocks_asked.clear();
+        self.blocks_in_flight.clear();
+        self.blocks_named_again.clear();
+        self.blocks_urgent.clear();
         self.backlog_next = None;
         self.backlog_bits = None;
         self.backlog_expired = None;
@@ -1690,8 +1736,10 @@ impl NakPlanner {
         // Wanted blocks are due at once, asked ones at their expiry, with or without a
         // frontier.
         let blocks = [
-            (!self.blocks_new.is_empty()).then_some(Instant::ZERO),
+            (!self.blocks_new.is_empty() || !self.blocks_named_again.is_empty())
+                .then_some(Instant::ZERO),
             self.blocks_wanted.front().map(|&(_, at)| at),
+            self.blocks_urgent.front().map(|&(_, at)| at),
             self.blocks_asked
                 .front()
                 .map(|&(_, at)| at + BLOCK_ASK_EXPIRY),

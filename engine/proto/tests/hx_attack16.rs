@@ -17,10 +17,9 @@
 //! verified a quarter loop in, complete after 3,808 ticks), it then defeated the change's
 //! fix; fixed (`Receiver::take_rejected`, `NakPlanner::forget`). F3 a burst of forged
 //! datagrams just before a join filled `BLOCK_ASKS_MAX` and crowded out the join point's own
-//! blocks: partly fixed (answered asks free their place, wants wait instead of being dropped,
-//! wants ahead of the frontier are dropped once it is set; a quarter loop in 96 % verified
-//! against 75 %), still open (`#[ignore]`): before the frontier is set the join point's
-//! blocks wait behind the burst's, as long as before 2d312cd.
+//! blocks: fixed (answered asks free their place, wants wait instead of being dropped, those
+//! ahead of the frontier are dropped once it is set, and a waiting block named again, as the
+//! loop's own pending datagrams name theirs with every arrival, goes before the others).
 use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
 use std::sync::OnceLock;
@@ -563,7 +562,6 @@ fn crowded(burst: u32, unicast: bool, at: u64) -> (Option<u64>, Option<u64>, f64
 }
 
 #[test]
-#[ignore = "open finding: before the frontier is set, a burst of forged wants queued ahead of the join point's own blocks delays them to the next top-level block (as before 2d312cd); 96 % verified a quarter loop in, against 75 % before the partial fix"]
 fn finding_a_burst_of_forged_datagrams_crowds_out_the_joins_ancestors() {
     let (_, clean_asked, clean_share) = crowded(0, false, 0);
     // For the record: on unicast the backlog's pending repairs name the blocks again once
