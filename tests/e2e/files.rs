@@ -206,13 +206,7 @@ pub fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
     assert!(names_in(&out_dir).is_empty(), "{:?}", names_in(&out_dir));
     // Tampered frames fail authentication (or their header check) part-way through: exit 6,
     // and the plaintext decrypted so far is removed.
-    let tampered = scratch.path("tampered.lca");
-    let mut bytes = std::fs::read(&archive).unwrap();
-    let len = bytes.len();
-    for at in (len / 2..len).step_by(1000) {
-        bytes[at] ^= 1;
-    }
-    std::fs::write(&tampered, &bytes).unwrap();
+    let tampered = tampered_copy(&archive, &scratch.path("tampered.lca"));
     let bad = Command::new(bin("loopcast"))
         .arg("extract")
         .arg(&tampered)
@@ -324,6 +318,18 @@ pub fn extract_and_pack_refuse_existing_outputs_and_leave_no_plaintext() {
     assert_eq!(left, ["film.out", "victim"], "no plaintext left: {stdout}");
 }
 
+/// A copy of `archive` at `to` with a bit flipped every 1,000 bytes of its second half: its
+/// frames fail authentication (or their header check) part-way through.
+fn tampered_copy(archive: &Path, to: &Path) -> std::path::PathBuf {
+    let mut bytes = std::fs::read(archive).unwrap();
+    let len = bytes.len();
+    for at in (len / 2..len).step_by(1000) {
+        bytes[at] ^= 1;
+    }
+    std::fs::write(to, &bytes).unwrap();
+    to.to_owned()
+}
+
 /// `extract -o -` (or /dev/stdout) streams the original to stdout, and an existing FIFO or
 /// device is written in place: a new user's `-o /dev/stdout` was refused as "already exists",
 /// and `-o -` made a file named "-". A stream is checked at the end: a tampered archive exits
@@ -369,13 +375,7 @@ pub fn extract_streams_to_stdout_and_devices() {
     let null = extract(&archive, "/dev/null");
     assert!(null.status.success(), "{}", stderr_of(&null));
     // A tampered archive: exit 6 (what was written before the failure is not the original).
-    let tampered = scratch.path("tampered.lca");
-    let mut bytes = std::fs::read(&archive).unwrap();
-    let len = bytes.len();
-    for at in (len / 2..len).step_by(1000) {
-        bytes[at] ^= 1;
-    }
-    std::fs::write(&tampered, &bytes).unwrap();
+    let tampered = tampered_copy(&archive, &scratch.path("tampered.lca"));
     let bad = extract(&tampered, "-");
     assert_eq!(
         bad.status.code(),
@@ -387,6 +387,24 @@ pub fn extract_streams_to_stdout_and_devices() {
         bad.stdout.len() < original.len(),
         "stopped at the bad frame"
     );
+    // A reader that stops early (`| head -c 1000`): exit 141, as follow's player that quits.
+    let mut reader = Command::new(bin("loopcast"))
+        .arg("extract")
+        .arg(&archive)
+        .arg("--output")
+        .arg("-")
+        .arg("--keys")
+        .arg(&keys)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 1000];
+    std::io::Read::read_exact(reader.stdout.as_mut().unwrap(), &mut head).unwrap();
+    drop(reader.stdout.take());
+    let stopped = reader.wait_with_output().unwrap();
+    assert_eq!(stopped.status.code(), Some(141), "{}", stderr_of(&stopped));
+    assert!(head[..] == original[..1000]);
 }
 
 /// Defect 12: a disk too small for the archive is reported as "disk full" (exit 5) before

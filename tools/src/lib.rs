@@ -124,6 +124,8 @@ pub const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 pub struct ByteProgress {
     bar: indicatif::ProgressBar,
     plain: Option<std::sync::Mutex<PlainProgress>>,
+    /// Whether the bar has shown an amount above 0 yet (the first is where its speed starts).
+    shown: std::sync::atomic::AtomicBool,
 }
 
 impl ByteProgress {
@@ -143,6 +145,7 @@ impl ByteProgress {
                     std::time::Instant::now(),
                 ))
             }),
+            shown: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -157,6 +160,14 @@ impl ByteProgress {
     pub fn update(&self, done: u64, total: u64) {
         self.bar.set_length(total);
         self.bar.set_position(done);
+        if done > 0 && !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            // The speed and time left are this run's: a resumed download's earlier part
+            // arrived before it (counted, it showed 146 MiB/s and "eta 1s" for 11 s). Setting
+            // the length records the amount in the estimator now (a set position waits for the
+            // steady tick), and the reset then forgets the rate it implied.
+            self.bar.set_length(total);
+            self.bar.reset_eta();
+        }
         if let Some(plain) = &self.plain {
             let line =
                 plain

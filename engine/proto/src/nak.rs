@@ -2479,6 +2479,25 @@ mod tests {
         );
     }
 
+    /// A multicast planner (10 ms suppression) of a 1,000,000-serial loop at 100,000 datagrams
+    /// a second that has seen serials 0..300,000 in order, and the time of the last.
+    fn multicast_planner_that_saw_300_000() -> (NakPlanner, Instant) {
+        let mut nak = NakPlanner::new(
+            NakConfig {
+                suppression_delay: Some(Duration::from_millis(10)),
+                ..NakConfig::default()
+            },
+            &Bitmap::new(1_000_000),
+        );
+        nak.set_loop_rate(Some(100_000.0));
+        let mut t = Instant::ZERO;
+        for serial in 0..300_000u32 {
+            t = t + Duration::from_micros(10);
+            nak.saw(serial, t);
+        }
+        (nak, t)
+    }
+
     /// Three receivers of 1 GiB on one multicast tier: the repairs one of them asked for
     /// reached the others in order, a batch at a time between batches of the loop, and were
     /// taken for the loop itself far from their frontier: each frontier was dragged to the
@@ -2489,19 +2508,7 @@ mod tests {
     #[test]
     fn repairs_another_receiver_asked_for_never_drag_the_frontier_from_the_loop() {
         let run = |heard: bool| -> u32 {
-            let mut nak = NakPlanner::new(
-                NakConfig {
-                    suppression_delay: Some(Duration::from_millis(10)),
-                    ..NakConfig::default()
-                },
-                &Bitmap::new(1_000_000),
-            );
-            nak.set_loop_rate(Some(100_000.0));
-            let mut t = Instant::ZERO;
-            for serial in 0..300_000u32 {
-                t = t + Duration::from_micros(10);
-                nak.saw(serial, t);
-            }
+            let (mut nak, mut t) = multicast_planner_that_saw_300_000();
             let mut restarts = 0;
             for batch in 0..64u32 {
                 if heard && batch % 16 == 0 {
@@ -2531,19 +2538,7 @@ mod tests {
     #[test]
     fn heard_arrivals_outpacing_the_frontier_fourfold_are_the_loop() {
         let run = |heard_per_step: u32| -> u32 {
-            let mut nak = NakPlanner::new(
-                NakConfig {
-                    suppression_delay: Some(Duration::from_millis(10)),
-                    ..NakConfig::default()
-                },
-                &Bitmap::new(1_000_000),
-            );
-            nak.set_loop_rate(Some(100_000.0));
-            let mut t = Instant::ZERO;
-            for serial in 0..300_000u32 {
-                t = t + Duration::from_micros(10);
-                nak.saw(serial, t);
-            }
+            let (mut nak, mut t) = multicast_planner_that_saw_300_000();
             let mut restarts = 0;
             let mut heard = 50_000u32;
             for step in 0..2_048u32 {

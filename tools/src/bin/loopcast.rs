@@ -50,7 +50,8 @@ Exit codes:
   5    disk full
   6    verification failed: hash, root or decryption check
   130  interrupted (partial downloads are kept for resume)
-  141  get --follow: the player stopped reading (partial download kept for resume)";
+  141  get --follow: the player stopped reading (partial download kept for resume); extract
+       to a stream: its reader stopped";
 
 /// An error and the exit code it gives.
 struct Failure {
@@ -330,7 +331,8 @@ struct ExtractArgs {
     /// Where to write the original: a file (written beside it, verified, then renamed into
     /// place), or "-" (or /dev/stdout, a pipe, a device) to stream it. A stream gets each
     /// frame's bytes as soon as they are decoded (encrypted frames authenticated first); the
-    /// whole file's size and hash are checked at the end, and a mismatch exits 1.
+    /// whole file's size and hash are checked at the end, and a mismatch exits 6; a reader that
+    /// stops early (a broken pipe) ends it with exit 141.
     #[arg(short, long)]
     output: PathBuf,
     /// Key database holding the archive's key (not needed for unencrypted archives).
@@ -937,9 +939,17 @@ fn extract_to(
     } else {
         None
     };
+    let destination = ExtractOutput::of(output);
+    if matches!(destination, ExtractOutput::Stdout)
+        && std::io::IsTerminal::is_terminal(&std::io::stdout())
+    {
+        return Err(usage(
+            "stdout is a terminal: pipe the original into a file or a player, or name a file with -o",
+        ));
+    }
     let progress = ByteProgress::new(archive.info().original_size, "extracting", false);
     let report = |done, total| progress.update(done, total);
-    let summary = match ExtractOutput::of(output) {
+    let summary = match destination {
         ExtractOutput::File => {
             REMOVE_TEMPORARIES_ON_INTERRUPT.store(true, Ordering::SeqCst);
             let summary =
@@ -948,14 +958,6 @@ fn extract_to(
             summary
         }
         ExtractOutput::Stdout => {
-            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-                return Err(
-                    "stdout is a terminal: pipe the original into a file or a player, \
-                     or name a file with -o"
-                        .to_owned()
-                        .into(),
-                );
-            }
             let mut stdout = std::io::stdout().lock();
             archive.extract_to_stream(key.as_ref(), &mut stdout, &report)
         }
@@ -967,6 +969,17 @@ fn extract_to(
             archive.extract_to_stream(key.as_ref(), &mut device, &report)
         }
     };
+    // A reader that stopped early (`| head`): exit 141, as a shell pipeline's
+    // writer would, not a generic failure.
+    if let Err(ArchiveError::Io { source, .. }) = &summary {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            progress.finish();
+            return Err(Failure {
+                code: exit_code::BROKEN_PIPE,
+                message: "the reader of the output stopped (broken pipe)".into(),
+            });
+        }
+    }
     let summary = summary?;
     progress.finish();
     Ok(summary.bytes)

@@ -115,7 +115,8 @@ struct ServeArgs {
     /// Most any channel sends, in bits/s (e.g. 100M, 1G). Without it, every channel finds the
     /// fastest rate its clients take without sustained loss (up to 40G), and backs off when
     /// they lose; with it, the same up to this cap. With --fixed-rate, exactly this rate, or no
-    /// pacing at all with "unpaced".
+    /// pacing at all with "unpaced". Per channel, not in total: each tier and each unicast
+    /// client's own channel may send this much (cap a link with the host's traffic shaping).
     #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
     rate: Option<u64>,
     /// Send every file on one channel at exactly --rate: no tiers, no automatic rates.
