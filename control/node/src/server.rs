@@ -1193,6 +1193,7 @@ impl Server {
                 "nak_serials_refused": e.nak_serials_refused,
                 "naks_relayed": e.naks_relayed,
                 "reports": e.reports,
+                "reports_merged": e.reports_merged,
                 "tier_moves": e.tier_moves,
                 "rate_changes": e.rate_changes,
                 "archives_verified": self.counters.archives_verified,

@@ -557,56 +557,78 @@ fn alternating_reports_against_a_tier(cleans: u32) {
     assert_liar_cannot_hold_a_first_tier(&format!("R4 ({cleans} clean a lossy)"), &liar);
 }
 
-/// R4 through the real endpoint (default `distribution` policy, multicast): two honest members
-/// report every 50 ms; the liar sends, every 50 ms, a clean report and at once a lossy one
-/// (a report that counts in slow start runs control at once, at most every CONTROL_GAP_MIN:
-/// the lossy one ran it, the pair's clean one comes within the gap).
-#[test]
-fn finding_alternating_reports_hold_a_first_tier_through_the_endpoint() {
+/// Two honest members report every 50 ms through the real endpoint (default `distribution`
+/// policy, multicast) for 5 s; with `liar`, a third sends, every 50 ms, one report at once for
+/// each (received, lost) share of the tier's 50 ms in `pattern`. Returns the tiers' rates
+/// (Mbit/s) at the end.
+fn tiers_with_a_liar_through_the_endpoint(liar: bool, pattern: &[(f64, f64)]) -> Vec<u64> {
     let bits = f64::from(DATAGRAM_SIZE_MTU_1500) * 8.0;
-    let mut out = Vec::new();
-    for liar in [false, true] {
-        let (mut endpoint, mut files) = policy_endpoint(TierPolicy::Distribution);
-        let addrs: Vec<SocketAddr> = ["192.0.2.10:6000", "192.0.2.11:6000", "192.0.2.66:6000"]
-            .iter()
-            .map(|a| a.parse().unwrap())
-            .collect();
-        let n = if liar { 3 } else { 2 };
-        let sessions: Vec<SessionId> = addrs[..n]
-            .iter()
-            .map(|&a| join(&mut endpoint, &mut files, a))
-            .collect();
-        let mut k = 0u32;
-        for t in (10..5_000u64).step_by(10) {
-            let now = at(t);
-            if t % 50 == 0 {
-                for (i, &s) in sessions.iter().enumerate() {
-                    let views: Vec<_> = endpoint.channels().collect();
-                    let rate = views.iter().map(|c| c.rate_bits_per_s).min().unwrap() as f64;
-                    let full = (rate * 0.05 / bits) as u32;
+    let (mut endpoint, mut files) = policy_endpoint(TierPolicy::Distribution);
+    let addrs: Vec<SocketAddr> = ["192.0.2.10:6000", "192.0.2.11:6000", "192.0.2.66:6000"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let n = if liar { 3 } else { 2 };
+    let sessions: Vec<SessionId> = addrs[..n]
+        .iter()
+        .map(|&a| join(&mut endpoint, &mut files, a))
+        .collect();
+    let mut k = 0u32;
+    for t in (10..5_000u64).step_by(10) {
+        let now = at(t);
+        if t % 50 == 0 {
+            for (i, &s) in sessions.iter().enumerate() {
+                let views: Vec<_> = endpoint.channels().collect();
+                let rate = views.iter().map(|c| c.rate_bits_per_s).min().unwrap() as f64;
+                let full = rate * 0.05 / bits;
+                let shares: &[(f64, f64)] = if i == 2 { pattern } else { &[(1.0, 0.0)] };
+                for &(received, lost) in shares {
                     k += 1;
-                    endpoint.handle_control(now, addrs[i], &report(s, k, 50, full, 0), &mut files);
-                    if i == 2 {
-                        k += 1;
-                        endpoint.handle_control(
-                            now,
-                            addrs[i],
-                            &report(s, k, 50, full * 9 / 10, full / 10),
-                            &mut files,
-                        );
-                    }
+                    let report = report(s, k, 50, (full * received) as u32, (full * lost) as u32);
+                    endpoint.handle_control(now, addrs[i], &report, &mut files);
                 }
             }
-            endpoint.handle_timeout(now);
-            drain(&mut endpoint);
         }
-        let rates: Vec<u64> = endpoint
-            .channels()
-            .map(|c| c.rate_bits_per_s / 1_000_000)
-            .collect();
-        eprintln!("R4e liar {liar}: tiers after 5 s (Mbit/s) {rates:?}");
-        out.push(rates);
+        endpoint.handle_timeout(now);
+        drain(&mut endpoint);
     }
+    endpoint
+        .channels()
+        .map(|c| c.rate_bits_per_s / 1_000_000)
+        .collect()
+}
+
+/// R4 through the real endpoint: the liar sends, every 50 ms, a clean report and at once a
+/// lossy one (a report that counts in slow start runs control at once, at most every
+/// CONTROL_GAP_MIN: the lossy one ran it, the pair's clean one comes within the gap).
+#[test]
+fn finding_alternating_reports_hold_a_first_tier_through_the_endpoint() {
+    let pattern = [(1.0, 0.0), (0.9, 0.1)];
+    let out = [false, true].map(|liar| tiers_with_a_liar_through_the_endpoint(liar, &pattern));
+    eprintln!(
+        "R4e tiers after 5 s (Mbit/s): without the liar {:?}, with {:?}",
+        out[0], out[1]
+    );
+    assert!(
+        out[1].iter().all(|&r| r > 4_000),
+        "held: {:?} (without the liar {:?})",
+        out[1],
+        out[0]
+    );
+}
+
+/// hx_attack15 R1 through the real endpoint: every 50 ms the liar sends a clean report and at
+/// once two lossy ones (10 % lost, 90 % of the rate received): congested at every plan, never
+/// movable (90 % is above `MOVE_BELOW_SHARE`), its streak reset before it reaches
+/// `HELD_LOSS_REPORTS`.
+#[test]
+fn finding_congested_but_never_movable_reports_hold_a_first_tier_through_the_endpoint() {
+    let pattern = [(1.0, 0.0), (0.9, 0.1), (0.9, 0.1)];
+    let out = [false, true].map(|liar| tiers_with_a_liar_through_the_endpoint(liar, &pattern));
+    eprintln!(
+        "R1e tiers after 5 s (Mbit/s): without the liar {:?}, with {:?}",
+        out[0], out[1]
+    );
     assert!(
         out[1].iter().all(|&r| r > 4_000),
         "held: {:?} (without the liar {:?})",
