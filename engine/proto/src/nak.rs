@@ -190,11 +190,11 @@ struct Lead {
 }
 
 /// Far arrivals heard as other receivers' repairs counted (the last at `last`), and the
-/// frontier's travel when counting began (see [`NakPlanner::frontier_keeps_pace`]).
+/// frontier's moves when counting began (see [`NakPlanner::frontier_keeps_pace`]).
 #[derive(Clone, Copy, Debug)]
 struct HeardPace {
     last: Instant,
-    travel_at: u64,
+    moves_at: u64,
     count: u32,
 }
 
@@ -417,6 +417,8 @@ pub struct NakPlanner {
     /// The frontier started again elsewhere (`note_stray`), not yet told to the loss meter.
     restarted: bool,
     heard_pace: Option<HeardPace>,
+    /// Arrivals that moved the frontier (each once, however far it moved).
+    frontier_moves: u64,
     /// The frontier's travel at each instant it changed over the last `lead_quiet` (and the
     /// last before): the scan goes no further than the least of them (see `scan_limit`).
     frontier_history: VecDeque<(Instant, u64)>,
@@ -486,6 +488,7 @@ impl NakPlanner {
             strays: None,
             restarted: false,
             heard_pace: None,
+            frontier_moves: 0,
             frontier_history: VecDeque::new(),
         }
     }
@@ -1359,6 +1362,7 @@ impl NakPlanner {
         self.frontier = Some(serial);
         self.frontier_at = Some(now);
         self.frontier_travel += u64::from(self.ahead(frontier, serial));
+        self.frontier_moves += 1;
         self.note_frontier(now);
         if let Some(lead) = self.lead {
             let to_lead = self.ahead(serial, lead.first);
@@ -1634,17 +1638,19 @@ impl NakPlanner {
 
     /// A far arrival heard as another receiver's repair came at `now`: whether the loop is
     /// arriving where the frontier is, so that it is that repair. The frontier must have moved
-    /// within `lead_quiet`, and, once `HEARD_PACE_MIN` such arrivals were counted, travelled
-    /// at least a `HEARD_PACE_SHARE`th of their number meanwhile: repairs are at most the
-    /// tier's repair share, and the loop sends (and moves the frontier) at least as much. A
+    /// within `lead_quiet`, and, once `HEARD_PACE_MIN` such arrivals were counted, been moved
+    /// by at least a `HEARD_PACE_SHARE`th as many arrivals meanwhile: repairs are at most the
+    /// tier's repair share, and the loop sends at least as much, thinned by the same path. A
     /// host on the group that walked a parked frontier one replayed step every 5 ms, while
     /// forged NakHeard covered the loop arriving elsewhere at 10,000 a second, kept it
     /// "moving" and hid a 20 % loss (hx_attack15 N1); now it would have to replay a quarter
-    /// of the loop. Judged by what arrives, never by the tier's nominal rate: a sender short of
-    /// its rate on a busy host sent under an eighth of it at times, and a rule by the nominal
-    /// rate dragged three receivers' frontiers to each other's repairs.
+    /// of the loop. Counted in arrivals, not serials travelled: steps of 26 serials every
+    /// 10 ms (1 % of the loop) passed a rule by travel (hx_attack17). Judged by what arrives,
+    /// never by the tier's nominal rate: a sender short of its rate on a busy host sent under
+    /// an eighth of it at times, and a rule by the nominal rate dragged three receivers'
+    /// frontiers to each other's repairs.
     fn frontier_keeps_pace(&mut self, now: Instant) -> bool {
-        let travel = self.frontier_travel;
+        let moves = self.frontier_moves;
         let pace = match self.heard_pace {
             Some(pace)
                 if pace.count < HEARD_PACE_WINDOW
@@ -1654,7 +1660,7 @@ impl NakPlanner {
             }
             _ => HeardPace {
                 last: now,
-                travel_at: travel,
+                moves_at: moves,
                 count: 0,
             },
         };
@@ -1664,8 +1670,7 @@ impl NakPlanner {
             ..pace
         });
         let outpaced = pace.count >= HEARD_PACE_MIN
-            && u64::from(pace.count)
-                > u64::from(HEARD_PACE_SHARE) * travel.saturating_sub(pace.travel_at);
+            && u64::from(pace.count) > u64::from(HEARD_PACE_SHARE) * (moves - pace.moves_at);
         let moving = self
             .frontier_at
             .is_some_and(|at| now.saturating_since(at) < self.lead_quiet());
