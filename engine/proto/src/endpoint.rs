@@ -963,6 +963,7 @@ impl Endpoint {
                     (rtt_us > 0).then(|| Duration::from_micros(u64::from(rtt_us))),
                     counts,
                 );
+                state.estimate.note_report_at(now);
                 if counts == Counts::Settled && channel.tier.in_slow_start() {
                     // A slow-start step is judged from this report at once, before the
                     // Feedback that answers it, so the client hears of the rise a round trip

@@ -244,6 +244,9 @@ pub struct PathEstimate {
     fresh_reports: u32,
     /// Reports since the last one that counted (see `just_lost`).
     uncounted_since: u32,
+    /// When its last counted report came, where the endpoint says
+    /// ([`PathEstimate::note_report_at`]); see `CONGESTION_STALE`.
+    counted_at: Option<Instant>,
     /// Loss that stayed when the rate dropped: the path's own, not congestion.
     noise_loss: f64,
     /// The loss that made the last decrease or move (to tell congestion from noise after it).
@@ -497,6 +500,23 @@ impl PathEstimate {
 
     fn is_congested(&self, config: &RateConfig) -> bool {
         self.congested_streak >= config.sustained_reports
+    }
+
+    /// A report of this member was handled at `now` ([`PathEstimate::observe`] first): if it
+    /// counted, its congestion is current as of `now` (see `CONGESTION_STALE`).
+    pub fn note_report_at(&mut self, now: Instant) {
+        if self.uncounted_since == 0 && self.reports > 0 {
+            self.counted_at = Some(now);
+        }
+    }
+
+    /// Congested, and as of a counted report within `CONGESTION_STALE` where the endpoint
+    /// told when ([`PathEstimate::note_report_at`]).
+    fn holds_congestion(&self, config: &RateConfig, now: Instant) -> bool {
+        self.is_congested(config)
+            && self
+                .counted_at
+                .is_none_or(|at| now.saturating_since(at) < CONGESTION_STALE)
     }
 
     /// What reached the member in its last report: its path's capacity when congested
@@ -890,6 +910,11 @@ const HELD_LOSS_REPORTS: u32 = 5;
 /// Members must receive at least this share of the rate before it rises (else the rate is not
 /// what limits them: they are starting, or stalled).
 const KEEP_UP_SHARE: f64 = 0.5;
+/// A congested member whose last counted report is older than this holds nothing: it lost in
+/// two reports and then sent only reports that do not count (or none), and held a file's first
+/// tier at 2 Gbit/s for good while the others could take 40 (hx_attack17). An honest member
+/// reports every 200 ms at the most.
+const CONGESTION_STALE: Duration = Duration::from_secs(1);
 /// A tier waits for members that just lost (see `plan`) this long at most, however they time
 /// their reports, before it rises past them.
 const JUST_LOST_HOLD_MAX: Duration = Duration::from_millis(250);
@@ -938,8 +963,9 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         if fresh.is_empty() {
             continue;
         }
-        let (congested, clear): (Vec<&MemberPlan<'_>>, Vec<&MemberPlan<'_>>) =
-            fresh.iter().partition(|m| m.estimate.is_congested(config));
+        let (congested, clear): (Vec<&MemberPlan<'_>>, Vec<&MemberPlan<'_>>) = fresh
+            .iter()
+            .partition(|m| m.estimate.holds_congestion(config, now));
         if congested.is_empty() {
             if clear.iter().any(|m| m.estimate.just_lost()) {
                 // Someone just lost: wait for the next report before going faster, for at

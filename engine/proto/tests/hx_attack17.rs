@@ -7,8 +7,9 @@
 //! Fixed in the same session: a report 15 ms late, the next on time, made slow start overshoot
 //! an honest member (reports are now judged in a burst of two and one per 40 ms on average);
 //! a walk of 26-serial steps every 10 ms passed the pace rule (it now counts arrivals that
-//! moved the frontier, not serials). Open (`#[ignore]`): a member congested and then quiet
-//! holds a first tier (predates this session).
+//! moved the frontier, not serials); a member congested and then quiet held a first tier for
+//! good (predates this session; a congested member now holds only while its last counted
+//! report is under a second old: `CONGESTION_STALE`).
 #![allow(dead_code)]
 mod replay_sim;
 use replay_sim::*;
@@ -397,7 +398,6 @@ fn cyclic(
 /// SHOULD: a congested member whose latest report did not count (or that stopped counting a
 /// while ago) does not hold its tier; it is moved, or ignored, as `just_lost` already does.
 #[test]
-#[ignore = "open finding (predates session 15): a member congested by two lossy reports that then sends only reports that do not count holds its tier; fix: a congested member holds only while its latest counted report is recent"]
 fn finding_a_member_congested_then_quiet_holds_a_first_tier_for_good() {
     let mut h1 = honest(f64::INFINITY);
     let mut h2 = honest(f64::INFINITY);
