@@ -22,17 +22,6 @@ fn at(ms: u64) -> Instant {
     Instant::ZERO + Duration::from_millis(ms)
 }
 
-fn order(e: &(u64, Ev)) -> (u64, u8) {
-    (
-        e.0,
-        match e.1 {
-            Ev::Replay(_) => 0,
-            Ev::Heard(_) => 1,
-            _ => 2,
-        },
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // N1: the stray rule's "heard lately AND the frontier moving" is met by the attacker walking
 // the parked frontier a step at a time.
@@ -48,18 +37,7 @@ fn order(e: &(u64, Ev)) -> (u64, u8) {
 /// 20 % loss and asks for nothing the path lost. Cost: 200 replays/s (2 % of the loop) and
 /// one 64-range NakHeard every 4 s.
 fn walk_park(walk_ms: Option<u64>, heard: bool, ms: u64) -> Report {
-    let (mut ev, sent) = honest_loop(L, RATE, ms, 50_000, random_loss(20));
-    ev.push((0, Ev::Replay(150_000)));
-    if heard {
-        for k in 0..ms.div_ceil(4_000) {
-            let base = 50_000 + (k * 40_000) as u32;
-            let ranges: Vec<(u32, u32)> = (0..64u32)
-                .map(|j| ((base + j * 1_024) % L, 1_024))
-                .filter(|&(f, c)| f + c <= L)
-                .collect();
-            ev.push((k * 4_000_000, Ev::Heard(ranges)));
-        }
-    }
+    let (mut ev, sent) = parked_loop(L, RATE, ms, heard);
     if let Some(step) = walk_ms {
         for (i, t) in (step * 1_000..ms * 1_000)
             .step_by((step * 1_000) as usize)

@@ -63,15 +63,7 @@ fn endpoint() -> (Endpoint, FileInfo) {
 }
 
 fn drain(endpoint: &mut Endpoint) -> Vec<(SessionId, Token)> {
-    let mut offers = Vec::new();
-    while let Some(t) = endpoint.poll_transmit() {
-        if let Ok(ControlMessage::Offer { session, token, .. }) = ControlMessage::parse(&t.bytes) {
-            offers.push((session, token));
-        }
-    }
-    while endpoint.poll_command().is_some() {}
-    while endpoint.poll_event().is_some() {}
-    offers
+    drain_endpoint(endpoint)
 }
 
 fn join(endpoint: &mut Endpoint, files: &mut FileInfo, client: SocketAddr) -> SessionId {
@@ -245,35 +237,13 @@ fn congested_then_quiet(
 // N: frontier_keeps_pace measured in serials travelled
 // ---------------------------------------------------------------------------------------------
 
-fn order(e: &(u64, Ev)) -> (u64, u8) {
-    (
-        e.0,
-        match e.1 {
-            Ev::Replay(_) => 0,
-            Ev::Heard(_) => 1,
-            _ => 2,
-        },
-    )
-}
-
 /// hx_attack15 N1's park (a replay of 150,000 is the victim's first datagram while the loop is
 /// at 50,000; 20 % loss on the path; a forged NakHeard of 64 ranges of 1,024 over the loop's
 /// next 65,536 serials every 4 s), walked by one replay every `every_us` that steps `step`
 /// serials past the last (150,000 + step, + 2 step, ...: each a step of at most `LONG_JUMP`,
 /// the loop's progress).
 fn walk_steps(every_us: Option<u64>, step: u32, heard: bool, ms: u64) -> Report {
-    let (mut ev, sent) = honest_loop(L, RATE, ms, 50_000, random_loss(20));
-    ev.push((0, Ev::Replay(150_000)));
-    if heard {
-        for k in 0..ms.div_ceil(4_000) {
-            let base = 50_000 + (k * 40_000) as u32;
-            let ranges: Vec<(u32, u32)> = (0..64u32)
-                .map(|j| ((base + j * 1_024) % L, 1_024))
-                .filter(|&(f, c)| f + c <= L)
-                .collect();
-            ev.push((k * 4_000_000, Ev::Heard(ranges)));
-        }
-    }
+    let (mut ev, sent) = parked_loop(L, RATE, ms, heard);
     if let Some(every) = every_us {
         for (i, t) in (every..ms * 1_000).step_by(every as usize).enumerate() {
             ev.push((t, Ev::Replay((150_000 + step * (i as u32 + 1)) % L)));

@@ -9,12 +9,15 @@ use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
 use loopcast_proto::bitmap::Bitmap;
+use loopcast_proto::carousel::SessionId;
 use loopcast_proto::client::{account_datagram, Metered};
+use loopcast_proto::endpoint::Endpoint;
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::{
     plan, Counts, LossMeter, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan,
 };
 use loopcast_proto::receiver::Outcome;
+use loopcast_proto::wire::control::{ControlMessage, Token};
 use loopcast_proto::Instant;
 
 #[derive(Clone, Debug)]
@@ -345,4 +348,50 @@ pub fn never_moved<'a>(estimates: &[&'a PathEstimate]) -> Vec<MemberPlan<'a>> {
             moved_at: None,
         })
         .collect()
+}
+
+/// Everything the endpoint has to send, command and tell, taken; the Offers among what it
+/// sends: (session, token).
+pub fn drain_endpoint(endpoint: &mut Endpoint) -> Vec<(SessionId, Token)> {
+    let mut offers = Vec::new();
+    while let Some(t) = endpoint.poll_transmit() {
+        if let Ok(ControlMessage::Offer { session, token, .. }) = ControlMessage::parse(&t.bytes) {
+            offers.push((session, token));
+        }
+    }
+    while endpoint.poll_command().is_some() {}
+    while endpoint.poll_event().is_some() {}
+    offers
+}
+
+/// hx_attack15 N1's park: the honest loop of `loop_len` at `rate` from 50,000 for `ms` with 20 %
+/// random loss, a replay of 150,000 as the victim's first datagram, and (`heard`) a forged
+/// NakHeard of 64 ranges of 1,024 over the loop's next 65,536 serials every 4 s. The events
+/// and what the loop sent.
+pub fn parked_loop(loop_len: u32, rate: f64, ms: u64, heard: bool) -> (Events, Sent) {
+    let (mut ev, sent) = honest_loop(loop_len, rate, ms, 50_000, random_loss(20));
+    ev.push((0, Ev::Replay(150_000)));
+    if heard {
+        for k in 0..ms.div_ceil(4_000) {
+            let base = 50_000 + (k * 40_000) as u32;
+            let ranges: Vec<(u32, u32)> = (0..64u32)
+                .map(|j| ((base + j * 1_024) % loop_len, 1_024))
+                .filter(|&(f, c)| f + c <= loop_len)
+                .collect();
+            ev.push((k * 4_000_000, Ev::Heard(ranges)));
+        }
+    }
+    (ev, sent)
+}
+
+/// Events at one instant in the order a replay, then a heard range, then the loop arrive.
+pub fn order(e: &(u64, Ev)) -> (u64, u8) {
+    (
+        e.0,
+        match e.1 {
+            Ev::Replay(_) => 0,
+            Ev::Heard(_) => 1,
+            _ => 2,
+        },
+    )
 }
