@@ -351,9 +351,9 @@ struct Session {
     moved_at: Option<Instant>,
     /// The `sent_at_us` of its last Report (echoed in an unsolicited Feedback after a move).
     last_report_us: u32,
-    /// Reports it may have judged now (at most `REPORT_JUDGED_BURST`, one more each
-    /// `REPORT_JUDGED_GAP`), as of when, and those that came beyond (see `MergedReports`).
-    report_tokens: (u32, Instant),
+    /// Reports it may have judged (`REPORTS_JUDGED_PER_S`, `REPORTS_JUDGED_BURST`), and those
+    /// that came beyond (see `MergedReports`).
+    reports_judged: CountBucket,
     reports_waiting: Option<MergedReports>,
     /// Where the client's loop was before it came here (its Request's hint, within the loop).
     resume_at: Option<u32>,
@@ -453,11 +453,39 @@ impl Channel {
     }
 }
 
+/// A token bucket over counts (an address's requests, a session's judged reports): tokens
+/// scaled by 1e9, so integer arithmetic loses nothing between refills.
+#[derive(Clone, Copy, Debug)]
+struct CountBucket {
+    tokens_scaled: u128,
+    refilled: Instant,
+}
+
+impl CountBucket {
+    fn full(burst: u32, now: Instant) -> CountBucket {
+        CountBucket {
+            tokens_scaled: u128::from(burst) * NANOS_PER_S,
+            refilled: now,
+        }
+    }
+
+    /// Refills at `per_s` tokens a second up to `burst`, and takes one if there is one.
+    fn take(&mut self, now: Instant, per_s: u32, burst: u32) -> bool {
+        let elapsed = u128::from(now.as_nanos().saturating_sub(self.refilled.as_nanos()));
+        self.refilled = self.refilled.max(now);
+        self.tokens_scaled =
+            (self.tokens_scaled + elapsed * u128::from(per_s)).min(u128::from(burst) * NANOS_PER_S);
+        if self.tokens_scaled < NANOS_PER_S {
+            return false;
+        }
+        self.tokens_scaled -= NANOS_PER_S;
+        true
+    }
+}
+
 struct AddressState {
     sessions: usize,
-    /// Request tokens scaled by 1e9 (token bucket in integer nanos).
-    request_tokens_scaled: u128,
-    refilled: Instant,
+    requests: CountBucket,
     nak_serials: u64,
     last_active: Instant,
 }
@@ -486,17 +514,18 @@ const SYNC_WANTED_GAP: Duration = Duration::from_millis(5);
 /// A Report covers at least this long when judging whether it came after a tier's change (a
 /// probing client reports every 50 ms or more).
 const REPORT_COUNTS_MIN: Duration = Duration::from_millis(40);
-/// A session's Reports are judged at most one per this long on average, and two at once: one
-/// beyond that waits, its counts added to the next (see `MergedReports`). The burst of two
+/// A session's Reports are judged at most this many a second on average (one per 40 ms), and
+/// `REPORTS_JUDGED_BURST` at once: one beyond that waits, its counts added to the next (see
+/// `MergedReports`). The burst of two
 /// lets an honest report delayed on a busy host and the next one on time both count: with
 /// one at most every 40 ms, the on-time one, the first made at a new slow-start rate and
 /// showing loss, waited 65 ms while the other member's clean reports doubled the tier twice
 /// (81,400 datagrams sent above a 1.5 Gbit/s member's path in 3 s, against 5,800).
-const REPORT_JUDGED_GAP: Duration = Duration::from_millis(40);
-const REPORT_JUDGED_BURST: u32 = 2;
+const REPORTS_JUDGED_PER_S: u32 = 25;
+const REPORTS_JUDGED_BURST: u32 = 2;
 
-/// A session's Reports that came beyond what it may have judged (`REPORT_JUDGED_GAP`,
-/// `REPORT_JUDGED_BURST`), summed, to be judged with the next. A client reports every 50 ms at the most; a member that sent a clean report and
+/// A session's Reports that came beyond what it may have judged (`REPORTS_JUDGED_PER_S`,
+/// `REPORTS_JUDGED_BURST`), summed, to be judged with the next. A client reports every 50 ms at the most; a member that sent a clean report and
 /// at once two lossy ones before each control step was congested at every step yet never
 /// five reports in a row, and never movable, so it held a file's first tier for everyone
 /// (hx_attack15 R1). Summed, its reports lose every time, and it moves like an honest one
@@ -897,17 +926,10 @@ impl Endpoint {
                 state.last_heard = state.last_heard.max(now);
                 state.last_report_us = sent_at_us;
                 let interval = Duration::from_micros(u64::from(interval_us));
-                let (tokens, since) = state.report_tokens;
-                let refilled = u32::try_from(
-                    now.saturating_since(since).as_nanos() / REPORT_JUDGED_GAP.as_nanos(),
-                )
-                .unwrap_or(u32::MAX);
-                state.report_tokens = if tokens.saturating_add(refilled) >= REPORT_JUDGED_BURST {
-                    (REPORT_JUDGED_BURST, now)
-                } else {
-                    (tokens + refilled, since + REPORT_JUDGED_GAP * refilled)
-                };
-                if state.report_tokens.0 == 0 {
+                if !state
+                    .reports_judged
+                    .take(now, REPORTS_JUDGED_PER_S, REPORTS_JUDGED_BURST)
+                {
                     // Too soon after the last judged one: judged with the next.
                     let waiting = state.reports_waiting.get_or_insert_default();
                     waiting.received += u64::from(received);
@@ -918,7 +940,6 @@ impl Endpoint {
                     self.reply(from, len, &feedback);
                     return;
                 }
-                state.report_tokens.0 -= 1;
                 let waiting = state.reports_waiting.take().unwrap_or_default();
                 let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
                 let received = clamp(u64::from(received) + waiting.received);
@@ -1029,13 +1050,12 @@ impl Endpoint {
             if self.addresses.len() >= self.config.addresses_max {
                 return None;
             }
-            let burst = u128::from(self.config.requests_per_address_burst) * NANOS_PER_S;
+            let burst = self.config.requests_per_address_burst;
             self.addresses.insert(
                 ip,
                 AddressState {
                     sessions: 0,
-                    request_tokens_scaled: burst,
-                    refilled: now,
+                    requests: CountBucket::full(burst, now),
                     nak_serials: 0,
                     last_active: now,
                 },
@@ -1065,21 +1085,17 @@ impl Endpoint {
     /// Takes one request token of `from`'s address (10 a second, bursts of 40 by default);
     /// false, counted, when it has none: dropped silently (an answer would be a reflection).
     fn admit_request(&mut self, now: Instant, from: SocketAddr) -> bool {
-        let rate = u128::from(self.config.requests_per_address_per_s);
-        let burst = u128::from(self.config.requests_per_address_burst) * NANOS_PER_S;
-        let Some(address) = self.address_entry(now, from.ip()) else {
+        let (rate, burst) = (
+            self.config.requests_per_address_per_s,
+            self.config.requests_per_address_burst,
+        );
+        let admitted = self
+            .address_entry(now, from.ip())
+            .is_some_and(|address| address.requests.take(now, rate, burst));
+        if !admitted {
             self.counters.requests_rate_limited += 1;
-            return false;
-        };
-        let elapsed = u128::from(now.as_nanos().saturating_sub(address.refilled.as_nanos()));
-        address.refilled = address.refilled.max(now);
-        address.request_tokens_scaled = (address.request_tokens_scaled + elapsed * rate).min(burst);
-        if address.request_tokens_scaled < NANOS_PER_S {
-            self.counters.requests_rate_limited += 1;
-            return false;
         }
-        address.request_tokens_scaled -= NANOS_PER_S;
-        true
+        admitted
     }
 
     /// `loopcast ls`: one page of the catalog, within the request rate and the amplification
@@ -1288,7 +1304,7 @@ impl Endpoint {
                 estimate: PathEstimate::default(),
                 moved_at: None,
                 last_report_us: 0,
-                report_tokens: (REPORT_JUDGED_BURST, now),
+                reports_judged: CountBucket::full(REPORTS_JUDGED_BURST, now),
                 reports_waiting: None,
                 resume_at,
                 syncs_wanted: 0,

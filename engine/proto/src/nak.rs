@@ -636,21 +636,15 @@ impl NakPlanner {
         });
         // New wants (and those named again, to the front) wait for their suppression delay
         // (multicast), as a gap the scan finds.
-        let delay_ns = self
-            .config
-            .suppression_delay
-            .map(|delay| u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1));
         for serial in std::mem::take(&mut self.blocks_named_again) {
-            let ask_at =
-                now + Duration::from_nanos(delay_ns.map_or(0, |ns| self.next_random() % ns));
+            let ask_at = self.ask_at(now);
             self.blocks_urgent.push_back((serial, ask_at));
         }
         for serial in again.into_iter().rev() {
             self.blocks_wanted.push_front((serial, now));
         }
         for serial in std::mem::take(&mut self.blocks_new) {
-            let ask_at =
-                now + Duration::from_nanos(delay_ns.map_or(0, |ns| self.next_random() % ns));
+            let ask_at = self.ask_at(now);
             self.blocks_wanted.push_back((serial, ask_at));
         }
         let mut serials: Vec<u32> = Vec::new();
@@ -1696,6 +1690,18 @@ impl NakPlanner {
             .is_some_and(|heard| heard.contains(serial, now))
     }
 
+    /// When something found missing at `now` is to be asked: at once on unicast, after a
+    /// random delay of up to the suppression delay on multicast (Timer A).
+    fn ask_at(&mut self, now: Instant) -> Instant {
+        match self.config.suppression_delay {
+            Some(delay) => {
+                let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1);
+                now + Duration::from_nanos(self.next_random() % delay_ns)
+            }
+            None => now,
+        }
+    }
+
     fn next_random(&mut self) -> u64 {
         self.random ^= self.random << 13;
         self.random ^= self.random >> 7;
@@ -1914,10 +1920,9 @@ impl NakPlanner {
                     }
                 }
             }
-            Some(delay) => {
-                let delay_ns = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX).max(1);
+            Some(_) => {
                 for (first, count) in found {
-                    let ask_at = now + Duration::from_nanos(self.next_random() % delay_ns);
+                    let ask_at = self.ask_at(now);
                     self.waiting.push_back((first, count, ask_at));
                 }
             }

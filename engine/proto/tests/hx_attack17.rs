@@ -1,5 +1,5 @@
 //! Attack review of b0012a6 (the endpoint judges a session's Reports at most every 40 ms,
-//! summing those that come sooner into the next: `REPORT_JUDGED_GAP`, `MergedReports`) and of
+//! summing those that come sooner into the next: `REPORTS_JUDGED_PER_S`, `MergedReports`) and of
 //! `NakPlanner::frontier_keeps_pace` (heard far arrivals count as repairs only while the
 //! frontier travels a quarter of their number). `finding_*` tests assert what SHOULD hold
 //! (they fail while the attack works); `held_*` tests show defences that held.
@@ -15,17 +15,14 @@ mod replay_sim;
 use replay_sim::*;
 
 use core::time::Duration;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::carousel::SessionId;
-use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups};
+use loopcast_proto::endpoint::Endpoint;
 use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::rate::{RateConfig, TierPolicy};
-use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RequestHints, Token, Transport};
-use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
 fn at(ms: u64) -> Instant {
@@ -39,27 +36,7 @@ fn at(ms: u64) -> Instant {
 const BITS: f64 = DATAGRAM_SIZE_MTU_1500 as f64 * 8.0;
 
 fn endpoint() -> (Endpoint, FileInfo) {
-    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
-    config.adaptive = Some(RateConfig {
-        policy: TierPolicy::Distribution,
-        ..RateConfig::default()
-    });
-    config.rate_bits_per_s = 0;
-    config.multicast = Some(MulticastGroups {
-        group_base: Ipv4Addr::new(239, 77, 1, 0),
-        port: 7701,
-    });
-    (
-        Endpoint::new(config, SeededRng::from_u64(17), Instant::ZERO),
-        assemble_in_memory(&InMemoryFile {
-            file_id: FileId(17),
-            name: "hx17.bin",
-            datagram_size: DATAGRAM_SIZE_MTU_1500,
-            frame_stream: &[7u8; 1_000_000],
-            watermark: None,
-        })
-        .0,
-    )
+    multicast_endpoint(TierPolicy::Distribution, 17)
 }
 
 fn drain(endpoint: &mut Endpoint) -> Vec<(SessionId, Token)> {
@@ -350,7 +327,7 @@ fn cyclic(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Findings and defences: Report merging (REPORT_JUDGED_GAP)
+// Findings and defences: Report merging (REPORTS_JUDGED_PER_S)
 // ---------------------------------------------------------------------------------------------
 
 /// R-A. Two honest unlimited members and a liar on a file's first tier, through the real

@@ -344,6 +344,7 @@ struct ExtractArgs {
 }
 
 /// Where `extract` writes: a file, or a stream.
+#[derive(Clone, Copy)]
 enum ExtractOutput {
     File,
     Stdout,
@@ -921,7 +922,7 @@ fn extract_to(
     output: &Path,
     keys: Option<&Path>,
     force: bool,
-) -> Result<u64, Failure> {
+) -> Result<(u64, ExtractOutput), Failure> {
     let archive = ArchiveFile::open(archive_path)?;
     let key = if archive.info().encrypted {
         let keys = keys.ok_or_else(|| {
@@ -982,12 +983,12 @@ fn extract_to(
     }
     let summary = summary?;
     progress.finish();
-    Ok(summary.bytes)
+    Ok((summary.bytes, destination))
 }
 
 fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    let bytes = extract_to(
+    let (bytes, destination) = extract_to(
         &args.archive,
         &args.output,
         args.keys.as_deref(),
@@ -1000,7 +1001,7 @@ fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
         args.output.display(),
         started.elapsed().as_secs_f64()
     );
-    match ExtractOutput::of(&args.output) {
+    match destination {
         ExtractOutput::Stdout => eprintln!("{line}"),
         ExtractOutput::File | ExtractOutput::Device => println!("{line}"),
     }
