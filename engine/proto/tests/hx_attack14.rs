@@ -11,20 +11,17 @@ mod replay_sim;
 use replay_sim::*;
 
 use core::time::Duration;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 
-use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::carousel::SessionId;
-use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups};
+use loopcast_proto::endpoint::Endpoint;
 use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::{
     plan, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan, TierPolicy,
 };
-use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, RequestHints, Transport};
-use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
 fn at(ms: u64) -> Instant {
@@ -200,27 +197,7 @@ fn slowest_endpoint() -> (Endpoint, FileInfo) {
 }
 
 fn policy_endpoint(policy: TierPolicy) -> (Endpoint, FileInfo) {
-    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
-    config.adaptive = Some(RateConfig {
-        policy,
-        ..RateConfig::default()
-    });
-    config.rate_bits_per_s = 0; // no operator cap: tiers up to rate_max
-    config.multicast = Some(MulticastGroups {
-        group_base: Ipv4Addr::new(239, 77, 1, 0),
-        port: 7701,
-    });
-    (
-        Endpoint::new(config, SeededRng::from_u64(14), Instant::ZERO),
-        assemble_in_memory(&InMemoryFile {
-            file_id: FileId(14),
-            name: "hx14.bin",
-            datagram_size: DATAGRAM_SIZE_MTU_1500,
-            frame_stream: &[7u8; 1_000_000],
-            watermark: None,
-        })
-        .0,
-    )
+    multicast_endpoint(policy, 14)
 }
 
 fn drain(endpoint: &mut Endpoint) -> Vec<(SessionId, loopcast_proto::wire::control::Token)> {

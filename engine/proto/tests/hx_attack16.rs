@@ -20,14 +20,16 @@
 //! blocks: fixed (answered asks free their place, wants wait instead of being dropped, those
 //! ahead of the frontier are dropped once it is set, and a waiting block named again, as the
 //! loop's own pending datagrams name theirs with every arrival, goes before the others).
+mod replay_sim;
+use replay_sim::random_file;
+
 use core::time::Duration;
 use std::collections::{HashMap, VecDeque};
 use std::sync::OnceLock;
 
-use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::client::{account_datagram, metered, want_what_verification_needs};
-use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
+use loopcast_proto::info::FileInfo;
 use loopcast_proto::layout::{Parent, TreeShape};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::LossMeter;
@@ -47,17 +49,7 @@ struct File {
 }
 
 fn make_file(data: usize, seed: u64) -> File {
-    let stream: Vec<u8> = {
-        let mut rng = SeededRng::from_u64(seed);
-        (0..data * 1400).map(|_| rng.below(256) as u8).collect()
-    };
-    let (info, datagrams) = assemble_in_memory(&InMemoryFile {
-        file_id: FileId(0x16),
-        name: "attack16.bin",
-        datagram_size: DATAGRAM_SIZE_MTU_1500,
-        frame_stream: &stream,
-        watermark: None,
-    });
+    let (info, datagrams) = random_file(data, seed, FileId(0x16));
     let shape = info.shape().unwrap();
     File {
         info,

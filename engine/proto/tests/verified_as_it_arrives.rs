@@ -14,13 +14,14 @@
 //! `Receiver` and `NakPlanner` wired as the client driver wires them; a small server sends the
 //! asked serials ahead of the loop, in order, in up to half of its slots.
 
+mod replay_sim;
+use replay_sim::random_file;
+
 use core::time::Duration;
 use std::collections::VecDeque;
 
-use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::client::{account_datagram, metered, want_what_verification_needs};
-use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::LossMeter;
 use loopcast_proto::receiver::Receiver;
@@ -47,17 +48,7 @@ struct Run {
 /// The loop starts at `join` and runs until the client holds the file (or two loops pass);
 /// `unicast`: NAKs at once and the backlog on, else multicast's suppression and no backlog.
 fn run(join_share: f64, unicast: bool, loss_per_mille: u64) -> Run {
-    let stream: Vec<u8> = {
-        let mut rng = SeededRng::from_u64(7);
-        (0..DATA * 1400).map(|_| rng.below(256) as u8).collect()
-    };
-    let (info, datagrams) = assemble_in_memory(&InMemoryFile {
-        file_id: FileId(0x10),
-        name: "join.bin",
-        datagram_size: DATAGRAM_SIZE_MTU_1500,
-        frame_stream: &stream,
-        watermark: None,
-    });
+    let (info, datagrams) = random_file(DATA, 7, FileId(0x10));
     let shape = info.shape().unwrap();
     assert_eq!(
         shape.depth(),

@@ -8,16 +8,21 @@
 use core::time::Duration;
 use std::collections::{BTreeMap, BTreeSet};
 
+use loopcast_proto::assemble::{assemble_in_memory, InMemoryFile};
 use loopcast_proto::bitmap::Bitmap;
 use loopcast_proto::carousel::SessionId;
 use loopcast_proto::client::{account_datagram, Metered};
-use loopcast_proto::endpoint::Endpoint;
+use loopcast_proto::endpoint::{Endpoint, EndpointConfig, MulticastGroups};
+use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::nak::{NakConfig, NakPlanner};
 use loopcast_proto::rate::{
     plan, Counts, LossMeter, MemberPlan, PathEstimate, RateConfig, TierControl, TierPlan,
+    TierPolicy,
 };
 use loopcast_proto::receiver::Outcome;
+use loopcast_proto::rng::SeededRng;
 use loopcast_proto::wire::control::{ControlMessage, Token};
+use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
 #[derive(Clone, Debug)]
@@ -393,5 +398,46 @@ pub fn order(e: &(u64, Ev)) -> (u64, u8) {
             Ev::Heard(_) => 1,
             _ => 2,
         },
+    )
+}
+
+/// A real file of `data` datagrams' worth of seeded random bytes at MTU 1500, assembled in
+/// memory: its info and every datagram by serial.
+pub fn random_file(data: usize, seed: u64, file_id: FileId) -> (FileInfo, Vec<Vec<u8>>) {
+    let mut rng = SeededRng::from_u64(seed);
+    let stream: Vec<u8> = (0..data * 1400).map(|_| rng.below(256) as u8).collect();
+    assemble_in_memory(&InMemoryFile {
+        file_id,
+        name: "random.bin",
+        datagram_size: DATAGRAM_SIZE_MTU_1500,
+        frame_stream: &stream,
+        watermark: None,
+    })
+}
+
+/// A server endpoint with automatic rates under `policy`, no operator cap (tiers up to
+/// `rate_max`) and multicast groups, seeded with `seed`; and the info of a 1 MB file (id
+/// `seed`) for it to serve.
+pub fn multicast_endpoint(policy: TierPolicy, seed: u64) -> (Endpoint, FileInfo) {
+    let mut config = EndpointConfig::new("10.0.0.1:7700".parse().unwrap());
+    config.adaptive = Some(RateConfig {
+        policy,
+        ..RateConfig::default()
+    });
+    config.rate_bits_per_s = 0;
+    config.multicast = Some(MulticastGroups {
+        group_base: std::net::Ipv4Addr::new(239, 77, 1, 0),
+        port: 7701,
+    });
+    (
+        Endpoint::new(config, SeededRng::from_u64(seed), Instant::ZERO),
+        assemble_in_memory(&InMemoryFile {
+            file_id: FileId(seed),
+            name: &format!("hx{seed}.bin"),
+            datagram_size: DATAGRAM_SIZE_MTU_1500,
+            frame_stream: &[7u8; 1_000_000],
+            watermark: None,
+        })
+        .0,
     )
 }
