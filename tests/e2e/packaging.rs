@@ -8,8 +8,15 @@ use std::process::Command;
 
 use crate::support::{bin, free_udp_port, hang_up, wait_for_admin, Proc, Scratch};
 
-/// The .deb of this build's release binaries (cargo-deb, `--no-build`), at `deb`.
+/// The .deb of this build's release binaries (cargo-deb, `--no-build`), at `deb`. One build at
+/// a time: cargo-deb strips each binary to a fixed temporary name under target/, so two tests
+/// packaging at once read each other's half-written or removed copies (seen in CI:
+/// "Unable to read asset ... loopcastctl.stripped-2.tmp").
 fn build_deb(deb: &std::path::Path) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let built = Command::new("cargo")
         .current_dir(&workspace)
