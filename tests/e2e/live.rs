@@ -110,6 +110,7 @@ pub fn sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing() {
         "--listen changed",
         "takes effect only after a restart",
         "SIGHUP: media database rescanned archives=1",
+        "archive found in the media directory: now served file=late.bin",
         "bad rate \"fast\"",
         "TOML parse error",
     ] {

@@ -572,8 +572,9 @@ impl Server {
                     session,
                     client,
                     transport,
+                    channel,
                 } => {
-                    tracing::info!(session = format_args!("{:016x}", session.0), %client, %transport, "session joined (address validated)")
+                    tracing::info!(session = format_args!("{:016x}", session.0), %client, %transport, channel = channel.0, "session joined (address validated)")
                 }
                 Event::SessionEnded {
                     session,
@@ -583,7 +584,10 @@ impl Server {
                     tracing::info!(session = format_args!("{:016x}", session.0), %client, "{end}")
                 }
                 Event::ChannelClosed { channel, file } => {
-                    tracing::info!(channel = channel.0, %file, "channel closed: no active clients")
+                    // A channel that ran was logged with its traffic as the data plane closed
+                    // it; this one may never have run (opened for a request whose client then
+                    // got a channel of its own, or never joined).
+                    tracing::debug!(channel = channel.0, %file, "channel closed: no active clients")
                 }
                 Event::TierOpened {
                     channel,
@@ -659,12 +663,13 @@ impl Server {
                 if let Some(closed) = self.channels.remove(&channel) {
                     self.pool_command(Command::RemoveChannel(closed.id));
                     tracing::info!(
+                        channel = channel.0,
                         file = %closed.info.name,
                         datagrams = closed.stats.datagrams.load(Ordering::Relaxed),
                         bytes = closed.stats.bytes.load(Ordering::Relaxed),
                         repair_datagrams = closed.stats.repair_datagrams.load(Ordering::Relaxed),
                         repairs_refused = closed.stats.repairs_refused.load(Ordering::Relaxed),
-                        "channel stopped"
+                        "channel closed: no clients left"
                     );
                 }
             }
@@ -1085,7 +1090,12 @@ impl Server {
                     "tiers": view.tiers,
                     "own_channel": view.own_channel,
                     "rate_bits_per_s": view.rate_bits_per_s,
-                    "policy": self.config.adaptive.as_ref().map_or("fixed", |a| a.policy.name()),
+                    // A unicast client's own channel follows that client alone.
+                    "policy": if view.own_channel {
+                        "own client"
+                    } else {
+                        self.config.adaptive.as_ref().map_or("fixed", |a| a.policy.name())
+                    },
                     "loop_len": view.loop_len,
                     "next_serial": load(|s| &s.next_serial),
                     "repair_datagrams": load(|s| &s.repair_datagrams),

@@ -254,6 +254,8 @@ pub enum Event {
         session: SessionId,
         client: SocketAddr,
         transport: Transport,
+        /// The channel it receives on (a unicast client's own, or its file's tier).
+        channel: ChannelId,
     },
     SessionEnded {
         session: SessionId,
@@ -1647,6 +1649,7 @@ impl Endpoint {
             session,
             client,
             transport,
+            channel: channel_id,
         });
     }
 
@@ -1663,13 +1666,9 @@ impl Endpoint {
         }
         let source = &self.channels[&like];
         let (info, rate) = (source.info.clone(), source.tier.rate());
-        let channel = self.open_channel(now, info, rate, ChannelKind::Solo);
-        self.events.push_back(Event::TierOpened {
-            channel,
-            file: self.channels[&channel].info.name.clone(),
-            rate_bits_per_s: rate,
-        });
-        Some(channel)
+        // Not a tier of the file (no other client joins it): no TierOpened; the session's
+        // SessionValidated names it.
+        Some(self.open_channel(now, info, rate, ChannelKind::Solo))
     }
 
     fn handle_nak(

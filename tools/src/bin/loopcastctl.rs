@@ -45,8 +45,9 @@ struct Cli {
     /// /run/loopcast/loopcastd.sock (root) or /tmp/loopcast-<uid>/loopcastd.sock; for `servers`
     /// and `files`, the director's loopcastd-direct.sock in the same directory (as root, if that
     /// is missing, the packaged unit's /run/loopcast-direct/loopcastd-direct.sock). A socket or
-    /// directory owned by another user (not root) is refused.
-    #[arg(long, global = true)]
+    /// directory owned by another user (not root) is refused. Also spelled --admin-socket, as
+    /// loopcastd's option for the same path.
+    #[arg(long, global = true, alias = "admin-socket")]
     socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
