@@ -103,16 +103,29 @@ pub fn byte_bar(total: u64, message: &str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
-    );
+    bar.set_style(if total == 0 {
+        waiting_style()
+    } else {
+        bar_style()
+    });
     bar.set_message(message.to_owned());
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{msg:>12} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+    .expect("static template")
+    .progress_chars("=> ")
+}
+
+/// Before the size is known (a download before the server's offer): a spinner and the time
+/// waited, not a bar (a bar of 0 bytes of 0 drew full).
+fn waiting_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{msg:>12} {spinner} waiting, {elapsed}")
+        .expect("static template")
 }
 
 /// How often long work prints a progress line where stderr is not a terminal.
@@ -158,6 +171,9 @@ impl ByteProgress {
 
     /// `done` of `total` bytes (`total` 0: not known yet).
     pub fn update(&self, done: u64, total: u64) {
+        if total > 0 && self.bar.length() == Some(0) {
+            self.bar.set_style(bar_style());
+        }
         self.bar.set_length(total);
         self.bar.set_position(done);
         if done > 0 && !self.shown.swap(true, std::sync::atomic::Ordering::Relaxed) {
