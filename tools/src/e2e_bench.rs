@@ -464,13 +464,17 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     let mut results = Vec::new();
     let loopcast = match alone {
         Some(host) => {
-            let alone_result = run_loopcast(&bed, &[host])?;
+            let alone_result = run_loopcast(
+                &bed,
+                &[host],
+                " alone first (its time alone sets its target among the others)",
+            )?;
             stop_if_interrupted()?;
-            let mut mixed = run_loopcast(&bed, &all)?;
+            let mut mixed = run_loopcast(&bed, &all, "")?;
             add_alone_times(&mut mixed, &alone_result);
             mixed
         }
-        None => run_loopcast(&bed, &all)?,
+        None => run_loopcast(&bed, &all, "")?,
     };
     let loopcast_receivers = loopcast["receivers"].clone();
     results.push(loopcast);
@@ -502,12 +506,13 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
 }
 
 /// loopcastd in the server namespace (with `--rate` only if given) and `loopcast get` on the
-/// receiver hosts `hosts` at once; a fresh server per call.
-fn run_loopcast(bed: &Bed, hosts: &[usize]) -> Result<serde_json::Value, String> {
+/// receiver hosts `hosts` at once; a fresh server per call (`why`: what the run is for, after
+/// the hosts in its progress line).
+fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Value, String> {
     let args = bed.args;
     let rate = args.rate.as_deref().unwrap_or("automatic");
     crate::phase(format_args!(
-        "e2e: loopcast at {rate} to receiver(s) {hosts:?}"
+        "e2e: loopcast at {rate} to receiver(s) {hosts:?}{why}"
     ));
     let cpu0 = crate::children_cpu_time();
     let mut serve = in_ns(&format!("{}-s", bed.tag), &bed.loopcastd);

@@ -34,11 +34,18 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
         .parse()
         .map_err(|_| format!("bad rate {text:?}: use e.g. 250M, 1G, 800k or unpaced"))?;
     if !(value.is_finite() && value > 0.0) {
-        return Err(format!("bad rate {text:?}: must be positive"));
+        return Err(format!(
+            "bad rate {text:?}: must be positive (no pacing at all is \"unpaced\")"
+        ));
     }
     let bits = (value * multiplier) as u64;
     if bits < 8_000 {
-        return Err(format!("rate {text:?} is below 8 kbit/s"));
+        let hint = if multiplier == 1.0 {
+            format!(" (a number alone is bits per second: {value}M is megabits)")
+        } else {
+            String::new()
+        };
+        return Err(format!("rate {text:?} is below 8 kbit/s{hint}"));
     }
     Ok(bits)
 }
@@ -375,6 +382,15 @@ mod tests {
         assert_eq!(parse_rate("unpaced"), Ok(0));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("-1M").is_err());
+        // A zero with a unit is no rate; the message names the word for no pacing.
+        assert!(parse_rate("0M").unwrap_err().contains("\"unpaced\""));
+        // A bare number is bits per second: the message says so when it is too small.
+        let bare = parse_rate("100").unwrap_err();
+        assert!(
+            bare.contains("below 8 kbit/s") && bare.contains("100M"),
+            "{bare}"
+        );
+        assert!(!parse_rate("1k").unwrap_err().contains("100M"));
     }
 
     #[test]
