@@ -221,6 +221,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(operator::check_skip_recorded_hashes_only_new_or_changed_archives),
         e2e!(operator::check_skip_recorded_of_unchanged_media_writes_no_records),
         e2e!(operator::check_json_that_cannot_record_still_ends_with_a_summary),
+        e2e!(operator::a_repacked_archive_is_logged_as_replaced_before_it_is_served),
         e2e!(
             packaging::systemd_units_verify_and_their_command_lines_start_the_daemons,
             Need::Program("systemd-analyze", "the Debian package systemd")

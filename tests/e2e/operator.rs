@@ -270,3 +270,45 @@ pub fn check_json_that_cannot_record_still_ends_with_a_summary() {
         "{summary}"
     );
 }
+
+/// An archive packed again under a running server (`pack --force`, new content, new root):
+/// the next request for it gets the new one, and the server's log says the archive was
+/// replaced before it offers it (s16 new-user review: the log said so only at a later rescan,
+/// after clients were already served the new root).
+pub fn a_repacked_archive_is_logged_as_replaced_before_it_is_served() {
+    let scratch = Scratch::new("repack");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    write_content(&input, 1 << 20, 3);
+    let first = pack_into(&input, &media, &["--no-encrypt"]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "200M"]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let get = |name: &str| {
+        json_of(&run_ok(
+            Command::new(bin("loopcast"))
+                .args(["get", &server_addr, "film.bin", "--json", "--force"])
+                .arg("--output")
+                .arg(scratch.path(name)),
+        ))
+    };
+    assert_eq!(get("one.lca")["root"], first["root"]);
+    write_content(&input, 1 << 20, 4);
+    let second = pack_into(&input, &media, &["--no-encrypt", "--force"]);
+    assert_ne!(second["root"], first["root"]);
+    assert_eq!(
+        get("two.lca")["root"],
+        second["root"],
+        "the new archive is served"
+    );
+    let log = server.process.terminate();
+    let log = String::from_utf8_lossy(&log.stderr);
+    let replaced = log
+        .find("archive replaced in the media directory")
+        .unwrap_or_else(|| panic!("no replaced line:\n{log}"));
+    let second_offer = log.rfind("session offered").expect("two offers in the log");
+    assert!(
+        replaced < second_offer,
+        "replaced logged after the new archive was offered:\n{log}"
+    );
+    assert!(!log.contains("no clients left"), "{log}");
+}

@@ -84,7 +84,7 @@ impl Catalog {
                 Err(error) => {
                     let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
                     if self.skipped.get(&path) != Some(&modified) {
-                        tracing::warn!(path = %path.display(), %error, "skipping archive: it cannot be served (warned again only if it changes)");
+                        tracing::warn!(path = %path.display(), %error, "skipping archive: it cannot be served (this server says so again only if the file changes)");
                     }
                     skipped.insert(path, modified);
                 }

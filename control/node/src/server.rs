@@ -229,6 +229,12 @@ impl FileLookup for Lookup<'_> {
                 format!("the archive of {name:?} is damaged on the server"),
             )
         })?;
+        if self.catalog.root_of(name) != Some(archive.info().root()) {
+            // Replaced since the last scan (packed again with --force): the rescan logs it
+            // before anyone is served the new one, and heartbeats announce the new root.
+            *self.last_rescan = Some(self.now);
+            let _ = self.catalog.rescan();
+        }
         Ok(archive.info().clone())
     }
 }
@@ -669,7 +675,7 @@ impl Server {
                         bytes = closed.stats.bytes.load(Ordering::Relaxed),
                         repair_datagrams = closed.stats.repair_datagrams.load(Ordering::Relaxed),
                         repairs_refused = closed.stats.repairs_refused.load(Ordering::Relaxed),
-                        "channel closed: no clients left"
+                        "channel closed"
                     );
                 }
             }
@@ -855,7 +861,12 @@ impl Server {
             if now >= channel.next_disk_check {
                 channel.next_disk_check = now + ARCHIVE_CHECK_INTERVAL;
                 if ArchiveKey::of(&channel.key.path).as_ref() != Some(&channel.key) {
-                    tracing::error!(file = %channel.info.name, path = %channel.key.path.display(), "archive changed on disk while served: stopping its channel");
+                    let what = if channel.key.path.exists() {
+                        "archive changed on disk while served (replaced or rewritten): stopping its channel"
+                    } else {
+                        "archive removed from disk while served: stopping its channel"
+                    };
+                    tracing::error!(file = %channel.info.name, path = %channel.key.path.display(), "{what}");
                     self.counters.archives_changed += 1;
                     failed.push(channel_id);
                     continue;
@@ -995,17 +1006,19 @@ impl Server {
             .endpoint
             .channels()
             .find(|c| c.channel == channel)
-            .map(|c| (c.name, c.tier, c.tiers));
+            .map(|c| (c.name, c.tier, c.tiers, c.own_channel));
         let now = self.clock.now();
         match (self.endpoint.stop_channel(now, channel), file) {
-            (Some(clients_told), Some((file, tier, tiers))) => {
+            (Some(clients_told), Some((file, tier, tiers, own_channel))) => {
+                // Logged before what it caused (the sessions' ends, the channel's close).
+                tracing::info!(channel = channel.0, %file, tier = %if own_channel { "own".to_owned() } else { format!("{}/{tiers}", tier + 1) }, clients_told, "channel stopped by the operator: its clients were told to ask again");
                 self.flush_endpoint();
-                tracing::info!(channel = channel.0, %file, tier = tier + 1, tiers, clients_told, "channel stopped by the operator: its clients were told to ask again");
                 serde_json::json!({
                     "stopped": channel.0,
                     "file": file,
                     "tier": tier,
                     "tiers": tiers,
+                    "own_channel": own_channel,
                     "clients_told": clients_told,
                 })
             }
