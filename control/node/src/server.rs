@@ -231,9 +231,9 @@ impl FileLookup for Lookup<'_> {
         })?;
         if self.catalog.root_of(name) != Some(archive.info().root()) {
             // Replaced since the last scan (packed again with --force): the rescan logs it
-            // before anyone is served the new one, and heartbeats announce the new root.
-            *self.last_rescan = Some(self.now);
-            let _ = self.catalog.rescan();
+            // before anyone is served the new one, and heartbeats announce the new root. At
+            // most once a second, as for unknown names (requests must not buy directory scans).
+            self.rescan_if_stale();
         }
         Ok(archive.info().clone())
     }
