@@ -208,6 +208,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::meaningless_rate_options_are_refused_at_once),
         e2e!(options::the_start_line_states_the_cap_in_force),
         e2e!(options::serve_help_states_the_rate_defaults),
+        e2e!(options::get_stall_timeout_also_bounds_the_wait_for_a_first_answer),
         e2e!(options::config_files_set_flags_and_the_command_line_wins),
         e2e!(options::metrics_endpoint_serves_the_status_counters),
         e2e!(live::sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing),

@@ -325,3 +325,41 @@ pub fn metrics_endpoint_serves_the_status_counters() {
     assert!(log.contains("no metrics endpoint"), "{log}");
     drop(server);
 }
+
+/// `get --stall-timeout N` with nobody answering gives up after N seconds (not the 10 s the
+/// first answer is otherwise waited for: s16 new-user review), with the timeout's exit code and
+/// a message naming the address and the wait; 0 is refused as a usage error.
+pub fn get_stall_timeout_also_bounds_the_wait_for_a_first_answer() {
+    let scratch = Scratch::new("stall-first");
+    let silent = format!("127.0.0.1:{}", free_udp_port());
+    let started = Instant::now();
+    let output = Command::new(bin("loopcast"))
+        .args([
+            "get",
+            &silent,
+            "film.bin",
+            "--stall-timeout",
+            "2",
+            "--output",
+        ])
+        .arg(scratch.path("film.lca"))
+        .output()
+        .unwrap();
+    let waited = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no answer from {silent} within 2 s")),
+        "{stderr}"
+    );
+    // Bounded from both sides: it waited, and not the default 10 s.
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(8),
+        "gave up after {waited:?}"
+    );
+    let zero = Command::new(bin("loopcast"))
+        .args(["get", &silent, "film.bin", "--stall-timeout", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2));
+}

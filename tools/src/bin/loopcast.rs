@@ -312,8 +312,9 @@ struct GetArgs {
     /// Key database for --extract and --follow.
     #[arg(long)]
     keys: Option<PathBuf>,
-    /// Give up after this many seconds without new data (partial file kept).
-    #[arg(long, default_value_t = 30)]
+    /// Give up after this many seconds without new data (partial file kept). A server's first
+    /// answer is waited for this long too, but at most 10 s (then the next server is asked).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     stall_timeout: u64,
     /// Replace an existing output (and --extract target) instead of refusing.
     #[arg(long)]
@@ -720,6 +721,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
     config.allow_multicast = !args.unicast;
     config.multicast_interface = args.multicast_interface;
     config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout);
+    config.request_timeout = config.request_timeout.min(config.stall_timeout);
     config.force = args.force;
     if let Some(path) = &args.extract {
         // Before downloading: the extract target is usable too.
