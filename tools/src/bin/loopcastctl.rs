@@ -328,8 +328,17 @@ fn tier_of(v: &serde_json::Value) -> String {
 fn print_clients(answer: &serde_json::Value) {
     let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<22} {:<20} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}",
-        "CLIENT", "FILE", "TRANSPORT", "TIER", "TIER RATE", "THROUGHPUT", "LOSS", "RTT", "HELD"
+        "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}",
+        "CLIENT",
+        "FILE",
+        "CHANNEL",
+        "TRANSPORT",
+        "TIER",
+        "TIER RATE",
+        "THROUGHPUT",
+        "LOSS",
+        "RTT",
+        "HELD"
     );
     for s in &sessions {
         let held = match (s["held"].as_u64(), answer_loop_len(answer, s)) {
@@ -344,9 +353,10 @@ fn print_clients(answer: &serde_json::Value) {
             "pending".to_owned()
         };
         println!(
-            "{:<22} {:<20} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}",
+            "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}",
             text(&s["client"]),
             s["file"].as_str().unwrap_or("-"),
+            text(&s["channel"]),
             transport,
             tier_of(s),
             rate_of(&s["tier_rate_bits_per_s"]),
