@@ -23,6 +23,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the archives of a media database directory.
+    ///
+    /// Archives packed into the directory while it runs are served at the first request for
+    /// them (the log says "archive found"); one packed again (--force) is picked up at its next
+    /// request. SIGHUP rescans the directory at once and reads --config again (rate cap, tier
+    /// policy and tiers, initial rate, session timeout, --no-verify, a fleet server's location
+    /// and heartbeat interval apply live; the rest is warned as needing a restart). SIGINT or
+    /// SIGTERM stops it.
     #[command(args_override_self = true)]
     Serve(ServeArgs),
     /// Run a traffic director: servers send it heartbeats, clients ask it for a file and are
