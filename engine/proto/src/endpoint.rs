@@ -1596,7 +1596,10 @@ impl Endpoint {
         // it alone (its repairs then slow nobody else's loop). Its loop starts where the tier
         // it came from is.
         let mut start_like = None;
-        if transport == Transport::Unicast && !self.channels[&channel_id].solo {
+        if transport == Transport::Unicast
+            && !self.channels[&channel_id].solo
+            && !self.own_in_place(channel_id)
+        {
             if let Some(solo) = self.open_solo(now, channel_id) {
                 let old = self.channels.get_mut(&channel_id).expect("checked above");
                 old.sessions -= 1;
@@ -1653,15 +1656,45 @@ impl Endpoint {
         });
     }
 
+    /// Whether unicast clients may have channels of their own (rates adaptive), and there is
+    /// room for one more: half the channels at most are theirs, the rest stay for other
+    /// files' tiers (else 16 addresses' worth of sessions lock every other file out).
+    fn room_for_solo(&self) -> bool {
+        let solo = self.channels.values().filter(|c| c.solo).count();
+        self.config.adaptive.is_some() && solo < self.config.channels_max / 2
+    }
+
+    /// The channel opened for a request becomes its unicast client's own, keeping its id, when
+    /// that client is all it has and it never ran (it was opened for this request): the same
+    /// file at the same rate, without a second channel opened and the first dropped at once
+    /// (operators saw channel ids 1, 3, 5, ...). True if it did.
+    fn own_in_place(&mut self, channel_id: ChannelId) -> bool {
+        if !self.room_for_solo() {
+            return false;
+        }
+        let channel = self
+            .channels
+            .get_mut(&channel_id)
+            .expect("sessions have channels");
+        if channel.sessions != 1
+            || channel.data_open
+            || channel.multicast_members > 0
+            || channel.multicast_pending > 0
+        {
+            return false;
+        }
+        channel.solo = true;
+        if let Some(group) = channel.group.take() {
+            release_group_slot(&mut self.group_slots_used, &self.config, group);
+        }
+        true
+    }
+
     /// A channel of its own for a unicast client of `like`'s file, at `like`'s rate (probing
     /// from there when it has nothing measured), if rates are adaptive and there is room.
     fn open_solo(&mut self, now: Instant, like: ChannelId) -> Option<ChannelId> {
-        self.config.adaptive.as_ref()?;
-        // Half the channels at most are unicast clients' own: the rest stay for other files'
-        // tiers (else 16 addresses' worth of sessions lock every other file out). Past it, a
-        // unicast client shares its tier.
-        let solo = self.channels.values().filter(|c| c.solo).count();
-        if self.channels.len() >= self.config.channels_max || solo >= self.config.channels_max / 2 {
+        // Past the room (`room_for_solo`), a unicast client shares its tier.
+        if !self.room_for_solo() || self.channels.len() >= self.config.channels_max {
             return None;
         }
         let source = &self.channels[&like];
@@ -1846,9 +1879,8 @@ impl Endpoint {
                 self.tiers_by_name.remove(&channel.info.name);
             }
         }
-        if let (Some(group), Some(m)) = (channel.group, &self.config.multicast) {
-            let slot = (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
-            self.group_slots_used[slot] = false;
+        if let Some(group) = channel.group {
+            release_group_slot(&mut self.group_slots_used, &self.config, group);
         }
         if channel.data_open {
             self.counters.channels_closed += 1;
@@ -2510,6 +2542,15 @@ fn repair_window(channel: &Channel) -> Duration {
             u64::try_from(loop_bits * NANOS_PER_S / u128::from(rate)).unwrap_or(u64::MAX),
         )
         .clamp(REPAIR_WINDOW_MIN, REPAIR_WINDOW_MAX),
+    }
+}
+
+/// Frees the multicast group slot of `group` (a channel's, closed or made a unicast client's
+/// own) for the next tier.
+fn release_group_slot(slots_used: &mut [bool], config: &EndpointConfig, group: SocketAddrV4) {
+    if let Some(m) = &config.multicast {
+        let slot = (u32::from(*group.ip()) - ((u32::from(m.group_base) & !0xff) + 1)) as usize;
+        slots_used[slot] = false;
     }
 }
 

@@ -1898,3 +1898,60 @@ fn the_sent_count_is_interpolated_between_samples_bounded_and_starts_over_if_it_
         SENT_SAMPLES_MAX
     );
 }
+
+/// A unicast client alone on the channel opened for its request, which never ran, gets that
+/// channel as its own: same id, its group given back, no channel opened and dropped at once
+/// (a new user saw channel ids 1, 3, 5, ... and a "closed" line for a channel never opened).
+/// A multicast client after it gets a shared tier on the group given back.
+#[test]
+fn a_unicast_clients_request_channel_becomes_its_own_in_place() {
+    let (mut endpoint, mut files) = adaptive_endpoint(true);
+    let client = addr("192.0.2.10:6000");
+    let (session, token) = open(&mut endpoint, &mut files, at(0), client, 1);
+    let before: Vec<ChannelView> = endpoint.channels().collect();
+    assert_eq!(before.len(), 1);
+    let (request_channel, group) = (before[0].channel, before[0].group);
+    assert!(group.is_some(), "a shared tier has a group");
+    endpoint.handle_control(
+        at(1),
+        client,
+        &joined(session, token, Transport::Unicast),
+        &mut files,
+    );
+    let mut closed = 0;
+    while let Some(event) = endpoint.poll_event() {
+        closed += usize::from(matches!(event, Event::ChannelClosed { .. }));
+    }
+    let (_, commands) = drain(&mut endpoint);
+    let opened: Vec<ChannelId> = commands
+        .iter()
+        .filter_map(|c| match c {
+            DataCommand::OpenChannel { channel, .. } => Some(*channel),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened, vec![request_channel], "the request's channel runs");
+    assert_eq!(closed, 0, "nothing opened and dropped");
+    let own: Vec<ChannelView> = endpoint.channels().collect();
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].channel, request_channel);
+    assert!(
+        own[0].own_channel && own[0].group.is_none(),
+        "{:?}",
+        own[0].group
+    );
+
+    let other = addr("192.0.2.11:6000");
+    let (session, token) = open(&mut endpoint, &mut files, at(2), other, 2);
+    endpoint.handle_control(
+        at(3),
+        other,
+        &joined(session, token, Transport::Multicast),
+        &mut files,
+    );
+    drain(&mut endpoint);
+    let shared: Vec<ChannelView> = endpoint.channels().filter(|c| !c.own_channel).collect();
+    assert_eq!(shared.len(), 1);
+    assert_eq!(shared[0].group, group, "the group given back is used again");
+    assert_eq!(shared[0].multicast_members, 1);
+}
