@@ -405,6 +405,10 @@ struct Channel {
     /// as the driver samples it ([`Endpoint::handle_channel_sent`]): what a report's interval
     /// really carried, where the sender falls short of the tier's rate.
     sent_samples: VecDeque<(Instant, u64)>,
+    /// Validated unicast sessions on it per client address. The data plane holds each address
+    /// once: it is added for the first and removed with the last (two sessions from one socket,
+    /// a client's re-request beside its old session, must not lose their data when one goes).
+    unicast_destinations: HashMap<SocketAddr, u32>,
 }
 
 /// Samples of a channel's sent count kept, at least `SENT_SAMPLE_GAP` apart (the driver samples
@@ -1495,6 +1499,7 @@ impl Endpoint {
                 tier,
                 offer_len,
                 sent_samples: VecDeque::new(),
+                unicast_destinations: HashMap::new(),
             },
         );
         channel
@@ -2424,6 +2429,16 @@ impl Endpoint {
                     "a channel's validated set holds only its validated sessions"
                 );
             }
+            let unicast = channel
+                .validated
+                .iter()
+                .filter(|s| self.sessions[s].transport == Transport::Unicast)
+                .count();
+            assert_eq!(
+                channel.unicast_destinations.values().sum::<u32>() as usize,
+                unicast,
+                "a channel counts each validated unicast session under its address"
+            );
         }
         let validated = self.sessions.values().filter(|s| s.validated).count();
         let in_sets: usize = self.channels.values().map(|c| c.validated.len()).sum();
@@ -2579,7 +2594,8 @@ fn start_data(
 }
 
 /// A validated session joins its channel's transport (the twin of `leave_transport`): the first
-/// multicast member adds the group to the destinations; a unicast session adds its address.
+/// multicast member adds the group to the destinations; the first unicast session of an address
+/// adds that address.
 fn join_transport(
     channel: &mut Channel,
     channel_id: ChannelId,
@@ -2598,16 +2614,22 @@ fn join_transport(
                 });
             }
         }
-        Transport::Unicast => commands.push_back(DataCommand::AddDestination {
-            channel: channel_id,
-            destination: client,
-        }),
+        Transport::Unicast => {
+            let sessions = channel.unicast_destinations.entry(client).or_insert(0);
+            *sessions += 1;
+            if *sessions == 1 {
+                commands.push_back(DataCommand::AddDestination {
+                    channel: channel_id,
+                    destination: client,
+                });
+            }
+        }
     }
 }
 
 /// A session leaves its channel's transport: a pending multicast session stops counting for
-/// SYNC; the last validated multicast member takes the group off the destinations; a validated
-/// unicast session takes its own address off.
+/// SYNC; the last validated multicast member takes the group off the destinations; the last
+/// validated unicast session of an address takes that address off.
 fn leave_transport(
     channel: &mut Channel,
     channel_id: ChannelId,
@@ -2630,10 +2652,18 @@ fn leave_transport(
             }
         }
         (true, Transport::Unicast) => {
-            commands.push_back(DataCommand::RemoveDestination {
-                channel: channel_id,
-                destination: client,
-            });
+            let sessions = channel
+                .unicast_destinations
+                .get_mut(&client)
+                .expect("a validated unicast session's address is counted");
+            *sessions -= 1;
+            if *sessions == 0 {
+                channel.unicast_destinations.remove(&client);
+                commands.push_back(DataCommand::RemoveDestination {
+                    channel: channel_id,
+                    destination: client,
+                });
+            }
         }
     }
 }
