@@ -67,6 +67,8 @@ pub struct GroupChecker {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Groups checked while the download ran (for the report and tests).
     pub checked_early: u32,
+    /// Groups whose check counted since [`GroupChecker::take_checked_ranges`] last ran.
+    newly_checked: Vec<u32>,
     /// Opens of the `.part` after ours (inotify): whoever opened it may have written to
     /// groups already checked, so then nothing checked early counts.
     opens: nix::sys::inotify::Inotify,
@@ -166,6 +168,7 @@ impl GroupChecker {
             stop,
             thread: Some(thread),
             checked_early: 0,
+            newly_checked: Vec::new(),
             opens,
         })
     }
@@ -240,12 +243,37 @@ impl GroupChecker {
                 }
                 Ok(hash) => {
                     self.checked_early += 1;
+                    self.newly_checked.push(group);
                     GroupState::Checked(writes, hash)
                 }
                 // Perhaps a copy that will be replaced: again when written again, or at the end.
                 Err(_) => GroupState::Failed,
             };
         }
+    }
+
+    /// The `.part`'s byte ranges of the groups checked since the last call, in order, runs of
+    /// neighbours merged: read back and verified, their pages need not stay cached once they
+    /// are on disk (`Download::save_in_background` drops them after its fsync).
+    pub fn take_checked_ranges(&mut self) -> Vec<core::ops::Range<u64>> {
+        let info = self.archive.info();
+        let size = u64::from(info.datagram_size);
+        let mut groups = std::mem::take(&mut self.newly_checked);
+        groups.sort_unstable_by_key(|&group| self.archive.group_serials(group).start);
+        let mut ranges: Vec<core::ops::Range<u64>> = Vec::with_capacity(groups.len());
+        for group in groups {
+            let serials = self.archive.group_serials(group);
+            if serials.is_empty() {
+                continue;
+            }
+            let start = loopcast_archive::format::datagram_offset(info, serials.start);
+            let end = loopcast_archive::format::datagram_offset(info, serials.end - 1) + size;
+            match ranges.last_mut() {
+                Some(last) if last.end == start => last.end = end,
+                _ => ranges.push(start..end),
+            }
+        }
+        ranges
     }
 
     fn touch(&mut self, group: u32) {
@@ -450,6 +478,95 @@ mod tests {
         // ...then the genuine one written over it: the end's check passes.
         ours.write_all_at(&genuine, offset).unwrap();
         checker.wrote(serial);
+        assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
+    }
+
+    #[test]
+    fn checked_groups_are_handed_out_once_as_byte_ranges_with_neighbours_merged() {
+        let (_dir, path) = archive();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        assert!(file.group_count() > 4, "{} groups", file.group_count());
+        let span = |group: u32| {
+            let serials = file.group_serials(group);
+            let offset = |serial| loopcast_archive::format::datagram_offset(file.info(), serial);
+            offset(serials.start)..offset(serials.end - 1) + u64::from(file.info().datagram_size)
+        };
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+        let mut have = Bitmap::new(file.info().loop_len);
+        for group in [0, 1, 3] {
+            for serial in file.group_serials(group) {
+                have.set(serial);
+            }
+        }
+        settle(&mut checker, &have);
+        assert_eq!(checker.checked_early, 3);
+        assert_eq!(
+            checker.take_checked_ranges(),
+            vec![span(0).start..span(1).end, span(3)]
+        );
+        assert!(checker.take_checked_ranges().is_empty(), "handed out once");
+        // A group written again is handed out again once its new check counts.
+        checker.wrote(file.group_serials(3).start);
+        settle(&mut checker, &have);
+        assert_eq!(checker.take_checked_ranges(), vec![span(3)]);
+    }
+
+    /// Pages of `file` in the page cache, of those in `range`.
+    fn resident_pages(file: &std::fs::File, range: core::ops::Range<u64>) -> usize {
+        let map = map_of(file);
+        let page = 4096usize;
+        let start = range.start as usize / page * page;
+        let end = (range.end as usize).min(map.len());
+        let mut vec = vec![0u8; (end - start).div_ceil(page)];
+        // SAFETY: the span lies inside the live mapping `map`, and `vec` has one byte for each
+        // of its pages, as mincore(2) writes.
+        let status = unsafe {
+            libc::mincore(
+                map.as_ptr().add(start) as *mut libc::c_void,
+                end - start,
+                vec.as_mut_ptr(),
+            )
+        };
+        assert_eq!(status, 0, "mincore: {}", std::io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 == 1).count()
+    }
+
+    fn map_of(file: &std::fs::File) -> memmap2::Mmap {
+        // SAFETY: the test's own file, not changed while mapped (only read for residency).
+        unsafe { memmap2::Mmap::map(file).unwrap() }
+    }
+
+    #[test]
+    fn checked_groups_leave_the_page_cache_after_the_fsync_and_the_file_stays_whole() {
+        let (_dir, path) = archive();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        // Every page cached and dirty, as a download's writes leave them.
+        let bytes = std::fs::read(&path).unwrap();
+        ours.write_all_at(&bytes, 0).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+        let have = full(&file);
+        for group in 0..2 {
+            for serial in file.group_serials(group) {
+                checker.wrote(serial);
+            }
+        }
+        settle(&mut checker, &have);
+        let ranges = checker.take_checked_ranges();
+        assert!(!ranges.is_empty());
+        let dropped = ranges[0].clone();
+        let before = resident_pages(&ours, dropped.clone());
+        assert!(before > 0, "nothing cached to begin with");
+        ours.sync_data().unwrap();
+        super::super::drop_cached(&ours, &ranges);
+        let after = resident_pages(&ours, dropped.clone());
+        assert!(
+            after * 4 < before,
+            "{after} of {before} pages still cached after the drop"
+        );
+        // Nothing lost: the file reads back as written, and the whole check passes.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
         assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
     }
 

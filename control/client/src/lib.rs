@@ -816,6 +816,22 @@ struct Segment {
     metered: Option<loopcast_proto::client::Metered>,
 }
 
+/// Asks the kernel to drop the cached pages of `ranges` of `file` (advice: a page still dirty,
+/// written again since the fsync before this, stays; nothing written is lost, and a later read
+/// comes from the disk). Errors are ignored, as advice may be.
+fn drop_cached(file: &std::fs::File, ranges: &[core::ops::Range<u64>]) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    for range in ranges {
+        let (Ok(start), Ok(len)) = (
+            i64::try_from(range.start),
+            i64::try_from(range.end - range.start),
+        ) else {
+            continue;
+        };
+        let _ = posix_fadvise(file, start, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    }
+}
+
 /// Empties a vector of borrowed slices and hands back its allocation with a new lifetime (in-place
 /// collection reuses the buffer; no `unsafe`, no allocation).
 fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
@@ -1174,8 +1190,20 @@ impl Download {
             .try_clone()
             .map_err(io_err("clone partial file handle"))?;
         let (path, root) = (self.state_path.clone(), self.root);
+        // Groups read back and verified before this save: once the fsync has them on disk,
+        // their pages leave the cache (they are not read again unless written again), so the
+        // cache the download fills is reused as it goes instead of growing by the file's
+        // size. On a virtual machine whose host backs guest memory only when first touched
+        // (and takes back what the guest frees), writing into fresh cache pages cost 1.1-2.8
+        // s of system CPU per GiB against 0.3-0.4 with the cache dropped behind the writes.
+        let checked = self
+            .checker
+            .as_mut()
+            .map(|checker| checker.take_checked_ranges())
+            .unwrap_or_default();
         self.saver = Some(std::thread::spawn(move || {
             file.sync_data()?;
+            drop_cached(&file, &checked);
             state::save(&path, &root, &have)
         }));
         Ok(())
