@@ -2,6 +2,9 @@
 //! holds its ceiling, measured in the same run, next to our code:
 //! - `verify`: receiver verify+accept vs a plain BLAKE3 of the same datagram (verification
 //!   cannot be cheaper than hashing);
+//! - `hash_many`: the receiver's BLAKE3 of sixteen equal datagrams at a time, one per SIMD lane
+//!   (`hash_lanes`), vs the blake3 crate hashing them one by one, at both MTUs' datagram sizes,
+//!   and a short group (which takes the lanes only when that pays);
 //! - `header`: loop-datagram header parse and emit (the per-datagram header preparation);
 //! - `pacing`: a paced carousel's decision (`poll_transmit` + `poll_timeout`) vs an unpaced one
 //!   (no token arithmetic at all);
@@ -57,6 +60,30 @@ fn verify(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    group.finish();
+}
+
+fn hash_many(c: &mut Criterion) {
+    use loopcast_dataplane::hash_lanes;
+    let mut group = c.benchmark_group("hash_many");
+    for (size, count) in [(1440usize, 64usize), (8972, 64), (8972, 4), (8972, 8)] {
+        let data: Vec<Vec<u8>> = (0..count)
+            .map(|i| (0..size).map(|j| (i * 31 + j * 7) as u8).collect())
+            .collect();
+        let inputs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
+        let mut out = vec![[0u8; 32]; count];
+        group.throughput(Throughput::Bytes((size * count) as u64));
+        group.bench_function(format!("blake3_one_by_one/{size}x{count}"), |b| {
+            b.iter(|| {
+                for (input, hash) in inputs.iter().zip(out.iter_mut()) {
+                    *hash = *blake3::hash(black_box(input)).as_bytes();
+                }
+            })
+        });
+        group.bench_function(format!("hash_lanes/{size}x{count}"), |b| {
+            b.iter(|| hash_lanes::hash_many(black_box(&inputs), &mut out))
+        });
+    }
     group.finish();
 }
 
@@ -179,5 +206,5 @@ fn repair(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, verify, header, pacing, repair);
+criterion_group!(benches, verify, hash_many, header, pacing, repair);
 criterion_main!(benches);
