@@ -59,39 +59,12 @@ struct Ops<L, C> {
     compress: C,
 }
 
-trait LaneOps {
-    fn load_full(&self, inputs: &[&[u8]; LANES], offset: usize) -> [Lanes; 16];
-    fn compress(
-        &self,
-        cv: &mut [Lanes; 8],
-        block: &[Lanes; 16],
-        counter: u64,
-        len: u32,
-        flags: u32,
-    );
-}
-
-impl<L, C> LaneOps for Ops<L, C>
-where
-    L: Fn(&[&[u8]; LANES], usize) -> [Lanes; 16],
-    C: Fn(&mut [Lanes; 8], &[Lanes; 16], u64, u32, u32),
-{
-    #[inline(always)]
-    fn load_full(&self, inputs: &[&[u8]; LANES], offset: usize) -> [Lanes; 16] {
-        (self.load_full)(inputs, offset)
-    }
-    #[inline(always)]
-    fn compress(
-        &self,
-        cv: &mut [Lanes; 8],
-        block: &[Lanes; 16],
-        counter: u64,
-        len: u32,
-        flags: u32,
-    ) {
-        (self.compress)(cv, block, counter, len, flags)
-    }
-}
+/// A full block's message words in lane order, from offset `usize` of every input.
+trait LoadFull: Fn(&[&[u8]; LANES], usize) -> [Lanes; 16] {}
+impl<T: Fn(&[&[u8]; LANES], usize) -> [Lanes; 16]> LoadFull for T {}
+/// The compression function on every lane: (chaining values, block, counter, length, flags).
+trait Compress: Fn(&mut [Lanes; 8], &[Lanes; 16], u64, u32, u32) {}
+impl<T: Fn(&mut [Lanes; 8], &[Lanes; 16], u64, u32, u32)> Compress for T {}
 
 #[inline(always)]
 fn g(state: &mut [Lanes; 16], a: usize, b: usize, c: usize, d: usize, x: &Lanes, y: &Lanes) {
@@ -160,10 +133,10 @@ fn load_block(
     inputs: &[&[u8]; LANES],
     offset: usize,
     len: usize,
-    ops: &impl LaneOps,
+    ops: &Ops<impl LoadFull, impl Compress>,
 ) -> [Lanes; 16] {
     if len == BLOCK_LEN {
-        return ops.load_full(inputs, offset);
+        return (ops.load_full)(inputs, offset);
     }
     let mut block = [[0u32; LANES]; 16];
     for (lane, input) in inputs.iter().enumerate() {
@@ -337,7 +310,7 @@ fn chunk(
     start: usize,
     len: usize,
     root: bool,
-    ops: &impl LaneOps,
+    ops: &Ops<impl LoadFull, impl Compress>,
 ) -> [Lanes; 8] {
     let mut cv: [Lanes; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
     let blocks = len.div_ceil(BLOCK_LEN).max(1);
@@ -355,23 +328,32 @@ fn chunk(
             }
         }
         let block = load_block(inputs, start + offset, block_len, ops);
-        ops.compress(&mut cv, &block, index, block_len as u32, flags);
+        (ops.compress)(&mut cv, &block, index, block_len as u32, flags);
     }
     cv
 }
 
 /// The parent node over `left` and `right` (`ROOT`: it is the root).
 #[inline(always)]
-fn parent(left: &[Lanes; 8], right: &[Lanes; 8], root: bool, ops: &impl LaneOps) -> [Lanes; 8] {
+fn parent(
+    left: &[Lanes; 8],
+    right: &[Lanes; 8],
+    root: bool,
+    ops: &Ops<impl LoadFull, impl Compress>,
+) -> [Lanes; 8] {
     let block: [Lanes; 16] = core::array::from_fn(|i| if i < 8 { left[i] } else { right[i - 8] });
     let mut cv: [Lanes; 8] = core::array::from_fn(|i| [IV[i]; LANES]);
     let flags = if root { PARENT | ROOT } else { PARENT };
-    ops.compress(&mut cv, &block, 0, BLOCK_LEN as u32, flags);
+    (ops.compress)(&mut cv, &block, 0, BLOCK_LEN as u32, flags);
     cv
 }
 
 #[inline(always)]
-fn hash_lanes_generic(inputs: &[&[u8]; LANES], out: &mut [[u8; 32]], ops: &impl LaneOps) {
+fn hash_lanes_generic(
+    inputs: &[&[u8]; LANES],
+    out: &mut [[u8; 32]],
+    ops: &Ops<impl LoadFull, impl Compress>,
+) {
     let len = inputs[0].len();
     debug_assert!(inputs.iter().all(|i| i.len() == len), "equal lengths");
     debug_assert!(len <= LANE_INPUT_LEN_MAX, "at most {CHUNKS_MAX} chunks");
