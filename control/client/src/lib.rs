@@ -302,6 +302,8 @@ pub fn get_following(
         loopcast_dataplane::socket::bind_udp(bind).map_err(io_err("bind client socket"))?;
     loopcast_dataplane::socket::set_receive_timeout(&control, RECEIVE_TIMEOUT)
         .map_err(io_err("set receive timeout"))?;
+    // Unicast data arrives on this socket.
+    grow_receive_buffer(&control);
     let mut session_config = ClientConfig::new(config.server, &config.name);
     session_config.multicast_ok = config.allow_multicast;
     session_config.alternates = config.alternates.clone();
@@ -709,8 +711,30 @@ fn join_group(
     let socket =
         loopcast_dataplane::socket::bind_multicast_receiver(group, channel.port(), interface)?;
     loopcast_dataplane::socket::set_receive_timeout(&socket, RECEIVE_TIMEOUT)?;
+    grow_receive_buffer(&socket);
     let inbox = inbox_for(&socket);
     Ok((socket, inbox))
+}
+
+/// A data socket's receive buffer as large as the kernel allows, up to
+/// `RECEIVER_BUFFER_BYTES`; a warning (once) when the kernel's cap leaves it under a quarter
+/// of that, since then a receiver descheduled for a moment at a high rate loses datagrams.
+fn grow_receive_buffer(socket: &UdpSocket) {
+    use loopcast_dataplane::socket::RECEIVER_BUFFER_BYTES;
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    match loopcast_dataplane::socket::grow_receive_buffer(socket) {
+        Ok(granted) if granted >= RECEIVER_BUFFER_BYTES / 4 => {}
+        Ok(granted) => {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    granted_bytes = granted,
+                    asked_bytes = RECEIVER_BUFFER_BYTES,
+                    "the kernel caps this socket's receive buffer (net.core.rmem_max): at high rates datagrams will be lost and asked for again; raise it with `sysctl -w net.core.rmem_max={RECEIVER_BUFFER_BYTES}`"
+                );
+            }
+        }
+        Err(error) => tracing::debug!(%error, "receive buffer not grown"),
+    }
 }
 
 /// Batch buffers for `socket`, with UDP GRO turned on where the kernel has it (then one receive

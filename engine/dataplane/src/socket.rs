@@ -9,6 +9,21 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Socket buffer size asked for (the kernel caps it at net.core.[rw]mem_max).
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
+/// Receive buffer asked for on a client's data sockets: a receiver descheduled for a few
+/// milliseconds (two cores shared with a sender, a checker thread and the kernel's own work)
+/// at 10 Gbit/s needs tens of megabytes queued, or the loop's datagrams are lost and asked for
+/// again. The kernel caps it at net.core.rmem_max (see [`grow_receive_buffer`]).
+pub const RECEIVER_BUFFER_BYTES: usize = 64 << 20;
+
+/// Asks for [`RECEIVER_BUFFER_BYTES`] of receive buffer on `socket`; returns the bytes granted
+/// (the kernel caps the request at net.core.rmem_max, 208 KiB by default).
+pub fn grow_receive_buffer(socket: &UdpSocket) -> std::io::Result<usize> {
+    let socket = socket2::SockRef::from(socket);
+    socket.set_recv_buffer_size(RECEIVER_BUFFER_BYTES)?;
+    // Linux reports twice what it grants (the other half is its bookkeeping).
+    Ok(socket.recv_buffer_size()? / 2)
+}
+
 fn new_udp(addr: &SocketAddr) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
@@ -59,4 +74,24 @@ pub fn set_multicast_sender(
 
 pub fn set_receive_timeout(socket: &UdpSocket, timeout: Duration) -> std::io::Result<()> {
     socket.set_read_timeout(Some(timeout.max(Duration::from_micros(100))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receivers_buffer_grows_to_what_the_kernel_allows() {
+        let socket = bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let granted = grow_receive_buffer(&socket).unwrap();
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(usize::MAX);
+        assert_eq!(
+            granted,
+            RECEIVER_BUFFER_BYTES.min(cap),
+            "asked {RECEIVER_BUFFER_BYTES}, net.core.rmem_max {cap}"
+        );
+    }
 }
