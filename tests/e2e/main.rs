@@ -178,6 +178,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(hostile::forged_flooding_and_out_of_range_naks_are_counted_and_bounded),
         e2e!(check_attacks::a_writer_holding_the_part_open_from_before_the_get_cannot_slip_past_the_final_check),
         e2e!(check_attacks::an_archive_changed_in_place_with_its_mtime_put_back_stops_its_channel),
+        e2e!(check_attacks::hx19_a_truncate_by_path_of_checked_groups_cannot_slip_past_the_final_check),
         e2e!(
             links::receivers_behind_5m_50m_and_unlimited_links_each_finish_at_their_own_pace,
             Need::Root("for ip netns and tc tbf links")

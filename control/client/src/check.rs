@@ -570,6 +570,375 @@ mod tests {
         assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
     }
 
+    use loopcast_archive::format::DATAGRAMS_OFFSET;
+
+    // hx_attack19: attacks on the checks while receiving and the page-cache drops after each
+    // background fsync (`take_checked_ranges`, `drop_cached`).
+
+    /// A packed archive like `archive()`, of `len` bytes of input from `seed`.
+    fn archive_of(len: usize, seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = loopcast_proto::rng::SeededRng::from_u64(seed);
+        let mut data = vec![0u8; len];
+        for chunk in data.chunks_mut(8) {
+            chunk.copy_from_slice(&rng.next_u64().to_le_bytes()[..chunk.len()]);
+        }
+        let input = dir.path().join("input");
+        std::fs::write(&input, data).unwrap();
+        let path = dir.path().join("film.lca.part");
+        let options = PackOptions {
+            name: "film".into(),
+            frame_raw_size: 1 << 18,
+            datagram_size: 1440,
+            compression_level: 0,
+            master_key: None,
+            watermark: None,
+        };
+        pack(&input, &path, &options, Overwrite::Replace, &|_| {}).unwrap();
+        (dir, path)
+    }
+
+    /// The `.part` read through our own descriptor (an open of the path would be an open by
+    /// "anyone else" to the inotify watch).
+    fn read_through(ours: &std::fs::File, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; len];
+        ours.read_exact_at(&mut bytes, 0).unwrap();
+        bytes
+    }
+
+    /// Another process (the file's owner, as the download's user is) changes the `.part`
+    /// without opening it: truncate(2) by path cuts groups already checked and puts the length
+    /// back (a hole, zeros). No IN_OPEN event, no descriptor for the lease probe, same inode:
+    /// the checks made before still count, and `finish` must not call the file whole.
+    #[test]
+    fn hx19_a_truncate_by_path_after_the_checks_cannot_slip_past_finish() {
+        let (_dir, path) = archive();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let len = ours.metadata().unwrap().len();
+        let genuine = read_through(&ours, len as usize);
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+        settle(&mut checker, &full(&file));
+        assert_eq!(checker.checked_early, file.group_count());
+        // Everything after the last hash block above the groups (read again at the end)
+        // becomes zeros: the last groups' bytes only. The header and the length stay.
+        let info = file.info();
+        let mut in_group = vec![false; info.loop_len as usize];
+        for group in 0..file.group_count() {
+            for serial in file.group_serials(group) {
+                in_group[serial as usize] = true;
+            }
+        }
+        let last_above = (0..info.loop_len)
+            .rev()
+            .find(|&serial| !in_group[serial as usize])
+            .expect("a hash block above the groups");
+        let cut = loopcast_archive::format::datagram_offset(info, last_above)
+            + u64::from(info.datagram_size);
+        assert!(cut + 100_000 < len, "cut at {cut} of {len}");
+        nix::unistd::truncate(&path, cut as i64).unwrap();
+        nix::unistd::truncate(&path, len as i64).unwrap();
+        let on_disk = read_through(&ours, len as usize);
+        let differing = on_disk.iter().zip(&genuine).filter(|(a, b)| a != b).count();
+        assert!(differing > 0);
+        // What `Download::final_check` asks, in its order.
+        let opened = checker.opened_by_others();
+        let outcome = checker.finish(&path, HASH_MANY);
+        assert!(
+            opened || !matches!(outcome, Some(Ok(()))),
+            "the .part was cut and refilled with zeros by path ({differing} bytes differ from \
+             the archive), yet nobody opened it and finish calls it whole: it would be published"
+        );
+    }
+
+    /// The sequence the brief names: every group checked and handed out for dropping; then a
+    /// datagram of a checked group rewritten with other bytes (a pending copy) before the
+    /// fsync and drop, or after them; then the genuine copy again. The drop never loses a
+    /// write, `finish` fails while the bytes differ and passes once they are genuine.
+    #[test]
+    fn hx19_a_checked_group_rewritten_around_the_fsync_and_drop_is_checked_again() {
+        let (_dir, path) = archive_of(1 << 20, 19_201);
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let info = file.info().clone();
+        let size = usize::from(info.datagram_size);
+        let len = ours.metadata().unwrap().len() as usize;
+        let genuine = read_through(&ours, len);
+        ours.write_all_at(&genuine, 0).unwrap();
+        for rewrite_after_drop in [false, true] {
+            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+            settle(&mut checker, &full(&file));
+            let ranges = checker.take_checked_ranges();
+            let group = file.group_count() / 2;
+            let serial = file.group_serials(group).start + 2;
+            let offset = loopcast_archive::format::datagram_offset(&info, serial);
+            let mut forged = genuine[offset as usize..offset as usize + size].to_vec();
+            forged[size - 1] ^= 0x80;
+            if !rewrite_after_drop {
+                ours.write_all_at(&forged, offset).unwrap();
+                checker.wrote(serial);
+            }
+            ours.sync_data().unwrap();
+            super::super::drop_cached(&ours, &ranges);
+            if rewrite_after_drop {
+                ours.write_all_at(&forged, offset).unwrap();
+                checker.wrote(serial);
+                super::super::drop_cached(&ours, &ranges);
+            }
+            let mut on_disk = vec![0u8; size];
+            ours.read_exact_at(&mut on_disk, offset).unwrap();
+            assert_eq!(on_disk, forged, "the drop lost a write");
+            // Checked again (fails), dropped again, then finish: the damage is found.
+            settle(&mut checker, &full(&file));
+            let again = checker.take_checked_ranges();
+            super::super::drop_cached(&ours, &again);
+            assert!(!checker.opened_by_others());
+            assert!(
+                matches!(checker.finish(&path, HASH_MANY), Some(Err(_))),
+                "rewrite after the drop: {rewrite_after_drop}"
+            );
+            // The genuine copy again: whole.
+            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+            ours.write_all_at(&genuine[offset as usize..offset as usize + size], offset)
+                .unwrap();
+            checker.wrote(serial);
+            settle(&mut checker, &full(&file));
+            let ranges = checker.take_checked_ranges();
+            ours.sync_data().unwrap();
+            super::super::drop_cached(&ours, &ranges);
+            assert_eq!(read_through(&ours, len), genuine);
+            assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
+        }
+    }
+
+    /// Random interleavings (seeded) of what the download does to its `.part` and its checker:
+    /// genuine and forged (pending) writes of any serial, each reported with `wrote` as
+    /// `receive_batch` does; scans settled or cut short (checks still queued or racing a
+    /// write); saves as `save_in_background` makes them (ranges taken, fsync and drop on
+    /// another thread while writes go on), drops without an fsync, and restarts of the
+    /// checker (a resume: the page cache outlives the process). At the end, `finish` passes
+    /// exactly when the file's bytes are the archive's.
+    #[test]
+    fn hx19_no_interleaving_of_writes_checks_drops_and_restarts_lets_finish_pass_other_bytes() {
+        let (_dir, path) = archive_of(1 << 20, 19_301);
+        let ours = std::sync::Arc::new(ours(&path));
+        let file = view(&ours, &path);
+        let info = file.info().clone();
+        let size = usize::from(info.datagram_size);
+        let len = ours.metadata().unwrap().len() as usize;
+        let genuine = read_through(&ours, len);
+        let groups = file.group_count();
+        let have = full(&file);
+        let mut rng = loopcast_proto::rng::SeededRng::from_u64(19_302);
+        let mut outcomes = [0u32; 2];
+        for case in 0..36 {
+            ours.write_all_at(&genuine, 0).unwrap();
+            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+            // A few groups the case keeps rewriting, so writes land on checked groups.
+            let hot: Vec<u32> = (0..3)
+                .map(|_| rng.below(u64::from(groups)) as u32)
+                .collect();
+            let mut log = Vec::new();
+            let pick = |rng: &mut loopcast_proto::rng::SeededRng| {
+                if rng.below(5) == 0 {
+                    // Any serial, hash blocks above the groups included.
+                    rng.below(u64::from(info.loop_len)) as u32
+                } else {
+                    let serials = file.group_serials(hot[rng.below(3) as usize]);
+                    serials.start + rng.below(u64::from(serials.end - serials.start)) as u32
+                }
+            };
+            let write = |checker: &mut GroupChecker,
+                         rng: &mut loopcast_proto::rng::SeededRng,
+                         serial: u32,
+                         forged: bool| {
+                let offset = loopcast_archive::format::datagram_offset(&info, serial);
+                let mut bytes = genuine[offset as usize..offset as usize + size].to_vec();
+                if forged {
+                    bytes[rng.below(size as u64) as usize] ^= 1 << rng.below(8);
+                }
+                ours.write_all_at(&bytes, offset).unwrap();
+                checker.wrote(serial);
+            };
+            for _ in 0..rng.below(30) + 1 {
+                match rng.below(10) {
+                    0..=1 => {
+                        let serial = pick(&mut rng);
+                        log.push(format!("forge {serial}"));
+                        write(&mut checker, &mut rng, serial, true);
+                    }
+                    2..=4 => {
+                        let serial = pick(&mut rng);
+                        log.push(format!("genuine {serial}"));
+                        write(&mut checker, &mut rng, serial, false);
+                    }
+                    5 => {
+                        log.push("settle".into());
+                        settle(&mut checker, &have);
+                    }
+                    6 => {
+                        log.push("poll".into());
+                        let now = checker.next_scan;
+                        checker.poll(now, &have);
+                        if rng.below(2) == 0 {
+                            // The checking thread reads what was queued; a write lands before
+                            // its result is taken (it must not count).
+                            std::thread::sleep(Duration::from_millis(40));
+                            let queued: Vec<u32> = (0..groups)
+                                .filter(|&g| {
+                                    matches!(checker.state[g as usize], GroupState::Queued)
+                                })
+                                .collect();
+                            if !queued.is_empty() {
+                                let serials = file
+                                    .group_serials(queued[rng.below(queued.len() as u64) as usize]);
+                                let serial = serials.start
+                                    + rng.below(u64::from(serials.end - serials.start)) as u32;
+                                log.push(format!("forge {serial} while its check runs"));
+                                write(&mut checker, &mut rng, serial, true);
+                            }
+                        }
+                    }
+                    7 => {
+                        // A background save racing the receive loop's writes.
+                        let ranges = checker.take_checked_ranges();
+                        log.push(format!("save {ranges:?}"));
+                        let theirs = ours.clone();
+                        let saver = std::thread::spawn(move || {
+                            theirs.sync_data().unwrap();
+                            super::super::drop_cached(&theirs, &ranges);
+                        });
+                        for _ in 0..rng.below(4) {
+                            let serial = pick(&mut rng);
+                            let forged = rng.below(2) == 0;
+                            log.push(format!("  during save: {forged} {serial}"));
+                            write(&mut checker, &mut rng, serial, forged);
+                        }
+                        saver.join().unwrap();
+                    }
+                    8 => {
+                        let ranges = checker.take_checked_ranges();
+                        log.push(format!("drop without fsync {ranges:?}"));
+                        super::super::drop_cached(&ours, &ranges);
+                    }
+                    _ => {
+                        log.push("restart".into());
+                        drop(checker);
+                        checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+                    }
+                }
+            }
+            // A third of the cases end with every damaged datagram written genuine again, a
+            // third with all but the last one forged (a lone damaged datagram, often in a group
+            // checked before), a third as they are.
+            let last_forged = log.iter().rev().find_map(|step| {
+                let serial = step.strip_prefix("forge ")?.split(' ').next()?;
+                serial.parse::<u32>().ok()
+            });
+            let mode = rng.below(3);
+            if mode < 2 {
+                let now = read_through(&ours, len);
+                for serial in 0..info.loop_len {
+                    if mode == 1 && Some(serial) == last_forged {
+                        continue;
+                    }
+                    let offset = loopcast_archive::format::datagram_offset(&info, serial) as usize;
+                    if now[offset..offset + size] != genuine[offset..offset + size] {
+                        log.push(format!("repair {serial}"));
+                        write(&mut checker, &mut rng, serial, false);
+                    }
+                }
+                if mode == 1 && rng.below(2) == 0 {
+                    log.push("settle".into());
+                    settle(&mut checker, &have);
+                }
+            }
+            let whole = read_through(&ours, len) == genuine;
+            assert!(!checker.opened_by_others());
+            let passed = matches!(checker.finish(&path, HASH_MANY), Some(Ok(())));
+            assert_eq!(
+                passed, whole,
+                "case {case}: finish passed: {passed}, bytes are the archive's: {whole}; {log:#?}"
+            );
+            outcomes[usize::from(passed)] += 1;
+        }
+        assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    }
+
+    /// `take_checked_ranges` hands out only bytes of groups checked and not written since:
+    /// a range never covers a datagram written after its group's check counted, nor the
+    /// header or a hash block above the groups.
+    #[test]
+    fn hx19_checked_ranges_cover_exactly_the_groups_whose_checks_count() {
+        let (_dir, path) = archive_of(1 << 20, 19_401);
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let info = file.info().clone();
+        let size = u64::from(info.datagram_size);
+        let mut rng = loopcast_proto::rng::SeededRng::from_u64(19_402);
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+        let mut have = Bitmap::new(info.loop_len);
+        let mut group_of = vec![None; info.loop_len as usize];
+        for group in 0..file.group_count() {
+            for serial in file.group_serials(group) {
+                group_of[serial as usize] = Some(group);
+            }
+        }
+        for round in 0..30 {
+            for _ in 0..rng.below(200) {
+                let serial = rng.below(u64::from(info.loop_len)) as u32;
+                have.set(serial);
+                checker.wrote(serial);
+            }
+            settle(&mut checker, &have);
+            // Now and then a save is skipped (one still running): groups checked twice meanwhile.
+            if rng.below(3) == 0 {
+                continue;
+            }
+            let ranges = checker.take_checked_ranges();
+            for pair in ranges.windows(2) {
+                // In order (a group checked twice since the last save may come twice: see
+                // hx19_a_group_checked_twice_between_saves_is_handed_out_once).
+                assert!(pair[0].start <= pair[1].start, "round {round}: {ranges:?}");
+            }
+            for range in &ranges {
+                assert_eq!((range.start - DATAGRAMS_OFFSET) % size, 0);
+                assert_eq!((range.end - DATAGRAMS_OFFSET) % size, 0);
+                let first = ((range.start - DATAGRAMS_OFFSET) / size) as u32;
+                let end = ((range.end - DATAGRAMS_OFFSET) / size) as u32;
+                for serial in first..end {
+                    let group = group_of[serial as usize]
+                        .unwrap_or_else(|| panic!("round {round}: serial {serial} in no group"));
+                    assert!(
+                        matches!(checker.state[group as usize], GroupState::Checked(at, _) if at == checker.writes[group as usize]),
+                        "round {round}: group {group} handed out without a check that counts"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A group checked, written again and checked again while a save was still running (its
+    /// ranges not taken in between) is in `newly_checked` twice: the ranges then hold the same
+    /// span twice (neither merged nor "handed out once"), and each is advised away again.
+    /// Harmless to the bytes; one more fadvise per duplicate.
+    #[test]
+    fn hx19_a_group_checked_twice_between_saves_is_handed_out_once() {
+        let (_dir, path) = archive_of(1 << 20, 19_501);
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY).unwrap();
+        let mut have = Bitmap::new(file.info().loop_len);
+        for serial in file.group_serials(1) {
+            have.set(serial);
+        }
+        settle(&mut checker, &have);
+        checker.wrote(file.group_serials(1).start + 1);
+        settle(&mut checker, &have);
+        let ranges = checker.take_checked_ranges();
+        assert_eq!(ranges.len(), 1, "{ranges:?}");
+    }
+
     #[test]
     fn an_open_of_the_partial_file_by_anyone_else_is_seen() {
         let (_dir, path) = archive();
