@@ -69,6 +69,8 @@ pub struct GroupChecker {
     pub checked_early: u32,
     /// Groups whose check counted since [`GroupChecker::take_checked_ranges`] last ran.
     newly_checked: Vec<u32>,
+    /// The `.part`'s length when the checker started (the download reserved it whole).
+    len_at_start: u64,
     /// Opens of the `.part` after ours (inotify): whoever opened it may have written to
     /// groups already checked, so then nothing checked early counts.
     opens: nix::sys::inotify::Inotify,
@@ -125,6 +127,7 @@ impl GroupChecker {
         if groups == 0 {
             return None;
         }
+        let len_at_start = file.metadata().ok()?.len();
         let mut by_serial: Vec<(u32, u32, u32)> = (0..groups)
             .map(|group| {
                 let serials = archive.group_serials(group);
@@ -169,6 +172,7 @@ impl GroupChecker {
             thread: Some(thread),
             checked_early: 0,
             newly_checked: Vec::new(),
+            len_at_start,
             opens,
         })
     }
@@ -260,6 +264,8 @@ impl GroupChecker {
         let size = u64::from(info.datagram_size);
         let mut groups = std::mem::take(&mut self.newly_checked);
         groups.sort_unstable_by_key(|&group| self.archive.group_serials(group).start);
+        // A group checked again before the ranges were taken is in the list twice.
+        groups.dedup();
         let mut ranges: Vec<core::ops::Range<u64>> = Vec::with_capacity(groups.len());
         for group in groups {
             let serials = self.archive.group_serials(group);
@@ -295,6 +301,10 @@ impl GroupChecker {
             tracing::warn!(path = %part.display(), "the partial file was replaced during the download; checking the new one whole");
             return None;
         }
+        if !self.same_shape() {
+            tracing::warn!(path = %part.display(), "the partial file was cut or grown during the download (by someone else: its length changed, or it has a hole); checking it whole");
+            return None;
+        }
         self.take_results();
         let (archive, state, writes) = (&self.archive, &self.state, &self.writes);
         let hashes: Result<Vec<[u8; 32]>, ArchiveError> = (0..archive.group_count())
@@ -311,6 +321,35 @@ impl GroupChecker {
 }
 
 impl GroupChecker {
+    /// Whether the `.part` can still hold what the checks read: the length it had when the
+    /// checker started, and no hole among its datagrams. truncate(2) by path opens nothing (no
+    /// inotify event), needs no descriptor (no lease broken) and keeps the inode, so a cut
+    /// and a growth back to the same length zeroed checked groups unseen; it leaves a hole,
+    /// and the download leaves none (the file is reserved whole and every datagram written).
+    fn same_shape(&self) -> bool {
+        use nix::unistd::{lseek, Whence};
+        let file = self.archive.file();
+        let Ok(len) = file.metadata().map(|m| m.len()) else {
+            return false;
+        };
+        if len != self.len_at_start {
+            return false;
+        }
+        let from = loopcast_archive::format::DATAGRAMS_OFFSET;
+        if len <= from {
+            return true;
+        }
+        // The descriptor is a duplicate of the download's: its offset is shared, so it is put
+        // back (the download reads and writes at explicit offsets, but nothing relies on it).
+        let Ok(offset) = lseek(file, 0, Whence::SeekCur) else {
+            return false;
+        };
+        let hole = lseek(file, from as i64, Whence::SeekHole);
+        let _ = lseek(file, offset, Whence::SeekSet);
+        // The end of the file counts as a hole: one before it is someone else's.
+        matches!(hole, Ok(at) if at as u64 >= len)
+    }
+
     /// Ends the checking thread after the group it is on (queued ones are dropped).
     fn stop_thread(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
