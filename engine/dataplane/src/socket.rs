@@ -10,10 +10,12 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 
 /// Receive buffer asked for on a client's data sockets: a receiver descheduled for a few
-/// milliseconds (two cores shared with a sender, a checker thread and the kernel's own work)
-/// at 10 Gbit/s needs tens of megabytes queued, or the loop's datagrams are lost and asked for
-/// again. The kernel caps it at net.core.rmem_max (see [`grow_receive_buffer`]).
-pub const RECEIVER_BUFFER_BYTES: usize = 64 << 20;
+/// milliseconds at Gbit/s rates needs megabytes queued, or the loop's datagrams are lost and
+/// asked for again. 64 MiB (UFTP's bench setting) measured no faster than this on the 2-core
+/// bench, and an unpaced loopback get then read round trips of 50-160 ms: the queue the
+/// buffer lets build up. The kernel caps it at net.core.rmem_max (see
+/// [`grow_receive_buffer`]).
+pub const RECEIVER_BUFFER_BYTES: usize = SOCKET_BUFFER_BYTES;
 
 /// Asks for [`RECEIVER_BUFFER_BYTES`] of receive buffer on `socket`; returns the bytes granted
 /// (the kernel caps the request at net.core.rmem_max, 208 KiB by default).
