@@ -682,7 +682,7 @@ fn level_page_cache(bed: &Bed) -> Result<f64, String> {
 /// A receiver's copy, checked: removed (its pages freed for the next run's writes) unless
 /// LOOPCAST_BENCH_KEEP asks for the run's files.
 fn remove_copy(path: &Path) {
-    if std::env::var_os("LOOPCAST_BENCH_KEEP").is_none() {
+    if !keep_files() {
         let _ = if path.is_dir() {
             std::fs::remove_dir_all(path)
         } else {
@@ -1031,12 +1031,21 @@ fn uftpd_naks_sent(line: &str) -> Option<u64> {
         .flatten()
 }
 
+/// LOOPCAST_BENCH_KEEP set to anything but empty or 0: the run's files stay.
+fn keep_files() -> bool {
+    keep_asked(std::env::var_os("LOOPCAST_BENCH_KEEP").as_deref())
+}
+
+fn keep_asked(value: Option<&std::ffi::OsStr>) -> bool {
+    value.is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
         // LOOPCAST_BENCH_KEEP=1 keeps the run's files (peer logs, copies) for a look afterwards.
-        if std::env::var_os("LOOPCAST_BENCH_KEEP").is_some() {
+        if keep_files() {
             crate::phase(format_args!("e2e: files kept in {}", self.0.display()));
             return;
         }
@@ -1047,6 +1056,16 @@ impl Drop for RemoveDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopcast_bench_keep_0_or_empty_keeps_nothing() {
+        use std::ffi::OsStr;
+        assert!(!keep_asked(None));
+        assert!(!keep_asked(Some(OsStr::new("0"))));
+        assert!(!keep_asked(Some(OsStr::new(""))));
+        assert!(keep_asked(Some(OsStr::new("1"))));
+        assert!(keep_asked(Some(OsStr::new("yes"))));
+    }
 
     #[test]
     fn a_receiver_without_a_verified_copy_has_no_goodput_and_misses_its_target() {

@@ -100,10 +100,15 @@ enum Scenario {
     /// `server_sent_bytes` (the server interface's transmitted bytes) and its ratio to the file,
     /// and for loopcast `tiers_opened` (channels the server opened) and `sent_within_target`
     /// (sent <= 1.2 x tiers_opened x file size); with an unlimited receiver among limited ones,
-    /// `alone` is its run alone.
+    /// `alone` is its run alone. Before each tool's run one copy's worth of bytes is written,
+    /// fsynced and removed, so every tool starts from the same page cache; its seconds are
+    /// that run's `disk_write_fsync_seconds_before` (the top level's
+    /// `disk_write_fsync_seconds_per_copy` is loopcast's), the disk's time for one durable
+    /// copy (loopcast's clients fsync; UFTP and udpcast do not). Each receiver's copy is
+    /// removed once checked.
     ///
     /// LOOPCAST_BENCH_SERVER_LOG=1 shows loopcastd's log (with RUST_LOG, e.g.
-    /// loopcast_node=debug); LOOPCAST_BENCH_KEEP=1 keeps the run's files. Ctrl-C stops the run
+    /// loopcast_node=debug); LOOPCAST_BENCH_KEEP=1 keeps the run's files and copies. Ctrl-C stops the run
     /// and removes its namespaces and files (exit 130).
     E2e {
         /// Receivers, each behind an unlimited link (see --link-rates).

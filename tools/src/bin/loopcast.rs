@@ -244,7 +244,7 @@ struct PackArgs {
     /// Lay datagrams out for a 9000-byte MTU (default: 1500).
     #[arg(long)]
     jumbo: bool,
-    /// Datagram (UDP payload) size in bytes, overriding --jumbo.
+    /// Datagram (UDP payload) size in bytes, 256-9000, overriding --jumbo.
     #[arg(long)]
     datagram_size: Option<u16>,
     /// Raw bytes per frame (compression and encryption unit).
