@@ -73,28 +73,17 @@ pub fn a_writer_holding_the_part_open_from_before_the_get_cannot_slip_past_the_f
     assert!(written > 10, "{written} groups held whole after the resume");
     let second = second.wait(Duration::from_secs(60));
     drop(server);
-    if !second.status.success() {
-        // Refusing to publish is acceptable; publishing damage is not.
-        assert!(
-            !output.exists(),
-            "a failed get published {}",
-            output.display()
-        );
+    if published_as_the_servers(second, &output, &archive, |differing, report| {
+        format!(
+            "{differing} bytes differ (of {written} written by the attacker; {} groups checked \
+             while receiving): {report}",
+            report["groups_checked_while_receiving"]
+        )
+    })
+    .is_none()
+    {
         return;
     }
-    let report = json_of(&second);
-    let published = std::fs::read(&output).unwrap();
-    let differing = published
-        .iter()
-        .zip(&archive)
-        .filter(|(a, b)| a != b)
-        .count();
-    assert!(
-        published.len() == archive.len() && differing == 0,
-        "get published an archive that is not the server's: {differing} bytes differ (of {written} \
-         written by the attacker; {} groups checked while receiving): {report}",
-        report["groups_checked_while_receiving"]
-    );
     let verified = Command::new(bin("loopcast"))
         .args(["inspect", "--verify"])
         .arg(&output)
@@ -269,26 +258,43 @@ pub fn hx19_a_truncate_by_path_of_checked_groups_cannot_slip_past_the_final_chec
     assert!(truncated, "the tail was never held");
     let second = second.wait(Duration::from_secs(60));
     drop(server);
+    published_as_the_servers(second, &output, &archive, |differing, report| {
+        format!(
+            "{differing} bytes differ (the tail from byte {cut} was cut by path and refilled \
+             with zeros; {} groups checked while receiving): {report}",
+            report["groups_checked_while_receiving"]
+        )
+    });
+}
+
+/// The second get's outcome: a refusal publishes nothing; a success published exactly the
+/// server's archive (`why` describes a difference). Its JSON report, if it succeeded.
+fn published_as_the_servers(
+    second: std::process::Output,
+    output: &std::path::Path,
+    archive: &[u8],
+    why: impl FnOnce(usize, &serde_json::Value) -> String,
+) -> Option<serde_json::Value> {
     if !second.status.success() {
+        // Refusing to publish is acceptable; publishing damage is not.
         assert!(
             !output.exists(),
             "a failed get published {}",
             output.display()
         );
-        return;
+        return None;
     }
     let report = json_of(&second);
-    let published = std::fs::read(&output).unwrap();
+    let published = std::fs::read(output).unwrap();
     let differing = published
         .iter()
-        .zip(&archive)
+        .zip(archive)
         .filter(|(a, b)| a != b)
         .count();
     assert!(
         published.len() == archive.len() && differing == 0,
-        "get published an archive that is not the server's: {differing} bytes differ (the tail \
-         from byte {cut} was cut by path and refilled with zeros; {} groups checked while \
-         receiving): {report}",
-        report["groups_checked_while_receiving"]
+        "get published an archive that is not the server's: {}",
+        why(differing, &report)
     );
+    Some(report)
 }

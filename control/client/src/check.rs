@@ -376,7 +376,6 @@ mod tests {
 
     /// A packed archive of incompressible bytes in a fresh directory: (dir, archive path).
     fn archive() -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let data: Vec<u8> = (0..3 << 20)
             .map(|_| {
@@ -386,12 +385,19 @@ mod tests {
                 state as u8
             })
             .collect();
+        packed(&data, 1 << 20)
+    }
+
+    /// `data` packed (1440-byte datagrams, frames of `frame_raw_size`, no compression or
+    /// encryption) as a `.part` in a fresh directory: (dir, archive path).
+    fn packed(data: &[u8], frame_raw_size: u32) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
         let input = dir.path().join("input");
         std::fs::write(&input, data).unwrap();
         let path = dir.path().join("film.lca.part");
         let options = PackOptions {
             name: "film".into(),
-            frame_raw_size: 1 << 20,
+            frame_raw_size,
             datagram_size: 1440,
             compression_level: 0,
             master_key: None,
@@ -616,25 +622,12 @@ mod tests {
 
     /// A packed archive like `archive()`, of `len` bytes of input from `seed`.
     fn archive_of(len: usize, seed: u64) -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
         let mut rng = loopcast_proto::rng::SeededRng::from_u64(seed);
         let mut data = vec![0u8; len];
         for chunk in data.chunks_mut(8) {
             chunk.copy_from_slice(&rng.next_u64().to_le_bytes()[..chunk.len()]);
         }
-        let input = dir.path().join("input");
-        std::fs::write(&input, data).unwrap();
-        let path = dir.path().join("film.lca.part");
-        let options = PackOptions {
-            name: "film".into(),
-            frame_raw_size: 1 << 18,
-            datagram_size: 1440,
-            compression_level: 0,
-            master_key: None,
-            watermark: None,
-        };
-        pack(&input, &path, &options, Overwrite::Replace, &|_| {}).unwrap();
-        (dir, path)
+        packed(&data, 1 << 18)
     }
 
     /// The `.part` read through our own descriptor (an open of the path would be an open by
