@@ -28,6 +28,8 @@ pub struct E2eArgs {
     pub rate: Option<String>,
     /// One receiver per entry, behind a `tc tbf` link of that rate in bits/s (0: unlimited).
     pub link_rates: Vec<u64>,
+    /// Random loss in percent on receiver `i`'s link (missing entries: none).
+    pub link_loss: Vec<u8>,
     /// Peer tools to run after loopcast: any of "uftp", "udpcast".
     pub peers: Vec<String>,
     pub timeout: Duration,
@@ -41,6 +43,61 @@ impl E2eArgs {
         } else {
             self.link_rates.clone()
         }
+    }
+
+    /// The loss of each receiver's link in percent, one per receiver.
+    fn losses(&self, receivers: usize) -> Vec<u8> {
+        (0..receivers)
+            .map(|i| self.link_loss.get(i).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+/// A per-receiver list on the command line: values separated by commas, each repeated N times
+/// with a trailing `xN` (`50Mx10` is ten receivers at 50 Mbit/s; `20,0x9` is one at 20 % loss
+/// and nine without).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PerReceiver<T>(pub Vec<T>);
+
+/// Most receivers one list may describe (the bed's /24 holds at most 200).
+const PER_RECEIVER_MAX: usize = 200;
+
+impl<T: Clone> PerReceiver<T> {
+    pub fn parse(text: &str, value: impl Fn(&str) -> Result<T, String>) -> Result<Self, String> {
+        let mut values = Vec::new();
+        for item in text.split(',') {
+            let item = item.trim();
+            let (one, times) = match item.rsplit_once(['x', 'X']) {
+                Some((one, times))
+                    if !times.is_empty() && times.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    let times: usize = times
+                        .parse()
+                        .map_err(|_| format!("bad repeat count in {item:?}"))?;
+                    (one, times)
+                }
+                _ => (item, 1),
+            };
+            if times == 0 || values.len() + times > PER_RECEIVER_MAX {
+                return Err(format!(
+                    "{item:?}: between 1 and {PER_RECEIVER_MAX} receivers in all"
+                ));
+            }
+            let one = value(one)?;
+            values.extend(std::iter::repeat_n(one, times));
+        }
+        Ok(PerReceiver(values))
+    }
+}
+
+/// A link's loss in percent, 0-100.
+pub fn parse_loss_percent(text: &str) -> Result<u8, String> {
+    let digits = text.trim().trim_end_matches('%');
+    match digits.parse::<u8>() {
+        Ok(percent) if percent <= 100 => Ok(percent),
+        _ => Err(format!(
+            "bad loss {text:?}: a whole percentage, 0-100 (e.g. 20 or 20%)"
+        )),
     }
 }
 
@@ -57,6 +114,8 @@ struct Bed<'a> {
     loopcastctl: PathBuf,
     /// Link rate of receiver host `i + 1`.
     links: Vec<u64>,
+    /// Link loss of receiver host `i + 1`, percent.
+    losses: Vec<u8>,
 }
 
 impl Bed<'_> {
@@ -355,6 +414,47 @@ fn add_alone_times(mixed: &mut serde_json::Value, alone: &serde_json::Value) {
     }
 }
 
+/// Issue 10's target: one receiver of ten at 20 % loss slows the other nine by at most 10 %.
+const LOSSY_SLOWDOWN_MAX: f64 = 1.1;
+
+/// For each receiver of `with` that has no loss, its time in the run without the lossy ones
+/// (`without`) and the ratio; and for all of them together, the last one's time with and
+/// without (`others_slowdown`, the target's figure: at most [`LOSSY_SLOWDOWN_MAX`]).
+fn add_times_without_lossy(with: &mut serde_json::Value, without: &serde_json::Value) {
+    let mut last_with: Option<f64> = Some(0.0);
+    let mut last_without: Option<f64> = Some(0.0);
+    let mut worst: Option<f64> = None;
+    let baseline = without["receivers"].as_array().cloned().unwrap_or_default();
+    for entry in with["receivers"].as_array_mut().into_iter().flatten() {
+        let Some(base) = baseline.iter().find(|b| b["host"] == entry["host"]) else {
+            continue; // a lossy receiver
+        };
+        let seconds = entry["seconds"]
+            .as_f64()
+            .filter(|_| entry["verified"] == true);
+        let base_seconds = base["seconds"]
+            .as_f64()
+            .filter(|_| base["verified"] == true);
+        let over = seconds.zip(base_seconds).map(|(s, b)| s / b.max(1e-9));
+        entry["seconds_without_lossy"] = serde_json::json!(base_seconds);
+        entry["over_without_lossy"] = serde_json::json!(over);
+        worst = match (worst, over) {
+            (Some(w), Some(o)) => Some(w.max(o)),
+            (None, o) => o,
+            (w, None) => w,
+        };
+        last_with = last_with.zip(seconds).map(|(a, b)| a.max(b));
+        last_without = last_without.zip(base_seconds).map(|(a, b)| a.max(b));
+    }
+    let slowdown = last_with.zip(last_without).map(|(w, b)| w / b.max(1e-9));
+    with["without_lossy"] = without.clone();
+    with["others_seconds"] = serde_json::json!(last_with);
+    with["others_seconds_without_lossy"] = serde_json::json!(last_without);
+    with["others_slowdown"] = serde_json::json!(slowdown);
+    with["others_slowdown_worst_receiver"] = serde_json::json!(worst);
+    with["others_within_target"] = serde_json::json!(slowdown.map(|s| s <= LOSSY_SLOWDOWN_MAX));
+}
+
 pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("e2e needs root (ip netns)".into());
@@ -378,13 +478,27 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     for (i, &rate) in links.iter().enumerate() {
         topology.set_link_rate(i + 1, rate)?;
     }
+    let losses = args.losses(receivers);
+    for (i, &percent) in losses.iter().enumerate() {
+        if percent > 0 {
+            topology.set_link_loss(i + 1, percent)?;
+        }
+    }
     stop_if_interrupted()?;
     let input = dir.join("film.bin");
     crate::phase(format_args!(
         "e2e: {receivers} receiver(s) at MTU {mtu}, links {}; writing and packing a {} byte file",
         links
             .iter()
-            .map(|&r| crate::format_rate(r).replace("unpaced", "unlimited"))
+            .zip(&losses)
+            .map(|(&r, &loss)| {
+                let rate = crate::format_rate(r).replace("unpaced", "unlimited");
+                if loss > 0 {
+                    format!("{rate} at {loss} % loss")
+                } else {
+                    rate
+                }
+            })
             .collect::<Vec<_>>()
             .join(", "),
         args.size
@@ -408,6 +522,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
         loopcastd: exe_dir.join("loopcastd"),
         loopcastctl: exe_dir.join("loopcastctl"),
         links: links.clone(),
+        losses: losses.clone(),
     };
     let mut pack = Command::new(&bed.loopcast);
     pack.arg("pack")
@@ -448,14 +563,34 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     let check_seconds = check_started.elapsed().as_secs_f64();
     stop_if_interrupted()?;
     let check_cpu = crate::children_cpu_time() - check_cpu0;
-    // With an unlimited receiver among limited ones, that receiver alone first: the target is
-    // "within 1.3 x its time alone".
+    // With lossy receivers among clean ones, the clean ones without them first: the target is
+    // "one lossy receiver slows the others by at most 10 %". Else, with an unlimited receiver
+    // among limited ones, that receiver alone first: the target is "within 1.3 x its time
+    // alone".
     let all: Vec<usize> = (1..=receivers).collect();
-    let alone: Option<usize> = (receivers > 1 && links.iter().any(|&r| r > 0))
-        .then(|| links.iter().position(|&r| r == 0).map(|i| i + 1))
-        .flatten();
+    let clean: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&h| losses[h - 1] == 0)
+        .collect();
+    let lossy_among_clean = !clean.is_empty() && clean.len() < receivers;
+    let alone: Option<usize> =
+        (!lossy_among_clean && receivers > 1 && links.iter().any(|&r| r > 0))
+            .then(|| links.iter().position(|&r| r == 0).map(|i| i + 1))
+            .flatten();
     let mut results = Vec::new();
     let loopcast = match alone {
+        _ if lossy_among_clean => {
+            let without = run_loopcast(
+                &bed,
+                &clean,
+                " without the lossy receiver(s) first (their times set the others' target)",
+            )?;
+            stop_if_interrupted()?;
+            let mut with = run_loopcast(&bed, &all, "")?;
+            add_times_without_lossy(&mut with, &without);
+            with
+        }
         Some(host) => {
             let alone_result = run_loopcast(
                 &bed,
@@ -490,6 +625,7 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
     Ok(serde_json::json!({
         "mtu": mtu, "bytes": args.size, "receiver_count": receivers,
         "link_rates_bits_per_s": links,
+        "link_loss_percent": losses,
         "rate": args.rate.as_deref().unwrap_or("automatic"),
         "disk_write_fsync_seconds_per_copy": disk_seconds,
         "archive_check_seconds": check_seconds,
@@ -630,6 +766,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
             Some(finished.duration_since(started).as_secs_f64()),
             verified,
             serde_json::json!({
+                "link_loss_percent": bed.losses[host - 1],
                 // The server's tier for this client, once `get --json` reports it (issue 10).
                 "tier": report.get("tier").cloned().unwrap_or(serde_json::Value::Null),
                 "tiers": report.get("tiers").cloned().unwrap_or(serde_json::Value::Null),
@@ -1056,6 +1193,47 @@ impl Drop for RemoveDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_receiver_lists_repeat_values_and_refuse_nonsense() {
+        let rates = PerReceiver::parse("5M,50Mx3,0", crate::parse_rate).unwrap();
+        assert_eq!(rates.0, [5_000_000, 50_000_000, 50_000_000, 50_000_000, 0]);
+        let losses = PerReceiver::parse("20,0x9", parse_loss_percent).unwrap();
+        assert_eq!(losses.0.len(), 10);
+        assert_eq!((losses.0[0], losses.0[9]), (20, 0));
+        assert_eq!(PerReceiver::parse("7%", parse_loss_percent).unwrap().0, [7]);
+        for bad in ["101", "-1", "20x0", "20x201", "x3", "", "0x9,20x200"] {
+            assert!(
+                PerReceiver::parse(bad, parse_loss_percent).is_err(),
+                "{bad:?} accepted"
+            );
+        }
+        assert!(PerReceiver::parse("fastx2", crate::parse_rate).is_err());
+    }
+
+    #[test]
+    fn the_others_slowdown_is_their_last_time_with_the_lossy_one_over_without() {
+        let entry = |host: usize, seconds: f64, verified: bool| serde_json::json!({"host": host, "seconds": seconds, "verified": verified});
+        let without = serde_json::json!({"receivers": [entry(2, 5.0, true), entry(3, 6.0, true)]});
+        let mut with = serde_json::json!({"receivers": [
+            entry(1, 30.0, true), entry(2, 5.5, true), entry(3, 6.3, true)
+        ]});
+        add_times_without_lossy(&mut with, &without);
+        let slowdown = with["others_slowdown"].as_f64().unwrap();
+        assert!((slowdown - 6.3 / 6.0).abs() < 1e-9, "{slowdown}");
+        assert!((with["others_slowdown_worst_receiver"].as_f64().unwrap() - 1.1).abs() < 1e-9);
+        assert_eq!(with["others_within_target"], true);
+        assert!(
+            with["receivers"][0].get("over_without_lossy").is_none(),
+            "the lossy one has no baseline"
+        );
+        // A clean receiver that did not finish with the lossy one: no figure, target missed.
+        let mut with =
+            serde_json::json!({"receivers": [entry(2, 5.5, true), entry(3, 9.0, false)]});
+        add_times_without_lossy(&mut with, &without);
+        assert_eq!(with["others_slowdown"], serde_json::Value::Null);
+        assert_eq!(with["others_within_target"], serde_json::Value::Null);
+    }
 
     #[test]
     fn loopcast_bench_keep_0_or_empty_keeps_nothing() {

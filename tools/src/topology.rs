@@ -4,7 +4,8 @@
 //!
 //! A host can be given a link rate ([`BridgeTopology::set_link_rate`]): a `tc tbf` qdisc on the
 //! switch's port toward that host, so everything the host receives (unicast and multicast) is
-//! limited to that rate, as behind a slower access link.
+//! limited to that rate, as behind a slower access link; and a random loss
+//! ([`BridgeTopology::set_link_loss`]), as behind a lossy one.
 
 use std::cell::Cell;
 use std::process::Command;
@@ -163,6 +164,47 @@ impl BridgeTopology {
             "latency",
             &format!("{}ms", shape.queue_latency_ms),
         ])
+    }
+
+    /// Drops `percent` % of the UDP datagrams host `index` receives, at random (nftables
+    /// `numgen random` on the host's ingress, as a lossy access link; 0 removes the rule).
+    /// Everything UDP is dropped alike: data, repairs and the server's control messages.
+    pub fn set_link_loss(&self, index: usize, percent: u8) -> Result<(), String> {
+        assert!(index < self.hosts.len(), "host {index} out of range");
+        assert!(percent <= 100, "a loss of {percent} % is not a percentage");
+        let ns = &self.hosts[index].0;
+        let nft = |script: &str| -> Result<(), String> {
+            use std::io::Write;
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", ns, "nft", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| format!("cannot run nft (install nftables): {e}"))?;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(script.as_bytes())
+                .map_err(|e| format!("nft: {e}"))?;
+            let output = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+            if output.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "nft in {ns}: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ))
+            }
+        };
+        // `add` then `delete` removes a table that may or may not be there, in one go.
+        nft("add table inet loopcast_loss\ndelete table inet loopcast_loss\n")?;
+        if percent == 0 {
+            return Ok(());
+        }
+        nft(&format!(
+            "table inet loopcast_loss {{\n  chain ingress {{\n    type filter hook prerouting priority -300; policy accept;\n    meta l4proto udp numgen random mod 100 < {percent} counter drop\n  }}\n}}\n"
+        ))
     }
 
     /// Turns on IGMP snooping with the bridge as querier (once), and waits until the bridge
