@@ -1141,6 +1141,7 @@ impl Server {
                     "goodput_bits_per_s": s.goodput_bits_per_s.round() as u64,
                     "goodput_stddev_bits_per_s": s.goodput_stddev.round() as u64,
                     "loss": s.loss,
+                    "noise_loss": s.noise_loss,
                     "rtt_us": s.rtt.map(|r| r.as_micros() as u64),
                     "reports": s.reports,
                 })

@@ -599,6 +599,9 @@ pub struct SessionView {
     pub goodput_bits_per_s: f64,
     pub goodput_stddev: f64,
     pub loss: f64,
+    /// The loss it reports that is its path's own (random loss that stays at a lower
+    /// rate), not congestion: the floor its loss is judged above (fraction).
+    pub noise_loss: f64,
     pub rtt: Option<Duration>,
     pub reports: u64,
 }
@@ -694,6 +697,7 @@ impl Endpoint {
                 goodput_bits_per_s: s.estimate.goodput().mean(),
                 goodput_stddev: s.estimate.goodput().stddev(),
                 loss: s.estimate.loss().mean(),
+                noise_loss: s.estimate.noise_loss(),
                 rtt: s.estimate.rtt(),
                 reports: s.estimate.reports(),
             }
