@@ -76,19 +76,6 @@ fn assert_identical_and_verified(scratch: &Scratch, tag: &str, original: &[u8]) 
     assert_eq!(inspect["verified"], true, "{tag}: {inspect}");
 }
 
-/// `datagram_size` and `loop_len` of an archive, from `loopcast inspect`.
-fn shape_of(archive: &Path) -> (usize, u32) {
-    let inspect = json_of(&run_ok(
-        Command::new(bin("loopcast"))
-            .args(["inspect", "--json"])
-            .arg(archive),
-    ));
-    (
-        inspect["datagram_size"].as_u64().unwrap() as usize,
-        inspect["loop_len"].as_u64().unwrap() as u32,
-    )
-}
-
 /// Forged copies of an archive's data datagrams: the genuine header (so each parses and sits at
 /// its serial) with the payload changed.
 struct Forgery {

@@ -832,14 +832,28 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         );
     } else {
         use std::fmt::Write;
-        let _ = writeln!(
-            text,
-            "received {} ({} bytes) in {seconds:.2} s, {mb_per_s:.1} MB/s over {} ({})",
-            output.display(),
-            report.archive_bytes,
-            report.transport,
-            report.transport_note
-        );
+        if report.resumed_datagrams > 0 {
+            // The speed is of this run's bytes only: say so, and what they were.
+            let _ = writeln!(
+                text,
+                "received {} ({} bytes) in {seconds:.2} s over {} ({}): {mb_per_s:.1} MB/s over this run's {:.1} MB ({:.1} MB were already held)",
+                output.display(),
+                report.archive_bytes,
+                report.transport,
+                report.transport_note,
+                received_now as f64 / 1e6,
+                (report.archive_bytes - received_now) as f64 / 1e6
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "received {} ({} bytes) in {seconds:.2} s, {mb_per_s:.1} MB/s over {} ({})",
+                output.display(),
+                report.archive_bytes,
+                report.transport,
+                report.transport_note
+            );
+        }
         let _ = writeln!(text, "  verified against root {}", report.root.to_hex());
         if report.server.to_string() != args.server || report.failovers > 0 {
             let _ = writeln!(
@@ -871,8 +885,10 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         if report.resumed_datagrams > 0 {
             let _ = writeln!(
                 text,
-                "  resumed with {} datagrams already held",
-                report.resumed_datagrams
+                "  resumed: {} of {} datagrams already held ({:.1} %)",
+                report.resumed_datagrams,
+                report.info.loop_len,
+                f64::from(report.resumed_datagrams) * 100.0 / loop_len as f64
             );
         }
         let dropped = report.counters.dropped_total();
