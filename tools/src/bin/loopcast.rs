@@ -774,7 +774,12 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         );
     })
     .map_err(|error| {
-        let mut failure = Failure::from(error);
+        let mut failure = match error {
+            ClientError::Output(OutputError::Exists(path)) if args.follow && path == output => {
+                already_downloaded(&path, args.keys.as_deref())
+            }
+            error => Failure::from(error),
+        };
         if cancel.load(Ordering::Relaxed) {
             // Interrupted while asking, too (that ends as "no answer").
             failure.code = exit_code::INTERRUPTED;
@@ -923,6 +928,43 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
     Ok(())
 }
 
+/// `get --follow` to an output that exists: most likely this download, finished and published
+/// by an earlier run. Says how to play that (`extract -o -`, with the real paths) and how to
+/// download it again (--force); anything but an archive gets the plain refusal.
+fn already_downloaded(archive: &Path, keys: Option<&Path>) -> Failure {
+    let refused = Failure::from(OutputError::Exists(archive.to_owned()));
+    let Ok(existing) = ArchiveFile::open(archive) else {
+        return refused;
+    };
+    let keys = match (existing.info().encrypted, keys) {
+        (false, _) => String::new(),
+        (true, Some(keys)) => format!(" --keys {}", shell_word(&keys.display().to_string())),
+        (true, None) => " --keys KEYS.db".to_owned(),
+    };
+    Failure {
+        code: refused.code,
+        message: format!(
+            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force",
+            archive.display(),
+            shell_word(&archive.display().to_string())
+        ),
+    }
+}
+
+/// `word` as one shell word: as it is if it holds only characters no shell treats specially,
+/// else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
 /// The receiver's counters in `get --json`: what arrived, and why anything was dropped.
 fn receiver_counters_json(c: &loopcast_proto::receiver::ReceiverCounters) -> serde_json::Value {
     serde_json::json!({
@@ -1024,4 +1066,18 @@ fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
         ExtractOutput::File | ExtractOutput::Device => println!("{line}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_word_quotes_only_what_a_shell_would_split_or_expand() {
+        assert_eq!(shell_word("/srv/media/film.lca"), "/srv/media/film.lca");
+        assert_eq!(shell_word("my film.lca"), "'my film.lca'");
+        assert_eq!(shell_word("it's.lca"), r"'it'\''s.lca'");
+        assert_eq!(shell_word("$HOME/*.lca"), "'$HOME/*.lca'");
+        assert_eq!(shell_word(""), "''");
+    }
 }
