@@ -141,6 +141,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(attacks::client_stopped_past_the_session_timeout_finishes),
         e2e!(attacks::archive_bit_flip_while_served_stops_the_channel),
         e2e!(attacks::archive_truncated_while_served_stops_the_channel),
+        e2e!(attacks::a_damaged_archive_served_unverified_ends_in_a_stall_that_names_the_hash_failures),
         e2e!(files::second_get_to_one_output_fails_at_once_and_the_first_completes),
         e2e!(files::symlinks_beside_the_output_are_never_followed),
         e2e!(files::existing_output_needs_force_and_a_directory_is_refused_up_front),
