@@ -22,7 +22,7 @@ pub mod seal;
 use std::path::{Path, PathBuf};
 
 pub use files::Overwrite;
-pub use pack::{pack, PackOptions, PackPhase, PackProgress, PackSummary};
+pub use pack::{check_datagram_size, pack, PackOptions, PackPhase, PackProgress, PackSummary};
 pub use reader::{ArchiveFile, ExtractSummary, GroupBuffers, HashMany};
 pub use seal::MasterKey;
 

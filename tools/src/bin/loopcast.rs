@@ -241,11 +241,15 @@ struct PackArgs {
     /// Watermark: copyright notice (needs --owner).
     #[arg(long, requires = "owner")]
     notice: Option<String>,
-    /// Lay datagrams out for a 9000-byte MTU (default: 1500).
+    /// Lay datagrams out for a 9000-byte MTU: 8944 bytes each (default: 1440, for a 1500-byte
+    /// MTU).
     #[arg(long)]
     jumbo: bool,
-    /// Datagram (UDP payload) size in bytes, 256-9000, overriding --jumbo.
-    #[arg(long)]
+    /// Datagram size in bytes, 256-8952, overriding --jumbo. A datagram is a whole UDP
+    /// payload: 8952 is the most a 9000-byte MTU path carries over IPv6 (9000 - 40 IPv6 - 8 UDP
+    /// header bytes), and fits over IPv4 too; a datagram larger than the path's MTU allows
+    /// is fragmented or dropped.
+    #[arg(long, value_parser = parse_datagram_size)]
     datagram_size: Option<u16>,
     /// Raw bytes per frame (compression and encryption unit).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
@@ -926,6 +930,16 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         print!("{text}");
     }
     Ok(())
+}
+
+/// `pack --datagram-size`: a number of bytes `pack` lays datagrams out at (the message gives
+/// the range and why).
+fn parse_datagram_size(text: &str) -> Result<u16, String> {
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    loopcast_archive::check_datagram_size(bytes)?;
+    Ok(u16::try_from(bytes).expect("the accepted range is within u16"))
 }
 
 /// `get --follow` to an output that exists: most likely this download, finished and published
