@@ -110,6 +110,9 @@ enum Scenario {
     /// LOOPCAST_BENCH_SERVER_LOG=1 shows loopcastd's log (with RUST_LOG, e.g.
     /// loopcast_node=debug); LOOPCAST_BENCH_KEEP=1 keeps the run's files and copies. Ctrl-C stops the run
     /// and removes its namespaces and files (exit 130).
+    ///
+    /// The host's net.core.rmem_max and net.core.wmem_max are raised to 64 MiB where lower (a
+    /// line on stderr names each with its old and new value) and are not restored afterwards.
     E2e {
         /// Receivers, each behind an unlimited link (see --link-rates).
         #[arg(long, default_value_t = 1)]
