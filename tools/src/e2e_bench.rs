@@ -857,7 +857,8 @@ fn run_udpcast(bed: &Bed) -> Result<serde_json::Value, String> {
                 bed.args.size,
                 Some(finished.duration_since(started).as_secs_f64()),
                 verified,
-                serde_json::json!({}),
+                // udpcast reports neither.
+                serde_json::json!({"naks_sent": null, "duplicates": null}),
             )
         })
         .collect();
@@ -1038,7 +1039,8 @@ fn run_uftp(
                 bed.args.size,
                 complete,
                 verified,
-                serde_json::json!({"naks_sent": naks}),
+                // UFTP does not report duplicates.
+                serde_json::json!({"naks_sent": naks, "duplicates": null}),
             )
         })
         .collect();
