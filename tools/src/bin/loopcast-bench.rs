@@ -94,14 +94,20 @@ enum Scenario {
     /// in the text); `naks_sent` and `serials_naked`, its NAKs and the serials they asked for
     /// (udpcast reports none); `serials_left_to_loop`, serials it did not ask for because it was
     /// overloaded (over a quarter of what went by missing: its tier faster than its link), left
-    /// for the loop to bring (a running total: one left again after a move counts again); the
-    /// other fields as in `loopcast get --json` (docs/architecture.md).
+    /// for the loop to bring (a running total: one left again after a move counts again);
+    /// `client_seconds` (loopcast only), the client's own `seconds` from `loopcast get --json`:
+    /// from the get's start to its copy verified and published, without its process start-up
+    /// and exit that `seconds` includes; the other fields as in `loopcast get --json`
+    /// (docs/architecture.md).
     ///
-    /// Per tool (`results`): `seconds` to the last receiver, CPU seconds per GB on each side,
+    /// Per tool (`results`): `seconds` to the last receiver; `gbps`, the file's size in Gbit
+    /// over those `seconds` (one copy's rate to the last receiver, not a sum over receivers);
+    /// CPU seconds per GB on each side,
     /// `server_sent_bytes` (the server interface's transmitted bytes) and its ratio to the file,
     /// and for loopcast `tiers_opened` (channels the server opened) and `sent_within_target`
     /// (sent <= 1.2 x tiers_opened x file size); with an unlimited receiver among limited ones,
-    /// `alone` is its run alone. Before each tool's run one copy's worth of bytes is written,
+    /// `alone` is its run alone and `unlimited_alone_seconds` that receiver's `seconds` in it
+    /// (loopcast and UFTP; the `seconds_alone` of each unlimited receiver). Before each tool's run one copy's worth of bytes is written,
     /// fsynced and removed, so every tool starts from the same page cache; its seconds are
     /// that run's `disk_write_fsync_seconds_before` (the top level's
     /// `disk_write_fsync_seconds_per_copy` is loopcast's), the disk's time for one durable
@@ -1319,6 +1325,21 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::e2e_receiver_line;
+
+    /// `e2e --help` describes the JSON fields a new user asked about (it named none of them).
+    #[test]
+    fn e2e_help_describes_gbps_unlimited_alone_seconds_and_client_seconds() {
+        use clap::CommandFactory;
+        let mut command = super::Cli::command();
+        let help = command
+            .find_subcommand_mut("e2e")
+            .expect("an e2e subcommand")
+            .render_long_help()
+            .to_string();
+        for field in ["`gbps`", "`unlimited_alone_seconds`", "`client_seconds`"] {
+            assert!(help.contains(field), "{field} missing: {help}");
+        }
+    }
 
     /// UFTP reports no duplicates (its entry has none: null in the JSON): the text said
     /// "duplicates null"; it says "n/a", and a count a tool does report stays a number.
