@@ -593,8 +593,8 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
         ])
         .arg("--admin-socket")
         .arg(bed.dir.join("admin.sock"));
-    // A hand-set rate is exactly that rate (the comparison the automatic rates are held to),
-    // not a cap.
+    // A hand-set rate is the rate the channel is paced at (the comparison the automatic rates
+    // are held to), not a cap.
     if let Some(rate) = &args.rate {
         serve.args(["--rate", rate, "--fixed-rate"]);
     }

@@ -203,10 +203,11 @@ enum Scenario {
         clients: usize,
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         size: u64,
-        /// Each channel's rate cap (automatic rates below it; with --fixed-rate, exactly it).
+        /// Each channel's rate cap, per destination (automatic rates below it; with
+        /// --fixed-rate, the rate each channel is paced at; see loopcastd serve --help).
         #[arg(long, default_value = "200M", value_parser = loopcast_tools::parse_rate)]
         rate: u64,
-        /// Servers run one shared channel per file at exactly --rate (loopcastd --fixed-rate).
+        /// Servers run one shared channel per file paced at --rate (loopcastd --fixed-rate).
         #[arg(long)]
         fixed_rate: bool,
         #[arg(long, default_value_t = 3)]
