@@ -9,7 +9,8 @@
 //! - spoofed Requests (amplification), NAK starvation by session cycling, a session-table hog;
 //! - the server killed (-9) or shut down (SIGTERM) and restarted mid-transfer, a client stopped
 //!   past the session timeout;
-//! - a served archive flipped or truncated on disk.
+//! - a served archive flipped or truncated on disk; one damaged before it was served with
+//!   `--no-verify` (the client's stall names the datagrams that failed their hash).
 //!
 //! Traffic goes only to loopback, or inside namespaces the test creates; every load loop is
 //! bounded in count and time.
@@ -74,19 +75,6 @@ fn assert_identical_and_verified(scratch: &Scratch, tag: &str, original: &[u8]) 
             .arg(scratch.path(&format!("{tag}.lca"))),
     ));
     assert_eq!(inspect["verified"], true, "{tag}: {inspect}");
-}
-
-/// `datagram_size` and `loop_len` of an archive, from `loopcast inspect`.
-fn shape_of(archive: &Path) -> (usize, u32) {
-    let inspect = json_of(&run_ok(
-        Command::new(bin("loopcast"))
-            .args(["inspect", "--json"])
-            .arg(archive),
-    ));
-    (
-        inspect["datagram_size"].as_u64().unwrap() as usize,
-        inspect["loop_len"].as_u64().unwrap() as u32,
-    )
 }
 
 /// Forged copies of an archive's data datagrams: the genuine header (so each parses and sits at
@@ -1082,6 +1070,66 @@ fn archive_changed_while_served(how: &str) {
         String::from_utf8_lossy(&output.stderr).contains("archive changed on disk while served"),
         "the operator's log says why"
     );
+}
+
+/// A damaged (or forged) archive served with `--no-verify`: one data datagram's payload
+/// changed on disk before the server started, its header and the hash tree intact. The client
+/// drops every copy of it and ends in a stall; the error says how many datagrams failed their
+/// hash and that the server may be serving a damaged or forged archive. Before, it said only
+/// "no new data for 2 s; partial download kept for resume (1524/1525 datagrams)".
+pub fn a_damaged_archive_served_unverified_ends_in_a_stall_that_names_the_hash_failures() {
+    let scratch = Scratch::new("attack-unverified");
+    let (_, archive) = packed_noise(&scratch, "rot.bin", 2 << 20, 0x0b57);
+    let forgery = Forgery::of(&archive);
+    let (serial, forged) = (0..forgery.loop_len)
+        .find_map(|serial| {
+            let [forged, _] = forgery.forged_then_genuine(serial)?;
+            Some((serial, forged))
+        })
+        .expect("an archive has data datagrams");
+    let at = loopcast_archive::format::DATAGRAMS_OFFSET
+        + u64::from(serial) * forgery.datagram_size as u64;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&archive)
+        .unwrap()
+        .write_all_at(&forged, at)
+        .unwrap();
+    let server = UnicastServer::start(
+        &scratch,
+        &scratch.path("media"),
+        &["--no-verify", "--rate", "50M"],
+    );
+    let output = get_command(
+        &scratch,
+        &format!("127.0.0.1:{}", server.port),
+        "rot.bin",
+        "rot",
+        &["--stall-timeout", "2"],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "a stall: {stderr}");
+    assert!(stderr.contains("no new data for 2 s"), "{stderr}");
+    let note = "hash check: the server may be serving a damaged or forged archive";
+    // "...; N datagram(s) failed their (its) hash check: ..."
+    let failed: u64 = stderr
+        .split("; ")
+        .find(|part| part.contains(note))
+        .and_then(|part| part.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of hash failures: {stderr}"));
+    assert!(failed >= 1, "{stderr}");
+    // The count is the client's own: its --json report's failure says the same.
+    let report = json_of(&output);
+    assert!(
+        report["error"]
+            .as_str()
+            .is_some_and(|error| error.contains(&format!("; {failed} datagram"))),
+        "{report}"
+    );
+    assert!(!scratch.path("rot.lca").exists(), "nothing published");
+    assert!(!scratch.path("rot.out").exists(), "nothing extracted");
 }
 
 pub fn archive_bit_flip_while_served_stops_the_channel() {

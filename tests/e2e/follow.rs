@@ -231,6 +231,46 @@ pub fn a_player_that_quits_stops_the_download_and_keeps_it_for_resume() {
     assert!(std::fs::read(scratch.path("film.lca")).unwrap() == served);
 }
 
+/// `get --follow` run again once the archive is downloaded and published: refused (exit 3),
+/// with the command that plays the archive already there (which works as given) and the flag
+/// that downloads it again. Before, only "already exists; refusing to replace it".
+pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_again() {
+    let scratch = Scratch::new("follow-again");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    let original = write_content(&input, 1 << 20, 17);
+    pack_into(&input, &media, &[]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    let keys = media.join("keys.db");
+    Follower::start("film", server.port, &scratch, &keys).finish(Duration::from_secs(60));
+    let archive = scratch.path("film.lca");
+    assert!(archive.exists(), "published");
+    let again = Follower::start("film", server.port, &scratch, &keys)
+        .process
+        .wait(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(3), "{stderr}");
+    let play = format!(
+        "loopcast extract {} -o - --keys {}",
+        archive.display(),
+        keys.display()
+    );
+    assert!(
+        stderr.contains("already exists") && stderr.contains(&play),
+        "names {play:?}: {stderr}"
+    );
+    assert!(stderr.contains("add --force"), "{stderr}");
+    // The command it gives plays the original.
+    let played = run_ok(
+        Command::new(bin("loopcast"))
+            .arg("extract")
+            .arg(&archive)
+            .args(["-o", "-", "--keys"])
+            .arg(&keys),
+    );
+    assert!(played.stdout == original, "extract -o - plays the original");
+}
+
 /// --follow refuses an encrypted file without a key database before downloading anything.
 pub fn follow_without_keys_refuses_an_encrypted_file_at_once() {
     let scratch = Scratch::new("follow-nokeys");

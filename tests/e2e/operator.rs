@@ -96,6 +96,8 @@ pub fn check_that_cannot_record_still_counts_the_corrupt_archive() {
         stdout.contains("bad.bin.lca: CORRUPT") && stdout.contains("good.bin.lca: verified"),
         "{stdout}"
     );
+    // The line names the archive once, then the reason (not the path again).
+    assert!(!stdout.contains(&media.display().to_string()), "{stdout}");
     assert!(stderr.contains("cannot record the checks"), "{stderr}");
     assert!(
         stderr.contains("1 archive(s) corrupt") && stderr.contains("1 verified"),

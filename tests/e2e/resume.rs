@@ -13,15 +13,12 @@ pub fn killed_client_resumes_and_finishes_identical() {
     pack_into(&input, &media, &["--level", "0"]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
     let get = || {
-        let mut command = get_big(server.port, &scratch);
+        let mut command = get_big(server.port, &scratch, &["--json"]);
         command.arg("--keys").arg(media.join("keys.db"));
         command
     };
     // At 40 Mbit/s one loop of ~24 MiB takes ~5 s; kill after 3 s (state is saved every 2 s).
-    let mut first = Proc::spawn("first get", &mut get());
-    std::thread::sleep(Duration::from_secs(3));
-    first.child.kill().unwrap();
-    let _ = first.child.wait();
+    killed_after_3_s(&mut get());
     assert!(
         scratch.path("big.lca.part").exists(),
         "partial archive kept"
@@ -80,11 +77,8 @@ pub fn a_resumed_download_asks_at_once_for_a_held_datagram_that_was_damaged() {
     let original = write_content(&input, 24 << 20, 6);
     pack_into(&input, &media, &["--no-encrypt", "--level", "0"]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
-    let get = || get_big(server.port, &scratch);
-    let mut first = Proc::spawn("first get", &mut get());
-    std::thread::sleep(Duration::from_secs(3));
-    first.child.kill().unwrap();
-    let _ = first.child.wait();
+    let get = || get_big(server.port, &scratch, &["--json"]);
+    killed_after_3_s(&mut get());
     // 2 MB in: held (the download started at the loop's start and ran for 3 s at 5 MB/s).
     {
         use std::os::unix::fs::FileExt;
@@ -112,15 +106,64 @@ pub fn a_resumed_download_asks_at_once_for_a_held_datagram_that_was_damaged() {
     );
 }
 
+/// The human report of a resumed get says how much of the whole it held and that its speed
+/// is over this run's bytes only. Before, it said "resumed with 9075 datagrams already held"
+/// (of how many?) and "25.2 MB/s" without saying over what.
+pub fn a_resumed_get_says_what_share_it_held_and_what_its_speed_is_over() {
+    let scratch = Scratch::new("resume-text");
+    let media = scratch.path("media");
+    let input = scratch.path("big.bin");
+    write_content(&input, 24 << 20, 7);
+    pack_into(&input, &media, &["--no-encrypt", "--level", "0"]);
+    let (_, loop_len) = shape_of(&media.join("big.bin.lca"));
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
+    killed_after_3_s(&mut get_big(server.port, &scratch, &[]));
+    let second = run_ok(&mut get_big(server.port, &scratch, &[]));
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let first_line = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains(" MB/s over this run's ") && first_line.contains("already held"),
+        "{stdout}"
+    );
+    let resumed = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("resumed: "))
+        .unwrap_or_else(|| panic!("no resumed line: {stdout}"));
+    // "N of M datagrams already held (P %)"
+    let words: Vec<&str> = resumed.split_whitespace().collect();
+    assert_eq!(
+        words[1..5],
+        ["of", loop_len.to_string().as_str(), "datagrams", "already"],
+        "{resumed}"
+    );
+    let held: u32 = words[0].parse().unwrap();
+    let percent: f64 = words[6].trim_start_matches('(').parse().unwrap();
+    assert!(held > 1000 && held < loop_len, "{resumed}");
+    assert!(
+        (percent - f64::from(held) * 100.0 / f64::from(loop_len)).abs() < 0.1,
+        "{resumed}"
+    );
+    assert!(resumed.ends_with(" %)"), "{resumed}");
+}
+
+/// Starts `get` and kills it after 3 s, leaving a partial download (state is saved every 2 s).
+fn killed_after_3_s(get: &mut Command) {
+    let mut first = Proc::spawn("first get", get);
+    std::thread::sleep(Duration::from_secs(3));
+    first.child.kill().unwrap();
+    let _ = first.child.wait();
+}
+
 /// `loopcast get` of big.bin from the server on 127.0.0.1:`port` into the scratch directory's
-/// big.lca, extracted to big.out, with a JSON report.
-fn get_big(port: u16, scratch: &Scratch) -> Command {
+/// big.lca, extracted to big.out, with `extra` flags.
+fn get_big(port: u16, scratch: &Scratch, extra: &[&str]) -> Command {
     let mut command = Command::new(bin("loopcast"));
     command
-        .args(["get", &format!("127.0.0.1:{port}"), "big.bin", "--json"])
+        .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
         .arg("--output")
         .arg(scratch.path("big.lca"))
         .arg("--extract")
-        .arg(scratch.path("big.out"));
+        .arg(scratch.path("big.out"))
+        .args(extra);
     command
 }

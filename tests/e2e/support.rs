@@ -290,6 +290,19 @@ pub fn pack_into(input: &Path, media: &Path, extra: &[&str]) -> serde_json::Valu
     json_of(&output)
 }
 
+/// `datagram_size` and `loop_len` of an archive, from `loopcast inspect`.
+pub fn shape_of(archive: &Path) -> (usize, u32) {
+    let inspect = json_of(&run_ok(
+        Command::new(bin("loopcast"))
+            .args(["inspect", "--json"])
+            .arg(archive),
+    ));
+    (
+        inspect["datagram_size"].as_u64().unwrap() as usize,
+        inspect["loop_len"].as_u64().unwrap() as u32,
+    )
+}
+
 /// `loopcastctl status --json` against the daemon's admin socket.
 pub fn status_of(admin: &Path) -> serde_json::Value {
     json_of(&run_ok(

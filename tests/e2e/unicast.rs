@@ -228,6 +228,52 @@ pub fn cli_errors_are_one_line_and_nonzero() {
     );
 }
 
+/// `pack --datagram-size` takes what fits a 9000-byte MTU path: a datagram is a whole UDP
+/// payload, so 9000 (which needs an MTU of 9028 over IPv6) is a usage error giving the range
+/// and the reason, before anything is written; 8952 and --jumbo's 8944 pack. Before, 9000 was
+/// accepted.
+pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
+    let scratch = Scratch::new("datagram-size");
+    let input = scratch.path("x.bin");
+    write_content(&input, 50_000, 4);
+    let pack = |archive: &str, extra: &[&str]| {
+        Command::new(bin("loopcast"))
+            .arg("pack")
+            .arg(&input)
+            .arg("-o")
+            .arg(scratch.path(archive))
+            .args(["--no-encrypt", "--json"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for size in ["9000", "8953", "70000"] {
+        let refused = pack("refused.lca", &["--datagram-size", size]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{size}: {stderr}");
+        assert!(
+            stderr.contains("256..=8952 bytes")
+                && stderr.contains("UDP payload")
+                && stderr.contains("9000-byte MTU"),
+            "{size}: {stderr}"
+        );
+        assert!(!scratch.path("refused.lca").exists(), "{size}");
+    }
+    let accepted: [(&str, &[&str], usize); 2] = [
+        ("largest.lca", &["--datagram-size", "8952"], 8952),
+        ("jumbo.lca", &["--jumbo"], 8944),
+    ];
+    for (archive, extra, size) in accepted {
+        let output = pack(archive, extra);
+        assert!(
+            output.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(shape_of(&scratch.path(archive)).0, size, "{extra:?}");
+    }
+}
+
 /// Acceptance: a 1 GiB file packs, serves, downloads and extracts byte-identical.
 pub fn one_gibibyte_file_round_trips_byte_identical() {
     let scratch = Scratch::new("gib");

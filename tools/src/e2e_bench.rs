@@ -164,14 +164,82 @@ fn build(tag: &str, receivers: usize, mtu: u32) -> Result<BridgeTopology, String
             ])
             .status();
     }
-    let _ = Command::new("sysctl")
-        .args([
-            "-qw",
-            "net.core.rmem_max=67108864",
-            "net.core.wmem_max=67108864",
-        ])
-        .status();
+    raise_socket_buffer_caps();
     Ok(topology)
+}
+
+/// The host's caps on socket buffers (`net.core` is the machine's, not a namespace's), raised
+/// so that no tool's buffers (UFTP asks for 64 MiB) are capped below what it asks for.
+const SOCKET_BUFFER_SYSCTLS: [&str; 2] = ["net.core.rmem_max", "net.core.wmem_max"];
+/// What [`SOCKET_BUFFER_SYSCTLS`] are raised to (never lowered).
+const SOCKET_BUFFER_CAP_BYTES: u64 = 64 << 20;
+
+/// One sysctl the bench changed: its name, the value before (None: unreadable) and after.
+#[derive(Debug, PartialEq)]
+struct SysctlChange {
+    name: &'static str,
+    old: Option<u64>,
+    new: u64,
+}
+
+/// Raises [`SOCKET_BUFFER_SYSCTLS`] below [`SOCKET_BUFFER_CAP_BYTES`] and says so on stderr, in
+/// one line naming each with its old and new value (it was done silently). They stay raised.
+fn raise_socket_buffer_caps() {
+    let path_of = |name: &str| Path::new("/proc/sys").join(name.replace('.', "/"));
+    let current: Vec<(&'static str, Option<u64>)> = SOCKET_BUFFER_SYSCTLS
+        .iter()
+        .map(|&name| {
+            let value = std::fs::read_to_string(path_of(name))
+                .ok()
+                .and_then(|text| text.trim().parse().ok());
+            (name, value)
+        })
+        .collect();
+    let mut changed = Vec::new();
+    for change in socket_buffer_raises(&current) {
+        match std::fs::write(path_of(change.name), change.new.to_string()) {
+            Ok(()) => changed.push(change),
+            Err(error) => eprintln!(
+                "loopcast-bench: cannot raise {} to {}: {error}",
+                change.name, change.new
+            ),
+        }
+    }
+    if let Some(line) = sysctl_change_line(&changed) {
+        eprintln!("{line}");
+    }
+}
+
+/// Which of `current` (name, value) to raise: those below [`SOCKET_BUFFER_CAP_BYTES`] or
+/// unreadable; a higher value is left as it is.
+fn socket_buffer_raises(current: &[(&'static str, Option<u64>)]) -> Vec<SysctlChange> {
+    current
+        .iter()
+        .filter(|(_, value)| value.is_none_or(|value| value < SOCKET_BUFFER_CAP_BYTES))
+        .map(|&(name, old)| SysctlChange {
+            name,
+            old,
+            new: SOCKET_BUFFER_CAP_BYTES,
+        })
+        .collect()
+}
+
+/// The one line that says what the bench changed on the host, or None if nothing.
+fn sysctl_change_line(changes: &[SysctlChange]) -> Option<String> {
+    if changes.is_empty() {
+        return None;
+    }
+    let each: Vec<String> = changes
+        .iter()
+        .map(|change| {
+            let old = change.old.map_or("?".to_owned(), |old| old.to_string());
+            format!("{} {old} -> {}", change.name, change.new)
+        })
+        .collect();
+    Some(format!(
+        "loopcast-bench: raised the host's socket buffer caps for the run: {} (not restored afterwards)",
+        each.join(", ")
+    ))
 }
 
 fn in_ns(ns: &str, program: &Path) -> Command {
@@ -661,8 +729,8 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
         ])
         .arg("--admin-socket")
         .arg(bed.dir.join("admin.sock"));
-    // A hand-set rate is exactly that rate (the comparison the automatic rates are held to),
-    // not a cap.
+    // A hand-set rate is the rate the channel is paced at (the comparison the automatic rates
+    // are held to), not a cap.
     if let Some(rate) = &args.rate {
         serve.args(["--rate", rate, "--fixed-rate"]);
     }
@@ -926,7 +994,8 @@ fn run_udpcast(bed: &Bed) -> Result<serde_json::Value, String> {
                 bed.args.size,
                 Some(finished.duration_since(started).as_secs_f64()),
                 verified,
-                serde_json::json!({}),
+                // udpcast reports neither.
+                serde_json::json!({"naks_sent": null, "duplicates": null}),
             )
         })
         .collect();
@@ -1107,7 +1176,8 @@ fn run_uftp(
                 bed.args.size,
                 complete,
                 verified,
-                serde_json::json!({"naks_sent": naks}),
+                // UFTP does not report duplicates.
+                serde_json::json!({"naks_sent": naks, "duplicates": null}),
             )
         })
         .collect();
@@ -1288,6 +1358,42 @@ mod tests {
         add_alone_times(&mut mixed, &alone);
         assert_eq!(mixed["receivers"][0]["within_target"], false, "{mixed}");
         assert_eq!(mixed["receivers"][1]["within_target"], true, "{mixed}");
+    }
+
+    /// The bench raised net.core.rmem_max and wmem_max without a word (and set them to 64 MiB
+    /// even where they were higher): now each raise is named with its old and new value, and a
+    /// cap already high enough is left alone.
+    #[test]
+    fn raised_sysctls_are_named_with_old_and_new_values_and_none_is_lowered() {
+        let changes = socket_buffer_raises(&[
+            ("net.core.rmem_max", Some(212_992)),
+            ("net.core.wmem_max", Some(128 << 20)),
+        ]);
+        assert_eq!(
+            changes,
+            [SysctlChange {
+                name: "net.core.rmem_max",
+                old: Some(212_992),
+                new: 64 << 20
+            }]
+        );
+        assert_eq!(
+            sysctl_change_line(&changes).unwrap(),
+            "loopcast-bench: raised the host's socket buffer caps for the run: \
+             net.core.rmem_max 212992 -> 67108864 (not restored afterwards)"
+        );
+        let both = socket_buffer_raises(&[
+            ("net.core.rmem_max", Some(212_992)),
+            ("net.core.wmem_max", None),
+        ]);
+        assert_eq!(
+            sysctl_change_line(&both).unwrap(),
+            "loopcast-bench: raised the host's socket buffer caps for the run: \
+             net.core.rmem_max 212992 -> 67108864, net.core.wmem_max ? -> 67108864 (not \
+             restored afterwards)"
+        );
+        assert!(socket_buffer_raises(&[("net.core.rmem_max", Some(64 << 20))]).is_empty());
+        assert_eq!(sysctl_change_line(&[]), None);
     }
 
     #[test]

@@ -150,12 +150,14 @@ pub enum ClientError {
     /// `server`: every address asked, comma-separated (a fleet's directors).
     #[error("no answer from {server} within {seconds} s (is loopcastd running there?)")]
     NoAnswer { server: String, seconds: u64 },
-    #[error("{server} stopped answering for {seconds} s; partial download kept for resume ({held}/{total} datagrams): run the same command again")]
+    #[error("{server} stopped answering for {seconds} s; partial download kept for resume ({held}/{total} datagrams): run the same command again{}", hash_failure_note(*.failed_hash))]
     ServerLost {
         server: SocketAddr,
         seconds: u64,
         held: u32,
         total: u32,
+        /// Datagrams that failed their hash check during the run.
+        failed_hash: u64,
     },
     #[error("server refused: {message}")]
     Rejected { code: RejectCode, message: String },
@@ -182,9 +184,16 @@ pub enum ClientError {
     )]
     RootMismatch { offered: String, expected: String },
     #[error(
-        "no new data for {seconds} s; partial download kept for resume ({held}/{total} datagrams)"
+        "no new data for {seconds} s; partial download kept for resume ({held}/{total} datagrams){}",
+        hash_failure_note(*.failed_hash)
     )]
-    Stalled { seconds: u64, held: u32, total: u32 },
+    Stalled {
+        seconds: u64,
+        held: u32,
+        total: u32,
+        /// Datagrams that failed their hash check during the run: what the stall may be made of.
+        failed_hash: u64,
+    },
     #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
     Interrupted { held: u32, total: u32 },
     #[error("{path} failed verification against the root and could not be repaired: {detail}; not published", path = .path.display())]
@@ -200,6 +209,17 @@ pub enum ClientError {
         needed: u64,
         available: u64,
     },
+}
+
+/// Said after a stall or a lost server when datagrams failed their hash check: a loop that
+/// keeps bringing bad copies of what is missing looks like no new data, and the cause is
+/// the archive the server sends, not the network.
+fn hash_failure_note(failed_hash: u64) -> String {
+    match failed_hash {
+        0 => String::new(),
+        1 => "; 1 datagram failed its hash check: the server may be serving a damaged or forged archive".to_owned(),
+        n => format!("; {n} datagrams failed their hash check: the server may be serving a damaged or forged archive"),
+    }
 }
 
 /// Any address and an ephemeral port of `peer`'s family: where a client's socket binds.
@@ -460,6 +480,7 @@ pub fn get_following(
                             seconds: config.stall_timeout.max(config.request_timeout).as_secs(),
                             held: download.receiver.have().count_ones(),
                             total: download.receiver.shape().loop_len(),
+                            failed_hash: download.receiver.counters().failed_hash(),
                         });
                     }
                     return Err(ClientError::NoAnswer {
@@ -567,6 +588,7 @@ pub fn get_following(
                 seconds: config.stall_timeout.as_secs(),
                 held,
                 total,
+                failed_hash: download.receiver.counters().failed_hash(),
             });
         }
         session.set_progress(held, total);

@@ -369,12 +369,12 @@ pub enum CheckFailure {
 }
 
 impl CheckFailure {
+    /// The reason without the archive's path: `Checked::file` names it (the line read
+    /// "film.lca: CORRUPT: /srv/media/film.lca is corrupt: ...").
     fn of(error: loopcast_archive::ArchiveError) -> CheckFailure {
         match error {
-            loopcast_archive::ArchiveError::Io { .. } => {
-                CheckFailure::Unreadable(error.to_string())
-            }
-            other => CheckFailure::Corrupt(other.to_string()),
+            loopcast_archive::ArchiveError::Io { .. } => CheckFailure::Unreadable(error.reason()),
+            other => CheckFailure::Corrupt(other.reason()),
         }
     }
 }
@@ -674,6 +674,34 @@ mod tests {
             "{seen:?}"
         );
         assert!(VerifiedRecords::load(dir.path()).is_empty());
+    }
+
+    /// Each outcome names the archive once (`Checked::file`), with the reason: the path was in
+    /// the reason too ("garbage.lca: CORRUPT: /tmp/.../garbage.lca is not a loopcast archive").
+    #[test]
+    fn a_check_outcome_gives_the_reason_without_the_path_again() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a directory.lca")).unwrap();
+        std::fs::write(dir.path().join("garbage.lca"), vec![0x42u8; 8192]).unwrap();
+        let mut lines = Vec::new();
+        check_directory(dir.path(), false, |checked| {
+            if let Err(failure) = &checked.outcome {
+                lines.push(format!("{}: {failure}", checked.file));
+            }
+        })
+        .unwrap();
+        assert_eq!(
+            lines,
+            [
+                "a directory.lca: UNREADABLE: cannot read it: Is a directory (os error 21)",
+                "garbage.lca: CORRUPT: not a loopcast archive (bad magic)",
+            ]
+        );
+        let directory = dir.path().display().to_string();
+        assert!(
+            lines.iter().all(|line| !line.contains(&directory)),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod seal;
 use std::path::{Path, PathBuf};
 
 pub use files::Overwrite;
-pub use pack::{pack, PackOptions, PackPhase, PackProgress, PackSummary};
+pub use pack::{check_datagram_size, pack, PackOptions, PackPhase, PackProgress, PackSummary};
 pub use reader::{ArchiveFile, ExtractSummary, GroupBuffers, HashMany};
 pub use seal::MasterKey;
 
@@ -58,6 +58,26 @@ pub enum ArchiveError {
     Output(#[from] files::OutputError),
     #[error("no OS randomness: {0}")]
     Random(String),
+}
+
+impl ArchiveError {
+    /// What is wrong, without the archive's path: for a line that names the file already
+    /// (`loopcastd check`'s "film.lca: CORRUPT: data datagram 7 (serial 8) fails its hash").
+    pub fn reason(&self) -> String {
+        match self {
+            ArchiveError::Io { action, source, .. } => format!("cannot {action} it: {source}"),
+            ArchiveError::NotAnArchive(_) => "not a loopcast archive (bad magic)".into(),
+            ArchiveError::UnsupportedVersion(_, version) => {
+                format!("archive format version {version}, which this build does not read")
+            }
+            ArchiveError::WrongLength {
+                expected, actual, ..
+            } => format!("truncated or damaged: expected {expected} bytes, found {actual}"),
+            ArchiveError::Corrupt { what, .. } => what.clone(),
+            // The rest name no archive path.
+            other => other.to_string(),
+        }
+    }
 }
 
 pub(crate) fn io_error(action: &'static str, path: &Path, source: std::io::Error) -> ArchiveError {

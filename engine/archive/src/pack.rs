@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use loopcast_proto::assemble::{build_hash_levels, write_data_datagram, write_hash_block};
 use loopcast_proto::info::{
-    hash_fanout, payload_capacity, FileInfo, Watermark, DATAGRAM_SIZE_MAX, DATAGRAM_SIZE_MIN,
-    NAME_LEN_MAX, NOTICE_LEN_MAX, OWNER_LEN_MAX,
+    hash_fanout, payload_capacity, FileInfo, Watermark, DATAGRAM_SIZE_MIN, DATAGRAM_SIZE_MTU_9000,
+    DATAGRAM_SIZE_PACK_MAX, NAME_LEN_MAX, NOTICE_LEN_MAX, OWNER_LEN_MAX,
 };
 use loopcast_proto::layout::TreeShape;
 use loopcast_proto::wire::datagram::FileId;
@@ -69,17 +69,26 @@ pub struct PackSummary {
     pub elapsed: Duration,
 }
 
+/// Whether `pack` lays datagrams out at `size` bytes; the error gives the range and why.
+pub fn check_datagram_size(size: u64) -> Result<(), String> {
+    if (u64::from(DATAGRAM_SIZE_MIN)..=u64::from(DATAGRAM_SIZE_PACK_MAX)).contains(&size) {
+        return Ok(());
+    }
+    Err(format!(
+        "datagram size {size} is outside {DATAGRAM_SIZE_MIN}..={DATAGRAM_SIZE_PACK_MAX} bytes: a \
+         datagram is a whole UDP payload, and {DATAGRAM_SIZE_PACK_MAX} is the most a 9000-byte \
+         MTU carries over IPv6 (9000 - 40 IPv6 - 8 UDP header bytes; --jumbo uses \
+         {DATAGRAM_SIZE_MTU_9000})"
+    ))
+}
+
 impl PackOptions {
     fn check(&self) -> Result<(), ArchiveError> {
         let bad = |what: String| Err(ArchiveError::InvalidOption(what));
         if self.name.is_empty() || self.name.len() > NAME_LEN_MAX {
             return bad(format!("name must be 1..={NAME_LEN_MAX} bytes"));
         }
-        if !(DATAGRAM_SIZE_MIN..=DATAGRAM_SIZE_MAX).contains(&self.datagram_size) {
-            return bad(format!(
-                "datagram size must be {DATAGRAM_SIZE_MIN}..={DATAGRAM_SIZE_MAX} bytes"
-            ));
-        }
+        check_datagram_size(u64::from(self.datagram_size)).map_err(ArchiveError::InvalidOption)?;
         if self.frame_raw_size < 4096 || self.frame_raw_size > FRAME_RAW_SIZE_MAX {
             return bad(format!(
                 "frame size must be 4096..={FRAME_RAW_SIZE_MAX} bytes"

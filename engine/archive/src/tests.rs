@@ -147,6 +147,38 @@ fn jumbo_datagrams_round_trip() {
     round_trip(&dir, &data, &options(true, DATAGRAM_SIZE_MTU_9000, 1 << 20));
 }
 
+/// A datagram is a whole UDP payload: 9000 bytes needs an MTU of 9028 (IPv6), so it is refused
+/// with the range and the reason; 8952, the most an MTU-9000 path carries over IPv6, packs.
+#[test]
+fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu_and_says_why() {
+    let dir = TestDir::new("datagram-size");
+    let input = dir.path("input");
+    std::fs::write(&input, sample_bytes(100_000, 6)).unwrap();
+    for size in [9000, 8953, 255] {
+        let error = pack(
+            &input,
+            &dir.path("refused.lca"),
+            &options(false, size, 1 << 20),
+            Overwrite::Replace,
+            &|_| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("256..=8952 bytes")
+                && error.contains("UDP payload")
+                && error.contains("9000-byte MTU"),
+            "{size}: {error}"
+        );
+    }
+    assert!(!dir.path("refused.lca").exists());
+    round_trip(
+        &dir,
+        &sample_bytes(100_000, 6),
+        &options(false, 8952, 1 << 20),
+    );
+}
+
 #[test]
 fn several_hundred_mib_round_trip() {
     let dir = TestDir::new("large");

@@ -27,6 +27,14 @@ pub const DATAGRAM_SIZE_MAX: u16 = 9000;
 pub const DATAGRAM_SIZE_MTU_1500: u16 = 1440;
 /// Wire size for a 9000-byte (jumbo) MTU path: 9000 - 48 = 8952, rounded down to 16.
 pub const DATAGRAM_SIZE_MTU_9000: u16 = 8944;
+/// Largest size `pack` lays datagrams out at. A datagram is the whole UDP payload, so this is
+/// the most a 9000-byte MTU path carries in one packet over IPv6: 9000 - 40 (IPv6 header) - 8
+/// (UDP header) = 8952; over IPv4 (a 20-byte header) it fits too. Readers take up to
+/// `DATAGRAM_SIZE_MAX`, so archives packed before this cap still open.
+pub const DATAGRAM_SIZE_PACK_MAX: u16 = 9000 - 40 - 8;
+const _: () = assert!(DATAGRAM_SIZE_MTU_1500 <= DATAGRAM_SIZE_MTU_9000);
+const _: () = assert!(DATAGRAM_SIZE_MTU_9000 <= DATAGRAM_SIZE_PACK_MAX);
+const _: () = assert!(DATAGRAM_SIZE_PACK_MAX <= DATAGRAM_SIZE_MAX);
 /// Largest encoded info (fixed fields + longest strings + all top hashes).
 pub const INFO_LEN_MAX: usize =
     110 + NAME_LEN_MAX + OWNER_LEN_MAX + NOTICE_LEN_MAX + TOP_HASHES_MAX * HASH_LEN;

@@ -88,6 +88,12 @@ pub struct ReceiverCounters {
 }
 
 impl ReceiverCounters {
+    /// Datagrams that failed their hash check: at once against a hash block held, or once the
+    /// block they waited for arrived. Genuine datagrams never do: they were damaged or forged.
+    pub fn failed_hash(&self) -> u64 {
+        self.dropped_hash_mismatch + self.pending_rejected
+    }
+
     pub fn dropped_total(&self) -> u64 {
         self.dropped_malformed
             + self.dropped_foreign

@@ -91,17 +91,24 @@ enum Scenario {
     /// `tier`, the speed tier it last heard, its place by rate among the `tiers` open then
     /// (0 the slowest; a position, not an id: receivers on different tiers can both report 0;
     /// the text output counts from 1, as `loopcast get` and `loopcastctl` do); `duplicates`,
-    /// datagrams it received again; `naks_sent` and `serials_naked`, its NAKs and the serials
-    /// they asked for; `serials_left_to_loop`, serials it did not ask for because it was
+    /// datagrams it received again (null for UFTP and udpcast, which do not report them; "n/a"
+    /// in the text); `naks_sent` and `serials_naked`, its NAKs and the serials they asked for
+    /// (udpcast reports none); `serials_left_to_loop`, serials it did not ask for because it was
     /// overloaded (over a quarter of what went by missing: its tier faster than its link), left
-    /// for the loop to bring (a running total: one left again after a move counts again); the
-    /// other fields as in `loopcast get --json` (docs/architecture.md).
+    /// for the loop to bring (a running total: one left again after a move counts again);
+    /// `client_seconds` (loopcast only), the client's own `seconds` from `loopcast get --json`:
+    /// from the get's start to its copy verified and published, without its process start-up
+    /// and exit that `seconds` includes; the other fields as in `loopcast get --json`
+    /// (docs/architecture.md).
     ///
-    /// Per tool (`results`): `seconds` to the last receiver, CPU seconds per GB on each side,
+    /// Per tool (`results`): `seconds` to the last receiver; `gbps`, the file's size in Gbit
+    /// over those `seconds` (one copy's rate to the last receiver, not a sum over receivers);
+    /// CPU seconds per GB on each side,
     /// `server_sent_bytes` (the server interface's transmitted bytes) and its ratio to the file,
     /// and for loopcast `tiers_opened` (channels the server opened) and `sent_within_target`
     /// (sent <= 1.2 x tiers_opened x file size); with an unlimited receiver among limited ones,
-    /// `alone` is its run alone. Before each tool's run one copy's worth of bytes is written,
+    /// `alone` is its run alone and `unlimited_alone_seconds` that receiver's `seconds` in it
+    /// (loopcast and UFTP; the `seconds_alone` of each unlimited receiver). Before each tool's run one copy's worth of bytes is written,
     /// fsynced and removed, so every tool starts from the same page cache; its seconds are
     /// that run's `disk_write_fsync_seconds_before` (the top level's
     /// `disk_write_fsync_seconds_per_copy` is loopcast's), the disk's time for one durable
@@ -111,6 +118,9 @@ enum Scenario {
     /// LOOPCAST_BENCH_SERVER_LOG=1 shows loopcastd's log (with RUST_LOG, e.g.
     /// loopcast_node=debug); LOOPCAST_BENCH_KEEP=1 keeps the run's files and copies. Ctrl-C stops the run
     /// and removes its namespaces and files (exit 130).
+    ///
+    /// The host's net.core.rmem_max and net.core.wmem_max are raised to 64 MiB where lower (a
+    /// line on stderr names each with its old and new value) and are not restored afterwards.
     E2e {
         /// Receivers, each behind an unlimited link (see --link-rates).
         #[arg(long, default_value_t = 1)]
@@ -202,10 +212,11 @@ enum Scenario {
         clients: usize,
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         size: u64,
-        /// Each channel's rate cap (automatic rates below it; with --fixed-rate, exactly it).
+        /// Each channel's rate cap, per destination (automatic rates below it; with
+        /// --fixed-rate, the rate each channel is paced at; see loopcastd serve --help).
         #[arg(long, default_value = "200M", value_parser = loopcast_tools::parse_rate)]
         rate: u64,
-        /// Servers run one shared channel per file at exactly --rate (loopcastd --fixed-rate).
+        /// Servers run one shared channel per file paced at --rate (loopcastd --fixed-rate).
         #[arg(long)]
         fixed_rate: bool,
         #[arg(long, default_value_t = 3)]
@@ -441,8 +452,6 @@ fn print_e2e(report: &serde_json::Value) {
         report["receiver_count"], report["bytes"], report["mtu"], report["rate"].as_str().unwrap_or("?"),
         report["disk_write_fsync_seconds_per_copy"].as_f64().unwrap_or(0.0)
     );
-    let seconds =
-        |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
     for r in report["results"].as_array().into_iter().flatten() {
         let tool = match r["mode"].as_str() {
             Some(mode) => format!("{} {mode}", r["tool"].as_str().unwrap_or("?")),
@@ -474,26 +483,7 @@ fn print_e2e(report: &serde_json::Value) {
             r["sender_cpu_s_per_gb"].as_f64().unwrap_or(0.0), r["receiver_cpu_s_per_gb"].as_f64().unwrap_or(0.0),
             r["server_sent_over_file_bytes"].as_f64().unwrap_or(0.0), r["verified"], r["note"].as_str().unwrap_or(""));
         for receiver in r["receivers"].as_array().into_iter().flatten() {
-            let link = receiver["link_rate_bits_per_s"].as_u64().unwrap_or(0);
-            println!(
-                "    r{} link {:>13}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
-                receiver["host"],
-                if link == 0 { "unlimited".to_owned() } else { loopcast_tools::format_rate(link) },
-                // Counted from 1 here, as `loopcast get` and `loopcastctl` count.
-                match (receiver["tier"].as_u64(), receiver["tiers"].as_u64()) {
-                    (Some(tier), Some(tiers)) => format!("{}/{tiers}", tier + 1),
-                    (Some(tier), None) => (tier + 1).to_string(),
-                    _ => "-".to_owned(),
-                },
-                seconds(&receiver["seconds"]),
-                receiver["goodput_bits_per_s"].as_f64().unwrap_or(0.0) / 1e6,
-                receiver["goodput_over_link_rate"].as_f64().map_or(String::new(), |g| format!(" ({g:.2} of link)")),
-                seconds(&receiver["target_seconds"]),
-                match receiver["within_target"].as_bool() { Some(true) => "met", Some(false) => "missed", None => "-" },
-                receiver["duplicates"],
-                receiver["naks_sent"],
-                receiver["verified"],
-            );
+            println!("{}", e2e_receiver_line(receiver));
         }
         if let Some(slowdown) = r["others_slowdown"].as_f64() {
             println!(
@@ -505,6 +495,34 @@ fn print_e2e(report: &serde_json::Value) {
             );
         }
     }
+}
+
+/// One receiver's line of the e2e report. A count the tool does not report (UFTP's
+/// duplicates, udpcast's duplicates and NAKs: null in the JSON) reads "n/a", not "null".
+fn e2e_receiver_line(receiver: &serde_json::Value) -> String {
+    let seconds =
+        |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
+    let count = |v: &serde_json::Value| v.as_u64().map_or("n/a".to_owned(), |n| n.to_string());
+    let link = receiver["link_rate_bits_per_s"].as_u64().unwrap_or(0);
+    format!(
+        "    r{} link {:>13}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
+        receiver["host"],
+        if link == 0 { "unlimited".to_owned() } else { loopcast_tools::format_rate(link) },
+        // Counted from 1 here, as `loopcast get` and `loopcastctl` count.
+        match (receiver["tier"].as_u64(), receiver["tiers"].as_u64()) {
+            (Some(tier), Some(tiers)) => format!("{}/{tiers}", tier + 1),
+            (Some(tier), None) => (tier + 1).to_string(),
+            _ => "-".to_owned(),
+        },
+        seconds(&receiver["seconds"]),
+        receiver["goodput_bits_per_s"].as_f64().unwrap_or(0.0) / 1e6,
+        receiver["goodput_over_link_rate"].as_f64().map_or(String::new(), |g| format!(" ({g:.2} of link)")),
+        seconds(&receiver["target_seconds"]),
+        match receiver["within_target"].as_bool() { Some(true) => "met", Some(false) => "missed", None => "-" },
+        count(&receiver["duplicates"]),
+        count(&receiver["naks_sent"]),
+        receiver["verified"],
+    )
 }
 
 fn print_one(json: &serde_json::Value, as_json: bool, human: &str) {
@@ -1331,4 +1349,46 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::e2e_receiver_line;
+
+    /// `e2e --help` describes the JSON fields a new user asked about (it named none of them).
+    #[test]
+    fn e2e_help_describes_gbps_unlimited_alone_seconds_and_client_seconds() {
+        use clap::CommandFactory;
+        let mut command = super::Cli::command();
+        let help = command
+            .find_subcommand_mut("e2e")
+            .expect("an e2e subcommand")
+            .render_long_help()
+            .to_string();
+        for field in ["`gbps`", "`unlimited_alone_seconds`", "`client_seconds`"] {
+            assert!(help.contains(field), "{field} missing: {help}");
+        }
+    }
+
+    /// UFTP reports no duplicates (its entry has none: null in the JSON): the text said
+    /// "duplicates null"; it says "n/a", and a count a tool does report stays a number.
+    #[test]
+    fn a_count_the_tool_does_not_report_reads_n_a_not_null() {
+        let uftp = serde_json::json!({
+            "host": 1, "link_rate_bits_per_s": 0, "seconds": 2.5, "verified": true,
+            "tier": null, "tiers": null, "goodput_bits_per_s": 3.2e9,
+            "goodput_over_link_rate": null, "target_seconds": null, "within_target": null,
+            "naks_sent": 104,
+        });
+        let line = e2e_receiver_line(&uftp);
+        assert!(
+            line.contains("duplicates n/a  NAKs 104  verified true"),
+            "{line}"
+        );
+        assert!(!line.contains("null"), "{line}");
+        let mut loopcast = uftp;
+        loopcast["duplicates"] = serde_json::json!(7);
+        let line = e2e_receiver_line(&loopcast);
+        assert!(line.contains("duplicates 7  NAKs 104"), "{line}");
+    }
 }

@@ -241,11 +241,15 @@ struct PackArgs {
     /// Watermark: copyright notice (needs --owner).
     #[arg(long, requires = "owner")]
     notice: Option<String>,
-    /// Lay datagrams out for a 9000-byte MTU (default: 1500).
+    /// Lay datagrams out for a 9000-byte MTU: 8944 bytes each (default: 1440, for a 1500-byte
+    /// MTU).
     #[arg(long)]
     jumbo: bool,
-    /// Datagram (UDP payload) size in bytes, 256-9000, overriding --jumbo.
-    #[arg(long)]
+    /// Datagram size in bytes, 256-8952, overriding --jumbo. A datagram is a whole UDP
+    /// payload: 8952 is the most a 9000-byte MTU path carries over IPv6 (9000 - 40 IPv6 - 8 UDP
+    /// header bytes), and fits over IPv4 too; a datagram larger than the path's MTU allows
+    /// is fragmented or dropped.
+    #[arg(long, value_parser = parse_datagram_size)]
     datagram_size: Option<u16>,
     /// Raw bytes per frame (compression and encryption unit).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
@@ -774,7 +778,12 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         );
     })
     .map_err(|error| {
-        let mut failure = Failure::from(error);
+        let mut failure = match error {
+            ClientError::Output(OutputError::Exists(path)) if args.follow && path == output => {
+                already_downloaded(&path, args.keys.as_deref())
+            }
+            error => Failure::from(error),
+        };
         if cancel.load(Ordering::Relaxed) {
             // Interrupted while asking, too (that ends as "no answer").
             failure.code = exit_code::INTERRUPTED;
@@ -832,14 +841,28 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         );
     } else {
         use std::fmt::Write;
-        let _ = writeln!(
-            text,
-            "received {} ({} bytes) in {seconds:.2} s, {mb_per_s:.1} MB/s over {} ({})",
-            output.display(),
-            report.archive_bytes,
-            report.transport,
-            report.transport_note
-        );
+        if report.resumed_datagrams > 0 {
+            // The speed is of this run's bytes only: say so, and what they were.
+            let _ = writeln!(
+                text,
+                "received {} ({} bytes) in {seconds:.2} s over {} ({}): {mb_per_s:.1} MB/s over this run's {:.1} MB ({:.1} MB were already held)",
+                output.display(),
+                report.archive_bytes,
+                report.transport,
+                report.transport_note,
+                received_now as f64 / 1e6,
+                (report.archive_bytes - received_now) as f64 / 1e6
+            );
+        } else {
+            let _ = writeln!(
+                text,
+                "received {} ({} bytes) in {seconds:.2} s, {mb_per_s:.1} MB/s over {} ({})",
+                output.display(),
+                report.archive_bytes,
+                report.transport,
+                report.transport_note
+            );
+        }
         let _ = writeln!(text, "  verified against root {}", report.root.to_hex());
         if report.server.to_string() != args.server || report.failovers > 0 {
             let _ = writeln!(
@@ -871,8 +894,10 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         if report.resumed_datagrams > 0 {
             let _ = writeln!(
                 text,
-                "  resumed with {} datagrams already held",
-                report.resumed_datagrams
+                "  resumed: {} of {} datagrams already held ({:.1} %)",
+                report.resumed_datagrams,
+                report.info.loop_len,
+                f64::from(report.resumed_datagrams) * 100.0 / loop_len as f64
             );
         }
         let dropped = report.counters.dropped_total();
@@ -905,6 +930,53 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
         print!("{text}");
     }
     Ok(())
+}
+
+/// `pack --datagram-size`: a number of bytes `pack` lays datagrams out at (the message gives
+/// the range and why).
+fn parse_datagram_size(text: &str) -> Result<u16, String> {
+    let bytes: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
+    loopcast_archive::check_datagram_size(bytes)?;
+    Ok(u16::try_from(bytes).expect("the accepted range is within u16"))
+}
+
+/// `get --follow` to an output that exists: most likely this download, finished and published
+/// by an earlier run. Says how to play that (`extract -o -`, with the real paths) and how to
+/// download it again (--force); anything but an archive gets the plain refusal.
+fn already_downloaded(archive: &Path, keys: Option<&Path>) -> Failure {
+    let refused = Failure::from(OutputError::Exists(archive.to_owned()));
+    let Ok(existing) = ArchiveFile::open(archive) else {
+        return refused;
+    };
+    let keys = match (existing.info().encrypted, keys) {
+        (false, _) => String::new(),
+        (true, Some(keys)) => format!(" --keys {}", shell_word(&keys.display().to_string())),
+        (true, None) => " --keys KEYS.db".to_owned(),
+    };
+    Failure {
+        code: refused.code,
+        message: format!(
+            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force",
+            archive.display(),
+            shell_word(&archive.display().to_string())
+        ),
+    }
+}
+
+/// `word` as one shell word: as it is if it holds only characters no shell treats specially,
+/// else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
 }
 
 /// The receiver's counters in `get --json`: what arrived, and why anything was dropped.
@@ -1008,4 +1080,18 @@ fn run_extract(args: ExtractArgs) -> Result<(), Failure> {
         ExtractOutput::File | ExtractOutput::Device => println!("{line}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_word_quotes_only_what_a_shell_would_split_or_expand() {
+        assert_eq!(shell_word("/srv/media/film.lca"), "/srv/media/film.lca");
+        assert_eq!(shell_word("my film.lca"), "'my film.lca'");
+        assert_eq!(shell_word("it's.lca"), r"'it'\''s.lca'");
+        assert_eq!(shell_word("$HOME/*.lca"), "'$HOME/*.lca'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

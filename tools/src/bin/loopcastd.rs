@@ -119,14 +119,25 @@ struct ServeArgs {
     /// UDP address for client requests.
     #[arg(long, default_value = "0.0.0.0:7700")]
     listen: SocketAddr,
-    /// Most any channel sends, in bits/s (e.g. 100M, 1G). Without it, every channel finds the
-    /// fastest rate its clients take without sustained loss (up to 40G), and backs off when
-    /// they lose; with it, the same up to this cap. With --fixed-rate, exactly this rate, or no
-    /// pacing at all with "unpaced". Per channel, not in total: each tier and each unicast
-    /// client's own channel may send this much (cap a link with the host's traffic shaping).
+    /// Most a channel sends to any one destination, in bits/s of UDP payload (e.g. 100M, 1G).
+    /// Without it, every channel finds the fastest rate its clients take without sustained loss
+    /// (up to 40G), and backs off when they lose; with it, the same up to this cap. With
+    /// --fixed-rate, the rate every channel is paced at, or no pacing at all with "unpaced".
+    /// Not a total: a channel sends its loop to each of its destinations (its multicast group,
+    /// each unicast client on it), and a unicast client's repairs to that client alone, all
+    /// from one budget of this rate; so each destination receives at most this rate, and a
+    /// channel with N destinations puts up to N times it on the wire. Each tier and each
+    /// unicast client's own channel has a budget of its own. To cap a link, use the host's
+    /// traffic shaping.
     #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
     rate: Option<u64>,
-    /// Send every file on one channel at exactly --rate: no tiers, no automatic rates.
+    /// One channel per file, paced at --rate: no tiers, no automatic rates, no channels of their
+    /// own for unicast clients. The channel sends its loop to every destination (the multicast
+    /// group, and each unicast client), and a unicast client's repairs to it alone; both come
+    /// out of one token bucket of --rate. Each destination receives at most --rate (less while
+    /// another client's repairs are sent), and with N unicast clients the channel sends up to
+    /// N x --rate on the wire (plus --rate to the group): two unicast clients at --rate 20M,
+    /// up to 40 Mbit/s.
     #[arg(long, requires = "rate")]
     fixed_rate: bool,
     /// How a file's speed tiers follow its clients: "distribution" (several tiers, each client
