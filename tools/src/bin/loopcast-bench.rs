@@ -437,7 +437,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The e2e report for a person: one line per tool, then one per receiver.
 fn parse_link_rates(text: &str) -> Result<PerReceiver<u64>, String> {
     PerReceiver::parse(text, loopcast_tools::parse_rate)
 }
@@ -446,6 +445,12 @@ fn parse_link_loss(text: &str) -> Result<PerReceiver<u8>, String> {
     PerReceiver::parse(text, loopcast_tools::e2e_bench::parse_loss_percent)
 }
 
+/// Seconds in a report line, "-" where there are none (not finished).
+fn seconds_text(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"))
+}
+
+/// The e2e report for a person: one line per tool, then one per receiver.
 fn print_e2e(report: &serde_json::Value) {
     println!(
         "e2e: {} receiver(s), {} bytes, MTU {}, loopcast rate {}; disk ceiling {:.2} s to write and fsync one copy",
@@ -488,8 +493,8 @@ fn print_e2e(report: &serde_json::Value) {
         if let Some(slowdown) = r["others_slowdown"].as_f64() {
             println!(
                 "    the receivers without loss: last done at {} with the lossy one(s), {} without: {slowdown:.3} x (target <= 1.1: {}; worst single receiver {})",
-                seconds(&r["others_seconds"]),
-                seconds(&r["others_seconds_without_lossy"]),
+                seconds_text(&r["others_seconds"]),
+                seconds_text(&r["others_seconds_without_lossy"]),
                 if slowdown <= 1.1 { "met" } else { "missed" },
                 r["others_slowdown_worst_receiver"].as_f64().map_or("-".to_owned(), |w| format!("{w:.3} x")),
             );
@@ -500,24 +505,28 @@ fn print_e2e(report: &serde_json::Value) {
 /// One receiver's line of the e2e report. A count the tool does not report (UFTP's
 /// duplicates, udpcast's duplicates and NAKs: null in the JSON) reads "n/a", not "null".
 fn e2e_receiver_line(receiver: &serde_json::Value) -> String {
-    let seconds =
-        |v: &serde_json::Value| v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"));
     let count = |v: &serde_json::Value| v.as_u64().map_or("n/a".to_owned(), |n| n.to_string());
     let link = receiver["link_rate_bits_per_s"].as_u64().unwrap_or(0);
+    let link = match (link, receiver["link_loss_percent"].as_u64().unwrap_or(0)) {
+        (0, 0) => "unlimited".to_owned(),
+        (0, loss) => format!("unlimited, {loss} % loss"),
+        (rate, 0) => loopcast_tools::format_rate(rate),
+        (rate, loss) => format!("{}, {loss} % loss", loopcast_tools::format_rate(rate)),
+    };
     format!(
         "    r{} link {:>13}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
         receiver["host"],
-        if link == 0 { "unlimited".to_owned() } else { loopcast_tools::format_rate(link) },
+        link,
         // Counted from 1 here, as `loopcast get` and `loopcastctl` count.
         match (receiver["tier"].as_u64(), receiver["tiers"].as_u64()) {
             (Some(tier), Some(tiers)) => format!("{}/{tiers}", tier + 1),
             (Some(tier), None) => (tier + 1).to_string(),
             _ => "-".to_owned(),
         },
-        seconds(&receiver["seconds"]),
+        seconds_text(&receiver["seconds"]),
         receiver["goodput_bits_per_s"].as_f64().unwrap_or(0.0) / 1e6,
         receiver["goodput_over_link_rate"].as_f64().map_or(String::new(), |g| format!(" ({g:.2} of link)")),
-        seconds(&receiver["target_seconds"]),
+        seconds_text(&receiver["target_seconds"]),
         match receiver["within_target"].as_bool() { Some(true) => "met", Some(false) => "missed", None => "-" },
         count(&receiver["duplicates"]),
         count(&receiver["naks_sent"]),
