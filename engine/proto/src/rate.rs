@@ -198,9 +198,6 @@ const NOISY: f64 = 0.05;
 /// A report's loss is congestion only this many standard deviations of its sampling spread
 /// (binomial, around the member's noise floor) above the floor, besides the margin.
 const NOISE_SPREAD_SIGMAS: f64 = 2.0;
-/// Noise beyond this is not scaled out of what a path carried (a path that loses nearly
-/// everything at random says little about its rate).
-const NOISE_CARRIED_MAX: f64 = 0.25;
 
 /// What a report can say about its member's tier as it is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,7 +383,7 @@ impl PathEstimate {
         // namespace tests.
         if congested {
             self.congested_streak += 1;
-            self.known_capacity = Some(self.carried(goodput).min(rate as f64));
+            self.known_capacity = Some(goodput.min(rate as f64));
         } else {
             self.congested_streak = 0;
             // The noise floor follows the path's loss while it is not congested (down when it
@@ -532,19 +529,10 @@ impl PathEstimate {
                 .is_none_or(|at| now.saturating_since(at) < CONGESTION_STALE)
     }
 
-    /// What its path carried to deliver `goodput`: its own random loss (`noise_loss`) drops
-    /// that share of whatever the rate, so the bottleneck passed `goodput / (1 - noise)`.
-    fn carried(&self, goodput: f64) -> f64 {
-        goodput / (1.0 - self.noise_loss.min(NOISE_CARRIED_MAX))
-    }
-
-    /// What its path carried in its last report: its capacity when congested (never above
-    /// `rate`). A member whose path drops a fifth at random carries the whole rate while
-    /// receiving 80 % of it; read as what reached it, each decrease after a loss fell to
-    /// 0.9 x 0.8 of the rate, and the tier of a 50 Mbit/s receiver with 20 % loss ratcheted
-    /// down to a few Mbit/s.
+    /// What reached the member in its last report: its path's capacity when congested
+    /// (never above `rate`).
     fn capacity(&self, rate: u64) -> f64 {
-        self.carried(self.last_goodput).min(rate as f64)
+        self.last_goodput.min(rate as f64)
     }
 
     /// The capacity measured the last time this member was congested, if ever.

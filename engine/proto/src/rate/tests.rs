@@ -1531,6 +1531,61 @@ fn members_that_get_everything_a_short_sender_sends_keep_up_and_the_tier_rises()
     assert!(!rises(1.0, 0.4), "under half of the rate");
 }
 
+/// A settled report of `received` and `lost` datagrams over `interval` at `rate` (no RTT
+/// sample, the sender at its rate).
+fn settled_report_over(
+    estimate: &mut PathEstimate,
+    config: &RateConfig,
+    (received, lost): (u32, u32),
+    interval: Duration,
+    rate: u64,
+) {
+    estimate.observe(
+        config,
+        received,
+        lost,
+        interval,
+        DATAGRAM_BITS,
+        rate,
+        None,
+        None,
+        Counts::Settled,
+    );
+}
+
+/// One plan at `now` of one shared tier whose members are `members` (ids by position) and
+/// whose sender sends its rate; the members start a new count when its rate changes, as the
+/// endpoint does. Returns the moves.
+fn plan_one_tier(
+    config: &RateConfig,
+    now: Instant,
+    control: &mut TierControl,
+    members: &mut [PathEstimate],
+) -> Vec<Move> {
+    let before = control.rate();
+    let moves = {
+        let mut plans = memberless_plans(std::slice::from_mut(control));
+        plans[0].sent_rate = Some(before as f64);
+        plans[0].members = members
+            .iter()
+            .enumerate()
+            .map(|(id, estimate)| MemberPlan {
+                id: id as u64,
+                estimate,
+                moved_at: None,
+            })
+            .collect();
+        plan(config, now, &mut plans)
+    };
+    if control.rate() != before {
+        let relief = (control.rate() < before).then_some(control.rate());
+        for member in members {
+            member.new_epoch(relief);
+        }
+    }
+    moves
+}
+
 /// Nine members behind 50 Mbit/s links on a tier probing up from a floor, each reporting every
 /// 60 ms what its link let through. A link's queue (a `tc tbf` with 20 ms of queue, as in the
 /// namespace bench) hides the loss of a step past the link for a while: the reports show no
@@ -1543,61 +1598,32 @@ fn a_floor_ramp_stops_where_members_get_less_than_was_sent_before_any_loss_shows
     let config = RateConfig::default();
     let link = 50.0 * MBIT;
     let interval = Duration::from_millis(60);
-    let mut controls = vec![TierControl::new_floor(&config, at(0), (43.7 * MBIT) as u64)];
+    let mut control = TierControl::new_floor(&config, at(0), (43.7 * MBIT) as u64);
     let mut members: Vec<PathEstimate> = (0..9).map(|_| PathEstimate::default()).collect();
     let mut highest = 0;
     for step in 1..=40u64 {
-        let rate = controls[0].rate();
+        let rate = control.rate();
         highest = highest.max(rate);
         let received = (rate as f64).min(link) * interval.as_secs_f64() / DATAGRAM_BITS as f64;
         for member in &mut members {
-            member.observe(
-                &config,
-                received as u32,
-                0, // the queue holds the excess: nothing lost yet
-                interval,
-                DATAGRAM_BITS,
-                rate,
-                None,
-                None,
-                Counts::Settled,
-            );
+            // The queue holds the excess: nothing lost yet.
+            settled_report_over(member, &config, (received as u32, 0), interval, rate);
         }
-        let before = controls[0].rate();
-        let mut plans = memberless_plans(&mut controls);
-        plans[0].sent_rate = Some(rate as f64);
-        plans[0].members = members
-            .iter()
-            .enumerate()
-            .map(|(id, estimate)| MemberPlan {
-                id: id as u64,
-                estimate,
-                moved_at: None,
-            })
-            .collect();
-        assert!(
-            plan(&config, at(60 * step), &mut plans).is_empty(),
-            "nobody moves"
-        );
-        if controls[0].rate() != before {
-            let relief = (controls[0].rate() < before).then_some(controls[0].rate());
-            for member in &mut members {
-                member.new_epoch(relief);
-            }
-        }
+        let moves = plan_one_tier(&config, at(60 * step), &mut control, &mut members);
+        assert!(moves.is_empty(), "nobody moves: {moves:?}");
     }
     assert!(
         highest as f64 <= FLOOR_STEP * link,
         "one step past the link at most: the tier reached {:.1} Mbit/s",
         highest as f64 / MBIT
     );
-    let end = controls[0].rate() as f64;
+    let end = control.rate() as f64;
     assert!(
         (0.85 * link..=1.02 * link).contains(&end),
         "it settles just below the link: {:.1} Mbit/s",
         end / MBIT
     );
-    assert!(!controls[0].in_slow_start(), "the path's rate is found");
+    assert!(!control.in_slow_start(), "the path's rate is found");
 }
 
 /// A member alone on its tier behind a 50 Mbit/s link that drops a fifth of everything at
@@ -1607,16 +1633,17 @@ fn a_floor_ramp_stops_where_members_get_less_than_was_sent_before_any_loss_shows
 /// several points. Judged against its noise floor alone, two high samples in a row read as
 /// congestion, and each cut the rate to 90 % of what reached the member (72 % of the rate),
 /// though the path carried all of it: the tier fell to the 1 Mbit/s floor here, and from 33
-/// to 1.4 Mbit/s in 25 s in the namespace bench (47 s for 32 MiB).
+/// to 1.4 Mbit/s in 25 s in the namespace bench (47 s for 32 MiB). (A decrease still falls
+/// to 90 % of what reached it: the tier runs below the link, not at it.)
 #[test]
 fn a_randomly_lossy_path_does_not_drag_its_tier_down_by_its_own_sampling_noise() {
     let config = RateConfig::default();
     let link = 50.0 * MBIT;
     let interval = Duration::from_millis(200);
     let mut rng = crate::rng::SeededRng::from_u64(20);
-    for seed_run in 0..4 {
+    for run in 0..4 {
         let mut control = TierControl::new_known(&config, at(0), (4.0 * MBIT) as u64);
-        let mut member = PathEstimate::default();
+        let mut member = [PathEstimate::default()];
         let mut lowest_late = f64::MAX;
         for step in 1..=300u64 {
             let rate = control.rate();
@@ -1624,49 +1651,31 @@ fn a_randomly_lossy_path_does_not_drag_its_tier_down_by_its_own_sampling_noise()
             let sent = (rate as f64 * per_bit) as u32;
             let through = ((rate as f64).min(link) * per_bit) as u32;
             let received = (0..through).filter(|_| rng.below(100) >= 20).count() as u32;
-            member.observe(
+            settled_report_over(
+                &mut member[0],
                 &config,
-                received,
-                sent - received,
+                (received, sent - received),
                 interval,
-                DATAGRAM_BITS,
                 rate,
-                None,
-                None,
-                Counts::Settled,
             );
-            let before = control.rate();
-            let mut controls = [control];
-            let mut plans = memberless_plans(&mut controls);
-            plans[0].members = vec![MemberPlan {
-                id: 1,
-                estimate: &member,
-                moved_at: None,
-            }];
-            plan(&config, at(200 * step), &mut plans);
-            let [after] = controls;
-            control = after;
-            if control.rate() != before {
-                member.new_epoch((control.rate() < before).then_some(control.rate()));
-            }
+            plan_one_tier(&config, at(200 * step), &mut control, &mut member);
             if step > 50 {
                 lowest_late = lowest_late.min(control.rate() as f64);
             }
         }
         assert!(
-            lowest_late >= 0.75 * link,
-            "run {seed_run}: its tier fell to {:.1} Mbit/s after 10 s on a path that carries 50 (and delivers 40; noise floor {:.3})",
+            lowest_late >= 0.6 * link,
+            "run {run}: its tier fell to {:.1} Mbit/s after 10 s on a path that carries 50 (and delivers 40; noise floor {:.3})",
             lowest_late / MBIT,
-            member.noise_loss()
+            member[0].noise_loss()
         );
     }
 }
 
-/// The two halves of judging a noisy member, each on its own: a report's loss is congestion
-/// only beyond its sampling spread around the noise floor, and what its path carried is what
-/// reached it with the path's own loss put back.
+/// A noisy member's report is congestion only beyond its sampling spread around the noise
+/// floor: a few dozen datagrams at 20 % random loss read anywhere from 12 to 28 %.
 #[test]
-fn a_noisy_members_loss_is_judged_beyond_its_spread_and_its_capacity_puts_the_noise_back() {
+fn a_noisy_members_loss_is_congestion_only_beyond_its_sampling_spread() {
     let config = RateConfig::default();
     let rate = 10_000_000u64;
     let noisy = || {
@@ -1678,16 +1687,12 @@ fn a_noisy_members_loss_is_judged_beyond_its_spread_and_its_capacity_puts_the_no
         estimate
     };
     let report = |estimate: &mut PathEstimate, received: u32, lost: u32| {
-        estimate.observe(
+        settled_report_over(
+            estimate,
             &config,
-            received,
-            lost,
+            (received, lost),
             Duration::from_millis(200),
-            DATAGRAM_BITS,
             rate,
-            None,
-            None,
-            Counts::Settled,
         )
     };
     // 27 % of 100 datagrams: 1.75 standard deviations above a 20 % floor (the old margin,
@@ -1704,23 +1709,4 @@ fn a_noisy_members_loss_is_judged_beyond_its_spread_and_its_capacity_puts_the_no
         many.is_congested(&config),
         "a loss well above the floor still counts"
     );
-    // Capacity: 80 % reached it, the path carried all of it (never more than the rate).
-    let carried = noisy().capacity(rate);
-    assert!((carried - rate as f64).abs() < 1.0, "{carried}");
-    let clean = PathEstimate {
-        last_goodput: 0.8 * rate as f64,
-        ..PathEstimate::default()
-    };
-    assert_eq!(
-        clean.capacity(rate),
-        0.8 * rate as f64,
-        "no noise, nothing put back"
-    );
-    // However much a member claims to lose at random, at most a third is put back.
-    let liar = PathEstimate {
-        noise_loss: 0.9,
-        last_goodput: 0.1 * rate as f64,
-        ..PathEstimate::default()
-    };
-    assert!(liar.capacity(rate) <= 0.1 * rate as f64 / 0.75 + 1.0);
 }
