@@ -328,7 +328,7 @@ fn tier_of(v: &serde_json::Value) -> String {
 fn print_clients(answer: &serde_json::Value) {
     let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}",
+        "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}  {}",
         "CLIENT",
         "FILE",
         "CHANNEL",
@@ -338,7 +338,8 @@ fn print_clients(answer: &serde_json::Value) {
         "THROUGHPUT",
         "LOSS",
         "RTT",
-        "HELD"
+        "HELD",
+        "OWN LOSS"
     );
     for s in &sessions {
         let held = match (s["held"].as_u64(), answer_loop_len(answer, s)) {
@@ -353,7 +354,7 @@ fn print_clients(answer: &serde_json::Value) {
             "pending".to_owned()
         };
         println!(
-            "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}",
+            "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}  {}",
             text(&s["client"]),
             s["file"].as_str().unwrap_or("-"),
             text(&s["channel"]),
@@ -372,7 +373,12 @@ fn print_clients(answer: &serde_json::Value) {
             s["rtt_us"]
                 .as_u64()
                 .map_or("-".to_owned(), |r| format!("{:.2} ms", r as f64 / 1e3)),
-            held
+            held,
+            // The loss that is its path's own (random, staying at lower rates): not congestion.
+            s["noise_loss"]
+                .as_f64()
+                .filter(|&n| n >= 0.001)
+                .map_or("-".to_owned(), |n| format!("{:.1}%", n * 100.0)),
         );
     }
     if sessions.is_empty() {

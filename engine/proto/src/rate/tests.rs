@@ -1710,3 +1710,103 @@ fn a_noisy_members_loss_is_congestion_only_beyond_its_sampling_spread() {
         "a loss well above the floor still counts"
     );
 }
+
+/// Relieved from a flood (a 1 Gbit/s start behind a 50 Mbit/s link), a member's next report
+/// places the flood's gaps as their hash blocks come: it counts far more lost than its new
+/// tier sent. That is no loss of its path's own. (Taken for noise, 84 % of it, the member was
+/// never congested again and its tier stayed 20-35 % above the link for 10 s.) A loss that
+/// stays within what was sent after a relief still is.
+#[test]
+fn a_report_that_counts_more_lost_than_was_sent_teaches_no_noise() {
+    let config = RateConfig::default();
+    let interval = Duration::from_millis(200);
+    let per_interval = |rate: f64| (rate * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
+    let (flood, link, relieved) = (1_000.0 * MBIT, 50.0 * MBIT, 43.7 * MBIT);
+    let mut flooded = PathEstimate::default();
+    for _ in 0..2 {
+        let got = per_interval(link);
+        let lost = per_interval(flood) - got;
+        settled_report_over(&mut flooded, &config, (got, lost), interval, flood as u64);
+    }
+    assert!(flooded.is_congested(&config));
+    flooded.new_epoch(Some(relieved as u64));
+    let sent = per_interval(relieved);
+    settled_report_over(
+        &mut flooded,
+        &config,
+        (sent, 5 * sent),
+        interval,
+        relieved as u64,
+    );
+    assert_eq!(
+        flooded.noise_loss(),
+        0.0,
+        "the flood's gaps are not the path's noise"
+    );
+    settled_report_over(&mut flooded, &config, (sent, 0), interval, relieved as u64);
+    assert_eq!(flooded.noise_loss(), 0.0);
+    assert!(!flooded.is_congested(&config));
+
+    // A path that drops a fifth at random, relieved from 60 to 45 Mbit/s: its loss stays.
+    let mut noisy = PathEstimate::default();
+    for _ in 0..2 {
+        let sent = per_interval(60.0 * MBIT);
+        settled_report_over(
+            &mut noisy,
+            &config,
+            (sent * 4 / 5, sent / 5),
+            interval,
+            60_000_000,
+        );
+    }
+    noisy.new_epoch(Some(45_000_000));
+    let sent = per_interval(45.0 * MBIT);
+    settled_report_over(
+        &mut noisy,
+        &config,
+        (sent * 4 / 5, sent / 5),
+        interval,
+        45_000_000,
+    );
+    assert!(
+        (noisy.noise_loss() - 0.2).abs() < 0.01,
+        "its own loss is learnt: {}",
+        noisy.noise_loss()
+    );
+}
+
+/// A tier that holds does not merge into a faster one still ramping from a floor: that rate
+/// is a probe, not where its members hold. (Eight 50 Mbit/s receivers at 48.3 Mbit/s merged
+/// into a tier at 54.8 that went on to 61.3, lost there, and moved back down a second later.)
+#[test]
+fn a_holding_tier_does_not_merge_into_one_ramping_from_a_floor() {
+    let config = RateConfig::default();
+    let (slow, fast) = (48_300_000u64, 54_800_000u64);
+    // No new reports in this plan: neither rate changes, only merges are considered.
+    let members = [PathEstimate::default(), PathEstimate::default()];
+    let merges = |faster: TierControl| {
+        let mut controls = vec![TierControl::new_known(&config, at(0), slow), faster];
+        let mut plans = memberless_plans(&mut controls);
+        for (index, estimate) in members.iter().enumerate() {
+            plans[index].members.push(MemberPlan {
+                id: index as u64,
+                estimate,
+                moved_at: None,
+            });
+        }
+        plan(&config, at(2_000), &mut plans)
+            .into_iter()
+            .filter(|m| m.from == 0 && m.to == Target::Tier(1))
+            .count()
+    };
+    assert_eq!(
+        merges(TierControl::new_floor(&config, at(1_900), fast)),
+        0,
+        "no merge into a floor ramp"
+    );
+    assert_eq!(
+        merges(TierControl::new_known(&config, at(0), fast)),
+        1,
+        "a tier that got there takes the slower one"
+    );
+}
