@@ -537,6 +537,12 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             "{receivers} receivers: at most 200 (one /24 for all hosts)"
         ));
     }
+    if args.link_loss.len() > receivers {
+        return Err(format!(
+            "--link-loss gives {} links a loss, but there are {receivers} receiver(s)",
+            args.link_loss.len()
+        ));
+    }
     let tag = format!("lce{}", std::process::id() % 100_000);
     let mtu: u32 = if args.jumbo { 9000 } else { 1500 };
     let dir = std::env::temp_dir().join(format!("loopcast-bench-e2e-{}", std::process::id()));
