@@ -90,13 +90,17 @@ impl<T: Clone> PerReceiver<T> {
     }
 }
 
-/// A link's loss in percent, 0-100.
+/// The most loss a link may be given, percent (nftables' `numgen random mod 100` draws 0-99).
+const LOSS_PERCENT_MAX: u8 = 99;
+
+/// A link's loss in percent, 0-99.
 pub fn parse_loss_percent(text: &str) -> Result<u8, String> {
     let digits = text.trim().trim_end_matches('%');
     match digits.parse::<u8>() {
-        Ok(percent) if percent <= 100 => Ok(percent),
+        Ok(percent) if percent <= LOSS_PERCENT_MAX => Ok(percent),
         _ => Err(format!(
-            "bad loss {text:?}: a whole percentage, 0-100 (e.g. 20 or 20%)"
+            "bad loss {text:?}: a whole percentage, 0-{LOSS_PERCENT_MAX} (e.g. 20 or 20%; a receiver \
+             that gets nothing never finishes)"
         )),
     }
 }
@@ -482,6 +486,15 @@ fn add_alone_times(mixed: &mut serde_json::Value, alone: &serde_json::Value) {
     }
 }
 
+/// Each receiver of a tool's `result` (finished or not) gets its link's loss, percent.
+fn with_link_losses(result: &mut serde_json::Value, losses: &[u8]) {
+    for entry in result["receivers"].as_array_mut().into_iter().flatten() {
+        if let Some(host) = entry["host"].as_u64().filter(|&h| h >= 1) {
+            entry["link_loss_percent"] = serde_json::json!(losses.get(host as usize - 1));
+        }
+    }
+}
+
 /// Issue 10's target: one receiver of ten at 20 % loss slows the other nine by at most 10 %.
 const LOSSY_SLOWDOWN_MAX: f64 = 1.1;
 
@@ -691,7 +704,12 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             other => Err(format!("unknown peer tool {other:?} (uftp, udpcast)")),
         };
         match outcome {
-            Ok(peer_results) => results.extend(peer_results),
+            Ok(mut peer_results) => {
+                for result in &mut peer_results {
+                    with_link_losses(result, &losses);
+                }
+                results.extend(peer_results)
+            }
             Err(e) => results.push(serde_json::json!({"tool": peer, "error": e})),
         }
     }
@@ -840,8 +858,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
             Some(finished.duration_since(started).as_secs_f64()),
             verified,
             serde_json::json!({
-                "link_loss_percent": bed.losses[host - 1],
-                // The server's tier for this client, once `get --json` reports it (issue 10).
+                    // The server's tier for this client, once `get --json` reports it (issue 10).
                 "tier": report.get("tier").cloned().unwrap_or(serde_json::Value::Null),
                 "tiers": report.get("tiers").cloned().unwrap_or(serde_json::Value::Null),
                 "transport": report["transport"],
@@ -872,6 +889,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
         tiers_opened,
     );
     outcome["disk_write_fsync_seconds_before"] = serde_json::json!(disk_seconds);
+    with_link_losses(&mut outcome, &bed.losses);
     Ok(outcome)
 }
 
@@ -1278,7 +1296,7 @@ mod tests {
         assert_eq!(losses.0.len(), 10);
         assert_eq!((losses.0[0], losses.0[9]), (20, 0));
         assert_eq!(PerReceiver::parse("7%", parse_loss_percent).unwrap().0, [7]);
-        for bad in ["101", "-1", "20x0", "20x201", "x3", "", "0x9,20x200"] {
+        for bad in ["100", "101", "-1", "20x0", "20x201", "x3", "", "0x9,20x200"] {
             assert!(
                 PerReceiver::parse(bad, parse_loss_percent).is_err(),
                 "{bad:?} accepted"

@@ -138,12 +138,17 @@ enum Scenario {
         /// 5M,50M,500M,0, or 50Mx10 for ten at 50 Mbit/s; overrides --receivers.
         #[arg(long, value_parser = parse_link_rates)]
         link_rates: Option<PerReceiver<u64>>,
-        /// Random loss on each receiver's link in percent, in receiver order (missing ones: none),
-        /// e.g. 20 (the first receiver loses 20 % of what it is sent) or 0x9,20. With lossy
-        /// receivers among clean ones the clean ones run without them first, and the report
-        /// gives `others_slowdown`: the last clean receiver's time with the lossy ones over its
-        /// time without (issue 10's target: at most 1.1), per receiver `over_without_lossy`.
-        /// Needs nftables (nft).
+        /// Random loss on each receiver's link in percent (0-99), in receiver order (missing
+        /// ones: none; more entries than receivers is an error), e.g. 20 (the first receiver
+        /// loses 20 % of the UDP it is sent, data and control alike) or 0x9,20. Needs nftables
+        /// (nft). Each receiver's `link_loss_percent` says it. With lossy receivers among clean
+        /// ones, loopcast runs the clean ones alone first (`without_lossy`, the whole result of
+        /// that run), and the report adds: per clean receiver `seconds_without_lossy` and
+        /// `over_without_lossy` (its time with the lossy ones over without); `others_seconds`
+        /// and `others_seconds_without_lossy` (the last clean receiver's time, with and without);
+        /// `others_slowdown` (their ratio), `others_slowdown_worst_receiver` (the largest
+        /// single ratio) and `others_within_target` (others_slowdown <= 1.1: one lossy receiver
+        /// slows the others by at most 10 %). loopcast only: the peers run all receivers once.
         #[arg(long, value_parser = parse_link_loss)]
         link_loss: Option<PerReceiver<u8>>,
         /// Also run these peers over the same topology, e.g. uftp,udpcast.
@@ -330,11 +335,19 @@ fn main() -> ExitCode {
             peers,
             timeout: Duration::from_secs(timeout_s),
         })
-        .map(|report| {
+        .and_then(|report| {
             if json {
                 println!("{report}");
             } else {
                 print_e2e(&report);
+            }
+            // A run where loopcast left a receiver without a verified copy is a failed run,
+            // whatever its figures.
+            match loopcast_unverified(&report) {
+                0 => Ok(()),
+                n => Err(format!(
+                    "loopcast left {n} receiver(s) without a verified copy (see the report)"
+                )),
             }
         }),
         Scenario::Sink {
@@ -445,6 +458,13 @@ fn parse_link_loss(text: &str) -> Result<PerReceiver<u8>, String> {
     PerReceiver::parse(text, loopcast_tools::e2e_bench::parse_loss_percent)
 }
 
+/// Receivers loopcast (the report's first result) left without a verified copy.
+fn loopcast_unverified(report: &serde_json::Value) -> usize {
+    report["results"][0]["receivers"]
+        .as_array()
+        .map_or(0, |r| r.iter().filter(|e| e["verified"] != true).count())
+}
+
 /// Seconds in a report line, "-" where there are none (not finished).
 fn seconds_text(v: &serde_json::Value) -> String {
     v.as_f64().map_or("-".to_owned(), |s| format!("{s:.2} s"))
@@ -514,7 +534,7 @@ fn e2e_receiver_line(receiver: &serde_json::Value) -> String {
         (rate, loss) => format!("{}, {loss} % loss", loopcast_tools::format_rate(rate)),
     };
     format!(
-        "    r{} link {:>13}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
+        "    r{} link {:>24}  tier {:<8} {:>9}  goodput {:>8.1} Mbit/s{}  target {} ({})  duplicates {}  NAKs {}  verified {}",
         receiver["host"],
         link,
         // Counted from 1 here, as `loopcast get` and `loopcastctl` count.
@@ -1362,6 +1382,22 @@ fn run_pack(size: u64, json: bool) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_e2e_run_with_an_unverified_loopcast_receiver_counts_as_failed() {
+        let report = |verified: [bool; 2]| {
+            serde_json::json!({"results": [
+                {"tool": "loopcast", "receivers": [{"verified": verified[0]}, {"verified": verified[1]}]},
+                {"tool": "uftp", "receivers": [{"verified": false}]},
+            ]})
+        };
+        assert_eq!(
+            super::loopcast_unverified(&report([true, true])),
+            0,
+            "a peer's miss is its own"
+        );
+        assert_eq!(super::loopcast_unverified(&report([true, false])), 1);
+    }
+
     use super::e2e_receiver_line;
 
     /// `e2e --help` describes the JSON fields a new user asked about (it named none of them).

@@ -63,15 +63,19 @@ enum Command {
         json: bool,
     },
     /// (server) Clients: file, speed tier, throughput, loss and round trip as their reports say,
-    /// progress.
+    /// progress, and OWN LOSS: the loss the server takes for the client's path's own (random
+    /// loss that stayed when its rate dropped, so not congestion: loss up to it does not slow
+    /// its tier). LOSS is an average of its recent reports and OWN LOSS a floor learnt over a
+    /// longer time, so one can be above the other for a while.
     Clients {
         /// A JSON array, one object per client, each naming this server (its advertised
         /// address in a fleet): the views of a fleet's servers join into one. Units differ from
         /// the table's: `tier` counts from 0 among the file's `tiers` (the table's 1/2 is 0),
         /// `goodput_bits_per_s` is THROUGHPUT (with its `goodput_stddev_bits_per_s`), `loss` a
         /// fraction (0.05 is 5.0%), `held` datagrams (HELD is that share of its `channel`'s
-        /// `loop_len`), `rtt_us` microseconds; throughput and loss mean nothing until `reports`
-        /// is above 0 (the table shows "-").
+        /// `loop_len`), `rtt_us` microseconds, `noise_loss` OWN LOSS as a
+        /// fraction (0.0 where the table shows "-"); throughput and loss mean nothing until
+        /// `reports` is above 0 (the table shows "-").
         #[arg(long)]
         json: bool,
     },
