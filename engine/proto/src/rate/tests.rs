@@ -878,16 +878,12 @@ fn report_50ms(
     rate: u64,
     counts: Counts,
 ) {
-    let interval = Duration::from_millis(50);
-    estimate.observe(
+    report_over(
+        estimate,
         config,
-        received,
-        lost,
-        interval,
-        DATAGRAM_BITS,
+        (received, lost),
+        Duration::from_millis(50),
         rate,
-        None,
-        None,
         counts,
     );
 }
@@ -1536,9 +1532,22 @@ fn members_that_get_everything_a_short_sender_sends_keep_up_and_the_tier_rises()
 fn settled_report_over(
     estimate: &mut PathEstimate,
     config: &RateConfig,
+    counted: (u32, u32),
+    interval: Duration,
+    rate: u64,
+) {
+    report_over(estimate, config, counted, interval, rate, Counts::Settled);
+}
+
+/// A report of `received` and `lost` datagrams over `interval` at `rate` (no RTT sample, the
+/// sender's count unknown), counted as `counts`.
+fn report_over(
+    estimate: &mut PathEstimate,
+    config: &RateConfig,
     (received, lost): (u32, u32),
     interval: Duration,
     rate: u64,
+    counts: Counts,
 ) {
     estimate.observe(
         config,
@@ -1549,7 +1558,7 @@ fn settled_report_over(
         rate,
         None,
         None,
-        Counts::Settled,
+        counts,
     );
 }
 
