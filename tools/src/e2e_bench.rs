@@ -666,28 +666,31 @@ pub fn run(args: &E2eArgs) -> Result<serde_json::Value, String> {
             .then(|| links.iter().position(|&r| r == 0).map(|i| i + 1))
             .flatten();
     let mut results = Vec::new();
-    let loopcast = match alone {
-        _ if lossy_among_clean => {
-            let without = run_loopcast(
-                &bed,
-                &clean,
-                " without the lossy receiver(s) first (their times set the others' target)",
-            )?;
-            stop_if_interrupted()?;
-            let mut with = run_loopcast(&bed, &all, "")?;
-            add_times_without_lossy(&mut with, &without);
-            with
-        }
-        Some(host) => {
-            let alone_result = run_loopcast(
-                &bed,
-                &[host],
+    // The first run whose times set the others' targets, and how they are added to the run of
+    // all receivers.
+    type Annotate = fn(&mut serde_json::Value, &serde_json::Value);
+    let first: Option<(Vec<usize>, &str, Annotate)> = if lossy_among_clean {
+        Some((
+            clean.clone(),
+            " without the lossy receiver(s) first (their times set the others' target)",
+            add_times_without_lossy,
+        ))
+    } else {
+        alone.map(|host| {
+            (
+                vec![host],
                 " alone first (its time alone sets its target among the others)",
-            )?;
+                add_alone_times as Annotate,
+            )
+        })
+    };
+    let loopcast = match first {
+        Some((hosts, why, annotate)) => {
+            let baseline = run_loopcast(&bed, &hosts, why)?;
             stop_if_interrupted()?;
-            let mut mixed = run_loopcast(&bed, &all, "")?;
-            add_alone_times(&mut mixed, &alone_result);
-            mixed
+            let mut everyone = run_loopcast(&bed, &all, "")?;
+            annotate(&mut everyone, &baseline);
+            everyone
         }
         None => run_loopcast(&bed, &all, "")?,
     };
