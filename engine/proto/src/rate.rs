@@ -201,6 +201,9 @@ const OVERCOUNTED: f64 = 1.5;
 /// A report's loss is congestion only this many standard deviations of its sampling spread
 /// (binomial, around the member's noise floor) above the floor, besides the margin.
 const NOISE_SPREAD_SIGMAS: f64 = 2.0;
+/// A noise floor follows a higher loss only at rates up to this ratio of the one it was learnt
+/// at (see [`PathEstimate::observe`]).
+const NOISE_FOLLOWS_UP_WITHIN: f64 = 1.05;
 
 /// What a report can say about its member's tier as it is now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +258,8 @@ pub struct PathEstimate {
     counted_at: Option<Instant>,
     /// Loss that stayed when the rate dropped: the path's own, not congestion.
     noise_loss: f64,
+    /// The rate `noise_loss` was last learnt at (bits/s): it follows a higher loss only near it.
+    noise_rate: u64,
     /// The loss that made the last decrease or move (to tell congestion from noise after it).
     loss_before_relief: Option<f64>,
     /// Goodput of its last congested report: what its path carries.
@@ -378,12 +383,17 @@ impl PathEstimate {
         // loss (nine 50 Mbit/s receivers relieved from a 1 Gbit/s start took 84 % from such
         // a report for their noise, were never congested again, and kept their tier 20-35 %
         // above their links for 10 s): the next report decides.
-        let overcounted = f64::from(lost) > OVERCOUNTED * sent.max(1.0);
+        // Counted on everything the report places, received and lost: spread over two reports,
+        // a flood's gaps were under 1.5x what was sent in each, and taught a 0.55 noise floor
+        // (hx_attack20 R5). Honest reports place about what was sent (a link's queue draining
+        // after a decrease adds a little).
+        let overcounted = total as f64 > OVERCOUNTED * sent.max(1.0);
         if let Some(before) = self.loss_before_relief.take_if(|_| !overcounted) {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.
             if loss >= 0.5 * before && loss > config.loss_congested {
                 self.noise_loss = self.noise_loss.max(loss.min(before));
+                self.noise_rate = rate;
             }
         }
         // Congested: it loses beyond its noise (by more than the noise's own spread, about a
@@ -396,10 +406,18 @@ impl PathEstimate {
             self.known_capacity = Some(goodput.min(rate as f64));
         } else {
             self.congested_streak = 0;
-            // The noise floor follows the path's loss while it is not congested (down when it
-            // gets cleaner).
+            // The noise floor follows the path's loss while it is not congested: down when it
+            // gets cleaner, and up only near the rate it was learnt at. Faster, a loss just
+            // under the margin may be the start of congestion: followed there, each such report
+            // raised the floor a tenth of the margin, and the margin with it, until the member
+            // read as noisy and tiers held it far below its path (hx_attack20 R7).
             if self.noise_loss > 0.0 {
-                self.noise_loss = 0.9 * self.noise_loss + 0.1 * loss;
+                let followed = 0.9 * self.noise_loss + 0.1 * loss;
+                if followed <= self.noise_loss
+                    || rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64
+                {
+                    self.noise_loss = followed;
+                }
             }
         }
     }
@@ -1005,9 +1023,13 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             }
             let mean =
                 clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>() / clear.len() as f64;
+            // Judged by the upper median member, not the mean: one member claiming a quarter
+            // of the rate and no loss dragged the mean under the share every step, and honest
+            // members behind faster paths to 0.57 of their start (hx_attack20 R1).
+            let typical = upper_median(clear.iter().map(|m| m.estimate.capacity(rate)));
             if tier.control.slow_start
                 && tier.control.from_floor
-                && mean < FLOOR_KEEP_UP_SHARE * sent
+                && typical < FLOOR_KEEP_UP_SHARE * sent
             {
                 // From a floor the path's rate is near, and a step past it shows at once as
                 // members getting less than was sent (a link's queue hides the loss for a
@@ -1015,7 +1037,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 // half, nine receivers behind 50 Mbit/s links saw their tier step every 60 ms
                 // to 77-122 Mbit/s before the loss showed, lost a third, and split over two
                 // tiers: 11.6 s for 32 MiB against 6.4.)
-                tier.control.decrease_to(config, now, mean, false, 0.0);
+                tier.control.decrease_to(config, now, typical, false, 0.0);
                 continue;
             }
             let keeping_up = if tier.control.slow_start && rate as f64 > SLOW_START_STRICT_ABOVE {
@@ -1206,7 +1228,12 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         // one that got there too (a tier ramping from a floor is a probe: eight 50 Mbit/s
         // receivers merged into one at 54.8 Mbit/s that went on to 61.3, lost there, and moved
         // back down a second later).
-        let fast_probing = tiers[fast].control.slow_start && tiers[fast].control.from_floor;
+        // A tier whose last step is older than the dwell is not ramping any more, whatever its
+        // flag says: one whose members send no report that counts never steps again, and held
+        // as a probe for good it kept a second stream going beside the slower tier (hx_attack20
+        // R3).
+        let fast_probing = tiers[fast].control.slow_start
+            && now.saturating_since(tiers[fast].control.settled_at) < config.dwell;
         let holds = !tiers[slow].control.slow_start
             && !fast_probing
             && tiers[slow]
@@ -1366,6 +1393,15 @@ fn touches(moves: &[Move], tier: usize) -> bool {
     moves
         .iter()
         .any(|m| m.from == tier || m.to == Target::Tier(tier))
+}
+
+/// The upper median of `values` (of two, the larger): what most members reach, that a
+/// minority cannot pull down. `values` must not be empty.
+fn upper_median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    assert!(!values.is_empty(), "the median of no members");
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// Whether a member has stayed on its tier long enough to move again (hysteresis).
