@@ -498,4 +498,30 @@ pub fn status_names_the_rate_bounds_in_force() {
         assert!(text.contains(expected), "{extra:?}: {text}");
         drop(server);
     }
+    // A cap above what automatic rates reach is that ceiling, and the log says so (its serving
+    // line said "at most 100G" while status said 40G).
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "100G"]);
+    let status = run_ok(
+        Command::new(bin("loopcastctl"))
+            .arg("--socket")
+            .arg(&server.admin)
+            .arg("status"),
+    );
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("at most 40.00 Gbit/s"), "{text}");
+    let log = server.process.terminate();
+    let log = String::from_utf8_lossy(&log.stderr);
+    assert!(
+        log.contains("--rate 100.00 Gbit/s is above the most automatic rates reach")
+            && log.contains("capped at 40.00 Gbit/s"),
+        "{log}"
+    );
+    let serving = log
+        .lines()
+        .find(|line| line.contains("loopcastd serving"))
+        .unwrap_or_else(|| panic!("no serving line: {log}"));
+    assert!(
+        serving.contains("automatic, at most 40.00 Gbit/s"),
+        "{serving}"
+    );
 }

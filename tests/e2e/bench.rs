@@ -210,3 +210,27 @@ pub fn e2e_bench_interrupted_leaves_no_namespaces_files_or_processes() {
     let left = nix::sys::signal::killpg(group, None);
     assert!(left.is_err(), "processes of the run left in group {pid}");
 }
+
+/// `loopcast-bench pack --size 1M | true`: the reader is gone before the report is written.
+/// The bench ends quietly with 141 (as a shell reports a SIGPIPE death) and still removes its
+/// scratch directory. Before, it panicked ("failed printing to stdout: Broken pipe") with a
+/// backtrace, exit 101.
+pub fn bench_into_a_closed_pipe_exits_quietly_and_cleans_up() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(bin("loopcast-bench"))
+        .args(["pack", "--size", "1M"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scratch = std::env::temp_dir().join(format!("loopcast-bench-pack-{}", child.id()));
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(141), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+        "{stderr}"
+    );
+    assert!(!scratch.exists(), "{} left behind", scratch.display());
+}

@@ -269,6 +269,24 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
             .arg(&keys),
     );
     assert!(played.stdout == original, "extract -o - plays the original");
+    // An output that holds another file's archive is not this download: it says which file it
+    // holds, and gives no command to play it (it gave the one for the other file).
+    let other_input = scratch.path("other.bin");
+    write_content(&other_input, 1 << 16, 18);
+    let other_dir = scratch.path("other-media");
+    pack_into(&other_input, &other_dir, &["--no-encrypt"]);
+    std::fs::copy(other_dir.join("other.bin.lca"), scratch.path("other.lca")).unwrap();
+    let other = Follower::start("other", server.port, &scratch, &keys)
+        .process
+        .wait(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert_eq!(other.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(r#"holds another file ("other.bin", not "film.bin")"#)
+            && stderr.contains("add --force")
+            && !stderr.contains("to play it"),
+        "{stderr}"
+    );
 }
 
 /// --follow refuses an encrypted file without a key database before downloading anything.

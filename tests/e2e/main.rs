@@ -152,6 +152,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             Need::Root("to mount a small tmpfs in a private mount namespace")
         ),
         e2e!(bench::ceiling_and_send_print_one_json_object_each),
+        e2e!(bench::bench_into_a_closed_pipe_exits_quietly_and_cleans_up),
         e2e!(
             bench::send_over_a_veth_bridge_in_namespaces,
             Need::RootNetns

@@ -407,6 +407,21 @@ fn with_tiers_opened(
 }
 
 /// Counters of the loopcastd whose admin socket is `socket` (`loopcastctl status --json`).
+/// The server's `channels_opened` counter. The daemon publishes its status every ~150 ms: a
+/// run of a few MiB ends before the snapshot shows its first channel (`tiers_opened` read 0,
+/// and "target <= 1.2 x 0 tiers: missed" was printed), so a 0 is read again for up to a second.
+fn channels_opened(loopcastctl: &Path, socket: &Path) -> Option<u64> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let opened = server_counters(loopcastctl, socket)
+            .and_then(|counters| counters["channels_opened"].as_u64());
+        if opened != Some(0) || Instant::now() >= deadline {
+            return opened;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn server_counters(loopcastctl: &Path, socket: &Path) -> Option<serde_json::Value> {
     let output = Command::new(loopcastctl)
         .arg("--socket")
@@ -805,8 +820,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
     let seconds = started.elapsed().as_secs_f64();
     let sent = bed.server_tx_bytes()?.saturating_sub(sent_before);
     let receiver_cpu = crate::children_cpu_time() - cpu0;
-    let tiers_opened = server_counters(&bed.loopcastctl, &bed.dir.join("admin.sock"))
-        .and_then(|counters| counters["channels_opened"].as_u64());
+    let tiers_opened = channels_opened(&bed.loopcastctl, &bed.dir.join("admin.sock"));
     terminate(server);
     stop_if_interrupted()?;
     let sender_cpu = crate::children_cpu_time() - cpu0 - receiver_cpu;

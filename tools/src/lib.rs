@@ -258,6 +258,39 @@ impl PlainProgress {
 }
 
 /// CPU time (user + system) this process has used so far.
+/// Runs `main`; a panic from the standard print macros writing into a closed stdout
+/// (`loopcast-bench ... | head`) ends the program quietly with 141, as a shell reports a
+/// SIGPIPE death, after unwinding (so what the program set up, namespaces included, is still
+/// removed by its drops). Before, it printed "failed printing to stdout: Broken pipe" with a
+/// backtrace and exited 101. Any other panic is reported as usual.
+pub fn exit_quietly_on_a_closed_stdout(
+    main: fn() -> std::process::ExitCode,
+) -> std::process::ExitCode {
+    fn closed_stdout(message: Option<&str>) -> bool {
+        message
+            .is_some_and(|m| m.contains("failed printing to stdout") && m.contains("Broken pipe"))
+    }
+    fn message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+        payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+    }
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !closed_stdout(message(info.payload())) {
+            report(info);
+        }
+    }));
+    match std::panic::catch_unwind(main) {
+        Ok(code) => code,
+        Err(payload) if closed_stdout(message(payload.as_ref())) => {
+            std::process::ExitCode::from(141)
+        }
+        Err(payload) => std::panic::resume_unwind(payload),
+    }
+}
+
 pub fn cpu_time() -> Duration {
     rusage_cpu(nix::sys::resource::UsageWho::RUSAGE_SELF)
 }

@@ -380,8 +380,13 @@ fn serve(
         ),
         rate = %match (&config.adaptive, config.rate_bits_per_s) {
             (None, rate) => format!("fixed {}", format_rate(rate)),
-            (Some(_), 0) => "automatic".to_owned(),
-            (Some(_), cap) => format!("automatic, at most {}", format_rate(cap)),
+            // Automatic rates never pass the config's rate_max, whatever --rate says: the real
+            // cap (a `--rate 100G` said 100G here while `status` said 40G).
+            (Some(adaptive), 0) => format!("automatic, at most {}", format_rate(adaptive.rate_max)),
+            (Some(adaptive), cap) => format!(
+                "automatic, at most {}",
+                format_rate(cap.min(adaptive.rate_max))
+            ),
         },
         "loopcastd serving"
     );

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use loopcast_proto::assemble::{build_hash_levels, write_data_datagram, write_hash_block};
 use loopcast_proto::info::{
-    hash_fanout, payload_capacity, FileInfo, Watermark, DATAGRAM_SIZE_MIN, DATAGRAM_SIZE_MTU_9000,
-    DATAGRAM_SIZE_PACK_MAX, NAME_LEN_MAX, NOTICE_LEN_MAX, OWNER_LEN_MAX,
+    hash_fanout, payload_capacity, FileInfo, Watermark, DATAGRAM_SIZE_MIN, DATAGRAM_SIZE_MTU_1500,
+    DATAGRAM_SIZE_MTU_9000, DATAGRAM_SIZE_PACK_MAX, NAME_LEN_MAX, NOTICE_LEN_MAX, OWNER_LEN_MAX,
 };
 use loopcast_proto::layout::TreeShape;
 use loopcast_proto::wire::datagram::FileId;
@@ -73,6 +73,14 @@ pub struct PackSummary {
 pub fn check_datagram_size(size: u64) -> Result<(), String> {
     if (u64::from(DATAGRAM_SIZE_MIN)..=u64::from(DATAGRAM_SIZE_PACK_MAX)).contains(&size) {
         return Ok(());
+    }
+    // The MTU is the reason for the upper bound only (a refused 255 quoted it).
+    if size < u64::from(DATAGRAM_SIZE_MIN) {
+        return Err(format!(
+            "datagram size {size} is outside {DATAGRAM_SIZE_MIN}..={DATAGRAM_SIZE_PACK_MAX} bytes: \
+             {DATAGRAM_SIZE_MIN} is the least the archive format takes (the default is \
+             {DATAGRAM_SIZE_MTU_1500}, for a 1500-byte MTU)"
+        ));
     }
     Err(format!(
         "datagram size {size} is outside {DATAGRAM_SIZE_MIN}..={DATAGRAM_SIZE_PACK_MAX} bytes: a \

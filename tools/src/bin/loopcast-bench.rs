@@ -270,6 +270,10 @@ enum Scenario {
 }
 
 fn main() -> ExitCode {
+    loopcast_tools::exit_quietly_on_a_closed_stdout(run)
+}
+
+fn run() -> ExitCode {
     init_logging("warn");
     let result = match Cli::parse().scenario {
         Scenario::Send(args) if args.netns => run_in_netns("send", &args),

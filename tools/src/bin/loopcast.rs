@@ -780,7 +780,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
     .map_err(|error| {
         let mut failure = match error {
             ClientError::Output(OutputError::Exists(path)) if args.follow && path == output => {
-                already_downloaded(&path, args.keys.as_deref())
+                already_downloaded(&path, &args.name, args.keys.as_deref())
             }
             error => Failure::from(error),
         };
@@ -942,14 +942,26 @@ fn parse_datagram_size(text: &str) -> Result<u16, String> {
     Ok(u16::try_from(bytes).expect("the accepted range is within u16"))
 }
 
-/// `get --follow` to an output that exists: most likely this download, finished and published
-/// by an earlier run. Says how to play that (`extract -o -`, with the real paths) and how to
-/// download it again (--force); anything but an archive gets the plain refusal.
-fn already_downloaded(archive: &Path, keys: Option<&Path>) -> Failure {
+/// `get --follow` to an output that exists: most likely this download (`name`), finished and
+/// published by an earlier run. Says how to play that (`extract -o -`, with the real paths)
+/// and how to download it again (--force); an archive of another file says which file it
+/// holds (it was given the hint to play that one); anything but an archive gets the plain
+/// refusal.
+fn already_downloaded(archive: &Path, name: &str, keys: Option<&Path>) -> Failure {
     let refused = Failure::from(OutputError::Exists(archive.to_owned()));
     let Ok(existing) = ArchiveFile::open(archive) else {
         return refused;
     };
+    if existing.info().name != name {
+        return Failure {
+            code: refused.code,
+            message: format!(
+                "{} already exists and holds another file ({:?}, not {name:?}); choose another --output, or add --force to replace it",
+                archive.display(),
+                existing.info().name
+            ),
+        };
+    }
     let keys = match (existing.info().encrypted, keys) {
         (false, _) => String::new(),
         (true, Some(keys)) => format!(" --keys {}", shell_word(&keys.display().to_string())),

@@ -670,6 +670,17 @@ fn main() -> ExitCode {
     }
     // Automatic rates never pass RateConfig::rate_max, whatever --rate says: say the real cap.
     let rate_max = loopcast_proto::rate::RateConfig::default().rate_max;
+    if let Some(rate) = args
+        .rate
+        .filter(|&rate| !args.fixed_rate && rate > rate_max)
+    {
+        tracing::warn!(
+            "--rate {} is above the most automatic rates reach: each channel is capped at {} \
+             (with --fixed-rate, --rate is paced as given)",
+            format_rate(rate),
+            format_rate(rate_max)
+        );
+    }
     let rate = match (args.rate, args.fixed_rate) {
         (Some(rate), true) => format!("fixed {}", format_rate(rate)),
         (Some(rate), false) => format!("automatic, at most {}", format_rate(rate.min(rate_max))),
