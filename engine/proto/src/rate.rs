@@ -346,13 +346,33 @@ impl PathEstimate {
         } else {
             lost
         };
-        let total = u64::from(received) + u64::from(lost);
-        if total == 0 {
+        let placed = u64::from(received) + u64::from(lost);
+        if placed == 0 {
             // Nothing arrived and nothing went by: no loss sample (e.g. the channel is idle).
             self.uncounted_since += 1;
             return;
         }
-        let loss = lost as f64 / total as f64;
+        // A report that places more than `OVERCOUNTED` times what its tier sent over its
+        // interval, received and lost together, holds gaps from before it: a flood far past the
+        // path leaves gaps that are placed as their hash blocks come, in the reports after it.
+        // Its own interval lost at most what its arrivals fell short of what was sent: counted
+        // whole, such reports kept clean receivers "congested" on a tier they took, and every
+        // decrease of a tier they shared with a lossy receiver followed it down (three 50 Mbit/s
+        // receivers at 13-20 Mbit/s for 8 s in the namespace bench). Honest reports place about
+        // what was sent (a link's queue draining after a decrease adds a little).
+        let overcounted = placed as f64 > OVERCOUNTED * sent.max(1.0);
+        let (lost, total) = if overcounted {
+            let lost_now = (sent - f64::from(received)).max(0.0);
+            (lost_now, f64::from(received) + lost_now)
+        } else {
+            (f64::from(lost), placed as f64)
+        };
+        if total <= 0.0 {
+            // Placed more than a tier that sent nothing: no loss sample either.
+            self.uncounted_since += 1;
+            return;
+        }
+        let loss = lost / total;
         self.loss.update(loss, EWMA_WEIGHT);
         self.last_loss = loss;
         // The margin also holds the report's own sampling spread around the noise: a report
@@ -361,7 +381,7 @@ impl PathEstimate {
         // 4-5 points: two such reports in a row read as congestion, and each cut the tier by
         // a third, down to 1.4 Mbit/s on a 50 Mbit/s path in the namespace bench).
         let noise = self.noise_loss;
-        let spread = NOISE_SPREAD_SIGMAS * (noise * (1.0 - noise) / total as f64).sqrt();
+        let spread = NOISE_SPREAD_SIGMAS * (noise * (1.0 - noise) / total).sqrt();
         let margin = config.loss_congested.max(0.25 * noise) + spread;
         let congested = loss - noise > margin;
         match counts {
@@ -377,17 +397,12 @@ impl PathEstimate {
         self.fresh_reports += 1;
         self.uncounted_since = 0;
         self.kept_up_with_short_sender = kept_up_with_short_sender;
-        // A report that counts more datagrams lost than its tier sent in its interval holds
-        // gaps from before it: a flood far past the path leaves gaps that are placed as their
-        // hash blocks come, in the reports after it. It says nothing about the path's own
-        // loss (nine 50 Mbit/s receivers relieved from a 1 Gbit/s start took 84 % from such
-        // a report for their noise, were never congested again, and kept their tier 20-35 %
-        // above their links for 10 s): the next report decides.
-        // Counted on everything the report places, received and lost: spread over two reports,
-        // a flood's gaps were under 1.5x what was sent in each, and taught a 0.55 noise floor
-        // (hx_attack20 R5). Honest reports place about what was sent (a link's queue draining
-        // after a decrease adds a little).
-        let overcounted = total as f64 > OVERCOUNTED * sent.max(1.0);
+        // An overcounted report says nothing about the path's own loss either (nine 50 Mbit/s
+        // receivers relieved from a 1 Gbit/s start took 84 % from such a report for their
+        // noise, were never congested again, and kept their tier 20-35 % above their links for
+        // 10 s; counted on the lost alone, a flood's gaps over two reports were under 1.5x what
+        // was sent in each and taught a 0.55 noise floor: hx_attack20 R5): the next report
+        // decides.
         if let Some(before) = self.loss_before_relief.take_if(|_| !overcounted) {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.

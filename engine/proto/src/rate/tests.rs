@@ -1711,14 +1711,51 @@ fn a_noisy_members_loss_is_congestion_only_beyond_its_sampling_spread() {
     report(&mut few, 73, 27);
     report(&mut few, 73, 27);
     assert!(!few.is_congested(&config), "two samples within the spread");
-    // The same share of 20,000 datagrams is far outside it: congestion.
+    // The same share of 20,000 datagrams (what a tier at 1.152 Gbit/s sends in 200 ms) is far
+    // outside it: congestion.
     let mut many = noisy();
-    report(&mut many, 14_600, 5_400);
-    report(&mut many, 14_600, 5_400);
+    for _ in 0..2 {
+        settled_report_over(
+            &mut many,
+            &config,
+            (14_600, 5_400),
+            Duration::from_millis(200),
+            1_152_000_000,
+        );
+    }
     assert!(
         many.is_congested(&config),
         "a loss well above the floor still counts"
     );
+}
+
+/// A member behind a 50 Mbit/s link after two congested 200 ms reports of a 1 Gbit/s start,
+/// relieved to a tier at 43.7 Mbit/s, which sends `sent` datagrams a report.
+struct Relieved {
+    flooded: PathEstimate,
+    interval: Duration,
+    rate: u64,
+    sent: u32,
+}
+
+fn relieved_from_a_flood(config: &RateConfig) -> Relieved {
+    let interval = Duration::from_millis(200);
+    let per_interval = |rate: f64| (rate * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
+    let (flood, link, relieved) = (1_000.0 * MBIT, 50.0 * MBIT, 43.7 * MBIT);
+    let mut flooded = PathEstimate::default();
+    for _ in 0..2 {
+        let got = per_interval(link);
+        let lost = per_interval(flood) - got;
+        settled_report_over(&mut flooded, config, (got, lost), interval, flood as u64);
+    }
+    assert!(flooded.is_congested(config));
+    flooded.new_epoch(Some(relieved as u64));
+    Relieved {
+        flooded,
+        interval,
+        rate: relieved as u64,
+        sent: per_interval(relieved),
+    }
 }
 
 /// Relieved from a flood (a 1 Gbit/s start behind a 50 Mbit/s link), a member's next report
@@ -1729,31 +1766,20 @@ fn a_noisy_members_loss_is_congestion_only_beyond_its_sampling_spread() {
 #[test]
 fn a_report_that_counts_more_lost_than_was_sent_teaches_no_noise() {
     let config = RateConfig::default();
-    let interval = Duration::from_millis(200);
-    let per_interval = |rate: f64| (rate * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
-    let (flood, link, relieved) = (1_000.0 * MBIT, 50.0 * MBIT, 43.7 * MBIT);
-    let mut flooded = PathEstimate::default();
-    for _ in 0..2 {
-        let got = per_interval(link);
-        let lost = per_interval(flood) - got;
-        settled_report_over(&mut flooded, &config, (got, lost), interval, flood as u64);
-    }
-    assert!(flooded.is_congested(&config));
-    flooded.new_epoch(Some(relieved as u64));
-    let sent = per_interval(relieved);
-    settled_report_over(
-        &mut flooded,
-        &config,
-        (sent, 5 * sent),
+    let Relieved {
+        mut flooded,
         interval,
-        relieved as u64,
-    );
+        rate: relieved,
+        sent,
+    } = relieved_from_a_flood(&config);
+    let per_interval = |rate: f64| (rate * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
+    settled_report_over(&mut flooded, &config, (sent, 5 * sent), interval, relieved);
     assert_eq!(
         flooded.noise_loss(),
         0.0,
         "the flood's gaps are not the path's noise"
     );
-    settled_report_over(&mut flooded, &config, (sent, 0), interval, relieved as u64);
+    settled_report_over(&mut flooded, &config, (sent, 0), interval, relieved);
     assert_eq!(flooded.noise_loss(), 0.0);
     assert!(!flooded.is_congested(&config));
 
@@ -1818,5 +1844,40 @@ fn a_holding_tier_does_not_merge_into_one_ramping_from_a_floor() {
         merges(TierControl::new_known(&config, at(0), fast)),
         1,
         "a tier that got there takes the slower one"
+    );
+}
+
+/// Relieved from a flood onto a tier its path takes, a member's reports place the flood's gaps
+/// as their hash blocks come: each says it received all that was sent, and lost twice as much
+/// again. Counted whole, that read as 67 % loss, report after report: the member stayed
+/// "congested" on a tier it took, and a tier it shared with a lossy member fell with every
+/// decrease that member caused. What its own interval lost is what its arrivals fell short of
+/// what was sent: nothing here. A report that places too much and also falls short still reads
+/// as that shortfall.
+#[test]
+fn a_report_placing_old_gaps_counts_only_what_its_own_interval_fell_short() {
+    let config = RateConfig::default();
+    let interval = Duration::from_millis(200);
+    let rate = 43_700_000u64;
+    let sent = (rate as f64 * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
+    let mut relieved = PathEstimate::default();
+    for _ in 0..3 {
+        settled_report_over(&mut relieved, &config, (sent, 2 * sent), interval, rate);
+        assert!(
+            !relieved.is_congested(&config),
+            "old gaps are not congestion (loss read {:.3})",
+            relieved.last_loss
+        );
+    }
+    assert!(relieved.last_loss < 0.01, "{}", relieved.last_loss);
+    let mut short = PathEstimate::default();
+    for _ in 0..2 {
+        settled_report_over(&mut short, &config, (sent / 2, 2 * sent), interval, rate);
+    }
+    assert!(short.is_congested(&config));
+    assert!(
+        (short.last_loss - 0.5).abs() < 0.01,
+        "what it fell short: {}",
+        short.last_loss
     );
 }

@@ -130,25 +130,19 @@ fn a_floor_tier_that_stopped_stepping_takes_a_slower_one_after_the_dwell() {
 #[test]
 fn a_floods_gaps_placed_over_two_reports_teach_no_noise() {
     let config = RateConfig::default();
-    let interval = Duration::from_millis(200);
-    let per_interval = |rate: f64| (rate * interval.as_secs_f64() / DATAGRAM_BITS as f64) as u32;
-    let (flood, link, relieved) = (1_000.0 * MBIT, 50.0 * MBIT, 43.7 * MBIT);
-    let mut flooded = PathEstimate::default();
-    for _ in 0..2 {
-        let got = per_interval(link);
-        let lost = per_interval(flood) - got;
-        settled_report_over(&mut flooded, &config, (got, lost), interval, flood as u64);
-    }
-    assert!(flooded.is_congested(&config));
-    flooded.new_epoch(Some(relieved as u64));
-    let sent = per_interval(relieved);
+    let Relieved {
+        mut flooded,
+        interval,
+        rate: relieved,
+        sent,
+    } = relieved_from_a_flood(&config);
     for _ in 0..2 {
         settled_report_over(
             &mut flooded,
             &config,
             (sent, sent * 6 / 5),
             interval,
-            relieved as u64,
+            relieved,
         );
         assert_eq!(
             flooded.noise_loss(),
@@ -156,7 +150,7 @@ fn a_floods_gaps_placed_over_two_reports_teach_no_noise() {
             "the flood's gaps are not the path's noise"
         );
     }
-    settled_report_over(&mut flooded, &config, (sent, 0), interval, relieved as u64);
+    settled_report_over(&mut flooded, &config, (sent, 0), interval, relieved);
     assert_eq!(flooded.noise_loss(), 0.0);
     assert!(!flooded.is_congested(&config));
 }
