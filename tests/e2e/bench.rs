@@ -53,18 +53,36 @@ pub fn send_over_a_veth_bridge_in_namespaces() {
 }
 
 pub fn e2e_bench_moves_a_verified_file_between_namespaces() {
-    let report = bench(&[
-        "e2e",
-        "--json",
-        "--receivers",
-        "2",
-        "--size",
-        "32M",
-        "--rate",
-        "1G",
-        "--timeout-s",
-        "60",
-    ]);
+    // With LOOPCAST_BENCH_CLIENT_LOG each client's log is kept, and at debug it holds every
+    // Report the client sent (what the rate control judged).
+    let scratch = Scratch::new("bench-client-log");
+    let logs = scratch.path("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let report = json_of(&run_ok(
+        Command::new(bin("loopcast-bench"))
+            .args([
+                "e2e",
+                "--json",
+                "--receivers",
+                "2",
+                "--size",
+                "32M",
+                "--rate",
+                "1G",
+                "--timeout-s",
+                "60",
+            ])
+            .env("LOOPCAST_BENCH_CLIENT_LOG", &logs)
+            .env("RUST_LOG", "loopcast_client=debug"),
+    ));
+    for receiver in 1..=2 {
+        let log = std::fs::read_to_string(logs.join(format!("run0-r{receiver}.log"))).unwrap();
+        assert!(
+            log.lines()
+                .any(|line| line.contains("report") && line.contains("received=")),
+            "receiver {receiver}'s log: {log}"
+        );
+    }
     let loopcast = &report["results"][0];
     assert_eq!(loopcast["tool"], "loopcast", "{report}");
     assert_eq!(loopcast["verified"], true, "{report}");

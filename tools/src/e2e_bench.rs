@@ -793,10 +793,24 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
     std::thread::sleep(Duration::from_millis(500));
     let sent_before = bed.server_tx_bytes()?;
     let started = Instant::now();
+    // LOOPCAST_BENCH_CLIENT_LOG=DIR keeps each client's log (with RUST_LOG, e.g.
+    // loopcast_client=debug: every Report it sends) as DIR/run<N>-r<i>.log.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let client_log_dir = std::env::var_os("LOOPCAST_BENCH_CLIENT_LOG").map(PathBuf::from);
     let clients: Vec<(String, Child)> = hosts
         .iter()
         .map(|&i| {
             let _ = std::fs::remove_file(bed.dir.join(format!("r{i}.lca")));
+            // To a file, not a pipe: a pipe nobody reads until the end fills, and blocks the
+            // client, once its log passes 64 KiB.
+            let stderr = match &client_log_dir {
+                Some(dir) => Stdio::from(
+                    std::fs::File::create(dir.join(format!("run{run}-r{i}.log")))
+                        .map_err(|e| format!("LOOPCAST_BENCH_CLIENT_LOG {}: {e}", dir.display()))?,
+                ),
+                None => Stdio::piped(),
+            };
             let child = in_ns(&format!("{}-r{i}", bed.tag), &bed.loopcast)
                 .args([
                     "get",
@@ -809,7 +823,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
                 .arg("--output")
                 .arg(bed.dir.join(format!("r{i}.lca")))
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
+                .stderr(stderr)
                 .spawn()
                 .map_err(|e| e.to_string())?;
             Ok((format!("loopcast client {i}"), child))

@@ -352,6 +352,9 @@ pub fn get_following(
     let mut data_again_after_failover_unix_ms = None;
     let send_all = |session: &mut ClientSession| {
         while let Some((to, bytes)) = session.poll_transmit() {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                log_report(&bytes, session.tier());
+            }
             let _ = control.send_to(&bytes, to);
         }
     };
@@ -1436,5 +1439,29 @@ pub fn list(
             }
             None => {}
         }
+    }
+}
+
+/// A Report this client sends, at debug level: what it counted received and lost over what
+/// interval, on which tier (the rate control's inputs, for reading a bench run afterwards:
+/// `LOOPCAST_BENCH_CLIENT_LOG`).
+fn log_report(bytes: &[u8], tier: Option<loopcast_proto::client::TierInfo>) {
+    if let Ok(ControlMessage::Report {
+        interval_us,
+        received,
+        lost,
+        loss_judged,
+        ..
+    }) = ControlMessage::parse(bytes)
+    {
+        tracing::debug!(
+            received,
+            lost,
+            interval_us,
+            loss_judged,
+            tier = tier.map_or(0, |t| t.tier),
+            tier_rate = tier.map_or(0, |t| t.rate_bits_per_s),
+            "report"
+        );
     }
 }

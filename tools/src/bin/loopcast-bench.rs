@@ -116,7 +116,10 @@ enum Scenario {
     /// removed once checked.
     ///
     /// LOOPCAST_BENCH_SERVER_LOG=1 shows loopcastd's log (with RUST_LOG, e.g.
-    /// loopcast_node=debug); LOOPCAST_BENCH_KEEP=1 keeps the run's files and copies. Ctrl-C stops the run
+    /// loopcast_node=debug); LOOPCAST_BENCH_CLIENT_LOG=DIR keeps each loopcast client's log as
+    /// DIR/run<N>-r<i>.log (with RUST_LOG=loopcast_client=debug, every Report it sends: what it
+    /// counted received and lost, over what interval, on which tier); LOOPCAST_BENCH_KEEP=1 keeps
+    /// the run's files and copies. Ctrl-C stops the run
     /// and removes its namespaces and files (exit 130).
     ///
     /// The host's net.core.rmem_max and net.core.wmem_max are raised to 64 MiB where lower (a
