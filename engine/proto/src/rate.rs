@@ -260,6 +260,9 @@ pub struct PathEstimate {
     noise_loss: f64,
     /// The rate `noise_loss` was last learnt at (bits/s): it follows a higher loss only near it.
     noise_rate: u64,
+    /// `noise_loss` as last learnt or followed near `noise_rate`: away from that rate the floor
+    /// goes back up only to it.
+    noise_learnt: f64,
     /// The loss that made the last decrease or move (to tell congestion from noise after it).
     loss_before_relief: Option<f64>,
     /// Goodput of its last congested report: what its path carries.
@@ -409,6 +412,7 @@ impl PathEstimate {
             if loss >= 0.5 * before && loss > config.loss_congested {
                 self.noise_loss = self.noise_loss.max(loss.min(before));
                 self.noise_rate = rate;
+                self.noise_learnt = self.noise_loss;
             }
         }
         // Congested: it loses beyond its noise (by more than the noise's own spread, about a
@@ -426,12 +430,18 @@ impl PathEstimate {
             // under the margin may be the start of congestion: followed there, each such report
             // raised the floor a tenth of the margin, and the margin with it, until the member
             // read as noisy and tiers held it far below its path (hx_attack20 R7).
+            // Away from that rate it still follows a higher loss back up to what it was learnt
+            // at: following only the samples below it, a lossy member's floor ratcheted down to
+            // the low end of their spread, and its own loss read as congestion (a 5 Mbit/s tier
+            // capped above the rate its 10 % floor was learnt at fell 12-16 times in 240 s, to
+            // 0.48 of the cap: hx_attack21 R1).
             if self.noise_loss > 0.0 {
                 let followed = 0.9 * self.noise_loss + 0.1 * loss;
-                if followed <= self.noise_loss
-                    || rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64
-                {
+                if rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64 {
                     self.noise_loss = followed;
+                    self.noise_learnt = followed;
+                } else {
+                    self.noise_loss = followed.min(self.noise_loss.max(self.noise_learnt));
                 }
             }
         }
@@ -1275,6 +1285,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 to: Target::Tier(fast),
                 relief: false,
             });
+            // Into a tier still flagged in slow start (it stopped stepping a dwell ago): its
+            // slow start ends, the merged members' rate is near. Else their first report
+            // doubled it (a hostile member parked it at 0.97 of an honest path: 1.94 after
+            // the merge, half of it lost: hx_attack21 R2).
+            tiers[fast].control.stop_rising(false);
         }
     }
     if config.policy == TierPolicy::Distribution {
