@@ -1285,11 +1285,6 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 to: Target::Tier(fast),
                 relief: false,
             });
-            // Into a tier still flagged in slow start (it stopped stepping a dwell ago): its
-            // slow start ends, the merged members' rate is near. Else their first report
-            // doubled it (a hostile member parked it at 0.97 of an honest path: 1.94 after
-            // the merge, half of it lost: hx_attack21 R2).
-            tiers[fast].control.stop_rising(false);
         }
     }
     if config.policy == TierPolicy::Distribution {
