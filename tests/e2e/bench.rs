@@ -251,4 +251,40 @@ pub fn bench_into_a_closed_pipe_exits_quietly_and_cleans_up() {
         "{stderr}"
     );
     assert!(!scratch.exists(), "{} left behind", scratch.display());
+    // loopcast and loopcastd end the same way (`loopcast inspect X | true` panicked, exit 101).
+    let files = Scratch::new("closed-pipe");
+    let input = files.path("small.bin");
+    write_content(&input, 1 << 16, 3);
+    let media = files.path("media");
+    pack_into(&input, &media, &["--no-encrypt"]);
+    let archive = media.join("small.bin.lca");
+    for (program, args) in [
+        (
+            "loopcast",
+            vec!["inspect".to_owned(), archive.display().to_string()],
+        ),
+        (
+            "loopcastd",
+            vec![
+                "check".to_owned(),
+                "--media".to_owned(),
+                media.display().to_string(),
+            ],
+        ),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(bin(program))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(141),
+            "{program} {args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{program}: {stderr}");
+    }
 }

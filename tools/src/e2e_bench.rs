@@ -406,7 +406,6 @@ fn with_tiers_opened(
     result
 }
 
-/// Counters of the loopcastd whose admin socket is `socket` (`loopcastctl status --json`).
 /// The server's `channels_opened` counter. The daemon publishes its status every ~150 ms: a
 /// run of a few MiB ends before the snapshot shows its first channel (`tiers_opened` read 0,
 /// and "target <= 1.2 x 0 tiers: missed" was printed), so a 0 is read again for up to a second.
@@ -422,6 +421,7 @@ fn channels_opened(loopcastctl: &Path, socket: &Path) -> Option<u64> {
     }
 }
 
+/// Counters of the loopcastd whose admin socket is `socket` (`loopcastctl status --json`).
 fn server_counters(loopcastctl: &Path, socket: &Path) -> Option<serde_json::Value> {
     let output = Command::new(loopcastctl)
         .arg("--socket")
@@ -797,20 +797,27 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
     // loopcast_client=debug: every Report it sends) as DIR/run<N>-r<i>.log.
     static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let client_log_dir = std::env::var_os("LOOPCAST_BENCH_CLIENT_LOG").map(PathBuf::from);
+    // Without it, the logs go to the run's own directory (read back for a client that fails):
+    // never to a pipe, which nobody reads until the end and which blocks a client once its log
+    // passes 64 KiB (RUST_LOG=debug for the server's log reaches the clients too).
+    let client_log_dir = match std::env::var_os("LOOPCAST_BENCH_CLIENT_LOG") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("LOOPCAST_BENCH_CLIENT_LOG {}: {e}", dir.display()))?;
+            dir
+        }
+        None => bed.dir.clone(),
+    };
+    let client_log = |i: usize| client_log_dir.join(format!("run{run}-r{i}.log"));
     let clients: Vec<(String, Child)> = hosts
         .iter()
         .map(|&i| {
             let _ = std::fs::remove_file(bed.dir.join(format!("r{i}.lca")));
-            // To a file, not a pipe: a pipe nobody reads until the end fills, and blocks the
-            // client, once its log passes 64 KiB.
-            let stderr = match &client_log_dir {
-                Some(dir) => Stdio::from(
-                    std::fs::File::create(dir.join(format!("run{run}-r{i}.log")))
-                        .map_err(|e| format!("LOOPCAST_BENCH_CLIENT_LOG {}: {e}", dir.display()))?,
-                ),
-                None => Stdio::piped(),
-            };
+            let stderr = Stdio::from(
+                std::fs::File::create(client_log(i))
+                    .map_err(|e| format!("{}: {e}", client_log(i).display()))?,
+            );
             let child = in_ns(&format!("{}-r{i}", bed.tag), &bed.loopcast)
                 .args([
                     "get",
@@ -879,7 +886,9 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
         if !output.status.success() {
             eprintln!(
                 "{label}: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
+                std::fs::read_to_string(client_log(host))
+                    .unwrap_or_default()
+                    .trim()
             );
         }
         entries.push(receiver_entry(

@@ -257,7 +257,6 @@ impl PlainProgress {
     }
 }
 
-/// CPU time (user + system) this process has used so far.
 /// Runs `main`; a panic from the standard print macros writing into a closed stdout
 /// (`loopcast-bench ... | head`) ends the program quietly with 141, as a shell reports a
 /// SIGPIPE death, after unwinding (so what the program set up, namespaces included, is still
@@ -291,6 +290,7 @@ pub fn exit_quietly_on_a_closed_stdout(
     }
 }
 
+/// CPU time (user + system) this process has used so far.
 pub fn cpu_time() -> Duration {
     rusage_cpu(nix::sys::resource::UsageWho::RUSAGE_SELF)
 }

@@ -1442,8 +1442,8 @@ pub fn list(
     }
 }
 
-/// A Report this client sends, at debug level: what it counted received and lost over what
-/// interval, on which tier (the rate control's inputs, for reading a bench run afterwards:
+/// A Report this client sends, at debug level: the datagrams it counted received and lost over
+/// what interval, on which tier (the rate control's inputs, for reading a bench run afterwards:
 /// `LOOPCAST_BENCH_CLIENT_LOG`).
 fn log_report(bytes: &[u8], tier: Option<loopcast_proto::client::TierInfo>) {
     if let Ok(ControlMessage::Report {
@@ -1459,7 +1459,8 @@ fn log_report(bytes: &[u8], tier: Option<loopcast_proto::client::TierInfo>) {
             lost,
             interval_us,
             loss_judged,
-            tier = tier.map_or(0, |t| t.tier),
+            // As `loopcast get` says it: from 1, of how many ("none" before the first).
+            tier = %tier.map_or_else(|| "none".to_owned(), |t| format!("{}/{}", u32::from(t.tier) + 1, t.tiers)),
             tier_rate = tier.map_or(0, |t| t.rate_bits_per_s),
             "report"
         );

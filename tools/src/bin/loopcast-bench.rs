@@ -117,8 +117,11 @@ enum Scenario {
     ///
     /// LOOPCAST_BENCH_SERVER_LOG=1 shows loopcastd's log (with RUST_LOG, e.g.
     /// loopcast_node=debug); LOOPCAST_BENCH_CLIENT_LOG=DIR keeps each loopcast client's log as
-    /// DIR/run<N>-r<i>.log (with RUST_LOG=loopcast_client=debug, every Report it sends: what it
-    /// counted received and lost, over what interval, on which tier); LOOPCAST_BENCH_KEEP=1 keeps
+    /// DIR/run<N>-r<i>.log (DIR made if missing; N counts this invocation's loopcast runs from 0,
+    /// a first run without the lossy receivers or of the unlimited one alone coming first; i is
+    /// the receiver, from 1). With RUST_LOG=loopcast_client=debug a log holds every Report the
+    /// client sent: datagrams it counted received and lost, over what interval, on which tier
+    /// (numbered from 1, of how many). LOOPCAST_BENCH_KEEP=1 keeps
     /// the run's files and copies. Ctrl-C stops the run
     /// and removes its namespaces and files (exit 130).
     ///

@@ -410,6 +410,10 @@ fn run_ls(args: LsArgs) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
+    loopcast_tools::exit_quietly_on_a_closed_stdout(run)
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Demo(args) = &cli.command {
         // The demo may enter a private network namespace: that must happen while single-threaded.

@@ -616,6 +616,10 @@ fn check(media: &std::path::Path, json: bool, skip_recorded: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    loopcast_tools::exit_quietly_on_a_closed_stdout(run)
+}
+
+fn run() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = match with_config_file(argv.clone()) {
         Ok(expanded) => Cli::parse_from(expanded),
