@@ -898,7 +898,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
             Some(finished.duration_since(started).as_secs_f64()),
             verified,
             serde_json::json!({
-                    // The server's tier for this client, once `get --json` reports it (issue 10).
+                // The server's tier for this client, once `get --json` reports it (issue 10).
                 "tier": report.get("tier").cloned().unwrap_or(serde_json::Value::Null),
                 "tiers": report.get("tiers").cloned().unwrap_or(serde_json::Value::Null),
                 "transport": report["transport"],

@@ -258,7 +258,8 @@ pub struct PathEstimate {
     counted_at: Option<Instant>,
     /// Loss that stayed when the rate dropped: the path's own, not congestion.
     noise_loss: f64,
-    /// The rate `noise_loss` was last learnt at (bits/s): it follows a higher loss only near it.
+    /// The rate `noise_loss` was last learnt at (bits/s): near it the floor follows the loss both
+    /// ways; away from it, up only as far as `noise_learnt`.
     noise_rate: u64,
     /// `noise_loss` as last learnt or followed near `noise_rate`: away from that rate the floor
     /// goes back up only to it.
@@ -425,16 +426,15 @@ impl PathEstimate {
             self.known_capacity = Some(goodput.min(rate as f64));
         } else {
             self.congested_streak = 0;
-            // The noise floor follows the path's loss while it is not congested: down when it
-            // gets cleaner, and up only near the rate it was learnt at. Faster, a loss just
-            // under the margin may be the start of congestion: followed there, each such report
-            // raised the floor a tenth of the margin, and the margin with it, until the member
-            // read as noisy and tiers held it far below its path (hx_attack20 R7).
-            // Away from that rate it still follows a higher loss back up to what it was learnt
-            // at: following only the samples below it, a lossy member's floor ratcheted down to
-            // the low end of their spread, and its own loss read as congestion (a 5 Mbit/s tier
-            // capped above the rate its 10 % floor was learnt at fell 12-16 times in 240 s, to
-            // 0.48 of the cap: hx_attack21 R1).
+            // The noise floor follows the path's loss while it is not congested: near the rate
+            // it was learnt at, both ways; away from it, down, and up only as far as what was
+            // learnt. Faster, a loss just under the margin may be the start of congestion:
+            // followed past what was learnt, each such report raised the floor a tenth of the
+            // margin, and the margin with it, until the member read as noisy and tiers held it
+            // far below its path (hx_attack20 R7). Followed only down there, a lossy member's
+            // floor sank to the low end of its reports' spread, and its own loss read as
+            // congestion (a 5 Mbit/s tier capped above the rate its 10 % floor was learnt at
+            // fell 12-16 times in 240 s, to 0.48 of the cap: hx_attack21 R1).
             if self.noise_loss > 0.0 {
                 let followed = 0.9 * self.noise_loss + 0.1 * loss;
                 if rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64 {

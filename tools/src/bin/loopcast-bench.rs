@@ -121,9 +121,8 @@ enum Scenario {
     /// a first run without the lossy receivers or of the unlimited one alone coming first; i is
     /// the receiver, from 1). With RUST_LOG=loopcast_client=debug a log holds every Report the
     /// client sent: datagrams it counted received and lost, over what interval, on which tier
-    /// (numbered from 1, of how many). LOOPCAST_BENCH_KEEP=1 keeps
-    /// the run's files and copies. Ctrl-C stops the run
-    /// and removes its namespaces and files (exit 130).
+    /// (numbered from 1, of how many). LOOPCAST_BENCH_KEEP=1 keeps the run's files and copies.
+    /// Ctrl-C stops the run and removes its namespaces and files (exit 130).
     ///
     /// The host's net.core.rmem_max and net.core.wmem_max are raised to 64 MiB where lower (a
     /// line on stderr names each with its old and new value) and are not restored afterwards.

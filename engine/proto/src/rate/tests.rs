@@ -1597,6 +1597,38 @@ fn plan_one_tier(
     moves
 }
 
+/// What a tier ramping from a floor at `start` bits/s does over 40 reports 60 ms apart from
+/// `members` members, member `id` receiving `got(id, rate)` bits/s of the tier's `rate` and
+/// counting nothing lost (a link's queue hides the loss of a step past it for a while). Returns
+/// the tier's control at the end, its rate at each step, and the moves the plans made.
+fn floor_ramp(
+    config: &RateConfig,
+    start: f64,
+    members: usize,
+    got: impl Fn(usize, f64) -> f64,
+) -> (TierControl, Vec<f64>, Vec<Move>) {
+    let interval = Duration::from_millis(60);
+    let per_bit = interval.as_secs_f64() / DATAGRAM_BITS as f64;
+    let mut control = TierControl::new_floor(config, at(0), start as u64);
+    let mut estimates: Vec<PathEstimate> = (0..members).map(|_| PathEstimate::default()).collect();
+    let (mut rates, mut moves) = (Vec::new(), Vec::new());
+    for step in 1..=40u64 {
+        let rate = control.rate() as f64;
+        rates.push(rate);
+        for (id, member) in estimates.iter_mut().enumerate() {
+            let received = (got(id, rate) * per_bit) as u32;
+            settled_report_over(member, config, (received, 0), interval, rate as u64);
+        }
+        moves.extend(plan_one_tier(
+            config,
+            at(60 * step),
+            &mut control,
+            &mut estimates,
+        ));
+    }
+    (control, rates, moves)
+}
+
 /// Nine members behind 50 Mbit/s links on a tier probing up from a floor, each reporting every
 /// 60 ms what its link let through. A link's queue (a `tc tbf` with 20 ms of queue, as in the
 /// namespace bench) hides the loss of a step past the link for a while: the reports show no
@@ -1608,25 +1640,14 @@ fn plan_one_tier(
 fn a_floor_ramp_stops_where_members_get_less_than_was_sent_before_any_loss_shows() {
     let config = RateConfig::default();
     let link = 50.0 * MBIT;
-    let interval = Duration::from_millis(60);
-    let mut control = TierControl::new_floor(&config, at(0), (43.7 * MBIT) as u64);
-    let mut members: Vec<PathEstimate> = (0..9).map(|_| PathEstimate::default()).collect();
-    let mut highest = 0;
-    for step in 1..=40u64 {
-        let rate = control.rate();
-        highest = highest.max(rate);
-        let received = (rate as f64).min(link) * interval.as_secs_f64() / DATAGRAM_BITS as f64;
-        for member in &mut members {
-            // The queue holds the excess: nothing lost yet.
-            settled_report_over(member, &config, (received as u32, 0), interval, rate);
-        }
-        let moves = plan_one_tier(&config, at(60 * step), &mut control, &mut members);
-        assert!(moves.is_empty(), "nobody moves: {moves:?}");
-    }
+    // The queue holds the excess: nothing lost yet.
+    let (control, rates, moves) = floor_ramp(&config, 43.7 * MBIT, 9, |_, rate| rate.min(link));
+    assert!(moves.is_empty(), "nobody moves: {moves:?}");
+    let highest = rates.iter().copied().fold(0.0, f64::max);
     assert!(
-        highest as f64 <= FLOOR_STEP * link,
+        highest <= FLOOR_STEP * link,
         "one step past the link at most: the tier reached {:.1} Mbit/s",
-        highest as f64 / MBIT
+        highest / MBIT
     );
     let end = control.rate() as f64;
     assert!(

@@ -15,23 +15,14 @@ use super::*;
 fn one_member_claiming_a_quarter_of_the_rate_does_not_stop_a_floor_ramp_for_the_rest() {
     let config = RateConfig::default();
     let link = 100.0 * MBIT;
-    let interval = Duration::from_millis(60);
-    let mut control = TierControl::new_floor(&config, at(0), (20.0 * MBIT) as u64);
-    let mut members: Vec<PathEstimate> = (0..5).map(|_| PathEstimate::default()).collect();
-    let mut highest = 0.0f64;
-    for step in 1..=40u64 {
-        let rate = control.rate() as f64;
-        highest = highest.max(rate);
-        let per_bit = interval.as_secs_f64() / DATAGRAM_BITS as f64;
-        let honest = (rate.min(link) * per_bit) as u32;
-        let liar = (0.26 * rate * per_bit) as u32;
-        for (id, member) in members.iter_mut().enumerate() {
-            let received = if id == 4 { liar } else { honest };
-            // The link's queue hides the loss of a step past it: nothing lost.
-            settled_report_over(member, &config, (received, 0), interval, rate as u64);
+    let (control, rates, _) = floor_ramp(&config, 20.0 * MBIT, 5, |id, rate| {
+        if id == 4 {
+            0.26 * rate
+        } else {
+            rate.min(link)
         }
-        plan_one_tier(&config, at(60 * step), &mut control, &mut members);
-    }
+    });
+    let highest = rates.iter().copied().fold(0.0, f64::max);
     let end = control.rate() as f64;
     assert!(
         (0.85 * link..=1.02 * link).contains(&end) && highest <= FLOOR_STEP * link,
@@ -48,32 +39,20 @@ fn one_member_claiming_a_quarter_of_the_rate_does_not_stop_a_floor_ramp_for_the_
 fn a_floor_ramp_is_judged_by_what_most_members_get() {
     let config = RateConfig::default();
     let link = 100.0 * MBIT;
-    let interval = Duration::from_millis(60);
     let ramp = |members: usize, liars: usize| {
-        let mut control = TierControl::new_floor(&config, at(0), (20.0 * MBIT) as u64);
-        let mut estimates: Vec<PathEstimate> =
-            (0..members).map(|_| PathEstimate::default()).collect();
-        let mut lowest = f64::MAX;
-        for step in 1..=40u64 {
-            let rate = control.rate() as f64;
-            let per_bit = interval.as_secs_f64() / DATAGRAM_BITS as f64;
-            for (id, member) in estimates.iter_mut().enumerate() {
-                let got = if id < liars {
-                    0.26 * rate
-                } else {
-                    rate.min(link)
-                };
-                settled_report_over(
-                    member,
-                    &config,
-                    ((got * per_bit) as u32, 0),
-                    interval,
-                    rate as u64,
-                );
+        let (control, rates, _) = floor_ramp(&config, 20.0 * MBIT, members, |id, rate| {
+            if id < liars {
+                0.26 * rate
+            } else {
+                rate.min(link)
             }
-            plan_one_tier(&config, at(60 * step), &mut control, &mut estimates);
-            lowest = lowest.min(control.rate() as f64);
-        }
+        });
+        // The lowest it ran at, after the first step's.
+        let lowest = rates[1..]
+            .iter()
+            .copied()
+            .chain([control.rate() as f64])
+            .fold(f64::MAX, f64::min);
         (control.rate() as f64, lowest)
     };
     let (two, _) = ramp(2, 1);

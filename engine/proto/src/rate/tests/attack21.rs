@@ -253,29 +253,16 @@ fn a_tier_merged_into_a_stalled_slow_start_one_is_not_doubled_past_its_path() {
 fn half_the_members_claiming_every_step_do_not_ramp_a_floor_tier_far_past_the_others() {
     let config = RateConfig::default();
     let link = 50.0 * MBIT;
-    let interval = Duration::from_millis(60);
     for members in [2usize, 4, 8] {
         let liars = members / 2;
-        let mut control = TierControl::new_floor(&config, at(0), (43.7 * MBIT) as u64);
-        let mut estimates: Vec<PathEstimate> =
-            (0..members).map(|_| PathEstimate::default()).collect();
-        let mut highest = 0.0f64;
-        for step in 1..=40u64 {
-            let rate = control.rate() as f64;
-            highest = highest.max(rate);
-            let per_bit = interval.as_secs_f64() / DATAGRAM_BITS as f64;
-            for (id, member) in estimates.iter_mut().enumerate() {
-                let got = if id < liars { rate } else { rate.min(link) };
-                settled_report_over(
-                    member,
-                    &config,
-                    ((got * per_bit) as u32, 0),
-                    interval,
-                    rate as u64,
-                );
+        let (_, rates, _) = floor_ramp(&config, 43.7 * MBIT, members, |id, rate| {
+            if id < liars {
+                rate
+            } else {
+                rate.min(link)
             }
-            plan_one_tier(&config, at(60 * step), &mut control, &mut estimates);
-        }
+        });
+        let highest = rates.iter().copied().fold(0.0, f64::max);
         assert!(
             highest <= FLOOR_STEP * FLOOR_STEP * link,
             "{liars} of {members} claiming every step: the tier reached {:.1} Mbit/s",
