@@ -466,6 +466,21 @@ pub fn loopcastctl_into_a_closed_pipe_exits_quietly() {
         assert_eq!(output.status.code(), Some(141), "{command:?}: {stderr}");
         assert!(stderr.is_empty(), "{command:?}: {stderr}");
     }
+    // Any other write error is said in one line, exit 1 (as the other programs do).
+    let full = Command::new(bin("loopcastctl"))
+        .arg("--socket")
+        .arg(&server.admin)
+        .arg("status")
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("loopcastctl: cannot write to stdout: No space left on device")
+            && !stderr.contains("panicked"),
+        "{stderr}"
+    );
 }
 
 /// `loopcastctl status` names the automatic rates' real bounds, as loopcastd's start-up line
@@ -509,6 +524,9 @@ pub fn status_names_the_rate_bounds_in_force() {
     );
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("at most 40.00 Gbit/s"), "{text}");
+    // And so does `status --json` (it said 100G).
+    let settings = &status_of(&server.admin)["settings"];
+    assert_eq!(settings["rate_bits_per_s"], 40_000_000_000u64, "{settings}");
     let log = server.process.terminate();
     let log = String::from_utf8_lossy(&log.stderr);
     assert!(

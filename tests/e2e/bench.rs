@@ -286,5 +286,19 @@ pub fn bench_into_a_closed_pipe_exits_quietly_and_cleans_up() {
             "{program} {args:?}: {stderr}"
         );
         assert!(!stderr.contains("panicked"), "{program}: {stderr}");
+        // Any other write error: one line naming it, exit 1 (it panicked too, exit 101).
+        let full = Command::new(bin(program))
+            .args(&args)
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&full.stderr);
+        assert_eq!(full.status.code(), Some(1), "{program} {args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "{program}: cannot write to stdout: No space left on device"
+            )) && !stderr.contains("panicked"),
+            "{program}: {stderr}"
+        );
     }
 }

@@ -242,7 +242,8 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
     pack_into(&input, &media, &[]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
     let keys = media.join("keys.db");
-    Follower::start("film", server.port, &scratch, &keys).finish(Duration::from_secs(60));
+    let (report, _, _) =
+        Follower::start("film", server.port, &scratch, &keys).finish(Duration::from_secs(60));
     let archive = scratch.path("film.lca");
     assert!(archive.exists(), "published");
     let again = Follower::start("film", server.port, &scratch, &keys)
@@ -284,6 +285,33 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
     assert!(
         stderr.contains(r#"holds another file ("other.bin", not "film.bin")"#)
             && stderr.contains("add --force")
+            && !stderr.contains("to play it"),
+        "{stderr}"
+    );
+    // Nor is an older version of the same file, where --root names the one served now: it says
+    // so (it gave the command to play the old one).
+    let root = report["root"].as_str().expect("the report names the root");
+    let old_input = scratch.path("old/film.bin");
+    std::fs::create_dir_all(old_input.parent().unwrap()).unwrap();
+    write_content(&old_input, 1 << 16, 19);
+    let old_dir = scratch.path("old-media");
+    pack_into(&old_input, &old_dir, &["--no-encrypt"]);
+    let old_copy = scratch.path("old.lca");
+    std::fs::copy(old_dir.join("film.bin.lca"), &old_copy).unwrap();
+    let older = Command::new(bin("loopcast"))
+        .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
+        .args(["--follow", "--root", root, "--keys"])
+        .arg(&keys)
+        .arg("--output")
+        .arg(&old_copy)
+        .stdout(std::process::Stdio::null())
+        .output()
+        .expect("loopcast starts");
+    let stderr = String::from_utf8_lossy(&older.stderr);
+    assert_eq!(older.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(r#"holds another version of "film.bin""#)
+            && stderr.contains(&format!("not the --root {root}"))
             && !stderr.contains("to play it"),
         "{stderr}"
     );

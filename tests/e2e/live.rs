@@ -100,6 +100,12 @@ pub fn sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing() {
         server.child.try_wait().unwrap().is_none(),
         "the server stopped on a broken config"
     );
+    // A cap above what automatic rates reach: that ceiling is in force, and the log says so
+    // (a reload took it silently, and `status` showed 100G).
+    std::fs::write(&config, settings("rate = \"100G\"\n")).unwrap();
+    hang_up(&server);
+    let capped = settings_when(&admin, |s| s["rate_bits_per_s"] != 50_000_000);
+    assert_eq!(capped["rate_bits_per_s"], 40_000_000_000u64, "{capped}");
     let output = server.terminate();
     assert!(output.status.success(), "clean exit after the reloads");
     let log = String::from_utf8_lossy(&output.stderr);
@@ -113,6 +119,7 @@ pub fn sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing() {
         "archive found in the media directory: now served file=late.bin",
         "bad rate \"fast\"",
         "TOML parse error",
+        "--rate 100.00 Gbit/s is above the most automatic rates reach: each channel is capped at 40.00 Gbit/s",
     ] {
         assert!(
             log.contains(expected),

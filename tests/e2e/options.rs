@@ -53,6 +53,15 @@ pub fn meaningless_rate_options_are_refused_at_once() {
             &["--rate", "100M", "--initial-rate", "2G"],
             "--initial-rate 2.00 Gbit/s is above --rate 100.0 Mbit/s",
         ),
+        // Above what automatic rates reach (it was taken: "at most 40G, starting at 50G").
+        (
+            &["--initial-rate", "50G"],
+            "\"50G\" is above the fastest automatic rate, 40.00 Gbit/s",
+        ),
+        (
+            &["--rate", "100G", "--initial-rate", "50G"],
+            "\"50G\" is above the fastest automatic rate, 40.00 Gbit/s",
+        ),
         (&["--rate", "1G", "--fixed-rate", "--tiers", "2"], "--tiers"),
         (
             &["--rate", "1G", "--fixed-rate", "--tier-policy", "slowest"],

@@ -259,6 +259,37 @@ pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
         );
         assert!(!scratch.path("refused.lca").exists(), "{size}");
     }
+    // A number too large for any integer is too large, not "not a number"; a negative one is a
+    // bad value, not an option to pass after `--`.
+    for (size, expected) in [
+        (
+            "100000000000000000000",
+            "datagram size 100000000000000000000 is outside 256..=8952 bytes",
+        ),
+        ("-1", "\"-1\" is not a size: it must be positive"),
+    ] {
+        let refused = pack("refused.lca", &["--datagram-size", size]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{size}: {stderr}");
+        assert!(
+            stderr.contains(expected) && !stderr.contains("-- -1"),
+            "{size}: {stderr}"
+        );
+    }
+    // A size above what a 1500-byte MTU carries packs, with a note that it needs a larger one.
+    let noted = pack("noted.lca", &["--datagram-size", "1500"]);
+    let stderr = String::from_utf8_lossy(&noted.stderr);
+    assert!(noted.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1500-byte datagrams do not fit a 1500-byte MTU path")
+            && stderr.contains("an MTU of at least 1548"),
+        "{stderr}"
+    );
+    let quiet = pack("quiet.lca", &["--datagram-size", "1452"]);
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("note"),
+        "1452 fits"
+    );
     let accepted: [(&str, &[&str], usize); 2] = [
         ("largest.lca", &["--datagram-size", "8952"], 8952),
         ("jumbo.lca", &["--jumbo"], 8944),

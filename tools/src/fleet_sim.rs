@@ -1110,11 +1110,40 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
 /// One line for people.
 pub fn describe(report: &serde_json::Value) -> String {
     let f = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
+    // A short run measures neither (it said "matched at 10 s 0.00%" and "after NaN s").
+    let matched = if report["checked"].as_u64().unwrap_or(0) == 0 {
+        format!(
+            "matched at 10 s: not measured (no client asked {} s before the end; run longer)",
+            MATCH_WITHIN.as_secs()
+        )
+    } else {
+        format!(
+            "matched at 10 s {:.2}% (server fit {:.2}%, target 95%)",
+            100.0 * f("matched_fraction_at_10s"),
+            100.0 * f("server_fit_fraction_at_10s"),
+        )
+    };
+    let failover = if report["killed_server"].is_null() {
+        format!(
+            "no server killed (that needs 2 or more servers and over {} virtual s)",
+            (RAMP + MATCH_WITHIN + Duration::from_secs(1) + MATCH_WITHIN).as_secs()
+        )
+    } else {
+        match report["failover_all_replaced_seconds"].as_f64() {
+            Some(seconds) => format!(
+                "dead server's {} clients all on another server after {seconds:.2} s",
+                report["failover_clients"]
+            ),
+            None => format!(
+                "dead server's {} clients: {} on another server by the end",
+                report["failover_clients"], report["failover_replaced"]
+            ),
+        }
+    };
     format!(
         "fleet-sim: {} clients, {} servers, {} directors, {:.0} s virtual in {:.0} s wall ({:.2} s per virtual s); \
          {:.0} routing decisions/s, {:.0} reports/s (server machines' own time); placed at end {:.2}%; \
-         matched at 10 s {:.2}% (server fit {:.2}%, target 95%); dead server's {} clients all on another server after {:.2} s; \
-         routed to the dead server after expiry: {}; peak memory {} MiB",
+         {matched}; {failover}; routed to the dead server after expiry: {}; peak memory {} MiB",
         report["clients"],
         report["servers"],
         report["directors"],
@@ -1124,10 +1153,6 @@ pub fn describe(report: &serde_json::Value) -> String {
         f("routing_decisions_per_director_busy_s"),
         f("reports_per_server_busy_s"),
         100.0 * f("placed_fraction_at_end"),
-        100.0 * f("matched_fraction_at_10s"),
-        100.0 * f("server_fit_fraction_at_10s"),
-        report["failover_clients"],
-        f("failover_all_replaced_seconds"),
         report["routed_to_dead_after_expiry"],
         report["peak_memory_kib"].as_u64().unwrap_or(0) / 1024,
     )
@@ -1204,6 +1229,29 @@ mod tests {
         // The same seed is the same run.
         let again = run_fleet_sim(&args).expect("runs");
         assert_eq!(outcome(&report), outcome(&again), "a seed replays exactly");
+    }
+
+    /// A run too short for the 10 s check or the kill says so (it printed "matched at 10 s
+    /// 0.00%" and "after NaN s").
+    #[test]
+    fn a_short_run_says_what_it_did_not_measure() {
+        let report = run_fleet_sim(&FleetSimArgs {
+            clients: 40,
+            servers: 2,
+            directors: 1,
+            seconds: 5.0,
+            seed: 3,
+        })
+        .expect("runs");
+        let line = describe(&report);
+        assert!(
+            line.contains("matched at 10 s: not measured")
+                && line.contains(
+                    "no server killed (that needs 2 or more servers and over 26 virtual s)"
+                )
+                && !line.contains("NaN"),
+            "{line}"
+        );
     }
 
     /// Seeds that put many clients on tiers too slow for them before members could move up

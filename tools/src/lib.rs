@@ -257,36 +257,47 @@ impl PlainProgress {
     }
 }
 
-/// Runs `main`; a panic from the standard print macros writing into a closed stdout
-/// (`loopcast-bench ... | head`) ends the program quietly with 141, as a shell reports a
-/// SIGPIPE death, after unwinding (so what the program set up, namespaces included, is still
-/// removed by its drops). Before, it printed "failed printing to stdout: Broken pipe" with a
+/// Runs `main`; a panic from the standard print macros failing to write stdout ends the
+/// program after unwinding (so what it set up, namespaces included, is still removed by its
+/// drops): into a closed pipe (`loopcast-bench ... | head`) quietly with 141, as a shell reports
+/// a SIGPIPE death; any other write error (a full disk, `> /dev/full`) with "PROGRAM: cannot
+/// write to stdout: ERROR" and 1. Before, both printed "failed printing to stdout" with a
 /// backtrace and exited 101. Any other panic is reported as usual.
-pub fn exit_quietly_on_a_closed_stdout(
+pub fn exit_cleanly_on_stdout_errors(
     main: fn() -> std::process::ExitCode,
 ) -> std::process::ExitCode {
-    fn closed_stdout(message: Option<&str>) -> bool {
-        message
-            .is_some_and(|m| m.contains("failed printing to stdout") && m.contains("Broken pipe"))
-    }
-    fn message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    const PRINT_FAILED: &str = "failed printing to stdout: ";
+    fn write_error(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
         payload
             .downcast_ref::<String>()
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
+            .and_then(|message| message.strip_prefix(PRINT_FAILED))
     }
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if !closed_stdout(message(info.payload())) {
+        if write_error(info.payload()).is_none() {
             report(info);
         }
     }));
     match std::panic::catch_unwind(main) {
         Ok(code) => code,
-        Err(payload) if closed_stdout(message(payload.as_ref())) => {
-            std::process::ExitCode::from(141)
-        }
-        Err(payload) => std::panic::resume_unwind(payload),
+        Err(payload) => match write_error(payload.as_ref()) {
+            Some(error) if error.contains("Broken pipe") => std::process::ExitCode::from(141),
+            Some(error) => {
+                let program = std::env::args_os()
+                    .next()
+                    .map(std::path::PathBuf::from)
+                    .and_then(|path| {
+                        path.file_name()
+                            .map(|name| name.to_string_lossy().into_owned())
+                    })
+                    .unwrap_or_else(|| "loopcast".to_owned());
+                eprintln!("{program}: cannot write to stdout: {error}");
+                std::process::ExitCode::FAILURE
+            }
+            None => std::panic::resume_unwind(payload),
+        },
     }
 }
 

@@ -275,7 +275,7 @@ enum Scenario {
 }
 
 fn main() -> ExitCode {
-    loopcast_tools::exit_quietly_on_a_closed_stdout(run)
+    loopcast_tools::exit_cleanly_on_stdout_errors(run)
 }
 
 fn run() -> ExitCode {

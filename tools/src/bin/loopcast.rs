@@ -249,7 +249,7 @@ struct PackArgs {
     /// payload: 8952 is the most a 9000-byte MTU path carries over IPv6 (9000 - 40 IPv6 - 8 UDP
     /// header bytes), and fits over IPv4 too; a datagram larger than the path's MTU allows
     /// is fragmented or dropped.
-    #[arg(long, value_parser = parse_datagram_size)]
+    #[arg(long, value_parser = parse_datagram_size, allow_hyphen_values = true)]
     datagram_size: Option<u16>,
     /// Raw bytes per frame (compression and encryption unit).
     #[arg(long, default_value = "1M", value_parser = parse_size)]
@@ -410,7 +410,7 @@ fn run_ls(args: LsArgs) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    loopcast_tools::exit_quietly_on_a_closed_stdout(run)
+    loopcast_tools::exit_cleanly_on_stdout_errors(run)
 }
 
 fn run() -> ExitCode {
@@ -482,6 +482,19 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
     } else {
         DATAGRAM_SIZE_MTU_1500
     });
+    // Past what a 1500-byte MTU carries, a size chosen by hand needs a larger MTU on every path
+    // to every client (1500 itself was taken with no word, and is fragmented or dropped there).
+    const MTU_1500_PAYLOAD_MAX: u16 = 1500 - 40 - 8;
+    if args
+        .datagram_size
+        .is_some_and(|size| size > MTU_1500_PAYLOAD_MAX)
+    {
+        eprintln!(
+            "loopcast: note: {datagram_size}-byte datagrams do not fit a 1500-byte MTU path ({MTU_1500_PAYLOAD_MAX} \
+             bytes at most over IPv6): every path to a client needs an MTU of at least {}",
+            datagram_size + 48
+        );
+    }
     let frame_raw_size = u32::try_from(args.frame_size).map_err(|_| "frame size too large")?;
     let options = PackOptions {
         name: name.clone(),
@@ -784,7 +797,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
     .map_err(|error| {
         let mut failure = match error {
             ClientError::Output(OutputError::Exists(path)) if args.follow && path == output => {
-                already_downloaded(&path, &args.name, args.keys.as_deref())
+                already_downloaded(&path, &args.name, config.expect_root, args.keys.as_deref())
             }
             error => Failure::from(error),
         };
@@ -939,19 +952,39 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
 /// `pack --datagram-size`: a number of bytes `pack` lays datagrams out at (the message gives
 /// the range and why).
 fn parse_datagram_size(text: &str) -> Result<u16, String> {
-    let bytes: u64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of bytes"))?;
-    loopcast_archive::check_datagram_size(bytes)?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let bytes: u64 = match text.parse() {
+        Ok(bytes) => bytes,
+        // Digits beyond u64 are a size, far too large (it said "not a number of bytes").
+        Err(_) if digits(text) => u64::MAX,
+        // (Without allow_hyphen_values, clap took "-1" for an option and offered `-- -1`.)
+        Err(_) if text.strip_prefix('-').is_some_and(digits) => {
+            return Err(format!("{text:?} is not a size: it must be positive"))
+        }
+        Err(_) => return Err(format!("{text:?} is not a number of bytes")),
+    };
+    loopcast_archive::check_datagram_size(bytes).map_err(|error| {
+        if bytes == u64::MAX {
+            error.replace(&u64::MAX.to_string(), text)
+        } else {
+            error
+        }
+    })?;
     Ok(u16::try_from(bytes).expect("the accepted range is within u16"))
 }
 
 /// `get --follow` to an output that exists: most likely this download (`name`), finished and
 /// published by an earlier run. Says how to play that (`extract -o -`, with the real paths)
 /// and how to download it again (--force); an archive of another file says which file it
-/// holds (it was given the hint to play that one); anything but an archive gets the plain
-/// refusal.
-fn already_downloaded(archive: &Path, name: &str, keys: Option<&Path>) -> Failure {
+/// holds (it was given the hint to play that one), and one of another version of it than
+/// `--root` asks for says so (it too was given the hint); anything but an archive gets the
+/// plain refusal.
+fn already_downloaded(
+    archive: &Path,
+    name: &str,
+    expect_root: Option<RootHash>,
+    keys: Option<&Path>,
+) -> Failure {
     let refused = Failure::from(OutputError::Exists(archive.to_owned()));
     let Ok(existing) = ArchiveFile::open(archive) else {
         return refused;
@@ -963,6 +996,17 @@ fn already_downloaded(archive: &Path, name: &str, keys: Option<&Path>) -> Failur
                 "{} already exists and holds another file ({:?}, not {name:?}); choose another --output, or add --force to replace it",
                 archive.display(),
                 existing.info().name
+            ),
+        };
+    }
+    if let Some(root) = expect_root.filter(|&root| root != existing.info().root()) {
+        return Failure {
+            code: refused.code,
+            message: format!(
+                "{} already exists and holds another version of {name:?} (root {}, not the --root {}); choose another --output, or add --force to replace it",
+                archive.display(),
+                existing.info().root().to_hex(),
+                root.to_hex()
             ),
         };
     }

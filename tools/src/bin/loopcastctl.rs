@@ -6,34 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use loopcast_tools::{default_admin_socket, format_rate};
 
-/// `println!`/`print!` that end quietly when stdout is closed (`loopcastctl status | head`):
-/// exit 141, as a shell reports a SIGPIPE death, instead of the standard macros' panic with a
-/// backtrace.
-macro_rules! println {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
-            stdout_failed(error);
-        }
-    }};
-}
-macro_rules! print {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        if let Err(error) = write!(std::io::stdout(), $($arg)*) {
-            stdout_failed(error);
-        }
-    }};
-}
-
-fn stdout_failed(error: std::io::Error) -> ! {
-    if error.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(141);
-    }
-    eprintln!("loopcastctl: cannot write to stdout: {error}");
-    std::process::exit(1);
-}
-
 #[derive(Parser)]
 #[command(
     name = "loopcastctl",
@@ -132,6 +104,10 @@ enum Command {
 const PACKAGED_DIRECTOR_SOCKET: &str = "/run/loopcast-direct/loopcastd-direct.sock";
 
 fn main() -> ExitCode {
+    loopcast_tools::exit_cleanly_on_stdout_errors(run)
+}
+
+fn run() -> ExitCode {
     let cli = Cli::parse();
     // `servers` and `files` are a director's view: by default ask where `loopcastd direct`
     // puts its socket by default.
@@ -332,7 +308,7 @@ fn tier_of(v: &serde_json::Value) -> String {
 fn print_clients(answer: &serde_json::Value) {
     let sessions = answer["sessions"].as_array().cloned().unwrap_or_default();
     println!(
-        "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}  {}",
+        "{:<22} {:<20} {:>7} {:<9} {:>5} {:>14} {:>14} {:>7} {:>9} {:>7}  OWN LOSS",
         "CLIENT",
         "FILE",
         "CHANNEL",
@@ -343,7 +319,6 @@ fn print_clients(answer: &serde_json::Value) {
         "LOSS",
         "RTT",
         "HELD",
-        "OWN LOSS"
     );
     for s in &sessions {
         let held = match (s["held"].as_u64(), answer_loop_len(answer, s)) {

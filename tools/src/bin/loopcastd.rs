@@ -153,7 +153,7 @@ struct ServeArgs {
     /// Rate a file's first tier starts at before clients report (it rises while they keep up,
     /// and drops to what reaches them when they lose), and so does the tier of its own that a
     /// client joining while every tier of the file runs slower gets; at least 1M, at most
-    /// --rate. Default: 1G, or --rate if that is lower.
+    /// --rate and 40G. Default: 1G, or --rate if that is lower.
     #[arg(
         long,
         value_parser = parse_initial_rate,
@@ -376,14 +376,20 @@ fn parse_policy(text: &str) -> Result<loopcast_proto::rate::TierPolicy, String> 
         .ok_or_else(|| format!("unknown tier policy {text:?}: distribution, average or slowest"))
 }
 
-/// `--initial-rate`: a real rate within the automatic range (`RateConfig::rate_min` and up);
+/// `--initial-rate`: a real rate within the automatic range (`RateConfig::rate_min` to
+/// `rate_max`);
 /// "unpaced" or 0 mean nothing for a rate that is about to be measured.
 fn parse_initial_rate(text: &str) -> Result<u64, String> {
-    let rate_min = loopcast_proto::rate::RateConfig::default().rate_min;
+    let defaults = loopcast_proto::rate::RateConfig::default();
     match parse_rate(text)? {
-        rate if rate < rate_min => Err(format!(
+        rate if rate < defaults.rate_min => Err(format!(
             "{text:?} is below the slowest automatic rate, {}",
-            format_rate(rate_min)
+            format_rate(defaults.rate_min)
+        )),
+        // (It was taken, and the start-up line said "at most 40G, starting at 50G".)
+        rate if rate > defaults.rate_max => Err(format!(
+            "{text:?} is above the fastest automatic rate, {}",
+            format_rate(defaults.rate_max)
         )),
         rate => Ok(rate),
     }
@@ -461,6 +467,19 @@ fn server_config(args: &ServeArgs) -> Result<ServerConfig, String> {
     }
     let mut config = ServerConfig::new(args.media.clone(), args.listen);
     config.rate_bits_per_s = args.rate.unwrap_or(0);
+    // Automatic rates never pass RateConfig::rate_max, whatever --rate says: the cap in force
+    // is that, everywhere (`status --json` said 100G where its text said 40G), and the log says
+    // so, at start and on a reload alike.
+    let rate_max = loopcast_proto::rate::RateConfig::default().rate_max;
+    if !args.fixed_rate && config.rate_bits_per_s > rate_max {
+        tracing::warn!(
+            "--rate {} is above the most automatic rates reach: each channel is capped at {} \
+             (with --fixed-rate, --rate is paced as given)",
+            format_rate(config.rate_bits_per_s),
+            format_rate(rate_max)
+        );
+        config.rate_bits_per_s = rate_max;
+    }
     config.adaptive = (!args.fixed_rate).then(|| loopcast_proto::rate::RateConfig {
         policy: args.tier_policy,
         tiers_max: usize::from(args.tiers),
@@ -616,7 +635,7 @@ fn check(media: &std::path::Path, json: bool, skip_recorded: bool) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    loopcast_tools::exit_quietly_on_a_closed_stdout(run)
+    loopcast_tools::exit_cleanly_on_stdout_errors(run)
 }
 
 fn run() -> ExitCode {
@@ -672,23 +691,13 @@ fn run() -> ExitCode {
         eprintln!("loopcastd: error: {error}");
         return ExitCode::FAILURE;
     }
-    // Automatic rates never pass RateConfig::rate_max, whatever --rate says: say the real cap.
-    let rate_max = loopcast_proto::rate::RateConfig::default().rate_max;
-    if let Some(rate) = args
-        .rate
-        .filter(|&rate| !args.fixed_rate && rate > rate_max)
-    {
-        tracing::warn!(
-            "--rate {} is above the most automatic rates reach: each channel is capped at {} \
-             (with --fixed-rate, --rate is paced as given)",
-            format_rate(rate),
-            format_rate(rate_max)
-        );
-    }
-    let rate = match (args.rate, args.fixed_rate) {
-        (Some(rate), true) => format!("fixed {}", format_rate(rate)),
-        (Some(rate), false) => format!("automatic, at most {}", format_rate(rate.min(rate_max))),
-        (None, _) => format!("automatic, at most {}", format_rate(rate_max)),
+    let rate = match (config.rate_bits_per_s, args.fixed_rate) {
+        (rate, true) => format!("fixed {}", format_rate(rate)),
+        (0, false) => format!(
+            "automatic, at most {}",
+            format_rate(loopcast_proto::rate::RateConfig::default().rate_max)
+        ),
+        (cap, false) => format!("automatic, at most {}", format_rate(cap)),
     };
     let rate = match &config.adaptive {
         Some(adaptive) => format!("{rate}, starting at {}", format_rate(adaptive.initial_rate)),

@@ -1903,3 +1903,81 @@ fn a_report_placing_old_gaps_counts_only_what_its_own_interval_fell_short() {
         short.last_loss
     );
 }
+
+/// A shared tier at `rate` (out of slow start) whose members 1 and 2 keep up and member 0 loses
+/// a fifth of everything (a randomly lossy path not yet known as such), each with two counted
+/// reports by 500 ms; then the tier rises, as a probe does, and member 0's report comes first.
+/// Returns the control, the estimates, and the moves of a plan at 800 ms with only member 0
+/// heard since the rise.
+fn lossy_member_heard_first(config: &RateConfig) -> (TierControl, Vec<PathEstimate>, Vec<Move>) {
+    let rate = 43_500_000;
+    let mut control = TierControl::new_known(config, at(0), rate);
+    let mut members = vec![PathEstimate::default(); 3];
+    for ms in [300, 500] {
+        for (id, member) in members.iter_mut().enumerate() {
+            settled_report(member, config, rate, if id == 0 { 0.2 } else { 0.0 });
+            member.note_report_at(at(ms));
+        }
+    }
+    // The rise: every member starts a new count (as the endpoint does on a rate change).
+    let risen = (rate as f64 * 1.02) as u64;
+    control.set_rate(config, at(500), risen);
+    for member in &mut members {
+        member.new_epoch(None);
+    }
+    settled_report(&mut members[0], config, risen, 0.2);
+    members[0].note_report_at(at(800));
+    let moves = plan_one_tier(config, at(800), &mut control, &mut members);
+    (control, members, moves)
+}
+
+#[test]
+fn a_lossy_members_report_heard_before_the_others_does_not_set_their_rate() {
+    let config = RateConfig::default();
+    let (mut control, mut members, moves) = lossy_member_heard_first(&config);
+    let risen = control.rate();
+    assert_eq!(
+        risen, 44_370_000,
+        "the two members that kept up before the rise have not been heard since: the rate holds"
+    );
+    assert!(moves.is_empty(), "{moves:?}");
+    // They report, keeping up: the lossy member leaves, the rate stays.
+    for (id, member) in members.iter_mut().enumerate() {
+        settled_report(member, &config, risen, if id == 0 { 0.2 } else { 0.0 });
+        member.note_report_at(at(900));
+    }
+    let moves = plan_one_tier(&config, at(900), &mut control, &mut members);
+    assert_eq!(control.rate(), risen);
+    assert!(
+        matches!(
+            moves.as_slice(),
+            [Move {
+                member: 0,
+                relief: true,
+                ..
+            }]
+        ),
+        "the lossy member goes to a slower tier of its own: {moves:?}"
+    );
+}
+
+#[test]
+fn members_that_stopped_reporting_do_not_hold_a_tier_whose_reporting_members_all_lose() {
+    let config = RateConfig::default();
+    let (mut control, mut members, _) = lossy_member_heard_first(&config);
+    let risen = control.rate();
+    // Members 1 and 2 go quiet; member 0 goes on losing. Past `CONGESTION_STALE` from their
+    // last counted report (500 ms), they hold nothing.
+    let mut now = 800;
+    while control.rate() == risen && now < 3_000 {
+        now += 200;
+        settled_report(&mut members[0], &config, risen, 0.2);
+        members[0].note_report_at(at(now));
+        plan_one_tier(&config, at(now), &mut control, &mut members);
+    }
+    assert!(
+        control.rate() < risen && now <= 500 + CONGESTION_STALE.as_millis() as u64 + 200,
+        "the rate fell by {now} ms: {}",
+        control.rate()
+    );
+}
