@@ -1014,6 +1014,8 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
     let mut moves = Vec::new();
     // (rate, start) of the tiers this plan opens.
     let mut new_tiers: Vec<(u64, TierStart)> = Vec::new();
+    // Tiers whose members all lost, to join a tier near where theirs would fall (see below).
+    let mut joining: Vec<(usize, Target, Fall)> = Vec::new();
     let tiers_allowed = config.tiers_allowed();
     // Shared tiers only are places to move to.
     let rates: Vec<Option<u64>> = tiers
@@ -1226,14 +1228,66 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         };
         if let Some(setter) = setter {
             let capacity = setter.estimate.capacity(rate);
-            if capacity < rate as f64 {
-                tier.control.decrease_to(
-                    config,
-                    now,
-                    capacity,
-                    setter.estimate.heavy_loss(),
-                    setter.estimate.best_goodput,
-                );
+            // Where another tier already runs near the rate this one would fall to, its
+            // members join that one instead: two tiers at one rate send the file twice, and
+            // each later merge or split of them moves members at the link's edge (nine
+            // 50 Mbit/s receivers, one heard 40 ms after the others: the eight went to a tier
+            // at 43.6 Mbit/s, the first then fell to 43.5 for the ninth, and the two ramped,
+            // merged at 52.7 and split again for 6 s: 13.9 s for 32 MiB against 6.4).
+            let joins = (config.policy == TierPolicy::Distribution && !tier.solo)
+                .then(|| near_slower_tier(&rates, &new_tiers, index, 0.9 * capacity))
+                .flatten()
+                .filter(|_| {
+                    tier.members.iter().all(|m| {
+                        moves.iter().any(|mv| mv.member == m.id && mv.from == index)
+                            || (m.estimate.holds_congestion(config, now)
+                                && m.estimate.is_fresh()
+                                && dwelt(config, now, m))
+                    })
+                });
+            let fall = Fall {
+                capacity,
+                heavy: setter.estimate.heavy_loss(),
+                proven: setter.estimate.best_goodput,
+            };
+            if let Some(to) = joins {
+                // Once every tier is planned: the tier joined must keep members.
+                joining.push((index, to, fall));
+            } else if capacity < rate as f64 {
+                tier.control
+                    .decrease_to(config, now, fall.capacity, fall.heavy, fall.proven);
+            }
+        }
+    }
+    for &(index, to, fall) in &joining {
+        // (A tier joined by one whose members all leave it in this plan, or that joins another
+        // itself, would close under them.)
+        let kept = match to {
+            Target::Tier(to) => {
+                let leaving = moves.iter().filter(|m| m.from == to).count();
+                (leaving == 0 || tiers[to].members.len() > leaving)
+                    && !joining.iter().any(|&(from, _, _)| from == to)
+            }
+            Target::New { .. } => true,
+        };
+        if !kept {
+            let control = &mut *tiers[index].control;
+            if fall.capacity < control.rate as f64 {
+                control.decrease_to(config, now, fall.capacity, fall.heavy, fall.proven);
+            }
+            continue;
+        }
+        for member in &tiers[index].members {
+            if !moves
+                .iter()
+                .any(|m| m.member == member.id && m.from == index)
+            {
+                moves.push(Move {
+                    member: member.id,
+                    from: index,
+                    to,
+                    relief: true,
+                });
             }
         }
     }
@@ -1308,6 +1362,16 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
     if config.policy == TierPolicy::Distribution {
         climbs(config, now, tiers, &rates, &mut new_tiers, &mut moves);
     }
+    // No move to a tier that every member leaves in this plan (the endpoint closes a tier when
+    // its last member leaves): a member sent to an existing slower tier by one tier's plan,
+    // whose own members all moved on in the next tier's. It stays, for the next plan.
+    let leaving: Vec<usize> = (0..tiers.len())
+        .map(|tier| moves.iter().filter(|m| m.from == tier).count())
+        .collect();
+    moves.retain(|m| match m.to {
+        Target::Tier(to) => leaving[to] == 0 || tiers[to].members.len() > leaving[to],
+        Target::New { .. } => true,
+    });
     moves
 }
 
@@ -1427,6 +1491,40 @@ fn climbs(
 
 /// Whether the file may open another tier: its shared tiers (`rates`) and those this plan
 /// opens (`new_tiers`) are fewer than `tiers_allowed`.
+/// Where a tier whose members all lost falls to ([`TierControl::decrease_to`]'s arguments).
+#[derive(Clone, Copy, Debug)]
+struct Fall {
+    capacity: f64,
+    heavy: bool,
+    proven: f64,
+}
+
+/// An existing shared tier slower than tier `from`, or one opened in this plan, within
+/// `NEAR_DUPLICATE` of `target_rate`: the nearest.
+fn near_slower_tier(
+    rates: &[Option<u64>],
+    new_tiers: &[(u64, TierStart)],
+    from: usize,
+    target_rate: f64,
+) -> Option<Target> {
+    let from_rate = rates[from]? as f64;
+    let distance = |rate: f64| (rate / target_rate.max(1.0)).ln().abs();
+    let existing = rates
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((Target::Tier(i), (*r)? as f64)))
+        .filter(|&(to, _)| to != Target::Tier(from));
+    let planned = new_tiers
+        .iter()
+        .enumerate()
+        .map(|(index, &(rate, start))| (Target::New { index, rate, start }, rate as f64));
+    existing
+        .chain(planned)
+        .filter(|&(_, r)| r < from_rate && distance(r) <= NEAR_DUPLICATE.ln())
+        .min_by(|a, b| distance(a.1).total_cmp(&distance(b.1)))
+        .map(|(to, _)| to)
+}
+
 fn has_room(rates: &[Option<u64>], new_tiers: &[(u64, TierStart)], tiers_allowed: usize) -> bool {
     rates.iter().flatten().count() + new_tiers.len() < tiers_allowed
 }

@@ -1981,3 +1981,71 @@ fn members_that_stopped_reporting_do_not_hold_a_tier_whose_reporting_members_all
         control.rate()
     );
 }
+
+#[test]
+fn members_that_all_lose_join_a_tier_already_near_where_theirs_would_fall() {
+    let config = RateConfig::default();
+    let first = 1_000_000_000;
+    // The first tier, flooding: its one member (heard after the others, which went to a tier
+    // at 43.6 Mbit/s) gets 48.4 Mbit/s of it.
+    let late = settled_reports(&config, first, 1.0 - 48.4e6 / first as f64, 2);
+    let unheard = PathEstimate::default();
+    let mut controls = vec![
+        TierControl::new(&config, at(0), first),
+        TierControl::new_floor(&config, at(0), 43_600_000),
+    ];
+    let moves = {
+        let mut plans = memberless_plans(&mut controls);
+        plans[0].members = vec![MemberPlan {
+            id: 9,
+            estimate: &late,
+            moved_at: None,
+        }];
+        plans[1].members = vec![MemberPlan {
+            id: 1,
+            estimate: &unheard,
+            moved_at: Some(at(0)),
+        }];
+        plan(&config, at(100), &mut plans)
+    };
+    assert_eq!(
+        moves,
+        vec![Move {
+            member: 9,
+            from: 0,
+            to: Target::Tier(1),
+            relief: true,
+        }],
+        "it joins the tier at 43.6 Mbit/s"
+    );
+    assert_eq!(
+        controls[0].rate(),
+        first,
+        "its old tier does not fall to 43.5 beside it (it closes, empty)"
+    );
+    // With no tier near, the rate falls as before.
+    let mut controls = vec![
+        TierControl::new(&config, at(0), first),
+        TierControl::new_floor(&config, at(0), 20_000_000),
+    ];
+    let moves = {
+        let mut plans = memberless_plans(&mut controls);
+        plans[0].members = vec![MemberPlan {
+            id: 9,
+            estimate: &late,
+            moved_at: None,
+        }];
+        plans[1].members = vec![MemberPlan {
+            id: 1,
+            estimate: &unheard,
+            moved_at: Some(at(0)),
+        }];
+        plan(&config, at(100), &mut plans)
+    };
+    assert!(moves.is_empty(), "{moves:?}");
+    assert!(
+        (43_000_000..44_000_000).contains(&controls[0].rate()),
+        "{}",
+        controls[0].rate()
+    );
+}
