@@ -1990,24 +1990,30 @@ fn members_that_all_lose_join_a_tier_already_near_where_theirs_would_fall() {
     // at 43.6 Mbit/s) gets 48.4 Mbit/s of it.
     let late = settled_reports(&config, first, 1.0 - 48.4e6 / first as f64, 2);
     let unheard = PathEstimate::default();
-    let mut controls = vec![
-        TierControl::new(&config, at(0), first),
-        TierControl::new_floor(&config, at(0), 43_600_000),
-    ];
-    let moves = {
-        let mut plans = memberless_plans(&mut controls);
-        plans[0].members = vec![MemberPlan {
-            id: 9,
-            estimate: &late,
-            moved_at: None,
-        }];
-        plans[1].members = vec![MemberPlan {
-            id: 1,
-            estimate: &unheard,
-            moved_at: Some(at(0)),
-        }];
-        plan(&config, at(100), &mut plans)
+    // One plan with the first tier at 1 Gbit/s and another at `other` bits/s (with a member
+    // not yet heard there): the moves and the first tier's rate after it.
+    let beside = |other: u64| {
+        let mut controls = vec![
+            TierControl::new(&config, at(0), first),
+            TierControl::new_floor(&config, at(0), other),
+        ];
+        let moves = {
+            let mut plans = memberless_plans(&mut controls);
+            plans[0].members = vec![MemberPlan {
+                id: 9,
+                estimate: &late,
+                moved_at: None,
+            }];
+            plans[1].members = vec![MemberPlan {
+                id: 1,
+                estimate: &unheard,
+                moved_at: Some(at(0)),
+            }];
+            plan(&config, at(100), &mut plans)
+        };
+        (moves, controls[0].rate())
     };
+    let (moves, rate) = beside(43_600_000);
     assert_eq!(
         moves,
         vec![Move {
@@ -2019,33 +2025,11 @@ fn members_that_all_lose_join_a_tier_already_near_where_theirs_would_fall() {
         "it joins the tier at 43.6 Mbit/s"
     );
     assert_eq!(
-        controls[0].rate(),
-        first,
+        rate, first,
         "its old tier does not fall to 43.5 beside it (it closes, empty)"
     );
     // With no tier near, the rate falls as before.
-    let mut controls = vec![
-        TierControl::new(&config, at(0), first),
-        TierControl::new_floor(&config, at(0), 20_000_000),
-    ];
-    let moves = {
-        let mut plans = memberless_plans(&mut controls);
-        plans[0].members = vec![MemberPlan {
-            id: 9,
-            estimate: &late,
-            moved_at: None,
-        }];
-        plans[1].members = vec![MemberPlan {
-            id: 1,
-            estimate: &unheard,
-            moved_at: Some(at(0)),
-        }];
-        plan(&config, at(100), &mut plans)
-    };
+    let (moves, rate) = beside(20_000_000);
     assert!(moves.is_empty(), "{moves:?}");
-    assert!(
-        (43_000_000..44_000_000).contains(&controls[0].rate()),
-        "{}",
-        controls[0].rate()
-    );
+    assert!((43_000_000..44_000_000).contains(&rate), "{rate}");
 }
