@@ -261,6 +261,13 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
         "names {play:?}: {stderr}"
     );
     assert!(stderr.contains("add --force"), "{stderr}");
+    // It names the root it holds, so an older version can be told from this one (without
+    // --root the server's is not asked for).
+    let held = report["root"].as_str().expect("the report names the root");
+    assert!(
+        stderr.contains(&format!("It holds root {held} of \"film.bin\"")),
+        "{stderr}"
+    );
     // The command it gives plays the original.
     let played = run_ok(
         Command::new(bin("loopcast"))
@@ -290,7 +297,7 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
     );
     // Nor is an older version of the same file, where --root names the one served now: it says
     // so (it gave the command to play the old one).
-    let root = report["root"].as_str().expect("the report names the root");
+    let root = held;
     let old_input = scratch.path("old/film.bin");
     std::fs::create_dir_all(old_input.parent().unwrap()).unwrap();
     write_content(&old_input, 1 << 16, 19);

@@ -281,8 +281,8 @@ pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
     let stderr = String::from_utf8_lossy(&noted.stderr);
     assert!(noted.status.success(), "{stderr}");
     assert!(
-        stderr.contains("1500-byte datagrams do not fit a 1500-byte MTU path")
-            && stderr.contains("an MTU of at least 1548"),
+        stderr.contains("1500-byte datagrams do not fit every 1500-byte MTU path")
+            && stderr.contains("an MTU of at least 1548 (over IPv6; 1528 over IPv4)"),
         "{stderr}"
     );
     let quiet = pack("quiet.lca", &["--datagram-size", "1452"]);

@@ -666,6 +666,12 @@ fn fraction(count: usize, of: usize) -> f64 {
     count as f64 / of.max(1) as f64
 }
 
+/// `count` of `of`, or nothing when there was nothing to count (`null` in the JSON: a short run
+/// checks no client at 10 s, and 0.0 read as "none matched").
+fn measured_fraction(count: usize, of: usize) -> Option<f64> {
+    (of > 0).then(|| fraction(count, of))
+}
+
 /// Runs the fleet and returns its figures (JSON).
 pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
     if args.clients == 0 || args.servers == 0 || args.directors == 0 {
@@ -989,7 +995,7 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
             serde_json::json!({
                 "class": LINK_CLASSES[class].0,
                 "clients": count,
-                "matched_fraction": fraction(*matched, *count),
+                "matched_fraction": measured_fraction(*matched, *count),
                 "tier_rate_bits_per_s_p10": quantile(rates, 0.1),
                 "tier_rate_bits_per_s_p50": quantile(rates, 0.5),
                 "tier_rate_bits_per_s_p90": quantile(rates, 0.9),
@@ -1071,9 +1077,9 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
         "placed_fraction_at_end": fraction(placed, args.clients),
         "gave_up": gave_up,
         "checked": checked,
-        "placed_fraction_at_10s": fraction(placed_at_check, checked),
-        "server_fit_fraction_at_10s": fraction(server_fit_at_check, checked),
-        "matched_fraction_at_10s": fraction(matched_at_check, checked),
+        "placed_fraction_at_10s": measured_fraction(placed_at_check, checked),
+        "server_fit_fraction_at_10s": measured_fraction(server_fit_at_check, checked),
+        "matched_fraction_at_10s": measured_fraction(matched_at_check, checked),
         "matched_fraction_at_end": fraction(
             sim.clients.iter().filter(|c| c.matched_now).count(),
             args.clients,
@@ -1252,6 +1258,9 @@ mod tests {
                 && !line.contains("NaN"),
             "{line}"
         );
+        // And the JSON says null, not 0.0, for what it did not measure.
+        assert!(report["matched_fraction_at_10s"].is_null(), "{report}");
+        assert!(report["server_fit_fraction_at_10s"].is_null(), "{report}");
     }
 
     /// Seeds that put many clients on tiers too slow for them before members could move up

@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Parses a rate in bits per second: `250M`, `1G`, `800k`, `1500000`, or `unpaced` (0).
+/// The fastest rate [`parse_rate`] takes: 1 Tbit/s.
+pub const RATE_MAX_BITS_PER_S: u64 = 1_000_000_000_000;
+
 pub fn parse_rate(text: &str) -> Result<u64, String> {
     let lower = text.trim().to_ascii_lowercase();
     if lower == "unpaced" || lower == "0" {
@@ -36,6 +39,12 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     if !(value.is_finite() && value > 0.0) {
         return Err(format!(
             "bad rate {text:?}: must be positive (no pacing at all is \"unpaced\")"
+        ));
+    }
+    // (A 24-digit rate saturated to 18446744073.71 Gbit/s, and was paced as that.)
+    if value * multiplier > RATE_MAX_BITS_PER_S as f64 {
+        return Err(format!(
+            "rate {text:?} is above 1000G: faster than any link (a number alone is bits per second)"
         ));
     }
     let bits = (value * multiplier) as u64;
@@ -426,6 +435,11 @@ mod tests {
         assert_eq!(parse_rate("unpaced"), Ok(0));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("-1M").is_err());
+        assert_eq!(parse_rate("1000G"), Ok(RATE_MAX_BITS_PER_S));
+        assert!(parse_rate("100000000000000000000000")
+            .unwrap_err()
+            .contains("above 1000G"));
+        assert!(parse_rate("1001g").is_err());
         // A zero with a unit is no rate; the message names the word for no pacing.
         assert!(parse_rate("0M").unwrap_err().contains("\"unpaced\""));
         // A bare number is bits per second: the message says so when it is too small.

@@ -490,9 +490,11 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
         .is_some_and(|size| size > MTU_1500_PAYLOAD_MAX)
     {
         eprintln!(
-            "loopcast: note: {datagram_size}-byte datagrams do not fit a 1500-byte MTU path ({MTU_1500_PAYLOAD_MAX} \
-             bytes at most over IPv6): every path to a client needs an MTU of at least {}",
-            datagram_size + 48
+            "loopcast: note: {datagram_size}-byte datagrams do not fit every 1500-byte MTU path ({MTU_1500_PAYLOAD_MAX} \
+             bytes at most over IPv6, 1472 over IPv4): every path to a client needs an MTU of at least {} \
+             (over IPv6; {} over IPv4)",
+            datagram_size + 48,
+            datagram_size + 28
         );
     }
     let frame_raw_size = u32::try_from(args.frame_size).map_err(|_| "frame size too large")?;
@@ -1018,9 +1020,10 @@ fn already_downloaded(
     Failure {
         code: refused.code,
         message: format!(
-            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force",
+            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force. It holds root {} of {name:?}: if `loopcast ls` shows another root for it now, that copy is an older version (--root ROOT checks this before anything else)",
             archive.display(),
-            shell_word(&archive.display().to_string())
+            shell_word(&archive.display().to_string()),
+            existing.info().root().to_hex()
         ),
     }
 }
