@@ -472,6 +472,10 @@ impl PathEstimate {
     /// (up to `CLIMB_BACKOFF_MAX`) while it is moved off each tier it tried.
     pub fn moved(&mut self, now: Instant, from_rate: u64, to_rate: u64, relief: bool) {
         self.new_epoch(relief.then_some(to_rate));
+        // Nothing counted yet on its new tier: what it said on the old one does not make it a
+        // member the new tier waits for (`may_yet_keep_up`; one moved down because it lost,
+        // its streak reset by the move, held a tier whose members all lost 1 s: hx_attack22 R4).
+        self.counted_at = None;
         let climb = &mut self.climb;
         if relief {
             // Moved down within `CLIMB_PROVEN` of its last move up: that try failed, whatever
@@ -580,6 +584,12 @@ impl PathEstimate {
             && self
                 .counted_at
                 .is_none_or(|at| now.saturating_since(at) < CONGESTION_STALE)
+    }
+
+    /// Its last counted report is within `CONGESTION_STALE` (or the endpoint did not say when).
+    fn counted_lately(&self, now: Instant) -> bool {
+        self.counted_at
+            .is_none_or(|at| now.saturating_since(at) < CONGESTION_STALE)
     }
 
     /// Not heard since its tier last changed, but its last counted report, within
@@ -1155,13 +1165,21 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             } else {
                 (SHORT_SENDER_MOVE_BELOW_SHARE, 2 * HELD_LOSS_REPORTS)
             };
+            // The best of those that lost got all of the rate: it would not fall.
+            let rate_stays = congested
+                .iter()
+                .any(|m| m.estimate.capacity(rate) >= rate as f64);
             let mut movable: Vec<&MemberPlan<'_>> = congested
                 .iter()
                 .copied()
                 .filter(|m| dwelt(config, now, m))
                 .filter(|m| {
                     m.estimate.capacity(rate) < share * reference
-                        || (settled_clear && m.estimate.congested_streak >= held_for)
+                        // (Also where the rate holds as nobody keeps up: a member that says
+                        // it lost but got the whole rate sets it where it is, and the others
+                        // stayed in loss for good: hx_attack22 R2.)
+                        || ((settled_clear || rate_stays)
+                            && m.estimate.congested_streak >= held_for)
                 })
                 .collect();
             movable.sort_by(|a, b| {
@@ -1211,7 +1229,13 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // took 16.8 s for 32 MiB against 6.2.) The wait is for members that counted lately
             // (`CONGESTION_STALE`): one that stops reporting holds nothing.
             let awaited = tier.members.iter().any(|m| m.estimate.may_yet_keep_up(now));
-            if settled_clear || !clear.is_empty() || moved == congested.len() || awaited {
+            // (One that lost and then sent nothing that counts, past `CONGESTION_STALE`, holds
+            // nothing either: read as "just lost" for good, it held honest members in loss for
+            // good: hx_attack22 R3.)
+            let holding_clear = clear
+                .iter()
+                .any(|m| m.estimate.congested_streak == 0 || m.estimate.counted_lately(now));
+            if settled_clear || holding_clear || moved == congested.len() || awaited {
                 continue;
             }
         }
@@ -1262,11 +1286,17 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
     for &(index, to, fall) in &joining {
         // (A tier joined by one whose members all leave it in this plan, or that joins another
         // itself, would close under them.)
+        // Nor one whose rate this plan moved away from near where this one would fall (it fell
+        // or doubled: joined at the rate it had before the plan, 49 Mbit/s members landed on
+        // 4.5 or 90 Mbit/s: hx_attack22 R1).
         let kept = match to {
             Target::Tier(to) => {
                 let leaving = moves.iter().filter(|m| m.from == to).count();
+                let to_rate = tiers[to].control.rate as f64;
                 (leaving == 0 || tiers[to].members.len() > leaving)
                     && !joining.iter().any(|&(from, _, _)| from == to)
+                    && to_rate < tiers[index].control.rate as f64
+                    && (to_rate / (0.9 * fall.capacity).max(1.0)).ln().abs() <= NEAR_DUPLICATE.ln()
             }
             Target::New { .. } => true,
         };
@@ -1489,8 +1519,6 @@ fn climbs(
     }
 }
 
-/// Whether the file may open another tier: its shared tiers (`rates`) and those this plan
-/// opens (`new_tiers`) are fewer than `tiers_allowed`.
 /// Where a tier whose members all lost falls to ([`TierControl::decrease_to`]'s arguments).
 #[derive(Clone, Copy, Debug)]
 struct Fall {
@@ -1525,6 +1553,8 @@ fn near_slower_tier(
         .map(|(to, _)| to)
 }
 
+/// Whether the file may open another tier: its shared tiers (`rates`) and those this plan
+/// opens (`new_tiers`) are fewer than `tiers_allowed`.
 fn has_room(rates: &[Option<u64>], new_tiers: &[(u64, TierStart)], tiers_allowed: usize) -> bool {
     rates.iter().flatten().count() + new_tiers.len() < tiers_allowed
 }

@@ -1468,6 +1468,7 @@ fn a_doubling_tier_whose_members_lose_with_nowhere_to_go_stops_doubling_there() 
 mod attack;
 mod attack20;
 mod attack21;
+mod attack22;
 mod attack9;
 
 /// A client that could place no gaps yet (nothing it received since it moved has verified:
