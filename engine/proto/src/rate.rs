@@ -580,10 +580,7 @@ impl PathEstimate {
     /// Congested, and as of a counted report within `CONGESTION_STALE` where the endpoint
     /// told when ([`PathEstimate::note_report_at`]).
     fn holds_congestion(&self, config: &RateConfig, now: Instant) -> bool {
-        self.is_congested(config)
-            && self
-                .counted_at
-                .is_none_or(|at| now.saturating_since(at) < CONGESTION_STALE)
+        self.is_congested(config) && self.counted_lately(now)
     }
 
     /// Its last counted report is within `CONGESTION_STALE` (or the endpoint did not say when).
@@ -597,9 +594,8 @@ impl PathEstimate {
     fn may_yet_keep_up(&self, now: Instant) -> bool {
         !self.is_fresh()
             && self.congested_streak == 0
-            && self
-                .counted_at
-                .is_some_and(|at| now.saturating_since(at) < CONGESTION_STALE)
+            && self.counted_at.is_some()
+            && self.counted_lately(now)
     }
 
     /// What reached the member in its last report: its path's capacity when congested
