@@ -322,6 +322,36 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
             && !stderr.contains("to play it"),
         "{stderr}"
     );
+    // A plain `get` (no --follow) onto these copies says the same: the version it holds, and
+    // another version than --root names (it said only "already exists").
+    let plain = |output: &std::path::Path, root: Option<&str>| {
+        let mut command = Command::new(bin("loopcast"));
+        command
+            .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
+            .arg("--keys")
+            .arg(&keys)
+            .arg("--output")
+            .arg(output);
+        if let Some(root) = root {
+            command.args(["--root", root]);
+        }
+        let done = command.output().expect("loopcast starts");
+        assert_eq!(done.status.code(), Some(3), "{done:?}");
+        String::from_utf8_lossy(&done.stderr).into_owned()
+    };
+    let stderr = plain(&archive, None);
+    assert!(
+        stderr.contains(&format!("holds root {held} of \"film.bin\""))
+            && stderr.contains("add --force")
+            && !stderr.contains("to play it"),
+        "{stderr}"
+    );
+    let stderr = plain(&old_copy, Some(root));
+    assert!(
+        stderr.contains(r#"holds another version of "film.bin""#)
+            && stderr.contains(&format!("not the --root {root}")),
+        "{stderr}"
+    );
 }
 
 /// --follow refuses an encrypted file without a key database before downloading anything.

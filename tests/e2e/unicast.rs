@@ -302,6 +302,14 @@ pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert_eq!(shape_of(&scratch.path(archive)).0, size, "{extra:?}");
+        // --jumbo is the same size as 8944 by hand: it gets the same note (it had none).
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(&format!(
+                "{size}-byte datagrams do not fit every 1500-byte MTU path"
+            )),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 

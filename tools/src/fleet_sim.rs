@@ -839,8 +839,12 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
     }
 
     crate::phase(format_args!(
-        "fleet-sim: {} clients, {} servers, {} directors, {:.0} virtual seconds, seed {}",
-        args.clients, args.servers, args.directors, args.seconds, args.seed
+        "fleet-sim: {}, {}, {}, {:.0} virtual seconds, seed {}",
+        counted(args.clients, "client"),
+        counted(args.servers, "server"),
+        counted(args.directors, "director"),
+        args.seconds,
+        args.seed
     ));
     let mut next_check = 0usize;
     let mut checked = 0usize;
@@ -1113,6 +1117,15 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
     Ok(report)
 }
 
+/// "1 client", "2 clients".
+fn counted(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 /// One line for people.
 pub fn describe(report: &serde_json::Value) -> String {
     let f = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
@@ -1146,13 +1159,14 @@ pub fn describe(report: &serde_json::Value) -> String {
             ),
         }
     };
+    let count = |key: &str, noun: &str| counted(report[key].as_u64().unwrap_or(0) as usize, noun);
     format!(
-        "fleet-sim: {} clients, {} servers, {} directors, {:.0} s virtual in {:.0} s wall ({:.2} s per virtual s); \
+        "fleet-sim: {}, {}, {}, {:.0} s virtual in {:.0} s wall ({:.2} s per virtual s); \
          {:.0} routing decisions/s, {:.0} reports/s (server machines' own time); placed at end {:.2}%; \
          {matched}; {failover}; routed to the dead server after expiry: {}; peak memory {} MiB",
-        report["clients"],
-        report["servers"],
-        report["directors"],
+        count("clients", "client"),
+        count("servers", "server"),
+        count("directors", "director"),
         f("virtual_seconds"),
         f("wall_seconds"),
         f("wall_seconds_per_virtual_second"),

@@ -249,20 +249,29 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
-    /// A simulated fleet (real director, server and client machines) on virtual time.
+    /// A simulated fleet (real director, server and client machines) on virtual time. Clients
+    /// ask over the first 5 virtual seconds, each behind a link of 5M, 50M, 500M or unlimited;
+    /// it reports the share on the server and tier matching their link 10 s after asking, then
+    /// kills one server at 16 s and times its clients' move to the others.
     FleetSim {
+        /// Clients, each with its own link and its own time to ask.
         #[arg(long, default_value_t = 100_000)]
         clients: usize,
+        /// Servers, each with the same file (one is killed when there are two or more).
         #[arg(long, default_value_t = 10)]
         servers: usize,
+        /// Directors the clients ask (each knows every server).
         #[arg(long, default_value_t = 2)]
         directors: usize,
         /// Virtual seconds to run, 1-3600 (the 10 s match check needs over 10, the server kill
         /// over 26).
         #[arg(long, default_value_t = 30.0, value_parser = parse_fleet_seconds)]
         seconds: f64,
+        /// Seed of every random choice (links, arrival times, machines' own seeds): the same
+        /// seed gives the same run.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// One JSON report on stdout instead of the line for people.
         #[arg(long)]
         json: bool,
     },

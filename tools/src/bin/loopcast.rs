@@ -482,13 +482,11 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
     } else {
         DATAGRAM_SIZE_MTU_1500
     });
-    // Past what a 1500-byte MTU carries, a size chosen by hand needs a larger MTU on every path
-    // to every client (1500 itself was taken with no word, and is fragmented or dropped there).
+    // Past what a 1500-byte MTU carries, a size (by hand or --jumbo) needs a larger MTU on
+    // every path to every client (1500 itself was taken with no word, and is fragmented or
+    // dropped there).
     const MTU_1500_PAYLOAD_MAX: u16 = 1500 - 40 - 8;
-    if args
-        .datagram_size
-        .is_some_and(|size| size > MTU_1500_PAYLOAD_MAX)
-    {
+    if datagram_size > MTU_1500_PAYLOAD_MAX {
         eprintln!(
             "loopcast: note: {datagram_size}-byte datagrams do not fit every 1500-byte MTU path ({MTU_1500_PAYLOAD_MAX} \
              bytes at most over IPv6, 1472 over IPv4): every path to a client needs an MTU of at least {} \
@@ -798,8 +796,9 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
     })
     .map_err(|error| {
         let mut failure = match error {
-            ClientError::Output(OutputError::Exists(path)) if args.follow && path == output => {
-                already_downloaded(&path, &args.name, config.expect_root, args.keys.as_deref())
+            ClientError::Output(OutputError::Exists(path)) if path == output => {
+                let play = args.follow.then_some(args.keys.as_deref());
+                already_downloaded(&path, &args.name, config.expect_root, play)
             }
             error => Failure::from(error),
         };
@@ -975,17 +974,17 @@ fn parse_datagram_size(text: &str) -> Result<u16, String> {
     Ok(u16::try_from(bytes).expect("the accepted range is within u16"))
 }
 
-/// `get --follow` to an output that exists: most likely this download (`name`), finished and
-/// published by an earlier run. Says how to play that (`extract -o -`, with the real paths)
-/// and how to download it again (--force); an archive of another file says which file it
-/// holds (it was given the hint to play that one), and one of another version of it than
-/// `--root` asks for says so (it too was given the hint); anything but an archive gets the
-/// plain refusal.
+/// `get` to an output that exists: most likely this download (`name`), finished and
+/// published by an earlier run. Says how to download it again (--force) and which version it
+/// holds, and with `--follow` (`play`: `Some(keys)`) how to play it (`extract -o -`, with the
+/// real paths); an archive of another file says which file it holds (it was given the hint to
+/// play that one), and one of another version of it than `--root` asks for says so (it too
+/// was given the hint); anything but an archive gets the plain refusal.
 fn already_downloaded(
     archive: &Path,
     name: &str,
     expect_root: Option<RootHash>,
-    keys: Option<&Path>,
+    play: Option<Option<&Path>>,
 ) -> Failure {
     let refused = Failure::from(OutputError::Exists(archive.to_owned()));
     let Ok(existing) = ArchiveFile::open(archive) else {
@@ -1012,6 +1011,16 @@ fn already_downloaded(
             ),
         };
     }
+    let Some(keys) = play else {
+        return Failure {
+            code: refused.code,
+            message: format!(
+                "{} already exists (downloaded before?) and holds root {} of {name:?}; to download it again, add --force. If `loopcast ls` shows another root for it now, that copy is an older version (--root ROOT checks this before anything else)",
+                archive.display(),
+                existing.info().root().to_hex()
+            ),
+        };
+    };
     let keys = match (existing.info().encrypted, keys) {
         (false, _) => String::new(),
         (true, Some(keys)) => format!(" --keys {}", shell_word(&keys.display().to_string())),
