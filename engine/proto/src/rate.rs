@@ -814,6 +814,14 @@ impl TierControl {
         self.settled_at = now + config.settle;
     }
 
+    /// A slow start that made no step for a dwell ends where it is, without a loss to
+    /// remember: the rate rises from here by steps (see the merge in [`plan`]).
+    fn end_stalled_slow_start(&mut self) {
+        self.slow_start = false;
+        self.from_floor = false;
+        self.rising = false;
+    }
+
     /// Members lost: slow start and every run of increases end (`floored`: at a floor, see
     /// [`TierControl::decrease_to`]).
     fn stop_rising(&mut self, floored: bool) {
@@ -1366,6 +1374,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
         if !holds {
             continue;
         }
+        let mut merging = false;
         for member in &tiers[slow].members {
             if member.estimate.noise_loss() > NOISY && !tiers[fast].members.is_empty() {
                 continue;
@@ -1383,6 +1392,16 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 to: Target::Tier(fast),
                 relief: false,
             });
+            merging = true;
+        }
+        // A tier that takes a merge while its slow start stalled (no step for a dwell) is not
+        // ramping: it stops doubling, so the merged members' first reports raise it by a step,
+        // not to twice their path. A member that claims a third of every rate and no loss
+        // parked a tier at 0.97 of an honest tier's path; the honest tier merged in, its first
+        // report lifted the mean past half the rate, and the tier doubled to 1.94x that path
+        // (hx_attack21 R2).
+        if merging && tiers[fast].control.slow_start {
+            tiers[fast].control.end_stalled_slow_start();
         }
     }
     if config.policy == TierPolicy::Distribution {
