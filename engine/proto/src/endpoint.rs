@@ -349,8 +349,9 @@ struct Session {
     credit_refreshed: Instant,
     /// What its reports say about its path (R12).
     estimate: PathEstimate,
-    /// When it last moved between tiers.
+    /// When it last moved between tiers, and its new tier's rate then.
     moved_at: Option<Instant>,
+    moved_to_rate: u64,
     /// The `sent_at_us` of its last Report (echoed in an unsolicited Feedback after a move).
     last_report_us: u32,
     /// Reports it may have judged (`REPORTS_JUDGED_PER_S`, `REPORTS_JUDGED_BURST`), and those
@@ -966,7 +967,20 @@ impl Endpoint {
                 // A moved client switches group a round trip after the move: its reports
                 // count from a settle time after that.
                 let counts = if state.settling_after_move(started, rate_config.move_settle) {
-                    Counts::Unsettled
+                    // Wholly on the new tier (the client starts a new count when it hears of
+                    // the move), and after the tier's own last change: a clean one counts.
+                    // Once the tier has changed since (a clean report raised it), a loss
+                    // counts too: read only when clean, a floor ramp stepped past a 3 Gbit/s
+                    // path and stayed there until the settle ended, 0.4 s later (hx_attack17
+                    // R-B).
+                    let on_new_tier = state.moved_at.is_some_and(|moved| started >= moved);
+                    if !(on_new_tier && started >= channel.tier.settled_at() && loss_judged) {
+                        Counts::Unsettled
+                    } else if channel.tier.rate() == state.moved_to_rate {
+                        Counts::CleanOnly
+                    } else {
+                        Counts::Settled
+                    }
                 } else if started >= channel.tier.settled_at() {
                     if loss_judged {
                         Counts::Settled
@@ -995,7 +1009,9 @@ impl Endpoint {
                     counts,
                 );
                 state.estimate.note_report_at(now);
-                if counts == Counts::Settled && channel.tier.in_slow_start() {
+                if matches!(counts, Counts::Settled | Counts::CleanOnly)
+                    && channel.tier.in_slow_start()
+                {
                     // A slow-start step is judged from this report at once, before the
                     // Feedback that answers it, so the client hears of the rise a round trip
                     // later instead of a report interval and a control step later. At most
@@ -1313,6 +1329,7 @@ impl Endpoint {
                 credit_refreshed: now,
                 estimate: PathEstimate::default(),
                 moved_at: None,
+                moved_to_rate: 0,
                 last_report_us: 0,
                 reports_judged: CountBucket::full(REPORTS_JUDGED_BURST, now),
                 reports_waiting: None,
@@ -2171,6 +2188,7 @@ impl Endpoint {
         let state = self.sessions.get_mut(&session).expect("checked above");
         state.channel = to;
         state.moved_at = Some(now);
+        state.moved_to_rate = to_rate;
         state.estimate.moved(now, from_rate, to_rate, relief);
         let goodput = state.estimate.goodput().mean();
         let loss = state.estimate.loss().mean();

@@ -217,6 +217,12 @@ pub enum Counts {
     LossOnly,
     /// Made partly before a change that may have cured a loss: it says nothing.
     Unsettled,
+    /// Made wholly on the member's new tier but before its move settled (`move_settle`): the
+    /// old group may still crowd its link (a switch without fast leave floods it for a while),
+    /// so a loss in it says nothing, but one that kept up without loss counts as settled: the
+    /// new tier did reach it whole. (Read as nothing, a 500 Mbit/s receiver moved to a new tier
+    /// at 359 Mbit/s waited 0.8 s for its first rise, most of a 32 MiB file.)
+    CleanOnly,
     /// Made after the tier's last change settled, by a client that could place no gaps
     /// (nothing it received since it joined or moved had verified: `Report::loss_judged`):
     /// only a shortfall against what the tier sent counts. Counted as no loss, such reports
@@ -243,6 +249,9 @@ pub struct PathEstimate {
     rtt: Option<Duration>,
     /// The last report's goodput (bits/s) and loss fraction.
     last_goodput: f64,
+    /// The share of what its tier's sender really sent over the last report's interval that
+    /// reached it (of the nominal rate where the sender's count is not known).
+    last_sent_share: f64,
     last_loss: f64,
     /// Congested reports in a row.
     congested_streak: u32,
@@ -336,11 +345,18 @@ impl PathEstimate {
         // three receivers sent 2-4), and against the rate, full reports read as mostly lost.
         let nominal = rate as f64 * interval.as_secs_f64() / datagram_bits.max(1) as f64;
         let sent = sent.map_or(nominal, |sent| nominal.min(sent as f64));
+        self.last_sent_share = if sent > 0.0 {
+            f64::from(received) / sent
+        } else {
+            1.0
+        };
         let kept_up_with_short_sender = sent < SENDER_SHORT_BELOW * nominal
             && sent > 0.0
             && f64::from(received) >= SENT_KEEP_UP_SHARE * sent;
-        let short = matches!(counts, Counts::Settled | Counts::Unjudged)
-            && received > 0
+        let short = matches!(
+            counts,
+            Counts::Settled | Counts::Unjudged | Counts::CleanOnly
+        ) && received > 0
             && f64::from(received) < SENT_SHORTFALL * sent;
         let lost = if short {
             lost.max((sent - f64::from(received)).min(f64::from(u32::MAX)) as u32)
@@ -392,8 +408,14 @@ impl PathEstimate {
             Counts::Settled | Counts::Unjudged => {}
             // Lost at a rate the tier has only raised since: congested at today's too.
             Counts::LossOnly if congested => {}
+            // Kept up on the new tier, whatever the old group still does to its link: no loss,
+            // and nearly all that was sent. (A first report 23 ms after a move got 93 of 153
+            // datagrams, the rest sent before the join took, and no loss: counted, its
+            // goodput set a new 408.7 Mbit/s tier to 41.1.)
+            Counts::CleanOnly
+                if !congested && f64::from(received) >= FLOOR_KEEP_UP_SHARE * sent => {}
             // Made before the tier's last change settled: says nothing about it.
-            Counts::LossOnly | Counts::Unsettled => {
+            Counts::LossOnly | Counts::Unsettled | Counts::CleanOnly => {
                 self.uncounted_since += 1;
                 return;
             }
@@ -1078,9 +1100,15 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // of the rate and no loss dragged the mean under the share every step, and honest
             // members behind faster paths to 0.57 of their start (hx_attack20 R1).
             let typical = upper_median(clear.iter().map(|m| m.estimate.capacity(rate)));
+            // Each member judged against what the sender sent over its own report: over
+            // another window, a sender short of the rate for a moment (a 2-core host still
+            // sending a faster tier) read as a path of half the rate, and a new 411.8 Mbit/s
+            // tier for a 500 Mbit/s receiver fell to 184.8.
+            let typical_share = upper_median(clear.iter().map(|m| m.estimate.last_sent_share));
             if tier.control.slow_start
                 && tier.control.from_floor
                 && typical < FLOOR_KEEP_UP_SHARE * sent
+                && typical_share < FLOOR_KEEP_UP_SHARE
             {
                 // From a floor the path's rate is near, and a step past it shows at once as
                 // members getting less than was sent (a link's queue hides the loss for a

@@ -1009,6 +1009,55 @@ fn a_nak_sent_before_the_client_heard_of_its_move_is_not_repaired_on_the_new_tie
     assert_eq!(endpoint.counters().naks_before_move, 1);
 }
 
+/// A moved client's reports made wholly on its new tier, before the move settles
+/// (`move_settle`, 500 ms: the old group may still crowd its link): a clean one that got all
+/// that was sent counts, and the new tier steps up at once; a lossy one, or a short one (the
+/// join not yet taken), says nothing, and the tier keeps its rate. (Read as nothing, a 500
+/// Mbit/s receiver's new tier at 359 Mbit/s waited 0.8 s for its first step, most of a 32 MiB
+/// file; counted, a short first report set a new 408.7 Mbit/s tier to 41.1.)
+#[test]
+fn a_moved_clients_clean_report_steps_its_new_tier_before_the_move_settles_and_no_other_does() {
+    for (case, share_received, share_lost) in [
+        ("clean", 1.0, 0.0),
+        ("lossy", 0.7, 0.3),
+        ("short", 0.6, 0.0),
+    ] {
+        let (mut endpoint, mut files) = adaptive_endpoint(true);
+        let SlowMoved {
+            slow,
+            at: moved_at,
+            rate,
+            ..
+        } = move_the_slow_member(&mut endpoint, &mut files);
+        // 100 ms made 300-400 ms after the move: after the new tier's start, before the move
+        // settles.
+        let sent = rate as f64 * 0.1 / (f64::from(DATAGRAM_SIZE_MTU_1500) * 8.0);
+        let report = ControlMessage::Report {
+            session: slow,
+            sent_at_us: 9,
+            interval_us: 100_000,
+            received: (share_received * sent) as u32,
+            lost: (share_lost * sent) as u32,
+            rtt_us: 1_000,
+            loss_judged: true,
+        }
+        .to_bytes();
+        let now = moved_at + Duration::from_millis(400);
+        endpoint.handle_control(now, addr("192.0.2.11:6000"), &report, &mut files);
+        endpoint.handle_timeout(now);
+        let (transmits, _) = drain(&mut endpoint);
+        let told = feedback_of(&transmits, slow).expect("answered").3;
+        if case == "clean" {
+            assert!(
+                told as f64 > 1.05 * rate as f64,
+                "{case}: its new tier at {rate} steps up: {told}"
+            );
+        } else {
+            assert_eq!(told, rate, "{case}: its new tier keeps its rate");
+        }
+    }
+}
+
 #[test]
 fn a_client_that_cannot_keep_up_moves_to_a_slower_tier_and_the_others_stay() {
     let (mut endpoint, mut files) = adaptive_endpoint(true);

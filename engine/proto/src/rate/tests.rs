@@ -1659,6 +1659,37 @@ fn a_floor_ramp_stops_where_members_get_less_than_was_sent_before_any_loss_shows
     assert!(!control.in_slow_start(), "the path's rate is found");
 }
 
+/// A floor ramp whose sender falls short for a moment (a 2-core host still sending a faster
+/// tier): its member got 892 of the 936 datagrams sent over its 50 ms report, half what the
+/// rate would send, with nothing lost. Judged against the tier's rate over another window, it
+/// read as a path of half the rate: a new 411.8 Mbit/s tier for a 500 Mbit/s receiver fell to
+/// 184.8. Judged against what was sent over its own report, it kept up.
+#[test]
+fn a_floor_ramp_whose_sender_fell_short_over_a_report_does_not_fall_to_what_reached_its_member() {
+    let config = RateConfig::default();
+    let rate = (411.8 * MBIT) as u64;
+    let mut control = TierControl::new_floor(&config, at(0), rate);
+    let mut member = PathEstimate::default();
+    member.observe(
+        &config,
+        892,
+        0,
+        Duration::from_millis(50),
+        DATAGRAM_BITS,
+        rate,
+        Some(936),
+        None,
+        Counts::Settled,
+    );
+    let mut members = [member];
+    plan_one_tier(&config, at(60), &mut control, &mut members);
+    assert!(
+        control.rate() >= rate,
+        "it kept up with what was sent: {:.1} Mbit/s",
+        control.rate() as f64 / MBIT
+    );
+}
+
 /// A member alone on its tier behind a 50 Mbit/s link that drops a fifth of everything at
 /// random (each datagram on its own, as `nft ... numgen random mod 100 < 20`), reporting every
 /// 200 ms what it counted, on a tier that starts at 4 Mbit/s. The loss of a report is a
