@@ -1295,7 +1295,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 .flatten()
                 .filter(|_| {
                     tier.members.iter().all(|m| {
-                        moves.iter().any(|mv| mv.member == m.id && mv.from == index)
+                        moving(&moves, m.id, index)
                             || (m.estimate.holds_congestion(config, now)
                                 && m.estimate.is_fresh()
                                 && dwelt(config, now, m))
@@ -1340,10 +1340,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             continue;
         }
         for member in &tiers[index].members {
-            if !moves
-                .iter()
-                .any(|m| m.member == member.id && m.from == index)
-            {
+            if !moving(&moves, member.id, index) {
                 moves.push(Move {
                     member: member.id,
                     from: index,
@@ -1603,6 +1600,11 @@ fn has_room(rates: &[Option<u64>], new_tiers: &[(u64, TierStart)], tiers_allowed
 }
 
 /// Whether a move in `moves` leaves tier `tier` or goes to it.
+/// Whether `moves` already take `member` off `tier`.
+fn moving(moves: &[Move], member: u64, tier: usize) -> bool {
+    moves.iter().any(|m| m.member == member && m.from == tier)
+}
+
 fn touches(moves: &[Move], tier: usize) -> bool {
     moves
         .iter()
