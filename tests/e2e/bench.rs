@@ -271,6 +271,11 @@ pub fn bench_into_a_closed_pipe_exits_quietly_and_cleans_up() {
                 media.display().to_string(),
             ],
         ),
+        // --help too (clap's own exit ignored the error: `--help > /dev/full` exited 0).
+        ("loopcast", vec!["--help".to_owned()]),
+        ("loopcastd", vec!["--help".to_owned()]),
+        ("loopcastctl", vec!["--help".to_owned()]),
+        ("loopcast-bench", vec!["--help".to_owned()]),
     ] {
         let (reader, writer) = std::io::pipe().unwrap();
         drop(reader);

@@ -294,19 +294,49 @@ pub fn exit_cleanly_on_stdout_errors(
         Err(payload) => match write_error(payload.as_ref()) {
             Some(error) if error.contains("Broken pipe") => std::process::ExitCode::from(141),
             Some(error) => {
-                let program = std::env::args_os()
-                    .next()
-                    .map(std::path::PathBuf::from)
-                    .and_then(|path| {
-                        path.file_name()
-                            .map(|name| name.to_string_lossy().into_owned())
-                    })
-                    .unwrap_or_else(|| "loopcast".to_owned());
-                eprintln!("{program}: cannot write to stdout: {error}");
+                eprintln!("{}: cannot write to stdout: {error}", program_name());
                 std::process::ExitCode::FAILURE
             }
             None => std::panic::resume_unwind(payload),
         },
+    }
+}
+
+/// This program's name, as it was started ("loopcast" if that cannot be read).
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|path| {
+            path.file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "loopcast".to_owned())
+}
+
+/// The command line parsed as `T`, from `argv`. `--help` and `--version` print to stdout and
+/// exit 0 as clap does, but a write error is said (one line, exit 1; a closed pipe exits 141
+/// quietly): clap's own exit ignored it, and `--help > /dev/full` exited 0 with nothing
+/// written. Usage errors go to stderr with clap's exit code, as before.
+pub fn parse_command_line<T: clap::Parser>(argv: impl IntoIterator<Item = String>) -> T {
+    let error = match T::try_parse_from(argv) {
+        Ok(parsed) => return parsed,
+        Err(error) => error,
+    };
+    if error.use_stderr() {
+        error.exit();
+    }
+    let written = error.print().and_then(|()| {
+        use std::io::Write;
+        std::io::stdout().flush()
+    });
+    match written {
+        Ok(()) => std::process::exit(error.exit_code()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => {
+            eprintln!("{}: cannot write to stdout: {e}", program_name());
+            std::process::exit(1);
+        }
     }
 }
 

@@ -641,7 +641,7 @@ fn main() -> ExitCode {
 fn run() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     let cli = match with_config_file(argv.clone()) {
-        Ok(expanded) => Cli::parse_from(expanded),
+        Ok(expanded) => loopcast_tools::parse_command_line::<Cli>(expanded),
         Err(error) => {
             eprintln!("loopcastd: error: {error}");
             return ExitCode::from(2);
