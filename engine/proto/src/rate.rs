@@ -1599,12 +1599,12 @@ fn has_room(rates: &[Option<u64>], new_tiers: &[(u64, TierStart)], tiers_allowed
     rates.iter().flatten().count() + new_tiers.len() < tiers_allowed
 }
 
-/// Whether a move in `moves` leaves tier `tier` or goes to it.
 /// Whether `moves` already take `member` off `tier`.
 fn moving(moves: &[Move], member: u64, tier: usize) -> bool {
     moves.iter().any(|m| m.member == member && m.from == tier)
 }
 
+/// Whether a move in `moves` leaves tier `tier` or goes to it.
 fn touches(moves: &[Move], tier: usize) -> bool {
     moves
         .iter()

@@ -1015,7 +1015,7 @@ fn already_downloaded(
         return Failure {
             code: refused.code,
             message: format!(
-                "{} already exists (downloaded before?) and holds root {} of {name:?}; to download it again, add --force. If `loopcast ls` shows another root for it now, that copy is an older version (--root ROOT checks this before anything else)",
+                "{} already exists (downloaded before?) and holds root {} of {name:?}; to download it again, add --force; {OLDER_VERSION_HINT}",
                 archive.display(),
                 existing.info().root().to_hex()
             ),
@@ -1029,13 +1029,16 @@ fn already_downloaded(
     Failure {
         code: refused.code,
         message: format!(
-            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force. It holds root {} of {name:?}: if `loopcast ls` shows another root for it now, that copy is an older version (--root ROOT checks this before anything else)",
+            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force. It holds root {} of {name:?}: {OLDER_VERSION_HINT}",
             archive.display(),
             shell_word(&archive.display().to_string()),
             existing.info().root().to_hex()
         ),
     }
 }
+
+/// After the root an existing copy holds: how to tell it from the version served now.
+const OLDER_VERSION_HINT: &str = "if `loopcast ls` shows another root for it now, that copy is an older version (--root ROOT checks this before anything else)";
 
 /// `word` as one shell word: as it is if it holds only characters no shell treats specially,
 /// else single-quoted.
