@@ -145,15 +145,20 @@ pub fn receivers_behind_5m_50m_and_unlimited_links_each_finish_at_their_own_pace
         // not receive the file again in repairs it asked for while its tier was far too fast,
         // nor wait a loop for what a doubling past its link lost, nor stay 1.6 s on a 1 Gbit/s
         // tier that its reports showed no loss on (before these were fixed: 874 to 1,673
-        // duplicates of 3,050 datagrams in 5 of 14 runs; since, 71 to 101 in 8 runs).
+        // duplicates of 3,050 datagrams in 5 of 14 runs). Healthy runs still receive part of
+        // the loop twice: what came through the link's bucket at the start, and, when a probe
+        // above the link loses near the end of the loop, what the loop sends again while that
+        // loss is repaired: 75 to 345 in 12 runs on 2026-11-29 (886bce9 and 258fddd alike),
+        // 556 (18 %, 8.70 s) in one CI run. So the bound is 25 %: above that tail, and below
+        // each of the old faults.
         if let (5_000_000, Some(duplicates), Some(stored)) = (
             rate,
             report["duplicates"].as_u64(),
             report["receiver"]["stored"].as_u64(),
         ) {
-            if duplicates * 100 > stored * 15 {
+            if duplicates * 100 > stored * 25 {
                 failures.push(format!(
-                    "{label}: {duplicates} duplicates of {stored} datagrams, over 15 %"
+                    "{label}: {duplicates} duplicates of {stored} datagrams, over 25 %"
                 ));
             }
         }
