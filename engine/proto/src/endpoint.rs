@@ -970,16 +970,17 @@ impl Endpoint {
                     // Wholly on the new tier (the client starts a new count when it hears of
                     // the move), and after the tier's own last change: a clean one counts.
                     // Once the tier has changed since (a clean report raised it), a loss
-                    // counts too: read only when clean, a floor ramp stepped past a 3 Gbit/s
-                    // path and stayed there until the settle ended, 0.4 s later (hx_attack17
-                    // R-B).
+                    // counts too, for the rate but not as the path's own noise (it may be the
+                    // old group's: hx_attack23): read only when clean, a floor ramp stepped
+                    // past a 3 Gbit/s path and stayed there until the settle ended, 0.4 s
+                    // later (hx_attack17 R-B).
                     let on_new_tier = state.moved_at.is_some_and(|moved| started >= moved);
                     if !(on_new_tier && started >= channel.tier.settled_at() && loss_judged) {
                         Counts::Unsettled
                     } else if channel.tier.rate() == state.moved_to_rate {
                         Counts::CleanOnly
                     } else {
-                        Counts::Settled
+                        Counts::SettledInMove
                     }
                 } else if started >= channel.tier.settled_at() {
                     if loss_judged {
@@ -1009,8 +1010,10 @@ impl Endpoint {
                     counts,
                 );
                 state.estimate.note_report_at(now);
-                if matches!(counts, Counts::Settled | Counts::CleanOnly)
-                    && channel.tier.in_slow_start()
+                if matches!(
+                    counts,
+                    Counts::Settled | Counts::SettledInMove | Counts::CleanOnly
+                ) && channel.tier.in_slow_start()
                 {
                     // A slow-start step is judged from this report at once, before the
                     // Feedback that answers it, so the client hears of the rise a round trip

@@ -223,6 +223,14 @@ pub enum Counts {
     /// new tier did reach it whole. (Read as nothing, a 500 Mbit/s receiver moved to a new tier
     /// at 359 Mbit/s waited 0.8 s for its first rise, most of a 32 MiB file.)
     CleanOnly,
+    /// Made wholly on the member's new tier before its move settled, after the tier changed
+    /// since the move: it counts as [`Counts::Settled`] for the rate (read only when clean, a
+    /// floor ramp stepped past a 3 Gbit/s path: hx_attack17 R-B), but its loss may still be
+    /// the old group's flood, not the path's own: it teaches no noise floor and no capacity.
+    /// (Taken as the loss that stayed after the move, a flood of 450 ms taught a 50 Mbit/s
+    /// receiver a 0.95 noise floor: never congested again, its tier went to 5 Gbit/s and stayed
+    /// there: hx_attack23.)
+    SettledInMove,
     /// Made after the tier's last change settled, by a client that could place no gaps
     /// (nothing it received since it joined or moved had verified: `Report::loss_judged`):
     /// only a shortfall against what the tier sent counts. Counted as no loss, such reports
@@ -355,7 +363,7 @@ impl PathEstimate {
             && f64::from(received) >= SENT_KEEP_UP_SHARE * sent;
         let short = matches!(
             counts,
-            Counts::Settled | Counts::Unjudged | Counts::CleanOnly
+            Counts::Settled | Counts::SettledInMove | Counts::Unjudged | Counts::CleanOnly
         ) && received > 0
             && f64::from(received) < SENT_SHORTFALL * sent;
         let lost = if short {
@@ -405,7 +413,7 @@ impl PathEstimate {
         let margin = config.loss_congested.max(0.25 * noise) + spread;
         let congested = loss - noise > margin;
         match counts {
-            Counts::Settled | Counts::Unjudged => {}
+            Counts::Settled | Counts::SettledInMove | Counts::Unjudged => {}
             // Lost at a rate the tier has only raised since: congested at today's too.
             Counts::LossOnly if congested => {}
             // Kept up on the new tier, whatever the old group still does to its link: no loss,
@@ -429,7 +437,10 @@ impl PathEstimate {
         // 10 s; counted on the lost alone, a flood's gaps over two reports were under 1.5x what
         // was sent in each and taught a 0.55 noise floor: hx_attack20 R5): the next report
         // decides.
-        if let Some(before) = self.loss_before_relief.take_if(|_| !overcounted) {
+        // Nor does one made while the old group may still crowd the link: the loss kept from
+        // before the move waits for a report after it settles.
+        let path_own = !overcounted && counts != Counts::SettledInMove;
+        if let Some(before) = self.loss_before_relief.take_if(|_| path_own) {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.
             if loss >= 0.5 * before && loss > config.loss_congested {
@@ -445,7 +456,9 @@ impl PathEstimate {
         // namespace tests.
         if congested {
             self.congested_streak += 1;
-            self.known_capacity = Some(goodput.min(rate as f64));
+            if counts != Counts::SettledInMove {
+                self.known_capacity = Some(goodput.min(rate as f64));
+            }
         } else {
             self.congested_streak = 0;
             // The noise floor follows the path's loss while it is not congested: near the rate
@@ -457,7 +470,7 @@ impl PathEstimate {
             // floor sank to the low end of its reports' spread, and its own loss read as
             // congestion (a 5 Mbit/s tier capped above the rate its 10 % floor was learnt at
             // fell 12-16 times in 240 s, to 0.48 of the cap: hx_attack21 R1).
-            if self.noise_loss > 0.0 {
+            if self.noise_loss > 0.0 && counts != Counts::SettledInMove {
                 let followed = 0.9 * self.noise_loss + 0.1 * loss;
                 if rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64 {
                     self.noise_loss = followed;
