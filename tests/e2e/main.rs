@@ -210,6 +210,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(unicast::unicast_clients_one_late_get_identical_files_and_ctl_reports_status),
         e2e!(unicast::wrong_root_and_unknown_file_are_clear_errors),
         e2e!(unicast::cli_errors_are_one_line_and_nonzero),
+        e2e!(unicast::arguments_that_are_not_utf8_are_paths_or_one_line_errors),
         e2e!(unicast::pack_refuses_datagrams_too_large_for_a_9000_byte_mtu),
         e2e!(options::meaningless_rate_options_are_refused_at_once),
         e2e!(options::the_start_line_states_the_cap_in_force),

@@ -363,3 +363,100 @@ pub fn one_gibibyte_file_round_trips_byte_identical() {
     assert!(same.success(), "extracted 1 GiB differs from the original");
     drop(server);
 }
+
+/// Arguments that are not UTF-8 (a Latin-1 file name, as old archives of media hold): a path
+/// like any other to `loopcast`, a one-line error elsewhere, never a panic. (Read as `String`s
+/// since 69f803c, every one made `loopcast`, `loopcastctl` and `loopcast-bench` panic with exit
+/// 101, and `loopcastd` before that.)
+pub fn arguments_that_are_not_utf8_are_paths_or_one_line_errors() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let scratch = Scratch::new("latin1");
+    let latin1 = |name: &[u8]| scratch.path("").join(OsStr::from_bytes(name));
+    let input = latin1(b"caf\xe9.bin");
+    write_content(&input, 50_000, 7);
+    let media = scratch.path("media");
+    run_ok(
+        Command::new(bin("loopcast"))
+            .arg("pack")
+            .arg(&input)
+            .args(["--name", "cafe.bin", "--no-encrypt", "--media"])
+            .arg(&media),
+    );
+    let packed = media.join("cafe.bin.lca");
+    let output = latin1(b"caf\xe9.out");
+    run_ok(
+        Command::new(bin("loopcast"))
+            .arg("extract")
+            .arg(&packed)
+            .arg("-o")
+            .arg(&output),
+    );
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        std::fs::read(&input).unwrap(),
+        "extracted to a Latin-1 name, identical"
+    );
+    let cases: Vec<(&str, Vec<&OsStr>)> = vec![
+        (
+            "loopcastctl",
+            vec![
+                OsStr::new("--socket"),
+                OsStr::from_bytes(b"a\xe9.sock"),
+                OsStr::new("status"),
+            ],
+        ),
+        (
+            "loopcastd",
+            vec![
+                OsStr::new("check"),
+                OsStr::new("--media"),
+                OsStr::from_bytes(b"m\xe9"),
+            ],
+        ),
+        (
+            "loopcast-bench",
+            vec![
+                OsStr::new("fleet-sim"),
+                OsStr::new("--seconds"),
+                OsStr::from_bytes(b"\xe9"),
+            ],
+        ),
+        (
+            "loopcast",
+            vec![
+                OsStr::new("pack"),
+                OsStr::from_bytes(b"missing-caf\xe9.bin"),
+                OsStr::new("--no-encrypt"),
+            ],
+        ),
+    ];
+    for (program, args) in cases {
+        let run = Command::new(bin(program)).args(&args).output().unwrap();
+        let text = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !text.contains("panicked") && run.status.code().is_some_and(|code| code != 101),
+            "{program} {args:?}: {:?} {text}",
+            run.status
+        );
+        assert!(!run.status.success(), "{program} {args:?}: {text}");
+        assert!(
+            text.lines()
+                .next()
+                .is_some_and(|line| line.contains("error")),
+            "{program} {args:?}: {text}"
+        );
+    }
+    let run = Command::new(bin("loopcastd"))
+        .arg("check")
+        .arg("--media")
+        .arg(OsStr::from_bytes(b"m\xe9"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{text}");
+    assert!(
+        text.trim().lines().count() == 1 && text.contains("not valid UTF-8"),
+        "{text}"
+    );
+}

@@ -317,8 +317,12 @@ fn program_name() -> String {
 /// The command line parsed as `T`, from `argv`. `--help` and `--version` print to stdout and
 /// exit 0 as clap does, but a write error is said (one line, exit 1; a closed pipe exits 141
 /// quietly): clap's own exit ignored it, and `--help > /dev/full` exited 0 with nothing
-/// written. Usage errors go to stderr with clap's exit code, as before.
-pub fn parse_command_line<T: clap::Parser>(argv: impl IntoIterator<Item = String>) -> T {
+/// written. Usage errors go to stderr with clap's exit code, as before. `argv` as the OS gave
+/// it (`std::env::args_os()`): a path that is not UTF-8 is a path like any other (read as
+/// `String`s, one panicked the program).
+pub fn parse_command_line<T: clap::Parser>(
+    argv: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> T {
     let error = match T::try_parse_from(argv) {
         Ok(parsed) => return parsed,
         Err(error) => error,

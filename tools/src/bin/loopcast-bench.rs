@@ -300,7 +300,7 @@ fn main() -> ExitCode {
 
 fn run() -> ExitCode {
     init_logging("warn");
-    let result = match loopcast_tools::parse_command_line::<Cli>(std::env::args()).scenario {
+    let result = match loopcast_tools::parse_command_line::<Cli>(std::env::args_os()).scenario {
         Scenario::Send(args) if args.netns => run_in_netns("send", &args),
         Scenario::Ceiling(args) if args.netns => run_in_netns("ceiling", &args),
         Scenario::Ceiling(args) => run_ceiling(&args, None)

@@ -414,7 +414,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let cli: Cli = loopcast_tools::parse_command_line(std::env::args());
+    let cli: Cli = loopcast_tools::parse_command_line(std::env::args_os());
     if let Command::Demo(args) = &cli.command {
         // The demo may enter a private network namespace: that must happen while single-threaded.
         return loopcast_tools::demo::run(args);

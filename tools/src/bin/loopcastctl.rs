@@ -108,7 +108,7 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let cli: Cli = loopcast_tools::parse_command_line(std::env::args());
+    let cli: Cli = loopcast_tools::parse_command_line(std::env::args_os());
     // `servers` and `files` are a director's view: by default ask where `loopcastd direct`
     // puts its socket by default.
     // The packaged unit (systemd, a user of its own) has a runtime directory of its own:

@@ -639,7 +639,20 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let argv: Vec<String> = std::env::args().collect();
+    // As strings: the config file's options join them, and a SIGHUP parses them again.
+    let argv: Vec<String> = match std::env::args_os()
+        .map(|arg| arg.into_string())
+        .collect::<Result<_, _>>()
+    {
+        Ok(argv) => argv,
+        Err(arg) => {
+            eprintln!(
+                "loopcastd: error: the argument {:?} is not valid UTF-8: loopcastd reads its options and paths as UTF-8 (give the directory or file a UTF-8 name, or a symlink with one)",
+                arg.to_string_lossy()
+            );
+            return ExitCode::from(2);
+        }
+    };
     let cli = match with_config_file(argv.clone()) {
         Ok(expanded) => loopcast_tools::parse_command_line::<Cli>(expanded),
         Err(error) => {
