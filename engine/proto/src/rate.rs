@@ -900,7 +900,7 @@ impl TierControl {
         // slowed then fell in many steps, each re-armed by another member's report raising
         // the rate between two decreases: hx_attack14.)
         let kept_up = match self.kept_up_at {
-            Some(rate) if self.slow_start && !self.from_floor && rate < self.rate => rate as f64,
+            Some(rate) if self.slow_start && rate < self.rate => rate as f64,
             _ => 0.0,
         };
         self.stop_rising(floor);
@@ -1128,8 +1128,15 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 // while): what they get is the path's rate. (Read as keeping up while they got
                 // half, nine receivers behind 50 Mbit/s links saw their tier step every 60 ms
                 // to 77-122 Mbit/s before the loss showed, lost a third, and split over two
-                // tiers: 11.6 s for 32 MiB against 6.4.)
-                tier.control.decrease_to(config, now, typical, false, 0.0);
+                // tiers: 11.6 s for 32 MiB against 6.4.) A step past the path gives them 0.89 of
+                // what was sent; far less, when they took the step before whole, is a stall of
+                // their hosts, not their path, and the tier falls as a collapse does (one report
+                // of a CPU-bound receiver on a 2-core host got 1.4 Gbit/s after 2.4 at the step
+                // before, and its tier fell from 4.18 Gbit/s to 1.27, then rose 10 % every
+                // 0.6 s). Proven by the upper median member too.
+                let proven = upper_median(clear.iter().map(|m| m.estimate.best_goodput));
+                tier.control
+                    .decrease_to(config, now, typical, false, proven);
                 continue;
             }
             let keeping_up = if tier.control.slow_start && rate as f64 > SLOW_START_STRICT_ABOVE {

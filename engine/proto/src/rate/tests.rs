@@ -789,6 +789,64 @@ fn a_slow_start_overshoot_that_collapses_falls_to_the_step_before_not_to_the_col
     assert_eq!(tier.rate(), 900_000_000);
 }
 
+/// 1 GiB at MTU 1500, three receivers beside the sender on a 2-core host: a receiver whose host
+/// had stalled was moved to a tier of its own, which ramped from its floor, every report whole,
+/// up to 3.73 Gbit/s; at 4.18 one 55 ms report got 1.41 Gbit/s and lost nothing (the host
+/// stalled again). Read as its path, the tier fell to 1.27 Gbit/s and rose 10 % every 0.6 s.
+/// So far below the step it took whole, it is a collapse, as in slow start: the tier falls to
+/// 90 % of that step. A step past a link (0.89 of what was sent) still finds the path.
+#[test]
+fn a_floor_ramp_member_that_stalls_after_taking_the_step_before_whole_does_not_set_the_path() {
+    let config = RateConfig::default();
+    let interval = Duration::from_millis(55);
+    let per_bit = interval.as_secs_f64() / DATAGRAM_BITS as f64;
+    // (the step kept up with, the step past it, the rate after the report there)
+    let ramp = |share_past: f64| {
+        let mut control = TierControl::new_floor(&config, at(0), 1_200_000_000);
+        let mut members = [PathEstimate::default()];
+        let mut kept_up = 0.0;
+        for step in 1..=40u64 {
+            let rate = control.rate() as f64;
+            let past = rate > 4e9;
+            let sent = rate * per_bit;
+            let received = if past { share_past * sent } else { sent };
+            settled_report_over(
+                &mut members[0],
+                &config,
+                (received as u32, 0),
+                interval,
+                rate as u64,
+            );
+            plan_one_tier(&config, at(60 * step), &mut control, &mut members);
+            if past {
+                return (kept_up, rate, control.rate() as f64);
+            }
+            kept_up = rate;
+        }
+        panic!("the floor ramp never passed 4 Gbit/s");
+    };
+    let (kept_up, past, after) = ramp(1.41 / 4.18);
+    assert!(
+        (3.7e9..3.8e9).contains(&kept_up) && (4.1e9..4.2e9).contains(&past),
+        "the run's steps: {:.2} then {:.2} Gbit/s",
+        kept_up / 1e9,
+        past / 1e9
+    );
+    assert!(
+        after >= 0.89 * kept_up,
+        "a stall after {:.2} Gbit/s taken whole: the tier fell to {:.2}",
+        kept_up / 1e9,
+        after / 1e9
+    );
+    let (_, past, after) = ramp(0.89);
+    assert!(
+        (0.79 * past..0.81 * past).contains(&after),
+        "a step past a link falls to 90 % of what reached the member: {:.2} of {:.2} Gbit/s",
+        after / 1e9,
+        past / 1e9
+    );
+}
+
 /// 1 GiB at MTU 1500, one receiver beside the sender on a 2-core host, after a slow-start step
 /// overshot: the tier fell to 7.2 Gbit/s (90 % of
 /// the 8 kept up with, remembered as where it lost), and the sender, sharing the cores with
