@@ -839,11 +839,11 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
     }
 
     crate::phase(format_args!(
-        "fleet-sim: {}, {}, {}, {:.0} virtual seconds, seed {}",
+        "fleet-sim: {}, {}, {}, {}, seed {}",
         counted(args.clients, "client"),
         counted(args.servers, "server"),
         counted(args.directors, "director"),
-        args.seconds,
+        virtual_seconds(args.seconds),
         args.seed
     ));
     let mut next_check = 0usize;
@@ -1126,6 +1126,16 @@ fn counted(count: usize, noun: &str) -> String {
     }
 }
 
+/// "1 virtual second", "2.5 virtual seconds" (as given: `{:.0}` said "2 virtual seconds" for
+/// 2.5).
+fn virtual_seconds(seconds: f64) -> String {
+    if seconds == 1.0 {
+        "1 virtual second".into()
+    } else {
+        format!("{seconds} virtual seconds")
+    }
+}
+
 /// One line for people.
 pub fn describe(report: &serde_json::Value) -> String {
     let f = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
@@ -1137,8 +1147,9 @@ pub fn describe(report: &serde_json::Value) -> String {
         )
     } else {
         format!(
-            "matched at 10 s {:.2}% (server fit {:.2}%, target 95%)",
+            "matched at 10 s {:.2}% of the {} that asked 10 s before the end (server fit {:.2}%, target 95%)",
             100.0 * f("matched_fraction_at_10s"),
+            counted(report["checked"].as_u64().unwrap_or(0) as usize, "client"),
             100.0 * f("server_fit_fraction_at_10s"),
         )
     };
@@ -1161,7 +1172,7 @@ pub fn describe(report: &serde_json::Value) -> String {
     };
     let count = |key: &str, noun: &str| counted(report[key].as_u64().unwrap_or(0) as usize, noun);
     format!(
-        "fleet-sim: {}, {}, {}, {:.0} s virtual in {:.0} s wall ({:.2} s per virtual s); \
+        "fleet-sim: {}, {}, {}, {} s virtual in {:.0} s wall ({:.2} s per virtual s); \
          {:.0} routing decisions/s, {:.0} reports/s (server machines' own time); placed at end {:.2}%; \
          {matched}; {failover}; routed to the dead server after expiry: {}; peak memory {} MiB",
         count("clients", "client"),
@@ -1275,6 +1286,31 @@ mod tests {
         // And the JSON says null, not 0.0, for what it did not measure.
         assert!(report["matched_fraction_at_10s"].is_null(), "{report}");
         assert!(report["server_fit_fraction_at_10s"].is_null(), "{report}");
+    }
+
+    /// A run's seconds as given (`{:.0}` said "2 virtual seconds" for 2.5 and "1 virtual
+    /// seconds" for 1), and the share matched out of how many clients it was judged on (it
+    /// said "100.00%" for the 7 of 20 that asked 10 s before the end).
+    #[test]
+    fn the_lines_say_the_seconds_as_given_and_how_many_clients_the_match_is_of() {
+        assert_eq!(virtual_seconds(1.0), "1 virtual second");
+        assert_eq!(virtual_seconds(2.5), "2.5 virtual seconds");
+        assert_eq!(virtual_seconds(30.0), "30 virtual seconds");
+        let report = run_fleet_sim(&FleetSimArgs {
+            clients: 20,
+            servers: 2,
+            directors: 1,
+            seconds: 12.5,
+            seed: 1,
+        })
+        .expect("runs");
+        let line = describe(&report);
+        let checked = report["checked"].as_u64().expect("clients judged");
+        assert!(
+            line.contains("12.5 s virtual")
+                && line.contains(&format!("of the {checked} clients that asked")),
+            "{line}"
+        );
     }
 
     /// Seeds that put many clients on tiers too slow for them before members could move up
