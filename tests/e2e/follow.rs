@@ -352,6 +352,15 @@ pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_a
             && stderr.contains(&format!("not the --root {root}")),
         "{stderr}"
     );
+    // The version --root names: it says so, not "maybe older", and how to check the copy now
+    // (it gave the "older version" hint there too).
+    let stderr = plain(&archive, Some(held));
+    assert!(
+        stderr.contains("it is the version --root names")
+            && stderr.contains("loopcast inspect --verify")
+            && !stderr.contains("older version"),
+        "{stderr}"
+    );
 }
 
 /// --follow refuses an encrypted file without a key database before downloading anything.

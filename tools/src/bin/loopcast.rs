@@ -1011,11 +1011,20 @@ fn already_downloaded(
             ),
         };
     }
+    // What the root it holds says: the version --root names, or maybe an older one.
+    let version = if expect_root.is_some() {
+        format!(
+            "it is the version --root names; it was verified when it was downloaded, not now (loopcast inspect --verify {} checks it again)",
+            shell_word(&archive.display().to_string())
+        )
+    } else {
+        OLDER_VERSION_HINT.to_owned()
+    };
     let Some(keys) = play else {
         return Failure {
             code: refused.code,
             message: format!(
-                "{} already exists (downloaded before?) and holds root {} of {name:?}; to download it again, add --force; {OLDER_VERSION_HINT}",
+                "{} already exists (downloaded before?) and holds root {} of {name:?}; to download it again, add --force; {version}",
                 archive.display(),
                 existing.info().root().to_hex()
             ),
@@ -1029,7 +1038,7 @@ fn already_downloaded(
     Failure {
         code: refused.code,
         message: format!(
-            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force. It holds root {} of {name:?}: {OLDER_VERSION_HINT}",
+            "{} already exists (downloaded before?); to play it: loopcast extract {} -o -{keys} | mpv - (or another player reading stdin); to download it again, add --force. It holds root {} of {name:?}: {version}",
             archive.display(),
             shell_word(&archive.display().to_string()),
             existing.info().root().to_hex()
@@ -1038,7 +1047,7 @@ fn already_downloaded(
 }
 
 /// After the root an existing copy holds: how to tell it from the version served now.
-const OLDER_VERSION_HINT: &str = "if `loopcast ls` shows another root for it now, that copy is an older version (--root ROOT checks this before anything else)";
+const OLDER_VERSION_HINT: &str = "if `loopcast ls` shows another root for it now, that copy is an older version (get --root ROOT says at once whether a copy holds that version)";
 
 /// `word` as one shell word: as it is if it holds only characters no shell treats specially,
 /// else single-quoted.
