@@ -4,6 +4,9 @@
 //! `a_spoofed_*` tests failed before the fix (a Resume tier's rate is now no faster than the
 //! file runs or starts at); the `held_*` ones held.
 
+mod replay_sim;
+use replay_sim::report_bytes;
+
 use core::time::Duration;
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -159,25 +162,6 @@ fn with_a_joined(endpoint: &mut Endpoint, files: &mut FileInfo) {
         RequestHints::default(),
         Transport::Multicast,
     );
-}
-
-fn report_bytes(
-    session: SessionId,
-    sent_at_us: u32,
-    interval_us: u32,
-    received: u32,
-    lost: u32,
-) -> Vec<u8> {
-    ControlMessage::Report {
-        session,
-        sent_at_us,
-        interval_us,
-        received,
-        lost,
-        rtt_us: 1_000,
-        loss_judged: true,
-    }
-    .to_bytes()
 }
 
 /// A file served on one multicast tier at the starting rate (1 Gbit/s) to A. One Request from a

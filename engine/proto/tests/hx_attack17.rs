@@ -22,7 +22,7 @@ use loopcast_proto::carousel::SessionId;
 use loopcast_proto::endpoint::Endpoint;
 use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
 use loopcast_proto::rate::{RateConfig, TierPolicy};
-use loopcast_proto::wire::control::{ControlMessage, RequestHints, Token, Transport};
+use loopcast_proto::wire::control::{ControlMessage, Token};
 use loopcast_proto::Instant;
 
 fn at(ms: u64) -> Instant {
@@ -41,26 +41,6 @@ fn endpoint() -> (Endpoint, FileInfo) {
 
 fn drain(endpoint: &mut Endpoint) -> Vec<(SessionId, Token)> {
     drain_endpoint(endpoint)
-}
-
-fn join(endpoint: &mut Endpoint, files: &mut FileInfo, client: SocketAddr) -> SessionId {
-    let name = files.name.clone();
-    let request = ControlMessage::Request {
-        request_id: 1,
-        multicast_ok: true,
-        name,
-        hints: RequestHints::default(),
-    };
-    endpoint.handle_control(at(0), client, &request.to_bytes(), files);
-    let (session, token) = drain(endpoint)[0];
-    let joined = ControlMessage::Joined {
-        session,
-        token,
-        transport: Transport::Multicast,
-    };
-    endpoint.handle_control(at(0), client, &joined.to_bytes(), files);
-    drain(endpoint);
-    session
 }
 
 fn report(
@@ -124,13 +104,7 @@ struct Run {
 /// every 5 ms (so a member may act at any multiple of 5 ms).
 fn run(scripts: &mut [Script<'_>], ms: u64) -> Run {
     let (mut endpoint, mut files) = endpoint();
-    let addrs: Vec<SocketAddr> = (0..scripts.len())
-        .map(|i| format!("192.0.2.{}:6000", 10 + i).parse().unwrap())
-        .collect();
-    let sessions: Vec<SessionId> = addrs
-        .iter()
-        .map(|&a| join(&mut endpoint, &mut files, a))
-        .collect();
+    let (addrs, sessions) = join_clients(&mut endpoint, &mut files, scripts.len());
     let mut ks = vec![0u32; scripts.len()];
     let mut series = vec![Vec::new(); scripts.len()];
     for t in (5..ms).step_by(5) {
@@ -449,7 +423,7 @@ fn held_report_patterns_around_the_40_ms_rule_cannot_hold_a_first_tier() {
 fn held_hostile_report_values_summed_never_panic() {
     let (mut endpoint, mut files) = endpoint();
     let addr: SocketAddr = "192.0.2.66:6000".parse().unwrap();
-    let s = join(&mut endpoint, &mut files, addr);
+    let s = join_multicast(&mut endpoint, &mut files, addr);
     let config = RateConfig::default();
     let mut k = 0;
     for round in 0..4u64 {

@@ -8,13 +8,11 @@ mod replay_sim;
 use replay_sim::*;
 
 use core::time::Duration;
-use std::net::SocketAddr;
 
 use loopcast_proto::carousel::SessionId;
-use loopcast_proto::endpoint::{ChannelId, Endpoint};
-use loopcast_proto::info::{FileInfo, DATAGRAM_SIZE_MTU_1500};
+use loopcast_proto::endpoint::ChannelId;
+use loopcast_proto::info::DATAGRAM_SIZE_MTU_1500;
 use loopcast_proto::rate::TierPolicy;
-use loopcast_proto::wire::control::{ControlMessage, RequestHints, Transport};
 use loopcast_proto::Instant;
 
 fn at(ms: u64) -> Instant {
@@ -23,39 +21,6 @@ fn at(ms: u64) -> Instant {
 
 const BITS: f64 = DATAGRAM_SIZE_MTU_1500 as f64 * 8.0;
 const TICK: u64 = 5;
-
-fn join(endpoint: &mut Endpoint, files: &mut FileInfo, client: SocketAddr) -> SessionId {
-    let name = files.name.clone();
-    let request = ControlMessage::Request {
-        request_id: 1,
-        multicast_ok: true,
-        name,
-        hints: RequestHints::default(),
-    };
-    endpoint.handle_control(at(0), client, &request.to_bytes(), files);
-    let (session, token) = drain_endpoint(endpoint)[0];
-    let joined = ControlMessage::Joined {
-        session,
-        token,
-        transport: Transport::Multicast,
-    };
-    endpoint.handle_control(at(0), client, &joined.to_bytes(), files);
-    drain_endpoint(endpoint);
-    session
-}
-
-fn report(session: SessionId, k: u32, interval_us: u32, received: u32, lost: u32) -> Vec<u8> {
-    ControlMessage::Report {
-        session,
-        sent_at_us: k,
-        interval_us,
-        received,
-        lost,
-        rtt_us: 1_000,
-        loss_judged: true,
-    }
-    .to_bytes()
-}
 
 /// What a member sees each tick: its tier's rate and channel, and when it last moved.
 #[derive(Clone, Copy, Debug)]
@@ -172,7 +137,7 @@ impl Member for Honest {
             return vec![];
         }
         let interval = (v.t - self.interval_start) * 1000;
-        let msg = report(
+        let msg = report_bytes(
             s,
             self.k,
             interval as u32,
@@ -230,13 +195,7 @@ struct Trace {
 
 fn run(members: &mut [&mut dyn Member], ms: u64) -> Trace {
     let (mut endpoint, mut files) = multicast_endpoint(TierPolicy::Distribution, 23);
-    let addrs: Vec<SocketAddr> = (0..members.len())
-        .map(|i| format!("192.0.2.{}:6000", 10 + i).parse().unwrap())
-        .collect();
-    let sessions: Vec<SessionId> = addrs
-        .iter()
-        .map(|&a| join(&mut endpoint, &mut files, a))
-        .collect();
+    let (addrs, sessions) = join_clients(&mut endpoint, &mut files, members.len());
     let mut rates = vec![Vec::new(); members.len()];
     let mut noise = vec![Vec::new(); members.len()];
     for t in (TICK..ms).step_by(TICK as usize) {
@@ -306,7 +265,13 @@ fn co_mover() -> impl FnMut(u64, f64, ChannelId, &mut LiarState, SessionId) -> V
                     let sent = rate * 0.05 / BITS;
                     let got = (50e6f64).min(rate) * 0.05 / BITS;
                     st.k += 1;
-                    out.push(report(s, st.k, 50_000, got as u32, (sent - got) as u32));
+                    out.push(report_bytes(
+                        s,
+                        st.k,
+                        50_000,
+                        got as u32,
+                        (sent - got) as u32,
+                    ));
                 }
             }
             Some(m) => {
@@ -317,7 +282,13 @@ fn co_mover() -> impl FnMut(u64, f64, ChannelId, &mut LiarState, SessionId) -> V
                 if interval >= 40 && (t - m == 40 || interval >= 50) {
                     let full = rate * interval as f64 / 1000.0 / BITS;
                     st.k += 1;
-                    out.push(report(s, st.k, (interval * 1000) as u32, full as u32, 0));
+                    out.push(report_bytes(
+                        s,
+                        st.k,
+                        (interval * 1000) as u32,
+                        full as u32,
+                        0,
+                    ));
                     st.last = t;
                 }
             }

@@ -21,7 +21,7 @@ use loopcast_proto::rate::{
 };
 use loopcast_proto::receiver::Outcome;
 use loopcast_proto::rng::SeededRng;
-use loopcast_proto::wire::control::{ControlMessage, Token};
+use loopcast_proto::wire::control::{ControlMessage, RequestHints, Token, Transport};
 use loopcast_proto::wire::datagram::FileId;
 use loopcast_proto::Instant;
 
@@ -367,6 +367,68 @@ pub fn drain_endpoint(endpoint: &mut Endpoint) -> Vec<(SessionId, Token)> {
     while endpoint.poll_command().is_some() {}
     while endpoint.poll_event().is_some() {}
     offers
+}
+
+/// A client at `client` asks for the endpoint's file and joins its multicast (at time zero):
+/// its session.
+pub fn join_multicast(
+    endpoint: &mut Endpoint,
+    files: &mut FileInfo,
+    client: std::net::SocketAddr,
+) -> SessionId {
+    let request = ControlMessage::Request {
+        request_id: 1,
+        multicast_ok: true,
+        name: files.name.clone(),
+        hints: RequestHints::default(),
+    };
+    endpoint.handle_control(Instant::ZERO, client, &request.to_bytes(), files);
+    let (session, token) = drain_endpoint(endpoint)[0];
+    let joined = ControlMessage::Joined {
+        session,
+        token,
+        transport: Transport::Multicast,
+    };
+    endpoint.handle_control(Instant::ZERO, client, &joined.to_bytes(), files);
+    drain_endpoint(endpoint);
+    session
+}
+
+/// `count` clients at 192.0.2.10, .11, ... join (`join_multicast`): their addresses and
+/// sessions.
+pub fn join_clients(
+    endpoint: &mut Endpoint,
+    files: &mut FileInfo,
+    count: usize,
+) -> (Vec<std::net::SocketAddr>, Vec<SessionId>) {
+    let addrs: Vec<std::net::SocketAddr> = (0..count)
+        .map(|i| format!("192.0.2.{}:6000", 10 + i).parse().unwrap())
+        .collect();
+    let sessions = addrs
+        .iter()
+        .map(|&a| join_multicast(endpoint, files, a))
+        .collect();
+    (addrs, sessions)
+}
+
+/// A Report (1 ms round trip, loss judged) as the client sends it.
+pub fn report_bytes(
+    session: SessionId,
+    sent_at_us: u32,
+    interval_us: u32,
+    received: u32,
+    lost: u32,
+) -> Vec<u8> {
+    ControlMessage::Report {
+        session,
+        sent_at_us,
+        interval_us,
+        received,
+        lost,
+        rtt_us: 1_000,
+        loss_judged: true,
+    }
+    .to_bytes()
 }
 
 /// hx_attack15 N1's park: the honest loop of `loop_len` at `rate` from 50,000 for `ms` with 20 %
