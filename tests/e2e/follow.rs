@@ -461,6 +461,57 @@ pub fn a_slow_player_gets_every_byte_and_a_clean_exit() {
 
 /// A fresh encrypted file of `size` bytes (content from `seed`) served on loopback at `RATE`,
 /// and a `loopcast get --follow` of it (`label`) writing `film.lca`, its stdout piped.
+/// `get --follow` whose stdout is on a full disk: exit 5 (disk full), as `extract -o -` into the
+/// same stream gives, and nothing received lost. (It exited 1.)
+pub fn follow_into_a_full_disk_exits_as_disk_full_and_keeps_the_download() {
+    let scratch = Scratch::new("follow-full");
+    let media = scratch.path("media");
+    let input = scratch.path("film.bin");
+    write_content(&input, 1 << 20, 19);
+    pack_into(&input, &media, &[]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("/dev/full")
+    };
+    let output = Command::new(bin("loopcast"))
+        .args(["get", &format!("127.0.0.1:{}", server.port), "film.bin"])
+        .arg("--follow")
+        .arg("--keys")
+        .arg(media.join("keys.db"))
+        .arg("--output")
+        .arg(scratch.path("film.lca"))
+        .stdout(full())
+        .output()
+        .expect("loopcast starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("No space left on device"), "{stderr}");
+    // Nothing received is lost: kept for resume, or (the first write can come after the last
+    // datagram of so small a file) published.
+    assert!(
+        scratch.path("film.lca.part").exists() || scratch.path("film.lca").exists(),
+        "{stderr}"
+    );
+    // The same stream from `extract`: the same code.
+    let extract = Command::new(bin("loopcast"))
+        .arg("extract")
+        .arg(media.join("film.bin.lca"))
+        .args(["-o", "-", "--keys"])
+        .arg(media.join("keys.db"))
+        .stdout(full())
+        .output()
+        .expect("loopcast starts");
+    assert_eq!(
+        extract.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&extract.stderr)
+    );
+}
+
 fn follower_of_a_fresh_file(
     tag: &str,
     size: usize,

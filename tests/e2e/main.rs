@@ -207,6 +207,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(follow::follow_without_keys_refuses_an_encrypted_file_at_once),
         e2e!(follow::follow_with_the_wrong_key_database_is_a_clear_error),
         e2e!(follow::follow_again_after_the_download_says_how_to_play_it_and_how_to_download_again),
+        e2e!(follow::follow_into_a_full_disk_exits_as_disk_full_and_keeps_the_download),
         e2e!(unicast::unicast_clients_one_late_get_identical_files_and_ctl_reports_status),
         e2e!(unicast::wrong_root_and_unknown_file_are_clear_errors),
         e2e!(unicast::cli_errors_are_one_line_and_nonzero),

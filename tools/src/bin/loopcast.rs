@@ -150,6 +150,8 @@ fn follow_exit_code(error: &FollowError) -> u8 {
     match error {
         FollowError::PlayerGone { .. } => exit_code::BROKEN_PIPE,
         FollowError::Interrupted { .. } => exit_code::INTERRUPTED,
+        // As `extract -o -` into the same stream says it.
+        FollowError::Write(error) if files::is_disk_full(error) => exit_code::DISK_FULL,
         FollowError::Archive(
             ArchiveError::DecryptFailed { .. }
             | ArchiveError::Corrupt { .. }
