@@ -235,12 +235,7 @@ pub fn a_player_that_quits_stops_the_download_and_keeps_it_for_resume() {
 /// with the command that plays the archive already there (which works as given) and the flag
 /// that downloads it again. Before, only "already exists; refusing to replace it".
 pub fn follow_again_after_the_download_says_how_to_play_it_and_how_to_download_again() {
-    let scratch = Scratch::new("follow-again");
-    let media = scratch.path("media");
-    let input = scratch.path("film.bin");
-    let original = write_content(&input, 1 << 20, 17);
-    pack_into(&input, &media, &[]);
-    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    let (scratch, media, original, server) = served_fresh_file("follow-again", 1 << 20, 17);
     let keys = media.join("keys.db");
     let (report, _, _) =
         Follower::start("film", server.port, &scratch, &keys).finish(Duration::from_secs(60));
@@ -459,17 +454,10 @@ pub fn a_slow_player_gets_every_byte_and_a_clean_exit() {
     assert!(scratch.path("film.lca").exists(), "published");
 }
 
-/// A fresh encrypted file of `size` bytes (content from `seed`) served on loopback at `RATE`,
-/// and a `loopcast get --follow` of it (`label`) writing `film.lca`, its stdout piped.
 /// `get --follow` whose stdout is on a full disk: exit 5 (disk full), as `extract -o -` into the
 /// same stream gives, and nothing received lost. (It exited 1.)
 pub fn follow_into_a_full_disk_exits_as_disk_full_and_keeps_the_download() {
-    let scratch = Scratch::new("follow-full");
-    let media = scratch.path("media");
-    let input = scratch.path("film.bin");
-    write_content(&input, 1 << 20, 19);
-    pack_into(&input, &media, &[]);
-    let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    let (scratch, media, _, server) = served_fresh_file("follow-full", 1 << 20, 19);
     let full = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -512,18 +500,32 @@ pub fn follow_into_a_full_disk_exits_as_disk_full_and_keeps_the_download() {
     );
 }
 
-fn follower_of_a_fresh_file(
+/// A fresh encrypted file of `size` bytes (content from `seed`), packed into `media` (with its
+/// keys.db) and served on loopback at `RATE`: the scratch, the media directory, the original's
+/// bytes and the server.
+fn served_fresh_file(
     tag: &str,
     size: usize,
     seed: u64,
-    label: &str,
-) -> (Scratch, std::path::PathBuf, Vec<u8>, UnicastServer, Proc) {
+) -> (Scratch, std::path::PathBuf, Vec<u8>, UnicastServer) {
     let scratch = Scratch::new(tag);
     let media = scratch.path("media");
     let input = scratch.path("film.bin");
     let original = write_content(&input, size, seed);
     pack_into(&input, &media, &[]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", RATE]);
+    (scratch, media, original, server)
+}
+
+/// A fresh encrypted file of `size` bytes (content from `seed`) served on loopback at `RATE`,
+/// and a `loopcast get --follow` of it (`label`) writing `film.lca`, its stdout piped.
+fn follower_of_a_fresh_file(
+    tag: &str,
+    size: usize,
+    seed: u64,
+    label: &str,
+) -> (Scratch, std::path::PathBuf, Vec<u8>, UnicastServer, Proc) {
+    let (scratch, media, original, server) = served_fresh_file(tag, size, seed);
     let process = Proc::spawn(
         label,
         Command::new(bin("loopcast"))

@@ -437,10 +437,14 @@ impl PathEstimate {
         // 10 s; counted on the lost alone, a flood's gaps over two reports were under 1.5x what
         // was sent in each and taught a 0.55 noise floor: hx_attack20 R5): the next report
         // decides.
-        // Nor does one made while the old group may still crowd the link: the loss kept from
-        // before the move waits for a report after it settles.
-        let path_own = !overcounted && counts != Counts::SettledInMove;
-        if let Some(before) = self.loss_before_relief.take_if(|_| path_own) {
+        // Nor does one made while the old group may still crowd the link (it teaches no noise
+        // floor and no capacity either): the loss kept from before the move waits for a report
+        // after it settles.
+        let of_the_path = counts != Counts::SettledInMove;
+        if let Some(before) = self
+            .loss_before_relief
+            .take_if(|_| !overcounted && of_the_path)
+        {
             // The rate dropped to what the path carried (or the member moved) because of
             // this loss: if it stayed, it is the path's own.
             if loss >= 0.5 * before && loss > config.loss_congested {
@@ -456,7 +460,7 @@ impl PathEstimate {
         // namespace tests.
         if congested {
             self.congested_streak += 1;
-            if counts != Counts::SettledInMove {
+            if of_the_path {
                 self.known_capacity = Some(goodput.min(rate as f64));
             }
         } else {
@@ -470,7 +474,7 @@ impl PathEstimate {
             // floor sank to the low end of its reports' spread, and its own loss read as
             // congestion (a 5 Mbit/s tier capped above the rate its 10 % floor was learnt at
             // fell 12-16 times in 240 s, to 0.48 of the cap: hx_attack21 R1).
-            if self.noise_loss > 0.0 && counts != Counts::SettledInMove {
+            if self.noise_loss > 0.0 && of_the_path {
                 let followed = 0.9 * self.noise_loss + 0.1 * loss;
                 if rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64 {
                     self.noise_loss = followed;
