@@ -748,11 +748,18 @@ impl TierControl {
     }
 
     /// A tier opened for members that lost on a faster one: their capacity is known, so it
-    /// starts near it without slow start.
+    /// starts near it without slow start. It opens at `LOSS_FALL_SHARE` of what reached them
+    /// there (as a tier that falls in place, [`TierControl::decrease_to`]), and that, not its
+    /// own rate, is remembered as where they lose: it climbs back to just below it and probes
+    /// gently there. (Remembering its own rate, it read 5 % above it as a path that had grown
+    /// and rose 10 % a step past the link: nine 50 Mbit/s receivers moved to a tier at 43.5
+    /// Mbit/s saw 45.9, 50.5, 55.6 and 61.2 in 2.3 s, lost, and took 8.5 s for 32 MiB against
+    /// 6.5 for the same nine whose tier fell in place.)
     pub fn new_known(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
+        let lost_at = (rate as f64 / LOSS_FALL_SHARE) as u64;
         TierControl {
             slow_start: false,
-            loss_rate: Some((rate, now)),
+            loss_rate: Some((lost_at, now)),
             settled_at: now + config.settle,
             ..TierControl::new(config, now, rate)
         }
@@ -916,10 +923,17 @@ impl TierControl {
         let collapse = capacity < COLLAPSE_SHARE * kept_up && proven >= COLLAPSE_SHARE * kept_up;
         let capacity = if collapse { kept_up } else { capacity };
         self.loss_rate = (!floor).then_some((capacity as u64, now));
-        self.set_rate(config, now, (0.9 * capacity).min(self.rate as f64) as u64);
+        self.set_rate(
+            config,
+            now,
+            (LOSS_FALL_SHARE * capacity).min(self.rate as f64) as u64,
+        );
     }
 }
 
+/// Members that lost get this share of what reached them: a tier falls to it, and a tier
+/// opened for members that lost opens at it.
+const LOSS_FALL_SHARE: f64 = 0.9;
 /// What reached the members after a slow-start step, below this share of the step before
 /// (which they kept up with), is a collapse under the overload, not their path's rate.
 const COLLAPSE_SHARE: f64 = 0.75;
@@ -1245,7 +1259,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             });
             let mut moved = 0;
             for member in &movable {
-                let target_rate = 0.9 * member.estimate.capacity(rate);
+                let target_rate = LOSS_FALL_SHARE * member.estimate.capacity(rate);
                 // Held (most of the rate reaches it): only to a tier near what it takes.
                 let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference;
                 let target = choose_slower(
@@ -1315,7 +1329,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             // at 43.6 Mbit/s, the first then fell to 43.5 for the ninth, and the two ramped,
             // merged at 52.7 and split again for 6 s: 13.9 s for 32 MiB against 6.4).
             let joins = (config.policy == TierPolicy::Distribution && !tier.solo)
-                .then(|| near_slower_tier(&rates, &new_tiers, index, 0.9 * capacity))
+                .then(|| near_slower_tier(&rates, &new_tiers, index, LOSS_FALL_SHARE * capacity))
                 .flatten()
                 .filter(|_| {
                     tier.members.iter().all(|m| {
@@ -1352,7 +1366,10 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 (leaving == 0 || tiers[to].members.len() > leaving)
                     && !joining.iter().any(|&(from, _, _)| from == to)
                     && to_rate < tiers[index].control.rate as f64
-                    && (to_rate / (0.9 * fall.capacity).max(1.0)).ln().abs() <= NEAR_DUPLICATE.ln()
+                    && (to_rate / (LOSS_FALL_SHARE * fall.capacity).max(1.0))
+                        .ln()
+                        .abs()
+                        <= NEAR_DUPLICATE.ln()
             }
             Target::New { .. } => true,
         };

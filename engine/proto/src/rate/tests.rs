@@ -878,6 +878,33 @@ fn a_tier_whose_sender_falls_short_rises_by_what_reaches_its_members_not_its_nom
     assert!(tier.rate() < 7_960_000_000, "{}", tier.rate());
 }
 
+/// A tier opened for members that lost climbs back as a tier that fell in place does: to just
+/// below where they lost, then gently. Seen in the lossy bench (s23): nine 50 Mbit/s receivers
+/// (47.8 Mbit/s reached them) moved to a new tier at 43.5 Mbit/s, which remembered its own
+/// rate as the loss, read 45.9 as a grown path, and went 50.5, 55.6, 61.2 in 2.3 s.
+#[test]
+fn a_tier_opened_for_members_that_lost_climbs_back_as_one_that_fell_in_place() {
+    let config = RateConfig::default();
+    let capacity = 47.8 * MBIT;
+    let mut fell = TierControl::new(&config, at(0), (57.9 * MBIT) as u64);
+    fell.decrease_to(&config, at(0), capacity, false, capacity);
+    let mut opened = TierControl::new_known(&config, at(0), (0.9 * capacity) as u64);
+    assert_eq!(opened.rate(), fell.rate());
+    for step in 1..=20u64 {
+        let now = at(0) + config.settle * step as u32;
+        fell.increase(&config, now);
+        opened.increase(&config, now);
+        let (a, b) = (opened.rate() as f64, fell.rate() as f64);
+        assert!(
+            (a / b - 1.0).abs() < 1e-3,
+            "step {step}: opened {a}, fell in place {b}"
+        );
+        if step <= 8 {
+            assert!(a < 1.05 * capacity, "step {step}: {a} past where they lost");
+        }
+    }
+}
+
 /// Seen on a 5 Mbit/s tbf link (new-user review): the first loss out of slow start is a floor,
 /// the tier climbed 10 % a step three times, slow start resumed and doubled it past the link,
 /// and that heavy loss was read as a floor again, so nothing was remembered and the tier
