@@ -57,3 +57,20 @@ pub fn demo_clients_ride_multicast_in_a_private_namespace() {
     assert_eq!(clients[0]["transport"], "multicast", "{report}");
     assert_eq!(clients[3]["transport"], "unicast", "{report}");
 }
+
+/// A client count outside what the demo runs is a usage error naming the range (it was
+/// clamped to 2..=16 with no word: `--clients 1` ran two, `--clients 100` sixteen).
+pub fn demo_refuses_a_client_count_it_does_not_run() {
+    for count in ["1", "17", "0"] {
+        let output = Command::new(bin("loopcast"))
+            .args(["demo", "--clients", count])
+            .output()
+            .expect("loopcast starts");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{count}: {stderr}");
+        assert!(
+            stderr.contains("--clients") && stderr.contains("2..=16"),
+            "{count}: {stderr}"
+        );
+    }
+}

@@ -170,6 +170,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             Need::RootNetns
         ),
         e2e!(demo::demo_json_reports_every_client_verified),
+        e2e!(demo::demo_refuses_a_client_count_it_does_not_run),
         e2e!(
             demo::demo_clients_ride_multicast_in_a_private_namespace,
             Need::UserNamespace

@@ -285,6 +285,14 @@ pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
             && stderr.contains("an MTU of at least 1548 (over IPv6; 1528 over IPv4)"),
         "{stderr}"
     );
+    // Both given: the size wins, and says so (it overrode --jumbo with no word).
+    let both = pack("both.lca", &["--jumbo", "--datagram-size", "1400"]);
+    let stderr = String::from_utf8_lossy(&both.stderr);
+    assert!(both.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--datagram-size 1400 overrides --jumbo"),
+        "{stderr}"
+    );
     let quiet = pack("quiet.lca", &["--datagram-size", "1452"]);
     assert!(
         !String::from_utf8_lossy(&quiet.stderr).contains("note"),

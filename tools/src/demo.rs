@@ -27,8 +27,8 @@ pub struct DemoArgs {
     #[arg(long, default_value = "48M", value_parser = parse_size)]
     pub size: u64,
     /// Number of clients (2..=16); the later ones join mid-loop, the fourth asks for unicast.
-    #[arg(long, default_value_t = 4)]
-    pub clients: usize,
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=16))]
+    pub clients: u8,
     /// Channel rate, e.g. 400M, 1G or unpaced.
     #[arg(long, default_value = "400M", value_parser = parse_rate)]
     pub rate: u64,
@@ -119,7 +119,7 @@ impl Drop for WorkDir {
 }
 
 fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
-    let clients = args.clients.clamp(2, 16);
+    let clients = usize::from(args.clients);
     let say = |text: String| {
         if !args.json {
             eprintln!("{text}");

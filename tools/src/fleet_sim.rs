@@ -674,8 +674,14 @@ fn measured_fraction(count: usize, of: usize) -> Option<f64> {
 
 /// Runs the fleet and returns its figures (JSON).
 pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
-    if args.clients == 0 || args.servers == 0 || args.directors == 0 {
-        return Err("a fleet needs clients, servers and directors".into());
+    for (option, count) in [
+        ("--clients", args.clients),
+        ("--servers", args.servers),
+        ("--directors", args.directors),
+    ] {
+        if count == 0 {
+            return Err(format!("{option} 0: a fleet needs at least 1"));
+        }
     }
     if args.servers > 250 || args.directors > 250 || args.clients >= 200 << 16 {
         return Err("at most 250 servers and directors, fewer than 13,107,200 clients".into());
@@ -948,6 +954,8 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
                 && c.server.is_some_and(|s| sim.servers[usize::from(s)].alive)
         })
         .count();
+    // Clients ask over the first seconds: a short run ends before some have.
+    let asked = sim.clients.iter().filter(|c| c.asked_at <= sim.now).count();
     let gave_up = sim.clients.iter().filter(|c| c.gave_up).count();
     let mut first_match_s: Vec<f64> = sim
         .clients
@@ -972,7 +980,8 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
         })
         .collect();
     replaced_s.sort_by(f64::total_cmp);
-    let all_replaced = replaced_s.len() == failover_clients.len();
+    // With no server killed there is nothing to replace: no figure, not "all replaced".
+    let all_replaced = sim.dead.map(|_| replaced_s.len() == failover_clients.len());
 
     let directors_busy: f64 = sim.directors.iter().map(|d| d.busy.as_secs_f64()).sum();
     let servers_busy: f64 = sim.servers.iter().map(|s| s.busy.as_secs_f64()).sum();
@@ -1078,7 +1087,8 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
     });
     let placement = serde_json::json!({
         "placed_at_end": placed,
-        "placed_fraction_at_end": fraction(placed, args.clients),
+        "asked_by_end": asked,
+        "placed_fraction_at_end": measured_fraction(placed, asked),
         "gave_up": gave_up,
         "checked": checked,
         "placed_fraction_at_10s": measured_fraction(placed_at_check, checked),
@@ -1099,7 +1109,7 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
         "failover_clients": failover_clients.len(),
         "failover_replaced": replaced_s.len(),
         "failover_all_replaced": all_replaced,
-        "failover_all_replaced_seconds": if all_replaced { replaced_s.last().copied() } else { None },
+        "failover_all_replaced_seconds": if all_replaced == Some(true) { replaced_s.last().copied() } else { None },
         "failover_replaced_seconds_p50": quantile(&replaced_s, 0.5),
         "failover_matched_fraction_10s_after": failover_matched.map(|m| fraction(m, failover_clients.len())),
         "routed_to_dead_after_expiry": sim.directors.iter().map(|d| d.routed_to_dead_after_expiry).sum::<u64>(),
@@ -1171,9 +1181,17 @@ pub fn describe(report: &serde_json::Value) -> String {
         }
     };
     let count = |key: &str, noun: &str| counted(report[key].as_u64().unwrap_or(0) as usize, noun);
+    let placed = match report["placed_fraction_at_end"].as_f64() {
+        Some(fraction) => format!(
+            "placed at end {:.2}% of the {} that asked",
+            100.0 * fraction,
+            count("asked_by_end", "client")
+        ),
+        None => "placed at end: not measured (no client asked before the end)".to_owned(),
+    };
     format!(
         "fleet-sim: {}, {}, {}, {} s virtual in {:.0} s wall ({:.2} s per virtual s); \
-         {:.0} routing decisions/s, {:.0} reports/s (server machines' own time); placed at end {:.2}%; \
+         {:.0} routing decisions/s, {:.0} reports/s (server machines' own time); {}; \
          {matched}; {failover}; routed to the dead server after expiry: {}; peak memory {} MiB",
         count("clients", "client"),
         count("servers", "server"),
@@ -1183,7 +1201,7 @@ pub fn describe(report: &serde_json::Value) -> String {
         f("wall_seconds_per_virtual_second"),
         f("routing_decisions_per_director_busy_s"),
         f("reports_per_server_busy_s"),
-        100.0 * f("placed_fraction_at_end"),
+        placed,
         report["routed_to_dead_after_expiry"],
         report["peak_memory_kib"].as_u64().unwrap_or(0) / 1024,
     )
@@ -1283,9 +1301,54 @@ mod tests {
                 && !line.contains("NaN"),
             "{line}"
         );
-        // And the JSON says null, not 0.0, for what it did not measure.
+        // And the JSON says null, not 0.0, for what it did not measure; with no server
+        // killed, not "all replaced" either (it said true).
         assert!(report["matched_fraction_at_10s"].is_null(), "{report}");
         assert!(report["server_fit_fraction_at_10s"].is_null(), "{report}");
+        assert!(report["failover_all_replaced"].is_null(), "{report}");
+        // Placed at the end: of the clients that had asked (it said 0.00 % of all 40 for a
+        // run that ended before any asked).
+        let asked = report["asked_by_end"].as_u64().expect("a count");
+        assert!(asked > 0 && asked <= 40, "{report}");
+        assert!(
+            line.contains("placed at end ")
+                && line.contains(&format!("% of the {asked} clients that asked;")),
+            "{line}"
+        );
+        let report = run_fleet_sim(&FleetSimArgs {
+            clients: 40,
+            servers: 2,
+            directors: 1,
+            seconds: 0.001,
+            seed: 3,
+        })
+        .expect("runs");
+        let line = describe(&report);
+        assert!(report["placed_fraction_at_end"].is_null(), "{report}");
+        assert!(
+            line.contains("placed at end: not measured (no client asked before the end)"),
+            "{line}"
+        );
+    }
+
+    /// A count of 0 names the option (it said "a fleet needs clients, servers and directors").
+    #[test]
+    fn a_fleet_of_nothing_names_the_option() {
+        for (clients, servers, directors, option) in [
+            (0, 2, 1, "--clients 0"),
+            (10, 0, 1, "--servers 0"),
+            (10, 2, 0, "--directors 0"),
+        ] {
+            let error = run_fleet_sim(&FleetSimArgs {
+                clients,
+                servers,
+                directors,
+                seconds: 1.0,
+                seed: 1,
+            })
+            .expect_err("refused");
+            assert!(error.starts_with(option), "{error}");
+        }
     }
 
     /// A run's seconds as given (`{:.0}` said "2 virtual seconds" for 2.5 and "1 virtual

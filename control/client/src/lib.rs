@@ -170,7 +170,7 @@ pub enum ClientError {
     #[error("{name} is encrypted and no key database was given to decrypt it: pass --keys (nothing was downloaded)")]
     NeedsKeys { name: String },
     /// `--follow` stopped the download: the player quit, or a frame failed.
-    #[error("{source}; download stopped, partial download kept for resume ({held}/{total} datagrams): run the same command again")]
+    #[error("{source}; download stopped, partial download kept for resume ({held}/{total} datagrams): {}", follow_stopped_advice(source))]
     FollowStopped {
         source: FollowError,
         held: u32,
@@ -219,6 +219,21 @@ fn hash_failure_note(failed_hash: u64) -> String {
         0 => String::new(),
         1 => "; 1 datagram failed its hash check: the server may be serving a damaged or forged archive".to_owned(),
         n => format!("; {n} datagrams failed their hash check: the server may be serving a damaged or forged archive"),
+    }
+}
+
+/// What to do after `--follow` stopped a download: run it again, after mending what stopped it
+/// where running it again as it is would stop at the same place.
+fn follow_stopped_advice(source: &FollowError) -> &'static str {
+    match source {
+        FollowError::Write(error) if loopcast_archive::files::is_disk_full(error) => {
+            "make room where the output goes, then run the same command again"
+        }
+        FollowError::Key(_)
+        | FollowError::Archive(loopcast_archive::ArchiveError::DecryptFailed { .. }) => {
+            "check the key database given with --keys, then run the same command again"
+        }
+        _ => "run the same command again",
     }
 }
 

@@ -479,6 +479,9 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
         let key = MasterKey::generate().map_err(|e| format!("no OS randomness: {e}"))?;
         (Some(store), Some(key))
     };
+    if let (Some(size), true) = (args.datagram_size, args.jumbo) {
+        eprintln!("loopcast: note: --datagram-size {size} overrides --jumbo");
+    }
     let datagram_size = args.datagram_size.unwrap_or(if args.jumbo {
         DATAGRAM_SIZE_MTU_9000
     } else {
