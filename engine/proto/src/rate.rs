@@ -747,19 +747,33 @@ impl TierControl {
         }
     }
 
-    /// A tier opened for members that lost on a faster one: their capacity is known, so it
-    /// starts near it without slow start. It opens at `LOSS_FALL_SHARE` of what reached them
-    /// there (as a tier that falls in place, [`TierControl::decrease_to`]), and that, not its
-    /// own rate, is remembered as where they lose: it climbs back to just below it and probes
-    /// gently there. (Remembering its own rate, it read 5 % above it as a path that had grown
-    /// and rose 10 % a step past the link: nine 50 Mbit/s receivers moved to a tier at 43.5
-    /// Mbit/s saw 45.9, 50.5, 55.6 and 61.2 in 2.3 s, lost, and took 8.5 s for 32 MiB against
-    /// 6.5 for the same nine whose tier fell in place.)
+    /// A tier opened for members that lost on a faster one, getting most of its rate: their
+    /// capacity is known, so it starts near it without slow start. It opens at
+    /// `LOSS_FALL_SHARE` of what reached them there (as a tier that falls in place,
+    /// [`TierControl::decrease_to`]), and that, not its own rate, is remembered as where they
+    /// lose: it climbs back to just below it and probes gently there. (Remembering its own
+    /// rate, it read 5 % above it as a path that had grown and rose 10 % a step past the link:
+    /// nine 50 Mbit/s receivers moved to a tier at 43.5 Mbit/s saw 45.9, 50.5, 55.6 and 61.2
+    /// in 2.3 s, lost, and took 8.5 s for 32 MiB against 6.5 for the same nine whose tier fell
+    /// in place.)
     pub fn new_known(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
-        let lost_at = (rate as f64 / LOSS_FALL_SHARE) as u64;
+        TierControl {
+            loss_rate: Some(((rate as f64 / LOSS_FALL_SHARE) as u64, now)),
+            ..TierControl::new_short(config, now, rate)
+        }
+    }
+
+    /// A tier opened for members that got under half of their tier's rate out of slow start
+    /// (a receiver that stalled for its CPU, or one far past its path): what reached them may
+    /// be far below what their path carries, so only the tier's own rate is remembered as
+    /// where they lose, and 5 % above it the rate climbs 10 % a step, then slow-starts.
+    /// (Remembering what reached a receiver that stalled at 1.4 Gbit/s on an 8 Gbit/s tier,
+    /// its new tier crept 0.5-2 % a step for 5 s: three receivers at MTU 1500 took 5.5-9.1 s,
+    /// median 5.5, against 4.5-7.0, median 4.8.)
+    pub fn new_short(config: &RateConfig, now: Instant, rate: u64) -> TierControl {
         TierControl {
             slow_start: false,
-            loss_rate: Some((lost_at, now)),
+            loss_rate: Some((rate, now)),
             settled_at: now + config.settle,
             ..TierControl::new(config, now, rate)
         }
@@ -992,9 +1006,12 @@ pub enum Target {
 /// How a tier opened for moved members finds its rate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TierStart {
-    /// Its members' capacity was measured where they lost: it starts near it, no slow start
-    /// ([`TierControl::new_known`]).
+    /// Its members' capacity was measured where they lost, getting most of the rate: it
+    /// starts near it, no slow start ([`TierControl::new_known`]).
     Known,
+    /// They got under half of the rate, out of slow start: it starts at 90 % of what reached
+    /// them, and climbs quickly past it ([`TierControl::new_short`]).
+    Short,
     /// What reached them was measured under a heavy overload, a floor: a gentle slow start
     /// from there ([`TierControl::new_floor`]).
     Floor,
@@ -1008,6 +1025,7 @@ impl TierStart {
     pub fn control(self, config: &RateConfig, now: Instant, rate: u64) -> TierControl {
         match self {
             TierStart::Known => TierControl::new_known(config, now, rate),
+            TierStart::Short => TierControl::new_short(config, now, rate),
             TierStart::Floor => TierControl::new_floor(config, now, rate),
             TierStart::SlowStart => TierControl::new(config, now, rate),
         }
@@ -1262,6 +1280,11 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 let target_rate = LOSS_FALL_SHARE * member.estimate.capacity(rate);
                 // Held (most of the rate reaches it): only to a tier near what it takes.
                 let held = member.estimate.capacity(rate) >= MOVE_BELOW_SHARE * reference;
+                let start = match (member.estimate.overloaded(rate), tier.control.slow_start) {
+                    (true, true) => TierStart::Floor,
+                    (true, false) => TierStart::Short,
+                    (false, _) => TierStart::Known,
+                };
                 let target = choose_slower(
                     config,
                     &rates,
@@ -1269,7 +1292,7 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                     index,
                     target_rate,
                     tiers_allowed,
-                    member.estimate.overloaded(rate) && tier.control.slow_start,
+                    start,
                     held,
                 );
                 if let Some(to) = target {
@@ -1670,8 +1693,9 @@ fn dwelt(config: &RateConfig, now: Instant, member: &MemberPlan<'_>) -> bool {
 
 /// The tier a congested member of tier `from` goes to: the existing slower tier (or one opened
 /// in this plan) nearest `target_rate`, if within `SAME_TIER_RATIO`; else a new tier while
-/// there is room; else (unless `near_only`) the existing slower tier nearest `target_rate`.
-/// `None`: nowhere slower (the member stays; its tier does not slow down for it).
+/// there is room (opened as `start` says); else (unless `near_only`) the existing slower tier
+/// nearest `target_rate`. `None`: nowhere slower (the member stays; its tier does not slow
+/// down for it).
 #[allow(clippy::too_many_arguments)]
 fn choose_slower(
     config: &RateConfig,
@@ -1680,7 +1704,7 @@ fn choose_slower(
     from: usize,
     target_rate: f64,
     tiers_allowed: usize,
-    probe: bool,
+    start: TierStart,
     near_only: bool,
 ) -> Option<Target> {
     let from_rate = rates[from]? as f64;
@@ -1708,11 +1732,6 @@ fn choose_slower(
     }
     if has_room(rates, new_tiers, tiers_allowed) && target_rate < from_rate {
         let rate = config.clamp(target_rate);
-        let start = if probe {
-            TierStart::Floor
-        } else {
-            TierStart::Known
-        };
         new_tiers.push((rate, start));
         return Some(Target::New {
             index: new_tiers.len() - 1,

@@ -1104,6 +1104,63 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
     assert!(floor.loss_rate.is_some());
 }
 
+/// Out of slow start, a member moved down for a mild loss (most of the rate reached it: a link
+/// just past its rate) goes to a tier that remembers what reached it as where it loses; one
+/// that got under half of the rate (a receiver that stalled for its CPU) goes to a tier that
+/// climbs quickly past where it opened: remembering what reached a receiver that stalled at
+/// 1.4 Gbit/s on an 8 Gbit/s tier, its tier crept up 0.5-2 % a step for 5 s (s23, three
+/// receivers at MTU 1500: median 5.5 s against 4.8).
+#[test]
+fn a_member_that_lost_a_little_or_most_of_the_rate_goes_to_a_tier_that_climbs_back_to_match() {
+    let config = RateConfig::default();
+    let rate = 8_000_000_000u64;
+    let sent = (rate as f64 * 0.05 / DATAGRAM_BITS as f64) as u32;
+    let start_of = |share: f64, lost: f64| {
+        let mut tier = TierControl::new_known(&config, at(0), rate);
+        let (mut fast, mut member) = (PathEstimate::default(), PathEstimate::default());
+        for _ in 0..2 {
+            report_50ms(&mut fast, &config, sent, 0, rate, Counts::Settled);
+            let received = (f64::from(sent) * share) as u32;
+            let lost = (f64::from(sent) * lost) as u32;
+            report_50ms(&mut member, &config, received, lost, rate, Counts::Settled);
+        }
+        let moves = {
+            let mut plans = memberless_plans(std::slice::from_mut(&mut tier));
+            for (id, estimate) in [(6, &fast), (7, &member)] {
+                plans[0].members.push(MemberPlan {
+                    id,
+                    estimate,
+                    moved_at: None,
+                });
+            }
+            plan(&config, at(2_000), &mut plans)
+        };
+        match moves.first().copied() {
+            Some(Move {
+                member: 7,
+                to: Target::New { rate, start, .. },
+                ..
+            }) => (rate, start),
+            other => panic!("moved to a new tier: {other:?}"),
+        }
+    };
+    let climb = |(rate, start): (u64, TierStart), steps: u32| {
+        let mut control = start.control(&config, at(0), rate);
+        for step in 1..=steps {
+            control.increase(&config, at(0) + config.settle * step);
+        }
+        control.rate() as f64 / rate as f64
+    };
+    // 80 % reached it: it probes gently near that (under 1.05x it in 8 steps).
+    let mild = start_of(0.8, 0.2);
+    assert_eq!(mild.1, TierStart::Known, "{mild:?}");
+    assert!(climb(mild, 8) < 1.05 / 0.9, "{}", climb(mild, 8));
+    // 18 % reached it: it is past twice where it opened in 8 steps.
+    let stalled = start_of(0.18, 0.5);
+    assert_eq!(stalled.1, TierStart::Short, "{stalled:?}");
+    assert!(climb(stalled, 8) > 2.0, "{}", climb(stalled, 8));
+}
+
 /// Every tier a move in `moves` sends a member to keeps at least one member once all of them
 /// are carried out (the endpoint closes a tier when its last member leaves, and a move to a
 /// closed tier has nowhere to go).
