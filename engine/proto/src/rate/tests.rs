@@ -1108,8 +1108,8 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
 /// just past its rate) goes to a tier that remembers what reached it as where it loses; one
 /// that got under half of the rate (a receiver that stalled for its CPU) goes to a tier that
 /// climbs quickly past where it opened: remembering what reached a receiver that stalled at
-/// 1.4 Gbit/s on an 8 Gbit/s tier, its tier crept up 0.5-2 % a step for 5 s (s23, three
-/// receivers at MTU 1500: median 5.5 s against 4.8).
+/// 1.4 Gbit/s on an 8 Gbit/s tier, its tier would creep 0.5-2 % a step for about 5 s (s23,
+/// three receivers at MTU 1500 with that rule: median 5.5 s against 4.9).
 #[test]
 fn a_member_that_lost_a_little_or_most_of_the_rate_goes_to_a_tier_that_climbs_back_to_match() {
     let config = RateConfig::default();
