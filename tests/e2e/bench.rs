@@ -307,3 +307,27 @@ pub fn bench_into_a_closed_pipe_exits_quietly_and_cleans_up() {
         );
     }
 }
+
+/// A count or duration outside what a scenario runs is a usage error naming the range (they
+/// were clamped with no word: `control --clients 0` ran one client, `failover --clients 100`
+/// sixty-four).
+pub fn bench_options_out_of_range_are_usage_errors_naming_the_range() {
+    for (args, expected) in [
+        (&["control", "--clients", "0"][..], "1..=1000000"),
+        (
+            &["control", "--seconds", "0.1"][..],
+            "outside 0.5..=600 seconds",
+        ),
+        (&["control", "--servers", "5000"][..], "1..=4096"),
+        (&["control", "--files-per-server", "0"][..], "1..=10000"),
+        (&["failover", "--clients", "100"][..], "1..=64"),
+    ] {
+        let output = Command::new(bin("loopcast-bench"))
+            .args(args)
+            .output()
+            .expect("loopcast-bench starts");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -153,6 +153,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         ),
         e2e!(bench::ceiling_and_send_print_one_json_object_each),
         e2e!(bench::bench_into_a_closed_pipe_exits_quietly_and_cleans_up),
+        e2e!(bench::bench_options_out_of_range_are_usage_errors_naming_the_range),
         e2e!(
             bench::send_over_a_veth_bridge_in_namespaces,
             Need::RootNetns

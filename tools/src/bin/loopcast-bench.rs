@@ -218,8 +218,9 @@ enum Scenario {
     /// loopback; the server with the most clients is killed mid-transfer. Reports the time to
     /// the last of its clients receiving again, duplicates, and that every copy verified.
     Failover {
-        #[arg(long, default_value_t = 4)]
-        clients: usize,
+        /// Clients, 1-64.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        clients: u32,
         #[arg(long, default_value = "64M", value_parser = parse_size)]
         size: u64,
         /// Each channel's rate cap, per destination (automatic rates below it; with
@@ -238,14 +239,18 @@ enum Scenario {
     /// per second, routing decisions a director makes per second, and the admin socket's
     /// answer times meanwhile.
     Control {
-        #[arg(long, default_value_t = 10_000)]
-        clients: usize,
-        #[arg(long, default_value_t = 5.0)]
+        /// Clients reporting, 1-1000000.
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        clients: u32,
+        /// Seconds of reports, 0.5-600.
+        #[arg(long, default_value_t = 5.0, value_parser = parse_control_seconds)]
         seconds: f64,
-        #[arg(long, default_value_t = 100)]
-        servers: usize,
-        #[arg(long, default_value_t = 100)]
-        files_per_server: usize,
+        /// Servers the director routes over, 1-4096.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=4096))]
+        servers: u32,
+        /// Files each server holds, 1-10000.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        files_per_server: u32,
         #[arg(long)]
         json: bool,
     },
@@ -286,6 +291,14 @@ enum Scenario {
 }
 
 /// `fleet-sim --seconds`: virtual seconds, 1 to 3600 (it ran 1 s for 0, quietly).
+fn parse_control_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if (0.5..=600.0).contains(&seconds) => Ok(seconds),
+        Ok(_) => Err(format!("{text:?} is outside 0.5..=600 seconds")),
+        Err(_) => Err(format!("{text:?} is not a number of seconds")),
+    }
+}
+
 fn parse_fleet_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(seconds) if (1.0..=3_600.0).contains(&seconds) => Ok(seconds),
@@ -409,10 +422,10 @@ fn run() -> ExitCode {
             files_per_server,
             json,
         } => loopcast_tools::control_bench::run_control(&loopcast_tools::control_bench::ControlArgs {
-            clients: clients.clamp(1, 1_000_000),
-            seconds: seconds.clamp(0.5, 600.0),
-            servers: servers.clamp(1, 4096),
-            files_per_server: files_per_server.clamp(1, 10_000),
+            clients: clients as usize,
+            seconds,
+            servers: servers as usize,
+            files_per_server: files_per_server as usize,
         })
         .map(|report| {
             if json {
@@ -438,7 +451,7 @@ fn run() -> ExitCode {
             runs,
             json,
         } => loopcast_tools::fleet_bench::run_failover(&loopcast_tools::fleet_bench::FailoverArgs {
-            clients: clients.clamp(1, 64),
+            clients: clients as usize,
             size,
             rate_bits_per_s: rate.max(1_000_000),
             fixed_rate,
