@@ -321,6 +321,8 @@ pub fn bench_options_out_of_range_are_usage_errors_naming_the_range() {
         (&["control", "--servers", "5000"][..], "1..=4096"),
         (&["control", "--files-per-server", "0"][..], "1..=10000"),
         (&["failover", "--clients", "100"][..], "1..=64"),
+        (&["fleet-sim", "--clients", "0"][..], "1..13107200"),
+        (&["fleet-sim", "--directors", "0"][..], "1..=250"),
     ] {
         let output = Command::new(bin("loopcast-bench"))
             .args(args)

@@ -484,7 +484,7 @@ pub fn follow_into_a_full_disk_exits_as_disk_full_and_keeps_the_download() {
     // The advice is to make room first: the same command into the same full disk stops again
     // (it said only "run the same command again").
     assert!(
-        stderr.contains("make room where the output goes, then run the same command again"),
+        stderr.contains("make room where the played bytes go (standard output"),
         "{stderr}"
     );
     // The same stream from `extract`: the same code.

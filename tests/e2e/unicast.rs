@@ -293,6 +293,12 @@ pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
         stderr.contains("--datagram-size 1400 overrides --jumbo"),
         "{stderr}"
     );
+    // The size --jumbo gives anyway overrides nothing.
+    let same = pack("same.lca", &["--jumbo", "--datagram-size", "8944"]);
+    assert!(
+        !String::from_utf8_lossy(&same.stderr).contains("overrides"),
+        "8944 is --jumbo's"
+    );
     let quiet = pack("quiet.lca", &["--datagram-size", "1452"]);
     assert!(
         !String::from_utf8_lossy(&quiet.stderr).contains("note"),

@@ -1111,7 +1111,7 @@ pub fn run_fleet_sim(args: &FleetSimArgs) -> Result<serde_json::Value, String> {
         "failover_all_replaced": all_replaced,
         "failover_all_replaced_seconds": if all_replaced == Some(true) { replaced_s.last().copied() } else { None },
         "failover_replaced_seconds_p50": quantile(&replaced_s, 0.5),
-        "failover_matched_fraction_10s_after": failover_matched.map(|m| fraction(m, failover_clients.len())),
+        "failover_matched_fraction_10s_after": failover_matched.and_then(|m| measured_fraction(m, failover_clients.len())),
         "routed_to_dead_after_expiry": sim.directors.iter().map(|d| d.routed_to_dead_after_expiry).sum::<u64>(),
         "routed_to_dead_before_expiry": sim.directors.iter().map(|d| d.routed_to_dead_before_expiry).sum::<u64>(),
         "peak_memory_kib": peak_memory_kib(),
@@ -1168,6 +1168,8 @@ pub fn describe(report: &serde_json::Value) -> String {
             "no server killed (that needs 2 or more servers and over {} virtual s)",
             (RAMP + MATCH_WITHIN + Duration::from_secs(1) + MATCH_WITHIN).as_secs()
         )
+    } else if report["failover_clients"].as_u64() == Some(0) {
+        "the killed server had no clients".to_owned()
     } else {
         match report["failover_all_replaced_seconds"].as_f64() {
             Some(seconds) => format!(
@@ -1329,6 +1331,31 @@ mod tests {
             line.contains("placed at end: not measured (no client asked before the end)"),
             "{line}"
         );
+    }
+
+    /// A killed server that had no clients says so (it said "dead server's 0 clients: 0 on
+    /// another server by the end", and 0.0 of them matched 10 s after).
+    #[test]
+    fn a_killed_server_without_clients_says_so() {
+        let report = run_fleet_sim(&FleetSimArgs {
+            clients: 1,
+            servers: 2,
+            directors: 1,
+            seconds: 30.0,
+            seed: 1,
+        })
+        .expect("runs");
+        assert!(!report["killed_server"].is_null(), "{report}");
+        assert_eq!(
+            report["failover_clients"], 0,
+            "seed 1 puts its one client on the server that lives"
+        );
+        assert!(
+            report["failover_matched_fraction_10s_after"].is_null(),
+            "{report}"
+        );
+        let line = describe(&report);
+        assert!(line.contains("the killed server had no clients"), "{line}");
     }
 
     /// A count of 0 names the option (it said "a fleet needs clients, servers and directors").

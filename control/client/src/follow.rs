@@ -61,7 +61,9 @@ pub struct FollowOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
-    #[error("the player stopped reading (broken pipe) after {written} bytes")]
+    /// `written`: the bytes of the whole frames written before (the player may have read
+    /// part of the next one).
+    #[error("the player stopped reading (broken pipe) after at least {written} bytes")]
     PlayerGone { written: u64 },
     #[error("cannot write the file's bytes to the output: {0}")]
     Write(std::io::Error),

@@ -227,7 +227,7 @@ fn hash_failure_note(failed_hash: u64) -> String {
 fn follow_stopped_advice(source: &FollowError) -> &'static str {
     match source {
         FollowError::Write(error) if loopcast_archive::files::is_disk_full(error) => {
-            "make room where the output goes, then run the same command again"
+            "make room where the played bytes go (standard output; the download itself had room), then run the same command again"
         }
         FollowError::Key(_)
         | FollowError::Archive(loopcast_archive::ArchiveError::DecryptFailed { .. }) => {

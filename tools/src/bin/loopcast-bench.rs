@@ -259,15 +259,15 @@ enum Scenario {
     /// it reports the share on the server and tier matching their link 10 s after asking, then
     /// kills one server at 16 s and times its clients' move to the others.
     FleetSim {
-        /// Clients, each with its own link and its own time to ask.
-        #[arg(long, default_value_t = 100_000)]
-        clients: usize,
-        /// Servers, each with the same file (one is killed when there are two or more).
-        #[arg(long, default_value_t = 10)]
-        servers: usize,
-        /// Directors the clients ask (each knows every server).
-        #[arg(long, default_value_t = 2)]
-        directors: usize,
+        /// Clients, each with its own link and its own time to ask; 1-13107199.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..(200 << 16)))]
+        clients: u32,
+        /// Servers, each with the same file (one is killed when there are two or more); 1-250.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=250))]
+        servers: u16,
+        /// Directors the clients ask (each knows every server); 1-250.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=250))]
+        directors: u16,
         /// Virtual seconds to run, 1-3600 (the 10 s match check needs over 10, the server kill
         /// over 26).
         #[arg(long, default_value_t = 30.0, value_parser = parse_fleet_seconds)]
@@ -405,9 +405,9 @@ fn run() -> ExitCode {
             seed,
             json,
         } => loopcast_tools::fleet_sim::run_fleet_sim(&loopcast_tools::fleet_sim::FleetSimArgs {
-            clients,
-            servers,
-            directors,
+            clients: clients as usize,
+            servers: usize::from(servers),
+            directors: usize::from(directors),
             seconds,
             seed,
         })

@@ -479,7 +479,11 @@ fn run_pack(args: PackArgs) -> Result<(), Failure> {
         let key = MasterKey::generate().map_err(|e| format!("no OS randomness: {e}"))?;
         (Some(store), Some(key))
     };
-    if let (Some(size), true) = (args.datagram_size, args.jumbo) {
+    // (Not for the size --jumbo gives.)
+    let overriding = args
+        .datagram_size
+        .filter(|&size| size != DATAGRAM_SIZE_MTU_9000);
+    if let (Some(size), true) = (overriding, args.jumbo) {
         eprintln!("loopcast: note: --datagram-size {size} overrides --jumbo");
     }
     let datagram_size = args.datagram_size.unwrap_or(if args.jumbo {
