@@ -106,7 +106,7 @@ struct Path {
 
 /// What a hostile member says in its reports (it says whatever it likes; the server clamps
 /// goodput to twice its tier's rate).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug)]
 enum Lie {
     /// All of the rate, nothing lost: the tier rises.
     Keeps,
@@ -115,6 +115,8 @@ enum Lie {
     /// Congested, receiving `bits/s`: its tier drops to 90 % of that (alone on it), or it
     /// moves to a slower tier near that.
     Lowers(f64),
+    /// What it says is `f(steps, tier rate)`: (share of the rate received, share lost).
+    Script(fn(u64, f64) -> (f64, f64)),
 }
 
 /// Who reports: a member on a path (what it receives, it says), or one that lies.
@@ -219,6 +221,10 @@ impl Fluid {
                 Who::Liar(Lie::Freezes) if self.steps.is_multiple_of(2) => (0.9 * sent, 0.1 * sent),
                 Who::Liar(Lie::Freezes) => (sent, 0.0),
                 Who::Liar(Lie::Lowers(bits)) => (bits * per_bits, sent),
+                Who::Liar(Lie::Script(f)) => {
+                    let (got, lost) = f(self.steps, rate);
+                    (got * sent, lost * sent)
+                }
             };
             let counts = interval_start >= tier.settled_at();
             member.estimate.observe(
@@ -1610,6 +1616,7 @@ mod attack;
 mod attack20;
 mod attack21;
 mod attack22;
+mod attack23;
 mod attack9;
 
 /// A client that could place no gaps yet (nothing it received since it moved has verified:
