@@ -293,6 +293,17 @@ pub fn pack_refuses_datagrams_too_large_for_a_9000_byte_mtu() {
         stderr.contains("--datagram-size 1400 overrides --jumbo"),
         "{stderr}"
     );
+    // Packing options out of range are usage errors too (they exited 1).
+    for (extra, expected) in [
+        (&["--level", "30"][..], "compression level must be 0..=22"),
+        (&["--frame-size", "1k"][..], "frame size must be 4096..="),
+    ] {
+        let refused = pack("refused.lca", extra);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(!scratch.path("refused.lca").exists(), "{extra:?}");
+    }
     // The size --jumbo gives anyway overrides nothing.
     let same = pack("same.lca", &["--jumbo", "--datagram-size", "8944"]);
     assert!(

@@ -171,7 +171,7 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     keys.put(&packed.info.file_id.to_string(), "sample.bin", key)
         .map_err(|e| e.to_string())?;
     say(format!(
-        "packed {:.1} MiB into a {:.1} MiB archive in {:.2} s ({} frames zstd, {} raw; {} datagrams per loop)",
+        "packed {:.1} MiB into a {:.1} MiB archive in {:.2} s (frames: {} zstd, {} raw; {} datagrams per loop)",
         args.size as f64 / f64::from(1u32 << 20),
         packed.archive_bytes as f64 / f64::from(1u32 << 20),
         packed.elapsed.as_secs_f64(),

@@ -115,6 +115,9 @@ impl From<ArchiveError> for Failure {
             ArchiveError::DecryptFailed { .. }
             | ArchiveError::Corrupt { .. }
             | ArchiveError::WrongLength { .. } => exit_code::VERIFICATION,
+            // A packing option out of range (--level 30, --frame-size 0): a usage error, as
+            // clap's own are (it exited 1).
+            ArchiveError::InvalidOption(_) => exit_code::USAGE,
             _ => exit_code::GENERIC,
         };
         Failure { code, message }
