@@ -1076,7 +1076,12 @@ fn a_member_far_below_its_tiers_rate_goes_to_a_tier_that_ramps_from_what_reached
     report_50ms(&mut joining, &config, 130, 0, rate, Counts::LossOnly);
     assert_eq!(joining.last_loss, 0.0);
     assert!(member.overloaded(rate));
-    let moves = plan_members(&config, at(100), &mut tier, &[(6, &fast), (7, &member)]);
+    let moves = plan_members(
+        &config,
+        at(100),
+        std::slice::from_mut(&mut tier),
+        &[(6, &fast), (7, &member)],
+    );
     let Some(Move {
         member: 7,
         to:
@@ -1120,7 +1125,12 @@ fn a_member_that_lost_a_little_or_most_of_the_rate_goes_to_a_tier_that_climbs_ba
             let lost = (f64::from(sent) * lost) as u32;
             report_50ms(&mut member, &config, received, lost, rate, Counts::Settled);
         }
-        let moves = plan_members(&config, at(2_000), &mut tier, &[(6, &fast), (7, &member)]);
+        let moves = plan_members(
+            &config,
+            at(2_000),
+            std::slice::from_mut(&mut tier),
+            &[(6, &fast), (7, &member)],
+        );
         match moves.first().copied() {
             Some(Move {
                 member: 7,
@@ -1162,16 +1172,16 @@ fn destinations_stay_open(members_of: &[usize], moves: &[Move]) {
     }
 }
 
-/// One shared tier to plan per control, with no members yet.
-/// The plan at `now` for one tier whose members (never moved) are `members`, its sender's
-/// real rate unknown (as [`plan_one_tier`], without the epochs and sent rate).
+/// The plan at `now` of `tiers` (one per control) whose first one's members (never moved) are
+/// `members`, the senders' real rates unknown (as [`plan_one_tier`], without the epochs and
+/// sent rate).
 fn plan_members(
     config: &RateConfig,
     now: Instant,
-    tier: &mut TierControl,
+    tiers: &mut [TierControl],
     members: &[(u64, &PathEstimate)],
 ) -> Vec<Move> {
-    let mut plans = memberless_plans(std::slice::from_mut(tier));
+    let mut plans = memberless_plans(tiers);
     for &(id, estimate) in members {
         plans[0].members.push(MemberPlan {
             id,
@@ -1182,6 +1192,7 @@ fn plan_members(
     plan(config, now, &mut plans)
 }
 
+/// One shared tier to plan per control, with no members yet.
 fn memberless_plans(controls: &mut [TierControl]) -> Vec<TierPlan<'_>> {
     controls
         .iter_mut()

@@ -84,41 +84,29 @@ fn atk23_held_known_and_short_starts_at_degenerate_rates_stay_in_bounds() {
             }
             // A plan moving a member that got nothing / everything / a NaN-free extreme.
             for (received, lost) in [(0u32, u32::MAX), (u32::MAX, 0), (1, 1), (0, 0)] {
-                let mut tier = TierControl::new_known(config, at(0), rate);
-                let mut other = TierControl::new_known(config, at(0), rate / 3);
+                let mut controls = [
+                    TierControl::new_known(config, at(0), rate),
+                    TierControl::new_known(config, at(0), rate / 3),
+                ];
                 let (mut fast, mut member) = (PathEstimate::default(), PathEstimate::default());
                 for _ in 0..3 {
-                    report_50ms(&mut fast, config, 1000, 0, tier.rate(), Counts::Settled);
-                    report_50ms(
-                        &mut member,
-                        config,
-                        received,
-                        lost,
-                        tier.rate(),
-                        Counts::Settled,
-                    );
+                    let rate = controls[0].rate();
+                    report_50ms(&mut fast, config, 1000, 0, rate, Counts::Settled);
+                    report_50ms(&mut member, config, received, lost, rate, Counts::Settled);
                 }
-                let mut controls = [tier.clone(), other.clone()];
-                let moves = {
-                    let mut plans = memberless_plans(&mut controls);
-                    for (id, estimate) in [(6, &fast), (7, &member)] {
-                        plans[0].members.push(MemberPlan {
-                            id,
-                            estimate,
-                            moved_at: None,
-                        });
-                    }
-                    plan(config, at(5_000), &mut plans)
-                };
+                let moves = plan_members(
+                    config,
+                    at(5_000),
+                    &mut controls,
+                    &[(6, &fast), (7, &member)],
+                );
                 for m in moves {
                     if let Target::New { rate, start, .. } = m.to {
                         let c = start.control(config, at(5_000), rate);
                         assert!((lo..=hi).contains(&c.rate()), "{m:?}");
                     }
                 }
-                tier = controls[0].clone();
-                other = controls[1].clone();
-                assert!((lo..=hi).contains(&tier.rate()) && (lo..=hi).contains(&other.rate()));
+                assert!(controls.iter().all(|c| (lo..=hi).contains(&c.rate())));
             }
         }
     }
