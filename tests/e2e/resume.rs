@@ -42,6 +42,14 @@ pub fn killed_client_resumes_and_finishes_identical() {
         report["resumed_datagrams"].as_u64().unwrap() > 1000,
         "resumed from the saved state: {report}"
     );
+    // The groups it wrote whole are compared with what it wrote; those held from before the
+    // resume are hashed again (check.rs): both kinds are checked while it receives.
+    let checked = report["groups_checked_while_receiving"].as_u64().unwrap();
+    let compared = report["groups_compared_while_receiving"].as_u64().unwrap();
+    assert!(
+        0 < compared && compared < checked,
+        "{compared} of {checked} groups checked while receiving were compared with what was written: {report}"
+    );
     // Its loop starts where what it lacks begins (R14): it is not sent what it holds again.
     // (Before, its channel started elsewhere: 4,849 to 4,898 duplicates in 4 runs, about
     // 28 % of the loop, and 4.1-4.6 s instead of 2.7-3.2 s.)

@@ -905,6 +905,7 @@ fn run_loopcast(bed: &Bed, hosts: &[usize], why: &str) -> Result<serde_json::Val
                 "client_seconds": report["seconds"],
                 "final_check_seconds": report["final_check_seconds"],
                 "groups_checked_while_receiving": report["groups_checked_while_receiving"],
+                "groups_compared_while_receiving": report["groups_compared_while_receiving"],
                 "groups": report["groups"],
                 "duplicates": report["duplicates"],
                 "naks_sent": report["naks_sent"],

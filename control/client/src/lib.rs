@@ -117,9 +117,11 @@ pub struct GetReport {
     pub first_datagram_after: Option<Duration>,
     pub publish_time: Duration,
     /// The whole-file check's time after the last datagram, and how many of the archive's
-    /// groups it had already checked while the download ran (of `groups`).
+    /// groups it had already checked while the download ran (of `groups`); of those, how many
+    /// by comparing them with what this run wrote (`check.rs`; the rest were hashed again).
     pub final_check_time: Duration,
     pub groups_checked_while_receiving: u32,
+    pub groups_compared_while_receiving: u32,
     pub groups: u32,
     /// NAKs sent, and the serials they asked for (R10).
     pub naks_sent: u64,
@@ -710,6 +712,7 @@ pub fn get_following(
         publish_time,
         final_check_time: download.final_check_time,
         groups_checked_while_receiving: download.groups_checked_early,
+        groups_compared_while_receiving: download.groups_compared_early,
         groups: download.groups,
         transport,
         transport_note,
@@ -844,6 +847,7 @@ struct Download {
     checker: Option<check::GroupChecker>,
     final_check_time: Duration,
     groups_checked_early: u32,
+    groups_compared_early: u32,
     groups: u32,
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
@@ -857,6 +861,23 @@ struct Download {
     segments: Vec<Segment>,
     slices: Vec<&'static [u8]>,
     hashes: Vec<[u8; 32]>,
+}
+
+/// Sorts datagrams to store by serial (stably) and keeps, of a serial stored twice in one
+/// batch (a pending copy rejected, then the genuine one accepted), the one accepted last: what
+/// is on disk for a serial is always the datagram whose hash the receiver accepted. Returns
+/// how many are kept, at the front.
+fn last_of_each_serial(stored: &mut [(u32, usize, usize, usize)]) -> usize {
+    stored.sort_by_key(|&(serial, ..)| serial);
+    let mut kept = 0;
+    for index in 0..stored.len() {
+        if index + 1 < stored.len() && stored[index + 1].0 == stored[index].0 {
+            continue;
+        }
+        stored[kept] = stored[index];
+        kept += 1;
+    }
+    kept
 }
 
 /// A seed for the NAK planner's random delays, from the OS (a fixed one if it is unavailable:
@@ -998,6 +1019,7 @@ impl Download {
             &part_path,
             &part,
             &loopcast_dataplane::hash_lanes::hash_many,
+            random_seed(),
         );
         let nak_config = NakConfig {
             // Multicast until the transport says otherwise (R10 suppression, Timer A).
@@ -1020,6 +1042,7 @@ impl Download {
             checker,
             final_check_time: Duration::ZERO,
             groups_checked_early: 0,
+            groups_compared_early: 0,
             saver: None,
             to_store: Vec::with_capacity(RECEIVE_BATCH * 64),
             nak: NakPlanner::new(nak_config, receiver.have()),
@@ -1160,10 +1183,11 @@ impl Download {
         self.slices = recycle_slices(slices);
         self.segments = segments;
         self.hashes = hashes;
-        let written = self.write_runs(inbox, &mut to_store);
+        let kept = last_of_each_serial(&mut to_store);
+        let written = self.write_runs(inbox, &to_store[..kept]);
         if let Some(checker) = self.checker.as_mut() {
-            for &(serial, ..) in &to_store {
-                checker.wrote(serial);
+            for &(serial, slot, at, len) in &to_store[..kept] {
+                checker.wrote(serial, &inbox.datagram(slot).bytes[at..at + len]);
             }
         }
         self.to_store = to_store;
@@ -1171,29 +1195,17 @@ impl Download {
         Ok(result)
     }
 
-    /// Writes stored datagrams with one `pwritev` per run of consecutive serials (the loop
-    /// sends in serial order, so a batch is usually one or two runs).
+    /// Writes stored datagrams (in serial order, each serial once) with one `pwritev` per run
+    /// of consecutive serials (the loop sends in serial order, so a batch is usually one or two
+    /// runs).
     fn write_runs(
         &self,
         inbox: &BatchReceiver,
-        stored: &mut [(u32, usize, usize, usize)],
+        stored: &[(u32, usize, usize, usize)],
     ) -> Result<(), ClientError> {
         let bytes_of = |&(_, slot, at, len): &(u32, usize, usize, usize)| {
             &inbox.datagram(slot).bytes[at..at + len]
         };
-        // Stable, and a serial stored twice in one batch (a pending copy rejected, then the
-        // genuine one accepted) is written once, with the bytes accepted last: what is on disk
-        // for a serial is always the datagram whose hash the receiver accepted.
-        stored.sort_by_key(|&(serial, ..)| serial);
-        let mut kept = 0;
-        for index in 0..stored.len() {
-            if index + 1 < stored.len() && stored[index + 1].0 == stored[index].0 {
-                continue;
-            }
-            stored[kept] = stored[index];
-            kept += 1;
-        }
-        let stored = &stored[..kept];
         let mut run_start = 0;
         while run_start < stored.len() {
             let mut run_end = run_start + 1;
@@ -1305,6 +1317,7 @@ impl Download {
         });
         if let Some(checker) = &checker {
             self.groups_checked_early = checker.checked_early;
+            self.groups_compared_early = checker.compared_early;
         }
         let whole = loopcast_archive::ArchiveFile::open(&self.part_path).and_then(|archive| {
             if archive.info().root() != self.root {

@@ -177,6 +177,23 @@ impl ArchiveFile {
         first..first + 1 + (children.end - children.start)
     }
 
+    /// Reads group `group` (its hash block, then its data datagrams, `datagram_size` bytes
+    /// each, as [`ArchiveFile::group_serials`] lists them) into `buffers`; returns the bytes.
+    pub fn read_group<'b>(
+        &self,
+        group: u32,
+        buffers: &'b mut GroupBuffers,
+    ) -> Result<&'b [u8], ArchiveError> {
+        let serials = self.group_serials(group);
+        let len = usize::from(self.info.datagram_size) * serials.len();
+        let bytes = &mut buffers.bytes;
+        bytes.resize(len, 0);
+        self.file
+            .read_exact_at(bytes, datagram_offset(&self.info, serials.start))
+            .map_err(|e| io_error("read", &self.path, e))?;
+        Ok(bytes)
+    }
+
     /// Reads group `group` and checks each of its data datagrams against the hash its block
     /// lists; returns the block's own hash, which `verify_above_groups` checks against the
     /// rest of the tree. `buffers` are reused from call to call.
@@ -187,16 +204,9 @@ impl ArchiveFile {
         buffers: &mut GroupBuffers,
     ) -> Result<[u8; 32], ArchiveError> {
         let size = usize::from(self.info.datagram_size);
-        let shape = &self.shape;
-        let children = shape.children(1, group);
-        let count = 1 + children.end - children.start;
-        let len = size * count as usize;
-        let offset = datagram_offset(&self.info, shape.serial_of(1, group));
+        let children = self.shape.children(1, group);
+        self.read_group(group, buffers)?;
         let GroupBuffers { bytes, hashes } = buffers;
-        bytes.resize(len, 0);
-        self.file
-            .read_exact_at(bytes, offset)
-            .map_err(|e| io_error("read", &self.path, e))?;
         let (block_bytes, data) = bytes.split_at(size);
         let listed = &block_bytes[DATAGRAM_HEADER_LEN..];
         let datagrams: Vec<&[u8]> = data.chunks_exact(size).collect();
@@ -208,7 +218,7 @@ impl ArchiveFile {
                 return Err(self.corrupt(format!(
                     "data datagram {} (serial {}) fails its hash",
                     children.start + j as u32,
-                    shape.serial_of(0, children.start + j as u32)
+                    self.shape.serial_of(0, children.start + j as u32)
                 )));
             }
         }

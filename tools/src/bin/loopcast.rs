@@ -854,6 +854,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
                 "publish_seconds": report.publish_time.as_secs_f64(),
                 "final_check_seconds": report.final_check_time.as_secs_f64(),
                 "groups_checked_while_receiving": report.groups_checked_while_receiving,
+                "groups_compared_while_receiving": report.groups_compared_while_receiving,
                 "groups": report.groups,
                 "verified": true, "extracted": extracted.map(|p| p.display().to_string()),
                 "session_rerequests": report.session_rerequests,
