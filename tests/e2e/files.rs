@@ -167,7 +167,40 @@ pub fn existing_output_needs_force_and_a_directory_is_refused_up_front() {
     )
     .report(Duration::from_secs(60));
     assert_eq!(report["verified"], true);
+    assert_eq!(
+        report["replaced"], true,
+        "says it replaced the older file: {report}"
+    );
     assert_verifies(&output, &media.join("film.bin.lca"));
+    // Without --json, in words.
+    let words = Command::new(bin("loopcast"))
+        .args([
+            "get",
+            &format!("127.0.0.1:{}", server.port),
+            "film.bin",
+            "--force",
+        ])
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&words.stdout);
+    assert!(words.status.success(), "{}", stderr_of(&words));
+    assert!(
+        said.contains(&format!(
+            "replaced the file that was at {}",
+            output.display()
+        )),
+        "{said}"
+    );
+    // With --force but nothing there, nothing is said replaced.
+    std::fs::remove_file(&output).unwrap();
+    let report = Proc::spawn(
+        "get --force, nothing there",
+        get_command(server.port, &output).arg("--force"),
+    )
+    .report(Duration::from_secs(60));
+    assert_eq!(report["replaced"], false, "{report}");
 }
 
 /// Defect 12: `extract` never leaves plaintext behind (wrong key, read-only directory, a failed

@@ -165,12 +165,15 @@ impl PartFile {
     }
 
     /// R14: fsync, then rename into place (refusing an output that appeared meanwhile unless
-    /// --force), then fsync the directory.
-    pub(crate) fn publish(&self) -> Result<(), ClientError> {
+    /// --force), then fsync the directory. Returns whether a file was there and is replaced
+    /// (--force).
+    pub(crate) fn publish(&self) -> Result<bool, ClientError> {
         self.file.sync_all().map_err(|source| ClientError::Io {
             context: format!("fsync {}", self.path.display()),
             source,
         })?;
+        let replacing =
+            self.overwrite == Overwrite::Replace && self.output.symlink_metadata().is_ok();
         files::rename(&self.path, &self.output, self.overwrite).map_err(|source| {
             if source.kind() == io::ErrorKind::AlreadyExists {
                 ClientError::Output(OutputError::Exists(self.output.clone()))
@@ -182,7 +185,7 @@ impl PartFile {
             }
         })?;
         files::sync_dir(&self.output);
-        Ok(())
+        Ok(replacing)
     }
 }
 
@@ -307,8 +310,13 @@ mod tests {
         config.force = true;
         let mut part = PartFile::prepare(&config).unwrap();
         part.reserve(10, true).unwrap();
-        part.publish().unwrap();
+        assert!(part.publish().unwrap(), "says it replaced a file");
         assert_eq!(std::fs::metadata(&output).unwrap().len(), 10);
+        // With --force and nothing there, nothing is replaced.
+        std::fs::remove_file(&output).unwrap();
+        let mut part = PartFile::prepare(&config).unwrap();
+        part.reserve(10, true).unwrap();
+        assert!(!part.publish().unwrap(), "nothing was there");
         // Without --force, an output that appears during the download is not replaced.
         config.force = false;
         std::fs::remove_file(&output).unwrap();

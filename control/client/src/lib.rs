@@ -116,6 +116,8 @@ pub struct GetReport {
     /// finished file durable (final fsync and rename).
     pub first_datagram_after: Option<Duration>,
     pub publish_time: Duration,
+    /// A file was at the output and the download replaced it (--force).
+    pub replaced: bool,
     /// The whole-file check's time after the last datagram, and how many of the archive's
     /// groups it had already checked while the download ran (of `groups`); of those, how many
     /// by comparing them with what this run wrote (`check.rs`; the rest were hashed again).
@@ -701,7 +703,7 @@ pub fn get_following(
         archive_bytes: download.archive_bytes,
     });
     let publish_started = Instant::now();
-    download.publish()?;
+    let replaced = download.publish()?;
     let publish_time = publish_started.elapsed();
     let (played_bytes, first_play_at) = match follow {
         Some(follow) => follow.finish(&mut download.receiver, &download.part, cancel)?,
@@ -710,6 +712,7 @@ pub fn get_following(
     Ok(GetReport {
         first_datagram_after: download.first_datagram_at.map(|at| at - started),
         publish_time,
+        replaced,
         final_check_time: download.final_check_time,
         groups_checked_while_receiving: download.groups_checked_early,
         groups_compared_while_receiving: download.groups_compared_early,
@@ -1381,12 +1384,13 @@ impl Download {
         Ok(false)
     }
 
-    /// R14: fsync, then rename into place; the state file goes last.
-    fn publish(&mut self) -> Result<(), ClientError> {
+    /// R14: fsync, then rename into place; the state file goes last. Whether a file was
+    /// replaced (--force).
+    fn publish(&mut self) -> Result<bool, ClientError> {
         self.finish_background_save()?;
-        self.part.publish()?;
+        let replaced = self.part.publish()?;
         let _ = std::fs::remove_file(&self.state_path);
-        Ok(())
+        Ok(replaced)
     }
 }
 

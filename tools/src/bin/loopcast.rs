@@ -851,7 +851,7 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
                 "serials_suppressed": report.serials_suppressed,
                 "serials_left_to_loop": report.serials_left_to_loop,
                 "first_datagram_seconds": report.first_datagram_after.map(|d| d.as_secs_f64()),
-                "publish_seconds": report.publish_time.as_secs_f64(),
+                "publish_seconds": report.publish_time.as_secs_f64(), "replaced": report.replaced,
                 "final_check_seconds": report.final_check_time.as_secs_f64(),
                 "groups_checked_while_receiving": report.groups_checked_while_receiving,
                 "groups_compared_while_receiving": report.groups_compared_while_receiving,
@@ -895,6 +895,13 @@ fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> 
             );
         }
         let _ = writeln!(text, "  verified against root {}", report.root.to_hex());
+        if report.replaced {
+            let _ = writeln!(
+                text,
+                "  replaced the file that was at {} (--force)",
+                output.display()
+            );
+        }
         if report.server.to_string() != args.server || report.failovers > 0 {
             let _ = writeln!(
                 text,
