@@ -209,7 +209,10 @@ pub fn a_player_that_quits_stops_the_download_and_keeps_it_for_resume() {
     assert_eq!(output.status.code(), Some(141), "{stderr}");
     assert!(
         stderr.contains("the player stopped reading (broken pipe)")
-            && stderr.contains("kept for resume"),
+            && stderr.contains(&format!(
+                "kept for resume in {} (",
+                scratch.path("film.lca.part").display()
+            )),
         "{stderr}"
     );
     assert!(head[..] == original[..100_000]);
@@ -479,8 +482,15 @@ pub fn follow_into_a_full_disk_exits_as_disk_full_and_keeps_the_download() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
-    // Nothing received is lost: kept for resume.
+    // Nothing received is lost: kept for resume, and it says where.
     assert!(scratch.path("film.lca.part").exists(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "kept for resume in {} (",
+            scratch.path("film.lca.part").display()
+        )),
+        "{stderr}"
+    );
     // The advice is to make room first: the same command into the same full disk stops again
     // (it said only "run the same command again").
     assert!(

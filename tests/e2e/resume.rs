@@ -175,3 +175,54 @@ fn get_big(port: u16, scratch: &Scratch, extra: &[&str]) -> Command {
         .args(extra);
     command
 }
+
+/// An interrupted get says where what it received is kept (the `.part`), and one interrupted
+/// before the download began says nothing was downloaded (it said "partial download kept for
+/// resume (0/0 datagrams)", and neither named the file).
+pub fn an_interrupted_get_says_where_its_partial_download_is() {
+    let scratch = Scratch::new("resume-said");
+    let media = scratch.path("media");
+    let input = scratch.path("big.bin");
+    write_content(&input, 24 << 20, 7);
+    pack_into(&input, &media, &["--level", "0"]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
+    let mut get = get_big(server.port, &scratch, &["--keys"]);
+    get.arg(media.join("keys.db"));
+    let running = Proc::spawn("get", &mut get);
+    std::thread::sleep(Duration::from_secs(2));
+    let output = running.terminate();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let part = scratch.path("big.lca.part");
+    assert!(
+        stderr.contains(&format!(
+            "interrupted; partial download kept for resume in {} (",
+            part.display()
+        )),
+        "{stderr}"
+    );
+    assert!(part.exists());
+    drop(server);
+
+    // A server that never answers: interrupted while asking.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let output_path = scratch.path("never.lca");
+    let asking = Proc::spawn(
+        "get from a silent server",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
+            .arg("--output")
+            .arg(&output_path),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = asking.terminate();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted; nothing was downloaded yet")
+            && !stderr.contains("kept for resume"),
+        "{stderr}"
+    );
+    assert!(!scratch.path("never.lca.part").exists());
+}

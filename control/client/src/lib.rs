@@ -174,11 +174,12 @@ pub enum ClientError {
     #[error("{name} is encrypted and no key database was given to decrypt it: pass --keys (nothing was downloaded)")]
     NeedsKeys { name: String },
     /// `--follow` stopped the download: the player quit, or a frame failed.
-    #[error("{source}; download stopped, partial download kept for resume ({held}/{total} datagrams): {}", follow_stopped_advice(source))]
+    #[error("{source}; download stopped, {}: {}", kept(Some(part), *held, *total), follow_stopped_advice(source))]
     FollowStopped {
         source: FollowError,
         held: u32,
         total: u32,
+        part: PathBuf,
     },
     /// `--follow` failed to start, or after the download was complete and published.
     #[error(transparent)]
@@ -188,18 +189,25 @@ pub enum ClientError {
     )]
     RootMismatch { offered: String, expected: String },
     #[error(
-        "no new data for {seconds} s; partial download kept for resume ({held}/{total} datagrams){}",
+        "no new data for {seconds} s; {}{}",
+        kept(Some(part), *held, *total),
         hash_failure_note(*.failed_hash)
     )]
     Stalled {
         seconds: u64,
         held: u32,
         total: u32,
+        part: PathBuf,
         /// Datagrams that failed their hash check during the run: what the stall may be made of.
         failed_hash: u64,
     },
-    #[error("interrupted; partial download kept for resume ({held}/{total} datagrams)")]
-    Interrupted { held: u32, total: u32 },
+    #[error("interrupted; {}", kept(part.as_deref(), *held, *total))]
+    Interrupted {
+        held: u32,
+        total: u32,
+        /// `None`: interrupted before the download began (nothing written).
+        part: Option<PathBuf>,
+    },
     #[error("{path} failed verification against the root and could not be repaired: {detail}; not published", path = .path.display())]
     VerificationFailed { path: PathBuf, detail: String },
     /// The output path is unusable (exists without --force, is a directory, a symlink ...).
@@ -213,6 +221,18 @@ pub enum ClientError {
         needed: u64,
         available: u64,
     },
+}
+
+/// Where a stopped download's datagrams are kept (`part`: the partial file, `None` before the
+/// download began).
+fn kept(part: Option<&Path>, held: u32, total: u32) -> String {
+    match part {
+        Some(part) => format!(
+            "partial download kept for resume in {} ({held}/{total} datagrams)",
+            part.display()
+        ),
+        None => "nothing was downloaded yet".to_owned(),
+    }
 }
 
 /// Said after a stall or a lost server when datagrams failed their hash check: a loop that
@@ -587,7 +607,11 @@ pub fn get_following(
                 session.handle_control(clock.now(), message.from, &message.bytes);
             }
             if cancel.load(Ordering::Relaxed) {
-                return Err(ClientError::Interrupted { held: 0, total: 0 });
+                return Err(ClientError::Interrupted {
+                    held: 0,
+                    total: 0,
+                    part: None,
+                });
             }
             continue;
         };
@@ -600,7 +624,11 @@ pub fn get_following(
             download.save()?;
             session.leave(clock.now());
             send_all(&mut session);
-            return Err(ClientError::Interrupted { held, total });
+            return Err(ClientError::Interrupted {
+                held,
+                total,
+                part: Some(download.part_path.clone()),
+            });
         }
         if last_new_data.elapsed() > config.stall_timeout {
             download.save()?;
@@ -610,6 +638,7 @@ pub fn get_following(
                 seconds: config.stall_timeout.as_secs(),
                 held,
                 total,
+                part: download.part_path.clone(),
                 failed_hash: download.receiver.counters().failed_hash(),
             });
         }
@@ -671,6 +700,7 @@ pub fn get_following(
                     source,
                     held: download.receiver.have().count_ones(),
                     total,
+                    part: download.part_path.clone(),
                 });
             }
             let wanted = follow.wanted_serial(&download.receiver);
