@@ -26,13 +26,17 @@ pub struct DemoArgs {
     /// Size of the generated sample file.
     #[arg(long, default_value = "48M", value_parser = parse_size)]
     pub size: u64,
-    /// Number of clients (2..=16); the later ones join mid-loop, the fourth asks for unicast.
+    /// Number of clients (2..=16); the later ones start later, joining the multicast loop
+    /// mid-way; the fourth asks for unicast (a unicast client gets its own loop, which starts
+    /// at what it lacks: the file's start, so it joins at 0 %, as every client does with
+    /// --no-netns).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=16))]
     pub clients: u8,
     /// Channel rate, e.g. 400M, 1G or unpaced.
     #[arg(long, default_value = "400M", value_parser = parse_rate)]
     pub rate: u64,
-    /// Stay in the host's network namespace (unicast on loopback only, no multicast).
+    /// Stay in the host's network namespace (unicast on loopback only, no multicast: each
+    /// client gets its own loop from the file's start).
     #[arg(long)]
     pub no_netns: bool,
     /// Keep the working directory (sample, archive, key database, downloads).
