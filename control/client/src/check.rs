@@ -17,8 +17,9 @@
 //! download runs is simply checked again at the end (it may have held a copy that was then
 //! replaced); a failure at the end is the whole-file check's failure.
 //!
-//! A group whose every datagram was written by this run (not over a resume, and none written
-//! twice) is read back and compared with what was written, not hashed again with BLAKE3: each
+//! A group whose every datagram was written by this run, proven before it was written (not
+//! over a resume, none written twice, none written while pending its parent) is read back and
+//! compared with what was written, not hashed again with BLAKE3: each
 //! datagram written is tagged with a keyed 128-bit XXH3 of its bytes, the key random per run
 //! and bound to its serial, and the tags of a group are XORed together. The read-back's tags
 //! must XOR to the same value: the bytes on disk are then the bytes that were verified on
@@ -28,7 +29,8 @@
 //! arrival's tag costs another pass of that: a BLAKE3 pass of the whole file less for the
 //! receiver (s24). XXH3 is no defence against a writer that knows the key; a writer is kept
 //! out otherwise (below), and the tag guards what remains, a disk or a page cache that lost or
-//! mangled a write, which it misses with odds of 2^-128. A group that fails the comparison is
+//! mangled a write, which it misses with odds of 2^-128. Without randomness from the OS there is
+//! no key, and every group is hashed. A group that fails the comparison is
 //! checked with BLAKE3 at once, and so counts only as a checked group would.
 //!
 //! Nothing checked early counts if anyone else could have written to the `.part` after its
@@ -72,7 +74,9 @@ type CheckJob = (u32, u32, Option<u128>);
 
 /// The tags of what this run wrote to each group (see the module's doc).
 struct WriteTags {
-    key: u64,
+    /// `None` without randomness from the OS: a key that can be guessed is no key, and every
+    /// group is hashed.
+    key: Option<u64>,
     /// Per group: the XOR of its written datagrams' tags, and how many (`SPOILED`: one was
     /// written twice, or the tags cannot be trusted; the group is hashed with BLAKE3).
     per_group: Vec<(u128, u32)>,
@@ -85,7 +89,8 @@ impl WriteTags {
     /// datagrams once.
     fn whole(&self, archive: &ArchiveFile, group: u32) -> Option<(u64, u128)> {
         let (xor, count) = self.per_group[group as usize];
-        (count as usize == archive.group_serials(group).len()).then_some((self.key, xor))
+        let key = self.key?;
+        (count as usize == archive.group_serials(group).len()).then_some((key, xor))
     }
 }
 
@@ -166,12 +171,13 @@ pub struct GroupChecker {
 impl GroupChecker {
     /// A checker for the partial archive at `part` (its header already written). `None` for
     /// a tree with no level-1 groups (tiny files: the whole-file check at the end is instant).
-    /// `tag_key` keys the tags of what is written (random per run, see the module's doc).
+    /// `tag_key` keys the tags of what is written (random per run, see the module's doc;
+    /// `None`: no randomness to be had, every group is hashed).
     pub fn start(
         part: &std::path::Path,
         file: &std::fs::File,
         hash_many: &'static HashMany,
-        tag_key: u64,
+        tag_key: Option<u64>,
     ) -> Option<GroupChecker> {
         use std::os::fd::AsFd;
         // Opens from now on are seen by the watch; a descriptor (or shared map) opened
@@ -239,7 +245,7 @@ impl GroupChecker {
                         if stop.load(Ordering::Relaxed) {
                             return;
                         }
-                        let tags = tags.map(|xor| (tag_key, xor));
+                        let tags = tag_key.zip(tags);
                         let outcome = check_group(&archive, group, tags, hash_many, &mut buffers);
                         if results.send((group, writes, outcome)).is_err() {
                             return;
@@ -289,9 +295,14 @@ impl GroupChecker {
         self.state.len() as u32
     }
 
-    /// `serial` was written to the `.part` (again, perhaps), these `bytes` (a whole datagram):
-    /// a check of its group from before no longer counts.
-    pub fn wrote(&mut self, serial: u32, bytes: &[u8]) {
+    /// `serial` was written to the `.part` (again, perhaps), these `bytes` (a whole datagram),
+    /// `verified` if the receiver had proven them (else pending until their parent arrives): a
+    /// check of its group from before no longer counts. A group that took a pending write is
+    /// hashed, not compared: the comparison proves only that the disk holds what was written,
+    /// so it is taken only for bytes proven before they were written (an attack review's
+    /// defence in depth: a receive path that ever kept a pending copy that was then rejected
+    /// would otherwise publish it).
+    pub fn wrote(&mut self, serial: u32, bytes: &[u8], verified: bool) {
         let at = self
             .by_serial
             .partition_point(|&(first, ..)| first <= serial);
@@ -303,9 +314,11 @@ impl GroupChecker {
                     self.state[group as usize] = GroupState::Unchecked;
                 }
                 let (xor, count) = &mut self.tags.per_group[group as usize];
-                if self.tags.tagged.set(serial) {
+                if !verified || self.tags.key.is_none() {
+                    *count = SPOILED;
+                } else if self.tags.tagged.set(serial) {
                     if *count != SPOILED {
-                        *xor ^= write_tag(self.tags.key, serial, bytes);
+                        *xor ^= write_tag(self.tags.key.unwrap_or_default(), serial, bytes);
                         *count += 1;
                     }
                 } else {
@@ -499,7 +512,7 @@ mod tests {
         let offset = loopcast_archive::format::datagram_offset(checker.archive.info(), serial);
         let mut bytes = vec![0u8; size];
         ours.read_exact_at(&mut bytes, offset).unwrap();
-        checker.wrote(serial, &bytes);
+        checker.wrote(serial, &bytes, true);
     }
 
     /// A packed archive of incompressible bytes in a fresh directory: (dir, archive path).
@@ -572,12 +585,12 @@ mod tests {
         let theirs = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let ours = ours(&path);
         // Its later writes would raise no inotify open event: nothing may be checked early.
-        assert!(GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).is_none());
+        assert!(GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).is_none());
         drop(theirs);
-        assert!(GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).is_some());
+        assert!(GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).is_some());
         // A reader is harmless.
         let _reader = std::fs::File::open(&path).unwrap();
-        let _checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY);
+        let _checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY));
     }
 
     fn full(archive: &ArchiveFile) -> Bitmap {
@@ -595,7 +608,7 @@ mod tests {
         let file = view(&ours, &path);
         let groups = file.group_count();
         assert!(groups > 4, "{groups} groups");
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         // The first two groups held: only they are checked.
         let mut have = Bitmap::new(file.info().loop_len);
         for group in 0..2 {
@@ -622,7 +635,7 @@ mod tests {
         let (_dir, path) = archive();
         let ours = ours(&path);
         let file = view(&ours, &path);
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count());
         // A datagram of group 1 written again with other bytes (as a pending copy that failed
@@ -645,7 +658,7 @@ mod tests {
         let genuine = file.read_datagrams(serial, 1).unwrap();
         // A forged copy on disk when the group is first checked...
         ours.write_all_at(&[0x11; 64], offset + 200).unwrap();
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count() - 1);
         // ...then the genuine one written over it: the end's check passes.
@@ -665,7 +678,7 @@ mod tests {
             let offset = |serial| loopcast_archive::format::datagram_offset(file.info(), serial);
             offset(serials.start)..offset(serials.end - 1) + u64::from(file.info().datagram_size)
         };
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         let mut have = Bitmap::new(file.info().loop_len);
         for group in [0, 1, 3] {
             for serial in file.group_serials(group) {
@@ -718,7 +731,7 @@ mod tests {
         // Every page cached and dirty, as a download's writes leave them.
         let bytes = std::fs::read(&path).unwrap();
         ours.write_all_at(&bytes, 0).unwrap();
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         let have = full(&file);
         for group in 0..2 {
             for serial in file.group_serials(group) {
@@ -777,7 +790,7 @@ mod tests {
         let file = view(&ours, &path);
         let len = ours.metadata().unwrap().len();
         let genuine = read_through(&ours, len as usize);
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count());
         // Everything after the last hash block above the groups (read again at the end)
@@ -826,7 +839,7 @@ mod tests {
         let genuine = read_through(&ours, len);
         ours.write_all_at(&genuine, 0).unwrap();
         for rewrite_after_drop in [false, true] {
-            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
             settle(&mut checker, &full(&file));
             let ranges = checker.take_checked_ranges();
             let group = file.group_count() / 2;
@@ -858,7 +871,7 @@ mod tests {
                 "rewrite after the drop: {rewrite_after_drop}"
             );
             // The genuine copy again: whole.
-            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
             ours.write_all_at(&genuine[offset as usize..offset as usize + size], offset)
                 .unwrap();
             wrote_as_on_disk(&mut checker, &ours, serial);
@@ -893,7 +906,7 @@ mod tests {
         let mut outcomes = [0u32; 2];
         for case in 0..36 {
             ours.write_all_at(&genuine, 0).unwrap();
-            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+            let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
             // A few groups the case keeps rewriting, so writes land on checked groups.
             let hot: Vec<u32> = (0..3)
                 .map(|_| rng.below(u64::from(groups)) as u32)
@@ -918,7 +931,7 @@ mod tests {
                     bytes[rng.below(size as u64) as usize] ^= 1 << rng.below(8);
                 }
                 ours.write_all_at(&bytes, offset).unwrap();
-                checker.wrote(serial, &bytes);
+                checker.wrote(serial, &bytes, true);
             };
             for _ in 0..rng.below(30) + 1 {
                 match rng.below(10) {
@@ -984,7 +997,8 @@ mod tests {
                     _ => {
                         log.push("restart".into());
                         drop(checker);
-                        checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+                        checker =
+                            GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
                     }
                 }
             }
@@ -1036,7 +1050,7 @@ mod tests {
         let info = file.info().clone();
         let size = u64::from(info.datagram_size);
         let mut rng = loopcast_proto::rng::SeededRng::from_u64(19_402);
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         let mut have = Bitmap::new(info.loop_len);
         let mut group_of = vec![None; info.loop_len as usize];
         for group in 0..file.group_count() {
@@ -1087,7 +1101,7 @@ mod tests {
         let (_dir, path) = archive_of(1 << 20, 19_501);
         let ours = ours(&path);
         let file = view(&ours, &path);
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         let mut have = Bitmap::new(file.info().loop_len);
         for serial in file.group_serials(1) {
             have.set(serial);
@@ -1103,7 +1117,7 @@ mod tests {
     fn an_open_of_the_partial_file_by_anyone_else_is_seen() {
         let (_dir, path) = archive();
         let ours = ours(&path);
-        let checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         assert!(!checker.opened_by_others());
         let other = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         drop(other);
@@ -1115,7 +1129,7 @@ mod tests {
         let (dir, path) = archive();
         let ours = ours(&path);
         let file = view(&ours, &path);
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         settle(&mut checker, &full(&file));
         let other = dir.path().join("other");
         std::fs::copy(&path, &other).unwrap();
@@ -1127,7 +1141,7 @@ mod tests {
     /// archive as it reads it).
     fn all_written(path: &std::path::Path, ours: &std::fs::File) -> (GroupChecker, ArchiveFile) {
         let file = view(ours, path);
-        let mut checker = GroupChecker::start(path, ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(path, ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         for serial in 0..file.info().loop_len {
             wrote_as_on_disk(&mut checker, ours, serial);
         }
@@ -1195,7 +1209,7 @@ mod tests {
         let (_dir, path) = archive();
         let ours = ours(&path);
         let file = view(&ours, &path);
-        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, TAG_KEY).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         let (resumed, twice) = (1, 3);
         for serial in 0..file.info().loop_len {
             if serial != file.group_serials(resumed).start + 1 {
@@ -1206,6 +1220,47 @@ mod tests {
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count());
         assert_eq!(checker.compared_early, file.group_count() - 2);
+        assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
+    }
+
+    /// A datagram written while pending (not yet proven: its parent had not arrived) puts its
+    /// group to BLAKE3: the comparison proves only that the disk holds what was written. Told
+    /// "written" of forged bytes, it published them as checked (attack review s24, F1).
+    #[test]
+    fn a_group_that_took_a_pending_write_is_hashed_not_compared() {
+        let (_dir, path) = archive();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let size = usize::from(file.info().datagram_size);
+        let serial = file.group_serials(1).start + 1;
+        let offset = loopcast_archive::format::datagram_offset(file.info(), serial);
+        let mut forged = file.read_datagrams(serial, 1).unwrap();
+        forged[size - 1] ^= 1;
+        ours.write_all_at(&forged, offset).unwrap();
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
+        for other in (0..file.info().loop_len).filter(|&s| s != serial) {
+            wrote_as_on_disk(&mut checker, &ours, other);
+        }
+        checker.wrote(serial, &forged, false);
+        settle(&mut checker, &full(&file));
+        assert_eq!(checker.compared_early, file.group_count() - 1);
+        let error = checker.finish(&path, HASH_MANY).unwrap().unwrap_err();
+        assert!(error.to_string().contains("fails its hash"), "{error}");
+    }
+
+    /// Without randomness from the OS there is no key worth the name: every group is hashed.
+    #[test]
+    fn without_a_key_every_group_is_hashed() {
+        let (_dir, path) = archive();
+        let ours = ours(&path);
+        let file = view(&ours, &path);
+        let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, None).unwrap();
+        for serial in 0..file.info().loop_len {
+            wrote_as_on_disk(&mut checker, &ours, serial);
+        }
+        settle(&mut checker, &full(&file));
+        assert_eq!(checker.checked_early, file.group_count());
+        assert_eq!(checker.compared_early, 0);
         assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
     }
 }

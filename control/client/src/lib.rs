@@ -885,7 +885,7 @@ struct Download {
     /// A periodic save running beside the receive loop, so its fsync never stalls receiving.
     saver: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     /// Reused per batch: (serial, slot, offset, length) of datagrams to write.
-    to_store: Vec<(u32, usize, usize, usize)>,
+    to_store: Vec<ToStore>,
     /// What went by without arriving, to ask for ahead of the loop (R10).
     nak: NakPlanner,
     clock: loopcast_proto::time::MonotonicClock,
@@ -896,15 +896,27 @@ struct Download {
     hashes: Vec<[u8; 32]>,
 }
 
+/// A datagram of a received batch to write: its serial, where its bytes are in the batch
+/// (`slot`, from `at`, `len` bytes), and whether the receiver had proven it (else it is pending
+/// until its parent arrives).
+#[derive(Clone, Copy)]
+struct ToStore {
+    serial: u32,
+    slot: usize,
+    at: usize,
+    len: usize,
+    verified: bool,
+}
+
 /// Sorts datagrams to store by serial (stably) and keeps, of a serial stored twice in one
 /// batch (a pending copy rejected, then the genuine one accepted), the one accepted last: what
 /// is on disk for a serial is always the datagram whose hash the receiver accepted. Returns
 /// how many are kept, at the front.
-fn last_of_each_serial(stored: &mut [(u32, usize, usize, usize)]) -> usize {
-    stored.sort_by_key(|&(serial, ..)| serial);
+fn last_of_each_serial(stored: &mut [ToStore]) -> usize {
+    stored.sort_by_key(|entry| entry.serial);
     let mut kept = 0;
     for index in 0..stored.len() {
-        if index + 1 < stored.len() && stored[index + 1].0 == stored[index].0 {
+        if index + 1 < stored.len() && stored[index + 1].serial == stored[index].serial {
             continue;
         }
         stored[kept] = stored[index];
@@ -916,11 +928,14 @@ fn last_of_each_serial(stored: &mut [(u32, usize, usize, usize)]) -> usize {
 /// A seed for the NAK planner's random delays, from the OS (a fixed one if it is unavailable:
 /// suppression then works less well, nothing else changes).
 fn random_seed() -> u64 {
+    os_random().unwrap_or(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()))
+}
+
+/// 64 random bits from the OS, if it has them.
+fn os_random() -> Option<u64> {
     let mut bytes = [0u8; 8];
-    match getrandom::fill(&mut bytes) {
-        Ok(()) => u64::from_le_bytes(bytes),
-        Err(_) => 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
-    }
+    getrandom::fill(&mut bytes).ok()?;
+    Some(u64::from_le_bytes(bytes))
 }
 
 /// One datagram of the file in a received batch: where it sits.
@@ -1052,7 +1067,10 @@ impl Download {
             &part_path,
             &part,
             &loopcast_dataplane::hash_lanes::hash_many,
-            random_seed(),
+            os_random().or_else(|| {
+                tracing::warn!("no randomness from the OS: every group of the partial file is hashed again before publishing (nothing compared with what was written)");
+                None
+            }),
         );
         let nak_config = NakConfig {
             // Multicast until the transport says otherwise (R10 suppression, Timer A).
@@ -1196,7 +1214,7 @@ impl Download {
             let outcome = self.receiver.handle_datagram_hashed(bytes, Some(hash));
             session.account_datagram(&mut self.nak, segment.metered, &outcome, now);
             match outcome {
-                Outcome::Store { serial, .. } => {
+                Outcome::Store { serial, verified } => {
                     if self.join_serial.is_none() {
                         self.join_serial = Some(serial);
                         self.first_datagram_at = Some(Instant::now());
@@ -1204,7 +1222,13 @@ impl Download {
                     // Receiving our file's datagrams on the channel proves it works, like SYNC.
                     result.stored += 1;
                     result.seen += 1;
-                    to_store.push((serial, segment.slot, segment.offset, segment.len));
+                    to_store.push(ToStore {
+                        serial,
+                        slot: segment.slot,
+                        at: segment.offset,
+                        len: segment.len,
+                        verified,
+                    });
                 }
                 Outcome::Duplicate { .. } => result.seen += 1,
                 Outcome::Dropped(_) => {}
@@ -1219,8 +1243,9 @@ impl Download {
         let kept = last_of_each_serial(&mut to_store);
         let written = self.write_runs(inbox, &to_store[..kept]);
         if let Some(checker) = self.checker.as_mut() {
-            for &(serial, slot, at, len) in &to_store[..kept] {
-                checker.wrote(serial, &inbox.datagram(slot).bytes[at..at + len]);
+            for entry in &to_store[..kept] {
+                let bytes = &inbox.datagram(entry.slot).bytes[entry.at..entry.at + entry.len];
+                checker.wrote(entry.serial, bytes, entry.verified);
             }
         }
         self.to_store = to_store;
@@ -1231,20 +1256,15 @@ impl Download {
     /// Writes stored datagrams (in serial order, each serial once) with one `pwritev` per run
     /// of consecutive serials (the loop sends in serial order, so a batch is usually one or two
     /// runs).
-    fn write_runs(
-        &self,
-        inbox: &BatchReceiver,
-        stored: &[(u32, usize, usize, usize)],
-    ) -> Result<(), ClientError> {
-        let bytes_of = |&(_, slot, at, len): &(u32, usize, usize, usize)| {
-            &inbox.datagram(slot).bytes[at..at + len]
-        };
+    fn write_runs(&self, inbox: &BatchReceiver, stored: &[ToStore]) -> Result<(), ClientError> {
+        let bytes_of =
+            |entry: &ToStore| &inbox.datagram(entry.slot).bytes[entry.at..entry.at + entry.len];
         let mut run_start = 0;
         while run_start < stored.len() {
             let mut run_end = run_start + 1;
             while run_end < stored.len()
                 && run_end - run_start < WRITE_IOVECS_MAX
-                && stored[run_end].0 == stored[run_end - 1].0 + 1
+                && stored[run_end].serial == stored[run_end - 1].serial + 1
             {
                 run_end += 1;
             }
@@ -1254,7 +1274,7 @@ impl Download {
                 *slice = std::io::IoSlice::new(bytes_of(entry));
             }
             let slices = &slices[..run.len()];
-            let offset = datagram_offset(self.receiver.info(), run[0].0);
+            let offset = datagram_offset(self.receiver.info(), run[0].serial);
             let total: usize = slices.iter().map(|s| s.len()).sum();
             let written = nix::sys::uio::pwritev(&self.part, slices, offset as i64)
                 .map_err(|e| io_err(format!("write {}", self.part_path.display()))(e.into()))?;
@@ -1264,7 +1284,7 @@ impl Download {
                     self.part
                         .write_all_at(
                             bytes_of(entry),
-                            datagram_offset(self.receiver.info(), entry.0),
+                            datagram_offset(self.receiver.info(), entry.serial),
                         )
                         .map_err(io_err(format!("write {}", self.part_path.display())))?;
                 }
