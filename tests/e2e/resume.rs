@@ -198,7 +198,7 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
         stderr.contains(&format!(
             "interrupted; partial download kept for resume in {} (",
             part.display()
-        )),
+        )) && stderr.contains("run the same command again to resume"),
         "{stderr}"
     );
     assert!(part.exists());
@@ -220,9 +220,31 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert!(
-        stderr.contains("interrupted; nothing was downloaded yet")
-            && !stderr.contains("kept for resume"),
+        stderr.contains("interrupted; the server had not answered yet; nothing was downloaded")
+            && !stderr.contains("kept"),
         "{stderr}"
     );
     assert!(!scratch.path("never.lca.part").exists());
+
+    // The same, to the output the first get left a partial download for: it is still there,
+    // and says so (new-user review: "nothing was downloaded yet" read as if it were gone).
+    let asking = Proc::spawn(
+        "get from a silent server, with a partial download kept",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
+            .arg("--output")
+            .arg(scratch.path("big.lca")),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = asking.terminate();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the partial download an earlier run left in {} is kept",
+            part.display()
+        )),
+        "{stderr}"
+    );
+    assert!(part.exists());
 }

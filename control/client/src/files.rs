@@ -61,6 +61,12 @@ impl Drop for PartFile {
 }
 
 impl PartFile {
+    /// Whether an earlier run left this `.part` (it is kept, whatever this run does); one this
+    /// run created is removed on drop unless the download kept something in it.
+    pub(crate) fn left_by_an_earlier_run(&self) -> bool {
+        !self.remove_on_drop
+    }
+
     /// At the start of `get`, before any network traffic: checks the output path and opens and
     /// locks `<out>.part` (R14: an existing one is kept for resume).
     pub(crate) fn prepare(config: &GetConfig) -> Result<PartFile, ClientError> {

@@ -174,7 +174,7 @@ pub enum ClientError {
     #[error("{name} is encrypted and no key database was given to decrypt it: pass --keys (nothing was downloaded)")]
     NeedsKeys { name: String },
     /// `--follow` stopped the download: the player quit, or a frame failed.
-    #[error("{source}; download stopped, {}: {}", kept(Some(part), *held, *total), follow_stopped_advice(source))]
+    #[error("{source}; download stopped, {}: {}", kept(part, *held, *total), follow_stopped_advice(source))]
     FollowStopped {
         source: FollowError,
         held: u32,
@@ -189,8 +189,8 @@ pub enum ClientError {
     )]
     RootMismatch { offered: String, expected: String },
     #[error(
-        "no new data for {seconds} s; {}{}",
-        kept(Some(part), *held, *total),
+        "no new data for {seconds} s; {}{}; run the same command again to resume",
+        kept(part, *held, *total),
         hash_failure_note(*.failed_hash)
     )]
     Stalled {
@@ -201,11 +201,14 @@ pub enum ClientError {
         /// Datagrams that failed their hash check during the run: what the stall may be made of.
         failed_hash: u64,
     },
-    #[error("interrupted; {}", kept(part.as_deref(), *held, *total))]
+    #[error("interrupted; {}", interrupted_note(part.as_deref(), *held, *total))]
     Interrupted {
+        /// Datagrams held and in the file; both 0 if interrupted before the server offered
+        /// the file.
         held: u32,
         total: u32,
-        /// `None`: interrupted before the download began (nothing written).
+        /// The partial download kept: this run's, or, interrupted before the offer, one an
+        /// earlier run left (`None`: there is none).
         part: Option<PathBuf>,
     },
     #[error("{path} failed verification against the root and could not be repaired: {detail}; not published", path = .path.display())]
@@ -225,13 +228,26 @@ pub enum ClientError {
 
 /// Where a stopped download's datagrams are kept (`part`: the partial file, `None` before the
 /// download began).
-fn kept(part: Option<&Path>, held: u32, total: u32) -> String {
+fn kept(part: &Path, held: u32, total: u32) -> String {
+    format!(
+        "partial download kept for resume in {} ({held}/{total} datagrams, {:.1} %)",
+        part.display(),
+        f64::from(held) * 100.0 / f64::from(total.max(1))
+    )
+}
+
+/// What an interrupted download kept (see [`ClientError::Interrupted`]).
+fn interrupted_note(part: Option<&Path>, held: u32, total: u32) -> String {
     match part {
+        Some(part) if total > 0 => format!(
+            "{}; run the same command again to resume",
+            kept(part, held, total)
+        ),
         Some(part) => format!(
-            "partial download kept for resume in {} ({held}/{total} datagrams)",
+            "the server had not answered yet; the partial download an earlier run left in {} is kept: run the same command again to resume",
             part.display()
         ),
-        None => "nothing was downloaded yet".to_owned(),
+        None => "the server had not answered yet; nothing was downloaded".to_owned(),
     }
 }
 
@@ -607,10 +623,13 @@ pub fn get_following(
                 session.handle_control(clock.now(), message.from, &message.bytes);
             }
             if cancel.load(Ordering::Relaxed) {
+                // A partial download an earlier run left is still there (new-user review: "nothing
+                // was downloaded yet" read as if it were gone); one this run made is removed.
+                let earlier = part.as_ref().filter(|part| part.left_by_an_earlier_run());
                 return Err(ClientError::Interrupted {
                     held: 0,
                     total: 0,
-                    part: None,
+                    part: earlier.map(|part| part.path().to_owned()),
                 });
             }
             continue;
