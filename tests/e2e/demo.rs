@@ -74,3 +74,33 @@ pub fn demo_refuses_a_client_count_it_does_not_run() {
         );
     }
 }
+
+/// `demo --no-netns` in words, its stdout and stderr captured apart (as a script or a log
+/// does): the network is said once on each, in the same words, and stdout starts with it, not
+/// with a blank line (new-user review s24: stderr said it with nested brackets, stdout began
+/// blank). Every client is unicast and joins at the file's start, as `--help` says.
+pub fn demo_without_namespaces_says_its_network_once_in_each_stream_in_the_same_words() {
+    let output = run_ok(Command::new(bin("loopcast")).args(["demo", "--no-netns", "--size", "4M"]));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = "network: host loopback — --no-netns: unicast on the host's loopback";
+    assert!(stdout.starts_with(line), "stdout: {stdout}");
+    assert_eq!(stdout.matches("network: ").count(), 1, "stdout: {stdout}");
+    assert_eq!(stderr.matches(line).count(), 1, "stderr: {stderr}");
+    assert_eq!(stderr.matches("network: ").count(), 1, "stderr: {stderr}");
+    let clients: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<u8>().is_ok())
+        })
+        .collect();
+    assert_eq!(clients.len(), 4, "stdout: {stdout}");
+    for client in clients {
+        assert!(
+            client.contains("unicast") && client.contains("0% (serial 0)"),
+            "{client}"
+        );
+    }
+}

@@ -172,6 +172,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         ),
         e2e!(demo::demo_json_reports_every_client_verified),
         e2e!(demo::demo_refuses_a_client_count_it_does_not_run),
+        e2e!(demo::demo_without_namespaces_says_its_network_once_in_each_stream_in_the_same_words),
         e2e!(
             demo::demo_clients_ride_multicast_in_a_private_namespace,
             Need::UserNamespace

@@ -142,7 +142,7 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
     let media = work.path.join("media");
     std::fs::create_dir_all(&media)
         .map_err(|e| format!("cannot create {}: {e}", media.display()))?;
-    say(format!("network: {} ({})", network.mode, network.reason));
+    say(format!("network: {} — {}", network.mode, network.reason));
 
     // 1. A sample file, packed (zstd + AES-256-GCM + watermark) into the media database.
     let sample = work.path.join("sample.bin");
@@ -315,10 +315,12 @@ fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
             })
         );
     } else {
-        println!();
         // Said at the start on stderr; again here only where the two go to different places
-        // (on one terminal, or `2>&1 | tee log`, it showed twice).
-        if !stdout_and_stderr_are_one() {
+        // (on one terminal, or `2>&1 | tee log`, it showed twice), in the same words. Where
+        // they are one, a blank line parts the table from the progress above it.
+        if stdout_and_stderr_are_one() {
+            println!();
+        } else {
             println!("network: {} — {}", network.mode, network.reason);
         }
         println!(
