@@ -226,8 +226,7 @@ pub enum ClientError {
     },
 }
 
-/// Where a stopped download's datagrams are kept (`part`: the partial file, `None` before the
-/// download began).
+/// Where a stopped download's datagrams are kept (`part`, the partial file) and how many.
 fn kept(part: &Path, held: u32, total: u32) -> String {
     format!(
         "partial download kept for resume in {} ({held}/{total} datagrams, {:.1} %)",
