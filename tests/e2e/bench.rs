@@ -8,6 +8,27 @@ fn bench(args: &[&str]) -> serde_json::Value {
     json_of(&run_ok(Command::new(bin("loopcast-bench")).args(args)))
 }
 
+/// As [`bench`], and the tag of the namespaces that run made (`lce<pid>-`): other tests' runs
+/// of the bench may have theirs up at the same time (CI saw one, and failed "namespaces left
+/// behind" on a check of every `lce` namespace).
+fn bench_and_its_tag(args: &[&str]) -> (serde_json::Value, String) {
+    let child = Command::new(bin("loopcast-bench"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("loopcast-bench starts");
+    let tag = format!("lce{}-", child.id() % 100_000);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "loopcast-bench {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (json_of(&output), tag)
+}
+
 pub fn ceiling_and_send_print_one_json_object_each() {
     let ceiling = bench(&["ceiling", "--json", "--seconds", "0.3"]);
     for key in ["gbps", "pps", "cpu_s_per_gb"] {
@@ -102,7 +123,7 @@ pub fn e2e_bench_moves_a_verified_file_between_namespaces() {
 /// time, tier and verification, the unlimited one also with its time alone, and the bytes the
 /// server sent. At a fixed `--rate` under the 50 Mbit/s link this works on today's server.
 pub fn e2e_bench_with_link_rates_reports_each_receiver() {
-    let report = bench(&[
+    let (report, tag) = bench_and_its_tag(&[
         "e2e",
         "--json",
         "--link-rates",
@@ -152,7 +173,7 @@ pub fn e2e_bench_with_link_rates_reports_each_receiver() {
     assert_eq!(loopcast["tiers_opened"], 1, "{report}");
     assert!(loopcast["sent_within_target"].is_boolean(), "{report}");
     assert_eq!(loopcast["alone"]["tiers_opened"], 1, "{report}");
-    assert_no_namespaces_left("lce");
+    assert_no_namespaces_left(&tag);
 }
 
 /// A Ctrl-C of `loopcast-bench e2e` (SIGINT to its whole process group, as a terminal sends
