@@ -146,6 +146,25 @@ pub fn existing_output_needs_force_and_a_directory_is_refused_up_front() {
         "{message}"
     );
     assert_eq!(std::fs::read(&output).unwrap(), b"an older file");
+    assert!(
+        !message.contains("partial download"),
+        "none is there: {message}"
+    );
+    // A partial download beside it (a --force download that stopped leaves one): said, and
+    // how to get back to it (new-user review s24).
+    let part = scratch.path("film.lca.part");
+    std::fs::write(&part, b"").unwrap();
+    let refused = get_command(server.port, &output).output().unwrap();
+    let message = stderr_of(&refused);
+    assert_eq!(refused.status.code(), Some(EXIT_REFUSED), "{message}");
+    assert!(
+        message.contains(&format!(
+            "a partial download is kept beside it in {}: with --force the download resumes from it",
+            part.display()
+        )),
+        "{message}"
+    );
+    std::fs::remove_file(&part).unwrap();
 
     let dir = scratch.path("a-directory");
     std::fs::create_dir(&dir).unwrap();

@@ -1006,6 +1006,26 @@ fn already_downloaded(
     expect_root: Option<RootHash>,
     play: Option<Option<&Path>>,
 ) -> Failure {
+    let mut failure = already_downloaded_as_it_is(archive, name, expect_root, play);
+    // A download with --force that stopped leaves its partial file beside the old output, and
+    // only --force gets back to it (new-user review: the refusal never said it was there).
+    let part = loopcast_archive::files::with_suffix(archive, ".part");
+    if part.symlink_metadata().is_ok() {
+        failure.message.push_str(&format!(
+            "; a partial download is kept beside it in {}: with --force the download resumes from it",
+            part.display()
+        ));
+    }
+    failure
+}
+
+/// [`already_downloaded`], without a word on a partial download beside it.
+fn already_downloaded_as_it_is(
+    archive: &Path,
+    name: &str,
+    expect_root: Option<RootHash>,
+    play: Option<Option<&Path>>,
+) -> Failure {
     let refused = Failure::from(OutputError::Exists(archive.to_owned()));
     let Ok(existing) = ArchiveFile::open(archive) else {
         return refused;
