@@ -4,11 +4,12 @@ use std::process::Command;
 
 use crate::support::*;
 
+/// `loopcast-bench ARGS` run to success: its JSON report.
 fn bench(args: &[&str]) -> serde_json::Value {
-    json_of(&run_ok(Command::new(bin("loopcast-bench")).args(args)))
+    bench_and_its_tag(args).0
 }
 
-/// As [`bench`], and the tag of the namespaces that run made (`lce<pid>-`): other tests' runs
+/// As [`bench`], and the tag of the namespaces the run made (`lce<pid>-`): other tests' runs
 /// of the bench may have theirs up at the same time (CI saw one, and failed "namespaces left
 /// behind" on a check of every `lce` namespace).
 fn bench_and_its_tag(args: &[&str]) -> (serde_json::Value, String) {
@@ -23,7 +24,9 @@ fn bench_and_its_tag(args: &[&str]) -> (serde_json::Value, String) {
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
-        "loopcast-bench {args:?}: {}",
+        "loopcast-bench {args:?} failed: {}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     (json_of(&output), tag)

@@ -207,18 +207,7 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
     // A server that never answers: interrupted while asking.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let output_path = scratch.path("never.lca");
-    let asking = Proc::spawn(
-        "get from a silent server",
-        Command::new(bin("loopcast"))
-            .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
-            .arg("--output")
-            .arg(&output_path),
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let output = asking.terminate();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let stderr = interrupted_while_asking(port, &scratch.path("never.lca"));
     assert!(
         stderr.contains("interrupted; the server had not answered yet; nothing was downloaded")
             && !stderr.contains("kept"),
@@ -228,17 +217,7 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
 
     // The same, to the output the first get left a partial download for: it is still there,
     // and says so (new-user review: "nothing was downloaded yet" read as if it were gone).
-    let asking = Proc::spawn(
-        "get from a silent server, with a partial download kept",
-        Command::new(bin("loopcast"))
-            .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
-            .arg("--output")
-            .arg(scratch.path("big.lca")),
-    );
-    std::thread::sleep(Duration::from_millis(1500));
-    let output = asking.terminate();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    let stderr = interrupted_while_asking(port, &scratch.path("big.lca"));
     assert!(
         stderr.contains(&format!(
             "the partial download an earlier run left in {} is kept",
@@ -247,4 +226,21 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
         "{stderr}"
     );
     assert!(part.exists());
+}
+
+/// `get big.bin` into `output` from 127.0.0.1:`port`, where nothing answers, ended by SIGTERM
+/// while it asks: it exits 130; its stderr.
+fn interrupted_while_asking(port: u16, output: &std::path::Path) -> String {
+    let asking = Proc::spawn(
+        "get from a silent server",
+        Command::new(bin("loopcast"))
+            .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
+            .arg("--output")
+            .arg(output),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let output = asking.terminate();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    stderr
 }

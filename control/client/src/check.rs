@@ -507,11 +507,8 @@ mod tests {
     const TAG_KEY: u64 = 0x005e_ed0f_7a95;
 
     /// Tells the checker that `serial` was written, with the bytes now on disk there.
-    fn wrote_as_on_disk(checker: &mut GroupChecker, ours: &std::fs::File, serial: u32) {
-        let size = usize::from(checker.archive.info().datagram_size);
-        let offset = loopcast_archive::format::datagram_offset(checker.archive.info(), serial);
-        let mut bytes = vec![0u8; size];
-        ours.read_exact_at(&mut bytes, offset).unwrap();
+    fn wrote_as_on_disk(checker: &mut GroupChecker, serial: u32) {
+        let bytes = checker.archive.read_datagrams(serial, 1).unwrap();
         checker.wrote(serial, &bytes, true);
     }
 
@@ -623,7 +620,7 @@ mod tests {
         assert_eq!(checker.checked_early, 2);
         // The rest written: checked.
         for serial in file.group_serials(2).start..file.info().loop_len {
-            wrote_as_on_disk(&mut checker, &ours, serial);
+            wrote_as_on_disk(&mut checker, serial);
         }
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, groups);
@@ -643,7 +640,7 @@ mod tests {
         let serial = file.group_serials(1).start + 3;
         let offset = loopcast_archive::format::datagram_offset(file.info(), serial);
         ours.write_all_at(&[0xee; 16], offset + 100).unwrap();
-        wrote_as_on_disk(&mut checker, &ours, serial);
+        wrote_as_on_disk(&mut checker, serial);
         let error = checker.finish(&path, HASH_MANY).unwrap().unwrap_err();
         assert!(error.to_string().contains("fails its hash"), "{error}");
     }
@@ -663,7 +660,7 @@ mod tests {
         assert_eq!(checker.checked_early, file.group_count() - 1);
         // ...then the genuine one written over it: the end's check passes.
         ours.write_all_at(&genuine, offset).unwrap();
-        wrote_as_on_disk(&mut checker, &ours, serial);
+        wrote_as_on_disk(&mut checker, serial);
         assert!(matches!(checker.finish(&path, HASH_MANY), Some(Ok(()))));
     }
 
@@ -693,7 +690,7 @@ mod tests {
         );
         assert!(checker.take_checked_ranges().is_empty(), "handed out once");
         // A group written again is handed out again once its new check counts.
-        wrote_as_on_disk(&mut checker, &ours, file.group_serials(3).start);
+        wrote_as_on_disk(&mut checker, file.group_serials(3).start);
         settle(&mut checker, &have);
         assert_eq!(checker.take_checked_ranges(), vec![span(3)]);
     }
@@ -735,7 +732,7 @@ mod tests {
         let have = full(&file);
         for group in 0..2 {
             for serial in file.group_serials(group) {
-                wrote_as_on_disk(&mut checker, &ours, serial);
+                wrote_as_on_disk(&mut checker, serial);
             }
         }
         settle(&mut checker, &have);
@@ -849,13 +846,13 @@ mod tests {
             forged[size - 1] ^= 0x80;
             if !rewrite_after_drop {
                 ours.write_all_at(&forged, offset).unwrap();
-                wrote_as_on_disk(&mut checker, &ours, serial);
+                wrote_as_on_disk(&mut checker, serial);
             }
             ours.sync_data().unwrap();
             super::super::drop_cached(&ours, &ranges);
             if rewrite_after_drop {
                 ours.write_all_at(&forged, offset).unwrap();
-                wrote_as_on_disk(&mut checker, &ours, serial);
+                wrote_as_on_disk(&mut checker, serial);
                 super::super::drop_cached(&ours, &ranges);
             }
             let mut on_disk = vec![0u8; size];
@@ -874,7 +871,7 @@ mod tests {
             let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
             ours.write_all_at(&genuine[offset as usize..offset as usize + size], offset)
                 .unwrap();
-            wrote_as_on_disk(&mut checker, &ours, serial);
+            wrote_as_on_disk(&mut checker, serial);
             settle(&mut checker, &full(&file));
             let ranges = checker.take_checked_ranges();
             ours.sync_data().unwrap();
@@ -1062,7 +1059,7 @@ mod tests {
             for _ in 0..rng.below(200) {
                 let serial = rng.below(u64::from(info.loop_len)) as u32;
                 have.set(serial);
-                wrote_as_on_disk(&mut checker, &ours, serial);
+                wrote_as_on_disk(&mut checker, serial);
             }
             settle(&mut checker, &have);
             // Now and then a save is skipped (one still running): groups checked twice meanwhile.
@@ -1107,7 +1104,7 @@ mod tests {
             have.set(serial);
         }
         settle(&mut checker, &have);
-        wrote_as_on_disk(&mut checker, &ours, file.group_serials(1).start + 1);
+        wrote_as_on_disk(&mut checker, file.group_serials(1).start + 1);
         settle(&mut checker, &have);
         let ranges = checker.take_checked_ranges();
         assert_eq!(ranges.len(), 1, "{ranges:?}");
@@ -1143,7 +1140,7 @@ mod tests {
         let file = view(ours, path);
         let mut checker = GroupChecker::start(path, ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         for serial in 0..file.info().loop_len {
-            wrote_as_on_disk(&mut checker, ours, serial);
+            wrote_as_on_disk(&mut checker, serial);
         }
         (checker, file)
     }
@@ -1213,10 +1210,10 @@ mod tests {
         let (resumed, twice) = (1, 3);
         for serial in 0..file.info().loop_len {
             if serial != file.group_serials(resumed).start + 1 {
-                wrote_as_on_disk(&mut checker, &ours, serial);
+                wrote_as_on_disk(&mut checker, serial);
             }
         }
-        wrote_as_on_disk(&mut checker, &ours, file.group_serials(twice).start + 4);
+        wrote_as_on_disk(&mut checker, file.group_serials(twice).start + 4);
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count());
         assert_eq!(checker.compared_early, file.group_count() - 2);
@@ -1239,7 +1236,7 @@ mod tests {
         ours.write_all_at(&forged, offset).unwrap();
         let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, Some(TAG_KEY)).unwrap();
         for other in (0..file.info().loop_len).filter(|&s| s != serial) {
-            wrote_as_on_disk(&mut checker, &ours, other);
+            wrote_as_on_disk(&mut checker, other);
         }
         checker.wrote(serial, &forged, false);
         settle(&mut checker, &full(&file));
@@ -1256,7 +1253,7 @@ mod tests {
         let file = view(&ours, &path);
         let mut checker = GroupChecker::start(&path, &ours, HASH_MANY, None).unwrap();
         for serial in 0..file.info().loop_len {
-            wrote_as_on_disk(&mut checker, &ours, serial);
+            wrote_as_on_disk(&mut checker, serial);
         }
         settle(&mut checker, &full(&file));
         assert_eq!(checker.checked_early, file.group_count());

@@ -926,6 +926,13 @@ struct ToStore {
     verified: bool,
 }
 
+impl ToStore {
+    /// Its bytes in the batch `inbox` received.
+    fn bytes<'a>(&self, inbox: &'a BatchReceiver) -> &'a [u8] {
+        &inbox.datagram(self.slot).bytes[self.at..self.at + self.len]
+    }
+}
+
 /// Sorts datagrams to store by serial (stably) and keeps, of a serial stored twice in one
 /// batch (a pending copy rejected, then the genuine one accepted), the one accepted last: what
 /// is on disk for a serial is always the datagram whose hash the receiver accepted. Returns
@@ -1262,8 +1269,7 @@ impl Download {
         let written = self.write_runs(inbox, &to_store[..kept]);
         if let Some(checker) = self.checker.as_mut() {
             for entry in &to_store[..kept] {
-                let bytes = &inbox.datagram(entry.slot).bytes[entry.at..entry.at + entry.len];
-                checker.wrote(entry.serial, bytes, entry.verified);
+                checker.wrote(entry.serial, entry.bytes(inbox), entry.verified);
             }
         }
         self.to_store = to_store;
@@ -1275,8 +1281,6 @@ impl Download {
     /// of consecutive serials (the loop sends in serial order, so a batch is usually one or two
     /// runs).
     fn write_runs(&self, inbox: &BatchReceiver, stored: &[ToStore]) -> Result<(), ClientError> {
-        let bytes_of =
-            |entry: &ToStore| &inbox.datagram(entry.slot).bytes[entry.at..entry.at + entry.len];
         let mut run_start = 0;
         while run_start < stored.len() {
             let mut run_end = run_start + 1;
@@ -1289,7 +1293,7 @@ impl Download {
             let run = &stored[run_start..run_end];
             let mut slices = [std::io::IoSlice::new(&[]); WRITE_IOVECS_MAX];
             for (slice, entry) in slices.iter_mut().zip(run) {
-                *slice = std::io::IoSlice::new(bytes_of(entry));
+                *slice = std::io::IoSlice::new(entry.bytes(inbox));
             }
             let slices = &slices[..run.len()];
             let offset = datagram_offset(self.receiver.info(), run[0].serial);
@@ -1301,7 +1305,7 @@ impl Download {
                 for entry in run {
                     self.part
                         .write_all_at(
-                            bytes_of(entry),
+                            entry.bytes(inbox),
                             datagram_offset(self.receiver.info(), entry.serial),
                         )
                         .map_err(io_err(format!("write {}", self.part_path.display())))?;
