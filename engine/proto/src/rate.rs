@@ -21,8 +21,9 @@
 //!   `Average`: the mean), like NORM-CC's rate set from the slowest receiver's report.
 //! - "Congested" means a loss above `loss_congested` beyond the member's own noise, in
 //!   `sustained_reports` reports in a row. A member whose loss stays when its rate drops has a
-//!   noisy path, not a full one: that loss becomes its noise floor, so a lossy link cannot
-//!   drag a rate to zero; its repairs stay on its own tier, away from the others.
+//!   noisy path, not a full one: that loss (less what a rate above the most it was seen to
+//!   receive overflows) becomes its noise floor, so a lossy link cannot drag a rate to zero;
+//!   its repairs stay on its own tier, away from the others.
 //! - a tier whose rate rises near the next faster tier's merges into it (members keep their
 //!   bitmaps; an empty tier closes); with no room for another tier, two within 10 % become one.
 //! - a member that keeps up on a tier others hold back moves up to the next faster one
@@ -270,6 +271,12 @@ pub struct PathEstimate {
     fresh_reports: u32,
     /// Reports since the last one that counted (see `just_lost`).
     uncounted_since: u32,
+    /// Reports in a row, none of which counted, made while its tier only rose, each without
+    /// loss and with all that was sent: a member that keeps up with a tier that rises every
+    /// few hundred milliseconds, whose reports all straddle a change (its own phase), never
+    /// counts, and was never a candidate to climb (fleet simulation, seed 15: unlimited
+    /// clients on a 500 Mbit/s tier rising and falling every 4 s for 26 s; s25).
+    kept_up_while_rising: u32,
     /// When its last counted report came, where the endpoint says
     /// ([`PathEstimate::note_report_at`]); see `CONGESTION_STALE`.
     counted_at: Option<Instant>,
@@ -422,12 +429,23 @@ impl PathEstimate {
             // goodput set a new 408.7 Mbit/s tier to 41.1.)
             Counts::CleanOnly
                 if !congested && f64::from(received) >= FLOOR_KEEP_UP_SHARE * sent => {}
-            // Made before the tier's last change settled: says nothing about it.
+            // Made before the tier's last change settled: says nothing about it. But one made
+            // while the tier only rose that got all that was sent, without loss, says the
+            // member kept up with it (see `kept_up_while_rising`).
             Counts::LossOnly | Counts::Unsettled | Counts::CleanOnly => {
+                let kept_up = counts == Counts::LossOnly
+                    && loss <= config.loss_congested
+                    && f64::from(received) >= CLIMB_KEEP_UP_SHARE * sent;
+                self.kept_up_while_rising = if kept_up {
+                    self.kept_up_while_rising.saturating_add(1)
+                } else {
+                    0
+                };
                 self.uncounted_since += 1;
                 return;
             }
         }
+        self.kept_up_while_rising = 0;
         self.fresh_reports += 1;
         self.uncounted_since = 0;
         self.kept_up_with_short_sender = kept_up_with_short_sender;
@@ -446,9 +464,15 @@ impl PathEstimate {
             .take_if(|_| !overcounted && of_the_path)
         {
             // The rate dropped to what the path carried (or the member moved) because of
-            // this loss: if it stayed, it is the path's own.
-            if loss >= 0.5 * before && loss > config.loss_congested {
-                self.noise_loss = self.noise_loss.max(loss.min(before));
+            // this loss: if it stayed, it is the path's own. Only what the path's measured
+            // capacity does not explain: a rate still above it (a move to a tier within 5 %
+            // of what reached the member) loses the excess whatever the path's noise is.
+            // (Taken whole, a 50 Mbit/s member moved to a 51.4 Mbit/s tier learnt its 2.8 %
+            // overflow as noise, and the floor then followed each gentle probe up to 6.6 %, on
+            // a 53.6 Mbit/s tier, for good: the fleet simulation with the majority fall, s24.)
+            let own = loss - self.loss_past_capacity(rate);
+            if own >= 0.5 * before && own > config.loss_congested {
+                self.noise_loss = self.noise_loss.max(own.min(before));
                 self.noise_rate = rate;
                 self.noise_learnt = self.noise_loss;
             }
@@ -474,8 +498,18 @@ impl PathEstimate {
             // floor sank to the low end of its reports' spread, and its own loss read as
             // congestion (a 5 Mbit/s tier capped above the rate its 10 % floor was learnt at
             // fell 12-16 times in 240 s, to 0.48 of the cap: hx_attack21 R1).
+            // It follows a higher loss only as far as the path's measured capacity does not
+            // explain it: above that capacity, a rate a step higher loses a step more, and
+            // followed, the floor rose with each gentle probe past the path (a 50 Mbit/s
+            // member's from 2.8 % to 6.6 %, its tier held at 53.6 Mbit/s: s24). Random loss
+            // rises with the rate nowhere: what stays beyond the capacity's share is the path's.
             if self.noise_loss > 0.0 && of_the_path {
-                let followed = 0.9 * self.noise_loss + 0.1 * loss;
+                let own = if loss > self.noise_loss {
+                    (loss - self.loss_past_capacity(rate)).max(self.noise_loss)
+                } else {
+                    loss
+                };
+                let followed = 0.9 * self.noise_loss + 0.1 * own;
                 if rate as f64 <= NOISE_FOLLOWS_UP_WITHIN * self.noise_rate as f64 {
                     self.noise_loss = followed;
                     self.noise_learnt = followed;
@@ -511,6 +545,7 @@ impl PathEstimate {
     /// (up to `CLIMB_BACKOFF_MAX`) while it is moved off each tier it tried.
     pub fn moved(&mut self, now: Instant, from_rate: u64, to_rate: u64, relief: bool) {
         self.new_epoch(relief.then_some(to_rate));
+        self.kept_up_while_rising = 0;
         // Nothing counted yet on its new tier: what it said on the old one does not make it a
         // member the new tier waits for (`may_yet_keep_up`; one moved down because it lost,
         // its streak reset by the move, held a tier whose members all lost 1 s: hx_attack22 R4).
@@ -604,6 +639,11 @@ impl PathEstimate {
         self.fresh_reports > 0
     }
 
+    /// It kept up in its recent reports, counted or not (see `kept_up_while_rising`).
+    fn kept_up_lately(&self) -> bool {
+        self.is_fresh() || self.kept_up_while_rising >= KEPT_UP_WHILE_RISING_REPORTS
+    }
+
     fn is_congested(&self, config: &RateConfig) -> bool {
         self.congested_streak >= config.sustained_reports
     }
@@ -641,6 +681,21 @@ impl PathEstimate {
     /// (never above `rate`).
     fn capacity(&self, rate: u64) -> f64 {
         self.last_goodput.min(rate as f64)
+    }
+
+    /// How much more of a tier at `rate` than its noise floor the member would lose if its
+    /// path took no more than the most it has been seen to receive (`best_goodput`, the floor
+    /// taken off: a path that drops a share `n` at random and carries `c` receives `(1 - n) c`
+    /// at most, so at `rate` it loses `1 - (1 - n) min(rate, c) / rate`). None at rates it has
+    /// been seen to take. Not the capacity of its last congested report: that is often the
+    /// very report whose loss stays and is learnt as noise (what the noise left of a rate
+    /// below the path), and by it a 10 % floor learnt at 20 Mbit/s could not follow its path
+    /// at 20.5.
+    fn loss_past_capacity(&self, rate: u64) -> f64 {
+        if self.best_goodput <= 0.0 {
+            return 0.0;
+        }
+        ((1.0 - self.noise_loss) - self.best_goodput / rate.max(1) as f64).max(0.0)
     }
 
     /// The capacity measured the last time this member was congested, if ever.
@@ -1048,6 +1103,9 @@ const NEAR_DUPLICATE: f64 = 1.1;
 const CLIMB_STEP_MIN: f64 = 1.2;
 /// A member moves up only if it receives this share of its tier's rate.
 const CLIMB_KEEP_UP_SHARE: f64 = 0.9;
+/// Uncounted reports in a row that kept up with a rising tier that make a member a candidate
+/// to climb (`PathEstimate::kept_up_while_rising`): about 0.6 s.
+const KEPT_UP_WHILE_RISING_REPORTS: u32 = 3;
 /// Two rates this close (ratio) are one tier: members go to the existing one.
 const SAME_TIER_RATIO: f64 = 1.5;
 /// A tier whose rate reaches this share of the next faster tier's merges into it.
@@ -1559,7 +1617,7 @@ fn climbs(
             .iter()
             .filter(|m| {
                 let e = m.estimate;
-                e.is_fresh()
+                e.kept_up_lately()
                     && !near_its_path(e)
                     && e.last_loss <= config.loss_congested
                     && e.noise_loss <= NOISY
