@@ -204,6 +204,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(resume::a_resumed_download_asks_at_once_for_a_held_datagram_that_was_damaged),
         e2e!(resume::a_resumed_get_says_what_share_it_held_and_what_its_speed_is_over),
         e2e!(resume::an_interrupted_get_says_where_its_partial_download_is),
+        e2e!(resume::a_get_whose_server_dies_says_where_its_partial_download_is),
         e2e!(follow::follow_plays_the_original_on_stdout_within_two_seconds_and_publishes_the_archive),
         e2e!(follow::a_follower_joining_mid_loop_plays_before_the_loop_wraps),
         e2e!(follow::a_player_that_quits_stops_the_download_and_keeps_it_for_resume),

@@ -186,7 +186,7 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
     write_content(&input, 24 << 20, 7);
     pack_into(&input, &media, &["--level", "0"]);
     let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
-    let mut get = get_big(server.port, &scratch, &["--keys"]);
+    let mut get = get_big(server.port, &scratch, &["--json", "--keys"]);
     get.arg(media.join("keys.db"));
     let running = Proc::spawn("get", &mut get);
     std::thread::sleep(Duration::from_secs(2));
@@ -202,6 +202,8 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
         "{stderr}"
     );
     assert!(part.exists());
+    // Scripts get the same in fields (new-user review: only inside the message).
+    reports_part_of_the_file_kept_in(&output.stdout, &part);
     drop(server);
 
     // A server that never answers: interrupted while asking.
@@ -226,6 +228,87 @@ pub fn an_interrupted_get_says_where_its_partial_download_is() {
         "{stderr}"
     );
     assert!(part.exists());
+
+    // Nobody answers to the end of the wait: the timeout says the earlier partial download is
+    // kept too (it said only "no answer"), and `--json` names it, with no counts (the server
+    // never said what the file holds).
+    let output = Command::new(bin("loopcast"))
+        .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
+        .args(["--stall-timeout", "1", "--json", "--output"])
+        .arg(scratch.path("big.lca"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("no answer from")
+            && stderr.contains(&format!(
+                "the partial download an earlier run left in {} is kept",
+                part.display()
+            )),
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["partial"], part.display().to_string(), "{report}");
+    assert!(report["held_datagrams"].is_null(), "{report}");
+    // To an output with none, none is named.
+    let output = Command::new(bin("loopcast"))
+        .args(["get", &format!("127.0.0.1:{port}"), "big.bin"])
+        .args(["--stall-timeout", "1", "--json", "--output"])
+        .arg(scratch.path("never.lca"))
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["partial"].is_null(), "{report}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("kept"));
+    assert!(part.exists());
+}
+
+/// A get whose server dies mid-download gives up after `--stall-timeout` with the timeout's
+/// exit code, says where what it received is kept, and `--json` gives the path and counts
+/// (a server that stopped answering said only "partial download kept for resume (a/b
+/// datagrams)", without the file).
+pub fn a_get_whose_server_dies_says_where_its_partial_download_is() {
+    let scratch = Scratch::new("resume-server-died");
+    let media = scratch.path("media");
+    let input = scratch.path("big.bin");
+    write_content(&input, 24 << 20, 11);
+    pack_into(&input, &media, &["--level", "0"]);
+    let server = UnicastServer::start(&scratch, &media, &["--rate", "40M"]);
+    let mut get = get_big(
+        server.port,
+        &scratch,
+        &["--stall-timeout", "2", "--json", "--keys"],
+    );
+    get.arg(media.join("keys.db"));
+    let running = Proc::spawn("get", &mut get);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(server);
+    let output = running.wait(Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    let part = scratch.path("big.lca.part");
+    assert!(
+        stderr.contains(&format!(
+            "partial download kept for resume in {} (",
+            part.display()
+        )) && stderr.contains("run the same command again"),
+        "{stderr}"
+    );
+    reports_part_of_the_file_kept_in(&output.stdout, &part);
+    assert!(part.exists());
+}
+
+/// `get --json`'s failure report (`stdout`) names `part` as the partial download kept, with some
+/// but not all of the file's datagrams in it.
+fn reports_part_of_the_file_kept_in(stdout: &[u8], part: &std::path::Path) {
+    let report: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    assert_eq!(report["partial"], part.display().to_string(), "{report}");
+    let (held, total) = (
+        report["held_datagrams"].as_u64().unwrap(),
+        report["total_datagrams"].as_u64().unwrap(),
+    );
+    assert!(0 < held && held < total, "{report}");
 }
 
 /// `get big.bin` into `output` from 127.0.0.1:`port`, where nothing answers, ended by SIGTERM

@@ -152,14 +152,21 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// `server`: every address asked, comma-separated (a fleet's directors).
-    #[error("no answer from {server} within {seconds} s (is loopcastd running there?)")]
-    NoAnswer { server: String, seconds: u64 },
-    #[error("{server} stopped answering for {seconds} s; partial download kept for resume ({held}/{total} datagrams): run the same command again{}", hash_failure_note(*.failed_hash))]
+    #[error("no answer from {server} within {seconds} s (is loopcastd running there?){}", earlier_part_note(part.as_deref()))]
+    NoAnswer {
+        server: String,
+        seconds: u64,
+        /// A partial download an earlier run left, kept (`None`: there is none, or the
+        /// command was not a download).
+        part: Option<PathBuf>,
+    },
+    #[error("{server} stopped answering for {seconds} s; {}: run the same command again{}", kept(part, *held, *total), hash_failure_note(*.failed_hash))]
     ServerLost {
         server: SocketAddr,
         seconds: u64,
         held: u32,
         total: u32,
+        part: PathBuf,
         /// Datagrams that failed their hash check during the run.
         failed_hash: u64,
     },
@@ -233,6 +240,55 @@ fn kept(part: &Path, held: u32, total: u32) -> String {
         part.display(),
         f64::from(held) * 100.0 / f64::from(total.max(1))
     )
+}
+
+/// Said when the server never answered and a partial download an earlier run left is kept.
+fn earlier_part_note(part: Option<&Path>) -> String {
+    part.map_or_else(String::new, |part| {
+        format!(
+            "; the partial download an earlier run left in {} is kept: run the same command again to resume",
+            part.display()
+        )
+    })
+}
+
+/// A partial download a failed `get` kept on disk, for scripts (`get --json`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptPartial {
+    pub path: PathBuf,
+    /// Datagrams held and in the file, where known (not before the server offered it).
+    pub datagrams: Option<(u32, u32)>,
+}
+
+impl ClientError {
+    /// The partial download this failure left on disk, if any.
+    pub fn kept_partial(&self) -> Option<KeptPartial> {
+        let counted = |path: &Path, held: u32, total: u32| KeptPartial {
+            path: path.to_owned(),
+            datagrams: (total > 0).then_some((held, total)),
+        };
+        match self {
+            ClientError::ServerLost {
+                part, held, total, ..
+            }
+            | ClientError::Stalled {
+                part, held, total, ..
+            }
+            | ClientError::FollowStopped {
+                part, held, total, ..
+            } => Some(counted(part, *held, *total)),
+            ClientError::Interrupted {
+                part: Some(part),
+                held,
+                total,
+            } => Some(counted(part, *held, *total)),
+            ClientError::NoAnswer {
+                part: Some(part), ..
+            }
+            | ClientError::FileChanged { part, .. } => Some(counted(part, 0, 0)),
+            _ => None,
+        }
+    }
 }
 
 /// What an interrupted download kept (see [`ClientError::Interrupted`]).
@@ -537,6 +593,7 @@ pub fn get_following(
                             seconds: config.stall_timeout.max(config.request_timeout).as_secs(),
                             held: download.receiver.have().count_ones(),
                             total: download.receiver.shape().loop_len(),
+                            part: download.part_path.clone(),
                             failed_hash: download.receiver.counters().failed_hash(),
                         });
                     }
@@ -547,6 +604,10 @@ pub fn get_following(
                             .collect::<Vec<_>>()
                             .join(", "),
                         seconds: config.request_timeout.as_secs(),
+                        part: part
+                            .as_ref()
+                            .filter(|part| part.left_by_an_earlier_run())
+                            .map(|part| part.path().to_owned()),
                     });
                 }
                 ClientEvent::SessionLost { reason } => {
@@ -1539,6 +1600,7 @@ pub fn list(
                             .join(", "),
                     },
                     seconds: timeout.as_secs(),
+                    part: None,
                 })
             }
             None => {}
@@ -1568,5 +1630,64 @@ fn log_report(bytes: &[u8], tier: Option<loopcast_proto::client::TierInfo>) {
             tier_rate = tier.map_or(0, |t| t.rate_bits_per_s),
             "report"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that stopped answering mid-download says where the partial download is, and
+    /// gives it to scripts (it said "partial download kept for resume (a/b datagrams)" without
+    /// the file); one that never answered names an earlier run's partial download only if
+    /// there is one.
+    #[test]
+    fn failures_that_keep_a_partial_download_name_it() {
+        let part = PathBuf::from("/srv/in/film.lca.part");
+        let lost = ClientError::ServerLost {
+            server: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            seconds: 30,
+            held: 250,
+            total: 1000,
+            part: part.clone(),
+            failed_hash: 0,
+        };
+        assert_eq!(
+            lost.to_string(),
+            "127.0.0.1:7700 stopped answering for 30 s; partial download kept for resume in \
+             /srv/in/film.lca.part (250/1000 datagrams, 25.0 %): run the same command again"
+        );
+        assert_eq!(
+            lost.kept_partial(),
+            Some(KeptPartial {
+                path: part.clone(),
+                datagrams: Some((250, 1000)),
+            })
+        );
+        let silent = |part: Option<PathBuf>| ClientError::NoAnswer {
+            server: "127.0.0.1:7700".to_owned(),
+            seconds: 10,
+            part,
+        };
+        let earlier = silent(Some(part.clone()));
+        assert!(
+            earlier.to_string().ends_with(
+                "; the partial download an earlier run left in /srv/in/film.lca.part is kept: \
+                 run the same command again to resume"
+            ),
+            "{earlier}"
+        );
+        assert_eq!(
+            earlier.kept_partial(),
+            Some(KeptPartial {
+                path: part,
+                datagrams: None,
+            })
+        );
+        assert_eq!(
+            silent(None).to_string(),
+            "no answer from 127.0.0.1:7700 within 10 s (is loopcastd running there?)"
+        );
+        assert_eq!(silent(None).kept_partial(), None);
     }
 }

@@ -12,7 +12,7 @@ use loopcast_archive::files::{self, OutputError};
 use loopcast_archive::{
     pack, ArchiveError, ArchiveFile, MasterKey, Overwrite, PackOptions, PackPhase,
 };
-use loopcast_client::{ClientError, FollowError, FollowOptions};
+use loopcast_client::{ClientError, FollowError, FollowOptions, KeptPartial};
 use loopcast_proto::info::{
     hex, RootHash, Watermark, DATAGRAM_SIZE_MTU_1500, DATAGRAM_SIZE_MTU_9000,
 };
@@ -57,6 +57,8 @@ Exit codes:
 struct Failure {
     code: u8,
     message: String,
+    /// A partial download the failure left on disk (`get --json` reports it).
+    partial: Option<KeptPartial>,
 }
 
 impl From<String> for Failure {
@@ -64,6 +66,7 @@ impl From<String> for Failure {
         Failure {
             code: exit_code::GENERIC,
             message,
+            partial: None,
         }
     }
 }
@@ -79,6 +82,7 @@ fn usage(message: impl Into<String>) -> Failure {
     Failure {
         code: exit_code::USAGE,
         message: message.into(),
+        partial: None,
     }
 }
 
@@ -87,6 +91,7 @@ fn io_failure(message: String, source: &std::io::Error) -> Failure {
         Failure {
             code: exit_code::DISK_FULL,
             message: format!("disk full: {message}"),
+            partial: None,
         }
     } else {
         message.into()
@@ -102,6 +107,7 @@ impl From<OutputError> for Failure {
         Failure {
             code,
             message: error.to_string(),
+            partial: None,
         }
     }
 }
@@ -120,13 +126,18 @@ impl From<ArchiveError> for Failure {
             ArchiveError::InvalidOption(_) => exit_code::USAGE,
             _ => exit_code::GENERIC,
         };
-        Failure { code, message }
+        Failure {
+            code,
+            message,
+            partial: None,
+        }
     }
 }
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Failure {
         let message = error.to_string();
+        let partial = error.kept_partial();
         let code = match error {
             ClientError::Output(output) => return output.into(),
             ClientError::Io { source, .. } => return io_failure(message, &source),
@@ -145,7 +156,11 @@ impl From<ClientError> for Failure {
                 follow_exit_code(source)
             }
         };
-        Failure { code, message }
+        Failure {
+            code,
+            message,
+            partial,
+        }
     }
 }
 
@@ -329,8 +344,9 @@ struct GetArgs {
     #[arg(long)]
     force: bool,
     /// Print the report as JSON (on stderr with --follow); on failure, {"verified": false,
-    /// "error": ..., "exit_code": ...} (the message is also on stderr). Every field is
-    /// described in docs/architecture.md ("What `loopcast get --json` reports").
+    /// "error": ..., "exit_code": ..., "partial": ...} (the message is also on stderr;
+    /// "partial" is a partial download kept for resume, or null). Every field is described in
+    /// docs/architecture.md ("What `loopcast get --json` reports").
     #[arg(long)]
     json: bool,
 }
@@ -719,10 +735,17 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     if let (true, Err(failure)) = (json, &result) {
         // Scripts get one JSON object whatever happened (interrupted, refused, timed out),
         // on stdout, or on stderr where stdout carries the file (--follow).
+        // With the partial download it kept, where and how much (the message says it in
+        // words): null where nothing was kept.
+        let partial = failure.partial.as_ref();
+        let datagrams = partial.and_then(|kept| kept.datagrams);
         let line = serde_json::json!({
             "verified": false,
             "error": failure.message,
             "exit_code": failure.code,
+            "partial": partial.map(|kept| kept.path.display().to_string()),
+            "held_datagrams": datagrams.map(|(held, _)| held),
+            "total_datagrams": datagrams.map(|(_, total)| total),
         });
         if follow {
             eprintln!("{line}");
@@ -1038,6 +1061,7 @@ fn already_downloaded_as_it_is(
                 archive.display(),
                 existing.info().name
             ),
+            partial: None,
         };
     }
     if let Some(root) = expect_root.filter(|&root| root != existing.info().root()) {
@@ -1049,6 +1073,7 @@ fn already_downloaded_as_it_is(
                 existing.info().root().to_hex(),
                 root.to_hex()
             ),
+            partial: None,
         };
     }
     // What the root it holds says: the version --root names, or maybe an older one.
@@ -1068,6 +1093,7 @@ fn already_downloaded_as_it_is(
                 archive.display(),
                 existing.info().root().to_hex()
             ),
+            partial: None,
         };
     };
     let keys = match (existing.info().encrypted, keys) {
@@ -1083,6 +1109,7 @@ fn already_downloaded_as_it_is(
             shell_word(&archive.display().to_string()),
             existing.info().root().to_hex()
         ),
+        partial: None,
     }
 }
 
@@ -1176,6 +1203,7 @@ fn extract_to(
             return Err(Failure {
                 code: exit_code::BROKEN_PIPE,
                 message: "the reader of the output stopped (broken pipe)".into(),
+                partial: None,
             });
         }
     }
