@@ -59,9 +59,10 @@ pub fn demo_clients_ride_multicast_in_a_private_namespace() {
 }
 
 /// A client count outside what the demo runs is a usage error naming the range (it was
-/// clamped to 2..=16 with no word: `--clients 1` ran two, `--clients 100` sixteen).
+/// clamped to 2..=16 with no word: `--clients 1` ran two, `--clients 100` sixteen; and a
+/// negative one was read as an unknown option, "unexpected argument '-1'").
 pub fn demo_refuses_a_client_count_it_does_not_run() {
-    for count in ["1", "17", "0"] {
+    for count in ["1", "17", "0", "-1"] {
         let output = Command::new(bin("loopcast"))
             .args(["demo", "--clients", count])
             .output()

@@ -30,8 +30,15 @@ pub struct DemoArgs {
     /// mid-way; the fourth asks for unicast (a unicast client gets its own loop, which starts
     /// at what it lacks: the file's start, so it joins at 0 %, as every client does with
     /// --no-netns).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(2..=16))]
-    pub clients: u8,
+    // Parsed as a signed number so that a negative count is refused with the range, not read
+    // as an unknown option ("unexpected argument '-1'": s21 new-user review).
+    #[arg(
+        long,
+        default_value_t = 4,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(2..=16)
+    )]
+    pub clients: i64,
     /// Channel rate, e.g. 400M, 1G or unpaced.
     #[arg(long, default_value = "400M", value_parser = parse_rate)]
     pub rate: u64,
@@ -123,7 +130,7 @@ impl Drop for WorkDir {
 }
 
 fn run_demo(args: &DemoArgs, network: &Network) -> Result<bool, String> {
-    let clients = usize::from(args.clients);
+    let clients = usize::try_from(args.clients).expect("--clients is parsed within 2..=16");
     let say = |text: String| {
         if !args.json {
             eprintln!("{text}");
