@@ -23,8 +23,7 @@
 //!   `sustained_reports` reports in a row. A member whose loss stays when its rate drops has a
 //!   noisy path, not a full one: that loss (less what a rate above the most it was seen to
 //!   receive overflows) becomes its noise floor, so a lossy link cannot drag a rate to zero;
-//!   its repairs stay on its own tier, away from the others. With no room for another tier,
-//!   a tier whose members keep losing with nowhere slower to go, most of them, falls for them.
+//!   its repairs stay on its own tier, away from the others.
 //! - a tier whose rate rises near the next faster tier's merges into it (members keep their
 //!   bitmaps; an empty tier closes); with no room for another tier, two within 10 % become one.
 //! - a member that keeps up on a tier others hold back moves up to the next faster one
@@ -1389,39 +1388,6 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 .iter()
                 .any(|m| m.estimate.congested_streak == 0 || m.estimate.counted_lately(now));
             if settled_clear || holding_clear || moved == congested.len() || awaited {
-                // Most of the tier loses here and has nowhere slower to go (no room for
-                // another tier, none near): the tier serves them, as its rate follows what
-                // most of its members take. (Held by the few that keep up, it kept them in
-                // loss for good: a liar that claimed a mild loss on the shared tier was moved
-                // first and opened the last tier at 0.9x its claim; four honest 60 Mbit/s
-                // members joined it at 75.6, the liar then reported clean, and they lost 21 %
-                // for 30 s against 1.8 % without it: atk23.) A minority cannot pull it down.
-                // Only a loss that lasts (as long as a member close to the rate is held
-                // before it moves): a member put on a tier too fast for it for a moment (a
-                // newcomer, or one moved while the tiers were changing) is usually elsewhere
-                // a report later, and falling for it cost the fleet simulation's clients of
-                // other classes their match (seeds 1-40: 99.89 % matched against 99.96 %).
-                let stranded: Vec<&MemberPlan<'_>> = movable
-                    .iter()
-                    .copied()
-                    .filter(|m| {
-                        !moving(&moves, m.id, index)
-                            && m.estimate.congested_streak >= HELD_LOSS_REPORTS
-                    })
-                    .collect();
-                if 2 * stranded.len() > fresh.len() {
-                    let setter = median_member(&stranded, rate);
-                    let capacity = setter.estimate.capacity(rate);
-                    if capacity < rate as f64 {
-                        tier.control.decrease_to(
-                            config,
-                            now,
-                            capacity,
-                            setter.estimate.heavy_loss(),
-                            setter.estimate.best_goodput,
-                        );
-                    }
-                }
                 continue;
             }
         }
@@ -1775,20 +1741,6 @@ fn upper_median(values: impl Iterator<Item = f64>) -> f64 {
     assert!(!values.is_empty(), "the median of no members");
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
-}
-
-/// The upper median of `members` by capacity at `rate` (of two, the faster): what a tier
-/// falling for them falls to, that a minority of them can neither raise nor lower. `members`
-/// must not be empty.
-fn median_member<'m, 'a>(members: &[&'m MemberPlan<'a>], rate: u64) -> &'m MemberPlan<'a> {
-    assert!(!members.is_empty(), "the median of no members");
-    let mut by_capacity = members.to_vec();
-    by_capacity.sort_by(|a, b| {
-        a.estimate
-            .capacity(rate)
-            .total_cmp(&b.estimate.capacity(rate))
-    });
-    by_capacity[members.len() / 2]
 }
 
 /// Whether a member has stayed on its tier long enough to move again (hysteresis).
