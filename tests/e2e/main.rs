@@ -151,6 +151,10 @@ fn trials() -> Vec<libtest_mimic::Trial> {
             files::full_disk_is_reported_before_receiving_and_leaves_nothing,
             Need::Root("to mount a small tmpfs in a private mount namespace")
         ),
+        e2e!(
+            files::a_disk_that_fills_while_receiving_keeps_the_partial_download_and_says_so,
+            Need::Root("to mount a small tmpfs in a private mount namespace")
+        ),
         e2e!(bench::ceiling_and_send_print_one_json_object_each),
         e2e!(bench::bench_into_a_closed_pipe_exits_quietly_and_cleans_up),
         e2e!(bench::bench_options_out_of_range_are_usage_errors_naming_the_range),

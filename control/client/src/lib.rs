@@ -172,7 +172,7 @@ pub enum ClientError {
     },
     #[error("server refused: {message}")]
     Rejected { code: RejectCode, message: String },
-    #[error("the file changed on the server since this download began (root {offered}, the partial download has {held_root}); remove or keep {part} and run the command again with --force to start over")]
+    #[error("the file changed on the server since this download began (root {offered}, the partial download has {held_root}); run the same command again to download the new version: it starts over, replacing the partial download of the old one in {part}", part = .part.display())]
     FileChanged {
         offered: String,
         held_root: String,
@@ -225,6 +225,15 @@ pub enum ClientError {
     Output(#[from] loopcast_archive::files::OutputError),
     #[error("{output}: another download to this output is running (it holds the lock on {part})", output = .output.display(), part = .part.display())]
     Locked { output: PathBuf, part: PathBuf },
+    /// The disk filled while receiving: what was last saved is kept.
+    #[error("disk full: {context}: {source}; {}: free some space and run the same command again to resume", kept(part, *held, *total))]
+    DiskFullWhileReceiving {
+        context: String,
+        source: std::io::Error,
+        held: u32,
+        total: u32,
+        part: PathBuf,
+    },
     #[error("disk full: {path} needs {needed} more bytes, {available} bytes free", path = .path.display())]
     DiskFull {
         path: PathBuf,
@@ -275,6 +284,9 @@ impl ClientError {
                 part, held, total, ..
             }
             | ClientError::FollowStopped {
+                part, held, total, ..
+            }
+            | ClientError::DiskFullWhileReceiving {
                 part, held, total, ..
             } => Some(counted(part, *held, *total)),
             ClientError::Interrupted {
@@ -416,6 +428,46 @@ pub fn get(
 /// order, to `follow.sink` as soon as they are verified (see [`follow`]), and the missing
 /// datagrams nearest the play position are asked for first.
 pub fn get_following(
+    config: &GetConfig,
+    follow: Option<FollowOptions>,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<GetReport, ClientError> {
+    get_following_inner(config, follow, cancel, progress)
+        .map_err(|error| full_disk_kept_partial(error, &config.output))
+}
+
+/// A disk that filled while receiving stops the download where it was last saved: the
+/// partial download and its saved state stay for a resume once there is room, and the error
+/// says so (new-user review s25: "disk full: save x.lca.part.state: …", and `--json` said
+/// nothing was kept while the `.part` was there and resumed).
+fn full_disk_kept_partial(error: ClientError, output: &Path) -> ClientError {
+    let ClientError::Io { context, source } = error else {
+        return error;
+    };
+    let part = with_suffix(output, ".part");
+    let saved = loopcast_archive::files::read_small_file(
+        &with_suffix(output, ".part.state"),
+        state::encoded_len_max(RESUME_PEEK_LOOP_MAX),
+    )
+    .ok()
+    .flatten()
+    .and_then(|bytes| state::peek(&bytes));
+    match saved {
+        Some((_, have)) if loopcast_archive::files::is_disk_full(&source) && part.is_file() => {
+            ClientError::DiskFullWhileReceiving {
+                context,
+                source,
+                held: have.count_ones(),
+                total: have.len(),
+                part,
+            }
+        }
+        _ => ClientError::Io { context, source },
+    }
+}
+
+fn get_following_inner(
     config: &GetConfig,
     follow: Option<FollowOptions>,
     cancel: &AtomicBool,
@@ -1689,5 +1741,58 @@ mod tests {
             "no answer from 127.0.0.1:7700 within 10 s (is loopcastd running there?)"
         );
         assert_eq!(silent(None).kept_partial(), None);
+    }
+
+    /// A disk that fills while receiving: the error says what the saved state holds and where
+    /// (it said only "disk full: save x.lca.part.state: …", and `--json` said nothing was
+    /// kept, while the `.part` was there and resumed: new-user review s25). Other I/O errors,
+    /// and a full disk with no partial download, stay as they were.
+    #[test]
+    fn a_disk_that_fills_while_receiving_names_what_was_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("film.lca");
+        let enospc = || ClientError::Io {
+            context: "save film.lca.part.state".to_owned(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert!(matches!(
+            full_disk_kept_partial(enospc(), &output),
+            ClientError::Io { .. }
+        ));
+        let mut have = loopcast_proto::bitmap::Bitmap::new(1000);
+        have.set_range(0..400);
+        state::save(
+            &with_suffix(&output, ".part.state"),
+            &RootHash([7; 32]),
+            &have,
+        )
+        .unwrap();
+        std::fs::write(with_suffix(&output, ".part"), b"partial").unwrap();
+        let full = full_disk_kept_partial(enospc(), &output);
+        let part = with_suffix(&output, ".part");
+        assert_eq!(
+            full.kept_partial(),
+            Some(KeptPartial {
+                path: part.clone(),
+                datagrams: Some((400, 1000)),
+            })
+        );
+        assert_eq!(
+            full.to_string(),
+            format!(
+                "disk full: save film.lca.part.state: No space left on device (os error 28); \
+                 partial download kept for resume in {} (400/1000 datagrams, 40.0 %): free \
+                 some space and run the same command again to resume",
+                part.display()
+            )
+        );
+        let denied = ClientError::Io {
+            context: "save film.lca.part.state".to_owned(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert!(matches!(
+            full_disk_kept_partial(denied, &output),
+            ClientError::Io { .. }
+        ));
     }
 }

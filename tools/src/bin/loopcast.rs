@@ -147,7 +147,9 @@ impl From<ClientError> for Failure {
             | ClientError::Stalled { .. } => exit_code::TIMEOUT,
             ClientError::NeedsKeys { .. } => exit_code::GENERIC,
             ClientError::FileChanged { .. } => exit_code::VERIFICATION,
-            ClientError::DiskFull { .. } => exit_code::DISK_FULL,
+            ClientError::DiskFull { .. } | ClientError::DiskFullWhileReceiving { .. } => {
+                exit_code::DISK_FULL
+            }
             ClientError::RootMismatch { .. } | ClientError::VerificationFailed { .. } => {
                 exit_code::VERIFICATION
             }
