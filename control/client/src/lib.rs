@@ -1743,6 +1743,26 @@ mod tests {
         assert_eq!(silent(None).kept_partial(), None);
     }
 
+    /// A file that changed on the server mid-download: the same command downloads the new
+    /// version (starting over); it said to run again "with --force to start over", which is
+    /// not needed (new-user review s25).
+    #[test]
+    fn a_file_that_changed_on_the_server_says_the_same_command_gets_the_new_version() {
+        let changed = ClientError::FileChanged {
+            offered: "ab".repeat(32),
+            held_root: "cd".repeat(32),
+            part: PathBuf::from("/srv/in/film.lca.part"),
+        };
+        let message = changed.to_string();
+        assert!(
+            message.ends_with(
+                "run the same command again to download the new version: it starts over, \
+                 replacing the partial download of the old one in /srv/in/film.lca.part"
+            ) && !message.contains("--force"),
+            "{message}"
+        );
+    }
+
     /// A disk that fills while receiving: the error says what the saved state holds and where
     /// (it said only "disk full: save x.lca.part.state: …", and `--json` said nothing was
     /// kept, while the `.part` was there and resumed: new-user review s25). Other I/O errors,

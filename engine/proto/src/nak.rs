@@ -28,7 +28,8 @@
 //! Gaps *behind* the join point (a resumed client's holes, a late joiner's start of the file)
 //! would otherwise wait for the loop to come round. With the backlog on, the planner also walks
 //! backwards from the join point, the part of the loop that comes last, and asks for what is
-//! missing there ahead of the loop, at most `backlog_window` serials in flight at a time (so
+//! missing there ahead of the loop (a client that held nothing when it began stops at the
+//! file's start: past it is what the loop brings next in this pass), at most `backlog_window` serials in flight at a time (so
 //! the asks follow the rate at which repairs arrive), until it meets the frontier. Backlog asks
 //! are not re-asked: what they miss, the loop brings. So resume time follows what is missing,
 //! not the loop's length.
@@ -347,6 +348,9 @@ pub struct NakPlanner {
     heard_lately: Option<HeardWindow>,
     /// Where this session's loop joined: the first verified datagram's serial.
     join: Option<u32>,
+    /// It held nothing when it began: its backlog walk stops at the file's start (what lies
+    /// beyond, the end of the file, is what the loop brings next in this pass).
+    held_nothing: bool,
     /// Hash blocks wanted (see [`NakPlanner::want_block`]) and not arrived, asked or not
     /// (allocated with the first).
     block_bits: Option<Bitmap>,
@@ -431,6 +435,7 @@ impl NakPlanner {
         assert!(!held.is_empty(), "a loop has at least one serial");
         NakPlanner {
             config,
+            held_nothing: held.count_ones() == 0,
             seen: held.clone(),
             frontier: None,
             cursor: 0,
@@ -834,7 +839,14 @@ impl NakPlanner {
         let mut scanned = 0u32;
         loop {
             let stop_within = reorder_stop.max(2 * (window - room));
-            let done = self.ahead(frontier, next) < stop_within
+            // A client that held nothing walks back only to the file's start: past it lies
+            // what the loop brings next in this pass, all of it missing. Asked ahead of the
+            // loop, on a client's own unicast channel (repairs share its rate) it came no
+            // sooner, and the loop overtook the queued asks: a 24 MiB download at 20 Mbit/s
+            // asked 11,551 serials and received 4,632 twice, 13.2 s instead of 10.5 (s25).
+            let wrapped = self.held_nothing && next == self.loop_len() - 1;
+            let done = wrapped
+                || self.ahead(frontier, next) < stop_within
                 || room == 0
                 || scanned >= self.loop_len()
                 || ranges.len() + usize::from(run.is_some()) >= NAK_RANGES_MAX;
@@ -870,11 +882,13 @@ impl NakPlanner {
             scanned += 1;
             next = self.before(next);
         }
-        self.backlog_next = if self.ahead(frontier, next) < reorder_stop.max(2 * (window - room)) {
-            None
-        } else {
-            Some(next)
-        };
+        let wrapped = self.held_nothing && next == self.loop_len() - 1;
+        self.backlog_next =
+            if wrapped || self.ahead(frontier, next) < reorder_stop.max(2 * (window - room)) {
+                None
+            } else {
+                Some(next)
+            };
     }
 
     /// The session moved to another channel (a speed tier, R11): that loop is somewhere else,
@@ -2689,9 +2703,9 @@ mod tests {
         assert_eq!(nak.backlog_next, None, "the walk ended at the frontier");
     }
 
-    /// A client holding nothing joins a loop with the backlog on: the loop brings serials
-    /// upward from the join point while the backlog's repairs come down from the end, each at
-    /// the same rate (repairs share the loop's token bucket). Where they meet, asks still queued
+    /// A client holding nothing joins a loop half-way round with the backlog on: the loop brings
+    /// serials upward from the join point while the backlog's repairs come down from the one
+    /// before it, each at the same rate (repairs share the loop's token bucket). Where they meet, asks still queued
     /// when the loop passes them arrive twice. The walk stops short by twice what is in
     /// flight: the 2,048-serial window once cost ~2,000 duplicates here (8.6 % of a 20 MB
     /// file over unicast); now almost none.
@@ -2708,7 +2722,8 @@ mod tests {
         let mut held = vec![false; loop_len as usize];
         let mut duplicates = 0u32;
         let mut queue: VecDeque<u32> = VecDeque::new();
-        let mut loop_next = 0u32;
+        // Joined half-way round (a shared loop): the first half of the file comes last.
+        let mut loop_next = loop_len / 2;
         let per_tick = 20; // serials each of loop and repairs deliver per millisecond
         let mut now = Instant::ZERO;
         let mut deliver =
@@ -2735,10 +2750,8 @@ mod tests {
             }
             // The loop takes what the repairs left of the rate.
             for _ in 0..(2 * per_tick - repairs) {
-                if loop_next < loop_len {
-                    deliver(loop_next, &mut nak, now, &mut held);
-                    loop_next += 1;
-                }
+                deliver(loop_next, &mut nak, now, &mut held);
+                loop_next = (loop_next + 1) % loop_len;
             }
             if held.iter().all(|&h| h) {
                 break;
@@ -2755,6 +2768,41 @@ mod tests {
         );
     }
 
+    /// A client holding nothing whose loop starts at the file's start (its own unicast loop)
+    /// has nothing behind its join point: the end of the file is what the loop brings next in
+    /// this pass. Its backlog asks nothing. (It walked back from the end: a 24 MiB download at
+    /// 20 Mbit/s on a loaded host asked 11,551 serials that the loop was bringing and received
+    /// 4,632 twice, 13.2 s instead of 10.5.) One that held something when it began still asks
+    /// for its holes past the file's start.
+    #[test]
+    fn a_client_that_held_nothing_and_joined_at_the_start_asks_no_backlog() {
+        let loop_len = 10_000;
+        let config = NakConfig {
+            backlog_window: 2048,
+            ..NakConfig::default()
+        };
+        let mut fresh = NakPlanner::new(config, &Bitmap::new(loop_len));
+        let mut held = Bitmap::new(loop_len);
+        held.set_range(2_000..9_000);
+        let mut resumed = NakPlanner::new(config, &held);
+        let mut now = Instant::ZERO;
+        for serial in 0..100 {
+            fresh.saw(serial, now);
+            resumed.saw(serial, now);
+        }
+        for _ in 0..20 {
+            now = now + Duration::from_millis(10);
+            assert_eq!(fresh.poll_nak(now), None, "nothing was lost");
+            let _ = resumed.poll_nak(now);
+        }
+        assert_eq!(fresh.backlog_serials(), 0);
+        assert!(
+            resumed.backlog_serials() >= 1_000,
+            "the holes past the file's start: {}",
+            resumed.backlog_serials()
+        );
+    }
+
     #[test]
     fn backlog_repairs_do_not_move_the_frontier_over_what_the_loop_has_not_brought() {
         let loop_len = 10_000;
@@ -2766,7 +2814,8 @@ mod tests {
             &Bitmap::new(loop_len),
         );
         let mut now = Instant::ZERO;
-        for serial in 0..100 {
+        // Joined half-way round: the first half of the file is behind the join point.
+        for serial in 5_000..5_100 {
             nak.saw(serial, Instant::ZERO);
         }
         let mut asked = std::collections::BTreeSet::new();
