@@ -271,11 +271,12 @@ pub struct PathEstimate {
     fresh_reports: u32,
     /// Reports since the last one that counted (see `just_lost`).
     uncounted_since: u32,
-    /// Reports in a row, none of which counted, made while its tier only rose, each without
-    /// loss and with all that was sent: a member that keeps up with a tier that rises every
-    /// few hundred milliseconds, whose reports all straddle a change (its own phase), never
-    /// counts, and was never a candidate to climb (fleet simulation, seed 15: unlimited
-    /// clients on a 500 Mbit/s tier rising and falling every 4 s for 26 s; s25).
+    /// Reports in a row, none of which counted, made while its tier only rose, each losing no
+    /// more than `loss_congested` and receiving `CLIMB_KEEP_UP_SHARE` of what was sent: a
+    /// member that keeps up with a tier that rises every few hundred milliseconds, whose
+    /// reports all straddle a change (its own phase), never counts, and was never a candidate
+    /// to climb (fleet simulation, seed 15: unlimited clients on a 500 Mbit/s tier rising and
+    /// falling every 4 s for 26 s; s25).
     kept_up_while_rising: u32,
     /// When its last counted report came, where the endpoint says
     /// ([`PathEstimate::note_report_at`]); see `CONGESTION_STALE`.
@@ -430,8 +431,8 @@ impl PathEstimate {
             Counts::CleanOnly
                 if !congested && f64::from(received) >= FLOOR_KEEP_UP_SHARE * sent => {}
             // Made before the tier's last change settled: says nothing about it. But one made
-            // while the tier only rose that got all that was sent, without loss, says the
-            // member kept up with it (see `kept_up_while_rising`).
+            // while the tier only rose that got nearly all that was sent, without congestion's
+            // loss, says the member kept up with it (see `kept_up_while_rising`).
             Counts::LossOnly | Counts::Unsettled | Counts::CleanOnly => {
                 let kept_up = counts == Counts::LossOnly
                     && loss <= config.loss_congested
