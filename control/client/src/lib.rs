@@ -446,23 +446,17 @@ fn full_disk_kept_partial(error: ClientError, output: &Path) -> ClientError {
         return error;
     };
     let part = with_suffix(output, ".part");
-    let saved = loopcast_archive::files::read_small_file(
-        &with_suffix(output, ".part.state"),
-        state::encoded_len_max(RESUME_PEEK_LOOP_MAX),
-    )
-    .ok()
-    .flatten()
-    .and_then(|bytes| state::peek(&bytes));
+    let saved = loopcast_archive::files::is_disk_full(&source)
+        .then(|| peek_saved_state(output))
+        .flatten();
     match saved {
-        Some((_, have)) if loopcast_archive::files::is_disk_full(&source) && part.is_file() => {
-            ClientError::DiskFullWhileReceiving {
-                context,
-                source,
-                held: have.count_ones(),
-                total: have.len(),
-                part,
-            }
-        }
+        Some((_, have)) if part.is_file() => ClientError::DiskFullWhileReceiving {
+            context,
+            source,
+            held: have.count_ones(),
+            total: have.len(),
+            part,
+        },
         _ => ClientError::Io { context, source },
     }
 }
@@ -1121,14 +1115,20 @@ fn recycle_slices<'b>(mut slices: Vec<&[u8]>) -> Vec<&'b [u8]> {
 /// root later, as before; a stale one costs nothing but where the loop starts.
 fn saved_resume_point(output: &Path) -> Option<u32> {
     // Quietly: an unusable state is said once, when the Offer shows what it should be.
+    let (_, have) = peek_saved_state(output)?;
+    have.longest_clear_run_start()
+}
+
+/// The root and held datagrams of `output`'s saved download state, read before (or without)
+/// an Offer to check it against; `None` if there is none or it is unusable.
+fn peek_saved_state(output: &Path) -> Option<(RootHash, loopcast_proto::bitmap::Bitmap)> {
     let bytes = loopcast_archive::files::read_small_file(
         &with_suffix(output, ".part.state"),
         state::encoded_len_max(RESUME_PEEK_LOOP_MAX),
     )
     .ok()
     .flatten()?;
-    let (_, have) = state::peek(&bytes)?;
-    have.longest_clear_run_start()
+    state::peek(&bytes)
 }
 
 /// The longest loop whose saved state is read before the Offer (2^30 datagrams: over a
