@@ -1028,6 +1028,9 @@ const RESUME_SLOW_START_AFTER: u32 = 3;
 /// One member as the planner sees it.
 pub struct MemberPlan<'a> {
     pub id: u64,
+    /// Who it is on the network, as the server sees it (its IPv4 address, or its IPv6 /64):
+    /// a tier's majority is counted in hosts, not sessions (one host may hold many).
+    pub host: u64,
     pub estimate: &'a PathEstimate,
     /// When it was last moved between tiers (`None`: never; it may move at once).
     pub moved_at: Option<Instant>,
@@ -1389,6 +1392,44 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                 .iter()
                 .any(|m| m.estimate.congested_streak == 0 || m.estimate.counted_lately(now));
             if settled_clear || holding_clear || moved == congested.len() || awaited {
+                // Most of the tier loses here and has nowhere slower to go (no room for
+                // another tier, none near): the tier serves them, as its rate follows what
+                // most of its members take. (Held by the few that keep up, it kept them in
+                // loss for good: a liar that claimed a mild loss on the shared tier was moved
+                // first and opened the last tier at 0.9x its claim; four honest 60 Mbit/s
+                // members joined it at 75.6, the liar then reported clean, and they lost 21 %
+                // for 30 s against 1.8 % without it: atk23.) A minority cannot pull it down.
+                // Only a loss that lasts (as long as a member close to the rate is held
+                // before it moves): a member put on a tier too fast for it for a moment (a
+                // newcomer, or one moved while the tiers were changing) is usually elsewhere
+                // a report later, and falling for it cost the fleet simulation's clients of
+                // other classes their match (seeds 1-40: 99.89 % matched against 99.96 %).
+                // The majority is one of hosts, not of sessions: one host may hold up to
+                // `sessions_per_address_max` sessions, and with one vote each, one host's
+                // sessions claiming a loss dragged a tier of fewer honest members to the floor
+                // (hx_attack25 F1).
+                let stranded: Vec<&MemberPlan<'_>> = movable
+                    .iter()
+                    .copied()
+                    .filter(|m| {
+                        !moving(&moves, m.id, index)
+                            && m.estimate.congested_streak >= HELD_LOSS_REPORTS
+                    })
+                    .collect();
+                let votes = stranded_host_votes(&fresh, &stranded, rate);
+                if 2 * votes.len() > distinct_hosts(&fresh) {
+                    let setter = median_member(&votes, rate);
+                    let capacity = setter.estimate.capacity(rate);
+                    if capacity < rate as f64 {
+                        tier.control.decrease_to(
+                            config,
+                            now,
+                            capacity,
+                            setter.estimate.heavy_loss(),
+                            setter.estimate.best_goodput,
+                        );
+                    }
+                }
                 continue;
             }
         }
@@ -1742,6 +1783,62 @@ fn upper_median(values: impl Iterator<Item = f64>) -> f64 {
     assert!(!values.is_empty(), "the median of no members");
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// How many hosts `members` come from.
+fn distinct_hosts(members: &[&MemberPlan<'_>]) -> usize {
+    let mut hosts: Vec<u64> = members.iter().map(|m| m.host).collect();
+    hosts.sort_unstable();
+    hosts.dedup();
+    hosts.len()
+}
+
+/// One vote per host all of whose `fresh` members are `stranded`: its stranded member that
+/// takes the most at `rate` (a host with one member that keeps up does not vote for a fall,
+/// and a host's many sessions weigh as one).
+fn stranded_host_votes<'m, 'a>(
+    fresh: &[&'m MemberPlan<'a>],
+    stranded: &[&'m MemberPlan<'a>],
+    rate: u64,
+) -> Vec<&'m MemberPlan<'a>> {
+    // Sorted, so a tier of thousands costs n log n, not n^2.
+    let mut stranded_ids: Vec<u64> = stranded.iter().map(|m| m.id).collect();
+    stranded_ids.sort_unstable();
+    let mut hosts_keeping_up: Vec<u64> = fresh
+        .iter()
+        .filter(|m| stranded_ids.binary_search(&m.id).is_err())
+        .map(|m| m.host)
+        .collect();
+    hosts_keeping_up.sort_unstable();
+    let mut votes: Vec<&'m MemberPlan<'a>> = stranded
+        .iter()
+        .copied()
+        .filter(|m| hosts_keeping_up.binary_search(&m.host).is_err())
+        .collect();
+    // By host, the one that takes the most first; then that one of each host.
+    votes.sort_by(|a, b| {
+        a.host.cmp(&b.host).then(
+            b.estimate
+                .capacity(rate)
+                .total_cmp(&a.estimate.capacity(rate)),
+        )
+    });
+    votes.dedup_by_key(|m| m.host);
+    votes
+}
+
+/// The upper median of `members` by capacity at `rate` (of two, the faster): what a tier
+/// falling for them falls to, that a minority of them can neither raise nor lower. `members`
+/// must not be empty.
+fn median_member<'m, 'a>(members: &[&'m MemberPlan<'a>], rate: u64) -> &'m MemberPlan<'a> {
+    assert!(!members.is_empty(), "the median of no members");
+    let mut by_capacity = members.to_vec();
+    by_capacity.sort_by(|a, b| {
+        a.estimate
+            .capacity(rate)
+            .total_cmp(&b.estimate.capacity(rate))
+    });
+    by_capacity[members.len() / 2]
 }
 
 /// Whether a member has stayed on its tier long enough to move again (hysteresis).

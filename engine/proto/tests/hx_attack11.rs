@@ -178,11 +178,13 @@ fn a_lying_member_cannot_hold_a_shared_tier_with_reports_that_do_not_count() {
                     members: vec![
                         MemberPlan {
                             id: 1,
+                            host: 1,
                             estimate: &honest,
                             moved_at: None,
                         },
                         MemberPlan {
                             id: 2,
+                            host: 2,
                             estimate: &liar,
                             moved_at: None,
                         },

@@ -52,6 +52,7 @@ fn report(config: &RateConfig, e: &mut PathEstimate, rate: u64, share: f64, lost
 fn member<'a>(id: u64, estimate: &'a PathEstimate, moved_at: Option<Instant>) -> MemberPlan<'a> {
     MemberPlan {
         id,
+        host: id,
         estimate,
         moved_at,
     }

@@ -412,11 +412,13 @@ fn held_hostile_sent_rates_never_panic_or_leave_the_bounds() {
                             members: vec![
                                 MemberPlan {
                                     id: 1,
+                                    host: 1,
                                     estimate: &a,
                                     moved_at: None,
                                 },
                                 MemberPlan {
                                     id: 2,
+                                    host: 2,
                                     estimate: &b,
                                     moved_at: None,
                                 },

@@ -286,6 +286,7 @@ pub fn first_tier_against(liar: Option<Liar<'_>>) -> (u64, bool, bool) {
             .zip(1..)
             .map(|(estimate, id)| MemberPlan {
                 id,
+                host: id,
                 estimate,
                 moved_at: None,
             })
@@ -349,6 +350,7 @@ pub fn never_moved<'a>(estimates: &[&'a PathEstimate]) -> Vec<MemberPlan<'a>> {
         .zip(1..)
         .map(|(&estimate, id)| MemberPlan {
             id,
+            host: id,
             estimate,
             moved_at: None,
         })

@@ -31,22 +31,26 @@ fn a_move_up_never_goes_to_a_tier_that_a_merge_empties_in_the_same_plan() {
         plans[0].members = vec![
             MemberPlan {
                 id: 1,
+                host: 1,
                 estimate: &held,
                 moved_at: None,
             },
             MemberPlan {
                 id: 2,
+                host: 2,
                 estimate: &keeps_up,
                 moved_at: None,
             },
         ];
         plans[1].members = vec![MemberPlan {
             id: 3,
+            host: 3,
             estimate: &quiet,
             moved_at: None,
         }];
         plans[2].members = vec![MemberPlan {
             id: 4,
+            host: 4,
             estimate: &fast,
             moved_at: None,
         }];
@@ -231,11 +235,20 @@ fn random_lies_under_any_bounds_always_make_plans_the_endpoint_can_carry_out() {
 /// 1064f1f (with merges up barred like moves up): at most 16 moves in 60 s (2 of them up),
 /// 1.27 a member a minute; without the near-duplicate merge 14 and 0.96. (`FLUID_MOVES=<seed>`
 /// prints that seed's moves.)
+/// And how much of what their tiers send is past their paths: since a tier falls for a
+/// majority of members that keep losing with nowhere slower to go (s24), 4.2 % (7.9 % before: with
+/// 2 tiers for 5, 50 and 500 Mbit/s classes, a 55 Mbit/s tier held for three 60-90 Mbit/s
+/// members kept six slower ones in loss for the whole minute). The moves rose from 1.38 to
+/// 2.00 a member a minute, almost all with 2 tiers: the few faster members left on a tier that
+/// fell try the next faster one, lose there, and come back, each try barred longer (5, 10, 20
+/// s). Their mean share of their path fell from 0.90 to 0.82: the tier serves the most.
 #[test]
 fn honest_members_whose_paths_change_do_not_move_every_second() {
     use crate::rng::SeededRng;
     let mut worst = (0, 0, 0u64, 0usize, 0.0);
     let mut total = (0u64, 0u64);
+    // Bits sent to honest members, and of them past their paths.
+    let (mut sent, mut past) = (0.0, 0.0);
     for seed in 0..200u64 {
         let mut rng = SeededRng::from_u64(0xc0de + seed);
         if std::env::var("FLUID_MOVES").is_ok_and(|s| s != seed.to_string()) {
@@ -271,6 +284,13 @@ fn honest_members_whose_paths_change_do_not_move_every_second() {
                 }
             }
             arena.step();
+            for member in &arena.members {
+                if let Who::Honest(path) = member.who {
+                    let rate = arena.tiers[member.tier].rate() as f64;
+                    sent += rate;
+                    past += (rate - path.capacity).max(0.0);
+                }
+            }
             if std::env::var("FLUID_MOVES").is_ok() && step % 5 == 0 {
                 let tiers = arena.layout();
                 eprintln!("  {tiers:?}");
@@ -290,8 +310,14 @@ fn honest_members_whose_paths_change_do_not_move_every_second() {
     }
     eprintln!("total moves, members {total:?}");
     eprintln!("worst moves in 60 s (moves, ups, seed, tiers_max, capacity): {worst:?}");
+    eprintln!("share of what was sent past the paths: {:.4}", past / sent);
     assert!(worst.0 <= 20, "{worst:?}");
-    assert!(total.0 <= 3 * total.1 / 2, "{total:?} moves, members");
+    assert!(total.0 <= 5 * total.1 / 2, "{total:?} moves, members");
+    assert!(
+        past / sent <= 0.05,
+        "{:.4} of what was sent past the paths",
+        past / sent
+    );
 }
 
 #[test]
@@ -334,11 +360,13 @@ fn a_member_moved_down_from_a_tier_is_not_merged_back_up_into_it_while_barred() 
         let mut plans = memberless_plans(controls);
         plans[0].members.push(MemberPlan {
             id: 1,
+            host: 1,
             estimate: &moved_down,
             moved_at: Some(at(0)),
         });
         plans[1].members.push(MemberPlan {
             id: 2,
+            host: 2,
             estimate: &keeps_up,
             moved_at: None,
         });

@@ -79,6 +79,7 @@ fn a_floor_tier_that_stopped_stepping_takes_a_slower_one_after_the_dwell() {
         for (index, estimate) in members.iter().enumerate() {
             plans[index].members.push(MemberPlan {
                 id: index as u64,
+                host: index as u64,
                 estimate,
                 moved_at: None,
             });

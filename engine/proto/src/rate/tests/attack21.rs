@@ -190,11 +190,13 @@ fn a_tier_merged_into_a_stalled_slow_start_one_is_not_doubled_past_its_path() {
             let mut plans = memberless_plans(&mut controls);
             plans[0].members.push(MemberPlan {
                 id: 0,
+                host: 0,
                 estimate: &honest,
                 moved_at: None,
             });
             plans[1].members.push(MemberPlan {
                 id: 1,
+                host: 1,
                 estimate: &liar,
                 moved_at: None,
             });

@@ -17,6 +17,7 @@ fn plan_tiers(
             .iter()
             .map(|&(id, estimate, moved_at)| MemberPlan {
                 id,
+                host: id,
                 estimate,
                 moved_at,
             })

@@ -263,17 +263,18 @@ fn atk23_held_with_room_a_liars_known_or_short_tier_costs_honest_joiners_little(
     assert!(failed.is_empty(), "{failed:?}");
 }
 
-/// (a, b) FINDING, older than 211d5bf/67a6334 (same figures at 211d5bf^): with no room for
+/// (a, b) A finding of this review, older than 211d5bf/67a6334, fixed in s24: with no room for
 /// another tier (tiers_max 2), the liar claims most of the rate and a mild loss (or under half,
 /// Short) on the shared tier while a fast honest member keeps up; it is moved first and opens
 /// the last tier at 0.9x its claim; the four honest members, whose target is within
-/// SAME_TIER_RATIO of it, join it above their path. There the liar reports clean: the tier
-/// neither rises nor falls (settled_clear), the four are movable but have nowhere slower
-/// (`choose_slower` -> None: "its tier does not slow down for it"). They stay 30 s, 1.26x
-/// their path, losing 21 % (1.8 % without the liar), for good.
+/// SAME_TIER_RATIO of it, join it above their path. There the liar reported clean: the tier
+/// neither rose nor fell (settled_clear), the four were movable but had nowhere slower
+/// (`choose_slower` -> None). They stayed 30 s, 1.26x their path, losing 21 % (1.8 % without
+/// the liar). Now a tier whose members that keep losing with nowhere to go are most of it
+/// falls for them: 3.0 % lost (60 Mbit/s members), within 1.2 points of the run without the
+/// liar, and 1.4 s more above their path.
 #[test]
-#[ignore = "atk23 finding (older than s23: the same figures before it): with no room for another tier, a liar's new tier that honest members join above their path holds them there for good (nowhere slower to move, and the liar keeps up): 4 honest 60 Mbit/s members on 75.6 Mbit/s, 21 % loss for 30 s against 1.8 % without it"]
-fn atk23_finding_no_room_a_liars_new_tier_holds_honest_joiners_above_their_path() {
+fn atk23_no_room_a_liars_new_tier_does_not_hold_honest_joiners_above_their_path() {
     let failed = atk23_liar_rows(&[
         (
             "mild/Known, honest 60, 2 tiers",

@@ -2,7 +2,8 @@
 //! what the path's capacity explains, climbing on reports that straddle rises
 //! (`kept_up_while_rising`), and the majority fall (`stranded`, `median_member`). The
 //! majority fall was taken out again for F1 (a majority of sessions from one host dragged a
-//! tier to the floor); F1's test now guards that it stays out.
+//! tier to the floor), and came back in s26 counting hosts, not sessions; F1's test guards
+//! that.
 
 use super::*;
 use std::cell::Cell;
@@ -45,6 +46,10 @@ fn atk25_fluid(tiers_max: usize, honest: usize, liars: usize, path: f64) -> (f64
     let mut who: Vec<Who> = (0..honest).map(|_| Who::Honest(clean(path))).collect();
     who.extend((0..liars).map(|_| Who::Liar(Lie::Script(atk25_half_but_clean_after_change))));
     let mut fluid = Fluid::with(config.clone(), who);
+    // The liars are one host's sessions (`sessions_per_address_max` 16 allows it).
+    for liar in &mut fluid.members[honest..] {
+        liar.host = u64::MAX;
+    }
     fluid.tiers[0] = TierStart::Known.control(&config, at(0), (0.9 * path * MBIT) as u64);
     let (mut sum, mut n) = (0.0, 0.0);
     for _ in 0..150 {
@@ -66,9 +71,9 @@ fn atk25_fluid(tiers_max: usize, honest: usize, liars: usize, path: f64) -> (f64
 /// fall (5cfad34): the tier fell to 0.9x the median liar's claimed capacity, again after every
 /// 5 congested reports, to `rate_min` (honest 60 Mbit/s members at 0.095 of their path, the
 /// tier at 1.1 Mbit/s after 30 s, with 3 liars beside 2 honest, 6 beside 5, 16 beside 15).
-/// `sessions_per_address_max` is 16: one host outnumbers up to 15 honest members. The
-/// majority fall is out again (the liars are movable with nowhere to go and the tier holds,
-/// `settled_clear`); a majority must be one of hosts, not of sessions, before it comes back.
+/// `sessions_per_address_max` is 16: one host outnumbers up to 15 honest members. Since s26
+/// the majority is one of hosts (`MemberPlan::host`): the liars, one host's sessions, are one
+/// vote, and the tier holds for the honest members (it failed before: the tier at 1.1 Mbit/s).
 #[test]
 fn atk25_a_sybil_majority_does_not_drag_a_no_room_tier_to_the_floor() {
     let path = 60.0;
@@ -218,6 +223,7 @@ fn atk25_phased(honest: usize, liars: usize, path: f64, seconds: u64) -> (f64, f
                 for (id, m) in members.iter().enumerate() {
                     plans[0].members.push(MemberPlan {
                         id: id as u64,
+                        host: id as u64,
                         estimate: &m.estimate,
                         moved_at: None,
                     });
