@@ -278,6 +278,16 @@ pub struct PathEstimate {
     /// to climb (fleet simulation, seed 15: unlimited clients on a 500 Mbit/s tier rising and
     /// falling every 4 s for 26 s; s25).
     kept_up_while_rising: u32,
+    /// Its latest report did not count (it straddled a change of its tier) but lost no more than
+    /// `loss_congested` and got `CLIMB_KEEP_UP_SHARE` of what was sent: it kept up across the
+    /// change. When the endpoint last heard such a report, see `kept_up_uncounted_at`.
+    last_kept_up_uncounted: bool,
+    /// When its latest report that kept up without counting came (see `may_yet_keep_up`):
+    /// a member whose 200 ms reports all straddle its tier's changes never counts, and one
+    /// liar whose 40 ms reports raised and lowered the tier every ~325 ms kept honest members'
+    /// reports from ever counting and set the rate alone (honest 100 Mbit/s members at 0.198
+    /// of their path: atk25 F2).
+    kept_up_uncounted_at: Option<Instant>,
     /// When its last counted report came, where the endpoint says
     /// ([`PathEstimate::note_report_at`]); see `CONGESTION_STALE`.
     counted_at: Option<Instant>,
@@ -342,6 +352,7 @@ impl PathEstimate {
         counts: Counts,
     ) {
         let interval = report_interval_read(interval);
+        self.last_kept_up_uncounted = false;
         let goodput = (f64::from(received) * datagram_bits as f64 / interval.as_secs_f64())
             .min(2.0 * rate as f64);
         self.goodput.update(goodput, EWMA_WEIGHT);
@@ -434,10 +445,11 @@ impl PathEstimate {
             // while the tier only rose that got nearly all that was sent, without congestion's
             // loss, says the member kept up with it (see `kept_up_while_rising`).
             Counts::LossOnly | Counts::Unsettled | Counts::CleanOnly => {
-                let kept_up = counts == Counts::LossOnly
-                    && loss <= config.loss_congested
+                let kept_up = loss <= config.loss_congested
                     && f64::from(received) >= CLIMB_KEEP_UP_SHARE * sent;
-                self.kept_up_while_rising = if kept_up {
+                self.last_kept_up_uncounted = kept_up;
+                let kept_up_rising = kept_up && counts == Counts::LossOnly;
+                self.kept_up_while_rising = if kept_up_rising {
                     self.kept_up_while_rising.saturating_add(1)
                 } else {
                     0
@@ -447,6 +459,7 @@ impl PathEstimate {
             }
         }
         self.kept_up_while_rising = 0;
+        self.last_kept_up_uncounted = false;
         self.fresh_reports += 1;
         self.uncounted_since = 0;
         self.kept_up_with_short_sender = kept_up_with_short_sender;
@@ -551,6 +564,7 @@ impl PathEstimate {
         // member the new tier waits for (`may_yet_keep_up`; one moved down because it lost,
         // its streak reset by the move, held a tier whose members all lost 1 s: hx_attack22 R4).
         self.counted_at = None;
+        self.kept_up_uncounted_at = None;
         let climb = &mut self.climb;
         if relief {
             // Moved down within `CLIMB_PROVEN` of its last move up: that try failed, whatever
@@ -654,6 +668,8 @@ impl PathEstimate {
     pub fn note_report_at(&mut self, now: Instant) {
         if self.uncounted_since == 0 && self.reports > 0 {
             self.counted_at = Some(now);
+        } else {
+            self.kept_up_uncounted_at = self.last_kept_up_uncounted.then_some(now);
         }
     }
 
@@ -670,12 +686,15 @@ impl PathEstimate {
     }
 
     /// Not heard since its tier last changed, but its last counted report, within
-    /// `CONGESTION_STALE`, kept up: it will soon say whether it keeps up now (see `plan`).
+    /// `CONGESTION_STALE`, kept up, or a report that straddled a change did since, within it
+    /// too (`kept_up_uncounted_at`): it will soon say whether it keeps up now (see `plan`).
     fn may_yet_keep_up(&self, now: Instant) -> bool {
+        let kept_up_uncounted_lately = self
+            .kept_up_uncounted_at
+            .is_some_and(|at| now.saturating_since(at) < CONGESTION_STALE);
         !self.is_fresh()
             && self.congested_streak == 0
-            && self.counted_at.is_some()
-            && self.counted_lately(now)
+            && ((self.counted_at.is_some() && self.counted_lately(now)) || kept_up_uncounted_lately)
     }
 
     /// What reached the member in its last report: its path's capacity when congested
@@ -1416,8 +1435,16 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
                             && m.estimate.congested_streak >= HELD_LOSS_REPORTS
                     })
                     .collect();
-                let votes = stranded_host_votes(&fresh, &stranded, rate);
-                if 2 * votes.len() > distinct_hosts(&fresh) {
+                // Its electorate: the members heard since the tier last changed, and those it
+                // waits for (`may_yet_keep_up`: their reports straddled its changes; counting
+                // only the fresh, one liar whose reports alone counted was all of it).
+                let electorate: Vec<&MemberPlan<'_>> = tier
+                    .members
+                    .iter()
+                    .filter(|m| m.estimate.is_fresh() || m.estimate.may_yet_keep_up(now))
+                    .collect();
+                let votes = stranded_host_votes(&electorate, &stranded, rate);
+                if 2 * votes.len() > distinct_hosts(&electorate) {
                     let setter = median_member(&votes, rate);
                     let capacity = setter.estimate.capacity(rate);
                     if capacity < rate as f64 {
@@ -1793,18 +1820,18 @@ fn distinct_hosts(members: &[&MemberPlan<'_>]) -> usize {
     hosts.len()
 }
 
-/// One vote per host all of whose `fresh` members are `stranded`: its stranded member that
+/// One vote per host all of whose `electorate` members are `stranded`: its stranded member that
 /// takes the most at `rate` (a host with one member that keeps up does not vote for a fall,
 /// and a host's many sessions weigh as one).
 fn stranded_host_votes<'m, 'a>(
-    fresh: &[&'m MemberPlan<'a>],
+    electorate: &[&'m MemberPlan<'a>],
     stranded: &[&'m MemberPlan<'a>],
     rate: u64,
 ) -> Vec<&'m MemberPlan<'a>> {
     // Sorted, so a tier of thousands costs n log n, not n^2.
     let mut stranded_ids: Vec<u64> = stranded.iter().map(|m| m.id).collect();
     stranded_ids.sort_unstable();
-    let mut hosts_keeping_up: Vec<u64> = fresh
+    let mut hosts_keeping_up: Vec<u64> = electorate
         .iter()
         .filter(|m| stranded_ids.binary_search(&m.id).is_err())
         .map(|m| m.host)

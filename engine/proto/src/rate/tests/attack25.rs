@@ -265,12 +265,12 @@ fn atk25_phased(honest: usize, liars: usize, path: f64, seconds: u64) -> (f64, f
 /// its interval and reports every 50 ms after a rise, which this does not model), ONE liar with
 /// 40 ms reports alone raises (its clean report after each settle) and lowers (2 lossy ones)
 /// the tier every ~325 ms. No honest report ever starts after a settle, so none counts, their
-/// `counted_at` goes stale, `awaited` is false, and the liar, the only fresh member, sets the
+/// `counted_at` went stale, `awaited` was false, and the liar, the only fresh member, set the
 /// rate ("everyone lost"): 4 or 12 honest 100 Mbit/s members at 0.198 of their path, the tier
-/// at 2.59 Mbit/s after 30 s (0.948 and 95 without the liar). FINDING, open: older than the
-/// rules it was found beside; not yet checked against the real client's report timing.
+/// at 2.59 Mbit/s after 30 s (0.948 and 95 without the liar). Fixed in s26: a member whose
+/// latest report straddled a change but kept up is waited for (`kept_up_uncounted_at`,
+/// `may_yet_keep_up`) and is of the majority fall's electorate: 0.951 of the path with 1-3 liars.
 #[test]
-#[ignore = "atk25 F2 finding (older than s25's rules; real client timing not modelled): one liar with 40 ms reports, raising and lowering the tier every ~325 ms, keeps 200 ms honest reports from ever counting and sets the rate alone: honest members at 0.198 of their path"]
 fn atk25_timed_liars_do_not_keep_honest_reports_from_counting() {
     let path = 100.0;
     for honest in [4, 12] {
