@@ -334,18 +334,6 @@ pub struct EndpointCounters {
     pub rate_changes: u64,
 }
 
-/// Who a client is on the network, for counting a tier's majority in hosts (`MemberPlan::host`):
-/// its IPv4 address, or the /64 of its IPv6 one (a host is usually given a whole /64; an
-/// IPv4-mapped IPv6 address is the IPv4 host). IPv4 keys are below 2^32, where no routable
-/// IPv6 /64 falls.
-fn host_of(ip: IpAddr) -> u64 {
-    let ip = ip.to_canonical();
-    match ip {
-        IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
-    }
-}
-
 struct Session {
     client: SocketAddr,
     request_id: u64,
@@ -2053,7 +2041,7 @@ impl Endpoint {
                                     let s = &self.sessions[id];
                                     MemberPlan {
                                         id: id.0,
-                                        host: host_of(s.client.ip()),
+                                        host: rate::host_of(s.client.ip()),
                                         estimate: &s.estimate,
                                         moved_at: s.moved_at,
                                     }

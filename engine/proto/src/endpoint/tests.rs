@@ -2004,36 +2004,3 @@ fn a_unicast_clients_request_channel_becomes_its_own_in_place() {
     assert_eq!(shared[0].group, group, "the group given back is used again");
     assert_eq!(shared[0].multicast_members, 1);
 }
-
-/// A tier's majority counts hosts (`host_of`): an IPv4 address is one, an IPv6 /64 is one
-/// (a host is usually given a whole /64: its other addresses are the same host), and an
-/// IPv4-mapped IPv6 address is its IPv4 host.
-#[test]
-fn a_host_is_an_ipv4_address_or_an_ipv6_slash_64() {
-    let v4 = |s: &str| host_of(s.parse().unwrap());
-    assert_ne!(
-        v4("10.0.0.1"),
-        v4("10.0.0.2"),
-        "two IPv4 addresses, two hosts"
-    );
-    assert_eq!(
-        v4("10.0.0.1"),
-        v4("::ffff:10.0.0.1"),
-        "IPv4-mapped is the IPv4 host"
-    );
-    assert_eq!(
-        v4("2001:db8:1:2::1"),
-        v4("2001:db8:1:2:ffff:0:0:9"),
-        "one /64, one host"
-    );
-    assert_ne!(
-        v4("2001:db8:1:2::1"),
-        v4("2001:db8:1:3::1"),
-        "two /64s, two hosts"
-    );
-    assert_ne!(
-        v4("2001:db8::1"),
-        v4("32.1.13.184"),
-        "IPv6 and IPv4 keys apart"
-    );
-}

@@ -1799,6 +1799,7 @@ mod attack21;
 mod attack22;
 mod attack23;
 mod attack25;
+mod attack26;
 mod attack9;
 
 /// A client that could place no gaps yet (nothing it received since it moved has verified:

@@ -90,6 +90,59 @@ fn atk25_a_sybil_majority_does_not_drag_a_no_room_tier_to_the_floor() {
     }
 }
 
+/// One report of a timed arena, read as the endpoint reads it: `(received, lost, interval
+/// ms)` ending at `now`, on a tier under `control`. It counts if its interval (at least 40 ms)
+/// started after the tier settled; else LossOnly while the tier rises, Unsettled otherwise.
+pub(super) fn timed_report(
+    estimate: &mut PathEstimate,
+    config: &RateConfig,
+    control: &TierControl,
+    now: Instant,
+    (got, lost, interval): (f64, f64, u64),
+) {
+    let started = now.saturating_sub(Duration::from_millis(interval.max(40)));
+    let counts = if started >= control.settled_at() {
+        Counts::Settled
+    } else if control.is_rising() {
+        Counts::LossOnly
+    } else {
+        Counts::Unsettled
+    };
+    estimate.observe(
+        config,
+        got as u32,
+        lost as u32,
+        Duration::from_millis(interval),
+        DATAGRAM_BITS,
+        control.rate(),
+        None,
+        Some(Duration::from_millis(1)),
+        counts,
+    );
+    estimate.note_report_at(now);
+}
+
+/// One plan of a file's only tier (`tiers_max` 1: no moves) over `members`, (host, estimate)
+/// each, ids in order.
+pub(super) fn plan_lone_tier<'a>(
+    config: &RateConfig,
+    now: Instant,
+    control: &mut TierControl,
+    members: impl Iterator<Item = (u64, &'a PathEstimate)>,
+) {
+    let mut plans = memberless_plans(std::slice::from_mut(control));
+    for (id, (host, estimate)) in members.enumerate() {
+        plans[0].members.push(MemberPlan {
+            id: id as u64,
+            host,
+            estimate,
+            moved_at: None,
+        });
+    }
+    let moves = plan(config, now, &mut plans);
+    assert!(moves.is_empty(), "one tier, no room: {moves:?}");
+}
+
 /// One member of the phased arena: reports at its own times.
 struct Atk25Member {
     estimate: PathEstimate,
@@ -186,28 +239,9 @@ fn atk25_phased(honest: usize, liars: usize, path: f64, seconds: u64) -> (f64, f
                     }
                 }
             };
-            if let Some((got, lost, interval)) = report {
+            if let Some(report) = report {
                 m.last_ms = ms;
-                let started = now.saturating_sub(Duration::from_millis(interval.max(40)));
-                let counts = if started >= control.settled_at() {
-                    Counts::Settled
-                } else if control.is_rising() {
-                    Counts::LossOnly
-                } else {
-                    Counts::Unsettled
-                };
-                m.estimate.observe(
-                    &config,
-                    got as u32,
-                    lost as u32,
-                    Duration::from_millis(interval),
-                    DATAGRAM_BITS,
-                    control.rate(),
-                    None,
-                    Some(Duration::from_millis(1)),
-                    counts,
-                );
-                m.estimate.note_report_at(now);
+                timed_report(&mut m.estimate, &config, &control, now, report);
                 if !m.honest
                     && m.quiet_since.is_none()
                     && m.estimate.congested_streak >= HELD_LOSS_REPORTS
@@ -218,19 +252,11 @@ fn atk25_phased(honest: usize, liars: usize, path: f64, seconds: u64) -> (f64, f
         }
         if ms % 50 == 0 {
             let before = control.rate();
-            let moves = {
-                let mut plans = memberless_plans(std::slice::from_mut(&mut control));
-                for (id, m) in members.iter().enumerate() {
-                    plans[0].members.push(MemberPlan {
-                        id: id as u64,
-                        host: id as u64,
-                        estimate: &m.estimate,
-                        moved_at: None,
-                    });
-                }
-                plan(&config, now, &mut plans)
-            };
-            assert!(moves.is_empty(), "one tier, no room: {moves:?}");
+            let hosts_and_estimates = members
+                .iter()
+                .enumerate()
+                .map(|(id, m)| (id as u64, &m.estimate));
+            plan_lone_tier(&config, now, &mut control, hosts_and_estimates);
             let after = control.rate();
             if after != before {
                 rate_changed_ms = ms;
