@@ -490,6 +490,18 @@ impl CountBucket {
     }
 }
 
+/// What the per-address limits (sessions, requests, NAK budget) count as one address: an IPv4
+/// address, or an IPv6 /64 (one host or LAN is given a whole /64, and picks any address in it:
+/// counted per IPv6 address, one /64 held any number of sessions and request tokens, hx
+/// attack26). An IPv4-mapped IPv6 address is its IPv4 one. (A tier's majority counts coarser
+/// hosts: `rate::host_of`.)
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+    }
+}
+
 struct AddressState {
     sessions: usize,
     requests: CountBucket,
@@ -1119,7 +1131,7 @@ impl Endpoint {
             self.config.requests_per_address_burst,
         );
         let admitted = self
-            .address_entry(now, from.ip())
+            .address_entry(now, address_key(from.ip()))
             .is_some_and(|address| address.requests.take(now, rate, burst));
         if !admitted {
             self.counters.requests_rate_limited += 1;
@@ -1168,7 +1180,7 @@ impl Endpoint {
         }
         let address_sessions = self
             .addresses
-            .get(&from.ip())
+            .get(&address_key(from.ip()))
             .expect("admitted above")
             .sessions;
         // A retransmitted Request (our Offer was lost) gets the same session again.
@@ -1309,7 +1321,7 @@ impl Endpoint {
         let resume_at = resume_at.filter(|&serial| u64::from(serial) < loop_len);
         let file = channel_state.info.name.clone();
         self.addresses
-            .get_mut(&from.ip())
+            .get_mut(&address_key(from.ip()))
             .expect("entry made above")
             .sessions += 1;
         self.sessions_by_request.insert((from, request_id), session);
@@ -1785,7 +1797,7 @@ impl Endpoint {
         };
         let address = self
             .addresses
-            .get_mut(&from.ip())
+            .get_mut(&address_key(from.ip()))
             .expect("a session's address has an entry");
         let address_budget = self
             .config
@@ -1856,7 +1868,7 @@ impl Endpoint {
         if !state.validated {
             self.unvalidated_count -= 1;
         }
-        if let Some(address) = self.addresses.get_mut(&state.client.ip()) {
+        if let Some(address) = self.addresses.get_mut(&address_key(state.client.ip())) {
             address.sessions -= 1;
         }
         let channel_id = state.channel;
@@ -2540,7 +2552,7 @@ impl Endpoint {
             let sessions = self
                 .sessions
                 .values()
-                .filter(|s| s.client.ip() == *ip)
+                .filter(|s| address_key(s.client.ip()) == *ip)
                 .count();
             assert_eq!(address.sessions, sessions, "per-address session count");
             assert!(

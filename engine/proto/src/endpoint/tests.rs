@@ -211,16 +211,32 @@ fn the_token_validates_the_address_and_only_then_does_data_flow() {
 
 #[test]
 fn one_address_cannot_fill_the_session_table_or_flood_requests() {
+    let hog = "192.0.2.66".parse::<IpAddr>().unwrap();
+    one_address_floods(|_| hog);
+}
+
+/// An IPv6 host picks any address of its /64: each request from another one of them is still
+/// the one address to the limits (counted per IPv6 address, they held any number of sessions
+/// and request tokens: hx attack26).
+#[test]
+fn one_ipv6_slash_64_cannot_fill_the_session_table_or_flood_requests() {
+    one_address_floods(|port| {
+        let base = u128::from("2001:db8:5:7::".parse::<std::net::Ipv6Addr>().unwrap());
+        IpAddr::V6((base | (u128::from(port) * 0x1_0001_0001)).into())
+    });
+}
+
+/// 1000 requests at 100 a second, each from `hog(port)`, all one address to the limits.
+fn one_address_floods(hog: impl Fn(u16) -> IpAddr) {
     let (mut endpoint, mut files) = endpoint(false);
     let name = files.name.clone();
-    let hog = "192.0.2.66".parse::<IpAddr>().unwrap();
     let mut offers = 0;
     let mut limited = 0;
     for port in 0..1000u16 {
         let now = at(u64::from(port) * 10); // 100 requests per second
         endpoint.handle_control(
             now,
-            SocketAddr::new(hog, 10_000 + port),
+            SocketAddr::new(hog(port), 10_000 + port),
             &request_bytes(u64::from(port), false, &name),
             &mut files,
         );
