@@ -170,8 +170,16 @@ pub enum ClientError {
         /// Datagrams that failed their hash check during the run.
         failed_hash: u64,
     },
-    #[error("server refused: {message}")]
-    Rejected { code: RejectCode, message: String },
+    #[error("server refused: {message}{}", refused_part_note(part.as_deref(), *held, *total))]
+    Rejected {
+        code: RejectCode,
+        message: String,
+        /// The partial download kept: this run's (`held` of `total` datagrams), or one an
+        /// earlier run left (`total` 0); `None` if there is none.
+        part: Option<PathBuf>,
+        held: u32,
+        total: u32,
+    },
     #[error("the file changed on the server since this download began (root {offered}, the partial download has {held_root}); run the same command again to download the new version: it starts over, replacing the partial download of the old one in {part}", part = .part.display())]
     FileChanged {
         offered: String,
@@ -251,6 +259,20 @@ fn kept(part: &Path, held: u32, total: u32) -> String {
     )
 }
 
+/// Said when the server refused a download that has a partial download kept: this run's
+/// (`total` > 0) or an earlier run's.
+fn refused_part_note(part: Option<&Path>, held: u32, total: u32) -> String {
+    const WHEN: &str = " once the server accepts";
+    match part {
+        Some(part) if total > 0 => format!(
+            "; {}: run the same command again to resume{WHEN}",
+            kept(part, held, total)
+        ),
+        Some(part) => earlier_part_note(Some(part)) + WHEN,
+        None => String::new(),
+    }
+}
+
 /// Said when the server never answered and a partial download an earlier run left is kept.
 fn earlier_part_note(part: Option<&Path>) -> String {
     part.map_or_else(String::new, |part| {
@@ -293,6 +315,12 @@ impl ClientError {
                 part: Some(part),
                 held,
                 total,
+            } => Some(counted(part, *held, *total)),
+            ClientError::Rejected {
+                part: Some(part),
+                held,
+                total,
+                ..
             } => Some(counted(part, *held, *total)),
             ClientError::NoAnswer {
                 part: Some(part), ..
@@ -626,10 +654,30 @@ fn get_following_inner(
                     }
                 }
                 ClientEvent::Rejected { code, message } => {
-                    if let Some(download) = download.as_mut() {
-                        download.save()?;
-                    }
-                    return Err(ClientError::Rejected { code, message });
+                    let (part, held, total) = match download.as_mut() {
+                        Some(download) => {
+                            download.save()?;
+                            (
+                                Some(download.part_path.clone()),
+                                download.receiver.have().count_ones(),
+                                download.receiver.shape().loop_len(),
+                            )
+                        }
+                        None => (
+                            part.as_ref()
+                                .filter(|part| part.left_by_an_earlier_run())
+                                .map(|part| part.path().to_owned()),
+                            0,
+                            0,
+                        ),
+                    };
+                    return Err(ClientError::Rejected {
+                        code,
+                        message,
+                        part,
+                        held,
+                        total,
+                    });
                 }
                 ClientEvent::NoAnswer => {
                     if let Some(download) = download.as_mut() {
@@ -1741,6 +1789,48 @@ mod tests {
             "no answer from 127.0.0.1:7700 within 10 s (is loopcastd running there?)"
         );
         assert_eq!(silent(None).kept_partial(), None);
+    }
+
+    /// A server that refuses a download with a partial one kept says where it is (it said only
+    /// "server refused: …", and `--json` said nothing was kept).
+    #[test]
+    fn a_refused_download_names_the_partial_download_it_keeps() {
+        let part = PathBuf::from("/srv/in/film.lca.part");
+        let refused = |part: Option<PathBuf>, held: u32, total: u32| ClientError::Rejected {
+            code: RejectCode::Busy,
+            message: "server at its session limit".to_owned(),
+            part,
+            held,
+            total,
+        };
+        let mid = refused(Some(part.clone()), 250, 1000);
+        assert_eq!(
+            mid.to_string(),
+            "server refused: server at its session limit; partial download kept for resume in \
+             /srv/in/film.lca.part (250/1000 datagrams, 25.0 %): run the same command again to \
+             resume once the server accepts"
+        );
+        let keeps = |datagrams| {
+            Some(KeptPartial {
+                path: part.clone(),
+                datagrams,
+            })
+        };
+        assert_eq!(mid.kept_partial(), keeps(Some((250, 1000))));
+        let earlier = refused(Some(part.clone()), 0, 0);
+        assert!(
+            earlier
+                .to_string()
+                .ends_with("; the partial download an earlier run left in /srv/in/film.lca.part is kept: run the same command again to resume once the server accepts"),
+            "{earlier}"
+        );
+        assert_eq!(earlier.kept_partial(), keeps(None));
+        let none = refused(None, 0, 0);
+        assert_eq!(
+            none.to_string(),
+            "server refused: server at its session limit"
+        );
+        assert_eq!(none.kept_partial(), None);
     }
 
     /// A file that changed on the server mid-download: the same command downloads the new
