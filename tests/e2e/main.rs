@@ -228,6 +228,7 @@ fn trials() -> Vec<libtest_mimic::Trial> {
         e2e!(options::get_stall_timeout_also_bounds_the_wait_for_a_first_answer),
         e2e!(options::config_files_set_flags_and_the_command_line_wins),
         e2e!(options::metrics_endpoint_serves_the_status_counters),
+        e2e!(options::get_json_usage_errors_are_json_too),
         e2e!(live::sighup_applies_the_config_file_live_and_a_broken_one_changes_nothing),
         e2e!(live::a_stopped_channel_s_client_asks_again_and_finishes_identical),
         e2e!(live::sighup_with_a_lower_rate_slows_a_running_channel_at_once),

@@ -374,3 +374,72 @@ pub fn get_stall_timeout_also_bounds_the_wait_for_a_first_answer() {
         .unwrap();
     assert_eq!(zero.status.code(), Some(2));
 }
+
+/// `get --json` promises scripts one JSON object whatever happened: a usage error says it in
+/// JSON on stdout too (with `--follow`, on stderr: stdout is the player's), exit code 2, with
+/// clap's text on stderr as always. It printed clap's text alone, and a script read nothing.
+/// Without `--json`, stdout stays empty.
+pub fn get_json_usage_errors_are_json_too() {
+    let run = |args: &[&str]| {
+        let output = Command::new(bin("loopcast")).args(args).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let json_of = |text: &str| -> serde_json::Value {
+        let line = text
+            .lines()
+            .find(|line| line.starts_with('{'))
+            .unwrap_or_else(|| panic!("no JSON line in {text:?}"));
+        serde_json::from_str(line).unwrap()
+    };
+    let (code, stdout, stderr) = run(&[
+        "get",
+        "127.0.0.1:9",
+        "film",
+        "--json",
+        "--stall-timeout",
+        "0",
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let failure = json_of(&stdout);
+    assert_eq!(failure["verified"], false);
+    assert_eq!(failure["exit_code"], 2);
+    assert!(failure["partial"].is_null());
+    let error = failure["error"].as_str().unwrap();
+    assert!(
+        error.contains("--stall-timeout") && error.contains("'0'"),
+        "{error}"
+    );
+    assert!(
+        stderr.contains("error: invalid value '0'"),
+        "clap's text stays on stderr: {stderr}"
+    );
+
+    let (code, stdout, _) = run(&["get", "--json"]);
+    assert_eq!(code, Some(2));
+    let error = json_of(&stdout)["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("<SERVER>") && error.contains("<NAME>"),
+        "names what is missing: {error}"
+    );
+
+    let (code, stdout, stderr) = run(&[
+        "get",
+        "127.0.0.1:9",
+        "film",
+        "--follow",
+        "--json",
+        "--bogus",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.is_empty(), "stdout is the player's: {stdout:?}");
+    assert_eq!(json_of(&stderr)["exit_code"], 2);
+
+    let (code, stdout, stderr) = run(&["get", "127.0.0.1:9", "film", "--stall-timeout", "0"]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.is_empty(), "no JSON asked: {stdout:?}");
+    assert!(stderr.contains("error: invalid value '0'"), "{stderr}");
+}

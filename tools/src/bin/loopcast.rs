@@ -345,8 +345,8 @@ struct GetArgs {
     /// Replace an existing output (and --extract target) instead of refusing.
     #[arg(long)]
     force: bool,
-    /// Print the report as JSON (on stderr with --follow); on failure, {"verified": false,
-    /// "error": ..., "exit_code": ..., "partial": ...} (the message is also on stderr;
+    /// Print the report as JSON (on stderr with --follow); on failure (bad arguments too),
+    /// {"verified": false, "error": ..., "exit_code": ..., "partial": ...} (the message is also on stderr;
     /// "partial" is a partial download kept for resume, or null). Every field is described in
     /// docs/architecture.md ("What `loopcast get --json` reports").
     #[arg(long)]
@@ -437,7 +437,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> ExitCode {
-    let cli: Cli = loopcast_tools::parse_command_line(std::env::args_os());
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() && get_json_asked(&argv) => {
+            return get_json_usage_error(&argv, &error);
+        }
+        // Help, version, and other usage errors: as every loopcast tool says them.
+        Err(_) => loopcast_tools::parse_command_line::<Cli>(argv),
+    };
     if let Command::Demo(args) = &cli.command {
         // The demo may enter a private network namespace: that must happen while single-threaded.
         return loopcast_tools::demo::run(args);
@@ -459,6 +467,50 @@ fn run() -> ExitCode {
             ExitCode::from(failure.code)
         }
     }
+}
+
+/// Whether `argv` is `loopcast get` with `flag` among its options (before any `--`).
+fn get_has_flag(argv: &[std::ffi::OsString], flag: &str) -> bool {
+    argv.get(1).is_some_and(|command| command == "get")
+        && argv[2..]
+            .iter()
+            .take_while(|arg| *arg != "--")
+            .any(|arg| arg == flag)
+}
+
+/// Whether `argv` is `loopcast get ... --json`: its usage errors are said in JSON too.
+fn get_json_asked(argv: &[std::ffi::OsString]) -> bool {
+    get_has_flag(argv, "--json")
+}
+
+/// A usage error of `get --json`: the one JSON object scripts are promised whatever happened
+/// (clap's text alone left a script nothing to read), on stdout, or on stderr with `--follow`
+/// (stdout is the player's); clap's text on stderr as always. Exit code 2.
+fn get_json_usage_error(argv: &[std::ffi::OsString], error: &clap::Error) -> ExitCode {
+    let rendered = error.render().to_string();
+    // Its first paragraph (the error and what it names), without the usage and help lines.
+    let message = rendered
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.trim_start_matches("error: ");
+    let line = serde_json::json!({
+        "verified": false,
+        "error": message,
+        "exit_code": exit_code::USAGE,
+        "partial": null,
+        "held_datagrams": null,
+        "total_datagrams": null,
+    });
+    if get_has_flag(argv, "--follow") {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+    eprintln!("{}", rendered.trim_end());
+    ExitCode::from(exit_code::USAGE)
 }
 
 fn run_pack(args: PackArgs) -> Result<(), Failure> {
