@@ -844,8 +844,8 @@ impl NakPlanner {
             // loop, on a client's own unicast channel (repairs share its rate) it came no
             // sooner, and the loop overtook the queued asks: a 24 MiB download at 20 Mbit/s
             // asked 11,551 serials and received 4,632 twice, 13.2 s instead of 10.5 (s25).
-            let wrapped = self.held_nothing && next == self.loop_len() - 1;
-            let done = wrapped
+            let at_wrap = next == self.loop_len() - 1;
+            let done = (self.held_nothing && at_wrap)
                 || self.ahead(frontier, next) < stop_within
                 || room == 0
                 || scanned >= self.loop_len()
@@ -855,7 +855,7 @@ impl NakPlanner {
                 && !self.play_bits.as_ref().is_some_and(|bits| bits.get(next))
                 && !self.is_block_ask(next);
             // A run ends at a held serial, at the wrap (ranges never wrap), or when done.
-            let wraps = next == self.loop_len() - 1 && run.is_some();
+            let wraps = at_wrap && run.is_some();
             if let Some((low, high)) = run.filter(|_| done || !missing || wraps) {
                 let bits = self
                     .backlog_bits
