@@ -974,7 +974,8 @@ impl Endpoint {
                 // while the tier ramps: a shorter claimed interval counts as
                 // REPORT_COUNTS_MIN (else a flood claiming none stepped slow start every
                 // CONTROL_GAP_MIN).
-                let covered = interval.max(REPORT_COUNTS_MIN);
+                // (Clamped as `observe` reads it: a claimed 71 minutes reached back that far.)
+                let covered = crate::rate::report_interval_read(interval).max(REPORT_COUNTS_MIN);
                 let started = now.saturating_sub(covered);
                 // A moved client switches group a round trip after the move: its reports
                 // count from a settle time after that.

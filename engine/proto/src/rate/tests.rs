@@ -1800,6 +1800,7 @@ mod attack22;
 mod attack23;
 mod attack25;
 mod attack26;
+mod attack26b;
 mod attack9;
 
 /// A client that could place no gaps yet (nothing it received since it moved has verified:

@@ -14,6 +14,45 @@
 use super::attack25::{plan_lone_tier, timed_report};
 use super::*;
 
+/// Honest members' rate against their path over a run: the mean share of the path they got,
+/// and the share of what was sent past it.
+#[derive(Debug, Default)]
+pub(super) struct PastPath {
+    share_sum: f64,
+    samples: f64,
+    sent: f64,
+    past: f64,
+}
+
+impl PastPath {
+    /// One member's sample at tier `rate` on a path of `path` (bits/s).
+    pub(super) fn add(&mut self, rate: f64, path: f64) {
+        self.share_sum += rate.min(path) / path;
+        self.samples += 1.0;
+        self.sent += rate;
+        self.past += (rate - path).max(0.0);
+    }
+
+    pub(super) fn share(&self) -> f64 {
+        self.share_sum / self.samples
+    }
+
+    pub(super) fn past(&self) -> f64 {
+        self.past / self.sent
+    }
+}
+
+impl std::fmt::Display for PastPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "honest mean rate/path {:.3}, honest loss {:.2} %",
+            self.share(),
+            100.0 * self.past()
+        )
+    }
+}
+
 /// What a member of the phased arena is.
 #[derive(Clone, Copy, Debug)]
 enum Atk26Role {
@@ -36,10 +75,8 @@ struct Atk26Member {
 
 #[derive(Debug)]
 struct Atk26Outcome {
-    /// Honest members' mean of min(rate, path) / path over the run.
-    share: f64,
-    /// Share of what was sent to honest members past their path.
-    honest_loss: f64,
+    /// Honest members' rate against their paths.
+    honest: PastPath,
     end: f64,
     min: f64,
     falls: u32,
@@ -107,7 +144,7 @@ fn atk26_phased(
         .collect();
     let trace = std::env::var("ATK26_TRACE").is_ok();
     let mut quiet = false;
-    let (mut sum, mut n, mut sent_sum, mut lost_sum) = (0.0, 0.0, 0.0, 0.0);
+    let mut honest_paths = PastPath::default();
     let (mut falls, mut rises, mut min) = (0u32, 0u32, f64::MAX);
     for ms in (10..=seconds * 1000).step_by(10) {
         let now = at(ms);
@@ -198,15 +235,11 @@ fn atk26_phased(
         let rate = control.rate() as f64;
         min = min.min(rate);
         for _ in 0..honest {
-            sum += rate.min(path) / path;
-            n += 1.0;
-            sent_sum += rate;
-            lost_sum += (rate - path).max(0.0);
+            honest_paths.add(rate, path);
         }
     }
     Atk26Outcome {
-        share: sum / n,
-        honest_loss: lost_sum / sent_sum,
+        honest: honest_paths,
         end: control.rate() as f64,
         min,
         falls,
@@ -216,9 +249,8 @@ fn atk26_phased(
 
 fn atk26_print(label: &str, o: &Atk26Outcome) {
     eprintln!(
-        "{label}: honest mean rate/path {:.3}, honest loss {:.2} %, tier at end {:.2} Mbit/s (min {:.2}), falls {}, rises {}",
-        o.share,
-        100.0 * o.honest_loss,
+        "{label}: {}, tier at end {:.2} Mbit/s (min {:.2}), falls {}, rises {}",
+        o.honest,
         o.end / MBIT,
         o.min / MBIT,
         o.falls,
@@ -254,7 +286,7 @@ fn atk26_three_hosts_reporting_first_after_a_rise_drag_a_no_room_tier_down() {
                 &format!("{honest} honest, seed {seed}, 3 attacker hosts (1 anchor)"),
                 &o,
             );
-            worst = worst.min(o.share);
+            worst = worst.min(o.honest.share());
         }
     }
     assert!(worst > 0.85, "honest members at {worst:.3} of their path");
@@ -306,7 +338,7 @@ fn atk26_two_hosts_reporting_first_after_a_rise_drag_a_no_room_tier_down() {
                 let o = atk26_phased(honest, 60.0, &attackers, 2.0 * MBIT, 30, seed);
                 atk26_print(&format!("{label}, {honest} honest, seed {seed}"), &o);
                 if label.starts_with('2') {
-                    worst = worst.min(o.share);
+                    worst = worst.min(o.honest.share());
                 }
             }
         }
