@@ -495,10 +495,18 @@ impl CountBucket {
 /// counted per IPv6 address, one /64 held any number of sessions and request tokens, hx
 /// attack26). An IPv4-mapped IPv6 address is its IPv4 one. (A tier's majority counts coarser
 /// hosts: `rate::host_of`.)
+/// Where the prefix says nothing of who the client is, what does: an IPv4 address a translator
+/// or Teredo embeds (`rate::embedded_ipv4`), and a link-local address whole (counted by /64,
+/// every IPv4 user behind SIIT, every user of one Teredo server, and every link-local client
+/// was one address: 16 sessions locked all the others out, atk26b H1).
 fn address_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        IpAddr::V6(v6) => match rate::embedded_ipv4(v6) {
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.is_unicast_link_local() => IpAddr::V6(v6),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
     }
 }
 
@@ -2707,6 +2715,8 @@ fn leave_transport(
     }
 }
 
+#[cfg(test)]
+mod attack26b_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]

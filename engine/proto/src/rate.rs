@@ -32,7 +32,7 @@
 
 use core::time::Duration;
 use std::collections::VecDeque;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::time::Instant;
 
@@ -1072,10 +1072,35 @@ pub struct MemberPlan<'a> {
 /// /64, one /56 was 256 hosts, and 16 of them outvoted 15 honest hosts and dragged their tier
 /// to the 1 Mbit/s floor, atk26 F-B). An IPv4-mapped IPv6 address is the IPv4 host. IPv4 keys
 /// are below 2^32; IPv6 keys have the 2^63 bit set.
+/// An IPv6 address whose prefix says nothing of who the client is (atk26b H1) is keyed by what
+/// does: the IPv4 address a translator or Teredo embeds (`embedded_ipv4`; every IPv4 user of
+/// an IPv6-only server behind SIIT is 64:ff9b::a.b.c.d, and every user of one Teredo server
+/// shares a /64), and a link-local address by the whole address (fe80::/64 is every link's).
 pub fn host_of(ip: IpAddr) -> u64 {
     match ip.to_canonical() {
         IpAddr::V4(v4) => u64::from(u32::from(v4)),
-        IpAddr::V6(v6) => (1 << 63) | (u128::from(v6) >> 80) as u64,
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some(v4) => u64::from(u32::from(v4)),
+            None if v6.is_unicast_link_local() => {
+                (3 << 62) | (u128::from(v6) as u64 & (u64::MAX >> 2))
+            }
+            None => (1 << 63) | (u128::from(v6) >> 80) as u64,
+        },
+    }
+}
+
+/// The IPv4 client an IPv6 address stands for, where it embeds one: the NAT64 / SIIT
+/// well-known prefix 64:ff9b::/96 (RFC 6052) and Teredo 2001::/32 (RFC 4380: the client's
+/// public address, inverted, in the last 32 bits).
+pub fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
+    let bits = u128::from(v6);
+    let low = bits as u32;
+    if bits >> 32 == 0x64_ff9b << 64 {
+        Some(Ipv4Addr::from(low))
+    } else if bits >> 96 == 0x2001_0000 {
+        Some(Ipv4Addr::from(!low))
+    } else {
+        None
     }
 }
 

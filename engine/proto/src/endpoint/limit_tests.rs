@@ -16,7 +16,7 @@ impl FileLookup for TwoFiles {
     }
 }
 
-fn request(id: u64, name: &str) -> Vec<u8> {
+pub(super) fn request(id: u64, name: &str) -> Vec<u8> {
     ControlMessage::Request {
         request_id: id,
         multicast_ok: false,
