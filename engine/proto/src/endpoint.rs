@@ -495,6 +495,7 @@ impl CountBucket {
 /// counted per IPv6 address, one /64 held any number of sessions and request tokens, hx
 /// attack26). An IPv4-mapped IPv6 address is its IPv4 one. (A tier's majority counts coarser
 /// hosts: `rate::host_of`.)
+///
 /// Where the prefix says nothing of who the client is, what does: an IPv4 address a translator
 /// or Teredo embeds (`rate::embedded_ipv4`), and a link-local address whole (counted by /64,
 /// every IPv4 user behind SIIT, every user of one Teredo server, and every link-local client
