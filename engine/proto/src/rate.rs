@@ -1274,8 +1274,10 @@ pub fn plan(config: &RateConfig, now: Instant, tiers: &mut [TierPlan<'_>]) -> Ve
             } else {
                 tier.control.held_since = None;
             }
-            let mean =
-                clear.iter().map(|m| m.estimate.capacity(rate)).sum::<f64>() / clear.len() as f64;
+            // The mean of its hosts' means: one host's many sessions weigh as one (16 quiet
+            // sessions of one host, each claiming 1.2 Mbit/s, pulled the mean under half the
+            // rate and kept a tier beside honest members from rising: atk26 side note).
+            let mean = host_mean(&clear, |m| m.estimate.capacity(rate));
             // Judged by the upper median member, not the mean: one member claiming a quarter
             // of the rate and no loss dragged the mean under the share every step, and honest
             // members behind faster paths to 0.57 of their start (hx_attack20 R1).
@@ -1870,6 +1872,21 @@ fn upper_median(values: impl Iterator<Item = f64>) -> f64 {
     assert!(!values.is_empty(), "the median of no members");
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
+}
+
+/// The mean over the hosts of `members` of each host's mean `value`: a host's many sessions
+/// weigh as one. With one member a host, or one host in all, the plain mean. `members` must
+/// not be empty.
+fn host_mean(members: &[&MemberPlan<'_>], value: impl Fn(&MemberPlan<'_>) -> f64) -> f64 {
+    assert!(!members.is_empty(), "the mean of no members");
+    let mut by_host: Vec<(u64, f64)> = members.iter().map(|m| (m.host, value(m))).collect();
+    by_host.sort_unstable_by_key(|&(host, _)| host);
+    let (mut sum_of_means, mut hosts) = (0.0, 0usize);
+    for group in by_host.chunk_by(|a, b| a.0 == b.0) {
+        sum_of_means += group.iter().map(|&(_, v)| v).sum::<f64>() / group.len() as f64;
+        hosts += 1;
+    }
+    sum_of_means / hosts as f64
 }
 
 /// How many hosts `members` come from.
