@@ -43,7 +43,7 @@ mod exit_code {
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success
-  1    other error
+  1    other error (e.g. an output path that cannot be written: no such directory, no permission)
   2    usage error (bad arguments)
   3    refused: by the server, an existing output (pass --force), or an output another download holds
   4    timeout: no answer from the server, or no new data for --stall-timeout
