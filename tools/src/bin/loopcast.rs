@@ -440,7 +440,7 @@ fn run() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
-        Err(error) if error.use_stderr() && get_json_asked(&argv) => {
+        Err(error) if error.use_stderr() && get_has_flag(&argv, "--json") => {
             return get_json_usage_error(&argv, &error);
         }
         // Help, version, and other usage errors: as every loopcast tool says them.
@@ -478,11 +478,6 @@ fn get_has_flag(argv: &[std::ffi::OsString], flag: &str) -> bool {
             .any(|arg| arg == flag)
 }
 
-/// Whether `argv` is `loopcast get ... --json`: its usage errors are said in JSON too.
-fn get_json_asked(argv: &[std::ffi::OsString]) -> bool {
-    get_has_flag(argv, "--json")
-}
-
 /// A usage error of `get --json`: the one JSON object scripts are promised whatever happened
 /// (clap's text alone left a script nothing to read), on stdout, or on stderr with `--follow`
 /// (stdout is the player's); clap's text on stderr as always. Exit code 2.
@@ -495,20 +490,12 @@ fn get_json_usage_error(argv: &[std::ffi::OsString], error: &clap::Error) -> Exi
         .map(str::trim)
         .collect::<Vec<_>>()
         .join(" ");
-    let message = message.trim_start_matches("error: ");
-    let line = serde_json::json!({
-        "verified": false,
-        "error": message,
-        "exit_code": exit_code::USAGE,
-        "partial": null,
-        "held_datagrams": null,
-        "total_datagrams": null,
-    });
-    if get_has_flag(argv, "--follow") {
-        eprintln!("{line}");
-    } else {
-        println!("{line}");
-    }
+    let failure = Failure {
+        code: exit_code::USAGE,
+        message: message.trim_start_matches("error: ").to_owned(),
+        partial: None,
+    };
+    print_get_failure_json(&failure, get_has_flag(argv, "--follow"));
     eprintln!("{}", rendered.trim_end());
     ExitCode::from(exit_code::USAGE)
 }
@@ -787,27 +774,31 @@ fn run_get(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
     let (json, follow) = (args.json, args.follow);
     let result = run_get_inner(args, cancel);
     if let (true, Err(failure)) = (json, &result) {
-        // Scripts get one JSON object whatever happened (interrupted, refused, timed out),
-        // on stdout, or on stderr where stdout carries the file (--follow).
-        // With the partial download it kept, where and how much (the message says it in
-        // words): null where nothing was kept.
-        let partial = failure.partial.as_ref();
-        let datagrams = partial.and_then(|kept| kept.datagrams);
-        let line = serde_json::json!({
-            "verified": false,
-            "error": failure.message,
-            "exit_code": failure.code,
-            "partial": partial.map(|kept| kept.path.display().to_string()),
-            "held_datagrams": datagrams.map(|(held, _)| held),
-            "total_datagrams": datagrams.map(|(_, total)| total),
-        });
-        if follow {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
+        print_get_failure_json(failure, follow);
     }
     result
+}
+
+/// Scripts get one JSON object whatever happened (interrupted, refused, timed out, bad
+/// arguments), on stdout, or on stderr where stdout carries the file (--follow). With the
+/// partial download it kept, where and how much (the message says it in words): null where
+/// nothing was kept.
+fn print_get_failure_json(failure: &Failure, follow: bool) {
+    let partial = failure.partial.as_ref();
+    let datagrams = partial.and_then(|kept| kept.datagrams);
+    let line = serde_json::json!({
+        "verified": false,
+        "error": failure.message,
+        "exit_code": failure.code,
+        "partial": partial.map(|kept| kept.path.display().to_string()),
+        "held_datagrams": datagrams.map(|(held, _)| held),
+        "total_datagrams": datagrams.map(|(_, total)| total),
+    });
+    if follow {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
 }
 
 fn run_get_inner(args: GetArgs, cancel: Arc<AtomicBool>) -> Result<(), Failure> {
