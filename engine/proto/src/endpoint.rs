@@ -490,27 +490,6 @@ impl CountBucket {
     }
 }
 
-/// What the per-address limits (sessions, requests, NAK budget) count as one address: an IPv4
-/// address, or an IPv6 /64 (one host or LAN is given a whole /64, and picks any address in it:
-/// counted per IPv6 address, one /64 held any number of sessions and request tokens, hx
-/// attack26). An IPv4-mapped IPv6 address is its IPv4 one. (A tier's majority counts coarser
-/// hosts: `rate::host_of`.)
-///
-/// Where the prefix says nothing of who the client is, what does: an IPv4 address a translator
-/// or Teredo embeds (`rate::embedded_ipv4`), and a link-local address whole (counted by /64,
-/// every IPv4 user behind SIIT, every user of one Teredo server, and every link-local client
-/// was one address: 16 sessions locked all the others out, atk26b H1).
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match rate::embedded_ipv4(v6) {
-            Some(v4) => IpAddr::V4(v4),
-            None if v6.is_unicast_link_local() => IpAddr::V6(v6),
-            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
-        },
-    }
-}
-
 struct AddressState {
     sessions: usize,
     requests: CountBucket,
@@ -1141,7 +1120,7 @@ impl Endpoint {
             self.config.requests_per_address_burst,
         );
         let admitted = self
-            .address_entry(now, address_key(from.ip()))
+            .address_entry(now, rate::address_key(from.ip()))
             .is_some_and(|address| address.requests.take(now, rate, burst));
         if !admitted {
             self.counters.requests_rate_limited += 1;
@@ -1190,7 +1169,7 @@ impl Endpoint {
         }
         let address_sessions = self
             .addresses
-            .get(&address_key(from.ip()))
+            .get(&rate::address_key(from.ip()))
             .expect("admitted above")
             .sessions;
         // A retransmitted Request (our Offer was lost) gets the same session again.
@@ -1331,7 +1310,7 @@ impl Endpoint {
         let resume_at = resume_at.filter(|&serial| u64::from(serial) < loop_len);
         let file = channel_state.info.name.clone();
         self.addresses
-            .get_mut(&address_key(from.ip()))
+            .get_mut(&rate::address_key(from.ip()))
             .expect("entry made above")
             .sessions += 1;
         self.sessions_by_request.insert((from, request_id), session);
@@ -1807,7 +1786,7 @@ impl Endpoint {
         };
         let address = self
             .addresses
-            .get_mut(&address_key(from.ip()))
+            .get_mut(&rate::address_key(from.ip()))
             .expect("a session's address has an entry");
         let address_budget = self
             .config
@@ -1878,7 +1857,10 @@ impl Endpoint {
         if !state.validated {
             self.unvalidated_count -= 1;
         }
-        if let Some(address) = self.addresses.get_mut(&address_key(state.client.ip())) {
+        if let Some(address) = self
+            .addresses
+            .get_mut(&rate::address_key(state.client.ip()))
+        {
             address.sessions -= 1;
         }
         let channel_id = state.channel;
@@ -2562,7 +2544,7 @@ impl Endpoint {
             let sessions = self
                 .sessions
                 .values()
-                .filter(|s| address_key(s.client.ip()) == *ip)
+                .filter(|s| rate::address_key(s.client.ip()) == *ip)
                 .count();
             assert_eq!(address.sessions, sessions, "per-address session count");
             assert!(

@@ -1071,20 +1071,35 @@ pub struct MemberPlan<'a> {
 /// or NAT), or the /48 of its IPv6 one (a subscriber gets a /48 or /56, RFC 6177: counted by
 /// /64, one /56 was 256 hosts, and 16 of them outvoted 15 honest hosts and dragged their tier
 /// to the 1 Mbit/s floor, atk26 F-B). An IPv4-mapped IPv6 address is the IPv4 host. IPv4 keys
-/// are below 2^32; IPv6 keys have the 2^63 bit set.
-/// An IPv6 address whose prefix says nothing of who the client is (atk26b H1) is keyed by what
-/// does: the IPv4 address a translator or Teredo embeds (`embedded_ipv4`; every IPv4 user of
-/// an IPv6-only server behind SIIT is 64:ff9b::a.b.c.d, and every user of one Teredo server
-/// shares a /64), and a link-local address by the whole address (fe80::/64 is every link's).
+/// are below 2^32; IPv6 keys have the 2^63 bit set. Built on [`address_key`]: an address that
+/// embeds an IPv4 client is that IPv4 host, and a link-local address is a host of its own.
 pub fn host_of(ip: IpAddr) -> u64 {
-    match ip.to_canonical() {
+    match address_key(ip) {
         IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => {
+            (3 << 62) | (u128::from(v6) as u64 & (u64::MAX >> 2))
+        }
+        IpAddr::V6(v6) => (1 << 63) | (u128::from(v6) >> 80) as u64,
+    }
+}
+
+/// What the per-address limits (sessions, requests, NAK budget) count as one address: an IPv4
+/// address, or an IPv6 /64 (one host or LAN is given a whole /64, and picks any address in it:
+/// counted per IPv6 address, one /64 held any number of sessions and request tokens, hx
+/// attack26). An IPv4-mapped IPv6 address is its IPv4 one. (A tier's majority counts coarser
+/// hosts: `host_of`.)
+///
+/// Where the prefix says nothing of who the client is, what does: an IPv4 address a translator
+/// or Teredo embeds (`embedded_ipv4`), and a link-local address whole (counted by /64,
+/// every IPv4 user behind SIIT, every user of one Teredo server, and every link-local client
+/// was one address: 16 sessions locked all the others out, atk26b H1).
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
         IpAddr::V6(v6) => match embedded_ipv4(v6) {
-            Some(v4) => u64::from(u32::from(v4)),
-            None if v6.is_unicast_link_local() => {
-                (3 << 62) | (u128::from(v6) as u64 & (u64::MAX >> 2))
-            }
-            None => (1 << 63) | (u128::from(v6) >> 80) as u64,
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.is_unicast_link_local() => IpAddr::V6(v6),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
         },
     }
 }

@@ -97,7 +97,7 @@ fn atk26b_distinct_hosts_under_one_slash_64_are_not_one_address() {
     }
     // And the embedded IPv4 client is that client: the same as reaching us over IPv4.
     assert_eq!(
-        address_key(siit[0].ip()),
+        rate::address_key(siit[0].ip()),
         IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))
     );
     assert_eq!(
